@@ -1,1 +1,3 @@
-//! placeholder
+//! The Microsoft Graph client: the only module that speaks HTTP to Graph.
+
+pub mod models;

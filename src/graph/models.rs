@@ -1,0 +1,443 @@
+//! Typed Microsoft Graph v1.0 wire models for the entitlement-management and directory
+//! subset Redeliver uses (see graph-api.md §2–§5).
+//!
+//! Every struct tolerates unknown fields (Graph adds properties over time) and every enum
+//! has an `Unknown` fallback so a new server-side literal never breaks decoding.
+//! JSON names are Graph's lower-camel v1.0 names.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+/// One page of a Graph collection: `{"value": [...], "@odata.nextLink": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Page<T> {
+    /// Items of this page (pages may be empty).
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    /// Absolute URL of the next page; follow it verbatim until absent.
+    #[serde(rename = "@odata.nextLink", default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+    /// Present on the last page of a delta round.
+    #[serde(rename = "@odata.deltaLink", default, skip_serializing_if = "Option::is_none")]
+    pub delta_link: Option<String>,
+}
+
+/// `accessPackageAssignment.state` (§2.5). Switch on this, never on the free-text `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AssignmentState {
+    Delivering,
+    PartiallyDelivered,
+    Delivered,
+    Expired,
+    DeliveryFailed,
+    #[serde(other)]
+    Unknown,
+}
+
+impl AssignmentState {
+    /// The wire literal, e.g. `delivered`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivering => "delivering",
+            Self::PartiallyDelivered => "partiallyDelivered",
+            Self::Delivered => "delivered",
+            Self::Expired => "expired",
+            Self::DeliveryFailed => "deliveryFailed",
+            Self::Unknown => "unknownFutureValue",
+        }
+    }
+}
+
+/// `accessPackageAssignmentRequest.state` (§2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RequestState {
+    Submitted,
+    PendingApproval,
+    Delivering,
+    Delivered,
+    DeliveryFailed,
+    Denied,
+    Scheduled,
+    Canceled,
+    PartiallyDelivered,
+    #[serde(other)]
+    Unknown,
+}
+
+impl RequestState {
+    /// The wire literal, e.g. `deliveryFailed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Submitted => "submitted",
+            Self::PendingApproval => "pendingApproval",
+            Self::Delivering => "delivering",
+            Self::Delivered => "delivered",
+            Self::DeliveryFailed => "deliveryFailed",
+            Self::Denied => "denied",
+            Self::Scheduled => "scheduled",
+            Self::Canceled => "canceled",
+            Self::PartiallyDelivered => "partiallyDelivered",
+            Self::Unknown => "unknownFutureValue",
+        }
+    }
+
+    /// True while the request is still being worked on by entitlement management.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            Self::Submitted | Self::PendingApproval | Self::Delivering | Self::Scheduled
+        )
+    }
+}
+
+/// `accessPackageAssignmentRequest.requestType` (§2.7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RequestType {
+    NotSpecified,
+    UserAdd,
+    UserUpdate,
+    UserRemove,
+    AdminAdd,
+    AdminUpdate,
+    AdminRemove,
+    SystemAdd,
+    SystemUpdate,
+    SystemRemove,
+    OnBehalfAdd,
+    #[serde(other)]
+    Unknown,
+}
+
+impl RequestType {
+    /// The wire literal, e.g. `adminAdd`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NotSpecified => "notSpecified",
+            Self::UserAdd => "userAdd",
+            Self::UserUpdate => "userUpdate",
+            Self::UserRemove => "userRemove",
+            Self::AdminAdd => "adminAdd",
+            Self::AdminUpdate => "adminUpdate",
+            Self::AdminRemove => "adminRemove",
+            Self::SystemAdd => "systemAdd",
+            Self::SystemUpdate => "systemUpdate",
+            Self::SystemRemove => "systemRemove",
+            Self::OnBehalfAdd => "onBehalfAdd",
+            Self::Unknown => "unknownFutureValue",
+        }
+    }
+
+    /// Requests that grant access (as opposed to removing it).
+    pub fn is_add(self) -> bool {
+        matches!(
+            self,
+            Self::UserAdd | Self::AdminAdd | Self::SystemAdd | Self::OnBehalfAdd
+        )
+    }
+}
+
+/// `accessPackageCatalog` (§2.1).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Catalog {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `accessPackage` (§2.2), optionally with `catalog`, `resourceRoleScopes` and
+/// `assignmentPolicies` expanded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPackage {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub is_hidden: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<Catalog>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_role_scopes: Option<Vec<ResourceRoleScope>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_policies: Option<Vec<AssignmentPolicy>>,
+}
+
+/// `accessPackageResourceRoleScope` (§2.3): one thing a package grants.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRoleScope {
+    pub id: String,
+    #[serde(default)]
+    pub role: Option<ResourceRole>,
+    #[serde(default)]
+    pub scope: Option<ResourceScope>,
+}
+
+/// `accessPackageResourceRole` (§2.3). For groups `originId` is `Member_{groupId}` or
+/// `Owner_{groupId}`; for apps it is the app role id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRole {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub origin_id: Option<String>,
+    #[serde(default)]
+    pub origin_system: Option<String>,
+}
+
+/// `accessPackageResourceScope` (§2.3). `originId` is the group object id, the service
+/// principal object id, or the SharePoint site URL.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceScope {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub origin_id: Option<String>,
+    #[serde(default)]
+    pub origin_system: Option<String>,
+    #[serde(default)]
+    pub is_root_scope: Option<bool>,
+}
+
+/// `accessPackageAssignmentPolicy` (§2.6), the fields Redeliver reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentPolicy {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub allowed_target_scope: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_package: Option<AccessPackageRef>,
+}
+
+/// A thin reference to a package as expanded on assignments and policies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessPackageRef {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// A thin reference to a policy as expanded on assignments.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentPolicyRef {
+    pub id: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `accessPackageSubject` (§2.4). `id` is the subject id, NOT the user's object id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subject {
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The user's (or service principal's) directory object id; `null` if not yet in the tenant.
+    #[serde(default)]
+    pub object_id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub principal_name: Option<String>,
+    #[serde(default)]
+    pub subject_type: Option<String>,
+}
+
+/// `entitlementManagementSchedule` (§2.8), kept opaque beyond the expiry fields.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Schedule {
+    #[serde(default)]
+    pub start_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub expiration: Option<Expiration>,
+}
+
+/// `expirationPattern` (§2.8).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Expiration {
+    #[serde(default)]
+    pub end_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub duration: Option<String>,
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+}
+
+/// `accessPackageAssignment` (§2.5).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Assignment {
+    pub id: String,
+    pub state: AssignmentState,
+    /// Free text (`Delivered`, `Delivering`, ...): reported, never switched on.
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub expired_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub schedule: Option<Schedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Subject>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_package: Option<AccessPackageRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment_policy: Option<AssignmentPolicyRef>,
+}
+
+/// A thin reference to an assignment as expanded on requests.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentRef {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Subject>,
+}
+
+/// `accessPackageAssignmentRequest` (§2.7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AssignmentRequest {
+    pub id: String,
+    pub request_type: RequestType,
+    pub state: RequestState,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub created_date_time: Option<Timestamp>,
+    #[serde(default)]
+    pub completed_date_time: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_package: Option<AccessPackageRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assignment: Option<AssignmentRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requestor: Option<Subject>,
+}
+
+/// A directory user (`GET /users/{id|upn}?$select=id,userPrincipalName,displayName`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    pub id: String,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// A `directoryObject` as listed in `members`/`owners` with `$select=id`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirectoryObject {
+    pub id: String,
+    #[serde(rename = "@odata.type", default, skip_serializing_if = "Option::is_none")]
+    pub odata_type: Option<String>,
+}
+
+/// `appRoleAssignment` (§5.4) as listed by `appRoleAssignedTo`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AppRoleAssignment {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub app_role_id: String,
+    pub principal_id: String,
+    #[serde(default)]
+    pub principal_type: Option<String>,
+    #[serde(default)]
+    pub principal_display_name: Option<String>,
+    #[serde(default)]
+    pub resource_id: Option<String>,
+    #[serde(default)]
+    pub resource_display_name: Option<String>,
+}
+
+/// Graph's error envelope (§6.3): `{"error": {"code", "message", "innerError"}}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ErrorEnvelope {
+    pub error: ErrorBody,
+}
+
+/// The inside of [`ErrorEnvelope`]. Branch on `code` only, never on `message`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorBody {
+    #[serde(default)]
+    pub code: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inner_error: Option<serde_json::Value>,
+}
+
+/// The Entra token endpoint's success body (§1.4).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenResponse {
+    #[serde(default)]
+    pub token_type: Option<String>,
+    pub expires_in: u64,
+    pub access_token: String,
+}
+
+/// The Entra token endpoint's error body (§1.4). Safe to log: carries no secret.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TokenErrorResponse {
+    #[serde(default)]
+    pub error: String,
+    #[serde(default)]
+    pub error_description: Option<String>,
+    #[serde(default)]
+    pub error_codes: Option<Vec<i64>>,
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+    #[serde(default)]
+    pub trace_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_documented_assignment_and_tolerates_unknowns() {
+        let json = r#"{
+          "id": "5b1e8f4a-0c6e-4b39-9d8e-2d0f5b7c9a11", "state": "delivered", "status": "Delivered",
+          "expiredDateTime": null, "somethingNew": 1,
+          "schedule": {"startDateTime": "2025-03-01T08:00:00Z", "recurrence": null,
+                       "expiration": {"endDateTime": null, "duration": null, "type": "noExpiration"}},
+          "accessPackage": {"id": "p1", "displayName": "Finance Analysts", "isHidden": false},
+          "target": {"id": "s1", "objectId": "u1", "principalName": "alice@contoso.com", "subjectType": "user"}
+        }"#;
+        let a: Assignment = serde_json::from_str(json).unwrap();
+        assert_eq!(a.state, AssignmentState::Delivered);
+        assert_eq!(a.target.unwrap().object_id.as_deref(), Some("u1"));
+        let s: AssignmentState = serde_json::from_str("\"somethingElse\"").unwrap();
+        assert_eq!(s, AssignmentState::Unknown);
+    }
+}
