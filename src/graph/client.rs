@@ -1,0 +1,599 @@
+//! [`GraphClient`]: typed calls for the Graph subset Redeliver uses (graph-api.md §3–§5),
+//! on a generic core (`send`, `get_json`, `get_paged`) that later calls can reuse.
+
+use std::sync::Arc;
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+use url::Url;
+
+use super::auth::TokenProvider;
+use super::config::GraphConfig;
+use super::error::{GraphError, permission_hint};
+use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
+use super::models::{
+    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest,
+    DirectoryObject, ErrorEnvelope, Page, User,
+};
+use super::odata::{build_url, segment, string_literal};
+
+const EM: &str = "/identityGovernance/entitlementManagement";
+
+/// Upper bound on pages followed in one listing; a server that keeps returning nextLinks
+/// beyond this is looping.
+const MAX_PAGES: usize = 100_000;
+
+/// A Microsoft Graph client. Cheap to clone; clones share the token cache, the concurrency
+/// limit and the counters.
+#[derive(Clone)]
+pub struct GraphClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: Http,
+    tokens: TokenProvider,
+    /// `{graph root}/v1.0`, no trailing slash.
+    base: String,
+    /// Origin of the Graph root: nextLinks must point there (they receive our token).
+    origin: url::Origin,
+}
+
+/// One Graph request for [`GraphClient::send`].
+#[derive(Clone, Debug)]
+pub struct GraphRequest {
+    /// Operation name, used in errors, logs and counters.
+    pub operation: &'static str,
+    /// HTTP method.
+    pub method: Method,
+    /// Absolute URL (build it with [`GraphClient::url`]).
+    pub url: Url,
+    /// JSON body, if any.
+    pub body: Option<serde_json::Value>,
+    /// Which failures may be retried.
+    pub retry: RetryMode,
+    /// Extra headers (e.g. `ConsistencyLevel: eventual`), sent on every attempt.
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl GraphRequest {
+    /// A GET (idempotent).
+    pub fn get(operation: &'static str, url: Url) -> Self {
+        Self {
+            operation,
+            method: Method::GET,
+            url,
+            body: None,
+            retry: RetryMode::Idempotent,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A POST with an optional JSON body and an explicit retry mode.
+    pub fn post(
+        operation: &'static str,
+        url: Url,
+        body: Option<serde_json::Value>,
+        retry: RetryMode,
+    ) -> Self {
+        Self {
+            operation,
+            method: Method::POST,
+            url,
+            body,
+            retry,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// A successful Graph response.
+#[derive(Debug)]
+pub struct GraphResponse {
+    /// HTTP status (2xx).
+    pub status: StatusCode,
+    /// Graph's `request-id`.
+    pub request_id: Option<String>,
+    /// Response headers (e.g. `Location`).
+    pub headers: reqwest::header::HeaderMap,
+    /// The body.
+    pub body: bytes::Bytes,
+}
+
+impl GraphClient {
+    /// Builds a client. No network traffic happens here; see [`GraphClient::check_token`].
+    pub fn new(config: GraphConfig) -> Result<GraphClient, GraphError> {
+        let http = Http::new(&config)?;
+        let base = config.graph_base();
+        let origin = Url::parse(&base)
+            .map_err(|e| GraphError::Config {
+                message: format!("Graph URL {base}: {e}"),
+            })?
+            .origin();
+        Ok(GraphClient {
+            inner: Arc::new(Inner {
+                http,
+                tokens: TokenProvider::new(&config),
+                base,
+                origin,
+            }),
+        })
+    }
+
+    /// The versioned base URL, e.g. `https://graph.microsoft.com/v1.0`.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base
+    }
+
+    /// Request counters per operation (including `token`), sorted by operation name.
+    pub fn stats(&self) -> Vec<OperationStats> {
+        self.inner.http.stats()
+    }
+
+    /// Obtains a token now (start-up check of the credential and tenant).
+    pub async fn check_token(&self) -> Result<(), GraphError> {
+        self.inner.tokens.token(&self.inner.http).await.map(|_| ())
+    }
+
+    /// Builds an absolute URL under the versioned base. `path` must start with `/` and put
+    /// caller-supplied ids through [`segment`]; query values are encoded here.
+    pub fn url(
+        &self,
+        operation: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Url, GraphError> {
+        build_url(operation, &self.inner.base, path, query)
+    }
+
+    /// Sends one request with authentication and retries; maps every non-2xx status to a
+    /// typed error. On a 401 the cached token is dropped and the call is made once more
+    /// with a new token.
+    pub async fn send(&self, req: GraphRequest) -> Result<GraphResponse, GraphError> {
+        let result = self.send_inner(&req).await;
+        if result.is_err() {
+            self.inner.http.count(req.operation, |s| s.failures += 1);
+        }
+        result
+    }
+
+    async fn send_inner(&self, req: &GraphRequest) -> Result<GraphResponse, GraphError> {
+        let inner = &self.inner;
+        let mut refreshed = false;
+        loop {
+            let token = inner.tokens.token(&inner.http).await?;
+            let bearer = format!("Bearer {}", token.value.expose());
+            let build = || {
+                let mut b = inner
+                    .http
+                    .client
+                    .request(req.method.clone(), req.url.clone())
+                    .header(AUTHORIZATION, &bearer)
+                    .header(ACCEPT, "application/json");
+                for (name, value) in &req.headers {
+                    b = b.header(*name, value);
+                }
+                match &req.body {
+                    Some(body) => b.json(body),
+                    // Actions such as `reprocess` take no body; send an explicit empty one
+                    // so proxies see a Content-Length.
+                    None if req.method == Method::POST => b.header(CONTENT_LENGTH, "0"),
+                    None => b,
+                }
+            };
+            let resp = inner.http.execute(req.operation, req.retry, &build).await?;
+            if resp.status == StatusCode::UNAUTHORIZED && !refreshed {
+                refreshed = true;
+                inner.tokens.invalidate(&token).await;
+                continue;
+            }
+            if resp.status.is_success() {
+                return Ok(GraphResponse {
+                    status: resp.status,
+                    request_id: resp.request_id,
+                    headers: resp.headers,
+                    body: resp.body,
+                });
+            }
+            return Err(map_error(req.operation, resp));
+        }
+    }
+
+    /// GETs one JSON object.
+    pub async fn get_json<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<T, GraphError> {
+        let resp = self.send(GraphRequest::get(operation, url)).await?;
+        self.decode(operation, &resp)
+    }
+
+    /// GETs one page of a collection (the caller handles `nextLink`/`deltaLink`).
+    pub async fn get_page<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<Page<T>, GraphError> {
+        self.get_json(operation, url).await
+    }
+
+    /// GETs a whole collection, following `@odata.nextLink` verbatim until it is absent.
+    /// A nextLink pointing outside the Graph origin is refused (it would receive our token).
+    pub async fn get_paged<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<Vec<T>, GraphError> {
+        let mut items = Vec::new();
+        let mut next = Some(url);
+        let mut pages = 0usize;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(GraphError::Decode {
+                    operation,
+                    message: format!("more than {MAX_PAGES} pages; the server seems to loop"),
+                    request_id: None,
+                });
+            }
+            let page: Page<T> = self.get_page(operation, url.clone()).await?;
+            items.extend(page.value);
+            if let Some(link) = page.next_link {
+                let link_url = url.join(&link).map_err(|e| GraphError::Decode {
+                    operation,
+                    message: format!("invalid @odata.nextLink {link:?}: {e}"),
+                    request_id: None,
+                })?;
+                if link_url.origin() != self.inner.origin {
+                    return Err(GraphError::Decode {
+                        operation,
+                        message: format!(
+                            "@odata.nextLink points to {} outside the Graph URL {}; refusing to send the token there",
+                            link_url.origin().ascii_serialization(),
+                            self.inner.origin.ascii_serialization()
+                        ),
+                        request_id: None,
+                    });
+                }
+                if link_url == url {
+                    return Err(GraphError::Decode {
+                        operation,
+                        message: "@odata.nextLink repeats the current page URL".to_string(),
+                        request_id: None,
+                    });
+                }
+                next = Some(link_url);
+            }
+        }
+        Ok(items)
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        resp: &GraphResponse,
+    ) -> Result<T, GraphError> {
+        serde_json::from_slice(&resp.body).map_err(|e| GraphError::Decode {
+            operation,
+            message: format!("{e}; body starts with: {}", excerpt(&resp.body)),
+            request_id: resp.request_id.clone(),
+        })
+    }
+
+    // ---- entitlement management (§3) ----
+
+    /// The access package with its resource role scopes (role and scope expanded), or
+    /// `None` if it does not exist.
+    pub async fn get_access_package(&self, id: &str) -> Result<Option<AccessPackage>, GraphError> {
+        const OP: &str = "get_access_package";
+        let path = format!("{EM}/accessPackages/{}", segment(OP, id)?);
+        let url = self.url(
+            OP,
+            &path,
+            &[("$expand", "resourceRoleScopes($expand=role,scope)")],
+        )?;
+        none_if_not_found(self.get_json(OP, url).await)
+    }
+
+    /// Access packages whose `displayName` equals `display_name`, with `catalog` expanded
+    /// (several packages in different catalogs may share a name).
+    pub async fn find_access_packages(
+        &self,
+        display_name: &str,
+    ) -> Result<Vec<AccessPackage>, GraphError> {
+        const OP: &str = "find_access_packages";
+        let filter = format!("displayName eq {}", string_literal(display_name));
+        let url = self.url(
+            OP,
+            &format!("{EM}/accessPackages"),
+            &[("$filter", &filter), ("$expand", "catalog")],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
+    /// Assignment policies of one access package.
+    pub async fn list_policies(
+        &self,
+        access_package_id: &str,
+    ) -> Result<Vec<AssignmentPolicy>, GraphError> {
+        const OP: &str = "list_policies";
+        let filter = format!("accessPackage/id eq {}", string_literal(access_package_id));
+        let url = self.url(
+            OP,
+            &format!("{EM}/assignmentPolicies"),
+            &[("$filter", &filter)],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
+    /// Every assignment of a package (all states, including expired), with `target` and
+    /// `assignmentPolicy` expanded.
+    pub async fn list_assignments(
+        &self,
+        access_package_id: &str,
+    ) -> Result<Vec<Assignment>, GraphError> {
+        const OP: &str = "list_assignments";
+        let filter = format!("accessPackage/id eq {}", string_literal(access_package_id));
+        let url = self.url(
+            OP,
+            &format!("{EM}/assignments"),
+            &[("$expand", "target,assignmentPolicy"), ("$filter", &filter)],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
+    /// Assignments of a package for one target object id. Uses the documented
+    /// `target/objectid` spelling (graph-api.md §3.1); callers check `state` themselves.
+    pub async fn find_assignments(
+        &self,
+        access_package_id: &str,
+        target_object_id: &str,
+    ) -> Result<Vec<Assignment>, GraphError> {
+        const OP: &str = "find_assignments";
+        let filter = format!(
+            "accessPackage/id eq {} and target/objectid eq {}",
+            string_literal(access_package_id),
+            string_literal(target_object_id)
+        );
+        let url = self.url(
+            OP,
+            &format!("{EM}/assignments"),
+            &[("$expand", "target,assignmentPolicy"), ("$filter", &filter)],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
+    /// Assignment requests of a package, with `assignment` (its id correlates requests with
+    /// assignments) and `requestor` expanded. Nested expansion is documented only for a
+    /// single request (§3.4), so the list does not rely on it.
+    pub async fn list_requests(
+        &self,
+        access_package_id: &str,
+    ) -> Result<Vec<AssignmentRequest>, GraphError> {
+        const OP: &str = "list_requests";
+        let filter = format!("accessPackage/id eq {}", string_literal(access_package_id));
+        let url = self.url(
+            OP,
+            &format!("{EM}/assignmentRequests"),
+            &[("$expand", "assignment,requestor"), ("$filter", &filter)],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
+    /// One assignment request with `assignment($expand=target)`, or `None` if unknown.
+    pub async fn get_request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {
+        const OP: &str = "get_request";
+        let path = format!("{EM}/assignmentRequests/{}", segment(OP, id)?);
+        let url = self.url(OP, &path, &[("$expand", "assignment($expand=target)")])?;
+        none_if_not_found(self.get_json(OP, url).await)
+    }
+
+    /// Creates an `adminAdd` request for `target_object_id` under `policy_id` (§3.4; 201).
+    /// Retried only when the server certainly did not act (see [`RetryMode::NonIdempotent`]).
+    pub async fn request_assignment(
+        &self,
+        access_package_id: &str,
+        policy_id: &str,
+        target_object_id: &str,
+    ) -> Result<AssignmentRequest, GraphError> {
+        const OP: &str = "request_assignment";
+        for (what, v) in [
+            ("access package id", access_package_id),
+            ("policy id", policy_id),
+            ("target object id", target_object_id),
+        ] {
+            if v.trim().is_empty() {
+                return Err(GraphError::InvalidArgument {
+                    operation: OP,
+                    message: format!("{what} is empty"),
+                });
+            }
+        }
+        let body = json!({
+            "requestType": "adminAdd",
+            "assignment": {
+                "targetId": target_object_id,
+                "assignmentPolicyId": policy_id,
+                "accessPackageId": access_package_id,
+            }
+        });
+        self.create_request(OP, body).await
+    }
+
+    /// Creates an `adminRemove` request for an assignment (§3.4; 201). Note: Graph emails
+    /// the user.
+    pub async fn request_removal(
+        &self,
+        assignment_id: &str,
+    ) -> Result<AssignmentRequest, GraphError> {
+        const OP: &str = "request_removal";
+        if assignment_id.trim().is_empty() {
+            return Err(GraphError::InvalidArgument {
+                operation: OP,
+                message: "assignment id is empty".to_string(),
+            });
+        }
+        let body = json!({"requestType": "adminRemove", "assignment": {"id": assignment_id}});
+        self.create_request(OP, body).await
+    }
+
+    async fn create_request(
+        &self,
+        operation: &'static str,
+        body: serde_json::Value,
+    ) -> Result<AssignmentRequest, GraphError> {
+        let url = self.url(operation, &format!("{EM}/assignmentRequests"), &[])?;
+        let resp = self
+            .send(GraphRequest::post(
+                operation,
+                url,
+                Some(body),
+                RetryMode::NonIdempotent,
+            ))
+            .await?;
+        self.decode(operation, &resp)
+    }
+
+    /// Asks entitlement management to re-apply a delivered assignment (§4.1; 202).
+    /// Retried like a read: a repeated reprocess converges on the same state.
+    pub async fn reprocess_assignment(&self, id: &str) -> Result<(), GraphError> {
+        const OP: &str = "reprocess_assignment";
+        let path = format!("{EM}/assignments/{}/reprocess", segment(OP, id)?);
+        let url = self.url(OP, &path, &[])?;
+        self.send(GraphRequest::post(OP, url, None, RetryMode::Idempotent))
+            .await
+            .map(|_| ())
+    }
+
+    /// Reprocesses a failed or partially delivered request (§4.2; 202).
+    pub async fn reprocess_request(&self, id: &str) -> Result<(), GraphError> {
+        const OP: &str = "reprocess_request";
+        let path = format!("{EM}/assignmentRequests/{}/reprocess", segment(OP, id)?);
+        let url = self.url(OP, &path, &[])?;
+        self.send(GraphRequest::post(OP, url, None, RetryMode::Idempotent))
+            .await
+            .map(|_| ())
+    }
+
+    // ---- directory (§5) ----
+
+    /// A user by object id or UPN (`$select=id,userPrincipalName,displayName`), or `None`.
+    pub async fn get_user(&self, id_or_upn: &str) -> Result<Option<User>, GraphError> {
+        const OP: &str = "get_user";
+        let path = format!("/users/{}", segment(OP, id_or_upn)?);
+        let url = self.url(
+            OP,
+            &path,
+            &[("$select", "id,userPrincipalName,displayName")],
+        )?;
+        none_if_not_found(self.get_json(OP, url).await)
+    }
+
+    /// Object ids of a group's direct members (§5.1, all pages).
+    pub async fn list_group_members(&self, group_id: &str) -> Result<Vec<String>, GraphError> {
+        self.list_directory_ids("list_group_members", group_id, "members")
+            .await
+    }
+
+    /// Object ids of a group's owners (same shape as members).
+    pub async fn list_group_owners(&self, group_id: &str) -> Result<Vec<String>, GraphError> {
+        self.list_directory_ids("list_group_owners", group_id, "owners")
+            .await
+    }
+
+    async fn list_directory_ids(
+        &self,
+        operation: &'static str,
+        group_id: &str,
+        relation: &str,
+    ) -> Result<Vec<String>, GraphError> {
+        let path = format!("/groups/{}/{relation}", segment(operation, group_id)?);
+        let url = self.url(operation, &path, &[("$select", "id"), ("$top", "999")])?;
+        let objects: Vec<DirectoryObject> = self.get_paged(operation, url).await?;
+        Ok(objects.into_iter().map(|o| o.id).collect())
+    }
+
+    /// App role assignments granted on a resource service principal (§5.4, all pages).
+    pub async fn list_app_role_assignments(
+        &self,
+        service_principal_id: &str,
+    ) -> Result<Vec<AppRoleAssignment>, GraphError> {
+        const OP: &str = "list_app_role_assignments";
+        let path = format!(
+            "/servicePrincipals/{}/appRoleAssignedTo",
+            segment(OP, service_principal_id)?
+        );
+        let url = self.url(OP, &path, &[])?;
+        self.get_paged(OP, url).await
+    }
+}
+
+fn none_if_not_found<T>(result: Result<T, GraphError>) -> Result<Option<T>, GraphError> {
+    match result {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Maps a non-2xx Graph response to a typed error (§6.3).
+fn map_error(operation: &'static str, resp: RawResponse) -> GraphError {
+    let envelope = serde_json::from_slice::<ErrorEnvelope>(&resp.body).ok();
+    let (code, message) = match &envelope {
+        Some(env) => (env.error.code.clone(), env.error.message.clone()),
+        None => (String::new(), excerpt(&resp.body)),
+    };
+    let request_id = resp.request_id.clone().or_else(|| {
+        envelope
+            .as_ref()
+            .and_then(|e| e.error.inner_error.as_ref())
+            .and_then(|ie| ie.get("request-id"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    });
+    let status = resp.status.as_u16();
+    match status {
+        401 => GraphError::Unauthorized {
+            operation,
+            code,
+            message,
+            request_id,
+        },
+        403 => GraphError::Forbidden {
+            operation,
+            code,
+            message,
+            request_id,
+            permission: permission_hint(operation),
+        },
+        404 => GraphError::NotFound {
+            operation,
+            code,
+            message,
+            request_id,
+        },
+        429 => GraphError::Throttled {
+            operation,
+            retry_after: resp.retry_after,
+            request_id,
+        },
+        500..=599 => GraphError::Server {
+            operation,
+            status,
+            code,
+            message,
+            retry_after: resp.retry_after,
+            request_id,
+        },
+        _ => GraphError::BadRequest {
+            operation,
+            status,
+            code,
+            message,
+            request_id,
+        },
+    }
+}
