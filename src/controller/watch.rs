@@ -1,0 +1,199 @@
+//! The watch feeding each controller: lenient decoding (one malformed object never breaks the
+//! watch for the others) and the trigger predicate (status writes never retrigger).
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::PredicateConfig;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+
+use super::metrics::{KindLabels, Metrics};
+use crate::api::REPROCESS_ANNOTATION;
+
+/// The properties whose change must reconcile an object at once: its generation (spec), the
+/// manual-reprocess annotation, its finalizers and whether it is being deleted. Status and
+/// other metadata changes are ignored, so our own status patch never retriggers.
+pub fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut h = DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REPROCESS_ANNOTATION))
+        .hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// The API for `K` as untyped objects, in one namespace or all.
+pub fn dynamic_api<K: Resource<DynamicType = ()>>(
+    client: Client,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    let ar = ApiResource::erase::<K>(&());
+    match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &ar),
+        None => Api::all_with(client, &ar),
+    }
+}
+
+/// Watches `K` through untyped objects, decoding each one separately: a list or watch event
+/// holding an object that does not decode (a spec that slipped past the schema, a hand-edited
+/// status) is logged, counted and skipped instead of failing the whole list. Decoded objects
+/// go into `writer`'s store; the returned stream yields the objects whose
+/// [`trigger_hash`] changed.
+pub fn lenient_watch<K>(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            let out = match event {
+                Ok(event) => decode_event::<K>(event, &metrics, kind).map(Ok),
+                Err(err) => Some(Err(err)),
+            };
+            std::future::ready(out)
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash::<K>, PredicateConfig::default())
+}
+
+fn decode_event<K>(
+    event: watcher::Event<DynamicObject>,
+    metrics: &Metrics,
+    kind: &'static str,
+) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let decode = |obj: DynamicObject| -> Option<K> {
+        let name = obj.name_any();
+        let namespace = obj.namespace().unwrap_or_default();
+        match obj.try_parse::<K>() {
+            Ok(k) => Some(k),
+            Err(err) => {
+                metrics
+                    .malformed_objects
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+                tracing::warn!(
+                    kind,
+                    namespace = %namespace,
+                    name = %name,
+                    error = %err,
+                    "skipping an object that does not decode; fix or delete it (kubectl get -o yaml shows the bad field)"
+                );
+                None
+            }
+        }
+    };
+    match event {
+        watcher::Event::Apply(o) => decode(o).map(watcher::Event::Apply),
+        watcher::Event::Delete(o) => decode(o).map(watcher::Event::Delete),
+        watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
+        watcher::Event::Init => Some(watcher::Event::Init),
+        watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AccessPackageAssignment;
+
+    fn apa(generation: i64, annotation: Option<&str>) -> AccessPackageAssignment {
+        let mut v = serde_json::json!({
+            "apiVersion": "redeliver.dev/v1alpha1",
+            "kind": "AccessPackageAssignment",
+            "metadata": {"name": "a", "namespace": "ns", "generation": generation},
+            "spec": {
+                "accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"},
+                "target": {"userPrincipalName": "alice@contoso.com"}
+            }
+        });
+        if let Some(a) = annotation {
+            v["metadata"]["annotations"] = serde_json::json!({ REPROCESS_ANNOTATION: a });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn status_and_other_metadata_do_not_trigger() {
+        let base = apa(1, None);
+        let mut with_status = base.clone();
+        with_status.status = Some(Default::default());
+        with_status.metadata.resource_version = Some("42".into());
+        with_status
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("x".into(), "y".into());
+        assert_eq!(trigger_hash(&base), trigger_hash(&with_status));
+    }
+
+    #[test]
+    fn spec_annotation_finalizer_and_deletion_trigger() {
+        let base = trigger_hash(&apa(1, None));
+        assert_ne!(base, trigger_hash(&apa(2, None)));
+        assert_ne!(base, trigger_hash(&apa(1, Some("2026-01-01T00:00:00Z"))));
+        assert_ne!(
+            trigger_hash(&apa(1, Some("a"))),
+            trigger_hash(&apa(1, Some("b")))
+        );
+        let mut fin = apa(1, None);
+        fin.metadata.finalizers = Some(vec![crate::api::FINALIZER.into()]);
+        assert_ne!(base, trigger_hash(&fin));
+        let mut deleting = apa(1, None);
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_ne!(base, trigger_hash(&deleting));
+    }
+
+    #[test]
+    fn malformed_objects_are_skipped_and_counted() {
+        let (metrics, registry) = Metrics::new(None);
+        let good: DynamicObject =
+            serde_json::from_value(serde_json::to_value(apa(1, None)).unwrap()).unwrap();
+        let mut bad = good.clone();
+        bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
+        let kind = "AccessPackageAssignment";
+        assert!(matches!(
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::InitApply(good),
+                &metrics,
+                kind
+            ),
+            Some(watcher::Event::InitApply(_))
+        ));
+        assert!(
+            decode_event::<AccessPackageAssignment>(watcher::Event::Apply(bad), &metrics, kind)
+                .is_none()
+        );
+        assert!(matches!(
+            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &metrics, kind),
+            Some(watcher::Event::InitDone)
+        ));
+        let text = super::super::metrics::render(&registry).unwrap();
+        assert!(
+            text.contains("redeliver_malformed_objects_total{kind=\"AccessPackageAssignment\"} 1"),
+            "{text}"
+        );
+    }
+}
