@@ -509,12 +509,21 @@ fn wait_in_flight(
                 STALLED,
                 Status::True,
                 reason::DELIVERY_STUCK,
+                // No timestamp derived from `since` here: after the stall `since` can no
+                // longer be recovered, and the message must stay identical on later passes.
                 format!(
-                    "{} has been {state} since {} (longer than {}); check it in the Entra admin \
-                     center, then cancel it or set the reprocess-requested-at annotation to retry.",
+                    "{} has been {state} for longer than {}; check it in the Entra admin \
+                     center and cancel it if it does not move.{}",
                     capitalize(&id),
-                    fmt_ts(since),
-                    format_duration(ctx.settings().stuck_after)
+                    format_duration(ctx.settings().stuck_after),
+                    if ctx.input.assignment.is_none() {
+                        format!(
+                            " Set the annotation {} to a new value to submit a new request.",
+                            crate::api::REPROCESS_ANNOTATION
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             )),
             requeue: ctx.verify_interval,
@@ -1150,3 +1159,7 @@ pub fn assignment_status_changed(
     strip(old) != strip(new)
         || !conditions::conditions_equal_ignoring_transition_times(&old.conditions, &new.conditions)
 }
+
+#[cfg(test)]
+#[path = "assignment_tests.rs"]
+mod tests;
