@@ -125,11 +125,11 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     for a in input.assignments {
         let target = a.target.as_ref();
         let object_id = target.and_then(|t| t.object_id.as_deref());
-        if let Some(id) = object_id {
-            assigned.insert(id);
-        }
         if a.state == AssignmentState::Expired {
             continue;
+        }
+        if let Some(id) = object_id {
+            assigned.insert(id);
         }
         counts.total += 1;
         match a.state {
@@ -239,8 +239,8 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         .filter(|e| exhausted(e) && !cooling(e))
         .count();
 
-    // Unmanaged members: in a promised group, no assignment at all (expired ones count as
-    // assigned users only while the assignment exists, so they are not "unmanaged").
+    // Unmanaged members: in a promised group without a live (non-expired) assignment. An
+    // expired assignment should have removed the user, so one still in the group counts.
     let mut unmanaged: BTreeSet<&str> = BTreeSet::new();
     for r in input.resources {
         if let ResourceKind::GroupMember { group_id } = &r.kind
@@ -466,3 +466,7 @@ pub fn guard_status_changed(
     strip(old) != strip(new)
         || !conditions::conditions_equal_ignoring_transition_times(&old.conditions, &new.conditions)
 }
+
+#[cfg(test)]
+#[path = "guard_tests.rs"]
+mod tests;
