@@ -14,6 +14,8 @@
 
 use std::time::Duration;
 
+use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
+
 mod assignment;
 pub mod conditions;
 mod guard;
@@ -216,6 +218,34 @@ pub struct EngineEvent {
     pub message: String,
 }
 
+/// Picks the assignment [`plan_assignment`] should look at from all of a target's
+/// assignments of one package: a live one before an expired one (Graph lists expired
+/// assignments too), delivered first; ties broken by id so the choice is stable.
+pub fn pick_assignment(assignments: &[Assignment]) -> Option<&Assignment> {
+    let rank = |s: AssignmentState| match s {
+        AssignmentState::Delivered => 0,
+        AssignmentState::Delivering => 1,
+        AssignmentState::PartiallyDelivered => 2,
+        AssignmentState::DeliveryFailed => 3,
+        AssignmentState::Unknown => 4,
+        AssignmentState::Expired => 5,
+    };
+    assignments.iter().min_by(|a, b| {
+        rank(a.state)
+            .cmp(&rank(b.state))
+            .then_with(|| a.id.cmp(&b.id))
+    })
+}
+
+/// Picks the latest request: by `createdDateTime`, where a missing one counts as newest
+/// (Graph returns `null` on a request it has just accepted); ties broken by id.
+pub fn pick_latest_request(requests: &[AssignmentRequest]) -> Option<&AssignmentRequest> {
+    requests.iter().max_by(|a, b| {
+        let key = |r: &AssignmentRequest| (r.created_date_time.is_none(), r.created_date_time);
+        key(a).cmp(&key(b)).then_with(|| a.id.cmp(&b.id))
+    })
+}
+
 /// The engine's decision for one `AccessPackageAssignment`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -228,4 +258,74 @@ pub struct Plan {
     pub events: Vec<EngineEvent>,
     /// Verifiable resources found missing (the drift).
     pub missing: Vec<PromisedResource>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::models::{RequestState, RequestType};
+
+    fn a(id: &str, state: AssignmentState) -> Assignment {
+        serde_json::from_value(serde_json::json!({"id": id, "state": state.as_str()})).unwrap()
+    }
+
+    fn r(id: &str, created: Option<i64>) -> AssignmentRequest {
+        AssignmentRequest {
+            id: id.into(),
+            request_type: RequestType::AdminAdd,
+            state: RequestState::Delivered,
+            status: None,
+            created_date_time: created.map(|s| jiff::Timestamp::from_second(s).unwrap()),
+            completed_date_time: None,
+            access_package: None,
+            assignment: None,
+            requestor: None,
+        }
+    }
+
+    #[test]
+    fn picks_live_assignment_over_expired() {
+        let list = [
+            a("1", AssignmentState::Expired),
+            a("2", AssignmentState::DeliveryFailed),
+            a("3", AssignmentState::Delivered),
+        ];
+        assert_eq!(pick_assignment(&list).unwrap().id, "3");
+        assert_eq!(pick_assignment(&list[..2]).unwrap().id, "2");
+        assert_eq!(pick_assignment(&list[..1]).unwrap().id, "1");
+        assert!(pick_assignment(&[]).is_none());
+        let tie = [
+            a("b", AssignmentState::Delivered),
+            a("a", AssignmentState::Delivered),
+        ];
+        assert_eq!(pick_assignment(&tie).unwrap().id, "a");
+    }
+
+    #[test]
+    fn latest_request_treats_missing_creation_time_as_newest() {
+        let list = [r("old", Some(100)), r("new", Some(200))];
+        assert_eq!(pick_latest_request(&list).unwrap().id, "new");
+        let list = [r("old", Some(100)), r("fresh", None), r("new", Some(200))];
+        assert_eq!(pick_latest_request(&list).unwrap().id, "fresh");
+        assert!(pick_latest_request(&[]).is_none());
+    }
+
+    #[test]
+    fn event_kinds_are_camel_case_and_severities_sensible() {
+        assert_eq!(EventKind::DriftDetected.as_str(), "DriftDetected");
+        assert!(EventKind::DriftDetected.is_warning());
+        assert!(!EventKind::DeliveryVerified.is_warning());
+        assert!(
+            Action::ReprocessRequest {
+                request_id: "r".into()
+            }
+            .is_write()
+        );
+        assert!(
+            !Action::Wait {
+                reason: "Reprocessing"
+            }
+            .is_write()
+        );
+    }
 }
