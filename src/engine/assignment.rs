@@ -192,7 +192,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
 
     let outcome = match (validate_assignment_spec(input.spec), &input.resolved) {
         (Err(e), _) => {
-            clear_observations(&mut status);
+            clear_observations(input.spec, &mut status);
             stalled_outcome(
                 &ctx,
                 reason::INVALID_SPEC,
@@ -200,7 +200,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
             )
         }
         (Ok(()), Err(failure)) => {
-            clear_observations(&mut status);
+            clear_observations(input.spec, &mut status);
             stalled_outcome(&ctx, failure.kind.reason(), failure.message.clone())
         }
         (Ok(()), Ok(ids)) => {
@@ -212,7 +212,18 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
     finish(&ctx, status, outcome, missing)
 }
 
-fn clear_observations(status: &mut AccessPackageAssignmentStatus) {
+/// Drops what was observed for a declaration that no longer resolves (it may name another
+/// package now), keeping labels for `kubectl get`.
+fn clear_observations(
+    spec: &AccessPackageAssignmentSpec,
+    status: &mut AccessPackageAssignmentStatus,
+) {
+    status
+        .access_package_name
+        .get_or_insert_with(|| spec.access_package.label());
+    status
+        .target_name
+        .get_or_insert_with(|| spec.target.label());
     status.assignment_id = None;
     status.graph_state = None;
     status.graph_status = None;

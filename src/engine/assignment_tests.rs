@@ -1053,6 +1053,10 @@ fn invalid_spec_stalls_naming_the_field_once() {
     assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
     assert!(cond(&p, STALLED).unwrap().message.contains("spec.target"));
     assert_eq!(kinds(&p), [EventKind::InvalidSpec]);
+    assert_eq!(
+        p.status.access_package_name.as_deref(),
+        Some("Finance Analysts")
+    );
     assert_eq!(p.requeue_after, Duration::from_secs(600), "no hot retry");
     let again = fx.plan(at(10));
     assert!(again.events.is_empty());
