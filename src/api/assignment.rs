@@ -291,7 +291,7 @@ pub struct ReprocessStatus {
     /// The last value of the redeliver.dev/reprocess-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_request: Option<String>,
-    /// Outcome of the last reprocess: Requested, Repaired or Exhausted.
+    /// Outcome of the last reprocess: Requested, Repaired, Exhausted or Rejected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_outcome: Option<String>,
 }
