@@ -10,9 +10,7 @@ use anyhow::Context;
 use super::{RuBucket, Scenario, SimOptions, Simulator, TlsOptions};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: jiff::SignedDuration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 500ms, 2s or 1h: {e}"))?;
+    let d = super::scenario::parse_duration(s)?;
     Duration::try_from(d).map_err(|_| format!("{s:?} must not be negative"))
 }
 

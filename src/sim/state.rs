@@ -685,12 +685,8 @@ impl World {
         })?;
         let ago = match &r.completed_ago {
             None => SignedDuration::from_hours(1),
-            Some(s) => s.parse::<SignedDuration>().map_err(|e| {
-                ScenarioError::invalid(
-                    format!("{field}.completedAgo"),
-                    format!("{s:?} is not a duration like 2h or 3d: {e}"),
-                )
-            })?,
+            Some(s) => super::scenario::parse_duration(s)
+                .map_err(|e| ScenarioError::invalid(format!("{field}.completedAgo"), e))?,
         };
         let completed = now - ago;
         let (uid, pkg_id, pol_id) =
