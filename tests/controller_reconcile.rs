@@ -1,0 +1,471 @@
+//! The reconciler's Kubernetes I/O, asserted request by request with the kube-rs
+//! `ApiServerVerifier` pattern (a `tower_test` mock API server), while the Graph side is the
+//! real simulator over HTTP on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::{Method, Request, Response, StatusCode};
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use redeliver::api::{AccessPackageAssignment, FINALIZER};
+use redeliver::controller::assignment;
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::{Context, Error, Settings};
+use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+const NS: &str = "access";
+const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
+const APA_PATH: &str = "/apis/redeliver.dev/v1alpha1/namespaces/access/accesspackageassignments";
+const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/access/events";
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// The mock API server: each `expect_*` awaits the next request, asserts it, answers it.
+struct ApiServerVerifier(Handle);
+
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    content_type: String,
+    body: Value,
+}
+
+impl ApiServerVerifier {
+    async fn next(&mut self) -> (Seen, tower_test::mock::SendResponse<Response<Body>>) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(10), self.0.next_request())
+            .await
+            .expect("the reconciler made no further API request within 10s")
+            .expect("the client was dropped");
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let query = req.uri().query().unwrap_or_default().to_string();
+        let content_type = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        (
+            Seen {
+                method,
+                path,
+                query,
+                content_type,
+                body,
+            },
+            send,
+        )
+    }
+
+    /// A server-side-apply status patch by field manager `redeliver`; answers with the object
+    /// carrying that status and returns the status.
+    async fn expect_status_patch(&mut self, obj: &AccessPackageAssignment) -> Value {
+        let (seen, send) = self.next().await;
+        let name = obj.metadata.name.as_deref().unwrap();
+        assert_eq!(
+            seen.method,
+            Method::PATCH,
+            "expected a status patch, got {}",
+            seen.path
+        );
+        assert_eq!(seen.path, format!("{APA_PATH}/{name}/status"));
+        assert!(
+            seen.query.contains("fieldManager=redeliver"),
+            "{}",
+            seen.query
+        );
+        assert!(seen.query.contains("force=true"), "{}", seen.query);
+        assert_eq!(seen.content_type, "application/apply-patch+yaml");
+        assert_eq!(seen.body["apiVersion"], "redeliver.dev/v1alpha1");
+        assert_eq!(seen.body["kind"], "AccessPackageAssignment");
+        let status = seen.body["status"].clone();
+        let mut answer = serde_json::to_value(obj).unwrap();
+        answer["status"] = status.clone();
+        send.send_response(json_response(&answer));
+        status
+    }
+
+    /// An event (events.k8s.io/v1) created for the object; returns (type, reason, note).
+    async fn expect_event(&mut self, obj: &AccessPackageAssignment) -> (String, String, String) {
+        let (seen, send) = self.next().await;
+        assert_eq!(
+            seen.method,
+            Method::POST,
+            "expected an event, got {} {}",
+            seen.method,
+            seen.path
+        );
+        assert_eq!(seen.path, EVENTS_PATH);
+        assert_eq!(seen.body["regarding"]["name"], json!(obj.metadata.name));
+        assert_eq!(seen.body["regarding"]["kind"], "AccessPackageAssignment");
+        assert_eq!(seen.body["reportingController"], "redeliver");
+        send.send_response(json_response(&seen.body));
+        (
+            seen.body["type"].as_str().unwrap_or_default().to_string(),
+            seen.body["reason"].as_str().unwrap_or_default().to_string(),
+            seen.body["note"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    /// A JSON patch on the object's metadata.finalizers; answers with `answer`.
+    async fn expect_finalizer_patch(
+        &mut self,
+        obj: &AccessPackageAssignment,
+        answer: &AccessPackageAssignment,
+    ) -> Value {
+        let (seen, send) = self.next().await;
+        let name = obj.metadata.name.as_deref().unwrap();
+        assert_eq!(
+            seen.method,
+            Method::PATCH,
+            "expected a finalizer patch, got {}",
+            seen.path
+        );
+        assert_eq!(seen.path, format!("{APA_PATH}/{name}"));
+        assert!(
+            seen.body.to_string().contains("finalizers"),
+            "{}",
+            seen.body
+        );
+        send.send_response(json_response(&serde_json::to_value(answer).unwrap()));
+        seen.body
+    }
+
+    /// Nothing else is sent to the API server.
+    async fn expect_silence(&mut self) {
+        if let Ok(Some((req, _))) =
+            tokio::time::timeout(Duration::from_millis(300), self.0.next_request()).await
+        {
+            panic!("unexpected API request: {} {}", req.method(), req.uri());
+        }
+    }
+}
+
+fn json_response(v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+struct Env {
+    sim: SimHandle,
+    ctx: Arc<Context>,
+    api: ApiServerVerifier,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+            .await
+            .unwrap();
+        let mut args = GraphArgs::with_defaults();
+        args.tenant_id = Some(sim.tenant_id.clone());
+        args.client_id = Some(sim.client_id.clone());
+        args.client_secret = Some(Secret::new(sim.client_secret.clone()));
+        args.authority_host = sim.authority_host.clone();
+        args.graph_url = sim.graph_url.clone();
+        let graph = GraphClient::new(args.validate().unwrap()).unwrap();
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = kube::Client::new(service, NS);
+        let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+        let ctx = Arc::new(Context::new(client, graph, metrics, &Settings::default()));
+        Env {
+            sim,
+            ctx,
+            api: ApiServerVerifier(handle),
+        }
+    }
+
+    fn reconcile(&self, obj: &AccessPackageAssignment) -> JoinHandle<Result<Action, Error>> {
+        tokio::spawn(assignment::reconcile(
+            Arc::new(obj.clone()),
+            self.ctx.clone(),
+        ))
+    }
+}
+
+fn apa(name: &str, spec: Value) -> AccessPackageAssignment {
+    serde_json::from_value(json!({
+        "apiVersion": "redeliver.dev/v1alpha1",
+        "kind": "AccessPackageAssignment",
+        "metadata": {
+            "name": name, "namespace": NS, "uid": format!("uid-{name}"),
+            "generation": 1, "resourceVersion": "100"
+        },
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+fn for_user(name: &str, upn: &str) -> AccessPackageAssignment {
+    apa(
+        name,
+        json!({"accessPackage": {"id": FINANCE}, "target": {"userPrincipalName": upn}}),
+    )
+}
+
+fn with_status(obj: &AccessPackageAssignment, status: &Value) -> AccessPackageAssignment {
+    let mut v = serde_json::to_value(obj).unwrap();
+    v["status"] = status.clone();
+    serde_json::from_value(v).unwrap()
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+/// `Action` keeps its delay private; its Debug form is `Action { requeue_after: Some(600.1s) }`.
+fn requeue_secs(action: &Action) -> Option<f64> {
+    let text = format!("{action:?}");
+    let start = text.find("Some(")? + 5;
+    let rest = &text[start..];
+    let end = rest.find(')')?;
+    let d = &rest[..end];
+    if let Some(ms) = d.strip_suffix("ms") {
+        return ms.parse::<f64>().ok().map(|v| v / 1000.0);
+    }
+    d.strip_suffix('s')?.parse().ok()
+}
+
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn first_visit_sets_conditions_then_verified_status_then_radio_silence() {
+    let mut env = Env::start().await;
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+
+    let first = env.api.expect_status_patch(&bob).await;
+    assert_eq!(first["observedGeneration"], 1);
+    assert_eq!(condition(&first, "Ready")["status"], "Unknown");
+    assert_eq!(condition(&first, "Reconciling")["status"], "True");
+
+    let verified = env.api.expect_status_patch(&bob).await;
+    assert_eq!(condition(&verified, "Delivered")["status"], "True");
+    assert_eq!(condition(&verified, "Ready")["status"], "True");
+    assert!(condition(&verified, "Reconciling").is_null(), "{verified}");
+    assert_eq!(verified["graphState"], "delivered");
+    assert_eq!(verified["observedGeneration"], 1);
+    assert!(verified["assignmentId"].is_string());
+
+    let (type_, reason, _) = env.api.expect_event(&bob).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Normal", "DeliveryVerified")
+    );
+    let action = task.await.unwrap().unwrap();
+    // Periodic verification at verifyInterval (10m) with ±10% jitter.
+    let secs = requeue_secs(&action).expect("periodic verification must be scheduled");
+    assert!((540.0..=660.0).contains(&secs), "{action:?}");
+    env.api.expect_silence().await;
+
+    // Nothing changed: the next pass reads Graph but writes nothing to Kubernetes.
+    let stored = with_status(&bob, &verified);
+    let task = env.reconcile(&stored);
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn drift_is_reported_and_reprocessed() {
+    let mut env = Env::start().await;
+    let alice = for_user("alice-finance", "alice@contoso.com");
+    let assignment_id = env
+        .sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    let task = env.reconcile(&alice);
+
+    env.api.expect_status_patch(&alice).await;
+    let status = env.api.expect_status_patch(&alice).await;
+    assert_eq!(condition(&status, "Delivered")["status"], "False");
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    assert_eq!(condition(&status, "Reconciling")["reason"], "Reprocessing");
+    assert_eq!(status["reprocess"]["attempts"], 1);
+    let missing: Vec<&Value> = status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["state"] == "Missing")
+        .collect();
+    assert_eq!(missing.len(), 1, "{status}");
+    assert_eq!(missing[0]["displayName"], "fin-writers");
+
+    let (type_, reason, note) = env.api.expect_event(&alice).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "DriftDetected")
+    );
+    assert!(note.contains("fin-writers"), "{note}");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+
+    // The reprocess really reached Graph, once.
+    let path = format!(
+        "/v1.0/identityGovernance/entitlementManagement/assignments/{assignment_id}/reprocess"
+    );
+    assert_eq!(env.sim.count_requests("POST", &path), 1);
+    let writers = "fin-writers";
+    eventually("the reprocess to restore fin-writers", || {
+        env.sim.is_member(writers, "alice@contoso.com")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn invalid_spec_is_stalled_without_calling_graph() {
+    let mut env = Env::start().await;
+    let bad = apa(
+        "bad-target",
+        json!({"accessPackage": {"id": FINANCE}, "target": {"userPrincipalName": "alice"}}),
+    );
+    env.sim.clear_request_log();
+    let task = env.reconcile(&bad);
+
+    env.api.expect_status_patch(&bad).await;
+    let status = env.api.expect_status_patch(&bad).await;
+    let stalled = condition(&status, "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert!(
+        stalled["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.target.userPrincipalName"),
+        "{stalled}"
+    );
+    let (type_, reason, _) = env.api.expect_event(&bad).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "InvalidSpec")
+    );
+    let action = task.await.unwrap().unwrap();
+    // No hot retry: it waits for a spec change or the periodic pass.
+    assert!(
+        requeue_secs(&action).is_some_and(|s| s >= 60.0),
+        "{action:?}"
+    );
+    env.api.expect_silence().await;
+    assert_eq!(
+        env.sim.count_requests("GET", "/v1.0/"),
+        0,
+        "an invalid declaration must not reach Graph"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_remove_adds_finalizer_removes_assignment_then_releases() {
+    let mut env = Env::start().await;
+    let bob = apa(
+        "bob-remove",
+        json!({"accessPackage": {"id": FINANCE}, "target": {"userPrincipalName": "bob@contoso.com"},
+               "deletionPolicy": "Remove"}),
+    );
+    // 1. First sight of a Remove object: only the finalizer is added.
+    let mut finalized = bob.clone();
+    finalized.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    let task = env.reconcile(&bob);
+    let patch = env.api.expect_finalizer_patch(&bob, &finalized).await;
+    assert!(patch.to_string().contains(FINALIZER), "{patch}");
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    env.api.expect_silence().await;
+
+    // 2. Deleted: cleanup submits an adminRemove and keeps the finalizer while it runs.
+    let assignment_id = env
+        .sim
+        .assignment_id("bob@contoso.com", "Finance Analysts")
+        .unwrap();
+    let mut deleting = finalized.clone();
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+    );
+    let deleting = with_status(
+        &deleting,
+        &json!({"assignmentId": assignment_id, "accessPackageId": FINANCE,
+                "targetObjectId": env.sim.user_id("bob@contoso.com").unwrap()}),
+    );
+    let task = env.reconcile(&deleting);
+    let (_, reason, note) = env.api.expect_event(&deleting).await;
+    assert_eq!(reason, "RemovalRequested");
+    assert!(note.contains(&assignment_id), "{note}");
+    let err = task.await.unwrap().unwrap_err();
+    assert!(err.is_waiting(), "{err}");
+    env.api.expect_silence().await;
+    assert_eq!(
+        env.sim.count_requests(
+            "POST",
+            "/v1.0/identityGovernance/entitlementManagement/assignmentRequests"
+        ),
+        1
+    );
+
+    // 3. Once Entra ID has removed it, the finalizer is released (and nothing is submitted twice).
+    eventually("the adminRemove to complete", || {
+        env.sim
+            .assignment_state(&assignment_id)
+            .is_none_or(|s| s == "expired")
+    })
+    .await;
+    let task = env.reconcile(&deleting);
+    let (_, reason, _) = env.api.expect_event(&deleting).await;
+    assert_eq!(reason, "AssignmentRemoved");
+    let mut released = deleting.clone();
+    released.metadata.finalizers = None;
+    let patch = env.api.expect_finalizer_patch(&deleting, &released).await;
+    assert!(patch.to_string().contains("remove"), "{patch}");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(
+        env.sim.count_requests(
+            "POST",
+            "/v1.0/identityGovernance/entitlementManagement/assignmentRequests"
+        ),
+        1
+    );
+}
+
+#[tokio::test]
+async fn orphan_policy_drops_a_leftover_finalizer() {
+    let mut env = Env::start().await;
+    let mut bob = for_user("bob-orphan", "bob@contoso.com");
+    bob.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+    let task = env.reconcile(&bob);
+    let mut released = bob.clone();
+    released.metadata.finalizers = Some(vec![]);
+    let patch = env.api.expect_finalizer_patch(&bob, &released).await;
+    assert_eq!(patch["metadata"]["finalizers"], json!([]));
+    assert_eq!(patch["metadata"]["resourceVersion"], "100");
+    assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    env.api.expect_silence().await;
+}
