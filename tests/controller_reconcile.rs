@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
+use kube::Resource;
 use kube::client::Body;
 use kube::runtime::controller::Action;
-use redeliver::api::{AccessPackageAssignment, FINALIZER};
-use redeliver::controller::assignment;
+use redeliver::api::{AccessPackageAssignment, AccessPackageGuard, FINALIZER};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::{Context, Error, Settings};
+use redeliver::controller::{assignment, guard};
 use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::sim::{FaultScope, FaultSpec};
 use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
@@ -70,16 +73,19 @@ impl ApiServerVerifier {
 
     /// A server-side-apply status patch by field manager `redeliver`; answers with the object
     /// carrying that status and returns the status.
-    async fn expect_status_patch(&mut self, obj: &AccessPackageAssignment) -> Value {
+    async fn expect_status_patch<K>(&mut self, obj: &K) -> Value
+    where
+        K: Resource<DynamicType = ()> + Serialize,
+    {
         let (seen, send) = self.next().await;
-        let name = obj.metadata.name.as_deref().unwrap();
+        let name = obj.meta().name.as_deref().unwrap();
         assert_eq!(
             seen.method,
             Method::PATCH,
             "expected a status patch, got {}",
             seen.path
         );
-        assert_eq!(seen.path, format!("{APA_PATH}/{name}/status"));
+        assert_eq!(seen.path, format!("{}/{name}/status", collection::<K>()));
         assert!(
             seen.query.contains("fieldManager=redeliver"),
             "{}",
@@ -88,7 +94,7 @@ impl ApiServerVerifier {
         assert!(seen.query.contains("force=true"), "{}", seen.query);
         assert_eq!(seen.content_type, "application/apply-patch+yaml");
         assert_eq!(seen.body["apiVersion"], "redeliver.dev/v1alpha1");
-        assert_eq!(seen.body["kind"], "AccessPackageAssignment");
+        assert_eq!(seen.body["kind"], K::kind(&()).as_ref());
         let status = seen.body["status"].clone();
         let mut answer = serde_json::to_value(obj).unwrap();
         answer["status"] = status.clone();
@@ -97,7 +103,10 @@ impl ApiServerVerifier {
     }
 
     /// An event (events.k8s.io/v1) created for the object; returns (type, reason, note).
-    async fn expect_event(&mut self, obj: &AccessPackageAssignment) -> (String, String, String) {
+    async fn expect_event<K>(&mut self, obj: &K) -> (String, String, String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
         let (seen, send) = self.next().await;
         assert_eq!(
             seen.method,
@@ -107,8 +116,8 @@ impl ApiServerVerifier {
             seen.path
         );
         assert_eq!(seen.path, EVENTS_PATH);
-        assert_eq!(seen.body["regarding"]["name"], json!(obj.metadata.name));
-        assert_eq!(seen.body["regarding"]["kind"], "AccessPackageAssignment");
+        assert_eq!(seen.body["regarding"]["name"], json!(obj.meta().name));
+        assert_eq!(seen.body["regarding"]["kind"], K::kind(&()).as_ref());
         assert_eq!(seen.body["reportingController"], "redeliver");
         send.send_response(json_response(&seen.body));
         (
@@ -152,6 +161,15 @@ impl ApiServerVerifier {
     }
 }
 
+/// `/apis/redeliver.dev/v1alpha1/namespaces/access/<plural>`.
+fn collection<K: Resource<DynamicType = ()>>() -> String {
+    format!(
+        "/apis/{}/namespaces/{NS}/{}",
+        K::api_version(&()),
+        K::plural(&())
+    )
+}
+
 fn json_response(v: &Value) -> Response<Body> {
     Response::builder()
         .status(StatusCode::OK)
@@ -168,6 +186,10 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(Settings::default()).await
+    }
+
+    async fn start_with(settings: Settings) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
             .await
@@ -182,7 +204,7 @@ impl Env {
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, NS);
         let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-        let ctx = Arc::new(Context::new(client, graph, metrics, &Settings::default()));
+        let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
         Env {
             sim,
             ctx,
@@ -467,5 +489,153 @@ async fn orphan_policy_drops_a_leftover_finalizer() {
     assert_eq!(patch["metadata"]["finalizers"], json!([]));
     assert_eq!(patch["metadata"]["resourceVersion"], "100");
     assert_eq!(task.await.unwrap().unwrap(), Action::await_change());
+    env.api.expect_silence().await;
+}
+
+const REPROCESS_PREFIX: &str = "/v1.0/identityGovernance/entitlementManagement/assignments/";
+
+fn reprocess_calls(sim: &SimHandle) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|e| {
+            e.method == "POST"
+                && e.path.starts_with(REPROCESS_PREFIX)
+                && e.path.ends_with("/reprocess")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn graph_throttling_requeues_at_exactly_retry_after_without_status_claims() {
+    let mut env = Env::start().await;
+    env.sim.inject_fault(FaultSpec::Throttle {
+        retry_after: 300.0,
+        scope: FaultScope {
+            path_prefix: Some("/identityGovernance/entitlementManagement/assignments/".into()),
+            method: Some("POST".into()),
+            count: Some(10),
+            duration_ms: None,
+        },
+    });
+    let alice = for_user("alice-throttled", "alice@contoso.com");
+    let task = env.reconcile(&alice);
+    env.api.expect_status_patch(&alice).await; // first visit only
+    let err = task.await.unwrap().unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "{err}");
+    let action = assignment::error_policy(Arc::new(alice.clone()), &err, env.ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    // No status claiming a reprocess, no event.
+    env.api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn spent_reprocess_budget_defers_without_writing() {
+    let mut env = Env::start_with(Settings {
+        reprocess_per_minute: 0,
+        ..Settings::default()
+    })
+    .await;
+    let alice = for_user("alice-budget", "alice@contoso.com");
+    let task = env.reconcile(&alice);
+    env.api.expect_status_patch(&alice).await; // first visit only
+    let action = task.await.unwrap().unwrap();
+    assert!(
+        requeue_secs(&action).is_some_and(|s| s > 60.0),
+        "{action:?}"
+    );
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 0);
+}
+
+#[tokio::test]
+async fn suspended_assignment_reports_but_never_writes_to_graph() {
+    let mut env = Env::start().await;
+    let alice = apa(
+        "alice-suspended",
+        json!({"accessPackage": {"id": FINANCE}, "target": {"userPrincipalName": "alice@contoso.com"},
+               "suspend": true}),
+    );
+    let task = env.reconcile(&alice);
+    env.api.expect_status_patch(&alice).await;
+    let status = env.api.expect_status_patch(&alice).await;
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    assert_eq!(condition(&status, "Ready")["reason"], "Suspended");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "DriftDetected");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 0);
+}
+
+fn guard_of(name: &str, mode: &str) -> AccessPackageGuard {
+    serde_json::from_value(json!({
+        "apiVersion": "redeliver.dev/v1alpha1",
+        "kind": "AccessPackageGuard",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}"), "generation": 3, "resourceVersion": "7"},
+        "spec": {"accessPackage": {"id": FINANCE}, "mode": mode, "maxReprocessPerSweep": 5},
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn guard_sweep_lists_drift_and_reprocesses_in_enforce_mode() {
+    let mut env = Env::start().await;
+    let g = guard_of("finance-guard", "Enforce");
+    let task = tokio::spawn(guard::reconcile(Arc::new(g.clone()), env.ctx.clone()));
+    let first = env.api.expect_status_patch(&g).await;
+    assert_eq!(first["observedGeneration"], 3);
+    assert_eq!(condition(&first, "Reconciling")["status"], "True");
+    let status = env.api.expect_status_patch(&g).await;
+    assert_eq!(status["assignments"]["total"], 2, "{status}");
+    assert_eq!(status["assignments"]["drifted"], 1);
+    assert_eq!(status["assignments"]["delivered"], 1);
+    let drifted = status["drifted"].as_array().unwrap();
+    assert_eq!(drifted.len(), 1);
+    assert_eq!(drifted[0]["target"], "alice@contoso.com");
+    assert_eq!(drifted[0]["reprocessAttempts"], 1);
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    let (type_, reason, note) = env.api.expect_event(&g).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "DriftDetected")
+    );
+    assert!(note.contains("alice@contoso.com"), "{note}");
+    let (_, reason, _) = env.api.expect_event(&g).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 1);
+}
+
+#[tokio::test]
+async fn guard_in_audit_mode_only_reports() {
+    let mut env = Env::start().await;
+    let g = guard_of("finance-audit", "Audit");
+    let task = tokio::spawn(guard::reconcile(Arc::new(g.clone()), env.ctx.clone()));
+    env.api.expect_status_patch(&g).await;
+    let status = env.api.expect_status_patch(&g).await;
+    assert_eq!(status["assignments"]["drifted"], 1);
+    assert_eq!(condition(&status, "Ready")["reason"], "ReportOnly");
+    let (_, reason, _) = env.api.expect_event(&g).await;
+    assert_eq!(reason, "DriftDetected");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 0);
+
+    // Same findings next sweep: no write, no event.
+    let stored: AccessPackageGuard = {
+        let mut v = serde_json::to_value(&g).unwrap();
+        v["status"] = status;
+        serde_json::from_value(v).unwrap()
+    };
+    guard::reconcile(Arc::new(stored), env.ctx.clone())
+        .await
+        .unwrap();
     env.api.expect_silence().await;
 }

@@ -128,7 +128,22 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let mut plan = plan_guard_sweep(&input, now);
     ctx.metrics.drift(KIND, plan.drifted.len() as u64);
 
+    let selected = plan.reprocess.len();
     let retry_after = reprocess_selected(ctx, &mut plan, previous.as_ref()).await;
+    if plan.reprocess.len() != selected {
+        // Say what really happened, not what was planned.
+        let done = plan.reprocess.len();
+        plan.events.retain_mut(|e| {
+            if e.kind != crate::engine::EventKind::ReprocessRequested {
+                return true;
+            }
+            e.message = format!(
+                "Reprocessing {done} drifted assignments ({} postponed by the reprocess rate limit or Graph throttling).",
+                selected - done
+            );
+            done > 0
+        });
+    }
     if !plan.reprocess.is_empty()
         && let Ok((package_id, _)) = &resolved
     {
