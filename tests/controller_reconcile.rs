@@ -639,3 +639,38 @@ async fn guard_in_audit_mode_only_reports() {
         .unwrap();
     env.api.expect_silence().await;
 }
+
+#[tokio::test]
+async fn malformed_object_is_reported_once_on_its_status() {
+    use kube::api::{ApiResource, DynamicObject};
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, NS);
+    let mut api = ApiServerVerifier(handle);
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let reporter = tokio::spawn(redeliver::controller::watch::report_malformed(
+        client,
+        ApiResource::erase::<AccessPackageAssignment>(&()),
+        rx,
+    ));
+    let mut raw = serde_json::to_value(for_user("typo", "alice@contoso.com")).unwrap();
+    raw["spec"]["reprocess"] = json!({"mode": "Sometimes"});
+    let bad: DynamicObject = serde_json::from_value(raw.clone()).unwrap();
+    let typed_twin = for_user("typo", "alice@contoso.com");
+    tx.send((bad, "unknown variant `Sometimes`".to_string()))
+        .unwrap();
+    let status = api.expect_status_patch(&typed_twin).await;
+    let stalled = condition(&status, "Stalled");
+    assert_eq!(stalled["status"], "True");
+    assert_eq!(stalled["reason"], "InvalidSpec");
+    assert!(stalled["message"].as_str().unwrap().contains("Sometimes"));
+    assert_eq!(condition(&status, "Ready")["status"], "False");
+
+    // The status write comes back through the watch, still malformed: no second write.
+    raw["status"] = status;
+    let again: DynamicObject = serde_json::from_value(raw).unwrap();
+    tx.send((again, "unknown variant `Sometimes`".to_string()))
+        .unwrap();
+    api.expect_silence().await;
+    drop(tx);
+    reporter.await.unwrap();
+}

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::{FutureExt, StreamExt};
-use kube::api::ListParams;
+use kube::api::{ApiResource, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
 use kube::{Client, Resource};
@@ -367,7 +367,20 @@ pub async fn run_controllers(
     let mut runs = Vec::new();
     let mut stores_a: Vec<Store<AccessPackageAssignment>> = Vec::new();
     let mut stores_g: Vec<Store<AccessPackageGuard>> = Vec::new();
+    let mut reporters = Vec::new();
     for scope in scopes {
+        let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (bad_g, bad_g_rx) = tokio::sync::mpsc::unbounded_channel();
+        reporters.push(tokio::spawn(watch::report_malformed(
+            ctx.client.clone(),
+            ApiResource::erase::<AccessPackageAssignment>(&()),
+            bad_a_rx,
+        )));
+        reporters.push(tokio::spawn(watch::report_malformed(
+            ctx.client.clone(),
+            ApiResource::erase::<AccessPackageGuard>(&()),
+            bad_g_rx,
+        )));
         let (reader, writer) = reflector::store();
         stores_a.push(reader.clone());
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
@@ -376,6 +389,7 @@ pub async fn run_controllers(
             writer,
             ctx.metrics.clone(),
             assignment::KIND,
+            Some(bad_a),
         );
         let token = stop.clone();
         runs.push(
@@ -394,6 +408,7 @@ pub async fn run_controllers(
             writer,
             ctx.metrics.clone(),
             guard::KIND,
+            Some(bad_g),
         );
         let token = stop.clone();
         runs.push(
@@ -417,6 +432,9 @@ pub async fn run_controllers(
     });
     futures::future::join_all(runs).await;
     ready_task.abort();
+    for r in reporters {
+        r.abort();
+    }
     tracing::info!("controllers stopped");
 }
 

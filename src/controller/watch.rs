@@ -7,12 +7,14 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::PredicateConfig;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::metrics::{KindLabels, Metrics};
 use crate::api::REPROCESS_ANNOTATION;
@@ -50,12 +52,15 @@ pub fn dynamic_api<K: Resource<DynamicType = ()>>(
 /// status) is logged, counted and skipped instead of failing the whole list. Decoded objects
 /// go into `writer`'s store; the returned stream yields the objects whose
 /// [`trigger_hash`] changed.
+///
+/// Objects that do not decode are also sent to `malformed` (see [`report_malformed`]).
 pub fn lenient_watch<K>(
     api: Api<DynamicObject>,
     config: watcher::Config,
     writer: Writer<K>,
     metrics: Arc<Metrics>,
     kind: &'static str,
+    malformed: Option<UnboundedSender<(DynamicObject, String)>>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
@@ -64,7 +69,7 @@ where
         .default_backoff()
         .filter_map(move |event| {
             let out = match event {
-                Ok(event) => decode_event::<K>(event, &metrics, kind).map(Ok),
+                Ok(event) => decode_event::<K>(event, &metrics, kind, malformed.as_ref()).map(Ok),
                 Err(err) => Some(Err(err)),
             };
             std::future::ready(out)
@@ -78,13 +83,16 @@ fn decode_event<K>(
     event: watcher::Event<DynamicObject>,
     metrics: &Metrics,
     kind: &'static str,
+    malformed: Option<&UnboundedSender<(DynamicObject, String)>>,
 ) -> Option<watcher::Event<K>>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
+    let is_delete = matches!(event, watcher::Event::Delete(_));
     let decode = |obj: DynamicObject| -> Option<K> {
         let name = obj.name_any();
         let namespace = obj.namespace().unwrap_or_default();
+        let copy = (!is_delete).then(|| obj.clone()).zip(malformed);
         match obj.try_parse::<K>() {
             Ok(k) => Some(k),
             Err(err) => {
@@ -99,6 +107,9 @@ where
                     error = %err,
                     "skipping an object that does not decode; fix or delete it (kubectl get -o yaml shows the bad field)"
                 );
+                if let Some((obj, tx)) = copy {
+                    let _ = tx.send((obj, err.to_string()));
+                }
                 None
             }
         }
@@ -109,6 +120,60 @@ where
         watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
         watcher::Event::Init => Some(watcher::Event::Init),
         watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+/// Reports each undecodable object on the object itself: `Stalled=True, reason=InvalidSpec`
+/// with the decode error, written with server-side apply. Skipped when the object already
+/// says so, so the status write (which comes back through the watch) cannot loop.
+pub async fn report_malformed(
+    client: Client,
+    ar: ApiResource,
+    mut malformed: UnboundedReceiver<(DynamicObject, String)>,
+) {
+    let kind = ar.kind.clone();
+    use crate::engine::conditions::{Desired, READY, STALLED, Status, build_conditions, reason};
+    while let Some((obj, error)) = malformed.recv().await {
+        let message = format!(
+            "The object does not match the {kind} schema and is skipped until it is fixed: {error}."
+        );
+        let previous: Vec<Condition> = obj
+            .data
+            .get("status")
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        if previous
+            .iter()
+            .any(|c| c.type_ == STALLED && c.reason == reason::INVALID_SPEC && c.message == message)
+        {
+            continue;
+        }
+        let generation = obj.metadata.generation;
+        let conditions = build_conditions(
+            &previous,
+            vec![
+                Desired::new(READY, Status::False, reason::INVALID_SPEC, message.clone()),
+                Desired::new(STALLED, Status::True, reason::INVALID_SPEC, message),
+            ],
+            generation,
+            jiff::Timestamp::now(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": ar.api_version,
+            "kind": ar.kind,
+            "status": {"observedGeneration": generation, "conditions": conditions},
+        });
+        let name = obj.name_any();
+        let Some(ns) = obj.namespace() else { continue };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let params = kube::api::PatchParams::apply(super::context::FIELD_MANAGER).force();
+        if let Err(err) = api
+            .patch_status(&name, &params, &kube::api::Patch::Apply(&patch))
+            .await
+        {
+            tracing::warn!(kind = %kind, name = %name, error = %err, "could not report a malformed object on its status");
+        }
     }
 }
 
@@ -174,22 +239,32 @@ mod tests {
         let mut bad = good.clone();
         bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
         let kind = "AccessPackageAssignment";
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         assert!(matches!(
             decode_event::<AccessPackageAssignment>(
                 watcher::Event::InitApply(good),
                 &metrics,
-                kind
+                kind,
+                None
             ),
             Some(watcher::Event::InitApply(_))
         ));
         assert!(
-            decode_event::<AccessPackageAssignment>(watcher::Event::Apply(bad), &metrics, kind)
-                .is_none()
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::Apply(bad),
+                &metrics,
+                kind,
+                Some(&tx)
+            )
+            .is_none()
         );
         assert!(matches!(
-            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &metrics, kind),
+            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &metrics, kind, None),
             Some(watcher::Event::InitDone)
         ));
+        let (reported, error) = rx.try_recv().expect("the malformed object is reported");
+        assert_eq!(reported.metadata.name.as_deref(), Some("a"));
+        assert!(error.contains("Sometimes"), "{error}");
         let text = super::super::metrics::render(&registry).unwrap();
         assert!(
             text.contains("redeliver_malformed_objects_total{kind=\"AccessPackageAssignment\"} 1"),
