@@ -1,0 +1,44 @@
+//! The health and metrics endpoint over real HTTP on a random loopback port.
+
+use std::sync::Arc;
+
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::server::{Readiness, router};
+
+#[tokio::test]
+async fn livez_readyz_and_openmetrics() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (metrics, registry) = Metrics::new(None);
+    metrics.is_leader.set(1);
+    metrics.reprocess("AccessPackageAssignment", "requested");
+    let ready = Readiness::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(Arc::new(registry), ready.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+
+    let live = get("/livez").await.unwrap();
+    assert_eq!(live.status(), 200);
+
+    let not_ready = get("/readyz").await.unwrap();
+    assert_eq!(not_ready.status(), 503, "not ready before the caches sync");
+    ready.set(true);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    let m = get("/metrics").await.unwrap();
+    assert_eq!(m.status(), 200);
+    let content_type = m.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let body = m.text().await.unwrap();
+    assert!(body.contains("redeliver_is_leader 1"), "{body}");
+    assert!(body.contains(
+        "redeliver_reprocess_calls_total{kind=\"AccessPackageAssignment\",outcome=\"requested\"} 1"
+    ));
+    assert!(body.trim_end().ends_with("# EOF"));
+    server.abort();
+}
