@@ -674,3 +674,33 @@ async fn malformed_object_is_reported_once_on_its_status() {
     drop(tx);
     reporter.await.unwrap();
 }
+
+#[tokio::test]
+async fn missing_crd_fails_fast_with_the_install_command() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, NS);
+    let mut api = ApiServerVerifier(handle);
+    let check = tokio::spawn(async move { redeliver::controller::check_crds(&client, &[]).await });
+    let (seen, send) = api.next().await;
+    assert_eq!(seen.method, Method::GET);
+    assert_eq!(
+        seen.path,
+        "/apis/redeliver.dev/v1alpha1/accesspackageassignments"
+    );
+    assert!(seen.query.contains("limit=1"), "{}", seen.query);
+    let not_found = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "the server could not find the requested resource", "reason": "NotFound", "code": 404});
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::NOT_FOUND)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&not_found).unwrap()))
+            .unwrap(),
+    );
+    let err = check.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("kubectl apply --server-side -f crds/"),
+        "{err}"
+    );
+    assert!(err.contains("AccessPackageAssignment"), "{err}");
+}

@@ -186,7 +186,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         metrics.is_leader.set(1);
         run_controllers(
             ctx,
-            &args.namespaces,
+            args.namespaces.clone(),
             args.concurrency,
             readiness.clone(),
             shutdown.clone(),
@@ -230,7 +230,7 @@ async fn signal_on_terminate(shutdown: CancellationToken) {
 
 /// Lists each kind with `limit=1`: a missing CRD fails fast with the fix, instead of a watch
 /// retrying forever.
-async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+pub async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
     let ns = namespaces.first().map(String::as_str);
     for (kind, api) in [
         (
@@ -310,7 +310,7 @@ async fn run_as_leader(
     let stop = shutdown.child_token();
     let controllers = run_controllers(
         ctx.clone(),
-        &args.namespaces,
+        args.namespaces.clone(),
         args.concurrency,
         readiness,
         stop.clone(),
@@ -350,7 +350,7 @@ async fn run_as_leader(
 /// synced.
 pub async fn run_controllers(
     ctx: Arc<Context>,
-    namespaces: &[String],
+    namespaces: Vec<String>,
     concurrency: u16,
     readiness: Readiness,
     stop: CancellationToken,
@@ -358,7 +358,7 @@ pub async fn run_controllers(
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
-        namespaces.iter().cloned().map(Some).collect()
+        namespaces.into_iter().map(Some).collect()
     };
     let config = ControllerConfig::default()
         .debounce(Duration::from_secs(1))
@@ -457,5 +457,65 @@ fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
             tracing::warn!(kind, error = %e, "watch error; retrying with backoff (check RBAC and API server reachability)")
         }
         Err(e) => tracing::warn!(kind, error = %e, "controller error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let a = Cli::try_parse_from(["redeliver"]).unwrap().args;
+        assert!(a.namespaces.is_empty());
+        assert_eq!(a.concurrency, 4);
+        assert_eq!(a.verify_interval, Duration::from_secs(600));
+        assert_eq!(a.reprocess_rate, 30);
+        assert_eq!(a.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        assert!(!a.leader_election);
+        assert_eq!(a.lease_name, "redeliver");
+        assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let a = Cli::try_parse_from([
+            "redeliver",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--concurrency",
+            "8",
+            "--verify-interval",
+            "1h30m",
+            "--reprocess-rate",
+            "0",
+            "--leader-election",
+            "--lease-namespace",
+            "ops",
+            "--pod-name",
+            "redeliver-0",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.namespaces, ["a", "b"]);
+        assert_eq!(a.concurrency, 8);
+        assert_eq!(a.verify_interval, Duration::from_secs(5400));
+        assert_eq!(a.reprocess_rate, 0);
+        assert!(a.leader_election);
+        assert_eq!(a.lease_namespace.as_deref(), Some("ops"));
+        let s = a.settings("redeliver-0");
+        assert_eq!(s.instance.as_deref(), Some("redeliver-0"));
+        assert_eq!(s.concurrency, 8);
+        assert!(Cli::try_parse_from(["redeliver", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["redeliver", "--verify-interval", "soon"]).is_err());
     }
 }
