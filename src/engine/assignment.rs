@@ -1,0 +1,1165 @@
+//! Planning for one `AccessPackageAssignment`.
+//!
+//! Decisions (see design.md, "Behaviour that matters"):
+//! - `Delivered=True` only when Graph says `delivered` and every verifiable resource is
+//!   Present. Unverifiable resources never block and never trigger a reprocess; a failed read
+//!   (Unknown) means delivery cannot be claimed (`Delivered=Unknown`).
+//! - No assignment and nothing in flight: request one (`adminAdd`). This is *Ensure*, not a
+//!   reprocess, so `reprocess.mode` does not gate it. While our request is not visible or in
+//!   flight we wait; past `stuck_after` we report `DeliveryStuck` instead of requesting again
+//!   (identical `adminAdd`s are known to wedge assignments).
+//! - Delivered but missing resources: reprocess the assignment (mode Auto), bounded by
+//!   `maxAttempts` and spaced by `cooldown`; mode Manual waits for the annotation; mode
+//!   Disabled reports only. The annotation `redeliver.dev/reprocess-requested-at` asks for one
+//!   reprocess even without drift, is honoured after exhaustion, and is echoed in
+//!   `status.reprocess.lastHandledRequest` once handled. Cooldown still applies.
+//! - `deliveryFailed`/`partiallyDelivered`: reprocess the latest failed request within the
+//!   reprocess window, under the same gates; outside it `Stalled=DeliveryFailed` explains
+//!   cancel + new request.
+//! - Expired: the policy's expiry is respected, never silently renewed: `Stalled=Expired`. A new
+//!   annotation value requests a fresh assignment.
+//! - `spec.suspend` blocks every write; the status says what would have been done.
+//! - Attempts reset to 0 once the assignment is verified delivered again.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::conditions::{
+    self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
+};
+use super::{
+    Action, EngineEvent, EngineSettings, EventKind, Plan, PromisedResource, ResolveFailure,
+    ResolvedIds, Snapshot,
+};
+use crate::api::{
+    AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, MIN_VERIFY_INTERVAL, ReprocessMode,
+    ResourceState, ResourceStatus, format_duration, parse_duration, validate_assignment_spec,
+};
+use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestState};
+
+/// Outcome strings for `status.reprocess.lastOutcome`.
+const OUTCOME_REQUESTED: &str = "Requested";
+const OUTCOME_REPAIRED: &str = "Repaired";
+const OUTCOME_EXHAUSTED: &str = "Exhausted";
+const OUTCOME_REJECTED: &str = "Rejected";
+
+/// Everything the engine needs to plan one assignment.
+#[derive(Debug, Clone)]
+pub struct AssignmentInput<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    pub spec: &'a AccessPackageAssignmentSpec,
+    /// The status as currently stored.
+    pub previous: Option<&'a AccessPackageAssignmentStatus>,
+    /// Value of the `redeliver.dev/reprocess-requested-at` annotation.
+    pub reprocess_annotation: Option<&'a str>,
+    /// Resolved ids, or why the declaration did not resolve.
+    pub resolved: Result<ResolvedIds, ResolveFailure>,
+    /// The target's current assignment of the package (prefer a non-expired one; pass an
+    /// expired one only when there is no other).
+    pub assignment: Option<&'a Assignment>,
+    /// The latest assignment request for package + target, if known.
+    pub latest_request: Option<&'a AssignmentRequest>,
+    /// What the package promises ([`super::promised_resources`]).
+    pub resources: &'a [PromisedResource],
+    /// Memberships read for this pass.
+    pub snapshot: &'a Snapshot,
+    pub settings: &'a EngineSettings,
+}
+
+/// What went wrong when the driver performed a write action.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionFailure {
+    pub kind: ActionFailureKind,
+    /// Graph's error code and message (never a token).
+    pub message: String,
+}
+
+/// Kinds of [`ActionFailure`]. Transient failures (429, 5xx, network) are not reported
+/// here: the driver retries them with backoff without writing status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActionFailureKind {
+    /// 403: the operator lacks a permission or catalog role.
+    Forbidden,
+    /// Any other non-retryable 4xx (policy requirements not met, window closed, ...).
+    Rejected,
+}
+
+/// Intermediate decision before conditions are assembled.
+struct Outcome {
+    action: Action,
+    delivered: Desired,
+    reconciling: Option<Desired>,
+    stalled: Option<Desired>,
+    requeue: Duration,
+}
+
+struct Ctx<'a, 'b> {
+    input: &'b AssignmentInput<'a>,
+    prev: &'b AccessPackageAssignmentStatus,
+    now: Timestamp,
+    verify_interval: Duration,
+    annotation_new: Option<&'a str>,
+}
+
+impl Ctx<'_, '_> {
+    fn settings(&self) -> &EngineSettings {
+        self.input.settings
+    }
+
+    fn prev_reconciling_reason(&self) -> Option<&str> {
+        conditions::find(&self.prev.conditions, RECONCILING)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.as_str())
+    }
+
+    fn prev_stalled_reason(&self) -> Option<&str> {
+        conditions::find(&self.prev.conditions, STALLED)
+            .filter(|c| c.status == "True")
+            .map(|c| c.reason.as_str())
+    }
+
+    /// Since when work has been in flight: the earliest of the request's creation time and
+    /// the moment `Reconciling` turned True.
+    fn in_flight_since(&self, request: Option<&AssignmentRequest>) -> Timestamp {
+        let reconciling_since = conditions::find(&self.prev.conditions, RECONCILING)
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time.0);
+        [request.and_then(|r| r.created_date_time), reconciling_since]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.now)
+    }
+
+    fn is_stuck(&self, since: Timestamp) -> bool {
+        self.prev_stalled_reason() == Some(reason::DELIVERY_STUCK)
+            || elapsed(since, self.now) > self.settings().stuck_after
+    }
+
+    /// Whether the annotation asks for an action this pass.
+    fn forced(&self) -> bool {
+        self.annotation_new.is_some() && self.input.spec.reprocess.mode != ReprocessMode::Disabled
+    }
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let d: SignedDuration = now.duration_since(since);
+    d.try_into().unwrap_or(Duration::ZERO)
+}
+
+fn add(ts: Timestamp, d: Duration) -> Timestamp {
+    SignedDuration::try_from(d)
+        .ok()
+        .and_then(|d| ts.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX)
+}
+
+fn fmt_ts(ts: Timestamp) -> String {
+    to_time(ts).0.to_string()
+}
+
+fn labels(resources: &[&PromisedResource]) -> String {
+    resources
+        .iter()
+        .map(|r| r.label())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Plans one pass for one `AccessPackageAssignment`.
+pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
+    let prev = input.previous.cloned().unwrap_or_default();
+    let verify_interval = parse_duration(&input.spec.verify_interval)
+        .ok()
+        .filter(|d| *d >= MIN_VERIFY_INTERVAL)
+        .unwrap_or(input.settings.default_verify_interval);
+    let annotation_new = input
+        .reprocess_annotation
+        .filter(|v| !v.trim().is_empty())
+        .filter(|v| prev.reprocess.last_handled_request.as_deref() != Some(*v));
+    let ctx = Ctx {
+        input,
+        prev: &prev,
+        now,
+        verify_interval,
+        annotation_new,
+    };
+    let mut status = prev.clone();
+    status.observed_generation = input.generation;
+    let mut missing: Vec<PromisedResource> = Vec::new();
+
+    let outcome = match (validate_assignment_spec(input.spec), &input.resolved) {
+        (Err(e), _) => {
+            clear_observations(&mut status);
+            stalled_outcome(
+                &ctx,
+                reason::INVALID_SPEC,
+                format!("Invalid declaration: {e}."),
+            )
+        }
+        (Ok(()), Err(failure)) => {
+            clear_observations(&mut status);
+            stalled_outcome(&ctx, failure.kind.reason(), failure.message.clone())
+        }
+        (Ok(()), Ok(ids)) => {
+            let observed = observe(&ctx, ids, &mut status);
+            missing = observed.missing.iter().map(|r| (*r).clone()).collect();
+            decide(&ctx, ids, &observed, &mut status)
+        }
+    };
+    finish(&ctx, status, outcome, missing)
+}
+
+fn clear_observations(status: &mut AccessPackageAssignmentStatus) {
+    status.assignment_id = None;
+    status.graph_state = None;
+    status.graph_status = None;
+    status.resources.clear();
+    status.resources_summary = None;
+}
+
+fn stalled_outcome(ctx: &Ctx, why: &'static str, message: String) -> Outcome {
+    Outcome {
+        action: Action::GiveUp { reason: why },
+        delivered: Desired::new(
+            DELIVERED,
+            Status::Unknown,
+            reason::NOT_VERIFIED,
+            "Delivery cannot be verified until the declaration resolves.",
+        ),
+        reconciling: None,
+        stalled: Some(Desired::new(STALLED, Status::True, why, message)),
+        requeue: ctx.verify_interval,
+    }
+}
+
+struct Observed<'r> {
+    missing: Vec<&'r PromisedResource>,
+    unknown: Vec<(&'r PromisedResource, String)>,
+}
+
+fn observe<'r>(
+    ctx: &Ctx<'r, '_>,
+    ids: &ResolvedIds,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Observed<'r> {
+    let input = ctx.input;
+    status.access_package_id = Some(ids.access_package_id.clone());
+    status.access_package_name = Some(
+        ids.access_package_name
+            .clone()
+            .unwrap_or_else(|| ids.access_package_id.clone()),
+    );
+    status.policy_id = ids.policy.as_ref().ok().cloned();
+    status.target_object_id = Some(ids.target_object_id.clone());
+    status.target_name = Some(
+        ids.target_name
+            .clone()
+            .or_else(|| input.spec.target.user_principal_name.clone())
+            .unwrap_or_else(|| ids.target_object_id.clone()),
+    );
+    match input.assignment {
+        Some(a) => {
+            status.assignment_id = Some(a.id.clone());
+            status.graph_state = Some(a.state.as_str().to_string());
+            status.graph_status = a.status.clone();
+        }
+        None => {
+            status.assignment_id = None;
+            status.graph_state = None;
+            status.graph_status = None;
+        }
+    }
+    let mut observed = Observed {
+        missing: Vec::new(),
+        unknown: Vec::new(),
+    };
+    let mut verifiable = 0;
+    let mut present = 0;
+    status.resources = input
+        .resources
+        .iter()
+        .map(|r| {
+            let check = input.snapshot.check_detail(&r.kind, &ids.target_object_id);
+            match check.state {
+                ResourceState::Present => {
+                    verifiable += 1;
+                    present += 1;
+                }
+                ResourceState::Missing => {
+                    verifiable += 1;
+                    observed.missing.push(r);
+                }
+                ResourceState::Unknown => {
+                    verifiable += 1;
+                    observed
+                        .unknown
+                        .push((r, check.note.clone().unwrap_or_default()));
+                }
+                ResourceState::Unverifiable => {}
+            }
+            ResourceStatus {
+                origin_system: r.origin_system.clone(),
+                origin_id: r.origin_id.clone(),
+                display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
+                role: Some(r.role.clone()).filter(|s| !s.is_empty()),
+                state: check.state,
+                note: r.note.clone().or(check.note),
+            }
+        })
+        .collect();
+    status.resources_summary = Some(format!("{present}/{verifiable}"));
+    status.last_verified_time = Some(to_time(ctx.now));
+    observed
+}
+
+fn decide(
+    ctx: &Ctx,
+    ids: &ResolvedIds,
+    observed: &Observed,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let input = ctx.input;
+    let request = input.latest_request;
+    let Some(a) = input.assignment else {
+        return not_assigned(ctx, ids, status);
+    };
+    match a.state {
+        AssignmentState::Delivered => delivered_state(ctx, a, observed, status),
+        AssignmentState::Delivering => {
+            let in_flight = request.filter(|r| r.state.is_in_flight());
+            if let Some(r) = in_flight {
+                status.last_request_id = Some(r.id.clone());
+            }
+            let reconciling_reason = if ctx.prev_reconciling_reason() == Some(reason::REPROCESSING)
+            {
+                reason::REPROCESSING
+            } else {
+                reason::REQUESTING
+            };
+            wait_in_flight(
+                ctx,
+                in_flight,
+                &format!("assignment {}", a.id),
+                reconciling_reason,
+                Desired::new(
+                    DELIVERED,
+                    Status::False,
+                    reason::AWAITING_DELIVERY,
+                    format!("Entitlement management is delivering assignment {}.", a.id),
+                ),
+            )
+        }
+        AssignmentState::DeliveryFailed | AssignmentState::PartiallyDelivered => {
+            let delivered = Desired::new(
+                DELIVERED,
+                Status::False,
+                reason::DELIVERY_FAILED,
+                format!("Graph reports assignment {} as {}.", a.id, a.state.as_str()),
+            );
+            failed_delivery(ctx, request, delivered, status)
+        }
+        AssignmentState::Expired => expired(ctx, ids, a, status),
+        AssignmentState::Unknown => Outcome {
+            action: Action::None,
+            delivered: Desired::new(
+                DELIVERED,
+                Status::Unknown,
+                reason::UNKNOWN_STATE,
+                format!(
+                    "Graph reports assignment {} in a state Redeliver does not know ({}).",
+                    a.id,
+                    a.status.as_deref().unwrap_or("no status text")
+                ),
+            ),
+            reconciling: None,
+            stalled: None,
+            requeue: ctx.verify_interval,
+        },
+    }
+}
+
+fn delivered_state(
+    ctx: &Ctx,
+    a: &Assignment,
+    observed: &Observed,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let input = ctx.input;
+    let unknown_msg = || {
+        observed
+            .unknown
+            .iter()
+            .map(|(r, note)| format!("{} ({note})", r.label()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !observed.missing.is_empty() {
+        let delivered = Desired::new(
+            DELIVERED,
+            Status::False,
+            reason::RESOURCES_MISSING,
+            format!(
+                "Graph says assignment {} is delivered, but the user is missing: {}.",
+                a.id,
+                labels(&observed.missing)
+            ),
+        );
+        if let Some(r) = input.latest_request.filter(|r| r.state.is_in_flight()) {
+            status.last_request_id = Some(r.id.clone());
+            return wait_in_flight(
+                ctx,
+                Some(r),
+                &format!("request {}", r.id),
+                reason::REQUESTING,
+                delivered,
+            );
+        }
+        let what = format!("resources missing: {}", labels(&observed.missing));
+        return repair(
+            ctx,
+            Action::ReprocessAssignment {
+                assignment_id: a.id.clone(),
+            },
+            &what,
+            delivered,
+            status,
+        );
+    }
+    // Nothing missing: delivered, or unknown when a read failed.
+    let delivered = if observed.unknown.is_empty() {
+        Desired::new(
+            DELIVERED,
+            Status::True,
+            reason::DELIVERED,
+            format!(
+                "Assignment {} is delivered and every verifiable resource is present.",
+                a.id
+            ),
+        )
+    } else {
+        Desired::new(
+            DELIVERED,
+            Status::Unknown,
+            reason::VERIFICATION_FAILED,
+            format!(
+                "Graph says assignment {} is delivered, but these could not be read: {}.",
+                a.id,
+                unknown_msg()
+            ),
+        )
+    };
+    if ctx.forced() {
+        return repair(
+            ctx,
+            Action::ReprocessAssignment {
+                assignment_id: a.id.clone(),
+            },
+            "requested by annotation",
+            delivered,
+            status,
+        );
+    }
+    if delivered.status == Status::True {
+        if status.reprocess.attempts > 0 {
+            status.reprocess.attempts = 0;
+            status.reprocess.last_outcome = Some(OUTCOME_REPAIRED.into());
+        }
+        status.last_request_id = None;
+        return Outcome {
+            action: Action::None,
+            delivered,
+            reconciling: None,
+            stalled: None,
+            requeue: ctx.verify_interval,
+        };
+    }
+    Outcome {
+        action: Action::None,
+        delivered,
+        reconciling: None,
+        stalled: None,
+        requeue: ctx.settings().read_failure_retry.min(ctx.verify_interval),
+    }
+}
+
+/// Waits for something Graph is working on, or reports it stuck.
+fn wait_in_flight(
+    ctx: &Ctx,
+    request: Option<&AssignmentRequest>,
+    what: &str,
+    reconciling_reason: &'static str,
+    delivered: Desired,
+) -> Outcome {
+    let since = ctx.in_flight_since(request);
+    if ctx.is_stuck(since) {
+        let id = request
+            .map(|r| format!("request {}", r.id))
+            .unwrap_or_else(|| what.to_string());
+        let state = request.map(|r| r.state.as_str()).unwrap_or("in progress");
+        return Outcome {
+            action: Action::GiveUp {
+                reason: reason::DELIVERY_STUCK,
+            },
+            delivered,
+            reconciling: None,
+            stalled: Some(Desired::new(
+                STALLED,
+                Status::True,
+                reason::DELIVERY_STUCK,
+                // No timestamp derived from `since` here: after the stall `since` can no
+                // longer be recovered, and the message must stay identical on later passes.
+                format!(
+                    "{} has been {state} for longer than {}; check it in the Entra admin \
+                     center and cancel it if it does not move.{}",
+                    capitalize(&id),
+                    format_duration(ctx.settings().stuck_after),
+                    if ctx.input.assignment.is_none() {
+                        format!(
+                            " Set the annotation {} to a new value to submit a new request.",
+                            crate::api::REPROCESS_ANNOTATION
+                        )
+                    } else {
+                        String::new()
+                    }
+                ),
+            )),
+            requeue: ctx.verify_interval,
+        };
+    }
+    Outcome {
+        action: Action::Wait {
+            reason: reconciling_reason,
+        },
+        reconciling: Some(Desired::new(
+            RECONCILING,
+            Status::True,
+            reconciling_reason,
+            format!("Waiting for entitlement management to finish {what}."),
+        )),
+        delivered,
+        stalled: None,
+        requeue: ctx.settings().poll_interval,
+    }
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+/// The gates every reprocess passes: mode, annotation, attempts, cooldown.
+fn repair(
+    ctx: &Ctx,
+    action: Action,
+    what: &str,
+    delivered: Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let spec = &ctx.input.spec.reprocess;
+    let forced = ctx.forced();
+    let report_only = |message: String| Outcome {
+        action: Action::None,
+        delivered: Desired {
+            message: format!("{} {message}", delivered.message),
+            ..delivered.clone()
+        },
+        reconciling: None,
+        stalled: None,
+        requeue: ctx.verify_interval,
+    };
+    match spec.mode {
+        ReprocessMode::Disabled => {
+            return report_only(
+                "reprocess.mode is Disabled, so Redeliver only reports; reprocess it in the \
+                 Entra admin center or change the mode."
+                    .into(),
+            );
+        }
+        ReprocessMode::Manual if !forced => {
+            return report_only(format!(
+                "reprocess.mode is Manual: set the annotation {} to a new value to reprocess.",
+                crate::api::REPROCESS_ANNOTATION
+            ));
+        }
+        _ => {}
+    }
+    let attempts = status.reprocess.attempts;
+    if !forced && attempts >= spec.max_attempts {
+        status.reprocess.last_outcome = Some(OUTCOME_EXHAUSTED.into());
+        return Outcome {
+            action: Action::GiveUp {
+                reason: reason::REPROCESS_EXHAUSTED,
+            },
+            stalled: Some(Desired::new(
+                STALLED,
+                Status::True,
+                reason::REPROCESS_EXHAUSTED,
+                format!(
+                    "{attempts} reprocess attempt(s) did not repair it ({what}); find what keeps \
+                     removing the access, then set the annotation {} to a new value to retry.",
+                    crate::api::REPROCESS_ANNOTATION
+                ),
+            )),
+            delivered,
+            reconciling: None,
+            requeue: ctx.verify_interval,
+        };
+    }
+    let cooldown = parse_duration(&spec.cooldown)
+        .ok()
+        .filter(|d| *d >= crate::api::MIN_COOLDOWN)
+        .unwrap_or(crate::api::MIN_COOLDOWN);
+    if let Some(last) = status.reprocess.last_requested_time.as_ref().map(|t| t.0) {
+        let next = add(last, cooldown);
+        if ctx.now < next {
+            let remaining = elapsed(ctx.now, next).max(Duration::from_secs(1));
+            return Outcome {
+                action: Action::Wait {
+                    reason: reason::REPROCESSING,
+                },
+                reconciling: Some(Desired::new(
+                    RECONCILING,
+                    Status::True,
+                    reason::REPROCESSING,
+                    format!(
+                        "Reprocess requested at {}; the next one is allowed at {} ({what}).",
+                        fmt_ts(last),
+                        fmt_ts(next)
+                    ),
+                )),
+                delivered,
+                stalled: None,
+                requeue: remaining,
+            };
+        }
+    }
+    status.reprocess.attempts = attempts.saturating_add(1);
+    status.reprocess.last_requested_time = Some(to_time(ctx.now));
+    status.reprocess.last_outcome = Some(OUTCOME_REQUESTED.into());
+    if forced && let Some(v) = ctx.annotation_new {
+        status.reprocess.last_handled_request = Some(v.to_string());
+    }
+    if let Action::ReprocessRequest { request_id } = &action {
+        status.last_request_id = Some(request_id.clone());
+    }
+    let target = match &action {
+        Action::ReprocessRequest { request_id } => format!("request {request_id}"),
+        Action::ReprocessAssignment { assignment_id } => format!("assignment {assignment_id}"),
+        _ => String::from("assignment"),
+    };
+    Outcome {
+        action,
+        reconciling: Some(Desired::new(
+            RECONCILING,
+            Status::True,
+            reason::REPROCESSING,
+            format!(
+                "Reprocess {} of {} requested for {target} ({what}).",
+                status.reprocess.attempts, spec.max_attempts
+            ),
+        )),
+        delivered,
+        stalled: None,
+        requeue: ctx.settings().poll_interval,
+    }
+}
+
+fn failed_delivery(
+    ctx: &Ctx,
+    request: Option<&AssignmentRequest>,
+    delivered: Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    match request {
+        Some(r) if r.state.is_in_flight() => {
+            status.last_request_id = Some(r.id.clone());
+            wait_in_flight(
+                ctx,
+                Some(r),
+                &format!("request {}", r.id),
+                reason::REPROCESSING,
+                delivered,
+            )
+        }
+        Some(r)
+            if matches!(
+                r.state,
+                RequestState::DeliveryFailed | RequestState::PartiallyDelivered
+            ) =>
+        {
+            status.last_request_id = Some(r.id.clone());
+            let window = ctx.settings().request_reprocess_window;
+            if let Some(done) = r.completed_date_time
+                && elapsed(done, ctx.now) > window
+            {
+                return Outcome {
+                    action: Action::GiveUp {
+                        reason: reason::DELIVERY_FAILED,
+                    },
+                    stalled: Some(Desired::new(
+                        STALLED,
+                        Status::True,
+                        reason::DELIVERY_FAILED,
+                        format!(
+                            "Request {} failed ({}) at {}, more than {} ago, so Graph no longer \
+                             allows reprocessing it; cancel the request and submit a new one in \
+                             the Entra admin center.",
+                            r.id,
+                            r.state.as_str(),
+                            fmt_ts(done),
+                            format_duration(window)
+                        ),
+                    )),
+                    delivered,
+                    reconciling: None,
+                    requeue: ctx.verify_interval,
+                };
+            }
+            let what = format!("request {} is {}", r.id, r.state.as_str());
+            repair(
+                ctx,
+                Action::ReprocessRequest {
+                    request_id: r.id.clone(),
+                },
+                &what,
+                delivered,
+                status,
+            )
+        }
+        _ => Outcome {
+            action: Action::GiveUp {
+                reason: reason::DELIVERY_FAILED,
+            },
+            stalled: Some(Desired::new(
+                STALLED,
+                Status::True,
+                reason::DELIVERY_FAILED,
+                "Delivery failed and no failed assignment request was found to reprocess; \
+                 inspect the assignment's requests in the Entra admin center.",
+            )),
+            delivered,
+            reconciling: None,
+            requeue: ctx.verify_interval,
+        },
+    }
+}
+
+fn expired(
+    ctx: &Ctx,
+    ids: &ResolvedIds,
+    a: &Assignment,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let when = a
+        .expired_date_time
+        .map(|t| format!(" on {}", fmt_ts(t)))
+        .unwrap_or_default();
+    let delivered = Desired::new(
+        DELIVERED,
+        Status::False,
+        reason::EXPIRED,
+        format!("Assignment {} expired{when}.", a.id),
+    );
+    if ctx.annotation_new.is_some() {
+        return request_assignment(ctx, ids, delivered, status);
+    }
+    Outcome {
+        action: Action::GiveUp {
+            reason: reason::EXPIRED,
+        },
+        stalled: Some(Desired::new(
+            STALLED,
+            Status::True,
+            reason::EXPIRED,
+            format!(
+                "Assignment {} expired{when} under its policy; Redeliver does not renew it on its \
+                 own. Set the annotation {} to a new value to request it again.",
+                a.id,
+                crate::api::REPROCESS_ANNOTATION
+            ),
+        )),
+        delivered,
+        reconciling: None,
+        requeue: ctx.verify_interval,
+    }
+}
+
+fn not_assigned(
+    ctx: &Ctx,
+    ids: &ResolvedIds,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let request = ctx.input.latest_request;
+    let delivered = Desired::new(
+        DELIVERED,
+        Status::False,
+        reason::NOT_ASSIGNED,
+        "The user holds no assignment of this access package.",
+    );
+    if let Some(r) = request {
+        if r.state.is_in_flight() {
+            status.last_request_id = Some(r.id.clone());
+            return wait_in_flight(
+                ctx,
+                Some(r),
+                &format!("request {}", r.id),
+                reason::REQUESTING,
+                Desired {
+                    reason: reason::AWAITING_DELIVERY,
+                    message: format!("Request {} is {}.", r.id, r.state.as_str()),
+                    ..delivered
+                },
+            );
+        }
+        if r.request_type.is_add()
+            && matches!(
+                r.state,
+                RequestState::DeliveryFailed | RequestState::PartiallyDelivered
+            )
+        {
+            let failed = Desired {
+                reason: reason::DELIVERY_FAILED,
+                message: format!("Request {} is {}.", r.id, r.state.as_str()),
+                ..delivered
+            };
+            return failed_delivery(ctx, Some(r), failed, status);
+        }
+        if r.request_type.is_add() && r.state == RequestState::Denied && !ctx.forced() {
+            status.last_request_id = Some(r.id.clone());
+            return Outcome {
+                action: Action::GiveUp {
+                    reason: reason::REQUEST_DENIED,
+                },
+                stalled: Some(Desired::new(
+                    STALLED,
+                    Status::True,
+                    reason::REQUEST_DENIED,
+                    format!(
+                        "Request {} was denied; Redeliver does not ask again on its own. Set the \
+                         annotation {} to a new value to submit a new request.",
+                        r.id,
+                        crate::api::REPROCESS_ANNOTATION
+                    ),
+                )),
+                delivered,
+                reconciling: None,
+                requeue: ctx.verify_interval,
+            };
+        }
+    }
+    // We asked before and the assignment has not shown up: wait (listing lags), never ask
+    // twice, unless a human asks through the annotation.
+    let ours = ctx.prev_reconciling_reason() == Some(reason::REQUESTING)
+        || (ctx.prev_stalled_reason() == Some(reason::DELIVERY_STUCK)
+            && ctx.prev.assignment_id.is_none());
+    let our_request_ended = match (request, ctx.prev.last_request_id.as_deref()) {
+        (Some(r), Some(id)) => {
+            r.id == id && matches!(r.state, RequestState::Canceled | RequestState::Denied)
+        }
+        _ => false,
+    };
+    if ours && !our_request_ended && ctx.annotation_new.is_none() {
+        let what = ctx
+            .prev
+            .last_request_id
+            .as_ref()
+            .map(|id| format!("request {id}"))
+            .unwrap_or_else(|| String::from("the assignment request"));
+        return wait_in_flight(
+            ctx,
+            None,
+            &what,
+            reason::REQUESTING,
+            Desired {
+                reason: reason::AWAITING_DELIVERY,
+                message: format!("Waiting for {what} to produce an assignment."),
+                ..delivered
+            },
+        );
+    }
+    request_assignment(ctx, ids, delivered, status)
+}
+
+fn request_assignment(
+    ctx: &Ctx,
+    ids: &ResolvedIds,
+    delivered: Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let policy_id = match &ids.policy {
+        Ok(p) => p.clone(),
+        Err(f) => {
+            return Outcome {
+                action: Action::GiveUp {
+                    reason: f.kind.reason(),
+                },
+                stalled: Some(Desired::new(
+                    STALLED,
+                    Status::True,
+                    f.kind.reason(),
+                    format!(
+                        "The assignment must be requested, but no policy can be chosen: {}",
+                        f.message
+                    ),
+                )),
+                delivered,
+                reconciling: None,
+                requeue: ctx.verify_interval,
+            };
+        }
+    };
+    if let Some(v) = ctx.annotation_new {
+        status.reprocess.last_handled_request = Some(v.to_string());
+    }
+    status.last_request_id = None;
+    Outcome {
+        action: Action::RequestAssignment {
+            access_package_id: ids.access_package_id.clone(),
+            policy_id,
+            target_object_id: ids.target_object_id.clone(),
+        },
+        reconciling: Some(Desired::new(
+            RECONCILING,
+            Status::True,
+            reason::REQUESTING,
+            "Requesting the assignment (adminAdd).",
+        )),
+        delivered,
+        stalled: None,
+        requeue: ctx.settings().poll_interval,
+    }
+}
+
+fn ready_from(outcome: &Outcome) -> Desired {
+    if let Some(s) = &outcome.stalled {
+        return Desired::new(READY, Status::False, s.reason, s.message.clone());
+    }
+    if let Some(r) = &outcome.reconciling {
+        return Desired::new(READY, Status::False, r.reason, r.message.clone());
+    }
+    let d = &outcome.delivered;
+    Desired::new(READY, d.status, d.reason, d.message.clone())
+}
+
+fn finish(
+    ctx: &Ctx,
+    mut status: AccessPackageAssignmentStatus,
+    mut outcome: Outcome,
+    missing: Vec<PromisedResource>,
+) -> Plan {
+    let prev = ctx.prev;
+    let mut ready = ready_from(&outcome);
+    if ctx.input.spec.suspend && outcome.action.is_write() {
+        // Suspend blocks every write: undo the bookkeeping the write would have done.
+        status.reprocess = prev.reprocess.clone();
+        status.last_request_id = prev.last_request_id.clone();
+        let would = describe(&outcome.action);
+        outcome.action = Action::None;
+        outcome.reconciling = None;
+        outcome.requeue = ctx.verify_interval;
+        ready = Desired::new(
+            READY,
+            Status::False,
+            reason::SUSPENDED,
+            format!(
+                "spec.suspend is true, so Redeliver did not {would}. {}",
+                outcome.delivered.message
+            ),
+        );
+    }
+    let mut desired = vec![ready, outcome.delivered.clone()];
+    desired.extend(outcome.reconciling.clone());
+    desired.extend(outcome.stalled.clone());
+    status.conditions =
+        conditions::build_conditions(&prev.conditions, desired, ctx.input.generation, ctx.now);
+    let events = events_for(ctx, &status, &outcome.action, &missing);
+    Plan {
+        action: outcome.action,
+        status,
+        requeue_after: outcome.requeue.max(Duration::from_secs(1)),
+        events,
+        missing,
+    }
+}
+
+fn describe(action: &Action) -> String {
+    match action {
+        Action::RequestAssignment { .. } => "request the assignment".into(),
+        Action::ReprocessAssignment { assignment_id } => {
+            format!("reprocess assignment {assignment_id}")
+        }
+        Action::ReprocessRequest { request_id } => format!("reprocess request {request_id}"),
+        Action::None | Action::Wait { .. } | Action::GiveUp { .. } => "act".into(),
+    }
+}
+
+fn events_for(
+    ctx: &Ctx,
+    status: &AccessPackageAssignmentStatus,
+    action: &Action,
+    missing: &[PromisedResource],
+) -> Vec<EngineEvent> {
+    let prev = &ctx.prev.conditions;
+    let new = &status.conditions;
+    let mut events = Vec::new();
+    let mut push = |kind: EventKind, message: String| {
+        if !events.iter().any(|e: &EngineEvent| e.kind == kind) {
+            events.push(EngineEvent { kind, message });
+        }
+    };
+    let prev_delivered = conditions::find(prev, DELIVERED);
+    let new_delivered = conditions::find(new, DELIVERED);
+    if let Some(d) = new_delivered {
+        let prev_reason = prev_delivered.map(|c| c.reason.as_str());
+        let prev_true = prev_delivered.is_some_and(|c| c.status == "True");
+        if d.status == "True" && !prev_true {
+            push(EventKind::DeliveryVerified, d.message.clone());
+        }
+        if d.reason == reason::RESOURCES_MISSING && prev_reason != Some(reason::RESOURCES_MISSING) {
+            let names: Vec<String> = missing.iter().map(PromisedResource::label).collect();
+            push(
+                EventKind::DriftDetected,
+                format!("Drift detected: missing {}.", names.join(", ")),
+            );
+        }
+        if d.reason == reason::DELIVERY_FAILED && prev_reason != Some(reason::DELIVERY_FAILED) {
+            push(EventKind::DeliveryFailed, d.message.clone());
+        }
+    }
+    match action {
+        Action::RequestAssignment {
+            access_package_id,
+            target_object_id,
+            ..
+        } => push(
+            EventKind::AssignmentRequested,
+            format!(
+                "Requesting assignment of access package {access_package_id} to {target_object_id}."
+            ),
+        ),
+        Action::ReprocessAssignment { .. } | Action::ReprocessRequest { .. } => {
+            let message = conditions::find(new, RECONCILING)
+                .map(|c| c.message.clone())
+                .unwrap_or_else(|| describe(action));
+            push(EventKind::ReprocessRequested, message);
+        }
+        _ => {}
+    }
+    let prev_stalled = conditions::find(prev, STALLED).map(|c| c.reason.as_str());
+    if let Some(s) = conditions::find(new, STALLED)
+        && prev_stalled != Some(s.reason.as_str())
+    {
+        let kind = match s.reason.as_str() {
+            reason::INVALID_SPEC => EventKind::InvalidSpec,
+            reason::FORBIDDEN => EventKind::PermissionDenied,
+            reason::REPROCESS_EXHAUSTED => EventKind::ReprocessExhausted,
+            reason::DELIVERY_STUCK => EventKind::DeliveryStuck,
+            reason::DELIVERY_FAILED => EventKind::DeliveryFailed,
+            reason::EXPIRED => EventKind::Expired,
+            reason::REQUEST_DENIED => EventKind::RequestDenied,
+            reason::REJECTED => EventKind::ActionFailed,
+            _ => EventKind::ResolveFailed,
+        };
+        push(kind, s.message.clone());
+    }
+    events
+}
+
+/// Records the id of the request the driver just created for a
+/// [`Action::RequestAssignment`], so later passes recognise it (and report it if it sticks).
+pub fn record_request_submitted(status: &mut AccessPackageAssignmentStatus, request_id: &str) {
+    status.last_request_id = Some(request_id.to_string());
+}
+
+/// Rewrites a plan whose write action Graph refused (403 or another non-retryable 4xx):
+/// `Stalled` with the reason, no `Reconciling`, the attempt still counted (so a refused
+/// reprocess cannot loop), and a warning event instead of the success event.
+pub fn record_action_failure(
+    plan: &mut Plan,
+    failure: &ActionFailure,
+    retry_after: Duration,
+    now: Timestamp,
+) {
+    let what = describe(&plan.action);
+    let why = match failure.kind {
+        ActionFailureKind::Forbidden => reason::FORBIDDEN,
+        ActionFailureKind::Rejected => reason::REJECTED,
+    };
+    let message = match failure.kind {
+        ActionFailureKind::Forbidden => format!(
+            "Graph refused to {what} for lack of permission ({}); grant the operator \
+             EntitlementManagement.ReadWrite.All or the Access package assignment manager role \
+             on the catalog.",
+            failure.message
+        ),
+        ActionFailureKind::Rejected => format!(
+            "Graph rejected the attempt to {what} ({}); check the request in the Entra admin \
+             center.",
+            failure.message
+        ),
+    };
+    let status = &mut plan.status;
+    if matches!(
+        plan.action,
+        Action::ReprocessAssignment { .. } | Action::ReprocessRequest { .. }
+    ) {
+        status.reprocess.last_outcome = Some(OUTCOME_REJECTED.into());
+    }
+    let generation = status.observed_generation;
+    let mut conds = status.conditions.clone();
+    conditions::remove_condition(&mut conds, RECONCILING);
+    conditions::set_condition(
+        &mut conds,
+        Desired::new(STALLED, Status::True, why, message.clone()),
+        generation,
+        now,
+    );
+    conditions::set_condition(
+        &mut conds,
+        Desired::new(READY, Status::False, why, message.clone()),
+        generation,
+        now,
+    );
+    status.conditions = conds;
+    plan.events.retain(|e| {
+        !matches!(
+            e.kind,
+            EventKind::ReprocessRequested | EventKind::AssignmentRequested
+        )
+    });
+    plan.events.push(EngineEvent {
+        kind: match failure.kind {
+            ActionFailureKind::Forbidden => EventKind::PermissionDenied,
+            ActionFailureKind::Rejected => EventKind::ActionFailed,
+        },
+        message,
+    });
+    plan.action = Action::GiveUp { reason: why };
+    plan.requeue_after = retry_after.max(Duration::from_secs(1));
+}
+
+/// Whether `new` differs from `old` in anything but condition transition times and
+/// `lastVerifiedTime` (which moves on every pass): write the status only when this is true.
+pub fn assignment_status_changed(
+    old: Option<&AccessPackageAssignmentStatus>,
+    new: &AccessPackageAssignmentStatus,
+) -> bool {
+    let Some(old) = old else { return true };
+    let strip = |s: &AccessPackageAssignmentStatus| AccessPackageAssignmentStatus {
+        last_verified_time: None,
+        conditions: Vec::new(),
+        ..s.clone()
+    };
+    strip(old) != strip(new)
+        || !conditions::conditions_equal_ignoring_transition_times(&old.conditions, &new.conditions)
+}
+
+#[cfg(test)]
+#[path = "assignment_tests.rs"]
+mod tests;

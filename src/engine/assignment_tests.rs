@@ -1,0 +1,1227 @@
+//! Every decision and condition transition of [`plan_assignment`], as small scenarios.
+
+use super::*;
+use crate::api::{AccessPackageAssignmentSpec, ReprocessMode};
+use crate::engine::conditions::{DELIVERED, READY, RECONCILING, STALLED, find, reason};
+use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
+use crate::graph::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
+
+const PKG: &str = "9f1c0c7e-0000-4000-8000-000000000001";
+const POLICY: &str = "2264bf65-76ba-417b-a27d-54d291f0cbc8";
+const USER: &str = "7deff43e-1f17-44ef-9e5f-d516b0ba11d4";
+const A1: &str = "5b1e8f4a-0c6e-4b39-9d8e-2d0f5b7c9a11";
+const R1: &str = "b7a6c2d0-0000-4000-8000-000000000009";
+
+fn at(minutes: i64) -> Timestamp {
+    Timestamp::from_second(1_795_860_000 + minutes * 60).unwrap()
+}
+
+fn scope(
+    system: &str,
+    scope_origin: &str,
+    name: &str,
+    role_origin: &str,
+    role: &str,
+) -> ResourceRoleScope {
+    ResourceRoleScope {
+        id: format!("{role_origin}_{scope_origin}"),
+        role: Some(ResourceRole {
+            display_name: Some(role.into()),
+            origin_id: Some(role_origin.into()),
+            origin_system: Some(system.into()),
+            ..Default::default()
+        }),
+        scope: Some(ResourceScope {
+            display_name: Some(name.into()),
+            origin_id: Some(scope_origin.into()),
+            origin_system: Some(system.into()),
+            ..Default::default()
+        }),
+    }
+}
+
+fn assignment(state: AssignmentState) -> Assignment {
+    serde_json::from_value(serde_json::json!({
+        "id": A1, "state": state.as_str(),
+        "status": match state {
+            AssignmentState::Delivered => "Delivered",
+            AssignmentState::Delivering => "Delivering",
+            _ => "Other",
+        },
+        "expiredDateTime": if state == AssignmentState::Expired { Some("2026-11-01T00:00:00Z") } else { None },
+    }))
+    .unwrap()
+}
+
+fn request(
+    state: RequestState,
+    created: Option<Timestamp>,
+    completed: Option<Timestamp>,
+) -> AssignmentRequest {
+    AssignmentRequest {
+        id: R1.into(),
+        request_type: RequestType::AdminAdd,
+        state,
+        status: None,
+        created_date_time: created,
+        completed_date_time: completed,
+        access_package: None,
+        assignment: None,
+        requestor: None,
+    }
+}
+
+/// A scenario: Finance Analysts grants fin-readers and fin-writers (Member) and a SharePoint
+/// site; Alice holds a delivered assignment and both memberships.
+struct Fx {
+    generation: Option<i64>,
+    spec: AccessPackageAssignmentSpec,
+    previous: Option<AccessPackageAssignmentStatus>,
+    annotation: Option<String>,
+    resolved: Result<ResolvedIds, ResolveFailure>,
+    assignment: Option<Assignment>,
+    request: Option<AssignmentRequest>,
+    resources: Vec<PromisedResource>,
+    snapshot: Snapshot,
+    settings: EngineSettings,
+}
+
+impl Fx {
+    fn new() -> Self {
+        let resources = promised_resources(&[
+            scope("AadGroup", "g1", "fin-readers", "Member_g1", "Member"),
+            scope("AadGroup", "g2", "fin-writers", "Member_g2", "Member"),
+            scope(
+                "SharePointOnline",
+                "https://contoso.sharepoint.com/sites/fin",
+                "Finance site",
+                "4",
+                "Visitors",
+            ),
+        ]);
+        let mut snapshot = Snapshot::new();
+        snapshot.record_group_members("g1", [USER, "other"]);
+        snapshot.record_group_members("g2", [USER]);
+        Self {
+            generation: Some(1),
+            spec: serde_json::from_value(serde_json::json!({
+                "accessPackage": {"displayName": "Finance Analysts"},
+                "target": {"userPrincipalName": "alice@contoso.com"}
+            }))
+            .unwrap(),
+            previous: None,
+            annotation: None,
+            resolved: Ok(ResolvedIds {
+                access_package_id: PKG.into(),
+                access_package_name: Some("Finance Analysts".into()),
+                policy: Ok(POLICY.into()),
+                target_object_id: USER.into(),
+                target_name: Some("alice@contoso.com".into()),
+            }),
+            assignment: Some(assignment(AssignmentState::Delivered)),
+            request: None,
+            resources,
+            snapshot,
+            settings: EngineSettings::default(),
+        }
+    }
+
+    fn plan(&self, now: Timestamp) -> Plan {
+        plan_assignment(
+            &AssignmentInput {
+                generation: self.generation,
+                spec: &self.spec,
+                previous: self.previous.as_ref(),
+                reprocess_annotation: self.annotation.as_deref(),
+                resolved: self.resolved.clone(),
+                assignment: self.assignment.as_ref(),
+                latest_request: self.request.as_ref(),
+                resources: &self.resources,
+                snapshot: &self.snapshot,
+                settings: &self.settings,
+            },
+            now,
+        )
+    }
+
+    /// Plans and stores the status as the next pass's previous one.
+    fn step(&mut self, now: Timestamp) -> Plan {
+        let plan = self.plan(now);
+        self.previous = Some(plan.status.clone());
+        plan
+    }
+
+    fn remove_from_g2(&mut self) {
+        self.snapshot
+            .record_group_members("g2", Vec::<String>::new());
+    }
+
+    fn restore_g2(&mut self) {
+        self.snapshot.record_group_members("g2", [USER]);
+    }
+}
+
+fn cond<'a>(
+    plan: &'a Plan,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    find(&plan.status.conditions, type_)
+}
+
+fn assert_cond(plan: &Plan, type_: &str, status: &str, why: &str) {
+    let c = cond(plan, type_)
+        .unwrap_or_else(|| panic!("{type_} missing: {:#?}", plan.status.conditions));
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str()),
+        (status, why),
+        "{type_}: {}",
+        c.message
+    );
+}
+
+fn kinds(plan: &Plan) -> Vec<EventKind> {
+    plan.events.iter().map(|e| e.kind).collect()
+}
+
+fn types(plan: &Plan) -> Vec<&str> {
+    plan.status
+        .conditions
+        .iter()
+        .map(|c| c.type_.as_str())
+        .collect()
+}
+
+// ---- Delivered and steady state ----
+
+#[test]
+fn delivered_and_present_is_ready() {
+    let p = Fx::new().plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+    assert_eq!(types(&p), [READY, DELIVERED]);
+    assert_eq!(p.requeue_after, Duration::from_secs(600));
+    assert_eq!(p.status.resources_summary.as_deref(), Some("2/2"));
+    assert_eq!(p.status.assignment_id.as_deref(), Some(A1));
+    assert_eq!(p.status.graph_state.as_deref(), Some("delivered"));
+    assert_eq!(p.status.graph_status.as_deref(), Some("Delivered"));
+    assert_eq!(
+        p.status.access_package_name.as_deref(),
+        Some("Finance Analysts")
+    );
+    assert_eq!(p.status.target_name.as_deref(), Some("alice@contoso.com"));
+    assert_eq!(p.status.policy_id.as_deref(), Some(POLICY));
+    assert_eq!(p.status.observed_generation, Some(1));
+    assert!(
+        p.status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(1))
+    );
+    assert_eq!(kinds(&p), [EventKind::DeliveryVerified]);
+    assert!(p.missing.is_empty());
+}
+
+#[test]
+fn steady_state_changes_nothing_and_emits_nothing() {
+    let mut fx = Fx::new();
+    let first = fx.step(at(0));
+    let second = fx.plan(at(10));
+    assert!(second.events.is_empty());
+    assert!(!assignment_status_changed(
+        Some(&first.status),
+        &second.status
+    ));
+    assert_eq!(second.status.conditions, first.status.conditions);
+    // Only lastVerifiedTime moved.
+    assert_ne!(
+        second.status.last_verified_time,
+        first.status.last_verified_time
+    );
+    assert_eq!(second.status.reprocess, first.status.reprocess);
+}
+
+#[test]
+fn unverifiable_resources_never_block_or_trigger() {
+    let mut fx = Fx::new();
+    let p = fx.plan(at(0));
+    let site = p
+        .status
+        .resources
+        .iter()
+        .find(|r| r.origin_system == "SharePointOnline")
+        .unwrap();
+    assert_eq!(site.state, ResourceState::Unverifiable);
+    assert!(site.note.as_deref().unwrap().contains("cannot be verified"));
+    fx.resources.retain(|r| !r.is_verifiable());
+    let p = fx.plan(at(0));
+    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+    assert_eq!(p.status.resources_summary.as_deref(), Some("0/0"));
+    assert_eq!(p.action, Action::None);
+}
+
+// ---- Drift and repair ----
+
+#[test]
+fn drift_in_auto_mode_reprocesses_the_assignment() {
+    let mut fx = Fx::new();
+    fx.step(at(0));
+    fx.remove_from_g2();
+    let p = fx.plan(at(10));
+    assert_eq!(
+        p.action,
+        Action::ReprocessAssignment {
+            assignment_id: A1.into()
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+    assert_cond(&p, READY, "False", reason::REPROCESSING);
+    assert!(cond(&p, STALLED).is_none());
+    assert_eq!(p.status.reprocess.attempts, 1);
+    assert_eq!(
+        p.status.reprocess.last_requested_time,
+        Some(to_time(at(10)))
+    );
+    assert_eq!(
+        p.status.reprocess.last_outcome.as_deref(),
+        Some("Requested")
+    );
+    assert_eq!(p.status.resources_summary.as_deref(), Some("1/2"));
+    assert_eq!(p.missing.len(), 1);
+    assert_eq!(p.missing[0].label(), "fin-writers (Member)");
+    assert_eq!(
+        kinds(&p),
+        [EventKind::DriftDetected, EventKind::ReprocessRequested]
+    );
+    assert!(p.events[0].message.contains("fin-writers (Member)"));
+    assert_eq!(p.requeue_after, Duration::from_secs(30));
+    // Delivered flipped, so its transition time moved.
+    assert_eq!(
+        cond(&p, DELIVERED).unwrap().last_transition_time,
+        to_time(at(10))
+    );
+}
+
+#[test]
+fn within_cooldown_waits_until_it_ends_without_changing_status() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    let first = fx.step(at(0));
+    assert_eq!(first.status.reprocess.attempts, 1);
+    let p = fx.plan(at(1));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REPROCESSING
+        }
+    );
+    assert_eq!(p.requeue_after, Duration::from_secs(4 * 60));
+    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+    assert_eq!(p.status.reprocess.attempts, 1);
+    assert!(p.events.is_empty(), "{:?}", p.events);
+    // The waiting message is deterministic, so a second wait is not a status change.
+    fx.previous = Some(p.status.clone());
+    let again = fx.plan(at(2));
+    assert!(!assignment_status_changed(Some(&p.status), &again.status));
+    assert_eq!(
+        cond(&again, RECONCILING).unwrap().last_transition_time,
+        to_time(at(0))
+    );
+}
+
+#[test]
+fn after_cooldown_reprocesses_again_without_new_drift_event() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.step(at(0));
+    fx.step(at(1));
+    let p = fx.plan(at(5));
+    assert_eq!(
+        p.action,
+        Action::ReprocessAssignment {
+            assignment_id: A1.into()
+        }
+    );
+    assert_eq!(p.status.reprocess.attempts, 2);
+    assert_eq!(kinds(&p), [EventKind::ReprocessRequested]);
+}
+
+#[test]
+fn exhausted_attempts_give_up_and_stall_once() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    for i in 0..3 {
+        let p = fx.step(at(i * 5));
+        assert!(
+            matches!(p.action, Action::ReprocessAssignment { .. }),
+            "pass {i}"
+        );
+    }
+    let p = fx.step(at(15));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::REPROCESS_EXHAUSTED
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::REPROCESS_EXHAUSTED);
+    assert_cond(&p, READY, "False", reason::REPROCESS_EXHAUSTED);
+    assert!(cond(&p, RECONCILING).is_none());
+    assert_eq!(types(&p), [READY, DELIVERED, STALLED]);
+    let msg = &cond(&p, STALLED).unwrap().message;
+    assert!(msg.contains("fin-writers (Member)"), "{msg}");
+    assert!(msg.contains(crate::api::REPROCESS_ANNOTATION), "{msg}");
+    assert_eq!(p.status.reprocess.attempts, 3);
+    assert_eq!(
+        p.status.reprocess.last_outcome.as_deref(),
+        Some("Exhausted")
+    );
+    assert_eq!(kinds(&p), [EventKind::ReprocessExhausted]);
+    assert_eq!(p.requeue_after, Duration::from_secs(600));
+    let again = fx.plan(at(30));
+    assert!(again.events.is_empty());
+    assert!(!assignment_status_changed(Some(&p.status), &again.status));
+}
+
+#[test]
+fn verified_delivery_resets_attempts() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.step(at(0));
+    fx.step(at(5));
+    fx.restore_g2();
+    let p = fx.step(at(6));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert!(cond(&p, RECONCILING).is_none());
+    assert_eq!(p.status.reprocess.attempts, 0);
+    assert_eq!(p.status.reprocess.last_outcome.as_deref(), Some("Repaired"));
+    assert_eq!(kinds(&p), [EventKind::DeliveryVerified]);
+    // And the next pass is quiet.
+    let q = fx.plan(at(20));
+    assert!(q.events.is_empty());
+    assert!(!assignment_status_changed(Some(&p.status), &q.status));
+}
+
+#[test]
+fn exhaustion_clears_after_repair_by_hand() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    for i in 0..4 {
+        fx.step(at(i * 5));
+    }
+    fx.restore_g2();
+    let p = fx.plan(at(40));
+    assert!(cond(&p, STALLED).is_none());
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+}
+
+#[test]
+fn a_failed_read_makes_delivery_unknown_without_reprocessing() {
+    let mut fx = Fx::new();
+    fx.snapshot.record_failure(
+        ResourceRead::GroupMembers("g2".into()),
+        "503 serviceNotAvailable",
+    );
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, DELIVERED, "Unknown", reason::VERIFICATION_FAILED);
+    assert_cond(&p, READY, "Unknown", reason::VERIFICATION_FAILED);
+    assert!(cond(&p, DELIVERED).unwrap().message.contains("fin-writers"));
+    assert_eq!(p.requeue_after, Duration::from_secs(60));
+    assert_eq!(p.status.reprocess.attempts, 0);
+    let g2 = p
+        .status
+        .resources
+        .iter()
+        .find(|r| r.origin_id == "g2")
+        .unwrap();
+    assert_eq!(g2.state, ResourceState::Unknown);
+    assert!(g2.note.as_deref().unwrap().contains("503"));
+}
+
+#[test]
+fn a_known_missing_resource_is_repaired_even_if_another_read_failed() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.snapshot
+        .record_failure(ResourceRead::GroupMembers("g1".into()), "timeout");
+    let p = fx.plan(at(0));
+    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+}
+
+#[test]
+fn disabled_mode_only_reports() {
+    let mut fx = Fx::new();
+    fx.spec.reprocess.mode = ReprocessMode::Disabled;
+    fx.remove_from_g2();
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+    assert_cond(&p, READY, "False", reason::RESOURCES_MISSING);
+    assert!(cond(&p, RECONCILING).is_none() && cond(&p, STALLED).is_none());
+    assert!(cond(&p, DELIVERED).unwrap().message.contains("Disabled"));
+    assert_eq!(kinds(&p), [EventKind::DriftDetected]);
+    assert_eq!(p.status.reprocess.attempts, 0);
+}
+
+#[test]
+fn disabled_mode_ignores_the_annotation() {
+    let mut fx = Fx::new();
+    fx.spec.reprocess.mode = ReprocessMode::Disabled;
+    fx.annotation = Some("2026-11-28T10:00:00Z".into());
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(p.status.reprocess.last_handled_request, None);
+}
+
+#[test]
+fn manual_mode_waits_for_the_annotation_then_handles_it_once() {
+    let mut fx = Fx::new();
+    fx.spec.reprocess.mode = ReprocessMode::Manual;
+    fx.remove_from_g2();
+    let p = fx.step(at(0));
+    assert_eq!(p.action, Action::None);
+    assert!(
+        cond(&p, DELIVERED)
+            .unwrap()
+            .message
+            .contains(crate::api::REPROCESS_ANNOTATION)
+    );
+    fx.annotation = Some("first".into());
+    let p = fx.step(at(1));
+    assert_eq!(
+        p.action,
+        Action::ReprocessAssignment {
+            assignment_id: A1.into()
+        }
+    );
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("first")
+    );
+    // Same value again: handled already, so nothing happens even after the cooldown.
+    let p = fx.step(at(30));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(p.status.reprocess.attempts, 1);
+    // A new value asks again.
+    fx.annotation = Some("second".into());
+    let p = fx.step(at(31));
+    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("second")
+    );
+}
+
+#[test]
+fn annotation_requests_one_reprocess_without_drift() {
+    let mut fx = Fx::new();
+    fx.step(at(0));
+    fx.annotation = Some("now".into());
+    let p = fx.step(at(1));
+    assert_eq!(
+        p.action,
+        Action::ReprocessAssignment {
+            assignment_id: A1.into()
+        }
+    );
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("now")
+    );
+    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+    assert_eq!(kinds(&p), [EventKind::ReprocessRequested]);
+    let q = fx.step(at(2));
+    assert_eq!(q.action, Action::None);
+    assert_eq!(
+        q.status.reprocess.attempts, 0,
+        "verified delivered resets the count"
+    );
+}
+
+#[test]
+fn annotation_respects_the_cooldown() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.step(at(0));
+    fx.annotation = Some("again".into());
+    let p = fx.step(at(1));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REPROCESSING
+        }
+    );
+    assert_eq!(
+        p.status.reprocess.last_handled_request, None,
+        "not handled yet"
+    );
+    let p = fx.step(at(5));
+    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("again")
+    );
+}
+
+#[test]
+fn annotation_overrides_exhaustion() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    for i in 0..4 {
+        fx.step(at(i * 5));
+    }
+    fx.annotation = Some("retry".into());
+    let p = fx.plan(at(60));
+    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert_eq!(p.status.reprocess.attempts, 4);
+    assert!(cond(&p, STALLED).is_none());
+}
+
+#[test]
+fn in_flight_request_blocks_reprocess() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.request = Some(request(RequestState::Delivering, Some(at(-1)), None));
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    assert_cond(&p, RECONCILING, "True", reason::REQUESTING);
+    assert_eq!(p.status.last_request_id.as_deref(), Some(R1));
+    assert_eq!(p.status.reprocess.attempts, 0);
+}
+
+// ---- Ensure: missing assignment ----
+
+#[test]
+fn missing_assignment_is_requested() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.snapshot.record_group_members("g1", Vec::<String>::new());
+    fx.remove_from_g2();
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::RequestAssignment {
+            access_package_id: PKG.into(),
+            policy_id: POLICY.into(),
+            target_object_id: USER.into()
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::NOT_ASSIGNED);
+    assert_cond(&p, RECONCILING, "True", reason::REQUESTING);
+    assert_cond(&p, READY, "False", reason::REQUESTING);
+    assert_eq!(p.status.assignment_id, None);
+    assert_eq!(p.status.graph_status, None);
+    assert_eq!(kinds(&p), [EventKind::AssignmentRequested]);
+    assert!(
+        p.missing.len() == 2,
+        "not-assigned still reports what is missing"
+    );
+    assert_eq!(p.status.reprocess.attempts, 0, "ensure is not a reprocess");
+}
+
+#[test]
+fn requesting_is_not_gated_by_reprocess_mode() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.spec.reprocess.mode = ReprocessMode::Disabled;
+    assert!(matches!(
+        fx.plan(at(0)).action,
+        Action::RequestAssignment { .. }
+    ));
+}
+
+#[test]
+fn a_submitted_request_is_awaited_not_repeated_then_reported_stuck() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    let mut p = fx.plan(at(0));
+    record_request_submitted(&mut p.status, R1);
+    fx.previous = Some(p.status.clone());
+    // The list lags: no request, no assignment yet.
+    let w = fx.step(at(1));
+    assert_eq!(
+        w.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    assert!(w.events.is_empty());
+    assert_eq!(w.status.last_request_id.as_deref(), Some(R1));
+    let w = fx.step(at(29));
+    assert_eq!(
+        w.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    let s = fx.step(at(31));
+    assert_eq!(
+        s.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_STUCK
+        }
+    );
+    assert_cond(&s, STALLED, "True", reason::DELIVERY_STUCK);
+    assert!(cond(&s, STALLED).unwrap().message.contains(R1));
+    assert!(cond(&s, RECONCILING).is_none());
+    assert_eq!(kinds(&s), [EventKind::DeliveryStuck]);
+    // Stays stuck (no flapping back to Reconciling), quietly.
+    let again = fx.plan(at(40));
+    assert_eq!(
+        again.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_STUCK
+        }
+    );
+    assert!(again.events.is_empty());
+    assert!(!assignment_status_changed(Some(&s.status), &again.status));
+}
+
+#[test]
+fn in_flight_request_without_assignment_waits_and_sticks_by_creation_time() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.request = Some(request(RequestState::Delivering, Some(at(0)), None));
+    let p = fx.plan(at(5));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::AWAITING_DELIVERY);
+    assert_eq!(p.requeue_after, Duration::from_secs(30));
+    let p = fx.plan(at(45));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_STUCK
+        }
+    );
+    let msg = &cond(&p, STALLED).unwrap().message;
+    assert!(msg.contains(R1) && msg.contains("delivering"), "{msg}");
+}
+
+#[test]
+fn canceled_request_is_requested_again() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.request = Some(request(
+        RequestState::Canceled,
+        Some(at(-60)),
+        Some(at(-50)),
+    ));
+    assert!(matches!(
+        fx.plan(at(0)).action,
+        Action::RequestAssignment { .. }
+    ));
+}
+
+#[test]
+fn denied_request_stalls_until_the_annotation_asks_again() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.request = Some(request(RequestState::Denied, Some(at(-60)), Some(at(-50))));
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::REQUEST_DENIED
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::REQUEST_DENIED);
+    assert_eq!(kinds(&p), [EventKind::RequestDenied]);
+    fx.annotation = Some("ask-again".into());
+    let p = fx.plan(at(1));
+    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("ask-again")
+    );
+    assert!(cond(&p, STALLED).is_none());
+}
+
+#[test]
+fn ambiguous_policy_only_matters_when_requesting() {
+    let mut fx = Fx::new();
+    if let Ok(ids) = fx.resolved.as_mut() {
+        ids.policy = Err(ResolveFailure::new(
+            ResolveFailureKind::PolicyAmbiguous,
+            "spec.assignmentPolicy is not set and the package has 2 policies: Direct, Self-service",
+        ));
+    }
+    let p = fx.plan(at(0));
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert_eq!(p.status.policy_id, None);
+    fx.assignment = None;
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::POLICY_AMBIGUOUS
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::POLICY_AMBIGUOUS);
+    assert!(cond(&p, STALLED).unwrap().message.contains("Self-service"));
+    assert_eq!(kinds(&p), [EventKind::ResolveFailed]);
+}
+
+// ---- Failed delivery ----
+
+#[test]
+fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
+    for state in [
+        AssignmentState::DeliveryFailed,
+        AssignmentState::PartiallyDelivered,
+    ] {
+        let mut fx = Fx::new();
+        fx.assignment = Some(assignment(state));
+        fx.request = Some(request(
+            RequestState::DeliveryFailed,
+            Some(at(-120)),
+            Some(at(-100)),
+        ));
+        let p = fx.plan(at(0));
+        assert_eq!(
+            p.action,
+            Action::ReprocessRequest {
+                request_id: R1.into()
+            }
+        );
+        assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
+        assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+        assert_eq!(p.status.last_request_id.as_deref(), Some(R1));
+        assert_eq!(p.status.reprocess.attempts, 1);
+        assert_eq!(
+            kinds(&p),
+            [EventKind::DeliveryFailed, EventKind::ReprocessRequested]
+        );
+    }
+}
+
+#[test]
+fn failed_request_outside_the_window_explains_cancel_and_new_request() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
+    fx.request = Some(request(
+        RequestState::DeliveryFailed,
+        Some(at(-15 * 24 * 60 - 10)),
+        Some(at(-15 * 24 * 60)),
+    ));
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_FAILED
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::DELIVERY_FAILED);
+    let msg = &cond(&p, STALLED).unwrap().message;
+    assert!(msg.contains("cancel") && msg.contains(R1), "{msg}");
+    assert_eq!(kinds(&p), [EventKind::DeliveryFailed]);
+}
+
+#[test]
+fn failed_request_reprocess_uses_cooldown_and_attempts() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
+    fx.request = Some(request(RequestState::DeliveryFailed, None, Some(at(-10))));
+    fx.step(at(0));
+    let p = fx.step(at(1));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REPROCESSING
+        }
+    );
+    fx.step(at(5));
+    fx.step(at(10));
+    let p = fx.step(at(15));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::REPROCESS_EXHAUSTED
+        }
+    );
+}
+
+#[test]
+fn failed_delivery_while_the_service_retries_waits() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
+    fx.request = Some(request(RequestState::Delivering, Some(at(-2)), None));
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REPROCESSING
+        }
+    );
+}
+
+#[test]
+fn failed_delivery_without_a_request_stalls() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_FAILED
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::DELIVERY_FAILED);
+}
+
+#[test]
+fn failed_add_request_without_assignment_is_reprocessed() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    fx.request = Some(request(
+        RequestState::PartiallyDelivered,
+        Some(at(-10)),
+        Some(at(-5)),
+    ));
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::ReprocessRequest {
+            request_id: R1.into()
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
+}
+
+// ---- Delivering, expired, unknown ----
+
+#[test]
+fn delivering_waits_then_reports_stuck() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::Delivering));
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::AWAITING_DELIVERY);
+    assert_cond(&p, READY, "False", reason::REQUESTING);
+    assert_eq!(p.status.graph_status.as_deref(), Some("Delivering"));
+    let p = fx.step(at(20));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REQUESTING
+        }
+    );
+    let p = fx.step(at(31));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::DELIVERY_STUCK
+        }
+    );
+    assert!(cond(&p, STALLED).unwrap().message.contains(A1));
+    // Delivery completes: the stall clears.
+    fx.assignment = Some(assignment(AssignmentState::Delivered));
+    let p = fx.plan(at(40));
+    assert!(cond(&p, STALLED).is_none());
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+}
+
+#[test]
+fn delivering_after_a_reprocess_keeps_reprocessing_reason() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.step(at(0));
+    fx.assignment = Some(assignment(AssignmentState::Delivering));
+    let p = fx.plan(at(1));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: reason::REPROCESSING
+        }
+    );
+}
+
+#[test]
+fn expired_is_reported_not_renewed() {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::Expired));
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::EXPIRED
+        }
+    );
+    assert_cond(&p, DELIVERED, "False", reason::EXPIRED);
+    assert_cond(&p, STALLED, "True", reason::EXPIRED);
+    assert!(cond(&p, DELIVERED).unwrap().message.contains("2026-11-01"));
+    assert_eq!(kinds(&p), [EventKind::Expired]);
+    fx.annotation = Some("renew".into());
+    let p = fx.plan(at(1));
+    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert_eq!(
+        p.status.reprocess.last_handled_request.as_deref(),
+        Some("renew")
+    );
+}
+
+#[test]
+fn unknown_graph_state_is_unknown() {
+    let mut fx = Fx::new();
+    let mut a = assignment(AssignmentState::Delivered);
+    a.state = AssignmentState::Unknown;
+    fx.assignment = Some(a);
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, DELIVERED, "Unknown", reason::UNKNOWN_STATE);
+    assert_cond(&p, READY, "Unknown", reason::UNKNOWN_STATE);
+}
+
+// ---- Suspend ----
+
+#[test]
+fn suspend_blocks_requests() {
+    let mut fx = Fx::new();
+    fx.spec.suspend = true;
+    fx.assignment = None;
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_cond(&p, READY, "False", reason::SUSPENDED);
+    assert!(
+        cond(&p, READY)
+            .unwrap()
+            .message
+            .contains("request the assignment")
+    );
+    assert!(cond(&p, RECONCILING).is_none());
+    assert!(p.events.is_empty());
+    assert_eq!(p.requeue_after, Duration::from_secs(600));
+}
+
+#[test]
+fn suspend_blocks_reprocess_but_still_reports_drift() {
+    let mut fx = Fx::new();
+    fx.spec.suspend = true;
+    fx.annotation = Some("x".into());
+    fx.remove_from_g2();
+    let p = fx.plan(at(0));
+    assert_eq!(p.action, Action::None);
+    assert_eq!(p.status.reprocess, Default::default());
+    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+    assert_cond(&p, READY, "False", reason::SUSPENDED);
+    assert_eq!(kinds(&p), [EventKind::DriftDetected]);
+}
+
+#[test]
+fn suspend_keeps_a_delivered_assignment_ready() {
+    let mut fx = Fx::new();
+    fx.spec.suspend = true;
+    assert_cond(&fx.plan(at(0)), READY, "True", reason::DELIVERED);
+}
+
+// ---- Invalid declarations and resolve failures ----
+
+#[test]
+fn invalid_spec_stalls_naming_the_field_once() {
+    let mut fx = Fx::new();
+    fx.spec.target.object_id = Some(USER.into());
+    fx.spec.verify_interval = "1s".into();
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::INVALID_SPEC
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::INVALID_SPEC);
+    assert_cond(&p, READY, "False", reason::INVALID_SPEC);
+    assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
+    assert!(cond(&p, STALLED).unwrap().message.contains("spec.target"));
+    assert_eq!(kinds(&p), [EventKind::InvalidSpec]);
+    assert_eq!(p.requeue_after, Duration::from_secs(600), "no hot retry");
+    let again = fx.plan(at(10));
+    assert!(again.events.is_empty());
+    assert!(!assignment_status_changed(Some(&p.status), &again.status));
+}
+
+#[test]
+fn fixing_the_spec_clears_the_stall() {
+    let mut fx = Fx::new();
+    fx.spec.target.object_id = Some(USER.into());
+    fx.step(at(0));
+    fx.spec.target.object_id = None;
+    fx.generation = Some(2);
+    let p = fx.plan(at(1));
+    assert!(cond(&p, STALLED).is_none());
+    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert!(
+        p.status
+            .conditions
+            .iter()
+            .all(|c| c.observed_generation == Some(2))
+    );
+    assert_eq!(p.status.observed_generation, Some(2));
+}
+
+#[test]
+fn resolve_failures_stall_with_their_reason() {
+    for (kind, why, event) in [
+        (
+            ResolveFailureKind::PackageNotFound,
+            reason::PACKAGE_NOT_FOUND,
+            EventKind::ResolveFailed,
+        ),
+        (
+            ResolveFailureKind::TargetNotFound,
+            reason::TARGET_NOT_FOUND,
+            EventKind::ResolveFailed,
+        ),
+        (
+            ResolveFailureKind::Forbidden,
+            reason::FORBIDDEN,
+            EventKind::PermissionDenied,
+        ),
+        (
+            ResolveFailureKind::PackageAmbiguous,
+            reason::PACKAGE_AMBIGUOUS,
+            EventKind::ResolveFailed,
+        ),
+    ] {
+        let mut fx = Fx::new();
+        fx.step(at(0));
+        fx.resolved = Err(ResolveFailure::new(kind, format!("{why}: details")));
+        let p = fx.plan(at(1));
+        assert_eq!(p.action, Action::GiveUp { reason: why });
+        assert_cond(&p, STALLED, "True", why);
+        assert_cond(&p, READY, "False", why);
+        assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
+        assert_eq!(
+            p.status.assignment_id, None,
+            "stale observations are cleared"
+        );
+        assert!(p.status.resources.is_empty());
+        assert_eq!(kinds(&p), [event]);
+    }
+}
+
+// ---- After the driver acts ----
+
+#[test]
+fn refused_reprocess_stalls_and_still_counts() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    let mut p = fx.plan(at(0));
+    record_action_failure(
+        &mut p,
+        &ActionFailure {
+            kind: ActionFailureKind::Forbidden,
+            message: "403 Authorization_RequestDenied".into(),
+        },
+        Duration::from_secs(600),
+        at(0),
+    );
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: reason::FORBIDDEN
+        }
+    );
+    assert_cond(&p, STALLED, "True", reason::FORBIDDEN);
+    assert_cond(&p, READY, "False", reason::FORBIDDEN);
+    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+    assert!(cond(&p, RECONCILING).is_none());
+    assert_eq!(types(&p), [READY, DELIVERED, STALLED]);
+    assert_eq!(p.status.reprocess.attempts, 1);
+    assert_eq!(p.status.reprocess.last_outcome.as_deref(), Some("Rejected"));
+    assert_eq!(
+        kinds(&p),
+        [EventKind::DriftDetected, EventKind::PermissionDenied]
+    );
+    assert_eq!(p.requeue_after, Duration::from_secs(600));
+    // Next pass inside the cooldown does not retry.
+    fx.previous = Some(p.status.clone());
+    assert!(matches!(fx.plan(at(1)).action, Action::Wait { .. }));
+}
+
+#[test]
+fn rejected_request_reports_action_failed() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    let mut p = fx.plan(at(0));
+    record_action_failure(
+        &mut p,
+        &ActionFailure {
+            kind: ActionFailureKind::Rejected,
+            message: "You don't meet policy requirements".into(),
+        },
+        Duration::from_secs(600),
+        at(0),
+    );
+    assert_cond(&p, STALLED, "True", reason::REJECTED);
+    assert_eq!(kinds(&p), [EventKind::ActionFailed]);
+    assert!(p.events[0].message.contains("policy requirements"));
+}
+
+#[test]
+fn status_comparison_ignores_only_verification_and_transition_times() {
+    let fx = Fx::new();
+    let a = fx.plan(at(0)).status;
+    let mut b = fx.plan(at(7)).status;
+    assert!(!assignment_status_changed(Some(&a), &b));
+    b.reprocess.attempts = 1;
+    assert!(assignment_status_changed(Some(&a), &b));
+    assert!(assignment_status_changed(None, &a));
+}
+
+#[test]
+fn conditions_serialize_in_fixed_order_with_whole_seconds() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.spec.reprocess.max_attempts = 1;
+    fx.step(at(0));
+    let p = fx.plan(at(5) + jiff::SignedDuration::from_millis(250));
+    let json = serde_json::to_value(&p.status).unwrap();
+    let order: Vec<&str> = json["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["Ready", "Delivered", "Stalled"]);
+    assert!(json["lastVerifiedTime"].as_str().unwrap().ends_with(":00Z"));
+}
+
+#[test]
+fn stuck_request_can_be_replaced_through_the_annotation() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    let mut p = fx.plan(at(0));
+    record_request_submitted(&mut p.status, R1);
+    fx.previous = Some(p.status.clone());
+    let s = fx.step(at(31));
+    assert!(
+        cond(&s, STALLED)
+            .unwrap()
+            .message
+            .contains(crate::api::REPROCESS_ANNOTATION)
+    );
+    fx.annotation = Some("replace".into());
+    let p = fx.plan(at(32));
+    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert_eq!(p.status.last_request_id, None);
+}

@@ -1,0 +1,472 @@
+//! Planning one sweep of an `AccessPackageGuard`: verify every assignment of the package
+//! against the same snapshot, count, list the drifted ones (bounded), pick which to
+//! reprocess, and report unmanaged members (never acted on).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+
+use super::conditions::{
+    self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
+};
+use super::{
+    EngineEvent, EngineSettings, EventKind, PromisedResource, ResolveFailure, ResourceKind,
+    Snapshot,
+};
+use crate::api::{
+    AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts, DriftedAssignment,
+    GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL, ResourceState,
+    UnmanagedMembers, parse_duration, validate_guard_spec,
+};
+use crate::graph::models::{Assignment, AssignmentState};
+
+/// Everything one sweep needs.
+#[derive(Debug, Clone)]
+pub struct GuardInput<'a> {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    pub spec: &'a AccessPackageGuardSpec,
+    /// The status as currently stored.
+    pub previous: Option<&'a AccessPackageGuardStatus>,
+    /// The package's id and display name, or why it did not resolve.
+    pub resolved: Result<(String, Option<String>), ResolveFailure>,
+    /// Every assignment of the package, with `target` expanded (expired ones are skipped).
+    pub assignments: &'a [Assignment],
+    /// What the package promises.
+    pub resources: &'a [PromisedResource],
+    /// Memberships read for this sweep.
+    pub snapshot: &'a Snapshot,
+    pub settings: &'a EngineSettings,
+}
+
+/// One drifted assignment found by the sweep (the full list, unbounded, for reports).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuardDrift {
+    pub assignment_id: String,
+    pub target_object_id: String,
+    /// Principal name when known, otherwise the object id.
+    pub target: String,
+    pub missing: Vec<PromisedResource>,
+}
+
+/// The result of one sweep.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardPlan {
+    /// The status to write (compare with [`guard_status_changed`] first).
+    pub status: AccessPackageGuardStatus,
+    /// Assignment ids to reprocess now (empty in Audit mode), oldest drift first.
+    pub reprocess: Vec<String>,
+    /// Every drifted assignment.
+    pub drifted: Vec<GuardDrift>,
+    /// When to sweep again.
+    pub requeue_after: Duration,
+    /// Events to record.
+    pub events: Vec<EngineEvent>,
+}
+
+fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
+    let d: SignedDuration = now.duration_since(since);
+    d.try_into().unwrap_or(Duration::ZERO)
+}
+
+/// Plans one sweep.
+pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
+    let prev = input.previous.cloned().unwrap_or_default();
+    let settings = input.settings;
+    let interval = parse_duration(&input.spec.interval)
+        .ok()
+        .filter(|d| *d >= MIN_GUARD_INTERVAL)
+        .unwrap_or(settings.default_verify_interval.max(MIN_GUARD_INTERVAL));
+    let mut status = prev.clone();
+    status.observed_generation = input.generation;
+
+    let failure = match validate_guard_spec(input.spec) {
+        Err(e) => Some((reason::INVALID_SPEC, format!("Invalid declaration: {e}."))),
+        Ok(()) => input
+            .resolved
+            .as_ref()
+            .err()
+            .map(|f| (f.kind.reason(), f.message.clone())),
+    };
+    if let Some((why, message)) = failure {
+        let desired = vec![
+            Desired::new(READY, Status::False, why, message.clone()),
+            Desired::new(
+                DELIVERED,
+                Status::Unknown,
+                reason::NOT_VERIFIED,
+                "Assignments cannot be verified until the declaration resolves.",
+            ),
+            Desired::new(STALLED, Status::True, why, message),
+        ];
+        status.conditions =
+            conditions::build_conditions(&prev.conditions, desired, input.generation, now);
+        let events = stalled_event(&prev, &status);
+        return GuardPlan {
+            status,
+            reprocess: Vec::new(),
+            drifted: Vec::new(),
+            requeue_after: interval,
+            events,
+        };
+    }
+    let (package_id, package_name) = match &input.resolved {
+        Ok((id, name)) => (id.clone(), name.clone()),
+        Err(_) => (String::new(), None),
+    };
+    status.access_package_id = Some(package_id.clone());
+    status.access_package_name = Some(package_name.unwrap_or(package_id));
+
+    let mut counts = AssignmentCounts::default();
+    let mut drifted: Vec<GuardDrift> = Vec::new();
+    let mut unreadable: BTreeSet<String> = BTreeSet::new();
+    let mut assigned: BTreeSet<&str> = BTreeSet::new();
+    for a in input.assignments {
+        let target = a.target.as_ref();
+        let object_id = target.and_then(|t| t.object_id.as_deref());
+        if a.state == AssignmentState::Expired {
+            continue;
+        }
+        if let Some(id) = object_id {
+            assigned.insert(id);
+        }
+        counts.total += 1;
+        match a.state {
+            AssignmentState::Delivered => {}
+            AssignmentState::DeliveryFailed | AssignmentState::PartiallyDelivered => {
+                counts.failed += 1;
+                continue;
+            }
+            _ => {
+                counts.pending += 1;
+                continue;
+            }
+        }
+        let Some(object_id) = object_id else {
+            // Without an object id (subject not yet in the tenant) nothing can be checked.
+            counts.pending += 1;
+            continue;
+        };
+        let mut missing = Vec::new();
+        let mut unknown = false;
+        for r in input.resources {
+            let check = input.snapshot.check_detail(&r.kind, object_id);
+            match check.state {
+                ResourceState::Missing => missing.push(r.clone()),
+                ResourceState::Unknown => {
+                    unknown = true;
+                    unreadable.insert(r.label());
+                }
+                ResourceState::Present | ResourceState::Unverifiable => {}
+            }
+        }
+        if !missing.is_empty() {
+            counts.drifted += 1;
+            drifted.push(GuardDrift {
+                assignment_id: a.id.clone(),
+                target_object_id: object_id.to_string(),
+                target: target
+                    .and_then(|t| t.principal_name.clone())
+                    .unwrap_or_else(|| object_id.to_string()),
+                missing,
+            });
+        } else if unknown {
+            counts.pending += 1;
+        } else {
+            counts.delivered += 1;
+        }
+    }
+
+    // Carry bookkeeping (since, reprocess times) over from the previous list.
+    let previous_entries: BTreeMap<&str, &DriftedAssignment> = prev
+        .drifted
+        .iter()
+        .map(|d| (d.assignment_id.as_str(), d))
+        .collect();
+    let mut entries: Vec<DriftedAssignment> = drifted
+        .iter()
+        .map(|d| {
+            let old = previous_entries.get(d.assignment_id.as_str());
+            DriftedAssignment {
+                target: d.target.clone(),
+                target_object_id: d.target_object_id.clone(),
+                assignment_id: d.assignment_id.clone(),
+                missing: d.missing.iter().map(PromisedResource::label).collect(),
+                since: old.map(|o| o.since.clone()).unwrap_or_else(|| to_time(now)),
+                last_reprocess_time: old.and_then(|o| o.last_reprocess_time.clone()),
+                reprocess_attempts: old.map(|o| o.reprocess_attempts).unwrap_or(0),
+            }
+        })
+        .collect();
+    entries.sort_by(|a, b| {
+        a.since
+            .cmp(&b.since)
+            .then_with(|| a.assignment_id.cmp(&b.assignment_id))
+    });
+    entries.truncate(MAX_DRIFTED_LISTED);
+
+    // Reprocess selection: Enforce only, oldest drift first, skipping those reprocessed within
+    // the cooldown and those whose attempts are used up.
+    let cooldown = settings.guard_reprocess_cooldown;
+    let cooling = |e: &DriftedAssignment| {
+        e.last_reprocess_time
+            .as_ref()
+            .is_some_and(|t| elapsed(t.0, now) < cooldown)
+    };
+    let exhausted = |e: &DriftedAssignment| e.reprocess_attempts >= settings.guard_max_attempts;
+    let budget = match input.spec.mode {
+        GuardMode::Enforce => usize::try_from(input.spec.max_reprocess_per_sweep).unwrap_or(0),
+        GuardMode::Audit => 0,
+    };
+    let mut reprocess = Vec::new();
+    for e in entries.iter_mut() {
+        if reprocess.len() >= budget {
+            break;
+        }
+        if cooling(e) || exhausted(e) {
+            continue;
+        }
+        e.last_reprocess_time = Some(to_time(now));
+        e.reprocess_attempts = e.reprocess_attempts.saturating_add(1);
+        reprocess.push(e.assignment_id.clone());
+    }
+    counts.reprocessing = i32::try_from(entries.iter().filter(|e| cooling(e)).count())
+        .unwrap_or(i32::MAX)
+        .max(i32::try_from(reprocess.len()).unwrap_or(i32::MAX));
+    let exhausted_count = entries
+        .iter()
+        .filter(|e| exhausted(e) && !cooling(e))
+        .count();
+
+    // Unmanaged members: in a promised group without a live (non-expired) assignment. An
+    // expired assignment should have removed the user, so one still in the group counts.
+    let mut unmanaged: BTreeSet<&str> = BTreeSet::new();
+    for r in input.resources {
+        if let ResourceKind::GroupMember { group_id } = &r.kind
+            && let Some(members) = input.snapshot.group_members.get(group_id)
+        {
+            unmanaged.extend(
+                members
+                    .iter()
+                    .map(String::as_str)
+                    .filter(|m| !assigned.contains(m)),
+            );
+        }
+    }
+    status.unmanaged_members = UnmanagedMembers {
+        count: i32::try_from(unmanaged.len()).unwrap_or(i32::MAX),
+        sample: unmanaged
+            .iter()
+            .take(MAX_UNMANAGED_SAMPLE)
+            .map(|s| s.to_string())
+            .collect(),
+    };
+    status.assignments = counts.clone();
+    status.drifted = entries;
+    status.last_sweep_time = Some(to_time(now));
+
+    // Conditions.
+    let delivered = if counts.drifted > 0 {
+        Desired::new(
+            DELIVERED,
+            Status::False,
+            reason::RESOURCES_MISSING,
+            format!(
+                "{} of {} assignments are drifted (Graph says delivered, resources missing).",
+                counts.drifted, counts.total
+            ),
+        )
+    } else if counts.failed > 0 {
+        Desired::new(
+            DELIVERED,
+            Status::False,
+            reason::DELIVERY_FAILED,
+            format!(
+                "{} of {} assignments failed delivery.",
+                counts.failed, counts.total
+            ),
+        )
+    } else if !unreadable.is_empty() {
+        Desired::new(
+            DELIVERED,
+            Status::Unknown,
+            reason::VERIFICATION_FAILED,
+            format!(
+                "Could not read: {}.",
+                unreadable.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+        )
+    } else if counts.pending > 0 {
+        Desired::new(
+            DELIVERED,
+            Status::False,
+            reason::AWAITING_DELIVERY,
+            format!(
+                "{} of {} assignments are still being delivered.",
+                counts.pending, counts.total
+            ),
+        )
+    } else {
+        Desired::new(
+            DELIVERED,
+            Status::True,
+            reason::ALL_DELIVERED,
+            format!(
+                "All {} assignments are delivered and verified.",
+                counts.total
+            ),
+        )
+    };
+    let reconciling = (counts.reprocessing > 0).then(|| {
+        Desired::new(
+            RECONCILING,
+            Status::True,
+            reason::REPROCESSING,
+            format!(
+                "{} drifted assignments are being reprocessed ({} this sweep).",
+                counts.reprocessing,
+                reprocess.len()
+            ),
+        )
+    });
+    let stalled = (input.spec.mode == GuardMode::Enforce && exhausted_count > 0).then(|| {
+        Desired::new(
+            STALLED,
+            Status::True,
+            reason::REPROCESS_EXHAUSTED,
+            format!(
+                "{exhausted_count} drifted assignments are still drifted after {} reprocess \
+                 attempts each; find what keeps removing the access.",
+                settings.guard_max_attempts
+            ),
+        )
+    });
+    let ready = if let Some(s) = &stalled {
+        Desired::new(READY, Status::False, s.reason, s.message.clone())
+    } else if let Some(r) = &reconciling {
+        Desired::new(READY, Status::False, r.reason, r.message.clone())
+    } else if counts.drifted > 0 {
+        let why = if input.spec.mode == GuardMode::Audit || budget == 0 {
+            reason::REPORT_ONLY
+        } else {
+            reason::RESOURCES_MISSING
+        };
+        Desired::new(READY, Status::False, why, delivered.message.clone())
+    } else {
+        Desired::new(
+            READY,
+            delivered.status,
+            delivered.reason,
+            delivered.message.clone(),
+        )
+    };
+    let mut desired = vec![ready, delivered];
+    desired.extend(reconciling);
+    desired.extend(stalled);
+    status.conditions =
+        conditions::build_conditions(&prev.conditions, desired, input.generation, now);
+
+    // Events: only what is new since the previous sweep.
+    let mut events = Vec::new();
+    let new_ids: Vec<&GuardDrift> = drifted
+        .iter()
+        .filter(|d| !previous_entries.contains_key(d.assignment_id.as_str()))
+        .collect();
+    if !new_ids.is_empty() {
+        let shown: Vec<String> = new_ids
+            .iter()
+            .take(10)
+            .map(|d| {
+                let names: Vec<String> = d.missing.iter().map(PromisedResource::label).collect();
+                format!("{} missing {}", d.target, names.join(", "))
+            })
+            .collect();
+        let more = new_ids.len().saturating_sub(shown.len());
+        let suffix = if more > 0 {
+            format!(" and {more} more")
+        } else {
+            String::new()
+        };
+        events.push(EngineEvent {
+            kind: EventKind::DriftDetected,
+            message: format!(
+                "{} newly drifted assignments: {}{suffix}.",
+                new_ids.len(),
+                shown.join("; ")
+            ),
+        });
+    }
+    if !reprocess.is_empty() {
+        events.push(EngineEvent {
+            kind: EventKind::ReprocessRequested,
+            message: format!("Reprocessing {} drifted assignments.", reprocess.len()),
+        });
+    }
+    let prev_true = conditions::is_true(&prev.conditions, DELIVERED);
+    if let Some(d) = conditions::find(&status.conditions, DELIVERED)
+        && d.status == "True"
+        && !prev_true
+    {
+        events.push(EngineEvent {
+            kind: EventKind::DeliveryVerified,
+            message: d.message.clone(),
+        });
+    }
+    events.extend(stalled_event(&prev, &status));
+
+    let requeue_after = if reprocess.is_empty() && counts.reprocessing == 0 {
+        interval
+    } else {
+        interval.min(cooldown).max(Duration::from_secs(1))
+    };
+    GuardPlan {
+        status,
+        reprocess,
+        drifted,
+        requeue_after,
+        events,
+    }
+}
+
+fn stalled_event(
+    prev: &AccessPackageGuardStatus,
+    status: &AccessPackageGuardStatus,
+) -> Vec<EngineEvent> {
+    let before = conditions::find(&prev.conditions, STALLED).map(|c| c.reason.as_str());
+    match conditions::find(&status.conditions, STALLED) {
+        Some(s) if before != Some(s.reason.as_str()) => {
+            let kind = match s.reason.as_str() {
+                reason::INVALID_SPEC => EventKind::InvalidSpec,
+                reason::FORBIDDEN => EventKind::PermissionDenied,
+                reason::REPROCESS_EXHAUSTED => EventKind::ReprocessExhausted,
+                _ => EventKind::ResolveFailed,
+            };
+            vec![EngineEvent {
+                kind,
+                message: s.message.clone(),
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Whether `new` differs from `old` in anything but condition transition times and
+/// `lastSweepTime`: write the status only when this is true.
+pub fn guard_status_changed(
+    old: Option<&AccessPackageGuardStatus>,
+    new: &AccessPackageGuardStatus,
+) -> bool {
+    let Some(old) = old else { return true };
+    let strip = |s: &AccessPackageGuardStatus| AccessPackageGuardStatus {
+        last_sweep_time: None,
+        conditions: Vec::new(),
+        ..s.clone()
+    };
+    strip(old) != strip(new)
+        || !conditions::conditions_equal_ignoring_transition_times(&old.conditions, &new.conditions)
+}
+
+#[cfg(test)]
+#[path = "guard_tests.rs"]
+mod tests;

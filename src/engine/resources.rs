@@ -1,0 +1,342 @@
+//! What a package promises: decoding `resourceRoleScopes` into things Redeliver can check.
+
+use crate::graph::models::ResourceRoleScope;
+
+/// `originSystem` of Entra groups.
+pub const AAD_GROUP: &str = "AadGroup";
+/// `originSystem` of applications (service principals with app roles).
+pub const AAD_APPLICATION: &str = "AadApplication";
+
+/// How a promised resource is verified.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    /// Direct membership of a group.
+    GroupMember { group_id: String },
+    /// Ownership of a group.
+    GroupOwner { group_id: String },
+    /// An app role assignment on a service principal.
+    AppRole {
+        service_principal_id: String,
+        app_role_id: String,
+    },
+    /// Not checkable through Graph directory APIs (SharePoint sites, custom resources, or a
+    /// role/scope Redeliver could not decode). Never blocks Delivered, never triggers a reprocess.
+    Unverifiable,
+}
+
+/// One resource role a package grants, decoded.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PromisedResource {
+    /// `AadGroup`, `AadApplication`, `SharePointOnline`, ... (empty when Graph sent none).
+    pub origin_system: String,
+    /// The scope's `originId`: group id, service principal id, site URL.
+    pub origin_id: String,
+    /// Display name of the scope (falls back to the origin id).
+    pub display_name: String,
+    /// Display name of the role, e.g. `Member` (may be empty).
+    pub role: String,
+    /// How to verify it.
+    pub kind: ResourceKind,
+    /// Why it is unverifiable, when it is.
+    pub note: Option<String>,
+}
+
+impl PromisedResource {
+    /// `fin-writers (Member)`: how the resource is named in messages and events.
+    pub fn label(&self) -> String {
+        if self.role.is_empty() {
+            self.display_name.clone()
+        } else {
+            format!("{} ({})", self.display_name, self.role)
+        }
+    }
+
+    /// Whether the resource can be checked at all.
+    pub fn is_verifiable(&self) -> bool {
+        self.kind != ResourceKind::Unverifiable
+    }
+}
+
+fn non_empty(s: &Option<String>) -> Option<&str> {
+    s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+}
+
+/// Decodes a package's `resourceRoleScopes` (expanded with `role` and `scope`). Never fails:
+/// anything malformed becomes [`ResourceKind::Unverifiable`] with a note. The result is sorted
+/// and free of duplicates, so the same package always yields the same list.
+pub fn promised_resources(scopes: &[ResourceRoleScope]) -> Vec<PromisedResource> {
+    let mut out: Vec<PromisedResource> = scopes.iter().map(decode).collect();
+    out.sort_by(|a, b| {
+        (
+            &a.origin_system,
+            &a.display_name,
+            &a.origin_id,
+            &a.role,
+            &a.kind,
+        )
+            .cmp(&(
+                &b.origin_system,
+                &b.display_name,
+                &b.origin_id,
+                &b.role,
+                &b.kind,
+            ))
+    });
+    out.dedup();
+    out
+}
+
+fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
+    let role = rrs.role.as_ref();
+    let scope = rrs.scope.as_ref();
+    let origin_system = scope
+        .and_then(|s| non_empty(&s.origin_system))
+        .or_else(|| role.and_then(|r| non_empty(&r.origin_system)))
+        .unwrap_or_default()
+        .to_string();
+    let scope_origin = scope.and_then(|s| non_empty(&s.origin_id));
+    let role_origin = role.and_then(|r| non_empty(&r.origin_id));
+    let role_name = role
+        .and_then(|r| non_empty(&r.display_name))
+        .unwrap_or_default()
+        .to_string();
+    let origin_id = scope_origin.or(role_origin).unwrap_or_default().to_string();
+    let display_name = scope
+        .and_then(|s| non_empty(&s.display_name))
+        .map(str::to_string)
+        .unwrap_or_else(|| {
+            if origin_id.is_empty() {
+                format!("resourceRoleScope {}", rrs.id)
+            } else {
+                origin_id.clone()
+            }
+        });
+    let mut resource = PromisedResource {
+        origin_system: origin_system.clone(),
+        origin_id,
+        display_name,
+        role: role_name,
+        kind: ResourceKind::Unverifiable,
+        note: None,
+    };
+    let unverifiable = |mut r: PromisedResource, note: String| {
+        r.kind = ResourceKind::Unverifiable;
+        r.note = Some(note);
+        r
+    };
+    if role.is_none() || scope.is_none() {
+        return unverifiable(
+            resource,
+            format!(
+                "resourceRoleScope {} came without its role or scope expanded; cannot verify",
+                rrs.id
+            ),
+        );
+    }
+    match origin_system.as_str() {
+        AAD_GROUP => {
+            let Some(role_origin) = role_origin else {
+                return unverifiable(resource, "group role has no originId; cannot verify".into());
+            };
+            let decoded = role_origin
+                .strip_prefix("Member_")
+                .map(|g| (true, g))
+                .or_else(|| role_origin.strip_prefix("Owner_").map(|g| (false, g)));
+            match decoded {
+                Some((member, group)) if !group.is_empty() => {
+                    let group_id = group.to_string();
+                    if let Some(scope_group) = scope_origin
+                        && scope_group != group_id
+                    {
+                        return unverifiable(
+                            resource,
+                            format!(
+                                "group role {role_origin} does not match scope group {scope_group}; cannot verify"
+                            ),
+                        );
+                    }
+                    if resource.origin_id.is_empty() {
+                        resource.origin_id = group_id.clone();
+                    }
+                    if resource.role.is_empty() {
+                        resource.role = if member { "Member" } else { "Owner" }.to_string();
+                    }
+                    resource.kind = if member {
+                        ResourceKind::GroupMember { group_id }
+                    } else {
+                        ResourceKind::GroupOwner { group_id }
+                    };
+                    resource
+                }
+                _ => unverifiable(
+                    resource,
+                    format!(
+                        "group role originId {role_origin:?} is neither Member_<group id> nor Owner_<group id>; cannot verify"
+                    ),
+                ),
+            }
+        }
+        AAD_APPLICATION => match (scope_origin, role_origin) {
+            (Some(sp), Some(app_role)) => {
+                resource.kind = ResourceKind::AppRole {
+                    service_principal_id: sp.to_string(),
+                    app_role_id: app_role.to_string(),
+                };
+                resource
+            }
+            _ => unverifiable(
+                resource,
+                "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
+            ),
+        },
+        "" => unverifiable(resource, "resource has no originSystem; cannot verify".into()),
+        other => unverifiable(
+            resource,
+            format!("{other} resources cannot be verified through Graph directory APIs"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::models::{ResourceRole, ResourceScope};
+
+    fn rrs(
+        id: &str,
+        system: &str,
+        scope_origin: &str,
+        scope_name: &str,
+        role_origin: &str,
+        role_name: &str,
+    ) -> ResourceRoleScope {
+        ResourceRoleScope {
+            id: id.into(),
+            role: Some(ResourceRole {
+                id: Some(format!("r-{id}")),
+                display_name: Some(role_name.into()),
+                origin_id: Some(role_origin.into()),
+                origin_system: Some(system.into()),
+                ..Default::default()
+            }),
+            scope: Some(ResourceScope {
+                id: Some(format!("s-{id}")),
+                display_name: Some(scope_name.into()),
+                origin_id: Some(scope_origin.into()),
+                origin_system: Some(system.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn decodes_group_member_and_owner() {
+        let r = promised_resources(&[
+            rrs("1", AAD_GROUP, "g1", "fin-readers", "Member_g1", "Member"),
+            rrs("2", AAD_GROUP, "g2", "fin-admins", "Owner_g2", "Owner"),
+        ]);
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].display_name, "fin-admins");
+        assert_eq!(
+            r[0].kind,
+            ResourceKind::GroupOwner {
+                group_id: "g2".into()
+            }
+        );
+        assert_eq!(
+            r[1].kind,
+            ResourceKind::GroupMember {
+                group_id: "g1".into()
+            }
+        );
+        assert_eq!(r[1].label(), "fin-readers (Member)");
+        assert!(r[1].note.is_none());
+    }
+
+    #[test]
+    fn decodes_app_role() {
+        let r = promised_resources(&[rrs(
+            "1",
+            AAD_APPLICATION,
+            "sp1",
+            "Payroll",
+            "role-1",
+            "Approver",
+        )]);
+        assert_eq!(
+            r[0].kind,
+            ResourceKind::AppRole {
+                service_principal_id: "sp1".into(),
+                app_role_id: "role-1".into()
+            }
+        );
+        assert!(r[0].is_verifiable());
+    }
+
+    #[test]
+    fn sharepoint_and_unknown_systems_are_unverifiable_with_note() {
+        let r = promised_resources(&[
+            rrs(
+                "1",
+                "SharePointOnline",
+                "https://contoso.sharepoint.com/sites/x",
+                "Site X",
+                "4",
+                "Visitors",
+            ),
+            rrs("2", "CustomThing", "c1", "Custom", "x", "y"),
+        ]);
+        assert!(r.iter().all(|p| p.kind == ResourceKind::Unverifiable));
+        assert!(r.iter().all(|p| p.note.is_some()));
+        assert!(r[1].note.as_deref().unwrap().contains("SharePointOnline"));
+    }
+
+    #[test]
+    fn malformed_group_roles_are_unverifiable_not_panics() {
+        let r = promised_resources(&[
+            rrs("1", AAD_GROUP, "g1", "a", "Guest_g1", "Guest"),
+            rrs("2", AAD_GROUP, "g2", "b", "Member_", "Member"),
+            rrs("3", AAD_GROUP, "g3", "c", "Member_g4", "Member"),
+            rrs("4", AAD_GROUP, "g5", "d", "", "Member"),
+        ]);
+        assert_eq!(r.len(), 4);
+        for p in &r {
+            assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
+            assert!(
+                p.note.as_deref().unwrap().contains("cannot verify"),
+                "{p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_role_or_scope_is_unverifiable() {
+        let mut x = rrs("1", AAD_GROUP, "g1", "a", "Member_g1", "Member");
+        x.role = None;
+        let mut y = rrs("2", AAD_APPLICATION, "sp", "b", "", "Role");
+        y.scope.as_mut().unwrap().origin_id = None;
+        let r = promised_resources(&[x, y, ResourceRoleScope::default()]);
+        assert_eq!(r.len(), 3);
+        assert!(r.iter().all(|p| !p.is_verifiable()));
+    }
+
+    #[test]
+    fn sorted_and_deduplicated() {
+        let a = rrs("1", AAD_GROUP, "g1", "zeta", "Member_g1", "Member");
+        let b = rrs("2", AAD_GROUP, "g2", "alpha", "Member_g2", "Member");
+        let r1 = promised_resources(&[a.clone(), b.clone(), a.clone()]);
+        let r2 = promised_resources(&[b, a]);
+        assert_eq!(r1, r2);
+        assert_eq!(r1.len(), 2);
+        assert_eq!(r1[0].display_name, "alpha");
+    }
+
+    #[test]
+    fn missing_display_names_fall_back() {
+        let mut x = rrs("1", AAD_GROUP, "g1", "", "Member_g1", "");
+        x.scope.as_mut().unwrap().display_name = None;
+        let r = promised_resources(&[x]);
+        assert_eq!(r[0].display_name, "g1");
+        assert_eq!(r[0].role, "Member");
+    }
+}

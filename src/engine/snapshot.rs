@@ -1,0 +1,277 @@
+//! One observation of the directory: who is in which group, who owns which group, who holds
+//! which app role. Read once per *resource* and shared by every assignment that promises it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::resources::{PromisedResource, ResourceKind};
+use crate::api::ResourceState;
+
+/// One read the observer has to make to fill a [`Snapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceRead {
+    /// `GET /groups/{id}/members?$select=id`
+    GroupMembers(String),
+    /// `GET /groups/{id}/owners?$select=id`
+    GroupOwners(String),
+    /// `GET /servicePrincipals/{id}/appRoleAssignedTo`
+    AppRoleAssignments(String),
+}
+
+impl ResourceRead {
+    /// The read that verifies `kind`, if any.
+    pub fn for_kind(kind: &ResourceKind) -> Option<Self> {
+        match kind {
+            ResourceKind::GroupMember { group_id } => Some(Self::GroupMembers(group_id.clone())),
+            ResourceKind::GroupOwner { group_id } => Some(Self::GroupOwners(group_id.clone())),
+            ResourceKind::AppRole {
+                service_principal_id,
+                ..
+            } => Some(Self::AppRoleAssignments(service_principal_id.clone())),
+            ResourceKind::Unverifiable => None,
+        }
+    }
+}
+
+/// The reads needed to verify `resources` (each resource read once, in a stable order).
+pub fn reads_needed<'a>(
+    resources: impl IntoIterator<Item = &'a PromisedResource>,
+) -> BTreeSet<ResourceRead> {
+    resources
+        .into_iter()
+        .filter_map(|r| ResourceRead::for_kind(&r.kind))
+        .collect()
+}
+
+/// Pure data: the result of the reads in [`reads_needed`], or why one failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// group id → direct member object ids.
+    pub group_members: BTreeMap<String, BTreeSet<String>>,
+    /// group id → owner object ids.
+    pub group_owners: BTreeMap<String, BTreeSet<String>>,
+    /// service principal id → (principalId, appRoleId) pairs.
+    pub app_role_assignments: BTreeMap<String, BTreeSet<(String, String)>>,
+    /// Reads that failed, with a message safe to show (no tokens).
+    pub failures: BTreeMap<ResourceRead, String>,
+}
+
+/// The verdict for one resource, with a note when it is Unknown or Unverifiable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub state: ResourceState,
+    pub note: Option<String>,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a group's direct members (replacing any earlier read).
+    pub fn record_group_members(
+        &mut self,
+        group_id: impl Into<String>,
+        members: impl IntoIterator<Item = impl Into<String>>,
+    ) {
+        let id = group_id.into();
+        self.failures
+            .remove(&ResourceRead::GroupMembers(id.clone()));
+        self.group_members
+            .insert(id, members.into_iter().map(Into::into).collect());
+    }
+
+    /// Records a group's owners (replacing any earlier read).
+    pub fn record_group_owners(
+        &mut self,
+        group_id: impl Into<String>,
+        owners: impl IntoIterator<Item = impl Into<String>>,
+    ) {
+        let id = group_id.into();
+        self.failures.remove(&ResourceRead::GroupOwners(id.clone()));
+        self.group_owners
+            .insert(id, owners.into_iter().map(Into::into).collect());
+    }
+
+    /// Records a service principal's app role assignments as (principalId, appRoleId).
+    pub fn record_app_role_assignments(
+        &mut self,
+        service_principal_id: impl Into<String>,
+        assignments: impl IntoIterator<Item = (String, String)>,
+    ) {
+        let id = service_principal_id.into();
+        self.failures
+            .remove(&ResourceRead::AppRoleAssignments(id.clone()));
+        self.app_role_assignments
+            .insert(id, assignments.into_iter().collect());
+    }
+
+    /// Records that a read failed; resources depending on it become Unknown.
+    pub fn record_failure(&mut self, read: ResourceRead, error: impl Into<String>) {
+        match &read {
+            ResourceRead::GroupMembers(id) => {
+                self.group_members.remove(id);
+            }
+            ResourceRead::GroupOwners(id) => {
+                self.group_owners.remove(id);
+            }
+            ResourceRead::AppRoleAssignments(id) => {
+                self.app_role_assignments.remove(id);
+            }
+        }
+        self.failures.insert(read, error.into());
+    }
+
+    /// Whether the target holds the resource.
+    pub fn check(&self, kind: &ResourceKind, target_object_id: &str) -> ResourceState {
+        self.check_detail(kind, target_object_id).state
+    }
+
+    /// [`Snapshot::check`] with the reason for Unknown/Unverifiable.
+    pub fn check_detail(&self, kind: &ResourceKind, target_object_id: &str) -> Check {
+        let Some(read) = ResourceRead::for_kind(kind) else {
+            return Check {
+                state: ResourceState::Unverifiable,
+                note: None,
+            };
+        };
+        if let Some(err) = self.failures.get(&read) {
+            return Check {
+                state: ResourceState::Unknown,
+                note: Some(format!("read failed: {err}")),
+            };
+        }
+        let present = match kind {
+            ResourceKind::GroupMember { group_id } => self
+                .group_members
+                .get(group_id)
+                .map(|m| m.contains(target_object_id)),
+            ResourceKind::GroupOwner { group_id } => self
+                .group_owners
+                .get(group_id)
+                .map(|m| m.contains(target_object_id)),
+            ResourceKind::AppRole {
+                service_principal_id,
+                app_role_id,
+            } => self
+                .app_role_assignments
+                .get(service_principal_id)
+                .map(|a| a.contains(&(target_object_id.to_string(), app_role_id.clone()))),
+            ResourceKind::Unverifiable => None,
+        };
+        match present {
+            Some(true) => Check {
+                state: ResourceState::Present,
+                note: None,
+            },
+            Some(false) => Check {
+                state: ResourceState::Missing,
+                note: None,
+            },
+            None => Check {
+                state: ResourceState::Unknown,
+                note: Some("not read in this pass".into()),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(g: &str) -> ResourceKind {
+        ResourceKind::GroupMember { group_id: g.into() }
+    }
+
+    #[test]
+    fn group_membership_and_ownership() {
+        let mut s = Snapshot::new();
+        s.record_group_members("g1", ["u1", "u2"]);
+        s.record_group_owners("g1", ["u9"]);
+        assert_eq!(s.check(&member("g1"), "u1"), ResourceState::Present);
+        assert_eq!(s.check(&member("g1"), "u3"), ResourceState::Missing);
+        let owner = ResourceKind::GroupOwner {
+            group_id: "g1".into(),
+        };
+        assert_eq!(s.check(&owner, "u9"), ResourceState::Present);
+        assert_eq!(s.check(&owner, "u1"), ResourceState::Missing);
+    }
+
+    #[test]
+    fn app_roles_match_principal_and_role() {
+        let mut s = Snapshot::new();
+        s.record_app_role_assignments("sp", [("u1".to_string(), "r1".to_string())]);
+        let k = |r: &str| ResourceKind::AppRole {
+            service_principal_id: "sp".into(),
+            app_role_id: r.into(),
+        };
+        assert_eq!(s.check(&k("r1"), "u1"), ResourceState::Present);
+        assert_eq!(s.check(&k("r2"), "u1"), ResourceState::Missing);
+        assert_eq!(s.check(&k("r1"), "u2"), ResourceState::Missing);
+    }
+
+    #[test]
+    fn failures_and_unread_are_unknown() {
+        let mut s = Snapshot::new();
+        s.record_group_members("g1", ["u1"]);
+        s.record_failure(
+            ResourceRead::GroupMembers("g1".into()),
+            "HTTP 403 Authorization_RequestDenied",
+        );
+        let c = s.check_detail(&member("g1"), "u1");
+        assert_eq!(c.state, ResourceState::Unknown);
+        assert!(c.note.unwrap().contains("403"));
+        let c = s.check_detail(&member("g2"), "u1");
+        assert_eq!(c.state, ResourceState::Unknown);
+        assert!(c.note.unwrap().contains("not read"));
+        // A later successful read clears the failure.
+        s.record_group_members("g1", ["u1"]);
+        assert_eq!(s.check(&member("g1"), "u1"), ResourceState::Present);
+    }
+
+    #[test]
+    fn unverifiable_stays_unverifiable() {
+        assert_eq!(
+            Snapshot::new().check(&ResourceKind::Unverifiable, "u1"),
+            ResourceState::Unverifiable
+        );
+    }
+
+    #[test]
+    fn reads_needed_once_per_resource() {
+        let r = |kind: ResourceKind| PromisedResource {
+            origin_system: String::new(),
+            origin_id: String::new(),
+            display_name: String::new(),
+            role: String::new(),
+            kind,
+            note: None,
+        };
+        let list = [
+            r(member("g1")),
+            r(member("g1")),
+            r(ResourceKind::GroupOwner {
+                group_id: "g1".into(),
+            }),
+            r(ResourceKind::AppRole {
+                service_principal_id: "sp".into(),
+                app_role_id: "a".into(),
+            }),
+            r(ResourceKind::AppRole {
+                service_principal_id: "sp".into(),
+                app_role_id: "b".into(),
+            }),
+            r(ResourceKind::Unverifiable),
+        ];
+        let reads: Vec<ResourceRead> = reads_needed(&list).into_iter().collect();
+        assert_eq!(
+            reads,
+            [
+                ResourceRead::GroupMembers("g1".into()),
+                ResourceRead::GroupOwners("g1".into()),
+                ResourceRead::AppRoleAssignments("sp".into()),
+            ]
+        );
+    }
+}
