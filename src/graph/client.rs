@@ -32,6 +32,14 @@ pub struct GraphClient {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base", &self.inner.base)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     http: Http,
     tokens: TokenProvider,

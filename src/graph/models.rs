@@ -413,8 +413,23 @@ pub struct ErrorBody {
 pub struct TokenResponse {
     #[serde(default)]
     pub token_type: Option<String>,
+    /// Seconds. Entra v2 sends a number; older endpoints and some emulators send a string.
+    #[serde(deserialize_with = "number_or_string")]
     pub expires_in: u64,
     pub access_token: String,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(t) => t.trim().parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The Entra token endpoint's error body (§1.4). Safe to log: carries no secret.
@@ -451,5 +466,22 @@ mod tests {
         assert_eq!(a.target.unwrap().object_id.as_deref(), Some("u1"));
         let s: AssignmentState = serde_json::from_str("\"somethingElse\"").unwrap();
         assert_eq!(s, AssignmentState::Unknown);
+    }
+
+    #[test]
+    fn token_lifetime_accepts_number_or_string() {
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"token_type":"Bearer","expires_in":3599,"access_token":"a"}"#)
+                .unwrap();
+        assert_eq!(t.expires_in, 3599);
+        let t: TokenResponse = serde_json::from_str(
+            r#"{"expires_in":"3599","ext_expires_in":"3599","access_token":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expires_in, 3599);
+        assert!(
+            serde_json::from_str::<TokenResponse>(r#"{"expires_in":"soon","access_token":"a"}"#)
+                .is_err()
+        );
     }
 }
