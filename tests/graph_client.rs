@@ -947,3 +947,47 @@ async fn connection_refused_is_a_transport_error_after_retries() {
         .unwrap();
     assert_eq!((s.requests, s.retries, s.failures), (2, 1, 1));
 }
+
+#[tokio::test]
+async fn retry_after_holds_back_other_calls_in_the_same_scope() {
+    let fake = start(|seen, st| {
+        if seen.path == TOKEN_PATH {
+            return st.issue_token(3599);
+        }
+        match seen.path.as_str() {
+            "/v1.0/groups/g-short/members" => {
+                Answer::json(429, graph_error("TooManyRequests", "later"))
+                    .header("retry-after", "0.5")
+            }
+            "/v1.0/groups/g-long/members" => {
+                Answer::json(429, graph_error("TooManyRequests", "later"))
+                    .header("retry-after", "3600")
+            }
+            _ => Answer::json(200, serde_json::json!({"value": []})),
+        }
+    })
+    .await;
+    let mut a = args(&fake);
+    a.max_retries = 0;
+    let c = GraphClient::new(fast(a.validate().unwrap())).unwrap();
+
+    // A refused call closes the directory scope for 0.5 s: the next directory call waits.
+    assert_eq!(
+        c.list_group_members("g-short").await.unwrap_err().kind(),
+        "throttled"
+    );
+    c.list_group_owners("g-other").await.unwrap();
+    let reqs = fake.state.graph_requests();
+    let gap = reqs[1].at - reqs[0].at;
+    assert!(gap >= Duration::from_millis(500), "sent after only {gap:?}");
+
+    // A long Retry-After makes later directory calls fail fast without reaching the server,
+    // while entitlement-management calls (another throttling budget) still go out.
+    assert!(c.list_group_members("g-long").await.is_err());
+    let e = c.list_app_role_assignments("sp1").await.unwrap_err();
+    assert_eq!(e.kind(), "throttled");
+    assert!(e.retry_after().unwrap() > Duration::from_secs(3500));
+    assert_eq!(fake.state.graph_requests().len(), 3);
+    c.list_assignments("p1").await.unwrap();
+    assert_eq!(fake.state.graph_requests().len(), 4);
+}
