@@ -991,3 +991,135 @@ async fn retry_after_holds_back_other_calls_in_the_same_scope() {
     c.list_assignments("p1").await.unwrap();
     assert_eq!(fake.state.graph_requests().len(), 4);
 }
+
+#[tokio::test]
+async fn batch_correlates_by_id_and_resends_only_throttled_items() {
+    use redeliver::graph::{BatchItem, models::DirectoryObject, models::Page};
+    let fake = start(|seen, st| {
+        if seen.path == TOKEN_PATH {
+            return st.issue_token(3599);
+        }
+        assert_eq!(seen.path, "/v1.0/$batch");
+        let body: serde_json::Value = serde_json::from_str(&seen.body).unwrap();
+        let reqs = body["requests"].as_array().unwrap().clone();
+        let round = st.prior("/v1.0/$batch");
+        // Answer in reverse order; on the first round throttle item "2".
+        let responses: Vec<serde_json::Value> = reqs
+            .iter()
+            .rev()
+            .map(|r| {
+                let id = r["id"].as_str().unwrap();
+                match (round, id) {
+                    (0, "2") => serde_json::json!({"id": "2", "status": 429,
+                        "headers": {"Retry-After": "0.3"}, "body": graph_error("TooManyRequests", "later")}),
+                    (_, "3") => serde_json::json!({"id": "3", "status": 403,
+                        "headers": {"request-id": "inner-3"}, "body": graph_error("Authorization_RequestDenied", "no")}),
+                    (_, "4") => serde_json::json!({"id": "4", "status": 202, "headers": {}, "body": null}),
+                    (_, id) => serde_json::json!({"id": id, "status": 200,
+                        "headers": {"Content-Type": "application/json"},
+                        "body": {"value": [{"id": format!("member-of-{id}")}]}}),
+                }
+            })
+            .collect();
+        // The second round comes back as 424, as one doc version describes.
+        let status = if round == 0 { 200 } else { 424 };
+        Answer::json(status, serde_json::json!({"responses": responses}))
+    })
+    .await;
+    let c = client(&fake);
+    let items = vec![
+        BatchItem::get("1", "/groups/g1/members?$select=id&$top=999"),
+        BatchItem::get("2", "/groups/g2/members?$select=id&$top=999"),
+        BatchItem::get("3", "/groups/g3/members?$select=id&$top=999"),
+        BatchItem::post(
+            "4",
+            "/identityGovernance/entitlementManagement/assignments/a1/reprocess",
+        ),
+    ];
+    let results = c.batch(&items).await.unwrap();
+    let ids: Vec<_> = results.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, vec!["1", "2", "3", "4"]);
+    assert_eq!(results[1].status, 200);
+    assert!(results[3].is_success());
+
+    let reqs = fake.state.graph_requests();
+    assert_eq!(reqs.len(), 2);
+    assert!(reqs[1].at - reqs[0].at >= Duration::from_millis(300));
+    let second: serde_json::Value = serde_json::from_str(&reqs[1].body).unwrap();
+    assert_eq!(
+        second["requests"].as_array().unwrap().len(),
+        1,
+        "only the throttled item is resent"
+    );
+    assert_eq!(second["requests"][0]["id"], "2");
+    let first: serde_json::Value = serde_json::from_str(&reqs[0].body).unwrap();
+    assert_eq!(
+        first["requests"][3],
+        serde_json::json!({"id": "4", "method": "POST",
+        "url": "/identityGovernance/entitlementManagement/assignments/a1/reprocess"})
+    );
+
+    let mut results = results.into_iter();
+    let page: Page<DirectoryObject> = results
+        .next()
+        .unwrap()
+        .into_result("list_group_members")
+        .unwrap();
+    assert_eq!(page.value[0].id, "member-of-1");
+    let e = results
+        .nth(1)
+        .unwrap()
+        .into_result::<Page<DirectoryObject>>("list_group_members")
+        .unwrap_err();
+    assert!(e.is_forbidden());
+    assert_eq!(e.request_id(), Some("inner-3"));
+    assert!(e.to_string().contains("GroupMember.Read.All"));
+
+    assert_eq!(
+        c.relative_url(&format!(
+            "{}/v1.0/groups/g1/members?$skiptoken=x",
+            fake.base
+        ))
+        .as_deref(),
+        Some("/groups/g1/members?$skiptoken=x")
+    );
+    assert_eq!(
+        c.relative_url("https://elsewhere.example/v1.0/groups"),
+        None
+    );
+    let too_many: Vec<_> = (0..21)
+        .map(|i| BatchItem::get(i.to_string(), "/groups"))
+        .collect();
+    assert_eq!(
+        c.batch(&too_many).await.unwrap_err().kind(),
+        "invalid_argument"
+    );
+}
+
+#[tokio::test]
+async fn get_assignment_expands_and_maps_404_to_none() {
+    let fake = start(|seen, st| {
+        if seen.path == TOKEN_PATH {
+            return st.issue_token(3599);
+        }
+        if seen.path.ends_with("/a1") {
+            return Answer::json(200, serde_json::json!({"id": "a1", "state": "deliveryFailed", "status": "DeliveryFailed",
+                "target": {"objectId": "u1"}, "accessPackage": {"id": "p1"}, "assignmentPolicy": {"id": "pol1"}}));
+        }
+        Answer::json(404, graph_error("NotFound", "no"))
+    })
+    .await;
+    let c = client(&fake);
+    let a = c.get_assignment("a1").await.unwrap().unwrap();
+    assert_eq!(
+        a.state,
+        redeliver::graph::models::AssignmentState::DeliveryFailed
+    );
+    assert_eq!(a.assignment_policy.unwrap().id, "pol1");
+    assert_eq!(c.get_assignment("a2").await.unwrap(), None);
+    let reqs = fake.state.graph_requests();
+    assert_eq!(
+        reqs[0].query_param("$expand").as_deref(),
+        Some("target,accessPackage,assignmentPolicy")
+    );
+}

@@ -160,14 +160,27 @@ impl GraphClient {
     /// typed error. On a 401 the cached token is dropped and the call is made once more
     /// with a new token.
     pub async fn send(&self, req: GraphRequest) -> Result<GraphResponse, GraphError> {
-        let result = self.send_inner(&req).await;
+        self.send_accepting(&req, &[]).await
+    }
+
+    /// [`GraphClient::send`], also treating the `extra_ok` statuses as success.
+    async fn send_accepting(
+        &self,
+        req: &GraphRequest,
+        extra_ok: &[u16],
+    ) -> Result<GraphResponse, GraphError> {
+        let result = self.send_inner(req, extra_ok).await;
         if result.is_err() {
             self.inner.http.count(req.operation, |s| s.failures += 1);
         }
         result
     }
 
-    async fn send_inner(&self, req: &GraphRequest) -> Result<GraphResponse, GraphError> {
+    async fn send_inner(
+        &self,
+        req: &GraphRequest,
+        extra_ok: &[u16],
+    ) -> Result<GraphResponse, GraphError> {
         let inner = &self.inner;
         let mut refreshed = false;
         loop {
@@ -197,7 +210,7 @@ impl GraphClient {
                 inner.tokens.invalidate(&token).await;
                 continue;
             }
-            if resp.status.is_success() {
+            if resp.status.is_success() || extra_ok.contains(&resp.status.as_u16()) {
                 return Ok(GraphResponse {
                     status: resp.status,
                     request_id: resp.request_id,
@@ -335,6 +348,19 @@ impl GraphClient {
             &[("$filter", &filter)],
         )?;
         self.get_paged(OP, url).await
+    }
+
+    /// One assignment with `target`, `accessPackage` and `assignmentPolicy` expanded (§3.2),
+    /// or `None` if it does not exist.
+    pub async fn get_assignment(&self, id: &str) -> Result<Option<Assignment>, GraphError> {
+        const OP: &str = "get_assignment";
+        let path = format!("{EM}/assignments/{}", segment(OP, id)?);
+        let url = self.url(
+            OP,
+            &path,
+            &[("$expand", "target,accessPackage,assignmentPolicy")],
+        )?;
+        none_if_not_found(self.get_json(OP, url).await)
     }
 
     /// Every assignment of a package (all states, including expired), with `target` and
@@ -537,6 +563,270 @@ impl GraphClient {
         let url = self.url(OP, &path, &[])?;
         self.get_paged(OP, url).await
     }
+}
+
+/// Most requests one `$batch` may carry (graph-api.md §6.1).
+pub const MAX_BATCH: usize = 20;
+
+/// One inner request of a `$batch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchItem {
+    /// Unique id within the batch; responses are correlated by it.
+    pub id: String,
+    /// HTTP method (`GET`, `POST`, ...).
+    pub method: Method,
+    /// URL relative to the version root, e.g. `/groups/g1/members?$select=id&$top=999`
+    /// (see [`GraphClient::relative_url`] for turning a nextLink into one).
+    pub url: String,
+    /// JSON body; `Content-Type: application/json` is added for it.
+    pub body: Option<serde_json::Value>,
+    /// Extra inner headers (e.g. `ConsistencyLevel`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl BatchItem {
+    /// A GET of `url` (relative to the version root).
+    pub fn get(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            method: Method::GET,
+            url: url.into(),
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A body-less POST (e.g. a `reprocess` action).
+    pub fn post(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            method: Method::POST,
+            ..Self::get(id, url)
+        }
+    }
+}
+
+/// One inner response of a `$batch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchResult {
+    /// The request id it answers.
+    pub id: String,
+    /// Inner HTTP status.
+    pub status: u16,
+    /// Inner headers (names lower-cased).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Inner body (`null` when empty).
+    pub body: serde_json::Value,
+}
+
+impl BatchResult {
+    /// True for a 2xx inner status.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The inner `request-id` header, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        self.headers.get("request-id").map(String::as_str)
+    }
+
+    /// Decodes a successful inner body, or maps a failed one to the same typed error a
+    /// direct call would give, named `operation`.
+    pub fn into_result<T: DeserializeOwned>(
+        self,
+        operation: &'static str,
+    ) -> Result<T, GraphError> {
+        let request_id = self.request_id().map(str::to_string);
+        if self.is_success() {
+            return serde_json::from_value(self.body).map_err(|e| GraphError::Decode {
+                operation,
+                message: format!("batch item: {e}"),
+                request_id,
+            });
+        }
+        let retry_after = self
+            .headers
+            .get("retry-after")
+            .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Err(map_error(
+            operation,
+            RawResponse {
+                status,
+                headers: reqwest::header::HeaderMap::new(),
+                body: body.into(),
+                request_id,
+                retry_after,
+            },
+        ))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct BatchEnvelope {
+    #[serde(default)]
+    responses: Vec<BatchWireResponse>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchWireResponse {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    body: serde_json::Value,
+}
+
+impl GraphClient {
+    /// The part of an absolute Graph URL (e.g. a nextLink) after the version root, for use
+    /// in a [`BatchItem`]; `None` if it is not under this client's base URL.
+    pub fn relative_url(&self, absolute: &str) -> Option<String> {
+        absolute
+            .strip_prefix(&self.inner.base)
+            .filter(|rest| rest.starts_with('/'))
+            .map(str::to_string)
+    }
+
+    /// Sends up to [`MAX_BATCH`] requests in one `POST /$batch` (§6.1) and returns one
+    /// result per item, in the order given. Inner 429s are resent (only those) after the
+    /// longest inner `Retry-After`, up to the retry limit; whatever is still throttled is
+    /// returned as is. Inner failures are results, not errors: check each with
+    /// [`BatchResult::into_result`].
+    pub async fn batch(&self, items: &[BatchItem]) -> Result<Vec<BatchResult>, GraphError> {
+        const OP: &str = "batch";
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() > MAX_BATCH {
+            return Err(GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "{} requests in one batch; the limit is {MAX_BATCH}",
+                    items.len()
+                ),
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        for item in items {
+            if !ids.insert(item.id.as_str()) {
+                return Err(GraphError::InvalidArgument {
+                    operation: OP,
+                    message: format!("duplicate batch id {:?}", item.id),
+                });
+            }
+            if !item.url.starts_with('/') {
+                return Err(GraphError::InvalidArgument {
+                    operation: OP,
+                    message: format!(
+                        "batch url {:?} must be relative to the version root",
+                        item.url
+                    ),
+                });
+            }
+        }
+        // Only an all-GET batch may be resent blindly after an ambiguous failure.
+        let retry = if items.iter().all(|i| i.method == Method::GET) {
+            RetryMode::Idempotent
+        } else {
+            RetryMode::NonIdempotent
+        };
+        let url = self.url(OP, "/$batch", &[])?;
+        let mut results: std::collections::HashMap<String, BatchResult> = Default::default();
+        let mut pending: Vec<&BatchItem> = items.iter().collect();
+        let max_retries = self.inner.http.max_retries();
+        let mut round = 0u32;
+        loop {
+            let wire: Vec<serde_json::Value> = pending.iter().map(|i| batch_wire(i)).collect();
+            let request =
+                GraphRequest::post(OP, url.clone(), Some(json!({"requests": wire})), retry);
+            // One doc version answers a batch holding throttled items with 424 instead of 200
+            // (§6.1); its body still lists the per-item responses.
+            let resp = self.send_accepting(&request, &[424]).await?;
+            let envelope: BatchEnvelope = self.decode(OP, &resp)?;
+            let mut throttled_wait: Option<std::time::Duration> = None;
+            let mut still: Vec<&BatchItem> = Vec::new();
+            for r in envelope.responses {
+                let Some(item) = pending.iter().find(|i| i.id == r.id) else {
+                    continue;
+                };
+                let headers: std::collections::BTreeMap<String, String> = r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect();
+                if r.status == 429 && round < max_retries {
+                    let wait = headers.get("retry-after").and_then(|v| {
+                        super::retry::parse_retry_after(v, std::time::SystemTime::now())
+                    });
+                    throttled_wait = throttled_wait.max(wait).or(Some(std::time::Duration::ZERO));
+                    still.push(item);
+                }
+                results.insert(
+                    r.id.clone(),
+                    BatchResult {
+                        id: r.id,
+                        status: r.status,
+                        headers,
+                        body: r.body,
+                    },
+                );
+            }
+            let missing: Vec<&str> = pending
+                .iter()
+                .filter(|i| !results.contains_key(&i.id))
+                .map(|i| i.id.as_str())
+                .collect();
+            if !missing.is_empty() {
+                return Err(GraphError::Decode {
+                    operation: OP,
+                    message: format!("batch response lacks items {missing:?}"),
+                    request_id: resp.request_id,
+                });
+            }
+            let Some(wait) = throttled_wait else { break };
+            if still.is_empty() || wait > self.inner.http.max_retry_after() {
+                break;
+            }
+            let wait = if wait.is_zero() {
+                self.inner.http.backoff(round)
+            } else {
+                wait
+            };
+            tokio::time::sleep(wait).await;
+            round += 1;
+            pending = still;
+        }
+        items
+            .iter()
+            .map(|i| {
+                results.remove(&i.id).ok_or_else(|| GraphError::Decode {
+                    operation: OP,
+                    message: format!("batch response lacks item {:?}", i.id),
+                    request_id: None,
+                })
+            })
+            .collect()
+    }
+}
+
+fn batch_wire(item: &BatchItem) -> serde_json::Value {
+    let mut v = json!({"id": item.id, "method": item.method.as_str(), "url": item.url});
+    let mut headers: serde_json::Map<String, serde_json::Value> = item
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if let Some(body) = &item.body {
+        v["body"] = body.clone();
+        headers
+            .entry("Content-Type")
+            .or_insert_with(|| json!("application/json"));
+    }
+    if !headers.is_empty() {
+        v["headers"] = serde_json::Value::Object(headers);
+    }
+    v
 }
 
 fn none_if_not_found<T>(result: Result<T, GraphError>) -> Result<Option<T>, GraphError> {

@@ -304,7 +304,15 @@ impl Http {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    pub(crate) fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         backoff(
             attempt,
             self.backoff_base,
