@@ -1123,3 +1123,67 @@ async fn get_assignment_expands_and_maps_404_to_none() {
         Some("target,accessPackage,assignmentPolicy")
     );
 }
+
+#[tokio::test]
+async fn group_delta_merges_pages_and_reports_resync() {
+    let fake = start(|seen, st| {
+        if seen.path == TOKEN_PATH {
+            return st.issue_token(3599);
+        }
+        let host = seen.headers["host"].to_str().unwrap().to_string();
+        let link = |q: &str| format!("http://{host}/v1.0/groups/delta?{q}");
+        match (seen.query_param("$skiptoken"), seen.query_param("$deltatoken")) {
+            (None, None) => Answer::json(200, serde_json::json!({
+                "value": [{"id": "g1", "members@delta": [{"@odata.type": "#microsoft.graph.user", "id": "u1"}, {"id": "u2"}]}],
+                "@odata.nextLink": link("$skiptoken=p2")})),
+            // g1 reappears on a later page: u2 removed; g2 comes in.
+            (Some(_), None) => Answer::json(200, serde_json::json!({
+                "value": [{"id": "g2", "members@delta": [{"id": "u3"}]},
+                          {"id": "g1", "members@delta": [{"id": "u2", "@removed": {"reason": "deleted"}}]}],
+                "@odata.deltaLink": link("$deltatoken=d1")})),
+            (None, Some(t)) if t == "d1" => Answer::json(200, serde_json::json!({
+                "value": [{"id": "g2", "members@delta": [{"id": "u3", "@removed": {"reason": "deleted"}}]}],
+                "@odata.deltaLink": link("$deltatoken=d2")})),
+            _ => Answer::json(410, graph_error("resyncRequired", "start over")).header("location", &link("")),
+        }
+    })
+    .await;
+    let c = client(&fake);
+    let first = c
+        .group_members_delta(&["g1".to_string(), "g2".to_string()])
+        .await
+        .unwrap();
+    let reqs = fake.state.graph_requests();
+    assert_eq!(reqs[0].path, "/v1.0/groups/delta");
+    assert_eq!(reqs[0].query_param("$select").as_deref(), Some("members"));
+    assert_eq!(
+        reqs[0].query_param("$filter").as_deref(),
+        Some("id eq 'g1' or id eq 'g2'")
+    );
+    let g1 = &first.changes["g1"];
+    assert_eq!(g1.added.iter().collect::<Vec<_>>(), vec!["u1"]);
+    assert_eq!(g1.removed.iter().collect::<Vec<_>>(), vec!["u2"]);
+    assert!(first.changes["g2"].added.contains("u3"));
+    assert!(
+        first.delta_link.ends_with("$deltatoken=d1"),
+        "{}",
+        first.delta_link
+    );
+
+    let second = c.group_members_delta_next(&first.delta_link).await.unwrap();
+    assert!(second.changes["g2"].removed.contains("u3"));
+    assert!(!second.changes.contains_key("g1"));
+
+    let expired = first.delta_link.replace("d1", "old");
+    let e = c.group_members_delta_next(&expired).await.unwrap_err();
+    assert!(e.is_resync_required(), "{e:?}");
+    assert_eq!(
+        c.group_members_delta_next("https://elsewhere.example/v1.0/groups/delta?$deltatoken=x")
+            .await
+            .unwrap_err()
+            .kind(),
+        "invalid_argument"
+    );
+    let too_many: Vec<String> = (0..51).map(|i| format!("g{i}")).collect();
+    assert!(c.group_members_delta(&too_many).await.is_err());
+}

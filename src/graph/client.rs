@@ -14,7 +14,7 @@ use super::config::GraphConfig;
 use super::error::{GraphError, permission_hint};
 use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
 use super::models::{
-    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest,
+    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest, DeltaGroup,
     DirectoryObject, ErrorEnvelope, Page, User,
 };
 use super::odata::{build_url, segment, string_literal};
@@ -263,30 +263,7 @@ impl GraphClient {
             let page: Page<T> = self.get_page(operation, url.clone()).await?;
             items.extend(page.value);
             if let Some(link) = page.next_link {
-                let link_url = url.join(&link).map_err(|e| GraphError::Decode {
-                    operation,
-                    message: format!("invalid @odata.nextLink {link:?}: {e}"),
-                    request_id: None,
-                })?;
-                if link_url.origin() != self.inner.origin {
-                    return Err(GraphError::Decode {
-                        operation,
-                        message: format!(
-                            "@odata.nextLink points to {} outside the Graph URL {}; refusing to send the token there",
-                            link_url.origin().ascii_serialization(),
-                            self.inner.origin.ascii_serialization()
-                        ),
-                        request_id: None,
-                    });
-                }
-                if link_url == url {
-                    return Err(GraphError::Decode {
-                        operation,
-                        message: "@odata.nextLink repeats the current page URL".to_string(),
-                        request_id: None,
-                    });
-                }
-                next = Some(link_url);
+                next = Some(self.checked_link(operation, &url, &link)?);
             }
         }
         Ok(items)
@@ -550,6 +527,160 @@ impl GraphClient {
         Ok(objects.into_iter().map(|o| o.id).collect())
     }
 
+    /// Starts tracking the membership of up to [`MAX_DELTA_GROUPS`] groups with a delta
+    /// query (`GET /groups/delta?$select=members&$filter=id eq ..`, §5.5). The first round
+    /// reports every current member as added; keep [`GroupMembershipDelta::delta_link`] and
+    /// pass it to [`GraphClient::group_members_delta_next`] for the changes since.
+    pub async fn group_members_delta(
+        &self,
+        group_ids: &[String],
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        const OP: &str = "group_members_delta";
+        if group_ids.is_empty() || group_ids.len() > MAX_DELTA_GROUPS {
+            return Err(GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "{} group ids; a delta query takes 1 to {MAX_DELTA_GROUPS}",
+                    group_ids.len()
+                ),
+            });
+        }
+        let filter = group_ids
+            .iter()
+            .map(|id| format!("id eq {}", string_literal(id)))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let url = self.url(
+            OP,
+            "/groups/delta",
+            &[("$select", "members"), ("$filter", &filter)],
+        )?;
+        self.follow_delta(OP, url).await
+    }
+
+    /// Changes since a previous round's delta link. Fails with an error for which
+    /// [`GraphError::is_resync_required`] is true when the link expired (start over with
+    /// [`GraphClient::group_members_delta`]).
+    pub async fn group_members_delta_next(
+        &self,
+        delta_link: &str,
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        const OP: &str = "group_members_delta";
+        let url = Url::parse(delta_link)
+            .ok()
+            .filter(|u| u.origin() == self.inner.origin)
+            .ok_or_else(|| GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "delta link {delta_link:?} is not a URL under {}",
+                    self.inner.base
+                ),
+            })?;
+        self.follow_delta(OP, url).await
+    }
+
+    async fn follow_delta(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        // Last event per (group, member) wins: the same group may reappear on later pages
+        // and replays happen (§5.5).
+        let mut state: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, bool>,
+        > = Default::default();
+        let mut deleted_groups = std::collections::BTreeSet::new();
+        let mut url = url;
+        let mut pages = 0usize;
+        loop {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(GraphError::Decode {
+                    operation,
+                    message: format!("more than {MAX_PAGES} delta pages; the server seems to loop"),
+                    request_id: None,
+                });
+            }
+            let page: Page<DeltaGroup> = self.get_page(operation, url.clone()).await?;
+            for group in page.value {
+                if group.removed.is_some() {
+                    deleted_groups.insert(group.id.clone());
+                }
+                let entry = state.entry(group.id).or_default();
+                for m in group.members_delta {
+                    entry.insert(m.id, m.removed.is_none());
+                }
+            }
+            match (page.next_link, page.delta_link) {
+                (Some(link), _) => url = self.checked_link(operation, &url, &link)?,
+                (None, Some(delta)) => {
+                    let delta_url = self.checked_link(operation, &url, &delta)?;
+                    let changes = state
+                        .into_iter()
+                        .map(|(group, members)| {
+                            let mut c = MemberChanges::default();
+                            for (member, present) in members {
+                                if present {
+                                    c.added.insert(member);
+                                } else {
+                                    c.removed.insert(member);
+                                }
+                            }
+                            (group, c)
+                        })
+                        .collect();
+                    return Ok(GroupMembershipDelta {
+                        changes,
+                        deleted_groups,
+                        delta_link: delta_url.to_string(),
+                    });
+                }
+                (None, None) => {
+                    return Err(GraphError::Decode {
+                        operation,
+                        message: "delta page has neither @odata.nextLink nor @odata.deltaLink"
+                            .to_string(),
+                        request_id: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Resolves a nextLink/deltaLink against the current page and refuses other origins.
+    fn checked_link(
+        &self,
+        operation: &'static str,
+        current: &Url,
+        link: &str,
+    ) -> Result<Url, GraphError> {
+        let url = current.join(link).map_err(|e| GraphError::Decode {
+            operation,
+            message: format!("invalid link {link:?}: {e}"),
+            request_id: None,
+        })?;
+        if url.origin() != self.inner.origin {
+            return Err(GraphError::Decode {
+                operation,
+                message: format!(
+                    "link points to {} outside the Graph URL {}; refusing to send the token there",
+                    url.origin().ascii_serialization(),
+                    self.inner.origin.ascii_serialization()
+                ),
+                request_id: None,
+            });
+        }
+        if &url == current {
+            return Err(GraphError::Decode {
+                operation,
+                message: "@odata.nextLink repeats the current page URL".to_string(),
+                request_id: None,
+            });
+        }
+        Ok(url)
+    }
+
     /// App role assignments granted on a resource service principal (§5.4, all pages).
     pub async fn list_app_role_assignments(
         &self,
@@ -563,6 +694,29 @@ impl GraphClient {
         let url = self.url(OP, &path, &[])?;
         self.get_paged(OP, url).await
     }
+}
+
+/// Most group ids one delta query may filter on (graph-api.md §5.5).
+pub const MAX_DELTA_GROUPS: usize = 50;
+
+/// Membership changes found by one delta round, per group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupMembershipDelta {
+    /// Per group id, members added and removed (net of replays within the round).
+    pub changes: std::collections::BTreeMap<String, MemberChanges>,
+    /// Groups reported as deleted.
+    pub deleted_groups: std::collections::BTreeSet<String>,
+    /// The link for the next round (store it whole; valid about 7 days).
+    pub delta_link: String,
+}
+
+/// Added and removed member ids of one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberChanges {
+    /// Members added (or, on a first round, currently present).
+    pub added: std::collections::BTreeSet<String>,
+    /// Members removed.
+    pub removed: std::collections::BTreeSet<String>,
 }
 
 /// Most requests one `$batch` may carry (graph-api.md §6.1).

@@ -231,6 +231,19 @@ impl GraphError {
         matches!(self, Self::NotFound { .. })
     }
 
+    /// True when a delta link can no longer be used and a full resync is needed
+    /// (`410 Gone`, or `syncStateNotFound` / `resyncRequired`, graph-api.md §5.5).
+    pub fn is_resync_required(&self) -> bool {
+        match self {
+            Self::BadRequest { status: 410, .. } => true,
+            Self::BadRequest { code, .. } | Self::NotFound { code, .. } => {
+                code.eq_ignore_ascii_case("syncStateNotFound")
+                    || code.eq_ignore_ascii_case("resyncRequired")
+            }
+            _ => false,
+        }
+    }
+
     /// True for a 403.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Forbidden { .. })
@@ -307,7 +320,7 @@ pub fn permission_hint(operation: &str) -> &'static str {
         | "get_request" => {
             "EntitlementManagement.Read.All (or the Catalog reader role on the package's catalog); a tenant without an Entra ID Governance/P2 licence also gets 403"
         }
-        "list_group_members" | "list_group_owners" | "group_delta" => {
+        "list_group_members" | "list_group_owners" | "group_members_delta" => {
             "GroupMember.Read.All (hidden-membership groups also need Member.Read.Hidden)"
         }
         "list_app_role_assignments" => "Application.Read.All",

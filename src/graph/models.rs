@@ -372,6 +372,43 @@ pub struct DirectoryObject {
     pub odata_type: Option<String>,
 }
 
+/// A group as returned by `GET /groups/delta?$select=members` (§5.5).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaGroup {
+    pub id: String,
+    /// Membership changes on this page; entries without `@removed` are additions.
+    #[serde(
+        rename = "members@delta",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub members_delta: Vec<DeltaMember>,
+    /// Present when the group itself was deleted.
+    #[serde(rename = "@removed", default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Removed>,
+}
+
+/// One `members@delta` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaMember {
+    pub id: String,
+    #[serde(
+        rename = "@odata.type",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub odata_type: Option<String>,
+    #[serde(rename = "@removed", default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Removed>,
+}
+
+/// `@removed: {"reason": "changed" | "deleted"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// `appRoleAssignment` (§5.4) as listed by `appRoleAssignedTo`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
