@@ -274,10 +274,13 @@ impl GraphClient {
         operation: &'static str,
         resp: &GraphResponse,
     ) -> Result<T, GraphError> {
-        serde_json::from_slice(&resp.body).map_err(|e| GraphError::Decode {
-            operation,
-            message: format!("{e}; body starts with: {}", excerpt(&resp.body)),
-            request_id: resp.request_id.clone(),
+        serde_json::from_slice(&resp.body).map_err(|e| {
+            self.inner.http.count(operation, |s| s.failures += 1);
+            GraphError::Decode {
+                operation,
+                message: format!("{e}; body starts with: {}", excerpt(&resp.body)),
+                request_id: resp.request_id.clone(),
+            }
         })
     }
 

@@ -32,8 +32,8 @@ pub enum RetryMode {
     NonIdempotent,
 }
 
-/// A response with its body read. Any status; the caller maps errors.
-#[derive(Debug)]
+/// A response with its body read. Any status; the caller maps errors. Deliberately not
+/// `Debug`: for the token endpoint the body holds the access token.
 pub struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
