@@ -719,7 +719,7 @@ async fn forbidden_names_the_likely_missing_permission() {
     for (e, permission) in cases {
         match &e {
             GraphError::Forbidden {
-                permission: p,
+                hint: p,
                 code,
                 request_id,
                 ..

@@ -1022,7 +1022,7 @@ fn map_error(operation: &'static str, resp: RawResponse) -> GraphError {
             code,
             message,
             request_id,
-            permission: permission_hint(operation),
+            hint: permission_hint(operation),
         },
         404 => GraphError::NotFound {
             operation,

@@ -106,7 +106,7 @@ pub enum GraphError {
     },
 
     /// The app lacks a permission, role or licence for this operation (403).
-    #[error("{operation}: forbidden ({code}: {message}){rid}; the app likely lacks {permission}", rid = rid(request_id))]
+    #[error("{operation}: forbidden ({code}: {message}){rid}; the app likely lacks {hint}", rid = rid(request_id))]
     Forbidden {
         /// Client operation name.
         operation: &'static str,
@@ -117,7 +117,7 @@ pub enum GraphError {
         /// Graph `request-id`.
         request_id: Option<String>,
         /// The permission most likely missing (graph-api.md §7), or a licence hint.
-        permission: &'static str,
+        hint: &'static str,
     },
 
     /// Graph refused the request as invalid (400, 409, 412 and other 4xx).
@@ -396,7 +396,7 @@ mod tests {
             code: "Authorization_RequestDenied".into(),
             message: "Insufficient privileges".into(),
             request_id: None,
-            permission: permission_hint("list_group_members"),
+            hint: permission_hint("list_group_members"),
         };
         assert!(e.to_string().contains("GroupMember.Read.All"));
         assert!(e.is_forbidden() && !e.is_not_found());
