@@ -1,0 +1,631 @@
+//! Graph client configuration: command-line/environment arguments ([`GraphArgs`]) and the
+//! validated form the client runs on ([`GraphConfig`]).
+//!
+//! The client secret is read only from the environment (`AZURE_CLIENT_SECRET`) or from a
+//! file, never from a flag: a flag value shows up in `ps` and in shell history.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use super::error::GraphError;
+
+/// Default Entra authority host (global cloud).
+pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Default Graph root (global cloud). The client appends `/v1.0`.
+pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// Environment variable holding the client secret value.
+pub const CLIENT_SECRET_ENV: &str = "AZURE_CLIENT_SECRET";
+
+/// Microsoft Graph connection and credential options, shared by `redeliver audit` and
+/// `redeliver controller` (flattened into both).
+#[derive(clap::Args, Clone, Debug)]
+pub struct GraphArgs {
+    /// Entra tenant id (GUID) or verified domain of the tenant that owns the access packages.
+    #[arg(long, env = "AZURE_TENANT_ID", value_name = "TENANT")]
+    pub tenant_id: Option<String>,
+
+    /// Application (client) id of the app registration Redeliver authenticates as.
+    #[arg(long, env = "AZURE_CLIENT_ID", value_name = "GUID")]
+    pub client_id: Option<String>,
+
+    /// File holding the client secret value (surrounding whitespace is trimmed; re-read on
+    /// every token request so a rotated secret is picked up). Alternatively put the secret in
+    /// the AZURE_CLIENT_SECRET environment variable; it is deliberately not accepted as a flag.
+    #[arg(long, env = "REDELIVER_CLIENT_SECRET_FILE", value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+
+    /// The client secret, taken from AZURE_CLIENT_SECRET only (see `--client-secret-file`).
+    #[arg(skip)]
+    pub client_secret: Option<Secret>,
+
+    /// Projected service-account token file for Azure Workload Identity (federated
+    /// credential). Normally injected by the workload-identity webhook; re-read on every token
+    /// request because the kubelet rotates it.
+    #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "PATH")]
+    pub federated_token_file: Option<PathBuf>,
+
+    /// Entra authority host (token endpoint root), e.g. https://login.microsoftonline.us for
+    /// US Government, or the simulator's URL.
+    #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL", default_value = DEFAULT_AUTHORITY_HOST)]
+    pub authority_host: String,
+
+    /// Microsoft Graph root URL, without the version (e.g. https://graph.microsoft.us or the
+    /// simulator's URL). `/v1.0` is appended; the token scope is `<URL>/.default`.
+    #[arg(long, env = "REDELIVER_GRAPH_URL", value_name = "URL", default_value = DEFAULT_GRAPH_URL)]
+    pub graph_url: String,
+
+    /// Allow plain http:// Graph and authority URLs on non-loopback hosts. Plain http to
+    /// 127.0.0.1/::1/localhost (e.g. the simulator) is always allowed.
+    #[arg(long, env = "REDELIVER_ALLOW_INSECURE_HTTP")]
+    pub allow_insecure_http: bool,
+
+    /// Extra trusted CA certificate(s) in PEM form, added to the system roots (e.g. the
+    /// simulator's self-signed CA).
+    #[arg(long, env = "REDELIVER_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
+    /// Timeout for one HTTP exchange with Graph or the token endpoint (e.g. 30s, 500ms, 2m).
+    #[arg(long, env = "REDELIVER_GRAPH_TIMEOUT", value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub graph_timeout: Duration,
+
+    /// Retries for throttled (429), unavailable (503/504) and failed-to-connect Graph calls.
+    #[arg(
+        long,
+        env = "REDELIVER_GRAPH_MAX_RETRIES",
+        value_name = "N",
+        default_value_t = 5
+    )]
+    pub max_retries: u32,
+
+    /// Maximum number of Graph HTTP calls in flight at once.
+    #[arg(
+        long,
+        env = "REDELIVER_GRAPH_CONCURRENCY",
+        value_name = "N",
+        default_value_t = 8
+    )]
+    pub graph_concurrency: usize,
+}
+
+/// A secret string (client secret, access token, assertion) whose `Debug`/`Display` never
+/// print the value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Arc<str>);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Arc::from(value.into()))
+    }
+
+    /// The secret value; only for putting it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// How the client proves its identity to the token endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// A client secret value held in memory (from `AZURE_CLIENT_SECRET`).
+    ClientSecret(Secret),
+    /// A file holding the client secret, re-read (and trimmed) on every token request.
+    ClientSecretFile(PathBuf),
+    /// A projected service-account JWT (workload identity), re-read on every token request.
+    FederatedTokenFile(PathBuf),
+}
+
+impl Credential {
+    /// A short, secret-free description for logs and errors.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::ClientSecret(_) => format!("client secret from {CLIENT_SECRET_ENV}"),
+            Self::ClientSecretFile(p) => format!("client secret file {}", p.display()),
+            Self::FederatedTokenFile(p) => format!("federated token file {}", p.display()),
+        }
+    }
+
+    /// The current secret value (secret or assertion). Files are read anew each call.
+    pub(crate) fn load(&self) -> Result<Secret, GraphError> {
+        match self {
+            Self::ClientSecret(s) => Ok(s.clone()),
+            Self::ClientSecretFile(p) | Self::FederatedTokenFile(p) => read_secret_file(p),
+        }
+    }
+}
+
+fn read_secret_file(path: &Path) -> Result<Secret, GraphError> {
+    let text = std::fs::read_to_string(path).map_err(|e| GraphError::Credential {
+        message: format!("cannot read credential file {}: {e}", path.display()),
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(GraphError::Credential {
+            message: format!("credential file {} is empty", path.display()),
+        });
+    }
+    Ok(Secret::new(trimmed))
+}
+
+/// Validated Graph client configuration.
+#[derive(Clone, Debug)]
+pub struct GraphConfig {
+    /// Tenant id or domain.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// How to authenticate.
+    pub credential: Credential,
+    /// Full token endpoint URL: `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub token_url: Url,
+    /// Graph root without version and without trailing slash, e.g. `https://graph.microsoft.com`.
+    pub graph_root: String,
+    /// Token scope: `{graph_root}/.default`.
+    pub scope: String,
+    /// Extra trusted CA PEM file.
+    pub ca_file: Option<PathBuf>,
+    /// Per-exchange HTTP timeout.
+    pub timeout: Duration,
+    /// Retries after the first attempt for retryable failures.
+    pub max_retries: u32,
+    /// Maximum concurrent HTTP calls.
+    pub concurrency: usize,
+    /// First backoff step when the server gives no `Retry-After`.
+    pub backoff_base: Duration,
+    /// Upper bound of one backoff step.
+    pub backoff_cap: Duration,
+    /// A `Retry-After` longer than this is not slept through inside a call: the call fails
+    /// with [`GraphError::Throttled`] carrying the delay, so the caller can requeue instead
+    /// of holding a worker.
+    pub max_retry_after: Duration,
+}
+
+impl GraphConfig {
+    /// The versioned Graph base URL, e.g. `https://graph.microsoft.com/v1.0`.
+    pub fn graph_base(&self) -> String {
+        format!("{}/v1.0", self.graph_root)
+    }
+}
+
+impl GraphArgs {
+    /// Validates the arguments into a [`GraphConfig`]. A missing client secret is looked up
+    /// in the `AZURE_CLIENT_SECRET` environment variable.
+    pub fn into_config(mut self) -> Result<GraphConfig, GraphError> {
+        if self.client_secret.is_none() {
+            self.client_secret = std::env::var(CLIENT_SECRET_ENV)
+                .ok()
+                .filter(|s| !s.trim().is_empty())
+                .map(|s| Secret::new(s.trim()));
+        }
+        self.validate()
+    }
+
+    /// Like [`GraphArgs::into_config`] but without consulting the environment.
+    pub fn validate(self) -> Result<GraphConfig, GraphError> {
+        let tenant_id = required(
+            self.tenant_id,
+            "tenant id",
+            "--tenant-id",
+            "AZURE_TENANT_ID",
+        )?;
+        let client_id = required(
+            self.client_id,
+            "client id",
+            "--client-id",
+            "AZURE_CLIENT_ID",
+        )?;
+        if tenant_id.contains(['/', '?', '#', '%']) || tenant_id.chars().any(char::is_whitespace) {
+            return Err(config_err(format!(
+                "tenant id {tenant_id:?} is not a tenant GUID or domain name (check --tenant-id / AZURE_TENANT_ID)"
+            )));
+        }
+
+        let credential = match (
+            self.client_secret,
+            self.client_secret_file,
+            self.federated_token_file,
+        ) {
+            (Some(_), Some(file), _) => {
+                return Err(config_err(format!(
+                    "both {CLIENT_SECRET_ENV} and --client-secret-file ({}) are set; set only one",
+                    file.display()
+                )));
+            }
+            // An explicit secret wins over an injected workload-identity token file, matching
+            // the Azure SDKs' environment-credential-first order.
+            (Some(secret), None, _) => Credential::ClientSecret(secret),
+            (None, Some(file), _) => {
+                read_secret_file(&file).map_err(|e| config_err(e.to_string()))?;
+                Credential::ClientSecretFile(file)
+            }
+            (None, None, Some(file)) => {
+                read_secret_file(&file).map_err(|e| config_err(e.to_string()))?;
+                Credential::FederatedTokenFile(file)
+            }
+            (None, None, None) => {
+                return Err(config_err(format!(
+                    "no Graph credential: set {CLIENT_SECRET_ENV}, or --client-secret-file / \
+                     REDELIVER_CLIENT_SECRET_FILE, or --federated-token-file / \
+                     AZURE_FEDERATED_TOKEN_FILE (injected by Azure Workload Identity)"
+                )));
+            }
+        };
+
+        let authority = normalize_root(
+            &self.authority_host,
+            "--authority-host / AZURE_AUTHORITY_HOST",
+            self.allow_insecure_http,
+        )?;
+        let graph_root = normalize_root(
+            &self.graph_url,
+            "--graph-url / REDELIVER_GRAPH_URL",
+            self.allow_insecure_http,
+        )?;
+        let graph_root = graph_root
+            .strip_suffix("/v1.0")
+            .map(|s| s.trim_end_matches('/').to_string())
+            .unwrap_or(graph_root);
+
+        let mut token_url = Url::parse(&authority)
+            .map_err(|e| config_err(format!("authority host {authority}: {e}")))?;
+        token_url
+            .path_segments_mut()
+            .map_err(|()| config_err(format!("authority host {authority} cannot carry a path")))?
+            .pop_if_empty()
+            .extend([tenant_id.as_str(), "oauth2", "v2.0", "token"]);
+
+        if self.graph_concurrency == 0 {
+            return Err(config_err(
+                "--graph-concurrency must be at least 1".to_string(),
+            ));
+        }
+        if self.graph_timeout.is_zero() {
+            return Err(config_err(
+                "--graph-timeout must be greater than zero".to_string(),
+            ));
+        }
+
+        Ok(GraphConfig {
+            scope: format!("{graph_root}/.default"),
+            tenant_id,
+            client_id,
+            credential,
+            token_url,
+            graph_root,
+            ca_file: self.ca_file,
+            timeout: self.graph_timeout,
+            max_retries: self.max_retries,
+            concurrency: self.graph_concurrency,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(30),
+            max_retry_after: Duration::from_secs(120),
+        })
+    }
+}
+
+impl Default for GraphArgs {
+    /// The documented defaults, no identity and no credential.
+    fn default() -> Self {
+        Self {
+            tenant_id: None,
+            client_id: None,
+            client_secret_file: None,
+            client_secret: None,
+            federated_token_file: None,
+            authority_host: DEFAULT_AUTHORITY_HOST.to_string(),
+            graph_url: DEFAULT_GRAPH_URL.to_string(),
+            allow_insecure_http: false,
+            ca_file: None,
+            graph_timeout: Duration::from_secs(30),
+            max_retries: 5,
+            graph_concurrency: 8,
+        }
+    }
+}
+
+impl GraphArgs {
+    /// Arguments with the documented defaults and nothing else set (same as `default()`;
+    /// handy for tests and for building a configuration programmatically).
+    pub fn with_defaults() -> Self {
+        Self::default()
+    }
+}
+
+fn config_err(message: String) -> GraphError {
+    GraphError::Config { message }
+}
+
+fn required(
+    value: Option<String>,
+    what: &str,
+    flag: &str,
+    env: &str,
+) -> Result<String, GraphError> {
+    match value.map(|v| v.trim().to_string()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(config_err(format!(
+            "missing {what}: set {flag} or the {env} environment variable"
+        ))),
+    }
+}
+
+/// Parses and checks a root URL (scheme, host, no query) and returns it without trailing
+/// slashes.
+fn normalize_root(raw: &str, what: &str, allow_insecure_http: bool) -> Result<String, GraphError> {
+    let url = Url::parse(raw.trim())
+        .map_err(|e| config_err(format!("{what}: {raw:?} is not a URL: {e}")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| config_err(format!("{what}: {raw:?} has no host")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_insecure_http || is_loopback_host(host) => {}
+        "http" => {
+            return Err(config_err(format!(
+                "{what}: refusing plain http to non-loopback host {host} (tokens would travel \
+                 unencrypted); use https or pass --allow-insecure-http"
+            )));
+        }
+        other => {
+            return Err(config_err(format!(
+                "{what}: unsupported scheme {other:?} in {raw:?}"
+            )));
+        }
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(config_err(format!(
+            "{what}: {raw:?} must not carry a query or fragment"
+        )));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(config_err(format!(
+            "{what}: {raw:?} must not embed credentials"
+        )));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// True for `localhost`, 127.0.0.0/8 and `::1`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    bare.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Parses `30s`, `500ms`, `2m`, `1h` or a bare number of seconds (fractions allowed).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let factor = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(value * factor).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GraphArgs {
+        GraphArgs {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: Some("00000000-0000-0000-0000-0000000000c1".into()),
+            client_secret: Some(Secret::new("s3cr3t")),
+            ..GraphArgs::with_defaults()
+        }
+    }
+
+    #[test]
+    fn defaults_build_global_cloud_config() {
+        let c = args().validate().unwrap();
+        assert_eq!(c.graph_root, "https://graph.microsoft.com");
+        assert_eq!(c.graph_base(), "https://graph.microsoft.com/v1.0");
+        assert_eq!(c.scope, "https://graph.microsoft.com/.default");
+        assert_eq!(
+            c.token_url.as_str(),
+            "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+        assert_eq!(
+            c.credential,
+            Credential::ClientSecret(Secret::new("s3cr3t"))
+        );
+    }
+
+    #[test]
+    fn trailing_slash_and_version_are_tolerated() {
+        let mut a = args();
+        a.graph_url = "https://graph.microsoft.us/v1.0/".into();
+        a.authority_host = "https://login.microsoftonline.us/".into();
+        let c = a.validate().unwrap();
+        assert_eq!(c.graph_root, "https://graph.microsoft.us");
+        assert_eq!(c.scope, "https://graph.microsoft.us/.default");
+        assert_eq!(
+            c.token_url.as_str(),
+            "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn authority_with_path_prefix_keeps_it() {
+        let mut a = args();
+        a.authority_host = "http://127.0.0.1:8080/login/".into();
+        let c = a.validate().unwrap();
+        assert_eq!(
+            c.token_url.as_str(),
+            "http://127.0.0.1:8080/login/contoso.onmicrosoft.com/oauth2/v2.0/token"
+        );
+    }
+
+    #[test]
+    fn missing_fields_name_flag_and_env() {
+        let mut a = args();
+        a.tenant_id = None;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("--tenant-id") && e.contains("AZURE_TENANT_ID"),
+            "{e}"
+        );
+
+        let mut a = args();
+        a.client_id = Some("  ".into());
+        let e = a.validate().unwrap_err().to_string();
+        assert!(e.contains("AZURE_CLIENT_ID"), "{e}");
+
+        let mut a = args();
+        a.client_secret = None;
+        let e = a.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("AZURE_CLIENT_SECRET") && e.contains("AZURE_FEDERATED_TOKEN_FILE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_unless_allowed() {
+        let mut a = args();
+        a.graph_url = "http://graph.example.com".into();
+        let e = a.clone().validate().unwrap_err();
+        assert_eq!(e.kind(), "config");
+        assert!(e.to_string().contains("--allow-insecure-http"), "{e}");
+        a.allow_insecure_http = true;
+        assert!(a.validate().is_ok());
+
+        for host in [
+            "http://127.0.0.1:1234",
+            "http://localhost:9",
+            "http://[::1]:80",
+        ] {
+            let mut a = args();
+            a.graph_url = host.into();
+            a.authority_host = host.into();
+            assert!(a.validate().is_ok(), "{host}");
+        }
+        let mut a = args();
+        a.graph_url = "ftp://graph.microsoft.com".into();
+        assert!(a.validate().is_err());
+        let mut a = args();
+        a.graph_url = "https://graph.microsoft.com?x=1".into();
+        assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn secret_file_is_trimmed_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "  file-secret\n").unwrap();
+        let mut a = args();
+        a.client_secret = None;
+        a.client_secret_file = Some(path.clone());
+        let c = a.clone().validate().unwrap();
+        assert_eq!(c.credential.load().unwrap().expose(), "file-secret");
+
+        std::fs::write(&path, "\n").unwrap();
+        assert!(
+            a.clone()
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
+        a.client_secret_file = Some(dir.path().join("absent"));
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn secret_env_and_file_together_are_refused() {
+        let mut a = args();
+        a.client_secret_file = Some("/tmp/x".into());
+        assert!(
+            a.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("set only one")
+        );
+    }
+
+    #[test]
+    fn federated_token_file_is_used_without_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "eyJhbGciOi.jwt.sig").unwrap();
+        let mut a = args();
+        a.client_secret = None;
+        a.federated_token_file = Some(path.clone());
+        let c = a.validate().unwrap();
+        assert_eq!(c.credential, Credential::FederatedTokenFile(path));
+    }
+
+    #[test]
+    fn secret_debug_is_redacted() {
+        let a = args();
+        let dbg = format!("{a:?}");
+        assert!(!dbg.contains("s3cr3t"), "{dbg}");
+        let c = a.validate().unwrap();
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1.5").unwrap(), Duration::from_millis(1500));
+        assert!(parse_duration("abc").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+
+    #[test]
+    fn clap_parses_flags_and_hides_no_secret_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            graph: GraphArgs,
+        }
+        let cli = Cli::try_parse_from([
+            "x",
+            "--tenant-id",
+            "t",
+            "--client-id",
+            "c",
+            "--graph-timeout",
+            "5s",
+            "--graph-url",
+            "http://127.0.0.1:1/",
+        ])
+        .unwrap();
+        assert_eq!(cli.graph.graph_timeout, Duration::from_secs(5));
+        assert_eq!(cli.graph.tenant_id.as_deref(), Some("t"));
+        assert!(Cli::try_parse_from(["x", "--client-secret", "oops"]).is_err());
+    }
+}

@@ -1,0 +1,373 @@
+//! The HTTP core shared by Graph calls and token requests: bounded concurrency, correlation
+//! headers, retries with `Retry-After`, and per-operation counters.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use reqwest::{RequestBuilder, StatusCode};
+use tokio::sync::Semaphore;
+use tracing::debug;
+
+use super::config::GraphConfig;
+use super::error::GraphError;
+use super::retry::{backoff, parse_retry_after};
+
+/// Which failures may be retried for a request.
+///
+/// Graph reads, `reprocess` actions and token requests are safe to repeat: repeating them
+/// converges on the same result. Creating an assignment request is not: a duplicate
+/// `adminAdd` is refused or, worse, can leave a second request stuck (graph-api.md §9.3).
+/// So a create is retried only when the server certainly did not act on it: a 429 (Graph
+/// throttles before processing), a 503 that carries `Retry-After` (the service declined the
+/// request and said when to come back), or a connection that was never established. A
+/// timeout, a 504 or a reset after sending may have been processed, so they are reported,
+/// and the caller re-reads state before trying again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryMode {
+    /// Retry on 429, 503, 504, connect and timeout failures.
+    Idempotent,
+    /// Retry only on 429, 503 with `Retry-After`, and connect failures.
+    NonIdempotent,
+}
+
+/// A response with its body read. Any status; the caller maps errors. Deliberately not
+/// `Debug`: for the token endpoint the body holds the access token.
+pub struct RawResponse {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: bytes::Bytes,
+    /// Graph's `request-id` response header.
+    pub request_id: Option<String>,
+    /// Parsed `Retry-After`, if present and valid.
+    pub retry_after: Option<Duration>,
+}
+
+/// Per-operation request counters, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperationStats {
+    /// Operation name (e.g. `list_group_members`, `token`).
+    pub operation: &'static str,
+    /// HTTP exchanges attempted (including retries and extra pages).
+    pub requests: u64,
+    /// Of those, how many were retries.
+    pub retries: u64,
+    /// Responses with status 429.
+    pub throttled: u64,
+    /// Calls that ended in an error returned to the caller.
+    pub failures: u64,
+}
+
+pub(crate) struct Http {
+    pub(crate) client: reqwest::Client,
+    limiter: Semaphore,
+    max_retries: u32,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    max_retry_after: Duration,
+    stats: Mutex<BTreeMap<&'static str, OperationStats>>,
+    /// Per throttling scope, the instant before which no call may be sent (the latest
+    /// `Retry-After` the server gave). Graph throttles per app and tenant, so the wait applies
+    /// to every caller of this client, not only to the call that was refused.
+    gates: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// Which Graph throttling budget a path draws from: entitlement management, the token
+/// endpoint, or the directory (users, groups, service principals: one shared bucket,
+/// graph-api.md §6.2).
+fn throttle_scope(path: &str) -> &'static str {
+    if path.contains("/identityGovernance/") {
+        "entitlement"
+    } else if path.ends_with("/oauth2/v2.0/token") {
+        "token"
+    } else {
+        "directory"
+    }
+}
+
+impl Http {
+    pub(crate) fn new(config: &GraphConfig) -> Result<Self, GraphError> {
+        // reqwest is built without a default crypto provider; installing ring is idempotent
+        // (a second install reports an error we can ignore).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            // Graph does not redirect these calls; following one could carry the bearer
+            // token somewhere unexpected.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("redeliver/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|e| GraphError::Config {
+                message: format!("cannot read --ca-file {}: {e}", path.display()),
+            })?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| GraphError::Config {
+                    message: format!(
+                        "--ca-file {} holds no valid PEM certificate: {e}",
+                        path.display()
+                    ),
+                })?;
+            if certs.is_empty() {
+                return Err(GraphError::Config {
+                    message: format!("--ca-file {} holds no PEM certificate", path.display()),
+                });
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let client = builder.build().map_err(|e| GraphError::Config {
+            message: format!("cannot build the HTTP client: {}", error_chain(&e)),
+        })?;
+        Ok(Self {
+            client,
+            limiter: Semaphore::new(config.concurrency),
+            max_retries: config.max_retries,
+            backoff_base: config.backoff_base,
+            backoff_cap: config.backoff_cap,
+            max_retry_after: config.max_retry_after,
+            stats: Mutex::new(BTreeMap::new()),
+            gates: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Sends the request built by `build` (called once per attempt), retrying per `mode`.
+    /// Returns the final response whatever its status; `Err` only for transport failures.
+    pub(crate) async fn execute(
+        &self,
+        operation: &'static str,
+        mode: RetryMode,
+        build: &(dyn Fn() -> RequestBuilder + Send + Sync),
+    ) -> Result<RawResponse, GraphError> {
+        let mut attempt: u32 = 0;
+        loop {
+            let client_request_id = uuid::Uuid::new_v4().to_string();
+            let request = build()
+                .header("client-request-id", &client_request_id)
+                .build()
+                .map_err(|e| GraphError::InvalidArgument {
+                    operation,
+                    message: format!("cannot build request: {}", error_chain(&e)),
+                })?;
+            let method = request.method().clone();
+            let target = format!(
+                "{}{}",
+                request.url().host_str().unwrap_or_default(),
+                request.url().path()
+            );
+            let path_and_query = match request.url().query() {
+                Some(q) => format!("{}?{q}", request.url().path()),
+                None => request.url().path().to_string(),
+            };
+            let gate = throttle_scope(request.url().path());
+            if let Some(wait) = self.gate_wait(gate) {
+                if wait > self.max_retry_after {
+                    self.count(operation, |s| s.throttled += 1);
+                    return Err(GraphError::Throttled {
+                        operation,
+                        retry_after: Some(wait),
+                        request_id: None,
+                    });
+                }
+                debug!(
+                    operation,
+                    gate,
+                    wait_ms = wait.as_millis() as u64,
+                    "waiting for an earlier Retry-After"
+                );
+                tokio::time::sleep(wait).await;
+            }
+            self.count(operation, |s| {
+                s.requests += 1;
+                if attempt > 0 {
+                    s.retries += 1;
+                }
+            });
+
+            let started = Instant::now();
+            let outcome = {
+                // The permit bounds in-flight exchanges only; it is released before any
+                // backoff sleep so waiting callers do not starve others.
+                let _permit = self.limiter.acquire().await.ok();
+                match self.client.execute(request).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let headers = resp.headers().clone();
+                        resp.bytes().await.map(|body| (status, headers, body))
+                    }
+                    Err(e) => Err(e),
+                }
+            };
+
+            let retries_left = attempt < self.max_retries;
+            match outcome {
+                Ok((status, headers, body)) => {
+                    let request_id = header_str(&headers, "request-id");
+                    let retry_after = headers
+                        .get(RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
+                    debug!(
+                        operation,
+                        %method,
+                        path = %path_and_query,
+                        status = status.as_u16(),
+                        request_id = request_id.as_deref().unwrap_or("-"),
+                        %client_request_id,
+                        attempt,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "graph http exchange"
+                    );
+                    if status == StatusCode::TOO_MANY_REQUESTS {
+                        self.count(operation, |s| s.throttled += 1);
+                    }
+                    if matches!(status.as_u16(), 429 | 503)
+                        && let Some(d) = retry_after
+                    {
+                        self.close_gate(gate, d);
+                    }
+                    let retryable = match (status.as_u16(), mode) {
+                        (429, _) => true,
+                        (503, RetryMode::NonIdempotent) => retry_after.is_some(),
+                        (503 | 504, RetryMode::Idempotent) => true,
+                        _ => false,
+                    };
+                    let too_long = retry_after.is_some_and(|d| d > self.max_retry_after);
+                    if retryable && retries_left && !too_long {
+                        let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
+                        debug!(
+                            operation,
+                            status = status.as_u16(),
+                            wait_ms = wait.as_millis() as u64,
+                            "retrying after"
+                        );
+                        tokio::time::sleep(wait).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Ok(RawResponse {
+                        status,
+                        headers,
+                        body,
+                        request_id,
+                        retry_after,
+                    });
+                }
+                Err(e) => {
+                    let connect = e.is_connect();
+                    debug!(
+                        operation,
+                        %method,
+                        path = %path_and_query,
+                        %client_request_id,
+                        attempt,
+                        connect,
+                        timeout = e.is_timeout(),
+                        error = %error_chain(&e),
+                        "graph http exchange failed"
+                    );
+                    let retryable = connect || mode == RetryMode::Idempotent;
+                    if retryable && retries_left {
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        attempt += 1;
+                        continue;
+                    }
+                    return Err(GraphError::Transport {
+                        operation,
+                        target,
+                        message: error_chain(&e),
+                        timeout: e.is_timeout(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// How long calls in `scope` must still wait because of an earlier `Retry-After`.
+    fn gate_wait(&self, scope: &'static str) -> Option<Duration> {
+        let gates = self.gates.lock().ok()?;
+        let until = *gates.get(scope)?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records that the server asked for no calls in `scope` for `after`.
+    fn close_gate(&self, scope: &'static str, after: Duration) {
+        let until = Instant::now() + after;
+        if let Ok(mut gates) = self.gates.lock() {
+            let entry = gates.entry(scope).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    pub(crate) fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        backoff(
+            attempt,
+            self.backoff_base,
+            self.backoff_cap,
+            &mut rand::rng(),
+        )
+    }
+
+    pub(crate) fn count(&self, operation: &'static str, f: impl FnOnce(&mut OperationStats)) {
+        if let Ok(mut map) = self.stats.lock() {
+            let entry = map.entry(operation).or_insert_with(|| OperationStats {
+                operation,
+                ..OperationStats::default()
+            });
+            f(entry);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Vec<OperationStats> {
+        self.stats
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// The error and its sources on one line (reqwest's top-level message alone is vague).
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// A short, printable excerpt of a body for error messages.
+pub(crate) fn excerpt(body: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(&body[..body.len().min(MAX)]);
+    let text: String = text.chars().filter(|c| !c.is_control()).collect();
+    if body.len() > MAX {
+        format!("{text}…")
+    } else if text.is_empty() {
+        "<empty body>".to_string()
+    } else {
+        text
+    }
+}
