@@ -1,1 +1,454 @@
-//! placeholder
+//! Observation: turns declarations into what the engine needs, reading Graph as little
+//! as possible.
+//!
+//! Everything here is shared by `redeliver audit` and the controller:
+//! - resolution of display names to ids (package, policy, user), cached per run;
+//! - one read per access package of its resources, assignments and requests;
+//! - one paged read per *resource* (group members/owners, app role assignments), shared by
+//!   every assignment that promises it — never one read per user.
+
+use std::collections::HashMap;
+
+use futures::StreamExt;
+use tokio::sync::Mutex;
+
+use crate::api::{AccessPackageSelector, PolicySelector, TargetSelector};
+use crate::engine::{
+    PromisedResource, ResolveFailure, ResolveFailureKind, ResourceRead, Snapshot,
+    promised_resources,
+};
+use crate::graph::GraphClient;
+use crate::graph::error::GraphError;
+use crate::graph::models::{AccessPackage, Assignment, AssignmentPolicy, AssignmentRequest};
+
+/// Why an observation could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// The declaration cannot be satisfied as written (unknown package, ambiguous name,
+    /// missing permission): report it and wait for a human.
+    #[error("{}", .0.message)]
+    Resolve(ResolveFailure),
+    /// Graph failed in a way worth retrying later (throttling, 5xx, network).
+    #[error(transparent)]
+    Graph(#[from] GraphError),
+}
+
+/// One access package as read for this run.
+#[derive(Debug, Clone)]
+pub struct PackageView {
+    pub package: AccessPackage,
+    pub resources: Vec<PromisedResource>,
+    pub policies: Vec<AssignmentPolicy>,
+    pub assignments: Vec<Assignment>,
+    pub requests: Vec<AssignmentRequest>,
+}
+
+impl PackageView {
+    /// Display name, falling back to the id.
+    pub fn name(&self) -> &str {
+        self.package
+            .display_name
+            .as_deref()
+            .unwrap_or(&self.package.id)
+    }
+
+    /// The target's current assignment, chosen by [`crate::engine::pick_assignment`]
+    /// among the target's assignments of this package.
+    pub fn assignment_for(&self, target_object_id: &str) -> Option<Assignment> {
+        let mine: Vec<Assignment> = self
+            .assignments
+            .iter()
+            .filter(|a| {
+                a.target
+                    .as_ref()
+                    .and_then(|t| t.object_id.as_deref())
+                    .is_some_and(|id| id.eq_ignore_ascii_case(target_object_id))
+            })
+            .cloned()
+            .collect();
+        crate::engine::pick_assignment(&mine).cloned()
+    }
+
+    /// The target's most recent add request (to follow delivery or reprocess a failure).
+    pub fn latest_request_for(&self, target_object_id: &str) -> Option<AssignmentRequest> {
+        let mine: Vec<AssignmentRequest> = self
+            .requests
+            .iter()
+            .filter(|r| r.request_type.is_add())
+            .filter(|r| {
+                request_target(r).is_some_and(|id| id.eq_ignore_ascii_case(target_object_id))
+            })
+            .cloned()
+            .collect();
+        crate::engine::pick_latest_request(&mine).cloned()
+    }
+}
+
+fn request_target(r: &AssignmentRequest) -> Option<&str> {
+    r.assignment
+        .as_ref()
+        .and_then(|a| a.target.as_ref())
+        .and_then(|t| t.object_id.as_deref())
+        .or_else(|| r.requestor.as_ref().and_then(|s| s.object_id.as_deref()))
+}
+
+/// What a declaration resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub access_package_id: String,
+    pub policy_id: Option<String>,
+    pub target_object_id: String,
+}
+
+/// A package looked up by (display name, catalog).
+type PackageName = (String, Option<String>);
+
+/// Reads Graph for the engine, with per-run caches so each object is read once.
+pub struct Observer {
+    graph: GraphClient,
+    concurrency: usize,
+    packages_by_name: Mutex<HashMap<PackageName, Result<String, ResolveFailure>>>,
+    users: Mutex<HashMap<String, Result<String, ResolveFailure>>>,
+    views: Mutex<HashMap<String, Result<PackageView, ResolveFailure>>>,
+}
+
+impl Observer {
+    /// `concurrency` bounds the resource reads in flight at once.
+    pub fn new(graph: GraphClient, concurrency: usize) -> Self {
+        Self {
+            graph,
+            concurrency: concurrency.max(1),
+            packages_by_name: Mutex::default(),
+            users: Mutex::default(),
+            views: Mutex::default(),
+        }
+    }
+
+    /// The Graph client, for acting on a plan.
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    /// Forgets the per-package reads (assignments, requests) so the next pass sees fresh
+    /// state; name resolutions are kept for the whole run.
+    pub async fn refresh(&self) {
+        self.views.lock().await.clear();
+    }
+
+    /// Resolves a package reference to its id.
+    pub async fn resolve_package_id(
+        &self,
+        r: &AccessPackageSelector,
+    ) -> Result<String, ObserveError> {
+        if let Some(id) = r.id.as_deref() {
+            return Ok(id.to_string());
+        }
+        let Some(name) = r.display_name.as_deref() else {
+            return Err(ObserveError::Resolve(ResolveFailure::new(
+                ResolveFailureKind::InvalidSpec,
+                "spec.accessPackage: set exactly one of `id` or `displayName`",
+            )));
+        };
+        let key = (name.to_string(), r.catalog.clone());
+        if let Some(hit) = self.packages_by_name.lock().await.get(&key) {
+            return hit.clone().map_err(ObserveError::Resolve);
+        }
+        let found = self
+            .graph
+            .find_access_packages(name)
+            .await
+            .map_err(|e| permission_or_transient(e, "spec.accessPackage"))?;
+        let matching: Vec<&AccessPackage> = found
+            .iter()
+            .filter(|p| match r.catalog.as_deref() {
+                None => true,
+                Some(cat) => p
+                    .catalog
+                    .as_ref()
+                    .and_then(|c| c.display_name.as_deref())
+                    .is_some_and(|c| c == cat),
+            })
+            .collect();
+        let outcome = match matching.as_slice() {
+            [one] => Ok(one.id.clone()),
+            [] => {
+                let where_ = r
+                    .catalog
+                    .as_deref()
+                    .map(|c| format!(" in catalog '{c}'"))
+                    .unwrap_or_default();
+                let hint = if found.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; packages with that name exist in {}",
+                        describe_packages(&found)
+                    )
+                };
+                Err(ResolveFailure::new(
+                    ResolveFailureKind::PackageNotFound,
+                    format!(
+                        "spec.accessPackage.displayName: no access package named '{name}'{where_}{hint}"
+                    ),
+                ))
+            }
+            many => Err(ResolveFailure::new(
+                ResolveFailureKind::PackageAmbiguous,
+                format!(
+                    "spec.accessPackage.displayName: '{name}' matches {} packages ({}); set spec.accessPackage.catalog or spec.accessPackage.id",
+                    many.len(),
+                    describe_packages(many.iter().copied())
+                ),
+            )),
+        };
+        self.packages_by_name
+            .lock()
+            .await
+            .insert(key, outcome.clone());
+        outcome.map_err(ObserveError::Resolve)
+    }
+
+    /// Reads one package with its resources, policies, assignments and requests (cached
+    /// until [`Observer::refresh`]).
+    pub async fn package_view(&self, package_id: &str) -> Result<PackageView, ObserveError> {
+        if let Some(hit) = self.views.lock().await.get(package_id) {
+            return hit.clone().map_err(ObserveError::Resolve);
+        }
+        let outcome = self.read_package_view(package_id).await;
+        match outcome {
+            Ok(view) => {
+                self.views
+                    .lock()
+                    .await
+                    .insert(package_id.to_string(), Ok(view.clone()));
+                Ok(view)
+            }
+            Err(ObserveError::Resolve(f)) => {
+                self.views
+                    .lock()
+                    .await
+                    .insert(package_id.to_string(), Err(f.clone()));
+                Err(ObserveError::Resolve(f))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn read_package_view(&self, package_id: &str) -> Result<PackageView, ObserveError> {
+        let field = "spec.accessPackage";
+        let Some(package) = self
+            .graph
+            .get_access_package(package_id)
+            .await
+            .map_err(|e| permission_or_transient(e, field))?
+        else {
+            return Err(ObserveError::Resolve(ResolveFailure::new(
+                ResolveFailureKind::PackageNotFound,
+                format!("spec.accessPackage.id: no access package with id {package_id}"),
+            )));
+        };
+        let (policies, assignments, requests) = tokio::try_join!(
+            self.graph.list_policies(package_id),
+            self.graph.list_assignments(package_id),
+            self.graph.list_requests(package_id),
+        )
+        .map_err(|e| permission_or_transient(e, field))?;
+        let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
+        Ok(PackageView {
+            package,
+            resources,
+            policies,
+            assignments,
+            requests,
+        })
+    }
+
+    /// Picks the assignment policy: the named one, or the package's only one.
+    pub fn resolve_policy(
+        view: &PackageView,
+        r: Option<&PolicySelector>,
+    ) -> Result<String, ResolveFailure> {
+        let describe = || {
+            view.policies
+                .iter()
+                .map(|p| format!("'{}' ({})", p.display_name.as_deref().unwrap_or("?"), p.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let package = view.name();
+        match r {
+            Some(PolicySelector { id: Some(id), .. }) => view
+                .policies
+                .iter()
+                .find(|p| p.id.eq_ignore_ascii_case(id))
+                .map(|p| p.id.clone())
+                .ok_or_else(|| {
+                    ResolveFailure::new(ResolveFailureKind::PolicyNotFound, format!(
+                        "spec.assignmentPolicy.id: package '{package}' has no policy {id}; its policies are {}",
+                        describe()
+                    ))
+                }),
+            Some(PolicySelector {
+                display_name: Some(name),
+                ..
+            }) => {
+                let hits: Vec<_> = view
+                    .policies
+                    .iter()
+                    .filter(|p| p.display_name.as_deref() == Some(name.as_str()))
+                    .collect();
+                match hits.as_slice() {
+                    [one] => Ok(one.id.clone()),
+                    [] => Err(ResolveFailure::new(ResolveFailureKind::PolicyNotFound, format!(
+                        "spec.assignmentPolicy.displayName: package '{package}' has no policy named '{name}'; its policies are {}",
+                        describe()
+                    ))),
+                    _ => Err(ResolveFailure::new(ResolveFailureKind::PolicyAmbiguous, format!(
+                        "spec.assignmentPolicy.displayName: '{name}' names {} policies of package '{package}'; set spec.assignmentPolicy.id ({})",
+                        hits.len(),
+                        describe()
+                    ))),
+                }
+            }
+            _ => match view.policies.as_slice() {
+                [one] => Ok(one.id.clone()),
+                [] => Err(ResolveFailure::new(ResolveFailureKind::PolicyNotFound, format!(
+                    "spec.assignmentPolicy: package '{package}' has no assignment policy; create a direct-assignment policy for it"
+                ))),
+                _ => Err(ResolveFailure::new(ResolveFailureKind::PolicyAmbiguous, format!(
+                    "spec.assignmentPolicy: package '{package}' has {} policies; name one in spec.assignmentPolicy ({})",
+                    view.policies.len(),
+                    describe()
+                ))),
+            },
+        }
+    }
+
+    /// Resolves the target user to its directory object id.
+    pub async fn resolve_target(&self, r: &TargetSelector) -> Result<String, ObserveError> {
+        let (key, field) = match (r.object_id.as_deref(), r.user_principal_name.as_deref()) {
+            (Some(id), _) => (id.to_string(), "spec.target.objectId"),
+            (None, Some(upn)) => (upn.to_string(), "spec.target.userPrincipalName"),
+            (None, None) => {
+                return Err(ObserveError::Resolve(ResolveFailure::new(
+                    ResolveFailureKind::InvalidSpec,
+                    "spec.target: set exactly one of `objectId` or `userPrincipalName`",
+                )));
+            }
+        };
+        if let Some(hit) = self.users.lock().await.get(&key) {
+            return hit.clone().map_err(ObserveError::Resolve);
+        }
+        let user = self
+            .graph
+            .get_user(&key)
+            .await
+            .map_err(|e| permission_or_transient(e, field))?;
+        let outcome = user.map(|u| u.id).ok_or_else(|| {
+            ResolveFailure::new(
+                ResolveFailureKind::TargetNotFound,
+                format!("{field}: no user '{key}' in the tenant"),
+            )
+        });
+        self.users.lock().await.insert(key, outcome.clone());
+        outcome.map_err(ObserveError::Resolve)
+    }
+
+    /// Reads every distinct resource once (bounded concurrency) into a snapshot. A resource
+    /// whose read fails is recorded as failed, so assignments promising it report `Unknown`
+    /// rather than a guess.
+    pub async fn snapshot<'a>(
+        &self,
+        resources: impl IntoIterator<Item = &'a PromisedResource>,
+    ) -> Snapshot {
+        let reads = crate::engine::reads_needed(resources);
+        let results: Vec<(ResourceRead, Result<Membership, GraphError>)> =
+            futures::stream::iter(reads)
+                .map(|read| async move {
+                    let result = match &read {
+                        ResourceRead::GroupMembers(g) => {
+                            self.graph.list_group_members(g).await.map(Membership::Ids)
+                        }
+                        ResourceRead::GroupOwners(g) => {
+                            self.graph.list_group_owners(g).await.map(Membership::Ids)
+                        }
+                        ResourceRead::AppRoleAssignments(sp) => {
+                            self.graph.list_app_role_assignments(sp).await.map(|list| {
+                                Membership::AppRoles(
+                                    list.into_iter()
+                                        .map(|a| (a.principal_id, a.app_role_id))
+                                        .collect(),
+                                )
+                            })
+                        }
+                    };
+                    (read, result)
+                })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+        let mut snapshot = Snapshot::new();
+        for (read, result) in results {
+            match (read, result) {
+                (ResourceRead::GroupMembers(g), Ok(Membership::Ids(ids))) => {
+                    snapshot.record_group_members(g, ids)
+                }
+                (ResourceRead::GroupOwners(g), Ok(Membership::Ids(ids))) => {
+                    snapshot.record_group_owners(g, ids)
+                }
+                (ResourceRead::AppRoleAssignments(sp), Ok(Membership::AppRoles(pairs))) => {
+                    snapshot.record_app_role_assignments(sp, pairs)
+                }
+                (read, Ok(_)) => {
+                    snapshot.record_failure(read, "internal error: mismatched read result")
+                }
+                (read, Err(err)) => {
+                    tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
+                    // The message lands in status: keep it stable across passes (no
+                    // request ids or timings), or every pass would rewrite the status.
+                    let stable = match err.code() {
+                        Some(code) => format!("Graph read failed ({}: {code})", err.kind()),
+                        None => format!("Graph read failed ({})", err.kind()),
+                    };
+                    snapshot.record_failure(read, stable);
+                }
+            }
+        }
+        snapshot
+    }
+}
+
+/// The payload of one resource read.
+enum Membership {
+    Ids(Vec<String>),
+    AppRoles(Vec<(String, String)>),
+}
+
+fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {
+    packages
+        .into_iter()
+        .map(|p| {
+            format!(
+                "catalog '{}' (id {})",
+                p.catalog
+                    .as_ref()
+                    .and_then(|c| c.display_name.as_deref())
+                    .unwrap_or("?"),
+                p.id
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A 403 will not fix itself: report it on the object. Anything else is retried later.
+fn permission_or_transient(err: GraphError, field: &str) -> ObserveError {
+    if err.is_forbidden() {
+        ObserveError::Resolve(ResolveFailure::new(
+            ResolveFailureKind::Forbidden,
+            format!("{field}: Graph refused the read: {err}"),
+        ))
+    } else {
+        ObserveError::Graph(err)
+    }
+}
