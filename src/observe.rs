@@ -406,11 +406,7 @@ impl Observer {
                     tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
                     // The message lands in status: keep it stable across passes (no
                     // request ids or timings), or every pass would rewrite the status.
-                    let stable = match err.code() {
-                        Some(code) => format!("Graph read failed ({}: {code})", err.kind()),
-                        None => format!("Graph read failed ({})", err.kind()),
-                    };
-                    snapshot.record_failure(read, stable);
+                    snapshot.record_failure(read, stable_message(&err));
                 }
             }
         }
@@ -441,12 +437,26 @@ fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) 
         .join(", ")
 }
 
+/// A sentence about a Graph failure that is the same on every pass (no request ids or
+/// timings), because it lands in status and a changing status would be rewritten on
+/// every verification. Request ids go to the logs instead.
+pub fn stable_message(err: &GraphError) -> String {
+    let code = err.code().map(|c| format!(": {c}")).unwrap_or_default();
+    if err.is_forbidden() {
+        let hint = crate::graph::error::permission_hint(err.operation().unwrap_or_default());
+        format!("Graph refused the call (forbidden{code}); the app likely lacks {hint}")
+    } else {
+        format!("Graph call failed ({}{code})", err.kind())
+    }
+}
+
 /// A 403 will not fix itself: report it on the object. Anything else is retried later.
 fn permission_or_transient(err: GraphError, field: &str) -> ObserveError {
     if err.is_forbidden() {
+        tracing::warn!(error = %err, "Graph refused a read");
         ObserveError::Resolve(ResolveFailure::new(
             ResolveFailureKind::Forbidden,
-            format!("{field}: Graph refused the read: {err}"),
+            format!("{field}: {}", stable_message(&err)),
         ))
     } else {
         ObserveError::Graph(err)

@@ -171,10 +171,12 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
 
 /// Errors dominate; then anything not delivered is drift.
 fn exit_code(rows: &[Row]) -> u8 {
-    if rows
-        .iter()
-        .any(|r| matches!(r.verdict, Verdict::Error | Verdict::Stalled))
-    {
+    if rows.iter().any(|r| {
+        matches!(
+            r.verdict,
+            Verdict::Error | Verdict::Stalled | Verdict::Unknown
+        )
+    }) {
         EXIT_ERROR
     } else if rows.iter().all(|r| r.verdict.is_delivered()) {
         EXIT_OK
