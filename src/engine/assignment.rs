@@ -192,7 +192,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
 
     let outcome = match (validate_assignment_spec(input.spec), &input.resolved) {
         (Err(e), _) => {
-            clear_observations(&mut status);
+            clear_observations(input.spec, &mut status);
             stalled_outcome(
                 &ctx,
                 reason::INVALID_SPEC,
@@ -200,7 +200,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
             )
         }
         (Ok(()), Err(failure)) => {
-            clear_observations(&mut status);
+            clear_observations(input.spec, &mut status);
             stalled_outcome(&ctx, failure.kind.reason(), failure.message.clone())
         }
         (Ok(()), Ok(ids)) => {
@@ -212,7 +212,18 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
     finish(&ctx, status, outcome, missing)
 }
 
-fn clear_observations(status: &mut AccessPackageAssignmentStatus) {
+/// Drops what was observed for a declaration that no longer resolves (it may name another
+/// package now), keeping labels for `kubectl get`.
+fn clear_observations(
+    spec: &AccessPackageAssignmentSpec,
+    status: &mut AccessPackageAssignmentStatus,
+) {
+    status
+        .access_package_name
+        .get_or_insert_with(|| spec.access_package.label());
+    status
+        .target_name
+        .get_or_insert_with(|| spec.target.label());
     status.assignment_id = None;
     status.graph_state = None;
     status.graph_status = None;
@@ -853,6 +864,28 @@ fn not_assigned(
             };
         }
     }
+    // Graph refused our last request: asking again unchanged would be refused again, so hold
+    // the stall until the declaration changes or a human asks through the annotation.
+    if let Some(held) = conditions::find(&ctx.prev.conditions, STALLED)
+        .filter(|c| c.status == "True")
+        .and_then(|c| {
+            [reason::REJECTED, reason::FORBIDDEN]
+                .into_iter()
+                .find(|r| *r == c.reason)
+                .map(|r| (r, c.message.clone()))
+        })
+        && ctx.prev.observed_generation == ctx.input.generation
+        && ctx.annotation_new.is_none()
+    {
+        let (why, message) = held;
+        return Outcome {
+            action: Action::GiveUp { reason: why },
+            stalled: Some(Desired::new(STALLED, Status::True, why, message)),
+            delivered,
+            reconciling: None,
+            requeue: ctx.verify_interval,
+        };
+    }
     // We asked before and the assignment has not shown up: wait (listing lags), never ask
     // twice, unless a human asks through the annotation.
     let ours = ctx.prev_reconciling_reason() == Some(reason::REQUESTING)
@@ -1091,16 +1124,25 @@ pub fn record_action_failure(
         ActionFailureKind::Forbidden => reason::FORBIDDEN,
         ActionFailureKind::Rejected => reason::REJECTED,
     };
+    let retry = if matches!(plan.action, Action::RequestAssignment { .. }) {
+        format!(
+            " Redeliver will not ask again until the spec changes or the annotation {} gets a \
+             new value.",
+            crate::api::REPROCESS_ANNOTATION
+        )
+    } else {
+        String::new()
+    };
     let message = match failure.kind {
         ActionFailureKind::Forbidden => format!(
             "Graph refused to {what} for lack of permission ({}); grant the operator \
              EntitlementManagement.ReadWrite.All or the Access package assignment manager role \
-             on the catalog.",
+             on the catalog.{retry}",
             failure.message
         ),
         ActionFailureKind::Rejected => format!(
-            "Graph rejected the attempt to {what} ({}); check the request in the Entra admin \
-             center.",
+            "Graph rejected the attempt to {what} ({}); check the policy and the user in the \
+             Entra admin center.{retry}",
             failure.message
         ),
     };

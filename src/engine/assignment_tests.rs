@@ -1053,6 +1053,10 @@ fn invalid_spec_stalls_naming_the_field_once() {
     assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
     assert!(cond(&p, STALLED).unwrap().message.contains("spec.target"));
     assert_eq!(kinds(&p), [EventKind::InvalidSpec]);
+    assert_eq!(
+        p.status.access_package_name.as_deref(),
+        Some("Finance Analysts")
+    );
     assert_eq!(p.requeue_after, Duration::from_secs(600), "no hot retry");
     let again = fx.plan(at(10));
     assert!(again.events.is_empty());
@@ -1224,4 +1228,47 @@ fn stuck_request_can_be_replaced_through_the_annotation() {
     let p = fx.plan(at(32));
     assert!(matches!(p.action, Action::RequestAssignment { .. }));
     assert_eq!(p.status.last_request_id, None);
+}
+
+#[test]
+fn a_refused_request_is_not_repeated_until_spec_or_annotation_changes() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    let mut p = fx.plan(at(0));
+    record_action_failure(
+        &mut p,
+        &ActionFailure {
+            kind: ActionFailureKind::Rejected,
+            message: "policy requirements not met".into(),
+        },
+        Duration::from_secs(600),
+        at(0),
+    );
+    assert!(
+        cond(&p, STALLED)
+            .unwrap()
+            .message
+            .contains(crate::api::REPROCESS_ANNOTATION)
+    );
+    fx.previous = Some(p.status.clone());
+    let held = fx.step(at(10));
+    assert_eq!(
+        held.action,
+        Action::GiveUp {
+            reason: reason::REJECTED
+        }
+    );
+    assert!(held.events.is_empty());
+    assert!(!assignment_status_changed(Some(&p.status), &held.status));
+    fx.generation = Some(2);
+    assert!(matches!(
+        fx.plan(at(20)).action,
+        Action::RequestAssignment { .. }
+    ));
+    fx.generation = Some(1);
+    fx.annotation = Some("retry".into());
+    assert!(matches!(
+        fx.plan(at(20)).action,
+        Action::RequestAssignment { .. }
+    ));
 }

@@ -223,6 +223,23 @@ pub fn sort_conditions(conditions: &mut [Condition]) {
     });
 }
 
+/// Conditions for an object seen for the first time, before Graph has been read: Ready and
+/// Delivered Unknown, Reconciling True, all with reason `Verifying`. Lets a driver set
+/// conditions on the first visit (kstatus) before any slow I/O.
+pub fn first_visit_conditions(generation: Option<i64>, now: Timestamp) -> Vec<Condition> {
+    let msg = "Redeliver is reading the assignment and memberships from Microsoft Graph.";
+    build_conditions(
+        &[],
+        vec![
+            Desired::new(READY, Status::Unknown, reason::VERIFYING, msg),
+            Desired::new(DELIVERED, Status::Unknown, reason::VERIFYING, msg),
+            Desired::new(RECONCILING, Status::True, reason::VERIFYING, msg),
+        ],
+        generation,
+        now,
+    )
+}
+
 /// Equal in everything but `lastTransitionTime`.
 pub fn conditions_equal_ignoring_transition_times(a: &[Condition], b: &[Condition]) -> bool {
     a.len() == b.len()
@@ -418,6 +435,24 @@ mod tests {
         );
         assert!(!conditions_equal_ignoring_transition_times(&a, &d));
         assert!(!conditions_equal_ignoring_transition_times(&a, &[]));
+    }
+
+    #[test]
+    fn first_visit_is_unknown_and_reconciling() {
+        let c = first_visit_conditions(Some(4), t(0));
+        let summary: Vec<(&str, &str, &str)> = c
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str()))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (READY, "Unknown", reason::VERIFYING),
+                (DELIVERED, "Unknown", reason::VERIFYING),
+                (RECONCILING, "True", reason::VERIFYING)
+            ]
+        );
+        assert!(c.iter().all(|c| c.observed_generation == Some(4)));
     }
 
     #[test]
