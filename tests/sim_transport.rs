@@ -428,3 +428,77 @@ async fn group_delta_reports_additions_and_removals_since_the_token() {
     assert_eq!(body["error"]["code"], "Request_UnsupportedQuery");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn token_endpoint_faults_only_when_targeted_and_every_response_is_correlated() {
+    let (h, c, tok) = start().await;
+    let form = [
+        ("client_id", h.client_id.clone()),
+        ("client_secret", h.client_secret.clone()),
+        ("scope", "https://graph.microsoft.com/.default".to_string()),
+        ("grant_type", "client_credentials".to_string()),
+    ];
+    // An untargeted fault hits Graph, not the token endpoint.
+    h.inject_fault(FaultSpec::Error {
+        status: 503,
+        retry_after: None,
+        scope: FaultScope::default(),
+    });
+    let resp = c.post(h.token_url()).form(&form).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().contains_key("request-id"));
+    let resp = c
+        .get(format!("{}/v1.0/users/bob@contoso.com", h.graph_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    h.inject_fault(FaultSpec::Throttle {
+        retry_after: 0.5,
+        scope: FaultScope {
+            path_prefix: Some("/oauth2".into()),
+            ..Default::default()
+        },
+    });
+    let resp = c
+        .post(h.token_url())
+        .form(&form)
+        .header("client-request-id", "tok-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["retry-after"], "0.5");
+    assert_eq!(resp.headers()["client-request-id"], "tok-1");
+    let v: Value = resp.json().await.unwrap();
+    assert!(
+        v["error_description"]
+            .as_str()
+            .unwrap()
+            .starts_with("AADSTS")
+    );
+    assert_eq!(
+        c.post(h.token_url())
+            .form(&form)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    let resp = c
+        .get(format!("{}/health", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("request-id"));
+    assert_eq!(
+        h.count_requests("POST", "/"),
+        3,
+        "token requests are logged"
+    );
+    h.shutdown().await;
+}
