@@ -83,8 +83,7 @@ fn sp_role(w: &World, sp: &str, role: Option<&str>) -> AResult<(String, Option<S
 }
 
 fn parse_ago(s: &str) -> AResult<SignedDuration> {
-    s.parse::<SignedDuration>()
-        .map_err(|e| AdminError::BadRequest(format!("{s:?} is not a duration like 2h or 20d: {e}")))
+    super::scenario::parse_duration(s).map_err(AdminError::BadRequest)
 }
 
 impl Shared {

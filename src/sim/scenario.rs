@@ -578,6 +578,19 @@ impl ScenarioBuilder {
     }
 }
 
+/// Parses a friendly or ISO 8601 duration (`500ms`, `2h`, `15d`, `1w 2d`, `PT2H`);
+/// days count as 24 hours.
+pub(crate) fn parse_duration(s: &str) -> Result<jiff::SignedDuration, String> {
+    let span: jiff::Span = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 500ms, 2h or 15d: {e}"))?;
+    span.to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| {
+            format!("{s:?} cannot be used as a fixed duration (use days or smaller units): {e}")
+        })
+}
+
 /// Derives a stable GUID from the scenario seed, an object kind and its name.
 /// Names are compared case-insensitively, so `Alice@Contoso.com` and `alice@contoso.com`
 /// get the same id.
@@ -614,6 +627,14 @@ mod tests {
         assert_eq!(demo.spec.tenant.name, "contoso");
         let again = Scenario::from_yaml_str(&demo.to_yaml().unwrap()).unwrap();
         assert_eq!(demo, again);
+    }
+
+    #[test]
+    fn durations_accept_days() {
+        assert_eq!(parse_duration("15d").unwrap().as_secs(), 15 * 86400);
+        assert_eq!(parse_duration("500ms").unwrap().as_millis(), 500);
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("soon").is_err());
     }
 
     #[test]

@@ -445,9 +445,15 @@ impl World {
                 s => s,
             };
             let (pkg, pol, target) = {
-                let asg = w.assignment(&aid).ok_or_else(|| {
-                    ScenarioError::invalid(&field, "assignment vanished while loading")
-                })?;
+                // scenario_assignment just pushed it; a lookup by id would make loading
+                // quadratic for large synthetic tenants.
+                let asg = w
+                    .assignments
+                    .last()
+                    .filter(|a| a.id == aid)
+                    .ok_or_else(|| {
+                        ScenarioError::invalid(&field, "assignment vanished while loading")
+                    })?;
                 (
                     asg.package_id.clone(),
                     asg.policy_id.clone(),
@@ -685,12 +691,8 @@ impl World {
         })?;
         let ago = match &r.completed_ago {
             None => SignedDuration::from_hours(1),
-            Some(s) => s.parse::<SignedDuration>().map_err(|e| {
-                ScenarioError::invalid(
-                    format!("{field}.completedAgo"),
-                    format!("{s:?} is not a duration like 2h or 3d: {e}"),
-                )
-            })?,
+            Some(s) => super::scenario::parse_duration(s)
+                .map_err(|e| ScenarioError::invalid(format!("{field}.completedAgo"), e))?,
         };
         let completed = now - ago;
         let (uid, pkg_id, pol_id) =
