@@ -1,1 +1,94 @@
-fn main() {}
+//! `redeliver`: the operator, the audit command, the Graph simulator and the CRD generator.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Keeps Microsoft Entra ID access package assignments truly delivered.
+///
+/// Entitlement management shows an assignment as Delivered even after someone removed
+/// the user from one of the package's groups by hand. Redeliver verifies real membership
+/// through Microsoft Graph, reprocesses assignments that diverge, and reports the truth.
+#[derive(Parser, Debug)]
+#[command(name = "redeliver", version, propagate_version = true)]
+struct Cli {
+    /// Log level or tracing filter (e.g. `info`, `debug`, `redeliver=debug`).
+    #[arg(long, global = true, env = "REDELIVER_LOG", default_value = "warn")]
+    log_level: String,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "REDELIVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Verify declarations from YAML files against Graph and report drift (no cluster needed).
+    Audit(redeliver::audit::AuditArgs),
+    /// Run the bundled Microsoft Graph simulator (for demos, tests and local development).
+    Sim(redeliver::sim::SimArgs),
+    /// Print the CustomResourceDefinitions as YAML (or write them to a directory).
+    Crd {
+        /// Write one file per CRD into this directory instead of printing.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
+}
+
+fn init_tracing(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_level, cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Audit(args) => redeliver::audit::run(args).await,
+            Command::Sim(args) => redeliver::sim::run(args).await.map(|()| 0),
+            Command::Crd { write: None } => {
+                print!("{}", redeliver::api::crds_yaml());
+                Ok(0)
+            }
+            Command::Crd { write: Some(dir) } => redeliver::api::write_crds(&dir)
+                .map(|()| 0)
+                .map_err(|e| anyhow::anyhow!("cannot write CRDs to {}: {e}", dir.display())),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}

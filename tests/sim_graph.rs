@@ -556,3 +556,50 @@ async fn same_seed_gives_same_ids_and_a_different_seed_does_not() {
     assert_ne!(seen[0].1, seen[2].1);
     assert_ne!(seen[0].2, seen[2].2);
 }
+
+#[tokio::test]
+async fn a_ten_thousand_user_synthetic_tenant_loads_fast_and_pages_completely() {
+    let t0 = std::time::Instant::now();
+    let scenario = Scenario::synthetic("big", 10_000, 10, 3, 100);
+    let h = start(scenario).await;
+    let load = t0.elapsed();
+    eprintln!("loaded 10k users in {load:?}");
+    assert!(load < Duration::from_secs(10), "took {load:?}");
+    let c = client();
+    let tok = token(&c, &h).await;
+
+    let mut url = format!("{}{EM}/assignments?$top=999&$select=id,state", h.graph_url);
+    let mut total = 0;
+    while !url.is_empty() {
+        let (status, body) = get(&c, &h, &tok, &url).await;
+        assert_eq!(status, StatusCode::OK);
+        total += body["value"].as_array().unwrap().len();
+        url = body["@odata.nextLink"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+    }
+    assert_eq!(total, 10_000);
+
+    // Every 100th user misses its package's first group.
+    let g = h.group_id("pkg-0-g0").unwrap();
+    let (_, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{g}/members?$select=id&$top=999"),
+    )
+    .await;
+    let mut n = body["value"].as_array().unwrap().len();
+    let mut next = body["@odata.nextLink"].as_str().map(str::to_string);
+    while let Some(u) = next {
+        let (_, body) = get(&c, &h, &tok, &u).await;
+        n += body["value"].as_array().unwrap().len();
+        next = body["@odata.nextLink"].as_str().map(str::to_string);
+    }
+    // Package 0 holds users 0, 10, 20, ...; every 100th user (0, 100, ...) is missing.
+    assert_eq!(n, 1000 - 100);
+    let a0 = h.assignment_id("user0@big.com", "pkg-0").unwrap();
+    assert_eq!(h.missing_resources(&a0), vec!["pkg-0-g0"]);
+    h.shutdown().await;
+}

@@ -1,1 +1,893 @@
-//! placeholder
+//! `redeliver audit`: the engine driven from YAML files instead of a cluster.
+//!
+//! Report-only by default. With `--reprocess` it repairs (requests missing assignments,
+//! reprocesses drifted ones), waits for the repairs to land and verifies again. The same
+//! observation code and engine as the controller are used, so what audit says is what the
+//! operator would do.
+
+pub mod load;
+pub mod report;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
+
+use crate::api::ResourceState;
+use crate::api::{
+    AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
+    AccessPackageGuardStatus,
+};
+use crate::engine::{self, Action, EngineSettings, Snapshot};
+use crate::graph::{GraphArgs, GraphClient};
+use crate::observe::{ObserveError, Observer};
+use load::{Declarations, Origin};
+use report::{Report, Row, Summary, Verdict};
+
+/// Exit code: every declaration is delivered.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: errors (bad input, Graph errors, declarations that need a human).
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: drift or missing assignments remain.
+pub const EXIT_DRIFT: u8 = 2;
+
+/// Output formats for the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// Arguments of `redeliver audit`.
+#[derive(Args, Debug)]
+#[command(after_help = "EXIT CODES:
+  0  every declared assignment is delivered and verified
+  1  errors: invalid declarations, unknown or ambiguous packages/policies/users,
+     missing Graph permissions, Graph unavailable
+  2  drift or missing assignments remain
+
+EXAMPLES:
+  # The zero-setup demo: an embedded simulated tenant with one drifted assignment
+  redeliver audit -f examples/ --simulate --reprocess
+
+  # Report drift in a real tenant (credentials from AZURE_* variables)
+  redeliver audit -f declarations/
+
+  # Repair, then verify again, waiting up to 10 minutes for Graph
+  redeliver audit -f declarations/ --reprocess --wait 10m")]
+pub struct AuditArgs {
+    /// Declaration files or directories (searched recursively for .yaml/.yml; multi-document).
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    pub paths: Vec<PathBuf>,
+
+    /// Repair: request missing assignments and reprocess drifted ones, then verify again.
+    #[arg(long)]
+    pub reprocess: bool,
+
+    /// With --reprocess, how long to wait for repairs to land before the final verification.
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration_arg)]
+    pub wait: Duration,
+
+    /// How often to re-verify while waiting.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration_arg, hide_short_help = true)]
+    pub poll_interval: Duration,
+
+    /// Run against an embedded Graph simulator instead of a real tenant.
+    #[arg(long)]
+    pub simulate: bool,
+
+    /// With --simulate, the tenant scenario to load (default: the bundled demo tenant).
+    #[arg(long, value_name = "FILE", requires = "simulate")]
+    pub scenario: Option<PathBuf>,
+
+    /// Report format on stdout.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+
+    /// Never draw a progress bar (it is drawn only when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+
+    #[command(flatten)]
+    pub graph: GraphArgs,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::api::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Runs the audit and returns the process exit code.
+pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
+    let decls = match load::load_paths(&args.paths) {
+        Ok(d) => d,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("error: {e}");
+            }
+            eprintln!(
+                "error: {} problem(s) in the declarations; nothing was checked or changed",
+                errors.len()
+            );
+            return Ok(EXIT_ERROR);
+        }
+    };
+    for note in &decls.skipped {
+        eprintln!("note: {note}");
+    }
+    if decls.is_empty() {
+        eprintln!(
+            "error: no AccessPackageAssignment or AccessPackageGuard (apiVersion {}) found in {}",
+            load::API_VERSION,
+            args.paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(EXIT_ERROR);
+    }
+
+    let (client, sim) = connect(&args).await?;
+    let observer = Observer::new(client, args.graph.graph_concurrency);
+    let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
+    let mut audit = Audit::new(&decls, &observer, args.reprocess);
+
+    progress.say("verifying declarations against Graph");
+    audit.pass().await;
+    let before = audit.rows();
+    let mut actions_taken = 0;
+    if args.reprocess {
+        actions_taken += audit.act(&progress).await;
+        let deadline = tokio::time::Instant::now() + args.wait;
+        while audit.in_flight() && tokio::time::Instant::now() < deadline {
+            progress.say(&format!(
+                "waiting for {} repair(s) to land",
+                audit.in_flight_count()
+            ));
+            tokio::time::sleep(args.poll_interval).await;
+            observer.refresh().await;
+            audit.pass().await;
+            actions_taken += audit.act(&progress).await;
+        }
+    }
+    progress.finish();
+    let rows = audit.rows();
+    let report = Report {
+        before: args.reprocess.then_some(before),
+        summary: Summary::of(&rows, actions_taken),
+        rows,
+        notes: decls.skipped.clone(),
+    };
+    print_report(&report, args.output)?;
+    if let Some(sim) = sim {
+        sim.shutdown().await;
+    }
+    Ok(exit_code(&report.rows))
+}
+
+/// Errors dominate; then anything not delivered is drift.
+fn exit_code(rows: &[Row]) -> u8 {
+    if rows.iter().any(|r| {
+        matches!(
+            r.verdict,
+            Verdict::Error | Verdict::Stalled | Verdict::Unknown
+        )
+    }) {
+        EXIT_ERROR
+    } else if rows.iter().all(|r| r.verdict.is_delivered()) {
+        EXIT_OK
+    } else {
+        EXIT_DRIFT
+    }
+}
+
+async fn connect(args: &AuditArgs) -> anyhow::Result<(GraphClient, Option<crate::sim::SimHandle>)> {
+    if args.simulate {
+        let scenario = match &args.scenario {
+            Some(path) => crate::sim::Scenario::from_file(path)
+                .with_context(|| format!("cannot load scenario {}", path.display()))?,
+            None => crate::sim::Scenario::demo(),
+        };
+        let options = crate::sim::SimOptions {
+            request_delay: Duration::from_millis(500),
+            reprocess_delay: Duration::from_millis(500),
+            ..Default::default()
+        };
+        let handle = crate::sim::Simulator::start(scenario, options)
+            .await
+            .context("cannot start the embedded Graph simulator")?;
+        // The simulator's own credentials, whatever the environment says.
+        let config = crate::graph::GraphArgs {
+            tenant_id: Some(handle.tenant_id.clone()),
+            client_id: Some(handle.client_id.clone()),
+            client_secret: Some(crate::graph::Secret::new(handle.client_secret.clone())),
+            client_secret_file: None,
+            federated_token_file: None,
+            authority_host: handle.authority_host.clone(),
+            graph_url: handle.graph_url.clone(),
+            ..args.graph.clone()
+        }
+        .validate()
+        .context("cannot configure the Graph client for the simulator")?;
+        let client = GraphClient::new(config)?;
+        Ok((client, Some(handle)))
+    } else {
+        let config = args.graph.clone().into_config()?;
+        Ok((GraphClient::new(config)?, None))
+    }
+}
+
+fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
+        OutputFormat::Yaml => print!("{}", serde_norway::to_string(report)?),
+        OutputFormat::Table => {
+            if let Some(before) = &report.before {
+                println!("Before:");
+                println!("{}", report::table(before));
+                println!("After:");
+            }
+            println!("{}", report::table(&report.rows));
+            let details = report::details(&report.rows);
+            if !details.is_empty() {
+                print!("{details}");
+            }
+            let s = &report.summary;
+            println!(
+                "{} row(s): {} delivered, {} drifted, {} not assigned, {} other, {} errors; {} action(s) taken",
+                s.total, s.delivered, s.drifted, s.not_assigned, s.other, s.errors, s.actions_taken
+            );
+        }
+    }
+    Ok(())
+}
+
+/// A progress line on stderr, only when stderr is a terminal.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(enabled: bool) -> Self {
+        Self(enabled.then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        }))
+    }
+
+    fn say(&self, message: &str) {
+        if let Some(bar) = &self.0 {
+            bar.set_message(message.to_string());
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// The state of one audit run across its passes.
+struct Audit<'a> {
+    decls: &'a Declarations,
+    observer: &'a Observer,
+    repair: bool,
+    settings: EngineSettings,
+    assignments: Vec<AssignmentEval>,
+    guards: Vec<GuardEval>,
+    /// Every assignment reprocessed in this run, so a guard never reprocesses what a
+    /// declaration (or another guard) already did.
+    reprocessed: BTreeSet<String>,
+}
+
+/// The latest evaluation of one declared assignment.
+struct AssignmentEval {
+    row: Row,
+    /// What this run did for the declaration, kept across passes for the final report.
+    taken: Option<String>,
+    status: Option<AccessPackageAssignmentStatus>,
+    action: Option<Action>,
+    in_flight: bool,
+}
+
+/// The latest evaluation of one guard.
+struct GuardEval {
+    rows: Vec<Row>,
+    status: Option<AccessPackageGuardStatus>,
+    to_reprocess: Vec<String>,
+    /// Assignments this run reprocessed, to wait for.
+    reprocessed: BTreeSet<String>,
+    in_flight: bool,
+}
+
+impl<'a> Audit<'a> {
+    fn new(decls: &'a Declarations, observer: &'a Observer, repair: bool) -> Self {
+        Self {
+            decls,
+            observer,
+            repair,
+            settings: EngineSettings::default(),
+            assignments: Vec::new(),
+            guards: Vec::new(),
+            reprocessed: BTreeSet::new(),
+        }
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        self.assignments
+            .iter()
+            .map(|a| a.row.clone())
+            .chain(self.guards.iter().flat_map(|g| g.rows.iter().cloned()))
+            .collect()
+    }
+
+    fn in_flight_count(&self) -> usize {
+        self.assignments.iter().filter(|a| a.in_flight).count()
+            + self.guards.iter().filter(|g| g.in_flight).count()
+    }
+
+    fn in_flight(&self) -> bool {
+        self.in_flight_count() > 0
+    }
+
+    /// One verification pass over every declaration: resolve, read each package and each
+    /// promised resource once, plan.
+    async fn pass(&mut self) {
+        let now = jiff::Timestamp::now();
+        // Resolve first, so the snapshot covers exactly the resources in play.
+        // Resolve first (concurrently; the observer shares reads of the same package or
+        // user), so the snapshot covers exactly the resources in play.
+        let observer = self.observer;
+        let width = observer.concurrency();
+        let resolved: Vec<Result<ResolvedAssignment, ObserveError>> =
+            futures::stream::iter(&self.decls.assignments)
+                .map(|(origin, apa)| self.resolve_assignment(origin, apa))
+                .buffered(width)
+                .collect()
+                .await;
+        let guard_views: Vec<Result<crate::observe::PackageView, ObserveError>> =
+            futures::stream::iter(&self.decls.guards)
+                .map(|(_, guard)| async move {
+                    let id = observer
+                        .resolve_package_id(&guard.spec.access_package)
+                        .await?;
+                    observer.package_view(&id).await
+                })
+                .buffered(width)
+                .collect()
+                .await;
+        let promised = resolved
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .flat_map(|r| r.view.resources.iter())
+            .chain(
+                guard_views
+                    .iter()
+                    .filter_map(|v| v.as_ref().ok())
+                    .flat_map(|v| v.resources.iter()),
+            );
+        let snapshot = self.observer.snapshot(promised).await;
+
+        let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<String>)> =
+            if self.assignments.is_empty() {
+                vec![(None, None); self.decls.assignments.len()]
+            } else {
+                self.assignments
+                    .iter()
+                    .map(|a| (a.status.clone(), a.taken.clone()))
+                    .collect()
+            };
+        self.assignments = self
+            .decls
+            .assignments
+            .iter()
+            .zip(resolved)
+            .zip(previous)
+            .map(|(((origin, apa), resolved), (previous, taken))| {
+                let mut eval = self.evaluate_assignment(
+                    origin,
+                    apa,
+                    resolved,
+                    previous.as_ref(),
+                    &snapshot,
+                    now,
+                );
+                // Once repaired, say what was done rather than "none".
+                if let Some(taken) = taken {
+                    if matches!(
+                        eval.action,
+                        None | Some(Action::None) | Some(Action::Wait { .. })
+                    ) {
+                        eval.row.action = taken.clone();
+                    }
+                    eval.taken = Some(taken);
+                }
+                eval
+            })
+            .collect();
+
+        let previous: Vec<(Option<AccessPackageGuardStatus>, BTreeSet<String>)> =
+            if self.guards.is_empty() {
+                vec![(None, BTreeSet::new()); self.decls.guards.len()]
+            } else {
+                self.guards
+                    .iter()
+                    .map(|g| (g.status.clone(), g.reprocessed.clone()))
+                    .collect()
+            };
+        self.guards = self
+            .decls
+            .guards
+            .iter()
+            .zip(guard_views)
+            .zip(previous)
+            .map(|(((origin, guard), view), (previous, reprocessed))| {
+                self.evaluate_guard(
+                    origin,
+                    guard,
+                    view,
+                    previous.as_ref(),
+                    reprocessed,
+                    &snapshot,
+                    now,
+                )
+            })
+            .collect();
+    }
+
+    async fn resolve_assignment(
+        &self,
+        _origin: &Origin,
+        apa: &AccessPackageAssignment,
+    ) -> Result<ResolvedAssignment, ObserveError> {
+        let package_id = self
+            .observer
+            .resolve_package_id(&apa.spec.access_package)
+            .await?;
+        let view = self.observer.package_view(&package_id).await?;
+        let target_object_id = self.observer.resolve_target(&apa.spec.target).await?;
+        let policy = Observer::resolve_policy(&view, apa.spec.assignment_policy.as_ref());
+        Ok(ResolvedAssignment {
+            view,
+            target_object_id,
+            policy,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_assignment(
+        &self,
+        origin: &Origin,
+        apa: &AccessPackageAssignment,
+        resolved: Result<ResolvedAssignment, ObserveError>,
+        previous: Option<&AccessPackageAssignmentStatus>,
+        snapshot: &Snapshot,
+        now: jiff::Timestamp,
+    ) -> AssignmentEval {
+        let declaration = declaration_name(&apa.metadata, origin);
+        let target_label = apa.spec.target.label();
+        let package_label = apa.spec.access_package.label();
+        let (resolved, view) = match resolved {
+            Ok(r) => {
+                let ids = engine::ResolvedIds {
+                    access_package_id: r.view.package.id.clone(),
+                    access_package_name: r.view.package.display_name.clone(),
+                    policy: r.policy,
+                    target_object_id: r.target_object_id,
+                    target_name: apa.spec.target.user_principal_name.clone(),
+                };
+                (Ok(ids), Some(r.view))
+            }
+            Err(ObserveError::Resolve(failure)) => (Err(failure), None),
+            Err(ObserveError::Graph(err)) => {
+                return AssignmentEval {
+                    row: error_row(declaration, target_label, package_label, err.to_string()),
+                    taken: None,
+                    status: previous.cloned(),
+                    action: None,
+                    in_flight: false,
+                };
+            }
+        };
+        let target_id = resolved.as_ref().ok().map(|r| r.target_object_id.clone());
+        let assignment = view
+            .as_ref()
+            .zip(target_id.as_deref())
+            .and_then(|(v, t)| v.assignment_for(t));
+        let latest_request = view
+            .as_ref()
+            .zip(target_id.as_deref())
+            .and_then(|(v, t)| v.latest_request_for(t));
+        let input = engine::AssignmentInput {
+            generation: apa.metadata.generation,
+            spec: &apa.spec,
+            previous,
+            reprocess_annotation: apa
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
+                .map(String::as_str),
+            resolved,
+            assignment: assignment.as_ref(),
+            latest_request: latest_request.as_ref(),
+            resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
+            snapshot,
+            settings: &self.settings,
+        };
+        let plan = engine::plan_assignment(&input, now);
+        let action_text = describe_action(&plan.action, self.repair);
+        let in_flight =
+            engine::conditions::is_true(&plan.status.conditions, engine::conditions::RECONCILING);
+        let package = view
+            .as_ref()
+            .map(|v| v.name().to_string())
+            .unwrap_or(package_label);
+        AssignmentEval {
+            row: row_from_status(
+                declaration,
+                target_label,
+                package,
+                &plan.status,
+                &action_text,
+            ),
+            taken: None,
+            status: Some(plan.status),
+            action: Some(plan.action),
+            in_flight,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_guard(
+        &self,
+        origin: &Origin,
+        guard: &AccessPackageGuard,
+        view: Result<crate::observe::PackageView, ObserveError>,
+        previous: Option<&AccessPackageGuardStatus>,
+        reprocessed: BTreeSet<String>,
+        snapshot: &Snapshot,
+        now: jiff::Timestamp,
+    ) -> GuardEval {
+        let declaration = declaration_name(&guard.metadata, origin);
+        let package_label = guard.spec.access_package.label();
+        let (resolved, view) = match view {
+            Ok(v) => (
+                Ok((v.package.id.clone(), v.package.display_name.clone())),
+                Some(v),
+            ),
+            Err(ObserveError::Resolve(failure)) => (Err(failure), None),
+            Err(ObserveError::Graph(err)) => {
+                return GuardEval {
+                    rows: vec![error_row(
+                        declaration,
+                        "(all assignments)".into(),
+                        package_label,
+                        err.to_string(),
+                    )],
+                    status: previous.cloned(),
+                    to_reprocess: Vec::new(),
+                    reprocessed,
+                    in_flight: false,
+                };
+            }
+        };
+        let sweep = engine::plan_guard_sweep(
+            &engine::GuardInput {
+                generation: guard.metadata.generation,
+                spec: &guard.spec,
+                previous,
+                resolved,
+                assignments: view
+                    .as_ref()
+                    .map(|v| v.assignments.as_slice())
+                    .unwrap_or(&[]),
+                resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
+                snapshot,
+                settings: &self.settings,
+            },
+            now,
+        );
+        let package = view
+            .as_ref()
+            .map(|v| v.name().to_string())
+            .unwrap_or(package_label);
+        let promised = view
+            .as_ref()
+            .map(|v| v.resources.iter().filter(|r| r.is_verifiable()).count())
+            .unwrap_or(0);
+        let in_flight = sweep
+            .drifted
+            .iter()
+            .any(|d| reprocessed.contains(&d.assignment_id));
+        let mut rows: Vec<Row> = sweep
+            .drifted
+            .iter()
+            .map(|d| Row {
+                declaration: declaration.clone(),
+                target: d.target.clone(),
+                package: package.clone(),
+                graph_status: "Delivered".into(),
+                present: promised.saturating_sub(d.missing.len()),
+                promised,
+                verdict: Verdict::Drifted,
+                action: if reprocessed.contains(&d.assignment_id) {
+                    "reprocessed".into()
+                } else if sweep.reprocess.contains(&d.assignment_id) {
+                    if self.repair {
+                        "reprocess"
+                    } else {
+                        "would reprocess"
+                    }
+                    .into()
+                } else {
+                    "none (report only)".into()
+                },
+                missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
+                message: String::new(),
+            })
+            .collect();
+        let status = &sweep.status;
+        let counts = &status.assignments;
+        let stalled = engine::conditions::find(&status.conditions, engine::conditions::STALLED)
+            .filter(|c| c.status == "True");
+        let summary = Row {
+            declaration: declaration.clone(),
+            target: format!("(all {} assignments)", counts.total),
+            package,
+            graph_status: "-".into(),
+            present: usize::try_from(counts.delivered).unwrap_or(0),
+            promised: usize::try_from(counts.total).unwrap_or(0),
+            verdict: if stalled.is_some() {
+                Verdict::Stalled
+            } else if counts.drifted == 0 && counts.failed == 0 {
+                Verdict::Delivered
+            } else {
+                Verdict::Drifted
+            },
+            action: "guard sweep".into(),
+            missing: Vec::new(),
+            message: match stalled {
+                Some(c) => c.message.clone(),
+                None => format!(
+                    "{} delivered, {} drifted, {} failed, {} pending; {} unmanaged member(s)",
+                    counts.delivered,
+                    counts.drifted,
+                    counts.failed,
+                    counts.pending,
+                    status.unmanaged_members.count
+                ),
+            },
+        };
+        rows.insert(0, summary);
+        GuardEval {
+            rows,
+            status: Some(sweep.status),
+            to_reprocess: sweep.reprocess,
+            reprocessed,
+            in_flight,
+        }
+    }
+
+    /// Carries out the planned actions (only with --reprocess). Returns how many were made.
+    async fn act(&mut self, progress: &Progress) -> usize {
+        if !self.repair {
+            return 0;
+        }
+        let graph = self.observer.graph();
+        let mut done = 0;
+        for eval in &mut self.assignments {
+            let Some(action) = eval.action.take() else {
+                continue;
+            };
+            let outcome = match &action {
+                Action::RequestAssignment {
+                    access_package_id,
+                    policy_id,
+                    target_object_id,
+                } => {
+                    progress.say(&format!("requesting assignment for {}", eval.row.target));
+                    graph
+                        .request_assignment(access_package_id, policy_id, target_object_id)
+                        .await
+                        .map(|r| format!("requested (request {})", r.id))
+                }
+                Action::ReprocessAssignment { assignment_id } => {
+                    progress.say(&format!("reprocessing assignment of {}", eval.row.target));
+                    let result = graph.reprocess_assignment(assignment_id).await;
+                    if result.is_ok() {
+                        self.reprocessed.insert(assignment_id.clone());
+                    }
+                    result.map(|()| "reprocessed".to_string())
+                }
+                Action::ReprocessRequest { request_id } => {
+                    progress.say(&format!("reprocessing request of {}", eval.row.target));
+                    graph
+                        .reprocess_request(request_id)
+                        .await
+                        .map(|()| format!("reprocessed request {request_id}"))
+                }
+                _ => continue,
+            };
+            match outcome {
+                Ok(text) => {
+                    done += 1;
+                    eval.row.action = text.clone();
+                    eval.taken = Some(text);
+                    eval.in_flight = true;
+                }
+                Err(err) => {
+                    eval.row.verdict = Verdict::Error;
+                    eval.row.action = "failed".into();
+                    eval.row.message = err.to_string();
+                }
+            }
+        }
+        for guard in &mut self.guards {
+            for assignment_id in std::mem::take(&mut guard.to_reprocess) {
+                if guard.reprocessed.contains(&assignment_id)
+                    || self.reprocessed.contains(&assignment_id)
+                {
+                    continue;
+                }
+                match graph.reprocess_assignment(&assignment_id).await {
+                    Ok(()) => {
+                        done += 1;
+                        self.reprocessed.insert(assignment_id.clone());
+                        guard.reprocessed.insert(assignment_id.clone());
+                        guard.in_flight = true;
+                        for row in &mut guard.rows {
+                            if row.action != "guard sweep" && row.verdict == Verdict::Drifted {
+                                row.action = "reprocessed".into();
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(first) = guard.rows.first_mut() {
+                            first.verdict = Verdict::Error;
+                            first.message = format!("reprocess of {assignment_id} failed: {err}");
+                        }
+                    }
+                }
+            }
+        }
+        done
+    }
+}
+
+struct ResolvedAssignment {
+    view: crate::observe::PackageView,
+    target_object_id: String,
+    policy: Result<String, engine::ResolveFailure>,
+}
+
+fn declaration_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    origin: &Origin,
+) -> String {
+    let _ = origin;
+    format!(
+        "{}/{}",
+        meta.namespace.as_deref().unwrap_or("default"),
+        meta.name.as_deref().unwrap_or("?")
+    )
+}
+
+fn error_row(declaration: String, target: String, package: String, message: String) -> Row {
+    Row {
+        declaration,
+        target,
+        package,
+        graph_status: "-".into(),
+        present: 0,
+        promised: 0,
+        verdict: Verdict::Error,
+        action: "none".into(),
+        missing: Vec::new(),
+        message,
+    }
+}
+
+fn describe_action(action: &Action, repair: bool) -> String {
+    let verb = |what: &str| {
+        if repair {
+            what.to_string()
+        } else {
+            format!("would {what}")
+        }
+    };
+    match action {
+        Action::None => "none".into(),
+        Action::RequestAssignment { .. } => verb("request assignment"),
+        Action::ReprocessAssignment { .. } => verb("reprocess"),
+        Action::ReprocessRequest { .. } => verb("reprocess request"),
+        Action::Wait { reason } => format!("wait ({reason})"),
+        Action::GiveUp { reason } => format!("none ({reason})"),
+    }
+}
+
+/// Turns the engine's status into a report row: the Delivered and Stalled conditions decide
+/// the verdict, so audit and `kubectl get apa` always agree.
+fn row_from_status(
+    declaration: String,
+    target: String,
+    package: String,
+    status: &AccessPackageAssignmentStatus,
+    action: &str,
+) -> Row {
+    let promised = status
+        .resources
+        .iter()
+        .filter(|r| r.state != ResourceState::Unverifiable)
+        .count();
+    let present = status
+        .resources
+        .iter()
+        .filter(|r| r.state == ResourceState::Present)
+        .count();
+    let missing: Vec<String> = status
+        .resources
+        .iter()
+        .filter(|r| r.state == ResourceState::Missing)
+        .map(|r| {
+            r.display_name
+                .clone()
+                .unwrap_or_else(|| r.origin_id.clone())
+        })
+        .collect();
+    let conditions: BTreeMap<&str, &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
+        status
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c))
+            .collect();
+    let stalled = conditions.get("Stalled").filter(|c| c.status == "True");
+    let delivered = conditions.get("Delivered");
+    let verdict = if stalled.is_some() {
+        Verdict::Stalled
+    } else {
+        match delivered.map(|c| (c.status.as_str(), c.reason.as_str())) {
+            Some(("True", _)) => Verdict::Delivered,
+            Some((_, engine::conditions::reason::RESOURCES_MISSING)) => Verdict::Drifted,
+            Some((_, engine::conditions::reason::NOT_ASSIGNED)) => Verdict::NotAssigned,
+            Some((_, engine::conditions::reason::DELIVERY_FAILED)) => Verdict::Failed,
+            Some((_, engine::conditions::reason::EXPIRED)) => Verdict::Expired,
+            Some((_, engine::conditions::reason::AWAITING_DELIVERY)) => Verdict::Pending,
+            Some(("Unknown", _)) => Verdict::Unknown,
+            _ => Verdict::Pending,
+        }
+    };
+    let missing = if matches!(
+        verdict,
+        Verdict::Drifted | Verdict::Failed | Verdict::Stalled
+    ) {
+        missing
+    } else {
+        Vec::new()
+    };
+    let message = stalled
+        .map(|c| c.message.clone())
+        .or_else(|| {
+            delivered
+                .filter(|c| c.status != "True")
+                .map(|c| c.message.clone())
+        })
+        .unwrap_or_default();
+    Row {
+        declaration,
+        target,
+        package,
+        graph_status: status.graph_status.clone().unwrap_or_else(|| "-".into()),
+        present,
+        promised,
+        verdict,
+        action: action.to_string(),
+        missing,
+        message,
+    }
+}

@@ -14,7 +14,7 @@ use super::config::GraphConfig;
 use super::error::{GraphError, permission_hint};
 use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
 use super::models::{
-    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest,
+    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest, DeltaGroup,
     DirectoryObject, ErrorEnvelope, Page, User,
 };
 use super::odata::{build_url, segment, string_literal};
@@ -30,6 +30,14 @@ const MAX_PAGES: usize = 100_000;
 #[derive(Clone)]
 pub struct GraphClient {
     inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for GraphClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GraphClient")
+            .field("base", &self.inner.base)
+            .finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -152,14 +160,27 @@ impl GraphClient {
     /// typed error. On a 401 the cached token is dropped and the call is made once more
     /// with a new token.
     pub async fn send(&self, req: GraphRequest) -> Result<GraphResponse, GraphError> {
-        let result = self.send_inner(&req).await;
+        self.send_accepting(&req, &[]).await
+    }
+
+    /// [`GraphClient::send`], also treating the `extra_ok` statuses as success.
+    async fn send_accepting(
+        &self,
+        req: &GraphRequest,
+        extra_ok: &[u16],
+    ) -> Result<GraphResponse, GraphError> {
+        let result = self.send_inner(req, extra_ok).await;
         if result.is_err() {
             self.inner.http.count(req.operation, |s| s.failures += 1);
         }
         result
     }
 
-    async fn send_inner(&self, req: &GraphRequest) -> Result<GraphResponse, GraphError> {
+    async fn send_inner(
+        &self,
+        req: &GraphRequest,
+        extra_ok: &[u16],
+    ) -> Result<GraphResponse, GraphError> {
         let inner = &self.inner;
         let mut refreshed = false;
         loop {
@@ -189,7 +210,7 @@ impl GraphClient {
                 inner.tokens.invalidate(&token).await;
                 continue;
             }
-            if resp.status.is_success() {
+            if resp.status.is_success() || extra_ok.contains(&resp.status.as_u16()) {
                 return Ok(GraphResponse {
                     status: resp.status,
                     request_id: resp.request_id,
@@ -242,30 +263,7 @@ impl GraphClient {
             let page: Page<T> = self.get_page(operation, url.clone()).await?;
             items.extend(page.value);
             if let Some(link) = page.next_link {
-                let link_url = url.join(&link).map_err(|e| GraphError::Decode {
-                    operation,
-                    message: format!("invalid @odata.nextLink {link:?}: {e}"),
-                    request_id: None,
-                })?;
-                if link_url.origin() != self.inner.origin {
-                    return Err(GraphError::Decode {
-                        operation,
-                        message: format!(
-                            "@odata.nextLink points to {} outside the Graph URL {}; refusing to send the token there",
-                            link_url.origin().ascii_serialization(),
-                            self.inner.origin.ascii_serialization()
-                        ),
-                        request_id: None,
-                    });
-                }
-                if link_url == url {
-                    return Err(GraphError::Decode {
-                        operation,
-                        message: "@odata.nextLink repeats the current page URL".to_string(),
-                        request_id: None,
-                    });
-                }
-                next = Some(link_url);
+                next = Some(self.checked_link(operation, &url, &link)?);
             }
         }
         Ok(items)
@@ -276,10 +274,13 @@ impl GraphClient {
         operation: &'static str,
         resp: &GraphResponse,
     ) -> Result<T, GraphError> {
-        serde_json::from_slice(&resp.body).map_err(|e| GraphError::Decode {
-            operation,
-            message: format!("{e}; body starts with: {}", excerpt(&resp.body)),
-            request_id: resp.request_id.clone(),
+        serde_json::from_slice(&resp.body).map_err(|e| {
+            self.inner.http.count(operation, |s| s.failures += 1);
+            GraphError::Decode {
+                operation,
+                message: format!("{e}; body starts with: {}", excerpt(&resp.body)),
+                request_id: resp.request_id.clone(),
+            }
         })
     }
 
@@ -327,6 +328,19 @@ impl GraphClient {
             &[("$filter", &filter)],
         )?;
         self.get_paged(OP, url).await
+    }
+
+    /// One assignment with `target`, `accessPackage` and `assignmentPolicy` expanded (§3.2),
+    /// or `None` if it does not exist.
+    pub async fn get_assignment(&self, id: &str) -> Result<Option<Assignment>, GraphError> {
+        const OP: &str = "get_assignment";
+        let path = format!("{EM}/assignments/{}", segment(OP, id)?);
+        let url = self.url(
+            OP,
+            &path,
+            &[("$expand", "target,accessPackage,assignmentPolicy")],
+        )?;
+        none_if_not_found(self.get_json(OP, url).await)
     }
 
     /// Every assignment of a package (all states, including expired), with `target` and
@@ -516,6 +530,160 @@ impl GraphClient {
         Ok(objects.into_iter().map(|o| o.id).collect())
     }
 
+    /// Starts tracking the membership of up to [`MAX_DELTA_GROUPS`] groups with a delta
+    /// query (`GET /groups/delta?$select=members&$filter=id eq ..`, §5.5). The first round
+    /// reports every current member as added; keep [`GroupMembershipDelta::delta_link`] and
+    /// pass it to [`GraphClient::group_members_delta_next`] for the changes since.
+    pub async fn group_members_delta(
+        &self,
+        group_ids: &[String],
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        const OP: &str = "group_members_delta";
+        if group_ids.is_empty() || group_ids.len() > MAX_DELTA_GROUPS {
+            return Err(GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "{} group ids; a delta query takes 1 to {MAX_DELTA_GROUPS}",
+                    group_ids.len()
+                ),
+            });
+        }
+        let filter = group_ids
+            .iter()
+            .map(|id| format!("id eq {}", string_literal(id)))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let url = self.url(
+            OP,
+            "/groups/delta",
+            &[("$select", "members"), ("$filter", &filter)],
+        )?;
+        self.follow_delta(OP, url).await
+    }
+
+    /// Changes since a previous round's delta link. Fails with an error for which
+    /// [`GraphError::is_resync_required`] is true when the link expired (start over with
+    /// [`GraphClient::group_members_delta`]).
+    pub async fn group_members_delta_next(
+        &self,
+        delta_link: &str,
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        const OP: &str = "group_members_delta";
+        let url = Url::parse(delta_link)
+            .ok()
+            .filter(|u| u.origin() == self.inner.origin)
+            .ok_or_else(|| GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "delta link {delta_link:?} is not a URL under {}",
+                    self.inner.base
+                ),
+            })?;
+        self.follow_delta(OP, url).await
+    }
+
+    async fn follow_delta(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<GroupMembershipDelta, GraphError> {
+        // Last event per (group, member) wins: the same group may reappear on later pages
+        // and replays happen (§5.5).
+        let mut state: std::collections::BTreeMap<
+            String,
+            std::collections::BTreeMap<String, bool>,
+        > = Default::default();
+        let mut deleted_groups = std::collections::BTreeSet::new();
+        let mut url = url;
+        let mut pages = 0usize;
+        loop {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(GraphError::Decode {
+                    operation,
+                    message: format!("more than {MAX_PAGES} delta pages; the server seems to loop"),
+                    request_id: None,
+                });
+            }
+            let page: Page<DeltaGroup> = self.get_page(operation, url.clone()).await?;
+            for group in page.value {
+                if group.removed.is_some() {
+                    deleted_groups.insert(group.id.clone());
+                }
+                let entry = state.entry(group.id).or_default();
+                for m in group.members_delta {
+                    entry.insert(m.id, m.removed.is_none());
+                }
+            }
+            match (page.next_link, page.delta_link) {
+                (Some(link), _) => url = self.checked_link(operation, &url, &link)?,
+                (None, Some(delta)) => {
+                    let delta_url = self.checked_link(operation, &url, &delta)?;
+                    let changes = state
+                        .into_iter()
+                        .map(|(group, members)| {
+                            let mut c = MemberChanges::default();
+                            for (member, present) in members {
+                                if present {
+                                    c.added.insert(member);
+                                } else {
+                                    c.removed.insert(member);
+                                }
+                            }
+                            (group, c)
+                        })
+                        .collect();
+                    return Ok(GroupMembershipDelta {
+                        changes,
+                        deleted_groups,
+                        delta_link: delta_url.to_string(),
+                    });
+                }
+                (None, None) => {
+                    return Err(GraphError::Decode {
+                        operation,
+                        message: "delta page has neither @odata.nextLink nor @odata.deltaLink"
+                            .to_string(),
+                        request_id: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Resolves a nextLink/deltaLink against the current page and refuses other origins.
+    fn checked_link(
+        &self,
+        operation: &'static str,
+        current: &Url,
+        link: &str,
+    ) -> Result<Url, GraphError> {
+        let url = current.join(link).map_err(|e| GraphError::Decode {
+            operation,
+            message: format!("invalid link {link:?}: {e}"),
+            request_id: None,
+        })?;
+        if url.origin() != self.inner.origin {
+            return Err(GraphError::Decode {
+                operation,
+                message: format!(
+                    "link points to {} outside the Graph URL {}; refusing to send the token there",
+                    url.origin().ascii_serialization(),
+                    self.inner.origin.ascii_serialization()
+                ),
+                request_id: None,
+            });
+        }
+        if &url == current {
+            return Err(GraphError::Decode {
+                operation,
+                message: "@odata.nextLink repeats the current page URL".to_string(),
+                request_id: None,
+            });
+        }
+        Ok(url)
+    }
+
     /// App role assignments granted on a resource service principal (§5.4, all pages).
     pub async fn list_app_role_assignments(
         &self,
@@ -529,6 +697,293 @@ impl GraphClient {
         let url = self.url(OP, &path, &[])?;
         self.get_paged(OP, url).await
     }
+}
+
+/// Most group ids one delta query may filter on (graph-api.md §5.5).
+pub const MAX_DELTA_GROUPS: usize = 50;
+
+/// Membership changes found by one delta round, per group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupMembershipDelta {
+    /// Per group id, members added and removed (net of replays within the round).
+    pub changes: std::collections::BTreeMap<String, MemberChanges>,
+    /// Groups reported as deleted.
+    pub deleted_groups: std::collections::BTreeSet<String>,
+    /// The link for the next round (store it whole; valid about 7 days).
+    pub delta_link: String,
+}
+
+/// Added and removed member ids of one group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemberChanges {
+    /// Members added (or, on a first round, currently present).
+    pub added: std::collections::BTreeSet<String>,
+    /// Members removed.
+    pub removed: std::collections::BTreeSet<String>,
+}
+
+/// Most requests one `$batch` may carry (graph-api.md §6.1).
+pub const MAX_BATCH: usize = 20;
+
+/// One inner request of a `$batch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchItem {
+    /// Unique id within the batch; responses are correlated by it.
+    pub id: String,
+    /// HTTP method (`GET`, `POST`, ...).
+    pub method: Method,
+    /// URL relative to the version root, e.g. `/groups/g1/members?$select=id&$top=999`
+    /// (see [`GraphClient::relative_url`] for turning a nextLink into one).
+    pub url: String,
+    /// JSON body; `Content-Type: application/json` is added for it.
+    pub body: Option<serde_json::Value>,
+    /// Extra inner headers (e.g. `ConsistencyLevel`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl BatchItem {
+    /// A GET of `url` (relative to the version root).
+    pub fn get(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            method: Method::GET,
+            url: url.into(),
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+
+    /// A body-less POST (e.g. a `reprocess` action).
+    pub fn post(id: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            method: Method::POST,
+            ..Self::get(id, url)
+        }
+    }
+}
+
+/// One inner response of a `$batch`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchResult {
+    /// The request id it answers.
+    pub id: String,
+    /// Inner HTTP status.
+    pub status: u16,
+    /// Inner headers (names lower-cased).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Inner body (`null` when empty).
+    pub body: serde_json::Value,
+}
+
+impl BatchResult {
+    /// True for a 2xx inner status.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The inner `request-id` header, if any.
+    pub fn request_id(&self) -> Option<&str> {
+        self.headers.get("request-id").map(String::as_str)
+    }
+
+    /// Decodes a successful inner body, or maps a failed one to the same typed error a
+    /// direct call would give, named `operation`.
+    pub fn into_result<T: DeserializeOwned>(
+        self,
+        operation: &'static str,
+    ) -> Result<T, GraphError> {
+        let request_id = self.request_id().map(str::to_string);
+        if self.is_success() {
+            return serde_json::from_value(self.body).map_err(|e| GraphError::Decode {
+                operation,
+                message: format!("batch item: {e}"),
+                request_id,
+            });
+        }
+        let retry_after = self
+            .headers
+            .get("retry-after")
+            .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
+        let body = serde_json::to_vec(&self.body).unwrap_or_default();
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Err(map_error(
+            operation,
+            RawResponse {
+                status,
+                headers: reqwest::header::HeaderMap::new(),
+                body: body.into(),
+                request_id,
+                retry_after,
+            },
+        ))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct BatchEnvelope {
+    #[serde(default)]
+    responses: Vec<BatchWireResponse>,
+}
+
+#[derive(serde::Deserialize)]
+struct BatchWireResponse {
+    id: String,
+    status: u16,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    body: serde_json::Value,
+}
+
+impl GraphClient {
+    /// The part of an absolute Graph URL (e.g. a nextLink) after the version root, for use
+    /// in a [`BatchItem`]; `None` if it is not under this client's base URL.
+    pub fn relative_url(&self, absolute: &str) -> Option<String> {
+        absolute
+            .strip_prefix(&self.inner.base)
+            .filter(|rest| rest.starts_with('/'))
+            .map(str::to_string)
+    }
+
+    /// Sends up to [`MAX_BATCH`] requests in one `POST /$batch` (§6.1) and returns one
+    /// result per item, in the order given. Inner 429s are resent (only those) after the
+    /// longest inner `Retry-After`, up to the retry limit; whatever is still throttled is
+    /// returned as is. Inner failures are results, not errors: check each with
+    /// [`BatchResult::into_result`].
+    pub async fn batch(&self, items: &[BatchItem]) -> Result<Vec<BatchResult>, GraphError> {
+        const OP: &str = "batch";
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        if items.len() > MAX_BATCH {
+            return Err(GraphError::InvalidArgument {
+                operation: OP,
+                message: format!(
+                    "{} requests in one batch; the limit is {MAX_BATCH}",
+                    items.len()
+                ),
+            });
+        }
+        let mut ids = std::collections::HashSet::new();
+        for item in items {
+            if !ids.insert(item.id.as_str()) {
+                return Err(GraphError::InvalidArgument {
+                    operation: OP,
+                    message: format!("duplicate batch id {:?}", item.id),
+                });
+            }
+            if !item.url.starts_with('/') {
+                return Err(GraphError::InvalidArgument {
+                    operation: OP,
+                    message: format!(
+                        "batch url {:?} must be relative to the version root",
+                        item.url
+                    ),
+                });
+            }
+        }
+        // Only an all-GET batch may be resent blindly after an ambiguous failure.
+        let retry = if items.iter().all(|i| i.method == Method::GET) {
+            RetryMode::Idempotent
+        } else {
+            RetryMode::NonIdempotent
+        };
+        let url = self.url(OP, "/$batch", &[])?;
+        let mut results: std::collections::HashMap<String, BatchResult> = Default::default();
+        let mut pending: Vec<&BatchItem> = items.iter().collect();
+        let max_retries = self.inner.http.max_retries();
+        let mut round = 0u32;
+        loop {
+            let wire: Vec<serde_json::Value> = pending.iter().map(|i| batch_wire(i)).collect();
+            let request =
+                GraphRequest::post(OP, url.clone(), Some(json!({"requests": wire})), retry);
+            // One doc version answers a batch holding throttled items with 424 instead of 200
+            // (§6.1); its body still lists the per-item responses.
+            let resp = self.send_accepting(&request, &[424]).await?;
+            let envelope: BatchEnvelope = self.decode(OP, &resp)?;
+            let mut throttled_wait: Option<std::time::Duration> = None;
+            let mut still: Vec<&BatchItem> = Vec::new();
+            for r in envelope.responses {
+                let Some(item) = pending.iter().find(|i| i.id == r.id) else {
+                    continue;
+                };
+                let headers: std::collections::BTreeMap<String, String> = r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect();
+                if r.status == 429 && round < max_retries {
+                    let wait = headers.get("retry-after").and_then(|v| {
+                        super::retry::parse_retry_after(v, std::time::SystemTime::now())
+                    });
+                    throttled_wait = throttled_wait.max(wait).or(Some(std::time::Duration::ZERO));
+                    still.push(item);
+                }
+                results.insert(
+                    r.id.clone(),
+                    BatchResult {
+                        id: r.id,
+                        status: r.status,
+                        headers,
+                        body: r.body,
+                    },
+                );
+            }
+            let missing: Vec<&str> = pending
+                .iter()
+                .filter(|i| !results.contains_key(&i.id))
+                .map(|i| i.id.as_str())
+                .collect();
+            if !missing.is_empty() {
+                return Err(GraphError::Decode {
+                    operation: OP,
+                    message: format!("batch response lacks items {missing:?}"),
+                    request_id: resp.request_id,
+                });
+            }
+            let Some(wait) = throttled_wait else { break };
+            if still.is_empty() || wait > self.inner.http.max_retry_after() {
+                break;
+            }
+            let wait = if wait.is_zero() {
+                self.inner.http.backoff(round)
+            } else {
+                wait
+            };
+            tokio::time::sleep(wait).await;
+            round += 1;
+            pending = still;
+        }
+        items
+            .iter()
+            .map(|i| {
+                results.remove(&i.id).ok_or_else(|| GraphError::Decode {
+                    operation: OP,
+                    message: format!("batch response lacks item {:?}", i.id),
+                    request_id: None,
+                })
+            })
+            .collect()
+    }
+}
+
+fn batch_wire(item: &BatchItem) -> serde_json::Value {
+    let mut v = json!({"id": item.id, "method": item.method.as_str(), "url": item.url});
+    let mut headers: serde_json::Map<String, serde_json::Value> = item
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), json!(v)))
+        .collect();
+    if let Some(body) = &item.body {
+        v["body"] = body.clone();
+        headers
+            .entry("Content-Type")
+            .or_insert_with(|| json!("application/json"));
+    }
+    if !headers.is_empty() {
+        v["headers"] = serde_json::Value::Object(headers);
+    }
+    v
 }
 
 fn none_if_not_found<T>(result: Result<T, GraphError>) -> Result<Option<T>, GraphError> {
@@ -567,7 +1022,7 @@ fn map_error(operation: &'static str, resp: RawResponse) -> GraphError {
             code,
             message,
             request_id,
-            permission: permission_hint(operation),
+            hint: permission_hint(operation),
         },
         404 => GraphError::NotFound {
             operation,

@@ -23,7 +23,7 @@ pub const CLIENT_SECRET_ENV: &str = "AZURE_CLIENT_SECRET";
 
 /// Microsoft Graph connection and credential options, shared by `redeliver audit` and
 /// `redeliver controller` (flattened into both).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(clap::Args, Clone, Debug)]
 pub struct GraphArgs {
     /// Entra tenant id (GUID) or verified domain of the tenant that owns the access packages.
     #[arg(long, env = "AZURE_TENANT_ID", value_name = "TENANT")]
@@ -314,18 +314,31 @@ impl GraphArgs {
     }
 }
 
-impl GraphArgs {
-    /// Arguments with the documented defaults and nothing else set (handy for tests and for
-    /// building a configuration programmatically).
-    pub fn with_defaults() -> Self {
+impl Default for GraphArgs {
+    /// The documented defaults, no identity and no credential.
+    fn default() -> Self {
         Self {
+            tenant_id: None,
+            client_id: None,
+            client_secret_file: None,
+            client_secret: None,
+            federated_token_file: None,
             authority_host: DEFAULT_AUTHORITY_HOST.to_string(),
             graph_url: DEFAULT_GRAPH_URL.to_string(),
+            allow_insecure_http: false,
+            ca_file: None,
             graph_timeout: Duration::from_secs(30),
             max_retries: 5,
             graph_concurrency: 8,
-            ..Self::default()
         }
+    }
+}
+
+impl GraphArgs {
+    /// Arguments with the documented defaults and nothing else set (same as `default()`;
+    /// handy for tests and for building a configuration programmatically).
+    pub fn with_defaults() -> Self {
+        Self::default()
     }
 }
 

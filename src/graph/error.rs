@@ -106,7 +106,7 @@ pub enum GraphError {
     },
 
     /// The app lacks a permission, role or licence for this operation (403).
-    #[error("{operation}: forbidden ({code}: {message}){rid}; the app likely lacks {permission}", rid = rid(request_id))]
+    #[error("{operation}: forbidden ({code}: {message}){rid}; the app likely lacks {hint}", rid = rid(request_id))]
     Forbidden {
         /// Client operation name.
         operation: &'static str,
@@ -117,7 +117,7 @@ pub enum GraphError {
         /// Graph `request-id`.
         request_id: Option<String>,
         /// The permission most likely missing (graph-api.md §7), or a licence hint.
-        permission: &'static str,
+        hint: &'static str,
     },
 
     /// Graph refused the request as invalid (400, 409, 412 and other 4xx).
@@ -231,6 +231,19 @@ impl GraphError {
         matches!(self, Self::NotFound { .. })
     }
 
+    /// True when a delta link can no longer be used and a full resync is needed
+    /// (`410 Gone`, or `syncStateNotFound` / `resyncRequired`, graph-api.md §5.5).
+    pub fn is_resync_required(&self) -> bool {
+        match self {
+            Self::BadRequest { status: 410, .. } => true,
+            Self::BadRequest { code, .. } | Self::NotFound { code, .. } => {
+                code.eq_ignore_ascii_case("syncStateNotFound")
+                    || code.eq_ignore_ascii_case("resyncRequired")
+            }
+            _ => false,
+        }
+    }
+
     /// True for a 403.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Forbidden { .. })
@@ -307,7 +320,7 @@ pub fn permission_hint(operation: &str) -> &'static str {
         | "get_request" => {
             "EntitlementManagement.Read.All (or the Catalog reader role on the package's catalog); a tenant without an Entra ID Governance/P2 licence also gets 403"
         }
-        "list_group_members" | "list_group_owners" | "group_delta" => {
+        "list_group_members" | "list_group_owners" | "group_members_delta" => {
             "GroupMember.Read.All (hidden-membership groups also need Member.Read.Hidden)"
         }
         "list_app_role_assignments" => "Application.Read.All",
@@ -383,7 +396,7 @@ mod tests {
             code: "Authorization_RequestDenied".into(),
             message: "Insufficient privileges".into(),
             request_id: None,
-            permission: permission_hint("list_group_members"),
+            hint: permission_hint("list_group_members"),
         };
         assert!(e.to_string().contains("GroupMember.Read.All"));
         assert!(e.is_forbidden() && !e.is_not_found());

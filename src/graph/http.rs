@@ -1,7 +1,7 @@
 //! The HTTP core shared by Graph calls and token requests: bounded concurrency, correlation
 //! headers, retries with `Retry-After`, and per-operation counters.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -32,8 +32,8 @@ pub enum RetryMode {
     NonIdempotent,
 }
 
-/// A response with its body read. Any status; the caller maps errors.
-#[derive(Debug)]
+/// A response with its body read. Any status; the caller maps errors. Deliberately not
+/// `Debug`: for the token endpoint the body holds the access token.
 pub struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
@@ -70,6 +70,23 @@ pub(crate) struct Http {
     backoff_cap: Duration,
     max_retry_after: Duration,
     stats: Mutex<BTreeMap<&'static str, OperationStats>>,
+    /// Per throttling scope, the instant before which no call may be sent (the latest
+    /// `Retry-After` the server gave). Graph throttles per app and tenant, so the wait applies
+    /// to every caller of this client, not only to the call that was refused.
+    gates: Mutex<HashMap<&'static str, Instant>>,
+}
+
+/// Which Graph throttling budget a path draws from: entitlement management, the token
+/// endpoint, or the directory (users, groups, service principals: one shared bucket,
+/// graph-api.md §6.2).
+fn throttle_scope(path: &str) -> &'static str {
+    if path.contains("/identityGovernance/") {
+        "entitlement"
+    } else if path.ends_with("/oauth2/v2.0/token") {
+        "token"
+    } else {
+        "directory"
+    }
 }
 
 impl Http {
@@ -113,6 +130,7 @@ impl Http {
             backoff_cap: config.backoff_cap,
             max_retry_after: config.max_retry_after,
             stats: Mutex::new(BTreeMap::new()),
+            gates: Mutex::new(HashMap::new()),
         })
     }
 
@@ -144,6 +162,24 @@ impl Http {
                 Some(q) => format!("{}?{q}", request.url().path()),
                 None => request.url().path().to_string(),
             };
+            let gate = throttle_scope(request.url().path());
+            if let Some(wait) = self.gate_wait(gate) {
+                if wait > self.max_retry_after {
+                    self.count(operation, |s| s.throttled += 1);
+                    return Err(GraphError::Throttled {
+                        operation,
+                        retry_after: Some(wait),
+                        request_id: None,
+                    });
+                }
+                debug!(
+                    operation,
+                    gate,
+                    wait_ms = wait.as_millis() as u64,
+                    "waiting for an earlier Retry-After"
+                );
+                tokio::time::sleep(wait).await;
+            }
             self.count(operation, |s| {
                 s.requests += 1;
                 if attempt > 0 {
@@ -187,6 +223,11 @@ impl Http {
                     );
                     if status == StatusCode::TOO_MANY_REQUESTS {
                         self.count(operation, |s| s.throttled += 1);
+                    }
+                    if matches!(status.as_u16(), 429 | 503)
+                        && let Some(d) = retry_after
+                    {
+                        self.close_gate(gate, d);
                     }
                     let retryable = match (status.as_u16(), mode) {
                         (429, _) => true,
@@ -245,7 +286,33 @@ impl Http {
         }
     }
 
-    fn backoff(&self, attempt: u32) -> Duration {
+    /// How long calls in `scope` must still wait because of an earlier `Retry-After`.
+    fn gate_wait(&self, scope: &'static str) -> Option<Duration> {
+        let gates = self.gates.lock().ok()?;
+        let until = *gates.get(scope)?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Records that the server asked for no calls in `scope` for `after`.
+    fn close_gate(&self, scope: &'static str, after: Duration) {
+        let until = Instant::now() + after;
+        if let Ok(mut gates) = self.gates.lock() {
+            let entry = gates.entry(scope).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+    }
+
+    pub(crate) fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    pub(crate) fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         backoff(
             attempt,
             self.backoff_base,

@@ -17,7 +17,10 @@ pub mod models;
 pub mod odata;
 pub mod retry;
 
-pub use client::{GraphClient, GraphRequest, GraphResponse};
+pub use client::{
+    BatchItem, BatchResult, GraphClient, GraphRequest, GraphResponse, GroupMembershipDelta,
+    MemberChanges,
+};
 pub use config::{Credential, GraphArgs, GraphConfig, Secret};
 pub use error::{GraphError, TokenFailure};
 pub use http::{OperationStats, RetryMode};

@@ -372,6 +372,43 @@ pub struct DirectoryObject {
     pub odata_type: Option<String>,
 }
 
+/// A group as returned by `GET /groups/delta?$select=members` (§5.5).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaGroup {
+    pub id: String,
+    /// Membership changes on this page; entries without `@removed` are additions.
+    #[serde(
+        rename = "members@delta",
+        default,
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub members_delta: Vec<DeltaMember>,
+    /// Present when the group itself was deleted.
+    #[serde(rename = "@removed", default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Removed>,
+}
+
+/// One `members@delta` entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeltaMember {
+    pub id: String,
+    #[serde(
+        rename = "@odata.type",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub odata_type: Option<String>,
+    #[serde(rename = "@removed", default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<Removed>,
+}
+
+/// `@removed: {"reason": "changed" | "deleted"}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Removed {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
 /// `appRoleAssignment` (§5.4) as listed by `appRoleAssignedTo`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -413,8 +450,23 @@ pub struct ErrorBody {
 pub struct TokenResponse {
     #[serde(default)]
     pub token_type: Option<String>,
+    /// Seconds. Entra v2 sends a number; older endpoints and some emulators send a string.
+    #[serde(deserialize_with = "number_or_string")]
     pub expires_in: u64,
     pub access_token: String,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(n) => Ok(n),
+        Raw::Text(t) => t.trim().parse().map_err(serde::de::Error::custom),
+    }
 }
 
 /// The Entra token endpoint's error body (§1.4). Safe to log: carries no secret.
@@ -451,5 +503,22 @@ mod tests {
         assert_eq!(a.target.unwrap().object_id.as_deref(), Some("u1"));
         let s: AssignmentState = serde_json::from_str("\"somethingElse\"").unwrap();
         assert_eq!(s, AssignmentState::Unknown);
+    }
+
+    #[test]
+    fn token_lifetime_accepts_number_or_string() {
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"token_type":"Bearer","expires_in":3599,"access_token":"a"}"#)
+                .unwrap();
+        assert_eq!(t.expires_in, 3599);
+        let t: TokenResponse = serde_json::from_str(
+            r#"{"expires_in":"3599","ext_expires_in":"3599","access_token":"a"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.expires_in, 3599);
+        assert!(
+            serde_json::from_str::<TokenResponse>(r#"{"expires_in":"soon","access_token":"a"}"#)
+                .is_err()
+        );
     }
 }

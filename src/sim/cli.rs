@@ -72,6 +72,15 @@ impl SimArgs {
 
 /// Starts the simulator, prints `export` lines on stdout, serves until Ctrl-C/SIGTERM.
 pub async fn run(args: SimArgs) -> anyhow::Result<()> {
+    run_until(args, &mut std::io::stdout(), wait_for_signal()).await
+}
+
+/// [`run`] with the output and the stop signal supplied by the caller.
+async fn run_until(
+    args: SimArgs,
+    out: &mut (dyn Write + Send),
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let mut scenario = match &args.scenario {
         Some(p) => Scenario::from_file(p)?,
         None => Scenario::demo(),
@@ -82,18 +91,15 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
     let handle = Simulator::start(scenario, args.options())
         .await
         .context("starting the Graph simulator")?;
-    {
-        let mut out = std::io::stdout().lock();
-        out.write_all(handle.env_exports().as_bytes())?;
-        out.flush()?;
-    }
+    out.write_all(handle.env_exports().as_bytes())?;
+    out.flush()?;
     eprintln!(
         "redeliver sim: Graph at {}/v1.0, tokens at {}, admin API at {} — Ctrl-C to stop",
         handle.graph_url,
         handle.token_url(),
         handle.admin_url
     );
-    wait_for_signal().await;
+    stop.await;
     eprintln!("redeliver sim: shutting down");
     handle.shutdown().await;
     Ok(())
@@ -148,5 +154,38 @@ mod tests {
         assert_eq!(o.reprocess_delay, Duration::from_millis(500));
         assert_eq!(o.ru_bucket.map(|b| b.window_ms), Some(10_000));
         assert_eq!(o.listen.port(), 8080);
+    }
+
+    #[tokio::test]
+    async fn run_prints_exports_first_and_serves_until_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cli = Cli::parse_from([
+            "x",
+            "--listen",
+            "127.0.0.1:0",
+            "--seed",
+            "9",
+            "--tls-ca-out",
+            ca.to_str().unwrap(),
+        ]);
+        let mut out = Vec::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let ca_check = ca.clone();
+        let stop = async move {
+            // The CA file exists while serving; then stop.
+            assert!(ca_check.exists());
+            let _ = tx.send(());
+        };
+        run_until(cli.sim, &mut out, stop).await.unwrap();
+        rx.await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let first = text.lines().next().unwrap();
+        assert!(
+            first.starts_with("export AZURE_TENANT_ID='8c3f7a52-"),
+            "{text}"
+        );
+        assert!(text.contains("export REDELIVER_GRAPH_URL='https://127.0.0.1:"));
+        assert!(text.contains("export AZURE_CLIENT_SECRET='sim-secret-contoso'"));
     }
 }

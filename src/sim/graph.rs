@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
-    is_guid, nested_expand, page,
+    is_guid, nested_expand, page, page_lazy,
 };
 use super::server::{Shared, Sim, method_not_allowed};
 use super::state::{
@@ -187,7 +187,7 @@ fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
         }
     };
     let sel = q.select();
-    let items: Vec<Value> = w
+    let items: Vec<_> = w
         .users
         .iter()
         .filter(|u| {
@@ -200,9 +200,16 @@ fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                 })
             })
         })
-        .map(|u| apply_select(strip_type(user_json(w, u)), sel.as_deref(), &[]))
         .collect();
-    page(items, q, base, path, "users", "Request_BadRequest")
+    page_lazy(
+        items,
+        |u| apply_select(strip_type(user_json(w, u)), sel.as_deref(), &[]),
+        q,
+        base,
+        path,
+        "users",
+        "Request_BadRequest",
+    )
 }
 
 fn get_user(w: &World, key: &str, q: &Query) -> GResult {
@@ -287,13 +294,11 @@ fn list_group_rel(
         &g.members
     };
     let sel = q.select();
-    let items: Vec<Value> = set
-        .iter()
-        .map(|oid| apply_select(directory_object_json(w, oid), sel.as_deref(), &[]))
-        .collect();
+    let items: Vec<&String> = set.iter().collect();
     let count = set.len();
-    let mut reply = page(
+    let mut reply = page_lazy(
         items,
+        |oid| apply_select(directory_object_json(w, oid), sel.as_deref(), &[]),
         q,
         base,
         path,
@@ -929,7 +934,7 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
         ],
         &[],
     )?;
-    let items = w
+    let items: Vec<_> = w
         .assignments
         .iter()
         .filter(|a| {
@@ -945,10 +950,10 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                 })
             })
         })
-        .map(|a| assignment_select(w, a, q))
         .collect();
-    page(
+    page_lazy(
         items,
+        |a| assignment_select(w, a, q),
         q,
         base,
         path,
@@ -1015,7 +1020,7 @@ fn request_select(w: &World, r: &Request, q: &Query) -> Value {
 
 fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     let f: Option<Filter> = em_filter(q, &["accessPackage/id", "state", "requestType", "id"], &[])?;
-    let items = w
+    let items: Vec<_> = w
         .requests
         .iter()
         .filter(|r| {
@@ -1029,10 +1034,10 @@ fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                 })
             })
         })
-        .map(|r| request_select(w, r, q))
         .collect();
-    page(
+    page_lazy(
         items,
+        |r| request_select(w, r, q),
         q,
         base,
         path,

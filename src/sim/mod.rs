@@ -341,7 +341,29 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/common/discovery/instance", get(token::instance_discovery))
         .merge(admin::router())
         .fallback(server::entry)
+        .layer(axum::middleware::from_fn(correlation))
         .with_state(shared)
+}
+
+/// Gives token, discovery and admin responses the same `request-id` /
+/// `client-request-id` headers Graph responses carry (Graph paths set their own).
+async fn correlation(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let client_request_id = req.headers().get("client-request-id").cloned();
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    if !headers.contains_key("request-id") {
+        let id = server::new_request_id();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+            headers.insert("request-id", v.clone());
+            if !headers.contains_key("client-request-id") {
+                headers.insert("client-request-id", client_request_id.unwrap_or(v));
+            }
+        }
+    }
+    resp
 }
 
 mod token;

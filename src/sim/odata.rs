@@ -560,6 +560,19 @@ pub(crate) fn page(
     context: &str,
     bad_code: &str,
 ) -> GResult {
+    page_lazy(items, |v| v, q, base, path, context, bad_code)
+}
+
+/// Like [`page`], rendering only the items of the requested page (large collections).
+pub(crate) fn page_lazy<T>(
+    items: Vec<T>,
+    render: impl FnMut(T) -> Value,
+    q: &Query,
+    base: &str,
+    path: &str,
+    context: &str,
+    bad_code: &str,
+) -> GResult {
     let size = q.top(bad_code)?.unwrap_or(DEFAULT_PAGE);
     let offset = match q.get("skiptoken") {
         None => 0,
@@ -568,7 +581,12 @@ pub(crate) fn page(
         })?,
     };
     let total = items.len();
-    let value: Vec<Value> = items.into_iter().skip(offset).take(size).collect();
+    let value: Vec<Value> = items
+        .into_iter()
+        .skip(offset)
+        .take(size)
+        .map(render)
+        .collect();
     let mut body = json!({
         "@odata.context": format!("{base}/v1.0/$metadata#{context}"),
         "value": value,

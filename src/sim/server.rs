@@ -365,15 +365,19 @@ pub(crate) fn graph_call(
     })
 }
 
+/// The path token-endpoint requests are matched under for faults (`pathPrefix: /oauth2`),
+/// whatever tenant segment they carry. Faults without a prefix never hit the token endpoint.
+pub(crate) const TOKEN_FAULT_PATH: &str = "/oauth2";
+
 fn scope_matches(scope: &FaultScope, method: &Method, path: &str) -> bool {
     let method_ok = scope
         .method
         .as_deref()
         .is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()));
     let path_ok = match scope.path_prefix.as_deref() {
-        None => path != "/v1.0/$batch",
+        None => path.starts_with("/v1.0/") && path != "/v1.0/$batch",
         Some(p) => {
-            let p = if p.starts_with("/v1.0") {
+            let p = if p.starts_with("/v1.0") || p.starts_with(TOKEN_FAULT_PATH) {
                 p.to_string()
             } else {
                 format!("/v1.0{}{p}", if p.starts_with('/') { "" } else { "/" })
@@ -395,7 +399,7 @@ fn fault_scope(spec: &FaultSpec) -> Option<&FaultScope> {
 }
 
 /// Finds the first active fault matching the request and `want`, consuming one use.
-fn take_fault(
+pub(crate) fn take_fault(
     sim: &mut Sim,
     method: &Method,
     path: &str,
@@ -413,7 +417,7 @@ fn take_fault(
     Some(f.spec.clone())
 }
 
-fn take_latency(shared: &Shared, method: &Method, path: &str) -> Duration {
+pub(crate) fn take_latency(shared: &Shared, method: &Method, path: &str) -> Duration {
     let mut sim = shared.lock();
     match take_fault(&mut sim, method, path, |s| {
         matches!(s, FaultSpec::Latency { .. })

@@ -445,9 +445,15 @@ impl World {
                 s => s,
             };
             let (pkg, pol, target) = {
-                let asg = w.assignment(&aid).ok_or_else(|| {
-                    ScenarioError::invalid(&field, "assignment vanished while loading")
-                })?;
+                // scenario_assignment just pushed it; a lookup by id would make loading
+                // quadratic for large synthetic tenants.
+                let asg = w
+                    .assignments
+                    .last()
+                    .filter(|a| a.id == aid)
+                    .ok_or_else(|| {
+                        ScenarioError::invalid(&field, "assignment vanished while loading")
+                    })?;
                 (
                     asg.package_id.clone(),
                     asg.policy_id.clone(),

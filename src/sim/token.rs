@@ -7,13 +7,15 @@ use std::time::Instant;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use jiff::Timestamp;
 use rand::Rng;
 use serde_json::{Value, json};
 
-use super::server::{LogEntry, Shared, new_request_id};
+use super::server::{
+    FaultSpec, LogEntry, Shared, fmt_seconds, new_request_id, take_fault, take_latency,
+};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -295,9 +297,50 @@ pub(crate) async fn token(
     let form: Vec<(String, String)> = url::form_urlencoded::parse(&body)
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let (status, body) = match issue(&shared, &tenant, &form, &headers) {
-        Ok(v) => (StatusCode::OK, v),
-        Err(e) => error_response(&shared, e),
+    let fault_path = "/oauth2/v2.0/token";
+    let latency = take_latency(&shared, &Method::POST, fault_path);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let want: fn(&FaultSpec) -> bool =
+        |s| matches!(s, FaultSpec::Throttle { .. } | FaultSpec::Error { .. });
+    let fault = take_fault(&mut shared.lock(), &Method::POST, fault_path, want);
+    let mut retry_after = None;
+    let (status, body) = match fault {
+        Some(FaultSpec::Throttle {
+            retry_after: ra, ..
+        }) => {
+            retry_after = Some(ra);
+            error_response(
+                &shared,
+                terr(
+                    429,
+                    "temporarily_unavailable",
+                    50196,
+                    "The server is throttling requests (injected by the simulator).",
+                ),
+            )
+        }
+        Some(FaultSpec::Error {
+            status,
+            retry_after: ra,
+            ..
+        }) => {
+            retry_after = ra;
+            error_response(
+                &shared,
+                terr(
+                    status,
+                    "temporarily_unavailable",
+                    90033,
+                    "A transient error has occurred (injected by the simulator). Please try again.",
+                ),
+            )
+        }
+        _ => match issue(&shared, &tenant, &form, &headers) {
+            Ok(v) => (StatusCode::OK, v),
+            Err(e) => error_response(&shared, e),
+        },
     };
     let request_id = new_request_id();
     shared.record(LogEntry {
@@ -313,6 +356,9 @@ pub(crate) async fn token(
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = request_id.parse() {
         resp.headers_mut().insert("x-ms-request-id", v);
+    }
+    if let Some(Ok(v)) = retry_after.map(|ra| fmt_seconds(ra).parse()) {
+        resp.headers_mut().insert("retry-after", v);
     }
     if let Ok(v) = "no-store".parse() {
         resp.headers_mut().insert("cache-control", v);

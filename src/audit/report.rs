@@ -1,0 +1,154 @@
+//! The audit report: one row per declared assignment (and per drifted assignment a guard
+//! found), rendered as a table, JSON or YAML.
+
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use serde::Serialize;
+
+/// What `redeliver audit` concluded for one assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Graph says delivered and every verifiable resource is really there.
+    Delivered,
+    /// Graph says delivered but resources are missing.
+    Drifted,
+    /// The user has no assignment of the package.
+    NotAssigned,
+    /// Delivery or a repair is in progress.
+    Pending,
+    /// Graph reports a failed or partial delivery.
+    Failed,
+    /// The assignment has expired.
+    Expired,
+    /// The declaration cannot be satisfied as written, or a human is needed.
+    Stalled,
+    /// Membership could not be read, so nothing can be claimed.
+    Unknown,
+    /// The declaration could not be checked (Graph error).
+    Error,
+}
+
+impl Verdict {
+    /// Whether this row keeps the audit from passing.
+    pub fn is_delivered(self) -> bool {
+        self == Verdict::Delivered
+    }
+}
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// `namespace/name` of the declaration (for guard rows, the guard's).
+    pub declaration: String,
+    pub target: String,
+    pub package: String,
+    /// `assignment.status` as Graph reports it, or `-`.
+    pub graph_status: String,
+    pub present: usize,
+    /// Verifiable resources the package promises.
+    pub promised: usize,
+    pub verdict: Verdict,
+    /// What Redeliver did or would do.
+    pub action: String,
+    /// Names of the missing resources.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<String>,
+    /// A sentence for the human (reason, candidates, error).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// The whole report, with the before state when repairs were made.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<Vec<Row>>,
+    pub rows: Vec<Row>,
+    pub summary: Summary,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// Counts over the final rows.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Summary {
+    pub total: usize,
+    pub delivered: usize,
+    pub drifted: usize,
+    pub not_assigned: usize,
+    pub other: usize,
+    pub errors: usize,
+    pub actions_taken: usize,
+}
+
+impl Summary {
+    pub fn of(rows: &[Row], actions_taken: usize) -> Self {
+        let mut s = Summary {
+            total: rows.len(),
+            actions_taken,
+            ..Default::default()
+        };
+        for row in rows {
+            match row.verdict {
+                Verdict::Delivered => s.delivered += 1,
+                Verdict::Drifted => s.drifted += 1,
+                Verdict::NotAssigned => s.not_assigned += 1,
+                Verdict::Error | Verdict::Stalled => s.errors += 1,
+                _ => s.other += 1,
+            }
+        }
+        s
+    }
+}
+
+/// Renders rows as a terminal table.
+pub fn table(rows: &[Row]) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header([
+            "DECLARATION",
+            "TARGET",
+            "PACKAGE",
+            "GRAPH",
+            "RESOURCES",
+            "VERDICT",
+            "ACTION",
+        ]);
+    for r in rows {
+        t.add_row([
+            r.declaration.clone(),
+            r.target.clone(),
+            r.package.clone(),
+            r.graph_status.clone(),
+            format!("{}/{}", r.present, r.promised),
+            format!("{:?}", r.verdict),
+            r.action.clone(),
+        ]);
+    }
+    t.to_string()
+}
+
+/// Human-readable details under the table: missing resources and messages.
+pub fn details(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        if r.missing.is_empty() && r.message.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "- {} ({} / {}):",
+            r.declaration, r.target, r.package
+        ));
+        if !r.missing.is_empty() {
+            out.push_str(&format!(" missing {};", r.missing.join(", ")));
+        }
+        if !r.message.is_empty() {
+            out.push_str(&format!(" {}", r.message));
+        }
+        out.push('\n');
+    }
+    out
+}

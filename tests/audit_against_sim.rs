@@ -1,0 +1,306 @@
+//! `redeliver audit` and the observation layer against the Graph simulator over real HTTP
+//! on 127.0.0.1: request counts, repair bounds and permissions, measured from the
+//! simulator's own request log.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use redeliver::api::AccessPackageAssignment;
+use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::observe::Observer;
+use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+
+const CLEARED_ENV: [&str; 7] = [
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "REDELIVER_GRAPH_URL",
+    "REDELIVER_CLIENT_SECRET_FILE",
+];
+
+fn fast() -> SimOptions {
+    SimOptions {
+        request_delay: Duration::from_millis(200),
+        reprocess_delay: Duration::from_millis(200),
+        ..SimOptions::default()
+    }
+}
+
+/// Runs the audit binary against `sim` and returns (exit code, stdout, stderr).
+async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> (i32, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in CLEARED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
+        .env("AZURE_CLIENT_ID", &sim.client_id)
+        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
+        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
+        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .arg("audit")
+        .arg("-f")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null());
+    let out = cmd.output().await.expect("the redeliver binary runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String {
+    format!(
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {name}, namespace: access}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {upn}}}\n{reprocess}---\n"
+    )
+}
+
+fn client_for(sim: &SimHandle) -> GraphClient {
+    let config = GraphArgs {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        client_secret: Some(Secret::new(sim.client_secret.clone())),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphArgs::with_defaults()
+    }
+    .validate()
+    .expect("simulator config is valid");
+    GraphClient::new(config).expect("client builds")
+}
+
+#[tokio::test]
+async fn auditing_200_assignments_sharing_3_groups_reads_each_group_once() {
+    let sim = Simulator::start(Scenario::synthetic("fabrikam", 200, 1, 3, 0), fast())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let docs: String = (0..200)
+        .map(|i| {
+            declaration(
+                &format!("user{i}"),
+                "pkg-0",
+                &format!("user{i}@fabrikam.com"),
+                "",
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("all.yaml"), docs).unwrap();
+    sim.clear_request_log();
+
+    let (code, stdout, stderr) = audit(&sim, dir.path(), &["-o", "json"]).await;
+    assert_eq!(code, 0, "all delivered\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["summary"]["delivered"], 200);
+
+    let members_reads = sim.count_requests("GET", "/v1.0/groups/");
+    assert_eq!(
+        members_reads, 3,
+        "one members read per group, not per assignment"
+    );
+    let assignment_lists = sim.count_requests(
+        "GET",
+        "/v1.0/identityGovernance/entitlementManagement/assignments",
+    );
+    // One listing of the package's assignments: 200 items at Graph's default page size of
+    // 100 is exactly two pages.
+    assert_eq!(
+        assignment_lists, 2,
+        "the package's assignments are listed once (2 pages)"
+    );
+    let user_lookups = sim.count_requests("GET", "/v1.0/users/");
+    assert_eq!(user_lookups, 200, "each declared user is resolved once");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn disabled_reprocess_mode_reports_drift_and_never_reprocesses() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("alice.yaml"),
+        declaration(
+            "alice-finance",
+            "Finance Analysts",
+            "alice@contoso.com",
+            "  reprocess: {mode: Disabled}\n",
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = audit(&sim, dir.path(), &["--reprocess", "-o", "json"]).await;
+    assert_eq!(code, 2, "drift remains\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["rows"][0]["verdict"], "Drifted");
+    assert_eq!(report["summary"]["actionsTaken"], 0);
+    assert_eq!(sim.count_requests("POST", "/v1.0/identityGovernance"), 0);
+    assert!(!sim.is_member("fin-writers", "alice@contoso.com"));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn forbidden_membership_read_names_the_missing_permission() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("bob.yaml"),
+        declaration("bob-finance", "Finance Analysts", "bob@contoso.com", ""),
+    )
+    .unwrap();
+    let fault: redeliver::sim::FaultSpec = serde_json::from_value(serde_json::json!({
+        "kind": "error", "status": 403, "pathPrefix": "/v1.0/groups", "count": 100
+    }))
+    .unwrap();
+    sim.inject_fault(fault);
+    let (code, stdout, stderr) = audit(&sim, dir.path(), &[]).await;
+    assert_eq!(code, 1, "cannot verify → error\n{stdout}\n{stderr}");
+    assert!(stdout.contains("GroupMember.Read.All"), "{stdout}");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn max_attempts_bound_reprocess_that_never_lands() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let fault: redeliver::sim::FaultSpec = serde_json::from_value(
+        serde_json::json!({"kind": "silentReprocess", "durationMs": 600000}),
+    )
+    .unwrap();
+    sim.inject_fault(fault);
+    let observer = Observer::new(client_for(&sim), 4);
+    let apa: AccessPackageAssignment = serde_norway::from_str(
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {name: alice, namespace: access, generation: 1}\nspec:\n  accessPackage: {displayName: Finance Analysts}\n  target: {userPrincipalName: alice@contoso.com}\n  reprocess: {mode: Auto, maxAttempts: 2, cooldown: 5m}\n",
+    )
+    .unwrap();
+    let settings = EngineSettings::default();
+    let mut status = None;
+    let mut now = jiff::Timestamp::now();
+    let mut reprocessed = 0;
+    // Far more passes than attempts, each past the cooldown: the engine must stop at 2.
+    for _ in 0..6 {
+        observer.refresh().await;
+        let package_id = observer
+            .resolve_package_id(&apa.spec.access_package)
+            .await
+            .unwrap();
+        let view = observer.package_view(&package_id).await.unwrap();
+        let target = observer.resolve_target(&apa.spec.target).await.unwrap();
+        let snapshot = observer.snapshot(view.resources.iter()).await;
+        let assignment = view.assignment_for(&target);
+        let plan = engine::plan_assignment(
+            &engine::AssignmentInput {
+                generation: Some(1),
+                spec: &apa.spec,
+                previous: status.as_ref(),
+                reprocess_annotation: None,
+                resolved: Ok(engine::ResolvedIds {
+                    access_package_id: package_id.clone(),
+                    access_package_name: view.package.display_name.clone(),
+                    policy: Observer::resolve_policy(&view, None),
+                    target_object_id: target.clone(),
+                    target_name: None,
+                }),
+                assignment: assignment.as_ref(),
+                latest_request: None,
+                resources: &view.resources,
+                snapshot: &snapshot,
+                settings: &settings,
+            },
+            now,
+        );
+        if let Action::ReprocessAssignment { assignment_id } = &plan.action {
+            observer
+                .graph()
+                .reprocess_assignment(assignment_id)
+                .await
+                .unwrap();
+            reprocessed += 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+        status = Some(plan.status);
+        now += jiff::SignedDuration::from_secs(6 * 60);
+    }
+    let status = status.unwrap();
+    assert_eq!(reprocessed, 2, "maxAttempts bounds the reprocess calls");
+    assert_eq!(
+        sim.count_requests(
+            "POST",
+            "/v1.0/identityGovernance/entitlementManagement/assignments/"
+        ),
+        2,
+        "the simulator saw exactly two reprocess calls"
+    );
+    let stalled = engine::conditions::find(&status.conditions, engine::conditions::STALLED)
+        .expect("Stalled condition");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(
+        stalled.reason,
+        engine::conditions::reason::REPROCESS_EXHAUSTED
+    );
+    assert!(
+        stalled.message.contains("fin-writers"),
+        "{}",
+        stalled.message
+    );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn standalone_sim_then_repair_then_plain_audit_is_in_sync() {
+    // `redeliver sim` as its own process, configured only by the export lines it prints.
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut env = Vec::new();
+    while env.len() < 5 {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("sim prints its environment")
+            .unwrap()
+            .expect("sim keeps running");
+        if let Some(rest) = line.strip_prefix("export ") {
+            let (k, v) = rest.split_once('=').unwrap();
+            env.push((k.to_string(), v.trim_matches(['\'', '"']).to_string()));
+        }
+    }
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let run = |extra: &'static [&'static str]| {
+        let env = env.clone();
+        let examples = examples.clone();
+        async move {
+            let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+            for var in CLEARED_ENV {
+                cmd.env_remove(var);
+            }
+            cmd.envs(env)
+                .env("NO_PROXY", "127.0.0.1,localhost")
+                .arg("audit")
+                .arg("-f")
+                .arg(examples)
+                .args(extra);
+            let out = cmd.output().await.unwrap();
+            (
+                out.status.code().unwrap_or(-1),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let (code, out, err) = run(&["--reprocess", "--wait", "60s"]).await;
+    assert_eq!(code, 0, "repair converges\n{out}\n{err}");
+    let (code, out, err) = run(&[]).await;
+    assert_eq!(code, 0, "a plain audit afterwards is in sync\n{out}\n{err}");
+    assert!(!out.contains("Drifted"), "{out}");
+    sim.kill().await.ok();
+}
