@@ -704,3 +704,32 @@ async fn missing_crd_fails_fast_with_the_install_command() {
     );
     assert!(err.contains("AccessPackageAssignment"), "{err}");
 }
+
+#[tokio::test]
+async fn objects_of_one_package_share_each_resource_read() {
+    let mut env = Env::start().await;
+    let first = for_user("bob-1", "bob@contoso.com");
+    let task = env.reconcile(&first);
+    env.api.expect_status_patch(&first).await;
+    let verified = env.api.expect_status_patch(&first).await;
+    env.api.expect_event(&first).await;
+    task.await.unwrap().unwrap();
+    // A second and third object for the same package within the window: no membership
+    // read again, and (their status being current) no Kubernetes write either.
+    for name in ["bob-2", "bob-3"] {
+        let other = with_status(&for_user(name, "bob@contoso.com"), &verified);
+        env.reconcile(&other).await.unwrap().unwrap();
+    }
+    env.api.expect_silence().await;
+    let readers = env.sim.group_id("fin-readers").unwrap();
+    let writers = env.sim.group_id("fin-writers").unwrap();
+    for g in [readers, writers] {
+        assert_eq!(
+            env.sim
+                .count_requests("GET", &format!("/v1.0/groups/{g}/members")),
+            1,
+            "one read of group {g} serves every object"
+        );
+    }
+    assert_eq!(env.sim.count_requests("GET", "/v1.0/servicePrincipals/"), 1);
+}

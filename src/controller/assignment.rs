@@ -14,7 +14,7 @@ use super::Error;
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
 };
-use super::observation::Resolution;
+use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
     REPROCESS_ANNOTATION, validate_assignment_spec,
@@ -22,11 +22,12 @@ use crate::api::{
 use crate::engine::conditions::{DELIVERED, find, first_visit_conditions};
 use crate::engine::{
     Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
-    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, pick_assignment,
-    pick_latest_request, plan_assignment, record_action_failure, record_request_submitted,
+    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, pick_latest_request,
+    plan_assignment, record_action_failure, record_request_submitted,
 };
 use crate::graph::GraphError;
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestType};
+use crate::observe::{Observer, PackageView, stable_message};
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
@@ -133,7 +134,6 @@ async fn observe(
     obj: &AccessPackageAssignment,
     previous: Option<&AccessPackageAssignmentStatus>,
 ) -> Result<Observed, GraphError> {
-    let obs = &ctx.observations;
     let spec = &obj.spec;
     let empty = |resolved| Observed {
         resolved,
@@ -142,60 +142,73 @@ async fn observe(
         resources: Vec::new(),
         snapshot: Snapshot::new(),
     };
-    let package = match obs.package(&spec.access_package).await? {
-        Ok(p) => p,
+    let observer = ctx.observations.observer();
+    let package_id = match split(observer.resolve_package_id(&spec.access_package).await)? {
+        Ok(id) => id,
         Err(f) => return Ok(empty(Err(f))),
     };
-    let user = match obs.user(&spec.target).await? {
-        Ok(u) => u,
+    let view = match split(observer.package_view(&package_id).await)? {
+        Ok(v) => v,
         Err(f) => return Ok(empty(Err(f))),
     };
-    let policy: Resolution<String> = obs
-        .policy(&package, spec.assignment_policy.as_ref())
-        .await?;
-    let package_id = package.package.id.clone();
-    let assignments = obs.graph().find_assignments(&package_id, &user.id).await?;
-    let assignment = pick_assignment(&assignments).cloned();
+    let target = match split(observer.resolve_target(&spec.target).await)? {
+        Ok(t) => t,
+        Err(f) => return Ok(empty(Err(f))),
+    };
+    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
+    let assignment = view.assignment_for(&target);
     let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
-        Some(id) => obs.graph().get_request(id).await?,
-        None if assignment
-            .as_ref()
-            .is_none_or(|a| a.state != AssignmentState::Delivered) =>
-        {
-            let requests = obs.requests(&package_id).await?;
-            let ids: Vec<&str> = assignments.iter().map(|a| a.id.as_str()).collect();
-            let mine: Vec<AssignmentRequest> = requests
-                .iter()
-                .filter(|r| r.request_type.is_add())
-                .filter(|r| {
-                    r.assignment.as_ref().is_some_and(|a| {
-                        a.id.as_deref().is_some_and(|id| ids.contains(&id))
-                            || a.target
-                                .as_ref()
-                                .and_then(|t| t.object_id.as_deref())
-                                .is_some_and(|t| t.eq_ignore_ascii_case(&user.id))
-                    })
-                })
-                .cloned()
-                .collect();
-            pick_latest_request(&mine).cloned()
-        }
-        None => None,
+        // The request we submitted: read it directly, fresh and with its target.
+        Some(id) => ctx.observations.graph().get_request(id).await?,
+        None => latest_request_of(&view, &target),
     };
-    let snapshot = obs.snapshot(&package.resources).await;
+    let snapshot = ctx.observations.snapshot(&view.resources).await;
     Ok(Observed {
         resolved: Ok(ResolvedIds {
             access_package_id: package_id,
-            access_package_name: package.package.display_name.clone(),
+            access_package_name: view.package.display_name.clone(),
             policy,
-            target_object_id: user.id,
-            target_name: user.name,
+            target_object_id: target,
+            target_name: spec.target.user_principal_name.clone(),
         }),
         assignment,
         latest_request,
-        resources: package.resources.clone(),
+        resources: view.resources.clone(),
         snapshot,
     })
+}
+
+/// The target's latest add request. A listed request names its assignment but (without a
+/// nested expand) not always the assignment's target, so requests are matched through the
+/// target's assignment ids as well as through an expanded target.
+fn latest_request_of(view: &PackageView, target: &str) -> Option<AssignmentRequest> {
+    let ids: Vec<&str> = view
+        .assignments
+        .iter()
+        .filter(|a| {
+            a.target
+                .as_ref()
+                .and_then(|t| t.object_id.as_deref())
+                .is_some_and(|id| id.eq_ignore_ascii_case(target))
+        })
+        .map(|a| a.id.as_str())
+        .collect();
+    let mine: Vec<AssignmentRequest> = view
+        .requests
+        .iter()
+        .filter(|r| r.request_type.is_add())
+        .filter(|r| {
+            r.assignment.as_ref().is_some_and(|a| {
+                a.id.as_deref().is_some_and(|id| ids.contains(&id))
+                    || a.target
+                        .as_ref()
+                        .and_then(|t| t.object_id.as_deref())
+                        .is_some_and(|t| t.eq_ignore_ascii_case(target))
+            })
+        })
+        .cloned()
+        .collect();
+    pick_latest_request(&mine).cloned()
 }
 
 /// One verification pass.
@@ -326,10 +339,7 @@ async fn execute(
         EngineAction::ReprocessRequest { request_id } => graph.reprocess_request(request_id).await,
         _ => Ok(()),
     };
-    if let Ok(ids) = &observed.resolved {
-        ctx.observations
-            .invalidate_package(&ids.access_package_id, &observed.resources);
-    }
+    ctx.observations.invalidate_package(&observed.resources);
     match result {
         Ok(()) => {
             if is_reprocess {
@@ -361,7 +371,8 @@ async fn execute(
                 } else {
                     ActionFailureKind::Rejected
                 },
-                message: err.to_string(),
+                // Lands in status: a stable sentence (the request id goes to the log).
+                message: stable_message(&err),
             };
             let retry = ctx.engine.default_verify_interval;
             record_action_failure(plan, &failure, retry, now);
@@ -407,23 +418,24 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         ctx.metrics.forget_delivered(&key);
         return Ok(Action::await_change());
     }
-    let obs = &ctx.observations;
     let status = obj.status.as_ref();
+    let observer = ctx.observations.observer();
     let package_id = match status.and_then(|s| s.access_package_id.clone()) {
         Some(id) => id,
-        None => match obs.package(&obj.spec.access_package).await? {
-            Ok(p) => p.package.id.clone(),
+        None => match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
+            Ok(id) => id,
+            // Nothing that does not resolve can hold an assignment: nothing to remove.
             Err(_) => return Ok(done(ctx, &key)),
         },
     };
     let target_id = match status.and_then(|s| s.target_object_id.clone()) {
         Some(id) => id,
-        None => match obs.user(&obj.spec.target).await? {
-            Ok(u) => u.id,
+        None => match split(observer.resolve_target(&obj.spec.target).await)? {
+            Ok(id) => id,
             Err(_) => return Ok(done(ctx, &key)),
         },
     };
-    let graph = obs.graph();
+    let graph = ctx.observations.graph();
     let live: Vec<Assignment> = graph
         .find_assignments(&package_id, &target_id)
         .await?

@@ -16,6 +16,7 @@ use super::Error;
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
 };
+use super::observation::split;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus, validate_guard_spec};
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::{
@@ -81,7 +82,6 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         previous = Some(first);
     }
 
-    let obs = &ctx.observations;
     let mut resolved: Result<(String, Option<String>), ResolveFailure> = Err(ResolveFailure::new(
         ResolveFailureKind::InvalidSpec,
         "invalid declaration",
@@ -90,28 +90,19 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let mut resources = Vec::new();
     let mut snapshot = Snapshot::new();
     if validate_guard_spec(&obj.spec).is_ok() {
-        match obs.package(&obj.spec.access_package).await? {
+        let observer = ctx.observations.observer();
+        let view = match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
+            Ok(id) => split(observer.package_view(&id).await)?,
+            Err(f) => Err(f),
+        };
+        match view {
             Err(f) => resolved = Err(f),
-            Ok(package) => match obs.graph().list_assignments(&package.package.id).await {
-                Ok(list) => {
-                    assignments = list;
-                    resources = package.resources.clone();
-                    snapshot = obs.snapshot(&resources).await;
-                    resolved = Ok((
-                        package.package.id.clone(),
-                        package.package.display_name.clone(),
-                    ));
-                }
-                Err(e) if e.is_forbidden() => {
-                    resolved = Err(ResolveFailure::new(
-                        ResolveFailureKind::Forbidden,
-                        format!(
-                            "spec.accessPackage: Graph refused to list the package's assignments: {e}"
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            },
+            Ok(view) => {
+                resources = view.resources.clone();
+                snapshot = ctx.observations.snapshot(&resources).await;
+                resolved = Ok((view.package.id.clone(), view.package.display_name.clone()));
+                assignments = view.assignments;
+            }
         }
     }
     let now = Timestamp::now();
@@ -144,10 +135,8 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             done > 0
         });
     }
-    if !plan.reprocess.is_empty()
-        && let Ok((package_id, _)) = &resolved
-    {
-        obs.invalidate_package(package_id, &resources);
+    if !plan.reprocess.is_empty() {
+        ctx.observations.invalidate_package(&resources);
     }
 
     if guard_status_changed(previous.as_ref(), &plan.status) {
