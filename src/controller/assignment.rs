@@ -19,7 +19,7 @@ use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
     REPROCESS_ANNOTATION, validate_assignment_spec,
 };
-use crate::engine::conditions::{DELIVERED, find, first_visit_conditions};
+use crate::engine::conditions::first_visit_conditions;
 use crate::engine::{
     Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
     PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, pick_latest_request,
@@ -73,7 +73,6 @@ async fn dispatch(obj: Arc<AccessPackageAssignment>, ctx: &Arc<Context>) -> Resu
     let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
     let deleting = obj.meta().deletion_timestamp.is_some();
     if deleting && !has_finalizer {
-        ctx.metrics.forget_delivered(&object_key(obj.as_ref()));
         return Ok(Action::await_change());
     }
     if deleting || obj.spec.deletion_policy == DeletionPolicy::Remove {
@@ -283,11 +282,6 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     {
         ctx.metrics.drift(KIND, 1);
     }
-    let delivered = find(&plan.status.conditions, DELIVERED)
-        .map(|c| c.status.as_str())
-        .unwrap_or("Unknown");
-    ctx.metrics
-        .set_delivered(&object_key(obj.as_ref()), delivered);
     Ok(Action::requeue(jitter(plan.requeue_after)))
 }
 
@@ -400,10 +394,8 @@ async fn execute(
 /// assignment already gone (or a user or package that no longer exists) counts as done, and
 /// a removal already in flight is not submitted twice.
 async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
-    let key = object_key(obj.as_ref());
     let reference = obj.object_ref(&());
     if obj.spec.deletion_policy != DeletionPolicy::Remove {
-        ctx.metrics.forget_delivered(&key);
         return Ok(Action::await_change());
     }
     if obj.spec.suspend {
@@ -415,7 +407,6 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
             "spec.suspend is true, so the assignment was not removed from Entra ID; remove it in the Entra admin center if it must go.".into(),
         )
         .await;
-        ctx.metrics.forget_delivered(&key);
         return Ok(Action::await_change());
     }
     let status = obj.status.as_ref();
@@ -425,14 +416,14 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         None => match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
             Ok(id) => id,
             // Nothing that does not resolve can hold an assignment: nothing to remove.
-            Err(_) => return Ok(done(ctx, &key)),
+            Err(_) => return Ok(done()),
         },
     };
     let target_id = match status.and_then(|s| s.target_object_id.clone()) {
         Some(id) => id,
         None => match split(observer.resolve_target(&obj.spec.target).await)? {
             Ok(id) => id,
-            Err(_) => return Ok(done(ctx, &key)),
+            Err(_) => return Ok(done()),
         },
     };
     let graph = ctx.observations.graph();
@@ -453,7 +444,7 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
             )
             .await;
         }
-        return Ok(done(ctx, &key));
+        return Ok(done());
     };
     let pending = graph
         .list_requests(&package_id)
@@ -489,7 +480,6 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
     })
 }
 
-fn done(ctx: &Context, key: &str) -> Action {
-    ctx.metrics.forget_delivered(key);
+fn done() -> Action {
     Action::await_change()
 }

@@ -117,7 +117,18 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         settings: &ctx.engine,
     };
     let mut plan = plan_guard_sweep(&input, now);
-    ctx.metrics.drift(KIND, plan.drifted.len() as u64);
+    // Count each drift once, when first seen (the previous list is bounded, so a drift
+    // beyond it may be counted again; the bound keeps that rare).
+    let known: Vec<&str> = previous
+        .iter()
+        .flat_map(|p| p.drifted.iter().map(|d| d.assignment_id.as_str()))
+        .collect();
+    let new_drift = plan
+        .drifted
+        .iter()
+        .filter(|d| !known.contains(&d.assignment_id.as_str()))
+        .count();
+    ctx.metrics.drift(KIND, new_drift as u64);
 
     let selected = plan.reprocess.len();
     let retry_after = reprocess_selected(ctx, &mut plan, previous.as_ref()).await;

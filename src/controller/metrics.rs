@@ -2,7 +2,6 @@
 //! vocabularies — kinds, results, outcomes, Graph operation names, condition statuses — so
 //! cardinality stays bounded whatever the number of objects or users.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -15,6 +14,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use kube::runtime::reflector::Store;
+
+use crate::api::AccessPackageAssignment;
 use crate::graph::GraphClient;
 
 /// Labels of the reconciles counter.
@@ -146,27 +148,14 @@ impl Metrics {
         }
     }
 
-    /// Remembers an assignment's `Delivered` status (`True`, `False`, `Unknown`).
-    pub fn set_delivered(&self, key: &str, status: &str) {
-        let status = match status {
-            "True" => "True",
-            "False" => "False",
-            _ => "Unknown",
-        };
+    /// Counts the objects of `store` in the assignments gauge (by `Delivered` status) at
+    /// every scrape, so deleted objects drop out by themselves.
+    pub fn track_assignments(&self, store: Store<AccessPackageAssignment>) {
         self.delivered
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.to_string(), status);
-    }
-
-    /// Forgets a deleted assignment.
-    pub fn forget_delivered(&self, key: &str) {
-        self.delivered
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+            .push(store);
     }
 }
 
@@ -192,20 +181,36 @@ impl ReconcileTimer<'_> {
     }
 }
 
-#[derive(Debug, Default)]
-struct DeliveredIndex(Mutex<HashMap<String, &'static str>>);
+#[derive(Default)]
+struct DeliveredIndex(Mutex<Vec<Store<AccessPackageAssignment>>>);
 
-/// Exports `redeliver_assignments{delivered="True|False|Unknown"}` from the index at scrape
-/// time, so a deleted object simply stops being counted.
+impl std::fmt::Debug for DeliveredIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeliveredIndex")
+    }
+}
+
+/// Exports `redeliver_assignments{delivered="True|False|Unknown"}` from the watch caches at
+/// scrape time.
 #[derive(Debug)]
 struct DeliveredCollector(Arc<DeliveredIndex>);
 
 impl Collector for DeliveredCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut counts: [(&str, i64); 3] = [("True", 0), ("False", 0), ("Unknown", 0)];
-        for status in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            if let Some(slot) = counts.iter_mut().find(|(s, _)| s == status) {
-                slot.1 += 1;
+        for store in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for obj in store.state() {
+                let status = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Delivered"))
+                    .map(|c| c.status.as_str())
+                    .unwrap_or("Unknown");
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                    slot.1 += 1;
+                } else {
+                    counts[2].1 += 1;
+                }
             }
         }
         let mut family = encoder.encode_descriptor(
@@ -292,10 +297,23 @@ mod tests {
         m.reconcile_started("AccessPackageAssignment").finish("ok");
         m.reprocess("AccessPackageAssignment", "requested");
         m.drift("AccessPackageGuard", 3);
-        m.set_delivered("ns/a", "True");
-        m.set_delivered("ns/b", "False");
-        m.set_delivered("ns/c", "weird");
-        m.forget_delivered("ns/b");
+        let (store, mut writer) = kube::runtime::reflector::store::<AccessPackageAssignment>();
+        for (name, delivered) in [("a", Some("True")), ("b", None), ("c", Some("True"))] {
+            let mut obj = serde_json::json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"},
+                         "target": {"userPrincipalName": "alice@contoso.com"}}
+            });
+            if let Some(d) = delivered {
+                obj["status"] = serde_json::json!({"conditions": [{"type": "Delivered", "status": d,
+                    "reason": "Delivered", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+            }
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+                serde_json::from_value(obj).unwrap(),
+            ));
+        }
+        m.track_assignments(store);
         m.is_leader.set(1);
         let text = render(&registry).unwrap();
         assert!(
@@ -306,7 +324,10 @@ mod tests {
         );
         assert!(text.contains("redeliver_reprocess_calls_total{kind=\"AccessPackageAssignment\",outcome=\"requested\"} 1"));
         assert!(text.contains("redeliver_drift_detected_total{kind=\"AccessPackageGuard\"} 3"));
-        assert!(text.contains("redeliver_assignments{delivered=\"True\"} 1"));
+        assert!(
+            text.contains("redeliver_assignments{delivered=\"True\"} 2"),
+            "{text}"
+        );
         assert!(text.contains("redeliver_assignments{delivered=\"False\"} 0"));
         assert!(text.contains("redeliver_assignments{delivered=\"Unknown\"} 1"));
         assert!(text.contains("redeliver_is_leader 1"));

@@ -383,6 +383,7 @@ pub async fn run_controllers(
         )));
         let (reader, writer) = reflector::store();
         stores_a.push(reader.clone());
+        ctx.metrics.track_assignments(reader.clone());
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
             watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
             watcher_config.clone(),
