@@ -733,3 +733,108 @@ async fn objects_of_one_package_share_each_resource_read() {
     }
     assert_eq!(env.sim.count_requests("GET", "/v1.0/servicePrincipals/"), 1);
 }
+
+#[tokio::test]
+async fn missing_assignment_is_requested_once_and_tracked() {
+    let mut env = Env::start().await;
+    let carol = for_user("carol-finance", "carol@contoso.com");
+    let task = env.reconcile(&carol);
+    env.api.expect_status_patch(&carol).await;
+    let status = env.api.expect_status_patch(&carol).await;
+    assert_eq!(condition(&status, "Reconciling")["reason"], "Requesting");
+    let request_id = status["lastRequestId"]
+        .as_str()
+        .expect("request id recorded")
+        .to_string();
+    let (_, reason, _) = env.api.expect_event(&carol).await;
+    assert_eq!(reason, "AssignmentRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    let requests = "/v1.0/identityGovernance/entitlementManagement/assignmentRequests";
+    assert_eq!(env.sim.count_requests("POST", requests), 1);
+
+    // Next pass follows that request instead of asking again.
+    let stored = with_status(&carol, &status);
+    let task = env.reconcile(&stored);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        // Delivery may or may not have completed; either way no second adminAdd.
+        while !task.is_finished() {
+            if let Ok(Some((req, send))) =
+                tokio::time::timeout(Duration::from_millis(50), env.api.0.next_request()).await
+            {
+                let path = req.uri().path().to_string();
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                assert!(
+                    path.ends_with("/status") || path == EVENTS_PATH,
+                    "unexpected request {path}"
+                );
+                let answer = if path == EVENTS_PATH {
+                    v
+                } else {
+                    let mut o = serde_json::to_value(&stored).unwrap();
+                    o["status"] = v["status"].clone();
+                    o
+                };
+                send.send_response(json_response(&answer));
+            }
+        }
+    })
+    .await;
+    task.await.unwrap().unwrap();
+    assert_eq!(env.sim.count_requests("POST", requests), 1);
+    assert!(
+        env.sim
+            .request_log()
+            .iter()
+            .any(|e| e.method == "GET" && e.path.contains(&request_id)),
+        "the tracked request is read directly"
+    );
+}
+
+#[tokio::test]
+async fn manual_mode_reprocesses_only_on_a_new_annotation_value() {
+    let mut env = Env::start().await;
+    let manual = apa(
+        "alice-manual",
+        json!({"accessPackage": {"id": FINANCE}, "target": {"userPrincipalName": "alice@contoso.com"},
+               "reprocess": {"mode": "Manual"}}),
+    );
+    let task = env.reconcile(&manual);
+    env.api.expect_status_patch(&manual).await;
+    let status = env.api.expect_status_patch(&manual).await;
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    let (_, reason, _) = env.api.expect_event(&manual).await;
+    assert_eq!(reason, "DriftDetected");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(
+        reprocess_calls(&env.sim),
+        0,
+        "Manual mode waits for the annotation"
+    );
+
+    // The GitOps "Reprocess" button.
+    let mut pressed = with_status(&manual, &status);
+    pressed.metadata.annotations = Some(
+        [(
+            redeliver::api::REPROCESS_ANNOTATION.to_string(),
+            "2026-11-28T10:00:00Z".to_string(),
+        )]
+        .into(),
+    );
+    let task = env.reconcile(&pressed);
+    let status = env.api.expect_status_patch(&pressed).await;
+    assert_eq!(
+        status["reprocess"]["lastHandledRequest"],
+        "2026-11-28T10:00:00Z"
+    );
+    let (_, reason, _) = env.api.expect_event(&pressed).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 1);
+}
