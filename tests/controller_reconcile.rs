@@ -664,6 +664,12 @@ async fn malformed_object_is_reported_once_on_its_status() {
     assert_eq!(stalled["reason"], "InvalidSpec");
     assert!(stalled["message"].as_str().unwrap().contains("Sometimes"));
     assert_eq!(condition(&status, "Ready")["status"], "False");
+    let (type_, reason, note) = api.expect_event(&typed_twin).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "InvalidSpec")
+    );
+    assert!(note.contains("Sometimes"), "{note}");
 
     // The status write comes back through the watch, still malformed: no second write.
     raw["status"] = status;

@@ -131,8 +131,16 @@ pub async fn report_malformed(
     ar: ApiResource,
     mut malformed: UnboundedReceiver<(DynamicObject, String)>,
 ) {
-    let kind = ar.kind.clone();
     use crate::engine::conditions::{Desired, READY, STALLED, Status, build_conditions, reason};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let kind = ar.kind.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "redeliver".into(),
+            instance: None,
+        },
+    );
     while let Some((obj, error)) = malformed.recv().await {
         let message = format!(
             "The object does not match the {kind} schema and is skipped until it is fixed: {error}."
@@ -154,7 +162,7 @@ pub async fn report_malformed(
             &previous,
             vec![
                 Desired::new(READY, Status::False, reason::INVALID_SPEC, message.clone()),
-                Desired::new(STALLED, Status::True, reason::INVALID_SPEC, message),
+                Desired::new(STALLED, Status::True, reason::INVALID_SPEC, message.clone()),
             ],
             generation,
             jiff::Timestamp::now(),
@@ -173,6 +181,26 @@ pub async fn report_malformed(
             .await
         {
             tracing::warn!(kind = %kind, name = %name, error = %err, "could not report a malformed object on its status");
+            continue;
+        }
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some(ar.kind.clone()),
+            name: Some(name.clone()),
+            namespace: Some(ns),
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.to_string(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Decode".to_string(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::warn!(kind = %kind, name = %name, error = %err, "could not record an event");
         }
     }
 }
