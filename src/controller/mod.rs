@@ -20,12 +20,13 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::{FutureExt, StreamExt};
 use kube::api::{ApiResource, ListParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
 use kube::{Client, Resource};
 use kube_lease_manager::LeaseManagerBuilder;
@@ -365,8 +366,7 @@ pub async fn run_controllers(
         .concurrency(concurrency);
     let watcher_config = watcher::Config::default().page_size(200);
     let mut runs = Vec::new();
-    let mut stores_a: Vec<Store<AccessPackageAssignment>> = Vec::new();
-    let mut stores_g: Vec<Store<AccessPackageGuard>> = Vec::new();
+    let mut synced: Vec<Arc<AtomicBool>> = Vec::new();
     let mut reporters = Vec::new();
     for scope in scopes {
         let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -382,8 +382,9 @@ pub async fn run_controllers(
             bad_g_rx,
         )));
         let (reader, writer) = reflector::store();
-        stores_a.push(reader.clone());
         ctx.metrics.track_assignments(reader.clone());
+        let synced_a = Arc::new(AtomicBool::new(false));
+        synced.push(synced_a.clone());
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
             watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
             watcher_config.clone(),
@@ -391,6 +392,7 @@ pub async fn run_controllers(
             ctx.metrics.clone(),
             assignment::KIND,
             Some(bad_a),
+            synced_a,
         );
         let token = stop.clone();
         runs.push(
@@ -402,7 +404,8 @@ pub async fn run_controllers(
                 .boxed(),
         );
         let (reader, writer) = reflector::store();
-        stores_g.push(reader.clone());
+        let synced_g = Arc::new(AtomicBool::new(false));
+        synced.push(synced_g.clone());
         let stream = watch::lenient_watch::<AccessPackageGuard>(
             watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
             watcher_config.clone(),
@@ -410,6 +413,7 @@ pub async fn run_controllers(
             ctx.metrics.clone(),
             guard::KIND,
             Some(bad_g),
+            synced_g,
         );
         let token = stop.clone();
         runs.push(
@@ -422,11 +426,8 @@ pub async fn run_controllers(
         );
     }
     let ready_task = tokio::spawn(async move {
-        for s in &stores_a {
-            let _ = s.wait_until_ready().await;
-        }
-        for s in &stores_g {
-            let _ = s.wait_until_ready().await;
+        while !synced.iter().all(|s| s.load(Ordering::Acquire)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tracing::info!("caches synced; ready");
         readiness.set(true);

@@ -5,6 +5,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::fmt::Debug;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -51,7 +52,7 @@ pub fn dynamic_api<K: Resource<DynamicType = ()>>(
 /// holding an object that does not decode (a spec that slipped past the schema, a hand-edited
 /// status) is logged, counted and skipped instead of failing the whole list. Decoded objects
 /// go into `writer`'s store; the returned stream yields the objects whose
-/// [`trigger_hash`] changed.
+/// [`trigger_hash`] changed. `synced` turns true once the first full list has been applied.
 ///
 /// Objects that do not decode are also sent to `malformed` (see [`report_malformed`]).
 pub fn lenient_watch<K>(
@@ -61,6 +62,7 @@ pub fn lenient_watch<K>(
     metrics: Arc<Metrics>,
     kind: &'static str,
     malformed: Option<UnboundedSender<(DynamicObject, String)>>,
+    synced: Arc<AtomicBool>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
@@ -68,6 +70,11 @@ where
     watcher(api, config)
         .default_backoff()
         .filter_map(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                // Readiness is tracked here rather than with `Store::wait_until_ready`, whose
+                // single waker slot the controller itself already uses.
+                synced.store(true, Ordering::Release);
+            }
             let out = match event {
                 Ok(event) => decode_event::<K>(event, &metrics, kind, malformed.as_ref()).map(Ok),
                 Err(err) => Some(Err(err)),
