@@ -1,1 +1,636 @@
-//! placeholder
+//! A Microsoft Graph + Entra token endpoint simulator (`redeliver sim`).
+//!
+//! A real HTTP(S) server implementing the subset of Graph v1.0 that Redeliver uses, with
+//! the same paths, JSON shapes, paging, errors and throttling (see the shared
+//! `graph-api.md`), plus a separate admin API for scenarios. Start it in-process with
+//! [`Simulator::start`] or from the command line with [`run`] (`redeliver sim`).
+//!
+//! # URLs
+//!
+//! - [`SimHandle::graph_url`] is the Graph **root** (like `https://graph.microsoft.com`);
+//!   it does **not** include `/v1.0` — clients append `/v1.0/...`.
+//! - [`SimHandle::authority_host`] is the token authority root (like
+//!   `https://login.microsoftonline.com`): token URL = `{authority_host}/{tenant}/oauth2/v2.0/token`.
+//!   Both are the same `http://127.0.0.1:PORT` origin.
+//! - Accepted token scopes: `{graph_url}/.default` and the real Graph roots'
+//!   `/.default` (`https://graph.microsoft.com/.default`, national clouds).
+//!
+//! # Graph behaviour worth knowing
+//!
+//! - Every `/v1.0` path needs `Authorization: Bearer <token from the token endpoint>`;
+//!   otherwise `401 InvalidAuthenticationToken`. Tokens expire after
+//!   [`SimOptions::token_lifetime`] of simulated time.
+//! - Collections page at 100 items by default (`$top` 1–999), with an absolute
+//!   `@odata.nextLink` carrying an opaque `$skiptoken`.
+//! - `adminAdd`: `201 {state: submitted, status: Accepted}`; after
+//!   [`SimOptions::request_delay`] the request is `delivering` and a `delivering`
+//!   assignment exists; after another delay both are `delivered` and the memberships /
+//!   app role assignments exist.
+//! - `adminRemove`: `201`; after two delays the memberships the package granted are removed
+//!   (unless another active assignment of the same user grants them) and the assignment is
+//!   **kept with state `expired`** (status `Expired`, `expiredDateTime` set), as Graph lists
+//!   expired assignments too.
+//! - `assignments/{id}/reprocess`: `202` only for `delivered` (else `400 BadRequest` naming
+//!   the state, `404` unknown); after [`SimOptions::reprocess_delay`] every missing
+//!   membership/app role of the package is restored. The assignment stays `delivered`.
+//! - `assignmentRequests/{id}/reprocess`: `202` only for `deliveryFailed` /
+//!   `partiallyDelivered` within 14 days of `completedDateTime`; the request and its
+//!   assignment turn `delivering`, then `delivered` with memberships.
+//! - Reprocess never records a new assignment request.
+//! - Directory requests carry `x-ms-resource-unit` (§6.2 costs; `appRoleAssignedTo` is
+//!   charged like `appRoleAssignments`, 2). RU throttling is off unless configured.
+//! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
+//!
+//! # Admin API (no authentication; JSON bodies)
+//!
+//! Objects may be named by id or by name (users by UPN, groups by display name, service
+//! principals by display name or appId; app roles by value, display name or id).
+//!
+//! | method & path | body / query | effect |
+//! | --- | --- | --- |
+//! | `GET /_sim/health` | | `{"ok": true}` |
+//! | `GET /_sim/state` | | snapshot: ids by name, memberships, assignment states and their `missing` resources, requests |
+//! | `POST /_sim/groups/{group}/members` | `{"user": "alice@contoso.com"}` | outside add → `{"changed": bool}` |
+//! | `DELETE /_sim/groups/{group}/members/{user}` | | outside removal (no entitlement management involvement) → `{"changed": bool}` |
+//! | `POST /_sim/servicePrincipals/{sp}/appRoleAssignedTo` | `{"user": "...", "appRole": "Payroll.Read"}` | outside app role grant (no `appRole` = Default Access) |
+//! | `DELETE /_sim/servicePrincipals/{sp}/appRoleAssignedTo/{user}` | `?appRole=...` (optional; default all roles) | outside app role removal → `{"removed": n}` |
+//! | `PUT /_sim/assignments/{id}/state` | `{"state": "deliveryFailed"}` | force an assignment state; in-flight background work for it stops |
+//! | `PUT /_sim/assignmentRequests/{id}/state` | `{"state": "delivering", "completedAgo": "20d"}` | force a request state (e.g. stuck `delivering`); `completedAgo` moves `completedDateTime` |
+//! | `POST /_sim/faults` | see below | inject a fault → `{"id": n}` |
+//! | `DELETE /_sim/faults` | | clear all faults |
+//! | `DELETE /_sim/faults/{id}` | | remove one fault (404 if it already ended) |
+//! | `PUT /_sim/throttling` | `{"capacity": 8000, "windowMs": 10000}` | enable the RU token bucket |
+//! | `DELETE /_sim/throttling` | | disable RU throttling |
+//! | `GET /_sim/requests` | | request log `{"value": [{method, path, status, timeMs, durationMs, ru, batch, requestId}]}` (token requests included) |
+//! | `DELETE /_sim/requests` | | clear the log and counters |
+//! | `GET /_sim/counters` | | `{"GET /v1.0/groups/{id}/members": 3, ...}` (path without query) |
+//! | `POST /_sim/reset` | | back to the loaded scenario (state, faults, log, clock); tokens stay valid |
+//! | `GET /_sim/clock` | | `{"now", "offsetSeconds"}` |
+//! | `POST /_sim/clock/advance` | `{"by": "15d"}` | move simulated time forward (token expiry, reprocess window) |
+//!
+//! Fault bodies (`kind` selects). `throttle`, `error` and `latency` are scoped by
+//! `pathPrefix` (like `/v1.0/groups`, `/groups` or `/identityGovernance`; `/oauth2`
+//! targets the token endpoint, which faults without a prefix never touch), `method`, and
+//! `count` and/or `durationMs` (with neither, a fault applies once). The outer `$batch`
+//! request is only affected when `pathPrefix` names it; inner requests are affected one
+//! by one. Throttles answer `429` with the Graph body and `x-ms-throttle-*` headers.
+//!
+//! ```json
+//! {"kind": "throttle", "retryAfter": 2.128, "count": 3, "pathPrefix": "/v1.0/groups"}
+//! {"kind": "error", "status": 503, "retryAfter": 1, "durationMs": 5000}
+//! {"kind": "latency", "millis": 250, "count": 10}
+//! {"kind": "throttle", "retryAfter": 1, "pathPrefix": "/oauth2"}   // token endpoint
+//! {"kind": "silentReprocess"}                                  // every reprocess
+//! {"kind": "silentReprocess", "assignmentIds": ["..."], "requestIds": ["..."]}
+//! {"kind": "stuckDelivery", "count": 1}    // next adminAdd stays delivering forever
+//! {"kind": "failDelivery", "count": 1}     // next adminAdd ends deliveryFailed
+//! {"kind": "partialDelivery", "count": 1}  // next adminAdd misses the package's first group/app
+//! ```
+
+mod admin;
+mod batch;
+mod cli;
+mod delta;
+mod graph;
+mod odata;
+mod scenario;
+mod server;
+mod state;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use admin::AdminError;
+pub use cli::{SimArgs, run};
+pub use scenario::{
+    AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
+    GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION, SCENARIO_KIND,
+    Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec,
+    TenantSpec, UserSpec, derive_id,
+};
+pub use server::{FaultScope, FaultSpec, LogEntry, RuBucket};
+
+use server::{Shared, Sim};
+use state::World;
+
+/// HTTPS settings.
+#[derive(Debug, Clone, Default)]
+pub struct TlsOptions {
+    /// Where to write the generated CA certificate (PEM) so clients can trust it.
+    pub ca_out: Option<PathBuf>,
+}
+
+/// How to run the simulator.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// Listen address; default `127.0.0.1:0` (a free port).
+    pub listen: SocketAddr,
+    /// Serve HTTPS with a generated self-signed CA when set.
+    pub tls: Option<TlsOptions>,
+    /// Lifetime of issued access tokens (`expires_in`); default 1 h.
+    pub token_lifetime: Duration,
+    /// Delay of each step of `adminAdd`/`adminRemove` processing; default 1 s.
+    pub request_delay: Duration,
+    /// Delay before a reprocess takes effect; default 2 s.
+    pub reprocess_delay: Duration,
+    /// RU token bucket; default off.
+    pub ru_bucket: Option<RuBucket>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            tls: None,
+            token_lifetime: Duration::from_secs(3600),
+            request_delay: Duration::from_secs(1),
+            reprocess_delay: Duration::from_secs(2),
+            ru_bucket: None,
+        }
+    }
+}
+
+impl SimOptions {
+    /// Options for tests: free loopback port, fast background processing (50 ms).
+    pub fn fast() -> Self {
+        Self {
+            request_delay: Duration::from_millis(50),
+            reprocess_delay: Duration::from_millis(50),
+            ..Self::default()
+        }
+    }
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    /// The scenario is invalid.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// Binding the listener or writing the CA file failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Certificate generation failed.
+    #[error("cannot generate the simulator's TLS certificate: {0}")]
+    Tls(String),
+}
+
+/// Entry point: `Simulator::start(scenario, options)`.
+pub struct Simulator;
+
+enum Server {
+    Plain(oneshot::Sender<()>),
+    Tls(axum_server::Handle<SocketAddr>),
+}
+
+/// A running simulator. Dropping it leaves the server running until the runtime ends;
+/// call [`SimHandle::shutdown`] to stop it.
+pub struct SimHandle {
+    /// Graph root without `/v1.0`, e.g. `http://127.0.0.1:43123`.
+    pub graph_url: String,
+    /// Token authority root, e.g. `http://127.0.0.1:43123` (token URL
+    /// `{authority_host}/{tenant_id}/oauth2/v2.0/token`).
+    pub authority_host: String,
+    /// Admin API root, e.g. `http://127.0.0.1:43123/_sim`.
+    pub admin_url: String,
+    /// Tenant id (GUID).
+    pub tenant_id: String,
+    /// Tenant verified domain (also accepted in token URLs).
+    pub tenant_domain: String,
+    /// Client (application) id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: String,
+    /// Bound socket address.
+    pub local_addr: SocketAddr,
+    /// The CA certificate (PEM) when serving HTTPS.
+    pub ca_pem: Option<String>,
+    /// Where the CA PEM was written, if requested.
+    pub ca_file: Option<PathBuf>,
+    shared: Arc<Shared>,
+    server: Server,
+    task: JoinHandle<()>,
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimError {
+    let context = context.into();
+    move |source| SimError::Io { context, source }
+}
+
+impl Simulator {
+    /// Loads the scenario, binds the listener and serves in a background task.
+    pub async fn start(scenario: Scenario, opts: SimOptions) -> Result<SimHandle, SimError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let world = World::from_scenario(&scenario)?;
+        let listener = std::net::TcpListener::bind(opts.listen)
+            .map_err(io(format!("cannot listen on {}", opts.listen)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("cannot configure the listener"))?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(io("cannot read the listener address"))?;
+        let host = match local_addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+            ip => ip.to_string(),
+        };
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let base_url = format!("{scheme}://{host}:{}", local_addr.port());
+
+        let tls_material = match &opts.tls {
+            None => None,
+            Some(t) => {
+                let extra = vec![local_addr.ip().to_string()];
+                let material = tls::generate(&extra).map_err(|e| SimError::Tls(e.to_string()))?;
+                if let Some(path) = &t.ca_out {
+                    std::fs::write(path, &material.ca_pem).map_err(io(format!(
+                        "cannot write the CA certificate to {}",
+                        path.display()
+                    )))?;
+                }
+                Some(material)
+            }
+        };
+
+        let (tenant_id, tenant_domain, client_id, client_secret) = (
+            world.tenant_id.clone(),
+            world.tenant_domain.clone(),
+            world.client_id.clone(),
+            world.client_secret.clone(),
+        );
+        let shared = Arc::new(Shared {
+            inner: Mutex::new(Sim::new(world, opts.ru_bucket)),
+            opts: opts.clone(),
+            scenario,
+            base_url: base_url.clone(),
+            started: Instant::now(),
+        });
+        let app = router(shared.clone());
+
+        let (server, task, ca_pem) = match tls_material {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(io("cannot register the listener with tokio"))?;
+                let (tx, rx) = oneshot::channel::<()>();
+                let task = tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                        let _ = rx.await;
+                    });
+                    if let Err(e) = serve.await {
+                        tracing::error!(error = %e, "simulator server stopped");
+                    }
+                });
+                (Server::Plain(tx), task, None)
+            }
+            Some(material) => {
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem(
+                    material.cert_pem.into_bytes(),
+                    material.key_pem.into_bytes(),
+                )
+                .await
+                .map_err(io("cannot load the generated TLS certificate"))?;
+                let handle = axum_server::Handle::<SocketAddr>::new();
+                let server = axum_server::from_tcp_rustls(listener, config)
+                    .map_err(io("cannot start the TLS listener"))?
+                    .handle(handle.clone());
+                let task = tokio::spawn(async move {
+                    if let Err(e) = server.serve(app.into_make_service()).await {
+                        tracing::error!(error = %e, "simulator server stopped");
+                    }
+                });
+                (Server::Tls(handle), task, Some(material.ca_pem))
+            }
+        };
+
+        Ok(SimHandle {
+            admin_url: format!("{base_url}/_sim"),
+            authority_host: base_url.clone(),
+            graph_url: base_url,
+            tenant_id,
+            tenant_domain,
+            client_id,
+            client_secret,
+            local_addr,
+            ca_pem,
+            ca_file: opts.tls.as_ref().and_then(|t| t.ca_out.clone()),
+            shared,
+            server,
+            task,
+        })
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/{tenant}/oauth2/v2.0/token", post(token::token))
+        .route(
+            "/{tenant}/v2.0/.well-known/openid-configuration",
+            get(token::openid_configuration),
+        )
+        .route("/{tenant}/discovery/v2.0/keys", get(token::jwks))
+        .route("/common/discovery/instance", get(token::instance_discovery))
+        .merge(admin::router())
+        .fallback(server::entry)
+        .layer(axum::middleware::from_fn(correlation))
+        .with_state(shared)
+}
+
+/// Gives token, discovery and admin responses the same `request-id` /
+/// `client-request-id` headers Graph responses carry (Graph paths set their own).
+async fn correlation(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let client_request_id = req.headers().get("client-request-id").cloned();
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    if !headers.contains_key("request-id") {
+        let id = server::new_request_id();
+        if let Ok(v) = axum::http::HeaderValue::from_str(&id) {
+            headers.insert("request-id", v.clone());
+            if !headers.contains_key("client-request-id") {
+                headers.insert("client-request-id", client_request_id.unwrap_or(v));
+            }
+        }
+    }
+    resp
+}
+
+mod token;
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl SimHandle {
+    /// Shell `export` lines for the operator / CLI (secret included: it is the
+    /// simulator's own throwaway secret).
+    pub fn env_exports(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in [
+            ("AZURE_TENANT_ID", &self.tenant_id),
+            ("AZURE_CLIENT_ID", &self.client_id),
+            ("AZURE_CLIENT_SECRET", &self.client_secret),
+            ("AZURE_AUTHORITY_HOST", &self.authority_host),
+            ("REDELIVER_GRAPH_URL", &self.graph_url),
+        ] {
+            out.push_str(&format!("export {k}={}\n", shell_quote(v)));
+        }
+        if let Some(ca) = &self.ca_file {
+            out.push_str(&format!(
+                "export REDELIVER_CA_FILE={}\n",
+                shell_quote(&ca.display().to_string())
+            ));
+        }
+        out
+    }
+
+    /// Token endpoint URL for this tenant.
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.authority_host, self.tenant_id
+        )
+    }
+
+    /// Issues a valid access token directly (no HTTP), for tests.
+    pub fn mint_token(&self) -> String {
+        let token = format!("sim.test.{}", uuid::Uuid::new_v4().simple());
+        let mut sim = self.shared.lock();
+        let lifetime = jiff::SignedDuration::try_from(self.shared.opts.token_lifetime)
+            .unwrap_or(jiff::SignedDuration::from_hours(1));
+        let exp = sim.world.now() + lifetime;
+        sim.tokens.insert(token.clone(), exp);
+        token
+    }
+
+    /// Outside change: removes `user` (UPN or id) from `group` (name or id).
+    pub fn remove_member(&self, group: &str, user: &str) -> Result<bool, AdminError> {
+        self.shared.admin_remove_member(group, user)
+    }
+
+    /// Outside change: adds `user` to `group`.
+    pub fn add_member(&self, group: &str, user: &str) -> Result<bool, AdminError> {
+        self.shared.admin_add_member(group, user)
+    }
+
+    /// Outside change: removes `user`'s app role assignment(s) on `app`.
+    pub fn remove_app_role(
+        &self,
+        app: &str,
+        user: &str,
+        role: Option<&str>,
+    ) -> Result<usize, AdminError> {
+        self.shared.admin_remove_app_role(app, user, role)
+    }
+
+    /// Outside change: grants `user` an app role on `app`.
+    pub fn add_app_role(
+        &self,
+        app: &str,
+        user: &str,
+        role: Option<&str>,
+    ) -> Result<bool, AdminError> {
+        self.shared.admin_add_app_role(app, user, role)
+    }
+
+    /// Forces an assignment state (e.g. `deliveryFailed`).
+    pub fn set_assignment_state(&self, id: &str, state: &str) -> Result<(), AdminError> {
+        self.shared.admin_set_assignment_state(id, state)
+    }
+
+    /// Forces a request state; `completed_ago` like `20d` moves `completedDateTime`.
+    pub fn set_request_state(
+        &self,
+        id: &str,
+        state: &str,
+        completed_ago: Option<&str>,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .admin_set_request_state(id, state, completed_ago)
+    }
+
+    /// Injects a fault; returns its id.
+    pub fn inject_fault(&self, fault: FaultSpec) -> u64 {
+        self.shared.admin_inject_fault(fault)
+    }
+
+    /// Removes one fault; false if it already ended.
+    pub fn remove_fault(&self, id: u64) -> bool {
+        self.shared.admin_remove_fault(id)
+    }
+
+    /// Removes all faults.
+    pub fn clear_faults(&self) {
+        self.shared.admin_clear_faults()
+    }
+
+    /// Enables or disables RU throttling.
+    pub fn set_ru_bucket(&self, bucket: Option<RuBucket>) {
+        self.shared.admin_set_ru_bucket(bucket)
+    }
+
+    /// The request log.
+    pub fn request_log(&self) -> Vec<LogEntry> {
+        self.shared.admin_request_log()
+    }
+
+    /// Clears the request log and counters.
+    pub fn clear_request_log(&self) {
+        self.shared.admin_clear_log()
+    }
+
+    /// Request counts keyed by `METHOD /path`.
+    pub fn counters(&self) -> BTreeMap<String, u64> {
+        self.shared.admin_counters()
+    }
+
+    /// Number of logged requests with this method whose path (without query) starts with
+    /// `path_prefix` (e.g. `/v1.0/identityGovernance/entitlementManagement/assignments/`).
+    pub fn count_requests(&self, method: &str, path_prefix: &str) -> usize {
+        self.request_log()
+            .iter()
+            .filter(|e| e.method.eq_ignore_ascii_case(method) && e.path.starts_with(path_prefix))
+            .count()
+    }
+
+    /// Back to the loaded scenario.
+    pub fn reset(&self) -> Result<(), AdminError> {
+        self.shared.admin_reset()
+    }
+
+    /// Moves simulated time forward.
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared
+            .admin_advance_clock(jiff::SignedDuration::try_from(by).unwrap_or_default())
+    }
+
+    /// The `/_sim/state` snapshot.
+    pub fn snapshot(&self) -> Value {
+        self.shared.admin_snapshot()
+    }
+
+    /// Object id of a user by UPN.
+    pub fn user_id(&self, upn: &str) -> Option<String> {
+        self.shared.lock().world.user_ref(upn).map(|u| u.id.clone())
+    }
+
+    /// Object id of a group by display name.
+    pub fn group_id(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .group_ref(name)
+            .map(|g| g.id.clone())
+    }
+
+    /// Object id of a service principal by display name or app id.
+    pub fn service_principal_id(&self, name: &str) -> Option<String> {
+        self.shared.lock().world.sp_ref(name).map(|s| s.id.clone())
+    }
+
+    /// Id of an access package by display name.
+    pub fn package_id(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .package_named(name)
+            .map(|p| p.id.clone())
+    }
+
+    /// Id of a package's policy by display name (`None` = the package's first policy).
+    pub fn policy_id(&self, package: &str, policy: Option<&str>) -> Option<String> {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        let pkg = w.package_named(package).or_else(|| w.package(package))?;
+        w.policies
+            .iter()
+            .filter(|p| p.package_id == pkg.id)
+            .find(|p| policy.is_none_or(|n| p.display_name.eq_ignore_ascii_case(n)))
+            .map(|p| p.id.clone())
+    }
+
+    /// The newest non-expired assignment of `user` (UPN or id) for `package` (name or id).
+    pub fn assignment_id(&self, user: &str, package: &str) -> Option<String> {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        let uid = w.user_ref(user)?.id.clone();
+        let pkg = w
+            .package_named(package)
+            .or_else(|| w.package(package))?
+            .id
+            .clone();
+        w.assignments
+            .iter()
+            .rev()
+            .find(|a| a.target_id == uid && a.package_id == pkg && a.state != "expired")
+            .map(|a| a.id.clone())
+    }
+
+    /// Current state literal of an assignment.
+    pub fn assignment_state(&self, id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .assignment(id)
+            .map(|a| a.state.clone())
+    }
+
+    /// Current state literal of a request.
+    pub fn request_state(&self, id: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .request(id)
+            .map(|r| r.state.clone())
+    }
+
+    /// Names of the groups/apps an assignment promises that are not really in place.
+    pub fn missing_resources(&self, assignment_id: &str) -> Vec<String> {
+        self.shared.lock().world.missing_grants(assignment_id)
+    }
+
+    /// Whether `user` is a direct member of `group`.
+    pub fn is_member(&self, group: &str, user: &str) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        match (w.group_ref(group), w.user_ref(user)) {
+            (Some(g), Some(u)) => g.members.contains(&u.id),
+            _ => false,
+        }
+    }
+
+    /// Stops the server and waits for it to finish.
+    pub async fn shutdown(self) {
+        match self.server {
+            Server::Plain(tx) => {
+                let _ = tx.send(());
+            }
+            Server::Tls(h) => h.graceful_shutdown(Some(Duration::from_secs(2))),
+        }
+        // Graceful shutdown waits for open connections; do not hang on a stuck client.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}

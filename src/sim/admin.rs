@@ -1,0 +1,522 @@
+//! The simulator's admin API (`/_sim/...`, no authentication) and the in-process
+//! operations behind it, shared with [`super::SimHandle`]. See the module docs of
+//! [`super`] for the endpoint list.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query as AxQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use jiff::SignedDuration;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::graph::ts;
+use super::server::{
+    ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, log_json, new_bucket,
+};
+use super::state::{World, canonical_assignment_state, canonical_request_state, status_for};
+
+/// Why an admin operation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminError {
+    /// The named object does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request was invalid.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            AdminError::NotFound(_) => StatusCode::NOT_FOUND,
+            AdminError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        };
+        (status, Json(json!({"error": self.to_string()}))).into_response()
+    }
+}
+
+type AResult<T> = Result<T, AdminError>;
+
+fn user_id(w: &World, key: &str) -> AResult<String> {
+    w.user_ref(key)
+        .map(|u| u.id.clone())
+        .ok_or_else(|| AdminError::NotFound(format!("user {key:?} (give a UPN or object id)")))
+}
+
+fn group_id(w: &World, key: &str) -> AResult<String> {
+    w.group_ref(key)
+        .map(|g| g.id.clone())
+        .ok_or_else(|| AdminError::NotFound(format!("group {key:?} (give a name or object id)")))
+}
+
+fn sp_role(w: &World, sp: &str, role: Option<&str>) -> AResult<(String, Option<String>)> {
+    let s = w.sp_ref(sp).ok_or_else(|| {
+        AdminError::NotFound(format!(
+            "service principal {sp:?} (give a name, id or appId)"
+        ))
+    })?;
+    let role_id = match role {
+        None => None,
+        Some(r) => Some(
+            s.app_roles
+                .iter()
+                .find(|ar| {
+                    ar.value.eq_ignore_ascii_case(r)
+                        || ar.display_name.eq_ignore_ascii_case(r)
+                        || ar.id.eq_ignore_ascii_case(r)
+                })
+                .map(|ar| ar.id.clone())
+                .or_else(|| (r == super::state::DEFAULT_ACCESS_ROLE).then(|| r.to_string()))
+                .ok_or_else(|| {
+                    AdminError::NotFound(format!("app role {r:?} on {}", s.display_name))
+                })?,
+        ),
+    };
+    Ok((s.id.clone(), role_id))
+}
+
+fn parse_ago(s: &str) -> AResult<SignedDuration> {
+    super::scenario::parse_duration(s).map_err(AdminError::BadRequest)
+}
+
+impl Shared {
+    /// Outside change: removes a user from a group behind entitlement management's back.
+    /// Returns false if the user was not a member.
+    pub fn admin_remove_member(&self, group: &str, user: &str) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        Ok(w.remove_member(&g, &u))
+    }
+
+    /// Outside change: adds a user to a group. Returns false if already a member.
+    pub fn admin_add_member(&self, group: &str, user: &str) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        Ok(w.add_member(&g, &u))
+    }
+
+    /// Outside change: removes a user's app role assignment(s) on an app (one role, or all).
+    pub fn admin_remove_app_role(
+        &self,
+        sp: &str,
+        user: &str,
+        role: Option<&str>,
+    ) -> AResult<usize> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let (sp_id, role_id) = sp_role(w, sp, role)?;
+        Ok(w.remove_app_role(&sp_id, &u, role_id.as_deref()))
+    }
+
+    /// Outside change: grants an app role (default: Default Access).
+    pub fn admin_add_app_role(&self, sp: &str, user: &str, role: Option<&str>) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let (sp_id, role_id) = sp_role(w, sp, role)?;
+        let now = w.now();
+        let role_id = role_id.unwrap_or_else(|| super::state::DEFAULT_ACCESS_ROLE.to_string());
+        Ok(w.add_app_role(&sp_id, &u, &role_id, now))
+    }
+
+    /// Forces an assignment's state (and matching status); stops its background work.
+    pub fn admin_set_assignment_state(&self, id: &str, state: &str) -> AResult<()> {
+        let state = canonical_assignment_state(state).ok_or_else(|| {
+            AdminError::BadRequest(format!("{state:?} is not an assignment state"))
+        })?;
+        let mut sim = self.lock();
+        let now = sim.world.now();
+        let a = sim
+            .world
+            .assignment_mut(id)
+            .ok_or_else(|| AdminError::NotFound(format!("assignment {id}")))?;
+        a.state = state.into();
+        a.status = status_for(state).into();
+        a.expired = (state == "expired").then_some(now);
+        a.rev += 1;
+        Ok(())
+    }
+
+    /// Forces a request's state; `completed_ago` sets `completedDateTime` to now minus it
+    /// (e.g. `20d` to put a failed request outside the reprocess window).
+    pub fn admin_set_request_state(
+        &self,
+        id: &str,
+        state: &str,
+        completed_ago: Option<&str>,
+    ) -> AResult<()> {
+        let state = canonical_request_state(state)
+            .ok_or_else(|| AdminError::BadRequest(format!("{state:?} is not a request state")))?;
+        let ago = completed_ago.map(parse_ago).transpose()?;
+        let mut sim = self.lock();
+        let now = sim.world.now();
+        let r = sim
+            .world
+            .request_mut(id)
+            .ok_or_else(|| AdminError::NotFound(format!("assignment request {id}")))?;
+        r.state = state.into();
+        r.status = status_for(state).into();
+        r.rev += 1;
+        if let Some(ago) = ago {
+            r.completed = Some(now - ago);
+        } else if !matches!(
+            state,
+            "submitted" | "pendingApproval" | "delivering" | "scheduled"
+        ) && r.completed.is_none()
+        {
+            r.completed = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Injects a fault; returns its id.
+    pub fn admin_inject_fault(&self, spec: FaultSpec) -> u64 {
+        let mut sim = self.lock();
+        let id = sim.next_fault_id;
+        sim.next_fault_id += 1;
+        if let FaultSpec::SilentReprocess {
+            assignment_ids,
+            request_ids,
+        } = &spec
+        {
+            if assignment_ids.is_empty() && request_ids.is_empty() {
+                sim.silent_all = true;
+            }
+            for i in assignment_ids.iter().chain(request_ids) {
+                sim.silent_ids.insert(i.to_ascii_lowercase());
+            }
+            return id;
+        }
+        let scope = match &spec {
+            FaultSpec::Throttle { scope, .. }
+            | FaultSpec::Error { scope, .. }
+            | FaultSpec::Latency { scope, .. } => scope.clone(),
+            FaultSpec::StuckDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Stuck, *count));
+                return id;
+            }
+            FaultSpec::FailDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Fail, *count));
+                return id;
+            }
+            FaultSpec::PartialDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Partial, *count));
+                return id;
+            }
+            FaultSpec::SilentReprocess { .. } => return id,
+        };
+        let remaining = match (scope.count, scope.duration_ms) {
+            (None, None) => Some(1),
+            (c, _) => c,
+        };
+        let until = scope
+            .duration_ms
+            .map(|ms| Instant::now() + Duration::from_millis(ms));
+        sim.faults.push(ActiveFault {
+            id,
+            spec,
+            remaining,
+            until,
+        });
+        id
+    }
+
+    /// Removes every injected fault (including silent reprocess).
+    pub fn admin_clear_faults(&self) {
+        let mut sim = self.lock();
+        sim.faults.clear();
+        sim.silent_all = false;
+        sim.silent_ids.clear();
+        sim.add_outcomes.clear();
+    }
+
+    /// Removes one injected fault; returns false if it had already ended or never existed.
+    pub fn admin_remove_fault(&self, id: u64) -> bool {
+        let mut sim = self.lock();
+        let before = sim.faults.len();
+        sim.faults.retain(|f| f.id != id);
+        before != sim.faults.len()
+    }
+
+    /// Enables (Some) or disables (None) resource-unit throttling.
+    pub fn admin_set_ru_bucket(&self, bucket: Option<RuBucket>) {
+        self.lock().bucket = bucket.map(new_bucket);
+    }
+
+    /// The request log so far.
+    pub fn admin_request_log(&self) -> Vec<LogEntry> {
+        self.lock().log.clone()
+    }
+
+    /// Clears the request log and counters.
+    pub fn admin_clear_log(&self) {
+        let mut sim = self.lock();
+        sim.log.clear();
+        sim.counters.clear();
+    }
+
+    /// Request counts keyed by `METHOD /path` (no query).
+    pub fn admin_counters(&self) -> BTreeMap<String, u64> {
+        self.lock().counters.clone()
+    }
+
+    /// Back to the loaded scenario: state, faults, log, counters and clock. Issued tokens
+    /// stay valid so running clients are not disturbed.
+    pub fn admin_reset(&self) -> AResult<()> {
+        let world = World::from_scenario(&self.scenario)
+            .map_err(|e| AdminError::BadRequest(e.to_string()))?;
+        let mut sim = self.lock();
+        let tokens = std::mem::take(&mut sim.tokens);
+        let epoch = sim.epoch + 1;
+        let mut fresh = Sim::new(world, self.opts.ru_bucket);
+        fresh.tokens = tokens;
+        fresh.epoch = epoch;
+        *sim = fresh;
+        Ok(())
+    }
+
+    /// Moves the simulated clock forward (token expiry, reprocess windows, timestamps).
+    pub fn admin_advance_clock(&self, by: SignedDuration) {
+        let mut sim = self.lock();
+        sim.world.clock_offset += by;
+    }
+
+    /// A readable summary of the whole tenant (ids by name, memberships, states).
+    pub fn admin_snapshot(&self) -> Value {
+        let sim = self.lock();
+        let w = &sim.world;
+        let upn = |id: &str| {
+            w.user(id)
+                .map(|u| u.upn.clone())
+                .unwrap_or_else(|| id.to_string())
+        };
+        json!({
+            "tenantId": w.tenant_id,
+            "tenantDomain": w.tenant_domain,
+            "clientId": w.client_id,
+            "now": ts(w.now()),
+            "users": w.users.iter().map(|u| json!({"id": u.id, "upn": u.upn, "displayName": u.display_name})).collect::<Vec<_>>(),
+            "groups": w.groups.iter().map(|g| json!({
+                "id": g.id, "name": g.display_name,
+                "members": g.members.iter().map(|m| upn(m)).collect::<Vec<_>>(),
+                "owners": g.owners.iter().map(|m| upn(m)).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "servicePrincipals": w.sps.iter().map(|s| json!({
+                "id": s.id, "appId": s.app_id, "name": s.display_name,
+                "appRoles": s.app_roles.iter().map(|r| json!({"id": r.id, "value": r.value})).collect::<Vec<_>>(),
+                "assignedTo": s.assigned_to.iter().map(|a| json!({"user": upn(&a.principal_id), "appRoleId": a.app_role_id})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "catalogs": w.catalogs.iter().map(|c| json!({"id": c.id, "name": c.display_name})).collect::<Vec<_>>(),
+            "accessPackages": w.packages.iter().map(|p| json!({
+                "id": p.id, "name": p.display_name, "catalogId": p.catalog_id,
+                "policies": w.policies.iter().filter(|x| x.package_id == p.id)
+                    .map(|x| json!({"id": x.id, "name": x.display_name})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "assignments": w.assignments.iter().map(|a| json!({
+                "id": a.id, "user": upn(&a.target_id),
+                "package": w.package(&a.package_id).map(|p| p.display_name.clone()),
+                "state": a.state, "status": a.status,
+                "missing": w.missing_grants(&a.id),
+            })).collect::<Vec<_>>(),
+            "requests": w.requests.iter().map(|r| json!({
+                "id": r.id, "type": r.request_type, "user": upn(&r.target_id),
+                "package": w.package(&r.package_id).map(|p| p.display_name.clone()),
+                "state": r.state, "status": r.status, "assignmentId": r.assignment_id,
+                "completedDateTime": r.completed.map(ts),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct UserBody {
+    user: String,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppRoleBody {
+    user: String,
+    #[serde(default)]
+    app_role: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AppRoleQuery {
+    #[serde(default)]
+    app_role: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateBody {
+    state: String,
+    #[serde(default)]
+    completed_ago: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ClockBody {
+    by: String,
+}
+
+type S = State<Arc<Shared>>;
+
+async fn remove_member(State(s): S, Path((g, u)): Path<(String, String)>) -> AResult<Json<Value>> {
+    Ok(Json(json!({"changed": s.admin_remove_member(&g, &u)?})))
+}
+
+async fn add_member(
+    State(s): S,
+    Path(g): Path<String>,
+    Json(b): Json<UserBody>,
+) -> AResult<Json<Value>> {
+    Ok(Json(json!({"changed": s.admin_add_member(&g, &b.user)?})))
+}
+
+async fn remove_app_role(
+    State(s): S,
+    Path((sp, u)): Path<(String, String)>,
+    AxQuery(q): AxQuery<AppRoleQuery>,
+) -> AResult<Json<Value>> {
+    Ok(Json(
+        json!({"removed": s.admin_remove_app_role(&sp, &u, q.app_role.as_deref())?}),
+    ))
+}
+
+async fn add_app_role(
+    State(s): S,
+    Path(sp): Path<String>,
+    Json(b): Json<AppRoleBody>,
+) -> AResult<Json<Value>> {
+    Ok(Json(
+        json!({"changed": s.admin_add_app_role(&sp, &b.user, b.app_role.as_deref())?}),
+    ))
+}
+
+async fn assignment_state(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(b): Json<StateBody>,
+) -> AResult<StatusCode> {
+    s.admin_set_assignment_state(&id, &b.state)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn request_state(
+    State(s): S,
+    Path(id): Path<String>,
+    Json(b): Json<StateBody>,
+) -> AResult<StatusCode> {
+    s.admin_set_request_state(&id, &b.state, b.completed_ago.as_deref())?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn inject_fault(State(s): S, Json(spec): Json<FaultSpec>) -> Json<Value> {
+    Json(json!({"id": s.admin_inject_fault(spec)}))
+}
+
+async fn clear_faults(State(s): S) -> StatusCode {
+    s.admin_clear_faults();
+    StatusCode::NO_CONTENT
+}
+
+async fn remove_fault(State(s): S, Path(id): Path<u64>) -> AResult<StatusCode> {
+    if s.admin_remove_fault(id) {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(AdminError::NotFound(format!("fault {id}")))
+    }
+}
+
+async fn set_throttling(State(s): S, Json(b): Json<RuBucket>) -> AResult<StatusCode> {
+    if b.capacity == 0 || b.window_ms == 0 {
+        return Err(AdminError::BadRequest(
+            "capacity and windowMs must be positive".into(),
+        ));
+    }
+    s.admin_set_ru_bucket(Some(b));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_throttling(State(s): S) -> StatusCode {
+    s.admin_set_ru_bucket(None);
+    StatusCode::NO_CONTENT
+}
+
+async fn requests(State(s): S) -> Json<Value> {
+    Json(log_json(&s.admin_request_log()))
+}
+
+async fn clear_requests(State(s): S) -> StatusCode {
+    s.admin_clear_log();
+    StatusCode::NO_CONTENT
+}
+
+async fn counters(State(s): S) -> Json<Value> {
+    Json(json!(s.admin_counters()))
+}
+
+async fn reset(State(s): S) -> AResult<StatusCode> {
+    s.admin_reset()?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clock(State(s): S) -> Json<Value> {
+    let sim = s.lock();
+    Json(json!({"now": ts(sim.world.now()), "offsetSeconds": sim.world.clock_offset.as_secs()}))
+}
+
+async fn advance_clock(State(s): S, Json(b): Json<ClockBody>) -> AResult<Json<Value>> {
+    s.admin_advance_clock(parse_ago(&b.by)?);
+    Ok(clock(State(s)).await)
+}
+
+async fn snapshot(State(s): S) -> Json<Value> {
+    Json(s.admin_snapshot())
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"ok": true}))
+}
+
+/// The `/_sim` router.
+pub(crate) fn router() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/_sim/health", get(health))
+        .route("/_sim/state", get(snapshot))
+        .route("/_sim/groups/{group}/members", post(add_member))
+        .route("/_sim/groups/{group}/members/{user}", delete(remove_member))
+        .route(
+            "/_sim/servicePrincipals/{sp}/appRoleAssignedTo",
+            post(add_app_role),
+        )
+        .route(
+            "/_sim/servicePrincipals/{sp}/appRoleAssignedTo/{user}",
+            delete(remove_app_role),
+        )
+        .route("/_sim/assignments/{id}/state", put(assignment_state))
+        .route("/_sim/assignmentRequests/{id}/state", put(request_state))
+        .route("/_sim/faults", post(inject_fault).delete(clear_faults))
+        .route("/_sim/faults/{id}", delete(remove_fault))
+        .route(
+            "/_sim/throttling",
+            put(set_throttling).delete(clear_throttling),
+        )
+        .route("/_sim/requests", get(requests).delete(clear_requests))
+        .route("/_sim/counters", get(counters))
+        .route("/_sim/reset", post(reset))
+        .route("/_sim/clock", get(clock))
+        .route("/_sim/clock/advance", post(advance_clock))
+}

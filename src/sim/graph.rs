@@ -1,0 +1,1526 @@
+//! Graph v1.0 handlers: directory reads/writes and entitlement management. They run
+//! under the simulator lock (no awaits); asynchronous processing is spawned.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method};
+use jiff::{SignedDuration, Timestamp};
+use serde_json::{Value, json};
+
+use super::odata::{
+    Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
+    is_guid, nested_expand, page, page_lazy,
+};
+use super::server::{AddOutcome, Shared, Sim, method_not_allowed};
+use super::state::{
+    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
+};
+
+pub(crate) fn ts(t: Timestamp) -> String {
+    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+}
+
+fn ts_opt(t: Option<Timestamp>) -> Value {
+    t.map(|t| json!(ts(t))).unwrap_or(Value::Null)
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Dispatches `/v1.0/...` (segments already split and percent-decoded).
+pub(crate) fn route(
+    shared: &Arc<Shared>,
+    sim: &mut Sim,
+    method: &Method,
+    segs: &[String],
+    q: &Query,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> GResult {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let path = format!("/v1.0/{}", segs.join("/"));
+    let base = shared.base_url.as_str();
+    let get = *method == Method::GET;
+    let post = *method == Method::POST;
+    let del = *method == Method::DELETE;
+    let unknown_path = || {
+        GraphError::not_found(
+            "itemNotFound",
+            format!("No HTTP resource was found that matches the request URI '{path}'."),
+        )
+    };
+    let wrong_method = || method_not_allowed(method, &path);
+    match s.as_slice() {
+        ["users"] if get => list_users(&sim.world, q, base, &path),
+        ["users", id] if get => get_user(&sim.world, id, q),
+        ["users", id, op] if eq(op, "checkMemberGroups") && post => {
+            check_member_groups(&sim.world, id, body)
+        }
+        ["groups", d] if eq(d, "delta") && get => super::delta::group_delta(&sim.world, q, base),
+        ["groups", id] if get => get_group(&sim.world, id, q),
+        ["groups", id, rel]
+            if (eq(rel, "members") || eq(rel, "owners") || eq(rel, "transitiveMembers")) && get =>
+        {
+            list_group_rel(&sim.world, id, rel, q, headers, base, &path)
+        }
+        ["groups", id, rel, r] if eq(rel, "members") && *r == "$ref" && post => {
+            add_member_ref(&mut sim.world, id, body)
+        }
+        ["groups", id, rel, oid, r] if eq(rel, "members") && *r == "$ref" && del => {
+            remove_member_ref(&mut sim.world, id, oid)
+        }
+        [sp] if sp.to_ascii_lowercase().starts_with("serviceprincipals(") && get => {
+            get_sp(&sim.world, &sp_key(sp)?, q)
+        }
+        [sp, rel]
+            if sp.to_ascii_lowercase().starts_with("serviceprincipals(")
+                && eq(rel, "appRoleAssignedTo")
+                && get =>
+        {
+            list_app_role_assigned_to(&sim.world, &sp_key(sp)?, q, base, &path)
+        }
+        ["servicePrincipals", id] if get => get_sp(&sim.world, id, q),
+        ["servicePrincipals", id, rel] if eq(rel, "appRoleAssignedTo") && get => {
+            list_app_role_assigned_to(&sim.world, id, q, base, &path)
+        }
+        ["identityGovernance", "entitlementManagement", rest @ ..] => {
+            em_route(shared, sim, method, rest, q, body, &path)
+        }
+        ["users", ..] | ["groups", ..] | ["servicePrincipals", ..] => {
+            if get || post || del {
+                Err(unknown_path())
+            } else {
+                Err(wrong_method())
+            }
+        }
+        _ => Err(unknown_path()),
+    }
+}
+
+fn sp_key(seg: &str) -> Result<String, GraphError> {
+    // servicePrincipals(appId='...')
+    let inner = seg
+        .split_once('(')
+        .map(|(_, r)| r.trim_end_matches(')'))
+        .unwrap_or_default();
+    match inner.split_once('=') {
+        Some((k, v)) if eq(k.trim(), "appId") => Ok(v.trim().trim_matches('\'').to_string()),
+        _ => Err(GraphError::bad_request(
+            "Request_BadRequest",
+            format!("Unsupported key in '{seg}'; use servicePrincipals(appId='...')."),
+        )),
+    }
+}
+
+// ---------------------------------------------------------------- directory
+
+fn dir_not_found(id: &str) -> GraphError {
+    GraphError::not_found(
+        "Request_ResourceNotFound",
+        format!(
+            "Resource '{id}' does not exist or one of its queried reference-property objects are not present."
+        ),
+    )
+}
+
+fn require_dir_guid(id: &str) -> Result<(), GraphError> {
+    if is_guid(id) {
+        Ok(())
+    } else {
+        Err(GraphError::bad_request(
+            "Request_BadRequest",
+            format!("Invalid object identifier '{id}'."),
+        ))
+    }
+}
+
+fn user_json(w: &World, u: &super::state::User) -> Value {
+    let _ = w;
+    json!({
+        "@odata.type": "#microsoft.graph.user",
+        "id": u.id,
+        "displayName": u.display_name,
+        "userPrincipalName": u.upn,
+        "mail": u.upn,
+        "accountEnabled": true,
+        "businessPhones": [],
+        "givenName": null,
+        "surname": null,
+        "jobTitle": null,
+    })
+}
+
+fn strip_type(mut v: Value) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.remove("@odata.type");
+    }
+    v
+}
+
+fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let filter = match q.get("filter") {
+        None => None,
+        Some(raw) => {
+            let f = super::odata::parse_filter(raw).map_err(|e| {
+                GraphError::bad_request(
+                    "Request_UnsupportedQuery",
+                    format!("Invalid filter clause: {e}"),
+                )
+            })?;
+            f.check(
+                &["id", "userPrincipalName", "displayName", "mail"],
+                &[
+                    ("startswith", "displayName"),
+                    ("startswith", "userPrincipalName"),
+                ],
+                true,
+            )
+            .map_err(|leaf| {
+                GraphError::bad_request(
+                    "Request_UnsupportedQuery",
+                    format!("Unsupported query: {leaf}"),
+                )
+            })?;
+            Some(f)
+        }
+    };
+    let sel = q.select();
+    let items: Vec<_> = w
+        .users
+        .iter()
+        .filter(|u| {
+            filter.as_ref().is_none_or(|f| {
+                f.eval(&|p| match p {
+                    "id" => Some(u.id.clone()),
+                    "userprincipalname" | "mail" => Some(u.upn.clone()),
+                    "displayname" => Some(u.display_name.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .collect();
+    page_lazy(
+        items,
+        |u| apply_select(strip_type(user_json(w, u)), sel.as_deref(), &[]),
+        q,
+        base,
+        path,
+        "users",
+        "Request_BadRequest",
+    )
+}
+
+fn get_user(w: &World, key: &str, q: &Query) -> GResult {
+    let u = if key.contains('@') {
+        w.user_by_upn(key)
+    } else {
+        require_dir_guid(key)?;
+        w.user(key)
+    }
+    .ok_or_else(|| dir_not_found(key))?;
+    let mut v = strip_type(user_json(w, u));
+    v["@odata.context"] = json!("$metadata#users/$entity");
+    Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
+}
+
+fn group_json(g: &super::state::Group) -> Value {
+    json!({
+        "id": g.id,
+        "displayName": g.display_name,
+        "description": g.description,
+        "mailEnabled": false,
+        "securityEnabled": true,
+        "groupTypes": [],
+        "createdDateTime": ts(g.created),
+    })
+}
+
+fn get_group(w: &World, id: &str, q: &Query) -> GResult {
+    require_dir_guid(id)?;
+    let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
+    Ok(Reply::ok(apply_select(
+        group_json(g),
+        q.select().as_deref(),
+        &[],
+    )))
+}
+
+fn directory_object_json(w: &World, oid: &str) -> Value {
+    if let Some(u) = w.user(oid) {
+        return user_json(w, u);
+    }
+    if let Some(sp) = w.sp(oid) {
+        return json!({"@odata.type": "#microsoft.graph.servicePrincipal", "id": sp.id,
+                      "displayName": sp.display_name, "appId": sp.app_id});
+    }
+    if let Some(g) = w.group(oid) {
+        let mut v = group_json(g);
+        v["@odata.type"] = json!("#microsoft.graph.group");
+        return v;
+    }
+    json!({"@odata.type": "#microsoft.graph.directoryObject", "id": oid})
+}
+
+fn list_group_rel(
+    w: &World,
+    id: &str,
+    rel: &str,
+    q: &Query,
+    headers: &HeaderMap,
+    base: &str,
+    path: &str,
+) -> GResult {
+    require_dir_guid(id)?;
+    let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
+    let eventual = headers
+        .get("consistencylevel")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
+    if q.has("filter") || q.has("search") || q.has("orderby") {
+        return Err(GraphError::bad_request(
+            "Request_UnsupportedQuery",
+            if eventual {
+                "The simulator does not implement advanced queries on members; page the whole collection with $select=id."
+            } else {
+                "Advanced queries ($filter/$search/$orderby) on members need ConsistencyLevel: eventual and $count=true."
+            },
+        ));
+    }
+    let set = if eq(rel, "owners") {
+        &g.owners
+    } else {
+        &g.members
+    };
+    let sel = q.select();
+    let items: Vec<&String> = set.iter().collect();
+    let count = set.len();
+    let mut reply = page_lazy(
+        items,
+        |oid| apply_select(directory_object_json(w, oid), sel.as_deref(), &[]),
+        q,
+        base,
+        path,
+        "directoryObjects",
+        "Request_BadRequest",
+    )?;
+    if q.get("count").is_some_and(|c| eq(c, "true")) && !q.has("skiptoken") {
+        if !eventual {
+            return Err(GraphError::bad_request(
+                "Request_BadRequest",
+                "$count requires the ConsistencyLevel: eventual header.",
+            ));
+        }
+        if let Some(b) = reply.body.as_mut() {
+            b["@odata.count"] = json!(count);
+        }
+    }
+    Ok(reply)
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, GraphError> {
+    serde_json::from_slice(body).map_err(|e| {
+        GraphError::bad_request(
+            "BadRequest",
+            format!("The request body is not valid JSON: {e}"),
+        )
+    })
+}
+
+fn add_member_ref(w: &mut World, gid: &str, body: &Bytes) -> GResult {
+    require_dir_guid(gid)?;
+    if w.group(gid).is_none() {
+        return Err(dir_not_found(gid));
+    }
+    let v = parse_body(body)?;
+    let odata_id = v.get("@odata.id").and_then(Value::as_str).ok_or_else(|| {
+        GraphError::bad_request(
+            "Request_BadRequest",
+            "The request body must contain '@odata.id' with a directoryObjects URL.",
+        )
+    })?;
+    let oid = odata_id.rsplit('/').next().unwrap_or_default().to_string();
+    let oid = oid
+        .trim_start_matches("directoryObjects(")
+        .trim_end_matches(')')
+        .trim_matches('\'')
+        .to_string();
+    let known = w.user(&oid).is_some() || w.sp(&oid).is_some() || w.group(&oid).is_some();
+    if !known {
+        return Err(dir_not_found(&oid));
+    }
+    let oid = w
+        .user(&oid)
+        .map(|u| u.id.clone())
+        .unwrap_or_else(|| oid.to_ascii_lowercase());
+    if !w.add_member(gid, &oid) {
+        return Err(GraphError::bad_request(
+            "Request_BadRequest",
+            "One or more added object references already exist for the following modified properties: 'members'.",
+        ));
+    }
+    Ok(Reply::empty(204))
+}
+
+fn remove_member_ref(w: &mut World, gid: &str, oid: &str) -> GResult {
+    require_dir_guid(gid)?;
+    require_dir_guid(oid)?;
+    if w.group(gid).is_none() {
+        return Err(dir_not_found(gid));
+    }
+    if !w.remove_member(gid, &oid.to_ascii_lowercase()) {
+        return Err(dir_not_found(oid));
+    }
+    Ok(Reply::empty(204))
+}
+
+fn check_member_groups(w: &World, key: &str, body: &Bytes) -> GResult {
+    let u = if key.contains('@') {
+        w.user_by_upn(key)
+    } else {
+        require_dir_guid(key)?;
+        w.user(key)
+    }
+    .ok_or_else(|| dir_not_found(key))?;
+    let v = parse_body(body)?;
+    let ids: Vec<String> = v
+        .get("groupIds")
+        .and_then(Value::as_array)
+        .ok_or_else(|| {
+            GraphError::bad_request(
+                "Request_BadRequest",
+                "The body must contain 'groupIds' (an array of up to 20 group ids).",
+            )
+        })?
+        .iter()
+        .filter_map(|x| x.as_str().map(str::to_string))
+        .collect();
+    if ids.len() > 20 {
+        return Err(GraphError::bad_request(
+            "Request_BadRequest",
+            format!("'groupIds' has {} ids; at most 20 are allowed.", ids.len()),
+        ));
+    }
+    let value: Vec<&String> = ids
+        .iter()
+        .filter(|g| w.group(g).is_some_and(|g| g.members.contains(&u.id)))
+        .collect();
+    Ok(Reply::ok(json!({
+        "@odata.context": "$metadata#Collection(Edm.String)",
+        "value": value,
+    })))
+}
+
+fn get_sp(w: &World, key: &str, q: &Query) -> GResult {
+    let sp = w
+        .sps
+        .iter()
+        .find(|s| eq(&s.id, key) || eq(&s.app_id, key))
+        .ok_or_else(|| dir_not_found(key))?;
+    let roles: Vec<Value> = sp
+        .app_roles
+        .iter()
+        .map(|r| {
+            json!({"id": r.id, "value": r.value, "displayName": r.display_name,
+                        "allowedMemberTypes": ["User"], "isEnabled": true})
+        })
+        .collect();
+    let v =
+        json!({"id": sp.id, "appId": sp.app_id, "displayName": sp.display_name, "appRoles": roles});
+    Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
+}
+
+fn list_app_role_assigned_to(w: &World, key: &str, q: &Query, base: &str, path: &str) -> GResult {
+    let sp = w
+        .sps
+        .iter()
+        .find(|s| eq(&s.id, key) || eq(&s.app_id, key))
+        .ok_or_else(|| {
+            if is_guid(key) {
+                dir_not_found(key)
+            } else {
+                GraphError::bad_request(
+                    "Request_BadRequest",
+                    format!("Invalid object identifier '{key}'."),
+                )
+            }
+        })?;
+    let sel = q.select();
+    let items: Vec<Value> = sp
+        .assigned_to
+        .iter()
+        .map(|a| {
+            let name = w.user(&a.principal_id).map(|u| u.display_name.clone());
+            let v = json!({
+                "id": a.id,
+                "appRoleId": a.app_role_id,
+                "principalId": a.principal_id,
+                "principalType": "User",
+                "principalDisplayName": name,
+                "resourceId": sp.id,
+                "resourceDisplayName": sp.display_name,
+                "createdDateTime": ts(a.created),
+                "deletedDateTime": null,
+            });
+            apply_select(v, sel.as_deref(), &[])
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "appRoleAssignments",
+        "Request_BadRequest",
+    )
+}
+
+// ---------------------------------------------------------------- entitlement management
+
+fn em_not_found(kind: &str, id: &str) -> GraphError {
+    GraphError::not_found(
+        "ResourceNotFound",
+        format!("The {kind} '{id}' was not found."),
+    )
+}
+
+fn require_em_guid(id: &str) -> Result<(), GraphError> {
+    if is_guid(id) {
+        Ok(())
+    } else {
+        Err(GraphError::bad_request(
+            "BadRequest",
+            format!("'{id}' is not a valid identifier; expected a GUID."),
+        ))
+    }
+}
+
+fn em_route(
+    shared: &Arc<Shared>,
+    sim: &mut Sim,
+    method: &Method,
+    rest: &[&str],
+    q: &Query,
+    body: &Bytes,
+    path: &str,
+) -> GResult {
+    let base = shared.base_url.as_str();
+    let get = *method == Method::GET;
+    let post = *method == Method::POST;
+    let w = &sim.world;
+    match rest {
+        ["catalogs"] if get => list_catalogs(w, q, base, path),
+        ["catalogs", id] if get => {
+            require_em_guid(id)?;
+            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            Ok(Reply::ok(apply_select(
+                catalog_json(c),
+                q.select().as_deref(),
+                &[],
+            )))
+        }
+        ["accessPackages"] if get => list_packages(w, q, base, path),
+        ["accessPackages", id] if get => {
+            require_em_guid(id)?;
+            let p = w
+                .package(id)
+                .ok_or_else(|| em_not_found("access package", id))?;
+            Ok(Reply::ok(package_json(w, p, q)))
+        }
+        ["accessPackages", id, rel]
+            if get && (eq(rel, "resourceRoleScopes") || eq(rel, "assignmentPolicies")) =>
+        {
+            require_em_guid(id)?;
+            let p = w
+                .package(id)
+                .ok_or_else(|| em_not_found("access package", id))?;
+            let items: Vec<Value> = if eq(rel, "resourceRoleScopes") {
+                let ex = q.expand();
+                p.role_scopes
+                    .iter()
+                    .map(|rs| role_scope_json(w, p, rs, &ex))
+                    .collect()
+            } else {
+                w.policies
+                    .iter()
+                    .filter(|x| x.package_id == p.id)
+                    .map(|x| policy_json(w, x, &q.expand()))
+                    .collect()
+            };
+            page(items, q, base, path, rel, "BadRequest")
+        }
+        ["assignmentPolicies"] if get => list_policies(w, q, base, path),
+        ["assignmentPolicies", id] if get => {
+            require_em_guid(id)?;
+            let p = w
+                .policy(id)
+                .ok_or_else(|| em_not_found("assignment policy", id))?;
+            Ok(Reply::ok(apply_select(
+                policy_json(w, p, &q.expand()),
+                q.select().as_deref(),
+                &["accessPackage", "catalog"],
+            )))
+        }
+        ["assignments"] if get => list_assignments(w, q, base, path),
+        ["assignments", id] if get => {
+            require_em_guid(id)?;
+            let a = w
+                .assignment(id)
+                .ok_or_else(|| em_not_found("assignment", id))?;
+            Ok(Reply::ok(assignment_select(w, a, q)))
+        }
+        ["assignments", id, op] if post && eq(op, "reprocess") => {
+            reprocess_assignment(shared, sim, id)
+        }
+        ["assignmentRequests"] if get => list_requests(w, q, base, path),
+        ["assignmentRequests"] if post => create_request(shared, sim, body),
+        ["assignmentRequests", id] if get => {
+            require_em_guid(id)?;
+            let r = w
+                .request(id)
+                .ok_or_else(|| em_not_found("assignment request", id))?;
+            Ok(Reply::ok(request_select(w, r, q)))
+        }
+        ["assignmentRequests", id, op] if post && eq(op, "reprocess") => {
+            reprocess_request(shared, sim, id)
+        }
+        ["assignmentRequests", id, op] if post && eq(op, "cancel") => cancel_request(sim, id),
+        ["catalogs", ..]
+        | ["accessPackages", ..]
+        | ["assignmentPolicies", ..]
+        | ["assignments", ..]
+        | ["assignmentRequests", ..]
+            if !get && !post =>
+        {
+            Err(method_not_allowed(method, path))
+        }
+        _ => Err(GraphError::not_found(
+            "itemNotFound",
+            format!("No HTTP resource was found that matches the request URI '{path}'."),
+        )),
+    }
+}
+
+fn catalog_json(c: &super::state::Catalog) -> Value {
+    json!({
+        "id": c.id,
+        "displayName": c.display_name,
+        "description": c.description,
+        "catalogType": "userManaged",
+        "state": "published",
+        "isExternallyVisible": false,
+        "createdDateTime": ts(c.created),
+        "modifiedDateTime": ts(c.created),
+    })
+}
+
+fn list_catalogs(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(
+        q,
+        &["displayName", "id"],
+        &[("contains", "displayName"), ("startswith", "displayName")],
+    )?;
+    let sel = q.select();
+    let items = w
+        .catalogs
+        .iter()
+        .filter(|c| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|p| match p {
+                    "displayname" => Some(c.display_name.clone()),
+                    "id" => Some(c.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|c| apply_select(catalog_json(c), sel.as_deref(), &[]))
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/catalogs",
+        "BadRequest",
+    )
+}
+
+fn package_base_json(p: &Package) -> Value {
+    json!({
+        "id": p.id,
+        "displayName": p.display_name,
+        "description": p.description,
+        "isHidden": false,
+        "createdDateTime": ts(p.created),
+        "modifiedDateTime": ts(p.created),
+    })
+}
+
+fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[Expand]) -> Value {
+    let nested = nested_expand(ex, "resourceRoleScopes");
+    let (origin_system, role_name, role_origin, scope_origin, scope_name) = match &rs.grant {
+        Grant::GroupMember(g) => (
+            "AadGroup",
+            "Member".to_string(),
+            format!("Member_{g}"),
+            g.clone(),
+            w.grant_name(&rs.grant),
+        ),
+        Grant::GroupOwner(g) => (
+            "AadGroup",
+            "Owner".to_string(),
+            format!("Owner_{g}"),
+            g.clone(),
+            w.grant_name(&rs.grant),
+        ),
+        Grant::AppRole { sp_id, role_id } => {
+            let name = w
+                .sp(sp_id)
+                .and_then(|s| s.app_roles.iter().find(|r| eq(&r.id, role_id)))
+                .map(|r| r.display_name.clone())
+                .unwrap_or_else(|| "Default Access".into());
+            (
+                "AadApplication",
+                name,
+                role_id.clone(),
+                sp_id.clone(),
+                w.grant_name(&rs.grant),
+            )
+        }
+        Grant::SharePoint {
+            site,
+            role,
+            role_origin_id,
+        } => {
+            let name = site.rsplit('/').next().unwrap_or(site).to_string();
+            (
+                "SharePointOnline",
+                role.clone(),
+                role_origin_id.clone(),
+                site.clone(),
+                name,
+            )
+        }
+    };
+    let mut v = json!({
+        "id": format!("{}_{}", rs.role_id, rs.scope_id),
+        "createdDateTime": ts(p.created),
+    });
+    // An expand of resourceRoleScopes without nested options still gets role and scope:
+    // clients that forget the nested expand would otherwise see nothing useful.
+    let all = nested.is_empty();
+    if all || has_expand(nested, "role") {
+        v["role"] = json!({
+            "id": rs.role_id,
+            "displayName": role_name,
+            "description": null,
+            "originId": role_origin,
+            "originSystem": origin_system,
+        });
+    }
+    if all || has_expand(nested, "scope") {
+        v["scope"] = json!({
+            "id": rs.scope_id,
+            "displayName": scope_name,
+            "description": null,
+            "originId": scope_origin,
+            "originSystem": origin_system,
+            "isRootScope": true,
+        });
+    }
+    v
+}
+
+fn package_json(w: &World, p: &Package, q: &Query) -> Value {
+    let ex = q.expand();
+    let mut v = package_base_json(p);
+    if has_expand(&ex, "catalog")
+        && let Some(c) = w.catalog(&p.catalog_id)
+    {
+        v["catalog"] = catalog_json(c);
+    }
+    if has_expand(&ex, "resourceRoleScopes") {
+        v["resourceRoleScopes"] = Value::Array(
+            p.role_scopes
+                .iter()
+                .map(|rs| role_scope_json(w, p, rs, &ex))
+                .collect(),
+        );
+    }
+    if has_expand(&ex, "assignmentPolicies") {
+        v["assignmentPolicies"] = Value::Array(
+            w.policies
+                .iter()
+                .filter(|x| x.package_id == p.id)
+                .map(|x| policy_json(w, x, &[]))
+                .collect(),
+        );
+    }
+    apply_select(
+        v,
+        q.select().as_deref(),
+        &["catalog", "resourceRoleScopes", "assignmentPolicies"],
+    )
+}
+
+fn list_packages(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(
+        q,
+        &["displayName", "id", "catalog/id"],
+        &[("contains", "displayName"), ("startswith", "displayName")],
+    )?;
+    let items = w
+        .packages
+        .iter()
+        .filter(|p| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "displayname" => Some(p.display_name.clone()),
+                    "id" => Some(p.id.clone()),
+                    "catalog/id" => Some(p.catalog_id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|p| package_json(w, p, q))
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/accessPackages",
+        "BadRequest",
+    )
+}
+
+fn policy_json(w: &World, p: &Policy, ex: &[Expand]) -> Value {
+    let mut v = json!({
+        "id": p.id,
+        "displayName": p.display_name,
+        "description": p.description,
+        "allowedTargetScope": "notSpecified",
+        "specificAllowedTargets": [],
+        "expiration": {"endDateTime": null, "duration": null, "type": "noExpiration"},
+        "requestorSettings": {"enableTargetsToSelfAddAccess": false, "enableTargetsToSelfUpdateAccess": false,
+                              "enableTargetsToSelfRemoveAccess": false, "allowCustomAssignmentSchedule": true,
+                              "enableOnBehalfRequestorsToAddAccess": false, "enableOnBehalfRequestorsToUpdateAccess": false,
+                              "enableOnBehalfRequestorsToRemoveAccess": false, "onBehalfRequestors": []},
+        "requestApprovalSettings": {"isApprovalRequiredForAdd": false, "isApprovalRequiredForUpdate": false, "stages": []},
+        "createdDateTime": ts(p.created),
+        "modifiedDateTime": ts(p.created),
+    });
+    if has_expand(ex, "accessPackage")
+        && let Some(pkg) = w.package(&p.package_id)
+    {
+        v["accessPackage"] = package_base_json(pkg);
+    }
+    if has_expand(ex, "catalog")
+        && let Some(c) = w
+            .package(&p.package_id)
+            .and_then(|pkg| w.catalog(&pkg.catalog_id))
+    {
+        v["catalog"] = catalog_json(c);
+    }
+    v
+}
+
+fn list_policies(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(
+        q,
+        &["displayName", "id", "accessPackage/id"],
+        &[("contains", "displayName")],
+    )?;
+    let ex = q.expand();
+    let sel = q.select();
+    let items = w
+        .policies
+        .iter()
+        .filter(|p| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "displayname" => Some(p.display_name.clone()),
+                    "id" => Some(p.id.clone()),
+                    "accesspackage/id" => Some(p.package_id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|p| {
+            apply_select(
+                policy_json(w, p, &ex),
+                sel.as_deref(),
+                &["accessPackage", "catalog"],
+            )
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/assignmentPolicies",
+        "BadRequest",
+    )
+}
+
+fn subject_json(w: &World, user_id: &str) -> Value {
+    match w.user(user_id) {
+        Some(u) => json!({
+            "id": u.subject_id,
+            "objectId": u.id,
+            "displayName": u.display_name,
+            "email": u.upn,
+            "principalName": u.upn,
+            "onPremisesSecurityIdentifier": null,
+            "subjectType": "user",
+        }),
+        None => json!({"id": null, "objectId": user_id, "subjectType": "user"}),
+    }
+}
+
+fn schedule_json(start: Option<Timestamp>, kind: &str) -> Value {
+    json!({
+        "startDateTime": ts_opt(start),
+        "recurrence": null,
+        "expiration": {"endDateTime": null, "duration": null, "type": kind},
+    })
+}
+
+fn assignment_json(w: &World, a: &Assignment, ex: &[Expand]) -> Value {
+    let mut v = json!({
+        "id": a.id,
+        "state": a.state,
+        "status": a.status,
+        "expiredDateTime": ts_opt(a.expired),
+        "schedule": schedule_json(Some(a.start), "noExpiration"),
+        "customExtensionCalloutInstances": [],
+    });
+    if has_expand(ex, "target") {
+        v["target"] = subject_json(w, &a.target_id);
+    }
+    if has_expand(ex, "accessPackage")
+        && let Some(p) = w.package(&a.package_id)
+    {
+        v["accessPackage"] = package_base_json(p);
+    }
+    if has_expand(ex, "assignmentPolicy")
+        && let Some(p) = w.policy(&a.policy_id)
+    {
+        v["assignmentPolicy"] = policy_json(w, p, &[]);
+    }
+    v
+}
+
+fn assignment_select(w: &World, a: &Assignment, q: &Query) -> Value {
+    apply_select(
+        assignment_json(w, a, &q.expand()),
+        q.select().as_deref(),
+        &["target", "accessPackage", "assignmentPolicy"],
+    )
+}
+
+fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(
+        q,
+        &[
+            "accessPackage/id",
+            "target/objectId",
+            "state",
+            "assignmentPolicy/id",
+            "id",
+            "target/id",
+        ],
+        &[],
+    )?;
+    let items: Vec<_> = w
+        .assignments
+        .iter()
+        .filter(|a| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "accesspackage/id" => Some(a.package_id.clone()),
+                    "target/objectid" => Some(a.target_id.clone()),
+                    "target/id" => w.user(&a.target_id).map(|u| u.subject_id.clone()),
+                    "state" => Some(a.state.clone()),
+                    "assignmentpolicy/id" => Some(a.policy_id.clone()),
+                    "id" => Some(a.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .collect();
+    page_lazy(
+        items,
+        |a| assignment_select(w, a, q),
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/assignments",
+        "BadRequest",
+    )
+}
+
+fn request_json(w: &World, r: &Request, ex: &[Expand]) -> Value {
+    let mut v = json!({
+        "id": r.id,
+        "requestType": r.request_type,
+        "state": r.state,
+        "status": r.status,
+        "createdDateTime": ts_opt(r.created),
+        "completedDateTime": ts_opt(r.completed),
+        "justification": r.justification,
+        "schedule": schedule_json(r.created, "notSpecified"),
+        "answers": [],
+        "customExtensionCalloutInstances": [],
+    });
+    if has_expand(ex, "accessPackage")
+        && let Some(p) = w.package(&r.package_id)
+    {
+        v["accessPackage"] = package_base_json(p);
+    }
+    if has_expand(ex, "assignment") {
+        v["assignment"] = match r.assignment_id.as_deref().and_then(|id| w.assignment(id)) {
+            Some(a) => {
+                let mut nested = nested_expand(ex, "assignment").to_vec();
+                // Expanded assignments always carry their target: that is what callers want.
+                if !has_expand(&nested, "target") {
+                    nested.push(Expand {
+                        name: "target".into(),
+                        nested: Vec::new(),
+                    });
+                }
+                assignment_json(w, a, &nested)
+            }
+            None => json!({"id": null, "target": subject_json(w, &r.target_id)}),
+        };
+    }
+    if has_expand(ex, "requestor") {
+        v["requestor"] = json!({
+            "id": w.client_sp_id,
+            "objectId": w.client_sp_id,
+            "displayName": w.client_display_name,
+            "email": null,
+            "principalName": null,
+            "onPremisesSecurityIdentifier": null,
+            "subjectType": "servicePrincipal",
+        });
+    }
+    v
+}
+
+fn request_select(w: &World, r: &Request, q: &Query) -> Value {
+    apply_select(
+        request_json(w, r, &q.expand()),
+        q.select().as_deref(),
+        &["accessPackage", "assignment", "requestor"],
+    )
+}
+
+fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f: Option<Filter> = em_filter(q, &["accessPackage/id", "state", "requestType", "id"], &[])?;
+    let items: Vec<_> = w
+        .requests
+        .iter()
+        .filter(|r| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "accesspackage/id" => Some(r.package_id.clone()),
+                    "state" => Some(r.state.clone()),
+                    "requesttype" => Some(r.request_type.clone()),
+                    "id" => Some(r.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .collect();
+    page_lazy(
+        items,
+        |r| request_select(w, r, q),
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/assignmentRequests",
+        "BadRequest",
+    )
+}
+
+fn bad(msg: impl Into<String>) -> GraphError {
+    GraphError::bad_request("BadRequest", msg)
+}
+
+fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult {
+    let v = parse_body(body)?;
+    let rtype_raw = v
+        .get("requestType")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad("The request body must contain 'requestType' (adminAdd or adminRemove).")
+        })?;
+    let rtype = canonical_request_type(rtype_raw)
+        .ok_or_else(|| bad(format!("'{rtype_raw}' is not a valid requestType.")))?;
+    let asg = v.get("assignment").cloned().unwrap_or(Value::Null);
+    let field = |k: &str| asg.get(k).and_then(Value::as_str).map(str::to_string);
+    let justification = v
+        .get("justification")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let epoch = sim.epoch;
+    let w = &mut sim.world;
+    let now = w.now();
+    match rtype {
+        "adminAdd" => {
+            let target = field("targetId")
+                .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
+            let policy_id = field("assignmentPolicyId")
+                .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
+            let package_id = field("accessPackageId")
+                .ok_or_else(|| bad("adminAdd needs assignment.accessPackageId."))?;
+            for (name, id) in [
+                ("targetId", &target),
+                ("assignmentPolicyId", &policy_id),
+                ("accessPackageId", &package_id),
+            ] {
+                if !is_guid(id) {
+                    return Err(bad(format!("assignment.{name} '{id}' is not a GUID.")));
+                }
+            }
+            let user_id = w.user(&target).map(|u| u.id.clone()).ok_or_else(|| {
+                bad(format!(
+                    "The target user '{target}' was not found in the directory."
+                ))
+            })?;
+            let pkg = w
+                .package(&package_id)
+                .map(|p| p.id.clone())
+                .ok_or_else(|| bad(format!("The access package '{package_id}' was not found.")))?;
+            let pol = w.policy(&policy_id).ok_or_else(|| {
+                bad(format!(
+                    "The assignment policy '{policy_id}' was not found."
+                ))
+            })?;
+            if pol.package_id != pkg {
+                return Err(bad(format!(
+                    "The assignment policy '{policy_id}' does not belong to access package '{package_id}'."
+                )));
+            }
+            let pol = pol.id.clone();
+            if w.assignments
+                .iter()
+                .any(|a| a.target_id == user_id && a.package_id == pkg && a.state != "expired")
+            {
+                return Err(bad(
+                    "The target already has an active assignment for this access package (ExistingAssignment).",
+                ));
+            }
+            if w.requests.iter().any(|r| {
+                r.target_id == user_id
+                    && r.package_id == pkg
+                    && matches!(
+                        r.state.as_str(),
+                        "submitted" | "pendingApproval" | "delivering" | "scheduled"
+                    )
+            }) {
+                return Err(bad(
+                    "The target already has an open request for this access package (ExistingOpenRequest).",
+                ));
+            }
+            let id = w.next_id();
+            w.requests.push(Request {
+                id: id.clone(),
+                request_type: "adminAdd".into(),
+                state: "submitted".into(),
+                status: "Accepted".into(),
+                created: Some(now),
+                completed: None,
+                package_id: pkg,
+                policy_id: pol,
+                target_id: user_id,
+                assignment_id: None,
+                justification,
+                rev: 0,
+            });
+            let body = created_json(w, &id);
+            let outcome = sim.next_add_outcome();
+            sim.planned.insert(id.clone(), outcome);
+            spawn_add(shared.clone(), epoch, id);
+            Ok(Reply::json(201, body))
+        }
+        "adminRemove" => {
+            let aid = field("id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
+            if !is_guid(&aid) {
+                return Err(bad(format!("assignment.id '{aid}' is not a GUID.")));
+            }
+            let a = w
+                .assignment(&aid)
+                .ok_or_else(|| bad(format!("The assignment '{aid}' was not found.")))?;
+            if a.state == "expired" {
+                return Err(bad(format!("The assignment '{aid}' is already expired.")));
+            }
+            let (pkg, pol, target, aid) = (
+                a.package_id.clone(),
+                a.policy_id.clone(),
+                a.target_id.clone(),
+                a.id.clone(),
+            );
+            if w.requests.iter().any(|r| {
+                r.assignment_id.as_deref() == Some(aid.as_str())
+                    && r.request_type == "adminRemove"
+                    && matches!(r.state.as_str(), "submitted" | "delivering")
+            }) {
+                return Err(bad(
+                    "A removal of this assignment is already in progress (ExistingOpenRequest).",
+                ));
+            }
+            let id = w.next_id();
+            w.requests.push(Request {
+                id: id.clone(),
+                request_type: "adminRemove".into(),
+                state: "submitted".into(),
+                status: "Accepted".into(),
+                created: Some(now),
+                completed: None,
+                package_id: pkg,
+                policy_id: pol,
+                target_id: target,
+                assignment_id: Some(aid),
+                justification,
+                rev: 0,
+            });
+            spawn_remove(shared.clone(), epoch, id.clone());
+            Ok(Reply::json(201, created_json(w, &id)))
+        }
+        other => Err(bad(format!(
+            "requestType '{other}' is not supported by the simulator; use adminAdd or adminRemove."
+        ))),
+    }
+}
+
+fn created_json(w: &World, id: &str) -> Value {
+    let r = w.request(id);
+    json!({
+        "@odata.context": "$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity",
+        "id": id,
+        "requestType": r.map(|r| r.request_type.clone()),
+        "state": "submitted",
+        "status": "Accepted",
+        "createdDateTime": null,
+        "completedDateTime": null,
+        "justification": r.and_then(|r| r.justification.clone()),
+        "schedule": schedule_json(None, "notSpecified"),
+        "answers": [],
+    })
+}
+
+/// Runs `f` under the lock if no reset happened since `epoch`.
+fn with_epoch(shared: &Shared, epoch: u64, f: impl FnOnce(&mut Sim)) {
+    let mut sim = shared.lock();
+    if sim.epoch == epoch {
+        f(&mut sim);
+    }
+}
+
+fn request_rev(w: &World, id: &str) -> Option<(u64, String)> {
+    w.request(id).map(|r| (r.rev, r.state.clone()))
+}
+
+fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    tokio::spawn(async move {
+        let delay = shared.opts.request_delay;
+        tokio::time::sleep(delay).await;
+        let mut proceed = false;
+        with_epoch(&shared, epoch, |sim| {
+            let w = &mut sim.world;
+            if request_rev(w, &req_id) != Some((0, "submitted".into())) {
+                return;
+            }
+            let aid = w.next_id();
+            let now = w.now();
+            let Some(r) = w.request_mut(&req_id) else {
+                return;
+            };
+            r.state = "delivering".into();
+            r.status = "Delivering".into();
+            r.assignment_id = Some(aid.clone());
+            let (pkg, pol, target) = (
+                r.package_id.clone(),
+                r.policy_id.clone(),
+                r.target_id.clone(),
+            );
+            w.assignments.push(Assignment {
+                id: aid,
+                package_id: pkg,
+                policy_id: pol,
+                target_id: target,
+                state: "delivering".into(),
+                status: "Delivering".into(),
+                start: now,
+                expired: None,
+                rev: 0,
+            });
+            proceed = true;
+        });
+        if !proceed {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        with_epoch(&shared, epoch, |sim| {
+            let outcome = sim.planned.remove(&req_id).unwrap_or(AddOutcome::Deliver);
+            let w = &mut sim.world;
+            if request_rev(w, &req_id) != Some((0, "delivering".into())) {
+                return;
+            }
+            let Some(r) = w.request(&req_id) else { return };
+            let (pkg, target, aid) = (
+                r.package_id.clone(),
+                r.target_id.clone(),
+                r.assignment_id.clone().unwrap_or_default(),
+            );
+            let asg_ok = w
+                .assignment(&aid)
+                .is_some_and(|a| a.rev == 0 && a.state == "delivering");
+            if !asg_ok {
+                return;
+            }
+            let state = match outcome {
+                // Stays delivering forever, as Graph sometimes does.
+                AddOutcome::Stuck => return,
+                AddOutcome::Fail => "deliveryFailed",
+                AddOutcome::Partial => {
+                    w.deliver_package_except_first(&pkg, &target);
+                    "partiallyDelivered"
+                }
+                AddOutcome::Deliver => {
+                    w.deliver_package(&pkg, &target);
+                    "delivered"
+                }
+            };
+            let now = w.now();
+            if let Some(a) = w.assignment_mut(&aid) {
+                a.state = state.into();
+                a.status = status_for(state).into();
+            }
+            if let Some(r) = w.request_mut(&req_id) {
+                r.state = state.into();
+                r.status = status_for(state).into();
+                r.completed = Some(now);
+            }
+        });
+    });
+}
+
+fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    tokio::spawn(async move {
+        let delay = shared.opts.request_delay;
+        tokio::time::sleep(delay).await;
+        let mut proceed = false;
+        with_epoch(&shared, epoch, |sim| {
+            let w = &mut sim.world;
+            if request_rev(w, &req_id) != Some((0, "submitted".into())) {
+                return;
+            }
+            if let Some(r) = w.request_mut(&req_id) {
+                r.state = "delivering".into();
+                r.status = "Delivering".into();
+                proceed = true;
+            }
+        });
+        if !proceed {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        with_epoch(&shared, epoch, |sim| {
+            let w = &mut sim.world;
+            if request_rev(w, &req_id) != Some((0, "delivering".into())) {
+                return;
+            }
+            let Some(r) = w.request(&req_id) else { return };
+            let (pkg, target, aid) = (
+                r.package_id.clone(),
+                r.target_id.clone(),
+                r.assignment_id.clone().unwrap_or_default(),
+            );
+            let now = w.now();
+            // Mark first so revoke_package does not count this assignment as still promising.
+            if let Some(a) = w.assignment_mut(&aid) {
+                a.state = "expired".into();
+                a.status = "Expired".into();
+                a.expired = Some(now);
+            }
+            w.revoke_package(&pkg, &target, &aid);
+            if let Some(r) = w.request_mut(&req_id) {
+                r.state = "delivered".into();
+                r.status = "Delivered".into();
+                r.completed = Some(now);
+            }
+        });
+    });
+}
+
+fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
+    require_em_guid(id)?;
+    let a = sim
+        .world
+        .assignment(id)
+        .ok_or_else(|| em_not_found("assignment", id))?;
+    if a.state != "delivered" {
+        return Err(bad(format!(
+            "The assignment '{}' is in state '{}'; only delivered assignments can be reprocessed.",
+            a.id, a.state
+        )));
+    }
+    let aid = a.id.clone();
+    let epoch = sim.epoch;
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.opts.reprocess_delay).await;
+        with_epoch(&shared, epoch, |sim| {
+            if sim.is_silent(&[&aid]) {
+                return;
+            }
+            let w = &mut sim.world;
+            let Some(a) = w.assignment(&aid) else { return };
+            if a.state != "delivered" {
+                return;
+            }
+            let (pkg, target) = (a.package_id.clone(), a.target_id.clone());
+            w.deliver_package(&pkg, &target);
+        });
+    });
+    Ok(Reply::empty(202))
+}
+
+/// How long after `completedDateTime` a failed request can still be reprocessed.
+const REQUEST_REPROCESS_WINDOW: SignedDuration = SignedDuration::from_hours(24 * 14);
+
+fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
+    require_em_guid(id)?;
+    let epoch = sim.epoch;
+    let w = &mut sim.world;
+    let now = w.now();
+    let r = w
+        .request(id)
+        .ok_or_else(|| em_not_found("assignment request", id))?;
+    if !matches!(r.state.as_str(), "deliveryFailed" | "partiallyDelivered") {
+        return Err(bad(format!(
+            "The request '{}' is in state '{}'; only deliveryFailed or partiallyDelivered requests can be reprocessed.",
+            r.id, r.state
+        )));
+    }
+    let in_window = r
+        .completed
+        .is_some_and(|c| now - REQUEST_REPROCESS_WINDOW <= c);
+    if !in_window {
+        return Err(bad(format!(
+            "The request '{}' completed more than 14 days ago; cancel it and create a new request.",
+            r.id
+        )));
+    }
+    let rid = r.id.clone();
+    let prev_state = r.state.clone();
+    let aid = r.assignment_id.clone();
+    let prev_asg_state = aid
+        .as_deref()
+        .and_then(|a| w.assignment(a))
+        .map(|a| a.state.clone());
+    if let Some(r) = w.request_mut(&rid) {
+        r.state = "delivering".into();
+        r.status = "Delivering".into();
+    }
+    if let Some(a) = aid.as_deref().and_then(|a| w.assignment_mut(a)) {
+        a.state = "delivering".into();
+        a.status = "Delivering".into();
+    }
+    let rev = w.request(&rid).map(|r| r.rev).unwrap_or_default();
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(shared.opts.reprocess_delay).await;
+        with_epoch(&shared, epoch, |sim| {
+            let silent = sim.is_silent(&[&rid, aid.as_deref().unwrap_or("")]);
+            let w = &mut sim.world;
+            let Some(r) = w.request(&rid) else { return };
+            if r.rev != rev || r.state != "delivering" {
+                return;
+            }
+            let (pkg, pol, target) = (
+                r.package_id.clone(),
+                r.policy_id.clone(),
+                r.target_id.clone(),
+            );
+            if silent {
+                if let Some(r) = w.request_mut(&rid) {
+                    r.state = prev_state.clone();
+                    r.status = status_for(&prev_state).into();
+                }
+                if let (Some(a), Some(s)) = (
+                    aid.as_deref().and_then(|a| w.assignment_mut(a)),
+                    prev_asg_state,
+                ) {
+                    a.state = s.clone();
+                    a.status = status_for(&s).into();
+                }
+                return;
+            }
+            let now = w.now();
+            let aid = match aid {
+                Some(a) if w.assignment(&a).is_some() => a,
+                _ => {
+                    let a = w.next_id();
+                    w.assignments.push(Assignment {
+                        id: a.clone(),
+                        package_id: pkg.clone(),
+                        policy_id: pol,
+                        target_id: target.clone(),
+                        state: "delivering".into(),
+                        status: "Delivering".into(),
+                        start: now,
+                        expired: None,
+                        rev: 0,
+                    });
+                    a
+                }
+            };
+            w.deliver_package(&pkg, &target);
+            if let Some(a) = w.assignment_mut(&aid) {
+                a.state = "delivered".into();
+                a.status = "Delivered".into();
+            }
+            if let Some(r) = w.request_mut(&rid) {
+                r.state = "delivered".into();
+                r.status = "Delivered".into();
+                r.completed = Some(now);
+                r.assignment_id = Some(aid);
+            }
+        });
+    });
+    Ok(Reply::empty(202))
+}
+
+fn cancel_request(sim: &mut Sim, id: &str) -> GResult {
+    require_em_guid(id)?;
+    let w = &mut sim.world;
+    let now = w.now();
+    let r = w
+        .request_mut(id)
+        .ok_or_else(|| em_not_found("assignment request", id))?;
+    if !matches!(
+        r.state.as_str(),
+        "submitted"
+            | "pendingApproval"
+            | "scheduled"
+            | "delivering"
+            | "deliveryFailed"
+            | "partiallyDelivered"
+    ) {
+        return Err(bad(format!(
+            "The request '{}' in state '{}' cannot be canceled.",
+            r.id, r.state
+        )));
+    }
+    r.state = "canceled".into();
+    r.status = "Canceled".into();
+    r.completed = Some(now);
+    r.rev += 1;
+    Ok(Reply::empty(200))
+}

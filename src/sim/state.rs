@@ -1,0 +1,1173 @@
+//! The simulated tenant: directory objects, entitlement-management objects and the
+//! operations that change them. Pure data, no HTTP; the server locks it per request.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use jiff::{SignedDuration, Timestamp};
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::scenario::{ResourceSpec, Scenario, ScenarioError, derive_id};
+
+/// App role id used for "Default Access" (apps without roles).
+pub(crate) const DEFAULT_ACCESS_ROLE: &str = "00000000-0000-0000-0000-000000000000";
+
+#[derive(Debug, Clone)]
+pub(crate) struct User {
+    pub id: String,
+    pub upn: String,
+    pub display_name: String,
+    pub subject_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Group {
+    pub id: String,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub members: BTreeSet<String>,
+    pub owners: BTreeSet<String>,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppRole {
+    pub id: String,
+    pub value: String,
+    pub display_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct AppRoleAssignment {
+    pub id: String,
+    pub app_role_id: String,
+    pub principal_id: String,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct ServicePrincipal {
+    pub id: String,
+    pub app_id: String,
+    pub display_name: String,
+    pub app_roles: Vec<AppRole>,
+    pub assigned_to: Vec<AppRoleAssignment>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Catalog {
+    pub id: String,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub created: Timestamp,
+}
+
+/// What one resource role scope of a package grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Grant {
+    GroupMember(String),
+    GroupOwner(String),
+    AppRole {
+        sp_id: String,
+        role_id: String,
+    },
+    SharePoint {
+        site: String,
+        role: String,
+        role_origin_id: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RoleScope {
+    pub grant: Grant,
+    pub role_id: String,
+    pub scope_id: String,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Package {
+    pub id: String,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub catalog_id: String,
+    pub role_scopes: Vec<RoleScope>,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Policy {
+    pub id: String,
+    pub display_name: String,
+    pub description: Option<String>,
+    pub package_id: String,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Assignment {
+    pub id: String,
+    pub package_id: String,
+    pub policy_id: String,
+    pub target_id: String,
+    pub state: String,
+    pub status: String,
+    pub start: Timestamp,
+    pub expired: Option<Timestamp>,
+    /// Bumped whenever the admin API forces a state, so in-flight background work
+    /// started before that notices and stops.
+    pub rev: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Request {
+    pub id: String,
+    pub request_type: String,
+    pub state: String,
+    pub status: String,
+    pub created: Option<Timestamp>,
+    pub completed: Option<Timestamp>,
+    pub package_id: String,
+    pub policy_id: String,
+    pub target_id: String,
+    pub assignment_id: Option<String>,
+    pub justification: Option<String>,
+    pub rev: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct DeltaChange {
+    pub version: u64,
+    pub group_id: String,
+    pub member_id: String,
+    pub added: bool,
+}
+
+/// The whole simulated tenant.
+#[derive(Debug, Clone)]
+pub(crate) struct World {
+    pub tenant_id: String,
+    pub tenant_name: String,
+    pub tenant_domain: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub client_assertion: Option<String>,
+    pub client_display_name: String,
+    pub client_sp_id: String,
+    pub users: Vec<User>,
+    user_by_id: HashMap<String, usize>,
+    user_by_upn: HashMap<String, usize>,
+    pub groups: Vec<Group>,
+    group_by_id: HashMap<String, usize>,
+    pub sps: Vec<ServicePrincipal>,
+    pub catalogs: Vec<Catalog>,
+    pub packages: Vec<Package>,
+    pub policies: Vec<Policy>,
+    pub assignments: Vec<Assignment>,
+    pub requests: Vec<Request>,
+    rng: ChaCha8Rng,
+    pub seed_value: u64,
+    pub clock_offset: SignedDuration,
+    pub delta_version: u64,
+    pub delta_log: Vec<DeltaChange>,
+}
+
+fn lc(s: &str) -> String {
+    s.to_lowercase()
+}
+
+fn valid_guid(field: &str, id: &str) -> Result<String, ScenarioError> {
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ScenarioError::invalid(field, format!("{id:?} is not a GUID")))
+}
+
+fn id_or_derived(
+    given: &Option<String>,
+    field: &str,
+    seed: u64,
+    kind: &str,
+    name: &str,
+) -> Result<String, ScenarioError> {
+    match given {
+        Some(id) => valid_guid(field, id),
+        None => Ok(derive_id(seed, kind, name)),
+    }
+}
+
+impl World {
+    /// Builds the tenant from a scenario, applying delivered assignments' grants.
+    pub fn from_scenario(sc: &Scenario) -> Result<World, ScenarioError> {
+        let spec = &sc.spec;
+        let seed = spec.seed;
+        let now = Timestamp::now();
+        let created = now - SignedDuration::from_hours(24 * 30);
+        let tname = spec.tenant.name.clone();
+        if tname.trim().is_empty() {
+            return Err(ScenarioError::invalid(
+                "spec.tenant.name",
+                "must not be empty",
+            ));
+        }
+        let tenant_id = id_or_derived(&spec.tenant.id, "spec.tenant.id", seed, "tenant", &tname)?;
+        let client_id = id_or_derived(&spec.client.id, "spec.client.id", seed, "client", &tname)?;
+        let mut w = World {
+            tenant_domain: spec
+                .tenant
+                .domain
+                .clone()
+                .unwrap_or_else(|| format!("{tname}.onmicrosoft.com")),
+            tenant_id,
+            client_secret: spec
+                .client
+                .secret
+                .clone()
+                .unwrap_or_else(|| format!("sim-secret-{tname}")),
+            client_assertion: spec.client.assertion.clone(),
+            client_display_name: spec
+                .client
+                .display_name
+                .clone()
+                .unwrap_or_else(|| "Redeliver".into()),
+            client_sp_id: derive_id(seed, "client-sp", &client_id),
+            client_id,
+            tenant_name: tname,
+            users: Vec::with_capacity(spec.users.len()),
+            user_by_id: HashMap::with_capacity(spec.users.len()),
+            user_by_upn: HashMap::with_capacity(spec.users.len()),
+            groups: Vec::new(),
+            group_by_id: HashMap::new(),
+            sps: Vec::new(),
+            catalogs: Vec::new(),
+            packages: Vec::new(),
+            policies: Vec::new(),
+            assignments: Vec::new(),
+            requests: Vec::new(),
+            rng: ChaCha8Rng::seed_from_u64(seed ^ 0x005E_ED0F_5111),
+            seed_value: seed,
+            clock_offset: SignedDuration::ZERO,
+            delta_version: 0,
+            delta_log: Vec::new(),
+        };
+
+        for (i, u) in spec.users.iter().enumerate() {
+            let field = format!("spec.users[{i}]");
+            if !u.upn.contains('@') {
+                return Err(ScenarioError::invalid(
+                    format!("{field}.upn"),
+                    format!("{:?} is not a userPrincipalName (name@domain)", u.upn),
+                ));
+            }
+            let id = id_or_derived(&u.id, &format!("{field}.id"), seed, "user", &u.upn)?;
+            if w.user_by_upn.contains_key(&lc(&u.upn)) || w.user_by_id.contains_key(&id) {
+                return Err(ScenarioError::invalid(
+                    field,
+                    format!("user {} is declared twice", u.upn),
+                ));
+            }
+            let display_name = u
+                .display_name
+                .clone()
+                .unwrap_or_else(|| u.upn.split('@').next().unwrap_or(&u.upn).to_string());
+            w.user_by_upn.insert(lc(&u.upn), w.users.len());
+            w.user_by_id.insert(id.clone(), w.users.len());
+            w.users.push(User {
+                subject_id: derive_id(seed, "subject", &u.upn),
+                id,
+                upn: u.upn.clone(),
+                display_name,
+            });
+        }
+
+        for (i, g) in spec.groups.iter().enumerate() {
+            let field = format!("spec.groups[{i}]");
+            let id = id_or_derived(&g.id, &format!("{field}.id"), seed, "group", &g.name)?;
+            if w.group_named(&g.name).is_some() {
+                return Err(ScenarioError::invalid(
+                    field,
+                    format!("group {} is declared twice", g.name),
+                ));
+            }
+            let mut members = BTreeSet::new();
+            for (j, m) in g.members.iter().enumerate() {
+                members.insert(w.scenario_user(&format!("{field}.members[{j}]"), m)?);
+            }
+            let mut owners = BTreeSet::new();
+            for (j, m) in g.owners.iter().enumerate() {
+                owners.insert(w.scenario_user(&format!("{field}.owners[{j}]"), m)?);
+            }
+            w.group_by_id.insert(id.clone(), w.groups.len());
+            w.groups.push(Group {
+                id,
+                display_name: g.name.clone(),
+                description: g.description.clone(),
+                members,
+                owners,
+                created,
+            });
+        }
+
+        for (i, s) in spec.service_principals.iter().enumerate() {
+            let field = format!("spec.servicePrincipals[{i}]");
+            let id = id_or_derived(&s.id, &format!("{field}.id"), seed, "sp", &s.name)?;
+            let app_id = id_or_derived(&s.app_id, &format!("{field}.appId"), seed, "app", &s.name)?;
+            let mut roles = Vec::new();
+            for (j, r) in s.app_roles.iter().enumerate() {
+                roles.push(AppRole {
+                    id: id_or_derived(
+                        &r.id,
+                        &format!("{field}.appRoles[{j}].id"),
+                        seed,
+                        "approle",
+                        &format!("{}/{}", s.name, r.value),
+                    )?,
+                    value: r.value.clone(),
+                    display_name: r.display_name.clone().unwrap_or_else(|| r.value.clone()),
+                });
+            }
+            w.sps.push(ServicePrincipal {
+                id,
+                app_id,
+                display_name: s.name.clone(),
+                app_roles: roles,
+                assigned_to: Vec::new(),
+            });
+            let sp_idx = w.sps.len() - 1;
+            for (j, a) in s.assignments.iter().enumerate() {
+                let f = format!("{field}.assignments[{j}]");
+                let user = w.scenario_user(&format!("{f}.user"), &a.user)?;
+                let role = w.resolve_app_role(sp_idx, a.role.as_deref(), &format!("{f}.role"))?;
+                let sp_id = w.sps[sp_idx].id.clone();
+                w.add_app_role(&sp_id, &user, &role, created);
+            }
+        }
+
+        for (i, c) in spec.catalogs.iter().enumerate() {
+            let field = format!("spec.catalogs[{i}]");
+            let id = id_or_derived(&c.id, &format!("{field}.id"), seed, "catalog", &c.name)?;
+            w.catalogs.push(Catalog {
+                id,
+                display_name: c.name.clone(),
+                description: c.description.clone(),
+                created,
+            });
+        }
+
+        for (i, p) in spec.access_packages.iter().enumerate() {
+            let field = format!("spec.accessPackages[{i}]");
+            let id = id_or_derived(&p.id, &format!("{field}.id"), seed, "package", &p.name)?;
+            if w.package_named(&p.name).is_some() {
+                return Err(ScenarioError::invalid(
+                    field,
+                    format!("access package {} is declared twice", p.name),
+                ));
+            }
+            let catalog_id = w
+                .catalogs
+                .iter()
+                .find(|c| c.display_name.eq_ignore_ascii_case(&p.catalog))
+                .map(|c| c.id.clone())
+                .ok_or_else(|| {
+                    ScenarioError::invalid(
+                        format!("{field}.catalog"),
+                        format!("no catalog named {:?}; add it to spec.catalogs", p.catalog),
+                    )
+                })?;
+            let mut role_scopes = Vec::new();
+            for (j, r) in p.resources.iter().enumerate() {
+                let grant = w.resolve_grant(&format!("{field}.resources[{j}]"), r)?;
+                let key = format!("{}/{j}", p.name);
+                role_scopes.push(RoleScope {
+                    grant,
+                    role_id: derive_id(seed, "role", &key),
+                    scope_id: derive_id(seed, "scope", &key),
+                });
+            }
+            w.packages.push(Package {
+                id: id.clone(),
+                display_name: p.name.clone(),
+                description: p.description.clone(),
+                catalog_id,
+                role_scopes,
+                created,
+            });
+            let default_policy = [super::scenario::PolicySpec {
+                name: "Direct assignment".into(),
+                ..Default::default()
+            }];
+            let policies = if p.policies.is_empty() {
+                &default_policy[..]
+            } else {
+                &p.policies[..]
+            };
+            for (j, pol) in policies.iter().enumerate() {
+                let pid = id_or_derived(
+                    &pol.id,
+                    &format!("{field}.policies[{j}].id"),
+                    seed,
+                    "policy",
+                    &format!("{}/{}", p.name, pol.name),
+                )?;
+                w.policies.push(Policy {
+                    id: pid,
+                    display_name: pol.name.clone(),
+                    description: pol.description.clone(),
+                    package_id: id.clone(),
+                    created,
+                });
+            }
+        }
+
+        for (i, a) in spec.assignments.iter().enumerate() {
+            let field = format!("spec.assignments[{i}]");
+            let state = a.state.clone().unwrap_or_else(|| "delivered".into());
+            let state = canonical_assignment_state(&state).ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.state"),
+                    format!(
+                        "{state:?} is not an assignment state (delivered, partiallyDelivered, deliveryFailed, delivering, expired)"
+                    ),
+                )
+            })?;
+            let aid = w.scenario_assignment(
+                &field,
+                &a.user,
+                &a.package,
+                a.policy.as_deref(),
+                a.id.as_deref(),
+                state,
+                &a.missing,
+                created,
+            )?;
+            // Every real assignment was created by a request; give each one its adminAdd.
+            let req_state = match state {
+                "expired" => "delivered",
+                s => s,
+            };
+            let (pkg, pol, target) = {
+                // scenario_assignment just pushed it; a lookup by id would make loading
+                // quadratic for large synthetic tenants.
+                let asg = w
+                    .assignments
+                    .last()
+                    .filter(|a| a.id == aid)
+                    .ok_or_else(|| {
+                        ScenarioError::invalid(&field, "assignment vanished while loading")
+                    })?;
+                (
+                    asg.package_id.clone(),
+                    asg.policy_id.clone(),
+                    asg.target_id.clone(),
+                )
+            };
+            let rid = derive_id(
+                seed,
+                "request",
+                &format!("{}/{}/implicit", a.user, a.package),
+            );
+            let completed = (req_state != "delivering").then_some(created);
+            w.requests.push(Request {
+                id: rid,
+                request_type: "adminAdd".into(),
+                state: req_state.into(),
+                status: status_for(req_state).into(),
+                created: Some(created),
+                completed,
+                package_id: pkg,
+                policy_id: pol,
+                target_id: target,
+                assignment_id: Some(aid),
+                justification: None,
+                rev: 0,
+            });
+        }
+
+        for (i, r) in spec.requests.iter().enumerate() {
+            w.scenario_request(&format!("spec.requests[{i}]"), r, now)?;
+        }
+        // Scenario loading is not a change clients should see through delta.
+        w.delta_log.clear();
+        w.delta_version = 1;
+        Ok(w)
+    }
+
+    fn scenario_user(&self, field: &str, upn: &str) -> Result<String, ScenarioError> {
+        self.user_by_upn(upn).map(|u| u.id.clone()).ok_or_else(|| {
+            ScenarioError::invalid(field, format!("no user {upn:?}; add it to spec.users"))
+        })
+    }
+
+    fn resolve_app_role(
+        &self,
+        sp_idx: usize,
+        role: Option<&str>,
+        field: &str,
+    ) -> Result<String, ScenarioError> {
+        let sp = &self.sps[sp_idx];
+        match role {
+            None => Ok(DEFAULT_ACCESS_ROLE.into()),
+            Some(r) => sp
+                .app_roles
+                .iter()
+                .find(|ar| {
+                    ar.value.eq_ignore_ascii_case(r)
+                        || ar.display_name.eq_ignore_ascii_case(r)
+                        || ar.id.eq_ignore_ascii_case(r)
+                })
+                .map(|ar| ar.id.clone())
+                .ok_or_else(|| {
+                    ScenarioError::invalid(
+                        field,
+                        format!("app {} has no app role {r:?}", sp.display_name),
+                    )
+                }),
+        }
+    }
+
+    fn resolve_grant(&self, field: &str, r: &ResourceSpec) -> Result<Grant, ScenarioError> {
+        let kinds = [
+            r.group.is_some(),
+            r.app.is_some(),
+            r.share_point_site.is_some(),
+        ]
+        .iter()
+        .filter(|b| **b)
+        .count();
+        if kinds != 1 {
+            return Err(ScenarioError::invalid(
+                field,
+                "set exactly one of group, app, sharePointSite",
+            ));
+        }
+        if let Some(g) = &r.group {
+            let gid = self.group_named(g).map(|g| g.id.clone()).ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.group"),
+                    format!("no group {g:?}; add it to spec.groups"),
+                )
+            })?;
+            return match r.role.as_deref().unwrap_or("Member") {
+                r if r.eq_ignore_ascii_case("member") => Ok(Grant::GroupMember(gid)),
+                r if r.eq_ignore_ascii_case("owner") => Ok(Grant::GroupOwner(gid)),
+                other => Err(ScenarioError::invalid(
+                    format!("{field}.role"),
+                    format!("{other:?} is not a group role; use Member or Owner"),
+                )),
+            };
+        }
+        if let Some(app) = &r.app {
+            let idx = self
+                .sps
+                .iter()
+                .position(|s| s.display_name.eq_ignore_ascii_case(app))
+                .ok_or_else(|| {
+                    ScenarioError::invalid(
+                        format!("{field}.app"),
+                        format!("no service principal {app:?}; add it to spec.servicePrincipals"),
+                    )
+                })?;
+            let role_id =
+                self.resolve_app_role(idx, r.app_role.as_deref(), &format!("{field}.appRole"))?;
+            return Ok(Grant::AppRole {
+                sp_id: self.sps[idx].id.clone(),
+                role_id,
+            });
+        }
+        Ok(Grant::SharePoint {
+            site: r.share_point_site.clone().unwrap_or_default(),
+            role: r.role.clone().unwrap_or_else(|| "Visitors".into()),
+            role_origin_id: r.role_origin_id.clone().unwrap_or_else(|| "4".into()),
+        })
+    }
+
+    fn resolve_scenario_refs(
+        &self,
+        field: &str,
+        user: &str,
+        package: &str,
+        policy: Option<&str>,
+    ) -> Result<(String, String, String), ScenarioError> {
+        let uid = self.scenario_user(&format!("{field}.user"), user)?;
+        let pkg = self.package_named(package).ok_or_else(|| {
+            ScenarioError::invalid(
+                format!("{field}.package"),
+                format!("no access package {package:?}; add it to spec.accessPackages"),
+            )
+        })?;
+        let pol = self
+            .policies
+            .iter()
+            .filter(|p| p.package_id == pkg.id)
+            .find(|p| policy.is_none_or(|n| p.display_name.eq_ignore_ascii_case(n)))
+            .ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.policy"),
+                    format!("package {package:?} has no policy {policy:?}"),
+                )
+            })?;
+        Ok((uid, pkg.id.clone(), pol.id.clone()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn scenario_assignment(
+        &mut self,
+        field: &str,
+        user: &str,
+        package: &str,
+        policy: Option<&str>,
+        id: Option<&str>,
+        state: &'static str,
+        missing: &[String],
+        start: Timestamp,
+    ) -> Result<String, ScenarioError> {
+        let (uid, pkg_id, pol_id) = self.resolve_scenario_refs(field, user, package, policy)?;
+        let seed_name = format!("{user}/{package}");
+        let aid = match id {
+            Some(i) => valid_guid(&format!("{field}.id"), i)?,
+            None => derive_id(self.seed(), "assignment", &seed_name),
+        };
+        let pkg_idx = self.package_index(&pkg_id).unwrap_or_default();
+        for m in missing {
+            let known = self.packages[pkg_idx]
+                .role_scopes
+                .iter()
+                .any(|rs| self.grant_name(&rs.grant).eq_ignore_ascii_case(m));
+            if !known {
+                return Err(ScenarioError::invalid(
+                    format!("{field}.missing"),
+                    format!("{m:?} is not a group or app granted by package {package:?}"),
+                ));
+            }
+        }
+        if matches!(state, "delivered" | "partiallyDelivered") {
+            let grants: Vec<Grant> = self.packages[pkg_idx]
+                .role_scopes
+                .iter()
+                .filter(|rs| {
+                    let name = self.grant_name(&rs.grant);
+                    !missing.iter().any(|m| m.eq_ignore_ascii_case(&name))
+                })
+                .map(|rs| rs.grant.clone())
+                .collect();
+            for g in grants {
+                self.apply_grant(&g, &uid, start);
+            }
+        }
+        self.assignments.push(Assignment {
+            id: aid.clone(),
+            package_id: pkg_id,
+            policy_id: pol_id,
+            target_id: uid,
+            state: state.into(),
+            status: status_for(state).into(),
+            start,
+            expired: (state == "expired").then_some(start),
+            rev: 0,
+        });
+        Ok(aid)
+    }
+
+    fn scenario_request(
+        &mut self,
+        field: &str,
+        r: &super::scenario::RequestSpec,
+        now: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        let rtype = r.request_type.clone().unwrap_or_else(|| "adminAdd".into());
+        let rtype = canonical_request_type(&rtype).ok_or_else(|| {
+            ScenarioError::invalid(
+                format!("{field}.type"),
+                format!("{rtype:?} is not a request type (adminAdd, adminRemove, ...)"),
+            )
+        })?;
+        let state = canonical_request_state(&r.state).ok_or_else(|| {
+            ScenarioError::invalid(
+                format!("{field}.state"),
+                format!(
+                    "{:?} is not a request state (deliveryFailed, delivered, ...)",
+                    r.state
+                ),
+            )
+        })?;
+        let ago = match &r.completed_ago {
+            None => SignedDuration::from_hours(1),
+            Some(s) => super::scenario::parse_duration(s)
+                .map_err(|e| ScenarioError::invalid(format!("{field}.completedAgo"), e))?,
+        };
+        let completed = now - ago;
+        let (uid, pkg_id, pol_id) =
+            self.resolve_scenario_refs(field, &r.user, &r.package, r.policy.as_deref())?;
+        let rid = match &r.id {
+            Some(i) => valid_guid(&format!("{field}.id"), i)?,
+            None => derive_id(
+                self.seed(),
+                "request",
+                &format!("{}/{}/{}/{}", r.user, r.package, rtype, field),
+            ),
+        };
+        let existing = self
+            .assignments
+            .iter()
+            .find(|a| a.target_id == uid && a.package_id == pkg_id && a.state != "expired")
+            .map(|a| a.id.clone());
+        let assignment_id = match existing {
+            Some(id) => Some(id),
+            None if matches!(rtype, "adminAdd" | "userAdd" | "systemAdd")
+                && matches!(
+                    state,
+                    "deliveryFailed" | "partiallyDelivered" | "delivered" | "delivering"
+                ) =>
+            {
+                Some(self.scenario_assignment(
+                    field,
+                    &r.user,
+                    &r.package,
+                    r.policy.as_deref(),
+                    None,
+                    canonical_assignment_state(state).unwrap_or("deliveryFailed"),
+                    &r.missing,
+                    completed,
+                )?)
+            }
+            None => None,
+        };
+        self.requests.push(Request {
+            id: rid,
+            request_type: rtype.into(),
+            state: state.into(),
+            status: status_for(state).into(),
+            created: Some(completed - SignedDuration::from_mins(5)),
+            completed: (!matches!(state, "submitted" | "pendingApproval" | "delivering"))
+                .then_some(completed),
+            package_id: pkg_id,
+            policy_id: pol_id,
+            target_id: uid,
+            assignment_id,
+            justification: None,
+            rev: 0,
+        });
+        Ok(())
+    }
+
+    fn seed(&self) -> u64 {
+        self.seed_value
+    }
+}
+
+/// Canonical wire literal for an assignment state (case-insensitive input).
+pub(crate) fn canonical_assignment_state(s: &str) -> Option<&'static str> {
+    [
+        "delivering",
+        "partiallyDelivered",
+        "delivered",
+        "expired",
+        "deliveryFailed",
+    ]
+    .into_iter()
+    .find(|c| c.eq_ignore_ascii_case(s))
+}
+
+/// Canonical wire literal for a request state (case-insensitive input).
+pub(crate) fn canonical_request_state(s: &str) -> Option<&'static str> {
+    [
+        "submitted",
+        "pendingApproval",
+        "delivering",
+        "delivered",
+        "deliveryFailed",
+        "denied",
+        "scheduled",
+        "canceled",
+        "partiallyDelivered",
+    ]
+    .into_iter()
+    .find(|c| c.eq_ignore_ascii_case(s))
+}
+
+/// Canonical wire literal for a request type (case-insensitive input).
+pub(crate) fn canonical_request_type(s: &str) -> Option<&'static str> {
+    [
+        "notSpecified",
+        "userAdd",
+        "userUpdate",
+        "userRemove",
+        "adminAdd",
+        "adminUpdate",
+        "adminRemove",
+        "systemAdd",
+        "systemUpdate",
+        "systemRemove",
+    ]
+    .into_iter()
+    .find(|c| c.eq_ignore_ascii_case(s))
+}
+
+/// The capitalised free-text `status` the simulator pairs with a state literal.
+pub(crate) fn status_for(state: &str) -> &'static str {
+    match state {
+        "submitted" => "Accepted",
+        "pendingApproval" => "PendingApproval",
+        "delivering" => "Delivering",
+        "delivered" => "Delivered",
+        "deliveryFailed" => "DeliveryFailed",
+        "partiallyDelivered" => "PartiallyDelivered",
+        "expired" => "Expired",
+        "denied" => "Denied",
+        "scheduled" => "Scheduled",
+        "canceled" => "Canceled",
+        _ => "Unknown",
+    }
+}
+
+impl World {
+    /// The simulator's clock (real time plus the admin-controlled offset).
+    pub fn now(&self) -> Timestamp {
+        Timestamp::now() + self.clock_offset
+    }
+
+    /// A fresh id from the seeded generator (same seed and same call order ⇒ same ids).
+    pub fn next_id(&mut self) -> String {
+        let mut bytes = [0u8; 16];
+        self.rng.fill_bytes(&mut bytes);
+        uuid::Builder::from_random_bytes(bytes)
+            .into_uuid()
+            .to_string()
+    }
+
+    pub fn user(&self, id: &str) -> Option<&User> {
+        self.user_by_id.get(&lc(id)).map(|i| &self.users[*i])
+    }
+
+    pub fn user_by_upn(&self, upn: &str) -> Option<&User> {
+        self.user_by_upn.get(&lc(upn)).map(|i| &self.users[*i])
+    }
+
+    /// A user by object id or UPN.
+    pub fn user_ref(&self, key: &str) -> Option<&User> {
+        self.user(key).or_else(|| self.user_by_upn(key))
+    }
+
+    pub fn group(&self, id: &str) -> Option<&Group> {
+        self.group_by_id.get(&lc(id)).map(|i| &self.groups[*i])
+    }
+
+    pub fn group_mut(&mut self, id: &str) -> Option<&mut Group> {
+        self.group_by_id
+            .get(&lc(id))
+            .copied()
+            .map(move |i| &mut self.groups[i])
+    }
+
+    pub fn group_named(&self, name: &str) -> Option<&Group> {
+        self.groups
+            .iter()
+            .find(|g| g.display_name.eq_ignore_ascii_case(name))
+    }
+
+    /// A group by object id or display name.
+    pub fn group_ref(&self, key: &str) -> Option<&Group> {
+        self.group(key).or_else(|| self.group_named(key))
+    }
+
+    pub fn sp(&self, id: &str) -> Option<&ServicePrincipal> {
+        self.sps.iter().find(|s| s.id.eq_ignore_ascii_case(id))
+    }
+
+    /// A service principal by object id, app id or display name.
+    pub fn sp_ref(&self, key: &str) -> Option<&ServicePrincipal> {
+        self.sps.iter().find(|s| {
+            s.id.eq_ignore_ascii_case(key)
+                || s.app_id.eq_ignore_ascii_case(key)
+                || s.display_name.eq_ignore_ascii_case(key)
+        })
+    }
+
+    pub fn package(&self, id: &str) -> Option<&Package> {
+        self.packages.iter().find(|p| p.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn package_index(&self, id: &str) -> Option<usize> {
+        self.packages
+            .iter()
+            .position(|p| p.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn package_named(&self, name: &str) -> Option<&Package> {
+        self.packages
+            .iter()
+            .find(|p| p.display_name.eq_ignore_ascii_case(name))
+    }
+
+    pub fn catalog(&self, id: &str) -> Option<&Catalog> {
+        self.catalogs.iter().find(|c| c.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn policy(&self, id: &str) -> Option<&Policy> {
+        self.policies.iter().find(|p| p.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn assignment(&self, id: &str) -> Option<&Assignment> {
+        self.assignments
+            .iter()
+            .find(|a| a.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn assignment_mut(&mut self, id: &str) -> Option<&mut Assignment> {
+        self.assignments
+            .iter_mut()
+            .find(|a| a.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn request(&self, id: &str) -> Option<&Request> {
+        self.requests.iter().find(|r| r.id.eq_ignore_ascii_case(id))
+    }
+
+    pub fn request_mut(&mut self, id: &str) -> Option<&mut Request> {
+        self.requests
+            .iter_mut()
+            .find(|r| r.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Name of the group/app a grant targets (what `missing:` refers to).
+    pub fn grant_name(&self, g: &Grant) -> String {
+        match g {
+            Grant::GroupMember(id) | Grant::GroupOwner(id) => self
+                .group(id)
+                .map(|g| g.display_name.clone())
+                .unwrap_or_default(),
+            Grant::AppRole { sp_id, .. } => self
+                .sp(sp_id)
+                .map(|s| s.display_name.clone())
+                .unwrap_or_default(),
+            Grant::SharePoint { site, .. } => site.clone(),
+        }
+    }
+
+    /// Adds a member; returns false if already a member or the group is unknown.
+    /// Every change is recorded for group delta.
+    pub fn add_member(&mut self, group_id: &str, object_id: &str) -> bool {
+        let Some(g) = self.group_mut(group_id) else {
+            return false;
+        };
+        let gid = g.id.clone();
+        if !g.members.insert(object_id.to_string()) {
+            return false;
+        }
+        self.record_delta(gid, object_id, true);
+        true
+    }
+
+    /// Removes a member; returns false if it was not a member or the group is unknown.
+    pub fn remove_member(&mut self, group_id: &str, object_id: &str) -> bool {
+        let Some(g) = self.group_mut(group_id) else {
+            return false;
+        };
+        let gid = g.id.clone();
+        if !g.members.remove(object_id) {
+            return false;
+        }
+        self.record_delta(gid, object_id, false);
+        true
+    }
+
+    fn record_delta(&mut self, group_id: String, member_id: &str, added: bool) {
+        self.delta_version += 1;
+        self.delta_log.push(DeltaChange {
+            version: self.delta_version,
+            group_id,
+            member_id: member_id.to_string(),
+            added,
+        });
+    }
+
+    /// Adds an app role assignment unless the same (principal, role) already exists.
+    pub fn add_app_role(
+        &mut self,
+        sp_id: &str,
+        principal_id: &str,
+        role_id: &str,
+        at: Timestamp,
+    ) -> bool {
+        let Some(idx) = self
+            .sps
+            .iter()
+            .position(|s| s.id.eq_ignore_ascii_case(sp_id))
+        else {
+            return false;
+        };
+        let exists = self.sps[idx]
+            .assigned_to
+            .iter()
+            .any(|a| a.principal_id == principal_id && a.app_role_id.eq_ignore_ascii_case(role_id));
+        if exists {
+            return false;
+        }
+        let id = self.next_id();
+        self.sps[idx].assigned_to.push(AppRoleAssignment {
+            id,
+            app_role_id: role_id.to_string(),
+            principal_id: principal_id.to_string(),
+            created: at,
+        });
+        true
+    }
+
+    /// Removes app role assignments of a principal (one role, or all roles when `None`).
+    /// Returns how many were removed.
+    pub fn remove_app_role(
+        &mut self,
+        sp_id: &str,
+        principal_id: &str,
+        role_id: Option<&str>,
+    ) -> usize {
+        let Some(sp) = self
+            .sps
+            .iter_mut()
+            .find(|s| s.id.eq_ignore_ascii_case(sp_id))
+        else {
+            return 0;
+        };
+        let before = sp.assigned_to.len();
+        sp.assigned_to.retain(|a| {
+            !(a.principal_id == principal_id
+                && role_id.is_none_or(|r| a.app_role_id.eq_ignore_ascii_case(r)))
+        });
+        before - sp.assigned_to.len()
+    }
+
+    /// Applies one grant for a user; returns true if something changed.
+    pub fn apply_grant(&mut self, g: &Grant, user_id: &str, at: Timestamp) -> bool {
+        match g {
+            Grant::GroupMember(gid) => self.add_member(gid, user_id),
+            Grant::GroupOwner(gid) => self
+                .group_mut(gid)
+                .is_some_and(|g| g.owners.insert(user_id.to_string())),
+            Grant::AppRole { sp_id, role_id } => self.add_app_role(sp_id, user_id, role_id, at),
+            Grant::SharePoint { .. } => false,
+        }
+    }
+
+    /// Whether a verifiable grant is really in place for the user.
+    pub fn grant_present(&self, g: &Grant, user_id: &str) -> bool {
+        match g {
+            Grant::GroupMember(gid) => self.group(gid).is_some_and(|g| g.members.contains(user_id)),
+            Grant::GroupOwner(gid) => self.group(gid).is_some_and(|g| g.owners.contains(user_id)),
+            Grant::AppRole { sp_id, role_id } => self.sp(sp_id).is_some_and(|s| {
+                s.assigned_to.iter().any(|a| {
+                    a.principal_id == user_id && a.app_role_id.eq_ignore_ascii_case(role_id)
+                })
+            }),
+            Grant::SharePoint { .. } => true,
+        }
+    }
+
+    /// Applies every grant of a package for a user; returns how many were added.
+    pub fn deliver_package(&mut self, package_id: &str, user_id: &str) -> usize {
+        let Some(idx) = self.package_index(package_id) else {
+            return 0;
+        };
+        let now = self.now();
+        let grants: Vec<Grant> = self.packages[idx]
+            .role_scopes
+            .iter()
+            .map(|r| r.grant.clone())
+            .collect();
+        grants
+            .iter()
+            .filter(|g| self.apply_grant(g, user_id, now))
+            .count()
+    }
+
+    /// Like [`World::deliver_package`] but leaves out the package's first verifiable
+    /// grant (a partial delivery).
+    pub fn deliver_package_except_first(&mut self, package_id: &str, user_id: &str) -> usize {
+        let Some(idx) = self.package_index(package_id) else {
+            return 0;
+        };
+        let now = self.now();
+        let mut skipped = false;
+        let grants: Vec<Grant> = self.packages[idx]
+            .role_scopes
+            .iter()
+            .map(|r| r.grant.clone())
+            .filter(|g| {
+                if !skipped && !matches!(g, Grant::SharePoint { .. }) {
+                    skipped = true;
+                    return false;
+                }
+                true
+            })
+            .collect();
+        grants
+            .iter()
+            .filter(|g| self.apply_grant(g, user_id, now))
+            .count()
+    }
+
+    /// Removes every grant of a package from a user, except grants that another active
+    /// assignment of the same user still promises.
+    pub fn revoke_package(&mut self, package_id: &str, user_id: &str, except_assignment: &str) {
+        let Some(idx) = self.package_index(package_id) else {
+            return;
+        };
+        let still_promised: HashSet<usize> = self
+            .assignments
+            .iter()
+            .filter(|a| {
+                a.target_id == user_id
+                    && !a.id.eq_ignore_ascii_case(except_assignment)
+                    && matches!(
+                        a.state.as_str(),
+                        "delivered" | "partiallyDelivered" | "delivering"
+                    )
+            })
+            .filter_map(|a| self.package_index(&a.package_id))
+            .collect();
+        let keep: Vec<Grant> = still_promised
+            .iter()
+            .flat_map(|i| {
+                self.packages[*i]
+                    .role_scopes
+                    .iter()
+                    .map(|r| r.grant.clone())
+            })
+            .collect();
+        let grants: Vec<Grant> = self.packages[idx]
+            .role_scopes
+            .iter()
+            .map(|r| r.grant.clone())
+            .filter(|g| !keep.contains(g))
+            .collect();
+        for g in grants {
+            match g {
+                Grant::GroupMember(gid) => {
+                    self.remove_member(&gid, user_id);
+                }
+                Grant::GroupOwner(gid) => {
+                    if let Some(g) = self.group_mut(&gid) {
+                        g.owners.remove(user_id);
+                    }
+                }
+                Grant::AppRole { sp_id, role_id } => {
+                    self.remove_app_role(&sp_id, user_id, Some(&role_id));
+                }
+                Grant::SharePoint { .. } => {}
+            }
+        }
+    }
+
+    /// Names of the verifiable grants of an assignment that are not in place.
+    pub fn missing_grants(&self, assignment_id: &str) -> Vec<String> {
+        let Some(a) = self.assignment(assignment_id) else {
+            return Vec::new();
+        };
+        let Some(p) = self.package(&a.package_id) else {
+            return Vec::new();
+        };
+        p.role_scopes
+            .iter()
+            .filter(|rs| !self.grant_present(&rs.grant, &a.target_id))
+            .map(|rs| self.grant_name(&rs.grant))
+            .collect()
+    }
+}
