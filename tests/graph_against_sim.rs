@@ -409,3 +409,39 @@ async fn https_simulator_is_trusted_through_ca_file() {
     assert!(c.get_user("bob@contoso.com").await.unwrap().is_some());
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn federated_token_file_authenticates_and_a_stale_one_is_explained() {
+    use redeliver::sim::{ClientSpec, ScenarioBuilder};
+    let scenario = ScenarioBuilder::new("wi")
+        .client(ClientSpec {
+            assertion: Some("projected-sa-jwt-1".into()),
+            ..ClientSpec::default()
+        })
+        .user("erin@wi.com", "Erin")
+        .build();
+    // One-second tokens: after a second the client needs a new one and re-reads the file.
+    let opts = SimOptions {
+        token_lifetime: Duration::from_secs(1),
+        ..SimOptions::fast()
+    };
+    let h = Simulator::start(scenario, opts).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("azure-identity-token");
+    std::fs::write(&file, "projected-sa-jwt-1\n").unwrap();
+    let mut a = args_for(&h);
+    a.client_secret = None;
+    a.federated_token_file = Some(file.clone());
+    let c = GraphClient::new(a.validate().unwrap()).unwrap();
+    c.check_token().await.unwrap();
+
+    // The app's federated credential no longer matches what the kubelet writes.
+    std::fs::write(&file, "projected-sa-jwt-2").unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let e = c.check_token().await.unwrap_err();
+    assert_eq!(e.kind(), "auth", "{e}");
+    let text = e.to_string();
+    assert!(text.contains("federated credential"), "{text}");
+    assert!(!text.contains("projected-sa-jwt"));
+    h.shutdown().await;
+}
