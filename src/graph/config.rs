@@ -627,5 +627,25 @@ mod tests {
         assert_eq!(cli.graph.graph_timeout, Duration::from_secs(5));
         assert_eq!(cli.graph.tenant_id.as_deref(), Some("t"));
         assert!(Cli::try_parse_from(["x", "--client-secret", "oops"]).is_err());
+
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--tenant-id",
+            "--client-id",
+            "--client-secret-file",
+            "--federated-token-file",
+            "--authority-host",
+            "--graph-url",
+            "--allow-insecure-http",
+            "--ca-file",
+            "--graph-timeout",
+            "--max-retries",
+            "--graph-concurrency",
+            "AZURE_CLIENT_SECRET",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+        }
+        assert!(!help.contains("--client-secret "), "{help}");
     }
 }
