@@ -49,12 +49,12 @@ pub struct GraphArgs {
     #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "PATH")]
     pub federated_token_file: Option<PathBuf>,
 
-    /// Entra authority host (token endpoint root), e.g. https://login.microsoftonline.us for
+    /// Entra authority host (token endpoint root), e.g. `https://login.microsoftonline.us` for
     /// US Government, or the simulator's URL.
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL", default_value = DEFAULT_AUTHORITY_HOST)]
     pub authority_host: String,
 
-    /// Microsoft Graph root URL, without the version (e.g. https://graph.microsoft.us or the
+    /// Microsoft Graph root URL, without the version (e.g. `https://graph.microsoft.us` or the
     /// simulator's URL). `/v1.0` is appended; the token scope is `<URL>/.default`.
     #[arg(long, env = "REDELIVER_GRAPH_URL", value_name = "URL", default_value = DEFAULT_GRAPH_URL)]
     pub graph_url: String,
