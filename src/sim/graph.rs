@@ -12,7 +12,7 @@ use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
     is_guid, nested_expand, page, page_lazy,
 };
-use super::server::{Shared, Sim, method_not_allowed};
+use super::server::{AddOutcome, Shared, Sim, method_not_allowed};
 use super::state::{
     Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
 };
@@ -1141,8 +1141,11 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 justification,
                 rev: 0,
             });
-            spawn_add(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id)))
+            let body = created_json(w, &id);
+            let outcome = sim.next_add_outcome();
+            sim.planned.insert(id.clone(), outcome);
+            spawn_add(shared.clone(), epoch, id);
+            Ok(Reply::json(201, body))
         }
         "adminRemove" => {
             let aid = field("id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
@@ -1263,6 +1266,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
         }
         tokio::time::sleep(delay).await;
         with_epoch(&shared, epoch, |sim| {
+            let outcome = sim.planned.remove(&req_id).unwrap_or(AddOutcome::Deliver);
             let w = &mut sim.world;
             if request_rev(w, &req_id) != Some((0, "delivering".into())) {
                 return;
@@ -1279,15 +1283,27 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
             if !asg_ok {
                 return;
             }
-            w.deliver_package(&pkg, &target);
+            let state = match outcome {
+                // Stays delivering forever, as Graph sometimes does.
+                AddOutcome::Stuck => return,
+                AddOutcome::Fail => "deliveryFailed",
+                AddOutcome::Partial => {
+                    w.deliver_package_except_first(&pkg, &target);
+                    "partiallyDelivered"
+                }
+                AddOutcome::Deliver => {
+                    w.deliver_package(&pkg, &target);
+                    "delivered"
+                }
+            };
             let now = w.now();
             if let Some(a) = w.assignment_mut(&aid) {
-                a.state = "delivered".into();
-                a.status = "Delivered".into();
+                a.state = state.into();
+                a.status = status_for(state).into();
             }
             if let Some(r) = w.request_mut(&req_id) {
-                r.state = "delivered".into();
-                r.status = "Delivered".into();
+                r.state = state.into();
+                r.status = status_for(state).into();
                 r.completed = Some(now);
             }
         });

@@ -68,17 +68,23 @@
 //! | `GET /_sim/clock` | | `{"now", "offsetSeconds"}` |
 //! | `POST /_sim/clock/advance` | `{"by": "15d"}` | move simulated time forward (token expiry, reprocess window) |
 //!
-//! Fault bodies (`kind` selects; `pathPrefix` like `/v1.0/groups` or `/identityGovernance`,
-//! `method`, `count` and/or `durationMs` scope them; with neither count nor duration a
-//! fault applies once; the outer `$batch` request is only affected when `pathPrefix`
-//! names it, inner requests are affected individually):
+//! Fault bodies (`kind` selects). `throttle`, `error` and `latency` are scoped by
+//! `pathPrefix` (like `/v1.0/groups`, `/groups` or `/identityGovernance`; `/oauth2`
+//! targets the token endpoint, which faults without a prefix never touch), `method`, and
+//! `count` and/or `durationMs` (with neither, a fault applies once). The outer `$batch`
+//! request is only affected when `pathPrefix` names it; inner requests are affected one
+//! by one. Throttles answer `429` with the Graph body and `x-ms-throttle-*` headers.
 //!
 //! ```json
 //! {"kind": "throttle", "retryAfter": 2.128, "count": 3, "pathPrefix": "/v1.0/groups"}
 //! {"kind": "error", "status": 503, "retryAfter": 1, "durationMs": 5000}
 //! {"kind": "latency", "millis": 250, "count": 10}
+//! {"kind": "throttle", "retryAfter": 1, "pathPrefix": "/oauth2"}   // token endpoint
 //! {"kind": "silentReprocess"}                                  // every reprocess
 //! {"kind": "silentReprocess", "assignmentIds": ["..."], "requestIds": ["..."]}
+//! {"kind": "stuckDelivery", "count": 1}    // next adminAdd stays delivering forever
+//! {"kind": "failDelivery", "count": 1}     // next adminAdd ends deliveryFailed
+//! {"kind": "partialDelivery", "count": 1}  // next adminAdd misses the package's first group/app
 //! ```
 
 mod admin;
@@ -618,6 +624,13 @@ impl SimHandle {
             }
             Server::Tls(h) => h.graceful_shutdown(Some(Duration::from_secs(2))),
         }
-        let _ = self.task.await;
+        // Graceful shutdown waits for open connections; do not hang on a stuck client.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }

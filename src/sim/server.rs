@@ -93,6 +93,43 @@ pub enum FaultSpec {
         #[serde(default)]
         request_ids: Vec<String>,
     },
+    /// The next `count` `adminAdd` requests stop at `delivering` (request and assignment)
+    /// and never finish — Graph's known "stuck in Delivering" behaviour.
+    #[serde(rename_all = "camelCase")]
+    StuckDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` `adminAdd` requests end `deliveryFailed` (request and assignment,
+    /// nothing granted); they can then be reprocessed.
+    #[serde(rename_all = "camelCase")]
+    FailDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` `adminAdd` requests end `partiallyDelivered`: everything is granted
+    /// except the package's first group or app role.
+    #[serde(rename_all = "camelCase")]
+    PartialDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+}
+
+/// How the simulator will finish an `adminAdd` (decided when it is created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddOutcome {
+    Deliver,
+    Stuck,
+    Fail,
+    Partial,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_retry_after() -> f64 {
@@ -156,6 +193,10 @@ pub(crate) struct Sim {
     pub next_fault_id: u64,
     pub silent_all: bool,
     pub silent_ids: HashSet<String>,
+    /// Pending `adminAdd` outcome faults, consumed in order by new requests.
+    pub add_outcomes: Vec<(AddOutcome, u32)>,
+    /// Outcome decided for each `adminAdd` still being processed.
+    pub planned: HashMap<String, AddOutcome>,
     pub log: Vec<LogEntry>,
     pub counters: BTreeMap<String, u64>,
     pub bucket: Option<Bucket>,
@@ -171,10 +212,25 @@ impl Sim {
             next_fault_id: 1,
             silent_all: false,
             silent_ids: HashSet::new(),
+            add_outcomes: Vec::new(),
+            planned: HashMap::new(),
             log: Vec::new(),
             counters: BTreeMap::new(),
             bucket: bucket.map(new_bucket),
         }
+    }
+
+    /// Decides how a new `adminAdd` ends, consuming one outcome fault if any is pending.
+    pub fn next_add_outcome(&mut self) -> AddOutcome {
+        let Some((outcome, left)) = self.add_outcomes.first_mut() else {
+            return AddOutcome::Deliver;
+        };
+        let outcome = *outcome;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.add_outcomes.remove(0);
+        }
+        outcome
     }
 
     pub fn is_silent(&self, ids: &[&str]) -> bool {
@@ -394,7 +450,10 @@ fn fault_scope(spec: &FaultSpec) -> Option<&FaultScope> {
         FaultSpec::Throttle { scope, .. }
         | FaultSpec::Error { scope, .. }
         | FaultSpec::Latency { scope, .. } => Some(scope),
-        FaultSpec::SilentReprocess { .. } => None,
+        FaultSpec::SilentReprocess { .. }
+        | FaultSpec::StuckDelivery { .. }
+        | FaultSpec::FailDelivery { .. }
+        | FaultSpec::PartialDelivery { .. } => None,
     }
 }
 

@@ -1078,6 +1078,32 @@ impl World {
             .count()
     }
 
+    /// Like [`World::deliver_package`] but leaves out the package's first verifiable
+    /// grant (a partial delivery).
+    pub fn deliver_package_except_first(&mut self, package_id: &str, user_id: &str) -> usize {
+        let Some(idx) = self.package_index(package_id) else {
+            return 0;
+        };
+        let now = self.now();
+        let mut skipped = false;
+        let grants: Vec<Grant> = self.packages[idx]
+            .role_scopes
+            .iter()
+            .map(|r| r.grant.clone())
+            .filter(|g| {
+                if !skipped && !matches!(g, Grant::SharePoint { .. }) {
+                    skipped = true;
+                    return false;
+                }
+                true
+            })
+            .collect();
+        grants
+            .iter()
+            .filter(|g| self.apply_grant(g, user_id, now))
+            .count()
+    }
+
     /// Removes every grant of a package from a user, except grants that another active
     /// assignment of the same user still promises.
     pub fn revoke_package(&mut self, package_id: &str, user_id: &str, except_assignment: &str) {
