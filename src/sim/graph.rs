@@ -54,7 +54,7 @@ pub(crate) fn route(
     let wrong_method = || method_not_allowed(method, &path);
     match s.as_slice() {
         ["users"] if get => list_users(&sim.world, q, base, &path),
-        ["users", id] if get => get_user(&sim.world, id, q),
+        ["users", id] if get => get_user(&sim.world, id, q, base),
         ["users", id, op] if eq(op, "checkMemberGroups") && post => {
             check_member_groups(&sim.world, id, body)
         }
@@ -212,7 +212,7 @@ fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     )
 }
 
-fn get_user(w: &World, key: &str, q: &Query) -> GResult {
+fn get_user(w: &World, key: &str, q: &Query, base: &str) -> GResult {
     let u = if key.contains('@') {
         w.user_by_upn(key)
     } else {
@@ -221,7 +221,7 @@ fn get_user(w: &World, key: &str, q: &Query) -> GResult {
     }
     .ok_or_else(|| dir_not_found(key))?;
     let mut v = strip_type(user_json(w, u));
-    v["@odata.context"] = json!("$metadata#users/$entity");
+    v["@odata.context"] = json!(format!("{base}/v1.0/$metadata#users/$entity"));
     Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
 }
 
@@ -1071,7 +1071,13 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     let now = w.now();
     match rtype {
         "adminAdd" => {
+            // SDK snippets send targetId; some callers send target.objectId instead.
             let target = field("targetId")
+                .or_else(|| {
+                    asg.pointer("/target/objectId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
             let policy_id = field("assignmentPolicyId")
                 .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
@@ -1141,7 +1147,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 justification,
                 rev: 0,
             });
-            let body = created_json(w, &id);
+            let body = created_json(w, &id, &shared.base_url);
             let outcome = sim.next_add_outcome();
             sim.planned.insert(id.clone(), outcome);
             spawn_add(shared.clone(), epoch, id);
@@ -1189,7 +1195,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 rev: 0,
             });
             spawn_remove(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id)))
+            Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
         }
         other => Err(bad(format!(
             "requestType '{other}' is not supported by the simulator; use adminAdd or adminRemove."
@@ -1197,10 +1203,10 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     }
 }
 
-fn created_json(w: &World, id: &str) -> Value {
+fn created_json(w: &World, id: &str, base: &str) -> Value {
     let r = w.request(id);
     json!({
-        "@odata.context": "$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity",
+        "@odata.context": format!("{}/v1.0/$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity", base),
         "id": id,
         "requestType": r.map(|r| r.request_type.clone()),
         "state": "submitted",

@@ -249,6 +249,9 @@ pub(crate) fn new_bucket(cfg: RuBucket) -> Bucket {
     }
 }
 
+/// Most request-log entries kept (the oldest tenth is dropped when full).
+pub(crate) const MAX_LOG: usize = 100_000;
+
 /// Everything the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub inner: Mutex<Sim>,
@@ -278,6 +281,10 @@ impl Shared {
         );
         let mut sim = self.lock();
         *sim.counters.entry(key).or_default() += 1;
+        // Long-running CLI sessions must not grow without bound; keep the newest entries.
+        if sim.log.len() >= MAX_LOG {
+            sim.log.drain(..MAX_LOG / 10);
+        }
         sim.log.push(entry);
     }
 }
