@@ -288,8 +288,12 @@ fn list_group_rel(
             },
         ));
     }
+    let transitive;
     let set = if eq(rel, "owners") {
         &g.owners
+    } else if eq(rel, "transitiveMembers") {
+        transitive = w.transitive_members(&g.id);
+        &transitive
     } else {
         &g.members
     };
@@ -404,7 +408,10 @@ fn check_member_groups(w: &World, key: &str, body: &Bytes) -> GResult {
     }
     let value: Vec<&String> = ids
         .iter()
-        .filter(|g| w.group(g).is_some_and(|g| g.members.contains(&u.id)))
+        .filter(|g| {
+            w.group(g)
+                .is_some_and(|g| w.transitive_members(&g.id).contains(&u.id))
+        })
         .collect();
     Ok(Reply::ok(json!({
         "@odata.context": "$metadata#Collection(Edm.String)",

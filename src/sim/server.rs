@@ -540,7 +540,7 @@ async fn handle_v1(
 
     {
         let mut sim = shared.lock();
-        if let Err(e) = check_auth(&sim, headers) {
+        if let Err(e) = check_auth(&sim, headers, &shared.base_url) {
             return (Err(e), None);
         }
         let want_err: fn(&FaultSpec) -> bool =
@@ -615,8 +615,15 @@ pub(crate) fn method_not_allowed(method: &Method, path: &str) -> GraphError {
     )
 }
 
-fn check_auth(sim: &Sim, headers: &HeaderMap) -> Result<(), GraphError> {
-    let err = |m: &str| GraphError::new(401, "InvalidAuthenticationToken", m);
+fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphError> {
+    let err = |m: &str| {
+        GraphError::new(401, "InvalidAuthenticationToken", m).header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer realm=\"\", authorization_uri=\"{base}/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""
+            ),
+        )
+    };
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(err("Access token is empty."));
     };

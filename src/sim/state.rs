@@ -962,6 +962,28 @@ impl World {
         }
     }
 
+    /// Members of a group including those of nested groups (nested groups themselves
+    /// are listed too, as Graph's `transitiveMembers` does).
+    pub fn transitive_members(&self, group_id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![group_id.to_ascii_lowercase()];
+        let mut seen = HashSet::new();
+        while let Some(gid) = todo.pop() {
+            if !seen.insert(gid.clone()) {
+                continue;
+            }
+            if let Some(g) = self.group(&gid) {
+                for m in &g.members {
+                    out.insert(m.clone());
+                    if self.group(m).is_some() {
+                        todo.push(m.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Adds a member; returns false if already a member or the group is unknown.
     /// Every change is recorded for group delta.
     pub fn add_member(&mut self, group_id: &str, object_id: &str) -> bool {
