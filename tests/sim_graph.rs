@@ -661,6 +661,20 @@ async fn transitive_members_and_check_member_groups_follow_nested_groups() {
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["value"], json!([eng]), "checkMemberGroups is transitive");
 
+    let (_, g) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}?$select=id,displayName&$expand=members($select=id)"),
+    )
+    .await;
+    assert_eq!(g["displayName"], "eng-tools");
+    assert!(g.get("description").is_none());
+    assert_eq!(
+        g["members"],
+        json!([{"@odata.type": "#microsoft.graph.group", "id": readers}])
+    );
+
     let resp = c
         .get(format!("{}/v1.0/groups/{eng}", h.graph_url))
         .send()

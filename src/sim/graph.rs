@@ -225,6 +225,13 @@ fn get_user(w: &World, key: &str, q: &Query, base: &str) -> GResult {
     Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
 }
 
+/// `$select` nested in an expand item, e.g. `members($select=id)`.
+fn nested_select(ex: &[Expand], name: &str) -> Option<Vec<String>> {
+    ex.iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name))
+        .and_then(|e| e.select.clone())
+}
+
 fn group_json(g: &super::state::Group) -> Value {
     json!({
         "id": g.id,
@@ -240,10 +247,30 @@ fn group_json(g: &super::state::Group) -> Value {
 fn get_group(w: &World, id: &str, q: &Query) -> GResult {
     require_dir_guid(id)?;
     let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
+    let mut v = group_json(g);
+    let ex = q.expand();
+    // `$expand=members` is the documented way to see service principal members on v1.0;
+    // Graph returns at most 20 expanded items.
+    for rel in ["members", "owners"] {
+        if has_expand(&ex, rel) {
+            let set = if rel == "members" {
+                &g.members
+            } else {
+                &g.owners
+            };
+            let nested_sel: Option<Vec<String>> = nested_select(&ex, rel);
+            v[rel] = Value::Array(
+                set.iter()
+                    .take(20)
+                    .map(|m| apply_select(directory_object_json(w, m), nested_sel.as_deref(), &[]))
+                    .collect(),
+            );
+        }
+    }
     Ok(Reply::ok(apply_select(
-        group_json(g),
+        v,
         q.select().as_deref(),
-        &[],
+        &["members", "owners"],
     )))
 }
 
@@ -996,6 +1023,7 @@ fn request_json(w: &World, r: &Request, ex: &[Expand]) -> Value {
                     nested.push(Expand {
                         name: "target".into(),
                         nested: Vec::new(),
+                        select: None,
                     });
                 }
                 assignment_json(w, a, &nested)
