@@ -12,7 +12,7 @@ use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
     is_guid, nested_expand, page, page_lazy,
 };
-use super::server::{AddOutcome, Shared, Sim, method_not_allowed};
+use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
     Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
 };
@@ -1267,7 +1267,9 @@ fn request_rev(w: &World, id: &str) -> Option<(u64, String)> {
 }
 
 fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1352,7 +1354,9 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
 }
 
 fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1414,7 +1418,9 @@ fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResul
     let aid = a.id.clone();
     let epoch = sim.epoch;
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             if sim.is_silent(&[&aid]) {
@@ -1475,7 +1481,9 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
     }
     let rev = w.request(&rid).map(|r| r.rev).unwrap_or_default();
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             let silent = sim.is_silent(&[&rid, aid.as_deref().unwrap_or("")]);

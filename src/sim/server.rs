@@ -3,6 +3,7 @@
 //! faults, resource-unit metering, routing, and the request log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -260,6 +261,24 @@ pub(crate) struct Shared {
     /// Root URL clients use, e.g. `http://127.0.0.1:8080` (no `/v1.0`).
     pub base_url: String,
     pub started: Instant,
+    /// Background work (request processing, reprocess) not finished yet.
+    pub pending: AtomicUsize,
+}
+
+/// Counts one piece of background work in [`Shared::pending`] for as long as it lives.
+pub(crate) struct PendingGuard(Arc<Shared>);
+
+impl PendingGuard {
+    pub fn new(shared: &Arc<Shared>) -> PendingGuard {
+        shared.pending.fetch_add(1, Ordering::SeqCst);
+        PendingGuard(shared.clone())
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
