@@ -603,3 +603,89 @@ async fn a_ten_thousand_user_synthetic_tenant_loads_fast_and_pages_completely() 
     assert_eq!(h.missing_resources(&a0), vec!["pkg-0-g0"]);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn transitive_members_and_check_member_groups_follow_nested_groups() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let eng = h.group_id("eng-tools").unwrap();
+    let readers = h.group_id("fin-readers").unwrap();
+    let resp = c
+        .post(format!("{}/v1.0/groups/{eng}/members/$ref", h.graph_url))
+        .bearer_auth(&tok)
+        .json(&json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{readers}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let alice = h.user_id("alice@contoso.com").unwrap();
+
+    let (_, direct) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}/members?$select=id"),
+    )
+    .await;
+    assert_eq!(direct["value"].as_array().unwrap().len(), 1);
+    assert_eq!(direct["value"][0]["@odata.type"], "#microsoft.graph.group");
+    let (_, all) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}/transitiveMembers?$select=id"),
+    )
+    .await;
+    let ids: Vec<&str> = all["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&alice.as_str()) && ids.contains(&readers.as_str()),
+        "{ids:?}"
+    );
+
+    let resp = c
+        .post(format!(
+            "{}/v1.0/users/{alice}/checkMemberGroups",
+            h.graph_url
+        ))
+        .bearer_auth(&tok)
+        .json(&json!({"groupIds": [eng]}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["value"], json!([eng]), "checkMemberGroups is transitive");
+
+    let (_, g) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}?$select=id,displayName&$expand=members($select=id)"),
+    )
+    .await;
+    assert_eq!(g["displayName"], "eng-tools");
+    assert!(g.get("description").is_none());
+    assert_eq!(
+        g["members"],
+        json!([{"@odata.type": "#microsoft.graph.group", "id": readers}])
+    );
+
+    let resp = c
+        .get(format!("{}/v1.0/groups/{eng}", h.graph_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+    h.shutdown().await;
+}

@@ -12,7 +12,7 @@ use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
     is_guid, nested_expand, page, page_lazy,
 };
-use super::server::{AddOutcome, Shared, Sim, method_not_allowed};
+use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
     Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
 };
@@ -54,7 +54,7 @@ pub(crate) fn route(
     let wrong_method = || method_not_allowed(method, &path);
     match s.as_slice() {
         ["users"] if get => list_users(&sim.world, q, base, &path),
-        ["users", id] if get => get_user(&sim.world, id, q),
+        ["users", id] if get => get_user(&sim.world, id, q, base),
         ["users", id, op] if eq(op, "checkMemberGroups") && post => {
             check_member_groups(&sim.world, id, body)
         }
@@ -212,7 +212,7 @@ fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     )
 }
 
-fn get_user(w: &World, key: &str, q: &Query) -> GResult {
+fn get_user(w: &World, key: &str, q: &Query, base: &str) -> GResult {
     let u = if key.contains('@') {
         w.user_by_upn(key)
     } else {
@@ -221,8 +221,15 @@ fn get_user(w: &World, key: &str, q: &Query) -> GResult {
     }
     .ok_or_else(|| dir_not_found(key))?;
     let mut v = strip_type(user_json(w, u));
-    v["@odata.context"] = json!("$metadata#users/$entity");
+    v["@odata.context"] = json!(format!("{base}/v1.0/$metadata#users/$entity"));
     Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
+}
+
+/// `$select` nested in an expand item, e.g. `members($select=id)`.
+fn nested_select(ex: &[Expand], name: &str) -> Option<Vec<String>> {
+    ex.iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name))
+        .and_then(|e| e.select.clone())
 }
 
 fn group_json(g: &super::state::Group) -> Value {
@@ -240,10 +247,30 @@ fn group_json(g: &super::state::Group) -> Value {
 fn get_group(w: &World, id: &str, q: &Query) -> GResult {
     require_dir_guid(id)?;
     let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
+    let mut v = group_json(g);
+    let ex = q.expand();
+    // `$expand=members` is the documented way to see service principal members on v1.0;
+    // Graph returns at most 20 expanded items.
+    for rel in ["members", "owners"] {
+        if has_expand(&ex, rel) {
+            let set = if rel == "members" {
+                &g.members
+            } else {
+                &g.owners
+            };
+            let nested_sel: Option<Vec<String>> = nested_select(&ex, rel);
+            v[rel] = Value::Array(
+                set.iter()
+                    .take(20)
+                    .map(|m| apply_select(directory_object_json(w, m), nested_sel.as_deref(), &[]))
+                    .collect(),
+            );
+        }
+    }
     Ok(Reply::ok(apply_select(
-        group_json(g),
+        v,
         q.select().as_deref(),
-        &[],
+        &["members", "owners"],
     )))
 }
 
@@ -288,8 +315,12 @@ fn list_group_rel(
             },
         ));
     }
+    let transitive;
     let set = if eq(rel, "owners") {
         &g.owners
+    } else if eq(rel, "transitiveMembers") {
+        transitive = w.transitive_members(&g.id);
+        &transitive
     } else {
         &g.members
     };
@@ -404,7 +435,10 @@ fn check_member_groups(w: &World, key: &str, body: &Bytes) -> GResult {
     }
     let value: Vec<&String> = ids
         .iter()
-        .filter(|g| w.group(g).is_some_and(|g| g.members.contains(&u.id)))
+        .filter(|g| {
+            w.group(g)
+                .is_some_and(|g| w.transitive_members(&g.id).contains(&u.id))
+        })
         .collect();
     Ok(Reply::ok(json!({
         "@odata.context": "$metadata#Collection(Edm.String)",
@@ -989,6 +1023,7 @@ fn request_json(w: &World, r: &Request, ex: &[Expand]) -> Value {
                     nested.push(Expand {
                         name: "target".into(),
                         nested: Vec::new(),
+                        select: None,
                     });
                 }
                 assignment_json(w, a, &nested)
@@ -1071,7 +1106,13 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     let now = w.now();
     match rtype {
         "adminAdd" => {
+            // SDK snippets send targetId; some callers send target.objectId instead.
             let target = field("targetId")
+                .or_else(|| {
+                    asg.pointer("/target/objectId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
             let policy_id = field("assignmentPolicyId")
                 .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
@@ -1141,7 +1182,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 justification,
                 rev: 0,
             });
-            let body = created_json(w, &id);
+            let body = created_json(w, &id, &shared.base_url);
             let outcome = sim.next_add_outcome();
             sim.planned.insert(id.clone(), outcome);
             spawn_add(shared.clone(), epoch, id);
@@ -1189,7 +1230,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 rev: 0,
             });
             spawn_remove(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id)))
+            Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
         }
         other => Err(bad(format!(
             "requestType '{other}' is not supported by the simulator; use adminAdd or adminRemove."
@@ -1197,10 +1238,10 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     }
 }
 
-fn created_json(w: &World, id: &str) -> Value {
+fn created_json(w: &World, id: &str, base: &str) -> Value {
     let r = w.request(id);
     json!({
-        "@odata.context": "$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity",
+        "@odata.context": format!("{}/v1.0/$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity", base),
         "id": id,
         "requestType": r.map(|r| r.request_type.clone()),
         "state": "submitted",
@@ -1226,7 +1267,9 @@ fn request_rev(w: &World, id: &str) -> Option<(u64, String)> {
 }
 
 fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1311,7 +1354,9 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
 }
 
 fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1373,7 +1418,9 @@ fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResul
     let aid = a.id.clone();
     let epoch = sim.epoch;
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             if sim.is_silent(&[&aid]) {
@@ -1434,7 +1481,9 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
     }
     let rev = w.request(&rid).map(|r| r.rev).unwrap_or_default();
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             let silent = sim.is_silent(&[&rid, aid.as_deref().unwrap_or("")]);

@@ -280,6 +280,7 @@ impl Simulator {
             scenario,
             base_url: base_url.clone(),
             started: Instant::now(),
+            pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = router(shared.clone());
 
@@ -613,6 +614,29 @@ impl SimHandle {
         match (w.group_ref(group), w.user_ref(user)) {
             (Some(g), Some(u)) => g.members.contains(&u.id),
             _ => false,
+        }
+    }
+
+    /// Number of background operations (request processing steps, reprocesses) still
+    /// scheduled.
+    pub fn pending_work(&self) -> usize {
+        self.shared
+            .pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no background work is scheduled (every accepted request and reprocess
+    /// has taken effect, or was dropped), polling every 10 ms. Returns false on timeout.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.pending_work() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

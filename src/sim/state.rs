@@ -170,6 +170,8 @@ pub(crate) struct World {
     pub clock_offset: SignedDuration,
     pub delta_version: u64,
     pub delta_log: Vec<DeltaChange>,
+    /// Assignment ids seen while loading the scenario (keeps loading linear).
+    loaded_assignment_ids: HashSet<String>,
 }
 
 fn lc(s: &str) -> String {
@@ -248,6 +250,7 @@ impl World {
             clock_offset: SignedDuration::ZERO,
             delta_version: 0,
             delta_log: Vec::new(),
+            loaded_assignment_ids: HashSet::new(),
         };
 
         for (i, u) in spec.users.iter().enumerate() {
@@ -624,8 +627,24 @@ impl World {
         let seed_name = format!("{user}/{package}");
         let aid = match id {
             Some(i) => valid_guid(&format!("{field}.id"), i)?,
-            None => derive_id(self.seed(), "assignment", &seed_name),
+            None => {
+                // A user may hold the same package more than once over time (an expired
+                // and a current assignment): number the repeats.
+                let mut aid = derive_id(self.seed(), "assignment", &seed_name);
+                let mut n = 1;
+                while self.loaded_assignment_ids.contains(&aid) {
+                    n += 1;
+                    aid = derive_id(self.seed(), "assignment", &format!("{seed_name}#{n}"));
+                }
+                aid
+            }
         };
+        if !self.loaded_assignment_ids.insert(aid.clone()) {
+            return Err(ScenarioError::invalid(
+                format!("{field}.id"),
+                format!("assignment id {aid} is used twice"),
+            ));
+        }
         let pkg_idx = self.package_index(&pkg_id).unwrap_or_default();
         for m in missing {
             let known = self.packages[pkg_idx]
@@ -943,6 +962,28 @@ impl World {
         }
     }
 
+    /// Members of a group including those of nested groups (nested groups themselves
+    /// are listed too, as Graph's `transitiveMembers` does).
+    pub fn transitive_members(&self, group_id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![group_id.to_ascii_lowercase()];
+        let mut seen = HashSet::new();
+        while let Some(gid) = todo.pop() {
+            if !seen.insert(gid.clone()) {
+                continue;
+            }
+            if let Some(g) = self.group(&gid) {
+                for m in &g.members {
+                    out.insert(m.clone());
+                    if self.group(m).is_some() {
+                        todo.push(m.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Adds a member; returns false if already a member or the group is unknown.
     /// Every change is recorded for group delta.
     pub fn add_member(&mut self, group_id: &str, object_id: &str) -> bool {
@@ -1169,5 +1210,84 @@ impl World {
             .filter(|rs| !self.grant_present(&rs.grant, &a.target_id))
             .map(|rs| self.grant_name(&rs.grant))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml_spec: &str) -> Result<World, ScenarioError> {
+        let doc = format!(
+            "apiVersion: sim.redeliver.dev/v1\nkind: SimulatorScenario\nspec:\n{yaml_spec}"
+        );
+        World::from_scenario(&Scenario::from_yaml_str(&doc)?)
+    }
+
+    const BASE: &str = "  tenant: {name: t}
+  users: [{upn: a@t.com}]
+  groups: [{name: g1}, {name: g2}]
+  catalogs: [{name: C}]
+  accessPackages:
+  - {name: P, catalog: C, resources: [{group: g1}, {group: g2, role: Owner}]}
+";
+
+    #[test]
+    fn demo_drift_is_applied_at_load() {
+        let w = World::from_scenario(&Scenario::demo()).unwrap();
+        let alice = w.user_by_upn("alice@contoso.com").unwrap().id.clone();
+        let a = w.assignments.iter().find(|a| a.target_id == alice).unwrap();
+        assert_eq!(w.missing_grants(&a.id), vec!["fin-writers"]);
+        let dave = w.user_by_upn("dave@contoso.com").unwrap().id.clone();
+        let failed = w.requests.iter().find(|r| r.target_id == dave).unwrap();
+        assert_eq!(failed.state, "deliveryFailed");
+        assert!(failed.assignment_id.is_some());
+        assert!(
+            w.requests
+                .iter()
+                .all(|r| r.target_id != w.user_by_upn("carol@contoso.com").unwrap().id)
+        );
+    }
+
+    #[test]
+    fn repeated_assignments_get_distinct_ids_and_owner_grants_apply() {
+        let w = load(&format!(
+            "{BASE}  assignments:\n  - {{user: a@t.com, package: P, state: expired}}\n  - {{user: a@t.com, package: P}}\n"
+        ))
+        .unwrap();
+        assert_eq!(w.assignments.len(), 2);
+        assert_ne!(w.assignments[0].id, w.assignments[1].id);
+        let uid = &w.users[0].id;
+        assert!(w.group_named("g1").unwrap().members.contains(uid));
+        assert!(w.group_named("g2").unwrap().owners.contains(uid));
+        assert!(!w.group_named("g2").unwrap().members.contains(uid));
+    }
+
+    #[test]
+    fn dangling_references_name_the_field() {
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: a@t.com, package: Nope}}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.assignments[0].package"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: b@t.com, package: P}}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.assignments[0].user"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: a@t.com, package: P, missing: [zz]}}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let err =
+            load("  tenant: {name: t}\n  users: [{upn: a@t.com, id: not-a-guid}]\n").unwrap_err();
+        assert!(err.to_string().contains("spec.users[0].id"), "{err}");
     }
 }
