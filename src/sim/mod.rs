@@ -40,6 +40,13 @@
 //! - Directory requests carry `x-ms-resource-unit` (§6.2 costs; `appRoleAssignedTo` is
 //!   charged like `appRoleAssignments`, 2). RU throttling is off unless configured.
 //! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
+//! - `catalogs/{id}/resources` (`$expand=roles,scopes`) and `catalogs/{id}/resourceRoles`
+//!   (`$filter` on `originSystem`, `resource/id`, `originId`; `$expand=resource`) are derived
+//!   from the catalog's packages; role ids equal the packages' `resourceRoleScopes` role ids.
+//! - `transitiveMembers` and `checkMemberGroups` follow nested groups; `GET /groups/{id}`
+//!   supports `$expand=members` (first 20, nested `$select`).
+//! - Delta links expire after 7 simulated days (`410`, code `resyncRequired`, `Location`).
+//! - [`SimHandle::settle`] waits until every accepted request/reprocess has taken effect.
 //!
 //! # Admin API (no authentication; JSON bodies)
 //!
