@@ -234,6 +234,21 @@ pub struct SimHandle {
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client secret is a throwaway, but keep it out of test logs anyway.
+        f.debug_struct("SimHandle")
+            .field("graph_url", &self.graph_url)
+            .field("authority_host", &self.authority_host)
+            .field("admin_url", &self.admin_url)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimError {
     let context = context.into();
     move |source| SimError::Io { context, source }
