@@ -314,6 +314,18 @@ async fn member_writes_check_member_groups_and_app_role_assignments() {
     assert_eq!(v["value"], json!([g]));
 
     let resp = c
+        .delete(format!("{}/v1.0/groups/{g}/members/{carol}", h.graph_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "DELETE without $ref must not succeed"
+    );
+    assert!(h.is_member("fin-writers", "carol@contoso.com"));
+    let resp = c
         .delete(format!(
             "{}/v1.0/groups/{g}/members/{carol}/$ref",
             h.graph_url

@@ -72,6 +72,13 @@ pub(crate) fn route(
         ["groups", id, rel, oid, r] if eq(rel, "members") && *r == "$ref" && del => {
             remove_member_ref(&mut sim.world, id, oid)
         }
+        // Without `/$ref` Graph deletes the member object itself; an app holding only
+        // group permissions gets 403. Surfacing that catches a dangerous client bug.
+        ["groups", _, rel, _] if eq(rel, "members") && del => Err(GraphError::new(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation. (DELETE without /$ref deletes the directory object, not the membership.)",
+        )),
         [sp] if sp.to_ascii_lowercase().starts_with("serviceprincipals(") && get => {
             get_sp(&sim.world, &sp_key(sp)?, q)
         }
