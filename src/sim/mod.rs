@@ -45,6 +45,8 @@
 //!   from the catalog's packages; role ids equal the packages' `resourceRoleScopes` role ids.
 //! - `transitiveMembers` and `checkMemberGroups` follow nested groups; `GET /groups/{id}`
 //!   supports `$expand=members` (first 20, nested `$select`).
+//! - `DELETE /groups/{id}/members/{oid}` without `/$ref` answers `403
+//!   Authorization_RequestDenied` (in Graph it would delete the object itself).
 //! - Delta links expire after 7 simulated days (`410`, code `resyncRequired`, `Location`).
 //! - [`SimHandle::settle`] waits until every accepted request/reprocess has taken effect.
 //!
