@@ -314,6 +314,18 @@ async fn member_writes_check_member_groups_and_app_role_assignments() {
     assert_eq!(v["value"], json!([g]));
 
     let resp = c
+        .delete(format!("{}/v1.0/groups/{g}/members/{carol}", h.graph_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "DELETE without $ref must not succeed"
+    );
+    assert!(h.is_member("fin-writers", "carol@contoso.com"));
+    let resp = c
         .delete(format!(
             "{}/v1.0/groups/{g}/members/{carol}/$ref",
             h.graph_url
@@ -687,5 +699,85 @@ async fn transitive_members_and_check_member_groups_follow_nested_groups() {
             .unwrap()
             .starts_with("Bearer ")
     );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn catalog_resources_and_roles_match_the_package_role_scopes() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let cat = "0f1e2d3c-0000-4000-8000-00000000ca01";
+    let pkg = "9f1c0c7e-0000-4000-8000-000000000001";
+    let readers = h.group_id("fin-readers").unwrap();
+
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resources?$expand=roles,scopes"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let resources = body["value"].as_array().unwrap();
+    assert_eq!(resources.len(), 4, "two groups, one app, one site");
+    let r = resources
+        .iter()
+        .find(|r| r["originId"] == readers.as_str())
+        .unwrap();
+    assert_eq!(r["originSystem"], "AadGroup");
+    let roles: Vec<&str> = r["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, vec!["Member", "Owner"]);
+    assert_eq!(r["scopes"][0]["isRootScope"], true);
+
+    let filter = format!(
+        "(originSystem eq 'AadGroup' and resource/id eq '{}')",
+        r["id"].as_str().unwrap()
+    );
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resourceRoles?$filter={filter}&$expand=resource"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let roles = body["value"].as_array().unwrap();
+    assert_eq!(roles.len(), 2);
+    assert_eq!(roles[0]["resource"]["originId"], readers.as_str());
+
+    let (_, p) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/accessPackages/{pkg}?$expand=resourceRoleScopes($expand=role,scope)"),
+    )
+    .await;
+    let member_role = p["resourceRoleScopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"]["originId"] == format!("Member_{readers}"))
+        .unwrap()["role"]["id"]
+        .clone();
+    assert!(
+        roles.iter().any(|x| x["id"] == member_role),
+        "catalog role ids are the package's role ids"
+    );
+
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resources?$filter=catalogId eq 'x'"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "InvalidFilter");
     h.shutdown().await;
 }

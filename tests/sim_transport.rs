@@ -527,3 +527,24 @@ async fn token_endpoint_faults_only_when_targeted_and_every_response_is_correlat
     );
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_all_served_and_counted() {
+    let (h, c, tok) = start().await;
+    let g = h.group_id("fin-readers").unwrap();
+    let url = format!("{}/v1.0/groups/{g}/members?$select=id", h.graph_url);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
+            tokio::spawn(async move { c.get(url).bearer_auth(tok).send().await.unwrap().status() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(h.counters()[&format!("GET /v1.0/groups/{g}/members")], 100);
+    let ids: std::collections::HashSet<String> =
+        h.request_log().into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids.len(), 100, "every response has its own request-id");
+    h.shutdown().await;
+}

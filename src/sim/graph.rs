@@ -14,7 +14,8 @@ use super::odata::{
 };
 use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
-    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
+    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, resource_id_for,
+    role_id_for, status_for,
 };
 
 pub(crate) fn ts(t: Timestamp) -> String {
@@ -71,6 +72,13 @@ pub(crate) fn route(
         ["groups", id, rel, oid, r] if eq(rel, "members") && *r == "$ref" && del => {
             remove_member_ref(&mut sim.world, id, oid)
         }
+        // Without `/$ref` Graph deletes the member object itself; an app holding only
+        // group permissions gets 403. Surfacing that catches a dangerous client bug.
+        ["groups", _, rel, _] if eq(rel, "members") && del => Err(GraphError::new(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation. (DELETE without /$ref deletes the directory object, not the membership.)",
+        )),
         [sp] if sp.to_ascii_lowercase().starts_with("serviceprincipals(") && get => {
             get_sp(&sim.world, &sp_key(sp)?, q)
         }
@@ -554,6 +562,16 @@ fn em_route(
                 &[],
             )))
         }
+        ["catalogs", id, rel] if get && eq(rel, "resources") => {
+            require_em_guid(id)?;
+            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            list_catalog_resources(w, &c.id, q, base, path)
+        }
+        ["catalogs", id, rel] if get && eq(rel, "resourceRoles") => {
+            require_em_guid(id)?;
+            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            list_catalog_resource_roles(w, &c.id, q, base, path)
+        }
         ["accessPackages"] if get => list_packages(w, q, base, path),
         ["accessPackages", id] if get => {
             require_em_guid(id)?;
@@ -680,6 +698,228 @@ fn list_catalogs(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     )
 }
 
+/// A resource added to a catalog, as derived from the catalog's packages.
+struct CatalogResource {
+    id: String,
+    system: &'static str,
+    origin: String,
+    name: String,
+    created: Timestamp,
+    scope_id: String,
+    /// (role id, display name, origin id)
+    roles: Vec<(String, String, String)>,
+}
+
+fn catalog_resources(w: &World, catalog_id: &str) -> Vec<CatalogResource> {
+    let seed = w.seed_value;
+    let mut out: Vec<CatalogResource> = Vec::new();
+    for p in w.packages.iter().filter(|p| p.catalog_id == catalog_id) {
+        for rs in &p.role_scopes {
+            let info = w.grant_info(&rs.grant);
+            let idx = match out
+                .iter()
+                .position(|r| r.system == info.origin_system && r.origin == info.scope_origin)
+            {
+                Some(i) => i,
+                None => {
+                    // Groups offer both roles and apps all their app roles, whatever the
+                    // packages use; SharePoint sites only the roles packages reference.
+                    let roles: Vec<(String, String)> = match &rs.grant {
+                        Grant::GroupMember(g) | Grant::GroupOwner(g) => vec![
+                            ("Member".into(), format!("Member_{g}")),
+                            ("Owner".into(), format!("Owner_{g}")),
+                        ],
+                        Grant::AppRole { sp_id, .. } => {
+                            let mut r: Vec<(String, String)> = w
+                                .sp(sp_id)
+                                .map(|s| {
+                                    s.app_roles
+                                        .iter()
+                                        .map(|ar| (ar.display_name.clone(), ar.id.clone()))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            if r.is_empty() {
+                                r.push((
+                                    "Default Access".into(),
+                                    super::state::DEFAULT_ACCESS_ROLE.into(),
+                                ));
+                            }
+                            r
+                        }
+                        Grant::SharePoint { .. } => Vec::new(),
+                    };
+                    out.push(CatalogResource {
+                        id: resource_id_for(seed, catalog_id, &info.scope_origin),
+                        system: info.origin_system,
+                        origin: info.scope_origin.clone(),
+                        name: info.resource_name.clone(),
+                        created: p.created,
+                        scope_id: rs.scope_id.clone(),
+                        roles: roles
+                            .into_iter()
+                            .map(|(name, origin)| {
+                                (
+                                    role_id_for(seed, catalog_id, info.origin_system, &origin),
+                                    name,
+                                    origin,
+                                )
+                            })
+                            .collect(),
+                    });
+                    out.len() - 1
+                }
+            };
+            let r = &mut out[idx];
+            if !r.roles.iter().any(|(id, _, _)| *id == rs.role_id) {
+                r.roles.push((
+                    rs.role_id.clone(),
+                    info.role_name.clone(),
+                    info.role_origin.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn catalog_resource_json(r: &CatalogResource) -> Value {
+    json!({
+        "id": r.id,
+        "displayName": r.name,
+        "description": null,
+        "originId": r.origin,
+        "originSystem": r.system,
+        "attributes": [],
+        "createdDateTime": ts(r.created),
+        "modifiedDateTime": ts(r.created),
+    })
+}
+
+fn resource_role_json(r: &CatalogResource, role: &(String, String, String)) -> Value {
+    json!({
+        "id": role.0,
+        "displayName": role.1,
+        "description": null,
+        "originId": role.2,
+        "originSystem": r.system,
+    })
+}
+
+fn resource_scope_json(r: &CatalogResource) -> Value {
+    json!({
+        "id": r.scope_id,
+        "displayName": r.name,
+        "description": null,
+        "originId": r.origin,
+        "originSystem": r.system,
+        "isRootScope": true,
+    })
+}
+
+fn list_catalog_resources(
+    w: &World,
+    catalog_id: &str,
+    q: &Query,
+    base: &str,
+    path: &str,
+) -> GResult {
+    let f = em_filter(
+        q,
+        &["originSystem", "originId", "displayName", "id"],
+        &[("contains", "displayName"), ("startswith", "displayName")],
+    )?;
+    let ex = q.expand();
+    let sel = q.select();
+    let items: Vec<Value> = catalog_resources(w, catalog_id)
+        .iter()
+        .filter(|r| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "originsystem" => Some(r.system.to_string()),
+                    "originid" => Some(r.origin.clone()),
+                    "displayname" => Some(r.name.clone()),
+                    "id" => Some(r.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|r| {
+            let mut v = catalog_resource_json(r);
+            if has_expand(&ex, "roles") {
+                v["roles"] =
+                    Value::Array(r.roles.iter().map(|x| resource_role_json(r, x)).collect());
+            }
+            if has_expand(&ex, "scopes") {
+                v["scopes"] = json!([resource_scope_json(r)]);
+            }
+            apply_select(v, sel.as_deref(), &["roles", "scopes"])
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/catalogs/resources",
+        "BadRequest",
+    )
+}
+
+fn list_catalog_resource_roles(
+    w: &World,
+    catalog_id: &str,
+    q: &Query,
+    base: &str,
+    path: &str,
+) -> GResult {
+    let f = em_filter(
+        q,
+        &[
+            "originSystem",
+            "originId",
+            "displayName",
+            "id",
+            "resource/id",
+        ],
+        &[],
+    )?;
+    let ex = q.expand();
+    let sel = q.select();
+    let resources = catalog_resources(w, catalog_id);
+    let items: Vec<Value> = resources
+        .iter()
+        .flat_map(|r| r.roles.iter().map(move |role| (r, role)))
+        .filter(|(r, role)| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "originsystem" => Some(r.system.to_string()),
+                    "originid" => Some(role.2.clone()),
+                    "displayname" => Some(role.1.clone()),
+                    "id" => Some(role.0.clone()),
+                    "resource/id" => Some(r.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|(r, role)| {
+            let mut v = resource_role_json(r, role);
+            if has_expand(&ex, "resource") {
+                v["resource"] = catalog_resource_json(r);
+            }
+            apply_select(v, sel.as_deref(), &["resource"])
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/catalogs/resourceRoles",
+        "BadRequest",
+    )
+}
+
 fn package_base_json(p: &Package) -> Value {
     json!({
         "id": p.id,
@@ -693,50 +933,7 @@ fn package_base_json(p: &Package) -> Value {
 
 fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[Expand]) -> Value {
     let nested = nested_expand(ex, "resourceRoleScopes");
-    let (origin_system, role_name, role_origin, scope_origin, scope_name) = match &rs.grant {
-        Grant::GroupMember(g) => (
-            "AadGroup",
-            "Member".to_string(),
-            format!("Member_{g}"),
-            g.clone(),
-            w.grant_name(&rs.grant),
-        ),
-        Grant::GroupOwner(g) => (
-            "AadGroup",
-            "Owner".to_string(),
-            format!("Owner_{g}"),
-            g.clone(),
-            w.grant_name(&rs.grant),
-        ),
-        Grant::AppRole { sp_id, role_id } => {
-            let name = w
-                .sp(sp_id)
-                .and_then(|s| s.app_roles.iter().find(|r| eq(&r.id, role_id)))
-                .map(|r| r.display_name.clone())
-                .unwrap_or_else(|| "Default Access".into());
-            (
-                "AadApplication",
-                name,
-                role_id.clone(),
-                sp_id.clone(),
-                w.grant_name(&rs.grant),
-            )
-        }
-        Grant::SharePoint {
-            site,
-            role,
-            role_origin_id,
-        } => {
-            let name = site.rsplit('/').next().unwrap_or(site).to_string();
-            (
-                "SharePointOnline",
-                role.clone(),
-                role_origin_id.clone(),
-                site.clone(),
-                name,
-            )
-        }
-    };
+    let info = w.grant_info(&rs.grant);
     let mut v = json!({
         "id": format!("{}_{}", rs.role_id, rs.scope_id),
         "createdDateTime": ts(p.created),
@@ -747,19 +944,19 @@ fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[E
     if all || has_expand(nested, "role") {
         v["role"] = json!({
             "id": rs.role_id,
-            "displayName": role_name,
+            "displayName": info.role_name,
             "description": null,
-            "originId": role_origin,
-            "originSystem": origin_system,
+            "originId": info.role_origin,
+            "originSystem": info.origin_system,
         });
     }
     if all || has_expand(nested, "scope") {
         v["scope"] = json!({
             "id": rs.scope_id,
-            "displayName": scope_name,
+            "displayName": info.resource_name,
             "description": null,
-            "originId": scope_origin,
-            "originSystem": origin_system,
+            "originId": info.scope_origin,
+            "originSystem": info.origin_system,
             "isRootScope": true,
         });
     }

@@ -40,6 +40,15 @@
 //! - Directory requests carry `x-ms-resource-unit` (§6.2 costs; `appRoleAssignedTo` is
 //!   charged like `appRoleAssignments`, 2). RU throttling is off unless configured.
 //! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
+//! - `catalogs/{id}/resources` (`$expand=roles,scopes`) and `catalogs/{id}/resourceRoles`
+//!   (`$filter` on `originSystem`, `resource/id`, `originId`; `$expand=resource`) are derived
+//!   from the catalog's packages; role ids equal the packages' `resourceRoleScopes` role ids.
+//! - `transitiveMembers` and `checkMemberGroups` follow nested groups; `GET /groups/{id}`
+//!   supports `$expand=members` (first 20, nested `$select`).
+//! - `DELETE /groups/{id}/members/{oid}` without `/$ref` answers `403
+//!   Authorization_RequestDenied` (in Graph it would delete the object itself).
+//! - Delta links expire after 7 simulated days (`410`, code `resyncRequired`, `Location`).
+//! - [`SimHandle::settle`] waits until every accepted request/reprocess has taken effect.
 //!
 //! # Admin API (no authentication; JSON bodies)
 //!
@@ -225,6 +234,21 @@ pub struct SimHandle {
     shared: Arc<Shared>,
     server: Server,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client secret is a throwaway, but keep it out of test logs anyway.
+        f.debug_struct("SimHandle")
+            .field("graph_url", &self.graph_url)
+            .field("authority_host", &self.authority_host)
+            .field("admin_url", &self.admin_url)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimError {

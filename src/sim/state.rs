@@ -379,11 +379,13 @@ impl World {
             let mut role_scopes = Vec::new();
             for (j, r) in p.resources.iter().enumerate() {
                 let grant = w.resolve_grant(&format!("{field}.resources[{j}]"), r)?;
-                let key = format!("{}/{j}", p.name);
+                let info = w.grant_info(&grant);
+                // Roles and scopes belong to the catalog's resource, so two packages of one
+                // catalog granting the same role share its id (as in Graph).
                 role_scopes.push(RoleScope {
+                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_origin),
+                    scope_id: scope_id_for(seed, &catalog_id, &info.scope_origin),
                     grant,
-                    role_id: derive_id(seed, "role", &key),
-                    scope_id: derive_id(seed, "scope", &key),
                 });
             }
             w.packages.push(Package {
@@ -773,6 +775,35 @@ impl World {
     }
 }
 
+/// How a grant shows up in entitlement management (§2.3 originId conventions).
+#[derive(Debug, Clone)]
+pub(crate) struct GrantInfo {
+    pub origin_system: &'static str,
+    pub role_name: String,
+    pub role_origin: String,
+    pub scope_origin: String,
+    pub resource_name: String,
+}
+
+/// Id of a catalog resource role.
+pub(crate) fn role_id_for(seed: u64, catalog_id: &str, system: &str, role_origin: &str) -> String {
+    derive_id(
+        seed,
+        "role",
+        &format!("{catalog_id}/{system}/{role_origin}"),
+    )
+}
+
+/// Id of a catalog resource's root scope.
+pub(crate) fn scope_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> String {
+    derive_id(seed, "scope", &format!("{catalog_id}/{scope_origin}"))
+}
+
+/// Id of a catalog resource.
+pub(crate) fn resource_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> String {
+    derive_id(seed, "resource", &format!("{catalog_id}/{scope_origin}"))
+}
+
 /// Canonical wire literal for an assignment state (case-insensitive input).
 pub(crate) fn canonical_assignment_state(s: &str) -> Option<&'static str> {
     [
@@ -945,6 +976,53 @@ impl World {
         self.requests
             .iter_mut()
             .find(|r| r.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Origin system, role and scope origin ids and display names of a grant.
+    pub fn grant_info(&self, g: &Grant) -> GrantInfo {
+        let resource_name = self.grant_name(g);
+        match g {
+            Grant::GroupMember(gid) => GrantInfo {
+                origin_system: "AadGroup",
+                role_name: "Member".into(),
+                role_origin: format!("Member_{gid}"),
+                scope_origin: gid.clone(),
+                resource_name,
+            },
+            Grant::GroupOwner(gid) => GrantInfo {
+                origin_system: "AadGroup",
+                role_name: "Owner".into(),
+                role_origin: format!("Owner_{gid}"),
+                scope_origin: gid.clone(),
+                resource_name,
+            },
+            Grant::AppRole { sp_id, role_id } => GrantInfo {
+                origin_system: "AadApplication",
+                role_name: self
+                    .sp(sp_id)
+                    .and_then(|s| {
+                        s.app_roles
+                            .iter()
+                            .find(|r| r.id.eq_ignore_ascii_case(role_id))
+                    })
+                    .map(|r| r.display_name.clone())
+                    .unwrap_or_else(|| "Default Access".into()),
+                role_origin: role_id.clone(),
+                scope_origin: sp_id.clone(),
+                resource_name,
+            },
+            Grant::SharePoint {
+                site,
+                role,
+                role_origin_id,
+            } => GrantInfo {
+                origin_system: "SharePointOnline",
+                role_name: role.clone(),
+                role_origin: role_origin_id.clone(),
+                scope_origin: site.clone(),
+                resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
+            },
+        }
     }
 
     /// Name of the group/app a grant targets (what `missing:` refers to).
