@@ -415,6 +415,31 @@ async fn group_delta_reports_additions_and_removals_since_the_token() {
             .contains("$deltatoken=")
     );
 
+    // A delta link older than 7 days (simulated) asks for a full resync.
+    let (_, body) = get(first.clone()).await;
+    let stale = body["@odata.deltaLink"].as_str().unwrap().to_string();
+    h.advance_clock(Duration::from_secs(8 * 24 * 3600));
+    let tok2 = h.mint_token();
+    let resp = c.get(&stale).bearer_auth(&tok2).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("/v1.0/groups/delta?")
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "resyncRequired");
+    let get = |url: String| {
+        let c = c.clone();
+        let tok = tok2.clone();
+        async move {
+            let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+
     let many: Vec<String> = (0..51)
         .map(|i| format!("id eq '00000000-0000-4000-8000-{i:012}'"))
         .collect();

@@ -3,6 +3,7 @@
 //! faults, resource-unit metering, routing, and the request log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -249,6 +250,9 @@ pub(crate) fn new_bucket(cfg: RuBucket) -> Bucket {
     }
 }
 
+/// Most request-log entries kept (the oldest tenth is dropped when full).
+pub(crate) const MAX_LOG: usize = 100_000;
+
 /// Everything the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub inner: Mutex<Sim>,
@@ -257,6 +261,24 @@ pub(crate) struct Shared {
     /// Root URL clients use, e.g. `http://127.0.0.1:8080` (no `/v1.0`).
     pub base_url: String,
     pub started: Instant,
+    /// Background work (request processing, reprocess) not finished yet.
+    pub pending: AtomicUsize,
+}
+
+/// Counts one piece of background work in [`Shared::pending`] for as long as it lives.
+pub(crate) struct PendingGuard(Arc<Shared>);
+
+impl PendingGuard {
+    pub fn new(shared: &Arc<Shared>) -> PendingGuard {
+        shared.pending.fetch_add(1, Ordering::SeqCst);
+        PendingGuard(shared.clone())
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -278,6 +300,10 @@ impl Shared {
         );
         let mut sim = self.lock();
         *sim.counters.entry(key).or_default() += 1;
+        // Long-running CLI sessions must not grow without bound; keep the newest entries.
+        if sim.log.len() >= MAX_LOG {
+            sim.log.drain(..MAX_LOG / 10);
+        }
         sim.log.push(entry);
     }
 }
@@ -533,7 +559,7 @@ async fn handle_v1(
 
     {
         let mut sim = shared.lock();
-        if let Err(e) = check_auth(&sim, headers) {
+        if let Err(e) = check_auth(&sim, headers, &shared.base_url) {
             return (Err(e), None);
         }
         let want_err: fn(&FaultSpec) -> bool =
@@ -608,8 +634,15 @@ pub(crate) fn method_not_allowed(method: &Method, path: &str) -> GraphError {
     )
 }
 
-fn check_auth(sim: &Sim, headers: &HeaderMap) -> Result<(), GraphError> {
-    let err = |m: &str| GraphError::new(401, "InvalidAuthenticationToken", m);
+fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphError> {
+    let err = |m: &str| {
+        GraphError::new(401, "InvalidAuthenticationToken", m).header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer realm=\"\", authorization_uri=\"{base}/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""
+            ),
+        )
+    };
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(err("Access token is empty."));
     };
