@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 
 use futures::StreamExt;
-use tokio::sync::Mutex;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, OnceCell};
 
 use crate::api::{AccessPackageSelector, PolicySelector, TargetSelector};
 use crate::engine::{
@@ -92,14 +94,6 @@ fn request_target(r: &AssignmentRequest) -> Option<&str> {
         .or_else(|| r.requestor.as_ref().and_then(|s| s.object_id.as_deref()))
 }
 
-/// What a declaration resolved to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
-    pub access_package_id: String,
-    pub policy_id: Option<String>,
-    pub target_object_id: String,
-}
-
 /// A package looked up by (display name, catalog).
 type PackageName = (String, Option<String>);
 
@@ -107,9 +101,37 @@ type PackageName = (String, Option<String>);
 pub struct Observer {
     graph: GraphClient,
     concurrency: usize,
-    packages_by_name: Mutex<HashMap<PackageName, Result<String, ResolveFailure>>>,
-    users: Mutex<HashMap<String, Result<String, ResolveFailure>>>,
-    views: Mutex<HashMap<String, Result<PackageView, ResolveFailure>>>,
+    packages_by_name: Memo<PackageName, Result<String, ResolveFailure>>,
+    users: Memo<String, Result<String, ResolveFailure>>,
+    views: Memo<String, Result<PackageView, ResolveFailure>>,
+}
+
+/// A single-flight cache: concurrent lookups of one key share one Graph read. Outcomes
+/// that will not change by asking again (found, not found, ambiguous, forbidden) are kept;
+/// transient Graph errors are not, so the next caller tries again.
+struct Memo<K, V> {
+    cells: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
+    fn new() -> Self {
+        Self {
+            cells: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn get_or_read<F, Fut>(&self, key: K, read: F) -> Result<V, GraphError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, GraphError>>,
+    {
+        let cell = self.cells.lock().await.entry(key).or_default().clone();
+        cell.get_or_try_init(read).await.cloned()
+    }
+
+    async fn clear(&self) {
+        self.cells.lock().await.clear();
+    }
 }
 
 impl Observer {
@@ -118,10 +140,15 @@ impl Observer {
         Self {
             graph,
             concurrency: concurrency.max(1),
-            packages_by_name: Mutex::default(),
-            users: Mutex::default(),
-            views: Mutex::default(),
+            packages_by_name: Memo::new(),
+            users: Memo::new(),
+            views: Memo::new(),
         }
+    }
+
+    /// How many reads this observer runs at once.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
     }
 
     /// The Graph client, for acting on a plan.
@@ -132,7 +159,7 @@ impl Observer {
     /// Forgets the per-package reads (assignments, requests) so the next pass sees fresh
     /// state; name resolutions are kept for the whole run.
     pub async fn refresh(&self) {
-        self.views.lock().await.clear();
+        self.views.clear().await;
     }
 
     /// Resolves a package reference to its id.
@@ -150,17 +177,25 @@ impl Observer {
             )));
         };
         let key = (name.to_string(), r.catalog.clone());
-        if let Some(hit) = self.packages_by_name.lock().await.get(&key) {
-            return hit.clone().map_err(ObserveError::Resolve);
-        }
-        let found = self
-            .graph
-            .find_access_packages(name)
-            .await
-            .map_err(|e| permission_or_transient(e, "spec.accessPackage"))?;
+        let outcome = self
+            .packages_by_name
+            .get_or_read(key, || self.find_package(name, r.catalog.as_deref()))
+            .await?;
+        outcome.map_err(ObserveError::Resolve)
+    }
+
+    async fn find_package(
+        &self,
+        name: &str,
+        catalog: Option<&str>,
+    ) -> Result<Result<String, ResolveFailure>, GraphError> {
+        let found = match self.graph.find_access_packages(name).await {
+            Ok(found) => found,
+            Err(e) => return forbidden_as_failure(e, "spec.accessPackage").map(Err),
+        };
         let matching: Vec<&AccessPackage> = found
             .iter()
-            .filter(|p| match r.catalog.as_deref() {
+            .filter(|p| match catalog {
                 None => true,
                 Some(cat) => p
                     .catalog
@@ -169,12 +204,10 @@ impl Observer {
                     .is_some_and(|c| c == cat),
             })
             .collect();
-        let outcome = match matching.as_slice() {
+        Ok(match matching.as_slice() {
             [one] => Ok(one.id.clone()),
             [] => {
-                let where_ = r
-                    .catalog
-                    .as_deref()
+                let where_ = catalog
                     .map(|c| format!(" in catalog '{c}'"))
                     .unwrap_or_default();
                 let hint = if found.is_empty() {
@@ -200,67 +233,52 @@ impl Observer {
                     describe_packages(many.iter().copied())
                 ),
             )),
-        };
-        self.packages_by_name
-            .lock()
-            .await
-            .insert(key, outcome.clone());
-        outcome.map_err(ObserveError::Resolve)
+        })
     }
 
     /// Reads one package with its resources, policies, assignments and requests (cached
     /// until [`Observer::refresh`]).
     pub async fn package_view(&self, package_id: &str) -> Result<PackageView, ObserveError> {
-        if let Some(hit) = self.views.lock().await.get(package_id) {
-            return hit.clone().map_err(ObserveError::Resolve);
-        }
-        let outcome = self.read_package_view(package_id).await;
-        match outcome {
-            Ok(view) => {
-                self.views
-                    .lock()
-                    .await
-                    .insert(package_id.to_string(), Ok(view.clone()));
-                Ok(view)
-            }
-            Err(ObserveError::Resolve(f)) => {
-                self.views
-                    .lock()
-                    .await
-                    .insert(package_id.to_string(), Err(f.clone()));
-                Err(ObserveError::Resolve(f))
-            }
-            Err(e) => Err(e),
-        }
+        self.views
+            .get_or_read(package_id.to_string(), || {
+                self.read_package_view(package_id)
+            })
+            .await?
+            .map_err(ObserveError::Resolve)
     }
 
-    async fn read_package_view(&self, package_id: &str) -> Result<PackageView, ObserveError> {
+    async fn read_package_view(
+        &self,
+        package_id: &str,
+    ) -> Result<Result<PackageView, ResolveFailure>, GraphError> {
         let field = "spec.accessPackage";
-        let Some(package) = self
-            .graph
-            .get_access_package(package_id)
-            .await
-            .map_err(|e| permission_or_transient(e, field))?
-        else {
-            return Err(ObserveError::Resolve(ResolveFailure::new(
-                ResolveFailureKind::PackageNotFound,
-                format!("spec.accessPackage.id: no access package with id {package_id}"),
-            )));
+        let package = match self.graph.get_access_package(package_id).await {
+            Ok(Some(package)) => package,
+            Ok(None) => {
+                return Ok(Err(ResolveFailure::new(
+                    ResolveFailureKind::PackageNotFound,
+                    format!("spec.accessPackage.id: no access package with id {package_id}"),
+                )));
+            }
+            Err(e) => return forbidden_as_failure(e, field).map(Err),
         };
-        let (policies, assignments, requests) = tokio::try_join!(
+        let reads = tokio::try_join!(
             self.graph.list_policies(package_id),
             self.graph.list_assignments(package_id),
             self.graph.list_requests(package_id),
-        )
-        .map_err(|e| permission_or_transient(e, field))?;
+        );
+        let (policies, assignments, requests) = match reads {
+            Ok(r) => r,
+            Err(e) => return forbidden_as_failure(e, field).map(Err),
+        };
         let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
-        Ok(PackageView {
+        Ok(Ok(PackageView {
             package,
             resources,
             policies,
             assignments,
             requests,
-        })
+        }))
     }
 
     /// Picks the assignment policy: the named one, or the package's only one.
@@ -336,21 +354,19 @@ impl Observer {
                 )));
             }
         };
-        if let Some(hit) = self.users.lock().await.get(&key) {
-            return hit.clone().map_err(ObserveError::Resolve);
-        }
-        let user = self
-            .graph
-            .get_user(&key)
-            .await
-            .map_err(|e| permission_or_transient(e, field))?;
-        let outcome = user.map(|u| u.id).ok_or_else(|| {
-            ResolveFailure::new(
-                ResolveFailureKind::TargetNotFound,
-                format!("{field}: no user '{key}' in the tenant"),
-            )
-        });
-        self.users.lock().await.insert(key, outcome.clone());
+        let outcome = self
+            .users
+            .get_or_read(key.clone(), || async {
+                match self.graph.get_user(&key).await {
+                    Ok(Some(user)) => Ok(Ok(user.id)),
+                    Ok(None) => Ok(Err(ResolveFailure::new(
+                        ResolveFailureKind::TargetNotFound,
+                        format!("{field}: no user '{key}' in the tenant"),
+                    ))),
+                    Err(e) => forbidden_as_failure(e, field).map(Err),
+                }
+            })
+            .await?;
         outcome.map_err(ObserveError::Resolve)
     }
 
@@ -450,15 +466,16 @@ pub fn stable_message(err: &GraphError) -> String {
     }
 }
 
-/// A 403 will not fix itself: report it on the object. Anything else is retried later.
-fn permission_or_transient(err: GraphError, field: &str) -> ObserveError {
+/// A 403 will not fix itself: it becomes a failure reported on the object (and cached).
+/// Anything else is handed back to be retried later.
+fn forbidden_as_failure(err: GraphError, field: &str) -> Result<ResolveFailure, GraphError> {
     if err.is_forbidden() {
         tracing::warn!(error = %err, "Graph refused a read");
-        ObserveError::Resolve(ResolveFailure::new(
+        Ok(ResolveFailure::new(
             ResolveFailureKind::Forbidden,
             format!("{field}: {}", stable_message(&err)),
         ))
     } else {
-        ObserveError::Graph(err)
+        Err(err)
     }
 }

@@ -222,7 +222,7 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
             tokio::time::sleep(Duration::from_millis(400)).await;
         }
         status = Some(plan.status);
-        now = now + jiff::SignedDuration::from_secs(6 * 60);
+        now += jiff::SignedDuration::from_secs(6 * 60);
     }
     let status = status.unwrap();
     assert_eq!(reprocessed, 2, "maxAttempts bounds the reprocess calls");

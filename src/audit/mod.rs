@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, ValueEnum};
+use futures::StreamExt as _;
 
 use crate::api::ResourceState;
 use crate::api::{
@@ -339,22 +340,27 @@ impl<'a> Audit<'a> {
     async fn pass(&mut self) {
         let now = jiff::Timestamp::now();
         // Resolve first, so the snapshot covers exactly the resources in play.
-        let mut resolved = Vec::new();
-        for (origin, apa) in &self.decls.assignments {
-            resolved.push(self.resolve_assignment(origin, apa).await);
-        }
-        let mut guard_views = Vec::new();
-        for (_, guard) in &self.decls.guards {
-            let view = match self
-                .observer
-                .resolve_package_id(&guard.spec.access_package)
-                .await
-            {
-                Ok(id) => self.observer.package_view(&id).await,
-                Err(e) => Err(e),
-            };
-            guard_views.push(view);
-        }
+        // Resolve first (concurrently; the observer shares reads of the same package or
+        // user), so the snapshot covers exactly the resources in play.
+        let observer = self.observer;
+        let width = observer.concurrency();
+        let resolved: Vec<Result<ResolvedAssignment, ObserveError>> =
+            futures::stream::iter(&self.decls.assignments)
+                .map(|(origin, apa)| self.resolve_assignment(origin, apa))
+                .buffered(width)
+                .collect()
+                .await;
+        let guard_views: Vec<Result<crate::observe::PackageView, ObserveError>> =
+            futures::stream::iter(&self.decls.guards)
+                .map(|(_, guard)| async move {
+                    let id = observer
+                        .resolve_package_id(&guard.spec.access_package)
+                        .await?;
+                    observer.package_view(&id).await
+                })
+                .buffered(width)
+                .collect()
+                .await;
         let promised = resolved
             .iter()
             .filter_map(|r| r.as_ref().ok())

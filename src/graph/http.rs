@@ -34,7 +34,7 @@ pub enum RetryMode {
 
 /// A response with its body read. Any status; the caller maps errors. Deliberately not
 /// `Debug`: for the token endpoint the body holds the access token.
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
     /// Response headers.
