@@ -445,6 +445,12 @@ impl SimHandle {
         token
     }
 
+    /// Every access token the token endpoint (or [`SimHandle::mint_token`]) has issued and
+    /// still knows, so tests can prove no token ever reaches a log.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().tokens.keys().cloned().collect()
+    }
+
     /// Outside change: removes `user` (UPN or id) from `group` (name or id).
     pub fn remove_member(&self, group: &str, user: &str) -> Result<bool, AdminError> {
         self.shared.admin_remove_member(group, user)
