@@ -34,7 +34,7 @@ pub enum RetryMode {
 
 /// A response with its body read. Any status; the caller maps errors. Deliberately not
 /// `Debug`: for the token endpoint the body holds the access token.
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
     /// Response headers.
@@ -191,7 +191,23 @@ impl Http {
             let outcome = {
                 // The permit bounds in-flight exchanges only; it is released before any
                 // backoff sleep so waiting callers do not starve others.
-                let _permit = self.limiter.acquire().await.ok();
+                let mut _permit = self.limiter.acquire().await.ok();
+                // A call may have queued for the permit while another call in its scope was
+                // throttled: look at the gate again now that it may go out, or it would be
+                // sent before the Retry-After the server just gave.
+                while let Some(wait) = self.gate_wait(gate) {
+                    if wait > self.max_retry_after {
+                        self.count(operation, |s| s.throttled += 1);
+                        return Err(GraphError::Throttled {
+                            operation,
+                            retry_after: Some(wait),
+                            request_id: None,
+                        });
+                    }
+                    drop(_permit.take());
+                    tokio::time::sleep(wait).await;
+                    _permit = self.limiter.acquire().await.ok();
+                }
                 match self.client.execute(request).await {
                     Ok(resp) => {
                         let status = resp.status();
