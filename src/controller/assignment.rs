@@ -22,12 +22,12 @@ use crate::api::{
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::{
     Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
-    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, pick_latest_request,
-    plan_assignment, record_action_failure, record_request_submitted,
+    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, plan_assignment,
+    record_action_failure, record_request_submitted,
 };
 use crate::graph::GraphError;
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestType};
-use crate::observe::{Observer, PackageView, stable_message};
+use crate::observe::{Observer, stable_message};
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
@@ -159,7 +159,7 @@ async fn observe(
     let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
         // The request we submitted: read it directly, fresh and with its target.
         Some(id) => ctx.observations.graph().get_request(id).await?,
-        None => latest_request_of(&view, &target),
+        None => view.latest_request_for(&target),
     };
     let snapshot = ctx.observations.snapshot(&view.resources).await;
     Ok(Observed {
@@ -175,39 +175,6 @@ async fn observe(
         resources: view.resources.clone(),
         snapshot,
     })
-}
-
-/// The target's latest add request. A listed request names its assignment but (without a
-/// nested expand) not always the assignment's target, so requests are matched through the
-/// target's assignment ids as well as through an expanded target.
-fn latest_request_of(view: &PackageView, target: &str) -> Option<AssignmentRequest> {
-    let ids: Vec<&str> = view
-        .assignments
-        .iter()
-        .filter(|a| {
-            a.target
-                .as_ref()
-                .and_then(|t| t.object_id.as_deref())
-                .is_some_and(|id| id.eq_ignore_ascii_case(target))
-        })
-        .map(|a| a.id.as_str())
-        .collect();
-    let mine: Vec<AssignmentRequest> = view
-        .requests
-        .iter()
-        .filter(|r| r.request_type.is_add())
-        .filter(|r| {
-            r.assignment.as_ref().is_some_and(|a| {
-                a.id.as_deref().is_some_and(|id| ids.contains(&id))
-                    || a.target
-                        .as_ref()
-                        .and_then(|t| t.object_id.as_deref())
-                        .is_some_and(|t| t.eq_ignore_ascii_case(target))
-            })
-        })
-        .cloned()
-        .collect();
-    pick_latest_request(&mine).cloned()
 }
 
 /// One verification pass.
