@@ -531,18 +531,58 @@ async fn graph_throttling_requeues_at_exactly_retry_after_without_status_claims(
 #[tokio::test]
 async fn spent_reprocess_budget_defers_without_writing() {
     let mut env = Env::start_with(Settings {
+        reprocess_per_minute: 1,
+        ..Settings::default()
+    })
+    .await;
+    // Reprocess is accepted but changes nothing, so alice stays drifted.
+    env.sim.inject_fault(FaultSpec::SilentReprocess {
+        assignment_ids: vec![],
+        request_ids: vec![],
+    });
+    let first = for_user("alice-1", "alice@contoso.com");
+    let task = env.reconcile(&first);
+    env.api.expect_status_patch(&first).await;
+    env.api.expect_status_patch(&first).await;
+    env.api.expect_event(&first).await;
+    env.api.expect_event(&first).await;
+    task.await.unwrap().unwrap();
+    assert_eq!(reprocess_calls(&env.sim), 1);
+
+    // The budget (1 a minute) is spent: the second object waits, claiming nothing.
+    let second = for_user("alice-2", "alice@contoso.com");
+    let task = env.reconcile(&second);
+    env.api.expect_status_patch(&second).await; // first visit only
+    let action = task.await.unwrap().unwrap();
+    let secs = requeue_secs(&action).unwrap();
+    assert!(secs > 1.0 && secs <= 60.0, "{action:?}");
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 1);
+}
+
+#[tokio::test]
+async fn zero_reprocess_rate_reports_drift_as_operator_disabled() {
+    let mut env = Env::start_with(Settings {
         reprocess_per_minute: 0,
         ..Settings::default()
     })
     .await;
-    let alice = for_user("alice-budget", "alice@contoso.com");
+    let alice = for_user("alice-report", "alice@contoso.com");
     let task = env.reconcile(&alice);
-    env.api.expect_status_patch(&alice).await; // first visit only
-    let action = task.await.unwrap().unwrap();
-    assert!(
-        requeue_secs(&action).is_some_and(|s| s > 60.0),
-        "{action:?}"
+    env.api.expect_status_patch(&alice).await;
+    let status = env.api.expect_status_patch(&alice).await;
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
     );
+    assert!(condition(&status, "Reconciling").is_null(), "{status}");
+    assert!(
+        status.to_string().contains("--reprocess-rate 0"),
+        "the status says why nothing is repaired: {status}"
+    );
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "DriftDetected");
+    task.await.unwrap().unwrap();
     env.api.expect_silence().await;
     assert_eq!(reprocess_calls(&env.sim), 0);
 }

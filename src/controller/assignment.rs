@@ -17,7 +17,7 @@ use super::context::{
 use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
-    REPROCESS_ANNOTATION, validate_assignment_spec,
+    REPROCESS_ANNOTATION, ReprocessMode, validate_assignment_spec,
 };
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::{
@@ -215,9 +215,19 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         }
     };
     let now = Timestamp::now();
+    // `--reprocess-rate 0` makes every object report-only, stated as such in its status.
+    let operator_disabled =
+        ctx.reprocess_bucket.is_disabled() && obj.spec.reprocess.mode != ReprocessMode::Disabled;
+    let spec = if operator_disabled {
+        let mut spec = obj.spec.clone();
+        spec.reprocess.mode = ReprocessMode::Disabled;
+        std::borrow::Cow::Owned(spec)
+    } else {
+        std::borrow::Cow::Borrowed(&obj.spec)
+    };
     let input = AssignmentInput {
         generation,
-        spec: &obj.spec,
+        spec: &spec,
         previous: previous.as_ref(),
         reprocess_annotation: obj
             .annotations()
@@ -231,6 +241,15 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         settings: &ctx.engine,
     };
     let mut plan = plan_assignment(&input, now);
+
+    if operator_disabled {
+        for c in &mut plan.status.conditions {
+            c.message = c.message.replace(
+                "reprocess.mode is Disabled",
+                "reprocessing is disabled for the whole operator (--reprocess-rate 0)",
+            );
+        }
+    }
 
     if let Some(wait) = execute(ctx, &obj, &mut plan, &observed, now).await? {
         // The global reprocess budget is spent: do nothing now (not even the status, which

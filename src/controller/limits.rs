@@ -77,6 +77,11 @@ impl TokenBucket {
         }
     }
 
+    /// True when the rate is zero: no call is ever allowed.
+    pub fn is_disabled(&self) -> bool {
+        self.capacity < 1.0
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.try_acquire_at(Instant::now())
@@ -148,6 +153,8 @@ mod tests {
     #[test]
     fn zero_rate_disables() {
         let bucket = TokenBucket::per_minute(0);
+        assert!(bucket.is_disabled());
         assert!(bucket.try_acquire().is_err());
+        assert!(!TokenBucket::per_minute(1).is_disabled());
     }
 }
