@@ -66,7 +66,7 @@ pub struct ControllerArgs {
     pub verify_interval: Duration,
 
     /// Reprocess calls allowed per minute across all objects (a token bucket; bursts up to the
-    /// same number). 0 disables reprocessing.
+    /// same number). 0 disables reprocessing: assignments report drift only, and say so.
     #[arg(
         long,
         env = "REDELIVER_REPROCESS_RATE",
