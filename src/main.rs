@@ -90,11 +90,17 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            // The outermost message says what failed and how to fix it; the root cause
-            // says why. The chain between them mostly repeats both.
+            // The outermost message says what failed and how to fix it; causes follow,
+            // skipping those whose text an earlier line already contains (libraries often
+            // embed their source's message in their own).
             eprintln!("error: {err}");
-            if let Some(root) = err.chain().skip(1).last() {
-                eprintln!("  cause: {root}");
+            let mut shown: Vec<String> = vec![err.to_string()];
+            for cause in err.chain().skip(1) {
+                let text = cause.to_string();
+                if !shown.iter().any(|s| s.contains(&text)) {
+                    eprintln!("  cause: {text}");
+                    shown.push(text);
+                }
             }
             ExitCode::from(1)
         }
