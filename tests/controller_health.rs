@@ -42,3 +42,43 @@ async fn livez_readyz_and_openmetrics() {
     assert!(body.trim_end().ends_with("# EOF"));
     server.abort();
 }
+
+#[tokio::test]
+async fn graph_calls_are_counted_by_operation_and_status_code() {
+    use redeliver::graph::{GraphArgs, GraphClient, Secret};
+    use redeliver::sim::{Scenario, SimOptions, Simulator};
+
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let config = GraphArgs {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        client_secret: Some(Secret::new(sim.client_secret.clone())),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphArgs::with_defaults()
+    }
+    .validate()
+    .unwrap();
+    let graph = GraphClient::new(config).unwrap();
+    assert!(graph.get_user("alice@contoso.com").await.unwrap().is_some());
+    assert!(
+        graph
+            .get_user("nobody@contoso.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let (_metrics, registry) = Metrics::new(Some(graph));
+    let body = redeliver::controller::metrics::render(&registry).unwrap();
+    for line in [
+        "redeliver_graph_responses_total{operation=\"get_user\",code=\"200\"} 1",
+        "redeliver_graph_responses_total{operation=\"get_user\",code=\"404\"} 1",
+        "redeliver_graph_requests_total{operation=\"get_user\"} 2",
+    ] {
+        assert!(body.contains(line), "missing {line} in\n{body}");
+    }
+    sim.shutdown().await;
+}

@@ -276,6 +276,20 @@ impl Collector for GraphCollector {
                 ConstCounter::new(pick(s)).encode(m)?;
             }
         }
+        let mut family = encoder.encode_descriptor(
+            "graph_responses",
+            "Graph (and token endpoint) HTTP responses by operation and status code",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for s in &stats {
+            for (code, count) in &s.by_status {
+                let code = code.to_string();
+                let labels = [("operation", s.operation), ("code", code.as_str())];
+                let m = family.encode_family(&labels)?;
+                ConstCounter::new(*count).encode(m)?;
+            }
+        }
         Ok(())
     }
 }

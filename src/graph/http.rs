@@ -60,6 +60,9 @@ pub struct OperationStats {
     pub throttled: u64,
     /// Calls that ended in an error returned to the caller.
     pub failures: u64,
+    /// Responses by HTTP status code (a handful of distinct codes, so label cardinality
+    /// stays bounded).
+    pub by_status: BTreeMap<u16, u64>,
 }
 
 pub(crate) struct Http {
@@ -237,9 +240,12 @@ impl Http {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "graph http exchange"
                     );
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.count(operation, |s| s.throttled += 1);
-                    }
+                    self.count(operation, |s| {
+                        *s.by_status.entry(status.as_u16()).or_default() += 1;
+                        if status == StatusCode::TOO_MANY_REQUESTS {
+                            s.throttled += 1;
+                        }
+                    });
                     if matches!(status.as_u16(), 429 | 503)
                         && let Some(d) = retry_after
                     {
