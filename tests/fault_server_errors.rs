@@ -89,11 +89,11 @@ async fn responses_slower_than_the_timeout_are_retried_then_succeed() {
         "",
     ));
     let slow = sim.inject_fault(fault(json!({
-        "kind": "latency", "millis": 1500, "count": 2, "pathPrefix": "/v1.0/groups"
+        "kind": "latency", "millis": 2500, "count": 2, "pathPrefix": "/v1.0/groups"
     })));
     sim.clear_request_log();
     let mut cmd = audit_command(&sim, dir.path(), &["-o", "json"]);
-    cmd.env("REDELIVER_GRAPH_TIMEOUT", "400ms");
+    cmd.env("REDELIVER_GRAPH_TIMEOUT", "800ms");
     let started = std::time::Instant::now();
     let out = run(cmd).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -102,6 +102,7 @@ async fn responses_slower_than_the_timeout_are_retried_then_succeed() {
     // delivered), then each read succeeded on its retry.
     assert!(!sim.remove_fault(slow), "both slow answers were consumed");
     assert_eq!(sim.count_requests("GET", "/v1.0/groups/"), 2);
+    // The two reads run side by side: the run waited out at least one full timeout.
     assert!(started.elapsed() >= Duration::from_millis(800));
     sim.shutdown().await;
 }
