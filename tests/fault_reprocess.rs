@@ -90,6 +90,13 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
         status = Some(plan.status);
     }
     let status = status.unwrap();
+    eprintln!(
+        "silent reprocess: attempts at {:?} s of engine time over 30 passes",
+        reprocessed_at
+            .iter()
+            .map(|t| t.duration_since(start).as_secs())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(reprocessed_at.len(), 3, "maxAttempts 3 bounds the calls");
     assert_eq!(attempts_seen, vec![1, 2, 3], "each attempt is counted");
     for pair in reprocessed_at.windows(2) {
