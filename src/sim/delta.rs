@@ -3,7 +3,9 @@
 //! Every membership change bumps a version counter; a delta token is that version. The
 //! first round (no token) lists every selected group with all its members as additions;
 //! later rounds list only groups with changes, removals carrying
-//! `@removed: {"reason": "deleted"}`.
+//! `@removed: {"reason": "deleted"}`. `POST /_sim/delta/expire` expires every token issued
+//! so far: using one then answers `410 Gone` (`resyncRequired`) with a `Location` to start
+//! over, as Graph does when a sync state is lost.
 
 use std::collections::BTreeMap;
 
@@ -95,6 +97,19 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
                     "The delta token is not valid; start a new sync without $deltatoken.",
                 )
             })?;
+        if since < w.delta_floor {
+            // Graph's answer to an expired sync state: 410 Gone pointing at a fresh sync.
+            let restart = format!(
+                "{base}/v1.0/groups/delta?{}",
+                q.encode_without(&["skiptoken", "deltatoken"]).join("&")
+            );
+            return Err(GraphError::new(
+                410,
+                "resyncRequired",
+                "The sync state has expired; start a new sync from the Location URL.",
+            )
+            .header("Location", restart));
+        }
         // Net change per (group, member): the last change wins.
         let mut net: BTreeMap<&str, BTreeMap<&str, bool>> = BTreeMap::new();
         for c in w.delta_log.iter().filter(|c| c.version > since) {

@@ -170,6 +170,8 @@ pub(crate) struct World {
     pub clock_offset: SignedDuration,
     pub delta_version: u64,
     pub delta_log: Vec<DeltaChange>,
+    /// Delta tokens older than this version have expired (`POST /_sim/delta/expire`).
+    pub delta_floor: u64,
 }
 
 fn lc(s: &str) -> String {
@@ -248,6 +250,7 @@ impl World {
             clock_offset: SignedDuration::ZERO,
             delta_version: 0,
             delta_log: Vec::new(),
+            delta_floor: 0,
         };
 
         for (i, u) in spec.users.iter().enumerate() {
