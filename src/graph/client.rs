@@ -685,6 +685,8 @@ impl GraphClient {
     }
 
     /// App role assignments granted on a resource service principal (§5.4, all pages).
+    /// Only the fields verification needs are selected, in pages of 999: `$select` takes the
+    /// cost from 2 RU to 1 per page (§6.2) and the large pages keep the page count minimal.
     pub async fn list_app_role_assignments(
         &self,
         service_principal_id: &str,
@@ -694,7 +696,14 @@ impl GraphClient {
             "/servicePrincipals/{}/appRoleAssignedTo",
             segment(OP, service_principal_id)?
         );
-        let url = self.url(OP, &path, &[])?;
+        let url = self.url(
+            OP,
+            &path,
+            &[
+                ("$select", "id,appRoleId,principalId,principalType"),
+                ("$top", "999"),
+            ],
+        )?;
         self.get_paged(OP, url).await
     }
 }
