@@ -618,7 +618,9 @@ impl GraphClient {
             match (page.next_link, page.delta_link) {
                 (Some(link), _) => url = self.checked_link(operation, &url, &link)?,
                 (None, Some(delta)) => {
-                    let delta_url = self.checked_link(operation, &url, &delta)?;
+                    // When nothing changed, the deltaLink may well be the URL just fetched:
+                    // that is the next round's starting point, not a paging loop.
+                    let delta_url = self.same_origin_link(operation, &url, &delta)?;
                     let changes = state
                         .into_iter()
                         .map(|(group, members)| {
@@ -651,8 +653,27 @@ impl GraphClient {
         }
     }
 
-    /// Resolves a nextLink/deltaLink against the current page and refuses other origins.
+    /// Resolves a nextLink against the current page, refusing other origins and a link
+    /// that repeats the current page (a server paging loop).
     fn checked_link(
+        &self,
+        operation: &'static str,
+        current: &Url,
+        link: &str,
+    ) -> Result<Url, GraphError> {
+        let url = self.same_origin_link(operation, current, link)?;
+        if &url == current {
+            return Err(GraphError::Decode {
+                operation,
+                message: "@odata.nextLink repeats the current page URL".to_string(),
+                request_id: None,
+            });
+        }
+        Ok(url)
+    }
+
+    /// Resolves a nextLink/deltaLink against the current page and refuses other origins.
+    fn same_origin_link(
         &self,
         operation: &'static str,
         current: &Url,
@@ -671,13 +692,6 @@ impl GraphClient {
                     url.origin().ascii_serialization(),
                     self.inner.origin.ascii_serialization()
                 ),
-                request_id: None,
-            });
-        }
-        if &url == current {
-            return Err(GraphError::Decode {
-                operation,
-                message: "@odata.nextLink repeats the current page URL".to_string(),
                 request_id: None,
             });
         }
