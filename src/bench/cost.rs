@@ -93,5 +93,15 @@ mod tests {
         // 15 packages of 66 or 67 assignments: one page each.
         assert_eq!(min.assignment_pages, 15);
         assert_eq!(t.drifted_count(), 10);
+        // Drift falls on apps as well as groups.
+        let t = SyntheticTenant::benchmark(10_000);
+        let lost: Vec<SyntheticResource> =
+            (0..10_000).filter_map(|i| t.drifted_resource(i)).collect();
+        assert_eq!(lost.len(), 100);
+        assert!(lost.iter().any(|r| matches!(r, SyntheticResource::App(_))));
+        assert!(
+            lost.iter()
+                .any(|r| matches!(r, SyntheticResource::Group(_)))
+        );
     }
 }

@@ -552,9 +552,10 @@ impl Scenario {
 /// `min_resources + p % (max_resources - min_resources + 1)` consecutive resources starting
 /// at resource `p * (groups + apps) / packages` (wrapping), so neighbouring packages
 /// overlap and, in the [`SyntheticTenant::benchmark`] shape, every resource is promised. User `i` (`user{i}@{tenant}.com`)
-/// holds one delivered assignment of package `i % packages`; every `drift_every`-th user
-/// (when non-zero) lost one of its package's resources by an outside change, cycling
-/// through the package's resources so groups and apps both drift.
+/// holds one delivered assignment of package `i % packages`; one user in each block of
+/// `drift_every` consecutive users (when non-zero; user `b * n + b % n` of block `b`) lost
+/// one of its package's resources by an outside change, cycling through the package's
+/// resources so groups and apps both drift.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyntheticTenant {
     /// Tenant name (users are `user{i}@{tenant_name}.com`).
@@ -652,7 +653,10 @@ impl SyntheticTenant {
 
     /// The resource user `i` lost, if its assignment is drifted.
     pub fn drifted_resource(&self, i: usize) -> Option<SyntheticResource> {
-        if self.drift_every == 0 || i % self.drift_every != 0 {
+        let n = self.drift_every;
+        // One per block of `n` users, at a different offset in each block, so drifted users
+        // fall on every package (a fixed stride would hit only a few of them).
+        if n == 0 || i % n != (i / n) % n {
             return None;
         }
         let resources = self.package_resources(self.package_of(i));
