@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod bench;
 pub mod controller;
 pub mod engine;
 pub mod graph;

@@ -7,6 +7,8 @@
 //! - one paged read per *resource* (group members/owners, app role assignments), shared by
 //!   every assignment that promises it — never one read per user.
 
+pub mod delta;
+
 use std::collections::HashMap;
 
 use futures::StreamExt;

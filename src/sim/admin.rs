@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::graph::ts;
 use super::server::{
-    ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, log_json, new_bucket,
+    ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
+    new_bucket,
 };
 use super::state::{World, canonical_assignment_state, canonical_request_state, status_for};
 
@@ -263,6 +264,20 @@ impl Shared {
         let mut sim = self.lock();
         sim.log.clear();
         sim.counters.clear();
+        sim.usage = Usage::default();
+    }
+
+    /// Expires every group delta token issued so far (the next use answers `410`).
+    pub fn admin_expire_delta_tokens(&self) {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        w.delta_version += 1;
+        w.delta_floor = w.delta_version;
+    }
+
+    /// Requests and resource units since the log was last cleared.
+    pub fn admin_usage(&self) -> Usage {
+        self.lock().usage.clone()
     }
 
     /// Request counts keyed by `METHOD /path` (no query).
@@ -464,6 +479,15 @@ async fn clear_requests(State(s): S) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+async fn expire_delta(State(s): S) -> StatusCode {
+    s.admin_expire_delta_tokens();
+    StatusCode::NO_CONTENT
+}
+
+async fn usage(State(s): S) -> Json<Usage> {
+    Json(s.admin_usage())
+}
+
 async fn counters(State(s): S) -> Json<Value> {
     Json(json!(s.admin_counters()))
 }
@@ -516,6 +540,8 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         )
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/counters", get(counters))
+        .route("/_sim/usage", get(usage))
+        .route("/_sim/delta/expire", post(expire_delta))
         .route("/_sim/reset", post(reset))
         .route("/_sim/clock", get(clock))
         .route("/_sim/clock/advance", post(advance_clock))

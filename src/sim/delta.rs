@@ -3,7 +3,9 @@
 //! Every membership change bumps a version counter; a delta token is that version. The
 //! first round (no token) lists every selected group with all its members as additions;
 //! later rounds list only groups with changes, removals carrying
-//! `@removed: {"reason": "deleted"}`.
+//! `@removed: {"reason": "deleted"}`. `POST /_sim/delta/expire` expires every token issued
+//! so far: using one then answers `410 Gone` (`resyncRequired`) with a `Location` to start
+//! over, as Graph does when a sync state is lost.
 
 use std::collections::BTreeMap;
 
@@ -104,7 +106,9 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
                     "The delta token is not valid; start a new sync without $deltatoken.",
                 )
             })?;
-        if now_secs - issued > TOKEN_LIFETIME_SECS {
+        // Graph's answer to an expired sync state (older than 7 days, or expired through
+        // `POST /_sim/delta/expire`): 410 Gone pointing at a fresh sync.
+        if now_secs - issued > TOKEN_LIFETIME_SECS || since < w.delta_floor {
             let mut params = q.encode_without(&["skiptoken", "deltatoken"]);
             if params.is_empty() {
                 params.push("$select=members".into());
@@ -113,7 +117,7 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
             return Err(GraphError::new(
                 410,
                 "resyncRequired",
-                "The delta token has expired (older than 7 days); resynchronize from the Location URL.",
+                "The sync state has expired; resynchronize from the Location URL.",
             )
             .header("Location", restart));
         }

@@ -38,7 +38,12 @@
 //!   assignment turn `delivering`, then `delivered` with memberships.
 //! - Reprocess never records a new assignment request.
 //! - Directory requests carry `x-ms-resource-unit` (§6.2 costs; `appRoleAssignedTo` is
-//!   charged like `appRoleAssignments`, 2). RU throttling is off unless configured.
+//!   charged like `appRoleAssignments`, 2; `$select` −1, `$expand` +1, `$top` < 20 −1,
+//!   minimum 1). RU throttling is off unless configured; when on, the app + tenant token
+//!   bucket (default 8,000 RU per 10 s, refilled continuously) answers `429` with
+//!   `Retry-After`, `x-ms-throttle-scope` and `x-ms-throttle-information` once it is empty,
+//!   and a refused request costs nothing. Above 80 % use, responses carry
+//!   `x-ms-throttle-limit-percentage`.
 //! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
 //! - `catalogs/{id}/resources` (`$expand=roles,scopes`) and `catalogs/{id}/resourceRoles`
 //!   (`$filter` on `originSystem`, `resource/id`, `originId`; `$expand=resource`) are derived
@@ -68,11 +73,13 @@
 //! | `POST /_sim/faults` | see below | inject a fault → `{"id": n}` |
 //! | `DELETE /_sim/faults` | | clear all faults |
 //! | `DELETE /_sim/faults/{id}` | | remove one fault (404 if it already ended) |
-//! | `PUT /_sim/throttling` | `{"capacity": 8000, "windowMs": 10000}` | enable the RU token bucket |
+//! | `PUT /_sim/throttling` | `{"capacity": 8000, "windowMs": 10000}` (both optional; `{}` = large tenant) | enable the RU token bucket |
 //! | `DELETE /_sim/throttling` | | disable RU throttling |
 //! | `GET /_sim/requests` | | request log `{"value": [{method, path, status, timeMs, durationMs, ru, batch, requestId}]}` (token requests included) |
 //! | `DELETE /_sim/requests` | | clear the log and counters |
 //! | `GET /_sim/counters` | | `{"GET /v1.0/groups/{id}/members": 3, ...}` (path without query) |
+//! | `POST /_sim/delta/expire` | | expire every group delta token issued so far (next use: `410 Gone`, `resyncRequired`, `Location`) |
+//! | `GET /_sim/usage` | | `{"total": {requests, ru, throttled}, "byPath": {"GET /v1.0/groups/<id>/members": {...}}, "byRoute": {"GET /v1.0/groups/{id}/members": {...}}}` since the log was cleared |
 //! | `POST /_sim/reset` | | back to the loaded scenario (state, faults, log, clock); tokens stay valid |
 //! | `GET /_sim/clock` | | `{"now", "offsetSeconds"}` |
 //! | `POST /_sim/clock/advance` | `{"by": "15d"}` | move simulated time forward (token expiry, reprocess window) |
@@ -125,9 +132,9 @@ pub use scenario::{
     AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
     GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION, SCENARIO_KIND,
     Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec,
-    TenantSpec, UserSpec, derive_id,
+    SyntheticResource, SyntheticTenant, TenantSpec, UserSpec, derive_id,
 };
-pub use server::{FaultScope, FaultSpec, LogEntry, RuBucket};
+pub use server::{FaultScope, FaultSpec, LogEntry, PathUsage, RuBucket, Usage};
 
 use server::{Shared, Sim};
 use state::World;
@@ -525,6 +532,18 @@ impl SimHandle {
     /// Clears the request log and counters.
     pub fn clear_request_log(&self) {
         self.shared.admin_clear_log()
+    }
+
+    /// Requests and resource units since the log was last cleared: in total, per path
+    /// and per route (ids replaced by `{id}`).
+    pub fn usage(&self) -> Usage {
+        self.shared.admin_usage()
+    }
+
+    /// Expires every group delta token issued so far: the next round with one answers
+    /// `410 Gone` (`resyncRequired`).
+    pub fn expire_delta_tokens(&self) {
+        self.shared.admin_expire_delta_tokens()
     }
 
     /// Request counts keyed by `METHOD /path`.

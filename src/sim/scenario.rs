@@ -460,6 +460,71 @@ impl Scenario {
         b.build()
     }
 
+    /// A synthetic tenant shaped like a large customer (see [`SyntheticTenant`]): shared
+    /// groups and apps, packages promising several of them, one delivered assignment per
+    /// user, and a given share drifted by outside removals.
+    pub fn synthetic_tenant(t: &SyntheticTenant) -> Scenario {
+        let mut b = ScenarioBuilder::new(&t.tenant_name).seed(t.seed);
+        b = b.catalog("Synthetic");
+        for g in 0..t.groups {
+            b = b.group(&SyntheticTenant::group_name(g), &[]);
+        }
+        for a in 0..t.apps {
+            let name = SyntheticTenant::app_name(a);
+            b = b.service_principal(ServicePrincipalSpec {
+                app_roles: vec![AppRoleSpec {
+                    value: format!("{name}.Access"),
+                    ..Default::default()
+                }],
+                name,
+                ..Default::default()
+            });
+        }
+        for p in 0..t.packages.max(1) {
+            let resources = t
+                .package_resources(p)
+                .into_iter()
+                .map(|r| match r {
+                    SyntheticResource::Group(g) => ResourceSpec {
+                        group: Some(SyntheticTenant::group_name(g)),
+                        ..Default::default()
+                    },
+                    SyntheticResource::App(a) => ResourceSpec {
+                        app: Some(SyntheticTenant::app_name(a)),
+                        app_role: Some(format!("{}.Access", SyntheticTenant::app_name(a))),
+                        ..Default::default()
+                    },
+                })
+                .collect();
+            b = b.access_package(AccessPackageSpec {
+                name: SyntheticTenant::package_name(p),
+                catalog: "Synthetic".into(),
+                resources,
+                ..Default::default()
+            });
+        }
+        for i in 0..t.assignments {
+            let upn = t.upn(i);
+            b = b.user(&upn, &format!("User {i}"));
+            let p = t.package_of(i);
+            let missing = t
+                .drifted_resource(i)
+                .map(|r| match r {
+                    SyntheticResource::Group(g) => SyntheticTenant::group_name(g),
+                    SyntheticResource::App(a) => SyntheticTenant::app_name(a),
+                })
+                .into_iter()
+                .collect();
+            b = b.assignment(AssignmentSpec {
+                user: upn,
+                package: SyntheticTenant::package_name(p),
+                missing,
+                ..Default::default()
+            });
+        }
+        b.build()
+    }
+
     fn check_header(&self) -> Result<(), ScenarioError> {
         if self.api_version != SCENARIO_API_VERSION {
             return Err(ScenarioError::invalid(
@@ -477,6 +542,158 @@ impl Scenario {
             ));
         }
         Ok(())
+    }
+}
+
+/// The shape of [`Scenario::synthetic_tenant`].
+///
+/// Resources are numbered groups first (`syn-g{k}`), then apps (`syn-app{k}`, each with
+/// one role `syn-app{k}.Access`). Package `p` (`syn-pkg-{p}`) promises
+/// `min_resources + p % (max_resources - min_resources + 1)` consecutive resources starting
+/// at resource `p * (groups + apps) / packages` (wrapping), so neighbouring packages
+/// overlap and, in the [`SyntheticTenant::benchmark`] shape, every resource is promised. User `i` (`user{i}@{tenant}.com`)
+/// holds one delivered assignment of package `i % packages`; one user in each block of
+/// `drift_every` consecutive users (when non-zero; user `b * n + b % n` of block `b`) lost
+/// one of its package's resources by an outside change, cycling through the package's
+/// resources so groups and apps both drift.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntheticTenant {
+    /// Tenant name (users are `user{i}@{tenant_name}.com`).
+    pub tenant_name: String,
+    /// Id seed.
+    pub seed: u64,
+    /// Delivered assignments, one per user.
+    pub assignments: usize,
+    /// Security groups.
+    pub groups: usize,
+    /// Resource apps (service principals with one app role each).
+    pub apps: usize,
+    /// Access packages.
+    pub packages: usize,
+    /// Fewest resources a package promises.
+    pub min_resources: usize,
+    /// Most resources a package promises.
+    pub max_resources: usize,
+    /// Every n-th assignment is drifted (0: none). 100 = 1 %.
+    pub drift_every: usize,
+}
+
+/// One resource of a [`SyntheticTenant`], by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SyntheticResource {
+    /// Group `syn-g{k}` (membership `Member`).
+    Group(usize),
+    /// App `syn-app{k}` (role `syn-app{k}.Access`).
+    App(usize),
+}
+
+impl SyntheticTenant {
+    /// The benchmark shape: 50 groups, 5 apps, 15 packages promising 3–5 resources
+    /// each, 1 % drifted.
+    pub fn benchmark(assignments: usize) -> Self {
+        Self {
+            tenant_name: "scale".into(),
+            seed: 7,
+            assignments,
+            groups: 50,
+            apps: 5,
+            packages: 15,
+            min_resources: 3,
+            max_resources: 5,
+            drift_every: 100,
+        }
+    }
+
+    /// `syn-g{k}`.
+    pub fn group_name(k: usize) -> String {
+        format!("syn-g{k}")
+    }
+
+    /// `syn-app{k}`.
+    pub fn app_name(k: usize) -> String {
+        format!("syn-app{k}")
+    }
+
+    /// `syn-pkg-{p}`.
+    pub fn package_name(p: usize) -> String {
+        format!("syn-pkg-{p}")
+    }
+
+    /// UPN of user `i`.
+    pub fn upn(&self, i: usize) -> String {
+        format!("user{i}@{}.com", self.tenant_name)
+    }
+
+    /// The package user `i` is assigned.
+    pub fn package_of(&self, i: usize) -> usize {
+        i % self.packages.max(1)
+    }
+
+    /// What package `p` promises.
+    pub fn package_resources(&self, p: usize) -> Vec<SyntheticResource> {
+        let total = self.groups + self.apps;
+        if total == 0 {
+            return Vec::new();
+        }
+        let lo = self.min_resources.max(1).min(total);
+        let hi = self.max_resources.max(lo).min(total);
+        let count = lo + p % (hi - lo + 1);
+        let start = p * total / self.packages.max(1);
+        (0..count)
+            .map(|j| {
+                let r = (start + j) % total;
+                if r < self.groups {
+                    SyntheticResource::Group(r)
+                } else {
+                    SyntheticResource::App(r - self.groups)
+                }
+            })
+            .collect()
+    }
+
+    /// The resource user `i` lost, if its assignment is drifted.
+    pub fn drifted_resource(&self, i: usize) -> Option<SyntheticResource> {
+        let n = self.drift_every;
+        // One per block of `n` users, at a different offset in each block, so drifted users
+        // fall on every package (a fixed stride would hit only a few of them).
+        if n == 0 || i % n != (i / n) % n {
+            return None;
+        }
+        let resources = self.package_resources(self.package_of(i));
+        if resources.is_empty() {
+            return None;
+        }
+        Some(resources[(i / self.drift_every) % resources.len()])
+    }
+
+    /// Number of drifted assignments.
+    pub fn drifted_count(&self) -> usize {
+        (0..self.assignments)
+            .filter(|i| self.drifted_resource(*i).is_some())
+            .count()
+    }
+
+    /// Members each group has and role assignments each app has, after the drift:
+    /// `(group member counts, app assignment counts)`.
+    pub fn resource_sizes(&self) -> (Vec<usize>, Vec<usize>) {
+        let mut groups = vec![0usize; self.groups];
+        let mut apps = vec![0usize; self.apps];
+        let per_package: Vec<Vec<SyntheticResource>> = (0..self.packages.max(1))
+            .map(|p| self.package_resources(p))
+            .collect();
+        for i in 0..self.assignments {
+            let lost = self.drifted_resource(i);
+            for r in &per_package[self.package_of(i)] {
+                if Some(*r) == lost {
+                    continue;
+                }
+                match r {
+                    SyntheticResource::Group(g) => groups[*g] += 1,
+                    SyntheticResource::App(a) => apps[*a] += 1,
+                }
+            }
+        }
+        (groups, apps)
     }
 }
 

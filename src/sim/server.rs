@@ -159,14 +159,99 @@ pub struct FaultScope {
     pub duration_ms: Option<u64>,
 }
 
-/// Token-bucket settings for resource-unit throttling (§6.2).
+/// Token-bucket settings for resource-unit throttling (§6.2). Missing fields default to
+/// the app + tenant limit of a large tenant (8,000 RU per 10 s), so `PUT /_sim/throttling`
+/// with `{}` turns on the bucket a large tenant has.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuBucket {
     /// Resource units available per window (e.g. 8000).
+    #[serde(default = "default_capacity")]
     pub capacity: u32,
     /// Window length in milliseconds (e.g. 10000); the bucket refills continuously.
+    #[serde(default = "default_window_ms")]
     pub window_ms: u64,
+}
+
+fn default_capacity() -> u32 {
+    RuBucket::LARGE_TENANT.capacity
+}
+
+fn default_window_ms() -> u64 {
+    RuBucket::LARGE_TENANT.window_ms
+}
+
+impl RuBucket {
+    /// App + tenant limit of a large tenant (> 500 users): 8,000 RU per 10 s.
+    pub const LARGE_TENANT: RuBucket = RuBucket {
+        capacity: 8000,
+        window_ms: 10_000,
+    };
+    /// Medium tenant (50–500 users): 5,000 RU per 10 s.
+    pub const MEDIUM_TENANT: RuBucket = RuBucket {
+        capacity: 5000,
+        window_ms: 10_000,
+    };
+    /// Small tenant (< 50 users): 3,500 RU per 10 s.
+    pub const SMALL_TENANT: RuBucket = RuBucket {
+        capacity: 3500,
+        window_ms: 10_000,
+    };
+}
+
+impl Default for RuBucket {
+    fn default() -> Self {
+        Self::LARGE_TENANT
+    }
+}
+
+/// Requests and resource units spent on one path (`GET /_sim/usage`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PathUsage {
+    /// Requests answered (any status, batch items included, the outer `$batch` too).
+    pub requests: u64,
+    /// Resource units charged (only requests that were served; a 429 costs nothing).
+    pub ru: u64,
+    /// Requests answered `429`.
+    pub throttled: u64,
+}
+
+impl PathUsage {
+    fn add(&mut self, entry: &LogEntry) {
+        self.requests += 1;
+        self.ru += u64::from(entry.ru.unwrap_or(0));
+        if entry.status == 429 {
+            self.throttled += 1;
+        }
+    }
+}
+
+/// Usage since the log was last cleared, in total, per path and per route.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Usage {
+    /// Everything.
+    pub total: PathUsage,
+    /// Keyed by `METHOD /path` without the query, ids as sent.
+    pub by_path: BTreeMap<String, PathUsage>,
+    /// Keyed by `METHOD /route`, GUID segments replaced by `{id}` (e.g.
+    /// `GET /v1.0/groups/{id}/members`).
+    pub by_route: BTreeMap<String, PathUsage>,
+}
+
+/// `/v1.0/groups/6f1c.../members` → `/v1.0/groups/{id}/members`.
+pub(crate) fn route_of(path: &str) -> String {
+    path.split('/')
+        .map(|seg| {
+            if uuid::Uuid::parse_str(seg).is_ok() {
+                "{id}"
+            } else {
+                seg
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[derive(Debug, Clone)]
@@ -200,6 +285,7 @@ pub(crate) struct Sim {
     pub planned: HashMap<String, AddOutcome>,
     pub log: Vec<LogEntry>,
     pub counters: BTreeMap<String, u64>,
+    pub usage: Usage,
     pub bucket: Option<Bucket>,
 }
 
@@ -217,6 +303,7 @@ impl Sim {
             planned: HashMap::new(),
             log: Vec::new(),
             counters: BTreeMap::new(),
+            usage: Usage::default(),
             bucket: bucket.map(new_bucket),
         }
     }
@@ -293,12 +380,17 @@ impl Shared {
     }
 
     pub fn record(&self, entry: LogEntry) {
-        let key = format!(
-            "{} {}",
-            entry.method,
-            entry.path.split('?').next().unwrap_or_default()
-        );
+        let path = entry.path.split('?').next().unwrap_or_default();
+        let key = format!("{} {path}", entry.method);
+        let route = format!("{} {}", entry.method, route_of(path));
         let mut sim = self.lock();
+        sim.usage.total.add(&entry);
+        sim.usage.by_route.entry(route).or_default().add(&entry);
+        sim.usage
+            .by_path
+            .entry(key.clone())
+            .or_default()
+            .add(&entry);
         *sim.counters.entry(key).or_default() += 1;
         // Long-running CLI sessions must not grow without bound; keep the newest entries.
         if sim.log.len() >= MAX_LOG {
@@ -609,7 +701,8 @@ async fn handle_v1(
     if let Some(cost) = ru
         && let Some(err) = charge(&mut sim, cost)
     {
-        return (Err(err), Some(cost));
+        // Refused requests are not charged: the bucket only lost what it served.
+        return (Err(err), None);
     }
     let result = super::graph::route(shared, &mut sim, method, &segs, &q, headers, body);
     let result = result.map(|r| match (ru, &sim.bucket) {

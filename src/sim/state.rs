@@ -159,6 +159,9 @@ pub(crate) struct World {
     user_by_upn: HashMap<String, usize>,
     pub groups: Vec<Group>,
     group_by_id: HashMap<String, usize>,
+    /// Positions of scenario-loaded assignments by lower-cased id; assignments are never
+    /// removed, and ones created later are found by the linear fallback.
+    assignment_by_id: HashMap<String, usize>,
     pub sps: Vec<ServicePrincipal>,
     pub catalogs: Vec<Catalog>,
     pub packages: Vec<Package>,
@@ -172,6 +175,8 @@ pub(crate) struct World {
     pub delta_log: Vec<DeltaChange>,
     /// Assignment ids seen while loading the scenario (keeps loading linear).
     loaded_assignment_ids: HashSet<String>,
+    /// Delta tokens older than this version have expired (`POST /_sim/delta/expire`).
+    pub delta_floor: u64,
 }
 
 fn lc(s: &str) -> String {
@@ -239,6 +244,7 @@ impl World {
             user_by_upn: HashMap::with_capacity(spec.users.len()),
             groups: Vec::new(),
             group_by_id: HashMap::new(),
+            assignment_by_id: HashMap::with_capacity(spec.assignments.len()),
             sps: Vec::new(),
             catalogs: Vec::new(),
             packages: Vec::new(),
@@ -251,6 +257,7 @@ impl World {
             delta_version: 0,
             delta_log: Vec::new(),
             loaded_assignment_ids: HashSet::new(),
+            delta_floor: 0,
         };
 
         for (i, u) in spec.users.iter().enumerate() {
@@ -674,6 +681,8 @@ impl World {
                 self.apply_grant(&g, &uid, start);
             }
         }
+        self.assignment_by_id
+            .insert(lc(&aid), self.assignments.len());
         self.assignments.push(Assignment {
             id: aid.clone(),
             package_id: pkg_id,
@@ -956,16 +965,31 @@ impl World {
         self.policies.iter().find(|p| p.id.eq_ignore_ascii_case(id))
     }
 
+    /// Index into `assignments`: the id index first (large synthetic tenants list requests
+    /// with their assignment expanded; a scan per item made that quadratic), then a scan.
+    fn assignment_position(&self, id: &str) -> Option<usize> {
+        self.assignment_by_id
+            .get(&lc(id))
+            .copied()
+            .filter(|i| {
+                self.assignments
+                    .get(*i)
+                    .is_some_and(|a| a.id.eq_ignore_ascii_case(id))
+            })
+            .or_else(|| {
+                self.assignments
+                    .iter()
+                    .position(|a| a.id.eq_ignore_ascii_case(id))
+            })
+    }
+
     pub fn assignment(&self, id: &str) -> Option<&Assignment> {
-        self.assignments
-            .iter()
-            .find(|a| a.id.eq_ignore_ascii_case(id))
+        self.assignment_position(id).map(|i| &self.assignments[i])
     }
 
     pub fn assignment_mut(&mut self, id: &str) -> Option<&mut Assignment> {
-        self.assignments
-            .iter_mut()
-            .find(|a| a.id.eq_ignore_ascii_case(id))
+        let i = self.assignment_position(id)?;
+        self.assignments.get_mut(i)
     }
 
     pub fn request(&self, id: &str) -> Option<&Request> {

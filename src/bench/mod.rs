@@ -1,0 +1,855 @@
+//! The scale benchmark (`cargo bench --bench scale`, or `redeliver bench` once wired):
+//! a synthetic tenant in the simulator, Redeliver's full verification and repair measured
+//! as a separate process, a naive per-user checker for comparison, and incremental mode
+//! (group delta) in steady state.
+//!
+//! For each scale (delivered assignments over 50 groups and 5 apps, 15 packages promising
+//! 3–5 resources each, 1 % drifted by outside removals):
+//! 1. **Redeliver verify**: `redeliver audit -f guards/ -o json`, one `AccessPackageGuard`
+//!    per package (by id, so nothing is resolved by name) — a guard-sweep style full
+//!    verification through `observe` and the engine, run as a child process so its CPU time
+//!    and peak RSS are its own (`wait4` rusage). Graph requests, RU and 429s come from the
+//!    simulator's admin usage, compared with [`cost::MinimumCost`].
+//! 2. **Naive**: [`naive::run`] in this process (its CPU is not what is compared).
+//! 3. **Redeliver repair**: the same audit with `--reprocess`, then the simulator is asked
+//!    whether every drifted assignment is whole again.
+//! 4. **Incremental**: a [`crate::observe::delta::DeltaTracker`] over every promised group:
+//!    requests and RU per poll when nothing changes, then the time from an outside removal to
+//!    its detection and to the membership being back after `reprocess`.
+
+pub mod cost;
+pub mod measure;
+pub mod naive;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rand::SeedableRng;
+
+use crate::graph::{GraphArgs, GraphClient, Secret};
+use crate::observe::delta::DeltaTracker;
+use crate::sim::{
+    RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant,
+    Usage, derive_id,
+};
+use cost::{MinimumCost, SIM_EM_PAGE};
+
+/// Options of the benchmark.
+#[derive(clap::Args, Debug, Clone)]
+#[command(about = "Benchmark full verification, repair and incremental mode at scale")]
+pub struct BenchArgs {
+    /// Scales to run: delivered assignments, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,100000")]
+    pub scales: Vec<usize>,
+
+    /// Run the naive strategy on every assignment up to this scale; above it, on a random
+    /// sample whose requests, RU and wall time are extrapolated.
+    #[arg(long, default_value_t = 10_000)]
+    pub naive_full_max: usize,
+
+    /// Sample size for the naive strategy above --naive-full-max.
+    #[arg(long, default_value_t = 2_000)]
+    pub naive_sample: usize,
+
+    /// Skip the naive strategy.
+    #[arg(long)]
+    pub no_naive: bool,
+
+    /// Skip the repair run.
+    #[arg(long)]
+    pub no_repair: bool,
+
+    /// Skip incremental mode.
+    #[arg(long)]
+    pub no_incremental: bool,
+
+    /// Delta poll interval in the incremental measurement (the controller's default is
+    /// 60 s; a shorter one keeps the benchmark short and changes no per-poll figure).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    pub delta_interval: Duration,
+
+    /// Quiet polls measured per scale in incremental mode.
+    #[arg(long, default_value_t = 3)]
+    pub quiet_polls: usize,
+
+    /// RU bucket of the simulator per 10 s (8000 = large tenant); 0 turns throttling off.
+    #[arg(long, default_value_t = 8000)]
+    pub ru_limit: u32,
+
+    /// Graph calls in flight, for Redeliver and the naive strategy alike.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+
+    /// Write the results as Markdown to this file (e.g. docs/benchmarks.md).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+
+    /// The `redeliver` binary measured as Redeliver (default: this executable).
+    #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
+    pub redeliver_bin: Option<PathBuf>,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::api::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Figures of one measured Redeliver process.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessFigures {
+    /// Graph requests (`/v1.0`, batch items included; token requests excluded).
+    pub requests: u64,
+    /// Directory reads among them (metered in RU).
+    pub directory_requests: u64,
+    /// Entitlement-management requests among them.
+    pub em_requests: u64,
+    /// Resource units charged.
+    pub ru: u64,
+    /// `429` answers.
+    pub throttled: u64,
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub max_rss_kib: u64,
+    pub exit: Option<i32>,
+}
+
+/// Naive strategy figures (extrapolated when sampled).
+#[derive(Debug, Clone, Default)]
+pub struct NaiveFigures {
+    /// Assignments actually checked.
+    pub checked: usize,
+    /// True when figures are extrapolated from a sample.
+    pub extrapolated: bool,
+    pub requests: u64,
+    pub ru: u64,
+    pub throttled: u64,
+    pub wall: Duration,
+    /// Drift found (extrapolated when sampled).
+    pub drift_found: usize,
+    /// Drift present among the checked assignments.
+    pub drift_in_sample: usize,
+    pub errors: usize,
+}
+
+/// Incremental-mode figures.
+#[derive(Debug, Clone, Default)]
+pub struct IncrementalFigures {
+    pub groups: usize,
+    pub requests_per_poll: f64,
+    pub ru_per_poll: f64,
+    pub poll_interval: Duration,
+    /// From the outside removal to the poll that reported it.
+    pub detect: Option<Duration>,
+    /// From the outside removal to the membership being back (reprocess landed and a
+    /// members read confirms it).
+    pub restored: Option<Duration>,
+}
+
+/// Everything measured at one scale.
+#[derive(Debug, Clone, Default)]
+pub struct ScaleResult {
+    pub assignments: usize,
+    pub drifted: usize,
+    pub minimum: MinimumCost,
+    pub verify: ProcessFigures,
+    /// Every group's members and every app's role assignments were read exactly once
+    /// (page for page), each package's assignments once.
+    pub reads_minimal: bool,
+    pub drift_found: usize,
+    pub repair: Option<ProcessFigures>,
+    pub repaired: usize,
+    pub naive: Option<NaiveFigures>,
+    pub incremental: Option<IncrementalFigures>,
+    pub setup: Duration,
+}
+
+/// Runs the benchmark, prints a table and optionally writes Markdown.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let bin = match &args.redeliver_bin {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("cannot find the redeliver executable")?,
+    };
+    let machine = Machine::detect();
+    eprintln!("machine: {}", machine.describe());
+    let mut results = Vec::new();
+    for &n in &args.scales {
+        eprintln!("== {n} assignments");
+        let r = run_scale(&args, &bin, n).await?;
+        eprintln!("{}", table(std::slice::from_ref(&r)));
+        results.push(r);
+    }
+    println!("{}", table(&results));
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, markdown(&args, &machine, &results))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<ScaleResult> {
+    let started = Instant::now();
+    let tenant = SyntheticTenant::benchmark(n);
+    let scenario = Scenario::synthetic_tenant(&tenant);
+    let opts = SimOptions {
+        request_delay: Duration::from_millis(500),
+        reprocess_delay: Duration::from_secs(1),
+        ru_bucket: (args.ru_limit > 0).then_some(RuBucket {
+            capacity: args.ru_limit,
+            window_ms: 10_000,
+        }),
+        ..SimOptions::default()
+    };
+    let sim = Simulator::start(scenario, opts)
+        .await
+        .context("the simulator did not start")?;
+    let dir = tempfile::tempdir()?;
+    let mut package_ids = Vec::new();
+    for p in 0..tenant.packages {
+        let name = SyntheticTenant::package_name(p);
+        package_ids.push(
+            sim.package_id(&name)
+                .with_context(|| format!("package {name} missing from the simulator"))?,
+        );
+    }
+    write_guards(dir.path(), &package_ids)?;
+    let expected: BTreeSet<String> = (0..n)
+        .filter(|i| tenant.drifted_resource(*i).is_some())
+        .map(|i| tenant.upn(i))
+        .collect();
+    let mut result = ScaleResult {
+        assignments: n,
+        drifted: expected.len(),
+        minimum: MinimumCost::for_tenant(&tenant, SIM_EM_PAGE),
+        setup: started.elapsed(),
+        ..ScaleResult::default()
+    };
+    eprintln!("  tenant ready in {:.1}s", result.setup.as_secs_f64());
+
+    // 1. Full verification, measured as its own process.
+    sim.clear_request_log();
+    let run = audit(bin, &sim, dir.path(), &[], args.concurrency).await?;
+    let usage = sim.usage();
+    result.verify = figures(&usage, &run);
+    result.reads_minimal = reads_are_minimal(&sim, &tenant, &usage);
+    let found = drifted_targets(&run.stdout)
+        .with_context(|| format!("audit output is not a report: {}", run.stderr_tail))?;
+    result.drift_found = found.intersection(&expected).count();
+    eprintln!(
+        "  verify: {} requests, {} RU (minimum {}), {} found of {}, {:.2}s, cpu {:.2}s, rss {} MiB",
+        result.verify.requests,
+        result.verify.ru,
+        result.minimum.ru(),
+        result.drift_found,
+        result.drifted,
+        run.wall.as_secs_f64(),
+        run.cpu.as_secs_f64(),
+        run.max_rss_kib / 1024
+    );
+
+    // 2. The naive strategy on the same tenant (nothing repaired yet).
+    if !args.no_naive {
+        result.naive = Some(run_naive(args, &sim, &tenant).await?);
+    }
+
+    // 3. Repair.
+    if !args.no_repair {
+        sim.clear_request_log();
+        let run = audit(
+            bin,
+            &sim,
+            dir.path(),
+            &["--reprocess", "--wait", "10m"],
+            args.concurrency,
+        )
+        .await?;
+        let usage = sim.usage();
+        result.repair = Some(figures(&usage, &run));
+        result.repaired = (0..n)
+            .filter(|i| tenant.drifted_resource(*i).is_some())
+            .filter(|i| {
+                let id = assignment_id(&tenant, *i);
+                sim.missing_resources(&id).is_empty()
+            })
+            .count();
+        eprintln!(
+            "  repair: {} repaired of {} in {:.1}s (exit {:?})",
+            result.repaired,
+            result.drifted,
+            run.wall.as_secs_f64(),
+            run.exit
+        );
+    }
+
+    // 4. Incremental mode.
+    if !args.no_incremental {
+        result.incremental = Some(run_incremental(args, &sim, &tenant).await?);
+    }
+    sim.shutdown().await;
+    Ok(result)
+}
+
+fn assignment_id(t: &SyntheticTenant, i: usize) -> String {
+    let pkg = SyntheticTenant::package_name(t.package_of(i));
+    derive_id(t.seed, "assignment", &format!("{}/{pkg}", t.upn(i)))
+}
+
+fn write_guards(dir: &Path, package_ids: &[String]) -> anyhow::Result<()> {
+    let mut yaml = String::new();
+    for (p, id) in package_ids.iter().enumerate() {
+        // The sweep bound is lifted so one run repairs all 1 % drift.
+        let _ = write!(
+            yaml,
+            "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageGuard\nmetadata: {{name: syn-pkg-{p}, namespace: bench}}\nspec:\n  accessPackage: {{id: {id}}}\n  mode: Enforce\n  interval: 15m\n  maxReprocessPerSweep: 1000000\n---\n"
+        );
+    }
+    std::fs::write(dir.join("guards.yaml"), yaml)?;
+    Ok(())
+}
+
+fn client_args(sim: &SimHandle, concurrency: usize, max_retries: u32) -> GraphArgs {
+    GraphArgs {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        client_secret: Some(Secret::new(sim.client_secret.clone())),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        graph_concurrency: concurrency,
+        max_retries,
+        ..GraphArgs::with_defaults()
+    }
+}
+
+fn client(sim: &SimHandle, concurrency: usize, max_retries: u32) -> anyhow::Result<GraphClient> {
+    let config = client_args(sim, concurrency, max_retries)
+        .validate()
+        .context("simulator client configuration")?;
+    Ok(GraphClient::new(config)?)
+}
+
+async fn audit(
+    bin: &Path,
+    sim: &SimHandle,
+    dir: &Path,
+    extra: &[&str],
+    concurrency: usize,
+) -> anyhow::Result<measure::ChildRun> {
+    let mut cmd = std::process::Command::new(bin);
+    for var in [
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "REDELIVER_CLIENT_SECRET_FILE",
+        "REDELIVER_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
+        .env("AZURE_CLIENT_ID", &sim.client_id)
+        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
+        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
+        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+        .env("REDELIVER_GRAPH_CONCURRENCY", concurrency.to_string())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .arg("audit")
+        .arg("-f")
+        .arg(dir)
+        .args(["-o", "json", "--no-progress"])
+        .args(extra);
+    let run = tokio::task::spawn_blocking(move || measure::run(cmd)).await??;
+    if !matches!(run.exit, Some(0) | Some(2)) {
+        anyhow::bail!(
+            "redeliver audit exited with {:?}: {}",
+            run.exit,
+            run.stderr_tail
+        );
+    }
+    Ok(run)
+}
+
+fn figures(usage: &Usage, run: &measure::ChildRun) -> ProcessFigures {
+    let mut f = ProcessFigures {
+        wall: run.wall,
+        cpu: run.cpu,
+        max_rss_kib: run.max_rss_kib,
+        exit: run.exit,
+        ..ProcessFigures::default()
+    };
+    for (route, u) in &usage.by_route {
+        let path = route.split_once(' ').map(|(_, p)| p).unwrap_or(route);
+        if !path.starts_with("/v1.0/") || path == "/v1.0/$batch" {
+            continue;
+        }
+        f.requests += u.requests;
+        f.ru += u.ru;
+        f.throttled += u.throttled;
+        if path.starts_with("/v1.0/identityGovernance/") {
+            f.em_requests += u.requests;
+        } else {
+            f.directory_requests += u.requests;
+        }
+    }
+    f
+}
+
+/// Each promised group's members and app's role assignments read exactly once (as many
+/// pages as the collection has, each with `$select` and `$top=999`), each package's
+/// assignments once.
+fn reads_are_minimal(sim: &SimHandle, t: &SyntheticTenant, usage: &Usage) -> bool {
+    let (groups, apps) = t.resource_sizes();
+    let promised: BTreeSet<SyntheticResource> = (0..t.packages)
+        .flat_map(|p| t.package_resources(p))
+        .collect();
+    let log = sim.request_log();
+    let mut ok = true;
+    for r in promised {
+        let (path, expected) = match r {
+            SyntheticResource::Group(g) => {
+                let Some(id) = sim.group_id(&SyntheticTenant::group_name(g)) else {
+                    return false;
+                };
+                (
+                    format!("/v1.0/groups/{id}/members"),
+                    cost::pages(groups[g], cost::DIRECTORY_PAGE),
+                )
+            }
+            SyntheticResource::App(a) => {
+                let Some(id) = sim.service_principal_id(&SyntheticTenant::app_name(a)) else {
+                    return false;
+                };
+                (
+                    format!("/v1.0/servicePrincipals/{id}/appRoleAssignedTo"),
+                    cost::pages(apps[a], cost::DIRECTORY_PAGE),
+                )
+            }
+        };
+        let got = usage
+            .by_path
+            .get(&format!("GET {path}"))
+            .map(|u| u.requests)
+            .unwrap_or(0);
+        ok &= got == expected;
+    }
+    // Every directory read asked for ids only and full pages.
+    ok &= log
+        .iter()
+        .filter(|e| e.path.starts_with("/v1.0/groups/") && e.path.contains("/members"))
+        .all(|e| e.path.contains("%24select=id") || e.path.contains("$select=id"));
+    let assignment_reads = usage
+        .by_route
+        .get("GET /v1.0/identityGovernance/entitlementManagement/assignments")
+        .map(|u| u.requests)
+        .unwrap_or(0);
+    let min = MinimumCost::for_tenant(t, SIM_EM_PAGE);
+    ok && assignment_reads == min.assignment_pages
+}
+
+fn drifted_targets(stdout: &str) -> anyhow::Result<BTreeSet<String>> {
+    let report: serde_json::Value = serde_json::from_str(stdout)?;
+    let rows = report["rows"]
+        .as_array()
+        .context("the report has no rows")?;
+    Ok(rows
+        .iter()
+        .filter(|r| r["verdict"] == "Drifted")
+        .filter_map(|r| r["target"].as_str().map(str::to_string))
+        .collect())
+}
+
+async fn run_naive(
+    args: &BenchArgs,
+    sim: &SimHandle,
+    t: &SyntheticTenant,
+) -> anyhow::Result<NaiveFigures> {
+    let n = t.assignments;
+    let sampled = n > args.naive_full_max;
+    let indices: Vec<usize> = if sampled {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut v = rand::seq::index::sample(&mut rng, n, args.naive_sample.min(n)).into_vec();
+        v.sort_unstable();
+        v
+    } else {
+        (0..n).collect()
+    };
+    let mut package_ids = BTreeMap::new();
+    let mut package_groups = BTreeMap::new();
+    for p in 0..t.packages {
+        package_ids.insert(
+            p,
+            sim.package_id(&SyntheticTenant::package_name(p))
+                .context("package id")?,
+        );
+        let groups: Vec<String> = t
+            .package_resources(p)
+            .into_iter()
+            .filter_map(|r| match r {
+                SyntheticResource::Group(g) => sim.group_id(&SyntheticTenant::group_name(g)),
+                SyntheticResource::App(_) => None,
+            })
+            .collect();
+        package_groups.insert(p, groups);
+    }
+    let mut items = Vec::with_capacity(indices.len());
+    for &i in &indices {
+        let p = t.package_of(i);
+        items.push(naive::NaiveItem {
+            index: i,
+            package_id: package_ids[&p].clone(),
+            user_id: sim.user_id(&t.upn(i)).context("user id")?,
+            group_ids: package_groups[&p].clone(),
+        });
+    }
+    // Group drift is what the naive strategy can see; app-role drift it cannot.
+    let drift_in_sample = indices
+        .iter()
+        .filter(|i| t.drifted_resource(**i).is_some())
+        .count();
+    let graph = client(sim, args.concurrency, 1000)?;
+    sim.clear_request_log();
+    eprintln!(
+        "  naive: checking {} assignments{}",
+        items.len(),
+        if sampled { " (sample)" } else { "" }
+    );
+    let outcome = naive::run(&graph, items, args.concurrency).await;
+    let usage = sim.usage();
+    let f = figures(&usage, &measure::ChildRun::default());
+    let factor = if sampled {
+        n as f64 / indices.len().max(1) as f64
+    } else {
+        1.0
+    };
+    let scale = |x: u64| (x as f64 * factor).round() as u64;
+    let ru = scale(f.ru);
+    let mut wall = outcome.wall.mul_f64(factor);
+    if sampled && args.ru_limit > 0 {
+        // Under the bucket, the whole run cannot go faster than the refill rate once the
+        // initial capacity is spent.
+        let rate = f64::from(args.ru_limit) / 10.0;
+        let floor = (ru as f64 - f64::from(args.ru_limit)).max(0.0) / rate;
+        wall = wall.max(Duration::from_secs_f64(floor));
+    }
+    let figures = NaiveFigures {
+        checked: outcome.checked,
+        extrapolated: sampled,
+        requests: scale(f.requests),
+        ru,
+        throttled: scale(f.throttled),
+        wall,
+        drift_found: (outcome.drifted.len() as f64 * factor).round() as usize,
+        drift_in_sample,
+        errors: outcome.errors,
+    };
+    if let Some(e) = outcome.first_error {
+        eprintln!("  naive: {} errors, first: {e}", outcome.errors);
+    }
+    eprintln!(
+        "  naive: {} requests, {} RU, found {} drifted of {} in the checked set, {:.1}s{}",
+        figures.requests,
+        figures.ru,
+        outcome.drifted.len(),
+        drift_in_sample,
+        figures.wall.as_secs_f64(),
+        if sampled { " (extrapolated)" } else { "" }
+    );
+    Ok(figures)
+}
+
+async fn run_incremental(
+    args: &BenchArgs,
+    sim: &SimHandle,
+    t: &SyntheticTenant,
+) -> anyhow::Result<IncrementalFigures> {
+    let graph = client(sim, args.concurrency, 5)?;
+    let group_ids: Vec<String> = (0..t.groups)
+        .filter_map(|g| sim.group_id(&SyntheticTenant::group_name(g)))
+        .collect();
+    let mut tracker = DeltaTracker::start(graph.clone(), group_ids.clone())
+        .await
+        .context("starting group delta")?;
+    let mut fig = IncrementalFigures {
+        groups: group_ids.len(),
+        poll_interval: args.delta_interval,
+        ..IncrementalFigures::default()
+    };
+    // Steady state: nothing changes.
+    sim.clear_request_log();
+    let polls = args.quiet_polls.max(1);
+    for _ in 0..polls {
+        tokio::time::sleep(args.delta_interval).await;
+        let poll = tracker.poll().await;
+        if !poll.is_quiet() {
+            anyhow::bail!("a quiet delta poll reported changes: {poll:?}");
+        }
+    }
+    let usage = sim.usage();
+    fig.requests_per_poll = usage.total.requests as f64 / polls as f64;
+    fig.ru_per_poll = usage.total.ru as f64 / polls as f64;
+
+    // An outside removal right after a poll (the worst case: a whole interval to wait).
+    let Some((i, group)) = (1..t.assignments)
+        .filter(|i| t.drifted_resource(*i).is_none())
+        .find_map(|i| {
+            t.package_resources(t.package_of(i))
+                .into_iter()
+                .find_map(|r| match r {
+                    SyntheticResource::Group(g) => Some((i, g)),
+                    SyntheticResource::App(_) => None,
+                })
+        })
+    else {
+        return Ok(fig);
+    };
+    let upn = t.upn(i);
+    let group_name = SyntheticTenant::group_name(group);
+    let group_id = sim.group_id(&group_name).context("group id")?;
+    let user_id = sim.user_id(&upn).context("user id")?;
+    let _ = tracker.poll().await;
+    let changed_at = Instant::now();
+    sim.remove_member(&group_name, &upn)?;
+    let deadline = changed_at + args.delta_interval * 4 + Duration::from_secs(30);
+    loop {
+        tokio::time::sleep(args.delta_interval).await;
+        let poll = tracker.poll().await;
+        if poll
+            .removed
+            .iter()
+            .any(|(g, m)| g.eq_ignore_ascii_case(&group_id) && m.eq_ignore_ascii_case(&user_id))
+        {
+            fig.detect = Some(changed_at.elapsed());
+            break;
+        }
+        if Instant::now() > deadline {
+            return Ok(fig);
+        }
+    }
+    graph
+        .reprocess_assignment(&assignment_id(t, i))
+        .await
+        .context("reprocess after a delta removal")?;
+    while Instant::now() < deadline + Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let members = graph.list_group_members(&group_id).await?;
+        if members.iter().any(|m| m.eq_ignore_ascii_case(&user_id)) {
+            fig.restored = Some(changed_at.elapsed());
+            break;
+        }
+    }
+    eprintln!(
+        "  incremental: {:.1} requests and {:.1} RU per poll over {} groups; detected after {:?}, restored after {:?}",
+        fig.requests_per_poll, fig.ru_per_poll, fig.groups, fig.detect, fig.restored
+    );
+    Ok(fig)
+}
+
+/// The machine the figures come from.
+#[derive(Debug, Clone, Default)]
+pub struct Machine {
+    pub cpus: usize,
+    pub cpu_model: String,
+    pub memory: String,
+    pub os: String,
+}
+
+impl Machine {
+    /// Reads `/proc` where available.
+    pub fn detect() -> Self {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let field = |text: &str, key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_else(|| "unknown".into())
+        };
+        let mem_kib: u64 = field(&meminfo, "MemTotal")
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Self {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            cpu_model: field(&cpuinfo, "model name"),
+            memory: format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
+            os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} CPUs ({}), {} RAM, {}",
+            self.cpus, self.cpu_model, self.memory, self.os
+        )
+    }
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn ratio(spent: u64, min: u64) -> String {
+    if min == 0 {
+        "-".into()
+    } else {
+        format!("{:.3}", spent as f64 / min as f64)
+    }
+}
+
+/// The results as a Markdown table (also printed).
+pub fn table(results: &[ScaleResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| assignments | strategy | Graph requests | RU | RU / minimum | 429s | wall time | CPU | peak RSS | drift found | repaired |"
+    );
+    let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in results {
+        let v = &r.verify;
+        let _ = writeln!(
+            s,
+            "| {} | Redeliver full verification | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
+            r.assignments,
+            v.requests,
+            v.directory_requests,
+            v.em_requests,
+            v.ru,
+            ratio(v.ru, r.minimum.ru()),
+            r.minimum.ru(),
+            v.throttled,
+            secs(v.wall),
+            v.cpu.as_secs_f64(),
+            v.max_rss_kib / 1024,
+            r.drift_found,
+            r.drifted,
+        );
+        if let Some(p) = &r.repair {
+            let _ = writeln!(
+                s,
+                "| {} | Redeliver repair (verify, reprocess, re-verify) | {} | {} | | {} | {} | {:.2} s | {} MiB | | {} / {} |",
+                r.assignments,
+                p.requests,
+                p.ru,
+                p.throttled,
+                secs(p.wall),
+                p.cpu.as_secs_f64(),
+                p.max_rss_kib / 1024,
+                r.repaired,
+                r.drifted,
+            );
+        }
+        if let Some(nv) = &r.naive {
+            let est = if nv.extrapolated { " (est.)" } else { "" };
+            let _ = writeln!(
+                s,
+                "| {} | naive per-user{} | {}{est} | {}{est} | {} | {}{est} | {}{est} | | | {}{est} / {} | |",
+                r.assignments,
+                if nv.extrapolated {
+                    format!(" (sample of {})", nv.checked)
+                } else {
+                    String::new()
+                },
+                nv.requests,
+                nv.ru,
+                ratio(nv.ru, r.minimum.ru()),
+                nv.throttled,
+                secs(nv.wall),
+                nv.drift_found,
+                r.drifted,
+            );
+        }
+    }
+    let incremental: Vec<&ScaleResult> =
+        results.iter().filter(|r| r.incremental.is_some()).collect();
+    if !incremental.is_empty() {
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "| assignments | groups tracked | requests / poll (quiet) | RU / poll (quiet) | RU / minute at 60 s polls | poll interval | change → detected | change → membership back |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in incremental {
+            let Some(i) = &r.incremental else { continue };
+            let opt = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "not seen".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+                r.assignments,
+                i.groups,
+                i.requests_per_poll,
+                i.ru_per_poll,
+                i.ru_per_poll,
+                secs(i.poll_interval),
+                opt(i.detect),
+                opt(i.restored),
+            );
+        }
+    }
+    s
+}
+
+fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Last run: {} on {} (release build).\n",
+        jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
+        machine.describe(),
+    );
+    let _ = writeln!(
+        s,
+        "Command: `cargo bench --bench scale -- --scales {} --ru-limit {} --concurrency {} --naive-full-max {} --naive-sample {} --delta-interval {}s --markdown docs/benchmarks.md`\n",
+        args.scales
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        args.ru_limit,
+        args.concurrency,
+        args.naive_full_max,
+        args.naive_sample,
+        args.delta_interval.as_secs()
+    );
+    let _ = writeln!(s, "## Results\n");
+    s.push_str(&table(results));
+    let _ = writeln!(s);
+    let _ = writeln!(
+        s,
+        "Minimum cost per scale (pages of 999 directory objects; 100 assignments per simulator page):\n"
+    );
+    let _ = writeln!(
+        s,
+        "| assignments | member pages (2 RU) | app role pages (1 RU) | assignment pages (0 RU) | minimum RU | minimum requests | each resource read once |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---|");
+    for r in results {
+        let m = &r.minimum;
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            r.assignments,
+            m.member_pages,
+            m.app_role_pages,
+            m.assignment_pages,
+            m.ru(),
+            m.requests(),
+            if r.reads_minimal { "yes" } else { "NO" }
+        );
+    }
+    if let Some(big) = results.iter().max_by_key(|r| r.assignments)
+        && let Some(nv) = &big.naive
+        && big.verify.ru > 0
+    {
+        let _ = writeln!(
+            s,
+            "\nNaive RU / Redeliver RU at {} assignments: {:.0}×.",
+            big.assignments,
+            nv.ru as f64 / big.verify.ru as f64
+        );
+    }
+    s
+}

@@ -1,0 +1,148 @@
+//! Incremental drift detection with group delta queries (graph-api.md §5.5).
+//!
+//! A full verification reads every promised group's members; between two of them a
+//! [`DeltaTracker`] follows one delta link per 50 groups and reports what changed, so an
+//! outside removal is seen at the next poll instead of at the next full verification.
+//! When nothing changed a poll costs one request (1 RU) per 50 groups.
+//!
+//! Tracking starts from "now" (`$deltatoken=latest`), not with the initial delta round
+//! (which would list every member again): the full read establishes the baseline. Start
+//! the tracker *before* that full read, so a change made while the read runs is reported
+//! by the first poll rather than lost between the two.
+
+use std::collections::BTreeSet;
+
+use crate::graph::GraphClient;
+use crate::graph::client::MAX_DELTA_GROUPS;
+use crate::graph::error::GraphError;
+
+const OP: &str = "group_members_delta";
+
+/// Follows group delta links for a fixed set of groups.
+pub struct DeltaTracker {
+    graph: GraphClient,
+    chunks: Vec<Chunk>,
+}
+
+struct Chunk {
+    groups: Vec<String>,
+    delta_link: String,
+}
+
+/// What one [`DeltaTracker::poll`] found.
+#[derive(Debug, Default)]
+pub struct DeltaPoll {
+    /// `(group id, member id)` pairs removed since the previous poll: each may be drift of a
+    /// delivered assignment and deserves an immediate reconcile.
+    pub removed: Vec<(String, String)>,
+    /// `(group id, member id)` pairs added since the previous poll.
+    pub added: Vec<(String, String)>,
+    /// Groups whose sync state expired (`410 Gone`, `syncStateNotFound`, `resyncRequired`):
+    /// changes may have been missed, so read their members in full. Tracking has already
+    /// restarted from now.
+    pub resync: Vec<String>,
+    /// Groups reported deleted.
+    pub deleted_groups: Vec<String>,
+    /// Chunks that failed for another reason (throttling, 5xx, network). Their links were
+    /// kept, so the next poll reports the changes this one could not.
+    pub failed: Vec<GraphError>,
+}
+
+impl DeltaPoll {
+    /// True when nothing changed and nothing needs a full read.
+    pub fn is_quiet(&self) -> bool {
+        self.removed.is_empty()
+            && self.added.is_empty()
+            && self.resync.is_empty()
+            && self.deleted_groups.is_empty()
+            && self.failed.is_empty()
+    }
+}
+
+impl DeltaTracker {
+    /// Starts tracking `groups` (deduplicated, case-insensitively) from now: one request
+    /// per [`MAX_DELTA_GROUPS`] groups.
+    pub async fn start(
+        graph: GraphClient,
+        groups: impl IntoIterator<Item = String>,
+    ) -> Result<Self, GraphError> {
+        let unique: BTreeSet<String> = groups.into_iter().map(|g| g.to_ascii_lowercase()).collect();
+        let unique: Vec<String> = unique.into_iter().collect();
+        let mut chunks = Vec::new();
+        for groups in unique.chunks(MAX_DELTA_GROUPS) {
+            let delta_link = latest_link(&graph, groups).await?;
+            chunks.push(Chunk {
+                groups: groups.to_vec(),
+                delta_link,
+            });
+        }
+        Ok(Self { graph, chunks })
+    }
+
+    /// Group ids tracked.
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.groups.iter().map(String::as_str))
+    }
+
+    /// Delta queries per poll when nothing changed (one per 50 groups).
+    pub fn queries_per_poll(&self) -> usize {
+        self.chunks.len()
+    }
+
+    /// Follows every delta link once and reports the changes since the previous poll.
+    pub async fn poll(&mut self) -> DeltaPoll {
+        let mut out = DeltaPoll::default();
+        for chunk in &mut self.chunks {
+            match self.graph.group_members_delta_next(&chunk.delta_link).await {
+                Ok(delta) => {
+                    for (group, changes) in delta.changes {
+                        for member in changes.removed {
+                            out.removed.push((group.clone(), member));
+                        }
+                        for member in changes.added {
+                            out.added.push((group.clone(), member));
+                        }
+                    }
+                    out.deleted_groups.extend(delta.deleted_groups);
+                    chunk.delta_link = delta.delta_link;
+                }
+                Err(err) if err.is_resync_required() => {
+                    tracing::info!(groups = chunk.groups.len(), error = %err, "group delta sync state expired; a full read of these groups is needed");
+                    match latest_link(&self.graph, &chunk.groups).await {
+                        Ok(link) => {
+                            chunk.delta_link = link;
+                            out.resync.extend(chunk.groups.iter().cloned());
+                        }
+                        Err(e) => out.failed.push(e),
+                    }
+                }
+                Err(err) => {
+                    out.failed.push(err);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A delta link that reports changes from now on (`$deltatoken=latest`, §5.5).
+async fn latest_link(graph: &GraphClient, groups: &[String]) -> Result<String, GraphError> {
+    let filter = groups
+        .iter()
+        .map(|id| format!("id eq '{}'", id.replace('\'', "''")))
+        .collect::<Vec<_>>()
+        .join(" or ");
+    let url = graph.url(
+        OP,
+        "/groups/delta",
+        &[
+            ("$select", "members"),
+            ("$filter", &filter),
+            ("$deltatoken", "latest"),
+        ],
+    )?;
+    let delta = graph.group_members_delta_next(url.as_str()).await?;
+    Ok(delta.delta_link)
+}
