@@ -207,6 +207,8 @@ pub enum Spoil {
     TruncatedJson,
     /// Headers promise a body, half of it is sent, then the connection is dropped.
     DroppedMidBody,
+    /// Graph's `404 Request_ResourceNotFound`, as if the object had just been deleted.
+    NotFound,
 }
 
 struct Rule {
@@ -317,6 +319,17 @@ impl Proxy {
                     .status(200)
                     .header("content-type", "application/json")
                     .body(Body::from(text[..text.len() / 2].to_string()))
+                    .unwrap(),
+                Spoil::NotFound => Response::builder()
+                    .status(404)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        serde_json::json!({"error": {
+                            "code": "Request_ResourceNotFound",
+                            "message": "Resource does not exist or one of its queried reference-property objects are not present."
+                        }})
+                        .to_string(),
+                    ))
                     .unwrap(),
                 Spoil::DroppedMidBody => {
                     let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
