@@ -11,6 +11,7 @@
 pub mod api;
 pub mod audit;
 pub mod bench;
+pub mod controller;
 pub mod engine;
 pub mod graph;
 pub mod observe;

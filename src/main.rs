@@ -33,6 +33,8 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the operator: reconcile AccessPackageAssignment and AccessPackageGuard objects.
+    Controller(redeliver::controller::ControllerArgs),
     /// Verify declarations from YAML files against Graph and report drift (no cluster needed).
     Audit(redeliver::audit::AuditArgs),
     /// Run the bundled Microsoft Graph simulator (for demos, tests and local development).
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
+            Command::Controller(args) => redeliver::controller::run(args).await.map(|()| 0),
             Command::Audit(args) => redeliver::audit::run(args).await,
             Command::Sim(args) => redeliver::sim::run(args).await.map(|()| 0),
             Command::Crd { write: None } => {
@@ -87,7 +90,18 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // The outermost message says what failed and how to fix it; causes follow,
+            // skipping those whose text an earlier line already contains (libraries often
+            // embed their source's message in their own).
+            eprintln!("error: {err}");
+            let mut shown: Vec<String> = vec![err.to_string()];
+            for cause in err.chain().skip(1) {
+                let text = cause.to_string();
+                if !shown.iter().any(|s| s.contains(&text)) {
+                    eprintln!("  cause: {text}");
+                    shown.push(text);
+                }
+            }
             ExitCode::from(1)
         }
     }

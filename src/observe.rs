@@ -80,20 +80,36 @@ impl PackageView {
             .iter()
             .filter(|r| r.request_type.is_add())
             .filter(|r| {
-                request_target(r).is_some_and(|id| id.eq_ignore_ascii_case(target_object_id))
+                self.request_target(r)
+                    .is_some_and(|id| id.eq_ignore_ascii_case(target_object_id))
             })
             .cloned()
             .collect();
         crate::engine::pick_latest_request(&mine).cloned()
     }
-}
 
-fn request_target(r: &AssignmentRequest) -> Option<&str> {
-    r.assignment
-        .as_ref()
-        .and_then(|a| a.target.as_ref())
-        .and_then(|t| t.object_id.as_deref())
-        .or_else(|| r.requestor.as_ref().and_then(|s| s.object_id.as_deref()))
+    /// Whom a request is for. Lists expand `assignment` without its target, so the
+    /// assignment id is matched against the package's assignments; an expanded target or
+    /// (for self-service requests) the requestor are used when present.
+    fn request_target<'a>(&'a self, r: &'a AssignmentRequest) -> Option<&'a str> {
+        let assignment = r.assignment.as_ref();
+        assignment
+            .and_then(|a| a.target.as_ref())
+            .and_then(|t| t.object_id.as_deref())
+            .or_else(|| {
+                let id = assignment.and_then(|a| a.id.as_deref())?;
+                self.assignments
+                    .iter()
+                    .find(|a| a.id.eq_ignore_ascii_case(id))
+                    .and_then(|a| a.target.as_ref())
+                    .and_then(|t| t.object_id.as_deref())
+            })
+            .or_else(|| {
+                matches!(r.request_type, crate::graph::models::RequestType::UserAdd)
+                    .then(|| r.requestor.as_ref().and_then(|s| s.object_id.as_deref()))
+                    .flatten()
+            })
+    }
 }
 
 /// A package looked up by (display name, catalog).

@@ -314,6 +314,18 @@ async fn member_writes_check_member_groups_and_app_role_assignments() {
     assert_eq!(v["value"], json!([g]));
 
     let resp = c
+        .delete(format!("{}/v1.0/groups/{g}/members/{carol}", h.graph_url))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "DELETE without $ref must not succeed"
+    );
+    assert!(h.is_member("fin-writers", "carol@contoso.com"));
+    let resp = c
         .delete(format!(
             "{}/v1.0/groups/{g}/members/{carol}/$ref",
             h.graph_url
@@ -601,5 +613,171 @@ async fn a_ten_thousand_user_synthetic_tenant_loads_fast_and_pages_completely() 
     assert_eq!(n, 1000 - 100);
     let a0 = h.assignment_id("user0@big.com", "pkg-0").unwrap();
     assert_eq!(h.missing_resources(&a0), vec!["pkg-0-g0"]);
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn transitive_members_and_check_member_groups_follow_nested_groups() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let eng = h.group_id("eng-tools").unwrap();
+    let readers = h.group_id("fin-readers").unwrap();
+    let resp = c
+        .post(format!("{}/v1.0/groups/{eng}/members/$ref", h.graph_url))
+        .bearer_auth(&tok)
+        .json(&json!({"@odata.id": format!("https://graph.microsoft.com/v1.0/directoryObjects/{readers}")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let alice = h.user_id("alice@contoso.com").unwrap();
+
+    let (_, direct) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}/members?$select=id"),
+    )
+    .await;
+    assert_eq!(direct["value"].as_array().unwrap().len(), 1);
+    assert_eq!(direct["value"][0]["@odata.type"], "#microsoft.graph.group");
+    let (_, all) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}/transitiveMembers?$select=id"),
+    )
+    .await;
+    let ids: Vec<&str> = all["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        ids.contains(&alice.as_str()) && ids.contains(&readers.as_str()),
+        "{ids:?}"
+    );
+
+    let resp = c
+        .post(format!(
+            "{}/v1.0/users/{alice}/checkMemberGroups",
+            h.graph_url
+        ))
+        .bearer_auth(&tok)
+        .json(&json!({"groupIds": [eng]}))
+        .send()
+        .await
+        .unwrap();
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["value"], json!([eng]), "checkMemberGroups is transitive");
+
+    let (_, g) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("/v1.0/groups/{eng}?$select=id,displayName&$expand=members($select=id)"),
+    )
+    .await;
+    assert_eq!(g["displayName"], "eng-tools");
+    assert!(g.get("description").is_none());
+    assert_eq!(
+        g["members"],
+        json!([{"@odata.type": "#microsoft.graph.group", "id": readers}])
+    );
+
+    let resp = c
+        .get(format!("{}/v1.0/groups/{eng}", h.graph_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer ")
+    );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn catalog_resources_and_roles_match_the_package_role_scopes() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let cat = "0f1e2d3c-0000-4000-8000-00000000ca01";
+    let pkg = "9f1c0c7e-0000-4000-8000-000000000001";
+    let readers = h.group_id("fin-readers").unwrap();
+
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resources?$expand=roles,scopes"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let resources = body["value"].as_array().unwrap();
+    assert_eq!(resources.len(), 4, "two groups, one app, one site");
+    let r = resources
+        .iter()
+        .find(|r| r["originId"] == readers.as_str())
+        .unwrap();
+    assert_eq!(r["originSystem"], "AadGroup");
+    let roles: Vec<&str> = r["roles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["displayName"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, vec!["Member", "Owner"]);
+    assert_eq!(r["scopes"][0]["isRootScope"], true);
+
+    let filter = format!(
+        "(originSystem eq 'AadGroup' and resource/id eq '{}')",
+        r["id"].as_str().unwrap()
+    );
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resourceRoles?$filter={filter}&$expand=resource"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let roles = body["value"].as_array().unwrap();
+    assert_eq!(roles.len(), 2);
+    assert_eq!(roles[0]["resource"]["originId"], readers.as_str());
+
+    let (_, p) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/accessPackages/{pkg}?$expand=resourceRoleScopes($expand=role,scope)"),
+    )
+    .await;
+    let member_role = p["resourceRoleScopes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["role"]["originId"] == format!("Member_{readers}"))
+        .unwrap()["role"]["id"]
+        .clone();
+    assert!(
+        roles.iter().any(|x| x["id"] == member_role),
+        "catalog role ids are the package's role ids"
+    );
+
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{EM}/catalogs/{cat}/resources?$filter=catalogId eq 'x'"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "InvalidFilter");
     h.shutdown().await;
 }

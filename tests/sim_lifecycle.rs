@@ -205,10 +205,9 @@ async fn reprocess_restores_an_outside_removal() {
         .post(&format!("{EM}/assignments/{aid}/reprocess"), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    eventually("memberships restored", async || {
-        e.h.missing_resources(&aid).is_empty()
-    })
-    .await;
+    assert_eq!(e.h.pending_work(), 1);
+    assert!(e.h.settle(Duration::from_secs(5)).await);
+    assert!(e.h.missing_resources(&aid).is_empty());
     assert!(e.h.is_member("fin-writers", "alice@contoso.com"));
     assert_eq!(e.h.assignment_state(&aid).as_deref(), Some("delivered"));
     assert_eq!(
@@ -466,5 +465,61 @@ async fn admin_http_api_changes_state_and_reports_requests() {
         .await
         .unwrap();
     assert_eq!(r["offsetSeconds"], 7200);
+    e.h.shutdown().await;
+}
+
+#[tokio::test]
+async fn delivery_outcome_faults_fail_stick_or_partially_deliver_new_requests() {
+    let e = Env::start().await;
+    let eng_policy = e.h.policy_id("Engineering Tools", None).unwrap();
+    let add = async |user: &str, pkg: &str, policy: &str| {
+        let oid = e.h.user_id(user).unwrap();
+        let (status, body) = e
+            .post(
+                &format!("{EM}/assignmentRequests"),
+                Some(json!({"requestType": "adminAdd", "assignment": {
+                    "targetId": oid, "assignmentPolicyId": policy, "accessPackageId": pkg}})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    };
+
+    // Failed delivery, then repaired by reprocessing the request.
+    e.h.inject_fault(FaultSpec::FailDelivery { count: 1 });
+    let rid = add("carol@contoso.com", FINANCE, FINANCE_POLICY).await;
+    eventually("request failed", async || {
+        e.h.request_state(&rid).as_deref() == Some("deliveryFailed")
+    })
+    .await;
+    let a = e.assignment_of("carol@contoso.com", FINANCE).await.unwrap();
+    assert_eq!(a["state"], "deliveryFailed");
+    assert!(!e.h.is_member("fin-readers", "carol@contoso.com"));
+    let (status, _) = e
+        .post(&format!("{EM}/assignmentRequests/{rid}/reprocess"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    eventually("request delivered", async || {
+        e.h.request_state(&rid).as_deref() == Some("delivered")
+    })
+    .await;
+    assert!(e.h.is_member("fin-readers", "carol@contoso.com"));
+
+    // Partial delivery: the first group is missing.
+    e.h.inject_fault(FaultSpec::PartialDelivery { count: 1 });
+    let rid = add("bob@contoso.com", ENG, &eng_policy).await;
+    eventually("partially delivered", async || {
+        e.h.request_state(&rid).as_deref() == Some("partiallyDelivered")
+    })
+    .await;
+    assert!(!e.h.is_member("eng-tools", "bob@contoso.com"));
+
+    // Stuck: stays delivering well past the processing delays.
+    e.h.inject_fault(FaultSpec::StuckDelivery { count: 1 });
+    let rid = add("alice@contoso.com", ENG, &eng_policy).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(e.h.request_state(&rid).as_deref(), Some("delivering"));
+    let a = e.assignment_of("alice@contoso.com", ENG).await.unwrap();
+    assert_eq!(a["state"], "delivering");
     e.h.shutdown().await;
 }

@@ -415,6 +415,31 @@ async fn group_delta_reports_additions_and_removals_since_the_token() {
             .contains("$deltatoken=")
     );
 
+    // A delta link older than 7 days (simulated) asks for a full resync.
+    let (_, body) = get(first.clone()).await;
+    let stale = body["@odata.deltaLink"].as_str().unwrap().to_string();
+    h.advance_clock(Duration::from_secs(8 * 24 * 3600));
+    let tok2 = h.mint_token();
+    let resp = c.get(&stale).bearer_auth(&tok2).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GONE);
+    assert!(
+        resp.headers()["location"]
+            .to_str()
+            .unwrap()
+            .contains("/v1.0/groups/delta?")
+    );
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "resyncRequired");
+    let get = |url: String| {
+        let c = c.clone();
+        let tok = tok2.clone();
+        async move {
+            let r = c.get(url).bearer_auth(tok).send().await.unwrap();
+            let s = r.status();
+            (s, r.json::<Value>().await.unwrap())
+        }
+    };
+
     let many: Vec<String> = (0..51)
         .map(|i| format!("id eq '00000000-0000-4000-8000-{i:012}'"))
         .collect();
@@ -500,5 +525,26 @@ async fn token_endpoint_faults_only_when_targeted_and_every_response_is_correlat
         3,
         "token requests are logged"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_clients_are_all_served_and_counted() {
+    let (h, c, tok) = start().await;
+    let g = h.group_id("fin-readers").unwrap();
+    let url = format!("{}/v1.0/groups/{g}/members?$select=id", h.graph_url);
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let (c, url, tok) = (c.clone(), url.clone(), tok.clone());
+            tokio::spawn(async move { c.get(url).bearer_auth(tok).send().await.unwrap().status() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), StatusCode::OK);
+    }
+    assert_eq!(h.counters()[&format!("GET /v1.0/groups/{g}/members")], 100);
+    let ids: std::collections::HashSet<String> =
+        h.request_log().into_iter().map(|l| l.request_id).collect();
+    assert_eq!(ids.len(), 100, "every response has its own request-id");
     h.shutdown().await;
 }

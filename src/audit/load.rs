@@ -120,6 +120,20 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<Declarations, Vec<LoadError>> {
     }
 }
 
+/// Loads declarations from `text` as if read from `file`, with the same all-or-nothing
+/// rule as [`load_paths`]. For callers that already hold the text (and for fuzzing).
+pub fn load_str(file: &Path, text: &str) -> Result<Declarations, Vec<LoadError>> {
+    let mut decls = Declarations::default();
+    let mut errors = Vec::new();
+    load_text(file, text, &mut decls, &mut errors);
+    check_duplicates(&decls, &mut errors);
+    if errors.is_empty() {
+        Ok(decls)
+    } else {
+        Err(errors)
+    }
+}
+
 fn is_yaml(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),

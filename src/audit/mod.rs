@@ -722,6 +722,32 @@ impl<'a> Audit<'a> {
                     eval.in_flight = true;
                 }
                 Err(err) => {
+                    // The plan's status assumed the write would be accepted (Reconciling,
+                    // attempt counted). Nothing is in flight now; a refusal that will not fix
+                    // itself is recorded as Stalled, so a later pass neither waits for a
+                    // repair that never started nor hides the refusal behind "Reprocessing".
+                    eval.in_flight = false;
+                    if let (Some(kind), Some(status)) =
+                        (action_failure_kind(&err), eval.status.take())
+                    {
+                        let mut plan = engine::Plan {
+                            action: action.clone(),
+                            status,
+                            requeue_after: Duration::ZERO,
+                            events: Vec::new(),
+                            missing: Vec::new(),
+                        };
+                        engine::record_action_failure(
+                            &mut plan,
+                            &engine::ActionFailure {
+                                kind,
+                                message: crate::observe::stable_message(&err),
+                            },
+                            Duration::ZERO,
+                            jiff::Timestamp::now(),
+                        );
+                        eval.status = Some(plan.status);
+                    }
                     eval.row.verdict = Verdict::Error;
                     eval.row.action = "failed".into();
                     eval.row.message = err.to_string();
@@ -757,6 +783,18 @@ impl<'a> Audit<'a> {
             }
         }
         done
+    }
+}
+
+/// Which refusals of a write are final (reported as Stalled); transient failures are not.
+fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionFailureKind> {
+    use crate::graph::GraphError;
+    match err {
+        GraphError::Forbidden { .. } => Some(engine::ActionFailureKind::Forbidden),
+        GraphError::BadRequest { .. } | GraphError::NotFound { .. } => {
+            Some(engine::ActionFailureKind::Rejected)
+        }
+        _ => None,
     }
 }
 

@@ -232,6 +232,21 @@ impl GraphClient {
         self.decode(operation, &resp)
     }
 
+    /// GETs one JSON object, or `None` on 404 (an expected answer here, so not counted as
+    /// a failure).
+    pub async fn get_optional<T: DeserializeOwned>(
+        &self,
+        operation: &'static str,
+        url: Url,
+    ) -> Result<Option<T>, GraphError> {
+        let req = GraphRequest::get(operation, url);
+        let resp = self.send_accepting(&req, &[404]).await?;
+        if resp.status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        self.decode(operation, &resp).map(Some)
+    }
+
     /// GETs one page of a collection (the caller handles `nextLink`/`deltaLink`).
     pub async fn get_page<T: DeserializeOwned>(
         &self,
@@ -296,7 +311,7 @@ impl GraphClient {
             &path,
             &[("$expand", "resourceRoleScopes($expand=role,scope)")],
         )?;
-        none_if_not_found(self.get_json(OP, url).await)
+        self.get_optional(OP, url).await
     }
 
     /// Access packages whose `displayName` equals `display_name`, with `catalog` expanded
@@ -340,7 +355,7 @@ impl GraphClient {
             &path,
             &[("$expand", "target,accessPackage,assignmentPolicy")],
         )?;
-        none_if_not_found(self.get_json(OP, url).await)
+        self.get_optional(OP, url).await
     }
 
     /// Every assignment of a package (all states, including expired), with `target` and
@@ -402,7 +417,7 @@ impl GraphClient {
         const OP: &str = "get_request";
         let path = format!("{EM}/assignmentRequests/{}", segment(OP, id)?);
         let url = self.url(OP, &path, &[("$expand", "assignment($expand=target)")])?;
-        none_if_not_found(self.get_json(OP, url).await)
+        self.get_optional(OP, url).await
     }
 
     /// Creates an `adminAdd` request for `target_object_id` under `policy_id` (§3.4; 201).
@@ -503,7 +518,7 @@ impl GraphClient {
             &path,
             &[("$select", "id,userPrincipalName,displayName")],
         )?;
-        none_if_not_found(self.get_json(OP, url).await)
+        self.get_optional(OP, url).await
     }
 
     /// Object ids of a group's direct members (§5.1, all pages).
@@ -1007,14 +1022,6 @@ fn batch_wire(item: &BatchItem) -> serde_json::Value {
         v["headers"] = serde_json::Value::Object(headers);
     }
     v
-}
-
-fn none_if_not_found<T>(result: Result<T, GraphError>) -> Result<Option<T>, GraphError> {
-    match result {
-        Ok(v) => Ok(Some(v)),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
 }
 
 /// Maps a non-2xx Graph response to a typed error (§6.3).

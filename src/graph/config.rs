@@ -49,12 +49,12 @@ pub struct GraphArgs {
     #[arg(long, env = "AZURE_FEDERATED_TOKEN_FILE", value_name = "PATH")]
     pub federated_token_file: Option<PathBuf>,
 
-    /// Entra authority host (token endpoint root), e.g. https://login.microsoftonline.us for
+    /// Entra authority host (token endpoint root), e.g. `https://login.microsoftonline.us` for
     /// US Government, or the simulator's URL.
     #[arg(long, env = "AZURE_AUTHORITY_HOST", value_name = "URL", default_value = DEFAULT_AUTHORITY_HOST)]
     pub authority_host: String,
 
-    /// Microsoft Graph root URL, without the version (e.g. https://graph.microsoft.us or the
+    /// Microsoft Graph root URL, without the version (e.g. `https://graph.microsoft.us` or the
     /// simulator's URL). `/v1.0` is appended; the token scope is `<URL>/.default`.
     #[arg(long, env = "REDELIVER_GRAPH_URL", value_name = "URL", default_value = DEFAULT_GRAPH_URL)]
     pub graph_url: String,
@@ -627,5 +627,25 @@ mod tests {
         assert_eq!(cli.graph.graph_timeout, Duration::from_secs(5));
         assert_eq!(cli.graph.tenant_id.as_deref(), Some("t"));
         assert!(Cli::try_parse_from(["x", "--client-secret", "oops"]).is_err());
+
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for flag in [
+            "--tenant-id",
+            "--client-id",
+            "--client-secret-file",
+            "--federated-token-file",
+            "--authority-host",
+            "--graph-url",
+            "--allow-insecure-http",
+            "--ca-file",
+            "--graph-timeout",
+            "--max-retries",
+            "--graph-concurrency",
+            "AZURE_CLIENT_SECRET",
+        ] {
+            assert!(help.contains(flag), "help lacks {flag}:\n{help}");
+        }
+        assert!(!help.contains("--client-secret "), "{help}");
     }
 }

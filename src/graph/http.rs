@@ -34,7 +34,7 @@ pub enum RetryMode {
 
 /// A response with its body read. Any status; the caller maps errors. Deliberately not
 /// `Debug`: for the token endpoint the body holds the access token.
-pub struct RawResponse {
+pub(crate) struct RawResponse {
     /// HTTP status.
     pub status: StatusCode,
     /// Response headers.
@@ -60,6 +60,9 @@ pub struct OperationStats {
     pub throttled: u64,
     /// Calls that ended in an error returned to the caller.
     pub failures: u64,
+    /// Responses by HTTP status code (a handful of distinct codes, so label cardinality
+    /// stays bounded).
+    pub by_status: BTreeMap<u16, u64>,
 }
 
 pub(crate) struct Http {
@@ -191,7 +194,23 @@ impl Http {
             let outcome = {
                 // The permit bounds in-flight exchanges only; it is released before any
                 // backoff sleep so waiting callers do not starve others.
-                let _permit = self.limiter.acquire().await.ok();
+                let mut _permit = self.limiter.acquire().await.ok();
+                // A call may have queued for the permit while another call in its scope was
+                // throttled: look at the gate again now that it may go out, or it would be
+                // sent before the Retry-After the server just gave.
+                while let Some(wait) = self.gate_wait(gate) {
+                    if wait > self.max_retry_after {
+                        self.count(operation, |s| s.throttled += 1);
+                        return Err(GraphError::Throttled {
+                            operation,
+                            retry_after: Some(wait),
+                            request_id: None,
+                        });
+                    }
+                    drop(_permit.take());
+                    tokio::time::sleep(wait).await;
+                    _permit = self.limiter.acquire().await.ok();
+                }
                 match self.client.execute(request).await {
                     Ok(resp) => {
                         let status = resp.status();
@@ -221,9 +240,12 @@ impl Http {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "graph http exchange"
                     );
-                    if status == StatusCode::TOO_MANY_REQUESTS {
-                        self.count(operation, |s| s.throttled += 1);
-                    }
+                    self.count(operation, |s| {
+                        *s.by_status.entry(status.as_u16()).or_default() += 1;
+                        if status == StatusCode::TOO_MANY_REQUESTS {
+                            s.throttled += 1;
+                        }
+                    });
                     if matches!(status.as_u16(), 429 | 503)
                         && let Some(d) = retry_after
                     {

@@ -1,11 +1,21 @@
 //! The Microsoft Graph client: the only module that speaks HTTP to Graph.
 //!
 //! - [`config`]: `--tenant-id`, credentials, Graph/authority URLs ([`GraphArgs`] →
-//!   [`GraphConfig`]).
-//! - [`auth`]: client-credentials tokens (secret or workload-identity assertion), cached and
-//!   refreshed single-flight.
-//! - [`client`]: [`GraphClient`], typed calls on a retrying, throttling-aware core.
-//! - [`error`]: [`GraphError`], one variant per failure kind, each usable as a metric label.
+//!   [`GraphConfig`]). The client secret comes only from `AZURE_CLIENT_SECRET` or a file.
+//! - `auth`: client-credentials tokens (secret or workload-identity assertion, both files
+//!   re-read per token request), cached until 10 % of the lifetime (at most 5 min) before
+//!   expiry, refreshed single-flight; a 401 drops the cached token and retries once.
+//! - [`client`]: [`GraphClient`], typed calls (graph-api.md §3–§6) on a generic core
+//!   (`send`, `get_json`, `get_optional`, `get_page`, `get_paged`, `batch`).
+//! - `http`: bounded concurrency, `client-request-id`, retries. 429/503/504 and transport
+//!   failures are retried up to `--max-retries`, honouring `Retry-After` (fractional seconds
+//!   or HTTP-date) exactly and for every call in the same throttling scope; otherwise
+//!   capped exponential backoff with jitter. Creating assignment requests is retried only
+//!   when the server certainly did not act (see [`RetryMode`]).
+//! - [`error`]: [`GraphError`], one variant per failure kind; [`GraphError::kind`] is a
+//!   metric label.
+//! - [`odata`]: path segment and `$filter` literal escaping.
+//! - [`retry`]: `Retry-After` parsing and backoff.
 //! - [`models`]: the wire types.
 
 mod auth;

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::graph::ts;
 use super::server::{
-    ActiveFault, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json, new_bucket,
+    ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
+    new_bucket,
 };
 use super::state::{World, canonical_assignment_state, canonical_request_state, status_for};
 
@@ -201,7 +202,19 @@ impl Shared {
             FaultSpec::Throttle { scope, .. }
             | FaultSpec::Error { scope, .. }
             | FaultSpec::Latency { scope, .. } => scope.clone(),
-            FaultSpec::SilentReprocess { .. } => Default::default(),
+            FaultSpec::StuckDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Stuck, *count));
+                return id;
+            }
+            FaultSpec::FailDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Fail, *count));
+                return id;
+            }
+            FaultSpec::PartialDelivery { count } => {
+                sim.add_outcomes.push((AddOutcome::Partial, *count));
+                return id;
+            }
+            FaultSpec::SilentReprocess { .. } => return id,
         };
         let remaining = match (scope.count, scope.duration_ms) {
             (None, None) => Some(1),
@@ -225,6 +238,7 @@ impl Shared {
         sim.faults.clear();
         sim.silent_all = false;
         sim.silent_ids.clear();
+        sim.add_outcomes.clear();
     }
 
     /// Removes one injected fault; returns false if it had already ended or never existed.

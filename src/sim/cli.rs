@@ -93,6 +93,12 @@ async fn run_until(
         .context("starting the Graph simulator")?;
     out.write_all(handle.env_exports().as_bytes())?;
     out.flush()?;
+    if !handle.local_addr.ip().is_loopback() {
+        eprintln!(
+            "redeliver sim: warning: listening on {} — the /_sim admin API has no authentication",
+            handle.local_addr
+        );
+    }
     eprintln!(
         "redeliver sim: Graph at {}/v1.0, tokens at {}, admin API at {} — Ctrl-C to stop",
         handle.graph_url,

@@ -20,12 +20,20 @@ use super::state::World;
 pub(crate) const MAX_DELTA_IDS: usize = 50;
 const GROUP_PAGE: usize = 100;
 
-fn encode_token(version: u64) -> String {
-    format!("c3lOY1N0YXRl{version:x}")
+/// Delta tokens for directory objects are valid for 7 days (§5.5).
+const TOKEN_LIFETIME_SECS: i64 = 7 * 24 * 3600;
+
+/// A delta token: the change version plus when it was issued (simulated time).
+fn encode_token(version: u64, issued_secs: i64) -> String {
+    format!("c3lOY1N0YXRl{version:x}.{issued_secs:x}")
 }
 
-fn decode_token(t: &str) -> Option<u64> {
-    u64::from_str_radix(t.strip_prefix("c3lOY1N0YXRl")?, 16).ok()
+fn decode_token(t: &str) -> Option<(u64, i64)> {
+    let (v, issued) = t.strip_prefix("c3lOY1N0YXRl")?.split_once('.')?;
+    Some((
+        u64::from_str_radix(v, 16).ok()?,
+        i64::from_str_radix(issued, 16).ok()?,
+    ))
 }
 
 fn member_ref(w: &World, id: &str) -> Value {
@@ -79,34 +87,40 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
     let want = |p: &str| sel.as_ref().is_none_or(|s| s.iter().any(|x| x == p));
     let with_members = want("members");
     let context = format!("{base}/v1.0/$metadata#groups");
+    let now_secs = w.now().as_second();
 
     let token = q.get("deltatoken");
     if token.is_some_and(|t| t.eq_ignore_ascii_case("latest")) {
         return Ok(Reply::ok(json!({
             "@odata.context": context,
             "value": [],
-            "@odata.deltaLink": link(base, q, "deltatoken", &encode_token(w.delta_version)),
+            "@odata.deltaLink": link(base, q, "deltatoken", &encode_token(w.delta_version, now_secs)),
         })));
     }
     if let Some(t) = token {
-        let since = decode_token(t)
-            .filter(|v| *v <= w.delta_version)
+        let (since, issued) = decode_token(t)
+            .filter(|(v, _)| *v <= w.delta_version)
             .ok_or_else(|| {
                 GraphError::bad_request(
                     "syncStateNotFound",
                     "The delta token is not valid; start a new sync without $deltatoken.",
                 )
             })?;
-        if since < w.delta_floor {
-            // Graph's answer to an expired sync state: 410 Gone pointing at a fresh sync.
-            let restart = format!(
-                "{base}/v1.0/groups/delta?{}",
-                q.encode_without(&["skiptoken", "deltatoken"]).join("&")
-            );
+        let expired_by_admin = since < w.delta_floor;
+        if expired_by_admin || now_secs - issued > TOKEN_LIFETIME_SECS {
+            let mut params = q.encode_without(&["skiptoken", "deltatoken"]);
+            if params.is_empty() {
+                params.push("$select=members".into());
+            }
+            let restart = format!("{base}/v1.0/groups/delta?{}", params.join("&"));
             return Err(GraphError::new(
                 410,
                 "resyncRequired",
-                "The sync state has expired; start a new sync from the Location URL.",
+                if expired_by_admin {
+                    "The sync state has expired; resynchronize from the Location URL."
+                } else {
+                    "The delta token has expired (older than 7 days); resynchronize from the Location URL."
+                },
             )
             .header("Location", restart));
         }
@@ -145,7 +159,7 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
         return Ok(Reply::ok(json!({
             "@odata.context": context,
             "value": value,
-            "@odata.deltaLink": link(base, q, "deltatoken", &encode_token(w.delta_version)),
+            "@odata.deltaLink": link(base, q, "deltatoken", &encode_token(w.delta_version, now_secs)),
         })));
     }
 
@@ -185,8 +199,12 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
             &encode_skiptoken(offset + GROUP_PAGE)
         ));
     } else {
-        body["@odata.deltaLink"] =
-            json!(link(base, q, "deltatoken", &encode_token(w.delta_version)));
+        body["@odata.deltaLink"] = json!(link(
+            base,
+            q,
+            "deltatoken",
+            &encode_token(w.delta_version, now_secs)
+        ));
     }
     Ok(Reply::ok(body))
 }

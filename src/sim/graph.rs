@@ -12,9 +12,10 @@ use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
     is_guid, nested_expand, page, page_lazy,
 };
-use super::server::{Shared, Sim, method_not_allowed};
+use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
-    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, status_for,
+    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, resource_id_for,
+    role_id_for, status_for,
 };
 
 pub(crate) fn ts(t: Timestamp) -> String {
@@ -54,7 +55,7 @@ pub(crate) fn route(
     let wrong_method = || method_not_allowed(method, &path);
     match s.as_slice() {
         ["users"] if get => list_users(&sim.world, q, base, &path),
-        ["users", id] if get => get_user(&sim.world, id, q),
+        ["users", id] if get => get_user(&sim.world, id, q, base),
         ["users", id, op] if eq(op, "checkMemberGroups") && post => {
             check_member_groups(&sim.world, id, body)
         }
@@ -71,6 +72,13 @@ pub(crate) fn route(
         ["groups", id, rel, oid, r] if eq(rel, "members") && *r == "$ref" && del => {
             remove_member_ref(&mut sim.world, id, oid)
         }
+        // Without `/$ref` Graph deletes the member object itself; an app holding only
+        // group permissions gets 403. Surfacing that catches a dangerous client bug.
+        ["groups", _, rel, _] if eq(rel, "members") && del => Err(GraphError::new(
+            403,
+            "Authorization_RequestDenied",
+            "Insufficient privileges to complete the operation. (DELETE without /$ref deletes the directory object, not the membership.)",
+        )),
         [sp] if sp.to_ascii_lowercase().starts_with("serviceprincipals(") && get => {
             get_sp(&sim.world, &sp_key(sp)?, q)
         }
@@ -212,7 +220,7 @@ fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     )
 }
 
-fn get_user(w: &World, key: &str, q: &Query) -> GResult {
+fn get_user(w: &World, key: &str, q: &Query, base: &str) -> GResult {
     let u = if key.contains('@') {
         w.user_by_upn(key)
     } else {
@@ -221,8 +229,15 @@ fn get_user(w: &World, key: &str, q: &Query) -> GResult {
     }
     .ok_or_else(|| dir_not_found(key))?;
     let mut v = strip_type(user_json(w, u));
-    v["@odata.context"] = json!("$metadata#users/$entity");
+    v["@odata.context"] = json!(format!("{base}/v1.0/$metadata#users/$entity"));
     Ok(Reply::ok(apply_select(v, q.select().as_deref(), &[])))
+}
+
+/// `$select` nested in an expand item, e.g. `members($select=id)`.
+fn nested_select(ex: &[Expand], name: &str) -> Option<Vec<String>> {
+    ex.iter()
+        .find(|e| e.name.eq_ignore_ascii_case(name))
+        .and_then(|e| e.select.clone())
 }
 
 fn group_json(g: &super::state::Group) -> Value {
@@ -240,10 +255,30 @@ fn group_json(g: &super::state::Group) -> Value {
 fn get_group(w: &World, id: &str, q: &Query) -> GResult {
     require_dir_guid(id)?;
     let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
+    let mut v = group_json(g);
+    let ex = q.expand();
+    // `$expand=members` is the documented way to see service principal members on v1.0;
+    // Graph returns at most 20 expanded items.
+    for rel in ["members", "owners"] {
+        if has_expand(&ex, rel) {
+            let set = if rel == "members" {
+                &g.members
+            } else {
+                &g.owners
+            };
+            let nested_sel: Option<Vec<String>> = nested_select(&ex, rel);
+            v[rel] = Value::Array(
+                set.iter()
+                    .take(20)
+                    .map(|m| apply_select(directory_object_json(w, m), nested_sel.as_deref(), &[]))
+                    .collect(),
+            );
+        }
+    }
     Ok(Reply::ok(apply_select(
-        group_json(g),
+        v,
         q.select().as_deref(),
-        &[],
+        &["members", "owners"],
     )))
 }
 
@@ -288,8 +323,12 @@ fn list_group_rel(
             },
         ));
     }
+    let transitive;
     let set = if eq(rel, "owners") {
         &g.owners
+    } else if eq(rel, "transitiveMembers") {
+        transitive = w.transitive_members(&g.id);
+        &transitive
     } else {
         &g.members
     };
@@ -404,7 +443,10 @@ fn check_member_groups(w: &World, key: &str, body: &Bytes) -> GResult {
     }
     let value: Vec<&String> = ids
         .iter()
-        .filter(|g| w.group(g).is_some_and(|g| g.members.contains(&u.id)))
+        .filter(|g| {
+            w.group(g)
+                .is_some_and(|g| w.transitive_members(&g.id).contains(&u.id))
+        })
         .collect();
     Ok(Reply::ok(json!({
         "@odata.context": "$metadata#Collection(Edm.String)",
@@ -519,6 +561,16 @@ fn em_route(
                 q.select().as_deref(),
                 &[],
             )))
+        }
+        ["catalogs", id, rel] if get && eq(rel, "resources") => {
+            require_em_guid(id)?;
+            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            list_catalog_resources(w, &c.id, q, base, path)
+        }
+        ["catalogs", id, rel] if get && eq(rel, "resourceRoles") => {
+            require_em_guid(id)?;
+            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            list_catalog_resource_roles(w, &c.id, q, base, path)
         }
         ["accessPackages"] if get => list_packages(w, q, base, path),
         ["accessPackages", id] if get => {
@@ -646,6 +698,228 @@ fn list_catalogs(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     )
 }
 
+/// A resource added to a catalog, as derived from the catalog's packages.
+struct CatalogResource {
+    id: String,
+    system: &'static str,
+    origin: String,
+    name: String,
+    created: Timestamp,
+    scope_id: String,
+    /// (role id, display name, origin id)
+    roles: Vec<(String, String, String)>,
+}
+
+fn catalog_resources(w: &World, catalog_id: &str) -> Vec<CatalogResource> {
+    let seed = w.seed_value;
+    let mut out: Vec<CatalogResource> = Vec::new();
+    for p in w.packages.iter().filter(|p| p.catalog_id == catalog_id) {
+        for rs in &p.role_scopes {
+            let info = w.grant_info(&rs.grant);
+            let idx = match out
+                .iter()
+                .position(|r| r.system == info.origin_system && r.origin == info.scope_origin)
+            {
+                Some(i) => i,
+                None => {
+                    // Groups offer both roles and apps all their app roles, whatever the
+                    // packages use; SharePoint sites only the roles packages reference.
+                    let roles: Vec<(String, String)> = match &rs.grant {
+                        Grant::GroupMember(g) | Grant::GroupOwner(g) => vec![
+                            ("Member".into(), format!("Member_{g}")),
+                            ("Owner".into(), format!("Owner_{g}")),
+                        ],
+                        Grant::AppRole { sp_id, .. } => {
+                            let mut r: Vec<(String, String)> = w
+                                .sp(sp_id)
+                                .map(|s| {
+                                    s.app_roles
+                                        .iter()
+                                        .map(|ar| (ar.display_name.clone(), ar.id.clone()))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            if r.is_empty() {
+                                r.push((
+                                    "Default Access".into(),
+                                    super::state::DEFAULT_ACCESS_ROLE.into(),
+                                ));
+                            }
+                            r
+                        }
+                        Grant::SharePoint { .. } => Vec::new(),
+                    };
+                    out.push(CatalogResource {
+                        id: resource_id_for(seed, catalog_id, &info.scope_origin),
+                        system: info.origin_system,
+                        origin: info.scope_origin.clone(),
+                        name: info.resource_name.clone(),
+                        created: p.created,
+                        scope_id: rs.scope_id.clone(),
+                        roles: roles
+                            .into_iter()
+                            .map(|(name, origin)| {
+                                (
+                                    role_id_for(seed, catalog_id, info.origin_system, &origin),
+                                    name,
+                                    origin,
+                                )
+                            })
+                            .collect(),
+                    });
+                    out.len() - 1
+                }
+            };
+            let r = &mut out[idx];
+            if !r.roles.iter().any(|(id, _, _)| *id == rs.role_id) {
+                r.roles.push((
+                    rs.role_id.clone(),
+                    info.role_name.clone(),
+                    info.role_origin.clone(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+fn catalog_resource_json(r: &CatalogResource) -> Value {
+    json!({
+        "id": r.id,
+        "displayName": r.name,
+        "description": null,
+        "originId": r.origin,
+        "originSystem": r.system,
+        "attributes": [],
+        "createdDateTime": ts(r.created),
+        "modifiedDateTime": ts(r.created),
+    })
+}
+
+fn resource_role_json(r: &CatalogResource, role: &(String, String, String)) -> Value {
+    json!({
+        "id": role.0,
+        "displayName": role.1,
+        "description": null,
+        "originId": role.2,
+        "originSystem": r.system,
+    })
+}
+
+fn resource_scope_json(r: &CatalogResource) -> Value {
+    json!({
+        "id": r.scope_id,
+        "displayName": r.name,
+        "description": null,
+        "originId": r.origin,
+        "originSystem": r.system,
+        "isRootScope": true,
+    })
+}
+
+fn list_catalog_resources(
+    w: &World,
+    catalog_id: &str,
+    q: &Query,
+    base: &str,
+    path: &str,
+) -> GResult {
+    let f = em_filter(
+        q,
+        &["originSystem", "originId", "displayName", "id"],
+        &[("contains", "displayName"), ("startswith", "displayName")],
+    )?;
+    let ex = q.expand();
+    let sel = q.select();
+    let items: Vec<Value> = catalog_resources(w, catalog_id)
+        .iter()
+        .filter(|r| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "originsystem" => Some(r.system.to_string()),
+                    "originid" => Some(r.origin.clone()),
+                    "displayname" => Some(r.name.clone()),
+                    "id" => Some(r.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|r| {
+            let mut v = catalog_resource_json(r);
+            if has_expand(&ex, "roles") {
+                v["roles"] =
+                    Value::Array(r.roles.iter().map(|x| resource_role_json(r, x)).collect());
+            }
+            if has_expand(&ex, "scopes") {
+                v["scopes"] = json!([resource_scope_json(r)]);
+            }
+            apply_select(v, sel.as_deref(), &["roles", "scopes"])
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/catalogs/resources",
+        "BadRequest",
+    )
+}
+
+fn list_catalog_resource_roles(
+    w: &World,
+    catalog_id: &str,
+    q: &Query,
+    base: &str,
+    path: &str,
+) -> GResult {
+    let f = em_filter(
+        q,
+        &[
+            "originSystem",
+            "originId",
+            "displayName",
+            "id",
+            "resource/id",
+        ],
+        &[],
+    )?;
+    let ex = q.expand();
+    let sel = q.select();
+    let resources = catalog_resources(w, catalog_id);
+    let items: Vec<Value> = resources
+        .iter()
+        .flat_map(|r| r.roles.iter().map(move |role| (r, role)))
+        .filter(|(r, role)| {
+            f.as_ref().is_none_or(|f| {
+                f.eval(&|k| match k {
+                    "originsystem" => Some(r.system.to_string()),
+                    "originid" => Some(role.2.clone()),
+                    "displayname" => Some(role.1.clone()),
+                    "id" => Some(role.0.clone()),
+                    "resource/id" => Some(r.id.clone()),
+                    _ => None,
+                })
+            })
+        })
+        .map(|(r, role)| {
+            let mut v = resource_role_json(r, role);
+            if has_expand(&ex, "resource") {
+                v["resource"] = catalog_resource_json(r);
+            }
+            apply_select(v, sel.as_deref(), &["resource"])
+        })
+        .collect();
+    page(
+        items,
+        q,
+        base,
+        path,
+        "identityGovernance/entitlementManagement/catalogs/resourceRoles",
+        "BadRequest",
+    )
+}
+
 fn package_base_json(p: &Package) -> Value {
     json!({
         "id": p.id,
@@ -659,50 +933,7 @@ fn package_base_json(p: &Package) -> Value {
 
 fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[Expand]) -> Value {
     let nested = nested_expand(ex, "resourceRoleScopes");
-    let (origin_system, role_name, role_origin, scope_origin, scope_name) = match &rs.grant {
-        Grant::GroupMember(g) => (
-            "AadGroup",
-            "Member".to_string(),
-            format!("Member_{g}"),
-            g.clone(),
-            w.grant_name(&rs.grant),
-        ),
-        Grant::GroupOwner(g) => (
-            "AadGroup",
-            "Owner".to_string(),
-            format!("Owner_{g}"),
-            g.clone(),
-            w.grant_name(&rs.grant),
-        ),
-        Grant::AppRole { sp_id, role_id } => {
-            let name = w
-                .sp(sp_id)
-                .and_then(|s| s.app_roles.iter().find(|r| eq(&r.id, role_id)))
-                .map(|r| r.display_name.clone())
-                .unwrap_or_else(|| "Default Access".into());
-            (
-                "AadApplication",
-                name,
-                role_id.clone(),
-                sp_id.clone(),
-                w.grant_name(&rs.grant),
-            )
-        }
-        Grant::SharePoint {
-            site,
-            role,
-            role_origin_id,
-        } => {
-            let name = site.rsplit('/').next().unwrap_or(site).to_string();
-            (
-                "SharePointOnline",
-                role.clone(),
-                role_origin_id.clone(),
-                site.clone(),
-                name,
-            )
-        }
-    };
+    let info = w.grant_info(&rs.grant);
     let mut v = json!({
         "id": format!("{}_{}", rs.role_id, rs.scope_id),
         "createdDateTime": ts(p.created),
@@ -713,19 +944,19 @@ fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[E
     if all || has_expand(nested, "role") {
         v["role"] = json!({
             "id": rs.role_id,
-            "displayName": role_name,
+            "displayName": info.role_name,
             "description": null,
-            "originId": role_origin,
-            "originSystem": origin_system,
+            "originId": info.role_origin,
+            "originSystem": info.origin_system,
         });
     }
     if all || has_expand(nested, "scope") {
         v["scope"] = json!({
             "id": rs.scope_id,
-            "displayName": scope_name,
+            "displayName": info.resource_name,
             "description": null,
-            "originId": scope_origin,
-            "originSystem": origin_system,
+            "originId": info.scope_origin,
+            "originSystem": info.origin_system,
             "isRootScope": true,
         });
     }
@@ -989,6 +1220,7 @@ fn request_json(w: &World, r: &Request, ex: &[Expand]) -> Value {
                     nested.push(Expand {
                         name: "target".into(),
                         nested: Vec::new(),
+                        select: None,
                     });
                 }
                 assignment_json(w, a, &nested)
@@ -1071,7 +1303,13 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     let now = w.now();
     match rtype {
         "adminAdd" => {
+            // SDK snippets send targetId; some callers send target.objectId instead.
             let target = field("targetId")
+                .or_else(|| {
+                    asg.pointer("/target/objectId")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
                 .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
             let policy_id = field("assignmentPolicyId")
                 .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
@@ -1141,8 +1379,11 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 justification,
                 rev: 0,
             });
-            spawn_add(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id)))
+            let body = created_json(w, &id, &shared.base_url);
+            let outcome = sim.next_add_outcome();
+            sim.planned.insert(id.clone(), outcome);
+            spawn_add(shared.clone(), epoch, id);
+            Ok(Reply::json(201, body))
         }
         "adminRemove" => {
             let aid = field("id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
@@ -1186,7 +1427,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 rev: 0,
             });
             spawn_remove(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id)))
+            Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
         }
         other => Err(bad(format!(
             "requestType '{other}' is not supported by the simulator; use adminAdd or adminRemove."
@@ -1194,10 +1435,10 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     }
 }
 
-fn created_json(w: &World, id: &str) -> Value {
+fn created_json(w: &World, id: &str, base: &str) -> Value {
     let r = w.request(id);
     json!({
-        "@odata.context": "$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity",
+        "@odata.context": format!("{}/v1.0/$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity", base),
         "id": id,
         "requestType": r.map(|r| r.request_type.clone()),
         "state": "submitted",
@@ -1223,7 +1464,9 @@ fn request_rev(w: &World, id: &str) -> Option<(u64, String)> {
 }
 
 fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1263,6 +1506,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
         }
         tokio::time::sleep(delay).await;
         with_epoch(&shared, epoch, |sim| {
+            let outcome = sim.planned.remove(&req_id).unwrap_or(AddOutcome::Deliver);
             let w = &mut sim.world;
             if request_rev(w, &req_id) != Some((0, "delivering".into())) {
                 return;
@@ -1279,15 +1523,27 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
             if !asg_ok {
                 return;
             }
-            w.deliver_package(&pkg, &target);
+            let state = match outcome {
+                // Stays delivering forever, as Graph sometimes does.
+                AddOutcome::Stuck => return,
+                AddOutcome::Fail => "deliveryFailed",
+                AddOutcome::Partial => {
+                    w.deliver_package_except_first(&pkg, &target);
+                    "partiallyDelivered"
+                }
+                AddOutcome::Deliver => {
+                    w.deliver_package(&pkg, &target);
+                    "delivered"
+                }
+            };
             let now = w.now();
             if let Some(a) = w.assignment_mut(&aid) {
-                a.state = "delivered".into();
-                a.status = "Delivered".into();
+                a.state = state.into();
+                a.status = status_for(state).into();
             }
             if let Some(r) = w.request_mut(&req_id) {
-                r.state = "delivered".into();
-                r.status = "Delivered".into();
+                r.state = state.into();
+                r.status = status_for(state).into();
                 r.completed = Some(now);
             }
         });
@@ -1295,7 +1551,9 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
 }
 
 fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         let delay = shared.opts.request_delay;
         tokio::time::sleep(delay).await;
         let mut proceed = false;
@@ -1357,7 +1615,9 @@ fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResul
     let aid = a.id.clone();
     let epoch = sim.epoch;
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             if sim.is_silent(&[&aid]) {
@@ -1418,7 +1678,9 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
     }
     let rev = w.request(&rid).map(|r| r.rev).unwrap_or_default();
     let shared = shared.clone();
+    let pending = PendingGuard::new(&shared);
     tokio::spawn(async move {
+        let _pending = pending;
         tokio::time::sleep(shared.opts.reprocess_delay).await;
         with_epoch(&shared, epoch, |sim| {
             let silent = sim.is_silent(&[&rid, aid.as_deref().unwrap_or("")]);

@@ -45,6 +45,15 @@
 //!   and a refused request costs nothing. Above 80 % use, responses carry
 //!   `x-ms-throttle-limit-percentage`.
 //! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
+//! - `catalogs/{id}/resources` (`$expand=roles,scopes`) and `catalogs/{id}/resourceRoles`
+//!   (`$filter` on `originSystem`, `resource/id`, `originId`; `$expand=resource`) are derived
+//!   from the catalog's packages; role ids equal the packages' `resourceRoleScopes` role ids.
+//! - `transitiveMembers` and `checkMemberGroups` follow nested groups; `GET /groups/{id}`
+//!   supports `$expand=members` (first 20, nested `$select`).
+//! - `DELETE /groups/{id}/members/{oid}` without `/$ref` answers `403
+//!   Authorization_RequestDenied` (in Graph it would delete the object itself).
+//! - Delta links expire after 7 simulated days (`410`, code `resyncRequired`, `Location`).
+//! - [`SimHandle::settle`] waits until every accepted request/reprocess has taken effect.
 //!
 //! # Admin API (no authentication; JSON bodies)
 //!
@@ -75,17 +84,23 @@
 //! | `GET /_sim/clock` | | `{"now", "offsetSeconds"}` |
 //! | `POST /_sim/clock/advance` | `{"by": "15d"}` | move simulated time forward (token expiry, reprocess window) |
 //!
-//! Fault bodies (`kind` selects; `pathPrefix` like `/v1.0/groups` or `/identityGovernance`,
-//! `method`, `count` and/or `durationMs` scope them; with neither count nor duration a
-//! fault applies once; the outer `$batch` request is only affected when `pathPrefix`
-//! names it, inner requests are affected individually):
+//! Fault bodies (`kind` selects). `throttle`, `error` and `latency` are scoped by
+//! `pathPrefix` (like `/v1.0/groups`, `/groups` or `/identityGovernance`; `/oauth2`
+//! targets the token endpoint, which faults without a prefix never touch), `method`, and
+//! `count` and/or `durationMs` (with neither, a fault applies once). The outer `$batch`
+//! request is only affected when `pathPrefix` names it; inner requests are affected one
+//! by one. Throttles answer `429` with the Graph body and `x-ms-throttle-*` headers.
 //!
 //! ```json
 //! {"kind": "throttle", "retryAfter": 2.128, "count": 3, "pathPrefix": "/v1.0/groups"}
 //! {"kind": "error", "status": 503, "retryAfter": 1, "durationMs": 5000}
 //! {"kind": "latency", "millis": 250, "count": 10}
+//! {"kind": "throttle", "retryAfter": 1, "pathPrefix": "/oauth2"}   // token endpoint
 //! {"kind": "silentReprocess"}                                  // every reprocess
 //! {"kind": "silentReprocess", "assignmentIds": ["..."], "requestIds": ["..."]}
+//! {"kind": "stuckDelivery", "count": 1}    // next adminAdd stays delivering forever
+//! {"kind": "failDelivery", "count": 1}     // next adminAdd ends deliveryFailed
+//! {"kind": "partialDelivery", "count": 1}  // next adminAdd misses the package's first group/app
 //! ```
 
 mod admin;
@@ -228,6 +243,21 @@ pub struct SimHandle {
     task: JoinHandle<()>,
 }
 
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The client secret is a throwaway, but keep it out of test logs anyway.
+        f.debug_struct("SimHandle")
+            .field("graph_url", &self.graph_url)
+            .field("authority_host", &self.authority_host)
+            .field("admin_url", &self.admin_url)
+            .field("tenant_id", &self.tenant_id)
+            .field("client_id", &self.client_id)
+            .field("local_addr", &self.local_addr)
+            .field("tls", &self.ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> SimError {
     let context = context.into();
     move |source| SimError::Io { context, source }
@@ -281,6 +311,7 @@ impl Simulator {
             scenario,
             base_url: base_url.clone(),
             started: Instant::now(),
+            pending: std::sync::atomic::AtomicUsize::new(0),
         });
         let app = router(shared.clone());
 
@@ -419,6 +450,12 @@ impl SimHandle {
         let exp = sim.world.now() + lifetime;
         sim.tokens.insert(token.clone(), exp);
         token
+    }
+
+    /// Every access token the token endpoint (or [`SimHandle::mint_token`]) has issued and
+    /// still knows, so tests can prove no token ever reaches a log.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.lock().tokens.keys().cloned().collect()
     }
 
     /// Outside change: removes `user` (UPN or id) from `group` (name or id).
@@ -629,6 +666,29 @@ impl SimHandle {
         }
     }
 
+    /// Number of background operations (request processing steps, reprocesses) still
+    /// scheduled.
+    pub fn pending_work(&self) -> usize {
+        self.shared
+            .pending
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until no background work is scheduled (every accepted request and reprocess
+    /// has taken effect, or was dropped), polling every 10 ms. Returns false on timeout.
+    pub async fn settle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.pending_work() == 0 {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn shutdown(self) {
         match self.server {
@@ -637,6 +697,13 @@ impl SimHandle {
             }
             Server::Tls(h) => h.graceful_shutdown(Some(Duration::from_secs(2))),
         }
-        let _ = self.task.await;
+        // Graceful shutdown waits for open connections; do not hang on a stuck client.
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(5), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
     }
 }

@@ -194,6 +194,8 @@ impl Query {
 pub(crate) struct Expand {
     pub name: String,
     pub nested: Vec<Expand>,
+    /// A nested `$select`, lower-cased.
+    pub select: Option<Vec<String>>,
 }
 
 pub(crate) fn has_expand(list: &[Expand], name: &str) -> bool {
@@ -237,22 +239,34 @@ pub(crate) fn parse_expand(s: &str) -> Vec<Expand> {
             None => Expand {
                 name: item,
                 nested: Vec::new(),
+                select: None,
             },
             Some(i) => {
                 let name = item[..i].trim().to_string();
-                let inner = item[i + 1..].trim_end_matches(')');
-                let nested = split_top_level(inner, ';')
-                    .into_iter()
-                    .filter_map(|opt| {
-                        let (k, v) = opt.split_once('=')?;
-                        (k.trim()
-                            .trim_start_matches('$')
-                            .eq_ignore_ascii_case("expand"))
-                        .then(|| parse_expand(v))
-                    })
-                    .flatten()
-                    .collect();
-                Expand { name, nested }
+                let inner = item[i + 1..].strip_suffix(')').unwrap_or(&item[i + 1..]);
+                let mut nested = Vec::new();
+                let mut select = None;
+                for opt in split_top_level(inner, ';') {
+                    let Some((k, v)) = opt.split_once('=') else {
+                        continue;
+                    };
+                    let k = k.trim().trim_start_matches('$');
+                    if k.eq_ignore_ascii_case("expand") {
+                        nested.extend(parse_expand(v));
+                    } else if k.eq_ignore_ascii_case("select") {
+                        select = Some(
+                            v.split(',')
+                                .map(|p| p.trim().to_ascii_lowercase())
+                                .filter(|p| !p.is_empty())
+                                .collect(),
+                        );
+                    }
+                }
+                Expand {
+                    name,
+                    nested,
+                    select,
+                }
             }
         })
         .collect()
@@ -635,6 +649,14 @@ mod tests {
         assert_eq!(e[0].name, "resourceRoleScopes");
         assert!(has_expand(&e[0].nested, "role") && has_expand(&e[0].nested, "scope"));
         assert!(has_expand(&e, "catalog"));
+        let e =
+            parse_expand("assignment($expand=target($expand=x)),members($select=id,displayName)");
+        assert_eq!(e[0].nested[0].name, "target");
+        assert_eq!(e[0].nested[0].nested[0].name, "x");
+        assert_eq!(
+            e[1].select,
+            Some(vec!["id".to_string(), "displayname".to_string()])
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! faults, resource-unit metering, routing, and the request log.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -93,6 +94,43 @@ pub enum FaultSpec {
         #[serde(default)]
         request_ids: Vec<String>,
     },
+    /// The next `count` `adminAdd` requests stop at `delivering` (request and assignment)
+    /// and never finish — Graph's known "stuck in Delivering" behaviour.
+    #[serde(rename_all = "camelCase")]
+    StuckDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` `adminAdd` requests end `deliveryFailed` (request and assignment,
+    /// nothing granted); they can then be reprocessed.
+    #[serde(rename_all = "camelCase")]
+    FailDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+    /// The next `count` `adminAdd` requests end `partiallyDelivered`: everything is granted
+    /// except the package's first group or app role.
+    #[serde(rename_all = "camelCase")]
+    PartialDelivery {
+        /// How many future requests are affected.
+        #[serde(default = "one")]
+        count: u32,
+    },
+}
+
+/// How the simulator will finish an `adminAdd` (decided when it is created).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AddOutcome {
+    Deliver,
+    Stuck,
+    Fail,
+    Partial,
+}
+
+fn one() -> u32 {
+    1
 }
 
 fn default_retry_after() -> f64 {
@@ -241,6 +279,10 @@ pub(crate) struct Sim {
     pub next_fault_id: u64,
     pub silent_all: bool,
     pub silent_ids: HashSet<String>,
+    /// Pending `adminAdd` outcome faults, consumed in order by new requests.
+    pub add_outcomes: Vec<(AddOutcome, u32)>,
+    /// Outcome decided for each `adminAdd` still being processed.
+    pub planned: HashMap<String, AddOutcome>,
     pub log: Vec<LogEntry>,
     pub counters: BTreeMap<String, u64>,
     pub usage: Usage,
@@ -257,11 +299,26 @@ impl Sim {
             next_fault_id: 1,
             silent_all: false,
             silent_ids: HashSet::new(),
+            add_outcomes: Vec::new(),
+            planned: HashMap::new(),
             log: Vec::new(),
             counters: BTreeMap::new(),
             usage: Usage::default(),
             bucket: bucket.map(new_bucket),
         }
+    }
+
+    /// Decides how a new `adminAdd` ends, consuming one outcome fault if any is pending.
+    pub fn next_add_outcome(&mut self) -> AddOutcome {
+        let Some((outcome, left)) = self.add_outcomes.first_mut() else {
+            return AddOutcome::Deliver;
+        };
+        let outcome = *outcome;
+        *left = left.saturating_sub(1);
+        if *left == 0 {
+            self.add_outcomes.remove(0);
+        }
+        outcome
     }
 
     pub fn is_silent(&self, ids: &[&str]) -> bool {
@@ -280,6 +337,9 @@ pub(crate) fn new_bucket(cfg: RuBucket) -> Bucket {
     }
 }
 
+/// Most request-log entries kept (the oldest tenth is dropped when full).
+pub(crate) const MAX_LOG: usize = 100_000;
+
 /// Everything the HTTP handlers and background tasks share.
 pub(crate) struct Shared {
     pub inner: Mutex<Sim>,
@@ -288,6 +348,24 @@ pub(crate) struct Shared {
     /// Root URL clients use, e.g. `http://127.0.0.1:8080` (no `/v1.0`).
     pub base_url: String,
     pub started: Instant,
+    /// Background work (request processing, reprocess) not finished yet.
+    pub pending: AtomicUsize,
+}
+
+/// Counts one piece of background work in [`Shared::pending`] for as long as it lives.
+pub(crate) struct PendingGuard(Arc<Shared>);
+
+impl PendingGuard {
+    pub fn new(shared: &Arc<Shared>) -> PendingGuard {
+        shared.pending.fetch_add(1, Ordering::SeqCst);
+        PendingGuard(shared.clone())
+    }
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Shared {
@@ -314,6 +392,10 @@ impl Shared {
             .or_default()
             .add(&entry);
         *sim.counters.entry(key).or_default() += 1;
+        // Long-running CLI sessions must not grow without bound; keep the newest entries.
+        if sim.log.len() >= MAX_LOG {
+            sim.log.drain(..MAX_LOG / 10);
+        }
         sim.log.push(entry);
     }
 }
@@ -486,7 +568,10 @@ fn fault_scope(spec: &FaultSpec) -> Option<&FaultScope> {
         FaultSpec::Throttle { scope, .. }
         | FaultSpec::Error { scope, .. }
         | FaultSpec::Latency { scope, .. } => Some(scope),
-        FaultSpec::SilentReprocess { .. } => None,
+        FaultSpec::SilentReprocess { .. }
+        | FaultSpec::StuckDelivery { .. }
+        | FaultSpec::FailDelivery { .. }
+        | FaultSpec::PartialDelivery { .. } => None,
     }
 }
 
@@ -566,7 +651,7 @@ async fn handle_v1(
 
     {
         let mut sim = shared.lock();
-        if let Err(e) = check_auth(&sim, headers) {
+        if let Err(e) = check_auth(&sim, headers, &shared.base_url) {
             return (Err(e), None);
         }
         let want_err: fn(&FaultSpec) -> bool =
@@ -642,8 +727,15 @@ pub(crate) fn method_not_allowed(method: &Method, path: &str) -> GraphError {
     )
 }
 
-fn check_auth(sim: &Sim, headers: &HeaderMap) -> Result<(), GraphError> {
-    let err = |m: &str| GraphError::new(401, "InvalidAuthenticationToken", m);
+fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphError> {
+    let err = |m: &str| {
+        GraphError::new(401, "InvalidAuthenticationToken", m).header(
+            "WWW-Authenticate",
+            format!(
+                "Bearer realm=\"\", authorization_uri=\"{base}/common/oauth2/authorize\", client_id=\"00000003-0000-0000-c000-000000000000\""
+            ),
+        )
+    };
     let Some(value) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
         return Err(err("Access token is empty."));
     };

@@ -175,6 +175,8 @@ pub(crate) struct World {
     pub delta_log: Vec<DeltaChange>,
     /// Delta tokens older than this version have expired (`POST /_sim/delta/expire`).
     pub delta_floor: u64,
+    /// Assignment ids seen while loading the scenario (keeps loading linear).
+    loaded_assignment_ids: HashSet<String>,
 }
 
 fn lc(s: &str) -> String {
@@ -255,6 +257,7 @@ impl World {
             delta_version: 0,
             delta_log: Vec::new(),
             delta_floor: 0,
+            loaded_assignment_ids: HashSet::new(),
         };
 
         for (i, u) in spec.users.iter().enumerate() {
@@ -383,11 +386,13 @@ impl World {
             let mut role_scopes = Vec::new();
             for (j, r) in p.resources.iter().enumerate() {
                 let grant = w.resolve_grant(&format!("{field}.resources[{j}]"), r)?;
-                let key = format!("{}/{j}", p.name);
+                let info = w.grant_info(&grant);
+                // Roles and scopes belong to the catalog's resource, so two packages of one
+                // catalog granting the same role share its id (as in Graph).
                 role_scopes.push(RoleScope {
+                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_origin),
+                    scope_id: scope_id_for(seed, &catalog_id, &info.scope_origin),
                     grant,
-                    role_id: derive_id(seed, "role", &key),
-                    scope_id: derive_id(seed, "scope", &key),
                 });
             }
             w.packages.push(Package {
@@ -631,8 +636,24 @@ impl World {
         let seed_name = format!("{user}/{package}");
         let aid = match id {
             Some(i) => valid_guid(&format!("{field}.id"), i)?,
-            None => derive_id(self.seed(), "assignment", &seed_name),
+            None => {
+                // A user may hold the same package more than once over time (an expired
+                // and a current assignment): number the repeats.
+                let mut aid = derive_id(self.seed(), "assignment", &seed_name);
+                let mut n = 1;
+                while self.loaded_assignment_ids.contains(&aid) {
+                    n += 1;
+                    aid = derive_id(self.seed(), "assignment", &format!("{seed_name}#{n}"));
+                }
+                aid
+            }
         };
+        if !self.loaded_assignment_ids.insert(aid.clone()) {
+            return Err(ScenarioError::invalid(
+                format!("{field}.id"),
+                format!("assignment id {aid} is used twice"),
+            ));
+        }
         let pkg_idx = self.package_index(&pkg_id).unwrap_or_default();
         for m in missing {
             let known = self.packages[pkg_idx]
@@ -761,6 +782,35 @@ impl World {
     fn seed(&self) -> u64 {
         self.seed_value
     }
+}
+
+/// How a grant shows up in entitlement management (§2.3 originId conventions).
+#[derive(Debug, Clone)]
+pub(crate) struct GrantInfo {
+    pub origin_system: &'static str,
+    pub role_name: String,
+    pub role_origin: String,
+    pub scope_origin: String,
+    pub resource_name: String,
+}
+
+/// Id of a catalog resource role.
+pub(crate) fn role_id_for(seed: u64, catalog_id: &str, system: &str, role_origin: &str) -> String {
+    derive_id(
+        seed,
+        "role",
+        &format!("{catalog_id}/{system}/{role_origin}"),
+    )
+}
+
+/// Id of a catalog resource's root scope.
+pub(crate) fn scope_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> String {
+    derive_id(seed, "scope", &format!("{catalog_id}/{scope_origin}"))
+}
+
+/// Id of a catalog resource.
+pub(crate) fn resource_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> String {
+    derive_id(seed, "resource", &format!("{catalog_id}/{scope_origin}"))
 }
 
 /// Canonical wire literal for an assignment state (case-insensitive input).
@@ -952,6 +1002,53 @@ impl World {
             .find(|r| r.id.eq_ignore_ascii_case(id))
     }
 
+    /// Origin system, role and scope origin ids and display names of a grant.
+    pub fn grant_info(&self, g: &Grant) -> GrantInfo {
+        let resource_name = self.grant_name(g);
+        match g {
+            Grant::GroupMember(gid) => GrantInfo {
+                origin_system: "AadGroup",
+                role_name: "Member".into(),
+                role_origin: format!("Member_{gid}"),
+                scope_origin: gid.clone(),
+                resource_name,
+            },
+            Grant::GroupOwner(gid) => GrantInfo {
+                origin_system: "AadGroup",
+                role_name: "Owner".into(),
+                role_origin: format!("Owner_{gid}"),
+                scope_origin: gid.clone(),
+                resource_name,
+            },
+            Grant::AppRole { sp_id, role_id } => GrantInfo {
+                origin_system: "AadApplication",
+                role_name: self
+                    .sp(sp_id)
+                    .and_then(|s| {
+                        s.app_roles
+                            .iter()
+                            .find(|r| r.id.eq_ignore_ascii_case(role_id))
+                    })
+                    .map(|r| r.display_name.clone())
+                    .unwrap_or_else(|| "Default Access".into()),
+                role_origin: role_id.clone(),
+                scope_origin: sp_id.clone(),
+                resource_name,
+            },
+            Grant::SharePoint {
+                site,
+                role,
+                role_origin_id,
+            } => GrantInfo {
+                origin_system: "SharePointOnline",
+                role_name: role.clone(),
+                role_origin: role_origin_id.clone(),
+                scope_origin: site.clone(),
+                resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
+            },
+        }
+    }
+
     /// Name of the group/app a grant targets (what `missing:` refers to).
     pub fn grant_name(&self, g: &Grant) -> String {
         match g {
@@ -965,6 +1062,28 @@ impl World {
                 .unwrap_or_default(),
             Grant::SharePoint { site, .. } => site.clone(),
         }
+    }
+
+    /// Members of a group including those of nested groups (nested groups themselves
+    /// are listed too, as Graph's `transitiveMembers` does).
+    pub fn transitive_members(&self, group_id: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![group_id.to_ascii_lowercase()];
+        let mut seen = HashSet::new();
+        while let Some(gid) = todo.pop() {
+            if !seen.insert(gid.clone()) {
+                continue;
+            }
+            if let Some(g) = self.group(&gid) {
+                for m in &g.members {
+                    out.insert(m.clone());
+                    if self.group(m).is_some() {
+                        todo.push(m.clone());
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Adds a member; returns false if already a member or the group is unknown.
@@ -1102,6 +1221,32 @@ impl World {
             .count()
     }
 
+    /// Like [`World::deliver_package`] but leaves out the package's first verifiable
+    /// grant (a partial delivery).
+    pub fn deliver_package_except_first(&mut self, package_id: &str, user_id: &str) -> usize {
+        let Some(idx) = self.package_index(package_id) else {
+            return 0;
+        };
+        let now = self.now();
+        let mut skipped = false;
+        let grants: Vec<Grant> = self.packages[idx]
+            .role_scopes
+            .iter()
+            .map(|r| r.grant.clone())
+            .filter(|g| {
+                if !skipped && !matches!(g, Grant::SharePoint { .. }) {
+                    skipped = true;
+                    return false;
+                }
+                true
+            })
+            .collect();
+        grants
+            .iter()
+            .filter(|g| self.apply_grant(g, user_id, now))
+            .count()
+    }
+
     /// Removes every grant of a package from a user, except grants that another active
     /// assignment of the same user still promises.
     pub fn revoke_package(&mut self, package_id: &str, user_id: &str, except_assignment: &str) {
@@ -1167,5 +1312,84 @@ impl World {
             .filter(|rs| !self.grant_present(&rs.grant, &a.target_id))
             .map(|rs| self.grant_name(&rs.grant))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(yaml_spec: &str) -> Result<World, ScenarioError> {
+        let doc = format!(
+            "apiVersion: sim.redeliver.dev/v1\nkind: SimulatorScenario\nspec:\n{yaml_spec}"
+        );
+        World::from_scenario(&Scenario::from_yaml_str(&doc)?)
+    }
+
+    const BASE: &str = "  tenant: {name: t}
+  users: [{upn: a@t.com}]
+  groups: [{name: g1}, {name: g2}]
+  catalogs: [{name: C}]
+  accessPackages:
+  - {name: P, catalog: C, resources: [{group: g1}, {group: g2, role: Owner}]}
+";
+
+    #[test]
+    fn demo_drift_is_applied_at_load() {
+        let w = World::from_scenario(&Scenario::demo()).unwrap();
+        let alice = w.user_by_upn("alice@contoso.com").unwrap().id.clone();
+        let a = w.assignments.iter().find(|a| a.target_id == alice).unwrap();
+        assert_eq!(w.missing_grants(&a.id), vec!["fin-writers"]);
+        let dave = w.user_by_upn("dave@contoso.com").unwrap().id.clone();
+        let failed = w.requests.iter().find(|r| r.target_id == dave).unwrap();
+        assert_eq!(failed.state, "deliveryFailed");
+        assert!(failed.assignment_id.is_some());
+        assert!(
+            w.requests
+                .iter()
+                .all(|r| r.target_id != w.user_by_upn("carol@contoso.com").unwrap().id)
+        );
+    }
+
+    #[test]
+    fn repeated_assignments_get_distinct_ids_and_owner_grants_apply() {
+        let w = load(&format!(
+            "{BASE}  assignments:\n  - {{user: a@t.com, package: P, state: expired}}\n  - {{user: a@t.com, package: P}}\n"
+        ))
+        .unwrap();
+        assert_eq!(w.assignments.len(), 2);
+        assert_ne!(w.assignments[0].id, w.assignments[1].id);
+        let uid = &w.users[0].id;
+        assert!(w.group_named("g1").unwrap().members.contains(uid));
+        assert!(w.group_named("g2").unwrap().owners.contains(uid));
+        assert!(!w.group_named("g2").unwrap().members.contains(uid));
+    }
+
+    #[test]
+    fn dangling_references_name_the_field() {
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: a@t.com, package: Nope}}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.assignments[0].package"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: b@t.com, package: P}}]\n"
+        ))
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("spec.assignments[0].user"),
+            "{err}"
+        );
+        let err = load(&format!(
+            "{BASE}  assignments: [{{user: a@t.com, package: P, missing: [zz]}}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let err =
+            load("  tenant: {name: t}\n  users: [{upn: a@t.com, id: not-a-guid}]\n").unwrap_err();
+        assert!(err.to_string().contains("spec.users[0].id"), "{err}");
     }
 }

@@ -275,6 +275,10 @@ fn issue(
         let exp = sim.world.now()
             + jiff::SignedDuration::try_from(lifetime)
                 .unwrap_or(jiff::SignedDuration::from_hours(1));
+        if sim.tokens.len() > 10_000 {
+            let now = sim.world.now();
+            sim.tokens.retain(|_, e| *e > now);
+        }
         sim.tokens.insert(token.clone(), exp);
     }
     Ok(json!({

@@ -1,0 +1,471 @@
+//! Reconcile of one `AccessPackageAssignment`: observe Graph, let the engine decide, perform
+//! the one action it chose, write the status only when it changed, record its events.
+
+use std::sync::Arc;
+
+use jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use super::Error;
+use super::context::{
+    Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
+};
+use super::observation::split;
+use crate::api::{
+    AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
+    REPROCESS_ANNOTATION, ReprocessMode, validate_assignment_spec,
+};
+use crate::engine::conditions::first_visit_conditions;
+use crate::engine::{
+    Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
+    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, plan_assignment,
+    record_action_failure, record_request_submitted,
+};
+use crate::graph::GraphError;
+use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestType};
+use crate::observe::{Observer, stable_message};
+
+/// The kind label.
+pub const KIND: &str = "AccessPackageAssignment";
+
+/// Entry point for the controller: a span, a metrics timer, the concurrency slot and the
+/// finalizer dispatch. The domain logic is in [`apply`] and [`cleanup`].
+pub async fn reconcile(
+    obj: Arc<AccessPackageAssignment>,
+    ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let key = object_key(obj.as_ref());
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any()
+    );
+    async move {
+        let _slot = ctx.slots.acquire().await;
+        let timer = ctx.metrics.reconcile_started(KIND);
+        let result = dispatch(obj, &ctx).await;
+        timer.finish(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.metric_label(),
+        });
+        if result.is_ok() {
+            ctx.backoff.reset(&key);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// What to do after a failed reconcile (see [`super::context::error_policy`]).
+pub fn error_policy(obj: Arc<AccessPackageAssignment>, err: &Error, ctx: Arc<Context>) -> Action {
+    shared_error_policy(obj, err, ctx)
+}
+
+async fn dispatch(obj: Arc<AccessPackageAssignment>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<AccessPackageAssignment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let has_finalizer = obj.finalizers().iter().any(|f| f == FINALIZER);
+    let deleting = obj.meta().deletion_timestamp.is_some();
+    if deleting && !has_finalizer {
+        return Ok(Action::await_change());
+    }
+    if deleting || obj.spec.deletion_policy == DeletionPolicy::Remove {
+        let ctx2 = ctx.clone();
+        return finalizer(&api, FINALIZER, obj, |event| async move {
+            match event {
+                Finalizer::Apply(o) => apply(o, &ctx2).await,
+                Finalizer::Cleanup(o) => cleanup(o, &ctx2).await,
+            }
+        })
+        .await
+        .map_err(Error::from);
+    }
+    if has_finalizer {
+        // deletionPolicy changed from Remove to Orphan: deletion needs no work any more.
+        remove_finalizer(&api, &obj).await?;
+        return Ok(Action::await_change());
+    }
+    apply(obj, ctx).await
+}
+
+async fn remove_finalizer(
+    api: &Api<AccessPackageAssignment>,
+    obj: &AccessPackageAssignment,
+) -> Result<(), Error> {
+    let remaining: Vec<&String> = obj
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
+    // resourceVersion makes the merge patch fail instead of overwriting a concurrent change.
+    let patch = serde_json::json!({
+        "metadata": {
+            "finalizers": remaining,
+            "resourceVersion": obj.resource_version(),
+        }
+    });
+    api.patch(
+        &obj.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// What Graph said about one declaration this pass.
+struct Observed {
+    resolved: Result<ResolvedIds, crate::engine::ResolveFailure>,
+    assignment: Option<Assignment>,
+    latest_request: Option<AssignmentRequest>,
+    resources: Vec<PromisedResource>,
+    snapshot: Snapshot,
+}
+
+async fn observe(
+    ctx: &Context,
+    obj: &AccessPackageAssignment,
+    previous: Option<&AccessPackageAssignmentStatus>,
+) -> Result<Observed, GraphError> {
+    let spec = &obj.spec;
+    let empty = |resolved| Observed {
+        resolved,
+        assignment: None,
+        latest_request: None,
+        resources: Vec::new(),
+        snapshot: Snapshot::new(),
+    };
+    let observer = ctx.observations.observer();
+    let package_id = match split(observer.resolve_package_id(&spec.access_package).await)? {
+        Ok(id) => id,
+        Err(f) => return Ok(empty(Err(f))),
+    };
+    let view = match split(observer.package_view(&package_id).await)? {
+        Ok(v) => v,
+        Err(f) => return Ok(empty(Err(f))),
+    };
+    let target = match split(observer.resolve_target(&spec.target).await)? {
+        Ok(t) => t,
+        Err(f) => return Ok(empty(Err(f))),
+    };
+    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
+    let assignment = view.assignment_for(&target);
+    let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
+        // The request we submitted: read it directly, fresh and with its target.
+        Some(id) => ctx.observations.graph().get_request(id).await?,
+        None => view.latest_request_for(&target),
+    };
+    let snapshot = ctx.observations.snapshot(&view.resources).await;
+    Ok(Observed {
+        resolved: Ok(ResolvedIds {
+            access_package_id: package_id,
+            access_package_name: view.package.display_name.clone(),
+            policy,
+            target_object_id: target,
+            target_name: spec.target.user_principal_name.clone(),
+        }),
+        assignment,
+        latest_request,
+        resources: view.resources.clone(),
+        snapshot,
+    })
+}
+
+/// One verification pass.
+async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<AccessPackageAssignment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generation = obj.meta().generation;
+    let reference = obj.object_ref(&());
+
+    let mut previous = obj.status.clone();
+    if previous.is_none() {
+        // kstatus: conditions from the first visit, before the (possibly slow) Graph reads.
+        let first = AccessPackageAssignmentStatus {
+            observed_generation: generation,
+            access_package_name: Some(obj.spec.access_package.label()),
+            target_name: Some(obj.spec.target.label()),
+            conditions: first_visit_conditions(generation, Timestamp::now()),
+            ..Default::default()
+        };
+        patch_status(&api, &name, &first).await?;
+        previous = Some(first);
+    }
+
+    let observed = if validate_assignment_spec(&obj.spec).is_ok() {
+        observe(ctx, &obj, previous.as_ref()).await?
+    } else {
+        // An invalid declaration never reaches Graph; the engine reports it as Stalled.
+        Observed {
+            resolved: Err(crate::engine::ResolveFailure::new(
+                crate::engine::ResolveFailureKind::InvalidSpec,
+                "invalid declaration",
+            )),
+            assignment: None,
+            latest_request: None,
+            resources: Vec::new(),
+            snapshot: Snapshot::new(),
+        }
+    };
+    let now = Timestamp::now();
+    // `--reprocess-rate 0` makes every object report-only, stated as such in its status.
+    let operator_disabled =
+        ctx.reprocess_bucket.is_disabled() && obj.spec.reprocess.mode != ReprocessMode::Disabled;
+    let spec = if operator_disabled {
+        let mut spec = obj.spec.clone();
+        spec.reprocess.mode = ReprocessMode::Disabled;
+        std::borrow::Cow::Owned(spec)
+    } else {
+        std::borrow::Cow::Borrowed(&obj.spec)
+    };
+    let input = AssignmentInput {
+        generation,
+        spec: &spec,
+        previous: previous.as_ref(),
+        reprocess_annotation: obj
+            .annotations()
+            .get(REPROCESS_ANNOTATION)
+            .map(String::as_str),
+        resolved: observed.resolved.clone(),
+        assignment: observed.assignment.as_ref(),
+        latest_request: observed.latest_request.as_ref(),
+        resources: &observed.resources,
+        snapshot: &observed.snapshot,
+        settings: &ctx.engine,
+    };
+    let mut plan = plan_assignment(&input, now);
+
+    if operator_disabled {
+        for c in &mut plan.status.conditions {
+            c.message = c.message.replace(
+                "reprocess.mode is Disabled",
+                "reprocessing is disabled for the whole operator (--reprocess-rate 0)",
+            );
+        }
+    }
+
+    if let Some(wait) = execute(ctx, &obj, &mut plan, &observed, now).await? {
+        // The global reprocess budget is spent: do nothing now (not even the status, which
+        // would claim a reprocess) and come back when a token is free.
+        return Ok(Action::requeue(wait));
+    }
+
+    if assignment_status_changed(previous.as_ref(), &plan.status) {
+        patch_status(&api, &name, &plan.status).await?;
+    }
+    ctx.publish(&reference, "Reconcile", &plan.events).await;
+    if plan
+        .events
+        .iter()
+        .any(|e| e.kind == crate::engine::EventKind::DriftDetected)
+    {
+        ctx.metrics.drift(KIND, 1);
+    }
+    Ok(Action::requeue(jitter(plan.requeue_after)))
+}
+
+/// Performs the plan's action. Returns `Some(wait)` when the reprocess budget is spent.
+/// Transient Graph failures are returned as errors (retried with backoff, or at exactly
+/// `Retry-After`); refusals (403, other 4xx) are folded into the plan as `Stalled`.
+async fn execute(
+    ctx: &Context,
+    obj: &AccessPackageAssignment,
+    plan: &mut Plan,
+    observed: &Observed,
+    now: Timestamp,
+) -> Result<Option<std::time::Duration>, Error> {
+    if !plan.action.is_write() {
+        return Ok(None);
+    }
+    if obj.spec.suspend {
+        // The engine already turns writes into reports when suspended; never write anyway.
+        return Ok(None);
+    }
+    let graph = ctx.observations.graph();
+    let is_reprocess = matches!(
+        plan.action,
+        EngineAction::ReprocessAssignment { .. } | EngineAction::ReprocessRequest { .. }
+    );
+    if is_reprocess && let Err(wait) = ctx.reprocess_bucket.try_acquire() {
+        ctx.metrics.reprocess(KIND, "rate_limited");
+        tracing::info!(
+            wait_s = wait.as_secs_f64(),
+            "reprocess budget spent; waiting"
+        );
+        return Ok(Some(wait));
+    }
+    let result = match &plan.action {
+        EngineAction::RequestAssignment {
+            access_package_id,
+            policy_id,
+            target_object_id,
+        } => graph
+            .request_assignment(access_package_id, policy_id, target_object_id)
+            .await
+            .map(|req| {
+                tracing::info!(request_id = %req.id, "assignment requested");
+                record_request_submitted(&mut plan.status, &req.id);
+            }),
+        EngineAction::ReprocessAssignment { assignment_id } => {
+            graph.reprocess_assignment(assignment_id).await
+        }
+        EngineAction::ReprocessRequest { request_id } => graph.reprocess_request(request_id).await,
+        _ => Ok(()),
+    };
+    ctx.observations.invalidate_package(&observed.resources);
+    match result {
+        Ok(()) => {
+            if is_reprocess {
+                ctx.metrics.reprocess(KIND, "requested");
+            }
+            Ok(None)
+        }
+        Err(err)
+            if err.is_forbidden()
+                || matches!(
+                    err,
+                    GraphError::BadRequest { .. } | GraphError::NotFound { .. }
+                ) =>
+        {
+            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action");
+            if is_reprocess {
+                ctx.metrics.reprocess(
+                    KIND,
+                    if err.is_forbidden() {
+                        "forbidden"
+                    } else {
+                        "rejected"
+                    },
+                );
+            }
+            let failure = ActionFailure {
+                kind: if err.is_forbidden() {
+                    ActionFailureKind::Forbidden
+                } else {
+                    ActionFailureKind::Rejected
+                },
+                // Lands in status: a stable sentence (the request id goes to the log).
+                message: stable_message(&err),
+            };
+            let retry = ctx.engine.default_verify_interval;
+            record_action_failure(plan, &failure, retry, now);
+            Ok(None)
+        }
+        Err(err) => {
+            if is_reprocess {
+                ctx.metrics.reprocess(
+                    KIND,
+                    if err.retry_after().is_some() {
+                        "throttled"
+                    } else {
+                        "failed"
+                    },
+                );
+            }
+            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph action failed; will retry");
+            Err(Error::Graph(err))
+        }
+    }
+}
+
+/// Deletion with `deletionPolicy: Remove`: submit an `adminRemove` for the user's live
+/// assignment and keep the finalizer until Entra ID no longer lists it. Idempotent: an
+/// assignment already gone (or a user or package that no longer exists) counts as done, and
+/// a removal already in flight is not submitted twice.
+async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
+    let reference = obj.object_ref(&());
+    if obj.spec.deletion_policy != DeletionPolicy::Remove {
+        return Ok(Action::await_change());
+    }
+    if obj.spec.suspend {
+        tracing::warn!("deleted while suspended: the assignment is left in place");
+        ctx.publish_one(
+            &reference,
+            true,
+            "RemovalSkipped",
+            "spec.suspend is true, so the assignment was not removed from Entra ID; remove it in the Entra admin center if it must go.".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let status = obj.status.as_ref();
+    let observer = ctx.observations.observer();
+    let package_id = match status.and_then(|s| s.access_package_id.clone()) {
+        Some(id) => id,
+        None => match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
+            Ok(id) => id,
+            // Nothing that does not resolve can hold an assignment: nothing to remove.
+            Err(_) => return Ok(done()),
+        },
+    };
+    let target_id = match status.and_then(|s| s.target_object_id.clone()) {
+        Some(id) => id,
+        None => match split(observer.resolve_target(&obj.spec.target).await)? {
+            Ok(id) => id,
+            Err(_) => return Ok(done()),
+        },
+    };
+    let graph = ctx.observations.graph();
+    let live: Vec<Assignment> = graph
+        .find_assignments(&package_id, &target_id)
+        .await?
+        .into_iter()
+        .filter(|a| a.state != AssignmentState::Expired)
+        .collect();
+    let Some(assignment) = live.first() else {
+        tracing::info!("assignment is gone; releasing the finalizer");
+        if status.and_then(|s| s.assignment_id.as_ref()).is_some() {
+            ctx.publish_one(
+                &reference,
+                false,
+                "AssignmentRemoved",
+                format!("The assignment of package {package_id} to {target_id} is removed from Entra ID; releasing the finalizer."),
+            )
+            .await;
+        }
+        return Ok(done());
+    };
+    let pending = graph
+        .list_requests(&package_id)
+        .await?
+        .into_iter()
+        .find(|r| {
+            r.request_type == RequestType::AdminRemove
+                && r.state.is_in_flight()
+                && r.assignment.as_ref().and_then(|a| a.id.as_deref())
+                    == Some(assignment.id.as_str())
+        });
+    let request_id = match pending {
+        Some(r) => r.id,
+        None => {
+            let req = graph.request_removal(&assignment.id).await?;
+            tracing::info!(request_id = %req.id, assignment_id = %assignment.id, "adminRemove submitted");
+            ctx.publish_one(
+                &reference,
+                false,
+                "RemovalRequested",
+                format!(
+                    "Submitted adminRemove request {} for assignment {} (deletionPolicy: Remove); the finalizer stays until Entra ID has removed it.",
+                    req.id, assignment.id
+                ),
+            )
+            .await;
+            req.id
+        }
+    };
+    Err(Error::RemovalPending {
+        assignment_id: assignment.id.clone(),
+        request_id: Some(request_id),
+    })
+}
+
+fn done() -> Action {
+    Action::await_change()
+}

@@ -1,0 +1,261 @@
+//! State shared by every reconcile: clients, recorder, metrics, the Graph read cache, the
+//! per-object backoff and the global reprocess budget.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource, ResourceExt};
+use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::Semaphore;
+
+use super::Error;
+use super::limits::{Backoff, TokenBucket};
+use super::metrics::Metrics;
+use super::observation::Observations;
+use crate::engine::{EngineEvent, EngineSettings};
+use crate::graph::GraphClient;
+
+/// Field manager of every server-side apply the controller makes.
+pub const FIELD_MANAGER: &str = "redeliver";
+
+/// Requeue pace while an `adminRemove` is being processed.
+pub const REMOVAL_POLL: Duration = Duration::from_secs(15);
+
+/// Operator-wide settings of the reconcilers.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Reconciles running at once across both kinds and all namespaces.
+    pub concurrency: usize,
+    /// Verify interval for objects whose own is unusable.
+    pub verify_interval: Duration,
+    /// A request or assignment in a transitional state longer than this is reported stuck.
+    pub stuck_after: Duration,
+    /// Reprocess calls per minute across all objects.
+    pub reprocess_per_minute: u32,
+    /// How long Graph reads are shared between objects.
+    pub observation_max_age: Duration,
+    /// First delay of the per-object error backoff.
+    pub backoff_base: Duration,
+    /// Longest delay of the per-object error backoff.
+    pub backoff_cap: Duration,
+    /// Event reporter instance (the pod name), when known.
+    pub instance: Option<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            verify_interval: Duration::from_secs(600),
+            stuck_after: Duration::from_secs(1800),
+            reprocess_per_minute: 30,
+            observation_max_age: Duration::from_secs(30),
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(300),
+            instance: None,
+        }
+    }
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Event recorder (reporting controller `redeliver`).
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Graph reads shared between objects.
+    pub observations: Observations,
+    /// Per-object error backoff.
+    pub backoff: Backoff,
+    /// Global reprocess budget.
+    pub reprocess_bucket: TokenBucket,
+    /// Settings handed to the engine.
+    pub engine: EngineSettings,
+    /// Bounds reconciles in flight across all controllers.
+    pub slots: Semaphore,
+}
+
+impl Context {
+    /// Builds the context.
+    pub fn new(
+        client: Client,
+        graph: GraphClient,
+        metrics: Arc<Metrics>,
+        settings: &Settings,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "redeliver".into(),
+            instance: settings.instance.clone(),
+        };
+        let engine = EngineSettings {
+            stuck_after: settings.stuck_after,
+            default_verify_interval: settings.verify_interval,
+            ..EngineSettings::default()
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            observations: Observations::new(
+                graph,
+                settings.observation_max_age,
+                settings.concurrency.max(1) * 2,
+            ),
+            backoff: Backoff::new(settings.backoff_base, settings.backoff_cap),
+            reprocess_bucket: TokenBucket::per_minute(settings.reprocess_per_minute),
+            engine,
+            slots: Semaphore::new(settings.concurrency.max(1)),
+        }
+    }
+
+    /// Records one event that is not the engine's (deletion cleanup).
+    pub async fn publish_one(
+        &self,
+        reference: &ObjectReference,
+        warning: bool,
+        reason: &str,
+        message: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(truncate(&message, 1000)),
+            action: "Cleanup".to_string(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, reference).await {
+            tracing::warn!(reason, error = %err, "could not record an event; check RBAC for events.k8s.io/events create,patch");
+        }
+    }
+
+    /// Records the engine's events on the object. A failed publish is logged, not retried:
+    /// the status already carries the transition.
+    pub async fn publish(&self, reference: &ObjectReference, action: &str, events: &[EngineEvent]) {
+        for ev in events {
+            let event = Event {
+                type_: if ev.kind.is_warning() {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: ev.kind.as_str().to_string(),
+                note: Some(truncate(&ev.message, 1000)),
+                action: action.to_string(),
+                secondary: None,
+            };
+            if let Err(err) = self.recorder.publish(&event, reference).await {
+                tracing::warn!(
+                    name = reference.name.as_deref().unwrap_or(""),
+                    namespace = reference.namespace.as_deref().unwrap_or(""),
+                    reason = ev.kind.as_str(),
+                    error = %err,
+                    "could not record an event; check RBAC for events.k8s.io/events create,patch"
+                );
+            }
+        }
+    }
+}
+
+/// The backoff/metrics key of an object: `Kind/namespace/name`.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Writes `status` to the status subresource with server-side apply (field manager
+/// `redeliver`, forced: the controller owns the whole status).
+pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": serde_json::to_value(status).map_err(Error::Serialize)?,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(())
+}
+
+/// `d` ± 10 %, so objects created together do not verify in lockstep.
+pub fn jitter(d: Duration) -> Duration {
+    let factor = rand::rng().random_range(0.9..1.1);
+    d.mul_f64(factor).max(Duration::from_secs(1))
+}
+
+/// What to do after a failed reconcile: exactly `Retry-After` when Graph throttled, a fixed
+/// pace while a removal is in progress, otherwise the object's doubling backoff.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    let key = object_key(obj.as_ref());
+    if let Some(after) = err.retry_after() {
+        tracing::warn!(object = %key, error = %err, retry_after_s = after.as_secs_f64(), "Graph throttled; requeue at Retry-After");
+        return Action::requeue(after);
+    }
+    if err.is_waiting() {
+        tracing::info!(object = %key, "{err}");
+        return Action::requeue(REMOVAL_POLL);
+    }
+    let delay = ctx.backoff.failed(&key);
+    tracing::warn!(object = %key, error = %err, retry_in_s = delay.as_secs(), failures = ctx.backoff.failures(&key), "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..200 {
+            let j = jitter(Duration::from_secs(600));
+            assert!(
+                j >= Duration::from_secs(540) && j <= Duration::from_secs(660),
+                "{j:?}"
+            );
+        }
+        assert_eq!(jitter(Duration::ZERO), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn truncates_on_char_boundary() {
+        assert_eq!(truncate("abc", 5), "abc");
+        assert_eq!(truncate("ééé", 3), "é…");
+    }
+}

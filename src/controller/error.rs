@@ -1,0 +1,103 @@
+//! The controller's single error type. Every variant maps to a short metric label, so each
+//! failure is counted by kind.
+
+use std::time::Duration;
+
+use crate::graph::GraphError;
+
+/// A reconcile failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Kubernetes API refused or failed a call (status patch, finalizer, event).
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+
+    /// Microsoft Graph failed in a way worth retrying (throttling, 5xx, network).
+    #[error("Microsoft Graph: {0}")]
+    Graph(#[source] GraphError),
+
+    /// The finalizer helper failed (adding or removing the finalizer, or the cleanup).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+
+    /// An object from the watch lacks a field every stored object has.
+    #[error("object has no metadata.{0}; it cannot be reconciled")]
+    MissingMetadata(&'static str),
+
+    /// An `adminRemove` was submitted (or is in flight) and Graph has not removed the
+    /// assignment yet; the finalizer stays until it has.
+    #[error("removal of assignment {assignment_id} is in progress{request}; the finalizer stays until Entra ID has removed it", request = request_id.as_deref().map(|r| format!(" (request {r})")).unwrap_or_default())]
+    RemovalPending {
+        /// The assignment being removed.
+        assignment_id: String,
+        /// The `adminRemove` request, when known.
+        request_id: Option<String>,
+    },
+
+    /// A status could not be turned into JSON (a bug, never user data).
+    #[error("cannot serialize status: {0}")]
+    Serialize(#[source] serde_json::Error),
+}
+
+impl Error {
+    /// Short stable label for the `result` of the reconciles metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube_error",
+            Self::Graph(e) if e.retry_after().is_some() => "graph_throttled",
+            Self::Graph(_) => "graph_error",
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer_error",
+            },
+            Self::MissingMetadata(_) => "invalid_object",
+            Self::RemovalPending { .. } => "removal_pending",
+            Self::Serialize(_) => "serialize_error",
+        }
+    }
+
+    /// When Graph said exactly when to come back (throttling), that time.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Graph(e) => e.retry_after(),
+            Self::Finalizer(inner) => match inner.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.retry_after(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// True for a wait that is expected (not a failure): it requeues at a fixed pace instead
+    /// of growing the object's backoff.
+    pub fn is_waiting(&self) -> bool {
+        match self {
+            Self::RemovalPending { .. } => true,
+            Self::Finalizer(inner) => matches!(
+                inner.as_ref(),
+                kube::runtime::finalizer::Error::CleanupFailed(Error::RemovalPending { .. })
+            ),
+            _ => false,
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Self::Kube(e)
+    }
+}
+
+impl From<GraphError> for Error {
+    fn from(e: GraphError) -> Self {
+        Self::Graph(e)
+    }
+}
+
+impl From<kube::runtime::finalizer::Error<Error>> for Error {
+    fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        Self::Finalizer(Box::new(e))
+    }
+}

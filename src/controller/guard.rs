@@ -1,0 +1,219 @@
+//! Reconcile (one sweep) of an `AccessPackageGuard`: list every assignment of the package,
+//! read each promised resource once, let the engine find the drifted ones, reprocess at
+//! most the engine's bounded selection (and within the global budget), write the bounded
+//! status only when it changed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::Instrument;
+
+use super::Error;
+use super::context::{
+    Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
+};
+use super::observation::split;
+use crate::api::{AccessPackageGuard, AccessPackageGuardStatus, validate_guard_spec};
+use crate::engine::conditions::first_visit_conditions;
+use crate::engine::{
+    GuardInput, GuardPlan, ResolveFailure, ResolveFailureKind, Snapshot, guard_status_changed,
+    plan_guard_sweep,
+};
+use crate::graph::models::Assignment;
+
+/// The kind label.
+pub const KIND: &str = "AccessPackageGuard";
+
+/// Entry point for the controller: a span, a metrics timer and the concurrency slot.
+pub async fn reconcile(obj: Arc<AccessPackageGuard>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = object_key(obj.as_ref());
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = KIND,
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any()
+    );
+    async move {
+        let _slot = ctx.slots.acquire().await;
+        let timer = ctx.metrics.reconcile_started(KIND);
+        let result = if obj.meta().deletion_timestamp.is_some() {
+            // A guard owns nothing in Entra ID: deletion needs no cleanup.
+            Ok(Action::await_change())
+        } else {
+            sweep(obj, &ctx).await
+        };
+        timer.finish(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.metric_label(),
+        });
+        if result.is_ok() {
+            ctx.backoff.reset(&key);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// What to do after a failed sweep (see [`super::context::error_policy`]).
+pub fn error_policy(obj: Arc<AccessPackageGuard>, err: &Error, ctx: Arc<Context>) -> Action {
+    shared_error_policy(obj, err, ctx)
+}
+
+async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Error> {
+    let name = obj.name_any();
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let api: Api<AccessPackageGuard> = Api::namespaced(ctx.client.clone(), &namespace);
+    let generation = obj.meta().generation;
+
+    let mut previous = obj.status.clone();
+    if previous.is_none() {
+        let first = AccessPackageGuardStatus {
+            observed_generation: generation,
+            access_package_name: Some(obj.spec.access_package.label()),
+            conditions: first_visit_conditions(generation, Timestamp::now()),
+            ..Default::default()
+        };
+        patch_status(&api, &name, &first).await?;
+        previous = Some(first);
+    }
+
+    let mut resolved: Result<(String, Option<String>), ResolveFailure> = Err(ResolveFailure::new(
+        ResolveFailureKind::InvalidSpec,
+        "invalid declaration",
+    ));
+    let mut assignments: Vec<Assignment> = Vec::new();
+    let mut resources = Vec::new();
+    let mut snapshot = Snapshot::new();
+    if validate_guard_spec(&obj.spec).is_ok() {
+        let observer = ctx.observations.observer();
+        let view = match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
+            Ok(id) => split(observer.package_view(&id).await)?,
+            Err(f) => Err(f),
+        };
+        match view {
+            Err(f) => resolved = Err(f),
+            Ok(view) => {
+                resources = view.resources.clone();
+                snapshot = ctx.observations.snapshot(&resources).await;
+                resolved = Ok((view.package.id.clone(), view.package.display_name.clone()));
+                assignments = view.assignments;
+            }
+        }
+    }
+    let now = Timestamp::now();
+    let input = GuardInput {
+        generation,
+        spec: &obj.spec,
+        previous: previous.as_ref(),
+        resolved: resolved.clone(),
+        assignments: &assignments,
+        resources: &resources,
+        snapshot: &snapshot,
+        settings: &ctx.engine,
+    };
+    let mut plan = plan_guard_sweep(&input, now);
+    // Count each drift once, when first seen (the previous list is bounded, so a drift
+    // beyond it may be counted again; the bound keeps that rare).
+    let known: Vec<&str> = previous
+        .iter()
+        .flat_map(|p| p.drifted.iter().map(|d| d.assignment_id.as_str()))
+        .collect();
+    let new_drift = plan
+        .drifted
+        .iter()
+        .filter(|d| !known.contains(&d.assignment_id.as_str()))
+        .count();
+    ctx.metrics.drift(KIND, new_drift as u64);
+
+    let selected = plan.reprocess.len();
+    let retry_after = reprocess_selected(ctx, &mut plan, previous.as_ref()).await;
+    if plan.reprocess.len() != selected {
+        // Say what really happened, not what was planned.
+        let done = plan.reprocess.len();
+        plan.events.retain_mut(|e| {
+            if e.kind != crate::engine::EventKind::ReprocessRequested {
+                return true;
+            }
+            e.message = format!(
+                "Reprocessing {done} drifted assignments ({} postponed by the reprocess rate limit or Graph throttling).",
+                selected - done
+            );
+            done > 0
+        });
+    }
+    if !plan.reprocess.is_empty() {
+        ctx.observations.invalidate_package(&resources);
+    }
+
+    if guard_status_changed(previous.as_ref(), &plan.status) {
+        patch_status(&api, &name, &plan.status).await?;
+    }
+    ctx.publish(&obj.object_ref(&()), "Sweep", &plan.events)
+        .await;
+    Ok(Action::requeue(match retry_after {
+        Some(after) => after,
+        None => jitter(plan.requeue_after),
+    }))
+}
+
+/// Reprocesses the engine's selection in order, stopping early when the global budget is
+/// spent or Graph throttles. Entries not reprocessed get their previous bookkeeping back, so
+/// the status never claims a reprocess that did not happen. Returns the time to come back
+/// when the sweep was cut short.
+async fn reprocess_selected(
+    ctx: &Context,
+    plan: &mut GuardPlan,
+    previous: Option<&AccessPackageGuardStatus>,
+) -> Option<Duration> {
+    let mut done: Vec<String> = Vec::new();
+    let mut come_back: Option<Duration> = None;
+    for id in &plan.reprocess {
+        if let Err(wait) = ctx.reprocess_bucket.try_acquire() {
+            ctx.metrics.reprocess(KIND, "rate_limited");
+            come_back = Some(wait);
+            break;
+        }
+        match ctx.observations.graph().reprocess_assignment(id).await {
+            Ok(()) => {
+                ctx.metrics.reprocess(KIND, "requested");
+                done.push(id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(assignment_id = %id, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
+                if let Some(after) = e.retry_after() {
+                    ctx.metrics.reprocess(KIND, "throttled");
+                    come_back = Some(after);
+                    break;
+                }
+                ctx.metrics.reprocess(
+                    KIND,
+                    if e.is_forbidden() {
+                        "forbidden"
+                    } else {
+                        "failed"
+                    },
+                );
+            }
+        }
+    }
+    if done.len() != plan.reprocess.len() {
+        let before: Vec<_> = previous.map(|p| p.drifted.clone()).unwrap_or_default();
+        for entry in plan.status.drifted.iter_mut() {
+            if plan.reprocess.contains(&entry.assignment_id) && !done.contains(&entry.assignment_id)
+            {
+                let old = before
+                    .iter()
+                    .find(|o| o.assignment_id == entry.assignment_id);
+                entry.last_reprocess_time = old.and_then(|o| o.last_reprocess_time.clone());
+                entry.reprocess_attempts = old.map(|o| o.reprocess_attempts).unwrap_or(0);
+            }
+        }
+        plan.reprocess = done;
+    }
+    come_back
+}

@@ -1,0 +1,160 @@
+//! Rate and retry limits kept in the controller's context: a per-object exponential backoff
+//! and a global token bucket for reprocess calls.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Per-object exponential backoff: doubles on each consecutive failure up to a cap, and is
+/// forgotten on success.
+#[derive(Debug)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Backoff {
+    /// A backoff starting at `base` and never exceeding `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Self {
+        Self {
+            base,
+            cap: cap.max(base),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Records a failure for `key` and returns how long to wait before the next attempt.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        let delay = self
+            .base
+            .checked_mul(1u32 << (*n).min(20))
+            .unwrap_or(self.cap)
+            .min(self.cap);
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    /// Forgets the failures of `key` (after a successful reconcile or a deletion).
+    pub fn reset(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// Consecutive failures recorded for `key`.
+    pub fn failures(&self, key: &str) -> u32 {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// A token bucket: at most `per_minute` tokens a minute on average, bursts up to
+/// `per_minute`. Shared by every object, so a big outside change cannot turn into a flood of
+/// reprocess calls.
+#[derive(Debug)]
+pub struct TokenBucket {
+    capacity: f64,
+    per_second: f64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl TokenBucket {
+    /// A full bucket refilled at `per_minute` tokens a minute. Zero disables every call.
+    pub fn per_minute(per_minute: u32) -> Self {
+        let capacity = f64::from(per_minute);
+        Self {
+            capacity,
+            per_second: capacity / 60.0,
+            state: Mutex::new((capacity, Instant::now())),
+        }
+    }
+
+    /// True when the rate is zero: no call is ever allowed.
+    pub fn is_disabled(&self) -> bool {
+        self.capacity < 1.0
+    }
+
+    /// Takes one token, or says how long until one is available.
+    pub fn try_acquire(&self) -> Result<(), Duration> {
+        self.try_acquire_at(Instant::now())
+    }
+
+    fn try_acquire_at(&self, now: Instant) -> Result<(), Duration> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *state;
+        let elapsed = now.saturating_duration_since(last).as_secs_f64();
+        let tokens = (tokens + elapsed * self.per_second).min(self.capacity);
+        if tokens >= 1.0 {
+            *state = (tokens - 1.0, now);
+            Ok(())
+        } else {
+            *state = (tokens, now);
+            if self.per_second <= 0.0 {
+                // Disabled: say "a long time" rather than dividing by zero.
+                return Err(Duration::from_secs(3600));
+            }
+            Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_cap_and_resets() {
+        let b = Backoff::new(Duration::from_secs(5), Duration::from_secs(60));
+        let delays: Vec<u64> = (0..6).map(|_| b.failed("ns/a").as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(
+            b.failed("ns/b").as_secs(),
+            5,
+            "objects back off independently"
+        );
+        assert_eq!(b.failures("ns/a"), 6);
+        b.reset("ns/a");
+        assert_eq!(b.failures("ns/a"), 0);
+        assert_eq!(b.failed("ns/a").as_secs(), 5);
+    }
+
+    #[test]
+    fn backoff_survives_many_failures() {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(300));
+        for _ in 0..100 {
+            assert!(b.failed("x") <= Duration::from_secs(300));
+        }
+    }
+
+    #[test]
+    fn bucket_allows_burst_then_refills() {
+        let bucket = TokenBucket::per_minute(3);
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            assert_eq!(bucket.try_acquire_at(t0), Ok(()));
+        }
+        let wait = bucket.try_acquire_at(t0).unwrap_err();
+        assert!(
+            wait > Duration::from_secs(19) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
+        assert_eq!(bucket.try_acquire_at(t0 + Duration::from_secs(20)), Ok(()));
+        assert!(bucket.try_acquire_at(t0 + Duration::from_secs(21)).is_err());
+    }
+
+    #[test]
+    fn zero_rate_disables() {
+        let bucket = TokenBucket::per_minute(0);
+        assert!(bucket.is_disabled());
+        assert!(bucket.try_acquire().is_err());
+        assert!(!TokenBucket::per_minute(1).is_disabled());
+    }
+}

@@ -1,0 +1,353 @@
+//! Prometheus metrics (prometheus-client, no global registry). Label values come from fixed
+//! vocabularies — kinds, results, outcomes, Graph operation names, condition statuses — so
+//! cardinality stays bounded whatever the number of objects or users.
+
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use kube::runtime::reflector::Store;
+
+use crate::api::AccessPackageAssignment;
+use crate::graph::GraphClient;
+
+/// Labels of the reconciles counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `AccessPackageAssignment` or `AccessPackageGuard`.
+    pub kind: &'static str,
+    /// `ok` or an error label ([`super::Error::metric_label`]).
+    pub result: &'static str,
+}
+
+/// A label set with only the kind.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `AccessPackageAssignment` or `AccessPackageGuard`.
+    pub kind: &'static str,
+}
+
+/// Labels of the reprocess calls counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReprocessLabels {
+    /// `AccessPackageAssignment` or `AccessPackageGuard`.
+    pub kind: &'static str,
+    /// `requested`, `rate_limited`, `throttled`, `forbidden`, `rejected`, `failed`.
+    pub outcome: &'static str,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
+
+/// Every metric the controller exports.
+pub struct Metrics {
+    /// Reconciles by kind and result.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Reconcile duration by kind.
+    pub reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    /// Drift findings (a delivered assignment with a missing resource) by kind.
+    pub drift_detected: Family<KindLabels, Counter>,
+    /// Reprocess calls by kind and outcome.
+    pub reprocess_calls: Family<ReprocessLabels, Counter>,
+    /// Objects in the watch that could not be decoded, by kind.
+    pub malformed_objects: Family<KindLabels, Counter>,
+    /// 1 while this replica holds the leader lease (or runs without leader election).
+    pub is_leader: Gauge<i64, AtomicI64>,
+    /// Last known `Delivered` condition status per assignment, for the objects gauge.
+    delivered: Arc<DeliveredIndex>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them (plus the Graph client's counters, when given)
+    /// in a new registry under the `redeliver` prefix.
+    pub fn new(graph: Option<GraphClient>) -> (Arc<Metrics>, Registry) {
+        let mut registry = Registry::with_prefix("redeliver");
+        let metrics = Metrics {
+            reconciles: Family::default(),
+            reconcile_duration: Family::new_with_constructor(duration_histogram),
+            drift_detected: Family::default(),
+            reprocess_calls: Family::default(),
+            malformed_objects: Family::default(),
+            is_leader: Gauge::default(),
+            delivered: Arc::default(),
+        };
+        registry.register(
+            "reconciles",
+            "Reconciles by kind and result",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Reconcile duration by kind",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "drift_detected",
+            "Delivered assignments found with a missing resource",
+            metrics.drift_detected.clone(),
+        );
+        registry.register(
+            "reprocess_calls",
+            "Reprocess calls by kind and outcome",
+            metrics.reprocess_calls.clone(),
+        );
+        registry.register(
+            "malformed_objects",
+            "Objects in the watch that could not be decoded and were skipped",
+            metrics.malformed_objects.clone(),
+        );
+        registry.register(
+            "is_leader",
+            "1 while this replica runs the controllers",
+            metrics.is_leader.clone(),
+        );
+        registry.register_collector(Box::new(DeliveredCollector(metrics.delivered.clone())));
+        if let Some(graph) = graph {
+            registry.register_collector(Box::new(GraphCollector(graph)));
+        }
+        (Arc::new(metrics), registry)
+    }
+
+    /// Starts timing one reconcile; the result is recorded when the guard is finished.
+    pub fn reconcile_started(&self, kind: &'static str) -> ReconcileTimer<'_> {
+        ReconcileTimer {
+            metrics: self,
+            kind,
+            start: Instant::now(),
+        }
+    }
+
+    /// Records one reprocess call outcome.
+    pub fn reprocess(&self, kind: &'static str, outcome: &'static str) {
+        self.reprocess_calls
+            .get_or_create(&ReprocessLabels { kind, outcome })
+            .inc();
+    }
+
+    /// Records a drift finding.
+    pub fn drift(&self, kind: &'static str, count: u64) {
+        if count > 0 {
+            self.drift_detected
+                .get_or_create(&KindLabels { kind })
+                .inc_by(count);
+        }
+    }
+
+    /// Counts the objects of `store` in the assignments gauge (by `Delivered` status) at
+    /// every scrape, so deleted objects drop out by themselves.
+    pub fn track_assignments(&self, store: Store<AccessPackageAssignment>) {
+        self.delivered
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(store);
+    }
+}
+
+/// Times one reconcile.
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    kind: &'static str,
+    start: Instant,
+}
+
+impl ReconcileTimer<'_> {
+    /// Records the duration and the result label.
+    pub fn finish(self, result: &'static str) {
+        let kind = self.kind;
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .reconciles
+            .get_or_create(&ReconcileLabels { kind, result })
+            .inc();
+    }
+}
+
+#[derive(Default)]
+struct DeliveredIndex(Mutex<Vec<Store<AccessPackageAssignment>>>);
+
+impl std::fmt::Debug for DeliveredIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeliveredIndex")
+    }
+}
+
+/// Exports `redeliver_assignments{delivered="True|False|Unknown"}` from the watch caches at
+/// scrape time.
+#[derive(Debug)]
+struct DeliveredCollector(Arc<DeliveredIndex>);
+
+impl Collector for DeliveredCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut counts: [(&str, i64); 3] = [("True", 0), ("False", 0), ("Unknown", 0)];
+        for store in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            for obj in store.state() {
+                let status = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Delivered"))
+                    .map(|c| c.status.as_str())
+                    .unwrap_or("Unknown");
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
+                    slot.1 += 1;
+                } else {
+                    counts[2].1 += 1;
+                }
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "assignments",
+            "AccessPackageAssignment objects by Delivered condition status",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (status, n) in counts {
+            let labels = [("delivered", status)];
+            let m = family.encode_family(&labels)?;
+            ConstGauge::new(n).encode(m)?;
+        }
+        Ok(())
+    }
+}
+
+/// Exports the Graph client's per-operation counters at scrape time.
+struct GraphCollector(GraphClient);
+
+impl std::fmt::Debug for GraphCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GraphCollector")
+    }
+}
+
+impl Collector for GraphCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.0.stats();
+        type Pick = fn(&crate::graph::OperationStats) -> u64;
+        let series: [(&str, &str, Pick); 4] = [
+            (
+                "graph_requests",
+                "HTTP exchanges with Graph and the token endpoint by operation (retries and pages included)",
+                |s| s.requests,
+            ),
+            (
+                "graph_retries",
+                "Graph exchanges that were retries, by operation",
+                |s| s.retries,
+            ),
+            (
+                "graph_throttled",
+                "Graph responses with status 429, by operation",
+                |s| s.throttled,
+            ),
+            (
+                "graph_failures",
+                "Graph calls that ended in an error, by operation",
+                |s| s.failures,
+            ),
+        ];
+        for (name, help, pick) in series {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for s in &stats {
+                let labels = [("operation", s.operation)];
+                let m = family.encode_family(&labels)?;
+                ConstCounter::new(pick(s)).encode(m)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "graph_responses",
+            "Graph (and token endpoint) HTTP responses by operation and status code",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for s in &stats {
+            for (code, count) in &s.by_status {
+                let code = code.to_string();
+                let labels = [("operation", s.operation), ("code", code.as_str())];
+                let m = family.encode_family(&labels)?;
+                ConstCounter::new(*count).encode(m)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Renders the registry as OpenMetrics text.
+pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_bounded_families() {
+        let (m, registry) = Metrics::new(None);
+        m.reconcile_started("AccessPackageAssignment").finish("ok");
+        m.reprocess("AccessPackageAssignment", "requested");
+        m.drift("AccessPackageGuard", 3);
+        let (store, mut writer) = kube::runtime::reflector::store::<AccessPackageAssignment>();
+        for (name, delivered) in [("a", Some("True")), ("b", None), ("c", Some("True"))] {
+            let mut obj = serde_json::json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"},
+                         "target": {"userPrincipalName": "alice@contoso.com"}}
+            });
+            if let Some(d) = delivered {
+                obj["status"] = serde_json::json!({"conditions": [{"type": "Delivered", "status": d,
+                    "reason": "Delivered", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]});
+            }
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+                serde_json::from_value(obj).unwrap(),
+            ));
+        }
+        m.track_assignments(store);
+        m.is_leader.set(1);
+        let text = render(&registry).unwrap();
+        assert!(
+            text.contains(
+                "redeliver_reconciles_total{kind=\"AccessPackageAssignment\",result=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("redeliver_reprocess_calls_total{kind=\"AccessPackageAssignment\",outcome=\"requested\"} 1"));
+        assert!(text.contains("redeliver_drift_detected_total{kind=\"AccessPackageGuard\"} 3"));
+        assert!(
+            text.contains("redeliver_assignments{delivered=\"True\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("redeliver_assignments{delivered=\"False\"} 0"));
+        assert!(text.contains("redeliver_assignments{delivered=\"Unknown\"} 1"));
+        assert!(text.contains("redeliver_is_leader 1"));
+        assert!(text.contains(
+            "redeliver_reconcile_duration_seconds_count{kind=\"AccessPackageAssignment\"} 1"
+        ));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,523 @@
+//! `redeliver controller`: the Kubernetes glue around the engine. Watches
+//! `AccessPackageAssignment` and `AccessPackageGuard`, observes Graph, lets the engine decide,
+//! performs the decided action, writes status with server-side apply and records events.
+//! Leader election, metrics and health live here too.
+//!
+//! RBAC the controller needs: `accesspackageassignments` and `accesspackageguards` (get, list,
+//! watch, patch), their `/status` (patch) and `/finalizers` (update); `events.k8s.io` events
+//! (create, patch); with leader election, `coordination.k8s.io` leases (get, create, patch) in
+//! the lease namespace.
+
+pub mod assignment;
+pub mod context;
+pub mod error;
+pub mod guard;
+pub mod limits;
+pub mod metrics;
+pub mod observation;
+pub mod server;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use futures::{FutureExt, StreamExt};
+use kube::api::{ApiResource, ListParams};
+use kube::runtime::reflector;
+use kube::runtime::{Config as ControllerConfig, Controller, watcher};
+use kube::{Client, Resource};
+use kube_lease_manager::LeaseManagerBuilder;
+use tokio_util::sync::CancellationToken;
+
+pub use context::{Context, Settings};
+pub use error::Error;
+
+use crate::api::{AccessPackageAssignment, AccessPackageGuard};
+use crate::graph::{GraphArgs, GraphClient};
+use metrics::Metrics;
+use server::Readiness;
+
+/// Options of `redeliver controller`. Every flag has an environment-variable equivalent.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    /// Microsoft Graph connection and credentials.
+    #[command(flatten)]
+    pub graph: GraphArgs,
+
+    /// Namespace to watch (repeat for several). All namespaces when omitted. Comma-separated
+    /// in the environment variable.
+    #[arg(
+        long = "namespace",
+        env = "REDELIVER_NAMESPACES",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    pub namespaces: Vec<String>,
+
+    /// Reconciles running at once (both kinds, all namespaces together).
+    #[arg(long, env = "REDELIVER_CONCURRENCY", value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
+
+    /// Verify interval for objects whose spec.verifyInterval is unusable (e.g. 10m, 1h).
+    #[arg(long, env = "REDELIVER_VERIFY_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration_arg)]
+    pub verify_interval: Duration,
+
+    /// Reprocess calls allowed per minute across all objects (a token bucket; bursts up to the
+    /// same number). 0 disables reprocessing: assignments report drift only, and say so.
+    #[arg(
+        long,
+        env = "REDELIVER_REPROCESS_RATE",
+        value_name = "PER_MINUTE",
+        default_value_t = 30
+    )]
+    pub reprocess_rate: u32,
+
+    /// Address of the /metrics, /livez and /readyz endpoint.
+    #[arg(
+        long,
+        env = "REDELIVER_METRICS_ADDR",
+        value_name = "ADDR",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub metrics_addr: SocketAddr,
+
+    /// Run the controllers only while holding a coordination.k8s.io Lease, so that of several
+    /// replicas exactly one reconciles.
+    #[arg(long, env = "REDELIVER_LEADER_ELECTION")]
+    pub leader_election: bool,
+
+    /// Name of the Lease used for leader election.
+    #[arg(
+        long,
+        env = "REDELIVER_LEASE_NAME",
+        value_name = "NAME",
+        default_value = "redeliver"
+    )]
+    pub lease_name: String,
+
+    /// Namespace of the Lease (normally the pod's own, via the downward API).
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// Identity of this replica: the Lease holder and the events' reporting instance
+    /// (normally the pod name, via the downward API). A random id when omitted.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+
+    /// A request or assignment in a transitional state longer than this is reported as
+    /// Stalled (reason DeliveryStuck).
+    #[arg(long, env = "REDELIVER_STUCK_AFTER", value_name = "DURATION", default_value = "30m", value_parser = parse_duration_arg)]
+    pub stuck_after: Duration,
+
+    /// How long one Graph read (a package, a group's members, ...) is shared between objects.
+    #[arg(long, env = "REDELIVER_OBSERVATION_MAX_AGE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
+    pub observation_max_age: Duration,
+}
+
+fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    crate::api::parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl ControllerArgs {
+    fn settings(&self, identity: &str) -> Settings {
+        Settings {
+            concurrency: usize::from(self.concurrency),
+            verify_interval: self.verify_interval,
+            stuck_after: self.stuck_after,
+            reprocess_per_minute: self.reprocess_rate,
+            observation_max_age: self.observation_max_age,
+            instance: Some(identity.to_string()),
+            ..Settings::default()
+        }
+    }
+}
+
+/// Runs the operator until SIGTERM/Ctrl+C (returns `Ok`) or until the leader lease is lost
+/// or a start-up check fails (returns an error whose message says how to fix it).
+pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = Client::try_default().await.context(
+        "cannot reach Kubernetes: set KUBECONFIG (or run in a pod with a service account)",
+    )?;
+    check_crds(&client, &args.namespaces).await?;
+
+    let graph = GraphClient::new(args.graph.clone().into_config()?)?;
+    graph
+        .check_token()
+        .await
+        .map_err(|e| anyhow!("cannot obtain a Microsoft Graph token: {e}"))?;
+
+    let identity = args
+        .pod_name
+        .clone()
+        .unwrap_or_else(|| format!("redeliver-{}", uuid::Uuid::new_v4().simple()));
+    let (metrics, registry) = Metrics::new(Some(graph.clone()));
+    let readiness = Readiness::default();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_on_terminate(shutdown.clone()));
+    let server = tokio::spawn(server::serve(
+        args.metrics_addr,
+        Arc::new(registry),
+        readiness.clone(),
+        shutdown.clone(),
+    ));
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        graph,
+        metrics.clone(),
+        &args.settings(&identity),
+    ));
+
+    let result = if args.leader_election {
+        // Non-leaders are ready: readiness reflects this replica's health, not leadership.
+        readiness.set(true);
+        run_as_leader(
+            &args,
+            client,
+            &identity,
+            ctx,
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await
+    } else {
+        metrics.is_leader.set(1);
+        run_controllers(
+            ctx,
+            args.namespaces.clone(),
+            args.concurrency,
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .await;
+        Ok(())
+    };
+    shutdown.cancel();
+    match server.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "metrics server failed"),
+        Err(e) => tracing::warn!(error = %e, "metrics server task failed"),
+        Ok(Ok(())) => {}
+    }
+    result
+}
+
+async fn signal_on_terminate(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl+C stops the controller");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+    tracing::info!("shutdown requested: finishing in-flight reconciles");
+    shutdown.cancel();
+}
+
+/// Lists each kind with `limit=1`: a missing CRD fails fast with the fix, instead of a watch
+/// retrying forever.
+pub async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
+    let ns = namespaces.first().map(String::as_str);
+    for (kind, api) in [
+        (
+            AccessPackageAssignment::kind(&()).to_string(),
+            watch::dynamic_api::<AccessPackageAssignment>(client.clone(), ns),
+        ),
+        (
+            AccessPackageGuard::kind(&()).to_string(),
+            watch::dynamic_api::<AccessPackageGuard>(client.clone(), ns),
+        ),
+    ] {
+        match api.list(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => bail!(
+                "the {kind} CustomResourceDefinition is not installed in this cluster; install the CRDs with `kubectl apply --server-side -f crds/` (or `redeliver crd | kubectl apply --server-side -f -`)"
+            ),
+            Err(kube::Error::Api(e)) if e.code == 403 => bail!(
+                "RBAC: the controller may not list {kind} objects{}: {}; grant get/list/watch/patch on {}.{} (see the chart's ClusterRole)",
+                ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
+                e.message,
+                AccessPackageAssignment::plural(&()),
+                crate::api::GROUP
+            ),
+            Err(e) => return Err(anyhow!(e).context(format!("cannot list {kind} objects"))),
+        }
+    }
+    Ok(())
+}
+
+/// Waits for the lease, runs the controllers while holding it, and stops them (with an
+/// error, so the process exits non-zero and restarts cleanly) when it is lost.
+async fn run_as_leader(
+    args: &ControllerArgs,
+    client: Client,
+    identity: &str,
+    ctx: Arc<Context>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let lease_namespace = args.lease_namespace.clone().ok_or_else(|| {
+        anyhow!("--leader-election needs the Lease namespace: set --lease-namespace or POD_NAMESPACE (downward API metadata.namespace)")
+    })?;
+    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&lease_namespace)
+        .with_identity(identity)
+        .with_duration(15)
+        .with_grace(5)
+        .build()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use Lease {lease_namespace}/{}: grant get/create/patch on coordination.k8s.io leases in {lease_namespace}",
+                args.lease_name
+            )
+        })?;
+    let (mut leader, lease_task) = manager.watch().await;
+    tracing::info!(identity, lease = %args.lease_name, namespace = %lease_namespace, "waiting for the leader lease");
+    loop {
+        if *leader.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                drop(leader);
+                let _ = lease_task.await;
+                return Ok(());
+            }
+            changed = leader.changed() => {
+                if changed.is_err() {
+                    bail!("the leader election task stopped unexpectedly");
+                }
+            }
+        }
+    }
+    tracing::info!(identity, "acquired the leader lease; starting controllers");
+    ctx.metrics.is_leader.set(1);
+    let stop = shutdown.child_token();
+    let controllers = run_controllers(
+        ctx.clone(),
+        args.namespaces.clone(),
+        args.concurrency,
+        readiness,
+        stop.clone(),
+    );
+    tokio::pin!(controllers);
+    let mut lost = false;
+    loop {
+        tokio::select! {
+            () = &mut controllers => break,
+            changed = leader.changed(), if !lost => {
+                if changed.is_err() || !*leader.borrow_and_update() {
+                    tracing::error!(identity, "lost the leader lease; stopping controllers");
+                    lost = true;
+                    stop.cancel();
+                }
+            }
+        }
+    }
+    ctx.metrics.is_leader.set(0);
+    // Dropping the receiver makes the lease task release the lease and return.
+    drop(leader);
+    match lease_task.await {
+        Ok(Ok(_)) => tracing::info!("released the leader lease"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not release the leader lease; it expires on its own")
+        }
+        Err(e) => tracing::warn!(error = %e, "leader election task failed"),
+    }
+    if lost {
+        bail!("lost the leader lease; exiting so this replica restarts cleanly");
+    }
+    Ok(())
+}
+
+/// Runs both controllers (one watch per namespace, or one cluster-wide) until `stop` is
+/// cancelled, then lets in-flight reconciles finish. Marks `readiness` once every store has
+/// synced.
+pub async fn run_controllers(
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    concurrency: u16,
+    readiness: Readiness,
+    stop: CancellationToken,
+) {
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
+    };
+    let config = ControllerConfig::default()
+        .debounce(Duration::from_secs(1))
+        .concurrency(concurrency);
+    let watcher_config = watcher::Config::default().page_size(200);
+    let mut runs = Vec::new();
+    let mut synced: Vec<Arc<AtomicBool>> = Vec::new();
+    let mut reporters = Vec::new();
+    for scope in scopes {
+        let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (bad_g, bad_g_rx) = tokio::sync::mpsc::unbounded_channel();
+        reporters.push(tokio::spawn(watch::report_malformed(
+            ctx.client.clone(),
+            ApiResource::erase::<AccessPackageAssignment>(&()),
+            bad_a_rx,
+        )));
+        reporters.push(tokio::spawn(watch::report_malformed(
+            ctx.client.clone(),
+            ApiResource::erase::<AccessPackageGuard>(&()),
+            bad_g_rx,
+        )));
+        let (reader, writer) = reflector::store();
+        ctx.metrics.track_assignments(reader.clone());
+        let synced_a = Arc::new(AtomicBool::new(false));
+        synced.push(synced_a.clone());
+        let stream = watch::lenient_watch::<AccessPackageAssignment>(
+            watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
+            watcher_config.clone(),
+            writer,
+            ctx.metrics.clone(),
+            assignment::KIND,
+            Some(bad_a),
+            synced_a,
+        );
+        let token = stop.clone();
+        runs.push(
+            Controller::for_stream(stream, reader)
+                .with_config(config.clone())
+                .graceful_shutdown_on(async move { token.cancelled().await })
+                .run(assignment::reconcile, assignment::error_policy, ctx.clone())
+                .for_each(|r| async move { log_result(assignment::KIND, r) })
+                .boxed(),
+        );
+        let (reader, writer) = reflector::store();
+        let synced_g = Arc::new(AtomicBool::new(false));
+        synced.push(synced_g.clone());
+        let stream = watch::lenient_watch::<AccessPackageGuard>(
+            watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
+            watcher_config.clone(),
+            writer,
+            ctx.metrics.clone(),
+            guard::KIND,
+            Some(bad_g),
+            synced_g,
+        );
+        let token = stop.clone();
+        runs.push(
+            Controller::for_stream(stream, reader)
+                .with_config(config.clone())
+                .graceful_shutdown_on(async move { token.cancelled().await })
+                .run(guard::reconcile, guard::error_policy, ctx.clone())
+                .for_each(|r| async move { log_result(guard::KIND, r) })
+                .boxed(),
+        );
+    }
+    let ready_task = tokio::spawn(async move {
+        while !synced.iter().all(|s| s.load(Ordering::Acquire)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!("caches synced; ready");
+        readiness.set(true);
+    });
+    futures::future::join_all(runs).await;
+    ready_task.abort();
+    for r in reporters {
+        r.abort();
+    }
+    tracing::info!("controllers stopped");
+}
+
+fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
+    kind: &'static str,
+    result: Result<
+        (reflector::ObjectRef<K>, kube::runtime::controller::Action),
+        kube::runtime::controller::Error<E, Q>,
+    >,
+) {
+    use kube::runtime::controller::Error as CE;
+    match result {
+        Ok((obj, _)) => tracing::debug!(kind, object = %obj, "reconciled"),
+        // Already logged with its context by the error policy.
+        Err(CE::ReconcilerFailed(_, _)) => {}
+        Err(CE::ObjectNotFound(obj)) => {
+            tracing::debug!(kind, object = %obj, "object gone before its reconcile")
+        }
+        Err(CE::QueueError(e)) => {
+            tracing::warn!(kind, error = %e, "watch error; retrying with backoff (check RBAC and API server reachability)")
+        }
+        Err(e) => tracing::warn!(kind, error = %e, "controller error"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ControllerArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let a = Cli::try_parse_from(["redeliver"]).unwrap().args;
+        assert!(a.namespaces.is_empty());
+        assert_eq!(a.concurrency, 4);
+        assert_eq!(a.verify_interval, Duration::from_secs(600));
+        assert_eq!(a.reprocess_rate, 30);
+        assert_eq!(a.metrics_addr, "0.0.0.0:8080".parse().unwrap());
+        assert!(!a.leader_election);
+        assert_eq!(a.lease_name, "redeliver");
+        assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_parse_and_validate() {
+        let a = Cli::try_parse_from([
+            "redeliver",
+            "--namespace",
+            "a",
+            "--namespace",
+            "b",
+            "--concurrency",
+            "8",
+            "--verify-interval",
+            "1h30m",
+            "--reprocess-rate",
+            "0",
+            "--leader-election",
+            "--lease-namespace",
+            "ops",
+            "--pod-name",
+            "redeliver-0",
+        ])
+        .unwrap()
+        .args;
+        assert_eq!(a.namespaces, ["a", "b"]);
+        assert_eq!(a.concurrency, 8);
+        assert_eq!(a.verify_interval, Duration::from_secs(5400));
+        assert_eq!(a.reprocess_rate, 0);
+        assert!(a.leader_election);
+        assert_eq!(a.lease_namespace.as_deref(), Some("ops"));
+        let s = a.settings("redeliver-0");
+        assert_eq!(s.instance.as_deref(), Some("redeliver-0"));
+        assert_eq!(s.concurrency, 8);
+        assert!(Cli::try_parse_from(["redeliver", "--concurrency", "0"]).is_err());
+        assert!(Cli::try_parse_from(["redeliver", "--verify-interval", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,211 @@
+//! Graph reads for the controller, shared across objects within a bounded window.
+//!
+//! Resolution and package reads go through [`crate::observe::Observer`] (the same code and
+//! messages as `redeliver audit`). A long-running controller adds what a one-shot audit does
+//! not need: an age bound. The observer is replaced once it is older than `max_age`, and
+//! each resource's membership is cached for at most `max_age` across all objects — one paged
+//! read per *resource* per window, never one per user. After the controller writes to Graph
+//! for a package, the observer and that package's memberships are dropped so the next pass
+//! sees the effect.
+
+use std::collections::{BTreeSet, HashMap};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::engine::{PromisedResource, ResolveFailure, ResourceRead, Snapshot, reads_needed};
+use crate::graph::{GraphClient, GraphError};
+use crate::observe::{ObserveError, Observer};
+
+/// Splits an observation result into "retry later" (`Err`) and "report on the object"
+/// (`Ok(Err(failure))`).
+pub fn split<T>(result: Result<T, ObserveError>) -> Result<Result<T, ResolveFailure>, GraphError> {
+    match result {
+        Ok(v) => Ok(Ok(v)),
+        Err(ObserveError::Resolve(f)) => Ok(Err(f)),
+        Err(ObserveError::Graph(e)) => Err(e),
+    }
+}
+
+#[derive(Debug, Clone)]
+enum ReadData {
+    Ids(BTreeSet<String>),
+    Pairs(BTreeSet<(String, String)>),
+}
+
+struct TtlCache<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, key: &K) -> Option<V> {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
+            Some(_) => {
+                map.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put(&self, key: K, value: V) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // Bound memory: expired entries go whenever the map grows.
+        if map.len() > 4096 {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        map.insert(key, (Instant::now(), value));
+    }
+
+    fn remove_where(&self, f: impl Fn(&K) -> bool) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !f(k));
+    }
+}
+
+/// The controller's Graph read cache. Shared by every reconcile.
+pub struct Observations {
+    graph: GraphClient,
+    max_age: Duration,
+    concurrency: usize,
+    current: Mutex<(Instant, Arc<Observer>)>,
+    reads: TtlCache<ResourceRead, ReadData>,
+}
+
+impl Observations {
+    /// A cache whose entries live at most `max_age`; `concurrency` bounds membership reads
+    /// in flight for one snapshot.
+    pub fn new(graph: GraphClient, max_age: Duration, concurrency: usize) -> Self {
+        let concurrency = concurrency.max(1);
+        Self {
+            current: Mutex::new((
+                Instant::now(),
+                Arc::new(Observer::new(graph.clone(), concurrency)),
+            )),
+            graph,
+            max_age,
+            concurrency,
+            reads: TtlCache::new(max_age),
+        }
+    }
+
+    /// The Graph client, for acting on a plan and for reads that must be fresh.
+    pub fn graph(&self) -> &GraphClient {
+        &self.graph
+    }
+
+    /// The observer of the current window (a fresh one once the previous is `max_age` old).
+    pub fn observer(&self) -> Arc<Observer> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0.elapsed() >= self.max_age {
+            *current = (
+                Instant::now(),
+                Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
+            );
+        }
+        current.1.clone()
+    }
+
+    /// Forgets what a write to a package may have changed: the package views (assignments,
+    /// requests) and the memberships of the resources it promises.
+    pub fn invalidate_package(&self, resources: &[PromisedResource]) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (
+            Instant::now(),
+            Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
+        );
+        let reads = reads_needed(resources);
+        self.reads.remove_where(|k| reads.contains(k));
+    }
+
+    /// The memberships of every verifiable resource in `resources`: cached ones from this
+    /// window, the others read now (through the observer) and cached for the next objects. A
+    /// failed read is recorded as such (never cached), so the engine reports `Unknown`
+    /// instead of guessing.
+    pub async fn snapshot(&self, resources: &[PromisedResource]) -> Snapshot {
+        let mut snapshot = Snapshot::new();
+        let mut missing: Vec<PromisedResource> = Vec::new();
+        for r in resources {
+            let Some(read) = ResourceRead::for_kind(&r.kind) else {
+                continue;
+            };
+            match self.reads.get(&read) {
+                Some(data) => record(&mut snapshot, read, data),
+                None => missing.push(r.clone()),
+            }
+        }
+        if missing.is_empty() {
+            return snapshot;
+        }
+        let fresh = self.observer().snapshot(missing.iter()).await;
+        for read in reads_needed(missing.iter()) {
+            if let Some(message) = fresh.failures.get(&read) {
+                snapshot.record_failure(read, message.clone());
+                continue;
+            }
+            let data = match &read {
+                ResourceRead::GroupMembers(g) => {
+                    fresh.group_members.get(g).cloned().map(ReadData::Ids)
+                }
+                ResourceRead::GroupOwners(g) => {
+                    fresh.group_owners.get(g).cloned().map(ReadData::Ids)
+                }
+                ResourceRead::AppRoleAssignments(sp) => fresh
+                    .app_role_assignments
+                    .get(sp)
+                    .cloned()
+                    .map(ReadData::Pairs),
+            };
+            match data {
+                Some(data) => {
+                    self.reads.put(read.clone(), data.clone());
+                    record(&mut snapshot, read, data);
+                }
+                None => snapshot.record_failure(read, "the membership read returned nothing"),
+            }
+        }
+        snapshot
+    }
+}
+
+fn record(snapshot: &mut Snapshot, read: ResourceRead, data: ReadData) {
+    match (read, data) {
+        (ResourceRead::GroupMembers(g), ReadData::Ids(ids)) => {
+            snapshot.record_group_members(g, ids)
+        }
+        (ResourceRead::GroupOwners(g), ReadData::Ids(ids)) => snapshot.record_group_owners(g, ids),
+        (ResourceRead::AppRoleAssignments(sp), ReadData::Pairs(pairs)) => {
+            snapshot.record_app_role_assignments(sp, pairs)
+        }
+        (read, _) => snapshot.record_failure(read, "internal error: mismatched read"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_cache_expires() {
+        let c: TtlCache<String, u32> = TtlCache::new(Duration::from_millis(30));
+        c.put("a".into(), 1);
+        assert_eq!(c.get(&"a".to_string()), Some(1));
+        std::thread::sleep(Duration::from_millis(40));
+        assert_eq!(c.get(&"a".to_string()), None);
+        c.put("b".into(), 2);
+        c.remove_where(|k| k == "b");
+        assert_eq!(c.get(&"b".to_string()), None);
+    }
+}

@@ -1,0 +1,309 @@
+//! The watch feeding each controller: lenient decoding (one malformed object never breaks the
+//! watch for the others) and the trigger predicate (status writes never retrigger).
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt::Debug;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::PredicateConfig;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+
+use super::metrics::{KindLabels, Metrics};
+use crate::api::REPROCESS_ANNOTATION;
+
+/// The properties whose change must reconcile an object at once: its generation (spec), the
+/// manual-reprocess annotation, its finalizers and whether it is being deleted. Status and
+/// other metadata changes are ignored, so our own status patch never retriggers.
+pub fn trigger_hash<K: Resource>(obj: &K) -> Option<u64> {
+    let meta = obj.meta();
+    let mut h = DefaultHasher::new();
+    meta.generation.hash(&mut h);
+    meta.annotations
+        .as_ref()
+        .and_then(|a| a.get(REPROCESS_ANNOTATION))
+        .hash(&mut h);
+    meta.finalizers.hash(&mut h);
+    meta.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// The API for `K` as untyped objects, in one namespace or all.
+pub fn dynamic_api<K: Resource<DynamicType = ()>>(
+    client: Client,
+    namespace: Option<&str>,
+) -> Api<DynamicObject> {
+    let ar = ApiResource::erase::<K>(&());
+    match namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &ar),
+        None => Api::all_with(client, &ar),
+    }
+}
+
+/// Watches `K` through untyped objects, decoding each one separately: a list or watch event
+/// holding an object that does not decode (a spec that slipped past the schema, a hand-edited
+/// status) is logged, counted and skipped instead of failing the whole list. Decoded objects
+/// go into `writer`'s store; the returned stream yields the objects whose
+/// [`trigger_hash`] changed. `synced` turns true once the first full list has been applied.
+///
+/// Objects that do not decode are also sent to `malformed` (see [`report_malformed`]).
+pub fn lenient_watch<K>(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    metrics: Arc<Metrics>,
+    kind: &'static str,
+    malformed: Option<UnboundedSender<(DynamicObject, String)>>,
+    synced: Arc<AtomicBool>,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                // Readiness is tracked here rather than with `Store::wait_until_ready`, whose
+                // single waker slot the controller itself already uses.
+                synced.store(true, Ordering::Release);
+            }
+            let out = match event {
+                Ok(event) => decode_event::<K>(event, &metrics, kind, malformed.as_ref()).map(Ok),
+                Err(err) => Some(Err(err)),
+            };
+            std::future::ready(out)
+        })
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(trigger_hash::<K>, PredicateConfig::default())
+}
+
+fn decode_event<K>(
+    event: watcher::Event<DynamicObject>,
+    metrics: &Metrics,
+    kind: &'static str,
+    malformed: Option<&UnboundedSender<(DynamicObject, String)>>,
+) -> Option<watcher::Event<K>>
+where
+    K: Resource<DynamicType = ()> + DeserializeOwned,
+{
+    let is_delete = matches!(event, watcher::Event::Delete(_));
+    let decode = |obj: DynamicObject| -> Option<K> {
+        let name = obj.name_any();
+        let namespace = obj.namespace().unwrap_or_default();
+        let copy = (!is_delete).then(|| obj.clone()).zip(malformed);
+        match obj.try_parse::<K>() {
+            Ok(k) => Some(k),
+            Err(err) => {
+                metrics
+                    .malformed_objects
+                    .get_or_create(&KindLabels { kind })
+                    .inc();
+                tracing::warn!(
+                    kind,
+                    namespace = %namespace,
+                    name = %name,
+                    error = %err,
+                    "skipping an object that does not decode; fix or delete it (kubectl get -o yaml shows the bad field)"
+                );
+                if let Some((obj, tx)) = copy {
+                    let _ = tx.send((obj, err.to_string()));
+                }
+                None
+            }
+        }
+    };
+    match event {
+        watcher::Event::Apply(o) => decode(o).map(watcher::Event::Apply),
+        watcher::Event::Delete(o) => decode(o).map(watcher::Event::Delete),
+        watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
+        watcher::Event::Init => Some(watcher::Event::Init),
+        watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+/// Reports each undecodable object on the object itself: `Stalled=True, reason=InvalidSpec`
+/// with the decode error, written with server-side apply. Skipped when the object already
+/// says so, so the status write (which comes back through the watch) cannot loop.
+pub async fn report_malformed(
+    client: Client,
+    ar: ApiResource,
+    mut malformed: UnboundedReceiver<(DynamicObject, String)>,
+) {
+    use crate::engine::conditions::{Desired, READY, STALLED, Status, build_conditions, reason};
+    use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+    let kind = ar.kind.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "redeliver".into(),
+            instance: None,
+        },
+    );
+    while let Some((obj, error)) = malformed.recv().await {
+        let message = format!(
+            "The object does not match the {kind} schema and is skipped until it is fixed: {error}."
+        );
+        let previous: Vec<Condition> = obj
+            .data
+            .get("status")
+            .and_then(|s| s.get("conditions"))
+            .and_then(|c| serde_json::from_value(c.clone()).ok())
+            .unwrap_or_default();
+        if previous
+            .iter()
+            .any(|c| c.type_ == STALLED && c.reason == reason::INVALID_SPEC && c.message == message)
+        {
+            continue;
+        }
+        let generation = obj.metadata.generation;
+        let conditions = build_conditions(
+            &previous,
+            vec![
+                Desired::new(READY, Status::False, reason::INVALID_SPEC, message.clone()),
+                Desired::new(STALLED, Status::True, reason::INVALID_SPEC, message.clone()),
+            ],
+            generation,
+            jiff::Timestamp::now(),
+        );
+        let patch = serde_json::json!({
+            "apiVersion": ar.api_version,
+            "kind": ar.kind,
+            "status": {"observedGeneration": generation, "conditions": conditions},
+        });
+        let name = obj.name_any();
+        let Some(ns) = obj.namespace() else { continue };
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let params = kube::api::PatchParams::apply(super::context::FIELD_MANAGER).force();
+        if let Err(err) = api
+            .patch_status(&name, &params, &kube::api::Patch::Apply(&patch))
+            .await
+        {
+            tracing::warn!(kind = %kind, name = %name, error = %err, "could not report a malformed object on its status");
+            continue;
+        }
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some(ar.kind.clone()),
+            name: Some(name.clone()),
+            namespace: Some(ns),
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason::INVALID_SPEC.to_string(),
+            note: Some(message.chars().take(1000).collect()),
+            action: "Decode".to_string(),
+            secondary: None,
+        };
+        if let Err(err) = recorder.publish(&event, &reference).await {
+            tracing::warn!(kind = %kind, name = %name, error = %err, "could not record an event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::AccessPackageAssignment;
+
+    fn apa(generation: i64, annotation: Option<&str>) -> AccessPackageAssignment {
+        let mut v = serde_json::json!({
+            "apiVersion": "redeliver.dev/v1alpha1",
+            "kind": "AccessPackageAssignment",
+            "metadata": {"name": "a", "namespace": "ns", "generation": generation},
+            "spec": {
+                "accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"},
+                "target": {"userPrincipalName": "alice@contoso.com"}
+            }
+        });
+        if let Some(a) = annotation {
+            v["metadata"]["annotations"] = serde_json::json!({ REPROCESS_ANNOTATION: a });
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn status_and_other_metadata_do_not_trigger() {
+        let base = apa(1, None);
+        let mut with_status = base.clone();
+        with_status.status = Some(Default::default());
+        with_status.metadata.resource_version = Some("42".into());
+        with_status
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("x".into(), "y".into());
+        assert_eq!(trigger_hash(&base), trigger_hash(&with_status));
+    }
+
+    #[test]
+    fn spec_annotation_finalizer_and_deletion_trigger() {
+        let base = trigger_hash(&apa(1, None));
+        assert_ne!(base, trigger_hash(&apa(2, None)));
+        assert_ne!(base, trigger_hash(&apa(1, Some("2026-01-01T00:00:00Z"))));
+        assert_ne!(
+            trigger_hash(&apa(1, Some("a"))),
+            trigger_hash(&apa(1, Some("b")))
+        );
+        let mut fin = apa(1, None);
+        fin.metadata.finalizers = Some(vec![crate::api::FINALIZER.into()]);
+        assert_ne!(base, trigger_hash(&fin));
+        let mut deleting = apa(1, None);
+        deleting.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
+        );
+        assert_ne!(base, trigger_hash(&deleting));
+    }
+
+    #[test]
+    fn malformed_objects_are_skipped_and_counted() {
+        let (metrics, registry) = Metrics::new(None);
+        let good: DynamicObject =
+            serde_json::from_value(serde_json::to_value(apa(1, None)).unwrap()).unwrap();
+        let mut bad = good.clone();
+        bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
+        let kind = "AccessPackageAssignment";
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        assert!(matches!(
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::InitApply(good),
+                &metrics,
+                kind,
+                None
+            ),
+            Some(watcher::Event::InitApply(_))
+        ));
+        assert!(
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::Apply(bad),
+                &metrics,
+                kind,
+                Some(&tx)
+            )
+            .is_none()
+        );
+        assert!(matches!(
+            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &metrics, kind, None),
+            Some(watcher::Event::InitDone)
+        ));
+        let (reported, error) = rx.try_recv().expect("the malformed object is reported");
+        assert_eq!(reported.metadata.name.as_deref(), Some("a"));
+        assert!(error.contains("Sometimes"), "{error}");
+        let text = super::super::metrics::render(&registry).unwrap();
+        assert!(
+            text.contains("redeliver_malformed_objects_total{kind=\"AccessPackageAssignment\"} 1"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,84 @@
+//! The health and metrics endpoint over real HTTP on a random loopback port.
+
+use std::sync::Arc;
+
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::server::{Readiness, router};
+
+#[tokio::test]
+async fn livez_readyz_and_openmetrics() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let (metrics, registry) = Metrics::new(None);
+    metrics.is_leader.set(1);
+    metrics.reprocess("AccessPackageAssignment", "requested");
+    let ready = Readiness::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = router(Arc::new(registry), ready.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{addr}{path}")).send();
+
+    let live = get("/livez").await.unwrap();
+    assert_eq!(live.status(), 200);
+
+    let not_ready = get("/readyz").await.unwrap();
+    assert_eq!(not_ready.status(), 503, "not ready before the caches sync");
+    ready.set(true);
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    let m = get("/metrics").await.unwrap();
+    assert_eq!(m.status(), 200);
+    let content_type = m.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let body = m.text().await.unwrap();
+    assert!(body.contains("redeliver_is_leader 1"), "{body}");
+    assert!(body.contains(
+        "redeliver_reprocess_calls_total{kind=\"AccessPackageAssignment\",outcome=\"requested\"} 1"
+    ));
+    assert!(body.trim_end().ends_with("# EOF"));
+    server.abort();
+}
+
+#[tokio::test]
+async fn graph_calls_are_counted_by_operation_and_status_code() {
+    use redeliver::graph::{GraphArgs, GraphClient, Secret};
+    use redeliver::sim::{Scenario, SimOptions, Simulator};
+
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let config = GraphArgs {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        client_secret: Some(Secret::new(sim.client_secret.clone())),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphArgs::with_defaults()
+    }
+    .validate()
+    .unwrap();
+    let graph = GraphClient::new(config).unwrap();
+    assert!(graph.get_user("alice@contoso.com").await.unwrap().is_some());
+    assert!(
+        graph
+            .get_user("nobody@contoso.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let (_metrics, registry) = Metrics::new(Some(graph));
+    let body = redeliver::controller::metrics::render(&registry).unwrap();
+    for line in [
+        "redeliver_graph_responses_total{operation=\"get_user\",code=\"200\"} 1",
+        "redeliver_graph_responses_total{operation=\"get_user\",code=\"404\"} 1",
+        "redeliver_graph_requests_total{operation=\"get_user\"} 2",
+    ] {
+        assert!(body.contains(line), "missing {line} in\n{body}");
+    }
+    sim.shutdown().await;
+}

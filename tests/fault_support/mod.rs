@@ -1,0 +1,369 @@
+//! Shared helpers for the fault, input and security suites: start the simulator, run
+//! `redeliver audit` as a real process against it, build clients, read the simulator's
+//! request log. Each test file uses a subset, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
+
+/// Environment variables a developer's shell may carry that must not leak into a child run.
+pub const CLEARED_ENV: [&str; 11] = [
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "REDELIVER_GRAPH_URL",
+    "REDELIVER_CLIENT_SECRET_FILE",
+    "REDELIVER_CA_FILE",
+    "REDELIVER_GRAPH_TIMEOUT",
+    "REDELIVER_GRAPH_MAX_RETRIES",
+    "REDELIVER_GRAPH_CONCURRENCY",
+];
+
+/// Fast background processing so repairs land within a test's patience.
+pub fn fast() -> SimOptions {
+    SimOptions {
+        request_delay: Duration::from_millis(150),
+        reprocess_delay: Duration::from_millis(150),
+        ..SimOptions::default()
+    }
+}
+
+/// A fault from its JSON form (the admin API's), so tests read like the README.
+pub fn fault(json: serde_json::Value) -> FaultSpec {
+    serde_json::from_value(json).expect("a valid fault body")
+}
+
+/// Outcome of one `redeliver audit` process.
+#[derive(Debug)]
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The `-o json` report.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is a JSON report ({e})\nstdout:\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The final rows of the JSON report.
+    pub fn rows(&self) -> Vec<serde_json::Value> {
+        self.json()["rows"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// A `redeliver audit` command configured for `sim` with the given credentials.
+pub fn audit_command(sim: &SimHandle, dir: &Path, extra: &[&str]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in CLEARED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
+        .env("AZURE_CLIENT_ID", &sim.client_id)
+        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
+        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
+        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .arg("audit")
+        .arg("--no-progress")
+        .arg("-f")
+        .arg(dir)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs `cmd` to completion (bounded: a hung audit fails the test instead of CI).
+pub async fn run(mut cmd: tokio::process::Command) -> Run {
+    let out = tokio::time::timeout(Duration::from_secs(90), cmd.output())
+        .await
+        .expect("audit finishes within 90 s")
+        .expect("the redeliver binary runs");
+    let run = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !run.stderr.contains("panicked"),
+        "the audit process panicked:\n{}",
+        run.stderr
+    );
+    run
+}
+
+/// `redeliver audit` against `sim` with `extra` arguments.
+pub async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> Run {
+    run(audit_command(sim, dir, extra)).await
+}
+
+/// One `AccessPackageAssignment` document.
+pub fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String {
+    format!(
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {name}, namespace: access}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {upn}}}\n{reprocess}---\n"
+    )
+}
+
+/// One `AccessPackageGuard` document in Enforce mode.
+pub fn guard(name: &str, package: &str) -> String {
+    format!(
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageGuard\nmetadata: {{name: {name}, namespace: access}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  mode: Enforce\n---\n"
+    )
+}
+
+/// Graph arguments for `sim` with its own credentials.
+pub fn args_for(sim: &SimHandle) -> GraphArgs {
+    GraphArgs {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        client_secret: Some(Secret::new(sim.client_secret.clone())),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphArgs::with_defaults()
+    }
+}
+
+/// A client for `sim` with `tweak` applied to the arguments.
+pub fn client_with(sim: &SimHandle, tweak: impl FnOnce(&mut GraphArgs)) -> GraphClient {
+    let mut args = args_for(sim);
+    tweak(&mut args);
+    GraphClient::new(args.validate().expect("valid config")).expect("client builds")
+}
+
+/// The client's throttling scope for a logged path (mirrors the client: Graph throttles
+/// entitlement management, the directory and the token endpoint separately).
+pub fn scope_of(path: &str) -> &'static str {
+    if path.contains("/identityGovernance/") {
+        "entitlement"
+    } else if path.contains("/oauth2/") {
+        "token"
+    } else {
+        "directory"
+    }
+}
+
+/// Requests to Graph (`/v1.0`, not the admin API), in arrival order.
+pub fn graph_requests(sim: &SimHandle) -> Vec<LogEntry> {
+    let mut log: Vec<LogEntry> = sim
+        .request_log()
+        .into_iter()
+        .filter(|e| e.path.starts_with("/v1.0/") || e.path.contains("/oauth2/"))
+        .collect();
+    log.sort_by_key(|e| e.time_ms);
+    log
+}
+
+/// Assignment reprocess calls per assignment id, from the simulator's log; with
+/// `accepted_only`, only those Graph accepted (2xx), i.e. the reprocesses that happened.
+pub fn reprocess_calls(sim: &SimHandle, accepted_only: bool) -> BTreeMap<String, usize> {
+    let mut calls = BTreeMap::new();
+    for e in sim.request_log() {
+        if e.method != "POST" || !e.path.ends_with("/reprocess") {
+            continue;
+        }
+        if accepted_only && !(200..300).contains(&e.status) {
+            continue;
+        }
+        if let Some(rest) = e
+            .path
+            .strip_prefix("/v1.0/identityGovernance/entitlementManagement/assignments/")
+        {
+            let id = rest.trim_end_matches("/reprocess").to_string();
+            *calls.entry(id).or_default() += 1;
+        }
+    }
+    calls
+}
+
+/// Writes `docs` as `decl.yaml` in a fresh directory.
+pub fn declarations(docs: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("decl.yaml"), docs).expect("write declarations");
+    dir
+}
+
+/// How the [`Proxy`] spoils a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Spoil {
+    /// `200` with an HTML page instead of JSON (a captive portal or a gateway's error page).
+    NonJson,
+    /// `200` with JSON cut off mid-document (complete as far as HTTP is concerned).
+    TruncatedJson,
+    /// Headers promise a body, half of it is sent, then the connection is dropped.
+    DroppedMidBody,
+}
+
+struct Rule {
+    path_contains: String,
+    spoil: Spoil,
+    remaining: usize,
+}
+
+/// A loopback HTTP proxy in front of the simulator that spoils selected responses, for
+/// failures the simulator does not produce itself. Point a client's Graph URL and
+/// authority host at [`Proxy::url`]; it rewrites the simulator's origin in bodies (so
+/// `@odata.nextLink` stays on the proxy) and the token scope (so the simulator accepts it).
+pub struct Proxy {
+    pub url: String,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
+    spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Proxy {
+    /// Starts a proxy for `upstream` (the simulator's origin) on a free loopback port.
+    pub async fn start(upstream: &str) -> Proxy {
+        use axum::body::Body;
+        use axum::extract::{Request, State};
+        use axum::response::Response;
+
+        #[derive(Clone)]
+        struct Ctx {
+            upstream: String,
+            own: String,
+            http: reqwest::Client,
+            rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
+            spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        }
+
+        async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
+            let path_q = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let spoil = {
+                let mut rules = ctx.rules.lock().unwrap();
+                rules
+                    .iter_mut()
+                    .find(|r| r.remaining > 0 && path_q.contains(&r.path_contains))
+                    .map(|r| {
+                        r.remaining -= 1;
+                        r.spoil
+                    })
+            };
+            let method = req.method().clone();
+            let headers = req.headers().clone();
+            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+                .await
+                .unwrap_or_default();
+            let own_enc: String =
+                url::form_urlencoded::byte_serialize(ctx.own.as_bytes()).collect();
+            let up_enc: String =
+                url::form_urlencoded::byte_serialize(ctx.upstream.as_bytes()).collect();
+            let body = String::from_utf8_lossy(&body)
+                .replace(&own_enc, &up_enc)
+                .replace(&ctx.own, &ctx.upstream);
+            let mut up = ctx
+                .http
+                .request(method, format!("{}{}", ctx.upstream, path_q))
+                .body(body);
+            for (name, value) in headers.iter() {
+                if name != "host" && name != "content-length" {
+                    up = up.header(name, value);
+                }
+            }
+            let resp = match up.send().await {
+                Ok(r) => r,
+                Err(e) => {
+                    return Response::builder()
+                        .status(502)
+                        .body(Body::from(format!("proxy: {e}")))
+                        .unwrap();
+                }
+            };
+            let status = resp.status();
+            let mut builder = Response::builder().status(status);
+            for (name, value) in resp.headers() {
+                if name != "content-length" && name != "transfer-encoding" {
+                    builder = builder.header(name, value);
+                }
+            }
+            let text = resp.text().await.unwrap_or_default();
+            let text = text.replace(&ctx.upstream, &ctx.own);
+            let Some(spoil) = spoil else {
+                return builder.body(Body::from(text)).unwrap();
+            };
+            ctx.spoiled
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match spoil {
+                Spoil::NonJson => Response::builder()
+                    .status(200)
+                    .header("content-type", "text/html")
+                    .body(Body::from("<html><body>Gateway says hello</body></html>"))
+                    .unwrap(),
+                Spoil::TruncatedJson => Response::builder()
+                    .status(200)
+                    .header("content-type", "application/json")
+                    .body(Body::from(text[..text.len() / 2].to_string()))
+                    .unwrap(),
+                Spoil::DroppedMidBody => {
+                    let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
+                    let stream = futures::stream::iter(vec![
+                        Ok::<_, std::io::Error>(half),
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::ConnectionReset,
+                            "proxy drops the connection",
+                        )),
+                    ]);
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .header("content-length", text.len().to_string())
+                        .body(Body::from_stream(stream))
+                        .unwrap()
+                }
+            }
+        }
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let own = format!("http://{}", listener.local_addr().unwrap());
+        let rules = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let spoiled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let ctx = Ctx {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            own: own.clone(),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            rules: rules.clone(),
+            spoiled: spoiled.clone(),
+        };
+        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Proxy {
+            url: own,
+            rules,
+            spoiled,
+        }
+    }
+
+    /// Spoils the next `count` responses whose path and query contain `path_contains`.
+    pub fn spoil(&self, path_contains: &str, spoil: Spoil, count: usize) {
+        self.rules.lock().unwrap().push(Rule {
+            path_contains: path_contains.to_string(),
+            spoil,
+            remaining: count,
+        });
+    }
+
+    /// How many responses were spoiled so far.
+    pub fn spoiled(&self) -> usize {
+        self.spoiled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,84 @@
+"""Fidelity check: Microsoft's own Python SDKs against `redeliver sim`, unchanged.
+
+azure-identity (MSAL underneath) fetches a token from the simulator's token endpoint over
+HTTPS, after reading its OpenID discovery document; msgraph-sdk parses the simulator's v1.0
+JSON into its generated models. Only the authority host and the Graph base URL point at
+the simulator. Run by .ci/sdk-check with the simulator's environment exported.
+"""
+
+import asyncio
+import os
+import sys
+
+from azure.identity.aio import ClientSecretCredential
+from msgraph import GraphServiceClient
+from msgraph.generated.identity_governance.entitlement_management.assignments.assignments_request_builder import (
+    AssignmentsRequestBuilder,
+)
+from msgraph.generated.identity_governance.entitlement_management.access_packages.item.access_package_item_request_builder import (
+    AccessPackageItemRequestBuilder,
+)
+from kiota_abstractions.base_request_configuration import RequestConfiguration
+
+
+async def main() -> int:
+    graph = os.environ["REDELIVER_GRAPH_URL"]
+    credential = ClientSecretCredential(
+        tenant_id=os.environ["AZURE_TENANT_ID"],
+        client_id=os.environ["AZURE_CLIENT_ID"],
+        client_secret=os.environ["AZURE_CLIENT_SECRET"],
+        authority=os.environ["AZURE_AUTHORITY_HOST"],
+        # A non-Microsoft authority host: skip instance discovery at login.microsoftonline.com
+        # (the same switch Azure Stack and sovereign test environments use).
+        disable_instance_discovery=True,
+    )
+    try:
+        return await check(credential, graph)
+    finally:
+        await credential.close()
+
+
+async def check(credential, graph: str) -> int:
+    client = GraphServiceClient(credentials=credential, scopes=[f"{graph}/.default"])
+    client.request_adapter.base_url = f"{graph}/v1.0"
+
+    em = client.identity_governance.entitlement_management
+    packages = await em.access_packages.get()
+    names = sorted(p.display_name for p in packages.value)
+    assert names == ["Engineering Tools", "Finance Analysts"], names
+
+    query = AssignmentsRequestBuilder.AssignmentsRequestBuilderGetQueryParameters(
+        expand=["target", "accessPackage"],
+    )
+    assignments = await em.assignments.get(
+        request_configuration=RequestConfiguration(query_parameters=query)
+    )
+    by_user = {a.target.principal_name: a for a in assignments.value}
+    alice = by_user["alice@contoso.com"]
+    assert alice.state.value == "delivered", alice.state
+    assert alice.access_package.display_name == "Finance Analysts"
+
+    finance = next(p for p in packages.value if p.display_name == "Finance Analysts")
+    pkg_query = AccessPackageItemRequestBuilder.AccessPackageItemRequestBuilderGetQueryParameters(
+        expand=["resourceRoleScopes($expand=role,scope)"],
+    )
+    package = await em.access_packages.by_access_package_id(finance.id).get(
+        request_configuration=RequestConfiguration(query_parameters=pkg_query)
+    )
+    scopes = {s.scope.display_name: s for s in package.resource_role_scopes}
+    fin_writers = scopes["fin-writers"]
+    assert fin_writers.scope.origin_system == "AadGroup", fin_writers.scope.origin_system
+    assert fin_writers.role.origin_id == f"Member_{fin_writers.scope.origin_id}"
+    members = await client.groups.by_group_id(fin_writers.scope.origin_id).members.get()
+    member_ids = {m.id for m in members.value}
+    assert alice.target.object_id not in member_ids, "the demo drift: alice is not in fin-writers"
+
+    print(
+        f"msgraph-sdk against redeliver sim: {len(names)} packages, "
+        f"{len(assignments.value)} assignments, fin-writers has {len(member_ids)} member(s): ok"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))
