@@ -802,10 +802,9 @@ fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> Str
     let _ = writeln!(s, "# Benchmarks\n");
     let _ = writeln!(
         s,
-        "Last run: {} on {} ({}).\n",
+        "Last run: {} on {} (release build).\n",
         jiff::Timestamp::now().strftime("%Y-%m-%d %H:%M UTC"),
         machine.describe(),
-        "release build"
     );
     let _ = writeln!(
         s,
