@@ -106,9 +106,8 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
                     "The delta token is not valid; start a new sync without $deltatoken.",
                 )
             })?;
-        // Graph's answer to an expired sync state (older than 7 days, or expired through
-        // `POST /_sim/delta/expire`): 410 Gone pointing at a fresh sync.
-        if now_secs - issued > TOKEN_LIFETIME_SECS || since < w.delta_floor {
+        let expired_by_admin = since < w.delta_floor;
+        if expired_by_admin || now_secs - issued > TOKEN_LIFETIME_SECS {
             let mut params = q.encode_without(&["skiptoken", "deltatoken"]);
             if params.is_empty() {
                 params.push("$select=members".into());
@@ -117,7 +116,11 @@ pub(crate) fn group_delta(w: &World, q: &Query, base: &str) -> GResult {
             return Err(GraphError::new(
                 410,
                 "resyncRequired",
-                "The sync state has expired; resynchronize from the Location URL.",
+                if expired_by_admin {
+                    "The sync state has expired; resynchronize from the Location URL."
+                } else {
+                    "The delta token has expired (older than 7 days); resynchronize from the Location URL."
+                },
             )
             .header("Location", restart));
         }

@@ -173,10 +173,10 @@ pub(crate) struct World {
     pub clock_offset: SignedDuration,
     pub delta_version: u64,
     pub delta_log: Vec<DeltaChange>,
-    /// Assignment ids seen while loading the scenario (keeps loading linear).
-    loaded_assignment_ids: HashSet<String>,
     /// Delta tokens older than this version have expired (`POST /_sim/delta/expire`).
     pub delta_floor: u64,
+    /// Assignment ids seen while loading the scenario (keeps loading linear).
+    loaded_assignment_ids: HashSet<String>,
 }
 
 fn lc(s: &str) -> String {
@@ -256,8 +256,8 @@ impl World {
             clock_offset: SignedDuration::ZERO,
             delta_version: 0,
             delta_log: Vec::new(),
-            loaded_assignment_ids: HashSet::new(),
             delta_floor: 0,
+            loaded_assignment_ids: HashSet::new(),
         };
 
         for (i, u) in spec.users.iter().enumerate() {
