@@ -121,7 +121,7 @@ pub struct Observer {
     concurrency: usize,
     packages_by_name: Memo<PackageName, Result<String, ResolveFailure>>,
     users: Memo<String, Result<String, ResolveFailure>>,
-    views: Memo<String, Result<PackageView, ResolveFailure>>,
+    views: Memo<String, Result<Arc<PackageView>, ResolveFailure>>,
 }
 
 /// A single-flight cache: concurrent lookups of one key share one Graph read. Outcomes
@@ -256,7 +256,11 @@ impl Observer {
 
     /// Reads one package with its resources, policies, assignments and requests (cached
     /// until [`Observer::refresh`]).
-    pub async fn package_view(&self, package_id: &str) -> Result<PackageView, ObserveError> {
+    ///
+    /// The view is shared (`Arc`), not copied: at 100,000 assignments a package's
+    /// assignments and requests are hundreds of MiB, and every declaration of the package
+    /// looks at the same one.
+    pub async fn package_view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
         self.views
             .get_or_read(package_id.to_string(), || {
                 self.read_package_view(package_id)
@@ -268,7 +272,7 @@ impl Observer {
     async fn read_package_view(
         &self,
         package_id: &str,
-    ) -> Result<Result<PackageView, ResolveFailure>, GraphError> {
+    ) -> Result<Result<Arc<PackageView>, ResolveFailure>, GraphError> {
         let field = "spec.accessPackage";
         let package = match self.graph.get_access_package(package_id).await {
             Ok(Some(package)) => package,
@@ -290,13 +294,13 @@ impl Observer {
             Err(e) => return forbidden_as_failure(e, field).map(Err),
         };
         let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
-        Ok(Ok(PackageView {
+        Ok(Ok(Arc::new(PackageView {
             package,
             resources,
             policies,
             assignments,
             requests,
-        }))
+        })))
     }
 
     /// Picks the assignment policy: the named one, or the package's only one.

@@ -353,7 +353,7 @@ impl<'a> Audit<'a> {
                 .buffered(width)
                 .collect()
                 .await;
-        let guard_views: Vec<Result<crate::observe::PackageView, ObserveError>> =
+        let guard_views: Vec<Result<std::sync::Arc<crate::observe::PackageView>, ObserveError>> =
             futures::stream::iter(&self.decls.guards)
                 .map(|(_, guard)| async move {
                     let id = observer
@@ -551,7 +551,7 @@ impl<'a> Audit<'a> {
         &self,
         origin: &Origin,
         guard: &AccessPackageGuard,
-        view: Result<crate::observe::PackageView, ObserveError>,
+        view: Result<std::sync::Arc<crate::observe::PackageView>, ObserveError>,
         previous: Option<&AccessPackageGuardStatus>,
         reprocessed: BTreeSet<String>,
         snapshot: &Snapshot,
@@ -802,7 +802,7 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
 }
 
 struct ResolvedAssignment {
-    view: crate::observe::PackageView,
+    view: std::sync::Arc<crate::observe::PackageView>,
     target_object_id: String,
     policy: Result<String, engine::ResolveFailure>,
 }

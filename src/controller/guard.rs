@@ -23,7 +23,6 @@ use crate::engine::{
     GuardInput, GuardPlan, ResolveFailure, ResolveFailureKind, Snapshot, guard_status_changed,
     plan_guard_sweep,
 };
-use crate::graph::models::Assignment;
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageGuard";
@@ -86,7 +85,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         ResolveFailureKind::InvalidSpec,
         "invalid declaration",
     ));
-    let mut assignments: Vec<Assignment> = Vec::new();
+    // The package view is shared with every other object of the package: borrow its
+    // assignments rather than copy them.
+    let mut view_held: Option<std::sync::Arc<crate::observe::PackageView>> = None;
     let mut resources = Vec::new();
     let mut snapshot = Snapshot::new();
     if validate_guard_spec(&obj.spec).is_ok() {
@@ -101,7 +102,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 resources = view.resources.clone();
                 snapshot = ctx.observations.snapshot(&resources).await;
                 resolved = Ok((view.package.id.clone(), view.package.display_name.clone()));
-                assignments = view.assignments;
+                view_held = Some(view);
             }
         }
     }
@@ -111,7 +112,10 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         spec: &obj.spec,
         previous: previous.as_ref(),
         resolved: resolved.clone(),
-        assignments: &assignments,
+        assignments: view_held
+            .as_ref()
+            .map(|v| v.assignments.as_slice())
+            .unwrap_or(&[]),
         resources: &resources,
         snapshot: &snapshot,
         settings: &ctx.engine,
