@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use redeliver::api::AccessPackageAssignment;
 use redeliver::engine::{self, Action, EngineSettings};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::GraphClient;
 use redeliver::observe::Observer;
 use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
 
@@ -62,17 +62,7 @@ fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String 
 }
 
 fn client_for(sim: &SimHandle) -> GraphClient {
-    let config = GraphArgs {
-        tenant_id: Some(sim.tenant_id.clone()),
-        client_id: Some(sim.client_id.clone()),
-        client_secret: Some(Secret::new(sim.client_secret.clone())),
-        authority_host: sim.authority_host.clone(),
-        graph_url: sim.graph_url.clone(),
-        ..GraphArgs::with_defaults()
-    }
-    .validate()
-    .expect("simulator config is valid");
-    GraphClient::new(config).expect("client builds")
+    sim.graph_client().expect("client for the simulator")
 }
 
 #[tokio::test]

@@ -14,7 +14,6 @@ use redeliver::api::AccessPackageAssignment;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
 use redeliver::sim::{Scenario, SimOptions, Simulator};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -71,13 +70,7 @@ async fn drift_is_repaired_and_steady_state_writes_nothing() {
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let mut args = GraphArgs::with_defaults();
-    args.tenant_id = Some(sim.tenant_id.clone());
-    args.client_id = Some(sim.client_id.clone());
-    args.client_secret = Some(Secret::new(sim.client_secret.clone()));
-    args.authority_host = sim.authority_host.clone();
-    args.graph_url = sim.graph_url.clone();
-    let graph = GraphClient::new(args.validate().unwrap()).unwrap();
+    let graph = sim.graph_client().unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     let settings = Settings {
         observation_max_age: Duration::from_secs(5),

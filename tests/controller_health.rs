@@ -45,23 +45,12 @@ async fn livez_readyz_and_openmetrics() {
 
 #[tokio::test]
 async fn graph_calls_are_counted_by_operation_and_status_code() {
-    use redeliver::graph::{GraphArgs, GraphClient, Secret};
     use redeliver::sim::{Scenario, SimOptions, Simulator};
 
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let config = GraphArgs {
-        tenant_id: Some(sim.tenant_id.clone()),
-        client_id: Some(sim.client_id.clone()),
-        client_secret: Some(Secret::new(sim.client_secret.clone())),
-        authority_host: sim.authority_host.clone(),
-        graph_url: sim.graph_url.clone(),
-        ..GraphArgs::with_defaults()
-    }
-    .validate()
-    .unwrap();
-    let graph = GraphClient::new(config).unwrap();
+    let graph = sim.graph_client().unwrap();
     assert!(graph.get_user("alice@contoso.com").await.unwrap().is_some());
     assert!(
         graph

@@ -13,7 +13,6 @@ use redeliver::api::{AccessPackageAssignment, AccessPackageGuard, FINALIZER};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::{Context, Error, Settings};
 use redeliver::controller::{assignment, guard};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
 use redeliver::sim::{FaultScope, FaultSpec};
 use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde::Serialize;
@@ -194,13 +193,7 @@ impl Env {
         let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
             .await
             .unwrap();
-        let mut args = GraphArgs::with_defaults();
-        args.tenant_id = Some(sim.tenant_id.clone());
-        args.client_id = Some(sim.client_id.clone());
-        args.client_secret = Some(Secret::new(sim.client_secret.clone()));
-        args.authority_host = sim.authority_host.clone();
-        args.graph_url = sim.graph_url.clone();
-        let graph = GraphClient::new(args.validate().unwrap()).unwrap();
+        let graph = sim.graph_client().unwrap();
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, NS);
         let (metrics, _registry) = Metrics::new(Some(graph.clone()));

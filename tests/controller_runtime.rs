@@ -10,7 +10,6 @@ use kube::client::Body;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
 use redeliver::sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -53,13 +52,7 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let mut args = GraphArgs::with_defaults();
-    args.tenant_id = Some(sim.tenant_id.clone());
-    args.client_id = Some(sim.client_id.clone());
-    args.client_secret = Some(Secret::new(sim.client_secret.clone()));
-    args.authority_host = sim.authority_host.clone();
-    args.graph_url = sim.graph_url.clone();
-    let graph = GraphClient::new(args.validate().unwrap()).unwrap();
+    let graph = sim.graph_client().unwrap();
 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);

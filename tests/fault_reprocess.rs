@@ -90,6 +90,13 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
         status = Some(plan.status);
     }
     let status = status.unwrap();
+    eprintln!(
+        "silent reprocess: attempts at {:?} s of engine time over 30 passes",
+        reprocessed_at
+            .iter()
+            .map(|t| t.duration_since(start).as_secs())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(reprocessed_at.len(), 3, "maxAttempts 3 bounds the calls");
     assert_eq!(attempts_seen, vec![1, 2, 3], "each attempt is counted");
     for pair in reprocessed_at.windows(2) {
@@ -260,5 +267,74 @@ async fn unknown_user_is_an_error_for_its_row_while_the_others_are_repaired() {
         ),
         0
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn user_deleted_while_being_repaired_is_reported_not_found_and_nothing_more_is_written() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let alice = sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    // The reprocess is accepted but has not done anything yet when the user is deleted.
+    sim.inject_fault(fault(
+        json!({"kind": "silentReprocess", "assignmentIds": [alice]}),
+    ));
+    let proxy = Proxy::start(&sim.graph_url).await;
+    let dir = declarations(&declaration(
+        "alice-finance",
+        "Finance Analysts",
+        "alice@contoso.com",
+        "",
+    ));
+    let via_proxy = |extra: &[&str]| {
+        let mut cmd = audit_command(&sim, dir.path(), extra);
+        cmd.env("AZURE_AUTHORITY_HOST", &proxy.url)
+            .env("REDELIVER_GRAPH_URL", &proxy.url);
+        cmd
+    };
+    sim.clear_request_log();
+    let child = tokio::spawn(run(via_proxy(&[
+        "--reprocess",
+        "--wait",
+        "4s",
+        "--poll-interval",
+        "1s",
+        "-o",
+        "json",
+    ])));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while reprocess_calls(&sim, true).is_empty() {
+        assert!(std::time::Instant::now() < deadline, "reprocess never sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Deleted: gone from every group and app, and unknown to /users.
+    proxy.spoil_method("GET", "/v1.0/users/alice", Spoil::NotFound, usize::MAX);
+    sim.remove_member("fin-readers", "alice@contoso.com")
+        .unwrap();
+    sim.remove_app_role("Payroll", "alice@contoso.com", None)
+        .unwrap();
+    let out = child.await.unwrap();
+    // The run already knew her id: it sees everything missing, never claims Delivered, and
+    // does not reprocess again within the cooldown.
+    let row = &out.rows()[0];
+    assert_ne!(row["verdict"], "Delivered", "{row}");
+    assert_ne!(out.code, 0);
+    assert_eq!(reprocess_calls(&sim, false).get(&alice), Some(&1));
+
+    // The next run resolves the user afresh: not found, reported, nothing written.
+    sim.clear_request_log();
+    let out = run(via_proxy(&["--reprocess", "-o", "json"])).await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let row = &out.rows()[0];
+    assert_eq!(row["verdict"], "Stalled", "{row}");
+    assert!(
+        row["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no user 'alice@contoso.com'"),
+        "{row}"
+    );
+    assert_eq!(sim.count_requests("POST", "/v1.0/"), 0, "nothing written");
     sim.shutdown().await;
 }

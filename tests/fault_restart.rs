@@ -78,7 +78,9 @@ async fn killed_before_any_repair_loses_nothing_the_rerun_repairs_once() {
 async fn killed_after_reprocess_the_rerun_finds_the_drift_again_and_converges() {
     let mut opts = fast();
     // The killed run's reprocess takes a while to land in Graph.
-    opts.reprocess_delay = Duration::from_millis(1500);
+    // Long enough that the rerun (a new process on a loaded CI machine) starts and looks
+    // before it lands.
+    opts.reprocess_delay = Duration::from_secs(4);
     let sim = Simulator::start(Scenario::demo(), opts).await.unwrap();
     let alice = sim
         .assignment_id("alice@contoso.com", "Finance Analysts")

@@ -89,11 +89,11 @@ async fn responses_slower_than_the_timeout_are_retried_then_succeed() {
         "",
     ));
     let slow = sim.inject_fault(fault(json!({
-        "kind": "latency", "millis": 1500, "count": 2, "pathPrefix": "/v1.0/groups"
+        "kind": "latency", "millis": 2500, "count": 2, "pathPrefix": "/v1.0/groups"
     })));
     sim.clear_request_log();
     let mut cmd = audit_command(&sim, dir.path(), &["-o", "json"]);
-    cmd.env("REDELIVER_GRAPH_TIMEOUT", "400ms");
+    cmd.env("REDELIVER_GRAPH_TIMEOUT", "800ms");
     let started = std::time::Instant::now();
     let out = run(cmd).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -102,6 +102,7 @@ async fn responses_slower_than_the_timeout_are_retried_then_succeed() {
     // delivered), then each read succeeded on its retry.
     assert!(!sim.remove_fault(slow), "both slow answers were consumed");
     assert_eq!(sim.count_requests("GET", "/v1.0/groups/"), 2);
+    // The two reads run side by side: the run waited out at least one full timeout.
     assert!(started.elapsed() >= Duration::from_millis(800));
     sim.shutdown().await;
 }
@@ -216,5 +217,56 @@ async fn connection_dropped_mid_body_is_retried_and_the_run_completes() {
         .assignment_id("alice@contoso.com", "Finance Analysts")
         .unwrap();
     assert_eq!(reprocess_calls(&sim, true).get(&alice), Some(&1));
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_whose_answer_is_lost_is_not_resent_and_the_rerun_finds_it() {
+    // carol has no assignment: the audit must request one (adminAdd). Graph accepts the
+    // request, but the answer is lost mid-body: the one write that must never be repeated
+    // blindly.
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let proxy = Proxy::start(&sim.graph_url).await;
+    proxy.spoil_method(
+        "POST",
+        "/entitlementManagement/assignmentRequests",
+        Spoil::DroppedMidBody,
+        1,
+    );
+    let dir = declarations(&declaration(
+        "carol-finance",
+        "Finance Analysts",
+        "carol@contoso.com",
+        "",
+    ));
+    let creates = |sim: &redeliver::sim::SimHandle| {
+        sim.request_log()
+            .iter()
+            .filter(|e| {
+                e.method == "POST"
+                    && e.path == "/v1.0/identityGovernance/entitlementManagement/assignmentRequests"
+            })
+            .count()
+    };
+    let out = run(via_proxy(&sim, &proxy, dir.path(), &REPAIR)).await;
+    assert_eq!(proxy.spoiled(), 1);
+    assert_eq!(
+        creates(&sim),
+        1,
+        "the create was not resent after the lost answer"
+    );
+    let row = &out.rows()[0];
+    eprintln!(
+        "lost create answer: first run exit {}, verdict {}, action {}",
+        out.code, row["verdict"], row["action"]
+    );
+    assert_ne!(row["verdict"], "Delivered", "{}", out.stdout);
+    // Whatever the first run concluded, a rerun sees the request Graph did accept and
+    // waits for it instead of asking again.
+    let out = run(via_proxy(&sim, &proxy, dir.path(), &REPAIR)).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.rows()[0]["verdict"], "Delivered");
+    assert_eq!(creates(&sim), 1, "exactly one adminAdd across both runs");
+    assert!(sim.is_member("fin-writers", "carol@contoso.com"));
     sim.shutdown().await;
 }

@@ -233,3 +233,59 @@ async fn endless_throttling_is_bounded_by_max_retries_and_never_reports_delivere
     assert_eq!(sim.count_requests("POST", "/v1.0/identityGovernance"), 0);
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn throttle_storm_at_default_concurrency_sends_nothing_new_before_retry_after() {
+    // The shipped defaults: 8 calls in flight, reads fanned out. Requests already in flight
+    // when a 429 is answered cannot be recalled, so anything arriving within 100 ms of the
+    // answer is allowed; everything later must wait out the full Retry-After.
+    let sim = Simulator::start(Scenario::synthetic("wide", 12, 2, 4, 3), fast())
+        .await
+        .unwrap();
+    let docs: String = (0..12)
+        .map(|i| {
+            declaration(
+                &format!("user{i}"),
+                &format!("pkg-{}", i % 2),
+                &format!("user{i}@wide.com"),
+                "",
+            )
+        })
+        .collect();
+    let dir = declarations(&docs);
+    sim.clear_request_log();
+    sim.inject_fault(fault(
+        json!({"kind": "throttle", "retryAfter": 0.6, "count": 10}),
+    ));
+    let out = audit(
+        &sim,
+        dir.path(),
+        &[
+            "--reprocess",
+            "--wait",
+            "30s",
+            "--poll-interval",
+            "1s",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    for i in (0..12).step_by(3) {
+        let upn = format!("user{i}@wide.com");
+        assert!(sim.is_member(&format!("pkg-{}-g0", i % 2), &upn), "{upn}");
+    }
+    let log = graph_requests(&sim);
+    assert_eq!(log.iter().filter(|e| e.status == 429).count(), 10);
+    let checked = assert_retry_after_honoured(&log, 600, 100);
+    assert!(checked > 0);
+    let accepted = reprocess_calls(&sim, true);
+    assert_eq!(
+        accepted.len(),
+        4,
+        "users 0, 3, 6 and 9 drifted: {accepted:?}"
+    );
+    assert!(accepted.values().all(|&n| n == 1), "{accepted:?}");
+    sim.shutdown().await;
+}

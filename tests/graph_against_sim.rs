@@ -14,14 +14,7 @@ const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 const ENG: &str = "9f1c0c7e-0000-4000-8000-000000000002";
 
 fn args_for(h: &SimHandle) -> GraphArgs {
-    GraphArgs {
-        tenant_id: Some(h.tenant_id.clone()),
-        client_id: Some(h.client_id.clone()),
-        client_secret: Some(Secret::new(h.client_secret.clone())),
-        graph_url: h.graph_url.clone(),
-        authority_host: h.authority_host.clone(),
-        ..GraphArgs::with_defaults()
-    }
+    h.graph_args()
 }
 
 fn client_for(h: &SimHandle) -> GraphClient {

@@ -245,3 +245,48 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
         sim.shutdown().await;
     });
 }
+
+#[tokio::test]
+async fn simulate_mode_at_trace_level_logs_no_secret_or_token() {
+    // The embedded simulator and the client share one process and one log here.
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in CLEARED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("REDELIVER_LOG", "trace")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .args(["audit", "--no-progress", "--simulate", "--reprocess", "-f"])
+        .arg(&examples)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = run(cmd).await;
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let all = format!("{}\n{}", out.stdout, out.stderr);
+    assert!(all.contains("graph http exchange"), "trace logging was on");
+    let secret = Scenario::demo().spec.client.secret.expect("demo secret");
+    assert!(!all.contains(&secret), "the demo client secret appears");
+    // Simulator tokens are `sim.` followed by 48 alphanumerics.
+    let leaked = all.match_indices("sim.").any(|(i, _)| {
+        all[i + 4..]
+            .chars()
+            .take_while(char::is_ascii_alphanumeric)
+            .count()
+            >= 24
+    });
+    assert!(!leaked, "an access token appears in the log");
+}
+
+#[test]
+fn decoded_token_responses_never_debug_print_the_token() {
+    let t: redeliver::graph::models::TokenResponse = serde_json::from_str(
+        r#"{"token_type":"Bearer","expires_in":3599,"access_token":"eyJ0eXAi.SECRET-TOKEN.sig"}"#,
+    )
+    .unwrap();
+    let printed = format!("{t:?} {t:#?}");
+    assert!(!printed.contains("SECRET-TOKEN"), "{printed}");
+    assert!(
+        printed.contains("3599"),
+        "the rest stays debuggable: {printed}"
+    );
+}

@@ -201,15 +201,18 @@ async fn connect(args: &AuditArgs) -> anyhow::Result<(GraphClient, Option<crate:
         let handle = crate::sim::Simulator::start(scenario, options)
             .await
             .context("cannot start the embedded Graph simulator")?;
-        // The simulator's own credentials, whatever the environment says.
+        // The simulator's own credentials, whatever the environment says; the user's
+        // tuning flags (timeouts, retries, concurrency) still apply.
+        let sim_args = handle.graph_args();
         let config = crate::graph::GraphArgs {
-            tenant_id: Some(handle.tenant_id.clone()),
-            client_id: Some(handle.client_id.clone()),
-            client_secret: Some(crate::graph::Secret::new(handle.client_secret.clone())),
+            tenant_id: sim_args.tenant_id,
+            client_id: sim_args.client_id,
+            client_secret: sim_args.client_secret,
             client_secret_file: None,
             federated_token_file: None,
-            authority_host: handle.authority_host.clone(),
-            graph_url: handle.graph_url.clone(),
+            authority_host: sim_args.authority_host,
+            graph_url: sim_args.graph_url,
+            ca_file: sim_args.ca_file,
             ..args.graph.clone()
         }
         .validate()

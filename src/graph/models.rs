@@ -445,8 +445,8 @@ pub struct ErrorBody {
     pub inner_error: Option<serde_json::Value>,
 }
 
-/// The Entra token endpoint's success body (§1.4).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// The Entra token endpoint's success body (§1.4). `Debug` leaves the token out.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     #[serde(default)]
     pub token_type: Option<String>,
@@ -454,6 +454,16 @@ pub struct TokenResponse {
     #[serde(deserialize_with = "number_or_string")]
     pub expires_in: u64,
     pub access_token: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token_type", &self.token_type)
+            .field("expires_in", &self.expires_in)
+            .field("access_token", &"<redacted>")
+            .finish()
+    }
 }
 
 fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {

@@ -207,9 +207,12 @@ pub enum Spoil {
     TruncatedJson,
     /// Headers promise a body, half of it is sent, then the connection is dropped.
     DroppedMidBody,
+    /// Graph's `404 Request_ResourceNotFound`, as if the object had just been deleted.
+    NotFound,
 }
 
 struct Rule {
+    method: Option<String>,
     path_contains: String,
     spoil: Spoil,
     remaining: usize,
@@ -249,9 +252,14 @@ impl Proxy {
                 .unwrap_or_default();
             let spoil = {
                 let mut rules = ctx.rules.lock().unwrap();
+                let method = req.method().as_str().to_string();
                 rules
                     .iter_mut()
-                    .find(|r| r.remaining > 0 && path_q.contains(&r.path_contains))
+                    .find(|r| {
+                        r.remaining > 0
+                            && path_q.contains(&r.path_contains)
+                            && r.method.as_deref().is_none_or(|m| m == method)
+                    })
                     .map(|r| {
                         r.remaining -= 1;
                         r.spoil
@@ -312,6 +320,17 @@ impl Proxy {
                     .header("content-type", "application/json")
                     .body(Body::from(text[..text.len() / 2].to_string()))
                     .unwrap(),
+                Spoil::NotFound => Response::builder()
+                    .status(404)
+                    .header("content-type", "application/json")
+                    .body(Body::from(
+                        serde_json::json!({"error": {
+                            "code": "Request_ResourceNotFound",
+                            "message": "Resource does not exist or one of its queried reference-property objects are not present."
+                        }})
+                        .to_string(),
+                    ))
+                    .unwrap(),
                 Spoil::DroppedMidBody => {
                     let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
                     let stream = futures::stream::iter(vec![
@@ -356,6 +375,18 @@ impl Proxy {
     /// Spoils the next `count` responses whose path and query contain `path_contains`.
     pub fn spoil(&self, path_contains: &str, spoil: Spoil, count: usize) {
         self.rules.lock().unwrap().push(Rule {
+            method: None,
+            path_contains: path_contains.to_string(),
+            spoil,
+            remaining: count,
+        });
+    }
+
+    /// Like [`Proxy::spoil`], for one HTTP method only. The request still reaches the
+    /// simulator (and takes effect there); only the answer is spoiled.
+    pub fn spoil_method(&self, method: &str, path_contains: &str, spoil: Spoil, count: usize) {
+        self.rules.lock().unwrap().push(Rule {
+            method: Some(method.to_string()),
             path_contains: path_contains.to_string(),
             spoil,
             remaining: count,
