@@ -47,6 +47,8 @@ pub struct Settings {
     pub backoff_cap: Duration,
     /// Event reporter instance (the pod name), when known.
     pub instance: Option<String>,
+    /// How often group delta is polled between full verifications (zero: never).
+    pub delta_interval: Duration,
 }
 
 impl Default for Settings {
@@ -60,6 +62,7 @@ impl Default for Settings {
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(300),
             instance: None,
+            delta_interval: Duration::from_secs(60),
         }
     }
 }
@@ -82,6 +85,8 @@ pub struct Context {
     pub engine: EngineSettings,
     /// Bounds reconciles in flight across all controllers.
     pub slots: Semaphore,
+    /// Group delta poll interval (zero: incremental mode off).
+    pub delta_interval: Duration,
 }
 
 impl Context {
@@ -114,6 +119,7 @@ impl Context {
             reprocess_bucket: TokenBucket::per_minute(settings.reprocess_per_minute),
             engine,
             slots: Semaphore::new(settings.concurrency.max(1)),
+            delta_interval: settings.delta_interval,
         }
     }
 

@@ -10,6 +10,7 @@
 
 pub mod assignment;
 pub mod context;
+pub mod delta;
 pub mod error;
 pub mod guard;
 pub mod limits;
@@ -115,6 +116,11 @@ pub struct ControllerArgs {
     /// How long one Graph read (a package, a group's members, ...) is shared between objects.
     #[arg(long, env = "REDELIVER_OBSERVATION_MAX_AGE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
     pub observation_max_age: Duration,
+
+    /// Between full verifications, poll group delta this often and reconcile an assignment
+    /// at once when one of its users leaves a promised group (0 turns it off).
+    #[arg(long, env = "REDELIVER_DELTA_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    pub delta_interval: Duration,
 }
 
 fn parse_duration_arg(s: &str) -> Result<Duration, String> {
@@ -129,6 +135,7 @@ impl ControllerArgs {
             stuck_after: self.stuck_after,
             reprocess_per_minute: self.reprocess_rate,
             observation_max_age: self.observation_max_age,
+            delta_interval: self.delta_interval,
             instance: Some(identity.to_string()),
             ..Settings::default()
         }
@@ -395,8 +402,18 @@ pub async fn run_controllers(
             synced_a,
         );
         let token = stop.clone();
+        let (delta_tx, delta_rx) = futures::channel::mpsc::unbounded();
+        if !ctx.delta_interval.is_zero() {
+            reporters.push(tokio::spawn(delta::run(
+                ctx.clone(),
+                reader.clone(),
+                delta_tx,
+                stop.clone(),
+            )));
+        }
         runs.push(
             Controller::for_stream(stream, reader)
+                .reconcile_on(delta_rx)
                 .with_config(config.clone())
                 .graceful_shutdown_on(async move { token.cancelled().await })
                 .run(assignment::reconcile, assignment::error_policy, ctx.clone())

@@ -10,16 +10,9 @@
 //! the tracker *before* that full read, so a change made while the read runs is reported
 //! by the first poll rather than lost between the two.
 //!
-//! Controller wiring (not done yet; `--delta-interval`, default 60 s, 0 = off): a task
-//! beside the assignment controller builds, from the reflector store, the index
-//! `(group id, user id) -> [ObjectRef]` of objects whose status says `graphState:
-//! delivered`, with `status.targetObjectId` and each `status.resources[]` of
-//! `originSystem: AadGroup`; it starts a tracker on the indexed groups (restarting it when
-//! the set changes) and polls every interval. Each `removed` pair drops that group's
-//! membership from the controller's observation cache and sends the matching object refs
-//! into `Controller::reconcile_on` (kube `unstable-runtime`), so the assignment is verified
-//! and reprocessed at once; each `resync` group does the same for every object promising
-//! it. The periodic full verification stays as the safety net.
+//! The controller uses it in `crate::controller::delta` (`--delta-interval`, default 60 s):
+//! removals of users whose delivered assignments rely on the group trigger an immediate
+//! reconcile of those objects; `redeliver bench` measures it against the simulator.
 
 use std::collections::BTreeSet;
 
