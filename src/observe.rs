@@ -400,47 +400,44 @@ impl Observer {
         resources: impl IntoIterator<Item = &'a PromisedResource>,
     ) -> Snapshot {
         let reads = crate::engine::reads_needed(resources);
-        let results: Vec<(ResourceRead, Result<Membership, GraphError>)> =
+        let results: Vec<Result<Membership, (ResourceRead, GraphError)>> =
             futures::stream::iter(reads)
                 .map(|read| async move {
                     let result = match &read {
-                        ResourceRead::GroupMembers(g) => {
-                            self.graph.list_group_members(g).await.map(Membership::Ids)
-                        }
-                        ResourceRead::GroupOwners(g) => {
-                            self.graph.list_group_owners(g).await.map(Membership::Ids)
-                        }
+                        ResourceRead::GroupMembers(g) => self
+                            .graph
+                            .list_group_members(g)
+                            .await
+                            .map(|ids| Membership::Members(g.clone(), ids)),
+                        ResourceRead::GroupOwners(g) => self
+                            .graph
+                            .list_group_owners(g)
+                            .await
+                            .map(|ids| Membership::Owners(g.clone(), ids)),
                         ResourceRead::AppRoleAssignments(sp) => {
                             self.graph.list_app_role_assignments(sp).await.map(|list| {
-                                Membership::AppRoles(
-                                    list.into_iter()
-                                        .map(|a| (a.principal_id, a.app_role_id))
-                                        .collect(),
-                                )
+                                let pairs = list
+                                    .into_iter()
+                                    .map(|a| (a.principal_id, a.app_role_id))
+                                    .collect();
+                                Membership::AppRoles(sp.clone(), pairs)
                             })
                         }
                     };
-                    (read, result)
+                    result.map_err(|err| (read, err))
                 })
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
         let mut snapshot = Snapshot::new();
-        for (read, result) in results {
-            match (read, result) {
-                (ResourceRead::GroupMembers(g), Ok(Membership::Ids(ids))) => {
-                    snapshot.record_group_members(g, ids)
-                }
-                (ResourceRead::GroupOwners(g), Ok(Membership::Ids(ids))) => {
-                    snapshot.record_group_owners(g, ids)
-                }
-                (ResourceRead::AppRoleAssignments(sp), Ok(Membership::AppRoles(pairs))) => {
+        for result in results {
+            match result {
+                Ok(Membership::Members(g, ids)) => snapshot.record_group_members(g, ids),
+                Ok(Membership::Owners(g, ids)) => snapshot.record_group_owners(g, ids),
+                Ok(Membership::AppRoles(sp, pairs)) => {
                     snapshot.record_app_role_assignments(sp, pairs)
                 }
-                (read, Ok(_)) => {
-                    snapshot.record_failure(read, "internal error: mismatched read result")
-                }
-                (read, Err(err)) => {
+                Err((read, err)) => {
                     tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
                     // The message lands in status: keep it stable across passes (no
                     // request ids or timings), or every pass would rewrite the status.
@@ -452,10 +449,11 @@ impl Observer {
     }
 }
 
-/// The payload of one resource read.
+/// The result of one resource read, keyed by the resource it reads.
 enum Membership {
-    Ids(Vec<String>),
-    AppRoles(Vec<(String, String)>),
+    Members(String, Vec<String>),
+    Owners(String, Vec<String>),
+    AppRoles(String, Vec<(String, String)>),
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {
