@@ -25,6 +25,18 @@ fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")
 }
 
+/// A temporary directory holding the demo's finance declarations plus one more file.
+fn finance_plus(name: &str, text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        examples().join("finance.yaml"),
+        dir.path().join("good.yaml"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join(name), text).unwrap();
+    dir
+}
+
 fn run(cmd: &mut Command) -> (i32, String, String) {
     let Output {
         status,
@@ -114,17 +126,10 @@ fn demo_table_output_tells_the_story() {
 
 #[test]
 fn malformed_file_names_file_and_line_and_checks_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        examples().join("finance.yaml"),
-        dir.path().join("good.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("bad.yaml"),
+    let dir = finance_plus(
+        "bad.yaml",
         "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {name: x, namespace: access}\nspec:\n  accessPackage: {displayName: Finance Analysts}\n  target: {userPrincipalName: [oops}\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = run(redeliver()
         .args(["audit", "--simulate", "--reprocess", "-f"])
         .arg(dir.path()));
@@ -157,17 +162,10 @@ fn unknown_field_is_named() {
 
 #[test]
 fn unknown_package_is_an_error_for_its_row_only() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        examples().join("finance.yaml"),
-        dir.path().join("good.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("unknown.yaml"),
+    let dir = finance_plus(
+        "unknown.yaml",
         "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {name: ghost, namespace: access}\nspec:\n  accessPackage: {displayName: No Such Package}\n  target: {userPrincipalName: alice@contoso.com}\n",
-    )
-    .unwrap();
+    );
     let (code, stdout, stderr) = run(redeliver()
         .args(["audit", "--simulate", "-o", "json", "-f"])
         .arg(dir.path()));
@@ -187,17 +185,10 @@ fn unknown_package_is_an_error_for_its_row_only() {
 
 #[test]
 fn other_kinds_are_skipped_with_a_note() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::copy(
-        examples().join("finance.yaml"),
-        dir.path().join("good.yaml"),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("cm.yaml"),
+    let dir = finance_plus(
+        "cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: unrelated}\ndata: {a: b}\n",
-    )
-    .unwrap();
+    );
     let (_, _, stderr) = run(redeliver()
         .args(["audit", "--simulate", "-f"])
         .arg(dir.path()));
