@@ -37,14 +37,17 @@ pub enum ObserveError {
     Graph(#[from] GraphError),
 }
 
-/// One access package as read for this run.
+/// One access package as read for this run: what it promises and who holds it.
+///
+/// Its assignment requests are a separate read ([`Observer::package_requests`]): only
+/// assignments that are not delivered need them, and a guard sweep never does, so at
+/// 100,000 assignments not holding them halves what a sweep keeps in memory.
 #[derive(Debug, Clone)]
 pub struct PackageView {
     pub package: AccessPackage,
     pub resources: Vec<PromisedResource>,
     pub policies: Vec<AssignmentPolicy>,
     pub assignments: Vec<Assignment>,
-    pub requests: Vec<AssignmentRequest>,
 }
 
 impl PackageView {
@@ -73,10 +76,14 @@ impl PackageView {
         crate::engine::pick_assignment(&mine).cloned()
     }
 
-    /// The target's most recent add request (to follow delivery or reprocess a failure).
-    pub fn latest_request_for(&self, target_object_id: &str) -> Option<AssignmentRequest> {
-        let mine: Vec<AssignmentRequest> = self
-            .requests
+    /// The target's most recent add request among `requests` (this package's, from
+    /// [`Observer::package_requests`]), to follow delivery or reprocess a failure.
+    pub fn latest_request_for(
+        &self,
+        requests: &[AssignmentRequest],
+        target_object_id: &str,
+    ) -> Option<AssignmentRequest> {
+        let mine: Vec<AssignmentRequest> = requests
             .iter()
             .filter(|r| r.request_type.is_add())
             .filter(|r| {
@@ -122,6 +129,7 @@ pub struct Observer {
     packages_by_name: Memo<PackageName, Result<String, ResolveFailure>>,
     users: Memo<String, Result<String, ResolveFailure>>,
     views: Memo<String, Result<Arc<PackageView>, ResolveFailure>>,
+    requests: Memo<String, Result<Arc<[AssignmentRequest]>, ResolveFailure>>,
 }
 
 /// A single-flight cache: concurrent lookups of one key share one Graph read. Outcomes
@@ -161,6 +169,7 @@ impl Observer {
             packages_by_name: Memo::new(),
             users: Memo::new(),
             views: Memo::new(),
+            requests: Memo::new(),
         }
     }
 
@@ -178,6 +187,7 @@ impl Observer {
     /// state; name resolutions are kept for the whole run.
     pub async fn refresh(&self) {
         self.views.clear().await;
+        self.requests.clear().await;
     }
 
     /// Resolves a package reference to its id.
@@ -254,12 +264,12 @@ impl Observer {
         })
     }
 
-    /// Reads one package with its resources, policies, assignments and requests (cached
-    /// until [`Observer::refresh`]).
+    /// Reads one package with its resources, policies and assignments (cached until
+    /// [`Observer::refresh`]).
     ///
     /// The view is shared (`Arc`), not copied: at 100,000 assignments a package's
-    /// assignments and requests are hundreds of MiB, and every declaration of the package
-    /// looks at the same one.
+    /// assignments are a hundred MiB, and every declaration of the package looks at the
+    /// same one.
     pub async fn package_view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
         self.views
             .get_or_read(package_id.to_string(), || {
@@ -287,9 +297,8 @@ impl Observer {
         let reads = tokio::try_join!(
             self.graph.list_policies(package_id),
             self.graph.list_assignments(package_id),
-            self.graph.list_requests(package_id),
         );
-        let (policies, assignments, requests) = match reads {
+        let (policies, assignments) = match reads {
             Ok(r) => r,
             Err(e) => return forbidden_as_failure(e, field).map(Err),
         };
@@ -299,8 +308,25 @@ impl Observer {
             resources,
             policies,
             assignments,
-            requests,
         })))
+    }
+
+    /// The assignment requests of one package (cached until [`Observer::refresh`]), read
+    /// only when a declaration needs one: to follow a delivery in flight or to reprocess a
+    /// failed request.
+    pub async fn package_requests(
+        &self,
+        package_id: &str,
+    ) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
+        self.requests
+            .get_or_read(package_id.to_string(), || async {
+                match self.graph.list_requests(package_id).await {
+                    Ok(list) => Ok(Ok(Arc::from(list))),
+                    Err(e) => forbidden_as_failure(e, "spec.accessPackage").map(Err),
+                }
+            })
+            .await?
+            .map_err(ObserveError::Resolve)
     }
 
     /// Picks the assignment policy: the named one, or the package's only one.

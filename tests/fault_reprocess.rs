@@ -30,7 +30,8 @@ async fn plan_once(
     let target = observer.resolve_target(&apa.spec.target).await.unwrap();
     let snapshot = observer.snapshot(view.resources.iter()).await;
     let assignment = view.assignment_for(&target);
-    let latest_request = view.latest_request_for(&target);
+    let requests = observer.package_requests(&package_id).await.unwrap();
+    let latest_request = view.latest_request_for(&requests, &target);
     engine::plan_assignment(
         &engine::AssignmentInput {
             generation: Some(1),

@@ -227,6 +227,30 @@ async fn an_audit_of_guards_and_declarations_reads_each_resource_once_at_minimum
     sim.shutdown().await;
 }
 
+/// A guard sweep never looks at assignment requests (they matter only to a declared
+/// assignment that is not delivered), so a guard-only audit does not read them: at
+/// 100,000 assignments holding them would double the audit's memory.
+#[tokio::test]
+async fn a_guard_only_audit_reads_no_assignment_requests() {
+    let t = tenant();
+    let sim = start(&t).await;
+    let ids = package_ids(&sim, &t);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("guards.yaml"), guards_yaml(&ids)).unwrap();
+    sim.clear_request_log();
+    let (code, _stdout, stderr) = audit(&sim, dir.path()).await;
+    assert_eq!(code, 2, "drift is reported: {stderr}");
+    let usage = sim.usage();
+    assert_minimal_reads(&sim, &t, &usage);
+    let request_reads: Vec<_> = usage
+        .by_route
+        .iter()
+        .filter(|(route, _)| route.contains("/assignmentRequests"))
+        .collect();
+    assert!(request_reads.is_empty(), "{request_reads:?}");
+    sim.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_guard_sweep_through_observe_and_the_engine_shares_one_snapshot() {
     let t = tenant();

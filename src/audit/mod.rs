@@ -454,9 +454,11 @@ impl<'a> Audit<'a> {
             .await?;
         let view = self.observer.package_view(&package_id).await?;
         let target_object_id = self.observer.resolve_target(&apa.spec.target).await?;
+        let requests = self.observer.package_requests(&package_id).await?;
         let policy = Observer::resolve_policy(&view, apa.spec.assignment_policy.as_ref());
         Ok(ResolvedAssignment {
             view,
+            requests,
             target_object_id,
             policy,
         })
@@ -475,7 +477,7 @@ impl<'a> Audit<'a> {
         let declaration = declaration_name(&apa.metadata, origin);
         let target_label = apa.spec.target.label();
         let package_label = apa.spec.access_package.label();
-        let (resolved, view) = match resolved {
+        let (resolved, view, requests) = match resolved {
             Ok(r) => {
                 let ids = engine::ResolvedIds {
                     access_package_id: r.view.package.id.clone(),
@@ -484,9 +486,9 @@ impl<'a> Audit<'a> {
                     target_object_id: r.target_object_id,
                     target_name: apa.spec.target.user_principal_name.clone(),
                 };
-                (Ok(ids), Some(r.view))
+                (Ok(ids), Some(r.view), Some(r.requests))
             }
-            Err(ObserveError::Resolve(failure)) => (Err(failure), None),
+            Err(ObserveError::Resolve(failure)) => (Err(failure), None, None),
             Err(ObserveError::Graph(err)) => {
                 return AssignmentEval {
                     row: error_row(declaration, target_label, package_label, err.to_string()),
@@ -504,8 +506,9 @@ impl<'a> Audit<'a> {
             .and_then(|(v, t)| v.assignment_for(t));
         let latest_request = view
             .as_ref()
+            .zip(requests.as_deref())
             .zip(target_id.as_deref())
-            .and_then(|(v, t)| v.latest_request_for(t));
+            .and_then(|((v, requests), t)| v.latest_request_for(requests, t));
         let input = engine::AssignmentInput {
             generation: apa.metadata.generation,
             spec: &apa.spec,
@@ -803,6 +806,8 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
 
 struct ResolvedAssignment {
     view: std::sync::Arc<crate::observe::PackageView>,
+    /// The package's assignment requests (declarations need them; guard sweeps do not).
+    requests: std::sync::Arc<[crate::graph::models::AssignmentRequest]>,
     target_object_id: String,
     policy: Result<String, engine::ResolveFailure>,
 }

@@ -159,7 +159,10 @@ async fn observe(
     let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
         // The request we submitted: read it directly, fresh and with its target.
         Some(id) => ctx.observations.graph().get_request(id).await?,
-        None => view.latest_request_for(&target),
+        None => match split(observer.package_requests(&package_id).await)? {
+            Ok(requests) => view.latest_request_for(&requests, &target),
+            Err(f) => return Ok(empty(Err(f))),
+        },
     };
     let snapshot = ctx.observations.snapshot(&view.resources).await;
     Ok(Observed {
