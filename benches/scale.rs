@@ -15,11 +15,13 @@ struct Cli {
     args: redeliver::bench::BenchArgs,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before anything else: this executable also launches the measured processes, so
+    // that their peak RSS is their own (see `redeliver::bench::measure`).
+    redeliver::bench::measure::serve_as_launcher_if_asked();
     let mut cli = Cli::parse();
     if cli.args.redeliver_bin.is_none() {
         cli.args.redeliver_bin = Some(env!("CARGO_BIN_EXE_redeliver").into());
     }
-    redeliver::bench::run(cli.args).await
+    tokio::runtime::Runtime::new()?.block_on(redeliver::bench::run(cli.args))
 }

@@ -1,6 +1,16 @@
 //! Running a command as a child process and measuring it from the outside: wall time,
 //! CPU time (user + system) and peak resident set size from `wait4(2)`'s `rusage`, so the
 //! figures cover only that process — not the simulator or the benchmark driving it.
+//!
+//! One Linux subtlety decides how the child is started. A process created by `fork` or
+//! `posix_spawn` from the benchmark starts life in (a copy of) the benchmark's address
+//! space, and `exec` folds that address space's high-water mark into the new program's
+//! `ru_maxrss`. The benchmark holds a simulated tenant of hundreds of MiB, so a direct
+//! child would report *the benchmark's* peak whenever its own is lower. The child is
+//! therefore started by a small launcher: this executable, re-run with [`LAUNCH_REPORT_ENV`]
+//! set (see [`serve_as_launcher_if_asked`]), which after its own `exec` has a fresh, small
+//! address space, forks the measured program from it and reports that program's
+//! `rusage`.
 
 use std::fs::File;
 use std::io::Read;
@@ -24,17 +34,74 @@ pub struct ChildRun {
     pub stderr_tail: String,
 }
 
-/// Spawns `cmd` and waits for it (blocking: call from `spawn_blocking`).
+/// Set in the environment of a launcher: the file it writes the measured program's
+/// `rusage` to.
+pub const LAUNCH_REPORT_ENV: &str = "REDELIVER_MEASURE_REPORT";
+
+static LAUNCHER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Call first thing in a benchmark's `main`. When this process was started as a launcher
+/// by [`run`], it runs the measured program, writes its figures and exits with its code
+/// (never returning); otherwise it records that [`run`] may use this executable as the
+/// launcher, and returns.
+pub fn serve_as_launcher_if_asked() {
+    let Some(report) = std::env::var_os(LAUNCH_REPORT_ENV) else {
+        LAUNCHER.store(true, std::sync::atomic::Ordering::Relaxed);
+        return;
+    };
+    let mut args = std::env::args_os().skip(1);
+    let Some(program) = args.next() else {
+        eprintln!("launcher: no program to run");
+        std::process::exit(127);
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args).env_remove(LAUNCH_REPORT_ENV);
+    let outcome = cmd.spawn().and_then(wait);
+    match outcome {
+        Ok((exit, cpu, rss)) => {
+            let line = format!(
+                "{} {} {rss}\n",
+                exit.map_or_else(|| "signal".to_string(), |c| c.to_string()),
+                cpu.as_micros()
+            );
+            if let Err(e) = std::fs::write(&report, line) {
+                eprintln!("launcher: cannot write {}: {e}", report.to_string_lossy());
+                std::process::exit(127);
+            }
+            std::process::exit(0);
+        }
+        Err(e) => {
+            eprintln!("launcher: cannot run the measured program: {e}");
+            std::process::exit(127);
+        }
+    }
+}
+
+/// Spawns `cmd` and waits for it (blocking: call from `spawn_blocking`). Through the
+/// launcher when this executable is one (see the module docs); otherwise directly, and
+/// the peak RSS is then only an upper bound.
 pub fn run(mut cmd: Command) -> std::io::Result<ChildRun> {
     let mut out = tempfile::tempfile()?;
     let mut err = tempfile::tempfile()?;
+    let report = tempfile::NamedTempFile::new()?;
+    if LAUNCHER.load(std::sync::atomic::Ordering::Relaxed) {
+        cmd = through_launcher(&cmd, report.path())?;
+    }
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(err.try_clone()?);
     let started = Instant::now();
     let child = cmd.spawn()?;
-    let (exit, cpu, max_rss_kib) = wait(child)?;
+    let (mut exit, mut cpu, mut max_rss_kib) = wait(child)?;
     let wall = started.elapsed();
+    if LAUNCHER.load(std::sync::atomic::Ordering::Relaxed) {
+        let text = std::fs::read_to_string(report.path())?;
+        (exit, cpu, max_rss_kib) = parse_report(&text).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the launcher did not report the measured program (exit {exit:?}): {text:?}"
+            ))
+        })?;
+    }
     let stdout = read_all(&mut out)?;
     let stderr = read_all(&mut err)?;
     let tail_start = stderr
@@ -50,6 +117,37 @@ pub fn run(mut cmd: Command) -> std::io::Result<ChildRun> {
         stdout,
         stderr_tail: stderr[tail_start..].to_string(),
     })
+}
+
+/// The same command, run by this executable acting as a launcher.
+fn through_launcher(cmd: &Command, report: &std::path::Path) -> std::io::Result<Command> {
+    let mut launcher = Command::new(std::env::current_exe()?);
+    launcher
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env(LAUNCH_REPORT_ENV, report);
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => launcher.env(key, v),
+            None => launcher.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        launcher.current_dir(dir);
+    }
+    Ok(launcher)
+}
+
+/// `"<exit code|signal> <cpu µs> <maxrss KiB>"`, as the launcher writes it.
+fn parse_report(text: &str) -> Option<(Option<i32>, Duration, u64)> {
+    let mut parts = text.split_whitespace();
+    let exit = match parts.next()? {
+        "signal" => None,
+        code => Some(code.parse().ok()?),
+    };
+    let cpu = Duration::from_micros(parts.next()?.parse().ok()?);
+    let rss = parts.next()?.parse().ok()?;
+    Some((exit, cpu, rss))
 }
 
 fn read_all(f: &mut File) -> std::io::Result<String> {
@@ -114,5 +212,19 @@ mod tests {
         assert!(r.cpu > Duration::from_millis(10), "cpu {:?}", r.cpu);
         assert!(r.max_rss_kib > 100, "rss {} KiB", r.max_rss_kib);
         assert!(r.wall >= r.cpu / 2);
+    }
+
+    #[test]
+    fn reads_the_launcher_report() {
+        assert_eq!(
+            parse_report("2 1500000 204800\n"),
+            Some((Some(2), Duration::from_millis(1500), 204800))
+        );
+        assert_eq!(
+            parse_report("signal 10 20"),
+            Some((None, Duration::from_micros(10), 20))
+        );
+        assert_eq!(parse_report(""), None);
+        assert_eq!(parse_report("0 x 1"), None);
     }
 }
