@@ -20,6 +20,7 @@
 pub mod cost;
 pub mod measure;
 pub mod naive;
+pub mod report;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -186,7 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("{}", table(&results));
     if let Some(path) = &args.markdown {
-        std::fs::write(path, markdown(&args, &machine, &results))
+        report::write_section(path, "scale", &markdown(&args, &machine, &results))
             .with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
@@ -799,7 +800,10 @@ pub fn table(results: &[ScaleResult]) -> String {
 
 fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "## Scale: full verification, repair and incremental mode\n"
+    );
     let _ = writeln!(
         s,
         "Last run: {} on {} (release build).\n",
@@ -821,7 +825,7 @@ fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> Str
         args.delta_interval.as_secs()
     );
     s.push_str(HOW_TO_RUN);
-    let _ = writeln!(s, "## Results\n");
+    let _ = writeln!(s, "### Results\n");
     s.push_str(&table(results));
     let _ = writeln!(s);
     let _ = writeln!(
@@ -870,13 +874,13 @@ fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> Str
 }
 
 const HOW_TO_RUN: &str = "\
-## How to run
+### How to run
 
 ```sh
 cargo bench --bench scale                                  # 1,000 / 10,000 / 100,000
 cargo bench --bench scale -- --scales 1000,10000           # pick scales
 cargo bench --bench scale -- --no-naive --no-repair        # verification only
-cargo bench --bench scale -- --markdown docs/benchmarks.md # rewrite this file
+cargo bench --bench scale -- --markdown docs/benchmarks.md # rewrite this section
 ```
 
 Other flags: `--ru-limit N` (RU per 10 s, 0 = no throttling), `--concurrency N`,
@@ -888,7 +892,7 @@ scales, most of it the simulator paging 100,000 assignments and the naive run at
 ";
 
 const WHAT_IS_MEASURED: &str = "
-## What is measured
+### What is measured
 
 - **Tenant**: `SyntheticTenant::benchmark(n)` in the bundled simulator — 50 groups, 5 apps
   (one app role each), 15 access packages promising 3–5 of those resources, one delivered
@@ -897,7 +901,9 @@ const WHAT_IS_MEASURED: &str = "
   on (8,000 RU per 10 s unless `--ru-limit` says otherwise).
 - **Redeliver full verification**: `redeliver audit -o json` over one
   `AccessPackageGuard` per package (by id: no name resolution), run as a child process;
-  CPU time (user + system) and peak RSS are that process's own, from `wait4(2)`. Graph
+  CPU time (user + system) and peak RSS are that process's own, from `wait4(2)` (it is
+  started by a small launcher, so its peak RSS is not the benchmark's: see
+  `src/bench/measure.rs`). Graph
   requests, RU and 429s come from the simulator's usage counters (`GET /_sim/usage`) for
   that run: every `/v1.0` request including `$batch` items, excluding the token endpoint.
   Directory requests are the metered ones; EM requests (packages, policies, assignments,
@@ -916,8 +922,9 @@ const WHAT_IS_MEASURED: &str = "
   100,000) next to the least time the RU bucket alone allows ((RU − capacity) / refill
   rate), which is what a real tenant would impose.
 - Redeliver's request count is above the minimum by the entitlement-management reads the
-  minimum leaves out (0 RU): per package one `GET accessPackages/{id}` (resources), one
-  page of policies and the pages of its assignment requests.
+  minimum leaves out (0 RU): per package one `GET accessPackages/{id}` (resources) and
+  one page of policies. Assignment requests are not read by a guard sweep (only a
+  declared assignment that is not delivered needs them).
 - **Redeliver repair**: `redeliver audit --reprocess` on the same guards (verify,
   reprocess every drifted assignment, poll until the repairs land, verify again), then the
   simulator confirms each drifted assignment has every promised resource again.
