@@ -138,11 +138,23 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         accepted.values().all(|&n| n == 1),
         "no assignment reprocessed twice for one drift: {accepted:?}"
     );
+    // The four reprocesses went out coalesced in one `$batch`, plus one for the refused
+    // items (the envelope itself may also have met the storm's refusals).
+    let envelopes: Vec<&LogEntry> = log
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/v1.0/$batch")
+        .collect();
+    let accepted_envelopes = envelopes.iter().filter(|e| e.status != 429).count();
+    assert_eq!(accepted_envelopes, 2, "{envelopes:?}");
     // Retries are bounded: each refused write cost exactly one extra POST, and in all
     // every refusal was followed by exactly one retry (Graph calls = successes + 429s).
     let posts = log
         .iter()
-        .filter(|e| e.method == "POST" && e.path.starts_with("/v1.0/"));
+        .filter(|e| e.method == "POST" && e.path.starts_with("/v1.0/identityGovernance/"));
+    assert!(
+        posts.clone().all(|e| e.batch),
+        "every reprocess rode in a batch"
+    );
     let refused_posts = posts.clone().filter(|e| e.status == 429).count();
     assert!(refused_posts >= 2);
     assert_eq!(

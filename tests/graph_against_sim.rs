@@ -438,3 +438,45 @@ async fn federated_token_file_authenticates_and_a_stale_one_is_explained() {
     assert!(!text.contains("projected-sa-jwt"));
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn bulk_reprocess_is_coalesced_into_batches_with_a_result_per_assignment() {
+    let h = Simulator::start(Scenario::synthetic("bulk", 45, 1, 2, 0), SimOptions::fast())
+        .await
+        .unwrap();
+    let c = client_for(&h);
+    let mut ids: Vec<String> = (0..45)
+        .map(|i| {
+            h.assignment_id(&format!("user{i}@bulk.com"), "pkg-0")
+                .unwrap()
+        })
+        .collect();
+    // One the service refuses (not delivered) and one it does not know, mid-list.
+    h.set_assignment_state(&ids[7], "deliveryFailed").unwrap();
+    ids.insert(30, "5b1e8f4a-0000-4000-8000-0000000000ff".into());
+    h.clear_request_log();
+
+    let results = c.reprocess_assignments(&ids, 2).await;
+
+    assert_eq!(results.len(), 46, "one result per id, in order");
+    for (i, r) in results.iter().enumerate() {
+        match i {
+            7 => assert_eq!(r.as_ref().unwrap_err().kind(), "bad_request", "{r:?}"),
+            30 => assert!(r.as_ref().unwrap_err().is_not_found(), "{r:?}"),
+            _ => assert!(r.is_ok(), "item {i}: {r:?}"),
+        }
+    }
+    let log = h.request_log();
+    let envelopes = log
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/v1.0/$batch")
+        .count();
+    assert_eq!(envelopes, 3, "46 reprocesses in batches of at most 20");
+    let inner: Vec<_> = log
+        .iter()
+        .filter(|e| e.method == "POST" && e.path.contains("/reprocess"))
+        .collect();
+    assert_eq!(inner.len(), 46);
+    assert!(inner.iter().all(|e| e.batch), "none was sent on its own");
+    h.shutdown().await;
+}

@@ -686,7 +686,46 @@ impl<'a> Audit<'a> {
             return 0;
         }
         let graph = self.observer.graph();
-        let mut done = 0;
+        // Reprocessing delivered assignments is the bulk of a repair (a guard may find
+        // thousands): those go out together, coalesced into `$batch` requests, each
+        // assignment once however many declarations and guards found it.
+        let mut batch: Vec<String> = Vec::new();
+        let mut queued: BTreeSet<&str> = BTreeSet::new();
+        let declared = self.assignments.iter().filter_map(|e| match &e.action {
+            Some(Action::ReprocessAssignment { assignment_id }) => Some(assignment_id),
+            _ => None,
+        });
+        let swept = self.guards.iter().flat_map(|g| {
+            g.to_reprocess
+                .iter()
+                .filter(|id| !g.reprocessed.contains(*id))
+        });
+        for id in declared.chain(swept) {
+            if !self.reprocessed.contains(id) && queued.insert(id) {
+                batch.push(id.clone());
+            }
+        }
+        drop(queued);
+        if !batch.is_empty() {
+            progress.say(&format!("reprocessing {} assignment(s)", batch.len()));
+        }
+        let outcomes = graph
+            .reprocess_assignments(&batch, self.observer.concurrency())
+            .await;
+        let reprocess_results: std::collections::HashMap<
+            String,
+            Result<(), std::sync::Arc<crate::graph::GraphError>>,
+        > = batch
+            .into_iter()
+            .zip(outcomes)
+            .map(|(id, r)| (id, r.map_err(std::sync::Arc::new)))
+            .collect();
+        let mut done = reprocess_results.values().filter(|r| r.is_ok()).count();
+        for (id, result) in &reprocess_results {
+            if result.is_ok() {
+                self.reprocessed.insert(id.clone());
+            }
+        }
         for eval in &mut self.assignments {
             let Some(action) = eval.action.take() else {
                 continue;
@@ -702,14 +741,15 @@ impl<'a> Audit<'a> {
                         .request_assignment(access_package_id, policy_id, target_object_id)
                         .await
                         .map(|r| format!("requested (request {})", r.id))
+                        .map_err(std::sync::Arc::new)
                 }
                 Action::ReprocessAssignment { assignment_id } => {
-                    progress.say(&format!("reprocessing assignment of {}", eval.row.target));
-                    let result = graph.reprocess_assignment(assignment_id).await;
-                    if result.is_ok() {
-                        self.reprocessed.insert(assignment_id.clone());
+                    match reprocess_results.get(assignment_id) {
+                        Some(Ok(())) => Ok("reprocessed".to_string()),
+                        Some(Err(err)) => Err(err.clone()),
+                        // Reprocessed earlier in this run: nothing new to send.
+                        None => continue,
                     }
-                    result.map(|()| "reprocessed".to_string())
                 }
                 Action::ReprocessRequest { request_id } => {
                     progress.say(&format!("reprocessing request of {}", eval.row.target));
@@ -717,12 +757,16 @@ impl<'a> Audit<'a> {
                         .reprocess_request(request_id)
                         .await
                         .map(|()| format!("reprocessed request {request_id}"))
+                        .map_err(std::sync::Arc::new)
                 }
                 _ => continue,
             };
             match outcome {
                 Ok(text) => {
-                    done += 1;
+                    // Batched reprocesses are already counted, once per assignment.
+                    if !matches!(action, Action::ReprocessAssignment { .. }) {
+                        done += 1;
+                    }
                     eval.row.action = text.clone();
                     eval.taken = Some(text);
                     eval.in_flight = true;
@@ -762,15 +806,15 @@ impl<'a> Audit<'a> {
         }
         for guard in &mut self.guards {
             for assignment_id in std::mem::take(&mut guard.to_reprocess) {
-                if guard.reprocessed.contains(&assignment_id)
-                    || self.reprocessed.contains(&assignment_id)
-                {
+                if guard.reprocessed.contains(&assignment_id) {
                     continue;
                 }
-                match graph.reprocess_assignment(&assignment_id).await {
+                // Not in this round's batch: reprocessed earlier in this run.
+                let Some(result) = reprocess_results.get(&assignment_id) else {
+                    continue;
+                };
+                match result {
                     Ok(()) => {
-                        done += 1;
-                        self.reprocessed.insert(assignment_id.clone());
                         guard.reprocessed.insert(assignment_id.clone());
                         guard.in_flight = true;
                         for row in &mut guard.rows {

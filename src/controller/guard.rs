@@ -165,34 +165,45 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     }))
 }
 
-/// Reprocesses the engine's selection in order, stopping early when the global budget is
-/// spent or Graph throttles. Entries not reprocessed get their previous bookkeeping back, so
-/// the status never claims a reprocess that did not happen. Returns the time to come back
-/// when the sweep was cut short.
+/// Reprocesses the engine's selection, as far as the global reprocess budget allows, in
+/// `$batch` requests of 20 (a sweep may find thousands). Entries not reprocessed get their
+/// previous bookkeeping back, so the status never claims a reprocess that did not happen.
+/// Returns the time to come back when the sweep was cut short by the budget or by Graph
+/// throttling.
 async fn reprocess_selected(
     ctx: &Context,
     plan: &mut GuardPlan,
     previous: Option<&AccessPackageGuardStatus>,
 ) -> Option<Duration> {
-    let mut done: Vec<String> = Vec::new();
     let mut come_back: Option<Duration> = None;
+    let mut granted: Vec<String> = Vec::new();
     for id in &plan.reprocess {
         if let Err(wait) = ctx.reprocess_bucket.try_acquire() {
             ctx.metrics.reprocess(KIND, "rate_limited");
             come_back = Some(wait);
             break;
         }
-        match ctx.observations.graph().reprocess_assignment(id).await {
+        granted.push(id.clone());
+    }
+    let observer = ctx.observations.observer();
+    let results = ctx
+        .observations
+        .graph()
+        .reprocess_assignments(&granted, observer.concurrency())
+        .await;
+    let mut done: Vec<String> = Vec::new();
+    for (id, result) in granted.into_iter().zip(results) {
+        match result {
             Ok(()) => {
                 ctx.metrics.reprocess(KIND, "requested");
-                done.push(id.clone());
+                done.push(id);
             }
             Err(e) => {
                 tracing::warn!(assignment_id = %id, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
                 if let Some(after) = e.retry_after() {
                     ctx.metrics.reprocess(KIND, "throttled");
-                    come_back = Some(after);
-                    break;
+                    come_back = Some(come_back.map_or(after, |c| c.max(after)));
+                    continue;
                 }
                 ctx.metrics.reprocess(
                     KIND,

@@ -497,6 +497,80 @@ impl GraphClient {
             .map(|_| ())
     }
 
+    /// Reprocesses many delivered assignments (§4.1), coalesced into `$batch` requests of
+    /// [`MAX_BATCH`] (§6.1) run `concurrency` at a time; one result per id, in order.
+    ///
+    /// Throttled items are resent by [`GraphClient::batch`]. An item the batch could not
+    /// place (still throttled, or a 503/504 the service declined it with) and every item
+    /// of a batch that failed as a whole (network, 5xx) is then sent on its own with the
+    /// client's retry policy, as [`GraphClient::reprocess_assignment`] would be: a
+    /// repeated reprocess converges on the same state, so resending is safe.
+    pub async fn reprocess_assignments(
+        &self,
+        ids: &[String],
+        concurrency: usize,
+    ) -> Vec<Result<(), GraphError>> {
+        use futures::StreamExt;
+        // Owned chunks: the futures must not borrow `ids` (the controller's reconcile
+        // futures have to be `Send` for any lifetime).
+        let chunks: Vec<Vec<String>> = ids.chunks(MAX_BATCH).map(<[String]>::to_vec).collect();
+        let results: Vec<Vec<Result<(), GraphError>>> = futures::stream::iter(chunks)
+            .map(|chunk| self.reprocess_chunk(chunk))
+            .buffered(concurrency.max(1))
+            .collect()
+            .await;
+        results.into_iter().flatten().collect()
+    }
+
+    /// One `$batch` of reprocesses (see [`GraphClient::reprocess_assignments`]).
+    async fn reprocess_chunk(&self, chunk: Vec<String>) -> Vec<Result<(), GraphError>> {
+        const OP: &str = "reprocess_assignment";
+        let mut items = Vec::with_capacity(chunk.len());
+        let mut invalid = std::collections::BTreeMap::new();
+        for (i, id) in chunk.iter().enumerate() {
+            match segment(OP, id) {
+                Ok(seg) => items.push(BatchItem::post(
+                    i.to_string(),
+                    format!("{EM}/assignments/{seg}/reprocess"),
+                )),
+                Err(e) => {
+                    invalid.insert(i, e);
+                }
+            }
+        }
+        let results = match self.batch(&items).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(error = %e, "a reprocess batch failed; sending its items one by one");
+                let mut out = Vec::with_capacity(chunk.len());
+                for id in &chunk {
+                    out.push(self.reprocess_assignment(id).await);
+                }
+                return out;
+            }
+        };
+        let mut results = results.into_iter();
+        let mut out = Vec::with_capacity(chunk.len());
+        for (i, id) in chunk.iter().enumerate() {
+            if let Some(e) = invalid.remove(&i) {
+                out.push(Err(e));
+                continue;
+            }
+            out.push(match results.next() {
+                Some(r) if matches!(r.status, 429 | 503 | 504) => {
+                    self.reprocess_assignment(id).await
+                }
+                Some(r) => r.into_result::<serde_json::Value>(OP).map(|_| ()),
+                None => Err(GraphError::Decode {
+                    operation: OP,
+                    message: "batch response lacks an item".into(),
+                    request_id: None,
+                }),
+            });
+        }
+        out
+    }
+
     /// Reprocesses a failed or partially delivered request (§4.2; 202).
     pub async fn reprocess_request(&self, id: &str) -> Result<(), GraphError> {
         const OP: &str = "reprocess_request";
@@ -950,6 +1024,18 @@ impl GraphClient {
                     .into_iter()
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     .collect();
+                // An inner refusal binds the whole throttling scope, as a direct one does:
+                // no call of this client in that scope goes out before its Retry-After.
+                if matches!(r.status, 429 | 503 | 504)
+                    && let Some(after) = headers.get("retry-after").and_then(|v| {
+                        super::retry::parse_retry_after(v, std::time::SystemTime::now())
+                    })
+                {
+                    let path = item.url.split('?').next().unwrap_or_default();
+                    self.inner
+                        .http
+                        .close_gate(super::http::throttle_scope(path), after);
+                }
                 if r.status == 429 && round < max_retries {
                     let wait = headers.get("retry-after").and_then(|v| {
                         super::retry::parse_retry_after(v, std::time::SystemTime::now())

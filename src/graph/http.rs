@@ -82,7 +82,7 @@ pub(crate) struct Http {
 /// Which Graph throttling budget a path draws from: entitlement management, the token
 /// endpoint, or the directory (users, groups, service principals: one shared bucket,
 /// graph-api.md §6.2).
-fn throttle_scope(path: &str) -> &'static str {
+pub(crate) fn throttle_scope(path: &str) -> &'static str {
     if path.contains("/identityGovernance/") {
         "entitlement"
     } else if path.ends_with("/oauth2/v2.0/token") {
@@ -318,7 +318,7 @@ impl Http {
     }
 
     /// Records that the server asked for no calls in `scope` for `after`.
-    fn close_gate(&self, scope: &'static str, after: Duration) {
+    pub(crate) fn close_gate(&self, scope: &'static str, after: Duration) {
         let until = Instant::now() + after;
         if let Ok(mut gates) = self.gates.lock() {
             let entry = gates.entry(scope).or_insert(until);
