@@ -18,7 +18,7 @@ use tokio::sync::{Mutex, OnceCell};
 
 use crate::api::{AccessPackageSelector, PolicySelector, TargetSelector};
 use crate::engine::{
-    PromisedResource, ResolveFailure, ResolveFailureKind, ResourceRead, Snapshot,
+    PromisedResource, ReadData, ResolveFailure, ResolveFailureKind, ResourceRead, Snapshot,
     promised_resources,
 };
 use crate::graph::GraphClient;
@@ -426,44 +426,20 @@ impl Observer {
         resources: impl IntoIterator<Item = &'a PromisedResource>,
     ) -> Snapshot {
         let reads = crate::engine::reads_needed(resources);
-        let results: Vec<Result<Membership, (ResourceRead, GraphError)>> =
+        let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
             futures::stream::iter(reads)
                 .map(|read| async move {
-                    let result = match &read {
-                        ResourceRead::GroupMembers(g) => self
-                            .graph
-                            .list_group_members(g)
-                            .await
-                            .map(|ids| Membership::Members(g.clone(), ids)),
-                        ResourceRead::GroupOwners(g) => self
-                            .graph
-                            .list_group_owners(g)
-                            .await
-                            .map(|ids| Membership::Owners(g.clone(), ids)),
-                        ResourceRead::AppRoleAssignments(sp) => {
-                            self.graph.list_app_role_assignments(sp).await.map(|list| {
-                                let pairs = list
-                                    .into_iter()
-                                    .map(|a| (a.principal_id, a.app_role_id))
-                                    .collect();
-                                Membership::AppRoles(sp.clone(), pairs)
-                            })
-                        }
-                    };
-                    result.map_err(|err| (read, err))
+                    let result = self.read_resource(&read).await;
+                    (read, result)
                 })
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
         let mut snapshot = Snapshot::new();
-        for result in results {
+        for (read, result) in results {
             match result {
-                Ok(Membership::Members(g, ids)) => snapshot.record_group_members(g, ids),
-                Ok(Membership::Owners(g, ids)) => snapshot.record_group_owners(g, ids),
-                Ok(Membership::AppRoles(sp, pairs)) => {
-                    snapshot.record_app_role_assignments(sp, pairs)
-                }
-                Err((read, err)) => {
+                Ok(data) => snapshot.record(read, data),
+                Err(err) => {
                     tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
                     // The message lands in status: keep it stable across passes (no
                     // request ids or timings), or every pass would rewrite the status.
@@ -473,13 +449,31 @@ impl Observer {
         }
         snapshot
     }
-}
 
-/// The result of one resource read, keyed by the resource it reads.
-enum Membership {
-    Members(String, Vec<String>),
-    Owners(String, Vec<String>),
-    AppRoles(String, Vec<(String, String)>),
+    /// One resource read (all pages): a group's members or owners, or a service
+    /// principal's app role assignments.
+    pub async fn read_resource(&self, read: &ResourceRead) -> Result<ReadData, GraphError> {
+        Ok(match read {
+            ResourceRead::GroupMembers(g) => ReadData::Ids(Arc::new(
+                self.graph
+                    .list_group_members(g)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            )),
+            ResourceRead::GroupOwners(g) => ReadData::Ids(Arc::new(
+                self.graph.list_group_owners(g).await?.into_iter().collect(),
+            )),
+            ResourceRead::AppRoleAssignments(sp) => ReadData::Pairs(Arc::new(
+                self.graph
+                    .list_app_role_assignments(sp)
+                    .await?
+                    .into_iter()
+                    .map(|a| (a.principal_id, a.app_role_id))
+                    .collect(),
+            )),
+        })
+    }
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {

@@ -8,14 +8,18 @@
 //! for a package, the observer and that package's memberships are dropped so the next pass
 //! sees the effect.
 
-use std::collections::{BTreeSet, HashMap};
-use std::hash::Hash;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::engine::{PromisedResource, ResolveFailure, ResourceRead, Snapshot, reads_needed};
+use futures::StreamExt;
+use tokio::sync::OnceCell;
+
+use crate::engine::{
+    PromisedResource, ReadData, ResolveFailure, ResourceRead, Snapshot, reads_needed,
+};
 use crate::graph::{GraphClient, GraphError};
-use crate::observe::{ObserveError, Observer};
+use crate::observe::{ObserveError, Observer, stable_message};
 
 /// Splits an observation result into "retry later" (`Err`) and "report on the object"
 /// (`Ok(Err(failure))`).
@@ -27,54 +31,10 @@ pub fn split<T>(result: Result<T, ObserveError>) -> Result<Result<T, ResolveFail
     }
 }
 
-#[derive(Debug, Clone)]
-enum ReadData {
-    Ids(BTreeSet<String>),
-    Pairs(BTreeSet<(String, String)>),
-}
-
-struct TtlCache<K, V> {
-    ttl: Duration,
-    map: Mutex<HashMap<K, (Instant, V)>>,
-}
-
-impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
-    fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn get(&self, key: &K) -> Option<V> {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(key) {
-            Some((at, v)) if at.elapsed() < self.ttl => Some(v.clone()),
-            Some(_) => {
-                map.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn put(&self, key: K, value: V) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        // Bound memory: expired entries go whenever the map grows.
-        if map.len() > 4096 {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        map.insert(key, (Instant::now(), value));
-    }
-
-    fn remove_where(&self, f: impl Fn(&K) -> bool) {
-        self.map
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !f(k));
-    }
-}
+/// One cached read: when it was started, and its result once there is one. Concurrent
+/// reconciles that need the same resource wait for the one read in flight (single
+/// flight); a failed read leaves the cell empty, so the next caller tries again.
+type Cell = (Instant, Arc<OnceCell<ReadData>>);
 
 /// The controller's Graph read cache. Shared by every reconcile.
 pub struct Observations {
@@ -82,7 +42,7 @@ pub struct Observations {
     max_age: Duration,
     concurrency: usize,
     current: Mutex<(Instant, Arc<Observer>)>,
-    reads: TtlCache<ResourceRead, ReadData>,
+    reads: Mutex<HashMap<ResourceRead, Cell>>,
 }
 
 impl Observations {
@@ -98,7 +58,7 @@ impl Observations {
             graph,
             max_age,
             concurrency,
-            reads: TtlCache::new(max_age),
+            reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -127,85 +87,61 @@ impl Observations {
             Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
         );
         let reads = reads_needed(resources);
-        self.reads.remove_where(|k| reads.contains(k));
+        self.reads
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !reads.contains(k));
     }
 
-    /// The memberships of every verifiable resource in `resources`: cached ones from this
-    /// window, the others read now (through the observer) and cached for the next objects. A
-    /// failed read is recorded as such (never cached), so the engine reports `Unknown`
-    /// instead of guessing.
+    /// The cell for `read` in the current window (a new, empty one once it is `max_age`
+    /// old).
+    fn cell(&self, read: &ResourceRead) -> Arc<OnceCell<ReadData>> {
+        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, cell)) = reads.get(read)
+            && at.elapsed() < self.max_age
+        {
+            return cell.clone();
+        }
+        // Bound memory: expired entries go whenever a new one is made.
+        let max_age = self.max_age;
+        reads.retain(|_, (at, _)| at.elapsed() < max_age);
+        let cell = Arc::new(OnceCell::new());
+        reads.insert(read.clone(), (Instant::now(), cell.clone()));
+        cell
+    }
+
+    /// The memberships of every verifiable resource in `resources`: each read once per
+    /// window and shared by every object (the same data, not a copy), concurrent
+    /// reconciles waiting for the read already in flight. A failed read is recorded as
+    /// such (never cached), so the engine reports `Unknown` instead of guessing.
     pub async fn snapshot(&self, resources: &[PromisedResource]) -> Snapshot {
+        let observer = self.observer();
+        let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
+            futures::stream::iter(reads_needed(resources))
+                .map(|read| {
+                    let cell = self.cell(&read);
+                    let observer = observer.clone();
+                    async move {
+                        let result = cell
+                            .get_or_try_init(|| observer.read_resource(&read))
+                            .await
+                            .cloned();
+                        (read, result)
+                    }
+                })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
         let mut snapshot = Snapshot::new();
-        let mut missing: Vec<PromisedResource> = Vec::new();
-        for r in resources {
-            let Some(read) = ResourceRead::for_kind(&r.kind) else {
-                continue;
-            };
-            match self.reads.get(&read) {
-                Some(data) => record(&mut snapshot, read, data),
-                None => missing.push(r.clone()),
-            }
-        }
-        if missing.is_empty() {
-            return snapshot;
-        }
-        let fresh = self.observer().snapshot(missing.iter()).await;
-        for read in reads_needed(missing.iter()) {
-            if let Some(message) = fresh.failures.get(&read) {
-                snapshot.record_failure(read, message.clone());
-                continue;
-            }
-            let data = match &read {
-                ResourceRead::GroupMembers(g) => {
-                    fresh.group_members.get(g).cloned().map(ReadData::Ids)
+        for (read, result) in results {
+            match result {
+                Ok(data) => snapshot.record(read, data),
+                Err(err) => {
+                    tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
+                    snapshot.record_failure(read, stable_message(&err));
                 }
-                ResourceRead::GroupOwners(g) => {
-                    fresh.group_owners.get(g).cloned().map(ReadData::Ids)
-                }
-                ResourceRead::AppRoleAssignments(sp) => fresh
-                    .app_role_assignments
-                    .get(sp)
-                    .cloned()
-                    .map(ReadData::Pairs),
-            };
-            match data {
-                Some(data) => {
-                    self.reads.put(read.clone(), data.clone());
-                    record(&mut snapshot, read, data);
-                }
-                None => snapshot.record_failure(read, "the membership read returned nothing"),
             }
         }
         snapshot
-    }
-}
-
-fn record(snapshot: &mut Snapshot, read: ResourceRead, data: ReadData) {
-    match (read, data) {
-        (ResourceRead::GroupMembers(g), ReadData::Ids(ids)) => {
-            snapshot.record_group_members(g, ids)
-        }
-        (ResourceRead::GroupOwners(g), ReadData::Ids(ids)) => snapshot.record_group_owners(g, ids),
-        (ResourceRead::AppRoleAssignments(sp), ReadData::Pairs(pairs)) => {
-            snapshot.record_app_role_assignments(sp, pairs)
-        }
-        (read, _) => snapshot.record_failure(read, "internal error: mismatched read"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ttl_cache_expires() {
-        let c: TtlCache<String, u32> = TtlCache::new(Duration::from_millis(30));
-        c.put("a".into(), 1);
-        assert_eq!(c.get(&"a".to_string()), Some(1));
-        std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(c.get(&"a".to_string()), None);
-        c.put("b".into(), 2);
-        c.remove_where(|k| k == "b");
-        assert_eq!(c.get(&"b".to_string()), None);
     }
 }

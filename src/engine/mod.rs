@@ -30,7 +30,7 @@ pub use guard::{GuardDrift, GuardInput, GuardPlan, guard_status_changed, plan_gu
 pub use resources::{
     AAD_APPLICATION, AAD_GROUP, PromisedResource, ResourceKind, promised_resources,
 };
-pub use snapshot::{Check, ResourceRead, Snapshot, reads_needed};
+pub use snapshot::{Check, ReadData, ResourceRead, Snapshot, reads_needed};
 
 /// Operator-wide knobs the engine needs (not per object).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,6 +2,7 @@
 //! which app role. Read once per *resource* and shared by every assignment that promises it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::resources::{PromisedResource, ResourceKind};
 use crate::api::ResourceState;
@@ -42,15 +43,26 @@ pub fn reads_needed<'a>(
         .collect()
 }
 
+/// What one [`ResourceRead`] returned. Shared, not copied: a controller puts the same
+/// read of a group into the snapshot of every object that promises it, and a large
+/// group's members are thousands of ids.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadData {
+    /// Member or owner object ids ([`ResourceRead::GroupMembers`], [`ResourceRead::GroupOwners`]).
+    Ids(Arc<BTreeSet<String>>),
+    /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]).
+    Pairs(Arc<BTreeSet<(String, String)>>),
+}
+
 /// Pure data: the result of the reads in [`reads_needed`], or why one failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// group id → direct member object ids.
-    pub group_members: BTreeMap<String, BTreeSet<String>>,
+    pub group_members: BTreeMap<String, Arc<BTreeSet<String>>>,
     /// group id → owner object ids.
-    pub group_owners: BTreeMap<String, BTreeSet<String>>,
+    pub group_owners: BTreeMap<String, Arc<BTreeSet<String>>>,
     /// service principal id → (principalId, appRoleId) pairs.
-    pub app_role_assignments: BTreeMap<String, BTreeSet<(String, String)>>,
+    pub app_role_assignments: BTreeMap<String, Arc<BTreeSet<(String, String)>>>,
     /// Reads that failed, with a message safe to show (no tokens).
     pub failures: BTreeMap<ResourceRead, String>,
 }
@@ -78,7 +90,7 @@ impl Snapshot {
         self.failures
             .remove(&ResourceRead::GroupMembers(id.clone()));
         self.group_members
-            .insert(id, members.into_iter().map(Into::into).collect());
+            .insert(id, Arc::new(members.into_iter().map(Into::into).collect()));
     }
 
     /// Records a group's owners (replacing any earlier read).
@@ -90,7 +102,7 @@ impl Snapshot {
         let id = group_id.into();
         self.failures.remove(&ResourceRead::GroupOwners(id.clone()));
         self.group_owners
-            .insert(id, owners.into_iter().map(Into::into).collect());
+            .insert(id, Arc::new(owners.into_iter().map(Into::into).collect()));
     }
 
     /// Records a service principal's app role assignments as (principalId, appRoleId).
@@ -103,7 +115,38 @@ impl Snapshot {
         self.failures
             .remove(&ResourceRead::AppRoleAssignments(id.clone()));
         self.app_role_assignments
-            .insert(id, assignments.into_iter().collect());
+            .insert(id, Arc::new(assignments.into_iter().collect()));
+    }
+
+    /// Records what `read` returned, sharing `data` (replacing any earlier read). Data of
+    /// the wrong shape for the read is recorded as a failed read, never as a membership.
+    pub fn record(&mut self, read: ResourceRead, data: ReadData) {
+        self.failures.remove(&read);
+        match (read, data) {
+            (ResourceRead::GroupMembers(g), ReadData::Ids(ids)) => {
+                self.group_members.insert(g, ids);
+            }
+            (ResourceRead::GroupOwners(g), ReadData::Ids(ids)) => {
+                self.group_owners.insert(g, ids);
+            }
+            (ResourceRead::AppRoleAssignments(sp), ReadData::Pairs(pairs)) => {
+                self.app_role_assignments.insert(sp, pairs);
+            }
+            (read, _) => self.record_failure(read, "internal error: data of the wrong shape"),
+        }
+    }
+
+    /// What `read` returned, if it was recorded (shared, not copied).
+    pub fn data(&self, read: &ResourceRead) -> Option<ReadData> {
+        match read {
+            ResourceRead::GroupMembers(g) => self.group_members.get(g).cloned().map(ReadData::Ids),
+            ResourceRead::GroupOwners(g) => self.group_owners.get(g).cloned().map(ReadData::Ids),
+            ResourceRead::AppRoleAssignments(sp) => self
+                .app_role_assignments
+                .get(sp)
+                .cloned()
+                .map(ReadData::Pairs),
+        }
     }
 
     /// Records that a read failed; resources depending on it become Unknown.

@@ -1,0 +1,74 @@
+//! The controller's shared read cache over the real simulator: one read per resource per
+//! window however many reconciles ask at once, the same data (not copies) handed to every
+//! object, and a fresh read once the window has passed or a write invalidated it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redeliver::controller::observation::Observations;
+use redeliver::engine::{ReadData, ResourceRead};
+use redeliver::sim::{Scenario, SimOptions, Simulator};
+
+#[tokio::test]
+async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let observations = Arc::new(Observations::new(
+        sim.graph_client().unwrap(),
+        Duration::from_millis(600),
+        4,
+    ));
+    let package = sim.package_id("Finance Analysts").unwrap();
+    let view = observations
+        .observer()
+        .package_view(&package)
+        .await
+        .unwrap();
+    let resources = view.resources.clone();
+    assert!(resources.len() >= 3);
+    let members_reads = |sim: &redeliver::sim::SimHandle| {
+        sim.request_log()
+            .iter()
+            .filter(|e| e.path.contains("/members") || e.path.contains("/appRoleAssignedTo"))
+            .count()
+    };
+    let distinct = redeliver::engine::reads_needed(&resources).len();
+    sim.clear_request_log();
+
+    // Sixteen objects promising the same resources reconcile at once.
+    let snapshots = futures::future::join_all((0..16).map(|_| {
+        let observations = observations.clone();
+        let resources = resources.clone();
+        async move { observations.snapshot(&resources).await }
+    }))
+    .await;
+    assert_eq!(members_reads(&sim), distinct, "one read per resource");
+    let writers = ResourceRead::GroupMembers(sim.group_id("fin-writers").unwrap());
+    let first = snapshots[0].data(&writers).expect("fin-writers was read");
+    for s in &snapshots {
+        assert!(s.failures.is_empty(), "{:?}", s.failures);
+        match (s.data(&writers), &first) {
+            (Some(ReadData::Ids(a)), ReadData::Ids(b)) => {
+                assert!(Arc::ptr_eq(&a, b), "shared, not copied")
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Within the window: no read at all.
+    observations.snapshot(&resources).await;
+    assert_eq!(members_reads(&sim), distinct);
+
+    // A write to the package invalidates its resources: read again, once.
+    observations.invalidate_package(&resources);
+    observations.snapshot(&resources).await;
+    assert_eq!(members_reads(&sim), 2 * distinct);
+
+    // After the window: read again, once.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    futures::future::join_all((0..4).map(|_| observations.snapshot(&resources))).await;
+    assert_eq!(members_reads(&sim), 3 * distinct);
+    sim.shutdown().await;
+}
