@@ -130,6 +130,14 @@ impl Observations {
         self.reads.remove_where(|k| reads.contains(k));
     }
 
+    /// Like [`Observations::snapshot`], but every membership is read now (and the fresh
+    /// copy replaces the cached one for the other objects).
+    pub async fn snapshot_fresh(&self, resources: &[PromisedResource]) -> Snapshot {
+        let reads = reads_needed(resources);
+        self.reads.remove_where(|k| reads.contains(k));
+        self.snapshot(resources).await
+    }
+
     /// The memberships of every verifiable resource in `resources`: cached ones from this
     /// window, the others read now (through the observer) and cached for the next objects. A
     /// failed read is recorded as such (never cached), so the engine reports `Unknown`
