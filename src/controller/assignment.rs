@@ -149,7 +149,7 @@ async fn observe(
         Ok(id) => id,
         Err(f) => return Ok(empty(Err(f))),
     };
-    let view = match split(observer.package_view(&package_id).await)? {
+    let view = match split(ctx.observations.package_view(&package_id).await)? {
         Ok(v) => v,
         Err(f) => return Ok(empty(Err(f))),
     };
@@ -362,7 +362,10 @@ async fn execute(
         EngineAction::ReprocessRequest { request_id } => graph.reprocess_request(request_id).await,
         _ => Ok(()),
     };
-    ctx.observations.invalidate_package(&observed.resources);
+    if let Ok(ids) = &observed.resolved {
+        ctx.observations
+            .invalidate_package(&ids.access_package_id, &observed.resources);
+    }
     match result {
         Ok(()) => {
             if is_reprocess {
