@@ -998,6 +998,17 @@ pub fn replace_section(path: &Path, section: &str) -> anyhow::Result<()> {
     std::fs::write(path, new).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// `regenerated` (a whole file rewritten by another benchmark) with the controller section
+/// of `previous` carried over, if it had one.
+pub fn keep_section(previous: &str, regenerated: &str) -> String {
+    match (previous.find(SECTION_BEGIN), previous.find(SECTION_END)) {
+        (Some(b), Some(e)) if b < e => {
+            splice_section(regenerated, &previous[b..e + SECTION_END.len()])
+        }
+        _ => regenerated.to_string(),
+    }
+}
+
 fn splice_section(old: &str, section: &str) -> String {
     let section = section.trim_end_matches('\n');
     match (old.find(SECTION_BEGIN), old.find(SECTION_END)) {
@@ -1039,5 +1050,15 @@ mod tests {
             )
         );
         assert_eq!(splice_section(&replaced, &section), replaced);
+
+        // Another benchmark rewriting the whole file keeps this section.
+        let kept = keep_section(&replaced, "# Benchmarks\n\nnew scale table\n");
+        assert_eq!(
+            kept,
+            format!(
+                "# Benchmarks\n\nnew scale table\n\n{SECTION_BEGIN}\n## Controller\nnew\n{SECTION_END}\n"
+            )
+        );
+        assert_eq!(keep_section("no section", "fresh\n"), "fresh\n");
     }
 }

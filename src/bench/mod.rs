@@ -188,8 +188,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     println!("{}", table(&results));
     if let Some(path) = &args.markdown {
-        std::fs::write(path, markdown(&args, &machine, &results))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        // The controller benchmark's section of the same file is kept.
+        let previous = std::fs::read_to_string(path).unwrap_or_default();
+        let text = controller::keep_section(&previous, &markdown(&args, &machine, &results));
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

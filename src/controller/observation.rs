@@ -86,6 +86,9 @@ pub struct Observations {
     /// that package's view (one renewal for all of them cost ~15 view reads per reprocess).
     views: Mutex<HashMap<String, (Instant, Arc<Observer>)>>,
     reads: TtlCache<ResourceRead, ReadData>,
+    /// One lock per resource being read: reconciles that miss the same expired entry at
+    /// once wait for one read instead of each paying for their own.
+    in_flight: Mutex<HashMap<ResourceRead, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Observations {
@@ -103,6 +106,7 @@ impl Observations {
             concurrency,
             views: Mutex::new(HashMap::new()),
             reads: TtlCache::new(max_age),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -190,6 +194,36 @@ impl Observations {
         if missing.is_empty() {
             return snapshot;
         }
+        // Take the reads' locks in their (sorted) order, so two callers never wait on each
+        // other crosswise; then whatever another caller read meanwhile is taken from the cache.
+        let locks: Vec<Arc<tokio::sync::Mutex<()>>> = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            reads_needed(missing.iter())
+                .into_iter()
+                .map(|read| in_flight.entry(read).or_default().clone())
+                .collect()
+        };
+        let mut guards = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            guards.push(lock.lock().await);
+        }
+        missing.retain(|r| {
+            let Some(read) = ResourceRead::for_kind(&r.kind) else {
+                return false;
+            };
+            match self.reads.get(&read) {
+                Some(data) => {
+                    record(&mut snapshot, read, data);
+                    false
+                }
+                None => true,
+            }
+        });
+        if missing.is_empty() {
+            drop(guards);
+            self.release(locks);
+            return snapshot;
+        }
         let fresh = self.observer().snapshot(missing.iter()).await;
         for read in reads_needed(missing.iter()) {
             if let Some(message) = fresh.failures.get(&read) {
@@ -217,7 +251,18 @@ impl Observations {
                 None => snapshot.record_failure(read, "the membership read returned nothing"),
             }
         }
+        drop(guards);
+        self.release(locks);
         snapshot
+    }
+
+    /// Drops the in-flight locks nobody else holds or waits for.
+    fn release(&self, locks: Vec<Arc<tokio::sync::Mutex<()>>>) {
+        drop(locks);
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, lock| Arc::strong_count(lock) > 1);
     }
 }
 
@@ -271,6 +316,51 @@ mod tests {
         obs.package_view(&ids[1]).await.unwrap();
         assert_eq!(reads(&ids[0]), 2, "the written package is read again");
         assert_eq!(reads(&ids[1]), 1, "the other package's view is kept");
+    }
+
+    /// Objects that miss the same resource at once share one read.
+    #[tokio::test]
+    async fn concurrent_misses_share_one_membership_read() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = crate::sim::Simulator::start(
+            crate::sim::Scenario::demo(),
+            crate::sim::SimOptions::fast(),
+        )
+        .await
+        .unwrap();
+        let obs = Arc::new(Observations::new(
+            sim.graph_client().unwrap(),
+            Duration::from_secs(600),
+            4,
+        ));
+        let id = sim.package_id("Finance Analysts").unwrap();
+        let view = obs.package_view(&id).await.unwrap();
+        let reads_before = sim.count_requests("GET", "/v1.0/groups/");
+        let snapshots = futures::future::join_all((0..8).map(|_| {
+            let obs = obs.clone();
+            let view = view.clone();
+            async move { obs.snapshot(&view.resources).await }
+        }))
+        .await;
+        let groups = reads_needed(view.resources.iter())
+            .iter()
+            .filter(|r| matches!(r, ResourceRead::GroupMembers(_)))
+            .count();
+        assert!(groups >= 2, "the demo package promises groups");
+        assert_eq!(
+            sim.count_requests("GET", "/v1.0/groups/") - reads_before,
+            groups,
+            "one read per group for eight objects"
+        );
+        assert!(
+            snapshots
+                .iter()
+                .all(|s| s == &snapshots[0] && s.failures.is_empty())
+        );
+        assert!(
+            obs.in_flight.lock().unwrap().is_empty(),
+            "locks are released"
+        );
     }
 
     #[test]
