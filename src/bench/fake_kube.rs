@@ -162,11 +162,16 @@ impl FakeKube {
                 )));
             };
             inner.rv += 1;
+            // As created by `kubectl apply --server-side`: the API server records who owns
+            // which fields, and every LIST and WATCH carries it.
+            let applied = json!({"spec": obj["spec"].clone()});
+            let managed = json!([managed_entry("kubectl", None, &created, &applied)]);
             let meta = &mut obj["metadata"];
             meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
             meta["resourceVersion"] = json!(inner.rv.to_string());
             meta["generation"] = json!(1);
             meta["creationTimestamp"] = json!(created);
+            meta["managedFields"] = managed;
             let key = Key {
                 plural,
                 namespace: meta["namespace"].as_str().unwrap_or_default().to_string(),
@@ -243,6 +248,73 @@ impl FakeKube {
         inner.watchers.retain(|w| !w.tx.is_closed());
         inner.watchers.len()
     }
+}
+
+/// One `metadata.managedFields` entry owning every field of `applied`.
+fn managed_entry(manager: &str, subresource: Option<&str>, time: &str, applied: &Value) -> Value {
+    let mut e = json!({
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": "redeliver.dev/v1alpha1",
+        "time": time,
+        "fieldsType": "FieldsV1",
+        "fieldsV1": fields_v1(applied, false),
+    });
+    if let Some(sub) = subresource {
+        e["subresource"] = json!(sub);
+    }
+    e
+}
+
+/// The FieldsV1 set of `v`: `f:<name>` per field; lists of objects with a `type` are map
+/// lists keyed by it (`k:{"type":..}`, as `conditions`), other lists are atomic.
+fn fields_v1(v: &Value, item: bool) -> Value {
+    let mut out = serde_json::Map::new();
+    if item {
+        out.insert(".".into(), json!({}));
+    }
+    if let Value::Object(map) = v {
+        for (k, child) in map {
+            let set = match child {
+                Value::Object(_) => fields_v1(child, false),
+                Value::Array(items)
+                    if !items.is_empty() && items.iter().all(|i| i["type"].is_string()) =>
+                {
+                    let mut keyed = serde_json::Map::new();
+                    for i in items {
+                        keyed.insert(
+                            format!("k:{}", json!({"type": i["type"]})),
+                            fields_v1(i, true),
+                        );
+                    }
+                    Value::Object(keyed)
+                }
+                _ => json!({}),
+            };
+            out.insert(format!("f:{k}"), set);
+        }
+    }
+    Value::Object(out)
+}
+
+/// Replaces the entry of the same manager and subresource; keeps its time when its fields
+/// did not change (the real server does not bump an unchanged apply).
+fn set_managed(obj: &mut Value, mut entry: Value, old: &Value) {
+    let (manager, subresource) = (entry["manager"].clone(), entry["subresource"].clone());
+    let same = |e: &Value| e["manager"] == manager && e["subresource"] == subresource;
+    let mut list: Vec<Value> = old["metadata"]["managedFields"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if let Some(prev) = list.iter().find(|e| same(e))
+        && prev["fieldsV1"] == entry["fieldsV1"]
+        && old["status"] == obj["status"]
+    {
+        entry["time"] = prev["time"].clone();
+    }
+    list.retain(|e| !same(e));
+    list.push(entry);
+    obj["metadata"]["managedFields"] = Value::Array(list);
 }
 
 fn delivered(obj: &Value) -> Option<String> {
@@ -649,6 +721,16 @@ fn patch(
             new["metadata"]["generation"] = json!(generation + 1);
         }
     }
+    if status && apply {
+        // Server-side apply records the applier's fields (here: the whole status).
+        let entry = managed_entry(
+            "redeliver",
+            Some("status"),
+            &jiff::Timestamp::now().to_string(),
+            &json!({"status": new["status"].clone()}),
+        );
+        set_managed(&mut new, entry, &old);
+    }
     let changed = new != old;
     if changed {
         inner.rv += 1;
@@ -695,6 +777,8 @@ mod tests {
                      "target": {"userPrincipalName": format!("{name}@contoso.com")}}
         })
     }
+
+    const PLURAL_APA: &str = "accesspackageassignments";
 
     #[test]
     fn parses_resource_paths() {
@@ -795,6 +879,20 @@ mod tests {
             Some(WatchEvent::Modified(_))
         ));
         assert!(api.get_opt("nope").await.unwrap().is_none());
+        let stored = server.object(PLURAL_APA, "bench", "b").unwrap();
+        let managers: Vec<&str> = stored["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["manager"].as_str())
+            .collect();
+        assert_eq!(managers, ["kubectl", "redeliver"]);
+        assert!(
+            stored["metadata"]["managedFields"][1]["fieldsV1"]["f:status"]["f:conditions"]
+                ["k:{\"type\":\"Delivered\"}"]["f:status"]
+                .is_object(),
+            "{stored}"
+        );
 
         let counts = server.counts();
         assert_eq!(counts["PATCH accesspackageassignments/status"], 2);
