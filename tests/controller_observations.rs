@@ -21,11 +21,7 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
         4,
     ));
     let package = sim.package_id("Finance Analysts").unwrap();
-    let view = observations
-        .observer()
-        .package_view(&package)
-        .await
-        .unwrap();
+    let view = observations.package_view(&package).await.unwrap();
     let resources = view.resources.clone();
     assert!(resources.len() >= 3);
     let members_reads = |sim: &redeliver::sim::SimHandle| {
@@ -62,7 +58,7 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     assert_eq!(members_reads(&sim), distinct);
 
     // A write to the package invalidates its resources: read again, once.
-    observations.invalidate_package(&resources);
+    observations.invalidate_package(&package, &resources);
     observations.snapshot(&resources).await;
     assert_eq!(members_reads(&sim), 2 * distinct);
 

@@ -80,43 +80,115 @@ pub fn serve_as_launcher_if_asked() {
 /// Spawns `cmd` and waits for it (blocking: call from `spawn_blocking`). Through the
 /// launcher when this executable is one (see the module docs); otherwise directly, and
 /// the peak RSS is then only an upper bound.
-pub fn run(mut cmd: Command) -> std::io::Result<ChildRun> {
-    let mut out = tempfile::tempfile()?;
-    let mut err = tempfile::tempfile()?;
-    let report = tempfile::NamedTempFile::new()?;
-    if LAUNCHER.load(std::sync::atomic::Ordering::Relaxed) {
-        cmd = through_launcher(&cmd, report.path())?;
+pub fn run(cmd: Command) -> std::io::Result<ChildRun> {
+    if !LAUNCHER.load(std::sync::atomic::Ordering::Relaxed) {
+        return spawn(cmd)?.wait();
     }
+    let report = tempfile::NamedTempFile::new()?;
+    let mut run = spawn(through_launcher(&cmd, report.path())?)?.wait()?;
+    let text = std::fs::read_to_string(report.path())?;
+    (run.exit, run.cpu, run.max_rss_kib) = parse_report(&text).ok_or_else(|| {
+        std::io::Error::other(format!(
+            "the launcher did not report the measured program (exit {:?}): {text:?}",
+            run.exit
+        ))
+    })?;
+    Ok(run)
+}
+
+/// A child started by [`spawn`], its output going to temporary files, not yet reaped.
+#[derive(Debug)]
+pub struct Running {
+    child: std::process::Child,
+    out: File,
+    err: File,
+    started: Instant,
+}
+
+/// Spawns `cmd` with stdin closed and stdout/stderr captured, for [`Running::wait`]. The
+/// child is started directly (so [`Running::pid`] is its own, for [`proc_memory`]); its
+/// `ru_maxrss` may then include this process's address space (see the module docs), so
+/// read its memory from `/proc` while it runs.
+pub fn spawn(mut cmd: Command) -> std::io::Result<Running> {
+    let out = tempfile::tempfile()?;
+    let err = tempfile::tempfile()?;
     cmd.stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(err.try_clone()?);
     let started = Instant::now();
     let child = cmd.spawn()?;
-    let (mut exit, mut cpu, mut max_rss_kib) = wait(child)?;
-    let wall = started.elapsed();
-    if LAUNCHER.load(std::sync::atomic::Ordering::Relaxed) {
-        let text = std::fs::read_to_string(report.path())?;
-        (exit, cpu, max_rss_kib) = parse_report(&text).ok_or_else(|| {
-            std::io::Error::other(format!(
-                "the launcher did not report the measured program (exit {exit:?}): {text:?}"
-            ))
-        })?;
-    }
-    let stdout = read_all(&mut out)?;
-    let stderr = read_all(&mut err)?;
-    let tail_start = stderr
-        .char_indices()
-        .map(|(i, _)| i)
-        .find(|i| stderr.len() - i <= 4096)
-        .unwrap_or(0);
-    Ok(ChildRun {
-        exit,
-        wall,
-        cpu,
-        max_rss_kib,
-        stdout,
-        stderr_tail: stderr[tail_start..].to_string(),
+    Ok(Running {
+        child,
+        out,
+        err,
+        started,
     })
+}
+
+impl Running {
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the child wrote on stderr so far.
+    pub fn stderr_so_far(&mut self) -> std::io::Result<String> {
+        read_all(&mut self.err)
+    }
+
+    /// Waits for the child to exit (blocking) and measures it.
+    pub fn wait(mut self) -> std::io::Result<ChildRun> {
+        let (exit, cpu, max_rss_kib) = wait(self.child)?;
+        let wall = self.started.elapsed();
+        let stdout = read_all(&mut self.out)?;
+        let stderr = read_all(&mut self.err)?;
+        let tail_start = stderr
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|i| stderr.len() - i <= 4096)
+            .unwrap_or(0);
+        Ok(ChildRun {
+            exit,
+            wall,
+            cpu,
+            max_rss_kib,
+            stdout,
+            stderr_tail: stderr[tail_start..].to_string(),
+        })
+    }
+}
+
+/// Memory of a live process from `/proc/<pid>/status`, in KiB: resident now (`VmRSS`) and
+/// its peak so far (`VmHWM`). `None` where `/proc` is not available or the process is gone.
+pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// User + system CPU time of a live process so far, from `/proc/<pid>/stat`.
+#[cfg(unix)]
+pub fn proc_cpu(pid: u32) -> Option<Duration> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are fixed.
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after `)`.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|h| *h > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// Not available off Unix.
+#[cfg(not(unix))]
+pub fn proc_cpu(_pid: u32) -> Option<Duration> {
+    None
 }
 
 /// The same command, run by this executable acting as a launcher.
@@ -212,6 +284,25 @@ mod tests {
         assert!(r.cpu > Duration::from_millis(10), "cpu {:?}", r.cpu);
         assert!(r.max_rss_kib > 100, "rss {} KiB", r.max_rss_kib);
         assert!(r.wall >= r.cpu / 2);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn samples_a_live_child_from_proc() {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg("i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; sleep 5");
+        let running = spawn(cmd).expect("sh runs");
+        let pid = running.pid();
+        std::thread::sleep(Duration::from_millis(300));
+        let (rss, hwm) = proc_memory(pid).expect("/proc/<pid>/status");
+        assert!(rss > 100 && hwm >= rss, "rss {rss} KiB, hwm {hwm} KiB");
+        assert!(proc_cpu(pid).is_some());
+        // SAFETY: signalling our own live child.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let r = running.wait().expect("reaped");
+        assert_eq!(r.exit, None, "killed by the signal");
+        assert!(r.wall < Duration::from_secs(5));
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!    requests and RU per poll when nothing changes, then the time from an outside removal to
 //!    its detection and to the membership being back after `reprocess`.
 
+pub mod controller;
 pub mod cost;
+pub mod fake_kube;
 pub mod measure;
 pub mod naive;
 pub mod report;

@@ -32,6 +32,9 @@ use crate::observe::{Observer, stable_message};
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
 
+/// `status.reprocess.lastOutcome` while a reprocess we asked for has not been verified.
+const REPROCESS_REQUESTED: &str = "Requested";
+
 /// Entry point for the controller: a span, a metrics timer, the concurrency slot and the
 /// finalizer dispatch. The domain logic is in [`apply`] and [`cleanup`].
 pub async fn reconcile(
@@ -146,25 +149,40 @@ async fn observe(
         Ok(id) => id,
         Err(f) => return Ok(empty(Err(f))),
     };
-    let view = match split(observer.package_view(&package_id).await)? {
+    let view = match split(ctx.observations.package_view(&package_id).await)? {
         Ok(v) => v,
         Err(f) => return Ok(empty(Err(f))),
     };
-    let target = match split(observer.resolve_target(&spec.target).await)? {
-        Ok(t) => t,
-        Err(f) => return Ok(empty(Err(f))),
+    // The package's assignments name their targets: a user who holds one needs no read of
+    // its own (one `GET /users/{id}` per object per window, 10,000 RU a window at 10,000
+    // objects, for nothing).
+    let target = match target_from_assignments(&spec.target, &view) {
+        Some(id) => id,
+        None => match split(observer.resolve_target(&spec.target).await)? {
+            Ok(t) => t,
+            Err(f) => return Ok(empty(Err(f))),
+        },
     };
     let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
     let assignment = view.assignment_for(&target);
     let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
         // The request we submitted: read it directly, fresh and with its target.
         Some(id) => ctx.observations.graph().get_request(id).await?,
-        None => match split(observer.package_requests(&package_id).await)? {
+        None => match split(ctx.observations.package_requests(&package_id).await)? {
             Ok(requests) => view.latest_request_for(&requests, &target),
             Err(f) => return Ok(empty(Err(f))),
         },
     };
-    let snapshot = ctx.observations.snapshot(&view.resources).await;
+    // Checking on our own reprocess: memberships cached by other objects since may predate
+    // Graph applying it (it lands asynchronously), and a stale "missing" here costs the
+    // whole reprocess cooldown.
+    let awaiting_reprocess =
+        previous.is_some_and(|s| s.reprocess.last_outcome.as_deref() == Some(REPROCESS_REQUESTED));
+    let snapshot = if awaiting_reprocess {
+        ctx.observations.snapshot_fresh(&view.resources).await
+    } else {
+        ctx.observations.snapshot(&view.resources).await
+    };
     Ok(Observed {
         resolved: Ok(ResolvedIds {
             access_package_id: package_id,
@@ -177,6 +195,31 @@ async fn observe(
         latest_request,
         resources: view.resources.clone(),
         snapshot,
+    })
+}
+
+/// The target's directory object id when one of the package's assignments names it: by
+/// object id, or by `principalName` for a UPN. `None` means it must be resolved (and may not
+/// exist).
+fn target_from_assignments(
+    target: &crate::api::TargetSelector,
+    view: &crate::observe::PackageView,
+) -> Option<String> {
+    view.assignments.iter().find_map(|a| {
+        let subject = a.target.as_ref()?;
+        let id = subject.object_id.as_deref()?;
+        let matches = match (
+            target.object_id.as_deref(),
+            target.user_principal_name.as_deref(),
+        ) {
+            (Some(wanted), _) => id.eq_ignore_ascii_case(wanted),
+            (None, Some(upn)) => subject
+                .principal_name
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case(upn)),
+            (None, None) => false,
+        };
+        matches.then(|| id.to_string())
     })
 }
 
@@ -322,7 +365,10 @@ async fn execute(
         EngineAction::ReprocessRequest { request_id } => graph.reprocess_request(request_id).await,
         _ => Ok(()),
     };
-    ctx.observations.invalidate_package(&observed.resources);
+    if let Ok(ids) = &observed.resolved {
+        ctx.observations
+            .invalidate_package(&ids.access_package_id, &observed.resources);
+    }
     match result {
         Ok(()) => {
             if is_reprocess {

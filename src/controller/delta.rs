@@ -134,7 +134,7 @@ pub async fn run(
         // The reconcile must read these groups again, not reuse this window's copy.
         let resources: Vec<PromisedResource> =
             hit_groups.iter().map(|g| group_resource(g)).collect();
-        ctx.observations.invalidate_package(&resources);
+        ctx.observations.invalidate_memberships(&resources);
         tracing::info!(
             objects = refs.len(),
             groups = hit_groups.len(),

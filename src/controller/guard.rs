@@ -93,7 +93,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     if validate_guard_spec(&obj.spec).is_ok() {
         let observer = ctx.observations.observer();
         let view = match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
-            Ok(id) => split(observer.package_view(&id).await)?,
+            Ok(id) => split(ctx.observations.package_view(&id).await)?,
             Err(f) => Err(f),
         };
         match view {
@@ -150,8 +150,10 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             done > 0
         });
     }
-    if !plan.reprocess.is_empty() {
-        ctx.observations.invalidate_package(&resources);
+    if !plan.reprocess.is_empty()
+        && let Ok((package_id, _)) = &resolved
+    {
+        ctx.observations.invalidate_package(package_id, &resources);
     }
 
     if guard_status_changed(previous.as_ref(), &plan.status) {

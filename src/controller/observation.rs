@@ -18,8 +18,9 @@ use tokio::sync::OnceCell;
 use crate::engine::{
     PromisedResource, ReadData, ResolveFailure, ResourceRead, Snapshot, reads_needed,
 };
+use crate::graph::models::AssignmentRequest;
 use crate::graph::{GraphClient, GraphError};
-use crate::observe::{ObserveError, Observer, stable_message};
+use crate::observe::{ObserveError, Observer, PackageView, stable_message};
 
 /// Splits an observation result into "retry later" (`Err`) and "report on the object"
 /// (`Ok(Err(failure))`).
@@ -42,6 +43,9 @@ pub struct Observations {
     max_age: Duration,
     concurrency: usize,
     current: Mutex<(Instant, Arc<Observer>)>,
+    /// One observer per package for its view, so that a write to one package renews only
+    /// that package's view (one renewal for all of them cost ~15 view reads per reprocess).
+    views: Mutex<HashMap<String, (Instant, Arc<Observer>)>>,
     reads: Mutex<HashMap<ResourceRead, Cell>>,
 }
 
@@ -58,6 +62,7 @@ impl Observations {
             graph,
             max_age,
             concurrency,
+            views: Mutex::new(HashMap::new()),
             reads: Mutex::new(HashMap::new()),
         }
     }
@@ -79,18 +84,69 @@ impl Observations {
         current.1.clone()
     }
 
-    /// Forgets what a write to a package may have changed: the package views (assignments,
-    /// requests) and the memberships of the resources it promises.
-    pub fn invalidate_package(&self, resources: &[PromisedResource]) {
-        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = (
-            Instant::now(),
-            Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
-        );
+    /// The observer holding one package's reads in its current window.
+    fn package_observer(&self, package_id: &str) -> Arc<Observer> {
+        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = || {
+            (
+                Instant::now(),
+                Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
+            )
+        };
+        let entry = views
+            .entry(package_id.to_ascii_lowercase())
+            .or_insert_with(fresh);
+        if entry.0.elapsed() >= self.max_age {
+            *entry = fresh();
+        }
+        entry.1.clone()
+    }
+
+    /// The package's view (policies, assignments), read at most once per `max_age` and
+    /// shared by every object of the package.
+    pub async fn package_view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
+        self.package_observer(package_id)
+            .package_view(package_id)
+            .await
+    }
+
+    /// The package's assignment requests, read only when an object needs them, at most
+    /// once per `max_age`, and renewed with the view after a write to the package.
+    pub async fn package_requests(
+        &self,
+        package_id: &str,
+    ) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
+        self.package_observer(package_id)
+            .package_requests(package_id)
+            .await
+    }
+
+    /// Forgets what a write to a package may have changed: its view (assignments,
+    /// requests) and the memberships of the resources it promises. Other packages' views
+    /// are kept.
+    pub fn invalidate_package(&self, package_id: &str, resources: &[PromisedResource]) {
+        self.views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&package_id.to_ascii_lowercase());
+        self.invalidate_memberships(resources);
+    }
+
+    /// Forgets the cached memberships of `resources` (e.g. after group delta reported a
+    /// removal).
+    pub fn invalidate_memberships(&self, resources: &[PromisedResource]) {
         let reads = reads_needed(resources);
         self.reads
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|k, _| !reads.contains(k));
+    }
+
+    /// Like [`Observations::snapshot`], but every membership is read now (and the fresh
+    /// copy replaces the cached one for the other objects).
+    pub async fn snapshot_fresh(&self, resources: &[PromisedResource]) -> Snapshot {
+        self.invalidate_memberships(resources);
+        self.snapshot(resources).await
     }
 
     /// The cell for `read` in the current window (a new, empty one once it is `max_age`
@@ -143,5 +199,45 @@ impl Observations {
             }
         }
         snapshot
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write to one package renews that package's view only.
+    #[tokio::test]
+    async fn invalidating_a_package_renews_only_its_view() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = crate::sim::Simulator::start(
+            crate::sim::Scenario::demo(),
+            crate::sim::SimOptions::fast(),
+        )
+        .await
+        .unwrap();
+        let obs = Observations::new(sim.graph_client().unwrap(), Duration::from_secs(600), 4);
+        let ids: Vec<String> = ["Finance Analysts", "Engineering Tools"]
+            .iter()
+            .filter_map(|n| sim.package_id(n))
+            .collect();
+        assert_eq!(ids.len(), 2, "the demo scenario's packages");
+        let reads = |id: &str| {
+            sim.count_requests(
+                "GET",
+                &format!("/v1.0/identityGovernance/entitlementManagement/accessPackages/{id}"),
+            )
+        };
+        for id in &ids {
+            obs.package_view(id).await.unwrap();
+            obs.package_view(id).await.unwrap();
+            assert_eq!(reads(id), 1, "one read per window");
+        }
+        let view = obs.package_view(&ids[0]).await.unwrap();
+        obs.invalidate_package(&ids[0], &view.resources);
+        obs.package_view(&ids[0]).await.unwrap();
+        obs.package_view(&ids[1]).await.unwrap();
+        assert_eq!(reads(&ids[0]), 2, "the written package is read again");
+        assert_eq!(reads(&ids[1]), 1, "the other package's view is kept");
     }
 }

@@ -96,7 +96,8 @@ where
     K: Resource<DynamicType = ()> + DeserializeOwned,
 {
     let is_delete = matches!(event, watcher::Event::Delete(_));
-    let decode = |obj: DynamicObject| -> Option<K> {
+    let decode = |mut obj: DynamicObject| -> Option<K> {
+        slim(&mut obj);
         let name = obj.name_any();
         let namespace = obj.namespace().unwrap_or_default();
         let copy = (!is_delete).then(|| obj.clone()).zip(malformed);
@@ -127,6 +128,23 @@ where
         watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
         watcher::Event::Init => Some(watcher::Event::Init),
         watcher::Event::InitDone => Some(watcher::Event::InitDone),
+    }
+}
+
+/// The annotation `kubectl apply` (client side) keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the controller never reads but a real API server sends with every object:
+/// `managedFields` (every field's owner; with our status applies often the largest part of
+/// the object) and kubectl's last-applied copy. Kept, they would sit in the store for every
+/// object.
+fn slim(obj: &mut DynamicObject) {
+    obj.metadata.managed_fields = None;
+    if let Some(annotations) = obj.metadata.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+        if annotations.is_empty() {
+            obj.metadata.annotations = None;
+        }
     }
 }
 
@@ -264,6 +282,34 @@ mod tests {
             k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH),
         );
         assert_ne!(base, trigger_hash(&deleting));
+    }
+
+    #[test]
+    fn stored_objects_drop_managed_fields_and_the_last_applied_copy() {
+        let (metrics, _registry) = Metrics::new(None);
+        let mut v = serde_json::to_value(apa(1, Some("2026-01-01T00:00:00Z"))).unwrap();
+        v["metadata"]["managedFields"] = serde_json::json!([{
+            "manager": "redeliver", "operation": "Apply", "subresource": "status",
+            "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {"f:conditions": {}}}
+        }]);
+        v["metadata"]["annotations"][LAST_APPLIED] = serde_json::json!("{\"spec\":{}}");
+        let obj: DynamicObject = serde_json::from_value(v).unwrap();
+        let Some(watcher::Event::Apply(decoded)) = decode_event::<AccessPackageAssignment>(
+            watcher::Event::Apply(obj),
+            &metrics,
+            "AccessPackageAssignment",
+            None,
+        ) else {
+            panic!("the object decodes");
+        };
+        assert!(decoded.metadata.managed_fields.is_none());
+        let annotations = decoded.metadata.annotations.unwrap();
+        assert!(!annotations.contains_key(LAST_APPLIED));
+        assert_eq!(
+            annotations.get(REPROCESS_ANNOTATION).map(String::as_str),
+            Some("2026-01-01T00:00:00Z"),
+            "what the controller reads is kept"
+        );
     }
 
     #[test]
