@@ -165,14 +165,6 @@ async fn observe(
     };
     let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
     let assignment = view.assignment_for(&target);
-    let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
-        // The request we submitted: read it directly, fresh and with its target.
-        Some(id) => ctx.observations.graph().get_request(id).await?,
-        None => match split(ctx.observations.package_requests(&package_id).await)? {
-            Ok(requests) => view.latest_request_for(&requests, &target),
-            Err(f) => return Ok(empty(Err(f))),
-        },
-    };
     // Checking on our own reprocess: memberships cached by other objects since may predate
     // Graph applying it (it lands asynchronously), and a stale "missing" here costs the
     // whole reprocess cooldown.
@@ -182,6 +174,25 @@ async fn observe(
         ctx.observations.snapshot_fresh(&view.resources).await
     } else {
         ctx.observations.snapshot(&view.resources).await
+    };
+    let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
+        // The request we submitted: read it directly, fresh and with its target.
+        Some(id) => ctx.observations.graph().get_request(id).await?,
+        // A delivered assignment with everything present plans the same with or without
+        // a request: don't read (and hold) the package's requests for it.
+        None if !crate::engine::needs_latest_request(
+            assignment.as_ref(),
+            &view.resources,
+            &snapshot,
+            &target,
+        ) =>
+        {
+            None
+        }
+        None => match split(ctx.observations.package_requests(&package_id).await)? {
+            Ok(requests) => view.latest_request_for(&requests, &target),
+            Err(f) => return Ok(empty(Err(f))),
+        },
     };
     Ok(Observed {
         resolved: Ok(ResolvedIds {

@@ -326,6 +326,31 @@ fn observe<'r>(
     observed
 }
 
+/// Whether [`plan_assignment`] can look at the target's latest request: only when there
+/// is no assignment, when it is not delivered yet, or when it is delivered but a promised
+/// resource is missing (a request in flight is then waited for rather than reprocessed).
+/// A caller that would read a package's requests only for this may skip the read when it
+/// returns `false`: the plan is the same with or without the request.
+pub fn needs_latest_request(
+    assignment: Option<&Assignment>,
+    resources: &[PromisedResource],
+    snapshot: &Snapshot,
+    target_object_id: &str,
+) -> bool {
+    match assignment.map(|a| a.state) {
+        None
+        | Some(
+            AssignmentState::Delivering
+            | AssignmentState::DeliveryFailed
+            | AssignmentState::PartiallyDelivered,
+        ) => true,
+        Some(AssignmentState::Delivered) => resources
+            .iter()
+            .any(|r| snapshot.check(&r.kind, target_object_id) == ResourceState::Missing),
+        Some(AssignmentState::Expired | AssignmentState::Unknown) => false,
+    }
+}
+
 fn decide(
     ctx: &Ctx,
     ids: &ResolvedIds,

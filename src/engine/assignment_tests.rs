@@ -1272,3 +1272,59 @@ fn a_refused_request_is_not_repeated_until_spec_or_annotation_changes() {
         Action::RequestAssignment { .. }
     ));
 }
+
+/// Wherever `needs_latest_request` says no, the plan is the same with and without a
+/// request (in flight or failed), so a caller may skip reading requests; where it says
+/// yes, some request changes the plan in at least one of these states.
+#[test]
+fn the_latest_request_matters_only_where_needs_latest_request_says() {
+    let states = [
+        None,
+        Some(AssignmentState::Delivered),
+        Some(AssignmentState::Delivering),
+        Some(AssignmentState::DeliveryFailed),
+        Some(AssignmentState::PartiallyDelivered),
+        Some(AssignmentState::Expired),
+        Some(AssignmentState::Unknown),
+    ];
+    let requests = [
+        request(RequestState::Delivering, Some(at(-5)), None),
+        request(RequestState::DeliveryFailed, Some(at(-5)), Some(at(-4))),
+        request(RequestState::Delivered, Some(at(-50)), Some(at(-49))),
+    ];
+    let mut needed_somewhere = 0;
+    for state in states {
+        for drifted in [false, true] {
+            let mut fx = Fx::new();
+            fx.assignment = state.map(assignment);
+            if drifted {
+                fx.snapshot.record_group_members("g2", ["someone-else"]);
+            }
+            let needed =
+                needs_latest_request(fx.assignment.as_ref(), &fx.resources, &fx.snapshot, USER);
+            let without = fx.plan(at(0));
+            let differs = requests.iter().any(|r| {
+                fx.request = Some(r.clone());
+                fx.plan(at(0)) != without
+            });
+            if !needed {
+                assert!(
+                    !differs,
+                    "{state:?} drifted={drifted}: a request changed the plan"
+                );
+            }
+            needed_somewhere += usize::from(needed && differs);
+            assert_eq!(
+                needed,
+                match state {
+                    None => true,
+                    Some(AssignmentState::Delivered) => drifted,
+                    Some(AssignmentState::Expired | AssignmentState::Unknown) => false,
+                    Some(_) => true,
+                },
+                "{state:?} drifted={drifted}"
+            );
+        }
+    }
+    assert!(needed_somewhere >= 4, "requests do matter where needed");
+}
