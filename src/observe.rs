@@ -435,19 +435,7 @@ impl Observer {
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
-        let mut snapshot = Snapshot::new();
-        for (read, result) in results {
-            match result {
-                Ok(data) => snapshot.record(read, data),
-                Err(err) => {
-                    tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
-                    // The message lands in status: keep it stable across passes (no
-                    // request ids or timings), or every pass would rewrite the status.
-                    snapshot.record_failure(read, stable_message(&err));
-                }
-            }
-        }
-        snapshot
+        snapshot_of(results)
     }
 
     /// One resource read (all pages): a group's members or owners, or a service
@@ -474,6 +462,26 @@ impl Observer {
             )),
         })
     }
+}
+
+/// A snapshot of read results. A failed read is recorded as failed, so assignments
+/// promising the resource report `Unknown` rather than a guess.
+pub fn snapshot_of(
+    results: impl IntoIterator<Item = (ResourceRead, Result<ReadData, GraphError>)>,
+) -> Snapshot {
+    let mut snapshot = Snapshot::new();
+    for (read, result) in results {
+        match result {
+            Ok(data) => snapshot.record(read, data),
+            Err(err) => {
+                tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
+                // The message lands in status: keep it stable across passes (no request
+                // ids or timings), or every pass would rewrite the status.
+                snapshot.record_failure(read, stable_message(&err));
+            }
+        }
+    }
+    snapshot
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {

@@ -140,11 +140,7 @@ async fn audit(sim: &SimHandle, dir: &Path) -> (i32, String, String) {
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
-        .env("AZURE_CLIENT_ID", &sim.client_id)
-        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
-        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
-        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+    cmd.envs(sim.graph_env())
         .env("NO_PROXY", "127.0.0.1,localhost")
         .args(["audit", "-o", "json", "--no-progress", "-f"])
         .arg(dir)

@@ -136,6 +136,12 @@ pub enum DurationError {
     Overflow(String),
 }
 
+/// [`parse_duration`] as a clap value parser (`value_parser = parse_duration_arg`), for
+/// every command-line flag that takes a duration.
+pub fn parse_duration_arg(s: &str) -> Result<Duration, String> {
+    parse_duration(s).map_err(|e| e.to_string())
+}
+
 /// Parses a duration written as one or more `<number><unit>` pairs, units `h`, `m`, `s`
 /// (a subset of Go's `time.ParseDuration`, so the same string also works in CEL rules),
 /// e.g. `30s`, `5m`, `1h30m`.

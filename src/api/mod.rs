@@ -17,7 +17,7 @@ pub use assignment::{
 };
 pub use common::{
     AccessPackageSelector, DURATION_PATTERN, DurationError, GUID_PATTERN, PolicySelector,
-    SpecError, TargetSelector, format_duration, parse_duration,
+    SpecError, TargetSelector, format_duration, parse_duration, parse_duration_arg,
 };
 pub use guard::{
     AccessPackageGuard, AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts,

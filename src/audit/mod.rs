@@ -70,11 +70,11 @@ pub struct AuditArgs {
     pub reprocess: bool,
 
     /// With --reprocess, how long to wait for repairs to land before the final verification.
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::api::parse_duration_arg)]
     pub wait: Duration,
 
     /// How often to re-verify while waiting.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration_arg, hide_short_help = true)]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::api::parse_duration_arg, hide_short_help = true)]
     pub poll_interval: Duration,
 
     /// Run against an embedded Graph simulator instead of a real tenant.
@@ -95,10 +95,6 @@ pub struct AuditArgs {
 
     #[command(flatten)]
     pub graph: GraphArgs,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::api::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Runs the audit and returns the process exit code.

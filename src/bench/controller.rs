@@ -40,15 +40,15 @@ pub struct ControllerBenchArgs {
     pub objects: usize,
 
     /// spec.verifyInterval of every object (the controller's periodic full verification).
-    #[arg(long, default_value = "60s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = crate::api::parse_duration_arg)]
     pub verify_interval: Duration,
 
     /// The controller's --delta-interval.
-    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = crate::api::parse_duration_arg)]
     pub delta_interval: Duration,
 
     /// The controller's --observation-max-age (how long one Graph read is shared).
-    #[arg(long, default_value = "30s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "30s", value_parser = crate::api::parse_duration_arg)]
     pub observation_max_age: Duration,
 
     /// The controller's --concurrency (reconciles in flight).
@@ -65,7 +65,7 @@ pub struct ControllerBenchArgs {
 
     /// Steady-state window (default: the verify interval plus 30 s, so every object is
     /// verified again at least once inside it).
-    #[arg(long, value_parser = parse_duration_arg)]
+    #[arg(long, value_parser = crate::api::parse_duration_arg)]
     pub steady_window: Option<Duration>,
 
     /// Simulated Graph latency per request, in milliseconds.
@@ -81,7 +81,7 @@ pub struct ControllerBenchArgs {
     pub by_upn: bool,
 
     /// Give up on initial convergence after this long.
-    #[arg(long, default_value = "20m", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "20m", value_parser = crate::api::parse_duration_arg)]
     pub converge_timeout: Duration,
 
     /// Replace the controller section of this Markdown file (e.g. docs/benchmarks.md),
@@ -92,10 +92,6 @@ pub struct ControllerBenchArgs {
     /// The `redeliver` binary to run as the controller.
     #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
     pub redeliver_bin: Option<PathBuf>,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::api::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Graph usage in one window.
@@ -353,11 +349,7 @@ async fn measure_controller(
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
-        .env("AZURE_CLIENT_ID", &sim.client_id)
-        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
-        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
-        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+    cmd.envs(sim.graph_env())
         .env(
             "REDELIVER_GRAPH_CONCURRENCY",
             args.graph_concurrency.to_string(),

@@ -71,7 +71,7 @@ pub struct BenchArgs {
 
     /// Delta poll interval in the incremental measurement (the controller's default is
     /// 60 s; a shorter one keeps the benchmark short and changes no per-poll figure).
-    #[arg(long, default_value = "5s", value_parser = parse_duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = crate::api::parse_duration_arg)]
     pub delta_interval: Duration,
 
     /// Quiet polls measured per scale in incremental mode.
@@ -93,10 +93,6 @@ pub struct BenchArgs {
     /// The `redeliver` binary measured as Redeliver (default: this executable).
     #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
     pub redeliver_bin: Option<PathBuf>,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::api::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Figures of one measured Redeliver process.
@@ -351,11 +347,7 @@ async fn audit(
     ] {
         cmd.env_remove(var);
     }
-    cmd.env("AZURE_TENANT_ID", &sim.tenant_id)
-        .env("AZURE_CLIENT_ID", &sim.client_id)
-        .env("AZURE_CLIENT_SECRET", &sim.client_secret)
-        .env("AZURE_AUTHORITY_HOST", &sim.authority_host)
-        .env("REDELIVER_GRAPH_URL", &sim.graph_url)
+    cmd.envs(sim.graph_env())
         .env("REDELIVER_GRAPH_CONCURRENCY", concurrency.to_string())
         .env("NO_PROXY", "127.0.0.1,localhost")
         .arg("audit")

@@ -63,7 +63,7 @@ pub struct ControllerArgs {
     pub concurrency: u16,
 
     /// Verify interval for objects whose spec.verifyInterval is unusable (e.g. 10m, 1h).
-    #[arg(long, env = "REDELIVER_VERIFY_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration_arg)]
+    #[arg(long, env = "REDELIVER_VERIFY_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = crate::api::parse_duration_arg)]
     pub verify_interval: Duration,
 
     /// Reprocess calls allowed per minute across all objects (a token bucket; bursts up to the
@@ -110,21 +110,17 @@ pub struct ControllerArgs {
 
     /// A request or assignment in a transitional state longer than this is reported as
     /// Stalled (reason DeliveryStuck).
-    #[arg(long, env = "REDELIVER_STUCK_AFTER", value_name = "DURATION", default_value = "30m", value_parser = parse_duration_arg)]
+    #[arg(long, env = "REDELIVER_STUCK_AFTER", value_name = "DURATION", default_value = "30m", value_parser = crate::api::parse_duration_arg)]
     pub stuck_after: Duration,
 
     /// How long one Graph read (a package, a group's members, ...) is shared between objects.
-    #[arg(long, env = "REDELIVER_OBSERVATION_MAX_AGE", value_name = "DURATION", default_value = "30s", value_parser = parse_duration_arg)]
+    #[arg(long, env = "REDELIVER_OBSERVATION_MAX_AGE", value_name = "DURATION", default_value = "30s", value_parser = crate::api::parse_duration_arg)]
     pub observation_max_age: Duration,
 
     /// Between full verifications, poll group delta this often and reconcile an assignment
     /// at once when one of its users leaves a promised group (0 turns it off).
-    #[arg(long, env = "REDELIVER_DELTA_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = parse_duration_arg)]
+    #[arg(long, env = "REDELIVER_DELTA_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = crate::api::parse_duration_arg)]
     pub delta_interval: Duration,
-}
-
-fn parse_duration_arg(s: &str) -> Result<Duration, String> {
-    crate::api::parse_duration(s).map_err(|e| e.to_string())
 }
 
 impl ControllerArgs {

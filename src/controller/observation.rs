@@ -20,7 +20,7 @@ use crate::engine::{
 };
 use crate::graph::models::AssignmentRequest;
 use crate::graph::{GraphClient, GraphError};
-use crate::observe::{ObserveError, Observer, PackageView, stable_message};
+use crate::observe::{ObserveError, Observer, PackageView, snapshot_of};
 
 /// Splits an observation result into "retry later" (`Err`) and "report on the object"
 /// (`Ok(Err(failure))`).
@@ -188,17 +188,7 @@ impl Observations {
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
-        let mut snapshot = Snapshot::new();
-        for (read, result) in results {
-            match result {
-                Ok(data) => snapshot.record(read, data),
-                Err(err) => {
-                    tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
-                    snapshot.record_failure(read, stable_message(&err));
-                }
-            }
-        }
-        snapshot
+        snapshot_of(results)
     }
 }
 

@@ -430,17 +430,23 @@ impl SimHandle {
         crate::graph::GraphClient::new(self.graph_args().validate()?)
     }
 
-    /// Shell `export` lines for the operator / CLI (secret included: it is the
-    /// simulator's own throwaway secret).
-    pub fn env_exports(&self) -> String {
-        let mut out = String::new();
-        for (k, v) in [
+    /// The environment that points `redeliver` (or any Azure SDK) at this simulator:
+    /// tenant, client, the simulator's own throwaway secret, authority and Graph URL.
+    pub fn graph_env(&self) -> [(&'static str, &str); 5] {
+        [
             ("AZURE_TENANT_ID", &self.tenant_id),
             ("AZURE_CLIENT_ID", &self.client_id),
             ("AZURE_CLIENT_SECRET", &self.client_secret),
             ("AZURE_AUTHORITY_HOST", &self.authority_host),
             ("REDELIVER_GRAPH_URL", &self.graph_url),
-        ] {
+        ]
+    }
+
+    /// Shell `export` lines for the operator / CLI (secret included: it is the
+    /// simulator's own throwaway secret).
+    pub fn env_exports(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in self.graph_env() {
             out.push_str(&format!("export {k}={}\n", shell_quote(v)));
         }
         if let Some(ca) = &self.ca_file {
