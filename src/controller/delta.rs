@@ -1,12 +1,15 @@
 //! Incremental mode: between full verifications, follow group delta for the groups that
 //! delivered assignments rely on, and reconcile an assignment as soon as its user leaves
-//! one of them (graph-api.md §5.5). The periodic full verification stays the safety net.
+//! one of them (graph-api.md §5.5), or comes back to one it was missing from (a reprocess
+//! landed, or someone put the user back): `Delivered=True` is then written within one
+//! delta interval instead of at the next re-check. The periodic full verification stays
+//! the safety net.
 //!
 //! The index comes from the objects' own status (`graphState: delivered`,
-//! `targetObjectId`, `resources[]` present in an `AadGroup`), so no extra Graph read is
-//! needed to know whom a removal concerns. A removal drops that group's cached membership
-//! and triggers the matching objects; a group whose sync state expired triggers every
-//! object that relies on it.
+//! `targetObjectId`, `resources[]` in an `AadGroup`, present or missing), so no extra
+//! Graph read is needed to know whom a change concerns. A change drops that group's
+//! cached membership and triggers the matching objects; a group whose sync state expired
+//! triggers every object that relies on it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -22,10 +25,23 @@ use crate::observe::delta::DeltaTracker;
 
 type Index = HashMap<(String, String), Vec<ObjectRef<AccessPackageAssignment>>>;
 
-/// (group id, user id) of every present group membership of a delivered assignment.
-fn index(store: &Store<AccessPackageAssignment>) -> (BTreeSet<String>, Index) {
-    let mut groups = BTreeSet::new();
-    let mut idx: Index = HashMap::new();
+/// Who relies on which group membership, from the objects' status.
+#[derive(Default)]
+struct Memberships {
+    /// Every group tracked.
+    groups: BTreeSet<String>,
+    /// (group id, user id) → objects of delivered assignments that hold the membership:
+    /// a removal is drift.
+    present: Index,
+    /// (group id, user id) → objects of delivered assignments that miss it: an addition
+    /// is the repair landing.
+    missing: Index,
+}
+
+/// (group id, user id) of every group membership of a delivered assignment, present or
+/// missing.
+fn index(store: &Store<AccessPackageAssignment>) -> Memberships {
+    let mut m = Memberships::default();
     for obj in store.state() {
         let Some(status) = obj.status.as_ref() else {
             continue;
@@ -41,16 +57,22 @@ fn index(store: &Store<AccessPackageAssignment>) -> (BTreeSet<String>, Index) {
             continue;
         }
         for r in &status.resources {
-            if r.origin_system == "AadGroup" && r.state == ResourceState::Present {
-                let group = r.origin_id.to_ascii_lowercase();
-                groups.insert(group.clone());
-                idx.entry((group, user.to_ascii_lowercase()))
-                    .or_default()
-                    .push(ObjectRef::from_obj(&*obj));
+            if r.origin_system != "AadGroup" {
+                continue;
             }
+            let idx = match r.state {
+                ResourceState::Present => &mut m.present,
+                ResourceState::Missing => &mut m.missing,
+                _ => continue,
+            };
+            let group = r.origin_id.to_ascii_lowercase();
+            m.groups.insert(group.clone());
+            idx.entry((group, user.to_ascii_lowercase()))
+                .or_default()
+                .push(ObjectRef::from_obj(&*obj));
         }
     }
-    (groups, idx)
+    m
 }
 
 fn group_resource(group_id: &str) -> PromisedResource {
@@ -81,7 +103,11 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let (groups, idx) = index(&store);
+        let Memberships {
+            groups,
+            present,
+            missing,
+        } = index(&store);
         if groups.is_empty() {
             tracker = None;
             continue;
@@ -109,7 +135,12 @@ pub async fn run(
         }
         let mut hit_groups = BTreeSet::new();
         let mut refs = Vec::new();
-        for (group, user) in &poll.removed {
+        let changes = poll
+            .removed
+            .iter()
+            .map(|change| (change, &present))
+            .chain(poll.added.iter().map(|change| (change, &missing)));
+        for ((group, user), idx) in changes {
             let key = (group.to_ascii_lowercase(), user.to_ascii_lowercase());
             if let Some(objs) = idx.get(&key) {
                 hit_groups.insert(key.0.clone());
@@ -118,8 +149,9 @@ pub async fn run(
         }
         for group in &poll.resync {
             let group = group.to_ascii_lowercase();
-            let objs: Vec<_> = idx
+            let objs: Vec<_> = present
                 .iter()
+                .chain(missing.iter())
                 .filter(|((g, _), _)| *g == group)
                 .flat_map(|(_, o)| o.iter().cloned())
                 .collect();
@@ -138,7 +170,7 @@ pub async fn run(
         tracing::info!(
             objects = refs.len(),
             groups = hit_groups.len(),
-            "group delta: members left promised groups; reconciling the affected assignments now"
+            "group delta: promised group memberships changed; reconciling the affected assignments now"
         );
         for r in refs {
             if trigger.unbounded_send(r).is_err() {
@@ -177,7 +209,7 @@ mod tests {
     }
 
     #[test]
-    fn indexes_present_group_memberships_of_delivered_assignments_only() {
+    fn indexes_group_memberships_of_delivered_assignments_only() {
         let (reader, mut writer) = store::<AccessPackageAssignment>();
         writer.apply_watcher_event(&Event::Init);
         for obj in [
@@ -193,18 +225,34 @@ mod tests {
             writer.apply_watcher_event(&Event::InitApply(obj));
         }
         writer.apply_watcher_event(&Event::InitDone);
-        let (groups, idx) = index(&reader);
+        let m = index(&reader);
         assert_eq!(
-            groups.into_iter().collect::<Vec<_>>(),
-            vec!["g-1".to_string(), "g-3".to_string()]
+            m.groups.into_iter().collect::<Vec<_>>(),
+            vec!["g-1".to_string(), "g-2".to_string(), "g-3".to_string()]
         );
-        let alice = &idx[&("g-1".to_string(), "u-a".to_string())];
+        let alice = &m.present[&("g-1".to_string(), "u-a".to_string())];
         assert_eq!(alice.len(), 1);
         assert_eq!(alice[0].name, "alice");
-        assert!(idx.contains_key(&("g-3".to_string(), "u-c".to_string())));
-        // Missing memberships are the full verification's business; not-yet-delivered
-        // assignments have nothing to lose.
-        assert!(!idx.contains_key(&("g-2".to_string(), "u-a".to_string())));
-        assert!(!idx.contains_key(&("g-1".to_string(), "u-b".to_string())));
+        assert!(
+            m.present
+                .contains_key(&("g-3".to_string(), "u-c".to_string()))
+        );
+        // A missing membership waits for the user to come back (the repair landing).
+        let waiting = &m.missing[&("g-2".to_string(), "u-a".to_string())];
+        assert_eq!(waiting[0].name, "alice");
+        assert!(
+            !m.present
+                .contains_key(&("g-2".to_string(), "u-a".to_string()))
+        );
+        // Not-yet-delivered assignments have nothing to lose: delivery is followed by
+        // their request, not by group delta.
+        assert!(
+            !m.present
+                .contains_key(&("g-1".to_string(), "u-b".to_string()))
+        );
+        assert!(
+            !m.missing
+                .contains_key(&("g-1".to_string(), "u-b".to_string()))
+        );
     }
 }
