@@ -984,8 +984,9 @@ How to read it: convergence of the 1 % drifted objects is paced by `--reprocess-
 Kubernetes. Each object costs two status writes (the first-visit `Reconciling` status,
 then the verified one) and one event; a drifted one two more writes and two more events.
 End to end, detection takes up to one delta interval plus a reconcile; `Delivered=True`
-comes at the engine's 30 s poll after a reprocess (`poll_interval`), not when the
-membership is back. Steady-state Graph cost is the observation window
+follows at the next delta poll after the reprocess has put the user back (group delta
+reports the addition and the object is reconciled at once; the engine's 30 s re-check
+after a reprocess is the fallback). Steady-state Graph cost is the observation window
 (`--observation-max-age`, 30 s) renewing each package view and each resource's
 membership: per window 15 package views (~14 entitlement-management pages each, 0 RU)
 and 55 membership reads, independent of how many objects are verified in it.
