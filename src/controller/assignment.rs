@@ -32,9 +32,6 @@ use crate::observe::{Observer, stable_message};
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
 
-/// `status.reprocess.lastOutcome` while a reprocess we asked for has not been verified.
-const REPROCESS_REQUESTED: &str = "Requested";
-
 /// Entry point for the controller: a span, a metrics timer, the concurrency slot and the
 /// finalizer dispatch. The domain logic is in [`apply`] and [`cleanup`].
 pub async fn reconcile(
@@ -165,12 +162,9 @@ async fn observe(
     };
     let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
     let assignment = view.assignment_for(&target);
-    // Checking on our own reprocess: memberships cached by other objects since may predate
-    // Graph applying it (it lands asynchronously), and a stale "missing" here costs the
-    // whole reprocess cooldown.
-    let awaiting_reprocess =
-        previous.is_some_and(|s| s.reprocess.last_outcome.as_deref() == Some(REPROCESS_REQUESTED));
-    let snapshot = if awaiting_reprocess {
+    // Checking on our own reprocess: a stale "missing" from another object's cached copy
+    // would cost the whole reprocess cooldown.
+    let snapshot = if crate::engine::awaiting_reprocess(previous) {
         ctx.observations.snapshot_fresh(&view.resources).await
     } else {
         ctx.observations.snapshot(&view.resources).await

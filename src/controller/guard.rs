@@ -187,11 +187,10 @@ async fn reprocess_selected(
         }
         granted.push(id.clone());
     }
-    let observer = ctx.observations.observer();
     let results = ctx
         .observations
         .graph()
-        .reprocess_assignments(&granted, observer.concurrency())
+        .reprocess_assignments(&granted, ctx.observations.concurrency())
         .await;
     let mut done: Vec<String> = Vec::new();
     for (id, result) in granted.into_iter().zip(results) {

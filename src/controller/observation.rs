@@ -2,11 +2,11 @@
 //!
 //! Resolution and package reads go through [`crate::observe::Observer`] (the same code and
 //! messages as `redeliver audit`). A long-running controller adds what a one-shot audit does
-//! not need: an age bound. The observer is replaced once it is older than `max_age`, and
-//! each resource's membership is cached for at most `max_age` across all objects — one paged
-//! read per *resource* per window, never one per user. After the controller writes to Graph
-//! for a package, the observer and that package's memberships are dropped so the next pass
-//! sees the effect.
+//! not need: an age bound. Name resolutions, each package's reads and each resource's
+//! membership are kept for at most `max_age` across all objects — one paged read per
+//! *resource* per window, never one per user. After the controller writes to Graph for a
+//! package, that package's reads and the memberships it promises are dropped so the next
+//! pass sees the effect.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -32,38 +32,69 @@ pub fn split<T>(result: Result<T, ObserveError>) -> Result<Result<T, ResolveFail
     }
 }
 
-/// One cached read: when it was started, and its result once there is one. Concurrent
-/// reconciles that need the same resource wait for the one read in flight (single
-/// flight); a failed read leaves the cell empty, so the next caller tries again.
-type Cell = (Instant, Arc<OnceCell<ReadData>>);
+/// Values per key that are replaced by a fresh one once `max_age` old.
+struct Windows<K, V> {
+    max_age: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Windows<K, V> {
+    fn new(max_age: Duration) -> Self {
+        Self {
+            max_age,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The value of `key` in its current window, or a `fresh()` one starting a new window.
+    fn get(&self, key: K, fresh: impl FnOnce() -> V) -> V {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, v)) = map.get(&key)
+            && at.elapsed() < self.max_age
+        {
+            return v.clone();
+        }
+        // Bound memory: expired entries go whenever a new window starts.
+        let max_age = self.max_age;
+        map.retain(|_, (at, _)| at.elapsed() < max_age);
+        let v = fresh();
+        map.insert(key, (Instant::now(), v.clone()));
+        v
+    }
+
+    /// Ends the windows of the keys `drop` selects.
+    fn end(&self, drop: impl Fn(&K) -> bool) {
+        self.map
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| !drop(k));
+    }
+}
 
 /// The controller's Graph read cache. Shared by every reconcile.
 pub struct Observations {
     graph: GraphClient,
-    max_age: Duration,
     concurrency: usize,
-    current: Mutex<(Instant, Arc<Observer>)>,
-    /// One observer per package for its view, so that a write to one package renews only
-    /// that package's view (one renewal for all of them cost ~15 view reads per reprocess).
-    views: Mutex<HashMap<String, (Instant, Arc<Observer>)>>,
-    reads: Mutex<HashMap<ResourceRead, Cell>>,
+    /// Name resolutions (packages, users).
+    names: Windows<(), Arc<Observer>>,
+    /// One observer per package for its reads, so that a write to one package renews only
+    /// that package's (one renewal for all of them cost ~15 view reads per reprocess).
+    packages: Windows<String, Arc<Observer>>,
+    /// One cell per resource: concurrent reconciles that need the same resource wait for
+    /// the one read in flight; a failed read leaves the cell empty for the next caller.
+    reads: Windows<ResourceRead, Arc<OnceCell<ReadData>>>,
 }
 
 impl Observations {
     /// A cache whose entries live at most `max_age`; `concurrency` bounds membership reads
     /// in flight for one snapshot.
     pub fn new(graph: GraphClient, max_age: Duration, concurrency: usize) -> Self {
-        let concurrency = concurrency.max(1);
         Self {
-            current: Mutex::new((
-                Instant::now(),
-                Arc::new(Observer::new(graph.clone(), concurrency)),
-            )),
             graph,
-            max_age,
-            concurrency,
-            views: Mutex::new(HashMap::new()),
-            reads: Mutex::new(HashMap::new()),
+            concurrency: concurrency.max(1),
+            names: Windows::new(max_age),
+            packages: Windows::new(max_age),
+            reads: Windows::new(max_age),
         }
     }
 
@@ -72,34 +103,24 @@ impl Observations {
         &self.graph
     }
 
-    /// The observer of the current window (a fresh one once the previous is `max_age` old).
+    /// How many Graph calls one reconcile may have in flight.
+    pub fn concurrency(&self) -> usize {
+        self.concurrency
+    }
+
+    fn new_observer(&self) -> Arc<Observer> {
+        Arc::new(Observer::new(self.graph.clone(), self.concurrency))
+    }
+
+    /// The observer of the current window, for name resolution.
     pub fn observer(&self) -> Arc<Observer> {
-        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
-        if current.0.elapsed() >= self.max_age {
-            *current = (
-                Instant::now(),
-                Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
-            );
-        }
-        current.1.clone()
+        self.names.get((), || self.new_observer())
     }
 
     /// The observer holding one package's reads in its current window.
     fn package_observer(&self, package_id: &str) -> Arc<Observer> {
-        let mut views = self.views.lock().unwrap_or_else(|p| p.into_inner());
-        let fresh = || {
-            (
-                Instant::now(),
-                Arc::new(Observer::new(self.graph.clone(), self.concurrency)),
-            )
-        };
-        let entry = views
-            .entry(package_id.to_ascii_lowercase())
-            .or_insert_with(fresh);
-        if entry.0.elapsed() >= self.max_age {
-            *entry = fresh();
-        }
-        entry.1.clone()
+        self.packages
+            .get(package_id.to_ascii_lowercase(), || self.new_observer())
     }
 
     /// The package's view (policies, assignments), read at most once per `max_age` and
@@ -125,10 +146,8 @@ impl Observations {
     /// requests) and the memberships of the resources it promises. Other packages' views
     /// are kept.
     pub fn invalidate_package(&self, package_id: &str, resources: &[PromisedResource]) {
-        self.views
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&package_id.to_ascii_lowercase());
+        let package_id = package_id.to_ascii_lowercase();
+        self.packages.end(|k| *k == package_id);
         self.invalidate_memberships(resources);
     }
 
@@ -136,10 +155,7 @@ impl Observations {
     /// removal).
     pub fn invalidate_memberships(&self, resources: &[PromisedResource]) {
         let reads = reads_needed(resources);
-        self.reads
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| !reads.contains(k));
+        self.reads.end(|k| reads.contains(k));
     }
 
     /// Like [`Observations::snapshot`], but every membership is read now (and the fresh
@@ -147,23 +163,6 @@ impl Observations {
     pub async fn snapshot_fresh(&self, resources: &[PromisedResource]) -> Snapshot {
         self.invalidate_memberships(resources);
         self.snapshot(resources).await
-    }
-
-    /// The cell for `read` in the current window (a new, empty one once it is `max_age`
-    /// old).
-    fn cell(&self, read: &ResourceRead) -> Arc<OnceCell<ReadData>> {
-        let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((at, cell)) = reads.get(read)
-            && at.elapsed() < self.max_age
-        {
-            return cell.clone();
-        }
-        // Bound memory: expired entries go whenever a new one is made.
-        let max_age = self.max_age;
-        reads.retain(|_, (at, _)| at.elapsed() < max_age);
-        let cell = Arc::new(OnceCell::new());
-        reads.insert(read.clone(), (Instant::now(), cell.clone()));
-        cell
     }
 
     /// The memberships of every verifiable resource in `resources`: each read once per
@@ -175,7 +174,7 @@ impl Observations {
         let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
             futures::stream::iter(reads_needed(resources))
                 .map(|read| {
-                    let cell = self.cell(&read);
+                    let cell = self.reads.get(read.clone(), Default::default);
                     let observer = observer.clone();
                     async move {
                         let result = cell

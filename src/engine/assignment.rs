@@ -326,6 +326,13 @@ fn observe<'r>(
     observed
 }
 
+/// Whether a reprocess Redeliver asked for is still to be verified: the next pass must
+/// read memberships fresh, since a copy cached before Graph applied the reprocess (it lands
+/// asynchronously) would report the resource still missing.
+pub fn awaiting_reprocess(status: Option<&AccessPackageAssignmentStatus>) -> bool {
+    status.is_some_and(|s| s.reprocess.last_outcome.as_deref() == Some(OUTCOME_REQUESTED))
+}
+
 /// Whether [`plan_assignment`] can look at the target's latest request: only when there
 /// is no assignment, when it is not delivered yet, or when it is delivered but a promised
 /// resource is missing (a request in flight is then waited for rather than reprocessed).

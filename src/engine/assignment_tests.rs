@@ -287,6 +287,8 @@ fn drift_in_auto_mode_reprocesses_the_assignment() {
         p.status.reprocess.last_outcome.as_deref(),
         Some("Requested")
     );
+    assert!(awaiting_reprocess(Some(&p.status)));
+    assert!(!awaiting_reprocess(None));
     assert_eq!(p.status.resources_summary.as_deref(), Some("1/2"));
     assert_eq!(p.missing.len(), 1);
     assert_eq!(p.missing[0].label(), "fin-writers (Member)");

@@ -24,7 +24,8 @@ mod snapshot;
 
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
-    needs_latest_request, plan_assignment, record_action_failure, record_request_submitted,
+    awaiting_reprocess, needs_latest_request, plan_assignment, record_action_failure,
+    record_request_submitted,
 };
 pub use guard::{GuardDrift, GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep};
 pub use resources::{
