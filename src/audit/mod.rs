@@ -338,7 +338,6 @@ impl<'a> Audit<'a> {
     /// promised resource once, plan.
     async fn pass(&mut self) {
         let now = jiff::Timestamp::now();
-        // Resolve first, so the snapshot covers exactly the resources in play.
         // Resolve first (concurrently; the observer shares reads of the same package or
         // user), so the snapshot covers exactly the resources in play.
         let observer = self.observer;
@@ -371,6 +370,12 @@ impl<'a> Audit<'a> {
                     .flat_map(|v| v.resources.iter()),
             );
         let snapshot = self.observer.snapshot(promised).await;
+        let resolved: Vec<Result<ResolvedAssignment, ObserveError>> =
+            futures::stream::iter(resolved)
+                .map(|r| self.with_latest_request(r, &snapshot))
+                .buffered(width)
+                .collect()
+                .await;
 
         let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<String>)> =
             if self.assignments.is_empty() {
@@ -450,14 +455,34 @@ impl<'a> Audit<'a> {
             .await?;
         let view = self.observer.package_view(&package_id).await?;
         let target_object_id = self.observer.resolve_target(&apa.spec.target).await?;
-        let requests = self.observer.package_requests(&package_id).await?;
         let policy = Observer::resolve_policy(&view, apa.spec.assignment_policy.as_ref());
         Ok(ResolvedAssignment {
+            assignment: view.assignment_for(&target_object_id),
             view,
-            requests,
+            latest_request: None,
             target_object_id,
             policy,
         })
+    }
+
+    /// Adds the target's latest request where the plan can depend on it (the package's
+    /// requests are read once, shared); a delivered, complete assignment needs none.
+    async fn with_latest_request(
+        &self,
+        resolved: Result<ResolvedAssignment, ObserveError>,
+        snapshot: &Snapshot,
+    ) -> Result<ResolvedAssignment, ObserveError> {
+        let mut r = resolved?;
+        if engine::needs_latest_request(
+            r.assignment.as_ref(),
+            &r.view.resources,
+            snapshot,
+            &r.target_object_id,
+        ) {
+            let requests = self.observer.package_requests(&r.view.package.id).await?;
+            r.latest_request = r.view.latest_request_for(&requests, &r.target_object_id);
+        }
+        Ok(r)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -473,7 +498,7 @@ impl<'a> Audit<'a> {
         let declaration = declaration_name(&apa.metadata, origin);
         let target_label = apa.spec.target.label();
         let package_label = apa.spec.access_package.label();
-        let (resolved, view, requests) = match resolved {
+        let (resolved, view, assignment, latest_request) = match resolved {
             Ok(r) => {
                 let ids = engine::ResolvedIds {
                     access_package_id: r.view.package.id.clone(),
@@ -482,9 +507,9 @@ impl<'a> Audit<'a> {
                     target_object_id: r.target_object_id,
                     target_name: apa.spec.target.user_principal_name.clone(),
                 };
-                (Ok(ids), Some(r.view), Some(r.requests))
+                (Ok(ids), Some(r.view), r.assignment, r.latest_request)
             }
-            Err(ObserveError::Resolve(failure)) => (Err(failure), None, None),
+            Err(ObserveError::Resolve(failure)) => (Err(failure), None, None, None),
             Err(ObserveError::Graph(err)) => {
                 return AssignmentEval {
                     row: error_row(declaration, target_label, package_label, err.to_string()),
@@ -495,16 +520,6 @@ impl<'a> Audit<'a> {
                 };
             }
         };
-        let target_id = resolved.as_ref().ok().map(|r| r.target_object_id.clone());
-        let assignment = view
-            .as_ref()
-            .zip(target_id.as_deref())
-            .and_then(|(v, t)| v.assignment_for(t));
-        let latest_request = view
-            .as_ref()
-            .zip(requests.as_deref())
-            .zip(target_id.as_deref())
-            .and_then(|((v, requests), t)| v.latest_request_for(requests, t));
         let input = engine::AssignmentInput {
             generation: apa.metadata.generation,
             spec: &apa.spec,
@@ -676,15 +691,11 @@ impl<'a> Audit<'a> {
         }
     }
 
-    /// Carries out the planned actions (only with --reprocess). Returns how many were made.
-    async fn act(&mut self, progress: &Progress) -> usize {
-        if !self.repair {
-            return 0;
-        }
-        let graph = self.observer.graph();
-        // Reprocessing delivered assignments is the bulk of a repair (a guard may find
-        // thousands): those go out together, coalesced into `$batch` requests, each
-        // assignment once however many declarations and guards found it.
+    /// Sends every reprocess of delivered assignments this pass planned, declarations' and
+    /// guards' alike, each assignment once, coalesced into `$batch` requests (a guard may
+    /// find thousands). Returns each assignment's outcome; the accepted ones are recorded
+    /// as reprocessed in this run.
+    async fn reprocess_in_batches(&mut self, progress: &Progress) -> ReprocessResults {
         let mut batch: Vec<String> = Vec::new();
         let mut queued: BTreeSet<&str> = BTreeSet::new();
         let declared = self.assignments.iter().filter_map(|e| match &e.action {
@@ -701,27 +712,36 @@ impl<'a> Audit<'a> {
                 batch.push(id.clone());
             }
         }
-        drop(queued);
-        if !batch.is_empty() {
-            progress.say(&format!("reprocessing {} assignment(s)", batch.len()));
+        if batch.is_empty() {
+            return ReprocessResults::new();
         }
-        let outcomes = graph
+        progress.say(&format!("reprocessing {} assignment(s)", batch.len()));
+        let outcomes = self
+            .observer
+            .graph()
             .reprocess_assignments(&batch, self.observer.concurrency())
             .await;
-        let reprocess_results: std::collections::HashMap<
-            String,
-            Result<(), std::sync::Arc<crate::graph::GraphError>>,
-        > = batch
+        let results: ReprocessResults = batch
             .into_iter()
             .zip(outcomes)
             .map(|(id, r)| (id, r.map_err(std::sync::Arc::new)))
             .collect();
-        let mut done = reprocess_results.values().filter(|r| r.is_ok()).count();
-        for (id, result) in &reprocess_results {
+        for (id, result) in &results {
             if result.is_ok() {
                 self.reprocessed.insert(id.clone());
             }
         }
+        results
+    }
+
+    /// Carries out the planned actions (only with --reprocess). Returns how many were made.
+    async fn act(&mut self, progress: &Progress) -> usize {
+        if !self.repair {
+            return 0;
+        }
+        let reprocess_results = self.reprocess_in_batches(progress).await;
+        let mut done = reprocess_results.values().filter(|r| r.is_ok()).count();
+        let graph = self.observer.graph();
         for eval in &mut self.assignments {
             let Some(action) = eval.action.take() else {
                 continue;
@@ -844,10 +864,17 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
     }
 }
 
+/// Outcome of each batched reprocess, by assignment id (an error is shared by every
+/// declaration and guard that asked for the assignment).
+type ReprocessResults =
+    std::collections::HashMap<String, Result<(), std::sync::Arc<crate::graph::GraphError>>>;
+
 struct ResolvedAssignment {
     view: std::sync::Arc<crate::observe::PackageView>,
-    /// The package's assignment requests (declarations need them; guard sweeps do not).
-    requests: std::sync::Arc<[crate::graph::models::AssignmentRequest]>,
+    /// The target's assignment of the package, if any.
+    assignment: Option<crate::graph::models::Assignment>,
+    /// Its latest request, read only where the plan can depend on it.
+    latest_request: Option<crate::graph::models::AssignmentRequest>,
     target_object_id: String,
     policy: Result<String, engine::ResolveFailure>,
 }
