@@ -1024,22 +1024,18 @@ impl GraphClient {
                     .into_iter()
                     .map(|(k, v)| (k.to_ascii_lowercase(), v))
                     .collect();
+                let wait = headers
+                    .get("retry-after")
+                    .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
                 // An inner refusal binds the whole throttling scope, as a direct one does:
                 // no call of this client in that scope goes out before its Retry-After.
-                if matches!(r.status, 429 | 503 | 504)
-                    && let Some(after) = headers.get("retry-after").and_then(|v| {
-                        super::retry::parse_retry_after(v, std::time::SystemTime::now())
-                    })
-                {
+                if let Some(after) = wait {
                     let path = item.url.split('?').next().unwrap_or_default();
                     self.inner
                         .http
-                        .close_gate(super::http::throttle_scope(path), after);
+                        .refused(super::http::throttle_scope(path), r.status, after);
                 }
                 if r.status == 429 && round < max_retries {
-                    let wait = headers.get("retry-after").and_then(|v| {
-                        super::retry::parse_retry_after(v, std::time::SystemTime::now())
-                    });
                     throttled_wait = throttled_wait.max(wait).or(Some(std::time::Duration::ZERO));
                     still.push(item);
                 }

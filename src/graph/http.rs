@@ -246,10 +246,8 @@ impl Http {
                             s.throttled += 1;
                         }
                     });
-                    if matches!(status.as_u16(), 429 | 503)
-                        && let Some(d) = retry_after
-                    {
-                        self.close_gate(gate, d);
+                    if let Some(d) = retry_after {
+                        self.refused(gate, status.as_u16(), d);
                     }
                     let retryable = match (status.as_u16(), mode) {
                         (429, _) => true,
@@ -317,8 +315,17 @@ impl Http {
             .filter(|d| !d.is_zero())
     }
 
+    /// An answer with `Retry-After: after` to a call in `scope` (direct or inside a
+    /// `$batch`): a 429 or 503 holds back every call of this client in that scope, since
+    /// Graph throttles per app and tenant.
+    pub(crate) fn refused(&self, scope: &'static str, status: u16, after: Duration) {
+        if matches!(status, 429 | 503) {
+            self.close_gate(scope, after);
+        }
+    }
+
     /// Records that the server asked for no calls in `scope` for `after`.
-    pub(crate) fn close_gate(&self, scope: &'static str, after: Duration) {
+    fn close_gate(&self, scope: &'static str, after: Duration) {
         let until = Instant::now() + after;
         if let Ok(mut gates) = self.gates.lock() {
             let entry = gates.entry(scope).or_insert(until);
