@@ -4,10 +4,12 @@
 //! secret, federated assertion or issued access token may appear in what it captured, nor
 //! in the status patches and events written to Kubernetes.
 
-use std::io::Write;
+mod fault_support;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use fault_support::Capture;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
@@ -18,26 +20,6 @@ use redeliver::sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 
 const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.controller-sa-token-KNOWN-VALUE.c2ln";
-
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
 
 fn respond(v: &Value) -> Response<Body> {
     Response::builder()
@@ -178,7 +160,7 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
             // Let tokens expire so the next client's run and any refresh are exercised too.
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
-        let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        let text = capture.text();
         let written = written.lock().unwrap().join("\n");
         assert!(
             text.contains("graph http exchange"),

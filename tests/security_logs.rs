@@ -5,8 +5,6 @@
 
 mod fault_support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fault_support::*;
@@ -123,27 +121,6 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
     sim.shutdown().await;
 }
 
-/// A `MakeWriter` appending every formatted event to a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
-    type Writer = Capture;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[test]
 fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
     let capture = Capture::default();
@@ -230,7 +207,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(sim.is_member("fin-writers", "alice@contoso.com"));
-        let text = String::from_utf8_lossy(&capture.0.lock().unwrap()).into_owned();
+        let text = capture.text();
         assert!(
             text.contains("graph http exchange"),
             "the client logged at debug"
