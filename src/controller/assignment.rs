@@ -8,11 +8,10 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
-use tracing::Instrument;
 
 use super::Error;
 use super::context::{
-    Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
+    Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
 use super::observation::split;
 use crate::api::{
@@ -38,28 +37,7 @@ pub async fn reconcile(
     obj: Arc<AccessPackageAssignment>,
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
-    let key = object_key(obj.as_ref());
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any()
-    );
-    async move {
-        let _slot = ctx.slots.acquire().await;
-        let timer = ctx.metrics.reconcile_started(KIND);
-        let result = dispatch(obj, &ctx).await;
-        timer.finish(match &result {
-            Ok(_) => "ok",
-            Err(e) => e.metric_label(),
-        });
-        if result.is_ok() {
-            ctx.backoff.reset(&key);
-        }
-        result
-    }
-    .instrument(span)
-    .await
+    reconcile_frame(&ctx, KIND, obj.as_ref(), dispatch(obj.clone(), &ctx)).await
 }
 
 /// What to do after a failed reconcile (see [`super::context::error_policy`]).

@@ -175,6 +175,44 @@ impl Context {
     }
 }
 
+/// The frame every reconcile runs in: a span naming the object, one of the concurrency
+/// slots, the reconcile metrics, and the object's error backoff reset on success. `body`
+/// is the kind's domain logic.
+pub async fn reconcile_frame<K, F>(
+    ctx: &Context,
+    kind: &'static str,
+    obj: &K,
+    body: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: std::future::Future<Output = Result<Action, Error>>,
+{
+    use tracing::Instrument;
+    let key = object_key(obj);
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = kind,
+        namespace = %obj.namespace().unwrap_or_default(),
+        name = %obj.name_any()
+    );
+    async move {
+        let _slot = ctx.slots.acquire().await;
+        let timer = ctx.metrics.reconcile_started(kind);
+        let result = body.await;
+        timer.finish(match &result {
+            Ok(_) => "ok",
+            Err(e) => e.metric_label(),
+        });
+        if result.is_ok() {
+            ctx.backoff.reset(&key);
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
 /// The backoff/metrics key of an object: `Kind/namespace/name`.
 pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
     format!(

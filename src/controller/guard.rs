@@ -10,11 +10,10 @@ use jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
-use tracing::Instrument;
 
 use super::Error;
 use super::context::{
-    Context, error_policy as shared_error_policy, jitter, object_key, patch_status,
+    Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
 use super::observation::split;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus, validate_guard_spec};
@@ -29,33 +28,15 @@ pub const KIND: &str = "AccessPackageGuard";
 
 /// Entry point for the controller: a span, a metrics timer and the concurrency slot.
 pub async fn reconcile(obj: Arc<AccessPackageGuard>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let key = object_key(obj.as_ref());
-    let span = tracing::info_span!(
-        "reconcile",
-        kind = KIND,
-        namespace = %obj.namespace().unwrap_or_default(),
-        name = %obj.name_any()
-    );
-    async move {
-        let _slot = ctx.slots.acquire().await;
-        let timer = ctx.metrics.reconcile_started(KIND);
-        let result = if obj.meta().deletion_timestamp.is_some() {
+    let body = async {
+        if obj.meta().deletion_timestamp.is_some() {
             // A guard owns nothing in Entra ID: deletion needs no cleanup.
             Ok(Action::await_change())
         } else {
-            sweep(obj, &ctx).await
-        };
-        timer.finish(match &result {
-            Ok(_) => "ok",
-            Err(e) => e.metric_label(),
-        });
-        if result.is_ok() {
-            ctx.backoff.reset(&key);
+            sweep(obj.clone(), &ctx).await
         }
-        result
-    }
-    .instrument(span)
-    .await
+    };
+    reconcile_frame(&ctx, KIND, obj.as_ref(), body).await
 }
 
 /// What to do after a failed sweep (see [`super::context::error_policy`]).
