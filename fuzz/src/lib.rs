@@ -1,5 +1,5 @@
 //! Fuzz entry points, shared by the cargo-fuzz targets (`fuzz_targets/`) and by the
-//! stable-toolchain corpus replay (`tests/input_fuzz_corpus.rs`, which includes this file).
+//! stable-toolchain corpus replay (`tests/it/input_fuzz_corpus.rs`, which includes this file).
 //!
 //! Each function must never panic on any input; the assertions inside are the properties
 //! a crash would report.

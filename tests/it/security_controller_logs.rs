@@ -4,12 +4,10 @@
 //! secret, federated assertion or issued access token may appear in what it captured, nor
 //! in the status patches and events written to Kubernetes.
 
-mod fault_support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fault_support::Capture;
+use crate::fault_support::Capture;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};

@@ -3,11 +3,9 @@
 //! are counted, the cooldown is respected, exhaustion names the missing resources, and
 //! nothing loops.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::api::{AccessPackageAssignment, AccessPackageAssignmentStatus};
 use redeliver::engine::{self, Action, EngineSettings, conditions};
 use redeliver::observe::Observer;

@@ -3,9 +3,7 @@
 //! refused for anything but loopback before a connection is made; a 403 names the
 //! permission to grant for every family of calls.
 
-mod fault_support;
-
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::graph::GraphArgs;
 use redeliver::sim::{Scenario, SimOptions, Simulator, TlsOptions};
 use serde_json::json;

@@ -3,11 +3,9 @@
 //! simulator) is free of the client secret, the federated token and every access token the
 //! token endpoint issued.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::engine::{self, Action, EngineSettings};
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::Observer;

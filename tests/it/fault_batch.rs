@@ -2,9 +2,7 @@
 //! resent alone after their Retry-After; other failures come back as per-item results
 //! with the same typed errors a direct call gives; successes are never repeated.
 
-mod fault_support;
-
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::graph::BatchItem;
 use redeliver::graph::models::{DirectoryObject, Page};
 use redeliver::sim::{Scenario, Simulator};

@@ -1,6 +1,6 @@
 //! The committed CRD YAML under `crds/` must match what the Rust types generate.
 //!
-//! Regenerate with `UPDATE_CRDS=1 cargo test --test crds_in_sync` (which calls
+//! Regenerate with `UPDATE_CRDS=1 cargo test --test it crds_in_sync` (which calls
 //! `redeliver::api::write_crds`) and commit the result.
 
 use std::path::Path;
@@ -23,7 +23,7 @@ fn committed_crds_match_the_types() {
     assert!(
         stale.is_empty(),
         "crds/{} out of date with src/api; regenerate with \
-         `UPDATE_CRDS=1 cargo test --test crds_in_sync` (it calls redeliver::api::write_crds) \
+         `UPDATE_CRDS=1 cargo test --test it crds_in_sync` (it calls redeliver::api::write_crds) \
          and commit the result",
         stale.join(", crds/")
     );

@@ -2,11 +2,9 @@
 //! (measured from the simulator's own arrival times), retries are bounded, every drift is
 //! still repaired afterwards, and no assignment is reprocessed twice for one drift.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::observe::Observer;
 use redeliver::sim::{LogEntry, Scenario, Simulator};
 use serde_json::json;

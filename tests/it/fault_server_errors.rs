@@ -2,11 +2,9 @@
 //! `redeliver audit` and Graph: each is retried or surfaces as a clear error; none panics;
 //! none ever yields a `Delivered` verdict that Graph's real state does not support.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::sim::{Scenario, Simulator};
 use serde_json::json;
 

@@ -2,11 +2,9 @@
 //! the middle of a sweep, a federated token file that is rotated. Recover when possible;
 //! otherwise a clear error that names what to check and never the secret.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::Observer;
 use redeliver::sim::{Scenario, Simulator};

@@ -3,11 +3,9 @@
 //! the killed run's reprocess is spelled out in docs/reliability.md; these tests pin it
 //! down.
 
-mod fault_support;
-
 use std::time::Duration;
 
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::sim::{Scenario, Simulator};
 
 const REPAIR: [&str; 7] = [

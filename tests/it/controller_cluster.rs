@@ -1,5 +1,5 @@
 //! End to end against a real cluster (the current kubeconfig) and the Graph simulator:
-//! `cargo test --test controller_cluster -- --ignored`. Installs the CRDs, runs the
+//! `cargo test --test it controller_cluster -- --ignored`. Installs the CRDs, runs the
 //! controllers for one fresh namespace, and checks drift repair and radio silence.
 
 use std::sync::Arc;

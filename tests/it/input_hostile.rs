@@ -2,9 +2,7 @@
 //! delimiters, unicode and very long names in display names and UPNs reach Graph as data,
 //! never as syntax; GUID fields refuse anything else before a single call is made.
 
-mod fault_support;
-
-use fault_support::*;
+use crate::fault_support::*;
 use redeliver::api::AccessPackageSelector;
 use redeliver::observe::{ObserveError, Observer};
 use redeliver::sim::{

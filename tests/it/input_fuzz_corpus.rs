@@ -3,7 +3,7 @@
 //! the same entry functions the fuzzers call, then a short seeded mutation run explores
 //! around them. A panic anywhere fails the test and names the input.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod entry;
 

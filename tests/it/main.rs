@@ -1,0 +1,38 @@
+//! Redeliver's integration tests, in one test binary.
+//!
+//! Each module is one suite (its file's doc comment says what it proves). They share one
+//! binary so the workspace links the library into a single test executable instead of
+//! one per suite: a clean `cargo test` writes about half the bytes to disk and spends a
+//! fraction of the time linking. Run one suite with `cargo test --test it <module>::`.
+
+mod audit_against_sim;
+mod cli_audit;
+mod controller_cluster;
+mod controller_delta;
+mod controller_health;
+mod controller_observations;
+mod controller_reconcile;
+mod controller_runtime;
+mod crds_in_sync;
+mod fault_batch;
+mod fault_reprocess;
+mod fault_restart;
+mod fault_server_errors;
+mod fault_support;
+mod fault_throttling;
+mod fault_token;
+mod graph_against_sim;
+mod graph_client;
+mod graph_tls;
+mod input_fuzz_corpus;
+mod input_hostile;
+mod input_props;
+mod scale_delta;
+mod scale_metering;
+mod scale_minimal_cost;
+mod security_controller_logs;
+mod security_logs;
+mod security_tls;
+mod sim_graph;
+mod sim_lifecycle;
+mod sim_transport;
