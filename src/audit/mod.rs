@@ -23,7 +23,7 @@ use crate::api::{
     AccessPackageGuardStatus,
 };
 use crate::engine::{self, Action, EngineSettings, Snapshot};
-use crate::graph::{GraphArgs, GraphClient};
+use crate::graph::{GraphArgs, GraphClient, Write, Written};
 use crate::observe::{ObserveError, Observer};
 use load::{Declarations, Origin};
 use report::{Report, Row, Summary, Verdict};
@@ -691,98 +691,83 @@ impl<'a> Audit<'a> {
         }
     }
 
-    /// Sends every reprocess of delivered assignments this pass planned, declarations' and
-    /// guards' alike, each assignment once, coalesced into `$batch` requests (a guard may
-    /// find thousands). Returns each assignment's outcome; the accepted ones are recorded
-    /// as reprocessed in this run.
-    async fn reprocess_in_batches(&mut self, progress: &Progress) -> ReprocessResults {
-        let mut batch: Vec<String> = Vec::new();
-        let mut queued: BTreeSet<&str> = BTreeSet::new();
-        let declared = self.assignments.iter().filter_map(|e| match &e.action {
-            Some(Action::ReprocessAssignment { assignment_id }) => Some(assignment_id),
-            _ => None,
-        });
+    /// Sends every write this pass planned, declarations' and guards' alike, coalesced
+    /// into `$batch` requests (a guard may find thousands). Each write goes once: an
+    /// assignment reprocessed earlier in this run is not reprocessed again, and two
+    /// declarations asking for the same thing share one request (identical `adminAdd`s
+    /// can wedge an assignment). The accepted reprocesses are recorded for this run.
+    async fn write_in_batches(&mut self, progress: &Progress) -> WriteResults {
+        let mut writes: Vec<Write> = Vec::new();
+        let mut queued: BTreeSet<Write> = BTreeSet::new();
+        let declared = self
+            .assignments
+            .iter()
+            .filter_map(|e| e.action.as_ref().and_then(Action::write));
         let swept = self.guards.iter().flat_map(|g| {
             g.to_reprocess
                 .iter()
                 .filter(|id| !g.reprocessed.contains(*id))
+                .map(|id| Write::ReprocessAssignment {
+                    assignment_id: id.clone(),
+                })
         });
-        for id in declared.chain(swept) {
-            if !self.reprocessed.contains(id) && queued.insert(id) {
-                batch.push(id.clone());
+        for write in declared.chain(swept) {
+            let done_before = matches!(&write, Write::ReprocessAssignment { assignment_id }
+                if self.reprocessed.contains(assignment_id));
+            if !done_before && queued.insert(write.clone()) {
+                writes.push(write);
             }
         }
-        if batch.is_empty() {
-            return ReprocessResults::new();
+        if writes.is_empty() {
+            return WriteResults::new();
         }
-        progress.say(&format!("reprocessing {} assignment(s)", batch.len()));
+        progress.say(&format!("sending {} write(s) to Graph", writes.len()));
         let outcomes = self
             .observer
             .graph()
-            .reprocess_assignments(&batch, self.observer.concurrency())
+            .write_many(&writes, self.observer.concurrency())
             .await;
-        let results: ReprocessResults = batch
+        let results: WriteResults = writes
             .into_iter()
             .zip(outcomes)
-            .map(|(id, r)| (id, r.map_err(std::sync::Arc::new)))
+            .map(|(write, r)| (write, r.map_err(std::sync::Arc::new)))
             .collect();
-        for (id, result) in &results {
-            if result.is_ok() {
-                self.reprocessed.insert(id.clone());
+        for (write, result) in &results {
+            if let (Write::ReprocessAssignment { assignment_id }, Ok(_)) = (write, result) {
+                self.reprocessed.insert(assignment_id.clone());
             }
         }
         results
     }
 
-    /// Carries out the planned actions (only with --reprocess). Returns how many were made.
+    /// Carries out the planned actions (only with --reprocess). Returns how many writes
+    /// Graph accepted.
     async fn act(&mut self, progress: &Progress) -> usize {
         if !self.repair {
             return 0;
         }
-        let reprocess_results = self.reprocess_in_batches(progress).await;
-        let mut done = reprocess_results.values().filter(|r| r.is_ok()).count();
-        let graph = self.observer.graph();
+        let results = self.write_in_batches(progress).await;
+        let done = results.values().filter(|r| r.is_ok()).count();
         for eval in &mut self.assignments {
             let Some(action) = eval.action.take() else {
                 continue;
             };
-            let outcome = match &action {
-                Action::RequestAssignment {
-                    access_package_id,
-                    policy_id,
-                    target_object_id,
-                } => {
-                    progress.say(&format!("requesting assignment for {}", eval.row.target));
-                    graph
-                        .request_assignment(access_package_id, policy_id, target_object_id)
-                        .await
-                        .map(|r| format!("requested (request {})", r.id))
-                        .map_err(std::sync::Arc::new)
-                }
-                Action::ReprocessAssignment { assignment_id } => {
-                    match reprocess_results.get(assignment_id) {
-                        Some(Ok(())) => Ok("reprocessed".to_string()),
-                        Some(Err(err)) => Err(err.clone()),
-                        // Reprocessed earlier in this run: nothing new to send.
-                        None => continue,
-                    }
-                }
-                Action::ReprocessRequest { request_id } => {
-                    progress.say(&format!("reprocessing request of {}", eval.row.target));
-                    graph
-                        .reprocess_request(request_id)
-                        .await
-                        .map(|()| format!("reprocessed request {request_id}"))
-                        .map_err(std::sync::Arc::new)
-                }
-                _ => continue,
+            let Some(write) = action.write() else {
+                continue;
             };
+            // Absent: an assignment reprocessed earlier in this run; nothing new was sent.
+            let Some(result) = results.get(&write) else {
+                continue;
+            };
+            let outcome = result.clone().map(|written| match (&action, written) {
+                (_, Written::Requested(request)) => format!("requested (request {})", request.id),
+                (Action::ReprocessRequest { request_id }, Written::Accepted) => {
+                    format!("reprocessed request {request_id}")
+                }
+                (_, Written::Accepted) => "reprocessed".to_string(),
+            });
             match outcome {
                 Ok(text) => {
-                    // Batched reprocesses are already counted, once per assignment.
-                    if !matches!(action, Action::ReprocessAssignment { .. }) {
-                        done += 1;
-                    }
                     eval.row.action = text.clone();
                     eval.taken = Some(text);
                     eval.in_flight = true;
@@ -826,11 +811,13 @@ impl<'a> Audit<'a> {
                     continue;
                 }
                 // Not in this round's batch: reprocessed earlier in this run.
-                let Some(result) = reprocess_results.get(&assignment_id) else {
+                let Some(result) = results.get(&Write::ReprocessAssignment {
+                    assignment_id: assignment_id.clone(),
+                }) else {
                     continue;
                 };
                 match result {
-                    Ok(()) => {
+                    Ok(_) => {
                         guard.reprocessed.insert(assignment_id.clone());
                         guard.in_flight = true;
                         for row in &mut guard.rows {
@@ -864,10 +851,10 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
     }
 }
 
-/// Outcome of each batched reprocess, by assignment id (an error is shared by every
-/// declaration and guard that asked for the assignment).
-type ReprocessResults =
-    std::collections::HashMap<String, Result<(), std::sync::Arc<crate::graph::GraphError>>>;
+/// Outcome of each write a pass sent (an outcome is shared by every declaration and guard
+/// that asked for the same write).
+type WriteResults =
+    std::collections::HashMap<Write, Result<Written, std::sync::Arc<crate::graph::GraphError>>>;
 
 struct ResolvedAssignment {
     view: std::sync::Arc<crate::observe::PackageView>,

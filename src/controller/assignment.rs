@@ -24,8 +24,8 @@ use crate::engine::{
     PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, plan_assignment,
     record_action_failure, record_request_submitted,
 };
-use crate::graph::GraphError;
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestType};
+use crate::graph::{GraphError, Written};
 use crate::observe::{Observer, stable_message};
 
 /// The kind label.
@@ -330,23 +330,14 @@ async fn execute(
         );
         return Ok(Some(wait));
     }
-    let result = match &plan.action {
-        EngineAction::RequestAssignment {
-            access_package_id,
-            policy_id,
-            target_object_id,
-        } => graph
-            .request_assignment(access_package_id, policy_id, target_object_id)
-            .await
-            .map(|req| {
+    let result = match plan.action.write() {
+        Some(write) => graph.write(&write).await.map(|written| {
+            if let Written::Requested(req) = written {
                 tracing::info!(request_id = %req.id, "assignment requested");
                 record_request_submitted(&mut plan.status, &req.id);
-            }),
-        EngineAction::ReprocessAssignment { assignment_id } => {
-            graph.reprocess_assignment(assignment_id).await
-        }
-        EngineAction::ReprocessRequest { request_id } => graph.reprocess_request(request_id).await,
-        _ => Ok(()),
+            }
+        }),
+        None => Ok(()),
     };
     if let Ok(ids) = &observed.resolved {
         ctx.observations

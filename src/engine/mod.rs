@@ -162,6 +162,29 @@ impl Action {
                 | Self::ReprocessRequest { .. }
         )
     }
+
+    /// The Graph write this action stands for, if it is one.
+    pub fn write(&self) -> Option<crate::graph::Write> {
+        use crate::graph::Write;
+        match self {
+            Self::RequestAssignment {
+                access_package_id,
+                policy_id,
+                target_object_id,
+            } => Some(Write::RequestAssignment {
+                access_package_id: access_package_id.clone(),
+                policy_id: policy_id.clone(),
+                target_object_id: target_object_id.clone(),
+            }),
+            Self::ReprocessAssignment { assignment_id } => Some(Write::ReprocessAssignment {
+                assignment_id: assignment_id.clone(),
+            }),
+            Self::ReprocessRequest { request_id } => Some(Write::ReprocessRequest {
+                request_id: request_id.clone(),
+            }),
+            Self::None | Self::Wait { .. } | Self::GiveUp { .. } => None,
+        }
+    }
 }
 
 /// Kinds of events the engine emits (the Kubernetes event `reason`).

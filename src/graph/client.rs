@@ -19,7 +19,7 @@ use super::models::{
 };
 use super::odata::{build_url, segment, string_literal};
 
-const EM: &str = "/identityGovernance/entitlementManagement";
+pub(super) const EM: &str = "/identityGovernance/entitlementManagement";
 
 /// Upper bound on pages followed in one listing; a server that keeps returning nextLinks
 /// beyond this is looping.
@@ -164,7 +164,7 @@ impl GraphClient {
     }
 
     /// [`GraphClient::send`], also treating the `extra_ok` statuses as success.
-    async fn send_accepting(
+    pub(super) async fn send_accepting(
         &self,
         req: &GraphRequest,
         extra_ok: &[u16],
@@ -284,7 +284,7 @@ impl GraphClient {
         Ok(items)
     }
 
-    fn decode<T: DeserializeOwned>(
+    pub(super) fn decode<T: DeserializeOwned>(
         &self,
         operation: &'static str,
         resp: &GraphResponse,
@@ -418,167 +418,6 @@ impl GraphClient {
         let path = format!("{EM}/assignmentRequests/{}", segment(OP, id)?);
         let url = self.url(OP, &path, &[("$expand", "assignment($expand=target)")])?;
         self.get_optional(OP, url).await
-    }
-
-    /// Creates an `adminAdd` request for `target_object_id` under `policy_id` (§3.4; 201).
-    /// Retried only when the server certainly did not act (see [`RetryMode::NonIdempotent`]).
-    pub async fn request_assignment(
-        &self,
-        access_package_id: &str,
-        policy_id: &str,
-        target_object_id: &str,
-    ) -> Result<AssignmentRequest, GraphError> {
-        const OP: &str = "request_assignment";
-        for (what, v) in [
-            ("access package id", access_package_id),
-            ("policy id", policy_id),
-            ("target object id", target_object_id),
-        ] {
-            if v.trim().is_empty() {
-                return Err(GraphError::InvalidArgument {
-                    operation: OP,
-                    message: format!("{what} is empty"),
-                });
-            }
-        }
-        let body = json!({
-            "requestType": "adminAdd",
-            "assignment": {
-                "targetId": target_object_id,
-                "assignmentPolicyId": policy_id,
-                "accessPackageId": access_package_id,
-            }
-        });
-        self.create_request(OP, body).await
-    }
-
-    /// Creates an `adminRemove` request for an assignment (§3.4; 201). Note: Graph emails
-    /// the user.
-    pub async fn request_removal(
-        &self,
-        assignment_id: &str,
-    ) -> Result<AssignmentRequest, GraphError> {
-        const OP: &str = "request_removal";
-        if assignment_id.trim().is_empty() {
-            return Err(GraphError::InvalidArgument {
-                operation: OP,
-                message: "assignment id is empty".to_string(),
-            });
-        }
-        let body = json!({"requestType": "adminRemove", "assignment": {"id": assignment_id}});
-        self.create_request(OP, body).await
-    }
-
-    async fn create_request(
-        &self,
-        operation: &'static str,
-        body: serde_json::Value,
-    ) -> Result<AssignmentRequest, GraphError> {
-        let url = self.url(operation, &format!("{EM}/assignmentRequests"), &[])?;
-        let resp = self
-            .send(GraphRequest::post(
-                operation,
-                url,
-                Some(body),
-                RetryMode::NonIdempotent,
-            ))
-            .await?;
-        self.decode(operation, &resp)
-    }
-
-    /// Asks entitlement management to re-apply a delivered assignment (§4.1; 202).
-    /// Retried like a read: a repeated reprocess converges on the same state.
-    pub async fn reprocess_assignment(&self, id: &str) -> Result<(), GraphError> {
-        const OP: &str = "reprocess_assignment";
-        let path = format!("{EM}/assignments/{}/reprocess", segment(OP, id)?);
-        let url = self.url(OP, &path, &[])?;
-        self.send(GraphRequest::post(OP, url, None, RetryMode::Idempotent))
-            .await
-            .map(|_| ())
-    }
-
-    /// Reprocesses many delivered assignments (§4.1), coalesced into `$batch` requests of
-    /// [`MAX_BATCH`] (§6.1) run `concurrency` at a time; one result per id, in order.
-    ///
-    /// Throttled items are resent by [`GraphClient::batch`]. An item the batch could not
-    /// place (still throttled, or a 503/504 the service declined it with) and every item
-    /// of a batch that failed as a whole (network, 5xx) is then sent on its own with the
-    /// client's retry policy, as [`GraphClient::reprocess_assignment`] would be: a
-    /// repeated reprocess converges on the same state, so resending is safe.
-    pub async fn reprocess_assignments(
-        &self,
-        ids: &[String],
-        concurrency: usize,
-    ) -> Vec<Result<(), GraphError>> {
-        use futures::StreamExt;
-        // Owned chunks: the futures must not borrow `ids` (the controller's reconcile
-        // futures have to be `Send` for any lifetime).
-        let chunks: Vec<Vec<String>> = ids.chunks(MAX_BATCH).map(<[String]>::to_vec).collect();
-        let results: Vec<Vec<Result<(), GraphError>>> = futures::stream::iter(chunks)
-            .map(|chunk| self.reprocess_chunk(chunk))
-            .buffered(concurrency.max(1))
-            .collect()
-            .await;
-        results.into_iter().flatten().collect()
-    }
-
-    /// One `$batch` of reprocesses (see [`GraphClient::reprocess_assignments`]).
-    async fn reprocess_chunk(&self, chunk: Vec<String>) -> Vec<Result<(), GraphError>> {
-        const OP: &str = "reprocess_assignment";
-        let mut items = Vec::with_capacity(chunk.len());
-        let mut invalid = std::collections::BTreeMap::new();
-        for (i, id) in chunk.iter().enumerate() {
-            match segment(OP, id) {
-                Ok(seg) => items.push(BatchItem::post(
-                    i.to_string(),
-                    format!("{EM}/assignments/{seg}/reprocess"),
-                )),
-                Err(e) => {
-                    invalid.insert(i, e);
-                }
-            }
-        }
-        let results = match self.batch(&items).await {
-            Ok(results) => results,
-            Err(e) => {
-                tracing::warn!(error = %e, "a reprocess batch failed; sending its items one by one");
-                let mut out = Vec::with_capacity(chunk.len());
-                for id in &chunk {
-                    out.push(self.reprocess_assignment(id).await);
-                }
-                return out;
-            }
-        };
-        let mut results = results.into_iter();
-        let mut out = Vec::with_capacity(chunk.len());
-        for (i, id) in chunk.iter().enumerate() {
-            if let Some(e) = invalid.remove(&i) {
-                out.push(Err(e));
-                continue;
-            }
-            out.push(match results.next() {
-                Some(r) if matches!(r.status, 429 | 503 | 504) => {
-                    self.reprocess_assignment(id).await
-                }
-                Some(r) => r.into_result::<serde_json::Value>(OP).map(|_| ()),
-                None => Err(GraphError::Decode {
-                    operation: OP,
-                    message: "batch response lacks an item".into(),
-                    request_id: None,
-                }),
-            });
-        }
-        out
-    }
-
-    /// Reprocesses a failed or partially delivered request (§4.2; 202).
-    pub async fn reprocess_request(&self, id: &str) -> Result<(), GraphError> {
-        const OP: &str = "reprocess_request";
-        let path = format!("{EM}/assignmentRequests/{}/reprocess", segment(OP, id)?);
-        let url = self.url(OP, &path, &[])?;
-        self.send(GraphRequest::post(OP, url, None, RetryMode::Idempotent))
-            .await
-            .map(|_| ())
     }
 
     // ---- directory (§5) ----

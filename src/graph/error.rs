@@ -59,7 +59,7 @@ pub struct TokenFailure {
 }
 
 /// A failure talking to Microsoft Graph or the Entra token endpoint.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GraphError {
     /// The configuration is invalid or incomplete.
     #[error("Graph configuration: {message}")]

@@ -32,6 +32,17 @@ pub enum RetryMode {
     NonIdempotent,
 }
 
+/// Whether an answer with `status` may be retried in `mode` (see [`RetryMode`]); the same
+/// rule decides whether a `$batch` item is sent again on its own.
+pub(crate) fn retryable_status(status: u16, has_retry_after: bool, mode: RetryMode) -> bool {
+    match (status, mode) {
+        (429, _) => true,
+        (503, RetryMode::NonIdempotent) => has_retry_after,
+        (503 | 504, RetryMode::Idempotent) => true,
+        _ => false,
+    }
+}
+
 /// A response with its body read. Any status; the caller maps errors. Deliberately not
 /// `Debug`: for the token endpoint the body holds the access token.
 pub(crate) struct RawResponse {
@@ -249,12 +260,7 @@ impl Http {
                     if let Some(d) = retry_after {
                         self.refused(gate, status.as_u16(), d);
                     }
-                    let retryable = match (status.as_u16(), mode) {
-                        (429, _) => true,
-                        (503, RetryMode::NonIdempotent) => retry_after.is_some(),
-                        (503 | 504, RetryMode::Idempotent) => true,
-                        _ => false,
-                    };
+                    let retryable = retryable_status(status.as_u16(), retry_after.is_some(), mode);
                     let too_long = retry_after.is_some_and(|d| d > self.max_retry_after);
                     if retryable && retries_left && !too_long {
                         let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));

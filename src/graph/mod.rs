@@ -12,6 +12,8 @@
 //!   or HTTP-date) exactly and for every call in the same throttling scope; otherwise
 //!   capped exponential backoff with jitter. Creating assignment requests is retried only
 //!   when the server certainly did not act (see [`RetryMode`]).
+//! - `writes`: assignment requests and `reprocess` actions, alone or coalesced into
+//!   `$batch` requests ([`GraphClient::write_many`]) with the same retry rules as direct calls.
 //! - [`error`]: [`GraphError`], one variant per failure kind; [`GraphError::kind`] is a
 //!   metric label.
 //! - [`odata`]: path segment and `$filter` literal escaping.
@@ -26,6 +28,7 @@ mod http;
 pub mod models;
 pub mod odata;
 pub mod retry;
+mod writes;
 
 pub use client::{
     BatchItem, BatchResult, GraphClient, GraphRequest, GraphResponse, GroupMembershipDelta,
@@ -34,3 +37,4 @@ pub use client::{
 pub use config::{Credential, GraphArgs, GraphConfig, Secret};
 pub use error::{GraphError, TokenFailure};
 pub use http::{OperationStats, RetryMode};
+pub use writes::{Write, Written};

@@ -290,3 +290,77 @@ async fn standalone_sim_then_repair_then_plain_audit_is_in_sync() {
     assert!(!out.contains("Drifted"), "{out}");
     sim.kill().await.ok();
 }
+
+#[tokio::test]
+async fn a_repair_sends_its_writes_in_one_batch_and_an_identical_request_once() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // alice drifted (reprocess); carol and bob have no assignment where declared
+    // (adminAdd); carol's Finance assignment is declared twice under two names, which
+    // must still be one request: identical adminAdds can wedge an assignment.
+    let docs = [
+        declaration("alice-finance", "Finance Analysts", "alice@contoso.com", ""),
+        declaration("carol-finance", "Finance Analysts", "carol@contoso.com", ""),
+        declaration(
+            "carol-finance-again",
+            "Finance Analysts",
+            "carol@contoso.com",
+            "",
+        ),
+        declaration("carol-eng", "Engineering Tools", "carol@contoso.com", ""),
+        declaration("bob-eng", "Engineering Tools", "bob@contoso.com", ""),
+    ]
+    .concat();
+    std::fs::write(dir.path().join("all.yaml"), docs).unwrap();
+    sim.clear_request_log();
+
+    let (code, stdout, stderr) = audit(&sim, dir.path(), &["--reprocess", "-o", "json"]).await;
+    assert_eq!(code, 0, "everything delivered\n{stdout}\n{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["summary"]["delivered"], 5, "{stdout}");
+
+    let log = sim.request_log();
+    let writes: Vec<_> = log
+        .iter()
+        .filter(|e| {
+            e.method == "POST"
+                && (e.path.ends_with("/assignmentRequests") || e.path.ends_with("/reprocess"))
+        })
+        .collect();
+    assert_eq!(
+        writes
+            .iter()
+            .filter(|e| e.path.ends_with("/reprocess"))
+            .count(),
+        1,
+        "alice reprocessed once"
+    );
+    assert_eq!(
+        writes
+            .iter()
+            .filter(|e| e.path.ends_with("/assignmentRequests"))
+            .count(),
+        3,
+        "one adminAdd per distinct (user, package)"
+    );
+    assert!(
+        writes.iter().all(|e| e.batch),
+        "every write went in a $batch"
+    );
+    let envelopes = log
+        .iter()
+        .filter(|e| e.method == "POST" && e.path == "/v1.0/$batch")
+        .count();
+    assert_eq!(
+        envelopes, 1,
+        "the four writes of the repair pass share one batch"
+    );
+    for upn in ["carol@contoso.com", "bob@contoso.com"] {
+        assert!(
+            sim.is_member("eng-tools", upn),
+            "{upn} got Engineering Tools"
+        );
+    }
+    assert!(sim.is_member("fin-writers", "alice@contoso.com"));
+    sim.shutdown().await;
+}

@@ -3,8 +3,8 @@
 //! with the same typed errors a direct call gives; successes are never repeated.
 
 use crate::fault_support::*;
-use redeliver::graph::BatchItem;
 use redeliver::graph::models::{DirectoryObject, Page};
+use redeliver::graph::{BatchItem, Write, Written};
 use redeliver::sim::{Scenario, Simulator};
 use serde_json::json;
 
@@ -99,5 +99,91 @@ async fn batch_resends_only_throttled_items_and_reports_other_failures_per_item(
         1,
         "a 503 inside a batch is reported, not resent blindly"
     );
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn batched_writes_resend_a_reprocess_after_a_504_but_never_an_uncertain_adminadd() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let client = client_with(&sim, |_| {});
+    let package = sim.package_id("Finance Analysts").unwrap();
+    let policy = sim.policy_id("Finance Analysts", None).unwrap();
+    let add = |upn: &str| Write::RequestAssignment {
+        access_package_id: package.clone(),
+        policy_id: policy.clone(),
+        target_object_id: sim.user_id(upn).unwrap(),
+    };
+    let reprocess = |upn: &str| Write::ReprocessAssignment {
+        assignment_id: sim.assignment_id(upn, "Finance Analysts").unwrap(),
+    };
+    let creates = |sim: &redeliver::sim::SimHandle| {
+        sim.request_log()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with("/assignmentRequests"))
+            .map(|e| (e.status, e.batch))
+            .collect::<Vec<_>>()
+    };
+    let reprocesses = |sim: &redeliver::sim::SimHandle| {
+        sim.request_log()
+            .iter()
+            .filter(|e| e.method == "POST" && e.path.ends_with("/reprocess"))
+            .map(|e| (e.status, e.batch))
+            .collect::<Vec<_>>()
+    };
+    let create_prefix = "/v1.0/identityGovernance/entitlementManagement/assignmentRequests";
+    let reprocess_prefix = "/v1.0/identityGovernance/entitlementManagement/assignments/";
+
+    // Round 1: the gateway times out on carol's adminAdd and on alice's reprocess, inside
+    // the one batch that carries both (and bob's reprocess).
+    sim.clear_request_log();
+    for prefix in [create_prefix, reprocess_prefix] {
+        sim.inject_fault(fault(json!({
+            "kind": "error", "status": 504, "count": 1, "method": "POST", "pathPrefix": prefix
+        })));
+    }
+    let writes = [
+        add("carol@contoso.com"),
+        reprocess("alice@contoso.com"),
+        reprocess("bob@contoso.com"),
+    ];
+    let results = client.write_many(&writes, 2).await;
+    assert_eq!(results.len(), 3, "one result per write, in order");
+    let err = results[0].as_ref().unwrap_err();
+    assert_eq!(err.kind(), "server", "{err}");
+    assert_eq!(err.operation(), Some("request_assignment"));
+    assert!(
+        matches!(results[1], Ok(Written::Accepted)),
+        "alice's reprocess was resent: {:?}",
+        results[1]
+    );
+    assert!(
+        matches!(results[2], Ok(Written::Accepted)),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(
+        creates(&sim),
+        vec![(504, true)],
+        "an adminAdd that may have been processed is never sent again"
+    );
+    assert_eq!(
+        reprocesses(&sim),
+        vec![(504, true), (202, true), (202, false)],
+        "the reprocess that timed out went again, on its own; bob's once"
+    );
+
+    // Round 2: carol's adminAdd is throttled inside the batch: Graph did not act on it, so
+    // the batch resends it and it is created exactly once.
+    sim.clear_request_log();
+    sim.inject_fault(fault(json!({
+        "kind": "throttle", "retryAfter": 0.2, "count": 1, "method": "POST",
+        "pathPrefix": create_prefix
+    })));
+    let results = client.write_many(&[add("carol@contoso.com")], 2).await;
+    let Ok(Written::Requested(request)) = &results[0] else {
+        panic!("carol's request was created: {results:?}");
+    };
+    assert!(!request.id.is_empty());
+    assert_eq!(creates(&sim), vec![(429, true), (201, true)]);
     sim.shutdown().await;
 }

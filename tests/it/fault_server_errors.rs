@@ -220,17 +220,12 @@ async fn connection_dropped_mid_body_is_retried_and_the_run_completes() {
 
 #[tokio::test]
 async fn create_whose_answer_is_lost_is_not_resent_and_the_rerun_finds_it() {
-    // carol has no assignment: the audit must request one (adminAdd). Graph accepts the
-    // request, but the answer is lost mid-body: the one write that must never be repeated
-    // blindly.
+    // carol has no assignment: the audit must request one (adminAdd), which it sends in a
+    // `$batch`. Graph accepts the request, but the batch's answer is lost mid-body: the one
+    // write that must never be repeated blindly, neither in a new batch nor on its own.
     let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
     let proxy = Proxy::start(&sim.graph_url).await;
-    proxy.spoil_method(
-        "POST",
-        "/entitlementManagement/assignmentRequests",
-        Spoil::DroppedMidBody,
-        1,
-    );
+    proxy.spoil_method("POST", "/v1.0/$batch", Spoil::DroppedMidBody, 1);
     let dir = declarations(&declaration(
         "carol-finance",
         "Finance Analysts",
