@@ -5,13 +5,13 @@
 //! delta interval instead of at the next re-check. The periodic full verification stays
 //! the safety net.
 //!
-//! The index comes from the objects' own status (`graphState: delivered`,
+//! Whom a change concerns comes from the objects' own status (`graphState: delivered`,
 //! `targetObjectId`, `resources[]` in an `AadGroup`, present or missing), so no extra
-//! Graph read is needed to know whom a change concerns. A change drops that group's
-//! cached membership and triggers the matching objects; a group whose sync state expired
-//! triggers every object that relies on it.
+//! Graph read is needed. A change drops that group's cached membership and triggers the
+//! matching objects; a group whose sync state expired, or that was deleted, triggers
+//! every object that relies on it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use futures::channel::mpsc::UnboundedSender;
@@ -21,58 +21,119 @@ use tokio_util::sync::CancellationToken;
 use super::context::Context;
 use crate::api::{AccessPackageAssignment, ResourceState};
 use crate::engine::{PromisedResource, ResourceKind};
-use crate::observe::delta::DeltaTracker;
+use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
-type Index = HashMap<(String, String), Vec<ObjectRef<AccessPackageAssignment>>>;
-
-/// Who relies on which group membership, from the objects' status.
-#[derive(Default)]
-struct Memberships {
-    /// Every group tracked.
-    groups: BTreeSet<String>,
-    /// (group id, user id) → objects of delivered assignments that hold the membership:
-    /// a removal is drift.
-    present: Index,
-    /// (group id, user id) → objects of delivered assignments that miss it: an addition
-    /// is the repair landing.
-    missing: Index,
+/// The user and the group resources of a delivered assignment, from its status; `None`
+/// for anything else (not yet delivered assignments have nothing to lose: delivery is
+/// followed by their request, not by group delta).
+fn delivered_groups(
+    obj: &AccessPackageAssignment,
+) -> Option<(&str, impl Iterator<Item = (&str, ResourceState)>)> {
+    let status = obj.status.as_ref()?;
+    let delivered = status
+        .graph_state
+        .as_deref()
+        .is_some_and(|s| s.eq_ignore_ascii_case("delivered"));
+    if !delivered {
+        return None;
+    }
+    let user = status.target_object_id.as_deref()?;
+    let groups = status
+        .resources
+        .iter()
+        .filter(|r| r.origin_system == "AadGroup")
+        .map(|r| (r.origin_id.as_str(), r.state));
+    Some((user, groups))
 }
 
-/// (group id, user id) of every group membership of a delivered assignment, present or
-/// missing.
-fn index(store: &Store<AccessPackageAssignment>) -> Memberships {
-    let mut m = Memberships::default();
+/// Every group (lower-cased id) whose membership a delivered assignment relies on,
+/// present or missing. Runs every delta interval over the whole store, so it allocates
+/// per distinct group, not per object.
+fn tracked_groups(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
+    let mut groups = BTreeSet::new();
     for obj in store.state() {
-        let Some(status) = obj.status.as_ref() else {
+        let Some((_, resources)) = delivered_groups(&obj) else {
             continue;
         };
-        let delivered = status
-            .graph_state
-            .as_deref()
-            .is_some_and(|s| s.eq_ignore_ascii_case("delivered"));
-        let Some(user) = status.target_object_id.as_deref() else {
-            continue;
-        };
-        if !delivered {
-            continue;
-        }
-        for r in &status.resources {
-            if r.origin_system != "AadGroup" {
+        for (group, state) in resources {
+            if !matches!(state, ResourceState::Present | ResourceState::Missing) {
                 continue;
             }
-            let idx = match r.state {
-                ResourceState::Present => &mut m.present,
-                ResourceState::Missing => &mut m.missing,
-                _ => continue,
-            };
-            let group = r.origin_id.to_ascii_lowercase();
-            m.groups.insert(group.clone());
-            idx.entry((group, user.to_ascii_lowercase()))
-                .or_default()
-                .push(ObjectRef::from_obj(&*obj));
+            if group.bytes().any(|b| b.is_ascii_uppercase()) {
+                groups.insert(group.to_ascii_lowercase());
+            } else if !groups.contains(group) {
+                groups.insert(group.to_string());
+            }
         }
     }
-    m
+    groups
+}
+
+/// What one poll found, keyed for matching against the objects' status (lower-cased ids).
+#[derive(Debug, Default)]
+struct Changes {
+    /// (group, user) memberships that ended: drift of an assignment that held them.
+    removed: HashSet<(String, String)>,
+    /// (group, user) memberships that began: the repair of an assignment that missed them.
+    added: HashSet<(String, String)>,
+    /// Groups whose changes may have been missed (sync state expired) or that were
+    /// deleted: every assignment relying on them is checked.
+    whole: BTreeSet<String>,
+}
+
+impl Changes {
+    fn of(poll: &DeltaPoll) -> Changes {
+        let key = |(g, u): &(String, String)| (g.to_ascii_lowercase(), u.to_ascii_lowercase());
+        Changes {
+            removed: poll.removed.iter().map(key).collect(),
+            added: poll.added.iter().map(key).collect(),
+            whole: poll
+                .resync
+                .iter()
+                .chain(&poll.deleted_groups)
+                .map(|g| g.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.added.is_empty() && self.whole.is_empty()
+    }
+
+    /// The objects these changes concern (each once) and the groups that concern them:
+    /// one scan of the store, made only when a poll reported something. (An index kept
+    /// for every poll cost about 19 MiB and 1.7 million allocations per 5 minutes at
+    /// 10,000 objects, for changes that are rare.)
+    fn affected(
+        &self,
+        store: &Store<AccessPackageAssignment>,
+    ) -> (BTreeSet<String>, Vec<ObjectRef<AccessPackageAssignment>>) {
+        let mut hit_groups = BTreeSet::new();
+        let mut refs = Vec::new();
+        for obj in store.state() {
+            let Some((user, resources)) = delivered_groups(&obj) else {
+                continue;
+            };
+            let user = user.to_ascii_lowercase();
+            let mut hit = false;
+            for (group, state) in resources {
+                let key = (group.to_ascii_lowercase(), user.clone());
+                let concerned = match state {
+                    ResourceState::Present => self.removed.contains(&key),
+                    ResourceState::Missing => self.added.contains(&key),
+                    _ => continue,
+                } || self.whole.contains(&key.0);
+                if concerned {
+                    hit_groups.insert(key.0);
+                    hit = true;
+                }
+            }
+            if hit {
+                refs.push(ObjectRef::from_obj(&*obj));
+            }
+        }
+        (hit_groups, refs)
+    }
 }
 
 fn group_resource(group_id: &str) -> PromisedResource {
@@ -103,11 +164,7 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let Memberships {
-            groups,
-            present,
-            missing,
-        } = index(&store);
+        let groups = tracked_groups(&store);
         if groups.is_empty() {
             tracker = None;
             continue;
@@ -133,33 +190,11 @@ pub async fn run(
         for e in &poll.failed {
             tracing::warn!(error = %e, "group delta poll failed; its changes come next poll");
         }
-        let mut hit_groups = BTreeSet::new();
-        let mut refs = Vec::new();
-        let changes = poll
-            .removed
-            .iter()
-            .map(|change| (change, &present))
-            .chain(poll.added.iter().map(|change| (change, &missing)));
-        for ((group, user), idx) in changes {
-            let key = (group.to_ascii_lowercase(), user.to_ascii_lowercase());
-            if let Some(objs) = idx.get(&key) {
-                hit_groups.insert(key.0.clone());
-                refs.extend(objs.iter().cloned());
-            }
+        let changes = Changes::of(&poll);
+        if changes.is_empty() {
+            continue;
         }
-        for group in &poll.resync {
-            let group = group.to_ascii_lowercase();
-            let objs: Vec<_> = present
-                .iter()
-                .chain(missing.iter())
-                .filter(|((g, _), _)| *g == group)
-                .flat_map(|(_, o)| o.iter().cloned())
-                .collect();
-            if !objs.is_empty() {
-                hit_groups.insert(group);
-                refs.extend(objs);
-            }
-        }
+        let (hit_groups, refs) = changes.affected(&store);
         if refs.is_empty() {
             continue;
         }
@@ -208,11 +243,20 @@ mod tests {
         .expect("a valid object")
     }
 
-    #[test]
-    fn indexes_group_memberships_of_delivered_assignments_only() {
+    fn store_of(
+        objs: Vec<AccessPackageAssignment>,
+    ) -> kube::runtime::reflector::Store<AccessPackageAssignment> {
         let (reader, mut writer) = store::<AccessPackageAssignment>();
         writer.apply_watcher_event(&Event::Init);
-        for obj in [
+        for obj in objs {
+            writer.apply_watcher_event(&Event::InitApply(obj));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        reader
+    }
+
+    fn tenant() -> kube::runtime::reflector::Store<AccessPackageAssignment> {
+        store_of(vec![
             apa(
                 "alice",
                 "delivered",
@@ -221,38 +265,77 @@ mod tests {
             ),
             apa("bob", "delivering", "u-b", &[("g-1", "Present")]),
             apa("carol", "Delivered", "u-c", &[("g-3", "Present")]),
-        ] {
-            writer.apply_watcher_event(&Event::InitApply(obj));
-        }
-        writer.apply_watcher_event(&Event::InitDone);
-        let m = index(&reader);
+            apa("dave", "delivered", "u-d", &[("g-1", "Present")]),
+        ])
+    }
+
+    fn names(refs: &[ObjectRef<AccessPackageAssignment>]) -> Vec<&str> {
+        let mut names: Vec<&str> = refs.iter().map(|r| r.name.as_str()).collect();
+        names.sort();
+        names
+    }
+
+    fn pair(g: &str, u: &str) -> (String, String) {
+        (g.to_string(), u.to_string())
+    }
+
+    #[test]
+    fn tracks_the_groups_of_delivered_assignments_only() {
+        // bob's assignment is still being delivered: its request is followed, not delta.
         assert_eq!(
-            m.groups.into_iter().collect::<Vec<_>>(),
+            tracked_groups(&tenant()).into_iter().collect::<Vec<_>>(),
             vec!["g-1".to_string(), "g-2".to_string(), "g-3".to_string()]
         );
-        let alice = &m.present[&("g-1".to_string(), "u-a".to_string())];
-        assert_eq!(alice.len(), 1);
-        assert_eq!(alice[0].name, "alice");
-        assert!(
-            m.present
-                .contains_key(&("g-3".to_string(), "u-c".to_string()))
+    }
+
+    #[test]
+    fn a_removal_concerns_who_held_the_membership_and_an_addition_who_missed_it() {
+        let store = tenant();
+        let poll = |removed: Vec<(String, String)>, added: Vec<(String, String)>| DeltaPoll {
+            removed,
+            added,
+            ..DeltaPoll::default()
+        };
+        // Ids compare case-insensitively: Graph and the status may differ in case.
+        let (groups, refs) =
+            Changes::of(&poll(vec![pair("g-1", "u-a"), pair("G-1", "U-B")], vec![]))
+                .affected(&store);
+        assert_eq!(names(&refs), vec!["alice"], "bob is not delivered yet");
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec!["g-1"]);
+        // alice misses g-2: its removal means nothing, its addition is her repair landing.
+        let (_, refs) = Changes::of(&poll(vec![pair("g-2", "u-a")], vec![])).affected(&store);
+        assert!(refs.is_empty());
+        let (groups, refs) = Changes::of(&poll(vec![], vec![pair("g-2", "u-a")])).affected(&store);
+        assert_eq!(names(&refs), vec!["alice"]);
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec!["g-2"]);
+        // Two changes of one object trigger it once.
+        let (_, refs) =
+            Changes::of(&poll(vec![pair("g-1", "u-a")], vec![pair("g-2", "u-a")])).affected(&store);
+        assert_eq!(names(&refs), vec!["alice"]);
+        // Another user's change of the same group concerns nobody here.
+        let changes = Changes::of(&poll(vec![pair("g-1", "u-z")], vec![]));
+        assert!(!changes.is_empty());
+        assert!(changes.affected(&store).1.is_empty());
+    }
+
+    #[test]
+    fn an_expired_or_deleted_group_concerns_everyone_relying_on_it() {
+        let store = tenant();
+        let resync = DeltaPoll {
+            resync: vec!["G-1".into()],
+            ..DeltaPoll::default()
+        };
+        let (groups, refs) = Changes::of(&resync).affected(&store);
+        assert_eq!(names(&refs), vec!["alice", "dave"]);
+        assert_eq!(groups.into_iter().collect::<Vec<_>>(), vec!["g-1"]);
+        let deleted = DeltaPoll {
+            deleted_groups: vec!["g-3".into()],
+            ..DeltaPoll::default()
+        };
+        assert_eq!(
+            names(&Changes::of(&deleted).affected(&store).1),
+            vec!["carol"]
         );
-        // A missing membership waits for the user to come back (the repair landing).
-        let waiting = &m.missing[&("g-2".to_string(), "u-a".to_string())];
-        assert_eq!(waiting[0].name, "alice");
-        assert!(
-            !m.present
-                .contains_key(&("g-2".to_string(), "u-a".to_string()))
-        );
-        // Not-yet-delivered assignments have nothing to lose: delivery is followed by
-        // their request, not by group delta.
-        assert!(
-            !m.present
-                .contains_key(&("g-1".to_string(), "u-b".to_string()))
-        );
-        assert!(
-            !m.missing
-                .contains_key(&("g-1".to_string(), "u-b".to_string()))
-        );
+        assert!(Changes::of(&DeltaPoll::default()).is_empty());
     }
 }
