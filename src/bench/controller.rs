@@ -1010,4 +1010,11 @@ Found and fixed while building this benchmark (10,000 objects, same machine):
   applies make large) stayed in the controller's store: 287 MiB at 10,000 objects with
   them, 178 MiB without. The controller now drops them (and kubectl's last-applied copy)
   as objects are decoded.
+- The group delta poller rebuilt a (group, user) → object index from the whole store at
+  every poll (every 5 s here): heaptrack put it at ~19 MiB of a 110 MiB peak heap and
+  1.7 million allocations per run. A poll now collects only the tracked group ids and
+  scans the store when it reported a change: steady state 175 → 124 MiB resident, 4.7 →
+  3.0 s CPU per 90 s. Of the rest, the largest single part is kube-runtime's event
+  `Recorder` cache (~24 MiB after 10,000 first-verification events; it keeps each event
+  6 minutes to merge repeats into a series).
 ";
