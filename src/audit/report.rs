@@ -80,6 +80,8 @@ pub struct Summary {
     pub not_assigned: usize,
     pub other: usize,
     pub errors: usize,
+    /// Writes Graph accepted in this run, each distinct write once (two declarations of
+    /// the same user and package share one request).
     pub actions_taken: usize,
 }
 
