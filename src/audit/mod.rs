@@ -727,11 +727,7 @@ impl<'a> Audit<'a> {
             .graph()
             .write_many(&writes, self.observer.concurrency())
             .await;
-        let results: WriteResults = writes
-            .into_iter()
-            .zip(outcomes)
-            .map(|(write, r)| (write, r.map_err(std::sync::Arc::new)))
-            .collect();
+        let results: WriteResults = writes.into_iter().zip(outcomes).collect();
         for (write, result) in &results {
             if let (Write::ReprocessAssignment { assignment_id }, Ok(_)) = (write, result) {
                 self.reprocessed.insert(assignment_id.clone());
@@ -853,8 +849,7 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
 
 /// Outcome of each write a pass sent (an outcome is shared by every declaration and guard
 /// that asked for the same write).
-type WriteResults =
-    std::collections::HashMap<Write, Result<Written, std::sync::Arc<crate::graph::GraphError>>>;
+type WriteResults = std::collections::HashMap<Write, Result<Written, crate::graph::GraphError>>;
 
 struct ResolvedAssignment {
     view: std::sync::Arc<crate::observe::PackageView>,
