@@ -8,8 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AccessPackageSelector, DURATION_PATTERN, PolicySelector, SpecError, TargetSelector,
-    check_duration, check_guid, check_one_of, check_package,
+    AccessPackageSelector, DURATION_PATTERN, DURATION_RULE_30S, PolicySelector, SpecError,
+    TargetSelector, check_duration, check_guid, check_one_of, check_package,
 };
 
 /// Shortest accepted `spec.verifyInterval`.
@@ -19,9 +19,6 @@ pub const MIN_COOLDOWN: Duration = Duration::from_secs(30);
 /// Highest accepted `spec.reprocess.maxAttempts`.
 pub const MAX_ATTEMPTS_LIMIT: i32 = 100;
 
-fn default_verify_interval() -> String {
-    String::from("10m")
-}
 fn default_cooldown() -> String {
     String::from("5m")
 }
@@ -117,11 +114,12 @@ pub struct AccessPackageAssignmentSpec {
     #[serde(default)]
     pub reprocess: ReprocessPolicy,
     /// How often the user's actual membership is verified against what the package promises,
-    /// e.g. 10m or 1h. Minimum 30s.
-    #[serde(default = "default_verify_interval")]
+    /// e.g. 10m or 1h. Minimum 30s. When unset, the operator's --verify-interval applies
+    /// (default 10m; Helm value controller.verifyInterval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("verifyInterval must be at least 30s"))]
-    pub verify_interval: String,
+    #[x_kube(validation = Rule::new(DURATION_RULE_30S).message("verifyInterval must be a duration of at least 30s and at most 999999h, such as 10m or 1h"))]
+    pub verify_interval: Option<String>,
     /// What happens in Entra ID when this object is deleted. Orphan (default) leaves the
     /// assignment in place. Remove submits an adminRemove request, which revokes the access
     /// and emails the user; choose it deliberately.
@@ -152,7 +150,7 @@ pub struct ReprocessPolicy {
     /// entitlement management time to apply the previous one. Minimum 30s.
     #[serde(default = "default_cooldown")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('30s')").message("reprocess.cooldown must be at least 30s"))]
+    #[x_kube(validation = Rule::new(DURATION_RULE_30S).message("reprocess.cooldown must be a duration of at least 30s and at most 999999h, such as 5m"))]
     pub cooldown: String,
 }
 
@@ -256,6 +254,10 @@ pub struct ResourceStatus {
     /// The role granted: Member, Owner, an app role name, a site role name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Id of the role in its origin system, where it is needed to check the resource: the
+    /// app role id of an AadApplication resource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role_id: Option<String>,
     /// Present, Missing, Unverifiable (Redeliver cannot check this kind of resource) or
     /// Unknown (the read failed this time).
     pub state: ResourceState,
@@ -285,9 +287,16 @@ pub struct ReprocessStatus {
     /// Reprocess requests sent since the assignment was last verified delivered.
     #[serde(default)]
     pub attempts: i32,
-    /// When the last reprocess was requested.
+    /// When the last reprocess was requested, by this object or by another one covering the
+    /// same Entra ID assignment.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_requested_time: Option<Time>,
+    /// The object that sent the last reprocess, when it was not this one: another
+    /// AccessPackageAssignment, or an AccessPackageGuard, covering the same Entra ID
+    /// assignment ("Kind namespace/name"). Attempts and cooldown are shared by every object
+    /// covering an assignment, so it is reprocessed at most once per cooldown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_requested_by: Option<String>,
     /// The last value of the redeliver.dev/reprocess-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_request: Option<String>,
@@ -348,11 +357,9 @@ pub fn validate_assignment_spec(spec: &AccessPackageAssignmentSpec) -> Result<()
         &spec.reprocess.cooldown,
         MIN_COOLDOWN,
     )?;
-    check_duration(
-        "spec.verifyInterval",
-        &spec.verify_interval,
-        MIN_VERIFY_INTERVAL,
-    )?;
+    if let Some(interval) = &spec.verify_interval {
+        check_duration("spec.verifyInterval", interval, MIN_VERIFY_INTERVAL)?;
+    }
     Ok(())
 }
 
@@ -378,7 +385,7 @@ mod tests {
         assert_eq!(s.reprocess.mode, ReprocessMode::Auto);
         assert_eq!(s.reprocess.max_attempts, 3);
         assert_eq!(s.reprocess.cooldown, "5m");
-        assert_eq!(s.verify_interval, "10m");
+        assert_eq!(s.verify_interval, None, "the operator's default applies");
         assert_eq!(s.deletion_policy, DeletionPolicy::Orphan);
         assert!(!s.suspend);
         assert_eq!(validate_assignment_spec(&s), Ok(()));
@@ -462,12 +469,12 @@ mod tests {
             "spec.reprocess.cooldown"
         );
         s.reprocess.cooldown = "1m".into();
-        s.verify_interval = "1s".into();
+        s.verify_interval = Some("1s".into());
         assert_eq!(
             validate_assignment_spec(&s).unwrap_err().field,
             "spec.verifyInterval"
         );
-        s.verify_interval = "1h".into();
+        s.verify_interval = Some("1h".into());
         s.reprocess.max_attempts = 0;
         assert_eq!(
             validate_assignment_spec(&s).unwrap_err().field,

@@ -13,6 +13,16 @@ pub const GUID_PATTERN: &str =
 /// Regular expression (anchored) for a duration such as `30s`, `5m` or `1h30m`.
 pub const DURATION_PATTERN: &str = "^([0-9]+(h|m|s))+$";
 
+/// CEL rule for a duration of at least 30s. The `matches` guard keeps each number to six
+/// digits and three parts, so `duration()` cannot overflow (CEL would then answer a bare
+/// "type conversion error" instead of the field's message); `&&` short-circuits.
+pub const DURATION_RULE_30S: &str =
+    "self.matches('^([0-9]{1,6}[hms]){1,3}$') && duration(self) >= duration('30s')";
+
+/// [`DURATION_RULE_30S`] with a 1m minimum.
+pub const DURATION_RULE_1M: &str =
+    "self.matches('^([0-9]{1,6}[hms]){1,3}$') && duration(self) >= duration('1m')";
+
 /// Selects one access package, by object id or by display name.
 #[derive(KubeSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +220,20 @@ pub(crate) fn is_guid(s: &str) -> bool {
 
 pub(crate) fn check_duration(field: &str, value: &str, min: Duration) -> Result<(), SpecError> {
     let d = parse_duration(value).map_err(|e| SpecError::new(field, e.to_string()))?;
+    // The same bound as the CRD's CEL rule: at most three parts of at most six digits.
+    let parts: Vec<&str> = value
+        .trim()
+        .split(['h', 'm', 's'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.len() > 3 || parts.iter().any(|p| p.len() > 6) {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "{value} is too large; use at most three parts of at most six digits each, such as 1h30m"
+            ),
+        ));
+    }
     if d < min {
         return Err(SpecError::new(
             field,

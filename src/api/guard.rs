@@ -8,7 +8,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::common::{
-    AccessPackageSelector, DURATION_PATTERN, SpecError, check_duration, check_package,
+    AccessPackageSelector, DURATION_PATTERN, DURATION_RULE_1M, SpecError, check_duration,
+    check_package,
 };
 
 /// Shortest accepted `spec.interval`.
@@ -100,7 +101,7 @@ pub struct AccessPackageGuardSpec {
     /// Time between two sweeps of all assignments, e.g. 15m or 1h. Minimum 1m.
     #[serde(default = "default_interval")]
     #[schemars(regex(pattern = DURATION_PATTERN), length(max = 32))]
-    #[x_kube(validation = Rule::new("duration(self) >= duration('1m')").message("interval must be at least 1m"))]
+    #[x_kube(validation = Rule::new(DURATION_RULE_1M).message("interval must be a duration of at least 1m and at most 999999h, such as 15m or 1h"))]
     pub interval: String,
     /// Most reprocess requests sent in one sweep: a bound against mass reprocessing after a
     /// big outside change. 0 reports without reprocessing, like Audit.
@@ -191,12 +192,17 @@ pub struct DriftedAssignment {
     pub missing: Vec<String>,
     /// When the drift was first seen.
     pub since: Time,
-    /// When the guard last reprocessed this assignment.
+    /// When this assignment was last reprocessed (by this guard or another covering object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reprocess_time: Option<Time>,
-    /// Reprocess requests the guard sent for this drift.
+    /// Reprocess requests sent for this drift since the assignment was last verified
+    /// delivered, by this guard or by any other object covering the same assignment.
     #[serde(default)]
     pub reprocess_attempts: i32,
+    /// The object that sent the last reprocess, when it was not this guard (an
+    /// AccessPackageAssignment covering the same assignment, "Kind namespace/name").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprocessed_by: Option<String>,
 }
 
 /// Members of a package's groups that hold no assignment of the package.

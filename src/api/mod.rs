@@ -121,7 +121,12 @@ mod tests {
         assert_eq!(mode["default"], "Auto");
         let attempts = &spec["properties"]["reprocess"]["properties"]["maxAttempts"];
         assert_eq!(attempts["minimum"].as_f64(), Some(1.0));
-        assert_eq!(spec["properties"]["verifyInterval"]["default"], "10m");
+        // No default: the operator's --verify-interval applies to objects that set none.
+        assert!(
+            spec["properties"]["verifyInterval"]
+                .get("default")
+                .is_none()
+        );
         let conditions = &s["properties"]["status"]["properties"]["conditions"];
         assert_eq!(conditions["x-kubernetes-list-type"], "map");
         assert_eq!(

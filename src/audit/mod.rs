@@ -8,6 +8,7 @@
 pub mod load;
 pub mod report;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -22,6 +23,7 @@ use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
     AccessPackageGuardStatus,
 };
+use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
 use crate::engine::{self, Action, EngineSettings, Snapshot};
 use crate::graph::{GraphArgs, GraphClient, Write, Written};
 use crate::observe::{ObserveError, Observer};
@@ -279,9 +281,10 @@ struct Audit<'a> {
     settings: EngineSettings,
     assignments: Vec<AssignmentEval>,
     guards: Vec<GuardEval>,
-    /// Every assignment reprocessed in this run, so a guard never reprocesses what a
-    /// declaration (or another guard) already did.
-    reprocessed: BTreeSet<String>,
+    /// The shared reprocess histories of this run ([`engine::ledger`]): the same rule as
+    /// the controller's, so a guard never reprocesses what a declaration (or another guard)
+    /// already did, and what audit reports is what the operator would do.
+    ledger: RefCell<RepairLedger>,
 }
 
 /// The latest evaluation of one declared assignment.
@@ -292,6 +295,8 @@ struct AssignmentEval {
     status: Option<AccessPackageAssignmentStatus>,
     action: Option<Action>,
     in_flight: bool,
+    /// What its plan claimed in the ledger, undone if the write does not happen.
+    undo: Undo,
 }
 
 /// The latest evaluation of one guard.
@@ -302,6 +307,8 @@ struct GuardEval {
     /// Assignments this run reprocessed, to wait for.
     reprocessed: BTreeSet<String>,
     in_flight: bool,
+    /// What its plan claimed in the ledger, undone for each reprocess not sent.
+    undo: Undo,
 }
 
 impl<'a> Audit<'a> {
@@ -313,7 +320,7 @@ impl<'a> Audit<'a> {
             settings: EngineSettings::default(),
             assignments: Vec::new(),
             guards: Vec::new(),
-            reprocessed: BTreeSet::new(),
+            ledger: RefCell::new(RepairLedger::new()),
         }
     }
 
@@ -517,9 +524,12 @@ impl<'a> Audit<'a> {
                     status: previous.cloned(),
                     action: None,
                     in_flight: false,
+                    undo: Undo::default(),
                 };
             }
         };
+        let who = format!("AccessPackageAssignment {declaration}");
+        let mut ledger = self.ledger.borrow_mut();
         let input = engine::AssignmentInput {
             generation: apa.metadata.generation,
             spec: &apa.spec,
@@ -536,8 +546,11 @@ impl<'a> Audit<'a> {
             resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
             snapshot,
             settings: &self.settings,
+            ledger: &ledger,
+            who: &who,
         };
         let plan = engine::plan_assignment(&input, now);
+        let undo = Undo::apply(&mut ledger, &plan.ledger);
         let action_text = describe_action(&plan.action, self.repair);
         let in_flight =
             engine::conditions::is_true(&plan.status.conditions, engine::conditions::RECONCILING);
@@ -557,6 +570,7 @@ impl<'a> Audit<'a> {
             status: Some(plan.status),
             action: Some(plan.action),
             in_flight,
+            undo,
         }
     }
 
@@ -591,9 +605,12 @@ impl<'a> Audit<'a> {
                     to_reprocess: Vec::new(),
                     reprocessed,
                     in_flight: false,
+                    undo: Undo::default(),
                 };
             }
         };
+        let who = format!("AccessPackageGuard {declaration}");
+        let mut ledger = self.ledger.borrow_mut();
         let sweep = engine::plan_guard_sweep(
             &engine::GuardInput {
                 generation: guard.metadata.generation,
@@ -607,9 +624,13 @@ impl<'a> Audit<'a> {
                 resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
                 snapshot,
                 settings: &self.settings,
+                ledger: &ledger,
+                who: &who,
+                reprocess_budget: None,
             },
             now,
         );
+        let undo = Undo::apply(&mut ledger, &sweep.ledger);
         let package = view
             .as_ref()
             .map(|v| v.name().to_string())
@@ -618,35 +639,42 @@ impl<'a> Audit<'a> {
             .as_ref()
             .map(|v| v.resources.iter().filter(|r| r.is_verifiable()).count())
             .unwrap_or(0);
-        let in_flight = sweep
-            .drifted
-            .iter()
-            .any(|d| reprocessed.contains(&d.assignment_id));
+        // In flight: reprocessed in this run, by this guard or by another covering object.
+        let in_flight = sweep.status.assignments.reprocessing > 0;
         let mut rows: Vec<Row> = sweep
             .drifted
             .iter()
-            .map(|d| Row {
-                declaration: declaration.clone(),
-                target: d.target.clone(),
-                package: package.clone(),
-                graph_status: "Delivered".into(),
-                present: promised.saturating_sub(d.missing.len()),
-                promised,
-                verdict: Verdict::Drifted,
-                action: if reprocessed.contains(&d.assignment_id) {
-                    "reprocessed".into()
-                } else if sweep.reprocess.contains(&d.assignment_id) {
-                    if self.repair {
-                        "reprocess"
+            .map(|d| {
+                let by_other = ledger
+                    .get(&RepairKey::assignment(&d.assignment_id))
+                    .filter(|r| r.by != who)
+                    .map(|r| r.by.clone());
+                Row {
+                    declaration: declaration.clone(),
+                    target: d.target.clone(),
+                    package: package.clone(),
+                    assignment_id: Some(d.assignment_id.clone()),
+                    graph_status: "Delivered".into(),
+                    present: promised.saturating_sub(d.missing.len()),
+                    promised,
+                    verdict: Verdict::Drifted,
+                    action: if reprocessed.contains(&d.assignment_id) {
+                        "reprocessed".into()
+                    } else if sweep.reprocess.contains(&d.assignment_id) {
+                        if self.repair {
+                            "reprocess"
+                        } else {
+                            "would reprocess"
+                        }
+                        .into()
+                    } else if let Some(by) = by_other {
+                        format!("none (reprocess in flight by {by})")
                     } else {
-                        "would reprocess"
-                    }
-                    .into()
-                } else {
-                    "none (report only)".into()
-                },
-                missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
-                message: String::new(),
+                        "none (report only)".into()
+                    },
+                    missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
+                    message: String::new(),
+                }
             })
             .collect();
         let status = &sweep.status;
@@ -657,6 +685,7 @@ impl<'a> Audit<'a> {
             declaration: declaration.clone(),
             target: format!("(all {} assignments)", counts.total),
             package,
+            assignment_id: None,
             graph_status: "-".into(),
             present: usize::try_from(counts.delivered).unwrap_or(0),
             promised: usize::try_from(counts.total).unwrap_or(0),
@@ -688,6 +717,7 @@ impl<'a> Audit<'a> {
             to_reprocess: sweep.reprocess,
             reprocessed,
             in_flight,
+            undo,
         }
     }
 
@@ -711,10 +741,10 @@ impl<'a> Audit<'a> {
                     assignment_id: id.clone(),
                 })
         });
+        // The ledger already keeps one reprocess per assignment; identical adminAdds of two
+        // declarations are merged here.
         for write in declared.chain(swept) {
-            let done_before = matches!(&write, Write::ReprocessAssignment { assignment_id }
-                if self.reprocessed.contains(assignment_id));
-            if !done_before && queued.insert(write.clone()) {
+            if queued.insert(write.clone()) {
                 writes.push(write);
             }
         }
@@ -727,13 +757,7 @@ impl<'a> Audit<'a> {
             .graph()
             .write_many(&writes, self.observer.concurrency())
             .await;
-        let results: WriteResults = writes.into_iter().zip(outcomes).collect();
-        for (write, result) in &results {
-            if let (Write::ReprocessAssignment { assignment_id }, Ok(_)) = (write, result) {
-                self.reprocessed.insert(assignment_id.clone());
-            }
-        }
-        results
+        writes.into_iter().zip(outcomes).collect()
     }
 
     /// Carries out the planned actions (only with --reprocess). Returns how many writes
@@ -773,7 +797,12 @@ impl<'a> Audit<'a> {
                     // attempt counted). Nothing is in flight now; a refusal that will not fix
                     // itself is recorded as Stalled, so a later pass neither waits for a
                     // repair that never started nor hides the refusal behind "Reprocessing".
+                    // A refused attempt stays counted in the ledger; one that failed in
+                    // transit is undone.
                     eval.in_flight = false;
+                    if action_failure_kind(&err).is_none() {
+                        eval.undo.restore(&mut self.ledger.borrow_mut(), None);
+                    }
                     if let (Some(kind), Some(status)) =
                         (action_failure_kind(&err), eval.status.take())
                     {
@@ -783,6 +812,7 @@ impl<'a> Audit<'a> {
                             requeue_after: Duration::ZERO,
                             events: Vec::new(),
                             missing: Vec::new(),
+                            ledger: Vec::new(),
                         };
                         engine::record_action_failure(
                             &mut plan,
@@ -802,34 +832,53 @@ impl<'a> Audit<'a> {
             }
         }
         for guard in &mut self.guards {
+            let mut failed = 0usize;
             for assignment_id in std::mem::take(&mut guard.to_reprocess) {
                 if guard.reprocessed.contains(&assignment_id) {
                     continue;
                 }
-                // Not in this round's batch: reprocessed earlier in this run.
                 let Some(result) = results.get(&Write::ReprocessAssignment {
                     assignment_id: assignment_id.clone(),
                 }) else {
                     continue;
                 };
+                let row = guard
+                    .rows
+                    .iter_mut()
+                    .find(|r| r.assignment_id.as_deref() == Some(assignment_id.as_str()));
                 match result {
                     Ok(_) => {
                         guard.reprocessed.insert(assignment_id.clone());
-                        guard.in_flight = true;
-                        for row in &mut guard.rows {
-                            if row.action != "guard sweep" && row.verdict == Verdict::Drifted {
-                                row.action = "reprocessed".into();
-                            }
+                        if let Some(row) = row {
+                            row.action = "reprocessed".into();
                         }
                     }
                     Err(err) => {
-                        if let Some(first) = guard.rows.first_mut() {
-                            first.verdict = Verdict::Error;
-                            first.message = format!("reprocess of {assignment_id} failed: {err}");
+                        failed += 1;
+                        guard.undo.restore(
+                            &mut self.ledger.borrow_mut(),
+                            Some(&RepairKey::assignment(&assignment_id)),
+                        );
+                        if let Some(row) = row {
+                            row.verdict = Verdict::Error;
+                            row.action = "failed".into();
+                            row.message = format!("reprocess failed: {err}");
                         }
                     }
                 }
             }
+            if failed > 0
+                && let Some(first) = guard.rows.first_mut()
+            {
+                first.verdict = Verdict::Error;
+                first.message = format!(
+                    "{failed} reprocess(es) failed; see the rows marked failed. {}",
+                    first.message
+                );
+            }
+            guard.in_flight = guard.rows.iter().any(|r| {
+                r.action == "reprocessed" || r.action.starts_with("none (reprocess in flight")
+            });
         }
         done
     }
@@ -837,13 +886,12 @@ impl<'a> Audit<'a> {
 
 /// Which refusals of a write are final (reported as Stalled); transient failures are not.
 fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionFailureKind> {
-    use crate::graph::GraphError;
-    match err {
-        GraphError::Forbidden { .. } => Some(engine::ActionFailureKind::Forbidden),
-        GraphError::BadRequest { .. } | GraphError::NotFound { .. } => {
-            Some(engine::ActionFailureKind::Rejected)
-        }
-        _ => None,
+    if err.is_forbidden() {
+        Some(engine::ActionFailureKind::Forbidden)
+    } else if err.is_refusal() {
+        Some(engine::ActionFailureKind::Rejected)
+    } else {
+        None
     }
 }
 
@@ -878,6 +926,7 @@ fn error_row(declaration: String, target: String, package: String, message: Stri
         declaration,
         target,
         package,
+        assignment_id: None,
         graph_status: "-".into(),
         present: 0,
         promised: 0,
@@ -977,6 +1026,7 @@ fn row_from_status(
         declaration,
         target,
         package,
+        assignment_id: status.assignment_id.clone(),
         graph_status: status.graph_status.clone().unwrap_or_else(|| "-".into()),
         present,
         promised,

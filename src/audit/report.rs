@@ -42,6 +42,9 @@ pub struct Row {
     pub declaration: String,
     pub target: String,
     pub package: String,
+    /// Object id of the Entra ID assignment the row is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub assignment_id: Option<String>,
     /// `assignment.status` as Graph reports it, or `-`.
     pub graph_status: String,
     pub present: usize,

@@ -13,12 +13,14 @@ use super::Error;
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
+use super::ledger::name_of;
 use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
     REPROCESS_ANNOTATION, ReprocessMode, validate_assignment_spec,
 };
 use crate::engine::conditions::first_visit_conditions;
+use crate::engine::ledger::Undo;
 use crate::engine::{
     Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
     PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, plan_assignment,
@@ -254,22 +256,34 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     } else {
         std::borrow::Cow::Borrowed(&obj.spec)
     };
-    let input = AssignmentInput {
-        generation,
-        spec: &spec,
-        previous: previous.as_ref(),
-        reprocess_annotation: obj
-            .annotations()
-            .get(REPROCESS_ANNOTATION)
-            .map(String::as_str),
-        resolved: observed.resolved.clone(),
-        assignment: observed.assignment.as_ref(),
-        latest_request: observed.latest_request.as_ref(),
-        resources: &observed.resources,
-        snapshot: &observed.snapshot,
-        settings: &ctx.engine,
+    let who = name_of(obj.as_ref());
+    // Planning and claiming happen under one lock of the shared ledger: of two objects
+    // covering the same Graph assignment, exactly one decides to reprocess it.
+    let (mut plan, mut undo) = {
+        let mut ledger = ctx.ledger();
+        let plan = plan_assignment(
+            &AssignmentInput {
+                generation,
+                spec: &spec,
+                previous: previous.as_ref(),
+                reprocess_annotation: obj
+                    .annotations()
+                    .get(REPROCESS_ANNOTATION)
+                    .map(String::as_str),
+                resolved: observed.resolved.clone(),
+                assignment: observed.assignment.as_ref(),
+                latest_request: observed.latest_request.as_ref(),
+                resources: &observed.resources,
+                snapshot: &observed.snapshot,
+                settings: &ctx.engine,
+                ledger: &ledger,
+                who: &who,
+            },
+            now,
+        );
+        let undo = Undo::apply(&mut ledger, &plan.ledger);
+        (plan, undo)
     };
-    let mut plan = plan_assignment(&input, now);
 
     if operator_disabled {
         for c in &mut plan.status.conditions {
@@ -280,13 +294,22 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         }
     }
 
-    if let Some(wait) = execute(ctx, &obj, &mut plan, &observed, now).await? {
-        // The global reprocess budget is spent: do nothing now (not even the status, which
-        // would claim a reprocess) and come back when a token is free.
-        return Ok(Action::requeue(wait));
+    let mut written = previous;
+    match execute(ctx, &obj, &api, &mut plan, &mut written, &observed, now).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            // The global reprocess budget is spent: do nothing now (not even the status,
+            // which would claim a reprocess) and come back when a token is free.
+            undo.restore(&mut ctx.ledger(), None);
+            return Ok(Action::requeue(wait));
+        }
+        Err(e) => {
+            undo.restore(&mut ctx.ledger(), None);
+            return Err(e);
+        }
     }
 
-    if assignment_status_changed(previous.as_ref(), &plan.status) {
+    if assignment_status_changed(written.as_ref(), &plan.status) {
         patch_status(&api, &name, &plan.status).await?;
     }
     ctx.publish(&reference, "Reconcile", &plan.events).await;
@@ -301,12 +324,16 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
 }
 
 /// Performs the plan's action. Returns `Some(wait)` when the reprocess budget is spent.
+/// A reprocess is written to the status first (`written` then holds what was written), so
+/// a restart cannot send it again; if it then fails in transit the status is put back.
 /// Transient Graph failures are returned as errors (retried with backoff, or at exactly
 /// `Retry-After`); refusals (403, other 4xx) are folded into the plan as `Stalled`.
 async fn execute(
     ctx: &Context,
     obj: &AccessPackageAssignment,
+    api: &Api<AccessPackageAssignment>,
     plan: &mut Plan,
+    written: &mut Option<AccessPackageAssignmentStatus>,
     observed: &Observed,
     now: Timestamp,
 ) -> Result<Option<std::time::Duration>, Error> {
@@ -330,15 +357,27 @@ async fn execute(
         );
         return Ok(Some(wait));
     }
-    let result = match plan.action.write() {
-        Some(write) => graph.write(&write).await.map(|written| {
-            if let Written::Requested(req) = written {
-                tracing::info!(request_id = %req.id, "assignment requested");
-                record_request_submitted(&mut plan.status, &req.id);
-            }
-        }),
-        None => Ok(()),
+    let before = written.clone();
+    if is_reprocess && assignment_status_changed(written.as_ref(), &plan.status) {
+        patch_status(api, &obj.name_any(), &plan.status).await?;
+        *written = Some(plan.status.clone());
+    }
+    let Some(write) = plan.action.write() else {
+        return Ok(None);
     };
+    if is_reprocess {
+        tracing::info!(
+            action = ?plan.action,
+            attempt = plan.status.reprocess.attempts,
+            "reprocess requested"
+        );
+    }
+    let result = graph.write(&write).await.map(|written| {
+        if let Written::Requested(req) = written {
+            tracing::info!(request_id = %req.id, "assignment requested");
+            record_request_submitted(&mut plan.status, &req.id);
+        }
+    });
     if let Ok(ids) = &observed.resolved {
         ctx.observations
             .invalidate_package(&ids.access_package_id, &observed.resources);
@@ -347,16 +386,16 @@ async fn execute(
         Ok(()) => {
             if is_reprocess {
                 ctx.metrics.reprocess(KIND, "requested");
+                if let (Some(package), Some(assignment)) = (
+                    plan.status.access_package_id.as_deref(),
+                    plan.status.assignment_id.as_deref(),
+                ) {
+                    ctx.triggers.covering(package, &[assignment], &name_of(obj));
+                }
             }
             Ok(None)
         }
-        Err(err)
-            if err.is_forbidden()
-                || matches!(
-                    err,
-                    GraphError::BadRequest { .. } | GraphError::NotFound { .. }
-                ) =>
-        {
+        Err(err) if err.is_refusal() => {
             tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action");
             if is_reprocess {
                 ctx.metrics.reprocess(
@@ -378,6 +417,8 @@ async fn execute(
                 message: stable_message(&err),
             };
             let retry = ctx.engine.default_verify_interval;
+            // The refused attempt stays counted (in status and in the ledger), so a refused
+            // reprocess cannot loop.
             record_action_failure(plan, &failure, retry, now);
             Ok(None)
         }
@@ -391,6 +432,13 @@ async fn execute(
                         "failed"
                     },
                 );
+                // Nothing was done: the status must not claim a reprocess.
+                if written.as_ref() != before.as_ref()
+                    && let Some(before) = &before
+                    && let Err(e) = patch_status(api, &obj.name_any(), before).await
+                {
+                    tracing::warn!(error = %e, "could not put the status back after a failed reprocess; the next one waits one cooldown");
+                }
             }
             tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph action failed; will retry");
             Err(Error::Graph(err))

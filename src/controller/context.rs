@@ -2,7 +2,7 @@
 //! per-object backoff and the global reprocess budget.
 
 use std::fmt::Debug;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -16,9 +16,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::Error;
+use super::ledger::Triggers;
 use super::limits::{Backoff, TokenBucket};
 use super::metrics::Metrics;
 use super::observation::Observations;
+use crate::engine::ledger::RepairLedger;
 use crate::engine::{EngineEvent, EngineSettings};
 use crate::graph::GraphClient;
 
@@ -49,6 +51,8 @@ pub struct Settings {
     pub instance: Option<String>,
     /// How often group delta is polled between full verifications (zero: never).
     pub delta_interval: Duration,
+    /// How long after a write Graph is asked again (its processing delay).
+    pub poll_interval: Duration,
 }
 
 impl Default for Settings {
@@ -63,6 +67,7 @@ impl Default for Settings {
             backoff_cap: Duration::from_secs(300),
             instance: None,
             delta_interval: Duration::from_secs(60),
+            poll_interval: EngineSettings::default().poll_interval,
         }
     }
 }
@@ -87,6 +92,13 @@ pub struct Context {
     pub slots: Semaphore,
     /// Group delta poll interval (zero: incremental mode off).
     pub delta_interval: Duration,
+    /// One reprocess history per Graph assignment, shared by every object covering it.
+    /// Held only while planning (synchronous), never across a Graph call.
+    pub ledger: Mutex<RepairLedger>,
+    /// Wakes the other objects that cover an assignment one of them repaired.
+    pub triggers: Triggers,
+    /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
+    started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
@@ -104,6 +116,7 @@ impl Context {
         let engine = EngineSettings {
             stuck_after: settings.stuck_after,
             default_verify_interval: settings.verify_interval,
+            poll_interval: settings.poll_interval,
             ..EngineSettings::default()
         };
         Self {
@@ -120,7 +133,31 @@ impl Context {
             engine,
             slots: Semaphore::new(settings.concurrency.max(1)),
             delta_interval: settings.delta_interval,
+            ledger: Mutex::new(RepairLedger::new()),
+            triggers: Triggers::default(),
+            started: tokio::sync::watch::Sender::new(true),
         }
+    }
+
+    /// The repair ledger, for planning. Never hold it across an `.await`.
+    pub fn ledger(&self) -> MutexGuard<'_, RepairLedger> {
+        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes reconciles wait until [`Context::open`] (start-up of the controllers).
+    pub fn hold(&self) {
+        self.started.send_replace(false);
+    }
+
+    /// Lets reconciles run.
+    pub fn open(&self) {
+        self.started.send_replace(true);
+    }
+
+    /// Returns once reconciles may run.
+    pub async fn started(&self) {
+        let mut rx = self.started.subscribe();
+        let _ = rx.wait_for(|open| *open).await;
     }
 
     /// Records one event that is not the engine's (deletion cleanup).
@@ -197,6 +234,8 @@ where
         name = %obj.name_any()
     );
     async move {
+        // A new leader first rebuilds the repair ledger and takes the delta baseline.
+        ctx.started().await;
         let _slot = ctx.slots.acquire().await;
         let timer = ctx.metrics.reconcile_started(kind);
         let result = body.await;

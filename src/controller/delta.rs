@@ -1,9 +1,17 @@
 //! Incremental mode: between full verifications, follow group delta for the groups that
 //! delivered assignments rely on, and reconcile an assignment as soon as its user leaves
-//! one of them (graph-api.md §5.5), or comes back to one it was missing from (a reprocess
-//! landed, or someone put the user back): `Delivered=True` is then written within one
-//! delta interval instead of at the next re-check. The periodic full verification stays
-//! the safety net.
+//! one of them (docs/graph.md, group delta), or comes back to one it was missing from (a
+//! reprocess landed, or someone put the user back): `Delivered=True` is then written within
+//! one delta interval instead of at the next re-check. App roles have no change feed that
+//! fits (see docs/graph.md), so each promised app's role assignments are read again every
+//! interval and compared with what the objects' status says. The periodic full
+//! verification stays the safety net.
+//!
+//! No blind spot at start-up or failover: the baseline of every tracked group is taken
+//! before the first reconcile runs (the controller holds reconciles until then), so the
+//! start-up verification reads memberships after the baseline and any later change is
+//! reported by a poll. A group tracked later (a new object, a new group) is baselined
+//! first and its objects are verified after, for the same reason.
 //!
 //! Whom a change concerns comes from the objects' own status (`graphState: delivered`,
 //! `targetObjectId`, `resources[]` in an `AadGroup`, present or missing), so no extra
@@ -13,14 +21,16 @@
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::{ObjectRef, Store};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use crate::api::{AccessPackageAssignment, ResourceState};
-use crate::engine::{PromisedResource, ResourceKind};
+use crate::engine::{AAD_APPLICATION, AAD_GROUP, PromisedResource, ResourceKind};
 use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
 /// The user and the group resources of a delivered assignment, from its status; `None`
@@ -29,6 +39,19 @@ use crate::observe::delta::{DeltaPoll, DeltaTracker};
 fn delivered_groups(
     obj: &AccessPackageAssignment,
 ) -> Option<(&str, impl Iterator<Item = (&str, ResourceState)>)> {
+    let (user, resources) = delivered_resources(obj)?;
+    Some((
+        user,
+        resources
+            .filter(|r| r.origin_system == AAD_GROUP)
+            .map(|r| (r.origin_id.as_str(), r.state)),
+    ))
+}
+
+/// The user and every resource of a delivered assignment, from its status.
+fn delivered_resources(
+    obj: &AccessPackageAssignment,
+) -> Option<(&str, impl Iterator<Item = &crate::api::ResourceStatus>)> {
     let status = obj.status.as_ref()?;
     let delivered = status
         .graph_state
@@ -38,12 +61,7 @@ fn delivered_groups(
         return None;
     }
     let user = status.target_object_id.as_deref()?;
-    let groups = status
-        .resources
-        .iter()
-        .filter(|r| r.origin_system == "AadGroup")
-        .map(|r| (r.origin_id.as_str(), r.state));
-    Some((user, groups))
+    Some((user, status.resources.iter()))
 }
 
 /// Every group (lower-cased id) whose membership a delivered assignment relies on,
@@ -138,7 +156,7 @@ impl Changes {
 
 fn group_resource(group_id: &str) -> PromisedResource {
     PromisedResource {
-        origin_system: "AadGroup".into(),
+        origin_system: AAD_GROUP.into(),
         origin_id: group_id.to_string(),
         display_name: group_id.to_string(),
         role: "Member".into(),
@@ -150,69 +168,179 @@ fn group_resource(group_id: &str) -> PromisedResource {
 }
 
 /// Polls every `ctx.delta_interval` until `stop`, sending objects to reconcile into
-/// `trigger` (wired to `Controller::reconcile_on`).
+/// `trigger` (wired to `Controller::reconcile_on`). First, once `synced` says `store` has
+/// its first full list, it takes the baseline of every tracked group and then signals
+/// `baseline` (the controller holds reconciles until then).
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<AccessPackageAssignment>,
     trigger: UnboundedSender<ObjectRef<AccessPackageAssignment>>,
     stop: CancellationToken,
+    synced: Arc<AtomicBool>,
+    baseline: Option<oneshot::Sender<()>>,
 ) {
+    // Not `Store::wait_until_ready`: its single waker slot belongs to the controller.
+    while !synced.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+        }
+    }
+    let mut tracker = DeltaTracker::empty(ctx.observations.graph().clone());
+    let (started, failures) = tracker.track(&tracked_groups(&store)).await;
+    for e in &failures {
+        tracing::warn!(error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
+    }
+    tracing::debug!(groups = started.len(), "group delta baseline taken");
+    if let Some(done) = baseline {
+        let _ = done.send(());
+    }
     let interval = ctx.delta_interval;
-    let mut tracker: Option<(BTreeSet<String>, DeltaTracker)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let groups = tracked_groups(&store);
-        if groups.is_empty() {
-            tracker = None;
-            continue;
-        }
-        if tracker.as_ref().map(|(g, _)| g) != Some(&groups) {
-            // The set changed: track from now. What changed before is the full
-            // verification's to find (it also runs when objects change).
-            match DeltaTracker::start(ctx.observations.graph().clone(), groups.iter().cloned())
-                .await
-            {
-                Ok(t) => tracker = Some((groups, t)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot start group delta; retrying next interval");
-                    tracker = None;
-                }
-            }
-            continue;
-        }
-        let Some((_, t)) = tracker.as_mut() else {
-            continue;
-        };
-        let poll = t.poll().await;
+        let poll = tracker.poll().await;
         for e in &poll.failed {
             tracing::warn!(error = %e, "group delta poll failed; its changes come next poll");
         }
-        let changes = Changes::of(&poll);
-        if changes.is_empty() {
-            continue;
+        if !send(&ctx, &store, &trigger, &Changes::of(&poll), "changed") {
+            return;
         }
-        let (hit_groups, refs) = changes.affected(&store);
-        if refs.is_empty() {
-            continue;
+        // Follow the groups the objects rely on now; a group followed from now on is
+        // verified after its baseline, so nothing between its last read and now is lost.
+        let (started, failures) = tracker.track(&tracked_groups(&store)).await;
+        for e in &failures {
+            tracing::warn!(error = %e, "cannot start group delta for new groups; retrying next interval");
         }
-        // The reconcile must read these groups again, not reuse this window's copy.
-        let resources: Vec<PromisedResource> =
-            hit_groups.iter().map(|g| group_resource(g)).collect();
-        ctx.observations.invalidate_memberships(&resources);
-        tracing::info!(
-            objects = refs.len(),
-            groups = hit_groups.len(),
-            "group delta: promised group memberships changed; reconciling the affected assignments now"
-        );
-        for r in refs {
-            if trigger.unbounded_send(r).is_err() {
-                return;
+        let started = Changes {
+            whole: started.into_iter().collect(),
+            ..Changes::default()
+        };
+        if !send(&ctx, &store, &trigger, &started, "started to follow") {
+            return;
+        }
+        if !poll_app_roles(&ctx, &store, &trigger).await {
+            return;
+        }
+    }
+}
+
+/// Drops the cached memberships of the groups `changes` concern and triggers the objects
+/// they concern. False when the controller is gone.
+fn send(
+    ctx: &Context,
+    store: &Store<AccessPackageAssignment>,
+    trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    changes: &Changes,
+    what: &str,
+) -> bool {
+    if changes.is_empty() {
+        return true;
+    }
+    let (hit_groups, refs) = changes.affected(store);
+    if refs.is_empty() {
+        return true;
+    }
+    // The reconcile must read these groups again, not reuse this window's copy.
+    let resources: Vec<PromisedResource> = hit_groups.iter().map(|g| group_resource(g)).collect();
+    ctx.observations.invalidate_memberships(&resources);
+    tracing::info!(
+        objects = refs.len(),
+        groups = hit_groups.len(),
+        "group delta: promised groups {what}; reconciling the affected assignments now"
+    );
+    refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
+}
+
+/// Every service principal (as the status names it) whose app roles a delivered
+/// assignment relies on, present or missing.
+fn tracked_apps(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
+    let mut apps = BTreeSet::new();
+    for obj in store.state() {
+        let Some((_, resources)) = delivered_resources(&obj) else {
+            continue;
+        };
+        for r in resources {
+            if r.origin_system == AAD_APPLICATION
+                && matches!(r.state, ResourceState::Present | ResourceState::Missing)
+                && !apps.contains(&r.origin_id)
+            {
+                apps.insert(r.origin_id.clone());
             }
         }
     }
+    apps
+}
+
+/// Reads every tracked app's role assignments again (one paged read per app, shared with
+/// the reconciles it triggers) and triggers each delivered assignment whose status no
+/// longer matches: a Present app role now missing (drift) or a Missing one now present
+/// (the repair landed). False when the controller is gone.
+async fn poll_app_roles(
+    ctx: &Context,
+    store: &Store<AccessPackageAssignment>,
+    trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+) -> bool {
+    let apps = tracked_apps(store);
+    if apps.is_empty() {
+        return true;
+    }
+    let resources: Vec<PromisedResource> = apps
+        .iter()
+        .map(|sp| PromisedResource {
+            origin_system: AAD_APPLICATION.into(),
+            origin_id: sp.clone(),
+            display_name: sp.clone(),
+            role: String::new(),
+            kind: ResourceKind::AppRole {
+                service_principal_id: sp.clone(),
+                app_role_id: String::new(),
+            },
+            note: None,
+        })
+        .collect();
+    let snapshot = ctx.observations.snapshot_fresh(&resources).await;
+    let mut refs = Vec::new();
+    for obj in store.state() {
+        let Some((user, resources)) = delivered_resources(&obj) else {
+            continue;
+        };
+        let diverged = resources
+            .filter(|r| {
+                r.origin_system == AAD_APPLICATION
+                    && matches!(r.state, ResourceState::Present | ResourceState::Missing)
+            })
+            .any(|r| {
+                // A status written before role ids were recorded cannot be compared: one
+                // reconcile records it.
+                let Some(role) = r.role_id.as_deref() else {
+                    return true;
+                };
+                let kind = ResourceKind::AppRole {
+                    service_principal_id: r.origin_id.clone(),
+                    app_role_id: role.to_string(),
+                };
+                match snapshot.check(&kind, user) {
+                    now @ (ResourceState::Present | ResourceState::Missing) => now != r.state,
+                    // The read failed: nothing is known, nothing is triggered.
+                    _ => false,
+                }
+            });
+        if diverged {
+            refs.push(ObjectRef::from_obj(&*obj));
+        }
+    }
+    if refs.is_empty() {
+        return true;
+    }
+    tracing::info!(
+        objects = refs.len(),
+        apps = apps.len(),
+        "app role assignments changed; reconciling the affected assignments now"
+    );
+    refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
 }
 
 #[cfg(test)]

@@ -15,9 +15,12 @@ use super::Error;
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
+use super::ledger::name_of;
 use super::observation::split;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus, validate_guard_spec};
-use crate::engine::conditions::first_visit_conditions;
+use crate::engine::conditions::{first_visit_conditions, to_time};
+use crate::engine::ledger::RepairKey;
+use crate::engine::ledger::Undo;
 use crate::engine::{
     GuardInput, GuardPlan, ResolveFailure, ResolveFailureKind, Snapshot, guard_status_changed,
     plan_guard_sweep,
@@ -88,20 +91,33 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         }
     }
     let now = Timestamp::now();
-    let input = GuardInput {
-        generation,
-        spec: &obj.spec,
-        previous: previous.as_ref(),
-        resolved: resolved.clone(),
-        assignments: view_held
-            .as_ref()
-            .map(|v| v.assignments.as_slice())
-            .unwrap_or(&[]),
-        resources: &resources,
-        snapshot: &snapshot,
-        settings: &ctx.engine,
+    let who = name_of(obj.as_ref());
+    // The operator's global rate limit is an input: the plan selects only what may be sent.
+    let budget = ctx.reprocess_bucket.available();
+    let (mut plan, mut undo) = {
+        let mut ledger = ctx.ledger();
+        let plan = plan_guard_sweep(
+            &GuardInput {
+                generation,
+                spec: &obj.spec,
+                previous: previous.as_ref(),
+                resolved: resolved.clone(),
+                assignments: view_held
+                    .as_ref()
+                    .map(|v| v.assignments.as_slice())
+                    .unwrap_or(&[]),
+                resources: &resources,
+                snapshot: &snapshot,
+                settings: &ctx.engine,
+                ledger: &ledger,
+                who: &who,
+                reprocess_budget: Some(budget),
+            },
+            now,
+        );
+        let undo = Undo::apply(&mut ledger, &plan.ledger);
+        (plan, undo)
     };
-    let mut plan = plan_guard_sweep(&input, now);
     // Count each drift once, when first seen (the previous list is bounded, so a drift
     // beyond it may be counted again; the bound keeps that rare).
     let known: Vec<&str> = previous
@@ -115,29 +131,41 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         .count();
     ctx.metrics.drift(KIND, new_drift as u64);
 
-    let selected = plan.reprocess.len();
-    let retry_after = reprocess_selected(ctx, &mut plan, previous.as_ref()).await;
-    if plan.reprocess.len() != selected {
-        // Say what really happened, not what was planned.
-        let done = plan.reprocess.len();
-        plan.events.retain_mut(|e| {
-            if e.kind != crate::engine::EventKind::ReprocessRequested {
-                return true;
+    let mut written = previous;
+    let mut retry_after = None;
+    if !plan.reprocess.is_empty() {
+        // Written before it is sent, so a restart never sends it twice.
+        if guard_status_changed(written.as_ref(), &plan.status) {
+            if let Err(e) = patch_status(&api, &name, &plan.status).await {
+                undo.restore(&mut ctx.ledger(), None);
+                return Err(e);
             }
-            e.message = format!(
-                "Reprocessing {done} drifted assignments ({} postponed by the reprocess rate limit or Graph throttling).",
-                selected - done
-            );
-            done > 0
-        });
-    }
-    if !plan.reprocess.is_empty()
-        && let Ok((package_id, _)) = &resolved
-    {
-        ctx.observations.invalidate_package(package_id, &resources);
+            written = Some(plan.status.clone());
+        }
+        let selected = plan.reprocess.len();
+        retry_after = reprocess_selected(ctx, &mut plan, &mut undo, &who).await;
+        if plan.reprocess.len() != selected {
+            // Say what really happened, not what was planned.
+            let done = plan.reprocess.len();
+            plan.events.retain_mut(|e| {
+                if e.kind != crate::engine::EventKind::ReprocessRequested {
+                    return true;
+                }
+                e.message = format!(
+                    "Reprocessing {done} drifted assignment(s) ({} postponed by the reprocess rate limit or Graph throttling).",
+                    selected - done
+                );
+                done > 0
+            });
+        }
+        if let Ok((package_id, _)) = &resolved {
+            ctx.observations.invalidate_package(package_id, &resources);
+            let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
+            ctx.triggers.covering(package_id, &done, &who);
+        }
     }
 
-    if guard_status_changed(previous.as_ref(), &plan.status) {
+    if guard_status_changed(written.as_ref(), &plan.status) {
         patch_status(&api, &name, &plan.status).await?;
     }
     ctx.publish(&obj.object_ref(&()), "Sweep", &plan.events)
@@ -150,13 +178,14 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
 
 /// Reprocesses the engine's selection, as far as the global reprocess budget allows, in
 /// `$batch` requests of 20 (a sweep may find thousands). Entries not reprocessed get their
-/// previous bookkeeping back, so the status never claims a reprocess that did not happen.
-/// Returns the time to come back when the sweep was cut short by the budget or by Graph
-/// throttling.
+/// previous bookkeeping back (in status and in the ledger), so neither claims a reprocess
+/// that did not happen. Returns the time to come back when the sweep was cut short by the
+/// budget or by Graph throttling.
 async fn reprocess_selected(
     ctx: &Context,
     plan: &mut GuardPlan,
-    previous: Option<&AccessPackageGuardStatus>,
+    undo: &mut Undo,
+    who: &str,
 ) -> Option<Duration> {
     let mut come_back: Option<Duration> = None;
     let mut granted: Vec<String> = Vec::new();
@@ -168,6 +197,11 @@ async fn reprocess_selected(
         }
         granted.push(id.clone());
     }
+    tracing::info!(
+        count = granted.len(),
+        assignments = %granted.join(","),
+        "reprocess requested"
+    );
     let results = ctx
         .observations
         .graph()
@@ -199,15 +233,20 @@ async fn reprocess_selected(
         }
     }
     if done.len() != plan.reprocess.len() {
-        let before: Vec<_> = previous.map(|p| p.drifted.clone()).unwrap_or_default();
         for entry in plan.status.drifted.iter_mut() {
-            if plan.reprocess.contains(&entry.assignment_id) && !done.contains(&entry.assignment_id)
+            if !plan.reprocess.contains(&entry.assignment_id) || done.contains(&entry.assignment_id)
             {
-                let old = before
-                    .iter()
-                    .find(|o| o.assignment_id == entry.assignment_id);
-                entry.last_reprocess_time = old.and_then(|o| o.last_reprocess_time.clone());
-                entry.reprocess_attempts = old.map(|o| o.reprocess_attempts).unwrap_or(0);
+                continue;
+            }
+            let key = RepairKey::assignment(&entry.assignment_id);
+            let old = undo.previous(&key).cloned();
+            entry.last_reprocess_time = old.as_ref().map(|r| to_time(r.last_requested));
+            entry.reprocess_attempts = old.as_ref().map_or(0, |r| r.attempts);
+            entry.reprocessed_by = old.filter(|r| r.by != who).map(|r| r.by);
+        }
+        for id in &plan.reprocess {
+            if !done.contains(id) {
+                undo.restore(&mut ctx.ledger(), Some(&RepairKey::assignment(id)));
             }
         }
         plan.reprocess = done;

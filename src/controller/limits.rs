@@ -82,6 +82,17 @@ impl TokenBucket {
         self.capacity < 1.0
     }
 
+    /// Whole tokens available now (nothing is taken).
+    pub fn available(&self) -> usize {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, last) = *state;
+        let elapsed = Instant::now().saturating_duration_since(last).as_secs_f64();
+        // Truncation is the intent: whole tokens only.
+        (tokens + elapsed * self.per_second)
+            .min(self.capacity)
+            .floor() as usize
+    }
+
     /// Takes one token, or says how long until one is available.
     pub fn try_acquire(&self) -> Result<(), Duration> {
         self.try_acquire_at(Instant::now())

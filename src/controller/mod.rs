@@ -13,6 +13,7 @@ pub mod context;
 pub mod delta;
 pub mod error;
 pub mod guard;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod observation;
@@ -371,6 +372,10 @@ pub async fn run_controllers(
     let mut runs = Vec::new();
     let mut synced: Vec<Arc<AtomicBool>> = Vec::new();
     let mut reporters = Vec::new();
+    let mut baselines = Vec::new();
+    // A new leader first rebuilds the repair ledger from every object's status and takes
+    // the group delta baseline; reconciles wait until then (see `start_up`).
+    ctx.hold();
     for scope in scopes {
         let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
         let (bad_g, bad_g_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -395,21 +400,27 @@ pub async fn run_controllers(
             ctx.metrics.clone(),
             assignment::KIND,
             Some(bad_a),
-            synced_a,
+            synced_a.clone(),
         );
         let token = stop.clone();
         let (delta_tx, delta_rx) = futures::channel::mpsc::unbounded();
+        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
+        ctx.triggers.add_assignments(reader.clone(), covering_tx);
         if !ctx.delta_interval.is_zero() {
+            let (done, baseline) = tokio::sync::oneshot::channel();
+            baselines.push(baseline);
             reporters.push(tokio::spawn(delta::run(
                 ctx.clone(),
                 reader.clone(),
                 delta_tx,
                 stop.clone(),
+                synced_a.clone(),
+                Some(done),
             )));
         }
         runs.push(
             Controller::for_stream(stream, reader)
-                .reconcile_on(delta_rx)
+                .reconcile_on(futures::stream::select(delta_rx, covering_rx))
                 .with_config(config.clone())
                 .graceful_shutdown_on(async move { token.cancelled().await })
                 .run(assignment::reconcile, assignment::error_policy, ctx.clone())
@@ -429,8 +440,11 @@ pub async fn run_controllers(
             synced_g,
         );
         let token = stop.clone();
+        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
+        ctx.triggers.add_guards(reader.clone(), covering_tx);
         runs.push(
             Controller::for_stream(stream, reader)
+                .reconcile_on(covering_rx)
                 .with_config(config.clone())
                 .graceful_shutdown_on(async move { token.cancelled().await })
                 .run(guard::reconcile, guard::error_policy, ctx.clone())
@@ -438,13 +452,7 @@ pub async fn run_controllers(
                 .boxed(),
         );
     }
-    let ready_task = tokio::spawn(async move {
-        while !synced.iter().all(|s| s.load(Ordering::Acquire)) {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        tracing::info!("caches synced; ready");
-        readiness.set(true);
-    });
+    let ready_task = tokio::spawn(start_up(ctx.clone(), synced, baselines, readiness));
     futures::future::join_all(runs).await;
     ready_task.abort();
     for r in reporters {
@@ -452,6 +460,42 @@ pub async fn run_controllers(
     }
     tracing::info!("controllers stopped");
 }
+
+/// Once every store has synced: rebuilds the repair ledger from the objects' status, waits
+/// (bounded) for the group delta baselines, then lets reconciles run and marks readiness.
+async fn start_up(
+    ctx: Arc<Context>,
+    synced: Vec<Arc<AtomicBool>>,
+    baselines: Vec<tokio::sync::oneshot::Receiver<()>>,
+    readiness: Readiness,
+) {
+    while !synced.iter().all(|s| s.load(Ordering::Acquire)) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (assignments, guards) = ctx.triggers.snapshot();
+    {
+        let mut ledger = ctx.ledger();
+        ledger::seed(&mut ledger, &assignments, &guards);
+        tracing::info!(
+            objects = assignments.len() + guards.len(),
+            histories = ledger.len(),
+            "repair ledger rebuilt from status"
+        );
+    }
+    // A Graph outage must not hold every reconcile: groups not baselined in time are
+    // baselined and verified by the delta loop later.
+    for baseline in baselines {
+        if tokio::time::timeout(BASELINE_WAIT, baseline).await.is_err() {
+            tracing::warn!("group delta baseline not taken in time; starting reconciles anyway");
+        }
+    }
+    ctx.open();
+    tracing::info!("caches synced; ready");
+    readiness.set(true);
+}
+
+/// Longest wait for the group delta baseline before reconciles start anyway.
+const BASELINE_WAIT: Duration = Duration::from_secs(30);
 
 fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
     kind: &'static str,

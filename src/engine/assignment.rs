@@ -28,6 +28,9 @@ use jiff::{SignedDuration, Timestamp};
 use super::conditions::{
     self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
 };
+use super::ledger::{
+    self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
+};
 use super::{
     Action, EngineEvent, EngineSettings, EventKind, Plan, PromisedResource, ResolveFailure,
     ResolvedIds, Snapshot,
@@ -66,6 +69,11 @@ pub struct AssignmentInput<'a> {
     /// Memberships read for this pass.
     pub snapshot: &'a Snapshot,
     pub settings: &'a EngineSettings,
+    /// The shared reprocess histories ([`super::ledger`]): a reprocess another object sent
+    /// for the same Graph assignment gates this one too.
+    pub ledger: &'a RepairLedger,
+    /// This object, as the ledger names it: `AccessPackageAssignment namespace/name`.
+    pub who: &'a str,
 }
 
 /// What went wrong when the driver performed a write action.
@@ -95,12 +103,21 @@ struct Outcome {
     requeue: Duration,
 }
 
+/// What a plan does beyond its outcome: changes to the shared repair ledger, and an event
+/// that is not a condition transition (a repair in flight by another object).
+#[derive(Default)]
+struct Effects {
+    ledger: Vec<LedgerUpdate>,
+    note: Option<EngineEvent>,
+}
+
 struct Ctx<'a, 'b> {
     input: &'b AssignmentInput<'a>,
     prev: &'b AccessPackageAssignmentStatus,
     now: Timestamp,
     verify_interval: Duration,
     annotation_new: Option<&'a str>,
+    effects: std::cell::RefCell<Effects>,
 }
 
 impl Ctx<'_, '_> {
@@ -149,13 +166,6 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     d.try_into().unwrap_or(Duration::ZERO)
 }
 
-fn add(ts: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| ts.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
-}
-
 fn fmt_ts(ts: Timestamp) -> String {
     to_time(ts).0.to_string()
 }
@@ -171,8 +181,11 @@ fn labels(resources: &[&PromisedResource]) -> String {
 /// Plans one pass for one `AccessPackageAssignment`.
 pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
     let prev = input.previous.cloned().unwrap_or_default();
-    let verify_interval = parse_duration(&input.spec.verify_interval)
-        .ok()
+    let verify_interval = input
+        .spec
+        .verify_interval
+        .as_deref()
+        .and_then(|v| parse_duration(v).ok())
         .filter(|d| *d >= MIN_VERIFY_INTERVAL)
         .unwrap_or(input.settings.default_verify_interval);
     let annotation_new = input
@@ -185,6 +198,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
         now,
         verify_interval,
         annotation_new,
+        effects: Default::default(),
     };
     let mut status = prev.clone();
     status.observed_generation = input.generation;
@@ -316,6 +330,10 @@ fn observe<'r>(
                 origin_id: r.origin_id.clone(),
                 display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
                 role: Some(r.role.clone()).filter(|s| !s.is_empty()),
+                role_id: match &r.kind {
+                    super::ResourceKind::AppRole { app_role_id, .. } => Some(app_role_id.clone()),
+                    _ => None,
+                },
                 state: check.state,
                 note: r.note.clone().or(check.note),
             }
@@ -506,6 +524,13 @@ fn delivered_state(
         );
     }
     if delivered.status == Status::True {
+        let key = RepairKey::assignment(&a.id);
+        if input.ledger.get(&key).is_some_and(|r| r.attempts > 0) {
+            ctx.effects
+                .borrow_mut()
+                .ledger
+                .push(LedgerUpdate::Verified { key });
+        }
         if status.reprocess.attempts > 0 {
             status.reprocess.attempts = 0;
             status.reprocess.last_outcome = Some(OUTCOME_REPAIRED.into());
@@ -588,6 +613,13 @@ fn wait_in_flight(
     }
 }
 
+fn noun(key: &RepairKey) -> &'static str {
+    match key {
+        RepairKey::Assignment(_) => "assignment",
+        RepairKey::Request(_) => "request",
+    }
+}
+
 fn capitalize(s: &str) -> String {
     let mut c = s.chars();
     match c.next() {
@@ -632,36 +664,106 @@ fn repair(
         }
         _ => {}
     }
-    let attempts = status.reprocess.attempts;
-    if !forced && attempts >= spec.max_attempts {
-        status.reprocess.last_outcome = Some(OUTCOME_EXHAUSTED.into());
-        return Outcome {
-            action: Action::GiveUp {
-                reason: reason::REPROCESS_EXHAUSTED,
-            },
-            stalled: Some(Desired::new(
-                STALLED,
-                Status::True,
-                reason::REPROCESS_EXHAUSTED,
-                format!(
-                    "{attempts} reprocess attempt(s) did not repair it ({what}); find what keeps \
-                     removing the access, then set the annotation {} to a new value to retry.",
-                    crate::api::REPROCESS_ANNOTATION
-                ),
-            )),
-            delivered,
-            reconciling: None,
-            requeue: ctx.verify_interval,
-        };
-    }
     let cooldown = parse_duration(&spec.cooldown)
         .ok()
         .filter(|d| *d >= crate::api::MIN_COOLDOWN)
         .unwrap_or(crate::api::MIN_COOLDOWN);
-    if let Some(last) = status.reprocess.last_requested_time.as_ref().map(|t| t.0) {
-        let next = add(last, cooldown);
-        if ctx.now < next {
+    let key = match &action {
+        Action::ReprocessRequest { request_id } => RepairKey::request(request_id),
+        Action::ReprocessAssignment { assignment_id } => RepairKey::assignment(assignment_id),
+        _ => RepairKey::assignment(status.assignment_id.as_deref().unwrap_or_default()),
+    };
+    let who = ctx.input.who;
+    let own = status
+        .reprocess
+        .last_requested_time
+        .as_ref()
+        .map(|t| RepairRecord {
+            attempts: status.reprocess.attempts,
+            last_requested: t.0,
+            by: status
+                .reprocess
+                .last_requested_by
+                .clone()
+                .unwrap_or_else(|| who.to_string()),
+        });
+    let history = ctx.input.ledger.history(&key, own.as_ref()).cloned();
+    // Every object that covers the assignment tells the same story: the shared history.
+    if let Some(h) = &history {
+        status.reprocess.attempts = h.attempts;
+        status.reprocess.last_requested_time = Some(to_time(h.last_requested));
+        status.reprocess.last_requested_by = (h.by != who).then(|| h.by.clone());
+    }
+    let limits = RepairLimits {
+        cooldown,
+        max_attempts: spec.max_attempts,
+    };
+    let attempts = match ledger::gate(history.as_ref(), limits, ctx.now, forced) {
+        Gate::Exhausted { record } => {
+            status.reprocess.last_outcome = Some(OUTCOME_EXHAUSTED.into());
+            let last_by = if record.by == who {
+                String::new()
+            } else {
+                format!(" (the last one sent by {})", record.by)
+            };
+            return Outcome {
+                action: Action::GiveUp {
+                    reason: reason::REPROCESS_EXHAUSTED,
+                },
+                stalled: Some(Desired::new(
+                    STALLED,
+                    Status::True,
+                    reason::REPROCESS_EXHAUSTED,
+                    format!(
+                        "{} reprocess attempt(s){last_by} did not repair it ({what}); find what \
+                         keeps removing the access, then set the annotation {} to a new value to \
+                         retry.",
+                        record.attempts,
+                        crate::api::REPROCESS_ANNOTATION
+                    ),
+                )),
+                delivered,
+                reconciling: None,
+                requeue: ctx.verify_interval,
+            };
+        }
+        Gate::CoolingDown { record, next } => {
             let remaining = elapsed(ctx.now, next).max(Duration::from_secs(1));
+            let message = if record.by == who {
+                format!(
+                    "Reprocess requested at {}; the next one is allowed at {} ({what}).",
+                    fmt_ts(record.last_requested),
+                    fmt_ts(next)
+                )
+            } else {
+                // Another object covering the same Graph assignment sent it: wait for it
+                // (and check its effect with fresh reads) instead of sending a second one.
+                status.reprocess.last_outcome = Some(OUTCOME_REQUESTED.into());
+                let first_seen = ctx.prev.reprocess.last_requested_by.as_deref()
+                    != Some(record.by.as_str())
+                    || ctx.prev.reprocess.last_requested_time.as_ref().map(|t| t.0)
+                        != Some(record.last_requested);
+                if first_seen {
+                    ctx.effects.borrow_mut().note = Some(EngineEvent {
+                        kind: EventKind::ReprocessInFlight,
+                        message: format!(
+                            "{} {} is already being reprocessed: {} requested it at {}; not \
+                             reprocessing it again before {}.",
+                            capitalize(noun(&key)),
+                            key.id(),
+                            record.by,
+                            fmt_ts(record.last_requested),
+                            fmt_ts(next)
+                        ),
+                    });
+                }
+                format!(
+                    "Reprocess requested by {} at {}; the next one is allowed at {} ({what}).",
+                    record.by,
+                    fmt_ts(record.last_requested),
+                    fmt_ts(next)
+                )
+            };
             return Outcome {
                 action: Action::Wait {
                     reason: reason::REPROCESSING,
@@ -670,18 +772,27 @@ fn repair(
                     RECONCILING,
                     Status::True,
                     reason::REPROCESSING,
-                    format!(
-                        "Reprocess requested at {}; the next one is allowed at {} ({what}).",
-                        fmt_ts(last),
-                        fmt_ts(next)
-                    ),
+                    message,
                 )),
                 delivered,
                 stalled: None,
                 requeue: remaining,
             };
         }
-    }
+        Gate::Open { attempts } => attempts,
+    };
+    ctx.effects
+        .borrow_mut()
+        .ledger
+        .push(LedgerUpdate::Requested {
+            key,
+            record: RepairRecord {
+                attempts: attempts.saturating_add(1),
+                last_requested: ctx.now,
+                by: who.to_string(),
+            },
+        });
+    status.reprocess.last_requested_by = None;
     status.reprocess.attempts = attempts.saturating_add(1);
     status.reprocess.last_requested_time = Some(to_time(ctx.now));
     status.reprocess.last_outcome = Some(OUTCOME_REQUESTED.into());
@@ -1020,7 +1131,12 @@ fn finish(
 ) -> Plan {
     let prev = ctx.prev;
     let mut ready = ready_from(&outcome);
+    let Effects {
+        ledger: mut ledger_updates,
+        note,
+    } = ctx.effects.take();
     if ctx.input.spec.suspend && outcome.action.is_write() {
+        ledger_updates.retain(|u| !matches!(u, LedgerUpdate::Requested { .. }));
         // Suspend blocks every write: undo the bookkeeping the write would have done.
         status.reprocess = prev.reprocess.clone();
         status.last_request_id = prev.last_request_id.clone();
@@ -1043,13 +1159,15 @@ fn finish(
     desired.extend(outcome.stalled.clone());
     status.conditions =
         conditions::build_conditions(&prev.conditions, desired, ctx.input.generation, ctx.now);
-    let events = events_for(ctx, &status, &outcome.action, &missing);
+    let mut events = events_for(ctx, &status, &outcome.action, &missing);
+    events.extend(note);
     Plan {
         action: outcome.action,
         status,
         requeue_after: outcome.requeue.max(Duration::from_secs(1)),
         events,
         missing,
+        ledger: ledger_updates,
     }
 }
 
@@ -1105,7 +1223,12 @@ fn events_for(
         } => push(
             EventKind::AssignmentRequested,
             format!(
-                "Requesting assignment of access package {access_package_id} to {target_object_id}."
+                "Requesting access package {} for {} (adminAdd).",
+                status
+                    .access_package_name
+                    .as_deref()
+                    .unwrap_or(access_package_id),
+                status.target_name.as_deref().unwrap_or(target_object_id)
             ),
         ),
         Action::ReprocessAssignment { .. } | Action::ReprocessRequest { .. } => {

@@ -84,7 +84,10 @@ struct Fx {
     resources: Vec<PromisedResource>,
     snapshot: Snapshot,
     settings: EngineSettings,
+    ledger: RepairLedger,
 }
+
+const WHO: &str = "AccessPackageAssignment access/alice-finance";
 
 impl Fx {
     fn new() -> Self {
@@ -123,6 +126,7 @@ impl Fx {
             resources,
             snapshot,
             settings: EngineSettings::default(),
+            ledger: RepairLedger::new(),
         }
     }
 
@@ -139,14 +143,20 @@ impl Fx {
                 resources: &self.resources,
                 snapshot: &self.snapshot,
                 settings: &self.settings,
+                ledger: &self.ledger,
+                who: WHO,
             },
             now,
         )
     }
 
-    /// Plans and stores the status as the next pass's previous one.
+    /// Plans, applies its ledger updates (as a driver does) and stores the status as the
+    /// next pass's previous one.
     fn step(&mut self, now: Timestamp) -> Plan {
         let plan = self.plan(now);
+        for u in &plan.ledger {
+            self.ledger.apply(u);
+        }
         self.previous = Some(plan.status.clone());
         plan
     }
@@ -1042,7 +1052,7 @@ fn suspend_keeps_a_delivered_assignment_ready() {
 fn invalid_spec_stalls_naming_the_field_once() {
     let mut fx = Fx::new();
     fx.spec.target.object_id = Some(USER.into());
-    fx.spec.verify_interval = "1s".into();
+    fx.spec.verify_interval = Some("1s".into());
     let p = fx.step(at(0));
     assert_eq!(
         p.action,
@@ -1329,4 +1339,141 @@ fn the_latest_request_matters_only_where_needs_latest_request_says() {
         }
     }
     assert!(needed_somewhere >= 4, "requests do matter where needed");
+}
+
+mod shared_ledger {
+    //! One Graph assignment, one repair: the history is shared by every covering object.
+    use super::*;
+    use crate::engine::ledger::{LedgerUpdate, RepairKey, RepairRecord};
+
+    const GUARD: &str = "AccessPackageGuard access/finance-analysts";
+
+    fn reprocessed_by_guard(fx: &mut Fx, minute: i64, attempts: i32) {
+        fx.ledger.seed(
+            RepairKey::assignment(A1),
+            RepairRecord {
+                attempts,
+                last_requested: at(minute),
+                by: GUARD.into(),
+            },
+        );
+    }
+
+    #[test]
+    fn a_repair_in_flight_by_a_guard_is_reported_not_repeated() {
+        let mut fx = Fx::new();
+        fx.remove_from_g2();
+        reprocessed_by_guard(&mut fx, 0, 1);
+        let p = fx.step(at(1));
+        assert_eq!(
+            p.action,
+            Action::Wait {
+                reason: reason::REPROCESSING
+            }
+        );
+        assert!(p.ledger.is_empty(), "nothing claimed: {:?}", p.ledger);
+        let reconciling = cond(&p, RECONCILING).expect("Reconciling");
+        assert!(
+            reconciling
+                .message
+                .starts_with(&format!("Reprocess requested by {GUARD} at ")),
+            "{}",
+            reconciling.message
+        );
+        assert_eq!(p.status.reprocess.attempts, 1, "the shared count");
+        assert_eq!(p.status.reprocess.last_requested_by.as_deref(), Some(GUARD));
+        assert_eq!(p.status.reprocess.last_requested_time, Some(to_time(at(0))));
+        let inflight: Vec<&EngineEvent> = p
+            .events
+            .iter()
+            .filter(|e| e.kind == EventKind::ReprocessInFlight)
+            .collect();
+        assert_eq!(inflight.len(), 1, "{:?}", p.events);
+        assert!(inflight[0].message.contains(GUARD));
+        // The next pass tells the same story without a second event.
+        let p = fx.step(at(2));
+        assert!(
+            !p.events
+                .iter()
+                .any(|e| e.kind == EventKind::ReprocessInFlight),
+            "{:?}",
+            p.events
+        );
+        assert!(crate::engine::awaiting_reprocess(fx.previous.as_ref()));
+    }
+
+    #[test]
+    fn after_the_cooldown_the_next_attempt_continues_the_shared_count() {
+        let mut fx = Fx::new();
+        fx.remove_from_g2();
+        reprocessed_by_guard(&mut fx, 0, 2);
+        let p = fx.step(at(5));
+        assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+        assert_eq!(p.status.reprocess.attempts, 3);
+        assert_eq!(p.status.reprocess.last_requested_by, None);
+        match p.ledger.as_slice() {
+            [LedgerUpdate::Requested { key, record }] => {
+                assert_eq!(key, &RepairKey::assignment(A1));
+                assert_eq!(record.attempts, 3);
+                assert_eq!(record.by, WHO);
+                assert_eq!(record.last_requested, at(5));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn attempts_spent_by_another_object_exhaust_this_one_too() {
+        let mut fx = Fx::new();
+        fx.remove_from_g2();
+        reprocessed_by_guard(&mut fx, 0, 3);
+        let p = fx.step(at(10));
+        assert_eq!(
+            p.action,
+            Action::GiveUp {
+                reason: reason::REPROCESS_EXHAUSTED
+            }
+        );
+        assert!(cond(&p, STALLED).expect("Stalled").message.contains(GUARD));
+    }
+
+    #[test]
+    fn verified_delivery_resets_the_shared_attempts() {
+        let mut fx = Fx::new();
+        reprocessed_by_guard(&mut fx, 0, 1);
+        let p = fx.step(at(1));
+        assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+        assert_eq!(
+            p.ledger,
+            [LedgerUpdate::Verified {
+                key: RepairKey::assignment(A1)
+            }]
+        );
+        assert_eq!(
+            fx.ledger.get(&RepairKey::assignment(A1)).unwrap().attempts,
+            0
+        );
+        // Nothing pending any more: no further update.
+        assert!(fx.step(at(2)).ledger.is_empty());
+    }
+
+    #[test]
+    fn suspend_claims_nothing() {
+        let mut fx = Fx::new();
+        fx.remove_from_g2();
+        fx.spec.suspend = true;
+        let p = fx.step(at(0));
+        assert_eq!(p.action, Action::None);
+        assert!(p.ledger.is_empty());
+    }
+}
+
+#[test]
+fn an_object_without_verify_interval_uses_the_operators_default() {
+    let mut fx = Fx::new();
+    assert_eq!(fx.spec.verify_interval, None);
+    fx.settings.default_verify_interval = Duration::from_secs(3600);
+    assert_eq!(fx.plan(at(0)).requeue_after, Duration::from_secs(3600));
+    fx.spec.verify_interval = Some("2m".into());
+    assert_eq!(fx.plan(at(0)).requeue_after, Duration::from_secs(120));
 }

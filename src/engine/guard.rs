@@ -10,6 +10,9 @@ use jiff::{SignedDuration, Timestamp};
 use super::conditions::{
     self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
 };
+use super::ledger::{
+    self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
+};
 use super::{
     EngineEvent, EngineSettings, EventKind, PromisedResource, ResolveFailure, ResourceKind,
     Snapshot,
@@ -38,6 +41,12 @@ pub struct GuardInput<'a> {
     /// Memberships read for this sweep.
     pub snapshot: &'a Snapshot,
     pub settings: &'a EngineSettings,
+    /// The shared reprocess histories ([`super::ledger`]).
+    pub ledger: &'a RepairLedger,
+    /// This guard, as the ledger names it: `AccessPackageGuard namespace/name`.
+    pub who: &'a str,
+    /// Reprocesses the operator allows right now (its global rate limit), when limited.
+    pub reprocess_budget: Option<usize>,
 }
 
 /// One drifted assignment found by the sweep (the full list, unbounded, for reports).
@@ -63,6 +72,9 @@ pub struct GuardPlan {
     pub requeue_after: Duration,
     /// Events to record.
     pub events: Vec<EngineEvent>,
+    /// Changes to the shared repair ledger (see [`super::ledger`]); a `Requested` one is
+    /// undone for every reprocess that is not sent.
+    pub ledger: Vec<LedgerUpdate>,
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
@@ -109,6 +121,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             drifted: Vec::new(),
             requeue_after: interval,
             events,
+            ledger: Vec::new(),
         };
     }
     let (package_id, package_name) = match &input.resolved {
@@ -122,6 +135,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     let mut drifted: Vec<GuardDrift> = Vec::new();
     let mut unreadable: BTreeSet<String> = BTreeSet::new();
     let mut assigned: BTreeSet<&str> = BTreeSet::new();
+    let mut ledger_updates: Vec<LedgerUpdate> = Vec::new();
     for a in input.assignments {
         let target = a.target.as_ref();
         let object_id = target.and_then(|t| t.object_id.as_deref());
@@ -175,6 +189,12 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             counts.pending += 1;
         } else {
             counts.delivered += 1;
+            if !input.ledger.is_empty() {
+                let key = RepairKey::assignment(&a.id);
+                if input.ledger.get(&key).is_some_and(|r| r.attempts > 0) {
+                    ledger_updates.push(LedgerUpdate::Verified { key });
+                }
+            }
         }
     }
 
@@ -196,6 +216,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
                 since: old.map(|o| o.since.clone()).unwrap_or_else(|| to_time(now)),
                 last_reprocess_time: old.and_then(|o| o.last_reprocess_time.clone()),
                 reprocess_attempts: old.map(|o| o.reprocess_attempts).unwrap_or(0),
+                reprocessed_by: old.and_then(|o| o.reprocessed_by.clone()),
             }
         })
         .collect();
@@ -204,40 +225,79 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             .cmp(&b.since)
             .then_with(|| a.assignment_id.cmp(&b.assignment_id))
     });
-    entries.truncate(MAX_DRIFTED_LISTED);
-
-    // Reprocess selection: Enforce only, oldest drift first, skipping those reprocessed within
-    // the cooldown and those whose attempts are used up.
-    let cooldown = settings.guard_reprocess_cooldown;
-    let cooling = |e: &DriftedAssignment| {
-        e.last_reprocess_time
-            .as_ref()
-            .is_some_and(|t| elapsed(t.0, now) < cooldown)
+    // Reprocess selection over every drifted assignment (not only the listed ones), oldest
+    // drift first: Enforce only, within maxReprocessPerSweep and the operator's rate limit,
+    // skipping those within their cooldown (whoever reprocessed them) and those whose shared
+    // attempts are used up.
+    let who = input.who;
+    let limits = RepairLimits {
+        cooldown: settings.guard_reprocess_cooldown,
+        max_attempts: settings.guard_max_attempts,
     };
-    let exhausted = |e: &DriftedAssignment| e.reprocess_attempts >= settings.guard_max_attempts;
-    let budget = match input.spec.mode {
+    let spec_budget = match input.spec.mode {
         GuardMode::Enforce => usize::try_from(input.spec.max_reprocess_per_sweep).unwrap_or(0),
         GuardMode::Audit => 0,
     };
+    let budget = spec_budget.min(input.reprocess_budget.unwrap_or(usize::MAX));
     let mut reprocess = Vec::new();
+    let mut cooling = 0usize;
+    let mut by_others = 0usize;
+    let mut exhausted_count = 0usize;
+    let mut postponed = 0usize;
+    let mut next_check: Option<Duration> = None;
+    let mut check_at = |d: Duration| next_check = Some(next_check.map_or(d, |c| c.min(d)));
     for e in entries.iter_mut() {
-        if reprocess.len() >= budget {
-            break;
+        let key = RepairKey::assignment(&e.assignment_id);
+        let own = e.last_reprocess_time.as_ref().map(|t| RepairRecord {
+            attempts: e.reprocess_attempts,
+            last_requested: t.0,
+            by: e.reprocessed_by.clone().unwrap_or_else(|| who.to_string()),
+        });
+        let history = input.ledger.history(&key, own.as_ref()).cloned();
+        if let Some(h) = &history {
+            e.last_reprocess_time = Some(to_time(h.last_requested));
+            e.reprocess_attempts = h.attempts;
+            e.reprocessed_by = (h.by != who).then(|| h.by.clone());
         }
-        if cooling(e) || exhausted(e) {
-            continue;
+        match ledger::gate(history.as_ref(), limits, now, false) {
+            Gate::CoolingDown { record, next } => {
+                cooling += 1;
+                if record.by != who {
+                    by_others += 1;
+                }
+                check_at(recheck_after(
+                    record.last_requested,
+                    next,
+                    now,
+                    settings.poll_interval,
+                ));
+            }
+            Gate::Exhausted { .. } => {
+                if input.spec.mode == GuardMode::Enforce {
+                    exhausted_count += 1;
+                }
+            }
+            Gate::Open { attempts } => {
+                if reprocess.len() < budget {
+                    let record = RepairRecord {
+                        attempts: attempts.saturating_add(1),
+                        last_requested: now,
+                        by: who.to_string(),
+                    };
+                    e.last_reprocess_time = Some(to_time(now));
+                    e.reprocess_attempts = record.attempts;
+                    e.reprocessed_by = None;
+                    ledger_updates.push(LedgerUpdate::Requested { key, record });
+                    reprocess.push(e.assignment_id.clone());
+                    check_at(settings.poll_interval);
+                } else if reprocess.len() < spec_budget {
+                    postponed += 1;
+                }
+            }
         }
-        e.last_reprocess_time = Some(to_time(now));
-        e.reprocess_attempts = e.reprocess_attempts.saturating_add(1);
-        reprocess.push(e.assignment_id.clone());
     }
-    counts.reprocessing = i32::try_from(entries.iter().filter(|e| cooling(e)).count())
-        .unwrap_or(i32::MAX)
-        .max(i32::try_from(reprocess.len()).unwrap_or(i32::MAX));
-    let exhausted_count = entries
-        .iter()
-        .filter(|e| exhausted(e) && !cooling(e))
-        .count();
+    counts.reprocessing = i32::try_from(cooling + reprocess.len()).unwrap_or(i32::MAX);
+    entries.truncate(MAX_DRIFTED_LISTED);
 
     // Unmanaged members: in a promised group without a live (non-expired) assignment. An
     // expired assignment should have removed the user, so one still in the group counts.
@@ -318,26 +378,41 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             ),
         )
     };
-    let reconciling = (counts.reprocessing > 0).then(|| {
+    let reconciling = (counts.reprocessing > 0 || postponed > 0).then(|| {
+        let mut details = vec![format!("{} this sweep", reprocess.len())];
+        if by_others > 0 {
+            details.push(format!("{by_others} by other objects covering them"));
+        }
+        if postponed > 0 {
+            details.push(format!(
+                "{postponed} postponed by the operator's reprocess rate limit"
+            ));
+        }
         Desired::new(
             RECONCILING,
             Status::True,
             reason::REPROCESSING,
             format!(
-                "{} drifted assignments are being reprocessed ({} this sweep).",
-                counts.reprocessing,
-                reprocess.len()
+                "{} {} being reprocessed ({}).",
+                count_of(cooling + reprocess.len(), "drifted assignment"),
+                if counts.reprocessing == 1 {
+                    "is"
+                } else {
+                    "are"
+                },
+                details.join(", ")
             ),
         )
     });
-    let stalled = (input.spec.mode == GuardMode::Enforce && exhausted_count > 0).then(|| {
+    let stalled = (exhausted_count > 0).then(|| {
         Desired::new(
             STALLED,
             Status::True,
             reason::REPROCESS_EXHAUSTED,
             format!(
-                "{exhausted_count} drifted assignments are still drifted after {} reprocess \
-                 attempts each; find what keeps removing the access.",
+                "{} still drifted after {} reprocess attempts each; find what keeps removing \
+                 the access.",
+                count_of(exhausted_count, "drifted assignment"),
                 settings.guard_max_attempts
             ),
         )
@@ -391,16 +466,32 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         events.push(EngineEvent {
             kind: EventKind::DriftDetected,
             message: format!(
-                "{} newly drifted assignments: {}{suffix}.",
-                new_ids.len(),
+                "{} newly drifted: {}{suffix}.",
+                count_of(new_ids.len(), "assignment"),
                 shown.join("; ")
             ),
         });
     }
     if !reprocess.is_empty() {
+        let targets: Vec<&str> = drifted
+            .iter()
+            .filter(|d| reprocess.contains(&d.assignment_id))
+            .take(10)
+            .map(|d| d.target.as_str())
+            .collect();
+        let more = reprocess.len().saturating_sub(targets.len());
         events.push(EngineEvent {
             kind: EventKind::ReprocessRequested,
-            message: format!("Reprocessing {} drifted assignments.", reprocess.len()),
+            message: format!(
+                "Reprocessing {}: {}{}.",
+                count_of(reprocess.len(), "drifted assignment"),
+                targets.join(", "),
+                if more > 0 {
+                    format!(" and {more} more")
+                } else {
+                    String::new()
+                }
+            ),
         });
     }
     let prev_true = conditions::is_true(&prev.conditions, DELIVERED);
@@ -415,17 +506,49 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     }
     events.extend(stalled_event(&prev, &status));
 
-    let requeue_after = if reprocess.is_empty() && counts.reprocessing == 0 {
-        interval
-    } else {
-        interval.min(cooldown).max(Duration::from_secs(1))
-    };
+    // After a repair, look again soon (at the reprocess delay, then less and less often
+    // until the cooldown ends), so the status settles once the repair has landed instead of
+    // one interval later.
+    let requeue_after = next_check
+        .map_or(interval, |c| c.min(interval))
+        .max(Duration::from_secs(1));
     GuardPlan {
         status,
         reprocess,
         drifted,
         requeue_after,
         events,
+        ledger: ledger_updates,
+    }
+}
+
+/// When to verify a reprocessed assignment again: `poll` after the reprocess, then at
+/// doubling spacing (`poll`, `2·poll`, `4·poll`, … after it), never later than the end of
+/// its cooldown. A handful of sweeps per repair, not one every `poll`.
+fn recheck_after(
+    last: Timestamp,
+    cooldown_end: Timestamp,
+    now: Timestamp,
+    poll: Duration,
+) -> Duration {
+    let since = elapsed(last, now);
+    let poll = poll.max(Duration::from_secs(1));
+    let mut step = poll;
+    while step <= since {
+        step = step.saturating_mul(2);
+    }
+    let until_step = step - since;
+    until_step
+        .min(elapsed(now, cooldown_end))
+        .max(Duration::from_secs(1))
+}
+
+/// `1 drifted assignment`, `2 drifted assignments`.
+fn count_of(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
     }
 }
 

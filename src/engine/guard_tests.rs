@@ -46,7 +46,11 @@ struct Fx {
     resources: Vec<PromisedResource>,
     snapshot: Snapshot,
     settings: EngineSettings,
+    ledger: RepairLedger,
+    budget: Option<usize>,
 }
+
+const WHO: &str = "AccessPackageGuard access/finance";
 
 impl Fx {
     /// alice delivered, bob drifted (not in fin-writers), carol failed, dave expired but still
@@ -74,6 +78,8 @@ impl Fx {
             ]),
             snapshot,
             settings: EngineSettings::default(),
+            ledger: RepairLedger::new(),
+            budget: None,
         }
     }
 
@@ -101,13 +107,20 @@ impl Fx {
                 resources: &self.resources,
                 snapshot: &self.snapshot,
                 settings: &self.settings,
+                ledger: &self.ledger,
+                who: WHO,
+                reprocess_budget: self.budget,
             },
             now,
         )
     }
 
+    /// Plans, applies its ledger updates (as a driver does) and keeps the status.
     fn step(&mut self, now: Timestamp) -> GuardPlan {
         let p = self.plan(now);
+        for u in &p.ledger {
+            self.ledger.apply(u);
+        }
         self.previous = Some(p.status.clone());
         p
     }
@@ -169,7 +182,15 @@ fn enforce_sweep_counts_lists_and_reprocesses() {
             .message
             .contains("bob@contoso.com missing fin-writers (Member)")
     );
-    assert_eq!(p.requeue_after, Duration::from_secs(600));
+    assert_eq!(
+        p.events[1].message,
+        "Reprocessing 1 drifted assignment: bob@contoso.com."
+    );
+    assert_eq!(
+        p.requeue_after,
+        Duration::from_secs(30),
+        "verified again after the reprocess delay, not one interval later"
+    );
 }
 
 #[test]
@@ -237,8 +258,9 @@ fn reprocess_is_bounded_per_sweep_oldest_first_and_skips_cooling() {
     assert!(p.reprocess.is_empty());
     assert_eq!(
         p.requeue_after,
-        Duration::from_secs(600),
-        "verify after the cooldown"
+        Duration::from_secs(60),
+        "repairs are checked 30s, 1m, 2m and 4m after they were sent: the one of minute 0 \
+         next at minute 4"
     );
 }
 
@@ -366,4 +388,132 @@ fn conditions_carry_generation_and_fixed_order() {
             .all(|c| c.observed_generation == Some(7))
     );
     assert_eq!(p.status.observed_generation, Some(7));
+}
+
+mod shared_ledger {
+    use super::*;
+    use crate::engine::ledger::{LedgerUpdate, RepairKey, RepairRecord};
+
+    const APA: &str = "AccessPackageAssignment access/bob";
+
+    #[test]
+    fn an_assignment_reprocessed_by_a_declaration_is_not_reprocessed_again() {
+        let mut fx = Fx::new();
+        fx.ledger.seed(
+            RepairKey::assignment("a2"),
+            RepairRecord {
+                attempts: 1,
+                last_requested: at(0),
+                by: APA.into(),
+            },
+        );
+        let p = fx.step(at(1));
+        assert!(p.reprocess.is_empty());
+        assert!(p.ledger.is_empty());
+        assert_eq!(p.status.assignments.reprocessing, 1);
+        let entry = &p.status.drifted[0];
+        assert_eq!(entry.reprocessed_by.as_deref(), Some(APA));
+        assert_eq!(entry.reprocess_attempts, 1);
+        assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+        let message = &find(&p.status.conditions, RECONCILING).unwrap().message;
+        assert_eq!(
+            message,
+            "1 drifted assignment is being reprocessed (0 this sweep, 1 by other objects covering them)."
+        );
+        // Checked again on the repair schedule (30s, 1m, 2m, 4m after the declaration's
+        // reprocess: now one minute after it, so at 2m), not at the 15m interval.
+        assert_eq!(p.requeue_after, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_guard_claims_what_it_reprocesses_and_clears_it_once_delivered() {
+        let mut fx = Fx::new();
+        let p = fx.step(at(0));
+        assert_eq!(p.reprocess, ["a2"]);
+        assert!(matches!(
+            p.ledger.as_slice(),
+            [LedgerUpdate::Requested { key, record }]
+                if key == &RepairKey::assignment("a2") && record.by == WHO && record.attempts == 1
+        ));
+        // The repair landed.
+        fx.snapshot.record_group_members("g2", ["alice", "bob"]);
+        let p = fx.step(at(1));
+        assert_eq!(
+            p.ledger,
+            [LedgerUpdate::Verified {
+                key: RepairKey::assignment("a2")
+            }]
+        );
+        assert!(p.status.drifted.is_empty());
+        assert_cond(&p, READY, "False", reason::DELIVERY_FAILED);
+    }
+
+    #[test]
+    fn selection_looks_past_the_listed_fifty_and_past_exhausted_drifts() {
+        // 200 drifted, 100 a sweep: 100 now, the other 100 in the next sweep.
+        let mut fx = Fx::many(200, 200);
+        fx.spec.max_reprocess_per_sweep = 100;
+        let p = fx.step(at(0));
+        assert_eq!(p.reprocess.len(), 100);
+        assert_eq!(p.status.drifted.len(), MAX_DRIFTED_LISTED);
+        let p = fx.step(at(1));
+        assert_eq!(p.reprocess.len(), 100);
+        assert_eq!(p.reprocess[0], "a100");
+        let p = fx.step(at(2));
+        assert!(p.reprocess.is_empty(), "all 200 in their cooldown");
+
+        // 50 exhausted drifts (the oldest, so they fill the listed part) do not block a new one.
+        let mut fx = Fx::many(51, 51);
+        for i in 0..50 {
+            fx.ledger.seed(
+                RepairKey::assignment(&format!("a{i:03}")),
+                RepairRecord {
+                    attempts: fx.settings.guard_max_attempts,
+                    last_requested: at(-60),
+                    by: WHO.into(),
+                },
+            );
+        }
+        let p = fx.step(at(0));
+        assert_eq!(p.reprocess, ["a050"]);
+        assert_cond(&p, STALLED, "True", reason::REPROCESS_EXHAUSTED);
+    }
+
+    #[test]
+    fn the_operators_rate_limit_bounds_the_selection_and_says_so() {
+        let mut fx = Fx::many(10, 5);
+        fx.budget = Some(2);
+        let p = fx.step(at(0));
+        assert_eq!(p.reprocess, ["a000", "a001"]);
+        assert_eq!(p.status.assignments.reprocessing, 2);
+        let message = &find(&p.status.conditions, RECONCILING).unwrap().message;
+        assert!(
+            message.contains("3 postponed by the operator's reprocess rate limit"),
+            "{message}"
+        );
+        assert_eq!(p.ledger.len(), 2);
+    }
+
+    #[test]
+    fn recheck_schedule_after_a_repair_is_short_then_doubles() {
+        let poll = Duration::from_secs(30);
+        let end = at(10);
+        let secs = |s: i64| Timestamp::from_second(at(0).as_second() + s).unwrap();
+        assert_eq!(super::super::recheck_after(at(0), end, secs(0), poll), poll);
+        assert_eq!(
+            super::super::recheck_after(at(0), end, secs(30), poll),
+            Duration::from_secs(30),
+            "at 60s"
+        );
+        assert_eq!(
+            super::super::recheck_after(at(0), end, secs(61), poll),
+            Duration::from_secs(59),
+            "at 120s"
+        );
+        assert_eq!(
+            super::super::recheck_after(at(0), end, secs(500), poll),
+            Duration::from_secs(100),
+            "never past the cooldown's end"
+        );
+    }
 }

@@ -19,6 +19,7 @@ use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
 mod assignment;
 pub mod conditions;
 mod guard;
+pub mod ledger;
 mod resources;
 mod snapshot;
 
@@ -203,6 +204,8 @@ pub enum EventKind {
     ResolveFailed,
     RequestDenied,
     ActionFailed,
+    /// Another object covering the same Graph assignment reprocessed it: not repeated.
+    ReprocessInFlight,
 }
 
 impl EventKind {
@@ -222,6 +225,7 @@ impl EventKind {
             Self::ResolveFailed => "ResolveFailed",
             Self::RequestDenied => "RequestDenied",
             Self::ActionFailed => "ActionFailed",
+            Self::ReprocessInFlight => "ReprocessInFlight",
         }
     }
 
@@ -229,7 +233,10 @@ impl EventKind {
     pub fn is_warning(self) -> bool {
         !matches!(
             self,
-            Self::ReprocessRequested | Self::DeliveryVerified | Self::AssignmentRequested
+            Self::ReprocessRequested
+                | Self::DeliveryVerified
+                | Self::AssignmentRequested
+                | Self::ReprocessInFlight
         )
     }
 }
@@ -282,6 +289,9 @@ pub struct Plan {
     pub events: Vec<EngineEvent>,
     /// Verifiable resources found missing (the drift).
     pub missing: Vec<PromisedResource>,
+    /// Changes to the shared repair ledger, to apply together with the planning (see
+    /// [`ledger`]); a `Requested` one is undone when the write does not happen.
+    pub ledger: Vec<ledger::LedgerUpdate>,
 }
 
 #[cfg(test)]

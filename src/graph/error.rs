@@ -244,6 +244,16 @@ impl GraphError {
         }
     }
 
+    /// True when Graph refused a write for good (403, another 4xx such as a policy's
+    /// requirements not met): sending it again unchanged is refused again. Every writer
+    /// (controller and audit) reports these as `Stalled` instead of retrying.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Self::Forbidden { .. } | Self::BadRequest { .. } | Self::NotFound { .. }
+        )
+    }
+
     /// True for a 403.
     pub fn is_forbidden(&self) -> bool {
         matches!(self, Self::Forbidden { .. })

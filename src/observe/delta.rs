@@ -6,13 +6,14 @@
 //! When nothing changed a poll costs one request (1 RU) per 50 groups.
 //!
 //! Tracking starts from "now" (`$deltatoken=latest`), not with the initial delta round
-//! (which would list every member again): the full read establishes the baseline. Start
-//! the tracker *before* that full read, so a change made while the read runs is reported
-//! by the first poll rather than lost between the two.
+//! (which would list every member again): the full read establishes the baseline. So the
+//! baseline must be taken *before* that full read: a change made between a read and a
+//! later baseline would be absorbed and never reported. [`DeltaTracker::track`] returns
+//! the groups it just started to follow, for the caller to verify after the baseline.
 //!
 //! The controller uses it in `crate::controller::delta` (`--delta-interval`, default 60 s):
-//! removals of users whose delivered assignments rely on the group trigger an immediate
-//! reconcile of those objects; `redeliver bench` measures it against the simulator.
+//! changes of users whose delivered assignments rely on the group trigger an immediate
+//! reconcile of those objects; the scale benchmark measures it against the simulator.
 
 use std::collections::BTreeSet;
 
@@ -70,17 +71,64 @@ impl DeltaTracker {
         graph: GraphClient,
         groups: impl IntoIterator<Item = String>,
     ) -> Result<Self, GraphError> {
-        let unique: BTreeSet<String> = groups.into_iter().map(|g| g.to_ascii_lowercase()).collect();
-        let unique: Vec<String> = unique.into_iter().collect();
-        let mut chunks = Vec::new();
-        for groups in unique.chunks(MAX_DELTA_GROUPS) {
-            let delta_link = latest_link(&graph, groups).await?;
-            chunks.push(Chunk {
-                groups: groups.to_vec(),
-                delta_link,
-            });
+        let mut tracker = Self::empty(graph);
+        let wanted: BTreeSet<String> = groups.into_iter().collect();
+        let (_, failures) = tracker.track(&wanted).await;
+        match failures.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(tracker),
         }
-        Ok(Self { graph, chunks })
+    }
+
+    /// A tracker that follows nothing yet.
+    pub fn empty(graph: GraphClient) -> Self {
+        Self {
+            graph,
+            chunks: Vec::new(),
+        }
+    }
+
+    /// Follows exactly `wanted` from now on, keeping the links of groups already followed
+    /// (so none of their changes is lost): groups no longer wanted are dropped with their
+    /// chunk once none of its groups is wanted, new ones are baselined in new chunks. When
+    /// churn has split the groups over more than twice the chunks they need, every chunk
+    /// is rebuilt (and every group reported as new). Poll first: a rebuilt chunk starts
+    /// from now.
+    ///
+    /// Returns the groups whose baseline was just taken — their members must be read (and
+    /// compared with what the objects expect) after this call — and the chunks that could
+    /// not be started (their groups are tried again at the next call).
+    pub async fn track(&mut self, wanted: &BTreeSet<String>) -> (Vec<String>, Vec<GraphError>) {
+        let wanted: BTreeSet<String> = wanted.iter().map(|g| g.to_ascii_lowercase()).collect();
+        self.chunks
+            .retain(|c| c.groups.iter().any(|g| wanted.contains(g)));
+        let followed: BTreeSet<&str> = self.groups().collect();
+        let mut new: Vec<String> = wanted
+            .iter()
+            .filter(|g| !followed.contains(g.as_str()))
+            .cloned()
+            .collect();
+        let needed = wanted.len().div_ceil(MAX_DELTA_GROUPS);
+        let after = self.chunks.len() + new.len().div_ceil(MAX_DELTA_GROUPS);
+        if after > 2 * needed.max(1) {
+            self.chunks.clear();
+            new = wanted.into_iter().collect();
+        }
+        let mut started = Vec::new();
+        let mut failures = Vec::new();
+        for groups in new.chunks(MAX_DELTA_GROUPS) {
+            match latest_link(&self.graph, groups).await {
+                Ok(delta_link) => {
+                    started.extend(groups.iter().cloned());
+                    self.chunks.push(Chunk {
+                        groups: groups.to_vec(),
+                        delta_link,
+                    });
+                }
+                Err(e) => failures.push(e),
+            }
+        }
+        (started, failures)
     }
 
     /// Group ids tracked.

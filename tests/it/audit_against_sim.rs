@@ -195,6 +195,8 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
                 resources: &view.resources,
                 snapshot: &snapshot,
                 settings: &settings,
+                ledger: &engine::ledger::RepairLedger::new(),
+                who: "AccessPackageAssignment test/declaration",
             },
             now,
         );

@@ -86,6 +86,8 @@ async fn leaving_a_held_group_or_returning_to_a_missing_one_triggers_a_reconcile
         reader,
         tx,
         stop.clone(),
+        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        None,
     ));
 
     // The first interval starts the tracker; changes after that are followed.

@@ -599,13 +599,20 @@ async fn graph_throttling_requeues_at_exactly_retry_after_without_status_claims(
     });
     let alice = for_user("alice-throttled", "alice@contoso.com");
     let task = env.reconcile(&alice);
-    env.api.expect_status_patch(&alice).await; // first visit only
+    let first = env.api.expect_status_patch(&alice).await; // first visit
+    // The reprocess is recorded before it is sent (so a restart cannot send it twice)...
+    let claim = env.api.expect_status_patch(&alice).await;
+    assert_eq!(claim["reprocess"]["attempts"], 1, "{claim}");
+    // ...and put back when Graph throttled it: the status claims no reprocess.
+    let restored = env.api.expect_status_patch(&alice).await;
+    assert_eq!(restored, first);
     let err = task.await.unwrap().unwrap_err();
     assert_eq!(err.retry_after(), Some(Duration::from_secs(300)), "{err}");
     let action = assignment::error_policy(Arc::new(alice.clone()), &err, env.ctx.clone());
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
-    // No status claiming a reprocess, no event.
+    // No event, and nothing left in the repair ledger for the next attempt to wait for.
     env.api.expect_silence().await;
+    assert!(env.ctx.ledger().is_empty());
 }
 
 #[tokio::test]
@@ -629,8 +636,12 @@ async fn spent_reprocess_budget_defers_without_writing() {
     task.await.unwrap().unwrap();
     assert_eq!(reprocess_calls(&env.sim), 1);
 
-    // The budget (1 a minute) is spent: the second object waits, claiming nothing.
-    let second = for_user("alice-2", "alice@contoso.com");
+    // The budget (1 a minute) is spent: the second object (bob, now drifted too: another
+    // Graph assignment) waits, claiming nothing.
+    env.sim
+        .remove_member("fin-writers", "bob@contoso.com")
+        .unwrap();
+    let second = for_user("bob-2", "bob@contoso.com");
     let task = env.reconcile(&second);
     env.api.expect_status_patch(&second).await; // first visit only
     let action = task.await.unwrap().unwrap();
@@ -638,6 +649,55 @@ async fn spent_reprocess_budget_defers_without_writing() {
     assert!(secs > 1.0 && secs <= 60.0, "{action:?}");
     env.api.expect_silence().await;
     assert_eq!(reprocess_calls(&env.sim), 1);
+}
+
+#[tokio::test]
+async fn a_second_object_covering_the_assignment_reports_the_repair_in_flight() {
+    let mut env = Env::start().await;
+    // Accepted but changes nothing, so alice stays drifted for the second object.
+    env.sim.inject_fault(FaultSpec::SilentReprocess {
+        assignment_ids: vec![],
+        request_ids: vec![],
+    });
+    let first = for_user("alice-finance", "alice@contoso.com");
+    let task = env.reconcile(&first);
+    env.api.expect_status_patch(&first).await;
+    env.api.expect_status_patch(&first).await;
+    env.api.expect_event(&first).await; // DriftDetected
+    env.api.expect_event(&first).await; // ReprocessRequested
+    task.await.unwrap().unwrap();
+    assert_eq!(reprocess_calls(&env.sim), 1);
+
+    let second = for_user("alice-again", "alice@contoso.com");
+    let task = env.reconcile(&second);
+    env.api.expect_status_patch(&second).await; // first visit
+    let status = env.api.expect_status_patch(&second).await;
+    let reconciling = condition(&status, "Reconciling");
+    assert_eq!(reconciling["reason"], "Reprocessing");
+    assert!(
+        reconciling["message"]
+            .as_str()
+            .unwrap()
+            .contains("requested by AccessPackageAssignment access/alice-finance"),
+        "{reconciling}"
+    );
+    assert_eq!(
+        status["reprocess"]["lastRequestedBy"],
+        "AccessPackageAssignment access/alice-finance"
+    );
+    assert_eq!(status["reprocess"]["attempts"], 1);
+    let mut reasons = Vec::new();
+    for _ in 0..2 {
+        reasons.push(env.api.expect_event(&second).await.1);
+    }
+    assert_eq!(reasons, ["DriftDetected", "ReprocessInFlight"]);
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(
+        reprocess_calls(&env.sim),
+        1,
+        "one Graph assignment, one repair"
+    );
 }
 
 #[tokio::test]

@@ -48,6 +48,8 @@ async fn plan_once(
             resources: &view.resources,
             snapshot: &snapshot,
             settings: &EngineSettings::default(),
+            ledger: &engine::ledger::RepairLedger::new(),
+            who: "AccessPackageAssignment test/alice",
         },
         now,
     )

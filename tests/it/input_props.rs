@@ -165,7 +165,7 @@ proptest! {
                     }
                     prop_assert!(spec.target.object_id.is_some() != spec.target.user_principal_name.is_some());
                     prop_assert!(parse_duration(&spec.reprocess.cooldown).is_ok());
-                    prop_assert!(parse_duration(&spec.verify_interval).is_ok());
+                    prop_assert!(spec.verify_interval.as_deref().is_none_or(|v| parse_duration(v).is_ok()));
                 }
                 Err(e) => {
                     prop_assert!(e.field.starts_with("spec."), "field {:?}", e.field);

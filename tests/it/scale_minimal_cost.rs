@@ -279,6 +279,9 @@ async fn a_guard_sweep_through_observe_and_the_engine_shares_one_snapshot() {
                 resources: &v.resources,
                 snapshot: &snapshot,
                 settings: &settings,
+                ledger: &redeliver::engine::ledger::RepairLedger::new(),
+                who: "AccessPackageGuard test/guard",
+                reprocess_budget: None,
             },
             now,
         );

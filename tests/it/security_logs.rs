@@ -188,6 +188,8 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
                     resources: &view.resources,
                     snapshot: &snapshot,
                     settings: &EngineSettings::default(),
+                    ledger: &engine::ledger::RepairLedger::new(),
+                    who: "AccessPackageAssignment test/alice",
                 },
                 jiff::Timestamp::now(),
             );

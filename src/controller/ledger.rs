@@ -1,0 +1,169 @@
+//! The controller's side of the repair ledger ([`crate::engine::ledger`]): names of covering
+//! objects, rebuilding the ledger from the objects' status after a restart or failover, and
+//! waking the other objects that cover an assignment when one of them reprocesses it, so
+//! they all tell the same story at the same time.
+//!
+//! Durability: a reprocess is written to the sending object's status *before* it is sent
+//! (see the reconcilers), and the ledger is rebuilt from every object's status before the
+//! first reconcile of a new leader. A restart therefore never repeats a reprocess within its
+//! cooldown; a process killed between that status write and the Graph call loses the
+//! reprocess (it is sent one cooldown later), which is the safe direction.
+
+use std::sync::{Arc, Mutex};
+
+use futures::channel::mpsc::UnboundedSender;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+
+use crate::api::{AccessPackageAssignment, AccessPackageGuard};
+use crate::engine::ledger::{RepairKey, RepairLedger, RepairRecord};
+
+/// How a covering object is named in the ledger, in status and in events:
+/// `Kind namespace/name`.
+pub fn name_of<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{} {}/{}",
+        K::kind(&()),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any()
+    )
+}
+
+/// Rebuilds the ledger from what is durable: every object's status. An assignment's history
+/// is the newest any covering object recorded.
+pub fn seed(
+    ledger: &mut RepairLedger,
+    assignments: &[Arc<AccessPackageAssignment>],
+    guards: &[Arc<AccessPackageGuard>],
+) {
+    for obj in assignments {
+        let Some(status) = obj.status.as_ref() else {
+            continue;
+        };
+        let Some(at) = status.reprocess.last_requested_time.as_ref() else {
+            continue;
+        };
+        let record = RepairRecord {
+            attempts: status.reprocess.attempts,
+            last_requested: at.0,
+            by: status
+                .reprocess
+                .last_requested_by
+                .clone()
+                .unwrap_or_else(|| name_of(obj.as_ref())),
+        };
+        if let Some(id) = &status.assignment_id {
+            ledger.seed(RepairKey::assignment(id), record.clone());
+        }
+        if let Some(id) = &status.last_request_id {
+            ledger.seed(RepairKey::request(id), record);
+        }
+    }
+    for obj in guards {
+        let Some(status) = obj.status.as_ref() else {
+            continue;
+        };
+        for entry in &status.drifted {
+            let Some(at) = entry.last_reprocess_time.as_ref() else {
+                continue;
+            };
+            ledger.seed(
+                RepairKey::assignment(&entry.assignment_id),
+                RepairRecord {
+                    attempts: entry.reprocess_attempts,
+                    last_requested: at.0,
+                    by: entry
+                        .reprocessed_by
+                        .clone()
+                        .unwrap_or_else(|| name_of(obj.as_ref())),
+                },
+            );
+        }
+    }
+}
+
+type Sender<K> = UnboundedSender<ObjectRef<K>>;
+
+/// The stores and reconcile queues of both kinds, so a repair can wake the objects that
+/// cover the same assignment.
+#[derive(Default)]
+pub struct Triggers {
+    assignments: Mutex<
+        Vec<(
+            Store<AccessPackageAssignment>,
+            Sender<AccessPackageAssignment>,
+        )>,
+    >,
+    guards: Mutex<Vec<(Store<AccessPackageGuard>, Sender<AccessPackageGuard>)>>,
+}
+
+impl Triggers {
+    /// Adds one watch scope's assignment store and queue.
+    pub fn add_assignments(
+        &self,
+        store: Store<AccessPackageAssignment>,
+        queue: Sender<AccessPackageAssignment>,
+    ) {
+        lock(&self.assignments).push((store, queue));
+    }
+
+    /// Adds one watch scope's guard store and queue.
+    pub fn add_guards(&self, store: Store<AccessPackageGuard>, queue: Sender<AccessPackageGuard>) {
+        lock(&self.guards).push((store, queue));
+    }
+
+    /// Every object in the stores, for seeding the ledger.
+    pub fn snapshot(
+        &self,
+    ) -> (
+        Vec<Arc<AccessPackageAssignment>>,
+        Vec<Arc<AccessPackageGuard>>,
+    ) {
+        let a = lock(&self.assignments)
+            .iter()
+            .flat_map(|(s, _)| s.state())
+            .collect();
+        let g = lock(&self.guards)
+            .iter()
+            .flat_map(|(s, _)| s.state())
+            .collect();
+        (a, g)
+    }
+
+    /// Reconciles every object but `except` that covers one of `assignment_ids` of
+    /// `package_id`: declarations tracking that assignment, and guards of the package.
+    /// Repairs are rare, so one scan of the stores per repair is cheap.
+    pub fn covering(&self, package_id: &str, assignment_ids: &[&str], except: &str) {
+        if assignment_ids.is_empty() {
+            return;
+        }
+        for (store, queue) in lock(&self.assignments).iter() {
+            for obj in store.state() {
+                let tracks = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.assignment_id.as_deref())
+                    .is_some_and(|id| assignment_ids.iter().any(|a| a.eq_ignore_ascii_case(id)));
+                if tracks && name_of(obj.as_ref()) != except {
+                    let _ = queue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+                }
+            }
+        }
+        for (store, queue) in lock(&self.guards).iter() {
+            for obj in store.state() {
+                let guards = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.access_package_id.as_deref())
+                    .is_some_and(|id| id.eq_ignore_ascii_case(package_id));
+                if guards && name_of(obj.as_ref()) != except {
+                    let _ = queue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
