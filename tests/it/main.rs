@@ -10,6 +10,7 @@ mod cli_audit;
 mod controller_cluster;
 mod controller_delta;
 mod controller_health;
+mod controller_ledger;
 mod controller_observations;
 mod controller_reconcile;
 mod controller_runtime;
