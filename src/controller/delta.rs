@@ -1,10 +1,10 @@
 //! Incremental mode: between full verifications, follow group delta for the groups that
 //! delivered assignments rely on, and reconcile an assignment as soon as its user leaves
-//! one of them (docs/graph.md, group delta), or comes back to one it was missing from (a
-//! reprocess landed, or someone put the user back): `Delivered=True` is then written within
-//! one delta interval instead of at the next re-check. App roles have no change feed that
-//! fits (see docs/graph.md), so each promised app's role assignments are read again every
-//! interval and compared with what the objects' status says. The periodic full
+//! one of them (`observe::delta`), or comes back to one it was missing from (a reprocess
+//! landed, or someone put the user back): `Delivered=True` is then written within one
+//! delta interval instead of at the next re-check. App roles have no change feed that fits
+//! (the README's "Detection latency" says why), so each promised app's role assignments
+//! are read again every interval and compared with what the objects' status says. The periodic full
 //! verification stays the safety net.
 //!
 //! No blind spot at start-up or failover: the baseline of every tracked group is taken

@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use futures::{FutureExt, StreamExt};
-use kube::api::{ApiResource, ListParams};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::reflector;
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
 use kube::{Client, Resource};
@@ -278,21 +279,29 @@ async fn run_as_leader(
     let lease_namespace = args.lease_namespace.clone().ok_or_else(|| {
         anyhow!("--leader-election needs the Lease namespace: set --lease-namespace or POD_NAMESPACE (downward API metadata.namespace)")
     })?;
-    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
-        .with_namespace(&lease_namespace)
-        .with_identity(identity)
-        .with_duration(15)
-        .with_grace(5)
-        .build()
-        .await
-        .with_context(|| {
-            format!(
-                "cannot use Lease {lease_namespace}/{}: grant get/create/patch on coordination.k8s.io leases in {lease_namespace}",
-                args.lease_name
-            )
-        })?;
-    let (mut leader, lease_task) = manager.watch().await;
+    let manager = || async {
+        LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+            .with_namespace(&lease_namespace)
+            .with_identity(identity)
+            .with_duration(15)
+            .with_grace(5)
+            .build()
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot use Lease {lease_namespace}/{}: grant get/create/patch on coordination.k8s.io leases in {lease_namespace}",
+                    args.lease_name
+                )
+            })
+    };
+    let (mut leader, mut lease_task) = manager().await?.watch().await;
     tracing::info!(identity, lease = %args.lease_name, namespace = %lease_namespace, "waiting for the leader lease");
+    // kube-lease-manager's standby sleeps until the holder's lease would expire (up to 15 s),
+    // even when the holder released it on shutdown. Look every second: a released lease is
+    // taken at once by a fresh manager, whose first step locks an orphaned lease.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_namespace);
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         if *leader.borrow_and_update() {
             break;
@@ -306,6 +315,20 @@ async fn run_as_leader(
             changed = leader.changed() => {
                 if changed.is_err() {
                     bail!("the leader election task stopped unexpectedly");
+                }
+            }
+            _ = look.tick() => {
+                let released = match leases.get_opt(&args.lease_name).await {
+                    Ok(Some(lease)) => lease
+                        .spec
+                        .and_then(|s| s.holder_identity)
+                        .is_none_or(|h| h.is_empty()),
+                    _ => false,
+                };
+                if released {
+                    tracing::info!(identity, "the leader released the lease; taking it now");
+                    lease_task.abort();
+                    (leader, lease_task) = manager().await?.watch().await;
                 }
             }
         }

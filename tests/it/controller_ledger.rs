@@ -195,9 +195,11 @@ async fn a_guard_is_ready_soon_after_its_repair_lands() {
     let sim = demo().await;
     let kube = FakeKube::start(vec![guard()]).await.unwrap();
     let running = Running::start(&kube, &sim, settings(Duration::ZERO)).await;
-    wait_until("the guard reprocesses alice", Duration::from_secs(20), || {
-        !reprocess_calls(&sim, true).is_empty()
-    })
+    wait_until(
+        "the guard reprocesses alice",
+        Duration::from_secs(20),
+        || !reprocess_calls(&sim, true).is_empty(),
+    )
     .await;
     let repaired_at = Instant::now();
     wait_until("the guard is Ready", Duration::from_secs(20), || {
@@ -234,7 +236,10 @@ async fn delivered_then_restarted(
     .await;
     first.stop().await;
     sim.clear_request_log();
-    let readers = format!("/v1.0/groups/{}/members", sim.group_id("fin-readers").unwrap());
+    let readers = format!(
+        "/v1.0/groups/{}/members",
+        sim.group_id("fin-readers").unwrap()
+    );
     let second = Running::start(kube, sim, settings(delta_interval)).await;
     wait_until(
         "the start-up verification read alice's groups",
@@ -264,7 +269,8 @@ async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval
     // Between the start-up verification and the first delta poll: the change a baseline
     // taken after the verification would absorb.
     let removed = Instant::now();
-    sim.remove_member("fin-readers", "alice@contoso.com").unwrap();
+    sim.remove_member("fin-readers", "alice@contoso.com")
+        .unwrap();
     let took = time_to_drift(&kube, removed).await;
     // One interval, plus the controller's 1s debounce and the reconcile itself.
     assert!(
