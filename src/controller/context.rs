@@ -252,14 +252,9 @@ where
     .await
 }
 
-/// The backoff/metrics key of an object: `Kind/namespace/name`.
+/// The backoff key of an object: its name in the ledger, `Kind namespace/name`.
 pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!(
-        "{}/{}/{}",
-        K::kind(&()),
-        obj.namespace().unwrap_or_default(),
-        obj.name_any()
-    )
+    super::ledger::name_of(obj)
 }
 
 /// Writes `status` to the status subresource with server-side apply (field manager
