@@ -548,6 +548,7 @@ impl<'a> Audit<'a> {
             settings: &self.settings,
             ledger: &ledger,
             who: &who,
+            operator_report_only: false,
         };
         let plan = engine::plan_assignment(&input, now);
         let undo = Undo::apply(&mut ledger, &plan.ledger);
@@ -627,6 +628,7 @@ impl<'a> Audit<'a> {
                 ledger: &ledger,
                 who: &who,
                 reprocess_budget: None,
+                operator_report_only: false,
             },
             now,
         );

@@ -147,6 +147,13 @@ pub struct IncrementalFigures {
     /// From the outside removal to the membership being back (reprocess landed and a
     /// members read confirms it).
     pub restored: Option<Duration>,
+    /// Apps whose role assignments the controller's app-role poll reads each interval.
+    pub apps: usize,
+    /// Requests and RU of one app-role poll (every app's `appRoleAssignedTo`, all pages).
+    pub app_requests_per_poll: f64,
+    pub app_ru_per_poll: f64,
+    /// From an outside app role removal to the poll that showed it.
+    pub app_detect: Option<Duration>,
 }
 
 /// Everything measured at one scale.
@@ -554,6 +561,72 @@ async fn run_naive(
     Ok(figures)
 }
 
+/// The controller's app-role poll (no change feed fits app roles): each interval, every
+/// promised app's role assignments are read in full and compared with the previous read.
+/// Measures its cost when nothing changes, and how long an outside removal takes to show.
+async fn measure_app_role_poll(
+    args: &BenchArgs,
+    sim: &SimHandle,
+    t: &SyntheticTenant,
+    graph: &crate::graph::GraphClient,
+    fig: &mut IncrementalFigures,
+) -> anyhow::Result<()> {
+    let apps: Vec<String> = (0..t.apps)
+        .filter_map(|a| sim.service_principal_id(&SyntheticTenant::app_name(a)))
+        .collect();
+    fig.apps = apps.len();
+    if apps.is_empty() {
+        return Ok(());
+    }
+    let read_all = || async {
+        let mut pairs = std::collections::BTreeSet::new();
+        for sp in &apps {
+            for a in graph.list_app_role_assignments(sp).await? {
+                pairs.insert((sp.clone(), a.principal_id, a.app_role_id));
+            }
+        }
+        anyhow::Ok(pairs)
+    };
+    sim.clear_request_log();
+    let polls = args.quiet_polls.max(1);
+    let mut previous = read_all().await?;
+    let usage = sim.usage();
+    let (base_requests, base_ru) = (usage.total.requests, usage.total.ru);
+    for _ in 0..polls {
+        let now = read_all().await?;
+        if now != previous {
+            anyhow::bail!("a quiet app-role poll saw a change");
+        }
+        previous = now;
+    }
+    let usage = sim.usage();
+    fig.app_requests_per_poll = (usage.total.requests - base_requests) as f64 / polls as f64;
+    fig.app_ru_per_poll = (usage.total.ru - base_ru) as f64 / polls as f64;
+
+    // An outside removal right after a poll: shown by the next one.
+    let Some((i, app)) = (1..t.assignments)
+        .filter(|i| t.drifted_resource(*i).is_none())
+        .find_map(|i| {
+            t.package_resources(t.package_of(i))
+                .into_iter()
+                .find_map(|r| match r {
+                    SyntheticResource::App(a) => Some((i, a)),
+                    SyntheticResource::Group(_) => None,
+                })
+        })
+    else {
+        return Ok(());
+    };
+    let changed_at = Instant::now();
+    sim.remove_app_role(&SyntheticTenant::app_name(app), &t.upn(i), None)?;
+    tokio::time::sleep(args.delta_interval).await;
+    if read_all().await? != previous {
+        fig.app_detect = Some(changed_at.elapsed());
+    }
+    sim.add_app_role(&SyntheticTenant::app_name(app), &t.upn(i), None)?;
+    Ok(())
+}
+
 async fn run_incremental(
     args: &BenchArgs,
     sim: &SimHandle,
@@ -584,6 +657,7 @@ async fn run_incremental(
     let usage = sim.usage();
     fig.requests_per_poll = usage.total.requests as f64 / polls as f64;
     fig.ru_per_poll = usage.total.ru as f64 / polls as f64;
+    measure_app_role_poll(args, sim, t, &graph, &mut fig).await?;
 
     // An outside removal right after a poll (the worst case: a whole interval to wait).
     let Some((i, group)) = (1..t.assignments)
@@ -772,7 +846,7 @@ pub fn table(results: &[ScaleResult]) -> String {
             "| assignments | groups tracked | requests / poll (quiet) | RU / poll (quiet) | RU / minute at 60 s polls | poll interval | change → detected | change → membership back |"
         );
         let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for r in incremental {
+        for r in &incremental {
             let Some(i) = &r.incremental else { continue };
             let opt = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "not seen".into());
             let _ = writeln!(
@@ -786,6 +860,29 @@ pub fn table(results: &[ScaleResult]) -> String {
                 secs(i.poll_interval),
                 opt(i.detect),
                 opt(i.restored),
+            );
+        }
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "App roles have no change feed that fits (README, \"Detection latency\"): the controller reads every promised app's `appRoleAssignedTo` each delta interval and compares it with the objects' status.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| assignments | apps polled | requests / poll | RU / poll | RU / minute at 60 s polls | change → detected |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+        for r in incremental {
+            let Some(i) = &r.incremental else { continue };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+                r.assignments,
+                i.apps,
+                i.app_requests_per_poll,
+                i.app_ru_per_poll,
+                i.app_ru_per_poll,
+                i.app_detect.map(secs).unwrap_or_else(|| "not seen".into()),
             );
         }
     }
@@ -926,7 +1023,10 @@ const WHAT_IS_MEASURED: &str = "
   polled at `--delta-interval`: requests and RU per quiet poll (at the controller's default
   60 s interval that is the RU per minute), then an outside removal made just after a poll
   (the worst case), the time until a poll reports it, and the time until `reprocess` has put
-  the membership back as a members read confirms.
+  the membership back as a members read confirms. The app-role poll reads every promised
+  app's `appRoleAssignedTo` (all pages of 999, `$select`) the same number of times:
+  requests and RU per poll, then an outside app role removal made just after a poll and
+  whether the next poll shows it.
 - Wall times include the simulator's own work on the same 2 cores (it scans all
   assignments for every filtered page), so they are upper bounds for a real tenant's
   client-side time.

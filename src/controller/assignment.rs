@@ -17,7 +17,7 @@ use super::ledger::name_of;
 use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
-    REPROCESS_ANNOTATION, ReprocessMode, validate_assignment_spec,
+    REPROCESS_ANNOTATION, validate_assignment_spec,
 };
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
@@ -246,16 +246,6 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         }
     };
     let now = Timestamp::now();
-    // `--reprocess-rate 0` makes every object report-only, stated as such in its status.
-    let operator_disabled =
-        ctx.reprocess_bucket.is_disabled() && obj.spec.reprocess.mode != ReprocessMode::Disabled;
-    let spec = if operator_disabled {
-        let mut spec = obj.spec.clone();
-        spec.reprocess.mode = ReprocessMode::Disabled;
-        std::borrow::Cow::Owned(spec)
-    } else {
-        std::borrow::Cow::Borrowed(&obj.spec)
-    };
     let who = name_of(obj.as_ref());
     // Planning and claiming happen under one lock of the shared ledger: of two objects
     // covering the same Graph assignment, exactly one decides to reprocess it.
@@ -264,7 +254,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         let plan = plan_assignment(
             &AssignmentInput {
                 generation,
-                spec: &spec,
+                spec: &obj.spec,
                 previous: previous.as_ref(),
                 reprocess_annotation: obj
                     .annotations()
@@ -278,21 +268,14 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
                 settings: &ctx.engine,
                 ledger: &ledger,
                 who: &who,
+                // `--reprocess-rate 0`: every object reports only, and says why.
+                operator_report_only: ctx.reprocess_bucket.is_disabled(),
             },
             now,
         );
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         (plan, undo)
     };
-
-    if operator_disabled {
-        for c in &mut plan.status.conditions {
-            c.message = c.message.replace(
-                "reprocess.mode is Disabled",
-                "reprocessing is disabled for the whole operator (--reprocess-rate 0)",
-            );
-        }
-    }
 
     let mut written = previous;
     match execute(ctx, &obj, &api, &mut plan, &mut written, &observed, now).await {

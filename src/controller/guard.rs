@@ -112,6 +112,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 ledger: &ledger,
                 who: &who,
                 reprocess_budget: Some(budget),
+                operator_report_only: ctx.reprocess_bucket.is_disabled(),
             },
             now,
         );

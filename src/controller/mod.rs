@@ -144,6 +144,7 @@ impl ControllerArgs {
 /// or a start-up check fails (returns an error whose message says how to fix it).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let listener = server::bind(args.metrics_addr).await?;
     let client = Client::try_default().await.context(
         "cannot reach Kubernetes: set KUBECONFIG (or run in a pod with a service account)",
     )?;
@@ -164,7 +165,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_terminate(shutdown.clone()));
     let server = tokio::spawn(server::serve(
-        args.metrics_addr,
+        listener,
         Arc::new(registry),
         readiness.clone(),
         shutdown.clone(),
@@ -238,13 +239,15 @@ async fn signal_on_terminate(shutdown: CancellationToken) {
 /// retrying forever.
 pub async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Result<()> {
     let ns = namespaces.first().map(String::as_str);
-    for (kind, api) in [
+    for (kind, plural, api) in [
         (
             AccessPackageAssignment::kind(&()).to_string(),
+            AccessPackageAssignment::plural(&()).to_string(),
             watch::dynamic_api::<AccessPackageAssignment>(client.clone(), ns),
         ),
         (
             AccessPackageGuard::kind(&()).to_string(),
+            AccessPackageGuard::plural(&()).to_string(),
             watch::dynamic_api::<AccessPackageGuard>(client.clone(), ns),
         ),
     ] {
@@ -254,10 +257,9 @@ pub async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Resul
                 "the {kind} CustomResourceDefinition is not installed in this cluster; install the CRDs with `kubectl apply --server-side -f crds/` (or `redeliver crd | kubectl apply --server-side -f -`)"
             ),
             Err(kube::Error::Api(e)) if e.code == 403 => bail!(
-                "RBAC: the controller may not list {kind} objects{}: {}; grant get/list/watch/patch on {}.{} (see the chart's ClusterRole)",
+                "RBAC: the controller may not list {kind} objects{}: {}; grant get/list/watch/patch on {plural}.{} (see the chart's ClusterRole)",
                 ns.map(|n| format!(" in namespace {n}")).unwrap_or_default(),
                 e.message,
-                AccessPackageAssignment::plural(&()),
                 crate::api::GROUP
             ),
             Err(e) => return Err(anyhow!(e).context(format!("cannot list {kind} objects"))),

@@ -69,14 +69,24 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Binds `addr` and serves until `shutdown` is cancelled.
+/// Binds `addr`: done before anything else starts, so a port in use or a bad address is a
+/// start-up error naming the flag, not something noticed at shutdown.
+pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot serve metrics and health on {addr}: {e}; choose another --metrics-addr (REDELIVER_METRICS_ADDR)"
+        )
+    })
+}
+
+/// Serves on `listener` until `shutdown` is cancelled.
 pub async fn serve(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
     ready: Readiness,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let addr = listener.local_addr()?;
     tracing::info!(%addr, "serving /metrics, /livez and /readyz");
     axum::serve(listener, router(registry, ready))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })

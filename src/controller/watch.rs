@@ -12,6 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::PredicateConfig;
 use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -67,6 +68,8 @@ pub fn lenient_watch<K>(
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
 {
+    // An object that stops decoding is deleted from the store by its last good copy.
+    let known = writer.as_reader();
     watcher(api, config)
         .default_backoff()
         .filter_map(move |event| {
@@ -76,7 +79,10 @@ where
                 synced.store(true, Ordering::Release);
             }
             let out = match event {
-                Ok(event) => decode_event::<K>(event, &metrics, kind, malformed.as_ref()).map(Ok),
+                Ok(event) => {
+                    decode_event::<K>(event, &metrics, kind, malformed.as_ref(), Some(&known))
+                        .map(Ok)
+                }
                 Err(err) => Some(Err(err)),
             };
             std::future::ready(out)
@@ -86,14 +92,18 @@ where
         .predicate_filter(trigger_hash::<K>, PredicateConfig::default())
 }
 
+/// Decodes one event. A `Delete` whose object does not decode still removes the object
+/// from the store: `known` (the store) gives its last good copy, so a malformed-then-deleted
+/// object does not linger as a phantom reconciled with 404s until the next relist.
 fn decode_event<K>(
     event: watcher::Event<DynamicObject>,
     metrics: &Metrics,
     kind: &'static str,
     malformed: Option<&UnboundedSender<(DynamicObject, String)>>,
+    known: Option<&Store<K>>,
 ) -> Option<watcher::Event<K>>
 where
-    K: Resource<DynamicType = ()> + DeserializeOwned,
+    K: Resource<DynamicType = ()> + DeserializeOwned + Clone,
 {
     let is_delete = matches!(event, watcher::Event::Delete(_));
     let decode = |mut obj: DynamicObject| -> Option<K> {
@@ -124,7 +134,12 @@ where
     };
     match event {
         watcher::Event::Apply(o) => decode(o).map(watcher::Event::Apply),
-        watcher::Event::Delete(o) => decode(o).map(watcher::Event::Delete),
+        watcher::Event::Delete(o) => {
+            let key = ObjectRef::<K>::new(&o.name_any()).within(&o.namespace().unwrap_or_default());
+            decode(o)
+                .or_else(|| known.and_then(|s| s.get(&key)).map(|k| (*k).clone()))
+                .map(watcher::Event::Delete)
+        }
         watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
         watcher::Event::Init => Some(watcher::Event::Init),
         watcher::Event::InitDone => Some(watcher::Event::InitDone),
@@ -299,6 +314,7 @@ mod tests {
             &metrics,
             "AccessPackageAssignment",
             None,
+            None,
         ) else {
             panic!("the object decodes");
         };
@@ -326,6 +342,7 @@ mod tests {
                 watcher::Event::InitApply(good),
                 &metrics,
                 kind,
+                None,
                 None
             ),
             Some(watcher::Event::InitApply(_))
@@ -335,12 +352,19 @@ mod tests {
                 watcher::Event::Apply(bad),
                 &metrics,
                 kind,
-                Some(&tx)
+                Some(&tx),
+                None
             )
             .is_none()
         );
         assert!(matches!(
-            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &metrics, kind, None),
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::InitDone,
+                &metrics,
+                kind,
+                None,
+                None
+            ),
             Some(watcher::Event::InitDone)
         ));
         let (reported, error) = rx.try_recv().expect("the malformed object is reported");
@@ -350,6 +374,42 @@ mod tests {
         assert!(
             text.contains("redeliver_malformed_objects_total{kind=\"AccessPackageAssignment\"} 1"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_object_deleted_leaves_the_store() {
+        use kube::runtime::reflector::store;
+        let (metrics, _registry) = Metrics::new(None);
+        let kind = "AccessPackageAssignment";
+        let good = apa(1, None);
+        let (reader, mut writer) = store::<AccessPackageAssignment>();
+        writer.apply_watcher_event(&watcher::Event::Apply(good.clone()));
+        let mut bad: DynamicObject =
+            serde_json::from_value(serde_json::to_value(&good).unwrap()).unwrap();
+        bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
+        let event = decode_event::<AccessPackageAssignment>(
+            watcher::Event::Delete(bad.clone()),
+            &metrics,
+            kind,
+            None,
+            Some(&reader),
+        );
+        let Some(watcher::Event::Delete(deleted)) = event else {
+            panic!("the delete goes through: {event:?}");
+        };
+        writer.apply_watcher_event(&watcher::Event::Delete(deleted));
+        assert!(reader.state().is_empty(), "no phantom left");
+        // Never decoded, never stored: nothing to delete.
+        assert!(
+            decode_event::<AccessPackageAssignment>(
+                watcher::Event::Delete(bad),
+                &metrics,
+                kind,
+                None,
+                Some(&reader),
+            )
+            .is_none()
         );
     }
 }

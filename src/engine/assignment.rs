@@ -74,6 +74,8 @@ pub struct AssignmentInput<'a> {
     pub ledger: &'a RepairLedger,
     /// This object, as the ledger names it: `AccessPackageAssignment namespace/name`.
     pub who: &'a str,
+    /// The operator reprocesses nothing (`--reprocess-rate 0`): report drift, say why.
+    pub operator_report_only: bool,
 }
 
 /// What went wrong when the driver performed a write action.
@@ -157,7 +159,9 @@ impl Ctx<'_, '_> {
 
     /// Whether the annotation asks for an action this pass.
     fn forced(&self) -> bool {
-        self.annotation_new.is_some() && self.input.spec.reprocess.mode != ReprocessMode::Disabled
+        self.annotation_new.is_some()
+            && self.input.spec.reprocess.mode != ReprocessMode::Disabled
+            && !self.input.operator_report_only
     }
 }
 
@@ -648,6 +652,13 @@ fn repair(
         stalled: None,
         requeue: ctx.verify_interval,
     };
+    if ctx.input.operator_report_only {
+        return report_only(
+            "Reprocessing is disabled for the whole operator (--reprocess-rate 0), so \
+             Redeliver only reports; reprocess it in the Entra admin center or raise the rate."
+                .into(),
+        );
+    }
     match spec.mode {
         ReprocessMode::Disabled => {
             return report_only(

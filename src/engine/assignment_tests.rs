@@ -145,6 +145,7 @@ impl Fx {
                 settings: &self.settings,
                 ledger: &self.ledger,
                 who: WHO,
+                operator_report_only: false,
             },
             now,
         )

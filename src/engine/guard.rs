@@ -47,6 +47,8 @@ pub struct GuardInput<'a> {
     pub who: &'a str,
     /// Reprocesses the operator allows right now (its global rate limit), when limited.
     pub reprocess_budget: Option<usize>,
+    /// The operator reprocesses nothing (`--reprocess-rate 0`): report only, say why.
+    pub operator_report_only: bool,
 }
 
 /// One drifted assignment found by the sweep (the full list, unbounded, for reports).
@@ -235,6 +237,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         max_attempts: settings.guard_max_attempts,
     };
     let spec_budget = match input.spec.mode {
+        _ if input.operator_report_only => 0,
         GuardMode::Enforce => usize::try_from(input.spec.max_reprocess_per_sweep).unwrap_or(0),
         GuardMode::Audit => 0,
     };
@@ -422,12 +425,24 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     } else if let Some(r) = &reconciling {
         Desired::new(READY, Status::False, r.reason, r.message.clone())
     } else if counts.drifted > 0 {
-        let why = if input.spec.mode == GuardMode::Audit || budget == 0 {
-            reason::REPORT_ONLY
+        if input.operator_report_only {
+            Desired::new(
+                READY,
+                Status::False,
+                reason::REPORT_ONLY,
+                format!(
+                    "{} Reprocessing is disabled for the whole operator (--reprocess-rate 0).",
+                    delivered.message
+                ),
+            )
         } else {
-            reason::RESOURCES_MISSING
-        };
-        Desired::new(READY, Status::False, why, delivered.message.clone())
+            let why = if input.spec.mode == GuardMode::Audit || spec_budget == 0 {
+                reason::REPORT_ONLY
+            } else {
+                reason::RESOURCES_MISSING
+            };
+            Desired::new(READY, Status::False, why, delivered.message.clone())
+        }
     } else {
         Desired::new(
             READY,

@@ -48,6 +48,7 @@ struct Fx {
     settings: EngineSettings,
     ledger: RepairLedger,
     budget: Option<usize>,
+    operator_report_only: bool,
 }
 
 const WHO: &str = "AccessPackageGuard access/finance";
@@ -80,6 +81,7 @@ impl Fx {
             settings: EngineSettings::default(),
             ledger: RepairLedger::new(),
             budget: None,
+            operator_report_only: false,
         }
     }
 
@@ -110,6 +112,7 @@ impl Fx {
                 ledger: &self.ledger,
                 who: WHO,
                 reprocess_budget: self.budget,
+                operator_report_only: self.operator_report_only,
             },
             now,
         )
@@ -516,4 +519,21 @@ mod shared_ledger {
             "never past the cooldown's end"
         );
     }
+}
+
+#[test]
+fn a_zero_reprocess_rate_makes_the_guard_report_only_and_say_why() {
+    let mut fx = Fx::new();
+    fx.operator_report_only = true;
+    let p = fx.step(at(0));
+    assert!(p.reprocess.is_empty());
+    assert!(p.ledger.is_empty());
+    assert!(find(&p.status.conditions, RECONCILING).is_none());
+    assert_cond(&p, READY, "False", reason::REPORT_ONLY);
+    assert!(
+        find(&p.status.conditions, READY)
+            .unwrap()
+            .message
+            .contains("--reprocess-rate 0")
+    );
 }

@@ -226,7 +226,20 @@ impl Http {
                     Ok(resp) => {
                         let status = resp.status();
                         let headers = resp.headers().clone();
-                        resp.bytes().await.map(|body| (status, headers, body))
+                        match read_bounded(resp, MAX_BODY_BYTES).await {
+                            Ok(Some(body)) => Ok((status, headers, body)),
+                            Ok(None) => {
+                                return Err(GraphError::Decode {
+                                    operation,
+                                    message: format!(
+                                        "the response body is larger than {} MiB; Redeliver reads at most that per response (check --graph-url points at Microsoft Graph)",
+                                        MAX_BODY_BYTES / (1024 * 1024)
+                                    ),
+                                    request_id: header_str(&headers, "request-id"),
+                                });
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e),
                 }
@@ -391,6 +404,33 @@ pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     text
+}
+
+/// Most bytes read from one response. Graph pages are far smaller (a page of 999 members is
+/// about 50 KiB, a `$batch` of 20 expanded pages a few MiB); anything larger is not Graph,
+/// and reading it whole would let a wrong or hostile endpoint exhaust the operator's memory.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Reads the body, or `None` as soon as it exceeds `max` bytes (by `Content-Length` or
+/// while streaming).
+async fn read_bounded(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Option<bytes::Bytes>, reqwest::Error> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(max).unwrap_or(u64::MAX))
+    {
+        return Ok(None);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body.freeze()))
 }
 
 /// A short, printable excerpt of a body for error messages.

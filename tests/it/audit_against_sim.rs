@@ -197,6 +197,7 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
                 settings: &settings,
                 ledger: &engine::ledger::RepairLedger::new(),
                 who: "AccessPackageAssignment test/declaration",
+                operator_report_only: false,
             },
             now,
         );

@@ -71,3 +71,33 @@ async fn graph_calls_are_counted_by_operation_and_status_code() {
     }
     sim.shutdown().await;
 }
+
+/// A metrics address that cannot be bound stops `redeliver controller` at once, naming the
+/// flag, before it connects to anything (it was only noticed at shutdown).
+#[tokio::test]
+async fn a_metrics_address_in_use_fails_at_start_naming_the_flag() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
+            .args(["controller", "--metrics-addr", &addr.to_string()])
+            // Nothing else is reachable: the bind must fail before any of it matters.
+            .env("KUBECONFIG", "/nonexistent/kubeconfig")
+            .env("AZURE_TENANT_ID", "8c3f7a52-1d2b-4e6a-9f00-c0250a0d1e01")
+            .env("AZURE_CLIENT_ID", "5e1d0c77-3f5a-4b8e-a0c1-7ed1e0e00001")
+            .env("AZURE_CLIENT_SECRET", "unused")
+            .output(),
+    )
+    .await
+    .expect("exits at once")
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot serve metrics and health on {addr}"))
+            && stderr.contains("--metrics-addr"),
+        "{stderr}"
+    );
+    drop(taken);
+}

@@ -50,6 +50,7 @@ async fn plan_once(
             settings: &EngineSettings::default(),
             ledger: &engine::ledger::RepairLedger::new(),
             who: "AccessPackageAssignment test/alice",
+            operator_report_only: false,
         },
         now,
     )

@@ -263,3 +263,26 @@ async fn create_whose_answer_is_lost_is_not_resent_and_the_rerun_finds_it() {
     assert!(sim.is_member("fin-writers", "carol@contoso.com"));
     sim.shutdown().await;
 }
+
+/// A response body without end (a wrong `--graph-url`, a hostile endpoint) is cut off at
+/// the client's bound and reported as a decode error, not read into memory whole.
+#[tokio::test]
+async fn an_endless_body_is_cut_off_at_the_bound() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let proxy = Proxy::start(&sim.graph_url).await;
+    proxy.spoil("/v1.0/groups/", Spoil::Endless, usize::MAX);
+    let graph = client_with(&sim, |a| {
+        a.graph_url = proxy.url.clone();
+        a.authority_host = proxy.url.clone();
+    });
+    let group = sim.group_id("fin-readers").unwrap();
+    let err = graph.list_group_members(&group).await.unwrap_err();
+    assert_eq!(err.kind(), "decode", "{err}");
+    assert!(err.to_string().contains("larger than 64 MiB"), "{err}");
+    assert_eq!(
+        proxy.spoiled(),
+        1,
+        "not retried: the answer would be the same"
+    );
+    sim.shutdown().await;
+}

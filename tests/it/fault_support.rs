@@ -206,6 +206,8 @@ pub enum Spoil {
     DroppedMidBody,
     /// Graph's `404 Request_ResourceNotFound`, as if the object had just been deleted.
     NotFound,
+    /// `200` whose streamed body (no `Content-Length`) never ends before 80 MiB.
+    Endless,
 }
 
 struct Rule {
@@ -328,6 +330,17 @@ impl Proxy {
                         .to_string(),
                     ))
                     .unwrap(),
+                Spoil::Endless => {
+                    let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
+                    let stream = futures::stream::iter(
+                        (0..80).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+                    );
+                    Response::builder()
+                        .status(200)
+                        .header("content-type", "application/json")
+                        .body(Body::from_stream(stream))
+                        .unwrap()
+                }
                 Spoil::DroppedMidBody => {
                     let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
                     let stream = futures::stream::iter(vec![

@@ -190,6 +190,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
                     settings: &EngineSettings::default(),
                     ledger: &engine::ledger::RepairLedger::new(),
                     who: "AccessPackageAssignment test/alice",
+                    operator_report_only: false,
                 },
                 jiff::Timestamp::now(),
             );
