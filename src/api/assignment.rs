@@ -227,7 +227,11 @@ pub struct AccessPackageAssignmentStatus {
     /// Reprocess bookkeeping.
     #[serde(default)]
     pub reprocess: ReprocessStatus,
-    /// When membership was last read and compared.
+    /// When the verification that found what this status says ran: the last time the
+    /// result changed. Membership is verified every verifyInterval, but an unchanged result
+    /// is not written again (a quiet cluster sees no status writes), so this time does not
+    /// move while nothing changes. The controller's redeliver_reconciles_total metric counts
+    /// the verifications themselves.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_verified_time: Option<Time>,
     /// Id of the assignment request that is in flight, stuck or failed, for support cases.

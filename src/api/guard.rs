@@ -133,7 +133,10 @@ pub struct AccessPackageGuardStatus {
     /// Resolved object id of the access package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_package_id: Option<String>,
-    /// When the last complete sweep finished.
+    /// When the sweep that found what this status says ran: the last time the result
+    /// changed. The guard sweeps every interval, but an unchanged result is not written again
+    /// (a quiet cluster sees no status writes), so this time does not move while nothing
+    /// changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_sweep_time: Option<Time>,
     /// Counts of the package's assignments by verified state.

@@ -34,9 +34,53 @@ pub const REPROCESS_ANNOTATION: &str = "redeliver.dev/reprocess-requested-at";
 /// Finalizer added only when `deletionPolicy: Remove` needs work on delete.
 pub const FINALIZER: &str = "redeliver.dev/remove-assignment";
 
-/// Both CRDs, assignment first.
+/// Both CRDs, assignment first, with every description's paragraphs on one line each.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AccessPackageAssignment::crd(), AccessPackageGuard::crd()]
+    vec![
+        join_description_lines(AccessPackageAssignment::crd()),
+        join_description_lines(AccessPackageGuard::crd()),
+    ]
+}
+
+/// Doc comments are wrapped at 100 columns; `kubectl explain` wraps descriptions itself, so
+/// kept line breaks would break sentences mid-line. Lines of a paragraph are joined with a
+/// space; blank lines stay paragraph breaks.
+fn join_description_lines(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(text) if k == "description" => {
+                            *text = join_paragraph_lines(text);
+                        }
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
+/// `"a\nb\n\nc"` → `"a b\n\nc"`.
+fn join_paragraph_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| {
+            p.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// One CRD as a YAML document (deterministic: every map in the CRD type is ordered).
@@ -73,6 +117,34 @@ pub fn write_crds(dir: &Path) -> std::io::Result<()> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn descriptions_keep_paragraphs_but_not_line_breaks() {
+        assert_eq!(join_paragraph_lines("a\nb\n\nc\n d"), "a b\n\nc d");
+        fn all(v: &Value, out: &mut Vec<String>) {
+            match v {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        if let (true, Value::String(s)) = (k == "description", v) {
+                            out.push(s.clone());
+                        } else {
+                            all(v, out);
+                        }
+                    }
+                }
+                Value::Array(a) => a.iter().for_each(|v| all(v, out)),
+                _ => {}
+            }
+        }
+        let mut texts = Vec::new();
+        for crd in crds() {
+            all(&serde_json::to_value(&crd).unwrap(), &mut texts);
+        }
+        assert!(texts.len() > 40, "{}", texts.len());
+        for t in texts {
+            assert!(!t.replace("\n\n", "").contains('\n'), "{t:?}");
+        }
+    }
 
     fn schema_of(crd: &CustomResourceDefinition) -> Value {
         let v = serde_json::to_value(crd).unwrap();

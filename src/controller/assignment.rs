@@ -440,10 +440,9 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
     }
     if obj.spec.suspend {
         tracing::warn!("deleted while suspended: the assignment is left in place");
-        ctx.publish_one(
+        ctx.publish_cleanup(
             &reference,
-            true,
-            "RemovalSkipped",
+            crate::engine::EventKind::RemovalSkipped,
             "spec.suspend is true, so the assignment was not removed from Entra ID; remove it in the Entra admin center if it must go.".into(),
         )
         .await;
@@ -476,10 +475,9 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
     let Some(assignment) = live.first() else {
         tracing::info!("assignment is gone; releasing the finalizer");
         if status.and_then(|s| s.assignment_id.as_ref()).is_some() {
-            ctx.publish_one(
+            ctx.publish_cleanup(
                 &reference,
-                false,
-                "AssignmentRemoved",
+                crate::engine::EventKind::AssignmentRemoved,
                 format!("The assignment of package {package_id} to {target_id} is removed from Entra ID; releasing the finalizer."),
             )
             .await;
@@ -501,10 +499,9 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         None => {
             let req = graph.request_removal(&assignment.id).await?;
             tracing::info!(request_id = %req.id, assignment_id = %assignment.id, "adminRemove submitted");
-            ctx.publish_one(
+            ctx.publish_cleanup(
                 &reference,
-                false,
-                "RemovalRequested",
+                crate::engine::EventKind::RemovalRequested,
                 format!(
                     "Submitted adminRemove request {} for assignment {} (deletionPolicy: Remove); the finalizer stays until Entra ID has removed it.",
                     req.id, assignment.id

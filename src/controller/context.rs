@@ -160,28 +160,15 @@ impl Context {
         let _ = rx.wait_for(|open| *open).await;
     }
 
-    /// Records one event that is not the engine's (deletion cleanup).
-    pub async fn publish_one(
+    /// Records one deletion-cleanup event (the engine plans the others).
+    pub async fn publish_cleanup(
         &self,
         reference: &ObjectReference,
-        warning: bool,
-        reason: &str,
+        kind: crate::engine::EventKind,
         message: String,
     ) {
-        let event = Event {
-            type_: if warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.to_string(),
-            note: Some(truncate(&message, 1000)),
-            action: "Cleanup".to_string(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, reference).await {
-            tracing::warn!(reason, error = %err, "could not record an event; check RBAC for events.k8s.io/events create,patch");
-        }
+        self.publish(reference, "Cleanup", &[EngineEvent { kind, message }])
+            .await;
     }
 
     /// Records the engine's events on the object. A failed publish is logged, not retried:

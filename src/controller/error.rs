@@ -45,7 +45,7 @@ impl Error {
         match self {
             Self::Kube(_) => "kube_error",
             Self::Graph(e) if e.retry_after().is_some() => "graph_throttled",
-            Self::Graph(_) => "graph_error",
+            Self::Graph(e) => graph_label(e),
             Self::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -84,6 +84,25 @@ impl Error {
     }
 }
 
+/// One label per [`GraphError::kind`], so a 403 is told from a 5xx or a decode failure
+/// (bounded: one per kind).
+fn graph_label(e: &GraphError) -> &'static str {
+    match e.kind() {
+        "config" => "graph_config",
+        "credential" => "graph_credential",
+        "auth" => "graph_auth",
+        "unauthorized" => "graph_unauthorized",
+        "not_found" => "graph_not_found",
+        "forbidden" => "graph_forbidden",
+        "bad_request" => "graph_bad_request",
+        "throttled" => "graph_throttled",
+        "server" => "graph_server",
+        "transport" => "graph_transport",
+        "decode" => "graph_decode",
+        _ => "graph_error",
+    }
+}
+
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
         Self::Kube(e)
@@ -99,5 +118,34 @@ impl From<GraphError> for Error {
 impl From<kube::runtime::finalizer::Error<Error>> for Error {
     fn from(e: kube::runtime::finalizer::Error<Error>) -> Self {
         Self::Finalizer(Box::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn graph_failures_are_labelled_by_kind() {
+        let forbidden = Error::Graph(GraphError::Forbidden {
+            operation: "reprocess_assignment",
+            code: "Authorization_RequestDenied".into(),
+            message: "no".into(),
+            request_id: None,
+            hint: "EntitlementManagement.ReadWrite.All",
+        });
+        assert_eq!(forbidden.metric_label(), "graph_forbidden");
+        let decode = Error::Graph(GraphError::Decode {
+            operation: "list_group_members",
+            message: "not JSON".into(),
+            request_id: None,
+        });
+        assert_eq!(decode.metric_label(), "graph_decode");
+        let throttled = Error::Graph(GraphError::Throttled {
+            operation: "list_group_members",
+            retry_after: Some(Duration::from_secs(3)),
+            request_id: None,
+        });
+        assert_eq!(throttled.metric_label(), "graph_throttled");
     }
 }

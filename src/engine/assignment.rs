@@ -1254,18 +1254,7 @@ fn events_for(
     if let Some(s) = conditions::find(new, STALLED)
         && prev_stalled != Some(s.reason.as_str())
     {
-        let kind = match s.reason.as_str() {
-            reason::INVALID_SPEC => EventKind::InvalidSpec,
-            reason::FORBIDDEN => EventKind::PermissionDenied,
-            reason::REPROCESS_EXHAUSTED => EventKind::ReprocessExhausted,
-            reason::DELIVERY_STUCK => EventKind::DeliveryStuck,
-            reason::DELIVERY_FAILED => EventKind::DeliveryFailed,
-            reason::EXPIRED => EventKind::Expired,
-            reason::REQUEST_DENIED => EventKind::RequestDenied,
-            reason::REJECTED => EventKind::ActionFailed,
-            _ => EventKind::ResolveFailed,
-        };
-        push(kind, s.message.clone());
+        push(EventKind::for_stalled_reason(&s.reason), s.message.clone());
     }
     events
 }
@@ -1353,7 +1342,8 @@ pub fn record_action_failure(
 }
 
 /// Whether `new` differs from `old` in anything but condition transition times and
-/// `lastVerifiedTime` (which moves on every pass): write the status only when this is true.
+/// `lastVerifiedTime` (which moves on every pass, so it records when the result last
+/// changed): write the status only when this is true.
 pub fn assignment_status_changed(
     old: Option<&AccessPackageAssignmentStatus>,
     new: &AccessPackageAssignmentStatus,

@@ -573,18 +573,10 @@ fn stalled_event(
 ) -> Vec<EngineEvent> {
     let before = conditions::find(&prev.conditions, STALLED).map(|c| c.reason.as_str());
     match conditions::find(&status.conditions, STALLED) {
-        Some(s) if before != Some(s.reason.as_str()) => {
-            let kind = match s.reason.as_str() {
-                reason::INVALID_SPEC => EventKind::InvalidSpec,
-                reason::FORBIDDEN => EventKind::PermissionDenied,
-                reason::REPROCESS_EXHAUSTED => EventKind::ReprocessExhausted,
-                _ => EventKind::ResolveFailed,
-            };
-            vec![EngineEvent {
-                kind,
-                message: s.message.clone(),
-            }]
-        }
+        Some(s) if before != Some(s.reason.as_str()) => vec![EngineEvent {
+            kind: EventKind::for_stalled_reason(&s.reason),
+            message: s.message.clone(),
+        }],
         _ => Vec::new(),
     }
 }

@@ -206,6 +206,12 @@ pub enum EventKind {
     ActionFailed,
     /// Another object covering the same Graph assignment reprocessed it: not repeated.
     ReprocessInFlight,
+    /// Deletion with `deletionPolicy: Remove`: an `adminRemove` was submitted.
+    RemovalRequested,
+    /// Deletion with `deletionPolicy: Remove`: Entra ID no longer lists the assignment.
+    AssignmentRemoved,
+    /// Deleted while `spec.suspend` is true: the assignment was left in place.
+    RemovalSkipped,
 }
 
 impl EventKind {
@@ -226,6 +232,9 @@ impl EventKind {
             Self::RequestDenied => "RequestDenied",
             Self::ActionFailed => "ActionFailed",
             Self::ReprocessInFlight => "ReprocessInFlight",
+            Self::RemovalRequested => "RemovalRequested",
+            Self::AssignmentRemoved => "AssignmentRemoved",
+            Self::RemovalSkipped => "RemovalSkipped",
         }
     }
 
@@ -237,7 +246,25 @@ impl EventKind {
                 | Self::DeliveryVerified
                 | Self::AssignmentRequested
                 | Self::ReprocessInFlight
+                | Self::RemovalRequested
+                | Self::AssignmentRemoved
         )
+    }
+
+    /// The event that announces `Stalled=True` with `reason`: one mapping for both kinds.
+    pub fn for_stalled_reason(reason: &str) -> Self {
+        use conditions::reason as r;
+        match reason {
+            r::INVALID_SPEC => Self::InvalidSpec,
+            r::FORBIDDEN => Self::PermissionDenied,
+            r::REPROCESS_EXHAUSTED => Self::ReprocessExhausted,
+            r::DELIVERY_STUCK => Self::DeliveryStuck,
+            r::DELIVERY_FAILED => Self::DeliveryFailed,
+            r::EXPIRED => Self::Expired,
+            r::REQUEST_DENIED => Self::RequestDenied,
+            r::REJECTED => Self::ActionFailed,
+            _ => Self::ResolveFailed,
+        }
     }
 }
 
