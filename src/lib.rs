@@ -1,12 +1,18 @@
 //! Redeliver keeps Microsoft Entra ID access package assignments truly delivered.
 //!
-//! Module map (one concern each, see `docs/design.md` in the shared docs):
-//! - [`api`]: the custom resource types (`AccessPackageAssignment`, `AccessPackageGuard`).
-//! - [`engine`]: pure drift/plan/status logic; no I/O.
-//! - [`graph`]: the only code that speaks HTTP to Microsoft Graph.
-//! - [`observe`]: reads Graph once per resource and hands the engine its observations.
+//! Module map (one concern each; docs/architecture.md has the data flow and where each
+//! decision lives):
+//! - [`api`]: the custom resource types (`AccessPackageAssignment`, `AccessPackageGuard`)
+//!   and their CRDs (`redeliver crd`).
+//! - [`engine`]: pure drift/plan/status logic and the repair ledger; no I/O.
+//! - [`graph`]: the only code that speaks HTTP to Microsoft Graph (docs/graph.md).
+//! - [`observe`]: reads Graph once per resource and hands the engine its observations;
+//!   group delta tracking.
+//! - [`controller`]: the Kubernetes operator around the engine (`redeliver controller`).
 //! - [`audit`]: the engine driven from YAML files (`redeliver audit`).
-//! - [`sim`]: a Graph + Entra token endpoint simulator (`redeliver sim`).
+//! - [`sim`]: a Graph + Entra token endpoint simulator (`redeliver sim`, docs/simulator.md).
+//! - [`bench`]: the benchmarks behind `cargo bench --bench scale` and
+//!   `cargo bench --bench controller` (docs/benchmarks.md).
 
 pub mod api;
 pub mod audit;

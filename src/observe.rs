@@ -40,8 +40,8 @@ pub enum ObserveError {
 /// One access package as read for this run: what it promises and who holds it.
 ///
 /// Its assignment requests are a separate read ([`Observer::package_requests`]): only
-/// assignments that are not delivered need them, and a guard sweep never does, so at
-/// 100,000 assignments not holding them halves what a sweep keeps in memory.
+/// assignments that are not delivered need them, and a guard sweep never does, so not
+/// holding them with the package's assignments cuts what a large sweep keeps in memory.
 #[derive(Debug, Clone)]
 pub struct PackageView {
     pub package: AccessPackage,
@@ -267,9 +267,8 @@ impl Observer {
     /// Reads one package with its resources, policies and assignments (cached until
     /// [`Observer::refresh`]).
     ///
-    /// The view is shared (`Arc`), not copied: at 100,000 assignments a package's
-    /// assignments are a hundred MiB, and every declaration of the package looks at the
-    /// same one.
+    /// The view is shared (`Arc`), not copied: a large package's assignments take a lot of
+    /// memory, and every declaration of the package looks at the same one.
     pub async fn package_view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
         self.views
             .get_or_read(package_id.to_string(), || {

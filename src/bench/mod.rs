@@ -1,4 +1,4 @@
-//! The scale benchmark (`cargo bench --bench scale`, or `redeliver bench` once wired):
+//! The scale benchmark (`cargo bench --bench scale`):
 //! a synthetic tenant in the simulator, Redeliver's full verification and repair measured
 //! as a separate process, a naive per-user checker for comparison, and incremental mode
 //! (group delta) in steady state.

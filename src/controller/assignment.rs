@@ -131,8 +131,7 @@ async fn observe(
         Err(f) => return Ok(empty(Err(f))),
     };
     // The package's assignments name their targets: a user who holds one needs no read of
-    // its own (one `GET /users/{id}` per object per window, 10,000 RU a window at 10,000
-    // objects, for nothing).
+    // its own (one `GET /users/{id}`, 1 RU, per object per window, for nothing).
     let target = match target_from_assignments(&spec.target, &view) {
         Some(id) => id,
         None => match split(observer.resolve_target(&spec.target).await)? {

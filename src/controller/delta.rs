@@ -119,9 +119,10 @@ impl Changes {
     }
 
     /// The objects these changes concern (each once) and the groups that concern them:
-    /// one scan of the store, made only when a poll reported something. (An index kept
-    /// for every poll cost about 19 MiB and 1.7 million allocations per 5 minutes at
-    /// 10,000 objects, for changes that are rare.)
+    /// one scan of the store, made only when a poll reported something. (An index rebuilt
+    /// at every poll cost memory and allocations in proportion to the number of objects,
+    /// for changes that are rare; the controller benchmark in docs/benchmarks.md measured
+    /// it.)
     fn affected(
         &self,
         store: &Store<AccessPackageAssignment>,

@@ -12,7 +12,14 @@ pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[source] kube::Error),
 
-    /// Microsoft Graph failed in a way worth retrying (throttling, 5xx, network).
+    /// A Graph call failed and the reconcile did not turn it into a condition.
+    ///
+    /// Mostly transient failures (throttling, 5xx, network), but also token, credential and
+    /// decode failures, and failures the reconcile does not map to a reason (for example
+    /// during a `deletionPolicy: Remove` cleanup). The error policy retries it at the
+    /// `Retry-After` when Graph gave one, else with the object's backoff. A refused
+    /// `adminAdd` or reprocess (403, other 4xx) is not one of these: it is reported as
+    /// `Stalled`.
     #[error("Microsoft Graph: {0}")]
     Graph(#[source] GraphError),
 

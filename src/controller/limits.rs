@@ -37,7 +37,9 @@ impl Backoff {
         delay
     }
 
-    /// Forgets the failures of `key` (after a successful reconcile or a deletion).
+    /// Forgets the failures of `key`. Called after every successful reconcile (see
+    /// `context::reconcile_frame`), so the next failure starts from `base` again. Nothing
+    /// calls it on deletion: an object deleted while failing keeps its small entry.
     pub fn reset(&self, key: &str) {
         self.failures
             .lock()

@@ -3,10 +3,11 @@
 //! performs the decided action, writes status with server-side apply and records events.
 //! Leader election, metrics and health live here too.
 //!
-//! RBAC the controller needs: `accesspackageassignments` and `accesspackageguards` (get, list,
-//! watch, patch), their `/status` (patch) and `/finalizers` (update); `events.k8s.io` events
-//! (create, patch); with leader election, `coordination.k8s.io` leases (get, create, patch) in
-//! the lease namespace.
+//! RBAC the controller needs (granted by `charts/redeliver/templates/rbac.yaml`, listed in the
+//! README): `accesspackageassignments` and `accesspackageguards` (get, list, watch, patch),
+//! their `/status` (patch) and `/finalizers` (update, patch); events in `events.k8s.io` and
+//! core (create, patch); with leader election, `coordination.k8s.io` leases (get, list,
+//! watch, create, update, patch) in the lease namespace only.
 
 pub mod assignment;
 pub mod context;

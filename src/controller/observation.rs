@@ -78,7 +78,8 @@ pub struct Observations {
     /// Name resolutions (packages, users).
     names: Windows<(), Arc<Observer>>,
     /// One observer per package for its reads, so that a write to one package renews only
-    /// that package's (one renewal for all of them cost ~15 view reads per reprocess).
+    /// that package's (one renewal for all of them re-read every package's view after
+    /// each reprocess).
     packages: Windows<String, Arc<Observer>>,
     /// One cell per resource: concurrent reconciles that need the same resource wait for
     /// the one read in flight; a failed read leaves the cell empty for the next caller.

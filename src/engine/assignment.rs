@@ -1,6 +1,6 @@
 //! Planning for one `AccessPackageAssignment`.
 //!
-//! Decisions (see design.md, "Behaviour that matters"):
+//! Decisions (docs/architecture.md maps where the others live):
 //! - `Delivered=True` only when Graph says `delivered` and every verifiable resource is
 //!   Present. Unverifiable resources never block and never trigger a reprocess; a failed read
 //!   (Unknown) means delivery cannot be claimed (`Delivered=Unknown`).

@@ -1,4 +1,5 @@
-//! Access tokens from the Entra token endpoint (client-credentials flow, graph-api.md §1):
+//! Access tokens from the Entra token endpoint (client-credentials flow, docs/graph.md
+//! "Authentication"):
 //! client secret or federated workload-identity assertion, cached until shortly before
 //! expiry, refreshed by one caller at a time.
 

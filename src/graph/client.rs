@@ -1,5 +1,7 @@
-//! [`GraphClient`]: typed calls for the Graph subset Redeliver uses (graph-api.md §3–§5),
-//! on a generic core (`send`, `get_json`, `get_paged`) that later calls can reuse.
+//! [`GraphClient`]: typed calls for the Graph subset Redeliver uses, on a generic core
+//! (`send`, `get_json`, `get_paged`) that later calls can reuse. Every call, with the Graph
+//! behaviour it relies on, is described in docs/graph.md; quoted section names below are
+//! that file's.
 
 use std::sync::Arc;
 
@@ -299,7 +301,7 @@ impl GraphClient {
         })
     }
 
-    // ---- entitlement management (§3) ----
+    // ---- entitlement management ("Entitlement management reads") ----
 
     /// The access package with its resource role scopes (role and scope expanded), or
     /// `None` if it does not exist.
@@ -345,7 +347,7 @@ impl GraphClient {
         self.get_paged(OP, url).await
     }
 
-    /// One assignment with `target`, `accessPackage` and `assignmentPolicy` expanded (§3.2),
+    /// One assignment with `target`, `accessPackage` and `assignmentPolicy` expanded,
     /// or `None` if it does not exist.
     pub async fn get_assignment(&self, id: &str) -> Result<Option<Assignment>, GraphError> {
         const OP: &str = "get_assignment";
@@ -375,7 +377,8 @@ impl GraphClient {
     }
 
     /// Assignments of a package for one target object id. Uses the documented
-    /// `target/objectid` spelling (graph-api.md §3.1); callers check `state` themselves.
+    /// `target/objectid` spelling ("Entitlement management reads"); callers check `state`
+    /// themselves.
     pub async fn find_assignments(
         &self,
         access_package_id: &str,
@@ -397,7 +400,7 @@ impl GraphClient {
 
     /// Assignment requests of a package, with `assignment` (its id correlates requests with
     /// assignments) and `requestor` expanded. Nested expansion is documented only for a
-    /// single request (§3.4), so the list does not rely on it.
+    /// single request ("Entitlement management reads"), so the list does not rely on it.
     pub async fn list_requests(
         &self,
         access_package_id: &str,
@@ -420,7 +423,7 @@ impl GraphClient {
         self.get_optional(OP, url).await
     }
 
-    // ---- directory (§5) ----
+    // ---- directory ("Directory reads") ----
 
     /// A user by object id or UPN (`$select=id,userPrincipalName,displayName`), or `None`.
     pub async fn get_user(&self, id_or_upn: &str) -> Result<Option<User>, GraphError> {
@@ -434,7 +437,7 @@ impl GraphClient {
         self.get_optional(OP, url).await
     }
 
-    /// Object ids of a group's direct members (§5.1, all pages).
+    /// Object ids of a group's direct members (all pages).
     pub async fn list_group_members(&self, group_id: &str) -> Result<Vec<String>, GraphError> {
         self.list_directory_ids("list_group_members", group_id, "members")
             .await
@@ -459,7 +462,7 @@ impl GraphClient {
     }
 
     /// Starts tracking the membership of up to [`MAX_DELTA_GROUPS`] groups with a delta
-    /// query (`GET /groups/delta?$select=members&$filter=id eq ..`, §5.5). The first round
+    /// query (`GET /groups/delta?$select=members&$filter=id eq ..`, "Group delta"). The first round
     /// reports every current member as added; keep [`GroupMembershipDelta::delta_link`] and
     /// pass it to [`GraphClient::group_members_delta_next`] for the changes since.
     pub async fn group_members_delta(
@@ -516,7 +519,7 @@ impl GraphClient {
         url: Url,
     ) -> Result<GroupMembershipDelta, GraphError> {
         // Last event per (group, member) wins: the same group may reappear on later pages
-        // and replays happen (§5.5).
+        // and replays happen ("Group delta").
         let mut state: std::collections::BTreeMap<
             String,
             std::collections::BTreeMap<String, bool>,
@@ -626,9 +629,10 @@ impl GraphClient {
         Ok(url)
     }
 
-    /// App role assignments granted on a resource service principal (§5.4, all pages).
+    /// App role assignments granted on a resource service principal (all pages).
     /// Only the fields verification needs are selected, in pages of 999: `$select` takes the
-    /// cost from 2 RU to 1 per page (§6.2) and the large pages keep the page count minimal.
+    /// cost from 2 RU to 1 per page ("Throttling and retries") and the large pages keep the
+    /// page count minimal.
     pub async fn list_app_role_assignments(
         &self,
         service_principal_id: &str,
@@ -650,7 +654,7 @@ impl GraphClient {
     }
 }
 
-/// Most group ids one delta query may filter on (graph-api.md §5.5).
+/// Most group ids one delta query may filter on (docs/graph.md "Group delta").
 pub const MAX_DELTA_GROUPS: usize = 50;
 
 /// Membership changes found by one delta round, per group.
@@ -673,7 +677,7 @@ pub struct MemberChanges {
     pub removed: std::collections::BTreeSet<String>,
 }
 
-/// Most requests one `$batch` may carry (graph-api.md §6.1).
+/// Most requests one `$batch` may carry (docs/graph.md "JSON batching").
 pub const MAX_BATCH: usize = 20;
 
 /// One inner request of a `$batch`.
@@ -796,7 +800,7 @@ impl GraphClient {
             .map(str::to_string)
     }
 
-    /// Sends up to [`MAX_BATCH`] requests in one `POST /$batch` (§6.1) and returns one
+    /// Sends up to [`MAX_BATCH`] requests in one `POST /$batch` ("JSON batching") and returns one
     /// result per item, in the order given. Inner 429s are resent (only those) after the
     /// longest inner `Retry-After`, up to the retry limit; whatever is still throttled is
     /// returned as is. Inner failures are results, not errors: check each with
@@ -849,7 +853,7 @@ impl GraphClient {
             let request =
                 GraphRequest::post(OP, url.clone(), Some(json!({"requests": wire})), retry);
             // One doc version answers a batch holding throttled items with 424 instead of 200
-            // (§6.1); its body still lists the per-item responses.
+            // ("JSON batching"); its body still lists the per-item responses.
             let resp = self.send_accepting(&request, &[424]).await?;
             let envelope: BatchEnvelope = self.decode(OP, &resp)?;
             let mut throttled_wait: Option<std::time::Duration> = None;
@@ -945,7 +949,7 @@ fn batch_wire(item: &BatchItem) -> serde_json::Value {
     v
 }
 
-/// Maps a non-2xx Graph response to a typed error (§6.3).
+/// Maps a non-2xx Graph response to a typed error (docs/graph.md "Errors").
 fn map_error(operation: &'static str, resp: RawResponse) -> GraphError {
     let envelope = serde_json::from_slice::<ErrorEnvelope>(&resp.body).ok();
     let (code, message) = match &envelope {

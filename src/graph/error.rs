@@ -116,7 +116,7 @@ pub enum GraphError {
         message: String,
         /// Graph `request-id`.
         request_id: Option<String>,
-        /// The permission most likely missing (graph-api.md §7), or a licence hint.
+        /// The permission most likely missing (docs/graph.md "Permissions"), or a licence hint.
         hint: &'static str,
     },
 
@@ -232,7 +232,7 @@ impl GraphError {
     }
 
     /// True when a delta link can no longer be used and a full resync is needed
-    /// (`410 Gone`, or `syncStateNotFound` / `resyncRequired`, graph-api.md §5.5).
+    /// (`410 Gone`, or `syncStateNotFound` / `resyncRequired`; docs/graph.md "Group delta").
     pub fn is_resync_required(&self) -> bool {
         match self {
             Self::BadRequest { status: 410, .. } => true,
@@ -315,7 +315,7 @@ impl GraphError {
 }
 
 /// The application permission most likely missing when `operation` gets a 403
-/// (graph-api.md §7).
+/// (docs/graph.md "Permissions").
 pub fn permission_hint(operation: &str) -> &'static str {
     match operation {
         "request_assignment" | "request_removal" | "reprocess_assignment" | "reprocess_request" => {

@@ -18,12 +18,12 @@ use super::retry::{backoff, parse_retry_after};
 ///
 /// Graph reads, `reprocess` actions and token requests are safe to repeat: repeating them
 /// converges on the same result. Creating an assignment request is not: a duplicate
-/// `adminAdd` is refused or, worse, can leave a second request stuck (graph-api.md §9.3).
-/// So a create is retried only when the server certainly did not act on it: a 429 (Graph
-/// throttles before processing), a 503 that carries `Retry-After` (the service declined the
-/// request and said when to come back), or a connection that was never established. A
-/// timeout, a 504 or a reset after sending may have been processed, so they are reported,
-/// and the caller re-reads state before trying again.
+/// `adminAdd` is refused or, worse, can leave a second request stuck (docs/graph.md
+/// "Assignment requests"). So a create is retried only when the server certainly did not
+/// act on it: a 429 (Graph throttles before processing), a 503 that carries `Retry-After`
+/// (the service declined the request and said when to come back), or a connection that was
+/// never established. A timeout, a 504 or a reset after sending may have been processed, so
+/// they are reported, and the caller re-reads state before trying again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryMode {
     /// Retry on 429, 503, 504, connect and timeout failures.
@@ -92,7 +92,7 @@ pub(crate) struct Http {
 
 /// Which Graph throttling budget a path draws from: entitlement management, the token
 /// endpoint, or the directory (users, groups, service principals: one shared bucket,
-/// graph-api.md §6.2).
+/// docs/graph.md "Throttling and retries").
 pub(crate) fn throttle_scope(path: &str) -> &'static str {
     if path.contains("/identityGovernance/") {
         "entitlement"

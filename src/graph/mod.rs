@@ -5,7 +5,7 @@
 //! - `auth`: client-credentials tokens (secret or workload-identity assertion, both files
 //!   re-read per token request), cached until 10 % of the lifetime (at most 5 min) before
 //!   expiry, refreshed single-flight; a 401 drops the cached token and retries once.
-//! - [`client`]: [`GraphClient`], typed calls (graph-api.md §3–§6) on a generic core
+//! - [`client`]: [`GraphClient`], typed calls (each described in docs/graph.md) on a generic core
 //!   (`send`, `get_json`, `get_optional`, `get_page`, `get_paged`, `batch`).
 //! - `http`: bounded concurrency, `client-request-id`, retries. 429/503/504 and transport
 //!   failures are retried up to `--max-retries`, honouring `Retry-After` (fractional seconds

@@ -1,5 +1,5 @@
 //! Typed Microsoft Graph v1.0 wire models for the entitlement-management and directory
-//! subset Redeliver uses (see graph-api.md §2–§5).
+//! subset Redeliver uses (docs/graph.md, "Entitlement management objects and states").
 //!
 //! Every struct tolerates unknown fields (Graph adds properties over time) and every enum
 //! has an `Unknown` fallback so a new server-side literal never breaks decoding.
@@ -30,7 +30,7 @@ pub struct Page<T> {
     pub delta_link: Option<String>,
 }
 
-/// `accessPackageAssignment.state` (§2.5). Switch on this, never on the free-text `status`.
+/// `accessPackageAssignment.state`. Switch on this, never on the free-text `status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum AssignmentState {
@@ -57,7 +57,7 @@ impl AssignmentState {
     }
 }
 
-/// `accessPackageAssignmentRequest.state` (§2.7).
+/// `accessPackageAssignmentRequest.state`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RequestState {
@@ -100,7 +100,7 @@ impl RequestState {
     }
 }
 
-/// `accessPackageAssignmentRequest.requestType` (§2.7).
+/// `accessPackageAssignmentRequest.requestType`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RequestType {
@@ -147,7 +147,7 @@ impl RequestType {
     }
 }
 
-/// `accessPackageCatalog` (§2.1).
+/// `accessPackageCatalog`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Catalog {
@@ -156,7 +156,7 @@ pub struct Catalog {
     pub display_name: Option<String>,
 }
 
-/// `accessPackage` (§2.2), optionally with `catalog`, `resourceRoleScopes` and
+/// `accessPackage`, optionally with `catalog`, `resourceRoleScopes` and
 /// `assignmentPolicies` expanded.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -176,7 +176,7 @@ pub struct AccessPackage {
     pub assignment_policies: Option<Vec<AssignmentPolicy>>,
 }
 
-/// `accessPackageResourceRoleScope` (§2.3): one thing a package grants.
+/// `accessPackageResourceRoleScope`: one thing a package grants.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRoleScope {
@@ -187,8 +187,8 @@ pub struct ResourceRoleScope {
     pub scope: Option<ResourceScope>,
 }
 
-/// `accessPackageResourceRole` (§2.3). For groups `originId` is `Member_{groupId}` or
-/// `Owner_{groupId}`; for apps it is the app role id.
+/// `accessPackageResourceRole` (docs/graph.md "What a package promises"). For groups
+/// `originId` is `Member_{groupId}` or `Owner_{groupId}`; for apps it is the app role id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceRole {
@@ -204,7 +204,7 @@ pub struct ResourceRole {
     pub origin_system: Option<String>,
 }
 
-/// `accessPackageResourceScope` (§2.3). `originId` is the group object id, the service
+/// `accessPackageResourceScope`. `originId` is the group object id, the service
 /// principal object id, or the SharePoint site URL.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -223,7 +223,7 @@ pub struct ResourceScope {
     pub is_root_scope: Option<bool>,
 }
 
-/// `accessPackageAssignmentPolicy` (§2.6), the fields Redeliver reads.
+/// `accessPackageAssignmentPolicy`, the fields Redeliver reads.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignmentPolicy {
@@ -256,7 +256,7 @@ pub struct AssignmentPolicyRef {
     pub display_name: Option<String>,
 }
 
-/// `accessPackageSubject` (§2.4). `id` is the subject id, NOT the user's object id.
+/// `accessPackageSubject`. `id` is the subject id, NOT the user's object id.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subject {
@@ -275,7 +275,7 @@ pub struct Subject {
     pub subject_type: Option<String>,
 }
 
-/// `entitlementManagementSchedule` (§2.8), kept opaque beyond the expiry fields.
+/// `entitlementManagementSchedule`, kept opaque beyond the expiry fields.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Schedule {
@@ -285,7 +285,7 @@ pub struct Schedule {
     pub expiration: Option<Expiration>,
 }
 
-/// `expirationPattern` (§2.8).
+/// `expirationPattern`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Expiration {
@@ -297,7 +297,7 @@ pub struct Expiration {
     pub kind: Option<String>,
 }
 
-/// `accessPackageAssignment` (§2.5).
+/// `accessPackageAssignment`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Assignment {
@@ -328,7 +328,7 @@ pub struct AssignmentRef {
     pub target: Option<Subject>,
 }
 
-/// `accessPackageAssignmentRequest` (§2.7).
+/// `accessPackageAssignmentRequest`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AssignmentRequest {
@@ -372,7 +372,7 @@ pub struct DirectoryObject {
     pub odata_type: Option<String>,
 }
 
-/// A group as returned by `GET /groups/delta?$select=members` (§5.5).
+/// A group as returned by `GET /groups/delta?$select=members` (docs/graph.md "Group delta").
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DeltaGroup {
     pub id: String,
@@ -409,7 +409,7 @@ pub struct Removed {
     pub reason: Option<String>,
 }
 
-/// `appRoleAssignment` (§5.4) as listed by `appRoleAssignedTo`.
+/// `appRoleAssignment` as listed by `appRoleAssignedTo`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct AppRoleAssignment {
@@ -427,7 +427,7 @@ pub struct AppRoleAssignment {
     pub resource_display_name: Option<String>,
 }
 
-/// Graph's error envelope (§6.3): `{"error": {"code", "message", "innerError"}}`.
+/// Graph's error envelope (docs/graph.md "Errors"): `{"error": {"code", "message", "innerError"}}`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ErrorEnvelope {
     pub error: ErrorBody,
@@ -445,7 +445,8 @@ pub struct ErrorBody {
     pub inner_error: Option<serde_json::Value>,
 }
 
-/// The Entra token endpoint's success body (§1.4). `Debug` leaves the token out.
+/// The Entra token endpoint's success body (docs/graph.md "Authentication"). `Debug` leaves
+/// the token out.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct TokenResponse {
     #[serde(default)]
@@ -479,7 +480,7 @@ fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Er
     }
 }
 
-/// The Entra token endpoint's error body (§1.4). Safe to log: carries no secret.
+/// The Entra token endpoint's error body. Safe to log: carries no secret.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct TokenErrorResponse {
     #[serde(default)]

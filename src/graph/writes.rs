@@ -1,12 +1,13 @@
-//! Writes to entitlement management (graph-api.md §3.4, §4): assignment requests and
-//! `reprocess` actions, one at a time or coalesced into `$batch` requests (§6.1).
+//! Writes to entitlement management: assignment requests and `reprocess` actions, one at a
+//! time or coalesced into `$batch` requests (docs/graph.md "Assignment requests",
+//! "Reprocess actions", "JSON batching").
 //!
-//! A batched write follows the same retry rule as a direct one ([`RetryMode`]): an item
-//! the service certainly did not act on (throttled, or declined with `Retry-After`) is
-//! sent again on its own, and so is any item of a repeatable kind (`reprocess`). An
-//! `adminAdd` whose outcome is uncertain (a 504, a batch whose answer was lost) is never
-//! sent twice: a duplicate can wedge the assignment (§9.3), so the caller re-reads state
-//! before trying again.
+//! A batched write follows the same retry rule as a direct one ([`RetryMode`]): an item the
+//! service certainly did not act on (throttled, or declined with `Retry-After`) is sent
+//! again on its own, and so is any item of a repeatable kind (`reprocess`). An `adminAdd`
+//! whose outcome is uncertain (a 504, a batch whose answer was lost) is never sent twice: a
+//! duplicate can wedge the assignment (docs/graph.md "Assignment requests"), so the caller
+//! re-reads state before trying again.
 
 use serde_json::json;
 
@@ -21,18 +22,18 @@ use super::odata::segment;
 /// One write Redeliver makes to entitlement management.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Write {
-    /// Re-apply a delivered assignment (`POST …/assignments/{id}/reprocess`, §4.1; 202).
+    /// Re-apply a delivered assignment (`POST …/assignments/{id}/reprocess`; 202).
     ReprocessAssignment {
         /// The assignment's id.
         assignment_id: String,
     },
     /// Re-run a failed or partially delivered request
-    /// (`POST …/assignmentRequests/{id}/reprocess`, §4.2; 202).
+    /// (`POST …/assignmentRequests/{id}/reprocess`; 202).
     ReprocessRequest {
         /// The request's id.
         request_id: String,
     },
-    /// Create an `adminAdd` request (`POST …/assignmentRequests`, §3.4; 201).
+    /// Create an `adminAdd` request (`POST …/assignmentRequests`; 201).
     RequestAssignment {
         /// The access package.
         access_package_id: String,
@@ -260,7 +261,7 @@ impl GraphClient {
             .collect()
     }
 
-    /// Creates an `adminAdd` request for `target_object_id` under `policy_id` (§3.4; 201).
+    /// Creates an `adminAdd` request for `target_object_id` under `policy_id` (201).
     /// Retried only when the server certainly did not act (see [`RetryMode::NonIdempotent`]).
     pub async fn request_assignment(
         &self,
@@ -278,7 +279,7 @@ impl GraphClient {
         self.decode(prepared.operation, &resp)
     }
 
-    /// Creates an `adminRemove` request for an assignment (§3.4; 201). Note: Graph emails
+    /// Creates an `adminRemove` request for an assignment (201). Note: Graph emails
     /// the user.
     pub async fn request_removal(
         &self,
@@ -301,7 +302,7 @@ impl GraphClient {
         self.decode(OP, &resp)
     }
 
-    /// Asks entitlement management to re-apply a delivered assignment (§4.1; 202).
+    /// Asks entitlement management to re-apply a delivered assignment (202).
     /// Retried like a read: a repeated reprocess converges on the same state.
     pub async fn reprocess_assignment(&self, id: &str) -> Result<(), GraphError> {
         self.write(&Write::ReprocessAssignment {
@@ -311,7 +312,7 @@ impl GraphClient {
         .map(|_| ())
     }
 
-    /// Reprocesses a failed or partially delivered request (§4.2; 202).
+    /// Reprocesses a failed or partially delivered request (202).
     pub async fn reprocess_request(&self, id: &str) -> Result<(), GraphError> {
         self.write(&Write::ReprocessRequest {
             request_id: id.to_string(),

@@ -1,4 +1,4 @@
-//! Incremental drift detection with group delta queries (graph-api.md §5.5).
+//! Incremental drift detection with group delta queries (docs/graph.md "Group delta").
 //!
 //! A full verification reads every promised group's members; between two of them a
 //! [`DeltaTracker`] follows one delta link per 50 groups and reports what changed, so an
@@ -179,7 +179,7 @@ impl DeltaTracker {
     }
 }
 
-/// A delta link that reports changes from now on (`$deltatoken=latest`, §5.5).
+/// A delta link that reports changes from now on (`$deltatoken=latest`).
 async fn latest_link(graph: &GraphClient, groups: &[String]) -> Result<String, GraphError> {
     let filter = groups
         .iter()

@@ -1,6 +1,6 @@
 //! The simulator's admin API (`/_sim/...`, no authentication) and the in-process
-//! operations behind it, shared with [`super::SimHandle`]. See the module docs of
-//! [`super`] for the endpoint list.
+//! operations behind it, shared with [`super::SimHandle`]. The endpoint list is in
+//! docs/simulator.md.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

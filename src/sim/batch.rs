@@ -1,5 +1,6 @@
-//! JSON batching (`POST /v1.0/$batch`, §6.1): every inner request goes through the same
-//! pipeline as a direct call, so authentication, faults, metering and logging apply per item.
+//! JSON batching (`POST /v1.0/$batch`, docs/graph.md "JSON batching"): every inner request
+//! goes through the same pipeline as a direct call, so authentication, faults, metering and
+//! logging apply per item.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! Group delta (`GET /v1.0/groups/delta`, §5.5): membership changes since a delta token.
+//! Group delta (`GET /v1.0/groups/delta`, docs/graph.md "Group delta"): membership changes
+//! since a delta token.
 //!
 //! Every membership change bumps a version counter; a delta token is that version. The
 //! first round (no token) lists every selected group with all its members as additions;
@@ -20,7 +21,7 @@ use super::state::World;
 pub(crate) const MAX_DELTA_IDS: usize = 50;
 const GROUP_PAGE: usize = 100;
 
-/// Delta tokens for directory objects are valid for 7 days (§5.5).
+/// Delta tokens for directory objects are valid for 7 days.
 const TOKEN_LIFETIME_SECS: i64 = 7 * 24 * 3600;
 
 /// A delta token: the change version plus when it was issued (simulated time).

@@ -1,107 +1,13 @@
 //! A Microsoft Graph + Entra token endpoint simulator (`redeliver sim`).
 //!
 //! A real HTTP(S) server implementing the subset of Graph v1.0 that Redeliver uses, with
-//! the same paths, JSON shapes, paging, errors and throttling (see the shared
-//! `graph-api.md`), plus a separate admin API for scenarios. Start it in-process with
-//! [`Simulator::start`] or from the command line with [`run`] (`redeliver sim`).
+//! the same paths, JSON shapes, paging, errors and throttling (docs/graph.md), plus a
+//! separate admin API for scenarios. Start it in-process with [`Simulator::start`] or from
+//! the command line with [`run`] (`redeliver sim`).
 //!
-//! # URLs
-//!
-//! - [`SimHandle::graph_url`] is the Graph **root** (like `https://graph.microsoft.com`);
-//!   it does **not** include `/v1.0` — clients append `/v1.0/...`.
-//! - [`SimHandle::authority_host`] is the token authority root (like
-//!   `https://login.microsoftonline.com`): token URL = `{authority_host}/{tenant}/oauth2/v2.0/token`.
-//!   Both are the same `http://127.0.0.1:PORT` origin.
-//! - Accepted token scopes: `{graph_url}/.default` and the real Graph roots'
-//!   `/.default` (`https://graph.microsoft.com/.default`, national clouds).
-//!
-//! # Graph behaviour worth knowing
-//!
-//! - Every `/v1.0` path needs `Authorization: Bearer <token from the token endpoint>`;
-//!   otherwise `401 InvalidAuthenticationToken`. Tokens expire after
-//!   [`SimOptions::token_lifetime`] of simulated time.
-//! - Collections page at 100 items by default (`$top` 1–999), with an absolute
-//!   `@odata.nextLink` carrying an opaque `$skiptoken`.
-//! - `adminAdd`: `201 {state: submitted, status: Accepted}`; after
-//!   [`SimOptions::request_delay`] the request is `delivering` and a `delivering`
-//!   assignment exists; after another delay both are `delivered` and the memberships /
-//!   app role assignments exist.
-//! - `adminRemove`: `201`; after two delays the memberships the package granted are removed
-//!   (unless another active assignment of the same user grants them) and the assignment is
-//!   **kept with state `expired`** (status `Expired`, `expiredDateTime` set), as Graph lists
-//!   expired assignments too.
-//! - `assignments/{id}/reprocess`: `202` only for `delivered` (else `400 BadRequest` naming
-//!   the state, `404` unknown); after [`SimOptions::reprocess_delay`] every missing
-//!   membership/app role of the package is restored. The assignment stays `delivered`.
-//! - `assignmentRequests/{id}/reprocess`: `202` only for `deliveryFailed` /
-//!   `partiallyDelivered` within 14 days of `completedDateTime`; the request and its
-//!   assignment turn `delivering`, then `delivered` with memberships.
-//! - Reprocess never records a new assignment request.
-//! - Directory requests carry `x-ms-resource-unit` (§6.2 costs; `appRoleAssignedTo` is
-//!   charged like `appRoleAssignments`, 2; `$select` −1, `$expand` +1, `$top` < 20 −1,
-//!   minimum 1). RU throttling is off unless configured; when on, the app + tenant token
-//!   bucket (default 8,000 RU per 10 s, refilled continuously) answers `429` with
-//!   `Retry-After`, `x-ms-throttle-scope` and `x-ms-throttle-information` once it is empty,
-//!   and a refused request costs nothing. Above 80 % use, responses carry
-//!   `x-ms-throttle-limit-percentage`.
-//! - `resourceRoleScopes` scopes carry the group/app display name as `displayName`.
-//! - `catalogs/{id}/resources` (`$expand=roles,scopes`) and `catalogs/{id}/resourceRoles`
-//!   (`$filter` on `originSystem`, `resource/id`, `originId`; `$expand=resource`) are derived
-//!   from the catalog's packages; role ids equal the packages' `resourceRoleScopes` role ids.
-//! - `transitiveMembers` and `checkMemberGroups` follow nested groups; `GET /groups/{id}`
-//!   supports `$expand=members` (first 20, nested `$select`).
-//! - `DELETE /groups/{id}/members/{oid}` without `/$ref` answers `403
-//!   Authorization_RequestDenied` (in Graph it would delete the object itself).
-//! - Delta links expire after 7 simulated days (`410`, code `resyncRequired`, `Location`).
-//! - [`SimHandle::settle`] waits until every accepted request/reprocess has taken effect.
-//!
-//! # Admin API (no authentication; JSON bodies)
-//!
-//! Objects may be named by id or by name (users by UPN, groups by display name, service
-//! principals by display name or appId; app roles by value, display name or id).
-//!
-//! | method & path | body / query | effect |
-//! | --- | --- | --- |
-//! | `GET /_sim/health` | | `{"ok": true}` |
-//! | `GET /_sim/state` | | snapshot: ids by name, memberships, assignment states and their `missing` resources, requests |
-//! | `POST /_sim/groups/{group}/members` | `{"user": "alice@contoso.com"}` | outside add → `{"changed": bool}` |
-//! | `DELETE /_sim/groups/{group}/members/{user}` | | outside removal (no entitlement management involvement) → `{"changed": bool}` |
-//! | `POST /_sim/servicePrincipals/{sp}/appRoleAssignedTo` | `{"user": "...", "appRole": "Payroll.Read"}` | outside app role grant (no `appRole` = Default Access) |
-//! | `DELETE /_sim/servicePrincipals/{sp}/appRoleAssignedTo/{user}` | `?appRole=...` (optional; default all roles) | outside app role removal → `{"removed": n}` |
-//! | `PUT /_sim/assignments/{id}/state` | `{"state": "deliveryFailed"}` | force an assignment state; in-flight background work for it stops |
-//! | `PUT /_sim/assignmentRequests/{id}/state` | `{"state": "delivering", "completedAgo": "20d"}` | force a request state (e.g. stuck `delivering`); `completedAgo` moves `completedDateTime` |
-//! | `POST /_sim/faults` | see below | inject a fault → `{"id": n}` |
-//! | `DELETE /_sim/faults` | | clear all faults |
-//! | `DELETE /_sim/faults/{id}` | | remove one fault (404 if it already ended) |
-//! | `PUT /_sim/throttling` | `{"capacity": 8000, "windowMs": 10000}` (both optional; `{}` = large tenant) | enable the RU token bucket |
-//! | `DELETE /_sim/throttling` | | disable RU throttling |
-//! | `GET /_sim/requests` | | request log `{"value": [{method, path, status, timeMs, durationMs, ru, batch, requestId}]}` (token requests included) |
-//! | `DELETE /_sim/requests` | | clear the log and counters |
-//! | `GET /_sim/counters` | | `{"GET /v1.0/groups/{id}/members": 3, ...}` (path without query) |
-//! | `POST /_sim/delta/expire` | | expire every group delta token issued so far (next use: `410 Gone`, `resyncRequired`, `Location`) |
-//! | `GET /_sim/usage` | | `{"total": {requests, ru, throttled}, "byPath": {"GET /v1.0/groups/<id>/members": {...}}, "byRoute": {"GET /v1.0/groups/{id}/members": {...}}}` since the log was cleared |
-//! | `POST /_sim/reset` | | back to the loaded scenario (state, faults, log, clock); tokens stay valid |
-//! | `GET /_sim/clock` | | `{"now", "offsetSeconds"}` |
-//! | `POST /_sim/clock/advance` | `{"by": "15d"}` | move simulated time forward (token expiry, reprocess window) |
-//!
-//! Fault bodies (`kind` selects). `throttle`, `error` and `latency` are scoped by
-//! `pathPrefix` (like `/v1.0/groups`, `/groups` or `/identityGovernance`; `/oauth2`
-//! targets the token endpoint, which faults without a prefix never touch), `method`, and
-//! `count` and/or `durationMs` (with neither, a fault applies once). The outer `$batch`
-//! request is only affected when `pathPrefix` names it; inner requests are affected one
-//! by one. Throttles answer `429` with the Graph body and `x-ms-throttle-*` headers.
-//!
-//! ```json
-//! {"kind": "throttle", "retryAfter": 2.128, "count": 3, "pathPrefix": "/v1.0/groups"}
-//! {"kind": "error", "status": 503, "retryAfter": 1, "durationMs": 5000}
-//! {"kind": "latency", "millis": 250, "count": 10}
-//! {"kind": "throttle", "retryAfter": 1, "pathPrefix": "/oauth2"}   // token endpoint
-//! {"kind": "silentReprocess"}                                  // every reprocess
-//! {"kind": "silentReprocess", "assignmentIds": ["..."], "requestIds": ["..."]}
-//! {"kind": "stuckDelivery", "count": 1}    // next adminAdd stays delivering forever
-//! {"kind": "failDelivery", "count": 1}     // next adminAdd ends deliveryFailed
-//! {"kind": "partialDelivery", "count": 1}  // next adminAdd misses the package's first group/app
-//! ```
+//! The behaviour it models, its URLs, the admin API (`/_sim/...`) and the fault kinds are
+//! documented in docs/simulator.md; change it together with the admin router
+//! (`admin.rs`) and [`FaultSpec`], or the documented API drifts from the served one.
 
 mod admin;
 mod batch;

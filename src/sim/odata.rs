@@ -88,7 +88,7 @@ impl GraphError {
         self
     }
 
-    /// Renders the error body (§6.3) with the correlation ids of this request.
+    /// Renders the error body (docs/graph.md "Errors") with the correlation ids of this request.
     pub fn into_reply(self, request_id: &str, client_request_id: &str, date: &str) -> Reply {
         let mut inner = json!({
             "date": date,

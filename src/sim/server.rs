@@ -159,9 +159,9 @@ pub struct FaultScope {
     pub duration_ms: Option<u64>,
 }
 
-/// Token-bucket settings for resource-unit throttling (§6.2). Missing fields default to
-/// the app + tenant limit of a large tenant (8,000 RU per 10 s), so `PUT /_sim/throttling`
-/// with `{}` turns on the bucket a large tenant has.
+/// Token-bucket settings for resource-unit throttling (docs/graph.md "Throttling and
+/// retries"). Missing fields default to the app + tenant limit of a large tenant (8,000 RU
+/// per 10 s), so `PUT /_sim/throttling` with `{}` turns on the bucket a large tenant has.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RuBucket {
@@ -754,7 +754,8 @@ fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphErr
     }
 }
 
-/// Resource-unit cost of a directory request (§6.2), `None` for non-directory paths.
+/// Resource-unit cost of a directory request (docs/graph.md "Throttling and retries"),
+/// `None` for non-directory paths.
 pub(crate) fn resource_units(method: &Method, segs: &[String], q: &Query) -> Option<u32> {
     let first = segs.first()?.to_ascii_lowercase();
     let dir = first == "users"

@@ -784,7 +784,8 @@ impl World {
     }
 }
 
-/// How a grant shows up in entitlement management (§2.3 originId conventions).
+/// How a grant shows up in entitlement management (the `originId` conventions in docs/graph.md
+/// "What a package promises").
 #[derive(Debug, Clone)]
 pub(crate) struct GrantInfo {
     pub origin_system: &'static str,

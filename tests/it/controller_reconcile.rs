@@ -384,8 +384,8 @@ async fn a_target_holding_an_assignment_costs_no_user_read() {
         env.api.expect_event(&obj).await;
         task.await.unwrap().unwrap();
     }
-    // The package's assignments name bob: one user read per object per pass would be
-    // 10,000 RU a pass at 10,000 objects.
+    // The package's assignments name bob: a user read would cost 1 RU per object and
+    // pass, for nothing.
     assert_eq!(env.sim.count_requests("GET", "/v1.0/users"), 0);
     // Delivered with everything present: the package's requests are not even read.
     assert_eq!(

@@ -1,6 +1,7 @@
-//! The simulator meters like Graph (graph-api.md §6.2): the published resource-unit cost
-//! table with its modifiers, `x-ms-resource-unit`, the app + tenant token bucket with its
-//! `429` headers, and the admin API's requests and RU per path — all over real HTTP.
+//! The simulator meters like Graph (docs/graph.md "Throttling and retries"): the published
+//! resource-unit cost table with its modifiers, `x-ms-resource-unit`, the app + tenant
+//! token bucket with its `429` headers, and the admin API's requests and RU per path — all
+//! over real HTTP.
 
 use redeliver::sim::{PathUsage, RuBucket, Scenario, SimHandle, SimOptions, Simulator, Usage};
 use reqwest::{Client, Method, StatusCode};

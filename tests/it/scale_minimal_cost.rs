@@ -224,8 +224,8 @@ async fn an_audit_of_guards_and_declarations_reads_each_resource_once_at_minimum
 }
 
 /// A guard sweep never looks at assignment requests (they matter only to a declared
-/// assignment that is not delivered), so a guard-only audit does not read them: at
-/// 100,000 assignments holding them would double the audit's memory.
+/// assignment that is not delivered), so a guard-only audit does not read them: in a
+/// large tenant holding them would add substantially to the audit's memory.
 #[tokio::test]
 async fn a_guard_only_audit_reads_no_assignment_requests() {
     let t = tenant();
