@@ -518,7 +518,19 @@ async fn start_up(
     ctx.open();
     tracing::info!("caches synced; ready");
     readiness.set(true);
+    // The ledger keeps a history per reprocessed assignment; drop those that can no longer
+    // gate anything. Each object's own status still spaces its own reprocesses after that.
+    loop {
+        tokio::time::sleep(LEDGER_PRUNE_EVERY).await;
+        ctx.ledger().prune(jiff::Timestamp::now(), LEDGER_KEEP);
+    }
 }
+
+/// How often the repair ledger is pruned.
+const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How long a settled history (no attempt pending) is kept for other covering objects: a
+/// day, longer than any cooldown in practical use.
+const LEDGER_KEEP: Duration = Duration::from_secs(24 * 3600);
 
 /// Longest wait for the group delta baseline before reconciles start anyway.
 const BASELINE_WAIT: Duration = Duration::from_secs(30);

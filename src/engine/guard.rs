@@ -84,47 +84,23 @@ fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     d.try_into().unwrap_or(Duration::ZERO)
 }
 
-/// Plans one sweep.
+/// Plans one sweep: count every assignment against the snapshot, carry each drift's
+/// bookkeeping over, select what to reprocess, then build the status, conditions and events.
 pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     let prev = input.previous.cloned().unwrap_or_default();
-    let settings = input.settings;
     let interval = parse_duration(&input.spec.interval)
         .ok()
         .filter(|d| *d >= MIN_GUARD_INTERVAL)
-        .unwrap_or(settings.default_verify_interval.max(MIN_GUARD_INTERVAL));
+        .unwrap_or(
+            input
+                .settings
+                .default_verify_interval
+                .max(MIN_GUARD_INTERVAL),
+        );
     let mut status = prev.clone();
     status.observed_generation = input.generation;
-
-    let failure = match validate_guard_spec(input.spec) {
-        Err(e) => Some((reason::INVALID_SPEC, format!("Invalid declaration: {e}."))),
-        Ok(()) => input
-            .resolved
-            .as_ref()
-            .err()
-            .map(|f| (f.kind.reason(), f.message.clone())),
-    };
-    if let Some((why, message)) = failure {
-        let desired = vec![
-            Desired::new(READY, Status::False, why, message.clone()),
-            Desired::new(
-                DELIVERED,
-                Status::Unknown,
-                reason::NOT_VERIFIED,
-                "Assignments cannot be verified until the declaration resolves.",
-            ),
-            Desired::new(STALLED, Status::True, why, message),
-        ];
-        status.conditions =
-            conditions::build_conditions(&prev.conditions, desired, input.generation, now);
-        let events = stalled_event(&prev, &status);
-        return GuardPlan {
-            status,
-            reprocess: Vec::new(),
-            drifted: Vec::new(),
-            requeue_after: interval,
-            events,
-            ledger: Vec::new(),
-        };
+    if let Some((why, message)) = declaration_failure(input) {
+        return stalled_plan(input, &prev, status, why, message, interval, now);
     }
     let (package_id, package_name) = match &input.resolved {
         Ok((id, name)) => (id.clone(), name.clone()),
@@ -133,11 +109,111 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     status.access_package_id = Some(package_id.clone());
     status.access_package_name = Some(package_name.unwrap_or(package_id));
 
-    let mut counts = AssignmentCounts::default();
-    let mut drifted: Vec<GuardDrift> = Vec::new();
-    let mut unreadable: BTreeSet<String> = BTreeSet::new();
-    let mut assigned: BTreeSet<&str> = BTreeSet::new();
-    let mut ledger_updates: Vec<LedgerUpdate> = Vec::new();
+    let mut census = count(input);
+    let mut entries = carry_over(&prev, &census.drifted, now);
+    let selection = select(input, &mut entries, now);
+    census.counts.reprocessing =
+        i32::try_from(selection.cooling + selection.reprocess.len()).unwrap_or(i32::MAX);
+    entries.truncate(MAX_DRIFTED_LISTED);
+
+    status.unmanaged_members = unmanaged(input, &census.assigned);
+    status.assignments = census.counts.clone();
+    status.drifted = entries;
+    status.last_sweep_time = Some(to_time(now));
+    status.conditions = conditions::build_conditions(
+        &prev.conditions,
+        desired_conditions(input, &census, &selection),
+        input.generation,
+        now,
+    );
+    let events = sweep_events(&prev, &status, &census.drifted, &selection.reprocess);
+
+    // After a repair, look again soon (at the reprocess delay, then less and less often
+    // until the cooldown ends), so the status settles once the repair has landed instead of
+    // one interval later.
+    let requeue_after = selection
+        .next_check
+        .map_or(interval, |c| c.min(interval))
+        .max(Duration::from_secs(1));
+    let mut ledger = census.verified;
+    ledger.extend(selection.ledger);
+    GuardPlan {
+        status,
+        reprocess: selection.reprocess,
+        drifted: census.drifted,
+        requeue_after,
+        events,
+        ledger,
+    }
+}
+
+/// An invalid spec or a package that did not resolve: the reason and the message.
+fn declaration_failure(input: &GuardInput) -> Option<(&'static str, String)> {
+    match validate_guard_spec(input.spec) {
+        Err(e) => Some((reason::INVALID_SPEC, format!("Invalid declaration: {e}."))),
+        Ok(()) => input
+            .resolved
+            .as_ref()
+            .err()
+            .map(|f| (f.kind.reason(), f.message.clone())),
+    }
+}
+
+fn stalled_plan(
+    input: &GuardInput,
+    prev: &AccessPackageGuardStatus,
+    mut status: AccessPackageGuardStatus,
+    why: &'static str,
+    message: String,
+    interval: Duration,
+    now: Timestamp,
+) -> GuardPlan {
+    let desired = vec![
+        Desired::new(READY, Status::False, why, message.clone()),
+        Desired::new(
+            DELIVERED,
+            Status::Unknown,
+            reason::NOT_VERIFIED,
+            "Assignments cannot be verified until the declaration resolves.",
+        ),
+        Desired::new(STALLED, Status::True, why, message),
+    ];
+    status.conditions =
+        conditions::build_conditions(&prev.conditions, desired, input.generation, now);
+    let events = stalled_event(prev, &status);
+    GuardPlan {
+        status,
+        reprocess: Vec::new(),
+        drifted: Vec::new(),
+        requeue_after: interval,
+        events,
+        ledger: Vec::new(),
+    }
+}
+
+/// What the sweep found, assignment by assignment.
+struct Census<'a> {
+    counts: AssignmentCounts,
+    /// Every drifted assignment (unbounded).
+    drifted: Vec<GuardDrift>,
+    /// Resources whose read failed.
+    unreadable: BTreeSet<String>,
+    /// Users holding a live assignment.
+    assigned: BTreeSet<&'a str>,
+    /// Assignments verified delivered again with reprocess attempts pending in the ledger.
+    verified: Vec<LedgerUpdate>,
+}
+
+/// Counts every live assignment of the package against the snapshot.
+fn count<'a>(input: &GuardInput<'a>) -> Census<'a> {
+    let mut census = Census {
+        counts: AssignmentCounts::default(),
+        drifted: Vec::new(),
+        unreadable: BTreeSet::new(),
+        assigned: BTreeSet::new(),
+        verified: Vec::new(),
+    };
+    let counts = &mut census.counts;
     for a in input.assignments {
         let target = a.target.as_ref();
         let object_id = target.and_then(|t| t.object_id.as_deref());
@@ -145,7 +221,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             continue;
         }
         if let Some(id) = object_id {
-            assigned.insert(id);
+            census.assigned.insert(id);
         }
         counts.total += 1;
         match a.state {
@@ -172,14 +248,14 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
                 ResourceState::Missing => missing.push(r.clone()),
                 ResourceState::Unknown => {
                     unknown = true;
-                    unreadable.insert(r.label());
+                    census.unreadable.insert(r.label());
                 }
                 ResourceState::Present | ResourceState::Unverifiable => {}
             }
         }
         if !missing.is_empty() {
             counts.drifted += 1;
-            drifted.push(GuardDrift {
+            census.drifted.push(GuardDrift {
                 assignment_id: a.id.clone(),
                 target_object_id: object_id.to_string(),
                 target: target
@@ -194,14 +270,22 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             if !input.ledger.is_empty() {
                 let key = RepairKey::assignment(&a.id);
                 if input.ledger.get(&key).is_some_and(|r| r.attempts > 0) {
-                    ledger_updates.push(LedgerUpdate::Verified { key });
+                    census.verified.push(LedgerUpdate::Verified { key });
                 }
             }
         }
     }
+    census
+}
 
-    // Carry bookkeeping (since, reprocess times) over from the previous list.
-    let previous_entries: BTreeMap<&str, &DriftedAssignment> = prev
+/// One status entry per drift, with its bookkeeping (first seen, reprocesses) carried over
+/// from the previous status; oldest drift first.
+fn carry_over(
+    prev: &AccessPackageGuardStatus,
+    drifted: &[GuardDrift],
+    now: Timestamp,
+) -> Vec<DriftedAssignment> {
+    let previous: BTreeMap<&str, &DriftedAssignment> = prev
         .drifted
         .iter()
         .map(|d| (d.assignment_id.as_str(), d))
@@ -209,7 +293,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     let mut entries: Vec<DriftedAssignment> = drifted
         .iter()
         .map(|d| {
-            let old = previous_entries.get(d.assignment_id.as_str());
+            let old = previous.get(d.assignment_id.as_str());
             DriftedAssignment {
                 target: d.target.clone(),
                 target_object_id: d.target_object_id.clone(),
@@ -227,10 +311,33 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             .cmp(&b.since)
             .then_with(|| a.assignment_id.cmp(&b.assignment_id))
     });
-    // Reprocess selection over every drifted assignment (not only the listed ones), oldest
-    // drift first: Enforce only, within maxReprocessPerSweep and the operator's rate limit,
-    // skipping those within their cooldown (whoever reprocessed them) and those whose shared
-    // attempts are used up.
+    entries
+}
+
+/// What [`select`] chose, and what it saw.
+struct Selection {
+    reprocess: Vec<String>,
+    /// Claims of the selected reprocesses.
+    ledger: Vec<LedgerUpdate>,
+    /// Drifts within their cooldown (a reprocess is in flight), `by_others` of them sent by
+    /// another covering object.
+    cooling: usize,
+    by_others: usize,
+    exhausted: usize,
+    /// Eligible but held back by the operator's rate limit.
+    postponed: usize,
+    /// maxReprocessPerSweep as it applies (0 in Audit mode or at `--reprocess-rate 0`).
+    spec_budget: usize,
+    /// When the earliest repair should be checked.
+    next_check: Option<Duration>,
+}
+
+/// Reprocess selection over every drifted assignment (not only the listed ones), oldest
+/// drift first: Enforce only, within maxReprocessPerSweep and the operator's rate limit,
+/// skipping those within their cooldown (whoever reprocessed them) and those whose shared
+/// attempts are used up. Mirrors the shared history into each entry.
+fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp) -> Selection {
+    let settings = input.settings;
     let who = input.who;
     let limits = RepairLimits {
         cooldown: settings.guard_reprocess_cooldown,
@@ -242,13 +349,19 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         GuardMode::Audit => 0,
     };
     let budget = spec_budget.min(input.reprocess_budget.unwrap_or(usize::MAX));
-    let mut reprocess = Vec::new();
-    let mut cooling = 0usize;
-    let mut by_others = 0usize;
-    let mut exhausted_count = 0usize;
-    let mut postponed = 0usize;
-    let mut next_check: Option<Duration> = None;
-    let mut check_at = |d: Duration| next_check = Some(next_check.map_or(d, |c| c.min(d)));
+    let mut out = Selection {
+        reprocess: Vec::new(),
+        ledger: Vec::new(),
+        cooling: 0,
+        by_others: 0,
+        exhausted: 0,
+        postponed: 0,
+        spec_budget,
+        next_check: None,
+    };
+    let check_at = |next: &mut Option<Duration>, d: Duration| {
+        *next = Some(next.map_or(d, |c| c.min(d)));
+    };
     for e in entries.iter_mut() {
         let key = RepairKey::assignment(&e.assignment_id);
         let own = e.last_reprocess_time.as_ref().map(|t| RepairRecord {
@@ -264,24 +377,20 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         }
         match ledger::gate(history.as_ref(), limits, now, false) {
             Gate::CoolingDown { record, next } => {
-                cooling += 1;
+                out.cooling += 1;
                 if record.by != who {
-                    by_others += 1;
+                    out.by_others += 1;
                 }
-                check_at(recheck_after(
-                    record.last_requested,
-                    next,
-                    now,
-                    settings.poll_interval,
-                ));
+                let d = recheck_after(record.last_requested, next, now, settings.poll_interval);
+                check_at(&mut out.next_check, d);
             }
             Gate::Exhausted { .. } => {
                 if input.spec.mode == GuardMode::Enforce {
-                    exhausted_count += 1;
+                    out.exhausted += 1;
                 }
             }
             Gate::Open { attempts } => {
-                if reprocess.len() < budget {
+                if out.reprocess.len() < budget {
                     let record = RepairRecord {
                         attempts: attempts.saturating_add(1),
                         last_requested: now,
@@ -290,20 +399,21 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
                     e.last_reprocess_time = Some(to_time(now));
                     e.reprocess_attempts = record.attempts;
                     e.reprocessed_by = None;
-                    ledger_updates.push(LedgerUpdate::Requested { key, record });
-                    reprocess.push(e.assignment_id.clone());
-                    check_at(settings.poll_interval);
-                } else if reprocess.len() < spec_budget {
-                    postponed += 1;
+                    out.ledger.push(LedgerUpdate::Requested { key, record });
+                    out.reprocess.push(e.assignment_id.clone());
+                    check_at(&mut out.next_check, settings.poll_interval);
+                } else if out.reprocess.len() < spec_budget {
+                    out.postponed += 1;
                 }
             }
         }
     }
-    counts.reprocessing = i32::try_from(cooling + reprocess.len()).unwrap_or(i32::MAX);
-    entries.truncate(MAX_DRIFTED_LISTED);
+    out
+}
 
-    // Unmanaged members: in a promised group without a live (non-expired) assignment. An
-    // expired assignment should have removed the user, so one still in the group counts.
+/// Users in a promised group without a live (non-expired) assignment. An expired
+/// assignment should have removed the user, so one still in the group counts.
+fn unmanaged(input: &GuardInput, assigned: &BTreeSet<&str>) -> UnmanagedMembers {
     let mut unmanaged: BTreeSet<&str> = BTreeSet::new();
     for r in input.resources {
         if let ResourceKind::GroupMember { group_id } = &r.kind
@@ -317,19 +427,19 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             );
         }
     }
-    status.unmanaged_members = UnmanagedMembers {
+    UnmanagedMembers {
         count: i32::try_from(unmanaged.len()).unwrap_or(i32::MAX),
         sample: unmanaged
             .iter()
             .take(MAX_UNMANAGED_SAMPLE)
             .map(|s| s.to_string())
             .collect(),
-    };
-    status.assignments = counts.clone();
-    status.drifted = entries;
-    status.last_sweep_time = Some(to_time(now));
+    }
+}
 
-    // Conditions.
+/// Ready, Delivered, and Reconciling/Stalled while true.
+fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> Vec<Desired> {
+    let counts = &census.counts;
     let delivered = if counts.drifted > 0 {
         Desired::new(
             DELIVERED,
@@ -350,14 +460,19 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
                 counts.failed, counts.total
             ),
         )
-    } else if !unreadable.is_empty() {
+    } else if !census.unreadable.is_empty() {
         Desired::new(
             DELIVERED,
             Status::Unknown,
             reason::VERIFICATION_FAILED,
             format!(
                 "Could not read: {}.",
-                unreadable.into_iter().collect::<Vec<_>>().join(", ")
+                census
+                    .unreadable
+                    .iter()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
     } else if counts.pending > 0 {
@@ -381,14 +496,16 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             ),
         )
     };
-    let reconciling = (counts.reprocessing > 0 || postponed > 0).then(|| {
-        let mut details = vec![format!("{} this sweep", reprocess.len())];
-        if by_others > 0 {
-            details.push(format!("{by_others} by other objects covering them"));
+    let in_flight = sel.cooling + sel.reprocess.len();
+    let reconciling = (in_flight > 0 || sel.postponed > 0).then(|| {
+        let mut details = vec![format!("{} this sweep", sel.reprocess.len())];
+        if sel.by_others > 0 {
+            details.push(format!("{} by other objects covering them", sel.by_others));
         }
-        if postponed > 0 {
+        if sel.postponed > 0 {
             details.push(format!(
-                "{postponed} postponed by the operator's reprocess rate limit"
+                "{} postponed by the operator's reprocess rate limit",
+                sel.postponed
             ));
         }
         Desired::new(
@@ -397,17 +514,13 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             reason::REPROCESSING,
             format!(
                 "{} {} being reprocessed ({}).",
-                count_of(cooling + reprocess.len(), "drifted assignment"),
-                if counts.reprocessing == 1 {
-                    "is"
-                } else {
-                    "are"
-                },
+                count_of(in_flight, "drifted assignment"),
+                if in_flight == 1 { "is" } else { "are" },
                 details.join(", ")
             ),
         )
     });
-    let stalled = (exhausted_count > 0).then(|| {
+    let stalled = (sel.exhausted > 0).then(|| {
         Desired::new(
             STALLED,
             Status::True,
@@ -415,8 +528,8 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             format!(
                 "{} still drifted after {} reprocess attempts each; find what keeps removing \
                  the access.",
-                count_of(exhausted_count, "drifted assignment"),
-                settings.guard_max_attempts
+                count_of(sel.exhausted, "drifted assignment"),
+                input.settings.guard_max_attempts
             ),
         )
     });
@@ -436,7 +549,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
                 ),
             )
         } else {
-            let why = if input.spec.mode == GuardMode::Audit || spec_budget == 0 {
+            let why = if input.spec.mode == GuardMode::Audit || sel.spec_budget == 0 {
                 reason::REPORT_ONLY
             } else {
                 reason::RESOURCES_MISSING
@@ -454,14 +567,26 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     let mut desired = vec![ready, delivered];
     desired.extend(reconciling);
     desired.extend(stalled);
-    status.conditions =
-        conditions::build_conditions(&prev.conditions, desired, input.generation, now);
+    desired
+}
 
-    // Events: only what is new since the previous sweep.
+/// Only what is new since the previous sweep: new drift, reprocesses sent, delivery
+/// verified, a new stall.
+fn sweep_events(
+    prev: &AccessPackageGuardStatus,
+    status: &AccessPackageGuardStatus,
+    drifted: &[GuardDrift],
+    reprocess: &[String],
+) -> Vec<EngineEvent> {
     let mut events = Vec::new();
+    let known: BTreeSet<&str> = prev
+        .drifted
+        .iter()
+        .map(|d| d.assignment_id.as_str())
+        .collect();
     let new_ids: Vec<&GuardDrift> = drifted
         .iter()
-        .filter(|d| !previous_entries.contains_key(d.assignment_id.as_str()))
+        .filter(|d| !known.contains(d.assignment_id.as_str()))
         .collect();
     if !new_ids.is_empty() {
         let shown: Vec<String> = new_ids
@@ -519,22 +644,8 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             message: d.message.clone(),
         });
     }
-    events.extend(stalled_event(&prev, &status));
-
-    // After a repair, look again soon (at the reprocess delay, then less and less often
-    // until the cooldown ends), so the status settles once the repair has landed instead of
-    // one interval later.
-    let requeue_after = next_check
-        .map_or(interval, |c| c.min(interval))
-        .max(Duration::from_secs(1));
-    GuardPlan {
-        status,
-        reprocess,
-        drifted,
-        requeue_after,
-        events,
-        ledger: ledger_updates,
-    }
+    events.extend(stalled_event(prev, status));
+    events
 }
 
 /// When to verify a reprocessed assignment again: `poll` after the reprocess, then at

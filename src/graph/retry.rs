@@ -58,9 +58,9 @@ fn parse_decimal_seconds(v: &str) -> Option<Duration> {
 }
 
 fn parse_http_date(v: &str, now: SystemTime) -> Option<Duration> {
-    // IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) is RFC 2822 compatible.
-    let ts = jiff::fmt::rfc2822::parse(v).ok()?.timestamp();
-    let target = SystemTime::from(ts);
+    // All three forms RFC 9110 §5.6.7 requires a recipient to accept: IMF-fixdate, the
+    // obsolete RFC 850 form and asctime.
+    let target = httpdate::parse_http_date(v).ok()?;
     Some(
         target
             .duration_since(now)
@@ -132,6 +132,14 @@ mod tests {
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
             Some(Duration::from_secs(10))
         );
+        // The obsolete forms mean the same instant.
+        for obsolete in ["Sunday, 06-Nov-94 08:49:37 GMT", "Sun Nov  6 08:49:37 1994"] {
+            assert_eq!(
+                parse_retry_after(obsolete, now),
+                Some(Duration::from_secs(10)),
+                "{obsolete}"
+            );
+        }
         let later = now + Duration::from_secs(60);
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", later),
