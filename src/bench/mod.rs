@@ -604,17 +604,10 @@ async fn measure_app_role_poll(
     fig.app_ru_per_poll = (usage.total.ru - base_ru) as f64 / polls as f64;
 
     // An outside removal right after a poll: shown by the next one.
-    let Some((i, app)) = (1..t.assignments)
-        .filter(|i| t.drifted_resource(*i).is_none())
-        .find_map(|i| {
-            t.package_resources(t.package_of(i))
-                .into_iter()
-                .find_map(|r| match r {
-                    SyntheticResource::App(a) => Some((i, a)),
-                    SyntheticResource::Group(_) => None,
-                })
-        })
-    else {
+    let Some((i, app)) = undrifted_holder(t, |r| match r {
+        SyntheticResource::App(a) => Some(a),
+        SyntheticResource::Group(_) => None,
+    }) else {
         return Ok(());
     };
     let changed_at = Instant::now();
@@ -625,6 +618,22 @@ async fn measure_app_role_poll(
     }
     sim.add_app_role(&SyntheticTenant::app_name(app), &t.upn(i), None)?;
     Ok(())
+}
+
+/// The first assignment with nothing drifted whose package promises a resource `pick`
+/// accepts: (assignment index, resource index).
+fn undrifted_holder(
+    t: &SyntheticTenant,
+    pick: impl Fn(SyntheticResource) -> Option<usize>,
+) -> Option<(usize, usize)> {
+    (1..t.assignments)
+        .filter(|i| t.drifted_resource(*i).is_none())
+        .find_map(|i| {
+            t.package_resources(t.package_of(i))
+                .into_iter()
+                .find_map(&pick)
+                .map(|r| (i, r))
+        })
 }
 
 async fn run_incremental(
@@ -660,17 +669,10 @@ async fn run_incremental(
     measure_app_role_poll(args, sim, t, &graph, &mut fig).await?;
 
     // An outside removal right after a poll (the worst case: a whole interval to wait).
-    let Some((i, group)) = (1..t.assignments)
-        .filter(|i| t.drifted_resource(*i).is_none())
-        .find_map(|i| {
-            t.package_resources(t.package_of(i))
-                .into_iter()
-                .find_map(|r| match r {
-                    SyntheticResource::Group(g) => Some((i, g)),
-                    SyntheticResource::App(_) => None,
-                })
-        })
-    else {
+    let Some((i, group)) = undrifted_holder(t, |r| match r {
+        SyntheticResource::Group(g) => Some(g),
+        SyntheticResource::App(_) => None,
+    }) else {
         return Ok(fig);
     };
     let upn = t.upn(i);
