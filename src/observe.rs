@@ -42,7 +42,7 @@ pub enum ObserveError {
 /// Its assignment requests are a separate read ([`Observer::package_requests`]): only
 /// assignments that are not delivered need them, and a guard sweep never does, so not
 /// holding them with the package's assignments cuts what a large sweep keeps in memory.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PackageView {
     pub package: AccessPackage,
     pub resources: Vec<PromisedResource>,
@@ -51,6 +51,28 @@ pub struct PackageView {
 }
 
 impl PackageView {
+    /// The target's directory object id when one of the package's assignments names it: by
+    /// object id, or by `principalName` for a UPN. `None` means it must be resolved (and
+    /// may not exist). Saves one user read per declaration whose user holds the package.
+    pub fn holder(&self, target: &TargetSelector) -> Option<String> {
+        self.assignments.iter().find_map(|a| {
+            let subject = a.target.as_ref()?;
+            let id = subject.object_id.as_deref()?;
+            let matches = match (
+                target.object_id.as_deref(),
+                target.user_principal_name.as_deref(),
+            ) {
+                (Some(wanted), _) => id.eq_ignore_ascii_case(wanted),
+                (None, Some(upn)) => subject
+                    .principal_name
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(upn)),
+                (None, None) => false,
+            };
+            matches.then(|| id.to_string())
+        })
+    }
+
     /// Display name, falling back to the id.
     pub fn name(&self) -> &str {
         self.package
@@ -130,6 +152,8 @@ pub struct Observer {
     users: Memo<String, Result<String, ResolveFailure>>,
     views: Memo<String, Result<Arc<PackageView>, ResolveFailure>>,
     requests: Memo<String, Result<Arc<[AssignmentRequest]>, ResolveFailure>>,
+    /// Membership reads of this pass, shared by every declaration promising the resource.
+    reads: Memo<ResourceRead, ReadData>,
 }
 
 /// A single-flight cache: concurrent lookups of one key share one Graph read. Outcomes
@@ -170,6 +194,7 @@ impl Observer {
             users: Memo::new(),
             views: Memo::new(),
             requests: Memo::new(),
+            reads: Memo::new(),
         }
     }
 
@@ -183,11 +208,12 @@ impl Observer {
         &self.graph
     }
 
-    /// Forgets the per-package reads (assignments, requests) so the next pass sees fresh
-    /// state; name resolutions are kept for the whole run.
+    /// Forgets the per-package reads (assignments, requests) and the memberships so the
+    /// next pass sees fresh state; name resolutions are kept for the whole run.
     pub async fn refresh(&self) {
         self.views.clear().await;
         self.requests.clear().await;
+        self.reads.clear().await;
     }
 
     /// Resolves a package reference to its id.
@@ -428,7 +454,10 @@ impl Observer {
         let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
             futures::stream::iter(reads)
                 .map(|read| async move {
-                    let result = self.read_resource(&read).await;
+                    let result = self
+                        .reads
+                        .get_or_read(read.clone(), || self.read_resource(&read))
+                        .await;
                     (read, result)
                 })
                 .buffer_unordered(self.concurrency)
@@ -524,5 +553,250 @@ fn forbidden_as_failure(err: GraphError, field: &str) -> Result<ResolveFailure, 
         ))
     } else {
         Err(err)
+    }
+}
+
+/// Where observations come from. Two caches answer "how long is a read shared": the
+/// audit's [`Observer`] shares each read for one pass (`redeliver audit` refreshes it
+/// between passes); the controller's `Observations` for a bounded window across objects,
+/// dropping what a write may have changed. Both feed [`observe_assignment`] and
+/// [`observe_guard`], so `redeliver audit` and the operator compute the same engine input
+/// from the same tenant state.
+pub trait Reads: Sync {
+    /// The package's id (by id, or by display name and catalog).
+    fn package_id(
+        &self,
+        selector: &AccessPackageSelector,
+    ) -> impl std::future::Future<Output = Result<String, ObserveError>> + Send;
+    /// The package, what it promises, its policies and its assignments.
+    fn view(
+        &self,
+        package_id: &str,
+    ) -> impl std::future::Future<Output = Result<Arc<PackageView>, ObserveError>> + Send;
+    /// The package's assignment requests.
+    fn requests(
+        &self,
+        package_id: &str,
+    ) -> impl std::future::Future<Output = Result<Arc<[AssignmentRequest]>, ObserveError>> + Send;
+    /// The target user's object id.
+    fn target(
+        &self,
+        selector: &TargetSelector,
+    ) -> impl std::future::Future<Output = Result<String, ObserveError>> + Send;
+    /// The memberships of `resources`; `fresh` asks for reads made now (checking on a
+    /// reprocess: a copy from before it landed would still show the resource missing).
+    fn memberships(
+        &self,
+        resources: &[PromisedResource],
+        fresh: bool,
+    ) -> impl std::future::Future<Output = Snapshot> + Send;
+    /// One request, read now, with its assignment.
+    fn request(
+        &self,
+        id: &str,
+    ) -> impl std::future::Future<Output = Result<Option<AssignmentRequest>, GraphError>> + Send;
+}
+
+impl Reads for Observer {
+    async fn package_id(&self, selector: &AccessPackageSelector) -> Result<String, ObserveError> {
+        self.resolve_package_id(selector).await
+    }
+
+    async fn view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
+        self.package_view(package_id).await
+    }
+
+    async fn requests(&self, package_id: &str) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
+        self.package_requests(package_id).await
+    }
+
+    async fn target(&self, selector: &TargetSelector) -> Result<String, ObserveError> {
+        self.resolve_target(selector).await
+    }
+
+    /// Within one pass every read is shared; a pass starts with [`Observer::refresh`], so
+    /// each pass reads fresh anyway.
+    async fn memberships(&self, resources: &[PromisedResource], _fresh: bool) -> Snapshot {
+        self.snapshot(resources).await
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {
+        self.graph.get_request(id).await
+    }
+}
+
+/// Everything [`crate::engine::plan_assignment`] needs from Graph for one declaration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AssignmentObservation {
+    /// The ids the declaration resolved to, or why it did not.
+    pub resolved: Result<crate::engine::ResolvedIds, ResolveFailure>,
+    /// The package as read, when it resolved.
+    pub view: Option<Arc<PackageView>>,
+    /// The target's assignment of the package.
+    pub assignment: Option<Assignment>,
+    /// Its latest request, read only where the plan can depend on one.
+    pub latest_request: Option<AssignmentRequest>,
+    /// Memberships of what the package promises.
+    pub snapshot: Snapshot,
+}
+
+impl AssignmentObservation {
+    fn failed(failure: ResolveFailure) -> Self {
+        Self {
+            resolved: Err(failure),
+            view: None,
+            assignment: None,
+            latest_request: None,
+            snapshot: Snapshot::new(),
+        }
+    }
+
+    /// What the package promises (empty when it did not resolve).
+    pub fn resources(&self) -> &[PromisedResource] {
+        self.view.as_ref().map_or(&[], |v| v.resources.as_slice())
+    }
+}
+
+/// Reads what one `AccessPackageAssignment` needs, as little as possible: resolution
+/// (the target through the package's own assignments when one names it, so a user whose
+/// assignment is healthy costs no user read; one that may be written to is confirmed to
+/// still exist), the package view, the promised memberships (fresh while
+/// a reprocess is being checked), and the latest request only where the plan can depend on
+/// one (the request this object submitted is read directly). `Err` is a Graph failure
+/// worth retrying; a declaration that cannot be satisfied as written is `Ok` with
+/// `resolved: Err(..)`.
+pub async fn observe_assignment(
+    reads: &impl Reads,
+    spec: &crate::api::AccessPackageAssignmentSpec,
+    previous: Option<&crate::api::AccessPackageAssignmentStatus>,
+) -> Result<AssignmentObservation, GraphError> {
+    if crate::api::validate_assignment_spec(spec).is_err() {
+        // An invalid declaration never reaches Graph; the engine reports the field.
+        return Ok(AssignmentObservation::failed(ResolveFailure::new(
+            ResolveFailureKind::InvalidSpec,
+            "invalid declaration",
+        )));
+    }
+    let split = |r: ObserveError| match r {
+        ObserveError::Resolve(f) => Ok(AssignmentObservation::failed(f)),
+        ObserveError::Graph(e) => Err(e),
+    };
+    let package_id = match reads.package_id(&spec.access_package).await {
+        Ok(id) => id,
+        Err(e) => return split(e),
+    };
+    let view = match reads.view(&package_id).await {
+        Ok(v) => v,
+        Err(e) => return split(e),
+    };
+    let holder = view.holder(&spec.target);
+    let mut target = match &holder {
+        Some(id) => id.clone(),
+        None => match reads.target(&spec.target).await {
+            Ok(t) => t,
+            Err(e) => return split(e),
+        },
+    };
+    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
+    let mut assignment = view.assignment_for(&target);
+    let snapshot = reads
+        .memberships(&view.resources, crate::engine::awaiting_reprocess(previous))
+        .await;
+    let healthy = !crate::engine::needs_latest_request(
+        assignment.as_ref(),
+        &view.resources,
+        &snapshot,
+        &target,
+    );
+    if holder.is_some() && !healthy {
+        // A write may follow: make sure the user still exists. A deleted user's assignment
+        // can outlive them, and reprocessing it would be pointless.
+        target = match reads.target(&spec.target).await {
+            Ok(t) => t,
+            Err(e) => return split(e),
+        };
+        assignment = view.assignment_for(&target);
+    }
+    let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
+        // The request this object submitted: read directly, fresh and with its target.
+        Some(id) => reads.request(id).await?,
+        // A delivered assignment with everything present plans the same with or without a
+        // request: don't read (and hold) the package's requests for it.
+        None if healthy => None,
+        None => match reads.requests(&package_id).await {
+            Ok(requests) => view.latest_request_for(&requests, &target),
+            Err(e) => return split(e),
+        },
+    };
+    Ok(AssignmentObservation {
+        resolved: Ok(crate::engine::ResolvedIds {
+            access_package_id: package_id,
+            access_package_name: view.package.display_name.clone(),
+            policy,
+            target_object_id: target,
+            target_name: spec.target.user_principal_name.clone(),
+        }),
+        view: Some(view),
+        assignment,
+        latest_request,
+        snapshot,
+    })
+}
+
+/// Everything [`crate::engine::plan_guard_sweep`] needs from Graph for one guard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardObservation {
+    /// The package's id and display name, or why it did not resolve.
+    pub resolved: Result<(String, Option<String>), ResolveFailure>,
+    /// The package as read (every assignment), when it resolved.
+    pub view: Option<Arc<PackageView>>,
+    /// Memberships of what the package promises.
+    pub snapshot: Snapshot,
+}
+
+impl GuardObservation {
+    /// Every assignment of the package (empty when it did not resolve).
+    pub fn assignments(&self) -> &[Assignment] {
+        self.view.as_ref().map_or(&[], |v| v.assignments.as_slice())
+    }
+
+    /// What the package promises (empty when it did not resolve).
+    pub fn resources(&self) -> &[PromisedResource] {
+        self.view.as_ref().map_or(&[], |v| v.resources.as_slice())
+    }
+}
+
+/// Reads what one `AccessPackageGuard` sweep needs: the package with every assignment and
+/// the memberships of what it promises, each read once and shared.
+pub async fn observe_guard(
+    reads: &impl Reads,
+    spec: &crate::api::AccessPackageGuardSpec,
+) -> Result<GuardObservation, GraphError> {
+    let failed = |f| GuardObservation {
+        resolved: Err(f),
+        view: None,
+        snapshot: Snapshot::new(),
+    };
+    if crate::api::validate_guard_spec(spec).is_err() {
+        return Ok(failed(ResolveFailure::new(
+            ResolveFailureKind::InvalidSpec,
+            "invalid declaration",
+        )));
+    }
+    let view = match reads.package_id(&spec.access_package).await {
+        Ok(id) => reads.view(&id).await,
+        Err(e) => Err(e),
+    };
+    match view {
+        Ok(view) => {
+            let snapshot = reads.memberships(&view.resources, false).await;
+            Ok(GuardObservation {
+                resolved: Ok((view.package.id.clone(), view.package.display_name.clone())),
+                view: Some(view),
+                snapshot,
+            })
+        }
+        Err(ObserveError::Resolve(f)) => Ok(failed(f)),
+        Err(ObserveError::Graph(e)) => Err(e),
     }
 }

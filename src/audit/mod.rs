@@ -24,9 +24,12 @@ use crate::api::{
     AccessPackageGuardStatus,
 };
 use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
-use crate::engine::{self, Action, EngineSettings, Snapshot};
+use crate::engine::{self, Action, EngineSettings};
+use crate::graph::GraphError;
 use crate::graph::{GraphArgs, GraphClient, Write, Written};
-use crate::observe::{ObserveError, Observer};
+use crate::observe::{
+    AssignmentObservation, GuardObservation, Observer, observe_assignment, observe_guard,
+};
 use load::{Declarations, Origin};
 use report::{Report, Row, Summary, Verdict};
 
@@ -341,49 +344,14 @@ impl<'a> Audit<'a> {
         self.in_flight_count() > 0
     }
 
-    /// One verification pass over every declaration: resolve, read each package and each
-    /// promised resource once, plan.
+    /// One verification pass over every declaration: the same observation as the
+    /// controller's ([`crate::observe::observe_assignment`], [`crate::observe::observe_guard`]),
+    /// with every read shared within the pass (each package and each promised resource read
+    /// once), then the same plan.
     async fn pass(&mut self) {
         let now = jiff::Timestamp::now();
-        // Resolve first (concurrently; the observer shares reads of the same package or
-        // user), so the snapshot covers exactly the resources in play.
         let observer = self.observer;
         let width = observer.concurrency();
-        let resolved: Vec<Result<ResolvedAssignment, ObserveError>> =
-            futures::stream::iter(&self.decls.assignments)
-                .map(|(origin, apa)| self.resolve_assignment(origin, apa))
-                .buffered(width)
-                .collect()
-                .await;
-        let guard_views: Vec<Result<std::sync::Arc<crate::observe::PackageView>, ObserveError>> =
-            futures::stream::iter(&self.decls.guards)
-                .map(|(_, guard)| async move {
-                    let id = observer
-                        .resolve_package_id(&guard.spec.access_package)
-                        .await?;
-                    observer.package_view(&id).await
-                })
-                .buffered(width)
-                .collect()
-                .await;
-        let promised = resolved
-            .iter()
-            .filter_map(|r| r.as_ref().ok())
-            .flat_map(|r| r.view.resources.iter())
-            .chain(
-                guard_views
-                    .iter()
-                    .filter_map(|v| v.as_ref().ok())
-                    .flat_map(|v| v.resources.iter()),
-            );
-        let snapshot = self.observer.snapshot(promised).await;
-        let resolved: Vec<Result<ResolvedAssignment, ObserveError>> =
-            futures::stream::iter(resolved)
-                .map(|r| self.with_latest_request(r, &snapshot))
-                .buffered(width)
-                .collect()
-                .await;
-
         let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<String>)> =
             if self.assignments.is_empty() {
                 vec![(None, None); self.decls.assignments.len()]
@@ -393,21 +361,29 @@ impl<'a> Audit<'a> {
                     .map(|a| (a.status.clone(), a.taken.clone()))
                     .collect()
             };
+        let observed: Vec<Result<AssignmentObservation, GraphError>> =
+            futures::stream::iter(self.decls.assignments.iter().zip(&previous))
+                .map(|((_, apa), (status, _))| {
+                    observe_assignment(observer, &apa.spec, status.as_ref())
+                })
+                .buffered(width)
+                .collect()
+                .await;
+        let guards_observed: Vec<Result<GuardObservation, GraphError>> =
+            futures::stream::iter(&self.decls.guards)
+                .map(|(_, guard)| observe_guard(observer, &guard.spec))
+                .buffered(width)
+                .collect()
+                .await;
         self.assignments = self
             .decls
             .assignments
             .iter()
-            .zip(resolved)
+            .zip(observed)
             .zip(previous)
-            .map(|(((origin, apa), resolved), (previous, taken))| {
-                let mut eval = self.evaluate_assignment(
-                    origin,
-                    apa,
-                    resolved,
-                    previous.as_ref(),
-                    &snapshot,
-                    now,
-                );
+            .map(|(((origin, apa), observed), (previous, taken))| {
+                let mut eval =
+                    self.evaluate_assignment(origin, apa, observed, previous.as_ref(), now);
                 // Once repaired, say what was done rather than "none".
                 if let Some(taken) = taken {
                     if matches!(
@@ -435,89 +411,28 @@ impl<'a> Audit<'a> {
             .decls
             .guards
             .iter()
-            .zip(guard_views)
+            .zip(guards_observed)
             .zip(previous)
-            .map(|(((origin, guard), view), (previous, reprocessed))| {
-                self.evaluate_guard(
-                    origin,
-                    guard,
-                    view,
-                    previous.as_ref(),
-                    reprocessed,
-                    &snapshot,
-                    now,
-                )
+            .map(|(((origin, guard), observed), (previous, reprocessed))| {
+                self.evaluate_guard(origin, guard, observed, previous.as_ref(), reprocessed, now)
             })
             .collect();
     }
 
-    async fn resolve_assignment(
-        &self,
-        _origin: &Origin,
-        apa: &AccessPackageAssignment,
-    ) -> Result<ResolvedAssignment, ObserveError> {
-        let package_id = self
-            .observer
-            .resolve_package_id(&apa.spec.access_package)
-            .await?;
-        let view = self.observer.package_view(&package_id).await?;
-        let target_object_id = self.observer.resolve_target(&apa.spec.target).await?;
-        let policy = Observer::resolve_policy(&view, apa.spec.assignment_policy.as_ref());
-        Ok(ResolvedAssignment {
-            assignment: view.assignment_for(&target_object_id),
-            view,
-            latest_request: None,
-            target_object_id,
-            policy,
-        })
-    }
-
-    /// Adds the target's latest request where the plan can depend on it (the package's
-    /// requests are read once, shared); a delivered, complete assignment needs none.
-    async fn with_latest_request(
-        &self,
-        resolved: Result<ResolvedAssignment, ObserveError>,
-        snapshot: &Snapshot,
-    ) -> Result<ResolvedAssignment, ObserveError> {
-        let mut r = resolved?;
-        if engine::needs_latest_request(
-            r.assignment.as_ref(),
-            &r.view.resources,
-            snapshot,
-            &r.target_object_id,
-        ) {
-            let requests = self.observer.package_requests(&r.view.package.id).await?;
-            r.latest_request = r.view.latest_request_for(&requests, &r.target_object_id);
-        }
-        Ok(r)
-    }
-
-    #[allow(clippy::too_many_arguments)]
     fn evaluate_assignment(
         &self,
         origin: &Origin,
         apa: &AccessPackageAssignment,
-        resolved: Result<ResolvedAssignment, ObserveError>,
+        observed: Result<AssignmentObservation, GraphError>,
         previous: Option<&AccessPackageAssignmentStatus>,
-        snapshot: &Snapshot,
         now: jiff::Timestamp,
     ) -> AssignmentEval {
         let declaration = declaration_name(&apa.metadata, origin);
         let target_label = apa.spec.target.label();
         let package_label = apa.spec.access_package.label();
-        let (resolved, view, assignment, latest_request) = match resolved {
-            Ok(r) => {
-                let ids = engine::ResolvedIds {
-                    access_package_id: r.view.package.id.clone(),
-                    access_package_name: r.view.package.display_name.clone(),
-                    policy: r.policy,
-                    target_object_id: r.target_object_id,
-                    target_name: apa.spec.target.user_principal_name.clone(),
-                };
-                (Ok(ids), Some(r.view), r.assignment, r.latest_request)
-            }
-            Err(ObserveError::Resolve(failure)) => (Err(failure), None, None, None),
-            Err(ObserveError::Graph(err)) => {
+        let observed = match observed {
+            Ok(o) => o,
+            Err(err) => {
                 return AssignmentEval {
                     row: error_row(declaration, target_label, package_label, err.to_string()),
                     taken: None,
@@ -540,11 +455,11 @@ impl<'a> Audit<'a> {
                 .as_ref()
                 .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
                 .map(String::as_str),
-            resolved,
-            assignment: assignment.as_ref(),
-            latest_request: latest_request.as_ref(),
-            resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
-            snapshot,
+            resolved: observed.resolved.clone(),
+            assignment: observed.assignment.as_ref(),
+            latest_request: observed.latest_request.as_ref(),
+            resources: observed.resources(),
+            snapshot: &observed.snapshot,
             settings: &self.settings,
             ledger: &ledger,
             who: &who,
@@ -555,7 +470,8 @@ impl<'a> Audit<'a> {
         let action_text = describe_action(&plan.action, self.repair);
         let in_flight =
             engine::conditions::is_true(&plan.status.conditions, engine::conditions::RECONCILING);
-        let package = view
+        let package = observed
+            .view
             .as_ref()
             .map(|v| v.name().to_string())
             .unwrap_or(package_label);
@@ -575,26 +491,20 @@ impl<'a> Audit<'a> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn evaluate_guard(
         &self,
         origin: &Origin,
         guard: &AccessPackageGuard,
-        view: Result<std::sync::Arc<crate::observe::PackageView>, ObserveError>,
+        observed: Result<GuardObservation, GraphError>,
         previous: Option<&AccessPackageGuardStatus>,
         reprocessed: BTreeSet<String>,
-        snapshot: &Snapshot,
         now: jiff::Timestamp,
     ) -> GuardEval {
         let declaration = declaration_name(&guard.metadata, origin);
         let package_label = guard.spec.access_package.label();
-        let (resolved, view) = match view {
-            Ok(v) => (
-                Ok((v.package.id.clone(), v.package.display_name.clone())),
-                Some(v),
-            ),
-            Err(ObserveError::Resolve(failure)) => (Err(failure), None),
-            Err(ObserveError::Graph(err)) => {
+        let observed = match observed {
+            Ok(o) => o,
+            Err(err) => {
                 return GuardEval {
                     rows: vec![error_row(
                         declaration,
@@ -610,6 +520,7 @@ impl<'a> Audit<'a> {
                 };
             }
         };
+        let view = observed.view.clone();
         let who = format!("AccessPackageGuard {declaration}");
         let mut ledger = self.ledger.borrow_mut();
         let sweep = engine::plan_guard_sweep(
@@ -617,13 +528,10 @@ impl<'a> Audit<'a> {
                 generation: guard.metadata.generation,
                 spec: &guard.spec,
                 previous,
-                resolved,
-                assignments: view
-                    .as_ref()
-                    .map(|v| v.assignments.as_slice())
-                    .unwrap_or(&[]),
-                resources: view.as_ref().map(|v| v.resources.as_slice()).unwrap_or(&[]),
-                snapshot,
+                resolved: observed.resolved.clone(),
+                assignments: observed.assignments(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
                 settings: &self.settings,
                 ledger: &ledger,
                 who: &who,
@@ -900,16 +808,6 @@ fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionF
 /// Outcome of each write a pass sent (an outcome is shared by every declaration and guard
 /// that asked for the same write).
 type WriteResults = std::collections::HashMap<Write, Result<Written, crate::graph::GraphError>>;
-
-struct ResolvedAssignment {
-    view: std::sync::Arc<crate::observe::PackageView>,
-    /// The target's assignment of the package, if any.
-    assignment: Option<crate::graph::models::Assignment>,
-    /// Its latest request, read only where the plan can depend on it.
-    latest_request: Option<crate::graph::models::AssignmentRequest>,
-    target_object_id: String,
-    policy: Result<String, engine::ResolveFailure>,
-}
 
 fn declaration_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

@@ -17,18 +17,17 @@ use super::ledger::name_of;
 use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
-    REPROCESS_ANNOTATION, validate_assignment_spec,
+    REPROCESS_ANNOTATION,
 };
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
 use crate::engine::{
     Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
-    PromisedResource, ResolvedIds, Snapshot, assignment_status_changed, plan_assignment,
-    record_action_failure, record_request_submitted,
+    assignment_status_changed, plan_assignment, record_action_failure, record_request_submitted,
 };
-use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestType};
-use crate::graph::{GraphError, Written};
-use crate::observe::{Observer, stable_message};
+use crate::graph::Written;
+use crate::graph::models::{Assignment, AssignmentState, RequestType};
+use crate::observe::{AssignmentObservation, observe_assignment, stable_message};
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
@@ -99,114 +98,6 @@ async fn remove_finalizer(
     Ok(())
 }
 
-/// What Graph said about one declaration this pass.
-struct Observed {
-    resolved: Result<ResolvedIds, crate::engine::ResolveFailure>,
-    assignment: Option<Assignment>,
-    latest_request: Option<AssignmentRequest>,
-    resources: Vec<PromisedResource>,
-    snapshot: Snapshot,
-}
-
-async fn observe(
-    ctx: &Context,
-    obj: &AccessPackageAssignment,
-    previous: Option<&AccessPackageAssignmentStatus>,
-) -> Result<Observed, GraphError> {
-    let spec = &obj.spec;
-    let empty = |resolved| Observed {
-        resolved,
-        assignment: None,
-        latest_request: None,
-        resources: Vec::new(),
-        snapshot: Snapshot::new(),
-    };
-    let observer = ctx.observations.observer();
-    let package_id = match split(observer.resolve_package_id(&spec.access_package).await)? {
-        Ok(id) => id,
-        Err(f) => return Ok(empty(Err(f))),
-    };
-    let view = match split(ctx.observations.package_view(&package_id).await)? {
-        Ok(v) => v,
-        Err(f) => return Ok(empty(Err(f))),
-    };
-    // The package's assignments name their targets: a user who holds one needs no read of
-    // its own (one `GET /users/{id}`, 1 RU, per object per window, for nothing).
-    let target = match target_from_assignments(&spec.target, &view) {
-        Some(id) => id,
-        None => match split(observer.resolve_target(&spec.target).await)? {
-            Ok(t) => t,
-            Err(f) => return Ok(empty(Err(f))),
-        },
-    };
-    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
-    let assignment = view.assignment_for(&target);
-    // Checking on our own reprocess: a stale "missing" from another object's cached copy
-    // would cost the whole reprocess cooldown.
-    let snapshot = if crate::engine::awaiting_reprocess(previous) {
-        ctx.observations.snapshot_fresh(&view.resources).await
-    } else {
-        ctx.observations.snapshot(&view.resources).await
-    };
-    let latest_request = match previous.and_then(|s| s.last_request_id.as_deref()) {
-        // The request we submitted: read it directly, fresh and with its target.
-        Some(id) => ctx.observations.graph().get_request(id).await?,
-        // A delivered assignment with everything present plans the same with or without
-        // a request: don't read (and hold) the package's requests for it.
-        None if !crate::engine::needs_latest_request(
-            assignment.as_ref(),
-            &view.resources,
-            &snapshot,
-            &target,
-        ) =>
-        {
-            None
-        }
-        None => match split(ctx.observations.package_requests(&package_id).await)? {
-            Ok(requests) => view.latest_request_for(&requests, &target),
-            Err(f) => return Ok(empty(Err(f))),
-        },
-    };
-    Ok(Observed {
-        resolved: Ok(ResolvedIds {
-            access_package_id: package_id,
-            access_package_name: view.package.display_name.clone(),
-            policy,
-            target_object_id: target,
-            target_name: spec.target.user_principal_name.clone(),
-        }),
-        assignment,
-        latest_request,
-        resources: view.resources.clone(),
-        snapshot,
-    })
-}
-
-/// The target's directory object id when one of the package's assignments names it: by
-/// object id, or by `principalName` for a UPN. `None` means it must be resolved (and may not
-/// exist).
-fn target_from_assignments(
-    target: &crate::api::TargetSelector,
-    view: &crate::observe::PackageView,
-) -> Option<String> {
-    view.assignments.iter().find_map(|a| {
-        let subject = a.target.as_ref()?;
-        let id = subject.object_id.as_deref()?;
-        let matches = match (
-            target.object_id.as_deref(),
-            target.user_principal_name.as_deref(),
-        ) {
-            (Some(wanted), _) => id.eq_ignore_ascii_case(wanted),
-            (None, Some(upn)) => subject
-                .principal_name
-                .as_deref()
-                .is_some_and(|p| p.eq_ignore_ascii_case(upn)),
-            (None, None) => false,
-        };
-        matches.then(|| id.to_string())
-    })
-}
-
 /// One verification pass.
 async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
     let name = obj.name_any();
@@ -229,21 +120,8 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         previous = Some(first);
     }
 
-    let observed = if validate_assignment_spec(&obj.spec).is_ok() {
-        observe(ctx, &obj, previous.as_ref()).await?
-    } else {
-        // An invalid declaration never reaches Graph; the engine reports it as Stalled.
-        Observed {
-            resolved: Err(crate::engine::ResolveFailure::new(
-                crate::engine::ResolveFailureKind::InvalidSpec,
-                "invalid declaration",
-            )),
-            assignment: None,
-            latest_request: None,
-            resources: Vec::new(),
-            snapshot: Snapshot::new(),
-        }
-    };
+    // The same observation as `redeliver audit`'s (one function, two read caches).
+    let observed = observe_assignment(&ctx.observations, &obj.spec, previous.as_ref()).await?;
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // Planning and claiming happen under one lock of the shared ledger: of two objects
@@ -262,7 +140,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
                 resolved: observed.resolved.clone(),
                 assignment: observed.assignment.as_ref(),
                 latest_request: observed.latest_request.as_ref(),
-                resources: &observed.resources,
+                resources: observed.resources(),
                 snapshot: &observed.snapshot,
                 settings: &ctx.engine,
                 ledger: &ledger,
@@ -316,7 +194,7 @@ async fn execute(
     api: &Api<AccessPackageAssignment>,
     plan: &mut Plan,
     written: &mut Option<AccessPackageAssignmentStatus>,
-    observed: &Observed,
+    observed: &AssignmentObservation,
     now: Timestamp,
 ) -> Result<Option<std::time::Duration>, Error> {
     if !plan.action.is_write() {
@@ -362,7 +240,7 @@ async fn execute(
     });
     if let Ok(ids) = &observed.resolved {
         ctx.observations
-            .invalidate_package(&ids.access_package_id, &observed.resources);
+            .invalidate_package(&ids.access_package_id, observed.resources());
     }
     match result {
         Ok(()) => {

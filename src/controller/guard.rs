@@ -16,15 +16,12 @@ use super::context::{
     Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
 use super::ledger::name_of;
-use super::observation::split;
-use crate::api::{AccessPackageGuard, AccessPackageGuardStatus, validate_guard_spec};
+use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
 use crate::engine::conditions::{first_visit_conditions, to_time};
 use crate::engine::ledger::RepairKey;
 use crate::engine::ledger::Undo;
-use crate::engine::{
-    GuardInput, GuardPlan, ResolveFailure, ResolveFailureKind, Snapshot, guard_status_changed,
-    plan_guard_sweep,
-};
+use crate::engine::{GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep};
+use crate::observe::observe_guard;
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageGuard";
@@ -65,31 +62,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         previous = Some(first);
     }
 
-    let mut resolved: Result<(String, Option<String>), ResolveFailure> = Err(ResolveFailure::new(
-        ResolveFailureKind::InvalidSpec,
-        "invalid declaration",
-    ));
-    // The package view is shared with every other object of the package: borrow its
-    // assignments rather than copy them.
-    let mut view_held: Option<std::sync::Arc<crate::observe::PackageView>> = None;
-    let mut resources = Vec::new();
-    let mut snapshot = Snapshot::new();
-    if validate_guard_spec(&obj.spec).is_ok() {
-        let observer = ctx.observations.observer();
-        let view = match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
-            Ok(id) => split(ctx.observations.package_view(&id).await)?,
-            Err(f) => Err(f),
-        };
-        match view {
-            Err(f) => resolved = Err(f),
-            Ok(view) => {
-                resources = view.resources.clone();
-                snapshot = ctx.observations.snapshot(&resources).await;
-                resolved = Ok((view.package.id.clone(), view.package.display_name.clone()));
-                view_held = Some(view);
-            }
-        }
-    }
+    // The same observation as `redeliver audit`'s (one function, two read caches).
+    let observed = observe_guard(&ctx.observations, &obj.spec).await?;
+    let resolved = observed.resolved.clone();
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // The operator's global rate limit is an input: the plan selects only what may be sent.
@@ -102,12 +77,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 spec: &obj.spec,
                 previous: previous.as_ref(),
                 resolved: resolved.clone(),
-                assignments: view_held
-                    .as_ref()
-                    .map(|v| v.assignments.as_slice())
-                    .unwrap_or(&[]),
-                resources: &resources,
-                snapshot: &snapshot,
+                assignments: observed.assignments(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
                 settings: &ctx.engine,
                 ledger: &ledger,
                 who: &who,
@@ -160,7 +132,8 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             });
         }
         if let Ok((package_id, _)) = &resolved {
-            ctx.observations.invalidate_package(package_id, &resources);
+            ctx.observations
+                .invalidate_package(package_id, observed.resources());
             let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
             ctx.triggers.covering(package_id, &done, &who);
         }

@@ -192,6 +192,39 @@ impl Observations {
     }
 }
 
+impl crate::observe::Reads for Observations {
+    async fn package_id(
+        &self,
+        selector: &crate::api::AccessPackageSelector,
+    ) -> Result<String, ObserveError> {
+        self.observer().resolve_package_id(selector).await
+    }
+
+    async fn view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
+        self.package_view(package_id).await
+    }
+
+    async fn requests(&self, package_id: &str) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
+        self.package_requests(package_id).await
+    }
+
+    async fn target(&self, selector: &crate::api::TargetSelector) -> Result<String, ObserveError> {
+        self.observer().resolve_target(selector).await
+    }
+
+    async fn memberships(&self, resources: &[PromisedResource], fresh: bool) -> Snapshot {
+        if fresh {
+            self.snapshot_fresh(resources).await
+        } else {
+            self.snapshot(resources).await
+        }
+    }
+
+    async fn request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {
+        self.graph.get_request(id).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,8 +43,13 @@ async fn killed_before_any_repair_loses_nothing_the_rerun_repairs_once() {
     sim.clear_request_log();
     let mut child = audit_command(&sim, dir.path(), &REPAIR).spawn().unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    // Users are being resolved: the sweep has started, its member reads are still slow.
-    while sim.count_requests("GET", "/v1.0/users/") == 0 {
+    // The package's assignments are being read: the sweep has started, its member reads
+    // are still slow.
+    while sim.count_requests(
+        "GET",
+        "/v1.0/identityGovernance/entitlementManagement/assignments",
+    ) == 0
+    {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -28,6 +28,7 @@ mod graph_tls;
 mod input_fuzz_corpus;
 mod input_hostile;
 mod input_props;
+mod observe_same_input;
 mod scale_delta;
 mod scale_metering;
 mod scale_minimal_cost;

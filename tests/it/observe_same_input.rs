@@ -1,0 +1,155 @@
+//! `redeliver audit` and the controller cannot disagree: for the same tenant state they
+//! compute the same engine input (one observation function over their two read caches) and
+//! so the same decision — and what `audit -o json` prints is that decision. Over the demo
+//! tenant and the repository's own example declarations (`examples/*.yaml`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redeliver::audit::load::load_paths;
+use redeliver::controller::observation::Observations;
+use redeliver::engine::ledger::RepairLedger;
+use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::observe::{Observer, observe_assignment, observe_guard};
+use redeliver::sim::{Scenario, Simulator};
+
+use crate::fault_support::fast;
+
+fn examples() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
+}
+
+/// The action as `redeliver audit` (without `--reprocess`) names it.
+fn audit_action(action: &Action) -> String {
+    match action {
+        Action::None => "none".into(),
+        Action::RequestAssignment { .. } => "would request assignment".into(),
+        Action::ReprocessAssignment { .. } => "would reprocess".into(),
+        Action::ReprocessRequest { .. } => "would reprocess request".into(),
+        Action::Wait { reason } => format!("wait ({reason})"),
+        Action::GiveUp { reason } => format!("none ({reason})"),
+    }
+}
+
+#[tokio::test]
+async fn audit_and_controller_observe_and_decide_the_same() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let decls = load_paths(&[examples()]).expect("the examples load");
+    assert!(decls.assignments.len() >= 4, "{}", decls.assignments.len());
+    assert!(!decls.guards.is_empty());
+    let graph = sim.graph_client().unwrap();
+    let audit_reads = Observer::new(graph.clone(), 4);
+    let controller_reads = Observations::new(graph, Duration::from_secs(30), 8);
+    let settings = EngineSettings::default();
+    let now = jiff::Timestamp::now();
+
+    let mut decisions = Vec::new();
+    for (_, apa) in &decls.assignments {
+        let from_audit = observe_assignment(&audit_reads, &apa.spec, None)
+            .await
+            .unwrap();
+        let from_controller = observe_assignment(&controller_reads, &apa.spec, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            from_audit,
+            from_controller,
+            "the same engine input for {}",
+            apa.metadata.name.as_deref().unwrap_or_default()
+        );
+        let who = format!(
+            "AccessPackageAssignment {}",
+            apa.metadata.name.as_deref().unwrap_or("")
+        );
+        let plan = |o: &redeliver::observe::AssignmentObservation| {
+            engine::plan_assignment(
+                &engine::AssignmentInput {
+                    generation: apa.metadata.generation,
+                    spec: &apa.spec,
+                    previous: None,
+                    reprocess_annotation: None,
+                    resolved: o.resolved.clone(),
+                    assignment: o.assignment.as_ref(),
+                    latest_request: o.latest_request.as_ref(),
+                    resources: o.resources(),
+                    snapshot: &o.snapshot,
+                    settings: &settings,
+                    ledger: &RepairLedger::new(),
+                    who: &who,
+                    operator_report_only: false,
+                },
+                now,
+            )
+        };
+        let (a, c) = (plan(&from_audit), plan(&from_controller));
+        assert_eq!(a.action, c.action);
+        assert_eq!(a.status, c.status);
+        decisions.push((
+            apa.metadata.name.clone().unwrap_or_default(),
+            a.status.assignment_id.clone(),
+            audit_action(&a.action),
+        ));
+    }
+    // The demo's story: alice drifted, carol unassigned, dave's request failed.
+    let action_of = |name: &str| {
+        decisions
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, a)| a.clone())
+    };
+    assert_eq!(
+        action_of("alice-finance").as_deref(),
+        Some("would reprocess")
+    );
+    assert_eq!(
+        action_of("carol-finance").as_deref(),
+        Some("would request assignment")
+    );
+    assert_eq!(
+        action_of("dave-engineering").as_deref(),
+        Some("would reprocess request")
+    );
+
+    for (_, guard) in &decls.guards {
+        let from_audit = observe_guard(&audit_reads, &guard.spec).await.unwrap();
+        let from_controller = observe_guard(&controller_reads, &guard.spec).await.unwrap();
+        assert_eq!(from_audit, from_controller);
+    }
+
+    // And the audit binary prints exactly these decisions.
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    let out = cmd
+        .envs(sim.graph_env())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("AZURE_FEDERATED_TOKEN_FILE")
+        .arg("audit")
+        .arg("-f")
+        .arg(examples())
+        .args(["-o", "json", "--no-progress"])
+        .output()
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    for (name, assignment_id, action) in &decisions {
+        let row = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["declaration"] == format!("access/{name}"))
+            .unwrap_or_else(|| panic!("no row for {name}: {report}"));
+        assert_eq!(row["action"], action.as_str(), "{row}");
+        assert_eq!(
+            row["assignmentId"].as_str(),
+            assignment_id.as_deref(),
+            "{row}"
+        );
+    }
+    sim.shutdown().await;
+}
