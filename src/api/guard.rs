@@ -19,6 +19,10 @@ pub const MAX_DRIFTED_LISTED: usize = 50;
 /// Longest list kept in `status.unmanagedMembers.sample`.
 pub const MAX_UNMANAGED_SAMPLE: usize = 20;
 
+fn is_zero(n: &i32) -> bool {
+    *n == 0
+}
+
 fn default_interval() -> String {
     String::from("15m")
 }
@@ -142,9 +146,14 @@ pub struct AccessPackageGuardStatus {
     /// Counts of the package's assignments by verified state.
     #[serde(default)]
     pub assignments: AssignmentCounts,
-    /// Drifted assignments (at most 50 listed; assignments.drifted has the full count).
+    /// Drifted assignments, oldest drift first (at most 50 listed; assignments.drifted has
+    /// the full count).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub drifted: Vec<DriftedAssignment>,
+    /// Drifted assignments beyond the 50 listed in drifted. They are reprocessed all the
+    /// same (oldest drift first, within maxReprocessPerSweep).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub drifted_not_listed: i32,
     /// Users in a group the package grants who hold no assignment of the package. Reported for
     /// access reviews; never acted on.
     #[serde(default)]

@@ -309,6 +309,9 @@ struct GuardEval {
     to_reprocess: Vec<String>,
     /// Assignments this run reprocessed, to wait for.
     reprocessed: BTreeSet<String>,
+    /// Reprocesses Graph refused for good in this run, with its answer: reported on their
+    /// row until the run ends (the attempt stays counted, as in the controller).
+    refused: BTreeMap<String, String>,
     in_flight: bool,
     /// What its plan claimed in the ledger, undone for each reprocess not sent.
     undo: Undo,
@@ -398,24 +401,37 @@ impl<'a> Audit<'a> {
             })
             .collect();
 
-        let previous: Vec<(Option<AccessPackageGuardStatus>, BTreeSet<String>)> =
-            if self.guards.is_empty() {
-                vec![(None, BTreeSet::new()); self.decls.guards.len()]
-            } else {
-                self.guards
-                    .iter()
-                    .map(|g| (g.status.clone(), g.reprocessed.clone()))
-                    .collect()
-            };
+        type Carried = (
+            Option<AccessPackageGuardStatus>,
+            BTreeSet<String>,
+            BTreeMap<String, String>,
+        );
+        let previous: Vec<Carried> = if self.guards.is_empty() {
+            vec![(None, BTreeSet::new(), BTreeMap::new()); self.decls.guards.len()]
+        } else {
+            self.guards
+                .iter()
+                .map(|g| (g.status.clone(), g.reprocessed.clone(), g.refused.clone()))
+                .collect()
+        };
         self.guards = self
             .decls
             .guards
             .iter()
             .zip(guards_observed)
             .zip(previous)
-            .map(|(((origin, guard), observed), (previous, reprocessed))| {
-                self.evaluate_guard(origin, guard, observed, previous.as_ref(), reprocessed, now)
-            })
+            .map(
+                |(((origin, guard), observed), (previous, reprocessed, refused))| {
+                    self.evaluate_guard(
+                        origin,
+                        guard,
+                        observed,
+                        previous.as_ref(),
+                        (reprocessed, refused),
+                        now,
+                    )
+                },
+            )
             .collect();
     }
 
@@ -497,7 +513,7 @@ impl<'a> Audit<'a> {
         guard: &AccessPackageGuard,
         observed: Result<GuardObservation, GraphError>,
         previous: Option<&AccessPackageGuardStatus>,
-        reprocessed: BTreeSet<String>,
+        (reprocessed, refused): (BTreeSet<String>, BTreeMap<String, String>),
         now: jiff::Timestamp,
     ) -> GuardEval {
         let declaration = declaration_name(&guard.metadata, origin);
@@ -515,6 +531,7 @@ impl<'a> Audit<'a> {
                     status: previous.cloned(),
                     to_reprocess: Vec::new(),
                     reprocessed,
+                    refused,
                     in_flight: false,
                     undo: Undo::default(),
                 };
@@ -559,6 +576,7 @@ impl<'a> Audit<'a> {
                     .get(&RepairKey::assignment(&d.assignment_id))
                     .filter(|r| r.by != who)
                     .map(|r| r.by.clone());
+                let refusal = refused.get(&d.assignment_id);
                 Row {
                     declaration: declaration.clone(),
                     target: d.target.clone(),
@@ -567,8 +585,14 @@ impl<'a> Audit<'a> {
                     graph_status: "Delivered".into(),
                     present: promised.saturating_sub(d.missing.len()),
                     promised,
-                    verdict: Verdict::Drifted,
-                    action: if reprocessed.contains(&d.assignment_id) {
+                    verdict: if refusal.is_some() {
+                        Verdict::Error
+                    } else {
+                        Verdict::Drifted
+                    },
+                    action: if refusal.is_some() {
+                        "failed".into()
+                    } else if reprocessed.contains(&d.assignment_id) {
                         "reprocessed".into()
                     } else if sweep.reprocess.contains(&d.assignment_id) {
                         if self.repair {
@@ -583,7 +607,9 @@ impl<'a> Audit<'a> {
                         "none (report only)".into()
                     },
                     missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
-                    message: String::new(),
+                    message: refusal
+                        .map(|e| format!("reprocess failed: {e}"))
+                        .unwrap_or_default(),
                 }
             })
             .collect();
@@ -599,7 +625,9 @@ impl<'a> Audit<'a> {
             graph_status: "-".into(),
             present: usize::try_from(counts.delivered).unwrap_or(0),
             promised: usize::try_from(counts.total).unwrap_or(0),
-            verdict: if stalled.is_some() {
+            verdict: if !refused.is_empty() {
+                Verdict::Error
+            } else if stalled.is_some() {
                 Verdict::Stalled
             } else if counts.drifted == 0 && counts.failed == 0 {
                 Verdict::Delivered
@@ -609,6 +637,10 @@ impl<'a> Audit<'a> {
             action: "guard sweep".into(),
             missing: Vec::new(),
             message: match stalled {
+                _ if !refused.is_empty() => format!(
+                    "{} reprocess(es) refused by Graph; see the rows marked failed.",
+                    refused.len()
+                ),
                 Some(c) => c.message.clone(),
                 None => format!(
                     "{} delivered, {} drifted, {} failed, {} pending; {} unmanaged member(s)",
@@ -626,6 +658,7 @@ impl<'a> Audit<'a> {
             status: Some(sweep.status),
             to_reprocess: sweep.reprocess,
             reprocessed,
+            refused,
             in_flight,
             undo,
         }
@@ -765,10 +798,16 @@ impl<'a> Audit<'a> {
                     }
                     Err(err) => {
                         failed += 1;
-                        guard.undo.restore(
-                            &mut self.ledger.borrow_mut(),
-                            Some(&RepairKey::assignment(&assignment_id)),
-                        );
+                        if err.is_refusal() {
+                            // Final: the attempt stays counted (as in the controller) and the
+                            // row keeps saying so for the rest of the run.
+                            guard.refused.insert(assignment_id.clone(), err.to_string());
+                        } else {
+                            guard.undo.restore(
+                                &mut self.ledger.borrow_mut(),
+                                Some(&RepairKey::assignment(&assignment_id)),
+                            );
+                        }
                         if let Some(row) = row {
                             row.verdict = Verdict::Error;
                             row.action = "failed".into();

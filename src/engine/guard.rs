@@ -115,6 +115,8 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     census.counts.reprocessing =
         i32::try_from(selection.cooling + selection.reprocess.len()).unwrap_or(i32::MAX);
     entries.truncate(MAX_DRIFTED_LISTED);
+    status.drifted_not_listed =
+        i32::try_from(census.drifted.len() - entries.len()).unwrap_or(i32::MAX);
 
     status.unmanaged_members = unmanaged(input, &census.assigned);
     status.assignments = census.counts.clone();

@@ -459,6 +459,10 @@ mod shared_ledger {
         let p = fx.step(at(0));
         assert_eq!(p.reprocess.len(), 100);
         assert_eq!(p.status.drifted.len(), MAX_DRIFTED_LISTED);
+        assert_eq!(
+            p.status.drifted_not_listed, 150,
+            "status says how many are not listed"
+        );
         let p = fx.step(at(1));
         assert_eq!(p.reprocess.len(), 100);
         assert_eq!(p.reprocess[0], "a100");

@@ -892,6 +892,42 @@ async fn missing_crd_fails_fast_with_the_install_command() {
 }
 
 #[tokio::test]
+async fn a_forbidden_guard_list_names_the_guard_resource_in_the_rbac_hint() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = kube::Client::new(service, NS);
+    let mut api = ApiServerVerifier(handle);
+    let check = tokio::spawn(async move { redeliver::controller::check_crds(&client, &[]).await });
+    // Assignments may be listed...
+    let (seen, send) = api.next().await;
+    assert!(
+        seen.path.ends_with("/accesspackageassignments"),
+        "{}",
+        seen.path
+    );
+    send.send_response(json_response(&json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignmentList",
+        "metadata": {"resourceVersion": "1"}, "items": []
+    })));
+    // ...guards may not.
+    let (seen, send) = api.next().await;
+    assert!(seen.path.ends_with("/accesspackageguards"), "{}", seen.path);
+    let forbidden = json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": "accesspackageguards.redeliver.dev is forbidden", "reason": "Forbidden", "code": 403});
+    send.send_response(
+        Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .header("content-type", "application/json")
+            .body(Body::from(serde_json::to_vec(&forbidden).unwrap()))
+            .unwrap(),
+    );
+    let err = check.await.unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("grant get/list/watch/patch on accesspackageguards.redeliver.dev"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn objects_of_one_package_share_each_resource_read() {
     let mut env = Env::start().await;
     let first = for_user("bob-1", "bob@contoso.com");

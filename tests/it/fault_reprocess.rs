@@ -340,3 +340,77 @@ async fn user_deleted_while_being_repaired_is_reported_not_found_and_nothing_mor
     assert_eq!(sim.count_requests("POST", "/v1.0/"), 0, "nothing written");
     sim.shutdown().await;
 }
+
+/// A guard that reprocesses two drifted assignments, one refused: each row tells its own
+/// outcome (the refused one failed with Graph's answer, the other reprocessed), instead of
+/// every row saying "reprocessed" and the last error overwriting the others.
+#[tokio::test]
+async fn a_guard_sweep_reports_each_reprocess_outcome_on_its_own_row() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    sim.remove_member("fin-writers", "bob@contoso.com").unwrap();
+    let alice = sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    let bob = sim
+        .assignment_id("bob@contoso.com", "Finance Analysts")
+        .unwrap();
+    sim.inject_fault(fault(json!({
+        "kind": "error", "status": 400, "count": 100, "method": "POST",
+        "pathPrefix": format!("/v1.0/identityGovernance/entitlementManagement/assignments/{alice}/reprocess")
+    })));
+    let dir = declarations(&guard("finance", "Finance Analysts"));
+    let out = audit(
+        &sim,
+        dir.path(),
+        &[
+            "--reprocess",
+            "--wait",
+            "5s",
+            "--poll-interval",
+            "1s",
+            "-o",
+            "json",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let before = out.json()["before"].as_array().cloned().unwrap();
+    let planned = |id: &str| before.iter().find(|r| r["assignmentId"] == id).cloned();
+    assert_eq!(planned(&alice).unwrap()["action"], "reprocess");
+    assert_eq!(planned(&bob).unwrap()["action"], "reprocess");
+    let rows = out.rows();
+    let a = rows
+        .iter()
+        .find(|r| r["assignmentId"] == alice.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("alice is still drifted: {rows:?}"));
+    assert_eq!(a["action"], "failed", "{a}");
+    assert_eq!(a["verdict"], "Error", "{a}");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("reprocess failed:"),
+        "{a}"
+    );
+    // bob's repair landed: no drift row left for him, his access is back.
+    assert!(
+        !rows.iter().any(|r| r["assignmentId"] == bob.as_str()),
+        "{rows:?}"
+    );
+    assert!(
+        sim.is_member("fin-writers", "bob@contoso.com"),
+        "bob repaired"
+    );
+    assert!(!sim.is_member("fin-writers", "alice@contoso.com"));
+    let summary = &rows[0];
+    assert_eq!(summary["verdict"], "Error", "{summary}");
+    assert!(
+        summary["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 reprocess(es) refused by Graph"),
+        "{summary}"
+    );
+    sim.shutdown().await;
+}
