@@ -675,7 +675,7 @@ impl<'a> Audit<'a> {
         let declared = self
             .assignments
             .iter()
-            .filter_map(|e| e.action.as_ref().and_then(Action::write));
+            .filter_map(|e| e.action.as_ref().and_then(Action::write).cloned());
         let swept = self.guards.iter().flat_map(|g| {
             g.to_reprocess
                 .iter()
@@ -719,12 +719,12 @@ impl<'a> Audit<'a> {
                 continue;
             };
             // Absent: an assignment reprocessed earlier in this run; nothing new was sent.
-            let Some(result) = results.get(&write) else {
+            let Some(result) = results.get(write) else {
                 continue;
             };
             let outcome = result.clone().map(|written| match (&action, written) {
                 (_, Written::Requested(request)) => format!("requested (request {})", request.id),
-                (Action::ReprocessRequest { request_id }, Written::Accepted) => {
+                (Action::Write(Write::ReprocessRequest { request_id }), Written::Accepted) => {
                     format!("reprocessed request {request_id}")
                 }
                 (_, Written::Accepted) => "reprocessed".to_string(),
@@ -886,9 +886,9 @@ fn describe_action(action: &Action, repair: bool) -> String {
     };
     match action {
         Action::None => "none".into(),
-        Action::RequestAssignment { .. } => verb("request assignment"),
-        Action::ReprocessAssignment { .. } => verb("reprocess"),
-        Action::ReprocessRequest { .. } => verb("reprocess request"),
+        Action::Write(Write::RequestAssignment { .. }) => verb("request assignment"),
+        Action::Write(Write::ReprocessAssignment { .. }) => verb("reprocess"),
+        Action::Write(Write::ReprocessRequest { .. }) => verb("reprocess request"),
         Action::Wait { reason } => format!("wait ({reason})"),
         Action::GiveUp { reason } => format!("none ({reason})"),
     }

@@ -22,8 +22,8 @@ use crate::api::{
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
 use crate::engine::{
-    Action as EngineAction, ActionFailure, ActionFailureKind, AssignmentInput, Plan,
-    assignment_status_changed, plan_assignment, record_action_failure, record_request_submitted,
+    ActionFailure, ActionFailureKind, AssignmentInput, Plan, assignment_status_changed,
+    plan_assignment, record_action_failure, record_request_submitted,
 };
 use crate::graph::Written;
 use crate::graph::models::{Assignment, AssignmentState, RequestType};
@@ -205,10 +205,7 @@ async fn execute(
         return Ok(None);
     }
     let graph = ctx.observations.graph();
-    let is_reprocess = matches!(
-        plan.action,
-        EngineAction::ReprocessAssignment { .. } | EngineAction::ReprocessRequest { .. }
-    );
+    let is_reprocess = plan.action.is_reprocess();
     if is_reprocess && let Err(wait) = ctx.reprocess_bucket.try_acquire() {
         ctx.metrics.reprocess(KIND, "rate_limited");
         tracing::info!(
@@ -232,7 +229,7 @@ async fn execute(
             "reprocess requested"
         );
     }
-    let result = graph.write(&write).await.map(|written| {
+    let result = graph.write(write).await.map(|written| {
         if let Written::Requested(req) = written {
             tracing::info!(request_id = %req.id, "assignment requested");
             record_request_submitted(&mut plan.status, &req.id);

@@ -33,7 +33,7 @@ use super::ledger::{
 };
 use super::{
     Action, EngineEvent, EngineSettings, EventKind, Plan, PromisedResource, ResolveFailure,
-    ResolvedIds, Snapshot,
+    ResolvedIds, Snapshot, Write,
 };
 use crate::api::{
     AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, MIN_VERIFY_INTERVAL, ReprocessMode,
@@ -485,9 +485,9 @@ fn delivered_state(
         let what = format!("resources missing: {}", labels(&observed.missing));
         return repair(
             ctx,
-            Action::ReprocessAssignment {
+            Action::Write(Write::ReprocessAssignment {
                 assignment_id: a.id.clone(),
-            },
+            }),
             &what,
             delivered,
             status,
@@ -519,9 +519,9 @@ fn delivered_state(
     if ctx.forced() {
         return repair(
             ctx,
-            Action::ReprocessAssignment {
+            Action::Write(Write::ReprocessAssignment {
                 assignment_id: a.id.clone(),
-            },
+            }),
             "requested by annotation",
             delivered,
             status,
@@ -680,8 +680,10 @@ fn repair(
         .filter(|d| *d >= crate::api::MIN_COOLDOWN)
         .unwrap_or(crate::api::MIN_COOLDOWN);
     let key = match &action {
-        Action::ReprocessRequest { request_id } => RepairKey::request(request_id),
-        Action::ReprocessAssignment { assignment_id } => RepairKey::assignment(assignment_id),
+        Action::Write(Write::ReprocessRequest { request_id }) => RepairKey::request(request_id),
+        Action::Write(Write::ReprocessAssignment { assignment_id }) => {
+            RepairKey::assignment(assignment_id)
+        }
         _ => RepairKey::assignment(status.assignment_id.as_deref().unwrap_or_default()),
     };
     let who = ctx.input.who;
@@ -810,12 +812,14 @@ fn repair(
     if forced && let Some(v) = ctx.annotation_new {
         status.reprocess.last_handled_request = Some(v.to_string());
     }
-    if let Action::ReprocessRequest { request_id } = &action {
+    if let Action::Write(Write::ReprocessRequest { request_id }) = &action {
         status.last_request_id = Some(request_id.clone());
     }
     let target = match &action {
-        Action::ReprocessRequest { request_id } => format!("request {request_id}"),
-        Action::ReprocessAssignment { assignment_id } => format!("assignment {assignment_id}"),
+        Action::Write(Write::ReprocessRequest { request_id }) => format!("request {request_id}"),
+        Action::Write(Write::ReprocessAssignment { assignment_id }) => {
+            format!("assignment {assignment_id}")
+        }
         _ => String::from("assignment"),
     };
     Outcome {
@@ -889,9 +893,9 @@ fn failed_delivery(
             let what = format!("request {} is {}", r.id, r.state.as_str());
             repair(
                 ctx,
-                Action::ReprocessRequest {
+                Action::Write(Write::ReprocessRequest {
                     request_id: r.id.clone(),
-                },
+                }),
                 &what,
                 delivered,
                 status,
@@ -1106,11 +1110,11 @@ fn request_assignment(
     }
     status.last_request_id = None;
     Outcome {
-        action: Action::RequestAssignment {
+        action: Action::Write(Write::RequestAssignment {
             access_package_id: ids.access_package_id.clone(),
             policy_id,
             target_object_id: ids.target_object_id.clone(),
-        },
+        }),
         reconciling: Some(Desired::new(
             RECONCILING,
             Status::True,
@@ -1184,11 +1188,13 @@ fn finish(
 
 fn describe(action: &Action) -> String {
     match action {
-        Action::RequestAssignment { .. } => "request the assignment".into(),
-        Action::ReprocessAssignment { assignment_id } => {
+        Action::Write(Write::RequestAssignment { .. }) => "request the assignment".into(),
+        Action::Write(Write::ReprocessAssignment { assignment_id }) => {
             format!("reprocess assignment {assignment_id}")
         }
-        Action::ReprocessRequest { request_id } => format!("reprocess request {request_id}"),
+        Action::Write(Write::ReprocessRequest { request_id }) => {
+            format!("reprocess request {request_id}")
+        }
         Action::None | Action::Wait { .. } | Action::GiveUp { .. } => "act".into(),
     }
 }
@@ -1227,11 +1233,11 @@ fn events_for(
         }
     }
     match action {
-        Action::RequestAssignment {
+        Action::Write(Write::RequestAssignment {
             access_package_id,
             target_object_id,
             ..
-        } => push(
+        }) => push(
             EventKind::AssignmentRequested,
             format!(
                 "Requesting access package {} for {} (adminAdd).",
@@ -1242,7 +1248,8 @@ fn events_for(
                 status.target_name.as_deref().unwrap_or(target_object_id)
             ),
         ),
-        Action::ReprocessAssignment { .. } | Action::ReprocessRequest { .. } => {
+        Action::Write(Write::ReprocessAssignment { .. })
+        | Action::Write(Write::ReprocessRequest { .. }) => {
             let message = conditions::find(new, RECONCILING)
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| describe(action));
@@ -1260,7 +1267,7 @@ fn events_for(
 }
 
 /// Records the id of the request the driver just created for a
-/// [`Action::RequestAssignment`], so later passes recognise it (and report it if it sticks).
+/// [`Write::RequestAssignment`], so later passes recognise it (and report it if it sticks).
 pub fn record_request_submitted(status: &mut AccessPackageAssignmentStatus, request_id: &str) {
     status.last_request_id = Some(request_id.to_string());
 }
@@ -1279,7 +1286,7 @@ pub fn record_action_failure(
         ActionFailureKind::Forbidden => reason::FORBIDDEN,
         ActionFailureKind::Rejected => reason::REJECTED,
     };
-    let retry = if matches!(plan.action, Action::RequestAssignment { .. }) {
+    let retry = if matches!(plan.action, Action::Write(Write::RequestAssignment { .. })) {
         format!(
             " Redeliver will not ask again until the spec changes or the annotation {} gets a \
              new value.",
@@ -1302,10 +1309,7 @@ pub fn record_action_failure(
         ),
     };
     let status = &mut plan.status;
-    if matches!(
-        plan.action,
-        Action::ReprocessAssignment { .. } | Action::ReprocessRequest { .. }
-    ) {
+    if plan.action.is_reprocess() {
         status.reprocess.last_outcome = Some(OUTCOME_REJECTED.into());
     }
     let generation = status.observed_generation;

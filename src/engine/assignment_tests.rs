@@ -281,9 +281,9 @@ fn drift_in_auto_mode_reprocesses_the_assignment() {
     let p = fx.plan(at(10));
     assert_eq!(
         p.action,
-        Action::ReprocessAssignment {
+        Action::Write(Write::ReprocessAssignment {
             assignment_id: A1.into()
-        }
+        })
     );
     assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
     assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
@@ -352,9 +352,9 @@ fn after_cooldown_reprocesses_again_without_new_drift_event() {
     let p = fx.plan(at(5));
     assert_eq!(
         p.action,
-        Action::ReprocessAssignment {
+        Action::Write(Write::ReprocessAssignment {
             assignment_id: A1.into()
-        }
+        })
     );
     assert_eq!(p.status.reprocess.attempts, 2);
     assert_eq!(kinds(&p), [EventKind::ReprocessRequested]);
@@ -367,7 +367,7 @@ fn exhausted_attempts_give_up_and_stall_once() {
     for i in 0..3 {
         let p = fx.step(at(i * 5));
         assert!(
-            matches!(p.action, Action::ReprocessAssignment { .. }),
+            matches!(p.action, Action::Write(Write::ReprocessAssignment { .. })),
             "pass {i}"
         );
     }
@@ -462,7 +462,10 @@ fn a_known_missing_resource_is_repaired_even_if_another_read_failed() {
     fx.snapshot
         .record_failure(ResourceRead::GroupMembers("g1".into()), "timeout");
     let p = fx.plan(at(0));
-    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::ReprocessAssignment { .. })
+    ));
     assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
 }
 
@@ -508,9 +511,9 @@ fn manual_mode_waits_for_the_annotation_then_handles_it_once() {
     let p = fx.step(at(1));
     assert_eq!(
         p.action,
-        Action::ReprocessAssignment {
+        Action::Write(Write::ReprocessAssignment {
             assignment_id: A1.into()
-        }
+        })
     );
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
@@ -523,7 +526,10 @@ fn manual_mode_waits_for_the_annotation_then_handles_it_once() {
     // A new value asks again.
     fx.annotation = Some("second".into());
     let p = fx.step(at(31));
-    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::ReprocessAssignment { .. })
+    ));
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
         Some("second")
@@ -538,9 +544,9 @@ fn annotation_requests_one_reprocess_without_drift() {
     let p = fx.step(at(1));
     assert_eq!(
         p.action,
-        Action::ReprocessAssignment {
+        Action::Write(Write::ReprocessAssignment {
             assignment_id: A1.into()
-        }
+        })
     );
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
@@ -575,7 +581,10 @@ fn annotation_respects_the_cooldown() {
         "not handled yet"
     );
     let p = fx.step(at(5));
-    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::ReprocessAssignment { .. })
+    ));
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
         Some("again")
@@ -591,7 +600,10 @@ fn annotation_overrides_exhaustion() {
     }
     fx.annotation = Some("retry".into());
     let p = fx.plan(at(60));
-    assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::ReprocessAssignment { .. })
+    ));
     assert_eq!(p.status.reprocess.attempts, 4);
     assert!(cond(&p, STALLED).is_none());
 }
@@ -624,11 +636,11 @@ fn missing_assignment_is_requested() {
     let p = fx.plan(at(0));
     assert_eq!(
         p.action,
-        Action::RequestAssignment {
+        Action::Write(Write::RequestAssignment {
             access_package_id: PKG.into(),
             policy_id: POLICY.into(),
             target_object_id: USER.into()
-        }
+        })
     );
     assert_cond(&p, DELIVERED, "False", reason::NOT_ASSIGNED);
     assert_cond(&p, RECONCILING, "True", reason::REQUESTING);
@@ -650,7 +662,7 @@ fn requesting_is_not_gated_by_reprocess_mode() {
     fx.spec.reprocess.mode = ReprocessMode::Disabled;
     assert!(matches!(
         fx.plan(at(0)).action,
-        Action::RequestAssignment { .. }
+        Action::Write(Write::RequestAssignment { .. })
     ));
 }
 
@@ -737,7 +749,7 @@ fn canceled_request_is_requested_again() {
     ));
     assert!(matches!(
         fx.plan(at(0)).action,
-        Action::RequestAssignment { .. }
+        Action::Write(Write::RequestAssignment { .. })
     ));
 }
 
@@ -757,7 +769,10 @@ fn denied_request_stalls_until_the_annotation_asks_again() {
     assert_eq!(kinds(&p), [EventKind::RequestDenied]);
     fx.annotation = Some("ask-again".into());
     let p = fx.plan(at(1));
-    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::RequestAssignment { .. })
+    ));
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
         Some("ask-again")
@@ -808,9 +823,9 @@ fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
         let p = fx.plan(at(0));
         assert_eq!(
             p.action,
-            Action::ReprocessRequest {
+            Action::Write(Write::ReprocessRequest {
                 request_id: R1.into()
-            }
+            })
         );
         assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
         assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
@@ -909,9 +924,9 @@ fn failed_add_request_without_assignment_is_reprocessed() {
     let p = fx.plan(at(0));
     assert_eq!(
         p.action,
-        Action::ReprocessRequest {
+        Action::Write(Write::ReprocessRequest {
             request_id: R1.into()
-        }
+        })
     );
     assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
 }
@@ -986,7 +1001,10 @@ fn expired_is_reported_not_renewed() {
     assert_eq!(kinds(&p), [EventKind::Expired]);
     fx.annotation = Some("renew".into());
     let p = fx.plan(at(1));
-    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::RequestAssignment { .. })
+    ));
     assert_eq!(
         p.status.reprocess.last_handled_request.as_deref(),
         Some("renew")
@@ -1239,7 +1257,10 @@ fn stuck_request_can_be_replaced_through_the_annotation() {
     );
     fx.annotation = Some("replace".into());
     let p = fx.plan(at(32));
-    assert!(matches!(p.action, Action::RequestAssignment { .. }));
+    assert!(matches!(
+        p.action,
+        Action::Write(Write::RequestAssignment { .. })
+    ));
     assert_eq!(p.status.last_request_id, None);
 }
 
@@ -1276,13 +1297,13 @@ fn a_refused_request_is_not_repeated_until_spec_or_annotation_changes() {
     fx.generation = Some(2);
     assert!(matches!(
         fx.plan(at(20)).action,
-        Action::RequestAssignment { .. }
+        Action::Write(Write::RequestAssignment { .. })
     ));
     fx.generation = Some(1);
     fx.annotation = Some("retry".into());
     assert!(matches!(
         fx.plan(at(20)).action,
-        Action::RequestAssignment { .. }
+        Action::Write(Write::RequestAssignment { .. })
     ));
 }
 
@@ -1409,7 +1430,10 @@ mod shared_ledger {
         fx.remove_from_g2();
         reprocessed_by_guard(&mut fx, 0, 2);
         let p = fx.step(at(5));
-        assert!(matches!(p.action, Action::ReprocessAssignment { .. }));
+        assert!(matches!(
+            p.action,
+            Action::Write(Write::ReprocessAssignment { .. })
+        ));
         assert_eq!(p.status.reprocess.attempts, 3);
         assert_eq!(p.status.reprocess.last_requested_by, None);
         match p.ledger.as_slice() {

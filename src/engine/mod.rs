@@ -14,6 +14,7 @@
 
 use std::time::Duration;
 
+pub use crate::graph::Write;
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
 
 mod assignment;
@@ -136,16 +137,9 @@ impl ResolveFailureKind {
 pub enum Action {
     /// Nothing to do.
     None,
-    /// Submit an `adminAdd` assignment request.
-    RequestAssignment {
-        access_package_id: String,
-        policy_id: String,
-        target_object_id: String,
-    },
-    /// `POST .../assignments/{id}/reprocess`.
-    ReprocessAssignment { assignment_id: String },
-    /// `POST .../assignmentRequests/{id}/reprocess`.
-    ReprocessRequest { request_id: String },
+    /// Change something in Entra ID: the very write the driver sends (`adminAdd`, or a
+    /// reprocess of an assignment or of a failed request).
+    Write(Write),
     /// Work is in flight (or a cooldown runs); check again at `requeue_after`.
     Wait { reason: &'static str },
     /// A human must act (the reason is the `Stalled` reason). No Graph write; the object is
@@ -156,33 +150,22 @@ pub enum Action {
 impl Action {
     /// True for actions that change something in Entra ID.
     pub fn is_write(&self) -> bool {
+        matches!(self, Self::Write(_))
+    }
+
+    /// True for a reprocess (of an assignment or of a request), which the reprocess limits
+    /// and the repair ledger govern.
+    pub fn is_reprocess(&self) -> bool {
         matches!(
             self,
-            Self::RequestAssignment { .. }
-                | Self::ReprocessAssignment { .. }
-                | Self::ReprocessRequest { .. }
+            Self::Write(Write::ReprocessAssignment { .. } | Write::ReprocessRequest { .. })
         )
     }
 
-    /// The Graph write this action stands for, if it is one.
-    pub fn write(&self) -> Option<crate::graph::Write> {
-        use crate::graph::Write;
+    /// The Graph write this action is, if it is one.
+    pub fn write(&self) -> Option<&Write> {
         match self {
-            Self::RequestAssignment {
-                access_package_id,
-                policy_id,
-                target_object_id,
-            } => Some(Write::RequestAssignment {
-                access_package_id: access_package_id.clone(),
-                policy_id: policy_id.clone(),
-                target_object_id: target_object_id.clone(),
-            }),
-            Self::ReprocessAssignment { assignment_id } => Some(Write::ReprocessAssignment {
-                assignment_id: assignment_id.clone(),
-            }),
-            Self::ReprocessRequest { request_id } => Some(Write::ReprocessRequest {
-                request_id: request_id.clone(),
-            }),
+            Self::Write(w) => Some(w),
             Self::None | Self::Wait { .. } | Self::GiveUp { .. } => None,
         }
     }
@@ -377,9 +360,9 @@ mod tests {
         assert!(EventKind::DriftDetected.is_warning());
         assert!(!EventKind::DeliveryVerified.is_warning());
         assert!(
-            Action::ReprocessRequest {
+            Action::Write(Write::ReprocessRequest {
                 request_id: "r".into()
-            }
+            })
             .is_write()
         );
         assert!(

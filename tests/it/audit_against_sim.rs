@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use redeliver::api::AccessPackageAssignment;
-use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::graph::GraphClient;
 use redeliver::observe::Observer;
 use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
@@ -206,7 +206,7 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
             },
             now,
         );
-        if let Action::ReprocessAssignment { assignment_id } = &plan.action {
+        if let Action::Write(Write::ReprocessAssignment { assignment_id }) = &plan.action {
             observer
                 .graph()
                 .reprocess_assignment(assignment_id)

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::fault_support::*;
 use redeliver::api::{AccessPackageAssignment, AccessPackageAssignmentStatus};
-use redeliver::engine::{self, Action, EngineSettings, conditions};
+use redeliver::engine::{self, Action, EngineSettings, Write, conditions};
 use redeliver::observe::Observer;
 use redeliver::sim::{Scenario, Simulator};
 use serde_json::json;
@@ -77,7 +77,7 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
     for step in 0..30 {
         let now = start + jiff::SignedDuration::from_secs(30 * step);
         let plan = plan_once(&observer, &apa, status.as_ref(), now).await;
-        if let Action::ReprocessAssignment { assignment_id } = &plan.action {
+        if let Action::Write(Write::ReprocessAssignment { assignment_id }) = &plan.action {
             assert_eq!(assignment_id, &alice);
             observer
                 .graph()

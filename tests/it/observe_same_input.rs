@@ -9,7 +9,7 @@ use std::time::Duration;
 use redeliver::audit::load::load_paths;
 use redeliver::controller::observation::Observations;
 use redeliver::engine::ledger::RepairLedger;
-use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::observe::{Observer, observe_assignment, observe_guard};
 use redeliver::sim::{Scenario, Simulator};
 
@@ -23,9 +23,9 @@ fn examples() -> PathBuf {
 fn audit_action(action: &Action) -> String {
     match action {
         Action::None => "none".into(),
-        Action::RequestAssignment { .. } => "would request assignment".into(),
-        Action::ReprocessAssignment { .. } => "would reprocess".into(),
-        Action::ReprocessRequest { .. } => "would reprocess request".into(),
+        Action::Write(Write::RequestAssignment { .. }) => "would request assignment".into(),
+        Action::Write(Write::ReprocessAssignment { .. }) => "would reprocess".into(),
+        Action::Write(Write::ReprocessRequest { .. }) => "would reprocess request".into(),
         Action::Wait { reason } => format!("wait ({reason})"),
         Action::GiveUp { reason } => format!("none ({reason})"),
     }

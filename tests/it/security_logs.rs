@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::fault_support::*;
-use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::Observer;
 use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
@@ -194,7 +194,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
                 },
                 jiff::Timestamp::now(),
             );
-            if let Action::ReprocessAssignment { assignment_id } = &plan.action {
+            if let Action::Write(Write::ReprocessAssignment { assignment_id }) = &plan.action {
                 observer
                     .graph()
                     .reprocess_assignment(assignment_id)
