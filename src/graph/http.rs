@@ -3,11 +3,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
 use tokio::sync::Semaphore;
+// Tokio's clock rather than std's, so tests can pause and advance it; in production the two
+// read the same monotonic clock.
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::config::GraphConfig;
@@ -444,5 +447,46 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
         "<empty body>".to_string()
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::config::{GraphArgs, Secret};
+
+    fn http() -> Http {
+        let config = GraphArgs {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: Some("00000000-0000-0000-0000-0000000000c1".into()),
+            client_secret: Some(Secret::new("s3cr3t")),
+            ..GraphArgs::with_defaults()
+        }
+        .validate()
+        .expect("valid config");
+        Http::new(&config).expect("client builds")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_closes_its_scope_until_retry_after_on_the_tokio_clock() {
+        let http = http();
+        http.refused("directory", 429, Duration::from_secs(2));
+        http.refused("entitlement", 200, Duration::from_secs(2));
+        assert_eq!(http.gate_wait("directory"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            http.gate_wait("entitlement"),
+            None,
+            "only 429 and 503 close"
+        );
+        assert_eq!(http.gate_wait("token"), None, "scopes are independent");
+        // A shorter, later refusal does not reopen the gate early.
+        http.refused("directory", 503, Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(
+            http.gate_wait("directory"),
+            Some(Duration::from_millis(500))
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(http.gate_wait("directory"), None);
     }
 }
