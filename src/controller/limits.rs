@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so tests can watch the bucket refill without waiting for it.
+use tokio::time::Instant;
 
 /// Per-object exponential backoff: doubles on each consecutive failure up to a cap, and is
 /// forgotten on success.
@@ -161,6 +164,28 @@ mod tests {
         );
         assert_eq!(bucket.try_acquire_at(t0 + Duration::from_secs(20)), Ok(()));
         assert!(bucket.try_acquire_at(t0 + Duration::from_secs(21)).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bucket_refills_on_the_tokio_clock() {
+        let bucket = TokenBucket::per_minute(6);
+        for _ in 0..6 {
+            assert_eq!(bucket.try_acquire(), Ok(()));
+        }
+        assert_eq!(bucket.available(), 0);
+        let wait = bucket.try_acquire().unwrap_err();
+        assert!(
+            wait > Duration::from_millis(9_999) && wait <= Duration::from_secs(10),
+            "{wait:?}"
+        );
+        tokio::time::advance(Duration::from_millis(9_900)).await;
+        assert_eq!(bucket.available(), 0, "not a whole token yet");
+        tokio::time::advance(Duration::from_millis(200)).await;
+        assert_eq!(bucket.available(), 1);
+        assert_eq!(bucket.try_acquire(), Ok(()));
+        // A long quiet spell refills to the burst size, no further.
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(bucket.available(), 6);
     }
 
     #[test]

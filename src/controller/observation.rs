@@ -10,7 +10,10 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock, so tests can age observations without waiting for them.
+use tokio::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::OnceCell;

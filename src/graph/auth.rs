@@ -3,9 +3,11 @@
 //! client secret or federated workload-identity assertion, cached until shortly before
 //! expiry, refreshed by one caller at a time.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
+// Tokio's clock, so tests can let a token age without waiting for it.
+use tokio::time::Instant;
 use tracing::debug;
 use url::Url;
 

@@ -846,8 +846,9 @@ impl GraphClient {
         let url = self.url(OP, "/$batch", &[])?;
         let mut results: std::collections::HashMap<String, BatchResult> = Default::default();
         let mut pending: Vec<&BatchItem> = items.iter().collect();
-        let max_retries = self.inner.http.max_retries();
-        let mut round = 0u32;
+        let http = &self.inner.http;
+        // The same policy as a direct call's retries: one retry per round of resent items.
+        let mut retries = http.retries();
         loop {
             let wire: Vec<serde_json::Value> = pending.iter().map(|i| batch_wire(i)).collect();
             let request =
@@ -856,8 +857,8 @@ impl GraphClient {
             // ("JSON batching"); its body still lists the per-item responses.
             let resp = self.send_accepting(&request, &[424]).await?;
             let envelope: BatchEnvelope = self.decode(OP, &resp)?;
-            let mut throttled_wait: Option<std::time::Duration> = None;
-            let mut still: Vec<&BatchItem> = Vec::new();
+            let mut longest_wait: Option<std::time::Duration> = None;
+            let mut throttled: Vec<&BatchItem> = Vec::new();
             for r in envelope.responses {
                 let Some(item) = pending.iter().find(|i| i.id == r.id) else {
                     continue;
@@ -874,13 +875,11 @@ impl GraphClient {
                 // no call of this client in that scope goes out before its Retry-After.
                 if let Some(after) = wait {
                     let path = item.url.split('?').next().unwrap_or_default();
-                    self.inner
-                        .http
-                        .refused(super::http::throttle_scope(path), r.status, after);
+                    http.refused(super::http::throttle_scope(path), r.status, after);
                 }
-                if r.status == 429 && round < max_retries {
-                    throttled_wait = throttled_wait.max(wait).or(Some(std::time::Duration::ZERO));
-                    still.push(item);
+                if r.status == 429 {
+                    longest_wait = longest_wait.max(wait);
+                    throttled.push(item);
                 }
                 results.insert(
                     r.id.clone(),
@@ -904,18 +903,18 @@ impl GraphClient {
                     request_id: resp.request_id,
                 });
             }
-            let Some(wait) = throttled_wait else { break };
-            if still.is_empty() || wait > self.inner.http.max_retry_after() {
+            if throttled.is_empty() {
                 break;
             }
-            let wait = if wait.is_zero() {
-                self.inner.http.backoff(round)
-            } else {
-                wait
+            // The throttled items wait for the longest Retry-After among them; a zero one
+            // says nothing useful about when they may go again, so they back off instead.
+            // Out of retries, or told to wait longer than the client sleeps through, they
+            // are returned as they are.
+            let Some(wait) = retries.next_wait(longest_wait.filter(|d| !d.is_zero())) else {
+                break;
             };
-            tokio::time::sleep(wait).await;
-            round += 1;
-            pending = still;
+            http.back_off(OP, Some(429), wait).await;
+            pending = throttled;
         }
         items
             .iter()

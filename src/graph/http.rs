@@ -3,16 +3,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{RequestBuilder, StatusCode};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
+// Tokio's clock rather than std's, so tests can pause and advance it; in production the two
+// read the same monotonic clock.
+use tokio::time::Instant;
 use tracing::debug;
 
 use super::config::GraphConfig;
 use super::error::GraphError;
-use super::retry::{backoff, parse_retry_after};
+use super::retry::{Retries, RetryPolicy, parse_retry_after};
 
 /// Which failures may be retried for a request.
 ///
@@ -58,6 +61,51 @@ pub(crate) struct RawResponse {
     pub retry_after: Option<Duration>,
 }
 
+/// What one exchange came to.
+enum Exchange {
+    /// The server answered (any status); the body is read whole.
+    Answered(RawResponse),
+    /// No answer: the connection failed, timed out or broke off.
+    Failed {
+        error: reqwest::Error,
+        /// Host and path, for the error message.
+        target: String,
+    },
+}
+
+/// Which attempt of which call an exchange is, for its counters and log line.
+struct Sent<'a> {
+    operation: &'static str,
+    scope: &'static str,
+    attempt: u32,
+    client_request_id: &'a str,
+    /// When the attempt began queueing for a permit.
+    started: Instant,
+}
+
+/// The retry decision after one exchange: how long to wait before sending again, or
+/// `None` to hand the outcome to the caller. An answer is retried when [`RetryMode`]
+/// allows it for its status; a failed exchange when no connection was made or the request
+/// is safe to repeat. Whether retries are left and how long to wait is the policy's.
+fn retry_wait(mode: RetryMode, exchange: &Exchange, retries: &mut Retries) -> Option<Duration> {
+    match exchange {
+        Exchange::Answered(r) => {
+            if retryable_status(r.status.as_u16(), r.retry_after.is_some(), mode) {
+                retries.next_wait(r.retry_after)
+            } else {
+                None
+            }
+        }
+        Exchange::Failed { error, .. } => {
+            if error.is_connect() || mode == RetryMode::Idempotent {
+                retries.next_wait(None)
+            } else {
+                None
+            }
+        }
+    }
+}
+
 /// Per-operation request counters, for metrics.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OperationStats {
@@ -79,10 +127,7 @@ pub struct OperationStats {
 pub(crate) struct Http {
     pub(crate) client: reqwest::Client,
     limiter: Semaphore,
-    max_retries: u32,
-    backoff_base: Duration,
-    backoff_cap: Duration,
-    max_retry_after: Duration,
+    policy: RetryPolicy,
     stats: Mutex<BTreeMap<&'static str, OperationStats>>,
     /// Per throttling scope, the instant before which no call may be sent (the latest
     /// `Retry-After` the server gave). Graph throttles per app and tenant, so the wait applies
@@ -139,10 +184,12 @@ impl Http {
         Ok(Self {
             client,
             limiter: Semaphore::new(config.concurrency),
-            max_retries: config.max_retries,
-            backoff_base: config.backoff_base,
-            backoff_cap: config.backoff_cap,
-            max_retry_after: config.max_retry_after,
+            policy: RetryPolicy::new(
+                config.max_retries,
+                config.backoff_base,
+                config.backoff_cap,
+                config.max_retry_after,
+            ),
             stats: Mutex::new(BTreeMap::new()),
             gates: Mutex::new(HashMap::new()),
         })
@@ -156,6 +203,7 @@ impl Http {
         mode: RetryMode,
         build: &(dyn Fn() -> RequestBuilder + Send + Sync),
     ) -> Result<RawResponse, GraphError> {
+        let mut retries = self.retries();
         let mut attempt: u32 = 0;
         loop {
             let client_request_id = uuid::Uuid::new_v4().to_string();
@@ -166,163 +214,211 @@ impl Http {
                     operation,
                     message: format!("cannot build request: {}", error_chain(&e)),
                 })?;
-            let method = request.method().clone();
-            let target = format!(
-                "{}{}",
-                request.url().host_str().unwrap_or_default(),
-                request.url().path()
-            );
-            let path_and_query = match request.url().query() {
-                Some(q) => format!("{}?{q}", request.url().path()),
-                None => request.url().path().to_string(),
-            };
-            let gate = throttle_scope(request.url().path());
-            if let Some(wait) = self.gate_wait(gate) {
-                if wait > self.max_retry_after {
-                    self.count(operation, |s| s.throttled += 1);
-                    return Err(GraphError::Throttled {
-                        operation,
-                        retry_after: Some(wait),
-                        request_id: None,
-                    });
-                }
-                debug!(
-                    operation,
-                    gate,
-                    wait_ms = wait.as_millis() as u64,
-                    "waiting for an earlier Retry-After"
-                );
-                tokio::time::sleep(wait).await;
-            }
+            let scope = throttle_scope(request.url().path());
+            self.wait_at_gate(operation, scope).await?;
             self.count(operation, |s| {
                 s.requests += 1;
                 if attempt > 0 {
                     s.retries += 1;
                 }
             });
-
             let started = Instant::now();
-            let outcome = {
+            let exchange = {
                 // The permit bounds in-flight exchanges only; it is released before any
                 // backoff sleep so waiting callers do not starve others.
-                let mut _permit = self.limiter.acquire().await.ok();
-                // A call may have queued for the permit while another call in its scope was
-                // throttled: look at the gate again now that it may go out, or it would be
-                // sent before the Retry-After the server just gave.
-                while let Some(wait) = self.gate_wait(gate) {
-                    if wait > self.max_retry_after {
-                        self.count(operation, |s| s.throttled += 1);
-                        return Err(GraphError::Throttled {
-                            operation,
-                            retry_after: Some(wait),
-                            request_id: None,
-                        });
-                    }
-                    drop(_permit.take());
-                    tokio::time::sleep(wait).await;
-                    _permit = self.limiter.acquire().await.ok();
-                }
-                match self.client.execute(request).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let headers = resp.headers().clone();
-                        match read_bounded(resp, MAX_BODY_BYTES).await {
-                            Ok(Some(body)) => Ok((status, headers, body)),
-                            Ok(None) => {
-                                return Err(GraphError::Decode {
-                                    operation,
-                                    message: format!(
-                                        "the response body is larger than {} MiB; Redeliver reads at most that per response (check --graph-url points at Microsoft Graph)",
-                                        MAX_BODY_BYTES / (1024 * 1024)
-                                    ),
-                                    request_id: header_str(&headers, "request-id"),
-                                });
-                            }
-                            Err(e) => Err(e),
-                        }
-                    }
-                    Err(e) => Err(e),
-                }
+                let _permit = self.admit(operation, scope).await?;
+                let sent = Sent {
+                    operation,
+                    scope,
+                    attempt,
+                    client_request_id: &client_request_id,
+                    started,
+                };
+                self.exchange(&sent, request).await?
             };
-
-            let retries_left = attempt < self.max_retries;
-            match outcome {
-                Ok((status, headers, body)) => {
-                    let request_id = header_str(&headers, "request-id");
-                    let retry_after = headers
-                        .get(RETRY_AFTER)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-                    debug!(
-                        operation,
-                        %method,
-                        path = %path_and_query,
-                        status = status.as_u16(),
-                        request_id = request_id.as_deref().unwrap_or("-"),
-                        %client_request_id,
-                        attempt,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "graph http exchange"
-                    );
-                    self.count(operation, |s| {
-                        *s.by_status.entry(status.as_u16()).or_default() += 1;
-                        if status == StatusCode::TOO_MANY_REQUESTS {
-                            s.throttled += 1;
-                        }
-                    });
-                    if let Some(d) = retry_after {
-                        self.refused(gate, status.as_u16(), d);
-                    }
-                    let retryable = retryable_status(status.as_u16(), retry_after.is_some(), mode);
-                    let too_long = retry_after.is_some_and(|d| d > self.max_retry_after);
-                    if retryable && retries_left && !too_long {
-                        let wait = retry_after.unwrap_or_else(|| self.backoff(attempt));
-                        debug!(
-                            operation,
-                            status = status.as_u16(),
-                            wait_ms = wait.as_millis() as u64,
-                            "retrying after"
-                        );
-                        tokio::time::sleep(wait).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Ok(RawResponse {
-                        status,
-                        headers,
-                        body,
-                        request_id,
-                        retry_after,
-                    });
+            match retry_wait(mode, &exchange, &mut retries) {
+                Some(wait) => {
+                    let status = match &exchange {
+                        Exchange::Answered(r) => Some(r.status.as_u16()),
+                        Exchange::Failed { .. } => None,
+                    };
+                    self.back_off(operation, status, wait).await;
+                    attempt += 1;
                 }
-                Err(e) => {
-                    let connect = e.is_connect();
-                    debug!(
-                        operation,
-                        %method,
-                        path = %path_and_query,
-                        %client_request_id,
-                        attempt,
-                        connect,
-                        timeout = e.is_timeout(),
-                        error = %error_chain(&e),
-                        "graph http exchange failed"
-                    );
-                    let retryable = connect || mode == RetryMode::Idempotent;
-                    if retryable && retries_left {
-                        tokio::time::sleep(self.backoff(attempt)).await;
-                        attempt += 1;
-                        continue;
-                    }
-                    return Err(GraphError::Transport {
-                        operation,
-                        target,
-                        message: error_chain(&e),
-                        timeout: e.is_timeout(),
-                    });
+                None => {
+                    return match exchange {
+                        Exchange::Answered(response) => Ok(response),
+                        Exchange::Failed { error, target } => Err(GraphError::Transport {
+                            operation,
+                            target,
+                            message: error_chain(&error),
+                            timeout: error.is_timeout(),
+                        }),
+                    };
                 }
             }
         }
+    }
+
+    /// Waits out the `Retry-After` an earlier answer gave `scope`, or fails at once with
+    /// that wait when it is longer than the client sleeps through.
+    async fn wait_at_gate(
+        &self,
+        operation: &'static str,
+        scope: &'static str,
+    ) -> Result<(), GraphError> {
+        let Some(wait) = self.gate_wait(scope) else {
+            return Ok(());
+        };
+        if wait > self.policy.max_retry_after() {
+            self.count(operation, |s| s.throttled += 1);
+            return Err(GraphError::Throttled {
+                operation,
+                retry_after: Some(wait),
+                request_id: None,
+            });
+        }
+        debug!(
+            operation,
+            gate = scope,
+            wait_ms = wait.as_millis() as u64,
+            "waiting for an earlier Retry-After"
+        );
+        tokio::time::sleep(wait).await;
+        Ok(())
+    }
+
+    /// A permit to send in `scope`, held only while its gate is open. A call may have
+    /// queued for the permit while another call in its scope was throttled: it looks at the
+    /// gate again now that it may go out, or it would be sent before the `Retry-After` the
+    /// server just gave. It waits without the permit, so calls in other scopes go on.
+    async fn admit(
+        &self,
+        operation: &'static str,
+        scope: &'static str,
+    ) -> Result<Option<SemaphorePermit<'_>>, GraphError> {
+        loop {
+            // The semaphore is never closed; `None` would only mean no bound.
+            let permit = self.limiter.acquire().await.ok();
+            if self.gate_wait(scope).is_none() {
+                return Ok(permit);
+            }
+            drop(permit);
+            self.wait_at_gate(operation, scope).await?;
+        }
+    }
+
+    /// One HTTP exchange: sends `request` and reads the body (at most [`MAX_BODY_BYTES`]),
+    /// counts and logs the answer, and closes the scope's gate on a refusal with
+    /// `Retry-After`. `Err` only for a body too large to be Graph's: that is not retried.
+    async fn exchange(
+        &self,
+        sent: &Sent<'_>,
+        request: reqwest::Request,
+    ) -> Result<Exchange, GraphError> {
+        let operation = sent.operation;
+        let method = request.method().clone();
+        let target = format!(
+            "{}{}",
+            request.url().host_str().unwrap_or_default(),
+            request.url().path()
+        );
+        let path_and_query = match request.url().query() {
+            Some(q) => format!("{}?{q}", request.url().path()),
+            None => request.url().path().to_string(),
+        };
+        let answer = match self.client.execute(request).await {
+            Ok(resp) => {
+                let status = resp.status();
+                let headers = resp.headers().clone();
+                match read_bounded(resp, MAX_BODY_BYTES).await {
+                    Ok(Some(body)) => Ok((status, headers, body)),
+                    Ok(None) => {
+                        return Err(GraphError::Decode {
+                            operation,
+                            message: format!(
+                                "the response body is larger than {} MiB; Redeliver reads at most that per response (check --graph-url points at Microsoft Graph)",
+                                MAX_BODY_BYTES / (1024 * 1024)
+                            ),
+                            request_id: header_str(&headers, "request-id"),
+                        });
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        let (status, headers, body) = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                debug!(
+                    operation,
+                    %method,
+                    path = %path_and_query,
+                    client_request_id = %sent.client_request_id,
+                    attempt = sent.attempt,
+                    connect = error.is_connect(),
+                    timeout = error.is_timeout(),
+                    error = %error_chain(&error),
+                    "graph http exchange failed"
+                );
+                return Ok(Exchange::Failed { error, target });
+            }
+        };
+        let request_id = header_str(&headers, "request-id");
+        let retry_after = headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        debug!(
+            operation,
+            %method,
+            path = %path_and_query,
+            status = status.as_u16(),
+            request_id = request_id.as_deref().unwrap_or("-"),
+            client_request_id = %sent.client_request_id,
+            attempt = sent.attempt,
+            elapsed_ms = sent.started.elapsed().as_millis() as u64,
+            "graph http exchange"
+        );
+        self.count(operation, |s| {
+            *s.by_status.entry(status.as_u16()).or_default() += 1;
+            if status == StatusCode::TOO_MANY_REQUESTS {
+                s.throttled += 1;
+            }
+        });
+        if let Some(d) = retry_after {
+            self.refused(sent.scope, status.as_u16(), d);
+        }
+        Ok(Exchange::Answered(RawResponse {
+            status,
+            headers,
+            body,
+            request_id,
+            retry_after,
+        }))
+    }
+
+    /// The retries of one call (or one `$batch`'s throttled items) under this client's
+    /// policy.
+    pub(crate) fn retries(&self) -> Retries {
+        self.policy.start()
+    }
+
+    /// Sleeps before a retry of `operation` (after an answer with `status`, if any).
+    pub(crate) async fn back_off(
+        &self,
+        operation: &'static str,
+        status: Option<u16>,
+        wait: Duration,
+    ) {
+        debug!(
+            operation,
+            status,
+            wait_ms = wait.as_millis() as u64,
+            "retrying after"
+        );
+        tokio::time::sleep(wait).await;
     }
 
     /// How long calls in `scope` must still wait because of an earlier `Retry-After`.
@@ -350,23 +446,6 @@ impl Http {
             let entry = gates.entry(scope).or_insert(until);
             *entry = (*entry).max(until);
         }
-    }
-
-    pub(crate) fn max_retries(&self) -> u32 {
-        self.max_retries
-    }
-
-    pub(crate) fn max_retry_after(&self) -> Duration {
-        self.max_retry_after
-    }
-
-    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
-        backoff(
-            attempt,
-            self.backoff_base,
-            self.backoff_cap,
-            &mut rand::rng(),
-        )
     }
 
     pub(crate) fn count(&self, operation: &'static str, f: impl FnOnce(&mut OperationStats)) {
@@ -444,5 +523,105 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
         "<empty body>".to_string()
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::graph::config::{GraphArgs, GraphConfig, Secret};
+
+    fn http() -> Http {
+        http_with(|_| {})
+    }
+
+    fn http_with(change: impl FnOnce(&mut GraphConfig)) -> Http {
+        let mut config = GraphArgs {
+            tenant_id: Some("contoso.onmicrosoft.com".into()),
+            client_id: Some("00000000-0000-0000-0000-0000000000c1".into()),
+            client_secret: Some(Secret::new("s3cr3t")),
+            ..GraphArgs::with_defaults()
+        }
+        .validate()
+        .expect("valid config");
+        change(&mut config);
+        Http::new(&config).expect("client builds")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_closes_its_scope_until_retry_after_on_the_tokio_clock() {
+        let http = http();
+        http.refused("directory", 429, Duration::from_secs(2));
+        http.refused("entitlement", 200, Duration::from_secs(2));
+        assert_eq!(http.gate_wait("directory"), Some(Duration::from_secs(2)));
+        assert_eq!(
+            http.gate_wait("entitlement"),
+            None,
+            "only 429 and 503 close"
+        );
+        assert_eq!(http.gate_wait("token"), None, "scopes are independent");
+        // A shorter, later refusal does not reopen the gate early.
+        http.refused("directory", 503, Duration::from_millis(500));
+        tokio::time::advance(Duration::from_millis(1_500)).await;
+        assert_eq!(
+            http.gate_wait("directory"),
+            Some(Duration::from_millis(500))
+        );
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(http.gate_wait("directory"), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_is_waited_out_exactly_and_a_long_one_fails_at_once() {
+        let http = http_with(|c| c.max_retry_after = Duration::from_secs(120));
+        let t0 = Instant::now();
+        let after = Duration::from_nanos(2_128_000_001);
+        http.refused("directory", 429, after);
+        http.wait_at_gate("op", "directory").await.unwrap();
+        // Never earlier; tokio's timers round up to the millisecond.
+        let waited = t0.elapsed();
+        assert!(
+            waited >= after && waited <= after + Duration::from_millis(1),
+            "{waited:?}"
+        );
+        http.wait_at_gate("op", "directory").await.unwrap();
+        assert_eq!(t0.elapsed(), waited, "open now");
+
+        http.refused("entitlement", 429, Duration::from_secs(3600));
+        let e = http.wait_at_gate("op", "entitlement").await.unwrap_err();
+        assert_eq!(e.kind(), "throttled");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
+        assert_eq!(t0.elapsed(), waited, "no wait");
+        let stats = http.stats();
+        assert_eq!(stats[0].throttled, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_queued_while_its_scope_was_refused_waits_without_the_permit() {
+        let http = http_with(|c| c.concurrency = 1);
+        let t0 = Instant::now();
+        let first = http.admit("op", "directory").await.unwrap();
+        let queued = async {
+            let permit = http.admit("op", "directory").await.unwrap();
+            (t0.elapsed(), permit.is_some())
+        };
+        let meanwhile = async {
+            // The call holding the permit is refused for a second, then finishes.
+            http.refused("directory", 429, Duration::from_secs(1));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            drop(first);
+            // The queued call took the permit, found its gate closed and let go of it:
+            // another scope's call goes out at once.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let other = http.admit("op", "entitlement").await.unwrap();
+            (t0.elapsed(), other.is_some())
+        };
+        let (queued, other) = tokio::join!(queued, meanwhile);
+        assert_eq!(other, (Duration::from_millis(110), true));
+        assert_eq!(
+            queued,
+            (Duration::from_secs(1), true),
+            "not before Retry-After"
+        );
     }
 }

@@ -17,7 +17,7 @@
 //! - [`error`]: [`GraphError`], one variant per failure kind; [`GraphError::kind`] is a
 //!   metric label.
 //! - [`odata`]: path segment and `$filter` literal escaping.
-//! - [`retry`]: `Retry-After` parsing and backoff.
+//! - [`retry`]: `Retry-After` parsing and the retry policy shared by direct calls and `$batch`.
 //! - [`models`]: the wire types.
 
 mod auth;

@@ -1,8 +1,9 @@
-//! Retry timing: `Retry-After` parsing and capped exponential backoff with jitter.
+//! Retry timing: `Retry-After` parsing and the retry policy (capped exponential backoff with
+//! jitter, the server's `Retry-After` first).
 
 use std::time::{Duration, SystemTime};
 
-use rand::Rng;
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 
 /// Longest `Retry-After` we represent; anything beyond is clamped (a day is already "give up
 /// for now").
@@ -69,26 +70,97 @@ fn parse_http_date(v: &str, now: SystemTime) -> Option<Duration> {
     )
 }
 
-/// Backoff before retry number `attempt` (0-based) when the server gave no `Retry-After`:
-/// `d = min(cap, base * 2^attempt)`, then a uniformly random wait in `[d/2, d]` ("equal
-/// jitter"), so concurrent clients spread out but never retry immediately.
-pub fn backoff(attempt: u32, base: Duration, cap: Duration, rng: &mut impl Rng) -> Duration {
-    let exp = base.saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX));
-    let d = exp.min(cap);
-    let half = d / 2;
-    let jitter_ns = u64::try_from((d - half).as_nanos()).unwrap_or(u64::MAX);
-    let extra = if jitter_ns == 0 {
-        0
-    } else {
-        rng.random_range(0..=jitter_ns)
-    };
-    half + Duration::from_nanos(extra)
+/// How a Graph client retries: how many times, how long it waits in between, and which
+/// server-given waits it still sleeps through. One policy serves direct calls and the
+/// resending of throttled `$batch` items.
+///
+/// Without a `Retry-After`, retry number `n` (0-based) waits `d = min(cap, base * 2^n)`
+/// jittered uniformly into `[d/2, d)` ("equal jitter"), so concurrent clients spread out
+/// but never retry immediately. A `Retry-After` is waited exactly, never less.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    max_retries: u32,
+    max_retry_after: Duration,
+    cap: Duration,
+    steps: ExponentialBuilder,
+}
+
+impl RetryPolicy {
+    /// At most `max_retries` retries, backing off from `base` up to `cap`; a `Retry-After`
+    /// longer than `max_retry_after` is handed back to the caller rather than slept through.
+    pub fn new(max_retries: u32, base: Duration, cap: Duration, max_retry_after: Duration) -> Self {
+        // backon's jitter adds up to one step on top of the step, so stepping through half
+        // the delays gives [d/2, d). Its first step is not capped, hence min(base, cap).
+        let steps = ExponentialBuilder::new()
+            .with_min_delay(base.min(cap) / 2)
+            .with_max_delay(cap / 2)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
+        Self {
+            max_retries,
+            max_retry_after,
+            cap,
+            steps,
+        }
+    }
+
+    /// The same policy with a fixed jitter seed, for reproducible tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.steps = self.steps.with_jitter_seed(seed);
+        self
+    }
+
+    /// The retries of one call, from the first.
+    pub fn start(&self) -> Retries {
+        Retries {
+            left: self.max_retries,
+            max_retry_after: self.max_retry_after,
+            cap: self.cap,
+            steps: self.steps.build(),
+        }
+    }
+
+    /// Most retries of one call.
+    pub fn max_retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Longest `Retry-After` the client sleeps through.
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
+    }
+}
+
+/// The retries left to one call (see [`RetryPolicy::start`]).
+#[derive(Debug)]
+pub struct Retries {
+    left: u32,
+    max_retry_after: Duration,
+    cap: Duration,
+    steps: ExponentialBackoff,
+}
+
+impl Retries {
+    /// The wait before the next retry, given the server's `Retry-After`; `None` when there
+    /// is no next retry: all are used up, or the server asked for longer than the client
+    /// sleeps through.
+    pub fn next_wait(&mut self, retry_after: Option<Duration>) -> Option<Duration> {
+        if self.left == 0 || retry_after.is_some_and(|d| d > self.max_retry_after) {
+            return None;
+        }
+        self.left -= 1;
+        // A step is taken even when the server names the wait, so the backoff grows with
+        // the retry number however the earlier retries were timed. The cap also absorbs
+        // backon's f32 rounding, which can overshoot by a nanosecond.
+        let step = self.steps.next().unwrap_or(self.cap).min(self.cap);
+        Some(retry_after.unwrap_or(step))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     fn now() -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -149,19 +221,66 @@ mod tests {
 
     #[test]
     fn backoff_stays_within_bounds() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let base = Duration::from_millis(100);
         let cap = Duration::from_secs(2);
-        for attempt in 0..40 {
-            let d_full = base
-                .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-                .min(cap);
-            for _ in 0..50 {
-                let d = backoff(attempt, base, cap, &mut rng);
-                assert!(d >= d_full / 2 && d <= d_full, "attempt {attempt}: {d:?}");
+        // backon steps in f32: allow a microsecond either side of the exact bounds.
+        let slack = Duration::from_micros(1);
+        for seed in 0..50 {
+            let policy = RetryPolicy::new(40, base, cap, Duration::from_secs(60)).with_seed(seed);
+            let mut retries = policy.start();
+            for attempt in 0..40u32 {
+                let d_full = base
+                    .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
+                    .min(cap);
+                let d = retries.next_wait(None).expect("retries left");
+                assert!(
+                    d + slack >= d_full / 2 && d <= d_full + slack,
+                    "seed {seed}, attempt {attempt}: {d:?}"
+                );
                 assert!(d <= cap);
             }
+            assert_eq!(retries.next_wait(None), None, "40 retries, no more");
         }
-        assert_eq!(backoff(0, Duration::ZERO, cap, &mut rng), Duration::ZERO);
+        let mut zero = RetryPolicy::new(3, Duration::ZERO, cap, cap).start();
+        assert_eq!(zero.next_wait(None), Some(Duration::ZERO));
+        // A base above the cap is held to the cap from the first retry.
+        let mut capped = RetryPolicy::new(3, cap * 4, cap, cap).start();
+        let d = capped.next_wait(None).unwrap();
+        assert!(d >= cap / 2 && d <= cap, "{d:?}");
+    }
+
+    #[test]
+    fn retry_after_wins_exactly_and_counts_as_a_retry() {
+        let policy = RetryPolicy::new(
+            3,
+            Duration::from_millis(100),
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        );
+        let mut retries = policy.start();
+        let exact = Duration::from_nanos(2_128_000_001);
+        assert_eq!(retries.next_wait(Some(exact)), Some(exact));
+        assert_eq!(
+            retries.next_wait(Some(Duration::ZERO)),
+            Some(Duration::ZERO)
+        );
+        // The third retry backs off as a third retry does: from 400 ms, not from the base.
+        let d = retries.next_wait(None).unwrap();
+        assert!(
+            d >= Duration::from_micros(199_999) && d <= Duration::from_micros(400_001),
+            "{d:?}"
+        );
+        assert_eq!(retries.next_wait(Some(exact)), None, "retries used up");
+
+        // A wait longer than the client sleeps through ends the retries at once, and costs
+        // none of them.
+        let mut retries = policy.start();
+        assert_eq!(retries.next_wait(Some(Duration::from_secs(6))), None);
+        assert_eq!(
+            retries.next_wait(Some(Duration::from_secs(5))),
+            Some(Duration::from_secs(5))
+        );
+        let none = RetryPolicy::new(0, Duration::ZERO, Duration::ZERO, Duration::MAX);
+        assert_eq!(none.start().next_wait(Some(Duration::ZERO)), None);
     }
 }

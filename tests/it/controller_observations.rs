@@ -62,8 +62,8 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     observations.snapshot(&resources).await;
     assert_eq!(members_reads(&sim), 2 * distinct);
 
-    // After the window: read again, once.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // After the window: read again, once. The cache ages on tokio's clock.
+    crate::clock::skip(Duration::from_millis(700)).await;
     futures::future::join_all((0..4).map(|_| observations.snapshot(&resources))).await;
     assert_eq!(members_reads(&sim), 3 * distinct);
     sim.shutdown().await;

@@ -7,6 +7,7 @@
 
 mod audit_against_sim;
 mod cli_audit;
+mod clock;
 mod controller_cluster;
 mod controller_delta;
 mod controller_health;
