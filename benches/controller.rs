@@ -1,5 +1,5 @@
 //! `cargo bench --bench controller [-- --objects 10000 ...]`: the controller benchmark (see
-//! `redeliver::bench::controller` and docs/benchmarks.md). Not a timed test: it runs the
+//! `redeliver_bench::controller` and docs/benchmarks.md). Not a timed test: it runs the
 //! `redeliver controller` binary against the Graph simulator and an in-process Kubernetes API
 //! server, prints a table and, with `--markdown FILE`, replaces its section of that file.
 
@@ -13,7 +13,7 @@ struct Cli {
     bench: bool,
 
     #[command(flatten)]
-    args: redeliver::bench::controller::ControllerBenchArgs,
+    args: redeliver_bench::controller::ControllerBenchArgs,
 }
 
 #[tokio::main]
@@ -22,5 +22,5 @@ async fn main() -> anyhow::Result<()> {
     if cli.args.redeliver_bin.is_none() {
         cli.args.redeliver_bin = Some(env!("CARGO_BIN_EXE_redeliver").into());
     }
-    redeliver::bench::controller::run(cli.args).await
+    redeliver_bench::controller::run(cli.args).await
 }

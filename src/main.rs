@@ -38,7 +38,7 @@ enum Command {
     /// Verify declarations from YAML files against Graph and report drift (no cluster needed).
     Audit(redeliver::audit::AuditArgs),
     /// Run the bundled Microsoft Graph simulator (for demos, tests and local development).
-    Sim(redeliver::sim::SimArgs),
+    Sim(redeliver_sim::SimArgs),
     /// Print the CustomResourceDefinitions as YAML (or write them to a directory).
     Crd {
         /// Write one file per CRD into this directory instead of printing.
@@ -59,6 +59,40 @@ fn init_tracing(level: &str, format: LogFormat) {
     }
 }
 
+/// `redeliver audit`; with `--simulate`, against an embedded simulator started here (the
+/// operator library does not carry the simulator).
+async fn audit(args: redeliver::audit::AuditArgs) -> anyhow::Result<u8> {
+    use anyhow::Context as _;
+    if !args.simulate {
+        return redeliver::audit::run(args, None).await;
+    }
+    let scenario = match &args.scenario {
+        Some(path) => redeliver_sim::Scenario::from_file(path)
+            .with_context(|| format!("cannot load scenario {}", path.display()))?,
+        None => redeliver_sim::Scenario::demo(),
+    };
+    let options = redeliver_sim::SimOptions {
+        request_delay: std::time::Duration::from_millis(500),
+        reprocess_delay: std::time::Duration::from_millis(500),
+        ..Default::default()
+    };
+    let sim = redeliver_sim::Simulator::start(scenario, options)
+        .await
+        .context("cannot start the embedded Graph simulator")?;
+    // The simulator's own credentials, whatever the environment says.
+    let endpoint = redeliver::graph::Endpoint {
+        tenant_id: sim.tenant_id.clone(),
+        client_id: sim.client_id.clone(),
+        client_secret: sim.client_secret.clone(),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ca_file: sim.ca_file.clone(),
+    };
+    let code = redeliver::audit::run(args, Some(endpoint)).await;
+    sim.shutdown().await;
+    code
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_level, cli.log_format);
@@ -76,8 +110,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Controller(args) => redeliver::controller::run(args).await.map(|()| 0),
-            Command::Audit(args) => redeliver::audit::run(args).await,
-            Command::Sim(args) => redeliver::sim::run(args).await.map(|()| 0),
+            Command::Audit(args) => audit(args).await,
+            Command::Sim(args) => redeliver_sim::run(args).await.map(|()| 0),
             Command::Crd { write: None } => {
                 print!("{}", redeliver::api::crds_yaml());
                 Ok(0)

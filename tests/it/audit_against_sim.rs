@@ -10,7 +10,7 @@ use redeliver::api::AccessPackageAssignment;
 use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::graph::GraphClient;
 use redeliver::observe::Observer;
-use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
 const CLEARED_ENV: [&str; 7] = [
     "AZURE_TENANT_ID",
@@ -58,7 +58,7 @@ fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String 
 }
 
 fn client_for(sim: &SimHandle) -> GraphClient {
-    sim.graph_client().expect("client for the simulator")
+    crate::fault_support::graph_client(sim).expect("client for the simulator")
 }
 
 #[tokio::test]
@@ -143,7 +143,7 @@ async fn forbidden_membership_read_names_the_missing_permission() {
         declaration("bob-finance", "Finance Analysts", "bob@contoso.com", ""),
     )
     .unwrap();
-    let fault: redeliver::sim::FaultSpec = serde_json::from_value(serde_json::json!({
+    let fault: redeliver_sim::FaultSpec = serde_json::from_value(serde_json::json!({
         "kind": "error", "status": 403, "pathPrefix": "/v1.0/groups", "count": 100
     }))
     .unwrap();
@@ -157,7 +157,7 @@ async fn forbidden_membership_read_names_the_missing_permission() {
 #[tokio::test]
 async fn max_attempts_bound_reprocess_that_never_lands() {
     let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
-    let fault: redeliver::sim::FaultSpec = serde_json::from_value(
+    let fault: redeliver_sim::FaultSpec = serde_json::from_value(
         serde_json::json!({"kind": "silentReprocess", "durationMs": 600000}),
     )
     .unwrap();

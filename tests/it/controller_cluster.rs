@@ -14,7 +14,7 @@ use redeliver::api::AccessPackageAssignment;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver::sim::{Scenario, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -70,7 +70,7 @@ async fn drift_is_repaired_and_steady_state_writes_nothing() {
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let graph = sim.graph_client().unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     let settings = Settings {
         observation_max_age: Duration::from_secs(5),

@@ -15,7 +15,7 @@ use kube::runtime::watcher::Event;
 use redeliver::api::AccessPackageAssignment;
 use redeliver::controller::context::{Context, Settings};
 use redeliver::controller::metrics::Metrics;
-use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -72,7 +72,7 @@ async fn leaving_a_held_group_or_returning_to_a_missing_one_triggers_a_reconcile
     // No Kubernetes call is made by the delta loop: an API server that answers nothing.
     let (service, _handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "access");
-    let graph = sim.graph_client().unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     let settings = Settings {
         delta_interval: Duration::from_millis(300),

@@ -45,12 +45,12 @@ async fn livez_readyz_and_openmetrics() {
 
 #[tokio::test]
 async fn graph_calls_are_counted_by_operation_and_status_code() {
-    use redeliver::sim::{Scenario, SimOptions, Simulator};
+    use redeliver_sim::{Scenario, SimOptions, Simulator};
 
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let graph = sim.graph_client().unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
     assert!(graph.get_user("alice@contoso.com").await.unwrap().is_some());
     assert!(
         graph

@@ -1,5 +1,5 @@
 //! One Graph assignment, one repair, end to end: `run_controllers` against the in-process
-//! Kubernetes API server (`redeliver::bench::fake_kube`, with real watch, status subresource
+//! Kubernetes API server (`redeliver_bench::fake_kube`, with real watch, status subresource
 //! and server-side apply semantics) and the Graph simulator over HTTP on 127.0.0.1.
 //!
 //! - an assignment covered by an AccessPackageAssignment and an AccessPackageGuard is
@@ -12,11 +12,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redeliver::bench::fake_kube::FakeKube;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver::sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_bench::fake_kube::FakeKube;
+use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +59,7 @@ impl Running {
         let mut config = kube::Config::new(kube.url().parse().unwrap());
         config.default_namespace = NS.into();
         let client = kube::Client::try_from(config).unwrap();
-        let graph = sim.graph_client().unwrap();
+        let graph = crate::fault_support::graph_client(sim).unwrap();
         let (metrics, _registry) = Metrics::new(Some(graph.clone()));
         let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
         let ready = Readiness::default();

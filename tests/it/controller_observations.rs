@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use redeliver::controller::observation::Observations;
 use redeliver::engine::{ReadData, ResourceRead};
-use redeliver::sim::{Scenario, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimOptions, Simulator};
 
 #[tokio::test]
 async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
@@ -16,7 +16,7 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
         .await
         .unwrap();
     let observations = Arc::new(Observations::new(
-        sim.graph_client().unwrap(),
+        crate::fault_support::graph_client(&sim).unwrap(),
         Duration::from_millis(600),
         4,
     ));
@@ -24,7 +24,7 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     let view = observations.package_view(&package).await.unwrap();
     let resources = view.resources.clone();
     assert!(resources.len() >= 3);
-    let members_reads = |sim: &redeliver::sim::SimHandle| {
+    let members_reads = |sim: &redeliver_sim::SimHandle| {
         sim.request_log()
             .iter()
             .filter(|e| e.path.contains("/members") || e.path.contains("/appRoleAssignedTo"))
@@ -67,4 +67,43 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     futures::future::join_all((0..4).map(|_| observations.snapshot(&resources))).await;
     assert_eq!(members_reads(&sim), 3 * distinct);
     sim.shutdown().await;
+}
+
+/// A write to one package renews that package's view only.
+#[tokio::test]
+async fn invalidating_a_package_renews_only_its_view() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = redeliver_sim::Simulator::start(
+        redeliver_sim::Scenario::demo(),
+        redeliver_sim::SimOptions::fast(),
+    )
+    .await
+    .unwrap();
+    let obs = Observations::new(
+        crate::fault_support::graph_client(&sim).unwrap(),
+        Duration::from_secs(600),
+        4,
+    );
+    let ids: Vec<String> = ["Finance Analysts", "Engineering Tools"]
+        .iter()
+        .filter_map(|n| sim.package_id(n))
+        .collect();
+    assert_eq!(ids.len(), 2, "the demo scenario's packages");
+    let reads = |id: &str| {
+        sim.count_requests(
+            "GET",
+            &format!("/v1.0/identityGovernance/entitlementManagement/accessPackages/{id}"),
+        )
+    };
+    for id in &ids {
+        obs.package_view(id).await.unwrap();
+        obs.package_view(id).await.unwrap();
+        assert_eq!(reads(id), 1, "one read per window");
+    }
+    let view = obs.package_view(&ids[0]).await.unwrap();
+    obs.invalidate_package(&ids[0], &view.resources);
+    obs.package_view(&ids[0]).await.unwrap();
+    obs.package_view(&ids[1]).await.unwrap();
+    assert_eq!(reads(&ids[0]), 2, "the written package is read again");
+    assert_eq!(reads(&ids[1]), 1, "the other package's view is kept");
 }

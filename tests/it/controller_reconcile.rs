@@ -13,8 +13,8 @@ use redeliver::api::{AccessPackageAssignment, AccessPackageGuard, FINALIZER};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::{Context, Error, Settings};
 use redeliver::controller::{assignment, guard};
-use redeliver::sim::{FaultScope, FaultSpec};
-use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{FaultScope, FaultSpec};
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio::task::JoinHandle;
@@ -195,7 +195,7 @@ impl Env {
     async fn start_with_sim(settings: Settings, opts: SimOptions) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = Simulator::start(Scenario::demo(), opts).await.unwrap();
-        let graph = sim.graph_client().unwrap();
+        let graph = crate::fault_support::graph_client(&sim).unwrap();
         let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = kube::Client::new(service, NS);
         let (metrics, _registry) = Metrics::new(Some(graph.clone()));

@@ -10,7 +10,7 @@ use kube::client::Body;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver::sim::{Scenario, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -52,7 +52,7 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
         .await
         .unwrap();
-    let graph = sim.graph_client().unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
 
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);

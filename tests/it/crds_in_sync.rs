@@ -22,7 +22,7 @@ fn committed_crds_match_the_types() {
     }
     assert!(
         stale.is_empty(),
-        "crds/{} out of date with src/api; regenerate with \
+        "crds/{} out of date with crates/operator/src/api; regenerate with \
          `UPDATE_CRDS=1 cargo test --test it crds_in_sync` (it calls redeliver::api::write_crds) \
          and commit the result",
         stale.join(", crds/")

@@ -5,7 +5,7 @@
 use crate::fault_support::*;
 use redeliver::graph::models::{DirectoryObject, Page};
 use redeliver::graph::{BatchItem, Write, Written};
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 use serde_json::json;
 
 #[tokio::test]
@@ -116,14 +116,14 @@ async fn batched_writes_resend_a_reprocess_after_a_504_but_never_an_uncertain_ad
     let reprocess = |upn: &str| Write::ReprocessAssignment {
         assignment_id: sim.assignment_id(upn, "Finance Analysts").unwrap(),
     };
-    let creates = |sim: &redeliver::sim::SimHandle| {
+    let creates = |sim: &redeliver_sim::SimHandle| {
         sim.request_log()
             .iter()
             .filter(|e| e.method == "POST" && e.path.ends_with("/assignmentRequests"))
             .map(|e| (e.status, e.batch))
             .collect::<Vec<_>>()
     };
-    let reprocesses = |sim: &redeliver::sim::SimHandle| {
+    let reprocesses = |sim: &redeliver_sim::SimHandle| {
         sim.request_log()
             .iter()
             .filter(|e| e.method == "POST" && e.path.ends_with("/reprocess"))

@@ -9,7 +9,7 @@ use crate::fault_support::*;
 use redeliver::api::{AccessPackageAssignment, AccessPackageAssignmentStatus};
 use redeliver::engine::{self, Action, EngineSettings, Write, conditions};
 use redeliver::observe::Observer;
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 use serde_json::json;
 
 /// Observes alice's Finance Analysts assignment once and plans, like one controller pass.

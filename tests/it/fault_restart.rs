@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use crate::fault_support::*;
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 
 const REPAIR: [&str; 7] = [
     "--reprocess",
@@ -19,7 +19,7 @@ const REPAIR: [&str; 7] = [
 ];
 
 /// Waits until the simulator has accepted `n` reprocesses in total.
-async fn wait_for_reprocesses(sim: &redeliver::sim::SimHandle, n: usize) {
+async fn wait_for_reprocesses(sim: &redeliver_sim::SimHandle, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while reprocess_calls(sim, true).values().sum::<usize>() < n {
         assert!(std::time::Instant::now() < deadline, "no reprocess seen");

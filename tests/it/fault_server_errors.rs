@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::fault_support::*;
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 use serde_json::json;
 
 fn alice_and_bob() -> String {
@@ -135,7 +135,7 @@ async fn graph_slower_than_the_timeout_for_good_is_a_clear_timeout_error() {
 
 /// The audit process pointed at `proxy` instead of the simulator.
 fn via_proxy(
-    sim: &redeliver::sim::SimHandle,
+    sim: &redeliver_sim::SimHandle,
     proxy: &Proxy,
     dir: &std::path::Path,
     extra: &[&str],
@@ -232,7 +232,7 @@ async fn create_whose_answer_is_lost_is_not_resent_and_the_rerun_finds_it() {
         "carol@contoso.com",
         "",
     ));
-    let creates = |sim: &redeliver::sim::SimHandle| {
+    let creates = |sim: &redeliver_sim::SimHandle| {
         sim.request_log()
             .iter()
             .filter(|e| {

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redeliver::graph::{GraphArgs, GraphClient, Secret};
-use redeliver::sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
+use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
 /// Environment variables a developer's shell may carry that must not leak into a child run.
 pub const CLEARED_ENV: [&str; 11] = [
@@ -132,8 +132,14 @@ pub fn args_for(sim: &SimHandle) -> GraphArgs {
         client_secret: Some(Secret::new(sim.client_secret.clone())),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
+        ca_file: sim.ca_file.clone(),
         ..GraphArgs::with_defaults()
     }
+}
+
+/// A Graph client for `sim` with its own credentials.
+pub fn graph_client(sim: &SimHandle) -> Result<GraphClient, redeliver::graph::GraphError> {
+    GraphClient::new(args_for(sim).validate()?)
 }
 
 /// A client for `sim` with `tweak` applied to the arguments.

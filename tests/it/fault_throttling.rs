@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::fault_support::*;
 use redeliver::observe::Observer;
-use redeliver::sim::{LogEntry, Scenario, Simulator};
+use redeliver_sim::{LogEntry, Scenario, Simulator};
 use serde_json::json;
 
 /// Every request in a throttled scope that arrived after a 429 was answered came no

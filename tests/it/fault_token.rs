@@ -7,10 +7,10 @@ use std::time::Duration;
 use crate::fault_support::*;
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::Observer;
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 use serde_json::json;
 
-fn token_requests(sim: &redeliver::sim::SimHandle) -> usize {
+fn token_requests(sim: &redeliver_sim::SimHandle) -> usize {
     sim.request_log()
         .iter()
         .filter(|e| e.path.contains("/oauth2/v2.0/token"))
@@ -138,7 +138,7 @@ async fn token_expiring_mid_sweep_is_refreshed_once_and_the_sweep_completes() {
     sim.shutdown().await;
 }
 
-fn federated_client(sim: &redeliver::sim::SimHandle, file: &std::path::Path) -> GraphClient {
+fn federated_client(sim: &redeliver_sim::SimHandle, file: &std::path::Path) -> GraphClient {
     let args = GraphArgs {
         tenant_id: Some(sim.tenant_id.clone()),
         client_id: Some(sim.client_id.clone()),

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use redeliver::graph::models::{AssignmentState, DirectoryObject, Page, RequestState, RequestType};
 use redeliver::graph::{BatchItem, GraphArgs, GraphClient, Secret};
-use redeliver::sim::{
+use redeliver_sim::{
     FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator, TlsOptions,
 };
 
@@ -14,7 +14,7 @@ const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 const ENG: &str = "9f1c0c7e-0000-4000-8000-000000000002";
 
 fn args_for(h: &SimHandle) -> GraphArgs {
-    h.graph_args()
+    crate::fault_support::args_for(h)
 }
 
 fn client_for(h: &SimHandle) -> GraphClient {
@@ -405,7 +405,7 @@ async fn https_simulator_is_trusted_through_ca_file() {
 
 #[tokio::test]
 async fn federated_token_file_authenticates_and_a_stale_one_is_explained() {
-    use redeliver::sim::{ClientSpec, ScenarioBuilder};
+    use redeliver_sim::{ClientSpec, ScenarioBuilder};
     let scenario = ScenarioBuilder::new("wi")
         .client(ClientSpec {
             assertion: Some("projected-sa-jwt-1".into()),

@@ -5,7 +5,7 @@
 use crate::fault_support::*;
 use redeliver::api::AccessPackageSelector;
 use redeliver::observe::{ObserveError, Observer};
-use redeliver::sim::{
+use redeliver_sim::{
     AccessPackageSpec, AssignmentSpec, PolicySpec, ResourceSpec, Scenario, Simulator,
 };
 
@@ -40,7 +40,7 @@ fn hostile_scenario() -> Scenario {
     let upns = hostile_upns();
     for (i, name) in hostile_names().iter().enumerate() {
         let group = format!("hostile-group-{i}");
-        scenario.spec.groups.push(redeliver::sim::GroupSpec {
+        scenario.spec.groups.push(redeliver_sim::GroupSpec {
             name: group.clone(),
             ..Default::default()
         });
@@ -60,7 +60,7 @@ fn hostile_scenario() -> Scenario {
         });
         let upn = &upns[i % upns.len()];
         if !scenario.spec.users.iter().any(|u| &u.upn == upn) {
-            scenario.spec.users.push(redeliver::sim::UserSpec {
+            scenario.spec.users.push(redeliver_sim::UserSpec {
                 upn: upn.clone(),
                 display_name: Some(format!("Hostile {i}")),
                 ..Default::default()

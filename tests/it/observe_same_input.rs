@@ -11,7 +11,7 @@ use redeliver::controller::observation::Observations;
 use redeliver::engine::ledger::RepairLedger;
 use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::observe::{Observer, observe_assignment, observe_guard};
-use redeliver::sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, Simulator};
 
 use crate::fault_support::fast;
 
@@ -38,7 +38,7 @@ async fn audit_and_controller_observe_and_decide_the_same() {
     let decls = load_paths(&[examples()]).expect("the examples load");
     assert!(decls.assignments.len() >= 4, "{}", decls.assignments.len());
     assert!(!decls.guards.is_empty());
-    let graph = sim.graph_client().unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
     let audit_reads = Observer::new(graph.clone(), 4);
     let controller_reads = Observations::new(graph, Duration::from_secs(30), 8);
     let settings = EngineSettings::default();

@@ -5,7 +5,7 @@
 
 use redeliver::graph::{GraphArgs, GraphClient, Secret};
 use redeliver::observe::delta::DeltaTracker;
-use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
 
 /// 120 groups: three delta queries (50 + 50 + 20).
 fn tenant() -> SyntheticTenant {

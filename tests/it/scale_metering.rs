@@ -3,7 +3,7 @@
 //! token bucket with its `429` headers, and the admin API's requests and RU per path — all
 //! over real HTTP.
 
-use redeliver::sim::{PathUsage, RuBucket, Scenario, SimHandle, SimOptions, Simulator, Usage};
+use redeliver_sim::{PathUsage, RuBucket, Scenario, SimHandle, SimOptions, Simulator, Usage};
 use reqwest::{Client, Method, StatusCode};
 use serde_json::json;
 

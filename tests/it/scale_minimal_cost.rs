@@ -14,11 +14,11 @@ use std::path::Path;
 use std::process::Stdio;
 
 use redeliver::api::AccessPackageGuardSpec;
-use redeliver::bench::cost::{self, MinimumCost, SIM_EM_PAGE};
 use redeliver::engine::{self, EngineSettings, GuardInput};
 use redeliver::graph::{GraphArgs, GraphClient, Secret};
 use redeliver::observe::Observer;
-use redeliver::sim::{
+use redeliver_bench::cost::{self, MinimumCost, SIM_EM_PAGE};
+use redeliver_sim::{
     Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
 };
 

@@ -14,7 +14,7 @@ use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::{Context, Settings, assignment, guard};
 use redeliver::graph::{GraphArgs, GraphClient};
-use redeliver::sim::{Scenario, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 
 const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.controller-sa-token-KNOWN-VALUE.c2ln";

@@ -9,7 +9,7 @@ use crate::fault_support::*;
 use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::Observer;
-use redeliver::sim::{Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
 const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.federated-sa-token-KNOWN-VALUE.c2lnbmF0dXJl";
 

@@ -5,7 +5,7 @@
 
 use crate::fault_support::*;
 use redeliver::graph::GraphArgs;
-use redeliver::sim::{Scenario, SimOptions, Simulator, TlsOptions};
+use redeliver_sim::{Scenario, SimOptions, Simulator, TlsOptions};
 use serde_json::json;
 
 #[tokio::test]

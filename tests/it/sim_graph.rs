@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redeliver::sim::{
+use redeliver_sim::{
     AccessPackageSpec, AssignmentSpec, ResourceSpec, Scenario, SimHandle, SimOptions, Simulator,
 };
 use reqwest::{Client, StatusCode};

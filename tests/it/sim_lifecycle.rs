@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use redeliver::sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 

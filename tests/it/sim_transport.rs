@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use redeliver::sim::{
+use redeliver_sim::{
     FaultScope, FaultSpec, RuBucket, Scenario, SimHandle, SimOptions, Simulator, TlsOptions,
 };
 use reqwest::{Client, StatusCode};

@@ -34,7 +34,7 @@ pub use client::{
     BatchItem, BatchResult, GraphClient, GraphRequest, GraphResponse, GroupMembershipDelta,
     MemberChanges,
 };
-pub use config::{Credential, GraphArgs, GraphConfig, Secret};
+pub use config::{Credential, Endpoint, GraphArgs, GraphConfig, Secret};
 pub use error::{GraphError, TokenFailure};
 pub use http::{OperationStats, RetryMode};
 pub use writes::{Write, Written};

@@ -13,7 +13,7 @@
 //! 2. **Naive**: [`naive::run`] in this process (its CPU is not what is compared).
 //! 3. **Redeliver repair**: the same audit with `--reprocess`, then the simulator is asked
 //!    whether every drifted assignment is whole again.
-//! 4. **Incremental**: a [`crate::observe::delta::DeltaTracker`] over every promised group:
+//! 4. **Incremental**: a [`redeliver::observe::delta::DeltaTracker`] over every promised group:
 //!    requests and RU per poll when nothing changes, then the time from an outside removal to
 //!    its detection and to the membership being back after `reprocess`.
 
@@ -32,13 +32,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use rand::SeedableRng;
 
-use crate::graph::{GraphArgs, GraphClient, Secret};
-use crate::observe::delta::DeltaTracker;
-use crate::sim::{
+use cost::{MinimumCost, SIM_EM_PAGE};
+use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::observe::delta::DeltaTracker;
+use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant,
     Usage, derive_id,
 };
-use cost::{MinimumCost, SIM_EM_PAGE};
 
 /// Options of the benchmark.
 #[derive(clap::Args, Debug, Clone)]
@@ -71,7 +71,7 @@ pub struct BenchArgs {
 
     /// Delta poll interval in the incremental measurement (the controller's default is
     /// 60 s; a shorter one keeps the benchmark short and changes no per-poll figure).
-    #[arg(long, default_value = "5s", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = redeliver::api::parse_duration_arg)]
     pub delta_interval: Duration,
 
     /// Quiet polls measured per scale in incremental mode.
@@ -568,7 +568,7 @@ async fn measure_app_role_poll(
     args: &BenchArgs,
     sim: &SimHandle,
     t: &SyntheticTenant,
-    graph: &crate::graph::GraphClient,
+    graph: &redeliver::graph::GraphClient,
     fig: &mut IncrementalFigures,
 ) -> anyhow::Result<()> {
     let apps: Vec<String> = (0..t.apps)
@@ -996,7 +996,7 @@ const WHAT_IS_MEASURED: &str = "
   `AccessPackageGuard` per package (by id: no name resolution), run as a child process;
   CPU time (user + system) and peak RSS are that process's own, from `wait4(2)` (it is
   started by a small launcher, so its peak RSS is not the benchmark's: see
-  `src/bench/measure.rs`). Graph
+  `crates/bench/src/measure.rs`). Graph
   requests, RU and 429s come from the simulator's usage counters (`GET /_sim/usage`) for
   that run: every `/v1.0` request including `$batch` items, excluding the token endpoint.
   Directory requests are the metered ones; EM requests (packages, policies, assignments,

@@ -7,7 +7,7 @@
 //! (base 2); entitlement-management reads are not metered in resource units (they are in
 //! no published RU table), so they count as requests only.
 
-use crate::sim::{SyntheticResource, SyntheticTenant};
+use redeliver_sim::{SyntheticResource, SyntheticTenant};
 
 /// Largest page Graph returns for directory collections (`$top=999`).
 pub const DIRECTORY_PAGE: usize = 999;

@@ -30,7 +30,7 @@ use kube::Resource;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use crate::api::{AccessPackageAssignment, AccessPackageGuard};
+use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
 
 /// One status write the server received.
 #[derive(Debug, Clone)]

@@ -317,25 +317,6 @@ fn shell_quote(s: &str) -> String {
 }
 
 impl SimHandle {
-    /// Graph client arguments that point at this simulator with its own credentials (and
-    /// its CA when serving HTTPS); every other option keeps its default.
-    pub fn graph_args(&self) -> crate::graph::GraphArgs {
-        crate::graph::GraphArgs {
-            tenant_id: Some(self.tenant_id.clone()),
-            client_id: Some(self.client_id.clone()),
-            client_secret: Some(crate::graph::Secret::new(self.client_secret.clone())),
-            authority_host: self.authority_host.clone(),
-            graph_url: self.graph_url.clone(),
-            ca_file: self.ca_file.clone(),
-            ..crate::graph::GraphArgs::with_defaults()
-        }
-    }
-
-    /// A Graph client for this simulator (see [`SimHandle::graph_args`]).
-    pub fn graph_client(&self) -> Result<crate::graph::GraphClient, crate::graph::GraphError> {
-        crate::graph::GraphClient::new(self.graph_args().validate()?)
-    }
-
     /// The environment that points `redeliver` (or any Azure SDK) at this simulator:
     /// tenant, client, the simulator's own throwaway secret, authority and Graph URL.
     pub fn graph_env(&self) -> [(&'static str, &str); 5] {

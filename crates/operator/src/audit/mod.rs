@@ -102,8 +102,9 @@ pub struct AuditArgs {
     pub graph: GraphArgs,
 }
 
-/// Runs the audit and returns the process exit code.
-pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
+/// Runs the audit and returns the process exit code. With `--simulate`, `simulated` is
+/// the embedded simulator the binary started (the simulator is not part of this library).
+pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> anyhow::Result<u8> {
     let decls = match load::load_paths(&args.paths) {
         Ok(d) => d,
         Err(errors) => {
@@ -133,7 +134,7 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
         return Ok(EXIT_ERROR);
     }
 
-    let (client, sim) = connect(&args).await?;
+    let client = connect(&args, simulated)?;
     let observer = Observer::new(client, args.graph.graph_concurrency);
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
     let mut audit = Audit::new(&decls, &observer, args.reprocess);
@@ -165,9 +166,6 @@ pub async fn run(args: AuditArgs) -> anyhow::Result<u8> {
         notes: decls.skipped.clone(),
     };
     print_report(&report, args.output)?;
-    if let Some(sim) = sim {
-        sim.shutdown().await;
-    }
     Ok(exit_code(&report.rows))
 }
 
@@ -187,43 +185,25 @@ fn exit_code(rows: &[Row]) -> u8 {
     }
 }
 
-async fn connect(args: &AuditArgs) -> anyhow::Result<(GraphClient, Option<crate::sim::SimHandle>)> {
-    if args.simulate {
-        let scenario = match &args.scenario {
-            Some(path) => crate::sim::Scenario::from_file(path)
-                .with_context(|| format!("cannot load scenario {}", path.display()))?,
-            None => crate::sim::Scenario::demo(),
-        };
-        let options = crate::sim::SimOptions {
-            request_delay: Duration::from_millis(500),
-            reprocess_delay: Duration::from_millis(500),
-            ..Default::default()
-        };
-        let handle = crate::sim::Simulator::start(scenario, options)
-            .await
-            .context("cannot start the embedded Graph simulator")?;
-        // The simulator's own credentials, whatever the environment says; the user's
-        // tuning flags (timeouts, retries, concurrency) still apply.
-        let sim_args = handle.graph_args();
-        let config = crate::graph::GraphArgs {
-            tenant_id: sim_args.tenant_id,
-            client_id: sim_args.client_id,
-            client_secret: sim_args.client_secret,
-            client_secret_file: None,
-            federated_token_file: None,
-            authority_host: sim_args.authority_host,
-            graph_url: sim_args.graph_url,
-            ca_file: sim_args.ca_file,
-            ..args.graph.clone()
-        }
-        .validate()
-        .context("cannot configure the Graph client for the simulator")?;
-        let client = GraphClient::new(config)?;
-        Ok((client, Some(handle)))
-    } else {
-        let config = args.graph.clone().into_config()?;
-        Ok((GraphClient::new(config)?, None))
-    }
+/// The Graph client of the run: the configured tenant, or (`--simulate`) the simulator the
+/// binary started, with the user's tuning flags kept.
+fn connect(
+    args: &AuditArgs,
+    simulated: Option<crate::graph::Endpoint>,
+) -> anyhow::Result<GraphClient> {
+    let config = match simulated {
+        Some(endpoint) => args
+            .graph
+            .clone()
+            .pointed_at(endpoint)
+            .validate()
+            .context("cannot configure the Graph client for the simulator")?,
+        None if args.simulate => anyhow::bail!(
+            "--simulate needs the embedded simulator, which the redeliver binary starts"
+        ),
+        None => args.graph.clone().into_config()?,
+    };
+    Ok(GraphClient::new(config)?)
 }
 
 fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {

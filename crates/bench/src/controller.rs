@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::fake_kube::{self, Counts, FakeKube};
 use super::measure;
-use crate::sim::{
+use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
 };
 
@@ -40,15 +40,15 @@ pub struct ControllerBenchArgs {
     pub objects: usize,
 
     /// spec.verifyInterval of every object (the controller's periodic full verification).
-    #[arg(long, default_value = "60s", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, default_value = "60s", value_parser = redeliver::api::parse_duration_arg)]
     pub verify_interval: Duration,
 
     /// The controller's --delta-interval.
-    #[arg(long, default_value = "5s", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, default_value = "5s", value_parser = redeliver::api::parse_duration_arg)]
     pub delta_interval: Duration,
 
     /// The controller's --observation-max-age (how long one Graph read is shared).
-    #[arg(long, default_value = "30s", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, default_value = "30s", value_parser = redeliver::api::parse_duration_arg)]
     pub observation_max_age: Duration,
 
     /// The controller's --concurrency (reconciles in flight).
@@ -65,7 +65,7 @@ pub struct ControllerBenchArgs {
 
     /// Steady-state window (default: the verify interval plus 30 s, so every object is
     /// verified again at least once inside it).
-    #[arg(long, value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, value_parser = redeliver::api::parse_duration_arg)]
     pub steady_window: Option<Duration>,
 
     /// Simulated Graph latency per request, in milliseconds.
@@ -81,7 +81,7 @@ pub struct ControllerBenchArgs {
     pub by_upn: bool,
 
     /// Give up on initial convergence after this long.
-    #[arg(long, default_value = "20m", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, default_value = "20m", value_parser = redeliver::api::parse_duration_arg)]
     pub converge_timeout: Duration,
 
     /// Replace the controller section of this Markdown file (e.g. docs/benchmarks.md),

@@ -10,15 +10,15 @@
 //!   group delta tracking.
 //! - [`controller`]: the Kubernetes operator around the engine (`redeliver controller`).
 //! - [`audit`]: the engine driven from YAML files (`redeliver audit`).
-//! - [`sim`]: a Graph + Entra token endpoint simulator (`redeliver sim`, docs/simulator.md).
-//! - [`bench`]: the benchmarks behind `cargo bench --bench scale` and
-//!   `cargo bench --bench controller` (docs/benchmarks.md).
+//!
+//! The Graph simulator (`redeliver sim`, docs/simulator.md) is the `redeliver-sim` crate and
+//! the benchmark harness the `redeliver-bench` crate: neither is part of the operator.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod audit;
-pub mod bench;
 pub mod controller;
 pub mod engine;
 pub mod graph;
 pub mod observe;
-pub mod sim;

@@ -340,6 +340,34 @@ impl GraphArgs {
     pub fn with_defaults() -> Self {
         Self::default()
     }
+
+    /// `self` pointed at another endpoint with a client secret (the Graph simulator, with
+    /// its own throwaway credentials and, when it serves HTTPS, its CA); the tuning options
+    /// (timeouts, retries, concurrency) of `self` are kept.
+    pub fn pointed_at(self, endpoint: Endpoint) -> Self {
+        Self {
+            tenant_id: Some(endpoint.tenant_id),
+            client_id: Some(endpoint.client_id),
+            client_secret: Some(Secret::new(endpoint.client_secret)),
+            client_secret_file: None,
+            federated_token_file: None,
+            authority_host: endpoint.authority_host,
+            graph_url: endpoint.graph_url,
+            ca_file: endpoint.ca_file,
+            ..self
+        }
+    }
+}
+
+/// Where a Graph endpoint is and the client credentials it accepts.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub authority_host: String,
+    pub graph_url: String,
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 fn config_err(message: String) -> GraphError {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use crate::graph::error::GraphError;
-use crate::graph::{GraphClient, GraphRequest, RetryMode};
+use redeliver::graph::error::GraphError;
+use redeliver::graph::{GraphClient, GraphRequest, RetryMode};
 
 /// One assignment for the naive checker.
 #[derive(Debug, Clone)]

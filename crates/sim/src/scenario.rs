@@ -45,7 +45,7 @@ pub const SCENARIO_API_VERSION: &str = "sim.redeliver.dev/v1";
 /// The `kind` every scenario document must carry.
 pub const SCENARIO_KIND: &str = "SimulatorScenario";
 
-const DEMO_YAML: &str = include_str!("../../examples/tenant/demo-tenant.yaml");
+const DEMO_YAML: &str = include_str!("../../../examples/tenant/demo-tenant.yaml");
 
 /// Why a scenario could not be loaded.
 #[derive(Debug, thiserror::Error)]
