@@ -10,7 +10,10 @@ async fn livez_readyz_and_openmetrics() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (metrics, registry) = Metrics::new(None);
     metrics.is_leader.set(1);
-    metrics.reprocess("AccessPackageAssignment", "requested");
+    metrics.reprocess(
+        "AccessPackageAssignment",
+        redeliver::controller::metrics::ReprocessCall::Requested,
+    );
     let ready = Readiness::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

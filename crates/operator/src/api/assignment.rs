@@ -304,9 +304,24 @@ pub struct ReprocessStatus {
     /// The last value of the redeliver.dev/reprocess-requested-at annotation that was handled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_request: Option<String>,
-    /// Outcome of the last reprocess: Requested, Repaired, Exhausted or Rejected.
+    /// Outcome of the last reprocess: Requested (sent, not yet verified), Repaired (verified
+    /// delivered again), Exhausted (maxAttempts did not repair it) or Rejected (Graph refused
+    /// it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_outcome: Option<String>,
+    pub last_outcome: Option<ReprocessOutcome>,
+}
+
+/// What became of the last reprocess.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReprocessOutcome {
+    /// Sent, not yet verified.
+    Requested,
+    /// Verified delivered again.
+    Repaired,
+    /// maxAttempts reprocesses did not repair it.
+    Exhausted,
+    /// Graph refused it.
+    Rejected,
 }
 
 /// Checks what the schema cannot (or what slipped past it, e.g. in `redeliver audit` files).

@@ -13,7 +13,8 @@ mod guard;
 pub use assignment::{
     AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus,
     DeletionPolicy, MAX_ATTEMPTS_LIMIT, MIN_COOLDOWN, MIN_VERIFY_INTERVAL, ReprocessMode,
-    ReprocessPolicy, ReprocessStatus, ResourceState, ResourceStatus, validate_assignment_spec,
+    ReprocessOutcome, ReprocessPolicy, ReprocessStatus, ResourceState, ResourceStatus,
+    validate_assignment_spec,
 };
 pub use common::{
     AccessPackageSelector, DURATION_PATTERN, DurationError, GUID_PATTERN, PolicySelector,

@@ -14,6 +14,7 @@ use super::context::{
     Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
 use super::ledger::name_of;
+use super::metrics::ReprocessCall;
 use super::observation::split;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
@@ -207,7 +208,7 @@ async fn execute(
     let graph = ctx.observations.graph();
     let is_reprocess = plan.action.is_reprocess();
     if is_reprocess && let Err(wait) = ctx.reprocess_bucket.try_acquire() {
-        ctx.metrics.reprocess(KIND, "rate_limited");
+        ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
         tracing::info!(
             wait_s = wait.as_secs_f64(),
             "reprocess budget spent; waiting"
@@ -242,7 +243,7 @@ async fn execute(
     match result {
         Ok(()) => {
             if is_reprocess {
-                ctx.metrics.reprocess(KIND, "requested");
+                ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
                 if let (Some(package), Some(assignment)) = (
                     plan.status.access_package_id.as_deref(),
                     plan.status.assignment_id.as_deref(),
@@ -255,14 +256,7 @@ async fn execute(
         Err(err) if err.is_refusal() => {
             tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action");
             if is_reprocess {
-                ctx.metrics.reprocess(
-                    KIND,
-                    if err.is_forbidden() {
-                        "forbidden"
-                    } else {
-                        "rejected"
-                    },
-                );
+                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
             }
             let failure = ActionFailure {
                 kind: if err.is_forbidden() {
@@ -281,14 +275,7 @@ async fn execute(
         }
         Err(err) => {
             if is_reprocess {
-                ctx.metrics.reprocess(
-                    KIND,
-                    if err.retry_after().is_some() {
-                        "throttled"
-                    } else {
-                        "failed"
-                    },
-                );
+                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
                 // Nothing was done: the status must not claim a reprocess.
                 if written.as_ref() != before.as_ref()
                     && let Some(before) = &before

@@ -16,6 +16,7 @@ use super::context::{
     Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
 };
 use super::ledger::name_of;
+use super::metrics::ReprocessCall;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
 use crate::engine::conditions::{first_visit_conditions, to_time};
 use crate::engine::ledger::RepairKey;
@@ -165,7 +166,7 @@ async fn reprocess_selected(
     let mut granted: Vec<String> = Vec::new();
     for id in &plan.reprocess {
         if let Err(wait) = ctx.reprocess_bucket.try_acquire() {
-            ctx.metrics.reprocess(KIND, "rate_limited");
+            ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
             come_back = Some(wait);
             break;
         }
@@ -185,24 +186,15 @@ async fn reprocess_selected(
     for (id, result) in granted.into_iter().zip(results) {
         match result {
             Ok(()) => {
-                ctx.metrics.reprocess(KIND, "requested");
+                ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
                 done.push(id);
             }
             Err(e) => {
                 tracing::warn!(assignment_id = %id, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
+                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&e));
                 if let Some(after) = e.retry_after() {
-                    ctx.metrics.reprocess(KIND, "throttled");
                     come_back = Some(come_back.map_or(after, |c| c.max(after)));
-                    continue;
                 }
-                ctx.metrics.reprocess(
-                    KIND,
-                    if e.is_forbidden() {
-                        "forbidden"
-                    } else {
-                        "failed"
-                    },
-                );
             }
         }
     }

@@ -133,9 +133,12 @@ impl Metrics {
     }
 
     /// Records one reprocess call outcome.
-    pub fn reprocess(&self, kind: &'static str, outcome: &'static str) {
+    pub fn reprocess(&self, kind: &'static str, outcome: ReprocessCall) {
         self.reprocess_calls
-            .get_or_create(&ReprocessLabels { kind, outcome })
+            .get_or_create(&ReprocessLabels {
+                kind,
+                outcome: outcome.label(),
+            })
             .inc();
     }
 
@@ -301,6 +304,51 @@ pub fn render(registry: &Registry) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
+/// The outcome of one reprocess call, as the `outcome` label of
+/// `redeliver_reprocess_calls_total` (a fixed set of values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReprocessCall {
+    /// Graph accepted it.
+    Requested,
+    /// Held back by the operator's global rate limit (`--reprocess-rate`).
+    RateLimited,
+    /// Graph throttled it (429, or 503 with `Retry-After`).
+    Throttled,
+    /// Graph refused it for lack of permission (403).
+    Forbidden,
+    /// Graph refused it for another reason (a 4xx).
+    Rejected,
+    /// It failed in transit (5xx, network) and is retried.
+    Failed,
+}
+
+impl ReprocessCall {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Requested => "requested",
+            Self::RateLimited => "rate_limited",
+            Self::Throttled => "throttled",
+            Self::Forbidden => "forbidden",
+            Self::Rejected => "rejected",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The outcome a failed call counts as: one classification for both kinds.
+    pub fn of_error(err: &crate::graph::GraphError) -> Self {
+        if err.retry_after().is_some() {
+            Self::Throttled
+        } else if err.is_forbidden() {
+            Self::Forbidden
+        } else if err.is_refusal() {
+            Self::Rejected
+        } else {
+            Self::Failed
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,7 +357,7 @@ mod tests {
     fn renders_bounded_families() {
         let (m, registry) = Metrics::new(None);
         m.reconcile_started("AccessPackageAssignment").finish("ok");
-        m.reprocess("AccessPackageAssignment", "requested");
+        m.reprocess("AccessPackageAssignment", ReprocessCall::Requested);
         m.drift("AccessPackageGuard", 3);
         let (store, mut writer) = kube::runtime::reflector::store::<AccessPackageAssignment>();
         for (name, delivered) in [("a", Some("True")), ("b", None), ("c", Some("True"))] {

@@ -37,15 +37,10 @@ use super::{
 };
 use crate::api::{
     AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, MIN_VERIFY_INTERVAL, ReprocessMode,
-    ResourceState, ResourceStatus, format_duration, parse_duration, validate_assignment_spec,
+    ReprocessOutcome, ResourceState, ResourceStatus, format_duration, parse_duration,
+    validate_assignment_spec,
 };
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestState};
-
-/// Outcome strings for `status.reprocess.lastOutcome`.
-const OUTCOME_REQUESTED: &str = "Requested";
-const OUTCOME_REPAIRED: &str = "Repaired";
-const OUTCOME_EXHAUSTED: &str = "Exhausted";
-const OUTCOME_REJECTED: &str = "Rejected";
 
 /// Everything the engine needs to plan one assignment.
 #[derive(Debug, Clone)]
@@ -352,7 +347,7 @@ fn observe<'r>(
 /// read memberships fresh, since a copy cached before Graph applied the reprocess (it lands
 /// asynchronously) would report the resource still missing.
 pub fn awaiting_reprocess(status: Option<&AccessPackageAssignmentStatus>) -> bool {
-    status.is_some_and(|s| s.reprocess.last_outcome.as_deref() == Some(OUTCOME_REQUESTED))
+    status.is_some_and(|s| s.reprocess.last_outcome == Some(ReprocessOutcome::Requested))
 }
 
 /// Whether [`plan_assignment`] can look at the target's latest request: only when there
@@ -537,7 +532,7 @@ fn delivered_state(
         }
         if status.reprocess.attempts > 0 {
             status.reprocess.attempts = 0;
-            status.reprocess.last_outcome = Some(OUTCOME_REPAIRED.into());
+            status.reprocess.last_outcome = Some(ReprocessOutcome::Repaired);
         }
         status.last_request_id = None;
         return Outcome {
@@ -713,7 +708,7 @@ fn repair(
     };
     let attempts = match ledger::gate(history.as_ref(), limits, ctx.now, forced) {
         Gate::Exhausted { record } => {
-            status.reprocess.last_outcome = Some(OUTCOME_EXHAUSTED.into());
+            status.reprocess.last_outcome = Some(ReprocessOutcome::Exhausted);
             let last_by = if record.by == who {
                 String::new()
             } else {
@@ -751,7 +746,7 @@ fn repair(
             } else {
                 // Another object covering the same Graph assignment sent it: wait for it
                 // (and check its effect with fresh reads) instead of sending a second one.
-                status.reprocess.last_outcome = Some(OUTCOME_REQUESTED.into());
+                status.reprocess.last_outcome = Some(ReprocessOutcome::Requested);
                 let first_seen = ctx.prev.reprocess.last_requested_by.as_deref()
                     != Some(record.by.as_str())
                     || ctx.prev.reprocess.last_requested_time.as_ref().map(|t| t.0)
@@ -808,7 +803,7 @@ fn repair(
     status.reprocess.last_requested_by = None;
     status.reprocess.attempts = attempts.saturating_add(1);
     status.reprocess.last_requested_time = Some(to_time(ctx.now));
-    status.reprocess.last_outcome = Some(OUTCOME_REQUESTED.into());
+    status.reprocess.last_outcome = Some(ReprocessOutcome::Requested);
     if forced && let Some(v) = ctx.annotation_new {
         status.reprocess.last_handled_request = Some(v.to_string());
     }
@@ -1310,7 +1305,7 @@ pub fn record_action_failure(
     };
     let status = &mut plan.status;
     if plan.action.is_reprocess() {
-        status.reprocess.last_outcome = Some(OUTCOME_REJECTED.into());
+        status.reprocess.last_outcome = Some(ReprocessOutcome::Rejected);
     }
     let generation = status.observed_generation;
     let mut conds = status.conditions.clone();

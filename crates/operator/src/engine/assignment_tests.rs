@@ -1,7 +1,7 @@
 //! Every decision and condition transition of [`plan_assignment`], as small scenarios.
 
 use super::*;
-use crate::api::{AccessPackageAssignmentSpec, ReprocessMode};
+use crate::api::{AccessPackageAssignmentSpec, ReprocessMode, ReprocessOutcome};
 use crate::engine::conditions::{DELIVERED, READY, RECONCILING, STALLED, find, reason};
 use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
 use crate::graph::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
@@ -295,8 +295,8 @@ fn drift_in_auto_mode_reprocesses_the_assignment() {
         Some(to_time(at(10)))
     );
     assert_eq!(
-        p.status.reprocess.last_outcome.as_deref(),
-        Some("Requested")
+        p.status.reprocess.last_outcome,
+        Some(ReprocessOutcome::Requested)
     );
     assert!(awaiting_reprocess(Some(&p.status)));
     assert!(!awaiting_reprocess(None));
@@ -387,8 +387,8 @@ fn exhausted_attempts_give_up_and_stall_once() {
     assert!(msg.contains(crate::api::REPROCESS_ANNOTATION), "{msg}");
     assert_eq!(p.status.reprocess.attempts, 3);
     assert_eq!(
-        p.status.reprocess.last_outcome.as_deref(),
-        Some("Exhausted")
+        p.status.reprocess.last_outcome,
+        Some(ReprocessOutcome::Exhausted)
     );
     assert_eq!(kinds(&p), [EventKind::ReprocessExhausted]);
     assert_eq!(p.requeue_after, Duration::from_secs(600));
@@ -410,7 +410,10 @@ fn verified_delivery_resets_attempts() {
     assert_cond(&p, READY, "True", reason::DELIVERED);
     assert!(cond(&p, RECONCILING).is_none());
     assert_eq!(p.status.reprocess.attempts, 0);
-    assert_eq!(p.status.reprocess.last_outcome.as_deref(), Some("Repaired"));
+    assert_eq!(
+        p.status.reprocess.last_outcome,
+        Some(ReprocessOutcome::Repaired)
+    );
     assert_eq!(kinds(&p), [EventKind::DeliveryVerified]);
     // And the next pass is quiet.
     let q = fx.plan(at(20));
@@ -1182,7 +1185,10 @@ fn refused_reprocess_stalls_and_still_counts() {
     assert!(cond(&p, RECONCILING).is_none());
     assert_eq!(types(&p), [READY, DELIVERED, STALLED]);
     assert_eq!(p.status.reprocess.attempts, 1);
-    assert_eq!(p.status.reprocess.last_outcome.as_deref(), Some("Rejected"));
+    assert_eq!(
+        p.status.reprocess.last_outcome,
+        Some(ReprocessOutcome::Rejected)
+    );
     assert_eq!(
         kinds(&p),
         [EventKind::DriftDetected, EventKind::PermissionDenied]
