@@ -1060,3 +1060,34 @@ async fn manual_mode_reprocesses_only_on_a_new_annotation_value() {
     env.api.expect_silence().await;
     assert_eq!(reprocess_calls(&env.sim), 1);
 }
+
+/// `--verify-interval` is the verification interval of every object that sets no
+/// `spec.verifyInterval` (the CRD no longer defaults the field, which hid the flag).
+#[tokio::test]
+async fn the_operators_verify_interval_applies_to_an_object_that_sets_none() {
+    let mut env = Env::start_with(Settings {
+        verify_interval: Duration::from_secs(3600),
+        ..Settings::default()
+    })
+    .await;
+    let bob = for_user("bob-default-interval", "bob@contoso.com");
+    assert!(bob.spec.verify_interval.is_none());
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    env.api.expect_status_patch(&bob).await;
+    env.api.expect_event(&bob).await; // DeliveryVerified
+    let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
+    assert!(
+        (3240.0..=3960.0).contains(&secs),
+        "verified again after the flag's 1h (± jitter), not 10m: {secs}s"
+    );
+    // An object with its own interval keeps it.
+    let mut own = for_user("bob-own-interval", "bob@contoso.com");
+    own.spec.verify_interval = Some("2m".into());
+    let task = env.reconcile(&own);
+    env.api.expect_status_patch(&own).await;
+    env.api.expect_status_patch(&own).await;
+    env.api.expect_event(&own).await;
+    let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
+    assert!((108.0..=132.0).contains(&secs), "{secs}s");
+}
