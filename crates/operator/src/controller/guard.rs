@@ -18,10 +18,11 @@ use super::context::{
 use super::ledger::name_of;
 use super::metrics::ReprocessCall;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
-use crate::engine::conditions::{first_visit_conditions, to_time};
-use crate::engine::ledger::RepairKey;
+use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
-use crate::engine::{GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep};
+use crate::engine::{
+    GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep, record_guard_outcome,
+};
 use crate::observe::observe_guard;
 
 /// The kind label.
@@ -116,22 +117,17 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             }
             written = Some(plan.status.clone());
         }
-        let selected = plan.reprocess.len();
-        retry_after = reprocess_selected(ctx, &mut plan, &mut undo, &who).await;
-        if plan.reprocess.len() != selected {
-            // Say what really happened, not what was planned.
-            let done = plan.reprocess.len();
-            plan.events.retain_mut(|e| {
-                if e.kind != crate::engine::EventKind::ReprocessRequested {
-                    return true;
-                }
-                e.message = format!(
-                    "Reprocessing {done} drifted assignment(s) ({} postponed by the reprocess rate limit or Graph throttling).",
-                    selected - done
-                );
-                done > 0
-            });
-        }
+        let (sent, come_back) = reprocess_selected(ctx, &plan).await;
+        retry_after = come_back;
+        // Say what really happened, not what was planned.
+        record_guard_outcome(
+            &mut plan,
+            &sent,
+            &mut undo,
+            &mut ctx.ledger(),
+            &who,
+            Timestamp::now(),
+        );
         if let Ok((package_id, _)) = &resolved {
             ctx.observations
                 .invalidate_package(package_id, observed.resources());
@@ -152,16 +148,10 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
 }
 
 /// Reprocesses the engine's selection, as far as the global reprocess budget allows, in
-/// `$batch` requests of 20 (a sweep may find thousands). Entries not reprocessed get their
-/// previous bookkeeping back (in status and in the ledger), so neither claims a reprocess
-/// that did not happen. Returns the time to come back when the sweep was cut short by the
-/// budget or by Graph throttling.
-async fn reprocess_selected(
-    ctx: &Context,
-    plan: &mut GuardPlan,
-    undo: &mut Undo,
-    who: &str,
-) -> Option<Duration> {
+/// `$batch` requests of 20 (a sweep may find thousands). Returns the assignments Graph
+/// accepted, and the time to come back when the sweep was cut short by the budget or by
+/// Graph throttling.
+async fn reprocess_selected(ctx: &Context, plan: &GuardPlan) -> (Vec<String>, Option<Duration>) {
     let mut come_back: Option<Duration> = None;
     let mut granted: Vec<String> = Vec::new();
     for id in &plan.reprocess {
@@ -182,12 +172,12 @@ async fn reprocess_selected(
         .graph()
         .reprocess_assignments(&granted, ctx.observations.concurrency())
         .await;
-    let mut done: Vec<String> = Vec::new();
+    let mut sent: Vec<String> = Vec::new();
     for (id, result) in granted.into_iter().zip(results) {
         match result {
             Ok(()) => {
                 ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
-                done.push(id);
+                sent.push(id);
             }
             Err(e) => {
                 tracing::warn!(assignment_id = %id, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
@@ -198,24 +188,5 @@ async fn reprocess_selected(
             }
         }
     }
-    if done.len() != plan.reprocess.len() {
-        for entry in plan.status.drifted.iter_mut() {
-            if !plan.reprocess.contains(&entry.assignment_id) || done.contains(&entry.assignment_id)
-            {
-                continue;
-            }
-            let key = RepairKey::assignment(&entry.assignment_id);
-            let old = undo.previous(&key).cloned();
-            entry.last_reprocess_time = old.as_ref().map(|r| to_time(r.last_requested));
-            entry.reprocess_attempts = old.as_ref().map_or(0, |r| r.attempts);
-            entry.reprocessed_by = old.filter(|r| r.by != who).map(|r| r.by);
-        }
-        for id in &plan.reprocess {
-            if !done.contains(id) {
-                undo.restore(&mut ctx.ledger(), Some(&RepairKey::assignment(id)));
-            }
-        }
-        plan.reprocess = done;
-    }
-    come_back
+    (sent, come_back)
 }

@@ -77,6 +77,19 @@ pub struct GuardPlan {
     /// Changes to the shared repair ledger (see [`super::ledger`]); a `Requested` one is
     /// undone for every reprocess that is not sent.
     pub ledger: Vec<LedgerUpdate>,
+    /// What the selection saw, for [`record_guard_outcome`].
+    pub in_flight: InFlight,
+}
+
+/// Reprocesses in flight that the plan did not send itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// Drifts within their cooldown (a reprocess sent earlier, by anyone).
+    pub cooling: usize,
+    /// Of those, sent by another object covering the assignment.
+    pub by_others: usize,
+    /// Eligible but held back by the operator's rate limit.
+    pub postponed: usize,
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
@@ -146,7 +159,137 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         requeue_after,
         events,
         ledger,
+        in_flight: InFlight {
+            cooling: selection.cooling,
+            by_others: selection.by_others,
+            postponed: selection.postponed,
+        },
     }
+}
+
+/// Applies what became of a sweep's reprocesses (the guard's counterpart of
+/// [`super::record_action_failure`]): `sent` were accepted by Graph; every other selected one
+/// did not happen (the rate limit ran out, Graph throttled, refused or failed it). Those
+/// entries get back the bookkeeping they had before the plan claimed them (from `undo`, in
+/// status and in `ledger`), and the counts, the Reconciling/Ready conditions and the
+/// reprocess event say what really happened.
+pub fn record_guard_outcome(
+    plan: &mut GuardPlan,
+    sent: &[String],
+    undo: &mut super::ledger::Undo,
+    ledger: &mut RepairLedger,
+    who: &str,
+    now: Timestamp,
+) {
+    let not_sent: Vec<String> = plan
+        .reprocess
+        .iter()
+        .filter(|id| !sent.contains(id))
+        .cloned()
+        .collect();
+    if not_sent.is_empty() {
+        return;
+    }
+    for entry in plan.status.drifted.iter_mut() {
+        if !not_sent.contains(&entry.assignment_id) {
+            continue;
+        }
+        let old = undo
+            .previous(&RepairKey::assignment(&entry.assignment_id))
+            .cloned();
+        entry.last_reprocess_time = old.as_ref().map(|r| to_time(r.last_requested));
+        entry.reprocess_attempts = old.as_ref().map_or(0, |r| r.attempts);
+        entry.reprocessed_by = old.filter(|r| r.by != who).map(|r| r.by);
+    }
+    for id in &not_sent {
+        undo.restore(ledger, Some(&RepairKey::assignment(id)));
+    }
+    plan.reprocess.retain(|id| sent.contains(id));
+    let f = plan.in_flight;
+    let in_flight = f.cooling + plan.reprocess.len();
+    plan.status.assignments.reprocessing = i32::try_from(in_flight).unwrap_or(i32::MAX);
+    let generation = plan.status.observed_generation;
+    let conds = &mut plan.status.conditions;
+    if in_flight > 0 || f.postponed > 0 || !not_sent.is_empty() {
+        let message = reconciling_message(
+            in_flight,
+            plan.reprocess.len(),
+            f.by_others,
+            f.postponed,
+            not_sent.len(),
+        );
+        let reconciling = Desired::new(RECONCILING, Status::True, reason::REPROCESSING, message);
+        if conditions::find(conds, STALLED).is_none() {
+            conditions::set_condition(
+                conds,
+                Desired::new(
+                    READY,
+                    Status::False,
+                    reconciling.reason,
+                    reconciling.message.clone(),
+                ),
+                generation,
+                now,
+            );
+        }
+        conditions::set_condition(conds, reconciling, generation, now);
+    }
+    let sent_targets: Vec<&str> = plan
+        .drifted
+        .iter()
+        .filter(|d| plan.reprocess.contains(&d.assignment_id))
+        .take(10)
+        .map(|d| d.target.as_str())
+        .collect();
+    let more = plan.reprocess.len().saturating_sub(sent_targets.len());
+    let sent_count = plan.reprocess.len();
+    plan.events.retain_mut(|e| {
+        if e.kind != EventKind::ReprocessRequested {
+            return true;
+        }
+        e.message = format!(
+            "Reprocessing {}: {}{} ({} not sent: the reprocess rate limit, or Graph throttled or refused them).",
+            count_of(sent_count, "drifted assignment"),
+            sent_targets.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            },
+            not_sent.len()
+        );
+        sent_count > 0
+    });
+}
+
+/// The Reprocessing message: how many drifts are in flight and why.
+fn reconciling_message(
+    in_flight: usize,
+    this_sweep: usize,
+    by_others: usize,
+    postponed: usize,
+    not_sent: usize,
+) -> String {
+    let mut details = vec![format!("{this_sweep} this sweep")];
+    if by_others > 0 {
+        details.push(format!("{by_others} by other objects covering them"));
+    }
+    if postponed > 0 {
+        details.push(format!(
+            "{postponed} postponed by the operator's reprocess rate limit"
+        ));
+    }
+    if not_sent > 0 {
+        details.push(format!(
+            "{not_sent} not sent (rate limit or Graph throttling), retried at the next sweep"
+        ));
+    }
+    format!(
+        "{} {} being reprocessed ({}).",
+        count_of(in_flight, "drifted assignment"),
+        if in_flight == 1 { "is" } else { "are" },
+        details.join(", ")
+    )
 }
 
 /// An invalid spec or a package that did not resolve: the reason and the message.
@@ -190,6 +333,7 @@ fn stalled_plan(
         requeue_after: interval,
         events,
         ledger: Vec::new(),
+        in_flight: InFlight::default(),
     }
 }
 
@@ -500,25 +644,16 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
     };
     let in_flight = sel.cooling + sel.reprocess.len();
     let reconciling = (in_flight > 0 || sel.postponed > 0).then(|| {
-        let mut details = vec![format!("{} this sweep", sel.reprocess.len())];
-        if sel.by_others > 0 {
-            details.push(format!("{} by other objects covering them", sel.by_others));
-        }
-        if sel.postponed > 0 {
-            details.push(format!(
-                "{} postponed by the operator's reprocess rate limit",
-                sel.postponed
-            ));
-        }
         Desired::new(
             RECONCILING,
             Status::True,
             reason::REPROCESSING,
-            format!(
-                "{} {} being reprocessed ({}).",
-                count_of(in_flight, "drifted assignment"),
-                if in_flight == 1 { "is" } else { "are" },
-                details.join(", ")
+            reconciling_message(
+                in_flight,
+                sel.reprocess.len(),
+                sel.by_others,
+                sel.postponed,
+                0,
             ),
         )
     });

@@ -541,3 +541,58 @@ fn a_zero_reprocess_rate_makes_the_guard_report_only_and_say_why() {
             .contains("--reprocess-rate 0")
     );
 }
+
+#[test]
+fn the_outcome_of_a_sweep_says_what_was_really_sent() {
+    use crate::engine::ledger::{RepairKey, Undo};
+    let mut fx = Fx::many(10, 5);
+    let mut plan = fx.plan(at(0));
+    assert_eq!(plan.reprocess.len(), 5);
+    let mut undo = Undo::apply(&mut fx.ledger, &plan.ledger);
+    let sent: Vec<String> = plan.reprocess[..2].to_vec();
+    super::record_guard_outcome(&mut plan, &sent, &mut undo, &mut fx.ledger, WHO, at(0));
+    assert_eq!(plan.reprocess, sent);
+    assert_eq!(plan.status.assignments.reprocessing, 2);
+    for e in &plan.status.drifted {
+        let claimed = sent.contains(&e.assignment_id);
+        assert_eq!(e.last_reprocess_time.is_some(), claimed, "{e:?}");
+        assert_eq!(
+            fx.ledger
+                .get(&RepairKey::assignment(&e.assignment_id))
+                .is_some(),
+            claimed
+        );
+    }
+    let reconciling = &find(&plan.status.conditions, RECONCILING).unwrap().message;
+    assert!(
+        reconciling.starts_with("2 drifted assignments are being reprocessed"),
+        "{reconciling}"
+    );
+    assert!(reconciling.contains("3 not sent"), "{reconciling}");
+    let event = plan
+        .events
+        .iter()
+        .find(|e| e.kind == EventKind::ReprocessRequested)
+        .unwrap();
+    assert!(
+        event.message.starts_with(
+            "Reprocessing 2 drifted assignments: u000@contoso.com, u001@contoso.com (3 not sent"
+        ),
+        "{}",
+        event.message
+    );
+
+    // Nothing sent at all: no reprocess event, nothing claimed.
+    let mut fx = Fx::many(10, 5);
+    let mut plan = fx.plan(at(0));
+    let mut undo = Undo::apply(&mut fx.ledger, &plan.ledger);
+    super::record_guard_outcome(&mut plan, &[], &mut undo, &mut fx.ledger, WHO, at(0));
+    assert!(plan.reprocess.is_empty());
+    assert!(fx.ledger.is_empty());
+    assert!(
+        !plan
+            .events
+            .iter()
+            .any(|e| e.kind == EventKind::ReprocessRequested)
+    );
+}

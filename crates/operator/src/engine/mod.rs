@@ -29,7 +29,10 @@ pub use assignment::{
     awaiting_reprocess, needs_latest_request, plan_assignment, record_action_failure,
     record_request_submitted,
 };
-pub use guard::{GuardDrift, GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep};
+pub use guard::{
+    GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
+    record_guard_outcome,
+};
 pub use resources::{
     AAD_APPLICATION, AAD_GROUP, PromisedResource, ResourceKind, promised_resources,
 };
