@@ -487,16 +487,28 @@ pub async fn run_controllers(
     tracing::info!("controllers stopped");
 }
 
-/// Once every store has synced: rebuilds the repair ledger from the objects' status, waits
-/// (bounded) for the group delta baselines, then lets reconciles run and marks readiness.
+/// Once every store has synced (or after [`SYNC_WAIT`], with what has): rebuilds the repair
+/// ledger from the objects' status, waits (bounded) for the group delta baselines, then lets
+/// reconciles run; marks readiness once every store has synced.
 async fn start_up(
     ctx: Arc<Context>,
     synced: Vec<Arc<AtomicBool>>,
     baselines: Vec<tokio::sync::oneshot::Receiver<()>>,
     readiness: Readiness,
 ) {
-    while !synced.iter().all(|s| s.load(Ordering::Acquire)) {
+    let all_synced = || synced.iter().all(|s| s.load(Ordering::Acquire));
+    let deadline = tokio::time::Instant::now() + SYNC_WAIT;
+    while !all_synced() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    if !all_synced() {
+        // One namespace's watch failing (RBAC, a missing CRD version) must not hold the
+        // others: start with what has listed. Objects of a namespace that lists later are
+        // not in the rebuilt ledger, so their own status alone spaces their reprocesses.
+        tracing::warn!(
+            wait_s = SYNC_WAIT.as_secs(),
+            "not every watch has listed its objects yet (check RBAC in each watched namespace); starting reconciles for the others"
+        );
     }
     let (assignments, guards) = ctx.triggers.snapshot();
     {
@@ -516,6 +528,9 @@ async fn start_up(
         }
     }
     ctx.open();
+    while !all_synced() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     tracing::info!("caches synced; ready");
     readiness.set(true);
     // The ledger keeps a history per reprocessed assignment; drop those that can no longer
@@ -531,6 +546,9 @@ const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How long a settled history (no attempt pending) is kept for other covering objects: a
 /// day, longer than any cooldown in practical use.
 const LEDGER_KEEP: Duration = Duration::from_secs(24 * 3600);
+
+/// Longest wait for every watch's first list before reconciles start anyway.
+const SYNC_WAIT: Duration = Duration::from_secs(60);
 
 /// Longest wait for the group delta baseline before reconciles start anyway.
 const BASELINE_WAIT: Duration = Duration::from_secs(30);
