@@ -58,7 +58,7 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     assert_eq!(members_reads(&sim), distinct);
 
     // A write to the package invalidates its resources: read again, once.
-    observations.invalidate_package(&package, &resources);
+    observations.invalidate_package(&package, &resources).await;
     observations.snapshot(&resources).await;
     assert_eq!(members_reads(&sim), 2 * distinct);
 
@@ -101,7 +101,7 @@ async fn invalidating_a_package_renews_only_its_view() {
         assert_eq!(reads(id), 1, "one read per window");
     }
     let view = obs.package_view(&ids[0]).await.unwrap();
-    obs.invalidate_package(&ids[0], &view.resources);
+    obs.invalidate_package(&ids[0], &view.resources).await;
     obs.package_view(&ids[0]).await.unwrap();
     obs.package_view(&ids[1]).await.unwrap();
     assert_eq!(reads(&ids[0]), 2, "the written package is read again");

@@ -10,6 +10,7 @@
 pub mod delta;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures::StreamExt;
 use std::sync::Arc;
@@ -156,18 +157,29 @@ pub struct Observer {
     reads: Memo<ResourceRead, ReadData>,
 }
 
-/// A single-flight cache: concurrent lookups of one key share one Graph read. Outcomes
-/// that will not change by asking again (found, not found, ambiguous, forbidden) are kept;
-/// transient Graph errors are not, so the next caller tries again.
+/// The one read cache, used by `redeliver audit` (no age bound: a pass refreshes it) and by
+/// the controller (bounded by `--observation-max-age`): concurrent lookups of one key share
+/// one Graph read (single flight); outcomes that will not change by asking again (found,
+/// not found, ambiguous, forbidden) are kept for `max_age`; transient Graph errors are not,
+/// so the next caller tries again. Ages run on tokio's clock, so tests can advance it.
 struct Memo<K, V> {
-    cells: Mutex<HashMap<K, Arc<OnceCell<V>>>>,
+    max_age: Option<Duration>,
+    cells: Mutex<HashMap<K, Entry<V>>>,
 }
 
-impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
-    fn new() -> Self {
+/// When a cache entry was started, and its single-flight cell.
+type Entry<V> = (tokio::time::Instant, Arc<OnceCell<V>>);
+
+impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
+    fn new(max_age: Option<Duration>) -> Self {
         Self {
+            max_age,
             cells: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn fresh_enough(&self, at: tokio::time::Instant) -> bool {
+        self.max_age.is_none_or(|max| at.elapsed() < max)
     }
 
     async fn get_or_read<F, Fut>(&self, key: K, read: F) -> Result<V, GraphError>
@@ -175,27 +187,68 @@ impl<K: std::hash::Hash + Eq, V: Clone> Memo<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, GraphError>>,
     {
-        let cell = self.cells.lock().await.entry(key).or_default().clone();
+        let cell = {
+            let mut cells = self.cells.lock().await;
+            match cells.get(&key) {
+                Some((at, cell)) if self.fresh_enough(*at) => cell.clone(),
+                _ => {
+                    // Bound memory: expired entries go whenever a new one starts.
+                    if self.max_age.is_some() {
+                        cells.retain(|_, (at, _)| self.fresh_enough(*at));
+                    }
+                    let cell = Arc::new(OnceCell::new());
+                    cells.insert(key, (tokio::time::Instant::now(), cell.clone()));
+                    cell
+                }
+            }
+        };
         cell.get_or_try_init(read).await.cloned()
     }
 
     async fn clear(&self) {
         self.cells.lock().await.clear();
     }
+
+    /// Forgets the keys `drop` selects (what a write may have changed).
+    async fn invalidate(&self, drop: impl Fn(&K) -> bool) {
+        self.cells.lock().await.retain(|k, _| !drop(k));
+    }
 }
 
 impl Observer {
-    /// `concurrency` bounds the resource reads in flight at once.
+    /// An observer for one run (`redeliver audit`): every read is shared until
+    /// [`Observer::refresh`]. `concurrency` bounds the resource reads in flight at once.
     pub fn new(graph: GraphClient, concurrency: usize) -> Self {
+        Self::with_max_age(graph, concurrency, None)
+    }
+
+    /// An observer whose reads are shared for at most `max_age` each (the controller's).
+    pub fn with_max_age(graph: GraphClient, concurrency: usize, max_age: Option<Duration>) -> Self {
         Self {
             graph,
             concurrency: concurrency.max(1),
-            packages_by_name: Memo::new(),
-            users: Memo::new(),
-            views: Memo::new(),
-            requests: Memo::new(),
-            reads: Memo::new(),
+            packages_by_name: Memo::new(max_age),
+            users: Memo::new(max_age),
+            views: Memo::new(max_age),
+            requests: Memo::new(max_age),
+            reads: Memo::new(max_age),
         }
+    }
+
+    /// Forgets what a write to a package may have changed: its view (assignments) and its
+    /// requests. Name resolutions and other packages' reads are kept.
+    pub async fn invalidate_package(&self, package_id: &str) {
+        self.views
+            .invalidate(|k| k.eq_ignore_ascii_case(package_id))
+            .await;
+        self.requests
+            .invalidate(|k| k.eq_ignore_ascii_case(package_id))
+            .await;
+    }
+
+    /// Forgets the memberships `reads` returned, so the next snapshot reads them now.
+    pub async fn invalidate_reads(&self, reads: &std::collections::BTreeSet<ResourceRead>) {
+        self.reads.invalidate(|k| reads.contains(k)).await;
     }
 
     /// How many reads this observer runs at once.

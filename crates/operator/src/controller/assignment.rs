@@ -238,7 +238,8 @@ async fn execute(
     });
     if let Ok(ids) = &observed.resolved {
         ctx.observations
-            .invalidate_package(&ids.access_package_id, observed.resources());
+            .invalidate_package(&ids.access_package_id, observed.resources())
+            .await;
     }
     match result {
         Ok(()) => {

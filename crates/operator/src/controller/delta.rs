@@ -206,7 +206,7 @@ pub async fn run(
         for e in &poll.failed {
             tracing::warn!(error = %e, "group delta poll failed; its changes come next poll");
         }
-        if !send(&ctx, &store, &trigger, &Changes::of(&poll), "changed") {
+        if !send(&ctx, &store, &trigger, &Changes::of(&poll), "changed").await {
             return;
         }
         // Follow the groups the objects rely on now; a group followed from now on is
@@ -219,7 +219,7 @@ pub async fn run(
             whole: started.into_iter().collect(),
             ..Changes::default()
         };
-        if !send(&ctx, &store, &trigger, &started, "started to follow") {
+        if !send(&ctx, &store, &trigger, &started, "started to follow").await {
             return;
         }
         if !poll_app_roles(&ctx, &store, &trigger).await {
@@ -230,7 +230,7 @@ pub async fn run(
 
 /// Drops the cached memberships of the groups `changes` concern and triggers the objects
 /// they concern. False when the controller is gone.
-fn send(
+async fn send(
     ctx: &Context,
     store: &Store<AccessPackageAssignment>,
     trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
@@ -246,7 +246,7 @@ fn send(
     }
     // The reconcile must read these groups again, not reuse this window's copy.
     let resources: Vec<PromisedResource> = hit_groups.iter().map(|g| group_resource(g)).collect();
-    ctx.observations.invalidate_memberships(&resources);
+    ctx.observations.invalidate_memberships(&resources).await;
     tracing::info!(
         objects = refs.len(),
         groups = hit_groups.len(),

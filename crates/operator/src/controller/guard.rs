@@ -130,7 +130,8 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         );
         if let Ok((package_id, _)) = &resolved {
             ctx.observations
-                .invalidate_package(package_id, observed.resources());
+                .invalidate_package(package_id, observed.resources())
+                .await;
             let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
             ctx.triggers.covering(package_id, &done, &who);
         }
