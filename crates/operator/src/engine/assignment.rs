@@ -707,85 +707,9 @@ fn repair(
         max_attempts: spec.max_attempts,
     };
     let attempts = match ledger::gate(history.as_ref(), limits, ctx.now, forced) {
-        Gate::Exhausted { record } => {
-            status.reprocess.last_outcome = Some(ReprocessOutcome::Exhausted);
-            let last_by = if record.by == who {
-                String::new()
-            } else {
-                format!(" (the last one sent by {})", record.by)
-            };
-            return Outcome {
-                action: Action::GiveUp {
-                    reason: reason::REPROCESS_EXHAUSTED,
-                },
-                stalled: Some(Desired::new(
-                    STALLED,
-                    Status::True,
-                    reason::REPROCESS_EXHAUSTED,
-                    format!(
-                        "{} reprocess attempt(s){last_by} did not repair it ({what}); find what \
-                         keeps removing the access, then set the annotation {} to a new value to \
-                         retry.",
-                        record.attempts,
-                        crate::api::REPROCESS_ANNOTATION
-                    ),
-                )),
-                delivered,
-                reconciling: None,
-                requeue: ctx.verify_interval,
-            };
-        }
+        Gate::Exhausted { record } => return exhausted(ctx, &record, what, delivered, status),
         Gate::CoolingDown { record, next } => {
-            let remaining = elapsed(ctx.now, next).max(Duration::from_secs(1));
-            let message = if record.by == who {
-                format!(
-                    "Reprocess requested at {}; the next one is allowed at {} ({what}).",
-                    fmt_ts(record.last_requested),
-                    fmt_ts(next)
-                )
-            } else {
-                // Another object covering the same Graph assignment sent it: wait for it
-                // (and check its effect with fresh reads) instead of sending a second one.
-                status.reprocess.last_outcome = Some(ReprocessOutcome::Requested);
-                let first_seen = ctx.prev.reprocess.last_requested_by.as_deref()
-                    != Some(record.by.as_str())
-                    || ctx.prev.reprocess.last_requested_time.as_ref().map(|t| t.0)
-                        != Some(record.last_requested);
-                if first_seen {
-                    ctx.effects.borrow_mut().note = Some(EngineEvent {
-                        kind: EventKind::ReprocessInFlight,
-                        message: format!(
-                            "{} {} is already being reprocessed: {} requested it at {}; not \
-                             reprocessing it again before {}.",
-                            capitalize(noun(&key)),
-                            key.id(),
-                            record.by,
-                            fmt_ts(record.last_requested),
-                            fmt_ts(next)
-                        ),
-                    });
-                }
-                format!(
-                    "Reprocess requested by {} at {}; the next one is allowed at {} ({what}).",
-                    record.by,
-                    fmt_ts(record.last_requested),
-                    fmt_ts(next)
-                )
-            };
-            return Outcome {
-                action: Action::Wait {
-                    reason: reason::REPROCESSING,
-                },
-                reconciling: Some(Desired::new(
-                    RECONCILING,
-                    Status::True,
-                    reason::REPROCESSING,
-                    message,
-                )),
-                delivered,
-                stalled: None,
-                requeue: remaining,
-            };
+            return cooling_down(ctx, &key, &record, next, what, delivered, status);
         }
         Gate::Open { attempts } => attempts,
     };
@@ -831,6 +755,108 @@ fn repair(
         delivered,
         stalled: None,
         requeue: ctx.settings().poll_interval,
+    }
+}
+
+/// The shared attempts are used up: `Stalled=ReprocessExhausted`, naming who sent the last
+/// one when it was another object.
+fn exhausted(
+    ctx: &Ctx,
+    record: &RepairRecord,
+    what: &str,
+    delivered: Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let who = ctx.input.who;
+    status.reprocess.last_outcome = Some(ReprocessOutcome::Exhausted);
+    let last_by = if record.by == who {
+        String::new()
+    } else {
+        format!(" (the last one sent by {})", record.by)
+    };
+    Outcome {
+        action: Action::GiveUp {
+            reason: reason::REPROCESS_EXHAUSTED,
+        },
+        stalled: Some(Desired::new(
+            STALLED,
+            Status::True,
+            reason::REPROCESS_EXHAUSTED,
+            format!(
+                "{} reprocess attempt(s){last_by} did not repair it ({what}); find what \
+                 keeps removing the access, then set the annotation {} to a new value to \
+                 retry.",
+                record.attempts,
+                crate::api::REPROCESS_ANNOTATION
+            ),
+        )),
+        delivered,
+        reconciling: None,
+        requeue: ctx.verify_interval,
+    }
+}
+
+/// The last reprocess (whoever sent it) is within this object's cooldown: wait for it. When
+/// another object covering the assignment sent it, say so, once as an event.
+fn cooling_down(
+    ctx: &Ctx,
+    key: &RepairKey,
+    record: &RepairRecord,
+    next: Timestamp,
+    what: &str,
+    delivered: Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Outcome {
+    let who = ctx.input.who;
+    let remaining = elapsed(ctx.now, next).max(Duration::from_secs(1));
+    let message = if record.by == who {
+        format!(
+            "Reprocess requested at {}; the next one is allowed at {} ({what}).",
+            fmt_ts(record.last_requested),
+            fmt_ts(next)
+        )
+    } else {
+        // Another object covering the same Graph assignment sent it: wait for it
+        // (and check its effect with fresh reads) instead of sending a second one.
+        status.reprocess.last_outcome = Some(ReprocessOutcome::Requested);
+        let first_seen = ctx.prev.reprocess.last_requested_by.as_deref()
+            != Some(record.by.as_str())
+            || ctx.prev.reprocess.last_requested_time.as_ref().map(|t| t.0)
+                != Some(record.last_requested);
+        if first_seen {
+            ctx.effects.borrow_mut().note = Some(EngineEvent {
+                kind: EventKind::ReprocessInFlight,
+                message: format!(
+                    "{} {} is already being reprocessed: {} requested it at {}; not \
+                     reprocessing it again before {}.",
+                    capitalize(noun(key)),
+                    key.id(),
+                    record.by,
+                    fmt_ts(record.last_requested),
+                    fmt_ts(next)
+                ),
+            });
+        }
+        format!(
+            "Reprocess requested by {} at {}; the next one is allowed at {} ({what}).",
+            record.by,
+            fmt_ts(record.last_requested),
+            fmt_ts(next)
+        )
+    };
+    Outcome {
+        action: Action::Wait {
+            reason: reason::REPROCESSING,
+        },
+        reconciling: Some(Desired::new(
+            RECONCILING,
+            Status::True,
+            reason::REPROCESSING,
+            message,
+        )),
+        delivered,
+        stalled: None,
+        requeue: remaining,
     }
 }
 
