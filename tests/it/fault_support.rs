@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
 /// Environment variables a developer's shell may carry that must not leak into a child run.
@@ -126,15 +126,7 @@ pub fn guard(name: &str, package: &str) -> String {
 
 /// Graph arguments for `sim` with its own credentials.
 pub fn args_for(sim: &SimHandle) -> GraphArgs {
-    GraphArgs {
-        tenant_id: Some(sim.tenant_id.clone()),
-        client_id: Some(sim.client_id.clone()),
-        client_secret: Some(Secret::new(sim.client_secret.clone())),
-        authority_host: sim.authority_host.clone(),
-        graph_url: sim.graph_url.clone(),
-        ca_file: sim.ca_file.clone(),
-        ..GraphArgs::with_defaults()
-    }
+    GraphArgs::with_defaults().pointed_at(redeliver_bench::endpoint(sim))
 }
 
 /// A Graph client for `sim` with its own credentials.

@@ -33,7 +33,7 @@ use anyhow::Context as _;
 use rand::SeedableRng;
 
 use cost::{MinimumCost, SIM_EM_PAGE};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::delta::DeltaTracker;
 use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant,
@@ -319,17 +319,27 @@ fn write_guards(dir: &Path, package_ids: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client_args(sim: &SimHandle, concurrency: usize, max_retries: u32) -> GraphArgs {
-    GraphArgs {
-        tenant_id: Some(sim.tenant_id.clone()),
-        client_id: Some(sim.client_id.clone()),
-        client_secret: Some(Secret::new(sim.client_secret.clone())),
+/// Where `sim` is and the credentials it accepts (its CA too, when it serves HTTPS): what
+/// a Graph client needs to talk to it. The simulator crate cannot build one itself (it
+/// does not depend on the operator).
+pub fn endpoint(sim: &SimHandle) -> redeliver::graph::Endpoint {
+    redeliver::graph::Endpoint {
+        tenant_id: sim.tenant_id.clone(),
+        client_id: sim.client_id.clone(),
+        client_secret: sim.client_secret.clone(),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
+        ca_file: sim.ca_file.clone(),
+    }
+}
+
+fn client_args(sim: &SimHandle, concurrency: usize, max_retries: u32) -> GraphArgs {
+    GraphArgs {
         graph_concurrency: concurrency,
         max_retries,
         ..GraphArgs::with_defaults()
     }
+    .pointed_at(endpoint(sim))
 }
 
 fn client(sim: &SimHandle, concurrency: usize, max_retries: u32) -> anyhow::Result<GraphClient> {
