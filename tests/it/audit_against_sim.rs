@@ -228,12 +228,15 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
         2,
         "the simulator saw exactly two reprocess calls"
     );
-    let stalled = engine::conditions::find(&status.conditions, engine::conditions::STALLED)
-        .expect("Stalled condition");
+    let stalled = engine::conditions::find(
+        &status.conditions,
+        redeliver::engine::conditions::ConditionType::Stalled,
+    )
+    .expect("Stalled condition");
     assert_eq!(stalled.status, "True");
     assert_eq!(
         stalled.reason,
-        engine::conditions::reason::REPROCESS_EXHAUSTED
+        redeliver::engine::conditions::Reason::ReprocessExhausted
     );
     assert!(
         stalled.message.contains("fin-writers"),

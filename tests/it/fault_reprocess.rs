@@ -111,15 +111,26 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
     // The world: Graph got exactly three reprocesses, and alice is still not a writer.
     assert_eq!(reprocess_calls(&sim, true).get(&alice), Some(&3));
     assert!(!sim.is_member("fin-writers", "alice@contoso.com"));
-    let stalled = conditions::find(&status.conditions, conditions::STALLED).expect("Stalled");
+    let stalled = conditions::find(
+        &status.conditions,
+        redeliver::engine::conditions::ConditionType::Stalled,
+    )
+    .expect("Stalled");
     assert_eq!(stalled.status, "True");
-    assert_eq!(stalled.reason, conditions::reason::REPROCESS_EXHAUSTED);
+    assert_eq!(
+        stalled.reason,
+        redeliver::engine::conditions::Reason::ReprocessExhausted
+    );
     assert!(
         stalled.message.contains("fin-writers"),
         "{}",
         stalled.message
     );
-    let delivered = conditions::find(&status.conditions, conditions::DELIVERED).unwrap();
+    let delivered = conditions::find(
+        &status.conditions,
+        redeliver::engine::conditions::ConditionType::Delivered,
+    )
+    .unwrap();
     assert_eq!(delivered.status, "False", "never claims Delivered");
     assert_eq!(status.reprocess.attempts, 3);
     sim.shutdown().await;

@@ -120,7 +120,11 @@ async fn odata_injection_in_a_package_name_matches_nothing() {
     let ObserveError::Resolve(failure) = err else {
         panic!("a resolve failure, not a Graph error: {err:?}")
     };
-    assert_eq!(failure.kind.reason(), "PackageNotFound", "{failure:?}");
+    assert_eq!(
+        failure.kind.reason().as_str(),
+        "PackageNotFound",
+        "{failure:?}"
+    );
     assert!(failure.message.contains(INJECTION), "{}", failure.message);
 
     // End to end: the audit finds no such package and touches nobody.

@@ -32,6 +32,7 @@ use crate::observe::{
 };
 use load::{Declarations, Origin};
 use report::{Report, Row, Summary, Verdict};
+pub use report::{RowAction, WriteKind};
 
 /// Exit code: every declaration is delivered.
 pub const EXIT_OK: u8 = 0;
@@ -274,7 +275,7 @@ struct Audit<'a> {
 struct AssignmentEval {
     row: Row,
     /// What this run did for the declaration, kept across passes for the final report.
-    taken: Option<String>,
+    taken: Option<RowAction>,
     status: Option<AccessPackageAssignmentStatus>,
     action: Option<Action>,
     in_flight: bool,
@@ -335,7 +336,7 @@ impl<'a> Audit<'a> {
         let now = jiff::Timestamp::now();
         let observer = self.observer;
         let width = observer.concurrency();
-        let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<String>)> =
+        let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<RowAction>)> =
             if self.assignments.is_empty() {
                 vec![(None, None); self.decls.assignments.len()]
             } else {
@@ -464,8 +465,10 @@ impl<'a> Audit<'a> {
         let plan = engine::plan_assignment(&input, now);
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         let action_text = describe_action(&plan.action, self.repair);
-        let in_flight =
-            engine::conditions::is_true(&plan.status.conditions, engine::conditions::RECONCILING);
+        let in_flight = engine::conditions::is_true(
+            &plan.status.conditions,
+            engine::conditions::ConditionType::Reconciling,
+        );
         let package = observed
             .view
             .as_ref()
@@ -477,7 +480,7 @@ impl<'a> Audit<'a> {
                 target_label,
                 package,
                 &plan.status,
-                &action_text,
+                action_text,
             ),
             taken: None,
             status: Some(plan.status),
@@ -571,20 +574,18 @@ impl<'a> Audit<'a> {
                         Verdict::Drifted
                     },
                     action: if refusal.is_some() {
-                        "failed".into()
+                        RowAction::Failed
                     } else if reprocessed.contains(&d.assignment_id) {
-                        "reprocessed".into()
+                        RowAction::Reprocessed
                     } else if sweep.reprocess.contains(&d.assignment_id) {
-                        if self.repair {
-                            "reprocess"
-                        } else {
-                            "would reprocess"
+                        RowAction::Planned {
+                            write: WriteKind::Reprocess,
+                            sent: self.repair,
                         }
-                        .into()
                     } else if let Some(by) = by_other {
-                        format!("none (reprocess in flight by {by})")
+                        RowAction::InFlightBy(by)
                     } else {
-                        "none (report only)".into()
+                        RowAction::ReportOnly
                     },
                     missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
                     message: refusal
@@ -595,8 +596,11 @@ impl<'a> Audit<'a> {
             .collect();
         let status = &sweep.status;
         let counts = &status.assignments;
-        let stalled = engine::conditions::find(&status.conditions, engine::conditions::STALLED)
-            .filter(|c| c.status == "True");
+        let stalled = engine::conditions::find(
+            &status.conditions,
+            engine::conditions::ConditionType::Stalled,
+        )
+        .filter(|c| c.status == engine::conditions::Status::True);
         let summary = Row {
             declaration: declaration.clone(),
             target: format!("(all {} assignments)", counts.total),
@@ -614,7 +618,7 @@ impl<'a> Audit<'a> {
             } else {
                 Verdict::Drifted
             },
-            action: "guard sweep".into(),
+            action: RowAction::GuardSweep,
             missing: Vec::new(),
             message: match stalled {
                 _ if !refused.is_empty() => format!(
@@ -703,11 +707,15 @@ impl<'a> Audit<'a> {
                 continue;
             };
             let outcome = result.clone().map(|written| match (&action, written) {
-                (_, Written::Requested(request)) => format!("requested (request {})", request.id),
+                (_, Written::Requested(request)) => RowAction::Requested {
+                    request_id: request.id,
+                },
                 (Action::Write(Write::ReprocessRequest { request_id }), Written::Accepted) => {
-                    format!("reprocessed request {request_id}")
+                    RowAction::ReprocessedRequest {
+                        request_id: request_id.clone(),
+                    }
                 }
-                (_, Written::Accepted) => "reprocessed".to_string(),
+                (_, Written::Accepted) => RowAction::Reprocessed,
             });
             match outcome {
                 Ok(text) => {
@@ -749,7 +757,7 @@ impl<'a> Audit<'a> {
                         eval.status = Some(plan.status);
                     }
                     eval.row.verdict = Verdict::Error;
-                    eval.row.action = "failed".into();
+                    eval.row.action = RowAction::Failed;
                     eval.row.message = err.to_string();
                 }
             }
@@ -773,7 +781,7 @@ impl<'a> Audit<'a> {
                     Ok(_) => {
                         guard.reprocessed.insert(assignment_id.clone());
                         if let Some(row) = row {
-                            row.action = "reprocessed".into();
+                            row.action = RowAction::Reprocessed;
                         }
                     }
                     Err(err) => {
@@ -790,7 +798,7 @@ impl<'a> Audit<'a> {
                         }
                         if let Some(row) = row {
                             row.verdict = Verdict::Error;
-                            row.action = "failed".into();
+                            row.action = RowAction::Failed;
                             row.message = format!("reprocess failed: {err}");
                         }
                     }
@@ -805,9 +813,10 @@ impl<'a> Audit<'a> {
                     first.message
                 );
             }
-            guard.in_flight = guard.rows.iter().any(|r| {
-                r.action == "reprocessed" || r.action.starts_with("none (reprocess in flight")
-            });
+            guard.in_flight = guard
+                .rows
+                .iter()
+                .any(|r| matches!(r.action, RowAction::Reprocessed | RowAction::InFlightBy(_)));
         }
         done
     }
@@ -850,27 +859,24 @@ fn error_row(declaration: String, target: String, package: String, message: Stri
         present: 0,
         promised: 0,
         verdict: Verdict::Error,
-        action: "none".into(),
+        action: RowAction::None,
         missing: Vec::new(),
         message,
     }
 }
 
-fn describe_action(action: &Action, repair: bool) -> String {
-    let verb = |what: &str| {
-        if repair {
-            what.to_string()
-        } else {
-            format!("would {what}")
-        }
+fn describe_action(action: &Action, repair: bool) -> RowAction {
+    let planned = |write| RowAction::Planned {
+        write,
+        sent: repair,
     };
     match action {
-        Action::None => "none".into(),
-        Action::Write(Write::RequestAssignment { .. }) => verb("request assignment"),
-        Action::Write(Write::ReprocessAssignment { .. }) => verb("reprocess"),
-        Action::Write(Write::ReprocessRequest { .. }) => verb("reprocess request"),
-        Action::Wait { reason } => format!("wait ({reason})"),
-        Action::GiveUp { reason } => format!("none ({reason})"),
+        Action::None => RowAction::None,
+        Action::Write(Write::RequestAssignment { .. }) => planned(WriteKind::RequestAssignment),
+        Action::Write(Write::ReprocessAssignment { .. }) => planned(WriteKind::Reprocess),
+        Action::Write(Write::ReprocessRequest { .. }) => planned(WriteKind::ReprocessRequest),
+        Action::Wait { reason } => RowAction::Wait(*reason),
+        Action::GiveUp { reason } => RowAction::Blocked(*reason),
     }
 }
 
@@ -881,7 +887,7 @@ fn row_from_status(
     target: String,
     package: String,
     status: &AccessPackageAssignmentStatus,
-    action: &str,
+    action: RowAction,
 ) -> Row {
     let promised = status
         .resources
@@ -903,25 +909,21 @@ fn row_from_status(
                 .unwrap_or_else(|| r.origin_id.clone())
         })
         .collect();
-    let conditions: BTreeMap<&str, &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> =
-        status
-            .conditions
-            .iter()
-            .map(|c| (c.type_.as_str(), c))
-            .collect();
-    let stalled = conditions.get("Stalled").filter(|c| c.status == "True");
-    let delivered = conditions.get("Delivered");
+    use engine::conditions::{ConditionType, Reason, Status};
+    let stalled = engine::conditions::find(&status.conditions, ConditionType::Stalled)
+        .filter(|c| c.status == Status::True);
+    let delivered = engine::conditions::find(&status.conditions, ConditionType::Delivered);
     let verdict = if stalled.is_some() {
         Verdict::Stalled
     } else {
-        match delivered.map(|c| (c.status.as_str(), c.reason.as_str())) {
-            Some(("True", _)) => Verdict::Delivered,
-            Some((_, engine::conditions::reason::RESOURCES_MISSING)) => Verdict::Drifted,
-            Some((_, engine::conditions::reason::NOT_ASSIGNED)) => Verdict::NotAssigned,
-            Some((_, engine::conditions::reason::DELIVERY_FAILED)) => Verdict::Failed,
-            Some((_, engine::conditions::reason::EXPIRED)) => Verdict::Expired,
-            Some((_, engine::conditions::reason::AWAITING_DELIVERY)) => Verdict::Pending,
-            Some(("Unknown", _)) => Verdict::Unknown,
+        match delivered.map(|c| (c.status.parse(), c.reason.parse())) {
+            Some((Ok(Status::True), _)) => Verdict::Delivered,
+            Some((_, Ok(Reason::ResourcesMissing))) => Verdict::Drifted,
+            Some((_, Ok(Reason::NotAssigned))) => Verdict::NotAssigned,
+            Some((_, Ok(Reason::DeliveryFailed))) => Verdict::Failed,
+            Some((_, Ok(Reason::Expired))) => Verdict::Expired,
+            Some((_, Ok(Reason::AwaitingDelivery))) => Verdict::Pending,
+            Some((Ok(Status::Unknown), _)) => Verdict::Unknown,
             _ => Verdict::Pending,
         }
     };
@@ -937,7 +939,7 @@ fn row_from_status(
         .map(|c| c.message.clone())
         .or_else(|| {
             delivered
-                .filter(|c| c.status != "True")
+                .filter(|c| c.status != engine::conditions::Status::True)
                 .map(|c| c.message.clone())
         })
         .unwrap_or_default();
@@ -950,7 +952,7 @@ fn row_from_status(
         present,
         promised,
         verdict,
-        action: action.to_string(),
+        action,
         missing,
         message,
     }

@@ -1,8 +1,89 @@
 //! The audit report: one row per declared assignment (and per drifted assignment a guard
 //! found), rendered as a table, JSON or YAML.
 
+use std::fmt;
+
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::engine::conditions::Reason;
+
+/// A write to Entra ID, as a row names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteKind {
+    /// `adminAdd`: ask entitlement management for the assignment.
+    RequestAssignment,
+    /// Reprocess an assignment.
+    Reprocess,
+    /// Reprocess a failed assignment request.
+    ReprocessRequest,
+}
+
+impl WriteKind {
+    fn verb(self) -> &'static str {
+        match self {
+            Self::RequestAssignment => "request assignment",
+            Self::Reprocess => "reprocess",
+            Self::ReprocessRequest => "reprocess request",
+        }
+    }
+}
+
+/// What Redeliver did, would do, or is waiting for on one row. Reports (JSON and YAML
+/// included) carry its text, e.g. `would reprocess` or `none (reprocess in flight by ...)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RowAction {
+    /// Nothing to do.
+    None,
+    /// A write is due: `sent` when the run may write (`--reprocess`), else only proposed
+    /// (`would ...`).
+    Planned { write: WriteKind, sent: bool },
+    /// Work is in flight or a cooldown runs.
+    Wait(Reason),
+    /// A human must act; nothing is written.
+    Blocked(Reason),
+    /// Drift is reported only (a guard in audit mode, or outside its repair selection).
+    ReportOnly,
+    /// Another object covering the same assignment already sent its reprocess.
+    InFlightBy(String),
+    /// `adminAdd` was accepted and created this request.
+    Requested { request_id: String },
+    /// The reprocess was accepted.
+    Reprocessed,
+    /// The reprocess of this failed request was accepted.
+    ReprocessedRequest { request_id: String },
+    /// Graph refused the write, or it failed in transit (the row's message says which).
+    Failed,
+    /// The summary row of a guard's sweep.
+    GuardSweep,
+}
+
+impl fmt::Display for RowAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::None => f.write_str("none"),
+            Self::Planned { write, sent: true } => f.write_str(write.verb()),
+            Self::Planned { write, sent: false } => write!(f, "would {}", write.verb()),
+            Self::Wait(reason) => write!(f, "wait ({reason})"),
+            Self::Blocked(reason) => write!(f, "none ({reason})"),
+            Self::ReportOnly => f.write_str("none (report only)"),
+            Self::InFlightBy(by) => write!(f, "none (reprocess in flight by {by})"),
+            Self::Requested { request_id } => write!(f, "requested (request {request_id})"),
+            Self::Reprocessed => f.write_str("reprocessed"),
+            Self::ReprocessedRequest { request_id } => {
+                write!(f, "reprocessed request {request_id}")
+            }
+            Self::Failed => f.write_str("failed"),
+            Self::GuardSweep => f.write_str("guard sweep"),
+        }
+    }
+}
+
+impl Serialize for RowAction {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
 
 /// What `redeliver audit` concluded for one assignment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,7 +133,7 @@ pub struct Row {
     pub promised: usize,
     pub verdict: Verdict,
     /// What Redeliver did or would do.
-    pub action: String,
+    pub action: RowAction,
     /// Names of the missing resources.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<String>,
@@ -130,7 +211,7 @@ pub fn table(rows: &[Row]) -> String {
             r.graph_status.clone(),
             format!("{}/{}", r.present, r.promised),
             format!("{:?}", r.verdict),
-            r.action.clone(),
+            r.action.to_string(),
         ]);
     }
     t.to_string()
@@ -156,4 +237,58 @@ pub fn details(rows: &[Row]) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_actions_keep_their_report_text() {
+        let cases = [
+            (RowAction::None, "none"),
+            (
+                RowAction::Planned {
+                    write: WriteKind::Reprocess,
+                    sent: false,
+                },
+                "would reprocess",
+            ),
+            (
+                RowAction::Planned {
+                    write: WriteKind::RequestAssignment,
+                    sent: true,
+                },
+                "request assignment",
+            ),
+            (RowAction::Wait(Reason::Reprocessing), "wait (Reprocessing)"),
+            (
+                RowAction::Blocked(Reason::ReprocessExhausted),
+                "none (ReprocessExhausted)",
+            ),
+            (RowAction::ReportOnly, "none (report only)"),
+            (
+                RowAction::InFlightBy("AccessPackageGuard ns/g".into()),
+                "none (reprocess in flight by AccessPackageGuard ns/g)",
+            ),
+            (
+                RowAction::Requested {
+                    request_id: "r1".into(),
+                },
+                "requested (request r1)",
+            ),
+            (
+                RowAction::ReprocessedRequest {
+                    request_id: "r2".into(),
+                },
+                "reprocessed request r2",
+            ),
+            (RowAction::Failed, "failed"),
+            (RowAction::GuardSweep, "guard sweep"),
+        ];
+        for (action, text) in cases {
+            assert_eq!(action.to_string(), text);
+            assert_eq!(serde_json::to_value(&action).unwrap(), text);
+        }
+    }
 }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::context::Context;
 use crate::api::{AccessPackageAssignment, ResourceState};
-use crate::engine::{AAD_APPLICATION, AAD_GROUP, PromisedResource, ResourceKind};
+use crate::engine::{OriginSystem, PromisedResource, ResourceKind};
 use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
 /// The user and the group resources of a delivered assignment, from its status; `None`
@@ -43,7 +43,7 @@ fn delivered_groups(
     Some((
         user,
         resources
-            .filter(|r| r.origin_system == AAD_GROUP)
+            .filter(|r| r.origin_system == OriginSystem::AadGroup)
             .map(|r| (r.origin_id.as_str(), r.state)),
     ))
 }
@@ -157,7 +157,7 @@ impl Changes {
 
 fn group_resource(group_id: &str) -> PromisedResource {
     PromisedResource {
-        origin_system: AAD_GROUP.into(),
+        origin_system: OriginSystem::AadGroup,
         origin_id: group_id.to_string(),
         display_name: group_id.to_string(),
         role: "Member".into(),
@@ -264,7 +264,7 @@ fn tracked_apps(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
             continue;
         };
         for r in resources {
-            if r.origin_system == AAD_APPLICATION
+            if r.origin_system == OriginSystem::AadApplication
                 && matches!(r.state, ResourceState::Present | ResourceState::Missing)
                 && !apps.contains(&r.origin_id)
             {
@@ -291,7 +291,7 @@ async fn poll_app_roles(
     let resources: Vec<PromisedResource> = apps
         .iter()
         .map(|sp| PromisedResource {
-            origin_system: AAD_APPLICATION.into(),
+            origin_system: OriginSystem::AadApplication,
             origin_id: sp.clone(),
             display_name: sp.clone(),
             role: String::new(),
@@ -310,7 +310,7 @@ async fn poll_app_roles(
         };
         let diverged = resources
             .filter(|r| {
-                r.origin_system == AAD_APPLICATION
+                r.origin_system == OriginSystem::AadApplication
                     && matches!(r.state, ResourceState::Present | ResourceState::Missing)
             })
             .any(|r| {

@@ -200,19 +200,20 @@ struct DeliveredCollector(Arc<DeliveredIndex>);
 
 impl Collector for DeliveredCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut counts: [(&str, i64); 3] = [("True", 0), ("False", 0), ("Unknown", 0)];
+        use crate::engine::conditions::{ConditionType, Status, find};
+        let mut counts = [(Status::True, 0), (Status::False, 0), (Status::Unknown, 0)];
         for store in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             for obj in store.state() {
+                // Anything but True/False (absent, or a value some other writer put there)
+                // counts as Unknown.
                 let status = obj
                     .status
                     .as_ref()
-                    .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Delivered"))
-                    .map(|c| c.status.as_str())
-                    .unwrap_or("Unknown");
+                    .and_then(|s| find(&s.conditions, ConditionType::Delivered))
+                    .and_then(|c| c.status.parse().ok())
+                    .unwrap_or(Status::Unknown);
                 if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == status) {
                     slot.1 += 1;
-                } else {
-                    counts[2].1 += 1;
                 }
             }
         }
@@ -223,7 +224,7 @@ impl Collector for DeliveredCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         for (status, n) in counts {
-            let labels = [("delivered", status)];
+            let labels = [("delivered", status.as_str())];
             let m = family.encode_family(&labels)?;
             ConstGauge::new(n).encode(m)?;
         }

@@ -171,7 +171,7 @@ pub async fn report_malformed(
     ar: ApiResource,
     mut malformed: UnboundedReceiver<(DynamicObject, String)>,
 ) {
-    use crate::engine::conditions::{Desired, READY, STALLED, Status, build_conditions, reason};
+    use crate::engine::conditions::{ConditionType, Desired, Reason, Status, build_conditions};
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let kind = ar.kind.clone();
     let recorder = Recorder::new(
@@ -191,18 +191,29 @@ pub async fn report_malformed(
             .and_then(|s| s.get("conditions"))
             .and_then(|c| serde_json::from_value(c.clone()).ok())
             .unwrap_or_default();
-        if previous
-            .iter()
-            .any(|c| c.type_ == STALLED && c.reason == reason::INVALID_SPEC && c.message == message)
-        {
+        if previous.iter().any(|c| {
+            c.type_ == ConditionType::Stalled
+                && c.reason == Reason::InvalidSpec
+                && c.message == message
+        }) {
             continue;
         }
         let generation = obj.metadata.generation;
         let conditions = build_conditions(
             &previous,
             vec![
-                Desired::new(READY, Status::False, reason::INVALID_SPEC, message.clone()),
-                Desired::new(STALLED, Status::True, reason::INVALID_SPEC, message.clone()),
+                Desired::new(
+                    ConditionType::Ready,
+                    Status::False,
+                    Reason::InvalidSpec,
+                    message.clone(),
+                ),
+                Desired::new(
+                    ConditionType::Stalled,
+                    Status::True,
+                    Reason::InvalidSpec,
+                    message.clone(),
+                ),
             ],
             generation,
             jiff::Timestamp::now(),
@@ -234,7 +245,7 @@ pub async fn report_malformed(
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: reason::INVALID_SPEC.to_string(),
+            reason: Reason::InvalidSpec.to_string(),
             note: Some(message.chars().take(1000).collect()),
             action: "Decode".to_string(),
             secondary: None,

@@ -25,9 +25,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::conditions::{
-    self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
-};
+use super::conditions::{self, ConditionType, Desired, Reason, Status, to_time};
 use super::ledger::{
     self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
 };
@@ -122,23 +120,19 @@ impl Ctx<'_, '_> {
         self.input.settings
     }
 
-    fn prev_reconciling_reason(&self) -> Option<&str> {
-        conditions::find(&self.prev.conditions, RECONCILING)
-            .filter(|c| c.status == "True")
-            .map(|c| c.reason.as_str())
+    fn prev_reconciling_reason(&self) -> Option<Reason> {
+        conditions::true_reason(&self.prev.conditions, ConditionType::Reconciling)
     }
 
-    fn prev_stalled_reason(&self) -> Option<&str> {
-        conditions::find(&self.prev.conditions, STALLED)
-            .filter(|c| c.status == "True")
-            .map(|c| c.reason.as_str())
+    fn prev_stalled_reason(&self) -> Option<Reason> {
+        conditions::true_reason(&self.prev.conditions, ConditionType::Stalled)
     }
 
     /// Since when work has been in flight: the earliest of the request's creation time and
     /// the moment `Reconciling` turned True.
     fn in_flight_since(&self, request: Option<&AssignmentRequest>) -> Timestamp {
-        let reconciling_since = conditions::find(&self.prev.conditions, RECONCILING)
-            .filter(|c| c.status == "True")
+        let reconciling_since = conditions::find(&self.prev.conditions, ConditionType::Reconciling)
+            .filter(|c| c.status == Status::True)
             .map(|c| c.last_transition_time.0);
         [request.and_then(|r| r.created_date_time), reconciling_since]
             .into_iter()
@@ -148,7 +142,7 @@ impl Ctx<'_, '_> {
     }
 
     fn is_stuck(&self, since: Timestamp) -> bool {
-        self.prev_stalled_reason() == Some(reason::DELIVERY_STUCK)
+        self.prev_stalled_reason() == Some(Reason::DeliveryStuck)
             || elapsed(since, self.now) > self.settings().stuck_after
     }
 
@@ -208,7 +202,7 @@ pub fn plan_assignment(input: &AssignmentInput, now: Timestamp) -> Plan {
             clear_observations(input.spec, &mut status);
             stalled_outcome(
                 &ctx,
-                reason::INVALID_SPEC,
+                Reason::InvalidSpec,
                 format!("Invalid declaration: {e}."),
             )
         }
@@ -244,17 +238,22 @@ fn clear_observations(
     status.resources_summary = None;
 }
 
-fn stalled_outcome(ctx: &Ctx, why: &'static str, message: String) -> Outcome {
+fn stalled_outcome(ctx: &Ctx, why: Reason, message: String) -> Outcome {
     Outcome {
         action: Action::GiveUp { reason: why },
         delivered: Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::Unknown,
-            reason::NOT_VERIFIED,
+            Reason::NotVerified,
             "Delivery cannot be verified until the declaration resolves.",
         ),
         reconciling: None,
-        stalled: Some(Desired::new(STALLED, Status::True, why, message)),
+        stalled: Some(Desired::new(
+            ConditionType::Stalled,
+            Status::True,
+            why,
+            message,
+        )),
         requeue: ctx.verify_interval,
     }
 }
@@ -325,7 +324,7 @@ fn observe<'r>(
                 ResourceState::Unverifiable => {}
             }
             ResourceStatus {
-                origin_system: r.origin_system.clone(),
+                origin_system: r.origin_system.as_str().to_string(),
                 origin_id: r.origin_id.clone(),
                 display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
                 role: Some(r.role.clone()).filter(|s| !s.is_empty()),
@@ -393,11 +392,11 @@ fn decide(
             if let Some(r) = in_flight {
                 status.last_request_id = Some(r.id.clone());
             }
-            let reconciling_reason = if ctx.prev_reconciling_reason() == Some(reason::REPROCESSING)
+            let reconciling_reason = if ctx.prev_reconciling_reason() == Some(Reason::Reprocessing)
             {
-                reason::REPROCESSING
+                Reason::Reprocessing
             } else {
-                reason::REQUESTING
+                Reason::Requesting
             };
             wait_in_flight(
                 ctx,
@@ -405,18 +404,18 @@ fn decide(
                 &format!("assignment {}", a.id),
                 reconciling_reason,
                 Desired::new(
-                    DELIVERED,
+                    ConditionType::Delivered,
                     Status::False,
-                    reason::AWAITING_DELIVERY,
+                    Reason::AwaitingDelivery,
                     format!("Entitlement management is delivering assignment {}.", a.id),
                 ),
             )
         }
         AssignmentState::DeliveryFailed | AssignmentState::PartiallyDelivered => {
             let delivered = Desired::new(
-                DELIVERED,
+                ConditionType::Delivered,
                 Status::False,
-                reason::DELIVERY_FAILED,
+                Reason::DeliveryFailed,
                 format!("Graph reports assignment {} as {}.", a.id, a.state.as_str()),
             );
             failed_delivery(ctx, request, delivered, status)
@@ -425,9 +424,9 @@ fn decide(
         AssignmentState::Unknown => Outcome {
             action: Action::None,
             delivered: Desired::new(
-                DELIVERED,
+                ConditionType::Delivered,
                 Status::Unknown,
-                reason::UNKNOWN_STATE,
+                Reason::UnknownState,
                 format!(
                     "Graph reports assignment {} in a state Redeliver does not know ({}).",
                     a.id,
@@ -458,9 +457,9 @@ fn delivered_state(
     };
     if !observed.missing.is_empty() {
         let delivered = Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::False,
-            reason::RESOURCES_MISSING,
+            Reason::ResourcesMissing,
             format!(
                 "Graph says assignment {} is delivered, but the user is missing: {}.",
                 a.id,
@@ -473,7 +472,7 @@ fn delivered_state(
                 ctx,
                 Some(r),
                 &format!("request {}", r.id),
-                reason::REQUESTING,
+                Reason::Requesting,
                 delivered,
             );
         }
@@ -491,9 +490,9 @@ fn delivered_state(
     // Nothing missing: delivered, or unknown when a read failed.
     let delivered = if observed.unknown.is_empty() {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::True,
-            reason::DELIVERED,
+            Reason::Delivered,
             format!(
                 "Assignment {} is delivered and every verifiable resource is present.",
                 a.id
@@ -501,9 +500,9 @@ fn delivered_state(
         )
     } else {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::Unknown,
-            reason::VERIFICATION_FAILED,
+            Reason::VerificationFailed,
             format!(
                 "Graph says assignment {} is delivered, but these could not be read: {}.",
                 a.id,
@@ -557,7 +556,7 @@ fn wait_in_flight(
     ctx: &Ctx,
     request: Option<&AssignmentRequest>,
     what: &str,
-    reconciling_reason: &'static str,
+    reconciling_reason: Reason,
     delivered: Desired,
 ) -> Outcome {
     let since = ctx.in_flight_since(request);
@@ -568,14 +567,14 @@ fn wait_in_flight(
         let state = request.map(|r| r.state.as_str()).unwrap_or("in progress");
         return Outcome {
             action: Action::GiveUp {
-                reason: reason::DELIVERY_STUCK,
+                reason: Reason::DeliveryStuck,
             },
             delivered,
             reconciling: None,
             stalled: Some(Desired::new(
-                STALLED,
+                ConditionType::Stalled,
                 Status::True,
-                reason::DELIVERY_STUCK,
+                Reason::DeliveryStuck,
                 // No timestamp derived from `since` here: after the stall `since` can no
                 // longer be recovered, and the message must stay identical on later passes.
                 format!(
@@ -601,7 +600,7 @@ fn wait_in_flight(
             reason: reconciling_reason,
         },
         reconciling: Some(Desired::new(
-            RECONCILING,
+            ConditionType::Reconciling,
             Status::True,
             reconciling_reason,
             format!("Waiting for entitlement management to finish {what}."),
@@ -744,9 +743,9 @@ fn repair(
     Outcome {
         action,
         reconciling: Some(Desired::new(
-            RECONCILING,
+            ConditionType::Reconciling,
             Status::True,
-            reason::REPROCESSING,
+            Reason::Reprocessing,
             format!(
                 "Reprocess {} of {} requested for {target} ({what}).",
                 status.reprocess.attempts, spec.max_attempts
@@ -776,12 +775,12 @@ fn exhausted(
     };
     Outcome {
         action: Action::GiveUp {
-            reason: reason::REPROCESS_EXHAUSTED,
+            reason: Reason::ReprocessExhausted,
         },
         stalled: Some(Desired::new(
-            STALLED,
+            ConditionType::Stalled,
             Status::True,
-            reason::REPROCESS_EXHAUSTED,
+            Reason::ReprocessExhausted,
             format!(
                 "{} reprocess attempt(s){last_by} did not repair it ({what}); find what \
                  keeps removing the access, then set the annotation {} to a new value to \
@@ -846,12 +845,12 @@ fn cooling_down(
     };
     Outcome {
         action: Action::Wait {
-            reason: reason::REPROCESSING,
+            reason: Reason::Reprocessing,
         },
         reconciling: Some(Desired::new(
-            RECONCILING,
+            ConditionType::Reconciling,
             Status::True,
-            reason::REPROCESSING,
+            Reason::Reprocessing,
             message,
         )),
         delivered,
@@ -873,7 +872,7 @@ fn failed_delivery(
                 ctx,
                 Some(r),
                 &format!("request {}", r.id),
-                reason::REPROCESSING,
+                Reason::Reprocessing,
                 delivered,
             )
         }
@@ -890,12 +889,12 @@ fn failed_delivery(
             {
                 return Outcome {
                     action: Action::GiveUp {
-                        reason: reason::DELIVERY_FAILED,
+                        reason: Reason::DeliveryFailed,
                     },
                     stalled: Some(Desired::new(
-                        STALLED,
+                        ConditionType::Stalled,
                         Status::True,
-                        reason::DELIVERY_FAILED,
+                        Reason::DeliveryFailed,
                         format!(
                             "Request {} failed ({}) at {}, more than {} ago, so Graph no longer \
                              allows reprocessing it; cancel the request and submit a new one in \
@@ -924,12 +923,12 @@ fn failed_delivery(
         }
         _ => Outcome {
             action: Action::GiveUp {
-                reason: reason::DELIVERY_FAILED,
+                reason: Reason::DeliveryFailed,
             },
             stalled: Some(Desired::new(
-                STALLED,
+                ConditionType::Stalled,
                 Status::True,
-                reason::DELIVERY_FAILED,
+                Reason::DeliveryFailed,
                 "Delivery failed and no failed assignment request was found to reprocess; \
                  inspect the assignment's requests in the Entra admin center.",
             )),
@@ -951,9 +950,9 @@ fn expired(
         .map(|t| format!(" on {}", fmt_ts(t)))
         .unwrap_or_default();
     let delivered = Desired::new(
-        DELIVERED,
+        ConditionType::Delivered,
         Status::False,
-        reason::EXPIRED,
+        Reason::Expired,
         format!("Assignment {} expired{when}.", a.id),
     );
     if ctx.annotation_new.is_some() {
@@ -961,12 +960,12 @@ fn expired(
     }
     Outcome {
         action: Action::GiveUp {
-            reason: reason::EXPIRED,
+            reason: Reason::Expired,
         },
         stalled: Some(Desired::new(
-            STALLED,
+            ConditionType::Stalled,
             Status::True,
-            reason::EXPIRED,
+            Reason::Expired,
             format!(
                 "Assignment {} expired{when} under its policy; Redeliver does not renew it on its \
                  own. Set the annotation {} to a new value to request it again.",
@@ -987,9 +986,9 @@ fn not_assigned(
 ) -> Outcome {
     let request = ctx.input.latest_request;
     let delivered = Desired::new(
-        DELIVERED,
+        ConditionType::Delivered,
         Status::False,
-        reason::NOT_ASSIGNED,
+        Reason::NotAssigned,
         "The user holds no assignment of this access package.",
     );
     if let Some(r) = request {
@@ -999,9 +998,9 @@ fn not_assigned(
                 ctx,
                 Some(r),
                 &format!("request {}", r.id),
-                reason::REQUESTING,
+                Reason::Requesting,
                 Desired {
-                    reason: reason::AWAITING_DELIVERY,
+                    reason: Reason::AwaitingDelivery,
                     message: format!("Request {} is {}.", r.id, r.state.as_str()),
                     ..delivered
                 },
@@ -1014,7 +1013,7 @@ fn not_assigned(
             )
         {
             let failed = Desired {
-                reason: reason::DELIVERY_FAILED,
+                reason: Reason::DeliveryFailed,
                 message: format!("Request {} is {}.", r.id, r.state.as_str()),
                 ..delivered
             };
@@ -1024,12 +1023,12 @@ fn not_assigned(
             status.last_request_id = Some(r.id.clone());
             return Outcome {
                 action: Action::GiveUp {
-                    reason: reason::REQUEST_DENIED,
+                    reason: Reason::RequestDenied,
                 },
                 stalled: Some(Desired::new(
-                    STALLED,
+                    ConditionType::Stalled,
                     Status::True,
-                    reason::REQUEST_DENIED,
+                    Reason::RequestDenied,
                     format!(
                         "Request {} was denied; Redeliver does not ask again on its own. Set the \
                          annotation {} to a new value to submit a new request.",
@@ -1045,12 +1044,12 @@ fn not_assigned(
     }
     // Graph refused our last request: asking again unchanged would be refused again, so hold
     // the stall until the declaration changes or a human asks through the annotation.
-    if let Some(held) = conditions::find(&ctx.prev.conditions, STALLED)
-        .filter(|c| c.status == "True")
+    if let Some(held) = conditions::find(&ctx.prev.conditions, ConditionType::Stalled)
+        .filter(|c| c.status == Status::True)
         .and_then(|c| {
-            [reason::REJECTED, reason::FORBIDDEN]
+            [Reason::Rejected, Reason::Forbidden]
                 .into_iter()
-                .find(|r| *r == c.reason)
+                .find(|r| c.reason == *r)
                 .map(|r| (r, c.message.clone()))
         })
         && ctx.prev.observed_generation == ctx.input.generation
@@ -1059,7 +1058,12 @@ fn not_assigned(
         let (why, message) = held;
         return Outcome {
             action: Action::GiveUp { reason: why },
-            stalled: Some(Desired::new(STALLED, Status::True, why, message)),
+            stalled: Some(Desired::new(
+                ConditionType::Stalled,
+                Status::True,
+                why,
+                message,
+            )),
             delivered,
             reconciling: None,
             requeue: ctx.verify_interval,
@@ -1067,8 +1071,8 @@ fn not_assigned(
     }
     // We asked before and the assignment has not shown up: wait (listing lags), never ask
     // twice, unless a human asks through the annotation.
-    let ours = ctx.prev_reconciling_reason() == Some(reason::REQUESTING)
-        || (ctx.prev_stalled_reason() == Some(reason::DELIVERY_STUCK)
+    let ours = ctx.prev_reconciling_reason() == Some(Reason::Requesting)
+        || (ctx.prev_stalled_reason() == Some(Reason::DeliveryStuck)
             && ctx.prev.assignment_id.is_none());
     let our_request_ended = match (request, ctx.prev.last_request_id.as_deref()) {
         (Some(r), Some(id)) => {
@@ -1087,9 +1091,9 @@ fn not_assigned(
             ctx,
             None,
             &what,
-            reason::REQUESTING,
+            Reason::Requesting,
             Desired {
-                reason: reason::AWAITING_DELIVERY,
+                reason: Reason::AwaitingDelivery,
                 message: format!("Waiting for {what} to produce an assignment."),
                 ..delivered
             },
@@ -1112,7 +1116,7 @@ fn request_assignment(
                     reason: f.kind.reason(),
                 },
                 stalled: Some(Desired::new(
-                    STALLED,
+                    ConditionType::Stalled,
                     Status::True,
                     f.kind.reason(),
                     format!(
@@ -1137,9 +1141,9 @@ fn request_assignment(
             target_object_id: ids.target_object_id.clone(),
         }),
         reconciling: Some(Desired::new(
-            RECONCILING,
+            ConditionType::Reconciling,
             Status::True,
-            reason::REQUESTING,
+            Reason::Requesting,
             "Requesting the assignment (adminAdd).",
         )),
         delivered,
@@ -1150,13 +1154,23 @@ fn request_assignment(
 
 fn ready_from(outcome: &Outcome) -> Desired {
     if let Some(s) = &outcome.stalled {
-        return Desired::new(READY, Status::False, s.reason, s.message.clone());
+        return Desired::new(
+            ConditionType::Ready,
+            Status::False,
+            s.reason,
+            s.message.clone(),
+        );
     }
     if let Some(r) = &outcome.reconciling {
-        return Desired::new(READY, Status::False, r.reason, r.message.clone());
+        return Desired::new(
+            ConditionType::Ready,
+            Status::False,
+            r.reason,
+            r.message.clone(),
+        );
     }
     let d = &outcome.delivered;
-    Desired::new(READY, d.status, d.reason, d.message.clone())
+    Desired::new(ConditionType::Ready, d.status, d.reason, d.message.clone())
 }
 
 fn finish(
@@ -1181,9 +1195,9 @@ fn finish(
         outcome.reconciling = None;
         outcome.requeue = ctx.verify_interval;
         ready = Desired::new(
-            READY,
+            ConditionType::Ready,
             Status::False,
-            reason::SUSPENDED,
+            Reason::Suspended,
             format!(
                 "spec.suspend is true, so Redeliver did not {would}. {}",
                 outcome.delivered.message
@@ -1234,22 +1248,22 @@ fn events_for(
             events.push(EngineEvent { kind, message });
         }
     };
-    let prev_delivered = conditions::find(prev, DELIVERED);
-    let new_delivered = conditions::find(new, DELIVERED);
+    let prev_delivered = conditions::find(prev, ConditionType::Delivered);
+    let new_delivered = conditions::find(new, ConditionType::Delivered);
     if let Some(d) = new_delivered {
-        let prev_reason = prev_delivered.map(|c| c.reason.as_str());
-        let prev_true = prev_delivered.is_some_and(|c| c.status == "True");
-        if d.status == "True" && !prev_true {
+        let prev_reason = conditions::reason_of(prev, ConditionType::Delivered);
+        let prev_true = prev_delivered.is_some_and(|c| c.status == Status::True);
+        if d.status == Status::True && !prev_true {
             push(EventKind::DeliveryVerified, d.message.clone());
         }
-        if d.reason == reason::RESOURCES_MISSING && prev_reason != Some(reason::RESOURCES_MISSING) {
+        if d.reason == Reason::ResourcesMissing && prev_reason != Some(Reason::ResourcesMissing) {
             let names: Vec<String> = missing.iter().map(PromisedResource::label).collect();
             push(
                 EventKind::DriftDetected,
                 format!("Drift detected: missing {}.", names.join(", ")),
             );
         }
-        if d.reason == reason::DELIVERY_FAILED && prev_reason != Some(reason::DELIVERY_FAILED) {
+        if d.reason == Reason::DeliveryFailed && prev_reason != Some(Reason::DeliveryFailed) {
             push(EventKind::DeliveryFailed, d.message.clone());
         }
     }
@@ -1271,18 +1285,18 @@ fn events_for(
         ),
         Action::Write(Write::ReprocessAssignment { .. })
         | Action::Write(Write::ReprocessRequest { .. }) => {
-            let message = conditions::find(new, RECONCILING)
+            let message = conditions::find(new, ConditionType::Reconciling)
                 .map(|c| c.message.clone())
                 .unwrap_or_else(|| describe(action));
             push(EventKind::ReprocessRequested, message);
         }
         _ => {}
     }
-    let prev_stalled = conditions::find(prev, STALLED).map(|c| c.reason.as_str());
-    if let Some(s) = conditions::find(new, STALLED)
+    let prev_stalled = conditions::find(prev, ConditionType::Stalled).map(|c| c.reason.as_str());
+    if let Some(s) = conditions::find(new, ConditionType::Stalled)
         && prev_stalled != Some(s.reason.as_str())
     {
-        push(EventKind::for_stalled_reason(&s.reason), s.message.clone());
+        push(EventKind::for_stalled(s), s.message.clone());
     }
     events
 }
@@ -1304,8 +1318,8 @@ pub fn record_action_failure(
 ) {
     let what = describe(&plan.action);
     let why = match failure.kind {
-        ActionFailureKind::Forbidden => reason::FORBIDDEN,
-        ActionFailureKind::Rejected => reason::REJECTED,
+        ActionFailureKind::Forbidden => Reason::Forbidden,
+        ActionFailureKind::Rejected => Reason::Rejected,
     };
     let retry = if matches!(plan.action, Action::Write(Write::RequestAssignment { .. })) {
         format!(
@@ -1335,16 +1349,16 @@ pub fn record_action_failure(
     }
     let generation = status.observed_generation;
     let mut conds = status.conditions.clone();
-    conditions::remove_condition(&mut conds, RECONCILING);
+    conditions::remove_condition(&mut conds, ConditionType::Reconciling);
     conditions::set_condition(
         &mut conds,
-        Desired::new(STALLED, Status::True, why, message.clone()),
+        Desired::new(ConditionType::Stalled, Status::True, why, message.clone()),
         generation,
         now,
     );
     conditions::set_condition(
         &mut conds,
-        Desired::new(READY, Status::False, why, message.clone()),
+        Desired::new(ConditionType::Ready, Status::False, why, message.clone()),
         generation,
         now,
     );

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::api::{AccessPackageAssignmentSpec, ReprocessMode, ReprocessOutcome};
-use crate::engine::conditions::{DELIVERED, READY, RECONCILING, STALLED, find, reason};
+use crate::engine::conditions::{ConditionType, Reason, find};
 use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
 use crate::graph::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
 
@@ -174,17 +174,17 @@ impl Fx {
 
 fn cond<'a>(
     plan: &'a Plan,
-    type_: &str,
+    type_: ConditionType,
 ) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     find(&plan.status.conditions, type_)
 }
 
-fn assert_cond(plan: &Plan, type_: &str, status: &str, why: &str) {
+fn assert_cond(plan: &Plan, type_: ConditionType, status: &str, why: Reason) {
     let c = cond(plan, type_)
         .unwrap_or_else(|| panic!("{type_} missing: {:#?}", plan.status.conditions));
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
-        (status, why),
+        (status, why.as_str()),
         "{type_}: {}",
         c.message
     );
@@ -208,9 +208,9 @@ fn types(plan: &Plan) -> Vec<&str> {
 fn delivered_and_present_is_ready() {
     let p = Fx::new().plan(at(0));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, READY, "True", reason::DELIVERED);
-    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
-    assert_eq!(types(&p), [READY, DELIVERED]);
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
+    assert_eq!(types(&p), [ConditionType::Ready, ConditionType::Delivered]);
     assert_eq!(p.requeue_after, Duration::from_secs(600));
     assert_eq!(p.status.resources_summary.as_deref(), Some("2/2"));
     assert_eq!(p.status.assignment_id.as_deref(), Some(A1));
@@ -260,13 +260,13 @@ fn unverifiable_resources_never_block_or_trigger() {
         .status
         .resources
         .iter()
-        .find(|r| r.origin_system == "SharePointOnline")
+        .find(|r| r.origin_system == crate::engine::OriginSystem::SharePointOnline)
         .unwrap();
     assert_eq!(site.state, ResourceState::Unverifiable);
     assert!(site.note.as_deref().unwrap().contains("cannot be verified"));
     fx.resources.retain(|r| !r.is_verifiable());
     let p = fx.plan(at(0));
-    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
     assert_eq!(p.status.resources_summary.as_deref(), Some("0/0"));
     assert_eq!(p.action, Action::None);
 }
@@ -285,10 +285,15 @@ fn drift_in_auto_mode_reprocesses_the_assignment() {
             assignment_id: A1.into()
         })
     );
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
-    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
-    assert_cond(&p, READY, "False", reason::REPROCESSING);
-    assert!(cond(&p, STALLED).is_none());
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Reprocessing);
+    assert!(cond(&p, ConditionType::Stalled).is_none());
     assert_eq!(p.status.reprocess.attempts, 1);
     assert_eq!(
         p.status.reprocess.last_requested_time,
@@ -311,7 +316,9 @@ fn drift_in_auto_mode_reprocesses_the_assignment() {
     assert_eq!(p.requeue_after, Duration::from_secs(30));
     // Delivered flipped, so its transition time moved.
     assert_eq!(
-        cond(&p, DELIVERED).unwrap().last_transition_time,
+        cond(&p, ConditionType::Delivered)
+            .unwrap()
+            .last_transition_time,
         to_time(at(10))
     );
 }
@@ -326,11 +333,11 @@ fn within_cooldown_waits_until_it_ends_without_changing_status() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REPROCESSING
+            reason: Reason::Reprocessing
         }
     );
     assert_eq!(p.requeue_after, Duration::from_secs(4 * 60));
-    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
     assert_eq!(p.status.reprocess.attempts, 1);
     assert!(p.events.is_empty(), "{:?}", p.events);
     // The waiting message is deterministic, so a second wait is not a status change.
@@ -338,7 +345,9 @@ fn within_cooldown_waits_until_it_ends_without_changing_status() {
     let again = fx.plan(at(2));
     assert!(!assignment_status_changed(Some(&p.status), &again.status));
     assert_eq!(
-        cond(&again, RECONCILING).unwrap().last_transition_time,
+        cond(&again, ConditionType::Reconciling)
+            .unwrap()
+            .last_transition_time,
         to_time(at(0))
     );
 }
@@ -375,14 +384,31 @@ fn exhausted_attempts_give_up_and_stall_once() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::REPROCESS_EXHAUSTED
+            reason: Reason::ReprocessExhausted
         }
     );
-    assert_cond(&p, STALLED, "True", reason::REPROCESS_EXHAUSTED);
-    assert_cond(&p, READY, "False", reason::REPROCESS_EXHAUSTED);
-    assert!(cond(&p, RECONCILING).is_none());
-    assert_eq!(types(&p), [READY, DELIVERED, STALLED]);
-    let msg = &cond(&p, STALLED).unwrap().message;
+    assert_cond(
+        &p,
+        ConditionType::Stalled,
+        "True",
+        Reason::ReprocessExhausted,
+    );
+    assert_cond(
+        &p,
+        ConditionType::Ready,
+        "False",
+        Reason::ReprocessExhausted,
+    );
+    assert!(cond(&p, ConditionType::Reconciling).is_none());
+    assert_eq!(
+        types(&p),
+        [
+            ConditionType::Ready,
+            ConditionType::Delivered,
+            ConditionType::Stalled
+        ]
+    );
+    let msg = &cond(&p, ConditionType::Stalled).unwrap().message;
     assert!(msg.contains("fin-writers (Member)"), "{msg}");
     assert!(msg.contains(crate::api::REPROCESS_ANNOTATION), "{msg}");
     assert_eq!(p.status.reprocess.attempts, 3);
@@ -406,9 +432,9 @@ fn verified_delivery_resets_attempts() {
     fx.restore_g2();
     let p = fx.step(at(6));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
-    assert_cond(&p, READY, "True", reason::DELIVERED);
-    assert!(cond(&p, RECONCILING).is_none());
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
+    assert!(cond(&p, ConditionType::Reconciling).is_none());
     assert_eq!(p.status.reprocess.attempts, 0);
     assert_eq!(
         p.status.reprocess.last_outcome,
@@ -430,8 +456,8 @@ fn exhaustion_clears_after_repair_by_hand() {
     }
     fx.restore_g2();
     let p = fx.plan(at(40));
-    assert!(cond(&p, STALLED).is_none());
-    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert!(cond(&p, ConditionType::Stalled).is_none());
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
 }
 
 #[test]
@@ -443,9 +469,24 @@ fn a_failed_read_makes_delivery_unknown_without_reprocessing() {
     );
     let p = fx.plan(at(0));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, DELIVERED, "Unknown", reason::VERIFICATION_FAILED);
-    assert_cond(&p, READY, "Unknown", reason::VERIFICATION_FAILED);
-    assert!(cond(&p, DELIVERED).unwrap().message.contains("fin-writers"));
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "Unknown",
+        Reason::VerificationFailed,
+    );
+    assert_cond(
+        &p,
+        ConditionType::Ready,
+        "Unknown",
+        Reason::VerificationFailed,
+    );
+    assert!(
+        cond(&p, ConditionType::Delivered)
+            .unwrap()
+            .message
+            .contains("fin-writers")
+    );
     assert_eq!(p.requeue_after, Duration::from_secs(60));
     assert_eq!(p.status.reprocess.attempts, 0);
     let g2 = p
@@ -469,7 +510,12 @@ fn a_known_missing_resource_is_repaired_even_if_another_read_failed() {
         p.action,
         Action::Write(Write::ReprocessAssignment { .. })
     ));
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
 }
 
 #[test]
@@ -479,10 +525,23 @@ fn disabled_mode_only_reports() {
     fx.remove_from_g2();
     let p = fx.plan(at(0));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
-    assert_cond(&p, READY, "False", reason::RESOURCES_MISSING);
-    assert!(cond(&p, RECONCILING).is_none() && cond(&p, STALLED).is_none());
-    assert!(cond(&p, DELIVERED).unwrap().message.contains("Disabled"));
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
+    assert_cond(&p, ConditionType::Ready, "False", Reason::ResourcesMissing);
+    assert!(
+        cond(&p, ConditionType::Reconciling).is_none()
+            && cond(&p, ConditionType::Stalled).is_none()
+    );
+    assert!(
+        cond(&p, ConditionType::Delivered)
+            .unwrap()
+            .message
+            .contains("Disabled")
+    );
     assert_eq!(kinds(&p), [EventKind::DriftDetected]);
     assert_eq!(p.status.reprocess.attempts, 0);
 }
@@ -505,7 +564,7 @@ fn manual_mode_waits_for_the_annotation_then_handles_it_once() {
     let p = fx.step(at(0));
     assert_eq!(p.action, Action::None);
     assert!(
-        cond(&p, DELIVERED)
+        cond(&p, ConditionType::Delivered)
             .unwrap()
             .message
             .contains(crate::api::REPROCESS_ANNOTATION)
@@ -555,8 +614,8 @@ fn annotation_requests_one_reprocess_without_drift() {
         p.status.reprocess.last_handled_request.as_deref(),
         Some("now")
     );
-    assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
-    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
     assert_eq!(kinds(&p), [EventKind::ReprocessRequested]);
     let q = fx.step(at(2));
     assert_eq!(q.action, Action::None);
@@ -576,7 +635,7 @@ fn annotation_respects_the_cooldown() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REPROCESSING
+            reason: Reason::Reprocessing
         }
     );
     assert_eq!(
@@ -608,7 +667,7 @@ fn annotation_overrides_exhaustion() {
         Action::Write(Write::ReprocessAssignment { .. })
     ));
     assert_eq!(p.status.reprocess.attempts, 4);
-    assert!(cond(&p, STALLED).is_none());
+    assert!(cond(&p, ConditionType::Stalled).is_none());
 }
 
 #[test]
@@ -620,10 +679,10 @@ fn in_flight_request_blocks_reprocess() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
-    assert_cond(&p, RECONCILING, "True", reason::REQUESTING);
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Requesting);
     assert_eq!(p.status.last_request_id.as_deref(), Some(R1));
     assert_eq!(p.status.reprocess.attempts, 0);
 }
@@ -645,9 +704,9 @@ fn missing_assignment_is_requested() {
             target_object_id: USER.into()
         })
     );
-    assert_cond(&p, DELIVERED, "False", reason::NOT_ASSIGNED);
-    assert_cond(&p, RECONCILING, "True", reason::REQUESTING);
-    assert_cond(&p, READY, "False", reason::REQUESTING);
+    assert_cond(&p, ConditionType::Delivered, "False", Reason::NotAssigned);
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Requesting);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Requesting);
     assert_eq!(p.status.assignment_id, None);
     assert_eq!(p.status.graph_status, None);
     assert_eq!(kinds(&p), [EventKind::AssignmentRequested]);
@@ -681,7 +740,7 @@ fn a_submitted_request_is_awaited_not_repeated_then_reported_stuck() {
     assert_eq!(
         w.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
     assert!(w.events.is_empty());
@@ -690,26 +749,31 @@ fn a_submitted_request_is_awaited_not_repeated_then_reported_stuck() {
     assert_eq!(
         w.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
     let s = fx.step(at(31));
     assert_eq!(
         s.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_STUCK
+            reason: Reason::DeliveryStuck
         }
     );
-    assert_cond(&s, STALLED, "True", reason::DELIVERY_STUCK);
-    assert!(cond(&s, STALLED).unwrap().message.contains(R1));
-    assert!(cond(&s, RECONCILING).is_none());
+    assert_cond(&s, ConditionType::Stalled, "True", Reason::DeliveryStuck);
+    assert!(
+        cond(&s, ConditionType::Stalled)
+            .unwrap()
+            .message
+            .contains(R1)
+    );
+    assert!(cond(&s, ConditionType::Reconciling).is_none());
     assert_eq!(kinds(&s), [EventKind::DeliveryStuck]);
     // Stays stuck (no flapping back to Reconciling), quietly.
     let again = fx.plan(at(40));
     assert_eq!(
         again.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_STUCK
+            reason: Reason::DeliveryStuck
         }
     );
     assert!(again.events.is_empty());
@@ -725,19 +789,24 @@ fn in_flight_request_without_assignment_waits_and_sticks_by_creation_time() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
-    assert_cond(&p, DELIVERED, "False", reason::AWAITING_DELIVERY);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::AwaitingDelivery,
+    );
     assert_eq!(p.requeue_after, Duration::from_secs(30));
     let p = fx.plan(at(45));
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_STUCK
+            reason: Reason::DeliveryStuck
         }
     );
-    let msg = &cond(&p, STALLED).unwrap().message;
+    let msg = &cond(&p, ConditionType::Stalled).unwrap().message;
     assert!(msg.contains(R1) && msg.contains("delivering"), "{msg}");
 }
 
@@ -765,10 +834,10 @@ fn denied_request_stalls_until_the_annotation_asks_again() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::REQUEST_DENIED
+            reason: Reason::RequestDenied
         }
     );
-    assert_cond(&p, STALLED, "True", reason::REQUEST_DENIED);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::RequestDenied);
     assert_eq!(kinds(&p), [EventKind::RequestDenied]);
     fx.annotation = Some("ask-again".into());
     let p = fx.plan(at(1));
@@ -780,7 +849,7 @@ fn denied_request_stalls_until_the_annotation_asks_again() {
         p.status.reprocess.last_handled_request.as_deref(),
         Some("ask-again")
     );
-    assert!(cond(&p, STALLED).is_none());
+    assert!(cond(&p, ConditionType::Stalled).is_none());
 }
 
 #[test]
@@ -793,18 +862,23 @@ fn ambiguous_policy_only_matters_when_requesting() {
         ));
     }
     let p = fx.plan(at(0));
-    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
     assert_eq!(p.status.policy_id, None);
     fx.assignment = None;
     let p = fx.plan(at(0));
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::POLICY_AMBIGUOUS
+            reason: Reason::PolicyAmbiguous
         }
     );
-    assert_cond(&p, STALLED, "True", reason::POLICY_AMBIGUOUS);
-    assert!(cond(&p, STALLED).unwrap().message.contains("Self-service"));
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::PolicyAmbiguous);
+    assert!(
+        cond(&p, ConditionType::Stalled)
+            .unwrap()
+            .message
+            .contains("Self-service")
+    );
     assert_eq!(kinds(&p), [EventKind::ResolveFailed]);
 }
 
@@ -830,8 +904,13 @@ fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
                 request_id: R1.into()
             })
         );
-        assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
-        assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
+        assert_cond(
+            &p,
+            ConditionType::Delivered,
+            "False",
+            Reason::DeliveryFailed,
+        );
+        assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
         assert_eq!(p.status.last_request_id.as_deref(), Some(R1));
         assert_eq!(p.status.reprocess.attempts, 1);
         assert_eq!(
@@ -854,11 +933,11 @@ fn failed_request_outside_the_window_explains_cancel_and_new_request() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_FAILED
+            reason: Reason::DeliveryFailed
         }
     );
-    assert_cond(&p, STALLED, "True", reason::DELIVERY_FAILED);
-    let msg = &cond(&p, STALLED).unwrap().message;
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::DeliveryFailed);
+    let msg = &cond(&p, ConditionType::Stalled).unwrap().message;
     assert!(msg.contains("cancel") && msg.contains(R1), "{msg}");
     assert_eq!(kinds(&p), [EventKind::DeliveryFailed]);
 }
@@ -873,7 +952,7 @@ fn failed_request_reprocess_uses_cooldown_and_attempts() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REPROCESSING
+            reason: Reason::Reprocessing
         }
     );
     fx.step(at(5));
@@ -882,7 +961,7 @@ fn failed_request_reprocess_uses_cooldown_and_attempts() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::REPROCESS_EXHAUSTED
+            reason: Reason::ReprocessExhausted
         }
     );
 }
@@ -896,7 +975,7 @@ fn failed_delivery_while_the_service_retries_waits() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REPROCESSING
+            reason: Reason::Reprocessing
         }
     );
 }
@@ -909,10 +988,10 @@ fn failed_delivery_without_a_request_stalls() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_FAILED
+            reason: Reason::DeliveryFailed
         }
     );
-    assert_cond(&p, STALLED, "True", reason::DELIVERY_FAILED);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::DeliveryFailed);
 }
 
 #[test]
@@ -931,7 +1010,12 @@ fn failed_add_request_without_assignment_is_reprocessed() {
             request_id: R1.into()
         })
     );
-    assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::DeliveryFailed,
+    );
 }
 
 // ---- Delivering, expired, unknown ----
@@ -944,32 +1028,42 @@ fn delivering_waits_then_reports_stuck() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
-    assert_cond(&p, DELIVERED, "False", reason::AWAITING_DELIVERY);
-    assert_cond(&p, READY, "False", reason::REQUESTING);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::AwaitingDelivery,
+    );
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Requesting);
     assert_eq!(p.status.graph_status.as_deref(), Some("Delivering"));
     let p = fx.step(at(20));
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REQUESTING
+            reason: Reason::Requesting
         }
     );
     let p = fx.step(at(31));
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::DELIVERY_STUCK
+            reason: Reason::DeliveryStuck
         }
     );
-    assert!(cond(&p, STALLED).unwrap().message.contains(A1));
+    assert!(
+        cond(&p, ConditionType::Stalled)
+            .unwrap()
+            .message
+            .contains(A1)
+    );
     // Delivery completes: the stall clears.
     fx.assignment = Some(assignment(AssignmentState::Delivered));
     let p = fx.plan(at(40));
-    assert!(cond(&p, STALLED).is_none());
-    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert!(cond(&p, ConditionType::Stalled).is_none());
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
 }
 
 #[test]
@@ -982,7 +1076,7 @@ fn delivering_after_a_reprocess_keeps_reprocessing_reason() {
     assert_eq!(
         p.action,
         Action::Wait {
-            reason: reason::REPROCESSING
+            reason: Reason::Reprocessing
         }
     );
 }
@@ -995,12 +1089,17 @@ fn expired_is_reported_not_renewed() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::EXPIRED
+            reason: Reason::Expired
         }
     );
-    assert_cond(&p, DELIVERED, "False", reason::EXPIRED);
-    assert_cond(&p, STALLED, "True", reason::EXPIRED);
-    assert!(cond(&p, DELIVERED).unwrap().message.contains("2026-11-01"));
+    assert_cond(&p, ConditionType::Delivered, "False", Reason::Expired);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::Expired);
+    assert!(
+        cond(&p, ConditionType::Delivered)
+            .unwrap()
+            .message
+            .contains("2026-11-01")
+    );
     assert_eq!(kinds(&p), [EventKind::Expired]);
     fx.annotation = Some("renew".into());
     let p = fx.plan(at(1));
@@ -1022,8 +1121,13 @@ fn unknown_graph_state_is_unknown() {
     fx.assignment = Some(a);
     let p = fx.plan(at(0));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, DELIVERED, "Unknown", reason::UNKNOWN_STATE);
-    assert_cond(&p, READY, "Unknown", reason::UNKNOWN_STATE);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "Unknown",
+        Reason::UnknownState,
+    );
+    assert_cond(&p, ConditionType::Ready, "Unknown", Reason::UnknownState);
 }
 
 // ---- Suspend ----
@@ -1035,14 +1139,14 @@ fn suspend_blocks_requests() {
     fx.assignment = None;
     let p = fx.plan(at(0));
     assert_eq!(p.action, Action::None);
-    assert_cond(&p, READY, "False", reason::SUSPENDED);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Suspended);
     assert!(
-        cond(&p, READY)
+        cond(&p, ConditionType::Ready)
             .unwrap()
             .message
             .contains("request the assignment")
     );
-    assert!(cond(&p, RECONCILING).is_none());
+    assert!(cond(&p, ConditionType::Reconciling).is_none());
     assert!(p.events.is_empty());
     assert_eq!(p.requeue_after, Duration::from_secs(600));
 }
@@ -1056,8 +1160,13 @@ fn suspend_blocks_reprocess_but_still_reports_drift() {
     let p = fx.plan(at(0));
     assert_eq!(p.action, Action::None);
     assert_eq!(p.status.reprocess, Default::default());
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
-    assert_cond(&p, READY, "False", reason::SUSPENDED);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Suspended);
     assert_eq!(kinds(&p), [EventKind::DriftDetected]);
 }
 
@@ -1065,7 +1174,12 @@ fn suspend_blocks_reprocess_but_still_reports_drift() {
 fn suspend_keeps_a_delivered_assignment_ready() {
     let mut fx = Fx::new();
     fx.spec.suspend = true;
-    assert_cond(&fx.plan(at(0)), READY, "True", reason::DELIVERED);
+    assert_cond(
+        &fx.plan(at(0)),
+        ConditionType::Ready,
+        "True",
+        Reason::Delivered,
+    );
 }
 
 // ---- Invalid declarations and resolve failures ----
@@ -1079,13 +1193,18 @@ fn invalid_spec_stalls_naming_the_field_once() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::INVALID_SPEC
+            reason: Reason::InvalidSpec
         }
     );
-    assert_cond(&p, STALLED, "True", reason::INVALID_SPEC);
-    assert_cond(&p, READY, "False", reason::INVALID_SPEC);
-    assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
-    assert!(cond(&p, STALLED).unwrap().message.contains("spec.target"));
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::InvalidSpec);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::InvalidSpec);
+    assert_cond(&p, ConditionType::Delivered, "Unknown", Reason::NotVerified);
+    assert!(
+        cond(&p, ConditionType::Stalled)
+            .unwrap()
+            .message
+            .contains("spec.target")
+    );
     assert_eq!(kinds(&p), [EventKind::InvalidSpec]);
     assert_eq!(
         p.status.access_package_name.as_deref(),
@@ -1105,8 +1224,8 @@ fn fixing_the_spec_clears_the_stall() {
     fx.spec.target.object_id = None;
     fx.generation = Some(2);
     let p = fx.plan(at(1));
-    assert!(cond(&p, STALLED).is_none());
-    assert_cond(&p, READY, "True", reason::DELIVERED);
+    assert!(cond(&p, ConditionType::Stalled).is_none());
+    assert_cond(&p, ConditionType::Ready, "True", Reason::Delivered);
     assert!(
         p.status
             .conditions
@@ -1121,22 +1240,22 @@ fn resolve_failures_stall_with_their_reason() {
     for (kind, why, event) in [
         (
             ResolveFailureKind::PackageNotFound,
-            reason::PACKAGE_NOT_FOUND,
+            Reason::PackageNotFound,
             EventKind::ResolveFailed,
         ),
         (
             ResolveFailureKind::TargetNotFound,
-            reason::TARGET_NOT_FOUND,
+            Reason::TargetNotFound,
             EventKind::ResolveFailed,
         ),
         (
             ResolveFailureKind::Forbidden,
-            reason::FORBIDDEN,
+            Reason::Forbidden,
             EventKind::PermissionDenied,
         ),
         (
             ResolveFailureKind::PackageAmbiguous,
-            reason::PACKAGE_AMBIGUOUS,
+            Reason::PackageAmbiguous,
             EventKind::ResolveFailed,
         ),
     ] {
@@ -1145,9 +1264,9 @@ fn resolve_failures_stall_with_their_reason() {
         fx.resolved = Err(ResolveFailure::new(kind, format!("{why}: details")));
         let p = fx.plan(at(1));
         assert_eq!(p.action, Action::GiveUp { reason: why });
-        assert_cond(&p, STALLED, "True", why);
-        assert_cond(&p, READY, "False", why);
-        assert_cond(&p, DELIVERED, "Unknown", reason::NOT_VERIFIED);
+        assert_cond(&p, ConditionType::Stalled, "True", why);
+        assert_cond(&p, ConditionType::Ready, "False", why);
+        assert_cond(&p, ConditionType::Delivered, "Unknown", Reason::NotVerified);
         assert_eq!(
             p.status.assignment_id, None,
             "stale observations are cleared"
@@ -1176,14 +1295,26 @@ fn refused_reprocess_stalls_and_still_counts() {
     assert_eq!(
         p.action,
         Action::GiveUp {
-            reason: reason::FORBIDDEN
+            reason: Reason::Forbidden
         }
     );
-    assert_cond(&p, STALLED, "True", reason::FORBIDDEN);
-    assert_cond(&p, READY, "False", reason::FORBIDDEN);
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
-    assert!(cond(&p, RECONCILING).is_none());
-    assert_eq!(types(&p), [READY, DELIVERED, STALLED]);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::Forbidden);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Forbidden);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
+    assert!(cond(&p, ConditionType::Reconciling).is_none());
+    assert_eq!(
+        types(&p),
+        [
+            ConditionType::Ready,
+            ConditionType::Delivered,
+            ConditionType::Stalled
+        ]
+    );
     assert_eq!(p.status.reprocess.attempts, 1);
     assert_eq!(
         p.status.reprocess.last_outcome,
@@ -1213,7 +1344,7 @@ fn rejected_request_reports_action_failed() {
         Duration::from_secs(600),
         at(0),
     );
-    assert_cond(&p, STALLED, "True", reason::REJECTED);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::Rejected);
     assert_eq!(kinds(&p), [EventKind::ActionFailed]);
     assert!(p.events[0].message.contains("policy requirements"));
 }
@@ -1256,7 +1387,7 @@ fn stuck_request_can_be_replaced_through_the_annotation() {
     fx.previous = Some(p.status.clone());
     let s = fx.step(at(31));
     assert!(
-        cond(&s, STALLED)
+        cond(&s, ConditionType::Stalled)
             .unwrap()
             .message
             .contains(crate::api::REPROCESS_ANNOTATION)
@@ -1285,7 +1416,7 @@ fn a_refused_request_is_not_repeated_until_spec_or_annotation_changes() {
         at(0),
     );
     assert!(
-        cond(&p, STALLED)
+        cond(&p, ConditionType::Stalled)
             .unwrap()
             .message
             .contains(crate::api::REPROCESS_ANNOTATION)
@@ -1295,7 +1426,7 @@ fn a_refused_request_is_not_repeated_until_spec_or_annotation_changes() {
     assert_eq!(
         held.action,
         Action::GiveUp {
-            reason: reason::REJECTED
+            reason: Reason::Rejected
         }
     );
     assert!(held.events.is_empty());
@@ -1396,11 +1527,11 @@ mod shared_ledger {
         assert_eq!(
             p.action,
             Action::Wait {
-                reason: reason::REPROCESSING
+                reason: Reason::Reprocessing
             }
         );
         assert!(p.ledger.is_empty(), "nothing claimed: {:?}", p.ledger);
-        let reconciling = cond(&p, RECONCILING).expect("Reconciling");
+        let reconciling = cond(&p, ConditionType::Reconciling).expect("Reconciling");
         assert!(
             reconciling
                 .message
@@ -1462,10 +1593,15 @@ mod shared_ledger {
         assert_eq!(
             p.action,
             Action::GiveUp {
-                reason: reason::REPROCESS_EXHAUSTED
+                reason: Reason::ReprocessExhausted
             }
         );
-        assert!(cond(&p, STALLED).expect("Stalled").message.contains(GUARD));
+        assert!(
+            cond(&p, ConditionType::Stalled)
+                .expect("Stalled")
+                .message
+                .contains(GUARD)
+        );
     }
 
     #[test]
@@ -1473,7 +1609,7 @@ mod shared_ledger {
         let mut fx = Fx::new();
         reprocessed_by_guard(&mut fx, 0, 1);
         let p = fx.step(at(1));
-        assert_cond(&p, DELIVERED, "True", reason::DELIVERED);
+        assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
         assert_eq!(
             p.ledger,
             [LedgerUpdate::Verified {

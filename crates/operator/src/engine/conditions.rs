@@ -10,78 +10,120 @@
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-/// Summary: True when the object is fully reconciled and delivered.
-pub const READY: &str = "Ready";
-/// True only when Graph says delivered and every verifiable resource is present.
-pub const DELIVERED: &str = "Delivered";
-/// Abnormal-true while work is in flight.
-pub const RECONCILING: &str = "Reconciling";
-/// Abnormal-true when progress needs a human.
-pub const STALLED: &str = "Stalled";
+/// A condition type: the four Redeliver writes, in the order they are written.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+pub enum ConditionType {
+    /// Summary: True when the object is fully reconciled and delivered.
+    Ready,
+    /// True only when Graph says delivered and every verifiable resource is present.
+    Delivered,
+    /// Abnormal-true while work is in flight.
+    Reconciling,
+    /// Abnormal-true when progress needs a human.
+    Stalled,
+}
+
+impl ConditionType {
+    /// The wire literal (`Ready`, `Delivered`, ...).
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+
+    /// `Reconciling` and `Stalled` are abnormal-true (kstatus): present only while `True`.
+    pub fn is_abnormal_true(self) -> bool {
+        matches!(self, Self::Reconciling | Self::Stalled)
+    }
+}
 
 /// The order conditions are written in.
-pub const TYPE_ORDER: [&str; 4] = [READY, DELIVERED, RECONCILING, STALLED];
+pub const TYPE_ORDER: &[ConditionType] = <ConditionType as strum::VariantArray>::VARIANTS;
 
-/// Reasons: one CamelCase word each, the whole vocabulary in one place.
-pub mod reason {
+/// A condition reason: one CamelCase word each, the whole vocabulary in one place.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+pub enum Reason {
     /// Graph says delivered and every verifiable resource is present.
-    pub const DELIVERED: &str = "Delivered";
+    Delivered,
     /// Graph says delivered but at least one verifiable resource is missing.
-    pub const RESOURCES_MISSING: &str = "ResourcesMissing";
+    ResourcesMissing,
     /// Entitlement management is still delivering the assignment.
-    pub const AWAITING_DELIVERY: &str = "AwaitingDelivery";
+    AwaitingDelivery,
     /// Graph reports deliveryFailed or partiallyDelivered.
-    pub const DELIVERY_FAILED: &str = "DeliveryFailed";
+    DeliveryFailed,
     /// The assignment expired under its policy.
-    pub const EXPIRED: &str = "Expired";
+    Expired,
     /// The target holds no assignment of the package.
-    pub const NOT_ASSIGNED: &str = "NotAssigned";
+    NotAssigned,
     /// A membership read failed, so delivery cannot be confirmed.
-    pub const VERIFICATION_FAILED: &str = "VerificationFailed";
+    VerificationFailed,
     /// Nothing could be verified yet (e.g. the declaration did not resolve).
-    pub const NOT_VERIFIED: &str = "NotVerified";
+    NotVerified,
     /// Graph reported a state Redeliver does not know.
-    pub const UNKNOWN_STATE: &str = "UnknownState";
-
+    UnknownState,
     /// A reprocess was requested and has not been verified yet.
-    pub const REPROCESSING: &str = "Reprocessing";
+    Reprocessing,
     /// An assignment request is in flight.
-    pub const REQUESTING: &str = "Requesting";
+    Requesting,
     /// First pass, nothing observed yet.
-    pub const VERIFYING: &str = "Verifying";
-
+    Verifying,
     /// The declaration is invalid.
-    pub const INVALID_SPEC: &str = "InvalidSpec";
+    InvalidSpec,
     /// No access package matches the declaration.
-    pub const PACKAGE_NOT_FOUND: &str = "PackageNotFound";
+    PackageNotFound,
     /// Several access packages match the declaration.
-    pub const PACKAGE_AMBIGUOUS: &str = "PackageAmbiguous";
+    PackageAmbiguous,
     /// No assignment policy matches the declaration.
-    pub const POLICY_NOT_FOUND: &str = "PolicyNotFound";
+    PolicyNotFound,
     /// Several assignment policies match and none is named.
-    pub const POLICY_AMBIGUOUS: &str = "PolicyAmbiguous";
+    PolicyAmbiguous,
     /// The target user does not exist.
-    pub const TARGET_NOT_FOUND: &str = "TargetNotFound";
+    TargetNotFound,
     /// Graph refused for lack of permission.
-    pub const FORBIDDEN: &str = "Forbidden";
+    Forbidden,
     /// Reprocess attempts are used up and resources are still missing.
-    pub const REPROCESS_EXHAUSTED: &str = "ReprocessExhausted";
+    ReprocessExhausted,
     /// A request or assignment stayed in a transitional state past the bound.
-    pub const DELIVERY_STUCK: &str = "DeliveryStuck";
+    DeliveryStuck,
     /// The assignment request was denied.
-    pub const REQUEST_DENIED: &str = "RequestDenied";
+    RequestDenied,
     /// Graph rejected a request or reprocess Redeliver sent.
-    pub const REJECTED: &str = "Rejected";
+    Rejected,
     /// `spec.suspend` is true and a change was due.
-    pub const SUSPENDED: &str = "Suspended";
+    Suspended,
     /// Drift is reported only (reprocess mode Disabled/Manual, or guard Audit).
-    pub const REPORT_ONLY: &str = "ReportOnly";
+    ReportOnly,
     /// Guard: every assignment is delivered.
-    pub const ALL_DELIVERED: &str = "AllDelivered";
+    AllDelivered,
+}
+
+impl Reason {
+    /// The wire literal.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
 }
 
 /// A condition status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
 pub enum Status {
     True,
     False,
@@ -91,31 +133,63 @@ pub enum Status {
 impl Status {
     /// The wire literal.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::True => "True",
-            Self::False => "False",
-            Self::Unknown => "Unknown",
-        }
+        self.into()
     }
 }
+
+/// Lets a stored [`Condition`]'s string fields be compared with the vocabulary directly
+/// (`c.status == Status::True`), so no literal is spelled twice.
+macro_rules! compare_with_wire_text {
+    ($($t:ty),*) => {$(
+        impl PartialEq<$t> for String {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.as_str()
+            }
+        }
+        impl PartialEq<$t> for str {
+            fn eq(&self, other: &$t) -> bool {
+                self == other.as_str()
+            }
+        }
+        impl PartialEq<$t> for &str {
+            fn eq(&self, other: &$t) -> bool {
+                *self == other.as_str()
+            }
+        }
+        impl PartialEq<String> for $t {
+            fn eq(&self, other: &String) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl PartialEq<str> for $t {
+            fn eq(&self, other: &str) -> bool {
+                self.as_str() == other
+            }
+        }
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+compare_with_wire_text!(ConditionType, Reason, Status);
 
 /// A condition the engine wants, before transition times are applied.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Desired {
-    /// One of [`TYPE_ORDER`].
-    pub type_: &'static str,
+    pub type_: ConditionType,
     pub status: Status,
-    /// One of [`reason`].
-    pub reason: &'static str,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Desired {
     /// Shorthand constructor.
     pub fn new(
-        type_: &'static str,
+        type_: ConditionType,
         status: Status,
-        reason: &'static str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
@@ -134,18 +208,26 @@ pub fn to_time(ts: Timestamp) -> Time {
 }
 
 /// Finds a condition by type.
-pub fn find<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+pub fn find<'a>(conditions: &'a [Condition], type_: ConditionType) -> Option<&'a Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
 
 /// True when the condition of `type_` is present with status `True`.
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    find(conditions, type_).is_some_and(|c| c.status == "True")
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
+    find(conditions, type_).is_some_and(|c| c.status == Status::True)
 }
 
-/// The reason of the condition of `type_`, if present.
-pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
-    find(conditions, type_).map(|c| c.reason.as_str())
+/// The reason of the condition of `type_`, if present and one of Redeliver's own (a reason
+/// some other writer put there is not ours to act on).
+pub fn reason_of(conditions: &[Condition], type_: ConditionType) -> Option<Reason> {
+    find(conditions, type_).and_then(|c| c.reason.parse().ok())
+}
+
+/// The reason of the condition of `type_` while it is `True`.
+pub fn true_reason(conditions: &[Condition], type_: ConditionType) -> Option<Reason> {
+    find(conditions, type_)
+        .filter(|c| c.status == Status::True)
+        .and_then(|c| c.reason.parse().ok())
 }
 
 /// Sets one condition in place, keeping `lastTransitionTime` unless the status flips, and
@@ -157,7 +239,7 @@ pub fn set_condition(
     generation: Option<i64>,
     now: Timestamp,
 ) {
-    let abnormal = matches!(desired.type_, RECONCILING | STALLED);
+    let abnormal = desired.type_.is_abnormal_true();
     let previous = conditions.iter().position(|c| c.type_ == desired.type_);
     if abnormal && desired.status != Status::True {
         if let Some(i) = previous {
@@ -170,9 +252,9 @@ pub fn set_condition(
         _ => to_time(now),
     };
     let condition = Condition {
-        type_: desired.type_.to_string(),
+        type_: desired.type_.as_str().to_string(),
         status: desired.status.as_str().to_string(),
-        reason: desired.reason.to_string(),
+        reason: desired.reason.as_str().to_string(),
         message: desired.message,
         observed_generation: generation,
         last_transition_time,
@@ -185,7 +267,7 @@ pub fn set_condition(
 }
 
 /// Removes a condition type.
-pub fn remove_condition(conditions: &mut Vec<Condition>, type_: &str) {
+pub fn remove_condition(conditions: &mut Vec<Condition>, type_: ConditionType) {
     conditions.retain(|c| c.type_ != type_);
 }
 
@@ -214,7 +296,7 @@ pub fn sort_conditions(conditions: &mut [Condition]) {
         let rank = |t: &str| {
             TYPE_ORDER
                 .iter()
-                .position(|o| *o == t)
+                .position(|o| t == *o)
                 .unwrap_or(TYPE_ORDER.len())
         };
         rank(&a.type_)
@@ -231,9 +313,24 @@ pub fn first_visit_conditions(generation: Option<i64>, now: Timestamp) -> Vec<Co
     build_conditions(
         &[],
         vec![
-            Desired::new(READY, Status::Unknown, reason::VERIFYING, msg),
-            Desired::new(DELIVERED, Status::Unknown, reason::VERIFYING, msg),
-            Desired::new(RECONCILING, Status::True, reason::VERIFYING, msg),
+            Desired::new(
+                ConditionType::Ready,
+                Status::Unknown,
+                Reason::Verifying,
+                msg,
+            ),
+            Desired::new(
+                ConditionType::Delivered,
+                Status::Unknown,
+                Reason::Verifying,
+                msg,
+            ),
+            Desired::new(
+                ConditionType::Reconciling,
+                Status::True,
+                Reason::Verifying,
+                msg,
+            ),
         ],
         generation,
         now,
@@ -266,7 +363,12 @@ mod tests {
         let now = t(0) + jiff::SignedDuration::from_millis(700);
         set_condition(
             &mut c,
-            Desired::new(READY, Status::Unknown, reason::VERIFYING, "first look"),
+            Desired::new(
+                ConditionType::Ready,
+                Status::Unknown,
+                Reason::Verifying,
+                "first look",
+            ),
             Some(1),
             now,
         );
@@ -281,18 +383,23 @@ mod tests {
         let mut c = Vec::new();
         set_condition(
             &mut c,
-            Desired::new(READY, Status::False, reason::REQUESTING, "a"),
+            Desired::new(ConditionType::Ready, Status::False, Reason::Requesting, "a"),
             Some(1),
             t(0),
         );
         set_condition(
             &mut c,
-            Desired::new(READY, Status::False, reason::REPROCESSING, "b"),
+            Desired::new(
+                ConditionType::Ready,
+                Status::False,
+                Reason::Reprocessing,
+                "b",
+            ),
             Some(2),
             t(10),
         );
         assert_eq!(c[0].last_transition_time, Time(t(0)));
-        assert_eq!(c[0].reason, reason::REPROCESSING);
+        assert_eq!(c[0].reason, Reason::Reprocessing);
         assert_eq!(c[0].message, "b");
         assert_eq!(c[0].observed_generation, Some(2));
     }
@@ -302,20 +409,35 @@ mod tests {
         let mut c = Vec::new();
         set_condition(
             &mut c,
-            Desired::new(DELIVERED, Status::False, reason::RESOURCES_MISSING, ""),
+            Desired::new(
+                ConditionType::Delivered,
+                Status::False,
+                Reason::ResourcesMissing,
+                "",
+            ),
             None,
             t(0),
         );
         set_condition(
             &mut c,
-            Desired::new(DELIVERED, Status::True, reason::DELIVERED, ""),
+            Desired::new(
+                ConditionType::Delivered,
+                Status::True,
+                Reason::Delivered,
+                "",
+            ),
             None,
             t(60),
         );
         assert_eq!(c[0].last_transition_time, Time(t(60)));
         set_condition(
             &mut c,
-            Desired::new(DELIVERED, Status::Unknown, reason::VERIFICATION_FAILED, ""),
+            Desired::new(
+                ConditionType::Delivered,
+                Status::Unknown,
+                Reason::VerificationFailed,
+                "",
+            ),
             None,
             t(90),
         );
@@ -327,28 +449,48 @@ mod tests {
         let mut c = Vec::new();
         set_condition(
             &mut c,
-            Desired::new(STALLED, Status::True, reason::INVALID_SPEC, "x"),
+            Desired::new(
+                ConditionType::Stalled,
+                Status::True,
+                Reason::InvalidSpec,
+                "x",
+            ),
             None,
             t(0),
         );
         set_condition(
             &mut c,
-            Desired::new(RECONCILING, Status::True, reason::REQUESTING, "y"),
+            Desired::new(
+                ConditionType::Reconciling,
+                Status::True,
+                Reason::Requesting,
+                "y",
+            ),
             None,
             t(0),
         );
         assert_eq!(c.len(), 2);
         set_condition(
             &mut c,
-            Desired::new(STALLED, Status::False, reason::INVALID_SPEC, ""),
+            Desired::new(
+                ConditionType::Stalled,
+                Status::False,
+                Reason::InvalidSpec,
+                "",
+            ),
             None,
             t(1),
         );
         assert_eq!(c.len(), 1);
-        assert_eq!(c[0].type_, RECONCILING);
+        assert_eq!(c[0].type_, ConditionType::Reconciling);
         set_condition(
             &mut c,
-            Desired::new(RECONCILING, Status::Unknown, reason::REQUESTING, ""),
+            Desired::new(
+                ConditionType::Reconciling,
+                Status::Unknown,
+                Reason::Requesting,
+                "",
+            ),
             None,
             t(1),
         );
@@ -356,7 +498,12 @@ mod tests {
         // Never added when not True.
         set_condition(
             &mut c,
-            Desired::new(STALLED, Status::False, reason::INVALID_SPEC, ""),
+            Desired::new(
+                ConditionType::Stalled,
+                Status::False,
+                Reason::InvalidSpec,
+                "",
+            ),
             None,
             t(1),
         );
@@ -368,15 +515,27 @@ mod tests {
         let c = build_conditions(
             &[],
             vec![
-                Desired::new(STALLED, Status::True, reason::FORBIDDEN, ""),
-                Desired::new(DELIVERED, Status::Unknown, reason::NOT_VERIFIED, ""),
-                Desired::new(READY, Status::False, reason::FORBIDDEN, ""),
+                Desired::new(ConditionType::Stalled, Status::True, Reason::Forbidden, ""),
+                Desired::new(
+                    ConditionType::Delivered,
+                    Status::Unknown,
+                    Reason::NotVerified,
+                    "",
+                ),
+                Desired::new(ConditionType::Ready, Status::False, Reason::Forbidden, ""),
             ],
             None,
             t(0),
         );
         let types: Vec<&str> = c.iter().map(|c| c.type_.as_str()).collect();
-        assert_eq!(types, [READY, DELIVERED, STALLED]);
+        assert_eq!(
+            types,
+            [
+                ConditionType::Ready,
+                ConditionType::Delivered,
+                ConditionType::Stalled
+            ]
+        );
     }
 
     #[test]
@@ -384,8 +543,18 @@ mod tests {
         let first = build_conditions(
             &[],
             vec![
-                Desired::new(READY, Status::False, reason::REPROCESSING, ""),
-                Desired::new(RECONCILING, Status::True, reason::REPROCESSING, ""),
+                Desired::new(
+                    ConditionType::Ready,
+                    Status::False,
+                    Reason::Reprocessing,
+                    "",
+                ),
+                Desired::new(
+                    ConditionType::Reconciling,
+                    Status::True,
+                    Reason::Reprocessing,
+                    "",
+                ),
             ],
             Some(3),
             t(0),
@@ -393,9 +562,9 @@ mod tests {
         let second = build_conditions(
             &first,
             vec![Desired::new(
-                READY,
+                ConditionType::Ready,
                 Status::False,
-                reason::RESOURCES_MISSING,
+                Reason::ResourcesMissing,
                 "m",
             )],
             Some(3),
@@ -409,27 +578,47 @@ mod tests {
     fn equality_ignores_only_transition_times() {
         let a = build_conditions(
             &[],
-            vec![Desired::new(READY, Status::True, reason::DELIVERED, "ok")],
+            vec![Desired::new(
+                ConditionType::Ready,
+                Status::True,
+                Reason::Delivered,
+                "ok",
+            )],
             Some(1),
             t(0),
         );
         let b = build_conditions(
             &[],
-            vec![Desired::new(READY, Status::True, reason::DELIVERED, "ok")],
+            vec![Desired::new(
+                ConditionType::Ready,
+                Status::True,
+                Reason::Delivered,
+                "ok",
+            )],
             Some(1),
             t(50),
         );
         assert!(conditions_equal_ignoring_transition_times(&a, &b));
         let c = build_conditions(
             &[],
-            vec![Desired::new(READY, Status::True, reason::DELIVERED, "ok!")],
+            vec![Desired::new(
+                ConditionType::Ready,
+                Status::True,
+                Reason::Delivered,
+                "ok!",
+            )],
             Some(1),
             t(0),
         );
         assert!(!conditions_equal_ignoring_transition_times(&a, &c));
         let d = build_conditions(
             &[],
-            vec![Desired::new(READY, Status::True, reason::DELIVERED, "ok")],
+            vec![Desired::new(
+                ConditionType::Ready,
+                Status::True,
+                Reason::Delivered,
+                "ok",
+            )],
             Some(2),
             t(0),
         );
@@ -447,47 +636,30 @@ mod tests {
         assert_eq!(
             summary,
             [
-                (READY, "Unknown", reason::VERIFYING),
-                (DELIVERED, "Unknown", reason::VERIFYING),
-                (RECONCILING, "True", reason::VERIFYING)
+                ("Ready", "Unknown", "Verifying"),
+                ("Delivered", "Unknown", "Verifying"),
+                ("Reconciling", "True", "Verifying")
             ]
         );
         assert!(c.iter().all(|c| c.observed_generation == Some(4)));
     }
 
     #[test]
-    fn reasons_are_single_camel_case_words() {
-        use reason::*;
-        for r in [
-            DELIVERED,
-            RESOURCES_MISSING,
-            AWAITING_DELIVERY,
-            DELIVERY_FAILED,
-            EXPIRED,
-            NOT_ASSIGNED,
-            VERIFICATION_FAILED,
-            NOT_VERIFIED,
-            UNKNOWN_STATE,
-            REPROCESSING,
-            REQUESTING,
-            VERIFYING,
-            INVALID_SPEC,
-            PACKAGE_NOT_FOUND,
-            PACKAGE_AMBIGUOUS,
-            POLICY_NOT_FOUND,
-            POLICY_AMBIGUOUS,
-            TARGET_NOT_FOUND,
-            FORBIDDEN,
-            REPROCESS_EXHAUSTED,
-            DELIVERY_STUCK,
-            REQUEST_DENIED,
-            REJECTED,
-            SUSPENDED,
-            REPORT_ONLY,
-            ALL_DELIVERED,
-        ] {
-            assert!(r.chars().next().unwrap().is_ascii_uppercase(), "{r}");
-            assert!(r.chars().all(|c| c.is_ascii_alphanumeric()), "{r}");
+    fn reasons_are_single_camel_case_words_and_parse_back() {
+        use strum::VariantArray;
+        for r in Reason::VARIANTS {
+            let text = r.as_str();
+            assert!(text.chars().next().unwrap().is_ascii_uppercase(), "{text}");
+            assert!(text.chars().all(|c| c.is_ascii_alphanumeric()), "{text}");
+            assert_eq!(text.parse::<Reason>().unwrap(), *r);
         }
+        for t in TYPE_ORDER {
+            assert_eq!(t.as_str().parse::<ConditionType>().unwrap(), *t);
+        }
+        assert_eq!(
+            TYPE_ORDER.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            ["Ready", "Delivered", "Reconciling", "Stalled"]
+        );
+        assert!(String::from("True") == Status::True && "False" == Status::False);
     }
 }

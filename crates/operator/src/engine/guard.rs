@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 
-use super::conditions::{
-    self, DELIVERED, Desired, READY, RECONCILING, STALLED, Status, reason, to_time,
-};
+use super::conditions::{self, ConditionType, Desired, Reason, Status, to_time};
 use super::ledger::{
     self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
 };
@@ -218,12 +216,17 @@ pub fn record_guard_outcome(
             f.postponed,
             not_sent.len(),
         );
-        let reconciling = Desired::new(RECONCILING, Status::True, reason::REPROCESSING, message);
-        if conditions::find(conds, STALLED).is_none() {
+        let reconciling = Desired::new(
+            ConditionType::Reconciling,
+            Status::True,
+            Reason::Reprocessing,
+            message,
+        );
+        if conditions::find(conds, ConditionType::Stalled).is_none() {
             conditions::set_condition(
                 conds,
                 Desired::new(
-                    READY,
+                    ConditionType::Ready,
                     Status::False,
                     reconciling.reason,
                     reconciling.message.clone(),
@@ -293,9 +296,9 @@ fn reconciling_message(
 }
 
 /// An invalid spec or a package that did not resolve: the reason and the message.
-fn declaration_failure(input: &GuardInput) -> Option<(&'static str, String)> {
+fn declaration_failure(input: &GuardInput) -> Option<(Reason, String)> {
     match validate_guard_spec(input.spec) {
-        Err(e) => Some((reason::INVALID_SPEC, format!("Invalid declaration: {e}."))),
+        Err(e) => Some((Reason::InvalidSpec, format!("Invalid declaration: {e}."))),
         Ok(()) => input
             .resolved
             .as_ref()
@@ -308,20 +311,20 @@ fn stalled_plan(
     input: &GuardInput,
     prev: &AccessPackageGuardStatus,
     mut status: AccessPackageGuardStatus,
-    why: &'static str,
+    why: Reason,
     message: String,
     interval: Duration,
     now: Timestamp,
 ) -> GuardPlan {
     let desired = vec![
-        Desired::new(READY, Status::False, why, message.clone()),
+        Desired::new(ConditionType::Ready, Status::False, why, message.clone()),
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::Unknown,
-            reason::NOT_VERIFIED,
+            Reason::NotVerified,
             "Assignments cannot be verified until the declaration resolves.",
         ),
-        Desired::new(STALLED, Status::True, why, message),
+        Desired::new(ConditionType::Stalled, Status::True, why, message),
     ];
     status.conditions =
         conditions::build_conditions(&prev.conditions, desired, input.generation, now);
@@ -588,9 +591,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
     let counts = &census.counts;
     let delivered = if counts.drifted > 0 {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::False,
-            reason::RESOURCES_MISSING,
+            Reason::ResourcesMissing,
             format!(
                 "{} of {} assignments are drifted (Graph says delivered, resources missing).",
                 counts.drifted, counts.total
@@ -598,9 +601,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
         )
     } else if counts.failed > 0 {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::False,
-            reason::DELIVERY_FAILED,
+            Reason::DeliveryFailed,
             format!(
                 "{} of {} assignments failed delivery.",
                 counts.failed, counts.total
@@ -608,9 +611,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
         )
     } else if !census.unreadable.is_empty() {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::Unknown,
-            reason::VERIFICATION_FAILED,
+            Reason::VerificationFailed,
             format!(
                 "Could not read: {}.",
                 census
@@ -623,9 +626,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
         )
     } else if counts.pending > 0 {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::False,
-            reason::AWAITING_DELIVERY,
+            Reason::AwaitingDelivery,
             format!(
                 "{} of {} assignments are still being delivered.",
                 counts.pending, counts.total
@@ -633,9 +636,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
         )
     } else {
         Desired::new(
-            DELIVERED,
+            ConditionType::Delivered,
             Status::True,
-            reason::ALL_DELIVERED,
+            Reason::AllDelivered,
             format!(
                 "All {} assignments are delivered and verified.",
                 counts.total
@@ -645,9 +648,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
     let in_flight = sel.cooling + sel.reprocess.len();
     let reconciling = (in_flight > 0 || sel.postponed > 0).then(|| {
         Desired::new(
-            RECONCILING,
+            ConditionType::Reconciling,
             Status::True,
-            reason::REPROCESSING,
+            Reason::Reprocessing,
             reconciling_message(
                 in_flight,
                 sel.reprocess.len(),
@@ -659,9 +662,9 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
     });
     let stalled = (sel.exhausted > 0).then(|| {
         Desired::new(
-            STALLED,
+            ConditionType::Stalled,
             Status::True,
-            reason::REPROCESS_EXHAUSTED,
+            Reason::ReprocessExhausted,
             format!(
                 "{} still drifted after {} reprocess attempts each; find what keeps removing \
                  the access.",
@@ -671,15 +674,25 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
         )
     });
     let ready = if let Some(s) = &stalled {
-        Desired::new(READY, Status::False, s.reason, s.message.clone())
+        Desired::new(
+            ConditionType::Ready,
+            Status::False,
+            s.reason,
+            s.message.clone(),
+        )
     } else if let Some(r) = &reconciling {
-        Desired::new(READY, Status::False, r.reason, r.message.clone())
+        Desired::new(
+            ConditionType::Ready,
+            Status::False,
+            r.reason,
+            r.message.clone(),
+        )
     } else if counts.drifted > 0 {
         if input.operator_report_only {
             Desired::new(
-                READY,
+                ConditionType::Ready,
                 Status::False,
-                reason::REPORT_ONLY,
+                Reason::ReportOnly,
                 format!(
                     "{} Reprocessing is disabled for the whole operator (--reprocess-rate 0).",
                     delivered.message
@@ -687,15 +700,20 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
             )
         } else {
             let why = if input.spec.mode == GuardMode::Audit || sel.spec_budget == 0 {
-                reason::REPORT_ONLY
+                Reason::ReportOnly
             } else {
-                reason::RESOURCES_MISSING
+                Reason::ResourcesMissing
             };
-            Desired::new(READY, Status::False, why, delivered.message.clone())
+            Desired::new(
+                ConditionType::Ready,
+                Status::False,
+                why,
+                delivered.message.clone(),
+            )
         }
     } else {
         Desired::new(
-            READY,
+            ConditionType::Ready,
             delivered.status,
             delivered.reason,
             delivered.message.clone(),
@@ -771,9 +789,9 @@ fn sweep_events(
             ),
         });
     }
-    let prev_true = conditions::is_true(&prev.conditions, DELIVERED);
-    if let Some(d) = conditions::find(&status.conditions, DELIVERED)
-        && d.status == "True"
+    let prev_true = conditions::is_true(&prev.conditions, ConditionType::Delivered);
+    if let Some(d) = conditions::find(&status.conditions, ConditionType::Delivered)
+        && d.status == Status::True
         && !prev_true
     {
         events.push(EngineEvent {
@@ -819,10 +837,11 @@ fn stalled_event(
     prev: &AccessPackageGuardStatus,
     status: &AccessPackageGuardStatus,
 ) -> Vec<EngineEvent> {
-    let before = conditions::find(&prev.conditions, STALLED).map(|c| c.reason.as_str());
-    match conditions::find(&status.conditions, STALLED) {
+    let before =
+        conditions::find(&prev.conditions, ConditionType::Stalled).map(|c| c.reason.as_str());
+    match conditions::find(&status.conditions, ConditionType::Stalled) {
         Some(s) if before != Some(s.reason.as_str()) => vec![EngineEvent {
-            kind: EventKind::for_stalled_reason(&s.reason),
+            kind: EventKind::for_stalled(s),
             message: s.message.clone(),
         }],
         _ => Vec::new(),

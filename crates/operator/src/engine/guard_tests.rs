@@ -1,7 +1,7 @@
 //! Sweeps of an `AccessPackageGuard`, as small scenarios.
 
 use super::*;
-use crate::engine::conditions::{find, reason};
+use crate::engine::conditions::{ConditionType, Reason, find};
 use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
 use crate::graph::models::{ResourceRole, ResourceRoleScope, ResourceScope};
 
@@ -129,12 +129,12 @@ impl Fx {
     }
 }
 
-fn assert_cond(p: &GuardPlan, type_: &str, status: &str, why: &str) {
+fn assert_cond(p: &GuardPlan, type_: ConditionType, status: &str, why: Reason) {
     let c = find(&p.status.conditions, type_)
         .unwrap_or_else(|| panic!("{type_} missing: {:#?}", p.status.conditions));
     assert_eq!(
         (c.status.as_str(), c.reason.as_str()),
-        (status, why),
+        (status, why.as_str()),
         "{}",
         c.message
     );
@@ -172,10 +172,15 @@ fn enforce_sweep_counts_lists_and_reprocesses() {
         Some("Finance Analysts")
     );
     assert_eq!(p.status.last_sweep_time, Some(to_time(at(0))));
-    assert_cond(&p, DELIVERED, "False", reason::RESOURCES_MISSING);
-    assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
-    assert_cond(&p, READY, "False", reason::REPROCESSING);
-    assert!(find(&p.status.conditions, STALLED).is_none());
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::ResourcesMissing,
+    );
+    assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::Reprocessing);
+    assert!(find(&p.status.conditions, ConditionType::Stalled).is_none());
     assert_eq!(
         kinds(&p),
         [EventKind::DriftDetected, EventKind::ReprocessRequested]
@@ -224,8 +229,8 @@ fn audit_mode_reports_only() {
     let p = fx.plan(at(0));
     assert!(p.reprocess.is_empty());
     assert_eq!(p.status.assignments.reprocessing, 0);
-    assert!(find(&p.status.conditions, RECONCILING).is_none());
-    assert_cond(&p, READY, "False", reason::REPORT_ONLY);
+    assert!(find(&p.status.conditions, ConditionType::Reconciling).is_none());
+    assert_cond(&p, ConditionType::Ready, "False", Reason::ReportOnly);
     assert_eq!(kinds(&p), [EventKind::DriftDetected]);
     assert_eq!(p.requeue_after, Duration::from_secs(900));
 }
@@ -236,7 +241,7 @@ fn zero_budget_in_enforce_reports_only() {
     fx.spec.max_reprocess_per_sweep = 0;
     let p = fx.plan(at(0));
     assert!(p.reprocess.is_empty());
-    assert_cond(&p, READY, "False", reason::REPORT_ONLY);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::ReportOnly);
 }
 
 #[test]
@@ -278,8 +283,8 @@ fn since_is_preserved_and_repair_clears_the_entry() {
     fx.assignments.retain(|a| a.id != "a3" && a.id != "a5");
     let p = fx.step(at(30));
     assert!(p.status.drifted.is_empty());
-    assert_cond(&p, DELIVERED, "True", reason::ALL_DELIVERED);
-    assert_cond(&p, READY, "True", reason::ALL_DELIVERED);
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::AllDelivered);
+    assert_cond(&p, ConditionType::Ready, "True", Reason::AllDelivered);
     assert_eq!(kinds(&p), [EventKind::DeliveryVerified]);
     // Steady state: nothing changes but the sweep time.
     let q = fx.plan(at(45));
@@ -297,8 +302,18 @@ fn exhausted_drift_stalls_once() {
     }
     let p = fx.step(at(45));
     assert!(p.reprocess.is_empty());
-    assert_cond(&p, STALLED, "True", reason::REPROCESS_EXHAUSTED);
-    assert_cond(&p, READY, "False", reason::REPROCESS_EXHAUSTED);
+    assert_cond(
+        &p,
+        ConditionType::Stalled,
+        "True",
+        Reason::ReprocessExhausted,
+    );
+    assert_cond(
+        &p,
+        ConditionType::Ready,
+        "False",
+        Reason::ReprocessExhausted,
+    );
     assert_eq!(kinds(&p), [EventKind::ReprocessExhausted]);
     let q = fx.plan(at(60));
     assert!(q.events.is_empty());
@@ -327,8 +342,18 @@ fn failed_reads_make_delivery_unknown() {
     let p = fx.plan(at(0));
     assert_eq!(p.status.assignments.pending, 3);
     assert_eq!(p.status.assignments.delivered, 0);
-    assert_cond(&p, DELIVERED, "Unknown", reason::VERIFICATION_FAILED);
-    assert_cond(&p, READY, "Unknown", reason::VERIFICATION_FAILED);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "Unknown",
+        Reason::VerificationFailed,
+    );
+    assert_cond(
+        &p,
+        ConditionType::Ready,
+        "Unknown",
+        Reason::VerificationFailed,
+    );
     assert!(p.reprocess.is_empty());
 }
 
@@ -339,7 +364,12 @@ fn failed_assignments_block_delivered() {
         .push(assignment("f1", "zed", "partiallyDelivered"));
     let p = fx.plan(at(0));
     assert_eq!(p.status.assignments.failed, 1);
-    assert_cond(&p, DELIVERED, "False", reason::DELIVERY_FAILED);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::DeliveryFailed,
+    );
 }
 
 #[test]
@@ -347,9 +377,9 @@ fn invalid_spec_and_resolve_failures_stall() {
     let mut fx = Fx::new();
     fx.spec.interval = "10s".into();
     let p = fx.step(at(0));
-    assert_cond(&p, STALLED, "True", reason::INVALID_SPEC);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::InvalidSpec);
     assert!(
-        find(&p.status.conditions, STALLED)
+        find(&p.status.conditions, ConditionType::Stalled)
             .unwrap()
             .message
             .contains("spec.interval")
@@ -364,7 +394,7 @@ fn invalid_spec_and_resolve_failures_stall() {
         "403 on accessPackages",
     ));
     let p = fx.plan(at(0));
-    assert_cond(&p, STALLED, "True", reason::FORBIDDEN);
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::Forbidden);
     assert_eq!(kinds(&p), [EventKind::PermissionDenied]);
     assert_eq!(p.requeue_after, Duration::from_secs(900));
 }
@@ -383,7 +413,7 @@ fn conditions_carry_generation_and_fixed_order() {
         .iter()
         .map(|c| c.type_.as_str())
         .collect();
-    assert_eq!(types[..2], [READY, DELIVERED]);
+    assert_eq!(types[..2], [ConditionType::Ready, ConditionType::Delivered]);
     assert!(
         p.status
             .conditions
@@ -417,8 +447,10 @@ mod shared_ledger {
         let entry = &p.status.drifted[0];
         assert_eq!(entry.reprocessed_by.as_deref(), Some(APA));
         assert_eq!(entry.reprocess_attempts, 1);
-        assert_cond(&p, RECONCILING, "True", reason::REPROCESSING);
-        let message = &find(&p.status.conditions, RECONCILING).unwrap().message;
+        assert_cond(&p, ConditionType::Reconciling, "True", Reason::Reprocessing);
+        let message = &find(&p.status.conditions, ConditionType::Reconciling)
+            .unwrap()
+            .message;
         assert_eq!(
             message,
             "1 drifted assignment is being reprocessed (0 this sweep, 1 by other objects covering them)."
@@ -448,7 +480,7 @@ mod shared_ledger {
             }]
         );
         assert!(p.status.drifted.is_empty());
-        assert_cond(&p, READY, "False", reason::DELIVERY_FAILED);
+        assert_cond(&p, ConditionType::Ready, "False", Reason::DeliveryFailed);
     }
 
     #[test]
@@ -483,7 +515,12 @@ mod shared_ledger {
         }
         let p = fx.step(at(0));
         assert_eq!(p.reprocess, ["a050"]);
-        assert_cond(&p, STALLED, "True", reason::REPROCESS_EXHAUSTED);
+        assert_cond(
+            &p,
+            ConditionType::Stalled,
+            "True",
+            Reason::ReprocessExhausted,
+        );
     }
 
     #[test]
@@ -493,7 +530,9 @@ mod shared_ledger {
         let p = fx.step(at(0));
         assert_eq!(p.reprocess, ["a000", "a001"]);
         assert_eq!(p.status.assignments.reprocessing, 2);
-        let message = &find(&p.status.conditions, RECONCILING).unwrap().message;
+        let message = &find(&p.status.conditions, ConditionType::Reconciling)
+            .unwrap()
+            .message;
         assert!(
             message.contains("3 postponed by the operator's reprocess rate limit"),
             "{message}"
@@ -532,10 +571,10 @@ fn a_zero_reprocess_rate_makes_the_guard_report_only_and_say_why() {
     let p = fx.step(at(0));
     assert!(p.reprocess.is_empty());
     assert!(p.ledger.is_empty());
-    assert!(find(&p.status.conditions, RECONCILING).is_none());
-    assert_cond(&p, READY, "False", reason::REPORT_ONLY);
+    assert!(find(&p.status.conditions, ConditionType::Reconciling).is_none());
+    assert_cond(&p, ConditionType::Ready, "False", Reason::ReportOnly);
     assert!(
-        find(&p.status.conditions, READY)
+        find(&p.status.conditions, ConditionType::Ready)
             .unwrap()
             .message
             .contains("--reprocess-rate 0")
@@ -563,7 +602,9 @@ fn the_outcome_of_a_sweep_says_what_was_really_sent() {
             claimed
         );
     }
-    let reconciling = &find(&plan.status.conditions, RECONCILING).unwrap().message;
+    let reconciling = &find(&plan.status.conditions, ConditionType::Reconciling)
+        .unwrap()
+        .message;
     assert!(
         reconciling.starts_with("2 drifted assignments are being reprocessed"),
         "{reconciling}"

@@ -33,9 +33,7 @@ pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
     record_guard_outcome,
 };
-pub use resources::{
-    AAD_APPLICATION, AAD_GROUP, PromisedResource, ResourceKind, promised_resources,
-};
+pub use resources::{OriginSystem, PromisedResource, ResourceKind, promised_resources};
 pub use snapshot::{Check, ReadData, ResourceRead, Snapshot, reads_needed};
 
 /// Operator-wide knobs the engine needs (not per object).
@@ -121,16 +119,16 @@ pub enum ResolveFailureKind {
 
 impl ResolveFailureKind {
     /// The condition reason.
-    pub fn reason(self) -> &'static str {
-        use conditions::reason;
+    pub fn reason(self) -> conditions::Reason {
+        use conditions::Reason;
         match self {
-            Self::InvalidSpec => reason::INVALID_SPEC,
-            Self::PackageNotFound => reason::PACKAGE_NOT_FOUND,
-            Self::PackageAmbiguous => reason::PACKAGE_AMBIGUOUS,
-            Self::PolicyNotFound => reason::POLICY_NOT_FOUND,
-            Self::PolicyAmbiguous => reason::POLICY_AMBIGUOUS,
-            Self::TargetNotFound => reason::TARGET_NOT_FOUND,
-            Self::Forbidden => reason::FORBIDDEN,
+            Self::InvalidSpec => Reason::InvalidSpec,
+            Self::PackageNotFound => Reason::PackageNotFound,
+            Self::PackageAmbiguous => Reason::PackageAmbiguous,
+            Self::PolicyNotFound => Reason::PolicyNotFound,
+            Self::PolicyAmbiguous => Reason::PolicyAmbiguous,
+            Self::TargetNotFound => Reason::TargetNotFound,
+            Self::Forbidden => Reason::Forbidden,
         }
     }
 }
@@ -144,10 +142,10 @@ pub enum Action {
     /// reprocess of an assignment or of a failed request).
     Write(Write),
     /// Work is in flight (or a cooldown runs); check again at `requeue_after`.
-    Wait { reason: &'static str },
+    Wait { reason: conditions::Reason },
     /// A human must act (the reason is the `Stalled` reason). No Graph write; the object is
     /// still re-verified at `requeue_after`.
-    GiveUp { reason: &'static str },
+    GiveUp { reason: conditions::Reason },
 }
 
 impl Action {
@@ -237,18 +235,28 @@ impl EventKind {
         )
     }
 
+    /// The event that announces a `Stalled=True` condition.
+    pub fn for_stalled(
+        stalled: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    ) -> Self {
+        stalled
+            .reason
+            .parse()
+            .map_or(Self::ResolveFailed, Self::for_stalled_reason)
+    }
+
     /// The event that announces `Stalled=True` with `reason`: one mapping for both kinds.
-    pub fn for_stalled_reason(reason: &str) -> Self {
-        use conditions::reason as r;
+    pub fn for_stalled_reason(reason: conditions::Reason) -> Self {
+        use conditions::Reason;
         match reason {
-            r::INVALID_SPEC => Self::InvalidSpec,
-            r::FORBIDDEN => Self::PermissionDenied,
-            r::REPROCESS_EXHAUSTED => Self::ReprocessExhausted,
-            r::DELIVERY_STUCK => Self::DeliveryStuck,
-            r::DELIVERY_FAILED => Self::DeliveryFailed,
-            r::EXPIRED => Self::Expired,
-            r::REQUEST_DENIED => Self::RequestDenied,
-            r::REJECTED => Self::ActionFailed,
+            Reason::InvalidSpec => Self::InvalidSpec,
+            Reason::Forbidden => Self::PermissionDenied,
+            Reason::ReprocessExhausted => Self::ReprocessExhausted,
+            Reason::DeliveryStuck => Self::DeliveryStuck,
+            Reason::DeliveryFailed => Self::DeliveryFailed,
+            Reason::Expired => Self::Expired,
+            Reason::RequestDenied => Self::RequestDenied,
+            Reason::Rejected => Self::ActionFailed,
             _ => Self::ResolveFailed,
         }
     }
@@ -370,7 +378,7 @@ mod tests {
         );
         assert!(
             !Action::Wait {
-                reason: "Reprocessing"
+                reason: conditions::Reason::Reprocessing
             }
             .is_write()
         );

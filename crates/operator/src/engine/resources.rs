@@ -2,10 +2,65 @@
 
 use crate::graph::models::ResourceRoleScope;
 
-/// `originSystem` of Entra groups.
-pub const AAD_GROUP: &str = "AadGroup";
-/// `originSystem` of applications (service principals with app roles).
-pub const AAD_APPLICATION: &str = "AadApplication";
+/// A resource's `originSystem`: where entitlement management delivers it. Graph may add
+/// systems, so the set stays open ([`OriginSystem::Other`]) and text round-trips exactly.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum OriginSystem {
+    /// Entra groups (membership or ownership).
+    AadGroup,
+    /// Applications: app role assignments on a service principal.
+    AadApplication,
+    /// SharePoint Online sites.
+    SharePointOnline,
+    /// Graph sent no `originSystem`.
+    Missing,
+    /// A system Redeliver does not know, kept as Graph spelled it.
+    Other(String),
+}
+
+impl OriginSystem {
+    /// Reads Graph's text (trimmed; empty means [`OriginSystem::Missing`]).
+    pub fn parse(text: &str) -> Self {
+        match text.trim() {
+            "AadGroup" => Self::AadGroup,
+            "AadApplication" => Self::AadApplication,
+            "SharePointOnline" => Self::SharePointOnline,
+            "" => Self::Missing,
+            other => Self::Other(other.to_string()),
+        }
+    }
+
+    /// The wire text, as Graph and `status.resources[].originSystem` spell it.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::AadGroup => "AadGroup",
+            Self::AadApplication => "AadApplication",
+            Self::SharePointOnline => "SharePointOnline",
+            Self::Missing => "",
+            Self::Other(text) => text,
+        }
+    }
+}
+
+// Ordered by wire text, so status lists resources in the same order whatever the enum's
+// variant order.
+impl Ord for OriginSystem {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for OriginSystem {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq<OriginSystem> for String {
+    fn eq(&self, other: &OriginSystem) -> bool {
+        self == other.as_str()
+    }
+}
 
 /// How a promised resource is verified.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,8 +82,8 @@ pub enum ResourceKind {
 /// One resource role a package grants, decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PromisedResource {
-    /// `AadGroup`, `AadApplication`, `SharePointOnline`, ... (empty when Graph sent none).
-    pub origin_system: String,
+    /// Where entitlement management delivers it.
+    pub origin_system: OriginSystem,
     /// The scope's `originId`: group id, service principal id, site URL.
     pub origin_id: String,
     /// Display name of the scope (falls back to the origin id).
@@ -89,11 +144,12 @@ pub fn promised_resources(scopes: &[ResourceRoleScope]) -> Vec<PromisedResource>
 fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
     let role = rrs.role.as_ref();
     let scope = rrs.scope.as_ref();
-    let origin_system = scope
-        .and_then(|s| non_empty(&s.origin_system))
-        .or_else(|| role.and_then(|r| non_empty(&r.origin_system)))
-        .unwrap_or_default()
-        .to_string();
+    let origin_system = OriginSystem::parse(
+        scope
+            .and_then(|s| non_empty(&s.origin_system))
+            .or_else(|| role.and_then(|r| non_empty(&r.origin_system)))
+            .unwrap_or_default(),
+    );
     let scope_origin = scope.and_then(|s| non_empty(&s.origin_id));
     let role_origin = role.and_then(|r| non_empty(&r.origin_id));
     let role_name = role
@@ -133,8 +189,8 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
             ),
         );
     }
-    match origin_system.as_str() {
-        AAD_GROUP => {
+    match &origin_system {
+        OriginSystem::AadGroup => {
             let Some(role_origin) = role_origin else {
                 return unverifiable(resource, "group role has no originId; cannot verify".into());
             };
@@ -176,7 +232,7 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                 ),
             }
         }
-        AAD_APPLICATION => match (scope_origin, role_origin) {
+        OriginSystem::AadApplication => match (scope_origin, role_origin) {
             (Some(sp), Some(app_role)) => {
                 resource.kind = ResourceKind::AppRole {
                     service_principal_id: sp.to_string(),
@@ -189,10 +245,15 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                 "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
             ),
         },
-        "" => unverifiable(resource, "resource has no originSystem; cannot verify".into()),
-        other => unverifiable(
+        OriginSystem::Missing => {
+            unverifiable(resource, "resource has no originSystem; cannot verify".into())
+        }
+        other @ (OriginSystem::SharePointOnline | OriginSystem::Other(_)) => unverifiable(
             resource,
-            format!("{other} resources cannot be verified through Graph directory APIs"),
+            format!(
+                "{} resources cannot be verified through Graph directory APIs",
+                other.as_str()
+            ),
         ),
     }
 }
@@ -232,8 +293,8 @@ mod tests {
     #[test]
     fn decodes_group_member_and_owner() {
         let r = promised_resources(&[
-            rrs("1", AAD_GROUP, "g1", "fin-readers", "Member_g1", "Member"),
-            rrs("2", AAD_GROUP, "g2", "fin-admins", "Owner_g2", "Owner"),
+            rrs("1", "AadGroup", "g1", "fin-readers", "Member_g1", "Member"),
+            rrs("2", "AadGroup", "g2", "fin-admins", "Owner_g2", "Owner"),
         ]);
         assert_eq!(r.len(), 2);
         assert_eq!(r[0].display_name, "fin-admins");
@@ -257,7 +318,7 @@ mod tests {
     fn decodes_app_role() {
         let r = promised_resources(&[rrs(
             "1",
-            AAD_APPLICATION,
+            "AadApplication",
             "sp1",
             "Payroll",
             "role-1",
@@ -294,10 +355,10 @@ mod tests {
     #[test]
     fn malformed_group_roles_are_unverifiable_not_panics() {
         let r = promised_resources(&[
-            rrs("1", AAD_GROUP, "g1", "a", "Guest_g1", "Guest"),
-            rrs("2", AAD_GROUP, "g2", "b", "Member_", "Member"),
-            rrs("3", AAD_GROUP, "g3", "c", "Member_g4", "Member"),
-            rrs("4", AAD_GROUP, "g5", "d", "", "Member"),
+            rrs("1", "AadGroup", "g1", "a", "Guest_g1", "Guest"),
+            rrs("2", "AadGroup", "g2", "b", "Member_", "Member"),
+            rrs("3", "AadGroup", "g3", "c", "Member_g4", "Member"),
+            rrs("4", "AadGroup", "g5", "d", "", "Member"),
         ]);
         assert_eq!(r.len(), 4);
         for p in &r {
@@ -311,9 +372,9 @@ mod tests {
 
     #[test]
     fn missing_role_or_scope_is_unverifiable() {
-        let mut x = rrs("1", AAD_GROUP, "g1", "a", "Member_g1", "Member");
+        let mut x = rrs("1", "AadGroup", "g1", "a", "Member_g1", "Member");
         x.role = None;
-        let mut y = rrs("2", AAD_APPLICATION, "sp", "b", "", "Role");
+        let mut y = rrs("2", "AadApplication", "sp", "b", "", "Role");
         y.scope.as_mut().unwrap().origin_id = None;
         let r = promised_resources(&[x, y, ResourceRoleScope::default()]);
         assert_eq!(r.len(), 3);
@@ -322,8 +383,8 @@ mod tests {
 
     #[test]
     fn sorted_and_deduplicated() {
-        let a = rrs("1", AAD_GROUP, "g1", "zeta", "Member_g1", "Member");
-        let b = rrs("2", AAD_GROUP, "g2", "alpha", "Member_g2", "Member");
+        let a = rrs("1", "AadGroup", "g1", "zeta", "Member_g1", "Member");
+        let b = rrs("2", "AadGroup", "g2", "alpha", "Member_g2", "Member");
         let r1 = promised_resources(&[a.clone(), b.clone(), a.clone()]);
         let r2 = promised_resources(&[b, a]);
         assert_eq!(r1, r2);
@@ -333,7 +394,7 @@ mod tests {
 
     #[test]
     fn missing_display_names_fall_back() {
-        let mut x = rrs("1", AAD_GROUP, "g1", "", "Member_g1", "");
+        let mut x = rrs("1", "AadGroup", "g1", "", "Member_g1", "");
         x.scope.as_mut().unwrap().display_name = None;
         let r = promised_resources(&[x]);
         assert_eq!(r[0].display_name, "g1");

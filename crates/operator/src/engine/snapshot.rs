@@ -284,7 +284,7 @@ mod tests {
     #[test]
     fn reads_needed_once_per_resource() {
         let r = |kind: ResourceKind| PromisedResource {
-            origin_system: String::new(),
+            origin_system: crate::engine::OriginSystem::Missing,
             origin_id: String::new(),
             display_name: String::new(),
             role: String::new(),
