@@ -172,10 +172,10 @@ impl Fx {
     }
 }
 
-fn cond<'a>(
-    plan: &'a Plan,
+fn cond(
+    plan: &Plan,
     type_: ConditionType,
-) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+) -> Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
     find(&plan.status.conditions, type_)
 }
 

@@ -208,7 +208,7 @@ pub fn to_time(ts: Timestamp) -> Time {
 }
 
 /// Finds a condition by type.
-pub fn find<'a>(conditions: &'a [Condition], type_: ConditionType) -> Option<&'a Condition> {
+pub fn find(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
     conditions.iter().find(|c| c.type_ == type_)
 }
 
@@ -660,6 +660,7 @@ mod tests {
             TYPE_ORDER.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
             ["Ready", "Delivered", "Reconciling", "Stalled"]
         );
-        assert!(String::from("True") == Status::True && "False" == Status::False);
+        let stored = String::from("True");
+        assert!(stored == Status::True && "False" == Status::False);
     }
 }
