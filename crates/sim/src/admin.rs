@@ -20,7 +20,8 @@ use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
     new_bucket,
 };
-use super::state::{World, canonical_assignment_state, canonical_request_state, status_for};
+use super::state::World;
+use super::states::{AssignmentState, RequestState};
 
 /// Why an admin operation was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -132,18 +133,17 @@ impl Shared {
 
     /// Forces an assignment's state (and matching status); stops its background work.
     pub fn admin_set_assignment_state(&self, id: &str, state: &str) -> AResult<()> {
-        let state = canonical_assignment_state(state).ok_or_else(|| {
-            AdminError::BadRequest(format!("{state:?} is not an assignment state"))
-        })?;
+        let state: AssignmentState = state
+            .parse()
+            .map_err(|_| AdminError::BadRequest(format!("{state:?} is not an assignment state")))?;
         let mut sim = self.lock();
         let now = sim.world.now();
         let a = sim
             .world
             .assignment_mut(id)
             .ok_or_else(|| AdminError::NotFound(format!("assignment {id}")))?;
-        a.state = state.into();
-        a.status = status_for(state).into();
-        a.expired = (state == "expired").then_some(now);
+        a.state = state;
+        a.expired = (state == AssignmentState::Expired).then_some(now);
         a.rev += 1;
         Ok(())
     }
@@ -156,8 +156,9 @@ impl Shared {
         state: &str,
         completed_ago: Option<&str>,
     ) -> AResult<()> {
-        let state = canonical_request_state(state)
-            .ok_or_else(|| AdminError::BadRequest(format!("{state:?} is not a request state")))?;
+        let state: RequestState = state
+            .parse()
+            .map_err(|_| AdminError::BadRequest(format!("{state:?} is not a request state")))?;
         let ago = completed_ago.map(parse_ago).transpose()?;
         let mut sim = self.lock();
         let now = sim.world.now();
@@ -165,16 +166,11 @@ impl Shared {
             .world
             .request_mut(id)
             .ok_or_else(|| AdminError::NotFound(format!("assignment request {id}")))?;
-        r.state = state.into();
-        r.status = status_for(state).into();
+        r.state = state;
         r.rev += 1;
         if let Some(ago) = ago {
             r.completed = Some(now - ago);
-        } else if !matches!(
-            state,
-            "submitted" | "pendingApproval" | "delivering" | "scheduled"
-        ) && r.completed.is_none()
-        {
+        } else if !state.is_open() && r.completed.is_none() {
             r.completed = Some(now);
         }
         Ok(())
@@ -340,13 +336,13 @@ impl Shared {
             "assignments": w.assignments.iter().map(|a| json!({
                 "id": a.id, "user": upn(&a.target_id),
                 "package": w.package(&a.package_id).map(|p| p.display_name.clone()),
-                "state": a.state, "status": a.status,
+                "state": a.state, "status": a.state.status(),
                 "missing": w.missing_grants(&a.id),
             })).collect::<Vec<_>>(),
             "requests": w.requests.iter().map(|r| json!({
                 "id": r.id, "type": r.request_type, "user": upn(&r.target_id),
                 "package": w.package(&r.package_id).map(|p| p.display_name.clone()),
-                "state": r.state, "status": r.status, "assignmentId": r.assignment_id,
+                "state": r.state, "status": r.state.status(), "assignmentId": r.assignment_id,
                 "completedDateTime": r.completed.map(ts),
             })).collect::<Vec<_>>(),
         })

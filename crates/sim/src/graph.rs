@@ -14,9 +14,9 @@ use super::odata::{
 };
 use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
-    Assignment, Grant, Package, Policy, Request, World, canonical_request_type, resource_id_for,
-    role_id_for, status_for,
+    Assignment, Grant, Package, Policy, Request, World, resource_id_for, role_id_for,
 };
+use super::states::{AssignmentState, RequestState, RequestType};
 
 pub(crate) fn ts(t: Timestamp) -> String {
     t.round(jiff::Unit::Second).unwrap_or(t).to_string()
@@ -1123,7 +1123,7 @@ fn assignment_json(w: &World, a: &Assignment, ex: &[Expand]) -> Value {
     let mut v = json!({
         "id": a.id,
         "state": a.state,
-        "status": a.status,
+        "status": a.state.status(),
         "expiredDateTime": ts_opt(a.expired),
         "schedule": schedule_json(Some(a.start), "noExpiration"),
         "customExtensionCalloutInstances": [],
@@ -1174,7 +1174,7 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                     "accesspackage/id" => Some(a.package_id.clone()),
                     "target/objectid" => Some(a.target_id.clone()),
                     "target/id" => w.user(&a.target_id).map(|u| u.subject_id.clone()),
-                    "state" => Some(a.state.clone()),
+                    "state" => Some(a.state.as_str().to_string()),
                     "assignmentpolicy/id" => Some(a.policy_id.clone()),
                     "id" => Some(a.id.clone()),
                     _ => None,
@@ -1198,7 +1198,7 @@ fn request_json(w: &World, r: &Request, ex: &[Expand]) -> Value {
         "id": r.id,
         "requestType": r.request_type,
         "state": r.state,
-        "status": r.status,
+        "status": r.state.status(),
         "createdDateTime": ts_opt(r.created),
         "completedDateTime": ts_opt(r.completed),
         "justification": r.justification,
@@ -1259,8 +1259,8 @@ fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
             f.as_ref().is_none_or(|f| {
                 f.eval(&|k| match k {
                     "accesspackage/id" => Some(r.package_id.clone()),
-                    "state" => Some(r.state.clone()),
-                    "requesttype" => Some(r.request_type.clone()),
+                    "state" => Some(r.state.as_str().to_string()),
+                    "requesttype" => Some(r.request_type.as_str().to_string()),
                     "id" => Some(r.id.clone()),
                     _ => None,
                 })
@@ -1290,8 +1290,9 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
         .ok_or_else(|| {
             bad("The request body must contain 'requestType' (adminAdd or adminRemove).")
         })?;
-    let rtype = canonical_request_type(rtype_raw)
-        .ok_or_else(|| bad(format!("'{rtype_raw}' is not a valid requestType.")))?;
+    let rtype: RequestType = rtype_raw
+        .parse()
+        .map_err(|_| bad(format!("'{rtype_raw}' is not a valid requestType.")))?;
     let asg = v.get("assignment").cloned().unwrap_or(Value::Null);
     let field = |k: &str| asg.get(k).and_then(Value::as_str).map(str::to_string);
     let justification = v
@@ -1302,7 +1303,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
     let w = &mut sim.world;
     let now = w.now();
     match rtype {
-        "adminAdd" => {
+        RequestType::AdminAdd => {
             // SDK snippets send targetId; some callers send target.objectId instead.
             let target = field("targetId")
                 .or_else(|| {
@@ -1344,22 +1345,17 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
                 )));
             }
             let pol = pol.id.clone();
-            if w.assignments
-                .iter()
-                .any(|a| a.target_id == user_id && a.package_id == pkg && a.state != "expired")
-            {
+            if w.assignments.iter().any(|a| {
+                a.target_id == user_id && a.package_id == pkg && a.state != AssignmentState::Expired
+            }) {
                 return Err(bad(
                     "The target already has an active assignment for this access package (ExistingAssignment).",
                 ));
             }
-            if w.requests.iter().any(|r| {
-                r.target_id == user_id
-                    && r.package_id == pkg
-                    && matches!(
-                        r.state.as_str(),
-                        "submitted" | "pendingApproval" | "delivering" | "scheduled"
-                    )
-            }) {
+            if w.requests
+                .iter()
+                .any(|r| r.target_id == user_id && r.package_id == pkg && r.state.is_open())
+            {
                 return Err(bad(
                     "The target already has an open request for this access package (ExistingOpenRequest).",
                 ));
@@ -1367,9 +1363,8 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             let id = w.next_id();
             w.requests.push(Request {
                 id: id.clone(),
-                request_type: "adminAdd".into(),
-                state: "submitted".into(),
-                status: "Accepted".into(),
+                request_type: RequestType::AdminAdd,
+                state: RequestState::Submitted,
                 created: Some(now),
                 completed: None,
                 package_id: pkg,
@@ -1385,7 +1380,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             spawn_add(shared.clone(), epoch, id);
             Ok(Reply::json(201, body))
         }
-        "adminRemove" => {
+        RequestType::AdminRemove => {
             let aid = field("id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
             if !is_guid(&aid) {
                 return Err(bad(format!("assignment.id '{aid}' is not a GUID.")));
@@ -1393,7 +1388,7 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             let a = w
                 .assignment(&aid)
                 .ok_or_else(|| bad(format!("The assignment '{aid}' was not found.")))?;
-            if a.state == "expired" {
+            if a.state == AssignmentState::Expired {
                 return Err(bad(format!("The assignment '{aid}' is already expired.")));
             }
             let (pkg, pol, target, aid) = (
@@ -1404,8 +1399,8 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             );
             if w.requests.iter().any(|r| {
                 r.assignment_id.as_deref() == Some(aid.as_str())
-                    && r.request_type == "adminRemove"
-                    && matches!(r.state.as_str(), "submitted" | "delivering")
+                    && r.request_type == RequestType::AdminRemove
+                    && matches!(r.state, RequestState::Submitted | RequestState::Delivering)
             }) {
                 return Err(bad(
                     "A removal of this assignment is already in progress (ExistingOpenRequest).",
@@ -1414,9 +1409,8 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             let id = w.next_id();
             w.requests.push(Request {
                 id: id.clone(),
-                request_type: "adminRemove".into(),
-                state: "submitted".into(),
-                status: "Accepted".into(),
+                request_type: RequestType::AdminRemove,
+                state: RequestState::Submitted,
                 created: Some(now),
                 completed: None,
                 package_id: pkg,
@@ -1430,7 +1424,8 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
             Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
         }
         other => Err(bad(format!(
-            "requestType '{other}' is not supported by the simulator; use adminAdd or adminRemove."
+            "requestType '{}' is not supported by the simulator; use adminAdd or adminRemove.",
+            other.as_str()
         ))),
     }
 }
@@ -1440,9 +1435,9 @@ fn created_json(w: &World, id: &str, base: &str) -> Value {
     json!({
         "@odata.context": format!("{}/v1.0/$metadata#identityGovernance/entitlementManagement/assignmentRequests/$entity", base),
         "id": id,
-        "requestType": r.map(|r| r.request_type.clone()),
-        "state": "submitted",
-        "status": "Accepted",
+        "requestType": r.map(|r| r.request_type),
+        "state": RequestState::Submitted,
+        "status": RequestState::Submitted.status(),
         "createdDateTime": null,
         "completedDateTime": null,
         "justification": r.and_then(|r| r.justification.clone()),
@@ -1459,8 +1454,8 @@ fn with_epoch(shared: &Shared, epoch: u64, f: impl FnOnce(&mut Sim)) {
     }
 }
 
-fn request_rev(w: &World, id: &str) -> Option<(u64, String)> {
-    w.request(id).map(|r| (r.rev, r.state.clone()))
+fn request_rev(w: &World, id: &str) -> Option<(u64, RequestState)> {
+    w.request(id).map(|r| (r.rev, r.state))
 }
 
 fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
@@ -1472,7 +1467,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
         let mut proceed = false;
         with_epoch(&shared, epoch, |sim| {
             let w = &mut sim.world;
-            if request_rev(w, &req_id) != Some((0, "submitted".into())) {
+            if request_rev(w, &req_id) != Some((0, RequestState::Submitted)) {
                 return;
             }
             let aid = w.next_id();
@@ -1480,8 +1475,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
             let Some(r) = w.request_mut(&req_id) else {
                 return;
             };
-            r.state = "delivering".into();
-            r.status = "Delivering".into();
+            r.state = RequestState::Delivering;
             r.assignment_id = Some(aid.clone());
             let (pkg, pol, target) = (
                 r.package_id.clone(),
@@ -1493,8 +1487,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
                 package_id: pkg,
                 policy_id: pol,
                 target_id: target,
-                state: "delivering".into(),
-                status: "Delivering".into(),
+                state: AssignmentState::Delivering,
                 start: now,
                 expired: None,
                 rev: 0,
@@ -1508,7 +1501,7 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
         with_epoch(&shared, epoch, |sim| {
             let outcome = sim.planned.remove(&req_id).unwrap_or(AddOutcome::Deliver);
             let w = &mut sim.world;
-            if request_rev(w, &req_id) != Some((0, "delivering".into())) {
+            if request_rev(w, &req_id) != Some((0, RequestState::Delivering)) {
                 return;
             }
             let Some(r) = w.request(&req_id) else { return };
@@ -1519,31 +1512,29 @@ fn spawn_add(shared: Arc<Shared>, epoch: u64, req_id: String) {
             );
             let asg_ok = w
                 .assignment(&aid)
-                .is_some_and(|a| a.rev == 0 && a.state == "delivering");
+                .is_some_and(|a| a.rev == 0 && a.state == AssignmentState::Delivering);
             if !asg_ok {
                 return;
             }
             let state = match outcome {
                 // Stays delivering forever, as Graph sometimes does.
                 AddOutcome::Stuck => return,
-                AddOutcome::Fail => "deliveryFailed",
+                AddOutcome::Fail => AssignmentState::DeliveryFailed,
                 AddOutcome::Partial => {
                     w.deliver_package_except_first(&pkg, &target);
-                    "partiallyDelivered"
+                    AssignmentState::PartiallyDelivered
                 }
                 AddOutcome::Deliver => {
                     w.deliver_package(&pkg, &target);
-                    "delivered"
+                    AssignmentState::Delivered
                 }
             };
             let now = w.now();
             if let Some(a) = w.assignment_mut(&aid) {
-                a.state = state.into();
-                a.status = status_for(state).into();
+                a.state = state;
             }
             if let Some(r) = w.request_mut(&req_id) {
-                r.state = state.into();
-                r.status = status_for(state).into();
+                r.state = RequestState::creating(state);
                 r.completed = Some(now);
             }
         });
@@ -1559,12 +1550,11 @@ fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
         let mut proceed = false;
         with_epoch(&shared, epoch, |sim| {
             let w = &mut sim.world;
-            if request_rev(w, &req_id) != Some((0, "submitted".into())) {
+            if request_rev(w, &req_id) != Some((0, RequestState::Submitted)) {
                 return;
             }
             if let Some(r) = w.request_mut(&req_id) {
-                r.state = "delivering".into();
-                r.status = "Delivering".into();
+                r.state = RequestState::Delivering;
                 proceed = true;
             }
         });
@@ -1574,7 +1564,7 @@ fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
         tokio::time::sleep(delay).await;
         with_epoch(&shared, epoch, |sim| {
             let w = &mut sim.world;
-            if request_rev(w, &req_id) != Some((0, "delivering".into())) {
+            if request_rev(w, &req_id) != Some((0, RequestState::Delivering)) {
                 return;
             }
             let Some(r) = w.request(&req_id) else { return };
@@ -1586,14 +1576,12 @@ fn spawn_remove(shared: Arc<Shared>, epoch: u64, req_id: String) {
             let now = w.now();
             // Mark first so revoke_package does not count this assignment as still promising.
             if let Some(a) = w.assignment_mut(&aid) {
-                a.state = "expired".into();
-                a.status = "Expired".into();
+                a.state = AssignmentState::Expired;
                 a.expired = Some(now);
             }
             w.revoke_package(&pkg, &target, &aid);
             if let Some(r) = w.request_mut(&req_id) {
-                r.state = "delivered".into();
-                r.status = "Delivered".into();
+                r.state = RequestState::Delivered;
                 r.completed = Some(now);
             }
         });
@@ -1606,10 +1594,11 @@ fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResul
         .world
         .assignment(id)
         .ok_or_else(|| em_not_found("assignment", id))?;
-    if a.state != "delivered" {
+    if a.state != AssignmentState::Delivered {
         return Err(bad(format!(
             "The assignment '{}' is in state '{}'; only delivered assignments can be reprocessed.",
-            a.id, a.state
+            a.id,
+            a.state.as_str()
         )));
     }
     let aid = a.id.clone();
@@ -1625,7 +1614,7 @@ fn reprocess_assignment(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResul
             }
             let w = &mut sim.world;
             let Some(a) = w.assignment(&aid) else { return };
-            if a.state != "delivered" {
+            if a.state != AssignmentState::Delivered {
                 return;
             }
             let (pkg, target) = (a.package_id.clone(), a.target_id.clone());
@@ -1646,10 +1635,11 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
     let r = w
         .request(id)
         .ok_or_else(|| em_not_found("assignment request", id))?;
-    if !matches!(r.state.as_str(), "deliveryFailed" | "partiallyDelivered") {
+    if !r.state.is_failed() {
         return Err(bad(format!(
             "The request '{}' is in state '{}'; only deliveryFailed or partiallyDelivered requests can be reprocessed.",
-            r.id, r.state
+            r.id,
+            r.state.as_str()
         )));
     }
     let in_window = r
@@ -1662,19 +1652,17 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
         )));
     }
     let rid = r.id.clone();
-    let prev_state = r.state.clone();
+    let prev_state = r.state;
     let aid = r.assignment_id.clone();
     let prev_asg_state = aid
         .as_deref()
         .and_then(|a| w.assignment(a))
-        .map(|a| a.state.clone());
+        .map(|a| a.state);
     if let Some(r) = w.request_mut(&rid) {
-        r.state = "delivering".into();
-        r.status = "Delivering".into();
+        r.state = RequestState::Delivering;
     }
     if let Some(a) = aid.as_deref().and_then(|a| w.assignment_mut(a)) {
-        a.state = "delivering".into();
-        a.status = "Delivering".into();
+        a.state = AssignmentState::Delivering;
     }
     let rev = w.request(&rid).map(|r| r.rev).unwrap_or_default();
     let shared = shared.clone();
@@ -1686,7 +1674,7 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
             let silent = sim.is_silent(&[&rid, aid.as_deref().unwrap_or("")]);
             let w = &mut sim.world;
             let Some(r) = w.request(&rid) else { return };
-            if r.rev != rev || r.state != "delivering" {
+            if r.rev != rev || r.state != RequestState::Delivering {
                 return;
             }
             let (pkg, pol, target) = (
@@ -1696,15 +1684,13 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
             );
             if silent {
                 if let Some(r) = w.request_mut(&rid) {
-                    r.state = prev_state.clone();
-                    r.status = status_for(&prev_state).into();
+                    r.state = prev_state;
                 }
                 if let (Some(a), Some(s)) = (
                     aid.as_deref().and_then(|a| w.assignment_mut(a)),
                     prev_asg_state,
                 ) {
-                    a.state = s.clone();
-                    a.status = status_for(&s).into();
+                    a.state = s;
                 }
                 return;
             }
@@ -1718,8 +1704,7 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
                         package_id: pkg.clone(),
                         policy_id: pol,
                         target_id: target.clone(),
-                        state: "delivering".into(),
-                        status: "Delivering".into(),
+                        state: AssignmentState::Delivering,
                         start: now,
                         expired: None,
                         rev: 0,
@@ -1729,12 +1714,10 @@ fn reprocess_request(shared: &Arc<Shared>, sim: &mut Sim, id: &str) -> GResult {
             };
             w.deliver_package(&pkg, &target);
             if let Some(a) = w.assignment_mut(&aid) {
-                a.state = "delivered".into();
-                a.status = "Delivered".into();
+                a.state = AssignmentState::Delivered;
             }
             if let Some(r) = w.request_mut(&rid) {
-                r.state = "delivered".into();
-                r.status = "Delivered".into();
+                r.state = RequestState::Delivered;
                 r.completed = Some(now);
                 r.assignment_id = Some(aid);
             }
@@ -1750,22 +1733,14 @@ fn cancel_request(sim: &mut Sim, id: &str) -> GResult {
     let r = w
         .request_mut(id)
         .ok_or_else(|| em_not_found("assignment request", id))?;
-    if !matches!(
-        r.state.as_str(),
-        "submitted"
-            | "pendingApproval"
-            | "scheduled"
-            | "delivering"
-            | "deliveryFailed"
-            | "partiallyDelivered"
-    ) {
+    if !(r.state.is_open() || r.state.is_failed()) {
         return Err(bad(format!(
             "The request '{}' in state '{}' cannot be canceled.",
-            r.id, r.state
+            r.id,
+            r.state.as_str()
         )));
     }
-    r.state = "canceled".into();
-    r.status = "Canceled".into();
+    r.state = RequestState::Canceled;
     r.completed = Some(now);
     r.rev += 1;
     Ok(Reply::empty(200))

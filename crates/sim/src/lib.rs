@@ -18,6 +18,7 @@ mod odata;
 mod scenario;
 mod server;
 mod state;
+mod states;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -541,7 +542,11 @@ impl SimHandle {
         w.assignments
             .iter()
             .rev()
-            .find(|a| a.target_id == uid && a.package_id == pkg && a.state != "expired")
+            .find(|a| {
+                a.target_id == uid
+                    && a.package_id == pkg
+                    && a.state != states::AssignmentState::Expired
+            })
             .map(|a| a.id.clone())
     }
 
@@ -551,7 +556,7 @@ impl SimHandle {
             .lock()
             .world
             .assignment(id)
-            .map(|a| a.state.clone())
+            .map(|a| a.state.as_str().to_string())
     }
 
     /// Current state literal of a request.
@@ -560,7 +565,7 @@ impl SimHandle {
             .lock()
             .world
             .request(id)
-            .map(|r| r.state.clone())
+            .map(|r| r.state.as_str().to_string())
     }
 
     /// Names of the groups/apps an assignment promises that are not really in place.

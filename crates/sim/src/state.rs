@@ -8,6 +8,8 @@ use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::scenario::{ResourceSpec, Scenario, ScenarioError, derive_id};
+use super::states::{AssignmentState, RequestState, RequestType, one_of};
+use strum::VariantNames;
 
 /// App role id used for "Default Access" (apps without roles).
 pub(crate) const DEFAULT_ACCESS_ROLE: &str = "00000000-0000-0000-0000-000000000000";
@@ -110,8 +112,7 @@ pub(crate) struct Assignment {
     pub package_id: String,
     pub policy_id: String,
     pub target_id: String,
-    pub state: String,
-    pub status: String,
+    pub state: AssignmentState,
     pub start: Timestamp,
     pub expired: Option<Timestamp>,
     /// Bumped whenever the admin API forces a state, so in-flight background work
@@ -122,9 +123,8 @@ pub(crate) struct Assignment {
 #[derive(Debug, Clone)]
 pub(crate) struct Request {
     pub id: String,
-    pub request_type: String,
-    pub state: String,
-    pub status: String,
+    pub request_type: RequestType,
+    pub state: RequestState,
     pub created: Option<Timestamp>,
     pub completed: Option<Timestamp>,
     pub package_id: String,
@@ -432,15 +432,18 @@ impl World {
 
         for (i, a) in spec.assignments.iter().enumerate() {
             let field = format!("spec.assignments[{i}]");
-            let state = a.state.clone().unwrap_or_else(|| "delivered".into());
-            let state = canonical_assignment_state(&state).ok_or_else(|| {
-                ScenarioError::invalid(
-                    format!("{field}.state"),
-                    format!(
-                        "{state:?} is not an assignment state (delivered, partiallyDelivered, deliveryFailed, delivering, expired)"
-                    ),
-                )
-            })?;
+            let state = match a.state.as_deref() {
+                None => AssignmentState::Delivered,
+                Some(text) => text.parse().map_err(|_| {
+                    ScenarioError::invalid(
+                        format!("{field}.state"),
+                        format!(
+                            "{text:?} is not an assignment state ({})",
+                            one_of(AssignmentState::VARIANTS)
+                        ),
+                    )
+                })?,
+            };
             let aid = w.scenario_assignment(
                 &field,
                 &a.user,
@@ -452,10 +455,7 @@ impl World {
                 created,
             )?;
             // Every real assignment was created by a request; give each one its adminAdd.
-            let req_state = match state {
-                "expired" => "delivered",
-                s => s,
-            };
+            let req_state = RequestState::creating(state);
             let (pkg, pol, target) = {
                 // scenario_assignment just pushed it; a lookup by id would make loading
                 // quadratic for large synthetic tenants.
@@ -477,12 +477,11 @@ impl World {
                 "request",
                 &format!("{}/{}/implicit", a.user, a.package),
             );
-            let completed = (req_state != "delivering").then_some(created);
+            let completed = (!req_state.is_open()).then_some(created);
             w.requests.push(Request {
                 id: rid,
-                request_type: "adminAdd".into(),
-                state: req_state.into(),
-                status: status_for(req_state).into(),
+                request_type: RequestType::AdminAdd,
+                state: req_state,
                 created: Some(created),
                 completed,
                 package_id: pkg,
@@ -628,7 +627,7 @@ impl World {
         package: &str,
         policy: Option<&str>,
         id: Option<&str>,
-        state: &'static str,
+        state: AssignmentState,
         missing: &[String],
         start: Timestamp,
     ) -> Result<String, ScenarioError> {
@@ -667,7 +666,10 @@ impl World {
                 ));
             }
         }
-        if matches!(state, "delivered" | "partiallyDelivered") {
+        if matches!(
+            state,
+            AssignmentState::Delivered | AssignmentState::PartiallyDelivered
+        ) {
             let grants: Vec<Grant> = self.packages[pkg_idx]
                 .role_scopes
                 .iter()
@@ -688,10 +690,9 @@ impl World {
             package_id: pkg_id,
             policy_id: pol_id,
             target_id: uid,
-            state: state.into(),
-            status: status_for(state).into(),
+            state,
             start,
-            expired: (state == "expired").then_some(start),
+            expired: (state == AssignmentState::Expired).then_some(start),
             rev: 0,
         });
         Ok(aid)
@@ -703,19 +704,25 @@ impl World {
         r: &super::scenario::RequestSpec,
         now: Timestamp,
     ) -> Result<(), ScenarioError> {
-        let rtype = r.request_type.clone().unwrap_or_else(|| "adminAdd".into());
-        let rtype = canonical_request_type(&rtype).ok_or_else(|| {
-            ScenarioError::invalid(
-                format!("{field}.type"),
-                format!("{rtype:?} is not a request type (adminAdd, adminRemove, ...)"),
-            )
-        })?;
-        let state = canonical_request_state(&r.state).ok_or_else(|| {
+        let rtype = match r.request_type.as_deref() {
+            None => RequestType::AdminAdd,
+            Some(text) => text.parse().map_err(|_| {
+                ScenarioError::invalid(
+                    format!("{field}.type"),
+                    format!(
+                        "{text:?} is not a request type ({})",
+                        one_of(RequestType::VARIANTS)
+                    ),
+                )
+            })?,
+        };
+        let state: RequestState = r.state.parse().map_err(|_| {
             ScenarioError::invalid(
                 format!("{field}.state"),
                 format!(
-                    "{:?} is not a request state (deliveryFailed, delivered, ...)",
-                    r.state
+                    "{:?} is not a request state ({})",
+                    r.state,
+                    one_of(RequestState::VARIANTS)
                 ),
             )
         })?;
@@ -732,20 +739,25 @@ impl World {
             None => derive_id(
                 self.seed(),
                 "request",
-                &format!("{}/{}/{}/{}", r.user, r.package, rtype, field),
+                &format!("{}/{}/{}/{}", r.user, r.package, rtype.as_str(), field),
             ),
         };
         let existing = self
             .assignments
             .iter()
-            .find(|a| a.target_id == uid && a.package_id == pkg_id && a.state != "expired")
+            .find(|a| {
+                a.target_id == uid && a.package_id == pkg_id && a.state != AssignmentState::Expired
+            })
             .map(|a| a.id.clone());
         let assignment_id = match existing {
             Some(id) => Some(id),
-            None if matches!(rtype, "adminAdd" | "userAdd" | "systemAdd")
+            None if rtype.adds()
                 && matches!(
                     state,
-                    "deliveryFailed" | "partiallyDelivered" | "delivered" | "delivering"
+                    RequestState::DeliveryFailed
+                        | RequestState::PartiallyDelivered
+                        | RequestState::Delivered
+                        | RequestState::Delivering
                 ) =>
             {
                 Some(self.scenario_assignment(
@@ -754,7 +766,12 @@ impl World {
                     &r.package,
                     r.policy.as_deref(),
                     None,
-                    canonical_assignment_state(state).unwrap_or("deliveryFailed"),
+                    match state {
+                        RequestState::PartiallyDelivered => AssignmentState::PartiallyDelivered,
+                        RequestState::Delivered => AssignmentState::Delivered,
+                        RequestState::Delivering => AssignmentState::Delivering,
+                        _ => AssignmentState::DeliveryFailed,
+                    },
                     &r.missing,
                     completed,
                 )?)
@@ -763,12 +780,10 @@ impl World {
         };
         self.requests.push(Request {
             id: rid,
-            request_type: rtype.into(),
-            state: state.into(),
-            status: status_for(state).into(),
+            request_type: rtype,
+            state,
             created: Some(completed - SignedDuration::from_mins(5)),
-            completed: (!matches!(state, "submitted" | "pendingApproval" | "delivering"))
-                .then_some(completed),
+            completed: (!state.is_open()).then_some(completed),
             package_id: pkg_id,
             policy_id: pol_id,
             target_id: uid,
@@ -812,71 +827,6 @@ pub(crate) fn scope_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> S
 /// Id of a catalog resource.
 pub(crate) fn resource_id_for(seed: u64, catalog_id: &str, scope_origin: &str) -> String {
     derive_id(seed, "resource", &format!("{catalog_id}/{scope_origin}"))
-}
-
-/// Canonical wire literal for an assignment state (case-insensitive input).
-pub(crate) fn canonical_assignment_state(s: &str) -> Option<&'static str> {
-    [
-        "delivering",
-        "partiallyDelivered",
-        "delivered",
-        "expired",
-        "deliveryFailed",
-    ]
-    .into_iter()
-    .find(|c| c.eq_ignore_ascii_case(s))
-}
-
-/// Canonical wire literal for a request state (case-insensitive input).
-pub(crate) fn canonical_request_state(s: &str) -> Option<&'static str> {
-    [
-        "submitted",
-        "pendingApproval",
-        "delivering",
-        "delivered",
-        "deliveryFailed",
-        "denied",
-        "scheduled",
-        "canceled",
-        "partiallyDelivered",
-    ]
-    .into_iter()
-    .find(|c| c.eq_ignore_ascii_case(s))
-}
-
-/// Canonical wire literal for a request type (case-insensitive input).
-pub(crate) fn canonical_request_type(s: &str) -> Option<&'static str> {
-    [
-        "notSpecified",
-        "userAdd",
-        "userUpdate",
-        "userRemove",
-        "adminAdd",
-        "adminUpdate",
-        "adminRemove",
-        "systemAdd",
-        "systemUpdate",
-        "systemRemove",
-    ]
-    .into_iter()
-    .find(|c| c.eq_ignore_ascii_case(s))
-}
-
-/// The capitalised free-text `status` the simulator pairs with a state literal.
-pub(crate) fn status_for(state: &str) -> &'static str {
-    match state {
-        "submitted" => "Accepted",
-        "pendingApproval" => "PendingApproval",
-        "delivering" => "Delivering",
-        "delivered" => "Delivered",
-        "deliveryFailed" => "DeliveryFailed",
-        "partiallyDelivered" => "PartiallyDelivered",
-        "expired" => "Expired",
-        "denied" => "Denied",
-        "scheduled" => "Scheduled",
-        "canceled" => "Canceled",
-        _ => "Unknown",
-    }
 }
 
 impl World {
@@ -1260,10 +1210,7 @@ impl World {
             .filter(|a| {
                 a.target_id == user_id
                     && !a.id.eq_ignore_ascii_case(except_assignment)
-                    && matches!(
-                        a.state.as_str(),
-                        "delivered" | "partiallyDelivered" | "delivering"
-                    )
+                    && a.state.promises_resources()
             })
             .filter_map(|a| self.package_index(&a.package_id))
             .collect();
@@ -1343,7 +1290,7 @@ mod tests {
         assert_eq!(w.missing_grants(&a.id), vec!["fin-writers"]);
         let dave = w.user_by_upn("dave@contoso.com").unwrap().id.clone();
         let failed = w.requests.iter().find(|r| r.target_id == dave).unwrap();
-        assert_eq!(failed.state, "deliveryFailed");
+        assert_eq!(failed.state, RequestState::DeliveryFailed);
         assert!(failed.assignment_id.is_some());
         assert!(
             w.requests
