@@ -551,92 +551,18 @@ impl<'a> Audit<'a> {
             .unwrap_or(0);
         // In flight: reprocessed in this run, by this guard or by another covering object.
         let in_flight = sweep.status.assignments.reprocessing > 0;
-        let mut rows: Vec<Row> = sweep
-            .drifted
-            .iter()
-            .map(|d| {
-                let by_other = ledger
-                    .get(&RepairKey::assignment(&d.assignment_id))
-                    .filter(|r| r.by != who)
-                    .map(|r| r.by.clone());
-                let refusal = refused.get(&d.assignment_id);
-                Row {
-                    declaration: declaration.clone(),
-                    target: d.target.clone(),
-                    package: package.clone(),
-                    assignment_id: Some(d.assignment_id.clone()),
-                    graph_status: "Delivered".into(),
-                    present: promised.saturating_sub(d.missing.len()),
-                    promised,
-                    verdict: if refusal.is_some() {
-                        Verdict::Error
-                    } else {
-                        Verdict::Drifted
-                    },
-                    action: if refusal.is_some() {
-                        RowAction::Failed
-                    } else if reprocessed.contains(&d.assignment_id) {
-                        RowAction::Reprocessed
-                    } else if sweep.reprocess.contains(&d.assignment_id) {
-                        RowAction::Planned {
-                            write: WriteKind::Reprocess,
-                            sent: self.repair,
-                        }
-                    } else if let Some(by) = by_other {
-                        RowAction::InFlightBy(by)
-                    } else {
-                        RowAction::ReportOnly
-                    },
-                    missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
-                    message: refusal
-                        .map(|e| format!("reprocess failed: {e}"))
-                        .unwrap_or_default(),
-                }
-            })
-            .collect();
-        let status = &sweep.status;
-        let counts = &status.assignments;
-        let stalled = engine::conditions::find(
-            &status.conditions,
-            engine::conditions::ConditionType::Stalled,
-        )
-        .filter(|c| c.status == engine::conditions::Status::True);
-        let summary = Row {
-            declaration: declaration.clone(),
-            target: format!("(all {} assignments)", counts.total),
+        let rows = GuardRows {
+            declaration: &declaration,
             package,
-            assignment_id: None,
-            graph_status: "-".into(),
-            present: usize::try_from(counts.delivered).unwrap_or(0),
-            promised: usize::try_from(counts.total).unwrap_or(0),
-            verdict: if !refused.is_empty() {
-                Verdict::Error
-            } else if stalled.is_some() {
-                Verdict::Stalled
-            } else if counts.drifted == 0 && counts.failed == 0 {
-                Verdict::Delivered
-            } else {
-                Verdict::Drifted
-            },
-            action: RowAction::GuardSweep,
-            missing: Vec::new(),
-            message: match stalled {
-                _ if !refused.is_empty() => format!(
-                    "{} reprocess(es) refused by Graph; see the rows marked failed.",
-                    refused.len()
-                ),
-                Some(c) => c.message.clone(),
-                None => format!(
-                    "{} delivered, {} drifted, {} failed, {} pending; {} unmanaged member(s)",
-                    counts.delivered,
-                    counts.drifted,
-                    counts.failed,
-                    counts.pending,
-                    status.unmanaged_members.count
-                ),
-            },
-        };
-        rows.insert(0, summary);
+            promised,
+            sweep: &sweep,
+            ledger: &ledger,
+            who: &who,
+            reprocessed: &reprocessed,
+            refused: &refused,
+            repair: self.repair,
+        }
+        .rows();
         GuardEval {
             rows,
             status: Some(sweep.status),
@@ -819,6 +745,116 @@ impl<'a> Audit<'a> {
                 .any(|r| matches!(r.action, RowAction::Reprocessed | RowAction::InFlightBy(_)));
         }
         done
+    }
+}
+
+/// Builds the report rows of one guard's sweep: a summary row, then one row per drifted
+/// assignment the sweep found.
+struct GuardRows<'a> {
+    declaration: &'a str,
+    package: String,
+    /// Verifiable resources the package promises.
+    promised: usize,
+    sweep: &'a engine::GuardPlan,
+    ledger: &'a RepairLedger,
+    /// `AccessPackageGuard ns/name`, as the ledger names the guard.
+    who: &'a str,
+    reprocessed: &'a BTreeSet<String>,
+    refused: &'a BTreeMap<String, String>,
+    repair: bool,
+}
+
+impl GuardRows<'_> {
+    fn rows(&self) -> Vec<Row> {
+        std::iter::once(self.summary())
+            .chain(self.sweep.drifted.iter().map(|d| self.drift(d)))
+            .collect()
+    }
+
+    fn drift(&self, d: &engine::GuardDrift) -> Row {
+        let by_other = self
+            .ledger
+            .get(&RepairKey::assignment(&d.assignment_id))
+            .filter(|r| r.by != self.who)
+            .map(|r| r.by.clone());
+        let refusal = self.refused.get(&d.assignment_id);
+        Row {
+            declaration: self.declaration.to_string(),
+            target: d.target.clone(),
+            package: self.package.clone(),
+            assignment_id: Some(d.assignment_id.clone()),
+            graph_status: "Delivered".into(),
+            present: self.promised.saturating_sub(d.missing.len()),
+            promised: self.promised,
+            verdict: if refusal.is_some() {
+                Verdict::Error
+            } else {
+                Verdict::Drifted
+            },
+            action: if refusal.is_some() {
+                RowAction::Failed
+            } else if self.reprocessed.contains(&d.assignment_id) {
+                RowAction::Reprocessed
+            } else if self.sweep.reprocess.contains(&d.assignment_id) {
+                RowAction::Planned {
+                    write: WriteKind::Reprocess,
+                    sent: self.repair,
+                }
+            } else if let Some(by) = by_other {
+                RowAction::InFlightBy(by)
+            } else {
+                RowAction::ReportOnly
+            },
+            missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
+            message: refusal
+                .map(|e| format!("reprocess failed: {e}"))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn summary(&self) -> Row {
+        let status = &self.sweep.status;
+        let counts = &status.assignments;
+        let stalled = engine::conditions::find(
+            &status.conditions,
+            engine::conditions::ConditionType::Stalled,
+        )
+        .filter(|c| c.status == engine::conditions::Status::True);
+        Row {
+            declaration: self.declaration.to_string(),
+            target: format!("(all {} assignments)", counts.total),
+            package: self.package.clone(),
+            assignment_id: None,
+            graph_status: "-".into(),
+            present: usize::try_from(counts.delivered).unwrap_or(0),
+            promised: usize::try_from(counts.total).unwrap_or(0),
+            verdict: if !self.refused.is_empty() {
+                Verdict::Error
+            } else if stalled.is_some() {
+                Verdict::Stalled
+            } else if counts.drifted == 0 && counts.failed == 0 {
+                Verdict::Delivered
+            } else {
+                Verdict::Drifted
+            },
+            action: RowAction::GuardSweep,
+            missing: Vec::new(),
+            message: match stalled {
+                _ if !self.refused.is_empty() => format!(
+                    "{} reprocess(es) refused by Graph; see the rows marked failed.",
+                    self.refused.len()
+                ),
+                Some(c) => c.message.clone(),
+                None => format!(
+                    "{} delivered, {} drifted, {} failed, {} pending; {} unmanaged member(s)",
+                    counts.delivered,
+                    counts.drifted,
+                    counts.failed,
+                    counts.pending,
+                    status.unmanaged_members.count
+                ),
+            },
+        }
     }
 }
 
