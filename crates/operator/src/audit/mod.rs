@@ -621,6 +621,13 @@ impl<'a> Audit<'a> {
         }
         let results = self.write_in_batches(progress).await;
         let done = results.values().filter(|r| r.is_ok()).count();
+        self.record_assignment_results(&results);
+        self.record_guard_results(&results);
+        done
+    }
+
+    /// Puts each declaration's write outcome into its row, status and ledger claim.
+    fn record_assignment_results(&mut self, results: &WriteResults) {
         for eval in &mut self.assignments {
             let Some(action) = eval.action.take() else {
                 continue;
@@ -688,6 +695,10 @@ impl<'a> Audit<'a> {
                 }
             }
         }
+    }
+
+    /// Puts each guard's reprocess outcomes into its rows and ledger claims.
+    fn record_guard_results(&mut self, results: &WriteResults) {
         for guard in &mut self.guards {
             let mut failed = 0usize;
             for assignment_id in std::mem::take(&mut guard.to_reprocess) {
@@ -744,7 +755,6 @@ impl<'a> Audit<'a> {
                 .iter()
                 .any(|r| matches!(r.action, RowAction::Reprocessed | RowAction::InFlightBy(_)));
         }
-        done
     }
 }
 
