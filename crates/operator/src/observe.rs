@@ -595,6 +595,22 @@ pub fn stable_message(err: &GraphError) -> String {
     }
 }
 
+/// The one classification of a failed write, for the controller and audit alike: a refusal
+/// (403, another final 4xx) is a failure the engine records as `Stalled`; anything else
+/// (throttling, 5xx, transport) is `None`, to be retried.
+pub fn action_failure(err: &GraphError) -> Option<crate::engine::ActionFailure> {
+    use crate::engine::{ActionFailure, ActionFailureKind};
+    err.is_refusal().then(|| ActionFailure {
+        kind: if err.is_forbidden() {
+            ActionFailureKind::Forbidden
+        } else {
+            ActionFailureKind::Rejected
+        },
+        // Lands in status: a stable sentence (the request id goes to the log).
+        message: stable_message(err),
+    })
+}
+
 /// A 403 will not fix itself: it becomes a failure reported on the object (and cached).
 /// Anything else is handed back to be retried later.
 fn forbidden_as_failure(err: GraphError, field: &str) -> Result<ResolveFailure, GraphError> {

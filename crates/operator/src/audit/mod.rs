@@ -664,12 +664,11 @@ impl<'a> Audit<'a> {
                     // A refused attempt stays counted in the ledger; one that failed in
                     // transit is undone.
                     eval.in_flight = false;
-                    if action_failure_kind(&err).is_none() {
+                    let failure = crate::observe::action_failure(&err);
+                    if failure.is_none() {
                         eval.undo.restore(&mut self.ledger.borrow_mut(), None);
                     }
-                    if let (Some(kind), Some(status)) =
-                        (action_failure_kind(&err), eval.status.take())
-                    {
+                    if let (Some(failure), Some(status)) = (failure, eval.status.take()) {
                         let mut plan = engine::Plan {
                             action: action.clone(),
                             status,
@@ -680,10 +679,7 @@ impl<'a> Audit<'a> {
                         };
                         engine::record_action_failure(
                             &mut plan,
-                            &engine::ActionFailure {
-                                kind,
-                                message: crate::observe::stable_message(&err),
-                            },
+                            &failure,
                             Duration::ZERO,
                             jiff::Timestamp::now(),
                         );
@@ -865,17 +861,6 @@ impl GuardRows<'_> {
                 ),
             },
         }
-    }
-}
-
-/// Which refusals of a write are final (reported as Stalled); transient failures are not.
-fn action_failure_kind(err: &crate::graph::GraphError) -> Option<engine::ActionFailureKind> {
-    if err.is_forbidden() {
-        Some(engine::ActionFailureKind::Forbidden)
-    } else if err.is_refusal() {
-        Some(engine::ActionFailureKind::Rejected)
-    } else {
-        None
     }
 }
 

@@ -23,12 +23,12 @@ use crate::api::{
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
 use crate::engine::{
-    ActionFailure, ActionFailureKind, AssignmentInput, Plan, assignment_status_changed,
-    plan_assignment, record_action_failure, record_request_submitted,
+    AssignmentInput, Plan, assignment_status_changed, plan_assignment, record_action_failure,
+    record_request_submitted,
 };
 use crate::graph::Written;
 use crate::graph::models::{Assignment, AssignmentState, RequestType};
-use crate::observe::{AssignmentObservation, observe_assignment, stable_message};
+use crate::observe::{AssignmentObservation, observe_assignment};
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageAssignment";
@@ -241,8 +241,12 @@ async fn execute(
             .invalidate_package(&ids.access_package_id, observed.resources())
             .await;
     }
-    match result {
-        Ok(()) => {
+    let refusal = result
+        .as_ref()
+        .err()
+        .and_then(crate::observe::action_failure);
+    match (result, refusal) {
+        (Ok(()), _) => {
             if is_reprocess {
                 ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
                 if let (Some(package), Some(assignment)) = (
@@ -254,27 +258,18 @@ async fn execute(
             }
             Ok(None)
         }
-        Err(err) if err.is_refusal() => {
+        (Err(err), Some(failure)) => {
             tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action");
             if is_reprocess {
                 ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
             }
-            let failure = ActionFailure {
-                kind: if err.is_forbidden() {
-                    ActionFailureKind::Forbidden
-                } else {
-                    ActionFailureKind::Rejected
-                },
-                // Lands in status: a stable sentence (the request id goes to the log).
-                message: stable_message(&err),
-            };
             let retry = ctx.engine.default_verify_interval;
             // The refused attempt stays counted (in status and in the ledger), so a refused
             // reprocess cannot loop.
             record_action_failure(plan, &failure, retry, now);
             Ok(None)
         }
-        Err(err) => {
+        (Err(err), None) => {
             if is_reprocess {
                 ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
                 // Nothing was done: the status must not claim a reprocess.
