@@ -192,7 +192,21 @@ impl Env {
         Env::start_with_sim(settings, SimOptions::fast()).await
     }
 
+    /// These tests assert every Kubernetes request in order, so the first-visit status is
+    /// always written first (`first_status_after` zero); [`Env::start_as_configured`] keeps
+    /// the operator's default.
     async fn start_with_sim(settings: Settings, opts: SimOptions) -> Env {
+        Env::start_as_configured(
+            Settings {
+                first_status_after: Duration::ZERO,
+                ..settings
+            },
+            opts,
+        )
+        .await
+    }
+
+    async fn start_as_configured(settings: Settings, opts: SimOptions) -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = Simulator::start(Scenario::demo(), opts).await.unwrap();
         let graph = crate::fault_support::graph_client(&sim).unwrap();
@@ -291,11 +305,7 @@ async fn first_visit_sets_conditions_then_verified_status_then_radio_silence() {
     assert_eq!(verified["observedGeneration"], 1);
     assert!(verified["assignmentId"].is_string());
 
-    let (type_, reason, _) = env.api.expect_event(&bob).await;
-    assert_eq!(
-        (type_.as_str(), reason.as_str()),
-        ("Normal", "DeliveryVerified")
-    );
+    // A healthy object's first verification is no news: no event.
     let action = task.await.unwrap().unwrap();
     // Periodic verification at verifyInterval (10m) with ±10% jitter.
     let secs = requeue_secs(&action).expect("periodic verification must be scheduled");
@@ -305,6 +315,46 @@ async fn first_visit_sets_conditions_then_verified_status_then_radio_silence() {
     // Nothing changed: the next pass reads Graph but writes nothing to Kubernetes.
     let stored = with_status(&bob, &verified);
     let task = env.reconcile(&stored);
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_quick_first_verification_is_one_status_write_and_no_event() {
+    // The operator's default: the simulator answers well within `first_status_after`, so
+    // the verified status is the first and only write, and nothing is announced.
+    let mut env = Env::start_as_configured(Settings::default(), SimOptions::fast()).await;
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    let only = env.api.expect_status_patch(&bob).await;
+    assert_eq!(condition(&only, "Delivered")["status"], "True");
+    assert_eq!(condition(&only, "Ready")["status"], "True");
+    assert!(condition(&only, "Reconciling").is_null(), "{only}");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+}
+
+#[tokio::test]
+async fn a_slow_first_verification_shows_verifying_first() {
+    // Graph slower than `first_status_after`: kstatus still sees conditions early.
+    let mut env = Env::start_as_configured(
+        Settings {
+            first_status_after: Duration::from_millis(200),
+            ..Settings::default()
+        },
+        SimOptions::fast(),
+    )
+    .await;
+    env.sim.inject_fault(FaultSpec::Latency {
+        millis: 400,
+        scope: FaultScope::default(),
+    });
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    let first = env.api.expect_status_patch(&bob).await;
+    assert_eq!(condition(&first, "Reconciling")["reason"], "Verifying");
+    let verified = env.api.expect_status_patch(&bob).await;
+    assert_eq!(condition(&verified, "Delivered")["status"], "True");
     task.await.unwrap().unwrap();
     env.api.expect_silence().await;
 }
@@ -381,7 +431,6 @@ async fn a_target_holding_an_assignment_costs_no_user_read() {
                 .is_some_and(|id| id.eq_ignore_ascii_case(&bob_id)),
             "{verified}"
         );
-        env.api.expect_event(&obj).await;
         task.await.unwrap().unwrap();
     }
     // The package's assignments name bob: a user read would cost 1 RU per object and
@@ -419,7 +468,6 @@ async fn checking_its_own_reprocess_reads_memberships_fresh() {
     let task = env.reconcile(&bob);
     env.api.expect_status_patch(&bob).await;
     env.api.expect_status_patch(&bob).await;
-    env.api.expect_event(&bob).await;
     task.await.unwrap().unwrap();
     assert!(
         !env.sim.is_member("fin-writers", "alice@contoso.com"),
@@ -934,7 +982,6 @@ async fn objects_of_one_package_share_each_resource_read() {
     let task = env.reconcile(&first);
     env.api.expect_status_patch(&first).await;
     let verified = env.api.expect_status_patch(&first).await;
-    env.api.expect_event(&first).await;
     task.await.unwrap().unwrap();
     // A second and third object for the same package within the window: no membership
     // read again, and (their status being current) no Kubernetes write either.
@@ -1075,7 +1122,6 @@ async fn the_operators_verify_interval_applies_to_an_object_that_sets_none() {
     let task = env.reconcile(&bob);
     env.api.expect_status_patch(&bob).await;
     env.api.expect_status_patch(&bob).await;
-    env.api.expect_event(&bob).await; // DeliveryVerified
     let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
     assert!(
         (3240.0..=3960.0).contains(&secs),
@@ -1087,7 +1133,6 @@ async fn the_operators_verify_interval_applies_to_an_object_that_sets_none() {
     let task = env.reconcile(&own);
     env.api.expect_status_patch(&own).await;
     env.api.expect_status_patch(&own).await;
-    env.api.expect_event(&own).await;
     let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
     assert!((108.0..=132.0).contains(&secs), "{secs}s");
 }

@@ -11,7 +11,8 @@ use kube::{Resource, ResourceExt};
 
 use super::Error;
 use super::context::{
-    Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
+    Context, error_policy as shared_error_policy, jitter, observe_with_first_status, patch_status,
+    reconcile_frame,
 };
 use super::ledger::name_of;
 use super::metrics::ReprocessCall;
@@ -107,22 +108,25 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     let generation = obj.meta().generation;
     let reference = obj.object_ref(&());
 
-    let mut previous = obj.status.clone();
-    if previous.is_none() {
-        // kstatus: conditions from the first visit, before the (possibly slow) Graph reads.
-        let first = AccessPackageAssignmentStatus {
-            observed_generation: generation,
-            access_package_name: Some(obj.spec.access_package.label()),
-            target_name: Some(obj.spec.target.label()),
-            conditions: first_visit_conditions(generation, Timestamp::now()),
-            ..Default::default()
-        };
-        patch_status(&api, &name, &first).await?;
-        previous = Some(first);
-    }
-
-    // The same observation as `redeliver audit`'s (one function, two read caches).
-    let observed = observe_assignment(&ctx.observations, &obj.spec, previous.as_ref()).await?;
+    // kstatus: conditions from the first visit, written only if the first observation is
+    // slow (a quick one is followed at once by the verified status: one write, not two).
+    let first = obj.status.is_none().then(|| AccessPackageAssignmentStatus {
+        observed_generation: generation,
+        access_package_name: Some(obj.spec.access_package.label()),
+        target_name: Some(obj.spec.target.label()),
+        conditions: first_visit_conditions(generation, Timestamp::now()),
+        ..Default::default()
+    });
+    // The same observation as `redeliver audit`'s (one function, one read cache).
+    let (observed, first) = observe_with_first_status(
+        observe_assignment(&ctx.observations, &obj.spec, obj.status.as_ref()),
+        first,
+        ctx.first_status_after,
+        async |first| patch_status(&api, &name, first).await,
+    )
+    .await?;
+    let observed = observed?;
+    let previous = obj.status.clone().or(first);
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // Planning and claiming happen under one lock of the shared ledger: of two objects

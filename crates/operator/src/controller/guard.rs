@@ -13,7 +13,8 @@ use kube::{Resource, ResourceExt};
 
 use super::Error;
 use super::context::{
-    Context, error_policy as shared_error_policy, jitter, patch_status, reconcile_frame,
+    Context, error_policy as shared_error_policy, jitter, observe_with_first_status, patch_status,
+    reconcile_frame,
 };
 use super::ledger::name_of;
 use super::metrics::ReprocessCall;
@@ -52,20 +53,24 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let api: Api<AccessPackageGuard> = Api::namespaced(ctx.client.clone(), &namespace);
     let generation = obj.meta().generation;
 
-    let mut previous = obj.status.clone();
-    if previous.is_none() {
-        let first = AccessPackageGuardStatus {
-            observed_generation: generation,
-            access_package_name: Some(obj.spec.access_package.label()),
-            conditions: first_visit_conditions(generation, Timestamp::now()),
-            ..Default::default()
-        };
-        patch_status(&api, &name, &first).await?;
-        previous = Some(first);
-    }
-
-    // The same observation as `redeliver audit`'s (one function, two read caches).
-    let observed = observe_guard(&ctx.observations, &obj.spec).await?;
+    // The first-visit status only if the first sweep's reads are slow (see
+    // `FIRST_STATUS_AFTER`).
+    let first = obj.status.is_none().then(|| AccessPackageGuardStatus {
+        observed_generation: generation,
+        access_package_name: Some(obj.spec.access_package.label()),
+        conditions: first_visit_conditions(generation, Timestamp::now()),
+        ..Default::default()
+    });
+    // The same observation as `redeliver audit`'s (one function, one read cache).
+    let (observed, first) = observe_with_first_status(
+        observe_guard(&ctx.observations, &obj.spec),
+        first,
+        ctx.first_status_after,
+        async |first| patch_status(&api, &name, first).await,
+    )
+    .await?;
+    let observed = observed?;
+    let previous = obj.status.clone().or(first);
     let resolved = observed.resolved.clone();
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());

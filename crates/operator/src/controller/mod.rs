@@ -124,6 +124,12 @@ pub struct ControllerArgs {
     /// at once when one of its users leaves a promised group (0 turns it off).
     #[arg(long, env = "REDELIVER_DELTA_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = crate::api::parse_duration_arg)]
     pub delta_interval: Duration,
+
+    /// A new object gets its first-visit status (Reconciling=True, reason Verifying) only
+    /// if its first verification takes longer than this; a quicker one is written once,
+    /// with the verified status (0 always writes the first-visit status first).
+    #[arg(long, env = "REDELIVER_FIRST_STATUS_AFTER", value_name = "DURATION", default_value = "5s", value_parser = crate::api::parse_duration_arg)]
+    pub first_status_after: Duration,
 }
 
 impl ControllerArgs {
@@ -135,6 +141,7 @@ impl ControllerArgs {
             reprocess_per_minute: self.reprocess_rate,
             observation_max_age: self.observation_max_age,
             delta_interval: self.delta_interval,
+            first_status_after: self.first_status_after,
             instance: Some(identity.to_string()),
             ..Settings::default()
         }

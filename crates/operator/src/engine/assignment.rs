@@ -1252,8 +1252,11 @@ fn events_for(
     let new_delivered = conditions::find(new, ConditionType::Delivered);
     if let Some(d) = new_delivered {
         let prev_reason = conditions::reason_of(prev, ConditionType::Delivered);
-        let prev_true = prev_delivered.is_some_and(|c| c.status == Status::True);
-        if d.status == Status::True && !prev_true {
+        // Only a recovery is news: delivered after drift, a failure or a request. The first
+        // verification of a healthy object (from nothing, `Verifying` or a failed read) says
+        // nothing a human needs, and at 10,000 objects those events weighed on the API server.
+        let prev_false = prev_delivered.is_some_and(|c| c.status == Status::False);
+        if d.status == Status::True && prev_false {
             push(EventKind::DeliveryVerified, d.message.clone());
         }
         if d.reason == Reason::ResourcesMissing && prev_reason != Some(Reason::ResourcesMissing) {

@@ -229,8 +229,38 @@ fn delivered_and_present_is_ready() {
             .iter()
             .all(|c| c.observed_generation == Some(1))
     );
-    assert_eq!(kinds(&p), [EventKind::DeliveryVerified]);
+    // The first verification of a healthy object is no news: no event.
+    assert!(p.events.is_empty(), "{:?}", p.events);
     assert!(p.missing.is_empty());
+}
+
+#[test]
+fn first_verification_after_verifying_or_a_failed_read_emits_nothing() {
+    // From the first-visit status (Verifying) and from a failed read (Unknown): Delivered
+    // turning True is not a recovery a human needs to hear about.
+    let mut fx = Fx::new();
+    fx.previous = Some(AccessPackageAssignmentStatus {
+        conditions: crate::engine::conditions::first_visit_conditions(Some(1), at(0)),
+        ..Default::default()
+    });
+    let p = fx.step(at(1));
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
+    assert!(p.events.is_empty(), "{:?}", p.events);
+
+    let mut fx = Fx::new();
+    fx.snapshot
+        .record_failure(ResourceRead::GroupMembers("g2".into()), "503");
+    let failed = fx.step(at(0));
+    assert_cond(
+        &failed,
+        ConditionType::Delivered,
+        "Unknown",
+        Reason::VerificationFailed,
+    );
+    fx.restore_g2();
+    let p = fx.step(at(5));
+    assert_cond(&p, ConditionType::Delivered, "True", Reason::Delivered);
+    assert!(p.events.is_empty(), "{:?}", p.events);
 }
 
 #[test]

@@ -789,10 +789,12 @@ fn sweep_events(
             ),
         });
     }
-    let prev_true = conditions::is_true(&prev.conditions, ConditionType::Delivered);
+    // Only a recovery is news (see the assignment planner): not a guard's first sweep.
+    let prev_false = conditions::find(&prev.conditions, ConditionType::Delivered)
+        .is_some_and(|c| c.status == Status::False);
     if let Some(d) = conditions::find(&status.conditions, ConditionType::Delivered)
         && d.status == Status::True
-        && !prev_true
+        && prev_false
     {
         events.push(EngineEvent {
             kind: EventKind::DeliveryVerified,
