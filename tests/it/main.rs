@@ -30,6 +30,7 @@ mod input_fuzz_corpus;
 mod input_hostile;
 mod input_props;
 mod observe_same_input;
+mod plugin_kubectl;
 mod scale_delta;
 mod scale_metering;
 mod scale_minimal_cost;
