@@ -6,6 +6,7 @@
 //! fraction of the time linking. Run one suite with `cargo test --test it <module>::`.
 
 mod audit_against_sim;
+mod chart_metrics;
 mod cli_audit;
 mod clock;
 mod controller_cluster;
