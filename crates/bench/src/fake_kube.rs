@@ -122,13 +122,12 @@ impl FieldSelector {
     }
 }
 
-/// The request's `fieldSelector`, or the `400` the real server answers to one it cannot use.
-fn field_selector(query: &BTreeMap<String, String>) -> Result<FieldSelector, Response> {
-    match query.get("fieldSelector") {
-        None => Ok(FieldSelector::default()),
-        Some(s) => FieldSelector::parse(s)
-            .map_err(|message| status_error(StatusCode::BAD_REQUEST, "BadRequest", message)),
-    }
+/// The request's `fieldSelector`, or the message of the `400` the real server answers to one
+/// it cannot use.
+fn field_selector(query: &BTreeMap<String, String>) -> Result<FieldSelector, String> {
+    query
+        .get("fieldSelector")
+        .map_or_else(|| Ok(FieldSelector::default()), |s| FieldSelector::parse(s))
 }
 
 struct Inner {
@@ -592,7 +591,7 @@ fn list(
 ) -> Response {
     let selector = match field_selector(query) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
     let inner = lock(&shared.inner);
     let limit = query
@@ -653,7 +652,7 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
         .unwrap_or(1800);
     let selector = match field_selector(query) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
     let (tx, rx) = unbounded_channel::<Bytes>();
     {

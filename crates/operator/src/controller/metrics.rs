@@ -255,7 +255,6 @@ impl Collector for DeliveredCollector {
             let m = family.encode_family(&labels)?;
             ConstGauge::new(n).encode(m)?;
         }
-        drop(family);
         let family = encoder.encode_descriptor(
             "assignments_reprocess_exhausted",
             "AccessPackageAssignment objects stalled because maxAttempts reprocesses did not repair them",
