@@ -5,7 +5,8 @@
 //!   namespace, in `-n`, with `-A`, and in another `--context`; a missing object and an
 //!   unknown kind are errors naming them;
 //! - `reprocess --wait` against the real controller (in-process, Graph simulator over HTTP)
-//!   returns once the controller echoes the request, after exactly one reprocess call;
+//!   returns once the controller echoes the request, and exactly one reprocess call results
+//!   (none before, none after);
 //! - without a controller `--wait` times out, exits 1 and says what it waited for; a guard
 //!   takes the annotation but refuses `--wait`.
 
@@ -396,6 +397,14 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
             .map(|(_, n)| n)
             .sum::<usize>()
     };
+    // The controller records the reprocess in status just before it calls Graph (so that a
+    // crash in between never sends it twice): the echo can precede the call by moments.
+    wait_until(
+        "the reprocess reaches Graph",
+        Duration::from_secs(10),
+        || calls() > 0,
+    )
+    .await;
     assert_eq!(calls(), 1, "one request, one reprocess");
     // More passes (the re-checks after the repair) send no second one.
     tokio::time::sleep(Duration::from_secs(3)).await;
