@@ -118,19 +118,24 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     // kube's rustls needs one process-wide crypto provider; a second install is harmless.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (client, namespace) = connect(&cli).await?;
-    match cli.command {
+    // A malformed object reference is reported before any kubeconfig or network trouble.
+    let task = match &cli.command {
         Command::Reprocess {
             object,
             name,
             wait,
             timeout,
-        } => {
-            let r = parse_ref(&object, name.as_deref())?;
-            reprocess(client, &namespace, &r, wait.then_some(timeout)).await
-        }
-        Command::Status { object, name } => {
-            let r = parse_ref(&object, name.as_deref())?;
+        } => Task::Reprocess(
+            parse_ref(object, name.as_deref())?,
+            wait.then_some(*timeout),
+        ),
+        Command::Status { object, name } => Task::Status(parse_ref(object, name.as_deref())?),
+        Command::Drift { all_namespaces } => Task::Drift(*all_namespaces),
+    };
+    let (client, namespace) = connect(&cli).await?;
+    match task {
+        Task::Reprocess(r, wait) => reprocess(client, &namespace, &r, wait).await,
+        Task::Status(r) => {
             let obj = get(&client, &namespace, &r).await?;
             let now = jiff::Timestamp::now();
             let text = match r.kind {
@@ -140,7 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{text}");
             Ok(0)
         }
-        Command::Drift { all_namespaces } => {
+        Task::Drift(all_namespaces) => {
             let scope = if all_namespaces {
                 String::from("in all namespaces")
             } else {
@@ -154,6 +159,13 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             Ok(if report.not_delivered > 0 { 2 } else { 0 })
         }
     }
+}
+
+/// A command with its object reference read.
+enum Task {
+    Reprocess(ObjectRef, Option<Duration>),
+    Status(ObjectRef),
+    Drift(bool),
 }
 
 /// A client from the kubeconfig, and the namespace to use.
