@@ -6,6 +6,7 @@
 //! fraction of the time linking. Run one suite with `cargo test --test it <module>::`.
 
 mod audit_against_sim;
+mod chart_metrics;
 mod cli_audit;
 mod clock;
 mod controller_cluster;
@@ -30,6 +31,7 @@ mod input_fuzz_corpus;
 mod input_hostile;
 mod input_props;
 mod observe_same_input;
+mod plugin_kubectl;
 mod scale_delta;
 mod scale_metering;
 mod scale_minimal_cost;

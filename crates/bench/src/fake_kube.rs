@@ -14,6 +14,12 @@
 //!   nothing is a no-op: same `resourceVersion`, no watch event.
 //! - JSON merge patch of the object itself (finalizers, annotations, spec; a spec change bumps
 //!   `generation`).
+//! - GET of one object (and of its `/status`), `404 NotFound` naming it when absent.
+//! - `fieldSelector` on LIST and WATCH with the fields the real server supports for custom
+//!   resources, `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`, comma-separated,
+//!   all must hold); any other field is `400 BadRequest` ("field label not supported"), as
+//!   from the real server. This is what `kube::runtime::watcher::watch_object` (and
+//!   `kubectl wait`) uses to watch one object.
 //! - `events.k8s.io/v1` events: create and patch, answered and counted, not stored.
 //! - Anything else: `404` with a `Status` body.
 
@@ -57,6 +63,7 @@ struct Key {
 struct Watcher {
     plural: String,
     namespace: Option<String>,
+    selector: FieldSelector,
     tx: UnboundedSender<Bytes>,
 }
 
@@ -64,7 +71,63 @@ struct Change {
     rv: u64,
     plural: String,
     namespace: String,
+    name: String,
     line: Bytes,
+}
+
+/// A `fieldSelector` restricted to what custom resources support.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FieldSelector(Vec<(FieldLabel, bool, String)>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FieldLabel {
+    Name,
+    Namespace,
+}
+
+impl FieldSelector {
+    /// Parses `metadata.name=x,metadata.namespace!=y`; the error is the server's message.
+    fn parse(s: &str) -> Result<Self, String> {
+        let mut terms = Vec::new();
+        for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let (field, equal, value) = if let Some((f, v)) = term.split_once("!=") {
+                (f, false, v)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, true, v)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, true, v)
+            } else {
+                return Err(format!(
+                    "invalid selector: '{s}'; can't understand '{term}'"
+                ));
+            };
+            let label = match field.trim() {
+                "metadata.name" => FieldLabel::Name,
+                "metadata.namespace" => FieldLabel::Namespace,
+                other => return Err(format!("field label not supported: {other}")),
+            };
+            terms.push((label, equal, value.trim().to_string()));
+        }
+        Ok(Self(terms))
+    }
+
+    fn matches(&self, namespace: &str, name: &str) -> bool {
+        self.0.iter().all(|(label, equal, value)| {
+            let actual = match label {
+                FieldLabel::Name => name,
+                FieldLabel::Namespace => namespace,
+            };
+            (actual == value) == *equal
+        })
+    }
+}
+
+/// The request's `fieldSelector`, or the message of the `400` the real server answers to one
+/// it cannot use.
+fn field_selector(query: &BTreeMap<String, String>) -> Result<FieldSelector, String> {
+    query
+        .get("fieldSelector")
+        .map_or_else(|| Ok(FieldSelector::default()), |s| FieldSelector::parse(s))
 }
 
 struct Inner {
@@ -526,6 +589,10 @@ fn list(
     kind: &str,
     query: &BTreeMap<String, String>,
 ) -> Response {
+    let selector = match field_selector(query) {
+        Ok(s) => s,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
     let inner = lock(&shared.inner);
     let limit = query
         .get("limit")
@@ -549,7 +616,10 @@ fn list(
     let mut items = Vec::new();
     let mut more = false;
     for (k, o) in &inner.objects {
-        if k.plural != t.plural || t.namespace.is_some_and(|ns| ns != k.namespace) {
+        if k.plural != t.plural
+            || t.namespace.is_some_and(|ns| ns != k.namespace)
+            || !selector.matches(&k.namespace, &k.name)
+        {
             continue;
         }
         let sort_name = format!("{}/{}", k.namespace, k.name);
@@ -580,6 +650,10 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(1800);
+    let selector = match field_selector(query) {
+        Ok(s) => s,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
     let (tx, rx) = unbounded_channel::<Bytes>();
     {
         let mut inner = lock(&shared.inner);
@@ -599,7 +673,10 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
             Some(rv) => {
                 let start = inner.history.partition_point(|c| c.rv <= rv);
                 for c in &inner.history[start..] {
-                    if c.plural == t.plural && t.namespace.is_none_or(|ns| ns == c.namespace) {
+                    if c.plural == t.plural
+                        && t.namespace.is_none_or(|ns| ns == c.namespace)
+                        && selector.matches(&c.namespace, &c.name)
+                    {
                         let _ = tx.send(c.line.clone());
                     }
                 }
@@ -610,6 +687,7 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
         inner.watchers.push(Watcher {
             plural: t.plural.to_string(),
             namespace: t.namespace.map(str::to_string),
+            selector,
             tx,
         });
     }
@@ -739,7 +817,9 @@ fn patch(
         let rv = inner.rv;
         inner.watchers.retain(|w| !w.tx.is_closed());
         for w in &inner.watchers {
-            if w.plural == key.plural && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+            if w.plural == key.plural
+                && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+                && w.selector.matches(&key.namespace, &key.name)
             {
                 let _ = w.tx.send(line.clone());
             }
@@ -748,6 +828,7 @@ fn patch(
             rv,
             plural: key.plural.clone(),
             namespace: key.namespace.clone(),
+            name: key.name.clone(),
             line,
         });
         inner.objects.insert(key.clone(), new.clone());
@@ -779,6 +860,63 @@ mod tests {
     }
 
     const PLURAL_APA: &str = "accesspackageassignments";
+
+    #[test]
+    fn field_selectors_take_name_and_namespace_only() {
+        let s = FieldSelector::parse("metadata.name=a,metadata.namespace!=x").unwrap();
+        assert!(s.matches("bench", "a"));
+        assert!(!s.matches("x", "a"));
+        assert!(!s.matches("bench", "b"));
+        assert!(
+            FieldSelector::parse("metadata.name==a")
+                .unwrap()
+                .matches("n", "a")
+        );
+        assert_eq!(
+            FieldSelector::parse("spec.mode=Audit").unwrap_err(),
+            "field label not supported: spec.mode"
+        );
+        assert!(FieldSelector::parse("metadata.name").is_err());
+    }
+
+    /// `watch_object` (a LIST and a WATCH, both with `metadata.name=`): only that object's
+    /// changes arrive, and an annotation merge patch is one of them.
+    #[tokio::test]
+    async fn watches_one_object_by_field_selector() {
+        use futures::StreamExt;
+        use kube::api::{Api, Patch, PatchParams};
+        let server = FakeKube::start(vec![apa("a"), apa("b")]).await.unwrap();
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<AccessPackageAssignment> = Api::namespaced(client, "bench");
+        let mut events = kube::runtime::watcher::watch_object(api.clone(), "b").boxed();
+        let first = events.next().await.unwrap().unwrap().unwrap();
+        assert_eq!(first.metadata.name.as_deref(), Some("b"));
+        let annotate = |v: &str| json!({"metadata": {"annotations": {"redeliver.dev/reprocess-requested-at": v}}});
+        let params = PatchParams::default();
+        api.patch("a", &params, &Patch::Merge(annotate("1")))
+            .await
+            .unwrap();
+        api.patch("b", &params, &Patch::Merge(annotate("2")))
+            .await
+            .unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.metadata.name.as_deref(), Some("b"));
+        assert_eq!(
+            next.metadata.annotations.unwrap()["redeliver.dev/reprocess-requested-at"],
+            "2"
+        );
+        assert!(
+            api.list(&kube::api::ListParams::default().fields("spec.mode=x"))
+                .await
+                .is_err()
+        );
+    }
 
     #[test]
     fn parses_resource_paths() {

@@ -62,6 +62,9 @@ pub struct Metrics {
     pub malformed_objects: Family<KindLabels, Counter>,
     /// 1 while this replica holds the leader lease (or runs without leader election).
     pub is_leader: Gauge<i64, AtomicI64>,
+    /// Unix time of the last reconcile that ended `ok`, by kind: a reconcile verifies, so
+    /// an alert on its age catches verification that has stopped without counting errors.
+    pub last_success: Family<KindLabels, Gauge<i64, AtomicI64>>,
     /// Last known `Delivered` condition status per assignment, for the objects gauge.
     delivered: Arc<DeliveredIndex>,
 }
@@ -84,6 +87,7 @@ impl Metrics {
             reprocess_calls: Family::default(),
             malformed_objects: Family::default(),
             is_leader: Gauge::default(),
+            last_success: Family::default(),
             delivered: Arc::default(),
         };
         registry.register(
@@ -115,6 +119,11 @@ impl Metrics {
             "is_leader",
             "1 while this replica runs the controllers",
             metrics.is_leader.clone(),
+        );
+        registry.register(
+            "last_successful_reconcile_timestamp_seconds",
+            "Unix time of the last reconcile that ended ok (and so verified), by kind",
+            metrics.last_success.clone(),
         );
         registry.register_collector(Box::new(DeliveredCollector(metrics.delivered.clone())));
         if let Some(graph) = graph {
@@ -181,6 +190,17 @@ impl ReconcileTimer<'_> {
             .reconciles
             .get_or_create(&ReconcileLabels { kind, result })
             .inc();
+        if result == "ok" {
+            // Wall-clock time, as Prometheus compares it with time(); a clock before 1970
+            // leaves the gauge alone rather than exporting nonsense.
+            if let Ok(now) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+                let secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+                self.metrics
+                    .last_success
+                    .get_or_create(&KindLabels { kind })
+                    .set(secs);
+            }
+        }
     }
 }
 
@@ -193,17 +213,24 @@ impl std::fmt::Debug for DeliveredIndex {
     }
 }
 
-/// Exports `redeliver_assignments{delivered="True|False|Unknown"}` from the watch caches at
-/// scrape time.
+/// Exports `redeliver_assignments{delivered="True|False|Unknown"}` and
+/// `redeliver_assignments_reprocess_exhausted` from the watch caches at scrape time.
 #[derive(Debug)]
 struct DeliveredCollector(Arc<DeliveredIndex>);
 
 impl Collector for DeliveredCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        use crate::engine::conditions::{ConditionType, Status, find};
+        use crate::engine::conditions::{ConditionType, Reason, Status, find, true_reason};
         let mut counts = [(Status::True, 0), (Status::False, 0), (Status::Unknown, 0)];
+        let mut exhausted: i64 = 0;
         for store in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             for obj in store.state() {
+                if obj.status.as_ref().is_some_and(|s| {
+                    true_reason(&s.conditions, ConditionType::Stalled)
+                        == Some(Reason::ReprocessExhausted)
+                }) {
+                    exhausted += 1;
+                }
                 // Anything but True/False (absent, or a value some other writer put there)
                 // counts as Unknown.
                 let status = obj
@@ -228,6 +255,13 @@ impl Collector for DeliveredCollector {
             let m = family.encode_family(&labels)?;
             ConstGauge::new(n).encode(m)?;
         }
+        let family = encoder.encode_descriptor(
+            "assignments_reprocess_exhausted",
+            "AccessPackageAssignment objects stalled because maxAttempts reprocesses did not repair them",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        ConstGauge::new(exhausted).encode(family)?;
         Ok(())
     }
 }
@@ -398,5 +432,61 @@ mod tests {
             "redeliver_reconcile_duration_seconds_count{kind=\"AccessPackageAssignment\"} 1"
         ));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    /// The two series the alerts need beyond the counters: when verification last
+    /// succeeded (only an `ok` reconcile moves it) and how many assignments gave up.
+    #[test]
+    fn exports_last_success_and_exhausted_assignments() {
+        let (m, registry) = Metrics::new(None);
+        m.reconcile_started("AccessPackageGuard")
+            .finish("graph_throttled");
+        let text = render(&registry).unwrap();
+        assert!(
+            !text.contains("redeliver_last_successful_reconcile_timestamp_seconds{"),
+            "a failed reconcile is not a success: {text}"
+        );
+        assert!(
+            text.contains("redeliver_assignments_reprocess_exhausted 0"),
+            "{text}"
+        );
+
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        m.reconcile_started("AccessPackageAssignment").finish("ok");
+        let (store, mut writer) = kube::runtime::reflector::store::<AccessPackageAssignment>();
+        for (name, stalled) in [("a", "ReprocessExhausted"), ("b", "Forbidden")] {
+            let obj = serde_json::json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": name, "namespace": "ns"},
+                "spec": {"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"},
+                         "target": {"userPrincipalName": "alice@contoso.com"}},
+                "status": {"conditions": [{"type": "Stalled", "status": "True", "reason": stalled,
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            });
+            writer.apply_watcher_event(&kube::runtime::watcher::Event::Apply(
+                serde_json::from_value(obj).unwrap(),
+            ));
+        }
+        m.track_assignments(store);
+        let text = render(&registry).unwrap();
+        assert!(
+            text.contains("redeliver_assignments_reprocess_exhausted 1"),
+            "{text}"
+        );
+        let line = text
+            .lines()
+            .find(|l| {
+                l.starts_with("redeliver_last_successful_reconcile_timestamp_seconds{kind=\"AccessPackageAssignment\"}")
+            })
+            .unwrap_or_else(|| panic!("no timestamp for the ok reconcile: {text}"));
+        let value: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(value >= before && value <= before + 60, "{line}");
+        assert!(
+            !text.contains("timestamp_seconds{kind=\"AccessPackageGuard\"}"),
+            "{text}"
+        );
     }
 }

@@ -1,0 +1,430 @@
+//! `kubectl-redeliver`: the kubectl plugin for Redeliver's custom resources. It talks to the
+//! Kubernetes API only (the current kubeconfig, like kubectl), never to Microsoft Graph.
+//!
+//! The rendering lives in `render` (plain functions, unit-tested); this file is the thin
+//! glue: flags, the client, one GET, LIST, PATCH or WATCH per step.
+
+mod render;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config, Resource};
+use redeliver::api::{
+    AccessPackageAssignment, AccessPackageGuard, REPROCESS_ANNOTATION, ReprocessMode,
+    format_duration, parse_duration_arg,
+};
+
+use render::Listed;
+use target::{Kind, ObjectRef, parse_ref};
+
+/// Inspect and drive Redeliver's AccessPackageAssignment (apa) and AccessPackageGuard (apg)
+/// objects.
+///
+/// Uses the current kubeconfig like kubectl (KUBECONFIG, or ~/.kube/config; --context,
+/// -n/--namespace) and only the Kubernetes API: no Graph credentials are needed. Objects are
+/// named KIND/NAME, where KIND is apa, apg, or the full kind name (singular or plural).
+#[derive(Parser, Debug)]
+#[command(name = "kubectl-redeliver", bin_name = "kubectl redeliver", version)]
+struct Cli {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, global = true, value_name = "PATH")]
+    kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use (default: its current-context).
+    #[arg(long, global = true, value_name = "NAME")]
+    context: Option<String>,
+
+    /// The namespace (default: the context's namespace, else "default").
+    #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
+    namespace: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ask for one reprocess: set the redeliver.dev/reprocess-requested-at annotation to a
+    /// fresh value (the GitOps Reprocess button).
+    ///
+    /// For an AccessPackageAssignment the controller reprocesses once (in reprocess.mode Auto
+    /// or Manual; a running cooldown is waited out first) and echoes the value in
+    /// status.reprocess.lastHandledRequest; --wait watches the object until it does and
+    /// prints the outcome. For an AccessPackageGuard the annotation starts a sweep at once;
+    /// a guard's status does not echo it, so --wait is refused there.
+    ///
+    /// Exit codes: 0 requested (and, with --wait, handled and not Stalled); 1 an error, a
+    /// timeout, or a handled request that left the object Stalled.
+    #[command(
+        after_help = "Examples:\n  kubectl redeliver reprocess apa/alice-finance -n access --wait\n  kubectl redeliver reprocess accesspackageguard/finance -n access"
+    )]
+    Reprocess {
+        /// The object: apa/NAME, apg/NAME (or KIND NAME).
+        object: String,
+        /// The name, when the kind is given alone.
+        name: Option<String>,
+        /// Wait until the controller has handled the request, then print the outcome.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits, e.g. 30s, 5m.
+        #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
+        timeout: Duration,
+    },
+    /// Show one object as a tree: conditions, each promised resource (Present, Missing,
+    /// Unverifiable), reprocess attempts, the next verification.
+    #[command(
+        after_help = "Examples:\n  kubectl redeliver status apa/alice-finance -n access\n  kubectl redeliver status accesspackageguards/finance"
+    )]
+    Status {
+        /// The object: apa/NAME, apg/NAME (or KIND NAME).
+        object: String,
+        /// The name, when the kind is given alone.
+        name: Option<String>,
+    },
+    /// List every AccessPackageAssignment and AccessPackageGuard that is not Delivered, one
+    /// line each, with the missing resources.
+    ///
+    /// Exit codes: 0 everything is Delivered; 2 something is not; 1 an error.
+    #[command(
+        after_help = "Examples:\n  kubectl redeliver drift -n access\n  kubectl redeliver drift -A"
+    )]
+    Drift {
+        /// Look in every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<u8> {
+    // kube's rustls needs one process-wide crypto provider; a second install is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    // A malformed object reference is reported before any kubeconfig or network trouble.
+    let task = match &cli.command {
+        Command::Reprocess {
+            object,
+            name,
+            wait,
+            timeout,
+        } => Task::Reprocess(
+            parse_ref(object, name.as_deref())?,
+            wait.then_some(*timeout),
+        ),
+        Command::Status { object, name } => Task::Status(parse_ref(object, name.as_deref())?),
+        Command::Drift { all_namespaces } => Task::Drift(*all_namespaces),
+    };
+    let (client, namespace) = connect(&cli).await?;
+    match task {
+        Task::Reprocess(r, wait) => reprocess(client, &namespace, &r, wait).await,
+        Task::Status(r) => {
+            let obj = get(&client, &namespace, &r).await?;
+            let now = jiff::Timestamp::now();
+            let text = match r.kind {
+                Kind::Assignment => render::assignment_status(&decode(obj, &r, &namespace)?, now),
+                Kind::Guard => render::guard_status(&decode(obj, &r, &namespace)?, now),
+            };
+            print!("{text}");
+            Ok(0)
+        }
+        Task::Drift(all_namespaces) => {
+            let scope = if all_namespaces {
+                String::from("in all namespaces")
+            } else {
+                format!("in namespace {namespace:?}")
+            };
+            let ns = (!all_namespaces).then_some(namespace.as_str());
+            let mut objects = list(&client, ns, Kind::Assignment).await?;
+            objects.extend(list(&client, ns, Kind::Guard).await?);
+            let report = render::drift(&objects, all_namespaces, &scope);
+            print!("{}", report.text);
+            Ok(if report.not_delivered > 0 { 2 } else { 0 })
+        }
+    }
+}
+
+/// A command with its object reference read.
+enum Task {
+    Reprocess(ObjectRef, Option<Duration>),
+    Status(ObjectRef),
+    Drift(bool),
+}
+
+/// A client from the kubeconfig, and the namespace to use.
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read the kubeconfig {}", path.display()))?;
+            Config::from_custom_kubeconfig(kubeconfig, &options).await
+        }
+        None => Config::from_kubeconfig(&options).await,
+    }
+    .context("cannot load the kubeconfig (set KUBECONFIG, --kubeconfig or --context)")?;
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
+    Ok((client, namespace))
+}
+
+fn api_resource(kind: Kind) -> ApiResource {
+    match kind {
+        Kind::Assignment => ApiResource::erase::<AccessPackageAssignment>(&()),
+        Kind::Guard => ApiResource::erase::<AccessPackageGuard>(&()),
+    }
+}
+
+fn dynamic_api(client: &Client, namespace: Option<&str>, kind: Kind) -> Api<DynamicObject> {
+    let ar = api_resource(kind);
+    match namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+        None => Api::all_with(client.clone(), &ar),
+    }
+}
+
+/// The object as the server has it, untyped (decoded by the caller, so a malformed status
+/// is an error naming the object rather than a bare serde message).
+async fn get(client: &Client, namespace: &str, r: &ObjectRef) -> anyhow::Result<DynamicObject> {
+    match dynamic_api(client, Some(namespace), r.kind)
+        .get_opt(&r.name)
+        .await
+    {
+        Ok(Some(obj)) => Ok(obj),
+        Ok(None) => bail!(render::not_found(r.kind, &r.name, namespace)),
+        Err(e) => Err(e).with_context(|| {
+            format!(
+                "cannot read {} {:?} in namespace {namespace:?}",
+                r.kind, r.name
+            )
+        }),
+    }
+}
+
+fn decode<K: Resource + serde::de::DeserializeOwned>(
+    obj: DynamicObject,
+    r: &ObjectRef,
+    namespace: &str,
+) -> anyhow::Result<K> {
+    obj.try_parse::<K>().with_context(|| {
+        format!(
+            "{} {:?} in namespace {namespace:?} does not decode as {}",
+            r.kind,
+            r.name,
+            r.kind.kind()
+        )
+    })
+}
+
+async fn list(client: &Client, namespace: Option<&str>, kind: Kind) -> anyhow::Result<Vec<Listed>> {
+    let where_ = namespace.map_or_else(
+        || String::from("in any namespace"),
+        |ns| format!("in namespace {ns:?}"),
+    );
+    let items = dynamic_api(client, namespace, kind)
+        .list(&ListParams::default())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot list {} {where_} (are Redeliver's CRDs installed?)",
+                api_resource(kind).plural
+            )
+        })?
+        .items;
+    let mut out: Vec<Listed> = items
+        .into_iter()
+        .map(|obj| {
+            let namespace = obj.metadata.namespace.clone().unwrap_or_default();
+            let name = obj.metadata.name.clone().unwrap_or_default();
+            let malformed = |e: kube::core::dynamic::ParseDynamicObjectError| Listed::Malformed {
+                kind,
+                namespace: namespace.clone(),
+                name: name.clone(),
+                error: e.to_string(),
+            };
+            match kind {
+                Kind::Assignment => obj
+                    .try_parse::<AccessPackageAssignment>()
+                    .map(|o| Listed::Assignment(Box::new(o)))
+                    .unwrap_or_else(malformed),
+                Kind::Guard => obj
+                    .try_parse::<AccessPackageGuard>()
+                    .map(|o| Listed::Guard(Box::new(o)))
+                    .unwrap_or_else(malformed),
+            }
+        })
+        .collect();
+    out.sort_by_key(sort_key);
+    Ok(out)
+}
+
+fn sort_key(o: &Listed) -> (String, String) {
+    match o {
+        Listed::Assignment(a) => (
+            a.metadata.namespace.clone().unwrap_or_default(),
+            a.metadata.name.clone().unwrap_or_default(),
+        ),
+        Listed::Guard(g) => (
+            g.metadata.namespace.clone().unwrap_or_default(),
+            g.metadata.name.clone().unwrap_or_default(),
+        ),
+        Listed::Malformed {
+            namespace, name, ..
+        } => (namespace.clone(), name.clone()),
+    }
+}
+
+/// A value the annotation has not held: the current time (the documented convention, so a
+/// human reading the object sees when it was asked), made unique against the current value.
+fn fresh_value(current: Option<&str>) -> String {
+    let now = jiff::Timestamp::now();
+    let value = now.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+    if current == Some(value.as_str()) {
+        format!("{value}-1")
+    } else {
+        value
+    }
+}
+
+async fn reprocess(
+    client: Client,
+    namespace: &str,
+    r: &ObjectRef,
+    wait: Option<Duration>,
+) -> anyhow::Result<u8> {
+    let obj = get(&client, namespace, r).await?;
+    let current = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REPROCESS_ANNOTATION))
+        .cloned();
+    match r.kind {
+        Kind::Guard if wait.is_some() => bail!(
+            "--wait works on an accesspackageassignment only: an AccessPackageGuard's status does \
+             not echo the reprocess annotation, so there is nothing to wait for. Without --wait \
+             the annotation starts a sweep at once; follow it with `kubectl redeliver status \
+             apg/{}`",
+            r.name
+        ),
+        Kind::Guard => {}
+        Kind::Assignment => {
+            let typed: AccessPackageAssignment = decode(obj, r, namespace)?;
+            if typed.spec.reprocess.mode == ReprocessMode::Disabled {
+                let why = format!(
+                    "{} {:?} in namespace {namespace:?} has reprocess.mode Disabled: the \
+                     controller ignores the reprocess annotation",
+                    r.kind, r.name
+                );
+                if wait.is_some() {
+                    bail!("{why}; nothing was changed");
+                }
+                eprintln!("warning: {why}");
+            }
+            if typed.spec.suspend {
+                eprintln!(
+                    "warning: {} {:?} has spec.suspend: true; no reprocess is sent while it is suspended",
+                    r.kind, r.name
+                );
+            }
+        }
+    }
+
+    let value = fresh_value(current.as_deref());
+    let patch = serde_json::json!({"metadata": {"annotations": {REPROCESS_ANNOTATION: value}}});
+    dynamic_api(&client, Some(namespace), r.kind)
+        .patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot annotate {} {:?} in namespace {namespace:?}",
+                r.kind, r.name
+            )
+        })?;
+    println!(
+        "{} {namespace}/{}: reprocess requested ({REPROCESS_ANNOTATION}={value})",
+        r.kind, r.name
+    );
+    let Some(timeout) = wait else {
+        return Ok(0);
+    };
+    wait_handled(client, namespace, r, &value, timeout).await
+}
+
+/// Watches the one object (a LIST and a WATCH with `metadata.name=`, re-established by the
+/// watcher when the server ends it) until its status echoes `value`.
+async fn wait_handled(
+    client: Client,
+    namespace: &str,
+    r: &ObjectRef,
+    value: &str,
+    timeout: Duration,
+) -> anyhow::Result<u8> {
+    let api: Api<AccessPackageAssignment> = Api::namespaced(client, namespace);
+    let mut events = kube::runtime::watcher::watch_object(api, &r.name).boxed();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut seen: Option<String> = None;
+    let mut last_error: Option<String> = None;
+    loop {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(Ok(Some(obj)))) => {
+                if render::handled(&obj, value) {
+                    let (text, ok) = render::reprocess_outcome(&obj, value);
+                    print!("{text}");
+                    return Ok(if ok { 0 } else { 1 });
+                }
+                seen = obj
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.reprocess.last_handled_request.clone());
+            }
+            Ok(Some(Ok(None))) => bail!(
+                "{} {:?} in namespace {namespace:?} was deleted while waiting for its reprocess",
+                r.kind,
+                r.name
+            ),
+            Ok(Some(Err(e))) => {
+                // The watcher starts over on the next poll; pause so a failing server is not
+                // hammered, and keep the error for the timeout message.
+                last_error = Some(e.to_string());
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+    let mut message = format!(
+        "timed out after {} waiting for {} {:?} in namespace {namespace:?} to echo {value:?} in \
+         status.reprocess.lastHandledRequest (it holds {}); is the controller running and leading?",
+        format_duration(timeout),
+        r.kind,
+        r.name,
+        seen.map_or_else(|| String::from("nothing"), |s| format!("{s:?}")),
+    );
+    if let Some(e) = last_error {
+        message.push_str(&format!(" Last watch error: {e}"));
+    }
+    bail!(message)
+}

@@ -1,0 +1,169 @@
+//! Which object a command is about: `apa/NAME`, `accesspackageguard/NAME`, `apg NAME`.
+
+use std::fmt;
+
+/// One of Redeliver's two kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `AccessPackageAssignment` (`apa`).
+    Assignment,
+    /// `AccessPackageGuard` (`apg`).
+    Guard,
+}
+
+impl Kind {
+    /// The names kubectl accepts for the kind: short name, singular, plural, each optionally
+    /// qualified with the group, case-insensitive.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.to_ascii_lowercase();
+        let s = s.strip_suffix(".redeliver.dev").unwrap_or(&s);
+        match s {
+            "apa" | "accesspackageassignment" | "accesspackageassignments" => {
+                Some(Self::Assignment)
+            }
+            "apg" | "accesspackageguard" | "accesspackageguards" => Some(Self::Guard),
+            _ => None,
+        }
+    }
+
+    /// `AccessPackageAssignment`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Assignment => "AccessPackageAssignment",
+            Self::Guard => "AccessPackageGuard",
+        }
+    }
+
+    /// `accesspackageassignment`: how kubectl names the kind in messages.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Self::Assignment => "accesspackageassignment",
+            Self::Guard => "accesspackageguard",
+        }
+    }
+
+    /// `apa`.
+    pub fn short(self) -> &'static str {
+        match self {
+            Self::Assignment => "apa",
+            Self::Guard => "apg",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.singular())
+    }
+}
+
+/// A kind and an object name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectRef {
+    /// The kind.
+    pub kind: Kind,
+    /// `metadata.name`.
+    pub name: String,
+}
+
+/// Why an object reference could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefError {
+    /// The kind is none of Redeliver's.
+    #[error(
+        "unknown kind {0:?}: use apa (accesspackageassignment[s]) or apg (accesspackageguard[s])"
+    )]
+    UnknownKind(String),
+    /// A kind without a name, or a name without a kind.
+    #[error("{0:?} names no object: write KIND/NAME, e.g. apa/alice-finance or apg/finance")]
+    Incomplete(String),
+    /// Too many parts.
+    #[error("{0:?} is not KIND/NAME")]
+    Malformed(String),
+}
+
+/// Reads `KIND/NAME`, or `KIND` followed by `NAME` as a separate argument (as `kubectl get`
+/// takes both).
+pub fn parse_ref(first: &str, second: Option<&str>) -> Result<ObjectRef, RefError> {
+    let (kind, name) = match (first.split_once('/'), second) {
+        (Some(_), Some(_)) => {
+            return Err(RefError::Malformed(format!(
+                "{first} {}",
+                second.unwrap_or_default()
+            )));
+        }
+        (Some((kind, name)), None) => (kind, name),
+        (None, Some(name)) => (first, name),
+        (None, None) => return Err(RefError::Incomplete(first.to_string())),
+    };
+    if name.contains('/') {
+        return Err(RefError::Malformed(first.to_string()));
+    }
+    if kind.is_empty() || name.is_empty() {
+        return Err(RefError::Incomplete(first.to_string()));
+    }
+    let kind = Kind::parse(kind).ok_or_else(|| RefError::UnknownKind(kind.to_string()))?;
+    Ok(ObjectRef {
+        kind,
+        name: name.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_short_singular_plural_and_qualified_names() {
+        for k in [
+            "apa",
+            "accesspackageassignment",
+            "AccessPackageAssignments",
+            "accesspackageassignments.redeliver.dev",
+        ] {
+            assert_eq!(
+                parse_ref(&format!("{k}/x"), None),
+                Ok(ObjectRef {
+                    kind: Kind::Assignment,
+                    name: "x".into()
+                }),
+                "{k}"
+            );
+        }
+        assert_eq!(parse_ref("apg", Some("finance")).unwrap().kind, Kind::Guard);
+        assert_eq!(
+            parse_ref("accesspackageguards/finance", None).unwrap().name,
+            "finance"
+        );
+    }
+
+    #[test]
+    fn refuses_what_names_no_single_object() {
+        assert_eq!(
+            parse_ref("pod/x", None),
+            Err(RefError::UnknownKind("pod".into()))
+        );
+        assert!(matches!(
+            parse_ref("apa", None),
+            Err(RefError::Incomplete(_))
+        ));
+        assert!(matches!(
+            parse_ref("apa/", None),
+            Err(RefError::Incomplete(_))
+        ));
+        assert!(matches!(
+            parse_ref("apa/x/y", None),
+            Err(RefError::Malformed(_))
+        ));
+        assert!(matches!(
+            parse_ref("apa/x", Some("y")),
+            Err(RefError::Malformed(_))
+        ));
+        assert!(
+            parse_ref("pod/x", None)
+                .unwrap_err()
+                .to_string()
+                .contains("apa (accesspackageassignment[s])")
+        );
+    }
+}

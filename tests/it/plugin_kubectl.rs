@@ -1,0 +1,420 @@
+//! `kubectl-redeliver` as a real process against the in-process Kubernetes API server
+//! (`redeliver_bench::fake_kube`), through a kubeconfig file written to a temp dir:
+//!
+//! - `status` and `drift` render what the server holds, in the kubeconfig context's
+//!   namespace, in `-n`, with `-A`, and in another `--context`; a missing object and an
+//!   unknown kind are errors naming them;
+//! - `reprocess --wait` against the real controller (in-process, Graph simulator over HTTP)
+//!   returns once the controller echoes the request, and exactly one reprocess call results
+//!   (none before, none after);
+//! - without a controller `--wait` times out, exits 1 and says what it waited for; a guard
+//!   takes the annotation but refuses `--wait`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::server::Readiness;
+use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver_bench::fake_kube::FakeKube;
+use redeliver_sim::{Scenario, SimOptions, Simulator};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::fault_support::reprocess_calls;
+
+const NS: &str = "access";
+const APA: &str = "accesspackageassignments";
+const APG: &str = "accesspackageguards";
+const ANNOTATION: &str = "redeliver.dev/reprocess-requested-at";
+
+fn cond(type_: &str, status: &str, reason: &str, message: &str) -> Value {
+    json!({"type": type_, "status": status, "reason": reason, "message": message,
+           "lastTransitionTime": "2026-01-01T00:00:00Z"})
+}
+
+fn assignment(name: &str, namespace: &str, mode: &str, status: Option<Value>) -> Value {
+    let mut o = json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessPackage": {"displayName": "Finance Analysts", "catalog": "Finance"},
+            "target": {"userPrincipalName": "alice@contoso.com"},
+            "reprocess": {"mode": mode, "maxAttempts": 3, "cooldown": "5m"}
+        }
+    });
+    if let Some(s) = status {
+        o["status"] = s;
+    }
+    o
+}
+
+fn drifted_status() -> Value {
+    json!({
+        "accessPackageName": "Finance Analysts",
+        "targetName": "alice@contoso.com",
+        "graphState": "delivered", "graphStatus": "Delivered",
+        "resourcesSummary": "1/2",
+        "resources": [
+            {"originSystem": "AadGroup", "originId": "g1", "displayName": "fin-readers",
+             "role": "Member", "state": "Present"},
+            {"originSystem": "AadGroup", "originId": "g2", "displayName": "fin-writers",
+             "role": "Member", "state": "Missing"}
+        ],
+        "reprocess": {"attempts": 0},
+        "conditions": [cond("Delivered", "False", "ResourcesMissing", "fin-writers (Member) is missing"),
+                       cond("Ready", "False", "ReportOnly", "drift reported")]
+    })
+}
+
+fn guard(name: &str, namespace: &str, status: Option<Value>) -> Value {
+    let mut o = json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageGuard",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000001"}}
+    });
+    if let Some(s) = status {
+        o["status"] = s;
+    }
+    o
+}
+
+/// A kubeconfig with two contexts on the fake server: `fake` (current, namespace `access`)
+/// and `other` (namespace `elsewhere`).
+fn kubeconfig(dir: &Path, server: &str) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    let text = format!(
+        "apiVersion: v1\nkind: Config\n\
+         clusters:\n- name: fake\n  cluster:\n    server: {server}\n\
+         users:\n- name: nobody\n  user: {{}}\n\
+         contexts:\n\
+         - name: fake\n  context:\n    cluster: fake\n    user: nobody\n    namespace: {NS}\n\
+         - name: other\n  context:\n    cluster: fake\n    user: nobody\n    namespace: elsewhere\n\
+         current-context: fake\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path
+}
+
+struct Output {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the plugin with `KUBECONFIG` pointing at `config` (and nothing else of the
+/// machine's: HOME is a temp dir, so no real ~/.kube/config is read).
+async fn plugin(config: &Path, args: &[&str]) -> Output {
+    let home = config.parent().unwrap_or(config);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubectl-redeliver"))
+        .args(args)
+        .env("KUBECONFIG", config)
+        .env("HOME", home)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run kubectl-redeliver");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn status_and_drift_render_what_the_server_holds() {
+    let guard_status = json!({
+        "accessPackageName": "Finance Analysts",
+        "assignments": {"total": 2, "delivered": 1, "drifted": 1},
+        "drifted": [{"target": "carol@contoso.com", "assignmentId": "a-2",
+                     "missing": ["fin-readers (Member)"], "since": "2026-01-01T00:00:00Z"}],
+        "conditions": [cond("Delivered", "False", "ResourcesMissing", "1 drifted")]
+    });
+    let delivered = json!({"conditions": [cond("Delivered", "True", "Delivered", "")]});
+    let kube = FakeKube::start(vec![
+        assignment("alice-finance", NS, "Manual", Some(drifted_status())),
+        assignment("bob-finance", NS, "Auto", Some(delivered.clone())),
+        guard("finance", "ops", Some(guard_status)),
+        guard("quiet", "elsewhere", Some(delivered)),
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+
+    // The context's namespace, then -n, then the full plural kind name.
+    for args in [
+        &["status", "apa/alice-finance"][..],
+        &["status", "accesspackageassignments/alice-finance", "-n", NS][..],
+        &["status", "accesspackageassignment", "alice-finance"][..],
+    ] {
+        let out = plugin(&config, args).await;
+        assert_eq!(out.code, Some(0), "{args:?}: {}", out.stderr);
+        assert!(
+            out.stdout
+                .starts_with("AccessPackageAssignment access/alice-finance\n"),
+            "{}",
+            out.stdout
+        );
+        for want in [
+            "│  └─ Delivered  False    ResourcesMissing: fin-writers (Member) is missing\n",
+            "│  └─ Missing  AadGroup  fin-writers (Member)\n",
+            "├─ Reprocess\n│  └─ attempts: 0 of 3 (mode Manual, cooldown 5m)\n",
+        ] {
+            assert!(out.stdout.contains(want), "{want:?} in\n{}", out.stdout);
+        }
+    }
+    let out = plugin(&config, &["status", "apg/finance", "-n", "ops"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout
+            .contains("carol@contoso.com (assignment a-2): Missing fin-readers (Member)"),
+        "{}",
+        out.stdout
+    );
+
+    let out = plugin(&config, &["status", "apa/nope"]).await;
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("accesspackageassignment \"nope\" not found in namespace \"access\""),
+        "{}",
+        out.stderr
+    );
+    let out = plugin(&config, &["status", "pod/x"]).await;
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr.contains("unknown kind \"pod\""),
+        "{}",
+        out.stderr
+    );
+
+    let out = plugin(&config, &["drift"]).await;
+    assert_eq!(out.code, Some(2), "drift found: {}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "OBJECT              DELIVERED   REASON             MISSING\n\
+         apa/alice-finance   False       ResourcesMissing   fin-writers (Member)\n"
+    );
+    let out = plugin(&config, &["drift", "-A"]).await;
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", out.stdout);
+    assert!(
+        lines[1].starts_with("access      apa/alice-finance"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        lines[2].starts_with("ops         apg/finance")
+            && lines[2].ends_with("carol@contoso.com: fin-readers (Member)"),
+        "{}",
+        out.stdout
+    );
+    let out = plugin(&config, &["drift", "--context", "other"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(
+        out.stdout,
+        "Every AccessPackageAssignment and AccessPackageGuard in namespace \"elsewhere\" is Delivered (1 objects).\n"
+    );
+}
+
+#[tokio::test]
+async fn reprocess_wait_times_out_naming_what_it_waited_for_and_guards_refuse_wait() {
+    let kube = FakeKube::start(vec![
+        assignment("alice-finance", NS, "Manual", Some(drifted_status())),
+        guard("finance", NS, None),
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+
+    let started = Instant::now();
+    let out = plugin(
+        &config,
+        &[
+            "reprocess",
+            "apa/alice-finance",
+            "--wait",
+            "--timeout",
+            "2s",
+        ],
+    )
+    .await;
+    assert_eq!(out.code, Some(1), "{}", out.stdout);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stored = kube.object(APA, NS, "alice-finance").unwrap();
+    let value = stored["metadata"]["annotations"][ANNOTATION]
+        .as_str()
+        .expect("the annotation is set")
+        .to_string();
+    assert!(
+        out.stdout
+            .contains(&format!("reprocess requested ({ANNOTATION}={value})")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr.contains(&format!(
+            "timed out after 2s waiting for accesspackageassignment \"alice-finance\" in namespace \"access\" to echo \"{value}\" in status.reprocess.lastHandledRequest (it holds nothing)"
+        )),
+        "{}",
+        out.stderr
+    );
+
+    let out = plugin(&config, &["reprocess", "apg/finance", "--wait"]).await;
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("--wait works on an accesspackageassignment only"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        kube.object(APG, NS, "finance").unwrap()["metadata"]["annotations"].is_null(),
+        "a refused --wait changes nothing"
+    );
+    let out = plugin(&config, &["reprocess", "apg/finance"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        kube.object(APG, NS, "finance").unwrap()["metadata"]["annotations"][ANNOTATION].is_string()
+    );
+    let out = plugin(&config, &["reprocess", "apa/gone"]).await;
+    assert_eq!(out.code, Some(1));
+    assert!(
+        out.stderr
+            .contains("accesspackageassignment \"gone\" not found in namespace \"access\""),
+        "{}",
+        out.stderr
+    );
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The real controller, in-process (as `controller_ledger` runs it), sees the annotation the
+/// plugin sets, reprocesses once and echoes it; `--wait` returns on that echo.
+#[tokio::test]
+async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let id = sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap()
+        .to_ascii_lowercase();
+    // Manual: the controller reports alice's drift and waits for a human.
+    let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
+        .await
+        .unwrap();
+    let mut kconfig = kube::Config::new(kube.url().parse().unwrap());
+    kconfig.default_namespace = NS.into();
+    let client = kube::Client::try_from(kconfig).unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+    let settings = Settings {
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ready = Readiness::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_controllers(
+        ctx,
+        Vec::new(),
+        4,
+        ready.clone(),
+        stop.clone(),
+    ));
+    let reported = || {
+        let s = kube
+            .object(APA, NS, "alice-finance")
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null);
+        s["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Delivered" && c["reason"] == "ResourcesMissing")
+        })
+    };
+    wait_until(
+        "the controller reports alice's drift",
+        Duration::from_secs(30),
+        reported,
+    )
+    .await;
+    assert_eq!(
+        reprocess_calls(&sim, false).values().sum::<usize>(),
+        0,
+        "Manual mode sends nothing by itself"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let out = plugin(
+        &config,
+        &[
+            "reprocess",
+            "apa/alice-finance",
+            "--wait",
+            "--timeout",
+            "60s",
+        ],
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    let stored = kube.object(APA, NS, "alice-finance").unwrap();
+    let value = stored["metadata"]["annotations"][ANNOTATION]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        out.stdout.contains(&format!(
+            "accesspackageassignment access/alice-finance: reprocess request \"{value}\" handled; outcome "
+        )),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(stored["status"]["reprocess"]["lastHandledRequest"], value);
+    let calls = || {
+        reprocess_calls(&sim, false)
+            .into_iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(&id))
+            .map(|(_, n)| n)
+            .sum::<usize>()
+    };
+    // The controller records the reprocess in status just before it calls Graph (so that a
+    // crash in between never sends it twice): the echo can precede the call by moments.
+    wait_until(
+        "the reprocess reaches Graph",
+        Duration::from_secs(10),
+        || calls() > 0,
+    )
+    .await;
+    assert_eq!(calls(), 1, "one request, one reprocess");
+    // More passes (the re-checks after the repair) send no second one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls(), 1, "still one reprocess");
+    assert_eq!(reprocess_calls(&sim, false).values().sum::<usize>(), 1);
+
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the controller stops within 20s")
+        .unwrap();
+    sim.shutdown().await;
+}
