@@ -480,6 +480,7 @@ async fn checking_its_own_reprocess_reads_memberships_fresh() {
 
     // Well within the observation window: the cached copy still lacks alice, but her own
     // check reads the group again and sees the repair.
+    env.sim.clear_request_log();
     let stored = with_status(&alice, &reprocessing);
     let task = env.reconcile(&stored);
     let verified = env.api.expect_status_patch(&alice).await;
@@ -491,6 +492,27 @@ async fn checking_its_own_reprocess_reads_memberships_fresh() {
     assert_eq!(verified["reprocess"]["lastOutcome"], "Repaired");
     env.api.expect_event(&alice).await;
     task.await.unwrap().unwrap();
+    // What the repair cost to verify: the one group it restored, read again. The package's
+    // assignments and requests (unchanged by a reprocess) and the groups that were present
+    // all came from the shared cache.
+    let writers = env.sim.group_id("fin-writers").unwrap();
+    let log: Vec<String> = env
+        .sim
+        .request_log()
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e.method,
+                e.path.split('?').next().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        log,
+        [format!("GET /v1.0/groups/{writers}/members")],
+        "a repair check re-reads what the repair changed, not the package"
+    );
 }
 
 #[tokio::test]
@@ -675,6 +697,10 @@ async fn spent_reprocess_budget_defers_without_writing() {
         assignment_ids: vec![],
         request_ids: vec![],
     });
+    // Bob is drifted too (another Graph assignment of the same package).
+    env.sim
+        .remove_member("fin-writers", "bob@contoso.com")
+        .unwrap();
     let first = for_user("alice-1", "alice@contoso.com");
     let task = env.reconcile(&first);
     env.api.expect_status_patch(&first).await;
@@ -684,11 +710,7 @@ async fn spent_reprocess_budget_defers_without_writing() {
     task.await.unwrap().unwrap();
     assert_eq!(reprocess_calls(&env.sim), 1);
 
-    // The budget (1 a minute) is spent: the second object (bob, now drifted too: another
-    // Graph assignment) waits, claiming nothing.
-    env.sim
-        .remove_member("fin-writers", "bob@contoso.com")
-        .unwrap();
+    // The budget (1 a minute) is spent: the second object (bob) waits, claiming nothing.
     let second = for_user("bob-2", "bob@contoso.com");
     let task = env.reconcile(&second);
     env.api.expect_status_patch(&second).await; // first visit only

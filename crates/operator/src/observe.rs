@@ -187,10 +187,27 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<V, GraphError>>,
     {
+        self.get_or_read_since(key, None, read).await
+    }
+
+    /// Like [`Memo::get_or_read`], but an entry started before `since` is read again (and
+    /// the new read replaces it for everyone).
+    async fn get_or_read_since<F, Fut>(
+        &self,
+        key: K,
+        since: Option<tokio::time::Instant>,
+        read: F,
+    ) -> Result<V, GraphError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, GraphError>>,
+    {
         let cell = {
             let mut cells = self.cells.lock().await;
             match cells.get(&key) {
-                Some((at, cell)) if self.fresh_enough(*at) => cell.clone(),
+                Some((at, cell)) if self.fresh_enough(*at) && since.is_none_or(|s| *at >= s) => {
+                    cell.clone()
+                }
                 _ => {
                     // Bound memory: expired entries go whenever a new one starts.
                     if self.max_age.is_some() {
@@ -503,13 +520,25 @@ impl Observer {
         &self,
         resources: impl IntoIterator<Item = &'a PromisedResource>,
     ) -> Snapshot {
+        self.snapshot_fresh_after(resources, None).await
+    }
+
+    /// Like [`Observer::snapshot`], but the reads `fresh` names must have been made after
+    /// its moment: a cached copy started earlier is read again, once, for every caller.
+    pub async fn snapshot_fresh_after<'a>(
+        &self,
+        resources: impl IntoIterator<Item = &'a PromisedResource>,
+        fresh: Option<&crate::engine::FreshAfter>,
+    ) -> Snapshot {
         let reads = crate::engine::reads_needed(resources);
+        let since = fresh.and_then(|f| instant_of(f.since));
         let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
             futures::stream::iter(reads)
                 .map(|read| async move {
+                    let since = since.filter(|_| fresh.is_some_and(|f| f.reads.contains(&read)));
                     let result = self
                         .reads
-                        .get_or_read(read.clone(), || self.read_resource(&read))
+                        .get_or_read_since(read.clone(), since, || self.read_resource(&read))
                         .await;
                     (read, result)
                 })
@@ -582,6 +611,14 @@ fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) 
         .join(", ")
 }
 
+/// `at` on tokio's clock (the cache's); `None` when it lies in the future, where no read
+/// can have been made after it yet — reading now is then the best there is.
+fn instant_of(at: jiff::Timestamp) -> Option<tokio::time::Instant> {
+    let age = jiff::Timestamp::now().duration_since(at);
+    let age = Duration::try_from(age).ok()?;
+    tokio::time::Instant::now().checked_sub(age)
+}
+
 /// A sentence about a Graph failure that is the same on every pass (no request ids or
 /// timings), because it lands in status and a changing status would be rewritten on
 /// every verification. Request ids go to the logs instead.
@@ -652,12 +689,13 @@ pub trait Reads: Sync {
         &self,
         selector: &TargetSelector,
     ) -> impl std::future::Future<Output = Result<String, ObserveError>> + Send;
-    /// The memberships of `resources`; `fresh` asks for reads made now (checking on a
-    /// reprocess: a copy from before it landed would still show the resource missing).
+    /// The memberships of `resources`; the reads `fresh` names must have been made after
+    /// its moment (checking on a reprocess: a copy from before it was sent would still show
+    /// the resource missing).
     fn memberships(
         &self,
         resources: &[PromisedResource],
-        fresh: bool,
+        fresh: Option<&crate::engine::FreshAfter>,
     ) -> impl std::future::Future<Output = Snapshot> + Send;
     /// One request, read now, with its assignment.
     fn request(
@@ -685,7 +723,11 @@ impl Reads for Observer {
 
     /// Within one pass every read is shared; a pass starts with [`Observer::refresh`], so
     /// each pass reads fresh anyway.
-    async fn memberships(&self, resources: &[PromisedResource], _fresh: bool) -> Snapshot {
+    async fn memberships(
+        &self,
+        resources: &[PromisedResource],
+        _fresh: Option<&crate::engine::FreshAfter>,
+    ) -> Snapshot {
         self.snapshot(resources).await
     }
 
@@ -729,8 +771,8 @@ impl AssignmentObservation {
 /// Reads what one `AccessPackageAssignment` needs, as little as possible: resolution
 /// (the target through the package's own assignments when one names it, so a user whose
 /// assignment is healthy costs no user read; one that may be written to is confirmed to
-/// still exist), the package view, the promised memberships (fresh while
-/// a reprocess is being checked), and the latest request only where the plan can depend on
+/// still exist), the package view, the promised memberships (those a reprocess should
+/// restore read after it was sent, while it is being checked), and the latest request only where the plan can depend on
 /// one (the request this object submitted is read directly). `Err` is a Graph failure
 /// worth retrying; a declaration that cannot be satisfied as written is `Ok` with
 /// `resolved: Err(..)`.
@@ -768,9 +810,8 @@ pub async fn observe_assignment(
     };
     let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
     let mut assignment = view.assignment_for(&target);
-    let snapshot = reads
-        .memberships(&view.resources, crate::engine::awaiting_reprocess(previous))
-        .await;
+    let fresh = crate::engine::fresh_reads(previous, &view.resources);
+    let snapshot = reads.memberships(&view.resources, fresh.as_ref()).await;
     let healthy = !crate::engine::needs_latest_request(
         assignment.as_ref(),
         &view.resources,
@@ -858,7 +899,7 @@ pub async fn observe_guard(
     };
     match view {
         Ok(view) => {
-            let snapshot = reads.memberships(&view.resources, false).await;
+            let snapshot = reads.memberships(&view.resources, None).await;
             Ok(GuardObservation {
                 resolved: Ok((view.package.id.clone(), view.package.display_name.clone())),
                 view: Some(view),
@@ -867,5 +908,38 @@ pub async fn observe_guard(
         }
         Err(ObserveError::Resolve(f)) => Ok(failed(f)),
         Err(ObserveError::Graph(e)) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_older_than_since_is_made_again_once_for_everyone() {
+        let memo: Memo<&str, u32> = Memo::new(Some(Duration::from_secs(30)));
+        let reads = AtomicUsize::new(0);
+        let read = || async {
+            Ok::<_, GraphError>(u32::try_from(reads.fetch_add(1, Ordering::SeqCst)).unwrap())
+        };
+        assert_eq!(memo.get_or_read("g", read).await.unwrap(), 0);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        let sent = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // Within max_age the copy is shared...
+        assert_eq!(memo.get_or_read("g", read).await.unwrap(), 0);
+        // ...but not for a caller that needs a read made after `sent`.
+        assert_eq!(
+            memo.get_or_read_since("g", Some(sent), read).await.unwrap(),
+            1
+        );
+        // The new read replaced the old one: the next such caller, and everyone else, get it.
+        assert_eq!(
+            memo.get_or_read_since("g", Some(sent), read).await.unwrap(),
+            1
+        );
+        assert_eq!(memo.get_or_read("g", read).await.unwrap(), 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 }

@@ -240,7 +240,14 @@ async fn execute(
             record_request_submitted(&mut plan.status, &req.id);
         }
     });
-    if let Ok(ids) = &observed.resolved {
+    // A request (or a failed request's reprocess) changes the package's assignments and
+    // requests: read them again. An assignment's reprocess changes neither, only the
+    // memberships it restores, and those are read after it on the next check
+    // (`engine::fresh_reads`), once for every object waiting on them: a repair costs the
+    // re-read of what it changed, not of the whole package.
+    if !matches!(write, crate::graph::Write::ReprocessAssignment { .. })
+        && let Ok(ids) = &observed.resolved
+    {
         ctx.observations
             .invalidate_package(&ids.access_package_id, observed.resources())
             .await;

@@ -134,8 +134,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             Timestamp::now(),
         );
         if let Ok((package_id, _)) = &resolved {
+            // Reprocesses change memberships, not the package's assignments: keep the view.
             ctx.observations
-                .invalidate_package(package_id, observed.resources())
+                .invalidate_memberships(observed.resources())
                 .await;
             let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
             ctx.triggers.covering(package_id, &done, &who);

@@ -4,9 +4,10 @@
 //! as `redeliver audit`). A long-running controller adds what a one-shot audit does not
 //! need: an age bound (`--observation-max-age`). Name resolutions, each package's reads and
 //! each resource's membership are kept for at most `max_age` across all objects — one paged
-//! read per *resource* per window, never one per user. After the controller writes to Graph
-//! for a package, that package's reads and the memberships it promises are dropped so the
-//! next pass sees the effect.
+//! read per *resource* per window, never one per user. After the controller requests an
+//! assignment for a package, that package's reads and the memberships it promises are
+//! dropped so the next pass sees the effect; after a reprocess only what it restores is
+//! read again, after it was sent (`engine::fresh_reads`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -127,12 +128,12 @@ impl crate::observe::Reads for Observations {
         self.observer().resolve_target(selector).await
     }
 
-    async fn memberships(&self, resources: &[PromisedResource], fresh: bool) -> Snapshot {
-        if fresh {
-            self.snapshot_fresh(resources).await
-        } else {
-            self.snapshot(resources).await
-        }
+    async fn memberships(
+        &self,
+        resources: &[PromisedResource],
+        fresh: Option<&crate::engine::FreshAfter>,
+    ) -> Snapshot {
+        self.observer.snapshot_fresh_after(resources, fresh).await
     }
 
     async fn request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {

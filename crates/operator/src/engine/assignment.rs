@@ -349,6 +349,35 @@ pub fn awaiting_reprocess(status: Option<&AccessPackageAssignmentStatus>) -> boo
     status.is_some_and(|s| s.reprocess.last_outcome == Some(ReprocessOutcome::Requested))
 }
 
+/// The membership reads a check of this object must have made after a moment, and that
+/// moment: while a reprocess is awaited, the reads of the resources it was sent to restore
+/// (those the status lists `Missing`; every verifiable one when it lists none), made after
+/// the reprocess was sent — a copy from before would still show them missing. Any read
+/// made since serves every object waiting on the same resource, so a repair costs the
+/// re-read of what it changed, not of the package.
+pub fn fresh_reads(
+    status: Option<&AccessPackageAssignmentStatus>,
+    resources: &[PromisedResource],
+) -> Option<super::FreshAfter> {
+    let status = status.filter(|s| awaiting_reprocess(Some(s)))?;
+    // Status times have whole seconds: the reprocess went out somewhere within that
+    // second, so only a read started after it is surely later.
+    let since = status.reprocess.last_requested_time.as_ref()?.0 + SignedDuration::from_secs(1);
+    let was_missing = |r: &&PromisedResource| {
+        status.resources.iter().any(|s| {
+            s.state == ResourceState::Missing
+                && s.origin_system == r.origin_system
+                && s.origin_id.eq_ignore_ascii_case(&r.origin_id)
+                && s.role.as_deref().unwrap_or_default() == r.role
+        })
+    };
+    let mut reads = super::reads_needed(resources.iter().filter(was_missing));
+    if reads.is_empty() {
+        reads = super::reads_needed(resources);
+    }
+    Some(super::FreshAfter { since, reads })
+}
+
 /// Whether [`plan_assignment`] can look at the target's latest request: only when there
 /// is no assignment, when it is not delivered yet, or when it is delivered but a promised
 /// resource is missing (a request in flight is then waited for rather than reprocessed).

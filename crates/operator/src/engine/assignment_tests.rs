@@ -1674,3 +1674,32 @@ fn an_object_without_verify_interval_uses_the_operators_default() {
     fx.spec.verify_interval = Some("2m".into());
     assert_eq!(fx.plan(at(0)).requeue_after, Duration::from_secs(120));
 }
+
+// ---- Which reads a repair check must make again ----
+
+#[test]
+fn a_repair_check_rereads_only_what_the_reprocess_restores_after_it_was_sent() {
+    let mut fx = Fx::new();
+    // Healthy: nothing needs a fresh read.
+    let healthy = fx.step(at(0));
+    assert_eq!(fresh_reads(Some(&healthy.status), &fx.resources), None);
+    fx.remove_from_g2();
+    let sent = fx.step(at(10));
+    assert!(sent.action.is_reprocess(), "{:?}", sent.action);
+    let fresh = fresh_reads(Some(&sent.status), &fx.resources).expect("awaiting its reprocess");
+    // Only the group the reprocess should restore; the present one may come from the cache.
+    assert_eq!(
+        fresh.reads.into_iter().collect::<Vec<_>>(),
+        [ResourceRead::GroupMembers("g2".into())]
+    );
+    // After the send, with the status's whole-second precision rounded up.
+    assert_eq!(fresh.since, at(11));
+
+    // A status that lists nothing missing (the reprocess was asked for by hand): every read.
+    let mut by_hand = sent.status.clone();
+    for r in &mut by_hand.resources {
+        r.state = crate::api::ResourceState::Present;
+    }
+    let all = fresh_reads(Some(&by_hand), &fx.resources).unwrap();
+    assert_eq!(all.reads, crate::engine::reads_needed(&fx.resources));
+}

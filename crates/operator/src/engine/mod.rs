@@ -26,7 +26,7 @@ mod snapshot;
 
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
-    awaiting_reprocess, needs_latest_request, plan_assignment, record_action_failure,
+    awaiting_reprocess, fresh_reads, needs_latest_request, plan_assignment, record_action_failure,
     record_request_submitted,
 };
 pub use guard::{
@@ -34,7 +34,7 @@ pub use guard::{
     record_guard_outcome,
 };
 pub use resources::{OriginSystem, PromisedResource, ResourceKind, promised_resources};
-pub use snapshot::{Check, ReadData, ResourceRead, Snapshot, reads_needed};
+pub use snapshot::{Check, FreshAfter, ReadData, ResourceRead, Snapshot, reads_needed};
 
 /// Operator-wide knobs the engine needs (not per object).
 #[derive(Debug, Clone, PartialEq, Eq)]

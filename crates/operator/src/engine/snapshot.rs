@@ -43,6 +43,16 @@ pub fn reads_needed<'a>(
         .collect()
 }
 
+/// Membership reads that must have been made after `since` (a cached copy started
+/// earlier is read again); every other read may come from the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FreshAfter {
+    /// The moment, e.g. when a reprocess was sent.
+    pub since: jiff::Timestamp,
+    /// The reads it applies to.
+    pub reads: BTreeSet<ResourceRead>,
+}
+
 /// What one [`ResourceRead`] returned. Shared, not copied: a controller puts the same
 /// read of a group into the snapshot of every object that promises it, and a large
 /// group's members are thousands of ids.
