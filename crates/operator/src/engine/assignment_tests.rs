@@ -1693,7 +1693,7 @@ fn a_repair_check_rereads_only_what_the_reprocess_restores_after_it_was_sent() {
         [ResourceRead::GroupMembers("g2".into())]
     );
     // After the send, with the status's whole-second precision rounded up.
-    assert_eq!(fresh.since, at(11));
+    assert_eq!(fresh.since, at(10) + SignedDuration::from_secs(1));
 
     // A status that lists nothing missing (the reprocess was asked for by hand): every read.
     let mut by_hand = sent.status.clone();
