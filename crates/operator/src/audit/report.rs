@@ -262,7 +262,7 @@ pub fn markdown(report: &Report) -> String {
     let s = &report.summary;
     if s.total > 0 && s.delivered == s.total {
         out.push_str(&format!(
-            "All {} declared assignment(s) are delivered and verified; {} action(s) taken.\n",
+            "Everything is delivered and verified ({} row(s), {} action(s) taken).\n",
             s.total, s.actions_taken
         ));
         if let Some(before) = &report.before {
@@ -682,7 +682,7 @@ mod tests {
         ];
         assert_eq!(
             markdown(&report(rows, None, 0)),
-            "## Redeliver audit\n\nAll 2 declared assignment(s) are delivered and verified; 0 action(s) taken.\n"
+            "## Redeliver audit\n\nEverything is delivered and verified (2 row(s), 0 action(s) taken).\n"
         );
     }
 
