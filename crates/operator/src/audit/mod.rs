@@ -73,7 +73,11 @@ EXAMPLES:
   redeliver audit -f declarations/
 
   # Repair, then verify again, waiting up to 10 minutes for Graph
-  redeliver audit -f declarations/ --reprocess --wait 10m")]
+  redeliver audit -f declarations/ --reprocess --wait 10m
+
+  # In CI: a job summary of what is not delivered, or a JUnit test report
+  redeliver audit -f declarations/ -o markdown >> \"$GITHUB_STEP_SUMMARY\"
+  redeliver audit -f declarations/ -o junit > redeliver-junit.xml")]
 pub struct AuditArgs {
     /// Declaration files or directories (searched recursively for .yaml/.yml; multi-document).
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
