@@ -312,3 +312,52 @@ async fn a_permission_every_read_needs_is_one_error_not_one_per_row() {
     }
     sim.shutdown().await;
 }
+
+#[tokio::test]
+async fn graph_refusing_the_token_on_every_read_is_one_error_in_junit() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    // The token endpoint answers, Graph refuses every token it is shown.
+    sim.inject_fault(fault(json!({
+        "kind": "error", "status": 401, "method": "GET", "count": 1000, "pathPrefix": "/v1.0/"
+    })));
+    let dir = declarations(&format!(
+        "{}{}",
+        declaration("alice-finance", "Finance Analysts", "alice@contoso.com", ""),
+        declaration(
+            "dave-engineering",
+            "Engineering Tools",
+            "dave@contoso.com",
+            ""
+        ),
+    ));
+    let out = audit(&sim, dir.path(), &["-o", "junit"]).await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    let elements = xml_elements(&out.stdout);
+    let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+    assert_eq!(
+        (
+            attr(suite, "tests"),
+            attr(suite, "failures"),
+            attr(suite, "errors")
+        ),
+        ("1", "0", "1"),
+        "{}",
+        out.stdout
+    );
+    let error = elements.iter().find(|e| e.0 == "error").unwrap();
+    assert_eq!(attr(error, "type"), "Unavailable");
+    assert!(
+        out.stdout.contains("every declaration failed this way"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        out.stderr
+            .matches("every declaration failed this way")
+            .count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    sim.shutdown().await;
+}
