@@ -6,6 +6,7 @@
 //! fraction of the time linking. Run one suite with `cargo test --test it <module>::`.
 
 mod audit_against_sim;
+mod audit_ci_output;
 mod chart_metrics;
 mod cli_audit;
 mod clock;

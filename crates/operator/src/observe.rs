@@ -8,6 +8,7 @@
 //!   every assignment that promises it — never one read per user.
 
 pub mod delta;
+pub mod suggest;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -335,7 +336,7 @@ impl Observer {
                     .map(|c| format!(" in catalog '{c}'"))
                     .unwrap_or_default();
                 let hint = if found.is_empty() {
-                    String::new()
+                    self.package_hint(name).await?
                 } else {
                     format!(
                         "; packages with that name exist in {}",
@@ -358,6 +359,50 @@ impl Observer {
                 ),
             )),
         })
+    }
+
+    /// "Did you mean" for a package name that matched nothing. Only on that failure path:
+    /// one request, one page of the packages sharing the name's first characters (the
+    /// success path reads exactly as before). A refused or unsupported read gives no hint;
+    /// a transient failure is returned, so the resolution is retried rather than kept
+    /// without its hint (the message lands in status and must not change between passes).
+    async fn package_hint(&self, name: &str) -> Result<String, GraphError> {
+        let Some(prefix) = suggest::prefix(name) else {
+            return Ok(String::new());
+        };
+        match self.graph.suggest_access_packages(&prefix).await {
+            Ok(packages) => Ok(suggest::did_you_mean(
+                name,
+                packages.iter().filter_map(|p| p.display_name.as_deref()),
+            )),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "no access package suggestions");
+                Ok(String::new())
+            }
+        }
+    }
+
+    /// "Did you mean" for a user principal name that is not in the tenant, on that failure
+    /// path only: one request for one page of users sharing its first characters. Errors
+    /// are handled as in [`Observer::package_hint`].
+    async fn user_hint(&self, upn: &str) -> Result<String, GraphError> {
+        let Some(prefix) = suggest::prefix(upn) else {
+            return Ok(String::new());
+        };
+        match self.graph.suggest_users(&prefix).await {
+            Ok(users) => Ok(suggest::did_you_mean(
+                upn,
+                users
+                    .iter()
+                    .filter_map(|u| u.user_principal_name.as_deref()),
+            )),
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                tracing::debug!(error = %e, "no user suggestions");
+                Ok(String::new())
+            }
+        }
     }
 
     /// Reads one package with its resources, policies and assignments (cached until
@@ -461,8 +506,13 @@ impl Observer {
                 match hits.as_slice() {
                     [one] => Ok(one.id.clone()),
                     [] => Err(ResolveFailure::new(ResolveFailureKind::PolicyNotFound, format!(
-                        "spec.assignmentPolicy.displayName: package '{package}' has no policy named '{name}'; its policies are {}",
-                        describe()
+                        "spec.assignmentPolicy.displayName: package '{package}' has no policy named '{name}'; its policies are {}{}",
+                        describe(),
+                        // The package's policies are already read: the hint costs nothing.
+                        suggest::did_you_mean(
+                            name,
+                            view.policies.iter().filter_map(|p| p.display_name.as_deref())
+                        )
                     ))),
                     _ => Err(ResolveFailure::new(ResolveFailureKind::PolicyAmbiguous, format!(
                         "spec.assignmentPolicy.displayName: '{name}' names {} policies of package '{package}'; set spec.assignmentPolicy.id ({})",
@@ -502,10 +552,17 @@ impl Observer {
             .get_or_read(key.clone(), || async {
                 match self.graph.get_user(&key).await {
                     Ok(Some(user)) => Ok(Ok(user.id)),
-                    Ok(None) => Ok(Err(ResolveFailure::new(
-                        ResolveFailureKind::TargetNotFound,
-                        format!("{field}: no user '{key}' in the tenant"),
-                    ))),
+                    Ok(None) => {
+                        // Object ids have no near misses worth suggesting.
+                        let hint = match r.object_id {
+                            Some(_) => String::new(),
+                            None => self.user_hint(&key).await?,
+                        };
+                        Ok(Err(ResolveFailure::new(
+                            ResolveFailureKind::TargetNotFound,
+                            format!("{field}: no user '{key}' in the tenant{hint}"),
+                        )))
+                    }
                     Err(e) => forbidden_as_failure(e, field).map(Err),
                 }
             })

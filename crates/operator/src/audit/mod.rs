@@ -44,9 +44,17 @@ pub const EXIT_DRIFT: u8 = 2;
 /// Output formats for the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
+    /// A terminal table, then details and counts.
     Table,
+    /// The whole report as JSON.
     Json,
+    /// The whole report as YAML.
     Yaml,
+    /// A summary for a pull request comment or `$GITHUB_STEP_SUMMARY`: counts and the rows
+    /// that are not delivered.
+    Markdown,
+    /// JUnit XML, one test case per row, for CI test report views.
+    Junit,
 }
 
 /// Arguments of `redeliver audit`.
@@ -65,7 +73,11 @@ EXAMPLES:
   redeliver audit -f declarations/
 
   # Repair, then verify again, waiting up to 10 minutes for Graph
-  redeliver audit -f declarations/ --reprocess --wait 10m")]
+  redeliver audit -f declarations/ --reprocess --wait 10m
+
+  # In CI: a job summary of what is not delivered, or a JUnit test report
+  redeliver audit -f declarations/ -o markdown >> \"$GITHUB_STEP_SUMMARY\"
+  redeliver audit -f declarations/ -o junit > redeliver-junit.xml")]
 pub struct AuditArgs {
     /// Declaration files or directories (searched recursively for .yaml/.yml; multi-document).
     #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
@@ -91,7 +103,10 @@ pub struct AuditArgs {
     #[arg(long, value_name = "FILE", requires = "simulate")]
     pub scenario: Option<PathBuf>,
 
-    /// Report format on stdout.
+    /// Report format on stdout: a terminal table, JSON or YAML (the whole report),
+    /// markdown (counts and what is not delivered, for a pull request comment or
+    /// $GITHUB_STEP_SUMMARY) or junit (JUnit XML, one test case per row, for CI test
+    /// reports).
     #[arg(short = 'o', long = "output", value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
 
@@ -136,8 +151,16 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
     }
 
     let client = connect(&args, simulated)?;
-    let observer = Observer::new(client, args.graph.graph_concurrency);
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
+    // A refused credential or an unreachable tenant would fail every row with the same
+    // text: say it once, before any row is evaluated. This token is the one the reads use
+    // next, so it costs no extra request on success.
+    progress.say("obtaining a Graph token");
+    if let Err(err) = client.check_token().await {
+        progress.finish();
+        return fail_everything(err.to_string(), &decls, args.output);
+    }
+    let observer = Observer::new(client, args.graph.graph_concurrency);
     let mut audit = Audit::new(&decls, &observer, args.reprocess);
 
     progress.say("verifying declarations against Graph");
@@ -159,15 +182,47 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
         }
     }
     progress.finish();
-    let rows = audit.rows();
+    let error = audit.common_failure();
+    let mut rows = audit.rows();
+    if error.is_some() {
+        for row in &mut rows {
+            row.message.clear();
+        }
+    }
     let report = Report {
+        error,
         before: args.reprocess.then_some(before),
         summary: Summary::of(&rows, actions_taken),
         rows,
         notes: decls.skipped.clone(),
     };
+    if let Some(error) = &report.error {
+        eprintln!("error: {error}");
+    }
     print_report(&report, args.output)?;
     Ok(exit_code(&report.rows))
+}
+
+/// Reports a failure that kept every declaration from being checked, once: on stderr, and
+/// in the report for the formats a CI job reads (JSON, YAML, Markdown, JUnit).
+fn fail_everything(
+    error: String,
+    decls: &Declarations,
+    output: OutputFormat,
+) -> anyhow::Result<u8> {
+    eprintln!("error: {error}");
+    eprintln!("error: no declaration could be checked; nothing was changed");
+    if output != OutputFormat::Table {
+        let report = Report {
+            error: Some(error),
+            before: None,
+            rows: Vec::new(),
+            summary: Summary::default(),
+            notes: decls.skipped.clone(),
+        };
+        print_report(&report, output)?;
+    }
+    Ok(EXIT_ERROR)
 }
 
 /// Errors dominate; then anything not delivered is drift.
@@ -211,7 +266,12 @@ fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(report)?),
         OutputFormat::Yaml => print!("{}", serde_norway::to_string(report)?),
+        OutputFormat::Markdown => print!("{}", report::markdown(report)),
+        OutputFormat::Junit => print!("{}", report::junit(report)?),
         OutputFormat::Table => {
+            if let Some(error) = &report.error {
+                println!("Error (every declaration): {error}");
+            }
             if let Some(before) = &report.before {
                 println!("Before:");
                 println!("{}", report::table(before));
@@ -281,6 +341,8 @@ struct AssignmentEval {
     in_flight: bool,
     /// What its plan claimed in the ledger, undone if the write does not happen.
     undo: Undo,
+    /// A Graph failure that kept it from being observed, to tell one that hit every row.
+    failure: Option<GraphFailure>,
 }
 
 /// The latest evaluation of one guard.
@@ -296,6 +358,40 @@ struct GuardEval {
     in_flight: bool,
     /// What its plan claimed in the ledger, undone for each reprocess not sent.
     undo: Undo,
+    /// A Graph failure that kept it from being observed, to tell one that hit every row.
+    failure: Option<GraphFailure>,
+}
+
+/// A Graph failure of one observation: `key` is its kind (and Graph's code), equal for
+/// two rows that failed the same way; `message` says it for the human.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct GraphFailure {
+    key: String,
+    message: String,
+}
+
+impl GraphFailure {
+    fn of_error(err: &GraphError) -> Self {
+        Self {
+            key: format!("{}:{}", err.kind(), err.code().unwrap_or_default()),
+            message: err.to_string(),
+        }
+    }
+
+    /// A refused read is reported as a resolution failure (`Forbidden`) naming the field;
+    /// the field differs between rows, the refusal does not.
+    fn of_resolve(failure: &engine::ResolveFailure) -> Option<Self> {
+        (failure.kind == engine::ResolveFailureKind::Forbidden).then(|| {
+            let message = failure
+                .message
+                .split_once(": ")
+                .map_or(failure.message.as_str(), |(_, rest)| rest);
+            Self {
+                key: "forbidden".into(),
+                message: message.to_string(),
+            }
+        })
+    }
 }
 
 impl<'a> Audit<'a> {
@@ -317,6 +413,20 @@ impl<'a> Audit<'a> {
             .map(|a| a.row.clone())
             .chain(self.guards.iter().flat_map(|g| g.rows.iter().cloned()))
             .collect()
+    }
+
+    /// The failure, when every declaration failed to be observed in the same way
+    /// (credentials refused mid-run, Graph unreachable, a permission every read needs).
+    fn common_failure(&self) -> Option<String> {
+        let mut failures = self
+            .assignments
+            .iter()
+            .map(|a| a.failure.as_ref())
+            .chain(self.guards.iter().map(|g| g.failure.as_ref()));
+        let first = failures.next()??;
+        failures
+            .all(|f| f.is_some_and(|f| f.key == first.key))
+            .then(|| format!("{} (every declaration failed this way)", first.message))
     }
 
     fn in_flight_count(&self) -> usize {
@@ -431,6 +541,7 @@ impl<'a> Audit<'a> {
             Ok(o) => o,
             Err(err) => {
                 return AssignmentEval {
+                    failure: Some(GraphFailure::of_error(&err)),
                     row: error_row(declaration, target_label, package_label, err.to_string()),
                     taken: None,
                     status: previous.cloned(),
@@ -440,6 +551,11 @@ impl<'a> Audit<'a> {
                 };
             }
         };
+        let failure = observed
+            .resolved
+            .as_ref()
+            .err()
+            .and_then(GraphFailure::of_resolve);
         let who = format!("AccessPackageAssignment {declaration}");
         let mut ledger = self.ledger.borrow_mut();
         let input = engine::AssignmentInput {
@@ -487,6 +603,7 @@ impl<'a> Audit<'a> {
             action: Some(plan.action),
             in_flight,
             undo,
+            failure,
         }
     }
 
@@ -505,6 +622,7 @@ impl<'a> Audit<'a> {
             Ok(o) => o,
             Err(err) => {
                 return GuardEval {
+                    failure: Some(GraphFailure::of_error(&err)),
                     rows: vec![error_row(
                         declaration,
                         "(all assignments)".into(),
@@ -520,6 +638,11 @@ impl<'a> Audit<'a> {
                 };
             }
         };
+        let failure = observed
+            .resolved
+            .as_ref()
+            .err()
+            .and_then(GraphFailure::of_resolve);
         let view = observed.view.clone();
         let who = format!("AccessPackageGuard {declaration}");
         let mut ledger = self.ledger.borrow_mut();
@@ -571,6 +694,7 @@ impl<'a> Audit<'a> {
             refused,
             in_flight,
             undo,
+            failure,
         }
     }
 

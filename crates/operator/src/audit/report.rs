@@ -1,5 +1,6 @@
 //! The audit report: one row per declared assignment (and per drifted assignment a guard
-//! found), rendered as a table, JSON or YAML.
+//! found), rendered as a table, JSON, YAML, Markdown (a pull request comment or job
+//! summary) or JUnit XML (a CI test report).
 
 use std::fmt;
 
@@ -146,6 +147,10 @@ pub struct Row {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Report {
+    /// A failure that kept every row from being checked (credentials refused, Graph
+    /// unreachable, a permission every read needs), said once instead of on each row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before: Option<Vec<Row>>,
     pub rows: Vec<Row>,
@@ -170,6 +175,7 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts `rows`; `actions_taken` is the number of writes Graph accepted.
     pub fn of(rows: &[Row], actions_taken: usize) -> Self {
         let mut s = Summary {
             total: rows.len(),
@@ -239,6 +245,240 @@ pub fn details(rows: &[Row]) -> String {
     out
 }
 
+/// Renders the report as Markdown for a pull request comment or a CI job summary: a
+/// heading, the counts, and a table of the rows that are not delivered (delivered rows
+/// are only counted). With `--reprocess` the table shows the final rows and a line gives
+/// the counts from before the repairs. No timestamps, so a rerun on the same tenant state
+/// renders the same text.
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::from("## Redeliver audit\n\n");
+    if let Some(error) = &report.error {
+        out.push_str(&format!(
+            "**Error:** {}\n\nNo declaration could be checked.\n",
+            markdown_inline(error)
+        ));
+        return out;
+    }
+    let s = &report.summary;
+    if s.total > 0 && s.delivered == s.total {
+        out.push_str(&format!(
+            "Everything is delivered and verified ({} row(s), {} action(s) taken).\n",
+            s.total, s.actions_taken
+        ));
+        if let Some(before) = &report.before {
+            out.push_str(&format!("\nBefore the repairs: {}.\n", counts(before)));
+        }
+        return out;
+    }
+    out.push_str("| delivered | drifted | not assigned | other | errors | actions taken |\n");
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(&format!(
+        "| {} | {} | {} | {} | {} | {} |\n\n",
+        s.delivered, s.drifted, s.not_assigned, s.other, s.errors, s.actions_taken
+    ));
+    if let Some(before) = &report.before {
+        out.push_str(&format!(
+            "Before the repairs: {}. The table shows the state after them.\n\n",
+            counts(before)
+        ));
+    }
+    out.push_str("| declaration | target | package | verdict | action | missing | message |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in report.rows.iter().filter(|r| !r.verdict.is_delivered()) {
+        let cells = [
+            r.declaration.clone(),
+            r.target.clone(),
+            r.package.clone(),
+            format!("{:?}", r.verdict),
+            r.action.to_string(),
+            r.missing.join(", "),
+            r.message.clone(),
+        ];
+        out.push('|');
+        for cell in cells {
+            out.push(' ');
+            out.push_str(&markdown_cell(&cell));
+            out.push_str(" |");
+        }
+        out.push('\n');
+    }
+    if s.delivered > 0 {
+        out.push_str(&format!("\n{} delivered row(s) not listed.\n", s.delivered));
+    }
+    out
+}
+
+/// The counts of `rows`, as one phrase.
+fn counts(rows: &[Row]) -> String {
+    let s = Summary::of(rows, 0);
+    format!(
+        "{} delivered, {} drifted, {} not assigned, {} other, {} errors",
+        s.delivered, s.drifted, s.not_assigned, s.other, s.errors
+    )
+}
+
+/// Text for a Markdown table cell: the cell ends at an unescaped `|` and the row at a
+/// newline, and raw HTML would be rendered, so those are escaped. Backslashes go first so
+/// a `\` already in the text cannot unescape the `\|` added here.
+fn markdown_cell(text: &str) -> String {
+    markdown_inline(text).replace('|', "\\|")
+}
+
+/// Text for inline Markdown outside a table: HTML is escaped and line breaks become
+/// `<br>` so a multi-line message stays in its paragraph or cell.
+fn markdown_inline(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut lines = text.trim().lines().peekable();
+    while let Some(line) = lines.next() {
+        for c in line.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '&' => out.push_str("&amp;"),
+                c if c.is_control() => out.push(' '),
+                c => out.push(c),
+            }
+        }
+        if lines.peek().is_some() {
+            out.push_str("<br>");
+        }
+    }
+    out
+}
+
+/// Why the JUnit report could not be written (only an I/O failure of the in-memory
+/// writer, which does not happen in practice, but is typed rather than unwrapped).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the JUnit report: {0}")]
+pub struct JunitError(#[from] std::io::Error);
+
+/// Renders the report as JUnit XML, for CI systems that show test reports: one
+/// `<testcase>` per row (classname: the declaration, name: target and package), a
+/// `<failure>` for each row that is not delivered and an `<error>` for each row that could
+/// not be checked. A failure that kept every row from being checked is one `<error>`
+/// test case. No timestamps or durations, so the output is stable.
+pub fn junit(report: &Report) -> Result<String, JunitError> {
+    use quick_xml::Writer;
+    use quick_xml::events::{BytesDecl, BytesText, Event};
+
+    // (classname, name, outcome): outcome is (element, type, message, text).
+    type Case = (
+        String,
+        String,
+        Option<(&'static str, String, String, String)>,
+    );
+    let cases: Vec<Case> = match &report.error {
+        Some(error) => vec![(
+            "redeliver".into(),
+            "graph".into(),
+            Some((
+                "error",
+                "Unavailable".into(),
+                "no declaration could be checked".into(),
+                error.clone(),
+            )),
+        )],
+        None => report
+            .rows
+            .iter()
+            .map(|r| {
+                let outcome = (!r.verdict.is_delivered()).then(|| {
+                    let element = if r.verdict == Verdict::Error {
+                        "error"
+                    } else {
+                        "failure"
+                    };
+                    let mut text = String::new();
+                    if !r.missing.is_empty() {
+                        text.push_str(&format!("missing: {}\n", r.missing.join(", ")));
+                    }
+                    if !r.message.is_empty() {
+                        text.push_str(&r.message);
+                        text.push('\n');
+                    }
+                    (
+                        element,
+                        format!("{:?}", r.verdict),
+                        format!("{:?}: {}", r.verdict, r.action),
+                        text,
+                    )
+                });
+                (
+                    r.declaration.clone(),
+                    format!("{} / {}", r.target, r.package),
+                    outcome,
+                )
+            })
+            .collect(),
+    };
+    let tests = cases.len().to_string();
+    let count = |element: &str| {
+        cases
+            .iter()
+            .filter(|(_, _, o)| o.as_ref().is_some_and(|(e, ..)| *e == element))
+            .count()
+            .to_string()
+    };
+    let (failures, errors) = (count("failure"), count("error"));
+    let mut w = Writer::new_with_indent(Vec::new(), b' ', 2);
+    w.write_event(Event::Decl(BytesDecl::new("1.0", Some("UTF-8"), None)))?;
+    let totals = [
+        ("tests", tests.as_str()),
+        ("failures", failures.as_str()),
+        ("errors", errors.as_str()),
+    ];
+    w.create_element("testsuites")
+        .with_attribute(("name", "redeliver audit"))
+        .with_attributes(totals)
+        .write_inner_content(|w| {
+            w.create_element("testsuite")
+                .with_attribute(("name", "redeliver audit"))
+                .with_attributes(totals)
+                .with_attribute(("skipped", "0"))
+                .write_inner_content(|w| {
+                    for (classname, name, outcome) in &cases {
+                        let case = w
+                            .create_element("testcase")
+                            .with_attribute(("classname", xml_text(classname).as_str()))
+                            .with_attribute(("name", xml_text(name).as_str()));
+                        match outcome {
+                            None => {
+                                case.write_empty()?;
+                            }
+                            Some((element, kind, message, text)) => {
+                                case.write_inner_content(|w| {
+                                    w.create_element(*element)
+                                        .with_attribute(("message", xml_text(message).as_str()))
+                                        .with_attribute(("type", kind.as_str()))
+                                        .write_text_content(BytesText::new(&xml_text(text)))?;
+                                    Ok(())
+                                })?;
+                            }
+                        }
+                    }
+                    Ok(())
+                })?;
+            Ok(())
+        })?;
+    let mut xml = String::from_utf8_lossy(&w.into_inner()).into_owned();
+    xml.push('\n');
+    Ok(xml)
+}
+
+/// XML 1.0 cannot carry most control characters even escaped; messages from Graph or a
+/// declaration could hold one, and a single one makes the whole report unreadable to a CI
+/// server. Tabs and newlines are kept.
+fn xml_text(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\t' | '\n' | '\r' => c,
+            c if c.is_control() => ' ',
+            c => c,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,5 +530,314 @@ mod tests {
             assert_eq!(action.to_string(), text);
             assert_eq!(serde_json::to_value(&action).unwrap(), text);
         }
+    }
+
+    /// Compares `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1 cargo test -p
+    /// redeliver-operator golden` rewrites the files instead (review the diff before
+    /// committing).
+    fn golden(name: &str, actual: &str) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, actual).unwrap();
+            return;
+        }
+        let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e}; run with UPDATE_GOLDEN=1 to create it",
+                path.display()
+            )
+        });
+        assert_eq!(
+            actual,
+            expected,
+            "{} differs; run with UPDATE_GOLDEN=1 to accept",
+            path.display()
+        );
+    }
+
+    fn row(declaration: &str, target: &str, verdict: Verdict, action: RowAction) -> Row {
+        Row {
+            declaration: declaration.into(),
+            target: target.into(),
+            package: "Finance Analysts".into(),
+            assignment_id: None,
+            graph_status: "Delivered".into(),
+            present: 2,
+            promised: 2,
+            verdict,
+            action,
+            missing: Vec::new(),
+            message: String::new(),
+        }
+    }
+
+    /// One row of each kind, with text that needs escaping in Markdown and XML.
+    fn mixed_rows() -> Vec<Row> {
+        let mut drifted = row(
+            "access/alice-finance",
+            "alice@contoso.com",
+            Verdict::Drifted,
+            RowAction::Planned {
+                write: WriteKind::Reprocess,
+                sent: false,
+            },
+        );
+        drifted.present = 1;
+        drifted.missing = vec!["fin-writers".into()];
+        drifted.message = "resources missing: fin-writers | 1 of 2\nsee `kubectl get apa`".into();
+        let mut not_assigned = row(
+            "access/carol-finance",
+            "carol@contoso.com",
+            Verdict::NotAssigned,
+            RowAction::Planned {
+                write: WriteKind::RequestAssignment,
+                sent: false,
+            },
+        );
+        not_assigned.graph_status = "-".into();
+        not_assigned.present = 0;
+        let mut stalled = row(
+            "access/ghost",
+            "alice@contoso.com",
+            Verdict::Stalled,
+            RowAction::Blocked(Reason::PackageNotFound),
+        );
+        stalled.package = "Finance Analyst".into();
+        stalled.message = "spec.accessPackage.displayName: no access package named 'Finance Analyst'; did you mean 'Finance Analysts'?".into();
+        let mut error = row(
+            "ops/<dave> & co",
+            "dave@contoso.com",
+            Verdict::Error,
+            RowAction::Failed,
+        );
+        error.message = "Graph call failed (bad_request: \"quoted\" <tag> \u{1}control)".into();
+        vec![
+            row(
+                "access/bob-finance",
+                "bob@contoso.com",
+                Verdict::Delivered,
+                RowAction::None,
+            ),
+            drifted,
+            not_assigned,
+            stalled,
+            error,
+        ]
+    }
+
+    fn report(rows: Vec<Row>, before: Option<Vec<Row>>, actions_taken: usize) -> Report {
+        Report {
+            error: None,
+            before,
+            summary: Summary::of(&rows, actions_taken),
+            rows,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn markdown_lists_what_is_not_delivered_golden() {
+        let md = markdown(&report(mixed_rows(), None, 0));
+        // Bob is delivered: counted, never listed.
+        assert!(!md.contains("bob@contoso.com"), "{md}");
+        golden("markdown-mixed.md", &md);
+    }
+
+    #[test]
+    fn markdown_after_repairs_shows_final_rows_and_before_counts_golden() {
+        let before = mixed_rows();
+        let mut after = mixed_rows();
+        after[1].verdict = Verdict::Delivered;
+        after[1].action = RowAction::Reprocessed;
+        after[2].verdict = Verdict::Pending;
+        after[2].action = RowAction::Requested {
+            request_id: "r-1".into(),
+        };
+        let md = markdown(&report(after, Some(before), 2));
+        assert!(
+            md.contains("Before the repairs: 1 delivered, 1 drifted"),
+            "{md}"
+        );
+        golden("markdown-reprocess.md", &md);
+    }
+
+    #[test]
+    fn markdown_all_delivered_is_one_line() {
+        let rows = vec![
+            row(
+                "a/b",
+                "bob@contoso.com",
+                Verdict::Delivered,
+                RowAction::None,
+            ),
+            row(
+                "a/c",
+                "carol@contoso.com",
+                Verdict::Delivered,
+                RowAction::None,
+            ),
+        ];
+        assert_eq!(
+            markdown(&report(rows, None, 0)),
+            "## Redeliver audit\n\nEverything is delivered and verified (2 row(s), 0 action(s) taken).\n"
+        );
+    }
+
+    #[test]
+    fn markdown_cells_cannot_break_the_table() {
+        assert_eq!(markdown_cell("a|b"), "a\\|b");
+        assert_eq!(markdown_cell("a\\|b"), "a\\\\\\|b");
+        assert_eq!(markdown_cell("one\ntwo\r\nthree"), "one<br>two<br>three");
+        assert_eq!(markdown_cell("<script>&"), "&lt;script&gt;&amp;");
+        let md = markdown(&report(mixed_rows(), None, 0));
+        // Every table line has the same number of unescaped pipes as the header.
+        let pipes = |line: &str| {
+            line.replace("\\\\", "")
+                .replace("\\|", "")
+                .matches('|')
+                .count()
+        };
+        let table: Vec<&str> = md
+            .lines()
+            .skip_while(|l| !l.starts_with("| declaration"))
+            .take_while(|l| l.starts_with('|'))
+            .collect();
+        assert_eq!(table.len(), 2 + 4, "{md}");
+        assert!(table.iter().all(|l| pipes(l) == 8), "{table:#?}");
+    }
+
+    #[test]
+    fn markdown_says_a_failure_of_every_row_once() {
+        let mut r = report(mixed_rows(), None, 0);
+        r.error = Some("cannot obtain a token | AADSTS7000215".into());
+        let md = markdown(&r);
+        assert_eq!(
+            md,
+            "## Redeliver audit\n\n**Error:** cannot obtain a token | AADSTS7000215\n\nNo declaration could be checked.\n"
+        );
+    }
+
+    /// An XML element as read back: name, attributes (unescaped), text.
+    type Element = (String, Vec<(String, String)>, String);
+
+    /// What a JUnit consumer sees, read back with an XML parser: (element, attributes,
+    /// text) in document order. Panics on XML that does not parse or whose tags do not
+    /// nest.
+    fn parse_xml(xml: &str) -> Vec<Element> {
+        use quick_xml::events::Event;
+        let mut reader = quick_xml::Reader::from_str(xml);
+        let mut out: Vec<Element> = Vec::new();
+        // Text belongs to the innermost element still open (not to indentation after it).
+        let mut open: Vec<usize> = Vec::new();
+        loop {
+            let event = reader.read_event().expect("well-formed XML");
+            match &event {
+                Event::Start(_) => open.push(out.len()),
+                Event::End(_) => {
+                    open.pop();
+                }
+                _ => {}
+            }
+            match event {
+                Event::Start(e) | Event::Empty(e) => {
+                    let attrs = e
+                        .attributes()
+                        .map(|a| {
+                            let a = a.expect("valid attribute");
+                            (
+                                a.key.as_ref().to_string(),
+                                a.normalized_value(quick_xml::XmlVersion::Explicit1_0)
+                                    .expect("escaped value")
+                                    .into_owned(),
+                            )
+                        })
+                        .collect();
+                    out.push((e.name().as_ref().to_string(), attrs, String::new()));
+                }
+                Event::Text(t) => {
+                    if let Some(last) = open.last().and_then(|&i| out.get_mut(i)) {
+                        last.2
+                            .push_str(&t.xml_content(quick_xml::XmlVersion::Explicit1_0));
+                    }
+                }
+                Event::GeneralRef(r) => {
+                    let c = match &*r {
+                        "lt" => "<",
+                        "gt" => ">",
+                        "amp" => "&",
+                        "quot" => "\"",
+                        "apos" => "'",
+                        other => panic!("unexpected entity {other}"),
+                    };
+                    if let Some(last) = open.last().and_then(|&i| out.get_mut(i)) {
+                        last.2.push_str(c);
+                    }
+                }
+                Event::Eof => break,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    fn attr<'a>(el: &'a Element, name: &str) -> &'a str {
+        el.1.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no {name} on {el:?}"))
+    }
+
+    #[test]
+    fn junit_has_one_case_per_row_and_parses_golden() {
+        let xml = junit(&report(mixed_rows(), None, 0)).unwrap();
+        let elements = parse_xml(&xml);
+        let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+        assert_eq!(attr(suite, "tests"), "5");
+        assert_eq!(
+            attr(suite, "failures"),
+            "3",
+            "drifted, not assigned, stalled"
+        );
+        assert_eq!(attr(suite, "errors"), "1");
+        let cases: Vec<_> = elements.iter().filter(|e| e.0 == "testcase").collect();
+        assert_eq!(cases.len(), 5);
+        assert_eq!(attr(cases[1], "classname"), "access/alice-finance");
+        assert_eq!(
+            attr(cases[1], "name"),
+            "alice@contoso.com / Finance Analysts"
+        );
+        // Escaped on the way out, the same text on the way back in.
+        assert_eq!(attr(cases[4], "classname"), "ops/<dave> & co");
+        let failure = elements.iter().find(|e| e.0 == "failure").unwrap();
+        assert_eq!(attr(failure, "message"), "Drifted: would reprocess");
+        assert!(
+            failure.2.starts_with("missing: fin-writers\n"),
+            "{failure:?}"
+        );
+        let error = elements.iter().find(|e| e.0 == "error").unwrap();
+        assert_eq!(attr(error, "message"), "Error: failed");
+        assert!(error.2.contains("\"quoted\" <tag>  control"), "{error:?}");
+        golden("junit-mixed.xml", &xml);
+    }
+
+    #[test]
+    fn junit_says_a_failure_of_every_row_once() {
+        let mut r = report(mixed_rows(), None, 0);
+        r.error = Some("cannot obtain a token: invalid_client".into());
+        let elements = parse_xml(&junit(&r).unwrap());
+        let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+        assert_eq!(
+            (
+                attr(suite, "tests"),
+                attr(suite, "failures"),
+                attr(suite, "errors")
+            ),
+            ("1", "0", "1")
+        );
+        let error = elements.iter().find(|e| e.0 == "error").unwrap();
+        assert_eq!(error.2, "cannot obtain a token: invalid_client");
     }
 }

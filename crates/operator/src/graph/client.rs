@@ -332,6 +332,23 @@ impl GraphClient {
         self.get_paged(OP, url).await
     }
 
+    /// One page (never more) of the access packages whose `displayName` starts with
+    /// `prefix`, with `catalog` expanded: the candidates of a "did you mean" after a name
+    /// matched no package. Read only on that failure path.
+    pub async fn suggest_access_packages(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<AccessPackage>, GraphError> {
+        const OP: &str = "suggest_access_packages";
+        let filter = format!("startswith(displayName,{})", string_literal(prefix));
+        let url = self.url(
+            OP,
+            &format!("{EM}/accessPackages"),
+            &[("$filter", &filter), ("$expand", "catalog")],
+        )?;
+        Ok(self.get_page::<AccessPackage>(OP, url).await?.value)
+    }
+
     /// Assignment policies of one access package.
     pub async fn list_policies(
         &self,
@@ -435,6 +452,24 @@ impl GraphClient {
             &[("$select", "id,userPrincipalName,displayName")],
         )?;
         self.get_optional(OP, url).await
+    }
+
+    /// One page (never more, at most 100) of the users whose `userPrincipalName` starts
+    /// with `prefix`: the candidates of a "did you mean" after a user was not found. Read
+    /// only on that failure path.
+    pub async fn suggest_users(&self, prefix: &str) -> Result<Vec<User>, GraphError> {
+        const OP: &str = "suggest_users";
+        let filter = format!("startswith(userPrincipalName,{})", string_literal(prefix));
+        let url = self.url(
+            OP,
+            "/users",
+            &[
+                ("$filter", &filter),
+                ("$select", "id,userPrincipalName,displayName"),
+                ("$top", "100"),
+            ],
+        )?;
+        Ok(self.get_page::<User>(OP, url).await?.value)
     }
 
     /// Object ids of a group's direct members (all pages).

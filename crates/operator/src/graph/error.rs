@@ -323,6 +323,7 @@ pub fn permission_hint(operation: &str) -> &'static str {
         }
         "get_access_package"
         | "find_access_packages"
+        | "suggest_access_packages"
         | "list_policies"
         | "list_assignments"
         | "find_assignments"
@@ -334,7 +335,7 @@ pub fn permission_hint(operation: &str) -> &'static str {
             "GroupMember.Read.All (hidden-membership groups also need Member.Read.Hidden)"
         }
         "list_app_role_assignments" => "Application.Read.All",
-        "get_user" => "User.Read.All",
+        "get_user" | "suggest_users" => "User.Read.All",
         _ => "a Graph application permission for this call (see the permissions table in the docs)",
     }
 }
