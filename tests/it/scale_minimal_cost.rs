@@ -290,6 +290,7 @@ async fn a_guard_sweep_through_observe_and_the_engine_shares_one_snapshot() {
                 who: "AccessPackageGuard test/guard",
                 reprocess_budget: None,
                 operator_report_only: false,
+                reprocess_annotation: None,
             },
             now,
         );

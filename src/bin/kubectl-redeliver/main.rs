@@ -58,8 +58,9 @@ enum Command {
     /// For an AccessPackageAssignment the controller reprocesses once (in reprocess.mode Auto
     /// or Manual; a running cooldown is waited out first) and echoes the value in
     /// status.reprocess.lastHandledRequest; --wait watches the object until it does and
-    /// prints the outcome. For an AccessPackageGuard the annotation starts a sweep at once;
-    /// a guard's status does not echo it, so --wait is refused there.
+    /// prints the outcome. For an AccessPackageGuard the annotation starts a sweep at once
+    /// (within the guard's limits) and the sweep echoes it in status.lastHandledRequest;
+    /// --wait waits for that sweep and prints its counts.
     ///
     /// Exit codes: 0 requested (and, with --wait, handled and not Stalled); 1 an error, a
     /// timeout, or a handled request that left the object Stalled.
@@ -323,13 +324,6 @@ async fn reprocess(
         .and_then(|a| a.get(REPROCESS_ANNOTATION))
         .cloned();
     match r.kind {
-        Kind::Guard if wait.is_some() => bail!(
-            "--wait works on an accesspackageassignment only: an AccessPackageGuard's status does \
-             not echo the reprocess annotation, so there is nothing to wait for. Without --wait \
-             the annotation starts a sweep at once; follow it with `kubectl redeliver status \
-             apg/{}`",
-            r.name
-        ),
         Kind::Guard => {}
         Kind::Assignment => {
             let typed: AccessPackageAssignment = decode(obj, r, namespace)?;
@@ -371,19 +365,26 @@ async fn reprocess(
     let Some(timeout) = wait else {
         return Ok(0);
     };
-    wait_handled(client, namespace, r, &value, timeout).await
+    match r.kind {
+        Kind::Assignment => {
+            wait_handled::<AccessPackageAssignment>(client, namespace, r, &value, timeout).await
+        }
+        Kind::Guard => {
+            wait_handled::<AccessPackageGuard>(client, namespace, r, &value, timeout).await
+        }
+    }
 }
 
 /// Watches the one object (a LIST and a WATCH with `metadata.name=`, re-established by the
 /// watcher when the server ends it) until its status echoes `value`.
-async fn wait_handled(
+async fn wait_handled<K: render::Echoes>(
     client: Client,
     namespace: &str,
     r: &ObjectRef,
     value: &str,
     timeout: Duration,
 ) -> anyhow::Result<u8> {
-    let api: Api<AccessPackageAssignment> = Api::namespaced(client, namespace);
+    let api: Api<K> = Api::namespaced(client, namespace);
     let mut events = kube::runtime::watcher::watch_object(api, &r.name).boxed();
     let deadline = tokio::time::Instant::now() + timeout;
     let mut seen: Option<String> = None;
@@ -397,10 +398,7 @@ async fn wait_handled(
                     print!("{text}");
                     return Ok(if ok { 0 } else { 1 });
                 }
-                seen = obj
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.reprocess.last_handled_request.clone());
+                seen = obj.last_handled().map(str::to_string);
             }
             Ok(Some(Ok(None))) => bail!(
                 "{} {:?} in namespace {namespace:?} was deleted while waiting for its reprocess",
@@ -417,7 +415,7 @@ async fn wait_handled(
     }
     let mut message = format!(
         "timed out after {} waiting for {} {:?} in namespace {namespace:?} to echo {value:?} in \
-         status.reprocess.lastHandledRequest (it holds {}); is the controller running and leading?",
+         its status's lastHandledRequest (it holds {}); is the controller running and leading?",
         format_duration(timeout),
         r.kind,
         r.name,

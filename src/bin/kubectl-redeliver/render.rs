@@ -499,35 +499,89 @@ fn not_delivered(conds: &[Condition]) -> Option<(String, String)> {
     }
 }
 
+/// An object whose status echoes the reprocess request (annotation value) it handled.
+pub trait Echoes:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The last request value the controller handled.
+    fn last_handled(&self) -> Option<&str>;
+    /// What became of the handled request, and whether it went well (not Stalled).
+    fn outcome(&self, value: &str) -> (String, bool);
+}
+
 /// Whether the controller has handled the reprocess request `value` on this object.
-pub fn handled(obj: &AccessPackageAssignment, value: &str) -> bool {
-    obj.status
-        .as_ref()
-        .and_then(|s| s.reprocess.last_handled_request.as_deref())
-        == Some(value)
+pub fn handled<K: Echoes>(obj: &K, value: &str) -> bool {
+    obj.last_handled() == Some(value)
 }
 
 /// What became of a handled reprocess request, and whether it went well (not Stalled).
-pub fn reprocess_outcome(obj: &AccessPackageAssignment, value: &str) -> (String, bool) {
-    let status = obj.status.clone().unwrap_or_default();
-    let name = qualified(obj.metadata.namespace.as_deref(), &obj.name_any());
-    let mut text = format!(
-        "{} {name}: reprocess request {value:?} handled",
-        Kind::Assignment.singular()
-    );
-    let r = &status.reprocess;
-    if let Some(outcome) = r.last_outcome {
-        text.push_str(&format!(
-            "; outcome {outcome:?} (attempt {} of {})",
-            r.attempts, obj.spec.reprocess.max_attempts
-        ));
+pub fn reprocess_outcome<K: Echoes>(obj: &K, value: &str) -> (String, bool) {
+    obj.outcome(value)
+}
+
+impl Echoes for AccessPackageAssignment {
+    fn last_handled(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.reprocess.last_handled_request.as_deref())
     }
+
+    fn outcome(&self, value: &str) -> (String, bool) {
+        let status = self.status.clone().unwrap_or_default();
+        let name = qualified(self.metadata.namespace.as_deref(), &self.name_any());
+        let mut text = format!(
+            "{} {name}: reprocess request {value:?} handled",
+            Kind::Assignment.singular()
+        );
+        let r = &status.reprocess;
+        if let Some(outcome) = r.last_outcome {
+            text.push_str(&format!(
+                "; outcome {outcome:?} (attempt {} of {})",
+                r.attempts, self.spec.reprocess.max_attempts
+            ));
+        }
+        outcome_conditions(text, &status.conditions)
+    }
+}
+
+impl Echoes for AccessPackageGuard {
+    fn last_handled(&self) -> Option<&str> {
+        self.status
+            .as_ref()
+            .and_then(|s| s.last_handled_request.as_deref())
+    }
+
+    fn outcome(&self, value: &str) -> (String, bool) {
+        let status = self.status.clone().unwrap_or_default();
+        let name = qualified(self.metadata.namespace.as_deref(), &self.name_any());
+        let c = &status.assignments;
+        let text = format!(
+            "{} {name}: reprocess request {value:?} handled by a sweep; {} of {} delivered, {} \
+             drifted, {} reprocessing",
+            Kind::Guard.singular(),
+            c.delivered,
+            c.total,
+            c.drifted,
+            c.reprocessing
+        );
+        outcome_conditions(text, &status.conditions)
+    }
+}
+
+/// Appends Ready, Delivered and Stalled to an outcome line; not ok when Stalled.
+fn outcome_conditions(mut text: String, conditions: &[Condition]) -> (String, bool) {
     for type_ in [
         ConditionType::Ready,
         ConditionType::Delivered,
         ConditionType::Stalled,
     ] {
-        if let Some(c) = find(&status.conditions, type_) {
+        if let Some(c) = find(conditions, type_) {
             text.push_str(&format!("\n  {} {} {}", c.type_, c.status, c.reason));
             if !c.message.is_empty() {
                 text.push_str(&format!(": {}", c.message));
@@ -535,8 +589,7 @@ pub fn reprocess_outcome(obj: &AccessPackageAssignment, value: &str) -> (String,
         }
     }
     text.push('\n');
-    let stalled = is_true(&status.conditions, ConditionType::Stalled);
-    (text, !stalled)
+    (text, !is_true(conditions, ConditionType::Stalled))
 }
 
 /// The error kubectl prints for a missing object.

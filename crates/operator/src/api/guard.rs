@@ -158,6 +158,12 @@ pub struct AccessPackageGuardStatus {
     /// access reviews; never acted on.
     #[serde(default)]
     pub unmanaged_members: UnmanagedMembers,
+    /// The last value of the redeliver.dev/reprocess-requested-at annotation handled: a new
+    /// value asks for a sweep now, and once this field echoes it that sweep has run (what it
+    /// found and reprocessed is in assignments, drifted and the conditions). The guard's
+    /// limits (cooldown, maxAttempts, maxReprocessPerSweep) still apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_request: Option<String>,
     /// Ready, Delivered, Reconciling and Stalled, following Kubernetes API conventions.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

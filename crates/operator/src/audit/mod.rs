@@ -660,6 +660,12 @@ impl<'a> Audit<'a> {
                 who: &who,
                 reprocess_budget: None,
                 operator_report_only: false,
+                reprocess_annotation: guard
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
+                    .map(String::as_str),
             },
             now,
         );

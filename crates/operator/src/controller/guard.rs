@@ -92,6 +92,10 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 who: &who,
                 reprocess_budget: Some(budget),
                 operator_report_only: ctx.reprocess_bucket.is_disabled(),
+                reprocess_annotation: obj
+                    .annotations()
+                    .get(crate::api::REPROCESS_ANNOTATION)
+                    .map(String::as_str),
             },
             now,
         );

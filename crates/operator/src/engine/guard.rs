@@ -47,6 +47,9 @@ pub struct GuardInput<'a> {
     pub reprocess_budget: Option<usize>,
     /// The operator reprocesses nothing (`--reprocess-rate 0`): report only, say why.
     pub operator_report_only: bool,
+    /// The redeliver.dev/reprocess-requested-at annotation, when set: the sweep echoes it
+    /// in `status.lastHandledRequest` (the watch already runs a sweep when it changes).
+    pub reprocess_annotation: Option<&'a str>,
 }
 
 /// One drifted assignment found by the sweep (the full list, unbounded, for reports).
@@ -110,6 +113,9 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
         );
     let mut status = prev.clone();
     status.observed_generation = input.generation;
+    if let Some(request) = input.reprocess_annotation {
+        status.last_handled_request = Some(request.to_string());
+    }
     if let Some((why, message)) = declaration_failure(input) {
         return stalled_plan(input, &prev, status, why, message, interval, now);
     }

@@ -49,6 +49,7 @@ struct Fx {
     ledger: RepairLedger,
     budget: Option<usize>,
     operator_report_only: bool,
+    annotation: Option<String>,
 }
 
 const WHO: &str = "AccessPackageGuard access/finance";
@@ -82,6 +83,7 @@ impl Fx {
             ledger: RepairLedger::new(),
             budget: None,
             operator_report_only: false,
+            annotation: None,
         }
     }
 
@@ -113,6 +115,7 @@ impl Fx {
                 who: WHO,
                 reprocess_budget: self.budget,
                 operator_report_only: self.operator_report_only,
+                reprocess_annotation: self.annotation.as_deref(),
             },
             now,
         )
@@ -635,5 +638,24 @@ fn the_outcome_of_a_sweep_says_what_was_really_sent() {
             .events
             .iter()
             .any(|e| e.kind == EventKind::ReprocessRequested)
+    );
+}
+
+#[test]
+fn a_sweep_echoes_the_reprocess_request_it_handled() {
+    let mut fx = Fx::new();
+    let p = fx.step(at(0));
+    assert_eq!(p.status.last_handled_request, None);
+    fx.annotation = Some("2026-12-01T10:00:00Z".into());
+    let p = fx.step(at(15));
+    assert_eq!(
+        p.status.last_handled_request.as_deref(),
+        Some("2026-12-01T10:00:00Z")
+    );
+    // Kept once handled, and a change of it alone is a status change worth writing.
+    let again = fx.plan(at(30));
+    assert_eq!(
+        again.status.last_handled_request,
+        p.status.last_handled_request
     );
 }
