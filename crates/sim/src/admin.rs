@@ -15,12 +15,12 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::audit::{Actor, Change, actor_named};
 use super::graph::ts;
 use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
     new_bucket,
 };
-use super::audit::{Actor, Change, actor_named};
 use super::state::World;
 use super::states::{AssignmentState, RequestState};
 
@@ -88,7 +88,10 @@ fn sp_role(w: &World, sp: &str, role: Option<&str>) -> AResult<(String, Option<S
 /// The actor an admin call names, or the simulator's admin.
 fn actor_of(w: &World, actor: Option<&str>) -> Actor {
     let default = format!("sim-admin@{}", w.tenant_domain);
-    let name = actor.map(str::trim).filter(|a| !a.is_empty()).unwrap_or(&default);
+    let name = actor
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(&default);
     actor_named(w.seed_value, name, |upn| {
         w.user_by_upn(upn)
             .map(|u| (u.id.clone(), u.display_name.clone()))

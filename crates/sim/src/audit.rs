@@ -21,7 +21,10 @@ pub(crate) enum Actor {
         display_name: String,
     },
     /// An application (a sync job, entitlement management itself).
-    App { app_id: String, display_name: String },
+    App {
+        app_id: String,
+        display_name: String,
+    },
 }
 
 /// Display name of the service principal entitlement management's own changes are logged
@@ -269,10 +272,15 @@ fn parse_clause(c: &str) -> Option<Clause> {
     let lower = c.to_ascii_lowercase();
     if lower.starts_with("targetresources/any(") {
         // targetResources/any(t: t/id eq '...'); the prefix is ASCII, so byte offsets agree.
-        let inner = c["targetresources/any(".len()..].trim_end().strip_suffix(')')?;
+        let inner = c["targetresources/any(".len()..]
+            .trim_end()
+            .strip_suffix(')')?;
         let (var, cond) = inner.split_once(':')?;
         let (lhs, lit) = cond.trim().split_once(" eq ")?;
-        if !lhs.trim().eq_ignore_ascii_case(&format!("{}/id", var.trim())) {
+        if !lhs
+            .trim()
+            .eq_ignore_ascii_case(&format!("{}/id", var.trim()))
+        {
             return None;
         }
         return literal(lit).map(Clause::Target);
@@ -381,6 +389,9 @@ mod tests {
             2
         );
         assert_eq!(parse_clause("loggedByService eq 'Core Directory'"), None);
-        assert_eq!(parse_clause("activityDateTime gt 2026-12-01T10:00:00Z"), None);
+        assert_eq!(
+            parse_clause("activityDateTime gt 2026-12-01T10:00:00Z"),
+            None
+        );
     }
 }

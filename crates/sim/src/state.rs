@@ -1239,7 +1239,10 @@ impl World {
             },
             Grant::SharePoint { .. } => return,
         };
-        let upn = self.user(user_id).map(|u| u.upn.clone()).unwrap_or_default();
+        let upn = self
+            .user(user_id)
+            .map(|u| u.upn.clone())
+            .unwrap_or_default();
         let (seed, now) = (self.seed_value, self.now());
         self.audit
             .record(seed, now, change, actor, target, user_id, &upn);
@@ -1285,10 +1288,10 @@ impl World {
                     .group_mut(gid)
                     .is_some_and(|g| g.owners.remove(user_id))
                     .then_some(super::audit::Change::OwnerRemoved),
-                Grant::AppRole { sp_id, role_id } => (self
-                    .remove_app_role(sp_id, user_id, Some(role_id))
-                    > 0)
-                .then_some(super::audit::Change::AppRoleRemoved),
+                Grant::AppRole { sp_id, role_id } => {
+                    (self.remove_app_role(sp_id, user_id, Some(role_id)) > 0)
+                        .then_some(super::audit::Change::AppRoleRemoved)
+                }
                 Grant::SharePoint { .. } => None,
             };
             if let Some(change) = change {
