@@ -255,6 +255,13 @@ impl Attributor {
                 out.push((kind.clone(), found));
                 continue;
             }
+            if let Some(t) = state.tries.get(&key)
+                && t.lookups >= s.max_lookups
+            {
+                // Given up: said once, and not asked again while remembered.
+                out.push((kind.clone(), Attribution::NotFound { lookups: t.lookups }));
+                continue;
+            }
             let last = state.tries.get(&key).map(|t| t.last);
             let reusable = state.fetched.get(&read).is_some_and(|f| {
                 now.duration_since(f.at) < s.batch_window && last.is_none_or(|l| l < f.at)
@@ -312,7 +319,6 @@ impl Attributor {
                     out.push((kind.clone(), found));
                 }
                 None if lookups >= s.max_lookups => {
-                    state.tries.remove(&key);
                     out.push((kind.clone(), Attribution::NotFound { lookups }));
                 }
                 None => {}
