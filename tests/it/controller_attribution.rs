@@ -219,7 +219,10 @@ async fn an_outside_removal_names_its_actor_in_event_message_and_status() {
     let (second, _) = env.api.reconcile(&env.ctx, &again).await;
     let kept = if second.is_null() { &status } else { &second };
     assert_eq!(last_change(kept, "fin-writers"), json!(said));
-    assert!(!env.sim.is_member("fin-writers", "bob@contoso.com"), "still drifted");
+    assert!(
+        !env.sim.is_member("fin-writers", "bob@contoso.com"),
+        "still drifted"
+    );
     assert_eq!(env.sim.count_requests("GET", AUDITS), 1);
     env.sim.shutdown().await;
 }
@@ -390,18 +393,24 @@ async fn a_lagging_audit_log_is_asked_a_bounded_number_of_times() {
 
     // Not in the log yet: no answer, and no second query before retry_after.
     assert_eq!(
-        attributor.attribute(&graph, &[&writers], &bob).await,
+        attributor
+            .attribute(&graph, &[(&writers, true)], &bob)
+            .await,
         vec![]
     );
     assert_eq!(
-        attributor.attribute(&graph, &[&writers], &bob).await,
+        attributor
+            .attribute(&graph, &[(&writers, true)], &bob)
+            .await,
         vec![]
     );
     assert_eq!(sim.count_requests("GET", AUDITS), 1);
     // The entry shows up later; the next lookup finds it.
     sim.advance_clock(Duration::from_secs(6 * 60));
     tokio::time::sleep(Duration::from_millis(350)).await;
-    let found = attributor.attribute(&graph, &[&writers], &bob).await;
+    let found = attributor
+        .attribute(&graph, &[(&writers, true)], &bob)
+        .await;
     assert!(
         matches!(&found[..], [(_, Attribution::Found { .. })]),
         "{found:?}"
@@ -427,7 +436,7 @@ async fn a_lagging_audit_log_is_asked_a_bounded_number_of_times() {
     sim.clear_request_log();
     let mut answers = Vec::new();
     for _ in 0..4 {
-        answers.push(fresh.attribute(&graph, &[&writers], &bob).await);
+        answers.push(fresh.attribute(&graph, &[(&writers, true)], &bob).await);
         tokio::time::sleep(Duration::from_millis(350)).await;
     }
     assert_eq!(
@@ -507,5 +516,117 @@ async fn the_simulator_pages_and_filters_the_audit_log() {
         .await
         .unwrap_err();
     assert!(bad.to_string().contains("not supported"), "{bad}");
+    sim.shutdown().await;
+}
+
+/// The whole controller (`run_controllers` against the in-process API server), as in
+/// production: group delta detects two users removed together, one audit query names both,
+/// and a user whose earlier drift was repaired is attributed to the new removal, not the
+/// old one.
+#[tokio::test]
+async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_query() {
+    use redeliver::controller::run_controllers;
+    use redeliver::controller::server::Readiness;
+    use redeliver_bench::fake_kube::FakeKube;
+    use tokio_util::sync::CancellationToken;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let objects: Vec<Value> = [
+        ("alice-finance", "alice@contoso.com"),
+        ("bob-finance", "bob@contoso.com"),
+    ]
+    .iter()
+    .map(|(n, u)| serde_json::to_value(for_user(n, u)).unwrap())
+    .map(|mut v| {
+        v["metadata"] = json!({"name": v["metadata"]["name"], "namespace": NS});
+        v
+    })
+    .collect();
+    let kube = FakeKube::start(objects).await.unwrap();
+    let mut config = kube::Config::new(kube.url().parse().unwrap());
+    config.default_namespace = NS.into();
+    let client = kube::Client::try_from(config).unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+    let settings = Settings {
+        delta_interval: Duration::from_millis(300),
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(200),
+        attribution: AttributionSettings {
+            batch_window: Duration::from_millis(800),
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ready = Readiness::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_controllers(
+        ctx,
+        Vec::new(),
+        4,
+        ready.clone(),
+        stop.clone(),
+    ));
+    let status = |name: &str| {
+        kube.object("accesspackageassignments", NS, name)
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let delivered = |name: &str| condition(&status(name), "Delivered")["status"] == "True";
+    // Alice's scenario drift (no audit entry) is repaired first.
+    while !(ready.get() && delivered("alice-finance") && delivered("bob-finance")) {
+        assert!(std::time::Instant::now() < deadline, "both delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sim.inject_fault(FaultSpec::SilentReprocess {
+        assignment_ids: vec![],
+        request_ids: vec![],
+    });
+    // Past the batch window of alice's start-up lookup: a new detection batch.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    sim.clear_request_log();
+    sim.remove_member_by("fin-writers", "alice@contoso.com", "Payroll Sync")
+        .unwrap();
+    sim.remove_member_by("fin-writers", "bob@contoso.com", "admin@contoso.com")
+        .unwrap();
+    let named = |name: &str| {
+        last_change(&status(name), "fin-writers")
+            .as_str()
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while named("alice-finance").is_none() || named("bob-finance").is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "both attributed: {:?} {:?}",
+            status("alice-finance"),
+            status("bob-finance")
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let alice = named("alice-finance").unwrap();
+    assert!(
+        alice.starts_with("removed by Payroll Sync (app "),
+        "the new removal: {alice}"
+    );
+    let bob = named("bob-finance").unwrap();
+    assert!(bob.starts_with("removed by admin@contoso.com at "), "{bob}");
+    // A few more delta polls and re-checks: still one audit query.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        sim.count_requests("GET", AUDITS),
+        1,
+        "one query for the batch"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
     sim.shutdown().await;
 }

@@ -138,7 +138,17 @@ impl Shared {
         let mut sim = self.lock();
         let w = &mut sim.world;
         let (g, u) = (group_id(w, group)?, user_id(w, user)?);
-        Ok(w.add_member(&g, &u))
+        let changed = w.add_member(&g, &u);
+        if changed {
+            let actor = actor_of(w, None);
+            w.audit_grant(
+                &super::state::Grant::GroupMember(g),
+                Change::MemberAdded,
+                actor,
+                &u,
+            );
+        }
+        Ok(changed)
     }
 
     /// Outside change: removes a user's app role assignment(s) on an app (one role, or all).
@@ -204,7 +214,13 @@ impl Shared {
         let (sp_id, role_id) = sp_role(w, sp, role)?;
         let now = w.now();
         let role_id = role_id.unwrap_or_else(|| super::state::DEFAULT_ACCESS_ROLE.to_string());
-        Ok(w.add_app_role(&sp_id, &u, &role_id, now))
+        let changed = w.add_app_role(&sp_id, &u, &role_id, now);
+        if changed {
+            let actor = actor_of(w, None);
+            let grant = super::state::Grant::AppRole { sp_id, role_id };
+            w.audit_grant(&grant, Change::AppRoleAdded, actor, &u);
+        }
+        Ok(changed)
     }
 
     /// Forces an assignment's state (and matching status); stops its background work.

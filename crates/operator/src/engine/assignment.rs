@@ -373,13 +373,15 @@ fn previous_change(prev: &AccessPackageAssignmentStatus, r: &PromisedResource) -
 /// audit log: missing now and without a `lastChange` stored from an earlier pass (once
 /// stored, it is kept until the resource is present again, so it is never looked up twice).
 /// A resource missing while the assignment is still being delivered is not drift: nothing.
+/// Each comes with whether it was already missing on the previous pass (a lookup still
+/// pending) rather than newly removed.
 pub fn attribution_needed<'r>(
     resources: &'r [PromisedResource],
     snapshot: &Snapshot,
     target_object_id: &str,
     assignment: Option<&Assignment>,
     previous: Option<&AccessPackageAssignmentStatus>,
-) -> Vec<&'r PromisedResource> {
+) -> Vec<(&'r PromisedResource, bool)> {
     if assignment.is_none_or(|a| a.state != AssignmentState::Delivered) {
         return Vec::new();
     }
@@ -390,6 +392,14 @@ pub fn attribution_needed<'r>(
             snapshot.check_detail(&r.kind, target_object_id).state == ResourceState::Missing
         })
         .filter(|r| previous.is_none_or(|p| previous_change(p, r).is_none()))
+        .map(|r| {
+            let continuing = previous.is_some_and(|p| {
+                p.resources
+                    .iter()
+                    .any(|rs| same_resource(rs, r) && rs.state == ResourceState::Missing)
+            });
+            (r, continuing)
+        })
         .collect()
 }
 

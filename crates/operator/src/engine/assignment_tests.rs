@@ -1745,9 +1745,9 @@ mod attribution {
                 fx.previous.as_ref()
             )
             .iter()
-            .map(|r| r.display_name.as_str())
+            .map(|(r, continuing)| (r.display_name.as_str(), *continuing))
             .collect::<Vec<_>>(),
-            ["fin-writers"],
+            [("fin-writers", false)],
             "only the missing resource is looked up"
         );
         fx.snapshot.record_change(g2(), USER, by_admin(1));

@@ -704,7 +704,11 @@ impl GraphClient {
         let url = self.url(
             OP,
             "/auditLogs/directoryAudits",
-            &[("$filter", filter), ("$top", "100")],
+            &[
+                ("$filter", filter),
+                ("$orderby", "activityDateTime desc"),
+                ("$top", "100"),
+            ],
         )?;
         let mut items = Vec::new();
         let mut next = Some(url);

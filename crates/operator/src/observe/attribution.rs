@@ -58,7 +58,9 @@ impl Default for AttributionSettings {
             enabled: true,
             // Entra keeps audit entries 7 days without a P1/P2 licence.
             lookback: Duration::from_secs(7 * 24 * 3600),
-            batch_window: Duration::from_secs(30),
+            // Long enough for the reconciles one delta poll triggers, short enough that a
+            // result cannot predate a later removal of the same resource by much.
+            batch_window: Duration::from_secs(5),
             // Three lookups over about ten minutes cover the usual audit log delay.
             retry_after: Duration::from_secs(5 * 60),
             max_lookups: 3,
@@ -94,12 +96,17 @@ pub struct Attributor {
     state: Mutex<State>,
 }
 
-/// The audit activity that removes `kind`.
-fn removal_activity(kind: &ResourceKind) -> Option<&'static str> {
+/// The audit activities that (add, remove) `kind`.
+fn activities(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
     match kind {
-        ResourceKind::GroupMember { .. } => Some("Remove member from group"),
-        ResourceKind::GroupOwner { .. } => Some("Remove owner from group"),
-        ResourceKind::AppRole { .. } => Some("Remove app role assignment from user"),
+        ResourceKind::GroupMember { .. } => {
+            Some(("Add member to group", "Remove member from group"))
+        }
+        ResourceKind::GroupOwner { .. } => Some(("Add owner to group", "Remove owner from group")),
+        ResourceKind::AppRole { .. } => Some((
+            "Add app role assignment grant to user",
+            "Remove app role assignment from user",
+        )),
         ResourceKind::Unverifiable => None,
     }
 }
@@ -118,34 +125,48 @@ fn target_id(kind: &ResourceKind) -> Option<&str> {
     }
 }
 
-/// The `$filter` of one query: every removal of `kind`'s kind from its group or app since
-/// `since` (docs/graph.md "Drift attribution").
+/// The `$filter` of one query: every change to `kind`'s group or app since `since`
+/// (docs/graph.md "Drift attribution"). Additions are read too: a resource restored after
+/// an earlier removal shows that removal is not the one being looked up.
 pub fn filter_for(kind: &ResourceKind, since: Timestamp) -> Option<String> {
-    let activity = removal_activity(kind)?;
+    activities(kind)?;
     let target = target_id(kind)?;
     let since = since.round(jiff::Unit::Second).unwrap_or(since);
     // Ids are GUIDs from Graph, but quote-escape anyway: the filter is built from data.
     Some(format!(
-        "activityDisplayName eq '{activity}' and targetResources/any(t: t/id eq '{}') and activityDateTime ge {since}",
+        "targetResources/any(t: t/id eq '{}') and activityDateTime ge {since}",
         target.replace('\'', "''")
     ))
+}
+
+/// What a query result says about one user's resource.
+#[derive(Debug, PartialEq)]
+enum Search {
+    /// Its latest change is this removal.
+    Removed(Attribution),
+    /// Its latest change gave it back: the removal being looked up came later (and is not
+    /// in this result).
+    Restored,
+    /// Nothing about it.
+    Nothing,
 }
 
 fn unquote(v: &str) -> &str {
     v.trim().trim_matches('"')
 }
 
-/// The latest removal of `kind` from `user_id` among `entries`.
-fn find_removal(
-    entries: &[DirectoryAudit],
-    kind: &ResourceKind,
-    user_id: &str,
-) -> Option<Attribution> {
-    let activity = removal_activity(kind)?;
+/// The latest change of `kind` for `user_id` among `entries`.
+fn search(entries: &[DirectoryAudit], kind: &ResourceKind, user_id: &str) -> Search {
+    let Some((added, removed)) = activities(kind) else {
+        return Search::Nothing;
+    };
     let eq = |a: Option<&str>, b: &str| a.is_some_and(|a| a.eq_ignore_ascii_case(b));
-    entries
+    let latest = entries
         .iter()
-        .filter(|e| e.activity_display_name.eq_ignore_ascii_case(activity))
+        .filter(|e| {
+            e.activity_display_name.eq_ignore_ascii_case(added)
+                || e.activity_display_name.eq_ignore_ascii_case(removed)
+        })
         .filter(|e| {
             e.result
                 .as_deref()
@@ -170,30 +191,35 @@ fn find_removal(
             _ => true,
         })
         .filter_map(|e| e.activity_date_time.map(|at| (at, e)))
-        .max_by_key(|(at, _)| *at)
-        .map(|(at, e)| {
-            let init = &e.initiated_by;
-            let actor = if let Some(u) = &init.user {
-                let name = u
-                    .user_principal_name
-                    .clone()
-                    .or_else(|| u.display_name.clone())
-                    .or_else(|| u.id.clone());
-                name.map_or(Actor::Unknown, Actor::User)
-            } else if let Some(app) = &init.app {
-                Actor::App {
-                    display_name: app.display_name.clone().unwrap_or_default(),
-                    app_id: app.app_id.clone().unwrap_or_default(),
-                }
-            } else {
-                Actor::Unknown
-            };
-            Attribution::Found {
-                actor,
-                at,
-                activity: e.activity_display_name.clone(),
-            }
-        })
+        // Newest first as asked ($orderby), so of equal times the first is the latest.
+        .reduce(|best, x| if x.0 > best.0 { x } else { best });
+    let Some((at, e)) = latest else {
+        return Search::Nothing;
+    };
+    if !e.activity_display_name.eq_ignore_ascii_case(removed) {
+        return Search::Restored;
+    }
+    let init = &e.initiated_by;
+    let actor = if let Some(u) = &init.user {
+        let name = u
+            .user_principal_name
+            .clone()
+            .or_else(|| u.display_name.clone())
+            .or_else(|| u.id.clone());
+        name.map_or(Actor::Unknown, Actor::User)
+    } else if let Some(app) = &init.app {
+        Actor::App {
+            display_name: app.display_name.clone().unwrap_or_default(),
+            app_id: app.app_id.clone().unwrap_or_default(),
+        }
+    } else {
+        Actor::Unknown
+    };
+    Search::Removed(Attribution::Found {
+        actor,
+        at,
+        activity: e.activity_display_name.clone(),
+    })
 }
 
 impl Attributor {
@@ -210,13 +236,14 @@ impl Attributor {
         self.settings.enabled
     }
 
-    /// What the audit log says about each of `missing` (resources `user_id` lacks). A
-    /// resource whose removal is not found yet but will be looked up again is left out:
+    /// What the audit log says about each of `missing` (resources `user_id` lacks, each
+    /// with whether it was already missing on the previous pass: a new removal starts its
+    /// lookups afresh). A removal not found yet that will be looked up again is left out:
     /// its status says nothing until there is an answer.
     pub async fn attribute(
         &self,
         graph: &GraphClient,
-        missing: &[&PromisedResource],
+        missing: &[(&PromisedResource, bool)],
         user_id: &str,
     ) -> Vec<(ResourceKind, Attribution)> {
         if !self.settings.enabled || missing.is_empty() {
@@ -227,7 +254,7 @@ impl Attributor {
         let now = Instant::now();
         self.prune(&mut state, now);
         let mut out = Vec::new();
-        for r in missing {
+        for (r, continuing) in missing {
             let kind = &r.kind;
             let Some(read) = ResourceRead::for_kind(kind) else {
                 continue;
@@ -235,25 +262,13 @@ impl Attributor {
             if let Some((since, reason)) = &state.unavailable
                 && now.duration_since(*since) < s.unavailable_for
             {
-                out.push((
-                    kind.clone(),
-                    Attribution::Unavailable {
-                        reason: reason.clone(),
-                    },
-                ));
+                let reason = reason.clone();
+                out.push((kind.clone(), Attribution::Unavailable { reason }));
                 continue;
             }
             let key = (kind.clone(), user_id.to_string());
-            // A result fetched for another user of this batch may already hold the answer.
-            // Only a recent one: an older one could show an earlier removal of a resource
-            // that was restored and then removed again since.
-            if let Some(f) = state.fetched.get(&read)
-                && now.duration_since(f.at) < s.batch_window
-                && let Some(found) = find_removal(&f.entries, kind, user_id)
-            {
+            if !continuing {
                 state.tries.remove(&key);
-                out.push((kind.clone(), found));
-                continue;
             }
             if let Some(t) = state.tries.get(&key)
                 && t.lookups >= s.max_lookups
@@ -263,65 +278,65 @@ impl Attributor {
                 continue;
             }
             let last = state.tries.get(&key).map(|t| t.last);
-            let reusable = state.fetched.get(&read).is_some_and(|f| {
-                now.duration_since(f.at) < s.batch_window && last.is_none_or(|l| l < f.at)
-            });
-            if !reusable {
-                if last.is_some_and(|l| now.duration_since(l) < s.retry_after) {
-                    continue;
-                }
-                let Some(filter) = filter_for(kind, Timestamp::now() - s.lookback) else {
-                    continue;
-                };
-                match graph.list_directory_audits(&filter, s.max_pages).await {
-                    Ok(entries) => {
-                        state.fetched.insert(
-                            read.clone(),
-                            Fetched {
-                                at: now,
-                                entries: Arc::new(entries),
-                            },
-                        );
-                    }
-                    Err(GraphError::Forbidden { .. }) => {
-                        let reason = "the app lacks AuditLog.Read.All".to_string();
-                        tracing::info!(
-                            "drift attribution unavailable: the audit log answered 403; grant AuditLog.Read.All to name who removed a resource"
-                        );
-                        state.unavailable = Some((now, reason.clone()));
-                        out.push((kind.clone(), Attribution::Unavailable { reason }));
-                        continue;
-                    }
-                    Err(e) => {
-                        // Counted like an empty answer, so a failing audit log costs a
-                        // bounded number of requests too.
-                        tracing::warn!(error = %e, "audit log lookup failed");
-                    }
-                }
-            }
-            let lookups = {
-                let t = state.tries.entry(key.clone()).or_insert(Tries {
-                    lookups: 0,
-                    last: now,
-                });
-                t.lookups += 1;
-                t.last = now;
-                t.lookups
-            };
-            let found = state
+            // A result fetched for another user of this batch answers this one too, unless
+            // it shows the resource given back after the removal it holds.
+            let cached = state
                 .fetched
                 .get(&read)
                 .filter(|f| now.duration_since(f.at) < s.batch_window)
-                .and_then(|f| find_removal(&f.entries, kind, user_id));
-            match found {
-                Some(found) => {
-                    state.tries.remove(&key);
-                    out.push((kind.clone(), found));
+                .map(|f| (f.at, search(&f.entries, kind, user_id)));
+            let answer = match cached {
+                Some((_, Search::Removed(found))) => Some(Search::Removed(found)),
+                Some((at, Search::Nothing)) if last.is_none_or(|l| l < at) => Some(Search::Nothing),
+                _ => None,
+            };
+            let answer = match answer {
+                Some(a) => a,
+                None => {
+                    if last.is_some_and(|l| now.duration_since(l) < s.retry_after) {
+                        continue;
+                    }
+                    let Some(filter) = filter_for(kind, Timestamp::now() - s.lookback) else {
+                        continue;
+                    };
+                    match graph.list_directory_audits(&filter, s.max_pages).await {
+                        Ok(entries) => {
+                            let a = search(&entries, kind, user_id);
+                            let entries = Arc::new(entries);
+                            state.fetched.insert(read, Fetched { at: now, entries });
+                            a
+                        }
+                        Err(GraphError::Forbidden { .. }) => {
+                            let reason = "the app lacks AuditLog.Read.All".to_string();
+                            tracing::info!(
+                                "drift attribution unavailable: the audit log answered 403; grant AuditLog.Read.All to name who removed a resource"
+                            );
+                            state.unavailable = Some((now, reason.clone()));
+                            out.push((kind.clone(), Attribution::Unavailable { reason }));
+                            continue;
+                        }
+                        Err(e) => {
+                            // Counted like an empty answer, so a failing audit log costs
+                            // a bounded number of requests too.
+                            tracing::warn!(error = %e, "audit log lookup failed");
+                            Search::Nothing
+                        }
+                    }
                 }
-                None if lookups >= s.max_lookups => {
-                    out.push((kind.clone(), Attribution::NotFound { lookups }));
-                }
-                None => {}
+            };
+            if let Search::Removed(found) = answer {
+                state.tries.remove(&key);
+                out.push((kind.clone(), found));
+                continue;
+            }
+            let t = state.tries.entry(key).or_insert(Tries {
+                lookups: 0,
+                last: now,
+            });
+            t.lookups += 1;
+            t.last = now;
+            if t.lookups >= s.max_lookups {
+                out.push((kind.clone(), Attribution::NotFound { lookups: t.lookups }));
             }
         }
         out
@@ -412,20 +427,28 @@ mod tests {
                 None,
             ),
         ];
-        let found = find_removal(&entries, &kind, "U1").unwrap();
+        let Search::Removed(found) = search(&entries, &kind, "U1") else {
+            panic!("found");
+        };
         assert_eq!(
             found.describe(),
             "removed by Payroll Sync (app app-1) at 2026-12-01T11:00:00Z via \"Remove member from group\""
         );
-        assert_eq!(find_removal(&entries, &kind, "u3"), None);
+        assert_eq!(search(&entries, &kind, "u3"), Search::Nothing);
         let owner = ResourceKind::GroupOwner {
             group_id: "g1".into(),
         };
         assert_eq!(
-            find_removal(&entries, &owner, "u1"),
-            None,
+            search(&entries, &owner, "u1"),
+            Search::Nothing,
             "another activity"
         );
+        // Given back after that removal: the removal looked up is a later one.
+        let mut restored = entries.clone();
+        let mut add = entry("u1", "2026-12-01T11:30:00Z", None, Some(("IGA", "app-2")));
+        add.activity_display_name = "Add member to group".into();
+        restored.push(add);
+        assert_eq!(search(&restored, &kind, "u1"), Search::Restored);
     }
 
     #[test]
@@ -437,7 +460,7 @@ mod tests {
         let since: Timestamp = "2026-11-24T10:00:00.7Z".parse().unwrap();
         assert_eq!(
             filter_for(&kind, since).unwrap(),
-            "activityDisplayName eq 'Remove app role assignment from user' and targetResources/any(t: t/id eq 'sp-1') and activityDateTime ge 2026-11-24T10:00:01Z"
+            "targetResources/any(t: t/id eq 'sp-1') and activityDateTime ge 2026-11-24T10:00:01Z"
         );
         assert_eq!(filter_for(&ResourceKind::Unverifiable, since), None);
     }
