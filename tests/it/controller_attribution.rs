@@ -495,7 +495,7 @@ async fn the_simulator_pages_and_filters_the_audit_log() {
         .by_route
         .iter()
         .find(|(k, _)| k.contains("auditLogs"))
-        .map(|(_, u)| u.clone())
+        .map(|(_, u)| *u)
         .unwrap();
     assert_eq!((route.requests, route.ru), (1, 1), "one request, 1 RU");
     // Paging: one entry per page, followed through @odata.nextLink.
