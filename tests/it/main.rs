@@ -10,6 +10,7 @@ mod audit_ci_output;
 mod chart_metrics;
 mod cli_audit;
 mod clock;
+mod controller_attribution;
 mod controller_cluster;
 mod controller_delta;
 mod controller_health;

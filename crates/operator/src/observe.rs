@@ -7,6 +7,7 @@
 //! - one paged read per *resource* (group members/owners, app role assignments), shared by
 //!   every assignment that promises it — never one read per user.
 
+pub mod attribution;
 pub mod delta;
 pub mod suggest;
 

@@ -15,6 +15,7 @@ use jiff::SignedDuration;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::audit::{Actor, Change, actor_named};
 use super::graph::ts;
 use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
@@ -84,6 +85,19 @@ fn sp_role(w: &World, sp: &str, role: Option<&str>) -> AResult<(String, Option<S
     Ok((s.id.clone(), role_id))
 }
 
+/// The actor an admin call names, or the simulator's admin.
+fn actor_of(w: &World, actor: Option<&str>) -> Actor {
+    let default = format!("sim-admin@{}", w.tenant_domain);
+    let name = actor
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(&default);
+    actor_named(w.seed_value, name, |upn| {
+        w.user_by_upn(upn)
+            .map(|u| (u.id.clone(), u.display_name.clone()))
+    })
+}
+
 fn parse_ago(s: &str) -> AResult<SignedDuration> {
     super::scenario::parse_duration(s).map_err(AdminError::BadRequest)
 }
@@ -92,10 +106,31 @@ impl Shared {
     /// Outside change: removes a user from a group behind entitlement management's back.
     /// Returns false if the user was not a member.
     pub fn admin_remove_member(&self, group: &str, user: &str) -> AResult<bool> {
+        self.admin_remove_member_by(group, user, None)
+    }
+
+    /// Like [`Shared::admin_remove_member`], logged in the audit log as made by `actor` (a
+    /// UPN names a user, anything else an app; default: the simulator's admin).
+    pub fn admin_remove_member_by(
+        &self,
+        group: &str,
+        user: &str,
+        actor: Option<&str>,
+    ) -> AResult<bool> {
         let mut sim = self.lock();
         let w = &mut sim.world;
         let (g, u) = (group_id(w, group)?, user_id(w, user)?);
-        Ok(w.remove_member(&g, &u))
+        let changed = w.remove_member(&g, &u);
+        if changed {
+            let actor = actor_of(w, actor);
+            w.audit_grant(
+                &super::state::Grant::GroupMember(g),
+                Change::MemberRemoved,
+                actor,
+                &u,
+            );
+        }
+        Ok(changed)
     }
 
     /// Outside change: adds a user to a group. Returns false if already a member.
@@ -103,7 +138,17 @@ impl Shared {
         let mut sim = self.lock();
         let w = &mut sim.world;
         let (g, u) = (group_id(w, group)?, user_id(w, user)?);
-        Ok(w.add_member(&g, &u))
+        let changed = w.add_member(&g, &u);
+        if changed {
+            let actor = actor_of(w, None);
+            w.audit_grant(
+                &super::state::Grant::GroupMember(g),
+                Change::MemberAdded,
+                actor,
+                &u,
+            );
+        }
+        Ok(changed)
     }
 
     /// Outside change: removes a user's app role assignment(s) on an app (one role, or all).
@@ -113,11 +158,52 @@ impl Shared {
         user: &str,
         role: Option<&str>,
     ) -> AResult<usize> {
+        self.admin_remove_app_role_by(sp, user, role, None)
+    }
+
+    /// Like [`Shared::admin_remove_app_role`], logged in the audit log as made by `actor`.
+    pub fn admin_remove_app_role_by(
+        &self,
+        sp: &str,
+        user: &str,
+        role: Option<&str>,
+        actor: Option<&str>,
+    ) -> AResult<usize> {
         let mut sim = self.lock();
         let w = &mut sim.world;
         let u = user_id(w, user)?;
         let (sp_id, role_id) = sp_role(w, sp, role)?;
-        Ok(w.remove_app_role(&sp_id, &u, role_id.as_deref()))
+        let held: Vec<String> = w
+            .sp(&sp_id)
+            .map(|s| {
+                s.assigned_to
+                    .iter()
+                    .filter(|a| {
+                        a.principal_id == u
+                            && role_id
+                                .as_deref()
+                                .is_none_or(|r| a.app_role_id.eq_ignore_ascii_case(r))
+                    })
+                    .map(|a| a.app_role_id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let removed = w.remove_app_role(&sp_id, &u, role_id.as_deref());
+        let actor = actor_of(w, actor);
+        for role_id in held {
+            let grant = super::state::Grant::AppRole {
+                sp_id: sp_id.clone(),
+                role_id,
+            };
+            w.audit_grant(&grant, Change::AppRoleRemoved, actor.clone(), &u);
+        }
+        Ok(removed)
+    }
+
+    /// Holds audit log entries back for `lag` of simulated time before
+    /// `auditLogs/directoryAudits` lists them.
+    pub fn admin_set_audit_lag(&self, lag: SignedDuration) {
+        self.lock().world.audit.lag = lag;
     }
 
     /// Outside change: grants an app role (default: Default Access).
@@ -128,7 +214,13 @@ impl Shared {
         let (sp_id, role_id) = sp_role(w, sp, role)?;
         let now = w.now();
         let role_id = role_id.unwrap_or_else(|| super::state::DEFAULT_ACCESS_ROLE.to_string());
-        Ok(w.add_app_role(&sp_id, &u, &role_id, now))
+        let changed = w.add_app_role(&sp_id, &u, &role_id, now);
+        if changed {
+            let actor = actor_of(w, None);
+            let grant = super::state::Grant::AppRole { sp_id, role_id };
+            w.audit_grant(&grant, Change::AppRoleAdded, actor, &u);
+        }
+        Ok(changed)
     }
 
     /// Forces an assignment's state (and matching status); stops its background work.
@@ -367,6 +459,31 @@ struct AppRoleBody {
 struct AppRoleQuery {
     #[serde(default)]
     app_role: Option<String>,
+    /// Who the audit log says made the change.
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// `?actor=` or `{"actor": ...}` on an outside removal: who the audit log names.
+#[derive(Deserialize, Default)]
+struct ActorBody {
+    #[serde(default)]
+    actor: Option<String>,
+}
+
+/// The actor from the query, else from a JSON body (DELETE bodies are optional).
+fn actor_from(query: Option<String>, body: &[u8]) -> AResult<Option<String>> {
+    if query.is_some() || body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(query);
+    }
+    serde_json::from_slice::<ActorBody>(body)
+        .map(|b| b.actor)
+        .map_err(|e| AdminError::BadRequest(format!("body: {e}")))
+}
+
+#[derive(Deserialize)]
+struct LagBody {
+    lag: String,
 }
 
 #[derive(Deserialize)]
@@ -384,8 +501,21 @@ struct ClockBody {
 
 type S = State<Arc<Shared>>;
 
-async fn remove_member(State(s): S, Path((g, u)): Path<(String, String)>) -> AResult<Json<Value>> {
-    Ok(Json(json!({"changed": s.admin_remove_member(&g, &u)?})))
+async fn remove_member(
+    State(s): S,
+    Path((g, u)): Path<(String, String)>,
+    AxQuery(q): AxQuery<ActorBody>,
+    body: axum::body::Bytes,
+) -> AResult<Json<Value>> {
+    let actor = actor_from(q.actor, &body)?;
+    Ok(Json(
+        json!({"changed": s.admin_remove_member_by(&g, &u, actor.as_deref())?}),
+    ))
+}
+
+async fn set_audit_lag(State(s): S, Json(b): Json<LagBody>) -> AResult<StatusCode> {
+    s.admin_set_audit_lag(parse_ago(&b.lag)?);
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn add_member(
@@ -400,10 +530,15 @@ async fn remove_app_role(
     State(s): S,
     Path((sp, u)): Path<(String, String)>,
     AxQuery(q): AxQuery<AppRoleQuery>,
+    body: axum::body::Bytes,
 ) -> AResult<Json<Value>> {
-    Ok(Json(
-        json!({"removed": s.admin_remove_app_role(&sp, &u, q.app_role.as_deref())?}),
-    ))
+    let actor = actor_from(q.actor, &body)?;
+    Ok(Json(json!({"removed": s.admin_remove_app_role_by(
+        &sp,
+        &u,
+        q.app_role.as_deref(),
+        actor.as_deref()
+    )?})))
 }
 
 async fn add_app_role(
@@ -538,6 +673,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/_sim/counters", get(counters))
         .route("/_sim/usage", get(usage))
         .route("/_sim/delta/expire", post(expire_delta))
+        .route("/_sim/auditLog", put(set_audit_lag))
         .route("/_sim/reset", post(reset))
         .route("/_sim/clock", get(clock))
         .route("/_sim/clock/advance", post(advance_clock))

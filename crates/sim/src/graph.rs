@@ -93,6 +93,10 @@ pub(crate) fn route(
         ["servicePrincipals", id, rel] if eq(rel, "appRoleAssignedTo") && get => {
             list_app_role_assigned_to(&sim.world, id, q, base, &path)
         }
+        ["auditLogs", d] if eq(d, "directoryAudits") && get => {
+            let now = sim.world.now();
+            super::audit::list_directory_audits(&sim.world.audit, now, q, base, &path)
+        }
         ["identityGovernance", "entitlementManagement", rest @ ..] => {
             em_route(shared, sim, method, rest, q, body, &path)
         }

@@ -10,6 +10,7 @@
 //! (`admin.rs`) and [`FaultSpec`], or the documented API drifts from the served one.
 
 mod admin;
+mod audit;
 mod batch;
 mod cli;
 mod delta;
@@ -374,6 +375,34 @@ impl SimHandle {
     /// Outside change: removes `user` (UPN or id) from `group` (name or id).
     pub fn remove_member(&self, group: &str, user: &str) -> Result<bool, AdminError> {
         self.shared.admin_remove_member(group, user)
+    }
+
+    /// Outside change made by `actor` (a UPN names a user, anything else an app), as the
+    /// audit log will say.
+    pub fn remove_member_by(
+        &self,
+        group: &str,
+        user: &str,
+        actor: &str,
+    ) -> Result<bool, AdminError> {
+        self.shared.admin_remove_member_by(group, user, Some(actor))
+    }
+
+    /// Outside app role removal made by `actor`, as the audit log will say.
+    pub fn remove_app_role_by(
+        &self,
+        app: &str,
+        user: &str,
+        role: Option<&str>,
+        actor: &str,
+    ) -> Result<usize, AdminError> {
+        self.shared
+            .admin_remove_app_role_by(app, user, role, Some(actor))
+    }
+
+    /// Holds audit log entries back for `lag` (simulated time), like Entra's delay.
+    pub fn set_audit_lag(&self, lag: jiff::SignedDuration) {
+        self.shared.admin_set_audit_lag(lag)
     }
 
     /// Outside change: adds `user` to `group`.

@@ -177,6 +177,8 @@ pub(crate) struct World {
     pub delta_floor: u64,
     /// Assignment ids seen while loading the scenario (keeps loading linear).
     loaded_assignment_ids: HashSet<String>,
+    /// The directory audit log (`auditLogs/directoryAudits`).
+    pub audit: super::audit::AuditLog,
 }
 
 fn lc(s: &str) -> String {
@@ -246,6 +248,7 @@ impl World {
             group_by_id: HashMap::new(),
             assignment_by_id: HashMap::with_capacity(spec.assignments.len()),
             sps: Vec::new(),
+            audit: Default::default(),
             catalogs: Vec::new(),
             packages: Vec::new(),
             policies: Vec::new(),
@@ -1166,10 +1169,7 @@ impl World {
             .iter()
             .map(|r| r.grant.clone())
             .collect();
-        grants
-            .iter()
-            .filter(|g| self.apply_grant(g, user_id, now))
-            .count()
+        self.apply_governed(&grants, user_id, now)
     }
 
     /// Like [`World::deliver_package`] but leaves out the package's first verifiable
@@ -1192,10 +1192,60 @@ impl World {
                 true
             })
             .collect();
-        grants
-            .iter()
-            .filter(|g| self.apply_grant(g, user_id, now))
-            .count()
+        self.apply_governed(&grants, user_id, now)
+    }
+
+    /// Applies grants on entitlement management's behalf, logging each change it makes.
+    fn apply_governed(&mut self, grants: &[Grant], user_id: &str, now: Timestamp) -> usize {
+        let mut changed = 0;
+        for g in grants {
+            if self.apply_grant(g, user_id, now) {
+                changed += 1;
+                let change = match g {
+                    Grant::GroupMember(_) => super::audit::Change::MemberAdded,
+                    Grant::GroupOwner(_) => super::audit::Change::OwnerAdded,
+                    _ => super::audit::Change::AppRoleAdded,
+                };
+                self.audit_grant(g, change, super::audit::Actor::governance(), user_id);
+            }
+        }
+        changed
+    }
+
+    /// Logs a change of `g` for `user_id` in the audit log.
+    pub(crate) fn audit_grant(
+        &mut self,
+        g: &Grant,
+        change: super::audit::Change,
+        actor: super::audit::Actor,
+        user_id: &str,
+    ) {
+        let target = match g {
+            Grant::GroupMember(gid) | Grant::GroupOwner(gid) => super::audit::Target {
+                id: gid.clone(),
+                display_name: self
+                    .group(gid)
+                    .map(|g| g.display_name.clone())
+                    .unwrap_or_default(),
+                app_role_id: None,
+            },
+            Grant::AppRole { sp_id, role_id } => super::audit::Target {
+                id: sp_id.clone(),
+                display_name: self
+                    .sp(sp_id)
+                    .map(|s| s.display_name.clone())
+                    .unwrap_or_default(),
+                app_role_id: Some(role_id.clone()),
+            },
+            Grant::SharePoint { .. } => return,
+        };
+        let upn = self
+            .user(user_id)
+            .map(|u| u.upn.clone())
+            .unwrap_or_default();
+        let (seed, now) = (self.seed_value, self.now());
+        self.audit
+            .record(seed, now, change, actor, target, user_id, &upn);
     }
 
     /// Removes every grant of a package from a user, except grants that another active
@@ -1230,19 +1280,22 @@ impl World {
             .filter(|g| !keep.contains(g))
             .collect();
         for g in grants {
-            match g {
-                Grant::GroupMember(gid) => {
-                    self.remove_member(&gid, user_id);
-                }
-                Grant::GroupOwner(gid) => {
-                    if let Some(g) = self.group_mut(&gid) {
-                        g.owners.remove(user_id);
-                    }
-                }
+            let change = match &g {
+                Grant::GroupMember(gid) => self
+                    .remove_member(gid, user_id)
+                    .then_some(super::audit::Change::MemberRemoved),
+                Grant::GroupOwner(gid) => self
+                    .group_mut(gid)
+                    .is_some_and(|g| g.owners.remove(user_id))
+                    .then_some(super::audit::Change::OwnerRemoved),
                 Grant::AppRole { sp_id, role_id } => {
-                    self.remove_app_role(&sp_id, user_id, Some(&role_id));
+                    (self.remove_app_role(sp_id, user_id, Some(role_id)) > 0)
+                        .then_some(super::audit::Change::AppRoleRemoved)
                 }
-                Grant::SharePoint { .. } => {}
+                Grant::SharePoint { .. } => None,
+            };
+            if let Some(change) = change {
+                self.audit_grant(&g, change, super::audit::Actor::governance(), user_id);
             }
         }
     }

@@ -268,6 +268,14 @@ pub struct ResourceStatus {
     /// Why the state is Unverifiable or Unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// While the resource is Missing: who removed it, from Entra's directory audit log, e.g.
+    /// `removed by admin@contoso.com at 2026-12-01T10:42:07Z via "Remove member from
+    /// group"` (an application is named by display name and app id). Otherwise why that is
+    /// not known: "attribution unavailable: ..." (the operator lacks AuditLog.Read.All), or "not found in the audit
+    /// log yet" after a few lookups (audit entries can appear minutes late). Kept unchanged
+    /// until the resource is Present again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_change: Option<String>,
 }
 
 /// Whether a promised resource is really held.

@@ -24,8 +24,8 @@ use crate::api::{
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::Undo;
 use crate::engine::{
-    AssignmentInput, Plan, assignment_status_changed, plan_assignment, record_action_failure,
-    record_request_submitted,
+    AssignmentInput, Plan, assignment_status_changed, attribution_needed, plan_assignment,
+    record_action_failure, record_request_submitted,
 };
 use crate::graph::Written;
 use crate::graph::models::{Assignment, AssignmentState, RequestType};
@@ -125,8 +125,9 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         async |first| patch_status(&api, &name, first).await,
     )
     .await?;
-    let observed = observed?;
+    let mut observed = observed?;
     let previous = obj.status.clone().or(first);
+    attribute_drift(ctx, &mut observed, previous.as_ref()).await;
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // Planning and claiming happen under one lock of the shared ledger: of two objects
@@ -186,6 +187,42 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         ctx.metrics.drift(KIND, 1);
     }
     Ok(Action::requeue(jitter(plan.requeue_after)))
+}
+
+/// Looks up who removed what this object's user newly misses (nothing for a healthy
+/// object, nor for a removal already named in its status) and hands the answer to the
+/// engine in the snapshot.
+async fn attribute_drift(
+    ctx: &Context,
+    observed: &mut AssignmentObservation,
+    previous: Option<&AccessPackageAssignmentStatus>,
+) {
+    if !ctx.attribution.enabled() {
+        return;
+    }
+    let Ok(ids) = &observed.resolved else {
+        return;
+    };
+    let target = ids.target_object_id.clone();
+    let wanted = attribution_needed(
+        observed.resources(),
+        &observed.snapshot,
+        &target,
+        observed.assignment.as_ref(),
+        previous,
+    );
+    if wanted.is_empty() {
+        return;
+    }
+    let found = ctx
+        .attribution
+        .attribute(ctx.observations.graph(), &wanted, &target)
+        .await;
+    for (kind, attribution) in found {
+        observed
+            .snapshot
+            .record_change(kind, target.clone(), attribution);
+    }
 }
 
 /// Performs the plan's action. Returns `Some(wait)` when the reprocess budget is spent.

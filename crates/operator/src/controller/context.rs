@@ -56,6 +56,8 @@ pub struct Settings {
     /// How long an object's first observation may take before its first-visit status is
     /// written meanwhile (zero: always write it first).
     pub first_status_after: Duration,
+    /// Drift attribution from the audit log (`--drift-attribution`).
+    pub attribution: crate::observe::attribution::AttributionSettings,
 }
 
 impl Default for Settings {
@@ -72,6 +74,7 @@ impl Default for Settings {
             delta_interval: Duration::from_secs(60),
             poll_interval: EngineSettings::default().poll_interval,
             first_status_after: FIRST_STATUS_AFTER,
+            attribution: Default::default(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Context {
     pub triggers: Triggers,
     /// See [`Settings::first_status_after`].
     pub first_status_after: Duration,
+    /// Who removed a missing resource (the audit log lookups and their bounded cache).
+    pub attribution: crate::observe::attribution::Attributor,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -142,6 +147,7 @@ impl Context {
             ledger: Mutex::new(RepairLedger::new()),
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
+            attribution: crate::observe::attribution::Attributor::new(settings.attribution.clone()),
             started: tokio::sync::watch::Sender::new(true),
         }
     }

@@ -130,6 +130,14 @@ pub struct ControllerArgs {
     /// with the verified status (0 always writes the first-visit status first).
     #[arg(long, env = "REDELIVER_FIRST_STATUS_AFTER", value_name = "DURATION", default_value = "5s", value_parser = crate::api::parse_duration_arg)]
     pub first_status_after: Duration,
+
+    /// When drift is detected, look up who removed the resource in Entra's directory audit
+    /// log and say so in the DriftDetected event, the Delivered message and
+    /// status.resources[].lastChange. Needs AuditLog.Read.All; without it the status says
+    /// attribution is unavailable and everything else works. At most one audit query per
+    /// group or app per detection batch, never for healthy objects.
+    #[arg(long, env = "REDELIVER_DRIFT_ATTRIBUTION", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    pub drift_attribution: bool,
 }
 
 impl ControllerArgs {
@@ -143,6 +151,10 @@ impl ControllerArgs {
             delta_interval: self.delta_interval,
             first_status_after: self.first_status_after,
             instance: Some(identity.to_string()),
+            attribution: crate::observe::attribution::AttributionSettings {
+                enabled: self.drift_attribution,
+                ..Default::default()
+            },
             ..Settings::default()
         }
     }

@@ -323,7 +323,20 @@ fn observe<'r>(
                 }
                 ResourceState::Unverifiable => {}
             }
+            // Who removed it: looked up once by the driver, then kept from the stored
+            // status until the resource is present again, so the text does not churn.
+            let last_change = (check.state == ResourceState::Missing)
+                .then(|| {
+                    previous_change(ctx.prev, r).or_else(|| {
+                        input
+                            .snapshot
+                            .change(&r.kind, &ids.target_object_id)
+                            .map(super::Attribution::describe)
+                    })
+                })
+                .flatten();
             ResourceStatus {
+                last_change,
                 origin_system: r.origin_system.as_str().to_string(),
                 origin_id: r.origin_id.clone(),
                 display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
@@ -340,6 +353,78 @@ fn observe<'r>(
     status.resources_summary = Some(format!("{present}/{verifiable}"));
     status.last_verified_time = Some(to_time(ctx.now));
     observed
+}
+
+fn same_resource(rs: &ResourceStatus, r: &PromisedResource) -> bool {
+    rs.origin_system == r.origin_system.as_str()
+        && rs.origin_id == r.origin_id
+        && rs.role.as_deref().unwrap_or_default() == r.role
+}
+
+/// The `lastChange` stored for `r` while it was already missing.
+fn previous_change(prev: &AccessPackageAssignmentStatus, r: &PromisedResource) -> Option<String> {
+    prev.resources
+        .iter()
+        .find(|rs| same_resource(rs, r) && rs.state == ResourceState::Missing)
+        .and_then(|rs| rs.last_change.clone())
+}
+
+/// The resources of a delivered assignment whose removal the driver should look up in the
+/// audit log: missing now and without a `lastChange` stored from an earlier pass (once
+/// stored, it is kept until the resource is present again, so it is never looked up twice).
+/// A resource missing while the assignment is still being delivered is not drift: nothing.
+/// Each comes with whether it was already missing on the previous pass (a lookup still
+/// pending) rather than newly removed.
+pub fn attribution_needed<'r>(
+    resources: &'r [PromisedResource],
+    snapshot: &Snapshot,
+    target_object_id: &str,
+    assignment: Option<&Assignment>,
+    previous: Option<&AccessPackageAssignmentStatus>,
+) -> Vec<(&'r PromisedResource, bool)> {
+    if assignment.is_none_or(|a| a.state != AssignmentState::Delivered) {
+        return Vec::new();
+    }
+    resources
+        .iter()
+        .filter(|r| r.is_verifiable())
+        .filter(|r| {
+            snapshot.check_detail(&r.kind, target_object_id).state == ResourceState::Missing
+        })
+        .filter(|r| previous.is_none_or(|p| previous_change(p, r).is_none()))
+        .map(|r| {
+            let continuing = previous.is_some_and(|p| {
+                p.resources
+                    .iter()
+                    .any(|rs| same_resource(rs, r) && rs.state == ResourceState::Missing)
+            });
+            (r, continuing)
+        })
+        .collect()
+}
+
+/// `fin-writers (Member)`, with who removed it when the audit log named them:
+/// `fin-writers (Member) [removed by admin@contoso.com at … via "Remove member from group"]`.
+fn missing_labels<'a>(
+    status: &AccessPackageAssignmentStatus,
+    missing: impl IntoIterator<Item = &'a PromisedResource>,
+) -> String {
+    missing
+        .into_iter()
+        .map(|r| {
+            let who = status
+                .resources
+                .iter()
+                .find(|rs| same_resource(rs, r))
+                .and_then(|rs| rs.last_change.as_deref())
+                .filter(|c| super::names_actor(c));
+            match who {
+                Some(who) => format!("{} [{who}]", r.label()),
+                None => r.label(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Whether a reprocess Redeliver asked for is still to be verified: the next pass must
@@ -492,7 +577,7 @@ fn delivered_state(
             format!(
                 "Graph says assignment {} is delivered, but the user is missing: {}.",
                 a.id,
-                labels(&observed.missing)
+                missing_labels(status, observed.missing.iter().copied())
             ),
         );
         if let Some(r) = input.latest_request.filter(|r| r.state.is_in_flight()) {
@@ -1289,10 +1374,12 @@ fn events_for(
             push(EventKind::DeliveryVerified, d.message.clone());
         }
         if d.reason == Reason::ResourcesMissing && prev_reason != Some(Reason::ResourcesMissing) {
-            let names: Vec<String> = missing.iter().map(PromisedResource::label).collect();
             push(
                 EventKind::DriftDetected,
-                format!("Drift detected: missing {}.", names.join(", ")),
+                format!(
+                    "Drift detected: missing {}.",
+                    missing_labels(status, missing)
+                ),
             );
         }
         if d.reason == Reason::DeliveryFailed && prev_reason != Some(Reason::DeliveryFailed) {

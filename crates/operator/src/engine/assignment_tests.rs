@@ -1703,3 +1703,155 @@ fn a_repair_check_rereads_only_what_the_reprocess_restores_after_it_was_sent() {
     let all = fresh_reads(Some(&by_hand), &fx.resources).unwrap();
     assert_eq!(all.reads, crate::engine::reads_needed(&fx.resources));
 }
+
+mod attribution {
+    use super::*;
+    use crate::engine::attribution::{Actor, Attribution};
+    use crate::engine::{ResourceKind, attribution_needed};
+
+    fn g2() -> ResourceKind {
+        ResourceKind::GroupMember {
+            group_id: "g2".into(),
+        }
+    }
+
+    fn by_admin(minute: i64) -> Attribution {
+        Attribution::Found {
+            actor: Actor::User("admin@contoso.com".into()),
+            at: at(minute),
+            activity: "Remove member from group".into(),
+        }
+    }
+
+    fn last_change(plan: &Plan, name: &str) -> Option<String> {
+        plan.status
+            .resources
+            .iter()
+            .find(|r| r.display_name.as_deref() == Some(name))
+            .and_then(|r| r.last_change.clone())
+    }
+
+    #[test]
+    fn a_found_removal_names_its_actor_in_event_message_and_status() {
+        let mut fx = Fx::new();
+        fx.step(at(0));
+        fx.remove_from_g2();
+        assert_eq!(
+            attribution_needed(
+                &fx.resources,
+                &fx.snapshot,
+                USER,
+                fx.assignment.as_ref(),
+                fx.previous.as_ref()
+            )
+            .iter()
+            .map(|(r, continuing)| (r.display_name.as_str(), *continuing))
+            .collect::<Vec<_>>(),
+            [("fin-writers", false)],
+            "only the missing resource is looked up"
+        );
+        fx.snapshot.record_change(g2(), USER, by_admin(1));
+        let plan = fx.step(at(2));
+        let said =
+            "removed by admin@contoso.com at 2026-11-28T10:01:00Z via \"Remove member from group\"";
+        assert_eq!(last_change(&plan, "fin-writers").as_deref(), Some(said));
+        assert_eq!(last_change(&plan, "fin-readers"), None);
+        let drift = plan
+            .events
+            .iter()
+            .find(|e| e.kind == EventKind::DriftDetected)
+            .unwrap();
+        assert_eq!(
+            drift.message,
+            format!("Drift detected: missing fin-writers (Member) [{said}].")
+        );
+        let delivered = cond(&plan, ConditionType::Delivered).unwrap();
+        assert!(
+            delivered
+                .message
+                .contains(&format!("fin-writers (Member) [{said}]"))
+        );
+        assert_cond(
+            &plan,
+            ConditionType::Delivered,
+            "False",
+            Reason::ResourcesMissing,
+        );
+
+        // Stored, it is kept (and not looked up again) until the resource is back.
+        fx.snapshot.changes.clear();
+        assert!(
+            attribution_needed(
+                &fx.resources,
+                &fx.snapshot,
+                USER,
+                fx.assignment.as_ref(),
+                fx.previous.as_ref()
+            )
+            .is_empty()
+        );
+        let again = fx.step(at(3));
+        assert_eq!(last_change(&again, "fin-writers").as_deref(), Some(said));
+        assert_eq!(
+            cond(&again, ConditionType::Delivered).unwrap().message,
+            delivered.message,
+            "the same text on every pass"
+        );
+        fx.restore_g2();
+        let back = fx.step(at(4));
+        assert_eq!(last_change(&back, "fin-writers"), None);
+    }
+
+    #[test]
+    fn unavailable_attribution_changes_only_last_change() {
+        let mut with = Fx::new();
+        with.step(at(0));
+        with.remove_from_g2();
+        let mut without = Fx::new();
+        without.step(at(0));
+        without.remove_from_g2();
+        with.snapshot.record_change(
+            g2(),
+            USER,
+            Attribution::Unavailable {
+                reason: "the app lacks AuditLog.Read.All".into(),
+            },
+        );
+        let a = with.step(at(1));
+        let b = without.step(at(1));
+        assert_eq!(
+            last_change(&a, "fin-writers").as_deref(),
+            Some("attribution unavailable: the app lacks AuditLog.Read.All")
+        );
+        assert_eq!(a.status.conditions, b.status.conditions);
+        assert_eq!(a.events, b.events);
+        assert_eq!(a.action, b.action);
+    }
+
+    #[test]
+    fn nothing_is_looked_up_while_delivering_or_when_healthy() {
+        let mut fx = Fx::new();
+        assert!(
+            attribution_needed(
+                &fx.resources,
+                &fx.snapshot,
+                USER,
+                fx.assignment.as_ref(),
+                None
+            )
+            .is_empty()
+        );
+        fx.remove_from_g2();
+        fx.assignment = Some(assignment(AssignmentState::Delivering));
+        assert!(
+            attribution_needed(
+                &fx.resources,
+                &fx.snapshot,
+                USER,
+                fx.assignment.as_ref(),
+                None
+            )
+            .is_empty()
+        );
+    }
+}

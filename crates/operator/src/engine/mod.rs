@@ -18,6 +18,7 @@ pub use crate::graph::Write;
 use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
 
 mod assignment;
+pub mod attribution;
 pub mod conditions;
 mod guard;
 pub mod ledger;
@@ -26,9 +27,10 @@ mod snapshot;
 
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
-    awaiting_reprocess, fresh_reads, needs_latest_request, plan_assignment, record_action_failure,
-    record_request_submitted,
+    attribution_needed, awaiting_reprocess, fresh_reads, needs_latest_request, plan_assignment,
+    record_action_failure, record_request_submitted,
 };
+pub use attribution::{Attribution, names_actor};
 pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
     record_guard_outcome,

@@ -75,6 +75,9 @@ pub struct Snapshot {
     pub app_role_assignments: BTreeMap<String, Arc<BTreeSet<(String, String)>>>,
     /// Reads that failed, with a message safe to show (no tokens).
     pub failures: BTreeMap<ResourceRead, String>,
+    /// (resource, user object id) → who removed it, for missing resources the driver
+    /// looked up in the audit log (`observe::attribution`).
+    pub changes: BTreeMap<(ResourceKind, String), super::Attribution>,
 }
 
 /// The verdict for one resource, with a note when it is Unknown or Unverifiable.
@@ -88,6 +91,21 @@ impl Snapshot {
     /// An empty snapshot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Records who removed `kind` from `user_id` (or why that is not known).
+    pub fn record_change(
+        &mut self,
+        kind: ResourceKind,
+        user_id: impl Into<String>,
+        attribution: super::Attribution,
+    ) {
+        self.changes.insert((kind, user_id.into()), attribution);
+    }
+
+    /// What the audit log said about `kind` missing for `user_id`, if it was looked up.
+    pub fn change(&self, kind: &ResourceKind, user_id: &str) -> Option<&super::Attribution> {
+        self.changes.get(&(kind.clone(), user_id.to_string()))
     }
 
     /// Records a group's direct members (replacing any earlier read).

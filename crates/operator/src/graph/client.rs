@@ -689,6 +689,45 @@ impl GraphClient {
     }
 }
 
+// ---- audit log ("Drift attribution") ----
+
+impl GraphClient {
+    /// The directory audit entries matching `filter` (one of the forms docs/graph.md
+    /// "Drift attribution" lists), newest first, at most `max_pages` pages of 100: a
+    /// bounded read, since only the latest few entries of one group or app matter.
+    pub async fn list_directory_audits(
+        &self,
+        filter: &str,
+        max_pages: usize,
+    ) -> Result<Vec<super::models::DirectoryAudit>, GraphError> {
+        const OP: &str = "list_directory_audits";
+        let url = self.url(
+            OP,
+            "/auditLogs/directoryAudits",
+            &[
+                ("$filter", filter),
+                ("$orderby", "activityDateTime desc"),
+                ("$top", "100"),
+            ],
+        )?;
+        let mut items = Vec::new();
+        let mut next = Some(url);
+        let mut pages = 0usize;
+        while let Some(url) = next.take() {
+            pages += 1;
+            let page: Page<super::models::DirectoryAudit> = self.get_page(OP, url.clone()).await?;
+            items.extend(page.value);
+            if pages >= max_pages {
+                break;
+            }
+            if let Some(link) = page.next_link {
+                next = Some(self.checked_link(OP, &url, &link)?);
+            }
+        }
+        Ok(items)
+    }
+}
+
 /// Most group ids one delta query may filter on (docs/graph.md "Group delta").
 pub const MAX_DELTA_GROUPS: usize = 50;
 

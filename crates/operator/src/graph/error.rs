@@ -336,6 +336,9 @@ pub fn permission_hint(operation: &str) -> &'static str {
         }
         "list_app_role_assignments" => "Application.Read.All",
         "get_user" | "suggest_users" => "User.Read.All",
+        "list_directory_audits" => {
+            "AuditLog.Read.All (optional: only drift attribution reads the audit log)"
+        }
         _ => "a Graph application permission for this call (see the permissions table in the docs)",
     }
 }

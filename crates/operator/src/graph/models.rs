@@ -533,3 +533,101 @@ mod tests {
         );
     }
 }
+
+/// One entry of the directory audit log (`GET /auditLogs/directoryAudits`), reduced to
+/// what drift attribution reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryAudit {
+    /// The entry's id.
+    #[serde(default)]
+    pub id: String,
+    /// When the change was made.
+    #[serde(default)]
+    pub activity_date_time: Option<Timestamp>,
+    /// What was done, e.g. "Remove member from group".
+    #[serde(default)]
+    pub activity_display_name: String,
+    /// `success`, `failure`, ...
+    #[serde(default)]
+    pub result: Option<String>,
+    /// Who did it.
+    #[serde(default)]
+    pub initiated_by: AuditInitiator,
+    /// What it was done to: for a membership change the user and the group; for an app role
+    /// change the service principal and the user.
+    #[serde(default)]
+    pub target_resources: Vec<AuditTarget>,
+}
+
+/// `auditActivityInitiator`: a user or an app (one of them is set).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditInitiator {
+    /// The user who made the change.
+    #[serde(default)]
+    pub user: Option<AuditUser>,
+    /// The application that made the change.
+    #[serde(default)]
+    pub app: Option<AuditApp>,
+}
+
+/// `userIdentity` in an audit entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditUser {
+    /// Object id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// UPN.
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+}
+
+/// `appIdentity` in an audit entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditApp {
+    /// Application (client) id.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// `targetResource` in an audit entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditTarget {
+    /// Object id.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `User`, `Group`, `ServicePrincipal`, ...
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Display name.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Changed attributes (e.g. `AppRole.Id` of an app role change).
+    #[serde(default)]
+    pub modified_properties: Vec<AuditModifiedProperty>,
+}
+
+/// `modifiedProperty` in an audit entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditModifiedProperty {
+    /// Attribute name, e.g. `AppRole.Id`.
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// Old value (JSON text).
+    #[serde(default)]
+    pub old_value: Option<String>,
+    /// New value (JSON text).
+    #[serde(default)]
+    pub new_value: Option<String>,
+}
