@@ -720,10 +720,10 @@ fn forbidden_as_failure(err: GraphError, field: &str) -> Result<ResolveFailure, 
     }
 }
 
-/// Where observations come from. Two caches answer "how long is a read shared": the
-/// audit's [`Observer`] shares each read for one pass (`redeliver audit` refreshes it
-/// between passes); the controller's `Observations` for a bounded window across objects,
-/// dropping what a write may have changed. Both feed [`observe_assignment`] and
+/// Where observations come from. One cache (`Memo`, inside [`Observer`]) answers "how
+/// long is a read shared", with two settings: `redeliver audit` shares each read for one
+/// pass (it refreshes between passes); the controller's `Observations` for a bounded window
+/// across objects, dropping what a write may have changed. Both feed [`observe_assignment`] and
 /// [`observe_guard`], so `redeliver audit` and the operator compute the same engine input
 /// from the same tenant state.
 pub trait Reads: Sync {
