@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::graph::ts;
+use super::latency::{LatencyBody, LatencyModel};
 use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
     new_bucket,
@@ -289,7 +290,7 @@ impl Shared {
         let mut sim = self.lock();
         let tokens = std::mem::take(&mut sim.tokens);
         let epoch = sim.epoch + 1;
-        let mut fresh = Sim::new(world, self.opts.ru_bucket);
+        let mut fresh = Sim::new(world, self.opts.ru_bucket, self.opts.latency);
         fresh.tokens = tokens;
         fresh.epoch = epoch;
         *sim = fresh;
@@ -461,6 +462,26 @@ async fn set_throttling(State(s): S, Json(b): Json<RuBucket>) -> AResult<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn set_latency(State(s): S, Json(b): Json<LatencyBody>) -> AResult<StatusCode> {
+    let model: LatencyModel = b
+        .model
+        .parse()
+        .map_err(|e: crate::LatencyParseError| AdminError::BadRequest(e.to_string()))?;
+    s.lock().latency = model;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_latency(State(s): S) -> Json<LatencyBody> {
+    Json(LatencyBody {
+        model: s.lock().latency.to_string(),
+    })
+}
+
+async fn clear_latency(State(s): S) -> StatusCode {
+    s.lock().latency = LatencyModel::default();
+    StatusCode::NO_CONTENT
+}
+
 async fn clear_throttling(State(s): S) -> StatusCode {
     s.admin_set_ru_bucket(None);
     StatusCode::NO_CONTENT
@@ -533,6 +554,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/throttling",
             put(set_throttling).delete(clear_throttling),
+        )
+        .route(
+            "/_sim/latency",
+            get(get_latency).put(set_latency).delete(clear_latency),
         )
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/counters", get(counters))
