@@ -455,20 +455,24 @@ impl<'a> Audit<'a> {
                     .map(|a| (a.status.clone(), a.taken.clone()))
                     .collect()
             };
-        let observed: Vec<Result<AssignmentObservation, GraphError>> =
-            futures::stream::iter(self.decls.assignments.iter().zip(&previous))
-                .map(|((_, apa), (status, _))| {
-                    observe_assignment(observer, &apa.spec, status.as_ref())
-                })
-                .buffered(width)
-                .collect()
-                .await;
-        let guards_observed: Vec<Result<GuardObservation, GraphError>> =
-            futures::stream::iter(&self.decls.guards)
-                .map(|(_, guard)| observe_guard(observer, &guard.spec))
-                .buffered(width)
-                .collect()
-                .await;
+        // Declarations and guards are observed side by side, and every guard at once: each
+        // package's assignment pages are a chain of round trips, so packages read one
+        // after the other would leave Graph idle behind that latency. What bounds the
+        // requests in flight is the client's own limit (`--graph-concurrency`, shared with
+        // the throttling gates), not how many observations are waiting for it; guards are
+        // few (one per package) and their views are held for the pass anyway.
+        let assignments = futures::stream::iter(self.decls.assignments.iter().zip(&previous))
+            .map(|((_, apa), (status, _))| observe_assignment(observer, &apa.spec, status.as_ref()))
+            .buffered(width)
+            .collect::<Vec<Result<AssignmentObservation, GraphError>>>();
+        let guards = futures::future::join_all(
+            self.decls
+                .guards
+                .iter()
+                .map(|(_, guard)| observe_guard(observer, &guard.spec)),
+        );
+        let (observed, guards_observed): (_, Vec<Result<GuardObservation, GraphError>>) =
+            tokio::join!(assignments, guards);
         self.assignments = self
             .decls
             .assignments
