@@ -1022,7 +1022,9 @@ pub async fn observe_guard(
         )));
     }
     let (view, early) = match reads.package_id(&spec.access_package).await {
-        Ok(id) => view_and_memberships(reads, &id).await,
+        // Boxed: the two reads side by side make a large future, and a reconcile's future
+        // nests it (a debug build's test thread overflowed its stack without).
+        Ok(id) => Box::pin(view_and_memberships(reads, &id)).await,
         Err(e) => (Err(e), None),
     };
     match view {
