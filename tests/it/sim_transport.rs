@@ -566,7 +566,10 @@ async fn the_latency_model_delays_each_route_class_and_a_batch_by_its_longest_ch
 
     let t0 = std::time::Instant::now();
     let resp = c
-        .get(format!("{}/v1.0/users/bob@contoso.com?$select=id", h.graph_url))
+        .get(format!(
+            "{}/v1.0/users/bob@contoso.com?$select=id",
+            h.graph_url
+        ))
         .bearer_auth(&tok)
         .send()
         .await

@@ -36,8 +36,8 @@ use cost::{MinimumCost, SIM_EM_PAGE};
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::delta::DeltaTracker;
 use redeliver_sim::{
-    LatencyModel, RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant,
-    Usage, derive_id,
+    LatencyModel, RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource,
+    SyntheticTenant, Usage, derive_id,
 };
 
 /// Options of the benchmark.

@@ -773,8 +773,7 @@ pub trait Reads: Sync {
     fn promises(
         &self,
         package_id: &str,
-    ) -> impl std::future::Future<Output = Result<Vec<PromisedResource>, ObserveError>> + Send
-    {
+    ) -> impl std::future::Future<Output = Result<Vec<PromisedResource>, ObserveError>> + Send {
         async move { self.view(package_id).await.map(|v| v.resources.clone()) }
     }
     /// The package's assignment requests.

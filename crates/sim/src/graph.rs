@@ -1156,7 +1156,7 @@ fn assignment_select(w: &World, a: &Assignment, q: &Query) -> Value {
 /// that does not decode: `page_scan` refuses that one).
 fn skip_position(q: &Query) -> usize {
     q.get("skiptoken")
-        .and_then(|t| super::odata::decode_skiptoken(t))
+        .and_then(super::odata::decode_skiptoken)
         .unwrap_or(0)
 }
 
@@ -1192,8 +1192,7 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                     _ => None,
                 })
             })
-        })
-        ;
+        });
     page_scan(
         items,
         |a| assignment_select(w, a, q),
@@ -1265,23 +1264,17 @@ fn request_select(w: &World, r: &Request, q: &Query) -> Value {
 fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     let f: Option<Filter> = em_filter(q, &["accessPackage/id", "state", "requestType", "id"], &[])?;
     let start = skip_position(q);
-    let items = w
-        .requests
-        .iter()
-        .enumerate()
-        .skip(start)
-        .filter(|(_, r)| {
-            f.as_ref().is_none_or(|f| {
-                f.eval(&|k| match k {
-                    "accesspackage/id" => Some(r.package_id.clone()),
-                    "state" => Some(r.state.as_str().to_string()),
-                    "requesttype" => Some(r.request_type.as_str().to_string()),
-                    "id" => Some(r.id.clone()),
-                    _ => None,
-                })
+    let items = w.requests.iter().enumerate().skip(start).filter(|(_, r)| {
+        f.as_ref().is_none_or(|f| {
+            f.eval(&|k| match k {
+                "accesspackage/id" => Some(r.package_id.clone()),
+                "state" => Some(r.state.as_str().to_string()),
+                "requesttype" => Some(r.request_type.as_str().to_string()),
+                "id" => Some(r.id.clone()),
+                _ => None,
             })
         })
-        ;
+    });
     page_scan(
         items,
         |r| request_select(w, r, q),

@@ -122,7 +122,7 @@ impl fmt::Display for LatencyDist {
 
 fn fmt_ms(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{us}us")
@@ -223,7 +223,7 @@ impl LatencyModel {
         };
         // Spread consecutive counters over the seed space; ChaCha does the rest.
         let mut rng =
-            ChaCha8Rng::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x1a7e_0c7);
+            ChaCha8Rng::seed_from_u64(seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x01a7_e0c7);
         dist.sample(&mut rng)
     }
 }
