@@ -455,24 +455,28 @@ impl<'a> Audit<'a> {
                     .map(|a| (a.status.clone(), a.taken.clone()))
                     .collect()
             };
-        // Declarations and guards are observed side by side, and every guard at once: each
-        // package's assignment pages are a chain of round trips, so packages read one
-        // after the other would leave Graph idle behind that latency. What bounds the
-        // requests in flight is the client's own limit (`--graph-concurrency`, shared with
-        // the throttling gates), not how many observations are waiting for it; guards are
-        // few (one per package) and their views are held for the pass anyway.
-        let assignments = futures::stream::iter(self.decls.assignments.iter().zip(&previous))
-            .map(|((_, apa), (status, _))| observe_assignment(observer, &apa.spec, status.as_ref()))
-            .buffered(width)
-            .collect::<Vec<Result<AssignmentObservation, GraphError>>>();
-        let guards = futures::future::join_all(
+        let observed: Vec<Result<AssignmentObservation, GraphError>> =
+            futures::stream::iter(self.decls.assignments.iter().zip(&previous))
+                .map(|((_, apa), (status, _))| {
+                    observe_assignment(observer, &apa.spec, status.as_ref())
+                })
+                .buffered(width)
+                .collect()
+                .await;
+        // Every guard at once: each package's assignment pages are a chain of round trips,
+        // so packages read a few at a time would leave Graph idle behind that latency.
+        // What bounds the requests in flight is the client's own limit
+        // (`--graph-concurrency`, shared with the throttling gates), not how many guards
+        // wait for it; guards are few (one per package) and their views are held for the
+        // pass anyway. Declarations come first, as before, so the requests a pass makes
+        // keep their order (the guards mostly reuse what the declarations read).
+        let guards_observed: Vec<Result<GuardObservation, GraphError>> = futures::future::join_all(
             self.decls
                 .guards
                 .iter()
                 .map(|(_, guard)| observe_guard(observer, &guard.spec)),
-        );
-        let (observed, guards_observed): (_, Vec<Result<GuardObservation, GraphError>>) =
-            tokio::join!(assignments, guards);
+        )
+        .await;
         self.assignments = self
             .decls
             .assignments
