@@ -548,3 +548,115 @@ async fn concurrent_clients_are_all_served_and_counted() {
     assert_eq!(ids.len(), 100, "every response has its own request-id");
     h.shutdown().await;
 }
+
+/// The latency model over real HTTP: each class waits its delay (only lower bounds are
+/// asserted, so a busy machine cannot fail it), a `$batch` waits for its longest
+/// `dependsOn` chain, and the admin API sets, shows and clears the model.
+#[tokio::test]
+async fn the_latency_model_delays_each_route_class_and_a_batch_by_its_longest_chain() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let opts = SimOptions {
+        latency: "directory=300ms".parse().unwrap(),
+        ..SimOptions::fast()
+    };
+    let h = Simulator::start(Scenario::demo(), opts).await.unwrap();
+    let c = Client::new();
+    let tok = h.mint_token();
+    let ms = Duration::from_millis;
+
+    let t0 = std::time::Instant::now();
+    let resp = c
+        .get(format!(
+            "{}/v1.0/users/bob@contoso.com?$select=id",
+            h.graph_url
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(t0.elapsed() >= ms(300), "{:?}", t0.elapsed());
+
+    // Two chained directory reads: the batch waits for both, one after the other.
+    let body = json!({"requests": [
+        {"id": "1", "method": "GET", "url": "/users/bob@contoso.com?$select=id"},
+        {"id": "2", "method": "GET", "url": "/users/carol@contoso.com?$select=id", "dependsOn": ["1"]},
+        {"id": "3", "method": "GET", "url": "/users/alice@contoso.com?$select=id"},
+    ]});
+    let t0 = std::time::Instant::now();
+    let v: Value = c
+        .post(format!("{}/v1.0/$batch", h.graph_url))
+        .bearer_auth(&tok)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(t0.elapsed() >= ms(600), "{:?}", t0.elapsed());
+    let statuses: Vec<&Value> = v["responses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["status"])
+        .collect();
+    assert_eq!(statuses, [&json!(200), &json!(200), &json!(200)]);
+
+    // Through the admin API: a bad model names its bad part; a good one applies to the
+    // token endpoint; GET shows it; DELETE turns it off.
+    let resp = c
+        .put(format!("{}/latency", h.admin_url))
+        .json(&json!({"model": "token=250ms,graph=1s"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    assert!(resp.text().await.unwrap().contains("graph=1s"));
+    let resp = c
+        .put(format!("{}/latency", h.admin_url))
+        .json(&json!({"model": "token=250ms, em=10ms±5ms"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let shown: Value = c
+        .get(format!("{}/latency", h.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["model"], "em=10ms±5ms,token=250ms");
+    let t0 = std::time::Instant::now();
+    let resp = c
+        .post(h.token_url())
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", h.client_id.as_str()),
+            ("client_secret", h.client_secret.as_str()),
+            ("scope", &format!("{}/.default", h.graph_url)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(t0.elapsed() >= ms(250), "{:?}", t0.elapsed());
+    let resp = c
+        .delete(format!("{}/latency", h.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let shown: Value = c
+        .get(format!("{}/latency", h.admin_url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["model"], "off");
+    h.shutdown().await;
+}

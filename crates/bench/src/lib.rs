@@ -36,8 +36,8 @@ use cost::{MinimumCost, SIM_EM_PAGE};
 use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver::observe::delta::DeltaTracker;
 use redeliver_sim::{
-    RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant,
-    Usage, derive_id,
+    LatencyModel, RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource,
+    SyntheticTenant, Usage, derive_id,
 };
 
 /// Options of the benchmark.
@@ -60,6 +60,17 @@ pub struct BenchArgs {
     /// Skip the naive strategy.
     #[arg(long)]
     pub no_naive: bool,
+
+    /// Skip the naive strategy at scales above this many assignments (its sample's
+    /// per-user lookups are what makes the largest scales slow to run, not Redeliver).
+    #[arg(long, value_name = "N")]
+    pub naive_max_scale: Option<usize>,
+
+    /// Also run the full verification with this latency model in the simulator (e.g.
+    /// `em=250ms±100ms,directory=80ms±40ms,token=150ms`; see docs/simulator.md), after
+    /// the run without latency, so both show side by side. Everything else runs without.
+    #[arg(long, value_name = "MODEL")]
+    pub latency: Option<LatencyModel>,
 
     /// Skip the repair run.
     #[arg(long)]
@@ -163,6 +174,9 @@ pub struct ScaleResult {
     pub drifted: usize,
     pub minimum: MinimumCost,
     pub verify: ProcessFigures,
+    /// The full verification again with `--latency`'s model on, and whether its reads
+    /// were minimal too.
+    pub verify_latency: Option<(ProcessFigures, bool)>,
     /// Every group's members and every app's role assignments were read exactly once
     /// (page for page), each package's assignments once.
     pub reads_minimal: bool,
@@ -259,8 +273,35 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
         run.max_rss_kib / 1024
     );
 
+    // 1b. The same with the latency model on.
+    if let Some(model) = args.latency {
+        sim.clear_request_log();
+        sim.set_latency(model);
+        let run = audit(bin, &sim, dir.path(), &[], args.concurrency).await;
+        sim.set_latency(LatencyModel::default());
+        let run = run?;
+        let usage = sim.usage();
+        let f = figures(&usage, &run);
+        let minimal = reads_are_minimal(&sim, &tenant, &usage);
+        let found = drifted_targets(&run.stdout)
+            .with_context(|| format!("audit output is not a report: {}", run.stderr_tail))?;
+        anyhow::ensure!(
+            found.intersection(&expected).count() == result.drift_found,
+            "the run with latency found different drift"
+        );
+        eprintln!(
+            "  verify with latency {model}: {} requests, {} RU, {:.2}s, cpu {:.2}s, rss {} MiB",
+            f.requests,
+            f.ru,
+            run.wall.as_secs_f64(),
+            run.cpu.as_secs_f64(),
+            run.max_rss_kib / 1024
+        );
+        result.verify_latency = Some((f, minimal));
+    }
+
     // 2. The naive strategy on the same tenant (nothing repaired yet).
-    if !args.no_naive {
+    if !args.no_naive && args.naive_max_scale.is_none_or(|max| n <= max) {
         result.naive = Some(run_naive(args, &sim, &tenant).await?);
     }
 
@@ -734,6 +775,17 @@ pub struct Machine {
     pub cpu_model: String,
     pub memory: String,
     pub os: String,
+    /// `/proc/loadavg`'s three load averages when the benchmark started.
+    pub load: String,
+}
+
+/// The 1, 5 and 15 minute load averages, or `unknown`.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .filter(|l| !l.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }
 
 impl Machine {
@@ -760,6 +812,7 @@ impl Machine {
             cpu_model: field(&cpuinfo, "model name"),
             memory: format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
             os: format!("{} {}", std::env::consts::OS, std::env::consts::ARCH),
+            load: load_average(),
         }
     }
 
@@ -810,6 +863,26 @@ pub fn table(results: &[ScaleResult]) -> String {
             r.drift_found,
             r.drifted,
         );
+        if let Some((v, minimal)) = &r.verify_latency {
+            let _ = writeln!(
+                s,
+                "| {} | Redeliver full verification, latency model on{} | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
+                r.assignments,
+                if *minimal { "" } else { " (reads NOT minimal)" },
+                v.requests,
+                v.directory_requests,
+                v.em_requests,
+                v.ru,
+                ratio(v.ru, r.minimum.ru()),
+                r.minimum.ru(),
+                v.throttled,
+                secs(v.wall),
+                v.cpu.as_secs_f64(),
+                v.max_rss_kib / 1024,
+                r.drift_found,
+                r.drifted,
+            );
+        }
         if let Some(p) = &r.repair {
             let _ = writeln!(
                 s,
@@ -915,7 +988,7 @@ fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> Str
     );
     let _ = writeln!(
         s,
-        "Command: `cargo bench --bench scale -- --scales {} --ru-limit {} --concurrency {} --naive-full-max {} --naive-sample {} --delta-interval {}s --markdown docs/benchmarks.md`\n",
+        "Command: `cargo bench --bench scale -- --scales {} --ru-limit {} --concurrency {} --naive-full-max {} --naive-sample {}{}{} --delta-interval {}s --markdown docs/benchmarks.md`\n",
         args.scales
             .iter()
             .map(usize::to_string)
@@ -925,8 +998,26 @@ fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> Str
         args.concurrency,
         args.naive_full_max,
         args.naive_sample,
+        args.naive_max_scale
+            .map(|n| format!(" --naive-max-scale {n}"))
+            .unwrap_or_default(),
+        args.latency
+            .map(|m| format!(" --latency {m}"))
+            .unwrap_or_default(),
         args.delta_interval.as_secs()
     );
+    let _ = writeln!(
+        s,
+        "Load average (1, 5, 15 min) at the start: {}; at the end: {}. The machine is shared, so another build may have run alongside and inflated wall times.\n",
+        machine.load,
+        load_average(),
+    );
+    if let Some(model) = args.latency {
+        let _ = writeln!(
+            s,
+            "Latency model of the \"latency model on\" rows: `{model}` (docs/simulator.md, \"Latency model\"; each `$batch` waits for its slowest item). The other rows run without latency.\n"
+        );
+    }
     s.push_str(HOW_TO_RUN);
     let _ = writeln!(s, "### Results\n");
     s.push_str(&table(results));
@@ -984,13 +1075,16 @@ cargo bench --bench scale                                  # 1,000 / 10,000 / 10
 cargo bench --bench scale -- --scales 1000,10000           # pick scales
 cargo bench --bench scale -- --no-naive --no-repair        # verification only
 cargo bench --bench scale -- --markdown docs/benchmarks.md # rewrite this section
+cargo bench --bench scale -- --latency 'em=250ms±100ms,directory=80ms±40ms,token=150ms'
 ```
 
 Other flags: `--ru-limit N` (RU per 10 s, 0 = no throttling), `--concurrency N`,
 `--naive-full-max N` / `--naive-sample N` (the naive strategy runs on every assignment up
 to N, above that on a random sample whose figures are extrapolated), `--delta-interval`,
-`--quiet-polls`, `--no-incremental`. It runs in about 10 minutes on 2 cores at all three
-scales, most of it the simulator paging 100,000 assignments and the naive run at 10,000.
+`--quiet-polls`, `--no-incremental`, `--naive-max-scale N` (no naive run above N
+assignments), `--latency MODEL` (run the full verification a second time with the
+simulator's latency model on, docs/simulator.md). At 1,000 / 10,000 / 100,000 it runs in
+about 10 minutes on 2 cores, most of it the naive runs; 300,000 adds about as much again.
 
 ";
 
@@ -1028,6 +1122,15 @@ const WHAT_IS_MEASURED: &str = "
   minimum leaves out (0 RU): per package one `GET accessPackages/{id}` (resources) and
   one page of policies. Assignment requests are not read by a guard sweep (only a
   declared assignment that is not delivered needs them).
+- **Latency model on**: the same full verification again, with the simulator delaying
+  each request by its route class (`--latency`; docs/simulator.md, \"Latency model\").
+  Microsoft publishes no per-route latency figures for Graph; the model used here
+  (`em=250ms±100ms,directory=80ms±40ms,token=150ms`) is an estimate of what a client
+  sees from a nearby region: entitlement-management lists with expanded `target` and
+  `assignmentPolicy` are the slow ones, directory pages of ids with `$select` faster. With
+  `--graph-concurrency 8` the floor is roughly (EM requests × 250 ms + directory requests ×
+  80 ms) / 8, since every chain of pages, every package and every membership read run
+  side by side under that one limit.
 - **Redeliver repair**: `redeliver audit --reprocess` on the same guards (verify,
   reprocess every drifted assignment, poll until the repairs land, verify again), then the
   simulator confirms each drifted assignment has every promised resource again.
@@ -1039,7 +1142,7 @@ const WHAT_IS_MEASURED: &str = "
   app's `appRoleAssignedTo` (all pages of 999, `$select`) the same number of times:
   requests and RU per poll, then an outside app role removal made just after a poll and
   whether the next poll shows it.
-- Wall times include the simulator's own work on the same 2 cores (it scans all
-  assignments for every filtered page), so they are upper bounds for a real tenant's
-  client-side time.
+- Wall times include the simulator's own work on the same 2 cores (a package's assignment
+  page resumes where the previous page stopped, but the naive strategy's filtered lookup
+  scans every assignment), so they are upper bounds for a real tenant's client-side time.
 ";

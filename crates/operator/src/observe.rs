@@ -154,6 +154,9 @@ pub struct Observer {
     packages_by_name: Memo<PackageName, Result<String, ResolveFailure>>,
     users: Memo<String, Result<String, ResolveFailure>>,
     views: Memo<String, Result<Arc<PackageView>, ResolveFailure>>,
+    /// The package itself (`resourceRoleScopes`), read first by its view: what it promises
+    /// is known before its assignment pages arrive, so membership reads can start then.
+    heads: Memo<String, Result<Arc<AccessPackage>, ResolveFailure>>,
     requests: Memo<String, Result<Arc<[AssignmentRequest]>, ResolveFailure>>,
     /// Membership reads of this pass, shared by every declaration promising the resource.
     reads: Memo<ResourceRead, ReadData>,
@@ -249,6 +252,7 @@ impl Observer {
             packages_by_name: Memo::new(max_age),
             users: Memo::new(max_age),
             views: Memo::new(max_age),
+            heads: Memo::new(max_age),
             requests: Memo::new(max_age),
             reads: Memo::new(max_age),
         }
@@ -258,6 +262,9 @@ impl Observer {
     /// requests. Name resolutions and other packages' reads are kept.
     pub async fn invalidate_package(&self, package_id: &str) {
         self.views
+            .invalidate(|k| k.eq_ignore_ascii_case(package_id))
+            .await;
+        self.heads
             .invalidate(|k| k.eq_ignore_ascii_case(package_id))
             .await;
         self.requests
@@ -284,6 +291,7 @@ impl Observer {
     /// next pass sees fresh state; name resolutions are kept for the whole run.
     pub async fn refresh(&self) {
         self.views.clear().await;
+        self.heads.clear().await;
         self.requests.clear().await;
         self.reads.clear().await;
     }
@@ -420,20 +428,43 @@ impl Observer {
             .map_err(ObserveError::Resolve)
     }
 
+    /// What a package promises, from the package alone (shared with its view, so it costs
+    /// no read of its own): known before the package's assignment pages have arrived.
+    pub async fn package_promises(
+        &self,
+        package_id: &str,
+    ) -> Result<Vec<PromisedResource>, ObserveError> {
+        let package = self.package_head(package_id).await?;
+        Ok(promised_resources(
+            package.resource_role_scopes.as_deref().unwrap_or(&[]),
+        ))
+    }
+
+    async fn package_head(&self, package_id: &str) -> Result<Arc<AccessPackage>, ObserveError> {
+        self.heads
+            .get_or_read(package_id.to_string(), || async {
+                match self.graph.get_access_package(package_id).await {
+                    Ok(Some(package)) => Ok(Ok(Arc::new(package))),
+                    Ok(None) => Ok(Err(ResolveFailure::new(
+                        ResolveFailureKind::PackageNotFound,
+                        format!("spec.accessPackage.id: no access package with id {package_id}"),
+                    ))),
+                    Err(e) => forbidden_as_failure(e, "spec.accessPackage").map(Err),
+                }
+            })
+            .await?
+            .map_err(ObserveError::Resolve)
+    }
+
     async fn read_package_view(
         &self,
         package_id: &str,
     ) -> Result<Result<Arc<PackageView>, ResolveFailure>, GraphError> {
         let field = "spec.accessPackage";
-        let package = match self.graph.get_access_package(package_id).await {
-            Ok(Some(package)) => package,
-            Ok(None) => {
-                return Ok(Err(ResolveFailure::new(
-                    ResolveFailureKind::PackageNotFound,
-                    format!("spec.accessPackage.id: no access package with id {package_id}"),
-                )));
-            }
-            Err(e) => return forbidden_as_failure(e, field).map(Err),
+        let package = match self.package_head(package_id).await {
+            Ok(package) => AccessPackage::clone(&package),
+            Err(ObserveError::Resolve(f)) => return Ok(Err(f)),
+            Err(ObserveError::Graph(e)) => return Err(e),
         };
         let reads = tokio::try_join!(
             self.graph.list_policies(package_id),
@@ -737,6 +768,15 @@ pub trait Reads: Sync {
         &self,
         package_id: &str,
     ) -> impl std::future::Future<Output = Result<Arc<PackageView>, ObserveError>> + Send;
+    /// What the package promises, the same as its view's `resources`. An implementation
+    /// that can answer before the package's assignments are read lets the membership reads
+    /// run alongside those pages; by default it waits for the view.
+    fn promises(
+        &self,
+        package_id: &str,
+    ) -> impl std::future::Future<Output = Result<Vec<PromisedResource>, ObserveError>> + Send {
+        async move { self.view(package_id).await.map(|v| v.resources.clone()) }
+    }
     /// The package's assignment requests.
     fn requests(
         &self,
@@ -769,6 +809,10 @@ impl Reads for Observer {
 
     async fn view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
         self.package_view(package_id).await
+    }
+
+    async fn promises(&self, package_id: &str) -> Result<Vec<PromisedResource>, ObserveError> {
+        self.package_promises(package_id).await
     }
 
     async fn requests(&self, package_id: &str) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
@@ -854,6 +898,8 @@ pub async fn observe_assignment(
         Ok(id) => id,
         Err(e) => return split(e),
     };
+    // Not side by side with the memberships, unlike a guard: a declaration whose target
+    // turns out not to exist must not cost its package's membership reads.
     let view = match reads.view(&package_id).await {
         Ok(v) => v,
         Err(e) => return split(e),
@@ -911,6 +957,30 @@ pub async fn observe_assignment(
     })
 }
 
+/// A package's view and the memberships of what it promises, read side by side: the
+/// membership reads start as soon as the package itself is known (its
+/// `resourceRoleScopes`), while its policy and assignment pages are still arriving; they
+/// do not depend on each other. The snapshot is `None` when it could not be taken that
+/// way (the promises failed, or differ from the view's: then the caller reads it from the
+/// view), so the result is what reading one after the other would give, with the same
+/// requests.
+async fn view_and_memberships(
+    reads: &impl Reads,
+    package_id: &str,
+) -> (Result<Arc<PackageView>, ObserveError>, Option<Snapshot>) {
+    let memberships = async {
+        let promised = reads.promises(package_id).await.ok()?;
+        let snapshot = reads.memberships(&promised, None).await;
+        Some((promised, snapshot))
+    };
+    let (view, early) = tokio::join!(reads.view(package_id), memberships);
+    let snapshot = match (&view, early) {
+        (Ok(view), Some((promised, snapshot))) if promised == view.resources => Some(snapshot),
+        _ => None,
+    };
+    (view, snapshot)
+}
+
 /// Everything [`crate::engine::plan_guard_sweep`] needs from Graph for one guard.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardObservation {
@@ -951,13 +1021,18 @@ pub async fn observe_guard(
             "invalid declaration",
         )));
     }
-    let view = match reads.package_id(&spec.access_package).await {
-        Ok(id) => reads.view(&id).await,
-        Err(e) => Err(e),
+    let (view, early) = match reads.package_id(&spec.access_package).await {
+        // Boxed: the two reads side by side make a large future, and a reconcile's future
+        // nests it (a debug build's test thread overflowed its stack without).
+        Ok(id) => Box::pin(view_and_memberships(reads, &id)).await,
+        Err(e) => (Err(e), None),
     };
     match view {
         Ok(view) => {
-            let snapshot = reads.memberships(&view.resources, None).await;
+            let snapshot = match early {
+                Some(snapshot) => snapshot,
+                None => reads.memberships(&view.resources, None).await,
+            };
             Ok(GuardObservation {
                 resolved: Ok((view.package.id.clone(), view.package.display_name.clone())),
                 view: Some(view),

@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use super::audit::{Actor, Change, actor_named};
 use super::graph::ts;
+use super::latency::{LatencyBody, LatencyModel};
 use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
     new_bucket,
@@ -381,7 +382,7 @@ impl Shared {
         let mut sim = self.lock();
         let tokens = std::mem::take(&mut sim.tokens);
         let epoch = sim.epoch + 1;
-        let mut fresh = Sim::new(world, self.opts.ru_bucket);
+        let mut fresh = Sim::new(world, self.opts.ru_bucket, self.opts.latency);
         fresh.tokens = tokens;
         fresh.epoch = epoch;
         *sim = fresh;
@@ -596,6 +597,26 @@ async fn set_throttling(State(s): S, Json(b): Json<RuBucket>) -> AResult<StatusC
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn set_latency(State(s): S, Json(b): Json<LatencyBody>) -> AResult<StatusCode> {
+    let model: LatencyModel = b
+        .model
+        .parse()
+        .map_err(|e: crate::LatencyParseError| AdminError::BadRequest(e.to_string()))?;
+    s.lock().latency = model;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn get_latency(State(s): S) -> Json<LatencyBody> {
+    Json(LatencyBody {
+        model: s.lock().latency.to_string(),
+    })
+}
+
+async fn clear_latency(State(s): S) -> StatusCode {
+    s.lock().latency = LatencyModel::default();
+    StatusCode::NO_CONTENT
+}
+
 async fn clear_throttling(State(s): S) -> StatusCode {
     s.admin_set_ru_bucket(None);
     StatusCode::NO_CONTENT
@@ -668,6 +689,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/throttling",
             put(set_throttling).delete(clear_throttling),
+        )
+        .route(
+            "/_sim/latency",
+            get(get_latency).put(set_latency).delete(clear_latency),
         )
         .route("/_sim/requests", get(requests).delete(clear_requests))
         .route("/_sim/counters", get(counters))

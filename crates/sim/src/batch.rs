@@ -4,11 +4,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
 use serde_json::{Map, Value, json};
 
+use super::latency::RouteClass;
 use super::odata::{GResult, GraphError, Reply};
 use super::server::{Shared, graph_call};
 
@@ -152,6 +154,35 @@ fn split_url(base: &str, url: &str) -> (String, Option<String>) {
     }
 }
 
+/// How long the items of a batch take under the latency model. Graph runs a batch's
+/// items concurrently unless `dependsOn` orders them, so the batch waits for its longest
+/// chain: an item finishes its own delay after the last of its dependencies.
+fn batch_latency(shared: &Shared, items: &[Item]) -> Duration {
+    let mut sim = shared.lock();
+    if sim.latency.is_off() {
+        return Duration::ZERO;
+    }
+    let mut finish: HashMap<&str, Duration> = HashMap::new();
+    let mut longest = Duration::ZERO;
+    for it in items {
+        let (path, _) = split_url(&shared.base_url, &it.url);
+        let own = sim.draw_latency(RouteClass::of_graph_path(&path));
+        // `dependsOn` may only name earlier items for the order items run in here, so a
+        // later dependency counts as already finished.
+        let start = it
+            .depends_on
+            .iter()
+            .filter_map(|d| finish.get(d.as_str()))
+            .max()
+            .copied()
+            .unwrap_or_default();
+        let done = start + own;
+        longest = longest.max(done);
+        finish.insert(&it.id, done);
+    }
+    longest
+}
+
 /// Runs a batch. Items run in order, which honours `dependsOn`; a failed dependency
 /// answers `424` for its dependents.
 pub(crate) async fn handle(
@@ -164,6 +195,10 @@ pub(crate) async fn handle(
         return Err(malformed("A batch cannot contain another $batch request."));
     }
     let items = parse_items(body, outer)?;
+    let wait = batch_latency(shared, &items);
+    if !wait.is_zero() {
+        tokio::time::sleep(wait).await;
+    }
     let mut statuses: HashMap<String, u16> = HashMap::new();
     let mut responses = Vec::with_capacity(items.len());
     for it in items {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use super::{RuBucket, Scenario, SimOptions, Simulator, TlsOptions};
+use super::{LatencyModel, RuBucket, Scenario, SimOptions, Simulator, TlsOptions};
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = super::scenario::parse_duration(s)?;
@@ -47,6 +47,10 @@ pub struct SimArgs {
     /// RU throttling window.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub ru_window: Duration,
+    /// Latency per route class, e.g. em=250ms±100ms,directory=80ms±40ms,token=150ms
+    /// (classes em, directory, token, batch; `+-` works for `±`). Off by default.
+    #[arg(long, value_name = "MODEL")]
+    pub latency: Option<LatencyModel>,
 }
 
 impl SimArgs {
@@ -66,6 +70,7 @@ impl SimArgs {
                     .unwrap_or(10_000)
                     .max(1),
             }),
+            latency: self.latency.unwrap_or_default(),
         }
     }
 }
@@ -154,12 +159,24 @@ mod tests {
             "500ms",
             "--ru-limit",
             "8000",
+            "--latency",
+            "em=250ms+-100ms,token=150ms",
         ]);
         let o = cli.sim.options();
+        assert_eq!(o.latency.to_string(), "em=250ms±100ms,token=150ms");
         assert!(o.tls.is_some());
         assert_eq!(o.reprocess_delay, Duration::from_millis(500));
         assert_eq!(o.ru_bucket.map(|b| b.window_ms), Some(10_000));
         assert_eq!(o.listen.port(), 8080);
+    }
+
+    #[test]
+    fn a_bad_latency_model_is_refused_naming_the_part() {
+        let err = Cli::try_parse_from(["x", "--latency", "em=250ms,graph=1s"])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("\"graph=1s\""), "{err}");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
-    is_guid, nested_expand, page, page_lazy,
+    is_guid, nested_expand, page, page_lazy, page_scan,
 };
 use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
@@ -1156,6 +1156,14 @@ fn assignment_select(w: &World, a: &Assignment, q: &Query) -> Value {
     )
 }
 
+/// Where a `page_scan` page starts in its whole list (0 for the first page, or a token
+/// that does not decode: `page_scan` refuses that one).
+fn skip_position(q: &Query) -> usize {
+    q.get("skiptoken")
+        .and_then(super::odata::decode_skiptoken)
+        .unwrap_or(0)
+}
+
 fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     let f = em_filter(
         q,
@@ -1169,10 +1177,14 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
         ],
         &[],
     )?;
-    let items: Vec<_> = w
+    // Skip to the page's start before filtering: the filter clones strings per item.
+    let start = skip_position(q);
+    let items = w
         .assignments
         .iter()
-        .filter(|a| {
+        .enumerate()
+        .skip(start)
+        .filter(|(_, a)| {
             f.as_ref().is_none_or(|f| {
                 f.eval(&|k| match k {
                     "accesspackage/id" => Some(a.package_id.clone()),
@@ -1184,9 +1196,8 @@ fn list_assignments(w: &World, q: &Query, base: &str, path: &str) -> GResult {
                     _ => None,
                 })
             })
-        })
-        .collect();
-    page_lazy(
+        });
+    page_scan(
         items,
         |a| assignment_select(w, a, q),
         q,
@@ -1256,22 +1267,19 @@ fn request_select(w: &World, r: &Request, q: &Query) -> Value {
 
 fn list_requests(w: &World, q: &Query, base: &str, path: &str) -> GResult {
     let f: Option<Filter> = em_filter(q, &["accessPackage/id", "state", "requestType", "id"], &[])?;
-    let items: Vec<_> = w
-        .requests
-        .iter()
-        .filter(|r| {
-            f.as_ref().is_none_or(|f| {
-                f.eval(&|k| match k {
-                    "accesspackage/id" => Some(r.package_id.clone()),
-                    "state" => Some(r.state.as_str().to_string()),
-                    "requesttype" => Some(r.request_type.as_str().to_string()),
-                    "id" => Some(r.id.clone()),
-                    _ => None,
-                })
+    let start = skip_position(q);
+    let items = w.requests.iter().enumerate().skip(start).filter(|(_, r)| {
+        f.as_ref().is_none_or(|f| {
+            f.eval(&|k| match k {
+                "accesspackage/id" => Some(r.package_id.clone()),
+                "state" => Some(r.state.as_str().to_string()),
+                "requesttype" => Some(r.request_type.as_str().to_string()),
+                "id" => Some(r.id.clone()),
+                _ => None,
             })
         })
-        .collect();
-    page_lazy(
+    });
+    page_scan(
         items,
         |r| request_select(w, r, q),
         q,

@@ -15,6 +15,7 @@ mod batch;
 mod cli;
 mod delta;
 mod graph;
+mod latency;
 mod odata;
 mod scenario;
 mod server;
@@ -36,6 +37,7 @@ use tokio::task::JoinHandle;
 
 pub use admin::AdminError;
 pub use cli::{SimArgs, run};
+pub use latency::{LatencyDist, LatencyModel, LatencyParseError, RouteClass};
 pub use scenario::{
     AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
     GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION, SCENARIO_KIND,
@@ -69,6 +71,8 @@ pub struct SimOptions {
     pub reprocess_delay: Duration,
     /// RU token bucket; default off.
     pub ru_bucket: Option<RuBucket>,
+    /// Delays per route class (docs/simulator.md, "Latency model"); default off.
+    pub latency: LatencyModel,
 }
 
 impl Default for SimOptions {
@@ -80,6 +84,7 @@ impl Default for SimOptions {
             request_delay: Duration::from_secs(1),
             reprocess_delay: Duration::from_secs(2),
             ru_bucket: None,
+            latency: LatencyModel::default(),
         }
     }
 }
@@ -214,7 +219,7 @@ impl Simulator {
             world.client_secret.clone(),
         );
         let shared = Arc::new(Shared {
-            inner: Mutex::new(Sim::new(world, opts.ru_bucket)),
+            inner: Mutex::new(Sim::new(world, opts.ru_bucket, opts.latency)),
             opts: opts.clone(),
             scenario,
             base_url: base_url.clone(),
@@ -464,6 +469,12 @@ impl SimHandle {
     /// Enables or disables RU throttling.
     pub fn set_ru_bucket(&self, bucket: Option<RuBucket>) {
         self.shared.admin_set_ru_bucket(bucket)
+    }
+
+    /// Replaces the latency model (`LatencyModel::default()` turns it off). The request
+    /// sequence the delays are drawn from goes on.
+    pub fn set_latency(&self, model: LatencyModel) {
+        self.shared.lock().latency = model;
     }
 
     /// The request log.

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::SimOptions;
+use super::latency::{LatencyModel, RouteClass};
 use super::odata::{GraphError, Query, Reply};
 use super::scenario::Scenario;
 use super::state::World;
@@ -287,10 +288,14 @@ pub(crate) struct Sim {
     pub counters: BTreeMap<String, u64>,
     pub usage: Usage,
     pub bucket: Option<Bucket>,
+    /// Delays per route class (docs/simulator.md, "Latency model").
+    pub latency: LatencyModel,
+    /// Requests that have drawn a model delay since start or reset: the next one's index.
+    pub latency_seq: u64,
 }
 
 impl Sim {
-    pub fn new(world: World, bucket: Option<RuBucket>) -> Sim {
+    pub fn new(world: World, bucket: Option<RuBucket>, latency: LatencyModel) -> Sim {
         Sim {
             world,
             epoch: 0,
@@ -305,7 +310,20 @@ impl Sim {
             counters: BTreeMap::new(),
             usage: Usage::default(),
             bucket: bucket.map(new_bucket),
+            latency,
+            latency_seq: 0,
         }
+    }
+
+    /// The model delay of the next request of `class`, counted in the request sequence so
+    /// the same run order gives the same delays.
+    pub fn draw_latency(&mut self, class: Option<RouteClass>) -> Duration {
+        let Some(class) = class.filter(|c| self.latency.get(*c).is_some()) else {
+            return Duration::ZERO;
+        };
+        let n = self.latency_seq;
+        self.latency_seq += 1;
+        self.latency.delay(class, self.world.seed_value, n)
     }
 
     /// Decides how a new `adminAdd` ends, consuming one outcome fault if any is pending.
@@ -490,7 +508,12 @@ pub(crate) fn graph_call(
                 None,
             )
         } else {
-            let latency = take_latency(shared, &method, &path);
+            let mut latency = take_latency(shared, &method, &path);
+            // Items of a batch wait together, in `batch::handle` (they run concurrently on
+            // Graph); everything else waits its own delay here.
+            if !in_batch {
+                latency += shared.lock().draw_latency(RouteClass::of_graph_path(&path));
+            }
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }

@@ -302,7 +302,10 @@ pub(crate) async fn token(
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let fault_path = "/oauth2/v2.0/token";
-    let latency = take_latency(&shared, &Method::POST, fault_path);
+    let latency = take_latency(&shared, &Method::POST, fault_path)
+        + shared
+            .lock()
+            .draw_latency(Some(super::latency::RouteClass::Token));
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }

@@ -463,12 +463,20 @@ impl<'a> Audit<'a> {
                 .buffered(width)
                 .collect()
                 .await;
-        let guards_observed: Vec<Result<GuardObservation, GraphError>> =
-            futures::stream::iter(&self.decls.guards)
-                .map(|(_, guard)| observe_guard(observer, &guard.spec))
-                .buffered(width)
-                .collect()
-                .await;
+        // Every guard at once: each package's assignment pages are a chain of round trips,
+        // so packages read a few at a time would leave Graph idle behind that latency.
+        // What bounds the requests in flight is the client's own limit
+        // (`--graph-concurrency`, shared with the throttling gates), not how many guards
+        // wait for it; guards are few (one per package) and their views are held for the
+        // pass anyway. Declarations come first, as before, so the requests a pass makes
+        // keep their order (the guards mostly reuse what the declarations read).
+        let guards_observed: Vec<Result<GuardObservation, GraphError>> = futures::future::join_all(
+            self.decls
+                .guards
+                .iter()
+                .map(|(_, guard)| observe_guard(observer, &guard.spec)),
+        )
+        .await;
         self.assignments = self
             .decls
             .assignments
