@@ -21,6 +21,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
     strum::IntoStaticStr,
     strum::EnumString,
     strum::VariantArray,
+    strum::Display,
 )]
 pub enum ConditionType {
     /// Summary: True when the object is fully reconciled and delivered.
@@ -59,6 +60,7 @@ pub const TYPE_ORDER: &[ConditionType] = <ConditionType as strum::VariantArray>:
     strum::IntoStaticStr,
     strum::EnumString,
     strum::VariantArray,
+    strum::Display,
 )]
 pub enum Reason {
     /// Graph says delivered and every verifiable resource is present.
@@ -123,7 +125,9 @@ impl Reason {
 }
 
 /// A condition status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::EnumString, strum::Display,
+)]
 pub enum Status {
     True,
     False,
@@ -164,11 +168,6 @@ macro_rules! compare_with_wire_text {
         impl PartialEq<str> for $t {
             fn eq(&self, other: &str) -> bool {
                 self.as_str() == other
-            }
-        }
-        impl std::fmt::Display for $t {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
             }
         }
     )*};
