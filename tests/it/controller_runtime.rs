@@ -17,6 +17,8 @@ use tokio_util::sync::CancellationToken;
 const NS: &str = "access";
 const APA: &str = "/apis/redeliver.dev/v1alpha1/namespaces/access/accesspackageassignments";
 const APG: &str = "/apis/redeliver.dev/v1alpha1/namespaces/access/accesspackageguards";
+const GC: &str = "/apis/redeliver.dev/v1alpha1/namespaces/access/graphconnections";
+const CGC: &str = "/apis/redeliver.dev/v1alpha1/clustergraphconnections";
 
 fn ok(v: &Value) -> Response<Body> {
     Response::builder()
@@ -83,6 +85,12 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
                     }
                 }
                 (Method::GET, APG) if query.contains("watch=true") => held.push(send),
+                // The connection kinds are watched too; this test has none.
+                (Method::GET, GC | CGC) if query.contains("watch=true") => held.push(send),
+                (Method::GET, GC | CGC) => send.send_response(ok(&json!({
+                    "apiVersion": "redeliver.dev/v1alpha1", "kind": "List",
+                    "metadata": {"resourceVersion": "1"}, "items": []
+                }))),
                 (Method::GET, APA) => send.send_response(ok(&json!({
                     "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignmentList",
                     "metadata": {"resourceVersion": "1"}, "items": [bob(None, "1")]

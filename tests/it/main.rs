@@ -18,6 +18,7 @@ mod controller_ledger;
 mod controller_observations;
 mod controller_reconcile;
 mod controller_runtime;
+mod controller_tenants;
 mod crds_in_sync;
 mod fault_batch;
 mod fault_reprocess;

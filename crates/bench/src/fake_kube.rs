@@ -1,6 +1,8 @@
 //! A small Kubernetes API server for measuring `redeliver controller` without a cluster: it
-//! serves Redeliver's two custom resources with the semantics the controller relies on, and
-//! counts every request.
+//! serves Redeliver's custom resources (the two kinds and the two connection kinds, the
+//! cluster-scoped one included) and core `Secret`s, with the semantics the controller relies
+//! on, and counts every request. Tests change objects with [`FakeKube::put`] and
+//! [`FakeKube::delete`], which the watches see as `ADDED`/`MODIFIED`/`DELETED`.
 //!
 //! - LIST with `limit`/`continue` (every page at the first page's `resourceVersion`, as the
 //!   real server serves a paginated list from one snapshot) and WATCH (`watch=true`:
@@ -36,7 +38,9 @@ use kube::Resource;
 use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
-use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
+use redeliver::api::{
+    AccessPackageAssignment, AccessPackageGuard, ClusterGraphConnection, GraphConnection,
+};
 
 /// One status write the server received.
 #[derive(Debug, Clone)]
@@ -222,6 +226,21 @@ impl FakeKube {
                 AccessPackageGuard::kind(&()).to_string(),
             ),
         );
+        kinds.insert(
+            GraphConnection::plural(&()).to_string(),
+            (
+                GraphConnection::api_version(&()).to_string(),
+                GraphConnection::kind(&()).to_string(),
+            ),
+        );
+        kinds.insert(
+            ClusterGraphConnection::plural(&()).to_string(),
+            (
+                ClusterGraphConnection::api_version(&()).to_string(),
+                ClusterGraphConnection::kind(&()).to_string(),
+            ),
+        );
+        kinds.insert("secrets".to_string(), ("v1".into(), "Secret".into()));
         let mut inner = Inner {
             rv: 0,
             base_rv: 0,
@@ -324,12 +343,106 @@ impl FakeKube {
             .cloned()
     }
 
+    /// Creates `obj` (with `apiVersion`, `kind`, `metadata.name` and, unless cluster-scoped,
+    /// `metadata.namespace`) or replaces the stored one, as `kubectl apply` would: a spec
+    /// (or Secret data) change bumps `generation`, and watches get `ADDED` or `MODIFIED`.
+    pub fn put(&self, mut obj: Value) -> Result<(), String> {
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let Some(plural) = self
+            .shared
+            .kinds
+            .iter()
+            .find(|(_, (_, k))| *k == kind)
+            .map(|(p, _)| p.clone())
+        else {
+            return Err(format!("the fake API server does not serve kind {kind:?}"));
+        };
+        let key = Key {
+            plural,
+            namespace: obj["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            name: obj["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        };
+        let mut inner = lock(&self.shared.inner);
+        let old = inner.objects.get(&key).cloned();
+        inner.rv += 1;
+        let rv = inner.rv;
+        let meta = &mut obj["metadata"];
+        meta["resourceVersion"] = json!(rv.to_string());
+        match &old {
+            Some(old) => {
+                meta["uid"] = old["metadata"]["uid"].clone();
+                meta["creationTimestamp"] = old["metadata"]["creationTimestamp"].clone();
+                let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
+                let changed = obj["spec"] != old["spec"] || obj["data"] != old["data"];
+                obj["metadata"]["generation"] =
+                    json!(if changed { generation + 1 } else { generation });
+                if obj.get("status").is_none() && old.get("status").is_some() {
+                    obj["status"] = old["status"].clone();
+                }
+            }
+            None => {
+                meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+                meta["generation"] = json!(1);
+                meta["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+            }
+        }
+        let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
+        notify(&mut inner, &key, kind, &obj, rv);
+        inner.objects.insert(key, obj);
+        Ok(())
+    }
+
+    /// Deletes one stored object (watches get `DELETED`); false when there was none.
+    pub fn delete(&self, plural: &str, namespace: &str, name: &str) -> bool {
+        let key = Key {
+            plural: plural.into(),
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        let mut inner = lock(&self.shared.inner);
+        let Some(mut obj) = inner.objects.remove(&key) else {
+            return false;
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        notify(&mut inner, &key, "DELETED", &obj, rv);
+        true
+    }
+
     /// Watches open now.
     pub fn open_watches(&self) -> usize {
         let mut inner = lock(&self.shared.inner);
         inner.watchers.retain(|w| !w.tx.is_closed());
         inner.watchers.len()
     }
+}
+
+/// Sends one watch event for `key` to the matching watches and keeps it in the history.
+fn notify(inner: &mut Inner, key: &Key, kind: &str, obj: &Value, rv: u64) {
+    let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+    inner.watchers.retain(|w| !w.tx.is_closed());
+    for w in &inner.watchers {
+        if w.plural == key.plural
+            && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
+            && w.selector.matches(&key.namespace, &key.name)
+        {
+            let _ = w.tx.send(line.clone());
+        }
+    }
+    inner.history.push(Change {
+        rv,
+        plural: key.plural.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        line,
+    });
 }
 
 /// One `metadata.managedFields` entry owning every field of `applied`.
@@ -440,10 +553,15 @@ struct Target<'a> {
 }
 
 fn parse_path(path: &str) -> Option<Target<'_>> {
-    let rest = path.strip_prefix("/apis/")?;
+    let (core, rest) = match path.strip_prefix("/apis/") {
+        Some(rest) => (false, rest),
+        None => (true, path.strip_prefix("/api/")?),
+    };
     let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let (group_version, tail) = match segs.as_slice() {
-        [g, v, tail @ ..] => (format!("{g}/{v}"), tail),
+    let (group_version, tail) = match (core, segs.as_slice()) {
+        // The core group: `/api/v1/...`.
+        (true, [v, tail @ ..]) => (v.to_string(), tail),
+        (false, [g, v, tail @ ..]) => (format!("{g}/{v}"), tail),
         _ => return None,
     };
     let (namespace, tail) = match tail {
@@ -956,7 +1074,13 @@ mod tests {
             (t.namespace, t.plural, t.name),
             (None, "accesspackageguards", None)
         );
-        assert!(parse_path("/api/v1/pods").is_none());
+        // The core group (Secrets of connections).
+        let t = parse_path("/api/v1/namespaces/a/secrets/graph").unwrap();
+        assert_eq!(
+            (t.group_version.as_str(), t.namespace, t.plural, t.name),
+            ("v1", Some("a"), "secrets", Some("graph"))
+        );
+        assert!(parse_path("/healthz").is_none());
     }
 
     /// The controller's kube client against this server: paginated list, watch, a status

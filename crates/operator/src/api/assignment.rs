@@ -129,6 +129,12 @@ pub struct AccessPackageAssignmentSpec {
     /// request, no reprocess, no removal.
     #[serde(default)]
     pub suspend: bool,
+    /// The Graph connection (Entra tenant and credential) to use. When unset, the namespace's
+    /// GraphConnection named default is used if there is one, otherwise the operator's own
+    /// connection (its flags). A GraphConnection is always looked up in this object's
+    /// namespace; a missing or broken connection stalls the object, never falls back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_ref: Option<super::ConnectionRef>,
 }
 
 /// How an assignment is repaired.
@@ -193,6 +199,12 @@ pub struct AccessPackageAssignmentStatus {
     /// The metadata.generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The Graph connection this object was last reconciled with (GraphConnection/<name> or
+    /// ClusterGraphConnection/<name>; absent for the operator's own connection). An object
+    /// never moves to another tenant by itself: when its connection is gone it stalls until
+    /// the connection is back or its spec is changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<String>,
     /// Display name of the access package (or its id when the name is not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_package_name: Option<String>,

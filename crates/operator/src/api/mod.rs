@@ -8,6 +8,7 @@ use kube::CustomResourceExt;
 
 mod assignment;
 mod common;
+mod connection;
 mod guard;
 
 pub use assignment::{
@@ -19,6 +20,12 @@ pub use assignment::{
 pub use common::{
     AccessPackageSelector, DURATION_PATTERN, DurationError, GUID_PATTERN, PolicySelector,
     SpecError, TargetSelector, format_duration, parse_duration, parse_duration_arg,
+};
+pub use connection::{
+    ClusterGraphConnection, ClusterGraphConnectionSpec, ConnectionCredential, ConnectionKind,
+    ConnectionRef, ConnectionSettings, DEFAULT_CONNECTION_NAME, DEFAULT_SECRET_KEY,
+    GraphConnection, GraphConnectionSpec, GraphConnectionStatus, SecretKeySelector,
+    WorkloadIdentity, validate_connection_settings,
 };
 pub use guard::{
     AccessPackageGuard, AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts,
@@ -40,6 +47,8 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         join_description_lines(AccessPackageAssignment::crd()),
         join_description_lines(AccessPackageGuard::crd()),
+        join_description_lines(GraphConnection::crd()),
+        join_description_lines(ClusterGraphConnection::crd()),
     ]
 }
 
@@ -240,12 +249,13 @@ mod tests {
     }
 
     #[test]
-    fn yaml_is_deterministic_and_two_documents() {
+    fn yaml_is_deterministic_and_one_document_per_kind() {
         let a = crds_yaml();
         assert_eq!(a, crds_yaml());
+        // AccessPackageAssignment, AccessPackageGuard, GraphConnection, ClusterGraphConnection.
         assert_eq!(
             a.matches("\n---\n").count() + usize::from(a.starts_with("---\n")),
-            1
+            3
         );
         assert!(a.contains("kind: CustomResourceDefinition"));
     }

@@ -10,6 +10,8 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::Error;
+use super::connection::stall_object;
+use super::connections::{Tenant, Unready};
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, observe_with_first_status, patch_status,
     reconcile_frame,
@@ -100,8 +102,34 @@ async fn remove_finalizer(
     Ok(())
 }
 
+/// The object's tenant, or why it has none now.
+async fn tenant_of(
+    obj: &AccessPackageAssignment,
+    ctx: &Context,
+) -> Result<Result<Arc<Tenant>, Unready>, Error> {
+    let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let status = obj.status.as_ref();
+    let spec_changed = status.is_none_or(|s| s.observed_generation != obj.meta().generation);
+    Ok(ctx
+        .connections
+        .tenant_for(
+            &namespace,
+            obj.spec.connection_ref.as_ref(),
+            status.and_then(|s| s.connection.as_deref()),
+            spec_changed,
+        )
+        .await)
+}
+
 /// One verification pass.
 async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
+    let tenant = match tenant_of(&obj, ctx).await? {
+        Ok(t) => t,
+        Err(unready) => {
+            return stall_object(ctx, obj.as_ref(), obj.status.as_ref(), &unready).await;
+        }
+    };
+    let tenant = tenant.as_ref();
     let name = obj.name_any();
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<AccessPackageAssignment> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -119,7 +147,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     });
     // The same observation as `redeliver audit`'s (one function, one read cache).
     let (observed, first) = observe_with_first_status(
-        observe_assignment(&ctx.observations, &obj.spec, obj.status.as_ref()),
+        observe_assignment(&tenant.observations, &obj.spec, obj.status.as_ref()),
         first,
         ctx.first_status_after,
         async |first| patch_status(&api, &name, first).await,
@@ -127,13 +155,13 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     .await?;
     let mut observed = observed?;
     let previous = obj.status.clone().or(first);
-    attribute_drift(ctx, &mut observed, previous.as_ref()).await;
+    attribute_drift(tenant, &mut observed, previous.as_ref()).await;
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // Planning and claiming happen under one lock of the shared ledger: of two objects
     // covering the same Graph assignment, exactly one decides to reprocess it.
     let (mut plan, mut undo) = {
-        let mut ledger = ctx.ledger();
+        let mut ledger = tenant.ledger();
         let plan = plan_assignment(
             &AssignmentInput {
                 generation,
@@ -152,25 +180,37 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
                 ledger: &ledger,
                 who: &who,
                 // `--reprocess-rate 0`: every object reports only, and says why.
-                operator_report_only: ctx.reprocess_bucket.is_disabled(),
+                operator_report_only: tenant.reprocess_bucket.is_disabled(),
             },
             now,
         );
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         (plan, undo)
     };
+    plan.status.connection = tenant.key.status_label();
 
     let mut written = previous;
-    match execute(ctx, &obj, &api, &mut plan, &mut written, &observed, now).await {
+    match execute(
+        ctx,
+        tenant,
+        &obj,
+        &api,
+        &mut plan,
+        &mut written,
+        &observed,
+        now,
+    )
+    .await
+    {
         Ok(None) => {}
         Ok(Some(wait)) => {
             // The global reprocess budget is spent: do nothing now (not even the status,
             // which would claim a reprocess) and come back when a token is free.
-            undo.restore(&mut ctx.ledger(), None);
+            undo.restore(&mut tenant.ledger(), None);
             return Ok(Action::requeue(wait));
         }
         Err(e) => {
-            undo.restore(&mut ctx.ledger(), None);
+            undo.restore(&mut tenant.ledger(), None);
             return Err(e);
         }
     }
@@ -193,7 +233,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
 /// object, nor for a removal already named in its status) and hands the answer to the
 /// engine in the snapshot.
 async fn attribute_drift(
-    ctx: &Context,
+    ctx: &Tenant,
     observed: &mut AssignmentObservation,
     previous: Option<&AccessPackageAssignmentStatus>,
 ) {
@@ -216,7 +256,7 @@ async fn attribute_drift(
     }
     let found = ctx
         .attribution
-        .attribute(ctx.observations.graph(), &wanted, &target)
+        .attribute(ctx.graph(), &wanted, &target)
         .await;
     for (kind, attribution) in found {
         observed
@@ -230,8 +270,10 @@ async fn attribute_drift(
 /// a restart cannot send it again; if it then fails in transit the status is put back.
 /// Transient Graph failures are returned as errors (retried with backoff, or at exactly
 /// `Retry-After`); refusals (403, other 4xx) are folded into the plan as `Stalled`.
+#[allow(clippy::too_many_arguments)]
 async fn execute(
     ctx: &Context,
+    tenant: &Tenant,
     obj: &AccessPackageAssignment,
     api: &Api<AccessPackageAssignment>,
     plan: &mut Plan,
@@ -246,9 +288,9 @@ async fn execute(
         // The engine already turns writes into reports when suspended; never write anyway.
         return Ok(None);
     }
-    let graph = ctx.observations.graph();
+    let graph = tenant.graph();
     let is_reprocess = plan.action.is_reprocess();
-    if is_reprocess && let Err(wait) = ctx.reprocess_bucket.try_acquire() {
+    if is_reprocess && let Err(wait) = tenant.reprocess_bucket.try_acquire() {
         ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
         tracing::info!(
             wait_s = wait.as_secs_f64(),
@@ -285,7 +327,8 @@ async fn execute(
     if !matches!(write, crate::graph::Write::ReprocessAssignment { .. })
         && let Ok(ids) = &observed.resolved
     {
-        ctx.observations
+        tenant
+            .observations
             .invalidate_package(&ids.access_package_id, observed.resources())
             .await;
     }
@@ -340,6 +383,11 @@ async fn execute(
 /// a removal already in flight is not submitted twice.
 async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Action, Error> {
     let reference = obj.object_ref(&());
+    let tenant = match tenant_of(&obj, ctx).await? {
+        Ok(t) => t,
+        // The finalizer stays: removing the assignment needs the object's own tenant.
+        Err(unready) => return Err(Error::ConnectionNotReady(unready.message)),
+    };
     if obj.spec.deletion_policy != DeletionPolicy::Remove {
         return Ok(Action::await_change());
     }
@@ -354,7 +402,7 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         return Ok(Action::await_change());
     }
     let status = obj.status.as_ref();
-    let observer = ctx.observations.observer();
+    let observer = tenant.observations.observer();
     let package_id = match status.and_then(|s| s.access_package_id.clone()) {
         Some(id) => id,
         None => match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
@@ -370,7 +418,7 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
             Err(_) => return Ok(done()),
         },
     };
-    let graph = ctx.observations.graph();
+    let graph = tenant.graph();
     let live: Vec<Assignment> = graph
         .find_assignments(&package_id, &target_id)
         .await?

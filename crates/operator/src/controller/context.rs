@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use super::Error;
+use super::connections::{ConnectionKey, Connections, TenantSettings};
 use super::ledger::Triggers;
-use super::limits::{Backoff, TokenBucket};
+use super::limits::Backoff;
 use super::metrics::Metrics;
-use super::observation::Observations;
 use crate::engine::ledger::RepairLedger;
 use crate::engine::{EngineEvent, EngineSettings};
 use crate::graph::GraphClient;
@@ -58,6 +58,14 @@ pub struct Settings {
     pub first_status_after: Duration,
     /// Drift attribution from the audit log (`--drift-attribution`).
     pub attribution: crate::observe::attribution::AttributionSettings,
+    /// The Graph options a `GraphConnection` does not set (the operator's flags).
+    pub graph_defaults: crate::graph::GraphArgs,
+    /// The operator's namespace, where a `ClusterGraphConnection`'s Secret is read.
+    pub operator_namespace: Option<String>,
+    /// How often a ready connection is checked again (its Secret re-read).
+    pub connection_recheck_ready: Duration,
+    /// How often a stalled connection is checked again (a fixed Secret un-stalls it).
+    pub connection_recheck_stalled: Duration,
 }
 
 impl Default for Settings {
@@ -75,6 +83,10 @@ impl Default for Settings {
             poll_interval: EngineSettings::default().poll_interval,
             first_status_after: FIRST_STATUS_AFTER,
             attribution: Default::default(),
+            graph_defaults: crate::graph::GraphArgs::default(),
+            operator_namespace: None,
+            connection_recheck_ready: super::connections::RECHECK_READY,
+            connection_recheck_stalled: super::connections::RECHECK_STALLED,
         }
     }
 }
@@ -87,36 +99,43 @@ pub struct Context {
     pub recorder: Recorder,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// Graph reads shared between objects.
-    pub observations: Observations,
+    /// The Graph connections and everything that is per tenant (client, read cache,
+    /// reprocess budget, repair ledger, attribution).
+    pub connections: Connections,
     /// Per-object error backoff.
     pub backoff: Backoff,
-    /// Global reprocess budget.
-    pub reprocess_bucket: TokenBucket,
     /// Settings handed to the engine.
     pub engine: EngineSettings,
     /// Bounds reconciles in flight across all controllers.
     pub slots: Semaphore,
     /// Group delta poll interval (zero: incremental mode off).
     pub delta_interval: Duration,
-    /// One reprocess history per Graph assignment, shared by every object covering it.
-    /// Held only while planning (synchronous), never across a Graph call.
-    pub ledger: Mutex<RepairLedger>,
+    /// The operator connection's repair ledger (see [`Context::ledger`]).
+    operator_ledger: Arc<Mutex<RepairLedger>>,
     /// Wakes the other objects that cover an assignment one of them repaired.
     pub triggers: Triggers,
     /// See [`Settings::first_status_after`].
     pub first_status_after: Duration,
-    /// Who removed a missing resource (the audit log lookups and their bounded cache).
-    pub attribution: crate::observe::attribution::Attributor,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
 
 impl Context {
-    /// Builds the context.
+    /// Builds the context with the operator's own connection using `graph`.
     pub fn new(
         client: Client,
         graph: GraphClient,
+        metrics: Arc<Metrics>,
+        settings: &Settings,
+    ) -> Self {
+        Self::with_operator_connection(client, Some(graph), metrics, settings)
+    }
+
+    /// Builds the context; without `graph` every object needs a `GraphConnection` or a
+    /// `ClusterGraphConnection`.
+    pub fn with_operator_connection(
+        client: Client,
+        graph: Option<GraphClient>,
         metrics: Arc<Metrics>,
         settings: &Settings,
     ) -> Self {
@@ -130,31 +149,41 @@ impl Context {
             poll_interval: settings.poll_interval,
             ..EngineSettings::default()
         };
+        let connections = Connections::new(
+            client.clone(),
+            graph,
+            TenantSettings {
+                observation_max_age: settings.observation_max_age,
+                concurrency: settings.concurrency,
+                reprocess_per_minute: settings.reprocess_per_minute,
+                attribution: settings.attribution.clone(),
+                graph_defaults: settings.graph_defaults.clone(),
+                operator_namespace: settings.operator_namespace.clone(),
+                recheck_ready: settings.connection_recheck_ready,
+                recheck_stalled: settings.connection_recheck_stalled,
+            },
+        );
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            observations: Observations::new(
-                graph,
-                settings.observation_max_age,
-                settings.concurrency.max(1) * 2,
-            ),
+            operator_ledger: connections.ledger_of(&ConnectionKey::Operator),
+            connections,
             backoff: Backoff::new(settings.backoff_base, settings.backoff_cap),
-            reprocess_bucket: TokenBucket::per_minute(settings.reprocess_per_minute),
             engine,
             slots: Semaphore::new(settings.concurrency.max(1)),
             delta_interval: settings.delta_interval,
-            ledger: Mutex::new(RepairLedger::new()),
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
-            attribution: crate::observe::attribution::Attributor::new(settings.attribution.clone()),
             started: tokio::sync::watch::Sender::new(true),
         }
     }
 
-    /// The repair ledger, for planning. Never hold it across an `.await`.
+    /// The operator connection's repair ledger. Never hold it across an `.await`.
     pub fn ledger(&self) -> MutexGuard<'_, RepairLedger> {
-        self.ledger.lock().unwrap_or_else(|p| p.into_inner())
+        self.operator_ledger
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Makes reconciles wait until [`Context::open`] (start-up of the controllers).

@@ -19,7 +19,7 @@
 //! matching objects; a group whose sync state expired, or that was deleted, triggers
 //! every object that relies on it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -28,6 +28,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use super::connections::{ConnectionKey, Tenant};
 use super::context::Context;
 use crate::api::{AccessPackageAssignment, ResourceState};
 use crate::engine::{OriginSystem, PromisedResource, ResourceKind};
@@ -67,10 +68,10 @@ fn delivered_resources(
 /// Every group (lower-cased id) whose membership a delivered assignment relies on,
 /// present or missing. Runs every delta interval over the whole store, so it allocates
 /// per distinct group, not per object.
-fn tracked_groups(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
+fn tracked_groups(objs: &[Arc<AccessPackageAssignment>]) -> BTreeSet<String> {
     let mut groups = BTreeSet::new();
-    for obj in store.state() {
-        let Some((_, resources)) = delivered_groups(&obj) else {
+    for obj in objs {
+        let Some((_, resources)) = delivered_groups(obj) else {
             continue;
         };
         for (group, state) in resources {
@@ -125,12 +126,12 @@ impl Changes {
     /// it.)
     fn affected(
         &self,
-        store: &Store<AccessPackageAssignment>,
+        objs: &[Arc<AccessPackageAssignment>],
     ) -> (BTreeSet<String>, Vec<ObjectRef<AccessPackageAssignment>>) {
         let mut hit_groups = BTreeSet::new();
         let mut refs = Vec::new();
-        for obj in store.state() {
-            let Some((user, resources)) = delivered_groups(&obj) else {
+        for obj in objs {
+            let Some((user, resources)) = delivered_groups(obj) else {
                 continue;
             };
             let user = user.to_ascii_lowercase();
@@ -148,7 +149,7 @@ impl Changes {
                 }
             }
             if hit {
-                refs.push(ObjectRef::from_obj(&*obj));
+                refs.push(ObjectRef::from_obj(obj.as_ref()));
             }
         }
         (hit_groups, refs)
@@ -187,12 +188,23 @@ pub async fn run(
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
     }
-    let mut tracker = DeltaTracker::empty(ctx.observations.graph().clone());
-    let (started, failures) = tracker.track(&tracked_groups(&store)).await;
-    for e in &failures {
-        tracing::warn!(error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
+    // One tracker per connection: each tenant's groups are followed with its own client.
+    let mut trackers: HashMap<ConnectionKey, (Arc<Tenant>, DeltaTracker)> = HashMap::new();
+    let mut baselined = 0;
+    for (key, objs) in by_connection(&ctx, &store) {
+        let Some(tenant) = ctx.connections.ready(&key) else {
+            // Checked at its objects' first reconcile; followed from the next interval.
+            continue;
+        };
+        let mut tracker = DeltaTracker::empty(tenant.graph().clone());
+        let (started, failures) = tracker.track(&tracked_groups(&objs)).await;
+        for e in &failures {
+            tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
+        }
+        baselined += started.len();
+        trackers.insert(key, (tenant, tracker));
     }
-    tracing::debug!(groups = started.len(), "group delta baseline taken");
+    tracing::debug!(groups = baselined, "group delta baseline taken");
     if let Some(done) = baseline {
         let _ = done.send(());
     }
@@ -202,37 +214,69 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let poll = tracker.poll().await;
-        for e in &poll.failed {
-            tracing::warn!(error = %e, "group delta poll failed; its changes come next poll");
+        let groups = by_connection(&ctx, &store);
+        for (key, objs) in &groups {
+            let Some(tenant) = ctx.connections.ready(key) else {
+                continue;
+            };
+            let entry = trackers
+                .entry(key.clone())
+                .or_insert_with(|| (tenant.clone(), DeltaTracker::empty(tenant.graph().clone())));
+            if !Arc::ptr_eq(&entry.0, &tenant) {
+                // A rebuilt client (rotated Secret): start over with it; every group is
+                // baselined again and its objects verified.
+                *entry = (tenant.clone(), DeltaTracker::empty(tenant.graph().clone()));
+            }
+            let (tenant, tracker) = entry;
+            let poll = tracker.poll().await;
+            for e in &poll.failed {
+                tracing::warn!(connection = %key, error = %e, "group delta poll failed; its changes come next poll");
+            }
+            if !send(tenant, objs, &trigger, &Changes::of(&poll), "changed").await {
+                return;
+            }
+            // Follow the groups the objects rely on now; a group followed from now on is
+            // verified after its baseline, so nothing between its last read and now is lost.
+            let (started, failures) = tracker.track(&tracked_groups(objs)).await;
+            for e in &failures {
+                tracing::warn!(connection = %key, error = %e, "cannot start group delta for new groups; retrying next interval");
+            }
+            let started = Changes {
+                whole: started.into_iter().collect(),
+                ..Changes::default()
+            };
+            if !send(tenant, objs, &trigger, &started, "started to follow").await {
+                return;
+            }
+            if !poll_app_roles(tenant, objs, &trigger).await {
+                return;
+            }
         }
-        if !send(&ctx, &store, &trigger, &Changes::of(&poll), "changed").await {
-            return;
-        }
-        // Follow the groups the objects rely on now; a group followed from now on is
-        // verified after its baseline, so nothing between its last read and now is lost.
-        let (started, failures) = tracker.track(&tracked_groups(&store)).await;
-        for e in &failures {
-            tracing::warn!(error = %e, "cannot start group delta for new groups; retrying next interval");
-        }
-        let started = Changes {
-            whole: started.into_iter().collect(),
-            ..Changes::default()
-        };
-        if !send(&ctx, &store, &trigger, &started, "started to follow").await {
-            return;
-        }
-        if !poll_app_roles(&ctx, &store, &trigger).await {
-            return;
-        }
+        trackers.retain(|k, _| groups.contains_key(k));
     }
+}
+
+/// The store's objects by the connection each resolves to.
+fn by_connection(
+    ctx: &Context,
+    store: &Store<AccessPackageAssignment>,
+) -> HashMap<ConnectionKey, Vec<Arc<AccessPackageAssignment>>> {
+    let mut out: HashMap<ConnectionKey, Vec<Arc<AccessPackageAssignment>>> = HashMap::new();
+    for obj in store.state() {
+        let key = ctx.connections.resolve(
+            obj.metadata.namespace.as_deref().unwrap_or_default(),
+            obj.spec.connection_ref.as_ref(),
+        );
+        out.entry(key).or_default().push(obj);
+    }
+    out
 }
 
 /// Drops the cached memberships of the groups `changes` concern and triggers the objects
 /// they concern. False when the controller is gone.
 async fn send(
-    ctx: &Context,
-    store: &Store<AccessPackageAssignment>,
+    ctx: &Tenant,
+    objs: &[Arc<AccessPackageAssignment>],
     trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
     changes: &Changes,
     what: &str,
@@ -240,7 +284,7 @@ async fn send(
     if changes.is_empty() {
         return true;
     }
-    let (hit_groups, refs) = changes.affected(store);
+    let (hit_groups, refs) = changes.affected(objs);
     if refs.is_empty() {
         return true;
     }
@@ -257,10 +301,10 @@ async fn send(
 
 /// Every service principal (as the status names it) whose app roles a delivered
 /// assignment relies on, present or missing.
-fn tracked_apps(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
+fn tracked_apps(objs: &[Arc<AccessPackageAssignment>]) -> BTreeSet<String> {
     let mut apps = BTreeSet::new();
-    for obj in store.state() {
-        let Some((_, resources)) = delivered_resources(&obj) else {
+    for obj in objs {
+        let Some((_, resources)) = delivered_resources(obj) else {
             continue;
         };
         for r in resources {
@@ -280,11 +324,11 @@ fn tracked_apps(store: &Store<AccessPackageAssignment>) -> BTreeSet<String> {
 /// longer matches: a Present app role now missing (drift) or a Missing one now present
 /// (the repair landed). False when the controller is gone.
 async fn poll_app_roles(
-    ctx: &Context,
-    store: &Store<AccessPackageAssignment>,
+    ctx: &Tenant,
+    objs: &[Arc<AccessPackageAssignment>],
     trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
 ) -> bool {
-    let apps = tracked_apps(store);
+    let apps = tracked_apps(objs);
     if apps.is_empty() {
         return true;
     }
@@ -304,8 +348,8 @@ async fn poll_app_roles(
         .collect();
     let snapshot = ctx.observations.snapshot_fresh(&resources).await;
     let mut refs = Vec::new();
-    for obj in store.state() {
-        let Some((user, resources)) = delivered_resources(&obj) else {
+    for obj in objs {
+        let Some((user, resources)) = delivered_resources(obj) else {
             continue;
         };
         let diverged = resources
@@ -330,7 +374,7 @@ async fn poll_app_roles(
                 }
             });
         if diverged {
-            refs.push(ObjectRef::from_obj(&*obj));
+            refs.push(ObjectRef::from_obj(obj.as_ref()));
         }
     }
     if refs.is_empty() {
@@ -384,7 +428,7 @@ mod tests {
         reader
     }
 
-    fn tenant() -> kube::runtime::reflector::Store<AccessPackageAssignment> {
+    fn tenant() -> Vec<Arc<AccessPackageAssignment>> {
         store_of(vec![
             apa(
                 "alice",
@@ -396,6 +440,7 @@ mod tests {
             apa("carol", "Delivered", "u-c", &[("g-3", "Present")]),
             apa("dave", "delivered", "u-d", &[("g-1", "Present")]),
         ])
+        .state()
     }
 
     fn names(refs: &[ObjectRef<AccessPackageAssignment>]) -> Vec<&str> {

@@ -41,6 +41,10 @@ pub enum Error {
         request_id: Option<String>,
     },
 
+    /// The object's Graph connection is not usable (a deletion cleanup waits for it).
+    #[error("{0}")]
+    ConnectionNotReady(String),
+
     /// A status could not be turned into JSON (a bug, never user data).
     #[error("cannot serialize status: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -61,6 +65,7 @@ impl Error {
             Self::MissingMetadata(_) => "invalid_object",
             Self::RemovalPending { .. } => "removal_pending",
             Self::Serialize(_) => "serialize_error",
+            Self::ConnectionNotReady(_) => "connection_not_ready",
         }
     }
 

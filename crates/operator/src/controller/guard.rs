@@ -12,6 +12,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
 use super::Error;
+use super::connection::stall_object;
+use super::connections::Tenant;
 use super::context::{
     Context, error_policy as shared_error_policy, jitter, observe_with_first_status, patch_status,
     reconcile_frame,
@@ -50,6 +52,22 @@ pub fn error_policy(obj: Arc<AccessPackageGuard>, err: &Error, ctx: Arc<Context>
 async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Error> {
     let name = obj.name_any();
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
+    let status = obj.status.as_ref();
+    let spec_changed = status.is_none_or(|s| s.observed_generation != obj.meta().generation);
+    let tenant = match ctx
+        .connections
+        .tenant_for(
+            &namespace,
+            obj.spec.connection_ref.as_ref(),
+            status.and_then(|s| s.connection.as_deref()),
+            spec_changed,
+        )
+        .await
+    {
+        Ok(t) => t,
+        Err(unready) => return stall_object(ctx, obj.as_ref(), status, &unready).await,
+    };
+    let tenant = tenant.as_ref();
     let api: Api<AccessPackageGuard> = Api::namespaced(ctx.client.clone(), &namespace);
     let generation = obj.meta().generation;
 
@@ -63,7 +81,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     });
     // The same observation as `redeliver audit`'s (one function, one read cache).
     let (observed, first) = observe_with_first_status(
-        observe_guard(&ctx.observations, &obj.spec),
+        observe_guard(&tenant.observations, &obj.spec),
         first,
         ctx.first_status_after,
         async |first| patch_status(&api, &name, first).await,
@@ -75,9 +93,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // The operator's global rate limit is an input: the plan selects only what may be sent.
-    let budget = ctx.reprocess_bucket.available();
+    let budget = tenant.reprocess_bucket.available();
     let (mut plan, mut undo) = {
-        let mut ledger = ctx.ledger();
+        let mut ledger = tenant.ledger();
         let plan = plan_guard_sweep(
             &GuardInput {
                 generation,
@@ -91,7 +109,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 ledger: &ledger,
                 who: &who,
                 reprocess_budget: Some(budget),
-                operator_report_only: ctx.reprocess_bucket.is_disabled(),
+                operator_report_only: tenant.reprocess_bucket.is_disabled(),
                 reprocess_annotation: obj
                     .annotations()
                     .get(crate::api::REPROCESS_ANNOTATION)
@@ -102,6 +120,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         (plan, undo)
     };
+    plan.status.connection = tenant.key.status_label();
     // Count each drift once, when first seen (the previous list is bounded, so a drift
     // beyond it may be counted again; the bound keeps that rare).
     let known: Vec<&str> = previous
@@ -121,25 +140,26 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         // Written before it is sent, so a restart never sends it twice.
         if guard_status_changed(written.as_ref(), &plan.status) {
             if let Err(e) = patch_status(&api, &name, &plan.status).await {
-                undo.restore(&mut ctx.ledger(), None);
+                undo.restore(&mut tenant.ledger(), None);
                 return Err(e);
             }
             written = Some(plan.status.clone());
         }
-        let (sent, come_back) = reprocess_selected(ctx, &plan).await;
+        let (sent, come_back) = reprocess_selected(ctx, tenant, &plan).await;
         retry_after = come_back;
         // Say what really happened, not what was planned.
         record_guard_outcome(
             &mut plan,
             &sent,
             &mut undo,
-            &mut ctx.ledger(),
+            &mut tenant.ledger(),
             &who,
             Timestamp::now(),
         );
         if let Ok((package_id, _)) = &resolved {
             // Reprocesses change memberships, not the package's assignments: keep the view.
-            ctx.observations
+            tenant
+                .observations
                 .invalidate_memberships(observed.resources())
                 .await;
             let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
@@ -162,11 +182,15 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
 /// `$batch` requests of 20 (a sweep may find thousands). Returns the assignments Graph
 /// accepted, and the time to come back when the sweep was cut short by the budget or by
 /// Graph throttling.
-async fn reprocess_selected(ctx: &Context, plan: &GuardPlan) -> (Vec<String>, Option<Duration>) {
+async fn reprocess_selected(
+    ctx: &Context,
+    tenant: &Tenant,
+    plan: &GuardPlan,
+) -> (Vec<String>, Option<Duration>) {
     let mut come_back: Option<Duration> = None;
     let mut granted: Vec<String> = Vec::new();
     for id in &plan.reprocess {
-        if let Err(wait) = ctx.reprocess_bucket.try_acquire() {
+        if let Err(wait) = tenant.reprocess_bucket.try_acquire() {
             ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
             come_back = Some(wait);
             break;
@@ -178,10 +202,9 @@ async fn reprocess_selected(ctx: &Context, plan: &GuardPlan) -> (Vec<String>, Op
         assignments = %granted.join(","),
         "reprocess requested"
     );
-    let results = ctx
-        .observations
+    let results = tenant
         .graph()
-        .reprocess_assignments(&granted, ctx.observations.concurrency())
+        .reprocess_assignments(&granted, tenant.observations.concurrency())
         .await;
     let mut sent: Vec<String> = Vec::new();
     for (id, result) in granted.into_iter().zip(results) {

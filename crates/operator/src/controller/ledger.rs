@@ -130,6 +130,29 @@ impl Triggers {
         (a, g)
     }
 
+    /// Reconciles every object for which `assignment` or `guard` says yes (e.g. the objects
+    /// of a connection that became ready).
+    pub fn wake(
+        &self,
+        assignment: impl Fn(&AccessPackageAssignment) -> bool,
+        guard: impl Fn(&AccessPackageGuard) -> bool,
+    ) {
+        for (store, queue) in lock(&self.assignments).iter() {
+            for obj in store.state() {
+                if assignment(&obj) {
+                    let _ = queue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+                }
+            }
+        }
+        for (store, queue) in lock(&self.guards).iter() {
+            for obj in store.state() {
+                if guard(&obj) {
+                    let _ = queue.unbounded_send(ObjectRef::from_obj(obj.as_ref()));
+                }
+            }
+        }
+    }
+
     /// Reconciles every object but `except` that covers one of `assignment_ids` of
     /// `package_id`: declarations tracking that assignment, and guards of the package.
     /// Repairs are rare, so one scan of the stores per repair is cheap.

@@ -35,6 +35,15 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A label set with only the connection (`operator`, `namespace/name` of a
+/// `GraphConnection`, `cluster/name` of a `ClusterGraphConnection`): bounded by the number
+/// of connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabels {
+    /// The connection.
+    pub connection: String,
+}
+
 /// Labels of the reprocess calls counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReprocessLabels {
@@ -65,8 +74,12 @@ pub struct Metrics {
     /// Unix time of the last reconcile that ended `ok`, by kind: a reconcile verifies, so
     /// an alert on its age catches verification that has stopped without counting errors.
     pub last_success: Family<KindLabels, Gauge<i64, AtomicI64>>,
+    /// 1 while a connection is ready, 0 while it is stalled or gone, by connection.
+    pub connection_ready: Family<ConnectionLabels, Gauge<i64, AtomicI64>>,
     /// Last known `Delivered` condition status per assignment, for the objects gauge.
     delivered: Arc<DeliveredIndex>,
+    /// The Graph clients of the connections, for their per-connection request counters.
+    connection_clients: Arc<Mutex<Vec<(String, GraphClient)>>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -88,8 +101,18 @@ impl Metrics {
             malformed_objects: Family::default(),
             is_leader: Gauge::default(),
             last_success: Family::default(),
+            connection_ready: Family::default(),
             delivered: Arc::default(),
+            connection_clients: Arc::default(),
         };
+        registry.register(
+            "connection_ready",
+            "1 while a Graph connection is ready (token obtained, probe read succeeded), by connection",
+            metrics.connection_ready.clone(),
+        );
+        registry.register_collector(Box::new(ConnectionCollector(
+            metrics.connection_clients.clone(),
+        )));
         registry.register(
             "reconciles",
             "Reconciles by kind and result",
@@ -139,6 +162,25 @@ impl Metrics {
             kind,
             start: Instant::now(),
         }
+    }
+
+    /// Records whether a connection is ready.
+    pub fn connection_ready(&self, connection: &str, ready: bool) {
+        self.connection_ready
+            .get_or_create(&ConnectionLabels {
+                connection: connection.to_string(),
+            })
+            .set(i64::from(ready));
+    }
+
+    /// The Graph clients of the ready connections (other than the operator's own, which the
+    /// unlabelled `graph_*` series count), for `connection_graph_requests` and
+    /// `connection_graph_throttled`.
+    pub fn set_connection_clients(&self, clients: Vec<(String, GraphClient)>) {
+        *self
+            .connection_clients
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = clients;
     }
 
     /// Records one reprocess call outcome.
@@ -262,6 +304,49 @@ impl Collector for DeliveredCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(exhausted).encode(family)?;
+        Ok(())
+    }
+}
+
+/// Exports each connection's Graph request and throttled-response totals at scrape time.
+struct ConnectionCollector(Arc<Mutex<Vec<(String, GraphClient)>>>);
+
+impl std::fmt::Debug for ConnectionCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectionCollector")
+    }
+}
+
+impl Collector for ConnectionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let clients = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        type Pick = fn(&crate::graph::OperationStats) -> u64;
+        let series: [(&str, &str, Pick); 2] = [
+            (
+                "connection_graph_requests",
+                "HTTP exchanges with Graph and the token endpoint, by GraphConnection or ClusterGraphConnection",
+                |s| s.requests,
+            ),
+            (
+                "connection_graph_throttled",
+                "Graph responses with status 429, by GraphConnection or ClusterGraphConnection",
+                |s| s.throttled,
+            ),
+        ];
+        for (name, help, pick) in series {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (connection, graph) in &clients {
+                let total: u64 = graph.stats().iter().map(pick).sum();
+                let labels = [("connection", connection.as_str())];
+                let m = family.encode_family(&labels)?;
+                ConstCounter::new(total).encode(m)?;
+            }
+        }
         Ok(())
     }
 }

@@ -10,6 +10,8 @@
 //! watch, create, update, patch) in the lease namespace only.
 
 pub mod assignment;
+pub mod connection;
+pub mod connections;
 pub mod context;
 pub mod delta;
 pub mod error;
@@ -30,6 +32,7 @@ use anyhow::{Context as _, anyhow, bail};
 use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, ApiResource, ListParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector;
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
 use kube::{Client, Resource};
@@ -39,7 +42,9 @@ use tokio_util::sync::CancellationToken;
 pub use context::{Context, Settings};
 pub use error::Error;
 
-use crate::api::{AccessPackageAssignment, AccessPackageGuard};
+use crate::api::{
+    AccessPackageAssignment, AccessPackageGuard, ClusterGraphConnection, GraphConnection,
+};
 use crate::graph::{GraphArgs, GraphClient};
 use metrics::Metrics;
 use server::Readiness;
@@ -138,6 +143,16 @@ pub struct ControllerArgs {
     /// group or app per detection batch, never for healthy objects.
     #[arg(long, env = "REDELIVER_DRIFT_ATTRIBUTION", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub drift_attribution: bool,
+
+    /// Namespace the Secrets of ClusterGraphConnections are read from: the operator's own
+    /// (like cert-manager's cluster resource namespace). Default: the pod's namespace
+    /// (POD_NAMESPACE, the same as --lease-namespace).
+    #[arg(
+        long,
+        env = "REDELIVER_CLUSTER_SECRET_NAMESPACE",
+        value_name = "NAMESPACE"
+    )]
+    pub cluster_secret_namespace: Option<String>,
 }
 
 impl ControllerArgs {
@@ -155,6 +170,11 @@ impl ControllerArgs {
                 enabled: self.drift_attribution,
                 ..Default::default()
             },
+            graph_defaults: self.graph.clone(),
+            operator_namespace: self
+                .cluster_secret_namespace
+                .clone()
+                .or_else(|| self.lease_namespace.clone()),
             ..Settings::default()
         }
     }
@@ -170,17 +190,27 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     )?;
     check_crds(&client, &args.namespaces).await?;
 
-    let graph = GraphClient::new(args.graph.clone().into_config()?)?;
-    graph
-        .check_token()
-        .await
-        .map_err(|e| anyhow!("cannot obtain a Microsoft Graph token: {e}"))?;
+    // Without --tenant-id and --client-id the operator has no connection of its own: every
+    // object then needs a GraphConnection or ClusterGraphConnection.
+    let graph = if args.graph.tenant_id.is_none() && args.graph.client_id.is_none() {
+        tracing::info!(
+            "no --tenant-id/--client-id: only GraphConnection and ClusterGraphConnection objects are used"
+        );
+        None
+    } else {
+        let graph = GraphClient::new(args.graph.clone().into_config()?)?;
+        graph
+            .check_token()
+            .await
+            .map_err(|e| anyhow!("cannot obtain a Microsoft Graph token: {e}"))?;
+        Some(graph)
+    };
 
     let identity = args
         .pod_name
         .clone()
         .unwrap_or_else(|| format!("redeliver-{}", uuid::Uuid::new_v4().simple()));
-    let (metrics, registry) = Metrics::new(Some(graph.clone()));
+    let (metrics, registry) = Metrics::new(graph.clone());
     let readiness = Readiness::default();
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_terminate(shutdown.clone()));
@@ -190,7 +220,7 @@ pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
         readiness.clone(),
         shutdown.clone(),
     ));
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(Context::with_operator_connection(
         client.clone(),
         graph,
         metrics.clone(),
@@ -269,6 +299,19 @@ pub async fn check_crds(client: &Client, namespaces: &[String]) -> anyhow::Resul
             AccessPackageGuard::kind(&()).to_string(),
             AccessPackageGuard::plural(&()).to_string(),
             watch::dynamic_api::<AccessPackageGuard>(client.clone(), ns),
+        ),
+        (
+            GraphConnection::kind(&()).to_string(),
+            GraphConnection::plural(&()).to_string(),
+            watch::dynamic_api::<GraphConnection>(client.clone(), ns),
+        ),
+        (
+            ClusterGraphConnection::kind(&()).to_string(),
+            ClusterGraphConnection::plural(&()).to_string(),
+            kube::Api::all_with(
+                client.clone(),
+                &ApiResource::erase::<ClusterGraphConnection>(&()),
+            ),
         ),
     ] {
         match api.list(&ListParams::default().limit(1)).await {
@@ -421,7 +464,76 @@ pub async fn run_controllers(
     // A new leader first rebuilds the repair ledger from every object's status and takes
     // the group delta baseline; reconciles wait until then (see `start_up`).
     ctx.hold();
+    // Connections first: no object is resolved before the connection stores have listed,
+    // or an object of a namespace with a default GraphConnection could be planned against
+    // the operator's tenant.
+    {
+        let (reader, writer) = reflector::store::<ClusterGraphConnection>();
+        ctx.connections.set_cluster_store(reader.clone());
+        let synced_c = Arc::new(AtomicBool::new(false));
+        synced.push(synced_c.clone());
+        let ctx2 = ctx.clone();
+        let stream = watcher::watcher(
+            Api::<ClusterGraphConnection>::all(ctx.client.clone()),
+            watcher_config.clone(),
+        )
+        .default_backoff()
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                connection::on_cluster_event(&ctx2, ev);
+                if matches!(ev, watcher::Event::InitDone) {
+                    synced_c.store(true, Ordering::Release);
+                }
+            }
+        })
+        .reflect(writer)
+        .applied_objects();
+        let token = stop.clone();
+        runs.push(
+            Controller::for_stream(stream, reader)
+                .with_config(config.clone())
+                .graceful_shutdown_on(async move { token.cancelled().await })
+                .run(
+                    connection::reconcile_cluster,
+                    connection::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
+                .boxed(),
+        );
+    }
     for scope in scopes {
+        let (reader, writer) = reflector::store::<GraphConnection>();
+        ctx.connections.add_namespaced_store(reader.clone());
+        let synced_n = Arc::new(AtomicBool::new(false));
+        synced.push(synced_n.clone());
+        let ctx2 = ctx.clone();
+        let api: Api<GraphConnection> = match scope.as_deref() {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        let stream = watcher::watcher(api, watcher_config.clone())
+            .default_backoff()
+            .inspect(move |ev| {
+                if let Ok(ev) = ev {
+                    connection::on_namespaced_event(&ctx2, ev);
+                    if matches!(ev, watcher::Event::InitDone) {
+                        synced_n.store(true, Ordering::Release);
+                    }
+                }
+            })
+            .reflect(writer)
+            .applied_objects();
+        let token = stop.clone();
+        runs.push(
+            Controller::for_stream(stream, reader)
+                .with_config(config.clone())
+                .graceful_shutdown_on(async move { token.cancelled().await })
+                .run(connection::reconcile, connection::error_policy, ctx.clone())
+                .for_each(|r| async move { log_result(connection::KIND, r) })
+                .boxed(),
+        );
+
         let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
         let (bad_g, bad_g_rx) = tokio::sync::mpsc::unbounded_channel();
         reporters.push(tokio::spawn(watch::report_malformed(
@@ -531,12 +643,35 @@ async fn start_up(
     }
     let (assignments, guards) = ctx.triggers.snapshot();
     {
-        let mut ledger = ctx.ledger();
-        ledger::seed(&mut ledger, &assignments, &guards);
+        // One ledger per connection: each object's history goes to its own tenant's.
+        let mut by_key: std::collections::BTreeMap<connections::ConnectionKey, (Vec<_>, Vec<_>)> =
+            Default::default();
+        for a in &assignments {
+            let key = ctx.connections.resolve(
+                a.metadata.namespace.as_deref().unwrap_or_default(),
+                a.spec.connection_ref.as_ref(),
+            );
+            by_key.entry(key).or_default().0.push(a.clone());
+        }
+        for g in &guards {
+            let key = ctx.connections.resolve(
+                g.metadata.namespace.as_deref().unwrap_or_default(),
+                g.spec.connection_ref.as_ref(),
+            );
+            by_key.entry(key).or_default().1.push(g.clone());
+        }
+        let mut histories = 0;
+        for (key, (a, g)) in &by_key {
+            let ledger = ctx.connections.ledger_of(key);
+            let mut ledger = ledger.lock().unwrap_or_else(|p| p.into_inner());
+            ledger::seed(&mut ledger, a, g);
+            histories += ledger.len();
+        }
         tracing::info!(
             objects = assignments.len() + guards.len(),
-            histories = ledger.len(),
-            "repair ledger rebuilt from status"
+            connections = by_key.len(),
+            histories,
+            "repair ledgers rebuilt from status"
         );
     }
     // A Graph outage must not hold every reconcile: groups not baselined in time are
@@ -556,7 +691,12 @@ async fn start_up(
     // gate anything. Each object's own status still spaces its own reprocesses after that.
     loop {
         tokio::time::sleep(LEDGER_PRUNE_EVERY).await;
-        ctx.ledger().prune(jiff::Timestamp::now(), LEDGER_KEEP);
+        for ledger in ctx.connections.ledgers() {
+            ledger
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .prune(jiff::Timestamp::now(), LEDGER_KEEP);
+        }
     }
 }
 

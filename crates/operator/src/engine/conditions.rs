@@ -115,6 +115,17 @@ pub enum Reason {
     ReportOnly,
     /// Guard: every assignment is delivered.
     AllDelivered,
+    /// The object's Graph connection is missing, not usable yet, or not the one it was
+    /// reconciled with.
+    ConnectionNotReady,
+    /// Connection: a token was obtained and a read of access packages succeeded.
+    Connected,
+    /// Connection: its Secret, or the key in it, is missing or unreadable.
+    SecretUnavailable,
+    /// Connection: the token endpoint refused a token.
+    AuthenticationFailed,
+    /// Connection: a token was issued but the probe read failed.
+    ProbeFailed,
 }
 
 impl Reason {

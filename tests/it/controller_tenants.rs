@@ -1,0 +1,704 @@
+//! Many tenants, one operator: `GraphConnection` and `ClusterGraphConnection` end to end.
+//! `run_controllers` against the in-process Kubernetes API server (`fake_kube`) and two (or
+//! three) Graph simulators over HTTP on 127.0.0.1, each one tenant with its own
+//! credentials and its own data.
+//!
+//! - objects in namespace A use A's connection, objects in B use B's (their status names
+//!   the other tenant's assignment ids, each simulator sees only its own objects' calls);
+//! - a wrong Secret in A stalls A's connection (with the Entra error code) and A's objects,
+//!   while B keeps reconciling; fixing the Secret un-stalls both;
+//! - a throttled tenant does not delay the other;
+//! - deleting a connection stalls its objects: never a silent fallback to the operator's
+//!   own tenant;
+//! - a namespaced object cannot use another namespace's GraphConnection, and a
+//!   ClusterGraphConnection's Secret is read only from the operator's namespace.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::server::Readiness;
+use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver_bench::fake_kube::FakeKube;
+use redeliver_sim::{FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+const OPERATOR_NS: &str = "redeliver-system";
+const A: &str = "team-a";
+const B: &str = "team-b";
+const APA: &str = "accesspackageassignments";
+const APG: &str = "accesspackageguards";
+const GC: &str = "graphconnections";
+const CGC: &str = "clustergraphconnections";
+const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
+
+/// The demo tenant renamed, with its own seed (so its own object ids) and credentials. In
+/// `fabrikam` alice's assignment is fully delivered; in `contoso` she misses fin-writers.
+async fn tenant(name: &str, seed: u64, id_suffix: &str, alice_drifted: bool) -> SimHandle {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut yaml = Scenario::demo_yaml()
+        .replace("seed: 42", &format!("seed: {seed}"))
+        .replace("name: contoso\n", &format!("name: {name}\n"))
+        .replace(
+            "8c3f7a52-1d2b-4e6a-9f00-c0250a0d1e01",
+            &format!("8c3f7a52-1d2b-4e6a-9f00-c0250a0d1e{id_suffix}"),
+        )
+        .replace(
+            "5e1d0c77-3f5a-4b8e-a0c1-7ed1e0e00001",
+            &format!("5e1d0c77-3f5a-4b8e-a0c1-7ed1e0e000{id_suffix}"),
+        )
+        .replace("sim-secret-contoso", &format!("sim-secret-{name}"));
+    if !alice_drifted {
+        yaml = yaml.replace(
+            "state: delivered, missing: [fin-writers]}",
+            "state: delivered}",
+        );
+    }
+    Simulator::start(Scenario::from_yaml_str(&yaml).unwrap(), SimOptions::fast())
+        .await
+        .unwrap()
+}
+
+fn secret(namespace: &str, name: &str, key: &str, value: &str) -> Value {
+    let s = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            key.to_string(),
+            ByteString(value.as_bytes().to_vec()),
+        )])),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(s).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+/// A connection spec pointing at `sim` with its client secret in Secret `secret_name`.
+fn spec_for(sim: &SimHandle, secret_name: &str) -> Value {
+    json!({
+        "tenantId": sim.tenant_id,
+        "clientId": sim.client_id,
+        "credential": {"clientSecret": {"name": secret_name}},
+        "authorityHost": sim.authority_host,
+        "graphUrl": sim.graph_url,
+    })
+}
+
+fn connection(namespace: &str, name: &str, sim: &SimHandle, secret_name: &str) -> Value {
+    json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec_for(sim, secret_name),
+    })
+}
+
+fn cluster_connection(name: &str, sim: &SimHandle, secret_name: &str) -> Value {
+    json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "ClusterGraphConnection",
+        "metadata": {"name": name},
+        "spec": spec_for(sim, secret_name),
+    })
+}
+
+fn alice(namespace: &str, name: &str, connection_ref: Option<Value>) -> Value {
+    let mut o = json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessPackage": {"displayName": "Finance Analysts", "catalog": "Finance"},
+            "target": {"userPrincipalName": "alice@contoso.com"},
+            "reprocess": {"mode": "Auto", "maxAttempts": 3, "cooldown": "5m"}
+        }
+    });
+    if let Some(r) = connection_ref {
+        o["spec"]["connectionRef"] = r;
+    }
+    o
+}
+
+fn guard(namespace: &str, name: &str) -> Value {
+    json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageGuard",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"accessPackage": {"id": FINANCE}, "mode": "Audit", "interval": "15m"}
+    })
+}
+
+struct Running {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// A controller watching all namespaces, with `operator` as its own connection (none:
+    /// only connections).
+    async fn start(kube: &FakeKube, operator: Option<&SimHandle>, settings: Settings) -> Self {
+        let config = kube::Config::new(kube.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let graph = operator.map(|sim| crate::fault_support::graph_client(sim).unwrap());
+        let (metrics, _registry) = Metrics::new(graph.clone());
+        let ctx = Arc::new(Context::with_operator_connection(
+            client, graph, metrics, &settings,
+        ));
+        let ready = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_controllers(
+            ctx,
+            Vec::new(),
+            2,
+            ready.clone(),
+            stop.clone(),
+        ));
+        wait_until("the controller is ready", Duration::from_secs(20), || {
+            ready.get()
+        })
+        .await;
+        Self { stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops within 20s")
+            .unwrap();
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(500),
+        operator_namespace: Some(OPERATOR_NS.into()),
+        connection_recheck_stalled: Duration::from_secs(1),
+        connection_recheck_ready: Duration::from_secs(1),
+        delta_interval: Duration::from_secs(1),
+        ..Settings::default()
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status(kube: &FakeKube, plural: &str, namespace: &str, name: &str) -> Value {
+    kube.object(plural, namespace, name)
+        .map(|o| o["status"].clone())
+        .unwrap_or(Value::Null)
+}
+
+fn condition(status: &Value, type_: &str) -> Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn is(status: &Value, type_: &str, value: &str, reason: &str) -> bool {
+    let c = condition(status, type_);
+    c["status"] == value && c["reason"] == reason
+}
+
+fn is_verified(status: &Value) -> bool {
+    let c = condition(status, "Delivered");
+    c["status"] == "True" || c["status"] == "False"
+}
+
+/// Graph calls a simulator received (the admin API and the token endpoint excluded).
+fn graph_calls(sim: &SimHandle) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|e| e.path.starts_with("/v1.0"))
+        .count()
+}
+
+#[tokio::test]
+async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_own() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let kube = FakeKube::start(vec![
+        // A: the namespace's default connection, used without any connectionRef.
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        alice(A, "alice", None),
+        guard(A, "finance"),
+        // B: a named connection, referenced.
+        secret(B, "fabrikam-graph", "clientSecret", &fabrikam.client_secret),
+        connection(B, "fabrikam", &fabrikam, "fabrikam-graph"),
+        alice(
+            B,
+            "alice",
+            Some(json!({"kind": "GraphConnection", "name": "fabrikam"})),
+        ),
+        // Neither a connectionRef nor a default connection, and no operator connection.
+        alice("team-c", "alice", None),
+    ])
+    .await
+    .unwrap();
+    let running = Running::start(&kube, None, settings()).await;
+
+    wait_until(
+        "both tenants' assignments are verified",
+        Duration::from_secs(20),
+        || {
+            is_verified(&status(&kube, APA, A, "alice"))
+                && is_verified(&status(&kube, APA, B, "alice"))
+        },
+    )
+    .await;
+    let a = status(&kube, APA, A, "alice");
+    let b = status(&kube, APA, B, "alice");
+    // Each object names its own tenant's assignment: the tenants' ids differ.
+    let a_id = contoso
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    let b_id = fabrikam
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    assert_ne!(a_id, b_id);
+    assert_eq!(a["assignmentId"], a_id.as_str(), "{a}");
+    assert_eq!(b["assignmentId"], b_id.as_str(), "{b}");
+    assert_eq!(a["connection"], "GraphConnection/default");
+    assert_eq!(b["connection"], "GraphConnection/fabrikam");
+    // contoso's alice is drifted and gets repaired there; fabrikam's is whole, never touched.
+    wait_until("contoso repaired alice", Duration::from_secs(20), || {
+        contoso.is_member("fin-writers", "alice@contoso.com")
+    })
+    .await;
+    assert_eq!(
+        fabrikam.count_requests(
+            "POST",
+            "/v1.0/identityGovernance/entitlementManagement/assignments/"
+        ),
+        0
+    );
+    wait_until(
+        "the guard of A swept contoso",
+        Duration::from_secs(20),
+        || is_verified(&status(&kube, APG, A, "finance")),
+    )
+    .await;
+    assert_eq!(
+        status(&kube, APG, A, "finance")["connection"],
+        "GraphConnection/default"
+    );
+    // Both connections report Ready.
+    for (ns, name) in [(A, "default"), (B, "fabrikam")] {
+        let s = status(&kube, GC, ns, name);
+        assert!(is(&s, "Ready", "True", "Connected"), "{ns}/{name}: {s}");
+    }
+    // No connection at all: stalled, saying what to create.
+    let c = status(&kube, APA, "team-c", "alice");
+    assert!(is(&c, "Stalled", "True", "ConnectionNotReady"), "{c}");
+    let message = condition(&c, "Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("GraphConnection named default"),
+        "{message}"
+    );
+
+    // A wrong secret in A: A's connection stalls with the Entra error code, A's objects stall
+    // naming the connection, B keeps reconciling.
+    kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
+        .unwrap();
+    wait_until("A's connection is stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, GC, A, "default"),
+            "Stalled",
+            "True",
+            "AuthenticationFailed",
+        )
+    })
+    .await;
+    let conn = status(&kube, GC, A, "default");
+    assert!(
+        conn["errorCode"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("invalid_client"),
+        "{conn}"
+    );
+    let text = conn.to_string();
+    assert!(!text.contains("not-the-secret") && !text.contains(&contoso.client_secret));
+    wait_until("A's assignment is stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, APA, A, "alice"),
+            "Stalled",
+            "True",
+            "ConnectionNotReady",
+        )
+    })
+    .await;
+    let a = status(&kube, APA, A, "alice");
+    let message = condition(&a, "Ready")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        message.contains("GraphConnection team-a/default"),
+        "{message}"
+    );
+    assert!(!a.to_string().contains("not-the-secret"));
+    // What was last verified stays visible.
+    assert!(!condition(&a, "Delivered").is_null(), "{a}");
+    assert!(message.contains("Secret team-a/graph"), "{message}");
+    // B reconciles meanwhile: a manual reprocess request there is handled.
+    let mut b_obj = kube.object(APA, B, "alice").unwrap();
+    b_obj["metadata"]["annotations"] =
+        json!({"redeliver.dev/reprocess-requested-at": "2026-01-01T00:00:00Z"});
+    kube.put(b_obj).unwrap();
+    wait_until("B handled the request", Duration::from_secs(20), || {
+        status(&kube, APA, B, "alice")["reprocess"]["lastHandledRequest"] == "2026-01-01T00:00:00Z"
+    })
+    .await;
+    // ... by a reprocess sent to B's tenant, while A's is unusable.
+    let path =
+        format!("/v1.0/identityGovernance/entitlementManagement/assignments/{b_id}/reprocess");
+    assert_eq!(fabrikam.count_requests("POST", &path), 1);
+    assert_eq!(
+        status(&kube, APA, B, "alice")["reprocess"]["lastOutcome"],
+        "Requested"
+    );
+
+    // Fixing the Secret un-stalls the connection and its objects (no Secret watch: the
+    // stalled connection is checked again on its own).
+    kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
+        .unwrap();
+    wait_until(
+        "A's connection is ready again",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, GC, A, "default"),
+                "Ready",
+                "True",
+                "Connected",
+            )
+        },
+    )
+    .await;
+    wait_until(
+        "A's assignment is ready again",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, APA, A, "alice"),
+                "Ready",
+                "True",
+                "Delivered",
+            )
+        },
+    )
+    .await;
+    assert!(condition(&status(&kube, APA, A, "alice"), "Stalled").is_null());
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_missing_secret_or_key_is_named() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let kube = FakeKube::start(vec![
+        connection(A, "default", &contoso, "graph"),
+        secret(B, "graph", "password", &contoso.client_secret),
+        connection(B, "default", &contoso, "graph"),
+    ])
+    .await
+    .unwrap();
+    let running = Running::start(&kube, None, settings()).await;
+    wait_until(
+        "both connections are stalled",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, GC, A, "default"),
+                "Stalled",
+                "True",
+                "SecretUnavailable",
+            ) && is(
+                &status(&kube, GC, B, "default"),
+                "Stalled",
+                "True",
+                "SecretUnavailable",
+            )
+        },
+    )
+    .await;
+    let a = condition(&status(&kube, GC, A, "default"), "Stalled")["message"].clone();
+    assert!(
+        a.as_str()
+            .unwrap()
+            .contains("Secret team-a/graph does not exist"),
+        "{a}"
+    );
+    let b = condition(&status(&kube, GC, B, "default"), "Stalled")["message"].clone();
+    assert!(
+        b.as_str().unwrap().contains("has no key clientSecret"),
+        "{b}"
+    );
+    // Nothing was asked of Graph for a connection without a credential.
+    assert_eq!(contoso.issued_tokens().len(), 0);
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn a_throttled_tenant_does_not_delay_the_other() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let mut objects = vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        secret(B, "graph", "clientSecret", &fabrikam.client_secret),
+        connection(B, "default", &fabrikam, "graph"),
+    ];
+    // More of A's objects than reconcile slots, so waiting ones would crowd B out.
+    for i in 0..8 {
+        objects.push(alice(A, &format!("alice-{i}"), None));
+    }
+    objects.push(alice(B, "alice", None));
+    let kube = FakeKube::start(objects).await.unwrap();
+    // contoso throttles every Graph call for a long while (the connections' probes are made
+    // before: inject after the start-up checks would race, so throttle the package reads).
+    contoso.inject_fault(FaultSpec::Throttle {
+        retry_after: 60.0,
+        scope: FaultScope {
+            path_prefix: Some("/identityGovernance/entitlementManagement/assignments".into()),
+            duration_ms: Some(60_000),
+            ..FaultScope::default()
+        },
+    });
+    let started = Instant::now();
+    let running = Running::start(&kube, None, settings()).await;
+    wait_until(
+        "B is verified while A is throttled",
+        Duration::from_secs(15),
+        || is_verified(&status(&kube, APA, B, "alice")),
+    )
+    .await;
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "B waited {took:?} behind A's throttling"
+    );
+    // A's objects are still waiting out their Retry-After, none verified.
+    for i in 0..8 {
+        assert!(!is_verified(&status(&kube, APA, A, &format!("alice-{i}"))));
+    }
+    assert!(contoso.request_log().iter().any(|e| e.status == 429));
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    // The operator's own connection is another tenant: the objects must never move there.
+    let operator = tenant("operator", 99, "03", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        connection(A, "named", &contoso, "graph"),
+        alice(A, "by-default", None),
+        alice(
+            A,
+            "by-name",
+            Some(json!({"kind": "GraphConnection", "name": "named"})),
+        ),
+        // A namespace without connections uses the operator's, as before connections existed.
+        alice("legacy", "alice", None),
+    ])
+    .await
+    .unwrap();
+    let running = Running::start(&kube, Some(&operator), settings()).await;
+    wait_until("all three are verified", Duration::from_secs(20), || {
+        ["by-default", "by-name"]
+            .iter()
+            .all(|n| is_verified(&status(&kube, APA, A, n)))
+            && is_verified(&status(&kube, APA, "legacy", "alice"))
+    })
+    .await;
+    let legacy = status(&kube, APA, "legacy", "alice");
+    assert!(legacy["connection"].is_null(), "{legacy}");
+    assert_eq!(
+        legacy["assignmentId"],
+        operator
+            .assignment_id("alice@contoso.com", "Finance Analysts")
+            .unwrap()
+            .as_str()
+    );
+
+    let operator_calls = graph_calls(&operator);
+    assert!(kube.delete(GC, A, "default"));
+    assert!(kube.delete(GC, A, "named"));
+    wait_until("both of A's objects stall", Duration::from_secs(20), || {
+        ["by-default", "by-name"].iter().all(|n| {
+            is(
+                &status(&kube, APA, A, n),
+                "Stalled",
+                "True",
+                "ConnectionNotReady",
+            )
+        })
+    })
+    .await;
+    let by_default = status(&kube, APA, A, "by-default");
+    let message = condition(&by_default, "Ready")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("never moves an object to another tenant"),
+        "{message}"
+    );
+    assert_eq!(by_default["connection"], "GraphConnection/default");
+    let by_name = status(&kube, APA, A, "by-name");
+    let message = condition(&by_name, "Ready")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("GraphConnection team-a/named does not exist"),
+        "{message}"
+    );
+    // Give a wrong fallback every chance to happen, then check it did not.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in ["by-default", "by-name"] {
+        let s = status(&kube, APA, A, n);
+        assert!(is(&s, "Stalled", "True", "ConnectionNotReady"), "{n}: {s}");
+        assert_ne!(
+            s["assignmentId"],
+            operator
+                .assignment_id("alice@contoso.com", "Finance Analysts")
+                .unwrap()
+                .as_str()
+        );
+    }
+    // Only the legacy object's own re-checks reached the operator's tenant.
+    let legacy_only = graph_calls(&operator) - operator_calls;
+    let users: Vec<String> = operator
+        .request_log()
+        .iter()
+        .skip(operator_calls)
+        .map(|e| e.path.clone())
+        .collect();
+    assert!(legacy_only < 40, "{users:?}");
+
+    // Re-creating the connection un-stalls the object that used it.
+    kube.put(connection(A, "default", &contoso, "graph"))
+        .unwrap();
+    wait_until("by-default is back", Duration::from_secs(20), || {
+        condition(&status(&kube, APA, A, "by-default"), "Stalled").is_null()
+            && is_verified(&status(&kube, APA, A, "by-default"))
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn connections_respect_namespace_boundaries() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "contoso", &contoso, "graph"),
+        // B names A's connection: it is looked up in B, where there is none.
+        alice(
+            B,
+            "alice",
+            Some(json!({"kind": "GraphConnection", "name": "contoso"})),
+        ),
+        // The cluster connection's Secret exists, but in a team namespace, not the operator's.
+        secret(A, "shared", "clientSecret", &fabrikam.client_secret),
+        cluster_connection("shared", &fabrikam, "shared"),
+        alice(
+            A,
+            "via-cluster",
+            Some(json!({"kind": "ClusterGraphConnection", "name": "shared"})),
+        ),
+    ])
+    .await
+    .unwrap();
+    let running = Running::start(&kube, None, settings()).await;
+    wait_until("B's object is stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, APA, B, "alice"),
+            "Stalled",
+            "True",
+            "ConnectionNotReady",
+        )
+    })
+    .await;
+    let b = status(&kube, APA, B, "alice");
+    let message = condition(&b, "Ready")["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("GraphConnection team-b/contoso does not exist"),
+        "{message}"
+    );
+    assert!(b["assignmentId"].is_null(), "{b}");
+
+    wait_until(
+        "the cluster connection is stalled",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, CGC, "", "shared"),
+                "Stalled",
+                "True",
+                "SecretUnavailable",
+            )
+        },
+    )
+    .await;
+    let c = condition(&status(&kube, CGC, "", "shared"), "Stalled")["message"].clone();
+    assert!(
+        c.as_str()
+            .unwrap()
+            .contains("Secret redeliver-system/shared does not exist"),
+        "{c}"
+    );
+    assert_eq!(
+        fabrikam.issued_tokens().len(),
+        0,
+        "no token without the right Secret"
+    );
+    // In the operator's namespace it is found, and the object that uses it is reconciled.
+    kube.put(secret(
+        OPERATOR_NS,
+        "shared",
+        "clientSecret",
+        &fabrikam.client_secret,
+    ))
+    .unwrap();
+    wait_until(
+        "the object using the cluster connection is verified",
+        Duration::from_secs(20),
+        || is_verified(&status(&kube, APA, A, "via-cluster")),
+    )
+    .await;
+    let s = status(&kube, APA, A, "via-cluster");
+    assert_eq!(s["connection"], "ClusterGraphConnection/shared");
+    assert_eq!(
+        s["assignmentId"],
+        fabrikam
+            .assignment_id("alice@contoso.com", "Finance Analysts")
+            .unwrap()
+            .as_str()
+    );
+    running.stop().await;
+}
