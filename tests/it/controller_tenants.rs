@@ -38,7 +38,7 @@ const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 
 /// The demo tenant renamed, with its own seed (so its own object ids) and credentials. In
 /// `fabrikam` alice's assignment is fully delivered; in `contoso` she misses fin-writers.
-async fn tenant(name: &str, seed: u64, id_suffix: &str, alice_drifted: bool) -> SimHandle {
+pub async fn tenant(name: &str, seed: u64, id_suffix: &str, alice_drifted: bool) -> SimHandle {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut yaml = Scenario::demo_yaml()
         .replace("seed: 42", &format!("seed: {seed}"))

@@ -7,6 +7,8 @@
 //! is usable from every namespace and its Secret is read from the operator's own namespace.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use std::fmt;
+
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -245,6 +247,81 @@ pub struct GraphConnectionStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Which connection an object uses.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConnectionKey {
+    /// The operator's own connection, configured by its flags.
+    Operator,
+    /// A `GraphConnection` (always the object's own namespace).
+    Namespaced {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A `ClusterGraphConnection`.
+    Cluster {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl ConnectionKey {
+    /// The connection an object of `namespace` with `connection_ref` uses: the reference
+    /// (a `GraphConnection` always in the object's own namespace), else the namespace's
+    /// `GraphConnection` named `default` when `has_default(namespace)`, else the operator's.
+    pub fn resolve(
+        namespace: &str,
+        connection_ref: Option<&ConnectionRef>,
+        has_default: impl Fn(&str) -> bool,
+    ) -> ConnectionKey {
+        match connection_ref {
+            Some(r) if r.kind == ConnectionKind::ClusterGraphConnection => ConnectionKey::Cluster {
+                name: r.name.clone(),
+            },
+            // The object's own namespace, whatever else the reference says: the namespace is
+            // the security boundary.
+            Some(r) => ConnectionKey::Namespaced {
+                namespace: namespace.to_string(),
+                name: r.name.clone(),
+            },
+            None if has_default(namespace) => ConnectionKey::Namespaced {
+                namespace: namespace.to_string(),
+                name: DEFAULT_CONNECTION_NAME.to_string(),
+            },
+            None => ConnectionKey::Operator,
+        }
+    }
+
+    /// What an object's `status.connection` says (none for the operator's connection).
+    pub fn status_label(&self) -> Option<String> {
+        match self {
+            Self::Operator => None,
+            Self::Namespaced { name, .. } => Some(format!("GraphConnection/{name}")),
+            Self::Cluster { name } => Some(format!("ClusterGraphConnection/{name}")),
+        }
+    }
+
+    /// The `connection` metrics label: bounded by the number of connections.
+    pub fn metric_label(&self) -> String {
+        match self {
+            Self::Operator => "operator".into(),
+            Self::Namespaced { namespace, name } => format!("{namespace}/{name}"),
+            Self::Cluster { name } => format!("cluster/{name}"),
+        }
+    }
+}
+
+impl fmt::Display for ConnectionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operator => f.write_str("the operator's own connection"),
+            Self::Namespaced { namespace, name } => write!(f, "GraphConnection {namespace}/{name}"),
+            Self::Cluster { name } => write!(f, "ClusterGraphConnection {name}"),
+        }
+    }
 }
 
 /// Checks what the schema cannot: the tenant is a GUID or a domain name, the client id a GUID.

@@ -22,8 +22,8 @@ pub use common::{
     SpecError, TargetSelector, format_duration, parse_duration, parse_duration_arg,
 };
 pub use connection::{
-    ClusterGraphConnection, ClusterGraphConnectionSpec, ConnectionCredential, ConnectionKind,
-    ConnectionRef, ConnectionSettings, DEFAULT_CONNECTION_NAME, DEFAULT_SECRET_KEY,
+    ClusterGraphConnection, ClusterGraphConnectionSpec, ConnectionCredential, ConnectionKey,
+    ConnectionKind, ConnectionRef, ConnectionSettings, DEFAULT_CONNECTION_NAME, DEFAULT_SECRET_KEY,
     GraphConnection, GraphConnectionSpec, GraphConnectionStatus, SecretKeySelector,
     WorkloadIdentity, validate_connection_settings,
 };

@@ -11,8 +11,11 @@ use std::path::{Path, PathBuf};
 
 use serde::de::DeserializeOwned;
 
+use k8s_openapi::api::core::v1::Secret;
+
 use crate::api::{
-    AccessPackageAssignment, AccessPackageGuard, validate_assignment_spec, validate_guard_spec,
+    AccessPackageAssignment, AccessPackageGuard, ClusterGraphConnection, GraphConnection,
+    validate_assignment_spec, validate_connection_settings, validate_guard_spec,
 };
 
 /// The API group and version Redeliver's kinds are served at.
@@ -56,6 +59,13 @@ impl fmt::Display for LoadError {
 pub struct Declarations {
     pub assignments: Vec<(Origin, AccessPackageAssignment)>,
     pub guards: Vec<(Origin, AccessPackageGuard)>,
+    /// `GraphConnection`s: the tenants of the declarations that name them (or of their
+    /// namespace, for one named `default`).
+    pub connections: Vec<(Origin, GraphConnection)>,
+    /// `ClusterGraphConnection`s.
+    pub cluster_connections: Vec<(Origin, ClusterGraphConnection)>,
+    /// `Secret`s (`v1`), where connections' client secrets are looked up. Never printed.
+    pub secrets: Vec<(Origin, Secret)>,
     /// Documents of other kinds, reported as notes (`file:line: skipped Kind/name`).
     pub skipped: Vec<String>,
 }
@@ -199,7 +209,24 @@ fn load_text(file: &Path, text: &str, decls: &mut Declarations, errors: &mut Vec
             ));
             continue;
         };
-        let ours = matches!(kind, "AccessPackageAssignment" | "AccessPackageGuard");
+        if kind == "Secret" && api_version == "v1" {
+            // A connection's credential; its value is never part of a message.
+            match parse_typed::<Secret>(&doc, start) {
+                Ok(obj) => decls.secrets.push((origin, obj)),
+                Err((line, _)) => errors.push(err(
+                    line,
+                    format!("Secret/{name}: not a valid Secret (data values must be base64; use stringData for plain text)"),
+                )),
+            }
+            continue;
+        }
+        let ours = matches!(
+            kind,
+            "AccessPackageAssignment"
+                | "AccessPackageGuard"
+                | "GraphConnection"
+                | "ClusterGraphConnection"
+        );
         if !ours || !api_version.starts_with("redeliver.dev/") {
             decls
                 .skipped
@@ -213,6 +240,26 @@ fn load_text(file: &Path, text: &str, decls: &mut Declarations, errors: &mut Vec
                     "{kind}/{name}: apiVersion {api_version} is not supported; use {API_VERSION}"
                 ),
             ));
+            continue;
+        }
+        if kind == "GraphConnection" {
+            match parse_typed::<GraphConnection>(&doc, start) {
+                Ok(obj) => match validate_connection_settings(&obj.spec.settings()) {
+                    Ok(()) => decls.connections.push((origin, obj)),
+                    Err(e) => errors.push(err(None, format!("{kind}/{name}: {e}"))),
+                },
+                Err((line, message)) => errors.push(err(line, format!("{kind}/{name}: {message}"))),
+            }
+            continue;
+        }
+        if kind == "ClusterGraphConnection" {
+            match parse_typed::<ClusterGraphConnection>(&doc, start) {
+                Ok(obj) => match validate_connection_settings(&obj.spec.settings()) {
+                    Ok(()) => decls.cluster_connections.push((origin, obj)),
+                    Err(e) => errors.push(err(None, format!("{kind}/{name}: {e}"))),
+                },
+                Err((line, message)) => errors.push(err(line, format!("{kind}/{name}: {message}"))),
+            }
             continue;
         }
         if kind == "AccessPackageAssignment" {

@@ -5,6 +5,7 @@
 //! observation code and engine as the controller are used, so what audit says is what the
 //! operator would do.
 
+pub mod connections;
 pub mod load;
 pub mod report;
 
@@ -18,11 +19,11 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
-use crate::api::ResourceState;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
     AccessPackageGuardStatus,
 };
+use crate::api::{ConnectionKey, ResourceState};
 use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
 use crate::engine::{self, Action, EngineSettings};
 use crate::graph::GraphError;
@@ -64,6 +65,14 @@ pub enum OutputFormat {
   1  errors: invalid declarations, unknown or ambiguous packages/policies/users,
      missing Graph permissions, Graph unavailable
   2  drift or missing assignments remain
+
+SEVERAL TENANTS:
+  GraphConnection and ClusterGraphConnection documents in the files pick each declaration's
+  tenant as the controller does (connectionRef, else its namespace's GraphConnection named
+  default, else the flags). A connection's client secret comes from a Secret in the files
+  (a GraphConnection's from its namespace, a ClusterGraphConnection's from
+  --cluster-secret-namespace) or from REDELIVER_SECRET_<NAMESPACE>_<NAME>_<KEY> (upper case,
+  other characters as _). A connection that cannot be used fails only its own rows.
 
 EXAMPLES:
   # The zero-setup demo: an embedded simulated tenant with one drifted assignment
@@ -114,6 +123,11 @@ pub struct AuditArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Namespace whose Secrets hold the client secrets of ClusterGraphConnections in the
+    /// files (the operator's namespace in the cluster).
+    #[arg(long, value_name = "NAMESPACE", default_value = "redeliver-system")]
+    pub cluster_secret_namespace: String,
+
     #[command(flatten)]
     pub graph: GraphArgs,
 }
@@ -150,25 +164,139 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
         return Ok(EXIT_ERROR);
     }
 
-    let client = connect(&args, simulated)?;
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
+    let groups = connections::group(&decls);
+    if groups.len() == 1 && groups.contains_key(&ConnectionKey::Operator) {
+        // One tenant, the flags': a failure that hits every row is said once.
+        let client = connect(&args, simulated)?;
+        let outcome = match audit_group(&args, &decls, client, &progress).await {
+            Ok(o) => o,
+            Err(error) => {
+                progress.finish();
+                return fail_everything(error, &decls, args.output);
+            }
+        };
+        progress.finish();
+        let mut rows = outcome.rows;
+        if outcome.error.is_some() {
+            for row in &mut rows {
+                row.message.clear();
+            }
+        }
+        let report = Report {
+            error: outcome.error,
+            before: args.reprocess.then_some(outcome.before),
+            summary: Summary::of(&rows, outcome.actions),
+            rows,
+            notes: decls.skipped.clone(),
+        };
+        return finish(&report, args.output);
+    }
+
+    // Several tenants: each connection's declarations are audited with its own client,
+    // ledger and read cache, all at once; a connection that cannot be used fails its own
+    // rows only, each naming it.
+    let runs = groups.iter().map(|(key, group)| {
+        let args = &args;
+        let decls = &decls;
+        let simulated = simulated.clone();
+        let progress = &progress;
+        async move {
+            let client = match key {
+                ConnectionKey::Operator => connect(args, simulated).map_err(|e| {
+                    format!("{e:#} (the declarations that use no GraphConnection use the flags)")
+                }),
+                _ => {
+                    connections::client_for(key, decls, &args.graph, &args.cluster_secret_namespace)
+                }
+            };
+            let outcome = match client {
+                Ok(client) => audit_group(args, group, client, progress).await,
+                Err(e) => Err(e),
+            };
+            (key, group, outcome)
+        }
+    });
+    let results = futures::future::join_all(runs).await;
+    progress.finish();
+    let (mut rows, mut before, mut actions, mut failures) = (Vec::new(), Vec::new(), 0, Vec::new());
+    for (key, group, outcome) in results {
+        match outcome {
+            Ok(o) => {
+                let mut group_rows = o.rows;
+                if let Some(error) = &o.error {
+                    failures.push(format!("{key}: {error}"));
+                    for row in &mut group_rows {
+                        row.message = format!("{key}: {error}");
+                    }
+                }
+                rows.extend(group_rows);
+                before.extend(o.before);
+                actions += o.actions;
+            }
+            Err(error) => {
+                let message = if error.starts_with(&key.to_string()) {
+                    error
+                } else {
+                    format!("{key}: {error}")
+                };
+                failures.push(message.clone());
+                rows.extend(unchecked_rows(group, &message));
+            }
+        }
+    }
+    let every_group_failed = failures.len() == groups.len();
+    let report = Report {
+        error: every_group_failed.then(|| failures.join("; ")),
+        before: args.reprocess.then_some(before),
+        summary: Summary::of(&rows, actions),
+        rows,
+        notes: decls.skipped.clone(),
+    };
+    finish(&report, args.output)
+}
+
+/// Prints the report and returns the exit code.
+fn finish(report: &Report, output: OutputFormat) -> anyhow::Result<u8> {
+    if let Some(error) = &report.error {
+        eprintln!("error: {error}");
+    }
+    print_report(report, output)?;
+    Ok(exit_code(&report.rows))
+}
+
+/// What one connection's audit found.
+struct GroupOutcome {
+    before: Vec<Row>,
+    rows: Vec<Row>,
+    actions: usize,
+    /// A failure every declaration of the connection met the same way.
+    error: Option<String>,
+}
+
+/// Audits one connection's declarations with its client: a pass, and with `--reprocess`
+/// the writes and passes until nothing is in flight or `--wait` runs out. `Err` when no
+/// token could be obtained (nothing was checked).
+async fn audit_group(
+    args: &AuditArgs,
+    decls: &Declarations,
+    client: GraphClient,
+    progress: &Progress,
+) -> Result<GroupOutcome, String> {
     // A refused credential or an unreachable tenant would fail every row with the same
     // text: say it once, before any row is evaluated. This token is the one the reads use
     // next, so it costs no extra request on success.
     progress.say("obtaining a Graph token");
-    if let Err(err) = client.check_token().await {
-        progress.finish();
-        return fail_everything(err.to_string(), &decls, args.output);
-    }
+    client.check_token().await.map_err(|e| e.to_string())?;
     let observer = Observer::new(client, args.graph.graph_concurrency);
-    let mut audit = Audit::new(&decls, &observer, args.reprocess);
+    let mut audit = Audit::new(decls, &observer, args.reprocess);
 
     progress.say("verifying declarations against Graph");
     audit.pass().await;
     let before = audit.rows();
-    let mut actions_taken = 0;
+    let mut actions = 0;
     if args.reprocess {
-        actions_taken += audit.act(&progress).await;
+        actions += audit.act(progress).await;
         let deadline = tokio::time::Instant::now() + args.wait;
         while audit.in_flight() && tokio::time::Instant::now() < deadline {
             progress.say(&format!(
@@ -178,29 +306,36 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
             tokio::time::sleep(args.poll_interval).await;
             observer.refresh().await;
             audit.pass().await;
-            actions_taken += audit.act(&progress).await;
+            actions += audit.act(progress).await;
         }
     }
-    progress.finish();
-    let error = audit.common_failure();
-    let mut rows = audit.rows();
-    if error.is_some() {
-        for row in &mut rows {
-            row.message.clear();
-        }
-    }
-    let report = Report {
-        error,
-        before: args.reprocess.then_some(before),
-        summary: Summary::of(&rows, actions_taken),
-        rows,
-        notes: decls.skipped.clone(),
-    };
-    if let Some(error) = &report.error {
-        eprintln!("error: {error}");
-    }
-    print_report(&report, args.output)?;
-    Ok(exit_code(&report.rows))
+    Ok(GroupOutcome {
+        before,
+        rows: audit.rows(),
+        actions,
+        error: audit.common_failure(),
+    })
+}
+
+/// One error row per declaration of a connection that could not be used.
+fn unchecked_rows(decls: &Declarations, message: &str) -> Vec<Row> {
+    let assignments = decls.assignments.iter().map(|(origin, a)| {
+        error_row(
+            declaration_name(&a.metadata, origin),
+            a.spec.target.label(),
+            a.spec.access_package.label(),
+            message.to_string(),
+        )
+    });
+    let guards = decls.guards.iter().map(|(origin, g)| {
+        error_row(
+            declaration_name(&g.metadata, origin),
+            "(all assignments)".into(),
+            g.spec.access_package.label(),
+            message.to_string(),
+        )
+    });
+    assignments.chain(guards).collect()
 }
 
 /// Reports a failure that kept every declaration from being checked, once: on stderr, and

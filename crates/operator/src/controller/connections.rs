@@ -18,7 +18,6 @@
 //! [`RECHECK_STALLED`] while it is stalled (a fixed Secret un-stalls it).
 
 use std::collections::HashMap;
-use std::fmt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -30,12 +29,14 @@ use kube::{Client, ResourceExt};
 
 use super::limits::TokenBucket;
 use super::observation::Observations;
+pub use crate::api::ConnectionKey;
 use crate::api::{
-    ClusterGraphConnection, ConnectionKind, ConnectionRef, ConnectionSettings,
-    DEFAULT_CONNECTION_NAME, GraphConnection, validate_connection_settings,
+    ClusterGraphConnection, ConnectionRef, ConnectionSettings, DEFAULT_CONNECTION_NAME,
+    GraphConnection, validate_connection_settings,
 };
 use crate::engine::ledger::RepairLedger;
-use crate::graph::config::{GraphArgs, GraphConfig, Secret};
+use crate::graph::config::{GraphArgs, Secret};
+pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
 use crate::graph::{GraphClient, GraphError};
 use crate::observe::attribution::{AttributionSettings, Attributor};
 
@@ -47,55 +48,6 @@ pub const RECHECK_STALLED: Duration = Duration::from_secs(30);
 /// longer one fails the reconcile at once and it is requeued at exactly that time, so a
 /// throttled tenant holds no reconcile slot another tenant's objects could use.
 pub const CONNECTION_MAX_RETRY_AFTER: Duration = Duration::from_secs(2);
-
-/// Which connection an object uses.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum ConnectionKey {
-    /// The operator's own connection, configured by its flags.
-    Operator,
-    /// A `GraphConnection` (always the object's own namespace).
-    Namespaced {
-        /// Its namespace.
-        namespace: String,
-        /// Its name.
-        name: String,
-    },
-    /// A `ClusterGraphConnection`.
-    Cluster {
-        /// Its name.
-        name: String,
-    },
-}
-
-impl ConnectionKey {
-    /// What an object's `status.connection` says (none for the operator's connection).
-    pub fn status_label(&self) -> Option<String> {
-        match self {
-            Self::Operator => None,
-            Self::Namespaced { name, .. } => Some(format!("GraphConnection/{name}")),
-            Self::Cluster { name } => Some(format!("ClusterGraphConnection/{name}")),
-        }
-    }
-
-    /// The `connection` metrics label: bounded by the number of connections.
-    pub fn metric_label(&self) -> String {
-        match self {
-            Self::Operator => "operator".into(),
-            Self::Namespaced { namespace, name } => format!("{namespace}/{name}"),
-            Self::Cluster { name } => format!("cluster/{name}"),
-        }
-    }
-}
-
-impl fmt::Display for ConnectionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Operator => f.write_str("the operator's own connection"),
-            Self::Namespaced { namespace, name } => write!(f, "GraphConnection {namespace}/{name}"),
-            Self::Cluster { name } => write!(f, "ClusterGraphConnection {name}"),
-        }
-    }
-}
 
 /// Everything that is per tenant, for one connection.
 pub struct Tenant {
@@ -156,50 +108,6 @@ pub struct Unready {
     /// The connection to record in the object's status (the one it resolves to once a
     /// move was accepted, else the one it was reconciled with).
     pub record: Option<String>,
-}
-
-/// The connection's Secret value, never logged.
-#[derive(Debug, Clone)]
-pub enum ResolvedCredential {
-    /// The client secret read from the connection's Secret.
-    ClientSecret(Secret),
-    /// A federated token file (workload identity).
-    FederatedTokenFile(PathBuf),
-}
-
-/// The one mapping from a connection's spec and its resolved credential to a Graph client
-/// configuration: what the connection sets, the operator's flags for the rest.
-pub fn connection_graph_config(
-    defaults: &GraphArgs,
-    settings: &ConnectionSettings,
-    credential: ResolvedCredential,
-) -> Result<GraphConfig, GraphError> {
-    let (client_secret, federated_token_file) = match credential {
-        ResolvedCredential::ClientSecret(s) => (Some(s), None),
-        ResolvedCredential::FederatedTokenFile(p) => (None, Some(p)),
-    };
-    let args = GraphArgs {
-        tenant_id: Some(settings.tenant_id.clone()),
-        client_id: Some(settings.client_id.clone()),
-        client_secret,
-        client_secret_file: None,
-        federated_token_file,
-        authority_host: settings
-            .authority_host
-            .clone()
-            .unwrap_or_else(|| defaults.authority_host.clone()),
-        graph_url: settings
-            .graph_url
-            .clone()
-            .unwrap_or_else(|| defaults.graph_url.clone()),
-        graph_concurrency: settings
-            .concurrency
-            .map_or(defaults.graph_concurrency, |c| c as usize),
-        ..defaults.clone()
-    };
-    let mut config = args.validate()?;
-    config.max_retry_after = config.max_retry_after.min(CONNECTION_MAX_RETRY_AFTER);
-    Ok(config)
 }
 
 /// What the last check of a connection found.
@@ -372,27 +280,10 @@ impl Connections {
         namespace: &str,
         connection_ref: Option<&ConnectionRef>,
     ) -> ConnectionKey {
-        match connection_ref {
-            Some(r) if r.kind == ConnectionKind::ClusterGraphConnection => ConnectionKey::Cluster {
-                name: r.name.clone(),
-            },
-            // The object's own namespace, whatever the reference says: the namespace is the
-            // security boundary.
-            Some(r) => ConnectionKey::Namespaced {
-                namespace: namespace.to_string(),
-                name: r.name.clone(),
-            },
-            None if self
-                .namespaced_connection(namespace, DEFAULT_CONNECTION_NAME)
-                .is_some() =>
-            {
-                ConnectionKey::Namespaced {
-                    namespace: namespace.to_string(),
-                    name: DEFAULT_CONNECTION_NAME.to_string(),
-                }
-            }
-            None => ConnectionKey::Operator,
-        }
+        ConnectionKey::resolve(namespace, connection_ref, |ns| {
+            self.namespaced_connection(ns, DEFAULT_CONNECTION_NAME)
+                .is_some()
+        })
     }
 
     fn namespaced_connection(&self, namespace: &str, name: &str) -> Option<Arc<GraphConnection>> {
@@ -752,7 +643,11 @@ impl Connections {
         }
         let config =
             match connection_graph_config(&self.settings.graph_defaults, settings, credential) {
-                Ok(c) => c,
+                // A reconcile never sleeps through one tenant's long Retry-After.
+                Ok(mut c) => {
+                    c.max_retry_after = c.max_retry_after.min(CONNECTION_MAX_RETRY_AFTER);
+                    c
+                }
                 Err(e) => {
                     return (
                         fingerprint,
@@ -925,7 +820,6 @@ mod tests {
         assert_eq!(c.graph_root, "https://graph.microsoft.com");
         assert_eq!(c.concurrency, 3);
         assert_eq!(c.timeout, Duration::from_secs(7));
-        assert_eq!(c.max_retry_after, CONNECTION_MAX_RETRY_AFTER);
         assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 }

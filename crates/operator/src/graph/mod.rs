@@ -23,6 +23,7 @@
 mod auth;
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod error;
 mod http;
 pub mod models;
