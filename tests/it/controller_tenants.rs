@@ -702,3 +702,72 @@ async fn connections_respect_namespace_boundaries() {
     );
     running.stop().await;
 }
+
+#[tokio::test]
+async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
+    use redeliver::api::ConnectionKey;
+    use redeliver::controller::shard::{Shard, shard_of};
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    // Six namespaces, each with its own default connection (alternating between the two
+    // simulated tenants): six connections to split across two shards.
+    let namespaces: Vec<String> = (0..6).map(|i| format!("tenant-{i}")).collect();
+    let mut objects = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        let sim = if i % 2 == 0 { &contoso } else { &fabrikam };
+        objects.push(secret(ns, "graph", "clientSecret", &sim.client_secret));
+        objects.push(connection(ns, "default", sim, "graph"));
+        objects.push(alice(ns, "alice", None));
+    }
+    let owner = |ns: &str| {
+        shard_of(
+            &ConnectionKey::Namespaced {
+                namespace: ns.to_string(),
+                name: "default".into(),
+            },
+            2,
+        )
+    };
+    let (mine, theirs): (Vec<&String>, Vec<&String>) =
+        namespaces.iter().partition(|ns| owner(ns) == 0);
+    assert!(
+        !mine.is_empty() && !theirs.is_empty(),
+        "both shards get a tenant"
+    );
+    let kube = FakeKube::start(objects).await.unwrap();
+    let shard = |index| Settings {
+        shard: Shard { index, count: 2 },
+        ..settings()
+    };
+    let first = Running::start(&kube, None, shard(0)).await;
+    wait_until(
+        "shard 0's tenants are verified",
+        Duration::from_secs(20),
+        || {
+            mine.iter()
+                .all(|ns| is_verified(&status(&kube, APA, ns, "alice")))
+        },
+    )
+    .await;
+    // Give shard 0 every chance to touch the others: it must not.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for ns in &theirs {
+        assert!(
+            status(&kube, APA, ns, "alice").is_null(),
+            "{ns} is shard 1's"
+        );
+        assert!(
+            status(&kube, GC, ns, "default").is_null(),
+            "{ns}'s connection is shard 1's"
+        );
+    }
+    let second = Running::start(&kube, None, shard(1)).await;
+    wait_until("every tenant is verified", Duration::from_secs(20), || {
+        namespaces
+            .iter()
+            .all(|ns| is_verified(&status(&kube, APA, ns, "alice")))
+    })
+    .await;
+    first.stop().await;
+    second.stop().await;
+}

@@ -36,6 +36,9 @@ pub async fn reconcile(obj: Arc<GraphConnection>, ctx: Arc<Context>) -> Result<A
         namespace: namespace.clone(),
         name: obj.name_any(),
     };
+    if !ctx.shard.owns(&key) {
+        return Ok(Action::await_change());
+    }
     let api: Api<GraphConnection> = Api::namespaced(ctx.client.clone(), &namespace);
     let (outcome, became_ready) = ctx
         .connections
@@ -67,6 +70,9 @@ pub async fn reconcile_cluster(
     let key = ConnectionKey::Cluster {
         name: obj.name_any(),
     };
+    if !ctx.shard.owns(&key) {
+        return Ok(Action::await_change());
+    }
     let api: Api<ClusterGraphConnection> = Api::all(ctx.client.clone());
     let ns = ctx.connections.secret_namespace();
     let (outcome, became_ready) = ctx

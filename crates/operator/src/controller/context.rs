@@ -66,6 +66,8 @@ pub struct Settings {
     pub connection_recheck_ready: Duration,
     /// How often a stalled connection is checked again (a fixed Secret un-stalls it).
     pub connection_recheck_stalled: Duration,
+    /// This replica's shard (the whole cluster without sharding).
+    pub shard: super::shard::Shard,
 }
 
 impl Default for Settings {
@@ -87,6 +89,7 @@ impl Default for Settings {
             operator_namespace: None,
             connection_recheck_ready: super::connections::RECHECK_READY,
             connection_recheck_stalled: super::connections::RECHECK_STALLED,
+            shard: super::shard::Shard::default(),
         }
     }
 }
@@ -116,6 +119,8 @@ pub struct Context {
     pub triggers: Triggers,
     /// See [`Settings::first_status_after`].
     pub first_status_after: Duration,
+    /// This replica's shard.
+    pub shard: super::shard::Shard,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -175,6 +180,7 @@ impl Context {
             delta_interval: settings.delta_interval,
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
+            shard: settings.shard,
             started: tokio::sync::watch::Sender::new(true),
         }
     }
@@ -184,6 +190,19 @@ impl Context {
         self.operator_ledger
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether this replica's shard reconciles `obj` (always, without sharding).
+    pub fn owns<K>(&self, obj: &K) -> bool
+    where
+        K: Resource + super::shard::Connected,
+    {
+        if self.shard.count <= 1 {
+            return true;
+        }
+        let namespace = obj.meta().namespace.clone().unwrap_or_default();
+        self.shard
+            .owns(&self.connections.resolve(&namespace, obj.connection_ref()))
     }
 
     /// Makes reconciles wait until [`Context::open`] (start-up of the controllers).
@@ -251,7 +270,7 @@ pub async fn reconcile_frame<K, F>(
     body: F,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()>,
+    K: Resource<DynamicType = ()> + super::shard::Connected,
     F: std::future::Future<Output = Result<Action, Error>>,
 {
     use tracing::Instrument;
@@ -265,6 +284,11 @@ where
     async move {
         // A new leader first rebuilds the repair ledger and takes the delta baseline.
         ctx.started().await;
+        if !ctx.owns(obj) {
+            // Another shard's tenant. A change of its namespace's connections (which can
+            // move it here) wakes it again.
+            return Ok(Action::await_change());
+        }
         let _slot = ctx.slots.acquire().await;
         let timer = ctx.metrics.reconcile_started(kind);
         let result = body.await;

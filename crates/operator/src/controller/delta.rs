@@ -267,7 +267,10 @@ fn by_connection(
             obj.metadata.namespace.as_deref().unwrap_or_default(),
             obj.spec.connection_ref.as_ref(),
         );
-        out.entry(key).or_default().push(obj);
+        // Another shard follows the groups of its own tenants.
+        if ctx.shard.owns(&key) {
+            out.entry(key).or_default().push(obj);
+        }
     }
     out
 }

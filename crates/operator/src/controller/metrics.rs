@@ -202,6 +202,12 @@ impl Metrics {
         }
     }
 
+    /// Counts only the assignments `filter` accepts in `redeliver_assignments` (with
+    /// sharding: this shard's, so the shards' series add up).
+    pub fn count_only(&self, filter: AssignmentFilter) {
+        *self.delivered.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(filter);
+    }
+
     /// Counts the objects of `store` in the assignments gauge (by `Delivered` status) at
     /// every scrape, so deleted objects drop out by themselves.
     pub fn track_assignments(&self, store: Store<AccessPackageAssignment>) {
@@ -247,7 +253,13 @@ impl ReconcileTimer<'_> {
 }
 
 #[derive(Default)]
-struct DeliveredIndex(Mutex<Vec<Store<AccessPackageAssignment>>>);
+struct DeliveredIndex(
+    Mutex<Vec<Store<AccessPackageAssignment>>>,
+    Mutex<Option<AssignmentFilter>>,
+);
+
+/// Which assignments this replica reports (its shard's).
+pub type AssignmentFilter = Arc<dyn Fn(&AccessPackageAssignment) -> bool + Send + Sync>;
 
 impl std::fmt::Debug for DeliveredIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,8 +277,12 @@ impl Collector for DeliveredCollector {
         use crate::engine::conditions::{ConditionType, Reason, Status, find, true_reason};
         let mut counts = [(Status::True, 0), (Status::False, 0), (Status::Unknown, 0)];
         let mut exhausted: i64 = 0;
+        let filter = self.0.1.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for store in self.0.0.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             for obj in store.state() {
+                if filter.as_ref().is_some_and(|f| !f(&obj)) {
+                    continue;
+                }
                 if obj.status.as_ref().is_some_and(|s| {
                     true_reason(&s.conditions, ConditionType::Stalled)
                         == Some(Reason::ReprocessExhausted)

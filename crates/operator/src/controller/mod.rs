@@ -21,6 +21,7 @@ pub mod limits;
 pub mod metrics;
 pub mod observation;
 pub mod server;
+pub mod shard;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -153,9 +154,46 @@ pub struct ControllerArgs {
         value_name = "NAMESPACE"
     )]
     pub cluster_secret_namespace: Option<String>,
+
+    /// Number of shards: the connections (tenants) are split across this many replicas
+    /// (or leader-elected groups of replicas, one Lease per shard), each reconciling the
+    /// objects of the connections that hash to its shard. Helps with many tenants, not with
+    /// one huge tenant (the Graph budget is per application and tenant).
+    #[arg(long, env = "REDELIVER_SHARD_COUNT", value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub shard_count: u32,
+
+    /// This replica's shard, 0-based (below --shard-count). Default: the StatefulSet ordinal
+    /// at the end of --pod-name.
+    #[arg(long, env = "REDELIVER_SHARD_INDEX", value_name = "INDEX")]
+    pub shard_index: Option<u32>,
 }
 
 impl ControllerArgs {
+    /// This replica's shard, from `--shard-index` or the pod name's ordinal.
+    pub fn shard(&self) -> anyhow::Result<shard::Shard> {
+        if self.shard_count <= 1 {
+            return Ok(shard::Shard::default());
+        }
+        let index = match self.shard_index {
+            Some(i) => i,
+            None => self
+                .pod_name
+                .as_deref()
+                .and_then(shard::ordinal)
+                .ok_or_else(|| anyhow!("--shard-count {} needs --shard-index (or a pod name ending in a StatefulSet ordinal, such as redeliver-2)", self.shard_count))?,
+        };
+        if index >= self.shard_count {
+            bail!(
+                "--shard-index {index} is not below --shard-count {}",
+                self.shard_count
+            );
+        }
+        Ok(shard::Shard {
+            index,
+            count: self.shard_count,
+        })
+    }
+
     fn settings(&self, identity: &str) -> Settings {
         Settings {
             concurrency: usize::from(self.concurrency),
@@ -170,6 +208,7 @@ impl ControllerArgs {
                 enabled: self.drift_attribution,
                 ..Default::default()
             },
+            shard: self.shard().unwrap_or_default(),
             graph_defaults: self.graph.clone(),
             operator_namespace: self
                 .cluster_secret_namespace
@@ -184,6 +223,14 @@ impl ControllerArgs {
 /// or a start-up check fails (returns an error whose message says how to fix it).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    let shard = args.shard()?;
+    if shard.count > 1 {
+        tracing::info!(
+            shard = shard.index,
+            shards = shard.count,
+            "sharded: reconciling the connections of this shard only"
+        );
+    }
     let listener = server::bind(args.metrics_addr).await?;
     let client = Client::try_default().await.context(
         "cannot reach Kubernetes: set KUBECONFIG (or run in a pod with a service account)",
@@ -344,8 +391,9 @@ async fn run_as_leader(
     let lease_namespace = args.lease_namespace.clone().ok_or_else(|| {
         anyhow!("--leader-election needs the Lease namespace: set --lease-namespace or POD_NAMESPACE (downward API metadata.namespace)")
     })?;
+    let lease_name = args.shard()?.lease_name(&args.lease_name);
     let manager = || async {
-        LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        LeaseManagerBuilder::new(client.clone(), &lease_name)
             .with_namespace(&lease_namespace)
             .with_identity(identity)
             .with_duration(15)
@@ -354,13 +402,12 @@ async fn run_as_leader(
             .await
             .with_context(|| {
                 format!(
-                    "cannot use Lease {lease_namespace}/{}: grant get/create/patch on coordination.k8s.io leases in {lease_namespace}",
-                    args.lease_name
+                    "cannot use Lease {lease_namespace}/{lease_name}: grant get/create/patch on coordination.k8s.io leases in {lease_namespace}"
                 )
             })
     };
     let (mut leader, mut lease_task) = manager().await?.watch().await;
-    tracing::info!(identity, lease = %args.lease_name, namespace = %lease_namespace, "waiting for the leader lease");
+    tracing::info!(identity, lease = %lease_name, namespace = %lease_namespace, "waiting for the leader lease");
     // kube-lease-manager's standby sleeps until the holder's lease would expire (up to 15 s),
     // even when the holder released it on shutdown. Look every second: a released lease is
     // taken at once by a fresh manager, whose first step locks an orphaned lease.
@@ -383,7 +430,7 @@ async fn run_as_leader(
                 }
             }
             _ = look.tick() => {
-                let released = match leases.get_opt(&args.lease_name).await {
+                let released = match leases.get_opt(&lease_name).await {
                     Ok(Some(lease)) => lease
                         .spec
                         .and_then(|s| s.holder_identity)
@@ -464,6 +511,13 @@ pub async fn run_controllers(
     // A new leader first rebuilds the repair ledger from every object's status and takes
     // the group delta baseline; reconciles wait until then (see `start_up`).
     ctx.hold();
+    if ctx.shard.count > 1 {
+        let weak = Arc::downgrade(&ctx);
+        ctx.metrics
+            .count_only(Arc::new(move |a: &AccessPackageAssignment| {
+                weak.upgrade().is_none_or(|ctx| ctx.owns(a))
+            }));
+    }
     // Connections first: no object is resolved before the connection stores have listed,
     // or an object of a namespace with a default GraphConnection could be planned against
     // the operator's tenant.
@@ -756,6 +810,23 @@ mod tests {
         assert!(!a.leader_election);
         assert_eq!(a.lease_name, "redeliver");
         assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn shard_flags_and_the_statefulset_ordinal() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["redeliver"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().args.shard()
+        };
+        assert_eq!(parse(&[]).unwrap(), shard::Shard::default());
+        let s = parse(&["--shard-count", "4", "--shard-index", "2"]).unwrap();
+        assert_eq!((s.index, s.count), (2, 4));
+        let s = parse(&["--shard-count", "4", "--pod-name", "redeliver-3"]).unwrap();
+        assert_eq!(s.index, 3);
+        assert!(parse(&["--shard-count", "4", "--shard-index", "4"]).is_err());
+        assert!(parse(&["--shard-count", "2", "--pod-name", "redeliver-abc"]).is_err());
+        assert!(Cli::try_parse_from(["redeliver", "--shard-count", "0"]).is_err());
     }
 
     #[test]
