@@ -98,6 +98,19 @@ pub struct ControllerBenchArgs {
     /// The `redeliver` binary to run as the controller.
     #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
     pub redeliver_bin: Option<PathBuf>,
+
+    /// Instead of the single-tenant run: the shards benchmark, for each of these shard
+    /// counts (e.g. 1,2,4) over --tenants simulated tenants of --per-tenant objects each.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub shards: Vec<u32>,
+
+    /// With --shards: simulated tenants (one simulator and one GraphConnection each).
+    #[arg(long, default_value_t = 8)]
+    pub tenants: usize,
+
+    /// With --shards: objects per tenant.
+    #[arg(long, default_value_t = 200)]
+    pub per_tenant: usize,
 }
 
 /// Graph usage in one window.
@@ -207,6 +220,25 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
         machine.cpus, machine.cpu_model, machine.memory, machine.os
     );
     eprintln!("machine: {machine}");
+    if !args.shards.is_empty() {
+        let shard_args = super::shards::ShardBenchArgs {
+            shards: args.shards.clone(),
+            tenants: args.tenants,
+            per_tenant: args.per_tenant,
+            request_delay: Duration::from_millis(args.request_delay_ms),
+            concurrency: args.concurrency,
+            timeout: args.converge_timeout,
+        };
+        let runs = super::shards::run(&shard_args, &bin).await?;
+        let text = super::shards::markdown(&shard_args, &machine, &runs);
+        println!("{text}");
+        if let Some(path) = &args.markdown {
+            super::report::write_section(path, "controller-shards", &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote the controller-shards section of {}", path.display());
+        }
+        return Ok(());
+    }
     let result = measure_controller(&args, &bin).await?;
     let text = table(&args, &result);
     println!("{text}");

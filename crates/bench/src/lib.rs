@@ -18,11 +18,28 @@
 //!    its detection and to the membership being back after `reprocess`.
 
 pub mod controller;
+
+/// The Graph connection environment of `redeliver` (and the Azure SDKs): cleared for a child
+/// process that must use only the connections it is given.
+pub const GRAPH_ENV: [&str; 11] = [
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+    "REDELIVER_GRAPH_URL",
+    "REDELIVER_CLIENT_SECRET_FILE",
+    "REDELIVER_NAMESPACES",
+    "REDELIVER_LEADER_ELECTION",
+    "KUBERNETES_SERVICE_HOST",
+    "HTTPS_PROXY",
+];
 pub mod cost;
 pub mod fake_kube;
 pub mod measure;
 pub mod naive;
 pub mod report;
+pub mod shards;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

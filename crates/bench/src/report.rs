@@ -4,10 +4,12 @@
 
 use std::path::Path;
 
+/// Section `bench-part` belongs to `cargo bench --bench bench` (e.g. `controller-shards`).
 fn markers(name: &str) -> (String, String) {
+    let bench = name.split_once('-').map_or(name, |(bench, _)| bench);
     (
         format!(
-            "<!-- BEGIN {name}: written by `cargo bench --bench {name} -- --markdown`; edits inside are lost -->"
+            "<!-- BEGIN {name}: written by `cargo bench --bench {bench} -- --markdown`; edits inside are lost -->"
         ),
         format!("<!-- END {name} -->"),
     )

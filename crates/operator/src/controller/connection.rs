@@ -170,13 +170,23 @@ where
         patch_status(api, &obj.name_any(), &status).await?;
     }
     if became_ready {
-        wake(ctx, key);
+        // Only those waiting on it: the others are verified on their own schedule, and a
+        // wake-up of every object at start-up would verify each of them twice.
+        wake(ctx, key, true);
     }
     Ok(Action::requeue(retry))
 }
 
-/// Reconciles every object that may use `key` now (it became ready, or went away).
-pub fn wake(ctx: &Context, key: &ConnectionKey) {
+/// Reconciles every object that may use `key` now (it went away), or only those stalled
+/// on their connection (`only_stalled`: it became ready).
+pub fn wake(ctx: &Context, key: &ConnectionKey, only_stalled: bool) {
+    let stalled = |conditions: Option<&Vec<Condition>>| {
+        !only_stalled
+            || conditions.is_some_and(|c| {
+                crate::engine::conditions::true_reason(c, ConditionType::Stalled)
+                    == Some(Reason::ConnectionNotReady)
+            })
+    };
     let uses = |namespace: Option<String>, r: Option<&crate::api::ConnectionRef>| match key {
         ConnectionKey::Operator => r.is_none(),
         ConnectionKey::Namespaced {
@@ -191,8 +201,14 @@ pub fn wake(ctx: &Context, key: &ConnectionKey) {
         }
     };
     ctx.triggers.wake(
-        |a: &AccessPackageAssignment| uses(a.namespace(), a.spec.connection_ref.as_ref()),
-        |g: &AccessPackageGuard| uses(g.namespace(), g.spec.connection_ref.as_ref()),
+        |a: &AccessPackageAssignment| {
+            stalled(a.status.as_ref().map(|s| &s.conditions))
+                && uses(a.namespace(), a.spec.connection_ref.as_ref())
+        },
+        |g: &AccessPackageGuard| {
+            stalled(g.status.as_ref().map(|s| &s.conditions))
+                && uses(g.namespace(), g.spec.connection_ref.as_ref())
+        },
     );
 }
 
@@ -226,7 +242,7 @@ fn gone(ctx: &Context, key: &ConnectionKey) {
     ctx.connections.forget(key);
     ctx.metrics.connection_ready(&key.metric_label(), false);
     publish_clients(ctx);
-    wake(ctx, key);
+    wake(ctx, key, false);
 }
 
 fn publish_clients(ctx: &Context) {

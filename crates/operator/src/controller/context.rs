@@ -285,9 +285,9 @@ where
         // A new leader first rebuilds the repair ledger and takes the delta baseline.
         ctx.started().await;
         if !ctx.owns(obj) {
-            // Another shard's tenant. A change of its namespace's connections (which can
-            // move it here) wakes it again.
-            return Ok(Action::await_change());
+            // Another shard's tenant. A change of its namespace's connections can move it
+            // here: look again (no I/O) once per verify interval.
+            return Ok(Action::requeue(jitter(ctx.engine.default_verify_interval)));
         }
         let _slot = ctx.slots.acquire().await;
         let timer = ctx.metrics.reconcile_started(kind);

@@ -1,0 +1,346 @@
+//! The shards benchmark (`cargo bench --bench controller -- --shards 1,2,4`): several
+//! synthetic tenants (one simulator each, in this process), one namespace per tenant with
+//! its `default` `GraphConnection` and Secret in the fake API server, and for each shard
+//! count the real `redeliver controller` binary run as that many processes
+//! (`--shard-count N --shard-index i`, no connection of its own). For each run: objects per
+//! shard (by the connection hash, and the reconciles each process counted), the time until
+//! every object is `Delivered=True` (the drifted ones repaired), Graph requests per tenant,
+//! and each process's memory.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::ByteString;
+use serde_json::{Value, json};
+
+use super::fake_kube::FakeKube;
+use super::measure;
+use redeliver::api::ConnectionKey;
+use redeliver::controller::shard::shard_of;
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
+
+const PLURAL: &str = "accesspackageassignments";
+
+/// Options of the shards benchmark.
+#[derive(Debug, Clone)]
+pub struct ShardBenchArgs {
+    /// Shard counts to run, in order.
+    pub shards: Vec<u32>,
+    /// Simulated tenants.
+    pub tenants: usize,
+    /// Objects per tenant.
+    pub per_tenant: usize,
+    /// Simulated Graph latency per request.
+    pub request_delay: Duration,
+    /// The controller's --concurrency.
+    pub concurrency: u16,
+    /// Give up on a run after this long.
+    pub timeout: Duration,
+}
+
+/// One shard count's figures.
+#[derive(Debug, Clone, Default)]
+pub struct ShardRun {
+    pub shards: u32,
+    /// Objects each shard owns (by the connection hash).
+    pub objects_per_shard: Vec<usize>,
+    /// Assignment reconciles each process counted (its `/metrics`), at convergence.
+    pub reconciles_per_shard: Vec<u64>,
+    /// From the start of the processes until every object is verified once (`Delivered`
+    /// True or False).
+    pub verified: Option<Duration>,
+    /// From the start of the processes until every object is `Delivered=True`.
+    pub converged: Option<Duration>,
+    /// Graph requests (token endpoint included) per tenant, in tenant order.
+    pub requests_per_tenant: Vec<u64>,
+    /// Resident memory of each process at convergence, KiB.
+    pub rss_kib: Vec<u64>,
+    /// Peak resident memory of each process, KiB (from `/proc` while it ran).
+    pub peak_rss_kib: Vec<u64>,
+}
+
+fn tenant_ns(t: usize) -> String {
+    format!("tenant-{t}")
+}
+
+fn secret(namespace: &str, value: &str) -> Value {
+    let s = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("graph".into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "clientSecret".to_string(),
+                ByteString(value.as_bytes().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+fn objects(
+    synthetic: &SyntheticTenant,
+    sims: &[SimHandle],
+    per_tenant: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let mut out = Vec::new();
+    for (t, sim) in sims.iter().enumerate() {
+        let ns = tenant_ns(t);
+        out.push(secret(&ns, &sim.client_secret));
+        out.push(json!({
+            "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
+            "metadata": {"name": "default", "namespace": ns},
+            "spec": {
+                "tenantId": sim.tenant_id, "clientId": sim.client_id,
+                "credential": {"clientSecret": {"name": "graph"}},
+                "authorityHost": sim.authority_host, "graphUrl": sim.graph_url,
+            }
+        }));
+        for i in 0..per_tenant {
+            let package = SyntheticTenant::package_name(synthetic.package_of(i));
+            let package_id = sim
+                .package_id(&package)
+                .with_context(|| format!("package {package} missing"))?;
+            let upn = synthetic.upn(i);
+            let user = sim
+                .user_id(&upn)
+                .with_context(|| format!("user {upn} missing"))?;
+            out.push(json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": format!("user{i:06}"), "namespace": ns},
+                "spec": {
+                    "accessPackage": {"id": package_id},
+                    "target": {"objectId": user},
+                    "verifyInterval": "10m",
+                    "reprocess": {"mode": "Auto", "maxAttempts": 3, "cooldown": "5m"},
+                }
+            }));
+        }
+    }
+    Ok(out)
+}
+
+/// Runs every shard count and returns its figures.
+pub async fn run(args: &ShardBenchArgs, bin: &Path) -> anyhow::Result<Vec<ShardRun>> {
+    let synthetic = SyntheticTenant::benchmark(args.per_tenant);
+    let mut runs = Vec::new();
+    for &shards in &args.shards {
+        // Fresh tenants and API server for each run: every run starts from the same state.
+        let mut sims = Vec::new();
+        for _ in 0..args.tenants {
+            let opts = SimOptions {
+                request_delay: args.request_delay,
+                reprocess_delay: Duration::from_secs(1),
+                ..SimOptions::default()
+            };
+            sims.push(
+                Simulator::start(Scenario::synthetic_tenant(&synthetic), opts)
+                    .await
+                    .context("a simulator did not start")?,
+            );
+        }
+        let kube = FakeKube::start(objects(&synthetic, &sims, args.per_tenant)?)
+            .await
+            .context("the fake API server did not start")?;
+        let run = run_once(args, bin, shards, &sims, &kube).await?;
+        eprintln!(
+            "{shards} shard(s): converged in {}",
+            run.converged
+                .map(|d| format!("{:.1}s", d.as_secs_f64()))
+                .unwrap_or_else(|| "(timed out)".into())
+        );
+        runs.push(run);
+        for sim in sims {
+            sim.shutdown().await;
+        }
+    }
+    Ok(runs)
+}
+
+async fn run_once(
+    args: &ShardBenchArgs,
+    bin: &Path,
+    shards: u32,
+    sims: &[SimHandle],
+    kube: &FakeKube,
+) -> anyhow::Result<ShardRun> {
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\n",
+            kube.url()
+        ),
+    )?;
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let n = args.tenants * args.per_tenant;
+    let mut run = ShardRun {
+        shards,
+        objects_per_shard: vec![0; shards as usize],
+        ..ShardRun::default()
+    };
+    for t in 0..args.tenants {
+        let key = ConnectionKey::Namespaced {
+            namespace: tenant_ns(t),
+            name: "default".into(),
+        };
+        run.objects_per_shard[shard_of(&key, shards) as usize] += args.per_tenant;
+    }
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    let t0 = Instant::now();
+    for index in 0..shards {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut cmd = std::process::Command::new(bin);
+        for var in crate::GRAPH_ENV {
+            cmd.env_remove(var);
+        }
+        cmd.env("KUBECONFIG", &kubeconfig)
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .env("POD_NAMESPACE", "redeliver-system")
+            .arg("controller")
+            .args(["--concurrency", &args.concurrency.to_string()])
+            .args(["--shard-count", &shards.to_string()])
+            .args(["--shard-index", &index.to_string()])
+            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+            .args(["--pod-name", &format!("redeliver-{index}")]);
+        children.push(measure::spawn(cmd).context("cannot start redeliver controller")?);
+        ports.push(port);
+    }
+    let pids: Vec<u32> = children.iter().map(measure::Running::pid).collect();
+    let deadline = t0 + args.timeout;
+    let mut peak = vec![0u64; pids.len()];
+    let outcome: anyhow::Result<()> = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            for (i, pid) in pids.iter().enumerate() {
+                match measure::proc_memory(*pid) {
+                    Some((rss, hwm)) => peak[i] = peak[i].max(rss).max(hwm),
+                    None => bail!("controller shard {i} exited"),
+                }
+            }
+            if run.verified.is_none()
+                && kube.count_delivered(PLURAL, "True") + kube.count_delivered(PLURAL, "False") == n
+            {
+                run.verified = Some(t0.elapsed());
+            }
+            if kube.count_delivered(PLURAL, "True") == n {
+                run.converged = Some(t0.elapsed());
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                eprintln!(
+                    "timed out: {}/{n} delivered",
+                    kube.count_delivered(PLURAL, "True")
+                );
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    for port in &ports {
+        let url = format!("http://127.0.0.1:{port}/metrics");
+        let text = match http.get(&url).send().await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        run.reconciles_per_shard.push(
+            text.lines()
+                .filter(|l| {
+                    l.starts_with("redeliver_reconciles_total{")
+                        && l.contains("kind=\"AccessPackageAssignment\"")
+                })
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        );
+    }
+    run.rss_kib = pids
+        .iter()
+        .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
+        .collect();
+    run.requests_per_tenant = sims.iter().map(|s| s.usage().total.requests).collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let raw = libc::pid_t::try_from(pids[i]).context("pid out of range")?;
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(raw, libc::SIGTERM) };
+        let waited = tokio::task::spawn_blocking(move || child.wait());
+        match tokio::time::timeout(Duration::from_secs(30), waited).await {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(e))) => eprintln!("shard {i}: {e}"),
+            Ok(Err(e)) => eprintln!("shard {i}: {e}"),
+            Err(_) => {
+                // SAFETY: as above.
+                unsafe { libc::kill(raw, libc::SIGKILL) };
+                eprintln!("shard {i} did not exit within 30 s of SIGTERM (killed)");
+            }
+        }
+    }
+    run.peak_rss_kib = peak;
+    outcome?;
+    Ok(run)
+}
+
+/// The runs as a Markdown table (also printed).
+pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{} simulated tenants (one simulator each, {} ms per Graph request), {} objects each ({} in all, 1 % drifted), one namespace and default GraphConnection per tenant; the real binary as N processes with `--shard-count N`, `--concurrency {}`, no connection of its own. Machine: {machine}.\n",
+        args.tenants,
+        args.request_delay.as_millis(),
+        args.per_tenant,
+        args.tenants * args.per_tenant,
+        args.concurrency,
+    );
+    out.push_str("| shards | objects per shard (by hash) | reconciles per shard | time to verify all | time to Delivered=True for all (drift repaired) | Graph requests per tenant (min–max, total) | RSS per replica at the end (peak) |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    for r in runs {
+        let min = r.requests_per_tenant.iter().min().copied().unwrap_or(0);
+        let max = r.requests_per_tenant.iter().max().copied().unwrap_or(0);
+        let total: u64 = r.requests_per_tenant.iter().sum();
+        let mem: Vec<String> = r
+            .rss_kib
+            .iter()
+            .zip(&r.peak_rss_kib)
+            .map(|(now, peak)| format!("{} ({}) MiB", now / 1024, peak / 1024))
+            .collect();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {min}–{max}, {total} | {} |",
+            r.shards,
+            r.objects_per_shard
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
+            r.reconciles_per_shard
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" / "),
+            r.verified
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "timed out".into()),
+            r.converged
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "timed out".into()),
+            mem.join(" / "),
+        );
+    }
+    out
+}
