@@ -5,9 +5,11 @@
 //!
 //! RBAC the controller needs (granted by `charts/redeliver/templates/rbac.yaml`, listed in the
 //! README): `accesspackageassignments` and `accesspackageguards` (get, list, watch, patch),
-//! their `/status` (patch) and `/finalizers` (update, patch); events in `events.k8s.io` and
-//! core (create, patch); with leader election, `coordination.k8s.io` leases (get, list,
-//! watch, create, update, patch) in the lease namespace only.
+//! their `/status` (patch) and `/finalizers` (update, patch); `graphconnections` and
+//! `clustergraphconnections` (get, list, watch) and their `/status` (patch); events in
+//! `events.k8s.io` and core (create, patch); with leader election, `coordination.k8s.io`
+//! leases (get, list, watch, create, update, patch) in the lease namespace only; for
+//! connections with a client secret, `get` on Secrets where those live (never list/watch).
 
 pub mod assignment;
 pub mod connection;
