@@ -189,3 +189,154 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
         sim.shutdown().await;
     });
 }
+
+/// The same for connections: a `GraphConnection` whose Secret holds the right client secret
+/// and one whose Secret holds a wrong one (so the refusal is logged and reported), under a
+/// trace-level subscriber. Neither value, nor its base64 form as the API server serves it,
+/// appears in the logs or in what was written to Kubernetes.
+#[test]
+fn connection_secrets_never_reach_logs_status_or_events() {
+    use redeliver_bench::fake_kube::FakeKube;
+    const WRONG: &str = "wrong-secret-KNOWN-VALUE-7c1f";
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+            .await
+            .unwrap();
+        let secret = |ns: &str, value: &str| {
+            let s = k8s_openapi::api::core::v1::Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some("graph".into()),
+                    namespace: Some(ns.into()),
+                    ..Default::default()
+                },
+                data: Some(
+                    [(
+                        "clientSecret".to_string(),
+                        k8s_openapi::ByteString(value.as_bytes().to_vec()),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            };
+            let mut v = serde_json::to_value(s).unwrap();
+            v["apiVersion"] = json!("v1");
+            v["kind"] = json!("Secret");
+            v
+        };
+        let connection = |ns: &str| {
+            json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
+                "metadata": {"name": "default", "namespace": ns},
+                "spec": {"tenantId": sim.tenant_id, "clientId": sim.client_id,
+                         "credential": {"clientSecret": {"name": "graph"}},
+                         "authorityHost": sim.authority_host, "graphUrl": sim.graph_url}
+            })
+        };
+        let apa = |ns: &str| {
+            json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": "alice", "namespace": ns},
+                "spec": {"accessPackage": {"displayName": "Finance Analysts"},
+                         "target": {"userPrincipalName": "alice@contoso.com"}}
+            })
+        };
+        let kube = FakeKube::start(vec![
+            secret("good", &sim.client_secret),
+            connection("good"),
+            apa("good"),
+            secret("bad", WRONG),
+            connection("bad"),
+            apa("bad"),
+        ])
+        .await
+        .unwrap();
+        let client =
+            kube::Client::try_from(kube::Config::new(kube.url().parse().unwrap())).unwrap();
+        let (metrics, _registry) = Metrics::new(None);
+        let ctx = Arc::new(Context::with_operator_connection(
+            client,
+            None,
+            metrics,
+            &Settings::default(),
+        ));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let run = tokio::spawn(redeliver::controller::run_controllers(
+            ctx,
+            Vec::new(),
+            2,
+            redeliver::controller::server::Readiness::default(),
+            stop.clone(),
+        ));
+        let delivered = |ns: &str| {
+            kube.object("accesspackageassignments", ns, "alice")
+                .and_then(|o| o["status"]["conditions"].as_array().cloned())
+                .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Delivered"))
+        };
+        let stalled = || {
+            kube.object("graphconnections", "bad", "default")
+                .is_some_and(|o| o["status"]["errorCode"].is_string())
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !(delivered("good") && stalled()) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the connections were not both checked"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        stop.cancel();
+        let _ = run.await;
+        let text = capture.text();
+        assert!(
+            text.contains("connection stalled"),
+            "the refusal was logged"
+        );
+        assert!(
+            text.contains("/api/v1/namespaces/good/secrets/graph"),
+            "the Secret reads went through the traced Kubernetes client"
+        );
+        let stored: String = ["good", "bad"]
+            .iter()
+            .flat_map(|ns| {
+                [
+                    kube.object("accesspackageassignments", ns, "alice"),
+                    kube.object("graphconnections", ns, "default"),
+                ]
+            })
+            .flatten()
+            .map(|o| o["status"].to_string())
+            .collect();
+        let b64 = |s: &str| {
+            serde_json::to_value(k8s_openapi::ByteString(s.as_bytes().to_vec()))
+                .unwrap()
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        for value in [sim.client_secret.as_str(), WRONG] {
+            for haystack in [&text, &stored] {
+                assert!(!haystack.contains(value), "a connection secret leaked");
+                assert!(
+                    !haystack.contains(&b64(value)),
+                    "a connection secret leaked (base64)"
+                );
+            }
+        }
+        for token in sim.issued_tokens() {
+            assert!(!text.contains(token.as_str()), "an access token leaked");
+        }
+        sim.shutdown().await;
+    });
+}
