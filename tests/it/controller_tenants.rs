@@ -11,7 +11,9 @@
 //! - deleting a connection stalls its objects: never a silent fallback to the operator's
 //!   own tenant;
 //! - a namespaced object cannot use another namespace's GraphConnection, and a
-//!   ClusterGraphConnection's Secret is read only from the operator's namespace.
+//!   ClusterGraphConnection's Secret is read only from the operator's namespace;
+//! - a workload-identity connection needs no Secret;
+//! - two shards split the connections, each reconciling only its own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -770,4 +772,67 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
     .await;
     first.stop().await;
     second.stop().await;
+}
+
+#[tokio::test]
+async fn a_workload_identity_connection_needs_no_secret() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.tenant-a-sa-token.c2ln";
+    let mut scenario = Scenario::demo();
+    scenario.spec.client.assertion = Some(ASSERTION.into());
+    // Short-lived tokens: the file is read again at every token request, as the kubelet
+    // rotates it.
+    let sim = Simulator::start(
+        scenario,
+        SimOptions {
+            token_lifetime: Duration::from_secs(1),
+            ..SimOptions::fast()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, ASSERTION).unwrap();
+    let kube = FakeKube::start(vec![
+        json!({
+            "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
+            "metadata": {"name": "default", "namespace": A},
+            "spec": {
+                "tenantId": sim.tenant_id, "clientId": sim.client_id,
+                "credential": {"workloadIdentity": {"tokenFile": token.display().to_string()}},
+                "authorityHost": sim.authority_host, "graphUrl": sim.graph_url,
+            }
+        }),
+        alice(A, "alice", None),
+    ])
+    .await
+    .unwrap();
+    let running = Running::start(&kube, None, settings()).await;
+    wait_until(
+        "alice is verified through workload identity",
+        Duration::from_secs(20),
+        || is_verified(&status(&kube, APA, A, "alice")),
+    )
+    .await;
+    assert!(is(
+        &status(&kube, GC, A, "default"),
+        "Ready",
+        "True",
+        "Connected"
+    ));
+    // A refused assertion stalls the connection with Entra's code, never echoing it.
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.someone-else.c2ln").unwrap();
+    wait_until("the connection is stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, GC, A, "default"),
+            "Stalled",
+            "True",
+            "AuthenticationFailed",
+        )
+    })
+    .await;
+    let s = status(&kube, GC, A, "default");
+    assert!(!s.to_string().contains("someone-else"), "{s}");
+    running.stop().await;
 }
