@@ -659,6 +659,27 @@ impl Observer {
                     .map(|a| (a.principal_id, a.app_role_id))
                     .collect(),
             )),
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => ReadData::Pairs(Arc::new(
+                self.graph
+                    .list_directory_role_holders(
+                        role_definition_id,
+                        *mode == crate::engine::RoleMode::Eligible,
+                    )
+                    .await?
+                    .into_iter()
+                    // A holder without a scope holds it tenant-wide, as `/` says.
+                    .map(|h| {
+                        let scope = h
+                            .directory_scope_id
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string());
+                        (h.principal_id, scope)
+                    })
+                    .collect(),
+            )),
         })
     }
 }

@@ -134,6 +134,26 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Outside change: removes a user's Entra role at the directory root (an eligibility
+    /// when `eligible`, else an active assignment), as an admin in PIM or the role
+    /// management API would. `role` is the role definition's name or id. Returns false if
+    /// the user did not hold it.
+    pub fn admin_remove_directory_role(
+        &self,
+        role: &str,
+        user: &str,
+        eligible: bool,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let role_id = w
+            .role_definition_named(role)
+            .map(|d| d.id.clone())
+            .ok_or_else(|| AdminError::NotFound(format!("no directory role {role:?}")))?;
+        Ok(w.remove_directory_role(&role_id, &u, eligible))
+    }
+
     /// Outside change: adds a user to a group. Returns false if already a member.
     pub fn admin_add_member(&self, group: &str, user: &str) -> AResult<bool> {
         let mut sim = self.lock();
@@ -519,6 +539,24 @@ async fn set_audit_lag(State(s): S, Json(b): Json<LagBody>) -> AResult<StatusCod
     Ok(StatusCode::NO_CONTENT)
 }
 
+async fn remove_directory_role(
+    State(s): S,
+    Path((role, kind, u)): Path<(String, String, String)>,
+) -> AResult<Json<Value>> {
+    let eligible = match kind.as_str() {
+        "eligibilities" => true,
+        "assignments" => false,
+        other => {
+            return Err(AdminError::BadRequest(format!(
+                "{other:?}: use /_sim/directoryRoles/{{role}}/assignments/{{user}} or .../eligibilities/{{user}}"
+            )));
+        }
+    };
+    Ok(Json(
+        json!({"removed": s.admin_remove_directory_role(&role, &u, eligible)?}),
+    ))
+}
+
 async fn add_member(
     State(s): S,
     Path(g): Path<String>,
@@ -681,6 +719,10 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/servicePrincipals/{sp}/appRoleAssignedTo/{user}",
             delete(remove_app_role),
+        )
+        .route(
+            "/_sim/directoryRoles/{role}/{kind}/{user}",
+            delete(remove_directory_role),
         )
         .route("/_sim/assignments/{id}/state", put(assignment_state))
         .route("/_sim/assignmentRequests/{id}/state", put(request_state))

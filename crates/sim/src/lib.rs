@@ -40,7 +40,8 @@ pub use cli::{SimArgs, run};
 pub use latency::{LatencyDist, LatencyModel, LatencyParseError, RouteClass};
 pub use scenario::{
     AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
-    GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION, SCENARIO_KIND,
+    DirectoryRoleSpec, GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION,
+    SCENARIO_KIND,
     Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec,
     SyntheticResource, SyntheticTenant, TenantSpec, UserSpec, derive_id,
 };

@@ -125,6 +125,9 @@ pub struct ScenarioSpec {
     /// Service principals (resource apps) with app roles.
     #[serde(default)]
     pub service_principals: Vec<ServicePrincipalSpec>,
+    /// Microsoft Entra role definitions (directory roles) packages can grant.
+    #[serde(default)]
+    pub directory_roles: Vec<DirectoryRoleSpec>,
     /// Entitlement-management catalogs.
     #[serde(default)]
     pub catalogs: Vec<CatalogSpec>,
@@ -287,7 +290,25 @@ pub struct AccessPackageSpec {
     pub policies: Vec<PolicySpec>,
 }
 
-/// One resource role a package grants. Exactly one of `group`, `app`, `sharePointSite`.
+/// A Microsoft Entra role definition (`unifiedRoleDefinition`), e.g. Global Reader.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectoryRoleSpec {
+    /// Display name, e.g. `Global Reader`.
+    pub name: String,
+    /// Role definition id (for built-in roles, the role template id); derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Existing active role assignments at the directory root (UPNs).
+    #[serde(default)]
+    pub active: Vec<String>,
+    /// Existing role eligibilities at the directory root (UPNs).
+    #[serde(default)]
+    pub eligible: Vec<String>,
+}
+
+/// One resource role a package grants. Exactly one of `group`, `app`, `sharePointSite`,
+/// `entraRole`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceSpec {
@@ -303,7 +324,12 @@ pub struct ResourceSpec {
     /// SharePoint site URL: grants the site role `role` (never verifiable through Graph).
     #[serde(default)]
     pub share_point_site: Option<String>,
-    /// `Member`/`Owner` for groups; the site role name for SharePoint (default `Visitors`).
+    /// Entra role definition name (from `spec.directoryRoles`): grants the role at the
+    /// directory root, `Eligible` (default) or `Active` (see `role`).
+    #[serde(default)]
+    pub entra_role: Option<String>,
+    /// `Member`/`Owner` for groups; `Eligible`/`Active` for Entra roles; the site role
+    /// name for SharePoint (default `Visitors`).
     #[serde(default)]
     pub role: Option<String>,
     /// SharePoint role origin id (its sequence number); default `"4"`.
@@ -759,6 +785,12 @@ impl ScenarioBuilder {
     /// Adds a service principal.
     pub fn service_principal(mut self, sp: ServicePrincipalSpec) -> Self {
         self.scenario.spec.service_principals.push(sp);
+        self
+    }
+
+    /// Adds an Entra role definition.
+    pub fn directory_role(mut self, role: DirectoryRoleSpec) -> Self {
+        self.scenario.spec.directory_roles.push(role);
         self
     }
 

@@ -787,7 +787,10 @@ pub(crate) fn resource_units(method: &Method, segs: &[String], q: &Query) -> Opt
         || first.starts_with("serviceprincipals")
         // Not metered by Graph's directory RU table (reports have their own limits); the
         // simulator charges it 1 RU so its cost shows in the usage report.
-        || first == "auditlogs";
+        || first == "auditlogs"
+        // Role management has its own limits, undocumented in RU; charged 1 RU a page so
+        // role reads show in the usage report next to the membership reads they replace.
+        || first == "rolemanagement";
     if !dir {
         return None;
     }

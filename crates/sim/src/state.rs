@@ -56,6 +56,24 @@ pub(crate) struct ServicePrincipal {
     pub assigned_to: Vec<AppRoleAssignment>,
 }
 
+/// A Microsoft Entra role definition.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleDefinition {
+    pub id: String,
+    pub display_name: String,
+}
+
+/// An active directory role assignment or a role eligibility schedule: a principal
+/// holds a role definition at a directory scope.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectoryRoleGrant {
+    pub id: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub directory_scope_id: String,
+    pub created: Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     pub id: String,
@@ -77,6 +95,11 @@ pub(crate) enum Grant {
         site: String,
         role: String,
         role_origin_id: String,
+    },
+    /// An Entra role at the directory root, eligible or active.
+    EntraRole {
+        role_definition_id: String,
+        eligible: bool,
     },
 }
 
@@ -163,6 +186,11 @@ pub(crate) struct World {
     /// removed, and ones created later are found by the linear fallback.
     assignment_by_id: HashMap<String, usize>,
     pub sps: Vec<ServicePrincipal>,
+    pub role_definitions: Vec<RoleDefinition>,
+    /// `roleManagement/directory/roleAssignments`.
+    pub role_assignments: Vec<DirectoryRoleGrant>,
+    /// `roleManagement/directory/roleEligibilitySchedules`.
+    pub role_eligibilities: Vec<DirectoryRoleGrant>,
     pub catalogs: Vec<Catalog>,
     pub packages: Vec<Package>,
     pub policies: Vec<Policy>,
@@ -248,6 +276,9 @@ impl World {
             group_by_id: HashMap::new(),
             assignment_by_id: HashMap::with_capacity(spec.assignments.len()),
             sps: Vec::new(),
+            role_definitions: Vec::new(),
+            role_assignments: Vec::new(),
+            role_eligibilities: Vec::new(),
             audit: Default::default(),
             catalogs: Vec::new(),
             packages: Vec::new(),
@@ -352,6 +383,28 @@ impl World {
                 let role = w.resolve_app_role(sp_idx, a.role.as_deref(), &format!("{f}.role"))?;
                 let sp_id = w.sps[sp_idx].id.clone();
                 w.add_app_role(&sp_id, &user, &role, created);
+            }
+        }
+
+        for (i, r) in spec.directory_roles.iter().enumerate() {
+            let field = format!("spec.directoryRoles[{i}]");
+            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "roledef", &r.name)?;
+            if w.role_definition_named(&r.name).is_some() {
+                return Err(ScenarioError::invalid(
+                    field,
+                    format!("directory role {} is declared twice", r.name),
+                ));
+            }
+            w.role_definitions.push(RoleDefinition {
+                id: id.clone(),
+                display_name: r.name.clone(),
+            });
+            for (list, eligible) in [(&r.active, false), (&r.eligible, true)] {
+                for (j, upn) in list.iter().enumerate() {
+                    let key = if eligible { "eligible" } else { "active" };
+                    let user = w.scenario_user(&format!("{field}.{key}[{j}]"), upn)?;
+                    w.add_directory_role(&id, &user, eligible, created);
+                }
             }
         }
 
@@ -543,6 +596,7 @@ impl World {
             r.group.is_some(),
             r.app.is_some(),
             r.share_point_site.is_some(),
+            r.entra_role.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -550,8 +604,33 @@ impl World {
         if kinds != 1 {
             return Err(ScenarioError::invalid(
                 field,
-                "set exactly one of group, app, sharePointSite",
+                "set exactly one of group, app, sharePointSite, entraRole",
             ));
+        }
+        if let Some(name) = &r.entra_role {
+            let role_definition_id = self
+                .role_definition_named(name)
+                .map(|d| d.id.clone())
+                .ok_or_else(|| {
+                    ScenarioError::invalid(
+                        format!("{field}.entraRole"),
+                        format!("no directory role {name:?}; add it to spec.directoryRoles"),
+                    )
+                })?;
+            return match r.role.as_deref().unwrap_or("Eligible") {
+                m if m.eq_ignore_ascii_case("eligible") => Ok(Grant::EntraRole {
+                    role_definition_id,
+                    eligible: true,
+                }),
+                m if m.eq_ignore_ascii_case("active") => Ok(Grant::EntraRole {
+                    role_definition_id,
+                    eligible: false,
+                }),
+                other => Err(ScenarioError::invalid(
+                    format!("{field}.role"),
+                    format!("{other:?} is not an Entra role mode; use Eligible or Active"),
+                )),
+            };
         }
         if let Some(g) = &r.group {
             let gid = self.group_named(g).map(|g| g.id.clone()).ok_or_else(|| {
@@ -811,6 +890,11 @@ pub(crate) struct GrantInfo {
     pub role_origin: String,
     pub scope_origin: String,
     pub resource_name: String,
+    /// The scope's display name: the resource's name, or `Root` for an Entra role's
+    /// directory-wide scope.
+    pub scope_name: String,
+    /// The catalog resource's `originId` (group, service principal, site, role definition).
+    pub resource_origin: String,
 }
 
 /// Id of a catalog resource role.
@@ -965,6 +1049,8 @@ impl World {
                 role_name: "Member".into(),
                 role_origin: format!("Member_{gid}"),
                 scope_origin: gid.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: gid.clone(),
                 resource_name,
             },
             Grant::GroupOwner(gid) => GrantInfo {
@@ -972,6 +1058,8 @@ impl World {
                 role_name: "Owner".into(),
                 role_origin: format!("Owner_{gid}"),
                 scope_origin: gid.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: gid.clone(),
                 resource_name,
             },
             Grant::AppRole { sp_id, role_id } => GrantInfo {
@@ -987,6 +1075,8 @@ impl World {
                     .unwrap_or_else(|| "Default Access".into()),
                 role_origin: role_id.clone(),
                 scope_origin: sp_id.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: sp_id.clone(),
                 resource_name,
             },
             Grant::SharePoint {
@@ -998,7 +1088,28 @@ impl World {
                 role_name: role.clone(),
                 role_origin: role_origin_id.clone(),
                 scope_origin: site.clone(),
+                scope_name: site.rsplit('/').next().unwrap_or(site).to_string(),
+                resource_origin: site.clone(),
                 resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
+            },
+            // As entitlement management spells a directory role resource: role originId
+            // `Eligible`/`Active`, one root scope, the role definition id as originId.
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => GrantInfo {
+                origin_system: "DirectoryRole",
+                role_name: if *eligible {
+                    "Eligible Member"
+                } else {
+                    "Active Member"
+                }
+                .into(),
+                role_origin: if *eligible { "Eligible" } else { "Active" }.into(),
+                scope_origin: role_definition_id.clone(),
+                scope_name: "Root".into(),
+                resource_origin: role_definition_id.clone(),
+                resource_name,
             },
         }
     }
@@ -1015,7 +1126,88 @@ impl World {
                 .map(|s| s.display_name.clone())
                 .unwrap_or_default(),
             Grant::SharePoint { site, .. } => site.clone(),
+            Grant::EntraRole {
+                role_definition_id, ..
+            } => self
+                .role_definition(role_definition_id)
+                .map(|d| d.display_name.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// A role definition by id.
+    pub fn role_definition(&self, id: &str) -> Option<&RoleDefinition> {
+        self.role_definitions
+            .iter()
+            .find(|d| d.id.eq_ignore_ascii_case(id))
+    }
+
+    /// A role definition by display name or id.
+    pub fn role_definition_named(&self, key: &str) -> Option<&RoleDefinition> {
+        self.role_definitions
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(key) || d.id.eq_ignore_ascii_case(key))
+    }
+
+    fn directory_roles_mut(&mut self, eligible: bool) -> &mut Vec<DirectoryRoleGrant> {
+        if eligible {
+            &mut self.role_eligibilities
+        } else {
+            &mut self.role_assignments
+        }
+    }
+
+    /// Whether a user holds a role at the directory root (eligible or active).
+    pub fn has_directory_role(&self, role_definition_id: &str, user_id: &str, eligible: bool) -> bool {
+        let list = if eligible {
+            &self.role_eligibilities
+        } else {
+            &self.role_assignments
+        };
+        list.iter().any(|g| {
+            g.principal_id == user_id
+                && g.directory_scope_id == "/"
+                && g.role_definition_id.eq_ignore_ascii_case(role_definition_id)
+        })
+    }
+
+    /// Grants a role at the directory root unless the user already holds it there.
+    pub fn add_directory_role(
+        &mut self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+        at: Timestamp,
+    ) -> bool {
+        if self.has_directory_role(role_definition_id, user_id, eligible) {
+            return false;
+        }
+        let id = self.next_id();
+        self.directory_roles_mut(eligible).push(DirectoryRoleGrant {
+            id,
+            role_definition_id: role_definition_id.to_string(),
+            principal_id: user_id.to_string(),
+            directory_scope_id: "/".into(),
+            created: at,
+        });
+        true
+    }
+
+    /// Removes a user's role at the directory root; returns whether it was held.
+    pub fn remove_directory_role(
+        &mut self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = self.directory_roles_mut(eligible);
+        let before = list.len();
+        list.retain(|g| {
+            !(g.principal_id == user_id
+                && g.directory_scope_id == "/"
+                && g.role_definition_id.eq_ignore_ascii_case(role_definition_id))
+        });
+        list.len() != before
     }
 
     /// Members of a group including those of nested groups (nested groups themselves
@@ -1141,6 +1333,10 @@ impl World {
                 .is_some_and(|g| g.owners.insert(user_id.to_string())),
             Grant::AppRole { sp_id, role_id } => self.add_app_role(sp_id, user_id, role_id, at),
             Grant::SharePoint { .. } => false,
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => self.add_directory_role(role_definition_id, user_id, *eligible, at),
         }
     }
 
@@ -1155,6 +1351,10 @@ impl World {
                 })
             }),
             Grant::SharePoint { .. } => true,
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => self.has_directory_role(role_definition_id, user_id, *eligible),
         }
     }
 
@@ -1204,7 +1404,9 @@ impl World {
                 let change = match g {
                     Grant::GroupMember(_) => super::audit::Change::MemberAdded,
                     Grant::GroupOwner(_) => super::audit::Change::OwnerAdded,
-                    _ => super::audit::Change::AppRoleAdded,
+                    // Role changes are not modelled in the simulator's audit log.
+                    Grant::EntraRole { .. } | Grant::SharePoint { .. } => continue,
+                    Grant::AppRole { .. } => super::audit::Change::AppRoleAdded,
                 };
                 self.audit_grant(g, change, super::audit::Actor::governance(), user_id);
             }
@@ -1237,7 +1439,7 @@ impl World {
                     .unwrap_or_default(),
                 app_role_id: Some(role_id.clone()),
             },
-            Grant::SharePoint { .. } => return,
+            Grant::SharePoint { .. } | Grant::EntraRole { .. } => return,
         };
         let upn = self
             .user(user_id)
@@ -1293,6 +1495,14 @@ impl World {
                         .then_some(super::audit::Change::AppRoleRemoved)
                 }
                 Grant::SharePoint { .. } => None,
+                Grant::EntraRole {
+                    role_definition_id,
+                    eligible,
+                } => {
+                    // Not in the simulated audit log: nothing to record.
+                    self.remove_directory_role(role_definition_id, user_id, *eligible);
+                    None
+                }
             };
             if let Some(change) = change {
                 self.audit_grant(&g, change, super::audit::Actor::governance(), user_id);

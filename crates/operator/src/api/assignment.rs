@@ -243,15 +243,25 @@ pub struct AccessPackageAssignmentStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One resource (group membership, group ownership, app role, site role) the package promises.
+/// One resource (group membership, group ownership, app role, Entra role, site role) the
+/// package promises.
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceStatus {
-    /// Where the resource lives: AadGroup, AadApplication, SharePointOnline, ...
+    /// Where the resource lives: AadGroup, AadApplication, DirectoryRole, SharePointOnline, ...
     pub origin_system: String,
     /// The resource's id in its origin system: group object id, service principal object
-    /// id, or site URL.
+    /// id, Entra role definition id, or site URL.
     pub origin_id: String,
+    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// For a role, how it is granted: Eligible (the user may activate it) or Active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// For a role, where it applies: `/` for the whole directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Display name of the resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,

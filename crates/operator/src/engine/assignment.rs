@@ -339,6 +339,9 @@ fn observe<'r>(
                 last_change,
                 origin_system: r.origin_system.as_str().to_string(),
                 origin_id: r.origin_id.clone(),
+                kind: r.kind_name().map(str::to_string),
+                mode: r.mode().map(|m| m.as_str().to_string()),
+                scope: r.scope().map(str::to_string),
                 display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
                 role: Some(r.role.clone()).filter(|s| !s.is_empty()),
                 role_id: match &r.kind {

@@ -35,7 +35,9 @@ pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
     record_guard_outcome,
 };
-pub use resources::{OriginSystem, PromisedResource, ResourceKind, promised_resources};
+pub use resources::{
+    DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
+};
 pub use snapshot::{Check, FreshAfter, ReadData, ResourceRead, Snapshot, reads_needed};
 
 /// Operator-wide knobs the engine needs (not per object).

@@ -12,6 +12,8 @@ pub enum OriginSystem {
     AadApplication,
     /// SharePoint Online sites.
     SharePointOnline,
+    /// Microsoft Entra roles (directory roles), granted eligible or active.
+    DirectoryRole,
     /// Graph sent no `originSystem`.
     Missing,
     /// A system Redeliver does not know, kept as Graph spelled it.
@@ -25,6 +27,7 @@ impl OriginSystem {
             "AadGroup" => Self::AadGroup,
             "AadApplication" => Self::AadApplication,
             "SharePointOnline" => Self::SharePointOnline,
+            "DirectoryRole" => Self::DirectoryRole,
             "" => Self::Missing,
             other => Self::Other(other.to_string()),
         }
@@ -36,6 +39,7 @@ impl OriginSystem {
             Self::AadGroup => "AadGroup",
             Self::AadApplication => "AadApplication",
             Self::SharePointOnline => "SharePointOnline",
+            Self::DirectoryRole => "DirectoryRole",
             Self::Missing => "",
             Self::Other(text) => text,
         }
@@ -62,6 +66,39 @@ impl PartialEq<OriginSystem> for String {
     }
 }
 
+/// How a role is granted: as an eligibility (the user may activate it, e.g. in Privileged
+/// Identity Management) or as an active assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleMode {
+    /// An active role assignment.
+    Active,
+    /// A role eligibility.
+    Eligible,
+}
+
+impl RoleMode {
+    /// Reads entitlement management's role `originId` (`Eligible` / `Active`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            t if t.eq_ignore_ascii_case("Eligible") => Some(Self::Eligible),
+            t if t.eq_ignore_ascii_case("Active") => Some(Self::Active),
+            _ => None,
+        }
+    }
+
+    /// `Eligible` or `Active`, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "Active",
+            Self::Eligible => "Eligible",
+        }
+    }
+}
+
+/// The Entra directory scope of a role granted through an access package: the whole
+/// directory (entitlement management offers only the root scope for Entra roles).
+pub const DIRECTORY_ROOT: &str = "/";
+
 /// How a promised resource is verified.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
@@ -73,6 +110,13 @@ pub enum ResourceKind {
     AppRole {
         service_principal_id: String,
         app_role_id: String,
+    },
+    /// A Microsoft Entra role (`DirectoryRole`): the role definition at a directory scope,
+    /// eligible or active.
+    EntraRole {
+        role_definition_id: String,
+        directory_scope_id: String,
+        mode: RoleMode,
     },
     /// Not checkable through Graph directory APIs (SharePoint sites, custom resources, or a
     /// role/scope Redeliver could not decode). Never blocks Delivered, never triggers a reprocess.
@@ -97,12 +141,44 @@ pub struct PromisedResource {
 }
 
 impl PromisedResource {
-    /// `fin-writers (Member)`: how the resource is named in messages and events.
+    /// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`: how the resource
+    /// is named in messages and events.
     pub fn label(&self) -> String {
+        if let (Some(kind), Some(mode), Some(scope)) = (self.kind_name(), self.mode(), self.scope())
+        {
+            return format!("{kind} {} ({}, {scope})", self.display_name, mode.as_str());
+        }
         if self.role.is_empty() {
             self.display_name.clone()
         } else {
             format!("{} ({})", self.display_name, self.role)
+        }
+    }
+
+    /// The kind status names for a role resource (`EntraRole`); `None` for groups and
+    /// apps, whose origin system already says what they are.
+    pub fn kind_name(&self) -> Option<&'static str> {
+        match self.kind {
+            ResourceKind::EntraRole { .. } => Some("EntraRole"),
+            _ => None,
+        }
+    }
+
+    /// Whether a role is promised eligible or active.
+    pub fn mode(&self) -> Option<RoleMode> {
+        match self.kind {
+            ResourceKind::EntraRole { mode, .. } => Some(mode),
+            _ => None,
+        }
+    }
+
+    /// Where a role is promised: a directory scope (`/`).
+    pub fn scope(&self) -> Option<&str> {
+        match &self.kind {
+            ResourceKind::EntraRole {
+                directory_scope_id, ..
+            } => Some(directory_scope_id),
+            _ => None,
         }
     }
 
@@ -245,6 +321,7 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                 "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
             ),
         },
+        OriginSystem::DirectoryRole => decode_directory_role(rrs, resource),
         OriginSystem::Missing => {
             unverifiable(resource, "resource has no originSystem; cannot verify".into())
         }
@@ -256,6 +333,63 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
             ),
         ),
     }
+}
+
+/// A Microsoft Entra role: role `originId` `Eligible`/`Active`, the role definition id as
+/// the role's resource `originId` (the scope's when the resource is not expanded), the
+/// root scope (docs/graph.md "Microsoft Entra roles").
+fn decode_directory_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+    let unverifiable = |mut r: PromisedResource, note: String| {
+        r.kind = ResourceKind::Unverifiable;
+        r.note = Some(note);
+        r
+    };
+    let role = rrs.role.as_ref();
+    let scope = rrs.scope.as_ref();
+    let role_origin = role.and_then(|r| non_empty(&r.origin_id)).unwrap_or_default();
+    let Some(mode) = RoleMode::parse(role_origin) else {
+        return unverifiable(
+            resource,
+            format!(
+                "Entra role originId {role_origin:?} is neither Eligible nor Active; cannot verify"
+            ),
+        );
+    };
+    let role_resource = role.and_then(|r| r.resource.as_ref());
+    let Some(role_definition_id) = role_resource
+        .and_then(|r| non_empty(&r.origin_id))
+        .or_else(|| scope.and_then(|s| non_empty(&s.origin_id)))
+        .map(str::to_string)
+    else {
+        return unverifiable(
+            resource,
+            "Entra role has no role definition id (resource or scope originId); cannot verify"
+                .into(),
+        );
+    };
+    if scope.and_then(|s| s.is_root_scope) == Some(false) {
+        return unverifiable(
+            resource,
+            format!(
+                "Entra role {role_definition_id} is granted at a scope other than the directory root; Redeliver verifies Entra roles at the root scope only"
+            ),
+        );
+    }
+    // The scope of an Entra role is named "Root": the role's name is on its resource.
+    resource.display_name = role_resource
+        .and_then(|r| non_empty(&r.display_name))
+        .unwrap_or(&role_definition_id)
+        .to_string();
+    resource.origin_id = role_definition_id.clone();
+    if resource.role.is_empty() {
+        resource.role = format!("{} Member", mode.as_str());
+    }
+    resource.kind = ResourceKind::EntraRole {
+        role_definition_id,
+        directory_scope_id: DIRECTORY_ROOT.to_string(),
+        mode,
+    };
+    resource
 }
 
 #[cfg(test)]

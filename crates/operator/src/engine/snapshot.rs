@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::resources::{PromisedResource, ResourceKind};
+use super::resources::{PromisedResource, ResourceKind, RoleMode};
 use crate::api::ResourceState;
 
 /// One read the observer has to make to fill a [`Snapshot`].
@@ -16,6 +16,13 @@ pub enum ResourceRead {
     GroupOwners(String),
     /// `GET /servicePrincipals/{id}/appRoleAssignedTo`
     AppRoleAssignments(String),
+    /// Everyone holding an Entra role definition, at any directory scope:
+    /// `GET /roleManagement/directory/roleAssignments` (active) or
+    /// `.../roleEligibilitySchedules` (eligible), `$filter=roleDefinitionId eq '{id}'`.
+    DirectoryRoleHolders {
+        role_definition_id: String,
+        mode: RoleMode,
+    },
 }
 
 impl ResourceRead {
@@ -28,6 +35,15 @@ impl ResourceRead {
                 service_principal_id,
                 ..
             } => Some(Self::AppRoleAssignments(service_principal_id.clone())),
+            // One read per role and mode: every scope and every target share it.
+            ResourceKind::EntraRole {
+                role_definition_id,
+                mode,
+                ..
+            } => Some(Self::DirectoryRoleHolders {
+                role_definition_id: role_definition_id.to_ascii_lowercase(),
+                mode: *mode,
+            }),
             ResourceKind::Unverifiable => None,
         }
     }
@@ -60,7 +76,8 @@ pub struct FreshAfter {
 pub enum ReadData {
     /// Member or owner object ids ([`ResourceRead::GroupMembers`], [`ResourceRead::GroupOwners`]).
     Ids(Arc<BTreeSet<String>>),
-    /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]).
+    /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]);
+    /// (principalId, directoryScopeId) pairs ([`ResourceRead::DirectoryRoleHolders`]).
     Pairs(Arc<BTreeSet<(String, String)>>),
 }
 
@@ -73,6 +90,8 @@ pub struct Snapshot {
     pub group_owners: BTreeMap<String, Arc<BTreeSet<String>>>,
     /// service principal id → (principalId, appRoleId) pairs.
     pub app_role_assignments: BTreeMap<String, Arc<BTreeSet<(String, String)>>>,
+    /// (lower-cased role definition id, mode) → (principalId, directoryScopeId) pairs.
+    pub directory_roles: BTreeMap<(String, RoleMode), Arc<BTreeSet<(String, String)>>>,
     /// Reads that failed, with a message safe to show (no tokens).
     pub failures: BTreeMap<ResourceRead, String>,
     /// (resource, user object id) → who removed it, for missing resources the driver
@@ -160,6 +179,15 @@ impl Snapshot {
             (ResourceRead::AppRoleAssignments(sp), ReadData::Pairs(pairs)) => {
                 self.app_role_assignments.insert(sp, pairs);
             }
+            (
+                ResourceRead::DirectoryRoleHolders {
+                    role_definition_id,
+                    mode,
+                },
+                ReadData::Pairs(pairs),
+            ) => {
+                self.directory_roles.insert((role_definition_id, mode), pairs);
+            }
             (read, _) => self.record_failure(read, "internal error: data of the wrong shape"),
         }
     }
@@ -172,6 +200,14 @@ impl Snapshot {
             ResourceRead::AppRoleAssignments(sp) => self
                 .app_role_assignments
                 .get(sp)
+                .cloned()
+                .map(ReadData::Pairs),
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => self
+                .directory_roles
+                .get(&(role_definition_id.clone(), *mode))
                 .cloned()
                 .map(ReadData::Pairs),
         }
@@ -188,6 +224,13 @@ impl Snapshot {
             }
             ResourceRead::AppRoleAssignments(id) => {
                 self.app_role_assignments.remove(id);
+            }
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => {
+                self.directory_roles
+                    .remove(&(role_definition_id.clone(), *mode));
             }
         }
         self.failures.insert(read, error.into());
@@ -228,6 +271,14 @@ impl Snapshot {
                 .app_role_assignments
                 .get(service_principal_id)
                 .map(|a| a.contains(&(target_object_id.to_string(), app_role_id.clone()))),
+            ResourceKind::EntraRole {
+                role_definition_id,
+                directory_scope_id,
+                mode,
+            } => self
+                .directory_roles
+                .get(&(role_definition_id.to_ascii_lowercase(), *mode))
+                .map(|a| a.contains(&(target_object_id.to_string(), directory_scope_id.clone()))),
             ResourceKind::Unverifiable => None,
         };
         match present {

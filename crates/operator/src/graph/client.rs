@@ -17,6 +17,7 @@ use super::error::{GraphError, permission_hint};
 use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
 use super::models::{
     AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest, DeltaGroup,
+    DirectoryRoleHolder,
     DirectoryObject, ErrorEnvelope, Page, User,
 };
 use super::odata::{build_url, segment, string_literal};
@@ -303,15 +304,19 @@ impl GraphClient {
 
     // ---- entitlement management ("Entitlement management reads") ----
 
-    /// The access package with its resource role scopes (role and scope expanded), or
-    /// `None` if it does not exist.
+    /// The access package with its resource role scopes (role with its resource, and scope
+    /// expanded), or `None` if it does not exist. The role's resource names an Entra role
+    /// ("Global Reader"), whose scope is only the directory root ("Root").
     pub async fn get_access_package(&self, id: &str) -> Result<Option<AccessPackage>, GraphError> {
         const OP: &str = "get_access_package";
         let path = format!("{EM}/accessPackages/{}", segment(OP, id)?);
         let url = self.url(
             OP,
             &path,
-            &[("$expand", "resourceRoleScopes($expand=role,scope)")],
+            &[(
+                "$expand",
+                "resourceRoleScopes($expand=role($expand=resource),scope)",
+            )],
         )?;
         self.get_optional(OP, url).await
     }
@@ -686,6 +691,43 @@ impl GraphClient {
             ],
         )?;
         self.get_paged(OP, url).await
+    }
+}
+
+// ---- role management ("Microsoft Entra roles") ----
+
+impl GraphClient {
+    /// Everyone holding the Entra role definition `role_definition_id`, at any directory
+    /// scope: its active role assignments, or with `eligible` its eligibility schedules.
+    /// One `$filter` by role definition, every page: a read shared by every assignment that
+    /// promises the role, whoever its target.
+    pub async fn list_directory_role_holders(
+        &self,
+        role_definition_id: &str,
+        eligible: bool,
+    ) -> Result<Vec<DirectoryRoleHolder>, GraphError> {
+        // Two operations, since each needs its own permission (`permission_hint`).
+        let (op, path) = if eligible {
+            (
+                "list_directory_role_eligibilities",
+                "/roleManagement/directory/roleEligibilitySchedules",
+            )
+        } else {
+            (
+                "list_directory_role_assignments",
+                "/roleManagement/directory/roleAssignments",
+            )
+        };
+        let filter = format!("roleDefinitionId eq {}", string_literal(role_definition_id));
+        let url = self.url(
+            op,
+            path,
+            &[
+                ("$filter", &filter),
+                ("$select", "id,principalId,roleDefinitionId,directoryScopeId"),
+            ],
+        )?;
+        self.get_paged(op, url).await
     }
 }
 

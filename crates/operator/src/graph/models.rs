@@ -202,6 +202,25 @@ pub struct ResourceRole {
     pub origin_id: Option<String>,
     #[serde(default)]
     pub origin_system: Option<String>,
+    /// The catalog resource the role belongs to (`role($expand=resource)`): for an Entra
+    /// role its display name is the role's name ("Global Reader") and its `originId` the
+    /// role definition id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ResourceRef>,
+}
+
+/// `accessPackageResource`, the fields Redeliver reads when it is expanded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceRef {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub origin_id: Option<String>,
+    #[serde(default)]
+    pub origin_system: Option<String>,
 }
 
 /// `accessPackageResourceScope`. `originId` is the group object id, the service
@@ -425,6 +444,21 @@ pub struct AppRoleAssignment {
     pub resource_id: Option<String>,
     #[serde(default)]
     pub resource_display_name: Option<String>,
+}
+
+/// `unifiedRoleAssignment` or `unifiedRoleEligibilitySchedule`, the fields verification
+/// selects: who holds which role definition at which directory scope.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirectoryRoleHolder {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub principal_id: String,
+    #[serde(default)]
+    pub role_definition_id: Option<String>,
+    /// `/` for the whole directory, `/administrativeUnits/{id}` or an object id otherwise.
+    #[serde(default)]
+    pub directory_scope_id: Option<String>,
 }
 
 /// Graph's error envelope (docs/graph.md "Errors"): `{"error": {"code", "message", "innerError"}}`.
