@@ -34,6 +34,7 @@ mod input_hostile;
 mod input_props;
 mod observe_same_input;
 mod plugin_kubectl;
+mod roles_against_sim;
 mod scale_delta;
 mod scale_metering;
 mod scale_minimal_cost;

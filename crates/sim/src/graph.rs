@@ -96,7 +96,13 @@ pub(crate) fn route(
         ["roleManagement", "directory", rel]
             if (eq(rel, "roleAssignments") || eq(rel, "roleEligibilitySchedules")) && get =>
         {
-            list_directory_roles(&sim.world, eq(rel, "roleEligibilitySchedules"), q, base, &path)
+            list_directory_roles(
+                &sim.world,
+                eq(rel, "roleEligibilitySchedules"),
+                q,
+                base,
+                &path,
+            )
         }
         ["auditLogs", d] if eq(d, "directoryAudits") && get => {
             let now = sim.world.now();
@@ -119,7 +125,11 @@ pub(crate) fn route(
 /// `GET /roleManagement/directory/roleAssignments` or `.../roleEligibilitySchedules`,
 /// filtered by `roleDefinitionId`, `principalId`, `directoryScopeId` (`eq`, joined by `and`).
 fn list_directory_roles(w: &World, eligible: bool, q: &Query, base: &str, path: &str) -> GResult {
-    let f = em_filter(q, &["roleDefinitionId", "principalId", "directoryScopeId"], &[])?;
+    let f = em_filter(
+        q,
+        &["roleDefinitionId", "principalId", "directoryScopeId"],
+        &[],
+    )?;
     if let Some(f) = &f
         && matches!(f, Filter::Or(_))
     {

@@ -41,9 +41,8 @@ pub use latency::{LatencyDist, LatencyModel, LatencyParseError, RouteClass};
 pub use scenario::{
     AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
     DirectoryRoleSpec, GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION,
-    SCENARIO_KIND,
-    Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec,
-    SyntheticResource, SyntheticTenant, TenantSpec, UserSpec, derive_id,
+    SCENARIO_KIND, Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec,
+    ServicePrincipalSpec, SyntheticResource, SyntheticTenant, TenantSpec, UserSpec, derive_id,
 };
 pub use server::{FaultScope, FaultSpec, LogEntry, PathUsage, RuBucket, Usage};
 
@@ -612,6 +611,38 @@ impl SimHandle {
     /// Names of the groups/apps an assignment promises that are not really in place.
     pub fn missing_resources(&self, assignment_id: &str) -> Vec<String> {
         self.shared.lock().world.missing_grants(assignment_id)
+    }
+
+    /// Outside change: removes `user`'s Entra role `role` (name or role definition id) at
+    /// the directory root, its eligibility when `eligible`, else its active assignment.
+    pub fn remove_directory_role(
+        &self,
+        role: &str,
+        user: &str,
+        eligible: bool,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_remove_directory_role(role, user, eligible)
+    }
+
+    /// Whether `user` holds the Entra role `role` (name or id) at the directory root,
+    /// eligible or active as `eligible` says.
+    pub fn has_directory_role(&self, role: &str, user: &str, eligible: bool) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        match (w.role_definition_named(role), w.user_ref(user)) {
+            (Some(d), Some(u)) => w.has_directory_role(&d.id, &u.id, eligible),
+            _ => false,
+        }
+    }
+
+    /// The id of the Entra role definition named `name`.
+    pub fn role_definition_id(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .role_definition_named(name)
+            .map(|d| d.id.clone())
     }
 
     /// Whether `user` is a direct member of `group`.

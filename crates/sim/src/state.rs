@@ -1158,7 +1158,12 @@ impl World {
     }
 
     /// Whether a user holds a role at the directory root (eligible or active).
-    pub fn has_directory_role(&self, role_definition_id: &str, user_id: &str, eligible: bool) -> bool {
+    pub fn has_directory_role(
+        &self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
         let list = if eligible {
             &self.role_eligibilities
         } else {
@@ -1167,7 +1172,8 @@ impl World {
         list.iter().any(|g| {
             g.principal_id == user_id
                 && g.directory_scope_id == "/"
-                && g.role_definition_id.eq_ignore_ascii_case(role_definition_id)
+                && g.role_definition_id
+                    .eq_ignore_ascii_case(role_definition_id)
         })
     }
 
@@ -1205,7 +1211,8 @@ impl World {
         list.retain(|g| {
             !(g.principal_id == user_id
                 && g.directory_scope_id == "/"
-                && g.role_definition_id.eq_ignore_ascii_case(role_definition_id))
+                && g.role_definition_id
+                    .eq_ignore_ascii_case(role_definition_id))
         });
         list.len() != before
     }

@@ -118,10 +118,10 @@ fn conditions(list: &[Condition], generation: Option<i64>, observed: Option<i64>
 /// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`, or the origin id
 /// when Graph gave no display name.
 pub fn resource_label(r: &ResourceStatus) -> String {
-    let name = r.display_name.as_deref().unwrap_or(&r.origin_id);
-    if let (Some(kind), Some(mode), Some(scope)) = (&r.kind, &r.mode, &r.scope) {
-        return format!("{kind} {name} ({mode}, {scope})");
+    if r.kind.is_some() {
+        return r.short_name();
     }
+    let name = r.display_name.as_deref().unwrap_or(&r.origin_id);
     match &r.role {
         Some(role) => format!("{name} ({role})"),
         None => name.to_string(),

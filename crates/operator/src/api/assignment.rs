@@ -288,6 +288,18 @@ pub struct ResourceStatus {
     pub last_change: Option<String>,
 }
 
+impl ResourceStatus {
+    /// How a report names the resource in a list of missing ones: a group or app by its
+    /// name, a role as `EntraRole Global Reader (Eligible, /)`.
+    pub fn short_name(&self) -> String {
+        let name = self.display_name.as_deref().unwrap_or(&self.origin_id);
+        match (&self.kind, &self.mode, &self.scope) {
+            (Some(kind), Some(mode), Some(scope)) => format!("{kind} {name} ({mode}, {scope})"),
+            _ => name.to_string(),
+        }
+    }
+}
+
 /// Whether a promised resource is really held.
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum ResourceState {

@@ -18,11 +18,11 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
-use crate::api::ResourceState;
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
     AccessPackageGuardStatus,
 };
+use crate::api::{ResourceState, ResourceStatus};
 use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
 use crate::engine::{self, Action, EngineSettings};
 use crate::graph::GraphError;
@@ -949,7 +949,7 @@ impl GuardRows<'_> {
             } else {
                 RowAction::ReportOnly
             },
-            missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
+            missing: d.missing.iter().map(|m| m.short_name()).collect(),
             message: refusal
                 .map(|e| format!("reprocess failed: {e}"))
                 .unwrap_or_default(),
@@ -1072,11 +1072,7 @@ fn row_from_status(
         .resources
         .iter()
         .filter(|r| r.state == ResourceState::Missing)
-        .map(|r| {
-            r.display_name
-                .clone()
-                .unwrap_or_else(|| r.origin_id.clone())
-        })
+        .map(ResourceStatus::short_name)
         .collect();
     use engine::conditions::{ConditionType, Reason, Status};
     let stalled = engine::conditions::find(&status.conditions, ConditionType::Stalled)

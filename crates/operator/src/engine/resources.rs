@@ -155,6 +155,17 @@ impl PromisedResource {
         }
     }
 
+    /// How a report names the resource in a list of missing ones: a group or app by its
+    /// name (`fin-writers`), a role with its kind, mode and scope, since the role's name
+    /// alone does not say what was lost.
+    pub fn short_name(&self) -> String {
+        if self.kind_name().is_some() {
+            self.label()
+        } else {
+            self.display_name.clone()
+        }
+    }
+
     /// The kind status names for a role resource (`EntraRole`); `None` for groups and
     /// apps, whose origin system already says what they are.
     pub fn kind_name(&self) -> Option<&'static str> {
@@ -338,7 +349,10 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
 /// A Microsoft Entra role: role `originId` `Eligible`/`Active`, the role definition id as
 /// the role's resource `originId` (the scope's when the resource is not expanded), the
 /// root scope (docs/graph.md "Microsoft Entra roles").
-fn decode_directory_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+fn decode_directory_role(
+    rrs: &ResourceRoleScope,
+    mut resource: PromisedResource,
+) -> PromisedResource {
     let unverifiable = |mut r: PromisedResource, note: String| {
         r.kind = ResourceKind::Unverifiable;
         r.note = Some(note);
@@ -346,7 +360,9 @@ fn decode_directory_role(rrs: &ResourceRoleScope, mut resource: PromisedResource
     };
     let role = rrs.role.as_ref();
     let scope = rrs.scope.as_ref();
-    let role_origin = role.and_then(|r| non_empty(&r.origin_id)).unwrap_or_default();
+    let role_origin = role
+        .and_then(|r| non_empty(&r.origin_id))
+        .unwrap_or_default();
     let Some(mode) = RoleMode::parse(role_origin) else {
         return unverifiable(
             resource,
@@ -524,6 +540,110 @@ mod tests {
         assert_eq!(r1, r2);
         assert_eq!(r1.len(), 2);
         assert_eq!(r1[0].display_name, "alpha");
+    }
+
+    fn entra_role(id: &str, mode: &str, role_def: &str, name: Option<&str>) -> ResourceRoleScope {
+        let mut x = rrs(
+            id,
+            "DirectoryRole",
+            role_def,
+            "Root",
+            mode,
+            &format!("{mode} Member"),
+        );
+        x.scope.as_mut().unwrap().is_root_scope = Some(true);
+        x.role.as_mut().unwrap().resource = name.map(|n| crate::graph::models::ResourceRef {
+            id: Some(format!("res-{id}")),
+            display_name: Some(n.into()),
+            origin_id: Some(role_def.into()),
+            origin_system: Some("DirectoryRole".into()),
+        });
+        x
+    }
+
+    #[test]
+    fn decodes_entra_roles_eligible_and_active() {
+        let r = promised_resources(&[
+            entra_role(
+                "1",
+                "Eligible",
+                "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                Some("Global Reader"),
+            ),
+            entra_role(
+                "2",
+                "Active",
+                "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                Some("Global Reader"),
+            ),
+        ]);
+        assert_eq!(r.len(), 2);
+        let eligible = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Eligible))
+            .unwrap();
+        assert_eq!(
+            eligible.kind,
+            ResourceKind::EntraRole {
+                role_definition_id: "f2ef992c-3afb-46b9-b7cf-a126ee74c451".into(),
+                directory_scope_id: "/".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        assert_eq!(eligible.origin_system, OriginSystem::DirectoryRole);
+        assert_eq!(eligible.origin_id, "f2ef992c-3afb-46b9-b7cf-a126ee74c451");
+        assert_eq!(eligible.label(), "EntraRole Global Reader (Eligible, /)");
+        assert_eq!(eligible.kind_name(), Some("EntraRole"));
+        let active = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Active))
+            .unwrap();
+        assert_eq!(active.label(), "EntraRole Global Reader (Active, /)");
+        assert!(active.is_verifiable());
+    }
+
+    #[test]
+    fn entra_role_without_expanded_resource_uses_the_scope_origin() {
+        let r = promised_resources(&[entra_role("1", "Eligible", "rd-1", None)]);
+        assert_eq!(
+            r[0].kind,
+            ResourceKind::EntraRole {
+                role_definition_id: "rd-1".into(),
+                directory_scope_id: "/".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        // "Root" names the scope, not the role: the id is the better name.
+        assert_eq!(r[0].label(), "EntraRole rd-1 (Eligible, /)");
+    }
+
+    #[test]
+    fn malformed_entra_roles_are_unverifiable_with_note() {
+        let mut not_root = entra_role("3", "Active", "rd-3", Some("X"));
+        not_root.scope.as_mut().unwrap().is_root_scope = Some(false);
+        let mut no_id = entra_role("4", "Active", "", None);
+        no_id.scope.as_mut().unwrap().origin_id = None;
+        let r = promised_resources(&[
+            entra_role("1", "Permanent", "rd-1", Some("A")),
+            not_root,
+            no_id,
+        ]);
+        assert_eq!(r.len(), 3);
+        for p in &r {
+            assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
+            assert!(p.note.as_deref().unwrap().contains("Entra role"), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn role_modes_parse_case_insensitively() {
+        assert_eq!(RoleMode::parse(" eligible "), Some(RoleMode::Eligible));
+        assert_eq!(RoleMode::parse("ACTIVE"), Some(RoleMode::Active));
+        assert_eq!(RoleMode::parse("Member"), None);
+        assert_eq!(
+            OriginSystem::parse("DirectoryRole").as_str(),
+            "DirectoryRole"
+        );
     }
 
     #[test]

@@ -81,6 +81,9 @@ pub enum ReadData {
     Pairs(Arc<BTreeSet<(String, String)>>),
 }
 
+/// Shared (id, id) pairs: (principalId, appRoleId) or (principalId, scope).
+pub type Pairs = Arc<BTreeSet<(String, String)>>;
+
 /// Pure data: the result of the reads in [`reads_needed`], or why one failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
@@ -91,7 +94,7 @@ pub struct Snapshot {
     /// service principal id → (principalId, appRoleId) pairs.
     pub app_role_assignments: BTreeMap<String, Arc<BTreeSet<(String, String)>>>,
     /// (lower-cased role definition id, mode) → (principalId, directoryScopeId) pairs.
-    pub directory_roles: BTreeMap<(String, RoleMode), Arc<BTreeSet<(String, String)>>>,
+    pub directory_roles: BTreeMap<(String, RoleMode), Pairs>,
     /// Reads that failed, with a message safe to show (no tokens).
     pub failures: BTreeMap<ResourceRead, String>,
     /// (resource, user object id) → who removed it, for missing resources the driver
@@ -186,7 +189,8 @@ impl Snapshot {
                 },
                 ReadData::Pairs(pairs),
             ) => {
-                self.directory_roles.insert((role_definition_id, mode), pairs);
+                self.directory_roles
+                    .insert((role_definition_id, mode), pairs);
             }
             (read, _) => self.record_failure(read, "internal error: data of the wrong shape"),
         }
@@ -350,6 +354,49 @@ mod tests {
         // A later successful read clears the failure.
         s.record_group_members("g1", ["u1"]);
         assert_eq!(s.check(&member("g1"), "u1"), ResourceState::Present);
+    }
+
+    #[test]
+    fn entra_roles_match_principal_scope_and_mode() {
+        let role = |mode| ResourceKind::EntraRole {
+            role_definition_id: "RD-1".into(),
+            directory_scope_id: "/".into(),
+            mode,
+        };
+        let read = ResourceRead::for_kind(&role(RoleMode::Eligible)).unwrap();
+        // Ids compare case-insensitively: the read key is lower-cased.
+        assert_eq!(
+            read,
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id: "rd-1".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        let mut s = Snapshot::new();
+        s.record(
+            read,
+            ReadData::Pairs(Arc::new(
+                [
+                    ("u1".to_string(), "/".to_string()),
+                    ("u2".to_string(), "/administrativeUnits/au1".to_string()),
+                ]
+                .into(),
+            )),
+        );
+        assert_eq!(
+            s.check(&role(RoleMode::Eligible), "u1"),
+            ResourceState::Present
+        );
+        // Held only at an administrative unit: not the promised directory-wide role.
+        assert_eq!(
+            s.check(&role(RoleMode::Eligible), "u2"),
+            ResourceState::Missing
+        );
+        // The active read was not made: Unknown, never guessed from the eligible one.
+        assert_eq!(
+            s.check(&role(RoleMode::Active), "u1"),
+            ResourceState::Unknown
+        );
     }
 
     #[test]

@@ -17,8 +17,7 @@ use super::error::{GraphError, permission_hint};
 use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
 use super::models::{
     AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest, DeltaGroup,
-    DirectoryRoleHolder,
-    DirectoryObject, ErrorEnvelope, Page, User,
+    DirectoryObject, DirectoryRoleHolder, ErrorEnvelope, Page, User,
 };
 use super::odata::{build_url, segment, string_literal};
 
@@ -724,7 +723,10 @@ impl GraphClient {
             path,
             &[
                 ("$filter", &filter),
-                ("$select", "id,principalId,roleDefinitionId,directoryScopeId"),
+                (
+                    "$select",
+                    "id,principalId,roleDefinitionId,directoryScopeId",
+                ),
             ],
         )?;
         self.get_paged(op, url).await
