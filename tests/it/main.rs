@@ -7,6 +7,7 @@
 
 mod audit_against_sim;
 mod audit_ci_output;
+mod azure_roles_against_sim;
 mod chart_metrics;
 mod cli_audit;
 mod clock;

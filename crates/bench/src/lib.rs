@@ -370,6 +370,7 @@ pub fn endpoint(sim: &SimHandle) -> redeliver::graph::Endpoint {
         client_secret: sim.client_secret.clone(),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
+        arm_url: Some(sim.arm_url.clone()),
         ca_file: sim.ca_file.clone(),
     }
 }

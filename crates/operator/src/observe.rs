@@ -680,6 +680,23 @@ impl Observer {
                     })
                     .collect(),
             )),
+            ResourceRead::AzureRoleHolders { scope, mode } => ReadData::Pairs(Arc::new(
+                self.graph
+                    .list_azure_role_holders(scope, *mode == crate::engine::RoleMode::Eligible)
+                    .await?
+                    .into_iter()
+                    .filter_map(|h| {
+                        let p = h.properties;
+                        let guid = p.role_definition_id.rsplit('/').next()?.to_string();
+                        let at = if p.scope.is_empty() {
+                            scope.clone()
+                        } else {
+                            p.scope
+                        };
+                        Some((p.principal_id, crate::engine::azure_holding(&guid, &at)))
+                    })
+                    .collect(),
+            )),
         })
     }
 }
@@ -693,6 +710,14 @@ pub fn snapshot_of(
     for (read, result) in results {
         match result {
             Ok(data) => snapshot.record(read, data),
+            // Azure roles need a Reader-type permission on each scope, which an operator may
+            // well not have everywhere: without it the role is not verifiable here, which
+            // must neither block Delivered nor look like drift.
+            Err(err) if unreadable_azure_scope(&read, &err) => {
+                let why = azure_unreadable_note(&read, &err);
+                tracing::info!(resource = ?read, error = %err, "cannot read Azure roles at a scope");
+                snapshot.record_unreadable(read, why);
+            }
             Err(err) => {
                 tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
                 // The message lands in status: keep it stable across passes (no request
@@ -702,6 +727,31 @@ pub fn snapshot_of(
         }
     }
     snapshot
+}
+
+/// Whether `err` means `read` (an Azure scope) cannot be made here at all: ARM refused it
+/// (403) or no ARM URL is configured.
+fn unreadable_azure_scope(read: &ResourceRead, err: &GraphError) -> bool {
+    matches!(read, ResourceRead::AzureRoleHolders { .. })
+        && (err.is_forbidden() || matches!(err, GraphError::Config { .. }))
+}
+
+/// The note an unreadable Azure scope leaves on its roles: the permission and the scope.
+fn azure_unreadable_note(read: &ResourceRead, err: &GraphError) -> String {
+    let ResourceRead::AzureRoleHolders { scope, mode } = read else {
+        return stable_message(err);
+    };
+    if let GraphError::Config { .. } = err {
+        return "not verified: no Azure Resource Manager URL is configured (set --arm-url / REDELIVER_ARM_URL)".into();
+    }
+    let permission = if *mode == crate::engine::RoleMode::Eligible {
+        "Microsoft.Authorization/roleEligibilityScheduleInstances/read"
+    } else {
+        "Microsoft.Authorization/roleAssignments/read"
+    };
+    format!(
+        "not verified: Azure Resource Manager refused the read (forbidden); grant the app {permission} on {scope} (the Reader role there)"
+    )
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {

@@ -154,6 +154,44 @@ impl Shared {
         Ok(w.remove_directory_role(&role_id, &u, eligible))
     }
 
+    /// Outside change: removes a user's Azure role `role` (name or GUID) at exactly
+    /// `scope` (`/subscriptions/{id}[/resourceGroups/{name}]`), its eligibility when
+    /// `eligible`, as an Azure admin would. Returns false if the user did not hold it.
+    pub fn admin_remove_azure_role(
+        &self,
+        role: &str,
+        scope: &str,
+        user: &str,
+        eligible: bool,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let guid = w
+            .azure_roles
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(role) || d.id.eq_ignore_ascii_case(role))
+            .map(|d| d.id.clone())
+            .ok_or_else(|| AdminError::NotFound(format!("no Azure role {role:?}")))?;
+        Ok(w.remove_azure_role(&guid, scope, &u, eligible))
+    }
+
+    /// Takes Reader away from the simulated app at `scope` (and below): ARM role reads
+    /// there answer 403 `AuthorizationFailed`.
+    pub fn admin_deny_arm_reads(&self, scope: &str) {
+        let mut sim = self.lock();
+        sim.world
+            .arm_denied
+            .push(scope.trim_end_matches('/').to_ascii_lowercase());
+    }
+
+    /// Limits ARM reads to `reads` per `window` (`None`: unlimited), as ARM's
+    /// `x-ms-ratelimit-remaining-subscription-reads` counts them.
+    pub fn admin_set_arm_read_quota(&self, quota: Option<(u32, std::time::Duration)>) {
+        self.lock().arm_reads =
+            quota.map(|(reads, window)| super::arm::ReadQuota::new(reads, window));
+    }
+
     /// Outside change: adds a user to a group. Returns false if already a member.
     pub fn admin_add_member(&self, group: &str, user: &str) -> AResult<bool> {
         let mut sim = self.lock();
@@ -401,9 +439,11 @@ impl Shared {
             .map_err(|e| AdminError::BadRequest(e.to_string()))?;
         let mut sim = self.lock();
         let tokens = std::mem::take(&mut sim.tokens);
+        let arm_tokens = std::mem::take(&mut sim.arm_tokens);
         let epoch = sim.epoch + 1;
         let mut fresh = Sim::new(world, self.opts.ru_bucket, self.opts.latency);
         fresh.tokens = tokens;
+        fresh.arm_tokens = arm_tokens;
         fresh.epoch = epoch;
         *sim = fresh;
         Ok(())
@@ -555,6 +595,50 @@ async fn remove_directory_role(
     Ok(Json(
         json!({"removed": s.admin_remove_directory_role(&role, &u, eligible)?}),
     ))
+}
+
+#[derive(Deserialize)]
+struct ScopeQuery {
+    scope: String,
+}
+
+async fn remove_azure_role(
+    State(s): S,
+    Path((role, kind, u)): Path<(String, String, String)>,
+    AxQuery(q): AxQuery<ScopeQuery>,
+) -> AResult<Json<Value>> {
+    let eligible = match kind.as_str() {
+        "eligibilities" => true,
+        "assignments" => false,
+        other => {
+            return Err(AdminError::BadRequest(format!(
+                "{other:?}: use /_sim/azureRoles/{{role}}/assignments/{{user}}?scope=... or .../eligibilities/{{user}}?scope=..."
+            )));
+        }
+    };
+    Ok(Json(
+        json!({"removed": s.admin_remove_azure_role(&role, &q.scope, &u, eligible)?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArmQuotaBody {
+    reads: u32,
+    window_ms: u64,
+}
+
+async fn set_arm_quota(State(s): S, Json(b): Json<ArmQuotaBody>) -> StatusCode {
+    s.admin_set_arm_read_quota(Some((
+        b.reads,
+        std::time::Duration::from_millis(b.window_ms),
+    )));
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_arm_quota(State(s): S) -> StatusCode {
+    s.admin_set_arm_read_quota(None);
+    StatusCode::NO_CONTENT
 }
 
 async fn add_member(
@@ -723,6 +807,14 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/directoryRoles/{role}/{kind}/{user}",
             delete(remove_directory_role),
+        )
+        .route(
+            "/_sim/azureRoles/{role}/{kind}/{user}",
+            delete(remove_azure_role),
+        )
+        .route(
+            "/_sim/arm/throttling",
+            put(set_arm_quota).delete(clear_arm_quota),
         )
         .route("/_sim/assignments/{id}/state", put(assignment_state))
         .route("/_sim/assignmentRequests/{id}/state", put(request_state))

@@ -824,7 +824,7 @@ fn catalog_resources(w: &World, catalog_id: &str) -> Vec<CatalogResource> {
                             }
                             r
                         }
-                        Grant::SharePoint { .. } => Vec::new(),
+                        Grant::SharePoint { .. } | Grant::AzureRole { .. } => Vec::new(),
                         Grant::EntraRole { .. } => vec![
                             ("Eligible Member".into(), "Eligible".into()),
                             ("Active Member".into(), "Active".into()),
@@ -1030,6 +1030,9 @@ fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[E
             "originId": info.role_origin,
             "originSystem": info.origin_system,
         });
+        if let Some(t) = info.role_type {
+            v["role"]["type"] = json!(t);
+        }
         // `role($expand=resource)`: the catalog resource the role belongs to.
         if has_expand(nested_expand(nested, "role"), "resource") {
             v["role"]["resource"] = json!({

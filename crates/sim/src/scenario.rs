@@ -128,6 +128,13 @@ pub struct ScenarioSpec {
     /// Microsoft Entra role definitions (directory roles) packages can grant.
     #[serde(default)]
     pub directory_roles: Vec<DirectoryRoleSpec>,
+    /// Azure subscriptions (with resource groups) served by the simulator's Azure
+    /// Resource Manager endpoint (`{base}/arm`).
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Azure role definitions (built-in or custom) packages can grant.
+    #[serde(default)]
+    pub azure_roles: Vec<AzureRoleSpec>,
     /// Entitlement-management catalogs.
     #[serde(default)]
     pub catalogs: Vec<CatalogSpec>,
@@ -307,8 +314,37 @@ pub struct DirectoryRoleSpec {
     pub eligible: Vec<String>,
 }
 
+/// An Azure subscription.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Display name, e.g. `Finance`.
+    pub name: String,
+    /// Subscription id (GUID); derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Resource group names.
+    #[serde(default)]
+    pub resource_groups: Vec<String>,
+    /// Scopes (`/subscriptions/{id}...` or `resourceGroups/{name}` relative to this
+    /// subscription) where the simulated app lacks Reader: role reads there get 403.
+    #[serde(default)]
+    pub deny_reads: Vec<String>,
+}
+
+/// An Azure role definition, e.g. Contributor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureRoleSpec {
+    /// Display name, e.g. `Contributor`.
+    pub name: String,
+    /// Role definition GUID; derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
 /// One resource role a package grants. Exactly one of `group`, `app`, `sharePointSite`,
-/// `entraRole`.
+/// `entraRole`, `azureRole`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceSpec {
@@ -328,7 +364,17 @@ pub struct ResourceSpec {
     /// directory root, `Eligible` (default) or `Active` (see `role`).
     #[serde(default)]
     pub entra_role: Option<String>,
-    /// `Member`/`Owner` for groups; `Eligible`/`Active` for Entra roles; the site role
+    /// Azure role name (from `spec.azureRoles`): grants the role on `subscription` (and
+    /// `resourceGroup`, when set), `Active` (default) or `Eligible` (see `role`).
+    #[serde(default)]
+    pub azure_role: Option<String>,
+    /// Subscription name for `azureRole`.
+    #[serde(default)]
+    pub subscription: Option<String>,
+    /// Resource group name for `azureRole` (the subscription itself when absent).
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// `Member`/`Owner` for groups; `Eligible`/`Active` for Entra and Azure roles; the site role
     /// name for SharePoint (default `Visitors`).
     #[serde(default)]
     pub role: Option<String>,

@@ -276,6 +276,11 @@ pub(crate) struct Sim {
     /// Bumped on reset so background work from before the reset is dropped.
     pub epoch: u64,
     pub tokens: HashMap<String, Timestamp>,
+    /// Of `tokens`, those issued for Azure Resource Manager (ARM's `.default` scope): ARM
+    /// accepts only these, Graph none of them.
+    pub arm_tokens: HashSet<String>,
+    /// ARM's read quota (`x-ms-ratelimit-remaining-subscription-reads`), when limited.
+    pub arm_reads: Option<super::arm::ReadQuota>,
     pub faults: Vec<ActiveFault>,
     pub next_fault_id: u64,
     pub silent_all: bool,
@@ -300,6 +305,8 @@ impl Sim {
             world,
             epoch: 0,
             tokens: HashMap::new(),
+            arm_tokens: HashSet::new(),
+            arm_reads: None,
             faults: Vec::new(),
             next_fault_id: 1,
             silent_all: false,
@@ -497,7 +504,12 @@ pub(crate) fn graph_call(
             None => path.clone(),
         };
 
-        let (result, ru) = if !path.starts_with("/v1.0/") && path != "/v1.0" {
+        let (result, ru) = if let Some(arm_path) = path.strip_prefix("/arm/") {
+            (
+                super::arm::handle(shared, &method, arm_path, query.as_deref(), &headers),
+                None,
+            )
+        } else if !path.starts_with("/v1.0/") && path != "/v1.0" {
             (
                 Err(GraphError::not_found(
                     "itemNotFound",
@@ -574,7 +586,12 @@ fn scope_matches(scope: &FaultScope, method: &Method, path: &str) -> bool {
     let path_ok = match scope.path_prefix.as_deref() {
         None => path.starts_with("/v1.0/") && path != "/v1.0/$batch",
         Some(p) => {
-            let p = if p.starts_with("/v1.0") || p.starts_with(TOKEN_FAULT_PATH) {
+            // Graph paths may leave out `/v1.0`; the token endpoint and ARM (`/arm/`) are
+            // named in full.
+            let p = if p.starts_with("/v1.0")
+                || p.starts_with(TOKEN_FAULT_PATH)
+                || p.starts_with("/arm/")
+            {
                 p.to_string()
             } else {
                 format!("/v1.0{}{p}", if p.starts_with('/') { "" } else { "/" })
@@ -766,6 +783,11 @@ fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphErr
         Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
         _ => return Err(err("Access token is empty.")),
     };
+    if sim.arm_tokens.contains(token) {
+        return Err(err(
+            "Access token validation failure. Invalid audience (a token for Azure Resource Manager).",
+        ));
+    }
     match sim.tokens.get(token) {
         None => Err(err(
             "Access token validation failure. Invalid audience or unknown token.",

@@ -74,6 +74,28 @@ pub(crate) struct DirectoryRoleGrant {
     pub created: Timestamp,
 }
 
+/// An Azure subscription and its resource groups.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub id: String,
+    pub display_name: String,
+    pub resource_groups: Vec<String>,
+}
+
+/// An Azure role assignment or role eligibility schedule instance (ARM): a principal
+/// holds a role definition at an ARM scope.
+#[derive(Debug, Clone)]
+pub(crate) struct ArmRoleGrant {
+    /// The assignment's GUID (its `name`).
+    pub name: String,
+    /// The role definition GUID.
+    pub role_guid: String,
+    pub principal_id: String,
+    /// `/subscriptions/{id}` or `/subscriptions/{id}/resourceGroups/{name}`.
+    pub scope: String,
+    pub created: Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     pub id: String,
@@ -99,6 +121,13 @@ pub(crate) enum Grant {
     /// An Entra role at the directory root, eligible or active.
     EntraRole {
         role_definition_id: String,
+        eligible: bool,
+    },
+    /// An Azure role at an ARM scope (subscription or resource group), eligible or active.
+    AzureRole {
+        role_guid: String,
+        subscription_id: String,
+        scope: String,
         eligible: bool,
     },
 }
@@ -191,6 +220,16 @@ pub(crate) struct World {
     pub role_assignments: Vec<DirectoryRoleGrant>,
     /// `roleManagement/directory/roleEligibilitySchedules`.
     pub role_eligibilities: Vec<DirectoryRoleGrant>,
+    pub subscriptions: Vec<Subscription>,
+    /// Azure role definitions: (GUID, display name).
+    pub azure_roles: Vec<RoleDefinition>,
+    /// ARM `roleAssignments`.
+    pub arm_assignments: Vec<ArmRoleGrant>,
+    /// ARM `roleEligibilityScheduleInstances`.
+    pub arm_eligibilities: Vec<ArmRoleGrant>,
+    /// Lower-cased ARM scopes where the simulated app has no Reader: reads at or below
+    /// them get 403 `AuthorizationFailed`.
+    pub arm_denied: Vec<String>,
     pub catalogs: Vec<Catalog>,
     pub packages: Vec<Package>,
     pub policies: Vec<Policy>,
@@ -279,6 +318,11 @@ impl World {
             role_definitions: Vec::new(),
             role_assignments: Vec::new(),
             role_eligibilities: Vec::new(),
+            subscriptions: Vec::new(),
+            azure_roles: Vec::new(),
+            arm_assignments: Vec::new(),
+            arm_eligibilities: Vec::new(),
+            arm_denied: Vec::new(),
             audit: Default::default(),
             catalogs: Vec::new(),
             packages: Vec::new(),
@@ -408,6 +452,45 @@ impl World {
             }
         }
 
+        for (i, sub) in spec.subscriptions.iter().enumerate() {
+            let field = format!("spec.subscriptions[{i}]");
+            let id = id_or_derived(
+                &sub.id,
+                &format!("{field}.id"),
+                seed,
+                "subscription",
+                &sub.name,
+            )?;
+            for (j, deny) in sub.deny_reads.iter().enumerate() {
+                let scope = if deny.starts_with('/') {
+                    deny.clone()
+                } else {
+                    format!("/subscriptions/{id}/{}", deny.trim_start_matches('/'))
+                };
+                if !scope.to_ascii_lowercase().starts_with("/subscriptions/") {
+                    return Err(ScenarioError::invalid(
+                        format!("{field}.denyReads[{j}]"),
+                        "use resourceGroups/{name} or a /subscriptions/... scope",
+                    ));
+                }
+                w.arm_denied
+                    .push(scope.trim_end_matches('/').to_ascii_lowercase());
+            }
+            w.subscriptions.push(Subscription {
+                id,
+                display_name: sub.name.clone(),
+                resource_groups: sub.resource_groups.clone(),
+            });
+        }
+        for (i, r) in spec.azure_roles.iter().enumerate() {
+            let field = format!("spec.azureRoles[{i}]");
+            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "azurerole", &r.name)?;
+            w.azure_roles.push(RoleDefinition {
+                id,
+                display_name: r.name.clone(),
+            });
+        }
+
         for (i, c) in spec.catalogs.iter().enumerate() {
             let field = format!("spec.catalogs[{i}]");
             let id = id_or_derived(&c.id, &format!("{field}.id"), seed, "catalog", &c.name)?;
@@ -446,7 +529,7 @@ impl World {
                 // Roles and scopes belong to the catalog's resource, so two packages of one
                 // catalog granting the same role share its id (as in Graph).
                 role_scopes.push(RoleScope {
-                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_origin),
+                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_key()),
                     scope_id: scope_id_for(seed, &catalog_id, &info.scope_origin),
                     grant,
                 });
@@ -597,6 +680,7 @@ impl World {
             r.app.is_some(),
             r.share_point_site.is_some(),
             r.entra_role.is_some(),
+            r.azure_role.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -604,8 +688,11 @@ impl World {
         if kinds != 1 {
             return Err(ScenarioError::invalid(
                 field,
-                "set exactly one of group, app, sharePointSite, entraRole",
+                "set exactly one of group, app, sharePointSite, entraRole, azureRole",
             ));
+        }
+        if let Some(name) = &r.azure_role {
+            return self.resolve_azure_grant(field, name, r);
         }
         if let Some(name) = &r.entra_role {
             let role_definition_id = self
@@ -670,6 +757,77 @@ impl World {
             site: r.share_point_site.clone().unwrap_or_default(),
             role: r.role.clone().unwrap_or_else(|| "Visitors".into()),
             role_origin_id: r.role_origin_id.clone().unwrap_or_else(|| "4".into()),
+        })
+    }
+
+    fn resolve_azure_grant(
+        &self,
+        field: &str,
+        name: &str,
+        r: &ResourceSpec,
+    ) -> Result<Grant, ScenarioError> {
+        let role = self
+            .azure_roles
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(name) || d.id.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.azureRole"),
+                    format!("no Azure role {name:?}; add it to spec.azureRoles"),
+                )
+            })?;
+        let sub_name = r.subscription.as_deref().ok_or_else(|| {
+            ScenarioError::invalid(
+                format!("{field}.subscription"),
+                "an azureRole needs the subscription it is granted on",
+            )
+        })?;
+        let sub = self
+            .subscriptions
+            .iter()
+            .find(|s| {
+                s.display_name.eq_ignore_ascii_case(sub_name) || s.id.eq_ignore_ascii_case(sub_name)
+            })
+            .ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.subscription"),
+                    format!("no subscription {sub_name:?}; add it to spec.subscriptions"),
+                )
+            })?;
+        let scope = match &r.resource_group {
+            None => format!("/subscriptions/{}", sub.id),
+            Some(rg) => {
+                let Some(rg) = sub
+                    .resource_groups
+                    .iter()
+                    .find(|g| g.eq_ignore_ascii_case(rg))
+                else {
+                    return Err(ScenarioError::invalid(
+                        format!("{field}.resourceGroup"),
+                        format!(
+                            "no resource group {rg:?} in subscription {}; add it to its resourceGroups",
+                            sub.display_name
+                        ),
+                    ));
+                };
+                format!("/subscriptions/{}/resourceGroups/{rg}", sub.id)
+            }
+        };
+        let eligible = match r.role.as_deref().unwrap_or("Active") {
+            m if m.eq_ignore_ascii_case("eligible") => true,
+            m if m.eq_ignore_ascii_case("active") => false,
+            other => {
+                return Err(ScenarioError::invalid(
+                    format!("{field}.role"),
+                    format!("{other:?} is not an Azure role mode; use Active or Eligible"),
+                ));
+            }
+        };
+        Ok(Grant::AzureRole {
+            role_guid: role.id.clone(),
+            subscription_id: sub.id.clone(),
+            scope,
+            eligible,
         })
     }
 
@@ -740,7 +898,7 @@ impl World {
             let known = self.packages[pkg_idx]
                 .role_scopes
                 .iter()
-                .any(|rs| self.grant_name(&rs.grant).eq_ignore_ascii_case(m));
+                .any(|rs| self.grant_label(&rs.grant).eq_ignore_ascii_case(m));
             if !known {
                 return Err(ScenarioError::invalid(
                     format!("{field}.missing"),
@@ -756,7 +914,7 @@ impl World {
                 .role_scopes
                 .iter()
                 .filter(|rs| {
-                    let name = self.grant_name(&rs.grant);
+                    let name = self.grant_label(&rs.grant);
                     !missing.iter().any(|m| m.eq_ignore_ascii_case(&name))
                 })
                 .map(|rs| rs.grant.clone())
@@ -893,8 +1051,22 @@ pub(crate) struct GrantInfo {
     /// The scope's display name: the resource's name, or `Root` for an Entra role's
     /// directory-wide scope.
     pub scope_name: String,
-    /// The catalog resource's `originId` (group, service principal, site, role definition).
+    /// The catalog resource's `originId` (group, service principal, site, role definition,
+    /// subscription).
     pub resource_origin: String,
+    /// The role's `type` (`active` / `eligible`), for Azure roles only.
+    pub role_type: Option<&'static str>,
+}
+
+impl GrantInfo {
+    /// What makes the catalog role distinct: its origin id, and for an Azure role also
+    /// whether it is granted eligible or active (one role definition, two catalog roles).
+    pub fn role_key(&self) -> String {
+        match self.role_type {
+            Some(t) => format!("{}#{t}", self.role_origin),
+            None => self.role_origin.clone(),
+        }
+    }
 }
 
 /// Id of a catalog resource role.
@@ -1051,6 +1223,7 @@ impl World {
                 scope_origin: gid.clone(),
                 scope_name: resource_name.clone(),
                 resource_origin: gid.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::GroupOwner(gid) => GrantInfo {
@@ -1060,6 +1233,7 @@ impl World {
                 scope_origin: gid.clone(),
                 scope_name: resource_name.clone(),
                 resource_origin: gid.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::AppRole { sp_id, role_id } => GrantInfo {
@@ -1077,6 +1251,7 @@ impl World {
                 scope_origin: sp_id.clone(),
                 scope_name: resource_name.clone(),
                 resource_origin: sp_id.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::SharePoint {
@@ -1090,6 +1265,7 @@ impl World {
                 scope_origin: site.clone(),
                 scope_name: site.rsplit('/').next().unwrap_or(site).to_string(),
                 resource_origin: site.clone(),
+                role_type: None,
                 resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
             },
             // As entitlement management spells a directory role resource: role originId
@@ -1109,8 +1285,42 @@ impl World {
                 scope_origin: role_definition_id.clone(),
                 scope_name: "Root".into(),
                 resource_origin: role_definition_id.clone(),
+                role_type: None,
                 resource_name,
             },
+            // As entitlement management spells an Azure role: the role definition's full id
+            // as role originId with its `type`, the subscription as the resource, the
+            // subscription ("Root") or resource group ("/resourceGroups/{name}") as scope.
+            Grant::AzureRole {
+                role_guid,
+                subscription_id,
+                scope,
+                eligible,
+            } => {
+                let sub_root = format!("/subscriptions/{subscription_id}");
+                let scope_name = scope
+                    .strip_prefix(&sub_root)
+                    .filter(|rest| !rest.is_empty())
+                    .unwrap_or("Root")
+                    .to_string();
+                GrantInfo {
+                    origin_system: "AzureResources",
+                    role_name: self
+                        .azure_roles
+                        .iter()
+                        .find(|d| d.id.eq_ignore_ascii_case(role_guid))
+                        .map(|d| d.display_name.clone())
+                        .unwrap_or_default(),
+                    role_origin: format!(
+                        "{sub_root}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
+                    ),
+                    scope_origin: scope.clone(),
+                    scope_name,
+                    resource_origin: sub_root,
+                    role_type: Some(if *eligible { "eligible" } else { "active" }),
+                    resource_name,
+                }
+            }
         }
     }
 
@@ -1132,7 +1342,92 @@ impl World {
                 .role_definition(role_definition_id)
                 .map(|d| d.display_name.clone())
                 .unwrap_or_default(),
+            Grant::AzureRole {
+                subscription_id, ..
+            } => self
+                .subscriptions
+                .iter()
+                .find(|s| s.id.eq_ignore_ascii_case(subscription_id))
+                .map(|s| s.display_name.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// What `missing:` calls a grant: a role's name, anything else its resource's name.
+    pub fn grant_label(&self, g: &Grant) -> String {
+        match g {
+            Grant::AzureRole { .. } => self.grant_info(g).role_name,
+            _ => self.grant_name(g),
+        }
+    }
+
+    fn arm_list_mut(&mut self, eligible: bool) -> &mut Vec<ArmRoleGrant> {
+        if eligible {
+            &mut self.arm_eligibilities
+        } else {
+            &mut self.arm_assignments
+        }
+    }
+
+    /// Whether a user holds an Azure role at exactly `scope`.
+    pub fn has_azure_role(
+        &self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = if eligible {
+            &self.arm_eligibilities
+        } else {
+            &self.arm_assignments
+        };
+        list.iter().any(|g| {
+            g.principal_id == user_id
+                && g.scope.eq_ignore_ascii_case(scope)
+                && g.role_guid.eq_ignore_ascii_case(role_guid)
+        })
+    }
+
+    /// Grants an Azure role at `scope` unless the user already holds it there.
+    pub fn add_azure_role(
+        &mut self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+        at: Timestamp,
+    ) -> bool {
+        if self.has_azure_role(role_guid, scope, user_id, eligible) {
+            return false;
+        }
+        let name = self.next_id();
+        self.arm_list_mut(eligible).push(ArmRoleGrant {
+            name,
+            role_guid: role_guid.to_string(),
+            principal_id: user_id.to_string(),
+            scope: scope.to_string(),
+            created: at,
+        });
+        true
+    }
+
+    /// Removes a user's Azure role at exactly `scope`; returns whether it was held.
+    pub fn remove_azure_role(
+        &mut self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = self.arm_list_mut(eligible);
+        let before = list.len();
+        list.retain(|g| {
+            !(g.principal_id == user_id
+                && g.scope.eq_ignore_ascii_case(scope)
+                && g.role_guid.eq_ignore_ascii_case(role_guid))
+        });
+        list.len() != before
     }
 
     /// A role definition by id.
@@ -1344,6 +1639,12 @@ impl World {
                 role_definition_id,
                 eligible,
             } => self.add_directory_role(role_definition_id, user_id, *eligible, at),
+            Grant::AzureRole {
+                role_guid,
+                scope,
+                eligible,
+                ..
+            } => self.add_azure_role(role_guid, scope, user_id, *eligible, at),
         }
     }
 
@@ -1362,6 +1663,12 @@ impl World {
                 role_definition_id,
                 eligible,
             } => self.has_directory_role(role_definition_id, user_id, *eligible),
+            Grant::AzureRole {
+                role_guid,
+                scope,
+                eligible,
+                ..
+            } => self.has_azure_role(role_guid, scope, user_id, *eligible),
         }
     }
 
@@ -1412,7 +1719,11 @@ impl World {
                     Grant::GroupMember(_) => super::audit::Change::MemberAdded,
                     Grant::GroupOwner(_) => super::audit::Change::OwnerAdded,
                     // Role changes are not modelled in the simulator's audit log.
-                    Grant::EntraRole { .. } | Grant::SharePoint { .. } => continue,
+                    Grant::EntraRole { .. }
+                    | Grant::AzureRole { .. }
+                    | Grant::SharePoint { .. } => {
+                        continue;
+                    }
                     Grant::AppRole { .. } => super::audit::Change::AppRoleAdded,
                 };
                 self.audit_grant(g, change, super::audit::Actor::governance(), user_id);
@@ -1446,7 +1757,7 @@ impl World {
                     .unwrap_or_default(),
                 app_role_id: Some(role_id.clone()),
             },
-            Grant::SharePoint { .. } | Grant::EntraRole { .. } => return,
+            Grant::SharePoint { .. } | Grant::EntraRole { .. } | Grant::AzureRole { .. } => return,
         };
         let upn = self
             .user(user_id)
@@ -1510,6 +1821,15 @@ impl World {
                     self.remove_directory_role(role_definition_id, user_id, *eligible);
                     None
                 }
+                Grant::AzureRole {
+                    role_guid,
+                    scope,
+                    eligible,
+                    ..
+                } => {
+                    self.remove_azure_role(role_guid, scope, user_id, *eligible);
+                    None
+                }
             };
             if let Some(change) = change {
                 self.audit_grant(&g, change, super::audit::Actor::governance(), user_id);
@@ -1528,7 +1848,7 @@ impl World {
         p.role_scopes
             .iter()
             .filter(|rs| !self.grant_present(&rs.grant, &a.target_id))
-            .map(|rs| self.grant_name(&rs.grant))
+            .map(|rs| self.grant_label(&rs.grant))
             .collect()
     }
 }

@@ -248,18 +248,21 @@ pub struct AccessPackageAssignmentStatus {
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceStatus {
-    /// Where the resource lives: AadGroup, AadApplication, DirectoryRole, SharePointOnline, ...
+    /// Where the resource lives: AadGroup, AadApplication, DirectoryRole, AzureResources,
+    /// SharePointOnline, ...
     pub origin_system: String,
     /// The resource's id in its origin system: group object id, service principal object
-    /// id, Entra role definition id, or site URL.
+    /// id, Entra role definition id, Azure scope, or site URL.
     pub origin_id: String,
-    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role).
+    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role) or
+    /// AzureRole (an Azure RBAC role).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     /// For a role, how it is granted: Eligible (the user may activate it) or Active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
-    /// For a role, where it applies: `/` for the whole directory.
+    /// For a role, where it applies: `/` for the whole directory (Entra roles), or the
+    /// Azure scope, e.g. `/subscriptions/{id}/resourceGroups/rg-fin` (Azure roles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// Display name of the resource.

@@ -38,7 +38,9 @@ pub use guard::{
 pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
 };
-pub use snapshot::{Check, FreshAfter, ReadData, ResourceRead, Snapshot, reads_needed};
+pub use snapshot::{
+    Check, FreshAfter, ReadData, ResourceRead, Snapshot, azure_holding, reads_needed,
+};
 
 /// Operator-wide knobs the engine needs (not per object).
 #[derive(Debug, Clone, PartialEq, Eq)]

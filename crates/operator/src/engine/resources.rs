@@ -14,6 +14,8 @@ pub enum OriginSystem {
     SharePointOnline,
     /// Microsoft Entra roles (directory roles), granted eligible or active.
     DirectoryRole,
+    /// Azure roles (Azure RBAC) on a management group, subscription or resource group.
+    AzureResources,
     /// Graph sent no `originSystem`.
     Missing,
     /// A system Redeliver does not know, kept as Graph spelled it.
@@ -28,6 +30,7 @@ impl OriginSystem {
             "AadApplication" => Self::AadApplication,
             "SharePointOnline" => Self::SharePointOnline,
             "DirectoryRole" => Self::DirectoryRole,
+            "AzureResources" => Self::AzureResources,
             "" => Self::Missing,
             other => Self::Other(other.to_string()),
         }
@@ -40,6 +43,7 @@ impl OriginSystem {
             Self::AadApplication => "AadApplication",
             Self::SharePointOnline => "SharePointOnline",
             Self::DirectoryRole => "DirectoryRole",
+            Self::AzureResources => "AzureResources",
             Self::Missing => "",
             Self::Other(text) => text,
         }
@@ -118,6 +122,17 @@ pub enum ResourceKind {
         directory_scope_id: String,
         mode: RoleMode,
     },
+    /// An Azure role (`AzureResources`): a role definition at an Azure scope, eligible or
+    /// active.
+    AzureRole {
+        /// The role definition's GUID, lower-cased: the last segment of its id, the same
+        /// whichever scope the id is written under.
+        role_definition_guid: String,
+        /// `/subscriptions/{id}[/resourceGroups/{name}]` or a management group, as Graph
+        /// gave it.
+        scope: String,
+        mode: RoleMode,
+    },
     /// Not checkable through Graph directory APIs (SharePoint sites, custom resources, or a
     /// role/scope Redeliver could not decode). Never blocks Delivered, never triggers a reprocess.
     Unverifiable,
@@ -171,6 +186,7 @@ impl PromisedResource {
     pub fn kind_name(&self) -> Option<&'static str> {
         match self.kind {
             ResourceKind::EntraRole { .. } => Some("EntraRole"),
+            ResourceKind::AzureRole { .. } => Some("AzureRole"),
             _ => None,
         }
     }
@@ -178,7 +194,9 @@ impl PromisedResource {
     /// Whether a role is promised eligible or active.
     pub fn mode(&self) -> Option<RoleMode> {
         match self.kind {
-            ResourceKind::EntraRole { mode, .. } => Some(mode),
+            ResourceKind::EntraRole { mode, .. } | ResourceKind::AzureRole { mode, .. } => {
+                Some(mode)
+            }
             _ => None,
         }
     }
@@ -189,6 +207,7 @@ impl PromisedResource {
             ResourceKind::EntraRole {
                 directory_scope_id, ..
             } => Some(directory_scope_id),
+            ResourceKind::AzureRole { scope, .. } => Some(scope),
             _ => None,
         }
     }
@@ -333,6 +352,7 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
             ),
         },
         OriginSystem::DirectoryRole => decode_directory_role(rrs, resource),
+        OriginSystem::AzureResources => decode_azure_role(rrs, resource),
         OriginSystem::Missing => {
             unverifiable(resource, "resource has no originSystem; cannot verify".into())
         }
@@ -403,6 +423,65 @@ fn decode_directory_role(
     resource.kind = ResourceKind::EntraRole {
         role_definition_id,
         directory_scope_id: DIRECTORY_ROOT.to_string(),
+        mode,
+    };
+    resource
+}
+
+/// An Azure role: the role definition's full id as role `originId`, `active`/`eligible`
+/// as role `type`, the Azure scope as scope `originId` (docs/graph.md "Azure roles").
+fn decode_azure_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+    let unverifiable = |mut r: PromisedResource, note: String| {
+        r.kind = ResourceKind::Unverifiable;
+        r.note = Some(note);
+        r
+    };
+    let role = rrs.role.as_ref();
+    let role_origin = role
+        .and_then(|r| non_empty(&r.origin_id))
+        .unwrap_or_default();
+    let guid = role_origin
+        .to_ascii_lowercase()
+        .split_once("/providers/microsoft.authorization/roledefinitions/")
+        .map(|(_, guid)| guid.trim_end_matches('/').to_string())
+        .filter(|g| !g.is_empty() && !g.contains('/'));
+    let Some(role_definition_guid) = guid else {
+        return unverifiable(
+            resource,
+            format!(
+                "Azure role originId {role_origin:?} is not a role definition id (.../providers/Microsoft.Authorization/roleDefinitions/<guid>); cannot verify"
+            ),
+        );
+    };
+    let role_type = role
+        .and_then(|r| non_empty(&r.role_type))
+        .unwrap_or_default();
+    let Some(mode) = RoleMode::parse(role_type) else {
+        return unverifiable(
+            resource,
+            format!("Azure role type {role_type:?} is neither active nor eligible; cannot verify"),
+        );
+    };
+    let Some(scope) = rrs
+        .scope
+        .as_ref()
+        .and_then(|s| non_empty(&s.origin_id))
+        .filter(|s| s.starts_with('/'))
+        .map(|s| s.trim_end_matches('/').to_string())
+    else {
+        return unverifiable(
+            resource,
+            "Azure role scope has no originId (/subscriptions/...); cannot verify".into(),
+        );
+    };
+    // Named by the role ("Contributor"); the scope says where.
+    if let Some(name) = role.and_then(|r| non_empty(&r.display_name)) {
+        resource.display_name = name.to_string();
+    }
+    resource.origin_id = scope.clone();
+    resource.kind = ResourceKind::AzureRole {
+        role_definition_guid,
+        scope,
         mode,
     };
     resource
@@ -632,6 +711,87 @@ mod tests {
         for p in &r {
             assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
             assert!(p.note.as_deref().unwrap().contains("Entra role"), "{p:?}");
+        }
+    }
+
+    fn azure_role(id: &str, role_def: &str, kind: &str, scope: &str) -> ResourceRoleScope {
+        let mut x = rrs(
+            id,
+            "AzureResources",
+            scope,
+            "/resourceGroups/rg",
+            role_def,
+            "Contributor",
+        );
+        x.role.as_mut().unwrap().role_type = Some(kind.into());
+        x
+    }
+
+    #[test]
+    fn decodes_azure_roles_as_graph_spells_them() {
+        let rg = "/subscriptions/828b526f-c769-4b19-9797-734b4843b978/resourceGroups/rg";
+        let r = promised_resources(&[
+            azure_role(
+                "1",
+                "/subscriptions/828b526f-c769-4b19-9797-734b4843b978/providers/Microsoft.Authorization/roleDefinitions/B24988AC-6180-42A0-AB88-20F7382DD24C",
+                "active",
+                rg,
+            ),
+            azure_role(
+                "2",
+                "/providers/Microsoft.Authorization/roleDefinitions/b24988ac-6180-42a0-ab88-20f7382dd24c",
+                "eligible",
+                "/providers/Microsoft.Management/managementGroups/mg1",
+            ),
+        ]);
+        let active = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Active))
+            .unwrap();
+        assert_eq!(
+            active.kind,
+            ResourceKind::AzureRole {
+                role_definition_guid: "b24988ac-6180-42a0-ab88-20f7382dd24c".into(),
+                scope: rg.into(),
+                mode: RoleMode::Active,
+            }
+        );
+        assert_eq!(
+            active.label(),
+            format!("AzureRole Contributor (Active, {rg})")
+        );
+        assert_eq!(active.origin_id, rg);
+        let eligible = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Eligible))
+            .unwrap();
+        assert_eq!(
+            eligible.scope(),
+            Some("/providers/Microsoft.Management/managementGroups/mg1")
+        );
+    }
+
+    #[test]
+    fn malformed_azure_roles_are_unverifiable_with_note() {
+        let r = promised_resources(&[
+            azure_role("1", "Contributor", "active", "/subscriptions/s"),
+            azure_role(
+                "2",
+                "/providers/Microsoft.Authorization/roleDefinitions/g",
+                "permanent",
+                "/subscriptions/s",
+            ),
+            azure_role(
+                "3",
+                "/providers/Microsoft.Authorization/roleDefinitions/g",
+                "active",
+                "rg",
+            ),
+        ]);
+        assert_eq!(r.len(), 3);
+        for p in &r {
+            assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
+            assert!(p.note.as_deref().unwrap().contains("Azure role"), "{p:?}");
         }
     }
 

@@ -202,6 +202,9 @@ pub struct ResourceRole {
     pub origin_id: Option<String>,
     #[serde(default)]
     pub origin_system: Option<String>,
+    /// For an Azure role (`AzureResources`): `active` or `eligible`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub role_type: Option<String>,
     /// The catalog resource the role belongs to (`role($expand=resource)`): for an Entra
     /// role its display name is the role's name ("Global Reader") and its `originId` the
     /// role definition id.
@@ -459,6 +462,42 @@ pub struct DirectoryRoleHolder {
     /// `/` for the whole directory, `/administrativeUnits/{id}` or an object id otherwise.
     #[serde(default)]
     pub directory_scope_id: Option<String>,
+}
+
+/// One page of an Azure Resource Manager collection: `{"value": [...], "nextLink": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmPage<T> {
+    #[serde(default = "Vec::new")]
+    pub value: Vec<T>,
+    /// Absolute URL of the next page (ARM spells it without `@odata.`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_link: Option<String>,
+}
+
+/// An ARM `roleAssignment` or `roleEligibilityScheduleInstance`, the fields verification
+/// reads.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmRoleHolder {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub properties: ArmRoleHolderProperties,
+}
+
+/// `properties` of an [`ArmRoleHolder`].
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArmRoleHolderProperties {
+    /// `/subscriptions/{id}/providers/Microsoft.Authorization/roleDefinitions/{guid}`.
+    #[serde(default)]
+    pub role_definition_id: String,
+    #[serde(default)]
+    pub principal_id: String,
+    /// Where the role is assigned (the listing's scope or one above it).
+    #[serde(default)]
+    pub scope: String,
 }
 
 /// Graph's error envelope (docs/graph.md "Errors"): `{"error": {"code", "message", "innerError"}}`.

@@ -108,7 +108,9 @@ fn activities(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
             "Remove app role assignment from user",
         )),
         // Role changes are logged by PIM under other activities; not looked up yet.
-        ResourceKind::EntraRole { .. } | ResourceKind::Unverifiable => None,
+        ResourceKind::EntraRole { .. }
+        | ResourceKind::AzureRole { .. }
+        | ResourceKind::Unverifiable => None,
     }
 }
 
@@ -122,7 +124,9 @@ fn target_id(kind: &ResourceKind) -> Option<&str> {
             service_principal_id,
             ..
         } => Some(service_principal_id),
-        ResourceKind::EntraRole { .. } | ResourceKind::Unverifiable => None,
+        ResourceKind::EntraRole { .. }
+        | ResourceKind::AzureRole { .. }
+        | ResourceKind::Unverifiable => None,
     }
 }
 
