@@ -4,10 +4,19 @@
 
 use std::path::Path;
 
+/// The command that writes section `name` (the role run is a mode of the scale bench).
+fn command(name: &str) -> String {
+    match name {
+        "roles" => "cargo bench --bench scale -- --roles --markdown".to_string(),
+        other => format!("cargo bench --bench {other} -- --markdown"),
+    }
+}
+
 fn markers(name: &str) -> (String, String) {
     (
         format!(
-            "<!-- BEGIN {name}: written by `cargo bench --bench {name} -- --markdown`; edits inside are lost -->"
+            "<!-- BEGIN {name}: written by `{}`; edits inside are lost -->",
+            command(name)
         ),
         format!("<!-- END {name} -->"),
     )

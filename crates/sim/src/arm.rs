@@ -276,28 +276,34 @@ fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
     } else {
         &w.arm_assignments
     };
-    let items: Vec<&ArmRoleGrant> = source.iter().filter(|g| applies(g)).collect();
-    let offset = match q.get("skiptoken") {
+    // `$skipToken` is the position in the whole list where the page starts, so each page
+    // scans only from there (a scan per page would make large scopes quadratic).
+    let start = match q.get("skiptoken") {
         None => 0,
         Some(t) => decode_skiptoken(t)
             .ok_or_else(|| arm_error(400, "InvalidSkipToken", "The $skipToken is not valid."))?,
     };
-    let value: Vec<Value> = items
+    let mut value = Vec::new();
+    let mut next = None;
+    for (at, g) in source
         .iter()
-        .skip(offset)
-        .take(ARM_PAGE)
-        .map(|g| grant_json(g, &sub.id, list, eligible))
-        .collect();
+        .enumerate()
+        .skip(start)
+        .filter(|(_, g)| applies(g))
+    {
+        if value.len() == ARM_PAGE {
+            next = Some(at);
+            break;
+        }
+        value.push(grant_json(g, &sub.id, list, eligible));
+    }
     let mut body = json!({ "value": value });
-    if offset + ARM_PAGE < items.len() {
+    if let Some(at) = next {
         let mut params = vec![format!("api-version={api}")];
         if at_scope {
             params.push("$filter=atScope()".into());
         }
-        params.push(format!(
-            "$skipToken={}",
-            encode_skiptoken(offset + ARM_PAGE)
-        ));
+        params.push(format!("$skipToken={}", encode_skiptoken(at)));
         body["nextLink"] = json!(format!("{base}/arm/{path}?{}", params.join("&")));
     }
     Ok(Reply::ok(body))
