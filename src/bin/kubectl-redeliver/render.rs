@@ -656,6 +656,32 @@ mod tests {
     }
 
     #[test]
+    fn roles_show_kind_mode_and_scope() {
+        let status = alice(json!({
+            "resourcesSummary": "1/2",
+            "resources": [
+                {"originSystem": "DirectoryRole", "originId": "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                 "kind": "EntraRole", "mode": "Eligible", "scope": "/",
+                 "displayName": "Global Reader", "role": "Eligible Member", "state": "Missing"},
+                {"originSystem": "AzureResources", "originId": "/subscriptions/s1/resourceGroups/rg-fin",
+                 "kind": "AzureRole", "mode": "Active", "scope": "/subscriptions/s1/resourceGroups/rg-fin",
+                 "displayName": "Contributor", "role": "Contributor", "state": "Present"},
+            ],
+        }));
+        let text = assignment_status(&status, now());
+        assert!(
+            text.contains("Missing  DirectoryRole   EntraRole Global Reader (Eligible, /)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Present  AzureResources  AzureRole Contributor (Active, /subscriptions/s1/resourceGroups/rg-fin)"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn draws_a_tree() {
         let root = Node::new("r").with(vec![
             Node::new("a").with(vec![Node::new("a1"), Node::new("a2")]),
