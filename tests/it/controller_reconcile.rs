@@ -411,6 +411,79 @@ async fn drift_is_reported_and_reprocessed() {
 }
 
 #[tokio::test]
+async fn a_role_removed_in_pim_is_drift_named_with_kind_mode_and_scope_and_reprocessed() {
+    let mut env = Env::start().await;
+    // The demo's Security Operations: erin lost her eligible Global Reader role; her
+    // Contributor role on rg-fin (read from the simulator's Resource Manager) is there.
+    let erin = apa(
+        "erin-security",
+        json!({"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000003"},
+               "target": {"userPrincipalName": "erin@contoso.com"}}),
+    );
+    let task = env.reconcile(&erin);
+
+    env.api.expect_status_patch(&erin).await;
+    let status = env.api.expect_status_patch(&erin).await;
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    assert_eq!(status["resourcesSummary"], "1/2");
+    let resources = status["resources"].as_array().unwrap();
+    let role = resources
+        .iter()
+        .find(|r| r["kind"] == "EntraRole")
+        .expect("the Entra role in status");
+    assert_eq!(
+        (
+            role["state"].as_str(),
+            role["mode"].as_str(),
+            role["scope"].as_str(),
+            role["displayName"].as_str(),
+            role["originSystem"].as_str()
+        ),
+        (
+            Some("Missing"),
+            Some("Eligible"),
+            Some("/"),
+            Some("Global Reader"),
+            Some("DirectoryRole")
+        ),
+        "{status}"
+    );
+    let azure = resources
+        .iter()
+        .find(|r| r["kind"] == "AzureRole")
+        .expect("the Azure role in status");
+    assert_eq!(azure["state"], "Present", "{status}");
+    assert!(
+        azure["scope"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/resourceGroups/rg-fin")),
+        "{status}"
+    );
+
+    let (type_, reason, note) = env.api.expect_event(&erin).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "DriftDetected")
+    );
+    assert!(
+        note.contains("EntraRole Global Reader (Eligible, /)"),
+        "{note}"
+    );
+    let (_, reason, _) = env.api.expect_event(&erin).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    eventually("the reprocess to restore the eligibility", || {
+        env.sim
+            .has_directory_role("Global Reader", "erin@contoso.com", true)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_target_holding_an_assignment_costs_no_user_read() {
     let mut env = Env::start().await;
     let bob_id = env.sim.user_id("bob@contoso.com").unwrap();
