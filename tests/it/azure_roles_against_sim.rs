@@ -381,3 +381,91 @@ async fn two_hundred_assignments_promising_the_same_azure_role_share_one_paged_r
     assert_eq!(tokens, 2, "one token per audience");
     sim.shutdown().await;
 }
+
+async fn raw_token(c: &reqwest::Client, sim: &SimHandle, scope: &str) -> String {
+    let resp = c
+        .post(sim.token_url())
+        .form(&[
+            ("client_id", sim.client_id.as_str()),
+            ("client_secret", sim.client_secret.as_str()),
+            ("scope", scope),
+            ("grant_type", "client_credentials"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), reqwest::StatusCode::OK, "token for {scope}");
+    let v: serde_json::Value = resp.json().await.unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn the_simulators_arm_has_its_own_audience_api_versions_and_paging() {
+    let sim = Simulator::start(scenario(150, &[]), fast()).await.unwrap();
+    let c = reqwest::Client::new();
+    let graph = raw_token(&c, &sim, "https://graph.microsoft.com/.default").await;
+    let arm = raw_token(&c, &sim, &format!("{}/.default", sim.arm_url)).await;
+    let assignments = format!(
+        "{}{}/providers/Microsoft.Authorization/roleAssignments",
+        sim.arm_url,
+        rg_scope()
+    );
+    let get = |url: String, tok: String| {
+        let c = c.clone();
+        async move {
+            let resp = c.get(url).bearer_auth(tok).send().await.unwrap();
+            let status = resp.status().as_u16();
+            let headers = resp.headers().clone();
+            let body: serde_json::Value = resp.json().await.unwrap_or_default();
+            (status, headers, body)
+        }
+    };
+    // A Graph token is refused by ARM, an ARM token by Graph.
+    let (status, _, body) = get(
+        format!("{assignments}?api-version=2022-04-01"),
+        graph.clone(),
+    )
+    .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = get(format!("{}/v1.0/users", sim.graph_url), arm.clone()).await;
+    assert_eq!(status, 401);
+    let (status, _, _) = get(format!("{}/v1.0/users", sim.graph_url), graph).await;
+    assert_eq!(status, 200);
+    // ARM wants its api-version.
+    let (status, _, body) = get(assignments.clone(), arm.clone()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("MissingApiVersionParameter"))
+    );
+    // 151 Contributor holders on rg-fin (bob and the 150 extra users; alice lost hers):
+    // two pages, the second reached by `nextLink`.
+    let (status, _, page1) = get(
+        format!("{assignments}?api-version=2022-04-01&$filter=atScope()"),
+        arm.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(page1["value"].as_array().unwrap().len(), 100);
+    let first = &page1["value"][0]["properties"];
+    assert_eq!(
+        first["roleDefinitionId"],
+        format!(
+            "/subscriptions/{SUBSCRIPTION}/providers/Microsoft.Authorization/roleDefinitions/{CONTRIBUTOR}"
+        )
+    );
+    assert_eq!(first["scope"], rg_scope());
+    let next = page1["nextLink"].as_str().unwrap().to_string();
+    let (_, _, page2) = get(next, arm.clone()).await;
+    assert_eq!(page2["value"].as_array().unwrap().len(), 51);
+    assert!(page2.get("nextLink").is_none());
+    // With a read quota, answers say how many reads are left, then 429 with Retry-After.
+    sim.set_arm_read_quota(Some((1, Duration::from_secs(30))));
+    let url = format!("{assignments}?api-version=2022-04-01");
+    let (status, headers, _) = get(url.clone(), arm.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-ms-ratelimit-remaining-subscription-reads"], "0");
+    let (status, headers, _) = get(url, arm).await;
+    assert_eq!(status, 429);
+    assert!(headers.contains_key("retry-after"));
+    sim.shutdown().await;
+}
