@@ -263,8 +263,12 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
         .unwrap_or_default()
         .to_string();
     let origin_id = scope_origin.or(role_origin).unwrap_or_default().to_string();
-    let display_name = scope
-        .and_then(|s| non_empty(&s.display_name))
+    // The role's expanded resource names the group, app or site; a root scope may only be
+    // called "Root" (Microsoft's resourceRoleScope examples spell it so for groups too).
+    let display_name = role
+        .and_then(|r| r.resource.as_ref())
+        .and_then(|r| non_empty(&r.display_name))
+        .or_else(|| scope.and_then(|s| non_empty(&s.display_name)))
         .map(str::to_string)
         .unwrap_or_else(|| {
             if origin_id.is_empty() {
@@ -804,6 +808,18 @@ mod tests {
             OriginSystem::parse("DirectoryRole").as_str(),
             "DirectoryRole"
         );
+    }
+
+    #[test]
+    fn a_root_scope_is_named_by_the_roles_resource() {
+        let mut x = rrs("1", "AadGroup", "g1", "Root", "Member_g1", "Member");
+        x.role.as_mut().unwrap().resource = Some(crate::graph::models::ResourceRef {
+            display_name: Some("fin-readers".into()),
+            origin_id: Some("g1".into()),
+            ..Default::default()
+        });
+        let r = promised_resources(&[x]);
+        assert_eq!(r[0].label(), "fin-readers (Member)");
     }
 
     #[test]
