@@ -1231,3 +1231,101 @@ async fn the_operators_verify_interval_applies_to_an_object_that_sets_none() {
     let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
     assert!((108.0..=132.0).contains(&secs), "{secs}s");
 }
+
+/// The cross-check with Microsoft's access drift report on.
+fn with_drift_report() -> Settings {
+    Settings {
+        use_access_drift_report: true,
+        ..Settings::default()
+    }
+}
+
+const DRIFT_SUMMARIES: &str = "/beta/identityGovernance/entitlementManagement/accessDriftSummaries";
+
+fn disagreements(env: &Env) -> u64 {
+    env.ctx
+        .metrics
+        .access_drift_disagreements
+        .get_or_create(&redeliver::controller::metrics::KindLabels {
+            kind: "AccessPackageAssignment",
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn a_drift_report_that_disagrees_raises_a_warning_and_nothing_else() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    // Bob holds fin-writers; the report (lagging) says he is missing it.
+    env.sim
+        .set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "True", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "Microsoft's access drift report disagrees: it reports fin-writers missing for bob@contoso.com, Redeliver's read found it present"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
+    task.await.unwrap().unwrap();
+    // No event, no reprocess, no request: only the note.
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("POST", "/v1.0/"), 0);
+    assert_eq!(disagreements(&env), 1);
+    // The report was read: one summaries page and the details of the one resource it
+    // counts missing users on.
+    assert_eq!(env.sim.count_requests("GET", DRIFT_SUMMARIES), 2);
+}
+
+#[tokio::test]
+async fn the_drift_report_is_not_read_unless_asked_for() {
+    let mut env = Env::start().await;
+    env.sim
+        .set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let message = condition(&status, "Delivered")["message"].as_str().unwrap();
+    assert!(!message.contains("drift report"), "{message}");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("GET", "/beta/"), 0);
+    assert_eq!(disagreements(&env), 0);
+}
+
+#[tokio::test]
+async fn an_unavailable_drift_report_is_one_note_and_changes_nothing_else() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    env.sim.set_drift_report_unavailable(Some(403));
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "True", "{status}");
+    assert_eq!(delivered["reason"], "Delivered", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert_eq!(
+        message.matches("access drift report unavailable:").count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        message.contains("forbidden") && message.contains("EntitlementManagement.Read.All"),
+        "{message}"
+    );
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("POST", "/v1.0/"), 0);
+    assert_eq!(disagreements(&env), 0);
+    // One refused read, kept for the window: asked once.
+    assert_eq!(env.sim.count_requests("GET", DRIFT_SUMMARIES), 1);
+}

@@ -185,6 +185,38 @@ impl Shared {
             .push(scope.trim_end_matches('/').to_ascii_lowercase());
     }
 
+    /// Makes Microsoft's access drift report say exactly `users` (UPNs or ids) are missing
+    /// `resource` (a group, or an app's service principal, by name or id), whatever the
+    /// tenant's state: a report that lags or disagrees.
+    pub fn admin_set_reported_drift(&self, resource: &str, users: &[String]) -> AResult<()> {
+        let mut sim = self.lock();
+        let w = &sim.world;
+        let id = match w.group_ref(resource) {
+            Some(g) => g.id.clone(),
+            None => w.sp_ref(resource).map(|s| s.id.clone()).ok_or_else(|| {
+                AdminError::NotFound(format!(
+                    "group or service principal {resource:?} (give a name or object id)"
+                ))
+            })?,
+        };
+        let users = users
+            .iter()
+            .map(|u| user_id(w, u).map(|id| id.to_ascii_lowercase()))
+            .collect::<AResult<_>>()?;
+        sim.drift.reported.insert(id.to_ascii_lowercase(), users);
+        Ok(())
+    }
+
+    /// Back to a report computed from the tenant's state.
+    pub fn admin_clear_reported_drift(&self) {
+        self.lock().drift.reported.clear();
+    }
+
+    /// Makes every access drift report request answer `status` (`None`: available again).
+    pub fn admin_set_drift_report_unavailable(&self, status: Option<u16>) {
+        self.lock().drift.unavailable = status;
+    }
+
     /// Limits ARM reads to `reads` per `window` (`None`: unlimited), as ARM's
     /// `x-ms-ratelimit-remaining-subscription-reads` counts them.
     pub fn admin_set_arm_read_quota(&self, quota: Option<(u32, std::time::Duration)>) {
@@ -641,6 +673,46 @@ async fn clear_arm_quota(State(s): S) -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
+#[derive(Deserialize)]
+struct ReportedDriftBody {
+    missing: Vec<String>,
+}
+
+async fn set_reported_drift(
+    State(s): S,
+    Path(resource): Path<String>,
+    Json(b): Json<ReportedDriftBody>,
+) -> AResult<StatusCode> {
+    s.admin_set_reported_drift(&resource, &b.missing)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_reported_drift(State(s): S) -> StatusCode {
+    s.admin_clear_reported_drift();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct UnavailableBody {
+    status: u16,
+}
+
+async fn set_drift_unavailable(State(s): S, Json(b): Json<UnavailableBody>) -> AResult<StatusCode> {
+    if !(400..=599).contains(&b.status) {
+        return Err(AdminError::BadRequest(format!(
+            "status {}: give an HTTP error status (400-599)",
+            b.status
+        )));
+    }
+    s.admin_set_drift_report_unavailable(Some(b.status));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_drift_unavailable(State(s): S) -> StatusCode {
+    s.admin_set_drift_report_unavailable(None);
+    StatusCode::NO_CONTENT
+}
+
 async fn add_member(
     State(s): S,
     Path(g): Path<String>,
@@ -811,6 +883,15 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/azureRoles/{role}/{kind}/{user}",
             delete(remove_azure_role),
+        )
+        .route("/_sim/accessDrift/reported", delete(clear_reported_drift))
+        .route(
+            "/_sim/accessDrift/reported/{resource}",
+            put(set_reported_drift),
+        )
+        .route(
+            "/_sim/accessDrift/unavailable",
+            put(set_drift_unavailable).delete(clear_drift_unavailable),
         )
         .route(
             "/_sim/arm/throttling",

@@ -15,6 +15,7 @@ mod audit;
 mod batch;
 mod cli;
 mod delta;
+mod drift;
 mod graph;
 mod latency;
 mod odata;
@@ -694,6 +695,18 @@ impl SimHandle {
     /// Takes Reader away from the simulated app at `scope` (and below).
     pub fn deny_arm_reads(&self, scope: &str) {
         self.shared.admin_deny_arm_reads(scope)
+    }
+
+    /// Makes Microsoft's access drift report say exactly `missing` (UPNs or ids) lack
+    /// `resource` (a group or service principal, by name or id): a lagging report.
+    pub fn set_reported_drift(&self, resource: &str, missing: &[&str]) -> Result<(), AdminError> {
+        let missing: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+        self.shared.admin_set_reported_drift(resource, &missing)
+    }
+
+    /// Makes every access drift report request answer `status` (`None`: available).
+    pub fn set_drift_report_unavailable(&self, status: Option<u16>) {
+        self.shared.admin_set_drift_report_unavailable(status)
     }
 
     /// Limits ARM reads to `reads` per `window` (`None`: unlimited).

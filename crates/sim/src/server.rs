@@ -297,6 +297,8 @@ pub(crate) struct Sim {
     pub latency: LatencyModel,
     /// Requests that have drawn a model delay since start or reset: the next one's index.
     pub latency_seq: u64,
+    /// How Microsoft's access drift report lags or fails (tests set it).
+    pub drift: super::drift::DriftControls,
 }
 
 impl Sim {
@@ -319,6 +321,7 @@ impl Sim {
             bucket: bucket.map(new_bucket),
             latency,
             latency_seq: 0,
+            drift: Default::default(),
         }
     }
 
@@ -509,7 +512,7 @@ pub(crate) fn graph_call(
                 super::arm::handle(shared, &method, arm_path, query.as_deref(), &headers),
                 None,
             )
-        } else if !path.starts_with("/v1.0/") && path != "/v1.0" {
+        } else if !path.starts_with("/v1.0/") && path != "/v1.0" && !path.starts_with("/beta/") {
             (
                 Err(GraphError::not_found(
                     "itemNotFound",
@@ -678,8 +681,10 @@ async fn handle_v1(
     in_batch: bool,
 ) -> (Result<Reply, GraphError>, Option<u32>) {
     let q = Query::parse(query);
+    let beta = path.starts_with("/beta/");
     let segs: Vec<String> = path
         .trim_start_matches("/v1.0")
+        .trim_start_matches("/beta")
         .split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -736,6 +741,9 @@ async fn handle_v1(
         );
     }
 
+    if beta {
+        return beta_call(shared, method, &segs, &q, path);
+    }
     let ru = resource_units(method, &segs, &q);
     let mut sim = shared.lock();
     if let Some(cost) = ru
@@ -757,6 +765,46 @@ async fn handle_v1(
         _ => r,
     });
     (result, ru)
+}
+
+/// The beta paths the simulator serves: Microsoft's access drift report only (Graph
+/// meters it in no documented RU table; charged 1 RU a page so its cost shows in the usage
+/// report).
+fn beta_call(
+    shared: &Arc<Shared>,
+    method: &Method,
+    segs: &[String],
+    q: &Query,
+    path: &str,
+) -> (Result<Reply, GraphError>, Option<u32>) {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let rest = match s.as_slice() {
+        ["identityGovernance", "entitlementManagement", c, rest @ ..]
+            if c.eq_ignore_ascii_case("accessDriftSummaries") =>
+        {
+            rest.to_vec()
+        }
+        _ => {
+            return (
+                Err(GraphError::not_found(
+                    "itemNotFound",
+                    format!(
+                        "No HTTP resource was found that matches the request URI '{path}'. The simulator serves only the access drift report under /beta."
+                    ),
+                )),
+                None,
+            );
+        }
+    };
+    if *method != Method::GET {
+        return (Err(method_not_allowed(method, path)), None);
+    }
+    let mut sim = shared.lock();
+    if let Some(err) = charge(&mut sim, 1) {
+        return (Err(err), None);
+    }
+    let result = super::drift::route(&sim.world, &sim.drift, &rest, q, &shared.base_url, path);
+    (result, Some(1))
 }
 
 pub(crate) fn method_not_allowed(method: &Method, path: &str) -> GraphError {

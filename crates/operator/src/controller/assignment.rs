@@ -175,6 +175,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         }
     }
 
+    cross_check_drift_report(ctx, &observed, &mut plan).await;
     if assignment_status_changed(written.as_ref(), &plan.status) {
         patch_status(&api, &name, &plan.status).await?;
     }
@@ -187,6 +188,24 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         ctx.metrics.drift(KIND, 1);
     }
     Ok(Action::requeue(jitter(plan.requeue_after)))
+}
+
+/// With `--use-access-drift-report`: compares Microsoft's report for the package's catalog
+/// (read once per window for every object of the catalog) with this verification's own
+/// read, and notes a disagreement, or the report's unavailability, in the Delivered
+/// message. Never anything else: the plan's action and conditions' statuses are kept.
+async fn cross_check_drift_report(
+    ctx: &Context,
+    observed: &AssignmentObservation,
+    plan: &mut Plan,
+) {
+    if !ctx.use_access_drift_report {
+        return;
+    }
+    let found = crate::observe::drift_report_notes(ctx.observations.observer(), observed).await;
+    ctx.metrics
+        .access_drift_disagreements(KIND, found.disagreements as u64);
+    crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
 }
 
 /// Looks up who removed what this object's user newly misses (nothing for a healthy

@@ -58,6 +58,9 @@ pub struct Settings {
     pub first_status_after: Duration,
     /// Drift attribution from the audit log (`--drift-attribution`).
     pub attribution: crate::observe::attribution::AttributionSettings,
+    /// Cross-check verdicts against Microsoft's access drift report
+    /// (`--use-access-drift-report`; off by default).
+    pub use_access_drift_report: bool,
 }
 
 impl Default for Settings {
@@ -75,6 +78,7 @@ impl Default for Settings {
             poll_interval: EngineSettings::default().poll_interval,
             first_status_after: FIRST_STATUS_AFTER,
             attribution: Default::default(),
+            use_access_drift_report: false,
         }
     }
 }
@@ -108,6 +112,8 @@ pub struct Context {
     pub first_status_after: Duration,
     /// Who removed a missing resource (the audit log lookups and their bounded cache).
     pub attribution: crate::observe::attribution::Attributor,
+    /// Whether verdicts are cross-checked against Microsoft's access drift report.
+    pub use_access_drift_report: bool,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -148,6 +154,7 @@ impl Context {
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
             attribution: crate::observe::attribution::Attributor::new(settings.attribution.clone()),
+            use_access_drift_report: settings.use_access_drift_report,
             started: tokio::sync::watch::Sender::new(true),
         }
     }

@@ -138,6 +138,15 @@ pub struct ControllerArgs {
     /// group or app per detection batch, never for healthy objects.
     #[arg(long, env = "REDELIVER_DRIFT_ATTRIBUTION", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub drift_attribution: bool,
+
+    /// Cross-check each verification against Microsoft's access drift report (Graph beta,
+    /// per catalog, groups and apps only): where it disagrees with Redeliver's own read the
+    /// Delivered message says so and redeliver_access_drift_report_disagreements_total
+    /// counts it. Detection only: never a reprocess, never a different status. Needs
+    /// EntitlementManagement.Read.All (already required); if the report cannot be read the
+    /// message says it is unavailable and nothing else changes.
+    #[arg(long, env = "REDELIVER_USE_ACCESS_DRIFT_REPORT", value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub use_access_drift_report: bool,
 }
 
 impl ControllerArgs {
@@ -155,6 +164,7 @@ impl ControllerArgs {
                 enabled: self.drift_attribution,
                 ..Default::default()
             },
+            use_access_drift_report: self.use_access_drift_report,
             ..Settings::default()
         }
     }

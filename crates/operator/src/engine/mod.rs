@@ -20,6 +20,7 @@ use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
 mod assignment;
 pub mod attribution;
 pub mod conditions;
+mod drift_report;
 mod guard;
 pub mod ledger;
 mod resources;
@@ -31,6 +32,9 @@ pub use assignment::{
     record_action_failure, record_request_submitted,
 };
 pub use attribution::{Attribution, names_actor};
+pub use drift_report::{
+    DriftReport, drift_report_disagreements, drift_report_unavailable, note_on_delivered,
+};
 pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
     record_guard_outcome,

@@ -339,8 +339,8 @@ impl GraphClient {
 
     // ---- entitlement management ("Entitlement management reads") ----
 
-    /// The access package with its resource role scopes (role with its resource, and scope
-    /// expanded), or `None` if it does not exist. The role's resource names an Entra role
+    /// The access package with its catalog and its resource role scopes (role with its
+    /// resource, and scope expanded), or `None` if it does not exist. The role's resource names an Entra role
     /// ("Global Reader"), whose scope is only the directory root ("Root").
     pub async fn get_access_package(&self, id: &str) -> Result<Option<AccessPackage>, GraphError> {
         const OP: &str = "get_access_package";
@@ -350,7 +350,7 @@ impl GraphClient {
             &path,
             &[(
                 "$expand",
-                "resourceRoleScopes($expand=role($expand=resource),scope)",
+                "catalog,resourceRoleScopes($expand=role($expand=resource),scope)",
             )],
         )?;
         self.get_optional(OP, url).await
