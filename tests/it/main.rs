@@ -20,6 +20,7 @@ mod controller_observations;
 mod controller_reconcile;
 mod controller_runtime;
 mod crds_in_sync;
+mod drift_report_against_sim;
 mod fault_batch;
 mod fault_reprocess;
 mod fault_restart;

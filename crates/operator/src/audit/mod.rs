@@ -114,6 +114,12 @@ pub struct AuditArgs {
     #[arg(long)]
     pub no_progress: bool,
 
+    /// Cross-check each declaration against Microsoft's access drift report (Graph beta,
+    /// per catalog, groups and apps only), as the controller's flag does: a disagreement is
+    /// a note in the row's message, never a repair or a different verdict.
+    #[arg(long, env = "REDELIVER_USE_ACCESS_DRIFT_REPORT", value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub use_access_drift_report: bool,
+
     #[command(flatten)]
     pub graph: GraphArgs,
 }
@@ -162,6 +168,7 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
     }
     let observer = Observer::new(client, args.graph.graph_concurrency);
     let mut audit = Audit::new(&decls, &observer, args.reprocess);
+    audit.drift_report = args.use_access_drift_report;
 
     progress.say("verifying declarations against Graph");
     audit.pass().await;
@@ -322,6 +329,8 @@ struct Audit<'a> {
     decls: &'a Declarations,
     observer: &'a Observer,
     repair: bool,
+    /// Whether rows are cross-checked against Microsoft's access drift report.
+    drift_report: bool,
     settings: EngineSettings,
     assignments: Vec<AssignmentEval>,
     guards: Vec<GuardEval>,
@@ -400,6 +409,7 @@ impl<'a> Audit<'a> {
             decls,
             observer,
             repair,
+            drift_report: false,
             settings: EngineSettings::default(),
             assignments: Vec::new(),
             guards: Vec::new(),
@@ -463,6 +473,17 @@ impl<'a> Audit<'a> {
                 .buffered(width)
                 .collect()
                 .await;
+        // The report is read once per catalog (the observer's cache), so one at a time is
+        // as cheap as all at once.
+        let mut drift_notes = Vec::with_capacity(observed.len());
+        for o in &observed {
+            drift_notes.push(match o {
+                Ok(o) if self.drift_report => {
+                    crate::observe::drift_report_notes(observer, o).await.notes
+                }
+                _ => Vec::new(),
+            });
+        }
         // Every guard at once: each package's assignment pages are a chain of round trips,
         // so packages read a few at a time would leave Graph idle behind that latency.
         // What bounds the requests in flight is the client's own limit
@@ -483,9 +504,22 @@ impl<'a> Audit<'a> {
             .iter()
             .zip(observed)
             .zip(previous)
-            .map(|(((origin, apa), observed), (previous, taken))| {
+            .zip(drift_notes)
+            .map(|((((origin, apa), observed), (previous, taken)), notes)| {
                 let mut eval =
                     self.evaluate_assignment(origin, apa, observed, previous.as_ref(), now);
+                if !notes.is_empty() {
+                    if let Some(status) = eval.status.as_mut() {
+                        engine::note_on_delivered(&mut status.conditions, &notes);
+                    }
+                    // A delivered row shows no message otherwise: the note must show.
+                    let extra = notes.join("; ");
+                    eval.row.message = if eval.row.message.is_empty() {
+                        extra
+                    } else {
+                        format!("{}; {extra}", eval.row.message)
+                    };
+                }
                 // Once repaired, say what was done rather than "none".
                 if let Some(taken) = taken {
                     if matches!(
