@@ -1329,3 +1329,41 @@ async fn an_unavailable_drift_report_is_one_note_and_changes_nothing_else() {
     // One refused read, kept for the window: asked once.
     assert_eq!(env.sim.count_requests("GET", DRIFT_SUMMARIES), 1);
 }
+
+#[tokio::test]
+async fn a_drift_report_saying_in_sync_does_not_stop_a_repair_nor_add_a_write() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    // Alice lost fin-writers; the (lagging) report says nobody misses it.
+    env.sim.set_reported_drift("fin-writers", &[]).unwrap();
+    let alice = for_user("alice-finance", "alice@contoso.com");
+    let assignment_id = env
+        .sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    let task = env.reconcile(&alice);
+    env.api.expect_status_patch(&alice).await;
+    // The reprocess's own status write carries the note: no second write for it.
+    let status = env.api.expect_status_patch(&alice).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "False", "{status}");
+    assert_eq!(delivered["reason"], "ResourcesMissing", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "Microsoft's access drift report disagrees: it reports fin-writers in sync for alice@contoso.com, Redeliver's read found it missing"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&status, "Reconciling")["reason"], "Reprocessing");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "DriftDetected");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    let path = format!(
+        "/v1.0/identityGovernance/entitlementManagement/assignments/{assignment_id}/reprocess"
+    );
+    assert_eq!(env.sim.count_requests("POST", &path), 1);
+    assert_eq!(disagreements(&env), 1);
+}

@@ -160,6 +160,8 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         (plan, undo)
     };
 
+    // Before acting, so a reprocess's status write already carries the note (one write).
+    cross_check_drift_report(ctx, &observed, &mut plan).await;
     let mut written = previous;
     match execute(ctx, &obj, &api, &mut plan, &mut written, &observed, now).await {
         Ok(None) => {}
@@ -175,7 +177,6 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         }
     }
 
-    cross_check_drift_report(ctx, &observed, &mut plan).await;
     if assignment_status_changed(written.as_ref(), &plan.status) {
         patch_status(&api, &name, &plan.status).await?;
     }
