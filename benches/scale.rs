@@ -1,6 +1,7 @@
 //! `cargo bench --bench scale [-- --scales 1000,10000 ...]`: the scale benchmark (see
 //! `redeliver_bench` and docs/benchmarks.md). Not a timed test: it prints a table and,
-//! with `--markdown FILE`, writes the results.
+//! with `--markdown FILE`, writes the results. `--roles` runs the role tenant instead
+//! (Entra and Azure roles; `redeliver_bench::roles`).
 
 use clap::Parser;
 

@@ -86,6 +86,7 @@ async fn audit(args: redeliver::audit::AuditArgs) -> anyhow::Result<u8> {
         client_secret: sim.client_secret.clone(),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
+        arm_url: Some(sim.arm_url.clone()),
         ca_file: sim.ca_file.clone(),
     };
     let code = redeliver::audit::run(args, Some(endpoint)).await;

@@ -151,7 +151,7 @@ async fn demo_markdown_after_repairs_says_so_and_gives_the_before_counts() {
     );
     assert!(
         out.stdout.contains(
-            "Before the repairs: 1 delivered, 3 drifted, 1 not assigned, 1 other, 0 errors."
+            "Before the repairs: 1 delivered, 4 drifted, 1 not assigned, 1 other, 0 errors."
         ),
         "{}",
         out.stdout

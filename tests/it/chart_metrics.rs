@@ -73,6 +73,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     metrics.reconcile_started(kind).finish("ok");
     metrics.reprocess(kind, ReprocessCall::Requested);
     metrics.drift(kind, 1);
+    metrics.access_drift_disagreements(kind, 1);
     metrics
         .malformed_objects
         .get_or_create(&KindLabels { kind })

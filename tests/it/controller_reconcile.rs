@@ -411,6 +411,79 @@ async fn drift_is_reported_and_reprocessed() {
 }
 
 #[tokio::test]
+async fn a_role_removed_in_pim_is_drift_named_with_kind_mode_and_scope_and_reprocessed() {
+    let mut env = Env::start().await;
+    // The demo's Security Operations: erin lost her eligible Global Reader role; her
+    // Contributor role on rg-fin (read from the simulator's Resource Manager) is there.
+    let erin = apa(
+        "erin-security",
+        json!({"accessPackage": {"id": "9f1c0c7e-0000-4000-8000-000000000003"},
+               "target": {"userPrincipalName": "erin@contoso.com"}}),
+    );
+    let task = env.reconcile(&erin);
+
+    env.api.expect_status_patch(&erin).await;
+    let status = env.api.expect_status_patch(&erin).await;
+    assert_eq!(
+        condition(&status, "Delivered")["reason"],
+        "ResourcesMissing"
+    );
+    assert_eq!(status["resourcesSummary"], "1/2");
+    let resources = status["resources"].as_array().unwrap();
+    let role = resources
+        .iter()
+        .find(|r| r["kind"] == "EntraRole")
+        .expect("the Entra role in status");
+    assert_eq!(
+        (
+            role["state"].as_str(),
+            role["mode"].as_str(),
+            role["scope"].as_str(),
+            role["displayName"].as_str(),
+            role["originSystem"].as_str()
+        ),
+        (
+            Some("Missing"),
+            Some("Eligible"),
+            Some("/"),
+            Some("Global Reader"),
+            Some("DirectoryRole")
+        ),
+        "{status}"
+    );
+    let azure = resources
+        .iter()
+        .find(|r| r["kind"] == "AzureRole")
+        .expect("the Azure role in status");
+    assert_eq!(azure["state"], "Present", "{status}");
+    assert!(
+        azure["scope"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("/resourceGroups/rg-fin")),
+        "{status}"
+    );
+
+    let (type_, reason, note) = env.api.expect_event(&erin).await;
+    assert_eq!(
+        (type_.as_str(), reason.as_str()),
+        ("Warning", "DriftDetected")
+    );
+    assert!(
+        note.contains("EntraRole Global Reader (Eligible, /)"),
+        "{note}"
+    );
+    let (_, reason, _) = env.api.expect_event(&erin).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    eventually("the reprocess to restore the eligibility", || {
+        env.sim
+            .has_directory_role("Global Reader", "erin@contoso.com", true)
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_target_holding_an_assignment_costs_no_user_read() {
     let mut env = Env::start().await;
     let bob_id = env.sim.user_id("bob@contoso.com").unwrap();
@@ -1157,4 +1230,140 @@ async fn the_operators_verify_interval_applies_to_an_object_that_sets_none() {
     env.api.expect_status_patch(&own).await;
     let secs = requeue_secs(&task.await.unwrap().unwrap()).unwrap();
     assert!((108.0..=132.0).contains(&secs), "{secs}s");
+}
+
+/// The cross-check with Microsoft's access drift report on.
+fn with_drift_report() -> Settings {
+    Settings {
+        use_access_drift_report: true,
+        ..Settings::default()
+    }
+}
+
+const DRIFT_SUMMARIES: &str = "/beta/identityGovernance/entitlementManagement/accessDriftSummaries";
+
+fn disagreements(env: &Env) -> u64 {
+    env.ctx
+        .metrics
+        .access_drift_disagreements
+        .get_or_create(&redeliver::controller::metrics::KindLabels {
+            kind: "AccessPackageAssignment",
+        })
+        .get()
+}
+
+#[tokio::test]
+async fn a_drift_report_that_disagrees_raises_a_warning_and_nothing_else() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    // Bob holds fin-writers; the report (lagging) says he is missing it.
+    env.sim
+        .set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "True", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "Microsoft's access drift report disagrees: it reports fin-writers missing for bob@contoso.com, Redeliver's read found it present"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&status, "Ready")["status"], "True", "{status}");
+    task.await.unwrap().unwrap();
+    // No event, no reprocess, no request: only the note.
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("POST", "/v1.0/"), 0);
+    assert_eq!(disagreements(&env), 1);
+    // The report was read: one summaries page and the details of the one resource it
+    // counts missing users on.
+    assert_eq!(env.sim.count_requests("GET", DRIFT_SUMMARIES), 2);
+}
+
+#[tokio::test]
+async fn the_drift_report_is_not_read_unless_asked_for() {
+    let mut env = Env::start().await;
+    env.sim
+        .set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let message = condition(&status, "Delivered")["message"].as_str().unwrap();
+    assert!(!message.contains("drift report"), "{message}");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("GET", "/beta/"), 0);
+    assert_eq!(disagreements(&env), 0);
+}
+
+#[tokio::test]
+async fn an_unavailable_drift_report_is_one_note_and_changes_nothing_else() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    env.sim.set_drift_report_unavailable(Some(403));
+    let bob = for_user("bob-finance", "bob@contoso.com");
+    let task = env.reconcile(&bob);
+    env.api.expect_status_patch(&bob).await;
+    let status = env.api.expect_status_patch(&bob).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "True", "{status}");
+    assert_eq!(delivered["reason"], "Delivered", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert_eq!(
+        message.matches("access drift report unavailable:").count(),
+        1,
+        "{message}"
+    );
+    assert!(
+        message.contains("forbidden") && message.contains("EntitlementManagement.Read.All"),
+        "{message}"
+    );
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(env.sim.count_requests("POST", "/v1.0/"), 0);
+    assert_eq!(disagreements(&env), 0);
+    // One refused read, kept for the window: asked once.
+    assert_eq!(env.sim.count_requests("GET", DRIFT_SUMMARIES), 1);
+}
+
+#[tokio::test]
+async fn a_drift_report_saying_in_sync_does_not_stop_a_repair_nor_add_a_write() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    // Alice lost fin-writers; the (lagging) report says nobody misses it.
+    env.sim.set_reported_drift("fin-writers", &[]).unwrap();
+    let alice = for_user("alice-finance", "alice@contoso.com");
+    let assignment_id = env
+        .sim
+        .assignment_id("alice@contoso.com", "Finance Analysts")
+        .unwrap();
+    let task = env.reconcile(&alice);
+    env.api.expect_status_patch(&alice).await;
+    // The reprocess's own status write carries the note: no second write for it.
+    let status = env.api.expect_status_patch(&alice).await;
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["status"], "False", "{status}");
+    assert_eq!(delivered["reason"], "ResourcesMissing", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "Microsoft's access drift report disagrees: it reports fin-writers in sync for alice@contoso.com, Redeliver's read found it missing"
+        ),
+        "{message}"
+    );
+    assert_eq!(condition(&status, "Reconciling")["reason"], "Reprocessing");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "DriftDetected");
+    let (_, reason, _) = env.api.expect_event(&alice).await;
+    assert_eq!(reason, "ReprocessRequested");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    let path = format!(
+        "/v1.0/identityGovernance/entitlementManagement/assignments/{assignment_id}/reprocess"
+    );
+    assert_eq!(env.sim.count_requests("POST", &path), 1);
+    assert_eq!(disagreements(&env), 1);
 }

@@ -842,7 +842,7 @@ async fn documented_query_shapes_for_entitlement_reads() {
         shape(0),
         (
             format!("{em}/accessPackages/p1"),
-            Some("resourceRoleScopes($expand=role,scope)".into()),
+            Some("catalog,resourceRoleScopes($expand=role($expand=resource),scope)".into()),
             None
         )
     );

@@ -39,6 +39,7 @@ pub mod fake_kube;
 pub mod measure;
 pub mod naive;
 pub mod report;
+pub mod roles;
 pub mod shards;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -117,6 +118,12 @@ pub struct BenchArgs {
     /// Write the results as Markdown to this file (e.g. docs/benchmarks.md).
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+
+    /// Run only the role benchmark at --scales: packages promising a group, an Entra role
+    /// and an Azure role; one full verification each, Graph and ARM requests against the
+    /// minimum for the role kinds (Markdown section `roles`).
+    #[arg(long)]
+    pub roles: bool,
 
     /// The `redeliver` binary measured as Redeliver (default: this executable).
     #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
@@ -214,6 +221,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
     let machine = Machine::detect();
     eprintln!("machine: {}", machine.describe());
+    if args.roles {
+        let mut results = Vec::new();
+        for &n in &args.scales {
+            eprintln!("== roles, {n} assignments");
+            let r = roles::run_roles(&bin, n, args.concurrency).await?;
+            eprintln!("{}", roles::table(std::slice::from_ref(&r)));
+            results.push(r);
+        }
+        let table = roles::table(&results);
+        println!("{table}");
+        if let Some(path) = &args.markdown {
+            let body = format!(
+                "## Roles: Entra and Azure roles at scale\n\n`cargo bench --bench scale -- --roles --scales {} --markdown docs/benchmarks.md` on {}, load {}. Each package promises a group, an Entra role (eligible) and an Azure role (active, on a resource group): {} packages, 2 Entra roles, 2 resource groups; 1 % of the assignments miss their role. One full verification (`redeliver audit` over one guard per package, no repair). The minimum is one paged read per Entra role definition and mode and one per Azure scope and mode (pages of 100 in the simulator), however many assignments promise them; ARM requests are counted apart from Graph's.\n\n{table}",
+                args.scales
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                machine.describe(),
+                load_average(),
+                4
+            );
+            report::write_section(path, "roles", &body)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let mut results = Vec::new();
     for &n in &args.scales {
         eprintln!("== {n} assignments");
@@ -387,6 +422,7 @@ pub fn endpoint(sim: &SimHandle) -> redeliver::graph::Endpoint {
         client_secret: sim.client_secret.clone(),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
+        arm_url: Some(sim.arm_url.clone()),
         ca_file: sim.ca_file.clone(),
     }
 }

@@ -4,12 +4,21 @@
 
 use std::path::Path;
 
-/// Section `bench-part` belongs to `cargo bench --bench bench` (e.g. `controller-shards`).
-fn markers(name: &str) -> (String, String) {
+/// The command that writes section `name`: `bench-part` belongs to `cargo bench --bench
+/// bench` (e.g. `controller-shards`); the role run is a mode of the scale bench.
+fn command(name: &str) -> String {
     let bench = name.split_once('-').map_or(name, |(bench, _)| bench);
+    match name {
+        "roles" => "cargo bench --bench scale -- --roles --markdown".to_string(),
+        _ => format!("cargo bench --bench {bench} -- --markdown"),
+    }
+}
+
+fn markers(name: &str) -> (String, String) {
     (
         format!(
-            "<!-- BEGIN {name}: written by `cargo bench --bench {bench} -- --markdown`; edits inside are lost -->"
+            "<!-- BEGIN {name}: written by `{}`; edits inside are lost -->",
+            command(name)
         ),
         format!("<!-- END {name} -->"),
     )

@@ -160,6 +160,11 @@ pub struct Observer {
     requests: Memo<String, Result<Arc<[AssignmentRequest]>, ResolveFailure>>,
     /// Membership reads of this pass, shared by every declaration promising the resource.
     reads: Memo<ResourceRead, ReadData>,
+    /// Microsoft's access drift report per catalog (`--use-access-drift-report`), read once
+    /// per pass and shared by every object of the catalog; a refusal is kept as its note.
+    drift: Memo<String, Result<Arc<crate::engine::DriftReport>, String>>,
+    /// Whether the report's unavailability was logged already (it is logged once).
+    drift_unavailable_logged: std::sync::atomic::AtomicBool,
 }
 
 /// The one read cache, used by `redeliver audit` (no age bound: a pass refreshes it) and by
@@ -255,6 +260,8 @@ impl Observer {
             heads: Memo::new(max_age),
             requests: Memo::new(max_age),
             reads: Memo::new(max_age),
+            drift: Memo::new(max_age),
+            drift_unavailable_logged: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -294,6 +301,45 @@ impl Observer {
         self.heads.clear().await;
         self.requests.clear().await;
         self.reads.clear().await;
+        self.drift.clear().await;
+    }
+
+    /// Microsoft's access drift report for `catalog_id`, read once per pass (or age bound)
+    /// for every object of the catalog, or why it is unavailable. Only a cross-check: a
+    /// failure is noted (logged once) and changes nothing else.
+    pub async fn access_drift(
+        &self,
+        catalog_id: &str,
+    ) -> Result<Arc<crate::engine::DriftReport>, String> {
+        let read = || async {
+            match self.graph.read_access_drift(catalog_id).await {
+                Ok(drift) => Ok(Ok(Arc::new(drift_report_of(&drift)))),
+                // A refusal (403 without EntitlementManagement.Read.All, 404 where the
+                // tenant or the beta path does not have it) will not change by asking
+                // again within the window.
+                Err(e) if e.is_forbidden() => Ok(Err(
+                    "Graph refused it (forbidden); it needs EntitlementManagement.Read.All".into(),
+                )),
+                Err(e) if e.is_not_found() => Ok(Err(format!(
+                    "Graph has no such report here (not found at {}{}); the tenant may not offer it",
+                    crate::graph::drift_report::beta_base(self.graph.base_url()),
+                    crate::graph::drift_report::SUMMARIES_PATH
+                ))),
+                Err(e) => Err(e),
+            }
+        };
+        let outcome = match self.drift.get_or_read(catalog_id.to_string(), read).await {
+            Ok(outcome) => outcome,
+            Err(e) => Err(stable_message(&e)),
+        };
+        if let Err(why) = &outcome
+            && !self
+                .drift_unavailable_logged
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(catalog = catalog_id, error = %why, "Microsoft's access drift report is unavailable; the cross-check is skipped");
+        }
+        outcome
     }
 
     /// Resolves a package reference to its id.
@@ -659,8 +705,84 @@ impl Observer {
                     .map(|a| (a.principal_id, a.app_role_id))
                     .collect(),
             )),
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => ReadData::Pairs(Arc::new(
+                self.graph
+                    .list_directory_role_holders(
+                        role_definition_id,
+                        *mode == crate::engine::RoleMode::Eligible,
+                    )
+                    .await?
+                    .into_iter()
+                    // A holder without a scope holds it tenant-wide, as `/` says.
+                    .map(|h| {
+                        let scope = h
+                            .directory_scope_id
+                            .filter(|s| !s.is_empty())
+                            .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string());
+                        (h.principal_id, scope)
+                    })
+                    .collect(),
+            )),
+            ResourceRead::AzureRoleHolders { scope, mode } => ReadData::Pairs(Arc::new(
+                self.graph
+                    .list_azure_role_holders(scope, *mode == crate::engine::RoleMode::Eligible)
+                    .await?
+                    .into_iter()
+                    .filter_map(|h| {
+                        let p = h.properties;
+                        let guid = p.role_definition_id.rsplit('/').next()?.to_string();
+                        let at = if p.scope.is_empty() {
+                            scope.clone()
+                        } else {
+                            p.scope
+                        };
+                        Some((p.principal_id, crate::engine::azure_holding(&guid, &at)))
+                    })
+                    .collect(),
+            )),
         })
     }
+}
+
+/// The engine's view of one catalog's drift report: every resource a summary covers, with
+/// the users its `missing` details name (user identities only).
+pub fn drift_report_of(
+    drift: &crate::graph::drift_report::CatalogDrift,
+) -> crate::engine::DriftReport {
+    let mut report = crate::engine::DriftReport::default();
+    for (summary, details) in &drift.summaries {
+        if let Some(id) = summary
+            .resource
+            .as_ref()
+            .and_then(|r| r.identifier.as_deref())
+        {
+            report.cover(id);
+        }
+        for d in details {
+            if d.drift_type.as_deref() != Some("missing") {
+                continue;
+            }
+            let Some(resource) = d
+                .resource
+                .as_ref()
+                .or(summary.resource.as_ref())
+                .and_then(|r| r.identifier.as_deref())
+            else {
+                continue;
+            };
+            for who in &d.identities {
+                if who.identity_type.as_deref().is_none_or(|t| t == "user")
+                    && let Some(user) = who.identifier.as_deref()
+                {
+                    report.record_missing(resource, user);
+                }
+            }
+        }
+    }
+    report
 }
 
 /// A snapshot of read results. A failed read is recorded as failed, so assignments
@@ -672,6 +794,14 @@ pub fn snapshot_of(
     for (read, result) in results {
         match result {
             Ok(data) => snapshot.record(read, data),
+            // Azure roles need a Reader-type permission on each scope, which an operator may
+            // well not have everywhere: without it the role is not verifiable here, which
+            // must neither block Delivered nor look like drift.
+            Err(err) if unreadable_azure_scope(&read, &err) => {
+                let why = azure_unreadable_note(&read, &err);
+                tracing::info!(resource = ?read, error = %err, "cannot read Azure roles at a scope");
+                snapshot.record_unreadable(read, why);
+            }
             Err(err) => {
                 tracing::warn!(resource = ?read, error = %err, "could not read a resource's membership");
                 // The message lands in status: keep it stable across passes (no request
@@ -681,6 +811,31 @@ pub fn snapshot_of(
         }
     }
     snapshot
+}
+
+/// Whether `err` means `read` (an Azure scope) cannot be made here at all: ARM refused it
+/// (403) or no ARM URL is configured.
+fn unreadable_azure_scope(read: &ResourceRead, err: &GraphError) -> bool {
+    matches!(read, ResourceRead::AzureRoleHolders { .. })
+        && (err.is_forbidden() || matches!(err, GraphError::Config { .. }))
+}
+
+/// The note an unreadable Azure scope leaves on its roles: the permission and the scope.
+fn azure_unreadable_note(read: &ResourceRead, err: &GraphError) -> String {
+    let ResourceRead::AzureRoleHolders { scope, mode } = read else {
+        return stable_message(err);
+    };
+    if let GraphError::Config { .. } = err {
+        return "not verified: no Azure Resource Manager URL is configured (set --arm-url / REDELIVER_ARM_URL)".into();
+    }
+    let permission = if *mode == crate::engine::RoleMode::Eligible {
+        "Microsoft.Authorization/roleEligibilityScheduleInstances/read"
+    } else {
+        "Microsoft.Authorization/roleAssignments/read"
+    };
+    format!(
+        "not verified: Azure Resource Manager refused the read (forbidden); grant the app {permission} on {scope} (the Reader role there)"
+    )
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {
@@ -835,6 +990,51 @@ impl Reads for Observer {
 
     async fn request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {
         self.graph.get_request(id).await
+    }
+}
+
+/// What the cross-check with Microsoft's access drift report found for one declaration.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DriftNotes {
+    /// Notes for the Delivered message: each disagreement, or that the report is
+    /// unavailable.
+    pub notes: Vec<String>,
+    /// How many of the notes are disagreements.
+    pub disagreements: usize,
+}
+
+/// Compares Microsoft's access drift report for the package's catalog (read once per pass
+/// or window for every declaration of the catalog) with this observation's own read. The
+/// controller and `redeliver audit` both call it, so they say the same.
+pub async fn drift_report_notes(
+    observer: &Observer,
+    observed: &AssignmentObservation,
+) -> DriftNotes {
+    let (Ok(ids), Some(view)) = (&observed.resolved, &observed.view) else {
+        return DriftNotes::default();
+    };
+    let Some(catalog) = view.package.catalog.as_ref().map(|c| c.id.as_str()) else {
+        return DriftNotes::default();
+    };
+    match observer.access_drift(catalog).await {
+        Ok(report) => {
+            let who = ids.target_name.as_deref().unwrap_or(&ids.target_object_id);
+            let notes = crate::engine::drift_report_disagreements(
+                &report,
+                observed.resources(),
+                &observed.snapshot,
+                &ids.target_object_id,
+                who,
+            );
+            DriftNotes {
+                disagreements: notes.len(),
+                notes,
+            }
+        }
+        Err(why) => DriftNotes {
+            notes: vec![crate::engine::drift_report_unavailable(&why)],
+            disagreements: 0,
+        },
     }
 }
 

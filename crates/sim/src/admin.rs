@@ -134,6 +134,96 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Outside change: removes a user's Entra role at the directory root (an eligibility
+    /// when `eligible`, else an active assignment), as an admin in PIM or the role
+    /// management API would. `role` is the role definition's name or id. Returns false if
+    /// the user did not hold it.
+    pub fn admin_remove_directory_role(
+        &self,
+        role: &str,
+        user: &str,
+        eligible: bool,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let role_id = w
+            .role_definition_named(role)
+            .map(|d| d.id.clone())
+            .ok_or_else(|| AdminError::NotFound(format!("no directory role {role:?}")))?;
+        Ok(w.remove_directory_role(&role_id, &u, eligible))
+    }
+
+    /// Outside change: removes a user's Azure role `role` (name or GUID) at exactly
+    /// `scope` (`/subscriptions/{id}[/resourceGroups/{name}]`), its eligibility when
+    /// `eligible`, as an Azure admin would. Returns false if the user did not hold it.
+    pub fn admin_remove_azure_role(
+        &self,
+        role: &str,
+        scope: &str,
+        user: &str,
+        eligible: bool,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = user_id(w, user)?;
+        let guid = w
+            .azure_roles
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(role) || d.id.eq_ignore_ascii_case(role))
+            .map(|d| d.id.clone())
+            .ok_or_else(|| AdminError::NotFound(format!("no Azure role {role:?}")))?;
+        Ok(w.remove_azure_role(&guid, scope, &u, eligible))
+    }
+
+    /// Takes Reader away from the simulated app at `scope` (and below): ARM role reads
+    /// there answer 403 `AuthorizationFailed`.
+    pub fn admin_deny_arm_reads(&self, scope: &str) {
+        let mut sim = self.lock();
+        sim.world
+            .arm_denied
+            .push(scope.trim_end_matches('/').to_ascii_lowercase());
+    }
+
+    /// Makes Microsoft's access drift report say exactly `users` (UPNs or ids) are missing
+    /// `resource` (a group, or an app's service principal, by name or id), whatever the
+    /// tenant's state: a report that lags or disagrees.
+    pub fn admin_set_reported_drift(&self, resource: &str, users: &[String]) -> AResult<()> {
+        let mut sim = self.lock();
+        let w = &sim.world;
+        let id = match w.group_ref(resource) {
+            Some(g) => g.id.clone(),
+            None => w.sp_ref(resource).map(|s| s.id.clone()).ok_or_else(|| {
+                AdminError::NotFound(format!(
+                    "group or service principal {resource:?} (give a name or object id)"
+                ))
+            })?,
+        };
+        let users = users
+            .iter()
+            .map(|u| user_id(w, u).map(|id| id.to_ascii_lowercase()))
+            .collect::<AResult<_>>()?;
+        sim.drift.reported.insert(id.to_ascii_lowercase(), users);
+        Ok(())
+    }
+
+    /// Back to a report computed from the tenant's state.
+    pub fn admin_clear_reported_drift(&self) {
+        self.lock().drift.reported.clear();
+    }
+
+    /// Makes every access drift report request answer `status` (`None`: available again).
+    pub fn admin_set_drift_report_unavailable(&self, status: Option<u16>) {
+        self.lock().drift.unavailable = status;
+    }
+
+    /// Limits ARM reads to `reads` per `window` (`None`: unlimited), as ARM's
+    /// `x-ms-ratelimit-remaining-subscription-reads` counts them.
+    pub fn admin_set_arm_read_quota(&self, quota: Option<(u32, std::time::Duration)>) {
+        self.lock().arm_reads =
+            quota.map(|(reads, window)| super::arm::ReadQuota::new(reads, window));
+    }
+
     /// Outside change: adds a user to a group. Returns false if already a member.
     pub fn admin_add_member(&self, group: &str, user: &str) -> AResult<bool> {
         let mut sim = self.lock();
@@ -381,9 +471,11 @@ impl Shared {
             .map_err(|e| AdminError::BadRequest(e.to_string()))?;
         let mut sim = self.lock();
         let tokens = std::mem::take(&mut sim.tokens);
+        let arm_tokens = std::mem::take(&mut sim.arm_tokens);
         let epoch = sim.epoch + 1;
         let mut fresh = Sim::new(world, self.opts.ru_bucket, self.opts.latency);
         fresh.tokens = tokens;
+        fresh.arm_tokens = arm_tokens;
         fresh.epoch = epoch;
         *sim = fresh;
         Ok(())
@@ -517,6 +609,108 @@ async fn remove_member(
 async fn set_audit_lag(State(s): S, Json(b): Json<LagBody>) -> AResult<StatusCode> {
     s.admin_set_audit_lag(parse_ago(&b.lag)?);
     Ok(StatusCode::NO_CONTENT)
+}
+
+async fn remove_directory_role(
+    State(s): S,
+    Path((role, kind, u)): Path<(String, String, String)>,
+) -> AResult<Json<Value>> {
+    let eligible = match kind.as_str() {
+        "eligibilities" => true,
+        "assignments" => false,
+        other => {
+            return Err(AdminError::BadRequest(format!(
+                "{other:?}: use /_sim/directoryRoles/{{role}}/assignments/{{user}} or .../eligibilities/{{user}}"
+            )));
+        }
+    };
+    Ok(Json(
+        json!({"removed": s.admin_remove_directory_role(&role, &u, eligible)?}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ScopeQuery {
+    scope: String,
+}
+
+async fn remove_azure_role(
+    State(s): S,
+    Path((role, kind, u)): Path<(String, String, String)>,
+    AxQuery(q): AxQuery<ScopeQuery>,
+) -> AResult<Json<Value>> {
+    let eligible = match kind.as_str() {
+        "eligibilities" => true,
+        "assignments" => false,
+        other => {
+            return Err(AdminError::BadRequest(format!(
+                "{other:?}: use /_sim/azureRoles/{{role}}/assignments/{{user}}?scope=... or .../eligibilities/{{user}}?scope=..."
+            )));
+        }
+    };
+    Ok(Json(
+        json!({"removed": s.admin_remove_azure_role(&role, &q.scope, &u, eligible)?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ArmQuotaBody {
+    reads: u32,
+    window_ms: u64,
+}
+
+async fn set_arm_quota(State(s): S, Json(b): Json<ArmQuotaBody>) -> StatusCode {
+    s.admin_set_arm_read_quota(Some((
+        b.reads,
+        std::time::Duration::from_millis(b.window_ms),
+    )));
+    StatusCode::NO_CONTENT
+}
+
+async fn clear_arm_quota(State(s): S) -> StatusCode {
+    s.admin_set_arm_read_quota(None);
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct ReportedDriftBody {
+    missing: Vec<String>,
+}
+
+async fn set_reported_drift(
+    State(s): S,
+    Path(resource): Path<String>,
+    Json(b): Json<ReportedDriftBody>,
+) -> AResult<StatusCode> {
+    s.admin_set_reported_drift(&resource, &b.missing)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_reported_drift(State(s): S) -> StatusCode {
+    s.admin_clear_reported_drift();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Deserialize)]
+struct UnavailableBody {
+    status: u16,
+}
+
+async fn set_drift_unavailable(State(s): S, Json(b): Json<UnavailableBody>) -> AResult<StatusCode> {
+    if !(400..=599).contains(&b.status) {
+        return Err(AdminError::BadRequest(format!(
+            "status {}: give an HTTP error status (400-599)",
+            b.status
+        )));
+    }
+    s.admin_set_drift_report_unavailable(Some(b.status));
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_drift_unavailable(State(s): S) -> StatusCode {
+    s.admin_set_drift_report_unavailable(None);
+    StatusCode::NO_CONTENT
 }
 
 async fn add_member(
@@ -681,6 +875,27 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route(
             "/_sim/servicePrincipals/{sp}/appRoleAssignedTo/{user}",
             delete(remove_app_role),
+        )
+        .route(
+            "/_sim/directoryRoles/{role}/{kind}/{user}",
+            delete(remove_directory_role),
+        )
+        .route(
+            "/_sim/azureRoles/{role}/{kind}/{user}",
+            delete(remove_azure_role),
+        )
+        .route("/_sim/accessDrift/reported", delete(clear_reported_drift))
+        .route(
+            "/_sim/accessDrift/reported/{resource}",
+            put(set_reported_drift),
+        )
+        .route(
+            "/_sim/accessDrift/unavailable",
+            put(set_drift_unavailable).delete(clear_drift_unavailable),
+        )
+        .route(
+            "/_sim/arm/throttling",
+            put(set_arm_quota).delete(clear_arm_quota),
         )
         .route("/_sim/assignments/{id}/state", put(assignment_state))
         .route("/_sim/assignmentRequests/{id}/state", put(request_state))

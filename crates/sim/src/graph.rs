@@ -93,6 +93,17 @@ pub(crate) fn route(
         ["servicePrincipals", id, rel] if eq(rel, "appRoleAssignedTo") && get => {
             list_app_role_assigned_to(&sim.world, id, q, base, &path)
         }
+        ["roleManagement", "directory", rel]
+            if (eq(rel, "roleAssignments") || eq(rel, "roleEligibilitySchedules")) && get =>
+        {
+            list_directory_roles(
+                &sim.world,
+                eq(rel, "roleEligibilitySchedules"),
+                q,
+                base,
+                &path,
+            )
+        }
         ["auditLogs", d] if eq(d, "directoryAudits") && get => {
             let now = sim.world.now();
             super::audit::list_directory_audits(&sim.world.audit, now, q, base, &path)
@@ -109,6 +120,68 @@ pub(crate) fn route(
         }
         _ => Err(unknown_path()),
     }
+}
+
+/// `GET /roleManagement/directory/roleAssignments` or `.../roleEligibilitySchedules`,
+/// filtered by `roleDefinitionId`, `principalId`, `directoryScopeId` (`eq`, joined by `and`).
+fn list_directory_roles(w: &World, eligible: bool, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(
+        q,
+        &["roleDefinitionId", "principalId", "directoryScopeId"],
+        &[],
+    )?;
+    if let Some(f) = &f
+        && matches!(f, Filter::Or(_))
+    {
+        return Err(GraphError::bad_request(
+            "InvalidFilter",
+            "OData query is invalid: 'or' is not supported on role assignments.",
+        ));
+    }
+    let sel = q.select();
+    let list = if eligible {
+        &w.role_eligibilities
+    } else {
+        &w.role_assignments
+    };
+    // Paged by position in the whole list, filtering from the page's start only: a
+    // 50,000-holder role would otherwise cost the simulator a full scan per page.
+    let start = skip_position(q);
+    let items = list.iter().enumerate().skip(start).filter(|(_, g)| {
+        f.as_ref().is_none_or(|f| {
+            f.eval(&|k| match k {
+                "roledefinitionid" => Some(g.role_definition_id.clone()),
+                "principalid" => Some(g.principal_id.clone()),
+                "directoryscopeid" => Some(g.directory_scope_id.clone()),
+                _ => None,
+            })
+        })
+    });
+    let render = |g: &super::state::DirectoryRoleGrant| {
+        let mut v = json!({
+            "id": g.id,
+            "roleDefinitionId": g.role_definition_id,
+            "principalId": g.principal_id,
+            "directoryScopeId": g.directory_scope_id,
+            "appScopeId": null,
+        });
+        if eligible {
+            v["memberType"] = json!("Direct");
+            v["status"] = json!("Provisioned");
+            v["createdDateTime"] = json!(ts(g.created));
+            v["scheduleInfo"] = json!({
+                "startDateTime": ts(g.created),
+                "expiration": {"type": "noExpiration"},
+            });
+        }
+        apply_select(v, sel.as_deref(), &[])
+    };
+    let context = if eligible {
+        "roleManagement/directory/roleEligibilitySchedules"
+    } else {
+        "roleManagement/directory/roleAssignments"
+    };
+    page_scan(items, render, q, base, path, context, "BadRequest")
 }
 
 fn sp_key(seg: &str) -> Result<String, GraphError> {
@@ -751,7 +824,11 @@ fn catalog_resources(w: &World, catalog_id: &str) -> Vec<CatalogResource> {
                             }
                             r
                         }
-                        Grant::SharePoint { .. } => Vec::new(),
+                        Grant::SharePoint { .. } | Grant::AzureRole { .. } => Vec::new(),
+                        Grant::EntraRole { .. } => vec![
+                            ("Eligible Member".into(), "Eligible".into()),
+                            ("Active Member".into(), "Active".into()),
+                        ],
                     };
                     out.push(CatalogResource {
                         id: resource_id_for(seed, catalog_id, &info.scope_origin),
@@ -953,11 +1030,23 @@ fn role_scope_json(w: &World, p: &Package, rs: &super::state::RoleScope, ex: &[E
             "originId": info.role_origin,
             "originSystem": info.origin_system,
         });
+        if let Some(t) = info.role_type {
+            v["role"]["type"] = json!(t);
+        }
+        // `role($expand=resource)`: the catalog resource the role belongs to.
+        if has_expand(nested_expand(nested, "role"), "resource") {
+            v["role"]["resource"] = json!({
+                "id": resource_id_for(w.seed_value, &p.catalog_id, &info.scope_origin),
+                "displayName": info.resource_name,
+                "originId": info.resource_origin,
+                "originSystem": info.origin_system,
+            });
+        }
     }
     if all || has_expand(nested, "scope") {
         v["scope"] = json!({
             "id": rs.scope_id,
-            "displayName": info.resource_name,
+            "displayName": info.scope_name,
             "description": null,
             "originId": info.scope_origin,
             "originSystem": info.origin_system,

@@ -64,7 +64,9 @@ impl RouteClass {
         let first = first.split('?').next().unwrap_or_default();
         match first.to_ascii_lowercase().as_str() {
             "identitygovernance" => Some(RouteClass::Em),
-            "groups" | "users" | "directoryobjects" => Some(RouteClass::Directory),
+            "groups" | "users" | "directoryobjects" | "rolemanagement" => {
+                Some(RouteClass::Directory)
+            }
             sp if sp.starts_with("serviceprincipals") => Some(RouteClass::Directory),
             "$batch" => Some(RouteClass::Batch),
             _ => None,

@@ -10,10 +10,12 @@
 //! (`admin.rs`) and [`FaultSpec`], or the documented API drifts from the served one.
 
 mod admin;
+mod arm;
 mod audit;
 mod batch;
 mod cli;
 mod delta;
+mod drift;
 mod graph;
 mod latency;
 mod odata;
@@ -39,10 +41,11 @@ pub use admin::AdminError;
 pub use cli::{SimArgs, run};
 pub use latency::{LatencyDist, LatencyModel, LatencyParseError, RouteClass};
 pub use scenario::{
-    AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, CatalogSpec, ClientSpec,
-    GroupSpec, PolicySpec, RequestSpec, ResourceSpec, SCENARIO_API_VERSION, SCENARIO_KIND,
-    Scenario, ScenarioBuilder, ScenarioError, ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec,
-    SyntheticResource, SyntheticTenant, TenantSpec, UserSpec, derive_id,
+    AccessPackageSpec, AppRoleGrantSpec, AppRoleSpec, AssignmentSpec, AzureRoleSpec, CatalogSpec,
+    ClientSpec, DirectoryRoleSpec, GroupSpec, PolicySpec, RequestSpec, ResourceSpec,
+    SCENARIO_API_VERSION, SCENARIO_KIND, Scenario, ScenarioBuilder, ScenarioError,
+    ScenarioMetadata, ScenarioSpec, ServicePrincipalSpec, SubscriptionSpec, SyntheticResource,
+    SyntheticTenant, TenantSpec, UserSpec, derive_id,
 };
 pub use server::{FaultScope, FaultSpec, LogEntry, PathUsage, RuBucket, Usage};
 
@@ -132,6 +135,9 @@ enum Server {
 pub struct SimHandle {
     /// Graph root without `/v1.0`, e.g. `http://127.0.0.1:43123`.
     pub graph_url: String,
+    /// Azure Resource Manager root, e.g. `http://127.0.0.1:43123/arm` (token scope
+    /// `{arm_url}/.default`).
+    pub arm_url: String,
     /// Token authority root, e.g. `http://127.0.0.1:43123` (token URL
     /// `{authority_host}/{tenant_id}/oauth2/v2.0/token`).
     pub authority_host: String,
@@ -266,6 +272,7 @@ impl Simulator {
         Ok(SimHandle {
             admin_url: format!("{base_url}/_sim"),
             authority_host: base_url.clone(),
+            arm_url: format!("{base_url}/arm"),
             graph_url: base_url,
             tenant_id,
             tenant_domain,
@@ -326,13 +333,14 @@ fn shell_quote(s: &str) -> String {
 impl SimHandle {
     /// The environment that points `redeliver` (or any Azure SDK) at this simulator:
     /// tenant, client, the simulator's own throwaway secret, authority and Graph URL.
-    pub fn graph_env(&self) -> [(&'static str, &str); 5] {
+    pub fn graph_env(&self) -> [(&'static str, &str); 6] {
         [
             ("AZURE_TENANT_ID", &self.tenant_id),
             ("AZURE_CLIENT_ID", &self.client_id),
             ("AZURE_CLIENT_SECRET", &self.client_secret),
             ("AZURE_AUTHORITY_HOST", &self.authority_host),
             ("REDELIVER_GRAPH_URL", &self.graph_url),
+            ("REDELIVER_ARM_URL", &self.arm_url),
         ]
     }
 
@@ -611,6 +619,99 @@ impl SimHandle {
     /// Names of the groups/apps an assignment promises that are not really in place.
     pub fn missing_resources(&self, assignment_id: &str) -> Vec<String> {
         self.shared.lock().world.missing_grants(assignment_id)
+    }
+
+    /// Outside change: removes `user`'s Entra role `role` (name or role definition id) at
+    /// the directory root, its eligibility when `eligible`, else its active assignment.
+    pub fn remove_directory_role(
+        &self,
+        role: &str,
+        user: &str,
+        eligible: bool,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_remove_directory_role(role, user, eligible)
+    }
+
+    /// Whether `user` holds the Entra role `role` (name or id) at the directory root,
+    /// eligible or active as `eligible` says.
+    pub fn has_directory_role(&self, role: &str, user: &str, eligible: bool) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        match (w.role_definition_named(role), w.user_ref(user)) {
+            (Some(d), Some(u)) => w.has_directory_role(&d.id, &u.id, eligible),
+            _ => false,
+        }
+    }
+
+    /// The id of the Entra role definition named `name`.
+    pub fn role_definition_id(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .role_definition_named(name)
+            .map(|d| d.id.clone())
+    }
+
+    /// Outside change: removes `user`'s Azure role `role` (name or GUID) at exactly
+    /// `scope`, its eligibility when `eligible`, else its active assignment.
+    pub fn remove_azure_role(
+        &self,
+        role: &str,
+        scope: &str,
+        user: &str,
+        eligible: bool,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_remove_azure_role(role, scope, user, eligible)
+    }
+
+    /// Whether `user` holds Azure role `role` (name or GUID) at exactly `scope`.
+    pub fn has_azure_role(&self, role: &str, scope: &str, user: &str, eligible: bool) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        let guid = w
+            .azure_roles
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(role) || d.id.eq_ignore_ascii_case(role))
+            .map(|d| d.id.clone());
+        match (guid, w.user_ref(user)) {
+            (Some(g), Some(u)) => w.has_azure_role(&g, scope, &u.id, eligible),
+            _ => false,
+        }
+    }
+
+    /// The id of the Azure subscription named `name`.
+    pub fn subscription_id(&self, name: &str) -> Option<String> {
+        self.shared
+            .lock()
+            .world
+            .subscriptions
+            .iter()
+            .find(|s| s.display_name.eq_ignore_ascii_case(name))
+            .map(|s| s.id.clone())
+    }
+
+    /// Takes Reader away from the simulated app at `scope` (and below).
+    pub fn deny_arm_reads(&self, scope: &str) {
+        self.shared.admin_deny_arm_reads(scope)
+    }
+
+    /// Makes Microsoft's access drift report say exactly `missing` (UPNs or ids) lack
+    /// `resource` (a group or service principal, by name or id): a lagging report.
+    pub fn set_reported_drift(&self, resource: &str, missing: &[&str]) -> Result<(), AdminError> {
+        let missing: Vec<String> = missing.iter().map(|s| s.to_string()).collect();
+        self.shared.admin_set_reported_drift(resource, &missing)
+    }
+
+    /// Makes every access drift report request answer `status` (`None`: available).
+    pub fn set_drift_report_unavailable(&self, status: Option<u16>) {
+        self.shared.admin_set_drift_report_unavailable(status)
+    }
+
+    /// Limits ARM reads to `reads` per `window` (`None`: unlimited).
+    pub fn set_arm_read_quota(&self, quota: Option<(u32, Duration)>) {
+        self.shared.admin_set_arm_read_quota(quota)
     }
 
     /// Whether `user` is a direct member of `group`.

@@ -125,6 +125,16 @@ pub struct ScenarioSpec {
     /// Service principals (resource apps) with app roles.
     #[serde(default)]
     pub service_principals: Vec<ServicePrincipalSpec>,
+    /// Microsoft Entra role definitions (directory roles) packages can grant.
+    #[serde(default)]
+    pub directory_roles: Vec<DirectoryRoleSpec>,
+    /// Azure subscriptions (with resource groups) served by the simulator's Azure
+    /// Resource Manager endpoint (`{base}/arm`).
+    #[serde(default)]
+    pub subscriptions: Vec<SubscriptionSpec>,
+    /// Azure role definitions (built-in or custom) packages can grant.
+    #[serde(default)]
+    pub azure_roles: Vec<AzureRoleSpec>,
     /// Entitlement-management catalogs.
     #[serde(default)]
     pub catalogs: Vec<CatalogSpec>,
@@ -287,7 +297,54 @@ pub struct AccessPackageSpec {
     pub policies: Vec<PolicySpec>,
 }
 
-/// One resource role a package grants. Exactly one of `group`, `app`, `sharePointSite`.
+/// A Microsoft Entra role definition (`unifiedRoleDefinition`), e.g. Global Reader.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DirectoryRoleSpec {
+    /// Display name, e.g. `Global Reader`.
+    pub name: String,
+    /// Role definition id (for built-in roles, the role template id); derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Existing active role assignments at the directory root (UPNs).
+    #[serde(default)]
+    pub active: Vec<String>,
+    /// Existing role eligibilities at the directory root (UPNs).
+    #[serde(default)]
+    pub eligible: Vec<String>,
+}
+
+/// An Azure subscription.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubscriptionSpec {
+    /// Display name, e.g. `Finance`.
+    pub name: String,
+    /// Subscription id (GUID); derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Resource group names.
+    #[serde(default)]
+    pub resource_groups: Vec<String>,
+    /// Scopes (`/subscriptions/{id}...` or `resourceGroups/{name}` relative to this
+    /// subscription) where the simulated app lacks Reader: role reads there get 403.
+    #[serde(default)]
+    pub deny_reads: Vec<String>,
+}
+
+/// An Azure role definition, e.g. Contributor.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AzureRoleSpec {
+    /// Display name, e.g. `Contributor`.
+    pub name: String,
+    /// Role definition GUID; derived when absent.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+/// One resource role a package grants. Exactly one of `group`, `app`, `sharePointSite`,
+/// `entraRole`, `azureRole`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceSpec {
@@ -303,7 +360,22 @@ pub struct ResourceSpec {
     /// SharePoint site URL: grants the site role `role` (never verifiable through Graph).
     #[serde(default)]
     pub share_point_site: Option<String>,
-    /// `Member`/`Owner` for groups; the site role name for SharePoint (default `Visitors`).
+    /// Entra role definition name (from `spec.directoryRoles`): grants the role at the
+    /// directory root, `Eligible` (default) or `Active` (see `role`).
+    #[serde(default)]
+    pub entra_role: Option<String>,
+    /// Azure role name (from `spec.azureRoles`): grants the role on `subscription` (and
+    /// `resourceGroup`, when set), `Active` (default) or `Eligible` (see `role`).
+    #[serde(default)]
+    pub azure_role: Option<String>,
+    /// Subscription name for `azureRole`.
+    #[serde(default)]
+    pub subscription: Option<String>,
+    /// Resource group name for `azureRole` (the subscription itself when absent).
+    #[serde(default)]
+    pub resource_group: Option<String>,
+    /// `Member`/`Owner` for groups; `Eligible`/`Active` for Entra and Azure roles; the site role
+    /// name for SharePoint (default `Visitors`).
     #[serde(default)]
     pub role: Option<String>,
     /// SharePoint role origin id (its sequence number); default `"4"`.
@@ -759,6 +831,12 @@ impl ScenarioBuilder {
     /// Adds a service principal.
     pub fn service_principal(mut self, sp: ServicePrincipalSpec) -> Self {
         self.scenario.spec.service_principals.push(sp);
+        self
+    }
+
+    /// Adds an Entra role definition.
+    pub fn directory_role(mut self, role: DirectoryRoleSpec) -> Self {
+        self.scenario.spec.directory_roles.push(role);
         self
     }
 

@@ -276,6 +276,11 @@ pub(crate) struct Sim {
     /// Bumped on reset so background work from before the reset is dropped.
     pub epoch: u64,
     pub tokens: HashMap<String, Timestamp>,
+    /// Of `tokens`, those issued for Azure Resource Manager (ARM's `.default` scope): ARM
+    /// accepts only these, Graph none of them.
+    pub arm_tokens: HashSet<String>,
+    /// ARM's read quota (`x-ms-ratelimit-remaining-subscription-reads`), when limited.
+    pub arm_reads: Option<super::arm::ReadQuota>,
     pub faults: Vec<ActiveFault>,
     pub next_fault_id: u64,
     pub silent_all: bool,
@@ -292,6 +297,8 @@ pub(crate) struct Sim {
     pub latency: LatencyModel,
     /// Requests that have drawn a model delay since start or reset: the next one's index.
     pub latency_seq: u64,
+    /// How Microsoft's access drift report lags or fails (tests set it).
+    pub drift: super::drift::DriftControls,
 }
 
 impl Sim {
@@ -300,6 +307,8 @@ impl Sim {
             world,
             epoch: 0,
             tokens: HashMap::new(),
+            arm_tokens: HashSet::new(),
+            arm_reads: None,
             faults: Vec::new(),
             next_fault_id: 1,
             silent_all: false,
@@ -312,6 +321,7 @@ impl Sim {
             bucket: bucket.map(new_bucket),
             latency,
             latency_seq: 0,
+            drift: Default::default(),
         }
     }
 
@@ -497,7 +507,12 @@ pub(crate) fn graph_call(
             None => path.clone(),
         };
 
-        let (result, ru) = if !path.starts_with("/v1.0/") && path != "/v1.0" {
+        let (result, ru) = if let Some(arm_path) = path.strip_prefix("/arm/") {
+            (
+                super::arm::handle(shared, &method, arm_path, query.as_deref(), &headers),
+                None,
+            )
+        } else if !path.starts_with("/v1.0/") && path != "/v1.0" && !path.starts_with("/beta/") {
             (
                 Err(GraphError::not_found(
                     "itemNotFound",
@@ -574,7 +589,12 @@ fn scope_matches(scope: &FaultScope, method: &Method, path: &str) -> bool {
     let path_ok = match scope.path_prefix.as_deref() {
         None => path.starts_with("/v1.0/") && path != "/v1.0/$batch",
         Some(p) => {
-            let p = if p.starts_with("/v1.0") || p.starts_with(TOKEN_FAULT_PATH) {
+            // Graph paths may leave out `/v1.0`; the token endpoint and ARM (`/arm/`) are
+            // named in full.
+            let p = if p.starts_with("/v1.0")
+                || p.starts_with(TOKEN_FAULT_PATH)
+                || p.starts_with("/arm/")
+            {
                 p.to_string()
             } else {
                 format!("/v1.0{}{p}", if p.starts_with('/') { "" } else { "/" })
@@ -661,8 +681,10 @@ async fn handle_v1(
     in_batch: bool,
 ) -> (Result<Reply, GraphError>, Option<u32>) {
     let q = Query::parse(query);
+    let beta = path.starts_with("/beta/");
     let segs: Vec<String> = path
         .trim_start_matches("/v1.0")
+        .trim_start_matches("/beta")
         .split('/')
         .filter(|s| !s.is_empty())
         .map(|s| {
@@ -719,6 +741,9 @@ async fn handle_v1(
         );
     }
 
+    if beta {
+        return beta_call(shared, method, &segs, &q, path);
+    }
     let ru = resource_units(method, &segs, &q);
     let mut sim = shared.lock();
     if let Some(cost) = ru
@@ -740,6 +765,46 @@ async fn handle_v1(
         _ => r,
     });
     (result, ru)
+}
+
+/// The beta paths the simulator serves: Microsoft's access drift report only (Graph
+/// meters it in no documented RU table; charged 1 RU a page so its cost shows in the usage
+/// report).
+fn beta_call(
+    shared: &Arc<Shared>,
+    method: &Method,
+    segs: &[String],
+    q: &Query,
+    path: &str,
+) -> (Result<Reply, GraphError>, Option<u32>) {
+    let s: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let rest = match s.as_slice() {
+        ["identityGovernance", "entitlementManagement", c, rest @ ..]
+            if c.eq_ignore_ascii_case("accessDriftSummaries") =>
+        {
+            rest.to_vec()
+        }
+        _ => {
+            return (
+                Err(GraphError::not_found(
+                    "itemNotFound",
+                    format!(
+                        "No HTTP resource was found that matches the request URI '{path}'. The simulator serves only the access drift report under /beta."
+                    ),
+                )),
+                None,
+            );
+        }
+    };
+    if *method != Method::GET {
+        return (Err(method_not_allowed(method, path)), None);
+    }
+    let mut sim = shared.lock();
+    if let Some(err) = charge(&mut sim, 1) {
+        return (Err(err), None);
+    }
+    let result = super::drift::route(&sim.world, &sim.drift, &rest, q, &shared.base_url, path);
+    (result, Some(1))
 }
 
 pub(crate) fn method_not_allowed(method: &Method, path: &str) -> GraphError {
@@ -766,6 +831,11 @@ fn check_auth(sim: &Sim, headers: &HeaderMap, base: &str) -> Result<(), GraphErr
         Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
         _ => return Err(err("Access token is empty.")),
     };
+    if sim.arm_tokens.contains(token) {
+        return Err(err(
+            "Access token validation failure. Invalid audience (a token for Azure Resource Manager).",
+        ));
+    }
     match sim.tokens.get(token) {
         None => Err(err(
             "Access token validation failure. Invalid audience or unknown token.",
@@ -787,7 +857,10 @@ pub(crate) fn resource_units(method: &Method, segs: &[String], q: &Query) -> Opt
         || first.starts_with("serviceprincipals")
         // Not metered by Graph's directory RU table (reports have their own limits); the
         // simulator charges it 1 RU so its cost shows in the usage report.
-        || first == "auditlogs";
+        || first == "auditlogs"
+        // Role management has its own limits, undocumented in RU; charged 1 RU a page so
+        // role reads show in the usage report next to the membership reads they replace.
+        || first == "rolemanagement";
     if !dir {
         return None;
     }

@@ -56,6 +56,46 @@ pub(crate) struct ServicePrincipal {
     pub assigned_to: Vec<AppRoleAssignment>,
 }
 
+/// A Microsoft Entra role definition.
+#[derive(Debug, Clone)]
+pub(crate) struct RoleDefinition {
+    pub id: String,
+    pub display_name: String,
+}
+
+/// An active directory role assignment or a role eligibility schedule: a principal
+/// holds a role definition at a directory scope.
+#[derive(Debug, Clone)]
+pub(crate) struct DirectoryRoleGrant {
+    pub id: String,
+    pub role_definition_id: String,
+    pub principal_id: String,
+    pub directory_scope_id: String,
+    pub created: Timestamp,
+}
+
+/// An Azure subscription and its resource groups.
+#[derive(Debug, Clone)]
+pub(crate) struct Subscription {
+    pub id: String,
+    pub display_name: String,
+    pub resource_groups: Vec<String>,
+}
+
+/// An Azure role assignment or role eligibility schedule instance (ARM): a principal
+/// holds a role definition at an ARM scope.
+#[derive(Debug, Clone)]
+pub(crate) struct ArmRoleGrant {
+    /// The assignment's GUID (its `name`).
+    pub name: String,
+    /// The role definition GUID.
+    pub role_guid: String,
+    pub principal_id: String,
+    /// `/subscriptions/{id}` or `/subscriptions/{id}/resourceGroups/{name}`.
+    pub scope: String,
+    pub created: Timestamp,
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Catalog {
     pub id: String,
@@ -77,6 +117,18 @@ pub(crate) enum Grant {
         site: String,
         role: String,
         role_origin_id: String,
+    },
+    /// An Entra role at the directory root, eligible or active.
+    EntraRole {
+        role_definition_id: String,
+        eligible: bool,
+    },
+    /// An Azure role at an ARM scope (subscription or resource group), eligible or active.
+    AzureRole {
+        role_guid: String,
+        subscription_id: String,
+        scope: String,
+        eligible: bool,
     },
 }
 
@@ -163,6 +215,21 @@ pub(crate) struct World {
     /// removed, and ones created later are found by the linear fallback.
     assignment_by_id: HashMap<String, usize>,
     pub sps: Vec<ServicePrincipal>,
+    pub role_definitions: Vec<RoleDefinition>,
+    /// `roleManagement/directory/roleAssignments`.
+    pub role_assignments: Vec<DirectoryRoleGrant>,
+    /// `roleManagement/directory/roleEligibilitySchedules`.
+    pub role_eligibilities: Vec<DirectoryRoleGrant>,
+    pub subscriptions: Vec<Subscription>,
+    /// Azure role definitions: (GUID, display name).
+    pub azure_roles: Vec<RoleDefinition>,
+    /// ARM `roleAssignments`.
+    pub arm_assignments: Vec<ArmRoleGrant>,
+    /// ARM `roleEligibilityScheduleInstances`.
+    pub arm_eligibilities: Vec<ArmRoleGrant>,
+    /// Lower-cased ARM scopes where the simulated app has no Reader: reads at or below
+    /// them get 403 `AuthorizationFailed`.
+    pub arm_denied: Vec<String>,
     pub catalogs: Vec<Catalog>,
     pub packages: Vec<Package>,
     pub policies: Vec<Policy>,
@@ -248,6 +315,14 @@ impl World {
             group_by_id: HashMap::new(),
             assignment_by_id: HashMap::with_capacity(spec.assignments.len()),
             sps: Vec::new(),
+            role_definitions: Vec::new(),
+            role_assignments: Vec::new(),
+            role_eligibilities: Vec::new(),
+            subscriptions: Vec::new(),
+            azure_roles: Vec::new(),
+            arm_assignments: Vec::new(),
+            arm_eligibilities: Vec::new(),
+            arm_denied: Vec::new(),
             audit: Default::default(),
             catalogs: Vec::new(),
             packages: Vec::new(),
@@ -355,6 +430,67 @@ impl World {
             }
         }
 
+        for (i, r) in spec.directory_roles.iter().enumerate() {
+            let field = format!("spec.directoryRoles[{i}]");
+            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "roledef", &r.name)?;
+            if w.role_definition_named(&r.name).is_some() {
+                return Err(ScenarioError::invalid(
+                    field,
+                    format!("directory role {} is declared twice", r.name),
+                ));
+            }
+            w.role_definitions.push(RoleDefinition {
+                id: id.clone(),
+                display_name: r.name.clone(),
+            });
+            for (list, eligible) in [(&r.active, false), (&r.eligible, true)] {
+                for (j, upn) in list.iter().enumerate() {
+                    let key = if eligible { "eligible" } else { "active" };
+                    let user = w.scenario_user(&format!("{field}.{key}[{j}]"), upn)?;
+                    w.add_directory_role(&id, &user, eligible, created);
+                }
+            }
+        }
+
+        for (i, sub) in spec.subscriptions.iter().enumerate() {
+            let field = format!("spec.subscriptions[{i}]");
+            let id = id_or_derived(
+                &sub.id,
+                &format!("{field}.id"),
+                seed,
+                "subscription",
+                &sub.name,
+            )?;
+            for (j, deny) in sub.deny_reads.iter().enumerate() {
+                let scope = if deny.starts_with('/') {
+                    deny.clone()
+                } else {
+                    format!("/subscriptions/{id}/{}", deny.trim_start_matches('/'))
+                };
+                if !scope.to_ascii_lowercase().starts_with("/subscriptions/") {
+                    return Err(ScenarioError::invalid(
+                        format!("{field}.denyReads[{j}]"),
+                        "use resourceGroups/{name} or a /subscriptions/... scope",
+                    ));
+                }
+                w.arm_denied
+                    .push(scope.trim_end_matches('/').to_ascii_lowercase());
+            }
+            w.subscriptions.push(Subscription {
+                id,
+                display_name: sub.name.clone(),
+                resource_groups: sub.resource_groups.clone(),
+            });
+        }
+        for (i, r) in spec.azure_roles.iter().enumerate() {
+            let field = format!("spec.azureRoles[{i}]");
+            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "azurerole", &r.name)?;
+            w.azure_roles.push(RoleDefinition {
+                id,
+                display_name: r.name.clone(),
+            });
+        }
+
         for (i, c) in spec.catalogs.iter().enumerate() {
             let field = format!("spec.catalogs[{i}]");
             let id = id_or_derived(&c.id, &format!("{field}.id"), seed, "catalog", &c.name)?;
@@ -393,7 +529,7 @@ impl World {
                 // Roles and scopes belong to the catalog's resource, so two packages of one
                 // catalog granting the same role share its id (as in Graph).
                 role_scopes.push(RoleScope {
-                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_origin),
+                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_key()),
                     scope_id: scope_id_for(seed, &catalog_id, &info.scope_origin),
                     grant,
                 });
@@ -543,6 +679,8 @@ impl World {
             r.group.is_some(),
             r.app.is_some(),
             r.share_point_site.is_some(),
+            r.entra_role.is_some(),
+            r.azure_role.is_some(),
         ]
         .iter()
         .filter(|b| **b)
@@ -550,8 +688,36 @@ impl World {
         if kinds != 1 {
             return Err(ScenarioError::invalid(
                 field,
-                "set exactly one of group, app, sharePointSite",
+                "set exactly one of group, app, sharePointSite, entraRole, azureRole",
             ));
+        }
+        if let Some(name) = &r.azure_role {
+            return self.resolve_azure_grant(field, name, r);
+        }
+        if let Some(name) = &r.entra_role {
+            let role_definition_id = self
+                .role_definition_named(name)
+                .map(|d| d.id.clone())
+                .ok_or_else(|| {
+                    ScenarioError::invalid(
+                        format!("{field}.entraRole"),
+                        format!("no directory role {name:?}; add it to spec.directoryRoles"),
+                    )
+                })?;
+            return match r.role.as_deref().unwrap_or("Eligible") {
+                m if m.eq_ignore_ascii_case("eligible") => Ok(Grant::EntraRole {
+                    role_definition_id,
+                    eligible: true,
+                }),
+                m if m.eq_ignore_ascii_case("active") => Ok(Grant::EntraRole {
+                    role_definition_id,
+                    eligible: false,
+                }),
+                other => Err(ScenarioError::invalid(
+                    format!("{field}.role"),
+                    format!("{other:?} is not an Entra role mode; use Eligible or Active"),
+                )),
+            };
         }
         if let Some(g) = &r.group {
             let gid = self.group_named(g).map(|g| g.id.clone()).ok_or_else(|| {
@@ -591,6 +757,77 @@ impl World {
             site: r.share_point_site.clone().unwrap_or_default(),
             role: r.role.clone().unwrap_or_else(|| "Visitors".into()),
             role_origin_id: r.role_origin_id.clone().unwrap_or_else(|| "4".into()),
+        })
+    }
+
+    fn resolve_azure_grant(
+        &self,
+        field: &str,
+        name: &str,
+        r: &ResourceSpec,
+    ) -> Result<Grant, ScenarioError> {
+        let role = self
+            .azure_roles
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(name) || d.id.eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.azureRole"),
+                    format!("no Azure role {name:?}; add it to spec.azureRoles"),
+                )
+            })?;
+        let sub_name = r.subscription.as_deref().ok_or_else(|| {
+            ScenarioError::invalid(
+                format!("{field}.subscription"),
+                "an azureRole needs the subscription it is granted on",
+            )
+        })?;
+        let sub = self
+            .subscriptions
+            .iter()
+            .find(|s| {
+                s.display_name.eq_ignore_ascii_case(sub_name) || s.id.eq_ignore_ascii_case(sub_name)
+            })
+            .ok_or_else(|| {
+                ScenarioError::invalid(
+                    format!("{field}.subscription"),
+                    format!("no subscription {sub_name:?}; add it to spec.subscriptions"),
+                )
+            })?;
+        let scope = match &r.resource_group {
+            None => format!("/subscriptions/{}", sub.id),
+            Some(rg) => {
+                let Some(rg) = sub
+                    .resource_groups
+                    .iter()
+                    .find(|g| g.eq_ignore_ascii_case(rg))
+                else {
+                    return Err(ScenarioError::invalid(
+                        format!("{field}.resourceGroup"),
+                        format!(
+                            "no resource group {rg:?} in subscription {}; add it to its resourceGroups",
+                            sub.display_name
+                        ),
+                    ));
+                };
+                format!("/subscriptions/{}/resourceGroups/{rg}", sub.id)
+            }
+        };
+        let eligible = match r.role.as_deref().unwrap_or("Active") {
+            m if m.eq_ignore_ascii_case("eligible") => true,
+            m if m.eq_ignore_ascii_case("active") => false,
+            other => {
+                return Err(ScenarioError::invalid(
+                    format!("{field}.role"),
+                    format!("{other:?} is not an Azure role mode; use Active or Eligible"),
+                ));
+            }
+        };
+        Ok(Grant::AzureRole {
+            role_guid: role.id.clone(),
+            subscription_id: sub.id.clone(),
+            scope,
+            eligible,
         })
     }
 
@@ -661,7 +898,7 @@ impl World {
             let known = self.packages[pkg_idx]
                 .role_scopes
                 .iter()
-                .any(|rs| self.grant_name(&rs.grant).eq_ignore_ascii_case(m));
+                .any(|rs| self.grant_label(&rs.grant).eq_ignore_ascii_case(m));
             if !known {
                 return Err(ScenarioError::invalid(
                     format!("{field}.missing"),
@@ -677,7 +914,7 @@ impl World {
                 .role_scopes
                 .iter()
                 .filter(|rs| {
-                    let name = self.grant_name(&rs.grant);
+                    let name = self.grant_label(&rs.grant);
                     !missing.iter().any(|m| m.eq_ignore_ascii_case(&name))
                 })
                 .map(|rs| rs.grant.clone())
@@ -811,6 +1048,25 @@ pub(crate) struct GrantInfo {
     pub role_origin: String,
     pub scope_origin: String,
     pub resource_name: String,
+    /// The scope's display name: the resource's name, or `Root` for an Entra role's
+    /// directory-wide scope.
+    pub scope_name: String,
+    /// The catalog resource's `originId` (group, service principal, site, role definition,
+    /// subscription).
+    pub resource_origin: String,
+    /// The role's `type` (`active` / `eligible`), for Azure roles only.
+    pub role_type: Option<&'static str>,
+}
+
+impl GrantInfo {
+    /// What makes the catalog role distinct: its origin id, and for an Azure role also
+    /// whether it is granted eligible or active (one role definition, two catalog roles).
+    pub fn role_key(&self) -> String {
+        match self.role_type {
+            Some(t) => format!("{}#{t}", self.role_origin),
+            None => self.role_origin.clone(),
+        }
+    }
 }
 
 /// Id of a catalog resource role.
@@ -965,6 +1221,9 @@ impl World {
                 role_name: "Member".into(),
                 role_origin: format!("Member_{gid}"),
                 scope_origin: gid.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: gid.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::GroupOwner(gid) => GrantInfo {
@@ -972,6 +1231,9 @@ impl World {
                 role_name: "Owner".into(),
                 role_origin: format!("Owner_{gid}"),
                 scope_origin: gid.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: gid.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::AppRole { sp_id, role_id } => GrantInfo {
@@ -987,6 +1249,9 @@ impl World {
                     .unwrap_or_else(|| "Default Access".into()),
                 role_origin: role_id.clone(),
                 scope_origin: sp_id.clone(),
+                scope_name: resource_name.clone(),
+                resource_origin: sp_id.clone(),
+                role_type: None,
                 resource_name,
             },
             Grant::SharePoint {
@@ -998,8 +1263,64 @@ impl World {
                 role_name: role.clone(),
                 role_origin: role_origin_id.clone(),
                 scope_origin: site.clone(),
+                scope_name: site.rsplit('/').next().unwrap_or(site).to_string(),
+                resource_origin: site.clone(),
+                role_type: None,
                 resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
             },
+            // As entitlement management spells a directory role resource: role originId
+            // `Eligible`/`Active`, one root scope, the role definition id as originId.
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => GrantInfo {
+                origin_system: "DirectoryRole",
+                role_name: if *eligible {
+                    "Eligible Member"
+                } else {
+                    "Active Member"
+                }
+                .into(),
+                role_origin: if *eligible { "Eligible" } else { "Active" }.into(),
+                scope_origin: role_definition_id.clone(),
+                scope_name: "Root".into(),
+                resource_origin: role_definition_id.clone(),
+                role_type: None,
+                resource_name,
+            },
+            // As entitlement management spells an Azure role: the role definition's full id
+            // as role originId with its `type`, the subscription as the resource, the
+            // subscription ("Root") or resource group ("/resourceGroups/{name}") as scope.
+            Grant::AzureRole {
+                role_guid,
+                subscription_id,
+                scope,
+                eligible,
+            } => {
+                let sub_root = format!("/subscriptions/{subscription_id}");
+                let scope_name = scope
+                    .strip_prefix(&sub_root)
+                    .filter(|rest| !rest.is_empty())
+                    .unwrap_or("Root")
+                    .to_string();
+                GrantInfo {
+                    origin_system: "AzureResources",
+                    role_name: self
+                        .azure_roles
+                        .iter()
+                        .find(|d| d.id.eq_ignore_ascii_case(role_guid))
+                        .map(|d| d.display_name.clone())
+                        .unwrap_or_default(),
+                    role_origin: format!(
+                        "{sub_root}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
+                    ),
+                    scope_origin: scope.clone(),
+                    scope_name,
+                    resource_origin: sub_root,
+                    role_type: Some(if *eligible { "eligible" } else { "active" }),
+                    resource_name,
+                }
+            }
         }
     }
 
@@ -1015,7 +1336,180 @@ impl World {
                 .map(|s| s.display_name.clone())
                 .unwrap_or_default(),
             Grant::SharePoint { site, .. } => site.clone(),
+            Grant::EntraRole {
+                role_definition_id, ..
+            } => self
+                .role_definition(role_definition_id)
+                .map(|d| d.display_name.clone())
+                .unwrap_or_default(),
+            Grant::AzureRole {
+                subscription_id, ..
+            } => self
+                .subscriptions
+                .iter()
+                .find(|s| s.id.eq_ignore_ascii_case(subscription_id))
+                .map(|s| s.display_name.clone())
+                .unwrap_or_default(),
         }
+    }
+
+    /// What `missing:` calls a grant: a role's name, anything else its resource's name.
+    pub fn grant_label(&self, g: &Grant) -> String {
+        match g {
+            Grant::AzureRole { .. } => self.grant_info(g).role_name,
+            _ => self.grant_name(g),
+        }
+    }
+
+    fn arm_list_mut(&mut self, eligible: bool) -> &mut Vec<ArmRoleGrant> {
+        if eligible {
+            &mut self.arm_eligibilities
+        } else {
+            &mut self.arm_assignments
+        }
+    }
+
+    /// Whether a user holds an Azure role at exactly `scope`.
+    pub fn has_azure_role(
+        &self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = if eligible {
+            &self.arm_eligibilities
+        } else {
+            &self.arm_assignments
+        };
+        list.iter().any(|g| {
+            g.principal_id == user_id
+                && g.scope.eq_ignore_ascii_case(scope)
+                && g.role_guid.eq_ignore_ascii_case(role_guid)
+        })
+    }
+
+    /// Grants an Azure role at `scope` unless the user already holds it there.
+    pub fn add_azure_role(
+        &mut self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+        at: Timestamp,
+    ) -> bool {
+        if self.has_azure_role(role_guid, scope, user_id, eligible) {
+            return false;
+        }
+        let name = self.next_id();
+        self.arm_list_mut(eligible).push(ArmRoleGrant {
+            name,
+            role_guid: role_guid.to_string(),
+            principal_id: user_id.to_string(),
+            scope: scope.to_string(),
+            created: at,
+        });
+        true
+    }
+
+    /// Removes a user's Azure role at exactly `scope`; returns whether it was held.
+    pub fn remove_azure_role(
+        &mut self,
+        role_guid: &str,
+        scope: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = self.arm_list_mut(eligible);
+        let before = list.len();
+        list.retain(|g| {
+            !(g.principal_id == user_id
+                && g.scope.eq_ignore_ascii_case(scope)
+                && g.role_guid.eq_ignore_ascii_case(role_guid))
+        });
+        list.len() != before
+    }
+
+    /// A role definition by id.
+    pub fn role_definition(&self, id: &str) -> Option<&RoleDefinition> {
+        self.role_definitions
+            .iter()
+            .find(|d| d.id.eq_ignore_ascii_case(id))
+    }
+
+    /// A role definition by display name or id.
+    pub fn role_definition_named(&self, key: &str) -> Option<&RoleDefinition> {
+        self.role_definitions
+            .iter()
+            .find(|d| d.display_name.eq_ignore_ascii_case(key) || d.id.eq_ignore_ascii_case(key))
+    }
+
+    fn directory_roles_mut(&mut self, eligible: bool) -> &mut Vec<DirectoryRoleGrant> {
+        if eligible {
+            &mut self.role_eligibilities
+        } else {
+            &mut self.role_assignments
+        }
+    }
+
+    /// Whether a user holds a role at the directory root (eligible or active).
+    pub fn has_directory_role(
+        &self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = if eligible {
+            &self.role_eligibilities
+        } else {
+            &self.role_assignments
+        };
+        list.iter().any(|g| {
+            g.principal_id == user_id
+                && g.directory_scope_id == "/"
+                && g.role_definition_id
+                    .eq_ignore_ascii_case(role_definition_id)
+        })
+    }
+
+    /// Grants a role at the directory root unless the user already holds it there.
+    pub fn add_directory_role(
+        &mut self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+        at: Timestamp,
+    ) -> bool {
+        if self.has_directory_role(role_definition_id, user_id, eligible) {
+            return false;
+        }
+        let id = self.next_id();
+        self.directory_roles_mut(eligible).push(DirectoryRoleGrant {
+            id,
+            role_definition_id: role_definition_id.to_string(),
+            principal_id: user_id.to_string(),
+            directory_scope_id: "/".into(),
+            created: at,
+        });
+        true
+    }
+
+    /// Removes a user's role at the directory root; returns whether it was held.
+    pub fn remove_directory_role(
+        &mut self,
+        role_definition_id: &str,
+        user_id: &str,
+        eligible: bool,
+    ) -> bool {
+        let list = self.directory_roles_mut(eligible);
+        let before = list.len();
+        list.retain(|g| {
+            !(g.principal_id == user_id
+                && g.directory_scope_id == "/"
+                && g.role_definition_id
+                    .eq_ignore_ascii_case(role_definition_id))
+        });
+        list.len() != before
     }
 
     /// Members of a group including those of nested groups (nested groups themselves
@@ -1141,6 +1635,16 @@ impl World {
                 .is_some_and(|g| g.owners.insert(user_id.to_string())),
             Grant::AppRole { sp_id, role_id } => self.add_app_role(sp_id, user_id, role_id, at),
             Grant::SharePoint { .. } => false,
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => self.add_directory_role(role_definition_id, user_id, *eligible, at),
+            Grant::AzureRole {
+                role_guid,
+                scope,
+                eligible,
+                ..
+            } => self.add_azure_role(role_guid, scope, user_id, *eligible, at),
         }
     }
 
@@ -1155,6 +1659,16 @@ impl World {
                 })
             }),
             Grant::SharePoint { .. } => true,
+            Grant::EntraRole {
+                role_definition_id,
+                eligible,
+            } => self.has_directory_role(role_definition_id, user_id, *eligible),
+            Grant::AzureRole {
+                role_guid,
+                scope,
+                eligible,
+                ..
+            } => self.has_azure_role(role_guid, scope, user_id, *eligible),
         }
     }
 
@@ -1204,7 +1718,13 @@ impl World {
                 let change = match g {
                     Grant::GroupMember(_) => super::audit::Change::MemberAdded,
                     Grant::GroupOwner(_) => super::audit::Change::OwnerAdded,
-                    _ => super::audit::Change::AppRoleAdded,
+                    // Role changes are not modelled in the simulator's audit log.
+                    Grant::EntraRole { .. }
+                    | Grant::AzureRole { .. }
+                    | Grant::SharePoint { .. } => {
+                        continue;
+                    }
+                    Grant::AppRole { .. } => super::audit::Change::AppRoleAdded,
                 };
                 self.audit_grant(g, change, super::audit::Actor::governance(), user_id);
             }
@@ -1237,7 +1757,7 @@ impl World {
                     .unwrap_or_default(),
                 app_role_id: Some(role_id.clone()),
             },
-            Grant::SharePoint { .. } => return,
+            Grant::SharePoint { .. } | Grant::EntraRole { .. } | Grant::AzureRole { .. } => return,
         };
         let upn = self
             .user(user_id)
@@ -1293,6 +1813,23 @@ impl World {
                         .then_some(super::audit::Change::AppRoleRemoved)
                 }
                 Grant::SharePoint { .. } => None,
+                Grant::EntraRole {
+                    role_definition_id,
+                    eligible,
+                } => {
+                    // Not in the simulated audit log: nothing to record.
+                    self.remove_directory_role(role_definition_id, user_id, *eligible);
+                    None
+                }
+                Grant::AzureRole {
+                    role_guid,
+                    scope,
+                    eligible,
+                    ..
+                } => {
+                    self.remove_azure_role(role_guid, scope, user_id, *eligible);
+                    None
+                }
             };
             if let Some(change) = change {
                 self.audit_grant(&g, change, super::audit::Actor::governance(), user_id);
@@ -1311,7 +1848,7 @@ impl World {
         p.role_scopes
             .iter()
             .filter(|rs| !self.grant_present(&rs.grant, &a.target_id))
-            .map(|rs| self.grant_name(&rs.grant))
+            .map(|rs| self.grant_label(&rs.grant))
             .collect()
     }
 }

@@ -28,6 +28,22 @@ const GRAPH_RESOURCES: &[&str] = &[
     "00000003-0000-0000-c000-000000000000",
 ];
 
+/// Azure Resource Manager roots whose `/.default` scope the simulator accepts (the ARM
+/// audience), besides its own `{base}/arm`.
+const ARM_RESOURCES: &[&str] = &[
+    "https://management.azure.com",
+    "https://management.core.windows.net",
+    "https://management.usgovcloudapi.net",
+    "https://management.chinacloudapi.cn",
+];
+
+/// Which API a token is for: Graph, or Azure Resource Manager.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Audience {
+    Graph,
+    Arm,
+}
+
 struct TokenError {
     status: StatusCode,
     error: &'static str,
@@ -71,19 +87,26 @@ fn tenant_matches(shared: &Shared, tenant: &str) -> bool {
         || tenant.eq_ignore_ascii_case(&w.tenant_name)
 }
 
-fn scope_ok(shared: &Shared, scope: &str) -> bool {
+fn scope_audience(shared: &Shared, scope: &str) -> Option<Audience> {
     let scopes: Vec<&str> = scope.split_whitespace().collect();
     if scopes.len() != 1 {
-        return false;
+        return None;
     }
-    let Some(resource) = scopes[0].strip_suffix("/.default") else {
-        return false;
-    };
+    let resource = scopes[0].strip_suffix("/.default")?;
     let resource = resource.trim_end_matches('/');
-    resource.eq_ignore_ascii_case(&shared.base_url)
+    if resource.eq_ignore_ascii_case(&shared.base_url)
         || GRAPH_RESOURCES
             .iter()
             .any(|r| r.eq_ignore_ascii_case(resource))
+    {
+        return Some(Audience::Graph);
+    }
+    let own_arm = format!("{}/arm", shared.base_url);
+    (resource.eq_ignore_ascii_case(&own_arm)
+        || ARM_RESOURCES
+            .iter()
+            .any(|r| r.eq_ignore_ascii_case(resource)))
+    .then_some(Audience::Arm)
 }
 
 fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
@@ -199,7 +222,7 @@ fn issue(
             "The request body must contain the following parameter: 'scope'.",
         ));
     };
-    if !scope_ok(shared, &scope) {
+    let Some(audience) = scope_audience(shared, &scope) else {
         return Err(terr(
             400,
             "invalid_scope",
@@ -208,7 +231,7 @@ fn issue(
                 "The provided value for scope {scope} is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI)."
             ),
         ));
-    }
+    };
     let secret = get("client_secret").or_else(|| basic.map(|b| b.1));
     let assertion_type = get("client_assertion_type");
     let assertion = get("client_assertion");
@@ -280,6 +303,11 @@ fn issue(
             sim.tokens.retain(|_, e| *e > now);
         }
         sim.tokens.insert(token.clone(), exp);
+        if audience == Audience::Arm {
+            sim.arm_tokens.insert(token.clone());
+        } else {
+            sim.arm_tokens.remove(&token);
+        }
     }
     Ok(json!({
         "token_type": "Bearer",

@@ -115,8 +115,12 @@ fn conditions(list: &[Condition], generation: Option<i64>, observed: Option<i64>
     Node::new(label).with(children)
 }
 
-/// `fin-writers (Member)`, or the origin id when Graph gave no display name.
+/// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`, or the origin id
+/// when Graph gave no display name.
 pub fn resource_label(r: &ResourceStatus) -> String {
+    if r.kind.is_some() {
+        return r.short_name();
+    }
     let name = r.display_name.as_deref().unwrap_or(&r.origin_id);
     match &r.role {
         Some(role) => format!("{name} ({role})"),
@@ -649,6 +653,32 @@ mod tests {
                 cond("Reconciling", "True", "Reprocessing", "reprocess requested"),
             ],
         }))
+    }
+
+    #[test]
+    fn roles_show_kind_mode_and_scope() {
+        let status = alice(json!({
+            "resourcesSummary": "1/2",
+            "resources": [
+                {"originSystem": "DirectoryRole", "originId": "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                 "kind": "EntraRole", "mode": "Eligible", "scope": "/",
+                 "displayName": "Global Reader", "role": "Eligible Member", "state": "Missing"},
+                {"originSystem": "AzureResources", "originId": "/subscriptions/s1/resourceGroups/rg-fin",
+                 "kind": "AzureRole", "mode": "Active", "scope": "/subscriptions/s1/resourceGroups/rg-fin",
+                 "displayName": "Contributor", "role": "Contributor", "state": "Present"},
+            ],
+        }));
+        let text = assignment_status(&status, now());
+        assert!(
+            text.contains("Missing  DirectoryRole   EntraRole Global Reader (Eligible, /)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "Present  AzureResources  AzureRole Contributor (Active, /subscriptions/s1/resourceGroups/rg-fin)"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

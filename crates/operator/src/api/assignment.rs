@@ -255,15 +255,28 @@ pub struct AccessPackageAssignmentStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One resource (group membership, group ownership, app role, site role) the package promises.
+/// One resource (group membership, group ownership, app role, Entra role, site role) the
+/// package promises.
 #[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ResourceStatus {
-    /// Where the resource lives: AadGroup, AadApplication, SharePointOnline, ...
+    /// Where the resource lives: AadGroup, AadApplication, DirectoryRole, AzureResources,
+    /// SharePointOnline, ...
     pub origin_system: String,
     /// The resource's id in its origin system: group object id, service principal object
-    /// id, or site URL.
+    /// id, Entra role definition id, Azure scope, or site URL.
     pub origin_id: String,
+    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role) or
+    /// AzureRole (an Azure RBAC role).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// For a role, how it is granted: Eligible (the user may activate it) or Active.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// For a role, where it applies: `/` for the whole directory (Entra roles), or the
+    /// Azure scope, e.g. `/subscriptions/{id}/resourceGroups/rg-fin` (Azure roles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
     /// Display name of the resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub display_name: Option<String>,
@@ -288,6 +301,18 @@ pub struct ResourceStatus {
     /// until the resource is Present again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<String>,
+}
+
+impl ResourceStatus {
+    /// How a report names the resource in a list of missing ones: a group or app by its
+    /// name, a role as `EntraRole Global Reader (Eligible, /)`.
+    pub fn short_name(&self) -> String {
+        let name = self.display_name.as_deref().unwrap_or(&self.origin_id);
+        match (&self.kind, &self.mode, &self.scope) {
+            (Some(kind), Some(mode), Some(scope)) => format!("{kind} {name} ({mode}, {scope})"),
+            _ => name.to_string(),
+        }
+    }
 }
 
 /// Whether a promised resource is really held.

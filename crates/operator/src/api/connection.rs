@@ -115,6 +115,13 @@ macro_rules! connection_spec {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(length(min = 1, max = 2048))]
             pub graph_url: Option<String>,
+            /// Azure Resource Manager root URL, for packages that grant Azure roles, e.g.
+            /// https://management.usgovcloudapi.net. Default: the operator's --arm-url when
+            /// this connection sets no graphUrl, else derived from graphUrl for the known
+            /// clouds (Azure roles are reported Unverifiable where none is known).
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[schemars(length(min = 1, max = 2048))]
+            pub arm_url: Option<String>,
             /// Graph calls in flight at once for this tenant. Default: the operator's
             /// --graph-concurrency.
             #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -136,6 +143,7 @@ macro_rules! connection_spec {
                     credential: self.credential.clone(),
                     authority_host: self.authority_host.clone(),
                     graph_url: self.graph_url.clone(),
+                    arm_url: self.arm_url.clone(),
                     concurrency: self.concurrency,
                     reprocess_rate: self.reprocess_rate,
                 }
@@ -157,6 +165,8 @@ pub struct ConnectionSettings {
     pub authority_host: Option<String>,
     /// See `spec.graphUrl`.
     pub graph_url: Option<String>,
+    /// See `spec.armUrl`.
+    pub arm_url: Option<String>,
     /// See `spec.concurrency`.
     pub concurrency: Option<u32>,
     /// See `spec.reprocessRate`.
@@ -379,6 +389,7 @@ mod tests {
             },
             authority_host: None,
             graph_url: None,
+            arm_url: None,
             concurrency: None,
             reprocess_rate: None,
         }

@@ -23,7 +23,7 @@ use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
     AccessPackageGuardStatus,
 };
-use crate::api::{ConnectionKey, ResourceState};
+use crate::api::{ConnectionKey, ResourceState, ResourceStatus};
 use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
 use crate::engine::{self, Action, EngineSettings};
 use crate::graph::GraphError;
@@ -127,6 +127,11 @@ pub struct AuditArgs {
     /// files (the operator's namespace in the cluster).
     #[arg(long, value_name = "NAMESPACE", default_value = "redeliver-system")]
     pub cluster_secret_namespace: String,
+    /// Cross-check each declaration against Microsoft's access drift report (Graph beta,
+    /// per catalog, groups and apps only), as the controller's flag does: a disagreement is
+    /// a note in the row's message, never a repair or a different verdict.
+    #[arg(long, env = "REDELIVER_USE_ACCESS_DRIFT_REPORT", value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub use_access_drift_report: bool,
 
     #[command(flatten)]
     pub graph: GraphArgs,
@@ -290,6 +295,7 @@ async fn audit_group(
     client.check_token().await.map_err(|e| e.to_string())?;
     let observer = Observer::new(client, args.graph.graph_concurrency);
     let mut audit = Audit::new(decls, &observer, args.reprocess);
+    audit.drift_report = args.use_access_drift_report;
 
     progress.say("verifying declarations against Graph");
     audit.pass().await;
@@ -457,6 +463,8 @@ struct Audit<'a> {
     decls: &'a Declarations,
     observer: &'a Observer,
     repair: bool,
+    /// Whether rows are cross-checked against Microsoft's access drift report.
+    drift_report: bool,
     settings: EngineSettings,
     assignments: Vec<AssignmentEval>,
     guards: Vec<GuardEval>,
@@ -535,6 +543,7 @@ impl<'a> Audit<'a> {
             decls,
             observer,
             repair,
+            drift_report: false,
             settings: EngineSettings::default(),
             assignments: Vec::new(),
             guards: Vec::new(),
@@ -598,6 +607,17 @@ impl<'a> Audit<'a> {
                 .buffered(width)
                 .collect()
                 .await;
+        // The report is read once per catalog (the observer's cache), so one at a time is
+        // as cheap as all at once.
+        let mut drift_notes = Vec::with_capacity(observed.len());
+        for o in &observed {
+            drift_notes.push(match o {
+                Ok(o) if self.drift_report => {
+                    crate::observe::drift_report_notes(observer, o).await.notes
+                }
+                _ => Vec::new(),
+            });
+        }
         // Every guard at once: each package's assignment pages are a chain of round trips,
         // so packages read a few at a time would leave Graph idle behind that latency.
         // What bounds the requests in flight is the client's own limit
@@ -618,9 +638,22 @@ impl<'a> Audit<'a> {
             .iter()
             .zip(observed)
             .zip(previous)
-            .map(|(((origin, apa), observed), (previous, taken))| {
+            .zip(drift_notes)
+            .map(|((((origin, apa), observed), (previous, taken)), notes)| {
                 let mut eval =
                     self.evaluate_assignment(origin, apa, observed, previous.as_ref(), now);
+                if !notes.is_empty() {
+                    if let Some(status) = eval.status.as_mut() {
+                        engine::note_on_delivered(&mut status.conditions, &notes);
+                    }
+                    // A delivered row shows no message otherwise: the note must show.
+                    let extra = notes.join("; ");
+                    eval.row.message = if eval.row.message.is_empty() {
+                        extra
+                    } else {
+                        format!("{}; {extra}", eval.row.message)
+                    };
+                }
                 // Once repaired, say what was done rather than "none".
                 if let Some(taken) = taken {
                     if matches!(
@@ -1084,7 +1117,7 @@ impl GuardRows<'_> {
             } else {
                 RowAction::ReportOnly
             },
-            missing: d.missing.iter().map(|m| m.display_name.clone()).collect(),
+            missing: d.missing.iter().map(|m| m.short_name()).collect(),
             message: refusal
                 .map(|e| format!("reprocess failed: {e}"))
                 .unwrap_or_default(),
@@ -1207,11 +1240,7 @@ fn row_from_status(
         .resources
         .iter()
         .filter(|r| r.state == ResourceState::Missing)
-        .map(|r| {
-            r.display_name
-                .clone()
-                .unwrap_or_else(|| r.origin_id.clone())
-        })
+        .map(ResourceStatus::short_name)
         .collect();
     use engine::conditions::{ConditionType, Reason, Status};
     let stalled = engine::conditions::find(&status.conditions, ConditionType::Stalled)

@@ -189,6 +189,8 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     };
     plan.status.connection = tenant.key.status_label();
 
+    // Before acting, so a reprocess's status write already carries the note (one write).
+    cross_check_drift_report(ctx, tenant, &observed, &mut plan).await;
     let mut written = previous;
     match execute(
         ctx,
@@ -227,6 +229,25 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         ctx.metrics.drift(KIND, 1);
     }
     Ok(Action::requeue(jitter(plan.requeue_after)))
+}
+
+/// With `--use-access-drift-report`: compares Microsoft's report for the package's catalog
+/// (read once per window for every object of the catalog, in the object's tenant) with
+/// this verification's own read, and notes a disagreement, or the report's unavailability, in the Delivered
+/// message. Never anything else: the plan's action and conditions' statuses are kept.
+async fn cross_check_drift_report(
+    ctx: &Context,
+    tenant: &Tenant,
+    observed: &AssignmentObservation,
+    plan: &mut Plan,
+) {
+    if !ctx.use_access_drift_report {
+        return;
+    }
+    let found = crate::observe::drift_report_notes(tenant.observations.observer(), observed).await;
+    ctx.metrics
+        .access_drift_disagreements(KIND, found.disagreements as u64);
+    crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
 }
 
 /// Looks up who removed what this object's user newly misses (nothing for a healthy

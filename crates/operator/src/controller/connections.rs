@@ -803,6 +803,7 @@ mod tests {
             credential: Default::default(),
             authority_host: Some("https://login.microsoftonline.us".into()),
             graph_url: None,
+            arm_url: None,
             concurrency: Some(3),
             reprocess_rate: None,
         };

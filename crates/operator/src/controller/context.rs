@@ -68,6 +68,9 @@ pub struct Settings {
     pub connection_recheck_stalled: Duration,
     /// This replica's shard (the whole cluster without sharding).
     pub shard: super::shard::Shard,
+    /// Cross-check verdicts against Microsoft's access drift report
+    /// (`--use-access-drift-report`; off by default).
+    pub use_access_drift_report: bool,
 }
 
 impl Default for Settings {
@@ -90,6 +93,7 @@ impl Default for Settings {
             connection_recheck_ready: super::connections::RECHECK_READY,
             connection_recheck_stalled: super::connections::RECHECK_STALLED,
             shard: super::shard::Shard::default(),
+            use_access_drift_report: false,
         }
     }
 }
@@ -121,6 +125,8 @@ pub struct Context {
     pub first_status_after: Duration,
     /// This replica's shard.
     pub shard: super::shard::Shard,
+    /// Whether verdicts are cross-checked against Microsoft's access drift report.
+    pub use_access_drift_report: bool,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -181,6 +187,7 @@ impl Context {
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
             shard: settings.shard,
+            use_access_drift_report: settings.use_access_drift_report,
             started: tokio::sync::watch::Sender::new(true),
         }
     }

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     /// Drift findings (a delivered assignment with a missing resource) by kind.
     pub drift_detected: Family<KindLabels, Counter>,
+    /// Disagreements between Microsoft's access drift report and Redeliver's own read, by
+    /// kind, counted per verification that finds them (`--use-access-drift-report`).
+    pub access_drift_disagreements: Family<KindLabels, Counter>,
     /// Reprocess calls by kind and outcome.
     pub reprocess_calls: Family<ReprocessLabels, Counter>,
     /// Objects in the watch that could not be decoded, by kind.
@@ -97,6 +100,7 @@ impl Metrics {
             reconciles: Family::default(),
             reconcile_duration: Family::new_with_constructor(duration_histogram),
             drift_detected: Family::default(),
+            access_drift_disagreements: Family::default(),
             reprocess_calls: Family::default(),
             malformed_objects: Family::default(),
             is_leader: Gauge::default(),
@@ -127,6 +131,11 @@ impl Metrics {
             "drift_detected",
             "Delivered assignments found with a missing resource",
             metrics.drift_detected.clone(),
+        );
+        registry.register(
+            "access_drift_report_disagreements",
+            "Resources Microsoft's access drift report and Redeliver's read disagree on, per verification",
+            metrics.access_drift_disagreements.clone(),
         );
         registry.register(
             "reprocess_calls",
@@ -206,6 +215,15 @@ impl Metrics {
     /// sharding: this shard's, so the shards' series add up).
     pub fn count_only(&self, filter: AssignmentFilter) {
         *self.delivered.1.lock().unwrap_or_else(|p| p.into_inner()) = Some(filter);
+    }
+
+    /// Records disagreements with Microsoft's access drift report found by one verification.
+    pub fn access_drift_disagreements(&self, kind: &'static str, count: u64) {
+        if count > 0 {
+            self.access_drift_disagreements
+                .get_or_create(&KindLabels { kind })
+                .inc_by(count);
+        }
     }
 
     /// Counts the objects of `store` in the assignments gauge (by `Delivered` status) at

@@ -168,6 +168,15 @@ pub struct ControllerArgs {
     /// at the end of --pod-name.
     #[arg(long, env = "REDELIVER_SHARD_INDEX", value_name = "INDEX")]
     pub shard_index: Option<u32>,
+
+    /// Cross-check each verification against Microsoft's access drift report (Graph beta,
+    /// per catalog, groups and apps only): where it disagrees with Redeliver's own read the
+    /// Delivered message says so and redeliver_access_drift_report_disagreements_total
+    /// counts it. Detection only: never a reprocess, never a different status. Needs
+    /// EntitlementManagement.Read.All (already required); if the report cannot be read the
+    /// message says it is unavailable and nothing else changes.
+    #[arg(long, env = "REDELIVER_USE_ACCESS_DRIFT_REPORT", value_name = "BOOL", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub use_access_drift_report: bool,
 }
 
 impl ControllerArgs {
@@ -216,6 +225,7 @@ impl ControllerArgs {
                 .cluster_secret_namespace
                 .clone()
                 .or_else(|| self.lease_namespace.clone()),
+            use_access_drift_report: self.use_access_drift_report,
             ..Settings::default()
         }
     }

@@ -120,6 +120,12 @@ impl crate::observe::Reads for Observations {
         self.package_view(package_id).await
     }
 
+    // From the package alone, so a guard's membership reads start while its package's
+    // assignment pages are still arriving, as they do in `redeliver audit`.
+    async fn promises(&self, package_id: &str) -> Result<Vec<PromisedResource>, ObserveError> {
+        self.observer.package_promises(package_id).await
+    }
+
     async fn requests(&self, package_id: &str) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
         self.package_requests(package_id).await
     }

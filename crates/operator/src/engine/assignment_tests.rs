@@ -1855,3 +1855,36 @@ mod attribution {
         );
     }
 }
+
+#[test]
+fn a_stored_role_matches_only_its_own_mode() {
+    use crate::engine::{OriginSystem, ResourceKind, RoleMode};
+    let rg = "/subscriptions/s1/resourceGroups/rg-fin";
+    let promised = |mode| PromisedResource {
+        origin_system: OriginSystem::AzureResources,
+        origin_id: rg.into(),
+        display_name: "Contributor".into(),
+        role: "Contributor".into(),
+        kind: ResourceKind::AzureRole {
+            role_definition_guid: "b24988ac-6180-42a0-ab88-20f7382dd24c".into(),
+            scope: rg.into(),
+            mode,
+        },
+        note: None,
+    };
+    let stored = ResourceStatus {
+        origin_system: "AzureResources".into(),
+        origin_id: rg.into(),
+        kind: Some("AzureRole".into()),
+        mode: Some("Eligible".into()),
+        scope: Some(rg.into()),
+        role: Some("Contributor".into()),
+        state: ResourceState::Missing,
+        last_change: Some("removed by admin@contoso.com".into()),
+        ..Default::default()
+    };
+    assert!(same_resource(&stored, &promised(RoleMode::Eligible)));
+    // The active Contributor at the same scope is another resource: it must not inherit
+    // the eligible one's lastChange.
+    assert!(!same_resource(&stored, &promised(RoleMode::Active)));
+}

@@ -20,6 +20,7 @@ use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
 mod assignment;
 pub mod attribution;
 pub mod conditions;
+mod drift_report;
 mod guard;
 pub mod ledger;
 mod resources;
@@ -31,12 +32,19 @@ pub use assignment::{
     record_action_failure, record_request_submitted,
 };
 pub use attribution::{Attribution, names_actor};
+pub use drift_report::{
+    DriftReport, drift_report_disagreements, drift_report_unavailable, note_on_delivered,
+};
 pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
     record_guard_outcome,
 };
-pub use resources::{OriginSystem, PromisedResource, ResourceKind, promised_resources};
-pub use snapshot::{Check, FreshAfter, ReadData, ResourceRead, Snapshot, reads_needed};
+pub use resources::{
+    DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
+};
+pub use snapshot::{
+    Check, FreshAfter, ReadData, ResourceRead, Snapshot, azure_holding, reads_needed,
+};
 
 /// Operator-wide knobs the engine needs (not per object).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,10 @@ pub enum OriginSystem {
     AadApplication,
     /// SharePoint Online sites.
     SharePointOnline,
+    /// Microsoft Entra roles (directory roles), granted eligible or active.
+    DirectoryRole,
+    /// Azure roles (Azure RBAC) on a management group, subscription or resource group.
+    AzureResources,
     /// Graph sent no `originSystem`.
     Missing,
     /// A system Redeliver does not know, kept as Graph spelled it.
@@ -25,6 +29,8 @@ impl OriginSystem {
             "AadGroup" => Self::AadGroup,
             "AadApplication" => Self::AadApplication,
             "SharePointOnline" => Self::SharePointOnline,
+            "DirectoryRole" => Self::DirectoryRole,
+            "AzureResources" => Self::AzureResources,
             "" => Self::Missing,
             other => Self::Other(other.to_string()),
         }
@@ -36,6 +42,8 @@ impl OriginSystem {
             Self::AadGroup => "AadGroup",
             Self::AadApplication => "AadApplication",
             Self::SharePointOnline => "SharePointOnline",
+            Self::DirectoryRole => "DirectoryRole",
+            Self::AzureResources => "AzureResources",
             Self::Missing => "",
             Self::Other(text) => text,
         }
@@ -62,6 +70,39 @@ impl PartialEq<OriginSystem> for String {
     }
 }
 
+/// How a role is granted: as an eligibility (the user may activate it, e.g. in Privileged
+/// Identity Management) or as an active assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RoleMode {
+    /// An active role assignment.
+    Active,
+    /// A role eligibility.
+    Eligible,
+}
+
+impl RoleMode {
+    /// Reads entitlement management's role `originId` (`Eligible` / `Active`).
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            t if t.eq_ignore_ascii_case("Eligible") => Some(Self::Eligible),
+            t if t.eq_ignore_ascii_case("Active") => Some(Self::Active),
+            _ => None,
+        }
+    }
+
+    /// `Eligible` or `Active`, as status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "Active",
+            Self::Eligible => "Eligible",
+        }
+    }
+}
+
+/// The Entra directory scope of a role granted through an access package: the whole
+/// directory (entitlement management offers only the root scope for Entra roles).
+pub const DIRECTORY_ROOT: &str = "/";
+
 /// How a promised resource is verified.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ResourceKind {
@@ -73,6 +114,24 @@ pub enum ResourceKind {
     AppRole {
         service_principal_id: String,
         app_role_id: String,
+    },
+    /// A Microsoft Entra role (`DirectoryRole`): the role definition at a directory scope,
+    /// eligible or active.
+    EntraRole {
+        role_definition_id: String,
+        directory_scope_id: String,
+        mode: RoleMode,
+    },
+    /// An Azure role (`AzureResources`): a role definition at an Azure scope, eligible or
+    /// active.
+    AzureRole {
+        /// The role definition's GUID, lower-cased: the last segment of its id, the same
+        /// whichever scope the id is written under.
+        role_definition_guid: String,
+        /// `/subscriptions/{id}[/resourceGroups/{name}]` or a management group, as Graph
+        /// gave it.
+        scope: String,
+        mode: RoleMode,
     },
     /// Not checkable through Graph directory APIs (SharePoint sites, custom resources, or a
     /// role/scope Redeliver could not decode). Never blocks Delivered, never triggers a reprocess.
@@ -97,12 +156,59 @@ pub struct PromisedResource {
 }
 
 impl PromisedResource {
-    /// `fin-writers (Member)`: how the resource is named in messages and events.
+    /// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`: how the resource
+    /// is named in messages and events.
     pub fn label(&self) -> String {
+        if let (Some(kind), Some(mode), Some(scope)) = (self.kind_name(), self.mode(), self.scope())
+        {
+            return format!("{kind} {} ({}, {scope})", self.display_name, mode.as_str());
+        }
         if self.role.is_empty() {
             self.display_name.clone()
         } else {
             format!("{} ({})", self.display_name, self.role)
+        }
+    }
+
+    /// How a report names the resource in a list of missing ones: a group or app by its
+    /// name (`fin-writers`), a role with its kind, mode and scope, since the role's name
+    /// alone does not say what was lost.
+    pub fn short_name(&self) -> String {
+        if self.kind_name().is_some() {
+            self.label()
+        } else {
+            self.display_name.clone()
+        }
+    }
+
+    /// The kind status names for a role resource (`EntraRole`); `None` for groups and
+    /// apps, whose origin system already says what they are.
+    pub fn kind_name(&self) -> Option<&'static str> {
+        match self.kind {
+            ResourceKind::EntraRole { .. } => Some("EntraRole"),
+            ResourceKind::AzureRole { .. } => Some("AzureRole"),
+            _ => None,
+        }
+    }
+
+    /// Whether a role is promised eligible or active.
+    pub fn mode(&self) -> Option<RoleMode> {
+        match self.kind {
+            ResourceKind::EntraRole { mode, .. } | ResourceKind::AzureRole { mode, .. } => {
+                Some(mode)
+            }
+            _ => None,
+        }
+    }
+
+    /// Where a role is promised: a directory scope (`/`).
+    pub fn scope(&self) -> Option<&str> {
+        match &self.kind {
+            ResourceKind::EntraRole {
+                directory_scope_id, ..
+            } => Some(directory_scope_id),
+            ResourceKind::AzureRole { scope, .. } => Some(scope),
+            _ => None,
         }
     }
 
@@ -157,8 +263,12 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
         .unwrap_or_default()
         .to_string();
     let origin_id = scope_origin.or(role_origin).unwrap_or_default().to_string();
-    let display_name = scope
-        .and_then(|s| non_empty(&s.display_name))
+    // The role's expanded resource names the group, app or site; a root scope may only be
+    // called "Root" (Microsoft's resourceRoleScope examples spell it so for groups too).
+    let display_name = role
+        .and_then(|r| r.resource.as_ref())
+        .and_then(|r| non_empty(&r.display_name))
+        .or_else(|| scope.and_then(|s| non_empty(&s.display_name)))
         .map(str::to_string)
         .unwrap_or_else(|| {
             if origin_id.is_empty() {
@@ -245,6 +355,8 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                 "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
             ),
         },
+        OriginSystem::DirectoryRole => decode_directory_role(rrs, resource),
+        OriginSystem::AzureResources => decode_azure_role(rrs, resource),
         OriginSystem::Missing => {
             unverifiable(resource, "resource has no originSystem; cannot verify".into())
         }
@@ -256,6 +368,127 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
             ),
         ),
     }
+}
+
+/// A Microsoft Entra role: role `originId` `Eligible`/`Active`, the role definition id as
+/// the role's resource `originId` (the scope's when the resource is not expanded), the
+/// root scope (docs/graph.md "Microsoft Entra roles").
+fn decode_directory_role(
+    rrs: &ResourceRoleScope,
+    mut resource: PromisedResource,
+) -> PromisedResource {
+    let unverifiable = |mut r: PromisedResource, note: String| {
+        r.kind = ResourceKind::Unverifiable;
+        r.note = Some(note);
+        r
+    };
+    let role = rrs.role.as_ref();
+    let scope = rrs.scope.as_ref();
+    let role_origin = role
+        .and_then(|r| non_empty(&r.origin_id))
+        .unwrap_or_default();
+    let Some(mode) = RoleMode::parse(role_origin) else {
+        return unverifiable(
+            resource,
+            format!(
+                "Entra role originId {role_origin:?} is neither Eligible nor Active; cannot verify"
+            ),
+        );
+    };
+    let role_resource = role.and_then(|r| r.resource.as_ref());
+    let Some(role_definition_id) = role_resource
+        .and_then(|r| non_empty(&r.origin_id))
+        .or_else(|| scope.and_then(|s| non_empty(&s.origin_id)))
+        .map(str::to_string)
+    else {
+        return unverifiable(
+            resource,
+            "Entra role has no role definition id (resource or scope originId); cannot verify"
+                .into(),
+        );
+    };
+    if scope.and_then(|s| s.is_root_scope) == Some(false) {
+        return unverifiable(
+            resource,
+            format!(
+                "Entra role {role_definition_id} is granted at a scope other than the directory root; Redeliver verifies Entra roles at the root scope only"
+            ),
+        );
+    }
+    // The scope of an Entra role is named "Root": the role's name is on its resource.
+    resource.display_name = role_resource
+        .and_then(|r| non_empty(&r.display_name))
+        .unwrap_or(&role_definition_id)
+        .to_string();
+    resource.origin_id = role_definition_id.clone();
+    if resource.role.is_empty() {
+        resource.role = format!("{} Member", mode.as_str());
+    }
+    resource.kind = ResourceKind::EntraRole {
+        role_definition_id,
+        directory_scope_id: DIRECTORY_ROOT.to_string(),
+        mode,
+    };
+    resource
+}
+
+/// An Azure role: the role definition's full id as role `originId`, `active`/`eligible`
+/// as role `type`, the Azure scope as scope `originId` (docs/graph.md "Azure roles").
+fn decode_azure_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+    let unverifiable = |mut r: PromisedResource, note: String| {
+        r.kind = ResourceKind::Unverifiable;
+        r.note = Some(note);
+        r
+    };
+    let role = rrs.role.as_ref();
+    let role_origin = role
+        .and_then(|r| non_empty(&r.origin_id))
+        .unwrap_or_default();
+    let guid = role_origin
+        .to_ascii_lowercase()
+        .split_once("/providers/microsoft.authorization/roledefinitions/")
+        .map(|(_, guid)| guid.trim_end_matches('/').to_string())
+        .filter(|g| !g.is_empty() && !g.contains('/'));
+    let Some(role_definition_guid) = guid else {
+        return unverifiable(
+            resource,
+            format!(
+                "Azure role originId {role_origin:?} is not a role definition id (.../providers/Microsoft.Authorization/roleDefinitions/<guid>); cannot verify"
+            ),
+        );
+    };
+    let role_type = role
+        .and_then(|r| non_empty(&r.role_type))
+        .unwrap_or_default();
+    let Some(mode) = RoleMode::parse(role_type) else {
+        return unverifiable(
+            resource,
+            format!("Azure role type {role_type:?} is neither active nor eligible; cannot verify"),
+        );
+    };
+    let Some(scope) = rrs
+        .scope
+        .as_ref()
+        .and_then(|s| non_empty(&s.origin_id))
+        .filter(|s| s.starts_with('/'))
+        .map(|s| s.trim_end_matches('/').to_string())
+    else {
+        return unverifiable(
+            resource,
+            "Azure role scope has no originId (/subscriptions/...); cannot verify".into(),
+        );
+    };
+    // Named by the role ("Contributor"); the scope says where.
+    if let Some(name) = role.and_then(|r| non_empty(&r.display_name)) {
+        resource.display_name = name.to_string();
+    }
+    resource.origin_id = scope.clone();
+    resource.kind = ResourceKind::AzureRole {
+        role_definition_guid,
+        scope,
+        mode,
+    };
+    resource
 }
 
 #[cfg(test)]
@@ -390,6 +623,203 @@ mod tests {
         assert_eq!(r1, r2);
         assert_eq!(r1.len(), 2);
         assert_eq!(r1[0].display_name, "alpha");
+    }
+
+    fn entra_role(id: &str, mode: &str, role_def: &str, name: Option<&str>) -> ResourceRoleScope {
+        let mut x = rrs(
+            id,
+            "DirectoryRole",
+            role_def,
+            "Root",
+            mode,
+            &format!("{mode} Member"),
+        );
+        x.scope.as_mut().unwrap().is_root_scope = Some(true);
+        x.role.as_mut().unwrap().resource = name.map(|n| crate::graph::models::ResourceRef {
+            id: Some(format!("res-{id}")),
+            display_name: Some(n.into()),
+            origin_id: Some(role_def.into()),
+            origin_system: Some("DirectoryRole".into()),
+        });
+        x
+    }
+
+    #[test]
+    fn decodes_entra_roles_eligible_and_active() {
+        let r = promised_resources(&[
+            entra_role(
+                "1",
+                "Eligible",
+                "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                Some("Global Reader"),
+            ),
+            entra_role(
+                "2",
+                "Active",
+                "f2ef992c-3afb-46b9-b7cf-a126ee74c451",
+                Some("Global Reader"),
+            ),
+        ]);
+        assert_eq!(r.len(), 2);
+        let eligible = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Eligible))
+            .unwrap();
+        assert_eq!(
+            eligible.kind,
+            ResourceKind::EntraRole {
+                role_definition_id: "f2ef992c-3afb-46b9-b7cf-a126ee74c451".into(),
+                directory_scope_id: "/".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        assert_eq!(eligible.origin_system, OriginSystem::DirectoryRole);
+        assert_eq!(eligible.origin_id, "f2ef992c-3afb-46b9-b7cf-a126ee74c451");
+        assert_eq!(eligible.label(), "EntraRole Global Reader (Eligible, /)");
+        assert_eq!(eligible.kind_name(), Some("EntraRole"));
+        let active = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Active))
+            .unwrap();
+        assert_eq!(active.label(), "EntraRole Global Reader (Active, /)");
+        assert!(active.is_verifiable());
+    }
+
+    #[test]
+    fn entra_role_without_expanded_resource_uses_the_scope_origin() {
+        let r = promised_resources(&[entra_role("1", "Eligible", "rd-1", None)]);
+        assert_eq!(
+            r[0].kind,
+            ResourceKind::EntraRole {
+                role_definition_id: "rd-1".into(),
+                directory_scope_id: "/".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        // "Root" names the scope, not the role: the id is the better name.
+        assert_eq!(r[0].label(), "EntraRole rd-1 (Eligible, /)");
+    }
+
+    #[test]
+    fn malformed_entra_roles_are_unverifiable_with_note() {
+        let mut not_root = entra_role("3", "Active", "rd-3", Some("X"));
+        not_root.scope.as_mut().unwrap().is_root_scope = Some(false);
+        let mut no_id = entra_role("4", "Active", "", None);
+        no_id.scope.as_mut().unwrap().origin_id = None;
+        let r = promised_resources(&[
+            entra_role("1", "Permanent", "rd-1", Some("A")),
+            not_root,
+            no_id,
+        ]);
+        assert_eq!(r.len(), 3);
+        for p in &r {
+            assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
+            assert!(p.note.as_deref().unwrap().contains("Entra role"), "{p:?}");
+        }
+    }
+
+    fn azure_role(id: &str, role_def: &str, kind: &str, scope: &str) -> ResourceRoleScope {
+        let mut x = rrs(
+            id,
+            "AzureResources",
+            scope,
+            "/resourceGroups/rg",
+            role_def,
+            "Contributor",
+        );
+        x.role.as_mut().unwrap().role_type = Some(kind.into());
+        x
+    }
+
+    #[test]
+    fn decodes_azure_roles_as_graph_spells_them() {
+        let rg = "/subscriptions/828b526f-c769-4b19-9797-734b4843b978/resourceGroups/rg";
+        let r = promised_resources(&[
+            azure_role(
+                "1",
+                "/subscriptions/828b526f-c769-4b19-9797-734b4843b978/providers/Microsoft.Authorization/roleDefinitions/B24988AC-6180-42A0-AB88-20F7382DD24C",
+                "active",
+                rg,
+            ),
+            azure_role(
+                "2",
+                "/providers/Microsoft.Authorization/roleDefinitions/b24988ac-6180-42a0-ab88-20f7382dd24c",
+                "eligible",
+                "/providers/Microsoft.Management/managementGroups/mg1",
+            ),
+        ]);
+        let active = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Active))
+            .unwrap();
+        assert_eq!(
+            active.kind,
+            ResourceKind::AzureRole {
+                role_definition_guid: "b24988ac-6180-42a0-ab88-20f7382dd24c".into(),
+                scope: rg.into(),
+                mode: RoleMode::Active,
+            }
+        );
+        assert_eq!(
+            active.label(),
+            format!("AzureRole Contributor (Active, {rg})")
+        );
+        assert_eq!(active.origin_id, rg);
+        let eligible = r
+            .iter()
+            .find(|p| p.mode() == Some(RoleMode::Eligible))
+            .unwrap();
+        assert_eq!(
+            eligible.scope(),
+            Some("/providers/Microsoft.Management/managementGroups/mg1")
+        );
+    }
+
+    #[test]
+    fn malformed_azure_roles_are_unverifiable_with_note() {
+        let r = promised_resources(&[
+            azure_role("1", "Contributor", "active", "/subscriptions/s"),
+            azure_role(
+                "2",
+                "/providers/Microsoft.Authorization/roleDefinitions/g",
+                "permanent",
+                "/subscriptions/s",
+            ),
+            azure_role(
+                "3",
+                "/providers/Microsoft.Authorization/roleDefinitions/g",
+                "active",
+                "rg",
+            ),
+        ]);
+        assert_eq!(r.len(), 3);
+        for p in &r {
+            assert_eq!(p.kind, ResourceKind::Unverifiable, "{p:?}");
+            assert!(p.note.as_deref().unwrap().contains("Azure role"), "{p:?}");
+        }
+    }
+
+    #[test]
+    fn role_modes_parse_case_insensitively() {
+        assert_eq!(RoleMode::parse(" eligible "), Some(RoleMode::Eligible));
+        assert_eq!(RoleMode::parse("ACTIVE"), Some(RoleMode::Active));
+        assert_eq!(RoleMode::parse("Member"), None);
+        assert_eq!(
+            OriginSystem::parse("DirectoryRole").as_str(),
+            "DirectoryRole"
+        );
+    }
+
+    #[test]
+    fn a_root_scope_is_named_by_the_roles_resource() {
+        let mut x = rrs("1", "AadGroup", "g1", "Root", "Member_g1", "Member");
+        x.role.as_mut().unwrap().resource = Some(crate::graph::models::ResourceRef {
+            display_name: Some("fin-readers".into()),
+            origin_id: Some("g1".into()),
+            ..Default::default()
+        });
+        let r = promised_resources(&[x]);
+        assert_eq!(r[0].label(), "fin-readers (Member)");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::resources::{PromisedResource, ResourceKind};
+use super::resources::{PromisedResource, ResourceKind, RoleMode};
 use crate::api::ResourceState;
 
 /// One read the observer has to make to fill a [`Snapshot`].
@@ -16,6 +16,17 @@ pub enum ResourceRead {
     GroupOwners(String),
     /// `GET /servicePrincipals/{id}/appRoleAssignedTo`
     AppRoleAssignments(String),
+    /// Everyone holding an Entra role definition, at any directory scope:
+    /// `GET /roleManagement/directory/roleAssignments` (active) or
+    /// `.../roleEligibilitySchedules` (eligible), `$filter=roleDefinitionId eq '{id}'`.
+    DirectoryRoleHolders {
+        role_definition_id: String,
+        mode: RoleMode,
+    },
+    /// Everyone holding any Azure role at or above an Azure scope, from Azure Resource
+    /// Manager: `GET {scope}/providers/Microsoft.Authorization/roleAssignments` (active) or
+    /// `.../roleEligibilityScheduleInstances` (eligible), `$filter=atScope()`.
+    AzureRoleHolders { scope: String, mode: RoleMode },
 }
 
 impl ResourceRead {
@@ -28,6 +39,20 @@ impl ResourceRead {
                 service_principal_id,
                 ..
             } => Some(Self::AppRoleAssignments(service_principal_id.clone())),
+            // One read per role and mode: every scope and every target share it.
+            ResourceKind::EntraRole {
+                role_definition_id,
+                mode,
+                ..
+            } => Some(Self::DirectoryRoleHolders {
+                role_definition_id: role_definition_id.to_ascii_lowercase(),
+                mode: *mode,
+            }),
+            // One read per scope and mode: every role and every target there share it.
+            ResourceKind::AzureRole { scope, mode, .. } => Some(Self::AzureRoleHolders {
+                scope: scope.clone(),
+                mode: *mode,
+            }),
             ResourceKind::Unverifiable => None,
         }
     }
@@ -60,9 +85,25 @@ pub struct FreshAfter {
 pub enum ReadData {
     /// Member or owner object ids ([`ResourceRead::GroupMembers`], [`ResourceRead::GroupOwners`]).
     Ids(Arc<BTreeSet<String>>),
-    /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]).
+    /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]);
+    /// (principalId, directoryScopeId) pairs ([`ResourceRead::DirectoryRoleHolders`]);
+    /// (principalId, [`azure_holding`]) pairs
+    /// ([`ResourceRead::AzureRoleHolders`]).
     Pairs(Arc<BTreeSet<(String, String)>>),
 }
+
+/// How an Azure role holding is keyed in [`ReadData::Pairs`]: the role definition GUID
+/// and the scope it is assigned at, lower-cased.
+pub fn azure_holding(role_definition_guid: &str, scope: &str) -> String {
+    format!(
+        "{} {}",
+        role_definition_guid.to_ascii_lowercase(),
+        scope.trim_end_matches('/').to_ascii_lowercase()
+    )
+}
+
+/// Shared (id, id) pairs: (principalId, appRoleId) or (principalId, scope).
+pub type Pairs = Arc<BTreeSet<(String, String)>>;
 
 /// Pure data: the result of the reads in [`reads_needed`], or why one failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -73,6 +114,15 @@ pub struct Snapshot {
     pub group_owners: BTreeMap<String, Arc<BTreeSet<String>>>,
     /// service principal id → (principalId, appRoleId) pairs.
     pub app_role_assignments: BTreeMap<String, Arc<BTreeSet<(String, String)>>>,
+    /// (lower-cased role definition id, mode) → (principalId, directoryScopeId) pairs.
+    pub directory_roles: BTreeMap<(String, RoleMode), Pairs>,
+    /// (Azure scope as Graph spells it, mode) → (principalId, "{role guid} {assigned
+    /// scope}", lower-cased).
+    pub azure_roles: BTreeMap<(String, RoleMode), Pairs>,
+    /// Reads that cannot be made here (no permission on an Azure scope, no ARM URL):
+    /// resources depending on them are Unverifiable with this note, never Unknown, so they
+    /// neither block Delivered nor cause a reprocess.
+    pub unreadable: BTreeMap<ResourceRead, String>,
     /// Reads that failed, with a message safe to show (no tokens).
     pub failures: BTreeMap<ResourceRead, String>,
     /// (resource, user object id) → who removed it, for missing resources the driver
@@ -150,6 +200,7 @@ impl Snapshot {
     /// the wrong shape for the read is recorded as a failed read, never as a membership.
     pub fn record(&mut self, read: ResourceRead, data: ReadData) {
         self.failures.remove(&read);
+        self.unreadable.remove(&read);
         match (read, data) {
             (ResourceRead::GroupMembers(g), ReadData::Ids(ids)) => {
                 self.group_members.insert(g, ids);
@@ -159,6 +210,19 @@ impl Snapshot {
             }
             (ResourceRead::AppRoleAssignments(sp), ReadData::Pairs(pairs)) => {
                 self.app_role_assignments.insert(sp, pairs);
+            }
+            (
+                ResourceRead::DirectoryRoleHolders {
+                    role_definition_id,
+                    mode,
+                },
+                ReadData::Pairs(pairs),
+            ) => {
+                self.directory_roles
+                    .insert((role_definition_id, mode), pairs);
+            }
+            (ResourceRead::AzureRoleHolders { scope, mode }, ReadData::Pairs(pairs)) => {
+                self.azure_roles.insert((scope, mode), pairs);
             }
             (read, _) => self.record_failure(read, "internal error: data of the wrong shape"),
         }
@@ -174,7 +238,28 @@ impl Snapshot {
                 .get(sp)
                 .cloned()
                 .map(ReadData::Pairs),
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => self
+                .directory_roles
+                .get(&(role_definition_id.clone(), *mode))
+                .cloned()
+                .map(ReadData::Pairs),
+            ResourceRead::AzureRoleHolders { scope, mode } => self
+                .azure_roles
+                .get(&(scope.clone(), *mode))
+                .cloned()
+                .map(ReadData::Pairs),
         }
+    }
+
+    /// Records that `read` cannot be made (a missing Azure permission on its scope, no
+    /// ARM URL): what it verifies is Unverifiable with `why`.
+    pub fn record_unreadable(&mut self, read: ResourceRead, why: impl Into<String>) {
+        self.record_failure(read.clone(), "unreadable");
+        self.failures.remove(&read);
+        self.unreadable.insert(read, why.into());
     }
 
     /// Records that a read failed; resources depending on it become Unknown.
@@ -189,7 +274,18 @@ impl Snapshot {
             ResourceRead::AppRoleAssignments(id) => {
                 self.app_role_assignments.remove(id);
             }
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id,
+                mode,
+            } => {
+                self.directory_roles
+                    .remove(&(role_definition_id.clone(), *mode));
+            }
+            ResourceRead::AzureRoleHolders { scope, mode } => {
+                self.azure_roles.remove(&(scope.clone(), *mode));
+            }
         }
+        self.unreadable.remove(&read);
         self.failures.insert(read, error.into());
     }
 
@@ -206,6 +302,12 @@ impl Snapshot {
                 note: None,
             };
         };
+        if let Some(why) = self.unreadable.get(&read) {
+            return Check {
+                state: ResourceState::Unverifiable,
+                note: Some(why.clone()),
+            };
+        }
         if let Some(err) = self.failures.get(&read) {
             return Check {
                 state: ResourceState::Unknown,
@@ -228,6 +330,26 @@ impl Snapshot {
                 .app_role_assignments
                 .get(service_principal_id)
                 .map(|a| a.contains(&(target_object_id.to_string(), app_role_id.clone()))),
+            ResourceKind::EntraRole {
+                role_definition_id,
+                directory_scope_id,
+                mode,
+            } => self
+                .directory_roles
+                .get(&(role_definition_id.to_ascii_lowercase(), *mode))
+                .map(|a| a.contains(&(target_object_id.to_string(), directory_scope_id.clone()))),
+            // Only an assignment at the promised scope is what the package delivered: one
+            // inherited from above would not come back with a reprocess if removed.
+            ResourceKind::AzureRole {
+                role_definition_guid,
+                scope,
+                mode,
+            } => self.azure_roles.get(&(scope.clone(), *mode)).map(|a| {
+                a.contains(&(
+                    target_object_id.to_string(),
+                    azure_holding(role_definition_guid, scope),
+                ))
+            }),
             ResourceKind::Unverifiable => None,
         };
         match present {
@@ -299,6 +421,98 @@ mod tests {
         // A later successful read clears the failure.
         s.record_group_members("g1", ["u1"]);
         assert_eq!(s.check(&member("g1"), "u1"), ResourceState::Present);
+    }
+
+    #[test]
+    fn entra_roles_match_principal_scope_and_mode() {
+        let role = |mode| ResourceKind::EntraRole {
+            role_definition_id: "RD-1".into(),
+            directory_scope_id: "/".into(),
+            mode,
+        };
+        let read = ResourceRead::for_kind(&role(RoleMode::Eligible)).unwrap();
+        // Ids compare case-insensitively: the read key is lower-cased.
+        assert_eq!(
+            read,
+            ResourceRead::DirectoryRoleHolders {
+                role_definition_id: "rd-1".into(),
+                mode: RoleMode::Eligible,
+            }
+        );
+        let mut s = Snapshot::new();
+        s.record(
+            read,
+            ReadData::Pairs(Arc::new(
+                [
+                    ("u1".to_string(), "/".to_string()),
+                    ("u2".to_string(), "/administrativeUnits/au1".to_string()),
+                ]
+                .into(),
+            )),
+        );
+        assert_eq!(
+            s.check(&role(RoleMode::Eligible), "u1"),
+            ResourceState::Present
+        );
+        // Held only at an administrative unit: not the promised directory-wide role.
+        assert_eq!(
+            s.check(&role(RoleMode::Eligible), "u2"),
+            ResourceState::Missing
+        );
+        // The active read was not made: Unknown, never guessed from the eligible one.
+        assert_eq!(
+            s.check(&role(RoleMode::Active), "u1"),
+            ResourceState::Unknown
+        );
+    }
+
+    #[test]
+    fn azure_roles_match_role_scope_and_principal_and_unreadable_is_unverifiable() {
+        let rg = "/subscriptions/S1/resourceGroups/rg-fin";
+        let kind = |guid: &str, mode| ResourceKind::AzureRole {
+            role_definition_guid: guid.into(),
+            scope: rg.into(),
+            mode,
+        };
+        let read = ResourceRead::for_kind(&kind("g1", RoleMode::Active)).unwrap();
+        let mut s = Snapshot::new();
+        s.record(
+            read.clone(),
+            ReadData::Pairs(Arc::new(
+                [
+                    ("u1".to_string(), azure_holding("G1", rg)),
+                    // Inherited from the subscription: not the promised assignment.
+                    ("u2".to_string(), azure_holding("g1", "/subscriptions/s1")),
+                ]
+                .into(),
+            )),
+        );
+        assert_eq!(
+            s.check(&kind("g1", RoleMode::Active), "u1"),
+            ResourceState::Present
+        );
+        assert_eq!(
+            s.check(&kind("g2", RoleMode::Active), "u1"),
+            ResourceState::Missing
+        );
+        assert_eq!(
+            s.check(&kind("g1", RoleMode::Active), "u2"),
+            ResourceState::Missing
+        );
+        assert_eq!(
+            s.check(&kind("g1", RoleMode::Eligible), "u1"),
+            ResourceState::Unknown
+        );
+        s.record_unreadable(read.clone(), "no Reader on the scope");
+        let c = s.check_detail(&kind("g1", RoleMode::Active), "u1");
+        assert_eq!(c.state, ResourceState::Unverifiable);
+        assert_eq!(c.note.as_deref(), Some("no Reader on the scope"));
+        // A later read makes it verifiable again.
+        s.record(read, ReadData::Pairs(Arc::new(BTreeSet::new())));
+        assert_eq!(
+            s.check(&kind("g1", RoleMode::Active), "u1"),
+            ResourceState::Missing
+        );
     }
 
     #[test]

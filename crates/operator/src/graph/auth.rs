@@ -49,10 +49,16 @@ pub(crate) fn refresh_margin(lifetime: Duration) -> Duration {
 
 impl TokenProvider {
     pub(crate) fn new(config: &GraphConfig) -> Self {
+        Self::for_scope(config, config.scope.clone())
+    }
+
+    /// Tokens for another audience (Azure Resource Manager's `.default` scope) with the
+    /// same credential: a second cache, refreshed on its own.
+    pub(crate) fn for_scope(config: &GraphConfig, scope: String) -> Self {
         Self {
             token_url: config.token_url.clone(),
             client_id: config.client_id.clone(),
-            scope: config.scope.clone(),
+            scope,
             credential: config.credential.clone(),
             cache: Mutex::new((None, 0)),
         }

@@ -16,8 +16,8 @@ use super::config::GraphConfig;
 use super::error::{GraphError, permission_hint};
 use super::http::{Http, OperationStats, RawResponse, RetryMode, excerpt};
 use super::models::{
-    AccessPackage, AppRoleAssignment, Assignment, AssignmentPolicy, AssignmentRequest, DeltaGroup,
-    DirectoryObject, ErrorEnvelope, Page, User,
+    AccessPackage, AppRoleAssignment, ArmPage, ArmRoleHolder, Assignment, AssignmentPolicy,
+    AssignmentRequest, DeltaGroup, DirectoryObject, DirectoryRoleHolder, ErrorEnvelope, Page, User,
 };
 use super::odata::{build_url, segment, string_literal};
 
@@ -49,6 +49,19 @@ struct Inner {
     base: String,
     /// Origin of the Graph root: nextLinks must point there (they receive our token).
     origin: url::Origin,
+    /// Azure Resource Manager, when its root is known (`--arm-url` or a known cloud).
+    arm: Option<Arm>,
+}
+
+/// The Azure Resource Manager side of one connection: its root, and tokens for its own
+/// audience from the same credential (a second cache). Calls share the client's HTTP
+/// core, so they get ARM's own throttling gate ([`super::http`]'s `arm` scope).
+struct Arm {
+    /// `https://management.azure.com`, no trailing slash.
+    root: String,
+    /// Origin of the ARM root: ARM's `nextLink`s must point there.
+    origin: url::Origin,
+    tokens: TokenProvider,
 }
 
 /// One Graph request for [`GraphClient::send`].
@@ -122,12 +135,25 @@ impl GraphClient {
                 message: format!("Graph URL {base}: {e}"),
             })?
             .origin();
+        let arm = match (&config.arm_root, config.arm_scope()) {
+            (Some(root), Some(scope)) => Some(Arm {
+                origin: Url::parse(root)
+                    .map_err(|e| GraphError::Config {
+                        message: format!("ARM URL {root}: {e}"),
+                    })?
+                    .origin(),
+                root: root.clone(),
+                tokens: TokenProvider::for_scope(&config, scope),
+            }),
+            _ => None,
+        };
         Ok(GraphClient {
             inner: Arc::new(Inner {
                 http,
                 tokens: TokenProvider::new(&config),
                 base,
                 origin,
+                arm,
             }),
         })
     }
@@ -183,10 +209,20 @@ impl GraphClient {
         req: &GraphRequest,
         extra_ok: &[u16],
     ) -> Result<GraphResponse, GraphError> {
+        self.send_with(req, extra_ok, &self.inner.tokens).await
+    }
+
+    /// Sends `req` with tokens from `tokens` (Graph's, or ARM's audience).
+    async fn send_with(
+        &self,
+        req: &GraphRequest,
+        extra_ok: &[u16],
+        tokens: &TokenProvider,
+    ) -> Result<GraphResponse, GraphError> {
         let inner = &self.inner;
         let mut refreshed = false;
         loop {
-            let token = inner.tokens.token(&inner.http).await?;
+            let token = tokens.token(&inner.http).await?;
             let bearer = format!("Bearer {}", token.value.expose());
             let build = || {
                 let mut b = inner
@@ -209,7 +245,7 @@ impl GraphClient {
             let resp = inner.http.execute(req.operation, req.retry, &build).await?;
             if resp.status == StatusCode::UNAUTHORIZED && !refreshed {
                 refreshed = true;
-                inner.tokens.invalidate(&token).await;
+                tokens.invalidate(&token).await;
                 continue;
             }
             if resp.status.is_success() || extra_ok.contains(&resp.status.as_u16()) {
@@ -303,15 +339,19 @@ impl GraphClient {
 
     // ---- entitlement management ("Entitlement management reads") ----
 
-    /// The access package with its resource role scopes (role and scope expanded), or
-    /// `None` if it does not exist.
+    /// The access package with its catalog and its resource role scopes (role with its
+    /// resource, and scope expanded), or `None` if it does not exist. The role's resource names an Entra role
+    /// ("Global Reader"), whose scope is only the directory root ("Root").
     pub async fn get_access_package(&self, id: &str) -> Result<Option<AccessPackage>, GraphError> {
         const OP: &str = "get_access_package";
         let path = format!("{EM}/accessPackages/{}", segment(OP, id)?);
         let url = self.url(
             OP,
             &path,
-            &[("$expand", "resourceRoleScopes($expand=role,scope)")],
+            &[(
+                "$expand",
+                "catalog,resourceRoleScopes($expand=role($expand=resource),scope)",
+            )],
         )?;
         self.get_optional(OP, url).await
     }
@@ -686,6 +726,156 @@ impl GraphClient {
             ],
         )?;
         self.get_paged(OP, url).await
+    }
+}
+
+// ---- Azure Resource Manager ("Azure roles") ----
+
+/// ARM's role assignments API version.
+const ARM_ROLE_ASSIGNMENTS_API: &str = "2022-04-01";
+/// ARM's role eligibility schedule instances API version.
+const ARM_ROLE_ELIGIBILITY_API: &str = "2020-10-01";
+
+impl GraphClient {
+    /// Whether an Azure Resource Manager root is configured (`--arm-url`, or derived from
+    /// a known cloud's Graph URL).
+    pub fn arm_configured(&self) -> bool {
+        self.inner.arm.is_some()
+    }
+
+    /// Everyone holding any Azure role at or above the ARM `scope`
+    /// (`/subscriptions/{id}[/resourceGroups/{name}]`, `/providers/Microsoft.Management/
+    /// managementGroups/{id}`): its role assignments, or with `eligible` its role
+    /// eligibility schedule instances, `$filter=atScope()`, every page (`nextLink`). One read
+    /// per scope serves every role and every target promised there.
+    pub async fn list_azure_role_holders(
+        &self,
+        scope: &str,
+        eligible: bool,
+    ) -> Result<Vec<ArmRoleHolder>, GraphError> {
+        let (op, list, api) = if eligible {
+            (
+                "list_azure_role_eligibilities",
+                "roleEligibilityScheduleInstances",
+                ARM_ROLE_ELIGIBILITY_API,
+            )
+        } else {
+            (
+                "list_azure_role_assignments",
+                "roleAssignments",
+                ARM_ROLE_ASSIGNMENTS_API,
+            )
+        };
+        let Some(arm) = &self.inner.arm else {
+            return Err(GraphError::Config {
+                message: "no Azure Resource Manager URL: set --arm-url / REDELIVER_ARM_URL to verify Azure roles".into(),
+            });
+        };
+        // The scope comes from Graph: each segment is escaped, so it can only name a scope.
+        let segments = scope
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| segment(op, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        if segments.is_empty() || !scope.starts_with('/') {
+            return Err(GraphError::InvalidArgument {
+                operation: op,
+                message: format!("{scope:?} is not an Azure scope (/subscriptions/...)"),
+            });
+        }
+        let path = format!(
+            "/{}/providers/Microsoft.Authorization/{list}",
+            segments.join("/")
+        );
+        let url = build_url(
+            op,
+            &arm.root,
+            &path,
+            &[("api-version", api), ("$filter", "atScope()")],
+        )?;
+        let mut items = Vec::new();
+        let mut next = Some(url);
+        let mut pages = 0usize;
+        while let Some(url) = next.take() {
+            pages += 1;
+            if pages > MAX_PAGES {
+                return Err(GraphError::Decode {
+                    operation: op,
+                    message: format!("more than {MAX_PAGES} pages; the server seems to loop"),
+                    request_id: None,
+                });
+            }
+            let req = GraphRequest::get(op, url.clone());
+            let resp = match self.send_with(&req, &[], &arm.tokens).await {
+                Ok(resp) => resp,
+                Err(e) => {
+                    self.inner.http.count(op, |s| s.failures += 1);
+                    return Err(e);
+                }
+            };
+            let page: ArmPage<ArmRoleHolder> = self.decode(op, &resp)?;
+            items.extend(page.value);
+            if let Some(link) = page.next_link {
+                let link = url.join(&link).map_err(|e| GraphError::Decode {
+                    operation: op,
+                    message: format!("invalid nextLink {link:?}: {e}"),
+                    request_id: None,
+                })?;
+                if link.origin() != arm.origin || link == url {
+                    return Err(GraphError::Decode {
+                        operation: op,
+                        message: format!(
+                            "nextLink {} is outside the ARM URL {} or repeats the page; refusing to follow it",
+                            link.origin().ascii_serialization(),
+                            arm.origin.ascii_serialization()
+                        ),
+                        request_id: None,
+                    });
+                }
+                next = Some(link);
+            }
+        }
+        Ok(items)
+    }
+}
+
+// ---- role management ("Microsoft Entra roles") ----
+
+impl GraphClient {
+    /// Everyone holding the Entra role definition `role_definition_id`, at any directory
+    /// scope: its active role assignments, or with `eligible` its eligibility schedules.
+    /// One `$filter` by role definition, every page: a read shared by every assignment that
+    /// promises the role, whoever its target.
+    pub async fn list_directory_role_holders(
+        &self,
+        role_definition_id: &str,
+        eligible: bool,
+    ) -> Result<Vec<DirectoryRoleHolder>, GraphError> {
+        // Two operations, since each needs its own permission (`permission_hint`).
+        let (op, path) = if eligible {
+            (
+                "list_directory_role_eligibilities",
+                "/roleManagement/directory/roleEligibilitySchedules",
+            )
+        } else {
+            (
+                "list_directory_role_assignments",
+                "/roleManagement/directory/roleAssignments",
+            )
+        };
+        let filter = format!("roleDefinitionId eq {}", string_literal(role_definition_id));
+        let url = self.url(
+            op,
+            path,
+            &[
+                ("$filter", &filter),
+                (
+                    "$select",
+                    "id,principalId,roleDefinitionId,directoryScopeId",
+                ),
+            ],
+        )?;
+        self.get_paged(op, url).await
     }
 }
 

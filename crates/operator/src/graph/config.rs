@@ -18,6 +18,8 @@ use super::error::GraphError;
 pub const DEFAULT_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Default Graph root (global cloud). The client appends `/v1.0`.
 pub const DEFAULT_GRAPH_URL: &str = "https://graph.microsoft.com";
+/// Default Azure Resource Manager root (global cloud).
+pub const DEFAULT_ARM_URL: &str = "https://management.azure.com";
 /// Environment variable holding the client secret value.
 pub const CLIENT_SECRET_ENV: &str = "AZURE_CLIENT_SECRET";
 
@@ -58,6 +60,14 @@ pub struct GraphArgs {
     /// simulator's URL). `/v1.0` is appended; the token scope is `<URL>/.default`.
     #[arg(long, env = "REDELIVER_GRAPH_URL", value_name = "URL", default_value = DEFAULT_GRAPH_URL)]
     pub graph_url: String,
+
+    /// Azure Resource Manager root URL, for verifying Azure roles access packages grant
+    /// (e.g. `https://management.usgovcloudapi.net`). Derived from --graph-url for the known
+    /// clouds (global: https://management.azure.com, US Government,
+    /// China); for any other Graph URL Azure roles stay Unverifiable until this is set.
+    /// The token scope is `<URL>/.default`, with the same credential as Graph.
+    #[arg(long, env = "REDELIVER_ARM_URL", value_name = "URL")]
+    pub arm_url: Option<String>,
 
     /// Allow plain http:// Graph and authority URLs on non-loopback hosts. Plain http to
     /// 127.0.0.1/::1/localhost (e.g. the simulator) is always allowed.
@@ -173,6 +183,9 @@ pub struct GraphConfig {
     pub graph_root: String,
     /// Token scope: `{graph_root}/.default`.
     pub scope: String,
+    /// Azure Resource Manager root without trailing slash (`https://management.azure.com`),
+    /// when known: set with `--arm-url` or derived from a known cloud's Graph URL.
+    pub arm_root: Option<String>,
     /// Extra trusted CA PEM file.
     pub ca_file: Option<PathBuf>,
     /// Per-exchange HTTP timeout.
@@ -195,6 +208,31 @@ impl GraphConfig {
     /// The versioned Graph base URL, e.g. `https://graph.microsoft.com/v1.0`.
     pub fn graph_base(&self) -> String {
         format!("{}/v1.0", self.graph_root)
+    }
+
+    /// The token scope for Azure Resource Manager: `{arm_root}/.default`.
+    pub fn arm_scope(&self) -> Option<String> {
+        self.arm_root
+            .as_ref()
+            .map(|root| format!("{root}/.default"))
+    }
+}
+
+/// The Resource Manager root of the cloud whose Graph root is `graph_root`, for the
+/// national clouds Microsoft documents; `None` for any other host (a simulator, a proxy),
+/// where guessing could send a token to the wrong place.
+pub fn arm_root_for_graph(graph_root: &str) -> Option<&'static str> {
+    let host = Url::parse(graph_root)
+        .ok()?
+        .host_str()?
+        .to_ascii_lowercase();
+    match host.as_str() {
+        "graph.microsoft.com" => Some(DEFAULT_ARM_URL),
+        "graph.microsoft.us" | "dod-graph.microsoft.us" => {
+            Some("https://management.usgovcloudapi.net")
+        }
+        "microsoftgraph.chinacloudapi.cn" => Some("https://management.chinacloudapi.cn"),
+        _ => None,
     }
 }
 
@@ -277,6 +315,15 @@ impl GraphArgs {
             .map(|s| s.trim_end_matches('/').to_string())
             .unwrap_or(graph_root);
 
+        let arm_root = match &self.arm_url {
+            Some(raw) => Some(normalize_root(
+                raw,
+                "--arm-url / REDELIVER_ARM_URL",
+                self.allow_insecure_http,
+            )?),
+            None => arm_root_for_graph(&graph_root).map(str::to_string),
+        };
+
         let mut token_url = Url::parse(&authority)
             .map_err(|e| config_err(format!("authority host {authority}: {e}")))?;
         token_url
@@ -298,6 +345,7 @@ impl GraphArgs {
 
         Ok(GraphConfig {
             scope: format!("{graph_root}/.default"),
+            arm_root,
             tenant_id,
             client_id,
             credential,
@@ -325,6 +373,7 @@ impl Default for GraphArgs {
             federated_token_file: None,
             authority_host: DEFAULT_AUTHORITY_HOST.to_string(),
             graph_url: DEFAULT_GRAPH_URL.to_string(),
+            arm_url: None,
             allow_insecure_http: false,
             ca_file: None,
             graph_timeout: Duration::from_secs(30),
@@ -353,6 +402,7 @@ impl GraphArgs {
             federated_token_file: None,
             authority_host: endpoint.authority_host,
             graph_url: endpoint.graph_url,
+            arm_url: endpoint.arm_url,
             ca_file: endpoint.ca_file,
             ..self
         }
@@ -367,6 +417,8 @@ pub struct Endpoint {
     pub client_secret: String,
     pub authority_host: String,
     pub graph_url: String,
+    /// Azure Resource Manager root, when the endpoint serves one (the simulator does).
+    pub arm_url: Option<String>,
     pub ca_file: Option<std::path::PathBuf>,
 }
 
@@ -466,6 +518,57 @@ mod tests {
             client_secret: Some(Secret::new("s3cr3t")),
             ..GraphArgs::with_defaults()
         }
+    }
+
+    #[test]
+    fn arm_root_is_derived_for_known_clouds_and_never_guessed_otherwise() {
+        let arm = |graph: &str, arm_url: Option<&str>| {
+            GraphArgs {
+                graph_url: graph.into(),
+                arm_url: arm_url.map(str::to_string),
+                ..args()
+            }
+            .validate()
+            .map(|c| (c.arm_root.clone(), c.arm_scope()))
+        };
+        assert_eq!(
+            arm("https://graph.microsoft.com", None).unwrap(),
+            (
+                Some("https://management.azure.com".into()),
+                Some("https://management.azure.com/.default".into())
+            )
+        );
+        for gov in [
+            "https://graph.microsoft.us",
+            "https://dod-graph.microsoft.us/v1.0",
+        ] {
+            assert_eq!(
+                arm(gov, None).unwrap().0.as_deref(),
+                Some("https://management.usgovcloudapi.net")
+            );
+        }
+        assert_eq!(
+            arm("https://microsoftgraph.chinacloudapi.cn", None)
+                .unwrap()
+                .0
+                .as_deref(),
+            Some("https://management.chinacloudapi.cn")
+        );
+        // A simulator or proxy: no ARM unless told, so no token goes to a guessed host.
+        assert_eq!(arm("http://127.0.0.1:8080", None).unwrap(), (None, None));
+        assert_eq!(
+            arm("http://127.0.0.1:8080", Some("http://127.0.0.1:8080/arm/"))
+                .unwrap()
+                .1
+                .as_deref(),
+            Some("http://127.0.0.1:8080/arm/.default")
+        );
+        let err = arm(
+            "https://graph.microsoft.com",
+            Some("http://arm.example.com"),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("--arm-url"), "{err}");
     }
 
     #[test]

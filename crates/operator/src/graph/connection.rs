@@ -43,10 +43,83 @@ pub fn connection_graph_config(
             .graph_url
             .clone()
             .unwrap_or_else(|| defaults.graph_url.clone()),
+        // The operator's ARM root belongs to the operator's Graph cloud: a connection to
+        // another cloud derives its own unless it names one.
+        arm_url: match (&settings.arm_url, &settings.graph_url) {
+            (Some(arm), _) => Some(arm.clone()),
+            (None, Some(_)) => None,
+            (None, None) => defaults.arm_url.clone(),
+        },
         graph_concurrency: settings
             .concurrency
             .map_or(defaults.graph_concurrency, |c| c as usize),
         ..defaults.clone()
     };
     args.validate()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ConnectionCredential, SecretKeySelector};
+
+    fn settings(graph_url: Option<&str>, arm_url: Option<&str>) -> ConnectionSettings {
+        ConnectionSettings {
+            tenant_id: "contoso.onmicrosoft.com".into(),
+            client_id: "11111111-2222-4333-8444-555555555555".into(),
+            credential: ConnectionCredential {
+                client_secret: Some(SecretKeySelector {
+                    name: "graph".into(),
+                    key: "clientSecret".into(),
+                }),
+                workload_identity: None,
+            },
+            authority_host: None,
+            graph_url: graph_url.map(str::to_string),
+            arm_url: arm_url.map(str::to_string),
+            concurrency: None,
+            reprocess_rate: None,
+        }
+    }
+
+    fn arm_root(defaults: &GraphArgs, s: &ConnectionSettings) -> Option<String> {
+        let secret = ResolvedCredential::ClientSecret(Secret::new("s"));
+        connection_graph_config(defaults, s, secret)
+            .unwrap()
+            .arm_root
+    }
+
+    #[test]
+    fn a_connection_to_another_cloud_never_inherits_the_operators_arm_root() {
+        let defaults = GraphArgs {
+            arm_url: Some("https://management.azure.com".into()),
+            ..GraphArgs::default()
+        };
+        // Same cloud as the operator: its --arm-url.
+        assert_eq!(
+            arm_root(&defaults, &settings(None, None)).as_deref(),
+            Some("https://management.azure.com")
+        );
+        // Its own Graph cloud: derived from it, not the operator's public ARM root.
+        assert_eq!(
+            arm_root(
+                &defaults,
+                &settings(Some("https://graph.microsoft.us"), None)
+            )
+            .as_deref(),
+            Some("https://management.usgovcloudapi.net")
+        );
+        // Named explicitly: that one.
+        assert_eq!(
+            arm_root(
+                &defaults,
+                &settings(
+                    Some("https://graph.microsoft.us"),
+                    Some("https://management.usgovcloudapi.net")
+                )
+            )
+            .as_deref(),
+            Some("https://management.usgovcloudapi.net")
+        );
+    }
 }

@@ -335,6 +335,18 @@ pub fn permission_hint(operation: &str) -> &'static str {
             "GroupMember.Read.All (hidden-membership groups also need Member.Read.Hidden)"
         }
         "list_app_role_assignments" => "Application.Read.All",
+        "list_directory_role_assignments" => {
+            "RoleManagement.Read.Directory (only packages that grant an active Microsoft Entra role need it)"
+        }
+        "list_azure_role_assignments" => {
+            "Microsoft.Authorization/roleAssignments/read on the Azure scope (the Reader role there grants it)"
+        }
+        "list_azure_role_eligibilities" => {
+            "Microsoft.Authorization/roleEligibilityScheduleInstances/read on the Azure scope (the Reader role there grants it)"
+        }
+        "list_directory_role_eligibilities" => {
+            "RoleEligibilitySchedule.Read.Directory (only packages that grant an eligible Microsoft Entra role need it)"
+        }
         "get_user" | "suggest_users" => "User.Read.All",
         "list_directory_audits" => {
             "AuditLog.Read.All (optional: only drift attribution reads the audit log)"

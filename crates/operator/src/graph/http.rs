@@ -141,11 +141,38 @@ pub(crate) struct Http {
 pub(crate) fn throttle_scope(path: &str) -> &'static str {
     if path.contains("/identityGovernance/") {
         "entitlement"
+    } else if path.contains("/providers/Microsoft.Authorization/") {
+        // Azure Resource Manager: its own limits, nothing to do with Graph's.
+        "arm"
     } else if path.ends_with("/oauth2/v2.0/token") {
         "token"
     } else {
         "directory"
     }
+}
+
+/// How long ARM calls wait after an answer said no reads are left (ARM refills its read
+/// bucket continuously, a few reads a second).
+const ARM_QUOTA_PAUSE: Duration = Duration::from_secs(1);
+
+/// Whether an ARM answer's `x-ms-ratelimit-remaining-subscription-reads` (or
+/// `-tenant-reads`) says no read is left.
+fn arm_reads_spent(headers: &HeaderMap) -> bool {
+    [
+        "x-ms-ratelimit-remaining-subscription-reads",
+        "x-ms-ratelimit-remaining-tenant-reads",
+    ]
+    .iter()
+    .filter_map(|name| {
+        headers
+            .get(*name)?
+            .to_str()
+            .ok()?
+            .trim()
+            .parse::<i64>()
+            .ok()
+    })
+    .any(|left| left <= 0)
 }
 
 impl Http {
@@ -389,6 +416,11 @@ impl Http {
         });
         if let Some(d) = retry_after {
             self.refused(sent.scope, status.as_u16(), d);
+        } else if sent.scope == "arm" && arm_reads_spent(&headers) {
+            // ARM says how many reads are left before it throttles: at none, hold every
+            // ARM call back briefly instead of spending a request on a certain 429.
+            debug!(operation, "ARM read quota spent; holding ARM calls back");
+            self.close_gate(sent.scope, ARM_QUOTA_PAUSE);
         }
         Ok(Exchange::Answered(RawResponse {
             status,

@@ -24,6 +24,7 @@ mod auth;
 pub mod client;
 pub mod config;
 pub mod connection;
+pub mod drift_report;
 pub mod error;
 mod http;
 pub mod models;

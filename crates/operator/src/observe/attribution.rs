@@ -107,7 +107,10 @@ fn activities(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
             "Add app role assignment grant to user",
             "Remove app role assignment from user",
         )),
-        ResourceKind::Unverifiable => None,
+        // Role changes are logged by PIM under other activities; not looked up yet.
+        ResourceKind::EntraRole { .. }
+        | ResourceKind::AzureRole { .. }
+        | ResourceKind::Unverifiable => None,
     }
 }
 
@@ -121,7 +124,9 @@ fn target_id(kind: &ResourceKind) -> Option<&str> {
             service_principal_id,
             ..
         } => Some(service_principal_id),
-        ResourceKind::Unverifiable => None,
+        ResourceKind::EntraRole { .. }
+        | ResourceKind::AzureRole { .. }
+        | ResourceKind::Unverifiable => None,
     }
 }
 

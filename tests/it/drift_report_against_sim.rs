@@ -1,0 +1,164 @@
+//! Microsoft's access drift report as a cross-check, against the simulator over real HTTP
+//! on 127.0.0.1: `redeliver audit` as a real process, and the report's simulator side
+//! through its admin API.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use redeliver::observe::Observer;
+use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
+
+const SUMMARIES: &str = "/beta/identityGovernance/entitlementManagement/accessDriftSummaries";
+
+async fn audit(sim: &SimHandle, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in [
+        "AZURE_TENANT_ID",
+        "AZURE_CLIENT_ID",
+        "AZURE_CLIENT_SECRET",
+        "AZURE_FEDERATED_TOKEN_FILE",
+        "AZURE_AUTHORITY_HOST",
+        "REDELIVER_GRAPH_URL",
+        "REDELIVER_CLIENT_SECRET_FILE",
+        "REDELIVER_USE_ACCESS_DRIFT_REPORT",
+    ] {
+        cmd.env_remove(var);
+    }
+    let finance = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/finance.yaml");
+    cmd.envs(sim.graph_env())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .args(["audit", "-o", "json", "-f"])
+        .arg(finance)
+        .args(extra)
+        .stdin(Stdio::null());
+    let out = cmd.output().await.expect("the redeliver binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    (out.status.code().unwrap_or(-1), report, stderr)
+}
+
+fn row<'a>(report: &'a serde_json::Value, declaration: &str) -> &'a serde_json::Value {
+    report["rows"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|r| r["declaration"] == declaration))
+        .unwrap_or_else(|| panic!("no row for {declaration} in {report:#}"))
+}
+
+/// Everything but the message: what the cross-check must leave alone.
+fn verdicts(report: &serde_json::Value) -> Vec<(String, String, String)> {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["declaration"].to_string(),
+                r["verdict"].to_string(),
+                r["action"].to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn audit_notes_both_kinds_of_disagreement_and_changes_no_verdict() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let (plain_code, plain, _) = audit(&sim, &[]).await;
+    assert_eq!(sim.count_requests("GET", "/beta/"), 0, "off by default");
+
+    // A lagging report: bob (who holds fin-writers) reported missing, alice (who lost it)
+    // reported in sync.
+    sim.set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    sim.clear_request_log();
+    let (code, report, stderr) = audit(&sim, &["--use-access-drift-report"]).await;
+    assert_eq!(code, plain_code, "{stderr}");
+    assert_eq!(verdicts(&report), verdicts(&plain));
+    let bob = row(&report, "access/bob-finance")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        bob,
+        "Microsoft's access drift report disagrees: it reports fin-writers missing for bob@contoso.com, Redeliver's read found it present"
+    );
+    let alice = row(&report, "access/alice-finance")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        alice.contains(
+            "Microsoft's access drift report disagrees: it reports fin-writers in sync for alice@contoso.com, Redeliver's read found it missing"
+        ),
+        "{alice}"
+    );
+    // One summaries read for the catalog, shared by every declaration, plus the details
+    // of the one summary counting a missing user; never a write.
+    assert_eq!(
+        sim.count_requests("GET", SUMMARIES),
+        2,
+        "{:#?}",
+        sim.request_log()
+    );
+    assert_eq!(sim.count_requests("POST", "/v1.0/"), 0);
+}
+
+#[tokio::test]
+async fn the_simulated_report_follows_the_state_lags_on_demand_and_can_refuse() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let package = graph
+        .get_access_package(&sim.package_id("Finance Analysts").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = package
+        .catalog
+        .expect("the package's catalog is expanded")
+        .id;
+    let alice = sim.user_id("alice@contoso.com").unwrap();
+    let bob = sim.user_id("bob@contoso.com").unwrap();
+    let writers = sim.group_id("fin-writers").unwrap();
+
+    // From the state: alice lost fin-writers.
+    let observer = Observer::new(graph.clone(), 4);
+    let report = observer.access_drift(&catalog).await.unwrap();
+    assert_eq!(
+        report.missing.get(&writers.to_ascii_lowercase()),
+        Some(&[alice.to_ascii_lowercase()].into_iter().collect())
+    );
+    // Read once per pass, whoever asks.
+    observer.access_drift(&catalog).await.unwrap();
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 2);
+
+    // Lagging on demand.
+    sim.set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    observer.refresh().await;
+    let report = observer.access_drift(&catalog).await.unwrap();
+    assert_eq!(
+        report.missing.get(&writers.to_ascii_lowercase()),
+        Some(&[bob.to_ascii_lowercase()].into_iter().collect())
+    );
+
+    // Refused: a note naming the permission, kept for the pass (asked once).
+    sim.set_drift_report_unavailable(Some(403));
+    observer.refresh().await;
+    sim.clear_request_log();
+    let why = observer.access_drift(&catalog).await.unwrap_err();
+    assert!(why.contains("EntitlementManagement.Read.All"), "{why}");
+    observer.access_drift(&catalog).await.unwrap_err();
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 1);
+
+    // Not offered: a note saying where it was looked for.
+    sim.set_drift_report_unavailable(Some(404));
+    observer.refresh().await;
+    let why = observer.access_drift(&catalog).await.unwrap_err();
+    assert!(why.contains("not found") && why.contains("/beta/"), "{why}");
+}
