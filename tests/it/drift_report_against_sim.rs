@@ -162,3 +162,44 @@ async fn the_simulated_report_follows_the_state_lags_on_demand_and_can_refuse() 
     let why = observer.access_drift(&catalog).await.unwrap_err();
     assert!(why.contains("not found") && why.contains("/beta/"), "{why}");
 }
+
+#[tokio::test]
+async fn a_report_of_many_missing_users_is_read_through_its_pages() {
+    // 250 users in one package of the `Synthetic` catalog, every second one missing its
+    // first group: 125 missing users, more than one page of details.
+    let sim = Simulator::start(
+        Scenario::synthetic("fabrikam", 250, 1, 2, 2),
+        SimOptions::fast(),
+    )
+    .await
+    .unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let package = graph
+        .get_access_package(&sim.package_id("pkg-0").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = package.catalog.expect("catalog expanded").id;
+    let observer = Observer::new(graph, 4);
+    let report = observer.access_drift(&catalog).await.unwrap();
+    let g0 = sim.group_id("pkg-0-g0").unwrap().to_ascii_lowercase();
+    let g1 = sim.group_id("pkg-0-g1").unwrap().to_ascii_lowercase();
+    assert_eq!(report.missing.get(&g0).map(|m| m.len()), Some(125));
+    assert_eq!(report.missing.get(&g1).map(|m| m.len()), Some(0));
+    // One summaries page; the details of the one drifted group in two pages; none for
+    // the group nobody misses.
+    let log = sim.request_log();
+    let details: Vec<_> = log
+        .iter()
+        .filter(|e| e.path.starts_with(SUMMARIES) && e.path.contains("/details"))
+        .collect();
+    assert_eq!(details.len(), 2, "{details:#?}");
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 3);
+    // 1 RU a page.
+    let ru: u32 = log
+        .iter()
+        .filter(|e| e.path.starts_with(SUMMARIES))
+        .filter_map(|e| e.ru)
+        .sum();
+    assert_eq!(ru, 3);
+}
