@@ -11,6 +11,14 @@ use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 const SUMMARIES: &str = "/beta/identityGovernance/entitlementManagement/accessDriftSummaries";
 
 async fn audit(sim: &SimHandle, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    audit_file(sim, "examples/finance.yaml", extra).await
+}
+
+async fn audit_file(
+    sim: &SimHandle,
+    file: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
     for var in [
         "AZURE_TENANT_ID",
@@ -24,7 +32,7 @@ async fn audit(sim: &SimHandle, extra: &[&str]) -> (i32, serde_json::Value, Stri
     ] {
         cmd.env_remove(var);
     }
-    let finance = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/finance.yaml");
+    let finance = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     cmd.envs(sim.graph_env())
         .env("NO_PROXY", "127.0.0.1,localhost")
         .args(["audit", "-o", "json", "-f"])
@@ -202,4 +210,39 @@ async fn a_report_of_many_missing_users_is_read_through_its_pages() {
         .filter_map(|e| e.ru)
         .sum();
     assert_eq!(ru, 3);
+}
+
+#[tokio::test]
+async fn audit_notes_a_guards_disagreements_on_its_rows() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let (plain_code, plain, _) = audit_file(&sim, "examples/guard.yaml", &[]).await;
+    sim.set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let (code, report, stderr) =
+        audit_file(&sim, "examples/guard.yaml", &["--use-access-drift-report"]).await;
+    assert_eq!(code, plain_code, "{stderr}");
+    assert_eq!(verdicts(&report), verdicts(&plain));
+    let messages: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    // Alice's drifted row says the report thinks she is in sync; bob has no row of his
+    // own (he is delivered), so the guard's summary row says it.
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reports fin-writers in sync for alice@contoso.com")),
+        "{report:#}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reports fin-writers missing for bob@contoso.com")),
+        "{report:#}"
+    );
+    assert_eq!(sim.count_requests("POST", "/v1.0/"), 0);
 }
