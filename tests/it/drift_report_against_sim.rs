@@ -246,3 +246,33 @@ async fn audit_notes_a_guards_disagreements_on_its_rows() {
     );
     assert_eq!(sim.count_requests("POST", "/v1.0/"), 0);
 }
+
+#[tokio::test]
+async fn a_transient_report_failure_is_a_note_and_is_asked_again() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let graph = crate::fault_support::client_with(&sim, |a| a.max_retries = 0);
+    let package = graph
+        .get_access_package(&sim.package_id("Finance Analysts").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = package.catalog.expect("catalog expanded").id;
+    sim.inject_fault(redeliver_sim::FaultSpec::Error {
+        status: 503,
+        retry_after: None,
+        scope: redeliver_sim::FaultScope {
+            path_prefix: Some(SUMMARIES.into()),
+            count: Some(1),
+            ..Default::default()
+        },
+    });
+    let observer = Observer::new(graph, 4);
+    let why = observer.access_drift(&catalog).await.unwrap_err();
+    assert!(!why.is_empty());
+    // Not kept: the next caller reads again, and gets the report (the failed summaries
+    // read, then the summaries and the one drifted resource's details).
+    observer.access_drift(&catalog).await.unwrap();
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 3);
+}
