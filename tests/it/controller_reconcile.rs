@@ -1367,3 +1367,46 @@ async fn a_drift_report_saying_in_sync_does_not_stop_a_repair_nor_add_a_write() 
     assert_eq!(env.sim.count_requests("POST", &path), 1);
     assert_eq!(disagreements(&env), 1);
 }
+
+#[tokio::test]
+async fn a_guard_notes_the_drift_reports_disagreements_and_sweeps_as_before() {
+    let mut env = Env::start_with(with_drift_report()).await;
+    // Bob holds fin-writers, alice lost it; the lagging report says the reverse.
+    env.sim
+        .set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let g = guard_of("finance-audit", "Audit");
+    let task = tokio::spawn(guard::reconcile(Arc::new(g.clone()), env.ctx.clone()));
+    env.api.expect_status_patch(&g).await;
+    let status = env.api.expect_status_patch(&g).await;
+    assert_eq!(status["assignments"]["drifted"], 1, "{status}");
+    assert_eq!(condition(&status, "Ready")["reason"], "ReportOnly");
+    let delivered = condition(&status, "Delivered");
+    assert_eq!(delivered["reason"], "ResourcesMissing", "{status}");
+    let message = delivered["message"].as_str().unwrap();
+    assert!(
+        message.contains("it reports fin-writers in sync for alice@contoso.com, Redeliver's read found it missing"),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "it reports fin-writers missing for bob@contoso.com, Redeliver's read found it present"
+        ),
+        "{message}"
+    );
+    let (_, reason, _) = env.api.expect_event(&g).await;
+    assert_eq!(reason, "DriftDetected");
+    task.await.unwrap().unwrap();
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 0);
+    assert_eq!(
+        env.ctx
+            .metrics
+            .access_drift_disagreements
+            .get_or_create(&redeliver::controller::metrics::KindLabels {
+                kind: "AccessPackageGuard",
+            })
+            .get(),
+        2
+    );
+}

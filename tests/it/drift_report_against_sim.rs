@@ -11,6 +11,14 @@ use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 const SUMMARIES: &str = "/beta/identityGovernance/entitlementManagement/accessDriftSummaries";
 
 async fn audit(sim: &SimHandle, extra: &[&str]) -> (i32, serde_json::Value, String) {
+    audit_file(sim, "examples/finance.yaml", extra).await
+}
+
+async fn audit_file(
+    sim: &SimHandle,
+    file: &str,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
     for var in [
         "AZURE_TENANT_ID",
@@ -24,7 +32,7 @@ async fn audit(sim: &SimHandle, extra: &[&str]) -> (i32, serde_json::Value, Stri
     ] {
         cmd.env_remove(var);
     }
-    let finance = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/finance.yaml");
+    let finance = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     cmd.envs(sim.graph_env())
         .env("NO_PROXY", "127.0.0.1,localhost")
         .args(["audit", "-o", "json", "-f"])
@@ -161,4 +169,110 @@ async fn the_simulated_report_follows_the_state_lags_on_demand_and_can_refuse() 
     observer.refresh().await;
     let why = observer.access_drift(&catalog).await.unwrap_err();
     assert!(why.contains("not found") && why.contains("/beta/"), "{why}");
+}
+
+#[tokio::test]
+async fn a_report_of_many_missing_users_is_read_through_its_pages() {
+    // 250 users in one package of the `Synthetic` catalog, every second one missing its
+    // first group: 125 missing users, more than one page of details.
+    let sim = Simulator::start(
+        Scenario::synthetic("fabrikam", 250, 1, 2, 2),
+        SimOptions::fast(),
+    )
+    .await
+    .unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let package = graph
+        .get_access_package(&sim.package_id("pkg-0").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = package.catalog.expect("catalog expanded").id;
+    let observer = Observer::new(graph, 4);
+    let report = observer.access_drift(&catalog).await.unwrap();
+    let g0 = sim.group_id("pkg-0-g0").unwrap().to_ascii_lowercase();
+    let g1 = sim.group_id("pkg-0-g1").unwrap().to_ascii_lowercase();
+    assert_eq!(report.missing.get(&g0).map(|m| m.len()), Some(125));
+    assert_eq!(report.missing.get(&g1).map(|m| m.len()), Some(0));
+    // One summaries page; the details of the one drifted group in two pages; none for
+    // the group nobody misses.
+    let log = sim.request_log();
+    let details: Vec<_> = log
+        .iter()
+        .filter(|e| e.path.starts_with(SUMMARIES) && e.path.contains("/details"))
+        .collect();
+    assert_eq!(details.len(), 2, "{details:#?}");
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 3);
+    // 1 RU a page.
+    let ru: u32 = log
+        .iter()
+        .filter(|e| e.path.starts_with(SUMMARIES))
+        .filter_map(|e| e.ru)
+        .sum();
+    assert_eq!(ru, 3);
+}
+
+#[tokio::test]
+async fn audit_notes_a_guards_disagreements_on_its_rows() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let (plain_code, plain, _) = audit_file(&sim, "examples/guard.yaml", &[]).await;
+    sim.set_reported_drift("fin-writers", &["bob@contoso.com"])
+        .unwrap();
+    let (code, report, stderr) =
+        audit_file(&sim, "examples/guard.yaml", &["--use-access-drift-report"]).await;
+    assert_eq!(code, plain_code, "{stderr}");
+    assert_eq!(verdicts(&report), verdicts(&plain));
+    let messages: Vec<&str> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["message"].as_str())
+        .collect();
+    // Alice's drifted row says the report thinks she is in sync; bob has no row of his
+    // own (he is delivered), so the guard's summary row says it.
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reports fin-writers in sync for alice@contoso.com")),
+        "{report:#}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("reports fin-writers missing for bob@contoso.com")),
+        "{report:#}"
+    );
+    assert_eq!(sim.count_requests("POST", "/v1.0/"), 0);
+}
+
+#[tokio::test]
+async fn a_transient_report_failure_is_a_note_and_is_asked_again() {
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let graph = crate::fault_support::client_with(&sim, |a| a.max_retries = 0);
+    let package = graph
+        .get_access_package(&sim.package_id("Finance Analysts").unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = package.catalog.expect("catalog expanded").id;
+    sim.inject_fault(redeliver_sim::FaultSpec::Error {
+        status: 503,
+        retry_after: None,
+        scope: redeliver_sim::FaultScope {
+            path_prefix: Some(SUMMARIES.into()),
+            count: Some(1),
+            ..Default::default()
+        },
+    });
+    let observer = Observer::new(graph, 4);
+    let why = observer.access_drift(&catalog).await.unwrap_err();
+    assert!(!why.is_empty());
+    // Not kept: the next caller reads again, and gets the report (the failed summaries
+    // read, then the summaries and the one drifted resource's details).
+    observer.access_drift(&catalog).await.unwrap();
+    assert_eq!(sim.count_requests("GET", SUMMARIES), 3);
 }

@@ -1038,6 +1038,37 @@ pub async fn drift_report_notes(
     }
 }
 
+/// [`drift_report_notes`] for a guard: every delivered assignment of its package.
+pub async fn guard_drift_report_notes(
+    observer: &Observer,
+    observed: &GuardObservation,
+) -> DriftNotes {
+    let Some(view) = &observed.view else {
+        return DriftNotes::default();
+    };
+    let Some(catalog) = view.package.catalog.as_ref().map(|c| c.id.as_str()) else {
+        return DriftNotes::default();
+    };
+    match observer.access_drift(catalog).await {
+        Ok(report) => {
+            let (notes, disagreements) = crate::engine::guard_drift_report_disagreements(
+                &report,
+                observed.resources(),
+                &observed.snapshot,
+                observed.assignments(),
+            );
+            DriftNotes {
+                notes,
+                disagreements,
+            }
+        }
+        Err(why) => DriftNotes {
+            notes: vec![crate::engine::drift_report_unavailable(&why)],
+            disagreements: 0,
+        },
+    }
+}
+
 /// Everything [`crate::engine::plan_assignment`] needs from Graph for one declaration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssignmentObservation {

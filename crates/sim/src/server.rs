@@ -589,9 +589,10 @@ fn scope_matches(scope: &FaultScope, method: &Method, path: &str) -> bool {
     let path_ok = match scope.path_prefix.as_deref() {
         None => path.starts_with("/v1.0/") && path != "/v1.0/$batch",
         Some(p) => {
-            // Graph paths may leave out `/v1.0`; the token endpoint and ARM (`/arm/`) are
-            // named in full.
+            // Graph paths may leave out `/v1.0`; the token endpoint, ARM (`/arm/`) and the
+            // beta drift report (`/beta/`) are named in full.
             let p = if p.starts_with("/v1.0")
+                || p.starts_with("/beta/")
                 || p.starts_with(TOKEN_FAULT_PATH)
                 || p.starts_with("/arm/")
             {

@@ -632,6 +632,13 @@ impl<'a> Audit<'a> {
                 .map(|(_, guard)| observe_guard(observer, &guard.spec)),
         )
         .await;
+        let mut guard_notes = Vec::with_capacity(guards_observed.len());
+        for o in &guards_observed {
+            guard_notes.push(match o {
+                Ok(o) if self.drift_report => guard_row_notes(observer, o).await,
+                _ => BTreeMap::new(),
+            });
+        }
         self.assignments = self
             .decls
             .assignments
@@ -687,16 +694,43 @@ impl<'a> Audit<'a> {
             .iter()
             .zip(guards_observed)
             .zip(previous)
+            .zip(guard_notes)
             .map(
-                |(((origin, guard), observed), (previous, reprocessed, refused))| {
-                    self.evaluate_guard(
+                |((((origin, guard), observed), (previous, reprocessed, refused)), notes)| {
+                    let mut eval = self.evaluate_guard(
                         origin,
                         guard,
                         observed,
                         previous.as_ref(),
                         (reprocessed, refused),
                         now,
-                    )
+                    );
+                    // A drifted assignment's row carries its own notes; the guard's summary
+                    // row the rest (assignments without a row, the report's unavailability).
+                    let mut notes = notes;
+                    let add = |row: &mut Row, found: Vec<String>| {
+                        let extra = found.join("; ");
+                        row.message = if row.message.is_empty() {
+                            extra
+                        } else {
+                            format!("{}; {extra}", row.message)
+                        };
+                    };
+                    for row in &mut eval.rows {
+                        if let Some(found) =
+                            row.assignment_id.as_deref().and_then(|id| notes.remove(id))
+                        {
+                            add(row, found);
+                        }
+                    }
+                    let rest: Vec<String> = notes.into_values().flatten().collect();
+                    if !rest.is_empty()
+                        && let Some(summary) =
+                            eval.rows.iter_mut().find(|r| r.assignment_id.is_none())
+                    {
+                        add(summary, rest);
+                    }
+                    eval
                 },
             )
             .collect();
@@ -1219,6 +1253,54 @@ fn describe_action(action: &Action, repair: bool) -> RowAction {
 
 /// Turns the engine's status into a report row: the Delivered and Stalled conditions decide
 /// the verdict, so audit and `kubectl get apa` always agree.
+/// The drift report's notes for a guard's rows, by assignment id; the key `""` holds a
+/// note for every row (the report is unavailable).
+async fn guard_row_notes(
+    observer: &Observer,
+    observed: &GuardObservation,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    let Some(catalog) = observed
+        .view
+        .as_ref()
+        .and_then(|v| v.package.catalog.as_ref())
+        .map(|c| c.id.clone())
+    else {
+        return out;
+    };
+    let report = match observer.access_drift(&catalog).await {
+        Ok(report) => report,
+        Err(why) => {
+            out.insert(String::new(), vec![engine::drift_report_unavailable(&why)]);
+            return out;
+        }
+    };
+    for a in observed
+        .assignments()
+        .iter()
+        .filter(|a| a.state == crate::graph::models::AssignmentState::Delivered)
+    {
+        let Some(target) = a.target.as_ref() else {
+            continue;
+        };
+        let Some(id) = target.object_id.as_deref() else {
+            continue;
+        };
+        let who = target.principal_name.as_deref().unwrap_or(id);
+        let notes = engine::drift_report_disagreements(
+            &report,
+            observed.resources(),
+            &observed.snapshot,
+            id,
+            who,
+        );
+        if !notes.is_empty() {
+            out.insert(a.id.clone(), notes);
+        }
+    }
+    out
+}
+
 fn row_from_status(
     declaration: String,
     target: String,

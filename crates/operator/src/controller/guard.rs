@@ -133,6 +133,15 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         .filter(|d| !known.contains(&d.assignment_id.as_str()))
         .count();
     ctx.metrics.drift(KIND, new_drift as u64);
+    if ctx.use_access_drift_report {
+        // Detection only: a note on Delivered and a count, before any write so a
+        // reprocess's status write carries it.
+        let found =
+            crate::observe::guard_drift_report_notes(ctx.observations.observer(), &observed).await;
+        ctx.metrics
+            .access_drift_disagreements(KIND, found.disagreements as u64);
+        crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
+    }
 
     let mut written = previous;
     let mut retry_after = None;

@@ -91,6 +91,44 @@ pub fn drift_report_disagreements(
     out
 }
 
+/// How many disagreements a guard's message spells out; the rest are counted.
+pub const GUARD_NOTES_SHOWN: usize = 3;
+
+/// [`drift_report_disagreements`] for every delivered assignment of a guard's package:
+/// the first [`GUARD_NOTES_SHOWN`] messages, then `and N more`, and the total count.
+pub fn guard_drift_report_disagreements(
+    report: &DriftReport,
+    resources: &[PromisedResource],
+    snapshot: &Snapshot,
+    assignments: &[crate::graph::models::Assignment],
+) -> (Vec<String>, usize) {
+    let mut all = Vec::new();
+    for a in assignments
+        .iter()
+        .filter(|a| a.state == crate::graph::models::AssignmentState::Delivered)
+    {
+        let Some(target) = a.target.as_ref() else {
+            continue;
+        };
+        let Some(id) = target.object_id.as_deref() else {
+            continue;
+        };
+        let who = target.principal_name.as_deref().unwrap_or(id);
+        all.extend(drift_report_disagreements(
+            report, resources, snapshot, id, who,
+        ));
+    }
+    let total = all.len();
+    if total > GUARD_NOTES_SHOWN {
+        all.truncate(GUARD_NOTES_SHOWN);
+        all.push(format!(
+            "and {} more disagreement(s) with Microsoft's access drift report",
+            total - GUARD_NOTES_SHOWN
+        ));
+    }
+    (all, total)
+}
+
 /// Adds `notes` to the Delivered condition's message (and nothing else: its status,
 /// reason and transition time stay as planned), so the warning shows in `kubectl describe`
 /// next to the verdict it questions.
@@ -248,6 +286,49 @@ mod tests {
         assert_eq!(
             conditions[1].message,
             "All 2 resources present; x disagrees"
+        );
+    }
+
+    #[test]
+    fn a_guard_lists_a_few_disagreements_and_counts_them_all() {
+        use crate::graph::models::{Assignment, AssignmentState, Subject};
+        let users: Vec<String> = (0..5).map(|i| format!("u{i}")).collect();
+        let mut report = DriftReport::default();
+        for u in &users {
+            report.record_missing(GROUP, u);
+        }
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let assignment = |u: &str, state| Assignment {
+            id: format!("a-{u}"),
+            state,
+            status: None,
+            expired_date_time: None,
+            target: Some(Subject {
+                object_id: Some(u.to_string()),
+                principal_name: Some(format!("{u}@contoso.com")),
+            }),
+            access_package: None,
+            assignment_policy: None,
+        };
+        let mut assignments: Vec<Assignment> = users
+            .iter()
+            .map(|u| assignment(u, AssignmentState::Delivered))
+            .collect();
+        // Not delivered: the report's verdict on it is not compared.
+        assignments.push(assignment("u9", AssignmentState::Delivering));
+        report.record_missing(GROUP, "u9");
+        let (notes, total) = guard_drift_report_disagreements(
+            &report,
+            &[group("fin-writers", GROUP)],
+            &members(&refs),
+            &assignments,
+        );
+        assert_eq!(total, 5);
+        assert_eq!(notes.len(), GUARD_NOTES_SHOWN + 1);
+        assert!(notes[0].contains("for u0@contoso.com"), "{notes:?}");
+        assert_eq!(
+            notes[GUARD_NOTES_SHOWN],
+            "and 2 more disagreement(s) with Microsoft's access drift report"
         );
     }
 

@@ -33,7 +33,8 @@ pub use assignment::{
 };
 pub use attribution::{Attribution, names_actor};
 pub use drift_report::{
-    DriftReport, drift_report_disagreements, drift_report_unavailable, note_on_delivered,
+    DriftReport, GUARD_NOTES_SHOWN, drift_report_disagreements, drift_report_unavailable,
+    guard_drift_report_disagreements, note_on_delivered,
 };
 pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
