@@ -137,7 +137,8 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         // Detection only: a note on Delivered and a count, before any write so a
         // reprocess's status write carries it.
         let found =
-            crate::observe::guard_drift_report_notes(ctx.observations.observer(), &observed).await;
+            crate::observe::guard_drift_report_notes(tenant.observations.observer(), &observed)
+                .await;
         ctx.metrics
             .access_drift_disagreements(KIND, found.disagreements as u64);
         crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
