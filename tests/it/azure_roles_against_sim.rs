@@ -7,7 +7,6 @@
 //! 200 assignments promising the same role cost one paged read.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use redeliver::api::{AccessPackageAssignment, ResourceState};
@@ -15,20 +14,11 @@ use redeliver::engine::{self, EngineSettings};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
+use crate::fault_support::audit_json;
+
 const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
 const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 const SUBSCRIPTION: &str = "828b526f-c769-4b19-9797-734b4843b978";
-
-const CLEARED_ENV: [&str; 8] = [
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "REDELIVER_GRAPH_URL",
-    "REDELIVER_ARM_URL",
-    "REDELIVER_CLIENT_SECRET_FILE",
-];
 
 fn fast() -> SimOptions {
     SimOptions {
@@ -91,26 +81,6 @@ spec:
     .expect("valid scenario")
 }
 
-async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
-    for var in CLEARED_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.envs(sim.graph_env())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .arg("audit")
-        .arg("-f")
-        .arg(dir)
-        .args(["-o", "json", "--poll-interval", "1s"])
-        .args(extra)
-        .stdin(Stdio::null());
-    let out = cmd.output().await.expect("the redeliver binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}\n{stderr}"));
-    (out.status.code().unwrap_or(-1), report, stderr)
-}
 
 fn declarations(dir: &Path, users: &[String]) {
     let docs: String = users
@@ -148,7 +118,7 @@ async fn azure_role_removed_on_a_resource_group_is_detected_and_repaired() {
     let rg = rg_scope();
     assert!(!sim.has_azure_role("Contributor", &rg, "alice@fabrikam.com", false));
 
-    let (code, report, stderr) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2, "drift found\n{report}\n{stderr}");
     let alice = row(&report, "alice");
     assert_eq!(
@@ -167,7 +137,7 @@ async fn azure_role_removed_on_a_resource_group_is_detected_and_repaired() {
         reads[0].path
     );
 
-    let (code, report, stderr) = audit(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
     assert_eq!(code, 0, "repaired\n{report}\n{stderr}");
     assert_eq!(row(&report, "alice")["verdict"], "Delivered");
     assert!(sim.has_azure_role("Contributor", &rg, "alice@fabrikam.com", false));
@@ -178,7 +148,7 @@ async fn azure_role_removed_on_a_resource_group_is_detected_and_repaired() {
         sim.remove_azure_role("Reader", &sub, "bob@fabrikam.com", true)
             .unwrap()
     );
-    let (code, report, _) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, _) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2);
     assert_eq!(
         row(&report, "bob")["missing"],
@@ -271,7 +241,7 @@ async fn a_scope_without_reader_is_unverifiable_naming_permission_and_scope_and_
     // Alice lacks Contributor, but nobody can see it: no reprocess for it either.
     let dir = tempfile::tempdir().unwrap();
     declarations(dir.path(), &["alice".into()]);
-    let (code, report, stderr) = audit(&sim, dir.path(), &["--reprocess"]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &["--reprocess"]).await;
     assert_eq!(code, 0, "nothing verifiable is missing\n{report}\n{stderr}");
     assert_eq!(row(&report, "alice")["verdict"], "Delivered");
     assert_eq!(
@@ -359,7 +329,7 @@ async fn two_hundred_assignments_promising_the_same_azure_role_share_one_paged_r
     declarations(dir.path(), &users);
     sim.clear_request_log();
 
-    let (code, report, stderr) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2, "alice drifted\n{stderr}");
     assert_eq!(report["summary"]["delivered"], 199);
     // 199 Contributor holders on rg-fin, at ARM's page of 100 in the simulator: two pages

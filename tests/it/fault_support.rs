@@ -13,13 +13,15 @@ use redeliver::graph::{GraphArgs, GraphClient};
 use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
 /// Environment variables a developer's shell may carry that must not leak into a child run.
-pub const CLEARED_ENV: [&str; 11] = [
+pub const CLEARED_ENV: [&str; 13] = [
     "AZURE_TENANT_ID",
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
     "AZURE_FEDERATED_TOKEN_FILE",
     "AZURE_AUTHORITY_HOST",
     "REDELIVER_GRAPH_URL",
+    "REDELIVER_ARM_URL",
+    "REDELIVER_USE_ACCESS_DRIFT_REPORT",
     "REDELIVER_CLIENT_SECRET_FILE",
     "REDELIVER_CA_FILE",
     "REDELIVER_GRAPH_TIMEOUT",
@@ -108,6 +110,21 @@ pub async fn run(mut cmd: tokio::process::Command) -> Run {
 /// `redeliver audit` against `sim` with `extra` arguments.
 pub async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> Run {
     run(audit_command(sim, dir, extra)).await
+}
+
+/// `redeliver audit -o json --poll-interval 1s` against `sim`: the exit code, the decoded
+/// report and stderr.
+pub async fn audit_json(
+    sim: &SimHandle,
+    dir: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let mut args = vec!["-o", "json", "--poll-interval", "1s"];
+    args.extend_from_slice(extra);
+    let run = audit(sim, dir, &args).await;
+    let report = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("JSON report ({e}):\n{}\n{}", run.stdout, run.stderr));
+    (run.code, report, run.stderr)
 }
 
 /// One `AccessPackageAssignment` document.

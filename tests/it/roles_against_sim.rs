@@ -6,7 +6,6 @@
 //! shares one paged read of its holders.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use redeliver::api::{AccessPackageAssignment, ResourceState};
@@ -14,18 +13,10 @@ use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
+use crate::fault_support::audit_json;
+
 const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
 const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
-
-const CLEARED_ENV: [&str; 7] = [
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-    "REDELIVER_GRAPH_URL",
-    "REDELIVER_CLIENT_SECRET_FILE",
-];
 
 fn fast() -> SimOptions {
     SimOptions {
@@ -83,26 +74,6 @@ spec:
     .expect("valid scenario")
 }
 
-async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
-    for var in CLEARED_ENV {
-        cmd.env_remove(var);
-    }
-    cmd.envs(sim.graph_env())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .arg("audit")
-        .arg("-f")
-        .arg(dir)
-        .args(["-o", "json", "--poll-interval", "1s"])
-        .args(extra)
-        .stdin(Stdio::null());
-    let out = cmd.output().await.expect("the redeliver binary runs");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    let report = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("JSON report ({e}):\n{stdout}\n{stderr}"));
-    (out.status.code().unwrap_or(-1), report, stderr)
-}
 
 fn declarations(dir: &Path, users: &[&str]) {
     let docs: String = users
@@ -134,7 +105,7 @@ async fn removed_eligible_and_active_entra_roles_are_detected_and_repaired() {
     assert!(sim.has_directory_role("Security Reader", "alice@fabrikam.com", false));
 
     // Detection only.
-    let (code, report, stderr) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2, "drift found\n{report}\n{stderr}");
     let alice = row(&report, "alice");
     assert_eq!(alice["verdict"], "Drifted", "{alice}");
@@ -155,7 +126,7 @@ async fn removed_eligible_and_active_entra_roles_are_detected_and_repaired() {
 
     // Repair: reprocess re-applies the package, so entitlement management grants the
     // roles again; the final pass sees them.
-    let (code, report, stderr) = audit(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
     assert_eq!(code, 0, "repaired\n{report}\n{stderr}");
     for name in ["alice", "bob", "carol"] {
         assert_eq!(row(&report, name)["verdict"], "Delivered", "{report}");
@@ -173,7 +144,7 @@ async fn removed_eligible_and_active_entra_roles_are_detected_and_repaired() {
         sim.remove_directory_role("Global Reader", "carol@fabrikam.com", true)
             .unwrap()
     );
-    let (code, report, _) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, _) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2);
     assert_eq!(
         row(&report, "carol")["missing"],
@@ -301,7 +272,7 @@ async fn two_hundred_assignments_promising_the_same_roles_share_one_paged_read_e
     declarations(dir.path(), &refs);
     sim.clear_request_log();
 
-    let (code, report, stderr) = audit(&sim, dir.path(), &[]).await;
+    let (code, report, stderr) = audit_json(&sim, dir.path(), &[]).await;
     assert_eq!(code, 2, "alice and bob drifted\n{stderr}");
     assert_eq!(report["summary"]["delivered"], 198);
 
