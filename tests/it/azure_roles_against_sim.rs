@@ -81,7 +81,6 @@ spec:
     .expect("valid scenario")
 }
 
-
 fn declarations(dir: &Path, users: &[String]) {
     let docs: String = users
         .iter()
@@ -137,7 +136,8 @@ async fn azure_role_removed_on_a_resource_group_is_detected_and_repaired() {
         reads[0].path
     );
 
-    let (code, report, stderr) = audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
+    let (code, report, stderr) =
+        audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
     assert_eq!(code, 0, "repaired\n{report}\n{stderr}");
     assert_eq!(row(&report, "alice")["verdict"], "Delivered");
     assert!(sim.has_azure_role("Contributor", &rg, "alice@fabrikam.com", false));

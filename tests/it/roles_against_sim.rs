@@ -11,7 +11,7 @@ use std::time::Duration;
 use redeliver::api::{AccessPackageAssignment, ResourceState};
 use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::observe::Observer;
-use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
+use redeliver_sim::{Scenario, SimOptions, Simulator};
 
 use crate::fault_support::audit_json;
 
@@ -74,7 +74,6 @@ spec:
     .expect("valid scenario")
 }
 
-
 fn declarations(dir: &Path, users: &[&str]) {
     let docs: String = users
         .iter()
@@ -126,7 +125,8 @@ async fn removed_eligible_and_active_entra_roles_are_detected_and_repaired() {
 
     // Repair: reprocess re-applies the package, so entitlement management grants the
     // roles again; the final pass sees them.
-    let (code, report, stderr) = audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
+    let (code, report, stderr) =
+        audit_json(&sim, dir.path(), &["--reprocess", "--wait", "20s"]).await;
     assert_eq!(code, 0, "repaired\n{report}\n{stderr}");
     for name in ["alice", "bob", "carol"] {
         assert_eq!(row(&report, name)["verdict"], "Delivered", "{report}");
