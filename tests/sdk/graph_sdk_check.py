@@ -45,7 +45,7 @@ async def check(credential, graph: str) -> int:
     em = client.identity_governance.entitlement_management
     packages = await em.access_packages.get()
     names = sorted(p.display_name for p in packages.value)
-    assert names == ["Engineering Tools", "Finance Analysts"], names
+    assert names == ["Engineering Tools", "Finance Analysts", "Security Operations"], names
 
     query = AssignmentsRequestBuilder.AssignmentsRequestBuilderGetQueryParameters(
         expand=["target", "accessPackage"],
@@ -72,6 +72,20 @@ async def check(credential, graph: str) -> int:
     members = await client.groups.by_group_id(fin_writers.scope.origin_id).members.get()
     member_ids = {m.id for m in members.value}
     assert alice.target.object_id not in member_ids, "the demo drift: alice is not in fin-writers"
+
+    # An Entra role as Redeliver reads it: the role's resource expanded inside the role,
+    # in the SDK's own encoding of the nested $expand.
+    security = next(p for p in packages.value if p.display_name == "Security Operations")
+    role_query = AccessPackageItemRequestBuilder.AccessPackageItemRequestBuilderGetQueryParameters(
+        expand=["resourceRoleScopes($expand=role($expand=resource),scope)"],
+    )
+    package = await em.access_packages.by_access_package_id(security.id).get(
+        request_configuration=RequestConfiguration(query_parameters=role_query)
+    )
+    roles = [s for s in package.resource_role_scopes if s.scope.origin_system == "DirectoryRole"]
+    assert roles, "the demo's Security Operations package grants an Entra role"
+    assert all(s.role.origin_id in ("Eligible", "Active") for s in roles), roles
+    assert all(s.role.resource and s.role.resource.display_name for s in roles), roles
 
     print(
         f"msgraph-sdk against redeliver sim: {len(names)} packages, "
