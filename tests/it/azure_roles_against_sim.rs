@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redeliver::api::{AccessPackageAssignment, ResourceState};
-use redeliver::engine::{self, EngineSettings};
+use redeliver::api::ResourceState;
+use redeliver::engine;
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
@@ -168,42 +168,8 @@ async fn status_with(
 ) -> redeliver::api::AccessPackageAssignmentStatus {
     let _ = sim;
     let observer = Observer::new(client, 4);
-    let apa: AccessPackageAssignment = serde_norway::from_str(&format!(
-        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: x, namespace: platform, generation: 1}}\nspec:\n  accessPackage: {{displayName: Finance Platform}}\n  target: {{userPrincipalName: {upn}}}\n"
-    ))
-    .unwrap();
-    let package_id = observer
-        .resolve_package_id(&apa.spec.access_package)
-        .await
-        .unwrap();
-    let view = observer.package_view(&package_id).await.unwrap();
-    let target = observer.resolve_target(&apa.spec.target).await.unwrap();
-    let snapshot = observer.snapshot(view.resources.iter()).await;
-    let assignment = view.assignment_for(&target);
-    let plan = engine::plan_assignment(
-        &engine::AssignmentInput {
-            generation: Some(1),
-            spec: &apa.spec,
-            previous: None,
-            reprocess_annotation: None,
-            resolved: Ok(engine::ResolvedIds {
-                access_package_id: package_id.clone(),
-                access_package_name: view.package.display_name.clone(),
-                policy: Observer::resolve_policy(&view, None),
-                target_object_id: target.clone(),
-                target_name: None,
-            }),
-            assignment: assignment.as_ref(),
-            latest_request: None,
-            resources: &view.resources,
-            snapshot: &snapshot,
-            settings: &EngineSettings::default(),
-            ledger: &engine::ledger::RepairLedger::new(),
-            who: "AccessPackageAssignment platform/x",
-            operator_report_only: false,
-        },
-        jiff::Timestamp::now(),
-    );
+    let plan =
+        crate::fault_support::first_plan(&observer, "platform", "Finance Platform", upn).await;
     assert!(
         !matches!(plan.action, engine::Action::Write(_)),
         "{:?}",

@@ -127,6 +127,44 @@ pub async fn audit_json(
     (run.code, report, run.stderr)
 }
 
+/// The engine's first-visit plan for one `AccessPackageAssignment` (namespace `ns`, name
+/// `x`, generation 1), read through the one observation path audit and the controller use
+/// (`observe_assignment`): the status it would write and what it would do.
+pub async fn first_plan(
+    observer: &redeliver::observe::Observer,
+    ns: &str,
+    package: &str,
+    upn: &str,
+) -> redeliver::engine::Plan {
+    use redeliver::engine;
+    let apa: redeliver::api::AccessPackageAssignment = serde_norway::from_str(&format!(
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: x, namespace: {ns}, generation: 1}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {upn}}}\n"
+    ))
+    .expect("a valid declaration");
+    let observed = redeliver::observe::observe_assignment(observer, &apa.spec, None)
+        .await
+        .expect("the simulator answers");
+    let who = format!("AccessPackageAssignment {ns}/x");
+    engine::plan_assignment(
+        &engine::AssignmentInput {
+            generation: apa.metadata.generation,
+            spec: &apa.spec,
+            previous: None,
+            reprocess_annotation: None,
+            resolved: observed.resolved.clone(),
+            assignment: observed.assignment.as_ref(),
+            latest_request: observed.latest_request.as_ref(),
+            resources: observed.resources(),
+            snapshot: &observed.snapshot,
+            settings: &engine::EngineSettings::default(),
+            ledger: &engine::ledger::RepairLedger::new(),
+            who: &who,
+            operator_report_only: false,
+        },
+        jiff::Timestamp::now(),
+    )
+}
+
 /// One `AccessPackageAssignment` document.
 pub fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String {
     format!(

@@ -8,8 +8,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use redeliver::api::{AccessPackageAssignment, ResourceState};
-use redeliver::engine::{self, Action, EngineSettings, Write};
+use redeliver::api::ResourceState;
+use redeliver::engine::{self, Action, Write};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 
@@ -156,42 +156,7 @@ async fn removed_eligible_and_active_entra_roles_are_detected_and_repaired() {
 /// One `AccessPackageAssignment` observed and planned in process, the way the controller
 /// does: the status it would write.
 async fn plan_for(observer: &Observer, upn: &str) -> engine::Plan {
-    let apa: AccessPackageAssignment = serde_norway::from_str(&format!(
-        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: x, namespace: security, generation: 1}}\nspec:\n  accessPackage: {{displayName: Security Operations}}\n  target: {{userPrincipalName: {upn}}}\n"
-    ))
-    .unwrap();
-    let package_id = observer
-        .resolve_package_id(&apa.spec.access_package)
-        .await
-        .unwrap();
-    let view = observer.package_view(&package_id).await.unwrap();
-    let target = observer.resolve_target(&apa.spec.target).await.unwrap();
-    let snapshot = observer.snapshot(view.resources.iter()).await;
-    let assignment = view.assignment_for(&target);
-    engine::plan_assignment(
-        &engine::AssignmentInput {
-            generation: Some(1),
-            spec: &apa.spec,
-            previous: None,
-            reprocess_annotation: None,
-            resolved: Ok(engine::ResolvedIds {
-                access_package_id: package_id.clone(),
-                access_package_name: view.package.display_name.clone(),
-                policy: Observer::resolve_policy(&view, None),
-                target_object_id: target.clone(),
-                target_name: None,
-            }),
-            assignment: assignment.as_ref(),
-            latest_request: None,
-            resources: &view.resources,
-            snapshot: &snapshot,
-            settings: &EngineSettings::default(),
-            ledger: &engine::ledger::RepairLedger::new(),
-            who: "AccessPackageAssignment security/x",
-            operator_report_only: false,
-        },
-        jiff::Timestamp::now(),
-    )
+    crate::fault_support::first_plan(observer, "security", "Security Operations", upn).await
 }
 
 #[tokio::test]
