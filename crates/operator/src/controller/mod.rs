@@ -707,8 +707,11 @@ async fn start_up(
             "not every watch has listed its objects yet (check RBAC in each watched namespace); starting reconciles for the others"
         );
     }
-    let (assignments, guards) = ctx.triggers.snapshot();
     {
+        // Scoped: this task lives as long as the controller (it prunes the ledgers below),
+        // and a snapshot kept in its frame would pin a second copy of every object as
+        // first listed (its whole status, after a restart) for the life of the process.
+        let (assignments, guards) = ctx.triggers.snapshot();
         // One ledger per connection: each object's history goes to its own tenant's.
         let mut by_key: std::collections::BTreeMap<connections::ConnectionKey, (Vec<_>, Vec<_>)> =
             Default::default();
