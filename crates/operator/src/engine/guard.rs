@@ -2,7 +2,7 @@
 //! against the same snapshot, count, list the drifted ones (bounded), pick which to
 //! reprocess, and report unmanaged members (never acted on).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -353,8 +353,9 @@ struct Census<'a> {
     drifted: Vec<GuardDrift>,
     /// Resources whose read failed.
     unreadable: BTreeSet<String>,
-    /// Users holding a live assignment.
-    assigned: BTreeSet<&'a str>,
+    /// Users holding a live assignment (only looked up in, so hashed: one insert per
+    /// assignment of the package).
+    assigned: HashSet<&'a str>,
     /// Assignments verified delivered again with reprocess attempts pending in the ledger.
     verified: Vec<LedgerUpdate>,
 }
@@ -365,9 +366,16 @@ fn count<'a>(input: &GuardInput<'a>) -> Census<'a> {
         counts: AssignmentCounts::default(),
         drifted: Vec::new(),
         unreadable: BTreeSet::new(),
-        assigned: BTreeSet::new(),
+        assigned: HashSet::with_capacity(input.assignments.len()),
         verified: Vec::new(),
     };
+    // Each resource's check prepared once for the whole package, not per assignment.
+    let checkers: Vec<_> = input
+        .resources
+        .iter()
+        .map(|r| (r, input.snapshot.checker(&r.kind)))
+        .collect();
+    let mut unread_noted = vec![false; checkers.len()];
     let counts = &mut census.counts;
     for a in input.assignments {
         let target = a.target.as_ref();
@@ -397,13 +405,15 @@ fn count<'a>(input: &GuardInput<'a>) -> Census<'a> {
         };
         let mut missing = Vec::new();
         let mut unknown = false;
-        for r in input.resources {
-            let check = input.snapshot.check_detail(&r.kind, object_id);
-            match check.state {
-                ResourceState::Missing => missing.push(r.clone()),
+        for (i, (r, checker)) in checkers.iter().enumerate() {
+            match checker.check(object_id) {
+                ResourceState::Missing => missing.push((*r).clone()),
                 ResourceState::Unknown => {
                     unknown = true;
-                    census.unreadable.insert(r.label());
+                    if !unread_noted[i] {
+                        unread_noted[i] = true;
+                        census.unreadable.insert(r.label());
+                    }
                 }
                 ResourceState::Present | ResourceState::Unverifiable => {}
             }
@@ -568,7 +578,7 @@ fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp)
 
 /// Users in a promised group without a live (non-expired) assignment. An expired
 /// assignment should have removed the user, so one still in the group counts.
-fn unmanaged(input: &GuardInput, assigned: &BTreeSet<&str>) -> UnmanagedMembers {
+fn unmanaged(input: &GuardInput, assigned: &HashSet<&str>) -> UnmanagedMembers {
     let mut unmanaged: BTreeSet<&str> = BTreeSet::new();
     for r in input.resources {
         if let ResourceKind::GroupMember { group_id } = &r.kind

@@ -44,7 +44,8 @@ pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
 };
 pub use snapshot::{
-    Check, FreshAfter, ReadData, ResourceRead, Snapshot, azure_holding, reads_needed,
+    Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,
+    reads_needed,
 };
 
 /// Operator-wide knobs the engine needs (not per object).
