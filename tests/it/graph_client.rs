@@ -781,7 +781,8 @@ async fn ids_and_filters_are_encoded_not_injected() {
     let params: Vec<_> = url::form_urlencoded::parse(reqs[2].query.as_deref().unwrap().as_bytes())
         .into_owned()
         .collect();
-    assert_eq!(params.len(), 2);
+    let names: Vec<&str> = params.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(names, ["$select", "$expand", "$filter"]);
 
     let e = c.get_access_package("..").await.unwrap_err();
     assert_eq!(e.kind(), "invalid_argument");
@@ -874,9 +875,14 @@ async fn documented_query_shapes_for_entitlement_reads() {
         shape(6),
         (
             format!("{em}/assignments"),
-            Some("target,assignmentPolicy".into()),
+            Some("target".into()),
             Some("accessPackage/id eq 'p1'".into())
         )
+    );
+    // Only what a decision reads: no schedule, no expanded policy.
+    assert_eq!(
+        reqs[6].query_param("$select").as_deref(),
+        Some("id,state,status,expiredDateTime")
     );
 }
 

@@ -23,6 +23,13 @@ use super::odata::{build_url, segment, string_literal};
 
 pub(super) const EM: &str = "/identityGovernance/entitlementManagement";
 
+/// The properties of an assignment a package's list asks for. A full verification reads
+/// every assignment of the tenant (300,000 at Entra's limit), and each would otherwise carry
+/// its `schedule` and custom-extension instances; the expanded policy, which nothing reads,
+/// is not asked for at all. Together that is more than half of each page's bytes, all of it
+/// JSON to scan. `target` is expanded, which OData includes whatever `$select` says.
+pub const ASSIGNMENT_SELECT: &str = "id,state,status,expiredDateTime";
+
 /// Upper bound on pages followed in one listing; a server that keeps returning nextLinks
 /// beyond this is looping.
 const MAX_PAGES: usize = 100_000;
@@ -417,8 +424,8 @@ impl GraphClient {
         self.get_optional(OP, url).await
     }
 
-    /// Every assignment of a package (all states, including expired), with `target` and
-    /// `assignmentPolicy` expanded.
+    /// Every assignment of a package (all states, including expired), with `target`
+    /// expanded and only the properties a decision reads ([`ASSIGNMENT_SELECT`]).
     pub async fn list_assignments(
         &self,
         access_package_id: &str,
@@ -428,7 +435,11 @@ impl GraphClient {
         let url = self.url(
             OP,
             &format!("{EM}/assignments"),
-            &[("$expand", "target,assignmentPolicy"), ("$filter", &filter)],
+            &[
+                ("$select", ASSIGNMENT_SELECT),
+                ("$expand", "target"),
+                ("$filter", &filter),
+            ],
         )?;
         self.get_paged(OP, url).await
     }
@@ -450,7 +461,11 @@ impl GraphClient {
         let url = self.url(
             OP,
             &format!("{EM}/assignments"),
-            &[("$expand", "target,assignmentPolicy"), ("$filter", &filter)],
+            &[
+                ("$select", ASSIGNMENT_SELECT),
+                ("$expand", "target"),
+                ("$filter", &filter),
+            ],
         )?;
         self.get_paged(OP, url).await
     }
