@@ -19,6 +19,7 @@ fn tenant() -> SyntheticTenant {
         min_resources: 3,
         max_resources: 3,
         drift_every: 0,
+        policies_per_package: 1,
     }
 }
 

@@ -34,6 +34,7 @@ fn tenant() -> SyntheticTenant {
         min_resources: 3,
         max_resources: 5,
         drift_every: 100,
+        policies_per_package: 1,
     }
 }
 

@@ -568,10 +568,21 @@ impl Scenario {
                     },
                 })
                 .collect();
+            let policies = if t.policies_per_package > 1 {
+                (0..t.policies_per_package)
+                    .map(|k| PolicySpec {
+                        name: format!("Policy {k}"),
+                        ..Default::default()
+                    })
+                    .collect()
+            } else {
+                Vec::new()
+            };
             b = b.access_package(AccessPackageSpec {
                 name: SyntheticTenant::package_name(p),
                 catalog: "Synthetic".into(),
                 resources,
+                policies,
                 ..Default::default()
             });
         }
@@ -590,6 +601,7 @@ impl Scenario {
             b = b.assignment(AssignmentSpec {
                 user: upn,
                 package: SyntheticTenant::package_name(p),
+                policy: t.policy_of(i),
                 missing,
                 ..Default::default()
             });
@@ -648,6 +660,10 @@ pub struct SyntheticTenant {
     pub max_resources: usize,
     /// Every n-th assignment is drifted (0: none). 100 = 1 %.
     pub drift_every: usize,
+    /// Assignment policies per package (0 or 1: the default single policy). With more,
+    /// package `p`'s policies are `Policy {k}` and its `j`-th assignment (user
+    /// `p + j * packages`) is under policy `j % policies_per_package`, so they split evenly.
+    pub policies_per_package: usize,
 }
 
 /// One resource of a [`SyntheticTenant`], by index.
@@ -673,7 +689,16 @@ impl SyntheticTenant {
             min_resources: 3,
             max_resources: 5,
             drift_every: 100,
+            policies_per_package: 1,
         }
+    }
+
+    /// The policy name of user `i`'s assignment, when packages have several.
+    pub fn policy_of(&self, i: usize) -> Option<String> {
+        (self.policies_per_package > 1).then(|| {
+            let j = i / self.packages.max(1);
+            format!("Policy {}", j % self.policies_per_package)
+        })
     }
 
     /// `syn-g{k}`.
@@ -922,6 +947,35 @@ mod tests {
         assert_eq!(demo.spec.tenant.name, "contoso");
         let again = Scenario::from_yaml_str(&demo.to_yaml().unwrap()).unwrap();
         assert_eq!(demo, again);
+    }
+
+    #[test]
+    fn synthetic_packages_can_spread_their_assignments_over_several_policies() {
+        let mut t = SyntheticTenant::benchmark(120);
+        t.packages = 3;
+        t.policies_per_package = 4;
+        let s = Scenario::synthetic_tenant(&t);
+        for p in &s.spec.access_packages {
+            let names: Vec<&str> = p.policies.iter().map(|x| x.name.as_str()).collect();
+            assert_eq!(names, ["Policy 0", "Policy 1", "Policy 2", "Policy 3"]);
+        }
+        // 40 assignments per package, 10 under each of its policies.
+        let mut per: std::collections::BTreeMap<(String, String), usize> = Default::default();
+        for a in &s.spec.assignments {
+            *per.entry((a.package.clone(), a.policy.clone().unwrap()))
+                .or_default() += 1;
+        }
+        assert_eq!(per.len(), 12);
+        assert!(per.values().all(|n| *n == 10), "{per:?}");
+        // The benchmark shape keeps the single default policy.
+        let one = Scenario::synthetic_tenant(&SyntheticTenant::benchmark(10));
+        assert!(one.spec.assignments.iter().all(|a| a.policy.is_none()));
+        assert!(
+            one.spec
+                .access_packages
+                .iter()
+                .all(|p| p.policies.is_empty())
+        );
     }
 
     #[test]
