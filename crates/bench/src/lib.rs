@@ -38,6 +38,7 @@ pub mod cost;
 pub mod fake_kube;
 pub mod measure;
 pub mod naive;
+pub mod partition;
 pub mod report;
 pub mod roles;
 pub mod shards;
@@ -124,6 +125,13 @@ pub struct BenchArgs {
     /// minimum for the role kinds (Markdown section `roles`).
     #[arg(long)]
     pub roles: bool,
+
+    /// Run only the partition benchmark: one package of each of --scales assignments,
+    /// spread over each of these numbers of policies, read as one chain and as one chain
+    /// per policy side by side, with --latency's model (default
+    /// `em=250ms±100ms,directory=80ms±40ms,token=150ms`); Markdown section `partition`.
+    #[arg(long, value_delimiter = ',', value_name = "N,...")]
+    pub partition_policies: Vec<usize>,
 
     /// The `redeliver` binary measured as Redeliver (default: this executable).
     #[arg(long, env = "REDELIVER_BENCH_BIN", value_name = "PATH")]
@@ -248,6 +256,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             eprintln!("wrote {}", path.display());
         }
         return Ok(());
+    }
+    if !args.partition_policies.is_empty() {
+        return run_partitions(&args, &machine).await;
     }
     let mut results = Vec::new();
     for &n in &args.scales {
@@ -392,6 +403,48 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
     }
     sim.shutdown().await;
     Ok(result)
+}
+
+/// `--partition-policies`: see [`partition`].
+async fn run_partitions(args: &BenchArgs, machine: &Machine) -> anyhow::Result<()> {
+    let model = match args.latency {
+        Some(m) => m,
+        None => "em=250ms±100ms,directory=80ms±40ms,token=150ms"
+            .parse()
+            .map_err(|e| anyhow::anyhow!("default latency model: {e}"))?,
+    };
+    let mut results = Vec::new();
+    for &n in &args.scales {
+        for &k in &args.partition_policies {
+            eprintln!("== partition: {n} assignments over {k} policies");
+            let r = partition::run_partition(n, k, model, args.concurrency).await?;
+            eprintln!("{}", partition::table(std::slice::from_ref(&r)));
+            results.push(r);
+        }
+    }
+    let table = partition::table(&results);
+    println!("{table}");
+    if let Some(path) = &args.markdown {
+        let body = format!(
+            "## Partition: one package's assignments split by policy\n\n`cargo bench --bench scale -- --scales {} --partition-policies {} --markdown docs/benchmarks.md` on {}, load {}, latency model `{model}`, {} requests in flight. One package, its assignments spread evenly over the policies; read once as the single `accessPackage/id eq` chain Redeliver uses, once as one `... and assignmentPolicy/id eq` chain per policy, all side by side (both reads return the same assignments; checked). Requests are entitlement-management requests (pages of 100 in the simulator).\n\n{table}",
+            join(&args.scales),
+            join(&args.partition_policies),
+            machine.describe(),
+            load_average(),
+            args.concurrency
+        );
+        report::write_section(path, "partition", &body)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn join(ns: &[usize]) -> String {
+    ns.iter()
+        .map(|n| n.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn assignment_id(t: &SyntheticTenant, i: usize) -> String {

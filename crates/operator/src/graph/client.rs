@@ -444,6 +444,33 @@ impl GraphClient {
         self.get_paged(OP, url).await
     }
 
+    /// The assignments of a package under one of its policies (all states), shaped as
+    /// [`GraphClient::list_assignments`]: `assignmentPolicy/id eq` is a documented filter
+    /// form. One package's list split by policy is several `nextLink` chains that can be
+    /// paged side by side; the partition benchmark measures when that shortens a read.
+    pub async fn list_policy_assignments(
+        &self,
+        access_package_id: &str,
+        policy_id: &str,
+    ) -> Result<Vec<Assignment>, GraphError> {
+        const OP: &str = "list_assignments";
+        let filter = format!(
+            "accessPackage/id eq {} and assignmentPolicy/id eq {}",
+            string_literal(access_package_id),
+            string_literal(policy_id)
+        );
+        let url = self.url(
+            OP,
+            &format!("{EM}/assignments"),
+            &[
+                ("$select", ASSIGNMENT_SELECT),
+                ("$expand", "target"),
+                ("$filter", &filter),
+            ],
+        )?;
+        self.get_paged(OP, url).await
+    }
+
     /// Assignments of a package for one target object id. Uses the documented
     /// `target/objectid` spelling ("Entitlement management reads"); callers check `state`
     /// themselves.
