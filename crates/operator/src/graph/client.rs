@@ -432,16 +432,7 @@ impl GraphClient {
     ) -> Result<Vec<Assignment>, GraphError> {
         const OP: &str = "list_assignments";
         let filter = format!("accessPackage/id eq {}", string_literal(access_package_id));
-        let url = self.url(
-            OP,
-            &format!("{EM}/assignments"),
-            &[
-                ("$select", ASSIGNMENT_SELECT),
-                ("$expand", "target"),
-                ("$filter", &filter),
-            ],
-        )?;
-        self.get_paged(OP, url).await
+        self.assignments_where(OP, &filter).await
     }
 
     /// The assignments of a package under one of its policies (all states), shaped as
@@ -459,16 +450,7 @@ impl GraphClient {
             string_literal(access_package_id),
             string_literal(policy_id)
         );
-        let url = self.url(
-            OP,
-            &format!("{EM}/assignments"),
-            &[
-                ("$select", ASSIGNMENT_SELECT),
-                ("$expand", "target"),
-                ("$filter", &filter),
-            ],
-        )?;
-        self.get_paged(OP, url).await
+        self.assignments_where(OP, &filter).await
     }
 
     /// Assignments of a package for one target object id. Uses the documented
@@ -485,16 +467,26 @@ impl GraphClient {
             string_literal(access_package_id),
             string_literal(target_object_id)
         );
+        self.assignments_where(OP, &filter).await
+    }
+
+    /// Every assignment matching `filter`, all pages, in the one shape every list of
+    /// assignments uses: [`ASSIGNMENT_SELECT`] with `target` expanded.
+    async fn assignments_where(
+        &self,
+        op: &'static str,
+        filter: &str,
+    ) -> Result<Vec<Assignment>, GraphError> {
         let url = self.url(
-            OP,
+            op,
             &format!("{EM}/assignments"),
             &[
                 ("$select", ASSIGNMENT_SELECT),
                 ("$expand", "target"),
-                ("$filter", &filter),
+                ("$filter", filter),
             ],
         )?;
-        self.get_paged(OP, url).await
+        self.get_paged(op, url).await
     }
 
     /// Assignment requests of a package, with `assignment` (its id correlates requests with
