@@ -25,6 +25,7 @@ mod guard;
 pub mod ledger;
 mod resources;
 mod snapshot;
+pub mod target;
 
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
@@ -43,6 +44,7 @@ pub use guard::{
 pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
 };
+pub use target::{AccountState, Risk, TargetAccount, risk_holds};
 pub use snapshot::{
     Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,
     reads_needed,

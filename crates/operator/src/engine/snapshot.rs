@@ -128,6 +128,9 @@ pub struct Snapshot {
     /// (resource, user object id) → who removed it, for missing resources the driver
     /// looked up in the audit log (`observe::attribution`).
     pub changes: BTreeMap<(ResourceKind, String), super::Attribution>,
+    /// user object id → whether the account may still be granted access, read by the
+    /// driver only for targets of a write (`observe::accounts`).
+    pub accounts: BTreeMap<String, super::TargetAccount>,
 }
 
 /// The verdict for one resource, with a note when it is Unknown or Unverifiable.
@@ -156,6 +159,17 @@ impl Snapshot {
     /// What the audit log said about `kind` missing for `user_id`, if it was looked up.
     pub fn change(&self, kind: &ResourceKind, user_id: &str) -> Option<&super::Attribution> {
         self.changes.get(&(kind.clone(), user_id.to_string()))
+    }
+
+    /// Records what the directory says about `user_id`'s account.
+    pub fn record_account(&mut self, user_id: impl Into<String>, account: super::TargetAccount) {
+        self.accounts
+            .insert(user_id.into().to_ascii_lowercase(), account);
+    }
+
+    /// The account facts read for `user_id`, if the driver read them.
+    pub fn account(&self, user_id: &str) -> Option<&super::TargetAccount> {
+        self.accounts.get(&user_id.to_ascii_lowercase())
     }
 
     /// Records a group's direct members (replacing any earlier read).
