@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query as AxQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 use axum::{Json, Router};
 use jiff::SignedDuration;
 use serde::Deserialize;
@@ -464,6 +464,116 @@ impl Shared {
         self.lock().counters.clone()
     }
 
+    /// A leaver workflow or an incident responder: sets the user's `accountEnabled`.
+    /// Memberships and assignments stay, and entitlement management keeps delivering to
+    /// the account, as in Entra. Returns whether the value changed.
+    pub fn admin_set_account_enabled(&self, user: &str, enabled: bool) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let id = user_id(w, user)?;
+        Ok(w.set_account_enabled(&id, enabled))
+    }
+
+    /// Deletes a user: it leaves every Graph read (`GET /users/{id}` answers 404
+    /// `Request_ResourceNotFound`) and its memberships and role assignments go with it;
+    /// entitlement management's assignments keep naming it.
+    pub fn admin_delete_user(&self, user: &str) -> AResult<()> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let id = user_id(w, user)?;
+        w.delete_user(&id);
+        Ok(())
+    }
+
+    /// Identity Protection flags `user` with `level` / `state` (Graph's literals).
+    pub fn admin_set_risky_user(&self, user: &str, level: &str, state: &str) -> AResult<()> {
+        const LEVELS: &[&str] = &["low", "medium", "high", "hidden", "none"];
+        const STATES: &[&str] = &[
+            "none",
+            "confirmedSafe",
+            "remediated",
+            "dismissed",
+            "atRisk",
+            "confirmedCompromised",
+        ];
+        let known = |list: &[&str], v: &str| {
+            list.iter()
+                .find(|l| l.eq_ignore_ascii_case(v))
+                .map(|l| l.to_string())
+        };
+        let level = known(LEVELS, level).ok_or_else(|| {
+            AdminError::BadRequest(format!("riskLevel {level:?}: give one of {LEVELS:?}"))
+        })?;
+        let state = known(STATES, state).ok_or_else(|| {
+            AdminError::BadRequest(format!("riskState {state:?}: give one of {STATES:?}"))
+        })?;
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let u = w.user_ref(user).cloned().ok_or_else(|| {
+            AdminError::NotFound(format!("user {user:?} (give a UPN or object id)"))
+        })?;
+        let detail = if state == "remediated" {
+            "userPerformedSecuredPasswordReset"
+        } else if state == "dismissed" {
+            "adminDismissedAllRiskForUser"
+        } else if state == "confirmedCompromised" {
+            "adminConfirmedUserCompromised"
+        } else {
+            "none"
+        };
+        let updated = w.now();
+        w.risky_users.insert(
+            u.id.to_ascii_lowercase(),
+            super::state::RiskyUser {
+                user_id: u.id,
+                upn: u.upn,
+                display_name: u.display_name,
+                risk_level: level,
+                risk_state: state,
+                risk_detail: detail.into(),
+                updated,
+                is_deleted: false,
+            },
+        );
+        Ok(())
+    }
+
+    /// Identity Protection forgets `user` (never assessed). Returns whether it was listed.
+    pub fn admin_clear_risky_user(&self, user: &str) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let key = match w.user_ref(user) {
+            Some(u) => u.id.to_ascii_lowercase(),
+            None => user.to_ascii_lowercase(),
+        };
+        Ok(w.risky_users.remove(&key).is_some())
+    }
+
+    /// Takes an application permission from the app (`granted: false`) or gives it back.
+    /// Only the permissions the simulator checks are accepted (docs/simulator.md).
+    pub fn admin_set_permission(&self, permission: &str, granted: bool) -> AResult<()> {
+        const CHECKED: &[&str] = &[
+            super::graph::USER_READ_ALL,
+            super::risk::IDENTITY_RISKY_USER_READ_ALL,
+        ];
+        let name = CHECKED
+            .iter()
+            .find(|p| p.eq_ignore_ascii_case(permission))
+            .ok_or_else(|| {
+                AdminError::BadRequest(format!(
+                    "permission {permission:?}: the simulator checks only {CHECKED:?}"
+                ))
+            })?
+            .to_ascii_lowercase();
+        let mut sim = self.lock();
+        if granted {
+            sim.world.revoked.remove(&name);
+        } else {
+            sim.world.revoked.insert(name);
+        }
+        Ok(())
+    }
+
     /// Back to the loaded scenario: state, faults, log, counters and clock. Issued tokens
     /// stay valid so running clients are not disturbed.
     pub fn admin_reset(&self) -> AResult<()> {
@@ -501,7 +611,9 @@ impl Shared {
             "tenantDomain": w.tenant_domain,
             "clientId": w.client_id,
             "now": ts(w.now()),
-            "users": w.users.iter().map(|u| json!({"id": u.id, "upn": u.upn, "displayName": u.display_name})).collect::<Vec<_>>(),
+            "users": w.users.iter().map(|u| json!({"id": u.id, "upn": u.upn, "displayName": u.display_name, "accountEnabled": u.account_enabled})).collect::<Vec<_>>(),
+            "riskyUsers": w.risky_users.values().map(|r| json!({"user": r.upn, "riskLevel": r.risk_level, "riskState": r.risk_state})).collect::<Vec<_>>(),
+            "revokedPermissions": w.revoked.iter().collect::<Vec<_>>(),
             "groups": w.groups.iter().map(|g| json!({
                 "id": g.id, "name": g.display_name,
                 "members": g.members.iter().map(|m| upn(m)).collect::<Vec<_>>(),
@@ -857,6 +969,57 @@ async fn snapshot(State(s): S) -> Json<Value> {
     Json(s.admin_snapshot())
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct UserPatchBody {
+    account_enabled: bool,
+}
+
+async fn patch_user(
+    State(s): S,
+    Path(u): Path<String>,
+    Json(b): Json<UserPatchBody>,
+) -> AResult<Json<Value>> {
+    Ok(Json(
+        json!({"changed": s.admin_set_account_enabled(&u, b.account_enabled)?}),
+    ))
+}
+
+async fn delete_user(State(s): S, Path(u): Path<String>) -> AResult<StatusCode> {
+    s.admin_delete_user(&u)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RiskBody {
+    risk_level: String,
+    risk_state: String,
+}
+
+async fn set_risky_user(
+    State(s): S,
+    Path(u): Path<String>,
+    Json(b): Json<RiskBody>,
+) -> AResult<StatusCode> {
+    s.admin_set_risky_user(&u, &b.risk_level, &b.risk_state)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn clear_risky_user(State(s): S, Path(u): Path<String>) -> AResult<Json<Value>> {
+    Ok(Json(json!({"removed": s.admin_clear_risky_user(&u)?})))
+}
+
+async fn grant_permission(State(s): S, Path(p): Path<String>) -> AResult<StatusCode> {
+    s.admin_set_permission(&p, true)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn revoke_permission(State(s): S, Path(p): Path<String>) -> AResult<StatusCode> {
+    s.admin_set_permission(&p, false)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn health() -> Json<Value> {
     Json(json!({"ok": true}))
 }
@@ -866,6 +1029,15 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new()
         .route("/_sim/health", get(health))
         .route("/_sim/state", get(snapshot))
+        .route("/_sim/users/{user}", patch(patch_user).delete(delete_user))
+        .route(
+            "/_sim/riskyUsers/{user}",
+            put(set_risky_user).delete(clear_risky_user),
+        )
+        .route(
+            "/_sim/permissions/{permission}",
+            put(grant_permission).delete(revoke_permission),
+        )
         .route("/_sim/groups/{group}/members", post(add_member))
         .route("/_sim/groups/{group}/members/{user}", delete(remove_member))
         .route(

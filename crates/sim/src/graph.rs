@@ -54,8 +54,14 @@ pub(crate) fn route(
     };
     let wrong_method = || method_not_allowed(method, &path);
     match s.as_slice() {
+        ["users", ..] if get && !sim.world.has_permission(USER_READ_ALL) => {
+            Err(insufficient_privileges())
+        }
         ["users"] if get => list_users(&sim.world, q, base, &path),
         ["users", id] if get => get_user(&sim.world, id, q, base),
+        ["identityProtection", r, ..] if eq(r, "riskyUsers") && get => {
+            super::risk::route(&sim.world, &s[2..], q, base, &path)
+        }
         ["users", id, op] if eq(op, "checkMemberGroups") && post => {
             check_member_groups(&sim.world, id, body)
         }
@@ -221,6 +227,19 @@ fn require_dir_guid(id: &str) -> Result<(), GraphError> {
     }
 }
 
+/// The application permission the simulator asks of every `/users` read (Graph's least
+/// privileged one for `accountEnabled`; docs/graph.md "Account state").
+pub(crate) const USER_READ_ALL: &str = "User.Read.All";
+
+/// Graph's answer to an app that lacks the permission a directory read needs.
+pub(crate) fn insufficient_privileges() -> GraphError {
+    GraphError::new(
+        403,
+        "Authorization_RequestDenied",
+        "Insufficient privileges to complete the operation.",
+    )
+}
+
 fn user_json(w: &World, u: &super::state::User) -> Value {
     let _ = w;
     json!({
@@ -229,7 +248,7 @@ fn user_json(w: &World, u: &super::state::User) -> Value {
         "displayName": u.display_name,
         "userPrincipalName": u.upn,
         "mail": u.upn,
-        "accountEnabled": true,
+        "accountEnabled": u.account_enabled,
         "businessPhones": [],
         "givenName": null,
         "surname": null,
@@ -244,33 +263,40 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
-fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
-    let filter = match q.get("filter") {
-        None => None,
-        Some(raw) => {
-            let f = super::odata::parse_filter(raw).map_err(|e| {
-                GraphError::bad_request(
-                    "Request_UnsupportedQuery",
-                    format!("Invalid filter clause: {e}"),
-                )
-            })?;
-            f.check(
-                &["id", "userPrincipalName", "displayName", "mail"],
-                &[
-                    ("startswith", "displayName"),
-                    ("startswith", "userPrincipalName"),
-                ],
-                true,
-            )
-            .map_err(|leaf| {
-                GraphError::bad_request(
-                    "Request_UnsupportedQuery",
-                    format!("Unsupported query: {leaf}"),
-                )
-            })?;
-            Some(f)
-        }
+/// A directory `$filter` (`eq` on `eq_paths`, the listed functions, `and`/`or`), or the
+/// `Request_UnsupportedQuery` Graph answers to anything else.
+pub(crate) fn directory_filter(
+    q: &Query,
+    eq_paths: &[&str],
+    funcs: &[(&str, &str)],
+) -> Result<Option<Filter>, GraphError> {
+    let Some(raw) = q.get("filter") else {
+        return Ok(None);
     };
+    let f = super::odata::parse_filter(raw).map_err(|e| {
+        GraphError::bad_request(
+            "Request_UnsupportedQuery",
+            format!("Invalid filter clause: {e}"),
+        )
+    })?;
+    f.check(eq_paths, funcs, true).map_err(|leaf| {
+        GraphError::bad_request(
+            "Request_UnsupportedQuery",
+            format!("Unsupported query: {leaf}"),
+        )
+    })?;
+    Ok(Some(f))
+}
+
+fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let filter = directory_filter(
+        q,
+        &["id", "userPrincipalName", "displayName", "mail"],
+        &[
+            ("startswith", "displayName"),
+            ("startswith", "userPrincipalName"),
+        ],
+    )?;
     let sel = q.select();
     let items: Vec<_> = w
         .users

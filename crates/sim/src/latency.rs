@@ -64,7 +64,7 @@ impl RouteClass {
         let first = first.split('?').next().unwrap_or_default();
         match first.to_ascii_lowercase().as_str() {
             "identitygovernance" => Some(RouteClass::Em),
-            "groups" | "users" | "directoryobjects" | "rolemanagement" => {
+            "groups" | "users" | "directoryobjects" | "rolemanagement" | "identityprotection" => {
                 Some(RouteClass::Directory)
             }
             sp if sp.starts_with("serviceprincipals") => Some(RouteClass::Directory),

@@ -19,6 +19,7 @@ mod drift;
 mod graph;
 mod latency;
 mod odata;
+mod risk;
 mod scenario;
 mod server;
 mod state;
@@ -411,6 +412,41 @@ impl SimHandle {
     ) -> Result<usize, AdminError> {
         self.shared
             .admin_remove_app_role_by(app, user, role, Some(actor))
+    }
+
+    /// Sets `user`'s `accountEnabled` (a leaver workflow, an incident responder); returns
+    /// whether it changed. Entitlement management keeps delivering to a disabled account.
+    pub fn set_account_enabled(&self, user: &str, enabled: bool) -> Result<bool, AdminError> {
+        self.shared.admin_set_account_enabled(user, enabled)
+    }
+
+    /// Deletes `user`: Graph answers 404 for it and it leaves every membership.
+    pub fn delete_user(&self, user: &str) -> Result<(), AdminError> {
+        self.shared.admin_delete_user(user)
+    }
+
+    /// Identity Protection flags `user` with `risk_level` and `risk_state` (Graph's
+    /// literals, e.g. `high` / `atRisk`).
+    pub fn set_risky_user(
+        &self,
+        user: &str,
+        risk_level: &str,
+        risk_state: &str,
+    ) -> Result<(), AdminError> {
+        self.shared
+            .admin_set_risky_user(user, risk_level, risk_state)
+    }
+
+    /// Identity Protection forgets `user`; returns whether it was listed.
+    pub fn clear_risky_user(&self, user: &str) -> Result<bool, AdminError> {
+        self.shared.admin_clear_risky_user(user)
+    }
+
+    /// Takes an application permission the simulator checks (`User.Read.All`,
+    /// `IdentityRiskyUser.Read.All`) from the app, or gives it back: the reads that need
+    /// it answer 403 meanwhile.
+    pub fn set_permission(&self, permission: &str, granted: bool) -> Result<(), AdminError> {
+        self.shared.admin_set_permission(permission, granted)
     }
 
     /// Holds audit log entries back for `lag` (simulated time), like Entra's delay.

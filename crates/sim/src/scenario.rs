@@ -194,6 +194,10 @@ pub struct UserSpec {
     /// Object id; derived when absent.
     #[serde(default)]
     pub id: Option<String>,
+    /// `accountEnabled`; absent means enabled. A disabled account keeps its memberships
+    /// and assignments, and entitlement management keeps delivering to it, as in Entra.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_enabled: Option<bool>,
 }
 
 /// A security group.
@@ -838,7 +842,18 @@ impl ScenarioBuilder {
         self.scenario.spec.users.push(UserSpec {
             upn: upn.into(),
             display_name: Some(display_name.into()),
-            id: None,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Adds a user whose account is disabled (`accountEnabled: false`).
+    pub fn disabled_user(mut self, upn: &str, display_name: &str) -> Self {
+        self.scenario.spec.users.push(UserSpec {
+            upn: upn.into(),
+            display_name: Some(display_name.into()),
+            account_enabled: Some(false),
+            ..Default::default()
         });
         self
     }

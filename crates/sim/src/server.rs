@@ -861,7 +861,10 @@ pub(crate) fn resource_units(method: &Method, segs: &[String], q: &Query) -> Opt
         || first == "auditlogs"
         // Role management has its own limits, undocumented in RU; charged 1 RU a page so
         // role reads show in the usage report next to the membership reads they replace.
-        || first == "rolemanagement";
+        || first == "rolemanagement"
+        // Identity Protection has its own limits, undocumented in RU; charged 1 RU a
+        // request like the audit log so risk reads show in the usage report.
+        || first == "identityprotection";
     if !dir {
         return None;
     }

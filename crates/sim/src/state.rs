@@ -1,7 +1,7 @@
 //! The simulated tenant: directory objects, entitlement-management objects and the
 //! operations that change them. Pure data, no HTTP; the server locks it per request.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use jiff::{SignedDuration, Timestamp};
 use rand::{RngCore, SeedableRng};
@@ -20,6 +20,23 @@ pub(crate) struct User {
     pub upn: String,
     pub display_name: String,
     pub subject_id: String,
+    /// `accountEnabled`: sign-in allowed. Nothing else depends on it (entitlement
+    /// management delivers to disabled accounts too).
+    pub account_enabled: bool,
+}
+
+/// What Identity Protection says about one user (`identityProtection/riskyUsers`).
+#[derive(Debug, Clone)]
+pub(crate) struct RiskyUser {
+    pub user_id: String,
+    pub upn: String,
+    pub display_name: String,
+    pub risk_level: String,
+    pub risk_state: String,
+    pub risk_detail: String,
+    pub updated: Timestamp,
+    /// The user was deleted after being flagged; Identity Protection keeps the entry.
+    pub is_deleted: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -246,6 +263,11 @@ pub(crate) struct World {
     loaded_assignment_ids: HashSet<String>,
     /// The directory audit log (`auditLogs/directoryAudits`).
     pub audit: super::audit::AuditLog,
+    /// Identity Protection's risky users by lower-cased user id (`PUT /_sim/riskyUsers`).
+    pub risky_users: BTreeMap<String, RiskyUser>,
+    /// Application permissions taken from the app (`DELETE /_sim/permissions/{name}`),
+    /// lower-cased: the reads that need one answer 403.
+    pub revoked: BTreeSet<String>,
 }
 
 fn lc(s: &str) -> String {
@@ -336,6 +358,8 @@ impl World {
             delta_log: Vec::new(),
             delta_floor: 0,
             loaded_assignment_ids: HashSet::new(),
+            risky_users: BTreeMap::new(),
+            revoked: BTreeSet::new(),
         };
 
         for (i, u) in spec.users.iter().enumerate() {
@@ -364,6 +388,7 @@ impl World {
                 id,
                 upn: u.upn.clone(),
                 display_name,
+                account_enabled: u.account_enabled.unwrap_or(true),
             });
         }
 
@@ -1116,6 +1141,62 @@ impl World {
         self.user(key).or_else(|| self.user_by_upn(key))
     }
 
+    /// Sets `accountEnabled`; returns whether it changed (false for an unknown user).
+    pub fn set_account_enabled(&mut self, user_id: &str, enabled: bool) -> bool {
+        let Some(i) = self.user_by_id.get(&lc(user_id)).copied() else {
+            return false;
+        };
+        let changed = self.users[i].account_enabled != enabled;
+        self.users[i].account_enabled = enabled;
+        changed
+    }
+
+    /// Deletes a user as Entra does: the object leaves every directory read (users,
+    /// group members and owners, app role and role assignments) and cannot be granted
+    /// anything again. Entitlement management's assignments keep naming the target (their
+    /// subject keeps its object id); a flagged risky user stays listed with `isDeleted`.
+    /// Returns false for an unknown user.
+    pub fn delete_user(&mut self, user_id: &str) -> bool {
+        let Some(i) = self.user_by_id.get(&lc(user_id)).copied() else {
+            return false;
+        };
+        let id = self.users.remove(i).id;
+        self.user_by_id.clear();
+        self.user_by_upn.clear();
+        for (n, u) in self.users.iter().enumerate() {
+            self.user_by_id.insert(lc(&u.id), n);
+            self.user_by_upn.insert(lc(&u.upn), n);
+        }
+        let groups: Vec<String> = self
+            .groups
+            .iter()
+            .filter(|g| g.members.contains(&id))
+            .map(|g| g.id.clone())
+            .collect();
+        for g in groups {
+            self.remove_member(&g, &id);
+        }
+        for g in &mut self.groups {
+            g.owners.remove(&id);
+        }
+        for sp in &mut self.sps {
+            sp.assigned_to.retain(|a| a.principal_id != id);
+        }
+        self.role_assignments.retain(|g| g.principal_id != id);
+        self.role_eligibilities.retain(|g| g.principal_id != id);
+        self.arm_assignments.retain(|g| g.principal_id != id);
+        self.arm_eligibilities.retain(|g| g.principal_id != id);
+        if let Some(r) = self.risky_users.get_mut(&lc(&id)) {
+            r.is_deleted = true;
+        }
+        true
+    }
+
+    /// Whether the app still holds `permission` (see [`World::revoked`]).
+    pub fn has_permission(&self, permission: &str) -> bool {
+        !self.revoked.contains(&lc(permission))
+    }
+
     pub fn group(&self, id: &str) -> Option<&Group> {
         self.group_by_id.get(&lc(id)).map(|i| &self.groups[*i])
     }
@@ -1711,6 +1792,11 @@ impl World {
 
     /// Applies grants on entitlement management's behalf, logging each change it makes.
     fn apply_governed(&mut self, grants: &[Grant], user_id: &str, now: Timestamp) -> usize {
+        // A deleted user cannot be added to anything; a disabled one can (Entra delivers
+        // to disabled accounts).
+        if self.user(user_id).is_none() {
+            return 0;
+        }
         let mut changed = 0;
         for g in grants {
             if self.apply_grant(g, user_id, now) {

@@ -44,11 +44,11 @@ pub use guard::{
 pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
 };
-pub use target::{AccountState, Risk, TargetAccount, risk_holds};
 pub use snapshot::{
     Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,
     reads_needed,
 };
+pub use target::{AccountState, Risk, TargetAccount, risk_holds};
 
 /// Operator-wide knobs the engine needs (not per object).
 #[derive(Debug, Clone, PartialEq, Eq)]
