@@ -347,7 +347,10 @@ pub fn permission_hint(operation: &str) -> &'static str {
         "list_directory_role_eligibilities" => {
             "RoleEligibilitySchedule.Read.Directory (only packages that grant an eligible Microsoft Entra role need it)"
         }
-        "get_user" | "suggest_users" => "User.Read.All",
+        "get_user" | "suggest_users" | "get_user_account" => "User.Read.All",
+        "list_risky_users" => {
+            "IdentityRiskyUser.Read.All (optional: only holding risky users reads Identity Protection; the tenant also needs Microsoft Entra ID P2)"
+        }
         "list_directory_audits" => {
             "AuditLog.Read.All (optional: only drift attribution reads the audit log)"
         }

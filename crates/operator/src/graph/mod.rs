@@ -12,6 +12,8 @@
 //!   or HTTP-date) exactly and for every call in the same throttling scope; otherwise
 //!   capped exponential backoff with jitter. Creating assignment requests is retried only
 //!   when the server certainly did not act (see [`RetryMode`]).
+//! - [`accounts`]: account-state reads before a grant (`accountEnabled`, Identity
+//!   Protection's risky users), batched.
 //! - `writes`: assignment requests and `reprocess` actions, alone or coalesced into
 //!   `$batch` requests ([`GraphClient::write_many`]) with the same retry rules as direct calls.
 //! - [`error`]: [`GraphError`], one variant per failure kind; [`GraphError::kind`] is a
@@ -20,6 +22,7 @@
 //! - [`retry`]: `Retry-After` parsing and the retry policy shared by direct calls and `$batch`.
 //! - [`models`]: the wire types.
 
+pub mod accounts;
 mod auth;
 pub mod client;
 pub mod config;

@@ -352,6 +352,47 @@ pub struct User {
     pub display_name: Option<String>,
 }
 
+/// Whether a user still exists and may sign in, as read before a grant
+/// (`GET /users/{id}?$select=id,accountEnabled,userPrincipalName,displayName`; docs/graph.md
+/// "Account state").
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UserAccount {
+    pub id: String,
+    /// `None` when Graph leaves it out (a permission that reads only the basic profile):
+    /// that is no evidence the account is enabled.
+    #[serde(default)]
+    pub account_enabled: Option<bool>,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+/// Identity Protection's assessment of one user (`identityProtection/riskyUsers`;
+/// docs/graph.md "Account state"). Enum values are kept as Graph spells them, so a new
+/// literal (`unknownFutureValue`) never fails a read.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RiskyUser {
+    /// The user's object id.
+    pub id: String,
+    /// `low`, `medium`, `high`, `hidden`, `none`, ...
+    #[serde(default)]
+    pub risk_level: Option<String>,
+    /// `none`, `confirmedSafe`, `remediated`, `dismissed`, `atRisk`, `confirmedCompromised`, ...
+    #[serde(default)]
+    pub risk_state: Option<String>,
+    #[serde(default)]
+    pub risk_detail: Option<String>,
+    #[serde(default)]
+    pub is_deleted: Option<bool>,
+    #[serde(default)]
+    pub user_principal_name: Option<String>,
+    #[serde(default)]
+    pub risk_last_updated_date_time: Option<String>,
+}
+
 /// A `directoryObject` as listed in `members`/`owners` with `$select=id`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DirectoryObject {
