@@ -5,6 +5,7 @@
 //! one per suite: a clean `cargo test` writes about half the bytes to disk and spends a
 //! fraction of the time linking. Run one suite with `cargo test --test it <module>::`.
 
+mod accounts_against_sim;
 mod audit_against_sim;
 mod audit_ci_output;
 mod audit_tenants;

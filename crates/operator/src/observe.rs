@@ -5,8 +5,11 @@
 //! - resolution of display names to ids (package, policy, user), cached per run;
 //! - one read per access package of its resources, assignments and requests;
 //! - one paged read per *resource* (group members/owners, app role assignments), shared by
-//!   every assignment that promises it — never one read per user.
+//!   every assignment that promises it — never one read per user;
+//! - account state before a grant ([`accounts::AccountReader`]): only for write
+//!   candidates, batched, cached and shared by concurrent reconciles.
 
+pub mod accounts;
 pub mod attribution;
 pub mod delta;
 pub mod suggest;
