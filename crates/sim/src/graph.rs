@@ -9,8 +9,8 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
 use super::odata::{
-    Expand, Filter, GResult, GraphError, Query, Reply, apply_select, em_filter, has_expand,
-    is_guid, nested_expand, page, page_lazy, page_scan,
+    Expand, Filter, GResult, GraphError, Query, Reply, apply_select, directory_filter, em_filter,
+    has_expand, is_guid, nested_expand, page, page_lazy, page_scan,
 };
 use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
 use super::state::{
@@ -261,31 +261,6 @@ fn strip_type(mut v: Value) -> Value {
         m.remove("@odata.type");
     }
     v
-}
-
-/// A directory `$filter` (`eq` on `eq_paths`, the listed functions, `and`/`or`), or the
-/// `Request_UnsupportedQuery` Graph answers to anything else.
-pub(crate) fn directory_filter(
-    q: &Query,
-    eq_paths: &[&str],
-    funcs: &[(&str, &str)],
-) -> Result<Option<Filter>, GraphError> {
-    let Some(raw) = q.get("filter") else {
-        return Ok(None);
-    };
-    let f = super::odata::parse_filter(raw).map_err(|e| {
-        GraphError::bad_request(
-            "Request_UnsupportedQuery",
-            format!("Invalid filter clause: {e}"),
-        )
-    })?;
-    f.check(eq_paths, funcs, true).map_err(|leaf| {
-        GraphError::bad_request(
-            "Request_UnsupportedQuery",
-            format!("Unsupported query: {leaf}"),
-        )
-    })?;
-    Ok(Some(f))
 }
 
 fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {

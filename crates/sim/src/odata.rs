@@ -530,28 +530,62 @@ impl Filter {
     }
 }
 
+/// How the service owning a collection answers `$filter` misuse: `400` with `code`, and
+/// the message `unparsable(raw, why)` or `unsupported(leaf)` builds.
+struct FilterErrors {
+    code: &'static str,
+    unparsable: fn(&str, &str) -> String,
+    unsupported: fn(&str) -> String,
+}
+
+const EM_FILTER: FilterErrors = FilterErrors {
+    code: "InvalidFilter",
+    unparsable: |raw, e| {
+        format!("OData query is invalid: Filter '{raw}' could not be parsed: {e}.")
+    },
+    unsupported: |leaf| format!("OData query is invalid: Filter '{leaf}' is not supported."),
+};
+
+const DIRECTORY_FILTER: FilterErrors = FilterErrors {
+    code: "Request_UnsupportedQuery",
+    unparsable: |_, e| format!("Invalid filter clause: {e}"),
+    unsupported: |leaf| format!("Unsupported query: {leaf}"),
+};
+
+/// Parses `$filter` and checks it against what a collection supports (`eq` on `eq_paths`,
+/// the listed functions, `and`/`or`).
+fn checked_filter(
+    q: &Query,
+    eq_paths: &[&str],
+    funcs: &[(&str, &str)],
+    errors: &FilterErrors,
+) -> Result<Option<Filter>, GraphError> {
+    let Some(raw) = q.get("filter") else {
+        return Ok(None);
+    };
+    let f = parse_filter(raw)
+        .map_err(|e| GraphError::bad_request(errors.code, (errors.unparsable)(raw, &e)))?;
+    f.check(eq_paths, funcs, true)
+        .map_err(|leaf| GraphError::bad_request(errors.code, (errors.unsupported)(&leaf)))?;
+    Ok(Some(f))
+}
+
 /// Parses and checks `$filter` for an entitlement-management collection.
 pub(crate) fn em_filter(
     q: &Query,
     eq_paths: &[&str],
     funcs: &[(&str, &str)],
 ) -> Result<Option<Filter>, GraphError> {
-    let Some(raw) = q.get("filter") else {
-        return Ok(None);
-    };
-    let f = parse_filter(raw).map_err(|e| {
-        GraphError::bad_request(
-            "InvalidFilter",
-            format!("OData query is invalid: Filter '{raw}' could not be parsed: {e}."),
-        )
-    })?;
-    f.check(eq_paths, funcs, true).map_err(|leaf| {
-        GraphError::bad_request(
-            "InvalidFilter",
-            format!("OData query is invalid: Filter '{leaf}' is not supported."),
-        )
-    })?;
-    Ok(Some(f))
+    checked_filter(q, eq_paths, funcs, &EM_FILTER)
+}
+
+/// Parses and checks `$filter` for a directory (or Identity Protection) collection.
+pub(crate) fn directory_filter(
+    q: &Query,
+    eq_paths: &[&str],
+    funcs: &[(&str, &str)],
+) -> Result<Option<Filter>, GraphError> {
+    checked_filter(q, eq_paths, funcs, &DIRECTORY_FILTER)
 }
 
 /// Encodes a page offset as an opaque `$skiptoken`.

@@ -5,8 +5,8 @@
 
 use serde_json::{Value, json};
 
-use super::graph::{directory_filter, ts};
-use super::odata::{GResult, GraphError, Query, Reply, apply_select, page_lazy};
+use super::graph::ts;
+use super::odata::{GResult, GraphError, Query, Reply, apply_select, directory_filter, page_lazy};
 use super::state::{RiskyUser, World};
 
 /// The application permission every riskyUsers read needs.
