@@ -229,33 +229,30 @@ impl Inner {
 
     /// The full answer for `id` when both its state and (if asked) its risk are known.
     fn cached(&self, state: &State, id: &str, now: Instant) -> Option<TargetAccount> {
-        let account = match state.users_forbidden_until {
-            Some(until) if now < until => AccountState::Unreadable {
+        let ttl = self.settings.ttl;
+        let account = fresh(
+            &state.accounts,
+            id,
+            now,
+            ttl,
+            state.users_forbidden_until,
+            || AccountState::Unreadable {
                 reason: LACKS_USER_READ_ALL.into(),
             },
-            _ => {
-                let (at, account) = state.accounts.get(id)?;
-                if now.duration_since(*at) >= self.settings.ttl {
-                    return None;
-                }
-                account.clone()
-            }
-        };
-        let risk = if !self.settings.check_risk {
-            Risk::NotChecked
-        } else {
-            match state.risk_forbidden_until {
-                Some(until) if now < until => Risk::Unavailable {
+        )?;
+        let risk = if self.settings.check_risk {
+            fresh(
+                &state.risks,
+                id,
+                now,
+                ttl,
+                state.risk_forbidden_until,
+                || Risk::Unavailable {
                     reason: LACKS_RISKY_USER_READ.into(),
                 },
-                _ => {
-                    let (at, risk) = state.risks.get(id)?;
-                    if now.duration_since(*at) >= self.settings.ttl {
-                        return None;
-                    }
-                    risk.clone()
-                }
-            }
+            )?
+        } else {
+            Risk::NotChecked
         };
         Some(TargetAccount {
             state: account,
@@ -409,6 +406,23 @@ impl Inner {
         }
         out
     }
+}
+
+/// What `cache` knows about `id` at `now`: the remembered refusal while `forbidden_until`
+/// holds, else the entry while younger than `ttl`.
+fn fresh<T: Clone>(
+    cache: &HashMap<String, (Instant, T)>,
+    id: &str,
+    now: Instant,
+    ttl: Duration,
+    forbidden_until: Option<Instant>,
+    forbidden: impl FnOnce() -> T,
+) -> Option<T> {
+    if forbidden_until.is_some_and(|until| now < until) {
+        return Some(forbidden());
+    }
+    let (at, value) = cache.get(id)?;
+    (now.duration_since(*at) < ttl).then(|| value.clone())
 }
 
 /// Maps one user read to an account state and whether it may be cached. A `403` is
