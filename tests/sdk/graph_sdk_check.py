@@ -18,6 +18,10 @@ from msgraph.generated.identity_governance.entitlement_management.assignments.as
 from msgraph.generated.identity_governance.entitlement_management.access_packages.item.access_package_item_request_builder import (
     AccessPackageItemRequestBuilder,
 )
+from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+from msgraph.generated.identity_protection.risky_users.risky_users_request_builder import (
+    RiskyUsersRequestBuilder,
+)
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 
 
@@ -72,6 +76,24 @@ async def check(credential, graph: str) -> int:
     members = await client.groups.by_group_id(fin_writers.scope.origin_id).members.get()
     member_ids = {m.id for m in members.value}
     assert alice.target.object_id not in member_ids, "the demo drift: alice is not in fin-writers"
+
+    # The account state Redeliver confirms before a grant: accountEnabled is not a default
+    # property, so it is $selected; Identity Protection lists no risky user in the demo.
+    user_query = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(
+        select=["id", "accountEnabled", "userPrincipalName", "displayName"],
+    )
+    account = await client.users.by_user_id(alice.target.object_id).get(
+        request_configuration=RequestConfiguration(query_parameters=user_query)
+    )
+    assert account.account_enabled is True, account.account_enabled
+    assert account.user_principal_name == "alice@contoso.com", account.user_principal_name
+    risk_query = RiskyUsersRequestBuilder.RiskyUsersRequestBuilderGetQueryParameters(
+        filter=f"id eq '{alice.target.object_id}'",
+    )
+    risky = await client.identity_protection.risky_users.get(
+        request_configuration=RequestConfiguration(query_parameters=risk_query)
+    )
+    assert risky.value == [], risky.value
 
     # An Entra role as Redeliver reads it: the role's resource expanded inside the role,
     # in the SDK's own encoding of the nested $expand.
