@@ -441,3 +441,30 @@ async fn a_deleted_user_leaves_every_graph_read() {
     assert!(h.settle(Duration::from_secs(5)).await);
     assert!(!c.list_group_members(&writers).await.unwrap().contains(&bob));
 }
+
+#[tokio::test]
+async fn a_scenario_declares_a_disabled_account() {
+    let yaml = r#"
+apiVersion: sim.redeliver.dev/v1
+kind: SimulatorScenario
+spec:
+  tenant: {name: leavers}
+  users:
+    - {upn: leaver@leavers.example, accountEnabled: false}
+    - {upn: stayer@leavers.example}
+"#;
+    let scenario = Scenario::from_yaml_str(yaml).unwrap();
+    let h = Simulator::start(scenario, SimOptions::fast())
+        .await
+        .unwrap();
+    let c = client_for(&h);
+    let (leaver, stayer) = (
+        id(&h, "leaver@leavers.example"),
+        id(&h, "stayer@leavers.example"),
+    );
+    let accounts = reader(false)
+        .accounts(&c, &[leaver.clone(), stayer.clone()])
+        .await;
+    assert_eq!(accounts[&leaver].state, AccountState::Disabled);
+    assert_eq!(accounts[&stayer].state, AccountState::Enabled);
+}
