@@ -45,10 +45,11 @@ fn reader(check_risk: bool) -> AccountReader {
 }
 
 /// Graph requests inside `$batch` envelopes whose path starts with `prefix`.
-fn batched(h: &SimHandle, prefix: &str) -> usize {
+/// GETs under `prefix`, sent alone (one user) or inside a `$batch`.
+fn reads(h: &SimHandle, prefix: &str) -> usize {
     h.request_log()
         .iter()
-        .filter(|e| e.batch && e.method == "GET" && e.path.starts_with(prefix))
+        .filter(|e| e.method == "GET" && e.path.starts_with(prefix))
         .count()
 }
 
@@ -126,7 +127,7 @@ async fn forty_five_ids_go_out_in_three_batch_envelopes() {
     assert_eq!(accounts.len(), 45);
     assert!(accounts.values().all(|a| *a == TargetAccount::enabled()));
     assert_eq!(h.count_requests("POST", BATCH), 3);
-    assert_eq!(batched(&h, USERS), 45);
+    assert_eq!(reads(&h, USERS), 45);
     assert!(
         h.request_log()
             .iter()
@@ -151,10 +152,11 @@ async fn the_cache_answers_within_the_ttl_and_invalidate_reads_again() {
         r.accounts(&c, &ids).await[&alice].state,
         AccountState::Enabled
     );
+    assert_eq!(reads(&h, USERS), 1, "the second answer is cached");
     assert_eq!(
         h.count_requests("POST", BATCH),
-        1,
-        "the second answer is cached"
+        0,
+        "one user is a plain GET, no envelope"
     );
     assert_eq!(r.stats(), (1, 1));
 
@@ -169,7 +171,7 @@ async fn the_cache_answers_within_the_ttl_and_invalidate_reads_again() {
         r.accounts(&c, &ids).await[&alice].state,
         AccountState::Disabled
     );
-    assert_eq!(h.count_requests("POST", BATCH), 2);
+    assert_eq!(reads(&h, USERS), 2);
 
     // A short TTL expires by itself.
     let short = AccountReader::new(AccountSettings {
@@ -199,7 +201,7 @@ async fn concurrent_callers_share_one_batch() {
     assert_eq!(a.len(), 2);
     assert_eq!(b[&bob].state, AccountState::Enabled);
     assert_eq!(h.count_requests("POST", BATCH), 1, "one coalesced envelope");
-    assert_eq!(batched(&h, USERS), 2, "bob is read once for both callers");
+    assert_eq!(reads(&h, USERS), 2, "bob is read once for both callers");
 }
 
 #[tokio::test]
@@ -240,13 +242,13 @@ async fn risky_users_hold_only_high_or_active_risk() {
     assert_eq!(accounts[&ids[2]].risk, Risk::None);
     assert_eq!(accounts[&ids[3]].risk, Risk::None);
     assert!(accounts.values().all(|a| a.state == AccountState::Enabled));
-    assert_eq!(batched(&h, RISKY), 8, "one filter per id, twice");
+    assert_eq!(reads(&h, RISKY), 8, "one filter per id, twice");
 
     // Not asked: nothing is read from Identity Protection.
     h.clear_request_log();
     let plain = reader(false).accounts(&c, &ids).await;
     assert!(plain.values().all(|a| a.risk == Risk::NotChecked));
-    assert_eq!(batched(&h, RISKY), 0);
+    assert_eq!(reads(&h, RISKY), 0);
 }
 
 #[tokio::test]
@@ -269,14 +271,14 @@ async fn without_identity_risky_user_read_all_risk_is_unavailable_and_holds_noth
     let first = r.accounts(&c, &ids).await;
     assert_eq!(first[&alice].state, AccountState::Enabled);
     assert_eq!(first[&alice].risk, unavailable);
-    let risky_reads = batched(&h, RISKY);
+    let risky_reads = reads(&h, RISKY);
     assert_eq!(risky_reads, 1);
 
     // Remembered: the next pass reads the account again (TTL 0) but not the risk.
     let second = r.accounts(&c, &ids).await;
     assert_eq!(second[&alice].risk, unavailable);
-    assert_eq!(batched(&h, RISKY), risky_reads);
-    assert_eq!(batched(&h, USERS), 2);
+    assert_eq!(reads(&h, RISKY), risky_reads);
+    assert_eq!(reads(&h, USERS), 2);
 }
 
 #[tokio::test]
@@ -292,7 +294,7 @@ async fn without_user_read_all_accounts_are_unreadable_without_a_request_storm()
     assert_eq!(first[&alice].state, unreadable);
     let second = r.accounts(&c, &[alice.clone(), bob.clone()]).await;
     assert_eq!(second[&bob].state, unreadable);
-    assert_eq!(batched(&h, USERS), 1, "the 403 is remembered for every id");
+    assert_eq!(reads(&h, USERS), 1, "the 403 is remembered for every id");
 
     // A transient failure is not cached: the next call asks again.
     h.set_permission("User.Read.All", true).unwrap();

@@ -180,7 +180,16 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
             .unwrap();
         let view = observer.package_view(&package_id).await.unwrap();
         let target = observer.resolve_target(&apa.spec.target).await.unwrap();
-        let snapshot = observer.snapshot(view.resources.iter()).await;
+        let mut snapshot = observer.snapshot(view.resources.iter()).await;
+        // The account gate's read, as the drivers make it before a grant.
+        redeliver::observe::safety::SafetyReads::default()
+            .confirm(
+                observer.graph(),
+                &Default::default(),
+                &mut snapshot,
+                std::slice::from_ref(&target),
+            )
+            .await;
         let assignment = view.assignment_for(&target);
         let plan = engine::plan_assignment(
             &engine::AssignmentInput {
@@ -203,6 +212,8 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
                 ledger: &engine::ledger::RepairLedger::new(),
                 who: "AccessPackageAssignment test/declaration",
                 operator_report_only: false,
+                safety: &redeliver::engine::SafetyPolicy::default(),
+                mass_drift: None,
             },
             now,
         );
@@ -362,9 +373,16 @@ async fn a_repair_sends_its_writes_in_one_batch_and_an_identical_request_once() 
         .iter()
         .filter(|e| e.method == "POST" && e.path == "/v1.0/$batch")
         .count();
+    // Before the writes, the account gate reads the targets (alice, carol, bob) in one
+    // envelope of its own; the four writes share one more.
+    let account_reads = log
+        .iter()
+        .filter(|e| e.batch && e.method == "GET" && e.path.starts_with("/v1.0/users/"))
+        .count();
+    assert_eq!(account_reads, 3, "each target's account read once, batched");
     assert_eq!(
-        envelopes, 1,
-        "the four writes of the repair pass share one batch"
+        envelopes, 2,
+        "the account reads share one batch, and the four writes of the repair pass one more"
     );
     for upn in ["carol@contoso.com", "bob@contoso.com"] {
         assert!(

@@ -26,7 +26,16 @@ async fn plan_once(
         .unwrap();
     let view = observer.package_view(&package_id).await.unwrap();
     let target = observer.resolve_target(&apa.spec.target).await.unwrap();
-    let snapshot = observer.snapshot(view.resources.iter()).await;
+    let mut snapshot = observer.snapshot(view.resources.iter()).await;
+    // The account gate's read, as the drivers make it before a grant.
+    redeliver::observe::safety::SafetyReads::default()
+        .confirm(
+            observer.graph(),
+            &Default::default(),
+            &mut snapshot,
+            std::slice::from_ref(&target),
+        )
+        .await;
     let assignment = view.assignment_for(&target);
     let requests = observer.package_requests(&package_id).await.unwrap();
     let latest_request = view.latest_request_for(&requests, &target);
@@ -51,6 +60,8 @@ async fn plan_once(
             ledger: &engine::ledger::RepairLedger::new(),
             who: "AccessPackageAssignment test/alice",
             operator_report_only: false,
+            safety: &redeliver::engine::SafetyPolicy::default(),
+            mass_drift: None,
         },
         now,
     )

@@ -141,9 +141,21 @@ pub async fn first_plan(
         "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: x, namespace: {ns}, generation: 1}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {upn}}}\n"
     ))
     .expect("a valid declaration");
-    let observed = redeliver::observe::observe_assignment(observer, &apa.spec, None)
+    let mut observed = redeliver::observe::observe_assignment(observer, &apa.spec, None)
         .await
         .expect("the simulator answers");
+    // The account gate's read, as the drivers make it before a grant.
+    if let Ok(ids) = &observed.resolved {
+        let target = ids.target_object_id.clone();
+        redeliver::observe::safety::SafetyReads::default()
+            .confirm(
+                observer.graph(),
+                &Default::default(),
+                &mut observed.snapshot,
+                &[target],
+            )
+            .await;
+    }
     let who = format!("AccessPackageAssignment {ns}/x");
     engine::plan_assignment(
         &engine::AssignmentInput {
@@ -160,6 +172,8 @@ pub async fn first_plan(
             ledger: &engine::ledger::RepairLedger::new(),
             who: &who,
             operator_report_only: false,
+            safety: &redeliver::engine::SafetyPolicy::default(),
+            mass_drift: None,
         },
         jiff::Timestamp::now(),
     )

@@ -150,13 +150,23 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         "no assignment reprocessed twice for one drift: {accepted:?}"
     );
     // The four reprocesses went out coalesced in one `$batch`, plus one for the refused
-    // items (the envelope itself may also have met the storm's refusals).
+    // items (the envelope itself may also have met the storm's refusals); before them, the
+    // account gate read the four targets in one envelope of GETs.
     let envelopes: Vec<&LogEntry> = log
         .iter()
         .filter(|e| e.method == "POST" && e.path == "/v1.0/$batch")
         .collect();
     let accepted_envelopes = envelopes.iter().filter(|e| e.status != 429).count();
-    assert_eq!(accepted_envelopes, 2, "{envelopes:?}");
+    let account_reads = log
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.contains("accountEnabled"))
+        .filter(|e| e.status == 200)
+        .count();
+    assert_eq!(
+        account_reads, 4,
+        "each target's account read once: {log:#?}"
+    );
+    assert_eq!(accepted_envelopes, 1 + 2, "{envelopes:?}");
     // Retries are bounded: each refused write cost exactly one extra POST, and in all
     // every refusal was followed by exactly one retry (Graph calls = successes + 429s).
     let posts = log

@@ -44,6 +44,7 @@ async fn audit_and_controller_observe_and_decide_the_same() {
     let settings = EngineSettings::default();
     let now = jiff::Timestamp::now();
 
+    let accounts = redeliver::observe::safety::SafetyReads::default();
     let mut decisions = Vec::new();
     for (_, apa) in &decls.assignments {
         let from_audit = observe_assignment(&audit_reads, &apa.spec, None)
@@ -58,6 +59,22 @@ async fn audit_and_controller_observe_and_decide_the_same() {
             "the same engine input for {}",
             apa.metadata.name.as_deref().unwrap_or_default()
         );
+        // The account gate's read, as the drivers make it before a grant: one reader, so
+        // the second confirmation is answered from its cache.
+        let (mut from_audit, mut from_controller) = (from_audit, from_controller);
+        if let Ok(ids) = &from_audit.resolved {
+            let target = [ids.target_object_id.clone()];
+            for o in [&mut from_audit, &mut from_controller] {
+                accounts
+                    .confirm(
+                        audit_reads.graph(),
+                        &Default::default(),
+                        &mut o.snapshot,
+                        &target,
+                    )
+                    .await;
+            }
+        }
         let who = format!(
             "AccessPackageAssignment {}",
             apa.metadata.name.as_deref().unwrap_or("")
@@ -78,6 +95,8 @@ async fn audit_and_controller_observe_and_decide_the_same() {
                     ledger: &RepairLedger::new(),
                     who: &who,
                     operator_report_only: false,
+                    safety: &redeliver::engine::SafetyPolicy::default(),
+                    mass_drift: None,
                 },
                 now,
             )

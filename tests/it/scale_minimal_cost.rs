@@ -292,6 +292,9 @@ async fn a_guard_sweep_through_observe_and_the_engine_shares_one_snapshot() {
                 reprocess_budget: None,
                 operator_report_only: false,
                 reprocess_annotation: None,
+                safety: &Default::default(),
+                mass_drift_ack: None,
+                mass_drift_acknowledged: false,
             },
             now,
         );

@@ -168,7 +168,11 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
                 .unwrap();
             let view = observer.package_view(&package).await.unwrap();
             let target = observer.resolve_target(&apa.spec.target).await.unwrap();
-            let snapshot = observer.snapshot(view.resources.iter()).await;
+            let mut snapshot = observer.snapshot(view.resources.iter()).await;
+            // The account gate's read, as the drivers make it before a grant.
+            redeliver::observe::safety::SafetyReads::default()
+                .confirm(observer.graph(), &Default::default(), &mut snapshot, std::slice::from_ref(&target))
+                .await;
             let assignment = view.assignment_for(&target);
             let plan = engine::plan_assignment(
                 &engine::AssignmentInput {
@@ -191,6 +195,8 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
                     ledger: &engine::ledger::RepairLedger::new(),
                     who: "AccessPackageAssignment test/alice",
                     operator_report_only: false,
+                    safety: &redeliver::engine::SafetyPolicy::default(),
+                    mass_drift: None,
                 },
                 jiff::Timestamp::now(),
             );

@@ -12,6 +12,7 @@
 pub mod accounts;
 pub mod attribution;
 pub mod delta;
+pub mod safety;
 pub mod suggest;
 
 use std::collections::HashMap;

@@ -135,6 +135,10 @@ pub struct AccessPackageAssignmentSpec {
     /// namespace; a missing or broken connection stalls the object, never falls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_ref: Option<super::ConnectionRef>,
+    /// This object's own safety settings, each overriding its connection's (README,
+    /// "Safety").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<super::SafetySpec>,
 }
 
 /// How an assignment is repaired.
@@ -301,6 +305,40 @@ pub struct ResourceStatus {
     /// until the resource is Present again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change: Option<String>,
+    /// While the resource is Missing and the audit log named who removed it: who, when and
+    /// how, as the audit log says. Kept until the resource is Present again; a removal by a
+    /// respected actor (spec.safety.respectedActors) is never undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_by: Option<Removal>,
+    /// While the resource is Missing: when Redeliver first saw it missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_since: Option<Time>,
+}
+
+/// Who removed a resource, from Entra's directory audit log.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Removal {
+    /// User, Application, or Unknown (the entry names no initiator).
+    pub actor_kind: ActorKind,
+    /// The user's object id, or the application's (client) id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+    /// The user's principal name (or display name), or the application's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_name: Option<String>,
+    /// When the audit log says it happened.
+    pub time: Time,
+    /// The audit activity, e.g. "Remove member from group".
+    pub activity: String,
+}
+
+/// Who initiated a change in the audit log.
+#[derive(JsonSchema, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ActorKind {
+    User,
+    Application,
+    Unknown,
 }
 
 impl ResourceStatus {

@@ -132,6 +132,11 @@ macro_rules! connection_spec {
             #[serde(default, skip_serializing_if = "Option::is_none")]
             #[schemars(range(min = 0, max = 6000))]
             pub reprocess_rate: Option<u32>,
+            /// What Redeliver asks before it grants access back in this tenant: respected
+            /// actors, risky users, the mass-drift breaker (README, "Safety"). An object's own
+            /// spec.safety overrides it field by field.
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            pub safety: Option<super::SafetySpec>,
         }
 
         impl $name {
@@ -146,6 +151,7 @@ macro_rules! connection_spec {
                     arm_url: self.arm_url.clone(),
                     concurrency: self.concurrency,
                     reprocess_rate: self.reprocess_rate,
+                    safety: self.safety.clone(),
                 }
             }
         }
@@ -171,6 +177,8 @@ pub struct ConnectionSettings {
     pub concurrency: Option<u32>,
     /// See `spec.reprocessRate`.
     pub reprocess_rate: Option<u32>,
+    /// See `spec.safety`.
+    pub safety: Option<super::SafetySpec>,
 }
 
 connection_spec!(
@@ -392,6 +400,7 @@ mod tests {
             arm_url: None,
             concurrency: None,
             reprocess_rate: None,
+            safety: None,
         }
     }
 

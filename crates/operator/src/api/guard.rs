@@ -118,6 +118,11 @@ pub struct AccessPackageGuardSpec {
     /// namespace; a missing or broken connection stalls the guard, never falls back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection_ref: Option<super::ConnectionRef>,
+    /// This guard's own safety settings, each overriding its connection's (README,
+    /// "Safety"). Respected actors need attribution, which guards do not look up: set them
+    /// on AccessPackageAssignments, or use mode Audit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<super::SafetySpec>,
 }
 
 /// What a guard does about drift.
@@ -176,6 +181,11 @@ pub struct AccessPackageGuardStatus {
     /// limits (cooldown, maxAttempts, maxReprocessPerSweep) still apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_request: Option<String>,
+    /// While the mass-drift breaker is tripped: the numbers it tripped on. Automatic repair of
+    /// the package is stopped until the annotation redeliver.dev/mass-drift-acknowledged-at
+    /// gets a new value (kubectl redeliver ack) or the drift falls back below the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mass_drift: Option<super::MassDriftStatus>,
     /// Ready, Delivered, Reconciling and Stalled, following Kubernetes API conventions.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
@@ -204,6 +214,10 @@ pub struct AssignmentCounts {
     /// Graph says delivering (or the membership could not be read).
     #[serde(default)]
     pub pending: i32,
+    /// Drifted assignments not repaired because of their account (disabled, deleted, at
+    /// risk, or not confirmable).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held: i32,
 }
 
 /// One drifted assignment.
@@ -233,6 +247,10 @@ pub struct DriftedAssignment {
     /// AccessPackageAssignment covering the same assignment, "Kind namespace/name").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reprocessed_by: Option<String>,
+    /// Why this drift is not repaired automatically: TargetDisabled, TargetDeleted,
+    /// TargetAtRisk or TargetUnverified (the account), with a sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
 
 /// Members of a package's groups that hold no assignment of the package.

@@ -10,10 +10,11 @@ mod assignment;
 mod common;
 mod connection;
 mod guard;
+mod safety;
 
 pub use assignment::{
-    AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus,
-    DeletionPolicy, MAX_ATTEMPTS_LIMIT, MIN_COOLDOWN, MIN_VERIFY_INTERVAL, ReprocessMode,
+    AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, ActorKind,
+    DeletionPolicy, MAX_ATTEMPTS_LIMIT, MIN_COOLDOWN, MIN_VERIFY_INTERVAL, Removal, ReprocessMode,
     ReprocessOutcome, ReprocessPolicy, ReprocessStatus, ResourceState, ResourceStatus,
     validate_assignment_spec,
 };
@@ -31,6 +32,10 @@ pub use guard::{
     AccessPackageGuard, AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts,
     DriftedAssignment, GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL,
     UnmanagedMembers, validate_guard_spec,
+};
+pub use safety::{
+    MASS_DRIFT_ACK_ANNOTATION, MassDriftSpec, MassDriftStatus, RespectedActors, SafetySpec,
+    UnattributedRule,
 };
 
 /// API group of both kinds.

@@ -77,6 +77,26 @@ pub fn group(decls: &Declarations) -> BTreeMap<ConnectionKey, Declarations> {
     out
 }
 
+/// The `spec.safety` of the connection `key` as the files declare it (none for the flags'
+/// connection, or a connection not in the files).
+pub fn safety_of(key: &ConnectionKey, decls: &Declarations) -> Option<crate::api::SafetySpec> {
+    match key {
+        ConnectionKey::Operator => None,
+        ConnectionKey::Namespaced { namespace, name } => decls
+            .connections
+            .iter()
+            .find(|(_, c)| {
+                c.metadata.name.as_deref() == Some(name.as_str()) && ns_of(c) == namespace
+            })
+            .and_then(|(_, c)| c.spec.safety.clone()),
+        ConnectionKey::Cluster { name } => decls
+            .cluster_connections
+            .iter()
+            .find(|(_, c)| c.metadata.name.as_deref() == Some(name.as_str()))
+            .and_then(|(_, c)| c.spec.safety.clone()),
+    }
+}
+
 /// The Graph client of a connection named in the files, with `flags` for what it does not
 /// set. The error says what is missing and how to provide it (never a secret).
 pub fn client_for(

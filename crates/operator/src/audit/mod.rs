@@ -21,13 +21,16 @@ use futures::StreamExt as _;
 
 use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
-    AccessPackageGuardStatus,
+    AccessPackageGuardStatus, SafetySpec,
 };
 use crate::api::{ConnectionKey, ResourceState, ResourceStatus};
 use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
 use crate::engine::{self, Action, EngineSettings};
 use crate::graph::GraphError;
+use crate::graph::models::AssignmentState;
 use crate::graph::{GraphArgs, GraphClient, Write, Written};
+use crate::observe::attribution::Attributor;
+use crate::observe::safety::{SafetyReads, attribute_drift};
 use crate::observe::{
     AssignmentObservation, GuardObservation, Observer, observe_assignment, observe_guard,
 };
@@ -127,6 +130,11 @@ pub struct AuditArgs {
     /// files (the operator's namespace in the cluster).
     #[arg(long, value_name = "NAMESPACE", default_value = "redeliver-system")]
     pub cluster_secret_namespace: String,
+    /// Repair even where the mass-drift breaker trips (README, "Safety"): say so only after
+    /// finding out that the mass removal was a fault.
+    #[arg(long)]
+    pub acknowledge_mass_drift: bool,
+
     /// Cross-check each declaration against Microsoft's access drift report (Graph beta,
     /// per catalog, groups and apps only), as the controller's flag does: a disagreement is
     /// a note in the row's message, never a repair or a different verdict.
@@ -174,7 +182,7 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
     if groups.len() == 1 && groups.contains_key(&ConnectionKey::Operator) {
         // One tenant, the flags': a failure that hits every row is said once.
         let client = connect(&args, simulated)?;
-        let outcome = match audit_group(&args, &decls, client, &progress).await {
+        let outcome = match audit_group(&args, &decls, client, None, &progress).await {
             Ok(o) => o,
             Err(error) => {
                 progress.finish();
@@ -216,7 +224,10 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
                 }
             };
             let outcome = match client {
-                Ok(client) => audit_group(args, group, client, progress).await,
+                Ok(client) => {
+                    let safety = connections::safety_of(key, decls);
+                    audit_group(args, group, client, safety, progress).await
+                }
                 Err(e) => Err(e),
             };
             (key, group, outcome)
@@ -286,6 +297,7 @@ async fn audit_group(
     args: &AuditArgs,
     decls: &Declarations,
     client: GraphClient,
+    safety_spec: Option<SafetySpec>,
     progress: &Progress,
 ) -> Result<GroupOutcome, String> {
     // A refused credential or an unreachable tenant would fail every row with the same
@@ -296,6 +308,8 @@ async fn audit_group(
     let observer = Observer::new(client, args.graph.graph_concurrency);
     let mut audit = Audit::new(decls, &observer, args.reprocess);
     audit.drift_report = args.use_access_drift_report;
+    audit.safety_spec = safety_spec;
+    audit.acknowledge_mass_drift = args.acknowledge_mass_drift;
 
     progress.say("verifying declarations against Graph");
     audit.pass().await;
@@ -472,6 +486,20 @@ struct Audit<'a> {
     /// the controller's, so a guard never reprocesses what a declaration (or another guard)
     /// already did, and what audit reports is what the operator would do.
     ledger: RefCell<RepairLedger>,
+    /// The connection's `spec.safety` (none for the flags' connection).
+    safety_spec: Option<SafetySpec>,
+    /// `--acknowledge-mass-drift`.
+    acknowledge_mass_drift: bool,
+    /// What the safety rails read: target accounts, respected groups.
+    safety: SafetyReads,
+    /// Who removed what, looked up only while actors are respected.
+    attribution: Attributor,
+}
+
+/// What the safety rails decided for one declaration in a pass.
+struct Rails {
+    policy: engine::SafetyPolicy,
+    mass_drift: Option<engine::MassDriftHold>,
 }
 
 /// The latest evaluation of one declared assignment.
@@ -548,7 +576,99 @@ impl<'a> Audit<'a> {
             assignments: Vec::new(),
             guards: Vec::new(),
             ledger: RefCell::new(RepairLedger::new()),
+            safety_spec: None,
+            acknowledge_mass_drift: false,
+            safety: SafetyReads::default(),
+            attribution: Attributor::new(Default::default()),
         }
+    }
+
+    /// The safety policy of each declaration, each guard's after them (one read per
+    /// respected group per run, shared).
+    async fn policies(&self) -> (Vec<engine::SafetyPolicy>, Vec<engine::SafetyPolicy>) {
+        let graph = self.observer.graph();
+        let conn = self.safety_spec.as_ref();
+        let mut assignments = Vec::with_capacity(self.decls.assignments.len());
+        for (_, apa) in &self.decls.assignments {
+            assignments.push(
+                self.safety
+                    .policy(graph, conn, apa.spec.safety.as_ref())
+                    .await,
+            );
+        }
+        let mut guards = Vec::with_capacity(self.decls.guards.len());
+        for (_, g) in &self.decls.guards {
+            guards.push(
+                self.safety
+                    .policy(graph, conn, g.spec.safety.as_ref())
+                    .await,
+            );
+        }
+        (assignments, guards)
+    }
+
+    /// The mass-drift breaker over this pass's declarations: every drifted declaration of a
+    /// package counts against the package's delivered assignments (as Graph lists them)
+    /// before anything is sent, so a mass removal stops the run's repairs as a whole.
+    fn breaker(
+        &self,
+        observed: &[Result<AssignmentObservation, GraphError>],
+        policies: Vec<engine::SafetyPolicy>,
+        now: jiff::Timestamp,
+    ) -> Vec<Rails> {
+        let mut board = engine::MassDriftBoard::default();
+        if self.acknowledge_mass_drift {
+            board.acknowledge_all();
+        }
+        let drifted = |o: &AssignmentObservation| -> Option<(String, String, String, usize)> {
+            let ids = o.resolved.as_ref().ok()?;
+            let a = o
+                .assignment
+                .as_ref()
+                .filter(|a| a.state == AssignmentState::Delivered)?;
+            let missing = o.resources().iter().any(|r| {
+                o.snapshot.check(&r.kind, &ids.target_object_id) == ResourceState::Missing
+            });
+            let view = o.view.as_ref()?;
+            let delivered = view
+                .assignments
+                .iter()
+                .filter(|a| a.state == AssignmentState::Delivered)
+                .count();
+            missing.then(|| {
+                (
+                    ids.access_package_id.clone(),
+                    view.name().to_string(),
+                    a.id.clone(),
+                    delivered,
+                )
+            })
+        };
+        let found: Vec<Option<(String, String, String, usize)>> = observed
+            .iter()
+            .map(|o| o.as_ref().ok().and_then(drifted))
+            .collect();
+        for (f, policy) in found.iter().zip(&policies) {
+            if let Some((package, _, assignment, delivered)) = f {
+                board.record(
+                    &policy.breaker,
+                    package,
+                    [assignment.as_str()],
+                    *delivered,
+                    now,
+                );
+            }
+        }
+        found
+            .into_iter()
+            .zip(policies)
+            .map(|(f, policy)| Rails {
+                mass_drift: f
+                    .filter(|_| policy.breaker.enabled)
+                    .and_then(|(package, name, _, _)| board.hold(&policy.breaker, &package, &name)),
+                policy,
+            })
+            .collect()
     }
 
     fn rows(&self) -> Vec<Row> {
@@ -599,7 +719,7 @@ impl<'a> Audit<'a> {
                     .map(|a| (a.status.clone(), a.taken.clone()))
                     .collect()
             };
-        let observed: Vec<Result<AssignmentObservation, GraphError>> =
+        let mut observed: Vec<Result<AssignmentObservation, GraphError>> =
             futures::stream::iter(self.decls.assignments.iter().zip(&previous))
                 .map(|((_, apa), (status, _))| {
                     observe_assignment(observer, &apa.spec, status.as_ref())
@@ -625,13 +745,34 @@ impl<'a> Audit<'a> {
         // wait for it; guards are few (one per package) and their views are held for the
         // pass anyway. Declarations come first, as before, so the requests a pass makes
         // keep their order (the guards mostly reuse what the declarations read).
-        let guards_observed: Vec<Result<GuardObservation, GraphError>> = futures::future::join_all(
-            self.decls
-                .guards
-                .iter()
-                .map(|(_, guard)| observe_guard(observer, &guard.spec)),
-        )
-        .await;
+        let (policies, guard_policies) = self.policies().await;
+        for ((o, policy), (status, _)) in observed.iter_mut().zip(&policies).zip(&previous) {
+            if let Ok(o) = o
+                && !policy.respected.is_empty()
+            {
+                attribute_drift(
+                    &self.attribution,
+                    observer.graph(),
+                    o,
+                    status.as_ref(),
+                    policy,
+                )
+                .await;
+            }
+        }
+        let rails = self.breaker(&observed, policies, now);
+        self.confirm_assignment_targets(&mut observed, &previous, &rails, now)
+            .await;
+        let mut guards_observed: Vec<Result<GuardObservation, GraphError>> =
+            futures::future::join_all(
+                self.decls
+                    .guards
+                    .iter()
+                    .map(|(_, guard)| observe_guard(observer, &guard.spec)),
+            )
+            .await;
+        self.confirm_guard_targets(&mut guards_observed, &guard_policies, now)
+            .await;
         let mut guard_notes = Vec::with_capacity(guards_observed.len());
         for o in &guards_observed {
             guard_notes.push(match o {
@@ -646,33 +787,42 @@ impl<'a> Audit<'a> {
             .zip(observed)
             .zip(previous)
             .zip(drift_notes)
-            .map(|((((origin, apa), observed), (previous, taken)), notes)| {
-                let mut eval =
-                    self.evaluate_assignment(origin, apa, observed, previous.as_ref(), now);
-                if !notes.is_empty() {
-                    if let Some(status) = eval.status.as_mut() {
-                        engine::note_on_delivered(&mut status.conditions, &notes);
+            .zip(rails)
+            .map(
+                |(((((origin, apa), observed), (previous, taken)), notes), rails)| {
+                    let mut eval = self.evaluate_assignment(
+                        origin,
+                        apa,
+                        observed,
+                        previous.as_ref(),
+                        &rails,
+                        now,
+                    );
+                    if !notes.is_empty() {
+                        if let Some(status) = eval.status.as_mut() {
+                            engine::note_on_delivered(&mut status.conditions, &notes);
+                        }
+                        // A delivered row shows no message otherwise: the note must show.
+                        let extra = notes.join("; ");
+                        eval.row.message = if eval.row.message.is_empty() {
+                            extra
+                        } else {
+                            format!("{}; {extra}", eval.row.message)
+                        };
                     }
-                    // A delivered row shows no message otherwise: the note must show.
-                    let extra = notes.join("; ");
-                    eval.row.message = if eval.row.message.is_empty() {
-                        extra
-                    } else {
-                        format!("{}; {extra}", eval.row.message)
-                    };
-                }
-                // Once repaired, say what was done rather than "none".
-                if let Some(taken) = taken {
-                    if matches!(
-                        eval.action,
-                        None | Some(Action::None) | Some(Action::Wait { .. })
-                    ) {
-                        eval.row.action = taken.clone();
+                    // Once repaired, say what was done rather than "none".
+                    if let Some(taken) = taken {
+                        if matches!(
+                            eval.action,
+                            None | Some(Action::None) | Some(Action::Wait { .. })
+                        ) {
+                            eval.row.action = taken.clone();
+                        }
+                        eval.taken = Some(taken);
                     }
-                    eval.taken = Some(taken);
-                }
-                eval
-            })
+                    eval
+                },
+            )
             .collect();
 
         type Carried = (
@@ -695,14 +845,19 @@ impl<'a> Audit<'a> {
             .zip(guards_observed)
             .zip(previous)
             .zip(guard_notes)
+            .zip(guard_policies)
             .map(
-                |((((origin, guard), observed), (previous, reprocessed, refused)), notes)| {
+                |(
+                    ((((origin, guard), observed), (previous, reprocessed, refused)), notes),
+                    policy,
+                )| {
                     let mut eval = self.evaluate_guard(
                         origin,
                         guard,
                         observed,
                         previous.as_ref(),
                         (reprocessed, refused),
+                        &policy,
                         now,
                     );
                     // A drifted assignment's row carries its own notes; the guard's summary
@@ -742,6 +897,7 @@ impl<'a> Audit<'a> {
         apa: &AccessPackageAssignment,
         observed: Result<AssignmentObservation, GraphError>,
         previous: Option<&AccessPackageAssignmentStatus>,
+        rails: &Rails,
         now: jiff::Timestamp,
     ) -> AssignmentEval {
         let declaration = declaration_name(&apa.metadata, origin);
@@ -768,27 +924,7 @@ impl<'a> Audit<'a> {
             .and_then(GraphFailure::of_resolve);
         let who = format!("AccessPackageAssignment {declaration}");
         let mut ledger = self.ledger.borrow_mut();
-        let input = engine::AssignmentInput {
-            generation: apa.metadata.generation,
-            spec: &apa.spec,
-            previous,
-            reprocess_annotation: apa
-                .metadata
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
-                .map(String::as_str),
-            resolved: observed.resolved.clone(),
-            assignment: observed.assignment.as_ref(),
-            latest_request: observed.latest_request.as_ref(),
-            resources: observed.resources(),
-            snapshot: &observed.snapshot,
-            settings: &self.settings,
-            ledger: &ledger,
-            who: &who,
-            operator_report_only: false,
-        };
-        let plan = engine::plan_assignment(&input, now);
+        let plan = self.plan_assignment(apa, &observed, previous, rails, &ledger, &who, now);
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         let action_text = describe_action(&plan.action, self.repair);
         let in_flight = engine::conditions::is_true(
@@ -817,6 +953,192 @@ impl<'a> Audit<'a> {
         }
     }
 
+    /// The engine's plan for one declaration (as the controller plans it).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_assignment(
+        &self,
+        apa: &AccessPackageAssignment,
+        observed: &AssignmentObservation,
+        previous: Option<&AccessPackageAssignmentStatus>,
+        rails: &Rails,
+        ledger: &RepairLedger,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> engine::Plan {
+        engine::plan_assignment(
+            &engine::AssignmentInput {
+                generation: apa.metadata.generation,
+                spec: &apa.spec,
+                previous,
+                reprocess_annotation: apa
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
+                    .map(String::as_str),
+                resolved: observed.resolved.clone(),
+                assignment: observed.assignment.as_ref(),
+                latest_request: observed.latest_request.as_ref(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
+                settings: &self.settings,
+                ledger,
+                who,
+                operator_report_only: false,
+                safety: &rails.policy,
+                mass_drift: rails.mass_drift.as_ref(),
+            },
+            now,
+        )
+    }
+
+    /// The engine's sweep of one guard (as the controller sweeps it).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_guard(
+        &self,
+        guard: &AccessPackageGuard,
+        observed: &GuardObservation,
+        previous: Option<&AccessPackageGuardStatus>,
+        policy: &engine::SafetyPolicy,
+        ledger: &RepairLedger,
+        who: &str,
+        now: jiff::Timestamp,
+    ) -> engine::GuardPlan {
+        let annotation = |key: &str| {
+            guard
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(key))
+                .map(String::as_str)
+        };
+        engine::plan_guard_sweep(
+            &engine::GuardInput {
+                generation: guard.metadata.generation,
+                spec: &guard.spec,
+                previous,
+                resolved: observed.resolved.clone(),
+                assignments: observed.assignments(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
+                settings: &self.settings,
+                ledger,
+                who,
+                reprocess_budget: None,
+                operator_report_only: false,
+                reprocess_annotation: annotation(crate::api::REPROCESS_ANNOTATION),
+                safety: policy,
+                mass_drift_ack: annotation(crate::api::MASS_DRIFT_ACK_ANNOTATION),
+                mass_drift_acknowledged: self.acknowledge_mass_drift,
+            },
+            now,
+        )
+    }
+
+    /// Reads, in one batch, the accounts of the declarations whose plans would grant
+    /// something (a healthy declaration costs no read), and records them for the engine.
+    async fn confirm_assignment_targets(
+        &self,
+        observed: &mut [Result<AssignmentObservation, GraphError>],
+        previous: &[(Option<AccessPackageAssignmentStatus>, Option<RowAction>)],
+        rails: &[Rails],
+        now: jiff::Timestamp,
+    ) {
+        let wanted: Vec<Option<String>> = {
+            let ledger = self.ledger.borrow();
+            self.decls
+                .assignments
+                .iter()
+                .zip(observed.iter())
+                .zip(previous)
+                .zip(rails)
+                .map(|((((_, apa), o), (status, _)), rails)| {
+                    let o = o.as_ref().ok()?;
+                    self.plan_assignment(apa, o, status.as_ref(), rails, &ledger, "", now)
+                        .needs_account
+                })
+                .collect()
+        };
+        let targets = wanted
+            .iter()
+            .zip(rails)
+            .filter_map(|(id, r)| id.clone().map(|id| (id, r.policy.hold_risky)));
+        let accounts = self.confirm_all(targets).await;
+        for (o, id) in observed.iter_mut().zip(wanted) {
+            if let (Ok(o), Some(id)) = (o, id)
+                && let Some(a) = accounts.account(&id)
+            {
+                o.snapshot.record_account(id, a.clone());
+            }
+        }
+    }
+
+    /// Reads every `(target, hold risky)` of a pass at once (one batched read per risk
+    /// setting), into a snapshot that holds only accounts.
+    async fn confirm_all(&self, targets: impl Iterator<Item = (String, bool)>) -> engine::Snapshot {
+        let (mut plain, mut risky) = (Vec::new(), Vec::new());
+        for (id, hold_risky) in targets {
+            if hold_risky { &mut risky } else { &mut plain }.push(id);
+        }
+        let mut accounts = engine::Snapshot::new();
+        for (ids, hold_risky) in [(plain, false), (risky, true)] {
+            let policy = engine::SafetyPolicy {
+                hold_risky,
+                ..Default::default()
+            };
+            self.safety
+                .confirm(self.observer.graph(), &policy, &mut accounts, &ids)
+                .await;
+        }
+        accounts
+    }
+
+    /// The guards' counterpart of [`Audit::confirm_assignment_targets`].
+    async fn confirm_guard_targets(
+        &self,
+        observed: &mut [Result<GuardObservation, GraphError>],
+        policies: &[engine::SafetyPolicy],
+        now: jiff::Timestamp,
+    ) {
+        let previous: Vec<Option<AccessPackageGuardStatus>> = if self.guards.is_empty() {
+            vec![None; self.decls.guards.len()]
+        } else {
+            self.guards.iter().map(|g| g.status.clone()).collect()
+        };
+        let wanted: Vec<Vec<String>> = {
+            let ledger = self.ledger.borrow();
+            self.decls
+                .guards
+                .iter()
+                .zip(observed.iter())
+                .zip(&previous)
+                .zip(policies)
+                .map(|((((_, g), o), prev), policy)| match o {
+                    Ok(o) => {
+                        self.plan_guard(g, o, prev.as_ref(), policy, &ledger, "", now)
+                            .needs_accounts
+                    }
+                    Err(_) => Vec::new(),
+                })
+                .collect()
+        };
+        let targets = wanted
+            .iter()
+            .zip(policies)
+            .flat_map(|(ids, p)| ids.iter().map(|id| (id.clone(), p.hold_risky)));
+        let accounts = self.confirm_all(targets).await;
+        for (o, ids) in observed.iter_mut().zip(wanted) {
+            if let Ok(o) = o {
+                for id in ids {
+                    if let Some(a) = accounts.account(&id) {
+                        o.snapshot.record_account(id, a.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn evaluate_guard(
         &self,
         origin: &Origin,
@@ -824,6 +1146,7 @@ impl<'a> Audit<'a> {
         observed: Result<GuardObservation, GraphError>,
         previous: Option<&AccessPackageGuardStatus>,
         (reprocessed, refused): (BTreeSet<String>, BTreeMap<String, String>),
+        policy: &engine::SafetyPolicy,
         now: jiff::Timestamp,
     ) -> GuardEval {
         let declaration = declaration_name(&guard.metadata, origin);
@@ -856,29 +1179,7 @@ impl<'a> Audit<'a> {
         let view = observed.view.clone();
         let who = format!("AccessPackageGuard {declaration}");
         let mut ledger = self.ledger.borrow_mut();
-        let sweep = engine::plan_guard_sweep(
-            &engine::GuardInput {
-                generation: guard.metadata.generation,
-                spec: &guard.spec,
-                previous,
-                resolved: observed.resolved.clone(),
-                assignments: observed.assignments(),
-                resources: observed.resources(),
-                snapshot: &observed.snapshot,
-                settings: &self.settings,
-                ledger: &ledger,
-                who: &who,
-                reprocess_budget: None,
-                operator_report_only: false,
-                reprocess_annotation: guard
-                    .metadata
-                    .annotations
-                    .as_ref()
-                    .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
-                    .map(String::as_str),
-            },
-            now,
-        );
+        let sweep = self.plan_guard(guard, &observed, previous, policy, &ledger, &who, now);
         let undo = Undo::apply(&mut ledger, &sweep.ledger);
         let package = view
             .as_ref()
@@ -1016,6 +1317,7 @@ impl<'a> Audit<'a> {
                             events: Vec::new(),
                             missing: Vec::new(),
                             ledger: Vec::new(),
+                            needs_account: None,
                         };
                         engine::record_action_failure(
                             &mut plan,

@@ -24,9 +24,10 @@ use crate::api::{
     REPROCESS_ANNOTATION,
 };
 use crate::engine::conditions::first_visit_conditions;
+use crate::engine::ledger::RepairLedger;
 use crate::engine::ledger::Undo;
 use crate::engine::{
-    AssignmentInput, Plan, assignment_status_changed, attribution_needed, plan_assignment,
+    AssignmentInput, MassDriftHold, Plan, SafetyPolicy, assignment_status_changed, plan_assignment,
     record_action_failure, record_request_submitted,
 };
 use crate::graph::Written;
@@ -155,14 +156,20 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     .await?;
     let mut observed = observed?;
     let previous = obj.status.clone().or(first);
-    attribute_drift(tenant, &mut observed, previous.as_ref()).await;
+    let safety = tenant.safety_policy(obj.spec.safety.as_ref()).await;
+    crate::observe::safety::attribute_drift(
+        &tenant.attribution,
+        tenant.graph(),
+        &mut observed,
+        previous.as_ref(),
+        &safety,
+    )
+    .await;
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
-    // Planning and claiming happen under one lock of the shared ledger: of two objects
-    // covering the same Graph assignment, exactly one decides to reprocess it.
-    let (mut plan, mut undo) = {
-        let mut ledger = tenant.ledger();
-        let plan = plan_assignment(
+    let mass_drift = mass_drift_hold(ctx, tenant, &safety, &observed, now);
+    let plan_now = |observed: &AssignmentObservation, ledger: &RepairLedger| {
+        plan_assignment(
             &AssignmentInput {
                 generation,
                 spec: &obj.spec,
@@ -177,16 +184,35 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
                 resources: observed.resources(),
                 snapshot: &observed.snapshot,
                 settings: &ctx.engine,
-                ledger: &ledger,
+                ledger,
                 who: &who,
                 // `--reprocess-rate 0`: every object reports only, and says why.
                 operator_report_only: tenant.reprocess_bucket.is_disabled(),
+                safety: &safety,
+                mass_drift: mass_drift.as_ref(),
             },
             now,
-        );
+        )
+    };
+    // A grant is due: confirm the target's account first (one batched read shared with
+    // the other repairs of this moment), then plan again with it.
+    let needs_account = plan_now(&observed, &tenant.ledger()).needs_account;
+    if let Some(target) = needs_account {
+        tenant
+            .safety
+            .confirm(tenant.graph(), &safety, &mut observed.snapshot, &[target])
+            .await;
+    }
+    // Planning and claiming happen under one lock of the shared ledger: of two objects
+    // covering the same Graph assignment, exactly one decides to reprocess it.
+    let (mut plan, mut undo) = {
+        let mut ledger = tenant.ledger();
+        let plan = plan_now(&observed, &ledger);
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         (plan, undo)
     };
+    ctx.metrics
+        .safety_holds(KIND, &plan.events, &plan.status.conditions);
     plan.status.connection = tenant.key.status_label();
 
     // Before acting, so a reprocess's status write already carries the note (one write).
@@ -250,40 +276,44 @@ async fn cross_check_drift_report(
     crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
 }
 
-/// Looks up who removed what this object's user newly misses (nothing for a healthy
-/// object, nor for a removal already named in its status) and hands the answer to the
-/// engine in the snapshot.
-async fn attribute_drift(
-    ctx: &Tenant,
-    observed: &mut AssignmentObservation,
-    previous: Option<&AccessPackageAssignmentStatus>,
-) {
-    if !ctx.attribution.enabled() {
-        return;
-    }
+/// The package's mass-drift breaker for this object: drift found now counts towards it
+/// (a delta window has usually counted it already, before any object acted), a verified
+/// delivery no longer does, and a new acknowledgement on the connection resumes repairs.
+fn mass_drift_hold(
+    ctx: &Context,
+    tenant: &Tenant,
+    safety: &SafetyPolicy,
+    observed: &AssignmentObservation,
+    now: Timestamp,
+) -> Option<MassDriftHold> {
     let Ok(ids) = &observed.resolved else {
-        return;
+        return None;
     };
-    let target = ids.target_object_id.clone();
-    let wanted = attribution_needed(
-        observed.resources(),
-        &observed.snapshot,
-        &target,
-        observed.assignment.as_ref(),
-        previous,
-    );
-    if wanted.is_empty() {
-        return;
+    let a = observed
+        .assignment
+        .as_ref()
+        .filter(|a| a.state == AssignmentState::Delivered)?;
+    let package = ids.access_package_id.as_str();
+    let name = ids.access_package_name.as_deref().unwrap_or(package);
+    let drifted = observed.resources().iter().any(|r| {
+        observed.snapshot.check(&r.kind, &ids.target_object_id)
+            == crate::api::ResourceState::Missing
+    });
+    let ack = ctx.connections.mass_drift_ack(&tenant.key);
+    let mut board = tenant.breaker();
+    board.acknowledge(ack.as_deref());
+    if drifted {
+        let delivered = ctx.triggers.delivered_in_package(package);
+        board.record(&safety.breaker, package, [a.id.as_str()], delivered, now);
+    } else {
+        board.repaired(&safety.breaker, package, &a.id);
     }
-    let found = ctx
-        .attribution
-        .attribute(ctx.graph(), &wanted, &target)
-        .await;
-    for (kind, attribution) in found {
-        observed
-            .snapshot
-            .record_change(kind, target.clone(), attribution);
+    ctx.metrics
+        .mass_drift_tripped(KIND, tenant.key.to_string(), board.tripped());
+    if !safety.breaker.enabled {
+        return None;
     }
+    board.hold(&safety.breaker, package, name)
 }
 
 /// Performs the plan's action. Returns `Some(wait)` when the reprocess budget is spent.

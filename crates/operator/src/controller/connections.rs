@@ -32,13 +32,15 @@ use super::observation::Observations;
 pub use crate::api::ConnectionKey;
 use crate::api::{
     ClusterGraphConnection, ConnectionRef, ConnectionSettings, DEFAULT_CONNECTION_NAME,
-    GraphConnection, validate_connection_settings,
+    GraphConnection, MASS_DRIFT_ACK_ANNOTATION, SafetySpec, validate_connection_settings,
 };
 use crate::engine::ledger::RepairLedger;
+use crate::engine::{MassDriftBoard, SafetyPolicy};
 use crate::graph::config::{GraphArgs, Secret};
 pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
 use crate::graph::{GraphClient, GraphError};
 use crate::observe::attribution::{AttributionSettings, Attributor};
+use crate::observe::safety::SafetyReads;
 
 /// How often a ready connection is checked again (its Secret re-read, a token obtained).
 pub const RECHECK_READY: Duration = Duration::from_secs(300);
@@ -60,6 +62,13 @@ pub struct Tenant {
     /// This connection's reprocess budget.
     pub reprocess_bucket: Arc<TokenBucket>,
     ledger: Arc<Mutex<RepairLedger>>,
+    /// The connection's `spec.safety` (none for the operator's own connection).
+    pub safety_spec: Option<SafetySpec>,
+    /// What the safety rails read before a grant: target accounts, respected groups.
+    pub safety: SafetyReads,
+    /// The mass-drift breaker of this connection's AccessPackageAssignments; kept across
+    /// re-checks of the connection, like the ledger.
+    breaker: Arc<Mutex<MassDriftBoard>>,
 }
 
 impl Tenant {
@@ -71,6 +80,18 @@ impl Tenant {
     /// This connection's Graph client.
     pub fn graph(&self) -> &GraphClient {
         self.observations.graph()
+    }
+
+    /// This connection's mass-drift breaker. Never hold it across an `.await`.
+    pub fn breaker(&self) -> MutexGuard<'_, MassDriftBoard> {
+        self.breaker.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The safety policy in force for an object with `own` settings.
+    pub async fn safety_policy(&self, own: Option<&SafetySpec>) -> SafetyPolicy {
+        self.safety
+            .policy(self.graph(), self.safety_spec.as_ref(), own)
+            .await
     }
 }
 
@@ -140,6 +161,7 @@ struct Durable {
     ledger: Arc<Mutex<RepairLedger>>,
     bucket: Arc<TokenBucket>,
     rate: u32,
+    breaker: Arc<Mutex<MassDriftBoard>>,
 }
 
 /// The result of checking one connection, for its status.
@@ -184,7 +206,12 @@ impl Connections {
         };
         if let Some(graph) = graph {
             let rate = this.settings.reprocess_per_minute;
-            this.operator = Some(Arc::new(this.tenant(ConnectionKey::Operator, graph, rate)));
+            this.operator = Some(Arc::new(this.tenant(
+                ConnectionKey::Operator,
+                graph,
+                rate,
+                None,
+            )));
         }
         this
     }
@@ -214,19 +241,26 @@ impl Connections {
         *lock(&self.cluster) = Some(store);
     }
 
-    fn tenant(&self, key: ConnectionKey, graph: GraphClient, rate: u32) -> Tenant {
-        let (ledger, bucket) = {
+    fn tenant(
+        &self,
+        key: ConnectionKey,
+        graph: GraphClient,
+        rate: u32,
+        safety_spec: Option<SafetySpec>,
+    ) -> Tenant {
+        let (ledger, bucket, breaker) = {
             let mut durable = lock(&self.durable);
             let d = durable.entry(key.clone()).or_insert_with(|| Durable {
                 ledger: Arc::default(),
                 bucket: Arc::new(TokenBucket::per_minute(rate)),
                 rate,
+                breaker: Arc::default(),
             });
             if d.rate != rate {
                 d.bucket = Arc::new(TokenBucket::per_minute(rate));
                 d.rate = rate;
             }
-            (d.ledger.clone(), d.bucket.clone())
+            (d.ledger.clone(), d.bucket.clone(), d.breaker.clone())
         };
         Tenant {
             key,
@@ -238,6 +272,9 @@ impl Connections {
             attribution: Attributor::new(self.settings.attribution.clone()),
             reprocess_bucket: bucket,
             ledger,
+            safety_spec,
+            safety: SafetyReads::default(),
+            breaker,
         }
     }
 
@@ -255,6 +292,7 @@ impl Connections {
                 ledger: Arc::default(),
                 bucket: Arc::new(TokenBucket::per_minute(rate)),
                 rate,
+                breaker: Arc::default(),
             })
             .ledger
             .clone()
@@ -295,6 +333,20 @@ impl Connections {
         lock(&self.cluster)
             .as_ref()
             .and_then(|s| s.get(&ObjectRef::new(name)))
+    }
+
+    /// The value of the mass-drift acknowledgement annotation on connection `key`'s object
+    /// (none for the operator's own connection: acknowledge through a guard).
+    pub fn mass_drift_ack(&self, key: &ConnectionKey) -> Option<String> {
+        let annotations = match key {
+            ConnectionKey::Operator => return None,
+            ConnectionKey::Namespaced { namespace, name } => self
+                .namespaced_connection(namespace, name)?
+                .annotations()
+                .clone(),
+            ConnectionKey::Cluster { name } => self.cluster_connection(name)?.annotations().clone(),
+        };
+        annotations.get(MASS_DRIFT_ACK_ANNOTATION).cloned()
     }
 
     /// The tenant an object is reconciled with, or why it cannot be now. `recorded` is the
@@ -672,7 +724,12 @@ impl Connections {
             .unwrap_or(self.settings.reprocess_per_minute);
         (
             fingerprint,
-            Checked::Ready(Arc::new(self.tenant(key.clone(), graph, rate))),
+            Checked::Ready(Arc::new(self.tenant(
+                key.clone(),
+                graph,
+                rate,
+                settings.safety.clone(),
+            ))),
         )
     }
 }
@@ -806,6 +863,7 @@ mod tests {
             arm_url: None,
             concurrency: Some(3),
             reprocess_rate: None,
+            safety: None,
         };
         let c = connection_graph_config(
             &defaults,

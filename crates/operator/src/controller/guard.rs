@@ -22,11 +22,11 @@ use super::ledger::name_of;
 use super::metrics::ReprocessCall;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
 use crate::engine::conditions::first_visit_conditions;
-use crate::engine::ledger::Undo;
+use crate::engine::ledger::{RepairLedger, Undo};
 use crate::engine::{
     GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep, record_guard_outcome,
 };
-use crate::observe::observe_guard;
+use crate::observe::{GuardObservation, observe_guard};
 
 /// The kind label.
 pub const KIND: &str = "AccessPackageGuard";
@@ -87,16 +87,20 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         async |first| patch_status(&api, &name, first).await,
     )
     .await?;
-    let observed = observed?;
+    let mut observed = observed?;
     let previous = obj.status.clone().or(first);
+    let safety = tenant.safety_policy(obj.spec.safety.as_ref()).await;
+    let mass_drift_ack = obj
+        .annotations()
+        .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
+        .cloned();
     let resolved = observed.resolved.clone();
     let now = Timestamp::now();
     let who = name_of(obj.as_ref());
     // The operator's global rate limit is an input: the plan selects only what may be sent.
     let budget = tenant.reprocess_bucket.available();
-    let (mut plan, mut undo) = {
-        let mut ledger = tenant.ledger();
-        let plan = plan_guard_sweep(
+    let plan_now = |observed: &GuardObservation, ledger: &RepairLedger| {
+        plan_guard_sweep(
             &GuardInput {
                 generation,
                 spec: &obj.spec,
@@ -106,7 +110,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 resources: observed.resources(),
                 snapshot: &observed.snapshot,
                 settings: &ctx.engine,
-                ledger: &ledger,
+                ledger,
                 who: &who,
                 reprocess_budget: Some(budget),
                 operator_report_only: tenant.reprocess_bucket.is_disabled(),
@@ -114,12 +118,48 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                     .annotations()
                     .get(crate::api::REPROCESS_ANNOTATION)
                     .map(String::as_str),
+                safety: &safety,
+                mass_drift_ack: mass_drift_ack.as_deref(),
+                mass_drift_acknowledged: false,
             },
             now,
-        );
+        )
+    };
+    // Reprocesses are due: confirm their targets' accounts in one batched read first, then
+    // plan again with them.
+    let needs_accounts = plan_now(&observed, &tenant.ledger()).needs_accounts;
+    if !needs_accounts.is_empty() {
+        tenant
+            .safety
+            .confirm(
+                tenant.graph(),
+                &safety,
+                &mut observed.snapshot,
+                &needs_accounts,
+            )
+            .await;
+    }
+    let (mut plan, mut undo) = {
+        let mut ledger = tenant.ledger();
+        let plan = plan_now(&observed, &ledger);
         let undo = Undo::apply(&mut ledger, &plan.ledger);
         (plan, undo)
     };
+    ctx.metrics
+        .safety_holds(KIND, &plan.events, &plan.status.conditions);
+    let tripped = plan
+        .status
+        .mass_drift
+        .as_ref()
+        .is_some_and(|m| m.acknowledged_time.is_none());
+    ctx.metrics
+        .mass_drift_tripped(KIND, format!("{namespace}/{name}"), usize::from(tripped));
+    // An acknowledgement on the guard also resumes the package's declared assignments.
+    if let (Some(m), Ok((package_id, _))) = (&plan.status.mass_drift, &resolved)
+        && m.acknowledged_time.is_some()
+    {
+        tenant.breaker().acknowledge_package(package_id);
+    }
     plan.status.connection = tenant.key.status_label();
     // Count each drift once, when first seen (the previous list is bounded, so a drift
     // beyond it may be counted again; the bound keeps that rare).

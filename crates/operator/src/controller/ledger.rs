@@ -130,6 +130,43 @@ impl Triggers {
         (a, g)
     }
 
+    /// How many delivered assignments of `package` the controller knows of: its
+    /// AccessPackageAssignments Graph says are delivered, or a guard's last count of the
+    /// package, whichever is larger. The mass-drift breaker's denominator; scanned only when
+    /// drift is found.
+    pub fn delivered_in_package(&self, package: &str) -> usize {
+        let declared = lock(&self.assignments)
+            .iter()
+            .flat_map(|(s, _)| s.state())
+            .filter(|o| {
+                o.status.as_ref().is_some_and(|s| {
+                    s.access_package_id
+                        .as_deref()
+                        .is_some_and(|p| p.eq_ignore_ascii_case(package))
+                        && s.graph_state
+                            .as_deref()
+                            .is_some_and(|g| g.eq_ignore_ascii_case("delivered"))
+                })
+            })
+            .count();
+        let swept = lock(&self.guards)
+            .iter()
+            .flat_map(|(s, _)| s.state())
+            .filter_map(|g| {
+                let s = g.status.as_ref()?;
+                s.access_package_id
+                    .as_deref()
+                    .is_some_and(|p| p.eq_ignore_ascii_case(package))
+                    .then(|| {
+                        usize::try_from(s.assignments.delivered + s.assignments.drifted)
+                            .unwrap_or(0)
+                    })
+            })
+            .max()
+            .unwrap_or(0);
+        declared.max(swept)
+    }
+
     /// Reconciles every object for which `assignment` or `guard` says yes (e.g. the objects
     /// of a connection that became ready).
     pub fn wake(

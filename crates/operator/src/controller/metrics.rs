@@ -2,6 +2,7 @@
 //! vocabularies — kinds, results, outcomes, Graph operation names, condition statuses — so
 //! cardinality stays bounded whatever the number of objects or users.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -44,6 +45,32 @@ pub struct ConnectionLabels {
     pub connection: String,
 }
 
+/// Labels of the safety holds counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HoldLabels {
+    /// `AccessPackageAssignment` or `AccessPackageGuard`.
+    pub kind: &'static str,
+    /// The `Stalled` reason: `TargetDisabled`, `TargetDeleted`, `TargetAtRisk`,
+    /// `TargetUnverified`, `AccountsHeld`, `RemovedDeliberately`, `AttributionUnavailable`,
+    /// `MassDrift`.
+    pub reason: &'static str,
+}
+
+/// The `Stalled` reasons of the safety rails, each a label value of `safety_holds`.
+pub const SAFETY_HOLD_REASONS: [crate::engine::conditions::Reason; 8] = {
+    use crate::engine::conditions::Reason;
+    [
+        Reason::TargetDisabled,
+        Reason::TargetDeleted,
+        Reason::TargetAtRisk,
+        Reason::TargetUnverified,
+        Reason::AccountsHeld,
+        Reason::RemovedDeliberately,
+        Reason::AttributionUnavailable,
+        Reason::MassDrift,
+    ]
+};
+
 /// Labels of the reprocess calls counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReprocessLabels {
@@ -79,6 +106,13 @@ pub struct Metrics {
     pub last_success: Family<KindLabels, Gauge<i64, AtomicI64>>,
     /// 1 while a connection is ready, 0 while it is stalled or gone, by connection.
     pub connection_ready: Family<ConnectionLabels, Gauge<i64, AtomicI64>>,
+    /// Holds by a safety rail (a grant not sent), counted when an object starts holding.
+    pub safety_holds: Family<HoldLabels, Counter>,
+    /// Mass-drift breakers tripped and not acknowledged, by kind: packages of the
+    /// assignments' connections, and guards.
+    pub mass_drift_tripped: Family<KindLabels, Gauge<i64, AtomicI64>>,
+    /// The tripped count of each (kind, scope), summed into `mass_drift_tripped`.
+    tripped_by_scope: Mutex<HashMap<(&'static str, String), usize>>,
     /// Last known `Delivered` condition status per assignment, for the objects gauge.
     delivered: Arc<DeliveredIndex>,
     /// The Graph clients of the connections, for their per-connection request counters.
@@ -106,6 +140,9 @@ impl Metrics {
             is_leader: Gauge::default(),
             last_success: Family::default(),
             connection_ready: Family::default(),
+            safety_holds: Family::default(),
+            mass_drift_tripped: Family::default(),
+            tripped_by_scope: Mutex::default(),
             delivered: Arc::default(),
             connection_clients: Arc::default(),
         };
@@ -157,6 +194,30 @@ impl Metrics {
             "Unix time of the last reconcile that ended ok (and so verified), by kind",
             metrics.last_success.clone(),
         );
+        registry.register(
+            "safety_holds",
+            "Grants Redeliver did not send because a safety rail held them, by kind and reason",
+            metrics.safety_holds.clone(),
+        );
+        registry.register(
+            "mass_drift_tripped",
+            "Access packages whose mass-drift breaker is tripped and not acknowledged (automatic repair stopped)",
+            metrics.mass_drift_tripped.clone(),
+        );
+        // Known label values start at zero, so dashboards and alerts see a series before
+        // the first hold.
+        for kind in ["AccessPackageAssignment", "AccessPackageGuard"] {
+            metrics
+                .mass_drift_tripped
+                .get_or_create(&KindLabels { kind })
+                .set(0);
+            for reason in SAFETY_HOLD_REASONS {
+                let _ = metrics.safety_holds.get_or_create(&HoldLabels {
+                    kind,
+                    reason: reason.as_str(),
+                });
+            }
+        }
         registry.register_collector(Box::new(DeliveredCollector(metrics.delivered.clone())));
         if let Some(graph) = graph {
             registry.register_collector(Box::new(GraphCollector(graph)));
@@ -200,6 +261,61 @@ impl Metrics {
                 outcome: outcome.label(),
             })
             .inc();
+    }
+
+    /// Counts the holds that begin with `events` (the engine emits a safety event only when
+    /// an object starts holding, so a steady hold is counted once).
+    pub fn safety_holds(
+        &self,
+        kind: &'static str,
+        events: &[crate::engine::EngineEvent],
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        use crate::engine::EventKind;
+        let starts = events.iter().any(|e| {
+            matches!(
+                e.kind,
+                EventKind::TargetHeld
+                    | EventKind::RemovedDeliberately
+                    | EventKind::AttributionUnavailable
+                    | EventKind::MassDrift
+            )
+        });
+        let reason = crate::engine::conditions::true_reason(
+            conditions,
+            crate::engine::conditions::ConditionType::Stalled,
+        );
+        if let Some(reason) = reason.filter(|r| starts && SAFETY_HOLD_REASONS.contains(r)) {
+            self.safety_holds
+                .get_or_create(&HoldLabels {
+                    kind,
+                    reason: reason.as_str(),
+                })
+                .inc();
+        }
+    }
+
+    /// Sets how many mass-drift breakers are tripped in `scope` (a connection's board, or
+    /// one guard), and the kind's total with it.
+    pub fn mass_drift_tripped(&self, kind: &'static str, scope: String, tripped: usize) {
+        let total: usize = {
+            let mut by = self
+                .tripped_by_scope
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if tripped == 0 {
+                by.remove(&(kind, scope));
+            } else {
+                by.insert((kind, scope), tripped);
+            }
+            by.iter()
+                .filter(|((k, _), _)| *k == kind)
+                .map(|(_, n)| n)
+                .sum()
+        };
+        self.mass_drift_tripped
+            .get_or_create(&KindLabels { kind })
+            .set(i64::try_from(total).unwrap_or(i64::MAX));
     }
 
     /// Records a drift finding.

@@ -29,9 +29,13 @@ use super::conditions::{self, ConditionType, Desired, Reason, Status, to_time};
 use super::ledger::{
     self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
 };
+use super::safety::{
+    Intent, MassDriftHold, MissingResource, Removed, SafetyPolicy, TargetGate, removal_intent,
+    target_gate,
+};
 use super::{
-    Action, EngineEvent, EngineSettings, EventKind, Plan, PromisedResource, ResolveFailure,
-    ResolvedIds, Snapshot, Write,
+    Action, Attribution, EngineEvent, EngineSettings, EventKind, Plan, PromisedResource,
+    ResolveFailure, ResolvedIds, Snapshot, Write,
 };
 use crate::api::{
     AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, MIN_VERIFY_INTERVAL, ReprocessMode,
@@ -69,6 +73,11 @@ pub struct AssignmentInput<'a> {
     pub who: &'a str,
     /// The operator reprocesses nothing (`--reprocess-rate 0`): report drift, say why.
     pub operator_report_only: bool,
+    /// The safety rails in force for this object ([`super::safety`]).
+    pub safety: &'a SafetyPolicy,
+    /// The package's mass-drift breaker, when it is tripped and not acknowledged: automatic
+    /// repair waits for a person (the annotation still asks for one reprocess).
+    pub mass_drift: Option<&'a MassDriftHold>,
 }
 
 /// What went wrong when the driver performed a write action.
@@ -104,6 +113,8 @@ struct Outcome {
 struct Effects {
     ledger: Vec<LedgerUpdate>,
     note: Option<EngineEvent>,
+    /// The target whose account must be read before the plan can grant anything.
+    needs_account: Option<String>,
 }
 
 struct Ctx<'a, 'b> {
@@ -325,16 +336,31 @@ fn observe<'r>(
             }
             // Who removed it: looked up once by the driver, then kept from the stored
             // status until the resource is present again, so the text does not churn.
-            let last_change = (check.state == ResourceState::Missing)
+            let is_missing = check.state == ResourceState::Missing;
+            let found = input.snapshot.change(&r.kind, &ids.target_object_id);
+            let last_change = is_missing
+                .then(|| previous_change(ctx.prev, r).or_else(|| found.map(Attribution::describe)))
+                .flatten();
+            let before = previous_missing(ctx.prev, r);
+            let removed_by = is_missing
                 .then(|| {
-                    previous_change(ctx.prev, r).or_else(|| {
-                        input
-                            .snapshot
-                            .change(&r.kind, &ids.target_object_id)
-                            .map(super::Attribution::describe)
-                    })
+                    before
+                        .and_then(|p| p.removed_by.clone())
+                        .or_else(|| match found {
+                            Some(Attribution::Found {
+                                actor,
+                                at,
+                                activity,
+                            }) => Some(actor.to_removal(*at, activity)),
+                            _ => None,
+                        })
                 })
                 .flatten();
+            let missing_since = is_missing.then(|| {
+                before
+                    .and_then(|p| p.missing_since.clone())
+                    .unwrap_or_else(|| to_time(ctx.now))
+            });
             ResourceStatus {
                 last_change,
                 origin_system: r.origin_system.as_str().to_string(),
@@ -350,6 +376,8 @@ fn observe<'r>(
                 },
                 state: check.state,
                 note: r.note.clone().or(check.note),
+                removed_by,
+                missing_since,
             }
         })
         .collect();
@@ -366,12 +394,19 @@ fn same_resource(rs: &ResourceStatus, r: &PromisedResource) -> bool {
         && rs.mode.as_deref() == r.mode().map(|m| m.as_str())
 }
 
-/// The `lastChange` stored for `r` while it was already missing.
-fn previous_change(prev: &AccessPackageAssignmentStatus, r: &PromisedResource) -> Option<String> {
+/// `r` as the previous status recorded it, if it was already missing then.
+fn previous_missing<'p>(
+    prev: &'p AccessPackageAssignmentStatus,
+    r: &PromisedResource,
+) -> Option<&'p ResourceStatus> {
     prev.resources
         .iter()
         .find(|rs| same_resource(rs, r) && rs.state == ResourceState::Missing)
-        .and_then(|rs| rs.last_change.clone())
+}
+
+/// The `lastChange` stored for `r` while it was already missing.
+fn previous_change(prev: &AccessPackageAssignmentStatus, r: &PromisedResource) -> Option<String> {
+    previous_missing(prev, r).and_then(|rs| rs.last_change.clone())
 }
 
 /// The resources of a delivered assignment whose removal the driver should look up in the
@@ -380,12 +415,17 @@ fn previous_change(prev: &AccessPackageAssignmentStatus, r: &PromisedResource) -
 /// A resource missing while the assignment is still being delivered is not drift: nothing.
 /// Each comes with whether it was already missing on the previous pass (a lookup still
 /// pending) rather than newly removed.
+///
+/// With `respecting` (respected actors are set), a resource is asked about on every pass
+/// until the actor is recorded in `removedBy`: the repair decision needs this pass's answer
+/// ("unavailable", "not found yet"), which the lookup cache gives without a new request.
 pub fn attribution_needed<'r>(
     resources: &'r [PromisedResource],
     snapshot: &Snapshot,
     target_object_id: &str,
     assignment: Option<&Assignment>,
     previous: Option<&AccessPackageAssignmentStatus>,
+    respecting: bool,
 ) -> Vec<(&'r PromisedResource, bool)> {
     if assignment.is_none_or(|a| a.state != AssignmentState::Delivered) {
         return Vec::new();
@@ -396,7 +436,13 @@ pub fn attribution_needed<'r>(
         .filter(|r| {
             snapshot.check_detail(&r.kind, target_object_id).state == ResourceState::Missing
         })
-        .filter(|r| previous.is_none_or(|p| previous_change(p, r).is_none()))
+        .filter(|r| {
+            previous.is_none_or(|p| match previous_missing(p, r) {
+                Some(rs) if respecting => rs.removed_by.is_none(),
+                Some(rs) => rs.last_change.is_none(),
+                None => true,
+            })
+        })
         .map(|r| {
             let continuing = previous.is_some_and(|p| {
                 p.resources
@@ -597,6 +643,11 @@ fn delivered_state(
             );
         }
         let what = format!("resources missing: {}", labels(&observed.missing));
+        if !ctx.forced()
+            && let Some(held) = hold_for_intent(ctx, observed, status, &delivered)
+        {
+            return held;
+        }
         return repair(
             ctx,
             Action::Write(Write::ReprocessAssignment {
@@ -832,6 +883,10 @@ fn repair(
         }
         Gate::Open { attempts } => attempts,
     };
+    let gate_note = match gate_target(ctx, status, &delivered) {
+        Ok(note) => note,
+        Err(held) => return *held,
+    };
     ctx.effects
         .borrow_mut()
         .ledger
@@ -867,8 +922,12 @@ fn repair(
             Status::True,
             Reason::Reprocessing,
             format!(
-                "Reprocess {} of {} requested for {target} ({what}).",
-                status.reprocess.attempts, spec.max_attempts
+                "Reprocess {} of {} requested for {target} ({what}).{}",
+                status.reprocess.attempts,
+                spec.max_attempts,
+                gate_note
+                    .map(|n| format!(" Note: {n}."))
+                    .unwrap_or_default()
             ),
         )),
         delivered,
@@ -1250,6 +1309,9 @@ fn request_assignment(
             };
         }
     };
+    if let Err(held) = gate_target(ctx, status, &delivered) {
+        return *held;
+    }
     if let Some(v) = ctx.annotation_new {
         status.reprocess.last_handled_request = Some(v.to_string());
     }
@@ -1270,6 +1332,170 @@ fn request_assignment(
         stalled: None,
         requeue: ctx.settings().poll_interval,
     }
+}
+
+/// A hold: no write; `Stalled` with `reason`, and `Delivered` (unless it is True) says the
+/// same reason, keeping what it reported.
+fn held(ctx: &Ctx, reason: Reason, message: String, delivered: &Desired) -> Outcome {
+    let delivered = if delivered.status == Status::True {
+        delivered.clone()
+    } else {
+        Desired {
+            reason,
+            message: format!("{} {message}", delivered.message),
+            ..delivered.clone()
+        }
+    };
+    Outcome {
+        action: Action::GiveUp { reason },
+        delivered,
+        reconciling: None,
+        stalled: Some(Desired::new(
+            ConditionType::Stalled,
+            Status::True,
+            reason,
+            message,
+        )),
+        // Re-checked on the poll interval, so a re-enabled account or an acknowledgement is
+        // acted on within about one delta interval.
+        requeue: ctx.settings().hold_recheck.min(ctx.verify_interval),
+    }
+}
+
+/// The account gate before any grant: `Ok` with a note to show (a risk that could not be
+/// read), or the outcome that holds. An account not read yet asks the driver to read it.
+fn gate_target(
+    ctx: &Ctx,
+    status: &AccessPackageAssignmentStatus,
+    delivered: &Desired,
+) -> Result<Option<String>, Box<Outcome>> {
+    let Ok(ids) = &ctx.input.resolved else {
+        return Ok(None);
+    };
+    let target = status
+        .target_name
+        .clone()
+        .unwrap_or_else(|| ids.target_object_id.clone());
+    match target_gate(
+        ctx.input.safety,
+        ctx.input.snapshot,
+        &ids.target_object_id,
+        &target,
+    ) {
+        TargetGate::Confirmed { note } => Ok(note),
+        TargetGate::Unconfirmed => {
+            ctx.effects.borrow_mut().needs_account = Some(ids.target_object_id.clone());
+            Err(Box::new(Outcome {
+                action: Action::Wait {
+                    reason: Reason::Verifying,
+                },
+                delivered: delivered.clone(),
+                reconciling: Some(Desired::new(
+                    ConditionType::Reconciling,
+                    Status::True,
+                    Reason::Verifying,
+                    format!("Confirming {target}'s account before granting access back."),
+                )),
+                stalled: None,
+                requeue: ctx.settings().poll_interval,
+            }))
+        }
+        TargetGate::Held { reason, message } => {
+            Err(Box::new(held(ctx, reason, message, delivered)))
+        }
+    }
+}
+
+/// Before repairing missing resources: a removal by a respected actor, one still waiting
+/// for the audit log, or a tripped mass-drift breaker holds the repair.
+fn hold_for_intent(
+    ctx: &Ctx,
+    observed: &Observed,
+    status: &AccessPackageAssignmentStatus,
+    delivered: &Desired,
+) -> Option<Outcome> {
+    let input = ctx.input;
+    let target = input
+        .resolved
+        .as_ref()
+        .map(|ids| ids.target_object_id.as_str())
+        .unwrap_or_default();
+    let missing: Vec<MissingResource> = observed
+        .missing
+        .iter()
+        .map(|r| {
+            let rs = status.resources.iter().find(|rs| same_resource(rs, r));
+            let removed = match (
+                rs.and_then(|rs| rs.removed_by.as_ref()),
+                input.snapshot.change(&r.kind, target),
+            ) {
+                (Some(by), _) => Removed::By {
+                    actor: super::attribution::Actor::from_removal(by),
+                    at: by.time.0,
+                    activity: &by.activity,
+                },
+                (None, Some(Attribution::Unavailable { reason })) => {
+                    Removed::Unavailable { reason }
+                }
+                _ => Removed::Unknown,
+            };
+            MissingResource {
+                label: r.label(),
+                removed,
+                since: rs
+                    .and_then(|rs| rs.missing_since.as_ref())
+                    .map_or(ctx.now, |t| t.0),
+            }
+        })
+        .collect();
+    match removal_intent(input.safety, &missing, ctx.now) {
+        Intent::Repair => {}
+        Intent::Deliberate { message } => {
+            return Some(held(ctx, Reason::RemovedDeliberately, message, delivered));
+        }
+        Intent::HoldUnattributed { message } => {
+            return Some(held(
+                ctx,
+                Reason::AttributionUnavailable,
+                message,
+                delivered,
+            ));
+        }
+        Intent::Await { until, message } => {
+            return Some(Outcome {
+                action: Action::Wait {
+                    reason: Reason::AwaitingAttribution,
+                },
+                delivered: delivered.clone(),
+                reconciling: Some(Desired::new(
+                    ConditionType::Reconciling,
+                    Status::True,
+                    Reason::AwaitingAttribution,
+                    message,
+                )),
+                stalled: None,
+                requeue: elapsed(ctx.now, until)
+                    .min(ctx.settings().poll_interval)
+                    .max(Duration::from_secs(1)),
+            });
+        }
+    }
+    input.mass_drift.map(|hold| {
+        held(
+            ctx,
+            Reason::MassDrift,
+            format!(
+                "{} Automatic repair of this package is stopped until a person acknowledges it \
+                 (annotate the package's AccessPackageGuard or this object's connection with {} \
+                 = a new value, e.g. kubectl redeliver ack), or the drift falls back below the \
+                 threshold. Set the annotation {} on this object to repair it alone.",
+                hold.message,
+                crate::api::MASS_DRIFT_ACK_ANNOTATION,
+                crate::api::REPROCESS_ANNOTATION
+            ),
+            delivered,
+        )
+    })
 }
 
 fn ready_from(outcome: &Outcome) -> Desired {
@@ -1304,6 +1530,7 @@ fn finish(
     let Effects {
         ledger: mut ledger_updates,
         note,
+        needs_account,
     } = ctx.effects.take();
     if ctx.input.spec.suspend && outcome.action.is_write() {
         ledger_updates.retain(|u| !matches!(u, LedgerUpdate::Requested { .. }));
@@ -1338,6 +1565,7 @@ fn finish(
         events,
         missing,
         ledger: ledger_updates,
+        needs_account,
     }
 }
 
@@ -1379,7 +1607,10 @@ fn events_for(
         if d.status == Status::True && prev_false {
             push(EventKind::DeliveryVerified, d.message.clone());
         }
-        if d.reason == Reason::ResourcesMissing && prev_reason != Some(Reason::ResourcesMissing) {
+        if !missing.is_empty()
+            && d.reason.parse().is_ok_and(is_drift_reason)
+            && !prev_reason.is_some_and(is_drift_reason)
+        {
             push(
                 EventKind::DriftDetected,
                 format!(
@@ -1424,6 +1655,21 @@ fn events_for(
         push(EventKind::for_stalled(s), s.message.clone());
     }
     events
+}
+
+/// Delivered reasons that report missing resources: drift, whether repaired or held.
+fn is_drift_reason(r: Reason) -> bool {
+    matches!(
+        r,
+        Reason::ResourcesMissing
+            | Reason::RemovedDeliberately
+            | Reason::AttributionUnavailable
+            | Reason::MassDrift
+            | Reason::TargetDisabled
+            | Reason::TargetDeleted
+            | Reason::TargetAtRisk
+            | Reason::TargetUnverified
+    )
 }
 
 /// Records the id of the request the driver just created for a

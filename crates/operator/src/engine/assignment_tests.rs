@@ -3,7 +3,10 @@
 use super::*;
 use crate::api::{AccessPackageAssignmentSpec, ReprocessMode, ReprocessOutcome};
 use crate::engine::conditions::{ConditionType, Reason, find};
-use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
+use crate::engine::{
+    AccountState, MassDriftHold, ResolveFailureKind, ResourceRead, Risk, SafetyPolicy,
+    TargetAccount, promised_resources,
+};
 use crate::graph::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
 
 const PKG: &str = "9f1c0c7e-0000-4000-8000-000000000001";
@@ -85,6 +88,8 @@ struct Fx {
     snapshot: Snapshot,
     settings: EngineSettings,
     ledger: RepairLedger,
+    safety: SafetyPolicy,
+    mass_drift: Option<MassDriftHold>,
 }
 
 const WHO: &str = "AccessPackageAssignment access/alice-finance";
@@ -105,6 +110,8 @@ impl Fx {
         let mut snapshot = Snapshot::new();
         snapshot.record_group_members("g1", [USER, "other"]);
         snapshot.record_group_members("g2", [USER]);
+        // The account gate's read, as a driver records it before any grant.
+        snapshot.record_account(USER, TargetAccount::enabled());
         Self {
             generation: Some(1),
             spec: serde_json::from_value(serde_json::json!({
@@ -127,6 +134,8 @@ impl Fx {
             snapshot,
             settings: EngineSettings::default(),
             ledger: RepairLedger::new(),
+            safety: SafetyPolicy::default(),
+            mass_drift: None,
         }
     }
 
@@ -146,6 +155,8 @@ impl Fx {
                 ledger: &self.ledger,
                 who: WHO,
                 operator_report_only: false,
+                safety: &self.safety,
+                mass_drift: self.mass_drift.as_ref(),
             },
             now,
         )
@@ -1717,7 +1728,10 @@ mod attribution {
 
     fn by_admin(minute: i64) -> Attribution {
         Attribution::Found {
-            actor: Actor::User("admin@contoso.com".into()),
+            actor: Actor::User {
+                id: Some("u-admin".into()),
+                name: Some("admin@contoso.com".into()),
+            },
             at: at(minute),
             activity: "Remove member from group".into(),
         }
@@ -1742,7 +1756,8 @@ mod attribution {
                 &fx.snapshot,
                 USER,
                 fx.assignment.as_ref(),
-                fx.previous.as_ref()
+                fx.previous.as_ref(),
+                false
             )
             .iter()
             .map(|(r, continuing)| (r.display_name.as_str(), *continuing))
@@ -1786,7 +1801,8 @@ mod attribution {
                 &fx.snapshot,
                 USER,
                 fx.assignment.as_ref(),
-                fx.previous.as_ref()
+                fx.previous.as_ref(),
+                false
             )
             .is_empty()
         );
@@ -1837,7 +1853,8 @@ mod attribution {
                 &fx.snapshot,
                 USER,
                 fx.assignment.as_ref(),
-                None
+                None,
+                false
             )
             .is_empty()
         );
@@ -1849,7 +1866,8 @@ mod attribution {
                 &fx.snapshot,
                 USER,
                 fx.assignment.as_ref(),
-                None
+                None,
+                false
             )
             .is_empty()
         );
@@ -1887,4 +1905,301 @@ fn a_stored_role_matches_only_its_own_mode() {
     // The active Contributor at the same scope is another resource: it must not inherit
     // the eligible one's lastChange.
     assert!(!same_resource(&stored, &promised(RoleMode::Active)));
+}
+
+// ---- Safety: the account gate, respected removals, the mass-drift breaker ----
+
+fn account(fx: &mut Fx, state: AccountState) {
+    fx.snapshot.record_account(
+        USER,
+        TargetAccount {
+            state,
+            risk: Risk::NotChecked,
+        },
+    );
+}
+
+#[test]
+fn a_disabled_account_gets_no_reprocess_and_says_what_to_do() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    account(&mut fx, AccountState::Disabled);
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: Reason::TargetDisabled
+        }
+    );
+    assert!(p.ledger.is_empty(), "nothing is claimed: {:?}", p.ledger);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::TargetDisabled,
+    );
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::TargetDisabled);
+    assert_cond(&p, ConditionType::Ready, "False", Reason::TargetDisabled);
+    let stalled = cond(&p, ConditionType::Stalled).unwrap();
+    assert!(
+        stalled.message.contains("Re-enable the account"),
+        "{}",
+        stalled.message
+    );
+    assert_eq!(kinds(&p), [EventKind::DriftDetected, EventKind::TargetHeld]);
+    assert_eq!(p.status.reprocess.attempts, 0);
+    // Looked at again within about one delta interval.
+    assert_eq!(p.requeue_after, Duration::from_secs(60));
+    // Re-enabled: the repair goes ahead on the next pass.
+    account(&mut fx, AccountState::Enabled);
+    let p = fx.step(at(1));
+    assert!(p.action.is_reprocess(), "{:?}", p.action);
+    assert!(cond(&p, ConditionType::Stalled).is_none());
+}
+
+#[test]
+fn deleted_and_unconfirmable_accounts_are_held_and_the_annotation_does_not_override() {
+    for (state, reason) in [
+        (AccountState::Deleted, Reason::TargetDeleted),
+        (
+            AccountState::Unreadable {
+                reason: "the app lacks User.Read.All".into(),
+            },
+            Reason::TargetUnverified,
+        ),
+    ] {
+        let mut fx = Fx::new();
+        fx.remove_from_g2();
+        fx.annotation = Some("now".into());
+        account(&mut fx, state);
+        let p = fx.plan(at(0));
+        assert!(!p.action.is_write(), "{:?}", p.action);
+        assert_cond(&p, ConditionType::Stalled, "True", reason);
+        // Not handled: a person's request is honoured once the account can take it.
+        assert_eq!(p.status.reprocess.last_handled_request, None);
+    }
+}
+
+#[test]
+fn an_unread_account_asks_the_driver_to_read_it_and_a_healthy_object_never_does() {
+    let mut fx = Fx::new();
+    fx.snapshot.accounts.clear();
+    assert_eq!(fx.plan(at(0)).needs_account, None);
+    fx.remove_from_g2();
+    let p = fx.plan(at(0));
+    assert_eq!(p.needs_account.as_deref(), Some(USER));
+    assert!(!p.action.is_write());
+    assert!(p.ledger.is_empty());
+}
+
+#[test]
+fn a_request_for_a_disabled_account_is_not_submitted() {
+    let mut fx = Fx::new();
+    fx.assignment = None;
+    account(&mut fx, AccountState::Disabled);
+    let p = fx.plan(at(0));
+    assert!(!p.action.is_write(), "{:?}", p.action);
+    assert_cond(
+        &p,
+        ConditionType::Delivered,
+        "False",
+        Reason::TargetDisabled,
+    );
+    account(&mut fx, AccountState::Enabled);
+    assert!(matches!(
+        fx.plan(at(0)).action,
+        Action::Write(Write::RequestAssignment { .. })
+    ));
+}
+
+#[test]
+fn risky_accounts_are_held_only_when_asked_and_an_unreadable_risk_is_a_note() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.snapshot.record_account(
+        USER,
+        TargetAccount {
+            state: AccountState::Enabled,
+            risk: Risk::AtRisk {
+                level: "high".into(),
+                state: "atRisk".into(),
+            },
+        },
+    );
+    assert!(fx.plan(at(0)).action.is_reprocess());
+    fx.safety.hold_risky = true;
+    let p = fx.plan(at(0));
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::TargetAtRisk);
+    fx.snapshot.record_account(
+        USER,
+        TargetAccount {
+            state: AccountState::Enabled,
+            risk: Risk::Unavailable {
+                reason: "the app lacks IdentityRiskyUser.Read.All".into(),
+            },
+        },
+    );
+    let p = fx.plan(at(0));
+    assert!(p.action.is_reprocess());
+    let msg = &cond(&p, ConditionType::Reconciling).unwrap().message;
+    assert!(msg.contains("IdentityRiskyUser.Read.All"), "{msg}");
+}
+
+fn respecting(fx: &mut Fx) {
+    fx.safety = SafetyPolicy::from_spec(
+        &serde_json::from_value(serde_json::json!({
+            "respectedActors": {"userPrincipalNames": ["soc@contoso.com"]},
+            "attributionWait": "5m"
+        }))
+        .unwrap(),
+    );
+}
+
+fn removed_by(fx: &mut Fx, upn: &str) {
+    let kind = fx.resources[1].kind.clone();
+    fx.snapshot.record_change(
+        kind,
+        USER,
+        Attribution::Found {
+            actor: crate::engine::attribution::Actor::User {
+                id: Some("actor-id".into()),
+                name: Some(upn.into()),
+            },
+            at: at(0),
+            activity: "Remove member from group".into(),
+        },
+    );
+}
+
+#[test]
+fn a_removal_by_a_respected_actor_is_not_undone_and_names_the_actor() {
+    let mut fx = Fx::new();
+    respecting(&mut fx);
+    fx.remove_from_g2();
+    removed_by(&mut fx, "soc@contoso.com");
+    let p = fx.step(at(1));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: Reason::RemovedDeliberately
+        }
+    );
+    assert_cond(
+        &p,
+        ConditionType::Stalled,
+        "True",
+        Reason::RemovedDeliberately,
+    );
+    let msg = &cond(&p, ConditionType::Stalled).unwrap().message;
+    assert!(
+        msg.contains("soc@contoso.com") && msg.contains("Remove member from group"),
+        "{msg}"
+    );
+    let by = p.status.resources[1].removed_by.clone().unwrap();
+    assert_eq!(by.actor_kind, crate::api::ActorKind::User);
+    assert_eq!(by.actor_name.as_deref(), Some("soc@contoso.com"));
+    assert_eq!(by.actor_id.as_deref(), Some("actor-id"));
+    assert!(kinds(&p).contains(&EventKind::RemovedDeliberately));
+    // Kept from status on later passes, with no new lookup in the snapshot.
+    fx.snapshot.changes.clear();
+    let p = fx.step(at(2));
+    assert_cond(
+        &p,
+        ConditionType::Stalled,
+        "True",
+        Reason::RemovedDeliberately,
+    );
+    // A person may still grant it back.
+    fx.annotation = Some("grant-back".into());
+    assert!(fx.plan(at(3)).action.is_reprocess());
+}
+
+#[test]
+fn the_same_removal_by_another_actor_is_repaired() {
+    let mut fx = Fx::new();
+    respecting(&mut fx);
+    fx.remove_from_g2();
+    removed_by(&mut fx, "intern@contoso.com");
+    assert!(fx.plan(at(1)).action.is_reprocess());
+}
+
+#[test]
+fn an_unattributed_removal_waits_no_longer_than_the_bound() {
+    let mut fx = Fx::new();
+    respecting(&mut fx);
+    fx.remove_from_g2();
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::Wait {
+            reason: Reason::AwaitingAttribution
+        }
+    );
+    assert_cond(
+        &p,
+        ConditionType::Reconciling,
+        "True",
+        Reason::AwaitingAttribution,
+    );
+    assert_eq!(
+        p.status.resources[1].missing_since.as_ref().map(|t| t.0),
+        Some(at(0))
+    );
+    assert!(
+        fx.step(at(4)).action
+            == Action::Wait {
+                reason: Reason::AwaitingAttribution
+            }
+    );
+    // 5 minutes after it was first seen missing: repaired.
+    assert!(fx.step(at(5)).action.is_reprocess());
+}
+
+#[test]
+fn an_unreadable_audit_log_follows_the_rule() {
+    let mut fx = Fx::new();
+    respecting(&mut fx);
+    fx.remove_from_g2();
+    let kind = fx.resources[1].kind.clone();
+    fx.snapshot.record_change(
+        kind,
+        USER,
+        Attribution::Unavailable {
+            reason: "the app lacks AuditLog.Read.All".into(),
+        },
+    );
+    let p = fx.plan(at(0));
+    assert_cond(
+        &p,
+        ConditionType::Stalled,
+        "True",
+        Reason::AttributionUnavailable,
+    );
+    fx.safety.when_unattributed = crate::api::UnattributedRule::Repair;
+    assert!(fx.plan(at(0)).action.is_reprocess());
+}
+
+#[test]
+fn a_tripped_breaker_holds_automatic_repair_but_not_a_persons_request() {
+    let mut fx = Fx::new();
+    fx.remove_from_g2();
+    fx.mass_drift = Some(MassDriftHold {
+        message: "300 of 1000 delivered assignments of Finance Analysts drifted.".into(),
+    });
+    let p = fx.plan(at(0));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: Reason::MassDrift
+        }
+    );
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::MassDrift);
+    assert!(
+        cond(&p, ConditionType::Stalled)
+            .unwrap()
+            .message
+            .contains("300 of 1000")
+    );
+    fx.annotation = Some("one".into());
+    assert!(fx.plan(at(0)).action.is_reprocess());
 }

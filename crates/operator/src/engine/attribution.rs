@@ -8,8 +8,13 @@ use jiff::Timestamp;
 /// Who made a change, as the audit log's `initiatedBy` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {
-    /// A user, by UPN (or display name or id when the entry has no UPN).
-    User(String),
+    /// A user.
+    User {
+        /// Directory object id, when the entry carries it.
+        id: Option<String>,
+        /// User principal name (or display name when the entry has no UPN).
+        name: Option<String>,
+    },
     /// An application (a sync job, entitlement management itself).
     App {
         /// Its display name.
@@ -45,6 +50,63 @@ pub enum Attribution {
     },
 }
 
+impl Actor {
+    /// How messages name the actor: `admin@contoso.com`, `Payroll Sync (app 1b2c)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Actor::User { id, name } => name
+                .clone()
+                .or_else(|| id.clone())
+                .unwrap_or_else(|| "an unnamed user".to_string()),
+            Actor::App {
+                display_name,
+                app_id,
+            } => format!("{display_name} (app {app_id})"),
+            Actor::Unknown => "an unnamed initiator".to_string(),
+        }
+    }
+
+    /// The structured record kept in `status.resources[].removedBy`.
+    pub fn to_removal(&self, at: Timestamp, activity: &str) -> crate::api::Removal {
+        use crate::api::ActorKind;
+        let (actor_kind, actor_id, actor_name) = match self {
+            Actor::User { id, name } => (ActorKind::User, id.clone(), name.clone()),
+            Actor::App {
+                display_name,
+                app_id,
+            } => (
+                ActorKind::Application,
+                Some(app_id.clone()).filter(|s| !s.is_empty()),
+                Some(display_name.clone()).filter(|s| !s.is_empty()),
+            ),
+            Actor::Unknown => (ActorKind::Unknown, None, None),
+        };
+        crate::api::Removal {
+            actor_kind,
+            actor_id,
+            actor_name,
+            time: super::conditions::to_time(at),
+            activity: activity.to_string(),
+        }
+    }
+
+    /// The actor a stored `removedBy` names.
+    pub fn from_removal(r: &crate::api::Removal) -> Self {
+        use crate::api::ActorKind;
+        match r.actor_kind {
+            ActorKind::User => Actor::User {
+                id: r.actor_id.clone(),
+                name: r.actor_name.clone(),
+            },
+            ActorKind::Application => Actor::App {
+                display_name: r.actor_name.clone().unwrap_or_default(),
+                app_id: r.actor_id.clone().unwrap_or_default(),
+            },
+            ActorKind::Unknown => Actor::Unknown,
+        }
+    }
+}
+
 /// How a found attribution starts, so a stored one is recognised (and kept) later.
 const FOUND_PREFIX: &str = "removed by ";
 
@@ -58,16 +120,11 @@ impl Attribution {
                 at,
                 activity,
             } => {
-                let who = match actor {
-                    Actor::User(upn) => upn.clone(),
-                    Actor::App {
-                        display_name,
-                        app_id,
-                    } => format!("{display_name} (app {app_id})"),
-                    Actor::Unknown => "an unnamed initiator".to_string(),
-                };
                 let at = at.round(jiff::Unit::Second).unwrap_or(*at);
-                format!("{FOUND_PREFIX}{who} at {at} via \"{activity}\"")
+                format!(
+                    "{FOUND_PREFIX}{} at {at} via \"{activity}\"",
+                    actor.describe()
+                )
             }
             Attribution::Unavailable { reason } => format!("attribution unavailable: {reason}"),
             Attribution::NotFound { lookups } => format!(
@@ -91,7 +148,10 @@ mod tests {
     fn describes_users_apps_and_failures() {
         let at: Timestamp = "2026-12-01T10:42:07.5Z".parse().unwrap();
         let user = Attribution::Found {
-            actor: Actor::User("admin@contoso.com".into()),
+            actor: Actor::User {
+                id: Some("u-admin".into()),
+                name: Some("admin@contoso.com".into()),
+            },
             at,
             activity: "Remove member from group".into(),
         };

@@ -126,6 +126,27 @@ pub enum Reason {
     AuthenticationFailed,
     /// Connection: a token was issued but the probe read failed.
     ProbeFailed,
+    /// Safety: the target's account is disabled; nothing is granted back.
+    TargetDisabled,
+    /// Safety: the target no longer exists in the directory.
+    TargetDeleted,
+    /// Safety: Identity Protection reports the target at risk (safety.holdRiskyUsers).
+    TargetAtRisk,
+    /// Safety: the target's account could not be confirmed, so nothing is granted.
+    TargetUnverified,
+    /// Safety: a respected actor removed the resource; it is not undone.
+    RemovedDeliberately,
+    /// Safety: respected actors are set and the removal is not attributed yet; the repair
+    /// waits, bounded by safety.attributionWait.
+    AwaitingAttribution,
+    /// Safety: respected actors are set, the audit log cannot be read, and
+    /// safety.whenUnattributed is Hold.
+    AttributionUnavailable,
+    /// Safety (guard): every drifted assignment left to repair is held by the account gate.
+    AccountsHeld,
+    /// Safety: the mass-drift breaker tripped; automatic repair of the package waits for a
+    /// person.
+    MassDrift,
 }
 
 impl Reason {

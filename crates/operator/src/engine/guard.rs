@@ -11,14 +11,15 @@ use super::conditions::{self, ConditionType, Desired, Reason, Status, to_time};
 use super::ledger::{
     self, Gate, LedgerUpdate, RepairKey, RepairLedger, RepairLimits, RepairRecord,
 };
+use super::safety::{SafetyPolicy, TargetGate, target_gate};
 use super::{
     EngineEvent, EngineSettings, EventKind, PromisedResource, ResolveFailure, ResourceKind,
     Snapshot,
 };
 use crate::api::{
     AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts, DriftedAssignment,
-    GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL, ResourceState,
-    UnmanagedMembers, parse_duration, validate_guard_spec,
+    GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL, MassDriftStatus,
+    ResourceState, UnmanagedMembers, parse_duration, validate_guard_spec,
 };
 use crate::graph::models::{Assignment, AssignmentState};
 
@@ -50,6 +51,13 @@ pub struct GuardInput<'a> {
     /// The redeliver.dev/reprocess-requested-at annotation, when set: the sweep echoes it
     /// in `status.lastHandledRequest` (the watch already runs a sweep when it changes).
     pub reprocess_annotation: Option<&'a str>,
+    /// The safety rails in force for this guard ([`super::safety`]).
+    pub safety: &'a SafetyPolicy,
+    /// The redeliver.dev/mass-drift-acknowledged-at annotation, when set.
+    pub mass_drift_ack: Option<&'a str>,
+    /// A person acknowledged any mass drift out of band (`redeliver audit
+    /// --acknowledge-mass-drift`): repairs proceed even on the sweep that trips it.
+    pub mass_drift_acknowledged: bool,
 }
 
 /// One drifted assignment found by the sweep (the full list, unbounded, for reports).
@@ -80,6 +88,10 @@ pub struct GuardPlan {
     pub ledger: Vec<LedgerUpdate>,
     /// What the selection saw, for [`record_guard_outcome`].
     pub in_flight: InFlight,
+    /// Targets of selected reprocesses whose accounts have not been read: the driver reads
+    /// them in one batch, records them in the snapshot and plans again. Empty when nothing
+    /// is to be reprocessed, so a healthy sweep costs no account read.
+    pub needs_accounts: Vec<String>,
 }
 
 /// Reprocesses in flight that the plan did not send itself.
@@ -128,7 +140,13 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
 
     let mut census = count(input);
     let mut entries = carry_over(&prev, &census.drifted, now);
-    let selection = select(input, &mut entries, now);
+    status.mass_drift = breaker(input, &prev, &census.counts, now);
+    let tripped = status
+        .mass_drift
+        .as_ref()
+        .is_some_and(|m| m.acknowledged_time.is_none());
+    let selection = select(input, &mut entries, now, tripped);
+    census.counts.held = i32::try_from(selection.held).unwrap_or(i32::MAX);
     census.counts.reprocessing =
         i32::try_from(selection.cooling + selection.reprocess.len()).unwrap_or(i32::MAX);
     entries.truncate(MAX_DRIFTED_LISTED);
@@ -141,7 +159,7 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
     status.last_sweep_time = Some(to_time(now));
     status.conditions = conditions::build_conditions(
         &prev.conditions,
-        desired_conditions(input, &census, &selection),
+        desired_conditions(input, &census, &selection, status.mass_drift.as_ref()),
         input.generation,
         now,
     );
@@ -168,6 +186,44 @@ pub fn plan_guard_sweep(input: &GuardInput, now: Timestamp) -> GuardPlan {
             by_others: selection.by_others,
             postponed: selection.postponed,
         },
+        needs_accounts: selection.needs_accounts,
+    }
+}
+
+/// The mass-drift breaker of an Enforce guard: trips when the sweep finds at least the
+/// threshold drifted, stays tripped until the acknowledgement annotation gets a new value,
+/// and clears once the drift falls back below the threshold.
+fn breaker(
+    input: &GuardInput,
+    prev: &AccessPackageGuardStatus,
+    counts: &AssignmentCounts,
+    now: Timestamp,
+) -> Option<MassDriftStatus> {
+    let drifted = usize::try_from(counts.drifted).unwrap_or(0);
+    let delivered = usize::try_from(counts.delivered + counts.drifted).unwrap_or(0);
+    if input.spec.mode != GuardMode::Enforce || !input.safety.breaker.trips(drifted, delivered) {
+        return None;
+    }
+    let ack = input.mass_drift_ack.map(str::to_string);
+    match &prev.mass_drift {
+        Some(m) if m.acknowledged_time.is_some() => Some(m.clone()),
+        Some(m)
+            if input.mass_drift_acknowledged
+                || (ack.is_some() && m.acknowledgement_before != ack) =>
+        {
+            Some(MassDriftStatus {
+                acknowledged_time: Some(to_time(now)),
+                ..m.clone()
+            })
+        }
+        Some(m) => Some(m.clone()),
+        None => Some(MassDriftStatus {
+            tripped_time: to_time(now),
+            drifted: counts.drifted,
+            delivered: counts.delivered + counts.drifted,
+            acknowledgement_before: ack,
+            acknowledged_time: input.mass_drift_acknowledged.then(|| to_time(now)),
+        }),
     }
 }
 
@@ -343,6 +399,7 @@ fn stalled_plan(
         events,
         ledger: Vec::new(),
         in_flight: InFlight::default(),
+        needs_accounts: Vec::new(),
     }
 }
 
@@ -468,6 +525,7 @@ fn carry_over(
                 last_reprocess_time: old.and_then(|o| o.last_reprocess_time.clone()),
                 reprocess_attempts: old.map(|o| o.reprocess_attempts).unwrap_or(0),
                 reprocessed_by: old.and_then(|o| o.reprocessed_by.clone()),
+                held: None,
             }
         })
         .collect();
@@ -495,13 +553,22 @@ struct Selection {
     spec_budget: usize,
     /// When the earliest repair should be checked.
     next_check: Option<Duration>,
+    /// Drifts held by the account gate.
+    held: usize,
+    /// Targets to confirm before the selection can stand.
+    needs_accounts: Vec<String>,
 }
 
 /// Reprocess selection over every drifted assignment (not only the listed ones), oldest
 /// drift first: Enforce only, within maxReprocessPerSweep and the operator's rate limit,
 /// skipping those within their cooldown (whoever reprocessed them) and those whose shared
 /// attempts are used up. Mirrors the shared history into each entry.
-fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp) -> Selection {
+fn select(
+    input: &GuardInput,
+    entries: &mut [DriftedAssignment],
+    now: Timestamp,
+    tripped: bool,
+) -> Selection {
     let settings = input.settings;
     let who = input.who;
     let limits = RepairLimits {
@@ -509,7 +576,7 @@ fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp)
         max_attempts: settings.guard_max_attempts,
     };
     let spec_budget = match input.spec.mode {
-        _ if input.operator_report_only => 0,
+        _ if input.operator_report_only || tripped => 0,
         GuardMode::Enforce => usize::try_from(input.spec.max_reprocess_per_sweep).unwrap_or(0),
         GuardMode::Audit => 0,
     };
@@ -523,6 +590,8 @@ fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp)
         postponed: 0,
         spec_budget,
         next_check: None,
+        held: 0,
+        needs_accounts: Vec::new(),
     };
     let check_at = |next: &mut Option<Duration>, d: Duration| {
         *next = Some(next.map_or(d, |c| c.min(d)));
@@ -556,6 +625,20 @@ fn select(input: &GuardInput, entries: &mut [DriftedAssignment], now: Timestamp)
             }
             Gate::Open { attempts } => {
                 if out.reprocess.len() < budget {
+                    match target_gate(input.safety, input.snapshot, &e.target_object_id, &e.target)
+                    {
+                        TargetGate::Confirmed { .. } => e.held = None,
+                        TargetGate::Unconfirmed => {
+                            out.needs_accounts.push(e.target_object_id.clone());
+                            continue;
+                        }
+                        TargetGate::Held { reason, message } => {
+                            e.held = Some(format!("{reason}: {message}"));
+                            out.held += 1;
+                            check_at(&mut out.next_check, settings.hold_recheck);
+                            continue;
+                        }
+                    }
                     let record = RepairRecord {
                         attempts: attempts.saturating_add(1),
                         last_requested: now,
@@ -603,7 +686,12 @@ fn unmanaged(input: &GuardInput, assigned: &HashSet<&str>) -> UnmanagedMembers {
 }
 
 /// Ready, Delivered, and Reconciling/Stalled while true.
-fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> Vec<Desired> {
+fn desired_conditions(
+    input: &GuardInput,
+    census: &Census,
+    sel: &Selection,
+    mass_drift: Option<&MassDriftStatus>,
+) -> Vec<Desired> {
     let counts = &census.counts;
     let delivered = if counts.drifted > 0 {
         Desired::new(
@@ -676,18 +764,53 @@ fn desired_conditions(input: &GuardInput, census: &Census, sel: &Selection) -> V
             ),
         )
     });
-    let stalled = (sel.exhausted > 0).then(|| {
-        Desired::new(
+    let tripped = mass_drift.filter(|m| m.acknowledged_time.is_none());
+    let stalled = if let Some(m) = tripped {
+        Some(Desired::new(
             ConditionType::Stalled,
             Status::True,
-            Reason::ReprocessExhausted,
+            Reason::MassDrift,
             format!(
-                "{} still drifted after {} reprocess attempts each; find what keeps removing \
-                 the access.",
-                count_of(sel.exhausted, "drifted assignment"),
-                input.settings.guard_max_attempts
+                "Mass drift: {} of {} delivered assignments drifted (threshold: {}), so automatic \
+                 repair of this package stopped at {}. Find out whether the removal was \
+                 intended; to resume repairs, set the annotation {} to a new value (kubectl \
+                 redeliver ack apg/<name>). Repairs also resume once the drift falls below the \
+                 threshold.",
+                m.drifted,
+                m.delivered,
+                input.safety.breaker.describe(),
+                m.tripped_time.0,
+                crate::api::MASS_DRIFT_ACK_ANNOTATION
             ),
-        )
+        ))
+    } else if sel.held > 0 && sel.reprocess.is_empty() && sel.cooling == 0 && sel.exhausted == 0 {
+        Some(Desired::new(
+            ConditionType::Stalled,
+            Status::True,
+            Reason::AccountsHeld,
+            format!(
+                "{} held: their accounts are disabled, deleted, at risk or could not be \
+                 confirmed, so nothing is granted back (status.drifted[].held says which).",
+                count_of(sel.held, "drifted assignment")
+            ),
+        ))
+    } else {
+        None
+    };
+    let stalled = stalled.or_else(|| {
+        (sel.exhausted > 0).then(|| {
+            Desired::new(
+                ConditionType::Stalled,
+                Status::True,
+                Reason::ReprocessExhausted,
+                format!(
+                    "{} still drifted after {} reprocess attempts each; find what keeps removing \
+                 the access.",
+                    count_of(sel.exhausted, "drifted assignment"),
+                    input.settings.guard_max_attempts
+                ),
+            )
+        })
     });
     let ready = if let Some(s) = &stalled {
         Desired::new(

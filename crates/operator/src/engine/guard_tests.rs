@@ -2,7 +2,10 @@
 
 use super::*;
 use crate::engine::conditions::{ConditionType, Reason, find};
-use crate::engine::{ResolveFailureKind, ResourceRead, promised_resources};
+use crate::engine::{
+    AccountState, BreakerPolicy, ResolveFailureKind, ResourceRead, Risk, SafetyPolicy,
+    TargetAccount, promised_resources,
+};
 use crate::graph::models::{ResourceRole, ResourceRoleScope, ResourceScope};
 
 const PKG: &str = "9f1c0c7e-0000-4000-8000-000000000001";
@@ -50,6 +53,8 @@ struct Fx {
     budget: Option<usize>,
     operator_report_only: bool,
     annotation: Option<String>,
+    safety: SafetyPolicy,
+    mass_drift_ack: Option<String>,
 }
 
 const WHO: &str = "AccessPackageGuard access/finance";
@@ -61,6 +66,9 @@ impl Fx {
         let mut snapshot = Snapshot::new();
         snapshot.record_group_members("g1", ["alice", "bob", "dave", "mallory"]);
         snapshot.record_group_members("g2", ["alice"]);
+        for u in ["alice", "bob", "carol", "dave", "erin"] {
+            snapshot.record_account(u, TargetAccount::enabled());
+        }
         Self {
             generation: Some(1),
             spec: serde_json::from_value(serde_json::json!({"accessPackage": {"id": PKG}}))
@@ -84,6 +92,16 @@ impl Fx {
             budget: None,
             operator_report_only: false,
             annotation: None,
+            // The breaker has tests of its own below; these exercise selection with many
+            // drifted assignments at once, which it would stop.
+            safety: SafetyPolicy {
+                breaker: BreakerPolicy {
+                    enabled: false,
+                    ..SafetyPolicy::default().breaker
+                },
+                ..SafetyPolicy::default()
+            },
+            mass_drift_ack: None,
         }
     }
 
@@ -94,6 +112,9 @@ impl Fx {
             .map(|i| assignment(&format!("a{i:03}"), &format!("u{i:03}"), "delivered"))
             .collect();
         let users: Vec<String> = (0..n).map(|i| format!("u{i:03}")).collect();
+        for u in &users {
+            fx.snapshot.record_account(u, TargetAccount::enabled());
+        }
         fx.snapshot.record_group_members("g1", users.clone());
         fx.snapshot
             .record_group_members("g2", users.into_iter().skip(drifted).collect::<Vec<_>>());
@@ -116,6 +137,9 @@ impl Fx {
                 reprocess_budget: self.budget,
                 operator_report_only: self.operator_report_only,
                 reprocess_annotation: self.annotation.as_deref(),
+                safety: &self.safety,
+                mass_drift_ack: self.mass_drift_ack.as_deref(),
+                mass_drift_acknowledged: false,
             },
             now,
         )
@@ -159,6 +183,7 @@ fn enforce_sweep_counts_lists_and_reprocesses() {
             reprocessing: 1,
             failed: 1,
             pending: 1,
+            held: 0,
         }
     );
     assert_eq!(p.reprocess, ["a2"]);
@@ -658,4 +683,119 @@ fn a_sweep_echoes_the_reprocess_request_it_handled() {
         again.status.last_handled_request,
         p.status.last_handled_request
     );
+}
+
+// ---- Safety: the account gate and the mass-drift breaker ----
+
+#[test]
+fn a_sweep_holds_disabled_and_deleted_targets_and_reprocesses_the_rest() {
+    let mut fx = Fx::many(4, 3);
+    fx.snapshot.record_account(
+        "u000",
+        TargetAccount {
+            state: AccountState::Disabled,
+            risk: Risk::NotChecked,
+        },
+    );
+    fx.snapshot.record_account(
+        "u001",
+        TargetAccount {
+            state: AccountState::Deleted,
+            risk: Risk::NotChecked,
+        },
+    );
+    let p = fx.plan(at(0));
+    assert_eq!(p.reprocess, ["a002"]);
+    assert_eq!(p.status.assignments.held, 2);
+    let held: Vec<&str> = p
+        .status
+        .drifted
+        .iter()
+        .filter_map(|d| d.held.as_deref())
+        .collect();
+    assert_eq!(held.len(), 2);
+    assert!(held[0].starts_with("TargetDisabled: "), "{held:?}");
+    assert!(held[1].starts_with("TargetDeleted: "), "{held:?}");
+}
+
+#[test]
+fn a_sweep_asks_for_unread_accounts_of_what_it_would_reprocess_only() {
+    let mut fx = Fx::many(10, 2);
+    fx.snapshot.accounts.clear();
+    let p = fx.plan(at(0));
+    assert!(p.reprocess.is_empty());
+    assert_eq!(p.needs_accounts, ["u000", "u001"]);
+    let healthy = Fx::many(10, 0);
+    assert!(healthy.plan(at(0)).needs_accounts.is_empty());
+}
+
+fn with_breaker(mut fx: Fx) -> Fx {
+    fx.safety = SafetyPolicy::default();
+    fx.spec.max_reprocess_per_sweep = 50;
+    fx
+}
+
+#[test]
+fn a_mass_removal_trips_the_breaker_before_any_reprocess() {
+    // 300 of 1,000 delivered assignments lose fin-writers at once.
+    let mut fx = with_breaker(Fx::many(1000, 300));
+    let p = fx.step(at(0));
+    assert!(p.reprocess.is_empty(), "{} reprocesses", p.reprocess.len());
+    assert!(
+        p.ledger
+            .iter()
+            .all(|u| !matches!(u, crate::engine::ledger::LedgerUpdate::Requested { .. }))
+    );
+    assert_cond(&p, ConditionType::Stalled, "True", Reason::MassDrift);
+    let msg = &find(&p.status.conditions, ConditionType::Stalled)
+        .unwrap()
+        .message;
+    assert!(msg.contains("300 of 1000"), "{msg}");
+    let md = p.status.mass_drift.clone().unwrap();
+    assert_eq!((md.drifted, md.delivered), (300, 1000));
+    assert!(p.events.iter().any(|e| e.kind == EventKind::MassDrift));
+    // Still tripped on the next sweep, and still no repair.
+    let p = fx.step(at(20));
+    assert!(p.reprocess.is_empty());
+    assert_eq!(p.status.mass_drift.unwrap().tripped_time.0, at(0));
+}
+
+#[test]
+fn after_acknowledgement_repairs_proceed_at_the_configured_rate() {
+    let mut fx = with_breaker(Fx::many(1000, 300));
+    fx.step(at(0));
+    fx.mass_drift_ack = Some("2026-12-04T10:00:00Z".into());
+    let p = fx.step(at(1));
+    assert_eq!(p.reprocess.len(), 50, "maxReprocessPerSweep bounds it");
+    assert!(
+        p.status
+            .mass_drift
+            .as_ref()
+            .unwrap()
+            .acknowledged_time
+            .is_some()
+    );
+    assert!(find(&p.status.conditions, ConditionType::Stalled).is_none());
+    fx.budget = Some(7);
+    let p = fx.step(at(30));
+    assert_eq!(p.reprocess.len(), 7, "the operator's rate bounds it too");
+}
+
+#[test]
+fn the_breaker_clears_when_drift_falls_below_the_threshold_and_ignores_small_drift() {
+    let mut fx = with_breaker(Fx::many(1000, 300));
+    fx.step(at(0));
+    let users: Vec<String> = (0..1000).map(|i| format!("u{i:03}")).collect();
+    fx.snapshot
+        .record_group_members("g2", users.into_iter().skip(5).collect::<Vec<_>>());
+    let p = fx.step(at(20));
+    assert!(p.status.mass_drift.is_none());
+    assert_eq!(p.reprocess.len(), 5);
+    // One user of a small package never trips it.
+    let mut small = with_breaker(Fx::many(3, 1));
+    assert_eq!(small.step(at(0)).reprocess.len(), 1);
+    // Audit mode reports only: nothing to stop.
+    let mut audit = with_breaker(Fx::many(1000, 300));
+    audit.spec.mode = GuardMode::Audit;
+    assert!(audit.step(at(0)).status.mass_drift.is_none());
 }

@@ -24,6 +24,7 @@ mod drift_report;
 mod guard;
 pub mod ledger;
 mod resources;
+pub mod safety;
 mod snapshot;
 pub mod target;
 
@@ -43,6 +44,10 @@ pub use guard::{
 };
 pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
+};
+pub use safety::{
+    BreakerPolicy, Intent, MassDriftBoard, MassDriftHold, MissingResource, Removed, Respected,
+    SafetyPolicy, TargetGate, removal_intent, target_gate,
 };
 pub use snapshot::{
     Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,
@@ -69,6 +74,9 @@ pub struct EngineSettings {
     pub guard_reprocess_cooldown: Duration,
     /// Guard: reprocess attempts per drifted assignment before reporting it as exhausted.
     pub guard_max_attempts: i32,
+    /// How soon an object held by a safety rail (disabled account, mass drift, ...) looks
+    /// again, so the repair proceeds about one delta interval after the hold ends.
+    pub hold_recheck: Duration,
 }
 
 impl Default for EngineSettings {
@@ -81,6 +89,7 @@ impl Default for EngineSettings {
             default_verify_interval: Duration::from_secs(10 * 60),
             guard_reprocess_cooldown: Duration::from_secs(10 * 60),
             guard_max_attempts: 3,
+            hold_recheck: Duration::from_secs(60),
         }
     }
 }
@@ -210,6 +219,15 @@ pub enum EventKind {
     AssignmentRemoved,
     /// Deleted while `spec.suspend` is true: the assignment was left in place.
     RemovalSkipped,
+    /// Safety: a grant was held because of the target's account (disabled, deleted, at risk,
+    /// not confirmable).
+    TargetHeld,
+    /// Safety: a respected actor removed the access; not undone.
+    RemovedDeliberately,
+    /// Safety: respected actors are set and the audit log cannot be read.
+    AttributionUnavailable,
+    /// Safety: the mass-drift breaker tripped.
+    MassDrift,
 }
 
 impl EventKind {
@@ -233,6 +251,10 @@ impl EventKind {
             Self::RemovalRequested => "RemovalRequested",
             Self::AssignmentRemoved => "AssignmentRemoved",
             Self::RemovalSkipped => "RemovalSkipped",
+            Self::TargetHeld => "TargetHeld",
+            Self::RemovedDeliberately => "RemovedDeliberately",
+            Self::AttributionUnavailable => "AttributionUnavailable",
+            Self::MassDrift => "MassDrift",
         }
     }
 
@@ -271,6 +293,14 @@ impl EventKind {
             Reason::Expired => Self::Expired,
             Reason::RequestDenied => Self::RequestDenied,
             Reason::Rejected => Self::ActionFailed,
+            Reason::TargetDisabled
+            | Reason::TargetDeleted
+            | Reason::TargetAtRisk
+            | Reason::TargetUnverified
+            | Reason::AccountsHeld => Self::TargetHeld,
+            Reason::RemovedDeliberately => Self::RemovedDeliberately,
+            Reason::AttributionUnavailable => Self::AttributionUnavailable,
+            Reason::MassDrift => Self::MassDrift,
             _ => Self::ResolveFailed,
         }
     }
@@ -327,6 +357,10 @@ pub struct Plan {
     /// Changes to the shared repair ledger, to apply together with the planning (see
     /// [`ledger`]); a `Requested` one is undone when the write does not happen.
     pub ledger: Vec<ledger::LedgerUpdate>,
+    /// A grant is due but the target's account has not been read: the driver reads it
+    /// (`observe::accounts`), records it in the snapshot and plans again. Never set on a plan
+    /// that needs no write, so healthy objects cost no account read.
+    pub needs_account: Option<String>,
 }
 
 #[cfg(test)]

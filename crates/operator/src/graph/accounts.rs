@@ -1,7 +1,7 @@
 //! Account-state reads made before a grant (docs/graph.md "Account state"): whether each
 //! target still exists and is enabled, and what Identity Protection says about it. Both go
-//! out as `$batch` envelopes of [`MAX_BATCH`] GETs, sent together; the client's concurrency
-//! limit bounds how many are in flight.
+//! out as `$batch` envelopes of [`MAX_BATCH`] GETs, sent together (one user's account is a
+//! plain GET); the client's concurrency limit bounds how many are in flight.
 
 use futures::future::join_all;
 
@@ -28,6 +28,12 @@ impl GraphClient {
         ids: &[String],
     ) -> Result<Vec<(String, AccountRead)>, GraphError> {
         const OP: &str = "get_user_account";
+        // One user (the usual repair of one object): a plain GET, no envelope around it.
+        if let [id] = ids {
+            let path = format!("/users/{}", segment(OP, id)?);
+            let url = self.url(OP, &path, &[("$select", ACCOUNT_SELECT)])?;
+            return Ok(vec![(id.clone(), self.get_optional(OP, url).await)]);
+        }
         let mut urls = Vec::with_capacity(ids.len());
         for id in ids {
             let path = format!("/users/{}", segment(OP, id)?);

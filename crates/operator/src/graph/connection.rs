@@ -79,6 +79,7 @@ mod tests {
             arm_url: arm_url.map(str::to_string),
             concurrency: None,
             reprocess_rate: None,
+            safety: None,
         }
     }
 

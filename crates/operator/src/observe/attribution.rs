@@ -209,9 +209,15 @@ fn search(entries: &[DirectoryAudit], kind: &ResourceKind, user_id: &str) -> Sea
         let name = u
             .user_principal_name
             .clone()
-            .or_else(|| u.display_name.clone())
-            .or_else(|| u.id.clone());
-        name.map_or(Actor::Unknown, Actor::User)
+            .or_else(|| u.display_name.clone());
+        if name.is_none() && u.id.is_none() {
+            Actor::Unknown
+        } else {
+            Actor::User {
+                id: u.id.clone(),
+                name,
+            }
+        }
     } else if let Some(app) = &init.app {
         Actor::App {
             display_name: app.display_name.clone().unwrap_or_default(),
