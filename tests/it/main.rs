@@ -21,6 +21,7 @@ mod controller_ledger;
 mod controller_observations;
 mod controller_reconcile;
 mod controller_runtime;
+mod controller_safety;
 mod controller_tenants;
 mod crds_in_sync;
 mod drift_report_against_sim;

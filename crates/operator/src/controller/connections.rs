@@ -39,8 +39,9 @@ use crate::engine::{MassDriftBoard, SafetyPolicy};
 use crate::graph::config::{GraphArgs, Secret};
 pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
 use crate::graph::{GraphClient, GraphError};
+use crate::observe::accounts::AccountSettings;
 use crate::observe::attribution::{AttributionSettings, Attributor};
-use crate::observe::safety::SafetyReads;
+use crate::observe::safety::{RESPECTED_GROUP_TTL, SafetyReads};
 
 /// How often a ready connection is checked again (its Secret re-read, a token obtained).
 pub const RECHECK_READY: Duration = Duration::from_secs(300);
@@ -115,6 +116,8 @@ pub struct TenantSettings {
     pub recheck_ready: Duration,
     /// How often a stalled connection is checked again ([`RECHECK_STALLED`] by default).
     pub recheck_stalled: Duration,
+    /// How long a write target's account state is trusted (see `Settings::account_max_age`).
+    pub account_max_age: Duration,
 }
 
 /// Why an object cannot be reconciled now: its connection is not usable.
@@ -273,7 +276,13 @@ impl Connections {
             reprocess_bucket: bucket,
             ledger,
             safety_spec,
-            safety: SafetyReads::default(),
+            safety: SafetyReads::new(
+                AccountSettings {
+                    ttl: self.settings.account_max_age,
+                    ..AccountSettings::default()
+                },
+                RESPECTED_GROUP_TTL,
+            ),
             breaker,
         }
     }

@@ -71,6 +71,9 @@ pub struct Settings {
     /// Cross-check verdicts against Microsoft's access drift report
     /// (`--use-access-drift-report`; off by default).
     pub use_access_drift_report: bool,
+    /// How long a write target's account state (enabled, deleted, at risk) is trusted.
+    /// Kept below the delta interval, so a re-enabled account's repair proceeds within one.
+    pub account_max_age: Duration,
 }
 
 impl Default for Settings {
@@ -94,6 +97,7 @@ impl Default for Settings {
             connection_recheck_stalled: super::connections::RECHECK_STALLED,
             shard: super::shard::Shard::default(),
             use_access_drift_report: false,
+            account_max_age: crate::observe::accounts::AccountSettings::default().ttl,
         }
     }
 }
@@ -158,6 +162,13 @@ impl Context {
             stuck_after: settings.stuck_after,
             default_verify_interval: settings.verify_interval,
             poll_interval: settings.poll_interval,
+            // A held object looks again once per delta interval: a re-enabled account or an
+            // acknowledgement is acted on within one.
+            hold_recheck: if settings.delta_interval.is_zero() {
+                EngineSettings::default().hold_recheck
+            } else {
+                settings.delta_interval
+            },
             ..EngineSettings::default()
         };
         let connections = Connections::new(
@@ -172,6 +183,11 @@ impl Context {
                 operator_namespace: settings.operator_namespace.clone(),
                 recheck_ready: settings.connection_recheck_ready,
                 recheck_stalled: settings.connection_recheck_stalled,
+                account_max_age: if settings.delta_interval.is_zero() {
+                    settings.account_max_age
+                } else {
+                    settings.account_max_age.min(settings.delta_interval / 2)
+                },
             },
         );
         Self {

@@ -232,7 +232,9 @@ pub async fn run(
             for e in &poll.failed {
                 tracing::warn!(connection = %key, error = %e, "group delta poll failed; its changes come next poll");
             }
-            if !send(tenant, objs, &trigger, &Changes::of(&poll), "changed").await {
+            let changes = Changes::of(&poll);
+            register_mass_drift(tenant, objs, &changes);
+            if !send(tenant, objs, &trigger, &changes, "changed").await {
                 return;
             }
             // Follow the groups the objects rely on now; a group followed from now on is
@@ -253,6 +255,64 @@ pub async fn run(
             }
         }
         trackers.retain(|k, _| groups.contains_key(k));
+    }
+}
+
+/// Counts a window's removals against each package's mass-drift breaker (the connection's
+/// policy) before any object they concern is reconciled: a mass removal trips the breaker
+/// before the first repair, instead of after the first few objects have been repaired.
+fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], changes: &Changes) {
+    if changes.removed.is_empty() {
+        return;
+    }
+    let policy =
+        crate::engine::SafetyPolicy::from_spec(&tenant.safety_spec.clone().unwrap_or_default());
+    if !policy.breaker.enabled {
+        return;
+    }
+    // package → (delivered assignments declared, assignments this window took something from)
+    let mut packages: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
+    for obj in objs {
+        let Some(status) = obj.status.as_ref() else {
+            continue;
+        };
+        let (Some(package), Some((user, groups))) =
+            (status.access_package_id.as_deref(), delivered_groups(obj))
+        else {
+            continue;
+        };
+        let entry = packages.entry(package).or_default();
+        entry.0 += 1;
+        let user = user.to_ascii_lowercase();
+        let lost = groups.into_iter().any(|(g, state)| {
+            state == ResourceState::Present
+                && changes
+                    .removed
+                    .contains(&(g.to_ascii_lowercase(), user.clone()))
+        });
+        if lost && let Some(a) = status.assignment_id.as_deref() {
+            entry.1.push(a);
+        }
+    }
+    let now = jiff::Timestamp::now();
+    let mut board = tenant.breaker();
+    for (package, (delivered, drifted)) in packages {
+        if !drifted.is_empty()
+            && board.record(
+                &policy.breaker,
+                package,
+                drifted.iter().copied(),
+                delivered,
+                now,
+            )
+        {
+            tracing::warn!(
+                package,
+                drifted = drifted.len(),
+                delivered,
+                "mass drift: automatic repair of the package stopped until acknowledged"
+            );
+        }
     }
 }
 

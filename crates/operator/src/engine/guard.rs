@@ -624,7 +624,9 @@ fn select(
                 }
             }
             Gate::Open { attempts } => {
-                if out.reprocess.len() < budget {
+                // An account still to be confirmed takes its place in the budget, so a sweep
+                // asks for no more accounts than it may repair.
+                if out.reprocess.len() + out.needs_accounts.len() < budget {
                     match target_gate(input.safety, input.snapshot, &e.target_object_id, &e.target)
                     {
                         TargetGate::Confirmed { .. } => e.held = None,
