@@ -141,18 +141,25 @@ async fn demo_markdown_after_repairs_says_so_and_gives_the_before_counts() {
         &["--reprocess", "--wait", "60s", "-o", "markdown"],
     )
     .await;
-    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    // Repaired but frank's access, held (his account is disabled): not delivered, exit 2.
+    assert_eq!(out.code, 2, "{}\n{}", out.stdout, out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], "## Redeliver audit");
     assert!(
-        lines[2].starts_with("Everything is delivered and verified ("),
+        out.stdout.contains("| 6 | 0 | 0 | 1 | 0 | 0 | 4 |"),
         "{}",
         out.stdout
     );
     assert!(
         out.stdout.contains(
-            "Before the repairs: 1 delivered, 4 drifted, 1 not assigned, 1 other, 0 errors."
+            "Before the repairs: 1 delivered, 4 drifted, 1 not assigned, 1 held, 1 other, 0 errors."
         ),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout
+            .contains("| access/frank-contractor | frank@contoso.com | Contractor Portal | Held | none (TargetDisabled) |"),
         "{}",
         out.stdout
     );

@@ -101,15 +101,29 @@ fn demo_with_reprocess_repairs_and_verifies_delivered() {
         ])
         .arg(examples()));
     assert_eq!(
-        code, 0,
-        "everything repaired → exit 0\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        code, 2,
+        "everything repaired but frank, held → exit 2\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let before = report["before"].as_array().expect("before rows");
     assert_eq!(row(before, "access/alice-finance")["verdict"], "Drifted");
     for r in json_rows(&stdout) {
-        assert_eq!(r["verdict"], "Delivered", "row {r:#}");
+        if r["declaration"] == "access/frank-contractor" {
+            // A leaver's disabled account gets nothing back; the row says why and what to do.
+            assert_eq!(r["verdict"], "Held", "row {r:#}");
+            assert_eq!(r["action"], "none (TargetDisabled)", "row {r:#}");
+            assert!(
+                r["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("Re-enable the account"),
+                "row {r:#}"
+            );
+        } else {
+            assert_eq!(r["verdict"], "Delivered", "row {r:#}");
+        }
     }
+    assert_eq!(report["summary"]["held"], 1);
     assert!(report["summary"]["actionsTaken"].as_u64().unwrap() >= 3);
 }
 

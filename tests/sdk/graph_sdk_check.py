@@ -49,7 +49,12 @@ async def check(credential, graph: str) -> int:
     em = client.identity_governance.entitlement_management
     packages = await em.access_packages.get()
     names = sorted(p.display_name for p in packages.value)
-    assert names == ["Engineering Tools", "Finance Analysts", "Security Operations"], names
+    assert names == [
+        "Contractor Portal",
+        "Engineering Tools",
+        "Finance Analysts",
+        "Security Operations",
+    ], names
 
     query = AssignmentsRequestBuilder.AssignmentsRequestBuilderGetQueryParameters(
         expand=["target", "accessPackage"],

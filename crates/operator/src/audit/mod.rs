@@ -439,8 +439,15 @@ fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
             }
             let s = &report.summary;
             println!(
-                "{} row(s): {} delivered, {} drifted, {} not assigned, {} other, {} errors; {} action(s) taken",
-                s.total, s.delivered, s.drifted, s.not_assigned, s.other, s.errors, s.actions_taken
+                "{} row(s): {} delivered, {} drifted, {} not assigned, {} held, {} other, {} errors; {} action(s) taken",
+                s.total,
+                s.delivered,
+                s.drifted,
+                s.not_assigned,
+                s.held,
+                s.other,
+                s.errors,
+                s.actions_taken
             );
         }
     }
@@ -1426,6 +1433,16 @@ impl GuardRows<'_> {
             .filter(|r| r.by != self.who)
             .map(|r| r.by.clone());
         let refusal = self.refused.get(&d.assignment_id);
+        // Held by the account gate: "TargetDisabled: <what to do>" in the sweep's status.
+        let held = self
+            .sweep
+            .status
+            .drifted
+            .iter()
+            .find(|e| e.assignment_id == d.assignment_id)
+            .and_then(|e| e.held.as_deref())
+            .and_then(|h| h.split_once(": "))
+            .and_then(|(reason, message)| Some((reason.parse().ok()?, message)));
         Row {
             declaration: self.declaration.to_string(),
             target: d.target.clone(),
@@ -1436,11 +1453,15 @@ impl GuardRows<'_> {
             promised: self.promised,
             verdict: if refusal.is_some() {
                 Verdict::Error
+            } else if held.is_some() {
+                Verdict::Held
             } else {
                 Verdict::Drifted
             },
             action: if refusal.is_some() {
                 RowAction::Failed
+            } else if let Some((reason, _)) = held {
+                RowAction::Blocked(reason)
             } else if self.reprocessed.contains(&d.assignment_id) {
                 RowAction::Reprocessed
             } else if self.sweep.reprocess.contains(&d.assignment_id) {
@@ -1456,6 +1477,7 @@ impl GuardRows<'_> {
             missing: d.missing.iter().map(|m| m.short_name()).collect(),
             message: refusal
                 .map(|e| format!("reprocess failed: {e}"))
+                .or_else(|| held.map(|(_, m)| m.to_string()))
                 .unwrap_or_default(),
         }
     }
@@ -1478,6 +1500,8 @@ impl GuardRows<'_> {
             promised: usize::try_from(counts.total).unwrap_or(0),
             verdict: if !self.refused.is_empty() {
                 Verdict::Error
+            } else if stalled.is_some_and(|c| c.reason.parse().is_ok_and(engine::is_hold)) {
+                Verdict::Held
             } else if stalled.is_some() {
                 Verdict::Stalled
             } else if counts.drifted == 0 && counts.failed == 0 {
@@ -1630,8 +1654,12 @@ fn row_from_status(
     let stalled = engine::conditions::find(&status.conditions, ConditionType::Stalled)
         .filter(|c| c.status == Status::True);
     let delivered = engine::conditions::find(&status.conditions, ConditionType::Delivered);
-    let verdict = if stalled.is_some() {
-        Verdict::Stalled
+    let verdict = if let Some(s) = stalled {
+        if s.reason.parse().is_ok_and(engine::is_hold) {
+            Verdict::Held
+        } else {
+            Verdict::Stalled
+        }
     } else {
         match delivered.map(|c| (c.status.parse(), c.reason.parse())) {
             Some((Ok(Status::True), _)) => Verdict::Delivered,
@@ -1646,7 +1674,7 @@ fn row_from_status(
     };
     let missing = if matches!(
         verdict,
-        Verdict::Drifted | Verdict::Failed | Verdict::Stalled
+        Verdict::Drifted | Verdict::Failed | Verdict::Stalled | Verdict::Held
     ) {
         missing
     } else {

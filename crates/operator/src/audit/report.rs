@@ -103,6 +103,10 @@ pub enum Verdict {
     Expired,
     /// The declaration cannot be satisfied as written, or a human is needed.
     Stalled,
+    /// A safety rail holds the repair on purpose (a disabled, deleted or at-risk account, a
+    /// removal by a respected actor, a tripped mass-drift breaker): not delivered, and
+    /// nothing is wrong with the run; the message says what a person can do.
+    Held,
     /// Membership could not be read, so nothing can be claimed.
     Unknown,
     /// The declaration could not be checked (Graph error).
@@ -168,6 +172,8 @@ pub struct Summary {
     pub drifted: usize,
     pub not_assigned: usize,
     pub other: usize,
+    /// Rows a safety rail holds (see [`Verdict::Held`]).
+    pub held: usize,
     pub errors: usize,
     /// Writes Graph accepted in this run, each distinct write once (two declarations of
     /// the same user and package share one request).
@@ -188,6 +194,7 @@ impl Summary {
                 Verdict::Drifted => s.drifted += 1,
                 Verdict::NotAssigned => s.not_assigned += 1,
                 Verdict::Error | Verdict::Stalled => s.errors += 1,
+                Verdict::Held => s.held += 1,
                 _ => s.other += 1,
             }
         }
@@ -270,11 +277,13 @@ pub fn markdown(report: &Report) -> String {
         }
         return out;
     }
-    out.push_str("| delivered | drifted | not assigned | other | errors | actions taken |\n");
-    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: |\n");
+    out.push_str(
+        "| delivered | drifted | not assigned | held | other | errors | actions taken |\n",
+    );
+    out.push_str("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n");
     out.push_str(&format!(
-        "| {} | {} | {} | {} | {} | {} |\n\n",
-        s.delivered, s.drifted, s.not_assigned, s.other, s.errors, s.actions_taken
+        "| {} | {} | {} | {} | {} | {} | {} |\n\n",
+        s.delivered, s.drifted, s.not_assigned, s.held, s.other, s.errors, s.actions_taken
     ));
     if let Some(before) = &report.before {
         out.push_str(&format!(
@@ -312,8 +321,8 @@ pub fn markdown(report: &Report) -> String {
 fn counts(rows: &[Row]) -> String {
     let s = Summary::of(rows, 0);
     format!(
-        "{} delivered, {} drifted, {} not assigned, {} other, {} errors",
-        s.delivered, s.drifted, s.not_assigned, s.other, s.errors
+        "{} delivered, {} drifted, {} not assigned, {} held, {} other, {} errors",
+        s.delivered, s.drifted, s.not_assigned, s.held, s.other, s.errors
     )
 }
 

@@ -56,21 +56,6 @@ pub struct HoldLabels {
     pub reason: &'static str,
 }
 
-/// The `Stalled` reasons of the safety rails, each a label value of `safety_holds`.
-pub const SAFETY_HOLD_REASONS: [crate::engine::conditions::Reason; 8] = {
-    use crate::engine::conditions::Reason;
-    [
-        Reason::TargetDisabled,
-        Reason::TargetDeleted,
-        Reason::TargetAtRisk,
-        Reason::TargetUnverified,
-        Reason::AccountsHeld,
-        Reason::RemovedDeliberately,
-        Reason::AttributionUnavailable,
-        Reason::MassDrift,
-    ]
-};
-
 /// Labels of the reprocess calls counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReprocessLabels {
@@ -211,7 +196,7 @@ impl Metrics {
                 .mass_drift_tripped
                 .get_or_create(&KindLabels { kind })
                 .set(0);
-            for reason in SAFETY_HOLD_REASONS {
+            for reason in crate::engine::HOLD_REASONS {
                 let _ = metrics.safety_holds.get_or_create(&HoldLabels {
                     kind,
                     reason: reason.as_str(),
@@ -285,7 +270,7 @@ impl Metrics {
             conditions,
             crate::engine::conditions::ConditionType::Stalled,
         );
-        if let Some(reason) = reason.filter(|r| starts && SAFETY_HOLD_REASONS.contains(r)) {
+        if let Some(reason) = reason.filter(|r| starts && crate::engine::HOLD_REASONS.contains(r)) {
             self.safety_holds
                 .get_or_create(&HoldLabels {
                     kind,

@@ -46,8 +46,8 @@ pub use resources::{
     DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
 };
 pub use safety::{
-    BreakerPolicy, Intent, MassDriftBoard, MassDriftHold, MissingResource, Removed, Respected,
-    SafetyPolicy, TargetGate, removal_intent, target_gate,
+    BreakerPolicy, HOLD_REASONS, Intent, MassDriftBoard, MassDriftHold, MissingResource, Removed,
+    Respected, SafetyPolicy, TargetGate, is_hold, removal_intent, target_gate,
 };
 pub use snapshot::{
     Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,

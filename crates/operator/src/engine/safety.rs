@@ -20,6 +20,23 @@ use super::conditions::Reason;
 use super::{AccountState, Risk, Snapshot};
 use crate::api::{SafetySpec, UnattributedRule, parse_duration};
 
+/// The `Stalled` reasons of the safety rails: a repair held on purpose, not a failure.
+pub const HOLD_REASONS: [Reason; 8] = [
+    Reason::TargetDisabled,
+    Reason::TargetDeleted,
+    Reason::TargetAtRisk,
+    Reason::TargetUnverified,
+    Reason::AccountsHeld,
+    Reason::RemovedDeliberately,
+    Reason::AttributionUnavailable,
+    Reason::MassDrift,
+];
+
+/// Whether `reason` is a safety rail's hold.
+pub fn is_hold(reason: Reason) -> bool {
+    HOLD_REASONS.contains(&reason)
+}
+
 /// Default of `safety.attributionWait`: three audit-log lookups five minutes apart fit in it.
 pub const DEFAULT_ATTRIBUTION_WAIT: Duration = Duration::from_secs(10 * 60);
 /// Default of `safety.massDrift.minSharePercent`.
