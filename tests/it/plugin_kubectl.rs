@@ -292,6 +292,72 @@ async fn reprocess_wait_times_out_naming_what_it_waited_for_and_guards_refuse_wa
     );
 }
 
+#[tokio::test]
+async fn ack_annotates_a_guard_or_a_connection_and_says_what_resumes() {
+    const ACK: &str = "redeliver.dev/mass-drift-acknowledged-at";
+    let tripped = json!({
+        "massDrift": {"trippedTime": "2026-12-04T10:00:00Z", "drifted": 300, "delivered": 1000},
+        "conditions": [cond("Stalled", "True", "MassDrift", "Mass drift: 300 of 1000")]
+    });
+    let connection = json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "ClusterGraphConnection",
+        "metadata": {"name": "contoso"},
+        "spec": {"tenantId": "contoso.onmicrosoft.com",
+                 "clientId": "5e1d0c77-3f5a-4b8e-a0c1-7ed1e0e00001",
+                 "credential": {"clientSecret": {"name": "graph"}}}
+    });
+    let kube = FakeKube::start(vec![guard("finance", NS, Some(tripped)), connection])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+
+    let out = plugin(&config, &["ack", "apg/finance", "-n", NS]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let value = kube.object(APG, NS, "finance").unwrap()["metadata"]["annotations"][ACK]
+        .as_str()
+        .expect("the annotation is set")
+        .to_string();
+    assert!(
+        out.stdout
+            .contains(&format!("mass drift acknowledged ({ACK}={value})")),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("on 300 of 1000 delivered assignments"),
+        "{}",
+        out.stdout
+    );
+
+    // A cluster-scoped connection: every tripped package of its declared assignments.
+    let out = plugin(&config, &["ack", "cgconn/contoso"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let stored = kube
+        .object("clustergraphconnections", "", "contoso")
+        .expect("the connection is stored");
+    assert!(
+        stored["metadata"]["annotations"][ACK].is_string(),
+        "{stored}"
+    );
+
+    // Assignments are acknowledged through their guard or connection, not one by one.
+    let out = plugin(&config, &["ack", "apa/alice-finance"]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("use apg/NAME (a guard), gconn/NAME"),
+        "{}",
+        out.stderr
+    );
+    let out = plugin(&config, &["ack", "gconn/missing", "-n", NS]).await;
+    assert_ne!(out.code, Some(0));
+    assert!(
+        out.stderr.contains("graphconnection \"missing\" not found"),
+        "{}",
+        out.stderr
+    );
+}
+
 async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !done() {

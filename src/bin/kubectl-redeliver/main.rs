@@ -18,8 +18,8 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams}
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config, Resource};
 use redeliver::api::{
-    AccessPackageAssignment, AccessPackageGuard, REPROCESS_ANNOTATION, ReprocessMode,
-    format_duration, parse_duration_arg,
+    AccessPackageAssignment, AccessPackageGuard, MASS_DRIFT_ACK_ANNOTATION, REPROCESS_ANNOTATION,
+    ReprocessMode, format_duration, parse_duration_arg,
 };
 
 use render::Listed;
@@ -90,6 +90,26 @@ enum Command {
         /// The name, when the kind is given alone.
         name: Option<String>,
     },
+    /// Acknowledge a tripped mass-drift breaker, so automatic repairs resume: set the
+    /// redeliver.dev/mass-drift-acknowledged-at annotation to a fresh value.
+    ///
+    /// On an AccessPackageGuard (apg/NAME) it resumes that guard's package, and the
+    /// declared assignments of the package; on a GraphConnection (gconn/NAME, in -n) or a
+    /// ClusterGraphConnection (cgconn/NAME) every tripped package of the connection's declared
+    /// assignments. Repairs then proceed at the configured rate; the breaker clears by
+    /// itself once the drift falls back below the threshold. Find out first whether the mass
+    /// removal was intended: acknowledging grants access back to everyone it removed.
+    ///
+    /// Exit codes: 0 acknowledged; 1 an error.
+    #[command(
+        after_help = "Examples:\n  kubectl redeliver ack apg/finance-analysts -n access\n  kubectl redeliver ack gconn/default -n access\n  kubectl redeliver ack cgconn/contoso"
+    )]
+    Ack {
+        /// The object: apg/NAME, gconn/NAME or cgconn/NAME (or KIND NAME).
+        object: String,
+        /// The name, when the kind is given alone.
+        name: Option<String>,
+    },
     /// List every AccessPackageAssignment and AccessPackageGuard that is not Delivered, one
     /// line each, with the missing resources.
     ///
@@ -132,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         ),
         Command::Status { object, name } => Task::Status(parse_ref(object, name.as_deref())?),
         Command::Drift { all_namespaces } => Task::Drift(*all_namespaces),
+        Command::Ack { object, name } => Task::Ack(target::parse_ack(object, name.as_deref())?),
     };
     let (client, namespace) = connect(&cli).await?;
     match task {
@@ -146,6 +167,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             print!("{text}");
             Ok(0)
         }
+        Task::Ack(r) => acknowledge(client, &namespace, &r).await,
         Task::Drift(all_namespaces) => {
             let scope = if all_namespaces {
                 String::from("in all namespaces")
@@ -167,6 +189,60 @@ enum Task {
     Reprocess(ObjectRef, Option<Duration>),
     Status(ObjectRef),
     Drift(bool),
+    Ack(target::AckRef),
+}
+
+/// Sets the mass-drift acknowledgement annotation on a guard or a connection, and says
+/// what it resumes (with a guard's breaker numbers, when it is tripped).
+async fn acknowledge(client: Client, namespace: &str, r: &target::AckRef) -> anyhow::Result<u8> {
+    let ar = r.kind.api_resource();
+    let api: Api<DynamicObject> = if r.kind.namespaced() {
+        Api::namespaced_with(client.clone(), namespace, &ar)
+    } else {
+        Api::all_with(client.clone(), &ar)
+    };
+    let where_ = if r.kind.namespaced() {
+        format!(" in namespace {namespace:?}")
+    } else {
+        String::new()
+    };
+    let obj = api
+        .get_opt(&r.name)
+        .await
+        .with_context(|| format!("cannot read {} {:?}{where_}", r.kind, r.name))?
+        .ok_or_else(|| anyhow::anyhow!("{} {:?} not found{where_}", r.kind, r.name))?;
+    let current = obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(MASS_DRIFT_ACK_ANNOTATION))
+        .cloned();
+    let tripped = obj.data.pointer("/status/massDrift").cloned();
+    let value = fresh_value(current.as_deref());
+    let patch =
+        serde_json::json!({"metadata": {"annotations": {MASS_DRIFT_ACK_ANNOTATION: value}}});
+    api.patch(&r.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("cannot annotate {} {:?}{where_}", r.kind, r.name))?;
+    println!(
+        "{} {:?}{where_}: mass drift acknowledged ({MASS_DRIFT_ACK_ANNOTATION}={value})",
+        r.kind, r.name
+    );
+    match (r.kind, tripped) {
+        (target::AckKind::Guard, Some(md)) => println!(
+            "its breaker tripped at {} on {} of {} delivered assignments; the next sweep repairs within maxReprocessPerSweep and the reprocess rate",
+            md["trippedTime"].as_str().unwrap_or("?"),
+            md["drifted"],
+            md["delivered"]
+        ),
+        (target::AckKind::Guard, None) => println!(
+            "its breaker is not tripped now; the acknowledgement applies to the package's declared assignments"
+        ),
+        _ => println!(
+            "every tripped package of its declared assignments resumes at their next reconcile"
+        ),
+    }
+    Ok(0)
 }
 
 /// A client from the kubeconfig, and the namespace to use.

@@ -167,3 +167,122 @@ mod tests {
         );
     }
 }
+
+/// What `ack` acknowledges: a guard, or a connection of either kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckKind {
+    /// `AccessPackageGuard` (`apg`).
+    Guard,
+    /// `GraphConnection` (`gconn`), namespaced.
+    Connection,
+    /// `ClusterGraphConnection` (`cgconn`), cluster-scoped.
+    ClusterConnection,
+}
+
+impl AckKind {
+    fn parse(s: &str) -> Option<Self> {
+        let s = s.to_ascii_lowercase();
+        let s = s.strip_suffix(".redeliver.dev").unwrap_or(&s);
+        match s {
+            "apg" | "accesspackageguard" | "accesspackageguards" => Some(Self::Guard),
+            "gconn" | "graphconnection" | "graphconnections" => Some(Self::Connection),
+            "cgconn" | "clustergraphconnection" | "clustergraphconnections" => {
+                Some(Self::ClusterConnection)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether objects of the kind live in a namespace.
+    pub fn namespaced(self) -> bool {
+        self != Self::ClusterConnection
+    }
+
+    /// The kind's API resource, for untyped reads and patches.
+    pub fn api_resource(self) -> kube::api::ApiResource {
+        use redeliver::api::{AccessPackageGuard, ClusterGraphConnection, GraphConnection};
+        match self {
+            Self::Guard => kube::api::ApiResource::erase::<AccessPackageGuard>(&()),
+            Self::Connection => kube::api::ApiResource::erase::<GraphConnection>(&()),
+            Self::ClusterConnection => kube::api::ApiResource::erase::<ClusterGraphConnection>(&()),
+        }
+    }
+}
+
+impl fmt::Display for AckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Guard => "accesspackageguard",
+            Self::Connection => "graphconnection",
+            Self::ClusterConnection => "clustergraphconnection",
+        })
+    }
+}
+
+/// An object `ack` may annotate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckRef {
+    pub kind: AckKind,
+    pub name: String,
+}
+
+/// Reads `apg/NAME`, `gconn/NAME`, `cgconn/NAME`, or a kind and a separate name.
+pub fn parse_ack(object: &str, name: Option<&str>) -> Result<AckRef, AckRefError> {
+    let (kind, name) = match (object.split_once('/'), name) {
+        (Some((k, n)), None) if !k.is_empty() && !n.is_empty() && !n.contains('/') => (k, n),
+        (None, Some(n)) if !n.is_empty() => (object, n),
+        _ => return Err(AckRefError::Incomplete(object.to_string())),
+    };
+    let kind = AckKind::parse(kind).ok_or_else(|| AckRefError::UnknownKind(kind.to_string()))?;
+    Ok(AckRef {
+        kind,
+        name: name.to_string(),
+    })
+}
+
+/// Why `ack`'s object reference could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AckRefError {
+    /// Not a kind whose breaker can be acknowledged.
+    #[error(
+        "cannot acknowledge mass drift on {0:?}: use apg/NAME (a guard), gconn/NAME (a GraphConnection) or cgconn/NAME (a ClusterGraphConnection)"
+    )]
+    UnknownKind(String),
+    /// A kind without a name, or a name without a kind.
+    #[error("{0:?} names no object: write KIND/NAME, e.g. apg/finance or gconn/default")]
+    Incomplete(String),
+}
+
+#[cfg(test)]
+mod ack_tests {
+    use super::*;
+
+    #[test]
+    fn ack_takes_guards_and_connections_only() {
+        assert_eq!(
+            parse_ack("apg/finance", None).unwrap(),
+            AckRef {
+                kind: AckKind::Guard,
+                name: "finance".into()
+            }
+        );
+        assert_eq!(
+            parse_ack("ClusterGraphConnection", Some("contoso"))
+                .unwrap()
+                .kind,
+            AckKind::ClusterConnection
+        );
+        assert_eq!(
+            parse_ack("gconn/default", None).unwrap().kind,
+            AckKind::Connection
+        );
+        assert!(matches!(
+            parse_ack("apa/alice", None),
+            Err(AckRefError::UnknownKind(k)) if k == "apa"
+        ));
+        assert!(matches!(
+            parse_ack("apg/", None),
+            Err(AckRefError::Incomplete(_))
+        ));
+    }
+}
