@@ -113,6 +113,26 @@ async fn a_disabled_target_gets_no_reprocess_until_it_is_enabled_again() {
         "{events:?}"
     );
     assert_eq!(condition(&repairing, "Stalled"), &Value::Null);
+    // Traceable: the write carried the client-request-id the status and the event name.
+    let id = repairing["lastClientRequestId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no lastClientRequestId: {repairing}"))
+        .to_string();
+    let sent = sim
+        .request_log()
+        .into_iter()
+        .find(|e| e.method == "POST" && e.path.ends_with("/reprocess"))
+        .unwrap();
+    assert_eq!(sent.client_request_id.as_deref(), Some(id.as_str()));
+    let note = events
+        .iter()
+        .find(|e| e["reason"] == "ReprocessRequested")
+        .and_then(|e| e["note"].as_str())
+        .unwrap();
+    assert!(
+        note.contains("fin-writers") && note.ends_with(&format!("client-request-id: {id}.")),
+        "what was granted back, why, and the id: {note}"
+    );
     sim.shutdown().await;
 }
 

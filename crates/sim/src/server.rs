@@ -43,6 +43,9 @@ pub struct LogEntry {
     pub batch: bool,
     /// The `request-id` the simulator answered with.
     pub request_id: String,
+    /// The `client-request-id` the client sent, if any (a write's trace id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_request_id: Option<String>,
 }
 
 /// A fault to inject (`POST /_sim/faults`, [`super::SimHandle::inject_fault`]).
@@ -494,10 +497,12 @@ pub(crate) fn graph_call(
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Reply> + Send + '_>> {
     Box::pin(async move {
         let request_id = new_request_id();
-        let client_request_id = headers
+        let sent_client_request_id = headers
             .get("client-request-id")
             .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+            .map(str::to_string);
+        let client_request_id = sent_client_request_id
+            .clone()
             .unwrap_or_else(|| request_id.clone());
         let arrived_ms = shared.elapsed_ms();
         let t0 = Instant::now();
@@ -572,6 +577,7 @@ pub(crate) fn graph_call(
             ru,
             batch: in_batch,
             request_id,
+            client_request_id: sent_client_request_id,
         });
         reply
     })

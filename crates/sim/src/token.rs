@@ -387,6 +387,10 @@ pub(crate) async fn token(
         ru: None,
         batch: false,
         request_id: request_id.clone(),
+        client_request_id: headers
+            .get("client-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
     let mut resp = (status, Json(body)).into_response();
     if let Ok(v) = request_id.parse() {

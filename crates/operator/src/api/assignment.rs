@@ -253,6 +253,11 @@ pub struct AccessPackageAssignmentStatus {
     /// Id of the assignment request that is in flight, stuck or failed, for support cases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_request_id: Option<String>,
+    /// The client-request-id of the last write Redeliver sent to Entra ID for this object
+    /// (a reprocess or an assignment request): quote it to find the write in Entra's logs or
+    /// to Microsoft support. It is written here before the write is sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_client_request_id: Option<String>,
     /// Ready, Delivered, Reconciling and Stalled, following Kubernetes API conventions.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]

@@ -350,6 +350,19 @@ async fn execute(
         return Ok(Some(wait));
     }
     let before = written.clone();
+    // Traceable: the id goes into the status (written ahead for a reprocess) and the event,
+    // and on every attempt of the write itself.
+    let client_request_id = uuid::Uuid::new_v4().to_string();
+    plan.status.last_client_request_id = Some(client_request_id.clone());
+    for e in &mut plan.events {
+        if matches!(
+            e.kind,
+            crate::engine::EventKind::ReprocessRequested
+                | crate::engine::EventKind::AssignmentRequested
+        ) {
+            e.message = format!("{} client-request-id: {client_request_id}.", e.message);
+        }
+    }
     if is_reprocess && assignment_status_changed(written.as_ref(), &plan.status) {
         patch_status(api, &obj.name_any(), &plan.status).await?;
         *written = Some(plan.status.clone());
@@ -361,15 +374,19 @@ async fn execute(
         tracing::info!(
             action = ?plan.action,
             attempt = plan.status.reprocess.attempts,
+            client_request_id = %client_request_id,
             "reprocess requested"
         );
     }
-    let result = graph.write(write).await.map(|written| {
-        if let Written::Requested(req) = written {
-            tracing::info!(request_id = %req.id, "assignment requested");
-            record_request_submitted(&mut plan.status, &req.id);
-        }
-    });
+    let result = graph
+        .write_traced(write, &client_request_id)
+        .await
+        .map(|written| {
+            if let Written::Requested(req) = written {
+                tracing::info!(request_id = %req.id, "assignment requested");
+                record_request_submitted(&mut plan.status, &req.id);
+            }
+        });
     // A request (or a failed request's reprocess) changes the package's assignments and
     // requests: read them again. An assignment's reprocess changes neither, only the
     // memberships it restores, and those are read after it on the next check

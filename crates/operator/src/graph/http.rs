@@ -233,14 +233,22 @@ impl Http {
         let mut retries = self.retries();
         let mut attempt: u32 = 0;
         loop {
-            let client_request_id = uuid::Uuid::new_v4().to_string();
-            let request = build()
-                .header("client-request-id", &client_request_id)
-                .build()
-                .map_err(|e| GraphError::InvalidArgument {
-                    operation,
-                    message: format!("cannot build request: {}", error_chain(&e)),
-                })?;
+            let mut request = build().build().map_err(|e| GraphError::InvalidArgument {
+                operation,
+                message: format!("cannot build request: {}", error_chain(&e)),
+            })?;
+            // A write the caller traces carries its own id on every attempt (recorded in the
+            // object's status before it is sent); anything else gets a fresh one per attempt.
+            let client_request_id = match request.headers().get("client-request-id") {
+                Some(v) => v.to_str().unwrap_or_default().to_string(),
+                None => {
+                    let id = uuid::Uuid::new_v4().to_string();
+                    if let Ok(v) = reqwest::header::HeaderValue::from_str(&id) {
+                        request.headers_mut().insert("client-request-id", v);
+                    }
+                    id
+                }
+            };
             let scope = throttle_scope(request.url().path());
             self.wait_at_gate(operation, scope).await?;
             self.count(operation, |s| {

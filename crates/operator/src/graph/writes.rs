@@ -146,6 +146,34 @@ impl GraphClient {
         }
     }
 
+    /// [`GraphClient::write`] with the `client-request-id` the caller chose (a UUID), sent on
+    /// every attempt, so the object's status and event name the id an Entra administrator
+    /// can find the write by.
+    pub async fn write_traced(
+        &self,
+        write: &Write,
+        client_request_id: &str,
+    ) -> Result<Written, GraphError> {
+        let prepared = write.prepare()?;
+        let url = self.url(prepared.operation, &prepared.path, &[])?;
+        let mut request = GraphRequest::post(
+            prepared.operation,
+            url,
+            prepared.body.clone(),
+            prepared.retry,
+        );
+        request
+            .headers
+            .push(("client-request-id", client_request_id.to_string()));
+        let resp = self.send(request).await?;
+        match write {
+            Write::RequestAssignment { .. } => self
+                .decode(prepared.operation, &resp)
+                .map(|r| Written::Requested(Box::new(r))),
+            _ => Ok(Written::Accepted),
+        }
+    }
+
     async fn send_prepared(&self, p: &Prepared) -> Result<GraphResponse, GraphError> {
         let url = self.url(p.operation, &p.path, &[])?;
         self.send(GraphRequest::post(
