@@ -8,6 +8,7 @@
 mod accounts_against_sim;
 mod audit_against_sim;
 mod audit_ci_output;
+mod audit_safety;
 mod audit_tenants;
 mod azure_roles_against_sim;
 mod chart_metrics;
