@@ -778,8 +778,14 @@ impl<'a> Audit<'a> {
                     .map(|(_, guard)| observe_guard(observer, &guard.spec)),
             )
             .await;
-        self.confirm_guard_targets(&mut guards_observed, &guard_policies, now)
-            .await;
+        // A guard may find thousands of drifts: their accounts are read only when the run
+        // repairs (a report-only run says "would reprocess" for them, as the controller
+        // would after confirming each account). Declarations are few, so even a report-only
+        // run confirms theirs and shows a hold as it is.
+        if self.repair {
+            self.confirm_guard_targets(&mut guards_observed, &guard_policies, now)
+                .await;
+        }
         let mut guard_notes = Vec::with_capacity(guards_observed.len());
         for o in &guards_observed {
             guard_notes.push(match o {
@@ -1464,7 +1470,9 @@ impl GuardRows<'_> {
                 RowAction::Blocked(reason)
             } else if self.reprocessed.contains(&d.assignment_id) {
                 RowAction::Reprocessed
-            } else if self.sweep.reprocess.contains(&d.assignment_id) {
+            } else if self.sweep.reprocess.contains(&d.assignment_id)
+                || (!self.repair && self.sweep.needs_accounts.contains(&d.target_object_id))
+            {
                 RowAction::Planned {
                     write: WriteKind::Reprocess,
                     sent: self.repair,
