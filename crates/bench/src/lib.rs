@@ -151,6 +151,9 @@ pub struct ProcessFigures {
     pub ru: u64,
     /// `429` answers.
     pub throttled: u64,
+    /// Reads the safety rails made before a grant (`GET /users/{id}` for `accountEnabled`,
+    /// and Identity Protection's `riskyUsers`), included in `requests`.
+    pub account_reads: u64,
     pub wall: Duration,
     pub cpu: Duration,
     pub max_rss_kib: u64,
@@ -546,6 +549,9 @@ fn figures(usage: &Usage, run: &measure::ChildRun) -> ProcessFigures {
         f.requests += u.requests;
         f.ru += u.ru;
         f.throttled += u.throttled;
+        if path == "/v1.0/users/{id}" || path.starts_with("/v1.0/identityProtection/riskyUsers") {
+            f.account_reads += u.requests;
+        }
         if path.starts_with("/v1.0/identityGovernance/") {
             f.em_requests += u.requests;
         } else {
@@ -954,8 +960,9 @@ pub fn table(results: &[ScaleResult]) -> String {
         let v = &r.verify;
         let _ = writeln!(
             s,
-            "| {} | Redeliver full verification | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
+            "| {} | Redeliver full verification ({} account reads) | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
             r.assignments,
+            v.account_reads,
             v.requests,
             v.directory_requests,
             v.em_requests,
@@ -992,8 +999,10 @@ pub fn table(results: &[ScaleResult]) -> String {
         if let Some(p) = &r.repair {
             let _ = writeln!(
                 s,
-                "| {} | Redeliver repair (verify, reprocess, re-verify) | {} | {} | | {} | {} | {:.2} s | {} MiB | | {} / {} |",
+                "| {} | Redeliver repair (verify, reprocess, re-verify; {} account reads, {:.2} per repair) | {} | {} | | {} | {} | {:.2} s | {} MiB | | {} / {} |",
                 r.assignments,
+                p.account_reads,
+                p.account_reads as f64 / r.repaired.max(1) as f64,
                 p.requests,
                 p.ru,
                 p.throttled,
@@ -1240,6 +1249,11 @@ const WHAT_IS_MEASURED: &str = "
 - **Redeliver repair**: `redeliver audit --reprocess` on the same guards (verify,
   reprocess every drifted assignment, poll until the repairs land, verify again), then the
   simulator confirms each drifted assignment has every promised resource again.
+- **Account reads**: what the safety rails (README, "Safety") read before a grant: one
+  `GET /users/{id}` per repaired assignment's target, batched 20 to a `$batch` envelope
+  (counted per item, like every batched request here). A verification reads none: it grants
+  nothing, and a report-only guard does not confirm the accounts of the drifts it would
+  repair.
 - **Incremental**: a `DeltaTracker` over the 50 promised groups (one delta query, ≤ 50 ids)
   polled at `--delta-interval`: requests and RU per quiet poll (at the controller's default
   60 s interval that is the RU per minute), then an outside removal made just after a poll
