@@ -60,33 +60,16 @@ async fn a_disabled_account_is_held_and_the_run_says_why() {
     sim.shutdown().await;
 }
 
-const SIZE: usize = 1000;
-
-fn one_package() -> SyntheticTenant {
-    SyntheticTenant {
-        tenant_name: "mass".into(),
-        seed: 21,
-        assignments: SIZE,
-        groups: 1,
-        apps: 0,
-        packages: 1,
-        min_resources: 1,
-        max_resources: 1,
-        drift_every: 0,
-        policies_per_package: 1,
-    }
-}
-
 #[tokio::test]
 async fn reprocess_applies_the_mass_drift_breaker_and_an_acknowledgement_lifts_it() {
     let sim = Simulator::start(
-        Scenario::synthetic_tenant(&one_package()),
+        Scenario::synthetic_tenant(&crate::fault_support::one_package()),
         SimOptions::fast(),
     )
     .await
     .unwrap();
     let group = SyntheticTenant::group_name(0);
-    for i in 0..SIZE * 3 / 10 {
+    for i in 0..crate::fault_support::ONE_PACKAGE_SIZE * 3 / 10 {
         sim.remove_member(&group, &format!("user{i}@mass.com"))
             .unwrap();
     }

@@ -335,23 +335,6 @@ async fn with_the_audit_log_lagging_the_repair_waits_no_longer_than_the_bound() 
     env.sim.shutdown().await;
 }
 
-const PACKAGE_SIZE: usize = 1000;
-
-fn one_package() -> SyntheticTenant {
-    SyntheticTenant {
-        tenant_name: "mass".into(),
-        seed: 21,
-        assignments: PACKAGE_SIZE,
-        groups: 1,
-        apps: 0,
-        packages: 1,
-        min_resources: 1,
-        max_resources: 1,
-        drift_every: 0,
-        policies_per_package: 1,
-    }
-}
-
 fn guard_of(sim: &SimHandle, annotations: Value, status: Option<&Value>) -> AccessPackageGuard {
     let package = sim
         .package_id(&SyntheticTenant::package_name(0))
@@ -376,10 +359,10 @@ async fn sweep(env: &mut Env, obj: &AccessPackageGuard) -> (Value, Vec<Value>) {
 
 #[tokio::test]
 async fn a_mass_removal_trips_the_breaker_before_any_reprocess_and_an_acknowledgement_resumes() {
-    let scenario = Scenario::synthetic_tenant(&one_package());
+    let scenario = Scenario::synthetic_tenant(&crate::fault_support::one_package());
     let mut env = env_with(scenario, settings()).await;
     let group = SyntheticTenant::group_name(0);
-    for i in 0..PACKAGE_SIZE * 3 / 10 {
+    for i in 0..crate::fault_support::ONE_PACKAGE_SIZE * 3 / 10 {
         env.sim
             .remove_member(&group, &format!("user{i}@mass.com"))
             .unwrap();

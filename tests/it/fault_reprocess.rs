@@ -27,15 +27,7 @@ async fn plan_once(
     let view = observer.package_view(&package_id).await.unwrap();
     let target = observer.resolve_target(&apa.spec.target).await.unwrap();
     let mut snapshot = observer.snapshot(view.resources.iter()).await;
-    // The account gate's read, as the drivers make it before a grant.
-    redeliver::observe::safety::SafetyReads::default()
-        .confirm(
-            observer.graph(),
-            &Default::default(),
-            &mut snapshot,
-            std::slice::from_ref(&target),
-        )
-        .await;
+    crate::fault_support::confirm_target(&observer, &mut snapshot, &target).await;
     let assignment = view.assignment_for(&target);
     let requests = observer.package_requests(&package_id).await.unwrap();
     let latest_request = view.latest_request_for(&requests, &target);

@@ -147,14 +147,7 @@ pub async fn first_plan(
     // The account gate's read, as the drivers make it before a grant.
     if let Ok(ids) = &observed.resolved {
         let target = ids.target_object_id.clone();
-        redeliver::observe::safety::SafetyReads::default()
-            .confirm(
-                observer.graph(),
-                &Default::default(),
-                &mut observed.snapshot,
-                &[target],
-            )
-            .await;
+        confirm_target(observer, &mut observed.snapshot, &target).await;
     }
     let who = format!("AccessPackageAssignment {ns}/x");
     engine::plan_assignment(
@@ -501,5 +494,42 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     type Writer = Capture;
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
+    }
+}
+
+/// The account gate's read, as the drivers make it before a grant: records `target`'s
+/// account (read from the simulator) in `snapshot`.
+pub async fn confirm_target(
+    observer: &redeliver::observe::Observer,
+    snapshot: &mut redeliver::engine::Snapshot,
+    target: &str,
+) {
+    redeliver::observe::safety::SafetyReads::default()
+        .confirm(
+            observer.graph(),
+            &Default::default(),
+            snapshot,
+            &[target.to_string()],
+        )
+        .await;
+}
+
+/// Assignments in the one package of [`one_package`].
+pub const ONE_PACKAGE_SIZE: usize = 1000;
+
+/// One package of 1,000 delivered assignments promising one group (`syn-g0`), users
+/// `user{i}@mass.com`: the mass-drift scenario.
+pub fn one_package() -> redeliver_sim::SyntheticTenant {
+    redeliver_sim::SyntheticTenant {
+        tenant_name: "mass".into(),
+        seed: 21,
+        assignments: ONE_PACKAGE_SIZE,
+        groups: 1,
+        apps: 0,
+        packages: 1,
+        min_resources: 1,
+        max_resources: 1,
+        drift_every: 0,
+        policies_per_package: 1,
     }
 }

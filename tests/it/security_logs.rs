@@ -169,10 +169,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
             let view = observer.package_view(&package).await.unwrap();
             let target = observer.resolve_target(&apa.spec.target).await.unwrap();
             let mut snapshot = observer.snapshot(view.resources.iter()).await;
-            // The account gate's read, as the drivers make it before a grant.
-            redeliver::observe::safety::SafetyReads::default()
-                .confirm(observer.graph(), &Default::default(), &mut snapshot, std::slice::from_ref(&target))
-                .await;
+            crate::fault_support::confirm_target(&observer, &mut snapshot, &target).await;
             let assignment = view.assignment_for(&target);
             let plan = engine::plan_assignment(
                 &engine::AssignmentInput {

@@ -1249,7 +1249,7 @@ const WHAT_IS_MEASURED: &str = "
 - **Redeliver repair**: `redeliver audit --reprocess` on the same guards (verify,
   reprocess every drifted assignment, poll until the repairs land, verify again), then the
   simulator confirms each drifted assignment has every promised resource again.
-- **Account reads**: what the safety rails (README, "Safety") read before a grant: one
+- **Account reads**: what the safety rails (the README's Safety section) read before a grant: one
   `GET /users/{id}` per repaired assignment's target, batched 20 to a `$batch` envelope
   (counted per item, like every batched request here). A verification reads none: it grants
   nothing, and a report-only guard does not confirm the accounts of the drifts it would
