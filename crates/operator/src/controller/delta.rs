@@ -270,7 +270,35 @@ fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], c
     if !policy.breaker.enabled {
         return;
     }
-    // package → (delivered assignments declared, assignments this window took something from)
+    let packages = drift_by_package(objs, changes);
+    let now = jiff::Timestamp::now();
+    let mut board = tenant.breaker();
+    for (package, (delivered, drifted)) in packages {
+        if !drifted.is_empty()
+            && board.record(
+                &policy.breaker,
+                package,
+                drifted.iter().copied(),
+                delivered,
+                now,
+            )
+        {
+            tracing::warn!(
+                package,
+                drifted = drifted.len(),
+                delivered,
+                "mass drift: automatic repair of the package stopped until acknowledged"
+            );
+        }
+    }
+}
+
+/// Per package: how many of its assignments the objects say are delivered, and the
+/// assignments among them whose user this window removed from a group they held.
+fn drift_by_package<'a>(
+    objs: &'a [Arc<AccessPackageAssignment>],
+    changes: &Changes,
+) -> HashMap<&'a str, (usize, Vec<&'a str>)> {
     let mut packages: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
     for obj in objs {
         let Some(status) = obj.status.as_ref() else {
@@ -294,26 +322,7 @@ fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], c
             entry.1.push(a);
         }
     }
-    let now = jiff::Timestamp::now();
-    let mut board = tenant.breaker();
-    for (package, (delivered, drifted)) in packages {
-        if !drifted.is_empty()
-            && board.record(
-                &policy.breaker,
-                package,
-                drifted.iter().copied(),
-                delivered,
-                now,
-            )
-        {
-            tracing::warn!(
-                package,
-                drifted = drifted.len(),
-                delivered,
-                "mass drift: automatic repair of the package stopped until acknowledged"
-            );
-        }
-    }
+    packages
 }
 
 /// The store's objects by the connection each resolves to.
@@ -514,6 +523,39 @@ mod tests {
 
     fn pair(g: &str, u: &str) -> (String, String) {
         (g.to_string(), u.to_string())
+    }
+
+    #[test]
+    fn a_windows_removals_count_against_their_package_before_anything_is_reconciled() {
+        let objs: Vec<AccessPackageAssignment> = (0..20)
+            .map(|i| {
+                let mut o = apa(
+                    &format!("u{i}"),
+                    "delivered",
+                    &format!("u-{i}"),
+                    &[("g-1", "Present")],
+                );
+                let s = o.status.as_mut().unwrap();
+                s.access_package_id = Some("p1".into());
+                s.assignment_id = Some(format!("a-{i}"));
+                o
+            })
+            .collect();
+        let objs = store_of(objs).state();
+        let changes = Changes {
+            removed: (0..12).map(|i| pair("g-1", &format!("u-{i}"))).collect(),
+            ..Changes::default()
+        };
+        let found = drift_by_package(&objs, &changes);
+        let (delivered, mut drifted) = found["p1"].clone();
+        drifted.sort();
+        assert_eq!(delivered, 20);
+        assert_eq!(drifted.len(), 12);
+        // 12 of 20 at once trips the default breaker before any of them is reconciled.
+        let policy = crate::engine::SafetyPolicy::default().breaker;
+        let mut board = crate::engine::MassDriftBoard::default();
+        assert!(board.record(&policy, "p1", drifted, delivered, jiff::Timestamp::now()));
+        assert!(board.hold(&policy, "p1", "Finance").is_some());
     }
 
     #[test]
