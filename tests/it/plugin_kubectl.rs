@@ -419,3 +419,103 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
         .unwrap();
     sim.shutdown().await;
 }
+
+/// Usage errors exit 64 (not 2, which is drift) and name the flag; nothing is sent.
+#[tokio::test]
+async fn usage_errors_exit_64_and_are_told_apart_from_drift() {
+    let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let before = kube.counts();
+    for (args, says) in [
+        (&["drift", "-A", "-n", NS][..], "cannot be used together"),
+        (
+            &["reprocess", "apa/alice-finance", "--timeout", "5s"][..],
+            "--wait",
+        ),
+        (
+            &[
+                "reprocess",
+                "apa/alice-finance",
+                "--wait",
+                "--timeout",
+                "banana",
+            ][..],
+            "banana",
+        ),
+        (&["status"][..], "<OBJECT>"),
+        (&["drift", "--bogus"][..], "--bogus"),
+    ] {
+        let out = plugin(&config, args).await;
+        assert_eq!(out.code, Some(64), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(
+        redeliver_bench::fake_kube::writes(&redeliver_bench::fake_kube::diff(
+            &kube.counts(),
+            &before
+        )),
+        0,
+        "a usage error writes nothing"
+    );
+    let out = plugin(&config, &["--help"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+/// `drift -n` for a namespace that does not exist is an error, not "everything delivered".
+#[tokio::test]
+async fn drift_in_a_namespace_that_does_not_exist_is_an_error() {
+    let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let out = plugin(&config, &["drift", "-n", "no-such-namespace"]).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("namespace \"no-such-namespace\" does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("is Delivered"), "{}", out.stdout);
+}
+
+/// A refused connection names the server and does not blame the CRDs; the OS error is said
+/// once.
+#[tokio::test]
+async fn a_refused_connection_is_not_blamed_on_the_crds() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}"));
+    let out = plugin(&config, &["drift", "-A"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(!out.stderr.contains("CRDs"), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}/"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cannot list accesspackageassignments"),
+        "{}",
+        out.stderr
+    );
+    let refused = out
+        .stderr
+        .to_lowercase()
+        .matches("connection refused")
+        .count();
+    assert_eq!(refused, 1, "said once: {}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "no colour when piped: {}",
+        out.stderr
+    );
+}

@@ -23,6 +23,7 @@
 //!   from the real server. This is what `kube::runtime::watcher::watch_object` (and
 //!   `kubectl wait`) uses to watch one object.
 //! - `events.k8s.io/v1` events: create and patch, answered and counted, not stored.
+//! - GET of a core `Namespace`: found when it was put or any object lives in it.
 //! - Anything else: `404` with a `Status` body.
 
 use std::collections::BTreeMap;
@@ -241,6 +242,7 @@ impl FakeKube {
             ),
         );
         kinds.insert("secrets".to_string(), ("v1".into(), "Secret".into()));
+        kinds.insert("namespaces".to_string(), ("v1".into(), "Namespace".into()));
         let mut inner = Inner {
             rv: 0,
             base_rv: 0,
@@ -654,6 +656,23 @@ async fn handle(
             "NotFound",
             format!("{} is not served at {}", t.plural, t.group_version),
         );
+    }
+    if let (&Method::GET, "namespaces", Some(name), None) = (&method, t.plural, t.name, t.sub) {
+        // A namespace exists when it was put, or when an object lives in it (a real server
+        // holds no object in a namespace that does not exist).
+        let inner = lock(&shared.inner);
+        let exists = inner
+            .objects
+            .keys()
+            .any(|k| k.namespace == name || (k.plural == "namespaces" && k.name == name));
+        return if exists {
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
+        } else {
+            not_found("namespaces", name)
+        };
     }
     match (&method, t.name, t.sub) {
         (&Method::GET, None, None)

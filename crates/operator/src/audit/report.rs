@@ -187,12 +187,87 @@ impl Summary {
                 Verdict::Delivered => s.delivered += 1,
                 Verdict::Drifted => s.drifted += 1,
                 Verdict::NotAssigned => s.not_assigned += 1,
-                Verdict::Error | Verdict::Stalled => s.errors += 1,
-                _ => s.other += 1,
+                // The rows the exit code counts as errors (1), and only those.
+                Verdict::Error | Verdict::Stalled | Verdict::Unknown => s.errors += 1,
+                Verdict::Pending | Verdict::Failed | Verdict::Expired => s.other += 1,
             }
         }
         s
     }
+
+    /// The counts of a run that failed before any row existed (invalid declarations, none
+    /// found): one error, the run's, as the JUnit report's one `<error>` test case.
+    pub fn of_failed_run() -> Self {
+        Summary {
+            errors: 1,
+            ..Default::default()
+        }
+    }
+}
+
+impl Verdict {
+    /// Whether the row counts as an error (exit code 1, a JUnit `<error>`): it could not be
+    /// checked, or it cannot be satisfied as written. Other undelivered rows are drift.
+    pub fn is_error(self) -> bool {
+        matches!(self, Verdict::Error | Verdict::Stalled | Verdict::Unknown)
+    }
+}
+
+impl Report {
+    /// The report as printed on stdout: Graph's request and correlation ids (which differ on
+    /// every run) left out of every message, so the same tenant state and the same failure
+    /// render the same text. They are kept on stderr for a support case.
+    pub fn without_run_ids(&self) -> Report {
+        let mut out = self.clone();
+        out.error = out.error.map(|e| without_run_ids(&e));
+        for row in out.rows.iter_mut().chain(out.before.iter_mut().flatten()) {
+            row.message = without_run_ids(&row.message);
+        }
+        out
+    }
+}
+
+/// Labels of ids that name one request or one sign-in, never the state of the tenant.
+const RUN_ID_LABELS: [&str; 4] = [
+    "client-request-id",
+    "request-id",
+    "correlation-id",
+    "trace-id",
+];
+
+/// `text` without ` (request-id X)`, `, correlation-id X` and the like.
+pub fn without_run_ids(text: &str) -> String {
+    let mut out = text.to_string();
+    for label in RUN_ID_LABELS {
+        let needle = format!("{label} ");
+        let mut from = 0;
+        while let Some(found) = out[from..].find(&needle) {
+            let at = from + found;
+            // `client-request-id` contains `request-id`: only a whole label is an id.
+            if out[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-') {
+                from = at + needle.len();
+                continue;
+            }
+            let id_start = at + needle.len();
+            let id_len = out[id_start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, ')' | ',' | ';'))
+                .unwrap_or(out.len() - id_start);
+            let mut start = at;
+            let mut end = id_start + id_len;
+            if out[..start].ends_with(" (") && out[end..].starts_with(')') {
+                // ` (request-id X)`: the parentheses go with it.
+                start -= 2;
+                end += 1;
+            } else if out[..start].ends_with(", ") {
+                start -= 2;
+            } else if out[end..].starts_with(", ") {
+                end += 2;
+            }
+            out.replace_range(start..end, "");
+            from = start;
+        }
+    }
+    out
 }
 
 /// Renders rows as a terminal table.
@@ -252,14 +327,18 @@ pub fn details(rows: &[Row]) -> String {
 /// renders the same text.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::from("## Redeliver audit\n\n");
+    let s = &report.summary;
     if let Some(error) = &report.error {
+        // Said once, with the counts the JSON summary and the exit code agree with; the
+        // rows all failed this same way, so they are not listed.
         out.push_str(&format!(
-            "**Error:** {}\n\nNo declaration could be checked.\n",
-            markdown_inline(error)
+            "**Error:** {}\n\nNo declaration could be checked ({} error(s), {} action(s) taken).\n",
+            markdown_inline(error),
+            s.errors,
+            s.actions_taken
         ));
         return out;
     }
-    let s = &report.summary;
     if s.total > 0 && s.delivered == s.total {
         out.push_str(&format!(
             "Everything is delivered and verified ({} row(s), {} action(s) taken).\n",
@@ -355,8 +434,9 @@ pub struct JunitError(#[from] std::io::Error);
 
 /// Renders the report as JUnit XML, for CI systems that show test reports: one
 /// `<testcase>` per row (classname: the declaration, name: target and package), a
-/// `<failure>` for each row that is not delivered and an `<error>` for each row that could
-/// not be checked. A failure that kept every row from being checked is one `<error>`
+/// `<failure>` for each row that drifted or is not delivered yet and an `<error>` for each
+/// row that could not be checked or cannot be satisfied as written (the rows the summary
+/// counts as errors and that make the exit code 1). A failure that kept every row from being checked is one `<error>`
 /// test case. No timestamps or durations, so the output is stable.
 pub fn junit(report: &Report) -> Result<String, JunitError> {
     use quick_xml::Writer;
@@ -384,7 +464,7 @@ pub fn junit(report: &Report) -> Result<String, JunitError> {
             .iter()
             .map(|r| {
                 let outcome = (!r.verdict.is_delivered()).then(|| {
-                    let element = if r.verdict == Verdict::Error {
+                    let element = if r.verdict.is_error() {
                         "error"
                     } else {
                         "failure"
@@ -716,7 +796,7 @@ mod tests {
         let md = markdown(&r);
         assert_eq!(
             md,
-            "## Redeliver audit\n\n**Error:** cannot obtain a token | AADSTS7000215\n\nNo declaration could be checked.\n"
+            "## Redeliver audit\n\n**Error:** cannot obtain a token | AADSTS7000215\n\nNo declaration could be checked (2 error(s), 0 action(s) taken).\n"
         );
     }
 
@@ -796,12 +876,12 @@ mod tests {
         let elements = parse_xml(&xml);
         let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
         assert_eq!(attr(suite, "tests"), "5");
+        assert_eq!(attr(suite, "failures"), "2", "drifted, not assigned");
         assert_eq!(
-            attr(suite, "failures"),
-            "3",
-            "drifted, not assigned, stalled"
+            attr(suite, "errors"),
+            "2",
+            "stalled (unresolvable) and error"
         );
-        assert_eq!(attr(suite, "errors"), "1");
         let cases: Vec<_> = elements.iter().filter(|e| e.0 == "testcase").collect();
         assert_eq!(cases.len(), 5);
         assert_eq!(attr(cases[1], "classname"), "access/alice-finance");
@@ -817,10 +897,56 @@ mod tests {
             failure.2.starts_with("missing: fin-writers\n"),
             "{failure:?}"
         );
-        let error = elements.iter().find(|e| e.0 == "error").unwrap();
+        let errors: Vec<_> = elements.iter().filter(|e| e.0 == "error").collect();
+        assert_eq!(
+            attr(errors[0], "message"),
+            "Stalled: none (PackageNotFound)"
+        );
+        assert_eq!(attr(errors[0], "type"), "Stalled");
+        let error = errors[1];
         assert_eq!(attr(error, "message"), "Error: failed");
         assert!(error.2.contains("\"quoted\" <tag>  control"), "{error:?}");
         golden("junit-mixed.xml", &xml);
+    }
+
+    #[test]
+    fn summary_errors_are_the_rows_the_exit_code_counts_as_errors() {
+        let mut rows = mixed_rows();
+        rows.push(row(
+            "a/u",
+            "u@contoso.com",
+            Verdict::Unknown,
+            RowAction::None,
+        ));
+        let s = Summary::of(&rows, 0);
+        let errors = rows.iter().filter(|r| r.verdict.is_error()).count();
+        assert_eq!((s.errors, errors), (3, 3), "stalled, error, unknown");
+        assert_eq!(
+            s.delivered + s.drifted + s.not_assigned + s.other + s.errors,
+            s.total
+        );
+        let xml = junit(&report(rows, None, 0)).unwrap();
+        let elements = parse_xml(&xml);
+        let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+        assert_eq!(attr(suite, "errors"), "3", "{xml}");
+    }
+
+    #[test]
+    fn run_ids_are_left_out_of_report_text() {
+        for (text, expected) in [
+            (
+                "token request refused: invalid_client [AADSTS7000215] (HTTP 401, correlation-id 1b2c-3d): check the secret",
+                "token request refused: invalid_client [AADSTS7000215] (HTTP 401): check the secret",
+            ),
+            (
+                "list_group_members: forbidden (Authorization_RequestDenied: no) (request-id 9f-00); the app likely lacks X",
+                "list_group_members: forbidden (Authorization_RequestDenied: no); the app likely lacks X",
+            ),
+            ("client-request-id abc, then", "then"),
+            ("no ids here", "no ids here"),
+        ] {
+            assert_eq!(without_run_ids(text), expected);
+        }
     }
 
     #[test]
