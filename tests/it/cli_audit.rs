@@ -124,6 +124,47 @@ fn demo_table_output_tells_the_story() {
     assert!(stdout.contains("missing fin-writers"), "{stdout}");
 }
 
+/// Piped, the table fits 100 columns (or `COLUMNS`) without splitting a word; the guard's
+/// counts are labelled as assignments; a report-only run says who would reprocess.
+#[test]
+fn the_table_fits_the_width_and_says_what_it_counts() {
+    for (columns, width) in [(None, 100), (Some("120"), 120), (Some("160"), 160)] {
+        let mut cmd = redeliver();
+        cmd.args(["audit", "--simulate", "-f"]).arg(examples());
+        match columns {
+            Some(c) => cmd.env("COLUMNS", c),
+            None => cmd.env_remove("COLUMNS"),
+        };
+        let (code, stdout, stderr) = run(&mut cmd);
+        assert_eq!(code, 2, "{stderr}");
+        for line in stdout.lines() {
+            assert!(
+                line.chars().count() <= width,
+                "wider than {width}: {line:?}\n{stdout}"
+            );
+        }
+        for word in [
+            "DeliveryFailed",
+            "NotAssigned",
+            "Engineering",
+            "assignments",
+        ] {
+            assert!(stdout.contains(word), "{word} split at {width}:\n{stdout}");
+        }
+        assert!(!stdout.contains("in flight"), "nothing was sent: {stdout}");
+    }
+    // Wide enough, no cell wraps.
+    let (_, stdout, _) = run(redeliver()
+        .env("COLUMNS", "220")
+        .args(["audit", "--simulate", "-f"])
+        .arg(examples()));
+    assert!(stdout.contains("1/2 assignments"), "{stdout}");
+    assert!(
+        stdout.contains("none (apa/access/alice-finance would reprocess it)"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn malformed_file_names_file_and_line_and_checks_nothing() {
     let dir = finance_plus(

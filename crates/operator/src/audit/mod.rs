@@ -421,16 +421,17 @@ fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
         OutputFormat::Markdown => print!("{}", report::markdown(report)),
         OutputFormat::Junit => print!("{}", report::junit(report)?),
         OutputFormat::Table => {
+            let width = report::output_width();
             if let Some(error) = &report.error {
                 println!("Error (every declaration): {error}");
             }
             if let Some(before) = &report.before {
                 println!("Before:");
-                println!("{}", report::table(before));
+                println!("{}", report::table(before, width));
                 println!("After:");
             }
-            println!("{}", report::table(&report.rows));
-            let details = report::details(&report.rows);
+            println!("{}", report::table(&report.rows, width));
+            let details = report::details(&report.rows, width);
             if !details.is_empty() {
                 print!("{details}");
             }
@@ -1158,7 +1159,12 @@ impl GuardRows<'_> {
                     sent: self.repair,
                 }
             } else if let Some(by) = by_other {
-                RowAction::InFlightBy(by)
+                if self.repair {
+                    RowAction::InFlightBy(by)
+                } else {
+                    // Nothing is sent in a report-only run: say who would send it.
+                    RowAction::WouldBy(by)
+                }
             } else {
                 RowAction::ReportOnly
             },

@@ -47,6 +47,8 @@ pub enum RowAction {
     ReportOnly,
     /// Another object covering the same assignment already sent its reprocess.
     InFlightBy(String),
+    /// Report-only: another object covering the same assignment would send the reprocess.
+    WouldBy(String),
     /// `adminAdd` was accepted and created this request.
     Requested { request_id: String },
     /// The reprocess was accepted.
@@ -68,7 +70,8 @@ impl fmt::Display for RowAction {
             Self::Wait(reason) => write!(f, "wait ({reason})"),
             Self::Blocked(reason) => write!(f, "none ({reason})"),
             Self::ReportOnly => f.write_str("none (report only)"),
-            Self::InFlightBy(by) => write!(f, "none (reprocess in flight by {by})"),
+            Self::InFlightBy(by) => write!(f, "none (reprocess in flight by {})", short(by)),
+            Self::WouldBy(by) => write!(f, "none ({} would reprocess it)", short(by)),
             Self::Requested { request_id } => write!(f, "requested (request {request_id})"),
             Self::Reprocessed => f.write_str("reprocessed"),
             Self::ReprocessedRequest { request_id } => {
@@ -78,6 +81,18 @@ impl fmt::Display for RowAction {
             Self::GuardSweep => f.write_str("guard sweep"),
         }
     }
+}
+
+/// `AccessPackageAssignment ns/name` as `apa/ns/name` (`apg/` for a guard), the short names
+/// `kubectl get` and `kubectl redeliver` take.
+fn short(by: &str) -> String {
+    by.strip_prefix("AccessPackageAssignment ")
+        .map(|rest| format!("apa/{rest}"))
+        .or_else(|| {
+            by.strip_prefix("AccessPackageGuard ")
+                .map(|rest| format!("apg/{rest}"))
+        })
+        .unwrap_or_else(|| by.to_string())
 }
 
 impl Serialize for RowAction {
@@ -129,8 +144,11 @@ pub struct Row {
     pub assignment_id: Option<String>,
     /// `assignment.status` as Graph reports it, or `-`.
     pub graph_status: String,
+    /// Resources present; on a guard's summary row (`action` "guard sweep"), its delivered
+    /// assignments.
     pub present: usize,
-    /// Verifiable resources the package promises.
+    /// Verifiable resources the package promises; on a guard's summary row, all its
+    /// assignments.
     pub promised: usize,
     pub verdict: Verdict,
     /// What Redeliver did or would do.
@@ -270,53 +288,199 @@ pub fn without_run_ids(text: &str) -> String {
     out
 }
 
-/// Renders rows as a terminal table.
-pub fn table(rows: &[Row]) -> String {
+/// Width of the table when stdout is not a terminal and `COLUMNS` is not set: what a CI log
+/// or a pager shows without wrapping.
+pub const DEFAULT_WIDTH: u16 = 100;
+
+/// The width to fit the table into: the terminal's, else `COLUMNS`, else
+/// [`DEFAULT_WIDTH`].
+pub fn output_width() -> u16 {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stdout()
+        .is_terminal()
+        .then(|| comfy_table::Table::new().width())
+        .flatten();
+    terminal
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.trim().parse::<u16>().ok())
+                .filter(|&c| c >= 40)
+        })
+        .unwrap_or(DEFAULT_WIDTH)
+}
+
+/// The RESOURCES cell: resources present of promised; for a guard's summary row, delivered
+/// assignments of all its assignments, said as such.
+fn resources_cell(r: &Row) -> String {
+    match r.action {
+        RowAction::GuardSweep => format!("{}/{} assignments", r.present, r.promised),
+        _ => format!("{}/{}", r.present, r.promised),
+    }
+}
+
+/// Renders rows as a terminal table at most `width` columns wide. Cells wrap between
+/// words, or after a `/`, `-` or `@` inside a long name, never inside a word
+/// (`DeliveryFailed` stays whole); the widest columns give way first. When even that does
+/// not fit, the outer borders go; a table narrower than its longest words allow is as
+/// narrow as they allow.
+pub fn table(rows: &[Row], width: u16) -> String {
+    // UTF8_NO_BORDERS without lines between rows.
+    const NO_BORDERS_CONDENSED: &str = "     ═╪ ┆          ";
+    let header = [
+        "DECLARATION",
+        "TARGET",
+        "PACKAGE",
+        "GRAPH",
+        "RESOURCES",
+        "VERDICT",
+        "ACTION",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.declaration.clone(),
+                r.target.clone(),
+                r.package.clone(),
+                r.graph_status.clone(),
+                resources_cell(r),
+                format!("{:?}", r.verdict),
+                r.action.to_string(),
+            ]
+        })
+        .collect();
+    let column =
+        |i: usize| std::iter::once(header[i]).chain(cells.iter().map(move |c| c[i].as_str()));
+    let widest: Vec<usize> = (0..header.len())
+        .map(|i| column(i).map(|c| c.chars().count()).max().unwrap_or(1))
+        .collect();
+    let narrowest: Vec<usize> = (0..header.len())
+        .map(|i| {
+            column(i)
+                .flat_map(pieces)
+                .map(|p| p.trim_end().chars().count())
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
+    // Each column is padded by one space on both sides; the full preset draws a border
+    // around every column, the borderless one only between columns.
+    let n = header.len();
+    let (preset, frame) = if narrowest.iter().sum::<usize>() + 3 * n + 1 <= usize::from(width) {
+        (UTF8_FULL_CONDENSED, 3 * n + 1)
+    } else {
+        (NO_BORDERS_CONDENSED, 3 * n - 1)
+    };
+    let mut widths = widest.clone();
+    let room = usize::from(width).saturating_sub(frame);
+    // The last column (ACTION) wraps first, down to a readable width; then the column with
+    // the most to give narrows, one character at a time.
+    let last = n - 1;
+    let floor = narrowest[last].max(24).min(widest[last]);
+    let excess = widths.iter().sum::<usize>().saturating_sub(room);
+    widths[last] -= excess.min(widths[last] - floor);
+    while widths.iter().sum::<usize>() > room {
+        let Some((i, _)) = widths
+            .iter()
+            .zip(&narrowest)
+            .map(|(w, min)| w - min)
+            .enumerate()
+            .filter(|(_, slack)| *slack > 0)
+            .max_by_key(|(i, slack)| (*slack, std::cmp::Reverse(*i)))
+        else {
+            break;
+        };
+        widths[i] -= 1;
+    }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header([
-            "DECLARATION",
-            "TARGET",
-            "PACKAGE",
-            "GRAPH",
-            "RESOURCES",
-            "VERDICT",
-            "ACTION",
-        ]);
-    for r in rows {
-        t.add_row([
-            r.declaration.clone(),
-            r.target.clone(),
-            r.package.clone(),
-            r.graph_status.clone(),
-            format!("{}/{}", r.present, r.promised),
-            format!("{:?}", r.verdict),
-            r.action.to_string(),
-        ]);
+    t.load_preset(preset)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header);
+    for row in &cells {
+        t.add_row(
+            row.iter()
+                .zip(&widths)
+                .map(|(cell, w)| wrap_cell(cell, *w))
+                .collect::<Vec<_>>(),
+        );
     }
     t.to_string()
 }
 
+/// The pieces a cell may be broken into: words, and inside a word the parts after a `/`,
+/// `-` or `@` (each piece keeps its trailing space, if any).
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        let next_is_space = text[end..].starts_with(' ');
+        if c == ' ' || (matches!(c, '/' | '-' | '@') && !next_is_space && end < text.len()) {
+            out.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out.into_iter()
+}
+
+/// `text` in lines of at most `width` characters, broken only between [`pieces`].
+fn wrap_cell(text: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in pieces(text) {
+        let fits = line.chars().count() + piece.trim_end().chars().count() <= width;
+        if !fits && !line.trim().is_empty() {
+            lines.push(line.trim_end().to_string());
+            line = String::new();
+        }
+        line.push_str(piece);
+    }
+    lines.push(line.trim_end().to_string());
+    lines.join("\n")
+}
+
 /// Human-readable details under the table: missing resources and messages.
-pub fn details(rows: &[Row]) -> String {
+pub fn details(rows: &[Row], width: u16) -> String {
     let mut out = String::new();
     for r in rows {
         if r.missing.is_empty() && r.message.is_empty() {
             continue;
         }
-        out.push_str(&format!(
-            "- {} ({} / {}):",
-            r.declaration, r.target, r.package
-        ));
+        let mut line = format!("- {} ({} / {}):", r.declaration, r.target, r.package);
         if !r.missing.is_empty() {
-            out.push_str(&format!(" missing {};", r.missing.join(", ")));
+            line.push_str(&format!(" missing {};", r.missing.join(", ")));
         }
         if !r.message.is_empty() {
-            out.push_str(&format!(" {}", r.message));
+            line.push_str(&format!(" {}", r.message));
         }
-        out.push('\n');
+        out.push_str(&wrap(&line, usize::from(width), "  "));
     }
+    out
+}
+
+/// `text` as lines of at most `width` characters, broken between words (a word longer
+/// than the line gets a line of its own, unbroken), continuation lines indented.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
     out
 }
 
@@ -589,7 +753,11 @@ mod tests {
             (RowAction::ReportOnly, "none (report only)"),
             (
                 RowAction::InFlightBy("AccessPackageGuard ns/g".into()),
-                "none (reprocess in flight by AccessPackageGuard ns/g)",
+                "none (reprocess in flight by apg/ns/g)",
+            ),
+            (
+                RowAction::WouldBy("AccessPackageAssignment ns/a".into()),
+                "none (apa/ns/a would reprocess it)",
             ),
             (
                 RowAction::Requested {
@@ -907,6 +1075,59 @@ mod tests {
         assert_eq!(attr(error, "message"), "Error: failed");
         assert!(error.2.contains("\"quoted\" <tag>  control"), "{error:?}");
         golden("junit-mixed.xml", &xml);
+    }
+
+    #[test]
+    fn the_table_fits_its_width_and_never_splits_a_word() {
+        let mut rows = mixed_rows();
+        let mut failed = row(
+            "access/dave-engineering",
+            "dave@contoso.com",
+            Verdict::Failed,
+            RowAction::InFlightBy("AccessPackageGuard access/finance-analysts".into()),
+        );
+        failed.graph_status = "DeliveryFailed".into();
+        failed.package = "Engineering Tools".into();
+        rows.push(failed);
+        let mut sweep = row(
+            "access/finance-analysts",
+            "(all 12 assignments)",
+            Verdict::Drifted,
+            RowAction::GuardSweep,
+        );
+        sweep.present = 11;
+        sweep.promised = 12;
+        rows.push(sweep);
+        let words = [
+            "DeliveryFailed",
+            "NotAssigned",
+            "(PackageNotFound)",
+            "Engineering",
+            "assignments",
+        ];
+        for width in [60u16, 80, 100, 120] {
+            let text = table(&rows, width);
+            let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+            // These rows' longest unbreakable pieces and the frame take 107 columns: at
+            // least that, never a split word; at most the width when it is wider.
+            assert!(widest <= usize::from(width).max(107), "{width}:\n{text}");
+            for word in words {
+                assert!(text.contains(word), "{word} split at {width}:\n{text}");
+            }
+            for line in details(&rows, width).lines() {
+                assert!(line.chars().count() <= usize::from(width), "{line}");
+            }
+        }
+        // Wide enough, nothing wraps: a guard's counts say what they count, an
+        // assignment row's are resources.
+        let text = table(&rows, 200);
+        assert!(text.contains("11/12 assignments"), "{text}");
+        assert!(text.contains(" 2/2 "), "{text}");
+        assert!(text.contains("access/dave-engineering"), "{text}");
+        assert!(
+            text.contains("none (reprocess in flight by apg/access/finance-analysts)"),
+            "{text}"
+        );
     }
 
     #[test]
