@@ -367,8 +367,9 @@ pub fn table(rows: &[Row], width: u16) -> String {
     // Each column is padded by one space on both sides; the full preset draws a border
     // around every column, the borderless one only between columns.
     let n = header.len();
-    let (preset, frame) = if narrowest.iter().sum::<usize>() + 3 * n + 1 <= usize::from(width) {
-        (UTF8_FULL_CONDENSED, 3 * n + 1)
+    let full_frame = 3 * n + 1;
+    let (preset, frame) = if narrowest.iter().sum::<usize>() + full_frame <= usize::from(width) {
+        (UTF8_FULL_CONDENSED, full_frame)
     } else {
         (NO_BORDERS_CONDENSED, 3 * n - 1)
     };
