@@ -22,6 +22,7 @@ mod controller_reconcile;
 mod controller_runtime;
 mod controller_tenants;
 mod crds_in_sync;
+mod docs_in_sync;
 mod drift_report_against_sim;
 mod fault_batch;
 mod fault_reprocess;
