@@ -853,3 +853,78 @@ async fn a_workload_identity_connection_needs_no_secret() {
     assert!(!s.to_string().contains("someone-else"), "{s}");
     running.stop().await;
 }
+
+/// Token requests (accepted or refused) a simulator received.
+fn token_requests(sim: &SimHandle) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|e| e.path.contains("/oauth2/v2.0/token"))
+        .count()
+}
+
+/// A wrong client secret, with the operator's default re-check schedule, over one minute:
+/// the connection signs in at most twice (at once, and 30 s later; then 60 s, then every
+/// 2 minutes), however many objects use it and however often its status is written; its
+/// status is written once (Entra's correlation id, new on every attempt, is not in it).
+/// Before, the status rewrite of each attempt triggered the next: 62 token requests in 63 s.
+#[tokio::test]
+async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", "not-the-secret"),
+        connection(A, "default", &contoso, "graph"),
+        alice(A, "alice", None),
+        alice(A, "alice-2", None),
+        guard(A, "finance"),
+    ])
+    .await
+    .unwrap();
+    let defaults = Settings {
+        connection_recheck_stalled: redeliver::controller::connections::RECHECK_STALLED,
+        connection_recheck_ready: redeliver::controller::connections::RECHECK_READY,
+        ..settings()
+    };
+    let running = Running::start(&kube, None, defaults).await;
+    let started = Instant::now();
+    wait_until("the connection is Stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, GC, A, "default"),
+            "Stalled",
+            "True",
+            "AuthenticationFailed",
+        )
+    })
+    .await;
+    let message = condition(&status(&kube, GC, A, "default"), "Stalled")["message"].clone();
+    assert!(
+        !message
+            .as_str()
+            .unwrap_or_default()
+            .contains("correlation-id"),
+        "{message}"
+    );
+    let writes_before = kube.status_write_count();
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
+    let tokens = token_requests(&contoso);
+    assert!(
+        (1..=2).contains(&tokens),
+        "{tokens} token requests in the first minute"
+    );
+    let connection_writes = kube
+        .status_writes_since(writes_before)
+        .iter()
+        .filter(|w| w.plural == GC && w.changed)
+        .count();
+    assert_eq!(
+        connection_writes, 0,
+        "the connection's status did not change while it stayed stalled"
+    );
+    assert!(is(
+        &status(&kube, APA, A, "alice"),
+        "Stalled",
+        "True",
+        "ConnectionNotReady"
+    ));
+    running.stop().await;
+    contoso.shutdown().await;
+}

@@ -116,7 +116,13 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let generation = obj.meta().generation;
-    let (desired, code, retry) = match outcome {
+    // Next check when it is due (backed off while stalled), never sooner.
+    let retry = super::connections::jittered(
+        ctx.connections
+            .recheck_in(key)
+            .max(std::time::Duration::from_secs(1)),
+    );
+    let (desired, code) = match outcome {
         CheckOutcome::Ready => (
             vec![Desired::new(
                 ConditionType::Ready,
@@ -125,7 +131,6 @@ where
                 "A token was obtained and access packages could be read.",
             )],
             None,
-            ctx.connections.recheck().0,
         ),
         CheckOutcome::Stalled(p) => (
             vec![
@@ -143,7 +148,6 @@ where
                 ),
             ],
             p.code.clone(),
-            ctx.connections.recheck().1,
         ),
     };
     ctx.metrics

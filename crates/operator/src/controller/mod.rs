@@ -38,6 +38,7 @@ use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector;
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
+use kube::runtime::{PredicateConfig, predicates};
 use kube::{Client, Resource};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
@@ -553,7 +554,10 @@ pub async fn run_controllers(
             }
         })
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // Its own status writes never trigger a check (only a spec change, or its due
+        // re-check): a status that changed would otherwise sign in again at once.
+        .predicate_filter(predicates::generation, PredicateConfig::default());
         let token = stop.clone();
         runs.push(
             Controller::for_stream(stream, reader)
@@ -589,7 +593,8 @@ pub async fn run_controllers(
                 }
             })
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            .predicate_filter(predicates::generation, PredicateConfig::default());
         let token = stop.clone();
         runs.push(
             Controller::for_stream(stream, reader)
