@@ -928,3 +928,115 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     running.stop().await;
     contoso.shutdown().await;
 }
+
+/// A ready connection that stops working (its Secret given a wrong value) flips every
+/// object that uses it to `Stalled` (`ConnectionNotReady`) within seconds of its own
+/// status, whatever their verification interval (here the default 10 minutes), with a
+/// `ConnectionNotReady` event and their last `Delivered` kept, saying it is not being
+/// verified; fixing the Secret brings them back.
+#[tokio::test]
+async fn objects_follow_their_connection_into_stalled_and_back() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        alice(A, "alice", None),
+        guard(A, "finance"),
+    ])
+    .await
+    .unwrap();
+    let fast_connection = Settings {
+        connection_recheck_ready: Duration::from_secs(2),
+        connection_recheck_stalled: Duration::from_secs(1),
+        ..settings()
+    };
+    let running = Running::start(&kube, None, fast_connection).await;
+    let ready = |kube: &FakeKube, plural: &str, name: &str| {
+        is(&status(kube, plural, A, name), "Ready", "True", "Delivered")
+            || is(
+                &status(kube, plural, A, name),
+                "Ready",
+                "True",
+                "AllDelivered",
+            )
+    };
+    wait_until("both objects are Ready", Duration::from_secs(20), || {
+        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+    })
+    .await;
+
+    kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
+        .unwrap();
+    wait_until("the connection is Stalled", Duration::from_secs(20), || {
+        is(
+            &status(&kube, GC, A, "default"),
+            "Stalled",
+            "True",
+            "AuthenticationFailed",
+        )
+    })
+    .await;
+    let stalled_at = Instant::now();
+    wait_until(
+        "every object using it is Stalled",
+        Duration::from_secs(5),
+        || {
+            is(
+                &status(&kube, APA, A, "alice"),
+                "Stalled",
+                "True",
+                "ConnectionNotReady",
+            ) && is(
+                &status(&kube, APG, A, "finance"),
+                "Stalled",
+                "True",
+                "ConnectionNotReady",
+            )
+        },
+    )
+    .await;
+    eprintln!(
+        "objects stalled {:?} after their connection",
+        stalled_at.elapsed()
+    );
+    let alice = status(&kube, APA, A, "alice");
+    assert!(
+        is(&alice, "Ready", "False", "ConnectionNotReady"),
+        "{alice:#}"
+    );
+    let delivered = condition(&alice, "Delivered");
+    assert_eq!(delivered["status"], "True", "last verified kept: {alice:#}");
+    assert!(
+        delivered["message"]
+            .as_str()
+            .is_some_and(|m| m
+                .ends_with("Not verified while GraphConnection team-a/default cannot be used.")),
+        "{delivered:#}"
+    );
+    let events: Vec<Value> = kube
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "ConnectionNotReady")
+        .collect();
+    assert!(
+        events.iter().any(|e| e["regarding"]["name"] == "alice"),
+        "a ConnectionNotReady event on alice: {events:#?}"
+    );
+
+    kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
+        .unwrap();
+    wait_until("both objects recover", Duration::from_secs(20), || {
+        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+    })
+    .await;
+    let delivered = condition(&status(&kube, APA, A, "alice"), "Delivered");
+    assert!(
+        !delivered["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Not verified"),
+        "{delivered:#}"
+    );
+    running.stop().await;
+    contoso.shutdown().await;
+}

@@ -22,7 +22,8 @@
 //!   all must hold); any other field is `400 BadRequest` ("field label not supported"), as
 //!   from the real server. This is what `kube::runtime::watcher::watch_object` (and
 //!   `kubectl wait`) uses to watch one object.
-//! - `events.k8s.io/v1` events: create and patch, answered and counted, not stored.
+//! - `events.k8s.io/v1` events: create and patch, answered, counted and kept as sent
+//!   ([`FakeKube::events`]).
 //! - GET of a core `Namespace`: found when it was put or any object lives in it.
 //! - Anything else: `404` with a `Status` body.
 
@@ -152,6 +153,8 @@ struct Shared {
     inner: Mutex<Inner>,
     counts: Mutex<BTreeMap<String, u64>>,
     status_writes: Mutex<Vec<StatusWrite>>,
+    /// Every event created (`POST`) or patched (`PATCH`, a series count), as sent.
+    events: Mutex<Vec<Value>>,
     /// plural → (apiVersion, kind)
     kinds: BTreeMap<String, (String, String)>,
 }
@@ -287,6 +290,7 @@ impl FakeKube {
             inner: Mutex::new(inner),
             counts: Mutex::new(BTreeMap::new()),
             status_writes: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
             kinds,
         });
         let app = axum::Router::new()
@@ -317,6 +321,11 @@ impl FakeKube {
     pub fn status_writes_since(&self, from: usize) -> Vec<StatusWrite> {
         let log = lock(&self.shared.status_writes);
         log.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// Every event body received (creates, then patches of a series, in order).
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.shared.events).clone()
     }
 
     /// Number of status writes received so far.
@@ -641,7 +650,14 @@ async fn handle(
         );
     };
     if t.group_version == "events.k8s.io/v1" && t.plural == "events" {
-        return event(&method, t.name, &body);
+        let answer = event(&method, t.name, &body);
+        if let Ok(mut ev) = serde_json::from_slice::<Value>(&body) {
+            if let Some(name) = t.name {
+                ev["metadata"]["name"] = json!(name);
+            }
+            lock(&shared.events).push(ev);
+        }
+        return answer;
     }
     let Some((api_version, kind)) = shared.kinds.get(t.plural).cloned() else {
         return status_error(
