@@ -1040,3 +1040,103 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     running.stop().await;
     contoso.shutdown().await;
 }
+
+/// A controller started on one API server as the whole cluster's installation would be.
+async fn start_installation(
+    kube: &FakeKube,
+    namespaces: Vec<String>,
+    settings: Settings,
+) -> Running {
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (metrics, _registry) = Metrics::new(None);
+    let ctx = Arc::new(Context::with_operator_connection(
+        client, None, metrics, &settings,
+    ));
+    let ready = Readiness::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_controllers(
+        ctx,
+        namespaces,
+        2,
+        ready.clone(),
+        stop.clone(),
+    ));
+    wait_until("the controller is ready", Duration::from_secs(20), || {
+        ready.get()
+    })
+    .await;
+    Running { stop, task }
+}
+
+/// Two installations on one API server: the platform's (every namespace, the cluster
+/// connection's Secret in its namespace) and a team's (`--namespace team-b`, its own
+/// operator namespace). The team's never writes the cluster connection's status (alone, it
+/// writes nothing; beside the platform's, the status stays the platform's `Ready` instead
+/// of flipping to `SecretUnavailable` once a second).
+#[tokio::test]
+async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(
+            OPERATOR_NS,
+            "shared",
+            "clientSecret",
+            &contoso.client_secret,
+        ),
+        cluster_connection("shared", &contoso, "shared"),
+    ])
+    .await
+    .unwrap();
+    let team_settings = Settings {
+        operator_namespace: Some("team-b-system".into()),
+        // What `--namespace team-b` derives when --cluster-connections is not given.
+        cluster_connections: false,
+        ..settings()
+    };
+    let team = start_installation(&kube, vec![B.into()], team_settings.clone()).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cgc_writes = |from: usize| {
+        kube.status_writes_since(from)
+            .iter()
+            .filter(|w| w.plural == CGC)
+            .count()
+    };
+    assert_eq!(
+        cgc_writes(0),
+        0,
+        "the team's installation wrote a cluster connection's status"
+    );
+
+    let platform = start_installation(&kube, Vec::new(), settings()).await;
+    wait_until(
+        "the platform makes the cluster connection Ready",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, CGC, "", "shared"),
+                "Ready",
+                "True",
+                "Connected",
+            )
+        },
+    )
+    .await;
+    let from = kube.status_write_count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let changed = kube
+        .status_writes_since(from)
+        .iter()
+        .filter(|w| w.plural == CGC && w.changed)
+        .count();
+    assert_eq!(changed, 0, "the cluster connection's status did not flip");
+    assert!(is(
+        &status(&kube, CGC, "", "shared"),
+        "Ready",
+        "True",
+        "Connected"
+    ));
+    team.stop().await;
+    platform.stop().await;
+    contoso.shutdown().await;
+}

@@ -24,8 +24,34 @@ use crate::engine::ledger::RepairLedger;
 use crate::engine::{EngineEvent, EngineSettings};
 use crate::graph::GraphClient;
 
-/// Field manager of every server-side apply the controller makes.
+/// The default field manager of every server-side apply the controller makes
+/// (`--field-manager`).
 pub const FIELD_MANAGER: &str = "redeliver";
+
+/// This process's field manager: `--field-manager`, set once at start-up.
+static FIELD_MANAGER_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets this process's field manager (once; a second, different value is refused).
+pub fn set_field_manager(name: &str) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        anyhow::bail!(
+            "--field-manager {name:?} is not a valid field manager: give 1 to 128 printable characters, e.g. redeliver-team-a"
+        );
+    }
+    let set = FIELD_MANAGER_NAME.get_or_init(|| name.to_string());
+    if set != name {
+        anyhow::bail!("--field-manager {name:?}: this process already writes as {set:?}");
+    }
+    Ok(())
+}
+
+/// The field manager status writes are made with.
+pub fn field_manager() -> &'static str {
+    FIELD_MANAGER_NAME
+        .get()
+        .map_or(FIELD_MANAGER, String::as_str)
+}
 
 /// Requeue pace while an `adminRemove` is being processed.
 pub const REMOVAL_POLL: Duration = Duration::from_secs(15);
@@ -71,6 +97,8 @@ pub struct Settings {
     /// Cross-check verdicts against Microsoft's access drift report
     /// (`--use-access-drift-report`; off by default).
     pub use_access_drift_report: bool,
+    /// Reconcile `ClusterGraphConnection`s (`--cluster-connections`).
+    pub cluster_connections: bool,
 }
 
 impl Default for Settings {
@@ -94,6 +122,7 @@ impl Default for Settings {
             connection_recheck_stalled: super::connections::RECHECK_STALLED,
             shard: super::shard::Shard::default(),
             use_access_drift_report: false,
+            cluster_connections: true,
         }
     }
 }
@@ -127,6 +156,8 @@ pub struct Context {
     pub shard: super::shard::Shard,
     /// Whether verdicts are cross-checked against Microsoft's access drift report.
     pub use_access_drift_report: bool,
+    /// See [`Settings::cluster_connections`].
+    pub cluster_connections: bool,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -188,6 +219,7 @@ impl Context {
             first_status_after: settings.first_status_after,
             shard: settings.shard,
             use_access_drift_report: settings.use_access_drift_report,
+            cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
         }
     }
@@ -330,7 +362,7 @@ where
     });
     api.patch_status(
         name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(field_manager()).force(),
         &Patch::Apply(&patch),
     )
     .await?;

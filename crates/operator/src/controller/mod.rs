@@ -158,6 +158,24 @@ pub struct ControllerArgs {
     )]
     pub cluster_secret_namespace: Option<String>,
 
+    /// Reconcile ClusterGraphConnections (check them and write their status). Default: on
+    /// when every namespace is watched, off with --namespace: a namespace-restricted
+    /// installation uses cluster connections for its own objects but leaves their status to
+    /// the installation that owns them (whose Secret namespace holds their Secrets).
+    #[arg(long, env = "REDELIVER_CLUSTER_CONNECTIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cluster_connections: Option<bool>,
+
+    /// Field manager of the controller's status writes (server-side apply). Give each
+    /// installation in a cluster its own (the chart uses the release name), so
+    /// `kubectl get --show-managed-fields` tells who wrote what.
+    #[arg(
+        long,
+        env = "REDELIVER_FIELD_MANAGER",
+        value_name = "NAME",
+        default_value = context::FIELD_MANAGER
+    )]
+    pub field_manager: String,
+
     /// Number of shards: the connections (tenants) are split across this many replicas
     /// (or leader-elected groups of replicas, one Lease per shard), each reconciling the
     /// objects of the connections that hash to its shard. Helps with many tenants, not with
@@ -227,6 +245,9 @@ impl ControllerArgs {
                 .clone()
                 .or_else(|| self.lease_namespace.clone()),
             use_access_drift_report: self.use_access_drift_report,
+            cluster_connections: self
+                .cluster_connections
+                .unwrap_or(self.namespaces.is_empty()),
             ..Settings::default()
         }
     }
@@ -236,6 +257,7 @@ impl ControllerArgs {
 /// or a start-up check fails (returns an error whose message says how to fix it).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    context::set_field_manager(&args.field_manager)?;
     let shard = args.shard()?;
     if shard.count > 1 {
         tracing::info!(
@@ -559,18 +581,32 @@ pub async fn run_controllers(
         // re-check): a status that changed would otherwise sign in again at once.
         .predicate_filter(predicates::generation, PredicateConfig::default());
         let token = stop.clone();
-        runs.push(
-            Controller::for_stream(stream, reader)
-                .with_config(config.clone())
-                .graceful_shutdown_on(async move { token.cancelled().await })
-                .run(
-                    connection::reconcile_cluster,
-                    connection::error_policy,
-                    ctx.clone(),
-                )
-                .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
-                .boxed(),
-        );
+        if ctx.cluster_connections {
+            runs.push(
+                Controller::for_stream(stream, reader)
+                    .with_config(config.clone())
+                    .graceful_shutdown_on(async move { token.cancelled().await })
+                    .run(
+                        connection::reconcile_cluster,
+                        connection::error_policy,
+                        ctx.clone(),
+                    )
+                    .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
+                    .boxed(),
+            );
+        } else {
+            // Watched for this installation's objects, never reconciled: their status is
+            // the owning installation's.
+            tracing::info!(
+                "not reconciling ClusterGraphConnections (--cluster-connections=false): their status is left to the installation that owns them"
+            );
+            runs.push(
+                stream
+                    .take_until(async move { token.cancelled().await })
+                    .for_each(|_| async {})
+                    .boxed(),
+            );
+        }
     }
     for scope in scopes {
         let (reader, writer) = reflector::store::<GraphConnection>();
@@ -830,6 +866,25 @@ mod tests {
         assert!(!a.leader_election);
         assert_eq!(a.lease_name, "redeliver");
         assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn cluster_connections_are_reconciled_only_by_a_cluster_wide_installation_unless_told() {
+        let settings = |args: &[&str]| {
+            let mut all = vec!["redeliver"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().args.settings("me")
+        };
+        assert!(settings(&[]).cluster_connections);
+        assert!(!settings(&["--namespace", "team-b"]).cluster_connections);
+        assert!(settings(&["--namespace", "team-b", "--cluster-connections"]).cluster_connections);
+        assert!(!settings(&["--cluster-connections=false"]).cluster_connections);
+        let a = Cli::try_parse_from(["redeliver"]).unwrap().args;
+        assert_eq!(a.field_manager, "redeliver");
+        let a = Cli::try_parse_from(["redeliver", "--field-manager", "redeliver-team-b"])
+            .unwrap()
+            .args;
+        assert_eq!(a.field_manager, "redeliver-team-b");
     }
 
     #[test]
