@@ -48,15 +48,22 @@ enum Command {
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
-    // rustls logs each refused handshake itself; the caller reports the same failure once,
-    // with what to do about it, so rustls is silenced unless the filter names it.
-    let level = if level.contains("rustls") {
-        level.to_string()
-    } else {
-        format!("{level},rustls=off")
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(&level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rustls=off"));
+    // rustls logs each refused handshake, and kube's client builder each refused
+    // connection, as errors naming neither the kind nor what to do; Redeliver reports the
+    // same failure once, with both. They are silenced unless the filter names them.
+    let mut level = level.to_string();
+    for (target, quiet) in [
+        ("rustls", "rustls=off"),
+        ("kube_client", "kube_client::client::builder=off"),
+    ] {
+        if !level.contains(target) {
+            level.push(',');
+            level.push_str(quiet);
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rustls=off,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(redeliver::cli::stderr_colour())

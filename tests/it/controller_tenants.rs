@@ -1140,3 +1140,99 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     platform.stop().await;
     contoso.shutdown().await;
 }
+
+/// An event that repeats counts up its series only while its message is the same; a new
+/// message is a new event, so `kubectl describe` shows the latest ("bob", not the first
+/// "alice" with a count of 3).
+#[tokio::test]
+async fn a_repeated_event_with_a_new_message_is_a_new_event() {
+    use redeliver::engine::{EngineEvent, EventKind};
+    let kube = FakeKube::start(vec![alice(A, "alice", None)])
+        .await
+        .unwrap();
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (metrics, _registry) = Metrics::new(None);
+    let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("redeliver.dev/v1alpha1".into()),
+        kind: Some("AccessPackageGuard".into()),
+        namespace: Some(A.into()),
+        name: Some("finance".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let drift = |who: &str| EngineEvent {
+        kind: EventKind::DriftDetected,
+        message: format!("{who}@contoso.com missing fin-writers"),
+    };
+    for who in ["alice", "alice", "bob", "carol", "carol"] {
+        ctx.publish(&reference, "Reconcile", &[drift(who)]).await;
+    }
+    let events = kube.events();
+    let summary: Vec<(String, String, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["note"].as_str().unwrap_or_default().to_string(),
+                e["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["series"]["count"].as_i64().unwrap_or(1),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 5, "{summary:#?}");
+    let notes: Vec<&str> = summary.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        notes,
+        [
+            "alice@contoso.com missing fin-writers",
+            "alice@contoso.com missing fin-writers",
+            "bob@contoso.com missing fin-writers",
+            "carol@contoso.com missing fin-writers",
+            "carol@contoso.com missing fin-writers",
+        ]
+    );
+    // alice's repeat is a series on alice's event; bob's and carol's are new events.
+    assert_eq!(summary[1].1, summary[0].1);
+    assert_eq!(summary[1].2, 2);
+    assert_ne!(summary[2].1, summary[0].1);
+    assert_ne!(summary[3].1, summary[2].1);
+    assert_eq!(
+        (summary[4].1.as_str(), summary[4].2),
+        (summary[3].1.as_str(), 2)
+    );
+}
+
+/// A status write the API server does not answer in time (its storage down) fails after
+/// the bound instead of holding the reconcile's slot: here 0.5 s against a server that
+/// takes 5 s per write.
+#[tokio::test]
+async fn a_status_write_that_hangs_gives_the_slot_back() {
+    let kube = redeliver_bench::fake_kube::FakeKube::start_with_write_cost(
+        vec![alice(A, "alice", None)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let api: kube::Api<redeliver::api::AccessPackageAssignment> = kube::Api::namespaced(client, A);
+    let started = Instant::now();
+    let result = redeliver::controller::context::patch_status_within(
+        &api,
+        "alice",
+        &json!({"observedGeneration": 1}),
+        Duration::from_millis(500),
+    )
+    .await;
+    let took = started.elapsed();
+    let err = result.expect_err("the write did not complete in time");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        err.to_string().contains("did not complete within 0.5s"),
+        "{err}"
+    );
+}

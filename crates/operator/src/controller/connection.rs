@@ -356,7 +356,7 @@ where
             action: "Reconcile".into(),
             secondary: None,
         };
-        if let Err(err) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(err) = ctx.publish_event(&event, &obj.object_ref(&())).await {
             tracing::warn!(error = %err, "could not record an event; check RBAC for events.k8s.io/events create,patch");
         }
     }

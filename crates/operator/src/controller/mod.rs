@@ -822,11 +822,11 @@ const SYNC_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait for the group delta baseline before reconciles start anyway.
 const BASELINE_WAIT: Duration = Duration::from_secs(30);
 
-fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
+fn log_result<K: Resource, E: std::fmt::Display>(
     kind: &'static str,
     result: Result<
         (reflector::ObjectRef<K>, kube::runtime::controller::Action),
-        kube::runtime::controller::Error<E, Q>,
+        kube::runtime::controller::Error<E, watcher::Error>,
     >,
 ) {
     use kube::runtime::controller::Error as CE;
@@ -837,10 +837,55 @@ fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
         Err(CE::ObjectNotFound(obj)) => {
             tracing::debug!(kind, object = %obj, "object gone before its reconcile")
         }
-        Err(CE::QueueError(e)) => {
-            tracing::warn!(kind, error = %e, "watch error; retrying with backoff (check RBAC and API server reachability)")
-        }
+        Err(CE::QueueError(e)) => match watch_error(kind, &e) {
+            WatchTrouble::Routine(text) => tracing::info!(kind, "{text}"),
+            WatchTrouble::Failing(text) => tracing::warn!(kind, error = %e, "{text}"),
+        },
         Err(e) => tracing::warn!(kind, error = %e, "controller error"),
+    }
+}
+
+/// How a watch error reads in the log.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchTrouble {
+    /// Part of a watch's normal life (the server ended it; the watcher lists again).
+    Routine(String),
+    /// Something a person may need to look at, said with what was being reached.
+    Failing(String),
+}
+
+/// Words for a watch error of `kind`: a `410 Gone` ("too old resource version", as after an
+/// API server restart) is routine, the watcher lists again; a failure to reach the server
+/// or a refusal says which kind's watch and what to check.
+fn watch_error(kind: &str, e: &watcher::Error) -> WatchTrouble {
+    use kube::Error as KE;
+    match e {
+        watcher::Error::WatchError(status) if status.code == 410 => WatchTrouble::Routine(format!(
+            "the API server ended the {kind} watch (its resource version is too old, as after an API server restart); listing {kind} objects again"
+        )),
+        watcher::Error::InitialListFailed(KE::Api(s))
+        | watcher::Error::WatchStartFailed(KE::Api(s))
+        | watcher::Error::WatchFailed(KE::Api(s))
+            if s.code == 403 =>
+        {
+            WatchTrouble::Failing(format!(
+                "the API server refuses to let this controller list or watch {kind} (403); check its RBAC (the chart's ClusterRole); retrying with backoff"
+            ))
+        }
+        watcher::Error::InitialListFailed(KE::Api(_))
+        | watcher::Error::WatchStartFailed(KE::Api(_))
+        | watcher::Error::WatchFailed(KE::Api(_))
+        | watcher::Error::WatchError(_) => WatchTrouble::Failing(format!(
+            "the API server answered the {kind} watch with an error; retrying with backoff"
+        )),
+        watcher::Error::InitialListFailed(_)
+        | watcher::Error::WatchStartFailed(_)
+        | watcher::Error::WatchFailed(_) => WatchTrouble::Failing(format!(
+            "cannot reach the API server to list or watch {kind}; retrying with backoff (check that the API server is up and reachable from this pod, e.g. a NetworkPolicy)"
+        )),
+        watcher::Error::NoResourceVersion => WatchTrouble::Failing(format!(
+            "the API server sent {kind} objects without a resourceVersion; retrying with backoff"
+        )),
     }
 }
 
@@ -885,6 +930,36 @@ mod tests {
             .unwrap()
             .args;
         assert_eq!(a.field_manager, "redeliver-team-b");
+    }
+
+    #[test]
+    fn a_routine_relist_is_not_a_warning_and_failures_name_the_kind() {
+        let gone = kube::core::Status {
+            code: 410,
+            reason: "Expired".into(),
+            message: "too old resource version: 1 (2)".into(),
+            ..Default::default()
+        };
+        let trouble = watch_error(
+            "AccessPackageAssignment",
+            &watcher::Error::WatchError(Box::new(gone)),
+        );
+        assert!(
+            matches!(&trouble, WatchTrouble::Routine(t) if t.contains("listing AccessPackageAssignment objects again")),
+            "{trouble:?}"
+        );
+        let forbidden = kube::core::Status {
+            code: 403,
+            ..Default::default()
+        };
+        let trouble = watch_error(
+            "GraphConnection",
+            &watcher::Error::InitialListFailed(kube::Error::Api(Box::new(forbidden))),
+        );
+        assert!(
+            matches!(&trouble, WatchTrouble::Failing(t) if t.contains("GraphConnection") && t.contains("RBAC")),
+            "{trouble:?}"
+        );
     }
 
     #[test]
