@@ -396,3 +396,23 @@ fn missing_credentials_say_what_to_set() {
     assert_eq!(code, 1);
     assert!(stderr.contains("AZURE_TENANT_ID"), "{stderr}");
 }
+
+/// `connectionRef.name: ns/name` can never name an object: refused at its line (the CRD's
+/// schema refuses it at the API server).
+#[test]
+fn a_connection_ref_with_a_namespace_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ref.yaml"),
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {name: x, namespace: access}\nspec:\n  accessPackage: {displayName: Finance Analysts}\n  target: {userPrincipalName: alice@contoso.com}\n  connectionRef:\n    name: team-a/default\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run(redeliver()
+        .args(["audit", "--simulate", "-f"])
+        .arg(dir.path()));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("ref.yaml:8: AccessPackageAssignment/x: spec.connectionRef.name: \"team-a/default\" is not an object name"),
+        "{stderr}"
+    );
+}

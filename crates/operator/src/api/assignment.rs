@@ -424,6 +424,7 @@ pub fn validate_assignment_spec(spec: &AccessPackageAssignmentSpec) -> Result<()
     if let Some(interval) = &spec.verify_interval {
         check_duration("spec.verifyInterval", interval, MIN_VERIFY_INTERVAL)?;
     }
+    super::connection::check_connection_ref(spec.connection_ref.as_ref())?;
     Ok(())
 }
 

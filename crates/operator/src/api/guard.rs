@@ -261,6 +261,7 @@ pub fn validate_guard_spec(spec: &AccessPackageGuardSpec) -> Result<(), SpecErro
             ),
         ));
     }
+    super::connection::check_connection_ref(spec.connection_ref.as_ref())?;
     Ok(())
 }
 
