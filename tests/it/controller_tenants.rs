@@ -144,6 +144,17 @@ impl Running {
     /// A controller watching all namespaces, with `operator` as its own connection (none:
     /// only connections).
     async fn start(kube: &FakeKube, operator: Option<&SimHandle>, settings: Settings) -> Self {
+        Self::start_watching(kube, operator, Vec::new(), settings).await
+    }
+
+    /// A controller watching `namespaces` (all when empty), as one installation of several
+    /// on the same API server would.
+    async fn start_watching(
+        kube: &FakeKube,
+        operator: Option<&SimHandle>,
+        namespaces: Vec<String>,
+        settings: Settings,
+    ) -> Self {
         let config = kube::Config::new(kube.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let graph = operator.map(|sim| crate::fault_support::graph_client(sim).unwrap());
@@ -155,7 +166,7 @@ impl Running {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_controllers(
             ctx,
-            Vec::new(),
+            namespaces,
             2,
             ready.clone(),
             stop.clone(),
@@ -212,6 +223,16 @@ fn condition(status: &Value, type_: &str) -> Value {
 fn is(status: &Value, type_: &str, value: &str, reason: &str) -> bool {
     let c = condition(status, type_);
     c["status"] == value && c["reason"] == reason
+}
+
+/// Whether the stored object is `Stalled=True` with `reason`.
+fn stalled(kube: &FakeKube, plural: &str, namespace: &str, name: &str, reason: &str) -> bool {
+    is(
+        &status(kube, plural, namespace, name),
+        "Stalled",
+        "True",
+        reason,
+    )
 }
 
 fn is_verified(status: &Value) -> bool {
@@ -887,12 +908,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     let running = Running::start(&kube, None, defaults).await;
     let started = Instant::now();
     wait_until("the connection is Stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, GC, A, "default"),
-            "Stalled",
-            "True",
-            "AuthenticationFailed",
-        )
+        stalled(&kube, GC, A, "default", "AuthenticationFailed")
     })
     .await;
     let message = condition(&status(&kube, GC, A, "default"), "Stalled")["message"].clone();
@@ -919,12 +935,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
         connection_writes, 0,
         "the connection's status did not change while it stayed stalled"
     );
-    assert!(is(
-        &status(&kube, APA, A, "alice"),
-        "Stalled",
-        "True",
-        "ConnectionNotReady"
-    ));
+    assert!(stalled(&kube, APA, A, "alice", "ConnectionNotReady"));
     running.stop().await;
     contoso.shutdown().await;
 }
@@ -968,12 +979,7 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
         .unwrap();
     wait_until("the connection is Stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, GC, A, "default"),
-            "Stalled",
-            "True",
-            "AuthenticationFailed",
-        )
+        stalled(&kube, GC, A, "default", "AuthenticationFailed")
     })
     .await;
     let stalled_at = Instant::now();
@@ -981,17 +987,8 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
         "every object using it is Stalled",
         Duration::from_secs(5),
         || {
-            is(
-                &status(&kube, APA, A, "alice"),
-                "Stalled",
-                "True",
-                "ConnectionNotReady",
-            ) && is(
-                &status(&kube, APG, A, "finance"),
-                "Stalled",
-                "True",
-                "ConnectionNotReady",
-            )
+            stalled(&kube, APA, A, "alice", "ConnectionNotReady")
+                && stalled(&kube, APG, A, "finance", "ConnectionNotReady")
         },
     )
     .await;
@@ -1041,34 +1038,6 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     contoso.shutdown().await;
 }
 
-/// A controller started on one API server as the whole cluster's installation would be.
-async fn start_installation(
-    kube: &FakeKube,
-    namespaces: Vec<String>,
-    settings: Settings,
-) -> Running {
-    let config = kube::Config::new(kube.url().parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (metrics, _registry) = Metrics::new(None);
-    let ctx = Arc::new(Context::with_operator_connection(
-        client, None, metrics, &settings,
-    ));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx,
-        namespaces,
-        2,
-        ready.clone(),
-        stop.clone(),
-    ));
-    wait_until("the controller is ready", Duration::from_secs(20), || {
-        ready.get()
-    })
-    .await;
-    Running { stop, task }
-}
-
 /// Two installations on one API server: the platform's (every namespace, the cluster
 /// connection's Secret in its namespace) and a team's (`--namespace team-b`, its own
 /// operator namespace). The team's never writes the cluster connection's status (alone, it
@@ -1094,7 +1063,7 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         cluster_connections: false,
         ..settings()
     };
-    let team = start_installation(&kube, vec![B.into()], team_settings.clone()).await;
+    let team = Running::start_watching(&kube, None, vec![B.into()], team_settings).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let cgc_writes = |from: usize| {
         kube.status_writes_since(from)
@@ -1108,7 +1077,7 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         "the team's installation wrote a cluster connection's status"
     );
 
-    let platform = start_installation(&kube, Vec::new(), settings()).await;
+    let platform = Running::start(&kube, None, settings()).await;
     wait_until(
         "the platform makes the cluster connection Ready",
         Duration::from_secs(20),

@@ -162,32 +162,58 @@ fn with_count(mut reply: Reply, q: &Query, headers: &HeaderMap, count: usize) ->
 /// `and`/`or`), `$select`, `$top` (1–999, default 100) with `@odata.nextLink` paging, and
 /// `$count=true` with `ConsistencyLevel: eventual`.
 fn list_groups(w: &World, q: &Query, headers: &HeaderMap, base: &str, path: &str) -> GResult {
-    let filter = directory_filter(q, &["id", "displayName"], &[("startswith", "displayName")])?;
-    let sel = q.select();
-    let items: Vec<_> = w
-        .groups
-        .iter()
-        .filter(|g| {
-            filter.as_ref().is_none_or(|f| {
-                f.eval(&|p| match p {
-                    "id" => Some(g.id.clone()),
-                    "displayname" => Some(g.display_name.clone()),
-                    _ => None,
-                })
-            })
-        })
-        .collect();
-    let count = items.len();
-    let reply = page_lazy(
-        items,
-        |g| apply_select(group_json(g), sel.as_deref(), &[]),
-        q,
-        base,
-        path,
-        "groups",
-        "Request_BadRequest",
-    )?;
-    with_count(reply, q, headers, count)
+    let collection = Directory {
+        context: "groups",
+        props: &["id", "displayName"],
+        functions: &[("startswith", "displayName")],
+    };
+    collection.list(
+        w.groups.iter(),
+        |g, p| match p {
+            "id" => Some(g.id.clone()),
+            "displayname" => Some(g.display_name.clone()),
+            _ => None,
+        },
+        group_json,
+        (q, headers, base, path),
+    )
+}
+
+/// A directory collection as Graph lists it (`/users`, `/groups`): which properties
+/// `$filter` may name, and the `@odata.context` of its pages.
+struct Directory {
+    context: &'static str,
+    props: &'static [&'static str],
+    functions: &'static [(&'static str, &'static str)],
+}
+
+impl Directory {
+    /// The items `field` says match the request's `$filter`, rendered, `$select`ed, paged,
+    /// and counted when `$count=true` asks.
+    fn list<'a, T: 'a>(
+        &self,
+        items: impl Iterator<Item = &'a T>,
+        field: impl Fn(&T, &str) -> Option<String>,
+        render: impl Fn(&T) -> Value,
+        (q, headers, base, path): (&Query, &HeaderMap, &str, &str),
+    ) -> GResult {
+        let filter = directory_filter(q, self.props, self.functions)?;
+        let sel = q.select();
+        let items: Vec<&T> = items
+            .filter(|item| filter.as_ref().is_none_or(|f| f.eval(&|p| field(item, p))))
+            .collect();
+        let count = items.len();
+        let reply = page_lazy(
+            items,
+            |item| apply_select(render(item), sel.as_deref(), &[]),
+            q,
+            base,
+            path,
+            self.context,
+            "Request_BadRequest",
+        )?;
+        with_count(reply, q, headers, count)
+    }
 }
 
 /// The `$filter` of a directory collection, checked against the properties and functions
@@ -338,40 +364,25 @@ fn strip_type(mut v: Value) -> Value {
 }
 
 fn list_users(w: &World, q: &Query, headers: &HeaderMap, base: &str, path: &str) -> GResult {
-    let filter = directory_filter(
-        q,
-        &["id", "userPrincipalName", "displayName", "mail"],
-        &[
+    let collection = Directory {
+        context: "users",
+        props: &["id", "userPrincipalName", "displayName", "mail"],
+        functions: &[
             ("startswith", "displayName"),
             ("startswith", "userPrincipalName"),
         ],
-    )?;
-    let sel = q.select();
-    let items: Vec<_> = w
-        .users
-        .iter()
-        .filter(|u| {
-            filter.as_ref().is_none_or(|f| {
-                f.eval(&|p| match p {
-                    "id" => Some(u.id.clone()),
-                    "userprincipalname" | "mail" => Some(u.upn.clone()),
-                    "displayname" => Some(u.display_name.clone()),
-                    _ => None,
-                })
-            })
-        })
-        .collect();
-    let count = items.len();
-    let reply = page_lazy(
-        items,
-        |u| apply_select(strip_type(user_json(w, u)), sel.as_deref(), &[]),
-        q,
-        base,
-        path,
-        "users",
-        "Request_BadRequest",
-    )?;
-    with_count(reply, q, headers, count)
+    };
+    collection.list(
+        w.users.iter(),
+        |u, p| match p {
+            "id" => Some(u.id.clone()),
+            "userprincipalname" | "mail" => Some(u.upn.clone()),
+            "displayname" => Some(u.display_name.clone()),
+            _ => None,
+        },
+        |u| strip_type(user_json(w, u)),
+        (q, headers, base, path),
+    )
 }
 
 fn get_user(w: &World, key: &str, q: &Query, base: &str) -> GResult {
