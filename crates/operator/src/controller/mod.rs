@@ -102,12 +102,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "REDELIVER_LEADER_ELECTION")]
     pub leader_election: bool,
 
-    /// Name of the Lease used for leader election.
+    /// Name of the Lease used for leader election (with --leader-election only: alone it
+    /// would have no effect, and is refused).
     #[arg(
         long,
         env = "REDELIVER_LEASE_NAME",
         value_name = "NAME",
-        default_value = "redeliver"
+        default_value = "redeliver",
+        requires = "leader_election"
     )]
     pub lease_name: String,
 
@@ -185,7 +187,12 @@ pub struct ControllerArgs {
 
     /// This replica's shard, 0-based (below --shard-count). Default: the StatefulSet ordinal
     /// at the end of --pod-name.
-    #[arg(long, env = "REDELIVER_SHARD_INDEX", value_name = "INDEX")]
+    #[arg(
+        long,
+        env = "REDELIVER_SHARD_INDEX",
+        value_name = "INDEX",
+        requires = "shard_count"
+    )]
     pub shard_index: Option<u32>,
 
     /// Cross-check each verification against Microsoft's access drift report (Graph beta,
@@ -911,6 +918,15 @@ mod tests {
         assert!(!a.leader_election);
         assert_eq!(a.lease_name, "redeliver");
         assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_without_effect_are_refused() {
+        assert!(Cli::try_parse_from(["redeliver", "--lease-name", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["redeliver", "--leader-election", "--lease-name", "x"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["redeliver", "--shard-index", "0"]).is_err());
     }
 
     #[test]
