@@ -234,3 +234,41 @@ async fn a_refused_connection_says_where_how_long_and_what_to_check() {
     );
     sim.shutdown().await;
 }
+
+/// A host name that does not resolve cannot start resolving on a retry: it fails at once
+/// and names the flags that hold the host.
+#[test]
+fn a_host_that_does_not_resolve_fails_at_once_naming_the_flags() {
+    let dir = declarations(&declaration(
+        "alice-finance",
+        "Finance Analysts",
+        "alice@contoso.com",
+        "",
+    ));
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
+        .args(["audit", "--no-progress", "-f"])
+        .arg(dir.path())
+        .env("AZURE_TENANT_ID", "00000000-0000-4000-8000-000000000001")
+        .env("AZURE_CLIENT_ID", "00000000-0000-4000-8000-000000000002")
+        .env("AZURE_CLIENT_SECRET", "unused")
+        .env("AZURE_AUTHORITY_HOST", "https://login.nonexistent.invalid")
+        .env("REDELIVER_GRAPH_URL", "https://graph.nonexistent.invalid")
+        .env_remove("REDELIVER_CA_FILE")
+        .output()
+        .expect("run redeliver audit");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not retried: the host name does not resolve"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--authority-host (AZURE_AUTHORITY_HOST)"),
+        "{stderr}"
+    );
+    // One lookup, not five retries with backoff (a resolver that times out may take a
+    // few seconds for the one).
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
+}
