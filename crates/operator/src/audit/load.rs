@@ -15,7 +15,7 @@ use k8s_openapi::api::core::v1::Secret;
 
 use crate::api::{
     AccessPackageAssignment, AccessPackageGuard, ClusterGraphConnection, GraphConnection,
-    validate_assignment_spec, validate_connection_settings, validate_guard_spec,
+    SpecError, assignment_spec_problems, guard_spec_problems, validate_connection_settings,
 };
 
 /// The API group and version Redeliver's kinds are served at.
@@ -276,39 +276,35 @@ fn load_text(file: &Path, text: &str, decls: &mut Declarations, errors: &mut Vec
                 errors.push(err(line, format!("{kind}/{name}: {message}")));
             }
         };
-        let spec_problem =
-            |e: crate::api::SpecError| vec![(field_line(&doc, start, &e.field), e.to_string())];
-        match kind {
-            "GraphConnection" => match parse_typed::<GraphConnection>(&doc, start) {
-                Ok(obj) => match validate_connection_settings(&obj.spec.settings()) {
-                    Ok(()) => decls.connections.push((origin, obj)),
-                    Err(e) => report(spec_problem(e)),
-                },
-                Err(problems) => report(problems),
-            },
-            "ClusterGraphConnection" => match parse_typed::<ClusterGraphConnection>(&doc, start) {
-                Ok(obj) => match validate_connection_settings(&obj.spec.settings()) {
-                    Ok(()) => decls.cluster_connections.push((origin, obj)),
-                    Err(e) => report(spec_problem(e)),
-                },
-                Err(problems) => report(problems),
-            },
-            "AccessPackageAssignment" => {
-                match parse_typed::<AccessPackageAssignment>(&doc, start) {
-                    Ok(obj) => match validate_assignment_spec(&obj.spec) {
-                        Ok(()) => decls.assignments.push((origin, obj)),
-                        Err(e) => report(spec_problem(e)),
-                    },
-                    Err(problems) => report(problems),
-                }
+        // Every problem of the document, each at its field's line.
+        let valid = |problems: Vec<SpecError>| -> Result<(), Vec<(Option<usize>, String)>> {
+            if problems.is_empty() {
+                return Ok(());
             }
-            _ => match parse_typed::<AccessPackageGuard>(&doc, start) {
-                Ok(obj) => match validate_guard_spec(&obj.spec) {
-                    Ok(()) => decls.guards.push((origin, obj)),
-                    Err(e) => report(spec_problem(e)),
-                },
-                Err(problems) => report(problems),
-            },
+            Err(problems
+                .into_iter()
+                .map(|e| (field_line(&doc, start, &e.field), e.to_string()))
+                .collect())
+        };
+        let connection = |s: &crate::api::ConnectionSettings| {
+            valid(validate_connection_settings(s).err().into_iter().collect())
+        };
+        let loaded = match kind {
+            "GraphConnection" => parse_typed::<GraphConnection>(&doc, start)
+                .and_then(|o| connection(&o.spec.settings()).map(|()| o))
+                .map(|o| decls.connections.push((origin, o))),
+            "ClusterGraphConnection" => parse_typed::<ClusterGraphConnection>(&doc, start)
+                .and_then(|o| connection(&o.spec.settings()).map(|()| o))
+                .map(|o| decls.cluster_connections.push((origin, o))),
+            "AccessPackageAssignment" => parse_typed::<AccessPackageAssignment>(&doc, start)
+                .and_then(|o| valid(assignment_spec_problems(&o.spec)).map(|()| o))
+                .map(|o| decls.assignments.push((origin, o))),
+            _ => parse_typed::<AccessPackageGuard>(&doc, start)
+                .and_then(|o| valid(guard_spec_problems(&o.spec)).map(|()| o))
+                .map(|o| decls.guards.push((origin, o))),
+        };
+        if let Err(problems) = loaded {
+            report(problems);
         }
     }
 }
@@ -639,6 +635,23 @@ mod tests {
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1, "{errors:#?}");
         assert_eq!(errors[0].line, Some(7), "{errors:#?}");
+    }
+
+    #[test]
+    fn every_invalid_value_of_a_document_is_listed_at_its_line() {
+        let text = format!(
+            "{HEAD}spec:\n  accessPackage: {{displayName: Finance Analysts}}\n  target: {{userPrincipalName: alice}}\n  verifyInterval: 1s\n  connectionRef: {{name: team-a/default}}\n"
+        );
+        let errors = errors_of(&text);
+        let found: Vec<(Option<usize>, bool)> = errors
+            .iter()
+            .map(|e| (e.line, e.message.contains("spec.")))
+            .collect();
+        assert_eq!(
+            found,
+            [(Some(6), true), (Some(7), true), (Some(8), true)],
+            "{errors:#?}"
+        );
     }
 
     #[test]
