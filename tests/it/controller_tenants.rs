@@ -1205,3 +1205,68 @@ async fn a_status_write_that_hangs_gives_the_slot_back() {
         "{err}"
     );
 }
+
+/// `redeliver controller --field-manager …` as a real process against the API server:
+/// its status writes carry that field manager, so two installations' writes can be told
+/// apart (`kubectl get --show-managed-fields`).
+#[tokio::test]
+async fn the_controller_writes_status_as_its_own_field_manager() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\ncurrent-context: fake\n",
+            kube.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"] {
+        cmd.env_remove(var);
+    }
+    let _controller = cmd
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("POD_NAMESPACE", OPERATOR_NS)
+        .args([
+            "controller",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            A,
+            "--field-manager",
+            "redeliver-team-a",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redeliver controller");
+    wait_until(
+        "the controller writes the connection's status",
+        Duration::from_secs(30),
+        || kube.status_write_count() > 0,
+    )
+    .await;
+    let managers: Vec<Option<String>> = kube
+        .status_writes_since(0)
+        .into_iter()
+        .map(|w| w.field_manager)
+        .collect();
+    assert!(
+        managers
+            .iter()
+            .all(|m| m.as_deref() == Some("redeliver-team-a")),
+        "{managers:?}"
+    );
+    contoso.shutdown().await;
+}

@@ -57,6 +57,8 @@ pub struct StatusWrite {
     pub delivered: Option<String>,
     /// Whether the write changed the stored status.
     pub changed: bool,
+    /// The writer's `fieldManager` (server-side apply), when it gave one.
+    pub field_manager: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -713,7 +715,15 @@ async fn handle(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            patch(&shared, &t, name, sub.is_some(), content_type, &body)
+            let manager = query.get("fieldManager").map(String::as_str);
+            patch(
+                &shared,
+                &t,
+                name,
+                sub.is_some(),
+                (content_type, manager),
+                &body,
+            )
         }
         _ => status_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -901,7 +911,7 @@ fn patch(
     t: &Target<'_>,
     name: &str,
     status: bool,
-    content_type: &str,
+    (content_type, field_manager): (&str, Option<&str>),
     body: &[u8],
 ) -> Response {
     // Server-side apply bodies are YAML; the controller sends JSON, which is YAML too.
@@ -1017,6 +1027,7 @@ fn patch(
             name: key.name,
             delivered: delivered(&new),
             changed,
+            field_manager: field_manager.map(str::to_string),
         });
     }
     json_response(StatusCode::OK, &new)
