@@ -519,3 +519,46 @@ async fn a_refused_connection_is_not_blamed_on_the_crds() {
         out.stderr
     );
 }
+
+/// `status` names the operator's own `--verify-interval`, read from its Deployment, for an
+/// object that sets none (it said "default 10m" whatever the operator ran with).
+#[tokio::test]
+async fn status_reads_the_operators_verify_interval_from_its_deployment() {
+    let kube = FakeKube::start(vec![assignment(
+        "alice-finance",
+        NS,
+        "Manual",
+        Some(drifted_status()),
+    )])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let out = plugin(&config, &["status", "apa/alice-finance"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "10m unless the operator is run with another; its Deployment could not be read"
+        ),
+        "{}",
+        out.stdout
+    );
+    kube.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "redeliver", "namespace": "redeliver-system"},
+        "spec": {"selector": {"matchLabels": {"app": "redeliver"}},
+                 "template": {"metadata": {"labels": {"app": "redeliver"}},
+                              "spec": {"containers": [{"name": "controller", "image": "redeliver",
+                                       "args": ["controller", "--verify-interval=1h"]}]}}}
+    }))
+    .unwrap();
+    let out = plugin(&config, &["status", "apa/alice-finance"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "within the operator's --verify-interval, 1h (Deployment redeliver-system/redeliver), of the last one"
+        ),
+        "{}",
+        out.stdout
+    );
+}

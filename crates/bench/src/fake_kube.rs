@@ -25,6 +25,8 @@
 //! - `events.k8s.io/v1` events: create and patch, answered, counted and kept as sent
 //!   ([`FakeKube::events`]).
 //! - GET of a core `Namespace`: found when it was put or any object lives in it.
+//! - `apps/v1` `Deployment`s, stored and listed like the others (the kubectl plugin reads
+//!   the controller's flags from them).
 //! - Anything else: `404` with a `Status` body.
 
 use std::collections::BTreeMap;
@@ -248,6 +250,10 @@ impl FakeKube {
         );
         kinds.insert("secrets".to_string(), ("v1".into(), "Secret".into()));
         kinds.insert("namespaces".to_string(), ("v1".into(), "Namespace".into()));
+        kinds.insert(
+            "deployments".to_string(),
+            ("apps/v1".into(), "Deployment".into()),
+        );
         let mut inner = Inner {
             rv: 0,
             base_rv: 0,

@@ -170,7 +170,14 @@ async fn perform(task: Task, client: Client, namespace: &str) -> anyhow::Result<
             let obj = get(&client, &namespace, &r).await?;
             let now = jiff::Timestamp::now();
             let text = match r.kind {
-                Kind::Assignment => render::assignment_status(&decode(obj, &r, &namespace)?, now),
+                Kind::Assignment => {
+                    let obj: AccessPackageAssignment = decode(obj, &r, &namespace)?;
+                    let operator = match obj.spec.verify_interval {
+                        Some(_) => None,
+                        None => operator_verify_interval(&client).await,
+                    };
+                    render::assignment_status(&obj, now, operator.as_deref())
+                }
                 Kind::Guard => render::guard_status(&decode(obj, &r, &namespace)?, now),
             };
             print!("{text}");
@@ -323,6 +330,45 @@ async fn list(client: &Client, namespace: Option<&str>, kind: Kind) -> anyhow::R
         .collect();
     out.sort_by_key(sort_key);
     Ok(out)
+}
+
+/// The `--verify-interval` of the Redeliver controller Deployment(s) in the cluster (the
+/// flag, its environment variable, or the default 10m), each named: `None` when none can be
+/// read (not installed as a Deployment, or no permission to list Deployments).
+async fn operator_verify_interval(client: &Client) -> Option<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.ok()?;
+    let found: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|d| {
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            let container = spec.containers.iter().find(|c| {
+                c.args
+                    .as_ref()
+                    .is_some_and(|a| a.first().map(String::as_str) == Some("controller"))
+            })?;
+            let args = container.args.as_deref().unwrap_or_default();
+            let from_args = args.iter().enumerate().find_map(|(i, a)| {
+                a.strip_prefix("--verify-interval=")
+                    .map(str::to_string)
+                    .or_else(|| (a == "--verify-interval").then(|| args.get(i + 1).cloned())?)
+            });
+            let from_env = container.env.as_ref().and_then(|env| {
+                env.iter()
+                    .find(|e| e.name == "REDELIVER_VERIFY_INTERVAL")
+                    .and_then(|e| e.value.clone())
+            });
+            let interval = from_args.or(from_env).unwrap_or_else(|| "10m".into());
+            Some(format!(
+                "{interval} (Deployment {}/{})",
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+                d.metadata.name.as_deref().unwrap_or_default()
+            ))
+        })
+        .collect();
+    (!found.is_empty()).then(|| found.join(" or "))
 }
 
 /// Fails when `namespace` does not exist, so that an empty list is never reported as
