@@ -48,10 +48,25 @@ enum Command {
 }
 
 fn init_tracing(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // rustls logs each refused handshake, and kube's client builder each refused
+    // connection, as errors naming neither the kind nor what to do; Redeliver reports the
+    // same failure once, with both. They are silenced unless the filter names them.
+    let mut level = level.to_string();
+    for (target, quiet) in [
+        ("rustls", "rustls=off"),
+        ("kube_client", "kube_client::client::builder=off"),
+    ] {
+        if !level.contains(target) {
+            level.push(',');
+            level.push_str(quiet);
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&level).unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,rustls=off,kube_client::client::builder=off")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(redeliver::cli::stderr_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -95,7 +110,7 @@ async fn audit(args: redeliver::audit::AuditArgs) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = redeliver::cli::parse();
     init_tracing(&cli.log_level, cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -124,20 +139,6 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(err) => {
-            // The outermost message says what failed and how to fix it; causes follow,
-            // skipping those whose text an earlier line already contains (libraries often
-            // embed their source's message in their own).
-            eprintln!("error: {err}");
-            let mut shown: Vec<String> = vec![err.to_string()];
-            for cause in err.chain().skip(1) {
-                let text = cause.to_string();
-                if !shown.iter().any(|s| s.contains(&text)) {
-                    eprintln!("  cause: {text}");
-                    shown.push(text);
-                }
-            }
-            ExitCode::from(1)
-        }
+        Err(err) => ExitCode::from(redeliver::cli::report_error(&err)),
     }
 }

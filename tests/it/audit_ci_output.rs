@@ -159,7 +159,7 @@ async fn demo_markdown_after_repairs_says_so_and_gives_the_before_counts() {
     );
     assert!(
         out.stdout
-            .contains("| access/frank-contractor | frank@contoso.com | Contractor Portal | Held | none (TargetDisabled) |"),
+            .contains("| access/frank-contractor | frank@contoso.com | Contractor Portal | Held | held | contractors | TargetDisabled: "),
         "{}",
         out.stdout
     );
@@ -221,10 +221,19 @@ async fn a_refused_secret_is_one_error_up_front() {
         declaration("bob-finance", "Finance Analysts", "bob@contoso.com", ""),
     ));
     for format in ["markdown", "junit", "json"] {
-        let mut cmd = audit_command(&sim, dir.path(), &["-o", format]);
-        cmd.env("AZURE_CLIENT_SECRET", "not-the-secret");
-        let out = run(cmd).await;
+        let refused = || {
+            let mut cmd = audit_command(&sim, dir.path(), &["-o", format]);
+            cmd.env("AZURE_CLIENT_SECRET", "not-the-secret");
+            run(cmd)
+        };
+        let out = refused().await;
         assert_eq!(out.code, 1, "{format}: {}\n{}", out.stdout, out.stderr);
+        // The same failure renders the same text: Entra's correlation id (new on every
+        // sign-in) is on stderr for a support case, never in the report.
+        let again = refused().await;
+        assert_eq!(out.stdout, again.stdout, "{format}: the same text twice");
+        assert!(!out.stdout.contains("correlation-id"), "{}", out.stdout);
+        assert!(out.stderr.contains("correlation-id"), "{}", out.stderr);
         assert_eq!(
             out.stderr.matches("invalid_client").count(),
             1,
@@ -251,7 +260,15 @@ async fn a_refused_secret_is_one_error_up_front() {
             _ => {
                 let report = out.json();
                 assert!(report["error"].as_str().unwrap().contains("invalid_client"));
-                assert_eq!(report["rows"], json!([]));
+                // Every declaration is an unchecked row, and the counts say so (exit 1).
+                let rows = report["rows"].as_array().unwrap();
+                assert_eq!(rows.len(), 2, "{report:#}");
+                for row in rows {
+                    assert_eq!(row["verdict"], "Error", "{row}");
+                    assert!(row.get("message").is_none(), "said once: {row}");
+                }
+                assert_eq!(report["summary"]["errors"], 2, "{report:#}");
+                assert_eq!(report["summary"]["total"], 2, "{report:#}");
             }
         }
     }
@@ -367,4 +384,74 @@ async fn graph_refusing_the_token_on_every_read_is_one_error_in_junit() {
         out.stderr
     );
     sim.shutdown().await;
+}
+
+/// The README's GitHub Actions recipe, its `run:` commands executed by bash as written,
+/// against a directory with an invalid declaration: the JUnit file holds an `<error>`, the
+/// step summary is not empty, and the step fails with exit code 1 (not 0, not drift's 2).
+#[tokio::test]
+async fn the_readme_ci_recipe_reports_invalid_declarations_in_both_files() {
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+        .expect("README.md");
+    let recipe = readme
+        .split("# GitHub Actions\n")
+        .nth(1)
+        .expect("the README has a GitHub Actions recipe");
+    let script: String = recipe
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("run: |"))
+        .skip(1)
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", l.trim_start()))
+        .collect();
+    assert!(script.contains("redeliver audit"), "{script}");
+
+    let work = tempfile::tempdir().unwrap();
+    let decls = work.path().join("declarations");
+    std::fs::create_dir(&decls).unwrap();
+    std::fs::write(
+        decls.join("finance.yaml"),
+        "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {name: alice, namespace: access}\nspec:\n  accessPackage: {displayName: Finance Analysts}\n  target: {userPrincipalName: alice@contoso.com}\n  verifyIntervall: 5m\n",
+    )
+    .unwrap();
+    let summary = work.path().join("step-summary.md");
+    let bin = Path::new(env!("CARGO_BIN_EXE_redeliver")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = tokio::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(work.path())
+        .env("PATH", path)
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .env("AZURE_TENANT_ID", "00000000-0000-4000-8000-000000000001")
+        .env("AZURE_CLIENT_ID", "00000000-0000-4000-8000-000000000002")
+        .env(
+            "AZURE_CLIENT_SECRET",
+            "unused: the declarations are refused first",
+        )
+        .output()
+        .await
+        .expect("bash runs the recipe");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(&summary).unwrap();
+    assert!(
+        md.starts_with("## Redeliver audit\n\n**Error:** 1 problem(s)"),
+        "{md}"
+    );
+    assert!(md.contains("spec.verifyIntervall"), "{md}");
+    let xml = std::fs::read_to_string(work.path().join("redeliver-junit.xml")).unwrap();
+    let elements = xml_elements(&xml);
+    let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+    assert_eq!(attr(suite, "errors"), "1", "{xml}");
+    assert!(elements.iter().any(|e| e.0 == "error"), "{xml}");
+    assert!(xml.contains("finance.yaml:7"), "{xml}");
 }

@@ -144,6 +144,17 @@ impl Running {
     /// A controller watching all namespaces, with `operator` as its own connection (none:
     /// only connections).
     async fn start(kube: &FakeKube, operator: Option<&SimHandle>, settings: Settings) -> Self {
+        Self::start_watching(kube, operator, Vec::new(), settings).await
+    }
+
+    /// A controller watching `namespaces` (all when empty), as one installation of several
+    /// on the same API server would.
+    async fn start_watching(
+        kube: &FakeKube,
+        operator: Option<&SimHandle>,
+        namespaces: Vec<String>,
+        settings: Settings,
+    ) -> Self {
         let config = kube::Config::new(kube.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
         let graph = operator.map(|sim| crate::fault_support::graph_client(sim).unwrap());
@@ -155,7 +166,7 @@ impl Running {
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_controllers(
             ctx,
-            Vec::new(),
+            namespaces,
             2,
             ready.clone(),
             stop.clone(),
@@ -212,6 +223,16 @@ fn condition(status: &Value, type_: &str) -> Value {
 fn is(status: &Value, type_: &str, value: &str, reason: &str) -> bool {
     let c = condition(status, type_);
     c["status"] == value && c["reason"] == reason
+}
+
+/// Whether the stored object is `Stalled=True` with `reason`.
+fn stalled(kube: &FakeKube, plural: &str, namespace: &str, name: &str, reason: &str) -> bool {
+    is(
+        &status(kube, plural, namespace, name),
+        "Stalled",
+        "True",
+        reason,
+    )
 }
 
 fn is_verified(status: &Value) -> bool {
@@ -852,4 +873,401 @@ async fn a_workload_identity_connection_needs_no_secret() {
     let s = status(&kube, GC, A, "default");
     assert!(!s.to_string().contains("someone-else"), "{s}");
     running.stop().await;
+}
+
+/// Token requests (accepted or refused) a simulator received.
+fn token_requests(sim: &SimHandle) -> usize {
+    sim.request_log()
+        .iter()
+        .filter(|e| e.path.contains("/oauth2/v2.0/token"))
+        .count()
+}
+
+/// A wrong client secret, with the operator's default re-check schedule, over one minute:
+/// the connection signs in at most twice (at once, and 30 s later; then 60 s, then every
+/// 2 minutes), however many objects use it and however often its status is written; its
+/// status is written once (Entra's correlation id, new on every attempt, is not in it).
+/// Before, the status rewrite of each attempt triggered the next: 62 token requests in 63 s.
+#[tokio::test]
+async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", "not-the-secret"),
+        connection(A, "default", &contoso, "graph"),
+        alice(A, "alice", None),
+        alice(A, "alice-2", None),
+        guard(A, "finance"),
+    ])
+    .await
+    .unwrap();
+    let defaults = Settings {
+        connection_recheck_stalled: redeliver::controller::connections::RECHECK_STALLED,
+        connection_recheck_ready: redeliver::controller::connections::RECHECK_READY,
+        ..settings()
+    };
+    let running = Running::start(&kube, None, defaults).await;
+    let started = Instant::now();
+    wait_until("the connection is Stalled", Duration::from_secs(20), || {
+        stalled(&kube, GC, A, "default", "AuthenticationFailed")
+    })
+    .await;
+    let message = condition(&status(&kube, GC, A, "default"), "Stalled")["message"].clone();
+    assert!(
+        !message
+            .as_str()
+            .unwrap_or_default()
+            .contains("correlation-id"),
+        "{message}"
+    );
+    let writes_before = kube.status_write_count();
+    tokio::time::sleep(Duration::from_secs(60).saturating_sub(started.elapsed())).await;
+    let tokens = token_requests(&contoso);
+    eprintln!("{tokens} token request(s) in the first minute");
+    assert!(
+        (1..=2).contains(&tokens),
+        "{tokens} token requests in the first minute"
+    );
+    let connection_writes = kube
+        .status_writes_since(writes_before)
+        .iter()
+        .filter(|w| w.plural == GC && w.changed)
+        .count();
+    assert_eq!(
+        connection_writes, 0,
+        "the connection's status did not change while it stayed stalled"
+    );
+    assert!(stalled(&kube, APA, A, "alice", "ConnectionNotReady"));
+    running.stop().await;
+    contoso.shutdown().await;
+}
+
+/// A ready connection that stops working (its Secret given a wrong value) flips every
+/// object that uses it to `Stalled` (`ConnectionNotReady`) within seconds of its own
+/// status, whatever their verification interval (here the default 10 minutes), with a
+/// `ConnectionNotReady` event and their last `Delivered` kept, saying it is not being
+/// verified; fixing the Secret brings them back.
+#[tokio::test]
+async fn objects_follow_their_connection_into_stalled_and_back() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        alice(A, "alice", None),
+        guard(A, "finance"),
+    ])
+    .await
+    .unwrap();
+    let fast_connection = Settings {
+        connection_recheck_ready: Duration::from_secs(2),
+        connection_recheck_stalled: Duration::from_secs(1),
+        ..settings()
+    };
+    let running = Running::start(&kube, None, fast_connection).await;
+    let ready = |kube: &FakeKube, plural: &str, name: &str| {
+        is(&status(kube, plural, A, name), "Ready", "True", "Delivered")
+            || is(
+                &status(kube, plural, A, name),
+                "Ready",
+                "True",
+                "AllDelivered",
+            )
+    };
+    wait_until("both objects are Ready", Duration::from_secs(20), || {
+        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+    })
+    .await;
+
+    kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
+        .unwrap();
+    wait_until("the connection is Stalled", Duration::from_secs(20), || {
+        stalled(&kube, GC, A, "default", "AuthenticationFailed")
+    })
+    .await;
+    let stalled_at = Instant::now();
+    wait_until(
+        "every object using it is Stalled",
+        Duration::from_secs(5),
+        || {
+            stalled(&kube, APA, A, "alice", "ConnectionNotReady")
+                && stalled(&kube, APG, A, "finance", "ConnectionNotReady")
+        },
+    )
+    .await;
+    eprintln!(
+        "objects stalled {:?} after their connection",
+        stalled_at.elapsed()
+    );
+    let alice = status(&kube, APA, A, "alice");
+    assert!(
+        is(&alice, "Ready", "False", "ConnectionNotReady"),
+        "{alice:#}"
+    );
+    let delivered = condition(&alice, "Delivered");
+    assert_eq!(delivered["status"], "True", "last verified kept: {alice:#}");
+    assert!(
+        delivered["message"]
+            .as_str()
+            .is_some_and(|m| m
+                .ends_with("Not verified while GraphConnection team-a/default cannot be used.")),
+        "{delivered:#}"
+    );
+    let events: Vec<Value> = kube
+        .events()
+        .into_iter()
+        .filter(|e| e["reason"] == "ConnectionNotReady")
+        .collect();
+    assert!(
+        events.iter().any(|e| e["regarding"]["name"] == "alice"),
+        "a ConnectionNotReady event on alice: {events:#?}"
+    );
+
+    kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
+        .unwrap();
+    wait_until("both objects recover", Duration::from_secs(20), || {
+        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+    })
+    .await;
+    let delivered = condition(&status(&kube, APA, A, "alice"), "Delivered");
+    assert!(
+        !delivered["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Not verified"),
+        "{delivered:#}"
+    );
+    running.stop().await;
+    contoso.shutdown().await;
+}
+
+/// Two installations on one API server: the platform's (every namespace, the cluster
+/// connection's Secret in its namespace) and a team's (`--namespace team-b`, its own
+/// operator namespace). The team's never writes the cluster connection's status (alone, it
+/// writes nothing; beside the platform's, the status stays the platform's `Ready` instead
+/// of flipping to `SecretUnavailable` once a second).
+#[tokio::test]
+async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(
+            OPERATOR_NS,
+            "shared",
+            "clientSecret",
+            &contoso.client_secret,
+        ),
+        cluster_connection("shared", &contoso, "shared"),
+    ])
+    .await
+    .unwrap();
+    let team_settings = Settings {
+        operator_namespace: Some("team-b-system".into()),
+        // What `--namespace team-b` derives when --cluster-connections is not given.
+        cluster_connections: false,
+        ..settings()
+    };
+    let team = Running::start_watching(&kube, None, vec![B.into()], team_settings).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let cgc_writes = |from: usize| {
+        kube.status_writes_since(from)
+            .iter()
+            .filter(|w| w.plural == CGC)
+            .count()
+    };
+    assert_eq!(
+        cgc_writes(0),
+        0,
+        "the team's installation wrote a cluster connection's status"
+    );
+
+    let platform = Running::start(&kube, None, settings()).await;
+    wait_until(
+        "the platform makes the cluster connection Ready",
+        Duration::from_secs(20),
+        || {
+            is(
+                &status(&kube, CGC, "", "shared"),
+                "Ready",
+                "True",
+                "Connected",
+            )
+        },
+    )
+    .await;
+    let from = kube.status_write_count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let changed = kube
+        .status_writes_since(from)
+        .iter()
+        .filter(|w| w.plural == CGC && w.changed)
+        .count();
+    assert_eq!(changed, 0, "the cluster connection's status did not flip");
+    assert!(is(
+        &status(&kube, CGC, "", "shared"),
+        "Ready",
+        "True",
+        "Connected"
+    ));
+    team.stop().await;
+    platform.stop().await;
+    contoso.shutdown().await;
+}
+
+/// An event that repeats counts up its series only while its message is the same; a new
+/// message is a new event, so `kubectl describe` shows the latest ("bob", not the first
+/// "alice" with a count of 3).
+#[tokio::test]
+async fn a_repeated_event_with_a_new_message_is_a_new_event() {
+    use redeliver::engine::{EngineEvent, EventKind};
+    let kube = FakeKube::start(vec![alice(A, "alice", None)])
+        .await
+        .unwrap();
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (metrics, _registry) = Metrics::new(None);
+    let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("redeliver.dev/v1alpha1".into()),
+        kind: Some("AccessPackageGuard".into()),
+        namespace: Some(A.into()),
+        name: Some("finance".into()),
+        uid: Some("uid-1".into()),
+        ..Default::default()
+    };
+    let drift = |who: &str| EngineEvent {
+        kind: EventKind::DriftDetected,
+        message: format!("{who}@contoso.com missing fin-writers"),
+    };
+    for who in ["alice", "alice", "bob", "carol", "carol"] {
+        ctx.publish(&reference, "Reconcile", &[drift(who)]).await;
+    }
+    let events = kube.events();
+    let summary: Vec<(String, String, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["note"].as_str().unwrap_or_default().to_string(),
+                e["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                e["series"]["count"].as_i64().unwrap_or(1),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 5, "{summary:#?}");
+    let notes: Vec<&str> = summary.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        notes,
+        [
+            "alice@contoso.com missing fin-writers",
+            "alice@contoso.com missing fin-writers",
+            "bob@contoso.com missing fin-writers",
+            "carol@contoso.com missing fin-writers",
+            "carol@contoso.com missing fin-writers",
+        ]
+    );
+    // alice's repeat is a series on alice's event; bob's and carol's are new events.
+    assert_eq!(summary[1].1, summary[0].1);
+    assert_eq!(summary[1].2, 2);
+    assert_ne!(summary[2].1, summary[0].1);
+    assert_ne!(summary[3].1, summary[2].1);
+    assert_eq!(
+        (summary[4].1.as_str(), summary[4].2),
+        (summary[3].1.as_str(), 2)
+    );
+}
+
+/// A status write the API server does not answer in time (its storage down) fails after
+/// the bound instead of holding the reconcile's slot: here 0.5 s against a server that
+/// takes 5 s per write.
+#[tokio::test]
+async fn a_status_write_that_hangs_gives_the_slot_back() {
+    let kube = redeliver_bench::fake_kube::FakeKube::start_with_write_cost(
+        vec![alice(A, "alice", None)],
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let api: kube::Api<redeliver::api::AccessPackageAssignment> = kube::Api::namespaced(client, A);
+    let started = Instant::now();
+    let result = redeliver::controller::context::patch_status_within(
+        &api,
+        "alice",
+        &json!({"observedGeneration": 1}),
+        Duration::from_millis(500),
+    )
+    .await;
+    let took = started.elapsed();
+    let err = result.expect_err("the write did not complete in time");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        err.to_string().contains("did not complete within 0.5s"),
+        "{err}"
+    );
+}
+
+/// `redeliver controller --field-manager …` as a real process against the API server:
+/// its status writes carry that field manager, so two installations' writes can be told
+/// apart (`kubectl get --show-managed-fields`).
+#[tokio::test]
+async fn the_controller_writes_status_as_its_own_field_manager() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let kube = FakeKube::start(vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+    ])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {}\nusers:\n- name: nobody\n  user: {{}}\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: nobody\ncurrent-context: fake\n",
+            kube.url()
+        ),
+    )
+    .unwrap();
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
+    for var in ["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"] {
+        cmd.env_remove(var);
+    }
+    let _controller = cmd
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", dir.path())
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("POD_NAMESPACE", OPERATOR_NS)
+        .args([
+            "controller",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--namespace",
+            A,
+            "--field-manager",
+            "redeliver-team-a",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redeliver controller");
+    wait_until(
+        "the controller writes the connection's status",
+        Duration::from_secs(30),
+        || kube.status_write_count() > 0,
+    )
+    .await;
+    let managers: Vec<Option<String>> = kube
+        .status_writes_since(0)
+        .into_iter()
+        .map(|w| w.field_manager)
+        .collect();
+    assert!(
+        managers
+            .iter()
+            .all(|m| m.as_deref() == Some("redeliver-team-a")),
+        "{managers:?}"
+    );
+    contoso.shutdown().await;
 }

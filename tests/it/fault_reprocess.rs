@@ -27,7 +27,7 @@ async fn plan_once(
     let view = observer.package_view(&package_id).await.unwrap();
     let target = observer.resolve_target(&apa.spec.target).await.unwrap();
     let mut snapshot = observer.snapshot(view.resources.iter()).await;
-    crate::fault_support::confirm_target(&observer, &mut snapshot, &target).await;
+    crate::fault_support::confirm_target(observer, &mut snapshot, &target).await;
     let assignment = view.assignment_for(&target);
     let requests = observer.package_requests(&package_id).await.unwrap();
     let latest_request = view.latest_request_for(&requests, &target);

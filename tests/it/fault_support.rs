@@ -112,14 +112,18 @@ pub async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> Run {
     run(audit_command(sim, dir, extra)).await
 }
 
-/// `redeliver audit -o json --poll-interval 1s` against `sim`: the exit code, the decoded
-/// report and stderr.
+/// `redeliver audit -o json` against `sim` (with `--reprocess` in `extra`, also
+/// `--poll-interval 1s`, which without it would be refused as a flag with no effect): the
+/// exit code, the decoded report and stderr.
 pub async fn audit_json(
     sim: &SimHandle,
     dir: &Path,
     extra: &[&str],
 ) -> (i32, serde_json::Value, String) {
-    let mut args = vec!["-o", "json", "--poll-interval", "1s"];
+    let mut args = vec!["-o", "json"];
+    if extra.contains(&"--reprocess") {
+        args.extend(["--poll-interval", "1s"]);
+    }
     args.extend_from_slice(extra);
     let run = audit(sim, dir, &args).await;
     let report = serde_json::from_str(&run.stdout)

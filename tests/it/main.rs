@@ -25,6 +25,7 @@ mod controller_runtime;
 mod controller_safety;
 mod controller_tenants;
 mod crds_in_sync;
+mod docs_in_sync;
 mod drift_report_against_sim;
 mod fault_batch;
 mod fault_reprocess;

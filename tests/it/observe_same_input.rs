@@ -27,6 +27,8 @@ fn audit_action(action: &Action) -> String {
         Action::Write(Write::ReprocessAssignment { .. }) => "would reprocess".into(),
         Action::Write(Write::ReprocessRequest { .. }) => "would reprocess request".into(),
         Action::Wait { reason } => format!("wait ({reason})"),
+        // A safety rail's hold: its reason leads the row's message.
+        Action::GiveUp { reason } if redeliver::engine::is_hold(*reason) => "held".into(),
         Action::GiveUp { reason } => format!("none ({reason})"),
     }
 }

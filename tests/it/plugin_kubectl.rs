@@ -485,3 +485,146 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
         .unwrap();
     sim.shutdown().await;
 }
+
+/// Usage errors exit 64 (not 2, which is drift) and name the flag; nothing is sent.
+#[tokio::test]
+async fn usage_errors_exit_64_and_are_told_apart_from_drift() {
+    let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let before = kube.counts();
+    for (args, says) in [
+        (&["drift", "-A", "-n", NS][..], "cannot be used together"),
+        (
+            &["reprocess", "apa/alice-finance", "--timeout", "5s"][..],
+            "--wait",
+        ),
+        (
+            &[
+                "reprocess",
+                "apa/alice-finance",
+                "--wait",
+                "--timeout",
+                "banana",
+            ][..],
+            "banana",
+        ),
+        (&["status"][..], "<OBJECT>"),
+        (&["drift", "--bogus"][..], "--bogus"),
+    ] {
+        let out = plugin(&config, args).await;
+        assert_eq!(out.code, Some(64), "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
+    assert_eq!(
+        redeliver_bench::fake_kube::writes(&redeliver_bench::fake_kube::diff(
+            &kube.counts(),
+            &before
+        )),
+        0,
+        "a usage error writes nothing"
+    );
+    let out = plugin(&config, &["--help"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+/// `drift -n` for a namespace that does not exist is an error, not "everything delivered".
+#[tokio::test]
+async fn drift_in_a_namespace_that_does_not_exist_is_an_error() {
+    let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let out = plugin(&config, &["drift", "-n", "no-such-namespace"]).await;
+    assert_eq!(out.code, Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr
+            .contains("namespace \"no-such-namespace\" does not exist"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stdout.contains("is Delivered"), "{}", out.stdout);
+}
+
+/// A refused connection names the server and does not blame the CRDs; the OS error is said
+/// once.
+#[tokio::test]
+async fn a_refused_connection_is_not_blamed_on_the_crds() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &format!("http://127.0.0.1:{port}"));
+    let out = plugin(&config, &["drift", "-A"]).await;
+    assert_eq!(out.code, Some(1), "{}", out.stderr);
+    assert!(!out.stderr.contains("CRDs"), "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with(&format!(
+            "error: cannot reach the Kubernetes API server at http://127.0.0.1:{port}/"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("cannot list accesspackageassignments"),
+        "{}",
+        out.stderr
+    );
+    let refused = out
+        .stderr
+        .to_lowercase()
+        .matches("connection refused")
+        .count();
+    assert_eq!(refused, 1, "said once: {}", out.stderr);
+    assert!(
+        !out.stderr.contains('\u{1b}'),
+        "no colour when piped: {}",
+        out.stderr
+    );
+}
+
+/// `status` names the operator's own `--verify-interval`, read from its Deployment, for an
+/// object that sets none (it said "default 10m" whatever the operator ran with).
+#[tokio::test]
+async fn status_reads_the_operators_verify_interval_from_its_deployment() {
+    let kube = FakeKube::start(vec![assignment(
+        "alice-finance",
+        NS,
+        "Manual",
+        Some(drifted_status()),
+    )])
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = kubeconfig(dir.path(), &kube.url());
+    let out = plugin(&config, &["status", "apa/alice-finance"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "10m unless the operator is run with another; its Deployment could not be read"
+        ),
+        "{}",
+        out.stdout
+    );
+    kube.put(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "redeliver", "namespace": "redeliver-system"},
+        "spec": {"selector": {"matchLabels": {"app": "redeliver"}},
+                 "template": {"metadata": {"labels": {"app": "redeliver"}},
+                              "spec": {"containers": [{"name": "controller", "image": "redeliver",
+                                       "args": ["controller", "--verify-interval=1h"]}]}}}
+    }))
+    .unwrap();
+    let out = plugin(&config, &["status", "apa/alice-finance"]).await;
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains(
+            "within the operator's --verify-interval, 1h (Deployment redeliver-system/redeliver), of the last one"
+        ),
+        "{}",
+        out.stdout
+    );
+}

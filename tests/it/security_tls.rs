@@ -31,11 +31,31 @@ async fn tls_simulator_is_trusted_only_with_its_ca_file() {
         "",
     ));
 
-    // Without the CA: the handshake fails, nothing reaches the simulator, no repair.
+    // Without the CA: the handshake fails, nothing reaches the simulator, no repair. No
+    // retry can fix an unknown CA, so it fails at once and says which flag to set, in
+    // plain text (stderr is not a terminal here).
+    let started = std::time::Instant::now();
     let out = audit(&sim, decls.path(), &["--reprocess", "-o", "json"]).await;
+    let took = started.elapsed();
     assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
     let all = format!("{}{}", out.stdout, out.stderr).to_lowercase();
     assert!(all.contains("certificate"), "names the TLS failure: {all}");
+    assert!(out.stderr.contains("not retried"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--ca-file or REDELIVER_CA_FILE"),
+        "names what to set: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains('\u{1b}'), "no colour: {}", out.stderr);
+    assert!(
+        !out.stderr.contains("rustls"),
+        "said once, by Redeliver: {}",
+        out.stderr
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "fails fast (it took 13 s of retries before): {took:?}"
+    );
     assert!(
         sim.request_log().is_empty(),
         "no request was sent over an unverified connection"
@@ -174,4 +194,81 @@ async fn forbidden_names_the_permission_for_every_call_family() {
         );
     }
     sim.shutdown().await;
+}
+
+/// A refused connection is retried (a server may be restarting), then said with the URL,
+/// how long it tried and what to check.
+#[tokio::test]
+async fn a_refused_connection_says_where_how_long_and_what_to_check() {
+    let sim = Simulator::start(Scenario::demo(), fast()).await.unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let decls = declarations(&declaration(
+        "alice-finance",
+        "Finance Analysts",
+        "alice@contoso.com",
+        "",
+    ));
+    let mut cmd = audit_command(&sim, decls.path(), &["--max-retries", "2"]);
+    let url = format!("http://127.0.0.1:{port}");
+    cmd.env("AZURE_AUTHORITY_HOST", &url)
+        .env("REDELIVER_GRAPH_URL", &url)
+        .env("NO_COLOR", "1");
+    let out = run(cmd).await;
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "names the URL: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("tried 3 time(s) over"),
+        "says how long: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("check the URL"),
+        "says what to check: {}",
+        out.stderr
+    );
+    sim.shutdown().await;
+}
+
+/// A host name that does not resolve cannot start resolving on a retry: it fails at once
+/// and names the flags that hold the host.
+#[test]
+fn a_host_that_does_not_resolve_fails_at_once_naming_the_flags() {
+    let dir = declarations(&declaration(
+        "alice-finance",
+        "Finance Analysts",
+        "alice@contoso.com",
+        "",
+    ));
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
+        .args(["audit", "--no-progress", "-f"])
+        .arg(dir.path())
+        .env("AZURE_TENANT_ID", "00000000-0000-4000-8000-000000000001")
+        .env("AZURE_CLIENT_ID", "00000000-0000-4000-8000-000000000002")
+        .env("AZURE_CLIENT_SECRET", "unused")
+        .env("AZURE_AUTHORITY_HOST", "https://login.nonexistent.invalid")
+        .env("REDELIVER_GRAPH_URL", "https://graph.nonexistent.invalid")
+        .env_remove("REDELIVER_CA_FILE")
+        .output()
+        .expect("run redeliver audit");
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not retried: the host name does not resolve"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--authority-host (AZURE_AUTHORITY_HOST)"),
+        "{stderr}"
+    );
+    // One lookup, not five retries with backoff (a resolver that times out may take a
+    // few seconds for the one).
+    assert!(took < std::time::Duration::from_secs(15), "{took:?}");
 }

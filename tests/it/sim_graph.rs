@@ -266,9 +266,11 @@ async fn users_and_groups_with_select_paging_and_correlation_headers() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"]["code"], "Request_ResourceNotFound");
     assert!(body["error"]["innerError"]["request-id"].is_string());
+    // An unknown segment is Graph's 400, not a 404 (unknown_segments_are_answered_as_graph_does).
     let (status, body) = get(&c, &h, &tok, "/v1.0/nothingHere").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(body["error"]["code"].is_string());
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "BadRequest");
+    assert!(body["error"]["innerError"]["request-id"].is_string());
     h.shutdown().await;
 }
 
@@ -780,5 +782,132 @@ async fn catalog_resources_and_roles_match_the_package_role_scopes() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "InvalidFilter");
+    h.shutdown().await;
+}
+
+/// `GET /groups` as Graph documents it: the list, `$filter` by `displayName` (`eq` and
+/// `startswith`), `$top` with `@odata.nextLink` paging, and `$count=true`, which needs
+/// `ConsistencyLevel: eventual` and then carries `@odata.count` on the first page only.
+#[tokio::test]
+async fn groups_list_filters_pages_and_counts_as_graph_does() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+
+    let (status, all) = get(&c, &h, &tok, "/v1.0/groups").await;
+    assert_eq!(status, StatusCode::OK, "{all}");
+    assert!(
+        all["@odata.context"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("$metadata#groups")),
+        "{all}"
+    );
+    let names: Vec<&str> = all["value"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["displayName"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"fin-writers") && names.contains(&"eng-tools"),
+        "{names:?}"
+    );
+    let total = names.len();
+
+    let (status, one) = get(
+        &c,
+        &h,
+        &tok,
+        "/v1.0/groups?$filter=displayName%20eq%20'fin-writers'&$select=id,displayName",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(
+        one["value"],
+        json!([{"id": h.group_id("fin-writers").unwrap(), "displayName": "fin-writers"}])
+    );
+    let (_, fin) = get(
+        &c,
+        &h,
+        &tok,
+        "/v1.0/groups?$filter=startswith(displayName,'fin-')",
+    )
+    .await;
+    assert_eq!(fin["value"].as_array().unwrap().len(), 2, "{fin}");
+
+    // Pages of two, followed by nextLink, with the count on the first page only.
+    let mut url = format!("{}/v1.0/groups?$top=2&$count=true", h.graph_url);
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let resp = c
+            .get(&url)
+            .bearer_auth(&tok)
+            .header("ConsistencyLevel", "eventual")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let page: Value = resp.json().await.unwrap();
+        if pages == 0 {
+            assert_eq!(page["@odata.count"], json!(total), "{page}");
+        } else {
+            assert!(page.get("@odata.count").is_none(), "{page}");
+        }
+        pages += 1;
+        let items = page["value"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|g| g["id"].as_str().unwrap().to_string()));
+        match page["@odata.nextLink"].as_str() {
+            Some(next) => url = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), total);
+    assert_eq!(pages, total.div_ceil(2));
+
+    // $count without the header is refused, as Graph refuses it.
+    let (status, body) = get(&c, &h, &tok, "/v1.0/groups?$count=true").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "Request_BadRequest");
+    // A property Graph does not filter groups on is an unsupported query.
+    let (status, body) = get(&c, &h, &tok, "/v1.0/groups?$filter=description%20eq%20'x'").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "Request_UnsupportedQuery");
+    h.shutdown().await;
+}
+
+/// A segment Graph does not serve is `400 BadRequest` "Resource not found for the segment
+/// 'x'." (a 404 means an object that does not exist).
+#[tokio::test]
+async fn unknown_segments_are_answered_as_graph_does() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let gid = h.group_id("fin-writers").unwrap();
+    for (path, segment) in [
+        ("/v1.0/nosuch".to_string(), "nosuch"),
+        (format!("/v1.0/groups/{gid}/nosuch"), "nosuch"),
+        (format!("{EM}/nosuch"), "nosuch"),
+        (format!("{EM}/catalogs/x/nosuch"), "nosuch"),
+    ] {
+        let (status, body) = get(&c, &h, &tok, &path).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {body}");
+        assert_eq!(body["error"]["code"], "BadRequest", "{path}: {body}");
+        assert_eq!(
+            body["error"]["message"],
+            format!("Resource not found for the segment '{segment}'."),
+            "{path}"
+        );
+    }
+    // An object that does not exist is still a 404.
+    let (status, _) = get(
+        &c,
+        &h,
+        &tok,
+        "/v1.0/groups/00000000-0000-4000-8000-000000000000",
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     h.shutdown().await;
 }

@@ -22,6 +22,7 @@ from msgraph.generated.users.item.user_item_request_builder import UserItemReque
 from msgraph.generated.identity_protection.risky_users.risky_users_request_builder import (
     RiskyUsersRequestBuilder,
 )
+from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 
 
@@ -114,9 +115,39 @@ async def check(credential, graph: str) -> int:
     assert all(s.role.origin_id in ("Eligible", "Active") for s in roles), roles
     assert all(s.role.resource and s.role.resource.display_name for s in roles), roles
 
+    # A paged group list: $top pages followed through @odata.nextLink, $count with
+    # ConsistencyLevel: eventual (the count on the first page), and a $filter by name.
+    group_query = GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+        top=2, count=True, select=["id", "displayName"],
+    )
+    config = RequestConfiguration(query_parameters=group_query)
+    config.headers.add("ConsistencyLevel", "eventual")
+    page = await client.groups.get(request_configuration=config)
+    total = page.odata_count
+    group_names = [g.display_name for g in page.value]
+    pages = 1
+    while page.odata_next_link:
+        page = await client.groups.with_url(page.odata_next_link).get(
+            request_configuration=RequestConfiguration(headers=config.headers)
+        )
+        assert len(page.value) <= 2, len(page.value)
+        group_names += [g.display_name for g in page.value]
+        pages += 1
+    assert total == len(group_names) and pages == (total + 1) // 2, (total, pages, group_names)
+    assert "fin-writers" in group_names, group_names
+    by_name = await client.groups.get(
+        request_configuration=RequestConfiguration(
+            query_parameters=GroupsRequestBuilder.GroupsRequestBuilderGetQueryParameters(
+                filter="displayName eq 'fin-writers'",
+            )
+        )
+    )
+    assert [g.id for g in by_name.value] == [fin_writers.scope.origin_id], by_name.value
+
     print(
         f"msgraph-sdk against redeliver sim: {len(names)} packages, "
-        f"{len(assignments.value)} assignments, fin-writers has {len(member_ids)} member(s): ok"
+        f"{len(assignments.value)} assignments, fin-writers has {len(member_ids)} member(s), "
+        f"{total} groups in {pages} pages: ok"
     )
     return 0
 

@@ -22,7 +22,11 @@
 //!   all must hold); any other field is `400 BadRequest` ("field label not supported"), as
 //!   from the real server. This is what `kube::runtime::watcher::watch_object` (and
 //!   `kubectl wait`) uses to watch one object.
-//! - `events.k8s.io/v1` events: create and patch, answered and counted, not stored.
+//! - `events.k8s.io/v1` events: create and patch, answered, counted and kept as sent
+//!   ([`FakeKube::events`]).
+//! - GET of a core `Namespace`: found when it was put or any object lives in it.
+//! - `apps/v1` `Deployment`s, stored and listed like the others (the kubectl plugin reads
+//!   the controller's flags from them).
 //! - Anything else: `404` with a `Status` body.
 
 use std::collections::BTreeMap;
@@ -55,6 +59,8 @@ pub struct StatusWrite {
     pub delivered: Option<String>,
     /// Whether the write changed the stored status.
     pub changed: bool,
+    /// The writer's `fieldManager` (server-side apply), when it gave one.
+    pub field_manager: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -151,6 +157,8 @@ struct Shared {
     inner: Mutex<Inner>,
     counts: Mutex<BTreeMap<String, u64>>,
     status_writes: Mutex<Vec<StatusWrite>>,
+    /// Every event created (`POST`) or patched (`PATCH`, a series count), as sent.
+    events: Mutex<Vec<Value>>,
     /// plural → (apiVersion, kind)
     kinds: BTreeMap<String, (String, String)>,
 }
@@ -241,6 +249,11 @@ impl FakeKube {
             ),
         );
         kinds.insert("secrets".to_string(), ("v1".into(), "Secret".into()));
+        kinds.insert("namespaces".to_string(), ("v1".into(), "Namespace".into()));
+        kinds.insert(
+            "deployments".to_string(),
+            ("apps/v1".into(), "Deployment".into()),
+        );
         let mut inner = Inner {
             rv: 0,
             base_rv: 0,
@@ -285,6 +298,7 @@ impl FakeKube {
             inner: Mutex::new(inner),
             counts: Mutex::new(BTreeMap::new()),
             status_writes: Mutex::new(Vec::new()),
+            events: Mutex::new(Vec::new()),
             kinds,
         });
         let app = axum::Router::new()
@@ -315,6 +329,11 @@ impl FakeKube {
     pub fn status_writes_since(&self, from: usize) -> Vec<StatusWrite> {
         let log = lock(&self.shared.status_writes);
         log.get(from..).map(<[_]>::to_vec).unwrap_or_default()
+    }
+
+    /// Every event body received (creates, then patches of a series, in order).
+    pub fn events(&self) -> Vec<Value> {
+        lock(&self.shared.events).clone()
     }
 
     /// Number of status writes received so far.
@@ -639,7 +658,14 @@ async fn handle(
         );
     };
     if t.group_version == "events.k8s.io/v1" && t.plural == "events" {
-        return event(&method, t.name, &body);
+        let answer = event(&method, t.name, &body);
+        if let Ok(mut ev) = serde_json::from_slice::<Value>(&body) {
+            if let Some(name) = t.name {
+                ev["metadata"]["name"] = json!(name);
+            }
+            lock(&shared.events).push(ev);
+        }
+        return answer;
     }
     let Some((api_version, kind)) = shared.kinds.get(t.plural).cloned() else {
         return status_error(
@@ -654,6 +680,23 @@ async fn handle(
             "NotFound",
             format!("{} is not served at {}", t.plural, t.group_version),
         );
+    }
+    if let (&Method::GET, "namespaces", Some(name), None) = (&method, t.plural, t.name, t.sub) {
+        // A namespace exists when it was put, or when an object lives in it (a real server
+        // holds no object in a namespace that does not exist).
+        let inner = lock(&shared.inner);
+        let exists = inner
+            .objects
+            .keys()
+            .any(|k| k.namespace == name || (k.plural == "namespaces" && k.name == name));
+        return if exists {
+            json_response(
+                StatusCode::OK,
+                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+            )
+        } else {
+            not_found("namespaces", name)
+        };
     }
     match (&method, t.name, t.sub) {
         (&Method::GET, None, None)
@@ -678,7 +721,15 @@ async fn handle(
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
-            patch(&shared, &t, name, sub.is_some(), content_type, &body)
+            let manager = query.get("fieldManager").map(String::as_str);
+            patch(
+                &shared,
+                &t,
+                name,
+                sub.is_some(),
+                (content_type, manager),
+                &body,
+            )
         }
         _ => status_error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -866,7 +917,7 @@ fn patch(
     t: &Target<'_>,
     name: &str,
     status: bool,
-    content_type: &str,
+    (content_type, field_manager): (&str, Option<&str>),
     body: &[u8],
 ) -> Response {
     // Server-side apply bodies are YAML; the controller sends JSON, which is YAML too.
@@ -982,6 +1033,7 @@ fn patch(
             name: key.name,
             delivered: delivered(&new),
             changed,
+            field_manager: field_manager.map(str::to_string),
         });
     }
     json_response(StatusCode::OK, &new)

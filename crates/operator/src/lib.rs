@@ -10,6 +10,7 @@
 //!   group delta tracking.
 //! - [`controller`]: the Kubernetes operator around the engine (`redeliver controller`).
 //! - [`audit`]: the engine driven from YAML files (`redeliver audit`).
+//! - [`cli`]: the exit codes, usage errors and error printing both programs share.
 //!
 //! The Graph simulator (`redeliver sim`, docs/simulator.md) is the `redeliver-sim` crate and
 //! the benchmark harness the `redeliver-bench` crate: neither is part of the operator.
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod audit;
+pub mod cli;
 pub mod controller;
 pub mod engine;
 pub mod graph;

@@ -46,18 +46,15 @@ pub(crate) fn route(
     let get = *method == Method::GET;
     let post = *method == Method::POST;
     let del = *method == Method::DELETE;
-    let unknown_path = || {
-        GraphError::not_found(
-            "itemNotFound",
-            format!("No HTTP resource was found that matches the request URI '{path}'."),
-        )
-    };
     let wrong_method = || method_not_allowed(method, &path);
     match s.as_slice() {
         ["users", ..] if get && !sim.world.has_permission(USER_READ_ALL) => {
             Err(insufficient_privileges())
         }
-        ["users"] if get => list_users(&sim.world, q, base, &path),
+        ["users"] if get => list_users(&sim.world, q, headers, base, &path),
+        ["groups"] if get => list_groups(&sim.world, q, headers, base, &path),
+        // Creating users or groups is not simulated.
+        ["users" | "groups"] => Err(wrong_method()),
         ["users", id] if get => get_user(&sim.world, id, q, base),
         ["identityProtection", r, ..] if eq(r, "riskyUsers") && get => {
             super::risk::route(&sim.world, &s[2..], q, base, &path)
@@ -119,12 +116,109 @@ pub(crate) fn route(
         }
         ["users", ..] | ["groups", ..] | ["servicePrincipals", ..] => {
             if get || post || del {
-                Err(unknown_path())
+                // `/groups/{id}/nosuch`: the segment after the id is the one not found.
+                Err(segment_not_found(
+                    s.get(2).or(s.last()).copied().unwrap_or_default(),
+                ))
             } else {
                 Err(wrong_method())
             }
         }
-        _ => Err(unknown_path()),
+        _ => Err(segment_not_found(s.first().copied().unwrap_or_default())),
+    }
+}
+
+/// Graph's answer to a path it does not serve under a version root: `400 BadRequest`,
+/// "Resource not found for the segment 'x'." (not a 404, which Graph keeps for objects that
+/// do not exist).
+pub(crate) fn segment_not_found(segment: &str) -> GraphError {
+    GraphError::bad_request(
+        "BadRequest",
+        format!("Resource not found for the segment '{segment}'."),
+    )
+}
+
+/// Whether the request carries `ConsistencyLevel: eventual` (Graph's advanced queries).
+fn eventual(headers: &HeaderMap) -> bool {
+    headers
+        .get("consistencylevel")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"))
+}
+
+/// `$count=true` on a directory collection: `@odata.count` (all matching items, not the
+/// page) on the first page only, and only with `ConsistencyLevel: eventual`; without the
+/// header Graph refuses the request.
+fn with_count(mut reply: Reply, q: &Query, headers: &HeaderMap, count: usize) -> GResult {
+    if q.get("count").is_some_and(|c| eq(c, "true")) && !q.has("skiptoken") {
+        if !eventual(headers) {
+            return Err(GraphError::bad_request(
+                "Request_BadRequest",
+                "$count requires the ConsistencyLevel: eventual header.",
+            ));
+        }
+        if let Some(b) = reply.body.as_mut() {
+            b["@odata.count"] = json!(count);
+        }
+    }
+    Ok(reply)
+}
+
+/// `GET /groups`: `$filter` on `id`, `displayName` (`eq`, `startswith`, joined by
+/// `and`/`or`), `$select`, `$top` (1–999, default 100) with `@odata.nextLink` paging, and
+/// `$count=true` with `ConsistencyLevel: eventual`.
+fn list_groups(w: &World, q: &Query, headers: &HeaderMap, base: &str, path: &str) -> GResult {
+    let collection = Directory {
+        context: "groups",
+        props: &["id", "displayName"],
+        functions: &[("startswith", "displayName")],
+    };
+    collection.list(
+        w.groups.iter(),
+        |g, p| match p {
+            "id" => Some(g.id.clone()),
+            "displayname" => Some(g.display_name.clone()),
+            _ => None,
+        },
+        group_json,
+        (q, headers, base, path),
+    )
+}
+
+/// A directory collection as Graph lists it (`/users`, `/groups`): which properties
+/// `$filter` may name, and the `@odata.context` of its pages.
+struct Directory {
+    context: &'static str,
+    props: &'static [&'static str],
+    functions: &'static [(&'static str, &'static str)],
+}
+
+impl Directory {
+    /// The items `field` says match the request's `$filter`, rendered, `$select`ed, paged,
+    /// and counted when `$count=true` asks.
+    fn list<'a, T: 'a>(
+        &self,
+        items: impl Iterator<Item = &'a T>,
+        field: impl Fn(&T, &str) -> Option<String>,
+        render: impl Fn(&T) -> Value,
+        (q, headers, base, path): (&Query, &HeaderMap, &str, &str),
+    ) -> GResult {
+        let filter = directory_filter(q, self.props, self.functions)?;
+        let sel = q.select();
+        let items: Vec<&T> = items
+            .filter(|item| filter.as_ref().is_none_or(|f| f.eval(&|p| field(item, p))))
+            .collect();
+        let count = items.len();
+        let reply = page_lazy(
+            items,
+            |item| apply_select(render(item), sel.as_deref(), &[]),
+            q,
+            base,
+            path,
+            self.context,
+            "Request_BadRequest",
+        )?;
+        with_count(reply, q, headers, count)
     }
 }
 
@@ -263,38 +357,25 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
-fn list_users(w: &World, q: &Query, base: &str, path: &str) -> GResult {
-    let filter = directory_filter(
-        q,
-        &["id", "userPrincipalName", "displayName", "mail"],
-        &[
+fn list_users(w: &World, q: &Query, headers: &HeaderMap, base: &str, path: &str) -> GResult {
+    let collection = Directory {
+        context: "users",
+        props: &["id", "userPrincipalName", "displayName", "mail"],
+        functions: &[
             ("startswith", "displayName"),
             ("startswith", "userPrincipalName"),
         ],
-    )?;
-    let sel = q.select();
-    let items: Vec<_> = w
-        .users
-        .iter()
-        .filter(|u| {
-            filter.as_ref().is_none_or(|f| {
-                f.eval(&|p| match p {
-                    "id" => Some(u.id.clone()),
-                    "userprincipalname" | "mail" => Some(u.upn.clone()),
-                    "displayname" => Some(u.display_name.clone()),
-                    _ => None,
-                })
-            })
-        })
-        .collect();
-    page_lazy(
-        items,
-        |u| apply_select(strip_type(user_json(w, u)), sel.as_deref(), &[]),
-        q,
-        base,
-        path,
-        "users",
-        "Request_BadRequest",
+    };
+    collection.list(
+        w.users.iter(),
+        |u, p| match p {
+            "id" => Some(u.id.clone()),
+            "userprincipalname" | "mail" => Some(u.upn.clone()),
+            "displayname" => Some(u.display_name.clone()),
+            _ => None,
+        },
+        |u| strip_type(user_json(w, u)),
+        (q, headers, base, path),
     )
 }
 
@@ -387,10 +468,7 @@ fn list_group_rel(
 ) -> GResult {
     require_dir_guid(id)?;
     let g = w.group(id).ok_or_else(|| dir_not_found(id))?;
-    let eventual = headers
-        .get("consistencylevel")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("eventual"));
+    let eventual = eventual(headers);
     if q.has("filter") || q.has("search") || q.has("orderby") {
         return Err(GraphError::bad_request(
             "Request_UnsupportedQuery",
@@ -413,7 +491,7 @@ fn list_group_rel(
     let sel = q.select();
     let items: Vec<&String> = set.iter().collect();
     let count = set.len();
-    let mut reply = page_lazy(
+    let reply = page_lazy(
         items,
         |oid| apply_select(directory_object_json(w, oid), sel.as_deref(), &[]),
         q,
@@ -422,18 +500,7 @@ fn list_group_rel(
         "directoryObjects",
         "Request_BadRequest",
     )?;
-    if q.get("count").is_some_and(|c| eq(c, "true")) && !q.has("skiptoken") {
-        if !eventual {
-            return Err(GraphError::bad_request(
-                "Request_BadRequest",
-                "$count requires the ConsistencyLevel: eventual header.",
-            ));
-        }
-        if let Some(b) = reply.body.as_mut() {
-            b["@odata.count"] = json!(count);
-        }
-    }
-    Ok(reply)
+    with_count(reply, q, headers, count)
 }
 
 fn parse_body(body: &Bytes) -> Result<Value, GraphError> {
@@ -725,9 +792,24 @@ fn em_route(
         {
             Err(method_not_allowed(method, path))
         }
-        _ => Err(GraphError::not_found(
-            "itemNotFound",
-            format!("No HTTP resource was found that matches the request URI '{path}'."),
+        // `.../catalogs/{id}/nosuch`: the segment after the id; `.../nosuch`: itself.
+        [collection, ..]
+            if [
+                "catalogs",
+                "accessPackages",
+                "assignmentPolicies",
+                "assignments",
+                "assignmentRequests",
+            ]
+            .iter()
+            .any(|c| eq(c, collection)) =>
+        {
+            Err(segment_not_found(
+                rest.get(2).or(rest.last()).copied().unwrap_or_default(),
+            ))
+        }
+        _ => Err(segment_not_found(
+            rest.first().copied().unwrap_or("entitlementManagement"),
         )),
     }
 }

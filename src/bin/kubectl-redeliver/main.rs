@@ -21,6 +21,7 @@ use redeliver::api::{
     AccessPackageAssignment, AccessPackageGuard, MASS_DRIFT_ACK_ANNOTATION, REPROCESS_ANNOTATION,
     ReprocessMode, format_duration, parse_duration_arg,
 };
+use redeliver::cli::{EXIT_DRIFT, EXIT_OK, UsageError};
 
 use render::Listed;
 use target::{Kind, ObjectRef, parse_ref};
@@ -63,7 +64,7 @@ enum Command {
     /// --wait waits for that sweep and prints its counts.
     ///
     /// Exit codes: 0 requested (and, with --wait, handled and not Stalled); 1 an error, a
-    /// timeout, or a handled request that left the object Stalled.
+    /// timeout, or a handled request that left the object Stalled; 64 a usage error.
     #[command(
         after_help = "Examples:\n  kubectl redeliver reprocess apa/alice-finance -n access --wait\n  kubectl redeliver reprocess accesspackageguard/finance -n access"
     )]
@@ -76,7 +77,7 @@ enum Command {
         #[arg(long)]
         wait: bool,
         /// How long --wait waits, e.g. 30s, 5m.
-        #[arg(long, default_value = "2m", value_parser = parse_duration_arg)]
+        #[arg(long, default_value = "2m", value_parser = parse_duration_arg, requires = "wait")]
         timeout: Duration,
     },
     /// Show one object as a tree: conditions, each promised resource (Present, Missing,
@@ -113,7 +114,8 @@ enum Command {
     /// List every AccessPackageAssignment and AccessPackageGuard that is not Delivered, one
     /// line each, with the missing resources.
     ///
-    /// Exit codes: 0 everything is Delivered; 2 something is not; 1 an error.
+    /// Exit codes: 0 everything is Delivered; 2 something is not; 1 an error (also a
+    /// namespace that does not exist); 64 a usage error.
     #[command(
         after_help = "Examples:\n  kubectl redeliver drift -n access\n  kubectl redeliver drift -A"
     )]
@@ -126,13 +128,10 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = redeliver::cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
+        Err(e) => ExitCode::from(redeliver::cli::report_error(&e)),
     }
 }
 
@@ -151,17 +150,57 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             wait.then_some(*timeout),
         ),
         Command::Status { object, name } => Task::Status(parse_ref(object, name.as_deref())?),
-        Command::Drift { all_namespaces } => Task::Drift(*all_namespaces),
-        Command::Ack { object, name } => Task::Ack(target::parse_ack(object, name.as_deref())?),
+        Command::Drift { all_namespaces } => {
+            if *all_namespaces && cli.namespace.is_some() {
+                return Err(UsageError(
+                    "-A/--all-namespaces and -n/--namespace cannot be used together: -A looks in \
+                     every namespace, so -n would have no effect; give one of them"
+                        .into(),
+                )
+                .into());
+            }
+            Task::Drift(*all_namespaces)
+        }
+        Command::Ack { object, name } => Task::Ack(
+            target::parse_ack(object, name.as_deref()).map_err(|e| UsageError(e.to_string()))?,
+        ),
     };
-    let (client, namespace) = connect(&cli).await?;
+    let (client, namespace, server) = connect(&cli).await?;
+    let result = perform(task, client, &namespace).await;
+    result.map_err(|e| {
+        // A server that cannot be reached at all is said first, naming it: the operation's
+        // own message (and any CRD hint) would otherwise read like the cause.
+        let unreachable = e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<kube::Error>())
+            .any(|k| !matches!(k, kube::Error::Api(_)));
+        if unreachable {
+            e.context(format!(
+                "cannot reach the Kubernetes API server at {server}; check the kubeconfig's \
+                 server and context, and that the cluster is running"
+            ))
+        } else {
+            e
+        }
+    })
+}
+
+async fn perform(task: Task, client: Client, namespace: &str) -> anyhow::Result<u8> {
+    let namespace = namespace.to_string();
     match task {
         Task::Reprocess(r, wait) => reprocess(client, &namespace, &r, wait).await,
         Task::Status(r) => {
             let obj = get(&client, &namespace, &r).await?;
             let now = jiff::Timestamp::now();
             let text = match r.kind {
-                Kind::Assignment => render::assignment_status(&decode(obj, &r, &namespace)?, now),
+                Kind::Assignment => {
+                    let obj: AccessPackageAssignment = decode(obj, &r, &namespace)?;
+                    let operator = match obj.spec.verify_interval {
+                        Some(_) => None,
+                        None => operator_verify_interval(&client).await,
+                    };
+                    render::assignment_status(&obj, now, operator.as_deref())
+                }
                 Kind::Guard => render::guard_status(&decode(obj, &r, &namespace)?, now),
             };
             print!("{text}");
@@ -175,11 +214,18 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
                 format!("in namespace {namespace:?}")
             };
             let ns = (!all_namespaces).then_some(namespace.as_str());
+            if let Some(ns) = ns {
+                check_namespace(&client, ns).await?;
+            }
             let mut objects = list(&client, ns, Kind::Assignment).await?;
             objects.extend(list(&client, ns, Kind::Guard).await?);
             let report = render::drift(&objects, all_namespaces, &scope);
             print!("{}", report.text);
-            Ok(if report.not_delivered > 0 { 2 } else { 0 })
+            Ok(if report.not_delivered > 0 {
+                EXIT_DRIFT
+            } else {
+                EXIT_OK
+            })
         }
     }
 }
@@ -245,8 +291,8 @@ async fn acknowledge(client: Client, namespace: &str, r: &target::AckRef) -> any
     Ok(0)
 }
 
-/// A client from the kubeconfig, and the namespace to use.
-async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
+/// A client from the kubeconfig, the namespace to use and the server's URL.
+async fn connect(cli: &Cli) -> anyhow::Result<(Client, String, String)> {
     let options = KubeConfigOptions {
         context: cli.context.clone(),
         ..Default::default()
@@ -264,8 +310,9 @@ async fn connect(cli: &Cli) -> anyhow::Result<(Client, String)> {
         .namespace
         .clone()
         .unwrap_or_else(|| config.default_namespace.clone());
+    let server = config.cluster_url.to_string();
     let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
-    Ok((client, namespace))
+    Ok((client, namespace, server))
 }
 
 fn api_resource(kind: Kind) -> ApiResource {
@@ -324,11 +371,16 @@ async fn list(client: &Client, namespace: Option<&str>, kind: Kind) -> anyhow::R
     let items = dynamic_api(client, namespace, kind)
         .list(&ListParams::default())
         .await
-        .with_context(|| {
-            format!(
-                "cannot list {} {where_} (are Redeliver's CRDs installed?)",
-                api_resource(kind).plural
-            )
+        .map_err(|e| {
+            let plural = api_resource(kind).plural;
+            let hint = match &e {
+                // Only a 404 for the resource itself says the CRD is missing.
+                kube::Error::Api(status) if status.code == 404 => {
+                    " (are Redeliver's CRDs installed? kubectl apply --server-side -f crds/)"
+                }
+                _ => "",
+            };
+            anyhow::Error::new(e).context(format!("cannot list {plural} {where_}{hint}"))
         })?
         .items;
     let mut out: Vec<Listed> = items
@@ -356,6 +408,60 @@ async fn list(client: &Client, namespace: Option<&str>, kind: Kind) -> anyhow::R
         .collect();
     out.sort_by_key(sort_key);
     Ok(out)
+}
+
+/// The `--verify-interval` of the Redeliver controller Deployment(s) in the cluster (the
+/// flag, its environment variable, or the default 10m), each named: `None` when none can be
+/// read (not installed as a Deployment, or no permission to list Deployments).
+async fn operator_verify_interval(client: &Client) -> Option<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let api: Api<Deployment> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.ok()?;
+    let found: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|d| {
+            let spec = d.spec.as_ref()?.template.spec.as_ref()?;
+            let container = spec.containers.iter().find(|c| {
+                c.args
+                    .as_ref()
+                    .is_some_and(|a| a.first().map(String::as_str) == Some("controller"))
+            })?;
+            let args = container.args.as_deref().unwrap_or_default();
+            let from_args = args.iter().enumerate().find_map(|(i, a)| {
+                a.strip_prefix("--verify-interval=")
+                    .map(str::to_string)
+                    .or_else(|| (a == "--verify-interval").then(|| args.get(i + 1).cloned())?)
+            });
+            let from_env = container.env.as_ref().and_then(|env| {
+                env.iter()
+                    .find(|e| e.name == "REDELIVER_VERIFY_INTERVAL")
+                    .and_then(|e| e.value.clone())
+            });
+            let interval = from_args.or(from_env).unwrap_or_else(|| "10m".into());
+            Some(format!(
+                "{interval} (Deployment {}/{})",
+                d.metadata.namespace.as_deref().unwrap_or_default(),
+                d.metadata.name.as_deref().unwrap_or_default()
+            ))
+        })
+        .collect();
+    (!found.is_empty()).then(|| found.join(" or "))
+}
+
+/// Fails when `namespace` does not exist, so that an empty list is never reported as
+/// "everything delivered" for a namespace that is not there. A server that does not let
+/// us read namespaces (RBAC) is not a reason to fail: the list is then trusted as is.
+async fn check_namespace(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(_)) => Ok(()),
+        Ok(None) => bail!(
+            "namespace {namespace:?} does not exist; check -n (or use -A for every namespace)"
+        ),
+        Err(kube::Error::Api(status)) if status.code == 403 => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot read namespace {namespace:?}")),
+    }
 }
 
 fn sort_key(o: &Listed) -> (String, String) {

@@ -138,7 +138,16 @@ fn state_label(s: ResourceState) -> &'static str {
 }
 
 /// `kubectl redeliver status apa/NAME`.
-pub fn assignment_status(obj: &AccessPackageAssignment, now: Timestamp) -> String {
+/// The operator's `--verify-interval` as read from its Deployment(s), for an object that sets
+/// no `spec.verifyInterval`: e.g. `10m (Deployment redeliver-system/redeliver)`; `None` when
+/// no Deployment could be read.
+pub type OperatorInterval<'a> = Option<&'a str>;
+
+pub fn assignment_status(
+    obj: &AccessPackageAssignment,
+    now: Timestamp,
+    operator: OperatorInterval<'_>,
+) -> String {
     let status = obj.status.clone().unwrap_or_default();
     let spec = &obj.spec;
     let mut top = Vec::new();
@@ -252,10 +261,13 @@ pub fn assignment_status(obj: &AccessPackageAssignment, now: Timestamp) -> Strin
     }
     top.push(Node::new("Reprocess").with(reprocess));
 
-    let interval = spec.verify_interval.as_deref().map_or_else(
-        || String::from("the operator's --verify-interval (default 10m)"),
-        |v| format!("every {v}"),
-    );
+    let interval = match (spec.verify_interval.as_deref(), operator) {
+        (Some(v), _) => format!("every {v}"),
+        (None, Some(found)) => format!("the operator's --verify-interval, {found},"),
+        (None, None) => String::from(
+            "the operator's --verify-interval (10m unless the operator is run with another; its Deployment could not be read)",
+        ),
+    };
     top.push(Node::new(format!(
         "Next verification: within {interval} of the last one (or at once on a spec or annotation change)"
     )));
@@ -668,7 +680,7 @@ mod tests {
                  "displayName": "Contributor", "role": "Contributor", "state": "Present"},
             ],
         }));
-        let text = assignment_status(&status, now());
+        let text = assignment_status(&status, now(), None);
         assert!(
             text.contains("Missing  DirectoryRole   EntraRole Global Reader (Eligible, /)"),
             "{text}"
@@ -692,7 +704,7 @@ mod tests {
 
     #[test]
     fn assignment_status_shows_conditions_resources_reprocess_and_next_verification() {
-        let text = assignment_status(&drifted_alice(), now());
+        let text = assignment_status(&drifted_alice(), now(), None);
         let expected = "\
 AccessPackageAssignment access/alice-finance
 ├─ Package: Finance Analysts (9f1c0c7e-0000-4000-8000-000000000001)
@@ -712,16 +724,29 @@ AccessPackageAssignment access/alice-finance
 │  ├─ last requested: 2026-01-01T00:55:00Z (5m ago)
 │  ├─ last outcome: Requested
 │  └─ last handled request: r1
-└─ Next verification: within the operator's --verify-interval (default 10m) of the last one (or at once on a spec or annotation change)
+└─ Next verification: within the operator's --verify-interval (10m unless the operator is run with another; its Deployment could not be read) of the last one (or at once on a spec or annotation change)
 ";
         assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn the_next_verification_names_the_operators_interval_when_it_was_read() {
+        let text = assignment_status(
+            &drifted_alice(),
+            now(),
+            Some("1h (Deployment redeliver-system/redeliver)"),
+        );
+        assert!(
+            text.contains("Next verification: within the operator's --verify-interval, 1h (Deployment redeliver-system/redeliver), of the last one"),
+            "{text}"
+        );
     }
 
     #[test]
     fn a_new_object_says_nothing_is_reported_and_a_stale_generation_is_named() {
         let mut obj = alice(json!({"observedGeneration": 1}));
         obj.metadata.generation = Some(2);
-        let text = assignment_status(&obj, now());
+        let text = assignment_status(&obj, now(), None);
         assert!(
             text.contains("none yet: the controller has not reported"),
             "{text}"

@@ -415,59 +415,86 @@ pub enum ReprocessOutcome {
 /// Checks what the schema cannot (or what slipped past it, e.g. in `redeliver audit` files).
 /// Returns the first problem, naming the field.
 pub fn validate_assignment_spec(spec: &AccessPackageAssignmentSpec) -> Result<(), SpecError> {
-    check_package("spec.accessPackage", &spec.access_package)?;
-    if let Some(policy) = &spec.assignment_policy {
-        check_one_of(
-            "spec.assignmentPolicy",
-            ("id", policy.id.as_deref()),
-            ("displayName", policy.display_name.as_deref()),
-        )?;
-        if let Some(id) = &policy.id {
-            check_guid("spec.assignmentPolicy.id", id)?;
+    assignment_spec_checks(spec).into_iter().collect()
+}
+
+/// Every problem [`validate_assignment_spec`] would name, in its order (one per field
+/// group: a field whose first check fails is not checked further).
+pub fn assignment_spec_problems(spec: &AccessPackageAssignmentSpec) -> Vec<SpecError> {
+    assignment_spec_checks(spec)
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}
+
+fn assignment_spec_checks(spec: &AccessPackageAssignmentSpec) -> [Result<(), SpecError>; 7] {
+    let policy = || {
+        if let Some(policy) = &spec.assignment_policy {
+            check_one_of(
+                "spec.assignmentPolicy",
+                ("id", policy.id.as_deref()),
+                ("displayName", policy.display_name.as_deref()),
+            )?;
+            if let Some(id) = &policy.id {
+                check_guid("spec.assignmentPolicy.id", id)?;
+            }
         }
-    }
-    check_one_of(
-        "spec.target",
-        ("objectId", spec.target.object_id.as_deref()),
-        (
-            "userPrincipalName",
-            spec.target.user_principal_name.as_deref(),
-        ),
-    )?;
-    if let Some(id) = &spec.target.object_id {
-        check_guid("spec.target.objectId", id)?;
-    }
-    if let Some(upn) = &spec.target.user_principal_name {
-        let mut parts = upn.split('@');
-        let ok = matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None) if !l.is_empty() && !d.is_empty())
-            && !upn.chars().any(char::is_whitespace);
-        if !ok {
+        Ok(())
+    };
+    let target = || {
+        check_one_of(
+            "spec.target",
+            ("objectId", spec.target.object_id.as_deref()),
+            (
+                "userPrincipalName",
+                spec.target.user_principal_name.as_deref(),
+            ),
+        )?;
+        if let Some(id) = &spec.target.object_id {
+            check_guid("spec.target.objectId", id)?;
+        }
+        if let Some(upn) = &spec.target.user_principal_name {
+            let mut parts = upn.split('@');
+            let ok = matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None) if !l.is_empty() && !d.is_empty())
+                && !upn.chars().any(char::is_whitespace);
+            if !ok {
+                return Err(SpecError::new(
+                    "spec.target.userPrincipalName",
+                    format!(
+                        "{upn:?} is not a user principal name; write it as user@domain, e.g. alice@contoso.com"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    };
+    let max_attempts = || {
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&spec.reprocess.max_attempts) {
             return Err(SpecError::new(
-                "spec.target.userPrincipalName",
+                "spec.reprocess.maxAttempts",
                 format!(
-                    "{upn:?} is not a user principal name; write it as user@domain, e.g. alice@contoso.com"
+                    "{} is out of range; use a value from 1 to {MAX_ATTEMPTS_LIMIT}",
+                    spec.reprocess.max_attempts
                 ),
             ));
         }
-    }
-    if !(1..=MAX_ATTEMPTS_LIMIT).contains(&spec.reprocess.max_attempts) {
-        return Err(SpecError::new(
-            "spec.reprocess.maxAttempts",
-            format!(
-                "{} is out of range; use a value from 1 to {MAX_ATTEMPTS_LIMIT}",
-                spec.reprocess.max_attempts
-            ),
-        ));
-    }
-    check_duration(
-        "spec.reprocess.cooldown",
-        &spec.reprocess.cooldown,
-        MIN_COOLDOWN,
-    )?;
-    if let Some(interval) = &spec.verify_interval {
-        check_duration("spec.verifyInterval", interval, MIN_VERIFY_INTERVAL)?;
-    }
-    Ok(())
+        Ok(())
+    };
+    [
+        check_package("spec.accessPackage", &spec.access_package),
+        policy(),
+        target(),
+        max_attempts(),
+        check_duration(
+            "spec.reprocess.cooldown",
+            &spec.reprocess.cooldown,
+            MIN_COOLDOWN,
+        ),
+        spec.verify_interval.as_ref().map_or(Ok(()), |interval| {
+            check_duration("spec.verifyInterval", interval, MIN_VERIFY_INTERVAL)
+        }),
+        super::connection::check_connection_ref(spec.connection_ref.as_ref()),
+    ]
 }
 
 #[cfg(test)]

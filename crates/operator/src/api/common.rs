@@ -10,6 +10,11 @@ use serde::{Deserialize, Serialize};
 pub const GUID_PATTERN: &str =
     "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$";
 
+/// Regular expression (anchored) for the name of a Kubernetes object (a DNS-1123
+/// subdomain): no `/`, so `ns/name` can never be written where a name is meant.
+pub const OBJECT_NAME_PATTERN: &str =
+    "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 /// Regular expression (anchored) for a duration such as `30s`, `5m` or `1h30m`.
 pub const DURATION_PATTERN: &str = "^([0-9]+(h|m|s))+$";
 

@@ -40,9 +40,40 @@ pub struct ConnectionRef {
     /// ClusterGraphConnection.
     #[serde(default)]
     pub kind: ConnectionKind,
-    /// Name of the connection. A GraphConnection of another namespace cannot be named.
-    #[schemars(length(min = 1, max = 253))]
+    /// Name of the connection (an object name, never `namespace/name`): a GraphConnection
+    /// of another namespace cannot be named.
+    #[schemars(length(min = 1, max = 253), regex(pattern = super::common::OBJECT_NAME_PATTERN))]
     pub name: String,
+}
+
+/// Refuses a `connectionRef` whose name cannot name an object (for declarations the schema
+/// did not check, such as `redeliver audit`'s files).
+pub(crate) fn check_connection_ref(r: Option<&ConnectionRef>) -> Result<(), SpecError> {
+    let Some(r) = r else { return Ok(()) };
+    let name = r.name.as_str();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if valid {
+        return Ok(());
+    }
+    let hint = match name.split_once('/') {
+        Some((ns, n)) => format!(
+            "; a connectionRef names a GraphConnection of the object's own namespace (or a ClusterGraphConnection), so write only its name ({n:?}) and put the object in namespace {ns:?}, or use a ClusterGraphConnection"
+        ),
+        None => String::new(),
+    };
+    Err(SpecError::new(
+        "spec.connectionRef.name",
+        format!("{name:?} is not an object name (lower-case letters, digits, '-' and '.'){hint}"),
+    ))
 }
 
 /// A key of a Secret holding the application's client secret.
@@ -424,6 +455,31 @@ mod tests {
         assert_eq!(
             validate_connection_settings(&s).unwrap_err().field,
             "spec.credential"
+        );
+    }
+
+    #[test]
+    fn a_connection_ref_name_must_be_an_object_name() {
+        let r = |name: &str| ConnectionRef {
+            kind: ConnectionKind::GraphConnection,
+            name: name.into(),
+        };
+        assert!(check_connection_ref(Some(&r("default"))).is_ok());
+        assert!(check_connection_ref(Some(&r("team-a.graph"))).is_ok());
+        let e = check_connection_ref(Some(&r("team-a/default"))).unwrap_err();
+        assert_eq!(e.field, "spec.connectionRef.name");
+        assert!(
+            e.message.contains("write only its name (\"default\")"),
+            "{e}"
+        );
+        for bad in ["", "Default", "-a", "a_b", "a..b"] {
+            assert!(check_connection_ref(Some(&r(bad))).is_err(), "{bad:?}");
+        }
+        // The schema refuses the same names at the API server.
+        let schema = serde_json::to_value(schemars::schema_for!(ConnectionRef)).unwrap();
+        assert_eq!(
+            schema["properties"]["name"]["pattern"],
+            super::super::common::OBJECT_NAME_PATTERN
         );
     }
 

@@ -268,18 +268,35 @@ pub struct UnmanagedMembers {
 /// Checks what the schema cannot (or what slipped past it). Returns the first problem,
 /// naming the field.
 pub fn validate_guard_spec(spec: &AccessPackageGuardSpec) -> Result<(), SpecError> {
-    check_package("spec.accessPackage", &spec.access_package)?;
-    check_duration("spec.interval", &spec.interval, MIN_GUARD_INTERVAL)?;
-    if spec.max_reprocess_per_sweep < 0 {
-        return Err(SpecError::new(
+    guard_spec_checks(spec).into_iter().collect()
+}
+
+/// Every problem [`validate_guard_spec`] would name, in its order.
+pub fn guard_spec_problems(spec: &AccessPackageGuardSpec) -> Vec<SpecError> {
+    guard_spec_checks(spec)
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+}
+
+fn guard_spec_checks(spec: &AccessPackageGuardSpec) -> [Result<(), SpecError>; 4] {
+    let max_reprocess = if spec.max_reprocess_per_sweep < 0 {
+        Err(SpecError::new(
             "spec.maxReprocessPerSweep",
             format!(
                 "{} is negative; use 0 to only report, or a positive bound",
                 spec.max_reprocess_per_sweep
             ),
-        ));
-    }
-    Ok(())
+        ))
+    } else {
+        Ok(())
+    };
+    [
+        check_package("spec.accessPackage", &spec.access_package),
+        check_duration("spec.interval", &spec.interval, MIN_GUARD_INTERVAL),
+        max_reprocess,
+        super::connection::check_connection_ref(spec.connection_ref.as_ref()),
+    ]
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ pub use assignment::{
     AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, ActorKind,
     DeletionPolicy, MAX_ATTEMPTS_LIMIT, MIN_COOLDOWN, MIN_VERIFY_INTERVAL, Removal, ReprocessMode,
     ReprocessOutcome, ReprocessPolicy, ReprocessStatus, ResourceState, ResourceStatus,
-    validate_assignment_spec,
+    assignment_spec_problems, validate_assignment_spec,
 };
 pub use common::{
     AccessPackageSelector, DURATION_PATTERN, DurationError, GUID_PATTERN, PolicySelector,
@@ -31,7 +31,7 @@ pub use connection::{
 pub use guard::{
     AccessPackageGuard, AccessPackageGuardSpec, AccessPackageGuardStatus, AssignmentCounts,
     DriftedAssignment, GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL,
-    UnmanagedMembers, validate_guard_spec,
+    UnmanagedMembers, guard_spec_problems, validate_guard_spec,
 };
 pub use safety::{
     MASS_DRIFT_ACK_ANNOTATION, MassDriftSpec, MassDriftStatus, RespectedActors, SafetySpec,

@@ -38,12 +38,7 @@ use load::{Declarations, Origin};
 use report::{Report, Row, Summary, Verdict};
 pub use report::{RowAction, WriteKind};
 
-/// Exit code: every declaration is delivered.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: errors (bad input, Graph errors, declarations that need a human).
-pub const EXIT_ERROR: u8 = 1;
-/// Exit code: drift or missing assignments remain.
-pub const EXIT_DRIFT: u8 = 2;
+pub use crate::cli::{EXIT_DRIFT, EXIT_ERROR, EXIT_OK};
 
 /// Output formats for the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -64,10 +59,11 @@ pub enum OutputFormat {
 /// Arguments of `redeliver audit`.
 #[derive(Args, Debug)]
 #[command(after_help = "EXIT CODES:
-  0  every declared assignment is delivered and verified
-  1  errors: invalid declarations, unknown or ambiguous packages/policies/users,
-     missing Graph permissions, Graph unavailable
-  2  drift or missing assignments remain
+  0   every declared assignment is delivered and verified
+  1   errors: invalid declarations, unknown or ambiguous packages/policies/users,
+      missing Graph permissions, Graph unavailable
+  2   drift or missing assignments remain
+  64  usage error (unknown flag, bad value, a flag with no effect); nothing was run
 
 SEVERAL TENANTS:
   GraphConnection and ClusterGraphConnection documents in the files pick each declaration's
@@ -78,7 +74,8 @@ SEVERAL TENANTS:
   other characters as _). A connection that cannot be used fails only its own rows.
 
 EXAMPLES:
-  # The zero-setup demo: an embedded simulated tenant with one drifted assignment
+  # The zero-setup demo: an embedded simulated tenant with drifted, missing and failed
+  # assignments (examples/tenant/README.md tells each one's story)
   redeliver audit -f examples/ --simulate --reprocess
 
   # Report drift in a real tenant (credentials from AZURE_* variables)
@@ -100,11 +97,11 @@ pub struct AuditArgs {
     pub reprocess: bool,
 
     /// With --reprocess, how long to wait for repairs to land before the final verification.
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::api::parse_duration_arg)]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::api::parse_duration_arg, requires = "reprocess")]
     pub wait: Duration,
 
-    /// How often to re-verify while waiting.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::api::parse_duration_arg, hide_short_help = true)]
+    /// With --reprocess, how often to re-verify while waiting.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::api::parse_duration_arg, hide_short_help = true, requires = "reprocess")]
     pub poll_interval: Duration,
 
     /// Run against an embedded Graph simulator instead of a real tenant.
@@ -154,19 +151,25 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
             for e in &errors {
                 eprintln!("error: {e}");
             }
-            eprintln!(
-                "error: {} problem(s) in the declarations; nothing was checked or changed",
+            // Said on stdout too, in the report's format: a CI job that keeps only stdout
+            // (a JUnit file, a job summary) must still show why the run failed.
+            let mut error = format!(
+                "{} problem(s) in the declarations; nothing was checked or changed",
                 errors.len()
             );
-            return Ok(EXIT_ERROR);
+            eprintln!("error: {error}");
+            for e in &errors {
+                error.push_str(&format!("\n{e}"));
+            }
+            return fail_before_any_row(error, Vec::new(), args.output);
         }
     };
     for note in &decls.skipped {
         eprintln!("note: {note}");
     }
     if decls.is_empty() {
-        eprintln!(
-            "error: no AccessPackageAssignment or AccessPackageGuard (apiVersion {}) found in {}",
+        let error = format!(
+            "no AccessPackageAssignment or AccessPackageGuard (apiVersion {}) found in {}",
             load::API_VERSION,
             args.paths
                 .iter()
@@ -174,7 +177,8 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        return Ok(EXIT_ERROR);
+        eprintln!("error: {error}");
+        return fail_before_any_row(error, decls.skipped.clone(), args.output);
     }
 
     let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
@@ -186,7 +190,18 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
             Ok(o) => o,
             Err(error) => {
                 progress.finish();
-                return fail_everything(error, &decls, args.output);
+                eprintln!("error: {error}");
+                eprintln!("error: no declaration could be checked; nothing was changed");
+                let rows = unchecked_rows(&decls, "");
+                let report = Report {
+                    error: Some(error),
+                    before: None,
+                    summary: Summary::of(&rows, 0),
+                    rows,
+                    notes: decls.skipped.clone(),
+                };
+                print_report(&report.without_run_ids(), args.output)?;
+                return Ok(EXIT_ERROR);
             }
         };
         progress.finish();
@@ -272,13 +287,15 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
     finish(&report, args.output)
 }
 
-/// Prints the report and returns the exit code.
+/// Prints the report (on stderr the failure of the whole run, with Graph's ids for a
+/// support case; on stdout the report without them, so two runs that met the same failure
+/// print the same text) and returns the exit code.
 fn finish(report: &Report, output: OutputFormat) -> anyhow::Result<u8> {
     if let Some(error) = &report.error {
         eprintln!("error: {error}");
     }
-    print_report(report, output)?;
-    Ok(exit_code(&report.rows))
+    print_report(&report.without_run_ids(), output)?;
+    Ok(exit_code(report))
 }
 
 /// What one connection's audit found.
@@ -358,38 +375,32 @@ fn unchecked_rows(decls: &Declarations, message: &str) -> Vec<Row> {
     assignments.chain(guards).collect()
 }
 
-/// Reports a failure that kept every declaration from being checked, once: on stderr, and
-/// in the report for the formats a CI job reads (JSON, YAML, Markdown, JUnit).
-fn fail_everything(
+/// Reports a failure that came before any declaration could be read (invalid files, none
+/// found) in the report's format on stdout (already said on stderr): the Markdown error
+/// block, one JUnit `<error>`, `error` in JSON/YAML, counted as one error.
+fn fail_before_any_row(
     error: String,
-    decls: &Declarations,
+    notes: Vec<String>,
     output: OutputFormat,
 ) -> anyhow::Result<u8> {
-    eprintln!("error: {error}");
-    eprintln!("error: no declaration could be checked; nothing was changed");
+    let report = Report {
+        error: Some(error),
+        before: None,
+        rows: Vec::new(),
+        summary: Summary::of_failed_run(),
+        notes,
+    };
     if output != OutputFormat::Table {
-        let report = Report {
-            error: Some(error),
-            before: None,
-            rows: Vec::new(),
-            summary: Summary::default(),
-            notes: decls.skipped.clone(),
-        };
-        print_report(&report, output)?;
+        print_report(&report.without_run_ids(), output)?;
     }
     Ok(EXIT_ERROR)
 }
 
-/// Errors dominate; then anything not delivered is drift.
-fn exit_code(rows: &[Row]) -> u8 {
-    if rows.iter().any(|r| {
-        matches!(
-            r.verdict,
-            Verdict::Error | Verdict::Stalled | Verdict::Unknown
-        )
-    }) {
+/// A failure of the whole run and errors dominate; then anything not delivered is drift.
+fn exit_code(report: &Report) -> u8 {
+    if report.error.is_some() || report.rows.iter().any(|r| r.verdict.is_error()) {
         EXIT_ERROR
-    } else if rows.iter().all(|r| r.verdict.is_delivered()) {
+    } else if report.rows.iter().all(|r| r.verdict.is_delivered()) {
         EXIT_OK
     } else {
         EXIT_DRIFT
@@ -424,16 +435,17 @@ fn print_report(report: &Report, format: OutputFormat) -> anyhow::Result<()> {
         OutputFormat::Markdown => print!("{}", report::markdown(report)),
         OutputFormat::Junit => print!("{}", report::junit(report)?),
         OutputFormat::Table => {
+            let width = report::output_width();
             if let Some(error) = &report.error {
                 println!("Error (every declaration): {error}");
             }
             if let Some(before) = &report.before {
                 println!("Before:");
-                println!("{}", report::table(before));
+                println!("{}", report::table(before, width));
                 println!("After:");
             }
-            println!("{}", report::table(&report.rows));
-            let details = report::details(&report.rows);
+            println!("{}", report::table(&report.rows, width));
+            let details = report::details(&report.rows, width);
             if !details.is_empty() {
                 print!("{details}");
             }
@@ -1467,7 +1479,7 @@ impl GuardRows<'_> {
             action: if refusal.is_some() {
                 RowAction::Failed
             } else if let Some((reason, _)) = held {
-                RowAction::Blocked(reason)
+                RowAction::Held(reason)
             } else if self.reprocessed.contains(&d.assignment_id) {
                 RowAction::Reprocessed
             } else if self.sweep.reprocess.contains(&d.assignment_id)
@@ -1478,14 +1490,19 @@ impl GuardRows<'_> {
                     sent: self.repair,
                 }
             } else if let Some(by) = by_other {
-                RowAction::InFlightBy(by)
+                if self.repair {
+                    RowAction::InFlightBy(by)
+                } else {
+                    // Nothing is sent in a report-only run: say who would send it.
+                    RowAction::WouldBy(by)
+                }
             } else {
                 RowAction::ReportOnly
             },
             missing: d.missing.iter().map(|m| m.short_name()).collect(),
             message: refusal
                 .map(|e| format!("reprocess failed: {e}"))
-                .or_else(|| held.map(|(_, m)| m.to_string()))
+                .or_else(|| held.map(|(reason, m)| format!("{reason}: {m}")))
                 .unwrap_or_default(),
         }
     }
@@ -1581,6 +1598,7 @@ fn describe_action(action: &Action, repair: bool) -> RowAction {
         Action::Write(Write::ReprocessAssignment { .. }) => planned(WriteKind::Reprocess),
         Action::Write(Write::ReprocessRequest { .. }) => planned(WriteKind::ReprocessRequest),
         Action::Wait { reason } => RowAction::Wait(*reason),
+        Action::GiveUp { reason } if engine::is_hold(*reason) => RowAction::Held(*reason),
         Action::GiveUp { reason } => RowAction::Blocked(*reason),
     }
 }
@@ -1689,7 +1707,13 @@ fn row_from_status(
         Vec::new()
     };
     let message = stalled
-        .map(|c| c.message.clone())
+        .map(|c| {
+            if verdict == Verdict::Held {
+                format!("{}: {}", c.reason, c.message)
+            } else {
+                c.message.clone()
+            }
+        })
         .or_else(|| {
             delivered
                 .filter(|c| c.status != engine::conditions::Status::True)

@@ -47,6 +47,8 @@ pub enum RowAction {
     ReportOnly,
     /// Another object covering the same assignment already sent its reprocess.
     InFlightBy(String),
+    /// Report-only: another object covering the same assignment would send the reprocess.
+    WouldBy(String),
     /// `adminAdd` was accepted and created this request.
     Requested { request_id: String },
     /// The reprocess was accepted.
@@ -57,6 +59,8 @@ pub enum RowAction {
     Failed,
     /// The summary row of a guard's sweep.
     GuardSweep,
+    /// A safety rail holds the repair on purpose; the reason starts the row's message.
+    Held(Reason),
 }
 
 impl fmt::Display for RowAction {
@@ -68,7 +72,8 @@ impl fmt::Display for RowAction {
             Self::Wait(reason) => write!(f, "wait ({reason})"),
             Self::Blocked(reason) => write!(f, "none ({reason})"),
             Self::ReportOnly => f.write_str("none (report only)"),
-            Self::InFlightBy(by) => write!(f, "none (reprocess in flight by {by})"),
+            Self::InFlightBy(by) => write!(f, "none (reprocess in flight by {})", short(by)),
+            Self::WouldBy(by) => write!(f, "none ({} would reprocess it)", short(by)),
             Self::Requested { request_id } => write!(f, "requested (request {request_id})"),
             Self::Reprocessed => f.write_str("reprocessed"),
             Self::ReprocessedRequest { request_id } => {
@@ -76,8 +81,23 @@ impl fmt::Display for RowAction {
             }
             Self::Failed => f.write_str("failed"),
             Self::GuardSweep => f.write_str("guard sweep"),
+            // The reason leads the message: a reason such as TargetDisabled is a long word, and
+            // the table must fit the terminal without splitting one.
+            Self::Held(_) => f.write_str("held"),
         }
     }
+}
+
+/// `AccessPackageAssignment ns/name` as `apa/ns/name` (`apg/` for a guard), the short names
+/// `kubectl get` and `kubectl redeliver` take.
+fn short(by: &str) -> String {
+    by.strip_prefix("AccessPackageAssignment ")
+        .map(|rest| format!("apa/{rest}"))
+        .or_else(|| {
+            by.strip_prefix("AccessPackageGuard ")
+                .map(|rest| format!("apg/{rest}"))
+        })
+        .unwrap_or_else(|| by.to_string())
 }
 
 impl Serialize for RowAction {
@@ -133,8 +153,11 @@ pub struct Row {
     pub assignment_id: Option<String>,
     /// `assignment.status` as Graph reports it, or `-`.
     pub graph_status: String,
+    /// Resources present; on a guard's summary row (`action` "guard sweep"), its delivered
+    /// assignments.
     pub present: usize,
-    /// Verifiable resources the package promises.
+    /// Verifiable resources the package promises; on a guard's summary row, all its
+    /// assignments.
     pub promised: usize,
     pub verdict: Verdict,
     /// What Redeliver did or would do.
@@ -193,62 +216,244 @@ impl Summary {
                 Verdict::Delivered => s.delivered += 1,
                 Verdict::Drifted => s.drifted += 1,
                 Verdict::NotAssigned => s.not_assigned += 1,
-                Verdict::Error | Verdict::Stalled => s.errors += 1,
+                // The rows the exit code counts as errors (1), and only those.
+                Verdict::Error | Verdict::Stalled | Verdict::Unknown => s.errors += 1,
+                // Held on purpose by a safety rail: not delivered (2), nothing broken.
                 Verdict::Held => s.held += 1,
-                _ => s.other += 1,
+                Verdict::Pending | Verdict::Failed | Verdict::Expired => s.other += 1,
             }
         }
         s
     }
+
+    /// The counts of a run that failed before any row existed (invalid declarations, none
+    /// found): one error, the run's, as the JUnit report's one `<error>` test case.
+    pub fn of_failed_run() -> Self {
+        Summary {
+            errors: 1,
+            ..Default::default()
+        }
+    }
 }
 
-/// Renders rows as a terminal table.
-pub fn table(rows: &[Row]) -> String {
+impl Verdict {
+    /// Whether the row counts as an error (exit code 1, a JUnit `<error>`): it could not be
+    /// checked, or it cannot be satisfied as written. Other undelivered rows are drift.
+    pub fn is_error(self) -> bool {
+        matches!(self, Verdict::Error | Verdict::Stalled | Verdict::Unknown)
+    }
+}
+
+impl Report {
+    /// The report as printed on stdout: Graph's request and correlation ids (which differ on
+    /// every run) left out of every message, so the same tenant state and the same failure
+    /// render the same text. They are kept on stderr for a support case.
+    pub fn without_run_ids(&self) -> Report {
+        let mut out = self.clone();
+        out.error = out.error.map(|e| without_run_ids(&e));
+        for row in out.rows.iter_mut().chain(out.before.iter_mut().flatten()) {
+            row.message = without_run_ids(&row.message);
+        }
+        out
+    }
+}
+
+pub use crate::graph::error::without_run_ids;
+
+/// Width of the table when stdout is not a terminal and `COLUMNS` is not set: what a CI log
+/// or a pager shows without wrapping.
+pub const DEFAULT_WIDTH: u16 = 100;
+
+/// The width to fit the table into: the terminal's, else `COLUMNS`, else
+/// [`DEFAULT_WIDTH`].
+pub fn output_width() -> u16 {
+    use std::io::IsTerminal as _;
+    let terminal = std::io::stdout()
+        .is_terminal()
+        .then(|| comfy_table::Table::new().width())
+        .flatten();
+    terminal
+        .or_else(|| {
+            std::env::var("COLUMNS")
+                .ok()
+                .and_then(|c| c.trim().parse::<u16>().ok())
+                .filter(|&c| c >= 40)
+        })
+        .unwrap_or(DEFAULT_WIDTH)
+}
+
+/// The RESOURCES cell: resources present of promised; for a guard's summary row, delivered
+/// assignments of all its assignments, said as such.
+fn resources_cell(r: &Row) -> String {
+    match r.action {
+        RowAction::GuardSweep => format!("{}/{} assignments", r.present, r.promised),
+        _ => format!("{}/{}", r.present, r.promised),
+    }
+}
+
+/// Renders rows as a terminal table at most `width` columns wide. Cells wrap between
+/// words, or after a `/`, `-` or `@` inside a long name, never inside a word
+/// (`DeliveryFailed` stays whole); the widest columns give way first. When even that does
+/// not fit, the outer borders go; a table narrower than its longest words allow is as
+/// narrow as they allow.
+pub fn table(rows: &[Row], width: u16) -> String {
+    // UTF8_NO_BORDERS without lines between rows.
+    const NO_BORDERS_CONDENSED: &str = "     ═╪ ┆          ";
+    let header = [
+        "DECLARATION",
+        "TARGET",
+        "PACKAGE",
+        "GRAPH",
+        "RESOURCES",
+        "VERDICT",
+        "ACTION",
+    ];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.declaration.clone(),
+                r.target.clone(),
+                r.package.clone(),
+                r.graph_status.clone(),
+                resources_cell(r),
+                format!("{:?}", r.verdict),
+                r.action.to_string(),
+            ]
+        })
+        .collect();
+    let column =
+        |i: usize| std::iter::once(header[i]).chain(cells.iter().map(move |c| c[i].as_str()));
+    let widest: Vec<usize> = (0..header.len())
+        .map(|i| column(i).map(|c| c.chars().count()).max().unwrap_or(1))
+        .collect();
+    let narrowest: Vec<usize> = (0..header.len())
+        .map(|i| {
+            column(i)
+                .flat_map(pieces)
+                .map(|p| p.trim_end().chars().count())
+                .max()
+                .unwrap_or(1)
+        })
+        .collect();
+    // Each column is padded by one space on both sides; the full preset draws a border
+    // around every column, the borderless one only between columns.
+    let n = header.len();
+    let full_frame = 3 * n + 1;
+    let (preset, frame) = if narrowest.iter().sum::<usize>() + full_frame <= usize::from(width) {
+        (UTF8_FULL_CONDENSED, full_frame)
+    } else {
+        (NO_BORDERS_CONDENSED, 3 * n - 1)
+    };
+    let mut widths = widest.clone();
+    let room = usize::from(width).saturating_sub(frame);
+    // The last column (ACTION) wraps first, down to a readable width; then the column with
+    // the most to give narrows, one character at a time.
+    let last = n - 1;
+    let floor = narrowest[last].max(24).min(widest[last]);
+    let excess = widths.iter().sum::<usize>().saturating_sub(room);
+    widths[last] -= excess.min(widths[last] - floor);
+    while widths.iter().sum::<usize>() > room {
+        let Some((i, _)) = widths
+            .iter()
+            .zip(&narrowest)
+            .map(|(w, min)| w - min)
+            .enumerate()
+            .filter(|(_, slack)| *slack > 0)
+            .max_by_key(|(i, slack)| (*slack, std::cmp::Reverse(*i)))
+        else {
+            break;
+        };
+        widths[i] -= 1;
+    }
     let mut t = Table::new();
-    t.load_preset(UTF8_FULL_CONDENSED)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header([
-            "DECLARATION",
-            "TARGET",
-            "PACKAGE",
-            "GRAPH",
-            "RESOURCES",
-            "VERDICT",
-            "ACTION",
-        ]);
-    for r in rows {
-        t.add_row([
-            r.declaration.clone(),
-            r.target.clone(),
-            r.package.clone(),
-            r.graph_status.clone(),
-            format!("{}/{}", r.present, r.promised),
-            format!("{:?}", r.verdict),
-            r.action.to_string(),
-        ]);
+    t.load_preset(preset)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header);
+    for row in &cells {
+        t.add_row(
+            row.iter()
+                .zip(&widths)
+                .map(|(cell, w)| wrap_cell(cell, *w))
+                .collect::<Vec<_>>(),
+        );
     }
     t.to_string()
 }
 
+/// The pieces a cell may be broken into: words, and inside a word the parts after a `/`,
+/// `-` or `@` (each piece keeps its trailing space, if any).
+fn pieces(text: &str) -> impl Iterator<Item = &str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        let end = i + c.len_utf8();
+        let next_is_space = text[end..].starts_with(' ');
+        if c == ' ' || (matches!(c, '/' | '-' | '@') && !next_is_space && end < text.len()) {
+            out.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out.into_iter()
+}
+
+/// `text` in lines of at most `width` characters, broken only between [`pieces`].
+fn wrap_cell(text: &str, width: usize) -> String {
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for piece in pieces(text) {
+        let fits = line.chars().count() + piece.trim_end().chars().count() <= width;
+        if !fits && !line.trim().is_empty() {
+            lines.push(line.trim_end().to_string());
+            line = String::new();
+        }
+        line.push_str(piece);
+    }
+    lines.push(line.trim_end().to_string());
+    lines.join("\n")
+}
+
 /// Human-readable details under the table: missing resources and messages.
-pub fn details(rows: &[Row]) -> String {
+pub fn details(rows: &[Row], width: u16) -> String {
     let mut out = String::new();
     for r in rows {
         if r.missing.is_empty() && r.message.is_empty() {
             continue;
         }
-        out.push_str(&format!(
-            "- {} ({} / {}):",
-            r.declaration, r.target, r.package
-        ));
+        let mut line = format!("- {} ({} / {}):", r.declaration, r.target, r.package);
         if !r.missing.is_empty() {
-            out.push_str(&format!(" missing {};", r.missing.join(", ")));
+            line.push_str(&format!(" missing {};", r.missing.join(", ")));
         }
         if !r.message.is_empty() {
-            out.push_str(&format!(" {}", r.message));
+            line.push_str(&format!(" {}", r.message));
         }
-        out.push('\n');
+        out.push_str(&wrap(&line, usize::from(width), "  "));
     }
+    out
+}
+
+/// `text` as lines of at most `width` characters, broken between words (a word longer
+/// than the line gets a line of its own, unbroken), continuation lines indented.
+fn wrap(text: &str, width: usize, indent: &str) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let len = line.chars().count();
+        if len > 0 && len + 1 + word.chars().count() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line = indent.to_string();
+        }
+        if !line.trim().is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out.push('\n');
     out
 }
 
@@ -259,14 +464,18 @@ pub fn details(rows: &[Row]) -> String {
 /// renders the same text.
 pub fn markdown(report: &Report) -> String {
     let mut out = String::from("## Redeliver audit\n\n");
+    let s = &report.summary;
     if let Some(error) = &report.error {
+        // Said once, with the counts the JSON summary and the exit code agree with; the
+        // rows all failed this same way, so they are not listed.
         out.push_str(&format!(
-            "**Error:** {}\n\nNo declaration could be checked.\n",
-            markdown_inline(error)
+            "**Error:** {}\n\nNo declaration could be checked ({} error(s), {} action(s) taken).\n",
+            markdown_inline(error),
+            s.errors,
+            s.actions_taken
         ));
         return out;
     }
-    let s = &report.summary;
     if s.total > 0 && s.delivered == s.total {
         out.push_str(&format!(
             "Everything is delivered and verified ({} row(s), {} action(s) taken).\n",
@@ -364,8 +573,9 @@ pub struct JunitError(#[from] std::io::Error);
 
 /// Renders the report as JUnit XML, for CI systems that show test reports: one
 /// `<testcase>` per row (classname: the declaration, name: target and package), a
-/// `<failure>` for each row that is not delivered and an `<error>` for each row that could
-/// not be checked. A failure that kept every row from being checked is one `<error>`
+/// `<failure>` for each row that drifted or is not delivered yet and an `<error>` for each
+/// row that could not be checked or cannot be satisfied as written (the rows the summary
+/// counts as errors and that make the exit code 1). A failure that kept every row from being checked is one `<error>`
 /// test case. No timestamps or durations, so the output is stable.
 pub fn junit(report: &Report) -> Result<String, JunitError> {
     use quick_xml::Writer;
@@ -393,7 +603,7 @@ pub fn junit(report: &Report) -> Result<String, JunitError> {
             .iter()
             .map(|r| {
                 let outcome = (!r.verdict.is_delivered()).then(|| {
-                    let element = if r.verdict == Verdict::Error {
+                    let element = if r.verdict.is_error() {
                         "error"
                     } else {
                         "failure"
@@ -518,7 +728,11 @@ mod tests {
             (RowAction::ReportOnly, "none (report only)"),
             (
                 RowAction::InFlightBy("AccessPackageGuard ns/g".into()),
-                "none (reprocess in flight by AccessPackageGuard ns/g)",
+                "none (reprocess in flight by apg/ns/g)",
+            ),
+            (
+                RowAction::WouldBy("AccessPackageAssignment ns/a".into()),
+                "none (apa/ns/a would reprocess it)",
             ),
             (
                 RowAction::Requested {
@@ -725,7 +939,7 @@ mod tests {
         let md = markdown(&r);
         assert_eq!(
             md,
-            "## Redeliver audit\n\n**Error:** cannot obtain a token | AADSTS7000215\n\nNo declaration could be checked.\n"
+            "## Redeliver audit\n\n**Error:** cannot obtain a token | AADSTS7000215\n\nNo declaration could be checked (2 error(s), 0 action(s) taken).\n"
         );
     }
 
@@ -805,12 +1019,12 @@ mod tests {
         let elements = parse_xml(&xml);
         let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
         assert_eq!(attr(suite, "tests"), "5");
+        assert_eq!(attr(suite, "failures"), "2", "drifted, not assigned");
         assert_eq!(
-            attr(suite, "failures"),
-            "3",
-            "drifted, not assigned, stalled"
+            attr(suite, "errors"),
+            "2",
+            "stalled (unresolvable) and error"
         );
-        assert_eq!(attr(suite, "errors"), "1");
         let cases: Vec<_> = elements.iter().filter(|e| e.0 == "testcase").collect();
         assert_eq!(cases.len(), 5);
         assert_eq!(attr(cases[1], "classname"), "access/alice-finance");
@@ -826,10 +1040,109 @@ mod tests {
             failure.2.starts_with("missing: fin-writers\n"),
             "{failure:?}"
         );
-        let error = elements.iter().find(|e| e.0 == "error").unwrap();
+        let errors: Vec<_> = elements.iter().filter(|e| e.0 == "error").collect();
+        assert_eq!(
+            attr(errors[0], "message"),
+            "Stalled: none (PackageNotFound)"
+        );
+        assert_eq!(attr(errors[0], "type"), "Stalled");
+        let error = errors[1];
         assert_eq!(attr(error, "message"), "Error: failed");
         assert!(error.2.contains("\"quoted\" <tag>  control"), "{error:?}");
         golden("junit-mixed.xml", &xml);
+    }
+
+    #[test]
+    fn the_table_fits_its_width_and_never_splits_a_word() {
+        let mut rows = mixed_rows();
+        let mut failed = row(
+            "access/dave-engineering",
+            "dave@contoso.com",
+            Verdict::Failed,
+            RowAction::InFlightBy("AccessPackageGuard access/finance-analysts".into()),
+        );
+        failed.graph_status = "DeliveryFailed".into();
+        failed.package = "Engineering Tools".into();
+        rows.push(failed);
+        let mut sweep = row(
+            "access/finance-analysts",
+            "(all 12 assignments)",
+            Verdict::Drifted,
+            RowAction::GuardSweep,
+        );
+        sweep.present = 11;
+        sweep.promised = 12;
+        rows.push(sweep);
+        let words = [
+            "DeliveryFailed",
+            "NotAssigned",
+            "(PackageNotFound)",
+            "Engineering",
+            "assignments",
+        ];
+        for width in [60u16, 80, 100, 120] {
+            let text = table(&rows, width);
+            let widest = text.lines().map(|l| l.chars().count()).max().unwrap_or(0);
+            // These rows' longest unbreakable pieces and the frame take 107 columns: at
+            // least that, never a split word; at most the width when it is wider.
+            assert!(widest <= usize::from(width).max(107), "{width}:\n{text}");
+            for word in words {
+                assert!(text.contains(word), "{word} split at {width}:\n{text}");
+            }
+            for line in details(&rows, width).lines() {
+                assert!(line.chars().count() <= usize::from(width), "{line}");
+            }
+        }
+        // Wide enough, nothing wraps: a guard's counts say what they count, an
+        // assignment row's are resources.
+        let text = table(&rows, 200);
+        assert!(text.contains("11/12 assignments"), "{text}");
+        assert!(text.contains(" 2/2 "), "{text}");
+        assert!(text.contains("access/dave-engineering"), "{text}");
+        assert!(
+            text.contains("none (reprocess in flight by apg/access/finance-analysts)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn summary_errors_are_the_rows_the_exit_code_counts_as_errors() {
+        let mut rows = mixed_rows();
+        rows.push(row(
+            "a/u",
+            "u@contoso.com",
+            Verdict::Unknown,
+            RowAction::None,
+        ));
+        let s = Summary::of(&rows, 0);
+        let errors = rows.iter().filter(|r| r.verdict.is_error()).count();
+        assert_eq!((s.errors, errors), (3, 3), "stalled, error, unknown");
+        assert_eq!(
+            s.delivered + s.drifted + s.not_assigned + s.other + s.errors,
+            s.total
+        );
+        let xml = junit(&report(rows, None, 0)).unwrap();
+        let elements = parse_xml(&xml);
+        let suite = elements.iter().find(|e| e.0 == "testsuite").unwrap();
+        assert_eq!(attr(suite, "errors"), "3", "{xml}");
+    }
+
+    #[test]
+    fn run_ids_are_left_out_of_report_text() {
+        for (text, expected) in [
+            (
+                "token request refused: invalid_client [AADSTS7000215] (HTTP 401, correlation-id 1b2c-3d): check the secret",
+                "token request refused: invalid_client [AADSTS7000215] (HTTP 401): check the secret",
+            ),
+            (
+                "list_group_members: forbidden (Authorization_RequestDenied: no) (request-id 9f-00); the app likely lacks X",
+                "list_group_members: forbidden (Authorization_RequestDenied: no); the app likely lacks X",
+            ),
+            ("client-request-id abc, then", "then"),
+            ("no ids here", "no ids here"),
+        ] {
+            assert_eq!(without_run_ids(text), expected);
+        }
     }
 
     #[test]

@@ -116,7 +116,13 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let generation = obj.meta().generation;
-    let (desired, code, retry) = match outcome {
+    // Next check when it is due (backed off while stalled), never sooner.
+    let retry = super::connections::jittered(
+        ctx.connections
+            .recheck_in(key)
+            .max(std::time::Duration::from_secs(1)),
+    );
+    let (desired, code) = match outcome {
         CheckOutcome::Ready => (
             vec![Desired::new(
                 ConditionType::Ready,
@@ -125,7 +131,6 @@ where
                 "A token was obtained and access packages could be read.",
             )],
             None,
-            ctx.connections.recheck().0,
         ),
         CheckOutcome::Stalled(p) => (
             vec![
@@ -143,7 +148,6 @@ where
                 ),
             ],
             p.code.clone(),
-            ctx.connections.recheck().1,
         ),
     };
     ctx.metrics
@@ -169,10 +173,18 @@ where
         }
         patch_status(api, &obj.name_any(), &status).await?;
     }
+    let was_ready = previous.is_some_and(|p| {
+        crate::engine::conditions::find(&p.conditions, ConditionType::Ready)
+            .is_some_and(|c| c.status == Status::True)
+    });
     if became_ready {
         // Only those waiting on it: the others are verified on their own schedule, and a
         // wake-up of every object at start-up would verify each of them twice.
         wake(ctx, key, true);
+    } else if was_ready && *outcome != CheckOutcome::Ready {
+        // It stopped working: every object that uses it says so now (Stalled,
+        // ConnectionNotReady), whatever its own verification interval.
+        wake(ctx, key, false);
     }
     Ok(Action::requeue(retry))
 }
@@ -292,10 +304,18 @@ where
         "{}. Nothing is read or changed in Entra ID until then.",
         unready.message.trim_end_matches('.')
     );
+    // What was last verified stays (Delivered), saying that it is not being verified now.
+    let suffix = format!(" Not verified while {} cannot be used.", unready.key);
     let mut keep: Vec<Condition> = previous
         .iter()
         .filter(|c| c.type_ == ConditionType::Delivered)
         .cloned()
+        .map(|mut c| {
+            if !c.message.ends_with(&suffix) {
+                c.message = format!("{}{suffix}", c.message.trim_end());
+            }
+            c
+        })
         .collect();
     let mut conditions = build_conditions(
         &previous,
@@ -326,6 +346,20 @@ where
         return Ok(Action::requeue(unready.retry));
     }
     tracing::warn!(connection = %unready.key, "object stalled: {}", unready.message);
+    let newly_stalled = crate::engine::conditions::true_reason(&previous, ConditionType::Stalled)
+        != Some(Reason::ConnectionNotReady);
+    if newly_stalled {
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: Reason::ConnectionNotReady.as_str().to_string(),
+            note: Some(unready.message.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(err) = ctx.publish_event(&event, &obj.object_ref(&())).await {
+            tracing::warn!(error = %err, "could not record an event; check RBAC for events.k8s.io/events create,patch");
+        }
+    }
     if let Value::Object(map) = &mut value {
         map.insert(
             "conditions".into(),

@@ -15,7 +15,8 @@
 //! A connection's Secret is read with `get` only (never list or watch, so the operator needs
 //! no permission to enumerate Secrets): at the connection's check, again every
 //! [`RECHECK_READY`] while it is ready (a rotated Secret is picked up) and every
-//! [`RECHECK_STALLED`] while it is stalled (a fixed Secret un-stalls it).
+//! [`RECHECK_STALLED`] while it is stalled, backing off to [`STALLED_BACKOFF_CAP`] times that
+//! (a fixed Secret un-stalls it; a wrong one is not tried again sooner).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +39,7 @@ use crate::engine::ledger::RepairLedger;
 use crate::engine::{MassDriftBoard, SafetyPolicy};
 use crate::graph::config::{GraphArgs, Secret};
 pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
+use crate::graph::error::without_run_ids;
 use crate::graph::{GraphClient, GraphError};
 use crate::observe::accounts::AccountSettings;
 use crate::observe::attribution::{AttributionSettings, Attributor};
@@ -157,6 +159,34 @@ struct Entry {
     fingerprint: String,
     checked_at: Instant,
     result: Checked,
+    /// Checks in a row that found it stalled (0 when ready): the re-check backs off.
+    stalled_in_a_row: u32,
+}
+
+/// The stalled re-check backs off to this many times [`RECHECK_STALLED`] (30 s, 60 s, then
+/// every 2 minutes): a wrong secret costs the tenant a failed sign-in at most that often.
+pub const STALLED_BACKOFF_CAP: u32 = 4;
+
+impl TenantSettings {
+    /// How long a check result holds before the connection is checked again: the ready
+    /// interval, or the stalled one doubled per stalled check in a row up to
+    /// [`STALLED_BACKOFF_CAP`] times.
+    fn recheck_after(&self, stalled_in_a_row: u32) -> Duration {
+        if stalled_in_a_row == 0 {
+            return self.recheck_ready;
+        }
+        let factor = (1u32 << (stalled_in_a_row - 1).min(8)).min(STALLED_BACKOFF_CAP);
+        self.recheck_stalled.saturating_mul(factor)
+    }
+}
+
+/// `interval` plus up to a tenth more, at random: connections that stalled together (a
+/// rotated shared Secret) do not all sign in again in the same second. Never less.
+pub fn jittered(interval: Duration) -> Duration {
+    use rand::Rng as _;
+    let tenth = interval.as_millis() / 10;
+    let extra = rand::rng().random_range(0..=u64::try_from(tenth).unwrap_or(u64::MAX));
+    interval + Duration::from_millis(extra)
 }
 
 /// Per-connection state that survives a rebuilt client.
@@ -227,6 +257,18 @@ impl Connections {
     /// How often a connection is checked again: (ready, stalled).
     pub fn recheck(&self) -> (Duration, Duration) {
         (self.settings.recheck_ready, self.settings.recheck_stalled)
+    }
+
+    /// When `key` is next due for a check: its last check's age subtracted from its
+    /// interval (ready, or the stalled one backed off).
+    pub fn recheck_in(&self, key: &ConnectionKey) -> Duration {
+        match lock(&self.checked).get(key) {
+            Some(e) => self
+                .settings
+                .recheck_after(e.stalled_in_a_row)
+                .saturating_sub(e.checked_at.elapsed()),
+            None => self.settings.recheck_stalled,
+        }
     }
 
     /// Where a `ClusterGraphConnection`'s Secret is read: the operator's namespace.
@@ -451,10 +493,7 @@ impl Connections {
             let checked = lock(&self.checked);
             checked.get(key).and_then(|e| {
                 let prefix = format!("{uid}/{}/", generation.unwrap_or_default());
-                let max_age = match e.result {
-                    Checked::Ready(_) => self.settings.recheck_ready,
-                    Checked::Stalled(_) => self.settings.recheck_stalled,
-                };
+                let max_age = self.settings.recheck_after(e.stalled_in_a_row);
                 (e.fingerprint.starts_with(&prefix) && e.checked_at.elapsed() < max_age)
                     .then(|| e.result.clone())
             })
@@ -462,8 +501,15 @@ impl Connections {
         let result = match fresh {
             Some(r) => r,
             None => {
-                self.check_unless_fresh(key, uid, generation, settings, secret_namespace, true)
-                    .await;
+                self.check_unless_fresh(
+                    key,
+                    uid,
+                    generation,
+                    settings,
+                    secret_namespace,
+                    Some(Duration::from_secs(5)),
+                )
+                .await;
                 match lock(&self.checked).get(key) {
                     Some(e) => e.result.clone(),
                     None => Checked::Stalled(Problem {
@@ -497,10 +543,21 @@ impl Connections {
         settings: &ConnectionSettings,
         secret_namespace: Option<&str>,
     ) -> (CheckOutcome, bool) {
-        self.check_unless_fresh(key, uid, generation, settings, secret_namespace, false)
+        // A connection is checked when it is due (its own requeue), when its spec changed
+        // (a new generation) or when it was never checked: never because its status was
+        // written or another object looked at it a moment ago.
+        let due = {
+            let checked = lock(&self.checked);
+            checked.get(key).map_or(Duration::ZERO, |e| {
+                self.settings.recheck_after(e.stalled_in_a_row)
+            })
+        };
+        self.check_unless_fresh(key, uid, generation, settings, secret_namespace, Some(due))
             .await
     }
 
+    /// Checks `key` unless a check of the same object and generation is younger than
+    /// `fresh_for` (`None`: always).
     async fn check_unless_fresh(
         &self,
         key: &ConnectionKey,
@@ -508,16 +565,16 @@ impl Connections {
         generation: Option<i64>,
         settings: &ConnectionSettings,
         secret_namespace: Option<&str>,
-        unless_fresh: bool,
+        fresh_for: Option<Duration>,
     ) -> (CheckOutcome, bool) {
         let gate = lock(&self.checking).entry(key.clone()).or_default().clone();
         let _one = gate.lock().await;
-        if unless_fresh {
-            // Another reconcile may have checked it while this one waited.
+        if let Some(fresh_for) = fresh_for {
+            // Checked recently enough (perhaps by another reconcile while this one waited).
             let prefix = format!("{uid}/{}/", generation.unwrap_or_default());
             if let Some(e) = lock(&self.checked).get(key)
                 && e.fingerprint.starts_with(&prefix)
-                && e.checked_at.elapsed() < Duration::from_secs(5)
+                && e.checked_at.elapsed() < fresh_for
             {
                 let outcome = match &e.result {
                     Checked::Ready(_) => CheckOutcome::Ready,
@@ -538,6 +595,14 @@ impl Connections {
             Checked::Stalled(p) => CheckOutcome::Stalled(p.clone()),
         };
         let mut checked = lock(&self.checked);
+        let stalled_in_a_row = match (&result, checked.get(key)) {
+            (Checked::Ready(_), _) => 0,
+            // A new spec or Secret starts the backoff over.
+            (Checked::Stalled(_), Some(e)) if e.fingerprint == fingerprint => {
+                e.stalled_in_a_row.saturating_add(1)
+            }
+            (Checked::Stalled(_), _) => 1,
+        };
         let reuse = match (checked.get(key), &result) {
             // Same Secret and spec, still working: keep the client (its token and cache).
             (Some(e), Checked::Ready(_)) if e.fingerprint == fingerprint => {
@@ -556,6 +621,7 @@ impl Connections {
                     fingerprint,
                     checked_at: Instant::now(),
                     result,
+                    stalled_in_a_row,
                 },
             );
         }
@@ -748,12 +814,17 @@ impl Connections {
 /// permission.
 async fn probe(graph: &GraphClient, credential: &str) -> Result<(), Problem> {
     use crate::engine::conditions::Reason;
+    // The status says what failed without Entra's correlation id and Graph's request id:
+    // they change on every attempt, and a status that changes on every check is rewritten
+    // on every check. The log line carries them, for a support case.
     if let Err(e) = graph.check_token().await {
+        tracing::warn!(%credential, error = %e, "connection check: no token");
         return Err(Problem {
             reason: Reason::AuthenticationFailed,
             code: error_code(&e),
             message: format!(
-                "cannot obtain a Graph token with {credential}: {e} (for this connection, the credential is {credential}, not the operator's flags)"
+                "cannot obtain a Graph token with {credential}: {} (for this connection, the credential is {credential}, not the operator's flags)",
+                without_run_ids(&e.to_string())
             ),
         });
     }
@@ -762,11 +833,17 @@ async fn probe(graph: &GraphClient, credential: &str) -> Result<(), Problem> {
         .await
     {
         Ok(_) => Ok(()),
-        Err(e) => Err(Problem {
-            reason: Reason::ProbeFailed,
-            code: error_code(&e),
-            message: format!("a token was issued but reading access packages failed: {e}"),
-        }),
+        Err(e) => {
+            tracing::warn!(%credential, error = %e, "connection check: reading access packages failed");
+            Err(Problem {
+                reason: Reason::ProbeFailed,
+                code: error_code(&e),
+                message: format!(
+                    "a token was issued but reading access packages failed: {}",
+                    without_run_ids(&e.to_string())
+                ),
+            })
+        }
     }
 }
 

@@ -24,8 +24,48 @@ use crate::engine::ledger::RepairLedger;
 use crate::engine::{EngineEvent, EngineSettings};
 use crate::graph::GraphClient;
 
-/// Field manager of every server-side apply the controller makes.
+/// The default field manager of every server-side apply the controller makes
+/// (`--field-manager`).
 pub const FIELD_MANAGER: &str = "redeliver";
+
+/// This process's field manager: `--field-manager`, set once at start-up.
+static FIELD_MANAGER_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Sets this process's field manager (once; a second, different value is refused).
+pub fn set_field_manager(name: &str) -> anyhow::Result<()> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+        anyhow::bail!(
+            "--field-manager {name:?} is not a valid field manager: give 1 to 128 printable characters, e.g. redeliver-team-a"
+        );
+    }
+    let set = FIELD_MANAGER_NAME.get_or_init(|| name.to_string());
+    if set != name {
+        anyhow::bail!("--field-manager {name:?}: this process already writes as {set:?}");
+    }
+    Ok(())
+}
+
+/// The field manager status writes are made with.
+pub fn field_manager() -> &'static str {
+    FIELD_MANAGER_NAME
+        .get()
+        .map_or(FIELD_MANAGER, String::as_str)
+}
+
+/// Event series remembered at once (one per object, reason and action).
+const MAX_EVENT_SERIES: usize = 100_000;
+
+/// What makes two events one series (besides the message).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    uid: Option<String>,
+    namespace: Option<String>,
+    name: Option<String>,
+    reason: String,
+    action: String,
+    warning: bool,
+}
 
 /// Requeue pace while an `adminRemove` is being processed.
 pub const REMOVAL_POLL: Duration = Duration::from_secs(15);
@@ -74,6 +114,8 @@ pub struct Settings {
     /// How long a write target's account state (enabled, deleted, at risk) is trusted.
     /// Kept below the delta interval, so a re-enabled account's repair proceeds within one.
     pub account_max_age: Duration,
+    /// Reconcile `ClusterGraphConnection`s (`--cluster-connections`).
+    pub cluster_connections: bool,
 }
 
 impl Default for Settings {
@@ -98,6 +140,7 @@ impl Default for Settings {
             shard: super::shard::Shard::default(),
             use_access_drift_report: false,
             account_max_age: crate::observe::accounts::AccountSettings::default().ttl,
+            cluster_connections: true,
         }
     }
 }
@@ -131,6 +174,12 @@ pub struct Context {
     pub shard: super::shard::Shard,
     /// Whether verdicts are cross-checked against Microsoft's access drift report.
     pub use_access_drift_report: bool,
+    /// See [`Settings::cluster_connections`].
+    pub cluster_connections: bool,
+    /// Event series by (object, reason, action, type), each with the message it repeats:
+    /// see [`Context::publish_event`].
+    series: Mutex<std::collections::HashMap<SeriesKey, (Option<String>, Recorder)>>,
+    reporter: Reporter,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
 }
@@ -191,7 +240,9 @@ impl Context {
             },
         );
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone(), reporter.clone()),
+            series: Mutex::default(),
+            reporter,
             client,
             metrics,
             operator_ledger: connections.ledger_of(&ConnectionKey::Operator),
@@ -204,6 +255,7 @@ impl Context {
             first_status_after: settings.first_status_after,
             shard: settings.shard,
             use_access_drift_report: settings.use_access_drift_report,
+            cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
         }
     }
@@ -255,6 +307,43 @@ impl Context {
             .await;
     }
 
+    /// Records one event. A repeat of the same event (same object, reason, action and
+    /// message) counts up its series; a new message starts a new event, so the newest
+    /// message is always the one `kubectl describe` shows. (kube's `Recorder` keys a series
+    /// without the message: a later "bob missing fin-writers" was counted into the event
+    /// that still read "alice missing fin-writers".)
+    pub async fn publish_event(
+        &self,
+        event: &Event,
+        reference: &ObjectReference,
+    ) -> Result<(), kube::Error> {
+        let recorder = {
+            let key = SeriesKey {
+                uid: reference.uid.clone(),
+                namespace: reference.namespace.clone(),
+                name: reference.name.clone(),
+                reason: event.reason.clone(),
+                action: event.action.clone(),
+                warning: event.type_ == EventType::Warning,
+            };
+            let mut series = self.series.lock().unwrap_or_else(|p| p.into_inner());
+            if series.len() >= MAX_EVENT_SERIES && !series.contains_key(&key) {
+                // Bounded memory; a forgotten series only means its next repeat starts a
+                // new event instead of counting up.
+                series.clear();
+            }
+            match series.get(&key) {
+                Some((note, recorder)) if *note == event.note => recorder.clone(),
+                _ => {
+                    let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+                    series.insert(key, (event.note.clone(), recorder.clone()));
+                    recorder
+                }
+            }
+        };
+        recorder.publish(event, reference).await
+    }
+
     /// Records the engine's events on the object. A failed publish is logged, not retried:
     /// the status already carries the transition.
     pub async fn publish(&self, reference: &ObjectReference, action: &str, events: &[EngineEvent]) {
@@ -270,7 +359,7 @@ impl Context {
                 action: action.to_string(),
                 secondary: None,
             };
-            if let Err(err) = self.recorder.publish(&event, reference).await {
+            if let Err(err) = self.publish_event(&event, reference).await {
                 tracing::warn!(
                     name = reference.name.as_deref().unwrap_or(""),
                     namespace = reference.namespace.as_deref().unwrap_or(""),
@@ -339,18 +428,48 @@ pub async fn patch_status<K>(api: &Api<K>, name: &str, status: &impl Serialize) 
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
+    patch_status_within(api, name, status, STATUS_WRITE_TIMEOUT).await
+}
+
+/// Longest wait for one status write. A healthy API server answers in milliseconds; one
+/// whose storage is down answers `504` after about half a minute, and a reconcile that
+/// waits for each of its writes would hold its slot for minutes (with 4 slots, a few such
+/// objects stop all reconciles). Past this the write fails, the reconcile gives its slot
+/// back and is retried with the object's backoff.
+pub const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// [`patch_status`] with its own time bound.
+pub async fn patch_status_within<K>(
+    api: &Api<K>,
+    name: &str,
+    status: &impl Serialize,
+    timeout: Duration,
+) -> Result<(), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let patch = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "status": serde_json::to_value(status).map_err(Error::Serialize)?,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&patch),
-    )
-    .await?;
-    Ok(())
+    let params = PatchParams::apply(field_manager()).force();
+    match tokio::time::timeout(timeout, api.patch_status(name, &params, &Patch::Apply(&patch)))
+        .await
+    {
+        Ok(result) => {
+            result?;
+            Ok(())
+        }
+        Err(_) => Err(Error::Kube(kube::Error::Service(
+            format!(
+                "the status write of {} {name} did not complete within {}s (is the API server's storage down?); the reconcile gives its slot back and is retried with backoff",
+                K::kind(&()),
+                timeout.as_secs_f64()
+            )
+            .into(),
+        ))),
+    }
 }
 
 /// The default of [`Settings::first_status_after`]: how long the first observation of an

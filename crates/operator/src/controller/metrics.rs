@@ -207,6 +207,21 @@ impl Metrics {
         if let Some(graph) = graph {
             registry.register_collector(Box::new(GraphCollector(graph)));
         }
+        // Every known series of the labelled counters starts at 0: a family that appears
+        // only at its first event shows "No data" in dashboards, and rate() over it is
+        // empty until then.
+        for kind in [super::assignment::KIND, super::guard::KIND] {
+            for outcome in ReprocessCall::ALL {
+                let _ = metrics.reprocess_calls.get_or_create(&ReprocessLabels {
+                    kind,
+                    outcome: outcome.label(),
+                });
+            }
+            let _ = metrics.drift_detected.get_or_create(&KindLabels { kind });
+            let _ = metrics
+                .reconciles
+                .get_or_create(&ReconcileLabels { kind, result: "ok" });
+        }
         (Arc::new(metrics), registry)
     }
 
@@ -578,6 +593,16 @@ pub enum ReprocessCall {
 }
 
 impl ReprocessCall {
+    /// Every outcome, in label order.
+    pub const ALL: [Self; 6] = [
+        Self::Requested,
+        Self::RateLimited,
+        Self::Throttled,
+        Self::Forbidden,
+        Self::Rejected,
+        Self::Failed,
+    ];
+
     /// The label value.
     pub fn label(self) -> &'static str {
         match self {
@@ -607,6 +632,23 @@ impl ReprocessCall {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labelled_counters_start_at_zero_for_every_known_label() {
+        let (_m, registry) = Metrics::new(None);
+        let text = render(&registry).unwrap();
+        for kind in ["AccessPackageAssignment", "AccessPackageGuard"] {
+            for outcome in ReprocessCall::ALL {
+                let series = format!(
+                    "redeliver_reprocess_calls_total{{kind=\"{kind}\",outcome=\"{}\"}} 0",
+                    outcome.label()
+                );
+                assert!(text.contains(&series), "{series} in\n{text}");
+            }
+            let drift = format!("redeliver_drift_detected_total{{kind=\"{kind}\"}} 0");
+            assert!(text.contains(&drift), "{drift} in\n{text}");
+        }
+    }
 
     #[test]
     fn renders_bounded_families() {

@@ -38,6 +38,7 @@ use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector;
 use kube::runtime::{Config as ControllerConfig, Controller, watcher};
+use kube::runtime::{PredicateConfig, predicates};
 use kube::{Client, Resource};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio_util::sync::CancellationToken;
@@ -101,12 +102,14 @@ pub struct ControllerArgs {
     #[arg(long, env = "REDELIVER_LEADER_ELECTION")]
     pub leader_election: bool,
 
-    /// Name of the Lease used for leader election.
+    /// Name of the Lease used for leader election (with --leader-election only: alone it
+    /// would have no effect, and is refused).
     #[arg(
         long,
         env = "REDELIVER_LEASE_NAME",
         value_name = "NAME",
-        default_value = "redeliver"
+        default_value = "redeliver",
+        requires = "leader_election"
     )]
     pub lease_name: String,
 
@@ -157,6 +160,24 @@ pub struct ControllerArgs {
     )]
     pub cluster_secret_namespace: Option<String>,
 
+    /// Reconcile ClusterGraphConnections (check them and write their status). Default: on
+    /// when every namespace is watched, off with --namespace: a namespace-restricted
+    /// installation uses cluster connections for its own objects but leaves their status to
+    /// the installation that owns them (whose Secret namespace holds their Secrets).
+    #[arg(long, env = "REDELIVER_CLUSTER_CONNECTIONS", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub cluster_connections: Option<bool>,
+
+    /// Field manager of the controller's status writes (server-side apply). Give each
+    /// installation in a cluster its own (the chart uses the release name), so
+    /// `kubectl get --show-managed-fields` tells who wrote what.
+    #[arg(
+        long,
+        env = "REDELIVER_FIELD_MANAGER",
+        value_name = "NAME",
+        default_value = context::FIELD_MANAGER
+    )]
+    pub field_manager: String,
+
     /// Number of shards: the connections (tenants) are split across this many replicas
     /// (or leader-elected groups of replicas, one Lease per shard), each reconciling the
     /// objects of the connections that hash to its shard. Helps with many tenants, not with
@@ -166,7 +187,12 @@ pub struct ControllerArgs {
 
     /// This replica's shard, 0-based (below --shard-count). Default: the StatefulSet ordinal
     /// at the end of --pod-name.
-    #[arg(long, env = "REDELIVER_SHARD_INDEX", value_name = "INDEX")]
+    #[arg(
+        long,
+        env = "REDELIVER_SHARD_INDEX",
+        value_name = "INDEX",
+        requires = "shard_count"
+    )]
     pub shard_index: Option<u32>,
 
     /// Cross-check each verification against Microsoft's access drift report (Graph beta,
@@ -226,6 +252,9 @@ impl ControllerArgs {
                 .clone()
                 .or_else(|| self.lease_namespace.clone()),
             use_access_drift_report: self.use_access_drift_report,
+            cluster_connections: self
+                .cluster_connections
+                .unwrap_or(self.namespaces.is_empty()),
             ..Settings::default()
         }
     }
@@ -235,6 +264,7 @@ impl ControllerArgs {
 /// or a start-up check fails (returns an error whose message says how to fix it).
 pub async fn run(args: ControllerArgs) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    context::set_field_manager(&args.field_manager)?;
     let shard = args.shard()?;
     if shard.count > 1 {
         tracing::info!(
@@ -553,20 +583,37 @@ pub async fn run_controllers(
             }
         })
         .reflect(writer)
-        .applied_objects();
+        .applied_objects()
+        // Its own status writes never trigger a check (only a spec change, or its due
+        // re-check): a status that changed would otherwise sign in again at once.
+        .predicate_filter(predicates::generation, PredicateConfig::default());
         let token = stop.clone();
-        runs.push(
-            Controller::for_stream(stream, reader)
-                .with_config(config.clone())
-                .graceful_shutdown_on(async move { token.cancelled().await })
-                .run(
-                    connection::reconcile_cluster,
-                    connection::error_policy,
-                    ctx.clone(),
-                )
-                .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
-                .boxed(),
-        );
+        if ctx.cluster_connections {
+            runs.push(
+                Controller::for_stream(stream, reader)
+                    .with_config(config.clone())
+                    .graceful_shutdown_on(async move { token.cancelled().await })
+                    .run(
+                        connection::reconcile_cluster,
+                        connection::error_policy,
+                        ctx.clone(),
+                    )
+                    .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
+                    .boxed(),
+            );
+        } else {
+            // Watched for this installation's objects, never reconciled: their status is
+            // the owning installation's.
+            tracing::info!(
+                "not reconciling ClusterGraphConnections (--cluster-connections=false): their status is left to the installation that owns them"
+            );
+            runs.push(
+                stream
+                    .take_until(async move { token.cancelled().await })
+                    .for_each(|_| async {})
+                    .boxed(),
+            );
+        }
     }
     for scope in scopes {
         let (reader, writer) = reflector::store::<GraphConnection>();
@@ -589,7 +636,8 @@ pub async fn run_controllers(
                 }
             })
             .reflect(writer)
-            .applied_objects();
+            .applied_objects()
+            .predicate_filter(predicates::generation, PredicateConfig::default());
         let token = stop.clone();
         runs.push(
             Controller::for_stream(stream, reader)
@@ -781,11 +829,11 @@ const SYNC_WAIT: Duration = Duration::from_secs(60);
 /// Longest wait for the group delta baseline before reconciles start anyway.
 const BASELINE_WAIT: Duration = Duration::from_secs(30);
 
-fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
+fn log_result<K: Resource, E: std::fmt::Display>(
     kind: &'static str,
     result: Result<
         (reflector::ObjectRef<K>, kube::runtime::controller::Action),
-        kube::runtime::controller::Error<E, Q>,
+        kube::runtime::controller::Error<E, watcher::Error>,
     >,
 ) {
     use kube::runtime::controller::Error as CE;
@@ -796,10 +844,55 @@ fn log_result<K: Resource, E: std::fmt::Display, Q: std::fmt::Display>(
         Err(CE::ObjectNotFound(obj)) => {
             tracing::debug!(kind, object = %obj, "object gone before its reconcile")
         }
-        Err(CE::QueueError(e)) => {
-            tracing::warn!(kind, error = %e, "watch error; retrying with backoff (check RBAC and API server reachability)")
-        }
+        Err(CE::QueueError(e)) => match watch_error(kind, &e) {
+            WatchTrouble::Routine(text) => tracing::info!(kind, "{text}"),
+            WatchTrouble::Failing(text) => tracing::warn!(kind, error = %e, "{text}"),
+        },
         Err(e) => tracing::warn!(kind, error = %e, "controller error"),
+    }
+}
+
+/// How a watch error reads in the log.
+#[derive(Debug, PartialEq, Eq)]
+enum WatchTrouble {
+    /// Part of a watch's normal life (the server ended it; the watcher lists again).
+    Routine(String),
+    /// Something a person may need to look at, said with what was being reached.
+    Failing(String),
+}
+
+/// Words for a watch error of `kind`: a `410 Gone` ("too old resource version", as after an
+/// API server restart) is routine, the watcher lists again; a failure to reach the server
+/// or a refusal says which kind's watch and what to check.
+fn watch_error(kind: &str, e: &watcher::Error) -> WatchTrouble {
+    use kube::Error as KE;
+    match e {
+        watcher::Error::WatchError(status) if status.code == 410 => WatchTrouble::Routine(format!(
+            "the API server ended the {kind} watch (its resource version is too old, as after an API server restart); listing {kind} objects again"
+        )),
+        watcher::Error::InitialListFailed(KE::Api(s))
+        | watcher::Error::WatchStartFailed(KE::Api(s))
+        | watcher::Error::WatchFailed(KE::Api(s))
+            if s.code == 403 =>
+        {
+            WatchTrouble::Failing(format!(
+                "the API server refuses to let this controller list or watch {kind} (403); check its RBAC (the chart's ClusterRole); retrying with backoff"
+            ))
+        }
+        watcher::Error::InitialListFailed(KE::Api(_))
+        | watcher::Error::WatchStartFailed(KE::Api(_))
+        | watcher::Error::WatchFailed(KE::Api(_))
+        | watcher::Error::WatchError(_) => WatchTrouble::Failing(format!(
+            "the API server answered the {kind} watch with an error; retrying with backoff"
+        )),
+        watcher::Error::InitialListFailed(_)
+        | watcher::Error::WatchStartFailed(_)
+        | watcher::Error::WatchFailed(_) => WatchTrouble::Failing(format!(
+            "cannot reach the API server to list or watch {kind}; retrying with backoff (check that the API server is up and reachable from this pod, e.g. a NetworkPolicy)"
+        )),
+        watcher::Error::NoResourceVersion => WatchTrouble::Failing(format!(
+            "the API server sent {kind} objects without a resourceVersion; retrying with backoff"
+        )),
     }
 }
 
@@ -825,6 +918,64 @@ mod tests {
         assert!(!a.leader_election);
         assert_eq!(a.lease_name, "redeliver");
         assert_eq!(a.stuck_after, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn flags_without_effect_are_refused() {
+        assert!(Cli::try_parse_from(["redeliver", "--lease-name", "x"]).is_err());
+        assert!(
+            Cli::try_parse_from(["redeliver", "--leader-election", "--lease-name", "x"]).is_ok()
+        );
+        assert!(Cli::try_parse_from(["redeliver", "--shard-index", "0"]).is_err());
+    }
+
+    #[test]
+    fn cluster_connections_are_reconciled_only_by_a_cluster_wide_installation_unless_told() {
+        let settings = |args: &[&str]| {
+            let mut all = vec!["redeliver"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).unwrap().args.settings("me")
+        };
+        assert!(settings(&[]).cluster_connections);
+        assert!(!settings(&["--namespace", "team-b"]).cluster_connections);
+        assert!(settings(&["--namespace", "team-b", "--cluster-connections"]).cluster_connections);
+        assert!(!settings(&["--cluster-connections=false"]).cluster_connections);
+        let a = Cli::try_parse_from(["redeliver"]).unwrap().args;
+        assert_eq!(a.field_manager, "redeliver");
+        let a = Cli::try_parse_from(["redeliver", "--field-manager", "redeliver-team-b"])
+            .unwrap()
+            .args;
+        assert_eq!(a.field_manager, "redeliver-team-b");
+    }
+
+    #[test]
+    fn a_routine_relist_is_not_a_warning_and_failures_name_the_kind() {
+        let gone = kube::core::Status {
+            code: 410,
+            reason: "Expired".into(),
+            message: "too old resource version: 1 (2)".into(),
+            ..Default::default()
+        };
+        let trouble = watch_error(
+            "AccessPackageAssignment",
+            &watcher::Error::WatchError(Box::new(gone)),
+        );
+        assert!(
+            matches!(&trouble, WatchTrouble::Routine(t) if t.contains("listing AccessPackageAssignment objects again")),
+            "{trouble:?}"
+        );
+        let forbidden = kube::core::Status {
+            code: 403,
+            ..Default::default()
+        };
+        let trouble = watch_error(
+            "GraphConnection",
+            &watcher::Error::InitialListFailed(kube::Error::Api(Box::new(forbidden))),
+        );
+        assert!(
+            matches!(&trouble, WatchTrouble::Failing(t) if t.contains("GraphConnection") && t.contains("RBAC")),
+            "{trouble:?}"
+        );
     }
 
     #[test]

@@ -226,7 +226,7 @@ pub async fn report_malformed(
         let name = obj.name_any();
         let Some(ns) = obj.namespace() else { continue };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
-        let params = kube::api::PatchParams::apply(super::context::FIELD_MANAGER).force();
+        let params = kube::api::PatchParams::apply(super::context::field_manager()).force();
         if let Err(err) = api
             .patch_status(&name, &params, &kube::api::Patch::Apply(&patch))
             .await

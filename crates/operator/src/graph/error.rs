@@ -402,6 +402,51 @@ pub fn token_error_hint(error: &str, error_codes: &[i64]) -> String {
     }
 }
 
+/// Labels of ids that name one request or one sign-in, never the state of the tenant.
+const RUN_ID_LABELS: [&str; 4] = [
+    "client-request-id",
+    "request-id",
+    "correlation-id",
+    "trace-id",
+];
+
+/// `text` without ` (request-id X)`, `, correlation-id X` and the like: for text that is
+/// compared for change (a status condition) or for identical reruns (an audit report). The
+/// ids belong in logs and events, where one failure can be quoted in a support case.
+pub fn without_run_ids(text: &str) -> String {
+    let mut out = text.to_string();
+    for label in RUN_ID_LABELS {
+        let needle = format!("{label} ");
+        let mut from = 0;
+        while let Some(found) = out[from..].find(&needle) {
+            let at = from + found;
+            // `client-request-id` contains `request-id`: only a whole label is an id.
+            if out[..at].ends_with(|c: char| c.is_alphanumeric() || c == '-') {
+                from = at + needle.len();
+                continue;
+            }
+            let id_start = at + needle.len();
+            let id_len = out[id_start..]
+                .find(|c: char| c.is_whitespace() || matches!(c, ')' | ',' | ';'))
+                .unwrap_or(out.len() - id_start);
+            let mut start = at;
+            let mut end = id_start + id_len;
+            if out[..start].ends_with(" (") && out[end..].starts_with(')') {
+                // ` (request-id X)`: the parentheses go with it.
+                start -= 2;
+                end += 1;
+            } else if out[..start].ends_with(", ") {
+                start -= 2;
+            } else if out[end..].starts_with(", ") {
+                end += 2;
+            }
+            out.replace_range(start..end, "");
+            from = start;
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -97,7 +97,10 @@ fn retry_wait(mode: RetryMode, exchange: &Exchange, retries: &mut Retries) -> Op
             }
         }
         Exchange::Failed { error, .. } => {
-            if error.is_connect() || mode == RetryMode::Idempotent {
+            if Unfixable::of(error).is_some() {
+                // Sending again cannot change the answer: say it now, with what to set.
+                None
+            } else if error.is_connect() || mode == RetryMode::Idempotent {
                 retries.next_wait(None)
             } else {
                 None
@@ -232,6 +235,7 @@ impl Http {
     ) -> Result<RawResponse, GraphError> {
         let mut retries = self.retries();
         let mut attempt: u32 = 0;
+        let first_started = Instant::now();
         loop {
             let mut request = build().build().map_err(|e| GraphError::InvalidArgument {
                 operation,
@@ -285,8 +289,13 @@ impl Http {
                         Exchange::Answered(response) => Ok(response),
                         Exchange::Failed { error, target } => Err(GraphError::Transport {
                             operation,
+                            message: transport_message(
+                                &error,
+                                &target,
+                                attempt + 1,
+                                first_started.elapsed(),
+                            ),
                             target,
-                            message: error_chain(&error),
                             timeout: error.is_timeout(),
                         }),
                     };
@@ -514,6 +523,101 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
 }
 
 /// The error and its sources on one line (reqwest's top-level message alone is vague).
+/// A transport failure that no retry can fix: the same request would fail the same way
+/// until a person changes the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unfixable {
+    /// The server's certificate is not signed by a trusted CA (a private or intercepting CA).
+    UnknownCa,
+    /// The certificate is for another name (the URL names the wrong host).
+    WrongName,
+    /// Any other certificate refusal (expired, revoked, not for server use).
+    BadCertificate,
+    /// The host name does not resolve.
+    Dns,
+}
+
+impl Unfixable {
+    /// Classifies a failed exchange by the errors in its chain (rustls' certificate error
+    /// sits inside `io::Error`s, whose `source()` skips their payload, so each is unwrapped).
+    fn of(error: &reqwest::Error) -> Option<Self> {
+        Self::find(error, 0)
+    }
+
+    fn find(e: &(dyn std::error::Error + 'static), depth: usize) -> Option<Self> {
+        // Error chains are a handful deep; the bound only guards against a cycle.
+        if depth > 16 {
+            return None;
+        }
+        if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
+            return Some(match cert {
+                rustls::CertificateError::UnknownIssuer => Self::UnknownCa,
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. } => Self::WrongName,
+                _ => Self::BadCertificate,
+            });
+        }
+        let text = e.to_string();
+        if text.starts_with("dns error") || text.contains("failed to lookup address") {
+            return Some(Self::Dns);
+        }
+        let payload = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        payload
+            .and_then(|inner| Self::find(inner, depth + 1))
+            .or_else(|| e.source().and_then(|s| Self::find(s, depth + 1)))
+    }
+
+    /// What to do about it, naming the flag or variable to set.
+    fn hint(self) -> &'static str {
+        match self {
+            Self::UnknownCa => {
+                "the server's certificate is not signed by a CA this machine trusts; if it uses \
+                 a private CA (the simulator does), pass that CA's PEM file with --ca-file or \
+                 REDELIVER_CA_FILE"
+            }
+            Self::WrongName => {
+                "the server's certificate is for another host name; check --graph-url \
+                 (REDELIVER_GRAPH_URL) and --authority-host (AZURE_AUTHORITY_HOST)"
+            }
+            Self::BadCertificate => {
+                "the server's certificate was refused; check the certificate it serves, or \
+                 --graph-url and --authority-host if this is the wrong server"
+            }
+            Self::Dns => {
+                "the host name does not resolve; check --graph-url (REDELIVER_GRAPH_URL) and \
+                 --authority-host (AZURE_AUTHORITY_HOST), and this machine's DNS"
+            }
+        }
+    }
+}
+
+/// The message of a failed exchange: the error chain, then what to check. A failure no retry
+/// can fix says so at once with a hint; one that was retried says for how long.
+fn transport_message(
+    error: &reqwest::Error,
+    target: &str,
+    attempts: u32,
+    took: Duration,
+) -> String {
+    let chain = error_chain(error);
+    if let Some(unfixable) = Unfixable::of(error) {
+        return format!("{chain}; not retried: {}", unfixable.hint());
+    }
+    let tried = format!("tried {attempts} time(s) over {:.1}s", took.as_secs_f64());
+    if error.is_connect() {
+        format!(
+            "{chain}; {tried}; nothing accepted the connection at {target}: check the URL \
+             (--graph-url, --authority-host), that the server is running, and any proxy \
+             (HTTPS_PROXY, NO_PROXY)"
+        )
+    } else {
+        format!("{chain}; {tried}")
+    }
+}
+
 pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
