@@ -783,13 +783,47 @@ async fn spent_reprocess_budget_defers_without_writing() {
     task.await.unwrap().unwrap();
     assert_eq!(reprocess_calls(&env.sim), 1);
 
-    // The budget (1 a minute) is spent: the second object (bob) waits, claiming nothing.
+    // The budget (1 a minute) is spent: the second object (bob) says its drift at once
+    // (Delivered=False, DriftDetected) and that the reprocess waits for a slot, claiming
+    // nothing: no attempt, no reprocess time, no reprocess sent.
     let second = for_user("bob-2", "bob@contoso.com");
     let task = env.reconcile(&second);
-    env.api.expect_status_patch(&second).await; // first visit only
+    env.api.expect_status_patch(&second).await; // first visit
+    let said = env.api.expect_status_patch(&second).await;
+    let (_, event_reason, _) = env.api.expect_event(&second).await;
     let action = task.await.unwrap().unwrap();
     let secs = requeue_secs(&action).unwrap();
     assert!(secs > 1.0 && secs <= 60.0, "{action:?}");
+    env.api.expect_silence().await;
+    assert_eq!(reprocess_calls(&env.sim), 1);
+    let cond = |t: &str| {
+        said["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .cloned()
+            .unwrap_or_else(|| panic!("no {t}: {said}"))
+    };
+    assert_eq!(cond("Delivered")["status"], "False", "{said}");
+    assert_eq!(cond("Delivered")["reason"], "ResourcesMissing");
+    let reconciling = cond("Reconciling");
+    assert_eq!(reconciling["reason"], "RateLimited", "{said}");
+    let message = reconciling["message"].as_str().unwrap();
+    assert!(
+        message.contains("reprocess budget (1 a minute") && message.contains("next slot at about"),
+        "{message}"
+    );
+    assert_eq!(said["reprocess"]["attempts"], 0, "nothing claimed: {said}");
+    assert!(said["reprocess"]["lastRequestedTime"].is_null(), "{said}");
+    assert_eq!(event_reason, "DriftDetected");
+
+    // Still waiting on the next try: the same status, so nothing is written again.
+    let mut waiting = serde_json::to_value(&second).unwrap();
+    waiting["status"] = said.clone();
+    let waiting: redeliver::api::AccessPackageAssignment = serde_json::from_value(waiting).unwrap();
+    let task = env.reconcile(&waiting);
+    task.await.unwrap().unwrap();
     env.api.expect_silence().await;
     assert_eq!(reprocess_calls(&env.sim), 1);
 }

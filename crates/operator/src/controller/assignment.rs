@@ -232,9 +232,29 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     {
         Ok(None) => {}
         Ok(Some(wait)) => {
-            // The global reprocess budget is spent: do nothing now (not even the status,
-            // which would claim a reprocess) and come back when a token is free.
+            // The reprocess budget is spent: claim nothing (in the ledger or the status), but
+            // say what is known now — the drift, and that its reprocess waits for a slot —
+            // and come back when a slot is free.
             undo.restore(&mut tenant.ledger(), None);
+            crate::engine::postpone_for_budget(
+                &mut plan,
+                written.as_ref(),
+                wait,
+                tenant.reprocess_bucket.rate_per_minute(),
+                generation,
+                now,
+            );
+            if assignment_status_changed(written.as_ref(), &plan.status) {
+                patch_status(&api, &name, &plan.status).await?;
+            }
+            ctx.publish(&reference, "Reconcile", &plan.events).await;
+            if plan
+                .events
+                .iter()
+                .any(|e| e.kind == crate::engine::EventKind::DriftDetected)
+            {
+                ctx.metrics.drift(KIND, 1);
+            }
             return Ok(Action::requeue(wait));
         }
         Err(e) => {

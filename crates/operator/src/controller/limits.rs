@@ -87,6 +87,12 @@ impl TokenBucket {
         self.capacity < 1.0
     }
 
+    /// The rate it was made with, per minute (for messages).
+    pub fn rate_per_minute(&self) -> u32 {
+        // The capacity is the per-minute rate it was built from, a whole number.
+        self.capacity as u32
+    }
+
     /// Whole tokens available now (nothing is taken).
     pub fn available(&self) -> usize {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -1672,6 +1672,55 @@ fn is_drift_reason(r: Reason) -> bool {
     )
 }
 
+/// Rewrites a plan whose reprocess cannot be sent now because the connection's reprocess
+/// budget is spent (the next slot in `wait`): the drift is reported at once (`Delivered`
+/// and its event as planned), `Reconciling=True (RateLimited)` says the reprocess waits and
+/// roughly when, and nothing claims a reprocess (attempts, times and the write's id stay as
+/// they were). The message keeps its first wording while the object keeps waiting, so
+/// retries until a slot frees rewrite nothing.
+pub fn postpone_for_budget(
+    plan: &mut Plan,
+    previous: Option<&AccessPackageAssignmentStatus>,
+    wait: Duration,
+    per_minute: u32,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let prev = previous.cloned().unwrap_or_default();
+    plan.status.reprocess = prev.reprocess.clone();
+    plan.status.last_request_id = prev.last_request_id.clone();
+    plan.status.last_client_request_id = prev.last_client_request_id.clone();
+    let kept = conditions::find(&prev.conditions, ConditionType::Reconciling)
+        .filter(|c| c.status == Status::True && c.reason == Reason::RateLimited.as_str())
+        .map(|c| c.message.clone());
+    let message = kept.unwrap_or_else(|| {
+        let at = now + SignedDuration::try_from(wait).unwrap_or_default();
+        format!(
+            "Drift found; the reprocess waits for this connection's reprocess budget \
+             ({per_minute} a minute, all objects together): next slot at about {}.",
+            fmt_ts(at.round(jiff::Unit::Second).unwrap_or(at))
+        )
+    });
+    for (type_, status) in [
+        (ConditionType::Reconciling, Status::True),
+        (ConditionType::Ready, Status::False),
+    ] {
+        conditions::set_condition(
+            &mut plan.status.conditions,
+            Desired::new(type_, status, Reason::RateLimited, message.clone()),
+            generation,
+            now,
+        );
+    }
+    plan.events
+        .retain(|e| e.kind != EventKind::ReprocessRequested);
+    plan.ledger.clear();
+    plan.action = Action::Wait {
+        reason: Reason::RateLimited,
+    };
+    plan.requeue_after = wait.max(Duration::from_secs(1));
+}
+
 /// Records the id of the request the driver just created for a
 /// [`Write::RequestAssignment`], so later passes recognise it (and report it if it sticks).
 pub fn record_request_submitted(status: &mut AccessPackageAssignmentStatus, request_id: &str) {

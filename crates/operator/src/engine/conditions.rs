@@ -126,6 +126,9 @@ pub enum Reason {
     AuthenticationFailed,
     /// Connection: a token was issued but the probe read failed.
     ProbeFailed,
+    /// Drift was found and a reprocess is due, but the connection's reprocess budget
+    /// (`reprocessRate`) is spent: it is sent when a slot frees up.
+    RateLimited,
     /// Safety: the target's account is disabled; nothing is granted back.
     TargetDisabled,
     /// Safety: the target no longer exists in the directory.

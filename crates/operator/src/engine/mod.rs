@@ -31,7 +31,7 @@ pub mod target;
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
     attribution_needed, awaiting_reprocess, fresh_reads, needs_latest_request, plan_assignment,
-    record_action_failure, record_request_submitted,
+    postpone_for_budget, record_action_failure, record_request_submitted,
 };
 pub use attribution::{Attribution, names_actor};
 pub use drift_report::{
