@@ -218,7 +218,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     // Before acting, so a reprocess's status write already carries the note (one write).
     cross_check_drift_report(ctx, tenant, &observed, &mut plan).await;
     let mut written = previous;
-    match execute(
+    let requeue = match execute(
         ctx,
         tenant,
         &obj,
@@ -230,7 +230,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     )
     .await
     {
-        Ok(None) => {}
+        Ok(None) => jitter(plan.requeue_after),
         Ok(Some(wait)) => {
             // The reprocess budget is spent: claim nothing (in the ledger or the status), but
             // say what is known now — the drift, and that its reprocess waits for a slot —
@@ -244,24 +244,13 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
                 generation,
                 now,
             );
-            if assignment_status_changed(written.as_ref(), &plan.status) {
-                patch_status(&api, &name, &plan.status).await?;
-            }
-            ctx.publish(&reference, "Reconcile", &plan.events).await;
-            if plan
-                .events
-                .iter()
-                .any(|e| e.kind == crate::engine::EventKind::DriftDetected)
-            {
-                ctx.metrics.drift(KIND, 1);
-            }
-            return Ok(Action::requeue(wait));
+            wait
         }
         Err(e) => {
             undo.restore(&mut tenant.ledger(), None);
             return Err(e);
         }
-    }
+    };
 
     if assignment_status_changed(written.as_ref(), &plan.status) {
         patch_status(&api, &name, &plan.status).await?;
@@ -274,7 +263,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     {
         ctx.metrics.drift(KIND, 1);
     }
-    Ok(Action::requeue(jitter(plan.requeue_after)))
+    Ok(Action::requeue(requeue))
 }
 
 /// With `--use-access-drift-report`: compares Microsoft's report for the package's catalog
