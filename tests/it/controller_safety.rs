@@ -399,6 +399,29 @@ async fn a_mass_removal_trips_the_breaker_before_any_reprocess_and_an_acknowledg
         "{status}"
     );
     assert_eq!(condition(&status, "Stalled"), &Value::Null, "{status}");
+    // Each reprocess sent is traceable: its drift entry names the client-request-id it
+    // carried, and nothing not sent claims one.
+    let traced: Vec<(String, String)> = status["drifted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| {
+            Some((
+                d["assignmentId"].as_str()?.to_string(),
+                d["lastClientRequestId"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(traced.len(), 30, "{status}");
+    let log = env.sim.request_log();
+    for (assignment, id) in &traced {
+        assert!(
+            log.iter()
+                .any(|e| e.path.ends_with(&format!("{assignment}/reprocess"))
+                    && e.client_request_id.as_deref() == Some(id.as_str())),
+            "{assignment} was sent with {id}"
+        );
+    }
     // The 30 targets' accounts were confirmed before the writes, batched (20 to an
     // envelope), not read one request per repair.
     let batched = env

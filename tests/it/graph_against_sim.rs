@@ -457,7 +457,24 @@ async fn bulk_reprocess_is_coalesced_into_batches_with_a_result_per_assignment()
     ids.insert(30, "5b1e8f4a-0000-4000-8000-0000000000ff".into());
     h.clear_request_log();
 
-    let results = c.reprocess_assignments(&ids, 2).await;
+    let traced: Vec<(String, String)> = ids
+        .iter()
+        .map(|id| (id.clone(), uuid::Uuid::new_v4().to_string()))
+        .collect();
+    let results = c.reprocess_assignments(&traced, 2).await;
+    // Each write carried its own client-request-id inside the batch.
+    let log = h.request_log();
+    for (id, trace) in &traced {
+        let sent: Vec<_> = log
+            .iter()
+            .filter(|e| e.method == "POST" && e.path.contains(id.as_str()))
+            .collect();
+        assert!(
+            sent.iter()
+                .all(|e| e.client_request_id.as_deref() == Some(trace.as_str())),
+            "{id}: {sent:?}"
+        );
+    }
 
     assert_eq!(results.len(), 46, "one result per id, in order");
     for (i, r) in results.iter().enumerate() {

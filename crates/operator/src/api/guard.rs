@@ -247,6 +247,10 @@ pub struct DriftedAssignment {
     /// AccessPackageAssignment covering the same assignment, "Kind namespace/name").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reprocessed_by: Option<String>,
+    /// The client-request-id of the last reprocess this guard sent for this drift: quote it to
+    /// find the write in Entra's logs or to Microsoft support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_client_request_id: Option<String>,
     /// Why this drift is not repaired automatically: TargetDisabled, TargetDeleted,
     /// TargetAtRisk or TargetUnverified (the account), with a sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,6 +3,7 @@
 //! most the engine's bounded selection (and within the global budget), write the bounded
 //! status only when it changed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -187,6 +188,24 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let mut written = previous;
     let mut retry_after = None;
     if !plan.reprocess.is_empty() {
+        // Traceable: each reprocess gets its client-request-id now, recorded in its drift
+        // entry (written ahead) and the event, and sent as that write's own header.
+        let traces: BTreeMap<String, String> = plan
+            .reprocess
+            .iter()
+            .map(|id| (id.clone(), uuid::Uuid::new_v4().to_string()))
+            .collect();
+        let before: BTreeMap<String, Option<String>> = plan
+            .status
+            .drifted
+            .iter()
+            .map(|d| (d.assignment_id.clone(), d.last_client_request_id.clone()))
+            .collect();
+        for d in &mut plan.status.drifted {
+            if let Some(t) = traces.get(&d.assignment_id) {
+                d.last_client_request_id = Some(t.clone());
+            }
+        }
         // Written before it is sent, so a restart never sends it twice.
         if guard_status_changed(written.as_ref(), &plan.status) {
             if let Err(e) = patch_status(&api, &name, &plan.status).await {
@@ -195,8 +214,14 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             }
             written = Some(plan.status.clone());
         }
-        let (sent, come_back) = reprocess_selected(ctx, tenant, &plan).await;
+        let (sent, come_back) = reprocess_selected(ctx, tenant, &plan, &traces).await;
         retry_after = come_back;
+        // A write that did not go out claims no id.
+        for d in &mut plan.status.drifted {
+            if traces.contains_key(&d.assignment_id) && !sent.contains(&d.assignment_id) {
+                d.last_client_request_id = before.get(&d.assignment_id).cloned().flatten();
+            }
+        }
         // Say what really happened, not what was planned.
         record_guard_outcome(
             &mut plan,
@@ -206,6 +231,27 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             &who,
             Timestamp::now(),
         );
+        let named: Vec<String> = plan
+            .status
+            .drifted
+            .iter()
+            .filter(|d| sent.contains(&d.assignment_id))
+            .filter_map(|d| {
+                Some(format!(
+                    "{} {}",
+                    d.target,
+                    d.last_client_request_id.as_ref()?
+                ))
+            })
+            .take(10)
+            .collect();
+        if !named.is_empty() {
+            for e in &mut plan.events {
+                if e.kind == crate::engine::EventKind::ReprocessRequested {
+                    e.message = format!("{} client-request-ids: {}.", e.message, named.join(", "));
+                }
+            }
+        }
         if let Ok((package_id, _)) = &resolved {
             // Reprocesses change memberships, not the package's assignments: keep the view.
             tenant
@@ -236,6 +282,7 @@ async fn reprocess_selected(
     ctx: &Context,
     tenant: &Tenant,
     plan: &GuardPlan,
+    traces: &BTreeMap<String, String>,
 ) -> (Vec<String>, Option<Duration>) {
     let mut come_back: Option<Duration> = None;
     let mut granted: Vec<String> = Vec::new();
@@ -252,9 +299,13 @@ async fn reprocess_selected(
         assignments = %granted.join(","),
         "reprocess requested"
     );
+    let traced: Vec<(String, String)> = granted
+        .iter()
+        .map(|id| (id.clone(), traces.get(id).cloned().unwrap_or_default()))
+        .collect();
     let results = tenant
         .graph()
-        .reprocess_assignments(&granted, tenant.observations.concurrency())
+        .reprocess_assignments(&traced, tenant.observations.concurrency())
         .await;
     let mut sent: Vec<String> = Vec::new();
     for (id, result) in granted.into_iter().zip(results) {

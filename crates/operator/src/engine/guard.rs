@@ -525,6 +525,7 @@ fn carry_over(
                 last_reprocess_time: old.and_then(|o| o.last_reprocess_time.clone()),
                 reprocess_attempts: old.map(|o| o.reprocess_attempts).unwrap_or(0),
                 reprocessed_by: old.and_then(|o| o.reprocessed_by.clone()),
+                last_client_request_id: old.and_then(|o| o.last_client_request_id.clone()),
                 held: None,
             }
         })

@@ -198,10 +198,28 @@ impl GraphClient {
         writes: &[Write],
         concurrency: usize,
     ) -> Vec<Result<Written, GraphError>> {
+        let traced: Vec<(Write, String)> = writes
+            .iter()
+            .map(|w| (w.clone(), uuid::Uuid::new_v4().to_string()))
+            .collect();
+        self.write_many_traced(&traced, concurrency).await
+    }
+
+    /// [`GraphClient::write_many`] with the `client-request-id` of each write chosen by the
+    /// caller (sent as the item's own header inside the `$batch`, and on the write itself
+    /// when it is resent alone), so the object's status can name it before it is sent.
+    pub async fn write_many_traced(
+        &self,
+        writes: &[(Write, String)],
+        concurrency: usize,
+    ) -> Vec<Result<Written, GraphError>> {
         use futures::StreamExt;
         // Owned chunks: the futures must not borrow `writes` (the controller's reconcile
         // futures have to be `Send` for any lifetime).
-        let chunks: Vec<Vec<Write>> = writes.chunks(MAX_BATCH).map(<[Write]>::to_vec).collect();
+        let chunks: Vec<Vec<(Write, String)>> = writes
+            .chunks(MAX_BATCH)
+            .map(<[(Write, String)]>::to_vec)
+            .collect();
         let results: Vec<Vec<Result<Written, GraphError>>> = futures::stream::iter(chunks)
             .map(|chunk| self.write_chunk(chunk))
             .buffered(concurrency.max(1))
@@ -211,16 +229,18 @@ impl GraphClient {
     }
 
     /// One `$batch` of writes (see [`GraphClient::write_many`]).
-    async fn write_chunk(&self, chunk: Vec<Write>) -> Vec<Result<Written, GraphError>> {
+    async fn write_chunk(&self, chunk: Vec<(Write, String)>) -> Vec<Result<Written, GraphError>> {
         let prepared: Vec<Result<Prepared, GraphError>> =
-            chunk.iter().map(Write::prepare).collect();
+            chunk.iter().map(|(w, _)| w.prepare()).collect();
         let items: Vec<BatchItem> = prepared
             .iter()
+            .zip(&chunk)
             .enumerate()
-            .filter_map(|(i, p)| {
+            .filter_map(|(i, (p, (_, trace)))| {
                 let p = p.as_ref().ok()?;
                 Some(BatchItem {
                     body: p.body.clone(),
+                    headers: vec![("client-request-id".to_string(), trace.clone())],
                     ..BatchItem::post(i.to_string(), p.path.clone())
                 })
             })
@@ -235,11 +255,11 @@ impl GraphClient {
             Err(e) => {
                 tracing::warn!(error = %e, "a batch of writes failed; sending the items that may be resent one by one");
                 let mut out = Vec::with_capacity(chunk.len());
-                for (write, p) in chunk.iter().zip(prepared) {
+                for ((write, trace), p) in chunk.iter().zip(prepared) {
                     out.push(match p {
                         Err(invalid) => Err(invalid),
                         Ok(p) if p.retry == RetryMode::Idempotent || not_acted_on(&e) => {
-                            self.write(write).await
+                            self.write_traced(write, trace).await
                         }
                         Ok(_) => Err(e.clone()),
                     });
@@ -248,7 +268,7 @@ impl GraphClient {
             }
         };
         let mut out = Vec::with_capacity(chunk.len());
-        for (write, p) in chunk.iter().zip(prepared) {
+        for ((write, trace), p) in chunk.iter().zip(prepared) {
             let p = match p {
                 Ok(p) => p,
                 Err(invalid) => {
@@ -257,7 +277,7 @@ impl GraphClient {
                 }
             };
             out.push(match answers.next() {
-                Some(r) if resend_alone(&r, p.retry) => self.write(write).await,
+                Some(r) if resend_alone(&r, p.retry) => self.write_traced(write, trace).await,
                 Some(r) => written(write, r, p.operation),
                 None => Err(GraphError::Decode {
                     operation: p.operation,
@@ -271,18 +291,24 @@ impl GraphClient {
 
     /// Reprocesses many delivered assignments coalesced into `$batch` requests (see
     /// [`GraphClient::write_many`]); one result per id, in order.
+    /// Each id comes with the `client-request-id` its write carries.
     pub async fn reprocess_assignments(
         &self,
-        ids: &[String],
+        ids: &[(String, String)],
         concurrency: usize,
     ) -> Vec<Result<(), GraphError>> {
-        let writes: Vec<Write> = ids
+        let writes: Vec<(Write, String)> = ids
             .iter()
-            .map(|id| Write::ReprocessAssignment {
-                assignment_id: id.clone(),
+            .map(|(id, trace)| {
+                (
+                    Write::ReprocessAssignment {
+                        assignment_id: id.clone(),
+                    },
+                    trace.clone(),
+                )
             })
             .collect();
-        self.write_many(&writes, concurrency)
+        self.write_many_traced(&writes, concurrency)
             .await
             .into_iter()
             .map(|r| r.map(|_| ()))
