@@ -194,23 +194,25 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
             now,
         )
     };
-    // A grant is due: confirm the target's account first (one batched read shared with
-    // the other repairs of this moment), then plan again with it.
-    let needs_account = plan_now(&observed, &tenant.ledger()).needs_account;
-    if let Some(target) = needs_account {
+    // Planning and claiming happen under one lock of the shared ledger: of two objects
+    // covering the same Graph assignment, exactly one decides to reprocess it.
+    let claim = |observed: &AssignmentObservation| {
+        let mut ledger = tenant.ledger();
+        let plan = plan_now(observed, &ledger);
+        let undo = Undo::apply(&mut ledger, &plan.ledger);
+        (plan, undo)
+    };
+    let (mut plan, mut undo) = claim(&observed);
+    // A grant is due: confirm the target's account (one batched read shared with the other
+    // repairs of this moment), then plan again with it. A healthy object is planned once.
+    if let Some(target) = plan.needs_account.take() {
+        undo.restore(&mut tenant.ledger(), None);
         tenant
             .safety
             .confirm(tenant.graph(), &safety, &mut observed.snapshot, &[target])
             .await;
+        (plan, undo) = claim(&observed);
     }
-    // Planning and claiming happen under one lock of the shared ledger: of two objects
-    // covering the same Graph assignment, exactly one decides to reprocess it.
-    let (mut plan, mut undo) = {
-        let mut ledger = tenant.ledger();
-        let plan = plan_now(&observed, &ledger);
-        let undo = Undo::apply(&mut ledger, &plan.ledger);
-        (plan, undo)
-    };
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
     plan.status.connection = tenant.key.status_label();

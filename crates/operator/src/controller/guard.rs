@@ -126,10 +126,18 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             now,
         )
     };
-    // Reprocesses are due: confirm their targets' accounts in one batched read first, then
-    // plan again with them.
-    let needs_accounts = plan_now(&observed, &tenant.ledger()).needs_accounts;
-    if !needs_accounts.is_empty() {
+    let claim = |observed: &GuardObservation| {
+        let mut ledger = tenant.ledger();
+        let plan = plan_now(observed, &ledger);
+        let undo = Undo::apply(&mut ledger, &plan.ledger);
+        (plan, undo)
+    };
+    let (mut plan, mut undo) = claim(&observed);
+    // Reprocesses are due: confirm their targets' accounts in one batched read, then sweep
+    // again with them. A sweep with nothing to repair is planned once.
+    if !plan.needs_accounts.is_empty() {
+        let needs_accounts = std::mem::take(&mut plan.needs_accounts);
+        undo.restore(&mut tenant.ledger(), None);
         tenant
             .safety
             .confirm(
@@ -139,13 +147,8 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 &needs_accounts,
             )
             .await;
+        (plan, undo) = claim(&observed);
     }
-    let (mut plan, mut undo) = {
-        let mut ledger = tenant.ledger();
-        let plan = plan_now(&observed, &ledger);
-        let undo = Undo::apply(&mut ledger, &plan.ledger);
-        (plan, undo)
-    };
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
     let tripped = plan
