@@ -667,3 +667,182 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
         .unwrap();
     sim.shutdown().await;
 }
+
+/// Issue #26: fifty users removed from ten different groups, all reported by one group
+/// delta poll, are attributed with one audit-log query (the window since the poll before),
+/// not one per group; the removals' actors are each named.
+#[tokio::test]
+async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_query() {
+    use redeliver::controller::run_controllers;
+    use redeliver::controller::server::Readiness;
+    use redeliver_bench::fake_kube::FakeKube;
+    use redeliver_sim::SyntheticTenant;
+    use tokio_util::sync::CancellationToken;
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let shape = SyntheticTenant {
+        tenant_name: "batch".into(),
+        seed: 5,
+        assignments: 50,
+        groups: 10,
+        apps: 0,
+        packages: 10,
+        min_resources: 1,
+        max_resources: 1,
+        drift_every: 0,
+        policies_per_package: 1,
+    };
+    let sim = Simulator::start(Scenario::synthetic_tenant(&shape), SimOptions::fast())
+        .await
+        .unwrap();
+    let objects: Vec<Value> = (0..shape.assignments)
+        .map(|i| {
+            let package = SyntheticTenant::package_name(shape.package_of(i));
+            json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": format!("user-{i}"), "namespace": NS},
+                "spec": {
+                    "accessPackage": {"id": sim.package_id(&package).unwrap()},
+                    "target": {"userPrincipalName": shape.upn(i)},
+                    "verifyInterval": "10m",
+                    // Every user of the tenant loses a group at once: the breaker is not
+                    // what this test is about.
+                    "safety": {"massDrift": {"enabled": false}},
+                }
+            })
+        })
+        .collect();
+    let kube = FakeKube::start(objects).await.unwrap();
+    let mut config = kube::Config::new(kube.url().parse().unwrap());
+    config.default_namespace = NS.into();
+    let client = kube::Client::try_from(config).unwrap();
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+    let settings = Settings {
+        delta_interval: Duration::from_millis(500),
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(200),
+        ..Settings::default()
+    };
+    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ready = Readiness::default();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(run_controllers(
+        ctx.clone(),
+        Vec::new(),
+        4,
+        ready.clone(),
+        stop.clone(),
+    ));
+    let status = |i: usize| {
+        kube.object("accesspackageassignments", NS, &format!("user-{i}"))
+            .map(|o| o["status"].clone())
+            .unwrap_or(Value::Null)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(ready.get()
+        && (0..shape.assignments).all(|i| condition(&status(i), "Delivered")["status"] == "True"))
+    {
+        assert!(std::time::Instant::now() < deadline, "all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Quiet: the start-up verifications (and their follow-ups) are over, so the removals
+    // below are found by group delta, not by a verification that happens to run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sim.clear_request_log();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if sim
+            .request_log()
+            .iter()
+            .all(|e| e.path.starts_with("/v1.0/groups/delta"))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller settles"
+        );
+    }
+    // Nothing is repaired, so each removal stays visible until it is attributed.
+    sim.inject_fault(FaultSpec::SilentReprocess {
+        assignment_ids: vec![],
+        request_ids: vec![],
+    });
+    sim.clear_request_log();
+    // One detection batch: a delta poll arriving now is answered only after every removal
+    // below is made, so no poll sees some of them and the next one the rest.
+    sim.inject_fault(FaultSpec::Latency {
+        millis: 400,
+        scope: FaultScope {
+            path_prefix: Some("/v1.0/groups/delta".into()),
+            duration_ms: Some(1_000),
+            ..FaultScope::default()
+        },
+    });
+    for i in 0..shape.assignments {
+        let group = SyntheticTenant::group_name(shape.package_of(i));
+        let by = if i % 2 == 0 {
+            "admin@batch.com".to_string()
+        } else {
+            format!("helpdesk{i}@batch.com")
+        };
+        sim.remove_member_by(&group, &shape.upn(i), &by).unwrap();
+    }
+    let named = |i: usize| {
+        status(i)["resources"][0]["lastChange"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !(0..shape.assignments).all(|i| named(i).is_some()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "all attributed: {:?}",
+            status(0)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..shape.assignments {
+        let who = named(i).unwrap();
+        let by = if i % 2 == 0 {
+            "admin@batch.com".to_string()
+        } else {
+            format!("helpdesk{i}@batch.com")
+        };
+        assert!(
+            who.starts_with(&format!("removed by {by} at ")),
+            "{i}: {who}"
+        );
+    }
+    let groups: std::collections::BTreeSet<usize> = (0..shape.assignments)
+        .map(|i| shape.package_of(i))
+        .collect();
+    assert_eq!(groups.len(), 10, "the removals span ten groups");
+    let queries: Vec<String> = sim
+        .request_log()
+        .iter()
+        .filter(|e| e.method == "GET" && e.path.starts_with(AUDITS))
+        .map(|e| e.path.clone())
+        .collect();
+    assert_eq!(
+        queries.len(),
+        1,
+        "one audit-log query for the whole detection batch: {queries:?}"
+    );
+    // The metric says the same: one batch query, none for a single group.
+    let queries = &ctx.metrics.attribution_queries;
+    assert_eq!(
+        (
+            queries.batch.load(std::sync::atomic::Ordering::Relaxed),
+            queries.target.load(std::sync::atomic::Ordering::Relaxed)
+        ),
+        (1, 0)
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .unwrap()
+        .unwrap();
+    sim.shutdown().await;
+}

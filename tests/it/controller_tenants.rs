@@ -542,6 +542,74 @@ async fn a_throttled_tenant_does_not_delay_the_other() {
     running.stop().await;
 }
 
+/// Issue #23: each connection's group delta is followed on its own. Tenant A's Graph takes
+/// 20 s to answer its delta polls; tenant B's outside removal is still detected (and
+/// repaired) within one delta interval, with a ten-minute verifyInterval.
+#[tokio::test]
+async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
+    let contoso = tenant("contoso", 42, "01", false).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let objects = vec![
+        secret(A, "graph", "clientSecret", &contoso.client_secret),
+        connection(A, "default", &contoso, "graph"),
+        secret(B, "graph", "clientSecret", &fabrikam.client_secret),
+        connection(B, "default", &fabrikam, "graph"),
+        alice(A, "alice", None),
+        alice(B, "alice", None),
+    ];
+    let kube = FakeKube::start(objects).await.unwrap();
+    let running = Running::start(&kube, None, settings()).await;
+    wait_until("both delivered", Duration::from_secs(20), || {
+        is(
+            &status(&kube, APA, A, "alice"),
+            "Delivered",
+            "True",
+            "Delivered",
+        ) && is(
+            &status(&kube, APA, B, "alice"),
+            "Delivered",
+            "True",
+            "Delivered",
+        )
+    })
+    .await;
+    // From now on every delta poll of A hangs for 20 s.
+    contoso.inject_fault(FaultSpec::Latency {
+        millis: 20_000,
+        scope: FaultScope {
+            path_prefix: Some("/v1.0/groups/delta".into()),
+            duration_ms: Some(60_000),
+            ..FaultScope::default()
+        },
+    });
+    // Let A's follower enter a slow poll (the interval is 1 s).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fabrikam.clear_request_log();
+    let removed = Instant::now();
+    fabrikam
+        .remove_member("fin-readers", "alice@contoso.com")
+        .unwrap();
+    wait_until(
+        "B's drift is repaired while A's delta hangs",
+        Duration::from_secs(10),
+        || {
+            fabrikam
+                .request_log()
+                .iter()
+                .any(|e| e.method == "POST" && e.path.ends_with("/reprocess"))
+        },
+    )
+    .await;
+    let took = removed.elapsed();
+    // One delta interval (1 s) plus the reconcile; a poll of B waiting behind A's would
+    // take 20 s.
+    assert!(
+        took < Duration::from_secs(5),
+        "B's drift waited {took:?} behind A's slow delta"
+    );
+    running.stop().await;
+}
+
 #[tokio::test]
 async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
     let contoso = tenant("contoso", 42, "01", true).await;

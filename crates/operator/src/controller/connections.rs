@@ -42,7 +42,7 @@ pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
 use crate::graph::error::without_run_ids;
 use crate::graph::{GraphClient, GraphError};
 use crate::observe::accounts::AccountSettings;
-use crate::observe::attribution::{AttributionSettings, Attributor};
+use crate::observe::attribution::{AttributionSettings, AttributionStats, Attributor};
 use crate::observe::safety::{RESPECTED_GROUP_TTL, SafetyReads};
 
 /// How often a ready connection is checked again (its Secret re-read, a token obtained).
@@ -109,6 +109,8 @@ pub struct TenantSettings {
     pub reprocess_per_minute: u32,
     /// See `Settings::attribution`.
     pub attribution: AttributionSettings,
+    /// Audit-log queries of every connection's attribution, for the metrics.
+    pub attribution_stats: Arc<AttributionStats>,
     /// The Graph options a connection does not set (timeouts, retries, CA file, the default
     /// authority and Graph URLs and concurrency): the operator's flags.
     pub graph_defaults: GraphArgs,
@@ -314,7 +316,10 @@ impl Connections {
                 self.settings.observation_max_age,
                 self.settings.concurrency.max(1) * 2,
             ),
-            attribution: Attributor::new(self.settings.attribution.clone()),
+            attribution: Attributor::with_stats(
+                self.settings.attribution.clone(),
+                self.settings.attribution_stats.clone(),
+            ),
             reprocess_bucket: bucket,
             ledger,
             safety_spec,

@@ -228,6 +228,7 @@ impl Context {
                 concurrency: settings.concurrency,
                 reprocess_per_minute: settings.reprocess_per_minute,
                 attribution: settings.attribution.clone(),
+                attribution_stats: metrics.attribution_queries.clone(),
                 graph_defaults: settings.graph_defaults.clone(),
                 operator_namespace: settings.operator_namespace.clone(),
                 recheck_ready: settings.connection_recheck_ready,

@@ -169,10 +169,52 @@ fn group_resource(group_id: &str) -> PromisedResource {
     }
 }
 
+/// The store's objects by connection, computed at most once per `max_age` however many
+/// connections ask: each connection's follower takes its part from one partition instead
+/// of scanning the store itself.
+struct Partition {
+    ctx: Arc<Context>,
+    store: Store<AccessPackageAssignment>,
+    max_age: std::time::Duration,
+    last: std::sync::Mutex<Option<(tokio::time::Instant, Arc<Parts>)>>,
+}
+
+type Parts = HashMap<ConnectionKey, Arc<Vec<Arc<AccessPackageAssignment>>>>;
+
+impl Partition {
+    fn get(&self) -> Arc<Parts> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, parts)) = last.as_ref()
+            && at.elapsed() < self.max_age
+        {
+            return parts.clone();
+        }
+        let parts: Arc<Parts> = Arc::new(
+            by_connection(&self.ctx, &self.store)
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+        );
+        *last = Some((tokio::time::Instant::now(), parts.clone()));
+        parts
+    }
+}
+
+/// One connection's follower: its task's stop switch and the client it was started with.
+struct Follower {
+    tenant: Arc<Tenant>,
+    stop: CancellationToken,
+    id: tokio::task::Id,
+}
+
 /// Polls every `ctx.delta_interval` until `stop`, sending objects to reconcile into
 /// `trigger` (wired to `Controller::reconcile_on`). First, once `synced` says `store` has
 /// its first full list, it takes the baseline of every tracked group and then signals
 /// `baseline` (the controller holds reconciles until then).
+///
+/// Each connection (tenant) is followed by a task of its own, so a slow or throttled
+/// tenant delays only its own detection; this loop starts and stops them as connections
+/// come, go or get a new client, and restarts one that ended.
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<AccessPackageAssignment>,
@@ -188,73 +230,198 @@ pub async fn run(
             _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
         }
     }
-    // One tracker per connection: each tenant's groups are followed with its own client.
-    let mut trackers: HashMap<ConnectionKey, (Arc<Tenant>, DeltaTracker)> = HashMap::new();
-    let mut baselined = 0;
-    for (key, objs) in by_connection(&ctx, &store) {
-        let Some(tenant) = ctx.connections.ready(&key) else {
-            // Checked at its objects' first reconcile; followed from the next interval.
-            continue;
-        };
-        let mut tracker = DeltaTracker::empty(tenant.graph().clone());
-        let (started, failures) = tracker.track(&tracked_groups(&objs)).await;
-        for e in &failures {
-            tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
-        }
-        baselined += started.len();
-        trackers.insert(key, (tenant, tracker));
-    }
-    tracing::debug!(groups = baselined, "group delta baseline taken");
+    let interval = ctx.delta_interval;
+    let partition = Arc::new(Partition {
+        ctx: ctx.clone(),
+        store,
+        max_age: interval / 4,
+        last: std::sync::Mutex::default(),
+    });
+    // Every tenant's baseline at once (one slow tenant does not hold the others'), all of
+    // them before reconciles open.
+    let started = futures::future::join_all(partition.get().iter().filter_map(|(key, objs)| {
+        let tenant = ctx.connections.ready(key)?;
+        Some(async move {
+            let mut tracker = DeltaTracker::empty(tenant.graph().clone());
+            let since = jiff::Timestamp::now();
+            let (groups, failures) = tracker.track(&tracked_groups(objs)).await;
+            for e in &failures {
+                tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
+            }
+            (key.clone(), tenant, tracker, since, groups.len())
+        })
+        // Checked at its objects' first reconcile; followed from the next interval.
+    }))
+    .await;
+    tracing::debug!(
+        groups = started.iter().map(|s| s.4).sum::<usize>(),
+        "group delta baseline taken"
+    );
     if let Some(done) = baseline {
         let _ = done.send(());
     }
-    let interval = ctx.delta_interval;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut followers: HashMap<ConnectionKey, Follower> = HashMap::new();
+    let spawn = |key: ConnectionKey,
+                 tenant: Arc<Tenant>,
+                 tracker: DeltaTracker,
+                 since: jiff::Timestamp,
+                 tasks: &mut tokio::task::JoinSet<FollowerEnd>,
+                 followers: &mut HashMap<ConnectionKey, Follower>| {
+        let follower_stop = stop.child_token();
+        let task = follow(
+            key.clone(),
+            tenant.clone(),
+            tracker,
+            since,
+            partition.clone(),
+            trigger.clone(),
+            follower_stop.clone(),
+            interval,
+        );
+        let id = tasks.spawn(task).id();
+        if let Some(old) = followers.insert(
+            key,
+            Follower {
+                tenant,
+                stop: follower_stop,
+                id,
+            },
+        ) {
+            old.stop.cancel();
+        }
+    };
+    for (key, tenant, tracker, since, _) in started {
+        spawn(key, tenant, tracker, since, &mut tasks, &mut followers);
+    }
     loop {
         tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
-        let groups = by_connection(&ctx, &store);
-        for (key, objs) in &groups {
+        let parts = partition.get();
+        for key in parts.keys() {
             let Some(tenant) = ctx.connections.ready(key) else {
                 continue;
             };
-            let entry = trackers
-                .entry(key.clone())
-                .or_insert_with(|| (tenant.clone(), DeltaTracker::empty(tenant.graph().clone())));
-            if !Arc::ptr_eq(&entry.0, &tenant) {
-                // A rebuilt client (rotated Secret): start over with it; every group is
-                // baselined again and its objects verified.
-                *entry = (tenant.clone(), DeltaTracker::empty(tenant.graph().clone()));
-            }
-            let (tenant, tracker) = entry;
-            let poll = tracker.poll().await;
-            for e in &poll.failed {
-                tracing::warn!(connection = %key, error = %e, "group delta poll failed; its changes come next poll");
-            }
-            let changes = Changes::of(&poll);
-            register_mass_drift(tenant, objs, &changes);
-            if !send(tenant, objs, &trigger, &changes, "changed").await {
-                return;
-            }
-            // Follow the groups the objects rely on now; a group followed from now on is
-            // verified after its baseline, so nothing between its last read and now is lost.
-            let (started, failures) = tracker.track(&tracked_groups(objs)).await;
-            for e in &failures {
-                tracing::warn!(connection = %key, error = %e, "cannot start group delta for new groups; retrying next interval");
-            }
-            let started = Changes {
-                whole: started.into_iter().collect(),
-                ..Changes::default()
-            };
-            if !send(tenant, objs, &trigger, &started, "started to follow").await {
-                return;
-            }
-            if !poll_app_roles(tenant, objs, &trigger).await {
-                return;
+            let current = followers
+                .get(key)
+                .filter(|f| !f.stop.is_cancelled() && Arc::ptr_eq(&f.tenant, &tenant));
+            if current.is_none() {
+                // New, or a rebuilt client (rotated Secret): start over with it; every group
+                // is baselined again and its objects verified.
+                let tracker = DeltaTracker::empty(tenant.graph().clone());
+                spawn(
+                    key.clone(),
+                    tenant,
+                    tracker,
+                    jiff::Timestamp::now(),
+                    &mut tasks,
+                    &mut followers,
+                );
             }
         }
-        trackers.retain(|k, _| groups.contains_key(k));
+        followers.retain(|k, f| {
+            let keep = parts.contains_key(k);
+            if !keep {
+                f.stop.cancel();
+            }
+            keep
+        });
+        // A follower that ended (its connection went, or it panicked) is forgotten, so the
+        // next round starts a new one if its connection is still there.
+        let mut gone = false;
+        while let Some(ended) = tasks.try_join_next_with_id() {
+            let id = match ended {
+                Ok((id, FollowerEnd::Stopped)) => id,
+                Ok((_, FollowerEnd::ControllerGone)) => {
+                    gone = true;
+                    break;
+                }
+                Err(e) => {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a connection's group delta follower panicked; following it again from a new baseline");
+                    }
+                    e.id()
+                }
+            };
+            followers.retain(|_, f| f.id != id);
+        }
+        if gone {
+            break;
+        }
+    }
+    for f in followers.values() {
+        f.stop.cancel();
+    }
+    tasks.shutdown().await;
+}
+
+/// Why a follower ended.
+enum FollowerEnd {
+    /// Told to stop (shutdown, the connection went, or its client changed).
+    Stopped,
+    /// The controller no longer takes triggers.
+    ControllerGone,
+}
+
+/// Follows one connection: every `interval`, its groups' delta, the app roles its objects
+/// rely on, and the groups to follow from now on.
+#[allow(clippy::too_many_arguments)]
+async fn follow(
+    key: ConnectionKey,
+    tenant: Arc<Tenant>,
+    mut tracker: DeltaTracker,
+    mut since: jiff::Timestamp,
+    partition: Arc<Partition>,
+    trigger: UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    stop: CancellationToken,
+    interval: std::time::Duration,
+) -> FollowerEnd {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return FollowerEnd::Stopped,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let parts = partition.get();
+        let Some(objs) = parts.get(&key).cloned() else {
+            return FollowerEnd::Stopped;
+        };
+        let polled_at = jiff::Timestamp::now();
+        let poll = tokio::select! {
+            _ = stop.cancelled() => return FollowerEnd::Stopped,
+            poll = tracker.poll() => poll,
+        };
+        for e in &poll.failed {
+            tracing::warn!(connection = %key, error = %e, "group delta poll failed; its changes come next poll");
+        }
+        let changes = Changes::of(&poll);
+        register_mass_drift(&tenant, &objs, &changes);
+        // The removals of this window happened after the previous poll: one audit-log
+        // query answers who made all of them.
+        tenant
+            .attribution
+            .detected(since, changes.removed.iter().cloned());
+        since = polled_at;
+        if !send(&tenant, &objs, &trigger, &changes, "changed").await {
+            return FollowerEnd::ControllerGone;
+        }
+        // Follow the groups the objects rely on now; a group followed from now on is
+        // verified after its baseline, so nothing between its last read and now is lost.
+        let (started, failures) = tracker.track(&tracked_groups(&objs)).await;
+        for e in &failures {
+            tracing::warn!(connection = %key, error = %e, "cannot start group delta for new groups; retrying next interval");
+        }
+        let started = Changes {
+            whole: started.into_iter().collect(),
+            ..Changes::default()
+        };
+        if !send(&tenant, &objs, &trigger, &started, "started to follow").await {
+            return FollowerEnd::ControllerGone;
+        }
+        if !poll_app_roles(&tenant, &objs, &trigger).await {
+            return FollowerEnd::ControllerGone;
+        }
     }
 }
 

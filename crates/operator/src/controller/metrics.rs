@@ -102,6 +102,8 @@ pub struct Metrics {
     delivered: Arc<DeliveredIndex>,
     /// The Graph clients of the connections, for their per-connection request counters.
     connection_clients: Arc<Mutex<Vec<(String, GraphClient)>>>,
+    /// Drift attribution's audit-log queries, of every connection.
+    pub attribution_queries: Arc<crate::observe::attribution::AttributionStats>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -130,6 +132,7 @@ impl Metrics {
             tripped_by_scope: Mutex::default(),
             delivered: Arc::default(),
             connection_clients: Arc::default(),
+            attribution_queries: Arc::default(),
         };
         registry.register(
             "connection_ready",
@@ -204,6 +207,9 @@ impl Metrics {
             }
         }
         registry.register_collector(Box::new(DeliveredCollector(metrics.delivered.clone())));
+        registry.register_collector(Box::new(AttributionCollector(
+            metrics.attribution_queries.clone(),
+        )));
         if let Some(graph) = graph {
             registry.register_collector(Box::new(GraphCollector(graph)));
         }
@@ -454,6 +460,31 @@ impl Collector for DeliveredCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(exhausted).encode(family)?;
+        Ok(())
+    }
+}
+
+/// Exports `redeliver_attribution_queries_total{scope}` at scrape time.
+#[derive(Debug)]
+struct AttributionCollector(Arc<crate::observe::attribution::AttributionStats>);
+
+impl Collector for AttributionCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut family = encoder.encode_descriptor(
+            "attribution_queries",
+            "Audit-log queries drift attribution made: batch (one per detection batch and retry) or target (one group or app, for a removal found outside a batch)",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (scope, n) in [
+            ("batch", self.0.batch.load(Relaxed)),
+            ("target", self.0.target.load(Relaxed)),
+        ] {
+            let labels = [("scope", scope)];
+            let m = family.encode_family(&labels)?;
+            ConstCounter::new(n).encode(m)?;
+        }
         Ok(())
     }
 }

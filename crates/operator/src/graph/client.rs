@@ -924,6 +924,16 @@ impl GraphClient {
         filter: &str,
         max_pages: usize,
     ) -> Result<Vec<super::models::DirectoryAudit>, GraphError> {
+        Ok(self.directory_audits(filter, max_pages).await?.0)
+    }
+
+    /// As [`GraphClient::list_directory_audits`], and whether the entries are all those
+    /// matching (false when `max_pages` ran out with more to read).
+    pub async fn directory_audits(
+        &self,
+        filter: &str,
+        max_pages: usize,
+    ) -> Result<(Vec<super::models::DirectoryAudit>, bool), GraphError> {
         const OP: &str = "list_directory_audits";
         let url = self.url(
             OP,
@@ -941,14 +951,14 @@ impl GraphClient {
             pages += 1;
             let page: Page<super::models::DirectoryAudit> = self.get_page(OP, url.clone()).await?;
             items.extend(page.value);
-            if pages >= max_pages {
-                break;
-            }
             if let Some(link) = page.next_link {
+                if pages >= max_pages {
+                    return Ok((items, false));
+                }
                 next = Some(self.checked_link(OP, &url, &link)?);
             }
         }
-        Ok(items)
+        Ok((items, true))
     }
 }
 

@@ -4,9 +4,16 @@
 //! Cost rules (README, "Drift attribution"):
 //! - nothing is read for a healthy object, nor for a resource whose `lastChange` is already
 //!   in its status (the engine keeps it until the resource is present again);
-//! - one query per group (members or owners) or service principal answers every user
-//!   removed from it: objects detected together (one delta poll, one verification round)
-//!   share it for [`AttributionSettings::batch_window`], and the lookups are single-flight;
+//! - one query per detection batch: the removals one delta poll reports are registered
+//!   together ([`Attributor::detected`]) and answered by one query of the audit log since
+//!   the poll before (its one group or app when they share it, the tenant's whole log for
+//!   that window otherwise, at most [`AttributionSettings::max_batch_pages`] pages);
+//! - a removal found outside a batch (a periodic verification, the first one after
+//!   start-up) is asked about with one query per group (members or owners) or service
+//!   principal, shared by every user removed from it for
+//!   [`AttributionSettings::batch_window`];
+//! - every query is single-flight (later callers wait for the first one's answer) and no
+//!   lock is held across a Graph call;
 //! - audit entries can appear minutes late: a removal not found yet is looked up again at
 //!   most [`AttributionSettings::max_lookups`] times in all, at least
 //!   [`AttributionSettings::retry_after`] apart, then reported "not found";
@@ -18,12 +25,13 @@
 //! [`AttributionSettings::max_tracked`] (resource, user) pairs, and query results only for
 //! as long as they may be reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use tokio::sync::Mutex;
+use tokio::sync::OnceCell;
 
 use crate::engine::attribution::Actor;
 use crate::engine::{Attribution, PromisedResource, ResourceKind, ResourceRead};
@@ -48,8 +56,11 @@ pub struct AttributionSettings {
     pub unavailable_for: Duration,
     /// Most (resource, user) pairs whose pending lookups are remembered.
     pub max_tracked: usize,
-    /// Most pages (of 100 entries, newest first) one query reads.
+    /// Most pages (of 100 entries, newest first) one query for one group or app reads.
     pub max_pages: usize,
+    /// Most pages one detection batch's query reads (a window of the whole tenant's log);
+    /// a removal it did not reach is then asked about for its group or app alone.
+    pub max_batch_pages: usize,
 }
 
 impl Default for AttributionSettings {
@@ -67,13 +78,53 @@ impl Default for AttributionSettings {
             unavailable_for: Duration::from_secs(3600),
             max_tracked: 10_000,
             max_pages: 3,
+            max_batch_pages: 10,
         }
     }
 }
 
-struct Fetched {
-    at: Instant,
-    entries: Arc<Vec<DirectoryAudit>>,
+/// One audit-log query, shared by every lookup that may use it (single-flight: the first
+/// caller runs it, the others wait for its answer; no lock is held across the request).
+struct Read {
+    /// When it was asked for: a change visible in the audit log before this can be in it.
+    started: Instant,
+    answer: OnceCell<Answer>,
+}
+
+impl Read {
+    fn new(started: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            started,
+            answer: OnceCell::new(),
+        })
+    }
+}
+
+/// What one query answered.
+#[derive(Clone)]
+enum Answer {
+    /// The entries, newest first, and whether they reach as far back as the query asked
+    /// (false when the page budget ran out first).
+    Entries {
+        entries: Arc<Vec<DirectoryAudit>>,
+        complete: bool,
+    },
+    /// 403: the app lacks AuditLog.Read.All.
+    Forbidden,
+    /// Any other failure: counted like an empty answer, so a failing audit log costs a
+    /// bounded number of requests too.
+    Failed,
+}
+
+/// A detection batch: the removals one delta poll reported, with the time before which
+/// none of them can have happened (the previous poll). One query (a time window, and the
+/// one target when all of them share it) answers every one of them.
+struct Batch {
+    since: Timestamp,
+    /// (target id, user id), lower-cased.
+    pairs: HashSet<(String, String)>,
+    /// The latest query made for the batch (a retry replaces it).
+    read: Arc<Read>,
 }
 
 struct Tries {
@@ -83,17 +134,37 @@ struct Tries {
 
 #[derive(Default)]
 struct State {
-    fetched: HashMap<ResourceRead, Fetched>,
+    /// Detection batches, oldest first.
+    batches: Vec<Batch>,
+    /// Per-target queries (removals found outside a detection batch).
+    targets: HashMap<ResourceRead, Arc<Read>>,
     tries: HashMap<(ResourceKind, String), Tries>,
     unavailable: Option<(Instant, String)>,
 }
 
-/// The shared, bounded lookup cache: one per controller process (or audit run).
+/// Audit-log queries made, by scope, for `redeliver_attribution_queries_total`.
+#[derive(Debug, Default)]
+pub struct AttributionStats {
+    /// Queries answering a detection batch (one per batch, and one per retry of it).
+    pub batch: AtomicU64,
+    /// Queries for one group or app (a removal found outside a batch, or one a batch's
+    /// page budget did not reach).
+    pub target: AtomicU64,
+}
+
+/// The shared, bounded lookup cache: one per connection (tenant) in the controller, one
+/// per `redeliver audit` run.
 pub struct Attributor {
     settings: AttributionSettings,
-    // Held across the Graph call on purpose: concurrent lookups of a batch wait for the
-    // first one's answer instead of asking again (drift is rare, so this never queues much).
-    state: Mutex<State>,
+    // Never held across a Graph call: queries run on their `Read`'s once-cell.
+    state: std::sync::Mutex<State>,
+    stats: Arc<AttributionStats>,
+}
+
+/// Where one lookup is answered from.
+enum Source {
+    Batch(Arc<Read>, Option<String>, Timestamp),
+    Target(Arc<Read>),
 }
 
 /// The audit activities that (add, remove) `kind`.
@@ -233,18 +304,120 @@ fn search(entries: &[DirectoryAudit], kind: &ResourceKind, user_id: &str) -> Sea
     })
 }
 
+/// Whether a detection batch answers one removal.
+enum FromBatch {
+    /// Yes, with this query.
+    Use(Source),
+    /// Yes, but it was asked after the last query and the next is not due yet.
+    Wait,
+    /// The removal is in no batch.
+    No,
+}
+
+/// Runs one query; the answer is shared by everyone waiting on the same `Read`.
+async fn fetch(graph: &GraphClient, filter: &str, max_pages: usize) -> Answer {
+    match graph.directory_audits(filter, max_pages).await {
+        Ok((entries, complete)) => Answer::Entries {
+            entries: Arc::new(entries),
+            complete,
+        },
+        Err(GraphError::Forbidden { .. }) => {
+            tracing::info!(
+                "drift attribution unavailable: the audit log answered 403; grant AuditLog.Read.All to name who removed a resource"
+            );
+            Answer::Forbidden
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "audit log lookup failed");
+            Answer::Failed
+        }
+    }
+}
+
+/// `activityDateTime ge` a whole second at or before `since` (Graph compares to the second).
+fn since_clause(since: Timestamp) -> String {
+    let floor = since
+        .round(
+            jiff::TimestampRound::new()
+                .smallest(jiff::Unit::Second)
+                .mode(jiff::RoundMode::Floor),
+        )
+        .unwrap_or(since);
+    format!("activityDateTime ge {floor}")
+}
+
+/// The `$filter` of a detection batch's query: the window since the batch's previous poll
+/// (with [`BATCH_SLACK`] for clock skew), and its target when all its removals share one.
+pub fn batch_filter(target: Option<&str>, since: Timestamp) -> String {
+    let window = since_clause(since - BATCH_SLACK);
+    match target {
+        Some(t) => format!(
+            "targetResources/any(t: t/id eq '{}') and {window}",
+            t.replace('\'', "''")
+        ),
+        None => window,
+    }
+}
+
+/// How far before a batch's previous poll its query looks: the operator's and Entra's
+/// clocks may disagree a little.
+pub const BATCH_SLACK: jiff::SignedDuration = jiff::SignedDuration::from_secs(120);
+
 impl Attributor {
     /// A lookup cache with these settings.
     pub fn new(settings: AttributionSettings) -> Self {
         Self {
             settings,
-            state: Mutex::new(State::default()),
+            state: std::sync::Mutex::new(State::default()),
+            stats: Arc::default(),
+        }
+    }
+
+    /// A lookup cache counting its queries into `stats` (shared by every connection's).
+    pub fn with_stats(settings: AttributionSettings, stats: Arc<AttributionStats>) -> Self {
+        Self {
+            stats,
+            ..Self::new(settings)
         }
     }
 
     /// Whether lookups are made at all.
     pub fn enabled(&self) -> bool {
         self.settings.enabled
+    }
+
+    /// The queries made so far (of every connection, when the stats are shared).
+    pub fn stats(&self) -> Arc<AttributionStats> {
+        self.stats.clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a detection batch: removals one delta poll reported, as (target, user)
+    /// pairs (a group or service principal id, and a user id), none of them earlier than
+    /// `since` (the poll before). Their lookups then share one query, made by the first
+    /// reconcile that needs it; nothing is read if none does.
+    pub fn detected(&self, since: Timestamp, pairs: impl IntoIterator<Item = (String, String)>) {
+        if !self.settings.enabled {
+            return;
+        }
+        let pairs: HashSet<(String, String)> = pairs
+            .into_iter()
+            .map(|(t, u)| (t.to_ascii_lowercase(), u.to_ascii_lowercase()))
+            .collect();
+        if pairs.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.batches.push(Batch {
+            since,
+            pairs,
+            read: Read::new(now),
+        });
+        self.prune(&mut state, now);
     }
 
     /// What the audit log says about each of `missing` (resources `user_id` lacks, each
@@ -260,82 +433,93 @@ impl Attributor {
         if !self.settings.enabled || missing.is_empty() {
             return Vec::new();
         }
-        let s = &self.settings;
-        let mut state = self.state.lock().await;
         let now = Instant::now();
-        self.prune(&mut state, now);
+        let user = user_id.to_ascii_lowercase();
         let mut out = Vec::new();
-        for (r, continuing) in missing {
-            let kind = &r.kind;
-            let Some(read) = ResourceRead::for_kind(kind) else {
-                continue;
+        let mut asks = Vec::new();
+        {
+            let mut state = self.lock();
+            self.prune(&mut state, now);
+            for (r, continuing) in missing {
+                let kind = &r.kind;
+                let (Some(read), Some(target)) = (ResourceRead::for_kind(kind), target_id(kind))
+                else {
+                    continue;
+                };
+                if activities(kind).is_none() {
+                    continue;
+                }
+                if let Some((since, reason)) = &state.unavailable
+                    && now.duration_since(*since) < self.settings.unavailable_for
+                {
+                    let reason = reason.clone();
+                    out.push((kind.clone(), Attribution::Unavailable { reason }));
+                    continue;
+                }
+                let key = (kind.clone(), user.clone());
+                if !continuing {
+                    state.tries.remove(&key);
+                }
+                let last = match state.tries.get(&key) {
+                    Some(t) if t.lookups >= self.settings.max_lookups => {
+                        // Given up: said once, and not asked again while remembered.
+                        let lookups = t.lookups;
+                        out.push((kind.clone(), Attribution::NotFound { lookups }));
+                        continue;
+                    }
+                    Some(t) => Some(t.last),
+                    None => None,
+                };
+                let source = match self.batch_source(&mut state, target, &user, last, now) {
+                    FromBatch::Use(s) => s,
+                    FromBatch::Wait => continue,
+                    FromBatch::No => match self.target_source(&mut state, read, last, now) {
+                        Some(s) => s,
+                        None => continue,
+                    },
+                };
+                asks.push((kind, last, source));
+            }
+        }
+        for (kind, last, source) in asks {
+            let mut answer = self.run(graph, &source, kind).await;
+            let mut search_result = match &answer {
+                Answer::Entries { entries, .. } => search(entries, kind, &user),
+                _ => Search::Nothing,
             };
-            if let Some((since, reason)) = &state.unavailable
-                && now.duration_since(*since) < s.unavailable_for
+            // A batch whose page budget ran out before its window began, or a shared
+            // answer older than this lookup that shows the resource given back, cannot
+            // say "not there yet": ask about this group or app alone.
+            let inconclusive = match (&source, &answer, &search_result) {
+                (_, _, Search::Removed(_)) => false,
+                (Source::Batch(..), Answer::Entries { complete, .. }, _) => !complete,
+                (Source::Target(r), Answer::Entries { .. }, Search::Restored) => {
+                    last.is_none() && r.started < now
+                }
+                _ => false,
+            };
+            if inconclusive
+                && let Some(read) = ResourceRead::for_kind(kind)
+                && let Some(target) = {
+                    let mut state = self.lock();
+                    self.refresh_target(&mut state, read, now)
+                }
             {
-                let reason = reason.clone();
+                answer = self.run(graph, &target, kind).await;
+                search_result = match &answer {
+                    Answer::Entries { entries, .. } => search(entries, kind, &user),
+                    _ => Search::Nothing,
+                };
+            }
+            let mut state = self.lock();
+            let key = (kind.clone(), user.clone());
+            if let Answer::Forbidden = answer {
+                let reason = "the app lacks AuditLog.Read.All".to_string();
+                state.unavailable = Some((now, reason.clone()));
                 out.push((kind.clone(), Attribution::Unavailable { reason }));
                 continue;
             }
-            let key = (kind.clone(), user_id.to_string());
-            if !continuing {
-                state.tries.remove(&key);
-            }
-            if let Some(t) = state.tries.get(&key)
-                && t.lookups >= s.max_lookups
-            {
-                // Given up: said once, and not asked again while remembered.
-                out.push((kind.clone(), Attribution::NotFound { lookups: t.lookups }));
-                continue;
-            }
-            let last = state.tries.get(&key).map(|t| t.last);
-            // A result fetched for another user of this batch answers this one too, unless
-            // it shows the resource given back after the removal it holds.
-            let cached = state
-                .fetched
-                .get(&read)
-                .filter(|f| now.duration_since(f.at) < s.batch_window)
-                .map(|f| (f.at, search(&f.entries, kind, user_id)));
-            let answer = match cached {
-                Some((_, Search::Removed(found))) => Some(Search::Removed(found)),
-                Some((at, Search::Nothing)) if last.is_none_or(|l| l < at) => Some(Search::Nothing),
-                _ => None,
-            };
-            let answer = match answer {
-                Some(a) => a,
-                None => {
-                    if last.is_some_and(|l| now.duration_since(l) < s.retry_after) {
-                        continue;
-                    }
-                    let Some(filter) = filter_for(kind, Timestamp::now() - s.lookback) else {
-                        continue;
-                    };
-                    match graph.list_directory_audits(&filter, s.max_pages).await {
-                        Ok(entries) => {
-                            let a = search(&entries, kind, user_id);
-                            let entries = Arc::new(entries);
-                            state.fetched.insert(read, Fetched { at: now, entries });
-                            a
-                        }
-                        Err(GraphError::Forbidden { .. }) => {
-                            let reason = "the app lacks AuditLog.Read.All".to_string();
-                            tracing::info!(
-                                "drift attribution unavailable: the audit log answered 403; grant AuditLog.Read.All to name who removed a resource"
-                            );
-                            state.unavailable = Some((now, reason.clone()));
-                            out.push((kind.clone(), Attribution::Unavailable { reason }));
-                            continue;
-                        }
-                        Err(e) => {
-                            // Counted like an empty answer, so a failing audit log costs
-                            // a bounded number of requests too.
-                            tracing::warn!(error = %e, "audit log lookup failed");
-                            Search::Nothing
-                        }
-                    }
-                }
-            };
-            if let Search::Removed(found) = answer {
+            if let Search::Removed(found) = search_result {
                 state.tries.remove(&key);
                 out.push((kind.clone(), found));
                 continue;
@@ -346,23 +530,134 @@ impl Attributor {
             });
             t.lookups += 1;
             t.last = now;
-            if t.lookups >= s.max_lookups {
+            if t.lookups >= self.settings.max_lookups {
                 out.push((kind.clone(), Attribution::NotFound { lookups: t.lookups }));
             }
         }
         out
     }
 
-    /// Drops what can no longer be used, and the oldest pending lookups beyond the bound.
+    /// The newest detection batch holding (`target`, `user`): its query if that was asked
+    /// after this removal's last lookup, a new one for the whole batch once `retry_after`
+    /// has passed, or wait.
+    fn batch_source(
+        &self,
+        state: &mut State,
+        target: &str,
+        user: &str,
+        last: Option<Instant>,
+        now: Instant,
+    ) -> FromBatch {
+        let pair = (target.to_ascii_lowercase(), user.to_string());
+        let Some(batch) = state
+            .batches
+            .iter_mut()
+            .rev()
+            .find(|b| b.pairs.contains(&pair))
+        else {
+            return FromBatch::No;
+        };
+        if last.is_some_and(|l| batch.read.started <= l) {
+            if last.is_some_and(|l| now.duration_since(l) < self.settings.retry_after) {
+                return FromBatch::Wait;
+            }
+            // Every removal of the batch still unanswered shares this retry.
+            batch.read = Read::new(now);
+        }
+        let mut targets = batch.pairs.iter().map(|(t, _)| t.as_str());
+        let first = targets.next();
+        let one = first
+            .filter(|f| targets.all(|t| t == *f))
+            .map(str::to_string);
+        FromBatch::Use(Source::Batch(batch.read.clone(), one, batch.since))
+    }
+
+    /// This group's or app's own query: one made within `batch_window` after this removal's
+    /// last lookup, or a new one unless the last lookup was less than `retry_after` ago.
+    fn target_source(
+        &self,
+        state: &mut State,
+        read: ResourceRead,
+        last: Option<Instant>,
+        now: Instant,
+    ) -> Option<Source> {
+        if let Some(r) = state.targets.get(&read)
+            && now.duration_since(r.started) < self.settings.batch_window
+            && last.is_none_or(|l| l < r.started)
+        {
+            return Some(Source::Target(r.clone()));
+        }
+        if last.is_some_and(|l| now.duration_since(l) < self.settings.retry_after) {
+            return None;
+        }
+        self.refresh_target(state, read, now)
+    }
+
+    /// A new query of this group or app, unless one was started at or after `now`.
+    fn refresh_target(
+        &self,
+        state: &mut State,
+        read: ResourceRead,
+        now: Instant,
+    ) -> Option<Source> {
+        let r = match state.targets.get(&read) {
+            Some(r) if r.started >= now => r.clone(),
+            _ => {
+                let r = Read::new(Instant::now().max(now));
+                state.targets.insert(read.clone(), r.clone());
+                r
+            }
+        };
+        Some(Source::Target(r))
+    }
+
+    /// Runs (or waits for) the query behind `source`.
+    async fn run(&self, graph: &GraphClient, source: &Source, kind: &ResourceKind) -> Answer {
+        let s = &self.settings;
+        match source {
+            Source::Batch(read, target, since) => read
+                .answer
+                .get_or_init(|| async {
+                    self.stats.batch.fetch_add(1, Ordering::Relaxed);
+                    fetch(
+                        graph,
+                        &batch_filter(target.as_deref(), *since),
+                        s.max_batch_pages,
+                    )
+                    .await
+                })
+                .await
+                .clone(),
+            Source::Target(read) => read
+                .answer
+                .get_or_init(|| async {
+                    let Some(filter) = filter_for(kind, Timestamp::now() - s.lookback) else {
+                        return Answer::Failed;
+                    };
+                    self.stats.target.fetch_add(1, Ordering::Relaxed);
+                    fetch(graph, &filter, s.max_pages).await
+                })
+                .await
+                .clone(),
+        }
+    }
+
+    /// Drops what can no longer be used, and the oldest pending lookups and batches beyond
+    /// the bound.
     fn prune(&self, state: &mut State, now: Instant) {
         let s = &self.settings;
         state
-            .fetched
-            .retain(|_, f| now.duration_since(f.at) < s.batch_window);
-        let keep_tries = s.retry_after.saturating_mul(s.max_lookups.max(1) + 1);
+            .targets
+            .retain(|_, r| now.duration_since(r.started) < s.batch_window);
+        let keep = s.retry_after.saturating_mul(s.max_lookups.max(1) + 1);
+        state.tries.retain(|_, t| now.duration_since(t.last) < keep);
         state
-            .tries
-            .retain(|_, t| now.duration_since(t.last) < keep_tries);
+            .batches
+            .retain(|b| now.duration_since(b.read.started) < keep);
+        let mut pairs: usize = state.batches.iter().map(|b| b.pairs.len()).sum();
+        while pairs > s.max_tracked && !state.batches.is_empty() {
+            pairs -= state.batches.remove(0).pairs.len();
+        }
         while state.tries.len() > s.max_tracked {
             let Some(oldest) = state
                 .tries
@@ -474,5 +769,14 @@ mod tests {
             "targetResources/any(t: t/id eq 'sp-1') and activityDateTime ge 2026-11-24T10:00:01Z"
         );
         assert_eq!(filter_for(&ResourceKind::Unverifiable, since), None);
+        // A detection batch: its window (less the slack), and its one target if it has one.
+        assert_eq!(
+            batch_filter(None, since),
+            "activityDateTime ge 2026-11-24T09:58:00Z"
+        );
+        assert_eq!(
+            batch_filter(Some("g'1"), since),
+            "targetResources/any(t: t/id eq 'g''1') and activityDateTime ge 2026-11-24T09:58:00Z"
+        );
     }
 }
