@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use redeliver::controller::metrics::{KindLabels, Metrics, ReprocessCall, render};
+use redeliver::controller::metrics::{KindLabels, Metrics, ReprocessCall, StateSizes, render};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 
 /// The sample names a scrape can show, from the registry's `# TYPE` lines: a counter's
@@ -79,6 +79,15 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
         .get_or_create(&KindLabels { kind })
         .inc();
     metrics.is_leader.set(1);
+    // The internal maps' sizes are reported once a running controller registers itself.
+    struct Sizes;
+    impl StateSizes for Sizes {
+        fn state_sizes(&self) -> Vec<(&'static str, usize)> {
+            vec![("backoff", 0)]
+        }
+    }
+    let sizes: std::sync::Arc<dyn StateSizes> = std::sync::Arc::new(Sizes);
+    metrics.watch_state(std::sync::Arc::downgrade(&sizes));
     let names = exported(&render(&registry).unwrap());
     sim.shutdown().await;
     assert!(

@@ -176,9 +176,27 @@ pub struct Observer {
 /// one Graph read (single flight); outcomes that will not change by asking again (found,
 /// not found, ambiguous, forbidden) are kept for `max_age`; transient Graph errors are not,
 /// so the next caller tries again. Ages run on tokio's clock, so tests can advance it.
+///
+/// Bounded: with an age bound, expired entries are dropped whenever the map has doubled
+/// since the last pass over it (amortised: a miss no longer scans the whole map), and it
+/// never holds more than [`MEMO_MAX_ENTRIES`]: past that, the oldest go first. (A crate
+/// cache such as moka was weighed: its `try_get_with` is single-flight, but this cache also
+/// needs "started before `since` is read again" and per-key invalidation by predicate in
+/// one critical section, and the controller's key count is small; the bound and the
+/// amortised pruning were what was missing.) The cap applies to the controller's caches;
+/// `redeliver audit`'s lives one pass and reads each thing once.
 struct Memo<K, V> {
     max_age: Option<Duration>,
-    cells: Mutex<HashMap<K, Entry<V>>>,
+    cells: Mutex<Cells<K, V>>,
+}
+
+/// Most entries one [`Memo`] keeps (reads of groups, apps and packages of one tenant).
+pub const MEMO_MAX_ENTRIES: usize = 100_000;
+
+struct Cells<K, V> {
+    map: HashMap<K, Entry<V>>,
+    /// The size at which expired entries are next dropped.
+    prune_at: usize,
 }
 
 /// When a cache entry was started, and its single-flight cell.
@@ -188,8 +206,23 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
     fn new(max_age: Option<Duration>) -> Self {
         Self {
             max_age,
-            cells: Mutex::new(HashMap::new()),
+            cells: Mutex::new(Cells {
+                map: HashMap::new(),
+                prune_at: 1024,
+            }),
         }
+    }
+
+    /// Entries held (finished or in flight).
+    #[cfg(test)]
+    async fn len(&self) -> usize {
+        self.cells.lock().await.map.len()
+    }
+
+    /// Entries held, unless a caller holds the lock right now (for the metrics, which must
+    /// not wait).
+    fn try_len(&self) -> usize {
+        self.cells.try_lock().map_or(0, |c| c.map.len())
     }
 
     fn fresh_enough(&self, at: tokio::time::Instant) -> bool {
@@ -218,17 +251,18 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
     {
         let cell = {
             let mut cells = self.cells.lock().await;
-            match cells.get(&key) {
+            match cells.map.get(&key) {
                 Some((at, cell)) if self.fresh_enough(*at) && since.is_none_or(|s| *at >= s) => {
                     cell.clone()
                 }
                 _ => {
-                    // Bound memory: expired entries go whenever a new one starts.
-                    if self.max_age.is_some() {
-                        cells.retain(|_, (at, _)| self.fresh_enough(*at));
+                    if cells.map.len() >= cells.prune_at {
+                        self.prune(&mut cells);
                     }
                     let cell = Arc::new(OnceCell::new());
-                    cells.insert(key, (tokio::time::Instant::now(), cell.clone()));
+                    cells
+                        .map
+                        .insert(key, (tokio::time::Instant::now(), cell.clone()));
                     cell
                 }
             }
@@ -236,17 +270,48 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
         cell.get_or_try_init(read).await.cloned()
     }
 
+    /// Drops expired entries, then the oldest beyond [`MEMO_MAX_ENTRIES`], and sets the
+    /// next pass at twice what is left.
+    fn prune(&self, cells: &mut Cells<K, V>) {
+        if self.max_age.is_some() {
+            cells.map.retain(|_, (at, _)| self.fresh_enough(*at));
+        }
+        // The audit's cache (no age bound) lives one pass and must read each thing once:
+        // only the controller's is capped.
+        if self.max_age.is_some() && cells.map.len() >= MEMO_MAX_ENTRIES {
+            let mut ages: Vec<tokio::time::Instant> =
+                cells.map.values().map(|(at, _)| *at).collect();
+            let excess = cells.map.len() + 1 - MEMO_MAX_ENTRIES / 2;
+            let nth = excess.min(ages.len() - 1);
+            let (_, cutoff, _) = ages.select_nth_unstable(nth);
+            let cutoff = *cutoff;
+            cells.map.retain(|_, (at, _)| *at > cutoff);
+        }
+        cells.prune_at = (cells.map.len() * 2).clamp(1024, MEMO_MAX_ENTRIES);
+    }
+
     async fn clear(&self) {
-        self.cells.lock().await.clear();
+        self.cells.lock().await.map.clear();
     }
 
     /// Forgets the keys `drop` selects (what a write may have changed).
     async fn invalidate(&self, drop: impl Fn(&K) -> bool) {
-        self.cells.lock().await.retain(|k, _| !drop(k));
+        self.cells.lock().await.map.retain(|k, _| !drop(k));
     }
 }
 
 impl Observer {
+    /// Entries in the read cache (every kind of read), for the state-size metric.
+    pub fn cached_entries(&self) -> usize {
+        self.packages_by_name.try_len()
+            + self.users.try_len()
+            + self.views.try_len()
+            + self.heads.try_len()
+            + self.requests.try_len()
+            + self.reads.try_len()
+            + self.drift.try_len()
+    }
+
     /// An observer for one run (`redeliver audit`): every read is shared until
     /// [`Observer::refresh`]. `concurrency` bounds the resource reads in flight at once.
     pub fn new(graph: GraphClient, concurrency: usize) -> Self {
@@ -1309,5 +1374,36 @@ mod tests {
         );
         assert_eq!(memo.get_or_read("g", read).await.unwrap(), 1);
         assert_eq!(reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_controllers_cache_drops_expired_entries_as_it_grows_and_is_capped() {
+        let memo: Memo<u32, u32> = Memo::new(Some(Duration::from_secs(30)));
+        let read = || async { Ok::<_, GraphError>(0) };
+        for k in 0..2000 {
+            memo.get_or_read(k, read).await.unwrap();
+        }
+        tokio::time::advance(Duration::from_secs(31)).await;
+        // Expired entries go at the next pass (the map doubled since the last one), not
+        // on every miss.
+        for k in 2000..2100 {
+            memo.get_or_read(k, read).await.unwrap();
+        }
+        assert!(memo.len().await <= 2100);
+        for k in 2100..4200 {
+            memo.get_or_read(k, read).await.unwrap();
+        }
+        assert!(memo.len().await < 2300, "{}", memo.len().await);
+        // Never more than the cap, however many fresh keys.
+        for k in 0..(MEMO_MAX_ENTRIES as u32 + 10) {
+            memo.get_or_read(k + 10_000, read).await.unwrap();
+        }
+        assert!(memo.len().await <= MEMO_MAX_ENTRIES);
+        // The audit's (no age bound) keeps everything for its pass.
+        let audit: Memo<u32, u32> = Memo::new(None);
+        for k in 0..(MEMO_MAX_ENTRIES as u32 + 10) {
+            audit.get_or_read(k, read).await.unwrap();
+        }
+        assert_eq!(audit.len().await, MEMO_MAX_ENTRIES + 10);
     }
 }

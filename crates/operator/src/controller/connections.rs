@@ -637,6 +637,17 @@ impl Connections {
     /// Forgets a deleted connection: its objects stall at their next reconcile.
     pub fn forget(&self, key: &ConnectionKey) {
         lock(&self.checked).remove(key);
+        // What outlives a client rebuild (ledger, budget, breaker) does not outlive the
+        // connection: each object's own status still spaces its reprocesses if it comes
+        // back.
+        lock(&self.durable).remove(key);
+        lock(&self.checking).remove(key);
+    }
+
+    /// Entries of the per-connection maps (checked, durable, checking), for the state-size
+    /// metric.
+    pub fn state_len(&self) -> usize {
+        lock(&self.checked).len() + lock(&self.durable).len() + lock(&self.checking).len()
     }
 
     /// The ready tenant of `key`, without checking anything (for the delta loop).

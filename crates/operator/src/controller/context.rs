@@ -184,6 +184,38 @@ pub struct Context {
     started: tokio::sync::watch::Sender<bool>,
 }
 
+impl super::metrics::StateSizes for Context {
+    fn state_sizes(&self) -> Vec<(&'static str, usize)> {
+        let tenants = self.connections.ready_tenants();
+        let ledgers: usize = self
+            .connections
+            .ledgers()
+            .iter()
+            .map(|l| l.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum();
+        vec![
+            ("backoff", self.backoff.len()),
+            ("ledger", ledgers),
+            ("connections", self.connections.state_len()),
+            (
+                "read_cache",
+                tenants
+                    .iter()
+                    .map(|t| t.observations.observer().cached_entries())
+                    .sum(),
+            ),
+            (
+                "attribution",
+                tenants.iter().map(|t| t.attribution.tracked()).sum(),
+            ),
+            (
+                "event_series",
+                self.series.lock().unwrap_or_else(|p| p.into_inner()).len(),
+            ),
+        ]
+    }
+}
+
 impl Context {
     /// Builds the context with the operator's own connection using `graph`.
     pub fn new(

@@ -9,12 +9,20 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Per-object exponential backoff: doubles on each consecutive failure up to a cap, and is
-/// forgotten on success.
+/// forgotten on success, or once it has not failed for twice the cap (a failing object
+/// fails again within one cap, so an entry that old belongs to an object deleted while
+/// failing: the map does not grow with deleted objects).
 #[derive(Debug)]
 pub struct Backoff {
     base: Duration,
     cap: Duration,
-    failures: Mutex<HashMap<String, u32>>,
+    failures: Mutex<Failures>,
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    by_key: HashMap<String, (u32, Instant)>,
+    pruned: Option<Instant>,
 }
 
 impl Backoff {
@@ -27,37 +35,55 @@ impl Backoff {
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Records a failure for `key` and returns how long to wait before the next attempt.
     pub fn failed(&self, key: &str) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        let n = failures.entry(key.to_string()).or_insert(0);
+        let now = Instant::now();
+        let stale = self.cap.saturating_mul(2);
+        let mut failures = self.lock();
+        // At most once per cap: one pass over the map, amortised over every failure since.
+        if failures
+            .pruned
+            .is_none_or(|p| now.duration_since(p) >= self.cap)
+        {
+            failures
+                .by_key
+                .retain(|_, (_, last)| now.duration_since(*last) < stale);
+            failures.pruned = Some(now);
+        }
+        let (n, last) = failures.by_key.entry(key.to_string()).or_insert((0, now));
         let delay = self
             .base
             .checked_mul(1u32 << (*n).min(20))
             .unwrap_or(self.cap)
             .min(self.cap);
         *n = n.saturating_add(1);
+        *last = now;
         delay
     }
 
     /// Forgets the failures of `key`. Called after every successful reconcile (see
-    /// `context::reconcile_frame`), so the next failure starts from `base` again. Nothing
-    /// calls it on deletion: an object deleted while failing keeps its small entry.
+    /// `context::reconcile_frame`), so the next failure starts from `base` again.
     pub fn reset(&self, key: &str) {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.lock().by_key.remove(key);
     }
 
     /// Consecutive failures recorded for `key`.
     pub fn failures(&self, key: &str) -> u32 {
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(key)
-            .copied()
-            .unwrap_or(0)
+        self.lock().by_key.get(key).map_or(0, |(n, _)| *n)
+    }
+
+    /// Objects with failures remembered.
+    pub fn len(&self) -> usize {
+        self.lock().by_key.len()
+    }
+
+    /// True when no failure is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -146,6 +172,20 @@ mod tests {
         b.reset("ns/a");
         assert_eq!(b.failures("ns/a"), 0);
         assert_eq!(b.failed("ns/a").as_secs(), 5);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deleted_objects_backoff_is_forgotten_after_twice_the_cap() {
+        let b = Backoff::new(Duration::from_secs(1), Duration::from_secs(10));
+        b.failed("gone");
+        b.failed("failing");
+        for _ in 0..4 {
+            tokio::time::advance(Duration::from_secs(9)).await;
+            b.failed("failing");
+        }
+        assert_eq!(b.failures("gone"), 0, "36 s without a failure: forgotten");
+        assert_eq!(b.failures("failing"), 5, "still failing: kept");
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

@@ -104,6 +104,15 @@ pub struct Metrics {
     connection_clients: Arc<Mutex<Vec<(String, GraphClient)>>>,
     /// Drift attribution's audit-log queries, of every connection.
     pub attribution_queries: Arc<crate::observe::attribution::AttributionStats>,
+    /// What reports the internal maps' sizes (the controller's context, once running).
+    state: Arc<Mutex<Option<std::sync::Weak<dyn StateSizes>>>>,
+}
+
+/// Something whose internal maps `redeliver_state_entries{map}` reports: each map keyed by
+/// object, connection or assignment, so a leak shows as a series that only grows.
+pub trait StateSizes: Send + Sync {
+    /// `(map, entries)`, with fixed map names.
+    fn state_sizes(&self) -> Vec<(&'static str, usize)>;
 }
 
 impl std::fmt::Debug for Metrics {
@@ -133,6 +142,7 @@ impl Metrics {
             delivered: Arc::default(),
             connection_clients: Arc::default(),
             attribution_queries: Arc::default(),
+            state: Arc::default(),
         };
         registry.register(
             "connection_ready",
@@ -207,6 +217,7 @@ impl Metrics {
             }
         }
         registry.register_collector(Box::new(DeliveredCollector(metrics.delivered.clone())));
+        registry.register_collector(Box::new(StateCollector(metrics.state.clone())));
         registry.register_collector(Box::new(AttributionCollector(
             metrics.attribution_queries.clone(),
         )));
@@ -257,6 +268,12 @@ impl Metrics {
             .connection_clients
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = clients;
+    }
+
+    /// Reports `sizes`' maps in `redeliver_state_entries` (held weakly: the metrics outlive
+    /// no one).
+    pub fn watch_state(&self, sizes: std::sync::Weak<dyn StateSizes>) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(sizes);
     }
 
     /// Records one reprocess call outcome.
@@ -460,6 +477,41 @@ impl Collector for DeliveredCollector {
             prometheus_client::metrics::MetricType::Gauge,
         )?;
         ConstGauge::new(exhausted).encode(family)?;
+        Ok(())
+    }
+}
+
+/// Exports `redeliver_state_entries{map}` at scrape time.
+struct StateCollector(Arc<Mutex<Option<std::sync::Weak<dyn StateSizes>>>>);
+
+impl std::fmt::Debug for StateCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StateCollector")
+    }
+}
+
+impl Collector for StateCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let source = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .and_then(std::sync::Weak::upgrade);
+        let Some(source) = source else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "state_entries",
+            "Entries of the controller's internal maps (per-object backoff, repair ledgers, read caches, attribution lookups, per-connection state): flat while objects come and go",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (map, n) in source.state_sizes() {
+            let labels = [("map", map)];
+            let m = family.encode_family(&labels)?;
+            ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX)).encode(m)?;
+        }
         Ok(())
     }
 }

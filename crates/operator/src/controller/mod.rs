@@ -537,6 +537,8 @@ pub async fn run_controllers(
     readiness: Readiness,
     stop: CancellationToken,
 ) {
+    let sizes: Arc<dyn metrics::StateSizes> = ctx.clone();
+    ctx.metrics.watch_state(Arc::downgrade(&sizes));
     let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {

@@ -220,12 +220,22 @@ impl RepairLedger {
     }
 
     /// Forgets histories that can no longer gate anything: no attempt pending and the last
-    /// reprocess older than `keep` (the longest cooldown in use).
+    /// reprocess older than `keep` (the longest cooldown in use), or attempts pending and
+    /// the last reprocess older than [`PENDING_KEEP_FACTOR`] × `keep`. An object still
+    /// covering a forgotten assignment carries the same history in its own status, which
+    /// [`RepairLedger::history`] reads when the ledger has none; without this the ledger
+    /// kept the history of every assignment ever repaired and then deleted.
     pub fn prune(&mut self, now: Timestamp, keep: Duration) {
-        self.records
-            .retain(|_, r| r.attempts > 0 || add(r.last_requested, keep) > now);
+        let pending_keep = keep.saturating_mul(PENDING_KEEP_FACTOR);
+        self.records.retain(|_, r| {
+            let kept = if r.attempts > 0 { pending_keep } else { keep };
+            add(r.last_requested, kept) > now
+        });
     }
 }
+
+/// How many times longer than a settled one a history with attempts pending is kept.
+pub const PENDING_KEEP_FACTOR: u32 = 7;
 
 /// What applying a plan's ledger updates replaced, to undo the `Requested` ones whose write
 /// did not happen (refused writes stay counted; only writes that never reached Graph, or
@@ -377,6 +387,19 @@ mod tests {
         assert_eq!(ledger.len(), 1, "still spaces the next reprocess");
         ledger.prune(t(10 + 300), Duration::from_secs(300));
         assert!(ledger.is_empty());
+        // Attempts pending: kept seven times longer, then forgotten too (an object still
+        // covering it has the same history in its status).
+        ledger.apply(&LedgerUpdate::Requested {
+            key: key.clone(),
+            record: rec(2, 10, "x"),
+        });
+        ledger.prune(t(10 + 7 * 300 - 1), Duration::from_secs(300));
+        assert_eq!(ledger.len(), 1, "pending: kept");
+        ledger.prune(t(10 + 7 * 300), Duration::from_secs(300));
+        assert!(
+            ledger.is_empty(),
+            "pending, a week-equivalent old: forgotten"
+        );
     }
 
     #[test]

@@ -386,6 +386,15 @@ impl Attributor {
         self.settings.enabled
     }
 
+    /// Entries tracked (pending lookups, detection batches' removals, per-target answers),
+    /// for the state-size metric.
+    pub fn tracked(&self) -> usize {
+        let state = self.lock();
+        state.tries.len()
+            + state.targets.len()
+            + state.batches.iter().map(|b| b.pairs.len()).sum::<usize>()
+    }
+
     /// The queries made so far (of every connection, when the stats are shared).
     pub fn stats(&self) -> Arc<AttributionStats> {
         self.stats.clone()
