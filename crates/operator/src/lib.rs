@@ -24,3 +24,4 @@ pub mod controller;
 pub mod engine;
 pub mod graph;
 pub mod observe;
+pub mod repair;

@@ -2,6 +2,7 @@
 //! the one action it chose, write the status only when it changed, record its events.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
@@ -25,13 +26,11 @@ use crate::api::{
 };
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::RepairLedger;
-use crate::engine::ledger::Undo;
-use crate::engine::{
-    AssignmentInput, MassDriftHold, Plan, SafetyPolicy, assignment_status_changed, plan_assignment,
-    record_action_failure, record_request_submitted,
-};
-use crate::graph::Written;
+use crate::engine::transaction::{Claim, Transaction};
+use crate::engine::{AssignmentInput, MassDriftHold, Plan, SafetyPolicy, plan_assignment};
+use crate::graph::error::GraphError;
 use crate::graph::models::{Assignment, AssignmentState, RequestType};
+use crate::graph::{Write, Written};
 use crate::observe::{AssignmentObservation, observe_assignment};
 
 /// The kind label.
@@ -196,22 +195,17 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     };
     // Planning and claiming happen under one lock of the shared ledger: of two objects
     // covering the same Graph assignment, exactly one decides to reprocess it.
-    let claim = |observed: &AssignmentObservation| {
-        let mut ledger = tenant.ledger();
-        let plan = plan_now(observed, &ledger);
-        let undo = Undo::apply(&mut ledger, &plan.ledger);
-        (plan, undo)
-    };
-    let (mut plan, mut undo) = claim(&observed);
+    let ledger = tenant.ledger_cell();
+    let (mut plan, mut claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
     // A grant is due: confirm the target's account (one batched read shared with the other
     // repairs of this moment), then plan again with it. A healthy object is planned once.
     if let Some(target) = plan.needs_account.take() {
-        undo.restore(&mut tenant.ledger(), None);
+        claim.abandon();
         tenant
             .safety
             .confirm(tenant.graph(), &safety, &mut observed.snapshot, &[target])
             .await;
-        (plan, undo) = claim(&observed);
+        (plan, claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
     }
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
@@ -219,44 +213,24 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
 
     // Before acting, so a reprocess's status write already carries the note (one write).
     cross_check_drift_report(ctx, tenant, &observed, &mut plan).await;
-    let mut written = previous;
-    let requeue = match execute(
+    let tx = Transaction::begin(plan, claim, previous, || uuid::Uuid::new_v4().to_string());
+    let mut effects = Effects {
         ctx,
         tenant,
-        &obj,
-        &api,
-        &mut plan,
-        &mut written,
-        &observed,
+        api: &api,
+        name: &name,
+        who: &who,
+        observed: &observed,
+    };
+    let ran = crate::repair::run(
+        &mut effects,
+        tx,
+        tenant.reprocess_bucket.rate_per_minute(),
+        ctx.engine.default_verify_interval,
         now,
     )
-    .await
-    {
-        Ok(None) => jitter(plan.requeue_after),
-        Ok(Some(wait)) => {
-            // The reprocess budget is spent: claim nothing (in the ledger or the status), but
-            // say what is known now — the drift, and that its reprocess waits for a slot —
-            // and come back when a slot is free.
-            undo.restore(&mut tenant.ledger(), None);
-            crate::engine::postpone_for_budget(
-                &mut plan,
-                written.as_ref(),
-                wait,
-                tenant.reprocess_bucket.rate_per_minute(),
-                generation,
-                now,
-            );
-            wait
-        }
-        Err(e) => {
-            undo.restore(&mut tenant.ledger(), None);
-            return Err(e);
-        }
-    };
-
-    if assignment_status_changed(written.as_ref(), &plan.status) {
-        patch_status(&api, &name, &plan.status).await?;
-    }
+    .await?;
+    let plan = ran.plan;
     ctx.publish(&reference, "Reconcile", &plan.events).await;
     if plan
         .events
@@ -265,7 +239,112 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     {
         ctx.metrics.drift(KIND, 1);
     }
-    Ok(Action::requeue(requeue))
+    Ok(Action::requeue(match ran.postponed {
+        Some(wait) => wait,
+        None => jitter(plan.requeue_after),
+    }))
+}
+
+/// The controller's side of a declared assignment's repair transaction: the reprocess
+/// budget, status patches, and the Graph write (with its metrics, the caches it makes
+/// stale and the other objects covering what it repaired).
+struct Effects<'a> {
+    ctx: &'a Context,
+    tenant: &'a Tenant,
+    api: &'a Api<AccessPackageAssignment>,
+    name: &'a str,
+    who: &'a str,
+    observed: &'a AssignmentObservation,
+}
+
+impl crate::repair::Effects<AccessPackageAssignmentStatus> for Effects<'_> {
+    type Error = Error;
+
+    fn admit(&mut self, write: &Write) -> Result<(), Duration> {
+        if !matches!(
+            write,
+            Write::ReprocessAssignment { .. } | Write::ReprocessRequest { .. }
+        ) {
+            return Ok(());
+        }
+        self.tenant
+            .reprocess_bucket
+            .try_acquire()
+            .inspect_err(|wait| {
+                self.ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
+                tracing::info!(
+                    wait_s = wait.as_secs_f64(),
+                    "reprocess budget spent; waiting"
+                );
+            })
+    }
+
+    async fn store(&mut self, status: &AccessPackageAssignmentStatus) -> Result<(), Error> {
+        patch_status(self.api, self.name, status).await
+    }
+
+    async fn send(&mut self, writes: &[(Write, String)]) -> Vec<Result<Written, GraphError>> {
+        let mut results = Vec::with_capacity(writes.len());
+        for (write, id) in writes {
+            let is_reprocess = !matches!(write, Write::RequestAssignment { .. });
+            if is_reprocess {
+                tracing::info!(?write, client_request_id = %id, "reprocess requested");
+            }
+            let result = self.tenant.graph().write_traced(write, id).await;
+            if let Ok(Written::Requested(req)) = &result {
+                tracing::info!(request_id = %req.id, "assignment requested");
+            }
+            // A request (or a failed request's reprocess) changes the package's assignments
+            // and requests: read them again. An assignment's reprocess changes neither, only
+            // the memberships it restores, and those are read after it on the next check
+            // (`engine::fresh_reads`), once for every object waiting on them: a repair costs
+            // the re-read of what it changed, not of the whole package.
+            if !matches!(write, Write::ReprocessAssignment { .. })
+                && let Ok(ids) = &self.observed.resolved
+            {
+                self.tenant
+                    .observations
+                    .invalidate_package(&ids.access_package_id, self.observed.resources())
+                    .await;
+            }
+            match &result {
+                Ok(_) if is_reprocess => {
+                    self.ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
+                    if let Ok(ids) = &self.observed.resolved
+                        && let Write::ReprocessAssignment { assignment_id } = write
+                    {
+                        self.ctx.triggers.covering(
+                            &ids.access_package_id,
+                            &[assignment_id.as_str()],
+                            self.who,
+                        );
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    if is_reprocess {
+                        self.ctx
+                            .metrics
+                            .reprocess(KIND, ReprocessCall::of_error(err));
+                    }
+                    match crate::observe::action_failure(err) {
+                        Some(_) => {
+                            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action")
+                        }
+                        None => {
+                            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph action failed; will retry")
+                        }
+                    }
+                }
+            }
+            results.push(result);
+        }
+        results
+    }
+
+    fn failed(&self, err: GraphError) -> Error {
+        Error::Graph(err)
+    }
 }
 
 /// With `--use-access-drift-report`: compares Microsoft's report for the package's catalog
@@ -325,135 +404,6 @@ fn mass_drift_hold(
         return None;
     }
     board.hold(&safety.breaker, package, name)
-}
-
-/// Performs the plan's action. Returns `Some(wait)` when the reprocess budget is spent.
-/// A reprocess is written to the status first (`written` then holds what was written), so
-/// a restart cannot send it again; if it then fails in transit the status is put back.
-/// Transient Graph failures are returned as errors (retried with backoff, or at exactly
-/// `Retry-After`); refusals (403, other 4xx) are folded into the plan as `Stalled`.
-#[allow(clippy::too_many_arguments)]
-async fn execute(
-    ctx: &Context,
-    tenant: &Tenant,
-    obj: &AccessPackageAssignment,
-    api: &Api<AccessPackageAssignment>,
-    plan: &mut Plan,
-    written: &mut Option<AccessPackageAssignmentStatus>,
-    observed: &AssignmentObservation,
-    now: Timestamp,
-) -> Result<Option<std::time::Duration>, Error> {
-    if !plan.action.is_write() {
-        return Ok(None);
-    }
-    if obj.spec.suspend {
-        // The engine already turns writes into reports when suspended; never write anyway.
-        return Ok(None);
-    }
-    let graph = tenant.graph();
-    let is_reprocess = plan.action.is_reprocess();
-    if is_reprocess && let Err(wait) = tenant.reprocess_bucket.try_acquire() {
-        ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
-        tracing::info!(
-            wait_s = wait.as_secs_f64(),
-            "reprocess budget spent; waiting"
-        );
-        return Ok(Some(wait));
-    }
-    let before = written.clone();
-    // Traceable: the id goes into the status (written ahead for a reprocess) and the event,
-    // and on every attempt of the write itself.
-    let client_request_id = uuid::Uuid::new_v4().to_string();
-    plan.status.last_client_request_id = Some(client_request_id.clone());
-    for e in &mut plan.events {
-        if matches!(
-            e.kind,
-            crate::engine::EventKind::ReprocessRequested
-                | crate::engine::EventKind::AssignmentRequested
-        ) {
-            e.message = format!("{} client-request-id: {client_request_id}.", e.message);
-        }
-    }
-    if is_reprocess && assignment_status_changed(written.as_ref(), &plan.status) {
-        patch_status(api, &obj.name_any(), &plan.status).await?;
-        *written = Some(plan.status.clone());
-    }
-    let Some(write) = plan.action.write() else {
-        return Ok(None);
-    };
-    if is_reprocess {
-        tracing::info!(
-            action = ?plan.action,
-            attempt = plan.status.reprocess.attempts,
-            client_request_id = %client_request_id,
-            "reprocess requested"
-        );
-    }
-    let result = graph
-        .write_traced(write, &client_request_id)
-        .await
-        .map(|written| {
-            if let Written::Requested(req) = written {
-                tracing::info!(request_id = %req.id, "assignment requested");
-                record_request_submitted(&mut plan.status, &req.id);
-            }
-        });
-    // A request (or a failed request's reprocess) changes the package's assignments and
-    // requests: read them again. An assignment's reprocess changes neither, only the
-    // memberships it restores, and those are read after it on the next check
-    // (`engine::fresh_reads`), once for every object waiting on them: a repair costs the
-    // re-read of what it changed, not of the whole package.
-    if !matches!(write, crate::graph::Write::ReprocessAssignment { .. })
-        && let Ok(ids) = &observed.resolved
-    {
-        tenant
-            .observations
-            .invalidate_package(&ids.access_package_id, observed.resources())
-            .await;
-    }
-    let refusal = result
-        .as_ref()
-        .err()
-        .and_then(crate::observe::action_failure);
-    match (result, refusal) {
-        (Ok(()), _) => {
-            if is_reprocess {
-                ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
-                if let (Some(package), Some(assignment)) = (
-                    plan.status.access_package_id.as_deref(),
-                    plan.status.assignment_id.as_deref(),
-                ) {
-                    ctx.triggers.covering(package, &[assignment], &name_of(obj));
-                }
-            }
-            Ok(None)
-        }
-        (Err(err), Some(failure)) => {
-            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph refused the action");
-            if is_reprocess {
-                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
-            }
-            let retry = ctx.engine.default_verify_interval;
-            // The refused attempt stays counted (in status and in the ledger), so a refused
-            // reprocess cannot loop.
-            record_action_failure(plan, &failure, retry, now);
-            Ok(None)
-        }
-        (Err(err), None) => {
-            if is_reprocess {
-                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&err));
-                // Nothing was done: the status must not claim a reprocess.
-                if written.as_ref() != before.as_ref()
-                    && let Some(before) = &before
-                    && let Err(e) = patch_status(api, &obj.name_any(), before).await
-                {
-                    tracing::warn!(error = %e, "could not put the status back after a failed reprocess; the next one waits one cooldown");
-                }
-            }
-            tracing::warn!(error = %err, request_id = err.request_id().unwrap_or(""), "Graph action failed; will retry");
-            Err(Error::Graph(err))
-        }
-    }
 }
 
 /// Deletion with `deletionPolicy: Remove`: submit an `adminRemove` for the user's live

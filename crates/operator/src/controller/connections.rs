@@ -80,6 +80,12 @@ impl Tenant {
         self.ledger.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// This connection's repair ledger, for a repair transaction's claim
+    /// (`engine::transaction::Claim`), which locks it only while planning and resolving.
+    pub fn ledger_cell(&self) -> &Mutex<RepairLedger> {
+        &self.ledger
+    }
+
     /// This connection's Graph client.
     pub fn graph(&self) -> &GraphClient {
         self.observations.graph()

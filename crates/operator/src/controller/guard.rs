@@ -3,7 +3,6 @@
 //! most the engine's bounded selection (and within the global budget), write the bounded
 //! status only when it changed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,10 +22,11 @@ use super::ledger::name_of;
 use super::metrics::ReprocessCall;
 use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
 use crate::engine::conditions::first_visit_conditions;
-use crate::engine::ledger::{RepairLedger, Undo};
-use crate::engine::{
-    GuardInput, GuardPlan, guard_status_changed, plan_guard_sweep, record_guard_outcome,
-};
+use crate::engine::ledger::RepairLedger;
+use crate::engine::transaction::{Claim, Transaction};
+use crate::engine::{GuardInput, plan_guard_sweep};
+use crate::graph::error::GraphError;
+use crate::graph::{Write, Written};
 use crate::observe::{GuardObservation, observe_guard};
 
 /// The kind label.
@@ -126,18 +126,13 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             now,
         )
     };
-    let claim = |observed: &GuardObservation| {
-        let mut ledger = tenant.ledger();
-        let plan = plan_now(observed, &ledger);
-        let undo = Undo::apply(&mut ledger, &plan.ledger);
-        (plan, undo)
-    };
-    let (mut plan, mut undo) = claim(&observed);
+    let ledger = tenant.ledger_cell();
+    let (mut plan, mut claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
     // Reprocesses are due: confirm their targets' accounts in one batched read, then sweep
     // again with them. A sweep with nothing to repair is planned once.
     if !plan.needs_accounts.is_empty() {
         let needs_accounts = std::mem::take(&mut plan.needs_accounts);
-        undo.restore(&mut tenant.ledger(), None);
+        claim.abandon();
         tenant
             .safety
             .confirm(
@@ -147,7 +142,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
                 &needs_accounts,
             )
             .await;
-        (plan, undo) = claim(&observed);
+        (plan, claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
     }
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
@@ -188,143 +183,87 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
     }
 
-    let mut written = previous;
-    let mut retry_after = None;
-    if !plan.reprocess.is_empty() {
-        // Traceable: each reprocess gets its client-request-id now, recorded in its drift
-        // entry (written ahead) and the event, and sent as that write's own header.
-        let traces: BTreeMap<String, String> = plan
-            .reprocess
-            .iter()
-            .map(|id| (id.clone(), uuid::Uuid::new_v4().to_string()))
-            .collect();
-        let before: BTreeMap<String, Option<String>> = plan
-            .status
-            .drifted
-            .iter()
-            .map(|d| (d.assignment_id.clone(), d.last_client_request_id.clone()))
-            .collect();
-        for d in &mut plan.status.drifted {
-            if let Some(t) = traces.get(&d.assignment_id) {
-                d.last_client_request_id = Some(t.clone());
-            }
-        }
-        // Written before it is sent, so a restart never sends it twice.
-        if guard_status_changed(written.as_ref(), &plan.status) {
-            if let Err(e) = patch_status(&api, &name, &plan.status).await {
-                undo.restore(&mut tenant.ledger(), None);
-                return Err(e);
-            }
-            written = Some(plan.status.clone());
-        }
-        let (sent, come_back) = reprocess_selected(ctx, tenant, &plan, &traces).await;
-        retry_after = come_back;
-        // A write that did not go out claims no id.
-        for d in &mut plan.status.drifted {
-            if traces.contains_key(&d.assignment_id) && !sent.contains(&d.assignment_id) {
-                d.last_client_request_id = before.get(&d.assignment_id).cloned().flatten();
-            }
-        }
-        // Say what really happened, not what was planned.
-        record_guard_outcome(
-            &mut plan,
-            &sent,
-            &mut undo,
-            &mut tenant.ledger(),
-            &who,
-            Timestamp::now(),
-        );
-        let named: Vec<String> = plan
-            .status
-            .drifted
-            .iter()
-            .filter(|d| sent.contains(&d.assignment_id))
-            .filter_map(|d| {
-                Some(format!(
-                    "{} {}",
-                    d.target,
-                    d.last_client_request_id.as_ref()?
-                ))
-            })
-            .take(10)
-            .collect();
-        if !named.is_empty() {
-            for e in &mut plan.events {
-                if e.kind == crate::engine::EventKind::ReprocessRequested {
-                    e.message = format!("{} client-request-ids: {}.", e.message, named.join(", "));
-                }
-            }
-        }
-        if let Ok((package_id, _)) = &resolved {
-            // Reprocesses change memberships, not the package's assignments: keep the view.
-            tenant
-                .observations
-                .invalidate_memberships(observed.resources())
-                .await;
-            let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
-            ctx.triggers.covering(package_id, &done, &who);
-        }
-    }
-
-    if guard_status_changed(written.as_ref(), &plan.status) {
-        patch_status(&api, &name, &plan.status).await?;
+    let tx = Transaction::begin(plan, claim, previous, || uuid::Uuid::new_v4().to_string());
+    let mut effects = Effects {
+        ctx,
+        tenant,
+        api: &api,
+        name: &name,
+    };
+    let ran = crate::repair::run(
+        &mut effects,
+        tx,
+        tenant.reprocess_bucket.rate_per_minute(),
+        ctx.engine.default_verify_interval,
+        now,
+    )
+    .await?;
+    let plan = ran.plan;
+    if !plan.reprocess.is_empty()
+        && let Ok((package_id, _)) = &resolved
+    {
+        // Reprocesses change memberships, not the package's assignments: keep the view.
+        tenant
+            .observations
+            .invalidate_memberships(observed.resources())
+            .await;
+        let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
+        ctx.triggers.covering(package_id, &done, &who);
     }
     ctx.publish(&obj.object_ref(&()), "Sweep", &plan.events)
         .await;
-    Ok(Action::requeue(match retry_after {
+    let come_back = match (ran.postponed, ran.retry_after) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(Action::requeue(match come_back {
         Some(after) => after,
         None => jitter(plan.requeue_after),
     }))
 }
 
-/// Reprocesses the engine's selection, as far as the global reprocess budget allows, in
-/// `$batch` requests of 20 (a sweep may find thousands). Returns the assignments Graph
-/// accepted, and the time to come back when the sweep was cut short by the budget or by
-/// Graph throttling.
-async fn reprocess_selected(
-    ctx: &Context,
-    tenant: &Tenant,
-    plan: &GuardPlan,
-    traces: &BTreeMap<String, String>,
-) -> (Vec<String>, Option<Duration>) {
-    let mut come_back: Option<Duration> = None;
-    let mut granted: Vec<String> = Vec::new();
-    for id in &plan.reprocess {
-        if let Err(wait) = tenant.reprocess_bucket.try_acquire() {
-            ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
-            come_back = Some(wait);
-            break;
-        }
-        granted.push(id.clone());
+/// The controller's side of a sweep's repair transaction: the reprocess budget, status
+/// patches, and the reprocesses, in `$batch` requests of 20 (a sweep may find thousands).
+struct Effects<'a> {
+    ctx: &'a Context,
+    tenant: &'a Tenant,
+    api: &'a Api<AccessPackageGuard>,
+    name: &'a str,
+}
+
+impl crate::repair::Effects<AccessPackageGuardStatus> for Effects<'_> {
+    type Error = Error;
+
+    fn admit(&mut self, _write: &Write) -> Result<(), Duration> {
+        self.tenant.reprocess_bucket.try_acquire().inspect_err(|_| {
+            self.ctx.metrics.reprocess(KIND, ReprocessCall::RateLimited);
+        })
     }
-    tracing::info!(
-        count = granted.len(),
-        assignments = %granted.join(","),
-        "reprocess requested"
-    );
-    let traced: Vec<(String, String)> = granted
-        .iter()
-        .map(|id| (id.clone(), traces.get(id).cloned().unwrap_or_default()))
-        .collect();
-    let results = tenant
-        .graph()
-        .reprocess_assignments(&traced, tenant.observations.concurrency())
-        .await;
-    let mut sent: Vec<String> = Vec::new();
-    for (id, result) in granted.into_iter().zip(results) {
-        match result {
-            Ok(()) => {
-                ctx.metrics.reprocess(KIND, ReprocessCall::Requested);
-                sent.push(id);
-            }
-            Err(e) => {
-                tracing::warn!(assignment_id = %id, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
-                ctx.metrics.reprocess(KIND, ReprocessCall::of_error(&e));
-                if let Some(after) = e.retry_after() {
-                    come_back = Some(come_back.map_or(after, |c| c.max(after)));
+
+    async fn store(&mut self, status: &AccessPackageGuardStatus) -> Result<(), Error> {
+        patch_status(self.api, self.name, status).await
+    }
+
+    async fn send(&mut self, writes: &[(Write, String)]) -> Vec<Result<Written, GraphError>> {
+        tracing::info!(count = writes.len(), "reprocess requested");
+        let results = self
+            .tenant
+            .graph()
+            .write_many_traced(writes, self.tenant.observations.concurrency())
+            .await;
+        for ((write, _), result) in writes.iter().zip(&results) {
+            match result {
+                Ok(_) => self.ctx.metrics.reprocess(KIND, ReprocessCall::Requested),
+                Err(e) => {
+                    tracing::warn!(?write, error = %e, request_id = e.request_id().unwrap_or(""), "reprocess failed");
+                    self.ctx.metrics.reprocess(KIND, ReprocessCall::of_error(e));
                 }
             }
         }
+        results
     }
-    (sent, come_back)
+
+    fn failed(&self, err: GraphError) -> Error {
+        Error::Graph(err)
+    }
 }

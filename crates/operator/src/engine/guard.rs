@@ -247,22 +247,113 @@ pub fn record_guard_outcome(
         .filter(|id| !sent.contains(id))
         .cloned()
         .collect();
-    if not_sent.is_empty() {
-        return;
+    let previous = |key: &RepairKey| undo.previous(key).cloned();
+    restore_unsent(plan, &not_sent, previous, who);
+    for id in &not_sent {
+        undo.restore(ledger, Some(&RepairKey::assignment(id)));
     }
+    settle_sweep(plan, sent, not_sent.len(), now);
+}
+
+/// The transaction's [`super::transaction::Repair::record`] for a sweep: what Graph
+/// accepted is in flight; what it refused stays counted (a refused reprocess cannot loop)
+/// but is not in flight; what was not sent (the budget, throttling, a failure in transit)
+/// gets back the bookkeeping and client-request-id it had, and its claim rolls back.
+pub fn record_sweep_outcome<L: super::transaction::LedgerCell>(
+    plan: &mut GuardPlan,
+    outcomes: &[(super::Write, super::transaction::WriteOutcome)],
+    claim: &mut super::transaction::Claim<L>,
+    previous: Option<&AccessPackageGuardStatus>,
+    now: Timestamp,
+) {
+    use super::transaction::WriteOutcome;
+    let who = plan
+        .ledger
+        .iter()
+        .find_map(|u| match u {
+            LedgerUpdate::Requested { record, .. } => Some(record.by.clone()),
+            LedgerUpdate::Verified { .. } => None,
+        })
+        .unwrap_or_default();
+    let (mut accepted, mut refused, mut not_sent) = (Vec::new(), 0usize, Vec::new());
+    for (write, outcome) in outcomes {
+        let super::Write::ReprocessAssignment { assignment_id } = write else {
+            continue;
+        };
+        match outcome {
+            WriteOutcome::Accepted { .. } => accepted.push(assignment_id.clone()),
+            WriteOutcome::Refused(_) => refused += 1,
+            WriteOutcome::NotSent { .. } => not_sent.push(assignment_id.clone()),
+        }
+    }
+    let before = |id: &str| {
+        previous.and_then(|p| {
+            p.drifted
+                .iter()
+                .find(|d| d.assignment_id == id)
+                .and_then(|d| d.last_client_request_id.clone())
+        })
+    };
+    restore_unsent(plan, &not_sent, |key| claim.previous(key).cloned(), &who);
+    for entry in plan.status.drifted.iter_mut() {
+        if not_sent.contains(&entry.assignment_id) {
+            entry.last_client_request_id = before(&entry.assignment_id);
+        }
+    }
+    for (write, outcome) in outcomes {
+        if let Some(key) = super::transaction::key_of(write) {
+            claim.resolve(&key, outcome);
+        }
+    }
+    settle_sweep(plan, &accepted, not_sent.len() + refused, now);
+    // Traceable: the event names each reprocess sent with its client-request-id.
+    let named: Vec<String> = plan
+        .status
+        .drifted
+        .iter()
+        .filter(|d| accepted.contains(&d.assignment_id))
+        .filter_map(|d| {
+            Some(format!(
+                "{} {}",
+                d.target,
+                d.last_client_request_id.as_ref()?
+            ))
+        })
+        .take(10)
+        .collect();
+    if !named.is_empty() {
+        for e in &mut plan.events {
+            if e.kind == EventKind::ReprocessRequested {
+                e.message = format!("{} client-request-ids: {}.", e.message, named.join(", "));
+            }
+        }
+    }
+}
+
+/// Gives the drift entries of `not_sent` back the bookkeeping they had before the plan
+/// claimed them (`previous` names it).
+fn restore_unsent(
+    plan: &mut GuardPlan,
+    not_sent: &[String],
+    previous: impl Fn(&RepairKey) -> Option<RepairRecord>,
+    who: &str,
+) {
     for entry in plan.status.drifted.iter_mut() {
         if !not_sent.contains(&entry.assignment_id) {
             continue;
         }
-        let old = undo
-            .previous(&RepairKey::assignment(&entry.assignment_id))
-            .cloned();
+        let old = previous(&RepairKey::assignment(&entry.assignment_id));
         entry.last_reprocess_time = old.as_ref().map(|r| to_time(r.last_requested));
         entry.reprocess_attempts = old.as_ref().map_or(0, |r| r.attempts);
         entry.reprocessed_by = old.filter(|r| r.by != who).map(|r| r.by);
     }
-    for id in &not_sent {
-        undo.restore(ledger, Some(&RepairKey::assignment(id)));
+}
+
+/// Keeps in flight only what was `sent`, and makes the counts, the Reconciling/Ready
+/// conditions and the reprocess event say it (`unsent` selected ones did not go out).
+fn settle_sweep(plan: &mut GuardPlan, sent: &[String], unsent: usize, now: Timestamp) {
+    if unsent == 0 {
+        return;
     }
     plan.reprocess.retain(|id| sent.contains(id));
     let f = plan.in_flight;
@@ -270,13 +361,13 @@ pub fn record_guard_outcome(
     plan.status.assignments.reprocessing = i32::try_from(in_flight).unwrap_or(i32::MAX);
     let generation = plan.status.observed_generation;
     let conds = &mut plan.status.conditions;
-    if in_flight > 0 || f.postponed > 0 || !not_sent.is_empty() {
+    if in_flight > 0 || f.postponed > 0 || unsent > 0 {
         let message = reconciling_message(
             in_flight,
             plan.reprocess.len(),
             f.by_others,
             f.postponed,
-            not_sent.len(),
+            unsent,
         );
         let reconciling = Desired::new(
             ConditionType::Reconciling,
@@ -321,7 +412,7 @@ pub fn record_guard_outcome(
             } else {
                 String::new()
             },
-            not_sent.len()
+            unsent
         );
         sent_count > 0
     });

@@ -267,6 +267,16 @@ impl Undo {
         });
     }
 
+    /// Keeps the claim on `key`: its write went out (or was refused), so it is not undone.
+    pub fn keep(&mut self, key: &RepairKey) {
+        self.0.retain(|(k, _)| k != key);
+    }
+
+    /// True when nothing is left to undo.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The record `key` had before the plan claimed it.
     pub fn previous(&self, key: &RepairKey) -> Option<&RepairRecord> {
         self.0

@@ -27,6 +27,7 @@ mod resources;
 pub mod safety;
 mod snapshot;
 pub mod target;
+pub mod transaction;
 
 pub use assignment::{
     ActionFailure, ActionFailureKind, AssignmentInput, assignment_status_changed,
