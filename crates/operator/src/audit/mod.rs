@@ -13,6 +13,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -24,7 +25,8 @@ use crate::api::{
     AccessPackageGuardStatus, SafetySpec,
 };
 use crate::api::{ConnectionKey, ResourceState, ResourceStatus};
-use crate::engine::ledger::{RepairKey, RepairLedger, Undo};
+use crate::engine::ledger::{RepairKey, RepairLedger};
+use crate::engine::transaction::{Claim, Transaction, WriteOutcome};
 use crate::engine::{self, Action, EngineSettings};
 use crate::graph::GraphError;
 use crate::graph::models::AssignmentState;
@@ -504,7 +506,7 @@ struct Audit<'a> {
     /// The shared reprocess histories of this run ([`engine::ledger`]): the same rule as
     /// the controller's, so a guard never reprocesses what a declaration (or another guard)
     /// already did, and what audit reports is what the operator would do.
-    ledger: RefCell<RepairLedger>,
+    ledger: Ledger,
     /// The connection's `spec.safety` (none for the flags' connection).
     safety_spec: Option<SafetySpec>,
     /// `--acknowledge-mass-drift`.
@@ -529,11 +531,15 @@ struct AssignmentEval {
     status: Option<AccessPackageAssignmentStatus>,
     action: Option<Action>,
     in_flight: bool,
-    /// What its plan claimed in the ledger, undone if the write does not happen.
-    undo: Undo,
+    /// Its repair transaction while its write is to be sent (the claim rolls back if it is
+    /// not); the same protocol as the controller's (`engine::transaction`).
+    tx: Option<Transaction<engine::Plan, Ledger>>,
     /// A Graph failure that kept it from being observed, to tell one that hit every row.
     failure: Option<GraphFailure>,
 }
+
+/// The run's repair ledger, shared by every declaration's and guard's claim.
+type Ledger = Rc<RefCell<RepairLedger>>;
 
 /// The latest evaluation of one guard.
 struct GuardEval {
@@ -546,8 +552,8 @@ struct GuardEval {
     /// row until the run ends (the attempt stays counted, as in the controller).
     refused: BTreeMap<String, String>,
     in_flight: bool,
-    /// What its plan claimed in the ledger, undone for each reprocess not sent.
-    undo: Undo,
+    /// Its repair transaction while reprocesses are to be sent.
+    tx: Option<Transaction<engine::GuardPlan, Ledger>>,
     /// A Graph failure that kept it from being observed, to tell one that hit every row.
     failure: Option<GraphFailure>,
 }
@@ -594,7 +600,7 @@ impl<'a> Audit<'a> {
             settings: EngineSettings::default(),
             assignments: Vec::new(),
             guards: Vec::new(),
-            ledger: RefCell::new(RepairLedger::new()),
+            ledger: Rc::default(),
             safety_spec: None,
             acknowledge_mass_drift: false,
             safety: SafetyReads::default(),
@@ -726,6 +732,14 @@ impl<'a> Audit<'a> {
     /// with every read shared within the pass (each package and each promised resource read
     /// once), then the same plan.
     async fn pass(&mut self) {
+        // What the last pass claimed and did not send (a report-only run's "would
+        // reprocess") rolls back before this pass plans.
+        for e in &mut self.assignments {
+            e.tx = None;
+        }
+        for g in &mut self.guards {
+            g.tx = None;
+        }
         let now = jiff::Timestamp::now();
         let observer = self.observer;
         let width = observer.concurrency();
@@ -938,7 +952,7 @@ impl<'a> Audit<'a> {
                     status: previous.cloned(),
                     action: None,
                     in_flight: false,
-                    undo: Undo::default(),
+                    tx: None,
                 };
             }
         };
@@ -948,9 +962,9 @@ impl<'a> Audit<'a> {
             .err()
             .and_then(GraphFailure::of_resolve);
         let who = format!("AccessPackageAssignment {declaration}");
-        let mut ledger = self.ledger.borrow_mut();
-        let plan = self.plan_assignment(apa, &observed, previous, rails, &ledger, &who, now);
-        let undo = Undo::apply(&mut ledger, &plan.ledger);
+        let (plan, claim) = Claim::plan(self.ledger.clone(), |l| {
+            self.plan_assignment(apa, &observed, previous, rails, l, &who, now)
+        });
         let action_text = describe_action(&plan.action, self.repair);
         let in_flight = engine::conditions::is_true(
             &plan.status.conditions,
@@ -970,10 +984,12 @@ impl<'a> Audit<'a> {
                 action_text,
             ),
             taken: None,
-            status: Some(plan.status),
-            action: Some(plan.action),
+            status: Some(plan.status.clone()),
+            action: Some(plan.action.clone()),
             in_flight,
-            undo,
+            tx: Some(Transaction::begin(plan, claim, previous.cloned(), || {
+                uuid::Uuid::new_v4().to_string()
+            })),
             failure,
         }
     }
@@ -1192,7 +1208,7 @@ impl<'a> Audit<'a> {
                     reprocessed,
                     refused,
                     in_flight: false,
-                    undo: Undo::default(),
+                    tx: None,
                 };
             }
         };
@@ -1203,9 +1219,10 @@ impl<'a> Audit<'a> {
             .and_then(GraphFailure::of_resolve);
         let view = observed.view.clone();
         let who = format!("AccessPackageGuard {declaration}");
-        let mut ledger = self.ledger.borrow_mut();
-        let sweep = self.plan_guard(guard, &observed, previous, policy, &ledger, &who, now);
-        let undo = Undo::apply(&mut ledger, &sweep.ledger);
+        let (sweep, claim) = Claim::plan(self.ledger.clone(), |l| {
+            self.plan_guard(guard, &observed, previous, policy, l, &who, now)
+        });
+        let ledger = self.ledger.borrow();
         let package = view
             .as_ref()
             .map(|v| v.name().to_string())
@@ -1228,14 +1245,17 @@ impl<'a> Audit<'a> {
             repair: self.repair,
         }
         .rows();
+        drop(ledger);
         GuardEval {
             rows,
-            status: Some(sweep.status),
-            to_reprocess: sweep.reprocess,
+            status: Some(sweep.status.clone()),
+            to_reprocess: sweep.reprocess.clone(),
             reprocessed,
             refused,
             in_flight,
-            undo,
+            tx: Some(Transaction::begin(sweep, claim, previous.cloned(), || {
+                uuid::Uuid::new_v4().to_string()
+            })),
             failure,
         }
     }
@@ -1246,25 +1266,26 @@ impl<'a> Audit<'a> {
     /// declarations asking for the same thing share one request (identical `adminAdd`s
     /// can wedge an assignment). The accepted reprocesses are recorded for this run.
     async fn write_in_batches(&mut self, progress: &Progress) -> WriteResults {
-        let mut writes: Vec<Write> = Vec::new();
+        let mut writes: Vec<(Write, String)> = Vec::new();
         let mut queued: BTreeSet<Write> = BTreeSet::new();
         let declared = self
             .assignments
             .iter()
-            .filter_map(|e| e.action.as_ref().and_then(Action::write).cloned());
+            .filter_map(|e| e.tx.as_ref())
+            .flat_map(|tx| tx.writes().iter().cloned());
         let swept = self.guards.iter().flat_map(|g| {
-            g.to_reprocess
-                .iter()
-                .filter(|id| !g.reprocessed.contains(*id))
-                .map(|id| Write::ReprocessAssignment {
-                    assignment_id: id.clone(),
-                })
+            g.tx.iter().flat_map(|tx| {
+                tx.writes()
+                    .iter()
+                    .filter(|(w, _)| !sent_earlier(w, &g.reprocessed))
+                    .cloned()
+            })
         });
         // The ledger already keeps one reprocess per assignment; identical adminAdds of two
         // declarations are merged here.
-        for write in declared.chain(swept) {
+        for (write, id) in declared.chain(swept) {
             if queued.insert(write.clone()) {
-                writes.push(write);
+                writes.push((write, id));
             }
         }
         if writes.is_empty() {
@@ -1274,9 +1295,9 @@ impl<'a> Audit<'a> {
         let outcomes = self
             .observer
             .graph()
-            .write_many(&writes, self.observer.concurrency())
+            .write_many_traced(&writes, self.observer.concurrency())
             .await;
-        writes.into_iter().zip(outcomes).collect()
+        writes.into_iter().map(|(w, _)| w).zip(outcomes).collect()
     }
 
     /// Carries out the planned actions (only with --reprocess). Returns how many writes
@@ -1292,19 +1313,26 @@ impl<'a> Audit<'a> {
         done
     }
 
-    /// Puts each declaration's write outcome into its row, status and ledger claim.
+    /// Puts each declaration's write outcome into its row, and through its transaction into
+    /// its status and ledger claim.
     fn record_assignment_results(&mut self, results: &WriteResults) {
+        let now = jiff::Timestamp::now();
         for eval in &mut self.assignments {
-            let Some(action) = eval.action.take() else {
+            let (Some(action), Some(mut tx)) = (eval.action.take(), eval.tx.take()) else {
                 continue;
             };
             let Some(write) = action.write() else {
                 continue;
             };
-            // Absent: an assignment reprocessed earlier in this run; nothing new was sent.
             let Some(result) = results.get(write) else {
                 continue;
             };
+            // A refusal that will not fix itself is recorded as Stalled (the attempt stays
+            // counted), so a later pass neither waits for a repair that never started nor
+            // hides the refusal behind "Reprocessing"; one that failed in transit claims
+            // nothing and leaves the status as it was.
+            tx.complete(vec![crate::repair::outcome_of(result)], Duration::ZERO, now);
+            eval.status = Some(tx.end_status().clone());
             let outcome = result.clone().map(|written| match (&action, written) {
                 (_, Written::Requested(request)) => RowAction::Requested {
                     request_id: request.id,
@@ -1323,35 +1351,7 @@ impl<'a> Audit<'a> {
                     eval.in_flight = true;
                 }
                 Err(err) => {
-                    // The plan's status assumed the write would be accepted (Reconciling,
-                    // attempt counted). Nothing is in flight now; a refusal that will not fix
-                    // itself is recorded as Stalled, so a later pass neither waits for a
-                    // repair that never started nor hides the refusal behind "Reprocessing".
-                    // A refused attempt stays counted in the ledger; one that failed in
-                    // transit is undone.
                     eval.in_flight = false;
-                    let failure = crate::observe::action_failure(&err);
-                    if failure.is_none() {
-                        eval.undo.restore(&mut self.ledger.borrow_mut(), None);
-                    }
-                    if let (Some(failure), Some(status)) = (failure, eval.status.take()) {
-                        let mut plan = engine::Plan {
-                            action: action.clone(),
-                            status,
-                            requeue_after: Duration::ZERO,
-                            events: Vec::new(),
-                            missing: Vec::new(),
-                            ledger: Vec::new(),
-                            needs_account: None,
-                        };
-                        engine::record_action_failure(
-                            &mut plan,
-                            &failure,
-                            Duration::ZERO,
-                            jiff::Timestamp::now(),
-                        );
-                        eval.status = Some(plan.status);
-                    }
                     eval.row.verdict = Verdict::Error;
                     eval.row.action = RowAction::Failed;
                     eval.row.message = err.to_string();
@@ -1362,7 +1362,28 @@ impl<'a> Audit<'a> {
 
     /// Puts each guard's reprocess outcomes into its rows and ledger claims.
     fn record_guard_results(&mut self, results: &WriteResults) {
+        let now = jiff::Timestamp::now();
         for guard in &mut self.guards {
+            // The sweep's transaction: what Graph accepted stays claimed and in flight, a
+            // refusal stays counted, what was not sent rolls back (as in the controller).
+            if let Some(mut tx) = guard.tx.take() {
+                let outcomes: Vec<WriteOutcome> = tx
+                    .writes()
+                    .iter()
+                    .map(|(w, _)| {
+                        if sent_earlier(w, &guard.reprocessed) {
+                            WriteOutcome::Accepted { request_id: None }
+                        } else {
+                            results.get(w).map_or(
+                                WriteOutcome::NotSent { retry_after: None },
+                                crate::repair::outcome_of,
+                            )
+                        }
+                    })
+                    .collect();
+                tx.complete(outcomes, Duration::ZERO, now);
+                guard.status = Some(tx.end_status().clone());
+            }
             let mut failed = 0usize;
             for assignment_id in std::mem::take(&mut guard.to_reprocess) {
                 if guard.reprocessed.contains(&assignment_id) {
@@ -1390,11 +1411,6 @@ impl<'a> Audit<'a> {
                             // Final: the attempt stays counted (as in the controller) and the
                             // row keeps saying so for the rest of the run.
                             guard.refused.insert(assignment_id.clone(), err.to_string());
-                        } else {
-                            guard.undo.restore(
-                                &mut self.ledger.borrow_mut(),
-                                Some(&RepairKey::assignment(&assignment_id)),
-                            );
                         }
                         if let Some(row) = row {
                             row.verdict = Verdict::Error;
@@ -1558,6 +1574,12 @@ impl GuardRows<'_> {
 /// Outcome of each write a pass sent (an outcome is shared by every declaration and guard
 /// that asked for the same write).
 type WriteResults = std::collections::HashMap<Write, Result<Written, crate::graph::GraphError>>;
+
+/// Whether `write` is a reprocess of an assignment this run already reprocessed (it is not
+/// sent again).
+fn sent_earlier(write: &Write, reprocessed: &BTreeSet<String>) -> bool {
+    matches!(write, Write::ReprocessAssignment { assignment_id } if reprocessed.contains(assignment_id))
+}
 
 fn declaration_name(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,

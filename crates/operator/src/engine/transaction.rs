@@ -504,6 +504,15 @@ impl<P: Repair, L: LedgerCell> Transaction<P, L> {
         P::changed(self.stored.as_ref(), end).then_some(end)
     }
 
+    /// The status the object ends with: the plan's, or (a write failed in transit and the
+    /// plan puts back) the one it had before, when it had one.
+    pub fn end_status(&self) -> &P::Status {
+        match (&self.before, self.failed && self.plan.puts_back()) {
+            (Some(before), true) => before,
+            _ => self.plan.status(),
+        }
+    }
+
     /// The final status is stored.
     pub fn written(&mut self) {
         if let Some(end) = self.final_status().cloned() {
