@@ -41,6 +41,7 @@ mod input_fuzz_corpus;
 mod input_hostile;
 mod input_props;
 mod observe_same_input;
+mod pim_groups_against_sim;
 mod plugin_kubectl;
 mod roles_against_sim;
 mod scale_delta;

@@ -657,6 +657,44 @@ impl SimHandle {
         self.shared.lock().world.missing_grants(assignment_id)
     }
 
+    /// Outside change: removes `user`'s eligibility for `group`'s ownership (`owner`) or
+    /// membership, as an admin in PIM for Groups would.
+    pub fn remove_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_remove_group_eligibility(group, user, owner)
+    }
+
+    /// Ends `user`'s eligibility for `group`'s ownership (`owner`) or membership at `end`.
+    pub fn end_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+        end: jiff::Timestamp,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_end_group_eligibility(group, user, owner, end)
+    }
+
+    /// Whether `user` is eligible (ended or not) for `group`'s ownership (`owner`) or
+    /// membership.
+    pub fn has_group_eligibility(&self, group: &str, user: &str, owner: bool) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        match (
+            w.group_named(group).or_else(|| w.group(group)),
+            w.user_ref(user),
+        ) {
+            (Some(g), Some(u)) => w.has_group_eligibility(&g.id, &u.id, owner),
+            _ => false,
+        }
+    }
+
     /// Outside change: removes `user`'s Entra role `role` (name or role definition id) at
     /// the directory root, its eligibility when `eligible`, else its active assignment.
     pub fn remove_directory_role(

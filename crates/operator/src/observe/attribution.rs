@@ -110,6 +110,7 @@ fn activities(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
         // Role changes are logged by PIM under other activities; not looked up yet.
         ResourceKind::EntraRole { .. }
         | ResourceKind::AzureRole { .. }
+        | ResourceKind::GroupEligible { .. }
         | ResourceKind::Unverifiable => None,
     }
 }
@@ -126,6 +127,7 @@ fn target_id(kind: &ResourceKind) -> Option<&str> {
         } => Some(service_principal_id),
         ResourceKind::EntraRole { .. }
         | ResourceKind::AzureRole { .. }
+        | ResourceKind::GroupEligible { .. }
         | ResourceKind::Unverifiable => None,
     }
 }
