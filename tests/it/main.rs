@@ -20,6 +20,7 @@ mod controller_delta;
 mod controller_health;
 mod controller_ledger;
 mod controller_observations;
+mod controller_privileged;
 mod controller_reconcile;
 mod controller_runtime;
 mod controller_safety;

@@ -134,6 +134,25 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Outside change: removes a user from a group's owners, as an admin in the portal
+    /// would (logged as "Remove owner from group"). Returns false if not an owner.
+    pub fn admin_remove_owner(&self, group: &str, user: &str) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        let changed = w.group_mut(&g).is_some_and(|g| g.owners.remove(&u));
+        if changed {
+            let actor = actor_of(w, None);
+            w.audit_grant(
+                &super::state::Grant::GroupOwner(g),
+                Change::OwnerRemoved,
+                actor,
+                &u,
+            );
+        }
+        Ok(changed)
+    }
+
     /// Outside change: removes a user's eligibility for a group's membership or ownership
     /// (`owner`), as an admin in PIM for Groups would. Returns false if there was none.
     pub fn admin_remove_group_eligibility(
@@ -771,6 +790,10 @@ fn owner_access(access: Option<&str>) -> AResult<bool> {
     }
 }
 
+async fn remove_owner(State(s): S, Path((g, u)): Path<(String, String)>) -> AResult<Json<Value>> {
+    Ok(Json(json!({"removed": s.admin_remove_owner(&g, &u)?})))
+}
+
 async fn remove_group_eligibility(
     State(s): S,
     Path((g, u)): Path<(String, String)>,
@@ -1099,6 +1122,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         )
         .route("/_sim/groups/{group}/members", post(add_member))
         .route("/_sim/groups/{group}/members/{user}", delete(remove_member))
+        .route("/_sim/groups/{group}/owners/{user}", delete(remove_owner))
         .route(
             "/_sim/groups/{group}/eligibilities/{user}",
             delete(remove_group_eligibility),

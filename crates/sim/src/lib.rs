@@ -391,6 +391,11 @@ impl SimHandle {
         self.shared.admin_remove_member(group, user)
     }
 
+    /// Outside change: removes `user` (UPN or id) from `group`'s owners.
+    pub fn remove_owner(&self, group: &str, user: &str) -> Result<bool, AdminError> {
+        self.shared.admin_remove_owner(group, user)
+    }
+
     /// Outside change made by `actor` (a UPN names a user, anything else an app), as the
     /// audit log will say.
     pub fn remove_member_by(
