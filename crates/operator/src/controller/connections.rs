@@ -72,6 +72,10 @@ pub struct Tenant {
     /// The mass-drift breaker of this connection's AccessPackageAssignments; kept across
     /// re-checks of the connection, like the ledger.
     breaker: Arc<Mutex<MassDriftBoard>>,
+    /// See `Settings::privileged_poll_interval`.
+    pub privileged_poll_interval: Duration,
+    /// When the privileged kinds were last read by a delta poll.
+    privileged_polled: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Tenant {
@@ -83,6 +87,23 @@ impl Tenant {
     /// This connection's Graph client.
     pub fn graph(&self) -> &GraphClient {
         self.observations.graph()
+    }
+
+    /// Whether a delta poll should read the privileged kinds now: always with no interval of
+    /// their own, else once that interval has passed since the last time (recorded now).
+    pub fn privileged_poll_due(&self) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut last = self
+            .privileged_polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = *last
+            && now.duration_since(at) < self.privileged_poll_interval
+        {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// This connection's mass-drift breaker. Never hold it across an `.await`.
@@ -120,6 +141,8 @@ pub struct TenantSettings {
     pub recheck_stalled: Duration,
     /// How long a write target's account state is trusted (see `Settings::account_max_age`).
     pub account_max_age: Duration,
+    /// See `Settings::privileged_poll_interval`.
+    pub privileged_poll_interval: Duration,
 }
 
 /// Why an object cannot be reconciled now: its connection is not usable.
@@ -326,6 +349,8 @@ impl Connections {
                 RESPECTED_GROUP_TTL,
             ),
             breaker,
+            privileged_poll_interval: self.settings.privileged_poll_interval,
+            privileged_polled: Mutex::new(None),
         }
     }
 

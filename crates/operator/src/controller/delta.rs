@@ -466,7 +466,7 @@ async fn poll_privileged(
     trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
 ) -> bool {
     let reads = tracked_reads(objs);
-    if reads.is_empty() {
+    if reads.is_empty() || !ctx.privileged_poll_due() {
         return true;
     }
     let resources: Vec<PromisedResource> = reads
