@@ -149,7 +149,7 @@ async def check(credential, graph: str) -> int:
     assert [g.id for g in by_name.value] == [fin_writers.scope.origin_id], by_name.value
 
     # PIM for Groups as Redeliver reads it: Finance Admins grants eligible membership of
-    # fin-admins (role originId EligibleMember_{group}); the eligibility schedules filtered
+    # finance-admins (role originId EligibleMember_{group}); the eligibility schedules filtered
     # by group and relationship parse into the SDK's models. erin's was removed in PIM.
     admins_pkg = next(p for p in packages.value if p.display_name == "Finance Admins")
     package = await em.access_packages.by_access_package_id(admins_pkg.id).get(
@@ -179,7 +179,7 @@ async def check(credential, graph: str) -> int:
     print(
         f"msgraph-sdk against redeliver sim: {len(names)} packages, "
         f"{len(assignments.value)} assignments, fin-writers has {len(member_ids)} member(s), "
-        f"{total} groups in {pages} pages, {len(eligible)} eligible member(s) of fin-admins: ok"
+        f"{total} groups in {pages} pages, {len(eligible)} eligible member(s) of finance-admins: ok"
     )
     return 0
 
