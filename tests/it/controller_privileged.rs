@@ -3,7 +3,8 @@
 //! membership and an eligible group ownership, each removed outside entitlement management,
 //! are detected by the controller within one delta interval (`run_controllers` against the
 //! in-process Kubernetes API server and the Graph simulator over HTTP on 127.0.0.1), and
-//! the lost eligibility is repaired.
+//! the lost eligibility is repaired; without `PrivilegedEligibilitySchedule.Read.AzureADGroup`
+//! an eligibility is `Unknown` naming the permission and nothing is reprocessed.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -244,6 +245,68 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
     .await;
     assert!(sim.has_group_eligibility("tier0-admins", "dave@fabrikam.com", false));
     assert!(sim.has_group_eligibility("tier0-approvers", "erin@fabrikam.com", true));
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("stops within 20s")
+        .unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reprocessed() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(scenario(), SimOptions::fast())
+        .await
+        .unwrap();
+    // dave's eligibility is gone and nothing can say so.
+    assert!(
+        sim.remove_group_eligibility("tier0-admins", "dave@fabrikam.com", false)
+            .unwrap()
+    );
+    sim.set_permission("PrivilegedEligibilitySchedule.Read.AzureADGroup", false)
+        .unwrap();
+    let kube = FakeKube::start(vec![declaration("dave")]).await.unwrap();
+    let settings = Settings {
+        delta_interval: Duration::from_secs(1),
+        verify_interval: Duration::from_secs(600),
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let (stop, task) = start(&kube, &sim, settings).await;
+    let unknown = |s: &Value| {
+        s["resources"].as_array().is_some_and(|rs| {
+            rs.iter()
+                .filter(|r| r["kind"] == "GroupEligible")
+                .all(|r| r["state"] == "Unknown")
+        })
+    };
+    wait_until(
+        "the eligibilities are Unknown",
+        Duration::from_secs(20),
+        || unknown(&status(&kube, "dave")),
+    )
+    .await;
+    // A few delta polls later: still Unknown, still not Delivered, never reprocessed.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let s = status(&kube, "dave");
+    assert!(unknown(&s), "{s}");
+    let eligibility = s["resources"]
+        .as_array()
+        .and_then(|rs| rs.iter().find(|r| r["kind"] == "GroupEligible").cloned())
+        .unwrap_or(Value::Null);
+    assert!(
+        eligibility["note"]
+            .as_str()
+            .is_some_and(|n| n.contains("PrivilegedEligibilitySchedule.Read.AzureADGroup")),
+        "{eligibility}"
+    );
+    assert_ne!(delivered(&s)["status"], "True", "{s}");
+    assert!(
+        crate::fault_support::reprocess_calls(&sim, false).is_empty(),
+        "nothing is reprocessed on an unread eligibility"
+    );
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)
         .await
