@@ -24,11 +24,16 @@ const USERS: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
 
 /// One package grants every privileged kind; all five users hold it, fully delivered.
 fn scenario() -> Scenario {
-    let users: String = USERS
+    scenario_for(&USERS)
+}
+
+/// The same tenant, with `names` holding the package.
+fn scenario_for(names: &[&str]) -> Scenario {
+    let users: String = names
         .iter()
         .map(|u| format!("    - {{upn: {u}@fabrikam.com}}\n"))
         .collect();
-    let assignments: String = USERS
+    let assignments: String = names
         .iter()
         .map(|u| {
             format!("    - {{user: {u}@fabrikam.com, package: Tier Zero, state: delivered}}\n")
@@ -306,6 +311,75 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
     assert!(
         crate::fault_support::reprocess_calls(&sim, false).is_empty(),
         "nothing is reprocessed on an unread eligibility"
+    );
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("stops within 20s")
+        .unwrap();
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reprocess() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let names: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let sim = Simulator::start(scenario_for(&refs), SimOptions::fast())
+        .await
+        .unwrap();
+    let kube = FakeKube::start(refs.iter().map(|u| declaration(u)).collect())
+        .await
+        .unwrap();
+    let settings = Settings {
+        delta_interval: Duration::from_secs(2),
+        verify_interval: Duration::from_secs(600),
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(500),
+        ..Settings::default()
+    };
+    let (stop, task) = start(&kube, &sim, settings).await;
+    wait_until(
+        "everyone is verified delivered",
+        Duration::from_secs(30),
+        || {
+            refs.iter()
+                .all(|u| delivered(&status(&kube, u))["status"] == "True")
+        },
+    )
+    .await;
+    sim.clear_request_log();
+    // An admin takes Global Reader from all twelve at once: more than the breaker's 10 %
+    // and at least 10 of the package.
+    for u in &refs {
+        assert!(
+            sim.remove_directory_role("Global Reader", &format!("{u}@fabrikam.com"), true)
+                .unwrap()
+        );
+    }
+    wait_until("every removal is detected", Duration::from_secs(30), || {
+        refs.iter().all(|u| {
+            missing(&status(&kube, u))
+                .contains(&"EntraRole Global Reader Eligible Member".to_string())
+        })
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        crate::fault_support::reprocess_calls(&sim, false).is_empty(),
+        "counted against the breaker before the first repair: nothing reprocessed"
+    );
+    let stalled: Vec<Value> = refs
+        .iter()
+        .filter_map(|u| {
+            status(&kube, u)["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == "Stalled").cloned())
+        })
+        .collect();
+    assert!(
+        stalled.iter().any(|c| c["reason"] == "MassDrift"),
+        "{stalled:?}"
     );
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(20), task)

@@ -271,12 +271,17 @@ fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], c
     if changes.removed.is_empty() {
         return;
     }
+    record_drift(tenant, drift_by_package(objs, changes));
+}
+
+/// Records each package's drifted assignments (and how many it has delivered) against the
+/// connection's mass-drift breaker, when the breaker is on.
+fn record_drift(tenant: &Tenant, packages: HashMap<&str, (usize, Vec<&str>)>) {
     let policy =
         crate::engine::SafetyPolicy::from_spec(&tenant.safety_spec.clone().unwrap_or_default());
     if !policy.breaker.enabled {
         return;
     }
-    let packages = drift_by_package(objs, changes);
     let now = jiff::Timestamp::now();
     let mut board = tenant.breaker();
     for (package, (delivered, drifted)) in packages {
@@ -305,26 +310,40 @@ fn drift_by_package<'a>(
     objs: &'a [Arc<AccessPackageAssignment>],
     changes: &Changes,
 ) -> HashMap<&'a str, (usize, Vec<&'a str>)> {
+    drift_by_package_where(objs, |obj| {
+        let Some((user, groups)) = delivered_groups(obj) else {
+            return false;
+        };
+        let user = user.to_ascii_lowercase();
+        groups.into_iter().any(|(g, state)| {
+            state == ResourceState::Present
+                && changes
+                    .removed
+                    .contains(&(g.to_ascii_lowercase(), user.clone()))
+        })
+    })
+}
+
+/// Per package: how many of its assignments the objects say are delivered, and the
+/// assignments among them that `lost` says lost something.
+fn drift_by_package_where<'a>(
+    objs: &'a [Arc<AccessPackageAssignment>],
+    lost: impl Fn(&AccessPackageAssignment) -> bool,
+) -> HashMap<&'a str, (usize, Vec<&'a str>)> {
     let mut packages: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
     for obj in objs {
         let Some(status) = obj.status.as_ref() else {
             continue;
         };
-        let (Some(package), Some((user, groups))) =
-            (status.access_package_id.as_deref(), delivered_groups(obj))
+        let (Some(package), Some(_)) = (status.access_package_id.as_deref(), delivered_groups(obj))
         else {
             continue;
         };
         let entry = packages.entry(package).or_default();
         entry.0 += 1;
-        let user = user.to_ascii_lowercase();
-        let lost = groups.into_iter().any(|(g, state)| {
-            state == ResourceState::Present
-                && changes
-                    .removed
-                    .contains(&(g.to_ascii_lowercase(), user.clone()))
-        });
-        if lost && let Some(a) = status.assignment_id.as_deref() {
+        if lost(obj)
+            && let Some(a) = status.assignment_id.as_deref()
+        {
             entry.1.push(a);
         }
     }
@@ -481,21 +500,25 @@ async fn poll_privileged(
         })
         .collect();
     let snapshot = ctx.observations.snapshot_fresh(&resources).await;
+    // What the objects' status says against what was just read.
+    let now_of = |r: &ResourceStatus, user: &str| match polled_kind(r) {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(kind)) => match snapshot.check(&kind, user) {
+            // The read failed: nothing is known, nothing is compared.
+            ResourceState::Unknown => None,
+            now => Some(Some(now)),
+        },
+    };
     let mut refs = Vec::new();
     for obj in objs {
         let Some((user, mut resources)) = delivered_resources(obj) else {
             continue;
         };
-        let diverged = resources.any(|r| match polled_kind(r) {
+        let diverged = resources.any(|r| match now_of(r, user) {
             None => false,
             Some(None) => true,
-            Some(Some(kind)) => match snapshot.check(&kind, user) {
-                now @ (ResourceState::Present
-                | ResourceState::Missing
-                | ResourceState::Unverifiable) => now != r.state,
-                // The read failed: nothing is known, nothing is triggered.
-                ResourceState::Unknown => false,
-            },
+            Some(Some(now)) => now != r.state,
         });
         if diverged {
             refs.push(ObjectRef::from_obj(obj.as_ref()));
@@ -504,6 +527,19 @@ async fn poll_privileged(
     if refs.is_empty() {
         return true;
     }
+    // Counted against each package's mass-drift breaker before any repair, as group delta's
+    // removals are: a role taken from everyone at once trips it before the first reprocess.
+    record_drift(
+        ctx,
+        drift_by_package_where(objs, |obj| {
+            delivered_resources(obj).is_some_and(|(user, mut resources)| {
+                resources.any(|r| {
+                    r.state == ResourceState::Present
+                        && now_of(r, user) == Some(Some(ResourceState::Missing))
+                })
+            })
+        }),
+    );
     tracing::info!(
         objects = refs.len(),
         reads = reads.len(),
