@@ -326,10 +326,10 @@ fn drift_by_package<'a>(
 
 /// Per package: how many of its assignments the objects say are delivered, and the
 /// assignments among them that `lost` says lost something.
-fn drift_by_package_where<'a>(
-    objs: &'a [Arc<AccessPackageAssignment>],
+fn drift_by_package_where(
+    objs: &[Arc<AccessPackageAssignment>],
     lost: impl Fn(&AccessPackageAssignment) -> bool,
-) -> HashMap<&'a str, (usize, Vec<&'a str>)> {
+) -> HashMap<&str, (usize, Vec<&str>)> {
     let mut packages: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
     for obj in objs {
         let Some(status) = obj.status.as_ref() else {
