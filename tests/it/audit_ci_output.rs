@@ -146,13 +146,13 @@ async fn demo_markdown_after_repairs_says_so_and_gives_the_before_counts() {
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines[0], "## Redeliver audit");
     assert!(
-        out.stdout.contains("| 6 | 0 | 0 | 1 | 0 | 0 | 4 |"),
+        out.stdout.contains("| 8 | 0 | 0 | 1 | 0 | 0 | 5 |"),
         "{}",
         out.stdout
     );
     assert!(
         out.stdout.contains(
-            "Before the repairs: 1 delivered, 4 drifted, 1 not assigned, 1 held, 1 other, 0 errors."
+            "Before the repairs: 2 delivered, 5 drifted, 1 not assigned, 1 held, 1 other, 0 errors."
         ),
         "{}",
         out.stdout

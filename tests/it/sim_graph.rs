@@ -911,3 +911,58 @@ async fn unknown_segments_are_answered_as_graph_does() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn pim_for_groups_eligibility_schedules_filter_page_and_need_their_permission() {
+    let h = start(Scenario::demo()).await;
+    let c = client();
+    let tok = token(&c, &h).await;
+    let list = "/v1.0/identityGovernance/privilegedAccess/group/eligibilitySchedules";
+    let admins = h.group_id("finance-admins").unwrap();
+    let bob = h.user_id("bob@contoso.com").unwrap();
+
+    // A filter on the group or the principal is required, as Redeliver always sends one.
+    let (status, body) = get(&c, &h, &tok, list).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{list}?$filter=groupId%20eq%20'{admins}'%20and%20accessId%20eq%20'member'"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let value = body["value"].as_array().unwrap();
+    // bob is eligible; erin's eligibility was removed in PIM (the demo's drift).
+    assert_eq!(value.len(), 1, "{body}");
+    assert_eq!(value[0]["principalId"], bob.as_str());
+    assert_eq!(value[0]["accessId"], "member");
+    assert_eq!(value[0]["groupId"], admins.as_str());
+    assert_eq!(
+        value[0]["scheduleInfo"]["expiration"]["type"],
+        "noExpiration"
+    );
+    // Nobody is an eligible owner of it.
+    let (_, owners) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{list}?$filter=groupId%20eq%20'{admins}'%20and%20accessId%20eq%20'owner'"),
+    )
+    .await;
+    assert_eq!(owners["value"], json!([]), "{owners}");
+
+    // Without PrivilegedEligibilitySchedule.Read.AzureADGroup: 403.
+    h.set_permission("PrivilegedEligibilitySchedule.Read.AzureADGroup", false)
+        .unwrap();
+    let (status, body) = get(
+        &c,
+        &h,
+        &tok,
+        &format!("{list}?$filter=groupId%20eq%20'{admins}'"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    h.shutdown().await;
+}

@@ -23,6 +23,9 @@ from msgraph.generated.identity_protection.risky_users.risky_users_request_build
     RiskyUsersRequestBuilder,
 )
 from msgraph.generated.groups.groups_request_builder import GroupsRequestBuilder
+from msgraph.generated.identity_governance.privileged_access.group.eligibility_schedules.eligibility_schedules_request_builder import (
+    EligibilitySchedulesRequestBuilder,
+)
 from kiota_abstractions.base_request_configuration import RequestConfiguration
 
 
@@ -53,6 +56,7 @@ async def check(credential, graph: str) -> int:
     assert names == [
         "Contractor Portal",
         "Engineering Tools",
+        "Finance Admins",
         "Finance Analysts",
         "Security Operations",
     ], names
@@ -144,10 +148,38 @@ async def check(credential, graph: str) -> int:
     )
     assert [g.id for g in by_name.value] == [fin_writers.scope.origin_id], by_name.value
 
+    # PIM for Groups as Redeliver reads it: Finance Admins grants eligible membership of
+    # finance-admins (role originId EligibleMember_{group}); the eligibility schedules filtered
+    # by group and relationship parse into the SDK's models. erin's was removed in PIM.
+    admins_pkg = next(p for p in packages.value if p.display_name == "Finance Admins")
+    package = await em.access_packages.by_access_package_id(admins_pkg.id).get(
+        request_configuration=RequestConfiguration(query_parameters=pkg_query)
+    )
+    [admins] = package.resource_role_scopes
+    group_id = admins.scope.origin_id
+    assert admins.role.origin_id == f"EligibleMember_{group_id}", admins.role.origin_id
+    assert admins.role.display_name == "Eligible Member", admins.role.display_name
+    pim_query = EligibilitySchedulesRequestBuilder.EligibilitySchedulesRequestBuilderGetQueryParameters(
+        filter=f"groupId eq '{group_id}' and accessId eq 'member'",
+    )
+    schedules = await client.identity_governance.privileged_access.group.eligibility_schedules.get(
+        request_configuration=RequestConfiguration(query_parameters=pim_query)
+    )
+    eligible = {s.principal_id for s in schedules.value}
+    assert all(s.access_id.value == "member" and s.group_id == group_id for s in schedules.value)
+    assert all(s.schedule_info.expiration.type.value == "noExpiration" for s in schedules.value)
+    assert by_user["bob@contoso.com"].target.object_id in eligible, eligible
+    erin = next(
+        a for a in assignments.value
+        if a.target.principal_name == "erin@contoso.com"
+        and a.access_package.display_name == "Finance Admins"
+    )
+    assert erin.target.object_id not in eligible, "the demo drift: erin's eligibility was removed"
+
     print(
         f"msgraph-sdk against redeliver sim: {len(names)} packages, "
         f"{len(assignments.value)} assignments, fin-writers has {len(member_ids)} member(s), "
-        f"{total} groups in {pages} pages: ok"
+        f"{total} groups in {pages} pages, {len(eligible)} eligible member(s) of finance-admins: ok"
     )
     return 0
 

@@ -1,9 +1,11 @@
 //! The scale benchmark's role run (`--roles`): packages that promise a group, an Entra role
-//! (eligible) and an Azure role (active, on a resource group), one delivered assignment
-//! per user, 1 % of them missing their role. One full verification with `redeliver audit`
-//! as its own process; Graph requests, RU and Azure Resource Manager requests counted
-//! separately, each against the minimum for the new kinds: one paged read per Entra role
-//! definition and mode, one per Azure scope and mode, whatever the number of assignments.
+//! (eligible), an Azure role (active, on a resource group) and an eligible group membership
+//! (PIM for Groups), one delivered assignment per user, 1 % of them missing one of their
+//! privileged resources. One full verification with `redeliver audit` as its own process;
+//! Graph requests, RU and Azure Resource Manager requests counted separately, each against
+//! the minimum for the privileged kinds: one paged read per Entra role definition and mode,
+//! one per Azure scope and mode, one per PIM group and relationship, whatever the number of
+//! assignments. The controller's poll makes these same reads once per delta interval.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -29,8 +31,11 @@ const AZURE_ROLES: [(&str, &str); 2] = [
 ];
 const SUBSCRIPTION: &str = "5c0f3a8e-0000-4000-8000-0000000000b1";
 const RESOURCE_GROUPS: [&str; 2] = ["rg-a", "rg-b"];
+/// Groups governed by PIM for Groups; package `p` makes its users eligible members of
+/// `PIM_GROUPS[p % 2]`.
+const PIM_GROUPS: [&str; 2] = ["rl-pim-a", "rl-pim-b"];
 /// Packages; package `p` promises group `rl-g{p}`, Entra role `p % 2`, Azure role `p % 2`
-/// on resource group `p % 2`.
+/// on resource group `p % 2` and eligible membership of PIM group `p % 2`.
 const PACKAGES: usize = 4;
 /// The simulator's page size for role management and ARM collections.
 const ROLE_PAGE: usize = 100;
@@ -45,10 +50,14 @@ pub struct RolesResult {
     pub graph_requests: u64,
     pub role_requests: u64,
     pub graph_ru: u64,
+    /// PIM for Groups requests (`identityGovernance/privilegedAccess/group`) and their RU.
+    pub pim_requests: u64,
+    pub pim_ru: u64,
     /// Azure Resource Manager requests.
     pub arm_requests: u64,
-    /// The fewest role-management and ARM requests a verification can make.
+    /// The fewest role-management, PIM for Groups and ARM requests a verification can make.
     pub min_role_requests: u64,
+    pub min_pim_requests: u64,
     pub min_arm_requests: u64,
     pub wall: Duration,
     pub max_rss_kib: u64,
@@ -65,6 +74,9 @@ fn tenant(n: usize) -> (Scenario, usize) {
     }
     for p in 0..PACKAGES {
         b = b.group(&format!("rl-g{p}"), &[]);
+    }
+    for g in PIM_GROUPS {
+        b = b.group(g, &[]);
     }
     for p in 0..PACKAGES {
         b = b.access_package(AccessPackageSpec {
@@ -87,6 +99,11 @@ fn tenant(n: usize) -> (Scenario, usize) {
                     role: Some("Active".into()),
                     ..Default::default()
                 },
+                ResourceSpec {
+                    group: Some(PIM_GROUPS[p % 2].into()),
+                    role: Some("Eligible Member".into()),
+                    ..Default::default()
+                },
             ],
             ..Default::default()
         });
@@ -98,11 +115,11 @@ fn tenant(n: usize) -> (Scenario, usize) {
         let p = i % PACKAGES;
         let mut missing = Vec::new();
         if i % 100 == 7 {
-            // Alternate which role is lost, so both readers see drift.
-            missing.push(if (i / 100) % 2 == 0 {
-                ENTRA_ROLES[p % 2].0.to_string()
-            } else {
-                AZURE_ROLES[p % 2].0.to_string()
+            // Rotate which privileged resource is lost, so every reader sees drift.
+            missing.push(match lost(i) {
+                Lost::Entra => ENTRA_ROLES[p % 2].0.to_string(),
+                Lost::Azure => AZURE_ROLES[p % 2].0.to_string(),
+                Lost::Pim => PIM_GROUPS[p % 2].to_string(),
             });
             drifted += 1;
         }
@@ -130,20 +147,40 @@ fn tenant(n: usize) -> (Scenario, usize) {
     (scenario, drifted)
 }
 
-/// Holders per Entra role (eligible) and per resource group (active), after the drift: the
-/// pages one read of each takes.
-fn minimum(n: usize) -> (u64, u64) {
+/// Which privileged resource a drifted assignment lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    Entra,
+    Azure,
+    Pim,
+}
+
+/// What assignment `i` lost, if it drifted (every hundredth, rotating over the kinds).
+fn lost(i: usize) -> Lost {
+    match (i / 100) % 3 {
+        0 => Lost::Entra,
+        1 => Lost::Azure,
+        _ => Lost::Pim,
+    }
+}
+
+/// Holders per Entra role (eligible), per resource group (active) and per PIM group
+/// (eligible members), after the drift: the pages one read of each takes.
+fn minimum(n: usize) -> (u64, u64, u64) {
     let mut entra: BTreeMap<usize, usize> = BTreeMap::new();
     let mut azure: BTreeMap<usize, usize> = BTreeMap::new();
+    let mut pim: BTreeMap<usize, usize> = BTreeMap::new();
     for i in 0..n {
         let p = i % PACKAGES;
-        let lost_entra = i % 100 == 7 && (i / 100) % 2 == 0;
-        let lost_azure = i % 100 == 7 && (i / 100) % 2 == 1;
-        if !lost_entra {
-            *entra.entry(p % 2).or_default() += 1;
-        }
-        if !lost_azure {
-            *azure.entry(p % 2).or_default() += 1;
+        let lost = (i % 100 == 7).then(|| lost(i));
+        for (kind, holders) in [
+            (Lost::Entra, &mut entra),
+            (Lost::Azure, &mut azure),
+            (Lost::Pim, &mut pim),
+        ] {
+            if lost != Some(kind) {
+                *holders.entry(p % 2).or_default() += 1;
+            }
         }
     }
     let pages = |m: &BTreeMap<usize, usize>| {
@@ -151,7 +188,7 @@ fn minimum(n: usize) -> (u64, u64) {
             .map(|&holders| cost::pages(holders, ROLE_PAGE))
             .sum::<u64>()
     };
-    (pages(&entra), pages(&azure))
+    (pages(&entra), pages(&azure), pages(&pim))
 }
 
 /// One role run at `n` assignments.
@@ -225,9 +262,17 @@ pub async fn run_roles(bin: &Path, n: usize, concurrency: usize) -> anyhow::Resu
             if path.starts_with("/v1.0/roleManagement/") {
                 result.role_requests += u.requests;
             }
+            if path.starts_with("/v1.0/identityGovernance/privilegedAccess/") {
+                result.pim_requests += u.requests;
+                result.pim_ru += u.ru;
+            }
         }
     }
-    (result.min_role_requests, result.min_arm_requests) = minimum(n);
+    (
+        result.min_role_requests,
+        result.min_arm_requests,
+        result.min_pim_requests,
+    ) = minimum(n);
     sim.shutdown().await;
     Ok(result)
 }
@@ -235,11 +280,13 @@ pub async fn run_roles(bin: &Path, n: usize, concurrency: usize) -> anyhow::Resu
 /// The role runs as a Markdown table.
 pub fn table(results: &[RolesResult]) -> String {
     let mut out = String::from(
-        "| assignments | drifted / found | Graph requests (RU) | role management requests (minimum) | ARM requests (minimum) | wall | peak RSS |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| assignments | drifted / found | Graph requests (RU) | role management requests (minimum) | PIM for Groups requests (minimum), RU | ARM requests (minimum) | privileged reads vs minimum | wall | peak RSS |\n| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in results {
+        let made = r.role_requests + r.pim_requests + r.arm_requests;
+        let least = r.min_role_requests + r.min_pim_requests + r.min_arm_requests;
         out.push_str(&format!(
-            "| {} | {} / {} | {} ({}) | {} ({}) | {} ({}) | {:.2} s | {} MiB |\n",
+            "| {} | {} / {} | {} ({}) | {} ({}) | {} ({}), {} RU | {} ({}) | {:.3} × | {:.2} s | {} MiB |\n",
             r.assignments,
             r.drifted,
             r.drift_found,
@@ -247,8 +294,12 @@ pub fn table(results: &[RolesResult]) -> String {
             r.graph_ru,
             r.role_requests,
             r.min_role_requests,
+            r.pim_requests,
+            r.min_pim_requests,
+            r.pim_ru,
             r.arm_requests,
             r.min_arm_requests,
+            made as f64 / least.max(1) as f64,
             r.wall.as_secs_f64(),
             r.max_rss_kib / 1024
         ));
@@ -262,10 +313,10 @@ mod tests {
 
     #[test]
     fn the_minimum_is_pages_per_role_and_scope_not_per_assignment() {
-        // 1,000 assignments, 10 of them drifted (5 per kind): 500 holders per role minus
-        // the losses, in pages of 100.
-        let (entra, azure) = minimum(1000);
-        assert_eq!((entra, azure), (10, 10));
+        // 1,000 assignments, 10 of them drifted (4 Entra, 3 Azure, 3 PIM): 500 holders per
+        // role or group minus the losses, in pages of 100.
+        let (entra, azure, pim) = minimum(1000);
+        assert_eq!((entra, azure, pim), (10, 10, 10));
         let (_, drifted) = tenant(1000);
         assert_eq!(drifted, 10);
     }

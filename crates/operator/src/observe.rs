@@ -812,6 +812,26 @@ impl Observer {
                     })
                     .collect(),
             )),
+            ResourceRead::GroupEligibilities { group_id, access } => {
+                let now = jiff::Timestamp::now();
+                ReadData::Pairs(Arc::new(
+                    self.graph
+                        .list_group_eligibilities(group_id, access.access_id())
+                        .await?
+                        .into_iter()
+                        // Judged at read time: one whose end has passed ended on schedule.
+                        .map(|s| {
+                            let state = match s.end() {
+                                Some(end) if end <= now => {
+                                    crate::engine::eligibility_ended(&end.to_string())
+                                }
+                                _ => crate::engine::ELIGIBILITY_IN_EFFECT.to_string(),
+                            };
+                            (s.principal_id, state)
+                        })
+                        .collect(),
+                ))
+            }
         })
     }
 }

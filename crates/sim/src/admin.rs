@@ -134,6 +134,55 @@ impl Shared {
         Ok(changed)
     }
 
+    /// Outside change: removes a user from a group's owners, as an admin in the portal
+    /// would (logged as "Remove owner from group"). Returns false if not an owner.
+    pub fn admin_remove_owner(&self, group: &str, user: &str) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        let changed = w.group_mut(&g).is_some_and(|g| g.owners.remove(&u));
+        if changed {
+            let actor = actor_of(w, None);
+            w.audit_grant(
+                &super::state::Grant::GroupOwner(g),
+                Change::OwnerRemoved,
+                actor,
+                &u,
+            );
+        }
+        Ok(changed)
+    }
+
+    /// Outside change: removes a user's eligibility for a group's membership or ownership
+    /// (`owner`), as an admin in PIM for Groups would. Returns false if there was none.
+    pub fn admin_remove_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        Ok(w.remove_group_eligibility(&g, &u, owner))
+    }
+
+    /// Ends a user's eligibility for a group's membership or ownership at `end` (in the
+    /// past: it ended on schedule, as PIM's maximum duration does). Returns false if there
+    /// was none.
+    pub fn admin_end_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+        end: jiff::Timestamp,
+    ) -> AResult<bool> {
+        let mut sim = self.lock();
+        let w = &mut sim.world;
+        let (g, u) = (group_id(w, group)?, user_id(w, user)?);
+        Ok(w.end_group_eligibility(&g, &u, owner, end))
+    }
+
     /// Outside change: removes a user's Entra role at the directory root (an eligibility
     /// when `eligible`, else an active assignment), as an admin in PIM or the role
     /// management API would. `role` is the role definition's name or id. Returns false if
@@ -555,6 +604,7 @@ impl Shared {
         const CHECKED: &[&str] = &[
             super::graph::USER_READ_ALL,
             super::risk::IDENTITY_RISKY_USER_READ_ALL,
+            super::graph::PRIVILEGED_ELIGIBILITY_READ_GROUP,
         ];
         let name = CHECKED
             .iter()
@@ -721,6 +771,38 @@ async fn remove_member(
 async fn set_audit_lag(State(s): S, Json(b): Json<LagBody>) -> AResult<StatusCode> {
     s.admin_set_audit_lag(parse_ago(&b.lag)?);
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct AccessQuery {
+    #[serde(default)]
+    access: Option<String>,
+}
+
+/// `member` (the default) or `owner`: which eligibility of a group.
+fn owner_access(access: Option<&str>) -> AResult<bool> {
+    match access.unwrap_or("member") {
+        a if a.eq_ignore_ascii_case("member") => Ok(false),
+        a if a.eq_ignore_ascii_case("owner") => Ok(true),
+        other => Err(AdminError::BadRequest(format!(
+            "access={other:?}: use access=member or access=owner"
+        ))),
+    }
+}
+
+async fn remove_owner(State(s): S, Path((g, u)): Path<(String, String)>) -> AResult<Json<Value>> {
+    Ok(Json(json!({"removed": s.admin_remove_owner(&g, &u)?})))
+}
+
+async fn remove_group_eligibility(
+    State(s): S,
+    Path((g, u)): Path<(String, String)>,
+    AxQuery(q): AxQuery<AccessQuery>,
+) -> AResult<Json<Value>> {
+    let owner = owner_access(q.access.as_deref())?;
+    Ok(Json(
+        json!({"removed": s.admin_remove_group_eligibility(&g, &u, owner)?}),
+    ))
 }
 
 async fn remove_directory_role(
@@ -1040,6 +1122,11 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         )
         .route("/_sim/groups/{group}/members", post(add_member))
         .route("/_sim/groups/{group}/members/{user}", delete(remove_member))
+        .route("/_sim/groups/{group}/owners/{user}", delete(remove_owner))
+        .route(
+            "/_sim/groups/{group}/eligibilities/{user}",
+            delete(remove_group_eligibility),
+        )
         .route(
             "/_sim/servicePrincipals/{sp}/appRoleAssignedTo",
             post(add_app_role),

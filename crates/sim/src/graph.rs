@@ -111,6 +111,18 @@ pub(crate) fn route(
             let now = sim.world.now();
             super::audit::list_directory_audits(&sim.world.audit, now, q, base, &path)
         }
+        ["identityGovernance", "privilegedAccess", "group", rel]
+            if eq(rel, "eligibilitySchedules") && get =>
+        {
+            if !sim.world.has_permission(PRIVILEGED_ELIGIBILITY_READ_GROUP) {
+                return Err(GraphError::new(
+                    403,
+                    "Forbidden",
+                    "The application does not have the permission PrivilegedEligibilitySchedule.Read.AzureADGroup required for this operation.",
+                ));
+            }
+            list_group_eligibilities(&sim.world, q, base, &path)
+        }
         ["identityGovernance", "entitlementManagement", rest @ ..] => {
             em_route(shared, sim, method, rest, q, body, &path)
         }
@@ -284,6 +296,72 @@ fn list_directory_roles(w: &World, eligible: bool, q: &Query, base: &str, path: 
     page_scan(items, render, q, base, path, context, "BadRequest")
 }
 
+/// `GET /identityGovernance/privilegedAccess/group/eligibilitySchedules`, filtered by
+/// `groupId`, `accessId`, `principalId` (`eq`, joined by `and`). Graph requires a filter on
+/// `groupId` or `principalId` for this list; so does the simulator.
+fn list_group_eligibilities(w: &World, q: &Query, base: &str, path: &str) -> GResult {
+    let f = em_filter(q, &["groupId", "accessId", "principalId"], &[])?;
+    let Some(f) = f else {
+        return Err(GraphError::bad_request(
+            "BadRequest",
+            "The request is missing a required filter: groupId or principalId.",
+        ));
+    };
+    if matches!(f, Filter::Or(_)) {
+        return Err(GraphError::bad_request(
+            "InvalidFilter",
+            "OData query is invalid: 'or' is not supported on eligibility schedules.",
+        ));
+    }
+    let sel = q.select();
+    let start = skip_position(q);
+    let items = w
+        .group_eligibilities
+        .iter()
+        .enumerate()
+        .skip(start)
+        .filter(|(_, e)| {
+            f.eval(&|k| match k {
+                "groupid" => Some(e.group_id.clone()),
+                "accessid" => Some(if e.owner { "owner" } else { "member" }.to_string()),
+                "principalid" => Some(e.principal_id.clone()),
+                _ => None,
+            })
+        });
+    let render = |e: &super::state::GroupEligibility| {
+        let expiration = match e.end {
+            Some(end) => json!({"type": "afterDateTime", "endDateTime": ts(end), "duration": null}),
+            None => json!({"type": "noExpiration", "endDateTime": null, "duration": null}),
+        };
+        let v = json!({
+            "id": e.id,
+            "groupId": e.group_id,
+            "principalId": e.principal_id,
+            "accessId": if e.owner { "owner" } else { "member" },
+            "memberType": "direct",
+            "status": "Provisioned",
+            "createdDateTime": ts(e.created),
+            "modifiedDateTime": null,
+            "createdUsing": e.id,
+            "scheduleInfo": {
+                "startDateTime": ts(e.created),
+                "recurrence": null,
+                "expiration": expiration,
+            },
+        });
+        apply_select(v, sel.as_deref(), &[])
+    };
+    page_scan(
+        items,
+        render,
+        q,
+        base,
+        path,
+        "identityGovernance/privilegedAccess/group/eligibilitySchedules",
+        "BadRequest",
+    )
+}
+
 fn sp_key(seg: &str) -> Result<String, GraphError> {
     // servicePrincipals(appId='...')
     let inner = seg
@@ -324,6 +402,11 @@ fn require_dir_guid(id: &str) -> Result<(), GraphError> {
 /// The application permission the simulator asks of every `/users` read (Graph's least
 /// privileged one for `accountEnabled`; docs/graph.md "Account state").
 pub(crate) const USER_READ_ALL: &str = "User.Read.All";
+
+/// The least privileged application permission for PIM for Groups eligibility schedules
+/// (Microsoft Graph docs, "List eligibilitySchedules"); revoked, the list answers 403.
+pub(crate) const PRIVILEGED_ELIGIBILITY_READ_GROUP: &str =
+    "PrivilegedEligibilitySchedule.Read.AzureADGroup";
 
 /// Graph's answer to an app that lacks the permission a directory read needs.
 pub(crate) fn insufficient_privileges() -> GraphError {
@@ -908,6 +991,14 @@ fn catalog_resources(w: &World, catalog_id: &str) -> Vec<CatalogResource> {
                             r
                         }
                         Grant::SharePoint { .. } | Grant::AzureRole { .. } => Vec::new(),
+                        // A group governed by PIM for Groups also offers its eligible
+                        // roles.
+                        Grant::GroupEligible { group_id: g, .. } => vec![
+                            ("Member".into(), format!("Member_{g}")),
+                            ("Owner".into(), format!("Owner_{g}")),
+                            ("Eligible Member".into(), format!("EligibleMember_{g}")),
+                            ("Eligible Owner".into(), format!("EligibleOwner_{g}")),
+                        ],
                         Grant::EntraRole { .. } => vec![
                             ("Eligible Member".into(), "Eligible".into()),
                             ("Active Member".into(), "Active".into()),

@@ -391,6 +391,11 @@ impl SimHandle {
         self.shared.admin_remove_member(group, user)
     }
 
+    /// Outside change: removes `user` (UPN or id) from `group`'s owners.
+    pub fn remove_owner(&self, group: &str, user: &str) -> Result<bool, AdminError> {
+        self.shared.admin_remove_owner(group, user)
+    }
+
     /// Outside change made by `actor` (a UPN names a user, anything else an app), as the
     /// audit log will say.
     pub fn remove_member_by(
@@ -655,6 +660,44 @@ impl SimHandle {
     /// Names of the groups/apps an assignment promises that are not really in place.
     pub fn missing_resources(&self, assignment_id: &str) -> Vec<String> {
         self.shared.lock().world.missing_grants(assignment_id)
+    }
+
+    /// Outside change: removes `user`'s eligibility for `group`'s ownership (`owner`) or
+    /// membership, as an admin in PIM for Groups would.
+    pub fn remove_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_remove_group_eligibility(group, user, owner)
+    }
+
+    /// Ends `user`'s eligibility for `group`'s ownership (`owner`) or membership at `end`.
+    pub fn end_group_eligibility(
+        &self,
+        group: &str,
+        user: &str,
+        owner: bool,
+        end: jiff::Timestamp,
+    ) -> Result<bool, AdminError> {
+        self.shared
+            .admin_end_group_eligibility(group, user, owner, end)
+    }
+
+    /// Whether `user` is eligible (ended or not) for `group`'s ownership (`owner`) or
+    /// membership.
+    pub fn has_group_eligibility(&self, group: &str, user: &str, owner: bool) -> bool {
+        let sim = self.shared.lock();
+        let w = &sim.world;
+        match (
+            w.group_named(group).or_else(|| w.group(group)),
+            w.user_ref(user),
+        ) {
+            (Some(g), Some(u)) => w.has_group_eligibility(&g.id, &u.id, owner),
+            _ => false,
+        }
     }
 
     /// Outside change: removes `user`'s Entra role `role` (name or role definition id) at

@@ -870,7 +870,13 @@ pub(crate) fn resource_units(method: &Method, segs: &[String], q: &Query) -> Opt
         || first == "rolemanagement"
         // Identity Protection has its own limits, undocumented in RU; charged 1 RU a
         // request like the audit log so risk reads show in the usage report.
-        || first == "identityprotection";
+        || first == "identityprotection"
+        // PIM for Groups has its own limits, undocumented in RU; charged 1 RU a page like
+        // role management, so eligibility reads show in the usage report.
+        || (first == "identitygovernance"
+            && segs
+                .get(1)
+                .is_some_and(|s| s.eq_ignore_ascii_case("privilegedAccess")));
     if !dir {
         return None;
     }

@@ -91,6 +91,20 @@ pub(crate) struct DirectoryRoleGrant {
     pub created: Timestamp,
 }
 
+/// An eligibility for a group's membership or ownership through Privileged Identity
+/// Management for Groups (`privilegedAccessGroupEligibilitySchedule`).
+#[derive(Debug, Clone)]
+pub(crate) struct GroupEligibility {
+    pub id: String,
+    pub group_id: String,
+    pub principal_id: String,
+    /// Eligible ownership (`accessId: owner`) rather than membership (`member`).
+    pub owner: bool,
+    pub created: Timestamp,
+    /// When the eligibility ends; `None` for `noExpiration`.
+    pub end: Option<Timestamp>,
+}
+
 /// An Azure subscription and its resource groups.
 #[derive(Debug, Clone)]
 pub(crate) struct Subscription {
@@ -126,6 +140,12 @@ pub(crate) struct Catalog {
 pub(crate) enum Grant {
     GroupMember(String),
     GroupOwner(String),
+    /// An eligible membership (`owner: false`) or ownership of a group, through PIM for
+    /// Groups.
+    GroupEligible {
+        group_id: String,
+        owner: bool,
+    },
     AppRole {
         sp_id: String,
         role_id: String,
@@ -237,6 +257,8 @@ pub(crate) struct World {
     pub role_assignments: Vec<DirectoryRoleGrant>,
     /// `roleManagement/directory/roleEligibilitySchedules`.
     pub role_eligibilities: Vec<DirectoryRoleGrant>,
+    /// `identityGovernance/privilegedAccess/group/eligibilitySchedules`.
+    pub group_eligibilities: Vec<GroupEligibility>,
     pub subscriptions: Vec<Subscription>,
     /// Azure role definitions: (GUID, display name).
     pub azure_roles: Vec<RoleDefinition>,
@@ -340,6 +362,7 @@ impl World {
             role_definitions: Vec::new(),
             role_assignments: Vec::new(),
             role_eligibilities: Vec::new(),
+            group_eligibilities: Vec::new(),
             subscriptions: Vec::new(),
             azure_roles: Vec::new(),
             arm_assignments: Vec::new(),
@@ -754,9 +777,27 @@ impl World {
             return match r.role.as_deref().unwrap_or("Member") {
                 r if r.eq_ignore_ascii_case("member") => Ok(Grant::GroupMember(gid)),
                 r if r.eq_ignore_ascii_case("owner") => Ok(Grant::GroupOwner(gid)),
+                r if r.eq_ignore_ascii_case("eligible member")
+                    || r.eq_ignore_ascii_case("eligiblemember") =>
+                {
+                    Ok(Grant::GroupEligible {
+                        group_id: gid,
+                        owner: false,
+                    })
+                }
+                r if r.eq_ignore_ascii_case("eligible owner")
+                    || r.eq_ignore_ascii_case("eligibleowner") =>
+                {
+                    Ok(Grant::GroupEligible {
+                        group_id: gid,
+                        owner: true,
+                    })
+                }
                 other => Err(ScenarioError::invalid(
                     format!("{field}.role"),
-                    format!("{other:?} is not a group role; use Member or Owner"),
+                    format!(
+                        "{other:?} is not a group role; use Member, Owner, Eligible Member or Eligible Owner"
+                    ),
                 )),
             };
         }
@@ -1184,6 +1225,7 @@ impl World {
         }
         self.role_assignments.retain(|g| g.principal_id != id);
         self.role_eligibilities.retain(|g| g.principal_id != id);
+        self.group_eligibilities.retain(|g| g.principal_id != id);
         self.arm_assignments.retain(|g| g.principal_id != id);
         self.arm_eligibilities.retain(|g| g.principal_id != id);
         if let Some(r) = self.risky_users.get_mut(&lc(&id)) {
@@ -1317,6 +1359,22 @@ impl World {
                 role_type: None,
                 resource_name,
             },
+            // As Microsoft's example spells a PIM for Groups role: `EligibleMember_{group}`
+            // with the display name `Eligible Member` (docs/graph.md "What a package
+            // promises").
+            Grant::GroupEligible { group_id, owner } => {
+                let access = if *owner { "Owner" } else { "Member" };
+                GrantInfo {
+                    origin_system: "AadGroup",
+                    role_name: format!("Eligible {access}"),
+                    role_origin: format!("Eligible{access}_{group_id}"),
+                    scope_origin: group_id.clone(),
+                    scope_name: resource_name.clone(),
+                    resource_origin: group_id.clone(),
+                    role_type: None,
+                    resource_name,
+                }
+            }
             Grant::AppRole { sp_id, role_id } => GrantInfo {
                 origin_system: "AadApplication",
                 role_name: self
@@ -1408,7 +1466,9 @@ impl World {
     /// Name of the group/app a grant targets (what `missing:` refers to).
     pub fn grant_name(&self, g: &Grant) -> String {
         match g {
-            Grant::GroupMember(id) | Grant::GroupOwner(id) => self
+            Grant::GroupMember(id)
+            | Grant::GroupOwner(id)
+            | Grant::GroupEligible { group_id: id, .. } => self
                 .group(id)
                 .map(|g| g.display_name.clone())
                 .unwrap_or_default(),
@@ -1554,6 +1614,74 @@ impl World {
     }
 
     /// Grants a role at the directory root unless the user already holds it there.
+    /// Whether `user_id` has an eligibility for the group's ownership (`owner`) or
+    /// membership, ended or not.
+    pub fn has_group_eligibility(&self, group_id: &str, user_id: &str, owner: bool) -> bool {
+        self.group_eligibilities.iter().any(|e| {
+            e.owner == owner
+                && e.group_id.eq_ignore_ascii_case(group_id)
+                && e.principal_id.eq_ignore_ascii_case(user_id)
+        })
+    }
+
+    /// Makes `user_id` eligible for the group's ownership (`owner`) or membership, until
+    /// `end` (`None`: no expiration); returns false if already eligible.
+    pub fn add_group_eligibility(
+        &mut self,
+        group_id: &str,
+        user_id: &str,
+        owner: bool,
+        at: Timestamp,
+        end: Option<Timestamp>,
+    ) -> bool {
+        if self.group(group_id).is_none() || self.has_group_eligibility(group_id, user_id, owner) {
+            return false;
+        }
+        let id = self.next_id();
+        self.group_eligibilities.push(GroupEligibility {
+            id,
+            group_id: group_id.to_string(),
+            principal_id: user_id.to_string(),
+            owner,
+            created: at,
+            end,
+        });
+        true
+    }
+
+    /// Removes a user's eligibility for the group's ownership (`owner`) or membership, as
+    /// an admin would in PIM; returns whether there was one.
+    pub fn remove_group_eligibility(&mut self, group_id: &str, user_id: &str, owner: bool) -> bool {
+        let before = self.group_eligibilities.len();
+        self.group_eligibilities.retain(|e| {
+            !(e.owner == owner
+                && e.group_id.eq_ignore_ascii_case(group_id)
+                && e.principal_id.eq_ignore_ascii_case(user_id))
+        });
+        before != self.group_eligibilities.len()
+    }
+
+    /// Sets when a user's eligibility ends (as PIM's maximum duration would have);
+    /// returns whether there was one.
+    pub fn end_group_eligibility(
+        &mut self,
+        group_id: &str,
+        user_id: &str,
+        owner: bool,
+        end: Timestamp,
+    ) -> bool {
+        let mut found = false;
+        for e in self.group_eligibilities.iter_mut().filter(|e| {
+            e.owner == owner
+                && e.group_id.eq_ignore_ascii_case(group_id)
+                && e.principal_id.eq_ignore_ascii_case(user_id)
+        }) {
+            e.end = Some(end);
+            found = true;
+        }
+        found
+    }
+
     pub fn add_directory_role(
         &mut self,
         role_definition_id: &str,
@@ -1714,6 +1842,9 @@ impl World {
             Grant::GroupOwner(gid) => self
                 .group_mut(gid)
                 .is_some_and(|g| g.owners.insert(user_id.to_string())),
+            Grant::GroupEligible { group_id, owner } => {
+                self.add_group_eligibility(group_id, user_id, *owner, at, None)
+            }
             Grant::AppRole { sp_id, role_id } => self.add_app_role(sp_id, user_id, role_id, at),
             Grant::SharePoint { .. } => false,
             Grant::EntraRole {
@@ -1734,6 +1865,9 @@ impl World {
         match g {
             Grant::GroupMember(gid) => self.group(gid).is_some_and(|g| g.members.contains(user_id)),
             Grant::GroupOwner(gid) => self.group(gid).is_some_and(|g| g.owners.contains(user_id)),
+            Grant::GroupEligible { group_id, owner } => {
+                self.has_group_eligibility(group_id, user_id, *owner)
+            }
             Grant::AppRole { sp_id, role_id } => self.sp(sp_id).is_some_and(|s| {
                 s.assigned_to.iter().any(|a| {
                     a.principal_id == user_id && a.app_role_id.eq_ignore_ascii_case(role_id)
@@ -1807,6 +1941,7 @@ impl World {
                     // Role changes are not modelled in the simulator's audit log.
                     Grant::EntraRole { .. }
                     | Grant::AzureRole { .. }
+                    | Grant::GroupEligible { .. }
                     | Grant::SharePoint { .. } => {
                         continue;
                     }
@@ -1843,7 +1978,10 @@ impl World {
                     .unwrap_or_default(),
                 app_role_id: Some(role_id.clone()),
             },
-            Grant::SharePoint { .. } | Grant::EntraRole { .. } | Grant::AzureRole { .. } => return,
+            Grant::SharePoint { .. }
+            | Grant::EntraRole { .. }
+            | Grant::AzureRole { .. }
+            | Grant::GroupEligible { .. } => return,
         };
         let upn = self
             .user(user_id)
@@ -1899,6 +2037,11 @@ impl World {
                         .then_some(super::audit::Change::AppRoleRemoved)
                 }
                 Grant::SharePoint { .. } => None,
+                Grant::GroupEligible { group_id, owner } => {
+                    // PIM's own log, not the directory audit log: nothing to record.
+                    self.remove_group_eligibility(group_id, user_id, *owner);
+                    None
+                }
                 Grant::EntraRole {
                     role_definition_id,
                     eligible,

@@ -115,8 +115,8 @@ fn conditions(list: &[Condition], generation: Option<i64>, observed: Option<i64>
     Node::new(label).with(children)
 }
 
-/// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`, or the origin id
-/// when Graph gave no display name.
+/// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`, `GroupEligible
+/// fin-admins (Member)`, or the origin id when Graph gave no display name.
 pub fn resource_label(r: &ResourceStatus) -> String {
     if r.kind.is_some() {
         return r.short_name();
@@ -689,6 +689,28 @@ mod tests {
             text.contains(
                 "Present  AzureResources  AzureRole Contributor (Active, /subscriptions/s1/resourceGroups/rg-fin)"
             ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_group_eligibility_shows_its_kind_and_relationship() {
+        let status = alice(json!({
+            "resourcesSummary": "1/2",
+            "resources": [
+                {"originSystem": "AadGroup", "originId": "g-admins", "kind": "GroupEligible",
+                 "mode": "Eligible", "displayName": "fin-admins", "role": "Member", "state": "Missing"},
+                {"originSystem": "AadGroup", "originId": "g-readers",
+                 "displayName": "fin-readers", "role": "Member", "state": "Present"},
+            ],
+        }));
+        let text = assignment_status(&status, now(), None);
+        assert!(
+            text.contains("Missing  AadGroup  GroupEligible fin-admins (Member)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Present  AadGroup  fin-readers (Member)"),
             "{text}"
         );
     }

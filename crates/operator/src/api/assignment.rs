@@ -275,11 +275,13 @@ pub struct ResourceStatus {
     /// The resource's id in its origin system: group object id, service principal object
     /// id, Entra role definition id, Azure scope, or site URL.
     pub origin_id: String,
-    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role) or
-    /// AzureRole (an Azure RBAC role).
+    /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role),
+    /// AzureRole (an Azure RBAC role) or GroupEligible (an eligible group membership or
+    /// ownership, governed by Privileged Identity Management for Groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
-    /// For a role, how it is granted: Eligible (the user may activate it) or Active.
+    /// For a role or a group eligibility, how it is granted: Eligible (the user may activate
+    /// it) or Active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     /// For a role, where it applies: `/` for the whole directory (Entra roles), or the
@@ -293,7 +295,7 @@ pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
     /// Id of the role in its origin system, where it is needed to check the resource: the
-    /// app role id of an AadApplication resource.
+    /// app role id of an AadApplication resource, the role definition GUID of an Azure role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role_id: Option<String>,
     /// Present, Missing, Unverifiable (Redeliver cannot check this kind of resource) or
@@ -348,11 +350,16 @@ pub enum ActorKind {
 
 impl ResourceStatus {
     /// How a report names the resource in a list of missing ones: a group or app by its
-    /// name, a role as `EntraRole Global Reader (Eligible, /)`.
+    /// name, a role as `EntraRole Global Reader (Eligible, /)`, a group eligibility as
+    /// `GroupEligible fin-admins (Member)`.
     pub fn short_name(&self) -> String {
         let name = self.display_name.as_deref().unwrap_or(&self.origin_id);
         match (&self.kind, &self.mode, &self.scope) {
             (Some(kind), Some(mode), Some(scope)) => format!("{kind} {name} ({mode}, {scope})"),
+            (Some(kind), _, None) => match self.role.as_deref() {
+                Some(role) => format!("{kind} {name} ({role})"),
+                None => format!("{kind} {name}"),
+            },
             _ => name.to_string(),
         }
     }

@@ -72,6 +72,10 @@ pub struct Tenant {
     /// The mass-drift breaker of this connection's AccessPackageAssignments; kept across
     /// re-checks of the connection, like the ledger.
     breaker: Arc<Mutex<MassDriftBoard>>,
+    /// See `Settings::privileged_poll_interval`.
+    pub privileged_poll_interval: Duration,
+    /// When the privileged kinds were last read by a delta poll.
+    privileged_polled: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Tenant {
@@ -89,6 +93,20 @@ impl Tenant {
     /// This connection's Graph client.
     pub fn graph(&self) -> &GraphClient {
         self.observations.graph()
+    }
+
+    /// Whether a delta poll should read the privileged kinds now: always with no interval of
+    /// their own, else once that interval has passed since the last time (recorded now).
+    pub fn privileged_poll_due(&self) -> bool {
+        let mut last = self
+            .privileged_polled
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        poll_due(
+            &mut last,
+            tokio::time::Instant::now(),
+            self.privileged_poll_interval,
+        )
     }
 
     /// This connection's mass-drift breaker. Never hold it across an `.await`.
@@ -128,6 +146,8 @@ pub struct TenantSettings {
     pub recheck_stalled: Duration,
     /// How long a write target's account state is trusted (see `Settings::account_max_age`).
     pub account_max_age: Duration,
+    /// See `Settings::privileged_poll_interval`.
+    pub privileged_poll_interval: Duration,
 }
 
 /// Why an object cannot be reconciled now: its connection is not usable.
@@ -186,6 +206,22 @@ impl TenantSettings {
         let factor = (1u32 << (stalled_in_a_row - 1).min(8)).min(STALLED_BACKOFF_CAP);
         self.recheck_stalled.saturating_mul(factor)
     }
+}
+
+/// Whether a poll with an interval of its own is due at `now`, given when it last ran
+/// (recorded when due). A zero interval is due every time.
+fn poll_due(
+    last: &mut Option<tokio::time::Instant>,
+    now: tokio::time::Instant,
+    interval: Duration,
+) -> bool {
+    if let Some(at) = *last
+        && now.duration_since(at) < interval
+    {
+        return false;
+    }
+    *last = Some(now);
+    true
 }
 
 /// `interval` plus up to a tenth more, at random: connections that stalled together (a
@@ -337,6 +373,8 @@ impl Connections {
                 RESPECTED_GROUP_TTL,
             ),
             breaker,
+            privileged_poll_interval: self.settings.privileged_poll_interval,
+            privileged_polled: Mutex::new(None),
         }
     }
 
@@ -939,6 +977,26 @@ async fn read_secret_key(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn privileged_polls_with_an_interval_of_their_own_skip_the_polls_in_between() {
+        let start = tokio::time::Instant::now();
+        let minute = Duration::from_secs(60);
+        let mut last = None;
+        // Every delta poll (60 s) with a 10-minute interval: the first, then the tenth after.
+        let due: Vec<bool> = (0..12)
+            .map(|i| poll_due(&mut last, start + minute * i, Duration::from_secs(600)))
+            .collect();
+        assert_eq!(
+            due,
+            [
+                true, false, false, false, false, false, false, false, false, false, true, false
+            ]
+        );
+        // No interval of their own: every delta poll.
+        let mut last = None;
+        assert!((0..3).all(|i| poll_due(&mut last, start + minute * i, Duration::ZERO)));
+    }
 
     #[test]
     fn labels() {

@@ -91,6 +91,9 @@ pub struct Settings {
     pub instance: Option<String>,
     /// How often group delta is polled between full verifications (zero: never).
     pub delta_interval: Duration,
+    /// How often, at most, the privileged kinds are read again on a delta poll (zero:
+    /// every poll); rounded up to whole delta intervals.
+    pub privileged_poll_interval: Duration,
     /// How long after a write Graph is asked again (its processing delay).
     pub poll_interval: Duration,
     /// How long an object's first observation may take before its first-visit status is
@@ -130,6 +133,7 @@ impl Default for Settings {
             backoff_cap: Duration::from_secs(300),
             instance: None,
             delta_interval: Duration::from_secs(60),
+            privileged_poll_interval: Duration::ZERO,
             poll_interval: EngineSettings::default().poll_interval,
             first_status_after: FIRST_STATUS_AFTER,
             attribution: Default::default(),
@@ -265,6 +269,7 @@ impl Context {
                 operator_namespace: settings.operator_namespace.clone(),
                 recheck_ready: settings.connection_recheck_ready,
                 recheck_stalled: settings.connection_recheck_stalled,
+                privileged_poll_interval: settings.privileged_poll_interval,
                 account_max_age: if settings.delta_interval.is_zero() {
                     settings.account_max_age
                 } else {

@@ -2,10 +2,12 @@
 //! delivered assignments rely on, and reconcile an assignment as soon as its user leaves
 //! one of them (`observe::delta`), or comes back to one it was missing from (a reprocess
 //! landed, or someone put the user back): `Delivered=True` is then written within one
-//! delta interval instead of at the next re-check. App roles have no change feed that fits
-//! (the README's "Detection latency" says why), so each promised app's role assignments
-//! are read again every interval and compared with what the objects' status says. The periodic full
-//! verification stays the safety net.
+//! delta interval instead of at the next re-check. App roles, group ownership, PIM-for-Groups
+//! eligibilities, Entra roles and Azure roles have no change feed that fits (the README's
+//! "Detection latency" says why), so each promised one is read again every interval (one
+//! paged read per app, owned group, group and relationship, role and mode, Azure scope and
+//! mode) and compared with what the objects' status says. The periodic full verification
+//! stays the safety net.
 //!
 //! No blind spot at start-up or failover: the baseline of every tracked group is taken
 //! before the first reconcile runs (the controller holds reconciles until then), so the
@@ -19,7 +21,7 @@
 //! matching objects; a group whose sync state expired, or that was deleted, triggers
 //! every object that relies on it.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -30,8 +32,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::{ConnectionKey, Tenant};
 use super::context::Context;
-use crate::api::{AccessPackageAssignment, ResourceState};
-use crate::engine::{OriginSystem, PromisedResource, ResourceKind};
+use crate::api::{AccessPackageAssignment, ResourceState, ResourceStatus};
+use crate::engine::{
+    GroupAccess, OriginSystem, PromisedResource, ResourceKind, ResourceRead, RoleMode,
+};
 use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
 /// The user and the group resources of a delivered assignment, from its status; `None`
@@ -44,7 +48,9 @@ fn delivered_groups(
     Some((
         user,
         resources
-            .filter(|r| r.origin_system == OriginSystem::AadGroup)
+            // A group eligibility is not a membership: an activation ending removes the
+            // user from the group on schedule. Eligibilities are polled instead.
+            .filter(|r| r.origin_system == OriginSystem::AadGroup && r.kind.is_none())
             .map(|r| (r.origin_id.as_str(), r.state)),
     ))
 }
@@ -378,6 +384,8 @@ async fn follow(
     stop: CancellationToken,
     interval: std::time::Duration,
 ) -> FollowerEnd {
+    // The time of the last privileged poll (app roles, owners, roles, eligibilities).
+    let mut privileged_since = since;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return FollowerEnd::Stopped,
@@ -419,7 +427,7 @@ async fn follow(
         if !send(&tenant, &objs, &trigger, &started, "started to follow").await {
             return FollowerEnd::ControllerGone;
         }
-        if !poll_app_roles(&tenant, &objs, &trigger).await {
+        if !poll_privileged(&tenant, &objs, &trigger, &mut privileged_since).await {
             return FollowerEnd::ControllerGone;
         }
     }
@@ -432,12 +440,17 @@ fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], c
     if changes.removed.is_empty() {
         return;
     }
+    record_drift(tenant, drift_by_package(objs, changes));
+}
+
+/// Records each package's drifted assignments (and how many it has delivered) against the
+/// connection's mass-drift breaker, when the breaker is on.
+fn record_drift(tenant: &Tenant, packages: HashMap<&str, (usize, Vec<&str>)>) {
     let policy =
         crate::engine::SafetyPolicy::from_spec(&tenant.safety_spec.clone().unwrap_or_default());
     if !policy.breaker.enabled {
         return;
     }
-    let packages = drift_by_package(objs, changes);
     let now = jiff::Timestamp::now();
     let mut board = tenant.breaker();
     for (package, (delivered, drifted)) in packages {
@@ -466,26 +479,40 @@ fn drift_by_package<'a>(
     objs: &'a [Arc<AccessPackageAssignment>],
     changes: &Changes,
 ) -> HashMap<&'a str, (usize, Vec<&'a str>)> {
+    drift_by_package_where(objs, |obj| {
+        let Some((user, groups)) = delivered_groups(obj) else {
+            return false;
+        };
+        let user = user.to_ascii_lowercase();
+        groups.into_iter().any(|(g, state)| {
+            state == ResourceState::Present
+                && changes
+                    .removed
+                    .contains(&(g.to_ascii_lowercase(), user.clone()))
+        })
+    })
+}
+
+/// Per package: how many of its assignments the objects say are delivered, and the
+/// assignments among them that `lost` says lost something.
+fn drift_by_package_where(
+    objs: &[Arc<AccessPackageAssignment>],
+    lost: impl Fn(&AccessPackageAssignment) -> bool,
+) -> HashMap<&str, (usize, Vec<&str>)> {
     let mut packages: HashMap<&str, (usize, Vec<&str>)> = HashMap::new();
     for obj in objs {
         let Some(status) = obj.status.as_ref() else {
             continue;
         };
-        let (Some(package), Some((user, groups))) =
-            (status.access_package_id.as_deref(), delivered_groups(obj))
+        let (Some(package), Some(_)) = (status.access_package_id.as_deref(), delivered_groups(obj))
         else {
             continue;
         };
         let entry = packages.entry(package).or_default();
         entry.0 += 1;
-        let user = user.to_ascii_lowercase();
-        let lost = groups.into_iter().any(|(g, state)| {
-            state == ResourceState::Present
-                && changes
-                    .removed
-                    .contains(&(g.to_ascii_lowercase(), user.clone()))
-        });
-        if lost && let Some(a) = status.assignment_id.as_deref() {
+        if lost(obj)
+            && let Some(a) = status.assignment_id.as_deref()
+        {
             entry.1.push(a);
         }
     }
@@ -538,91 +565,176 @@ async fn send(
     refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
 }
 
-/// Every service principal (as the status names it) whose app roles a delivered
-/// assignment relies on, present or missing.
-fn tracked_apps(objs: &[Arc<AccessPackageAssignment>]) -> BTreeSet<String> {
-    let mut apps = BTreeSet::new();
+/// The kind a delivered assignment's status names, for the kinds followed by a read every
+/// interval (app roles, group ownership, PIM-for-Groups eligibilities, Entra roles, Azure
+/// roles): `None` for anything else (group membership follows group delta; nothing else is
+/// verifiable) and for a state there is nothing to compare with; `Some(None)` when the
+/// status lacks what the comparison needs (a status written before role ids were
+/// recorded): one reconcile records it.
+fn polled_kind(r: &ResourceStatus) -> Option<Option<ResourceKind>> {
+    if !matches!(r.state, ResourceState::Present | ResourceState::Missing) {
+        return None;
+    }
+    let id = r.origin_id.clone();
+    let mode = || r.mode.as_deref().and_then(RoleMode::parse);
+    Some(
+        match (OriginSystem::parse(&r.origin_system), r.kind.as_deref()) {
+            (OriginSystem::AadApplication, _) => {
+                r.role_id.clone().map(|app_role_id| ResourceKind::AppRole {
+                    service_principal_id: id,
+                    app_role_id,
+                })
+            }
+            (OriginSystem::AadGroup, None) if r.role.as_deref() == Some("Owner") => {
+                Some(ResourceKind::GroupOwner { group_id: id })
+            }
+            (OriginSystem::AadGroup, Some("GroupEligible")) => {
+                let access = match r.role.as_deref() {
+                    Some("Member") => GroupAccess::Member,
+                    Some("Owner") => GroupAccess::Owner,
+                    _ => return Some(None),
+                };
+                Some(ResourceKind::GroupEligible {
+                    group_id: id,
+                    access,
+                })
+            }
+            (OriginSystem::DirectoryRole, Some("EntraRole")) => {
+                mode().map(|mode| ResourceKind::EntraRole {
+                    role_definition_id: id,
+                    directory_scope_id: r
+                        .scope
+                        .clone()
+                        .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string()),
+                    mode,
+                })
+            }
+            (OriginSystem::AzureResources, Some("AzureRole")) => {
+                match (r.role_id.clone(), mode()) {
+                    (Some(role_definition_guid), Some(mode)) => Some(ResourceKind::AzureRole {
+                        role_definition_guid,
+                        scope: r.scope.clone().unwrap_or(id),
+                        mode,
+                    }),
+                    _ => None,
+                }
+            }
+            _ => return None,
+        },
+    )
+}
+
+/// Every read the followed kinds of delivered assignments need, each once: one per app,
+/// per owned group, per group and relationship made eligible, per Entra role and mode,
+/// per Azure scope and mode, whatever the number of assignments promising it.
+fn tracked_reads(objs: &[Arc<AccessPackageAssignment>]) -> BTreeMap<ResourceRead, ResourceKind> {
+    let mut reads = BTreeMap::new();
     for obj in objs {
         let Some((_, resources)) = delivered_resources(obj) else {
             continue;
         };
-        for r in resources {
-            if r.origin_system == OriginSystem::AadApplication
-                && matches!(r.state, ResourceState::Present | ResourceState::Missing)
-                && !apps.contains(&r.origin_id)
-            {
-                apps.insert(r.origin_id.clone());
+        for kind in resources.filter_map(polled_kind).flatten() {
+            if let Some(read) = ResourceRead::for_kind(&kind) {
+                reads.entry(read).or_insert(kind);
             }
         }
     }
-    apps
+    reads
 }
 
-/// Reads every tracked app's role assignments again (one paged read per app, shared with
-/// the reconciles it triggers) and triggers each delivered assignment whose status no
-/// longer matches: a Present app role now missing (drift) or a Missing one now present
-/// (the repair landed). False when the controller is gone.
-async fn poll_app_roles(
+/// Reads every followed resource again (one paged read per app, owned group, group
+/// eligibility, Entra role and mode, Azure scope and mode; shared with the reconciles it
+/// triggers) and triggers each delivered assignment whose status no longer matches: a
+/// Present resource now missing (drift), a Missing one now present (the repair landed),
+/// or one that can no longer be verified (an eligibility that ended on schedule). A read
+/// that fails triggers nothing. False when the controller is gone.
+async fn poll_privileged(
     ctx: &Tenant,
     objs: &[Arc<AccessPackageAssignment>],
     trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    since: &mut jiff::Timestamp,
 ) -> bool {
-    let apps = tracked_apps(objs);
-    if apps.is_empty() {
+    let reads = tracked_reads(objs);
+    if reads.is_empty() || !ctx.privileged_poll_due() {
         return true;
     }
-    let resources: Vec<PromisedResource> = apps
-        .iter()
-        .map(|sp| PromisedResource {
-            origin_system: OriginSystem::AadApplication,
-            origin_id: sp.clone(),
-            display_name: sp.clone(),
+    let polled_at = jiff::Timestamp::now();
+    let resources: Vec<PromisedResource> = reads
+        .values()
+        .map(|kind| PromisedResource {
+            origin_system: OriginSystem::Missing,
+            origin_id: String::new(),
+            display_name: String::new(),
             role: String::new(),
-            kind: ResourceKind::AppRole {
-                service_principal_id: sp.clone(),
-                app_role_id: String::new(),
-            },
+            kind: kind.clone(),
             note: None,
         })
         .collect();
     let snapshot = ctx.observations.snapshot_fresh(&resources).await;
+    // What the objects' status says against what was just read.
+    let now_of = |r: &ResourceStatus, user: &str| match polled_kind(r) {
+        None => None,
+        Some(None) => Some(None),
+        Some(Some(kind)) => match snapshot.check(&kind, user) {
+            // The read failed: nothing is known, nothing is compared.
+            ResourceState::Unknown => None,
+            now => Some(Some(now)),
+        },
+    };
     let mut refs = Vec::new();
     for obj in objs {
-        let Some((user, resources)) = delivered_resources(obj) else {
+        let Some((user, mut resources)) = delivered_resources(obj) else {
             continue;
         };
-        let diverged = resources
-            .filter(|r| {
-                r.origin_system == OriginSystem::AadApplication
-                    && matches!(r.state, ResourceState::Present | ResourceState::Missing)
-            })
-            .any(|r| {
-                // A status written before role ids were recorded cannot be compared: one
-                // reconcile records it.
-                let Some(role) = r.role_id.as_deref() else {
-                    return true;
-                };
-                let kind = ResourceKind::AppRole {
-                    service_principal_id: r.origin_id.clone(),
-                    app_role_id: role.to_string(),
-                };
-                match snapshot.check(&kind, user) {
-                    now @ (ResourceState::Present | ResourceState::Missing) => now != r.state,
-                    // The read failed: nothing is known, nothing is triggered.
-                    _ => false,
-                }
-            });
+        let diverged = resources.any(|r| match now_of(r, user) {
+            None => false,
+            Some(None) => true,
+            Some(Some(now)) => now != r.state,
+        });
         if diverged {
             refs.push(ObjectRef::from_obj(obj.as_ref()));
         }
     }
     if refs.is_empty() {
+        *since = polled_at;
         return true;
     }
+    // The removals this poll found happened after the previous one: one audit-log query
+    // names who made all of them (app roles and group owners; roles are not looked up).
+    let mut removed = Vec::new();
+    for obj in objs {
+        let Some((user, resources)) = delivered_resources(obj) else {
+            continue;
+        };
+        for r in resources {
+            if r.state == ResourceState::Present
+                && now_of(r, user) == Some(Some(ResourceState::Missing))
+                && let Some(Some(kind)) = polled_kind(r)
+                && let Some(target) = crate::observe::attribution::attributable_target(&kind)
+            {
+                removed.push((target.to_string(), user.to_string()));
+            }
+        }
+    }
+    ctx.attribution.detected(*since, removed);
+    *since = polled_at;
+    // Counted against each package's mass-drift breaker before any repair, as group delta's
+    // removals are: a role taken from everyone at once trips it before the first reprocess.
+    record_drift(
+        ctx,
+        drift_by_package_where(objs, |obj| {
+            delivered_resources(obj).is_some_and(|(user, mut resources)| {
+                resources.any(|r| {
+                    r.state == ResourceState::Present
+                        && now_of(r, user) == Some(Some(ResourceState::Missing))
+                })
+            })
+        }),
+    );
     tracing::info!(
         objects = refs.len(),
-        apps = apps.len(),
-        "app role assignments changed; reconciling the affected assignments now"
+        reads = reads.len(),
+        "app roles, group owners, group eligibilities or roles changed; reconciling the affected assignments now"
     );
     refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
 }
@@ -723,6 +835,64 @@ mod tests {
         let mut board = crate::engine::MassDriftBoard::default();
         assert!(board.record(&policy, "p1", drifted, delivered, jiff::Timestamp::now()));
         assert!(board.hold(&policy, "p1", "Finance").is_some());
+    }
+
+    fn privileged(name: &str, state: &str, user: &str) -> AccessPackageAssignment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeliver.dev/v1alpha1",
+            "kind": "AccessPackageAssignment",
+            "metadata": {"name": name, "namespace": "access"},
+            "spec": {"accessPackage": {"id": "p1"}, "target": {"objectId": user}},
+            "status": {"graphState": state, "targetObjectId": user, "resources": [
+                {"originSystem": "AadGroup", "originId": "g-own", "role": "Owner", "state": "Present"},
+                {"originSystem": "AadGroup", "originId": "g-mem", "role": "Member", "state": "Present"},
+                {"originSystem": "AadGroup", "originId": "g-pim", "kind": "GroupEligible",
+                 "mode": "Eligible", "role": "Member", "state": "Missing"},
+                {"originSystem": "DirectoryRole", "originId": "rd-1", "kind": "EntraRole",
+                 "mode": "Eligible", "scope": "/", "state": "Present"},
+                {"originSystem": "AzureResources", "originId": "/subscriptions/s1", "kind": "AzureRole",
+                 "mode": "Active", "scope": "/subscriptions/s1", "roleId": "guid-1", "state": "Present"},
+                {"originSystem": "AadApplication", "originId": "sp-1", "roleId": "r-1", "state": "Present"},
+                {"originSystem": "SharePointOnline", "originId": "https://x", "state": "Unverifiable"},
+            ]},
+        }))
+        .expect("a valid object")
+    }
+
+    #[test]
+    fn every_followed_kind_is_read_once_whatever_the_number_of_objects() {
+        let objs = store_of(
+            (0..50)
+                .map(|i| privileged(&format!("u{i}"), "delivered", &format!("u-{i}")))
+                .chain([privileged("late", "delivering", "u-late")])
+                .collect(),
+        )
+        .state();
+        let reads: Vec<ResourceRead> = tracked_reads(&objs).into_keys().collect();
+        assert_eq!(
+            reads,
+            vec![
+                ResourceRead::GroupOwners("g-own".into()),
+                ResourceRead::AppRoleAssignments("sp-1".into()),
+                ResourceRead::DirectoryRoleHolders {
+                    role_definition_id: "rd-1".into(),
+                    mode: RoleMode::Eligible,
+                },
+                ResourceRead::AzureRoleHolders {
+                    scope: "/subscriptions/s1".into(),
+                    mode: RoleMode::Active,
+                },
+                ResourceRead::GroupEligibilities {
+                    group_id: "g-pim".into(),
+                    access: GroupAccess::Member,
+                },
+            ]
+        );
+        // The eligibility is not a membership group delta follows.
+        assert_eq!(
+            tracked_groups(&objs).into_iter().collect::<Vec<_>>(),
+            vec!["g-mem".to_string(), "g-own".to_string()]
+        );
     }
 
     #[test]

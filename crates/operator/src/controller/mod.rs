@@ -136,6 +136,12 @@ pub struct ControllerArgs {
     #[arg(long, env = "REDELIVER_DELTA_INTERVAL", value_name = "DURATION", default_value = "60s", value_parser = crate::api::parse_duration_arg)]
     pub delta_interval: Duration,
 
+    /// Read the privileged kinds (app roles, group owners, PIM-for-Groups eligibilities,
+    /// Entra and Azure roles) again at most this often, on a delta poll; 0: every delta
+    /// interval. Each promised one costs a paged read per poll (README "Detection latency").
+    #[arg(long, env = "REDELIVER_PRIVILEGED_POLL_INTERVAL", value_name = "DURATION", default_value = "0s", value_parser = crate::api::parse_duration_arg)]
+    pub privileged_poll_interval: Duration,
+
     /// A new object gets its first-visit status (Reconciling=True, reason Verifying) only
     /// if its first verification takes longer than this; a quicker one is written once,
     /// with the verified status (0 always writes the first-visit status first).
@@ -239,6 +245,7 @@ impl ControllerArgs {
             reprocess_per_minute: self.reprocess_rate,
             observation_max_age: self.observation_max_age,
             delta_interval: self.delta_interval,
+            privileged_poll_interval: self.privileged_poll_interval,
             first_status_after: self.first_status_after,
             instance: Some(identity.to_string()),
             attribution: crate::observe::attribution::AttributionSettings {

@@ -372,6 +372,11 @@ fn observe<'r>(
                 role: Some(r.role.clone()).filter(|s| !s.is_empty()),
                 role_id: match &r.kind {
                     super::ResourceKind::AppRole { app_role_id, .. } => Some(app_role_id.clone()),
+                    // The role's GUID, so a poll can check the role from status alone.
+                    super::ResourceKind::AzureRole {
+                        role_definition_guid,
+                        ..
+                    } => Some(role_definition_guid.clone()),
                     _ => None,
                 },
                 state: check.state,

@@ -44,15 +44,16 @@ pub use guard::{
     record_guard_outcome,
 };
 pub use resources::{
-    DIRECTORY_ROOT, OriginSystem, PromisedResource, ResourceKind, RoleMode, promised_resources,
+    DIRECTORY_ROOT, GroupAccess, OriginSystem, PromisedResource, ResourceKind, RoleMode,
+    promised_resources,
 };
 pub use safety::{
     BreakerPolicy, HOLD_REASONS, Intent, MassDriftBoard, MassDriftHold, MissingResource, Removed,
     Respected, SafetyPolicy, TargetGate, is_hold, removal_intent, target_gate,
 };
 pub use snapshot::{
-    Check, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot, azure_holding,
-    reads_needed,
+    Check, ELIGIBILITY_IN_EFFECT, FreshAfter, ReadData, ResourceChecker, ResourceRead, Snapshot,
+    azure_holding, eligibility_ended, reads_needed,
 };
 pub use target::{AccountState, Risk, TargetAccount, risk_holds};
 

@@ -99,6 +99,34 @@ impl RoleMode {
     }
 }
 
+/// Which relationship to a group a PIM-for-Groups eligibility lets the user activate:
+/// Graph's `privilegedAccessGroupRelationships` (`accessId`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum GroupAccess {
+    /// Eligible membership (`accessId eq 'member'`).
+    Member,
+    /// Eligible ownership (`accessId eq 'owner'`).
+    Owner,
+}
+
+impl GroupAccess {
+    /// `Member` or `Owner`, as status spells the role.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Member => "Member",
+            Self::Owner => "Owner",
+        }
+    }
+
+    /// `member` or `owner`: Graph's `accessId`.
+    pub fn access_id(self) -> &'static str {
+        match self {
+            Self::Member => "member",
+            Self::Owner => "owner",
+        }
+    }
+}
+
 /// The Entra directory scope of a role granted through an access package: the whole
 /// directory (entitlement management offers only the root scope for Entra roles).
 pub const DIRECTORY_ROOT: &str = "/";
@@ -110,6 +138,12 @@ pub enum ResourceKind {
     GroupMember { group_id: String },
     /// Ownership of a group.
     GroupOwner { group_id: String },
+    /// An eligibility for membership or ownership of a group governed by Privileged
+    /// Identity Management for Groups: the user may activate it just in time.
+    GroupEligible {
+        group_id: String,
+        access: GroupAccess,
+    },
     /// An app role assignment on a service principal.
     AppRole {
         service_principal_id: String,
@@ -163,6 +197,9 @@ impl PromisedResource {
         {
             return format!("{kind} {} ({}, {scope})", self.display_name, mode.as_str());
         }
+        if let Some(kind) = self.kind_name() {
+            return format!("{kind} {} ({})", self.display_name, self.role);
+        }
         if self.role.is_empty() {
             self.display_name.clone()
         } else {
@@ -181,10 +218,12 @@ impl PromisedResource {
         }
     }
 
-    /// The kind status names for a role resource (`EntraRole`); `None` for groups and
-    /// apps, whose origin system already says what they are.
+    /// The kind status names for a role resource (`EntraRole`) or a group eligibility
+    /// (`GroupEligible`); `None` for plain group roles and apps, whose origin system already
+    /// says what they are.
     pub fn kind_name(&self) -> Option<&'static str> {
         match self.kind {
+            ResourceKind::GroupEligible { .. } => Some("GroupEligible"),
             ResourceKind::EntraRole { .. } => Some("EntraRole"),
             ResourceKind::AzureRole { .. } => Some("AzureRole"),
             _ => None,
@@ -197,6 +236,7 @@ impl PromisedResource {
             ResourceKind::EntraRole { mode, .. } | ResourceKind::AzureRole { mode, .. } => {
                 Some(mode)
             }
+            ResourceKind::GroupEligible { .. } => Some(RoleMode::Eligible),
             _ => None,
         }
     }
@@ -304,12 +344,21 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
             let Some(role_origin) = role_origin else {
                 return unverifiable(resource, "group role has no originId; cannot verify".into());
             };
+            // `EligibleMember_`/`EligibleOwner_` are PIM for Groups eligibilities
+            // (docs/graph.md "What a package promises"); checked before the plain prefixes
+            // for clarity, though neither plain prefix is a prefix of them.
             let decoded = role_origin
-                .strip_prefix("Member_")
-                .map(|g| (true, g))
-                .or_else(|| role_origin.strip_prefix("Owner_").map(|g| (false, g)));
+                .strip_prefix("EligibleMember_")
+                .map(|g| (Some(GroupAccess::Member), true, g))
+                .or_else(|| {
+                    role_origin
+                        .strip_prefix("EligibleOwner_")
+                        .map(|g| (Some(GroupAccess::Owner), false, g))
+                })
+                .or_else(|| role_origin.strip_prefix("Member_").map(|g| (None, true, g)))
+                .or_else(|| role_origin.strip_prefix("Owner_").map(|g| (None, false, g)));
             match decoded {
-                Some((member, group)) if !group.is_empty() => {
+                Some((eligible, member, group)) if !group.is_empty() => {
                     let group_id = group.to_string();
                     if let Some(scope_group) = scope_origin
                         && scope_group != group_id
@@ -324,20 +373,30 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                     if resource.origin_id.is_empty() {
                         resource.origin_id = group_id.clone();
                     }
-                    if resource.role.is_empty() {
-                        resource.role = if member { "Member" } else { "Owner" }.to_string();
-                    }
-                    resource.kind = if member {
-                        ResourceKind::GroupMember { group_id }
-                    } else {
-                        ResourceKind::GroupOwner { group_id }
+                    resource.kind = match eligible {
+                        Some(access) => {
+                            // Status names the relationship (`GroupEligible fin-admins
+                            // (Member)`); Graph's role name says "Eligible Member".
+                            resource.role = access.as_str().to_string();
+                            ResourceKind::GroupEligible { group_id, access }
+                        }
+                        None => {
+                            if resource.role.is_empty() {
+                                resource.role = if member { "Member" } else { "Owner" }.to_string();
+                            }
+                            if member {
+                                ResourceKind::GroupMember { group_id }
+                            } else {
+                                ResourceKind::GroupOwner { group_id }
+                            }
+                        }
                     };
                     resource
                 }
                 _ => unverifiable(
                     resource,
                     format!(
-                        "group role originId {role_origin:?} is neither Member_<group id> nor Owner_<group id>; cannot verify"
+                        "group role originId {role_origin:?} is none of Member_<group id>, Owner_<group id>, EligibleMember_<group id> or EligibleOwner_<group id>; cannot verify"
                     ),
                 ),
             }
@@ -545,6 +604,84 @@ mod tests {
         );
         assert_eq!(r[1].label(), "fin-readers (Member)");
         assert!(r[1].note.is_none());
+    }
+
+    #[test]
+    fn decodes_pim_for_groups_eligibilities_and_names_them_with_their_relationship() {
+        let r = promised_resources(&[
+            rrs(
+                "1",
+                "AadGroup",
+                "g1",
+                "fin-admins",
+                "EligibleMember_g1",
+                "Eligible Member",
+            ),
+            rrs(
+                "2",
+                "AadGroup",
+                "g1",
+                "fin-admins",
+                "EligibleOwner_g1",
+                "Eligible Owner",
+            ),
+            rrs("3", "AadGroup", "g1", "fin-admins", "Member_g1", "Member"),
+        ]);
+        let kinds: Vec<&ResourceKind> = r.iter().map(|p| &p.kind).collect();
+        let eligible = |access| ResourceKind::GroupEligible {
+            group_id: "g1".into(),
+            access,
+        };
+        assert!(kinds.contains(&&eligible(GroupAccess::Member)));
+        assert!(kinds.contains(&&eligible(GroupAccess::Owner)));
+        assert!(kinds.contains(&&ResourceKind::GroupMember {
+            group_id: "g1".into()
+        }));
+        let labels: Vec<String> = r.iter().map(PromisedResource::label).collect();
+        assert!(labels.contains(&"GroupEligible fin-admins (Member)".to_string()));
+        assert!(labels.contains(&"GroupEligible fin-admins (Owner)".to_string()));
+        assert!(labels.contains(&"fin-admins (Member)".to_string()));
+        let member = r
+            .iter()
+            .find(|p| p.kind == eligible(GroupAccess::Member))
+            .expect("decoded");
+        assert_eq!(member.mode(), Some(RoleMode::Eligible));
+        assert_eq!(member.kind_name(), Some("GroupEligible"));
+        assert_eq!(member.scope(), None);
+    }
+
+    #[test]
+    fn an_eligibility_for_another_group_or_an_unknown_form_stays_unverifiable() {
+        let r = promised_resources(&[
+            rrs(
+                "1",
+                "AadGroup",
+                "g1",
+                "a",
+                "EligibleMember_g2",
+                "Eligible Member",
+            ),
+            rrs(
+                "2",
+                "AadGroup",
+                "g3",
+                "b",
+                "EligibleAdmin_g3",
+                "Eligible Admin",
+            ),
+        ]);
+        assert!(r.iter().all(|p| p.kind == ResourceKind::Unverifiable));
+        let notes: Vec<&str> = r.iter().filter_map(|p| p.note.as_deref()).collect();
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("does not match scope group g1"))
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("EligibleMember_<group id>"))
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
-use super::resources::{PromisedResource, ResourceKind, RoleMode};
+use super::resources::{GroupAccess, PromisedResource, ResourceKind, RoleMode};
 use crate::api::ResourceState;
 
 /// One read the observer has to make to fill a [`Snapshot`].
@@ -27,6 +27,13 @@ pub enum ResourceRead {
     /// Manager: `GET {scope}/providers/Microsoft.Authorization/roleAssignments` (active) or
     /// `.../roleEligibilityScheduleInstances` (eligible), `$filter=atScope()`.
     AzureRoleHolders { scope: String, mode: RoleMode },
+    /// Everyone eligible for a group's membership or ownership through PIM for Groups:
+    /// `GET /identityGovernance/privilegedAccess/group/eligibilitySchedules`,
+    /// `$filter=groupId eq '{id}' and accessId eq 'member'` (or `'owner'`).
+    GroupEligibilities {
+        group_id: String,
+        access: GroupAccess,
+    },
 }
 
 impl ResourceRead {
@@ -52,6 +59,11 @@ impl ResourceRead {
             ResourceKind::AzureRole { scope, mode, .. } => Some(Self::AzureRoleHolders {
                 scope: scope.clone(),
                 mode: *mode,
+            }),
+            // One read per group and relationship: every target shares it.
+            ResourceKind::GroupEligible { group_id, access } => Some(Self::GroupEligibilities {
+                group_id: group_id.clone(),
+                access: *access,
             }),
             ResourceKind::Unverifiable => None,
         }
@@ -88,7 +100,8 @@ pub enum ReadData {
     /// (principalId, appRoleId) pairs ([`ResourceRead::AppRoleAssignments`]);
     /// (principalId, directoryScopeId) pairs ([`ResourceRead::DirectoryRoleHolders`]);
     /// (principalId, [`azure_holding`]) pairs
-    /// ([`ResourceRead::AzureRoleHolders`]).
+    /// ([`ResourceRead::AzureRoleHolders`]); (principalId, [`ELIGIBILITY_IN_EFFECT`] or
+    /// [`eligibility_ended`]) pairs ([`ResourceRead::GroupEligibilities`]).
     Pairs(Arc<BTreeSet<(String, String)>>),
 }
 
@@ -100,6 +113,16 @@ pub fn azure_holding(role_definition_guid: &str, scope: &str) -> String {
         role_definition_guid.to_ascii_lowercase(),
         scope.trim_end_matches('/').to_ascii_lowercase()
     )
+}
+
+/// How a PIM-for-Groups eligibility in effect is keyed in [`ReadData::Pairs`].
+pub const ELIGIBILITY_IN_EFFECT: &str = "in effect";
+
+/// How an eligibility whose end date has passed is keyed in [`ReadData::Pairs`]: the
+/// moment it ended, as Graph gave it. Such an eligibility was ended by its own schedule
+/// (PIM's maximum duration or the package's expiry), not removed by anyone: not drift.
+pub fn eligibility_ended(end: &str) -> String {
+    format!("ended {end}")
 }
 
 /// Shared (id, id) pairs: (principalId, appRoleId) or (principalId, scope).
@@ -119,6 +142,9 @@ pub struct Snapshot {
     /// (Azure scope as Graph spells it, mode) → (principalId, "{role guid} {assigned
     /// scope}", lower-cased).
     pub azure_roles: BTreeMap<(String, RoleMode), Pairs>,
+    /// (group id, relationship) → (principalId, [`ELIGIBILITY_IN_EFFECT`] or
+    /// [`eligibility_ended`]).
+    pub group_eligibilities: BTreeMap<(String, GroupAccess), Pairs>,
     /// Reads that cannot be made here (no permission on an Azure scope, no ARM URL):
     /// resources depending on them are Unverifiable with this note, never Unknown, so they
     /// neither block Delivered nor cause a reprocess.
@@ -238,6 +264,9 @@ impl Snapshot {
             (ResourceRead::AzureRoleHolders { scope, mode }, ReadData::Pairs(pairs)) => {
                 self.azure_roles.insert((scope, mode), pairs);
             }
+            (ResourceRead::GroupEligibilities { group_id, access }, ReadData::Pairs(pairs)) => {
+                self.group_eligibilities.insert((group_id, access), pairs);
+            }
             (read, _) => self.record_failure(read, "internal error: data of the wrong shape"),
         }
     }
@@ -263,6 +292,11 @@ impl Snapshot {
             ResourceRead::AzureRoleHolders { scope, mode } => self
                 .azure_roles
                 .get(&(scope.clone(), *mode))
+                .cloned()
+                .map(ReadData::Pairs),
+            ResourceRead::GroupEligibilities { group_id, access } => self
+                .group_eligibilities
+                .get(&(group_id.clone(), *access))
                 .cloned()
                 .map(ReadData::Pairs),
         }
@@ -298,6 +332,10 @@ impl Snapshot {
             ResourceRead::AzureRoleHolders { scope, mode } => {
                 self.azure_roles.remove(&(scope.clone(), *mode));
             }
+            ResourceRead::GroupEligibilities { group_id, access } => {
+                self.group_eligibilities
+                    .remove(&(group_id.clone(), *access));
+            }
         }
         self.unreadable.remove(&read);
         self.failures.insert(read, error.into());
@@ -322,6 +360,12 @@ impl Snapshot {
                 .group_owners
                 .get(group_id)
                 .map(|m| m.contains(target_object_id)),
+            ResourceKind::GroupEligible { group_id, access } => {
+                return match self.group_eligibilities.get(&(group_id.clone(), *access)) {
+                    Some(pairs) => eligibility_check(pairs, target_object_id),
+                    None => present_or_unread(None),
+                };
+            }
             _ => self
                 .pairs_of(kind)
                 .map(|(pairs, wanted)| pairs.contains(&(target_object_id.to_string(), wanted))),
@@ -345,6 +389,16 @@ impl Snapshot {
         };
         if let Some(ids) = ids {
             return ResourceChecker::Holders(ids.iter().map(String::as_str).collect());
+        }
+        // An eligibility that ended by its own end date counts as held here: a sweep must
+        // not reprocess what PIM ended on schedule (see `eligibility_check`).
+        if let ResourceKind::GroupEligible { group_id, access } = kind {
+            return match self.group_eligibilities.get(&(group_id.clone(), *access)) {
+                Some(pairs) => {
+                    ResourceChecker::Holders(pairs.iter().map(|(p, _)| p.as_str()).collect())
+                }
+                None => ResourceChecker::Fixed(present_or_unread(None)),
+            };
         }
         match self.pairs_of(kind) {
             Some((pairs, wanted)) => ResourceChecker::Holders(
@@ -417,6 +471,33 @@ impl Snapshot {
     }
 }
 
+/// A PIM-for-Groups eligibility: Present while one is in effect; Missing when none is
+/// listed; Unverifiable (never drift, never a reprocess) when the only one listed ended by
+/// its own end date, which PIM does on schedule when its maximum duration is shorter than
+/// the package's (Microsoft Entra docs, "Using groups managed by Privileged Identity
+/// Management with access packages").
+fn eligibility_check(pairs: &BTreeSet<(String, String)>, target_object_id: &str) -> Check {
+    let mut ended = None;
+    for (principal, state) in pairs {
+        if principal != target_object_id {
+            continue;
+        }
+        if state == ELIGIBILITY_IN_EFFECT {
+            return present_or_unread(Some(true));
+        }
+        ended = ended.or(state.strip_prefix("ended "));
+    }
+    match ended {
+        Some(at) => Check {
+            state: ResourceState::Unverifiable,
+            note: Some(format!(
+                "the eligibility ended on its own end date ({at}), as PIM's policy set it: not drift, not reprocessed"
+            )),
+        },
+        None => present_or_unread(Some(false)),
+    }
+}
+
 /// Present or Missing from a lookup, Unknown when the read it needs was not made.
 fn present_or_unread(present: Option<bool>) -> Check {
     match present {
@@ -461,6 +542,48 @@ mod tests {
 
     fn member(g: &str) -> ResourceKind {
         ResourceKind::GroupMember { group_id: g.into() }
+    }
+
+    #[test]
+    fn an_eligibility_is_present_while_in_effect_and_not_drift_once_ended_on_schedule() {
+        let mut s = Snapshot::new();
+        let read = ResourceRead::GroupEligibilities {
+            group_id: "g1".into(),
+            access: GroupAccess::Member,
+        };
+        s.record(
+            read.clone(),
+            ReadData::Pairs(Arc::new(BTreeSet::from([
+                ("u1".to_string(), ELIGIBILITY_IN_EFFECT.to_string()),
+                ("u2".to_string(), eligibility_ended("2026-01-01T00:00:00Z")),
+            ]))),
+        );
+        let kind = ResourceKind::GroupEligible {
+            group_id: "g1".into(),
+            access: GroupAccess::Member,
+        };
+        assert_eq!(ResourceRead::for_kind(&kind), Some(read.clone()));
+        assert_eq!(s.check(&kind, "u1"), ResourceState::Present);
+        let ended = s.check_detail(&kind, "u2");
+        assert_eq!(ended.state, ResourceState::Unverifiable);
+        assert!(
+            ended
+                .note
+                .is_some_and(|n| n.contains("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(s.check(&kind, "u3"), ResourceState::Missing);
+        // Ownership is another read: not recorded, so not known.
+        let owner = ResourceKind::GroupEligible {
+            group_id: "g1".into(),
+            access: GroupAccess::Owner,
+        };
+        assert_eq!(s.check(&owner, "u1"), ResourceState::Unknown);
+        // A guard's sweep never reprocesses an eligibility that ended on schedule.
+        let checker = s.checker(&kind);
+        assert_eq!(checker.check("u2"), ResourceState::Present);
+        assert_eq!(checker.check("u3"), ResourceState::Missing);
+        s.record_failure(read, "forbidden");
+        assert_eq!(s.check(&kind, "u1"), ResourceState::Unknown);
     }
 
     #[test]

@@ -913,6 +913,35 @@ impl GraphClient {
     }
 }
 
+// ---- PIM for Groups ----
+
+impl GraphClient {
+    /// Every eligibility for `access` (`member` or `owner`) of group `group_id` through
+    /// Privileged Identity Management for Groups: one `$filter` by group and relationship,
+    /// every page, shared by every assignment that promises it, whoever its target.
+    /// Schedules, not schedule instances: a schedule exists for the whole eligibility and
+    /// carries its end date, so one that ended on schedule is told apart from one removed
+    /// (docs/graph.md "PIM for Groups").
+    pub async fn list_group_eligibilities(
+        &self,
+        group_id: &str,
+        access_id: &str,
+    ) -> Result<Vec<super::models::GroupEligibilitySchedule>, GraphError> {
+        const OP: &str = "list_group_eligibilities";
+        let filter = format!(
+            "groupId eq {} and accessId eq {}",
+            string_literal(group_id),
+            string_literal(access_id)
+        );
+        let url = self.url(
+            OP,
+            "/identityGovernance/privilegedAccess/group/eligibilitySchedules",
+            &[("$filter", &filter)],
+        )?;
+        self.get_paged(OP, url).await
+    }
+}
+
 // ---- audit log ("Drift attribution") ----
 
 impl GraphClient {

@@ -347,6 +347,9 @@ pub fn permission_hint(operation: &str) -> &'static str {
         "list_directory_role_eligibilities" => {
             "RoleEligibilitySchedule.Read.Directory (only packages that grant an eligible Microsoft Entra role need it)"
         }
+        "list_group_eligibilities" => {
+            "PrivilegedEligibilitySchedule.Read.AzureADGroup (only packages that grant an eligible group membership or ownership need it)"
+        }
         "get_user" | "suggest_users" | "get_user_account" => "User.Read.All",
         "list_risky_users" => {
             "IdentityRiskyUser.Read.All (optional: only holding risky users reads Identity Protection; the tenant also needs Microsoft Entra ID P2)"

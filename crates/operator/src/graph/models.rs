@@ -475,6 +475,59 @@ pub struct DirectoryRoleHolder {
     pub directory_scope_id: Option<String>,
 }
 
+/// A `privilegedAccessGroupEligibilitySchedule` (PIM for Groups), with the fields Redeliver
+/// reads: who may activate which relationship to which group, and until when.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupEligibilitySchedule {
+    #[serde(default)]
+    pub id: Option<String>,
+    pub principal_id: String,
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// `member` or `owner`.
+    #[serde(default)]
+    pub access_id: Option<String>,
+    #[serde(default)]
+    pub schedule_info: Option<ScheduleInfo>,
+}
+
+impl GroupEligibilitySchedule {
+    /// When the eligibility ends, if its schedule says (`scheduleInfo.expiration
+    /// .endDateTime`); `None` for one without an end (`noExpiration`) or a malformed date.
+    pub fn end(&self) -> Option<jiff::Timestamp> {
+        self.schedule_info
+            .as_ref()?
+            .expiration
+            .as_ref()?
+            .end_date_time
+            .as_deref()?
+            .parse()
+            .ok()
+    }
+}
+
+/// Graph's `requestSchedule`: when a PIM schedule starts and how it expires.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleInfo {
+    #[serde(default)]
+    pub start_date_time: Option<String>,
+    #[serde(default)]
+    pub expiration: Option<ScheduleExpiration>,
+}
+
+/// Graph's `expirationPattern`: `noExpiration`, `afterDateTime` (with `endDateTime`) or
+/// `afterDuration`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleExpiration {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    #[serde(default)]
+    pub end_date_time: Option<String>,
+}
+
 /// One page of an Azure Resource Manager collection: `{"value": [...], "nextLink": ...}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -181,6 +181,7 @@ fn activities(kind: &ResourceKind) -> Option<(&'static str, &'static str)> {
         // Role changes are logged by PIM under other activities; not looked up yet.
         ResourceKind::EntraRole { .. }
         | ResourceKind::AzureRole { .. }
+        | ResourceKind::GroupEligible { .. }
         | ResourceKind::Unverifiable => None,
     }
 }
@@ -197,8 +198,16 @@ fn target_id(kind: &ResourceKind) -> Option<&str> {
         } => Some(service_principal_id),
         ResourceKind::EntraRole { .. }
         | ResourceKind::AzureRole { .. }
+        | ResourceKind::GroupEligible { .. }
         | ResourceKind::Unverifiable => None,
     }
+}
+
+/// The group or service principal a removal of `kind` is logged against, for the kinds
+/// attribution looks up (group membership and ownership, app roles).
+pub fn attributable_target(kind: &ResourceKind) -> Option<&str> {
+    activities(kind)?;
+    target_id(kind)
 }
 
 /// The `$filter` of one query: every change to `kind`'s group or app since `since`
