@@ -846,3 +846,31 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         .unwrap();
     sim.shutdown().await;
 }
+
+/// Issue #23: the controller's wall-clock time comes from its context's clock, so a test
+/// can put it at any moment without waiting: every time in the status is the clock's.
+#[tokio::test]
+async fn the_controller_takes_its_time_from_the_clock_in_its_context() {
+    use redeliver::controller::context::FixedClock;
+    let at: jiff::Timestamp = "2031-01-02T03:04:05Z".parse().unwrap();
+    let clock = Arc::new(FixedClock::at(at));
+    let mut env = env(Settings {
+        clock: clock.clone(),
+        ..Settings::default()
+    })
+    .await;
+    let alice = for_user("alice-finance", "alice@contoso.com");
+    let (status, _) = env.api.reconcile(&env.ctx, &alice).await;
+    for type_ in ["Ready", "Delivered"] {
+        assert_eq!(
+            condition(&status, type_)["lastTransitionTime"],
+            "2031-01-02T03:04:05Z",
+            "{status}"
+        );
+    }
+    assert_eq!(
+        status["reprocess"]["lastRequestedTime"],
+        "2031-01-02T03:04:05Z"
+    );
+    env.sim.shutdown().await;
+}

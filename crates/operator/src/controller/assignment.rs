@@ -142,7 +142,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         observed_generation: generation,
         access_package_name: Some(obj.spec.access_package.label()),
         target_name: Some(obj.spec.target.label()),
-        conditions: first_visit_conditions(generation, Timestamp::now()),
+        conditions: first_visit_conditions(generation, ctx.now()),
         ..Default::default()
     });
     // The same observation as `redeliver audit`'s (one function, one read cache).
@@ -164,7 +164,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         &safety,
     )
     .await;
-    let now = Timestamp::now();
+    let now = ctx.now();
     let who = name_of(obj.as_ref());
     let mass_drift = mass_drift_hold(ctx, tenant, &safety, &observed, now);
     let plan_now = |observed: &AssignmentObservation, ledger: &RepairLedger| {

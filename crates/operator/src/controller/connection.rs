@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -157,7 +156,7 @@ where
     let status = GraphConnectionStatus {
         observed_generation: generation,
         error_code: code,
-        conditions: build_conditions(old, desired, generation, Timestamp::now()),
+        conditions: build_conditions(old, desired, generation, ctx.now()),
     };
     let changed = previous.is_none_or(|p| {
         p.observed_generation != status.observed_generation
@@ -334,7 +333,7 @@ where
             ),
         ],
         generation,
-        Timestamp::now(),
+        ctx.now(),
     );
     // What was last verified stays visible (Delivered), with Ready saying why it is not
     // being verified now.

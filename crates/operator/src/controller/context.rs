@@ -5,6 +5,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use jiff::Timestamp;
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -67,6 +69,61 @@ struct SeriesKey {
     warning: bool,
 }
 
+/// The controller's source of wall-clock time: every time the controller hands the engine,
+/// writes in a status or compares with one comes from here (monotonic waits run on tokio's
+/// clock, which tests can pause). Tests put the controller at any moment with
+/// [`FixedClock`] or [`OffsetClock`].
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// Now.
+    fn now(&self) -> Timestamp;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+    }
+}
+
+/// A clock that stands still at a given time until moved (tests).
+#[derive(Debug)]
+pub struct FixedClock(Mutex<Timestamp>);
+
+impl FixedClock {
+    /// A clock at `at`.
+    pub fn at(at: Timestamp) -> Self {
+        Self(Mutex::new(at))
+    }
+
+    /// Moves it by `by`.
+    pub fn advance(&self, by: jiff::SignedDuration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t = t.checked_add(by).unwrap_or(*t);
+    }
+}
+
+impl Clock for FixedClock {
+    fn now(&self) -> Timestamp {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The system clock shifted by an offset (tests: "an hour from now", as the controller
+/// sees it, while everything else runs at its pace).
+#[derive(Debug)]
+pub struct OffsetClock(pub jiff::SignedDuration);
+
+impl Clock for OffsetClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::now()
+            .checked_add(self.0)
+            .unwrap_or_else(|_| Timestamp::now())
+    }
+}
+
 /// Requeue pace while an `adminRemove` is being processed.
 pub const REMOVAL_POLL: Duration = Duration::from_secs(15);
 
@@ -119,6 +176,8 @@ pub struct Settings {
     pub account_max_age: Duration,
     /// Reconcile `ClusterGraphConnection`s (`--cluster-connections`).
     pub cluster_connections: bool,
+    /// Wall-clock time ([`SystemClock`] but in tests).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for Settings {
@@ -145,6 +204,7 @@ impl Default for Settings {
             use_access_drift_report: false,
             account_max_age: crate::observe::accounts::AccountSettings::default().ttl,
             cluster_connections: true,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -186,6 +246,8 @@ pub struct Context {
     reporter: Reporter,
     /// Open once start-up is done (ledger rebuilt, delta baseline taken): reconciles wait.
     started: tokio::sync::watch::Sender<bool>,
+    /// Wall-clock time: the only source of it in the controller.
+    clock: Arc<dyn Clock>,
 }
 
 impl super::metrics::StateSizes for Context {
@@ -221,6 +283,11 @@ impl super::metrics::StateSizes for Context {
 }
 
 impl Context {
+    /// Now, by the controller's clock ([`Settings::clock`]).
+    pub fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
     /// Builds the context with the operator's own connection using `graph`.
     pub fn new(
         client: Client,
@@ -295,6 +362,7 @@ impl Context {
             use_access_drift_report: settings.use_access_drift_report,
             cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
+            clock: settings.clock.clone(),
         }
     }
 

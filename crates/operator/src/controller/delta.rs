@@ -245,11 +245,12 @@ pub async fn run(
     });
     // Every tenant's baseline at once (one slow tenant does not hold the others'), all of
     // them before reconciles open.
+    let ctx_ref = &ctx;
     let started = futures::future::join_all(partition.get().iter().filter_map(|(key, objs)| {
         let tenant = ctx.connections.ready(key)?;
         Some(async move {
             let mut tracker = DeltaTracker::empty(tenant.graph().clone());
-            let since = jiff::Timestamp::now();
+            let since = ctx_ref.now();
             let (groups, failures) = tracker.track(&tracked_groups(objs)).await;
             for e in &failures {
                 tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
@@ -321,7 +322,7 @@ pub async fn run(
                     key.clone(),
                     tenant,
                     tracker,
-                    jiff::Timestamp::now(),
+                    ctx.now(),
                     &mut tasks,
                     &mut followers,
                 );

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
@@ -77,7 +76,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     let first = obj.status.is_none().then(|| AccessPackageGuardStatus {
         observed_generation: generation,
         access_package_name: Some(obj.spec.access_package.label()),
-        conditions: first_visit_conditions(generation, Timestamp::now()),
+        conditions: first_visit_conditions(generation, ctx.now()),
         ..Default::default()
     });
     // The same observation as `redeliver audit`'s (one function, one read cache).
@@ -96,7 +95,7 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
         .cloned();
     let resolved = observed.resolved.clone();
-    let now = Timestamp::now();
+    let now = ctx.now();
     let who = name_of(obj.as_ref());
     // The operator's global rate limit is an input: the plan selects only what may be sent.
     let budget = tenant.reprocess_bucket.available();
