@@ -243,27 +243,7 @@ pub async fn run(
         max_age: interval / 4,
         last: std::sync::Mutex::default(),
     });
-    // Every tenant's baseline at once (one slow tenant does not hold the others'), all of
-    // them before reconciles open.
-    let ctx_ref = &ctx;
-    let started = futures::future::join_all(partition.get().iter().filter_map(|(key, objs)| {
-        let tenant = ctx.connections.ready(key)?;
-        Some(async move {
-            let mut tracker = DeltaTracker::empty(tenant.graph().clone());
-            let since = ctx_ref.now();
-            let (groups, failures) = tracker.track(&tracked_groups(objs)).await;
-            for e in &failures {
-                tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
-            }
-            (key.clone(), tenant, tracker, since, groups.len())
-        })
-        // Checked at its objects' first reconcile; followed from the next interval.
-    }))
-    .await;
-    tracing::debug!(
-        groups = started.iter().map(|s| s.4).sum::<usize>(),
-        "group delta baseline taken"
-    );
+    let started = baseline_all(&ctx, &partition).await;
     if let Some(done) = baseline {
         let _ = done.send(());
     }
@@ -362,6 +342,43 @@ pub async fn run(
         f.stop.cancel();
     }
     tasks.shutdown().await;
+}
+
+/// A connection whose groups' baseline was taken: its tenant, tracker, the time it was
+/// taken from, and how many groups it follows.
+type Baselined = (
+    ConnectionKey,
+    Arc<Tenant>,
+    DeltaTracker,
+    jiff::Timestamp,
+    usize,
+);
+
+/// Takes every ready connection's group delta baseline at once (one slow tenant does not
+/// hold the others'), before reconciles open: a tracker per connection, with the time it
+/// was started from.
+async fn baseline_all(ctx: &Arc<Context>, partition: &Partition) -> Vec<Baselined> {
+    // Every tenant's baseline at once (one slow tenant does not hold the others'), all of
+    // them before reconciles open.
+    let started = futures::future::join_all(partition.get().iter().filter_map(|(key, objs)| {
+        let tenant = ctx.connections.ready(key)?;
+        Some(async move {
+            let mut tracker = DeltaTracker::empty(tenant.graph().clone());
+            let since = ctx.now();
+            let (groups, failures) = tracker.track(&tracked_groups(objs)).await;
+            for e in &failures {
+                tracing::warn!(connection = %key, error = %e, "cannot start group delta; its groups are baselined and verified at the next interval");
+            }
+            (key.clone(), tenant, tracker, since, groups.len())
+        })
+        // Checked at its objects' first reconcile; followed from the next interval.
+    }))
+    .await;
+    tracing::debug!(
+        groups = started.iter().map(|s| s.4).sum::<usize>(),
+        "group delta baseline taken"
+    );
+    started
 }
 
 /// Why a follower ended.

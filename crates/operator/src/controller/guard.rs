@@ -23,7 +23,7 @@ use crate::api::{AccessPackageGuard, AccessPackageGuardStatus};
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::RepairLedger;
 use crate::engine::transaction::{Claim, Transaction};
-use crate::engine::{GuardInput, plan_guard_sweep};
+use crate::engine::{GuardInput, GuardPlan, plan_guard_sweep};
 use crate::graph::error::GraphError;
 use crate::graph::{Write, Written};
 use crate::observe::{GuardObservation, observe_guard};
@@ -143,34 +143,14 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
             .await;
         (plan, claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
     }
-    ctx.metrics
-        .safety_holds(KIND, &plan.events, &plan.status.conditions);
-    let tripped = plan
-        .status
-        .mass_drift
-        .as_ref()
-        .is_some_and(|m| m.acknowledged_time.is_none());
-    ctx.metrics
-        .mass_drift_tripped(KIND, format!("{namespace}/{name}"), usize::from(tripped));
-    // An acknowledgement on the guard also resumes the package's declared assignments.
-    if let (Some(m), Ok((package_id, _))) = (&plan.status.mass_drift, &resolved)
-        && m.acknowledged_time.is_some()
-    {
-        tenant.breaker().acknowledge_package(package_id);
-    }
-    plan.status.connection = tenant.key.status_label();
-    // Count each drift once, when first seen (the previous list is bounded, so a drift
-    // beyond it may be counted again; the bound keeps that rare).
-    let known: Vec<&str> = previous
-        .iter()
-        .flat_map(|p| p.drifted.iter().map(|d| d.assignment_id.as_str()))
-        .collect();
-    let new_drift = plan
-        .drifted
-        .iter()
-        .filter(|d| !known.contains(&d.assignment_id.as_str()))
-        .count();
-    ctx.metrics.drift(KIND, new_drift as u64);
+    record_sweep(
+        ctx,
+        tenant,
+        &format!("{namespace}/{name}"),
+        &mut plan,
+        previous.as_ref(),
+        &resolved,
+    );
     if ctx.use_access_drift_report {
         // Detection only: a note on Delivered and a count, before any write so a
         // reprocess's status write carries it.
@@ -219,6 +199,47 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         Some(after) => after,
         None => jitter(plan.requeue_after),
     }))
+}
+
+/// What a sweep's plan says, before anything is sent: the safety-hold and mass-drift
+/// metrics, an acknowledgement that also resumes the package's declared assignments, the
+/// connection in the status, and the drifts seen for the first time.
+fn record_sweep(
+    ctx: &Context,
+    tenant: &Tenant,
+    object: &str,
+    plan: &mut GuardPlan,
+    previous: Option<&AccessPackageGuardStatus>,
+    resolved: &Result<(String, Option<String>), crate::engine::ResolveFailure>,
+) {
+    ctx.metrics
+        .safety_holds(KIND, &plan.events, &plan.status.conditions);
+    let tripped = plan
+        .status
+        .mass_drift
+        .as_ref()
+        .is_some_and(|m| m.acknowledged_time.is_none());
+    ctx.metrics
+        .mass_drift_tripped(KIND, object.to_string(), usize::from(tripped));
+    // An acknowledgement on the guard also resumes the package's declared assignments.
+    if let (Some(m), Ok((package_id, _))) = (&plan.status.mass_drift, &resolved)
+        && m.acknowledged_time.is_some()
+    {
+        tenant.breaker().acknowledge_package(package_id);
+    }
+    plan.status.connection = tenant.key.status_label();
+    // Count each drift once, when first seen (the previous list is bounded, so a drift
+    // beyond it may be counted again; the bound keeps that rare).
+    let known: Vec<&str> = previous
+        .iter()
+        .flat_map(|p| p.drifted.iter().map(|d| d.assignment_id.as_str()))
+        .collect();
+    let new_drift = plan
+        .drifted
+        .iter()
+        .filter(|d| !known.contains(&d.assignment_id.as_str()))
+        .count();
+    ctx.metrics.drift(KIND, new_drift as u64);
 }
 
 /// The controller's side of a sweep's repair transaction: the reprocess budget, status
