@@ -36,6 +36,7 @@ use crate::api::{AccessPackageAssignment, ResourceState, ResourceStatus};
 use crate::engine::{
     GroupAccess, OriginSystem, PromisedResource, ResourceKind, ResourceRead, RoleMode,
 };
+use crate::graph::models::AssignmentState;
 use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
 /// The user and the group resources of a delivered assignment, from its status; `None`
@@ -63,7 +64,7 @@ fn delivered_resources(
     let delivered = status
         .graph_state
         .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("delivered"));
+        .is_some_and(|s| AssignmentState::from_wire(s) == AssignmentState::Delivered);
     if !delivered {
         return None;
     }

@@ -143,9 +143,10 @@ impl Triggers {
                     s.access_package_id
                         .as_deref()
                         .is_some_and(|p| p.eq_ignore_ascii_case(package))
-                        && s.graph_state
-                            .as_deref()
-                            .is_some_and(|g| g.eq_ignore_ascii_case("delivered"))
+                        && s.graph_state.as_deref().is_some_and(|g| {
+                            crate::graph::models::AssignmentState::from_wire(g)
+                                == crate::graph::models::AssignmentState::Delivered
+                        })
                 })
             })
             .count();

@@ -472,8 +472,9 @@ fn missing_labels<'a>(
                 .resources
                 .iter()
                 .find(|rs| same_resource(rs, r))
-                .and_then(|rs| rs.last_change.as_deref())
-                .filter(|c| super::names_actor(c));
+                // Named only when the audit log named who: the structured record says so.
+                .filter(|rs| rs.removed_by.is_some())
+                .and_then(|rs| rs.last_change.as_deref());
             match who {
                 Some(who) => format!("{} [{who}]", r.label()),
                 None => r.label(),

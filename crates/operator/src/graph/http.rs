@@ -76,7 +76,7 @@ enum Exchange {
 /// Which attempt of which call an exchange is, for its counters and log line.
 struct Sent<'a> {
     operation: &'static str,
-    scope: &'static str,
+    scope: ThrottleScope,
     attempt: u32,
     client_request_id: &'a str,
     /// When the attempt began queueing for a permit.
@@ -135,23 +135,38 @@ pub(crate) struct Http {
     /// Per throttling scope, the instant before which no call may be sent (the latest
     /// `Retry-After` the server gave). Graph throttles per app and tenant, so the wait applies
     /// to every caller of this client, not only to the call that was refused.
-    gates: Mutex<HashMap<&'static str, Instant>>,
+    gates: Mutex<HashMap<ThrottleScope, Instant>>,
 }
 
 /// Which Graph throttling budget a path draws from: entitlement management, the token
 /// endpoint, or the directory (users, groups, service principals: one shared bucket,
 /// docs/graph.md "Throttling and retries").
-pub(crate) fn throttle_scope(path: &str) -> &'static str {
+pub(crate) fn throttle_scope(path: &str) -> ThrottleScope {
     if path.contains("/identityGovernance/") {
-        "entitlement"
+        ThrottleScope::Entitlement
     } else if path.contains("/providers/Microsoft.Authorization/") {
         // Azure Resource Manager: its own limits, nothing to do with Graph's.
-        "arm"
+        ThrottleScope::Arm
     } else if path.ends_with("/oauth2/v2.0/token") {
-        "token"
+        ThrottleScope::Token
     } else {
-        "directory"
+        ThrottleScope::Directory
     }
+}
+
+/// A throttling budget: calls in one scope wait out each other's `Retry-After`, never
+/// another scope's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "lowercase")]
+pub(crate) enum ThrottleScope {
+    /// Entitlement management (`/identityGovernance/...`).
+    Entitlement,
+    /// Azure Resource Manager.
+    Arm,
+    /// The token endpoint.
+    Token,
+    /// The directory: users, groups, service principals, roles.
+    Directory,
 }
 
 /// How long ARM calls wait after an answer said no reads are left (ARM refills its read
@@ -309,7 +324,7 @@ impl Http {
     async fn wait_at_gate(
         &self,
         operation: &'static str,
-        scope: &'static str,
+        scope: ThrottleScope,
     ) -> Result<(), GraphError> {
         let Some(wait) = self.gate_wait(scope) else {
             return Ok(());
@@ -324,7 +339,7 @@ impl Http {
         }
         debug!(
             operation,
-            gate = scope,
+            gate = %scope,
             wait_ms = wait.as_millis() as u64,
             "waiting for an earlier Retry-After"
         );
@@ -339,7 +354,7 @@ impl Http {
     async fn admit(
         &self,
         operation: &'static str,
-        scope: &'static str,
+        scope: ThrottleScope,
     ) -> Result<Option<SemaphorePermit<'_>>, GraphError> {
         loop {
             // The semaphore is never closed; `None` would only mean no bound.
@@ -433,7 +448,7 @@ impl Http {
         });
         if let Some(d) = retry_after {
             self.refused(sent.scope, status.as_u16(), d);
-        } else if sent.scope == "arm" && arm_reads_spent(&headers) {
+        } else if sent.scope == ThrottleScope::Arm && arm_reads_spent(&headers) {
             // ARM says how many reads are left before it throttles: at none, hold every
             // ARM call back briefly instead of spending a request on a certain 429.
             debug!(operation, "ARM read quota spent; holding ARM calls back");
@@ -471,9 +486,9 @@ impl Http {
     }
 
     /// How long calls in `scope` must still wait because of an earlier `Retry-After`.
-    fn gate_wait(&self, scope: &'static str) -> Option<Duration> {
+    fn gate_wait(&self, scope: ThrottleScope) -> Option<Duration> {
         let gates = self.gates.lock().ok()?;
-        let until = *gates.get(scope)?;
+        let until = *gates.get(&scope)?;
         until
             .checked_duration_since(Instant::now())
             .filter(|d| !d.is_zero())
@@ -482,14 +497,14 @@ impl Http {
     /// An answer with `Retry-After: after` to a call in `scope` (direct or inside a
     /// `$batch`): a 429 or 503 holds back every call of this client in that scope, since
     /// Graph throttles per app and tenant.
-    pub(crate) fn refused(&self, scope: &'static str, status: u16, after: Duration) {
+    pub(crate) fn refused(&self, scope: ThrottleScope, status: u16, after: Duration) {
         if matches!(status, 429 | 503) {
             self.close_gate(scope, after);
         }
     }
 
     /// Records that the server asked for no calls in `scope` for `after`.
-    fn close_gate(&self, scope: &'static str, after: Duration) {
+    fn close_gate(&self, scope: ThrottleScope, after: Duration) {
         let until = Instant::now() + after;
         if let Ok(mut gates) = self.gates.lock() {
             let entry = gates.entry(scope).or_insert(until);
@@ -695,24 +710,31 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_refusal_closes_its_scope_until_retry_after_on_the_tokio_clock() {
         let http = http();
-        http.refused("directory", 429, Duration::from_secs(2));
-        http.refused("entitlement", 200, Duration::from_secs(2));
-        assert_eq!(http.gate_wait("directory"), Some(Duration::from_secs(2)));
+        http.refused(ThrottleScope::Directory, 429, Duration::from_secs(2));
+        http.refused(ThrottleScope::Entitlement, 200, Duration::from_secs(2));
         assert_eq!(
-            http.gate_wait("entitlement"),
+            http.gate_wait(ThrottleScope::Directory),
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            http.gate_wait(ThrottleScope::Entitlement),
             None,
             "only 429 and 503 close"
         );
-        assert_eq!(http.gate_wait("token"), None, "scopes are independent");
+        assert_eq!(
+            http.gate_wait(ThrottleScope::Token),
+            None,
+            "scopes are independent"
+        );
         // A shorter, later refusal does not reopen the gate early.
-        http.refused("directory", 503, Duration::from_millis(500));
+        http.refused(ThrottleScope::Directory, 503, Duration::from_millis(500));
         tokio::time::advance(Duration::from_millis(1_500)).await;
         assert_eq!(
-            http.gate_wait("directory"),
+            http.gate_wait(ThrottleScope::Directory),
             Some(Duration::from_millis(500))
         );
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(http.gate_wait("directory"), None);
+        assert_eq!(http.gate_wait(ThrottleScope::Directory), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -720,19 +742,26 @@ mod tests {
         let http = http_with(|c| c.max_retry_after = Duration::from_secs(120));
         let t0 = Instant::now();
         let after = Duration::from_nanos(2_128_000_001);
-        http.refused("directory", 429, after);
-        http.wait_at_gate("op", "directory").await.unwrap();
+        http.refused(ThrottleScope::Directory, 429, after);
+        http.wait_at_gate("op", ThrottleScope::Directory)
+            .await
+            .unwrap();
         // Never earlier; tokio's timers round up to the millisecond.
         let waited = t0.elapsed();
         assert!(
             waited >= after && waited <= after + Duration::from_millis(1),
             "{waited:?}"
         );
-        http.wait_at_gate("op", "directory").await.unwrap();
+        http.wait_at_gate("op", ThrottleScope::Directory)
+            .await
+            .unwrap();
         assert_eq!(t0.elapsed(), waited, "open now");
 
-        http.refused("entitlement", 429, Duration::from_secs(3600));
-        let e = http.wait_at_gate("op", "entitlement").await.unwrap_err();
+        http.refused(ThrottleScope::Entitlement, 429, Duration::from_secs(3600));
+        let e = http
+            .wait_at_gate("op", ThrottleScope::Entitlement)
+            .await
+            .unwrap_err();
         assert_eq!(e.kind(), "throttled");
         assert_eq!(e.retry_after(), Some(Duration::from_secs(3600)));
         assert_eq!(t0.elapsed(), waited, "no wait");
@@ -744,20 +773,20 @@ mod tests {
     async fn a_call_queued_while_its_scope_was_refused_waits_without_the_permit() {
         let http = http_with(|c| c.concurrency = 1);
         let t0 = Instant::now();
-        let first = http.admit("op", "directory").await.unwrap();
+        let first = http.admit("op", ThrottleScope::Directory).await.unwrap();
         let queued = async {
-            let permit = http.admit("op", "directory").await.unwrap();
+            let permit = http.admit("op", ThrottleScope::Directory).await.unwrap();
             (t0.elapsed(), permit.is_some())
         };
         let meanwhile = async {
             // The call holding the permit is refused for a second, then finishes.
-            http.refused("directory", 429, Duration::from_secs(1));
+            http.refused(ThrottleScope::Directory, 429, Duration::from_secs(1));
             tokio::time::sleep(Duration::from_millis(10)).await;
             drop(first);
             // The queued call took the permit, found its gate closed and let go of it:
             // another scope's call goes out at once.
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let other = http.admit("op", "entitlement").await.unwrap();
+            let other = http.admit("op", ThrottleScope::Entitlement).await.unwrap();
             (t0.elapsed(), other.is_some())
         };
         let (queued, other) = tokio::join!(queued, meanwhile);

@@ -44,6 +44,25 @@ pub enum AssignmentState {
 }
 
 impl AssignmentState {
+    /// Every state, for parsing.
+    const ALL: [Self; 6] = [
+        Self::Delivering,
+        Self::PartiallyDelivered,
+        Self::Delivered,
+        Self::Expired,
+        Self::DeliveryFailed,
+        Self::Unknown,
+    ];
+
+    /// The state a wire literal (or a status's `graphState`) names, case-insensitively;
+    /// anything else is `Unknown`.
+    pub fn from_wire(s: &str) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.as_str().eq_ignore_ascii_case(s))
+            .unwrap_or(Self::Unknown)
+    }
+
     /// The wire literal, e.g. `delivered`.
     pub fn as_str(self) -> &'static str {
         match self {
