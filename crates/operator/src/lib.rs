@@ -21,6 +21,7 @@ pub mod api;
 pub mod audit;
 pub mod cli;
 pub mod controller;
+pub mod domain;
 pub mod engine;
 pub mod graph;
 pub mod observe;

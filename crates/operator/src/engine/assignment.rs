@@ -42,7 +42,7 @@ use crate::api::{
     ReprocessOutcome, ResourceState, ResourceStatus, format_duration, parse_duration,
     validate_assignment_spec,
 };
-use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState, RequestState};
+use crate::domain::models::{Assignment, AssignmentRequest, AssignmentState, RequestState};
 
 /// Everything the engine needs to plan one assignment.
 #[derive(Debug, Clone)]

@@ -2,12 +2,12 @@
 
 use super::*;
 use crate::api::{AccessPackageAssignmentSpec, ReprocessMode, ReprocessOutcome};
+use crate::domain::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
 use crate::engine::conditions::{ConditionType, Reason, find};
 use crate::engine::{
     AccountState, MassDriftHold, ResolveFailureKind, ResourceRead, Risk, SafetyPolicy,
     TargetAccount, promised_resources,
 };
-use crate::graph::models::{RequestType, ResourceRole, ResourceRoleScope, ResourceScope};
 
 const PKG: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 const POLICY: &str = "2264bf65-76ba-417b-a27d-54d291f0cbc8";

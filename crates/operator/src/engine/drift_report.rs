@@ -100,12 +100,12 @@ pub fn guard_drift_report_disagreements(
     report: &DriftReport,
     resources: &[PromisedResource],
     snapshot: &Snapshot,
-    assignments: &[crate::graph::models::Assignment],
+    assignments: &[crate::domain::models::Assignment],
 ) -> (Vec<String>, usize) {
     let mut all = Vec::new();
     for a in assignments
         .iter()
-        .filter(|a| a.state == crate::graph::models::AssignmentState::Delivered)
+        .filter(|a| a.state == crate::domain::models::AssignmentState::Delivered)
     {
         let Some(target) = a.target.as_ref() else {
             continue;
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn a_guard_lists_a_few_disagreements_and_counts_them_all() {
-        use crate::graph::models::{Assignment, AssignmentState, Subject};
+        use crate::domain::models::{Assignment, AssignmentState, Subject};
         let users: Vec<String> = (0..5).map(|i| format!("u{i}")).collect();
         let mut report = DriftReport::default();
         for u in &users {

@@ -21,7 +21,7 @@ use crate::api::{
     GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL, MassDriftStatus,
     ResourceState, UnmanagedMembers, parse_duration, validate_guard_spec,
 };
-use crate::graph::models::{Assignment, AssignmentState};
+use crate::domain::models::{Assignment, AssignmentState};
 
 /// Everything one sweep needs.
 #[derive(Debug, Clone)]

@@ -1,12 +1,12 @@
 //! Sweeps of an `AccessPackageGuard`, as small scenarios.
 
 use super::*;
+use crate::domain::models::{ResourceRole, ResourceRoleScope, ResourceScope};
 use crate::engine::conditions::{ConditionType, Reason, find};
 use crate::engine::{
     AccountState, BreakerPolicy, ResolveFailureKind, ResourceRead, Risk, SafetyPolicy,
     TargetAccount, promised_resources,
 };
-use crate::graph::models::{ResourceRole, ResourceRoleScope, ResourceScope};
 
 const PKG: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 

@@ -14,8 +14,8 @@
 
 use std::time::Duration;
 
-pub use crate::graph::Write;
-use crate::graph::models::{Assignment, AssignmentRequest, AssignmentState};
+pub use crate::domain::Write;
+use crate::domain::models::{Assignment, AssignmentRequest, AssignmentState};
 
 mod assignment;
 pub mod attribution;
@@ -368,7 +368,7 @@ pub struct Plan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::models::{RequestState, RequestType};
+    use crate::domain::models::{RequestState, RequestType};
 
     fn a(id: &str, state: AssignmentState) -> Assignment {
         serde_json::from_value(serde_json::json!({"id": id, "state": state.as_str()})).unwrap()

@@ -1,6 +1,6 @@
 //! What a package promises: decoding `resourceRoleScopes` into things Redeliver can check.
 
-use crate::graph::models::ResourceRoleScope;
+use crate::domain::models::ResourceRoleScope;
 
 /// A resource's `originSystem`: where entitlement management delivers it. Graph may add
 /// systems, so the set stays open ([`OriginSystem::Other`]) and text round-trips exactly.
@@ -553,7 +553,7 @@ fn decode_azure_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::models::{ResourceRole, ResourceScope};
+    use crate::domain::models::{ResourceRole, ResourceScope};
 
     fn rrs(
         id: &str,
@@ -772,7 +772,7 @@ mod tests {
             &format!("{mode} Member"),
         );
         x.scope.as_mut().unwrap().is_root_scope = Some(true);
-        x.role.as_mut().unwrap().resource = name.map(|n| crate::graph::models::ResourceRef {
+        x.role.as_mut().unwrap().resource = name.map(|n| crate::domain::models::ResourceRef {
             id: Some(format!("res-{id}")),
             display_name: Some(n.into()),
             origin_id: Some(role_def.into()),
@@ -950,7 +950,7 @@ mod tests {
     #[test]
     fn a_root_scope_is_named_by_the_roles_resource() {
         let mut x = rrs("1", "AadGroup", "g1", "Root", "Member_g1", "Member");
-        x.role.as_mut().unwrap().resource = Some(crate::graph::models::ResourceRef {
+        x.role.as_mut().unwrap().resource = Some(crate::domain::models::ResourceRef {
             display_name: Some("fin-readers".into()),
             origin_id: Some("g1".into()),
             ..Default::default()

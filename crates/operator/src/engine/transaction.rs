@@ -35,7 +35,7 @@ use super::{
     ActionFailure, EventKind, GuardPlan, Plan, assignment_status_changed, guard_status_changed,
 };
 use crate::api::{AccessPackageAssignmentStatus, AccessPackageGuardStatus};
-use crate::graph::Write;
+use crate::domain::Write;
 
 /// Where a claim's ledger lives: the controller's per-connection mutex, or the audit's cell.
 pub trait LedgerCell {

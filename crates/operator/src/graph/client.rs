@@ -601,6 +601,30 @@ impl GraphClient {
         self.follow_delta(OP, url).await
     }
 
+    /// A delta link for `groups` (at most [`MAX_DELTA_GROUPS`]) that reports membership
+    /// changes from now on (`$deltatoken=latest`: no initial sync is read).
+    pub async fn group_members_delta_latest(
+        &self,
+        groups: &[String],
+    ) -> Result<String, GraphError> {
+        const OP: &str = "group_members_delta";
+        let filter = groups
+            .iter()
+            .map(|id| format!("id eq '{}'", id.replace('\'', "''")))
+            .collect::<Vec<_>>()
+            .join(" or ");
+        let url = self.url(
+            OP,
+            "/groups/delta",
+            &[
+                ("$select", "members"),
+                ("$filter", &filter),
+                ("$deltatoken", "latest"),
+            ],
+        )?;
+        Ok(self.follow_delta(OP, url).await?.delta_link)
+    }
+
     /// Changes since a previous round's delta link. Fails with an error for which
     /// [`GraphError::is_resync_required`] is true when the link expired (start over with
     /// [`GraphClient::group_members_delta`]).

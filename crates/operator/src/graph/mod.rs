@@ -30,7 +30,8 @@ pub mod connection;
 pub mod drift_report;
 pub mod error;
 mod http;
-pub mod models;
+/// The wire shapes of what Graph returns, defined with the domain (`crate::domain`).
+pub use crate::domain::models;
 pub mod odata;
 pub mod retry;
 mod writes;

@@ -16,42 +16,9 @@ use super::client::{
 };
 use super::error::GraphError;
 use super::http::{RetryMode, retryable_status};
-use super::models::AssignmentRequest;
 use super::odata::segment;
-
-/// One write Redeliver makes to entitlement management.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Write {
-    /// Re-apply a delivered assignment (`POST …/assignments/{id}/reprocess`; 202).
-    ReprocessAssignment {
-        /// The assignment's id.
-        assignment_id: String,
-    },
-    /// Re-run a failed or partially delivered request
-    /// (`POST …/assignmentRequests/{id}/reprocess`; 202).
-    ReprocessRequest {
-        /// The request's id.
-        request_id: String,
-    },
-    /// Create an `adminAdd` request (`POST …/assignmentRequests`; 201).
-    RequestAssignment {
-        /// The access package.
-        access_package_id: String,
-        /// The assignment policy the request is made under.
-        policy_id: String,
-        /// The user (object id) to assign.
-        target_object_id: String,
-    },
-}
-
-/// What Graph answered to an accepted [`Write`].
-#[derive(Clone, Debug, PartialEq)]
-pub enum Written {
-    /// A `reprocess` was accepted (202).
-    Accepted,
-    /// The assignment request Graph created (201).
-    Requested(Box<AssignmentRequest>),
-}
+use crate::domain::models::AssignmentRequest;
+pub use crate::domain::{Write, Written};
 
 /// A write turned into its operation name, path, body and retry mode.
 struct Prepared {

@@ -21,8 +21,6 @@ use crate::graph::GraphClient;
 use crate::graph::client::MAX_DELTA_GROUPS;
 use crate::graph::error::GraphError;
 
-const OP: &str = "group_members_delta";
-
 /// Follows group delta links for a fixed set of groups.
 pub struct DeltaTracker {
     graph: GraphClient,
@@ -181,20 +179,5 @@ impl DeltaTracker {
 
 /// A delta link that reports changes from now on (`$deltatoken=latest`).
 async fn latest_link(graph: &GraphClient, groups: &[String]) -> Result<String, GraphError> {
-    let filter = groups
-        .iter()
-        .map(|id| format!("id eq '{}'", id.replace('\'', "''")))
-        .collect::<Vec<_>>()
-        .join(" or ");
-    let url = graph.url(
-        OP,
-        "/groups/delta",
-        &[
-            ("$select", "members"),
-            ("$filter", &filter),
-            ("$deltatoken", "latest"),
-        ],
-    )?;
-    let delta = graph.group_members_delta_next(url.as_str()).await?;
-    Ok(delta.delta_link)
+    graph.group_members_delta_latest(groups).await
 }
