@@ -26,10 +26,11 @@ use crate::api::{
 };
 use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::RepairLedger;
+use crate::engine::removal::{RemovalSeen, RemovalStep, plan_removal, removal_requested};
 use crate::engine::transaction::{Claim, Transaction};
 use crate::engine::{AssignmentInput, MassDriftHold, Plan, SafetyPolicy, plan_assignment};
 use crate::graph::error::GraphError;
-use crate::graph::models::{Assignment, AssignmentState, RequestType};
+use crate::graph::models::AssignmentState;
 use crate::graph::{Write, Written};
 use crate::observe::{AssignmentObservation, observe_assignment};
 
@@ -417,20 +418,21 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         // The finalizer stays: removing the assignment needs the object's own tenant.
         Err(unready) => return Err(Error::ConnectionNotReady(unready.message)),
     };
-    if obj.spec.deletion_policy != DeletionPolicy::Remove {
-        return Ok(Action::await_change());
-    }
-    if obj.spec.suspend {
-        tracing::warn!("deleted while suspended: the assignment is left in place");
-        ctx.publish_cleanup(
-            &reference,
-            crate::engine::EventKind::RemovalSkipped,
-            "spec.suspend is true, so the assignment was not removed from Entra ID; remove it in the Entra admin center if it must go.".into(),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
     let status = obj.status.as_ref();
+    let plan = |package_id: &str, target_id: &str, seen| {
+        plan_removal(&obj.spec, status, package_id, target_id, seen)
+    };
+    // Orphan or suspended: decided before anything is read.
+    match plan("", "", RemovalSeen::Nothing) {
+        RemovalStep::ReadAssignments => {}
+        RemovalStep::ReleaseWith(event) => {
+            tracing::warn!("deleted while suspended: the assignment is left in place");
+            ctx.publish_cleanup(&reference, event.kind, event.message)
+                .await;
+            return Ok(done());
+        }
+        _ => return Ok(done()),
+    }
     let observer = tenant.observations.observer();
     let package_id = match status.and_then(|s| s.access_package_id.clone()) {
         Some(id) => id,
@@ -448,53 +450,46 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         },
     };
     let graph = tenant.graph();
-    let live: Vec<Assignment> = graph
-        .find_assignments(&package_id, &target_id)
-        .await?
-        .into_iter()
-        .filter(|a| a.state != AssignmentState::Expired)
-        .collect();
-    let Some(assignment) = live.first() else {
-        tracing::info!("assignment is gone; releasing the finalizer");
-        if status.and_then(|s| s.assignment_id.as_ref()).is_some() {
-            ctx.publish_cleanup(
-                &reference,
-                crate::engine::EventKind::AssignmentRemoved,
-                format!("The assignment of package {package_id} to {target_id} is removed from Entra ID; releasing the finalizer."),
-            )
-            .await;
+    let assignments = graph.find_assignments(&package_id, &target_id).await?;
+    let mut step = plan(
+        &package_id,
+        &target_id,
+        RemovalSeen::Assignments(&assignments),
+    );
+    if step == RemovalStep::ReadRequests {
+        let requests = graph.list_requests(&package_id).await?;
+        step = plan(
+            &package_id,
+            &target_id,
+            RemovalSeen::Requests(&assignments, &requests),
+        );
+    }
+    let (assignment_id, request_id) = match step {
+        RemovalStep::Wait {
+            assignment_id,
+            request_id,
+        } => (assignment_id, request_id),
+        RemovalStep::Submit { assignment_id } => {
+            let req = graph.request_removal(&assignment_id).await?;
+            tracing::info!(request_id = %req.id, %assignment_id, "adminRemove submitted");
+            let event = removal_requested(&req.id, &assignment_id);
+            ctx.publish_cleanup(&reference, event.kind, event.message)
+                .await;
+            (assignment_id, req.id)
         }
-        return Ok(done());
-    };
-    let pending = graph
-        .list_requests(&package_id)
-        .await?
-        .into_iter()
-        .find(|r| {
-            r.request_type == RequestType::AdminRemove
-                && r.state.is_in_flight()
-                && r.assignment.as_ref().and_then(|a| a.id.as_deref())
-                    == Some(assignment.id.as_str())
-        });
-    let request_id = match pending {
-        Some(r) => r.id,
-        None => {
-            let req = graph.request_removal(&assignment.id).await?;
-            tracing::info!(request_id = %req.id, assignment_id = %assignment.id, "adminRemove submitted");
-            ctx.publish_cleanup(
-                &reference,
-                crate::engine::EventKind::RemovalRequested,
-                format!(
-                    "Submitted adminRemove request {} for assignment {} (deletionPolicy: Remove); the finalizer stays until Entra ID has removed it.",
-                    req.id, assignment.id
-                ),
-            )
-            .await;
-            req.id
+        RemovalStep::ReleaseWith(event) => {
+            tracing::info!("assignment is gone; releasing the finalizer");
+            ctx.publish_cleanup(&reference, event.kind, event.message)
+                .await;
+            return Ok(done());
+        }
+        RemovalStep::Release | RemovalStep::ReadAssignments | RemovalStep::ReadRequests => {
+            tracing::info!("assignment is gone; releasing the finalizer");
+            return Ok(done());
         }
     };
     Err(Error::RemovalPending {
-        assignment_id: assignment.id.clone(),
+        assignment_id,
         request_id: Some(request_id),
     })
 }

@@ -23,6 +23,7 @@ pub mod conditions;
 mod drift_report;
 mod guard;
 pub mod ledger;
+pub mod removal;
 mod resources;
 pub mod safety;
 mod snapshot;
