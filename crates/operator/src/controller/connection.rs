@@ -19,9 +19,9 @@ use crate::api::{
     GraphConnection, GraphConnectionStatus,
 };
 use crate::engine::conditions::{
-    ConditionType, Desired, Reason, Status, build_conditions,
-    conditions_equal_ignoring_transition_times,
+    ConditionType, Reason, Status, conditions_equal_ignoring_transition_times,
 };
+use crate::engine::connection::{connection_conditions, not_ready_conditions};
 
 /// The kind label of the namespaced connection.
 pub const KIND: &str = "GraphConnection";
@@ -121,33 +121,9 @@ where
             .recheck_in(key)
             .max(std::time::Duration::from_secs(1)),
     );
-    let (desired, code) = match outcome {
-        CheckOutcome::Ready => (
-            vec![Desired::new(
-                ConditionType::Ready,
-                Status::True,
-                Reason::Connected,
-                "A token was obtained and access packages could be read.",
-            )],
-            None,
-        ),
-        CheckOutcome::Stalled(p) => (
-            vec![
-                Desired::new(
-                    ConditionType::Ready,
-                    Status::False,
-                    p.reason,
-                    p.message.clone(),
-                ),
-                Desired::new(
-                    ConditionType::Stalled,
-                    Status::True,
-                    p.reason,
-                    p.message.clone(),
-                ),
-            ],
-            p.code.clone(),
-        ),
+    let (problem, code) = match outcome {
+        CheckOutcome::Ready => (None, None),
+        CheckOutcome::Stalled(p) => (Some((p.reason, p.message.as_str())), p.code.clone()),
     };
     ctx.metrics
         .connection_ready(&key.metric_label(), *outcome == CheckOutcome::Ready);
@@ -156,7 +132,7 @@ where
     let status = GraphConnectionStatus {
         observed_generation: generation,
         error_code: code,
-        conditions: build_conditions(old, desired, generation, ctx.now()),
+        conditions: connection_conditions(old, problem, generation, ctx.now()),
     };
     let changed = previous.is_none_or(|p| {
         p.observed_generation != status.observed_generation
@@ -299,46 +275,13 @@ where
         .get("conditions")
         .and_then(|c| serde_json::from_value(c.clone()).ok())
         .unwrap_or_default();
-    let message = format!(
-        "{}. Nothing is read or changed in Entra ID until then.",
-        unready.message.trim_end_matches('.')
-    );
-    // What was last verified stays (Delivered), saying that it is not being verified now.
-    let suffix = format!(" Not verified while {} cannot be used.", unready.key);
-    let mut keep: Vec<Condition> = previous
-        .iter()
-        .filter(|c| c.type_ == ConditionType::Delivered)
-        .cloned()
-        .map(|mut c| {
-            if !c.message.ends_with(&suffix) {
-                c.message = format!("{}{suffix}", c.message.trim_end());
-            }
-            c
-        })
-        .collect();
-    let mut conditions = build_conditions(
+    let conditions = not_ready_conditions(
         &previous,
-        vec![
-            Desired::new(
-                ConditionType::Ready,
-                Status::False,
-                Reason::ConnectionNotReady,
-                message.clone(),
-            ),
-            Desired::new(
-                ConditionType::Stalled,
-                Status::True,
-                Reason::ConnectionNotReady,
-                message,
-            ),
-        ],
+        &unready.key.to_string(),
+        &unready.message,
         generation,
         ctx.now(),
     );
-    // What was last verified stays visible (Delivered), with Ready saying why it is not
-    // being verified now.
-    conditions.append(&mut keep);
-    crate::engine::conditions::sort_conditions(&mut conditions);
     if conditions_equal_ignoring_transition_times(&previous, &conditions)
         && value.get("connection").and_then(Value::as_str) == unready.record.as_deref()
     {

@@ -20,6 +20,7 @@ use crate::domain::models::{Assignment, AssignmentRequest, AssignmentState};
 mod assignment;
 pub mod attribution;
 pub mod conditions;
+pub mod connection;
 mod drift_report;
 mod guard;
 pub mod ledger;
