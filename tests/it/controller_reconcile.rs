@@ -1003,7 +1003,8 @@ async fn malformed_object_is_reported_once_on_its_status() {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let mut api = ApiServerVerifier(handle);
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    use redeliver::controller::watch::{MALFORMED_QUEUE, Malformed};
+    let (tx, rx) = tokio::sync::mpsc::channel(MALFORMED_QUEUE);
     let reporter = tokio::spawn(redeliver::controller::watch::report_malformed(
         client,
         ApiResource::erase::<AccessPackageAssignment>(&()),
@@ -1013,8 +1014,12 @@ async fn malformed_object_is_reported_once_on_its_status() {
     raw["spec"]["reprocess"] = json!({"mode": "Sometimes"});
     let bad: DynamicObject = serde_json::from_value(raw.clone()).unwrap();
     let typed_twin = for_user("typo", "alice@contoso.com");
-    tx.send((bad, "unknown variant `Sometimes`".to_string()))
-        .unwrap();
+    tx.send(Malformed::of(
+        &bad,
+        "unknown variant `Sometimes`".to_string(),
+    ))
+    .await
+    .unwrap();
     let status = api.expect_status_patch(&typed_twin).await;
     let stalled = condition(&status, "Stalled");
     assert_eq!(stalled["status"], "True");
@@ -1031,8 +1036,12 @@ async fn malformed_object_is_reported_once_on_its_status() {
     // The status write comes back through the watch, still malformed: no second write.
     raw["status"] = status;
     let again: DynamicObject = serde_json::from_value(raw).unwrap();
-    tx.send((again, "unknown variant `Sometimes`".to_string()))
-        .unwrap();
+    tx.send(Malformed::of(
+        &again,
+        "unknown variant `Sometimes`".to_string(),
+    ))
+    .await
+    .unwrap();
     api.expect_silence().await;
     drop(tx);
     reporter.await.unwrap();

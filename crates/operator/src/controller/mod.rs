@@ -657,8 +657,8 @@ pub async fn run_controllers(
                 .boxed(),
         );
 
-        let (bad_a, bad_a_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (bad_g, bad_g_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (bad_a, bad_a_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
+        let (bad_g, bad_g_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
         reporters.push(tokio::spawn(watch::report_malformed(
             ctx.client.clone(),
             ApiResource::erase::<AccessPackageAssignment>(&()),

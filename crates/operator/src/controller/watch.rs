@@ -16,10 +16,48 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::metrics::{KindLabels, Metrics};
 use crate::api::REPROCESS_ANNOTATION;
+
+/// Undecodable objects waiting to be reported on their status. When the queue is full a
+/// report is dropped (the `malformed_objects` counter and the log have it; the next relist
+/// or change of the object reports it again): a flood of bad objects must not hold memory.
+pub const MALFORMED_QUEUE: usize = 256;
+
+/// What [`report_malformed`] needs of an object that does not decode (not the object: its
+/// spec and status can be large, and nothing else of it is read).
+#[derive(Debug, Clone)]
+pub struct Malformed {
+    name: String,
+    namespace: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+    generation: Option<i64>,
+    conditions: Vec<Condition>,
+    error: String,
+}
+
+impl Malformed {
+    /// What is reported of `obj`, which failed to decode with `error`.
+    pub fn of(obj: &DynamicObject, error: String) -> Self {
+        Self {
+            name: obj.name_any(),
+            namespace: obj.namespace(),
+            uid: obj.metadata.uid.clone(),
+            resource_version: obj.metadata.resource_version.clone(),
+            generation: obj.metadata.generation,
+            conditions: obj
+                .data
+                .get("status")
+                .and_then(|s| s.get("conditions"))
+                .and_then(|c| serde_json::from_value(c.clone()).ok())
+                .unwrap_or_default(),
+            error,
+        }
+    }
+}
 
 /// The properties whose change must reconcile an object at once: its generation (spec), the
 /// manual-reprocess annotation, its finalizers and whether it is being deleted. Status and
@@ -62,7 +100,7 @@ pub fn lenient_watch<K>(
     writer: Writer<K>,
     metrics: Arc<Metrics>,
     kind: &'static str,
-    malformed: Option<UnboundedSender<(DynamicObject, String)>>,
+    malformed: Option<Sender<Malformed>>,
     synced: Arc<AtomicBool>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -99,7 +137,7 @@ fn decode_event<K>(
     event: watcher::Event<DynamicObject>,
     metrics: &Metrics,
     kind: &'static str,
-    malformed: Option<&UnboundedSender<(DynamicObject, String)>>,
+    malformed: Option<&Sender<Malformed>>,
     known: Option<&Store<K>>,
 ) -> Option<watcher::Event<K>>
 where
@@ -110,7 +148,8 @@ where
         slim(&mut obj);
         let name = obj.name_any();
         let namespace = obj.namespace().unwrap_or_default();
-        let copy = (!is_delete).then(|| obj.clone()).zip(malformed);
+        let report = (!is_delete).then_some(malformed).flatten();
+        let seen = report.map(|_| Malformed::of(&obj, String::new()));
         match obj.try_parse::<K>() {
             Ok(k) => Some(k),
             Err(err) => {
@@ -125,8 +164,10 @@ where
                     error = %err,
                     "skipping an object that does not decode; fix or delete it (kubectl get -o yaml shows the bad field)"
                 );
-                if let Some((obj, tx)) = copy {
-                    let _ = tx.send((obj, err.to_string()));
+                if let (Some(tx), Some(mut seen)) = (report, seen) {
+                    seen.error = err.to_string();
+                    // Full: dropped (see MALFORMED_QUEUE).
+                    let _ = tx.try_send(seen);
                 }
                 None
             }
@@ -166,12 +207,7 @@ fn slim(obj: &mut DynamicObject) {
 /// Reports each undecodable object on the object itself: `Stalled=True, reason=InvalidSpec`
 /// with the decode error, written with server-side apply. Skipped when the object already
 /// says so, so the status write (which comes back through the watch) cannot loop.
-pub async fn report_malformed(
-    client: Client,
-    ar: ApiResource,
-    mut malformed: UnboundedReceiver<(DynamicObject, String)>,
-) {
-    use crate::engine::conditions::{ConditionType, Desired, Reason, Status, build_conditions};
+pub async fn report_malformed(client: Client, ar: ApiResource, mut malformed: Receiver<Malformed>) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let kind = ar.kind.clone();
     let recorder = Recorder::new(
@@ -181,50 +217,26 @@ pub async fn report_malformed(
             instance: None,
         },
     );
-    while let Some((obj, error)) = malformed.recv().await {
-        let message = format!(
-            "The object does not match the {kind} schema and is skipped until it is fixed: {error}."
-        );
-        let previous: Vec<Condition> = obj
-            .data
-            .get("status")
-            .and_then(|s| s.get("conditions"))
-            .and_then(|c| serde_json::from_value(c.clone()).ok())
-            .unwrap_or_default();
-        if previous.iter().any(|c| {
-            c.type_ == ConditionType::Stalled
-                && c.reason == Reason::InvalidSpec
-                && c.message == message
-        }) {
-            continue;
-        }
-        let generation = obj.metadata.generation;
-        let conditions = build_conditions(
-            &previous,
-            vec![
-                Desired::new(
-                    ConditionType::Ready,
-                    Status::False,
-                    Reason::InvalidSpec,
-                    message.clone(),
-                ),
-                Desired::new(
-                    ConditionType::Stalled,
-                    Status::True,
-                    Reason::InvalidSpec,
-                    message.clone(),
-                ),
-            ],
-            generation,
+    while let Some(bad) = malformed.recv().await {
+        let Some((conditions, message)) = crate::engine::conditions::invalid_object_conditions(
+            &bad.conditions,
+            &kind,
+            &bad.error,
+            bad.generation,
             jiff::Timestamp::now(),
-        );
+        ) else {
+            continue;
+        };
+        let generation = bad.generation;
         let patch = serde_json::json!({
             "apiVersion": ar.api_version,
             "kind": ar.kind,
             "status": {"observedGeneration": generation, "conditions": conditions},
         });
-        let name = obj.name_any();
-        let Some(ns) = obj.namespace() else { continue };
+        let name = bad.name.clone();
+        let Some(ns) = bad.namespace.clone() else {
+            continue;
+        };
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
         let params = kube::api::PatchParams::apply(super::context::field_manager()).force();
         if let Err(err) = api
@@ -239,13 +251,13 @@ pub async fn report_malformed(
             kind: Some(ar.kind.clone()),
             name: Some(name.clone()),
             namespace: Some(ns),
-            uid: obj.metadata.uid.clone(),
-            resource_version: obj.metadata.resource_version.clone(),
+            uid: bad.uid.clone(),
+            resource_version: bad.resource_version.clone(),
             ..Default::default()
         };
         let event = Event {
             type_: EventType::Warning,
-            reason: Reason::InvalidSpec.to_string(),
+            reason: crate::engine::conditions::Reason::InvalidSpec.to_string(),
             note: Some(message.chars().take(1000).collect()),
             action: "Decode".to_string(),
             secondary: None,
@@ -347,7 +359,7 @@ mod tests {
         let mut bad = good.clone();
         bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
         let kind = "AccessPackageAssignment";
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(MALFORMED_QUEUE);
         assert!(matches!(
             decode_event::<AccessPackageAssignment>(
                 watcher::Event::InitApply(good),
@@ -378,9 +390,9 @@ mod tests {
             ),
             Some(watcher::Event::InitDone)
         ));
-        let (reported, error) = rx.try_recv().expect("the malformed object is reported");
-        assert_eq!(reported.metadata.name.as_deref(), Some("a"));
-        assert!(error.contains("Sometimes"), "{error}");
+        let reported = rx.try_recv().expect("the malformed object is reported");
+        assert_eq!(reported.name, "a");
+        assert!(reported.error.contains("Sometimes"), "{}", reported.error);
         let text = super::super::metrics::render(&registry).unwrap();
         assert!(
             text.contains("redeliver_malformed_objects_total{kind=\"AccessPackageAssignment\"} 1"),

@@ -383,6 +383,47 @@ pub fn conditions_equal_ignoring_transition_times(a: &[Condition], b: &[Conditio
         })
 }
 
+/// The conditions of an object that does not match its kind's schema (`kind`), `error`
+/// saying why: `Ready=False` and `Stalled=True (InvalidSpec)`, and the message. `None`
+/// when its conditions already say exactly that: the status write comes back through the
+/// watch and must not loop.
+pub fn invalid_object_conditions(
+    previous: &[Condition],
+    kind: &str,
+    error: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Option<(Vec<Condition>, String)> {
+    let message = format!(
+        "The object does not match the {kind} schema and is skipped until it is fixed: {error}."
+    );
+    if previous.iter().any(|c| {
+        c.type_ == ConditionType::Stalled && c.reason == Reason::InvalidSpec && c.message == message
+    }) {
+        return None;
+    }
+    let conditions = build_conditions(
+        previous,
+        vec![
+            Desired::new(
+                ConditionType::Ready,
+                Status::False,
+                Reason::InvalidSpec,
+                message.clone(),
+            ),
+            Desired::new(
+                ConditionType::Stalled,
+                Status::True,
+                Reason::InvalidSpec,
+                message.clone(),
+            ),
+        ],
+        generation,
+        now,
+    );
+    Some((conditions, message))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
