@@ -57,6 +57,8 @@ pub struct StatusWrite {
     pub at: Instant,
     /// Resource plural (e.g. `accesspackageassignments`).
     pub plural: String,
+    /// Object namespace (empty for a cluster-scoped one).
+    pub namespace: String,
     /// Object name.
     pub name: String,
     /// `status` of the `Delivered` condition after the write, if any.
@@ -1208,6 +1210,7 @@ fn patch(
         lock(&shared.status_writes).push(StatusWrite {
             at: Instant::now(),
             plural: key.plural,
+            namespace: key.namespace,
             name: key.name,
             delivered: delivered(&new),
             changed,
@@ -1287,6 +1290,85 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn label_selectors_take_the_real_syntax() {
+        let labels = json!({"redeliver.dev/shard-key": "7", "team": "a"});
+        let holds = |s: &str| LabelSelector::parse(s).unwrap().matches(&labels);
+        assert!(holds("redeliver.dev/shard-key in (3,7,11)"));
+        assert!(!holds("redeliver.dev/shard-key in (3,11)"));
+        assert!(holds("redeliver.dev/shard-key notin (3, 11),team=a"));
+        assert!(holds("team==a,!other"));
+        assert!(!holds("!redeliver.dev/shard-key"));
+        assert!(holds("other!=x"), "!= holds without the label");
+        assert!(LabelSelector::parse("").unwrap().matches(&Value::Null));
+        assert!(
+            !LabelSelector::parse("k in (a)")
+                .unwrap()
+                .matches(&Value::Null)
+        );
+        assert!(LabelSelector::parse("k in a").is_err());
+    }
+
+    async fn next<T>(events: &mut futures::stream::BoxStream<'static, T>) -> T {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_label_change_moves_an_object_between_selected_watches() {
+        use futures::StreamExt;
+        use kube::api::{Api, Patch, PatchParams};
+        use kube::runtime::watcher;
+        let server = FakeKube::start(vec![apa("a")]).await.unwrap();
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<AccessPackageAssignment> = Api::namespaced(client, "bench");
+        let mut unlabelled =
+            watcher::watcher(api.clone(), watcher::Config::default().labels("!k")).boxed();
+        let mut selected =
+            watcher::watcher(api.clone(), watcher::Config::default().labels("k in (1,2)")).boxed();
+        // Initial lists: the unlabelled watch has the object, the selected one does not.
+        assert!(matches!(
+            next(&mut unlabelled).await,
+            Ok(watcher::Event::Init)
+        ));
+        assert!(
+            matches!(next(&mut unlabelled).await, Ok(watcher::Event::InitApply(o)) if o.metadata.name.as_deref() == Some("a"))
+        );
+        assert!(matches!(
+            next(&mut unlabelled).await,
+            Ok(watcher::Event::InitDone)
+        ));
+        assert!(matches!(
+            next(&mut selected).await,
+            Ok(watcher::Event::Init)
+        ));
+        assert!(matches!(
+            next(&mut selected).await,
+            Ok(watcher::Event::InitDone)
+        ));
+        let label = json!({"metadata": {"labels": {"k": "2"}}});
+        api.patch("a", &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next(&mut unlabelled).await, Ok(watcher::Event::Delete(o)) if o.metadata.name.as_deref() == Some("a")),
+            "it left the unlabelled watch"
+        );
+        assert!(
+            matches!(next(&mut selected).await, Ok(watcher::Event::Apply(o)) if o.metadata.name.as_deref() == Some("a")),
+            "it entered the selected watch"
+        );
+        let listed = api
+            .list(&kube::api::ListParams::default().labels("k in (2)"))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), 1);
     }
 
     #[test]
