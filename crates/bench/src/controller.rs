@@ -99,6 +99,13 @@ pub struct ControllerBenchArgs {
     #[arg(long)]
     pub by_upn: bool,
 
+    /// Set every object's spec.safety.massDrift.maxPerHour (the mass-drift breaker's
+    /// hourly cap, 250 by default). Above 25,000 objects the 1 % drifted exceed the default
+    /// cap, the breaker holds them (as it should for a real mass removal) and the held
+    /// objects' re-checks compete with the first verifications.
+    #[arg(long, value_name = "N")]
+    pub mass_drift_max_per_hour: Option<u32>,
+
     /// Give up on initial convergence after this long.
     #[arg(long, default_value = "20m", value_parser = redeliver::api::parse_duration_arg)]
     pub converge_timeout: Duration,
@@ -287,7 +294,7 @@ fn object(
     } else {
         json!({"objectId": sim.user_id(&upn).with_context(|| format!("user {upn} missing"))?})
     };
-    Ok(json!({
+    let mut o = json!({
         "apiVersion": "redeliver.dev/v1alpha1",
         "kind": "AccessPackageAssignment",
         "metadata": {"name": object_name(i), "namespace": NAMESPACE},
@@ -299,7 +306,11 @@ fn object(
             "deletionPolicy": "Orphan",
             "suspend": false,
         }
-    }))
+    });
+    if let Some(cap) = args.mass_drift_max_per_hour {
+        o["spec"]["safety"] = json!({"massDrift": {"maxPerHour": cap}});
+    }
+    Ok(o)
 }
 
 fn object_name(i: usize) -> String {
@@ -1013,6 +1024,12 @@ fn markdown(args: &ControllerBenchArgs, machine: &str, r: &ControllerResult) -> 
         args.ru_limit,
         if args.by_upn { " --by-upn" } else { "" },
     );
+    if let Some(cap) = args.mass_drift_max_per_hour {
+        let _ = writeln!(
+            s,
+            "Every object sets `spec.safety.massDrift.maxPerHour: {cap}` (`--mass-drift-max-per-hour {cap}`): its 1 % drifted objects exceed the default cap of 250 an hour.\n"
+        );
+    }
     s.push_str(&table(args, r));
     s.push_str(CONTROLLER_NOTES);
     s
