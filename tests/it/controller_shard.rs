@@ -254,7 +254,13 @@ async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_chang
     let contoso = tenant("contoso", 42, "01", true).await;
     let fabrikam = tenant("fabrikam", 7, "02", false).await;
     let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
-    let sim_of = |i: usize| if i.is_multiple_of(2) { &contoso } else { &fabrikam };
+    let sim_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            &contoso
+        } else {
+            &fabrikam
+        }
+    };
     // Every object starts without the label, as one created before it existed.
     let mut objects = Vec::new();
     for (i, ns) in namespaces.iter().enumerate() {
