@@ -24,6 +24,7 @@ mod controller_privileged;
 mod controller_reconcile;
 mod controller_runtime;
 mod controller_safety;
+mod controller_shard;
 mod controller_tenants;
 mod crds_in_sync;
 mod docs_in_sync;

@@ -17,6 +17,10 @@
 //! - JSON merge patch of the object itself (finalizers, annotations, spec; a spec change bumps
 //!   `generation`).
 //! - GET of one object (and of its `/status`), `404 NotFound` naming it when absent.
+//! - `labelSelector` on LIST and WATCH (`k=v`, `k==v`, `k!=v`, `k in (a,b)`, `k notin (a,b)`,
+//!   `k`, `!k`, comma-separated, all must hold). As on the real server, a change that makes
+//!   an object match a watch's selector reaches that watch as `ADDED`, one that makes it stop
+//!   matching as `DELETED`.
 //! - `fieldSelector` on LIST and WATCH with the fields the real server supports for custom
 //!   resources, `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`, comma-separated,
 //!   all must hold); any other field is `400 BadRequest` ("field label not supported"), as
@@ -53,6 +57,8 @@ pub struct StatusWrite {
     pub at: Instant,
     /// Resource plural (e.g. `accesspackageassignments`).
     pub plural: String,
+    /// Object namespace (empty for a cluster-scoped one).
+    pub namespace: String,
     /// Object name.
     pub name: String,
     /// `status` of the `Delivered` condition after the write, if any.
@@ -74,6 +80,7 @@ struct Watcher {
     plural: String,
     namespace: Option<String>,
     selector: FieldSelector,
+    labels: LabelSelector,
     tx: UnboundedSender<Bytes>,
 }
 
@@ -82,7 +89,157 @@ struct Change {
     plural: String,
     namespace: String,
     name: String,
-    line: Bytes,
+    /// `ADDED`, `MODIFIED` or `DELETED`, as a watch without a label selector sees it.
+    kind: &'static str,
+    /// The object's labels before the change (none for `ADDED`).
+    old_labels: Option<Value>,
+    /// The object after the change, serialized.
+    object: Bytes,
+    /// Its labels.
+    labels: Value,
+}
+
+impl Change {
+    /// The watch event a watch with `selector` gets for this change, if any: a label change
+    /// across the selector is `ADDED` or `DELETED` for that watch.
+    fn line_for(&self, selector: &LabelSelector) -> Option<Bytes> {
+        let now = selector.matches(&self.labels);
+        let before = self.old_labels.as_ref().map(|l| selector.matches(l));
+        let kind = match (self.kind, before, now) {
+            ("DELETED", _, true) => "DELETED",
+            ("DELETED", _, false) => return None,
+            (_, Some(true), true) => "MODIFIED",
+            (_, Some(true), false) => "DELETED",
+            (_, _, true) => "ADDED",
+            (_, _, false) => return None,
+        };
+        let mut line = Vec::with_capacity(self.object.len() + 32);
+        line.extend_from_slice(b"{\"type\":\"");
+        line.extend_from_slice(kind.as_bytes());
+        line.extend_from_slice(b"\",\"object\":");
+        line.extend_from_slice(&self.object);
+        line.extend_from_slice(b"}\n");
+        Some(Bytes::from(line))
+    }
+}
+
+/// One term of a `labelSelector`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum LabelTerm {
+    /// `k=v`, `k==v` (true) or `k!=v` (false).
+    Equals(String, bool, String),
+    /// `k in (..)` (true) or `k notin (..)` (false).
+    In(String, bool, Vec<String>),
+    /// `k` (true) or `!k` (false).
+    Exists(String, bool),
+}
+
+/// A `labelSelector`: every term must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct LabelSelector(Vec<LabelTerm>);
+
+impl LabelSelector {
+    /// Parses the selector syntax of the real server; the error is its message.
+    fn parse(s: &str) -> Result<Self, String> {
+        let bad = |term: &str| format!("unable to parse requirement: {term:?} in {s:?}");
+        let mut terms = Vec::new();
+        // Split on commas outside parentheses.
+        let mut depth = 0;
+        let mut start = 0;
+        let mut parts = Vec::new();
+        for (i, c) in s.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&s[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&s[start..]);
+        for term in parts.into_iter().map(str::trim).filter(|t| !t.is_empty()) {
+            let set = |rest: &str| -> Result<Vec<String>, String> {
+                let inner = rest
+                    .trim()
+                    .strip_prefix('(')
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or_else(|| bad(term))?;
+                Ok(inner
+                    .split(',')
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| !v.is_empty())
+                    .collect())
+            };
+            let t = if let Some((k, rest)) = term.split_once(" notin ") {
+                LabelTerm::In(k.trim().into(), false, set(rest)?)
+            } else if let Some((k, rest)) = term.split_once(" in ") {
+                LabelTerm::In(k.trim().into(), true, set(rest)?)
+            } else if let Some((k, v)) = term.split_once("!=") {
+                LabelTerm::Equals(k.trim().into(), false, v.trim().into())
+            } else if let Some((k, v)) = term.split_once("==") {
+                LabelTerm::Equals(k.trim().into(), true, v.trim().into())
+            } else if let Some((k, v)) = term.split_once('=') {
+                LabelTerm::Equals(k.trim().into(), true, v.trim().into())
+            } else if let Some(k) = term.strip_prefix('!') {
+                LabelTerm::Exists(k.trim().into(), false)
+            } else if term.contains(|c: char| c.is_whitespace() || c == '(') {
+                return Err(bad(term));
+            } else {
+                LabelTerm::Exists(term.into(), true)
+            };
+            terms.push(t);
+        }
+        Ok(Self(terms))
+    }
+
+    /// Whether an object with these `metadata.labels` (an object, or null) matches.
+    fn matches(&self, labels: &Value) -> bool {
+        self.0.iter().all(|term| match term {
+            LabelTerm::Equals(k, equal, v) => {
+                // `k!=v` holds for an object without the label, as on the real server.
+                (labels.get(k).and_then(Value::as_str) == Some(v.as_str())) == *equal
+            }
+            LabelTerm::In(k, inside, set) => {
+                let value = labels.get(k).and_then(Value::as_str);
+                match value {
+                    Some(v) => set.iter().any(|s| s == v) == *inside,
+                    None => !*inside,
+                }
+            }
+            LabelTerm::Exists(k, exists) => labels.get(k).is_some() == *exists,
+        })
+    }
+}
+
+/// The request's `labelSelector`, or the message of the `400` the real server answers.
+fn label_selector(query: &BTreeMap<String, String>) -> Result<LabelSelector, String> {
+    query
+        .get("labelSelector")
+        .map_or_else(|| Ok(LabelSelector::default()), |s| LabelSelector::parse(s))
+}
+
+/// How the fake API server charges writes (see [`FakeKube::start_with_write_model`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteModel {
+    /// Service time of one write; zero makes writes free.
+    pub cost: Duration,
+    /// Writes served at once; more wait their turn. 1 is the old serial queue.
+    pub parallel: usize,
+}
+
+impl WriteModel {
+    /// Writes cost nothing.
+    pub const FREE: Self = Self {
+        cost: Duration::ZERO,
+        parallel: 1,
+    };
+
+    /// Every write waits its turn in one queue and takes `cost`.
+    pub fn serial(cost: Duration) -> Self {
+        Self { cost, parallel: 1 }
+    }
 }
 
 /// A `fieldSelector` restricted to what custom resources support.
@@ -150,10 +307,10 @@ struct Inner {
 }
 
 struct Shared {
-    /// Service time of one write (see [`FakeKube::start_with_write_cost`]); zero: free.
+    /// Service time of one write (see [`FakeKube::start_with_write_model`]); zero: free.
     write_cost: Duration,
-    /// Writes are served one at a time, like one etcd-backed API server at saturation.
-    write_queue: tokio::sync::Mutex<()>,
+    /// Writes served at once (`WriteModel::parallel` permits).
+    write_slots: tokio::sync::Semaphore,
     inner: Mutex<Inner>,
     counts: Mutex<BTreeMap<String, u64>>,
     status_writes: Mutex<Vec<StatusWrite>>,
@@ -206,7 +363,7 @@ impl FakeKube {
     /// `metadata.namespace`; uid, resourceVersion, generation and creationTimestamp are
     /// filled in) and serves them on 127.0.0.1 at a random port.
     pub async fn start(objects: Vec<Value>) -> std::io::Result<Self> {
-        Self::start_with_write_cost(objects, Duration::ZERO).await
+        Self::start_with_write_model(objects, WriteModel::FREE).await
     }
 
     /// Like [`FakeKube::start`], but every write (status patch, event, any non-GET) waits
@@ -214,11 +371,25 @@ impl FakeKube {
     /// a real API server at saturation instead of nearly nothing. Reads stay free: the
     /// controller's reads are watches and one list. A real kube-apiserver at 10,000
     /// objects absorbed 30,300 writes (status and events) in about 140 s, about 4.6 ms
-    /// each; the controller benchmark uses that figure.
+    /// each, but that was its throughput with several writes in flight, not the time of one.
     pub async fn start_with_write_cost(
         objects: Vec<Value>,
         write_cost: Duration,
     ) -> std::io::Result<Self> {
+        Self::start_with_write_model(objects, WriteModel::serial(write_cost)).await
+    }
+
+    /// Like [`FakeKube::start`], with writes charged by `model`: up to `model.parallel`
+    /// writes are served at once, each taking `model.cost`, and more wait for a free slot.
+    /// A real kube-apiserver serves many mutating requests at once (up to
+    /// `--max-mutating-requests-inflight`), each costing its own latency (admission, etcd
+    /// round trip, watch fan-out); the controller benchmark calibrates both figures to a
+    /// real server's convergence time (docs/benchmarks.md).
+    pub async fn start_with_write_model(
+        objects: Vec<Value>,
+        model: WriteModel,
+    ) -> std::io::Result<Self> {
+        let write_cost = model.cost;
         let mut kinds = BTreeMap::new();
         kinds.insert(
             AccessPackageAssignment::plural(&()).to_string(),
@@ -294,7 +465,7 @@ impl FakeKube {
         inner.base_rv = inner.rv;
         let shared = Arc::new(Shared {
             write_cost,
-            write_queue: tokio::sync::Mutex::new(()),
+            write_slots: tokio::sync::Semaphore::new(model.parallel.max(1)),
             inner: Mutex::new(inner),
             counts: Mutex::new(BTreeMap::new()),
             status_writes: Mutex::new(Vec::new()),
@@ -412,7 +583,7 @@ impl FakeKube {
             }
         }
         let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-        notify(&mut inner, &key, kind, &obj, rv);
+        notify(&mut inner, &key, kind, old.as_ref(), &obj, rv);
         inner.objects.insert(key, obj);
         Ok(())
     }
@@ -431,7 +602,7 @@ impl FakeKube {
         inner.rv += 1;
         let rv = inner.rv;
         obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-        notify(&mut inner, &key, "DELETED", &obj, rv);
+        notify(&mut inner, &key, "DELETED", None, &obj, rv);
         true
     }
 
@@ -444,24 +615,37 @@ impl FakeKube {
 }
 
 /// Sends one watch event for `key` to the matching watches and keeps it in the history.
-fn notify(inner: &mut Inner, key: &Key, kind: &str, obj: &Value, rv: u64) {
-    let line = Bytes::from(format!("{}\n", json!({"type": kind, "object": obj})));
+/// `old` is the object before the change (none when it is new): a watch whose label
+/// selector the change crosses gets `ADDED` or `DELETED` instead of `MODIFIED`.
+fn notify(
+    inner: &mut Inner,
+    key: &Key,
+    kind: &'static str,
+    old: Option<&Value>,
+    obj: &Value,
+    rv: u64,
+) {
+    let change = Change {
+        rv,
+        plural: key.plural.clone(),
+        namespace: key.namespace.clone(),
+        name: key.name.clone(),
+        kind,
+        old_labels: old.map(|o| o["metadata"]["labels"].clone()),
+        object: Bytes::from(obj.to_string()),
+        labels: obj["metadata"]["labels"].clone(),
+    };
     inner.watchers.retain(|w| !w.tx.is_closed());
     for w in &inner.watchers {
         if w.plural == key.plural
             && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
             && w.selector.matches(&key.namespace, &key.name)
+            && let Some(line) = change.line_for(&w.labels)
         {
-            let _ = w.tx.send(line.clone());
+            let _ = w.tx.send(line);
         }
     }
-    inner.history.push(Change {
-        rv,
-        plural: key.plural.clone(),
-        namespace: key.namespace.clone(),
-        name: key.name.clone(),
-        line,
-    });
+    inner.history.push(change);
 }
 
 /// One `metadata.managedFields` entry owning every field of `applied`.
@@ -647,7 +831,8 @@ async fn handle(
         .entry(format!("{method} {what}"))
         .or_default() += 1;
     if method != Method::GET && !shared.write_cost.is_zero() {
-        let _turn = shared.write_queue.lock().await;
+        // The semaphore is never closed; a closed one would only make writes free.
+        let _turn = shared.write_slots.acquire().await;
         tokio::time::sleep(shared.write_cost).await;
     }
     let Some(t) = target else {
@@ -785,6 +970,10 @@ fn list(
         Ok(s) => s,
         Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
+    let labels = match label_selector(query) {
+        Ok(s) => s,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
     let inner = lock(&shared.inner);
     let limit = query
         .get("limit")
@@ -811,6 +1000,7 @@ fn list(
         if k.plural != t.plural
             || t.namespace.is_some_and(|ns| ns != k.namespace)
             || !selector.matches(&k.namespace, &k.name)
+            || !labels.matches(&o["metadata"]["labels"])
         {
             continue;
         }
@@ -846,6 +1036,10 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
         Ok(s) => s,
         Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
     };
+    let labels = match label_selector(query) {
+        Ok(s) => s,
+        Err(message) => return status_error(StatusCode::BAD_REQUEST, "BadRequest", message),
+    };
     let (tx, rx) = unbounded_channel::<Bytes>();
     {
         let mut inner = lock(&shared.inner);
@@ -868,8 +1062,9 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
                     if c.plural == t.plural
                         && t.namespace.is_none_or(|ns| ns == c.namespace)
                         && selector.matches(&c.namespace, &c.name)
+                        && let Some(line) = c.line_for(&labels)
                     {
-                        let _ = tx.send(c.line.clone());
+                        let _ = tx.send(line);
                     }
                 }
             }
@@ -880,6 +1075,7 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
             plural: t.plural.to_string(),
             namespace: t.namespace.map(str::to_string),
             selector,
+            labels,
             tx,
         });
     }
@@ -1005,24 +1201,8 @@ fn patch(
     if changed {
         inner.rv += 1;
         new["metadata"]["resourceVersion"] = json!(inner.rv.to_string());
-        let line = Bytes::from(format!("{}\n", json!({"type": "MODIFIED", "object": new})));
         let rv = inner.rv;
-        inner.watchers.retain(|w| !w.tx.is_closed());
-        for w in &inner.watchers {
-            if w.plural == key.plural
-                && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace)
-                && w.selector.matches(&key.namespace, &key.name)
-            {
-                let _ = w.tx.send(line.clone());
-            }
-        }
-        inner.history.push(Change {
-            rv,
-            plural: key.plural.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            line,
-        });
+        notify(&mut inner, &key, "MODIFIED", Some(&old), &new, rv);
         inner.objects.insert(key.clone(), new.clone());
     }
     drop(inner);
@@ -1030,6 +1210,7 @@ fn patch(
         lock(&shared.status_writes).push(StatusWrite {
             at: Instant::now(),
             plural: key.plural,
+            namespace: key.namespace,
             name: key.name,
             delivered: delivered(&new),
             changed,
@@ -1109,6 +1290,85 @@ mod tests {
                 .await
                 .is_err()
         );
+    }
+
+    #[test]
+    fn label_selectors_take_the_real_syntax() {
+        let labels = json!({"redeliver.dev/shard-key": "7", "team": "a"});
+        let holds = |s: &str| LabelSelector::parse(s).unwrap().matches(&labels);
+        assert!(holds("redeliver.dev/shard-key in (3,7,11)"));
+        assert!(!holds("redeliver.dev/shard-key in (3,11)"));
+        assert!(holds("redeliver.dev/shard-key notin (3, 11),team=a"));
+        assert!(holds("team==a,!other"));
+        assert!(!holds("!redeliver.dev/shard-key"));
+        assert!(holds("other!=x"), "!= holds without the label");
+        assert!(LabelSelector::parse("").unwrap().matches(&Value::Null));
+        assert!(
+            !LabelSelector::parse("k in (a)")
+                .unwrap()
+                .matches(&Value::Null)
+        );
+        assert!(LabelSelector::parse("k in a").is_err());
+    }
+
+    async fn next<T>(events: &mut futures::stream::BoxStream<'static, T>) -> T {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_label_change_moves_an_object_between_selected_watches() {
+        use futures::StreamExt;
+        use kube::api::{Api, Patch, PatchParams};
+        use kube::runtime::watcher;
+        let server = FakeKube::start(vec![apa("a")]).await.unwrap();
+        let config = kube::Config::new(server.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let api: Api<AccessPackageAssignment> = Api::namespaced(client, "bench");
+        let mut unlabelled =
+            watcher::watcher(api.clone(), watcher::Config::default().labels("!k")).boxed();
+        let mut selected =
+            watcher::watcher(api.clone(), watcher::Config::default().labels("k in (1,2)")).boxed();
+        // Initial lists: the unlabelled watch has the object, the selected one does not.
+        assert!(matches!(
+            next(&mut unlabelled).await,
+            Ok(watcher::Event::Init)
+        ));
+        assert!(
+            matches!(next(&mut unlabelled).await, Ok(watcher::Event::InitApply(o)) if o.metadata.name.as_deref() == Some("a"))
+        );
+        assert!(matches!(
+            next(&mut unlabelled).await,
+            Ok(watcher::Event::InitDone)
+        ));
+        assert!(matches!(
+            next(&mut selected).await,
+            Ok(watcher::Event::Init)
+        ));
+        assert!(matches!(
+            next(&mut selected).await,
+            Ok(watcher::Event::InitDone)
+        ));
+        let label = json!({"metadata": {"labels": {"k": "2"}}});
+        api.patch("a", &PatchParams::default(), &Patch::Merge(label))
+            .await
+            .unwrap();
+        assert!(
+            matches!(next(&mut unlabelled).await, Ok(watcher::Event::Delete(o)) if o.metadata.name.as_deref() == Some("a")),
+            "it left the unlabelled watch"
+        );
+        assert!(
+            matches!(next(&mut selected).await, Ok(watcher::Event::Apply(o)) if o.metadata.name.as_deref() == Some("a")),
+            "it entered the selected watch"
+        );
+        let listed = api
+            .list(&kube::api::ListParams::default().labels("k in (2)"))
+            .await
+            .unwrap();
+        assert_eq!(listed.items.len(), 1);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::ByteString;
 use serde_json::{Value, json};
 
-use super::fake_kube::FakeKube;
+use super::fake_kube::{self, FakeKube, WriteModel};
 use super::measure;
 use redeliver::api::ConnectionKey;
 use redeliver::controller::shard::shard_of;
@@ -38,6 +38,13 @@ pub struct ShardBenchArgs {
     pub concurrency: u16,
     /// Give up on a run after this long.
     pub timeout: Duration,
+    /// How the fake API server charges writes.
+    pub write_model: WriteModel,
+    /// Each replica's --reprocess-rate.
+    pub reprocess_rate: u32,
+    /// After convergence, how long to watch the replicas with nothing changing (their
+    /// steady memory and writes).
+    pub steady_window: Duration,
 }
 
 /// One shard count's figures.
@@ -59,6 +66,15 @@ pub struct ShardRun {
     pub rss_kib: Vec<u64>,
     /// Peak resident memory of each process, KiB (from `/proc` while it ran).
     pub peak_rss_kib: Vec<u64>,
+    /// Resident memory of each process at the end of the steady window, KiB.
+    pub steady_rss_kib: Vec<u64>,
+    /// Kubernetes writes in the steady window.
+    pub steady_writes: u64,
+    /// Shard-key label writes (merge patches of the objects themselves) to converge.
+    pub label_writes: u64,
+    /// Objects whose status more than one replica wrote (each replica writes as its own
+    /// field manager, `redeliver-shard-<i>`).
+    pub written_by_two: usize,
 }
 
 fn tenant_ns(t: usize) -> String {
@@ -148,9 +164,12 @@ pub async fn run(args: &ShardBenchArgs, bin: &Path) -> anyhow::Result<Vec<ShardR
                     .context("a simulator did not start")?,
             );
         }
-        let kube = FakeKube::start(objects(&synthetic, &sims, args.per_tenant)?)
-            .await
-            .context("the fake API server did not start")?;
+        let kube = FakeKube::start_with_write_model(
+            objects(&synthetic, &sims, args.per_tenant)?,
+            args.write_model,
+        )
+        .await
+        .context("the fake API server did not start")?;
         let run = run_once(args, bin, shards, &sims, &kube).await?;
         eprintln!(
             "{shards} shard(s): converged in {}",
@@ -215,6 +234,8 @@ async fn run_once(
             .env("POD_NAMESPACE", "redeliver-system")
             .arg("controller")
             .args(["--concurrency", &args.concurrency.to_string()])
+            .args(["--reprocess-rate", &args.reprocess_rate.to_string()])
+            .args(["--field-manager", &format!("redeliver-shard-{index}")])
             .args(["--shard-count", &shards.to_string()])
             .args(["--shard-index", &index.to_string()])
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
@@ -274,6 +295,35 @@ async fn run_once(
         .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
         .collect();
     run.requests_per_tenant = sims.iter().map(|s| s.usage().total.requests).collect();
+    run.label_writes = kube
+        .counts()
+        .get(&format!("PATCH {PLURAL}"))
+        .copied()
+        .unwrap_or(0);
+    let mut writers: std::collections::HashMap<
+        (String, String),
+        std::collections::BTreeSet<String>,
+    > = std::collections::HashMap::new();
+    for w in kube.status_writes_since(0) {
+        if w.plural == PLURAL {
+            writers
+                .entry((w.namespace, w.name))
+                .or_default()
+                .insert(w.field_manager.unwrap_or_default());
+        }
+    }
+    run.written_by_two = writers.values().filter(|m| m.len() > 1).count();
+    if outcome.is_ok() && run.converged.is_some() {
+        // Steady state: nothing changes; each replica's memory once its start-up (the
+        // list, the labelling, the first verifications) is behind it.
+        let before = fake_kube::writes(&kube.counts());
+        tokio::time::sleep(args.steady_window).await;
+        run.steady_writes = fake_kube::writes(&kube.counts()) - before;
+        run.steady_rss_kib = pids
+            .iter()
+            .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
+            .collect();
+    }
     for (i, child) in children.into_iter().enumerate() {
         let raw = libc::pid_t::try_from(pids[i]).context("pid out of range")?;
         // SAFETY: signalling our own child, not yet reaped.
@@ -300,15 +350,18 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} simulated tenants (one simulator each, {} ms per Graph request), {} objects each ({} in all, 1 % drifted), one namespace and default GraphConnection per tenant; the real binary as N processes with `--shard-count N`, `--concurrency {}`, no connection of its own. Machine: {machine}.\n",
+        "{} simulated tenants (one simulator each, {} ms per Graph request), {} objects each ({} in all, 1 % drifted), one namespace and default GraphConnection per tenant, every object created without the shard-key label (as before the label existed); the real binary as N processes with `--shard-count N`, `--concurrency {}`, `--reprocess-rate {}`, `--field-manager redeliver-shard-<i>`, no connection of its own; Kubernetes writes charged {} µs each, {} at once. Machine: {machine}.\n",
         args.tenants,
         args.request_delay.as_millis(),
         args.per_tenant,
         args.tenants * args.per_tenant,
         args.concurrency,
+        args.reprocess_rate,
+        args.write_model.cost.as_micros(),
+        args.write_model.parallel,
     );
-    out.push_str("| shards | objects per shard (by hash) | reconciles per shard | time to verify all | time to Delivered=True for all (drift repaired) | Graph requests per tenant (min–max, total) | RSS per replica at the end (peak) |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| shards | objects per shard (by hash) | reconciles per shard | time to verify all | time to Delivered=True for all (drift repaired) | Graph requests per tenant (min–max, total) | RSS per replica at convergence (peak) | RSS per replica after the steady window | Kubernetes writes in the steady window | label writes | objects written by two replicas |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in runs {
         let min = r.requests_per_tenant.iter().min().copied().unwrap_or(0);
         let max = r.requests_per_tenant.iter().max().copied().unwrap_or(0);
@@ -319,9 +372,14 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
             .zip(&r.peak_rss_kib)
             .map(|(now, peak)| format!("{} ({}) MiB", now / 1024, peak / 1024))
             .collect();
+        let steady: Vec<String> = r
+            .steady_rss_kib
+            .iter()
+            .map(|kib| format!("{} MiB", kib / 1024))
+            .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {min}–{max}, {total} | {} |",
+            "| {} | {} | {} | {} | {} | {min}–{max}, {total} | {} | {} | {} | {} | {} |",
             r.shards,
             r.objects_per_shard
                 .iter()
@@ -340,6 +398,10 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
                 .map(|d| format!("{:.1} s", d.as_secs_f64()))
                 .unwrap_or_else(|| "timed out".into()),
             mem.join(" / "),
+            steady.join(" / "),
+            r.steady_writes,
+            r.label_writes,
+            r.written_by_two,
         );
     }
     out

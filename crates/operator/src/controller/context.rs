@@ -236,6 +236,9 @@ pub struct Context {
     pub first_status_after: Duration,
     /// This replica's shard.
     pub shard: super::shard::Shard,
+    /// Reconciles in flight, by object: an object is handed to another shard only when
+    /// none is (see `controller::sharding`).
+    pub in_flight: super::sharding::InFlight,
     /// Whether verdicts are cross-checked against Microsoft's access drift report.
     pub use_access_drift_report: bool,
     /// See [`Settings::cluster_connections`].
@@ -359,6 +362,7 @@ impl Context {
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
             shard: settings.shard,
+            in_flight: super::sharding::InFlight::default(),
             use_access_drift_report: settings.use_access_drift_report,
             cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
@@ -502,10 +506,17 @@ where
     async move {
         // A new leader first rebuilds the repair ledger and takes the delta baseline.
         ctx.started().await;
+        // Registered before ownership is checked: a hand-over to another shard decided
+        // after this point sees this reconcile and waits; one decided before it means the
+        // check below already sees the newer resolution (controller::sharding).
+        let mut in_flight = (ctx.shard.count > 1).then(|| ctx.in_flight.enter(&key));
         if !ctx.owns(obj) {
             // Another shard's tenant. A change of its namespace's connections can move it
             // here: look again (no I/O) once per verify interval.
             return Ok(Action::requeue(jitter(ctx.engine.default_verify_interval)));
+        }
+        if let Some(g) = in_flight.as_mut() {
+            g.act();
         }
         let _slot = ctx.slots.acquire().await;
         let timer = ctx.metrics.reconcile_started(kind);

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod observation;
 pub mod server;
 pub mod shard;
+pub mod sharding;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -555,6 +556,13 @@ pub async fn run_controllers(
         .debounce(Duration::from_secs(1))
         .concurrency(concurrency);
     let watcher_config = watcher::Config::default().page_size(200);
+    // Sharded: the assignment and guard watches hold this shard's objects only (by their
+    // shard-key label; controller::shard); connections are watched whole, every replica
+    // needs them all to resolve its objects.
+    let scoped_config = match ctx.shard.label_selector() {
+        Some(selector) => watcher_config.clone().labels(&selector),
+        None => watcher_config.clone(),
+    };
     let mut runs = Vec::new();
     let mut synced: Vec<Arc<AtomicBool>> = Vec::new();
     let mut reporters = Vec::new();
@@ -670,12 +678,13 @@ pub async fn run_controllers(
             bad_g_rx,
         )));
         let (reader, writer) = reflector::store();
+        let assignments = reader.clone();
         ctx.metrics.track_assignments(reader.clone());
         let synced_a = Arc::new(AtomicBool::new(false));
         synced.push(synced_a.clone());
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
             watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
-            watcher_config.clone(),
+            scoped_config.clone(),
             writer,
             ctx.metrics.clone(),
             assignment::KIND,
@@ -708,11 +717,12 @@ pub async fn run_controllers(
                 .boxed(),
         );
         let (reader, writer) = reflector::store();
+        let guards = reader.clone();
         let synced_g = Arc::new(AtomicBool::new(false));
         synced.push(synced_g.clone());
         let stream = watch::lenient_watch::<AccessPackageGuard>(
             watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
-            watcher_config.clone(),
+            scoped_config.clone(),
             writer,
             ctx.metrics.clone(),
             guard::KIND,
@@ -731,6 +741,39 @@ pub async fn run_controllers(
                 .for_each(|r| async move { log_result(guard::KIND, r) })
                 .boxed(),
         );
+        if ctx.shard.count > 1 {
+            // The shard-key label's upkeep (controller::sharding): unlabelled objects of
+            // this shard's connections get it, held objects whose connection moved are
+            // handed over.
+            reporters.push(tokio::spawn(sharding::label_unlabelled(
+                ctx.clone(),
+                watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
+                ApiResource::erase::<AccessPackageAssignment>(&()),
+                assignment::KIND,
+                stop.clone(),
+            )));
+            reporters.push(tokio::spawn(sharding::label_unlabelled(
+                ctx.clone(),
+                watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
+                ApiResource::erase::<AccessPackageGuard>(&()),
+                guard::KIND,
+                stop.clone(),
+            )));
+            reporters.push(tokio::spawn(sharding::relabel_moved(
+                ctx.clone(),
+                assignments.clone(),
+                ApiResource::erase::<AccessPackageAssignment>(&()),
+                assignment::KIND,
+                stop.clone(),
+            )));
+            reporters.push(tokio::spawn(sharding::relabel_moved(
+                ctx.clone(),
+                guards.clone(),
+                ApiResource::erase::<AccessPackageGuard>(&()),
+                guard::KIND,
+                stop.clone(),
+            )));
+        }
     }
     let ready_task = tokio::spawn(start_up(ctx.clone(), synced, baselines, readiness));
     futures::future::join_all(runs).await;

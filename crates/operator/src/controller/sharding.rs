@@ -1,0 +1,390 @@
+//! Keeping the shard-key label right (see [`super::shard`] for the rule): a replica of a
+//! sharded installation labels the unlabelled objects of the connections it owns, and
+//! relabels the objects it holds whose connection now hashes elsewhere. Both write one
+//! JSON merge patch of `metadata.labels` with the object's `resourceVersion` as a
+//! precondition: a patch that raced another write gets `409 Conflict` and is retried from
+//! the next copy the watch brings, never applied to a newer object blindly.
+//!
+//! No two replicas act on one object at once: a replica acts on an object only when the
+//! object's live resolution says the replica owns it ([`super::Context::owns`], checked at
+//! the start of every reconcile), and hands an object over (relabels it so another
+//! replica's watch picks it up) only when it no longer owns it *and* no reconcile of it is
+//! in flight here ([`InFlight`]). A reconcile registers itself before it checks
+//! ownership, so one that starts after the hand-over decision sees the same (or a newer)
+//! resolution and skips the object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::Context;
+use super::shard::{Connected, SHARD_KEY_LABEL, bucket_of};
+use crate::api::{ConnectionKey, ConnectionRef};
+
+/// How often the unlabelled objects are looked at (a new object is labelled within this
+/// and one write).
+const LABEL_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a replica looks for objects it holds whose connection moved.
+const RELABEL_EVERY: Duration = Duration::from_secs(5);
+
+/// Label patches in flight at once per kind.
+const PATCHES_AT_ONCE: usize = 16;
+
+/// Reconciles in flight in this replica, by object key: a replica hands an object over to
+/// another shard only when none is.
+#[derive(Debug, Default)]
+pub struct InFlight(Mutex<HashMap<String, Count>>);
+
+/// Reconciles of one object in flight: all of them, and those past the ownership check.
+#[derive(Debug, Default, Clone, Copy)]
+struct Count {
+    entered: usize,
+    acting: usize,
+}
+
+/// Removes its reconcile from [`InFlight`] when dropped.
+#[derive(Debug)]
+pub struct InFlightGuard<'a> {
+    set: &'a InFlight,
+    key: String,
+    acting: bool,
+}
+
+impl InFlight {
+    /// Registers a reconcile of `key` until the guard is dropped.
+    pub fn enter(&self, key: &str) -> InFlightGuard<'_> {
+        self.lock().entry(key.to_string()).or_default().entered += 1;
+        InFlightGuard {
+            set: self,
+            key: key.to_string(),
+            acting: false,
+        }
+    }
+
+    /// Whether no reconcile of `key` is in flight.
+    pub fn is_idle(&self, key: &str) -> bool {
+        !self.lock().contains_key(key)
+    }
+
+    /// The objects this replica is acting on now (reconciles past the ownership check).
+    pub fn acting(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|(_, c)| c.acting > 0)
+            .map(|(k, _)| k.clone())
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Count>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl InFlightGuard<'_> {
+    /// Marks the reconcile as acting: it passed the ownership check.
+    pub fn act(&mut self) {
+        if !self.acting {
+            self.acting = true;
+            if let Some(c) = self.set.lock().get_mut(&self.key) {
+                c.acting += 1;
+            }
+        }
+    }
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        let mut set = self.set.lock();
+        if let Some(c) = set.get_mut(&self.key) {
+            c.entered -= 1;
+            if self.acting {
+                c.acting -= 1;
+            }
+            if c.entered == 0 {
+                set.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// The label selector of objects without a shard key.
+pub fn unlabelled_selector() -> String {
+    format!("!{SHARD_KEY_LABEL}")
+}
+
+/// What a label patch needs of an unlabelled object.
+#[derive(Debug, Clone)]
+struct Unlabelled {
+    resource_version: String,
+    key: ConnectionKey,
+}
+
+/// Watches the objects of one kind (one namespace, or all) that carry no shard key, and
+/// labels those whose connection this shard owns, until `stop`. The other shards label
+/// theirs. Holds only unlabelled objects (normally none), and only what a label needs.
+pub async fn label_unlabelled(
+    ctx: Arc<Context>,
+    api: Api<DynamicObject>,
+    ar: ApiResource,
+    kind: &'static str,
+    stop: CancellationToken,
+) {
+    let config = watcher::Config::default()
+        .labels(&unlabelled_selector())
+        .page_size(200);
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    // (namespace, name) → what to label it with; `listing` collects a relist.
+    let mut pending: BTreeMap<(String, String), Unlabelled> = BTreeMap::new();
+    let mut listing: Option<BTreeMap<(String, String), Unlabelled>> = None;
+    // Resource versions already patched (or refused for good): not tried again.
+    let mut tried: HashMap<(String, String), String> = HashMap::new();
+    let mut tick = tokio::time::interval(LABEL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Resolution needs every connection store listed: until then an object of a namespace
+    // with a default GraphConnection would look like the operator's own connection's.
+    let mut open = false;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = ctx.started(), if !open => open = true,
+            event = events.next() => {
+                let Some(event) = event else { return };
+                let event = match event {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::debug!(kind, error = %e, "unlabelled-object watch failed; retrying with backoff");
+                        continue;
+                    }
+                };
+                match event {
+                    watcher::Event::Init => listing = Some(BTreeMap::new()),
+                    watcher::Event::InitApply(o) => {
+                        if let Some((id, u)) = unlabelled(&ctx, &o) {
+                            listing.get_or_insert_with(BTreeMap::new).insert(id, u);
+                        }
+                    }
+                    watcher::Event::InitDone => {
+                        if let Some(listed) = listing.take() {
+                            pending = listed;
+                        }
+                    }
+                    watcher::Event::Apply(o) => {
+                        if let Some((id, u)) = unlabelled(&ctx, &o) {
+                            pending.insert(id, u);
+                        }
+                    }
+                    watcher::Event::Delete(o) => {
+                        let id = (o.namespace().unwrap_or_default(), o.name_any());
+                        tried.remove(&id);
+                        pending.remove(&id);
+                    }
+                }
+            }
+            _ = tick.tick(), if open => {
+                let todo: Vec<((String, String), Unlabelled)> = pending
+                    .iter()
+                    .filter(|(id, u)| {
+                        ctx.shard.owns(&u.key)
+                            && tried.get(*id) != Some(&u.resource_version)
+                    })
+                    .map(|(id, u)| (id.clone(), u.clone()))
+                    .collect();
+                if todo.is_empty() {
+                    continue;
+                }
+                tracing::info!(kind, objects = todo.len(), "labelling this shard's unlabelled objects with their shard key");
+                let results: Vec<_> = futures::stream::iter(todo)
+                    .map(|((namespace, name), u)| {
+                        let client = ctx.client.clone();
+                        let ar = ar.clone();
+                        async move {
+                            let api = scoped_api(client, &ar, &namespace);
+                            let result = patch_label(&api, &name, &u.resource_version, &u.key).await;
+                            ((namespace, name), u.resource_version, result)
+                        }
+                    })
+                    .buffer_unordered(PATCHES_AT_ONCE)
+                    .collect()
+                    .await;
+                for (id, rv, result) in results {
+                    match result {
+                        // Labelled: the watch drops it; conflicts and deletions: the watch
+                        // brings the newer copy (or the deletion).
+                        Ok(()) | Err(Refused::Conflict | Refused::Gone) => {
+                            tried.insert(id, rv);
+                        }
+                        // Anything else (RBAC, the API server away) is tried at the next tick.
+                        Err(Refused::Other(e)) => {
+                            tracing::warn!(kind, namespace = %id.0, name = %id.1, error = %e, "cannot label the object with its shard key (the chart's ClusterRole grants patch); retrying");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The connection key of an unlabelled object, if it is one (a relist can still bring a
+/// labelled one when its label was added in between).
+fn unlabelled(ctx: &Context, o: &DynamicObject) -> Option<((String, String), Unlabelled)> {
+    if o.labels().contains_key(SHARD_KEY_LABEL) {
+        return None;
+    }
+    let namespace = o.namespace().unwrap_or_default();
+    let connection_ref: Option<ConnectionRef> = o
+        .data
+        .get("spec")
+        .and_then(|s| s.get("connectionRef"))
+        .and_then(|r| serde_json::from_value(r.clone()).ok());
+    let key = ctx.connections.resolve(&namespace, connection_ref.as_ref());
+    Some((
+        (namespace, o.name_any()),
+        Unlabelled {
+            resource_version: o.resource_version().unwrap_or_default(),
+            key,
+        },
+    ))
+}
+
+/// Every `RELABEL_EVERY`, relabels the objects of `store` (this shard's watch) whose
+/// label no longer names their connection's bucket, once no reconcile of them is in
+/// flight here, until `stop`.
+pub async fn relabel_moved<K>(
+    ctx: Arc<Context>,
+    store: Store<K>,
+    ar: ApiResource,
+    kind: &'static str,
+    stop: CancellationToken,
+) where
+    K: Resource<DynamicType = ()> + Connected + Clone + Send + Sync + 'static,
+{
+    tokio::select! {
+        () = stop.cancelled() => return,
+        () = ctx.started() => {}
+    }
+    let mut tick = tokio::time::interval(RELABEL_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let moved: Vec<(String, String, String, ConnectionKey)> = store
+            .state()
+            .iter()
+            .filter_map(|o| {
+                let namespace = o.meta().namespace.clone().unwrap_or_default();
+                let key = ctx.connections.resolve(&namespace, o.connection_ref());
+                let want = bucket_of(&key).to_string();
+                let have = o
+                    .meta()
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(SHARD_KEY_LABEL));
+                (have != Some(&want)
+                    && ctx
+                        .in_flight
+                        .is_idle(&super::context::object_key(o.as_ref())))
+                .then(|| {
+                    (
+                        namespace,
+                        o.meta().name.clone().unwrap_or_default(),
+                        o.meta().resource_version.clone().unwrap_or_default(),
+                        key,
+                    )
+                })
+            })
+            .collect();
+        if moved.is_empty() {
+            continue;
+        }
+        tracing::info!(
+            kind,
+            objects = moved.len(),
+            "objects whose connection moved: relabelling them for their new shard"
+        );
+        futures::stream::iter(moved)
+            .for_each_concurrent(PATCHES_AT_ONCE, |(namespace, name, rv, key)| {
+                let api = scoped_api(ctx.client.clone(), &ar, &namespace);
+                async move {
+                    if let Err(Refused::Other(e)) = patch_label(&api, &name, &rv, &key).await {
+                        tracing::warn!(kind, namespace = %namespace, name = %name, error = %e, "cannot relabel the object for its new shard; retrying");
+                    }
+                }
+            })
+            .await;
+    }
+}
+
+fn scoped_api(client: kube::Client, ar: &ApiResource, namespace: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(client, namespace, ar)
+}
+
+/// Why a label patch did not land.
+enum Refused {
+    /// `409`: the object changed since the copy the patch was based on.
+    Conflict,
+    /// `404`: the object is gone.
+    Gone,
+    /// Anything else.
+    Other(kube::Error),
+}
+
+/// Sets the shard key of object `name` to `key`'s bucket, if it still is at
+/// `resource_version`.
+async fn patch_label(
+    api: &Api<DynamicObject>,
+    name: &str,
+    resource_version: &str,
+    key: &ConnectionKey,
+) -> Result<(), Refused> {
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": resource_version,
+            "labels": {SHARD_KEY_LABEL: bucket_of(key).to_string()},
+        }
+    });
+    let params = PatchParams {
+        field_manager: Some(super::context::field_manager().to_string()),
+        ..PatchParams::default()
+    };
+    match api.patch(name, &params, &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Err(Refused::Conflict),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(Refused::Gone),
+        Err(e) => Err(Refused::Other(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_flight_counts_nested_reconciles_of_one_object() {
+        let set = InFlight::default();
+        assert!(set.is_idle("a"));
+        let mut first = set.enter("a");
+        first.act();
+        let second = set.enter("a");
+        assert_eq!(set.acting(), ["a"]);
+        drop(first);
+        assert!(!set.is_idle("a"), "one reconcile of a is still in flight");
+        assert!(
+            set.acting().is_empty(),
+            "the one left did not pass the ownership check"
+        );
+        drop(second);
+        assert!(set.is_idle("a"));
+        assert_eq!(unlabelled_selector(), "!redeliver.dev/shard-key");
+    }
+}

@@ -1,0 +1,438 @@
+//! Shard-scoped watches: `run_controllers` as two (then three) shards over one in-process
+//! Kubernetes API server (`fake_kube`, which implements label selectors with the real
+//! server's semantics) and two Graph simulators.
+//!
+//! - objects created without the shard-key label are labelled by the shard that owns their
+//!   connection and verified by it; one created later is picked up within seconds;
+//! - each shard's watch holds only its own shard's objects;
+//! - an object whose connection moves to the other shard is handed over: relabelled and
+//!   verified there;
+//! - after a change of `--shard-count` (two shards stopped, three started) every object is
+//!   reconciled again, by its new shard, with no label rewritten;
+//! - throughout, no object is acted on by two shards at once (sampled every millisecond
+//!   from each shard's in-flight reconciles).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use redeliver::api::ConnectionKey;
+use redeliver::controller::metrics::Metrics;
+use redeliver::controller::server::Readiness;
+use redeliver::controller::shard::{SHARD_KEY_LABEL, Shard, bucket_of, shard_of};
+use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver_bench::fake_kube::FakeKube;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::controller_tenants::tenant;
+
+const APA: &str = "accesspackageassignments";
+const NAMESPACES: usize = 6;
+
+fn secret(namespace: &str, value: &str) -> Value {
+    let s = k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("graph".into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        data: Some(
+            [(
+                "clientSecret".to_string(),
+                k8s_openapi::ByteString(value.as_bytes().to_vec()),
+            )]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    let mut v = serde_json::to_value(s).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Secret");
+    v
+}
+
+fn connection(namespace: &str, name: &str, sim: &redeliver_sim::SimHandle) -> Value {
+    json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "tenantId": sim.tenant_id, "clientId": sim.client_id,
+            "credential": {"clientSecret": {"name": "graph"}},
+            "authorityHost": sim.authority_host, "graphUrl": sim.graph_url,
+        },
+    })
+}
+
+fn alice(namespace: &str, name: &str, connection: Option<&str>) -> Value {
+    let mut o = json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "accessPackage": {"displayName": "Finance Analysts", "catalog": "Finance"},
+            "target": {"userPrincipalName": "alice@contoso.com"},
+            "reprocess": {"mode": "Auto", "maxAttempts": 3, "cooldown": "5m"}
+        }
+    });
+    if let Some(c) = connection {
+        o["spec"]["connectionRef"] = json!({"name": c});
+    }
+    o
+}
+
+fn key(namespace: &str, name: &str) -> ConnectionKey {
+    ConnectionKey::Namespaced {
+        namespace: namespace.into(),
+        name: name.into(),
+    }
+}
+
+fn settings(index: u32, count: u32) -> Settings {
+    Settings {
+        poll_interval: Duration::from_secs(1),
+        observation_max_age: Duration::from_millis(500),
+        delta_interval: Duration::from_secs(1),
+        connection_recheck_stalled: Duration::from_secs(1),
+        connection_recheck_ready: Duration::from_secs(1),
+        instance: Some(format!("shard-{index}-of-{count}")),
+        shard: Shard { index, count },
+        ..Settings::default()
+    }
+}
+
+struct Running {
+    ctx: Arc<Context>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    async fn start(kube: &FakeKube, index: u32, count: u32) -> Self {
+        let config = kube::Config::new(kube.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (metrics, _registry) = Metrics::new(None);
+        let ctx = Arc::new(Context::with_operator_connection(
+            client,
+            None,
+            metrics,
+            &settings(index, count),
+        ));
+        let ready = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run_controllers(
+            ctx.clone(),
+            Vec::new(),
+            2,
+            ready.clone(),
+            stop.clone(),
+        ));
+        wait_until("the shard is ready", Duration::from_secs(20), || {
+            ready.get()
+        })
+        .await;
+        Self { ctx, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("stops within 20s")
+            .unwrap();
+    }
+}
+
+/// Samples every running shard's acting reconciles every millisecond and records any
+/// object acted on by two at once.
+struct Referee {
+    shards: Arc<std::sync::Mutex<Vec<Arc<Context>>>>,
+    clash: Arc<std::sync::Mutex<Vec<String>>>,
+    acted: Arc<std::sync::Mutex<BTreeSet<(String, String)>>>,
+    done: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Referee {
+    fn start() -> Self {
+        let shards: Arc<std::sync::Mutex<Vec<Arc<Context>>>> = Arc::default();
+        let clash: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let acted: Arc<std::sync::Mutex<BTreeSet<(String, String)>>> = Arc::default();
+        let done = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let (shards, clash, acted, done) =
+                (shards.clone(), clash.clone(), acted.clone(), done.clone());
+            async move {
+                while !done.load(Ordering::Acquire) {
+                    let running = shards.lock().unwrap().clone();
+                    let mut seen: BTreeSet<String> = BTreeSet::new();
+                    for ctx in &running {
+                        let shard = format!("{}/{}", ctx.shard.index, ctx.shard.count);
+                        for object in ctx.in_flight.acting() {
+                            acted
+                                .lock()
+                                .unwrap()
+                                .insert((object.clone(), shard.clone()));
+                            if !seen.insert(object.clone()) {
+                                clash.lock().unwrap().push(object);
+                            }
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        Self {
+            shards,
+            clash,
+            acted,
+            done,
+            task,
+        }
+    }
+
+    fn watch(&self, shard: &Running) {
+        self.shards.lock().unwrap().push(shard.ctx.clone());
+    }
+
+    fn forget_all(&self) {
+        self.shards.lock().unwrap().clear();
+    }
+
+    /// The shards (`index/count`) seen acting on `object` (`Kind namespace/name`).
+    fn acted_on(&self, object: &str) -> BTreeSet<String> {
+        self.acted
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(o, _)| o == object)
+            .map(|(_, s)| s.clone())
+            .collect()
+    }
+
+    async fn finish(self) -> Vec<String> {
+        self.done.store(true, Ordering::Release);
+        self.task.await.unwrap();
+        self.clash.lock().unwrap().clone()
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn label(kube: &FakeKube, namespace: &str, name: &str) -> Option<String> {
+    kube.object(APA, namespace, name).and_then(|o| {
+        o["metadata"]["labels"][SHARD_KEY_LABEL]
+            .as_str()
+            .map(String::from)
+    })
+}
+
+fn verified_at(kube: &FakeKube, namespace: &str, name: &str, generation: i64) -> bool {
+    kube.object(APA, namespace, name).is_some_and(|o| {
+        let s = &o["status"];
+        s["observedGeneration"] == generation
+            && s["conditions"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["type"] == "Delivered" && (c["status"] == "True" || c["status"] == "False")
+                })
+            })
+    })
+}
+
+fn object_key(namespace: &str, name: &str) -> String {
+    format!("AccessPackageAssignment {namespace}/{name}")
+}
+
+#[tokio::test]
+async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_change() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
+    let sim_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            &contoso
+        } else {
+            &fabrikam
+        }
+    };
+    // Every object starts without the label, as one created before it existed.
+    let mut objects = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        objects.push(secret(ns, &sim_of(i).client_secret));
+        objects.push(connection(ns, "default", sim_of(i)));
+        objects.push(alice(ns, "alice", None));
+    }
+    let owner = |ns: &str| shard_of(&key(ns, "default"), 2);
+    assert!(
+        namespaces.iter().any(|ns| owner(ns) == 0) && namespaces.iter().any(|ns| owner(ns) == 1),
+        "both shards get a tenant"
+    );
+    let kube = FakeKube::start(objects).await.unwrap();
+    let referee = Referee::start();
+
+    // 1. Two shards label and verify every object, each its own.
+    let first = Running::start(&kube, 0, 2).await;
+    referee.watch(&first);
+    let second = Running::start(&kube, 1, 2).await;
+    referee.watch(&second);
+    wait_until(
+        "every object is labelled and verified",
+        Duration::from_secs(30),
+        || {
+            namespaces.iter().all(|ns| {
+                label(&kube, ns, "alice") == Some(bucket_of(&key(ns, "default")).to_string())
+                    && verified_at(&kube, ns, "alice", 1)
+            })
+        },
+    )
+    .await;
+    assert!(
+        namespaces
+            .iter()
+            .any(|ns| !referee.acted_on(&object_key(ns, "alice")).is_empty()),
+        "the referee sees the shards' reconciles"
+    );
+    for ns in &namespaces {
+        let acted = referee.acted_on(&object_key(ns, "alice"));
+        assert!(
+            acted.iter().all(|s| *s == format!("{}/2", owner(ns))),
+            "{ns}/alice acted on by {acted:?}, owned by shard {}",
+            owner(ns)
+        );
+    }
+    // Each shard's watch holds only its own objects.
+    for (shard, running) in [(0, &first), (1, &second)] {
+        let (held, _) = running.ctx.triggers.snapshot();
+        let held: BTreeSet<String> = held
+            .iter()
+            .map(|a| a.metadata.namespace.clone().unwrap_or_default())
+            .collect();
+        let own: BTreeSet<String> = namespaces
+            .iter()
+            .filter(|ns| owner(ns) == shard)
+            .cloned()
+            .collect();
+        assert_eq!(held, own, "shard {shard} holds exactly its own objects");
+    }
+
+    // 2. An object created later without the label is picked up within seconds.
+    let started = Instant::now();
+    kube.put(alice(&namespaces[0], "bob", None)).unwrap();
+    wait_until(
+        "the new object is labelled and verified",
+        Duration::from_secs(10),
+        || verified_at(&kube, &namespaces[0], "bob", 1),
+    )
+    .await;
+    assert_eq!(
+        label(&kube, &namespaces[0], "bob"),
+        Some(bucket_of(&key(&namespaces[0], "default")).to_string())
+    );
+    eprintln!(
+        "unlabelled object labelled and verified in {:?}",
+        started.elapsed()
+    );
+
+    // 3. A connection moving to the other shard: alice in the first namespace switches to
+    // a second GraphConnection there whose name hashes to the other shard.
+    let ns = &namespaces[0];
+    let from = owner(ns);
+    let other = (0..100)
+        .map(|n| format!("moved-{n}"))
+        .find(|name| shard_of(&key(ns, name), 2) != from)
+        .unwrap();
+    kube.put(connection(ns, &other, sim_of(0))).unwrap();
+    // As `kubectl apply` of the edited spec: the label the operator wrote stays.
+    let mut moved = alice(ns, "alice", Some(&other));
+    moved["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
+    kube.put(moved).unwrap();
+    wait_until(
+        "the moved object is relabelled and verified by its new shard",
+        Duration::from_secs(30),
+        || {
+            label(&kube, ns, "alice") == Some(bucket_of(&key(ns, &other)).to_string())
+                && verified_at(&kube, ns, "alice", 2)
+        },
+    )
+    .await;
+    // Only the new shard can have verified the new generation: the old one no longer
+    // owns the object and hands it over without acting.
+    let old = format!("{from}/2");
+    let acted = referee.acted_on(&object_key(ns, "alice"));
+    assert!(
+        acted
+            .iter()
+            .all(|s| *s == old || *s == format!("{}/2", 1 - from)),
+        "{acted:?}"
+    );
+    first.stop().await;
+    second.stop().await;
+    referee.forget_all();
+
+    // 4. A change of --shard-count: three shards over the same labels. Every object's spec
+    // changes, so each must be reconciled again, by its shard among three.
+    let labels_before: Vec<Option<String>> = namespaces
+        .iter()
+        .map(|ns| label(&kube, ns, "alice"))
+        .collect();
+    let shards: Vec<Running> = {
+        let mut v = Vec::new();
+        for index in 0..3 {
+            let r = Running::start(&kube, index, 3).await;
+            referee.watch(&r);
+            v.push(r);
+        }
+        v
+    };
+    for ns in namespaces.iter().skip(1) {
+        let mut a = alice(ns, "alice", None);
+        a["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
+        a["spec"]["verifyInterval"] = json!("7m");
+        kube.put(a).unwrap();
+    }
+    wait_until(
+        "three shards verify every changed object",
+        Duration::from_secs(30),
+        || {
+            namespaces
+                .iter()
+                .skip(1)
+                .all(|ns| verified_at(&kube, ns, "alice", 2))
+        },
+    )
+    .await;
+    for ns in namespaces.iter().skip(1) {
+        let want = format!("{}/3", shard_of(&key(ns, "default"), 3));
+        let acted: BTreeSet<String> = referee
+            .acted_on(&object_key(ns, "alice"))
+            .into_iter()
+            .filter(|s| s.ends_with("/3"))
+            .collect();
+        assert!(
+            acted.iter().all(|s| *s == want),
+            "{ns}/alice among three shards: acted on by {acted:?}, owned by {want}"
+        );
+    }
+    let labels_after: Vec<Option<String>> = namespaces
+        .iter()
+        .map(|ns| label(&kube, ns, "alice"))
+        .collect();
+    assert_eq!(
+        labels_before, labels_after,
+        "a shard count change rewrites no label"
+    );
+    for r in shards {
+        r.stop().await;
+    }
+    let clashes = referee.finish().await;
+    assert!(
+        clashes.is_empty(),
+        "objects acted on by two shards at once: {clashes:?}"
+    );
+}
