@@ -746,17 +746,17 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         assert!(std::time::Instant::now() < deadline, "all delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Quiet: the start-up verifications (and their follow-ups) are over, so the removals
-    // below are found by group delta, not by a verification that happens to run.
+    // Quiet: the start-up verifications (and their follow-ups) are over and every group is
+    // followed (no delta link is being started: `$deltatoken=latest`), so the removals below
+    // are found by a group delta poll, not by a verification that happens to run or by a
+    // group starting to be followed.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         sim.clear_request_log();
         tokio::time::sleep(Duration::from_secs(1)).await;
-        if sim
-            .request_log()
-            .iter()
-            .all(|e| e.path.starts_with("/v1.0/groups/delta"))
-        {
+        if sim.request_log().iter().all(|e| {
+            e.path.starts_with("/v1.0/groups/delta") && !e.path.contains("deltatoken=latest")
+        }) {
             break;
         }
         assert!(

@@ -79,14 +79,14 @@ async fn leaving_a_held_group_or_returning_to_a_missing_one_triggers_a_reconcile
         ..Settings::default()
     };
     let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
-    let (tx, mut rx) = futures::channel::mpsc::unbounded();
+    let (tx, mut rx) = futures::channel::mpsc::channel(redeliver::controller::delta::TRIGGER_QUEUE);
     let stop = CancellationToken::new();
     let run = tokio::spawn(redeliver::controller::delta::run(
         ctx,
         reader,
         tx,
         stop.clone(),
-        Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        redeliver::controller::watch::Synced::already(),
         None,
     ));
 

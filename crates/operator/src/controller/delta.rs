@@ -23,9 +23,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use futures::channel::mpsc::UnboundedSender;
+use futures::SinkExt;
+use futures::channel::mpsc::Sender;
 use kube::runtime::reflector::{ObjectRef, Store};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
@@ -225,17 +225,15 @@ struct Follower {
 pub async fn run(
     ctx: Arc<Context>,
     store: Store<AccessPackageAssignment>,
-    trigger: UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    trigger: Sender<ObjectRef<AccessPackageAssignment>>,
     stop: CancellationToken,
-    synced: Arc<AtomicBool>,
+    synced: Arc<super::watch::Synced>,
     baseline: Option<oneshot::Sender<()>>,
 ) {
     // Not `Store::wait_until_ready`: its single waker slot belongs to the controller.
-    while !synced.load(Ordering::Acquire) {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
-        }
+    tokio::select! {
+        _ = stop.cancelled() => return,
+        _ = synced.wait() => {}
     }
     let interval = ctx.delta_interval;
     let partition = Arc::new(Partition {
@@ -382,6 +380,25 @@ async fn baseline_all(ctx: &Arc<Context>, partition: &Partition) -> Vec<Baseline
     started
 }
 
+/// Objects waiting to be reconciled because a poll concerned them. When the queue is full
+/// a follower waits for room (its next poll waits too): no trigger is dropped, and a flood of
+/// changes cannot hold more than this many references.
+pub const TRIGGER_QUEUE: usize = 1024;
+
+/// Sends every ref, waiting for room. False when the controller is gone.
+async fn send_all(
+    trigger: &Sender<ObjectRef<AccessPackageAssignment>>,
+    refs: Vec<ObjectRef<AccessPackageAssignment>>,
+) -> bool {
+    let mut trigger = trigger.clone();
+    for r in refs {
+        if trigger.send(r).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// Why a follower ended.
 enum FollowerEnd {
     /// Told to stop (shutdown, the connection went, or its client changed).
@@ -399,7 +416,7 @@ async fn follow(
     mut tracker: DeltaTracker,
     mut since: jiff::Timestamp,
     partition: Arc<Partition>,
-    trigger: UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    trigger: Sender<ObjectRef<AccessPackageAssignment>>,
     stop: CancellationToken,
     interval: std::time::Duration,
 ) -> FollowerEnd {
@@ -562,7 +579,7 @@ fn by_connection(
 async fn send(
     ctx: &Tenant,
     objs: &[Arc<AccessPackageAssignment>],
-    trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    trigger: &Sender<ObjectRef<AccessPackageAssignment>>,
     changes: &Changes,
     what: &str,
 ) -> bool {
@@ -581,7 +598,7 @@ async fn send(
         groups = hit_groups.len(),
         "group delta: promised groups {what}; reconciling the affected assignments now"
     );
-    refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
+    send_all(trigger, refs).await
 }
 
 /// The kind a delivered assignment's status names, for the kinds followed by a read every
@@ -670,7 +687,7 @@ fn tracked_reads(objs: &[Arc<AccessPackageAssignment>]) -> BTreeMap<ResourceRead
 async fn poll_privileged(
     ctx: &Tenant,
     objs: &[Arc<AccessPackageAssignment>],
-    trigger: &UnboundedSender<ObjectRef<AccessPackageAssignment>>,
+    trigger: &Sender<ObjectRef<AccessPackageAssignment>>,
     since: &mut jiff::Timestamp,
 ) -> bool {
     let reads = tracked_reads(objs);
@@ -755,7 +772,7 @@ async fn poll_privileged(
         reads = reads.len(),
         "app roles, group owners, group eligibilities or roles changed; reconciling the affected assignments now"
     );
-    refs.into_iter().all(|r| trigger.unbounded_send(r).is_ok())
+    send_all(trigger, refs).await
 }
 
 #[cfg(test)]

@@ -82,6 +82,12 @@ pub fn seed(
     }
 }
 
+/// A reconcile queue. Unbounded on purpose: it is fed from inside reconciles and
+/// connection checks, which must not wait on the controller that runs them (a bounded queue
+/// full of their own triggers would deadlock), and what goes in is bounded by the store:
+/// one reference per covering object per repair or connection change, each drained and
+/// deduplicated by the controller's scheduler. Group delta's triggers, which a flood of
+/// outside changes could multiply, go through a bounded queue (`delta::TRIGGER_QUEUE`).
 type Sender<K> = UnboundedSender<ObjectRef<K>>;
 
 /// The stores and reconcile queues of both kinds, so a repair can wake the objects that

@@ -29,7 +29,6 @@ pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -564,8 +563,8 @@ pub async fn run_controllers(
         None => watcher_config.clone(),
     };
     let mut runs = Vec::new();
-    let mut synced: Vec<Arc<AtomicBool>> = Vec::new();
-    let mut reporters = Vec::new();
+    let mut synced: Vec<Arc<watch::Synced>> = Vec::new();
+    let mut background = Background::default();
     let mut baselines = Vec::new();
     // A new leader first rebuilds the repair ledger from every object's status and takes
     // the group delta baseline; reconciles wait until then (see `start_up`).
@@ -583,7 +582,7 @@ pub async fn run_controllers(
     {
         let (reader, writer) = reflector::store::<ClusterGraphConnection>();
         ctx.connections.set_cluster_store(reader.clone());
-        let synced_c = Arc::new(AtomicBool::new(false));
+        let synced_c = watch::Synced::new();
         synced.push(synced_c.clone());
         let ctx2 = ctx.clone();
         let stream = watcher::watcher(
@@ -595,7 +594,7 @@ pub async fn run_controllers(
             if let Ok(ev) = ev {
                 connection::on_cluster_event(&ctx2, ev);
                 if matches!(ev, watcher::Event::InitDone) {
-                    synced_c.store(true, Ordering::Release);
+                    synced_c.set();
                 }
             }
         })
@@ -635,7 +634,7 @@ pub async fn run_controllers(
     for scope in scopes {
         let (reader, writer) = reflector::store::<GraphConnection>();
         ctx.connections.add_namespaced_store(reader.clone());
-        let synced_n = Arc::new(AtomicBool::new(false));
+        let synced_n = watch::Synced::new();
         synced.push(synced_n.clone());
         let ctx2 = ctx.clone();
         let api: Api<GraphConnection> = match scope.as_deref() {
@@ -648,7 +647,7 @@ pub async fn run_controllers(
                 if let Ok(ev) = ev {
                     connection::on_namespaced_event(&ctx2, ev);
                     if matches!(ev, watcher::Event::InitDone) {
-                        synced_n.store(true, Ordering::Release);
+                        synced_n.set();
                     }
                 }
             })
@@ -667,20 +666,26 @@ pub async fn run_controllers(
 
         let (bad_a, bad_a_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
         let (bad_g, bad_g_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
-        reporters.push(tokio::spawn(watch::report_malformed(
-            ctx.client.clone(),
-            ApiResource::erase::<AccessPackageAssignment>(&()),
-            bad_a_rx,
-        )));
-        reporters.push(tokio::spawn(watch::report_malformed(
-            ctx.client.clone(),
-            ApiResource::erase::<AccessPackageGuard>(&()),
-            bad_g_rx,
-        )));
+        background.spawn(
+            "malformed-report",
+            watch::report_malformed(
+                ctx.client.clone(),
+                ApiResource::erase::<AccessPackageAssignment>(&()),
+                bad_a_rx,
+            ),
+        );
+        background.spawn(
+            "malformed-report",
+            watch::report_malformed(
+                ctx.client.clone(),
+                ApiResource::erase::<AccessPackageGuard>(&()),
+                bad_g_rx,
+            ),
+        );
         let (reader, writer) = reflector::store();
         let assignments = reader.clone();
         ctx.metrics.track_assignments(reader.clone());
-        let synced_a = Arc::new(AtomicBool::new(false));
+        let synced_a = watch::Synced::new();
         synced.push(synced_a.clone());
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
             watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
@@ -692,20 +697,23 @@ pub async fn run_controllers(
             synced_a.clone(),
         );
         let token = stop.clone();
-        let (delta_tx, delta_rx) = futures::channel::mpsc::unbounded();
+        let (delta_tx, delta_rx) = futures::channel::mpsc::channel(delta::TRIGGER_QUEUE);
         let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
         ctx.triggers.add_assignments(reader.clone(), covering_tx);
         if !ctx.delta_interval.is_zero() {
             let (done, baseline) = tokio::sync::oneshot::channel();
             baselines.push(baseline);
-            reporters.push(tokio::spawn(delta::run(
-                ctx.clone(),
-                reader.clone(),
-                delta_tx,
-                stop.clone(),
-                synced_a.clone(),
-                Some(done),
-            )));
+            background.spawn(
+                "group-delta",
+                delta::run(
+                    ctx.clone(),
+                    reader.clone(),
+                    delta_tx,
+                    stop.clone(),
+                    synced_a.clone(),
+                    Some(done),
+                ),
+            );
         }
         runs.push(
             Controller::for_stream(stream, reader)
@@ -718,7 +726,7 @@ pub async fn run_controllers(
         );
         let (reader, writer) = reflector::store();
         let guards = reader.clone();
-        let synced_g = Arc::new(AtomicBool::new(false));
+        let synced_g = watch::Synced::new();
         synced.push(synced_g.clone());
         let stream = watch::lenient_watch::<AccessPackageGuard>(
             watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
@@ -745,43 +753,120 @@ pub async fn run_controllers(
             // The shard-key label's upkeep (controller::sharding): unlabelled objects of
             // this shard's connections get it, held objects whose connection moved are
             // handed over.
-            reporters.push(tokio::spawn(sharding::label_unlabelled(
-                ctx.clone(),
-                watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
-                ApiResource::erase::<AccessPackageAssignment>(&()),
-                assignment::KIND,
-                stop.clone(),
-            )));
-            reporters.push(tokio::spawn(sharding::label_unlabelled(
-                ctx.clone(),
-                watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
-                ApiResource::erase::<AccessPackageGuard>(&()),
-                guard::KIND,
-                stop.clone(),
-            )));
-            reporters.push(tokio::spawn(sharding::relabel_moved(
-                ctx.clone(),
-                assignments.clone(),
-                ApiResource::erase::<AccessPackageAssignment>(&()),
-                assignment::KIND,
-                stop.clone(),
-            )));
-            reporters.push(tokio::spawn(sharding::relabel_moved(
-                ctx.clone(),
-                guards.clone(),
-                ApiResource::erase::<AccessPackageGuard>(&()),
-                guard::KIND,
-                stop.clone(),
-            )));
+            background.spawn(
+                "shard-labels",
+                sharding::label_unlabelled(
+                    ctx.clone(),
+                    watch::dynamic_api::<AccessPackageAssignment>(
+                        ctx.client.clone(),
+                        scope.as_deref(),
+                    ),
+                    ApiResource::erase::<AccessPackageAssignment>(&()),
+                    assignment::KIND,
+                    stop.clone(),
+                ),
+            );
+            background.spawn(
+                "shard-labels",
+                sharding::label_unlabelled(
+                    ctx.clone(),
+                    watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
+                    ApiResource::erase::<AccessPackageGuard>(&()),
+                    guard::KIND,
+                    stop.clone(),
+                ),
+            );
+            background.spawn(
+                "shard-handover",
+                sharding::relabel_moved(
+                    ctx.clone(),
+                    assignments.clone(),
+                    ApiResource::erase::<AccessPackageAssignment>(&()),
+                    assignment::KIND,
+                    stop.clone(),
+                ),
+            );
+            background.spawn(
+                "shard-handover",
+                sharding::relabel_moved(
+                    ctx.clone(),
+                    guards.clone(),
+                    ApiResource::erase::<AccessPackageGuard>(&()),
+                    guard::KIND,
+                    stop.clone(),
+                ),
+            );
         }
     }
-    let ready_task = tokio::spawn(start_up(ctx.clone(), synced, baselines, readiness));
-    futures::future::join_all(runs).await;
-    ready_task.abort();
-    for r in reporters {
-        r.abort();
+    background.spawn(
+        "start-up",
+        start_up(ctx.clone(), synced, baselines, readiness.clone()),
+    );
+    let runs = futures::future::join_all(runs);
+    tokio::pin!(runs);
+    loop {
+        tokio::select! {
+            _ = &mut runs => break,
+            Some(name) = background.ended(), if !background.is_empty() => {
+                if stop.is_cancelled() {
+                    continue;
+                }
+                // Nothing restarts it here, and without it this replica silently stops doing
+                // part of its job (detection, start-up, labels): /livez fails so the kubelet
+                // restarts the pod (another replica takes the lease meanwhile).
+                tracing::error!(task = name, "a background task ended; /livez now fails so the pod is restarted");
+                readiness.fail(format!("background task {name} ended"));
+            }
+        }
     }
+    background.shutdown().await;
     tracing::info!("controllers stopped");
+}
+
+/// The controller's background tasks (group delta, malformed-object reports, shard labels,
+/// start-up), owned: one that ends or panics is noticed (see `run_controllers`), all are
+/// stopped and awaited at shutdown.
+#[derive(Default)]
+struct Background {
+    tasks: tokio::task::JoinSet<()>,
+    names: std::collections::HashMap<tokio::task::Id, &'static str>,
+}
+
+impl Background {
+    fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+    {
+        let id = self
+            .tasks
+            .spawn(async move {
+                task.await;
+            })
+            .id();
+        self.names.insert(id, name);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The name of the next task to end (normally or by a panic, which is logged).
+    async fn ended(&mut self) -> Option<&'static str> {
+        let id = match self.tasks.join_next_with_id().await? {
+            Ok((id, ())) => id,
+            Err(e) => {
+                if e.is_panic() {
+                    tracing::error!(error = %e, "a background task panicked");
+                }
+                e.id()
+            }
+        };
+        Some(self.names.remove(&id).unwrap_or("unnamed"))
+    }
+
+    async fn shutdown(&mut self) {
+        self.tasks.shutdown().await;
+    }
 }
 
 /// Once every store has synced (or after [`SYNC_WAIT`], with what has): rebuilds the repair
@@ -789,15 +874,13 @@ pub async fn run_controllers(
 /// reconciles run; marks readiness once every store has synced.
 async fn start_up(
     ctx: Arc<Context>,
-    synced: Vec<Arc<AtomicBool>>,
+    synced: Vec<Arc<watch::Synced>>,
     baselines: Vec<tokio::sync::oneshot::Receiver<()>>,
     readiness: Readiness,
 ) {
-    let all_synced = || synced.iter().all(|s| s.load(Ordering::Acquire));
-    let deadline = tokio::time::Instant::now() + SYNC_WAIT;
-    while !all_synced() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let all_synced = || synced.iter().all(|s| s.is_set());
+    let every_list = futures::future::join_all(synced.iter().map(|s| s.wait()));
+    let _ = tokio::time::timeout(SYNC_WAIT, every_list).await;
     if !all_synced() {
         // One namespace's watch failing (RBAC, a missing CRD version) must not hold the
         // others: start with what has listed. Objects of a namespace that lists later are
@@ -851,9 +934,7 @@ async fn start_up(
         }
     }
     ctx.open();
-    while !all_synced() {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    futures::future::join_all(synced.iter().map(|s| s.wait())).await;
     tracing::info!("caches synced; ready");
     readiness.set(true);
     // The ledger keeps a history per reprocessed assignment; drop those that can no longer
@@ -957,6 +1038,17 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: ControllerArgs,
+    }
+
+    #[tokio::test]
+    async fn a_background_task_that_ends_or_panics_is_named() {
+        let mut background = Background::default();
+        background.spawn("quick", async {});
+        assert_eq!(background.ended().await, Some("quick"));
+        background.spawn("broken", async { panic!("a bug") });
+        assert_eq!(background.ended().await, Some("broken"));
+        assert!(background.is_empty());
+        assert_eq!(background.ended().await, None);
     }
 
     #[test]

@@ -12,19 +12,37 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness shared between the controllers and the endpoint.
+/// Readiness and liveness shared between the controllers and the endpoint.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    /// Why this process can no longer do its job (a background task ended), if so.
+    failed: Arc<std::sync::Mutex<Option<String>>>,
+}
 
 impl Readiness {
     /// Marks the process ready (or not).
     pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
+        self.ready.store(ready, Ordering::Release);
     }
 
-    /// True once ready.
+    /// True once ready, and not failed.
     pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.failure().is_none()
+    }
+
+    /// The process can no longer do its job: `/livez` and `/readyz` answer 503 with `why`
+    /// until it is restarted.
+    pub fn fail(&self, why: String) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+    }
+
+    /// Why it failed, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -38,7 +56,7 @@ struct AppState {
 pub fn router(registry: Arc<Registry>, ready: Readiness) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
         .with_state(AppState { registry, ready })
 }
@@ -57,7 +75,25 @@ async fn metrics(State(state): State<AppState>) -> Response {
     }
 }
 
+async fn livez(State(state): State<AppState>) -> Response {
+    match state.ready.failure() {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not live: {why}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(why) = state.ready.failure() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {why}\n"),
+        )
+            .into_response();
+    }
     if state.ready.get() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -91,4 +127,30 @@ pub async fn serve(
     axum::serve(listener, router(registry, ready))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_failed_process_is_neither_live_nor_ready() {
+        let ready = Readiness::default();
+        let state = || AppState {
+            registry: Arc::new(Registry::default()),
+            ready: ready.clone(),
+        };
+        assert_eq!(livez(State(state())).await.status(), StatusCode::OK);
+        assert_eq!(
+            readyz(State(state())).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        ready.set(true);
+        assert_eq!(readyz(State(state())).await.status(), StatusCode::OK);
+        ready.fail("background task group-delta ended".into());
+        assert!(!ready.get());
+        for answer in [livez(State(state())).await, readyz(State(state())).await] {
+            assert_eq!(answer.status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+    }
 }

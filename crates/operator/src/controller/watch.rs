@@ -7,6 +7,8 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::sync::Notify;
+
 use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -20,6 +22,53 @@ use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::metrics::{KindLabels, Metrics};
 use crate::api::REPROCESS_ANNOTATION;
+
+/// Whether a watch has listed its objects once: set by the watch, awaited (not polled) by
+/// whoever must not start before it.
+#[derive(Debug, Default)]
+pub struct Synced {
+    done: AtomicBool,
+    notify: Notify,
+}
+
+impl Synced {
+    /// Not synced yet.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// Already synced (tests that feed a store by hand).
+    pub fn already() -> Arc<Self> {
+        let s = Self::new();
+        s.set();
+        s
+    }
+
+    /// The first full list has been applied.
+    pub fn set(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether it has.
+    pub fn is_set(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Returns once it has.
+    pub async fn wait(&self) {
+        loop {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a `set` in between is not missed.
+            notified.as_mut().enable();
+            if self.is_set() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
 
 /// Undecodable objects waiting to be reported on their status. When the queue is full a
 /// report is dropped (the `malformed_objects` counter and the log have it; the next relist
@@ -101,7 +150,7 @@ pub fn lenient_watch<K>(
     metrics: Arc<Metrics>,
     kind: &'static str,
     malformed: Option<Sender<Malformed>>,
-    synced: Arc<AtomicBool>,
+    synced: Arc<Synced>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone + Debug + Send + Sync + 'static,
@@ -114,7 +163,7 @@ where
             if matches!(event, Ok(watcher::Event::InitDone)) {
                 // Readiness is tracked here rather than with `Store::wait_until_ready`, whose
                 // single waker slot the controller itself already uses.
-                synced.store(true, Ordering::Release);
+                synced.set();
             }
             let out = match event {
                 Ok(event) => {
