@@ -13,6 +13,12 @@
 //!    poll, and the time until the API server receives the `Delivered=False` and then the
 //!    `Delivered=True` status write for that object.
 //!
+//! 4. **Drift at 1 %**: 1 % of the objects' users removed from a promised group at once, by
+//!    outside administrators, just after a group delta poll: the time until every one of
+//!    them has `Delivered=False` written (with the default reprocess budget, which repairs
+//!    30 a minute: detection must not wait for it), and the audit-log queries attribution
+//!    made for them (one detection batch: the target is one).
+//!
 //! Then SIGTERM, and the exit code, total CPU and peak RSS from `wait4`.
 
 use std::fmt::Write as _;
@@ -211,6 +217,22 @@ pub struct EndToEnd {
     pub status_writes: usize,
 }
 
+/// Phase 4: a 1 % drift at once.
+#[derive(Debug, Clone, Default)]
+pub struct MassRemoval {
+    /// Users removed (one object each).
+    pub removed: usize,
+    /// Change to the last of their `Delivered=False` status writes.
+    pub all_detected: Option<Duration>,
+    /// Change to the first one.
+    pub first_detected: Option<Duration>,
+    /// `GET /auditLogs/directoryAudits` requests from the change until every removal was
+    /// attributed (or the phase ended).
+    pub audit_queries: u64,
+    /// Objects whose status names who removed the resource.
+    pub attributed: usize,
+}
+
 /// Everything measured.
 #[derive(Debug, Clone, Default)]
 pub struct ControllerResult {
@@ -219,6 +241,7 @@ pub struct ControllerResult {
     pub convergence: Convergence,
     pub steady: Steady,
     pub end_to_end: EndToEnd,
+    pub mass_removal: MassRemoval,
     pub exit: Option<i32>,
     pub shutdown: Duration,
     pub total_cpu: Duration,
@@ -794,6 +817,101 @@ async fn phases(
         "end to end ({name}, {group_name}): Delivered=False after {:?}, membership back after {:?}, Delivered=True after {:?} ({} status writes)",
         e.detected, e.membership_back, e.repaired, e.status_writes
     );
+    mass_removal(args, tenant, sim, kube, i, result).await
+}
+
+/// Phase 4 (see the module documentation).
+async fn mass_removal(
+    args: &ControllerBenchArgs,
+    tenant: &SyntheticTenant,
+    sim: &SimHandle,
+    kube: &FakeKube,
+    skip: usize,
+    result: &mut ControllerResult,
+) -> anyhow::Result<()> {
+    let n = tenant.assignments;
+    let want = (n / 100).max(1);
+    let picked: Vec<(usize, String)> = (1..n)
+        .filter(|i| *i != skip && tenant.drifted_resource(*i).is_none())
+        .filter_map(|i| {
+            tenant
+                .package_resources(tenant.package_of(i))
+                .into_iter()
+                .find_map(|r| match r {
+                    SyntheticResource::Group(g) => Some((i, SyntheticTenant::group_name(g))),
+                    SyntheticResource::App(_) => None,
+                })
+        })
+        .take(want)
+        .collect();
+    let names: std::collections::BTreeSet<String> =
+        picked.iter().map(|(i, _)| object_name(*i)).collect();
+    let polls = |sim: &SimHandle| {
+        sim.usage()
+            .by_route
+            .get("GET /v1.0/groups/delta")
+            .map(|u| u.requests)
+            .unwrap_or(0)
+    };
+    let audits = |sim: &SimHandle| {
+        sim.usage()
+            .by_route
+            .get("GET /v1.0/auditLogs/directoryAudits")
+            .map(|u| u.requests)
+            .unwrap_or(0)
+    };
+    let seen = polls(sim);
+    let wait_poll = Instant::now() + args.delta_interval * 3 + Duration::from_secs(10);
+    while polls(sim) == seen {
+        if Instant::now() > wait_poll {
+            bail!("the controller made no group delta poll within 3 intervals");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(args.request_delay_ms + 100)).await;
+    let from = kube.status_write_count();
+    let audits_before = audits(sim);
+    let changed_at = Instant::now();
+    for (k, (i, group)) in picked.iter().enumerate() {
+        let by = format!("admin{}@{}.com", k % 7, tenant.tenant_name);
+        sim.remove_member_by(group, &tenant.upn(*i), &by)?;
+    }
+    let m = &mut result.mass_removal;
+    m.removed = picked.len();
+    let limit = changed_at + args.delta_interval * 4 + Duration::from_secs(60);
+    let mut detected: std::collections::BTreeMap<String, Duration> = Default::default();
+    while Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for w in kube.status_writes_since(from) {
+            if names.contains(&w.name) && w.delivered.as_deref() == Some("False") {
+                detected
+                    .entry(w.name.clone())
+                    .or_insert(w.at.saturating_duration_since(changed_at));
+            }
+        }
+        m.attributed = names
+            .iter()
+            .filter(|name| {
+                kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
+                    o["status"]["resources"]
+                        .as_array()
+                        .is_some_and(|rs| rs.iter().any(|r| r["removedBy"].is_object()))
+                })
+            })
+            .count();
+        if detected.len() == names.len() && m.attributed == names.len() {
+            break;
+        }
+    }
+    m.first_detected = detected.values().min().copied();
+    m.all_detected = (detected.len() == names.len())
+        .then(|| detected.values().max().copied())
+        .flatten();
+    m.audit_queries = audits(sim).saturating_sub(audits_before);
+    eprintln!(
+        "drift at 1 %: {} removed, all Delivered=False after {:?} (first {:?}), {} attributed, {} audit-log queries",
+        m.removed, m.all_detected, m.first_detected, m.attributed, m.audit_queries
+    );
     Ok(())
 }
 
@@ -972,6 +1090,22 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
         "3. end to end",
         "change → Delivered=True written",
         secs(e.repaired),
+    );
+    let m = &r.mass_removal;
+    row(
+        "4. drift at 1 %",
+        "outside removals at once, just after a delta poll",
+        format!("{} users, each from one promised group", m.removed),
+    );
+    row(
+        "4. drift at 1 %",
+        "change → Delivered=False written (first; every one)",
+        format!("{}; {}", secs(m.first_detected), secs(m.all_detected)),
+    );
+    row(
+        "4. drift at 1 %",
+        "audit-log queries for them (removals attributed)",
+        format!("{} ({} of {})", m.audit_queries, m.attributed, m.removed),
     );
     row(
         "3. end to end",
