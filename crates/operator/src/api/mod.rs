@@ -40,6 +40,10 @@ pub use safety::{
 
 /// API group of both kinds.
 pub const GROUP: &str = "redeliver.dev";
+/// The kind of a declared assignment, as metrics, logs and events name it.
+pub const ASSIGNMENT_KIND: &str = "AccessPackageAssignment";
+/// The kind of a guard, as metrics, logs and events name it.
+pub const GUARD_KIND: &str = "AccessPackageGuard";
 /// API version of both kinds.
 pub const VERSION: &str = "v1alpha1";
 /// Annotation whose new value requests one reprocess (the GitOps *Reprocess* button).

@@ -35,7 +35,7 @@ use crate::graph::{Write, Written};
 use crate::observe::{AssignmentObservation, observe_assignment};
 
 /// The kind label.
-pub const KIND: &str = "AccessPackageAssignment";
+pub const KIND: &str = crate::api::ASSIGNMENT_KIND;
 
 /// Entry point for the controller: a span, a metrics timer, the concurrency slot and the
 /// finalizer dispatch. The domain logic is in [`apply`] and [`cleanup`].

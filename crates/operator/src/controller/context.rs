@@ -238,7 +238,7 @@ pub struct Context {
     pub shard: super::shard::Shard,
     /// Reconciles in flight, by object: an object is handed to another shard only when
     /// none is (see `controller::sharding`).
-    pub in_flight: super::sharding::InFlight,
+    pub in_flight: super::inflight::InFlight,
     /// Whether verdicts are cross-checked against Microsoft's access drift report.
     pub use_access_drift_report: bool,
     /// See [`Settings::cluster_connections`].
@@ -362,7 +362,7 @@ impl Context {
             triggers: Triggers::default(),
             first_status_after: settings.first_status_after,
             shard: settings.shard,
-            in_flight: super::sharding::InFlight::default(),
+            in_flight: super::inflight::InFlight::default(),
             use_access_drift_report: settings.use_access_drift_report,
             cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),

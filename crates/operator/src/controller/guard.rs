@@ -29,7 +29,7 @@ use crate::graph::{Write, Written};
 use crate::observe::{GuardObservation, observe_guard};
 
 /// The kind label.
-pub const KIND: &str = "AccessPackageGuard";
+pub const KIND: &str = crate::api::GUARD_KIND;
 
 /// Entry point for the controller: a span, a metrics timer and the concurrency slot.
 pub async fn reconcile(obj: Arc<AccessPackageGuard>, ctx: Arc<Context>) -> Result<Action, Error> {

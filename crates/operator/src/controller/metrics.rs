@@ -227,7 +227,7 @@ impl Metrics {
         // Every known series of the labelled counters starts at 0: a family that appears
         // only at its first event shows "No data" in dashboards, and rate() over it is
         // empty until then.
-        for kind in [super::assignment::KIND, super::guard::KIND] {
+        for kind in [crate::api::ASSIGNMENT_KIND, crate::api::GUARD_KIND] {
             for outcome in ReprocessCall::ALL {
                 let _ = metrics.reprocess_calls.get_or_create(&ReprocessLabels {
                     kind,

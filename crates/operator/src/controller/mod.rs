@@ -18,6 +18,7 @@ pub mod context;
 pub mod delta;
 pub mod error;
 pub mod guard;
+pub mod inflight;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;

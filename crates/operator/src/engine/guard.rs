@@ -255,18 +255,21 @@ pub fn record_guard_outcome(
     settle_sweep(plan, sent, not_sent.len(), now);
 }
 
-/// The transaction's [`super::transaction::Repair::record`] for a sweep: what Graph
-/// accepted is in flight; what it refused stays counted (a refused reprocess cannot loop)
-/// but is not in flight; what was not sent (the budget, throttling, a failure in transit)
-/// gets back the bookkeeping and client-request-id it had, and its claim rolls back.
-pub fn record_sweep_outcome<L: super::transaction::LedgerCell>(
+/// What became of a sweep's reprocesses, for the transaction's `Repair::record`
+/// (`engine::transaction`): what Graph `accepted` is in flight; what it refused (`refused`
+/// of them) stays counted (a refused reprocess cannot loop) but is not in flight; what was
+/// `not_sent` (the budget, throttling, a failure in transit) gets back the bookkeeping the
+/// claim replaced (`claimed_before`) and the client-request-id its entry had in
+/// `previous`.
+pub fn record_sweep_outcome(
     plan: &mut GuardPlan,
-    outcomes: &[(super::Write, super::transaction::WriteOutcome)],
-    claim: &mut super::transaction::Claim<L>,
+    accepted: &[String],
+    refused: usize,
+    not_sent: &[String],
+    claimed_before: impl Fn(&RepairKey) -> Option<RepairRecord>,
     previous: Option<&AccessPackageGuardStatus>,
     now: Timestamp,
 ) {
-    use super::transaction::WriteOutcome;
     let who = plan
         .ledger
         .iter()
@@ -275,17 +278,6 @@ pub fn record_sweep_outcome<L: super::transaction::LedgerCell>(
             LedgerUpdate::Verified { .. } => None,
         })
         .unwrap_or_default();
-    let (mut accepted, mut refused, mut not_sent) = (Vec::new(), 0usize, Vec::new());
-    for (write, outcome) in outcomes {
-        let super::Write::ReprocessAssignment { assignment_id } = write else {
-            continue;
-        };
-        match outcome {
-            WriteOutcome::Accepted { .. } => accepted.push(assignment_id.clone()),
-            WriteOutcome::Refused(_) => refused += 1,
-            WriteOutcome::NotSent { .. } => not_sent.push(assignment_id.clone()),
-        }
-    }
     let before = |id: &str| {
         previous.and_then(|p| {
             p.drifted
@@ -294,18 +286,13 @@ pub fn record_sweep_outcome<L: super::transaction::LedgerCell>(
                 .and_then(|d| d.last_client_request_id.clone())
         })
     };
-    restore_unsent(plan, &not_sent, |key| claim.previous(key).cloned(), &who);
+    restore_unsent(plan, not_sent, claimed_before, &who);
     for entry in plan.status.drifted.iter_mut() {
         if not_sent.contains(&entry.assignment_id) {
             entry.last_client_request_id = before(&entry.assignment_id);
         }
     }
-    for (write, outcome) in outcomes {
-        if let Some(key) = super::transaction::key_of(write) {
-            claim.resolve(&key, outcome);
-        }
-    }
-    settle_sweep(plan, &accepted, not_sent.len() + refused, now);
+    settle_sweep(plan, accepted, not_sent.len() + refused, now);
     // Traceable: the event names each reprocess sent with its client-request-id.
     let named: Vec<String> = plan
         .status

@@ -43,7 +43,7 @@ pub use drift_report::{
 };
 pub use guard::{
     GuardDrift, GuardInput, GuardPlan, InFlight, guard_status_changed, plan_guard_sweep,
-    record_guard_outcome,
+    record_guard_outcome, record_sweep_outcome,
 };
 pub use resources::{
     DIRECTORY_ROOT, GroupAccess, OriginSystem, PromisedResource, ResourceKind, RoleMode,

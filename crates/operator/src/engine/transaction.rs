@@ -360,7 +360,33 @@ impl Repair for GuardPlan {
         _retry: Duration,
         now: Timestamp,
     ) {
-        super::guard::record_sweep_outcome(self, outcomes, claim, previous, now);
+        let (mut accepted, mut refused, mut not_sent) = (Vec::new(), 0usize, Vec::new());
+        for (write, outcome) in outcomes {
+            let Write::ReprocessAssignment { assignment_id } = write else {
+                continue;
+            };
+            match outcome {
+                WriteOutcome::Accepted { .. } => accepted.push(assignment_id.clone()),
+                WriteOutcome::Refused(_) => refused += 1,
+                WriteOutcome::NotSent { .. } => not_sent.push(assignment_id.clone()),
+            }
+        }
+        // What the claim replaced is read before the claims are resolved (resolving
+        // forgets it).
+        super::record_sweep_outcome(
+            self,
+            &accepted,
+            refused,
+            &not_sent,
+            |key| claim.previous(key).cloned(),
+            previous,
+            now,
+        );
+        for (write, outcome) in outcomes {
+            if let Some(key) = key_of(write) {
+                claim.resolve(&key, outcome);
+            }
+        }
     }
 }
 
