@@ -880,6 +880,7 @@ async fn mass_removal(
     m.removed = picked.len();
     let limit = changed_at + args.delta_interval * 4 + Duration::from_secs(60);
     let mut detected: std::collections::BTreeMap<String, Duration> = Default::default();
+    let mut attributed: std::collections::BTreeSet<String> = Default::default();
     while Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(100)).await;
         for w in kube.status_writes_since(from) {
@@ -889,16 +890,18 @@ async fn mass_removal(
                     .or_insert(w.at.saturating_duration_since(changed_at));
             }
         }
-        m.attributed = names
-            .iter()
-            .filter(|name| {
-                kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
-                    o["status"]["resources"]
-                        .as_array()
-                        .is_some_and(|rs| rs.iter().any(|r| r["removedBy"].is_object()))
-                })
-            })
-            .count();
+        // Named at any time (a repaired object's status forgets who removed it).
+        for name in &names {
+            let named = kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
+                o["status"]["resources"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r["removedBy"].is_object()))
+            });
+            if named {
+                attributed.insert(name.clone());
+            }
+        }
+        m.attributed = attributed.len();
         if detected.len() == names.len() && m.attributed == names.len() {
             break;
         }

@@ -552,21 +552,6 @@ pub async fn run_controllers(
     } else {
         namespaces.into_iter().map(Some).collect()
     };
-    let config = ControllerConfig::default()
-        .debounce(Duration::from_secs(1))
-        .concurrency(concurrency);
-    let watcher_config = watcher::Config::default().page_size(200);
-    // Sharded: the assignment and guard watches hold this shard's objects only (by their
-    // shard-key label; controller::shard); connections are watched whole, every replica
-    // needs them all to resolve its objects.
-    let scoped_config = match ctx.shard.label_selector() {
-        Some(selector) => watcher_config.clone().labels(&selector),
-        None => watcher_config.clone(),
-    };
-    let mut runs = Vec::new();
-    let mut synced: Vec<Arc<watch::Synced>> = Vec::new();
-    let mut background = Background::default();
-    let mut baselines = Vec::new();
     // A new leader first rebuilds the repair ledger from every object's status and takes
     // the group delta baseline; reconciles wait until then (see `start_up`).
     ctx.hold();
@@ -577,228 +562,27 @@ pub async fn run_controllers(
                 weak.upgrade().is_none_or(|ctx| ctx.owns(a))
             }));
     }
+    let mut w = Wiring::new(ctx.clone(), concurrency, stop.clone());
     // Connections first: no object is resolved before the connection stores have listed,
     // or an object of a namespace with a default GraphConnection could be planned against
     // the operator's tenant.
-    {
-        let (reader, writer) = reflector::store::<ClusterGraphConnection>();
-        ctx.connections.set_cluster_store(reader.clone());
-        let synced_c = watch::Synced::new();
-        synced.push(synced_c.clone());
-        let ctx2 = ctx.clone();
-        let stream = watcher::watcher(
-            Api::<ClusterGraphConnection>::all(ctx.client.clone()),
-            watcher_config.clone(),
-        )
-        .default_backoff()
-        .inspect(move |ev| {
-            if let Ok(ev) = ev {
-                connection::on_cluster_event(&ctx2, ev);
-                if matches!(ev, watcher::Event::InitDone) {
-                    synced_c.set();
-                }
-            }
-        })
-        .reflect(writer)
-        .applied_objects()
-        // Its own status writes never trigger a check (only a spec change, or its due
-        // re-check): a status that changed would otherwise sign in again at once.
-        .predicate_filter(predicates::generation, PredicateConfig::default());
-        let token = stop.clone();
-        if ctx.cluster_connections {
-            runs.push(
-                Controller::for_stream(stream, reader)
-                    .with_config(config.clone())
-                    .graceful_shutdown_on(async move { token.cancelled().await })
-                    .run(
-                        connection::reconcile_cluster,
-                        connection::error_policy,
-                        ctx.clone(),
-                    )
-                    .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
-                    .boxed(),
-            );
-        } else {
-            // Watched for this installation's objects, never reconciled: their status is
-            // the owning installation's.
-            tracing::info!(
-                "not reconciling ClusterGraphConnections (--cluster-connections=false): their status is left to the installation that owns them"
-            );
-            runs.push(
-                stream
-                    .take_until(async move { token.cancelled().await })
-                    .for_each(|_| async {})
-                    .boxed(),
-            );
-        }
-    }
+    w.cluster_connections();
     for scope in scopes {
-        let (reader, writer) = reflector::store::<GraphConnection>();
-        ctx.connections.add_namespaced_store(reader.clone());
-        let synced_n = watch::Synced::new();
-        synced.push(synced_n.clone());
-        let ctx2 = ctx.clone();
-        let api: Api<GraphConnection> = match scope.as_deref() {
-            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-            None => Api::all(ctx.client.clone()),
-        };
-        let stream = watcher::watcher(api, watcher_config.clone())
-            .default_backoff()
-            .inspect(move |ev| {
-                if let Ok(ev) = ev {
-                    connection::on_namespaced_event(&ctx2, ev);
-                    if matches!(ev, watcher::Event::InitDone) {
-                        synced_n.set();
-                    }
-                }
-            })
-            .reflect(writer)
-            .applied_objects()
-            .predicate_filter(predicates::generation, PredicateConfig::default());
-        let token = stop.clone();
-        runs.push(
-            Controller::for_stream(stream, reader)
-                .with_config(config.clone())
-                .graceful_shutdown_on(async move { token.cancelled().await })
-                .run(connection::reconcile, connection::error_policy, ctx.clone())
-                .for_each(|r| async move { log_result(connection::KIND, r) })
-                .boxed(),
-        );
-
-        let (bad_a, bad_a_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
-        let (bad_g, bad_g_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
-        background.spawn(
-            "malformed-report",
-            watch::report_malformed(
-                ctx.client.clone(),
-                ApiResource::erase::<AccessPackageAssignment>(&()),
-                bad_a_rx,
-            ),
-        );
-        background.spawn(
-            "malformed-report",
-            watch::report_malformed(
-                ctx.client.clone(),
-                ApiResource::erase::<AccessPackageGuard>(&()),
-                bad_g_rx,
-            ),
-        );
-        let (reader, writer) = reflector::store();
-        let assignments = reader.clone();
-        ctx.metrics.track_assignments(reader.clone());
-        let synced_a = watch::Synced::new();
-        synced.push(synced_a.clone());
-        let stream = watch::lenient_watch::<AccessPackageAssignment>(
-            watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope.as_deref()),
-            scoped_config.clone(),
-            writer,
-            ctx.metrics.clone(),
-            assignment::KIND,
-            Some(bad_a),
-            synced_a.clone(),
-        );
-        let token = stop.clone();
-        let (delta_tx, delta_rx) = futures::channel::mpsc::channel(delta::TRIGGER_QUEUE);
-        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
-        ctx.triggers.add_assignments(reader.clone(), covering_tx);
-        if !ctx.delta_interval.is_zero() {
-            let (done, baseline) = tokio::sync::oneshot::channel();
-            baselines.push(baseline);
-            background.spawn(
-                "group-delta",
-                delta::run(
-                    ctx.clone(),
-                    reader.clone(),
-                    delta_tx,
-                    stop.clone(),
-                    synced_a.clone(),
-                    Some(done),
-                ),
-            );
-        }
-        runs.push(
-            Controller::for_stream(stream, reader)
-                .reconcile_on(futures::stream::select(delta_rx, covering_rx))
-                .with_config(config.clone())
-                .graceful_shutdown_on(async move { token.cancelled().await })
-                .run(assignment::reconcile, assignment::error_policy, ctx.clone())
-                .for_each(|r| async move { log_result(assignment::KIND, r) })
-                .boxed(),
-        );
-        let (reader, writer) = reflector::store();
-        let guards = reader.clone();
-        let synced_g = watch::Synced::new();
-        synced.push(synced_g.clone());
-        let stream = watch::lenient_watch::<AccessPackageGuard>(
-            watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
-            scoped_config.clone(),
-            writer,
-            ctx.metrics.clone(),
-            guard::KIND,
-            Some(bad_g),
-            synced_g,
-        );
-        let token = stop.clone();
-        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
-        ctx.triggers.add_guards(reader.clone(), covering_tx);
-        runs.push(
-            Controller::for_stream(stream, reader)
-                .reconcile_on(covering_rx)
-                .with_config(config.clone())
-                .graceful_shutdown_on(async move { token.cancelled().await })
-                .run(guard::reconcile, guard::error_policy, ctx.clone())
-                .for_each(|r| async move { log_result(guard::KIND, r) })
-                .boxed(),
-        );
+        w.namespaced_connections(scope.as_deref());
+        let (bad_a, bad_g) = w.malformed_reports();
+        let assignments = w.assignments(scope.as_deref(), bad_a);
+        let guards = w.guards(scope.as_deref(), bad_g);
         if ctx.shard.count > 1 {
-            // The shard-key label's upkeep (controller::sharding): unlabelled objects of
-            // this shard's connections get it, held objects whose connection moved are
-            // handed over.
-            background.spawn(
-                "shard-labels",
-                sharding::label_unlabelled(
-                    ctx.clone(),
-                    watch::dynamic_api::<AccessPackageAssignment>(
-                        ctx.client.clone(),
-                        scope.as_deref(),
-                    ),
-                    ApiResource::erase::<AccessPackageAssignment>(&()),
-                    assignment::KIND,
-                    stop.clone(),
-                ),
-            );
-            background.spawn(
-                "shard-labels",
-                sharding::label_unlabelled(
-                    ctx.clone(),
-                    watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope.as_deref()),
-                    ApiResource::erase::<AccessPackageGuard>(&()),
-                    guard::KIND,
-                    stop.clone(),
-                ),
-            );
-            background.spawn(
-                "shard-handover",
-                sharding::relabel_moved(
-                    ctx.clone(),
-                    assignments.clone(),
-                    ApiResource::erase::<AccessPackageAssignment>(&()),
-                    assignment::KIND,
-                    stop.clone(),
-                ),
-            );
-            background.spawn(
-                "shard-handover",
-                sharding::relabel_moved(
-                    ctx.clone(),
-                    guards.clone(),
-                    ApiResource::erase::<AccessPackageGuard>(&()),
-                    guard::KIND,
-                    stop.clone(),
-                ),
-            );
+            w.shard_upkeep(scope.as_deref(), assignments, guards);
         }
     }
+    let Wiring {
+        runs,
+        synced,
+        mut background,
+        baselines,
+        ..
+    } = w;
     background.spawn(
         "start-up",
         start_up(ctx.clone(), synced, baselines, readiness.clone()),
@@ -822,6 +606,285 @@ pub async fn run_controllers(
     }
     background.shutdown().await;
     tracing::info!("controllers stopped");
+}
+
+/// The watches, controllers and background tasks of one process, set up one kind at a time
+/// (`run_controllers`).
+struct Wiring {
+    ctx: Arc<Context>,
+    config: ControllerConfig,
+    /// Connections: watched whole, every replica needs them all to resolve its objects.
+    watcher_config: watcher::Config,
+    /// Assignments and guards: sharded, a replica holds its shard's objects only (by their
+    /// shard-key label; `controller::shard`).
+    scoped_config: watcher::Config,
+    stop: CancellationToken,
+    runs: Vec<futures::future::BoxFuture<'static, ()>>,
+    synced: Vec<Arc<watch::Synced>>,
+    background: Background,
+    baselines: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl Wiring {
+    fn new(ctx: Arc<Context>, concurrency: u16, stop: CancellationToken) -> Self {
+        let watcher_config = watcher::Config::default().page_size(200);
+        let scoped_config = match ctx.shard.label_selector() {
+            Some(selector) => watcher_config.clone().labels(&selector),
+            None => watcher_config.clone(),
+        };
+        Self {
+            ctx,
+            config: ControllerConfig::default()
+                .debounce(Duration::from_secs(1))
+                .concurrency(concurrency),
+            watcher_config,
+            scoped_config,
+            stop,
+            runs: Vec::new(),
+            synced: Vec::new(),
+            background: Background::default(),
+            baselines: Vec::new(),
+        }
+    }
+
+    /// A future that ends when the process stops.
+    fn until_stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let token = self.stop.clone();
+        async move { token.cancelled().await }
+    }
+
+    fn cluster_connections(&mut self) {
+        let ctx = &self.ctx;
+        let (reader, writer) = reflector::store::<ClusterGraphConnection>();
+        ctx.connections.set_cluster_store(reader.clone());
+        let synced = watch::Synced::new();
+        self.synced.push(synced.clone());
+        let ctx2 = ctx.clone();
+        let stream = watcher::watcher(
+            Api::<ClusterGraphConnection>::all(ctx.client.clone()),
+            self.watcher_config.clone(),
+        )
+        .default_backoff()
+        .inspect(move |ev| {
+            if let Ok(ev) = ev {
+                connection::on_cluster_event(&ctx2, ev);
+                if matches!(ev, watcher::Event::InitDone) {
+                    synced.set();
+                }
+            }
+        })
+        .reflect(writer)
+        .applied_objects()
+        // Its own status writes never trigger a check (only a spec change, or its due
+        // re-check): a status that changed would otherwise sign in again at once.
+        .predicate_filter(predicates::generation, PredicateConfig::default());
+        let stopped = self.until_stopped();
+        if ctx.cluster_connections {
+            let run = Controller::for_stream(stream, reader)
+                .with_config(self.config.clone())
+                .graceful_shutdown_on(stopped)
+                .run(
+                    connection::reconcile_cluster,
+                    connection::error_policy,
+                    ctx.clone(),
+                )
+                .for_each(|r| async move { log_result(connection::CLUSTER_KIND, r) })
+                .boxed();
+            self.runs.push(run);
+        } else {
+            // Watched for this installation's objects, never reconciled: their status is
+            // the owning installation's.
+            tracing::info!(
+                "not reconciling ClusterGraphConnections (--cluster-connections=false): their status is left to the installation that owns them"
+            );
+            self.runs
+                .push(stream.take_until(stopped).for_each(|_| async {}).boxed());
+        }
+    }
+
+    fn namespaced_connections(&mut self, scope: Option<&str>) {
+        let ctx = &self.ctx;
+        let (reader, writer) = reflector::store::<GraphConnection>();
+        ctx.connections.add_namespaced_store(reader.clone());
+        let synced = watch::Synced::new();
+        self.synced.push(synced.clone());
+        let ctx2 = ctx.clone();
+        let api: Api<GraphConnection> = match scope {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        let stream = watcher::watcher(api, self.watcher_config.clone())
+            .default_backoff()
+            .inspect(move |ev| {
+                if let Ok(ev) = ev {
+                    connection::on_namespaced_event(&ctx2, ev);
+                    if matches!(ev, watcher::Event::InitDone) {
+                        synced.set();
+                    }
+                }
+            })
+            .reflect(writer)
+            .applied_objects()
+            .predicate_filter(predicates::generation, PredicateConfig::default());
+        let run = Controller::for_stream(stream, reader)
+            .with_config(self.config.clone())
+            .graceful_shutdown_on(self.until_stopped())
+            .run(connection::reconcile, connection::error_policy, ctx.clone())
+            .for_each(|r| async move { log_result(connection::KIND, r) })
+            .boxed();
+        self.runs.push(run);
+    }
+
+    /// The queues (and their reporters) of objects of each kind that do not decode.
+    fn malformed_reports(
+        &mut self,
+    ) -> (
+        tokio::sync::mpsc::Sender<watch::Malformed>,
+        tokio::sync::mpsc::Sender<watch::Malformed>,
+    ) {
+        let (bad_a, bad_a_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
+        let (bad_g, bad_g_rx) = tokio::sync::mpsc::channel(watch::MALFORMED_QUEUE);
+        for (ar, rx) in [
+            (ApiResource::erase::<AccessPackageAssignment>(&()), bad_a_rx),
+            (ApiResource::erase::<AccessPackageGuard>(&()), bad_g_rx),
+        ] {
+            self.background.spawn(
+                "malformed-report",
+                watch::report_malformed(self.ctx.client.clone(), ar, rx),
+            );
+        }
+        (bad_a, bad_g)
+    }
+
+    /// The assignments' watch and controller, fed by group delta and by the repairs of
+    /// other objects covering the same assignment. Returns the store.
+    fn assignments(
+        &mut self,
+        scope: Option<&str>,
+        malformed: tokio::sync::mpsc::Sender<watch::Malformed>,
+    ) -> reflector::Store<AccessPackageAssignment> {
+        let ctx = self.ctx.clone();
+        let (reader, writer) = reflector::store();
+        ctx.metrics.track_assignments(reader.clone());
+        let synced = watch::Synced::new();
+        self.synced.push(synced.clone());
+        let stream = watch::lenient_watch::<AccessPackageAssignment>(
+            watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope),
+            self.scoped_config.clone(),
+            writer,
+            ctx.metrics.clone(),
+            assignment::KIND,
+            Some(malformed),
+            synced.clone(),
+        );
+        let (delta_tx, delta_rx) = futures::channel::mpsc::channel(delta::TRIGGER_QUEUE);
+        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
+        ctx.triggers.add_assignments(reader.clone(), covering_tx);
+        if !ctx.delta_interval.is_zero() {
+            let (done, baseline) = tokio::sync::oneshot::channel();
+            self.baselines.push(baseline);
+            self.background.spawn(
+                "group-delta",
+                delta::run(
+                    ctx.clone(),
+                    reader.clone(),
+                    delta_tx,
+                    self.stop.clone(),
+                    synced,
+                    Some(done),
+                ),
+            );
+        }
+        let run = Controller::for_stream(stream, reader.clone())
+            .reconcile_on(futures::stream::select(delta_rx, covering_rx))
+            .with_config(self.config.clone())
+            .graceful_shutdown_on(self.until_stopped())
+            .run(assignment::reconcile, assignment::error_policy, ctx)
+            .for_each(|r| async move { log_result(assignment::KIND, r) })
+            .boxed();
+        self.runs.push(run);
+        reader
+    }
+
+    /// The guards' watch and controller, fed by the repairs of other objects covering
+    /// their package. Returns the store.
+    fn guards(
+        &mut self,
+        scope: Option<&str>,
+        malformed: tokio::sync::mpsc::Sender<watch::Malformed>,
+    ) -> reflector::Store<AccessPackageGuard> {
+        let ctx = self.ctx.clone();
+        let (reader, writer) = reflector::store();
+        let synced = watch::Synced::new();
+        self.synced.push(synced.clone());
+        let stream = watch::lenient_watch::<AccessPackageGuard>(
+            watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope),
+            self.scoped_config.clone(),
+            writer,
+            ctx.metrics.clone(),
+            guard::KIND,
+            Some(malformed),
+            synced,
+        );
+        let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
+        ctx.triggers.add_guards(reader.clone(), covering_tx);
+        let run = Controller::for_stream(stream, reader.clone())
+            .reconcile_on(covering_rx)
+            .with_config(self.config.clone())
+            .graceful_shutdown_on(self.until_stopped())
+            .run(guard::reconcile, guard::error_policy, ctx)
+            .for_each(|r| async move { log_result(guard::KIND, r) })
+            .boxed();
+        self.runs.push(run);
+        reader
+    }
+
+    /// The shard-key label's upkeep (`controller::sharding`): unlabelled objects of this
+    /// shard's connections get it, held objects whose connection moved are handed over.
+    fn shard_upkeep(
+        &mut self,
+        scope: Option<&str>,
+        assignments: reflector::Store<AccessPackageAssignment>,
+        guards: reflector::Store<AccessPackageGuard>,
+    ) {
+        let ctx = &self.ctx;
+        let a = ApiResource::erase::<AccessPackageAssignment>(&());
+        let g = ApiResource::erase::<AccessPackageGuard>(&());
+        self.background.spawn(
+            "shard-labels",
+            sharding::label_unlabelled(
+                ctx.clone(),
+                watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope),
+                a.clone(),
+                assignment::KIND,
+                self.stop.clone(),
+            ),
+        );
+        self.background.spawn(
+            "shard-labels",
+            sharding::label_unlabelled(
+                ctx.clone(),
+                watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope),
+                g.clone(),
+                guard::KIND,
+                self.stop.clone(),
+            ),
+        );
+        self.background.spawn(
+            "shard-handover",
+            sharding::relabel_moved(
+                ctx.clone(),
+                assignments,
+                a,
+                assignment::KIND,
+                self.stop.clone(),
+            ),
+        );
+        self.background.spawn(
+            "shard-handover",
+            sharding::relabel_moved(ctx.clone(), guards, g, guard::KIND, self.stop.clone()),
+        );
+    }
 }
 
 /// The controller's background tasks (group delta, malformed-object reports, shard labels,
