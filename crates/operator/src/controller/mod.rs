@@ -152,8 +152,9 @@ pub struct ControllerArgs {
     /// When drift is detected, look up who removed the resource in Entra's directory audit
     /// log and say so in the DriftDetected event, the Delivered message and
     /// status.resources[].lastChange. Needs AuditLog.Read.All; without it the status says
-    /// attribution is unavailable and everything else works. At most one audit query per
-    /// group or app per detection batch, never for healthy objects.
+    /// attribution is unavailable and everything else works. One audit query per
+    /// detection batch (the removals one group delta poll of a connection reports), one per
+    /// group or app for a removal found otherwise, never for healthy objects.
     #[arg(long, env = "REDELIVER_DRIFT_ATTRIBUTION", value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     pub drift_attribution: bool,
 
