@@ -763,23 +763,7 @@ async fn phases(
     let e = &mut result.end_to_end;
     e.object = name.clone();
     e.group = group_name.clone();
-    let polls = |sim: &SimHandle| {
-        sim.usage()
-            .by_route
-            .get("GET /v1.0/groups/delta")
-            .map(|u| u.requests)
-            .unwrap_or(0)
-    };
-    let seen = polls(sim);
-    let wait_poll = Instant::now() + args.delta_interval * 3 + Duration::from_secs(10);
-    while polls(sim) == seen {
-        if Instant::now() > wait_poll {
-            bail!("the controller made no group delta poll within 3 intervals");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // The poll's response is on its way back; the change lands after it.
-    tokio::time::sleep(Duration::from_millis(args.request_delay_ms + 100)).await;
+    just_after_a_poll(args, sim).await?;
     let from = kube.status_write_count();
     let changed_at = Instant::now();
     if !sim.remove_member(&group_name, &upn)? {
@@ -820,6 +804,32 @@ async fn phases(
     mass_removal(args, tenant, sim, kube, i, result).await
 }
 
+/// Requests the simulator answered on `route` so far.
+fn requests(sim: &SimHandle, route: &str) -> u64 {
+    sim.usage()
+        .by_route
+        .get(route)
+        .map(|u| u.requests)
+        .unwrap_or(0)
+}
+
+/// Returns just after the controller's next group delta poll has been answered, so a change
+/// made now is reported by the poll after it.
+async fn just_after_a_poll(args: &ControllerBenchArgs, sim: &SimHandle) -> anyhow::Result<()> {
+    let polls = |sim: &SimHandle| requests(sim, "GET /v1.0/groups/delta");
+    let seen = polls(sim);
+    let wait_poll = Instant::now() + args.delta_interval * 3 + Duration::from_secs(10);
+    while polls(sim) == seen {
+        if Instant::now() > wait_poll {
+            bail!("the controller made no group delta poll within 3 intervals");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The poll's response is on its way back; the change lands after it.
+    tokio::time::sleep(Duration::from_millis(args.request_delay_ms + 100)).await;
+    Ok(())
+}
+
 /// Phase 4 (see the module documentation).
 async fn mass_removal(
     args: &ControllerBenchArgs,
@@ -846,29 +856,8 @@ async fn mass_removal(
         .collect();
     let names: std::collections::BTreeSet<String> =
         picked.iter().map(|(i, _)| object_name(*i)).collect();
-    let polls = |sim: &SimHandle| {
-        sim.usage()
-            .by_route
-            .get("GET /v1.0/groups/delta")
-            .map(|u| u.requests)
-            .unwrap_or(0)
-    };
-    let audits = |sim: &SimHandle| {
-        sim.usage()
-            .by_route
-            .get("GET /v1.0/auditLogs/directoryAudits")
-            .map(|u| u.requests)
-            .unwrap_or(0)
-    };
-    let seen = polls(sim);
-    let wait_poll = Instant::now() + args.delta_interval * 3 + Duration::from_secs(10);
-    while polls(sim) == seen {
-        if Instant::now() > wait_poll {
-            bail!("the controller made no group delta poll within 3 intervals");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(args.request_delay_ms + 100)).await;
+    let audits = |sim: &SimHandle| requests(sim, "GET /v1.0/auditLogs/directoryAudits");
+    just_after_a_poll(args, sim).await?;
     let from = kube.status_write_count();
     let audits_before = audits(sim);
     let changed_at = Instant::now();
