@@ -226,9 +226,13 @@ pub struct MassRemoval {
     pub all_detected: Option<Duration>,
     /// Change to the first one.
     pub first_detected: Option<Duration>,
-    /// `GET /auditLogs/directoryAudits` requests from the change until every removal was
-    /// attributed (or the phase ended).
-    pub audit_queries: u64,
+    /// `GET /auditLogs/directoryAudits` requests (pages) from the change until every removal
+    /// was attributed (or the phase ended).
+    pub audit_requests: u64,
+    /// Audit-log queries for a detection batch in that time (each retry counts).
+    pub batch_queries: u64,
+    /// Audit-log queries for one group or app in that time.
+    pub target_queries: u64,
     /// Objects whose status names who removed the resource.
     pub attributed: usize,
 }
@@ -354,17 +358,46 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// The controller's counters from its `/metrics`: (assignment reconciles, delta polls unknown).
-async fn scrape_reconciles(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+/// The sum of the controller's `/metrics` series named `series` whose labels contain
+/// `label` (for example `kind="AccessPackageAssignment"`).
+async fn scrape(
+    http: &reqwest::Client,
+    metrics_url: &str,
+    series: &str,
+    label: &str,
+) -> Option<u64> {
     let text = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
+    let open = format!("{series}{{");
     Some(
         text.lines()
-            .filter(|l| {
-                l.starts_with("redeliver_reconciles_total{")
-                    && l.contains("kind=\"AccessPackageAssignment\"")
-            })
+            .filter(|l| l.starts_with(&open) && l.contains(label))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum::<f64>() as u64,
+    )
+}
+
+/// Reconciles of `AccessPackageAssignment` objects so far.
+async fn scrape_reconciles(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+    scrape(
+        http,
+        metrics_url,
+        "redeliver_reconciles_total",
+        "kind=\"AccessPackageAssignment\"",
+    )
+    .await
+}
+
+/// Audit-log queries so far, (detection batch, one group or app), from
+/// `redeliver_attribution_queries_total{scope}`: a query may take several requests (pages).
+async fn scrape_attribution(http: &reqwest::Client, metrics_url: &str) -> (u64, u64) {
+    let series = "redeliver_attribution_queries_total";
+    (
+        scrape(http, metrics_url, series, "scope=\"batch\"")
+            .await
+            .unwrap_or(0),
+        scrape(http, metrics_url, series, "scope=\"target\"")
+            .await
+            .unwrap_or(0),
     )
 }
 
@@ -801,7 +834,7 @@ async fn phases(
         "end to end ({name}, {group_name}): Delivered=False after {:?}, membership back after {:?}, Delivered=True after {:?} ({} status writes)",
         e.detected, e.membership_back, e.repaired, e.status_writes
     );
-    mass_removal(args, tenant, sim, kube, i, result).await
+    mass_removal(args, tenant, sim, kube, (http, metrics_url), i, result).await
 }
 
 /// Requests the simulator answered on `route` so far.
@@ -836,6 +869,7 @@ async fn mass_removal(
     tenant: &SyntheticTenant,
     sim: &SimHandle,
     kube: &FakeKube,
+    (http, metrics_url): (&reqwest::Client, &str),
     skip: usize,
     result: &mut ControllerResult,
 ) -> anyhow::Result<()> {
@@ -860,6 +894,7 @@ async fn mass_removal(
     just_after_a_poll(args, sim).await?;
     let from = kube.status_write_count();
     let audits_before = audits(sim);
+    let (batch_before, target_before) = scrape_attribution(http, metrics_url).await;
     let changed_at = Instant::now();
     for (k, (i, group)) in picked.iter().enumerate() {
         let by = format!("admin{}@{}.com", k % 7, tenant.tenant_name);
@@ -899,10 +934,19 @@ async fn mass_removal(
     m.all_detected = (detected.len() == names.len())
         .then(|| detected.values().max().copied())
         .flatten();
-    m.audit_queries = audits(sim).saturating_sub(audits_before);
+    m.audit_requests = audits(sim).saturating_sub(audits_before);
+    let (batch, target) = scrape_attribution(http, metrics_url).await;
+    m.batch_queries = batch.saturating_sub(batch_before);
+    m.target_queries = target.saturating_sub(target_before);
     eprintln!(
-        "drift at 1 %: {} removed, all Delivered=False after {:?} (first {:?}), {} attributed, {} audit-log queries",
-        m.removed, m.all_detected, m.first_detected, m.attributed, m.audit_queries
+        "drift at 1 %: {} removed, all Delivered=False after {:?} (first {:?}), {} attributed, audit-log queries: {} batch + {} per group ({} requests)",
+        m.removed,
+        m.all_detected,
+        m.first_detected,
+        m.attributed,
+        m.batch_queries,
+        m.target_queries,
+        m.audit_requests
     );
     Ok(())
 }
@@ -1096,8 +1140,11 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
     );
     row(
         "4. drift at 1 %",
-        "audit-log queries for them (removals attributed)",
-        format!("{} ({} of {})", m.audit_queries, m.attributed, m.removed),
+        "audit-log queries for them: batch + per group (requests; removals attributed)",
+        format!(
+            "{} + {} ({} requests; {} of {})",
+            m.batch_queries, m.target_queries, m.audit_requests, m.attributed, m.removed
+        ),
     );
     row(
         "3. end to end",
