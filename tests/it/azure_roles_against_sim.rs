@@ -6,6 +6,7 @@
 //! `Unverifiable`, naming the permission and the scope, and the assignment `Delivered`;
 //! 200 assignments promising the same role cost one paged read.
 
+use redeliver::api::{RoleKind, RoleMode};
 use std::path::Path;
 use std::time::Duration;
 
@@ -186,7 +187,7 @@ async fn a_scope_without_reader_is_unverifiable_naming_permission_and_scope_and_
     let role = status
         .resources
         .iter()
-        .find(|r| r.kind.as_deref() == Some("AzureRole") && r.mode.as_deref() == Some("Active"))
+        .find(|r| r.kind == Some(RoleKind::AzureRole) && r.mode == Some(RoleMode::Active))
         .expect("Contributor in status");
     assert_eq!(role.state, ResourceState::Unverifiable);
     assert_eq!(role.scope.as_deref(), Some(rg.as_str()));

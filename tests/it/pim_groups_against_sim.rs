@@ -6,6 +6,7 @@
 //! eligibility that ended on its own end date is not drift, and 200 assignments promising
 //! the same eligibility share one paged read.
 
+use redeliver::api::{OriginSystem, RoleKind, RoleMode};
 use std::path::Path;
 use std::time::Duration;
 
@@ -161,9 +162,9 @@ async fn status_names_the_eligibility_and_counts_it() {
         .iter()
         .find(|r| r.role.as_deref() == Some("Member"))
         .expect("the eligible membership in status");
-    assert_eq!(member.kind.as_deref(), Some("GroupEligible"));
-    assert_eq!(member.mode.as_deref(), Some("Eligible"));
-    assert_eq!(member.origin_system, "AadGroup");
+    assert_eq!(member.kind, Some(RoleKind::GroupEligible));
+    assert_eq!(member.mode, Some(RoleMode::Eligible));
+    assert_eq!(member.origin_system, OriginSystem::AadGroup);
     assert_eq!(member.state, ResourceState::Missing);
     assert_eq!(member.short_name(), "GroupEligible fin-admins (Member)");
     sim.shutdown().await;

@@ -5,6 +5,7 @@
 //! leaves the role `Unknown` naming the permission, and every assignment promising a role
 //! shares one paged read of its holders.
 
+use redeliver::api::{OriginSystem, RoleKind, RoleMode};
 use std::path::Path;
 use std::time::Duration;
 
@@ -177,9 +178,11 @@ async fn status_names_each_role_with_kind_mode_and_scope() {
     let role = status
         .resources
         .iter()
-        .find(|r| r.origin_system == "DirectoryRole" && r.mode.as_deref() == Some("Eligible"))
+        .find(|r| {
+            r.origin_system == OriginSystem::DirectoryRole && r.mode == Some(RoleMode::Eligible)
+        })
         .expect("the eligible role in status");
-    assert_eq!(role.kind.as_deref(), Some("EntraRole"));
+    assert_eq!(role.kind, Some(RoleKind::EntraRole));
     assert_eq!(role.scope.as_deref(), Some("/"));
     assert_eq!(role.display_name.as_deref(), Some("Global Reader"));
     assert_eq!(role.origin_id, GLOBAL_READER);
@@ -188,7 +191,7 @@ async fn status_names_each_role_with_kind_mode_and_scope() {
     let group = status
         .resources
         .iter()
-        .find(|r| r.origin_system == "AadGroup")
+        .find(|r| r.origin_system == OriginSystem::AadGroup)
         .unwrap();
     assert_eq!((group.kind.as_ref(), group.scope.as_ref()), (None, None));
     sim.shutdown().await;
@@ -210,7 +213,7 @@ async fn missing_role_management_permission_names_it_and_never_repairs() {
         .status
         .resources
         .iter()
-        .find(|r| r.mode.as_deref() == Some("Eligible"))
+        .find(|r| r.mode == Some(RoleMode::Eligible))
         .unwrap();
     assert_eq!(role.state, ResourceState::Unknown);
     let note = role.note.as_deref().unwrap_or_default();

@@ -10,7 +10,7 @@ use redeliver::api::{
     AccessPackageAssignment, AccessPackageGuard, ReprocessMode, ResourceState, ResourceStatus,
     format_duration,
 };
-use redeliver::engine::conditions::{ConditionType, TYPE_ORDER, find, is_true};
+use redeliver::engine::conditions::{ConditionType, Status, TYPE_ORDER, find, is_true};
 
 use crate::target::Kind;
 
@@ -206,7 +206,7 @@ pub fn assignment_status(
     let system_width = status
         .resources
         .iter()
-        .map(|r| r.origin_system.len())
+        .map(|r| r.origin_system.as_str().len())
         .max()
         .unwrap_or(0);
     resources.children = status
@@ -509,9 +509,9 @@ pub fn drift(objects: &[Listed], all_namespaces: bool, scope: &str) -> DriftRepo
 /// not Delivered either: nothing is claimed without evidence).
 fn not_delivered(conds: &[Condition]) -> Option<(String, String)> {
     match find(conds, ConditionType::Delivered) {
-        Some(c) if c.status == "True" => None,
+        Some(c) if c.status == Status::True => None,
         Some(c) => Some((c.status.clone(), c.reason.clone())),
-        None => Some((String::from("Unknown"), String::from("NotReported"))),
+        None => Some((Status::Unknown.to_string(), String::from("NotReported"))),
     }
 }
 

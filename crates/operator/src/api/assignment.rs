@@ -271,7 +271,7 @@ pub struct AccessPackageAssignmentStatus {
 pub struct ResourceStatus {
     /// Where the resource lives: AadGroup, AadApplication, DirectoryRole, AzureResources,
     /// SharePointOnline, ...
-    pub origin_system: String,
+    pub origin_system: super::OriginSystem,
     /// The resource's id in its origin system: group object id, service principal object
     /// id, Entra role definition id, Azure scope, or site URL.
     pub origin_id: String,
@@ -279,11 +279,11 @@ pub struct ResourceStatus {
     /// AzureRole (an Azure RBAC role) or GroupEligible (an eligible group membership or
     /// ownership, governed by Privileged Identity Management for Groups).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
+    pub kind: Option<super::RoleKind>,
     /// For a role or a group eligibility, how it is granted: Eligible (the user may activate
     /// it) or Active.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+    pub mode: Option<super::RoleMode>,
     /// For a role, where it applies: `/` for the whole directory (Entra roles), or the
     /// Azure scope, e.g. `/subscriptions/{id}/resourceGroups/rg-fin` (Azure roles).
     #[serde(default, skip_serializing_if = "Option::is_none")]

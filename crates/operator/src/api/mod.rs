@@ -10,6 +10,7 @@ mod assignment;
 mod common;
 mod connection;
 mod guard;
+mod resource;
 mod safety;
 
 pub use assignment::{
@@ -33,6 +34,7 @@ pub use guard::{
     DriftedAssignment, GuardMode, MAX_DRIFTED_LISTED, MAX_UNMANAGED_SAMPLE, MIN_GUARD_INTERVAL,
     UnmanagedMembers, guard_spec_problems, validate_guard_spec,
 };
+pub use resource::{OriginSystem, RoleKind, RoleMode};
 pub use safety::{
     MASS_DRIFT_ACK_ANNOTATION, MassDriftSpec, MassDriftStatus, RespectedActors, SafetySpec,
     UnattributedRule,

@@ -32,10 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connections::{ConnectionKey, Tenant};
 use super::context::Context;
-use crate::api::{AccessPackageAssignment, ResourceState, ResourceStatus};
-use crate::engine::{
-    GroupAccess, OriginSystem, PromisedResource, ResourceKind, ResourceRead, RoleMode,
-};
+use crate::api::{AccessPackageAssignment, ResourceState, ResourceStatus, RoleKind};
+use crate::engine::{GroupAccess, OriginSystem, PromisedResource, ResourceKind, ResourceRead};
 use crate::graph::models::AssignmentState;
 use crate::observe::delta::{DeltaPoll, DeltaTracker};
 
@@ -612,52 +610,50 @@ fn polled_kind(r: &ResourceStatus) -> Option<Option<ResourceKind>> {
         return None;
     }
     let id = r.origin_id.clone();
-    let mode = || r.mode.as_deref().and_then(RoleMode::parse);
-    Some(
-        match (OriginSystem::parse(&r.origin_system), r.kind.as_deref()) {
-            (OriginSystem::AadApplication, _) => {
-                r.role_id.clone().map(|app_role_id| ResourceKind::AppRole {
-                    service_principal_id: id,
-                    app_role_id,
-                })
-            }
-            (OriginSystem::AadGroup, None) if r.role.as_deref() == Some("Owner") => {
-                Some(ResourceKind::GroupOwner { group_id: id })
-            }
-            (OriginSystem::AadGroup, Some("GroupEligible")) => {
-                let access = match r.role.as_deref() {
-                    Some("Member") => GroupAccess::Member,
-                    Some("Owner") => GroupAccess::Owner,
-                    _ => return Some(None),
-                };
-                Some(ResourceKind::GroupEligible {
-                    group_id: id,
-                    access,
-                })
-            }
-            (OriginSystem::DirectoryRole, Some("EntraRole")) => {
-                mode().map(|mode| ResourceKind::EntraRole {
-                    role_definition_id: id,
-                    directory_scope_id: r
-                        .scope
-                        .clone()
-                        .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string()),
+    let mode = || r.mode;
+    Some(match (&r.origin_system, r.kind) {
+        (OriginSystem::AadApplication, _) => {
+            r.role_id.clone().map(|app_role_id| ResourceKind::AppRole {
+                service_principal_id: id,
+                app_role_id,
+            })
+        }
+        (OriginSystem::AadGroup, None) if r.role.as_deref() == Some("Owner") => {
+            Some(ResourceKind::GroupOwner { group_id: id })
+        }
+        (OriginSystem::AadGroup, Some(RoleKind::GroupEligible)) => {
+            let access = match r.role.as_deref() {
+                Some("Member") => GroupAccess::Member,
+                Some("Owner") => GroupAccess::Owner,
+                _ => return Some(None),
+            };
+            Some(ResourceKind::GroupEligible {
+                group_id: id,
+                access,
+            })
+        }
+        (OriginSystem::DirectoryRole, Some(RoleKind::EntraRole)) => {
+            mode().map(|mode| ResourceKind::EntraRole {
+                role_definition_id: id,
+                directory_scope_id: r
+                    .scope
+                    .clone()
+                    .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string()),
+                mode,
+            })
+        }
+        (OriginSystem::AzureResources, Some(RoleKind::AzureRole)) => {
+            match (r.role_id.clone(), mode()) {
+                (Some(role_definition_guid), Some(mode)) => Some(ResourceKind::AzureRole {
+                    role_definition_guid,
+                    scope: r.scope.clone().unwrap_or(id),
                     mode,
-                })
+                }),
+                _ => None,
             }
-            (OriginSystem::AzureResources, Some("AzureRole")) => {
-                match (r.role_id.clone(), mode()) {
-                    (Some(role_definition_guid), Some(mode)) => Some(ResourceKind::AzureRole {
-                        role_definition_guid,
-                        scope: r.scope.clone().unwrap_or(id),
-                        mode,
-                    }),
-                    _ => None,
-                }
-            }
-            _ => return None,
-        },
-    )
+        }
+        _ => return None,
+    })
 }
 
 /// Every read the followed kinds of delivered assignments need, each once: one per app,
@@ -778,6 +774,7 @@ async fn poll_privileged(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::RoleMode;
     use kube::runtime::reflector::store;
     use kube::runtime::watcher::Event;
 

@@ -363,10 +363,10 @@ fn observe<'r>(
             });
             ResourceStatus {
                 last_change,
-                origin_system: r.origin_system.as_str().to_string(),
+                origin_system: r.origin_system.clone(),
                 origin_id: r.origin_id.clone(),
-                kind: r.kind_name().map(str::to_string),
-                mode: r.mode().map(|m| m.as_str().to_string()),
+                kind: r.role_kind(),
+                mode: r.mode(),
                 scope: r.scope().map(str::to_string),
                 display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
                 role: Some(r.role.clone()).filter(|s| !s.is_empty()),
@@ -392,11 +392,11 @@ fn observe<'r>(
 }
 
 fn same_resource(rs: &ResourceStatus, r: &PromisedResource) -> bool {
-    rs.origin_system == r.origin_system.as_str()
+    rs.origin_system == r.origin_system
         && rs.origin_id == r.origin_id
         && rs.role.as_deref().unwrap_or_default() == r.role
         // One Azure role at one scope may be promised both eligible and active.
-        && rs.mode.as_deref() == r.mode().map(|m| m.as_str())
+        && rs.mode == r.mode()
 }
 
 /// `r` as the previous status recorded it, if it was already missing then.
@@ -511,7 +511,7 @@ pub fn fresh_reads(
                 && s.origin_system == r.origin_system
                 && s.origin_id.eq_ignore_ascii_case(&r.origin_id)
                 && s.role.as_deref().unwrap_or_default() == r.role
-                && s.mode.as_deref() == r.mode().map(|m| m.as_str())
+                && s.mode == r.mode()
         })
     };
     let mut reads = super::reads_needed(resources.iter().filter(was_missing));

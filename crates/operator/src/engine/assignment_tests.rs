@@ -1891,10 +1891,10 @@ fn a_stored_role_matches_only_its_own_mode() {
         note: None,
     };
     let stored = ResourceStatus {
-        origin_system: "AzureResources".into(),
+        origin_system: OriginSystem::AzureResources,
         origin_id: rg.into(),
-        kind: Some("AzureRole".into()),
-        mode: Some("Eligible".into()),
+        kind: Some(crate::api::RoleKind::AzureRole),
+        mode: Some(RoleMode::Eligible),
         scope: Some(rg.into()),
         role: Some("Contributor".into()),
         state: ResourceState::Missing,

@@ -2,102 +2,7 @@
 
 use crate::domain::models::ResourceRoleScope;
 
-/// A resource's `originSystem`: where entitlement management delivers it. Graph may add
-/// systems, so the set stays open ([`OriginSystem::Other`]) and text round-trips exactly.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum OriginSystem {
-    /// Entra groups (membership or ownership).
-    AadGroup,
-    /// Applications: app role assignments on a service principal.
-    AadApplication,
-    /// SharePoint Online sites.
-    SharePointOnline,
-    /// Microsoft Entra roles (directory roles), granted eligible or active.
-    DirectoryRole,
-    /// Azure roles (Azure RBAC) on a management group, subscription or resource group.
-    AzureResources,
-    /// Graph sent no `originSystem`.
-    Missing,
-    /// A system Redeliver does not know, kept as Graph spelled it.
-    Other(String),
-}
-
-impl OriginSystem {
-    /// Reads Graph's text (trimmed; empty means [`OriginSystem::Missing`]).
-    pub fn parse(text: &str) -> Self {
-        match text.trim() {
-            "AadGroup" => Self::AadGroup,
-            "AadApplication" => Self::AadApplication,
-            "SharePointOnline" => Self::SharePointOnline,
-            "DirectoryRole" => Self::DirectoryRole,
-            "AzureResources" => Self::AzureResources,
-            "" => Self::Missing,
-            other => Self::Other(other.to_string()),
-        }
-    }
-
-    /// The wire text, as Graph and `status.resources[].originSystem` spell it.
-    pub fn as_str(&self) -> &str {
-        match self {
-            Self::AadGroup => "AadGroup",
-            Self::AadApplication => "AadApplication",
-            Self::SharePointOnline => "SharePointOnline",
-            Self::DirectoryRole => "DirectoryRole",
-            Self::AzureResources => "AzureResources",
-            Self::Missing => "",
-            Self::Other(text) => text,
-        }
-    }
-}
-
-// Ordered by wire text, so status lists resources in the same order whatever the enum's
-// variant order.
-impl Ord for OriginSystem {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.as_str().cmp(other.as_str())
-    }
-}
-
-impl PartialOrd for OriginSystem {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq<OriginSystem> for String {
-    fn eq(&self, other: &OriginSystem) -> bool {
-        self == other.as_str()
-    }
-}
-
-/// How a role is granted: as an eligibility (the user may activate it, e.g. in Privileged
-/// Identity Management) or as an active assignment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum RoleMode {
-    /// An active role assignment.
-    Active,
-    /// A role eligibility.
-    Eligible,
-}
-
-impl RoleMode {
-    /// Reads entitlement management's role `originId` (`Eligible` / `Active`).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text.trim() {
-            t if t.eq_ignore_ascii_case("Eligible") => Some(Self::Eligible),
-            t if t.eq_ignore_ascii_case("Active") => Some(Self::Active),
-            _ => None,
-        }
-    }
-
-    /// `Eligible` or `Active`, as status spells it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Active => "Active",
-            Self::Eligible => "Eligible",
-        }
-    }
-}
+pub use crate::api::{OriginSystem, RoleKind, RoleMode};
 
 /// Which relationship to a group a PIM-for-Groups eligibility lets the user activate:
 /// Graph's `privilegedAccessGroupRelationships` (`accessId`).
@@ -193,11 +98,11 @@ impl PromisedResource {
     /// `fin-writers (Member)`, `EntraRole Global Reader (Eligible, /)`: how the resource
     /// is named in messages and events.
     pub fn label(&self) -> String {
-        if let (Some(kind), Some(mode), Some(scope)) = (self.kind_name(), self.mode(), self.scope())
+        if let (Some(kind), Some(mode), Some(scope)) = (self.role_kind(), self.mode(), self.scope())
         {
             return format!("{kind} {} ({}, {scope})", self.display_name, mode.as_str());
         }
-        if let Some(kind) = self.kind_name() {
+        if let Some(kind) = self.role_kind() {
             return format!("{kind} {} ({})", self.display_name, self.role);
         }
         if self.role.is_empty() {
@@ -211,7 +116,7 @@ impl PromisedResource {
     /// name (`fin-writers`), a role with its kind, mode and scope, since the role's name
     /// alone does not say what was lost.
     pub fn short_name(&self) -> String {
-        if self.kind_name().is_some() {
+        if self.role_kind().is_some() {
             self.label()
         } else {
             self.display_name.clone()
@@ -221,11 +126,11 @@ impl PromisedResource {
     /// The kind status names for a role resource (`EntraRole`) or a group eligibility
     /// (`GroupEligible`); `None` for plain group roles and apps, whose origin system already
     /// says what they are.
-    pub fn kind_name(&self) -> Option<&'static str> {
+    pub fn role_kind(&self) -> Option<RoleKind> {
         match self.kind {
-            ResourceKind::GroupEligible { .. } => Some("GroupEligible"),
-            ResourceKind::EntraRole { .. } => Some("EntraRole"),
-            ResourceKind::AzureRole { .. } => Some("AzureRole"),
+            ResourceKind::GroupEligible { .. } => Some(RoleKind::GroupEligible),
+            ResourceKind::EntraRole { .. } => Some(RoleKind::EntraRole),
+            ResourceKind::AzureRole { .. } => Some(RoleKind::AzureRole),
             _ => None,
         }
     }
@@ -646,7 +551,7 @@ mod tests {
             .find(|p| p.kind == eligible(GroupAccess::Member))
             .expect("decoded");
         assert_eq!(member.mode(), Some(RoleMode::Eligible));
-        assert_eq!(member.kind_name(), Some("GroupEligible"));
+        assert_eq!(member.role_kind(), Some(RoleKind::GroupEligible));
         assert_eq!(member.scope(), None);
     }
 
@@ -813,7 +718,7 @@ mod tests {
         assert_eq!(eligible.origin_system, OriginSystem::DirectoryRole);
         assert_eq!(eligible.origin_id, "f2ef992c-3afb-46b9-b7cf-a126ee74c451");
         assert_eq!(eligible.label(), "EntraRole Global Reader (Eligible, /)");
-        assert_eq!(eligible.kind_name(), Some("EntraRole"));
+        assert_eq!(eligible.role_kind(), Some(RoleKind::EntraRole));
         let active = r
             .iter()
             .find(|p| p.mode() == Some(RoleMode::Active))
