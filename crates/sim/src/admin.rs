@@ -16,8 +16,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::audit::{Actor, Change, actor_named};
-use super::graph::ts;
 use super::latency::{LatencyBody, LatencyModel};
+use super::odata::ts;
 use super::server::{
     ActiveFault, AddOutcome, FaultSpec, LogEntry, RuBucket, Shared, Sim, Usage, log_json,
     new_bucket,
@@ -270,7 +270,7 @@ impl Shared {
     /// `x-ms-ratelimit-remaining-subscription-reads` counts them.
     pub fn admin_set_arm_read_quota(&self, quota: Option<(u32, std::time::Duration)>) {
         self.lock().arm_reads =
-            quota.map(|(reads, window)| super::arm::ReadQuota::new(reads, window));
+            quota.map(|(reads, window)| super::server::ReadQuota::new(reads, window));
     }
 
     /// Outside change: adds a user to a group. Returns false if already a member.

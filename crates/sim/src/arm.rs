@@ -6,56 +6,17 @@
 //! ARM's 403 `AuthorizationFailed` where the app lacks Reader.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::http::{HeaderMap, Method};
 use serde_json::{Value, json};
-use tokio::time::Instant;
 
-use super::graph::ts;
-use super::odata::{GResult, GraphError, Query, Reply, decode_skiptoken, encode_skiptoken};
+use super::odata::{GResult, GraphError, Query, Reply, decode_skiptoken, encode_skiptoken, ts};
 use super::server::{FaultSpec, Shared, fmt_seconds, take_fault};
 use super::state::{ArmRoleGrant, World};
 
 /// Role assignments and eligibility instances per page (ARM pages by its own size; small
 /// enough here that paging is exercised by modest tenants).
 const ARM_PAGE: usize = 100;
-
-/// ARM's read quota for the simulated app: `limit` reads per `window`, refilled whole at
-/// the end of each window (ARM's real bucket refills continuously; a window is enough to
-/// exercise the headers and the 429).
-#[derive(Debug, Clone)]
-pub(crate) struct ReadQuota {
-    pub limit: u32,
-    pub window: Duration,
-    pub remaining: u32,
-    pub resets_at: Instant,
-}
-
-impl ReadQuota {
-    pub(crate) fn new(limit: u32, window: Duration) -> Self {
-        Self {
-            limit,
-            window,
-            remaining: limit,
-            resets_at: Instant::now() + window,
-        }
-    }
-
-    /// Takes one read; `Err(wait)` when the quota is spent until `wait` from now.
-    fn take(&mut self) -> Result<u32, Duration> {
-        let now = Instant::now();
-        if now >= self.resets_at {
-            self.remaining = self.limit;
-            self.resets_at = now + self.window;
-        }
-        if self.remaining == 0 {
-            return Err(self.resets_at.saturating_duration_since(now));
-        }
-        self.remaining -= 1;
-        Ok(self.remaining)
-    }
-}
 
 fn arm_error(status: u16, code: &str, message: impl Into<String>) -> GraphError {
     GraphError::new(status, code, message)
@@ -107,7 +68,7 @@ pub(crate) fn handle(
             format!("The simulator's Resource Manager only serves GET ('{method}' on /{path})."),
         ));
     }
-    let remaining = match sim.arm_reads.as_mut().map(ReadQuota::take) {
+    let remaining = match sim.arm_reads.as_mut().map(super::server::ReadQuota::take) {
         None => None,
         Some(Ok(left)) => Some(left),
         Some(Err(wait)) => {

@@ -3,6 +3,8 @@
 //! logging apply per item.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::latency::RouteClass;
 use super::odata::{GResult, GraphError, Reply};
-use super::server::{Shared, graph_call};
+use super::server::Shared;
 
 /// Most requests one batch may carry.
 pub(crate) const MAX_BATCH: usize = 20;
@@ -183,6 +185,18 @@ fn batch_latency(shared: &Shared, items: &[Item]) -> Duration {
     longest
 }
 
+/// How a batch runs one of its items: the whole request pipeline (the dispatcher hands in
+/// its own entry point, so this handler does not depend on the module that routes to it).
+pub(crate) type Call = for<'a> fn(
+    &'a Arc<Shared>,
+    Method,
+    String,
+    Option<String>,
+    HeaderMap,
+    Bytes,
+    bool,
+) -> Pin<Box<dyn Future<Output = Reply> + Send + 'a>>;
+
 /// Runs a batch. Items run in order, which honours `dependsOn`; a failed dependency
 /// answers `424` for its dependents.
 pub(crate) async fn handle(
@@ -190,6 +204,7 @@ pub(crate) async fn handle(
     outer: &HeaderMap,
     body: &Bytes,
     in_batch: bool,
+    graph_call: Call,
 ) -> GResult {
     if in_batch {
         return Err(malformed("A batch cannot contain another $batch request."));

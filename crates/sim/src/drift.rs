@@ -11,8 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Value, json};
 
-use super::graph::ts;
-use super::odata::{GResult, GraphError, Query, page};
+use super::odata::{GResult, GraphError, Query, page, ts};
 use super::state::{Grant, World};
 use super::states::AssignmentState;
 

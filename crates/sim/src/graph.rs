@@ -8,19 +8,17 @@ use axum::http::{HeaderMap, Method};
 use jiff::{SignedDuration, Timestamp};
 use serde_json::{Value, json};
 
+use super::odata::method_not_allowed;
+use super::odata::ts;
 use super::odata::{
     Expand, Filter, GResult, GraphError, Query, Reply, apply_select, directory_filter, em_filter,
     has_expand, is_guid, nested_expand, page, page_lazy, page_scan,
 };
-use super::server::{AddOutcome, PendingGuard, Shared, Sim, method_not_allowed};
+use super::server::{AddOutcome, PendingGuard, Shared, Sim};
 use super::state::{
     Assignment, Grant, Package, Policy, Request, World, resource_id_for, role_id_for,
 };
 use super::states::{AssignmentState, RequestState, RequestType};
-
-pub(crate) fn ts(t: Timestamp) -> String {
-    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
-}
 
 fn ts_opt(t: Option<Timestamp>) -> Value {
     t.map(|t| json!(ts(t))).unwrap_or(Value::Null)

@@ -15,6 +15,7 @@ mod audit;
 mod batch;
 mod cli;
 mod delta;
+mod dispatch;
 mod drift;
 mod graph;
 mod latency;
@@ -299,7 +300,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/{tenant}/discovery/v2.0/keys", get(token::jwks))
         .route("/common/discovery/instance", get(token::instance_discovery))
         .merge(admin::router())
-        .fallback(server::entry)
+        .fallback(dispatch::entry)
         .layer(axum::middleware::from_fn(correlation))
         .with_state(shared)
 }

@@ -694,6 +694,20 @@ pub(crate) fn is_guid(s: &str) -> bool {
     uuid::Uuid::parse_str(s).is_ok()
 }
 
+/// Graph's answer to a method a route does not serve.
+pub(crate) fn method_not_allowed(method: &axum::http::Method, path: &str) -> GraphError {
+    GraphError::new(
+        405,
+        "Request_BadRequest",
+        format!("The HTTP method '{method}' is not supported on '{path}'."),
+    )
+}
+
+/// A time as Graph writes it: RFC 3339, to the second, UTC.
+pub(crate) fn ts(t: jiff::Timestamp) -> String {
+    t.round(jiff::Unit::Second).unwrap_or(t).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

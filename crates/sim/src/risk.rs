@@ -5,8 +5,9 @@
 
 use serde_json::{Value, json};
 
-use super::graph::ts;
-use super::odata::{GResult, GraphError, Query, Reply, apply_select, directory_filter, page_lazy};
+use super::odata::{
+    GResult, GraphError, Query, Reply, apply_select, directory_filter, page_lazy, ts,
+};
 use super::state::{RiskyUser, World};
 
 /// The application permission every riskyUsers read needs.
