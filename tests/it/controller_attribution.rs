@@ -564,7 +564,7 @@ async fn the_simulator_pages_and_filters_the_audit_log() {
 async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_query() {
     use redeliver::controller::run_controllers;
     use redeliver::controller::server::Readiness;
-    use redeliver_bench::fake_kube::FakeKube;
+    use redeliver_fake_kube::FakeKube;
     use tokio_util::sync::CancellationToken;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -675,7 +675,7 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
 async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_query() {
     use redeliver::controller::run_controllers;
     use redeliver::controller::server::Readiness;
-    use redeliver_bench::fake_kube::FakeKube;
+    use redeliver_fake_kube::FakeKube;
     use redeliver_sim::SyntheticTenant;
     use tokio_util::sync::CancellationToken;
 

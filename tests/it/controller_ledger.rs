@@ -1,5 +1,5 @@
 //! One Graph assignment, one repair, end to end: `run_controllers` against the in-process
-//! Kubernetes API server (`redeliver_bench::fake_kube`, with real watch, status subresource
+//! Kubernetes API server (`redeliver_fake_kube`, with real watch, status subresource
 //! and server-side apply semantics) and the Graph simulator over HTTP on 127.0.0.1.
 //!
 //! - an assignment covered by an AccessPackageAssignment and an AccessPackageGuard is
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver_bench::fake_kube::FakeKube;
+use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

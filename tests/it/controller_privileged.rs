@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver_bench::fake_kube::FakeKube;
+use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;

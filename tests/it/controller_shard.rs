@@ -22,7 +22,7 @@ use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::shard::{SHARD_KEY_LABEL, Shard, bucket_of, shard_of};
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver_bench::fake_kube::FakeKube;
+use redeliver_fake_kube::FakeKube;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 

@@ -24,7 +24,7 @@ use k8s_openapi::api::core::v1::Secret;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver_bench::fake_kube::FakeKube;
+use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -1255,7 +1255,7 @@ async fn a_repeated_event_with_a_new_message_is_a_new_event() {
 /// takes 5 s per write.
 #[tokio::test]
 async fn a_status_write_that_hangs_gives_the_slot_back() {
-    let kube = redeliver_bench::fake_kube::FakeKube::start_with_write_cost(
+    let kube = redeliver_fake_kube::FakeKube::start_with_write_cost(
         vec![alice(A, "alice", None)],
         Duration::from_secs(5),
     )

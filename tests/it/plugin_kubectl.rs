@@ -1,5 +1,5 @@
 //! `kubectl-redeliver` as a real process against the in-process Kubernetes API server
-//! (`redeliver_bench::fake_kube`), through a kubeconfig file written to a temp dir:
+//! (`redeliver_fake_kube`), through a kubeconfig file written to a temp dir:
 //!
 //! - `status` and `drift` render what the server holds, in the kubeconfig context's
 //!   namespace, in `-n`, with `-A`, and in another `--context`; a missing object and an
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::{Context, Settings, run_controllers};
-use redeliver_bench::fake_kube::FakeKube;
+use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -519,10 +519,7 @@ async fn usage_errors_exit_64_and_are_told_apart_from_drift() {
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
     assert_eq!(
-        redeliver_bench::fake_kube::writes(&redeliver_bench::fake_kube::diff(
-            &kube.counts(),
-            &before
-        )),
+        redeliver_fake_kube::writes(&redeliver_fake_kube::diff(&kube.counts(), &before)),
         0,
         "a usage error writes nothing"
     );

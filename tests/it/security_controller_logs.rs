@@ -196,7 +196,7 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
 /// appears in the logs or in what was written to Kubernetes.
 #[test]
 fn connection_secrets_never_reach_logs_status_or_events() {
-    use redeliver_bench::fake_kube::FakeKube;
+    use redeliver_fake_kube::FakeKube;
     const WRONG: &str = "wrong-secret-KNOWN-VALUE-7c1f";
     let capture = Capture::default();
     let subscriber = tracing_subscriber::fmt()

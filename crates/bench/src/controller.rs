@@ -1,6 +1,6 @@
 //! The controller benchmark (`cargo bench --bench controller`): the real `redeliver
 //! controller` binary as a child process, against the Graph simulator (a synthetic tenant,
-//! in this process) and a small Kubernetes API server ([`super::fake_kube`], in this
+//! in this process) and a small Kubernetes API server ([`redeliver_fake_kube`], in this
 //! process) holding one `AccessPackageAssignment` per delivered assignment.
 //!
 //! 1. **Initial convergence**: from start until every object's status says `Delivered=True`
@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::fake_kube::{self, Counts, FakeKube, WriteModel};
 use super::measure;
+use redeliver_fake_kube::{self as fake_kube, Counts, FakeKube, WriteModel};
 use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
 };
@@ -1211,7 +1211,7 @@ fn markdown(args: &ControllerBenchArgs, machine: &str, r: &ControllerResult) -> 
 const CONTROLLER_NOTES: &str = "
 What runs: the real `redeliver controller` binary as a child process, with leader election
 off, watching one namespace through a kubeconfig that points at a small Kubernetes API
-server inside the benchmark (`redeliver::bench::fake_kube`, plain HTTP on 127.0.0.1). There
+server inside the benchmark (`redeliver_fake_kube`, plain HTTP on 127.0.0.1). There
 is no cluster on the benchmark machine, so that server implements what the controller uses
 with the real semantics: paginated LIST at one `resourceVersion`, WATCH replaying from a
 `resourceVersion` and kept open, server-side apply on `/status` that bumps

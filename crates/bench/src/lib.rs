@@ -35,7 +35,6 @@ pub const GRAPH_ENV: [&str; 11] = [
     "HTTPS_PROXY",
 ];
 pub mod cost;
-pub mod fake_kube;
 pub mod measure;
 pub mod naive;
 pub mod partition;

@@ -15,10 +15,10 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::ByteString;
 use serde_json::{Value, json};
 
-use super::fake_kube::{self, FakeKube, WriteModel};
 use super::measure;
 use redeliver::api::ConnectionKey;
 use redeliver::controller::shard::shard_of;
+use redeliver_fake_kube::{self as fake_kube, FakeKube, WriteModel};
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
 
 const PLURAL: &str = "accesspackageassignments";
