@@ -34,9 +34,9 @@ enum LogFormat {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the operator: reconcile AccessPackageAssignment and AccessPackageGuard objects.
-    Controller(redeliver::controller::ControllerArgs),
+    Controller(redeliver_cli::ControllerArgs),
     /// Verify declarations from YAML files against Graph and report drift (no cluster needed).
-    Audit(redeliver::audit::AuditArgs),
+    Audit(redeliver_audit::AuditArgs),
     /// Run the bundled Microsoft Graph simulator (for demos, tests and local development).
     Sim(redeliver_sim::SimArgs),
     /// Print the CustomResourceDefinitions as YAML (or write them to a directory).
@@ -66,7 +66,7 @@ fn init_tracing(level: &str, format: LogFormat) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(redeliver::cli::stderr_colour())
+        .with_ansi(redeliver_cli::stderr_colour())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -76,10 +76,10 @@ fn init_tracing(level: &str, format: LogFormat) {
 
 /// `redeliver audit`; with `--simulate`, against an embedded simulator started here (the
 /// operator library does not carry the simulator).
-async fn audit(args: redeliver::audit::AuditArgs) -> anyhow::Result<u8> {
+async fn audit(args: redeliver_audit::AuditArgs) -> anyhow::Result<u8> {
     use anyhow::Context as _;
     if !args.simulate {
-        return redeliver::audit::run(args, None).await;
+        return redeliver_audit::run(args, None).await;
     }
     let scenario = match &args.scenario {
         Some(path) => redeliver_sim::Scenario::from_file(path)
@@ -104,13 +104,13 @@ async fn audit(args: redeliver::audit::AuditArgs) -> anyhow::Result<u8> {
         arm_url: Some(sim.arm_url.clone()),
         ca_file: sim.ca_file.clone(),
     };
-    let code = redeliver::audit::run(args, Some(endpoint)).await;
+    let code = redeliver_audit::run(args, Some(endpoint)).await;
     sim.shutdown().await;
     code
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = redeliver::cli::parse();
+    let cli: Cli = redeliver_cli::parse();
     init_tracing(&cli.log_level, cli.log_format);
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -125,7 +125,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Controller(args) => redeliver::controller::run(args).await.map(|()| 0),
+            Command::Controller(args) => redeliver::controller::run(args.into()).await.map(|()| 0),
             Command::Audit(args) => audit(args).await,
             Command::Sim(args) => redeliver_sim::run(args).await.map(|()| 0),
             Command::Crd { write: None } => {
@@ -139,6 +139,6 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
-        Err(err) => ExitCode::from(redeliver::cli::report_error(&err)),
+        Err(err) => ExitCode::from(redeliver_cli::report_error(&err)),
     }
 }

@@ -22,7 +22,7 @@ pub fn declarations(data: &[u8]) {
         return;
     };
     let file = Path::new("fuzz.yaml");
-    match redeliver::audit::load::load_str(file, text) {
+    match redeliver_audit::load::load_str(file, text) {
         Ok(decls) => {
             for (origin, a) in &decls.assignments {
                 assert!(validate_assignment_spec(&a.spec).is_ok());

@@ -1,5 +1,5 @@
 //! Shard-scoped watches: `run_controllers` as two (then three) shards over one in-process
-//! Kubernetes API server (`fake_kube`, which implements label selectors with the real
+//! Kubernetes API server (`redeliver_fake_kube`, which implements label selectors with the real
 //! server's semantics) and two Graph simulators.
 //!
 //! - objects created without the shard-key label are labelled by the shard that owns their

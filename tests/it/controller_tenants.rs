@@ -1,7 +1,7 @@
 //! Many tenants, one operator: `GraphConnection` and `ClusterGraphConnection` end to end.
-//! `run_controllers` against the in-process Kubernetes API server (`fake_kube`) and two (or
-//! three) Graph simulators over HTTP on 127.0.0.1, each one tenant with its own
-//! credentials and its own data.
+//! `run_controllers` against the in-process Kubernetes API server (`redeliver_fake_kube`)
+//! and two (or three) Graph simulators over HTTP on 127.0.0.1, each one tenant with its
+//! own credentials and its own data.
 //!
 //! - objects in namespace A use A's connection, objects in B use B's (their status names
 //!   the other tenant's assignment ids, each simulator sees only its own objects' calls);

@@ -9,7 +9,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redeliver::graph::{GraphArgs, GraphClient};
+use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
 /// Environment variables a developer's shell may carry that must not leak into a child run.
@@ -191,8 +191,8 @@ pub fn guard(name: &str, package: &str) -> String {
 }
 
 /// Graph arguments for `sim` with its own credentials.
-pub fn args_for(sim: &SimHandle) -> GraphArgs {
-    GraphArgs::with_defaults().pointed_at(redeliver_bench::endpoint(sim))
+pub fn args_for(sim: &SimHandle) -> GraphSettings {
+    GraphSettings::with_defaults().pointed_at(redeliver_bench::endpoint(sim))
 }
 
 /// A Graph client for `sim` with its own credentials.
@@ -201,7 +201,7 @@ pub fn graph_client(sim: &SimHandle) -> Result<GraphClient, redeliver::graph::Gr
 }
 
 /// A client for `sim` with `tweak` applied to the arguments.
-pub fn client_with(sim: &SimHandle, tweak: impl FnOnce(&mut GraphArgs)) -> GraphClient {
+pub fn client_with(sim: &SimHandle, tweak: impl FnOnce(&mut GraphSettings)) -> GraphClient {
     let mut args = args_for(sim);
     tweak(&mut args);
     GraphClient::new(args.validate().expect("valid config")).expect("client builds")

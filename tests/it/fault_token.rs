@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::fault_support::*;
-use redeliver::graph::{GraphArgs, GraphClient};
+use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, Simulator};
 use serde_json::json;
@@ -139,13 +139,13 @@ async fn token_expiring_mid_sweep_is_refreshed_once_and_the_sweep_completes() {
 }
 
 fn federated_client(sim: &redeliver_sim::SimHandle, file: &std::path::Path) -> GraphClient {
-    let args = GraphArgs {
+    let args = GraphSettings {
         tenant_id: Some(sim.tenant_id.clone()),
         client_id: Some(sim.client_id.clone()),
         federated_token_file: Some(file.to_path_buf()),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     };
     GraphClient::new(args.validate().expect("valid config")).expect("client builds")
 }

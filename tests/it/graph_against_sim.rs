@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use redeliver::graph::models::{AssignmentState, DirectoryObject, Page, RequestState, RequestType};
-use redeliver::graph::{BatchItem, GraphArgs, GraphClient, Secret};
+use redeliver::graph::{BatchItem, GraphClient, GraphSettings, Secret};
 use redeliver_sim::{
     FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator, TlsOptions,
 };
@@ -13,7 +13,7 @@ use redeliver_sim::{
 const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 const ENG: &str = "9f1c0c7e-0000-4000-8000-000000000002";
 
-fn args_for(h: &SimHandle) -> GraphArgs {
+fn args_for(h: &SimHandle) -> GraphSettings {
     crate::fault_support::args_for(h)
 }
 

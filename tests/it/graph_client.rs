@@ -11,7 +11,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use redeliver::graph::models::{RequestState, RequestType};
-use redeliver::graph::{GraphArgs, GraphClient, GraphConfig, GraphError, Secret};
+use redeliver::graph::{GraphClient, GraphConfig, GraphError, GraphSettings, Secret};
 
 const TENANT: &str = "tenant-1";
 const TOKEN_PATH: &str = "/tenant-1/oauth2/v2.0/token";
@@ -199,14 +199,14 @@ async fn start(script: impl Fn(&Seen, &FakeState) -> Answer + Send + Sync + 'sta
     }
 }
 
-fn args(fake: &Fake) -> GraphArgs {
-    GraphArgs {
+fn args(fake: &Fake) -> GraphSettings {
+    GraphSettings {
         tenant_id: Some(TENANT.into()),
         client_id: Some("client-1".into()),
         client_secret: Some(Secret::new(SECRET)),
         graph_url: format!("{}/", fake.base),
         authority_host: format!("{}/", fake.base),
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     }
 }
 

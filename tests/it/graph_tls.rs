@@ -8,7 +8,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::{GraphClient, GraphSettings, Secret};
 
 struct Tls {
     ca_pem: String,
@@ -70,14 +70,14 @@ async fn serve(tls: &Tls) -> SocketAddr {
     addr
 }
 
-fn args(addr: SocketAddr) -> GraphArgs {
-    GraphArgs {
+fn args(addr: SocketAddr) -> GraphSettings {
+    GraphSettings {
         tenant_id: Some("t1".into()),
         client_id: Some("c1".into()),
         client_secret: Some(Secret::new("s")),
         graph_url: format!("https://localhost:{}", addr.port()),
         authority_host: format!("https://127.0.0.1:{}", addr.port()),
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     }
 }
 

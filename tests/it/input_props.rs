@@ -235,7 +235,7 @@ proptest! {
 }
 
 fn check_load(file: &Path) -> Result<(), TestCaseError> {
-    match redeliver::audit::load::load_paths(&[file.to_path_buf()]) {
+    match redeliver_audit::load::load_paths(&[file.to_path_buf()]) {
         Ok(decls) => {
             // Everything loaded was validated.
             for (_, a) in &decls.assignments {

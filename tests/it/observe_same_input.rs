@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use redeliver::audit::load::load_paths;
 use redeliver::controller::observation::Observations;
 use redeliver::engine::ledger::RepairLedger;
 use redeliver::engine::{self, Action, EngineSettings, Write};
 use redeliver::observe::{Observer, observe_assignment, observe_guard};
+use redeliver_audit::load::load_paths;
 use redeliver_sim::{Scenario, Simulator};
 
 use crate::fault_support::fast;

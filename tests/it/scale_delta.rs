@@ -3,7 +3,7 @@
 //! reported as (group, member) pairs, and an expired sync state turned into a full-read
 //! request for the affected groups.
 
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::{GraphClient, GraphSettings, Secret};
 use redeliver::observe::delta::DeltaTracker;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
 
@@ -28,13 +28,13 @@ async fn start(t: &SyntheticTenant) -> (SimHandle, GraphClient, Vec<String>) {
     let sim = Simulator::start(Scenario::synthetic_tenant(t), SimOptions::fast())
         .await
         .expect("simulator starts");
-    let config = GraphArgs {
+    let config = GraphSettings {
         tenant_id: Some(sim.tenant_id.clone()),
         client_id: Some(sim.client_id.clone()),
         client_secret: Some(Secret::new(sim.client_secret.clone())),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     }
     .validate()
     .expect("simulator config is valid");

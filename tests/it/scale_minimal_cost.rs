@@ -15,7 +15,7 @@ use std::process::Stdio;
 
 use redeliver::api::AccessPackageGuardSpec;
 use redeliver::engine::{self, EngineSettings, GuardInput};
-use redeliver::graph::{GraphArgs, GraphClient, Secret};
+use redeliver::graph::{GraphClient, GraphSettings, Secret};
 use redeliver::observe::Observer;
 use redeliver_bench::cost::{self, MinimumCost, SIM_EM_PAGE};
 use redeliver_sim::{
@@ -46,13 +46,13 @@ async fn start(t: &SyntheticTenant) -> SimHandle {
 }
 
 fn client_for(sim: &SimHandle) -> GraphClient {
-    let config = GraphArgs {
+    let config = GraphSettings {
         tenant_id: Some(sim.tenant_id.clone()),
         client_id: Some(sim.client_id.clone()),
         client_secret: Some(Secret::new(sim.client_secret.clone())),
         authority_host: sim.authority_host.clone(),
         graph_url: sim.graph_url.clone(),
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     }
     .validate()
     .expect("simulator config is valid");

@@ -13,7 +13,7 @@ use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::{Context, Settings, assignment, guard};
-use redeliver::graph::{GraphArgs, GraphClient};
+use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 
@@ -101,12 +101,12 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
         let written = Arc::new(Mutex::new(Vec::new()));
         // One controller on the client secret, one on workload identity.
         for federated in [false, true] {
-            let mut args = GraphArgs {
+            let mut args = GraphSettings {
                 tenant_id: Some(sim.tenant_id.clone()),
                 client_id: Some(sim.client_id.clone()),
                 authority_host: sim.authority_host.clone(),
                 graph_url: sim.graph_url.clone(),
-                ..GraphArgs::with_defaults()
+                ..GraphSettings::with_defaults()
             };
             if federated {
                 args.federated_token_file = Some(file.clone());

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::fault_support::*;
 use redeliver::engine::{self, Action, EngineSettings, Write};
-use redeliver::graph::{GraphArgs, GraphClient};
+use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
@@ -144,13 +144,13 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
         // Two clients: one with the secret, one with the federated token.
         let with_secret = client_with(&sim, |_| {});
         let federated = GraphClient::new(
-            GraphArgs {
+            GraphSettings {
                 tenant_id: Some(sim.tenant_id.clone()),
                 client_id: Some(sim.client_id.clone()),
                 federated_token_file: Some(file.clone()),
                 authority_host: sim.authority_host.clone(),
                 graph_url: sim.graph_url.clone(),
-                ..GraphArgs::with_defaults()
+                ..GraphSettings::with_defaults()
             }
             .validate()
             .unwrap(),

@@ -4,7 +4,7 @@
 //! permission to grant for every family of calls.
 
 use crate::fault_support::*;
-use redeliver::graph::GraphArgs;
+use redeliver::graph::GraphSettings;
 use redeliver_sim::{Scenario, SimOptions, Simulator, TlsOptions};
 use serde_json::json;
 
@@ -78,13 +78,13 @@ async fn tls_simulator_is_trusted_only_with_its_ca_file() {
 #[test]
 fn plain_http_is_refused_for_every_non_loopback_spelling() {
     let with = |graph: &str, authority: &str| {
-        GraphArgs {
+        GraphSettings {
             tenant_id: Some("contoso.onmicrosoft.com".into()),
             client_id: Some("5e1d0c77-3f5a-4b8e-a0c1-7ed1e0e00001".into()),
             client_secret: Some(redeliver::graph::Secret::new("s")),
             graph_url: graph.into(),
             authority_host: authority.into(),
-            ..GraphArgs::with_defaults()
+            ..GraphSettings::with_defaults()
         }
         .validate()
     };

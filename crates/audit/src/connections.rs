@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::api::{ConnectionKey, ConnectionSettings, DEFAULT_CONNECTION_NAME, GraphConnection};
-use crate::graph::config::Secret;
-use crate::graph::connection::{ResolvedCredential, connection_graph_config};
-use crate::graph::{GraphArgs, GraphClient};
+use redeliver::api::{ConnectionKey, ConnectionSettings, DEFAULT_CONNECTION_NAME, GraphConnection};
+use redeliver::graph::config::Secret;
+use redeliver::graph::connection::{ResolvedCredential, connection_graph_config};
+use redeliver::graph::{GraphClient, GraphSettings};
 
 use super::load::Declarations;
 
@@ -79,7 +79,7 @@ pub fn group(decls: &Declarations) -> BTreeMap<ConnectionKey, Declarations> {
 
 /// The `spec.safety` of the connection `key` as the files declare it (none for the flags'
 /// connection, or a connection not in the files).
-pub fn safety_of(key: &ConnectionKey, decls: &Declarations) -> Option<crate::api::SafetySpec> {
+pub fn safety_of(key: &ConnectionKey, decls: &Declarations) -> Option<redeliver::api::SafetySpec> {
     match key {
         ConnectionKey::Operator => None,
         ConnectionKey::Namespaced { namespace, name } => decls
@@ -102,7 +102,7 @@ pub fn safety_of(key: &ConnectionKey, decls: &Declarations) -> Option<crate::api
 pub fn client_for(
     key: &ConnectionKey,
     decls: &Declarations,
-    flags: &GraphArgs,
+    flags: &GraphSettings,
     cluster_secret_namespace: &str,
 ) -> Result<GraphClient, String> {
     let (settings, secret_namespace) = match key {
@@ -143,7 +143,7 @@ fn credential(
     key: &ConnectionKey,
     settings: &ConnectionSettings,
     decls: &Declarations,
-    flags: &GraphArgs,
+    flags: &GraphSettings,
     namespace: &str,
 ) -> Result<ResolvedCredential, String> {
     if let Some(sel) = &settings.credential.client_secret {

@@ -20,27 +20,28 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use futures::StreamExt as _;
 
-use crate::api::{
+use load::{Declarations, Origin};
+use redeliver::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, AccessPackageGuard,
     AccessPackageGuardStatus, SafetySpec,
 };
-use crate::api::{ConnectionKey, ResourceState, ResourceStatus};
-use crate::engine::ledger::{RepairKey, RepairLedger};
-use crate::engine::transaction::{Claim, Transaction, WriteOutcome};
-use crate::engine::{self, Action, EngineSettings};
-use crate::graph::GraphError;
-use crate::graph::models::AssignmentState;
-use crate::graph::{GraphArgs, GraphClient, Write, Written};
-use crate::observe::attribution::Attributor;
-use crate::observe::safety::{SafetyReads, attribute_drift};
-use crate::observe::{
+use redeliver::api::{ConnectionKey, ResourceState, ResourceStatus};
+use redeliver::engine::ledger::{RepairKey, RepairLedger};
+use redeliver::engine::transaction::{Claim, Transaction, WriteOutcome};
+use redeliver::engine::{self, Action, EngineSettings};
+use redeliver::graph::GraphError;
+use redeliver::graph::models::AssignmentState;
+use redeliver::graph::{GraphClient, GraphSettings, Write, Written};
+use redeliver::observe::attribution::Attributor;
+use redeliver::observe::safety::{SafetyReads, attribute_drift};
+use redeliver::observe::{
     AssignmentObservation, GuardObservation, Observer, observe_assignment, observe_guard,
 };
-use load::{Declarations, Origin};
+use redeliver_cli::GraphArgs;
 use report::{Report, Row, Summary, Verdict};
 pub use report::{RowAction, WriteKind};
 
-pub use crate::cli::{EXIT_DRIFT, EXIT_ERROR, EXIT_OK};
+pub use redeliver_cli::{EXIT_DRIFT, EXIT_ERROR, EXIT_OK};
 
 /// Output formats for the report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -99,11 +100,11 @@ pub struct AuditArgs {
     pub reprocess: bool,
 
     /// With --reprocess, how long to wait for repairs to land before the final verification.
-    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = crate::api::parse_duration_arg, requires = "reprocess")]
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = redeliver::api::parse_duration_arg, requires = "reprocess")]
     pub wait: Duration,
 
     /// With --reprocess, how often to re-verify while waiting.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = crate::api::parse_duration_arg, hide_short_help = true, requires = "reprocess")]
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = redeliver::api::parse_duration_arg, hide_short_help = true, requires = "reprocess")]
     pub poll_interval: Duration,
 
     /// Run against an embedded Graph simulator instead of a real tenant.
@@ -144,9 +145,19 @@ pub struct AuditArgs {
     pub graph: GraphArgs,
 }
 
+impl AuditArgs {
+    /// The Graph flags as the library's settings.
+    fn graph_settings(&self) -> GraphSettings {
+        self.graph.clone().into()
+    }
+}
+
 /// Runs the audit and returns the process exit code. With `--simulate`, `simulated` is
 /// the embedded simulator the binary started (the simulator is not part of this library).
-pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> anyhow::Result<u8> {
+pub async fn run(
+    args: AuditArgs,
+    simulated: Option<redeliver::graph::Endpoint>,
+) -> anyhow::Result<u8> {
     let decls = match load::load_paths(&args.paths) {
         Ok(d) => d,
         Err(errors) => {
@@ -236,9 +247,12 @@ pub async fn run(args: AuditArgs, simulated: Option<crate::graph::Endpoint>) -> 
                 ConnectionKey::Operator => connect(args, simulated).map_err(|e| {
                     format!("{e:#} (the declarations that use no GraphConnection use the flags)")
                 }),
-                _ => {
-                    connections::client_for(key, decls, &args.graph, &args.cluster_secret_namespace)
-                }
+                _ => connections::client_for(
+                    key,
+                    decls,
+                    &args.graph_settings(),
+                    &args.cluster_secret_namespace,
+                ),
             };
             let outcome = match client {
                 Ok(client) => {
@@ -413,19 +427,18 @@ fn exit_code(report: &Report) -> u8 {
 /// binary started, with the user's tuning flags kept.
 fn connect(
     args: &AuditArgs,
-    simulated: Option<crate::graph::Endpoint>,
+    simulated: Option<redeliver::graph::Endpoint>,
 ) -> anyhow::Result<GraphClient> {
     let config = match simulated {
         Some(endpoint) => args
-            .graph
-            .clone()
+            .graph_settings()
             .pointed_at(endpoint)
             .validate()
             .context("cannot configure the Graph client for the simulator")?,
         None if args.simulate => anyhow::bail!(
             "--simulate needs the embedded simulator, which the redeliver binary starts"
         ),
-        None => args.graph.clone().into_config()?,
+        None => args.graph_settings().into_config()?,
     };
     Ok(GraphClient::new(config)?)
 }
@@ -728,7 +741,7 @@ impl<'a> Audit<'a> {
     }
 
     /// One verification pass over every declaration: the same observation as the
-    /// controller's ([`crate::observe::observe_assignment`], [`crate::observe::observe_guard`]),
+    /// controller's ([`redeliver::observe::observe_assignment`], [`redeliver::observe::observe_guard`]),
     /// with every read shared within the pass (each package and each promised resource read
     /// once), then the same plan.
     async fn pass(&mut self) {
@@ -766,7 +779,9 @@ impl<'a> Audit<'a> {
         for o in &observed {
             drift_notes.push(match o {
                 Ok(o) if self.drift_report => {
-                    crate::observe::drift_report_notes(observer, o).await.notes
+                    redeliver::observe::drift_report_notes(observer, o)
+                        .await
+                        .notes
                 }
                 _ => Vec::new(),
             });
@@ -1015,7 +1030,7 @@ impl<'a> Audit<'a> {
                     .metadata
                     .annotations
                     .as_ref()
-                    .and_then(|a| a.get(crate::api::REPROCESS_ANNOTATION))
+                    .and_then(|a| a.get(redeliver::api::REPROCESS_ANNOTATION))
                     .map(String::as_str),
                 resolved: observed.resolved.clone(),
                 assignment: observed.assignment.as_ref(),
@@ -1067,9 +1082,9 @@ impl<'a> Audit<'a> {
                 who,
                 reprocess_budget: None,
                 operator_report_only: false,
-                reprocess_annotation: annotation(crate::api::REPROCESS_ANNOTATION),
+                reprocess_annotation: annotation(redeliver::api::REPROCESS_ANNOTATION),
                 safety: policy,
-                mass_drift_ack: annotation(crate::api::MASS_DRIFT_ACK_ANNOTATION),
+                mass_drift_ack: annotation(redeliver::api::MASS_DRIFT_ACK_ANNOTATION),
                 mass_drift_acknowledged: self.acknowledge_mass_drift,
             },
             now,
@@ -1331,7 +1346,11 @@ impl<'a> Audit<'a> {
             // counted), so a later pass neither waits for a repair that never started nor
             // hides the refusal behind "Reprocessing"; one that failed in transit claims
             // nothing and leaves the status as it was.
-            tx.complete(vec![crate::repair::outcome_of(result)], Duration::ZERO, now);
+            tx.complete(
+                vec![redeliver::repair::outcome_of(result)],
+                Duration::ZERO,
+                now,
+            );
             eval.status = Some(tx.end_status().clone());
             let outcome = result.clone().map(|written| match (&action, written) {
                 (_, Written::Requested(request)) => RowAction::Requested {
@@ -1376,7 +1395,7 @@ impl<'a> Audit<'a> {
                         } else {
                             results.get(w).map_or(
                                 WriteOutcome::NotSent { retry_after: None },
-                                crate::repair::outcome_of,
+                                redeliver::repair::outcome_of,
                             )
                         }
                     })
@@ -1573,7 +1592,7 @@ impl GuardRows<'_> {
 
 /// Outcome of each write a pass sent (an outcome is shared by every declaration and guard
 /// that asked for the same write).
-type WriteResults = std::collections::HashMap<Write, Result<Written, crate::graph::GraphError>>;
+type WriteResults = std::collections::HashMap<Write, Result<Written, redeliver::graph::GraphError>>;
 
 /// Whether `write` is a reprocess of an assignment this run already reprocessed (it is not
 /// sent again).
@@ -1652,7 +1671,7 @@ async fn guard_row_notes(
     for a in observed
         .assignments()
         .iter()
-        .filter(|a| a.state == crate::graph::models::AssignmentState::Delivered)
+        .filter(|a| a.state == redeliver::graph::models::AssignmentState::Delivered)
     {
         let Some(target) = a.target.as_ref() else {
             continue;

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::api::{
+use redeliver::api::{
     AccessPackageAssignment, AccessPackageGuard, ClusterGraphConnection, GraphConnection,
     SpecError, assignment_spec_problems, guard_spec_problems, validate_connection_settings,
 };
@@ -286,7 +286,7 @@ fn load_text(file: &Path, text: &str, decls: &mut Declarations, errors: &mut Vec
                 .map(|e| (field_line(&doc, start, &e.field), e.to_string()))
                 .collect())
         };
-        let connection = |s: &crate::api::ConnectionSettings| {
+        let connection = |s: &redeliver::api::ConnectionSettings| {
             valid(validate_connection_settings(s).err().into_iter().collect())
         };
         let loaded = match kind {

@@ -7,7 +7,7 @@ use std::fmt;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use serde::{Serialize, Serializer};
 
-use crate::engine::conditions::Reason;
+use redeliver::engine::conditions::Reason;
 
 /// A write to Entra ID, as a row names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,7 +258,7 @@ impl Report {
     }
 }
 
-pub use crate::graph::error::without_run_ids;
+pub use redeliver::graph::error::without_run_ids;
 
 /// Width of the table when stdout is not a terminal and `COLUMNS` is not set: what a CI log
 /// or a pager shows without wrapping.
@@ -756,7 +756,7 @@ mod tests {
     }
 
     /// Compares `actual` with `tests/golden/<name>`; `UPDATE_GOLDEN=1 cargo test -p
-    /// redeliver-operator golden` rewrites the files instead (review the diff before
+    /// redeliver-audit golden` rewrites the files instead (review the diff before
     /// committing).
     fn golden(name: &str, actual: &str) {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

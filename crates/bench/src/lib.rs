@@ -51,7 +51,7 @@ use anyhow::Context as _;
 use rand::SeedableRng;
 
 use cost::{MinimumCost, SIM_EM_PAGE};
-use redeliver::graph::{GraphArgs, GraphClient};
+use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver::observe::delta::DeltaTracker;
 use redeliver_sim::{
     LatencyModel, RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource,
@@ -482,11 +482,11 @@ pub fn endpoint(sim: &SimHandle) -> redeliver::graph::Endpoint {
     }
 }
 
-fn client_args(sim: &SimHandle, concurrency: usize, max_retries: u32) -> GraphArgs {
-    GraphArgs {
+fn client_args(sim: &SimHandle, concurrency: usize, max_retries: u32) -> GraphSettings {
+    GraphSettings {
         graph_concurrency: concurrency,
         max_retries,
-        ..GraphArgs::with_defaults()
+        ..GraphSettings::with_defaults()
     }
     .pointed_at(endpoint(sim))
 }

@@ -11,6 +11,21 @@
 //!
 //! 2 stays "drift" because CI jobs already branch on it; clap's own usage exit code (2) is
 //! moved to 64 so that "the tenant drifted" and "the job is broken" never share a code.
+//!
+//! The argument structs live here too, not in the operator library: [`GraphArgs`] (the Graph
+//! flags both subcommands flatten in) and [`ControllerArgs`] (`redeliver controller`), each
+//! converting into the library's plain settings (`redeliver::graph::GraphSettings`,
+//! `redeliver::controller::ControllerOptions`), so the library the controller links carries
+//! no argument parser. `redeliver audit`'s own flags are in `redeliver-audit`, which builds on
+//! this crate.
+
+#![forbid(unsafe_code)]
+
+mod controller;
+mod graph;
+
+pub use controller::ControllerArgs;
+pub use graph::{GraphArgs, parse_duration};
 
 use std::io::IsTerminal as _;
 

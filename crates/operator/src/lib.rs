@@ -9,17 +9,20 @@
 //! - [`observe`]: reads Graph once per resource and hands the engine its observations;
 //!   group delta tracking.
 //! - [`controller`]: the Kubernetes operator around the engine (`redeliver controller`).
-//! - [`audit`]: the engine driven from YAML files (`redeliver audit`).
-//! - [`cli`]: the exit codes, usage errors and error printing both programs share.
+//! - [`repair`]: the one driver of the repair transaction, shared by the controller and the
+//!   audit.
 //!
-//! The Graph simulator (`redeliver sim`, docs/simulator.md) is the `redeliver-sim` crate and
-//! the benchmark harness the `redeliver-bench` crate: neither is part of the operator.
+//! Outside this library, so that what the controller links carries no command-line
+//! dependency: the command-line edge (exit codes, clap argument structs converting into
+//! [`graph::GraphSettings`] and [`controller::ControllerOptions`]) is the `redeliver-cli`
+//! crate, `redeliver audit` (declaration files, reports, progress) the `redeliver-audit`
+//! crate. The Graph simulator (`redeliver sim`, docs/simulator.md) is the `redeliver-sim`
+//! crate, the fake Kubernetes API server of the tests `redeliver-fake-kube`, and the
+//! benchmark harness `redeliver-bench`: none is part of the operator.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod audit;
-pub mod cli;
 pub mod controller;
 pub mod domain;
 pub mod engine;

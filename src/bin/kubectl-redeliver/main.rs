@@ -21,7 +21,7 @@ use redeliver::api::{
     AccessPackageAssignment, AccessPackageGuard, MASS_DRIFT_ACK_ANNOTATION, REPROCESS_ANNOTATION,
     ReprocessMode, format_duration, parse_duration_arg,
 };
-use redeliver::cli::{EXIT_DRIFT, EXIT_OK, UsageError};
+use redeliver_cli::{EXIT_DRIFT, EXIT_OK, UsageError};
 
 use render::Listed;
 use target::{Kind, ObjectRef, parse_ref};
@@ -128,10 +128,10 @@ enum Command {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let cli: Cli = redeliver::cli::parse();
+    let cli: Cli = redeliver_cli::parse();
     match run(cli).await {
         Ok(code) => ExitCode::from(code),
-        Err(e) => ExitCode::from(redeliver::cli::report_error(&e)),
+        Err(e) => ExitCode::from(redeliver_cli::report_error(&e)),
     }
 }
 

@@ -37,7 +37,7 @@ use crate::api::{
 };
 use crate::engine::ledger::RepairLedger;
 use crate::engine::{MassDriftBoard, SafetyPolicy};
-use crate::graph::config::{GraphArgs, Secret};
+use crate::graph::config::{GraphSettings, Secret};
 pub use crate::graph::connection::{ResolvedCredential, connection_graph_config};
 use crate::graph::error::without_run_ids;
 use crate::graph::{GraphClient, GraphError};
@@ -137,7 +137,7 @@ pub struct TenantSettings {
     pub attribution_stats: Arc<AttributionStats>,
     /// The Graph options a connection does not set (timeouts, retries, CA file, the default
     /// authority and Graph URLs and concurrency): the operator's flags.
-    pub graph_defaults: GraphArgs,
+    pub graph_defaults: GraphSettings,
     /// Where a `ClusterGraphConnection`'s Secret is read: the operator's namespace.
     pub operator_namespace: Option<String>,
     /// How often a ready connection is checked again ([`RECHECK_READY`] by default).
@@ -1016,9 +1016,9 @@ mod tests {
 
     #[test]
     fn a_connection_sets_what_it_names_and_inherits_the_rest() {
-        let defaults = GraphArgs {
+        let defaults = GraphSettings {
             graph_timeout: Duration::from_secs(7),
-            ..GraphArgs::default()
+            ..GraphSettings::default()
         };
         let settings = ConnectionSettings {
             tenant_id: "fabrikam.onmicrosoft.com".into(),

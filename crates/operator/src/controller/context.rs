@@ -159,7 +159,7 @@ pub struct Settings {
     /// Drift attribution from the audit log (`--drift-attribution`).
     pub attribution: crate::observe::attribution::AttributionSettings,
     /// The Graph options a `GraphConnection` does not set (the operator's flags).
-    pub graph_defaults: crate::graph::GraphArgs,
+    pub graph_defaults: crate::graph::GraphSettings,
     /// The operator's namespace, where a `ClusterGraphConnection`'s Secret is read.
     pub operator_namespace: Option<String>,
     /// How often a ready connection is checked again (its Secret re-read).
@@ -196,7 +196,7 @@ impl Default for Settings {
             poll_interval: EngineSettings::default().poll_interval,
             first_status_after: FIRST_STATUS_AFTER,
             attribution: Default::default(),
-            graph_defaults: crate::graph::GraphArgs::default(),
+            graph_defaults: crate::graph::GraphSettings::default(),
             operator_namespace: None,
             connection_recheck_ready: super::connections::RECHECK_READY,
             connection_recheck_stalled: super::connections::RECHECK_STALLED,

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use super::config::{GraphArgs, GraphConfig, Secret};
+use super::config::{GraphConfig, GraphSettings, Secret};
 use super::error::GraphError;
 use crate::api::ConnectionSettings;
 
@@ -21,7 +21,7 @@ pub enum ResolvedCredential {
 /// The one mapping from a connection's spec and its resolved credential to a Graph client
 /// configuration: what the connection sets, the operator's flags for the rest.
 pub fn connection_graph_config(
-    defaults: &GraphArgs,
+    defaults: &GraphSettings,
     settings: &ConnectionSettings,
     credential: ResolvedCredential,
 ) -> Result<GraphConfig, GraphError> {
@@ -29,7 +29,7 @@ pub fn connection_graph_config(
         ResolvedCredential::ClientSecret(s) => (Some(s), None),
         ResolvedCredential::FederatedTokenFile(p) => (None, Some(p)),
     };
-    let args = GraphArgs {
+    let args = GraphSettings {
         tenant_id: Some(settings.tenant_id.clone()),
         client_id: Some(settings.client_id.clone()),
         client_secret,
@@ -83,7 +83,7 @@ mod tests {
         }
     }
 
-    fn arm_root(defaults: &GraphArgs, s: &ConnectionSettings) -> Option<String> {
+    fn arm_root(defaults: &GraphSettings, s: &ConnectionSettings) -> Option<String> {
         let secret = ResolvedCredential::ClientSecret(Secret::new("s"));
         connection_graph_config(defaults, s, secret)
             .unwrap()
@@ -92,9 +92,9 @@ mod tests {
 
     #[test]
     fn a_connection_to_another_cloud_never_inherits_the_operators_arm_root() {
-        let defaults = GraphArgs {
+        let defaults = GraphSettings {
             arm_url: Some("https://management.azure.com".into()),
-            ..GraphArgs::default()
+            ..GraphSettings::default()
         };
         // Same cloud as the operator: its --arm-url.
         assert_eq!(

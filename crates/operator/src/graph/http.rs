@@ -688,18 +688,18 @@ pub(crate) fn excerpt(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::graph::config::{GraphArgs, GraphConfig, Secret};
+    use crate::graph::config::{GraphConfig, GraphSettings, Secret};
 
     fn http() -> Http {
         http_with(|_| {})
     }
 
     fn http_with(change: impl FnOnce(&mut GraphConfig)) -> Http {
-        let mut config = GraphArgs {
+        let mut config = GraphSettings {
             tenant_id: Some("contoso.onmicrosoft.com".into()),
             client_id: Some("00000000-0000-0000-0000-0000000000c1".into()),
             client_secret: Some(Secret::new("s3cr3t")),
-            ..GraphArgs::with_defaults()
+            ..GraphSettings::with_defaults()
         }
         .validate()
         .expect("valid config");

@@ -1,6 +1,6 @@
 //! The Microsoft Graph client: the only module that speaks HTTP to Graph.
 //!
-//! - [`config`]: `--tenant-id`, credentials, Graph/authority URLs ([`GraphArgs`] →
+//! - [`config`]: `--tenant-id`, credentials, Graph/authority URLs ([`GraphSettings`] →
 //!   [`GraphConfig`]). The client secret comes only from `AZURE_CLIENT_SECRET` or a file.
 //! - `auth`: client-credentials tokens (secret or workload-identity assertion, both files
 //!   re-read per token request), cached until 10 % of the lifetime (at most 5 min) before
@@ -40,7 +40,7 @@ pub use client::{
     BatchItem, BatchResult, GraphClient, GraphRequest, GraphResponse, GroupMembershipDelta,
     MemberChanges,
 };
-pub use config::{Credential, Endpoint, GraphArgs, GraphConfig, Secret};
+pub use config::{Credential, Endpoint, GraphConfig, GraphSettings, Secret};
 pub use error::{GraphError, TokenFailure};
 pub use http::{OperationStats, RetryMode};
 pub use writes::{Write, Written};
