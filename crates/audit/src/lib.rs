@@ -158,7 +158,23 @@ pub async fn run(
     args: AuditArgs,
     simulated: Option<redeliver::graph::Endpoint>,
 ) -> anyhow::Result<u8> {
-    let decls = match load::load_paths(&args.paths) {
+    let decls = match load_declarations(&args.paths) {
+        Ok(decls) => decls,
+        Err((error, notes)) => return fail_before_any_row(error, notes, args.output),
+    };
+    let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
+    let groups = connections::group(&decls);
+    if groups.len() == 1 && groups.contains_key(&ConnectionKey::Operator) {
+        return audit_one_tenant(&args, &decls, simulated, &progress).await;
+    }
+    audit_several_tenants(&args, &decls, &groups, simulated, &progress).await
+}
+
+/// Loads every declaration (all or nothing), saying on stderr what is wrong and what was
+/// skipped. `Err` carries the run's error and the notes for a report without rows: a
+/// malformed file, or nothing of Redeliver's in the files.
+fn load_declarations(paths: &[PathBuf]) -> Result<Declarations, (String, Vec<String>)> {
+    let decls = match load::load_paths(paths) {
         Ok(d) => d,
         Err(errors) => {
             for e in &errors {
@@ -174,7 +190,7 @@ pub async fn run(
             for e in &errors {
                 error.push_str(&format!("\n{e}"));
             }
-            return fail_before_any_row(error, Vec::new(), args.output);
+            return Err((error, Vec::new()));
         }
     };
     for note in &decls.skipped {
@@ -184,64 +200,73 @@ pub async fn run(
         let error = format!(
             "no AccessPackageAssignment or AccessPackageGuard (apiVersion {}) found in {}",
             load::API_VERSION,
-            args.paths
+            paths
                 .iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         eprintln!("error: {error}");
-        return fail_before_any_row(error, decls.skipped.clone(), args.output);
+        return Err((error, decls.skipped.clone()));
     }
+    Ok(decls)
+}
 
-    let progress = Progress::new(!args.no_progress && std::io::stderr().is_terminal());
-    let groups = connections::group(&decls);
-    if groups.len() == 1 && groups.contains_key(&ConnectionKey::Operator) {
-        // One tenant, the flags': a failure that hits every row is said once.
-        let client = connect(&args, simulated)?;
-        let outcome = match audit_group(&args, &decls, client, None, &progress).await {
-            Ok(o) => o,
-            Err(error) => {
-                progress.finish();
-                eprintln!("error: {error}");
-                eprintln!("error: no declaration could be checked; nothing was changed");
-                let rows = unchecked_rows(&decls, "");
-                let report = Report {
-                    error: Some(error),
-                    before: None,
-                    summary: Summary::of(&rows, 0),
-                    rows,
-                    notes: decls.skipped.clone(),
-                };
-                print_report(&report.without_run_ids(), args.output)?;
-                return Ok(EXIT_ERROR);
-            }
-        };
-        progress.finish();
-        let mut rows = outcome.rows;
-        if outcome.error.is_some() {
-            for row in &mut rows {
-                row.message.clear();
-            }
+/// One tenant, the flags': a failure that hits every row is said once.
+async fn audit_one_tenant(
+    args: &AuditArgs,
+    decls: &Declarations,
+    simulated: Option<redeliver::graph::Endpoint>,
+    progress: &Progress,
+) -> anyhow::Result<u8> {
+    let client = connect(args, simulated)?;
+    let outcome = match audit_group(args, decls, client, None, progress).await {
+        Ok(o) => o,
+        Err(error) => {
+            progress.finish();
+            eprintln!("error: {error}");
+            eprintln!("error: no declaration could be checked; nothing was changed");
+            let rows = unchecked_rows(decls, "");
+            let report = Report {
+                error: Some(error),
+                before: None,
+                summary: Summary::of(&rows, 0),
+                rows,
+                notes: decls.skipped.clone(),
+            };
+            print_report(&report.without_run_ids(), args.output)?;
+            return Ok(EXIT_ERROR);
         }
-        let report = Report {
-            error: outcome.error,
-            before: args.reprocess.then_some(outcome.before),
-            summary: Summary::of(&rows, outcome.actions),
-            rows,
-            notes: decls.skipped.clone(),
-        };
-        return finish(&report, args.output);
+    };
+    progress.finish();
+    let mut rows = outcome.rows;
+    if outcome.error.is_some() {
+        for row in &mut rows {
+            row.message.clear();
+        }
     }
+    let report = Report {
+        error: outcome.error,
+        before: args.reprocess.then_some(outcome.before),
+        summary: Summary::of(&rows, outcome.actions),
+        rows,
+        notes: decls.skipped.clone(),
+    };
+    finish(&report, args.output)
+}
 
-    // Several tenants: each connection's declarations are audited with its own client,
-    // ledger and read cache, all at once; a connection that cannot be used fails its own
-    // rows only, each naming it.
+/// Several tenants: each connection's declarations are audited with its own client,
+/// ledger and read cache, all at once; a connection that cannot be used fails its own
+/// rows only, each naming it.
+async fn audit_several_tenants(
+    args: &AuditArgs,
+    decls: &Declarations,
+    groups: &BTreeMap<ConnectionKey, Declarations>,
+    simulated: Option<redeliver::graph::Endpoint>,
+    progress: &Progress,
+) -> anyhow::Result<u8> {
     let runs = groups.iter().map(|(key, group)| {
-        let args = &args;
-        let decls = &decls;
         let simulated = simulated.clone();
-        let progress = &progress;
         async move {
             let client = match key {
                 ConnectionKey::Operator => connect(args, simulated).map_err(|e| {
@@ -266,6 +291,18 @@ pub async fn run(
     });
     let results = futures::future::join_all(runs).await;
     progress.finish();
+    let report = merge_tenants(results, args.reprocess, decls.skipped.clone());
+    finish(&report, args.output)
+}
+
+/// One report of every connection's outcome: a connection's failure is on its own rows,
+/// naming it, and the run's error only when every connection failed.
+fn merge_tenants(
+    results: Vec<(&ConnectionKey, &Declarations, Result<GroupOutcome, String>)>,
+    reprocess: bool,
+    notes: Vec<String>,
+) -> Report {
+    let groups = results.len();
     let (mut rows, mut before, mut actions, mut failures) = (Vec::new(), Vec::new(), 0, Vec::new());
     for (key, group, outcome) in results {
         match outcome {
@@ -292,15 +329,14 @@ pub async fn run(
             }
         }
     }
-    let every_group_failed = failures.len() == groups.len();
-    let report = Report {
+    let every_group_failed = failures.len() == groups;
+    Report {
         error: every_group_failed.then(|| failures.join("; ")),
-        before: args.reprocess.then_some(before),
+        before: reprocess.then_some(before),
         summary: Summary::of(&rows, actions),
         rows,
-        notes: decls.skipped.clone(),
-    };
-    finish(&report, args.output)
+        notes,
+    }
 }
 
 /// Prints the report (on stderr the failure of the whole run, with Graph's ids for a
@@ -554,6 +590,9 @@ struct AssignmentEval {
 /// The run's repair ledger, shared by every declaration's and guard's claim.
 type Ledger = Rc<RefCell<RepairLedger>>;
 
+/// What a declaration carries from one pass to the next: its status and what the run did.
+type PreviousAssignment = (Option<AccessPackageAssignmentStatus>, Option<RowAction>);
+
 /// The latest evaluation of one guard.
 struct GuardEval {
     rows: Vec<Row>,
@@ -744,48 +783,15 @@ impl<'a> Audit<'a> {
     /// controller's ([`redeliver::observe::observe_assignment`], [`redeliver::observe::observe_guard`]),
     /// with every read shared within the pass (each package and each promised resource read
     /// once), then the same plan.
+    /// One observation and evaluation of every declaration and guard. The Graph requests
+    /// keep the order they always had: the declarations' reads, the drift report, the
+    /// safety policies, attribution, the declarations' accounts, then the guards.
     async fn pass(&mut self) {
-        // What the last pass claimed and did not send (a report-only run's "would
-        // reprocess") rolls back before this pass plans.
-        for e in &mut self.assignments {
-            e.tx = None;
-        }
-        for g in &mut self.guards {
-            g.tx = None;
-        }
+        self.roll_back_unsent();
         let now = jiff::Timestamp::now();
-        let observer = self.observer;
-        let width = observer.concurrency();
-        let previous: Vec<(Option<AccessPackageAssignmentStatus>, Option<RowAction>)> =
-            if self.assignments.is_empty() {
-                vec![(None, None); self.decls.assignments.len()]
-            } else {
-                self.assignments
-                    .iter()
-                    .map(|a| (a.status.clone(), a.taken.clone()))
-                    .collect()
-            };
-        let mut observed: Vec<Result<AssignmentObservation, GraphError>> =
-            futures::stream::iter(self.decls.assignments.iter().zip(&previous))
-                .map(|((_, apa), (status, _))| {
-                    observe_assignment(observer, &apa.spec, status.as_ref())
-                })
-                .buffered(width)
-                .collect()
-                .await;
-        // The report is read once per catalog (the observer's cache), so one at a time is
-        // as cheap as all at once.
-        let mut drift_notes = Vec::with_capacity(observed.len());
-        for o in &observed {
-            drift_notes.push(match o {
-                Ok(o) if self.drift_report => {
-                    redeliver::observe::drift_report_notes(observer, o)
-                        .await
-                        .notes
-                }
-                _ => Vec::new(),
-            });
-        }
+        let previous = self.previous_assignments();
+        let mut observed = self.observe_assignments(&previous).await;
+        let drift_notes = self.assignment_drift_notes(&observed).await;
         // Every guard at once: each package's assignment pages are a chain of round trips,
         // so packages read a few at a time would leave Graph idle behind that latency.
         // What bounds the requests in flight is the client's own limit
@@ -794,13 +800,87 @@ impl<'a> Audit<'a> {
         // pass anyway. Declarations come first, as before, so the requests a pass makes
         // keep their order (the guards mostly reuse what the declarations read).
         let (policies, guard_policies) = self.policies().await;
-        for ((o, policy), (status, _)) in observed.iter_mut().zip(&policies).zip(&previous) {
+        self.attribute(&mut observed, &policies, &previous).await;
+        let rails = self.breaker(&observed, policies, now);
+        self.confirm_assignment_targets(&mut observed, &previous, &rails, now)
+            .await;
+        let guards_observed = self.observe_guards(&guard_policies, now).await;
+        let guard_notes = self.guard_drift_notes(&guards_observed).await;
+        self.assignments = self.evaluate_assignments(observed, previous, drift_notes, rails, now);
+        self.guards = self.evaluate_guards(guards_observed, guard_notes, guard_policies, now);
+    }
+
+    /// What the last pass claimed and did not send (a report-only run's "would reprocess")
+    /// rolls back before this pass plans.
+    fn roll_back_unsent(&mut self) {
+        for e in &mut self.assignments {
+            e.tx = None;
+        }
+        for g in &mut self.guards {
+            g.tx = None;
+        }
+    }
+
+    /// Each declaration's status and action from the last pass (none on the first).
+    fn previous_assignments(&self) -> Vec<PreviousAssignment> {
+        if self.assignments.is_empty() {
+            vec![(None, None); self.decls.assignments.len()]
+        } else {
+            self.assignments
+                .iter()
+                .map(|a| (a.status.clone(), a.taken.clone()))
+                .collect()
+        }
+    }
+
+    /// Reads every declaration, as many at once as the client may send.
+    async fn observe_assignments(
+        &self,
+        previous: &[PreviousAssignment],
+    ) -> Vec<Result<AssignmentObservation, GraphError>> {
+        let observer = self.observer;
+        futures::stream::iter(self.decls.assignments.iter().zip(previous))
+            .map(|((_, apa), (status, _))| observe_assignment(observer, &apa.spec, status.as_ref()))
+            .buffered(observer.concurrency())
+            .collect()
+            .await
+    }
+
+    /// The access drift report's notes for each declaration (none unless asked for).
+    async fn assignment_drift_notes(
+        &self,
+        observed: &[Result<AssignmentObservation, GraphError>],
+    ) -> Vec<Vec<String>> {
+        // The report is read once per catalog (the observer's cache), so one at a time is
+        // as cheap as all at once.
+        let mut drift_notes = Vec::with_capacity(observed.len());
+        for o in observed {
+            drift_notes.push(match o {
+                Ok(o) if self.drift_report => {
+                    redeliver::observe::drift_report_notes(self.observer, o)
+                        .await
+                        .notes
+                }
+                _ => Vec::new(),
+            });
+        }
+        drift_notes
+    }
+
+    /// Looks up who removed what, for the declarations whose policy respects some actors.
+    async fn attribute(
+        &self,
+        observed: &mut [Result<AssignmentObservation, GraphError>],
+        policies: &[engine::SafetyPolicy],
+        previous: &[PreviousAssignment],
+    ) {
+        for ((o, policy), (status, _)) in observed.iter_mut().zip(policies).zip(previous) {
             if let Ok(o) = o
                 && !policy.respected.is_empty()
             {
                 attribute_drift(
                     &self.attribution,
-                    observer.graph(),
+                    self.observer.graph(),
                     o,
                     status.as_ref(),
                     policy,
@@ -808,15 +888,21 @@ impl<'a> Audit<'a> {
                 .await;
             }
         }
-        let rails = self.breaker(&observed, policies, now);
-        self.confirm_assignment_targets(&mut observed, &previous, &rails, now)
-            .await;
+    }
+
+    /// Reads every guard's package at once, and with `--reprocess` the accounts of what
+    /// each found drifted.
+    async fn observe_guards(
+        &self,
+        guard_policies: &[engine::SafetyPolicy],
+        now: jiff::Timestamp,
+    ) -> Vec<Result<GuardObservation, GraphError>> {
         let mut guards_observed: Vec<Result<GuardObservation, GraphError>> =
             futures::future::join_all(
                 self.decls
                     .guards
                     .iter()
-                    .map(|(_, guard)| observe_guard(observer, &guard.spec)),
+                    .map(|(_, guard)| observe_guard(self.observer, &guard.spec)),
             )
             .await;
         // A guard may find thousands of drifts: their accounts are read only when the run
@@ -824,18 +910,39 @@ impl<'a> Audit<'a> {
         // would after confirming each account). Declarations are few, so even a report-only
         // run confirms theirs and shows a hold as it is.
         if self.repair {
-            self.confirm_guard_targets(&mut guards_observed, &guard_policies, now)
+            self.confirm_guard_targets(&mut guards_observed, guard_policies, now)
                 .await;
         }
+        guards_observed
+    }
+
+    /// The access drift report's notes for each guard, by assignment id (none unless
+    /// asked for).
+    async fn guard_drift_notes(
+        &self,
+        guards_observed: &[Result<GuardObservation, GraphError>],
+    ) -> Vec<BTreeMap<String, Vec<String>>> {
         let mut guard_notes = Vec::with_capacity(guards_observed.len());
-        for o in &guards_observed {
+        for o in guards_observed {
             guard_notes.push(match o {
-                Ok(o) if self.drift_report => guard_row_notes(observer, o).await,
+                Ok(o) if self.drift_report => guard_row_notes(self.observer, o).await,
                 _ => BTreeMap::new(),
             });
         }
-        self.assignments = self
-            .decls
+        guard_notes
+    }
+
+    /// Evaluates every declaration on what this pass read, with its drift report notes
+    /// and what the run already did for it.
+    fn evaluate_assignments(
+        &self,
+        observed: Vec<Result<AssignmentObservation, GraphError>>,
+        previous: Vec<PreviousAssignment>,
+        drift_notes: Vec<Vec<String>>,
+        rails: Vec<Rails>,
+        now: jiff::Timestamp,
+    ) -> Vec<AssignmentEval> {
+        self.decls
             .assignments
             .iter()
             .zip(observed)
@@ -877,8 +984,18 @@ impl<'a> Audit<'a> {
                     eval
                 },
             )
-            .collect();
+            .collect()
+    }
 
+    /// Evaluates every guard on what this pass read, carrying what the run already
+    /// reprocessed or was refused, and puts each drift report note on its row.
+    fn evaluate_guards(
+        &self,
+        guards_observed: Vec<Result<GuardObservation, GraphError>>,
+        guard_notes: Vec<BTreeMap<String, Vec<String>>>,
+        guard_policies: Vec<engine::SafetyPolicy>,
+        now: jiff::Timestamp,
+    ) -> Vec<GuardEval> {
         type Carried = (
             Option<AccessPackageGuardStatus>,
             BTreeSet<String>,
@@ -892,8 +1009,7 @@ impl<'a> Audit<'a> {
                 .map(|g| (g.status.clone(), g.reprocessed.clone(), g.refused.clone()))
                 .collect()
         };
-        self.guards = self
-            .decls
+        self.decls
             .guards
             .iter()
             .zip(guards_observed)
@@ -942,7 +1058,7 @@ impl<'a> Audit<'a> {
                     eval
                 },
             )
-            .collect();
+            .collect()
     }
 
     fn evaluate_assignment(
@@ -1096,7 +1212,7 @@ impl<'a> Audit<'a> {
     async fn confirm_assignment_targets(
         &self,
         observed: &mut [Result<AssignmentObservation, GraphError>],
-        previous: &[(Option<AccessPackageAssignmentStatus>, Option<RowAction>)],
+        previous: &[PreviousAssignment],
         rails: &[Rails],
         now: jiff::Timestamp,
     ) {
