@@ -1250,6 +1250,75 @@ async fn a_repeated_event_with_a_new_message_is_a_new_event() {
     );
 }
 
+#[tokio::test]
+async fn the_event_series_of_a_deleted_object_is_forgotten() {
+    use kube::runtime::reflector;
+    use kube::runtime::watcher;
+    use redeliver::api::AccessPackageGuard;
+    use redeliver::controller::metrics::StateSizes as _;
+    use redeliver::engine::{EngineEvent, EventKind};
+    let kube = FakeKube::start(vec![alice(A, "alice", None)])
+        .await
+        .unwrap();
+    let config = kube::Config::new(kube.url().parse().unwrap());
+    let client = kube::Client::try_from(config).unwrap();
+    let (metrics, _registry) = Metrics::new(None);
+    let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    // One guard is still in the store; "gone" was deleted.
+    let (reader, mut writer) = reflector::store::<AccessPackageGuard>();
+    let mut live: AccessPackageGuard = serde_json::from_value(json!({
+        "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageGuard",
+        "metadata": {"name": "live", "namespace": A, "uid": "uid-live"},
+        "spec": {"accessPackage": {"displayName": "Finance Analysts"}},
+    }))
+    .unwrap();
+    live.metadata.resource_version = Some("1".into());
+    writer.apply_watcher_event(&watcher::Event::Apply(live));
+    let (queue, _rx) = futures::channel::mpsc::unbounded();
+    ctx.triggers.add_guards(reader, queue);
+    let reference =
+        |kind: &str, name: &str, uid: &str| k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("redeliver.dev/v1alpha1".into()),
+            kind: Some(kind.into()),
+            namespace: Some(A.into()),
+            name: Some(name.into()),
+            uid: Some(uid.into()),
+            ..Default::default()
+        };
+    let drift = [EngineEvent {
+        kind: EventKind::DriftDetected,
+        message: "alice@contoso.com missing fin-writers".into(),
+    }];
+    ctx.publish(
+        &reference("AccessPackageGuard", "live", "uid-live"),
+        "Reconcile",
+        &drift,
+    )
+    .await;
+    ctx.publish(
+        &reference("AccessPackageGuard", "gone", "uid-gone"),
+        "Reconcile",
+        &drift,
+    )
+    .await;
+    ctx.publish(
+        &reference("GraphConnection", "default", "uid-conn"),
+        "Check",
+        &drift,
+    )
+    .await;
+    let series = |ctx: &Context| {
+        ctx.state_sizes()
+            .into_iter()
+            .find(|(map, _)| *map == "event_series")
+            .map(|(_, n)| n)
+    };
+    assert_eq!(series(&ctx), Some(3));
+    ctx.prune_event_series();
+    // The deleted guard's series goes; the live guard's and the connection's stay.
+    assert_eq!(series(&ctx), Some(2));
+}
+
 /// A status write the API server does not answer in time (its storage down) fails after
 /// the bound instead of holding the reconcile's slot: here 0.5 s against a server that
 /// takes 5 s per write.

@@ -34,8 +34,8 @@ use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
 };
 
-const NAMESPACE: &str = "bench";
-const PLURAL: &str = "accesspackageassignments";
+pub(crate) const NAMESPACE: &str = "bench";
+pub(crate) const PLURAL: &str = "accesspackageassignments";
 
 /// Default service time of one write in the fake API server (µs), with
 /// [`KUBE_WRITE_PARALLEL`] writes served at once: calibrated so that the benchmark's
@@ -137,6 +137,21 @@ pub struct ControllerBenchArgs {
     /// With --shards: objects per tenant.
     #[arg(long, default_value_t = 200)]
     pub per_tenant: usize,
+
+    /// Instead of phases 2 to 4: a churn soak of this long after the initial convergence
+    /// (objects and connections created and deleted in cycles, with outside removals; the
+    /// controller's RSS and internal map sizes after each cycle). At least 10m for a
+    /// meaningful curve.
+    #[arg(long, value_name = "DURATION", value_parser = redeliver::api::parse_duration_arg)]
+    pub soak: Option<Duration>,
+
+    /// With --soak: objects created and deleted in each cycle.
+    #[arg(long, default_value_t = 1000)]
+    pub soak_churn: usize,
+
+    /// With --soak: the length of one cycle.
+    #[arg(long, default_value = "60s", value_parser = redeliver::api::parse_duration_arg)]
+    pub soak_cycle: Duration,
 }
 
 /// Graph usage in one window.
@@ -246,6 +261,8 @@ pub struct ControllerResult {
     pub steady: Steady,
     pub end_to_end: EndToEnd,
     pub mass_removal: MassRemoval,
+    /// With --soak, instead of phases 2 to 4.
+    pub soak: Option<super::soak::Soak>,
     pub exit: Option<i32>,
     pub shutdown: Duration,
     pub total_cpu: Duration,
@@ -293,6 +310,16 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = measure_controller(&args, &bin).await?;
+    if let Some(soak) = &result.soak {
+        let text = super::soak::markdown(&args, &machine, result.objects, soak);
+        println!("{text}");
+        if let Some(path) = &args.markdown {
+            super::report::write_section(path, "controller-soak", &text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!("wrote the controller-soak section of {}", path.display());
+        }
+        return Ok(());
+    }
     let text = table(&args, &result);
     println!("{text}");
     if let Some(path) = &args.markdown {
@@ -305,7 +332,7 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
 }
 
 /// `apiVersion`/`kind`/`metadata`/`spec` of object `i`.
-fn object(
+pub(crate) fn object(
     t: &SyntheticTenant,
     sim: &SimHandle,
     i: usize,
@@ -708,6 +735,20 @@ async fn phases(
 
     // Let the tail of convergence (events, the drifted objects' last verification) pass.
     tokio::time::sleep(Duration::from_secs(5)).await;
+
+    if let Some(soak) = args.soak {
+        let run = super::soak::SoakRun {
+            args,
+            sim,
+            kube,
+            tenant,
+            http,
+            metrics_url,
+            pid,
+        };
+        result.soak = Some(run.run(soak).await?);
+        return Ok(());
+    }
 
     // 2. Steady state.
     let window = args

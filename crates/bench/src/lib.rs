@@ -41,6 +41,7 @@ pub mod partition;
 pub mod report;
 pub mod roles;
 pub mod shards;
+pub mod soak;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

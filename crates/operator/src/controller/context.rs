@@ -61,6 +61,7 @@ const MAX_EVENT_SERIES: usize = 100_000;
 /// What makes two events one series (besides the message).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
+    kind: Option<String>,
     uid: Option<String>,
     namespace: Option<String>,
     name: Option<String>,
@@ -429,6 +430,7 @@ impl Context {
     ) -> Result<(), kube::Error> {
         let recorder = {
             let key = SeriesKey {
+                kind: reference.kind.clone(),
                 uid: reference.uid.clone(),
                 namespace: reference.namespace.clone(),
                 name: reference.name.clone(),
@@ -452,6 +454,21 @@ impl Context {
             }
         };
         recorder.publish(event, reference).await
+    }
+
+    /// Forgets the event series of assignments and guards that are gone (deleted, or
+    /// handed to another shard): without it the map would keep one entry per object ever
+    /// reconciled. Connections' series are few and kept.
+    pub fn prune_event_series(&self) {
+        let live = self.triggers.live_uids();
+        let ours = [super::assignment::KIND, super::guard::KIND];
+        self.series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|key, _| {
+                let object_kind = key.kind.as_deref().is_some_and(|k| ours.contains(&k));
+                !object_kind || key.uid.as_ref().is_some_and(|uid| live.contains(uid))
+            });
     }
 
     /// Records the engine's events on the object. A failed publish is logged, not retried:

@@ -136,6 +136,15 @@ impl Triggers {
         (a, g)
     }
 
+    /// The uids of every object in the stores (both kinds).
+    pub fn live_uids(&self) -> std::collections::HashSet<String> {
+        let (a, g) = self.snapshot();
+        a.iter()
+            .filter_map(|o| o.metadata.uid.clone())
+            .chain(g.iter().filter_map(|o| o.metadata.uid.clone()))
+            .collect()
+    }
+
     /// How many delivered assignments of `package` the controller knows of: its
     /// AccessPackageAssignments Graph says are delivered, or a guard's last count of the
     /// package, whichever is larger. The mass-drift breaker's denominator; scanned only when

@@ -948,19 +948,28 @@ async fn start_up(
     futures::future::join_all(synced.iter().map(|s| s.wait())).await;
     tracing::info!("caches synced; ready");
     readiness.set(true);
-    // The ledger keeps a history per reprocessed assignment; drop those that can no longer
-    // gate anything. Each object's own status still spaces its own reprocesses after that.
+    let mut ledger_pruned = tokio::time::Instant::now();
     loop {
-        tokio::time::sleep(LEDGER_PRUNE_EVERY).await;
-        for ledger in ctx.connections.ledgers() {
-            ledger
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .prune(jiff::Timestamp::now(), LEDGER_KEEP);
+        tokio::time::sleep(SERIES_PRUNE_EVERY).await;
+        ctx.prune_event_series();
+        // The ledger keeps a history per reprocessed assignment; drop those that can no
+        // longer gate anything. Each object's own status still spaces its own reprocesses
+        // after that.
+        if ledger_pruned.elapsed() >= LEDGER_PRUNE_EVERY {
+            ledger_pruned = tokio::time::Instant::now();
+            for ledger in ctx.connections.ledgers() {
+                ledger
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .prune(ctx.now(), LEDGER_KEEP);
+            }
         }
     }
 }
 
+/// How often the event series of deleted objects are forgotten (a pass over the series and
+/// the stores' uids).
+const SERIES_PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How often the repair ledger is pruned.
 const LEDGER_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// How long a settled history (no attempt pending) is kept for other covering objects: a
