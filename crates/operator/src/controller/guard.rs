@@ -69,87 +69,29 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
     };
     let tenant = tenant.as_ref();
     let api: Api<AccessPackageGuard> = Api::namespaced(ctx.client.clone(), &namespace);
-    let generation = obj.meta().generation;
-
-    // The first-visit status only if the first sweep's reads are slow (see
-    // `FIRST_STATUS_AFTER`).
-    let first = obj.status.is_none().then(|| AccessPackageGuardStatus {
-        observed_generation: generation,
-        access_package_name: Some(obj.spec.access_package.label()),
-        conditions: first_visit_conditions(generation, ctx.now()),
-        ..Default::default()
-    });
-    // The same observation as `redeliver audit`'s (one function, one read cache).
-    let (observed, first) = observe_with_first_status(
-        observe_guard(&tenant.observations, &obj.spec),
-        first,
-        ctx.first_status_after,
-        async |first| patch_status(&api, &name, first).await,
-    )
-    .await?;
-    let mut observed = observed?;
-    let previous = obj.status.clone().or(first);
+    let (mut observed, previous) = observe(ctx, tenant, &obj, &api, &name).await?;
     let safety = tenant.safety_policy(obj.spec.safety.as_ref()).await;
-    let mass_drift_ack = obj
-        .annotations()
-        .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
-        .cloned();
-    let resolved = observed.resolved.clone();
-    let now = ctx.now();
-    let who = name_of(obj.as_ref());
-    // The operator's global rate limit is an input: the plan selects only what may be sent.
-    let budget = tenant.reprocess_bucket.available();
-    let plan_now = |observed: &GuardObservation, ledger: &RepairLedger| {
-        plan_guard_sweep(
-            &GuardInput {
-                generation,
-                spec: &obj.spec,
-                previous: previous.as_ref(),
-                resolved: resolved.clone(),
-                assignments: observed.assignments(),
-                resources: observed.resources(),
-                snapshot: &observed.snapshot,
-                settings: &ctx.engine,
-                ledger,
-                who: &who,
-                reprocess_budget: Some(budget),
-                operator_report_only: tenant.reprocess_bucket.is_disabled(),
-                reprocess_annotation: obj
-                    .annotations()
-                    .get(crate::api::REPROCESS_ANNOTATION)
-                    .map(String::as_str),
-                safety: &safety,
-                mass_drift_ack: mass_drift_ack.as_deref(),
-                mass_drift_acknowledged: false,
-            },
-            now,
-        )
+    let sweep = Sweep {
+        obj: &obj,
+        ctx,
+        tenant,
+        previous: previous.as_ref(),
+        safety: &safety,
+        resolved: observed.resolved.clone(),
+        who: name_of(obj.as_ref()),
+        now: ctx.now(),
+        // The operator's global rate limit is an input: the plan selects only what may be
+        // sent.
+        budget: tenant.reprocess_bucket.available(),
     };
-    let ledger = tenant.ledger_cell();
-    let (mut plan, mut claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
-    // Reprocesses are due: confirm their targets' accounts in one batched read, then sweep
-    // again with them. A sweep with nothing to repair is planned once.
-    if !plan.needs_accounts.is_empty() {
-        let needs_accounts = std::mem::take(&mut plan.needs_accounts);
-        claim.abandon();
-        tenant
-            .safety
-            .confirm(
-                tenant.graph(),
-                &safety,
-                &mut observed.snapshot,
-                &needs_accounts,
-            )
-            .await;
-        (plan, claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
-    }
+    let (mut plan, claim) = sweep.plan(&mut observed).await;
     record_sweep(
         ctx,
         tenant,
         &format!("{namespace}/{name}"),
         &mut plan,
-        previous.as_ref(),
-        &resolved,
+        sweep.previous,
+        &sweep.resolved,
     );
     if ctx.use_access_drift_report {
         // Detection only: a note on Delivered and a count, before any write so a
@@ -162,7 +104,9 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         crate::engine::note_on_delivered(&mut plan.status.conditions, &found.notes);
     }
 
-    let tx = Transaction::begin(plan, claim, previous, || uuid::Uuid::new_v4().to_string());
+    let tx = Transaction::begin(plan, claim, previous.clone(), || {
+        uuid::Uuid::new_v4().to_string()
+    });
     let mut effects = Effects {
         ctx,
         tenant,
@@ -174,21 +118,11 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         tx,
         tenant.reprocess_bucket.rate_per_minute(),
         ctx.engine.default_verify_interval,
-        now,
+        sweep.now,
     )
     .await?;
     let plan = ran.plan;
-    if !plan.reprocess.is_empty()
-        && let Ok((package_id, _)) = &resolved
-    {
-        // Reprocesses change memberships, not the package's assignments: keep the view.
-        tenant
-            .observations
-            .invalidate_memberships(observed.resources())
-            .await;
-        let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
-        ctx.triggers.covering(package_id, &done, &who);
-    }
+    sweep.after_reprocess(&plan, &observed).await;
     ctx.publish(&obj.object_ref(&()), "Sweep", &plan.events)
         .await;
     let come_back = match (ran.postponed, ran.retry_after) {
@@ -199,6 +133,125 @@ async fn sweep(obj: Arc<AccessPackageGuard>, ctx: &Context) -> Result<Action, Er
         Some(after) => after,
         None => jitter(plan.requeue_after),
     }))
+}
+
+/// The guard's package and assignments, read the way `redeliver audit` reads them (one
+/// function, one read cache), and the status the sweep starts from: the stored one, or the
+/// first-visit status written while the first sweep's reads were slow (see
+/// `FIRST_STATUS_AFTER`).
+async fn observe(
+    ctx: &Context,
+    tenant: &Tenant,
+    obj: &AccessPackageGuard,
+    api: &Api<AccessPackageGuard>,
+    name: &str,
+) -> Result<(GuardObservation, Option<AccessPackageGuardStatus>), Error> {
+    let generation = obj.meta().generation;
+    let first = obj.status.is_none().then(|| AccessPackageGuardStatus {
+        observed_generation: generation,
+        access_package_name: Some(obj.spec.access_package.label()),
+        conditions: first_visit_conditions(generation, ctx.now()),
+        ..Default::default()
+    });
+    let (observed, first) = observe_with_first_status(
+        observe_guard(&tenant.observations, &obj.spec),
+        first,
+        ctx.first_status_after,
+        async |first| patch_status(api, name, first).await,
+    )
+    .await?;
+    Ok((observed?, obj.status.clone().or(first)))
+}
+
+/// What one sweep plans from: the guard, its connection and everything the engine weighs
+/// besides the observation.
+struct Sweep<'a> {
+    obj: &'a AccessPackageGuard,
+    ctx: &'a Context,
+    tenant: &'a Tenant,
+    previous: Option<&'a AccessPackageGuardStatus>,
+    safety: &'a crate::engine::SafetyPolicy,
+    resolved: Result<(String, Option<String>), crate::engine::ResolveFailure>,
+    who: String,
+    now: jiff::Timestamp,
+    budget: usize,
+}
+
+impl Sweep<'_> {
+    /// The engine's plan and its claim on the ledger. When reprocesses are due, their
+    /// targets' accounts are confirmed in one batched read first and the sweep planned
+    /// again with them; a sweep with nothing to repair is planned once.
+    async fn plan(
+        &self,
+        observed: &mut GuardObservation,
+    ) -> (GuardPlan, Claim<&std::sync::Mutex<RepairLedger>>) {
+        let ledger = self.tenant.ledger_cell();
+        let (mut plan, mut claim) = Claim::plan(ledger, |l| self.input_plan(observed, l));
+        if !plan.needs_accounts.is_empty() {
+            let needs_accounts = std::mem::take(&mut plan.needs_accounts);
+            claim.abandon();
+            self.tenant
+                .safety
+                .confirm(
+                    self.tenant.graph(),
+                    self.safety,
+                    &mut observed.snapshot,
+                    &needs_accounts,
+                )
+                .await;
+            (plan, claim) = Claim::plan(ledger, |l| self.input_plan(observed, l));
+        }
+        (plan, claim)
+    }
+
+    fn input_plan(&self, observed: &GuardObservation, ledger: &RepairLedger) -> GuardPlan {
+        let obj = self.obj;
+        plan_guard_sweep(
+            &GuardInput {
+                generation: obj.meta().generation,
+                spec: &obj.spec,
+                previous: self.previous,
+                resolved: self.resolved.clone(),
+                assignments: observed.assignments(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
+                settings: &self.ctx.engine,
+                ledger,
+                who: &self.who,
+                reprocess_budget: Some(self.budget),
+                operator_report_only: self.tenant.reprocess_bucket.is_disabled(),
+                reprocess_annotation: obj
+                    .annotations()
+                    .get(crate::api::REPROCESS_ANNOTATION)
+                    .map(String::as_str),
+                safety: self.safety,
+                mass_drift_ack: obj
+                    .annotations()
+                    .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
+                    .map(String::as_str),
+                mass_drift_acknowledged: false,
+            },
+            self.now,
+        )
+    }
+
+    /// After reprocesses were sent: their memberships are read fresh next time (the
+    /// package's assignments did not change, so its view is kept), and the other objects
+    /// covering those assignments are told.
+    async fn after_reprocess(&self, plan: &GuardPlan, observed: &GuardObservation) {
+        let Ok((package_id, _)) = &self.resolved else {
+            return;
+        };
+        if plan.reprocess.is_empty() {
+            return;
+        }
+        self.tenant
+            .observations
+            .invalidate_memberships(observed.resources())
+            .await;
+        let done: Vec<&str> = plan.reprocess.iter().map(String::as_str).collect();
+        self.ctx.triggers.covering(package_id, &done, &self.who);
+    }
 }
 
 /// What a sweep's plan says, before anything is sent: the safety-hold and mass-drift
