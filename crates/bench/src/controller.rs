@@ -149,6 +149,11 @@ pub struct ControllerBenchArgs {
     #[arg(long, default_value_t = 1000)]
     pub soak_churn: usize,
 
+    /// With --soak: cycles counted as warm-up, not compared (cover the longest
+    /// time-bounded map: attribution keeps a pending lookup 20 minutes).
+    #[arg(long, default_value_t = 2)]
+    pub soak_warm_up: usize,
+
     /// With --soak: the length of one cycle.
     #[arg(long, default_value = "60s", value_parser = redeliver::api::parse_duration_arg)]
     pub soak_cycle: Duration,

@@ -23,9 +23,6 @@ use serde_json::{Value, json};
 use super::controller::{ControllerBenchArgs, NAMESPACE, PLURAL, object};
 use super::measure;
 
-/// Cycles before this one are warm-up: caches, pools and the allocator's arenas fill.
-pub const WARM_UP_CYCLES: usize = 2;
-
 /// What one cycle left behind.
 #[derive(Debug, Clone, Default)]
 pub struct SoakCycle {
@@ -47,14 +44,17 @@ pub struct SoakCycle {
 #[derive(Debug, Clone, Default)]
 pub struct Soak {
     pub cycles: Vec<SoakCycle>,
+    /// Cycles before this one are warm-up (`--soak-warm-up`): caches, pools, the
+    /// allocator's arenas and the time-bounded maps fill.
+    pub warm_up: usize,
 }
 
 impl Soak {
     /// The first cycle after warm-up and the last one, when there are both.
     pub fn compared(&self) -> Option<(&SoakCycle, &SoakCycle)> {
-        let first = self.cycles.get(WARM_UP_CYCLES)?;
+        let first = self.cycles.get(self.warm_up)?;
         let last = self.cycles.last()?;
-        (self.cycles.len() > WARM_UP_CYCLES + 1).then_some((first, last))
+        (self.cycles.len() > self.warm_up + 1).then_some((first, last))
     }
 
     /// The last cycle's RSS against the first after warm-up, in percent.
@@ -175,7 +175,10 @@ impl SoakRun<'_> {
             .put(secret(secret_name, &self.sim.client_secret))
             .map_err(anyhow::Error::msg)?;
         let started = Instant::now();
-        let mut out = Soak::default();
+        let mut out = Soak {
+            warm_up: self.args.soak_warm_up,
+            ..Soak::default()
+        };
         let mut c = 0;
         while started.elapsed() < soak {
             let cycle = self.cycle(c, secret_name, started).await?;
@@ -283,13 +286,15 @@ pub fn markdown(args: &ControllerBenchArgs, machine: &str, objects: usize, s: &S
     let mut out = String::new();
     let soak = args.soak.unwrap_or_default();
     out.push_str(&format!(
-        "### Churn soak\n\nCommand: `cargo bench --bench controller -- --objects {objects} --soak {}s --soak-churn {} --soak-cycle {}s --verify-interval {}s --delta-interval {}s --markdown docs/benchmarks.md`\n\nMachine: {machine}. {objects} objects stay; every cycle adds a `GraphConnection` and {} objects (half on it), removes 1 % of their users from a group outside entitlement management, waits for them to be verified, then deletes them all and the connection. Samples after each cycle's deletions; the first {WARM_UP_CYCLES} cycles are warm-up.\n\n",
+        "### Churn soak\n\nCommand: `cargo bench --bench controller -- --objects {objects} --soak {}s --soak-churn {} --soak-cycle {}s --soak-warm-up {} --verify-interval {}s --delta-interval {}s --markdown docs/benchmarks.md`\n\nMachine: {machine}. {objects} objects stay; every cycle adds a `GraphConnection` and {} objects (half on it), removes 1 % of their users from a group outside entitlement management, waits for them to be verified, then deletes them all and the connection. Samples after each cycle's deletions; the first {} cycles are warm-up (the longest time-bounded map, attribution's pending lookups, keeps an entry 20 minutes).\n\n",
         soak.as_secs(),
         args.soak_churn,
         args.soak_cycle.as_secs(),
+        s.warm_up,
         args.verify_interval.as_secs(),
         args.delta_interval.as_secs(),
         args.soak_churn,
+        s.warm_up,
     ));
     let maps: Vec<&String> = s
         .cycles
@@ -308,7 +313,7 @@ pub fn markdown(args: &ControllerBenchArgs, machine: &str, objects: usize, s: &S
     for (i, c) in s.cycles.iter().enumerate() {
         out.push_str(&format!(
             "| {i}{} | {:.0} s | {}/{} | {} | {:.1} |",
-            if i < WARM_UP_CYCLES { " (warm-up)" } else { "" },
+            if i < s.warm_up { " (warm-up)" } else { "" },
             c.at.as_secs_f64(),
             c.verified,
             c.objects,
@@ -369,6 +374,7 @@ mod tests {
         // Warm-up alone compares nothing.
         let short = Soak {
             cycles: vec![cycle(50, 1), cycle(60, 1), cycle(70, 1)],
+            warm_up: 2,
         };
         assert_eq!(short.rss_change_percent(), None);
         assert!(short.grown_maps().is_empty());
