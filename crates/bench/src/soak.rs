@@ -367,6 +367,7 @@ mod tests {
                 cycle(90, 5),
                 cycle(104, 6),
             ],
+            warm_up: 2,
         };
         let p = s.rss_change_percent().unwrap();
         assert!((p - 4.0).abs() < 1e-9, "{p}");
