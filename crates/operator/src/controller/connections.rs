@@ -719,6 +719,8 @@ impl Connections {
         out
     }
 
+    /// Builds (or keeps) the tenant of one connection: the fingerprint of what it was built
+    /// from (uid, generation, the Secret's resourceVersion) and the result.
     async fn build(
         &self,
         key: &ConnectionKey,
@@ -727,145 +729,122 @@ impl Connections {
         settings: &ConnectionSettings,
         secret_namespace: Option<&str>,
     ) -> (String, Checked) {
-        use crate::engine::conditions::Reason;
         let mut fingerprint = format!("{uid}/{}/", generation.unwrap_or_default());
-        let stalled = |reason, code: Option<String>, message: String| {
-            Checked::Stalled(Problem {
-                reason,
-                code,
-                message,
-            })
-        };
-        if let Err(e) = validate_connection_settings(settings) {
-            return (
-                fingerprint,
-                stalled(
-                    Reason::InvalidSpec,
-                    None,
-                    format!("{}: {}", e.field, e.message),
-                ),
-            );
-        }
-        let described;
-        let credential = match (
-            &settings.credential.client_secret,
-            &settings.credential.workload_identity,
-        ) {
-            (Some(sel), _) => {
-                let Some(ns) = secret_namespace else {
-                    return (
-                        fingerprint,
-                        stalled(
-                            Reason::SecretUnavailable,
-                            None,
-                            format!(
-                                "the operator's namespace is not known, so the Secret {} of a ClusterGraphConnection cannot be read; set POD_NAMESPACE (the chart does) or --cluster-secret-namespace",
-                                sel.name
-                            ),
-                        ),
-                    );
-                };
-                let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), ns);
-                match read_secret_key(&api, ns, &sel.name, &sel.key).await {
-                    Ok((value, rv)) => {
-                        fingerprint.push_str(&rv);
-                        described = format!(
-                            "the client secret in key {} of Secret {ns}/{}",
-                            sel.key, sel.name
-                        );
-                        ResolvedCredential::ClientSecret(value)
-                    }
-                    Err(message) => {
-                        return (
-                            fingerprint,
-                            stalled(Reason::SecretUnavailable, None, message),
-                        );
-                    }
-                }
-            }
-            (None, Some(wi)) => {
-                let path = wi
-                    .token_file
-                    .clone()
-                    .map(PathBuf::from)
-                    .or_else(|| self.settings.graph_defaults.federated_token_file.clone());
-                let Some(path) = path else {
-                    return (
-                        fingerprint,
-                        stalled(
-                            Reason::InvalidSpec,
-                            None,
-                            "spec.credential.workloadIdentity: no token file; set tokenFile, or run the operator with Azure Workload Identity (AZURE_FEDERATED_TOKEN_FILE)".into(),
-                        ),
-                    );
-                };
-                described = format!("the federated token file {}", path.display());
-                ResolvedCredential::FederatedTokenFile(path)
-            }
-            (None, None) => {
-                return (
-                    fingerprint,
-                    stalled(
-                        Reason::InvalidSpec,
-                        None,
-                        "spec.credential: set clientSecret or workloadIdentity".into(),
-                    ),
-                );
-            }
-        };
+        let built = self
+            .try_build(key, settings, secret_namespace, &mut fingerprint)
+            .await;
+        (
+            fingerprint,
+            built.map_or_else(Checked::Stalled, Checked::Ready),
+        )
+    }
+
+    async fn try_build(
+        &self,
+        key: &ConnectionKey,
+        settings: &ConnectionSettings,
+        secret_namespace: Option<&str>,
+        fingerprint: &mut String,
+    ) -> Result<Arc<Tenant>, Problem> {
+        validate_connection_settings(settings)
+            .map_err(|e| invalid_spec(format!("{}: {}", e.field, e.message)))?;
+        let (credential, described) = self
+            .credential(settings, secret_namespace, fingerprint)
+            .await?;
         // The same Secret and spec as a working client: keep that client.
         let working = match lock(&self.checked).get(key) {
             Some(Entry {
                 fingerprint: f,
                 result: Checked::Ready(t),
                 ..
-            }) if *f == fingerprint => Some(t.clone()),
+            }) if f == fingerprint => Some(t.clone()),
             _ => None,
         };
         if let Some(t) = working {
-            return match probe(t.graph(), &described).await {
-                Ok(()) => (fingerprint, Checked::Ready(t)),
-                Err(p) => (fingerprint, Checked::Stalled(p)),
-            };
+            probe(t.graph(), &described).await?;
+            return Ok(t);
         }
-        let config =
-            match connection_graph_config(&self.settings.graph_defaults, settings, credential) {
-                // A reconcile never sleeps through one tenant's long Retry-After.
-                Ok(mut c) => {
-                    c.max_retry_after = c.max_retry_after.min(CONNECTION_MAX_RETRY_AFTER);
-                    c
-                }
-                Err(e) => {
-                    return (
-                        fingerprint,
-                        stalled(Reason::InvalidSpec, None, e.to_string()),
-                    );
-                }
-            };
-        let graph = match GraphClient::new(config) {
-            Ok(g) => g,
-            Err(e) => {
-                return (
-                    fingerprint,
-                    stalled(Reason::InvalidSpec, None, e.to_string()),
-                );
-            }
-        };
-        if let Err(p) = probe(&graph, &described).await {
-            return (fingerprint, Checked::Stalled(p));
-        }
+        let mut config =
+            connection_graph_config(&self.settings.graph_defaults, settings, credential)
+                .map_err(|e| invalid_spec(e.to_string()))?;
+        // A reconcile never sleeps through one tenant's long Retry-After.
+        config.max_retry_after = config.max_retry_after.min(CONNECTION_MAX_RETRY_AFTER);
+        let graph = GraphClient::new(config).map_err(|e| invalid_spec(e.to_string()))?;
+        probe(&graph, &described).await?;
         let rate = settings
             .reprocess_rate
             .unwrap_or(self.settings.reprocess_per_minute);
-        (
-            fingerprint,
-            Checked::Ready(Arc::new(self.tenant(
-                key.clone(),
-                graph,
-                rate,
-                settings.safety.clone(),
-            ))),
-        )
+        Ok(Arc::new(self.tenant(
+            key.clone(),
+            graph,
+            rate,
+            settings.safety.clone(),
+        )))
+    }
+
+    /// The connection's credential and how messages name it. A Secret's resourceVersion
+    /// joins the fingerprint, so a rotated Secret builds a new client.
+    async fn credential(
+        &self,
+        settings: &ConnectionSettings,
+        secret_namespace: Option<&str>,
+        fingerprint: &mut String,
+    ) -> Result<(ResolvedCredential, String), Problem> {
+        use crate::engine::conditions::Reason;
+        match (
+            &settings.credential.client_secret,
+            &settings.credential.workload_identity,
+        ) {
+            (Some(sel), _) => {
+                let unavailable = |message| Problem {
+                    reason: Reason::SecretUnavailable,
+                    code: None,
+                    message,
+                };
+                let ns = secret_namespace.ok_or_else(|| {
+                    unavailable(format!(
+                        "the operator's namespace is not known, so the Secret {} of a ClusterGraphConnection cannot be read; set POD_NAMESPACE (the chart does) or --cluster-secret-namespace",
+                        sel.name
+                    ))
+                })?;
+                let api: Api<KubeSecret> = Api::namespaced(self.client.clone(), ns);
+                let (value, rv) = read_secret_key(&api, ns, &sel.name, &sel.key)
+                    .await
+                    .map_err(unavailable)?;
+                fingerprint.push_str(&rv);
+                let described = format!(
+                    "the client secret in key {} of Secret {ns}/{}",
+                    sel.key, sel.name
+                );
+                Ok((ResolvedCredential::ClientSecret(value), described))
+            }
+            (None, Some(wi)) => {
+                let path = wi
+                    .token_file
+                    .clone()
+                    .map(PathBuf::from)
+                    .or_else(|| self.settings.graph_defaults.federated_token_file.clone())
+                    .ok_or_else(|| {
+                        invalid_spec(
+                            "spec.credential.workloadIdentity: no token file; set tokenFile, or run the operator with Azure Workload Identity (AZURE_FEDERATED_TOKEN_FILE)".into(),
+                        )
+                    })?;
+                let described = format!("the federated token file {}", path.display());
+                Ok((ResolvedCredential::FederatedTokenFile(path), described))
+            }
+            (None, None) => Err(invalid_spec(
+                "spec.credential: set clientSecret or workloadIdentity".into(),
+            )),
+        }
+    }
+}
+
+/// A connection whose spec cannot work as written.
+fn invalid_spec(message: String) -> Problem {
+    Problem {
+        reason: crate::engine::conditions::Reason::InvalidSpec,
+        code: None,
+        message,
     }
 }
 
