@@ -134,28 +134,8 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     let name = obj.name_any();
     let namespace = obj.namespace().ok_or(Error::MissingMetadata("namespace"))?;
     let api: Api<AccessPackageAssignment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let generation = obj.meta().generation;
     let reference = obj.object_ref(&());
-
-    // kstatus: conditions from the first visit, written only if the first observation is
-    // slow (a quick one is followed at once by the verified status: one write, not two).
-    let first = obj.status.is_none().then(|| AccessPackageAssignmentStatus {
-        observed_generation: generation,
-        access_package_name: Some(obj.spec.access_package.label()),
-        target_name: Some(obj.spec.target.label()),
-        conditions: first_visit_conditions(generation, ctx.now()),
-        ..Default::default()
-    });
-    // The same observation as `redeliver audit`'s (one function, one read cache).
-    let (observed, first) = observe_with_first_status(
-        observe_assignment(&tenant.observations, &obj.spec, obj.status.as_ref()),
-        first,
-        ctx.first_status_after,
-        async |first| patch_status(&api, &name, first).await,
-    )
-    .await?;
-    let mut observed = observed?;
-    let previous = obj.status.clone().or(first);
+    let (mut observed, previous) = observe(ctx, tenant, &obj, &api, &name).await?;
     let safety = tenant.safety_policy(obj.spec.safety.as_ref()).await;
     crate::observe::safety::attribute_drift(
         &tenant.attribution,
@@ -166,48 +146,18 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     )
     .await;
     let now = ctx.now();
-    let who = name_of(obj.as_ref());
-    let mass_drift = mass_drift_hold(ctx, tenant, &safety, &observed, now);
-    let plan_now = |observed: &AssignmentObservation, ledger: &RepairLedger| {
-        plan_assignment(
-            &AssignmentInput {
-                generation,
-                spec: &obj.spec,
-                previous: previous.as_ref(),
-                reprocess_annotation: obj
-                    .annotations()
-                    .get(REPROCESS_ANNOTATION)
-                    .map(String::as_str),
-                resolved: observed.resolved.clone(),
-                assignment: observed.assignment.as_ref(),
-                latest_request: observed.latest_request.as_ref(),
-                resources: observed.resources(),
-                snapshot: &observed.snapshot,
-                settings: &ctx.engine,
-                ledger,
-                who: &who,
-                // `--reprocess-rate 0`: every object reports only, and says why.
-                operator_report_only: tenant.reprocess_bucket.is_disabled(),
-                safety: &safety,
-                mass_drift: mass_drift.as_ref(),
-            },
-            now,
-        )
+    let pass = Pass {
+        obj: &obj,
+        ctx,
+        tenant,
+        previous: previous.as_ref(),
+        safety: &safety,
+        who: name_of(obj.as_ref()),
+        mass_drift: mass_drift_hold(ctx, tenant, &safety, &observed, now),
+        now,
     };
-    // Planning and claiming happen under one lock of the shared ledger: of two objects
-    // covering the same Graph assignment, exactly one decides to reprocess it.
-    let ledger = tenant.ledger_cell();
-    let (mut plan, mut claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
-    // A grant is due: confirm the target's account (one batched read shared with the other
-    // repairs of this moment), then plan again with it. A healthy object is planned once.
-    if let Some(target) = plan.needs_account.take() {
-        claim.abandon();
-        tenant
-            .safety
-            .confirm(tenant.graph(), &safety, &mut observed.snapshot, &[target])
-            .await;
-        (plan, claim) = Claim::plan(ledger, |l| plan_now(&observed, l));
-    }
+    let (mut plan, claim) = pass.plan(&mut observed).await;
+    let who = pass.who.clone();
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
     plan.status.connection = tenant.key.status_label();
@@ -244,6 +194,105 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         Some(wait) => wait,
         None => jitter(plan.requeue_after),
     }))
+}
+
+/// The object's package, assignment and promised resources, read the way `redeliver audit`
+/// reads them (one function, one read cache), and the status the pass starts from: the
+/// stored one, or the first-visit status (kstatus conditions) written only if the first
+/// observation is slow — a quick one is followed at once by the verified status: one
+/// write, not two.
+async fn observe(
+    ctx: &Context,
+    tenant: &Tenant,
+    obj: &AccessPackageAssignment,
+    api: &Api<AccessPackageAssignment>,
+    name: &str,
+) -> Result<(AssignmentObservation, Option<AccessPackageAssignmentStatus>), Error> {
+    let generation = obj.meta().generation;
+    let first = obj.status.is_none().then(|| AccessPackageAssignmentStatus {
+        observed_generation: generation,
+        access_package_name: Some(obj.spec.access_package.label()),
+        target_name: Some(obj.spec.target.label()),
+        conditions: first_visit_conditions(generation, ctx.now()),
+        ..Default::default()
+    });
+    let (observed, first) = observe_with_first_status(
+        observe_assignment(&tenant.observations, &obj.spec, obj.status.as_ref()),
+        first,
+        ctx.first_status_after,
+        async |first| patch_status(api, name, first).await,
+    )
+    .await?;
+    Ok((observed?, obj.status.clone().or(first)))
+}
+
+/// What one verification pass plans from besides the observation.
+struct Pass<'a, 'p> {
+    obj: &'a AccessPackageAssignment,
+    ctx: &'a Context,
+    tenant: &'a Tenant,
+    previous: Option<&'p AccessPackageAssignmentStatus>,
+    safety: &'p SafetyPolicy,
+    who: String,
+    mass_drift: Option<MassDriftHold>,
+    now: jiff::Timestamp,
+}
+
+impl<'a> Pass<'a, '_> {
+    /// The engine's plan and its claim on the shared ledger: planning and claiming happen
+    /// under one lock, so of two objects covering the same Graph assignment exactly one
+    /// decides to reprocess it. When a grant is due, the target's account is confirmed
+    /// first (one batched read shared with the other repairs of this moment) and the pass
+    /// planned again with it; a healthy object is planned once.
+    async fn plan(
+        &self,
+        observed: &mut AssignmentObservation,
+    ) -> (Plan, Claim<&'a std::sync::Mutex<RepairLedger>>) {
+        let ledger = self.tenant.ledger_cell();
+        let (mut plan, mut claim) = Claim::plan(ledger, |l| self.input_plan(observed, l));
+        if let Some(target) = plan.needs_account.take() {
+            claim.abandon();
+            self.tenant
+                .safety
+                .confirm(
+                    self.tenant.graph(),
+                    self.safety,
+                    &mut observed.snapshot,
+                    &[target],
+                )
+                .await;
+            (plan, claim) = Claim::plan(ledger, |l| self.input_plan(observed, l));
+        }
+        (plan, claim)
+    }
+
+    fn input_plan(&self, observed: &AssignmentObservation, ledger: &RepairLedger) -> Plan {
+        let obj = self.obj;
+        plan_assignment(
+            &AssignmentInput {
+                generation: obj.meta().generation,
+                spec: &obj.spec,
+                previous: self.previous,
+                reprocess_annotation: obj
+                    .annotations()
+                    .get(REPROCESS_ANNOTATION)
+                    .map(String::as_str),
+                resolved: observed.resolved.clone(),
+                assignment: observed.assignment.as_ref(),
+                latest_request: observed.latest_request.as_ref(),
+                resources: observed.resources(),
+                snapshot: &observed.snapshot,
+                settings: &self.ctx.engine,
+                ledger,
+                who: &self.who,
+                // `--reprocess-rate 0`: every object reports only, and says why.
+                operator_report_only: self.tenant.reprocess_bucket.is_disabled(),
+                safety: self.safety,
+                mass_drift: self.mass_drift.as_ref(),
+            },
+            self.now,
+        )
+    }
 }
 
 /// The controller's side of a declared assignment's repair transaction: the reprocess
