@@ -1009,6 +1009,7 @@ async fn malformed_object_is_reported_once_on_its_status() {
         client,
         ApiResource::erase::<AccessPackageAssignment>(&()),
         rx,
+        std::sync::Arc::new(redeliver::controller::context::SystemClock),
     ));
     let mut raw = serde_json::to_value(for_user("typo", "alice@contoso.com")).unwrap();
     raw["spec"]["reprocess"] = json!({"mode": "Sometimes"});

@@ -287,6 +287,11 @@ impl super::metrics::StateSizes for Context {
 }
 
 impl Context {
+    /// The controller's clock, for tasks that outlive one reconcile (the delta followers).
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Now, by the controller's clock ([`Settings::clock`]).
     pub fn now(&self) -> Timestamp {
         self.clock.now()

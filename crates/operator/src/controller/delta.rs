@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::connections::{ConnectionKey, Tenant};
-use super::context::Context;
+use super::context::{Clock, Context};
 use crate::api::{AccessPackageAssignment, ResourceState, ResourceStatus, RoleKind};
 use crate::engine::{GroupAccess, OriginSystem, PromisedResource, ResourceKind, ResourceRead};
 use crate::graph::models::AssignmentState;
@@ -262,6 +262,7 @@ pub async fn run(
             trigger.clone(),
             follower_stop.clone(),
             interval,
+            ctx.clock(),
         );
         let id = tasks.spawn(task).id();
         if let Some(old) = followers.insert(
@@ -417,6 +418,7 @@ async fn follow(
     trigger: Sender<ObjectRef<AccessPackageAssignment>>,
     stop: CancellationToken,
     interval: std::time::Duration,
+    clock: Arc<dyn Clock>,
 ) -> FollowerEnd {
     // The time of the last privileged poll (app roles, owners, roles, eligibilities).
     let mut privileged_since = since;
@@ -429,7 +431,7 @@ async fn follow(
         let Some(objs) = parts.get(&key).cloned() else {
             return FollowerEnd::Stopped;
         };
-        let polled_at = jiff::Timestamp::now();
+        let polled_at = clock.now();
         let poll = tokio::select! {
             _ = stop.cancelled() => return FollowerEnd::Stopped,
             poll = tracker.poll() => poll,
@@ -438,7 +440,7 @@ async fn follow(
             tracing::warn!(connection = %key, error = %e, "group delta poll failed; its changes come next poll");
         }
         let changes = Changes::of(&poll);
-        register_mass_drift(&tenant, &objs, &changes);
+        register_mass_drift(&tenant, &objs, &changes, polled_at);
         // The removals of this window happened after the previous poll: one audit-log
         // query answers who made all of them.
         tenant
@@ -461,7 +463,7 @@ async fn follow(
         if !send(&tenant, &objs, &trigger, &started, "started to follow").await {
             return FollowerEnd::ControllerGone;
         }
-        if !poll_privileged(&tenant, &objs, &trigger, &mut privileged_since).await {
+        if !poll_privileged(&tenant, &objs, &trigger, &mut privileged_since, clock.now()).await {
             return FollowerEnd::ControllerGone;
         }
     }
@@ -470,22 +472,30 @@ async fn follow(
 /// Counts a window's removals against each package's mass-drift breaker (the connection's
 /// policy) before any object they concern is reconciled: a mass removal trips the breaker
 /// before the first repair, instead of after the first few objects have been repaired.
-fn register_mass_drift(tenant: &Tenant, objs: &[Arc<AccessPackageAssignment>], changes: &Changes) {
+fn register_mass_drift(
+    tenant: &Tenant,
+    objs: &[Arc<AccessPackageAssignment>],
+    changes: &Changes,
+    now: jiff::Timestamp,
+) {
     if changes.removed.is_empty() {
         return;
     }
-    record_drift(tenant, drift_by_package(objs, changes));
+    record_drift(tenant, drift_by_package(objs, changes), now);
 }
 
 /// Records each package's drifted assignments (and how many it has delivered) against the
 /// connection's mass-drift breaker, when the breaker is on.
-fn record_drift(tenant: &Tenant, packages: HashMap<&str, (usize, Vec<&str>)>) {
+fn record_drift(
+    tenant: &Tenant,
+    packages: HashMap<&str, (usize, Vec<&str>)>,
+    now: jiff::Timestamp,
+) {
     let policy =
         crate::engine::SafetyPolicy::from_spec(&tenant.safety_spec.clone().unwrap_or_default());
     if !policy.breaker.enabled {
         return;
     }
-    let now = jiff::Timestamp::now();
     let mut board = tenant.breaker();
     for (package, (delivered, drifted)) in packages {
         if !drifted.is_empty()
@@ -685,12 +695,12 @@ async fn poll_privileged(
     objs: &[Arc<AccessPackageAssignment>],
     trigger: &Sender<ObjectRef<AccessPackageAssignment>>,
     since: &mut jiff::Timestamp,
+    polled_at: jiff::Timestamp,
 ) -> bool {
     let reads = tracked_reads(objs);
     if reads.is_empty() || !ctx.privileged_poll_due() {
         return true;
     }
-    let polled_at = jiff::Timestamp::now();
     let resources: Vec<PromisedResource> = reads
         .values()
         .map(|kind| PromisedResource {
@@ -762,6 +772,7 @@ async fn poll_privileged(
                 })
             })
         }),
+        polled_at,
     );
     tracing::info!(
         objects = refs.len(),

@@ -697,7 +697,7 @@ impl Wiring {
         ] {
             self.background.spawn(
                 "malformed-report",
-                watch::report_malformed(self.ctx.client.clone(), ar, rx),
+                watch::report_malformed(self.ctx.client.clone(), ar, rx, self.ctx.clock()),
             );
         }
         (bad_a, bad_g)

@@ -256,7 +256,12 @@ fn slim(obj: &mut DynamicObject) {
 /// Reports each undecodable object on the object itself: `Stalled=True, reason=InvalidSpec`
 /// with the decode error, written with server-side apply. Skipped when the object already
 /// says so, so the status write (which comes back through the watch) cannot loop.
-pub async fn report_malformed(client: Client, ar: ApiResource, mut malformed: Receiver<Malformed>) {
+pub async fn report_malformed(
+    client: Client,
+    ar: ApiResource,
+    mut malformed: Receiver<Malformed>,
+    clock: std::sync::Arc<dyn super::context::Clock>,
+) {
     use kube::runtime::events::{Event, EventType, Recorder, Reporter};
     let kind = ar.kind.clone();
     let recorder = Recorder::new(
@@ -272,7 +277,7 @@ pub async fn report_malformed(client: Client, ar: ApiResource, mut malformed: Re
             &kind,
             &bad.error,
             bad.generation,
-            jiff::Timestamp::now(),
+            clock.now(),
         ) else {
             continue;
         };
