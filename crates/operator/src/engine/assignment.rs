@@ -1223,122 +1223,145 @@ fn not_assigned(
     ids: &ResolvedIds,
     status: &mut AccessPackageAssignmentStatus,
 ) -> Outcome {
-    let request = ctx.input.latest_request;
     let delivered = Desired::new(
         ConditionType::Delivered,
         Status::False,
         Reason::NotAssigned,
         "The user holds no assignment of this access package.",
     );
-    if let Some(r) = request {
-        if r.state.is_in_flight() {
-            status.last_request_id = Some(r.id.clone());
-            return wait_in_flight(
-                ctx,
-                Some(r),
-                &format!("request {}", r.id),
-                Reason::Requesting,
-                Desired {
-                    reason: Reason::AwaitingDelivery,
-                    message: format!("Request {} is {}.", r.id, r.state.as_str()),
-                    ..delivered
-                },
-            );
-        }
-        if r.request_type.is_add()
-            && matches!(
-                r.state,
-                RequestState::DeliveryFailed | RequestState::PartiallyDelivered
-            )
-        {
-            let failed = Desired {
-                reason: Reason::DeliveryFailed,
-                message: format!("Request {} is {}.", r.id, r.state.as_str()),
-                ..delivered
-            };
-            return failed_delivery(ctx, Some(r), failed, status);
-        }
-        if r.request_type.is_add() && r.state == RequestState::Denied && !ctx.forced() {
-            status.last_request_id = Some(r.id.clone());
-            return Outcome {
-                action: Action::GiveUp {
-                    reason: Reason::RequestDenied,
-                },
-                stalled: Some(Desired::new(
-                    ConditionType::Stalled,
-                    Status::True,
-                    Reason::RequestDenied,
-                    format!(
-                        "Request {} was denied; Redeliver does not ask again on its own. Set the \
-                         annotation {} to a new value to submit a new request.",
-                        r.id,
-                        crate::api::REPROCESS_ANNOTATION
-                    ),
-                )),
-                delivered,
-                reconciling: None,
-                requeue: ctx.verify_interval,
-            };
-        }
+    if let Some(r) = ctx.input.latest_request
+        && let Some(outcome) = latest_request_decides(ctx, r, &delivered, status)
+    {
+        return outcome;
     }
-    // Graph refused our last request: asking again unchanged would be refused again, so hold
-    // the stall until the declaration changes or a human asks through the annotation.
-    if let Some(held) = conditions::find(&ctx.prev.conditions, ConditionType::Stalled)
+    if let Some(outcome) = refusal_holds(ctx, &delivered) {
+        return outcome;
+    }
+    if let Some(outcome) = awaiting_our_request(ctx, &delivered) {
+        return outcome;
+    }
+    request_assignment(ctx, ids, delivered, status)
+}
+
+/// The latest request settles it while it is in flight (wait), failed delivery (reprocess
+/// it) or was denied (stall until a human asks again).
+fn latest_request_decides(
+    ctx: &Ctx,
+    r: &AssignmentRequest,
+    delivered: &Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Option<Outcome> {
+    if r.state.is_in_flight() {
+        status.last_request_id = Some(r.id.clone());
+        return Some(wait_in_flight(
+            ctx,
+            Some(r),
+            &format!("request {}", r.id),
+            Reason::Requesting,
+            Desired {
+                reason: Reason::AwaitingDelivery,
+                message: format!("Request {} is {}.", r.id, r.state.as_str()),
+                ..delivered.clone()
+            },
+        ));
+    }
+    if r.request_type.is_add()
+        && matches!(
+            r.state,
+            RequestState::DeliveryFailed | RequestState::PartiallyDelivered
+        )
+    {
+        let failed = Desired {
+            reason: Reason::DeliveryFailed,
+            message: format!("Request {} is {}.", r.id, r.state.as_str()),
+            ..delivered.clone()
+        };
+        return Some(failed_delivery(ctx, Some(r), failed, status));
+    }
+    if r.request_type.is_add() && r.state == RequestState::Denied && !ctx.forced() {
+        status.last_request_id = Some(r.id.clone());
+        return Some(give_up(
+            ctx,
+            Reason::RequestDenied,
+            format!(
+                "Request {} was denied; Redeliver does not ask again on its own. Set the \
+                 annotation {} to a new value to submit a new request.",
+                r.id,
+                crate::api::REPROCESS_ANNOTATION
+            ),
+            delivered.clone(),
+        ));
+    }
+    None
+}
+
+/// Graph refused our last request: asking again unchanged would be refused again, so hold
+/// the stall until the declaration changes or a human asks through the annotation.
+fn refusal_holds(ctx: &Ctx, delivered: &Desired) -> Option<Outcome> {
+    let (why, message) = conditions::find(&ctx.prev.conditions, ConditionType::Stalled)
         .filter(|c| c.status == Status::True)
         .and_then(|c| {
             [Reason::Rejected, Reason::Forbidden]
                 .into_iter()
                 .find(|r| c.reason == *r)
                 .map(|r| (r, c.message.clone()))
-        })
-        && ctx.prev.observed_generation == ctx.input.generation
-        && ctx.annotation_new.is_none()
-    {
-        let (why, message) = held;
-        return Outcome {
-            action: Action::GiveUp { reason: why },
-            stalled: Some(Desired::new(
-                ConditionType::Stalled,
-                Status::True,
-                why,
-                message,
-            )),
-            delivered,
-            reconciling: None,
-            requeue: ctx.verify_interval,
-        };
-    }
-    // We asked before and the assignment has not shown up: wait (listing lags), never ask
-    // twice, unless a human asks through the annotation.
+        })?;
+    (ctx.prev.observed_generation == ctx.input.generation && ctx.annotation_new.is_none())
+        .then(|| give_up(ctx, why, message, delivered.clone()))
+}
+
+/// We asked before and the assignment has not shown up: wait (listing lags), never ask
+/// twice, unless a human asks through the annotation.
+fn awaiting_our_request(ctx: &Ctx, delivered: &Desired) -> Option<Outcome> {
     let ours = ctx.prev_reconciling_reason() == Some(Reason::Requesting)
         || (ctx.prev_stalled_reason() == Some(Reason::DeliveryStuck)
             && ctx.prev.assignment_id.is_none());
-    let our_request_ended = match (request, ctx.prev.last_request_id.as_deref()) {
+    let our_request_ended = match (
+        ctx.input.latest_request,
+        ctx.prev.last_request_id.as_deref(),
+    ) {
         (Some(r), Some(id)) => {
             r.id == id && matches!(r.state, RequestState::Canceled | RequestState::Denied)
         }
         _ => false,
     };
-    if ours && !our_request_ended && ctx.annotation_new.is_none() {
-        let what = ctx
-            .prev
-            .last_request_id
-            .as_ref()
-            .map(|id| format!("request {id}"))
-            .unwrap_or_else(|| String::from("the assignment request"));
-        return wait_in_flight(
-            ctx,
-            None,
-            &what,
-            Reason::Requesting,
-            Desired {
-                reason: Reason::AwaitingDelivery,
-                message: format!("Waiting for {what} to produce an assignment."),
-                ..delivered
-            },
-        );
+    if !ours || our_request_ended || ctx.annotation_new.is_some() {
+        return None;
     }
-    request_assignment(ctx, ids, delivered, status)
+    let what = ctx
+        .prev
+        .last_request_id
+        .as_ref()
+        .map(|id| format!("request {id}"))
+        .unwrap_or_else(|| String::from("the assignment request"));
+    Some(wait_in_flight(
+        ctx,
+        None,
+        &what,
+        Reason::Requesting,
+        Desired {
+            reason: Reason::AwaitingDelivery,
+            message: format!("Waiting for {what} to produce an assignment."),
+            ..delivered.clone()
+        },
+    ))
+}
+
+/// No write and nothing to wait for: `Stalled` with `reason` until a human acts; Delivered
+/// as given.
+fn give_up(ctx: &Ctx, reason: Reason, message: String, delivered: Desired) -> Outcome {
+    Outcome {
+        action: Action::GiveUp { reason },
+        stalled: Some(Desired::new(
+            ConditionType::Stalled,
+            Status::True,
+            reason,
+            message,
+        )),
+        delivered,
+        reconciling: None,
+        requeue: ctx.verify_interval,
+    }
 }
 
 fn request_assignment(
