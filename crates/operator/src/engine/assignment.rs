@@ -811,52 +811,96 @@ fn repair(
     delivered: Desired,
     status: &mut AccessPackageAssignmentStatus,
 ) -> Outcome {
-    let spec = &ctx.input.spec.reprocess;
-    let forced = ctx.forced();
-    let report_only = |message: String| Outcome {
-        action: Action::None,
-        delivered: Desired {
-            message: format!("{} {message}", delivered.message),
-            ..delivered.clone()
-        },
-        reconciling: None,
-        stalled: None,
-        requeue: ctx.verify_interval,
+    if let Some(why) = reprocess_not_allowed(ctx) {
+        return report_only(ctx, delivered, &why);
+    }
+    let key = repair_key(&action, status);
+    let history = shared_history(ctx, &key, status);
+    let attempts = match ledger::gate(history.as_ref(), repair_limits(ctx), ctx.now, ctx.forced()) {
+        Gate::Exhausted { record } => return exhausted(ctx, &record, what, delivered, status),
+        Gate::CoolingDown { record, next } => {
+            return cooling_down(ctx, &key, &record, next, what, delivered, status);
+        }
+        Gate::Open { attempts } => attempts,
     };
+    let gate_note = match gate_target(ctx, status, &delivered) {
+        Ok(note) => note,
+        Err(held) => return *held,
+    };
+    record_request(ctx, key, attempts, &action, status);
+    requested(ctx, action, what, delivered, gate_note, status)
+}
+
+/// Why nothing may be reprocessed at all (the operator's rate is 0, the mode is Disabled,
+/// or Manual without the annotation), as the sentence that ends the Delivered message.
+fn reprocess_not_allowed(ctx: &Ctx) -> Option<String> {
     if ctx.input.operator_report_only {
-        return report_only(
+        return Some(
             "Reprocessing is disabled for the whole operator (--reprocess-rate 0), so \
              Redeliver only reports; reprocess it in the Entra admin center or raise the rate."
                 .into(),
         );
     }
-    match spec.mode {
-        ReprocessMode::Disabled => {
-            return report_only(
-                "reprocess.mode is Disabled, so Redeliver only reports; reprocess it in the \
-                 Entra admin center or change the mode."
-                    .into(),
-            );
-        }
-        ReprocessMode::Manual if !forced => {
-            return report_only(format!(
-                "reprocess.mode is Manual: set the annotation {} to a new value to reprocess.",
-                crate::api::REPROCESS_ANNOTATION
-            ));
-        }
-        _ => {}
+    match ctx.input.spec.reprocess.mode {
+        ReprocessMode::Disabled => Some(
+            "reprocess.mode is Disabled, so Redeliver only reports; reprocess it in the \
+             Entra admin center or change the mode."
+                .into(),
+        ),
+        ReprocessMode::Manual if !ctx.forced() => Some(format!(
+            "reprocess.mode is Manual: set the annotation {} to a new value to reprocess.",
+            crate::api::REPROCESS_ANNOTATION
+        )),
+        _ => None,
     }
-    let cooldown = parse_duration(&spec.cooldown)
-        .ok()
-        .filter(|d| *d >= crate::api::MIN_COOLDOWN)
-        .unwrap_or(crate::api::MIN_COOLDOWN);
-    let key = match &action {
+}
+
+/// Reports the drift without acting on it: `why` is appended to the Delivered message.
+fn report_only(ctx: &Ctx, delivered: Desired, why: &str) -> Outcome {
+    Outcome {
+        action: Action::None,
+        delivered: Desired {
+            message: format!("{} {why}", delivered.message),
+            ..delivered
+        },
+        reconciling: None,
+        stalled: None,
+        requeue: ctx.verify_interval,
+    }
+}
+
+/// The ledger entry the reprocess is counted under: the request or assignment it writes
+/// to, else the assignment the status names.
+fn repair_key(action: &Action, status: &AccessPackageAssignmentStatus) -> RepairKey {
+    match action {
         Action::Write(Write::ReprocessRequest { request_id }) => RepairKey::request(request_id),
         Action::Write(Write::ReprocessAssignment { assignment_id }) => {
             RepairKey::assignment(assignment_id)
         }
         _ => RepairKey::assignment(status.assignment_id.as_deref().unwrap_or_default()),
-    };
+    }
+}
+
+/// The spec's attempts and cooldown; a cooldown that does not parse or is below the
+/// minimum counts as the minimum.
+fn repair_limits(ctx: &Ctx) -> RepairLimits {
+    let spec = &ctx.input.spec.reprocess;
+    RepairLimits {
+        cooldown: parse_duration(&spec.cooldown)
+            .ok()
+            .filter(|d| *d >= crate::api::MIN_COOLDOWN)
+            .unwrap_or(crate::api::MIN_COOLDOWN),
+        max_attempts: spec.max_attempts,
+    }
+}
+
+/// The reprocess history of `key` as the ledger and this object's own status tell it,
+/// mirrored into the status.
+fn shared_history(
+    ctx: &Ctx,
+    key: &RepairKey,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Option<RepairRecord> {
     let who = ctx.input.who;
     let own = status
         .reprocess
@@ -871,28 +915,24 @@ fn repair(
                 .clone()
                 .unwrap_or_else(|| who.to_string()),
         });
-    let history = ctx.input.ledger.history(&key, own.as_ref()).cloned();
+    let history = ctx.input.ledger.history(key, own.as_ref()).cloned();
     // Every object that covers the assignment tells the same story: the shared history.
     if let Some(h) = &history {
         status.reprocess.attempts = h.attempts;
         status.reprocess.last_requested_time = Some(to_time(h.last_requested));
         status.reprocess.last_requested_by = (h.by != who).then(|| h.by.clone());
     }
-    let limits = RepairLimits {
-        cooldown,
-        max_attempts: spec.max_attempts,
-    };
-    let attempts = match ledger::gate(history.as_ref(), limits, ctx.now, forced) {
-        Gate::Exhausted { record } => return exhausted(ctx, &record, what, delivered, status),
-        Gate::CoolingDown { record, next } => {
-            return cooling_down(ctx, &key, &record, next, what, delivered, status);
-        }
-        Gate::Open { attempts } => attempts,
-    };
-    let gate_note = match gate_target(ctx, status, &delivered) {
-        Ok(note) => note,
-        Err(held) => return *held,
-    };
+    history
+}
+
+/// Claims the next attempt in the ledger and writes it into the status ahead of the send.
+fn record_request(
+    ctx: &Ctx,
+    key: RepairKey,
+    attempts: i32,
+    action: &Action,
+    status: &mut AccessPackageAssignmentStatus,
+) {
     ctx.effects
         .borrow_mut()
         .ledger
@@ -901,19 +941,33 @@ fn repair(
             record: RepairRecord {
                 attempts: attempts.saturating_add(1),
                 last_requested: ctx.now,
-                by: who.to_string(),
+                by: ctx.input.who.to_string(),
             },
         });
     status.reprocess.last_requested_by = None;
     status.reprocess.attempts = attempts.saturating_add(1);
     status.reprocess.last_requested_time = Some(to_time(ctx.now));
     status.reprocess.last_outcome = Some(ReprocessOutcome::Requested);
-    if forced && let Some(v) = ctx.annotation_new {
+    if ctx.forced()
+        && let Some(v) = ctx.annotation_new
+    {
         status.reprocess.last_handled_request = Some(v.to_string());
     }
-    if let Action::Write(Write::ReprocessRequest { request_id }) = &action {
+    if let Action::Write(Write::ReprocessRequest { request_id }) = action {
         status.last_request_id = Some(request_id.clone());
     }
+}
+
+/// The reprocess goes out: `Reconciling=Reprocessing` counting the attempt, with the
+/// account gate's note if it had one.
+fn requested(
+    ctx: &Ctx,
+    action: Action,
+    what: &str,
+    delivered: Desired,
+    gate_note: Option<String>,
+    status: &AccessPackageAssignmentStatus,
+) -> Outcome {
     let target = match &action {
         Action::Write(Write::ReprocessRequest { request_id }) => format!("request {request_id}"),
         Action::Write(Write::ReprocessAssignment { assignment_id }) => {
@@ -930,7 +984,7 @@ fn repair(
             format!(
                 "Reprocess {} of {} requested for {target} ({what}).{}",
                 status.reprocess.attempts,
-                spec.max_attempts,
+                ctx.input.spec.reprocess.max_attempts,
                 gate_note
                     .map(|n| format!(" Note: {n}."))
                     .unwrap_or_default()
@@ -1169,122 +1223,145 @@ fn not_assigned(
     ids: &ResolvedIds,
     status: &mut AccessPackageAssignmentStatus,
 ) -> Outcome {
-    let request = ctx.input.latest_request;
     let delivered = Desired::new(
         ConditionType::Delivered,
         Status::False,
         Reason::NotAssigned,
         "The user holds no assignment of this access package.",
     );
-    if let Some(r) = request {
-        if r.state.is_in_flight() {
-            status.last_request_id = Some(r.id.clone());
-            return wait_in_flight(
-                ctx,
-                Some(r),
-                &format!("request {}", r.id),
-                Reason::Requesting,
-                Desired {
-                    reason: Reason::AwaitingDelivery,
-                    message: format!("Request {} is {}.", r.id, r.state.as_str()),
-                    ..delivered
-                },
-            );
-        }
-        if r.request_type.is_add()
-            && matches!(
-                r.state,
-                RequestState::DeliveryFailed | RequestState::PartiallyDelivered
-            )
-        {
-            let failed = Desired {
-                reason: Reason::DeliveryFailed,
-                message: format!("Request {} is {}.", r.id, r.state.as_str()),
-                ..delivered
-            };
-            return failed_delivery(ctx, Some(r), failed, status);
-        }
-        if r.request_type.is_add() && r.state == RequestState::Denied && !ctx.forced() {
-            status.last_request_id = Some(r.id.clone());
-            return Outcome {
-                action: Action::GiveUp {
-                    reason: Reason::RequestDenied,
-                },
-                stalled: Some(Desired::new(
-                    ConditionType::Stalled,
-                    Status::True,
-                    Reason::RequestDenied,
-                    format!(
-                        "Request {} was denied; Redeliver does not ask again on its own. Set the \
-                         annotation {} to a new value to submit a new request.",
-                        r.id,
-                        crate::api::REPROCESS_ANNOTATION
-                    ),
-                )),
-                delivered,
-                reconciling: None,
-                requeue: ctx.verify_interval,
-            };
-        }
+    if let Some(r) = ctx.input.latest_request
+        && let Some(outcome) = latest_request_decides(ctx, r, &delivered, status)
+    {
+        return outcome;
     }
-    // Graph refused our last request: asking again unchanged would be refused again, so hold
-    // the stall until the declaration changes or a human asks through the annotation.
-    if let Some(held) = conditions::find(&ctx.prev.conditions, ConditionType::Stalled)
+    if let Some(outcome) = refusal_holds(ctx, &delivered) {
+        return outcome;
+    }
+    if let Some(outcome) = awaiting_our_request(ctx, &delivered) {
+        return outcome;
+    }
+    request_assignment(ctx, ids, delivered, status)
+}
+
+/// The latest request settles it while it is in flight (wait), failed delivery (reprocess
+/// it) or was denied (stall until a human asks again).
+fn latest_request_decides(
+    ctx: &Ctx,
+    r: &AssignmentRequest,
+    delivered: &Desired,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Option<Outcome> {
+    if r.state.is_in_flight() {
+        status.last_request_id = Some(r.id.clone());
+        return Some(wait_in_flight(
+            ctx,
+            Some(r),
+            &format!("request {}", r.id),
+            Reason::Requesting,
+            Desired {
+                reason: Reason::AwaitingDelivery,
+                message: format!("Request {} is {}.", r.id, r.state.as_str()),
+                ..delivered.clone()
+            },
+        ));
+    }
+    if r.request_type.is_add()
+        && matches!(
+            r.state,
+            RequestState::DeliveryFailed | RequestState::PartiallyDelivered
+        )
+    {
+        let failed = Desired {
+            reason: Reason::DeliveryFailed,
+            message: format!("Request {} is {}.", r.id, r.state.as_str()),
+            ..delivered.clone()
+        };
+        return Some(failed_delivery(ctx, Some(r), failed, status));
+    }
+    if r.request_type.is_add() && r.state == RequestState::Denied && !ctx.forced() {
+        status.last_request_id = Some(r.id.clone());
+        return Some(give_up(
+            ctx,
+            Reason::RequestDenied,
+            format!(
+                "Request {} was denied; Redeliver does not ask again on its own. Set the \
+                 annotation {} to a new value to submit a new request.",
+                r.id,
+                crate::api::REPROCESS_ANNOTATION
+            ),
+            delivered.clone(),
+        ));
+    }
+    None
+}
+
+/// Graph refused our last request: asking again unchanged would be refused again, so hold
+/// the stall until the declaration changes or a human asks through the annotation.
+fn refusal_holds(ctx: &Ctx, delivered: &Desired) -> Option<Outcome> {
+    let (why, message) = conditions::find(&ctx.prev.conditions, ConditionType::Stalled)
         .filter(|c| c.status == Status::True)
         .and_then(|c| {
             [Reason::Rejected, Reason::Forbidden]
                 .into_iter()
                 .find(|r| c.reason == *r)
                 .map(|r| (r, c.message.clone()))
-        })
-        && ctx.prev.observed_generation == ctx.input.generation
-        && ctx.annotation_new.is_none()
-    {
-        let (why, message) = held;
-        return Outcome {
-            action: Action::GiveUp { reason: why },
-            stalled: Some(Desired::new(
-                ConditionType::Stalled,
-                Status::True,
-                why,
-                message,
-            )),
-            delivered,
-            reconciling: None,
-            requeue: ctx.verify_interval,
-        };
-    }
-    // We asked before and the assignment has not shown up: wait (listing lags), never ask
-    // twice, unless a human asks through the annotation.
+        })?;
+    (ctx.prev.observed_generation == ctx.input.generation && ctx.annotation_new.is_none())
+        .then(|| give_up(ctx, why, message, delivered.clone()))
+}
+
+/// We asked before and the assignment has not shown up: wait (listing lags), never ask
+/// twice, unless a human asks through the annotation.
+fn awaiting_our_request(ctx: &Ctx, delivered: &Desired) -> Option<Outcome> {
     let ours = ctx.prev_reconciling_reason() == Some(Reason::Requesting)
         || (ctx.prev_stalled_reason() == Some(Reason::DeliveryStuck)
             && ctx.prev.assignment_id.is_none());
-    let our_request_ended = match (request, ctx.prev.last_request_id.as_deref()) {
+    let our_request_ended = match (
+        ctx.input.latest_request,
+        ctx.prev.last_request_id.as_deref(),
+    ) {
         (Some(r), Some(id)) => {
             r.id == id && matches!(r.state, RequestState::Canceled | RequestState::Denied)
         }
         _ => false,
     };
-    if ours && !our_request_ended && ctx.annotation_new.is_none() {
-        let what = ctx
-            .prev
-            .last_request_id
-            .as_ref()
-            .map(|id| format!("request {id}"))
-            .unwrap_or_else(|| String::from("the assignment request"));
-        return wait_in_flight(
-            ctx,
-            None,
-            &what,
-            Reason::Requesting,
-            Desired {
-                reason: Reason::AwaitingDelivery,
-                message: format!("Waiting for {what} to produce an assignment."),
-                ..delivered
-            },
-        );
+    if !ours || our_request_ended || ctx.annotation_new.is_some() {
+        return None;
     }
-    request_assignment(ctx, ids, delivered, status)
+    let what = ctx
+        .prev
+        .last_request_id
+        .as_ref()
+        .map(|id| format!("request {id}"))
+        .unwrap_or_else(|| String::from("the assignment request"));
+    Some(wait_in_flight(
+        ctx,
+        None,
+        &what,
+        Reason::Requesting,
+        Desired {
+            reason: Reason::AwaitingDelivery,
+            message: format!("Waiting for {what} to produce an assignment."),
+            ..delivered.clone()
+        },
+    ))
+}
+
+/// No write and nothing to wait for: `Stalled` with `reason` until a human acts; Delivered
+/// as given.
+fn give_up(ctx: &Ctx, reason: Reason, message: String, delivered: Desired) -> Outcome {
+    Outcome {
+        action: Action::GiveUp { reason },
+        stalled: Some(Desired::new(
+            ConditionType::Stalled,
+            Status::True,
+            reason,
+            message,
+        )),
+        delivered,
+        reconciling: None,
+        requeue: ctx.verify_interval,
+    }
 }
 
 fn request_assignment(

@@ -773,8 +773,27 @@ fn desired_conditions(
     sel: &Selection,
     mass_drift: Option<&MassDriftStatus>,
 ) -> Vec<Desired> {
+    let delivered = delivered_condition(census);
+    let reconciling = reconciling_condition(sel);
+    let stalled = stalled_condition(input, sel, mass_drift);
+    let ready = ready_condition(
+        input,
+        census,
+        sel,
+        &delivered,
+        stalled.as_ref().or(reconciling.as_ref()),
+    );
+    let mut desired = vec![ready, delivered];
+    desired.extend(reconciling);
+    desired.extend(stalled);
+    desired
+}
+
+/// Delivered: the worst state among the assignments wins (drifted, then failed, then
+/// unreadable, then still pending).
+fn delivered_condition(census: &Census) -> Desired {
     let counts = &census.counts;
-    let delivered = if counts.drifted > 0 {
+    if counts.drifted > 0 {
         Desired::new(
             ConditionType::Delivered,
             Status::False,
@@ -829,9 +848,13 @@ fn desired_conditions(
                 counts.total
             ),
         )
-    };
+    }
+}
+
+/// Reconciling while a reprocess is in flight or held back by the rate limit.
+fn reconciling_condition(sel: &Selection) -> Option<Desired> {
     let in_flight = sel.cooling + sel.reprocess.len();
-    let reconciling = (in_flight > 0 || sel.postponed > 0).then(|| {
+    (in_flight > 0 || sel.postponed > 0).then(|| {
         Desired::new(
             ConditionType::Reconciling,
             Status::True,
@@ -844,7 +867,17 @@ fn desired_conditions(
                 0,
             ),
         )
-    });
+    })
+}
+
+/// Stalled when nothing more will be repaired without a person: an unacknowledged mass
+/// drift first, then drifts held by the account gate (only while nothing else is moving),
+/// then drifts whose reprocess attempts are used up.
+fn stalled_condition(
+    input: &GuardInput,
+    sel: &Selection,
+    mass_drift: Option<&MassDriftStatus>,
+) -> Option<Desired> {
     let tripped = mass_drift.filter(|m| m.acknowledged_time.is_none());
     let stalled = if let Some(m) = tripped {
         Some(Desired::new(
@@ -878,7 +911,7 @@ fn desired_conditions(
     } else {
         None
     };
-    let stalled = stalled.or_else(|| {
+    stalled.or_else(|| {
         (sel.exhausted > 0).then(|| {
             Desired::new(
                 ConditionType::Stalled,
@@ -892,22 +925,26 @@ fn desired_conditions(
                 ),
             )
         })
-    });
-    let ready = if let Some(s) = &stalled {
+    })
+}
+
+/// Ready: false with the reason of a stall or reconcile in progress (`blocking`, stall
+/// first); otherwise it follows Delivered, except that drift nobody will repair says so.
+fn ready_condition(
+    input: &GuardInput,
+    census: &Census,
+    sel: &Selection,
+    delivered: &Desired,
+    blocking: Option<&Desired>,
+) -> Desired {
+    if let Some(b) = blocking {
         Desired::new(
             ConditionType::Ready,
             Status::False,
-            s.reason,
-            s.message.clone(),
+            b.reason,
+            b.message.clone(),
         )
-    } else if let Some(r) = &reconciling {
-        Desired::new(
-            ConditionType::Ready,
-            Status::False,
-            r.reason,
-            r.message.clone(),
-        )
-    } else if counts.drifted > 0 {
+    } else if census.counts.drifted > 0 {
         if input.operator_report_only {
             Desired::new(
                 ConditionType::Ready,
@@ -938,11 +975,7 @@ fn desired_conditions(
             delivered.reason,
             delivered.message.clone(),
         )
-    };
-    let mut desired = vec![ready, delivered];
-    desired.extend(reconciling);
-    desired.extend(stalled);
-    desired
+    }
 }
 
 /// Only what is new since the previous sweep: new drift, reprocesses sent, delivery

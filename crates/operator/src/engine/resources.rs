@@ -193,6 +193,39 @@ pub fn promised_resources(scopes: &[ResourceRoleScope]) -> Vec<PromisedResource>
 }
 
 fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
+    let resource = undecoded(rrs);
+    if rrs.role.is_none() || rrs.scope.is_none() {
+        return unverifiable(
+            resource,
+            format!(
+                "resourceRoleScope {} came without its role or scope expanded; cannot verify",
+                rrs.id
+            ),
+        );
+    }
+    let origin_system = resource.origin_system.clone();
+    match &origin_system {
+        OriginSystem::AadGroup => decode_group_role(rrs, resource),
+        OriginSystem::AadApplication => decode_app_role(rrs, resource),
+        OriginSystem::DirectoryRole => decode_directory_role(rrs, resource),
+        OriginSystem::AzureResources => decode_azure_role(rrs, resource),
+        OriginSystem::Missing => unverifiable(
+            resource,
+            "resource has no originSystem; cannot verify".into(),
+        ),
+        other @ (OriginSystem::SharePointOnline | OriginSystem::Other(_)) => unverifiable(
+            resource,
+            format!(
+                "{} resources cannot be verified through Graph directory APIs",
+                other.as_str()
+            ),
+        ),
+    }
+}
+
+/// What every resource carries whatever its kind (origin, names), the kind still
+/// [`ResourceKind::Unverifiable`] for the decoder of its origin system to settle.
+fn undecoded(rrs: &ResourceRoleScope) -> PromisedResource {
     let role = rrs.role.as_ref();
     let scope = rrs.scope.as_ref();
     let origin_system = OriginSystem::parse(
@@ -222,114 +255,127 @@ fn decode(rrs: &ResourceRoleScope) -> PromisedResource {
                 origin_id.clone()
             }
         });
-    let mut resource = PromisedResource {
-        origin_system: origin_system.clone(),
+    PromisedResource {
+        origin_system,
         origin_id,
         display_name,
         role: role_name,
         kind: ResourceKind::Unverifiable,
         note: None,
+    }
+}
+
+/// The resource, marked as one Redeliver cannot check, with the reason.
+fn unverifiable(mut resource: PromisedResource, note: String) -> PromisedResource {
+    resource.kind = ResourceKind::Unverifiable;
+    resource.note = Some(note);
+    resource
+}
+
+/// A group role as its `originId` spells it.
+enum GroupRole {
+    Member,
+    Owner,
+    /// A PIM for Groups eligibility.
+    Eligible(GroupAccess),
+}
+
+/// `Member_<group>`, `Owner_<group>`, `EligibleMember_<group>` or `EligibleOwner_<group>`,
+/// with a non-empty group id.
+fn parse_group_role(role_origin: &str) -> Option<(GroupRole, &str)> {
+    // `EligibleMember_`/`EligibleOwner_` are PIM for Groups eligibilities
+    // (docs/graph.md "What a package promises"); checked before the plain prefixes
+    // for clarity, though neither plain prefix is a prefix of them.
+    role_origin
+        .strip_prefix("EligibleMember_")
+        .map(|g| (GroupRole::Eligible(GroupAccess::Member), g))
+        .or_else(|| {
+            role_origin
+                .strip_prefix("EligibleOwner_")
+                .map(|g| (GroupRole::Eligible(GroupAccess::Owner), g))
+        })
+        .or_else(|| {
+            role_origin
+                .strip_prefix("Member_")
+                .map(|g| (GroupRole::Member, g))
+        })
+        .or_else(|| {
+            role_origin
+                .strip_prefix("Owner_")
+                .map(|g| (GroupRole::Owner, g))
+        })
+        .filter(|(_, group)| !group.is_empty())
+}
+
+/// A group membership, ownership or PIM eligibility: the group id is in the role's
+/// `originId` and must agree with the scope's.
+fn decode_group_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+    let scope_origin = rrs.scope.as_ref().and_then(|s| non_empty(&s.origin_id));
+    let Some(role_origin) = rrs.role.as_ref().and_then(|r| non_empty(&r.origin_id)) else {
+        return unverifiable(resource, "group role has no originId; cannot verify".into());
     };
-    let unverifiable = |mut r: PromisedResource, note: String| {
-        r.kind = ResourceKind::Unverifiable;
-        r.note = Some(note);
-        r
-    };
-    if role.is_none() || scope.is_none() {
+    let Some((group_role, group)) = parse_group_role(role_origin) else {
         return unverifiable(
             resource,
             format!(
-                "resourceRoleScope {} came without its role or scope expanded; cannot verify",
-                rrs.id
+                "group role originId {role_origin:?} is none of Member_<group id>, Owner_<group id>, EligibleMember_<group id> or EligibleOwner_<group id>; cannot verify"
+            ),
+        );
+    };
+    let group_id = group.to_string();
+    if let Some(scope_group) = scope_origin
+        && scope_group != group_id
+    {
+        return unverifiable(
+            resource,
+            format!(
+                "group role {role_origin} does not match scope group {scope_group}; cannot verify"
             ),
         );
     }
-    match &origin_system {
-        OriginSystem::AadGroup => {
-            let Some(role_origin) = role_origin else {
-                return unverifiable(resource, "group role has no originId; cannot verify".into());
+    if resource.origin_id.is_empty() {
+        resource.origin_id = group_id.clone();
+    }
+    let plain_role = |resource: &mut PromisedResource, name: &str| {
+        if resource.role.is_empty() {
+            resource.role = name.to_string();
+        }
+    };
+    resource.kind = match group_role {
+        GroupRole::Eligible(access) => {
+            // Status names the relationship (`GroupEligible fin-admins
+            // (Member)`); Graph's role name says "Eligible Member".
+            resource.role = access.as_str().to_string();
+            ResourceKind::GroupEligible { group_id, access }
+        }
+        GroupRole::Member => {
+            plain_role(&mut resource, "Member");
+            ResourceKind::GroupMember { group_id }
+        }
+        GroupRole::Owner => {
+            plain_role(&mut resource, "Owner");
+            ResourceKind::GroupOwner { group_id }
+        }
+    };
+    resource
+}
+
+/// An app role: the service principal is the scope's `originId`, the app role id the
+/// role's.
+fn decode_app_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
+    let scope_origin = rrs.scope.as_ref().and_then(|s| non_empty(&s.origin_id));
+    let role_origin = rrs.role.as_ref().and_then(|r| non_empty(&r.origin_id));
+    match (scope_origin, role_origin) {
+        (Some(sp), Some(app_role)) => {
+            resource.kind = ResourceKind::AppRole {
+                service_principal_id: sp.to_string(),
+                app_role_id: app_role.to_string(),
             };
-            // `EligibleMember_`/`EligibleOwner_` are PIM for Groups eligibilities
-            // (docs/graph.md "What a package promises"); checked before the plain prefixes
-            // for clarity, though neither plain prefix is a prefix of them.
-            let decoded = role_origin
-                .strip_prefix("EligibleMember_")
-                .map(|g| (Some(GroupAccess::Member), true, g))
-                .or_else(|| {
-                    role_origin
-                        .strip_prefix("EligibleOwner_")
-                        .map(|g| (Some(GroupAccess::Owner), false, g))
-                })
-                .or_else(|| role_origin.strip_prefix("Member_").map(|g| (None, true, g)))
-                .or_else(|| role_origin.strip_prefix("Owner_").map(|g| (None, false, g)));
-            match decoded {
-                Some((eligible, member, group)) if !group.is_empty() => {
-                    let group_id = group.to_string();
-                    if let Some(scope_group) = scope_origin
-                        && scope_group != group_id
-                    {
-                        return unverifiable(
-                            resource,
-                            format!(
-                                "group role {role_origin} does not match scope group {scope_group}; cannot verify"
-                            ),
-                        );
-                    }
-                    if resource.origin_id.is_empty() {
-                        resource.origin_id = group_id.clone();
-                    }
-                    resource.kind = match eligible {
-                        Some(access) => {
-                            // Status names the relationship (`GroupEligible fin-admins
-                            // (Member)`); Graph's role name says "Eligible Member".
-                            resource.role = access.as_str().to_string();
-                            ResourceKind::GroupEligible { group_id, access }
-                        }
-                        None => {
-                            if resource.role.is_empty() {
-                                resource.role = if member { "Member" } else { "Owner" }.to_string();
-                            }
-                            if member {
-                                ResourceKind::GroupMember { group_id }
-                            } else {
-                                ResourceKind::GroupOwner { group_id }
-                            }
-                        }
-                    };
-                    resource
-                }
-                _ => unverifiable(
-                    resource,
-                    format!(
-                        "group role originId {role_origin:?} is none of Member_<group id>, Owner_<group id>, EligibleMember_<group id> or EligibleOwner_<group id>; cannot verify"
-                    ),
-                ),
-            }
+            resource
         }
-        OriginSystem::AadApplication => match (scope_origin, role_origin) {
-            (Some(sp), Some(app_role)) => {
-                resource.kind = ResourceKind::AppRole {
-                    service_principal_id: sp.to_string(),
-                    app_role_id: app_role.to_string(),
-                };
-                resource
-            }
-            _ => unverifiable(
-                resource,
-                "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
-            ),
-        },
-        OriginSystem::DirectoryRole => decode_directory_role(rrs, resource),
-        OriginSystem::AzureResources => decode_azure_role(rrs, resource),
-        OriginSystem::Missing => {
-            unverifiable(resource, "resource has no originSystem; cannot verify".into())
-        }
-        other @ (OriginSystem::SharePointOnline | OriginSystem::Other(_)) => unverifiable(
+        _ => unverifiable(
             resource,
-            format!(
-                "{} resources cannot be verified through Graph directory APIs",
-                other.as_str()
-            ),
+            "application scope or role has no originId (service principal id / app role id); cannot verify".into(),
         ),
     }
 }
@@ -341,11 +387,6 @@ fn decode_directory_role(
     rrs: &ResourceRoleScope,
     mut resource: PromisedResource,
 ) -> PromisedResource {
-    let unverifiable = |mut r: PromisedResource, note: String| {
-        r.kind = ResourceKind::Unverifiable;
-        r.note = Some(note);
-        r
-    };
     let role = rrs.role.as_ref();
     let scope = rrs.scope.as_ref();
     let role_origin = role
@@ -399,11 +440,6 @@ fn decode_directory_role(
 /// An Azure role: the role definition's full id as role `originId`, `active`/`eligible`
 /// as role `type`, the Azure scope as scope `originId` (docs/graph.md "Azure roles").
 fn decode_azure_role(rrs: &ResourceRoleScope, mut resource: PromisedResource) -> PromisedResource {
-    let unverifiable = |mut r: PromisedResource, note: String| {
-        r.kind = ResourceKind::Unverifiable;
-        r.note = Some(note);
-        r
-    };
     let role = rrs.role.as_ref();
     let role_origin = role
         .and_then(|r| non_empty(&r.origin_id))

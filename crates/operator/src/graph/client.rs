@@ -1167,127 +1167,173 @@ impl GraphClient {
     /// returned as is. Inner failures are results, not errors: check each with
     /// [`BatchResult::into_result`].
     pub async fn batch(&self, items: &[BatchItem]) -> Result<Vec<BatchResult>, GraphError> {
-        const OP: &str = "batch";
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        if items.len() > MAX_BATCH {
-            return Err(GraphError::InvalidArgument {
-                operation: OP,
-                message: format!(
-                    "{} requests in one batch; the limit is {MAX_BATCH}",
-                    items.len()
-                ),
-            });
-        }
-        let mut ids = std::collections::HashSet::new();
-        for item in items {
-            if !ids.insert(item.id.as_str()) {
-                return Err(GraphError::InvalidArgument {
-                    operation: OP,
-                    message: format!("duplicate batch id {:?}", item.id),
-                });
-            }
-            if !item.url.starts_with('/') {
-                return Err(GraphError::InvalidArgument {
-                    operation: OP,
-                    message: format!(
-                        "batch url {:?} must be relative to the version root",
-                        item.url
-                    ),
-                });
-            }
-        }
+        check_batch(items)?;
         // Only an all-GET batch may be resent blindly after an ambiguous failure.
         let retry = if items.iter().all(|i| i.method == Method::GET) {
             RetryMode::Idempotent
         } else {
             RetryMode::NonIdempotent
         };
-        let url = self.url(OP, "/$batch", &[])?;
+        let url = self.url(BATCH_OP, "/$batch", &[])?;
         let mut results: std::collections::HashMap<String, BatchResult> = Default::default();
         let mut pending: Vec<&BatchItem> = items.iter().collect();
-        let http = &self.inner.http;
         // The same policy as a direct call's retries: one retry per round of resent items.
-        let mut retries = http.retries();
+        let mut retries = self.inner.http.retries();
         loop {
-            let wire: Vec<serde_json::Value> = pending.iter().map(|i| batch_wire(i)).collect();
-            let request =
-                GraphRequest::post(OP, url.clone(), Some(json!({"requests": wire})), retry);
-            // One doc version answers a batch holding throttled items with 424 instead of 200
-            // ("JSON batching"); its body still lists the per-item responses.
-            let resp = self.send_accepting(&request, &[424]).await?;
-            let envelope: BatchEnvelope = self.decode(OP, &resp)?;
-            let mut longest_wait: Option<std::time::Duration> = None;
-            let mut throttled: Vec<&BatchItem> = Vec::new();
-            for r in envelope.responses {
-                let Some(item) = pending.iter().find(|i| i.id == r.id) else {
-                    continue;
-                };
-                let headers: std::collections::BTreeMap<String, String> = r
-                    .headers
-                    .into_iter()
-                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
-                    .collect();
-                let wait = headers
-                    .get("retry-after")
-                    .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
-                // An inner refusal binds the whole throttling scope, as a direct one does:
-                // no call of this client in that scope goes out before its Retry-After.
-                if let Some(after) = wait {
-                    let path = item.url.split('?').next().unwrap_or_default();
-                    http.refused(super::http::throttle_scope(path), r.status, after);
-                }
-                if r.status == 429 {
-                    longest_wait = longest_wait.max(wait);
-                    throttled.push(item);
-                }
-                results.insert(
-                    r.id.clone(),
-                    BatchResult {
-                        id: r.id,
-                        status: r.status,
-                        headers,
-                        body: r.body,
-                    },
-                );
-            }
-            let missing: Vec<&str> = pending
-                .iter()
-                .filter(|i| !results.contains_key(&i.id))
-                .map(|i| i.id.as_str())
-                .collect();
-            if !missing.is_empty() {
-                return Err(GraphError::Decode {
-                    operation: OP,
-                    message: format!("batch response lacks items {missing:?}"),
-                    request_id: resp.request_id,
-                });
-            }
-            if throttled.is_empty() {
+            let round = self
+                .batch_round(&url, retry, &pending, &mut results)
+                .await?;
+            if round.throttled.is_empty() {
                 break;
             }
             // The throttled items wait for the longest Retry-After among them; a zero one
             // says nothing useful about when they may go again, so they back off instead.
             // Out of retries, or told to wait longer than the client sleeps through, they
             // are returned as they are.
-            let Some(wait) = retries.next_wait(longest_wait.filter(|d| !d.is_zero())) else {
+            let Some(wait) = retries.next_wait(round.longest_wait.filter(|d| !d.is_zero())) else {
                 break;
             };
-            http.back_off(OP, Some(429), wait).await;
-            pending = throttled;
+            self.inner.http.back_off(BATCH_OP, Some(429), wait).await;
+            pending = round.throttled;
         }
         items
             .iter()
             .map(|i| {
                 results.remove(&i.id).ok_or_else(|| GraphError::Decode {
-                    operation: OP,
+                    operation: BATCH_OP,
                     message: format!("batch response lacks item {:?}", i.id),
                     request_id: None,
                 })
             })
             .collect()
     }
+
+    /// Sends `pending` in one envelope and files every answer in `results` (a resent
+    /// item's new answer replaces the old one). Fails when an item goes unanswered.
+    async fn batch_round<'a>(
+        &self,
+        url: &Url,
+        retry: RetryMode,
+        pending: &[&'a BatchItem],
+        results: &mut std::collections::HashMap<String, BatchResult>,
+    ) -> Result<BatchRound<'a>, GraphError> {
+        let wire: Vec<serde_json::Value> = pending.iter().map(|i| batch_wire(i)).collect();
+        let request = GraphRequest::post(
+            BATCH_OP,
+            url.clone(),
+            Some(json!({"requests": wire})),
+            retry,
+        );
+        // One doc version answers a batch holding throttled items with 424 instead of 200
+        // ("JSON batching"); its body still lists the per-item responses.
+        let resp = self.send_accepting(&request, &[424]).await?;
+        let envelope: BatchEnvelope = self.decode(BATCH_OP, &resp)?;
+        let mut round = BatchRound {
+            throttled: Vec::new(),
+            longest_wait: None,
+        };
+        for r in envelope.responses {
+            let Some(item) = pending.iter().find(|i| i.id == r.id) else {
+                continue;
+            };
+            let (result, wait) = self.inner_response(item, r);
+            if result.status == 429 {
+                round.longest_wait = round.longest_wait.max(wait);
+                round.throttled.push(item);
+            }
+            results.insert(result.id.clone(), result);
+        }
+        let missing: Vec<&str> = pending
+            .iter()
+            .filter(|i| !results.contains_key(&i.id))
+            .map(|i| i.id.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(GraphError::Decode {
+                operation: BATCH_OP,
+                message: format!("batch response lacks items {missing:?}"),
+                request_id: resp.request_id,
+            });
+        }
+        Ok(round)
+    }
+
+    /// One inner response to `item`, headers lower-cased, with its `Retry-After` (any
+    /// status may carry one), which is applied to the item's throttling scope.
+    fn inner_response(
+        &self,
+        item: &BatchItem,
+        r: BatchWireResponse,
+    ) -> (BatchResult, Option<std::time::Duration>) {
+        let headers: std::collections::BTreeMap<String, String> = r
+            .headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let wait = headers
+            .get("retry-after")
+            .and_then(|v| super::retry::parse_retry_after(v, std::time::SystemTime::now()));
+        // An inner refusal binds the whole throttling scope, as a direct one does:
+        // no call of this client in that scope goes out before its Retry-After.
+        if let Some(after) = wait {
+            let path = item.url.split('?').next().unwrap_or_default();
+            self.inner
+                .http
+                .refused(super::http::throttle_scope(path), r.status, after);
+        }
+        let result = BatchResult {
+            id: r.id,
+            status: r.status,
+            headers,
+            body: r.body,
+        };
+        (result, wait)
+    }
+}
+
+/// What `GraphClient::batch` calls its requests (operation name in errors and metrics).
+const BATCH_OP: &str = "batch";
+
+/// The items of one batch round Graph throttled, and the longest `Retry-After` among them.
+struct BatchRound<'a> {
+    throttled: Vec<&'a BatchItem>,
+    longest_wait: Option<std::time::Duration>,
+}
+
+/// Refuses a batch Graph would reject whole: too many items, a duplicate id, or a URL
+/// not relative to the version root.
+fn check_batch(items: &[BatchItem]) -> Result<(), GraphError> {
+    if items.len() > MAX_BATCH {
+        return Err(GraphError::InvalidArgument {
+            operation: BATCH_OP,
+            message: format!(
+                "{} requests in one batch; the limit is {MAX_BATCH}",
+                items.len()
+            ),
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    for item in items {
+        if !ids.insert(item.id.as_str()) {
+            return Err(GraphError::InvalidArgument {
+                operation: BATCH_OP,
+                message: format!("duplicate batch id {:?}", item.id),
+            });
+        }
+        if !item.url.starts_with('/') {
+            return Err(GraphError::InvalidArgument {
+                operation: BATCH_OP,
+                message: format!(
+                    "batch url {:?} must be relative to the version root",
+                    item.url
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn batch_wire(item: &BatchItem) -> serde_json::Value {

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 use crate::engine::{AccountState, Risk, TargetAccount, risk_holds};
 use crate::graph::GraphClient;
+use crate::graph::accounts::AccountRead;
 use crate::graph::error::GraphError;
 use crate::graph::models::RiskyUser;
 
@@ -281,35 +282,157 @@ impl Inner {
     /// Reads accounts (and risk, when asked) of `ids` from Graph, caching what may be
     /// cached.
     async fn read(&self, graph: &GraphClient, ids: &[String]) -> HashMap<String, TargetAccount> {
-        let now = Instant::now();
-        let (users_forbidden, risk_forbidden) = {
-            let state = self.lock();
-            let active = |until: Option<Instant>| until.is_some_and(|u| now < u);
-            (
-                active(state.users_forbidden_until),
-                active(state.risk_forbidden_until),
-            )
-        };
+        let refused = self.refused(Instant::now());
         // Object ids only: anything else cannot name a user, and must not reach a URL.
         let (valid, invalid): (Vec<String>, Vec<String>) = ids
             .iter()
             .cloned()
             .partition(|id| uuid::Uuid::parse_str(id).is_ok());
         let read_users = async {
-            if users_forbidden || valid.is_empty() {
+            if refused.users || valid.is_empty() {
                 return Ok(Vec::new());
             }
             self.reads.fetch_add(valid.len() as u64, Ordering::Relaxed);
             graph.user_accounts(&valid).await
         };
         let read_risk = async {
-            if !self.settings.check_risk || risk_forbidden || valid.is_empty() {
+            if !self.settings.check_risk || refused.risk || valid.is_empty() {
                 return None;
             }
             Some(graph.risky_users(&valid).await)
         };
         let (users, risky) = tokio::join!(read_users, read_risk);
+        let accounts = AccountReads::new(users, &invalid);
+        let risks = self.risk_reads(risky, refused.risk);
+        self.publish(ids, accounts, risks, refused.users)
+    }
 
+    /// Which reads a remembered `403` still answers at `now`, without asking Graph.
+    fn refused(&self, now: Instant) -> Refused {
+        let state = self.lock();
+        let active = |until: Option<Instant>| until.is_some_and(|u| now < u);
+        Refused {
+            users: active(state.users_forbidden_until),
+            risk: active(state.risk_forbidden_until),
+        }
+    }
+
+    /// Sorts Identity Protection's answer (`None`: not asked) into risks, whether they may
+    /// be cached, and what an id gets when risk could not be read.
+    fn risk_reads(
+        &self,
+        risky: Option<Result<Vec<RiskyUser>, GraphError>>,
+        already_forbidden: bool,
+    ) -> RiskReads {
+        let (by_id, cache, newly_forbidden) = match risky {
+            None => (None, false, false),
+            Some(Ok(found)) => (Some(risk_by_id(found)), true, false),
+            Some(Err(e)) if e.is_forbidden() => {
+                if !self.risk_noted.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, "Identity Protection cannot be read: risky users are not held (grant IdentityRiskyUser.Read.All, with an Entra ID P2 licence, to hold them)");
+                }
+                (None, false, true)
+            }
+            Some(Err(e)) => {
+                tracing::info!(error = %e, "Identity Protection could not be read; risk is unavailable for this pass");
+                (None, false, false)
+            }
+        };
+        let failure = if newly_forbidden || already_forbidden {
+            Risk::Unavailable {
+                reason: LACKS_RISKY_USER_READ.into(),
+            }
+        } else {
+            Risk::Unavailable {
+                reason:
+                    "Identity Protection could not be read (it is asked again on the next pass)"
+                        .into(),
+            }
+        };
+        RiskReads {
+            by_id,
+            cache,
+            newly_forbidden,
+            failure,
+        }
+    }
+
+    /// Remembers new refusals, caches what may be cached, and answers every id asked for.
+    fn publish(
+        &self,
+        ids: &[String],
+        mut accounts: AccountReads,
+        risks: RiskReads,
+        users_forbidden: bool,
+    ) -> HashMap<String, TargetAccount> {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if accounts.newly_forbidden {
+            state.users_forbidden_until = Some(now + self.settings.forbidden_ttl);
+        }
+        if risks.newly_forbidden {
+            state.risk_forbidden_until = Some(now + self.settings.forbidden_ttl);
+        }
+        let mut out = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let account = match accounts.states.remove(id) {
+                Some((account, cache)) => {
+                    if cache {
+                        state.accounts.insert(id.clone(), (now, account.clone()));
+                    }
+                    account
+                }
+                None if users_forbidden || accounts.newly_forbidden => AccountState::Unreadable {
+                    reason: LACKS_USER_READ_ALL.into(),
+                },
+                None => AccountState::Unreadable {
+                    reason: "the account could not be read".into(),
+                },
+            };
+            let risk = if !self.settings.check_risk {
+                Risk::NotChecked
+            } else {
+                match &risks.by_id {
+                    Some(by_id) => {
+                        let risk = by_id.get(id).cloned().unwrap_or(Risk::None);
+                        if risks.cache {
+                            state.risks.insert(id.clone(), (now, risk.clone()));
+                        }
+                        risk
+                    }
+                    None => risks.failure.clone(),
+                }
+            };
+            out.insert(
+                id.clone(),
+                TargetAccount {
+                    state: account,
+                    risk,
+                },
+            );
+        }
+        out
+    }
+}
+
+/// The reads a remembered `403` answers for now.
+struct Refused {
+    users: bool,
+    risk: bool,
+}
+
+/// What one user read learned, before it is cached.
+struct AccountReads {
+    /// Account state by id, and whether it may be cached.
+    states: HashMap<String, (AccountState, bool)>,
+    /// Graph refused the read for lack of User.Read.All (remembered for all ids).
+    newly_forbidden: bool,
+}
+
+impl AccountReads {
+    /// The answers of `users`, plus `invalid` ids (not object ids, never sent) as
+    /// unreadable.
+    fn new(users: Result<Vec<(String, AccountRead)>, GraphError>, invalid: &[String]) -> Self {
         let mut states: HashMap<String, (AccountState, bool)> = HashMap::new();
         let mut newly_forbidden = false;
         match users {
@@ -327,85 +450,27 @@ impl Inner {
                 tracing::warn!(error = %e, "account ids could not be put in a request");
             }
         }
-        for id in &invalid {
+        for id in invalid {
             let reason = format!("{id:?} is not a directory object id");
             states.insert(id.clone(), (AccountState::Unreadable { reason }, true));
         }
-
-        let (risks, risk_cache, risk_newly_forbidden) = match risky {
-            None => (None, false, false),
-            Some(Ok(found)) => (Some(risk_by_id(found)), true, false),
-            Some(Err(e)) if e.is_forbidden() => {
-                if !self.risk_noted.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(error = %e, "Identity Protection cannot be read: risky users are not held (grant IdentityRiskyUser.Read.All, with an Entra ID P2 licence, to hold them)");
-                }
-                (None, false, true)
-            }
-            Some(Err(e)) => {
-                tracing::info!(error = %e, "Identity Protection could not be read; risk is unavailable for this pass");
-                (None, false, false)
-            }
-        };
-        let risk_failure = if risk_newly_forbidden || risk_forbidden {
-            Risk::Unavailable {
-                reason: LACKS_RISKY_USER_READ.into(),
-            }
-        } else {
-            Risk::Unavailable {
-                reason:
-                    "Identity Protection could not be read (it is asked again on the next pass)"
-                        .into(),
-            }
-        };
-
-        let mut state = self.lock();
-        let now = Instant::now();
-        if newly_forbidden {
-            state.users_forbidden_until = Some(now + self.settings.forbidden_ttl);
+        Self {
+            states,
+            newly_forbidden,
         }
-        if risk_newly_forbidden {
-            state.risk_forbidden_until = Some(now + self.settings.forbidden_ttl);
-        }
-        let mut out = HashMap::with_capacity(ids.len());
-        for id in ids {
-            let account = match states.remove(id) {
-                Some((account, cache)) => {
-                    if cache {
-                        state.accounts.insert(id.clone(), (now, account.clone()));
-                    }
-                    account
-                }
-                None if users_forbidden || newly_forbidden => AccountState::Unreadable {
-                    reason: LACKS_USER_READ_ALL.into(),
-                },
-                None => AccountState::Unreadable {
-                    reason: "the account could not be read".into(),
-                },
-            };
-            let risk = if !self.settings.check_risk {
-                Risk::NotChecked
-            } else {
-                match &risks {
-                    Some(by_id) => {
-                        let risk = by_id.get(id).cloned().unwrap_or(Risk::None);
-                        if risk_cache {
-                            state.risks.insert(id.clone(), (now, risk.clone()));
-                        }
-                        risk
-                    }
-                    None => risk_failure.clone(),
-                }
-            };
-            out.insert(
-                id.clone(),
-                TargetAccount {
-                    state: account,
-                    risk,
-                },
-            );
-        }
-        out
     }
+}
+
+/// What one Identity Protection read learned, before it is cached.
+struct RiskReads {
+    /// Risk by id; `None` when it was not asked or could not be read.
+    by_id: Option<HashMap<String, Risk>>,
+    /// Whether `by_id` may be cached.
+    cache: bool,
+    /// Graph refused the read (no permission or no licence).
+    newly_forbidden: bool,
+    /// What every id gets when `by_id` is `None`.
+    failure: Risk,
 }
 
 /// What `cache` knows about `id` at `now`: the remembered refusal while `forbidden_until`
