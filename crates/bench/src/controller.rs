@@ -34,8 +34,8 @@ use redeliver_sim::{
     RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
 };
 
-pub(crate) const NAMESPACE: &str = "bench";
-pub(crate) const PLURAL: &str = "accesspackageassignments";
+const NAMESPACE: &str = "bench";
+const PLURAL: &str = "accesspackageassignments";
 
 /// Default service time of one write in the fake API server (µs), with
 /// [`KUBE_WRITE_PARALLEL`] writes served at once: calibrated so that the benchmark's
@@ -316,7 +316,7 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
     }
     let result = measure_controller(&args, &bin).await?;
     if let Some(soak) = &result.soak {
-        let text = super::soak::markdown(&args, &machine, result.objects, soak);
+        let text = super::soak::markdown(&soak_settings(&args), &machine, result.objects, soak);
         println!("{text}");
         if let Some(path) = &args.markdown {
             super::report::write_section(path, "controller-soak", &text)
@@ -336,8 +336,20 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `--soak*` flags for the soak.
+fn soak_settings(args: &ControllerBenchArgs) -> super::soak::SoakSettings {
+    super::soak::SoakSettings {
+        duration: args.soak.unwrap_or_default(),
+        churn: args.soak_churn,
+        cycle: args.soak_cycle,
+        warm_up: args.soak_warm_up,
+        verify_interval: args.verify_interval,
+        delta_interval: args.delta_interval,
+    }
+}
+
 /// `apiVersion`/`kind`/`metadata`/`spec` of object `i`.
-pub(crate) fn object(
+fn object(
     t: &SyntheticTenant,
     sim: &SimHandle,
     i: usize,
@@ -741,9 +753,13 @@ async fn phases(
     // Let the tail of convergence (events, the drifted objects' last verification) pass.
     tokio::time::sleep(Duration::from_secs(5)).await;
 
-    if let Some(soak) = args.soak {
+    if args.soak.is_some() {
+        let object = |i: usize| object(tenant, sim, i, args);
         let run = super::soak::SoakRun {
-            args,
+            settings: soak_settings(args),
+            namespace: NAMESPACE,
+            plural: PLURAL,
+            object: &object,
             sim,
             kube,
             tenant,
@@ -751,7 +767,7 @@ async fn phases(
             metrics_url,
             pid,
         };
-        result.soak = Some(run.run(soak).await?);
+        result.soak = Some(run.run().await?);
         return Ok(());
     }
 

@@ -20,8 +20,24 @@ use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{SimHandle, SyntheticResource, SyntheticTenant};
 use serde_json::{Value, json};
 
-use super::controller::{ControllerBenchArgs, NAMESPACE, PLURAL, object};
 use super::measure;
+
+/// The soak's settings (the controller benchmark's `--soak*` flags and the controller's
+/// intervals, for the report).
+#[derive(Debug, Clone)]
+pub struct SoakSettings {
+    /// How long the soak runs.
+    pub duration: Duration,
+    /// Objects created and deleted in each cycle.
+    pub churn: usize,
+    /// The length of one cycle.
+    pub cycle: Duration,
+    /// Cycles counted as warm-up.
+    pub warm_up: usize,
+    /// The objects' verify interval and the controller's delta interval.
+    pub verify_interval: Duration,
+    pub delta_interval: Duration,
+}
 
 /// What one cycle left behind.
 #[derive(Debug, Clone, Default)]
@@ -116,11 +132,11 @@ async fn state_entries(
     Ok(maps)
 }
 
-fn connection(name: &str, sim: &SimHandle, secret: &str) -> Value {
+fn connection(name: &str, namespace: &str, sim: &SimHandle, secret: &str) -> Value {
     json!({
         "apiVersion": "redeliver.dev/v1alpha1",
         "kind": "GraphConnection",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "tenantId": sim.tenant_id,
             "clientId": sim.client_id,
@@ -131,7 +147,7 @@ fn connection(name: &str, sim: &SimHandle, secret: &str) -> Value {
     })
 }
 
-fn secret(name: &str, value: &str) -> Value {
+fn secret(name: &str, namespace: &str, value: &str) -> Value {
     use k8s_openapi::ByteString;
     let data = BTreeMap::from([(
         redeliver::api::DEFAULT_SECRET_KEY.to_string(),
@@ -140,7 +156,7 @@ fn secret(name: &str, value: &str) -> Value {
     json!({
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": name, "namespace": NAMESPACE},
+        "metadata": {"name": name, "namespace": namespace},
         "data": data,
     })
 }
@@ -158,7 +174,12 @@ fn promised_group(tenant: &SyntheticTenant, i: usize) -> Option<String> {
 
 /// Everything the soak drives.
 pub struct SoakRun<'a> {
-    pub args: &'a ControllerBenchArgs,
+    pub settings: SoakSettings,
+    /// The namespace and plural the benchmark's objects live in.
+    pub namespace: &'a str,
+    pub plural: &'a str,
+    /// The benchmark's object for assignment `i` (renamed and given a connection here).
+    pub object: &'a (dyn Fn(usize) -> anyhow::Result<Value> + Sync),
     pub sim: &'a SimHandle,
     pub kube: &'a FakeKube,
     pub tenant: &'a SyntheticTenant,
@@ -168,19 +189,19 @@ pub struct SoakRun<'a> {
 }
 
 impl SoakRun<'_> {
-    /// Runs cycles until `--soak` has passed.
-    pub async fn run(&self, soak: Duration) -> anyhow::Result<Soak> {
+    /// Runs cycles until the soak's duration has passed.
+    pub async fn run(&self) -> anyhow::Result<Soak> {
         let secret_name = "soak-graph";
         self.kube
-            .put(secret(secret_name, &self.sim.client_secret))
+            .put(secret(secret_name, self.namespace, &self.sim.client_secret))
             .map_err(anyhow::Error::msg)?;
         let started = Instant::now();
         let mut out = Soak {
-            warm_up: self.args.soak_warm_up,
+            warm_up: self.settings.warm_up,
             ..Soak::default()
         };
         let mut c = 0;
-        while started.elapsed() < soak {
+        while started.elapsed() < self.settings.duration {
             let cycle = self.cycle(c, secret_name, started).await?;
             eprintln!(
                 "soak cycle {c}: {}/{} verified, {} removed outside, RSS {} MiB, maps {:?}",
@@ -197,20 +218,19 @@ impl SoakRun<'_> {
     }
 
     async fn cycle(&self, c: usize, secret: &str, started: Instant) -> anyhow::Result<SoakCycle> {
-        let args = self.args;
         let n = self.tenant.assignments;
-        let churn = args.soak_churn.min(n);
-        let deadline = Instant::now() + args.soak_cycle;
+        let churn = self.settings.churn.min(n);
+        let deadline = Instant::now() + self.settings.cycle;
         let conn = format!("soak-{c}");
         self.kube
-            .put(connection(&conn, self.sim, secret))
+            .put(connection(&conn, self.namespace, self.sim, secret))
             .map_err(anyhow::Error::msg)?;
         // Assignments in turn, so every cycle covers different users (each is then covered
         // by two objects, its own and the soak's, as two declarations of one assignment).
         let picked: Vec<usize> = (0..churn).map(|j| (c * churn + j) % n).collect();
         let mut names = Vec::with_capacity(churn);
         for (j, &i) in picked.iter().enumerate() {
-            let mut o = object(self.tenant, self.sim, i, args)?;
+            let mut o = (self.object)(i)?;
             let name = format!("soak-{c}-{j}");
             o["metadata"]["name"] = json!(name);
             if j % 2 == 0 {
@@ -244,12 +264,14 @@ impl SoakRun<'_> {
             verified = names
                 .iter()
                 .filter(|name| {
-                    self.kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
-                        o["status"]["conditions"].as_array().is_some_and(|cs| {
-                            cs.iter()
-                                .any(|c| c["type"] == "Delivered" && c["status"] == "True")
+                    self.kube
+                        .object(self.plural, self.namespace, name)
+                        .is_some_and(|o| {
+                            o["status"]["conditions"].as_array().is_some_and(|cs| {
+                                cs.iter()
+                                    .any(|c| c["type"] == "Delivered" && c["status"] == "True")
+                            })
                         })
-                    })
                 })
                 .count();
             if verified == names.len() && removed == 0 {
@@ -260,9 +282,9 @@ impl SoakRun<'_> {
             }
         }
         for name in &names {
-            self.kube.delete(PLURAL, NAMESPACE, name);
+            self.kube.delete(self.plural, self.namespace, name);
         }
-        self.kube.delete("graphconnections", NAMESPACE, &conn);
+        self.kube.delete("graphconnections", self.namespace, &conn);
         // The deletions reach the controller through its watches; give them a moment.
         let settle = deadline.saturating_duration_since(Instant::now());
         tokio::time::sleep(settle.max(Duration::from_secs(5))).await;
@@ -282,18 +304,18 @@ impl SoakRun<'_> {
 }
 
 /// The soak as a Markdown table, with the verdict.
-pub fn markdown(args: &ControllerBenchArgs, machine: &str, objects: usize, s: &Soak) -> String {
+pub fn markdown(settings: &SoakSettings, machine: &str, objects: usize, s: &Soak) -> String {
     let mut out = String::new();
-    let soak = args.soak.unwrap_or_default();
+    let args = settings;
     out.push_str(&format!(
         "### Churn soak\n\nCommand: `cargo bench --bench controller -- --objects {objects} --soak {}s --soak-churn {} --soak-cycle {}s --soak-warm-up {} --verify-interval {}s --delta-interval {}s --markdown docs/benchmarks.md`\n\nMachine: {machine}. {objects} objects stay; every cycle adds a `GraphConnection` and {} objects (half on it), removes 1 % of their users from a group outside entitlement management, waits for them to be verified, then deletes them all and the connection. Samples after each cycle's deletions; the first {} cycles are warm-up (the longest time-bounded map, attribution's pending lookups, keeps an entry 20 minutes).\n\n",
-        soak.as_secs(),
-        args.soak_churn,
-        args.soak_cycle.as_secs(),
+        args.duration.as_secs(),
+        args.churn,
+        args.cycle.as_secs(),
         s.warm_up,
         args.verify_interval.as_secs(),
         args.delta_interval.as_secs(),
-        args.soak_churn,
+        args.churn,
         s.warm_up,
     ));
     let maps: Vec<&String> = s

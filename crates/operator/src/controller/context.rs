@@ -466,7 +466,7 @@ impl Context {
     /// reconciled. Connections' series are few and kept.
     pub fn prune_event_series(&self) {
         let live = self.triggers.live_uids();
-        let ours = [super::assignment::KIND, super::guard::KIND];
+        let ours = [crate::api::ASSIGNMENT_KIND, crate::api::GUARD_KIND];
         self.series
             .lock()
             .unwrap_or_else(|p| p.into_inner())
