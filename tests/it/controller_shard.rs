@@ -10,7 +10,10 @@
 //! - after a change of `--shard-count` (two shards stopped, three started) every object is
 //!   reconciled again, by its new shard, with no label rewritten;
 //! - throughout, no object is acted on by two shards at once (sampled every millisecond
-//!   from each shard's in-flight reconciles).
+//!   from each shard's in-flight reconciles);
+//! - a rolling `--shard-count` change (a set of three shards started while the set of two
+//!   still runs, each replica in its shard-set Lease, `controller::shard_set`): the new set
+//!   acts on nothing until the old one has stopped, then takes over every object.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -21,7 +24,8 @@ use redeliver::api::ConnectionKey;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
 use redeliver::controller::shard::{SHARD_KEY_LABEL, Shard, bucket_of, shard_of};
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::shard_set::ShardSetLease;
+use redeliver::controller::{Context, Settings, run_controllers, run_in_shard_set};
 use redeliver_fake_kube::FakeKube;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -132,6 +136,39 @@ impl Running {
         })
         .await;
         Self { ctx, stop, task }
+    }
+
+    /// A replica of a shard set: its controllers start only once its shard-set Lease
+    /// (in `redeliver-system`, 3 s) lets it act. Not waited for.
+    fn start_in_set(kube: &FakeKube, index: u32, count: u32) -> (Self, Readiness) {
+        let config = kube::Config::new(kube.url().parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let (metrics, _registry) = Metrics::new(None);
+        let ctx = Arc::new(Context::with_operator_connection(
+            client.clone(),
+            None,
+            metrics,
+            &settings(index, count),
+        ));
+        let set = ShardSetLease::new(
+            client,
+            "redeliver-system",
+            "redeliver",
+            Shard { index, count },
+            &format!("pod-{index}-of-{count}"),
+        )
+        .with_duration(Duration::from_secs(3));
+        let ready = Readiness::default();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (ctx, ready, stop) = (ctx.clone(), ready.clone(), stop.clone());
+            async move {
+                run_in_shard_set(Some(set), ctx, Vec::new(), 2, ready, stop)
+                    .await
+                    .expect("the shard-set Lease is kept");
+            }
+        });
+        (Self { ctx, stop, task }, ready)
     }
 
     async fn stop(self) {
@@ -428,6 +465,159 @@ async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_chang
         "a shard count change rewrites no label"
     );
     for r in shards {
+        r.stop().await;
+    }
+    let clashes = referee.finish().await;
+    assert!(
+        clashes.is_empty(),
+        "objects acted on by two shards at once: {clashes:?}"
+    );
+}
+
+/// A rolling change of `--shard-count` from 2 to 3: the three new replicas start while the
+/// two old ones still run (as a Deployment's rolling update does). Old and new disagree on
+/// which shard owns a tenant, so the new set must not act on anything until the old set has
+/// stopped; then it takes over every object.
+#[tokio::test]
+async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
+    let contoso = tenant("contoso", 42, "01", true).await;
+    let fabrikam = tenant("fabrikam", 7, "02", false).await;
+    let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
+    let sim_of = |i: usize| {
+        if i.is_multiple_of(2) {
+            &contoso
+        } else {
+            &fabrikam
+        }
+    };
+    let mut objects = Vec::new();
+    for (i, ns) in namespaces.iter().enumerate() {
+        objects.push(secret(ns, &sim_of(i).client_secret));
+        objects.push(connection(ns, "default", sim_of(i)));
+        objects.push(alice(ns, "alice", None));
+    }
+    // Some tenant changes shard between 2 and 3 shards: the counts disagree on it.
+    assert!(
+        namespaces
+            .iter()
+            .any(|ns| shard_of(&key(ns, "default"), 2) != shard_of(&key(ns, "default"), 3)),
+        "the two counts disagree on some tenant"
+    );
+    let kube = FakeKube::start(objects).await.unwrap();
+    let referee = Referee::start();
+    let respec = |generation: u32| {
+        for ns in &namespaces {
+            let mut a = alice(ns, "alice", None);
+            a["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
+            a["spec"]["verifyInterval"] = json!(format!("{}m", 5 + generation));
+            kube.put(a).unwrap();
+        }
+    };
+    let all_verified = |generation: i64| {
+        namespaces
+            .iter()
+            .all(|ns| verified_at(&kube, ns, "alice", generation))
+    };
+
+    // 1. The old set (two shards) takes its Leases and verifies every object.
+    let mut old = Vec::new();
+    for index in 0..2 {
+        let (r, ready) = Running::start_in_set(&kube, index, 2);
+        referee.watch(&r);
+        wait_until("an old shard is ready", Duration::from_secs(20), || {
+            ready.get()
+        })
+        .await;
+        old.push(r);
+    }
+    wait_until(
+        "the old set verifies every object",
+        Duration::from_secs(30),
+        || all_verified(1),
+    )
+    .await;
+
+    // 2. The new set (three shards) starts alongside. It waits, while the old set goes on
+    // working: a spec change is verified by the old set alone.
+    let mut new = Vec::new();
+    let mut new_ready = Vec::new();
+    for index in 0..3 {
+        let (r, ready) = Running::start_in_set(&kube, index, 3);
+        referee.watch(&r);
+        new.push(r);
+        new_ready.push(ready);
+    }
+    respec(2);
+    wait_until(
+        "the old set verifies every changed object",
+        Duration::from_secs(30),
+        || all_verified(2),
+    )
+    .await;
+    // Several renewals of every Lease later, still only the old set has acted.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for ns in &namespaces {
+        let acted = referee.acted_on(&object_key(ns, "alice"));
+        assert!(
+            acted.iter().all(|s| s.ends_with("/2")),
+            "{ns}/alice acted on by {acted:?} while the old set of 2 runs"
+        );
+    }
+    assert!(
+        new_ready.iter().all(|r| !r.get()),
+        "the new set has not started its controllers"
+    );
+    for index in 0..3 {
+        let lease = kube
+            .object(
+                "leases",
+                "redeliver-system",
+                &format!("redeliver-shards-3-{index}"),
+            )
+            .expect("each new replica holds its shard-set Lease");
+        assert_eq!(
+            lease["metadata"]["labels"]["redeliver.dev/shard-state"], "waiting",
+            "{lease}"
+        );
+    }
+
+    // 3. The old set stops (rolled away): the new set takes over within seconds and verifies
+    // every object, each by its owner among three.
+    for r in old {
+        r.stop().await;
+    }
+    let stopped = Instant::now();
+    wait_until(
+        "the new set starts its controllers",
+        Duration::from_secs(10),
+        || new_ready.iter().all(Readiness::get),
+    )
+    .await;
+    eprintln!(
+        "new shard set took over {:?} after the old one stopped",
+        stopped.elapsed()
+    );
+    respec(3);
+    wait_until(
+        "the new set verifies every changed object",
+        Duration::from_secs(30),
+        || all_verified(3),
+    )
+    .await;
+    for ns in &namespaces {
+        let want = format!("{}/3", shard_of(&key(ns, "default"), 3));
+        let acted: BTreeSet<String> = referee
+            .acted_on(&object_key(ns, "alice"))
+            .into_iter()
+            .filter(|s| s.ends_with("/3"))
+            .collect();
+        assert_eq!(
+            acted,
+            BTreeSet::from([want.clone()]),
+            "{ns}/alice among three shards: acted on by {acted:?}, owned by {want}"
+        );
+    }
+    for r in new {
         r.stop().await;
     }
     let clashes = referee.finish().await;

@@ -31,6 +31,10 @@
 //! - GET of a core `Namespace`: found when it was put or any object lives in it.
 //! - `apps/v1` `Deployment`s, stored and listed like the others (the kubectl plugin reads
 //!   the controller's flags from them).
+//! - `coordination.k8s.io/v1` `Lease`s: GET, LIST (with label selectors), POST (create:
+//!   `409 AlreadyExists` when the name is taken, as on the real server) and JSON merge
+//!   patch with `metadata.resourceVersion` as a precondition (`409 Conflict` when stale),
+//!   which is all the controller's shard-set Leases use (`controller::shard_set`).
 //! - Anything else: `404` with a `Status` body.
 
 use std::collections::BTreeMap;
@@ -424,6 +428,10 @@ impl FakeKube {
         kinds.insert(
             "deployments".to_string(),
             ("apps/v1".into(), "Deployment".into()),
+        );
+        kinds.insert(
+            "leases".to_string(),
+            ("coordination.k8s.io/v1".into(), "Lease".into()),
         );
         let mut inner = Inner {
             rv: 0,
@@ -901,6 +909,7 @@ async fn handle(
                 None => not_found(t.plural, name),
             }
         }
+        (&Method::POST, None, None) if t.plural == "leases" => create(&shared, &t, &body),
         (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             let content_type = headers
                 .get(header::CONTENT_TYPE)
@@ -1091,6 +1100,55 @@ fn watch(shared: &Shared, t: &Target<'_>, query: &BTreeMap<String, String>) -> R
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// POST of a new object to its collection (Leases only): `409 AlreadyExists` when the name is
+/// taken, else stored with a uid, a resourceVersion and a creation time, and sent to watches
+/// as `ADDED`.
+fn create(shared: &Shared, t: &Target<'_>, body: &[u8]) -> Response {
+    let mut obj: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return status_error(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!("the object is not JSON: {e}"),
+            );
+        }
+    };
+    let Some(name) = obj["metadata"]["name"].as_str().map(str::to_string) else {
+        return status_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid",
+            "metadata.name: Required value".into(),
+        );
+    };
+    let namespace = t.namespace.unwrap_or_default().to_string();
+    let key = Key {
+        plural: t.plural.into(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+    };
+    let mut inner = lock(&shared.inner);
+    if inner.objects.contains_key(&key) {
+        return status_error(
+            StatusCode::CONFLICT,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", t.plural),
+        );
+    }
+    inner.rv += 1;
+    let rv = inner.rv;
+    let meta = &mut obj["metadata"];
+    if !namespace.is_empty() {
+        meta["namespace"] = json!(namespace);
+    }
+    meta["uid"] = json!(uuid::Uuid::new_v4().to_string());
+    meta["resourceVersion"] = json!(rv.to_string());
+    meta["creationTimestamp"] = json!(jiff::Timestamp::now().to_string());
+    notify(&mut inner, &key, "ADDED", None, &obj, rv);
+    inner.objects.insert(key, obj.clone());
+    json_response(StatusCode::CREATED, &obj)
 }
 
 fn merge(target: &mut Value, patch: &Value) {

@@ -316,7 +316,9 @@ pub struct ResourceStatus {
     /// how, as the audit log says. Kept until the resource is Present again; a removal by a
     /// respected actor (spec.safety.respectedActors) is never undone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub removed_by: Option<Removal>,
+    // Boxed: set only on a drifted resource, and inline it would add 88 bytes to every
+    // resource of every object the controller's store holds (docs/benchmarks.md, Controller).
+    pub removed_by: Option<Box<Removal>>,
     /// While the resource is Missing: when Redeliver first saw it missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing_since: Option<Time>,

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod observation;
 pub mod server;
 pub mod shard;
+pub mod shard_set;
 pub mod sharding;
 pub mod watch;
 
@@ -285,15 +286,16 @@ pub async fn run(args: ControllerOptions) -> anyhow::Result<()> {
         .await
     } else {
         metrics.is_leader.set(1);
-        run_controllers(
+        run_in_shard_set(
+            shard_set_of(&args, &client, &identity)?,
             ctx,
             args.namespaces.clone(),
             args.concurrency,
             readiness.clone(),
             shutdown.clone(),
         )
-        .await;
-        Ok(())
+        .await
+        .map_err(anyhow::Error::from)
     };
     shutdown.cancel();
     match server.await {
@@ -445,7 +447,8 @@ async fn run_as_leader(
     tracing::info!(identity, "acquired the leader lease; starting controllers");
     ctx.metrics.is_leader.set(1);
     let stop = shutdown.child_token();
-    let controllers = run_controllers(
+    let controllers = run_in_shard_set(
+        shard_set_of(args, &client, identity)?,
         ctx.clone(),
         args.namespaces.clone(),
         args.concurrency,
@@ -454,9 +457,13 @@ async fn run_as_leader(
     );
     tokio::pin!(controllers);
     let mut lost = false;
+    let set_lost;
     loop {
         tokio::select! {
-            () = &mut controllers => break,
+            result = &mut controllers => {
+                set_lost = result.err();
+                break;
+            }
             changed = leader.changed(), if !lost => {
                 if changed.is_err() || !*leader.borrow_and_update() {
                     tracing::error!(identity, "lost the leader lease; stopping controllers");
@@ -479,7 +486,51 @@ async fn run_as_leader(
     if lost {
         bail!("lost the leader lease; exiting so this replica restarts cleanly");
     }
+    if let Some(e) = set_lost {
+        return Err(anyhow!(e).context("exiting so this replica restarts cleanly"));
+    }
     Ok(())
+}
+
+/// This replica's shard-set Lease (`shard_set::ShardSetLease::for_replica`).
+fn shard_set_of(
+    args: &ControllerOptions,
+    client: &Client,
+    identity: &str,
+) -> anyhow::Result<Option<shard_set::ShardSetLease>> {
+    Ok(shard_set::ShardSetLease::for_replica(
+        client,
+        args.shard()?,
+        args.leader_election,
+        args.lease_namespace.as_deref(),
+        &args.lease_name,
+        identity,
+    ))
+}
+
+/// Runs the controllers, inside this replica's shard set when it takes part in one
+/// (`shard_set`): they start only once no replica of another `--shard-count` is active, and
+/// stop when the shard-set Lease is lost.
+pub async fn run_in_shard_set(
+    set: Option<shard_set::ShardSetLease>,
+    ctx: Arc<Context>,
+    namespaces: Vec<String>,
+    concurrency: u16,
+    readiness: Readiness,
+    stop: CancellationToken,
+) -> Result<(), shard_set::ShardSetError> {
+    match set {
+        Some(set) => {
+            set.run(stop, |stop| {
+                run_controllers(ctx, namespaces, concurrency, readiness, stop)
+            })
+            .await
+        }
+        None => {
+            run_controllers(ctx, namespaces, concurrency, readiness, stop).await;
+            Ok(())
+        }
+    }
 }
 
 /// Runs both controllers (one watch per namespace, or one cluster-wide) until `stop` is

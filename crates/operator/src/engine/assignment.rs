@@ -351,7 +351,7 @@ fn observe<'r>(
                                 actor,
                                 at,
                                 activity,
-                            }) => Some(actor.to_removal(*at, activity)),
+                            }) => Some(Box::new(actor.to_removal(*at, activity))),
                             _ => None,
                         })
                 })
