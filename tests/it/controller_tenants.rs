@@ -1185,12 +1185,9 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     contoso.shutdown().await;
 }
 
-/// An event that repeats counts up its series only while its message is the same; a new
-/// message is a new event, so `kubectl describe` shows the latest ("bob", not the first
-/// "alice" with a count of 3).
-#[tokio::test]
-async fn a_repeated_event_with_a_new_message_is_a_new_event() {
-    use redeliver::engine::{EngineEvent, EventKind};
+/// An API server holding alice, and a controller context (operator connection only) to
+/// publish events through.
+async fn events_context() -> (FakeKube, Context) {
     let kube = FakeKube::start(vec![alice(A, "alice", None)])
         .await
         .unwrap();
@@ -1198,6 +1195,16 @@ async fn a_repeated_event_with_a_new_message_is_a_new_event() {
     let client = kube::Client::try_from(config).unwrap();
     let (metrics, _registry) = Metrics::new(None);
     let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    (kube, ctx)
+}
+
+/// An event that repeats counts up its series only while its message is the same; a new
+/// message is a new event, so `kubectl describe` shows the latest ("bob", not the first
+/// "alice" with a count of 3).
+#[tokio::test]
+async fn a_repeated_event_with_a_new_message_is_a_new_event() {
+    use redeliver::engine::{EngineEvent, EventKind};
+    let (kube, ctx) = events_context().await;
     let reference = k8s_openapi::api::core::v1::ObjectReference {
         api_version: Some("redeliver.dev/v1alpha1".into()),
         kind: Some("AccessPackageGuard".into()),
@@ -1257,13 +1264,7 @@ async fn the_event_series_of_a_deleted_object_is_forgotten() {
     use redeliver::api::AccessPackageGuard;
     use redeliver::controller::metrics::StateSizes as _;
     use redeliver::engine::{EngineEvent, EventKind};
-    let kube = FakeKube::start(vec![alice(A, "alice", None)])
-        .await
-        .unwrap();
-    let config = kube::Config::new(kube.url().parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (metrics, _registry) = Metrics::new(None);
-    let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    let (_kube, ctx) = events_context().await;
     // One guard is still in the store; "gone" was deleted.
     let (reader, mut writer) = reflector::store::<AccessPackageGuard>();
     let mut live: AccessPackageGuard = serde_json::from_value(json!({
