@@ -8,6 +8,7 @@
 
 use redeliver::api::{OriginSystem, RoleKind, RoleMode};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redeliver::api::ResourceState;
@@ -218,6 +219,53 @@ async fn an_eligibility_that_ended_on_its_own_end_date_is_not_drift() {
         !matches!(plan.action, Action::Write(_)),
         "{:?}",
         plan.action
+    );
+    sim.shutdown().await;
+}
+
+/// Issue #23: the observer judges end dates by the clock it is given (the controller's), not
+/// by the machine's: an eligibility that ends in an hour has ended for an observer whose
+/// clock reads two hours from now.
+#[tokio::test]
+async fn the_observer_judges_an_end_date_by_its_clock() {
+    use redeliver::controller::context::FixedClock;
+    let sim = Simulator::start(scenario(0), fast()).await.unwrap();
+    let now = jiff::Timestamp::now();
+    assert!(
+        sim.end_group_eligibility(
+            "fin-admins",
+            "carol@fabrikam.com",
+            false,
+            now + jiff::SignedDuration::from_hours(1)
+        )
+        .unwrap()
+    );
+    let member_state = |plan: &redeliver::engine::Plan| {
+        let member = plan
+            .status
+            .resources
+            .iter()
+            .find(|r| r.role.as_deref() == Some("Member"))
+            .unwrap();
+        (member.state, member.note.clone().unwrap_or_default())
+    };
+    let graph = crate::fault_support::graph_client(&sim).unwrap();
+    let today = Observer::new(graph.clone(), 4);
+    let (state, note) = member_state(&plan_for(&today, "carol@fabrikam.com").await);
+    assert_eq!(
+        state,
+        ResourceState::Present,
+        "in effect until its end: {note}"
+    );
+
+    let later = Observer::new(graph, 4).with_clock(Arc::new(FixedClock::at(
+        now + jiff::SignedDuration::from_hours(2),
+    )));
+    let (state, note) = member_state(&plan_for(&later, "carol@fabrikam.com").await);
+    assert_eq!(state, ResourceState::Unverifiable, "{note}");
+    assert!(
+        note.contains("end date") && note.contains("not drift"),
+        "{note}"
     );
     sim.shutdown().await;
 }

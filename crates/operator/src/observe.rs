@@ -24,6 +24,7 @@ use std::sync::Arc;
 use tokio::sync::{Mutex, OnceCell};
 
 use crate::api::{AccessPackageSelector, PolicySelector, TargetSelector};
+use crate::domain::clock::{Clock, SystemClock};
 use crate::engine::{
     PromisedResource, ReadData, ResolveFailure, ResolveFailureKind, ResourceRead, Snapshot,
     promised_resources,
@@ -169,6 +170,8 @@ pub struct Observer {
     drift: Memo<String, Result<Arc<crate::engine::DriftReport>, String>>,
     /// Whether the report's unavailability was logged already (it is logged once).
     drift_unavailable_logged: std::sync::atomic::AtomicBool,
+    /// Wall-clock time: eligibility end dates are judged and ages measured against it.
+    clock: Arc<dyn Clock>,
 }
 
 /// The one read cache, used by `redeliver audit` (no age bound: a pass refreshes it) and by
@@ -331,7 +334,13 @@ impl Observer {
             reads: Memo::new(max_age),
             drift: Memo::new(max_age),
             drift_unavailable_logged: std::sync::atomic::AtomicBool::new(false),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same observer reading wall-clock time from `clock` (the controller's).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// Forgets what a write to a package may have changed: its view (assignments) and its
@@ -735,7 +744,7 @@ impl Observer {
         fresh: Option<&crate::engine::FreshAfter>,
     ) -> Snapshot {
         let reads = crate::engine::reads_needed(resources);
-        let since = fresh.and_then(|f| instant_of(f.since));
+        let since = fresh.and_then(|f| instant_of(f.since, self.clock.now()));
         let results: Vec<(ResourceRead, Result<ReadData, GraphError>)> =
             futures::stream::iter(reads)
                 .map(|read| async move {
@@ -813,7 +822,7 @@ impl Observer {
                     .collect(),
             )),
             ResourceRead::GroupEligibilities { group_id, access } => {
-                let now = jiff::Timestamp::now();
+                let now = self.clock.now();
                 ReadData::Pairs(Arc::new(
                     self.graph
                         .list_group_eligibilities(group_id, access.access_id())
@@ -946,8 +955,8 @@ fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) 
 
 /// `at` on tokio's clock (the cache's); `None` when it lies in the future, where no read
 /// can have been made after it yet — reading now is then the best there is.
-fn instant_of(at: jiff::Timestamp) -> Option<tokio::time::Instant> {
-    let age = jiff::Timestamp::now().duration_since(at);
+fn instant_of(at: jiff::Timestamp, now: jiff::Timestamp) -> Option<tokio::time::Instant> {
+    let age = now.duration_since(at);
     let age = Duration::try_from(age).ok()?;
     tokio::time::Instant::now().checked_sub(age)
 }

@@ -148,6 +148,9 @@ pub struct TenantSettings {
     pub account_max_age: Duration,
     /// See `Settings::privileged_poll_interval`.
     pub privileged_poll_interval: Duration,
+    /// The controller's clock: the observer judges end dates and ages with it, and the
+    /// attribution's per-object lookups count back from it.
+    pub clock: Arc<dyn crate::domain::clock::Clock>,
 }
 
 /// Why an object cannot be reconciled now: its connection is not usable.
@@ -357,11 +360,13 @@ impl Connections {
                 graph,
                 self.settings.observation_max_age,
                 self.settings.concurrency.max(1) * 2,
-            ),
+            )
+            .with_clock(self.settings.clock.clone()),
             attribution: Attributor::with_stats(
                 self.settings.attribution.clone(),
                 self.settings.attribution_stats.clone(),
-            ),
+            )
+            .with_clock(self.settings.clock.clone()),
             reprocess_bucket: bucket,
             ledger,
             safety_spec,

@@ -70,60 +70,7 @@ struct SeriesKey {
     warning: bool,
 }
 
-/// The controller's source of wall-clock time: every time the controller hands the engine,
-/// writes in a status or compares with one comes from here (monotonic waits run on tokio's
-/// clock, which tests can pause). Tests put the controller at any moment with
-/// [`FixedClock`] or [`OffsetClock`].
-pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Now.
-    fn now(&self) -> Timestamp;
-}
-
-/// The system clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-    }
-}
-
-/// A clock that stands still at a given time until moved (tests).
-#[derive(Debug)]
-pub struct FixedClock(Mutex<Timestamp>);
-
-impl FixedClock {
-    /// A clock at `at`.
-    pub fn at(at: Timestamp) -> Self {
-        Self(Mutex::new(at))
-    }
-
-    /// Moves it by `by`.
-    pub fn advance(&self, by: jiff::SignedDuration) {
-        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        *t = t.checked_add(by).unwrap_or(*t);
-    }
-}
-
-impl Clock for FixedClock {
-    fn now(&self) -> Timestamp {
-        *self.0.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// The system clock shifted by an offset (tests: "an hour from now", as the controller
-/// sees it, while everything else runs at its pace).
-#[derive(Debug)]
-pub struct OffsetClock(pub jiff::SignedDuration);
-
-impl Clock for OffsetClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::now()
-            .checked_add(self.0)
-            .unwrap_or_else(|_| Timestamp::now())
-    }
-}
+pub use crate::domain::clock::{Clock, FixedClock, OffsetClock, SystemClock};
 
 /// Requeue pace while an `adminRemove` is being processed.
 pub const REMOVAL_POLL: Duration = Duration::from_secs(15);
@@ -346,6 +293,7 @@ impl Context {
                 recheck_ready: settings.connection_recheck_ready,
                 recheck_stalled: settings.connection_recheck_stalled,
                 privileged_poll_interval: settings.privileged_poll_interval,
+                clock: settings.clock.clone(),
                 account_max_age: if settings.delta_interval.is_zero() {
                     settings.account_max_age
                 } else {

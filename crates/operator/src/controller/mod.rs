@@ -521,10 +521,11 @@ pub async fn run_in_shard_set(
 ) -> Result<(), shard_set::ShardSetError> {
     match set {
         Some(set) => {
-            set.run(stop, |stop| {
-                run_controllers(ctx, namespaces, concurrency, readiness, stop)
-            })
-            .await
+            set.with_clock(ctx.clock())
+                .run(stop, |stop| {
+                    run_controllers(ctx, namespaces, concurrency, readiness, stop)
+                })
+                .await
         }
         None => {
             run_controllers(ctx, namespaces, concurrency, readiness, stop).await;

@@ -46,6 +46,14 @@ impl Observations {
         }
     }
 
+    /// The same cache reading wall-clock time from `clock` (the controller's).
+    pub fn with_clock(self, clock: Arc<dyn crate::domain::clock::Clock>) -> Self {
+        Self {
+            observer: self.observer.with_clock(clock),
+            ..self
+        }
+    }
+
     /// The Graph client, for acting on a plan and for reads that must be fresh.
     pub fn graph(&self) -> &GraphClient {
         &self.graph

@@ -27,6 +27,7 @@
 //! seconds.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -38,6 +39,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::shard::Shard;
+use crate::domain::clock::{Clock, SystemClock};
 
 /// Label naming the set a shard-set Lease belongs to (the `--lease-name`).
 pub const SET_LABEL: &str = "redeliver.dev/shard-set";
@@ -84,6 +86,8 @@ pub struct ShardSetLease {
     shard: Shard,
     identity: String,
     duration: Duration,
+    /// Wall-clock time for `renewTime` and liveness (the controller's clock).
+    clock: Arc<dyn Clock>,
 }
 
 /// What the own Lease looked like at the last read or write.
@@ -101,7 +105,14 @@ impl ShardSetLease {
             shard,
             identity: identity.to_string(),
             duration: LEASE_DURATION,
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same reading wall-clock time from `clock` (the controller's).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// The shard-set Lease a replica holds while it acts: with more than one shard or with
@@ -254,7 +265,7 @@ impl ShardSetLease {
             .await
             .map_err(|e| self.err(e))?;
         let mine = self.shard.count.to_string();
-        let now = jiff::Timestamp::now();
+        let now = self.clock.now();
         Ok(leases
             .items
             .into_iter()
@@ -272,7 +283,7 @@ impl ShardSetLease {
     /// when another identity holds it live, or it changed since `held`.
     async fn write(&self, state: &str, held: Option<&Held>) -> Result<Option<Held>, ShardSetError> {
         let name = self.name();
-        let now = MicroTime(jiff::Timestamp::now());
+        let now = MicroTime(self.clock.now());
         let current = self.api.get_opt(&name).await.map_err(|e| self.err(e))?;
         let Some(current) = current else {
             if held.is_some() {
@@ -311,7 +322,7 @@ impl ShardSetLease {
         let spec = current.spec.clone().unwrap_or_default();
         let ours = spec.holder_identity.as_deref() == Some(self.identity.as_str());
         let free = spec.holder_identity.as_deref().is_none_or(str::is_empty)
-            || !live(&current, jiff::Timestamp::now());
+            || !live(&current, self.clock.now());
         if !ours && !free {
             return Ok(None);
         }

@@ -4,6 +4,7 @@
 //! depends on no HTTP client: the Graph client (`crate::graph`) reads and sends it, the
 //! engine decides with it, the simulator speaks the same wire shapes.
 
+pub mod clock;
 pub mod models;
 
 use models::AssignmentRequest;

@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use tokio::sync::OnceCell;
 
+use crate::domain::clock::{Clock, SystemClock};
 use crate::engine::attribution::Actor;
 use crate::engine::{Attribution, PromisedResource, ResourceKind, ResourceRead};
 use crate::graph::GraphClient;
@@ -159,6 +160,8 @@ pub struct Attributor {
     // Never held across a Graph call: queries run on their `Read`'s once-cell.
     state: std::sync::Mutex<State>,
     stats: Arc<AttributionStats>,
+    /// Wall-clock time: a lookup outside a batch counts its look-back from it.
+    clock: Arc<dyn Clock>,
 }
 
 /// Where one lookup is answered from.
@@ -379,7 +382,13 @@ impl Attributor {
             settings,
             state: std::sync::Mutex::new(State::default()),
             stats: Arc::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same cache reading wall-clock time from `clock` (the controller's).
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
+        Self { clock, ..self }
     }
 
     /// A lookup cache counting its queries into `stats` (shared by every connection's).
@@ -649,7 +658,7 @@ impl Attributor {
             Source::Target(read) => read
                 .answer
                 .get_or_init(|| async {
-                    let Some(filter) = filter_for(kind, Timestamp::now() - s.lookback) else {
+                    let Some(filter) = filter_for(kind, self.clock.now() - s.lookback) else {
                         return Answer::Failed;
                     };
                     self.stats.target.fetch_add(1, Ordering::Relaxed);
