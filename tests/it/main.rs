@@ -19,6 +19,7 @@ mod controller_cluster;
 mod controller_delta;
 mod controller_health;
 mod controller_ledger;
+mod controller_mass_drift;
 mod controller_observations;
 mod controller_privileged;
 mod controller_reconcile;

@@ -24,7 +24,7 @@ use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
     REPROCESS_ANNOTATION,
 };
-use crate::engine::conditions::first_visit_conditions;
+use crate::engine::conditions::{ConditionType, Reason, first_visit_conditions};
 use crate::engine::ledger::RepairLedger;
 use crate::engine::removal::{RemovalSeen, RemovalStep, plan_removal, removal_requested};
 use crate::engine::transaction::{Claim, Transaction};
@@ -440,20 +440,57 @@ fn mass_drift_hold(
             == crate::api::ResourceState::Missing
     });
     let ack = ctx.connections.mass_drift_ack(&tenant.key);
-    let mut board = tenant.breaker();
-    board.acknowledge(ack.as_deref());
-    if drifted {
-        let delivered = ctx.triggers.delivered_in_package(package);
-        board.record(&safety.breaker, package, [a.id.as_str()], delivered, now);
-    } else {
-        board.repaired(&safety.breaker, package, &a.id);
+    // Counted before the board is locked: it scans the stores.
+    let delivered = drifted.then(|| ctx.triggers.delivered_in_package(package));
+    let (hold, lifted) = {
+        let mut board = tenant.breaker();
+        let mut lifted = board.acknowledge(ack.as_deref());
+        match delivered {
+            Some(delivered) => {
+                board.record(&safety.breaker, package, [a.id.as_str()], delivered, now);
+            }
+            None => {
+                if board.repaired(&safety.breaker, package, &a.id) {
+                    lifted.push(package.to_string());
+                }
+            }
+        }
+        ctx.metrics
+            .mass_drift_tripped(KIND, tenant.key.to_string(), board.tripped());
+        let hold = safety
+            .breaker
+            .enabled
+            .then(|| board.hold(&safety.breaker, package, name))
+            .flatten();
+        (hold, lifted)
+    };
+    wake_mass_drift_held(ctx, &lifted);
+    hold
+}
+
+/// Reconciles now the objects held by the mass-drift breaker of one of `packages`, whose
+/// hold was just lifted (acknowledged, or the drift repaired below the threshold): held
+/// objects are otherwise only looked at again on their verify interval.
+pub fn wake_mass_drift_held(ctx: &Context, packages: &[String]) {
+    if packages.is_empty() {
+        return;
     }
-    ctx.metrics
-        .mass_drift_tripped(KIND, tenant.key.to_string(), board.tripped());
-    if !safety.breaker.enabled {
-        return None;
-    }
-    board.hold(&safety.breaker, package, name)
+    tracing::info!(
+        packages = packages.join(", "),
+        "mass-drift hold lifted; resuming the held objects"
+    );
+    ctx.triggers.wake(
+        |a: &AccessPackageAssignment| {
+            a.status.as_ref().is_some_and(|s| {
+                crate::engine::conditions::true_reason(&s.conditions, ConditionType::Stalled)
+                    == Some(Reason::MassDrift)
+                    && s.access_package_id
+                        .as_deref()
+                        .is_some_and(|p| packages.iter().any(|l| l.eq_ignore_ascii_case(p)))
+            })
+        },
+        |_| false,
+    );
 }
 
 /// Deletion with `deletionPolicy: Remove`: submit an `adminRemove` for the user's live

@@ -202,26 +202,48 @@ pub fn wake(ctx: &Context, key: &ConnectionKey, only_stalled: bool) {
 /// Forgets deleted connections and wakes their objects (which then stall: a deleted
 /// connection never hands its objects to another tenant). Applied to the connection watch
 /// events before they reach the store.
+/// A changed mass-drift acknowledgement annotation is applied here too: annotations do not
+/// change the generation, so the connection's own reconcile never sees it.
 pub fn on_namespaced_event(ctx: &Context, event: &watcher::Event<GraphConnection>) {
-    if let watcher::Event::Delete(obj) = event {
-        let key = ConnectionKey::Namespaced {
-            namespace: obj.namespace().unwrap_or_default(),
-            name: obj.name_any(),
-        };
-        gone(ctx, &key);
+    let key = |obj: &GraphConnection| ConnectionKey::Namespaced {
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+    };
+    match event {
+        watcher::Event::Delete(obj) => gone(ctx, &key(obj)),
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+            acknowledged(ctx, &key(obj), obj.annotations());
+        }
+        _ => {}
     }
 }
 
 /// See [`on_namespaced_event`].
 pub fn on_cluster_event(ctx: &Context, event: &watcher::Event<ClusterGraphConnection>) {
-    if let watcher::Event::Delete(obj) = event {
-        gone(
-            ctx,
-            &ConnectionKey::Cluster {
-                name: obj.name_any(),
-            },
-        );
+    let key = |obj: &ClusterGraphConnection| ConnectionKey::Cluster {
+        name: obj.name_any(),
+    };
+    match event {
+        watcher::Event::Delete(obj) => gone(ctx, &key(obj)),
+        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
+            acknowledged(ctx, &key(obj), obj.annotations());
+        }
+        _ => {}
     }
+}
+
+/// Resumes at once the objects whose mass-drift hold the connection's acknowledgement
+/// annotation (as just seen) lifts.
+fn acknowledged(
+    ctx: &Context,
+    key: &ConnectionKey,
+    annotations: &std::collections::BTreeMap<String, String>,
+) {
+    let value = annotations
+        .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
+        .map(String::as_str);
+    let lifted = ctx.connections.acknowledge_mass_drift(key, value);
+    super::assignment::wake_mass_drift_held(ctx, &lifted);
 }
 
 fn gone(ctx: &Context, key: &ConnectionKey) {

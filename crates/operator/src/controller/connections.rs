@@ -454,6 +454,19 @@ impl Connections {
         annotations.get(MASS_DRIFT_ACK_ANNOTATION).cloned()
     }
 
+    /// Applies a connection's mass-drift acknowledgement annotation (`value`, as its watch
+    /// just saw it) to its breaker at once, instead of at the next reconcile of one of its
+    /// objects; returns the packages whose hold this lifted. A connection no object has
+    /// used yet has no breaker: the value is then read at its first use.
+    pub fn acknowledge_mass_drift(&self, key: &ConnectionKey, value: Option<&str>) -> Vec<String> {
+        let breaker = lock(&self.durable).get(key).map(|d| d.breaker.clone());
+        breaker.map_or_else(Vec::new, |b| {
+            b.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .acknowledge(value)
+        })
+    }
+
     /// The tenant an object is reconciled with, or why it cannot be now. `recorded` is the
     /// object's `status.connection`; `spec_changed` says its spec changed since its status
     /// was written (only then may it move to another connection).

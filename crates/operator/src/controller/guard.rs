@@ -277,8 +277,9 @@ fn record_sweep(
     // An acknowledgement on the guard also resumes the package's declared assignments.
     if let (Some(m), Ok((package_id, _))) = (&plan.status.mass_drift, &resolved)
         && m.acknowledged_time.is_some()
+        && tenant.breaker().acknowledge_package(package_id)
     {
-        tenant.breaker().acknowledge_package(package_id);
+        super::assignment::wake_mass_drift_held(ctx, std::slice::from_ref(package_id));
     }
     plan.status.connection = tenant.key.status_label();
     // Count each drift once, when first seen (the previous list is bounded, so a drift

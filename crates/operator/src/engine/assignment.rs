@@ -1564,7 +1564,7 @@ fn hold_for_intent(
         }
     }
     input.mass_drift.map(|hold| {
-        held(
+        let held = held(
             ctx,
             Reason::MassDrift,
             format!(
@@ -1577,7 +1577,15 @@ fn hold_for_intent(
                 crate::api::REPROCESS_ANNOTATION
             ),
             delivered,
-        )
+        );
+        // Not re-checked every delta interval like the other holds: what lifts this one (an
+        // acknowledgement, or the package's drift repaired below the threshold) wakes the
+        // package's held objects when it happens, and a mass removal holds many objects at
+        // once; re-checking them all each interval starved first verifications at scale.
+        Outcome {
+            requeue: ctx.verify_interval,
+            ..held
+        }
     })
 }
 

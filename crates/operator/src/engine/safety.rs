@@ -258,37 +258,48 @@ impl MassDriftBoard {
     /// breaker whose drift fell back below the threshold clears.
     /// (The connection's hourly count only trips a breaker: a package whose own drift is
     /// repaired clears, and more drift within the hour trips it again.)
-    pub fn repaired(&mut self, policy: &BreakerPolicy, package: &str, assignment: &str) {
-        if let Some(p) = self.packages.get_mut(package) {
-            p.drifted.remove(assignment);
-            if !policy.trips(p.drifted.len(), p.delivered) {
-                p.tripped = None;
-            }
-            if p.drifted.is_empty() && p.tripped.is_none() {
-                self.packages.remove(package);
-            }
+    /// Returns whether this lifted the package's hold (a tripped, unacknowledged breaker
+    /// cleared): its held objects should then be looked at now, not at their next check.
+    pub fn repaired(&mut self, policy: &BreakerPolicy, package: &str, assignment: &str) -> bool {
+        let Some(p) = self.packages.get_mut(package) else {
+            return false;
+        };
+        p.drifted.remove(assignment);
+        let mut lifted = false;
+        if !policy.trips(p.drifted.len(), p.delivered) {
+            lifted = p.tripped.take().is_some_and(|t| !t.acknowledged);
         }
+        if p.drifted.is_empty() && p.tripped.is_none() {
+            self.packages.remove(package);
+        }
+        lifted
     }
 
     /// A person acknowledged (the connection's annotation has a value not seen before):
     /// every tripped package resumes automatic repair until its drift falls back below the
-    /// threshold.
-    pub fn acknowledge(&mut self, value: Option<&str>) {
-        let Some(value) = value else { return };
+    /// threshold. Returns the packages whose hold this lifted.
+    pub fn acknowledge(&mut self, value: Option<&str>) -> Vec<String> {
+        let Some(value) = value else {
+            return Vec::new();
+        };
         if self.acknowledgement.as_deref() == Some(value) {
-            return;
+            return Vec::new();
         }
         let first = self.acknowledgement.is_none();
         self.acknowledgement = Some(value.to_string());
         // The value present when the board started is no acknowledgement of a later trip.
         if first {
-            return;
+            return Vec::new();
         }
-        for p in self.packages.values_mut() {
-            if let Some(t) = &mut p.tripped {
-                t.acknowledged = true;
+        let mut lifted = Vec::new();
+        for (package, p) in &mut self.packages {
+            if let Some(t) = &mut p.tripped
+                && !std::mem::replace(&mut t.acknowledged, true)
+            {
+                lifted.push(package.clone());
             }
         }
+        lifted
     }
 
     /// Acknowledges every tripped breaker, now and for the rest of this board's life (a
@@ -303,15 +314,13 @@ impl MassDriftBoard {
         }
     }
 
-    /// Acknowledges one package's breaker (its guard's annotation changed).
-    pub fn acknowledge_package(&mut self, package: &str) {
-        if let Some(t) = self
-            .packages
+    /// Acknowledges one package's breaker (its guard's annotation changed). Returns whether
+    /// this lifted its hold.
+    pub fn acknowledge_package(&mut self, package: &str) -> bool {
+        self.packages
             .get_mut(package)
             .and_then(|p| p.tripped.as_mut())
-        {
-            t.acknowledged = true;
-        }
+            .is_some_and(|t| !std::mem::replace(&mut t.acknowledged, true))
     }
 
     /// The hold for objects of `package` (named `name` in messages) while its breaker is
@@ -688,18 +697,42 @@ mod tests {
         let hold = board.hold(&p, "pkg", "Finance").unwrap();
         assert!(hold.message.contains("300 of 1000"), "{}", hold.message);
         assert!(board.hold(&p, "other", "Other").is_none());
-        // The value present at start is no acknowledgement; a new one is.
-        board.acknowledge(Some("initial"));
+        // The value present at start is no acknowledgement; a new one is, and says which
+        // package's hold it lifted (so its held objects are looked at at once).
+        assert!(board.acknowledge(Some("initial")).is_empty());
         assert!(board.hold(&p, "pkg", "Finance").is_some());
-        board.acknowledge(Some("2026-12-04T10:05:00Z"));
+        assert_eq!(board.acknowledge(Some("2026-12-04T10:05:00Z")), ["pkg"]);
         assert!(board.hold(&p, "pkg", "Finance").is_none());
-        // Repaired below the threshold: cleared, and a new mass removal trips it again.
+        // Repaired below the threshold: cleared (nothing was held any more, so no repair
+        // lifted a hold), and a new mass removal trips it again.
         for id in &ids[..295] {
-            board.repaired(&p, "pkg", id);
+            assert!(!board.repaired(&p, "pkg", id));
         }
         let more: Vec<String> = (300..600).map(|i| format!("a{i}")).collect();
         assert!(board.record(&p, "pkg", more.iter().map(String::as_str), 1000, now));
         assert!(board.hold(&p, "pkg", "Finance").is_some());
+    }
+
+    /// What lifts a hold says so exactly once: the repair that brings the drift below the
+    /// threshold, or the first acknowledgement of the package.
+    #[test]
+    fn the_change_that_lifts_a_hold_reports_it_once() {
+        let p = SafetyPolicy::default().breaker;
+        let now = ts("2026-12-04T10:00:00Z");
+        let ids: Vec<String> = (0..300).map(|i| format!("a{i}")).collect();
+        let mut board = MassDriftBoard::default();
+        assert!(board.record(&p, "pkg", ids.iter().map(String::as_str), 1000, now));
+        let lifted: Vec<usize> = (0..300)
+            .filter(|i| board.repaired(&p, "pkg", &ids[*i]))
+            .collect();
+        // 10 % of 1,000 trips: the 201st repair leaves 99 drifted, below it.
+        assert_eq!(lifted, [200]);
+        assert!(board.hold(&p, "pkg", "Finance").is_none());
+
+        assert!(board.record(&p, "pkg", ids.iter().map(String::as_str), 1000, now));
+        assert!(board.acknowledge_package("pkg"));
+        assert!(!board.acknowledge_package("pkg"), "lifted already");
+        assert!(!board.acknowledge_package("other"), "never tripped");
     }
 
     #[test]
