@@ -56,29 +56,94 @@ pub struct PackageView {
     pub resources: Vec<PromisedResource>,
     pub policies: Vec<AssignmentPolicy>,
     pub assignments: Vec<Assignment>,
+    /// Positions in `assignments` with a target object id, ordered by it (ASCII case
+    /// ignored), and the same for the target's principal name: every declaration of a
+    /// package looks its target up here, and a scan of a package of thousands of
+    /// assignments per declaration made a large first pass quadratic. 4 bytes an entry.
+    by_object_id: Vec<u32>,
+    by_principal_name: Vec<u32>,
+}
+
+/// `a` and `b` ordered with ASCII case ignored, as ids and principal names are compared.
+fn cmp_ignore_ascii_case(a: &str, b: &str) -> std::cmp::Ordering {
+    a.bytes()
+        .map(|c| c.to_ascii_lowercase())
+        .cmp(b.bytes().map(|c| c.to_ascii_lowercase()))
+}
+
+/// The positions of `assignments` that have a `key`, ordered by it.
+fn index_by(assignments: &[Assignment], key: impl Fn(&Assignment) -> Option<&str>) -> Vec<u32> {
+    let mut index: Vec<u32> = (0..assignments.len())
+        .filter(|i| key(&assignments[*i]).is_some())
+        .filter_map(|i| u32::try_from(i).ok())
+        .collect();
+    index.sort_by(|a, b| {
+        cmp_ignore_ascii_case(
+            key(&assignments[*a as usize]).unwrap_or_default(),
+            key(&assignments[*b as usize]).unwrap_or_default(),
+        )
+    });
+    index
+}
+
+fn target_object_id(a: &Assignment) -> Option<&str> {
+    a.target.as_ref()?.object_id.as_deref()
+}
+
+fn target_principal_name(a: &Assignment) -> Option<&str> {
+    a.target.as_ref()?.principal_name.as_deref()
 }
 
 impl PackageView {
+    /// A view of `package` with its promises, policies and assignments.
+    pub fn new(
+        package: AccessPackage,
+        resources: Vec<PromisedResource>,
+        policies: Vec<AssignmentPolicy>,
+        assignments: Vec<Assignment>,
+    ) -> Self {
+        Self {
+            by_object_id: index_by(&assignments, target_object_id),
+            by_principal_name: index_by(&assignments, target_principal_name),
+            package,
+            resources,
+            policies,
+            assignments,
+        }
+    }
+
+    /// The assignments whose `key` equals `wanted` (ASCII case ignored), through `index`.
+    fn matching<'a>(
+        &'a self,
+        index: &'a [u32],
+        key: fn(&Assignment) -> Option<&str>,
+        wanted: &'a str,
+    ) -> impl Iterator<Item = &'a Assignment> + 'a {
+        let at = move |i: &u32| key(&self.assignments[*i as usize]).unwrap_or_default();
+        let start = index.partition_point(|i| cmp_ignore_ascii_case(at(i), wanted).is_lt());
+        index[start..]
+            .iter()
+            .take_while(move |i| at(i).eq_ignore_ascii_case(wanted))
+            .map(|i| &self.assignments[*i as usize])
+    }
+
     /// The target's directory object id when one of the package's assignments names it: by
     /// object id, or by `principalName` for a UPN. `None` means it must be resolved (and
     /// may not exist). Saves one user read per declaration whose user holds the package.
     pub fn holder(&self, target: &TargetSelector) -> Option<String> {
-        self.assignments.iter().find_map(|a| {
-            let subject = a.target.as_ref()?;
-            let id = subject.object_id.as_deref()?;
-            let matches = match (
-                target.object_id.as_deref(),
-                target.user_principal_name.as_deref(),
-            ) {
-                (Some(wanted), _) => id.eq_ignore_ascii_case(wanted),
-                (None, Some(upn)) => subject
-                    .principal_name
-                    .as_deref()
-                    .is_some_and(|p| p.eq_ignore_ascii_case(upn)),
-                (None, None) => false,
-            };
-            matches.then(|| id.to_string())
-        })
+        let found = match (
+            target.object_id.as_deref(),
+            target.user_principal_name.as_deref(),
+        ) {
+            (Some(wanted), _) => self
+                .matching(&self.by_object_id, target_object_id, wanted)
+                .next(),
+            (None, Some(upn)) => self
+                .matching(&self.by_principal_name, target_principal_name, upn)
+                .find(|a| target_object_id(a).is_some()),
+            (None, None) => None,
+        };
+        found.and_then(target_object_id).map(str::to_string)
     }
 
     /// Display name, falling back to the id.
@@ -91,16 +156,9 @@ impl PackageView {
 
     /// The target's current assignment, chosen by [`crate::engine::pick_assignment`]
     /// among the target's assignments of this package.
-    pub fn assignment_for(&self, target_object_id: &str) -> Option<Assignment> {
+    pub fn assignment_for(&self, target: &str) -> Option<Assignment> {
         let mine: Vec<Assignment> = self
-            .assignments
-            .iter()
-            .filter(|a| {
-                a.target
-                    .as_ref()
-                    .and_then(|t| t.object_id.as_deref())
-                    .is_some_and(|id| id.eq_ignore_ascii_case(target_object_id))
-            })
+            .matching(&self.by_object_id, target_object_id, target)
             .cloned()
             .collect();
         crate::engine::pick_assignment(&mine).cloned()
@@ -599,12 +657,12 @@ impl Observer {
             Err(e) => return forbidden_as_failure(e, field).map(Err),
         };
         let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
-        Ok(Ok(Arc::new(PackageView {
+        Ok(Ok(Arc::new(PackageView::new(
             package,
             resources,
             policies,
             assignments,
-        })))
+        ))))
     }
 
     /// The assignment requests of one package (cached until [`Observer::refresh`]), read
@@ -1377,6 +1435,72 @@ pub async fn observe_guard(
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The view's index finds a target's assignments as the scan did: by object id or
+    /// principal name with ASCII case ignored, every assignment of the target (the pick
+    /// ranks them), and nothing for a stranger.
+    #[test]
+    fn a_view_finds_each_targets_assignments_by_id_or_name_ignoring_case() {
+        let assignment = |id: &str, oid: Option<&str>, upn: Option<&str>, state: &str| {
+            serde_json::from_value::<Assignment>(serde_json::json!({
+                "id": id, "state": state,
+                "target": {"objectId": oid, "principalName": upn},
+            }))
+            .unwrap()
+        };
+        let package: AccessPackage =
+            serde_json::from_value(serde_json::json!({"id": "p"})).unwrap();
+        let mut assignments: Vec<Assignment> = (0..200)
+            .map(|i| {
+                let oid = format!("{i:08x}-AAAA");
+                let upn = format!("User{i}@Contoso.com");
+                assignment(&format!("a{i}"), Some(&oid), Some(&upn), "delivered")
+            })
+            .collect();
+        // Listed first, so a lookup that stopped at the first match would pick it.
+        assignments.insert(0, assignment("old", Some("00000007-aaaa"), None, "expired"));
+        assignments.push(assignment(
+            "nobody",
+            None,
+            Some("ghost@contoso.com"),
+            "delivered",
+        ));
+        let view = PackageView::new(package, Vec::new(), Vec::new(), assignments);
+
+        let by_id = |id: &str| TargetSelector {
+            object_id: Some(id.into()),
+            user_principal_name: None,
+        };
+        let by_upn = |upn: &str| TargetSelector {
+            object_id: None,
+            user_principal_name: Some(upn.into()),
+        };
+        let holder = |t: TargetSelector| view.holder(&t).map(|id| id.to_ascii_lowercase());
+        assert_eq!(
+            holder(by_id("00000007-AAAA")).as_deref(),
+            Some("00000007-aaaa")
+        );
+        assert_eq!(
+            holder(by_upn("user7@contoso.COM")).as_deref(),
+            Some("00000007-aaaa")
+        );
+        assert_eq!(
+            holder(by_upn("user8@contoso.com")).as_deref(),
+            Some("00000008-aaaa")
+        );
+        assert_eq!(
+            view.holder(&by_upn("ghost@contoso.com")),
+            None,
+            "no object id"
+        );
+        assert_eq!(view.holder(&by_id("ffffffff-aaaa")), None);
+        // Both of user 7's assignments are candidates: the delivered one wins, whichever
+        // case the id is asked in.
+        let picked = view.assignment_for("00000007-aaaa").unwrap();
+        assert_eq!(picked.id, "a7");
+        assert_eq!(view.assignment_for("000000C7-AAAA").unwrap().id, "a199");
+        assert!(view.assignment_for("ffffffff-aaaa").is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_read_older_than_since_is_made_again_once_for_everyone() {
