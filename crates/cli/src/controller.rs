@@ -83,6 +83,9 @@ pub struct ControllerArgs {
     pub stuck_after: Duration,
 
     /// How long one Graph read (a package, a group's members, ...) is shared between objects.
+    /// A package's view (its assignments, one page per 100) that is older is read again in
+    /// the background while objects keep using the previous one, never older than twice
+    /// this; a write to the package drops it at once.
     #[arg(long, env = "REDELIVER_OBSERVATION_MAX_AGE", value_name = "DURATION", default_value = "30s", value_parser = redeliver::api::parse_duration_arg)]
     pub observation_max_age: Duration,
 

@@ -207,6 +207,9 @@ impl PackageView {
     }
 }
 
+/// Packages themselves (`resourceRoleScopes`) by id.
+type Heads = Memo<String, Result<Arc<AccessPackage>, ResolveFailure>>;
+
 /// A package looked up by (display name, catalog).
 type PackageName = (String, Option<String>);
 
@@ -219,7 +222,7 @@ pub struct Observer {
     views: Memo<String, Result<Arc<PackageView>, ResolveFailure>>,
     /// The package itself (`resourceRoleScopes`), read first by its view: what it promises
     /// is known before its assignment pages arrive, so membership reads can start then.
-    heads: Memo<String, Result<Arc<AccessPackage>, ResolveFailure>>,
+    heads: Arc<Heads>,
     requests: Memo<String, Result<Arc<[AssignmentRequest]>, ResolveFailure>>,
     /// Membership reads of this pass, shared by every declaration promising the resource.
     reads: Memo<ResourceRead, ReadData>,
@@ -260,8 +263,24 @@ struct Cells<K, V> {
     prune_at: usize,
 }
 
-/// When a cache entry was started, and its single-flight cell.
-type Entry<V> = (tokio::time::Instant, Arc<OnceCell<V>>);
+/// One cache entry: when its read was started, its single-flight cell, and (while a
+/// background refresh is in flight, [`Memo::get_or_refresh`]) the value it replaces with
+/// when that was read.
+struct Entry<V> {
+    at: tokio::time::Instant,
+    cell: Arc<OnceCell<V>>,
+    previous: Option<(tokio::time::Instant, V)>,
+}
+
+impl<V> Entry<V> {
+    fn new(cell: Arc<OnceCell<V>>) -> Self {
+        Self {
+            at: tokio::time::Instant::now(),
+            cell,
+            previous: None,
+        }
+    }
+}
 
 impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
     fn new(max_age: Option<Duration>) -> Self {
@@ -313,19 +332,82 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
         let cell = {
             let mut cells = self.cells.lock().await;
             match cells.map.get(&key) {
-                Some((at, cell)) if self.fresh_enough(*at) && since.is_none_or(|s| *at >= s) => {
-                    cell.clone()
+                Some(e) if self.fresh_enough(e.at) && since.is_none_or(|s| e.at >= s) => {
+                    e.cell.clone()
                 }
-                _ => {
-                    if cells.map.len() >= cells.prune_at {
-                        self.prune(&mut cells);
+                _ => self.start(&mut cells, key, None),
+            }
+        };
+        cell.get_or_try_init(read).await.cloned()
+    }
+
+    /// A new entry for `key` (replacing any), remembering `previous`.
+    fn start(
+        &self,
+        cells: &mut Cells<K, V>,
+        key: K,
+        previous: Option<(tokio::time::Instant, V)>,
+    ) -> Arc<OnceCell<V>> {
+        if cells.map.len() >= cells.prune_at {
+            self.prune(cells);
+        }
+        let cell = Arc::new(OnceCell::new());
+        let mut entry = Entry::new(cell.clone());
+        entry.previous = previous;
+        cells.map.insert(key, entry);
+        cell
+    }
+
+    /// Like [`Memo::get_or_read`], for reads that are long and shared by many callers (a
+    /// package's view: one page of assignments per 100). Once an entry has expired, the
+    /// caller that finds it starts the new read in the background and every caller keeps
+    /// being served the previous value until the new one lands, for at most one more
+    /// `max_age` (so nothing served is older than twice it). Without this, every reconcile
+    /// of the package waited for the whole re-read each `max_age`, and at 100,000 objects
+    /// the re-reads of large packages held most reconcile slots most of the time.
+    async fn get_or_refresh<F, Fut>(&self, key: K, read: F) -> Result<V, GraphError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<V, GraphError>> + Send + 'static,
+        V: Send + Sync + 'static,
+    {
+        let Some(max_age) = self.max_age else {
+            return self.get_or_read(key, read).await;
+        };
+        let servable = |p: &Option<(tokio::time::Instant, V)>| {
+            p.as_ref()
+                .filter(|(at, _)| at.elapsed() < max_age * 2)
+                .map(|(_, v)| v.clone())
+        };
+        let cell = {
+            let mut cells = self.cells.lock().await;
+            match cells.map.get(&key) {
+                Some(e) if self.fresh_enough(e.at) => match e.cell.get() {
+                    Some(v) => return Ok(v.clone()),
+                    None => match servable(&e.previous) {
+                        Some(v) => return Ok(v),
+                        None => e.cell.clone(),
+                    },
+                },
+                Some(e) => {
+                    let previous = match e.cell.get() {
+                        Some(v) => Some((e.at, v.clone())),
+                        // A refresh that failed: keep what it was to replace.
+                        None => e.previous.clone(),
+                    };
+                    if let Some(v) = servable(&previous) {
+                        let cell = self.start(&mut cells, key, previous);
+                        let read = read();
+                        tokio::spawn(async move {
+                            // A failure leaves the cell empty: the next caller past the
+                            // previous value's bound reads again itself.
+                            let _ = cell.get_or_try_init(|| read).await;
+                        });
+                        return Ok(v);
                     }
-                    let cell = Arc::new(OnceCell::new());
-                    cells
-                        .map
-                        .insert(key, (tokio::time::Instant::now(), cell.clone()));
-                    cell
+                    self.start(&mut cells, key, None)
                 }
+                None => self.start(&mut cells, key, None),
             }
         };
         cell.get_or_try_init(read).await.cloned()
@@ -335,18 +417,17 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
     /// next pass at twice what is left.
     fn prune(&self, cells: &mut Cells<K, V>) {
         if self.max_age.is_some() {
-            cells.map.retain(|_, (at, _)| self.fresh_enough(*at));
+            cells.map.retain(|_, e| self.fresh_enough(e.at));
         }
         // The audit's cache (no age bound) lives one pass and must read each thing once:
         // only the controller's is capped.
         if self.max_age.is_some() && cells.map.len() >= MEMO_MAX_ENTRIES {
-            let mut ages: Vec<tokio::time::Instant> =
-                cells.map.values().map(|(at, _)| *at).collect();
+            let mut ages: Vec<tokio::time::Instant> = cells.map.values().map(|e| e.at).collect();
             let excess = cells.map.len() + 1 - MEMO_MAX_ENTRIES / 2;
             let nth = excess.min(ages.len() - 1);
             let (_, cutoff, _) = ages.select_nth_unstable(nth);
             let cutoff = *cutoff;
-            cells.map.retain(|_, (at, _)| *at > cutoff);
+            cells.map.retain(|_, e| e.at > cutoff);
         }
         cells.prune_at = (cells.map.len() * 2).clamp(1024, MEMO_MAX_ENTRIES);
     }
@@ -387,7 +468,7 @@ impl Observer {
             packages_by_name: Memo::new(max_age),
             users: Memo::new(max_age),
             views: Memo::new(max_age),
-            heads: Memo::new(max_age),
+            heads: Arc::new(Memo::new(max_age)),
             requests: Memo::new(max_age),
             reads: Memo::new(max_age),
             drift: Memo::new(max_age),
@@ -600,11 +681,19 @@ impl Observer {
     /// [`Observer::refresh`]).
     ///
     /// The view is shared (`Arc`), not copied: a large package's assignments take a lot of
-    /// memory, and every declaration of the package looks at the same one.
+    /// memory, and every declaration of the package looks at the same one. With an age
+    /// bound (the controller's), an expired view is read again in the background while the
+    /// previous one is still served ([`Memo::get_or_refresh`]); a write to the package
+    /// drops it ([`Observer::invalidate_package`]), so the next look reads it first.
     pub async fn package_view(&self, package_id: &str) -> Result<Arc<PackageView>, ObserveError> {
+        let (graph, heads, id) = (
+            self.graph.clone(),
+            self.heads.clone(),
+            package_id.to_string(),
+        );
         self.views
-            .get_or_read(package_id.to_string(), || {
-                self.read_package_view(package_id)
+            .get_or_refresh(package_id.to_string(), move || {
+                read_package_view(graph, heads, id)
             })
             .await?
             .map_err(ObserveError::Resolve)
@@ -623,46 +712,7 @@ impl Observer {
     }
 
     async fn package_head(&self, package_id: &str) -> Result<Arc<AccessPackage>, ObserveError> {
-        self.heads
-            .get_or_read(package_id.to_string(), || async {
-                match self.graph.get_access_package(package_id).await {
-                    Ok(Some(package)) => Ok(Ok(Arc::new(package))),
-                    Ok(None) => Ok(Err(ResolveFailure::new(
-                        ResolveFailureKind::PackageNotFound,
-                        format!("spec.accessPackage.id: no access package with id {package_id}"),
-                    ))),
-                    Err(e) => forbidden_as_failure(e, "spec.accessPackage").map(Err),
-                }
-            })
-            .await?
-            .map_err(ObserveError::Resolve)
-    }
-
-    async fn read_package_view(
-        &self,
-        package_id: &str,
-    ) -> Result<Result<Arc<PackageView>, ResolveFailure>, GraphError> {
-        let field = "spec.accessPackage";
-        let package = match self.package_head(package_id).await {
-            Ok(package) => AccessPackage::clone(&package),
-            Err(ObserveError::Resolve(f)) => return Ok(Err(f)),
-            Err(ObserveError::Graph(e)) => return Err(e),
-        };
-        let reads = tokio::try_join!(
-            self.graph.list_policies(package_id),
-            self.graph.list_assignments(package_id),
-        );
-        let (policies, assignments) = match reads {
-            Ok(r) => r,
-            Err(e) => return forbidden_as_failure(e, field).map(Err),
-        };
-        let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
-        Ok(Ok(Arc::new(PackageView::new(
-            package,
-            resources,
-            policies,
-            assignments,
-        ))))
+        package_head(&self.graph, &self.heads, package_id).await
     }
 
     /// The assignment requests of one package (cached until [`Observer::refresh`]), read
@@ -992,6 +1042,58 @@ fn azure_unreadable_note(read: &ResourceRead, err: &GraphError) -> String {
     format!(
         "not verified: Azure Resource Manager refused the read (forbidden); grant the app {permission} on {scope} (the Reader role there)"
     )
+}
+
+/// The package itself, read once per age bound and shared (with its view, and with
+/// [`Observer::package_promises`]).
+async fn package_head(
+    graph: &GraphClient,
+    heads: &Heads,
+    package_id: &str,
+) -> Result<Arc<AccessPackage>, ObserveError> {
+    heads
+        .get_or_read(package_id.to_string(), || async {
+            match graph.get_access_package(package_id).await {
+                Ok(Some(package)) => Ok(Ok(Arc::new(package))),
+                Ok(None) => Ok(Err(ResolveFailure::new(
+                    ResolveFailureKind::PackageNotFound,
+                    format!("spec.accessPackage.id: no access package with id {package_id}"),
+                ))),
+                Err(e) => forbidden_as_failure(e, "spec.accessPackage").map(Err),
+            }
+        })
+        .await?
+        .map_err(ObserveError::Resolve)
+}
+
+/// Reads one package's view: the package, its policies and its assignments. Owns what it
+/// uses, so a background refresh can run it on its own task.
+async fn read_package_view(
+    graph: GraphClient,
+    heads: Arc<Heads>,
+    package_id: String,
+) -> Result<Result<Arc<PackageView>, ResolveFailure>, GraphError> {
+    let field = "spec.accessPackage";
+    let package = match package_head(&graph, &heads, &package_id).await {
+        Ok(package) => AccessPackage::clone(&package),
+        Err(ObserveError::Resolve(f)) => return Ok(Err(f)),
+        Err(ObserveError::Graph(e)) => return Err(e),
+    };
+    let reads = tokio::try_join!(
+        graph.list_policies(&package_id),
+        graph.list_assignments(&package_id),
+    );
+    let (policies, assignments) = match reads {
+        Ok(r) => r,
+        Err(e) => return forbidden_as_failure(e, field).map(Err),
+    };
+    let resources = promised_resources(package.resource_role_scopes.as_deref().unwrap_or(&[]));
+    Ok(Ok(Arc::new(PackageView::new(
+        package,
+        resources,
+        policies,
+        assignments,
+    ))))
 }
 
 fn describe_packages<'a>(packages: impl IntoIterator<Item = &'a AccessPackage>) -> String {
@@ -1500,6 +1602,65 @@ mod tests {
         assert_eq!(picked.id, "a7");
         assert_eq!(view.assignment_for("000000C7-AAAA").unwrap().id, "a199");
         assert!(view.assignment_for("ffffffff-aaaa").is_none());
+    }
+
+    /// An expired entry is read again in the background while everyone is served the
+    /// previous value, once; the new value replaces it when it lands; a refresh that fails
+    /// keeps the previous value only up to twice the age bound, then a caller reads itself.
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_view_is_refreshed_in_the_background_while_the_previous_is_served() {
+        let max_age = Duration::from_secs(30);
+        let memo: Memo<&str, u32> = Memo::new(Some(max_age));
+        let reads = Arc::new(AtomicUsize::new(0));
+        // Each read takes 5 s and answers how many reads came before it; `fail` makes it
+        // a transient Graph error.
+        let read = |fail: bool| {
+            let reads = reads.clone();
+            move || async move {
+                let n = reads.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if fail {
+                    return Err(GraphError::Throttled {
+                        operation: "test",
+                        retry_after: None,
+                        request_id: None,
+                    });
+                }
+                Ok(u32::try_from(n).unwrap())
+            }
+        };
+        // Nothing cached: the caller reads.
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 0);
+
+        tokio::time::advance(max_age).await;
+        // Expired: served at once from the previous value, one refresh started...
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 0);
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 0);
+        tokio::task::yield_now().await;
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            2,
+            "one refresh for both callers"
+        );
+        // ...and its value replaces the previous one when it lands.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 1);
+
+        // A refresh that fails: the previous value is served up to twice the bound...
+        tokio::time::advance(max_age).await;
+        assert_eq!(memo.get_or_refresh("p", read(true)).await.unwrap(), 1);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        tokio::task::yield_now().await;
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 1);
+        assert_eq!(
+            reads.load(Ordering::SeqCst),
+            3,
+            "no second refresh while one failed"
+        );
+        // ...then a caller waits for its own read.
+        tokio::time::advance(max_age).await;
+        assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 3);
     }
 
     #[tokio::test(start_paused = true)]
