@@ -669,7 +669,7 @@ impl<'a> Audit<'a> {
         for (_, apa) in &self.decls.assignments {
             assignments.push(
                 self.safety
-                    .policy(graph, conn, apa.spec.safety.as_ref())
+                    .policy(graph, conn, apa.spec.safety.as_deref())
                     .await,
             );
         }

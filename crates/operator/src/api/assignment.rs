@@ -138,7 +138,7 @@ pub struct AccessPackageAssignmentSpec {
     /// This object's own safety settings, each overriding its connection's (README,
     /// "Safety").
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub safety: Option<super::SafetySpec>,
+    pub safety: Option<Box<super::SafetySpec>>,
 }
 
 /// How an assignment is repaired.

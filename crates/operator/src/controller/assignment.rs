@@ -136,7 +136,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     let api: Api<AccessPackageAssignment> = Api::namespaced(ctx.client.clone(), &namespace);
     let reference = obj.object_ref(&());
     let (mut observed, previous) = observe(ctx, tenant, &obj, &api, &name).await?;
-    let safety = tenant.safety_policy(obj.spec.safety.as_ref()).await;
+    let safety = tenant.safety_policy(obj.spec.safety.as_deref()).await;
     crate::observe::safety::attribute_drift(
         &tenant.attribution,
         tenant.graph(),
