@@ -244,85 +244,113 @@ pub async fn run(
     if let Some(done) = baseline {
         let _ = done.send(());
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut followers: HashMap<ConnectionKey, Follower> = HashMap::new();
-    let spawn = |key: ConnectionKey,
-                 tenant: Arc<Tenant>,
-                 tracker: DeltaTracker,
-                 since: jiff::Timestamp,
-                 tasks: &mut tokio::task::JoinSet<FollowerEnd>,
-                 followers: &mut HashMap<ConnectionKey, Follower>| {
-        let follower_stop = stop.child_token();
-        let task = follow(
-            key.clone(),
-            tenant.clone(),
-            tracker,
-            since,
-            partition.clone(),
-            trigger.clone(),
-            follower_stop.clone(),
-            interval,
-            ctx.clock(),
-        );
-        let id = tasks.spawn(task).id();
-        if let Some(old) = followers.insert(
-            key,
-            Follower {
-                tenant,
-                stop: follower_stop,
-                id,
-            },
-        ) {
-            old.stop.cancel();
-        }
+    let mut followers = Followers {
+        ctx,
+        partition,
+        trigger,
+        stop: stop.clone(),
+        interval,
+        tasks: tokio::task::JoinSet::new(),
+        running: HashMap::new(),
     };
     for (key, tenant, tracker, since, _) in started {
-        spawn(key, tenant, tracker, since, &mut tasks, &mut followers);
+        followers.spawn(key, tenant, tracker, since);
     }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(interval) => {}
         }
-        let parts = partition.get();
+        followers.match_connections();
+        if followers.reap() == Reaped::ControllerGone {
+            break;
+        }
+    }
+    followers.shutdown().await;
+}
+
+/// What [`Followers::reap`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Reaped {
+    /// Ended followers were forgotten (or none had ended).
+    Forgotten,
+    /// A follower found the controller gone: stop following.
+    ControllerGone,
+}
+
+/// The running per-connection followers of [`run`] and what starting one takes.
+struct Followers {
+    ctx: Arc<Context>,
+    partition: Arc<Partition>,
+    trigger: Sender<ObjectRef<AccessPackageAssignment>>,
+    stop: CancellationToken,
+    interval: std::time::Duration,
+    tasks: tokio::task::JoinSet<FollowerEnd>,
+    running: HashMap<ConnectionKey, Follower>,
+}
+
+impl Followers {
+    /// Starts following `key` with `tenant` from `tracker`'s baseline taken at `since`,
+    /// replacing (stopping) a follower it had.
+    fn spawn(
+        &mut self,
+        key: ConnectionKey,
+        tenant: Arc<Tenant>,
+        tracker: DeltaTracker,
+        since: jiff::Timestamp,
+    ) {
+        let stop = self.stop.child_token();
+        let task = follow(
+            key.clone(),
+            tenant.clone(),
+            tracker,
+            since,
+            self.partition.clone(),
+            self.trigger.clone(),
+            stop.clone(),
+            self.interval,
+            self.ctx.clock(),
+        );
+        let id = self.tasks.spawn(task).id();
+        if let Some(old) = self.running.insert(key, Follower { tenant, stop, id }) {
+            old.stop.cancel();
+        }
+    }
+
+    /// One follower per connection that has objects and is ready: a new connection, or one
+    /// with a rebuilt client (a rotated Secret), starts over from a new baseline (every
+    /// group is baselined again and its objects verified); one without objects stops.
+    fn match_connections(&mut self) {
+        let parts = self.partition.get();
         for key in parts.keys() {
-            let Some(tenant) = ctx.connections.ready(key) else {
+            let Some(tenant) = self.ctx.connections.ready(key) else {
                 continue;
             };
-            let current = followers
+            let current = self
+                .running
                 .get(key)
                 .filter(|f| !f.stop.is_cancelled() && Arc::ptr_eq(&f.tenant, &tenant));
             if current.is_none() {
-                // New, or a rebuilt client (rotated Secret): start over with it; every group
-                // is baselined again and its objects verified.
                 let tracker = DeltaTracker::empty(tenant.graph().clone());
-                spawn(
-                    key.clone(),
-                    tenant,
-                    tracker,
-                    ctx.now(),
-                    &mut tasks,
-                    &mut followers,
-                );
+                self.spawn(key.clone(), tenant, tracker, self.ctx.now());
             }
         }
-        followers.retain(|k, f| {
+        self.running.retain(|k, f| {
             let keep = parts.contains_key(k);
             if !keep {
                 f.stop.cancel();
             }
             keep
         });
-        // A follower that ended (its connection went, or it panicked) is forgotten, so the
-        // next round starts a new one if its connection is still there.
-        let mut gone = false;
-        while let Some(ended) = tasks.try_join_next_with_id() {
+    }
+
+    /// Forgets the followers that ended (their connection went, or one panicked), so the
+    /// next round starts a new one if the connection is still there.
+    fn reap(&mut self) -> Reaped {
+        while let Some(ended) = self.tasks.try_join_next_with_id() {
             let id = match ended {
                 Ok((id, FollowerEnd::Stopped)) => id,
-                Ok((_, FollowerEnd::ControllerGone)) => {
-                    gone = true;
-                    break;
-                }
+                Ok((_, FollowerEnd::ControllerGone)) => return Reaped::ControllerGone,
                 Err(e) => {
                     if e.is_panic() {
                         tracing::error!(error = %e, "a connection's group delta follower panicked; following it again from a new baseline");
@@ -330,16 +358,17 @@ pub async fn run(
                     e.id()
                 }
             };
-            followers.retain(|_, f| f.id != id);
+            self.running.retain(|_, f| f.id != id);
         }
-        if gone {
-            break;
+        Reaped::Forgotten
+    }
+
+    async fn shutdown(mut self) {
+        for f in self.running.values() {
+            f.stop.cancel();
         }
+        self.tasks.shutdown().await;
     }
-    for f in followers.values() {
-        f.stop.cancel();
-    }
-    tasks.shutdown().await;
 }
 
 /// A connection whose groups' baseline was taken: its tenant, tracker, the time it was
