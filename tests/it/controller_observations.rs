@@ -1,6 +1,7 @@
 //! The controller's shared read cache over the real simulator: one read per resource per
 //! window however many reconciles ask at once, the same data (not copies) handed to every
-//! object, and a fresh read once the window has passed or a write invalidated it.
+//! object, and a fresh read once a write invalidated it (first) or the window has passed
+//! (in the background, the previous answer served meanwhile).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,15 +58,36 @@ async fn concurrent_reconciles_share_one_read_per_resource_per_window() {
     observations.snapshot(&resources).await;
     assert_eq!(members_reads(&sim), distinct);
 
-    // A write to the package invalidates its resources: read again, once.
+    // A write to the package invalidates its resources: read again, once, before anyone
+    // is answered.
     observations.invalidate_package(&package, &resources).await;
-    observations.snapshot(&resources).await;
+    let written = observations.snapshot(&resources).await;
     assert_eq!(members_reads(&sim), 2 * distinct);
+    let ids = |s: &redeliver::engine::Snapshot| match s.data(&writers) {
+        Some(ReadData::Ids(ids)) => ids,
+        other => panic!("unexpected {other:?}"),
+    };
+    let after_write = ids(&written);
 
-    // After the window: read again, once. The cache ages on tokio's clock.
+    // After the window: read again, once, in the background, while the answers read after
+    // the write are still served (for at most one more window). The cache ages on tokio's
+    // clock.
     crate::clock::skip(Duration::from_millis(700)).await;
-    futures::future::join_all((0..4).map(|_| observations.snapshot(&resources))).await;
-    assert_eq!(members_reads(&sim), 3 * distinct);
+    let during = futures::future::join_all((0..4).map(|_| observations.snapshot(&resources))).await;
+    for s in &during {
+        assert!(Arc::ptr_eq(&ids(s), &after_write), "the previous answer");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while members_reads(&sim) < 3 * distinct {
+        assert!(std::time::Instant::now() < deadline, "the refresh was made");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let renewed = observations.snapshot(&resources).await;
+    assert!(
+        !Arc::ptr_eq(&ids(&renewed), &after_write),
+        "the renewed answer"
+    );
+    assert_eq!(members_reads(&sim), 3 * distinct, "once per resource");
     sim.shutdown().await;
 }
 

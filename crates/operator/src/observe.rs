@@ -857,10 +857,26 @@ impl Observer {
             futures::stream::iter(reads)
                 .map(|read| async move {
                     let since = since.filter(|_| fresh.is_some_and(|f| f.reads.contains(&read)));
-                    let result = self
-                        .reads
-                        .get_or_read_since(read.clone(), since, || self.read_resource(&read))
-                        .await;
+                    // Without a freshness demand an expired read is renewed in the
+                    // background while the previous answer is served (as package views).
+                    let result = match since {
+                        Some(_) => {
+                            self.reads
+                                .get_or_read_since(read.clone(), since, || {
+                                    read_resource(&self.graph, &*self.clock, &read)
+                                })
+                                .await
+                        }
+                        None => {
+                            let (graph, clock, r) =
+                                (self.graph.clone(), self.clock.clone(), read.clone());
+                            self.reads
+                                .get_or_refresh(read.clone(), move || async move {
+                                    read_resource(&graph, &*clock, &r).await
+                                })
+                                .await
+                        }
+                    };
                     (read, result)
                 })
                 .buffer_unordered(self.concurrency)
@@ -872,84 +888,7 @@ impl Observer {
     /// One resource read (all pages): a group's members or owners, or a service
     /// principal's app role assignments.
     pub async fn read_resource(&self, read: &ResourceRead) -> Result<ReadData, GraphError> {
-        Ok(match read {
-            ResourceRead::GroupMembers(g) => ReadData::Ids(Arc::new(
-                self.graph
-                    .list_group_members(g)
-                    .await?
-                    .into_iter()
-                    .collect(),
-            )),
-            ResourceRead::GroupOwners(g) => ReadData::Ids(Arc::new(
-                self.graph.list_group_owners(g).await?.into_iter().collect(),
-            )),
-            ResourceRead::AppRoleAssignments(sp) => ReadData::Pairs(Arc::new(
-                self.graph
-                    .list_app_role_assignments(sp)
-                    .await?
-                    .into_iter()
-                    .map(|a| (a.principal_id, a.app_role_id))
-                    .collect(),
-            )),
-            ResourceRead::DirectoryRoleHolders {
-                role_definition_id,
-                mode,
-            } => ReadData::Pairs(Arc::new(
-                self.graph
-                    .list_directory_role_holders(
-                        role_definition_id,
-                        *mode == crate::engine::RoleMode::Eligible,
-                    )
-                    .await?
-                    .into_iter()
-                    // A holder without a scope holds it tenant-wide, as `/` says.
-                    .map(|h| {
-                        let scope = h
-                            .directory_scope_id
-                            .filter(|s| !s.is_empty())
-                            .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string());
-                        (h.principal_id, scope)
-                    })
-                    .collect(),
-            )),
-            ResourceRead::AzureRoleHolders { scope, mode } => ReadData::Pairs(Arc::new(
-                self.graph
-                    .list_azure_role_holders(scope, *mode == crate::engine::RoleMode::Eligible)
-                    .await?
-                    .into_iter()
-                    .filter_map(|h| {
-                        let p = h.properties;
-                        let guid = p.role_definition_id.rsplit('/').next()?.to_string();
-                        let at = if p.scope.is_empty() {
-                            scope.clone()
-                        } else {
-                            p.scope
-                        };
-                        Some((p.principal_id, crate::engine::azure_holding(&guid, &at)))
-                    })
-                    .collect(),
-            )),
-            ResourceRead::GroupEligibilities { group_id, access } => {
-                let now = self.clock.now();
-                ReadData::Pairs(Arc::new(
-                    self.graph
-                        .list_group_eligibilities(group_id, access.access_id())
-                        .await?
-                        .into_iter()
-                        // Judged at read time: one whose end has passed ended on schedule.
-                        .map(|s| {
-                            let state = match s.end() {
-                                Some(end) if end <= now => {
-                                    crate::engine::eligibility_ended(&end.to_string())
-                                }
-                                _ => crate::engine::ELIGIBILITY_IN_EFFECT.to_string(),
-                            };
-                            (s.principal_id, state)
-                        })
-                        .collect(),
-                ))
-            }
-        })
+        read_resource(&self.graph, &*self.clock, read).await
     }
 }
 
@@ -1042,6 +981,90 @@ fn azure_unreadable_note(read: &ResourceRead, err: &GraphError) -> String {
     format!(
         "not verified: Azure Resource Manager refused the read (forbidden); grant the app {permission} on {scope} (the Reader role there)"
     )
+}
+
+/// One resource read (all pages): a group's members or owners, a service principal's app
+/// role assignments, a role's or a group eligibility's holders. Owns nothing of the
+/// observer, so a background refresh can run it on its own task.
+async fn read_resource(
+    graph: &GraphClient,
+    clock: &dyn Clock,
+    read: &ResourceRead,
+) -> Result<ReadData, GraphError> {
+    Ok(match read {
+        ResourceRead::GroupMembers(g) => ReadData::Ids(Arc::new(
+            graph.list_group_members(g).await?.into_iter().collect(),
+        )),
+        ResourceRead::GroupOwners(g) => ReadData::Ids(Arc::new(
+            graph.list_group_owners(g).await?.into_iter().collect(),
+        )),
+        ResourceRead::AppRoleAssignments(sp) => ReadData::Pairs(Arc::new(
+            graph
+                .list_app_role_assignments(sp)
+                .await?
+                .into_iter()
+                .map(|a| (a.principal_id, a.app_role_id))
+                .collect(),
+        )),
+        ResourceRead::DirectoryRoleHolders {
+            role_definition_id,
+            mode,
+        } => ReadData::Pairs(Arc::new(
+            graph
+                .list_directory_role_holders(
+                    role_definition_id,
+                    *mode == crate::engine::RoleMode::Eligible,
+                )
+                .await?
+                .into_iter()
+                // A holder without a scope holds it tenant-wide, as `/` says.
+                .map(|h| {
+                    let scope = h
+                        .directory_scope_id
+                        .filter(|s| !s.is_empty())
+                        .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string());
+                    (h.principal_id, scope)
+                })
+                .collect(),
+        )),
+        ResourceRead::AzureRoleHolders { scope, mode } => ReadData::Pairs(Arc::new(
+            graph
+                .list_azure_role_holders(scope, *mode == crate::engine::RoleMode::Eligible)
+                .await?
+                .into_iter()
+                .filter_map(|h| {
+                    let p = h.properties;
+                    let guid = p.role_definition_id.rsplit('/').next()?.to_string();
+                    let at = if p.scope.is_empty() {
+                        scope.clone()
+                    } else {
+                        p.scope
+                    };
+                    Some((p.principal_id, crate::engine::azure_holding(&guid, &at)))
+                })
+                .collect(),
+        )),
+        ResourceRead::GroupEligibilities { group_id, access } => {
+            let now = clock.now();
+            ReadData::Pairs(Arc::new(
+                graph
+                    .list_group_eligibilities(group_id, access.access_id())
+                    .await?
+                    .into_iter()
+                    // Judged at read time: one whose end has passed ended on schedule.
+                    .map(|s| {
+                        let state = match s.end() {
+                            Some(end) if end <= now => {
+                                crate::engine::eligibility_ended(&end.to_string())
+                            }
+                            _ => crate::engine::ELIGIBILITY_IN_EFFECT.to_string(),
+                        };
+                        (s.principal_id, state)
+                    })
+                    .collect(),
+            ))
+        }
+    })
 }
 
 /// The package itself, read once per age bound and shared (with its view, and with
