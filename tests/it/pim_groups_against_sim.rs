@@ -95,6 +95,15 @@ fn row<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
         .unwrap_or_else(|| panic!("row {name} in {report}"))
 }
 
+/// The plan's status of the eligible group membership.
+fn member_of(plan: &engine::Plan) -> &redeliver::api::ResourceStatus {
+    plan.status
+        .resources
+        .iter()
+        .find(|r| r.role.as_deref() == Some("Member"))
+        .expect("the eligible membership")
+}
+
 async fn plan_for(observer: &Observer, upn: &str) -> engine::Plan {
     crate::fault_support::first_plan(observer, "privileged", "Finance Admins", upn).await
 }
@@ -201,12 +210,7 @@ async fn an_eligibility_that_ended_on_its_own_end_date_is_not_drift() {
     );
     let observer = Observer::new(crate::fault_support::graph_client(&sim).unwrap(), 4);
     let plan = plan_for(&observer, "carol@fabrikam.com").await;
-    let member = plan
-        .status
-        .resources
-        .iter()
-        .find(|r| r.role.as_deref() == Some("Member"))
-        .unwrap();
+    let member = member_of(&plan);
     assert_eq!(member.state, ResourceState::Unverifiable, "{member:?}");
     assert!(
         member
@@ -240,13 +244,8 @@ async fn the_observer_judges_an_end_date_by_its_clock() {
         )
         .unwrap()
     );
-    let member_state = |plan: &redeliver::engine::Plan| {
-        let member = plan
-            .status
-            .resources
-            .iter()
-            .find(|r| r.role.as_deref() == Some("Member"))
-            .unwrap();
+    let member_state = |plan: &engine::Plan| {
+        let member = member_of(plan);
         (member.state, member.note.clone().unwrap_or_default())
     };
     let graph = crate::fault_support::graph_client(&sim).unwrap();

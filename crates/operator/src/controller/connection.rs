@@ -202,27 +202,28 @@ pub fn wake(ctx: &Context, key: &ConnectionKey, only_stalled: bool) {
 /// Forgets deleted connections and wakes their objects (which then stall: a deleted
 /// connection never hands its objects to another tenant). Applied to the connection watch
 /// events before they reach the store.
+///
 /// A changed mass-drift acknowledgement annotation is applied here too: annotations do not
 /// change the generation, so the connection's own reconcile never sees it.
 pub fn on_namespaced_event(ctx: &Context, event: &watcher::Event<GraphConnection>) {
-    let key = |obj: &GraphConnection| ConnectionKey::Namespaced {
+    on_event(ctx, event, |obj| ConnectionKey::Namespaced {
         namespace: obj.namespace().unwrap_or_default(),
         name: obj.name_any(),
-    };
-    match event {
-        watcher::Event::Delete(obj) => gone(ctx, &key(obj)),
-        watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
-            acknowledged(ctx, &key(obj), obj.annotations());
-        }
-        _ => {}
-    }
+    });
 }
 
 /// See [`on_namespaced_event`].
 pub fn on_cluster_event(ctx: &Context, event: &watcher::Event<ClusterGraphConnection>) {
-    let key = |obj: &ClusterGraphConnection| ConnectionKey::Cluster {
+    on_event(ctx, event, |obj| ConnectionKey::Cluster {
         name: obj.name_any(),
-    };
+    });
+}
+
+fn on_event<K: ResourceExt>(
+    ctx: &Context,
+    event: &watcher::Event<K>,
+    key: impl Fn(&K) -> ConnectionKey,
+) {
     match event {
         watcher::Event::Delete(obj) => gone(ctx, &key(obj)),
         watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) => {
