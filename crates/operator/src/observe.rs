@@ -717,14 +717,18 @@ impl Observer {
 
     /// The assignment requests of one package (cached until [`Observer::refresh`]), read
     /// only when a declaration needs one: to follow a delivery in flight or to reprocess a
-    /// failed request.
+    /// failed request. Like the view, renewed in the background once expired (a package
+    /// has about as many requests as assignments: a long, paged read), and dropped by a
+    /// write to the package. The request an object submitted itself is always read fresh
+    /// by id.
     pub async fn package_requests(
         &self,
         package_id: &str,
     ) -> Result<Arc<[AssignmentRequest]>, ObserveError> {
+        let (graph, id) = (self.graph.clone(), package_id.to_string());
         self.requests
-            .get_or_read(package_id.to_string(), || async {
-                match self.graph.list_requests(package_id).await {
+            .get_or_refresh(package_id.to_string(), move || async move {
+                match graph.list_requests(&id).await {
                     Ok(list) => Ok(Ok(Arc::from(list))),
                     Err(e) => forbidden_as_failure(e, "spec.accessPackage").map(Err),
                 }
