@@ -406,9 +406,16 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
         status(&kube, APA, B, "alice")["reprocess"]["lastHandledRequest"] == "2026-01-01T00:00:00Z"
     })
     .await;
-    // ... by a reprocess sent to B's tenant, while A's is unusable.
+    // ... by a reprocess sent to B's tenant, while A's is unusable. (The status says so
+    // before the call is sent: wait for the call.)
     let path =
         format!("/v1.0/identityGovernance/entitlementManagement/assignments/{b_id}/reprocess");
+    wait_until(
+        "the reprocess reached B's tenant",
+        Duration::from_secs(20),
+        || fabrikam.count_requests("POST", &path) > 0,
+    )
+    .await;
     assert_eq!(fabrikam.count_requests("POST", &path), 1);
     assert_eq!(
         status(&kube, APA, B, "alice")["reprocess"]["lastOutcome"],
