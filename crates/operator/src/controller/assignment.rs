@@ -24,7 +24,7 @@ use crate::api::{
     AccessPackageAssignment, AccessPackageAssignmentStatus, DeletionPolicy, FINALIZER,
     REPROCESS_ANNOTATION,
 };
-use crate::engine::conditions::{ConditionType, Reason, first_visit_conditions};
+use crate::engine::conditions::first_visit_conditions;
 use crate::engine::ledger::RepairLedger;
 use crate::engine::removal::{RemovalSeen, RemovalStep, plan_removal, removal_requested};
 use crate::engine::transaction::{Claim, Transaction};
@@ -464,33 +464,8 @@ fn mass_drift_hold(
             .flatten();
         (hold, lifted)
     };
-    wake_mass_drift_held(ctx, &lifted);
+    ctx.triggers.wake_mass_drift_held(&lifted);
     hold
-}
-
-/// Reconciles now the objects held by the mass-drift breaker of one of `packages`, whose
-/// hold was just lifted (acknowledged, or the drift repaired below the threshold): held
-/// objects are otherwise only looked at again on their verify interval.
-pub fn wake_mass_drift_held(ctx: &Context, packages: &[String]) {
-    if packages.is_empty() {
-        return;
-    }
-    tracing::info!(
-        packages = packages.join(", "),
-        "mass-drift hold lifted; resuming the held objects"
-    );
-    ctx.triggers.wake(
-        |a: &AccessPackageAssignment| {
-            a.status.as_ref().is_some_and(|s| {
-                crate::engine::conditions::true_reason(&s.conditions, ConditionType::Stalled)
-                    == Some(Reason::MassDrift)
-                    && s.access_package_id
-                        .as_deref()
-                        .is_some_and(|p| packages.iter().any(|l| l.eq_ignore_ascii_case(p)))
-            })
-        },
-        |_| false,
-    );
 }
 
 /// Deletion with `deletionPolicy: Remove`: submit an `adminRemove` for the user's live

@@ -244,7 +244,7 @@ fn acknowledged(
         .get(crate::api::MASS_DRIFT_ACK_ANNOTATION)
         .map(String::as_str);
     let lifted = ctx.connections.acknowledge_mass_drift(key, value);
-    super::assignment::wake_mass_drift_held(ctx, &lifted);
+    ctx.triggers.wake_mass_drift_held(&lifted);
 }
 
 fn gone(ctx: &Context, key: &ConnectionKey) {

@@ -279,7 +279,8 @@ fn record_sweep(
         && m.acknowledged_time.is_some()
         && tenant.breaker().acknowledge_package(package_id)
     {
-        super::assignment::wake_mass_drift_held(ctx, std::slice::from_ref(package_id));
+        ctx.triggers
+            .wake_mass_drift_held(std::slice::from_ref(package_id));
     }
     plan.status.connection = tenant.key.status_label();
     // Count each drift once, when first seen (the previous list is bounded, so a drift

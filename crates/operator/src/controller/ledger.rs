@@ -206,6 +206,34 @@ impl Triggers {
         }
     }
 
+    /// Reconciles now the assignments held by the mass-drift breaker of one of `packages`,
+    /// whose hold was just lifted (acknowledged, or the drift repaired below the
+    /// threshold): held objects are otherwise only looked at again on their verify
+    /// interval.
+    pub fn wake_mass_drift_held(&self, packages: &[String]) {
+        if packages.is_empty() {
+            return;
+        }
+        tracing::info!(
+            packages = packages.join(", "),
+            "mass-drift hold lifted; resuming the held objects"
+        );
+        self.wake(
+            |a: &AccessPackageAssignment| {
+                a.status.as_ref().is_some_and(|s| {
+                    crate::engine::conditions::true_reason(
+                        &s.conditions,
+                        crate::engine::conditions::ConditionType::Stalled,
+                    ) == Some(crate::engine::conditions::Reason::MassDrift)
+                        && s.access_package_id
+                            .as_deref()
+                            .is_some_and(|p| packages.iter().any(|l| l.eq_ignore_ascii_case(p)))
+                })
+            },
+            |_| false,
+        );
+    }
+
     /// Reconciles every object but `except` that covers one of `assignment_ids` of
     /// `package_id`: declarations tracking that assignment, and guards of the package.
     /// Repairs are rare, so one scan of the stores per repair is cheap.
