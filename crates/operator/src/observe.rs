@@ -269,7 +269,9 @@ struct Cells<K, V> {
 struct Entry<V> {
     at: tokio::time::Instant,
     cell: Arc<OnceCell<V>>,
-    previous: Option<(tokio::time::Instant, V)>,
+    /// Shared with the refresh's task, which clears it once the new value is in: kept, it
+    /// would double what the cache holds.
+    previous: Arc<std::sync::Mutex<Option<(tokio::time::Instant, V)>>>,
 }
 
 impl<V> Entry<V> {
@@ -277,7 +279,7 @@ impl<V> Entry<V> {
         Self {
             at: tokio::time::Instant::now(),
             cell,
-            previous: None,
+            previous: Arc::default(),
         }
     }
 }
@@ -353,7 +355,7 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
         }
         let cell = Arc::new(OnceCell::new());
         let mut entry = Entry::new(cell.clone());
-        entry.previous = previous;
+        entry.previous = Arc::new(std::sync::Mutex::new(previous));
         cells.map.insert(key, entry);
         cell
     }
@@ -379,12 +381,14 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
                 .filter(|(at, _)| at.elapsed() < max_age * 2)
                 .map(|(_, v)| v.clone())
         };
+        let previous_of =
+            |e: &Entry<V>| e.previous.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let cell = {
             let mut cells = self.cells.lock().await;
             match cells.map.get(&key) {
                 Some(e) if self.fresh_enough(e.at) => match e.cell.get() {
                     Some(v) => return Ok(v.clone()),
-                    None => match servable(&e.previous) {
+                    None => match servable(&previous_of(e)) {
                         Some(v) => return Ok(v),
                         None => e.cell.clone(),
                     },
@@ -393,15 +397,20 @@ impl<K: std::hash::Hash + Eq + Clone, V: Clone> Memo<K, V> {
                     let previous = match e.cell.get() {
                         Some(v) => Some((e.at, v.clone())),
                         // A refresh that failed: keep what it was to replace.
-                        None => e.previous.clone(),
+                        None => previous_of(e),
                     };
                     if let Some(v) = servable(&previous) {
-                        let cell = self.start(&mut cells, key, previous);
+                        let cell = self.start(&mut cells, key.clone(), previous);
+                        let kept = cells.map.get(&key).map(|e| e.previous.clone());
                         let read = read();
                         tokio::spawn(async move {
                             // A failure leaves the cell empty: the next caller past the
                             // previous value's bound reads again itself.
-                            let _ = cell.get_or_try_init(|| read).await;
+                            if cell.get_or_try_init(|| read).await.is_ok()
+                                && let Some(kept) = kept
+                            {
+                                *kept.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                            }
                         });
                         return Ok(v);
                     }
@@ -1688,6 +1697,33 @@ mod tests {
         // ...then a caller waits for its own read.
         tokio::time::advance(max_age).await;
         assert_eq!(memo.get_or_refresh("p", read(false)).await.unwrap(), 3);
+    }
+
+    /// Once the refresh has landed the cache no longer holds the value it replaced (kept,
+    /// it would double the memory of every large read).
+    #[tokio::test(start_paused = true)]
+    async fn a_landed_refresh_lets_go_of_the_previous_value() {
+        let max_age = Duration::from_secs(30);
+        let memo: Memo<&str, Arc<String>> = Memo::new(Some(max_age));
+        let read = |v: &'static str| {
+            move || async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                Ok::<_, GraphError>(Arc::new(v.to_string()))
+            }
+        };
+        let old = memo.get_or_refresh("p", read("old")).await.unwrap();
+        tokio::time::advance(max_age).await;
+        let served = memo.get_or_refresh("p", read("new")).await.unwrap();
+        assert!(Arc::ptr_eq(&served, &old));
+        drop(served);
+        assert_eq!(Arc::strong_count(&old), 2, "the cache serves it meanwhile");
+        // The refresh's task starts its 5 s read when it is first polled: let it.
+        for _ in 0..10 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(Arc::strong_count(&old), 1, "only this test holds it now");
+        assert_eq!(*memo.get_or_refresh("p", read("x")).await.unwrap(), "new");
     }
 
     #[tokio::test(start_paused = true)]
