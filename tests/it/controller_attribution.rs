@@ -191,7 +191,7 @@ fn drift_note(events: &[Value]) -> String {
 
 #[tokio::test]
 async fn an_outside_removal_names_its_actor_in_event_message_and_status() {
-    let mut env = env(Settings::default()).await;
+    let mut env = env(crate::controller_support::settings()).await;
     // Accepted without effect, so bob stays drifted for the second pass.
     env.sim.inject_fault(FaultSpec::SilentReprocess {
         assignment_ids: vec![],
@@ -254,7 +254,7 @@ async fn an_outside_removal_names_its_actor_in_event_message_and_status() {
 
 #[tokio::test]
 async fn users_removed_from_one_group_together_cost_one_audit_query() {
-    let mut env = env(Settings::default()).await;
+    let mut env = env(crate::controller_support::settings()).await;
     // Alice starts without fin-writers; give it back so an app can take it away again.
     env.sim
         .add_member("fin-writers", "alice@contoso.com")
@@ -303,7 +303,7 @@ async fn without_audit_permission_attribution_is_unavailable_and_nothing_else_ch
             enabled: false,
             ..Default::default()
         },
-        ..Settings::default()
+        ..crate::controller_support::settings()
     })
     .await;
     off.sim
@@ -315,7 +315,7 @@ async fn without_audit_permission_attribution_is_unavailable_and_nothing_else_ch
     assert_eq!(last_change(&plain, "fin-writers"), Value::Null);
     off.sim.shutdown().await;
 
-    let mut env = env(Settings::default()).await;
+    let mut env = env(crate::controller_support::settings()).await;
     env.sim.inject_fault(FaultSpec::Error {
         status: 403,
         retry_after: None,
@@ -596,7 +596,7 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
             batch_window: Duration::from_millis(800),
             ..Default::default()
         },
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
     let ready = Readiness::default();
@@ -722,7 +722,7 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         delta_interval: Duration::from_millis(500),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(200),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
     let ready = Readiness::default();
@@ -856,7 +856,7 @@ async fn the_controller_takes_its_time_from_the_clock_in_its_context() {
     let clock = Arc::new(FixedClock::at(at));
     let mut env = env(Settings {
         clock: clock.clone(),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     })
     .await;
     let alice = for_user("alice-finance", "alice@contoso.com");

@@ -94,16 +94,12 @@ fn settings(delta_interval: Duration) -> Settings {
         // Graph's processing delay as the simulator has it here: re-checks come quickly.
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, plural: &str, name: &str) -> Value {

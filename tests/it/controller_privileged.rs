@@ -114,12 +114,8 @@ async fn start(
     (stop, task)
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, name: &str) -> Value {
@@ -169,7 +165,7 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let (stop, task) = start(&kube, &sim, settings).await;
     wait_until(
@@ -277,7 +273,7 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let (stop, task) = start(&kube, &sim, settings).await;
     let unknown = |s: &Value| {
@@ -336,7 +332,7 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let (stop, task) = start(&kube, &sim, settings).await;
     wait_until(

@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::{Context, run_controllers};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -137,7 +137,12 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
     });
 
     let (metrics, registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(client, graph, metrics, &Settings::default()));
+    let ctx = Arc::new(Context::new(
+        client,
+        graph,
+        metrics,
+        &crate::controller_support::settings(),
+    ));
     let ready = Readiness::default();
     let stop = CancellationToken::new();
     let run = tokio::spawn(run_controllers(

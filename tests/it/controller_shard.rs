@@ -101,7 +101,7 @@ fn settings(index: u32, count: u32) -> Settings {
         connection_recheck_ready: Duration::from_secs(1),
         instance: Some(format!("shard-{index}-of-{count}")),
         shard: Shard { index, count },
-        ..Settings::default()
+        ..crate::controller_support::settings()
     }
 }
 
@@ -254,12 +254,8 @@ impl Referee {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn label(kube: &FakeKube, namespace: &str, name: &str) -> Option<String> {

@@ -195,16 +195,12 @@ fn settings() -> Settings {
         connection_recheck_stalled: Duration::from_secs(1),
         connection_recheck_ready: Duration::from_secs(1),
         delta_interval: Duration::from_secs(1),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, plural: &str, namespace: &str, name: &str) -> Value {

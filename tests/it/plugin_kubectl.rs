@@ -358,12 +358,8 @@ async fn ack_annotates_a_guard_or_a_connection_and_says_what_resumes() {
     );
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 /// The real controller, in-process (as `controller_ledger` runs it), sees the annotation the
@@ -390,7 +386,7 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
     let settings = Settings {
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
     let ready = Readiness::default();

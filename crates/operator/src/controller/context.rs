@@ -126,6 +126,9 @@ pub struct Settings {
     pub cluster_connections: bool,
     /// Wall-clock time ([`SystemClock`] but in tests).
     pub clock: Arc<dyn Clock>,
+    /// How long a reconcile request waits for more of the same object before it runs, so a
+    /// burst of changes is reconciled once ([`DEBOUNCE`]; tests shorten it).
+    pub debounce: Duration,
 }
 
 impl Default for Settings {
@@ -153,9 +156,13 @@ impl Default for Settings {
             account_max_age: crate::observe::accounts::AccountSettings::default().ttl,
             cluster_connections: true,
             clock: Arc::new(SystemClock),
+            debounce: DEBOUNCE,
         }
     }
 }
+
+/// The controllers' debounce: see [`Settings::debounce`].
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -199,6 +206,8 @@ pub struct Context {
     started: tokio::sync::watch::Sender<bool>,
     /// Wall-clock time: the only source of it in the controller.
     clock: Arc<dyn Clock>,
+    /// See [`Settings::debounce`].
+    pub debounce: Duration,
 }
 
 impl super::metrics::StateSizes for Context {
@@ -321,6 +330,7 @@ impl Context {
             cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
             clock: settings.clock.clone(),
+            debounce: settings.debounce,
         }
     }
 
