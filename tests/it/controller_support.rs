@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use redeliver::controller::Settings;
+use redeliver::controller::metrics::{Metrics, ReconcileLabels};
 
 /// The controllers' debounce in tests. In production a reconcile request waits a second
 /// for more of the same object ([`redeliver::controller::context::DEBOUNCE`]), which would
@@ -17,4 +18,14 @@ pub fn settings() -> Settings {
         debounce: DEBOUNCE,
         ..Settings::default()
     }
+}
+
+/// Reconciles of `kind` (`AccessPackageAssignment`, `AccessPackageGuard`) that ended well,
+/// by the controller's own count (`redeliver_reconciles_total{result="ok"}`): what a test
+/// waits on for "the controller has looked at it again" instead of sleeping.
+pub fn reconciled(metrics: &Metrics, kind: &'static str) -> u64 {
+    metrics
+        .reconciles
+        .get_or_create(&ReconcileLabels { kind, result: "ok" })
+        .get()
 }
