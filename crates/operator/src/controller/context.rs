@@ -129,6 +129,12 @@ pub struct Settings {
     /// How long a reconcile request waits for more of the same object before it runs, so a
     /// burst of changes is reconciled once ([`DEBOUNCE`]; tests shorten it).
     pub debounce: Duration,
+    /// How often a sharded replica labels its unlabelled objects
+    /// ([`super::sharding::LABEL_EVERY`]; tests shorten it).
+    pub shard_label_every: Duration,
+    /// How often a sharded replica relabels the objects whose connection moved to another
+    /// shard ([`super::sharding::RELABEL_EVERY`]; tests shorten it).
+    pub shard_relabel_every: Duration,
 }
 
 impl Default for Settings {
@@ -157,6 +163,8 @@ impl Default for Settings {
             cluster_connections: true,
             clock: Arc::new(SystemClock),
             debounce: DEBOUNCE,
+            shard_label_every: super::sharding::LABEL_EVERY,
+            shard_relabel_every: super::sharding::RELABEL_EVERY,
         }
     }
 }
@@ -208,6 +216,10 @@ pub struct Context {
     clock: Arc<dyn Clock>,
     /// See [`Settings::debounce`].
     pub debounce: Duration,
+    /// See [`Settings::shard_label_every`].
+    pub shard_label_every: Duration,
+    /// See [`Settings::shard_relabel_every`].
+    pub shard_relabel_every: Duration,
 }
 
 impl super::metrics::StateSizes for Context {
@@ -331,6 +343,8 @@ impl Context {
             started: tokio::sync::watch::Sender::new(true),
             clock: settings.clock.clone(),
             debounce: settings.debounce,
+            shard_label_every: settings.shard_label_every,
+            shard_relabel_every: settings.shard_relabel_every,
         }
     }
 
