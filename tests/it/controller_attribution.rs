@@ -40,12 +40,12 @@ type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 pub(crate) struct Api(pub(crate) Handle);
 
 impl Api {
-    /// Answers the next request, if one comes within 200 ms: a status patch (`(true,
-    /// status)`) or an event (`(false, {"reason", "note"})`).
-    async fn next<K: serde::Serialize>(&mut self, obj: &K) -> Option<(bool, Value)> {
-        let (req, send) = tokio::time::timeout(Duration::from_millis(200), self.0.next_request())
-            .await
-            .ok()??;
+    /// Answers one request: a status patch (`(true, status)`) or an event (`(false,
+    /// {"reason", "note"})`).
+    async fn answer<K: serde::Serialize>(
+        obj: &K,
+        (req, send): (Request<Body>, tower_test::mock::SendResponse<Response<Body>>),
+    ) -> (bool, Value) {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let bytes = req.into_body().collect_bytes().await.unwrap();
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
@@ -60,7 +60,7 @@ impl Api {
             let mut answer = serde_json::to_value(obj).unwrap();
             answer["status"] = body["status"].clone();
             send.send_response(ok(&answer));
-            Some((true, body["status"].clone()))
+            (true, body["status"].clone())
         } else {
             // An event repeated within the recorder's series window is a PATCH of the
             // existing one.
@@ -70,10 +70,10 @@ impl Api {
             );
             assert!(path.contains("/events"), "unexpected {method} {path}");
             send.send_response(ok(&body));
-            Some((
+            (
                 false,
                 json!({"reason": body["reason"], "note": body["note"]}),
-            ))
+            )
         }
     }
 
@@ -88,25 +88,33 @@ impl Api {
         self.drive(obj, task).await
     }
 
-    /// Answers what `task` (a reconcile of `obj`) sends until it ends.
+    /// Answers what `task` (a reconcile of `obj`) sends until it ends. The reconcile awaits
+    /// each answer, so once it has ended it has nothing more to send.
     pub(crate) async fn drive<K: serde::Serialize>(
         &mut self,
         obj: &K,
-        task: tokio::task::JoinHandle<
+        mut task: tokio::task::JoinHandle<
             Result<kube::runtime::controller::Action, redeliver::controller::Error>,
         >,
     ) -> (Value, Vec<Value>) {
         let (mut status, mut events) = (Value::Null, Vec::new());
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            match self.next(obj).await {
-                Some((true, v)) => status = v,
-                Some((false, v)) => events.push(v),
-                None if task.is_finished() => break,
-                None => assert!(std::time::Instant::now() < deadline, "reconcile hangs"),
+        let hangs = tokio::time::sleep(Duration::from_secs(20));
+        tokio::pin!(hangs);
+        let result = loop {
+            tokio::select! {
+                biased;
+                request = self.0.next_request() => {
+                    let request = request.expect("the client is still there");
+                    match Self::answer(obj, request).await {
+                        (true, v) => status = v,
+                        (false, v) => events.push(v),
+                    }
+                }
+                result = &mut task => break result,
+                () = &mut hangs => panic!("reconcile hangs"),
             }
-        }
-        task.await.unwrap().unwrap();
+        };
+        result.unwrap().unwrap();
         (status, events)
     }
 }
