@@ -44,7 +44,10 @@ impl Api {
     /// {"reason", "note"})`).
     async fn answer<K: serde::Serialize>(
         obj: &K,
-        (req, send): (Request<Body>, tower_test::mock::SendResponse<Response<Body>>),
+        (req, send): (
+            Request<Body>,
+            tower_test::mock::SendResponse<Response<Body>>,
+        ),
     ) -> (bool, Value) {
         let (method, path) = (req.method().clone(), req.uri().path().to_string());
         let bytes = req.into_body().collect_bytes().await.unwrap();
@@ -597,17 +600,18 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
     let client = kube::Client::try_from(config).unwrap();
     let graph = crate::fault_support::graph_client(&sim).unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+    const BATCH_WINDOW: Duration = Duration::from_millis(300);
     let settings = Settings {
         delta_interval: Duration::from_millis(300),
-        poll_interval: Duration::from_secs(1),
+        poll_interval: Duration::from_millis(300),
         observation_max_age: Duration::from_millis(200),
         attribution: AttributionSettings {
-            batch_window: Duration::from_millis(800),
+            batch_window: BATCH_WINDOW,
             ..Default::default()
         },
         ..crate::controller_support::settings()
     };
-    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
     let ready = Readiness::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(run_controllers(
@@ -633,8 +637,9 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
         assignment_ids: vec![],
         request_ids: vec![],
     });
-    // Past the batch window of alice's start-up lookup: a new detection batch.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Past the batch window of alice's start-up lookup (made before she was delivered): a
+    // new detection batch.
+    tokio::time::sleep(BATCH_WINDOW + Duration::from_millis(100)).await;
     sim.clear_request_log();
     sim.remove_member_by("fin-writers", "alice@contoso.com", "Payroll Sync")
         .unwrap();
@@ -662,8 +667,17 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
     );
     let bob = named("bob-finance").unwrap();
     assert!(bob.starts_with("removed by admin@contoso.com at "), "{bob}");
-    // A few more delta polls and re-checks: still one audit query.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A few more delta polls and a re-check (one poll interval after a silent reprocess):
+    // still one audit query.
+    let polls = || sim.count_requests("GET", "/v1.0/groups/delta");
+    let reconciled = || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment");
+    let (polls_then, reconciled_then) = (polls(), reconciled());
+    crate::wait::until(
+        "three more delta polls and a re-check",
+        Duration::from_secs(20),
+        || polls() >= polls_then + 3 && reconciled() > reconciled_then,
+    )
+    .await;
     assert_eq!(
         sim.count_requests("GET", AUDITS),
         1,
