@@ -773,10 +773,11 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
     // followed (no delta link is being started: `$deltatoken=latest`), so the removals below
     // are found by a group delta poll, not by a verification that happens to run or by a
     // group starting to be followed.
+    // (A window a little longer than the delta interval holds at least one poll.)
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         sim.clear_request_log();
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(settings.delta_interval + Duration::from_millis(100)).await;
         if sim.request_log().iter().all(|e| {
             e.path.starts_with("/v1.0/groups/delta") && !e.path.contains("deltatoken=latest")
         }) {
