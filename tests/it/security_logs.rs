@@ -57,7 +57,15 @@ async fn audit_process_at_trace_level_logs_no_secret_or_token() {
     let mut cmd = audit_command(
         &sim,
         dir.path(),
-        &["--reprocess", "--wait", "30s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "30s",
+            // A whole second between passes: the run must outlive a token (1 s, the
+            // shortest the simulator issues) to fetch another.
+            "--poll-interval",
+            "1s",
+        ],
     );
     cmd.env("REDELIVER_LOG", "trace");
     let out = run(cmd).await;
@@ -92,7 +100,13 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
     let mut cmd = audit_command(
         &sim,
         dir.path(),
-        &["--reprocess", "--wait", "30s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "30s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+        ],
     );
     cmd.env_remove("AZURE_CLIENT_SECRET")
         .env("AZURE_FEDERATED_TOKEN_FILE", &file)
