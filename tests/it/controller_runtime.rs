@@ -165,8 +165,11 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
         assert!(Instant::now() < deadline, "never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The MODIFIED event carried only our status: give it time to (not) retrigger.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The MODIFIED event carried only our status: give it time to (not) retrigger. The
+    // watcher has consumed it (the stream ended after it, and it watched again), so a
+    // retrigger would be queued already and run one debounce (50 ms here) later: half a
+    // second is ten of those.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     {
         let l = log.lock().unwrap();
         // A quick first verification is written once (no separate first-visit status).
