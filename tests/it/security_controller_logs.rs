@@ -160,8 +160,11 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
             let g: AccessPackageGuard = serde_json::from_value(value).unwrap();
             let result = guard::reconcile(Arc::new(g), ctx.clone()).await;
             assert!(result.is_ok(), "guard reconcile: {result:?}");
-            // Let tokens expire so the next client's run and any refresh are exercised too.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // Let tokens expire so the next client's run and any refresh are exercised too:
+            // on the simulator's clock and on the clients' token caches' (tokio's), without
+            // waiting for it.
+            sim.advance_clock(Duration::from_millis(1100));
+            crate::clock::skip(Duration::from_millis(1100)).await;
         }
         let text = capture.text();
         let written = written.lock().unwrap().join("\n");
@@ -299,7 +302,7 @@ fn connection_secrets_never_reach_logs_status_or_events() {
                 std::time::Instant::now() < deadline,
                 "the connections were not both checked"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(crate::wait::PACE).await;
         }
         stop.cancel();
         let _ = run.await;
