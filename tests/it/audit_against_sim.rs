@@ -216,7 +216,11 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
                 .await
                 .unwrap();
             reprocessed += 1;
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // A reprocess that worked would have landed once the simulator settles.
+            assert!(
+                sim.settle(Duration::from_secs(10)).await,
+                "the simulator settles"
+            );
         }
         status = Some(plan.status);
         now += jiff::SignedDuration::from_secs(6 * 60);

@@ -223,7 +223,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
             observer.graph().get_user("bob@contoso.com").await.unwrap();
             let _ = observer.graph().get_user("nobody@contoso.com").await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(sim.settle(Duration::from_secs(10)).await, "the repair lands");
         assert!(sim.is_member("fin-writers", "alice@contoso.com"));
         let text = capture.text();
         assert!(
