@@ -253,7 +253,8 @@ async fn simulate_mode_at_trace_level_logs_no_secret_or_token() {
     }
     cmd.env("REDELIVER_LOG", "trace")
         .env("NO_PROXY", "127.0.0.1,localhost")
-        .args(["audit", "--no-progress", "--simulate", "--reprocess", "-f"])
+        .args(["audit", "--no-progress", "--simulate", "--reprocess"])
+        .args(["--poll-interval", POLL_INTERVAL, "-f"])
         .arg(&examples)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
