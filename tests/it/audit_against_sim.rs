@@ -124,7 +124,18 @@ async fn disabled_reprocess_mode_reports_drift_and_never_reprocesses() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) = audit(&sim, dir.path(), &["--reprocess", "-o", "json"]).await;
+    let (code, stdout, stderr) = audit(
+        &sim,
+        dir.path(),
+        &[
+            "--reprocess",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(code, 2, "drift remains\n{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"][0]["verdict"], "Drifted");
