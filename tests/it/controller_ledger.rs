@@ -240,8 +240,9 @@ async fn a_guard_is_ready_soon_after_its_repair_lands() {
     })
     .await;
     let settled = repaired_at.elapsed();
-    // Reprocess delay (50 ms here) + the first re-check (poll 1s) + the controller's 1s
-    // debounce, with room for a loaded machine; the guard's interval is 15 minutes.
+    // Reprocess delay (50 ms here) + the guard's first re-check (at least 1 s) + the
+    // controller's debounce, with room for a loaded machine; the guard's interval is 15
+    // minutes.
     assert!(
         settled < Duration::from_secs(8),
         "Ready {settled:?} after the repair"
