@@ -305,7 +305,7 @@ async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval
     let kube = FakeKube::start(vec![alice()]).await.unwrap();
     // Long enough for the start-up verification (a few reconciles, well under 100 ms here)
     // to be over before the first poll, so the removal below falls between the two.
-    let interval = Duration::from_secs(1);
+    let interval = Duration::from_millis(500);
     let running = delivered_then_restarted(&sim, &kube, interval).await;
     // Between the start-up verification and the first delta poll: the change a baseline
     // taken after the verification would absorb.
@@ -327,7 +327,7 @@ async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval
 async fn an_app_role_removal_is_seen_within_one_delta_interval() {
     let sim = demo().await;
     let kube = FakeKube::start(vec![alice()]).await.unwrap();
-    let interval = Duration::from_secs(1);
+    let interval = Duration::from_millis(500);
     let running = delivered_then_restarted(&sim, &kube, interval).await;
     let removed = Instant::now();
     assert_eq!(

@@ -168,7 +168,7 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
     let kube = FakeKube::start(USERS.iter().map(|u| declaration(u)).collect())
         .await
         .unwrap();
-    let interval = Duration::from_secs(1);
+    let interval = Duration::from_millis(500);
     let settings = Settings {
         delta_interval: interval,
         verify_interval: Duration::from_secs(600),
@@ -355,7 +355,7 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         .await
         .unwrap();
     let settings = Settings {
-        delta_interval: Duration::from_secs(1),
+        delta_interval: Duration::from_millis(500),
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),

@@ -978,11 +978,11 @@ fn token_requests(sim: &SimHandle) -> usize {
 /// status is written once (Entra's correlation id, new on every attempt, is not in it).
 /// Before, the status rewrite of each attempt triggered the next: 62 token requests in 63 s.
 ///
-/// The schedule is derived from the re-check intervals alone, so the test runs it thirty
-/// times faster (1 s, then 2 s later, ...) over a thirtieth of a minute (2 s): the same
-/// count, without a minute of wall clock in the suite. The third attempt comes at 3 s at
-/// the earliest (re-checks are only ever jittered later), a second after the window; the
-/// old bug (each status write triggering the next sign-in) made one per debounce.
+/// The schedule is derived from the re-check intervals alone, so the test runs it sixty
+/// times faster (0.5 s, then 1 s later, ...) over a sixtieth of a minute (1 s): the same
+/// count, without a minute of wall clock in the suite. The third attempt comes at 1.5 s at
+/// the earliest (re-checks are only ever jittered later), half a second after the window;
+/// the old bug (each status write triggering the next sign-in) made one per debounce.
 #[tokio::test]
 async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     let contoso = tenant("contoso", 42, "01", true).await;
@@ -995,7 +995,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     ])
     .await
     .unwrap();
-    const SCALE: u32 = 30;
+    const SCALE: u32 = 60;
     let defaults = Settings {
         connection_recheck_stalled: redeliver::controller::connections::RECHECK_STALLED / SCALE,
         connection_recheck_ready: redeliver::controller::connections::RECHECK_READY / SCALE,
@@ -1142,8 +1142,9 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
 /// writes nothing; beside the platform's, the status stays the platform's `Ready` instead
 /// of flipping to `SecretUnavailable` at each of the team's re-checks).
 ///
-/// Both re-check connections every 250 ms (stalled ones backing off to 1 s), so the two
-/// windows below, 1 s and 1.5 s, each hold several checks either installation would make.
+/// Both re-check connections every 125 ms (stalled ones backing off to 500 ms), so the two
+/// windows below, 500 ms and 750 ms, each hold several checks either installation would
+/// make.
 #[tokio::test]
 async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() {
     let contoso = tenant("contoso", 42, "01", false).await;
@@ -1159,8 +1160,8 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     .await
     .unwrap();
     let quick_recheck = || Settings {
-        connection_recheck_ready: Duration::from_millis(250),
-        connection_recheck_stalled: Duration::from_millis(250),
+        connection_recheck_ready: Duration::from_millis(125),
+        connection_recheck_stalled: Duration::from_millis(125),
         ..settings()
     };
     let team_settings = Settings {
@@ -1172,9 +1173,9 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     let team = Running::start_watching(&kube, None, vec![B.into()], team_settings).await;
     // A reconcile of the cluster connection by the team's installation would come one
     // debounce (50 ms) after its watch listed it and write SecretUnavailable at once (the
-    // Secret is not in team-b-system), then again at its re-checks: 1 s holds twenty
+    // Secret is not in team-b-system), then again at its re-checks: 500 ms holds ten
     // debounces and four re-checks.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let cgc_writes = |from: usize| {
         kube.status_writes_since(from)
             .iter()
@@ -1202,9 +1203,10 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     )
     .await;
     let from = kube.status_write_count();
-    // A flip would come at one of the team's re-checks (at most 1 s apart once backed off)
-    // and be undone at one of the platform's (250 ms): 1.5 s holds at least one of each.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A flip would come at one of the team's re-checks (at most 500 ms apart once backed
+    // off) and be undone at one of the platform's (125 ms): 750 ms holds at least one of
+    // each.
+    tokio::time::sleep(Duration::from_millis(750)).await;
     let changed = kube
         .status_writes_since(from)
         .iter()

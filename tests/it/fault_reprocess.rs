@@ -315,12 +315,12 @@ async fn user_deleted_while_being_repaired_is_reported_not_found_and_nothing_mor
         cmd
     };
     sim.clear_request_log();
-    // The repair never lands, so the run waits all of --wait (eight passes or so after the
+    // The repair never lands, so the run waits all of --wait (four passes or so after the
     // deletion, which follows the reprocess within milliseconds).
     let child = tokio::spawn(run(via_proxy(&[
         "--reprocess",
         "--wait",
-        "2s",
+        "1s",
         "--poll-interval",
         crate::fault_support::POLL_INTERVAL,
         "-o",
