@@ -568,16 +568,56 @@ async fn the_simulator_pages_and_filters_the_audit_log() {
     sim.shutdown().await;
 }
 
+/// The whole controller (`run_controllers`) over an in-process API server, with `sim` as
+/// the operator's own connection.
+struct Running {
+    ctx: Arc<Context>,
+    ready: redeliver::controller::server::Readiness,
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(kube: &redeliver_fake_kube::FakeKube, sim: &SimHandle, settings: &Settings) -> Self {
+        let mut config = kube::Config::new(kube.url().parse().unwrap());
+        config.default_namespace = NS.into();
+        let client = kube::Client::try_from(config).unwrap();
+        let graph = crate::fault_support::graph_client(sim).unwrap();
+        let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+        let ctx = Arc::new(Context::new(client, graph, metrics, settings));
+        let ready = redeliver::controller::server::Readiness::default();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(redeliver::controller::run_controllers(
+            ctx.clone(),
+            Vec::new(),
+            4,
+            ready.clone(),
+            stop.clone(),
+        ));
+        Self {
+            ctx,
+            ready,
+            stop,
+            task,
+        }
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
 /// The whole controller (`run_controllers` against the in-process API server), as in
 /// production: group delta detects two users removed together, one audit query names both,
 /// and a user whose earlier drift was repaired is attributed to the new removal, not the
 /// old one.
 #[tokio::test]
 async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_query() {
-    use redeliver::controller::run_controllers;
-    use redeliver::controller::server::Readiness;
     use redeliver_fake_kube::FakeKube;
-    use tokio_util::sync::CancellationToken;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
@@ -595,11 +635,6 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
     })
     .collect();
     let kube = FakeKube::start(objects).await.unwrap();
-    let mut config = kube::Config::new(kube.url().parse().unwrap());
-    config.default_namespace = NS.into();
-    let client = kube::Client::try_from(config).unwrap();
-    let graph = crate::fault_support::graph_client(&sim).unwrap();
-    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     const BATCH_WINDOW: Duration = Duration::from_millis(300);
     let settings = Settings {
         delta_interval: Duration::from_millis(300),
@@ -611,16 +646,8 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
         },
         ..crate::controller_support::settings()
     };
-    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx,
-        Vec::new(),
-        4,
-        ready.clone(),
-        stop.clone(),
-    ));
+    let running = Running::start(&kube, &sim, &settings);
+    let (ready, metrics) = (&running.ready, &running.ctx.metrics);
     let status = |name: &str| {
         kube.object("accesspackageassignments", NS, name)
             .map(|o| o["status"].clone())
@@ -670,7 +697,7 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
     // A few more delta polls and a re-check (one poll interval after a silent reprocess):
     // still one audit query.
     let polls = || sim.count_requests("GET", "/v1.0/groups/delta");
-    let reconciled = || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment");
+    let reconciled = || crate::controller_support::reconciled(metrics, "AccessPackageAssignment");
     let (polls_then, reconciled_then) = (polls(), reconciled());
     crate::wait::until(
         "three more delta polls and a re-check",
@@ -683,12 +710,59 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
         1,
         "one query for the batch"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
+}
+
+/// An `AccessPackageAssignment` for each user of the synthetic tenant `shape`, with the
+/// mass-drift breaker off (every user loses a group at once in the test: the breaker is not
+/// what it is about).
+fn one_object_per_user(sim: &SimHandle, shape: &redeliver_sim::SyntheticTenant) -> Vec<Value> {
+    (0..shape.assignments)
+        .map(|i| {
+            let package = redeliver_sim::SyntheticTenant::package_name(shape.package_of(i));
+            json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": format!("user-{i}"), "namespace": NS},
+                "spec": {
+                    "accessPackage": {"id": sim.package_id(&package).unwrap()},
+                    "target": {"userPrincipalName": shape.upn(i)},
+                    "verifyInterval": "10m",
+                    "safety": {"massDrift": {"enabled": false}},
+                }
+            })
+        })
+        .collect()
+}
+
+/// Who removes user `i` in the fifty-removals test: the admin or a helpdesk account each.
+fn remover(i: usize) -> String {
+    if i.is_multiple_of(2) {
+        "admin@batch.com".to_string()
+    } else {
+        format!("helpdesk{i}@batch.com")
+    }
+}
+
+/// Waits until the controller is quiet: the start-up verifications (and their follow-ups)
+/// are over and every group is followed (no delta link is being started:
+/// `$deltatoken=latest`), i.e. a window holds nothing but group delta polls. A window a
+/// little longer than the delta interval holds at least one poll.
+async fn wait_until_only_delta_polls(sim: &SimHandle, delta_interval: Duration) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        sim.clear_request_log();
+        tokio::time::sleep(delta_interval + Duration::from_millis(100)).await;
+        if sim.request_log().iter().all(|e| {
+            e.path.starts_with("/v1.0/groups/delta") && !e.path.contains("deltatoken=latest")
+        }) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the controller settles"
+        );
+    }
 }
 
 /// Issue #26: fifty users removed from ten different groups, all reported by one group
@@ -696,11 +770,8 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
 /// not one per group; the removals' actors are each named.
 #[tokio::test]
 async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_query() {
-    use redeliver::controller::run_controllers;
-    use redeliver::controller::server::Readiness;
     use redeliver_fake_kube::FakeKube;
     use redeliver_sim::SyntheticTenant;
-    use tokio_util::sync::CancellationToken;
 
     let _ = rustls::crypto::ring::default_provider().install_default();
     let shape = SyntheticTenant {
@@ -718,45 +789,17 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
     let sim = Simulator::start(Scenario::synthetic_tenant(&shape), SimOptions::fast())
         .await
         .unwrap();
-    let objects: Vec<Value> = (0..shape.assignments)
-        .map(|i| {
-            let package = SyntheticTenant::package_name(shape.package_of(i));
-            json!({
-                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
-                "metadata": {"name": format!("user-{i}"), "namespace": NS},
-                "spec": {
-                    "accessPackage": {"id": sim.package_id(&package).unwrap()},
-                    "target": {"userPrincipalName": shape.upn(i)},
-                    "verifyInterval": "10m",
-                    // Every user of the tenant loses a group at once: the breaker is not
-                    // what this test is about.
-                    "safety": {"massDrift": {"enabled": false}},
-                }
-            })
-        })
-        .collect();
-    let kube = FakeKube::start(objects).await.unwrap();
-    let mut config = kube::Config::new(kube.url().parse().unwrap());
-    config.default_namespace = NS.into();
-    let client = kube::Client::try_from(config).unwrap();
-    let graph = crate::fault_support::graph_client(&sim).unwrap();
-    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
+    let kube = FakeKube::start(one_object_per_user(&sim, &shape))
+        .await
+        .unwrap();
     let settings = Settings {
         delta_interval: Duration::from_millis(500),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(200),
         ..crate::controller_support::settings()
     };
-    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx.clone(),
-        Vec::new(),
-        4,
-        ready.clone(),
-        stop.clone(),
-    ));
+    let running = Running::start(&kube, &sim, &settings);
+    let (ready, ctx) = (&running.ready, &running.ctx);
     let status = |i: usize| {
         kube.object("accesspackageassignments", NS, &format!("user-{i}"))
             .map(|o| o["status"].clone())
@@ -769,25 +812,9 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         assert!(std::time::Instant::now() < deadline, "all delivered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Quiet: the start-up verifications (and their follow-ups) are over and every group is
-    // followed (no delta link is being started: `$deltatoken=latest`), so the removals below
-    // are found by a group delta poll, not by a verification that happens to run or by a
-    // group starting to be followed.
-    // (A window a little longer than the delta interval holds at least one poll.)
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        sim.clear_request_log();
-        tokio::time::sleep(settings.delta_interval + Duration::from_millis(100)).await;
-        if sim.request_log().iter().all(|e| {
-            e.path.starts_with("/v1.0/groups/delta") && !e.path.contains("deltatoken=latest")
-        }) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the controller settles"
-        );
-    }
+    // The removals below are found by a group delta poll, not by a verification that happens
+    // to run or by a group starting to be followed.
+    wait_until_only_delta_polls(&sim, settings.delta_interval).await;
     // Nothing is repaired, so each removal stays visible until it is attributed.
     sim.inject_fault(FaultSpec::SilentReprocess {
         assignment_ids: vec![],
@@ -806,11 +833,7 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
     });
     for i in 0..shape.assignments {
         let group = SyntheticTenant::group_name(shape.package_of(i));
-        let by = if i % 2 == 0 {
-            "admin@batch.com".to_string()
-        } else {
-            format!("helpdesk{i}@batch.com")
-        };
+        let by = remover(i);
         sim.remove_member_by(&group, &shape.upn(i), &by).unwrap();
     }
     let named = |i: usize| {
@@ -829,11 +852,7 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
     }
     for i in 0..shape.assignments {
         let who = named(i).unwrap();
-        let by = if i % 2 == 0 {
-            "admin@batch.com".to_string()
-        } else {
-            format!("helpdesk{i}@batch.com")
-        };
+        let by = remover(i);
         assert!(
             who.starts_with(&format!("removed by {by} at ")),
             "{i}: {who}"
@@ -863,11 +882,7 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         ),
         (1, 0)
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .unwrap()
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
 }
 
