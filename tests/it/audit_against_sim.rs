@@ -124,7 +124,18 @@ async fn disabled_reprocess_mode_reports_drift_and_never_reprocesses() {
         ),
     )
     .unwrap();
-    let (code, stdout, stderr) = audit(&sim, dir.path(), &["--reprocess", "-o", "json"]).await;
+    let (code, stdout, stderr) = audit(
+        &sim,
+        dir.path(),
+        &[
+            "--reprocess",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+            "-o",
+            "json",
+        ],
+    )
+    .await;
     assert_eq!(code, 2, "drift remains\n{stdout}\n{stderr}");
     let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(report["rows"][0]["verdict"], "Drifted");
@@ -216,7 +227,11 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
                 .await
                 .unwrap();
             reprocessed += 1;
-            tokio::time::sleep(Duration::from_millis(400)).await;
+            // A reprocess that worked would have landed once the simulator settles.
+            assert!(
+                sim.settle(Duration::from_secs(10)).await,
+                "the simulator settles"
+            );
         }
         status = Some(plan.status);
         now += jiff::SignedDuration::from_secs(6 * 60);

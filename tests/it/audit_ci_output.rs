@@ -138,7 +138,15 @@ async fn demo_junit_matches_golden_and_parses() {
 async fn demo_markdown_after_repairs_says_so_and_gives_the_before_counts() {
     let out = simulated(
         &examples(),
-        &["--reprocess", "--wait", "60s", "-o", "markdown"],
+        &[
+            "--reprocess",
+            "--wait",
+            "60s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+            "-o",
+            "markdown",
+        ],
     )
     .await;
     // Repaired but frank's access, held (his account is disabled): not delivered, exit 2.

@@ -137,7 +137,13 @@ async fn one_run_covers_two_tenants_each_with_its_own_credential() {
     let repaired = run(audit(
         dir.path(),
         &env,
-        &["--reprocess", "--wait", "20s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "20s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+        ],
     ))
     .await;
     assert_eq!(repaired.code, 0, "{}\n{}", repaired.stdout, repaired.stderr);

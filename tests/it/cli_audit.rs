@@ -95,6 +95,8 @@ fn demo_with_reprocess_repairs_and_verifies_delivered() {
             "--reprocess",
             "--wait",
             "60s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
             "-o",
             "json",
             "-f",

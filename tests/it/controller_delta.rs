@@ -90,8 +90,23 @@ async fn leaving_a_held_group_or_returning_to_a_missing_one_triggers_a_reconcile
         None,
     ));
 
-    // The first interval starts the tracker; changes after that are followed.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The first interval starts the tracker (`$deltatoken=latest`); changes after that are
+    // followed. Wait for a poll after the start, which found nothing to report.
+    let delta = |started: bool| {
+        sim.request_log()
+            .iter()
+            .filter(|e| {
+                e.path.starts_with("/v1.0/groups/delta")
+                    && e.path.contains("deltatoken=latest") == started
+            })
+            .count()
+    };
+    crate::wait::until(
+        "the tracker started and polled once",
+        Duration::from_secs(10),
+        || delta(true) > 0 && delta(false) > 0,
+    )
+    .await;
     assert!(
         rx.try_recv().is_err(),
         "nothing changed yet, nothing triggered"
@@ -116,8 +131,12 @@ async fn leaving_a_held_group_or_returning_to_a_missing_one_triggers_a_reconcile
         ["alice", "bob"],
         "alice came back to a missing group, bob left a held one"
     );
-    // Quiet again: nothing more arrives.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Quiet again: nothing more arrives over two more polls.
+    let polls = delta(false);
+    crate::wait::until("two more polls", Duration::from_secs(10), || {
+        delta(false) >= polls + 2
+    })
+    .await;
     assert!(rx.try_recv().is_err(), "one trigger per change");
     stop.cancel();
     run.await.unwrap();

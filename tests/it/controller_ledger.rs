@@ -52,6 +52,7 @@ struct Running {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     ready: Readiness,
+    metrics: Arc<Metrics>,
 }
 
 impl Running {
@@ -61,7 +62,7 @@ impl Running {
         let client = kube::Client::try_from(config).unwrap();
         let graph = crate::fault_support::graph_client(sim).unwrap();
         let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-        let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+        let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
         let ready = Readiness::default();
         let stop = CancellationToken::new();
         let task = tokio::spawn(run_controllers(
@@ -71,12 +72,44 @@ impl Running {
             ready.clone(),
             stop.clone(),
         ));
-        let running = Self { stop, task, ready };
+        let running = Self {
+            stop,
+            task,
+            ready,
+            metrics,
+        };
         wait_until("the controller is ready", Duration::from_secs(20), || {
             running.ready.get()
         })
         .await;
         running
+    }
+
+    /// Reconciles of `kind` this process finished well.
+    fn reconciled(&self, kind: &'static str) -> u64 {
+        crate::controller_support::reconciled(&self.metrics, kind)
+    }
+
+    /// Waits until this process has reconciled the assignment and the guard `more` times
+    /// more than `since` (both as counted by [`Running::passes`]).
+    async fn wait_for_passes(&self, since: (u64, u64), more: (u64, u64)) {
+        wait_until(
+            &format!("{more:?} more passes of the assignment and the guard"),
+            Duration::from_secs(20),
+            || {
+                let (a, g) = self.passes();
+                a >= since.0 + more.0 && g >= since.1 + more.1
+            },
+        )
+        .await;
+    }
+
+    /// Reconciles so far of the assignment and of the guard.
+    fn passes(&self) -> (u64, u64) {
+        (
+            self.reconciled("AccessPackageAssignment"),
+            self.reconciled("AccessPackageGuard"),
+        )
     }
 
     async fn stop(self) {
@@ -94,16 +127,12 @@ fn settings(delta_interval: Duration) -> Settings {
         // Graph's processing delay as the simulator has it here: re-checks come quickly.
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, plural: &str, name: &str) -> Value {
@@ -159,8 +188,10 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
         },
     )
     .await;
-    // Several more passes of both (the guard re-checks after 1s, 2s, 4s).
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // More passes of both, each re-checking the drift it still sees: the assignment one
+    // poll interval after the reprocess (then it waits for the cooldown), the guard 1 s and
+    // 2 s after it (doubling). Neither sends again.
+    first.wait_for_passes(first.passes(), (1, 2)).await;
     assert_eq!(calls(), 1, "one reprocess, whichever object sent it");
 
     // The same story on both objects: the one that did not send names the one that did.
@@ -184,7 +215,9 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
     // objects' status before its first reconcile, and sends nothing within the cooldown.
     first.stop().await;
     let second = Running::start(&kube, &sim, settings(Duration::ZERO)).await;
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Its first pass of each object, planned against the rebuilt ledger, and the guard's
+    // next re-check.
+    second.wait_for_passes((0, 0), (1, 2)).await;
     assert_eq!(calls(), 1, "no second reprocess after the restart");
     second.stop().await;
     sim.shutdown().await;
@@ -207,8 +240,9 @@ async fn a_guard_is_ready_soon_after_its_repair_lands() {
     })
     .await;
     let settled = repaired_at.elapsed();
-    // Reprocess delay (50 ms here) + the first re-check (poll 1s) + the controller's 1s
-    // debounce, with room for a loaded machine; the guard's interval is 15 minutes.
+    // Reprocess delay (50 ms here) + the guard's first re-check (at least 1 s) + the
+    // controller's debounce, with room for a loaded machine; the guard's interval is 15
+    // minutes.
     assert!(
         settled < Duration::from_secs(8),
         "Ready {settled:?} after the repair"
@@ -247,7 +281,12 @@ async fn delivered_then_restarted(
         || sim.count_requests("GET", &readers) > 0,
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_until(
+        "the start-up verification is done",
+        Duration::from_secs(20),
+        || second.reconciled("AccessPackageAssignment") > 0,
+    )
+    .await;
     second
 }
 
@@ -264,7 +303,9 @@ async fn time_to_drift(kube: &FakeKube, since: Instant) -> Duration {
 async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval() {
     let sim = demo().await;
     let kube = FakeKube::start(vec![alice()]).await.unwrap();
-    let interval = Duration::from_secs(3);
+    // Long enough for the start-up verification (a few reconciles, well under 100 ms here)
+    // to be over before the first poll, so the removal below falls between the two.
+    let interval = Duration::from_millis(500);
     let running = delivered_then_restarted(&sim, &kube, interval).await;
     // Between the start-up verification and the first delta poll: the change a baseline
     // taken after the verification would absorb.
@@ -272,7 +313,8 @@ async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval
     sim.remove_member("fin-readers", "alice@contoso.com")
         .unwrap();
     let took = time_to_drift(&kube, removed).await;
-    // One interval, plus the controller's 1s debounce and the reconcile itself.
+    // One interval, plus the controller's debounce and the reconcile itself, with room for
+    // a loaded machine.
     assert!(
         took < interval + Duration::from_millis(2500),
         "detected after {took:?}"
@@ -285,7 +327,7 @@ async fn a_group_removal_right_after_a_restart_is_seen_within_one_delta_interval
 async fn an_app_role_removal_is_seen_within_one_delta_interval() {
     let sim = demo().await;
     let kube = FakeKube::start(vec![alice()]).await.unwrap();
-    let interval = Duration::from_secs(3);
+    let interval = Duration::from_millis(500);
     let running = delivered_then_restarted(&sim, &kube, interval).await;
     let removed = Instant::now();
     assert_eq!(

@@ -118,7 +118,7 @@ async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> boo
     let deadline = Instant::now() + timeout;
     while !done() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(crate::wait::PACE).await;
     }
 }
 
@@ -128,7 +128,7 @@ async fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
         if Instant::now() >= deadline {
             return false;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(crate::wait::PACE).await;
     }
     true
 }
@@ -161,13 +161,13 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
     let mut objects = vec![secret(&sim), connection(&sim, json!({ACK: "initial"}))];
     objects.extend(users.iter().map(|u| declaration(u)));
     let kube = FakeKube::start(objects).await.unwrap();
-    let delta_interval = Duration::from_millis(500);
+    let delta_interval = Duration::from_millis(250);
     let settings = Settings {
         delta_interval,
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(200),
         connection_recheck_ready: Duration::from_secs(1),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
     let client = kube::Client::try_from(kube::Config::new(kube.url().parse().unwrap())).unwrap();
     let (metrics, _registry) = Metrics::new(None);
@@ -227,15 +227,15 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
             .collect::<Vec<_>>()
     );
 
-    // Held objects are not looked at again every delta interval: over ten intervals, at
+    // Held objects are not looked at again every delta interval: over four intervals, at
     // most a stray one (a reconcile that was queued before its hold) runs. Before, each
-    // held object ran once per interval: 120 here.
+    // held object ran once per interval: 48 here, four times the bound.
     let before = reconciles(&ctx);
-    tokio::time::sleep(delta_interval * 10).await;
+    tokio::time::sleep(delta_interval * 4).await;
     let during = reconciles(&ctx) - before;
     assert!(
         during < USERS as u64,
-        "{during} reconciles of held objects in ten delta intervals"
+        "{during} reconciles of held objects in four delta intervals"
     );
     assert!(
         crate::fault_support::reprocess_calls(&sim, false).is_empty(),

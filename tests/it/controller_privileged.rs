@@ -91,13 +91,13 @@ async fn start(
     kube: &FakeKube,
     sim: &SimHandle,
     settings: Settings,
-) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+) -> (CancellationToken, tokio::task::JoinHandle<()>, Arc<Metrics>) {
     let mut config = kube::Config::new(kube.url().parse().unwrap());
     config.default_namespace = NS.into();
     let client = kube::Client::try_from(config).unwrap();
     let graph = crate::fault_support::graph_client(sim).unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
     let ready = Readiness::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(run_controllers(
@@ -111,15 +111,11 @@ async fn start(
         ready.get()
     })
     .await;
-    (stop, task)
+    (stop, task, metrics)
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, name: &str) -> Value {
@@ -127,6 +123,15 @@ fn status(kube: &FakeKube, name: &str) -> Value {
         .map(|o| o["status"].clone())
         .unwrap_or(Value::Null)
 }
+
+/// What a delta poll reads for the privileged kinds of the Tier Zero package: group owners,
+/// Entra role eligibilities, Azure role assignments (ARM) and PIM for Groups eligibilities.
+const PRIVILEGED_READS: [&str; 4] = [
+    "/owners",
+    "/roleManagement/directory/roleEligibilitySchedules",
+    "/arm/",
+    "/privilegedAccess/group/eligibilitySchedules",
+];
 
 fn delivered(status: &Value) -> Value {
     status["conditions"]
@@ -163,15 +168,15 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
     let kube = FakeKube::start(USERS.iter().map(|u| declaration(u)).collect())
         .await
         .unwrap();
-    let interval = Duration::from_secs(3);
+    let interval = Duration::from_millis(500);
     let settings = Settings {
         delta_interval: interval,
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
-    let (stop, task) = start(&kube, &sim, settings).await;
+    let (stop, task, _) = start(&kube, &sim, settings).await;
     wait_until(
         "everyone is verified delivered",
         Duration::from_secs(30),
@@ -182,8 +187,20 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
         },
     )
     .await;
-    // Let a first poll take its look, so what follows is a change between two polls.
-    tokio::time::sleep(interval + Duration::from_millis(500)).await;
+    // Let a first poll take its look at every privileged kind (each one's read logged since
+    // everyone was verified), so what follows is a change between two polls.
+    sim.clear_request_log();
+    wait_until(
+        "a delta poll read every privileged kind",
+        Duration::from_secs(20),
+        || {
+            let log = sim.request_log();
+            PRIVILEGED_READS
+                .iter()
+                .all(|read| log.iter().any(|e| e.path.contains(read)))
+        },
+    )
+    .await;
 
     let rg = format!("/subscriptions/{SUBSCRIPTION}/resourceGroups/rg-fin");
     let removed = Instant::now();
@@ -232,8 +249,8 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // One interval, plus the controller's 1s debounce and the reconcile itself; far from
-    // the 10-minute verification.
+    // One interval, plus the controller's debounce and the reconcile itself, with room for
+    // a loaded machine; far from the 10-minute verification.
     for (user, took) in &seen {
         assert!(
             *took < interval + Duration::from_millis(2500),
@@ -273,13 +290,13 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
         .unwrap();
     let kube = FakeKube::start(vec![declaration("dave")]).await.unwrap();
     let settings = Settings {
-        delta_interval: Duration::from_secs(1),
+        delta_interval: Duration::from_millis(250),
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
-    let (stop, task) = start(&kube, &sim, settings).await;
+    let (stop, task, _) = start(&kube, &sim, settings).await;
     let unknown = |s: &Value| {
         s["resources"].as_array().is_some_and(|rs| {
             rs.iter()
@@ -294,7 +311,13 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
     )
     .await;
     // A few delta polls later: still Unknown, still not Delivered, never reprocessed.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // (Each poll asks group delta once: counting those counts the polls.)
+    let polls = || sim.count_requests("GET", "/v1.0/groups/delta");
+    let before = polls();
+    wait_until("three more delta polls", Duration::from_secs(20), || {
+        polls() >= before + 3
+    })
+    .await;
     let s = status(&kube, "dave");
     assert!(unknown(&s), "{s}");
     let eligibility = s["resources"]
@@ -332,13 +355,13 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         .await
         .unwrap();
     let settings = Settings {
-        delta_interval: Duration::from_secs(2),
+        delta_interval: Duration::from_millis(500),
         verify_interval: Duration::from_secs(600),
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     };
-    let (stop, task) = start(&kube, &sim, settings).await;
+    let (stop, task, metrics) = start(&kube, &sim, settings).await;
     wait_until(
         "everyone is verified delivered",
         Duration::from_secs(30),
@@ -349,6 +372,22 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
     )
     .await;
     sim.clear_request_log();
+    // Right after a poll has read the role eligibilities, so that all twelve removals fall
+    // in one poll's window (a poll between them would see a few, under the breaker's
+    // threshold, and let those be repaired).
+    wait_until(
+        "a delta poll read the role eligibilities",
+        Duration::from_secs(20),
+        || {
+            sim.count_requests(
+                "GET",
+                "/v1.0/roleManagement/directory/roleEligibilitySchedules",
+            ) > 0
+        },
+    )
+    .await;
+    let reconciled = || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment");
+    let before_removals = reconciled();
     // An admin takes Global Reader from all twelve at once: more than the breaker's 10 %
     // and at least 10 of the package.
     for u in &refs {
@@ -364,7 +403,16 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         })
     })
     .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A reprocess would go out in the reconcile that found the removal (its status, written
+    // ahead of a send, can show the drift a moment before the send); a held object looks
+    // again only at its verify interval (10 minutes here). Wait until each object's
+    // detecting reconcile has ended.
+    wait_until(
+        "every object's detecting reconcile has ended",
+        Duration::from_secs(20),
+        || reconciled() >= before_removals + refs.len() as u64,
+    )
+    .await;
     assert!(
         crate::fault_support::reprocess_calls(&sim, false).is_empty(),
         "counted against the breaker before the first repair: nothing reprocessed"

@@ -9,7 +9,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::controller::metrics::Metrics;
 use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::{Context, run_controllers};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -137,7 +137,12 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
     });
 
     let (metrics, registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(client, graph, metrics, &Settings::default()));
+    let ctx = Arc::new(Context::new(
+        client,
+        graph,
+        metrics,
+        &crate::controller_support::settings(),
+    ));
     let ready = Readiness::default();
     let stop = CancellationToken::new();
     let run = tokio::spawn(run_controllers(
@@ -160,8 +165,11 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
         assert!(Instant::now() < deadline, "never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // The MODIFIED event carried only our status: give it time to (not) retrigger.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The MODIFIED event carried only our status: give it time to (not) retrigger. The
+    // watcher has consumed it (the stream ended after it, and it watched again), so a
+    // retrigger would be queued already and run one debounce (50 ms here) later: half a
+    // second is ten of those.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     {
         let l = log.lock().unwrap();
         // A quick first verification is written once (no separate first-visit status).

@@ -92,6 +92,41 @@ fn key(namespace: &str, name: &str) -> ConnectionKey {
     }
 }
 
+/// How often a waiting shard-set replica looks at the others' Leases (and renews its own).
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// The `spec.renewTime` of each of the Leases `names` in `redeliver-system`.
+fn renew_times(kube: &FakeKube, names: &[String]) -> Vec<Option<String>> {
+    names
+        .iter()
+        .map(|name| {
+            kube.object("leases", "redeliver-system", name)
+                .and_then(|l| l["spec"]["renewTime"].as_str().map(String::from))
+        })
+        .collect()
+}
+
+/// Waits until each of the Leases `names` has been renewed `times` more times.
+async fn wait_for_renewals(kube: &FakeKube, names: &[String], times: usize) {
+    let mut seen: Vec<Vec<Option<String>>> = renew_times(kube, names)
+        .into_iter()
+        .map(|t| vec![t])
+        .collect();
+    wait_until(
+        &format!("{times} more renewals of {names:?}"),
+        Duration::from_secs(20),
+        || {
+            for (seen, now) in seen.iter_mut().zip(renew_times(kube, names)) {
+                if seen.last() != Some(&now) {
+                    seen.push(now);
+                }
+            }
+            seen.iter().all(|s| s.len() > times)
+        },
+    )
+    .await;
+}
+
 fn settings(index: u32, count: u32) -> Settings {
     Settings {
         poll_interval: Duration::from_secs(1),
@@ -101,7 +136,11 @@ fn settings(index: u32, count: u32) -> Settings {
         connection_recheck_ready: Duration::from_secs(1),
         instance: Some(format!("shard-{index}-of-{count}")),
         shard: Shard { index, count },
-        ..Settings::default()
+        // The label and relabel passes (1 s and 5 s in production) are what a new or moved
+        // object waits for.
+        shard_label_every: Duration::from_millis(100),
+        shard_relabel_every: Duration::from_millis(250),
+        ..crate::controller_support::settings()
     }
 }
 
@@ -139,7 +178,8 @@ impl Running {
     }
 
     /// A replica of a shard set: its controllers start only once its shard-set Lease
-    /// (in `redeliver-system`, 3 s) lets it act. Not waited for.
+    /// (in `redeliver-system`, 3 s, looked at every [`LOOK_EVERY`] while waiting) lets it
+    /// act. Not waited for.
     fn start_in_set(kube: &FakeKube, index: u32, count: u32) -> (Self, Readiness) {
         let config = kube::Config::new(kube.url().parse().unwrap());
         let client = kube::Client::try_from(config).unwrap();
@@ -157,7 +197,8 @@ impl Running {
             Shard { index, count },
             &format!("pod-{index}-of-{count}"),
         )
-        .with_duration(Duration::from_secs(3));
+        .with_duration(Duration::from_secs(3))
+        .with_look_every(LOOK_EVERY);
         let ready = Readiness::default();
         let stop = CancellationToken::new();
         let task = tokio::spawn({
@@ -254,12 +295,8 @@ impl Referee {
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn label(kube: &FakeKube, namespace: &str, name: &str) -> Option<String> {
@@ -554,8 +591,18 @@ async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
         || all_verified(2),
     )
     .await;
-    // Several renewals of every Lease later, still only the old set has acted.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Several renewals of every Lease later, still only the old set has acted: each new
+    // replica has looked at the old set's Leases twice more (it renews its own waiting Lease
+    // at every look), and each old replica has renewed its active Lease (every second,
+    // a third of 3 s). Whether a Lease is live at a given time is unit-tested
+    // (`shard_set::tests`); here the question is whether a look lets the new set act.
+    let lease_names = |count: u32| -> Vec<String> {
+        (0..count)
+            .map(|index| format!("redeliver-shards-{count}-{index}"))
+            .collect()
+    };
+    wait_for_renewals(&kube, &lease_names(3), 2).await;
+    wait_for_renewals(&kube, &lease_names(2), 1).await;
     for ns in &namespaces {
         let acted = referee.acted_on(&object_key(ns, "alice"));
         assert!(

@@ -192,19 +192,15 @@ fn settings() -> Settings {
         poll_interval: Duration::from_secs(1),
         observation_max_age: Duration::from_millis(500),
         operator_namespace: Some(OPERATOR_NS.into()),
-        connection_recheck_stalled: Duration::from_secs(1),
-        connection_recheck_ready: Duration::from_secs(1),
+        connection_recheck_stalled: Duration::from_millis(500),
+        connection_recheck_ready: Duration::from_millis(500),
         delta_interval: Duration::from_secs(1),
-        ..Settings::default()
+        ..crate::controller_support::settings()
     }
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 fn status(kube: &FakeKube, plural: &str, namespace: &str, name: &str) -> Value {
@@ -551,7 +547,8 @@ async fn a_throttled_tenant_does_not_delay_the_other() {
 
 /// Issue #23: each connection's group delta is followed on its own. Tenant A's Graph takes
 /// 20 s to answer its delta polls; tenant B's outside removal is still detected (and
-/// repaired) within one delta interval, with a ten-minute verifyInterval.
+/// repaired) within one delta interval (half a second here), with a ten-minute
+/// verifyInterval.
 #[tokio::test]
 async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
     let contoso = tenant("contoso", 42, "01", false).await;
@@ -565,7 +562,11 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
         alice(B, "alice", None),
     ];
     let kube = FakeKube::start(objects).await.unwrap();
-    let running = Running::start(&kube, None, settings()).await;
+    let half_second = Settings {
+        delta_interval: Duration::from_millis(500),
+        ..settings()
+    };
+    let running = Running::start(&kube, None, half_second).await;
     wait_until("both delivered", Duration::from_secs(20), || {
         is(
             &status(&kube, APA, A, "alice"),
@@ -581,7 +582,7 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
     })
     .await;
     // From now on every delta poll of A hangs for 20 s.
-    contoso.inject_fault(FaultSpec::Latency {
+    let slow = contoso.inject_fault(FaultSpec::Latency {
         millis: 20_000,
         scope: FaultScope {
             path_prefix: Some("/v1.0/groups/delta".into()),
@@ -589,8 +590,11 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
             ..FaultScope::default()
         },
     });
-    // Let A's follower enter a slow poll (the interval is 1 s).
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A's follower enters a slow poll (at its next interval).
+    wait_until("A's delta poll is held", Duration::from_secs(10), || {
+        contoso.fault_hits(slow) > 0
+    })
+    .await;
     fabrikam.clear_request_log();
     let removed = Instant::now();
     fabrikam
@@ -608,8 +612,8 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
     )
     .await;
     let took = removed.elapsed();
-    // One delta interval (1 s) plus the reconcile; a poll of B waiting behind A's would
-    // take 20 s.
+    // One delta interval (0.5 s) plus the reconcile, with room for a loaded machine; a poll
+    // of B waiting behind A's would take 20 s.
     assert!(
         took < Duration::from_secs(5),
         "B's drift waited {took:?} behind A's slow delta"
@@ -637,7 +641,11 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
     ])
     .await
     .unwrap();
-    let running = Running::start(&kube, Some(&operator), settings()).await;
+    let quick_recheck = Settings {
+        connection_recheck_stalled: Duration::from_millis(250),
+        ..settings()
+    };
+    let running = Running::start(&kube, Some(&operator), quick_recheck).await;
     wait_until("all three are verified", Duration::from_secs(20), || {
         ["by-default", "by-name"]
             .iter()
@@ -688,8 +696,11 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
         message.contains("GraphConnection team-a/named does not exist"),
         "{message}"
     );
-    // Give a wrong fallback every chance to happen, then check it did not.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Give a wrong fallback every chance to happen, then check it did not. A stalled object
+    // is reconciled again every connection_recheck_stalled (250 ms here); a fallback would
+    // happen at one of those passes, and 1 s holds four of them (as 3 s held three of the
+    // default test settings' 1 s).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for n in ["by-default", "by-name"] {
         let s = status(&kube, APA, A, n);
         assert!(is(&s, "Stalled", "True", "ConnectionNotReady"), "{n}: {s}");
@@ -864,8 +875,11 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
         },
     )
     .await;
-    // Give shard 0 every chance to touch the others: it must not.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Give shard 0 every chance to touch the others: it must not. It listed them with its
+    // own, so a reconcile of theirs would have run beside its own ones (one 50 ms debounce
+    // after the list) and written their status at once; half a second after its own are
+    // verified is ten debounces later.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     for ns in &theirs {
         assert!(
             status(&kube, APA, ns, "alice").is_null(),
@@ -964,9 +978,11 @@ fn token_requests(sim: &SimHandle) -> usize {
 /// status is written once (Entra's correlation id, new on every attempt, is not in it).
 /// Before, the status rewrite of each attempt triggered the next: 62 token requests in 63 s.
 ///
-/// The schedule is derived from the re-check intervals alone, so the test runs it ten times
-/// faster (3 s, 6 s, ...) over a tenth of a minute: the same count, without a minute of
-/// wall clock in the suite.
+/// The schedule is derived from the re-check intervals alone, so the test runs it sixty
+/// times faster (0.5 s, then 1 s later, ...) over a sixtieth of a minute (1 s): the same
+/// count, without a minute of wall clock in the suite. The third attempt comes at 1.5 s at
+/// the earliest (re-checks are only ever jittered later), half a second after the window;
+/// the old bug (each status write triggering the next sign-in) made one per debounce.
 #[tokio::test]
 async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     let contoso = tenant("contoso", 42, "01", true).await;
@@ -979,7 +995,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     ])
     .await
     .unwrap();
-    const SCALE: u32 = 10;
+    const SCALE: u32 = 60;
     let defaults = Settings {
         connection_recheck_stalled: redeliver::controller::connections::RECHECK_STALLED / SCALE,
         connection_recheck_ready: redeliver::controller::connections::RECHECK_READY / SCALE,
@@ -1039,8 +1055,8 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     .await
     .unwrap();
     let fast_connection = Settings {
-        connection_recheck_ready: Duration::from_secs(2),
-        connection_recheck_stalled: Duration::from_secs(1),
+        connection_recheck_ready: Duration::from_millis(500),
+        connection_recheck_stalled: Duration::from_millis(500),
         ..settings()
     };
     let running = Running::start(&kube, None, fast_connection).await;
@@ -1124,7 +1140,11 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
 /// connection's Secret in its namespace) and a team's (`--namespace team-b`, its own
 /// operator namespace). The team's never writes the cluster connection's status (alone, it
 /// writes nothing; beside the platform's, the status stays the platform's `Ready` instead
-/// of flipping to `SecretUnavailable` once a second).
+/// of flipping to `SecretUnavailable` at each of the team's re-checks).
+///
+/// Both re-check connections every 125 ms (stalled ones backing off to 500 ms), so the two
+/// windows below, 500 ms and 750 ms, each hold several checks either installation would
+/// make.
 #[tokio::test]
 async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() {
     let contoso = tenant("contoso", 42, "01", false).await;
@@ -1139,14 +1159,23 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     ])
     .await
     .unwrap();
+    let quick_recheck = || Settings {
+        connection_recheck_ready: Duration::from_millis(125),
+        connection_recheck_stalled: Duration::from_millis(125),
+        ..settings()
+    };
     let team_settings = Settings {
         operator_namespace: Some("team-b-system".into()),
         // What `--namespace team-b` derives when --cluster-connections is not given.
         cluster_connections: false,
-        ..settings()
+        ..quick_recheck()
     };
     let team = Running::start_watching(&kube, None, vec![B.into()], team_settings).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A reconcile of the cluster connection by the team's installation would come one
+    // debounce (50 ms) after its watch listed it and write SecretUnavailable at once (the
+    // Secret is not in team-b-system), then again at its re-checks: 500 ms holds ten
+    // debounces and four re-checks.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let cgc_writes = |from: usize| {
         kube.status_writes_since(from)
             .iter()
@@ -1159,7 +1188,7 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         "the team's installation wrote a cluster connection's status"
     );
 
-    let platform = Running::start(&kube, None, settings()).await;
+    let platform = Running::start(&kube, None, quick_recheck()).await;
     wait_until(
         "the platform makes the cluster connection Ready",
         Duration::from_secs(20),
@@ -1174,7 +1203,10 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
     )
     .await;
     let from = kube.status_write_count();
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // A flip would come at one of the team's re-checks (at most 500 ms apart once backed
+    // off) and be undone at one of the platform's (125 ms): 750 ms holds at least one of
+    // each.
+    tokio::time::sleep(Duration::from_millis(750)).await;
     let changed = kube
         .status_writes_since(from)
         .iter()

@@ -89,8 +89,12 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
                 .unwrap();
             reprocessed_at.push(now);
             attempts_seen.push(plan.status.reprocess.attempts);
-            // Long enough for a reprocess that worked to have landed.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // A reprocess that worked would have landed once the simulator's background work
+            // is done.
+            assert!(
+                sim.settle(Duration::from_secs(10)).await,
+                "the simulator settles"
+            );
         }
         status = Some(plan.status);
     }
@@ -160,10 +164,11 @@ async fn audit_with_silent_reprocess_reprocesses_once_then_reports_the_drift() {
         dir.path(),
         &[
             "--reprocess",
+            // The repair never lands, so the run waits all of it: four passes or so.
             "--wait",
-            "3s",
-            "--poll-interval",
             "1s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
             "-o",
             "json",
         ],
@@ -173,7 +178,7 @@ async fn audit_with_silent_reprocess_reprocesses_once_then_reports_the_drift() {
     let row = &out.rows()[0];
     assert_eq!(row["verdict"], "Drifted", "{row}");
     assert_eq!(row["missing"], json!(["fin-writers"]));
-    // ~15 polls in 3 s, yet one reprocess: the cooldown holds within a run.
+    // ~4 passes in 1 s, yet one reprocess: the cooldown holds within a run.
     assert_eq!(reprocess_calls(&sim, false).get(&alice), Some(&1));
     assert!(
         sim.count_requests("GET", "/v1.0/groups/") >= 4,
@@ -207,7 +212,7 @@ async fn assignment_expiring_while_being_repaired_is_reported_expired_not_reproc
             "--wait",
             "4s",
             "--poll-interval",
-            "1s",
+            crate::fault_support::POLL_INTERVAL,
             "-o",
             "json",
         ],
@@ -249,7 +254,7 @@ async fn unknown_user_is_an_error_for_its_row_while_the_others_are_repaired() {
             "--wait",
             "20s",
             "--poll-interval",
-            "1s",
+            crate::fault_support::POLL_INTERVAL,
             "-o",
             "json",
         ],
@@ -310,12 +315,14 @@ async fn user_deleted_while_being_repaired_is_reported_not_found_and_nothing_mor
         cmd
     };
     sim.clear_request_log();
+    // The repair never lands, so the run waits all of --wait (four passes or so after the
+    // deletion, which follows the reprocess within milliseconds).
     let child = tokio::spawn(run(via_proxy(&[
         "--reprocess",
         "--wait",
-        "4s",
-        "--poll-interval",
         "1s",
+        "--poll-interval",
+        crate::fault_support::POLL_INTERVAL,
         "-o",
         "json",
     ])));
@@ -381,7 +388,7 @@ async fn a_guard_sweep_reports_each_reprocess_outcome_on_its_own_row() {
             "--wait",
             "5s",
             "--poll-interval",
-            "1s",
+            crate::fault_support::POLL_INTERVAL,
             "-o",
             "json",
         ],

@@ -13,10 +13,14 @@ const REPAIR: [&str; 7] = [
     "--wait",
     "30s",
     "--poll-interval",
-    "1s",
+    crate::fault_support::POLL_INTERVAL,
     "-o",
     "json",
 ];
+
+/// How long a reprocess takes to land where the test decides when it lands (by moving
+/// tokio's clock, on which the in-process simulator waits).
+const REPROCESS_DELAY: Duration = Duration::from_secs(30);
 
 /// Waits until the simulator has accepted `n` reprocesses in total.
 async fn wait_for_reprocesses(sim: &redeliver_sim::SimHandle, n: usize) {
@@ -37,7 +41,7 @@ async fn killed_before_any_repair_loses_nothing_the_rerun_repairs_once() {
         .collect();
     let dir = declarations(&docs);
     // Slow member reads, so the kill lands mid-sweep, before any write.
-    sim.inject_fault(fault(serde_json::json!({
+    let slow = sim.inject_fault(fault(serde_json::json!({
         "kind": "latency", "millis": 1500, "count": 2, "pathPrefix": "/v1.0/groups"
     })));
     sim.clear_request_log();
@@ -59,6 +63,8 @@ async fn killed_before_any_repair_loses_nothing_the_rerun_repairs_once() {
         reprocess_calls(&sim, false).is_empty(),
         "killed before acting"
     );
+    // The slow reads were for the killed run; the rerun is not about them.
+    sim.remove_fault(slow);
 
     let out = audit(&sim, dir.path(), &REPAIR).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
@@ -80,10 +86,9 @@ async fn killed_before_any_repair_loses_nothing_the_rerun_repairs_once() {
 #[tokio::test]
 async fn killed_after_reprocess_the_rerun_finds_the_drift_again_and_converges() {
     let mut opts = fast();
-    // The killed run's reprocess takes a while to land in Graph.
-    // Long enough that the rerun (a new process on a loaded CI machine) starts and looks
-    // before it lands.
-    opts.reprocess_delay = Duration::from_secs(4);
+    // The killed run's reprocess lands in Graph only when the test says so: it moves tokio's
+    // clock (the simulator's) past this delay once the rerun has looked and acted.
+    opts.reprocess_delay = REPROCESS_DELAY;
     let sim = Simulator::start(Scenario::demo(), opts).await.unwrap();
     let alice = sim
         .assignment_id("alice@contoso.com", "Finance Analysts")
@@ -104,7 +109,11 @@ async fn killed_after_reprocess_the_rerun_finds_the_drift_again_and_converges() 
     // Restarted at once, while the first reprocess is still pending in Graph: a one-shot
     // run has no memory of the killed one, and Graph keeps no trace of a pending
     // reprocess, so it sees the drift and reprocesses again (one duplicate, idempotent).
-    let out = audit(&sim, dir.path(), &REPAIR).await;
+    let rerun = tokio::spawn(run(audit_command(&sim, dir.path(), &REPAIR)));
+    wait_for_reprocesses(&sim, 2).await;
+    // Both reprocesses land now; the rerun sees it at its next pass.
+    crate::clock::skip(REPROCESS_DELAY).await;
+    let out = rerun.await.unwrap();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert_eq!(out.json()["before"][0]["verdict"], "Drifted");
     assert!(sim.is_member("fin-writers", "alice@contoso.com"));

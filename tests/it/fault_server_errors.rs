@@ -18,7 +18,7 @@ const REPAIR: [&str; 7] = [
     "--wait",
     "30s",
     "--poll-interval",
-    "1s",
+    crate::fault_support::POLL_INTERVAL,
     "-o",
     "json",
 ];

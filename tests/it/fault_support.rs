@@ -29,6 +29,11 @@ pub const CLEARED_ENV: [&str; 13] = [
     "REDELIVER_GRAPH_CONCURRENCY",
 ];
 
+/// How often `redeliver audit --reprocess` re-verifies while it waits in these tests: the
+/// simulator's [`fast`] repairs land in 150 ms, so a re-verification a little later
+/// usually finds them done.
+pub const POLL_INTERVAL: &str = "250ms";
+
 /// Fast background processing so repairs land within a test's patience.
 pub fn fast() -> SimOptions {
     SimOptions {
@@ -113,7 +118,8 @@ pub async fn audit(sim: &SimHandle, dir: &Path, extra: &[&str]) -> Run {
 }
 
 /// `redeliver audit -o json` against `sim` (with `--reprocess` in `extra`, also
-/// `--poll-interval 1s`, which without it would be refused as a flag with no effect): the
+/// `--poll-interval` [`POLL_INTERVAL`], which without it would be refused as a flag with no
+/// effect): the
 /// exit code, the decoded report and stderr.
 pub async fn audit_json(
     sim: &SimHandle,
@@ -122,7 +128,7 @@ pub async fn audit_json(
 ) -> (i32, serde_json::Value, String) {
     let mut args = vec!["-o", "json"];
     if extra.contains(&"--reprocess") {
-        args.extend(["--poll-interval", "1s"]);
+        args.extend(["--poll-interval", POLL_INTERVAL]);
     }
     args.extend_from_slice(extra);
     let run = audit(sim, dir, &args).await;

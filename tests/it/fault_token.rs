@@ -33,7 +33,13 @@ async fn token_endpoint_down_briefly_is_ridden_out() {
     let out = audit(
         &sim,
         dir.path(),
-        &["--reprocess", "--wait", "20s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "20s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+        ],
     )
     .await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

@@ -239,7 +239,9 @@ async fn reprocess_wait_times_out_naming_what_it_waited_for_and_guards_refuse_wa
             "apa/alice-finance",
             "--wait",
             "--timeout",
-            "2s",
+            // The shortest --timeout there is: nothing will echo here, so any wait is waited
+            // in full.
+            "1s",
         ],
     )
     .await;
@@ -258,7 +260,7 @@ async fn reprocess_wait_times_out_naming_what_it_waited_for_and_guards_refuse_wa
     );
     assert!(
         out.stderr.contains(&format!(
-            "timed out after 2s waiting for accesspackageassignment \"alice-finance\" in namespace \"access\" to echo \"{value}\" in its status's lastHandledRequest (it holds nothing)"
+            "timed out after 1s waiting for accesspackageassignment \"alice-finance\" in namespace \"access\" to echo \"{value}\" in its status's lastHandledRequest (it holds nothing)"
         )),
         "{}",
         out.stderr
@@ -268,7 +270,7 @@ async fn reprocess_wait_times_out_naming_what_it_waited_for_and_guards_refuse_wa
     // running here, --wait times out saying what it waited for.
     let out = plugin(
         &config,
-        &["reprocess", "apg/finance", "--wait", "--timeout", "2s"],
+        &["reprocess", "apg/finance", "--wait", "--timeout", "1s"],
     )
     .await;
     assert_eq!(out.code, Some(1), "{}", out.stderr);
@@ -358,12 +360,8 @@ async fn ack_annotates_a_guard_or_a_connection_and_says_what_resumes() {
     );
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 /// The real controller, in-process (as `controller_ledger` runs it), sees the annotation the
@@ -388,11 +386,11 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
     let graph = crate::fault_support::graph_client(&sim).unwrap();
     let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     let settings = Settings {
-        poll_interval: Duration::from_secs(1),
-        observation_max_age: Duration::from_millis(500),
-        ..Settings::default()
+        poll_interval: Duration::from_millis(250),
+        observation_max_age: Duration::from_millis(200),
+        ..crate::controller_support::settings()
     };
-    let ctx = Arc::new(Context::new(client, graph, metrics, &settings));
+    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
     let ready = Readiness::default();
     let stop = CancellationToken::new();
     let task = tokio::spawn(run_controllers(
@@ -474,7 +472,14 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
     .await;
     assert_eq!(calls(), 1, "one request, one reprocess");
     // More passes (the re-checks after the repair) send no second one.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Three reconciles: the first verification, the one the request triggered (which sent
+    // the reprocess) and the re-check one poll interval after it, which finds the repair.
+    wait_until(
+        "the re-check after the repair",
+        Duration::from_secs(20),
+        || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment") >= 3,
+    )
+    .await;
     assert_eq!(calls(), 1, "still one reprocess");
     assert_eq!(reprocess_calls(&sim, false).values().sum::<usize>(), 1);
 

@@ -12,7 +12,7 @@ use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
 use redeliver::controller::metrics::Metrics;
-use redeliver::controller::{Context, Settings, assignment, guard};
+use redeliver::controller::{Context, assignment, guard};
 use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
@@ -119,7 +119,12 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
             auto_api(handle, objects.clone(), written.clone());
             let client = kube::Client::new(service, "access");
             let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-            let ctx = Arc::new(Context::new(client, graph, metrics, &Settings::default()));
+            let ctx = Arc::new(Context::new(
+                client,
+                graph,
+                metrics,
+                &crate::controller_support::settings(),
+            ));
             for (name, upn) in [
                 ("alice-finance", "alice@contoso.com"),
                 ("bob-finance", "bob@contoso.com"),
@@ -155,8 +160,11 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
             let g: AccessPackageGuard = serde_json::from_value(value).unwrap();
             let result = guard::reconcile(Arc::new(g), ctx.clone()).await;
             assert!(result.is_ok(), "guard reconcile: {result:?}");
-            // Let tokens expire so the next client's run and any refresh are exercised too.
-            tokio::time::sleep(Duration::from_millis(1100)).await;
+            // Let tokens expire so the next client's run and any refresh are exercised too:
+            // on the simulator's clock and on the clients' token caches' (tokio's), without
+            // waiting for it.
+            sim.advance_clock(Duration::from_millis(1100));
+            crate::clock::skip(Duration::from_millis(1100)).await;
         }
         let text = capture.text();
         let written = written.lock().unwrap().join("\n");
@@ -269,7 +277,7 @@ fn connection_secrets_never_reach_logs_status_or_events() {
             client,
             None,
             metrics,
-            &Settings::default(),
+            &crate::controller_support::settings(),
         ));
         let stop = tokio_util::sync::CancellationToken::new();
         let run = tokio::spawn(redeliver::controller::run_controllers(
@@ -294,7 +302,7 @@ fn connection_secrets_never_reach_logs_status_or_events() {
                 std::time::Instant::now() < deadline,
                 "the connections were not both checked"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(crate::wait::PACE).await;
         }
         stop.cancel();
         let _ = run.await;

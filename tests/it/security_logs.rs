@@ -57,7 +57,15 @@ async fn audit_process_at_trace_level_logs_no_secret_or_token() {
     let mut cmd = audit_command(
         &sim,
         dir.path(),
-        &["--reprocess", "--wait", "30s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "30s",
+            // A whole second between passes: the run must outlive a token (1 s, the
+            // shortest the simulator issues) to fetch another.
+            "--poll-interval",
+            "1s",
+        ],
     );
     cmd.env("REDELIVER_LOG", "trace");
     let out = run(cmd).await;
@@ -92,7 +100,13 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
     let mut cmd = audit_command(
         &sim,
         dir.path(),
-        &["--reprocess", "--wait", "30s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "30s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+        ],
     );
     cmd.env_remove("AZURE_CLIENT_SECRET")
         .env("AZURE_FEDERATED_TOKEN_FILE", &file)
@@ -209,7 +223,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
             observer.graph().get_user("bob@contoso.com").await.unwrap();
             let _ = observer.graph().get_user("nobody@contoso.com").await;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(sim.settle(Duration::from_secs(10)).await, "the repair lands");
         assert!(sim.is_member("fin-writers", "alice@contoso.com"));
         let text = capture.text();
         assert!(
@@ -239,7 +253,8 @@ async fn simulate_mode_at_trace_level_logs_no_secret_or_token() {
     }
     cmd.env("REDELIVER_LOG", "trace")
         .env("NO_PROXY", "127.0.0.1,localhost")
-        .args(["audit", "--no-progress", "--simulate", "--reprocess", "-f"])
+        .args(["audit", "--no-progress", "--simulate", "--reprocess"])
+        .args(["--poll-interval", POLL_INTERVAL, "-f"])
         .arg(&examples)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);

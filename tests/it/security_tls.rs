@@ -66,7 +66,13 @@ async fn tls_simulator_is_trusted_only_with_its_ca_file() {
     let mut cmd = audit_command(
         &sim,
         decls.path(),
-        &["--reprocess", "--wait", "20s", "--poll-interval", "1s"],
+        &[
+            "--reprocess",
+            "--wait",
+            "20s",
+            "--poll-interval",
+            crate::fault_support::POLL_INTERVAL,
+        ],
     );
     cmd.env("REDELIVER_CA_FILE", &ca);
     let out = run(cmd).await;
@@ -171,7 +177,13 @@ async fn forbidden_names_the_permission_for_every_call_family() {
         let out = audit(
             &sim,
             decls.path(),
-            &["--reprocess", "--wait", "2s", "--poll-interval", "1s"],
+            &[
+                "--reprocess",
+                "--wait",
+                "2s",
+                "--poll-interval",
+                crate::fault_support::POLL_INTERVAL,
+            ],
         )
         .await;
         assert_eq!(out.code, 1, "{permission}: {}", out.stdout);

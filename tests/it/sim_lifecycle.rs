@@ -263,7 +263,11 @@ async fn reprocess_preconditions_and_silent_failure() {
         .post(&format!("{EM}/assignments/{aid}/reprocess"), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A reprocess that worked would have taken effect once the background work is done.
+    assert!(
+        e.h.settle(Duration::from_secs(10)).await,
+        "the simulator settles"
+    );
     assert_eq!(e.h.missing_resources(&aid), vec!["fin-writers"]);
     e.h.clear_faults();
     let (status, _) = e
@@ -514,10 +518,13 @@ async fn delivery_outcome_faults_fail_stick_or_partially_deliver_new_requests() 
     .await;
     assert!(!e.h.is_member("eng-tools", "bob@contoso.com"));
 
-    // Stuck: stays delivering well past the processing delays.
+    // Stuck: stays delivering once every processing step has run.
     e.h.inject_fault(FaultSpec::StuckDelivery { count: 1 });
     let rid = add("alice@contoso.com", ENG, &eng_policy).await;
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        e.h.settle(Duration::from_secs(10)).await,
+        "the simulator settles"
+    );
     assert_eq!(e.h.request_state(&rid).as_deref(), Some("delivering"));
     let a = e.assignment_of("alice@contoso.com", ENG).await.unwrap();
     assert_eq!(a["state"], "delivering");

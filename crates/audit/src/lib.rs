@@ -103,8 +103,8 @@ pub struct AuditArgs {
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = redeliver::api::parse_duration_arg, requires = "reprocess")]
     pub wait: Duration,
 
-    /// With --reprocess, how often to re-verify while waiting.
-    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = redeliver::api::parse_duration_arg, hide_short_help = true, requires = "reprocess")]
+    /// With --reprocess, how often to re-verify while waiting (e.g. 2s, 500ms).
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = redeliver_cli::parse_duration, hide_short_help = true, requires = "reprocess")]
     pub poll_interval: Duration,
 
     /// Run against an embedded Graph simulator instead of a real tenant.

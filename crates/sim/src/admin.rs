@@ -469,6 +469,12 @@ impl Shared {
         sim.add_outcomes.clear();
     }
 
+    /// How many requests the injected fault `id` has affected so far (a latency fault counts
+    /// a request when its delay begins, so a test can wait for a request to be held).
+    pub fn admin_fault_hits(&self, id: u64) -> u64 {
+        self.lock().fault_hits.get(&id).copied().unwrap_or_default()
+    }
+
     /// Removes one injected fault; returns false if it had already ended or never existed.
     pub fn admin_remove_fault(&self, id: u64) -> bool {
         let mut sim = self.lock();

@@ -506,6 +506,12 @@ impl SimHandle {
         self.shared.admin_inject_fault(fault)
     }
 
+    /// How many requests the injected fault `id` has affected so far; a latency fault counts
+    /// a request when its delay begins (a test waits on this for "a request is being held").
+    pub fn fault_hits(&self, id: u64) -> u64 {
+        self.shared.admin_fault_hits(id)
+    }
+
     /// Removes one fault; false if it already ended.
     pub fn remove_fault(&self, id: u64) -> bool {
         self.shared.admin_remove_fault(id)

@@ -281,6 +281,8 @@ pub(crate) struct Sim {
     /// ARM's read quota (`x-ms-ratelimit-remaining-subscription-reads`), when limited.
     pub arm_reads: Option<ReadQuota>,
     pub faults: Vec<ActiveFault>,
+    /// Requests each injected fault has affected, by fault id (kept after the fault ends).
+    pub fault_hits: HashMap<u64, u64>,
     pub next_fault_id: u64,
     pub silent_all: bool,
     pub silent_ids: HashSet<String>,
@@ -309,6 +311,7 @@ impl Sim {
             arm_tokens: HashSet::new(),
             arm_reads: None,
             faults: Vec::new(),
+            fault_hits: HashMap::new(),
             next_fault_id: 1,
             silent_all: false,
             silent_ids: HashSet::new(),
@@ -495,7 +498,9 @@ pub(crate) fn take_fault(
     if let Some(r) = f.remaining.as_mut() {
         *r = r.saturating_sub(1);
     }
-    Some(f.spec.clone())
+    let (id, spec) = (f.id, f.spec.clone());
+    *sim.fault_hits.entry(id).or_default() += 1;
+    Some(spec)
 }
 
 pub(crate) fn take_latency(shared: &Shared, method: &Method, path: &str) -> Duration {

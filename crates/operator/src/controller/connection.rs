@@ -115,12 +115,14 @@ where
     K: Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let generation = obj.meta().generation;
-    // Next check when it is due (backed off while stalled), never sooner.
-    let retry = super::connections::jittered(
-        ctx.connections
-            .recheck_in(key)
-            .max(std::time::Duration::from_secs(1)),
-    );
+    // Next check when it is due (backed off while stalled), never sooner, and never in a
+    // tight loop: a second at least, or the re-check interval when that is shorter (only
+    // tests set one: the operator's are 30 s and 5 minutes).
+    let (recheck_ready, recheck_stalled) = ctx.connections.recheck();
+    let floor = std::time::Duration::from_secs(1)
+        .min(recheck_ready)
+        .min(recheck_stalled);
+    let retry = super::connections::jittered(ctx.connections.recheck_in(key).max(floor));
     let (problem, code) = match outcome {
         CheckOutcome::Ready => (None, None),
         CheckOutcome::Stalled(p) => (Some((p.reason, p.message.as_str())), p.code.clone()),

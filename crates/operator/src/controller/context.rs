@@ -126,6 +126,15 @@ pub struct Settings {
     pub cluster_connections: bool,
     /// Wall-clock time ([`SystemClock`] but in tests).
     pub clock: Arc<dyn Clock>,
+    /// How long a reconcile request waits for more of the same object before it runs, so a
+    /// burst of changes is reconciled once ([`DEBOUNCE`]; tests shorten it).
+    pub debounce: Duration,
+    /// How often a sharded replica labels its unlabelled objects
+    /// ([`super::sharding::LABEL_EVERY`]; tests shorten it).
+    pub shard_label_every: Duration,
+    /// How often a sharded replica relabels the objects whose connection moved to another
+    /// shard ([`super::sharding::RELABEL_EVERY`]; tests shorten it).
+    pub shard_relabel_every: Duration,
 }
 
 impl Default for Settings {
@@ -153,9 +162,15 @@ impl Default for Settings {
             account_max_age: crate::observe::accounts::AccountSettings::default().ttl,
             cluster_connections: true,
             clock: Arc::new(SystemClock),
+            debounce: DEBOUNCE,
+            shard_label_every: super::sharding::LABEL_EVERY,
+            shard_relabel_every: super::sharding::RELABEL_EVERY,
         }
     }
 }
+
+/// The controllers' debounce: see [`Settings::debounce`].
+pub const DEBOUNCE: Duration = Duration::from_secs(1);
 
 /// Everything a reconcile needs.
 pub struct Context {
@@ -199,6 +214,12 @@ pub struct Context {
     started: tokio::sync::watch::Sender<bool>,
     /// Wall-clock time: the only source of it in the controller.
     clock: Arc<dyn Clock>,
+    /// See [`Settings::debounce`].
+    pub debounce: Duration,
+    /// See [`Settings::shard_label_every`].
+    pub shard_label_every: Duration,
+    /// See [`Settings::shard_relabel_every`].
+    pub shard_relabel_every: Duration,
 }
 
 impl super::metrics::StateSizes for Context {
@@ -321,6 +342,9 @@ impl Context {
             cluster_connections: settings.cluster_connections,
             started: tokio::sync::watch::Sender::new(true),
             clock: settings.clock.clone(),
+            debounce: settings.debounce,
+            shard_label_every: settings.shard_label_every,
+            shard_relabel_every: settings.shard_relabel_every,
         }
     }
 

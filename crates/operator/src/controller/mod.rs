@@ -631,11 +631,12 @@ impl Wiring {
             Some(selector) => watcher_config.clone().labels(&selector),
             None => watcher_config.clone(),
         };
+        let config = ControllerConfig::default()
+            .debounce(ctx.debounce)
+            .concurrency(concurrency);
         Self {
             ctx,
-            config: ControllerConfig::default()
-                .debounce(Duration::from_secs(1))
-                .concurrency(concurrency),
+            config,
             watcher_config,
             scoped_config,
             stop,

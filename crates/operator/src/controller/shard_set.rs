@@ -88,6 +88,7 @@ pub struct ShardSetLease {
     duration: Duration,
     /// Wall-clock time for `renewTime` and liveness (the controller's clock).
     clock: Arc<dyn Clock>,
+    look_every: Duration,
 }
 
 /// What the own Lease looked like at the last read or write.
@@ -106,6 +107,7 @@ impl ShardSetLease {
             identity: identity.to_string(),
             duration: LEASE_DURATION,
             clock: Arc::new(SystemClock),
+            look_every: LOOK_EVERY,
         }
     }
 
@@ -142,6 +144,13 @@ impl ShardSetLease {
     /// The same with another Lease duration (tests).
     pub fn with_duration(mut self, duration: Duration) -> Self {
         self.duration = duration;
+        self
+    }
+
+    /// The same with a waiting replica looking again every `look_every` instead of every
+    /// second (tests).
+    pub fn with_look_every(mut self, look_every: Duration) -> Self {
+        self.look_every = look_every;
         self
     }
 
@@ -226,7 +235,7 @@ impl ShardSetLease {
             if stop.is_cancelled() {
                 return Ok(None);
             }
-            let mut pause = LOOK_EVERY;
+            let mut pause = self.look_every;
             if let Some(held) = self.write(WAITING, None).await? {
                 match self.other_active().await? {
                     Some(other) => {
@@ -243,7 +252,8 @@ impl ShardSetLease {
                                     // Both wrote `active`: step back and let one of us win.
                                     tracing::info!(lease = %self.name(), other = %other, "another shard count became active at the same time: stepping back");
                                     self.write(WAITING, Some(&active)).await?;
-                                    pause = LOOK_EVERY.mul_f64(rand::rng().random_range(0.5..2.0));
+                                    pause =
+                                        self.look_every.mul_f64(rand::rng().random_range(0.5..2.0));
                                 }
                             }
                         }

@@ -31,10 +31,10 @@ use crate::api::{ConnectionKey, ConnectionRef};
 
 /// How often the unlabelled objects are looked at (a new object is labelled within this
 /// and one write).
-const LABEL_EVERY: Duration = Duration::from_secs(1);
+pub const LABEL_EVERY: Duration = Duration::from_secs(1);
 
 /// How often a replica looks for objects it holds whose connection moved.
-const RELABEL_EVERY: Duration = Duration::from_secs(5);
+pub const RELABEL_EVERY: Duration = Duration::from_secs(5);
 
 /// Label patches in flight at once per kind.
 const PATCHES_AT_ONCE: usize = 16;
@@ -72,7 +72,7 @@ pub async fn label_unlabelled(
     let mut listing: Option<BTreeMap<(String, String), Unlabelled>> = None;
     // Resource versions already patched (or refused for good): not tried again.
     let mut tried: HashMap<(String, String), String> = HashMap::new();
-    let mut tick = tokio::time::interval(LABEL_EVERY);
+    let mut tick = tokio::time::interval(ctx.shard_label_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Resolution needs every connection store listed: until then an object of a namespace
     // with a default GraphConnection would look like the operator's own connection's.
@@ -180,7 +180,7 @@ fn unlabelled(ctx: &Context, o: &DynamicObject) -> Option<((String, String), Unl
     ))
 }
 
-/// Every `RELABEL_EVERY`, relabels the objects of `store` (this shard's watch) whose
+/// Every `Context::shard_relabel_every` ([`RELABEL_EVERY`]), relabels the objects of `store` (this shard's watch) whose
 /// label no longer names their connection's bucket, once no reconcile of them is in
 /// flight here, until `stop`.
 pub async fn relabel_moved<K>(
@@ -196,7 +196,7 @@ pub async fn relabel_moved<K>(
         () = stop.cancelled() => return,
         () = ctx.started() => {}
     }
-    let mut tick = tokio::time::interval(RELABEL_EVERY);
+    let mut tick = tokio::time::interval(ctx.shard_relabel_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {

@@ -28,7 +28,11 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock (the system's monotonic clock but in tests that move it): the batch window
+// and the retry pace are waits like any other.
+use tokio::time::Instant;
 
 use jiff::Timestamp;
 use tokio::sync::OnceCell;
