@@ -21,8 +21,10 @@
 //!
 //! Then SIGTERM, and the exit code, total CPU and peak RSS from `wait4`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -30,9 +32,7 @@ use serde_json::{Value, json};
 
 use super::measure;
 use redeliver_fake_kube::{self as fake_kube, Counts, FakeKube, WriteModel};
-use redeliver_sim::{
-    RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticResource, SyntheticTenant, Usage,
-};
+use redeliver_sim::{RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant, Usage};
 
 const NAMESPACE: &str = "bench";
 const PLURAL: &str = "accesspackageassignments";
@@ -388,10 +388,19 @@ fn object_name(i: usize) -> String {
     format!("user{i:06}")
 }
 
-fn kubeconfig(dir: &Path, server: &str) -> anyhow::Result<PathBuf> {
+/// Writes `dir/kubeconfig` for the API server at `server`, with `namespace` as the default
+/// when given.
+pub(crate) fn kubeconfig(
+    dir: &Path,
+    server: &str,
+    namespace: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let path = dir.join("kubeconfig");
+    let namespace = namespace
+        .map(|ns| format!("    namespace: {ns}\n"))
+        .unwrap_or_default();
     let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {server}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\n    namespace: {NAMESPACE}\ncurrent-context: bench\n"
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {server}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\n{namespace}current-context: bench\n"
     );
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(path)
@@ -421,7 +430,7 @@ async fn scrape(
 }
 
 /// Reconciles of `AccessPackageAssignment` objects so far.
-async fn scrape_reconciles(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
+pub(crate) async fn scrape_reconciles(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
     scrape(
         http,
         metrics_url,
@@ -451,6 +460,23 @@ struct Samples {
     rss: Vec<(Instant, u64)>,
 }
 
+/// What the phases run against: the simulated tenant, the API server and the controller
+/// process.
+struct Bench<'a> {
+    args: &'a ControllerBenchArgs,
+    sim: &'a SimHandle,
+    kube: &'a FakeKube,
+    tenant: &'a SyntheticTenant,
+    /// The objects whose assignment starts drifted.
+    drifted: &'a [usize],
+    http: &'a reqwest::Client,
+    metrics_url: &'a str,
+    pid: u32,
+    /// When the controller was started.
+    t0: Instant,
+    samples: &'a Mutex<Samples>,
+}
+
 async fn measure_controller(
     args: &ControllerBenchArgs,
     bin: &Path,
@@ -458,33 +484,10 @@ async fn measure_controller(
     let started = Instant::now();
     let n = args.objects;
     let tenant = SyntheticTenant::benchmark(n);
-    let opts = SimOptions {
-        request_delay: Duration::from_millis(args.request_delay_ms),
-        reprocess_delay: Duration::from_secs(1),
-        ru_bucket: (args.ru_limit > 0).then_some(RuBucket {
-            capacity: args.ru_limit,
-            window_ms: 10_000,
-        }),
-        ..SimOptions::default()
-    };
-    let sim = Simulator::start(Scenario::synthetic_tenant(&tenant), opts)
-        .await
-        .context("the simulator did not start")?;
-    let mut objects = Vec::with_capacity(n);
-    for i in 0..n {
-        objects.push(object(&tenant, &sim, i, args)?);
-    }
-    let kube = FakeKube::start_with_write_model(
-        objects,
-        WriteModel {
-            cost: Duration::from_micros(args.kube_write_us),
-            parallel: usize::from(args.kube_write_parallel),
-        },
-    )
-    .await
-    .context("the fake API server did not start")?;
+    let sim = start_simulator(args, &tenant).await?;
+    let kube = start_api_server(args, &tenant, &sim).await?;
     let dir = tempfile::tempdir()?;
-    let kubeconfig = kubeconfig(dir.path(), &kube.url())?;
+    let kubeconfig = kubeconfig(dir.path(), &kube.url(), Some(NAMESPACE))?;
     let metrics_port = free_port()?;
     let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
     let http = reqwest::Client::builder()
@@ -507,6 +510,96 @@ async fn measure_controller(
         sim.graph_url
     );
 
+    let cmd = controller_command(args, bin, &sim, &kubeconfig, metrics_port);
+    sim.clear_request_log();
+    let t0 = Instant::now();
+    let mut child = measure::spawn(cmd).context("cannot start redeliver controller")?;
+    let pid = child.pid();
+    let samples = Arc::new(Mutex::new(Samples::default()));
+    let sampler = sample_rss(pid, samples.clone());
+    let bench = Bench {
+        args,
+        sim: &sim,
+        kube: &kube,
+        tenant: &tenant,
+        drifted: &drifted,
+        http: &http,
+        metrics_url: &metrics_url,
+        pid,
+        t0,
+        samples: &samples,
+    };
+    let outcome = phases(&bench, &mut result).await;
+    if let Err(e) = &outcome {
+        eprintln!("benchmark phase failed: {e:#}");
+        print_stderr_tail(&mut child);
+    }
+
+    // The whole run's peak is the controller's own VmHWM, read just before it stops:
+    // wait4's figure may be this benchmark's (see `measure::spawn`), which holds the
+    // simulated tenant and the API server's objects.
+    let peak_kib = measure::proc_memory(pid).map(|(_, hwm)| hwm);
+
+    // SIGTERM and a clean exit.
+    let stop = Instant::now();
+    let Some(run) = measure::terminate(child, Duration::from_secs(30)).await? else {
+        bail!("the controller did not exit within 30 s of SIGTERM (killed)");
+    };
+    sampler.abort();
+    result.shutdown = stop.elapsed();
+    record_exit(&mut result, &run, peak_kib, &kube);
+    outcome?;
+    Ok(result)
+}
+
+/// The simulator, serving a synthetic tenant of `args.objects` assignments.
+async fn start_simulator(
+    args: &ControllerBenchArgs,
+    tenant: &SyntheticTenant,
+) -> anyhow::Result<SimHandle> {
+    let opts = SimOptions {
+        request_delay: Duration::from_millis(args.request_delay_ms),
+        reprocess_delay: Duration::from_secs(1),
+        ru_bucket: (args.ru_limit > 0).then_some(RuBucket {
+            capacity: args.ru_limit,
+            window_ms: 10_000,
+        }),
+        ..SimOptions::default()
+    };
+    Simulator::start(Scenario::synthetic_tenant(tenant), opts)
+        .await
+        .context("the simulator did not start")
+}
+
+/// The fake API server, holding one object per assignment of `tenant`.
+async fn start_api_server(
+    args: &ControllerBenchArgs,
+    tenant: &SyntheticTenant,
+    sim: &SimHandle,
+) -> anyhow::Result<FakeKube> {
+    let objects = (0..args.objects)
+        .map(|i| object(tenant, sim, i, args))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    FakeKube::start_with_write_model(
+        objects,
+        WriteModel {
+            cost: Duration::from_micros(args.kube_write_us),
+            parallel: usize::from(args.kube_write_parallel),
+        },
+    )
+    .await
+    .context("the fake API server did not start")
+}
+
+/// `redeliver controller` with the benchmark's flags, talking to the simulator and the
+/// API server only.
+fn controller_command(
+    args: &ControllerBenchArgs,
+    bin: &Path,
+    sim: &SimHandle,
+    kubeconfig: &Path,
+    metrics_port: u16,
+) -> std::process::Command {
     let mut cmd = std::process::Command::new(bin);
     for var in [
         "AZURE_FEDERATED_TOKEN_FILE",
@@ -523,104 +616,68 @@ async fn measure_controller(
     ] {
         cmd.env_remove(var);
     }
+    let seconds = |d: Duration| format!("{}s", d.as_secs());
     cmd.envs(sim.graph_env())
         .env(
             "REDELIVER_GRAPH_CONCURRENCY",
             args.graph_concurrency.to_string(),
         )
-        .env("KUBECONFIG", &kubeconfig)
+        .env("KUBECONFIG", kubeconfig)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .arg("controller")
         .args(["--namespace", NAMESPACE])
         .args(["--concurrency", &args.concurrency.to_string()])
-        .args([
-            "--verify-interval",
-            &format!("{}s", args.verify_interval.as_secs()),
-        ])
-        .args([
-            "--delta-interval",
-            &format!("{}s", args.delta_interval.as_secs()),
-        ])
-        .args([
-            "--observation-max-age",
-            &format!("{}s", args.observation_max_age.as_secs()),
-        ])
+        .args(["--verify-interval", &seconds(args.verify_interval)])
+        .args(["--delta-interval", &seconds(args.delta_interval)])
+        .args(["--observation-max-age", &seconds(args.observation_max_age)])
         .args(["--reprocess-rate", &args.reprocess_rate.to_string()])
         .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
         .args(["--pod-name", "redeliver-bench"]);
-    sim.clear_request_log();
-    let t0 = Instant::now();
-    let mut child = measure::spawn(cmd).context("cannot start redeliver controller")?;
-    let pid = child.pid();
-    let samples = std::sync::Arc::new(std::sync::Mutex::new(Samples::default()));
-    let sampler = {
-        let samples = samples.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            loop {
-                tick.tick().await;
-                let Some((rss, _)) = measure::proc_memory(pid) else {
-                    return;
-                };
-                samples
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .rss
-                    .push((Instant::now(), rss));
-            }
-        })
-    };
+    cmd
+}
 
-    let outcome = phases(
-        args,
-        &sim,
-        &kube,
-        &tenant,
-        &drifted,
-        &http,
-        &metrics_url,
-        pid,
-        t0,
-        &samples,
-        &mut result,
-    )
-    .await;
-    if let Err(e) = &outcome {
-        eprintln!("benchmark phase failed: {e:#}");
-        if let Ok(err) = child.stderr_so_far() {
-            let tail: String = err
-                .chars()
-                .rev()
-                .take(3000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            eprintln!("controller stderr (tail):\n{tail}");
+/// Samples the resident memory of process `pid` into `samples` every second, until it is
+/// gone (or the task is aborted).
+fn sample_rss(pid: u32, samples: Arc<Mutex<Samples>>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let Some((rss, _)) = measure::proc_memory(pid) else {
+                return;
+            };
+            samples
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .rss
+                .push((Instant::now(), rss));
         }
+    })
+}
+
+/// The last 3000 characters the controller wrote on stderr so far.
+fn print_stderr_tail(child: &mut measure::Running) {
+    if let Ok(err) = child.stderr_so_far() {
+        let tail: String = err
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        eprintln!("controller stderr (tail):\n{tail}");
     }
+}
 
-    // The whole run's peak is the controller's own VmHWM, read just before it stops:
-    // wait4's figure may be this benchmark's (see `measure::spawn`), which holds the
-    // simulated tenant and the API server's objects.
-    let peak_kib = measure::proc_memory(pid).map(|(_, hwm)| hwm);
-
-    // SIGTERM and a clean exit.
-    let stop = Instant::now();
-    let raw_pid = libc::pid_t::try_from(pid).context("pid out of range")?;
-    // SAFETY: signalling our own child, not yet reaped.
-    unsafe { libc::kill(raw_pid, libc::SIGTERM) };
-    let waiter = tokio::task::spawn_blocking(move || child.wait());
-    let run = match tokio::time::timeout(Duration::from_secs(30), waiter).await {
-        Ok(r) => r??,
-        Err(_) => {
-            // SAFETY: as above; the waiter reaps it.
-            unsafe { libc::kill(raw_pid, libc::SIGKILL) };
-            bail!("the controller did not exit within 30 s of SIGTERM (killed)");
-        }
-    };
-    sampler.abort();
-    result.shutdown = stop.elapsed();
+/// The whole run's figures from the controller's exit: its code, CPU and peak memory, and
+/// every request the API server received.
+fn record_exit(
+    result: &mut ControllerResult,
+    run: &measure::ChildRun,
+    peak_kib: Option<u64>,
+    kube: &FakeKube,
+) {
     result.exit = run.exit;
     result.total_cpu = run.cpu;
     result.max_rss_kib = peak_kib.unwrap_or(run.max_rss_kib);
@@ -636,58 +693,117 @@ async fn measure_controller(
     if !run.stderr_tail.trim().is_empty() {
         eprintln!("controller stderr (tail):\n{}", run.stderr_tail);
     }
-    outcome?;
-    Ok(result)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn phases(
-    args: &ControllerBenchArgs,
-    sim: &SimHandle,
-    kube: &FakeKube,
-    tenant: &SyntheticTenant,
-    drifted: &[usize],
-    http: &reqwest::Client,
-    metrics_url: &str,
-    pid: u32,
-    t0: Instant,
-    samples: &std::sync::Arc<std::sync::Mutex<Samples>>,
-    result: &mut ControllerResult,
+/// Phases 1 to 4 (see the module documentation), or phase 1 and the soak.
+async fn phases(b: &Bench<'_>, result: &mut ControllerResult) -> anyhow::Result<()> {
+    initial_convergence(b, &mut result.convergence).await?;
+
+    // Let the tail of convergence (events, the drifted objects' last verification) pass.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    if b.args.soak.is_some() {
+        let object = |i: usize| object(b.tenant, b.sim, i, b.args);
+        let run = super::soak::SoakRun {
+            settings: soak_settings(b.args),
+            namespace: NAMESPACE,
+            plural: PLURAL,
+            object: &object,
+            sim: b.sim,
+            kube: b.kube,
+            tenant: b.tenant,
+            http: b.http,
+            metrics_url: b.metrics_url,
+            pid: b.pid,
+        };
+        result.soak = Some(run.run().await?);
+        return Ok(());
+    }
+
+    steady_state(b, &mut result.steady).await;
+    let object = end_to_end(b, &mut result.end_to_end).await?;
+    mass_removal(b, object, &mut result.mass_removal).await
+}
+
+/// Phase 1: waits until every object is `Delivered=True` (or `--converge-timeout`), then
+/// takes the phase's figures.
+async fn initial_convergence(b: &Bench<'_>, c: &mut Convergence) -> anyhow::Result<()> {
+    let n = b.tenant.assignments;
+    let drifted_names: BTreeSet<String> = b.drifted.iter().map(|i| object_name(*i)).collect();
+    await_convergence(b, &drifted_names, c).await?;
+    c.kube_writes = writes_only(&b.kube.counts());
+    let usage = b.sim.usage();
+    c.graph = GraphFigures::from_usage(&usage);
+    c.reconciles = scrape_reconciles(b.http, b.metrics_url).await.unwrap_or(0);
+    c.cpu = measure::proc_cpu(b.pid).unwrap_or_default();
+    c.rss_kib = measure::proc_memory(b.pid).map(|m| m.0).unwrap_or(0);
+    c.drifted = b.drifted.len();
+    c.drifted_seen_false = seen_false_then_true(b.kube, &drifted_names);
+    c.drifted_repaired = b
+        .drifted
+        .iter()
+        .filter(|i| {
+            let pkg = SyntheticTenant::package_name(b.tenant.package_of(**i));
+            b.sim
+                .assignment_id(&b.tenant.upn(**i), &pkg)
+                .is_some_and(|id| b.sim.missing_resources(&id).is_empty())
+        })
+        .count();
+    eprintln!(
+        "initial convergence: {:?} (undrifted {:?}); {} status writes for {n} objects; Graph {} requests, {} RU; drifted {} → seen False then True {}, repaired {}",
+        c.all_delivered,
+        c.undrifted_delivered,
+        status_writes(&c.kube_writes),
+        c.graph.requests,
+        c.graph.ru,
+        c.drifted,
+        c.drifted_seen_false,
+        c.drifted_repaired
+    );
+    if c.all_delivered.is_none() {
+        bail!("not every object converged to Delivered=True within --converge-timeout");
+    }
+    Ok(())
+}
+
+/// Polls the API server until every object is `Delivered=True`, noting when the undrifted
+/// ones all were and when every one was; gives up at `--converge-timeout`.
+async fn await_convergence(
+    b: &Bench<'_>,
+    drifted_names: &BTreeSet<String>,
+    c: &mut Convergence,
 ) -> anyhow::Result<()> {
-    let n = tenant.assignments;
-    // 1. Initial convergence.
-    let deadline = t0 + args.converge_timeout;
-    let drifted_names: std::collections::BTreeSet<String> =
-        drifted.iter().map(|i| object_name(*i)).collect();
+    let (kube, n, t0) = (b.kube, b.tenant.assignments, b.t0);
+    let deadline = t0 + b.args.converge_timeout;
     let mut last_report = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        if measure::proc_memory(pid).is_none() {
+        if measure::proc_memory(b.pid).is_none() {
             bail!("the controller exited during initial convergence");
         }
         let delivered = kube.count_delivered(PLURAL, "True");
-        if result.convergence.undrifted_delivered.is_none() {
-            let undrifted_ok = delivered >= n - drifted.len()
+        if c.undrifted_delivered.is_none() {
+            let undrifted_ok = delivered >= n - drifted_names.len()
                 && kube
                     .status_writes_since(0)
                     .iter()
                     .filter(|w| w.delivered.as_deref() == Some("True"))
                     .map(|w| w.name.as_str())
                     .filter(|name| !drifted_names.contains(*name))
-                    .collect::<std::collections::BTreeSet<_>>()
+                    .collect::<BTreeSet<_>>()
                     .len()
-                    == n - drifted.len();
+                    == n - drifted_names.len();
             if undrifted_ok {
-                result.convergence.undrifted_delivered = Some(t0.elapsed());
+                c.undrifted_delivered = Some(t0.elapsed());
             }
         }
         if delivered == n {
-            result.convergence.all_delivered = Some(t0.elapsed());
-            break;
+            c.all_delivered = Some(t0.elapsed());
+            return Ok(());
         }
         if last_report.elapsed() > Duration::from_secs(10) {
             last_report = Instant::now();
-            let u = sim.usage();
+            let u = b.sim.usage();
             eprintln!(
                 "  {:>5.0}s: {delivered}/{n} Delivered=True, {} status writes, {} Graph requests, {} RU, {} throttled",
                 t0.elapsed().as_secs_f64(),
@@ -699,19 +815,16 @@ async fn phases(
         }
         if Instant::now() > deadline {
             eprintln!("initial convergence timed out: {delivered}/{n} delivered");
-            break;
+            return Ok(());
         }
     }
-    let c = &mut result.convergence;
-    c.kube_writes = writes_only(&kube.counts());
-    let usage = sim.usage();
-    c.graph = GraphFigures::from_usage(&usage);
-    c.reconciles = scrape_reconciles(http, metrics_url).await.unwrap_or(0);
-    c.cpu = measure::proc_cpu(pid).unwrap_or_default();
-    c.rss_kib = measure::proc_memory(pid).map(|m| m.0).unwrap_or(0);
-    c.drifted = drifted.len();
+}
+
+/// How many of `names` had a `Delivered=False` status written before their first
+/// `Delivered=True`.
+fn seen_false_then_true(kube: &FakeKube, names: &BTreeSet<String>) -> usize {
     let writes = kube.status_writes_since(0);
-    c.drifted_seen_false = drifted_names
+    names
         .iter()
         .filter(|name| {
             let mine: Vec<_> = writes.iter().filter(|w| w.name == **name).collect();
@@ -723,69 +836,25 @@ async fn phases(
                 .position(|w| w.delivered.as_deref() == Some("False"));
             matches!((first_false, first_true), (Some(f), Some(t)) if f < t)
         })
-        .count();
-    c.drifted_repaired = drifted
-        .iter()
-        .filter(|i| {
-            let pkg = SyntheticTenant::package_name(tenant.package_of(**i));
-            sim.assignment_id(&tenant.upn(**i), &pkg)
-                .is_some_and(|id| sim.missing_resources(&id).is_empty())
-        })
-        .count();
-    eprintln!(
-        "initial convergence: {:?} (undrifted {:?}); {} status writes for {n} objects; Graph {} requests, {} RU; drifted {} → seen False then True {}, repaired {}",
-        c.all_delivered,
-        c.undrifted_delivered,
-        c.kube_writes
-            .get("PATCH accesspackageassignments/status")
-            .copied()
-            .unwrap_or(0),
-        c.graph.requests,
-        c.graph.ru,
-        c.drifted,
-        c.drifted_seen_false,
-        c.drifted_repaired
-    );
-    if c.all_delivered.is_none() {
-        bail!("not every object converged to Delivered=True within --converge-timeout");
-    }
+        .count()
+}
 
-    // Let the tail of convergence (events, the drifted objects' last verification) pass.
-    tokio::time::sleep(Duration::from_secs(5)).await;
-
-    if args.soak.is_some() {
-        let object = |i: usize| object(tenant, sim, i, args);
-        let run = super::soak::SoakRun {
-            settings: soak_settings(args),
-            namespace: NAMESPACE,
-            plural: PLURAL,
-            object: &object,
-            sim,
-            kube,
-            tenant,
-            http,
-            metrics_url,
-            pid,
-        };
-        result.soak = Some(run.run().await?);
-        return Ok(());
-    }
-
-    // 2. Steady state.
+/// Phase 2: a window with nothing changing, and what the controller did in it.
+async fn steady_state(b: &Bench<'_>, s: &mut Steady) {
+    let (args, kube, pid) = (b.args, b.kube, b.pid);
     let window = args
         .steady_window
         .unwrap_or(args.verify_interval + Duration::from_secs(30));
     let before = kube.counts();
-    let reconciles_before = scrape_reconciles(http, metrics_url).await.unwrap_or(0);
+    let reconciles_before = scrape_reconciles(b.http, b.metrics_url).await.unwrap_or(0);
     let cpu_before = measure::proc_cpu(pid).unwrap_or_default();
-    sim.clear_request_log();
+    b.sim.clear_request_log();
     let w0 = Instant::now();
     eprintln!(
         "steady state: watching for {:.0}s with nothing changing",
         window.as_secs_f64()
     );
     tokio::time::sleep(window).await;
-    let s = &mut result.steady;
     s.window = w0.elapsed();
     let after = kube.counts();
     let d = fake_kube::diff(&after, &before);
@@ -794,31 +863,21 @@ async fn phases(
         .into_iter()
         .filter(|(k, _)| k.starts_with("GET "))
         .collect();
-    let usage = sim.usage();
+    let usage = b.sim.usage();
     s.graph = GraphFigures::from_usage(&usage);
     s.delta_polls = usage
         .by_route
         .get("GET /v1.0/groups/delta")
         .map(|u| u.requests)
         .unwrap_or(0);
-    s.reconciles = scrape_reconciles(http, metrics_url)
+    s.reconciles = scrape_reconciles(b.http, b.metrics_url)
         .await
         .unwrap_or(0)
         .saturating_sub(reconciles_before);
     s.cpu = measure::proc_cpu(pid)
         .unwrap_or_default()
         .saturating_sub(cpu_before);
-    {
-        let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
-        let inside: Vec<u64> = samples
-            .rss
-            .iter()
-            .filter(|(at, _)| *at >= w0)
-            .map(|(_, r)| *r)
-            .collect();
-        s.rss_min_kib = inside.iter().copied().min().unwrap_or(0);
-        s.rss_max_kib = inside.iter().copied().max().unwrap_or(0);
-    }
+    (s.rss_min_kib, s.rss_max_kib) = rss_range_since(b.samples, w0);
     let (rss, hwm) = measure::proc_memory(pid).unwrap_or((0, 0));
     s.rss_end_kib = rss;
     s.hwm_kib = hwm;
@@ -836,42 +895,78 @@ async fn phases(
         s.hwm_kib / 1024,
         s.cpu.as_secs_f64()
     );
+}
 
-    // 3. End to end: an outside removal just after a delta poll.
-    let Some((i, group)) = (1..n)
+/// The smallest and largest RSS sampled since `from` (0 without samples).
+fn rss_range_since(samples: &Mutex<Samples>, from: Instant) -> (u64, u64) {
+    let samples = samples.lock().unwrap_or_else(|p| p.into_inner());
+    let inside: Vec<u64> = samples
+        .rss
+        .iter()
+        .filter(|(at, _)| *at >= from)
+        .map(|(_, r)| *r)
+        .collect();
+    (
+        inside.iter().copied().min().unwrap_or(0),
+        inside.iter().copied().max().unwrap_or(0),
+    )
+}
+
+/// Undrifted objects from 1 on, each with a group its package promises (for an outside
+/// removal).
+fn undrifted_with_group(tenant: &SyntheticTenant) -> impl Iterator<Item = (usize, String)> + '_ {
+    (1..tenant.assignments)
         .filter(|i| tenant.drifted_resource(*i).is_none())
-        .find_map(|i| {
-            tenant
-                .package_resources(tenant.package_of(i))
-                .into_iter()
-                .find_map(|r| match r {
-                    SyntheticResource::Group(g) => Some((i, g)),
-                    SyntheticResource::App(_) => None,
-                })
-        })
-    else {
+        .filter_map(|i| super::soak::promised_group(tenant, i).map(|g| (i, g)))
+}
+
+/// Phase 3: one outside removal just after a delta poll, then its detection and repair.
+/// Returns the object it used.
+async fn end_to_end(b: &Bench<'_>, e: &mut EndToEnd) -> anyhow::Result<usize> {
+    let Some((i, group_name)) = undrifted_with_group(b.tenant).next() else {
         bail!("no undrifted assignment promises a group");
     };
     let name = object_name(i);
-    let upn = tenant.upn(i);
-    let group_name = SyntheticTenant::group_name(group);
-    let e = &mut result.end_to_end;
+    let upn = b.tenant.upn(i);
     e.object = name.clone();
     e.group = group_name.clone();
-    just_after_a_poll(args, sim).await?;
-    let from = kube.status_write_count();
+    just_after_a_poll(b.args, b.sim).await?;
+    let from = b.kube.status_write_count();
     let changed_at = Instant::now();
-    if !sim.remove_member(&group_name, &upn)? {
+    if !b.sim.remove_member(&group_name, &upn)? {
         bail!("{upn} was not a member of {group_name}");
     }
-    let limit = changed_at + args.delta_interval * 4 + Duration::from_secs(60);
+    await_repair(b, e, &upn, from, changed_at).await;
+    e.status_writes = b
+        .kube
+        .status_writes_since(from)
+        .iter()
+        .filter(|w| w.name == name)
+        .count();
+    eprintln!(
+        "end to end ({name}, {group_name}): Delivered=False after {:?}, membership back after {:?}, Delivered=True after {:?} ({} status writes)",
+        e.detected, e.membership_back, e.repaired, e.status_writes
+    );
+    Ok(i)
+}
+
+/// Watches `e.object`'s status writes after status write `from` and `upn`'s membership of
+/// `e.group` until it is repaired and back (or 4 delta intervals and a minute passed).
+async fn await_repair(
+    b: &Bench<'_>,
+    e: &mut EndToEnd,
+    upn: &str,
+    from: usize,
+    changed_at: Instant,
+) {
+    let limit = changed_at + b.args.delta_interval * 4 + Duration::from_secs(60);
     while Instant::now() < limit {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        if e.membership_back.is_none() && sim.is_member(&group_name, &upn) {
+        if e.membership_back.is_none() && b.sim.is_member(&e.group, upn) {
             e.membership_back = Some(changed_at.elapsed());
         }
-        for w in kube.status_writes_since(from) {
-            if w.name != name {
+        for w in b.kube.status_writes_since(from) {
+            if w.name != e.object {
                 continue;
             }
             let at = w.at.saturating_duration_since(changed_at);
@@ -887,16 +982,6 @@ async fn phases(
             break;
         }
     }
-    e.status_writes = kube
-        .status_writes_since(from)
-        .iter()
-        .filter(|w| w.name == name)
-        .count();
-    eprintln!(
-        "end to end ({name}, {group_name}): Delivered=False after {:?}, membership back after {:?}, Delivered=True after {:?} ({} status writes)",
-        e.detected, e.membership_back, e.repaired, e.status_writes
-    );
-    mass_removal(args, tenant, sim, kube, (http, metrics_url), i, result).await
 }
 
 /// Requests the simulator answered on `route` so far.
@@ -925,79 +1010,34 @@ async fn just_after_a_poll(args: &ControllerBenchArgs, sim: &SimHandle) -> anyho
     Ok(())
 }
 
-/// Phase 4 (see the module documentation).
-async fn mass_removal(
-    args: &ControllerBenchArgs,
-    tenant: &SyntheticTenant,
-    sim: &SimHandle,
-    kube: &FakeKube,
-    (http, metrics_url): (&reqwest::Client, &str),
-    skip: usize,
-    result: &mut ControllerResult,
-) -> anyhow::Result<()> {
-    let n = tenant.assignments;
-    let want = (n / 100).max(1);
-    let picked: Vec<(usize, String)> = (1..n)
-        .filter(|i| *i != skip && tenant.drifted_resource(*i).is_none())
-        .filter_map(|i| {
-            tenant
-                .package_resources(tenant.package_of(i))
-                .into_iter()
-                .find_map(|r| match r {
-                    SyntheticResource::Group(g) => Some((i, SyntheticTenant::group_name(g))),
-                    SyntheticResource::App(_) => None,
-                })
-        })
+/// Phase 4 (see the module documentation): 1 % of the objects' users removed at once, not
+/// the user of object `skip`.
+async fn mass_removal(b: &Bench<'_>, skip: usize, m: &mut MassRemoval) -> anyhow::Result<()> {
+    let (sim, tenant) = (b.sim, b.tenant);
+    let want = (tenant.assignments / 100).max(1);
+    let picked: Vec<(usize, String)> = undrifted_with_group(tenant)
+        .filter(|(i, _)| *i != skip)
         .take(want)
         .collect();
-    let names: std::collections::BTreeSet<String> =
-        picked.iter().map(|(i, _)| object_name(*i)).collect();
+    let names: BTreeSet<String> = picked.iter().map(|(i, _)| object_name(*i)).collect();
     let audits = |sim: &SimHandle| requests(sim, "GET /v1.0/auditLogs/directoryAudits");
-    just_after_a_poll(args, sim).await?;
-    let from = kube.status_write_count();
+    just_after_a_poll(b.args, sim).await?;
+    let from = b.kube.status_write_count();
     let audits_before = audits(sim);
-    let (batch_before, target_before) = scrape_attribution(http, metrics_url).await;
+    let (batch_before, target_before) = scrape_attribution(b.http, b.metrics_url).await;
     let changed_at = Instant::now();
     for (k, (i, group)) in picked.iter().enumerate() {
         let by = format!("admin{}@{}.com", k % 7, tenant.tenant_name);
         sim.remove_member_by(group, &tenant.upn(*i), &by)?;
     }
-    let m = &mut result.mass_removal;
     m.removed = picked.len();
-    let limit = changed_at + args.delta_interval * 4 + Duration::from_secs(60);
-    let mut detected: std::collections::BTreeMap<String, Duration> = Default::default();
-    let mut attributed: std::collections::BTreeSet<String> = Default::default();
-    while Instant::now() < limit {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        for w in kube.status_writes_since(from) {
-            if names.contains(&w.name) && w.delivered.as_deref() == Some("False") {
-                detected
-                    .entry(w.name.clone())
-                    .or_insert(w.at.saturating_duration_since(changed_at));
-            }
-        }
-        // Named at any time (a repaired object's status forgets who removed it).
-        for name in &names {
-            let named = kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
-                o["status"]["resources"]
-                    .as_array()
-                    .is_some_and(|rs| rs.iter().any(|r| r["removedBy"].is_object()))
-            });
-            if named {
-                attributed.insert(name.clone());
-            }
-        }
-        m.attributed = attributed.len();
-        if detected.len() == names.len() && m.attributed == names.len() {
-            break;
-        }
-    }
+    let detected = await_detection_and_attribution(b, &names, from, changed_at, m).await;
     m.first_detected = detected.values().min().copied();
     m.all_detected = (detected.len() == names.len())
         .then(|| detected.values().max().copied())
         .flatten();
     m.audit_requests = audits(sim).saturating_sub(audits_before);
-    let (batch, target) = scrape_attribution(http, metrics_url).await;
+    let (batch, target) = scrape_attribution(b.http, b.metrics_url).await;
     m.batch_queries = batch.saturating_sub(batch_before);
     m.target_queries = target.saturating_sub(target_before);
     eprintln!(
@@ -1011,6 +1051,47 @@ async fn mass_removal(
         m.audit_requests
     );
     Ok(())
+}
+
+/// Watches the objects `names` after status write `from` until each has had
+/// `Delivered=False` written and names who removed its resource (or 4 delta intervals and
+/// a minute passed). Returns when each was detected; counts the attributed in `m`.
+async fn await_detection_and_attribution(
+    b: &Bench<'_>,
+    names: &BTreeSet<String>,
+    from: usize,
+    changed_at: Instant,
+    m: &mut MassRemoval,
+) -> BTreeMap<String, Duration> {
+    let limit = changed_at + b.args.delta_interval * 4 + Duration::from_secs(60);
+    let mut detected: BTreeMap<String, Duration> = Default::default();
+    let mut attributed: BTreeSet<String> = Default::default();
+    while Instant::now() < limit {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for w in b.kube.status_writes_since(from) {
+            if names.contains(&w.name) && w.delivered.as_deref() == Some("False") {
+                detected
+                    .entry(w.name.clone())
+                    .or_insert(w.at.saturating_duration_since(changed_at));
+            }
+        }
+        // Named at any time (a repaired object's status forgets who removed it).
+        for name in names {
+            let named = b.kube.object(PLURAL, NAMESPACE, name).is_some_and(|o| {
+                o["status"]["resources"]
+                    .as_array()
+                    .is_some_and(|rs| rs.iter().any(|r| r["removedBy"].is_object()))
+            });
+            if named {
+                attributed.insert(name.clone());
+            }
+        }
+        m.attributed = attributed.len();
+        if detected.len() == names.len() && m.attributed == names.len() {
+            break;
+        }
+    }
+    detected
 }
 
 fn writes_only(c: &Counts) -> Counts {
@@ -1039,75 +1120,96 @@ fn counts_text(c: &Counts) -> String {
         .join(", ")
 }
 
+/// Status writes of `AccessPackageAssignment` objects among `w`.
+fn status_writes(w: &Counts) -> u64 {
+    w.get("PATCH accesspackageassignments/status")
+        .copied()
+        .unwrap_or(0)
+}
+
+/// The rows of a `| phase | figure | value |` table.
+struct Rows(String);
+
+impl Rows {
+    fn row(&mut self, phase: &str, figure: &str, value: String) {
+        let _ = writeln!(self.0, "| {phase} | {figure} | {value} |");
+    }
+}
+
 /// The results as Markdown tables (also printed).
 pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
-    let c = &r.convergence;
-    let s = &r.steady;
-    let e = &r.end_to_end;
-    let status_writes = |w: &Counts| {
-        w.get("PATCH accesspackageassignments/status")
-            .copied()
-            .unwrap_or(0)
-    };
-    let mut t = String::new();
-    let _ = writeln!(t, "| phase | figure | value |");
-    let _ = writeln!(t, "|---|---|---:|");
-    let mut row = |phase: &str, figure: &str, value: String| {
-        let _ = writeln!(t, "| {phase} | {figure} | {value} |");
-    };
-    row(
+    let mut t = Rows(String::new());
+    let _ = writeln!(t.0, "| phase | figure | value |");
+    let _ = writeln!(t.0, "|---|---|---:|");
+    t.row(
         "setup",
         "objects (drifted)",
-        format!("{} ({})", r.objects, c.drifted),
+        format!("{} ({})", r.objects, r.convergence.drifted),
     );
-    row(
-        "1. initial convergence",
+    convergence_rows(&mut t, &r.convergence, r.objects);
+    steady_rows(&mut t, &r.steady, args);
+    end_to_end_rows(&mut t, &r.end_to_end);
+    mass_removal_rows(&mut t, &r.mass_removal);
+    // After phase 4's rows, where the published tables have it.
+    t.row(
+        "3. end to end",
+        "status writes for that object",
+        r.end_to_end.status_writes.to_string(),
+    );
+    shutdown_rows(&mut t, r);
+    t.0
+}
+
+fn convergence_rows(t: &mut Rows, c: &Convergence, objects: usize) {
+    let phase = "1. initial convergence";
+    t.row(
+        phase,
         "start → every object Delivered=True",
         secs(c.all_delivered),
     );
-    row(
-        "1. initial convergence",
+    t.row(
+        phase,
         "start → every undrifted object Delivered=True",
         secs(c.undrifted_delivered),
     );
-    row(
-        "1. initial convergence",
+    t.row(
+        phase,
         "drifted: Delivered=False then True / repaired in Graph",
         format!(
             "{} / {} of {}",
             c.drifted_seen_false, c.drifted_repaired, c.drifted
         ),
     );
-    row(
-        "1. initial convergence",
+    t.row(
+        phase,
         "Kubernetes writes (per object)",
         format!(
             "{} ({:.2} status writes per object): {}",
             fake_kube::writes(&c.kube_writes),
-            status_writes(&c.kube_writes) as f64 / r.objects.max(1) as f64,
+            status_writes(&c.kube_writes) as f64 / objects.max(1) as f64,
             counts_text(&c.kube_writes)
         ),
     );
-    row(
-        "1. initial convergence",
-        "assignment reconciles",
-        c.reconciles.to_string(),
-    );
-    row(
-        "1. initial convergence",
+    t.row(phase, "assignment reconciles", c.reconciles.to_string());
+    t.row(
+        phase,
         "Graph requests / RU / 429s",
         format!(
             "{} / {} / {}",
             c.graph.requests, c.graph.ru, c.graph.throttled
         ),
     );
-    row(
-        "1. initial convergence",
+    t.row(
+        phase,
         "controller CPU / RSS at the end",
         format!("{:.1} s / {}", c.cpu.as_secs_f64(), mib(c.rss_kib)),
     );
-    row(
-        "2. steady state",
+}
+
+fn steady_rows(t: &mut Rows, s: &Steady, args: &ControllerBenchArgs) {
+    let phase = "2. steady state";
+    t.row(
+        phase,
         "window",
         format!(
             "{:.0} s (verify interval {} s, delta interval {} s)",
@@ -1116,8 +1218,8 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             args.delta_interval.as_secs()
         ),
     );
-    row(
-        "2. steady state",
+    t.row(
+        phase,
         "Kubernetes writes",
         format!(
             "{} ({})",
@@ -1125,26 +1227,22 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             counts_text(&s.kube_writes)
         ),
     );
-    row(
-        "2. steady state",
-        "Kubernetes reads",
-        counts_text(&s.kube_reads),
-    );
-    row(
-        "2. steady state",
+    t.row(phase, "Kubernetes reads", counts_text(&s.kube_reads));
+    t.row(
+        phase,
         "assignment reconciles (re-verifications)",
         s.reconciles.to_string(),
     );
-    row(
-        "2. steady state",
+    t.row(
+        phase,
         "Graph requests / RU / 429s",
         format!(
             "{} / {} / {} ({} group delta polls)",
             s.graph.requests, s.graph.ru, s.graph.throttled, s.delta_polls
         ),
     );
-    row(
-        "2. steady state",
+    t.row(
+        phase,
         "Graph requests by route",
         s.graph
             .top_routes
@@ -1153,8 +1251,8 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             .collect::<Vec<_>>()
             .join(", "),
     );
-    row(
-        "2. steady state",
+    t.row(
+        phase,
         "controller RSS (VmRSS min–max, end; VmHWM)",
         format!(
             "{}–{}, {}; {}",
@@ -1164,56 +1262,53 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             mib(s.hwm_kib)
         ),
     );
-    row(
-        "2. steady state",
+    t.row(
+        phase,
         "controller CPU in the window",
         format!("{:.1} s", s.cpu.as_secs_f64()),
     );
-    row(
-        "3. end to end",
+}
+
+fn end_to_end_rows(t: &mut Rows, e: &EndToEnd) {
+    let phase = "3. end to end";
+    t.row(
+        phase,
         "outside removal",
         format!("`{}` from `{}`, just after a delta poll", e.object, e.group),
     );
-    row(
-        "3. end to end",
-        "change → Delivered=False written",
-        secs(e.detected),
-    );
-    row(
-        "3. end to end",
+    t.row(phase, "change → Delivered=False written", secs(e.detected));
+    t.row(
+        phase,
         "change → membership back (reprocess landed)",
         secs(e.membership_back),
     );
-    row(
-        "3. end to end",
-        "change → Delivered=True written",
-        secs(e.repaired),
-    );
-    let m = &r.mass_removal;
-    row(
-        "4. drift at 1 %",
+    t.row(phase, "change → Delivered=True written", secs(e.repaired));
+}
+
+fn mass_removal_rows(t: &mut Rows, m: &MassRemoval) {
+    let phase = "4. drift at 1 %";
+    t.row(
+        phase,
         "outside removals at once, just after a delta poll",
         format!("{} users, each from one promised group", m.removed),
     );
-    row(
-        "4. drift at 1 %",
+    t.row(
+        phase,
         "change → Delivered=False written (first; every one)",
         format!("{}; {}", secs(m.first_detected), secs(m.all_detected)),
     );
-    row(
-        "4. drift at 1 %",
+    t.row(
+        phase,
         "audit-log queries for them: batch + per group (requests; removals attributed)",
         format!(
             "{} + {} ({} requests; {} of {})",
             m.batch_queries, m.target_queries, m.audit_requests, m.attributed, m.removed
         ),
     );
-    row(
-        "3. end to end",
-        "status writes for that object",
-        e.status_writes.to_string(),
-    );
-    row(
+}
+
+fn shutdown_rows(t: &mut Rows, r: &ControllerResult) {
+    t.row(
         "shutdown",
         "SIGTERM → exit",
         format!(
@@ -1224,7 +1319,7 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             r.shutdown.as_secs_f64()
         ),
     );
-    row(
+    t.row(
         "whole run",
         "controller CPU (wait4) / peak RSS (VmHWM before SIGTERM)",
         format!(
@@ -1233,7 +1328,6 @@ pub fn table(args: &ControllerBenchArgs, r: &ControllerResult) -> String {
             mib(r.max_rss_kib)
         ),
     );
-    t
 }
 
 fn markdown(args: &ControllerBenchArgs, machine: &str, r: &ControllerResult) -> String {

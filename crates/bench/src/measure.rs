@@ -158,6 +158,24 @@ impl Running {
     }
 }
 
+/// Stops a child started by [`spawn`]: SIGTERM, then up to `grace` for it to exit and be
+/// measured. `None` when it did not exit in time (it is then killed with SIGKILL).
+pub async fn terminate(child: Running, grace: Duration) -> anyhow::Result<Option<ChildRun>> {
+    use anyhow::Context as _;
+    let raw_pid = libc::pid_t::try_from(child.pid()).context("pid out of range")?;
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(raw_pid, libc::SIGTERM) };
+    let waiter = tokio::task::spawn_blocking(move || child.wait());
+    match tokio::time::timeout(grace, waiter).await {
+        Ok(run) => Ok(Some(run??)),
+        Err(_) => {
+            // SAFETY: as above; the waiter reaps it.
+            unsafe { libc::kill(raw_pid, libc::SIGKILL) };
+            Ok(None)
+        }
+    }
+}
+
 /// Memory of a live process from `/proc/<pid>/status`, in KiB: resident now (`VmRSS`) and
 /// its peak so far (`VmHWM`). `None` where `/proc` is not available or the process is gone.
 pub fn proc_memory(pid: u32) -> Option<(u64, u64)> {

@@ -162,7 +162,7 @@ fn secret(name: &str, namespace: &str, value: &str) -> Value {
 }
 
 /// A group object `i`'s package promises, for an outside removal.
-fn promised_group(tenant: &SyntheticTenant, i: usize) -> Option<String> {
+pub(crate) fn promised_group(tenant: &SyntheticTenant, i: usize) -> Option<String> {
     tenant
         .package_resources(tenant.package_of(i))
         .into_iter()

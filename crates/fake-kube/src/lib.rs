@@ -818,23 +818,7 @@ async fn handle(
             .collect();
     let path = uri.path();
     let target = parse_path(path);
-    let what = match &target {
-        Some(t) => {
-            let mut w = t.plural.to_string();
-            if let Some(sub) = t.sub {
-                w = format!("{w}/{sub}");
-            }
-            if method == Method::GET {
-                w.push_str(match (t.name, query.get("watch").map(String::as_str)) {
-                    (None, Some("true" | "1")) => " (watch)",
-                    (None, _) => " (list)",
-                    (Some(_), _) => " (get)",
-                });
-            }
-            w
-        }
-        None => format!("other {path}"),
-    };
+    let what = request_kind(&method, path, target.as_ref(), &query);
     *lock(&shared.counts)
         .entry(format!("{method} {what}"))
         .or_default() += 1;
@@ -851,14 +835,7 @@ async fn handle(
         );
     };
     if t.group_version == "events.k8s.io/v1" && t.plural == "events" {
-        let answer = event(&method, t.name, &body);
-        if let Ok(mut ev) = serde_json::from_slice::<Value>(&body) {
-            if let Some(name) = t.name {
-                ev["metadata"]["name"] = json!(name);
-            }
-            lock(&shared.events).push(ev);
-        }
-        return answer;
+        return record_event(&shared, &method, t.name, &body);
     }
     let Some((api_version, kind)) = shared.kinds.get(t.plural).cloned() else {
         return status_error(
@@ -875,21 +852,7 @@ async fn handle(
         );
     }
     if let (&Method::GET, "namespaces", Some(name), None) = (&method, t.plural, t.name, t.sub) {
-        // A namespace exists when it was put, or when an object lives in it (a real server
-        // holds no object in a namespace that does not exist).
-        let inner = lock(&shared.inner);
-        let exists = inner
-            .objects
-            .keys()
-            .any(|k| k.namespace == name || (k.plural == "namespaces" && k.name == name));
-        return if exists {
-            json_response(
-                StatusCode::OK,
-                &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
-            )
-        } else {
-            not_found("namespaces", name)
-        };
+        return get_namespace(&shared, name);
     }
     match (&method, t.name, t.sub) {
         (&Method::GET, None, None)
@@ -898,17 +861,7 @@ async fn handle(
             watch(&shared, &t, &query)
         }
         (&Method::GET, None, None) => list(&shared, &t, &api_version, &kind, &query),
-        (&Method::GET, Some(name), None | Some("status")) => {
-            let key = Key {
-                plural: t.plural.into(),
-                namespace: t.namespace.unwrap_or_default().into(),
-                name: name.into(),
-            };
-            match lock(&shared.inner).objects.get(&key) {
-                Some(o) => json_response(StatusCode::OK, o),
-                None => not_found(t.plural, name),
-            }
-        }
+        (&Method::GET, Some(name), None | Some("status")) => get(&shared, &t, name),
         (&Method::POST, None, None) if t.plural == "leases" => create(&shared, &t, &body),
         (&Method::PATCH, Some(name), sub @ (None | Some("status"))) => {
             let content_type = headers
@@ -930,6 +883,74 @@ async fn handle(
             "MethodNotAllowed",
             format!("{method} is not supported on {path} by this test server"),
         ),
+    }
+}
+
+/// What a request is counted as: `accesspackageassignments/status`, `leases (watch)`,
+/// `other /version`.
+fn request_kind(
+    method: &Method,
+    path: &str,
+    target: Option<&Target<'_>>,
+    query: &BTreeMap<String, String>,
+) -> String {
+    let Some(t) = target else {
+        return format!("other {path}");
+    };
+    let mut w = t.plural.to_string();
+    if let Some(sub) = t.sub {
+        w = format!("{w}/{sub}");
+    }
+    if *method == Method::GET {
+        w.push_str(match (t.name, query.get("watch").map(String::as_str)) {
+            (None, Some("true" | "1")) => " (watch)",
+            (None, _) => " (list)",
+            (Some(_), _) => " (get)",
+        });
+    }
+    w
+}
+
+/// An `events.k8s.io/v1` event written: answered, and kept when it is JSON.
+fn record_event(shared: &Shared, method: &Method, name: Option<&str>, body: &[u8]) -> Response {
+    let answer = event(method, name, body);
+    if let Ok(mut ev) = serde_json::from_slice::<Value>(body) {
+        if let Some(name) = name {
+            ev["metadata"]["name"] = json!(name);
+        }
+        lock(&shared.events).push(ev);
+    }
+    answer
+}
+
+/// `GET` of namespace `name`: it exists when it was put, or when an object lives in it (a
+/// real server holds no object in a namespace that does not exist).
+fn get_namespace(shared: &Shared, name: &str) -> Response {
+    let inner = lock(&shared.inner);
+    let exists = inner
+        .objects
+        .keys()
+        .any(|k| k.namespace == name || (k.plural == "namespaces" && k.name == name));
+    if exists {
+        json_response(
+            StatusCode::OK,
+            &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+        )
+    } else {
+        not_found("namespaces", name)
+    }
+}
+
+/// `GET` of one object (or its status: the whole object, as a real server answers).
+fn get(shared: &Shared, t: &Target<'_>, name: &str) -> Response {
+    let key = Key {
+        plural: t.plural.into(),
+        namespace: t.namespace.unwrap_or_default().into(),
+        name: name.into(),
+    };
+    match lock(&shared.inner).objects.get(&key) {
+        Some(o) => json_response(StatusCode::OK, o),
+        None => not_found(t.plural, name),
     }
 }
 

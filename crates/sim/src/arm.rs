@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::odata::{GResult, GraphError, Query, Reply, decode_skiptoken, encode_skiptoken, ts};
 use super::server::{FaultSpec, Shared, fmt_seconds, take_fault};
-use super::state::{ArmRoleGrant, World};
+use super::state::{ArmRoleGrant, Subscription, World};
 
 /// Role assignments and eligibility instances per page (ARM pages by its own size; small
 /// enough here that paging is exercised by modest tenants).
@@ -121,98 +121,133 @@ fn check_arm_auth(sim: &super::server::Sim, headers: &HeaderMap) -> Result<(), G
     }
 }
 
-fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-    let (scope_len, list) = match segs.as_slice() {
-        [s, _, p, ms, what]
-            if eq(s, "subscriptions")
-                && eq(p, "providers")
-                && eq(ms, "Microsoft.Authorization") =>
-        {
-            (2, *what)
-        }
-        [s, _, r, _, p, ms, what]
-            if eq(s, "subscriptions")
-                && eq(r, "resourceGroups")
-                && eq(p, "providers")
-                && eq(ms, "Microsoft.Authorization") =>
-        {
-            (4, *what)
-        }
-        _ => {
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// A role list at an ARM scope:
+/// `/subscriptions/{id}[/resourceGroups/{name}]/providers/Microsoft.Authorization/{list}`.
+struct ListPath<'a> {
+    segs: Vec<&'a str>,
+    /// Path segments that make the scope: 2 (subscription) or 4 (resource group).
+    scope_len: usize,
+    /// `roleAssignments` or `roleEligibilityScheduleInstances`, as requested.
+    list: &'a str,
+    /// The list is of eligibility schedule instances.
+    eligible: bool,
+}
+
+impl<'a> ListPath<'a> {
+    fn parse(path: &'a str) -> Result<Self, GraphError> {
+        let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (scope_len, list) = match segs.as_slice() {
+            [s, _, p, ms, what]
+                if eq(s, "subscriptions")
+                    && eq(p, "providers")
+                    && eq(ms, "Microsoft.Authorization") =>
+            {
+                (2, *what)
+            }
+            [s, _, r, _, p, ms, what]
+                if eq(s, "subscriptions")
+                    && eq(r, "resourceGroups")
+                    && eq(p, "providers")
+                    && eq(ms, "Microsoft.Authorization") =>
+            {
+                (4, *what)
+            }
+            _ => {
+                return Err(arm_error(
+                    404,
+                    "NotFound",
+                    format!(
+                        "The simulator's Resource Manager serves /subscriptions/{{id}}[/resourceGroups/{{name}}]/providers/Microsoft.Authorization/roleAssignments and .../roleEligibilityScheduleInstances, not /{path}."
+                    ),
+                ));
+            }
+        };
+        let eligible = if eq(list, "roleAssignments") {
+            false
+        } else if eq(list, "roleEligibilityScheduleInstances") {
+            true
+        } else {
             return Err(arm_error(
-                404,
-                "NotFound",
+                400,
+                "InvalidResourceType",
                 format!(
-                    "The simulator's Resource Manager serves /subscriptions/{{id}}[/resourceGroups/{{name}}]/providers/Microsoft.Authorization/roleAssignments and .../roleEligibilityScheduleInstances, not /{path}."
+                    "The resource type '{list}' could not be found in the namespace 'Microsoft.Authorization'."
+                ),
+            ));
+        };
+        Ok(ListPath {
+            segs,
+            scope_len,
+            list,
+            eligible,
+        })
+    }
+
+    /// `/subscriptions/{id}` or `/subscriptions/{id}/resourceGroups/{name}`, as requested.
+    fn scope(&self) -> String {
+        format!("/{}", self.segs[..self.scope_len].join("/"))
+    }
+
+    /// The `api-version` the query gives, which must be the one the list is served at.
+    fn api_version<'q>(&self, q: &'q Query) -> Result<&'q str, GraphError> {
+        let api = q.get("api-version").unwrap_or_default();
+        let expected = if self.eligible {
+            "2020-10-01"
+        } else {
+            "2022-04-01"
+        };
+        if api.is_empty() {
+            return Err(arm_error(
+                400,
+                "MissingApiVersionParameter",
+                "The api-version query parameter (?api-version=) is required for all requests.",
+            ));
+        }
+        if api != expected {
+            return Err(arm_error(
+                400,
+                "InvalidApiVersionParameter",
+                format!(
+                    "The simulator serves api-version '{expected}' for {}, not '{api}'.",
+                    self.list
                 ),
             ));
         }
-    };
-    let eligible = if eq(list, "roleAssignments") {
-        false
-    } else if eq(list, "roleEligibilityScheduleInstances") {
-        true
-    } else {
-        return Err(arm_error(
-            400,
-            "InvalidResourceType",
-            format!(
-                "The resource type '{list}' could not be found in the namespace 'Microsoft.Authorization'."
-            ),
-        ));
-    };
-    let api = q.get("api-version").unwrap_or_default();
-    let expected = if eligible { "2020-10-01" } else { "2022-04-01" };
-    if api.is_empty() {
-        return Err(arm_error(
-            400,
-            "MissingApiVersionParameter",
-            "The api-version query parameter (?api-version=) is required for all requests.",
-        ));
+        Ok(api)
     }
-    if api != expected {
-        return Err(arm_error(
-            400,
-            "InvalidApiVersionParameter",
-            format!("The simulator serves api-version '{expected}' for {list}, not '{api}'."),
-        ));
-    }
-    let scope = format!("/{}", segs[..scope_len].join("/"));
-    let Some(sub) = w.subscriptions.iter().find(|s| eq(&s.id, segs[1])) else {
-        return Err(arm_error(
-            404,
-            "SubscriptionNotFound",
-            format!("The subscription '{}' could not be found.", segs[1]),
-        ));
-    };
-    if scope_len == 4 && !sub.resource_groups.iter().any(|g| eq(g, segs[3])) {
-        return Err(arm_error(
-            404,
-            "ResourceGroupNotFound",
-            format!("Resource group '{}' could not be found.", segs[3]),
-        ));
-    }
-    let scope_lc = scope.to_ascii_lowercase();
-    if w.arm_denied
-        .iter()
-        .any(|d| scope_lc == *d || scope_lc.starts_with(&format!("{d}/")))
-    {
-        let action = if eligible {
-            "Microsoft.Authorization/roleEligibilityScheduleInstances/read"
-        } else {
-            "Microsoft.Authorization/roleAssignments/read"
+
+    /// The scope's subscription, which must exist with the resource group named.
+    fn subscription<'w>(&self, w: &'w World) -> Result<&'w Subscription, GraphError> {
+        let segs = &self.segs;
+        let Some(sub) = w.subscriptions.iter().find(|s| eq(&s.id, segs[1])) else {
+            return Err(arm_error(
+                404,
+                "SubscriptionNotFound",
+                format!("The subscription '{}' could not be found.", segs[1]),
+            ));
         };
-        return Err(arm_error(
-            403,
-            "AuthorizationFailed",
-            format!(
-                "The client '{}' with object id '{}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
-                w.client_id, w.client_sp_id
-            ),
-        ));
+        if self.scope_len == 4 && !sub.resource_groups.iter().any(|g| eq(g, segs[3])) {
+            return Err(arm_error(
+                404,
+                "ResourceGroupNotFound",
+                format!("Resource group '{}' could not be found.", segs[3]),
+            ));
+        }
+        Ok(sub)
     }
+}
+
+fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
+    let target = ListPath::parse(path)?;
+    let api = target.api_version(q)?;
+    let scope = target.scope();
+    let sub = target.subscription(w)?;
+    let scope_lc = scope.to_ascii_lowercase();
+    check_reader(w, &scope, target.eligible)?;
     // `atScope()`: assignments at the scope or above it (ARM's documented filter); none:
     // at, above and below.
     let at_scope = match q.get("filter") {
@@ -232,7 +267,7 @@ fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
         let below = gs.starts_with(&format!("{scope_lc}/"));
         above_or_at || (!at_scope && below)
     };
-    let source = if eligible {
+    let source = if target.eligible {
         &w.arm_eligibilities
     } else {
         &w.arm_assignments
@@ -256,7 +291,7 @@ fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
             next = Some(at);
             break;
         }
-        value.push(grant_json(g, &sub.id, list, eligible));
+        value.push(grant_json(g, &sub.id, target.list, target.eligible));
     }
     let mut body = json!({ "value": value });
     if let Some(at) = next {
@@ -268,6 +303,31 @@ fn route(w: &World, path: &str, q: &Query, base: &str) -> GResult {
         body["nextLink"] = json!(format!("{base}/arm/{path}?{}", params.join("&")));
     }
     Ok(Reply::ok(body))
+}
+
+/// 403 `AuthorizationFailed` where the app has no Reader at or above `scope`.
+fn check_reader(w: &World, scope: &str, eligible: bool) -> Result<(), GraphError> {
+    let scope_lc = scope.to_ascii_lowercase();
+    if !w
+        .arm_denied
+        .iter()
+        .any(|d| scope_lc == *d || scope_lc.starts_with(&format!("{d}/")))
+    {
+        return Ok(());
+    }
+    let action = if eligible {
+        "Microsoft.Authorization/roleEligibilityScheduleInstances/read"
+    } else {
+        "Microsoft.Authorization/roleAssignments/read"
+    };
+    Err(arm_error(
+        403,
+        "AuthorizationFailed",
+        format!(
+            "The client '{}' with object id '{}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+            w.client_id, w.client_sp_id
+        ),
+    ))
 }
 
 fn grant_json(g: &ArmRoleGrant, sub_id: &str, list: &str, eligible: bool) -> Value {

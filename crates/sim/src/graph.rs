@@ -764,6 +764,17 @@ fn require_em_guid(id: &str) -> Result<(), GraphError> {
     }
 }
 
+/// The entitlement-management object `id` names, found by `lookup`: 400 for an id that is
+/// not a GUID, 404 for none.
+fn em_object<'w, T>(
+    id: &str,
+    kind: &str,
+    lookup: impl FnOnce(&str) -> Option<&'w T>,
+) -> Result<&'w T, GraphError> {
+    require_em_guid(id)?;
+    lookup(id).ok_or_else(|| em_not_found(kind, id))
+}
+
 fn em_route(
     shared: &Arc<Shared>,
     sim: &mut Sim,
@@ -780,8 +791,7 @@ fn em_route(
     match rest {
         ["catalogs"] if get => list_catalogs(w, q, base, path),
         ["catalogs", id] if get => {
-            require_em_guid(id)?;
-            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            let c = em_object(id, "catalog", |id| w.catalog(id))?;
             Ok(Reply::ok(apply_select(
                 catalog_json(c),
                 q.select().as_deref(),
@@ -789,51 +799,27 @@ fn em_route(
             )))
         }
         ["catalogs", id, rel] if get && eq(rel, "resources") => {
-            require_em_guid(id)?;
-            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            let c = em_object(id, "catalog", |id| w.catalog(id))?;
             list_catalog_resources(w, &c.id, q, base, path)
         }
         ["catalogs", id, rel] if get && eq(rel, "resourceRoles") => {
-            require_em_guid(id)?;
-            let c = w.catalog(id).ok_or_else(|| em_not_found("catalog", id))?;
+            let c = em_object(id, "catalog", |id| w.catalog(id))?;
             list_catalog_resource_roles(w, &c.id, q, base, path)
         }
         ["accessPackages"] if get => list_packages(w, q, base, path),
         ["accessPackages", id] if get => {
-            require_em_guid(id)?;
-            let p = w
-                .package(id)
-                .ok_or_else(|| em_not_found("access package", id))?;
+            let p = em_object(id, "access package", |id| w.package(id))?;
             Ok(Reply::ok(package_json(w, p, q)))
         }
         ["accessPackages", id, rel]
             if get && (eq(rel, "resourceRoleScopes") || eq(rel, "assignmentPolicies")) =>
         {
-            require_em_guid(id)?;
-            let p = w
-                .package(id)
-                .ok_or_else(|| em_not_found("access package", id))?;
-            let items: Vec<Value> = if eq(rel, "resourceRoleScopes") {
-                let ex = q.expand();
-                p.role_scopes
-                    .iter()
-                    .map(|rs| role_scope_json(w, p, rs, &ex))
-                    .collect()
-            } else {
-                w.policies
-                    .iter()
-                    .filter(|x| x.package_id == p.id)
-                    .map(|x| policy_json(w, x, &q.expand()))
-                    .collect()
-            };
-            page(items, q, base, path, rel, "BadRequest")
+            let p = em_object(id, "access package", |id| w.package(id))?;
+            list_package_children(w, p, rel, q, base, path)
         }
         ["assignmentPolicies"] if get => list_policies(w, q, base, path),
         ["assignmentPolicies", id] if get => {
-            require_em_guid(id)?;
-            let p = w
-                .policy(id)
-                .ok_or_else(|| em_not_found("assignment policy", id))?;
+            let p = em_object(id, "assignment policy", |id| w.policy(id))?;
             Ok(Reply::ok(apply_select(
                 policy_json(w, p, &q.expand()),
                 q.select().as_deref(),
@@ -842,10 +828,7 @@ fn em_route(
         }
         ["assignments"] if get => list_assignments(w, q, base, path),
         ["assignments", id] if get => {
-            require_em_guid(id)?;
-            let a = w
-                .assignment(id)
-                .ok_or_else(|| em_not_found("assignment", id))?;
+            let a = em_object(id, "assignment", |id| w.assignment(id))?;
             Ok(Reply::ok(assignment_select(w, a, q)))
         }
         ["assignments", id, op] if post && eq(op, "reprocess") => {
@@ -854,44 +837,62 @@ fn em_route(
         ["assignmentRequests"] if get => list_requests(w, q, base, path),
         ["assignmentRequests"] if post => create_request(shared, sim, body),
         ["assignmentRequests", id] if get => {
-            require_em_guid(id)?;
-            let r = w
-                .request(id)
-                .ok_or_else(|| em_not_found("assignment request", id))?;
+            let r = em_object(id, "assignment request", |id| w.request(id))?;
             Ok(Reply::ok(request_select(w, r, q)))
         }
         ["assignmentRequests", id, op] if post && eq(op, "reprocess") => {
             reprocess_request(shared, sim, id)
         }
         ["assignmentRequests", id, op] if post && eq(op, "cancel") => cancel_request(sim, id),
-        ["catalogs", ..]
-        | ["accessPackages", ..]
-        | ["assignmentPolicies", ..]
-        | ["assignments", ..]
-        | ["assignmentRequests", ..]
-            if !get && !post =>
-        {
-            Err(method_not_allowed(method, path))
+        _ => Err(em_unrouted(method, rest, path)),
+    }
+}
+
+/// A package's `resourceRoleScopes` or `assignmentPolicies` (`rel`), paged.
+fn list_package_children(
+    w: &World,
+    p: &Package,
+    rel: &str,
+    q: &Query,
+    base: &str,
+    path: &str,
+) -> GResult {
+    let items: Vec<Value> = if eq(rel, "resourceRoleScopes") {
+        let ex = q.expand();
+        p.role_scopes
+            .iter()
+            .map(|rs| role_scope_json(w, p, rs, &ex))
+            .collect()
+    } else {
+        w.policies
+            .iter()
+            .filter(|x| x.package_id == p.id)
+            .map(|x| policy_json(w, x, &q.expand()))
+            .collect()
+    };
+    page(items, q, base, path, rel, "BadRequest")
+}
+
+/// The error for an entitlement-management path no route serves: 405 for a method other
+/// than GET and POST on a collection, else 404 naming the segment not found.
+fn em_unrouted(method: &Method, rest: &[&str], path: &str) -> GraphError {
+    const COLLECTIONS: [&str; 5] = [
+        "catalogs",
+        "accessPackages",
+        "assignmentPolicies",
+        "assignments",
+        "assignmentRequests",
+    ];
+    let get_or_post = *method == Method::GET || *method == Method::POST;
+    match rest {
+        [collection, ..] if !get_or_post && COLLECTIONS.contains(collection) => {
+            method_not_allowed(method, path)
         }
         // `.../catalogs/{id}/nosuch`: the segment after the id; `.../nosuch`: itself.
-        [collection, ..]
-            if [
-                "catalogs",
-                "accessPackages",
-                "assignmentPolicies",
-                "assignments",
-                "assignmentRequests",
-            ]
-            .iter()
-            .any(|c| eq(c, collection)) =>
-        {
-            Err(segment_not_found(
-                rest.get(2).or(rest.last()).copied().unwrap_or_default(),
-            ))
+        [collection, ..] if COLLECTIONS.iter().any(|c| eq(c, collection)) => {
+            segment_not_found(rest.get(2).or(rest.last()).copied().unwrap_or_default())
         }
-        _ => Err(segment_not_found(
-            rest.first().copied().unwrap_or("entitlementManagement"),
-        )),
+        _ => segment_not_found(rest.first().copied().unwrap_or("entitlementManagement")),
     }
 }
 
@@ -1567,140 +1568,171 @@ fn create_request(shared: &Arc<Shared>, sim: &mut Sim, body: &Bytes) -> GResult 
         .parse()
         .map_err(|_| bad(format!("'{rtype_raw}' is not a valid requestType.")))?;
     let asg = v.get("assignment").cloned().unwrap_or(Value::Null);
-    let field = |k: &str| asg.get(k).and_then(Value::as_str).map(str::to_string);
     let justification = v
         .get("justification")
         .and_then(Value::as_str)
         .map(str::to_string);
-    let epoch = sim.epoch;
-    let w = &mut sim.world;
-    let now = w.now();
     match rtype {
-        RequestType::AdminAdd => {
-            // SDK snippets send targetId; some callers send target.objectId instead.
-            let target = field("targetId")
-                .or_else(|| {
-                    asg.pointer("/target/objectId")
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                })
-                .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
-            let policy_id = field("assignmentPolicyId")
-                .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
-            let package_id = field("accessPackageId")
-                .ok_or_else(|| bad("adminAdd needs assignment.accessPackageId."))?;
-            for (name, id) in [
-                ("targetId", &target),
-                ("assignmentPolicyId", &policy_id),
-                ("accessPackageId", &package_id),
-            ] {
-                if !is_guid(id) {
-                    return Err(bad(format!("assignment.{name} '{id}' is not a GUID.")));
-                }
-            }
-            let user_id = w.user(&target).map(|u| u.id.clone()).ok_or_else(|| {
-                bad(format!(
-                    "The target user '{target}' was not found in the directory."
-                ))
-            })?;
-            let pkg = w
-                .package(&package_id)
-                .map(|p| p.id.clone())
-                .ok_or_else(|| bad(format!("The access package '{package_id}' was not found.")))?;
-            let pol = w.policy(&policy_id).ok_or_else(|| {
-                bad(format!(
-                    "The assignment policy '{policy_id}' was not found."
-                ))
-            })?;
-            if pol.package_id != pkg {
-                return Err(bad(format!(
-                    "The assignment policy '{policy_id}' does not belong to access package '{package_id}'."
-                )));
-            }
-            let pol = pol.id.clone();
-            if w.assignments.iter().any(|a| {
-                a.target_id == user_id && a.package_id == pkg && a.state != AssignmentState::Expired
-            }) {
-                return Err(bad(
-                    "The target already has an active assignment for this access package (ExistingAssignment).",
-                ));
-            }
-            if w.requests
-                .iter()
-                .any(|r| r.target_id == user_id && r.package_id == pkg && r.state.is_open())
-            {
-                return Err(bad(
-                    "The target already has an open request for this access package (ExistingOpenRequest).",
-                ));
-            }
-            let id = w.next_id();
-            w.requests.push(Request {
-                id: id.clone(),
-                request_type: RequestType::AdminAdd,
-                state: RequestState::Submitted,
-                created: Some(now),
-                completed: None,
-                package_id: pkg,
-                policy_id: pol,
-                target_id: user_id,
-                assignment_id: None,
-                justification,
-                rev: 0,
-            });
-            let body = created_json(w, &id, &shared.base_url);
-            let outcome = sim.next_add_outcome();
-            sim.planned.insert(id.clone(), outcome);
-            spawn_add(shared.clone(), epoch, id);
-            Ok(Reply::json(201, body))
-        }
-        RequestType::AdminRemove => {
-            let aid = field("id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
-            if !is_guid(&aid) {
-                return Err(bad(format!("assignment.id '{aid}' is not a GUID.")));
-            }
-            let a = w
-                .assignment(&aid)
-                .ok_or_else(|| bad(format!("The assignment '{aid}' was not found.")))?;
-            if a.state == AssignmentState::Expired {
-                return Err(bad(format!("The assignment '{aid}' is already expired.")));
-            }
-            let (pkg, pol, target, aid) = (
-                a.package_id.clone(),
-                a.policy_id.clone(),
-                a.target_id.clone(),
-                a.id.clone(),
-            );
-            if w.requests.iter().any(|r| {
-                r.assignment_id.as_deref() == Some(aid.as_str())
-                    && r.request_type == RequestType::AdminRemove
-                    && matches!(r.state, RequestState::Submitted | RequestState::Delivering)
-            }) {
-                return Err(bad(
-                    "A removal of this assignment is already in progress (ExistingOpenRequest).",
-                ));
-            }
-            let id = w.next_id();
-            w.requests.push(Request {
-                id: id.clone(),
-                request_type: RequestType::AdminRemove,
-                state: RequestState::Submitted,
-                created: Some(now),
-                completed: None,
-                package_id: pkg,
-                policy_id: pol,
-                target_id: target,
-                assignment_id: Some(aid),
-                justification,
-                rev: 0,
-            });
-            spawn_remove(shared.clone(), epoch, id.clone());
-            Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
-        }
+        RequestType::AdminAdd => create_add_request(shared, sim, &asg, justification),
+        RequestType::AdminRemove => create_remove_request(shared, sim, &asg, justification),
         other => Err(bad(format!(
             "requestType '{}' is not supported by the simulator; use adminAdd or adminRemove.",
             other.as_str()
         ))),
     }
+}
+
+/// A string field of a request body's `assignment`.
+fn assignment_field(asg: &Value, k: &str) -> Option<String> {
+    asg.get(k).and_then(Value::as_str).map(str::to_string)
+}
+
+/// `adminAdd`: a request to deliver a package to a user, delivered (or failed) in the
+/// background.
+fn create_add_request(
+    shared: &Arc<Shared>,
+    sim: &mut Sim,
+    asg: &Value,
+    justification: Option<String>,
+) -> GResult {
+    let epoch = sim.epoch;
+    let w = &mut sim.world;
+    let now = w.now();
+    let (user_id, pkg, pol) = add_request_parties(w, asg)?;
+    if w.assignments.iter().any(|a| {
+        a.target_id == user_id && a.package_id == pkg && a.state != AssignmentState::Expired
+    }) {
+        return Err(bad(
+            "The target already has an active assignment for this access package (ExistingAssignment).",
+        ));
+    }
+    if w.requests
+        .iter()
+        .any(|r| r.target_id == user_id && r.package_id == pkg && r.state.is_open())
+    {
+        return Err(bad(
+            "The target already has an open request for this access package (ExistingOpenRequest).",
+        ));
+    }
+    let id = w.next_id();
+    w.requests.push(Request {
+        id: id.clone(),
+        request_type: RequestType::AdminAdd,
+        state: RequestState::Submitted,
+        created: Some(now),
+        completed: None,
+        package_id: pkg,
+        policy_id: pol,
+        target_id: user_id,
+        assignment_id: None,
+        justification,
+        rev: 0,
+    });
+    let body = created_json(w, &id, &shared.base_url);
+    let outcome = sim.next_add_outcome();
+    sim.planned.insert(id.clone(), outcome);
+    spawn_add(shared.clone(), epoch, id);
+    Ok(Reply::json(201, body))
+}
+
+/// The user, package and policy an `adminAdd` names, as (user id, package id, policy
+/// id): each must exist and the policy must be the package's.
+fn add_request_parties(w: &World, asg: &Value) -> Result<(String, String, String), GraphError> {
+    let field = |k: &str| assignment_field(asg, k);
+    // SDK snippets send targetId; some callers send target.objectId instead.
+    let target = field("targetId")
+        .or_else(|| {
+            asg.pointer("/target/objectId")
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
+        .ok_or_else(|| bad("adminAdd needs assignment.targetId (the user's object id)."))?;
+    let policy_id = field("assignmentPolicyId")
+        .ok_or_else(|| bad("adminAdd needs assignment.assignmentPolicyId."))?;
+    let package_id = field("accessPackageId")
+        .ok_or_else(|| bad("adminAdd needs assignment.accessPackageId."))?;
+    for (name, id) in [
+        ("targetId", &target),
+        ("assignmentPolicyId", &policy_id),
+        ("accessPackageId", &package_id),
+    ] {
+        if !is_guid(id) {
+            return Err(bad(format!("assignment.{name} '{id}' is not a GUID.")));
+        }
+    }
+    let user_id = w.user(&target).map(|u| u.id.clone()).ok_or_else(|| {
+        bad(format!(
+            "The target user '{target}' was not found in the directory."
+        ))
+    })?;
+    let pkg = w
+        .package(&package_id)
+        .map(|p| p.id.clone())
+        .ok_or_else(|| bad(format!("The access package '{package_id}' was not found.")))?;
+    let pol = w.policy(&policy_id).ok_or_else(|| {
+        bad(format!(
+            "The assignment policy '{policy_id}' was not found."
+        ))
+    })?;
+    if pol.package_id != pkg {
+        return Err(bad(format!(
+            "The assignment policy '{policy_id}' does not belong to access package '{package_id}'."
+        )));
+    }
+    Ok((user_id, pkg, pol.id.clone()))
+}
+
+/// `adminRemove`: a request to remove an assignment, carried out in the background.
+fn create_remove_request(
+    shared: &Arc<Shared>,
+    sim: &mut Sim,
+    asg: &Value,
+    justification: Option<String>,
+) -> GResult {
+    let epoch = sim.epoch;
+    let w = &mut sim.world;
+    let now = w.now();
+    let aid = assignment_field(asg, "id").ok_or_else(|| bad("adminRemove needs assignment.id."))?;
+    if !is_guid(&aid) {
+        return Err(bad(format!("assignment.id '{aid}' is not a GUID.")));
+    }
+    let a = w
+        .assignment(&aid)
+        .ok_or_else(|| bad(format!("The assignment '{aid}' was not found.")))?;
+    if a.state == AssignmentState::Expired {
+        return Err(bad(format!("The assignment '{aid}' is already expired.")));
+    }
+    let (pkg, pol, target, aid) = (
+        a.package_id.clone(),
+        a.policy_id.clone(),
+        a.target_id.clone(),
+        a.id.clone(),
+    );
+    if w.requests.iter().any(|r| {
+        r.assignment_id.as_deref() == Some(aid.as_str())
+            && r.request_type == RequestType::AdminRemove
+            && matches!(r.state, RequestState::Submitted | RequestState::Delivering)
+    }) {
+        return Err(bad(
+            "A removal of this assignment is already in progress (ExistingOpenRequest).",
+        ));
+    }
+    let id = w.next_id();
+    w.requests.push(Request {
+        id: id.clone(),
+        request_type: RequestType::AdminRemove,
+        state: RequestState::Submitted,
+        created: Some(now),
+        completed: None,
+        package_id: pkg,
+        policy_id: pol,
+        target_id: target,
+        assignment_id: Some(aid),
+        justification,
+        rev: 0,
+    });
+    spawn_remove(shared.clone(), epoch, id.clone());
+    Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
 }
 
 fn created_json(w: &World, id: &str, base: &str) -> Value {

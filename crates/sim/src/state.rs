@@ -7,7 +7,11 @@ use jiff::{SignedDuration, Timestamp};
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::scenario::{ResourceSpec, Scenario, ScenarioError, derive_id};
+use super::scenario::{
+    AccessPackageSpec, AssignmentSpec, AzureRoleSpec, CatalogSpec, DirectoryRoleSpec, GroupSpec,
+    PolicySpec, ResourceSpec, Scenario, ScenarioError, ScenarioSpec, ServicePrincipalSpec,
+    SubscriptionSpec, UserSpec, derive_id,
+};
 use super::states::{AssignmentState, RequestState, RequestType, one_of};
 use strum::VariantNames;
 
@@ -319,9 +323,30 @@ impl World {
     /// Builds the tenant from a scenario, applying delivered assignments' grants.
     pub fn from_scenario(sc: &Scenario) -> Result<World, ScenarioError> {
         let spec = &sc.spec;
-        let seed = spec.seed;
         let now = Timestamp::now();
         let created = now - SignedDuration::from_hours(24 * 30);
+        let mut w = World::empty(spec)?;
+        w.load_users(&spec.users)?;
+        w.load_groups(&spec.groups, created)?;
+        w.load_service_principals(&spec.service_principals, created)?;
+        w.load_directory_roles(&spec.directory_roles, created)?;
+        w.load_subscriptions(&spec.subscriptions)?;
+        w.load_azure_roles(&spec.azure_roles)?;
+        w.load_catalogs(&spec.catalogs, created)?;
+        w.load_packages(&spec.access_packages, created)?;
+        w.load_assignments(&spec.assignments, created)?;
+        for (i, r) in spec.requests.iter().enumerate() {
+            w.scenario_request(&format!("spec.requests[{i}]"), r, now)?;
+        }
+        // Scenario loading is not a change clients should see through delta.
+        w.delta_log.clear();
+        w.delta_version = 1;
+        Ok(w)
+    }
+
+    /// The tenant and its client app, with no objects yet.
+    fn empty(spec: &ScenarioSpec) -> Result<World, ScenarioError> {
+        let seed = spec.seed;
         let tname = spec.tenant.name.clone();
         if tname.trim().is_empty() {
             return Err(ScenarioError::invalid(
@@ -331,7 +356,7 @@ impl World {
         }
         let tenant_id = id_or_derived(&spec.tenant.id, "spec.tenant.id", seed, "tenant", &tname)?;
         let client_id = id_or_derived(&spec.client.id, "spec.client.id", seed, "client", &tname)?;
-        let mut w = World {
+        Ok(World {
             tenant_domain: spec
                 .tenant
                 .domain
@@ -383,9 +408,13 @@ impl World {
             loaded_assignment_ids: HashSet::new(),
             risky_users: BTreeMap::new(),
             revoked: BTreeSet::new(),
-        };
+        })
+    }
 
-        for (i, u) in spec.users.iter().enumerate() {
+    /// `spec.users`.
+    fn load_users(&mut self, users: &[UserSpec]) -> Result<(), ScenarioError> {
+        let seed = self.seed_value;
+        for (i, u) in users.iter().enumerate() {
             let field = format!("spec.users[{i}]");
             if !u.upn.contains('@') {
                 return Err(ScenarioError::invalid(
@@ -394,7 +423,7 @@ impl World {
                 ));
             }
             let id = id_or_derived(&u.id, &format!("{field}.id"), seed, "user", &u.upn)?;
-            if w.user_by_upn.contains_key(&lc(&u.upn)) || w.user_by_id.contains_key(&id) {
+            if self.user_by_upn.contains_key(&lc(&u.upn)) || self.user_by_id.contains_key(&id) {
                 return Err(ScenarioError::invalid(
                     field,
                     format!("user {} is declared twice", u.upn),
@@ -404,9 +433,9 @@ impl World {
                 .display_name
                 .clone()
                 .unwrap_or_else(|| u.upn.split('@').next().unwrap_or(&u.upn).to_string());
-            w.user_by_upn.insert(lc(&u.upn), w.users.len());
-            w.user_by_id.insert(id.clone(), w.users.len());
-            w.users.push(User {
+            self.user_by_upn.insert(lc(&u.upn), self.users.len());
+            self.user_by_id.insert(id.clone(), self.users.len());
+            self.users.push(User {
                 subject_id: derive_id(seed, "subject", &u.upn),
                 id,
                 upn: u.upn.clone(),
@@ -414,11 +443,25 @@ impl World {
                 account_enabled: u.account_enabled.unwrap_or(true),
             });
         }
+        Ok(())
+    }
 
-        for (i, g) in spec.groups.iter().enumerate() {
+    /// `spec.groups`, with their members and owners.
+    fn load_groups(
+        &mut self,
+        groups: &[GroupSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        for (i, g) in groups.iter().enumerate() {
             let field = format!("spec.groups[{i}]");
-            let id = id_or_derived(&g.id, &format!("{field}.id"), seed, "group", &g.name)?;
-            if w.group_named(&g.name).is_some() {
+            let id = id_or_derived(
+                &g.id,
+                &format!("{field}.id"),
+                self.seed_value,
+                "group",
+                &g.name,
+            )?;
+            if self.group_named(&g.name).is_some() {
                 return Err(ScenarioError::invalid(
                     field,
                     format!("group {} is declared twice", g.name),
@@ -426,14 +469,14 @@ impl World {
             }
             let mut members = BTreeSet::new();
             for (j, m) in g.members.iter().enumerate() {
-                members.insert(w.scenario_user(&format!("{field}.members[{j}]"), m)?);
+                members.insert(self.scenario_user(&format!("{field}.members[{j}]"), m)?);
             }
             let mut owners = BTreeSet::new();
             for (j, m) in g.owners.iter().enumerate() {
-                owners.insert(w.scenario_user(&format!("{field}.owners[{j}]"), m)?);
+                owners.insert(self.scenario_user(&format!("{field}.owners[{j}]"), m)?);
             }
-            w.group_by_id.insert(id.clone(), w.groups.len());
-            w.groups.push(Group {
+            self.group_by_id.insert(id.clone(), self.groups.len());
+            self.groups.push(Group {
                 id,
                 display_name: g.name.clone(),
                 description: g.description.clone(),
@@ -442,8 +485,17 @@ impl World {
                 created,
             });
         }
+        Ok(())
+    }
 
-        for (i, s) in spec.service_principals.iter().enumerate() {
+    /// `spec.servicePrincipals`, with their app roles and the users assigned to them.
+    fn load_service_principals(
+        &mut self,
+        sps: &[ServicePrincipalSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        let seed = self.seed_value;
+        for (i, s) in sps.iter().enumerate() {
             let field = format!("spec.servicePrincipals[{i}]");
             let id = id_or_derived(&s.id, &format!("{field}.id"), seed, "sp", &s.name)?;
             let app_id = id_or_derived(&s.app_id, &format!("{field}.appId"), seed, "app", &s.name)?;
@@ -461,51 +513,73 @@ impl World {
                     display_name: r.display_name.clone().unwrap_or_else(|| r.value.clone()),
                 });
             }
-            w.sps.push(ServicePrincipal {
+            self.sps.push(ServicePrincipal {
                 id,
                 app_id,
                 display_name: s.name.clone(),
                 app_roles: roles,
                 assigned_to: Vec::new(),
             });
-            let sp_idx = w.sps.len() - 1;
+            let sp_idx = self.sps.len() - 1;
             for (j, a) in s.assignments.iter().enumerate() {
                 let f = format!("{field}.assignments[{j}]");
-                let user = w.scenario_user(&format!("{f}.user"), &a.user)?;
-                let role = w.resolve_app_role(sp_idx, a.role.as_deref(), &format!("{f}.role"))?;
-                let sp_id = w.sps[sp_idx].id.clone();
-                w.add_app_role(&sp_id, &user, &role, created);
+                let user = self.scenario_user(&format!("{f}.user"), &a.user)?;
+                let role =
+                    self.resolve_app_role(sp_idx, a.role.as_deref(), &format!("{f}.role"))?;
+                let sp_id = self.sps[sp_idx].id.clone();
+                self.add_app_role(&sp_id, &user, &role, created);
             }
         }
+        Ok(())
+    }
 
-        for (i, r) in spec.directory_roles.iter().enumerate() {
+    /// `spec.directoryRoles`, with their active and eligible holders.
+    fn load_directory_roles(
+        &mut self,
+        roles: &[DirectoryRoleSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        for (i, r) in roles.iter().enumerate() {
             let field = format!("spec.directoryRoles[{i}]");
-            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "roledef", &r.name)?;
-            if w.role_definition_named(&r.name).is_some() {
+            let id = id_or_derived(
+                &r.id,
+                &format!("{field}.id"),
+                self.seed_value,
+                "roledef",
+                &r.name,
+            )?;
+            if self.role_definition_named(&r.name).is_some() {
                 return Err(ScenarioError::invalid(
                     field,
                     format!("directory role {} is declared twice", r.name),
                 ));
             }
-            w.role_definitions.push(RoleDefinition {
+            self.role_definitions.push(RoleDefinition {
                 id: id.clone(),
                 display_name: r.name.clone(),
             });
             for (list, eligible) in [(&r.active, false), (&r.eligible, true)] {
                 for (j, upn) in list.iter().enumerate() {
                     let key = if eligible { "eligible" } else { "active" };
-                    let user = w.scenario_user(&format!("{field}.{key}[{j}]"), upn)?;
-                    w.add_directory_role(&id, &user, eligible, created);
+                    let user = self.scenario_user(&format!("{field}.{key}[{j}]"), upn)?;
+                    self.add_directory_role(&id, &user, eligible, created);
                 }
             }
         }
+        Ok(())
+    }
 
-        for (i, sub) in spec.subscriptions.iter().enumerate() {
+    /// `spec.subscriptions`, and the scopes under them the app may not read.
+    fn load_subscriptions(
+        &mut self,
+        subscriptions: &[SubscriptionSpec],
+    ) -> Result<(), ScenarioError> {
+        for (i, sub) in subscriptions.iter().enumerate() {
             let field = format!("spec.subscriptions[{i}]");
             let id = id_or_derived(
                 &sub.id,
                 &format!("{field}.id"),
-                seed,
+                self.seed_value,
                 "subscription",
                 &sub.name,
             )?;
@@ -521,45 +595,84 @@ impl World {
                         "use resourceGroups/{name} or a /subscriptions/... scope",
                     ));
                 }
-                w.arm_denied
+                self.arm_denied
                     .push(scope.trim_end_matches('/').to_ascii_lowercase());
             }
-            w.subscriptions.push(Subscription {
+            self.subscriptions.push(Subscription {
                 id,
                 display_name: sub.name.clone(),
                 resource_groups: sub.resource_groups.clone(),
             });
         }
-        for (i, r) in spec.azure_roles.iter().enumerate() {
+        Ok(())
+    }
+
+    /// `spec.azureRoles`.
+    fn load_azure_roles(&mut self, roles: &[AzureRoleSpec]) -> Result<(), ScenarioError> {
+        for (i, r) in roles.iter().enumerate() {
             let field = format!("spec.azureRoles[{i}]");
-            let id = id_or_derived(&r.id, &format!("{field}.id"), seed, "azurerole", &r.name)?;
-            w.azure_roles.push(RoleDefinition {
+            let id = id_or_derived(
+                &r.id,
+                &format!("{field}.id"),
+                self.seed_value,
+                "azurerole",
+                &r.name,
+            )?;
+            self.azure_roles.push(RoleDefinition {
                 id,
                 display_name: r.name.clone(),
             });
         }
+        Ok(())
+    }
 
-        for (i, c) in spec.catalogs.iter().enumerate() {
+    /// `spec.catalogs`.
+    fn load_catalogs(
+        &mut self,
+        catalogs: &[CatalogSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        for (i, c) in catalogs.iter().enumerate() {
             let field = format!("spec.catalogs[{i}]");
-            let id = id_or_derived(&c.id, &format!("{field}.id"), seed, "catalog", &c.name)?;
-            w.catalogs.push(Catalog {
+            let id = id_or_derived(
+                &c.id,
+                &format!("{field}.id"),
+                self.seed_value,
+                "catalog",
+                &c.name,
+            )?;
+            self.catalogs.push(Catalog {
                 id,
                 display_name: c.name.clone(),
                 description: c.description.clone(),
                 created,
             });
         }
+        Ok(())
+    }
 
-        for (i, p) in spec.access_packages.iter().enumerate() {
+    /// `spec.accessPackages`, each with its resource role scopes and policies.
+    fn load_packages(
+        &mut self,
+        packages: &[AccessPackageSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        for (i, p) in packages.iter().enumerate() {
             let field = format!("spec.accessPackages[{i}]");
-            let id = id_or_derived(&p.id, &format!("{field}.id"), seed, "package", &p.name)?;
-            if w.package_named(&p.name).is_some() {
+            let id = id_or_derived(
+                &p.id,
+                &format!("{field}.id"),
+                self.seed_value,
+                "package",
+                &p.name,
+            )?;
+            if self.package_named(&p.name).is_some() {
                 return Err(ScenarioError::invalid(
                     field,
                     format!("access package {} is declared twice", p.name),
                 ));
             }
-            let catalog_id = w
+            let catalog_id = self
                 .catalogs
                 .iter()
                 .find(|c| c.display_name.eq_ignore_ascii_case(&p.catalog))
@@ -570,19 +683,8 @@ impl World {
                         format!("no catalog named {:?}; add it to spec.catalogs", p.catalog),
                     )
                 })?;
-            let mut role_scopes = Vec::new();
-            for (j, r) in p.resources.iter().enumerate() {
-                let grant = w.resolve_grant(&format!("{field}.resources[{j}]"), r)?;
-                let info = w.grant_info(&grant);
-                // Roles and scopes belong to the catalog's resource, so two packages of one
-                // catalog granting the same role share its id (as in Graph).
-                role_scopes.push(RoleScope {
-                    role_id: role_id_for(seed, &catalog_id, info.origin_system, &info.role_key()),
-                    scope_id: scope_id_for(seed, &catalog_id, &info.scope_origin),
-                    grant,
-                });
-            }
-            w.packages.push(Package {
+            let role_scopes = self.scenario_role_scopes(&field, &p.resources, &catalog_id)?;
+            self.packages.push(Package {
                 id: id.clone(),
                 display_name: p.name.clone(),
                 description: p.description.clone(),
@@ -590,34 +692,78 @@ impl World {
                 role_scopes,
                 created,
             });
-            let default_policy = [super::scenario::PolicySpec {
-                name: "Direct assignment".into(),
-                ..Default::default()
-            }];
-            let policies = if p.policies.is_empty() {
-                &default_policy[..]
-            } else {
-                &p.policies[..]
-            };
-            for (j, pol) in policies.iter().enumerate() {
-                let pid = id_or_derived(
-                    &pol.id,
-                    &format!("{field}.policies[{j}].id"),
-                    seed,
-                    "policy",
-                    &format!("{}/{}", p.name, pol.name),
-                )?;
-                w.policies.push(Policy {
-                    id: pid,
-                    display_name: pol.name.clone(),
-                    description: pol.description.clone(),
-                    package_id: id.clone(),
-                    created,
-                });
-            }
+            self.load_policies(&field, p, &id, created)?;
         }
+        Ok(())
+    }
 
-        for (i, a) in spec.assignments.iter().enumerate() {
+    /// The resource role scopes of a package in catalog `catalog_id` (`{field}.resources`).
+    fn scenario_role_scopes(
+        &self,
+        field: &str,
+        resources: &[ResourceSpec],
+        catalog_id: &str,
+    ) -> Result<Vec<RoleScope>, ScenarioError> {
+        let seed = self.seed_value;
+        let mut role_scopes = Vec::new();
+        for (j, r) in resources.iter().enumerate() {
+            let grant = self.resolve_grant(&format!("{field}.resources[{j}]"), r)?;
+            let info = self.grant_info(&grant);
+            // Roles and scopes belong to the catalog's resource, so two packages of one
+            // catalog granting the same role share its id (as in Graph).
+            role_scopes.push(RoleScope {
+                role_id: role_id_for(seed, catalog_id, info.origin_system, &info.role_key()),
+                scope_id: scope_id_for(seed, catalog_id, &info.scope_origin),
+                grant,
+            });
+        }
+        Ok(role_scopes)
+    }
+
+    /// The policies of package `p` (id `package_id`): one "Direct assignment" when it
+    /// declares none.
+    fn load_policies(
+        &mut self,
+        field: &str,
+        p: &AccessPackageSpec,
+        package_id: &str,
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        let default_policy = [PolicySpec {
+            name: "Direct assignment".into(),
+            ..Default::default()
+        }];
+        let policies = if p.policies.is_empty() {
+            &default_policy[..]
+        } else {
+            &p.policies[..]
+        };
+        for (j, pol) in policies.iter().enumerate() {
+            let pid = id_or_derived(
+                &pol.id,
+                &format!("{field}.policies[{j}].id"),
+                self.seed_value,
+                "policy",
+                &format!("{}/{}", p.name, pol.name),
+            )?;
+            self.policies.push(Policy {
+                id: pid,
+                display_name: pol.name.clone(),
+                description: pol.description.clone(),
+                package_id: package_id.to_string(),
+                created,
+            });
+        }
+        Ok(())
+    }
+
+    /// `spec.assignments`, each with the `adminAdd` request that created it.
+    fn load_assignments(
+        &mut self,
+        assignments: &[AssignmentSpec],
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        for (i, a) in assignments.iter().enumerate() {
             let field = format!("spec.assignments[{i}]");
             let state = match a.state.as_deref() {
                 None => AssignmentState::Delivered,
@@ -631,7 +777,7 @@ impl World {
                     )
                 })?,
             };
-            let aid = w.scenario_assignment(
+            let aid = self.scenario_assignment(
                 &field,
                 &a.user,
                 &a.package,
@@ -641,52 +787,58 @@ impl World {
                 &a.missing,
                 created,
             )?;
-            // Every real assignment was created by a request; give each one its adminAdd.
-            let req_state = RequestState::creating(state);
-            let (pkg, pol, target) = {
-                // scenario_assignment just pushed it; a lookup by id would make loading
-                // quadratic for large synthetic tenants.
-                let asg = w
-                    .assignments
-                    .last()
-                    .filter(|a| a.id == aid)
-                    .ok_or_else(|| {
-                        ScenarioError::invalid(&field, "assignment vanished while loading")
-                    })?;
-                (
-                    asg.package_id.clone(),
-                    asg.policy_id.clone(),
-                    asg.target_id.clone(),
-                )
-            };
-            let rid = derive_id(
-                seed,
-                "request",
-                &format!("{}/{}/implicit", a.user, a.package),
-            );
-            let completed = (!req_state.is_open()).then_some(created);
-            w.requests.push(Request {
-                id: rid,
-                request_type: RequestType::AdminAdd,
-                state: req_state,
-                created: Some(created),
-                completed,
-                package_id: pkg,
-                policy_id: pol,
-                target_id: target,
-                assignment_id: Some(aid),
-                justification: None,
-                rev: 0,
-            });
+            self.implicit_request(&field, a, aid, state, created)?;
         }
+        Ok(())
+    }
 
-        for (i, r) in spec.requests.iter().enumerate() {
-            w.scenario_request(&format!("spec.requests[{i}]"), r, now)?;
-        }
-        // Scenario loading is not a change clients should see through delta.
-        w.delta_log.clear();
-        w.delta_version = 1;
-        Ok(w)
+    /// Every real assignment was created by a request: the `adminAdd` of assignment `aid`,
+    /// just loaded from `a`.
+    fn implicit_request(
+        &mut self,
+        field: &str,
+        a: &AssignmentSpec,
+        aid: String,
+        state: AssignmentState,
+        created: Timestamp,
+    ) -> Result<(), ScenarioError> {
+        let req_state = RequestState::creating(state);
+        let (pkg, pol, target) = {
+            // scenario_assignment just pushed it; a lookup by id would make loading
+            // quadratic for large synthetic tenants.
+            let asg = self
+                .assignments
+                .last()
+                .filter(|a| a.id == aid)
+                .ok_or_else(|| {
+                    ScenarioError::invalid(field, "assignment vanished while loading")
+                })?;
+            (
+                asg.package_id.clone(),
+                asg.policy_id.clone(),
+                asg.target_id.clone(),
+            )
+        };
+        let rid = derive_id(
+            self.seed_value,
+            "request",
+            &format!("{}/{}/implicit", a.user, a.package),
+        );
+        let completed = (!req_state.is_open()).then_some(created);
+        self.requests.push(Request {
+            id: rid,
+            request_type: RequestType::AdminAdd,
+            state: req_state,
+            created: Some(created),
+            completed,
+            package_id: pkg,
+            policy_id: pol,
+            target_id: target,
+            assignment_id: Some(aid),
+            justification: None,
+            rev: 0,
+        });
+        Ok(())
     }
 
     fn scenario_user(&self, field: &str, upn: &str) -> Result<String, ScenarioError> {
@@ -1125,6 +1277,27 @@ pub(crate) struct GrantInfo {
 }
 
 impl GrantInfo {
+    /// A role whose one scope is the whole resource (`resource_origin`, named
+    /// `resource_name`).
+    fn whole_resource(
+        origin_system: &'static str,
+        role_name: String,
+        role_origin: String,
+        resource_origin: &str,
+        resource_name: String,
+    ) -> Self {
+        GrantInfo {
+            origin_system,
+            role_name,
+            role_origin,
+            scope_origin: resource_origin.to_string(),
+            scope_name: resource_name.clone(),
+            resource_origin: resource_origin.to_string(),
+            role_type: None,
+            resource_name,
+        }
+    }
+
     /// What makes the catalog role distinct: its origin id, and for an Azure role also
     /// whether it is granted eligible or active (one role definition, two catalog roles).
     pub fn role_key(&self) -> String {
@@ -1339,127 +1512,126 @@ impl World {
     pub fn grant_info(&self, g: &Grant) -> GrantInfo {
         let resource_name = self.grant_name(g);
         match g {
-            Grant::GroupMember(gid) => GrantInfo {
-                origin_system: "AadGroup",
-                role_name: "Member".into(),
-                role_origin: format!("Member_{gid}"),
-                scope_origin: gid.clone(),
-                scope_name: resource_name.clone(),
-                resource_origin: gid.clone(),
-                role_type: None,
+            Grant::GroupMember(gid) => GrantInfo::whole_resource(
+                "AadGroup",
+                "Member".into(),
+                format!("Member_{gid}"),
+                gid,
                 resource_name,
-            },
-            Grant::GroupOwner(gid) => GrantInfo {
-                origin_system: "AadGroup",
-                role_name: "Owner".into(),
-                role_origin: format!("Owner_{gid}"),
-                scope_origin: gid.clone(),
-                scope_name: resource_name.clone(),
-                resource_origin: gid.clone(),
-                role_type: None,
+            ),
+            Grant::GroupOwner(gid) => GrantInfo::whole_resource(
+                "AadGroup",
+                "Owner".into(),
+                format!("Owner_{gid}"),
+                gid,
                 resource_name,
-            },
+            ),
             // As Microsoft's example spells a PIM for Groups role: `EligibleMember_{group}`
             // with the display name `Eligible Member` (docs/graph.md "What a package
             // promises").
             Grant::GroupEligible { group_id, owner } => {
                 let access = if *owner { "Owner" } else { "Member" };
-                GrantInfo {
-                    origin_system: "AadGroup",
-                    role_name: format!("Eligible {access}"),
-                    role_origin: format!("Eligible{access}_{group_id}"),
-                    scope_origin: group_id.clone(),
-                    scope_name: resource_name.clone(),
-                    resource_origin: group_id.clone(),
-                    role_type: None,
+                GrantInfo::whole_resource(
+                    "AadGroup",
+                    format!("Eligible {access}"),
+                    format!("Eligible{access}_{group_id}"),
+                    group_id,
                     resource_name,
-                }
+                )
             }
-            Grant::AppRole { sp_id, role_id } => GrantInfo {
-                origin_system: "AadApplication",
-                role_name: self
-                    .sp(sp_id)
-                    .and_then(|s| {
-                        s.app_roles
-                            .iter()
-                            .find(|r| r.id.eq_ignore_ascii_case(role_id))
-                    })
-                    .map(|r| r.display_name.clone())
-                    .unwrap_or_else(|| "Default Access".into()),
-                role_origin: role_id.clone(),
-                scope_origin: sp_id.clone(),
-                scope_name: resource_name.clone(),
-                resource_origin: sp_id.clone(),
-                role_type: None,
+            Grant::AppRole { sp_id, role_id } => GrantInfo::whole_resource(
+                "AadApplication",
+                self.app_role_name(sp_id, role_id),
+                role_id.clone(),
+                sp_id,
                 resource_name,
-            },
+            ),
             Grant::SharePoint {
                 site,
                 role,
                 role_origin_id,
-            } => GrantInfo {
-                origin_system: "SharePointOnline",
-                role_name: role.clone(),
-                role_origin: role_origin_id.clone(),
-                scope_origin: site.clone(),
-                scope_name: site.rsplit('/').next().unwrap_or(site).to_string(),
-                resource_origin: site.clone(),
-                role_type: None,
-                resource_name: site.rsplit('/').next().unwrap_or(site).to_string(),
-            },
+            } => GrantInfo::whole_resource(
+                "SharePointOnline",
+                role.clone(),
+                role_origin_id.clone(),
+                site,
+                site.rsplit('/').next().unwrap_or(site).to_string(),
+            ),
             // As entitlement management spells a directory role resource: role originId
             // `Eligible`/`Active`, one root scope, the role definition id as originId.
             Grant::EntraRole {
                 role_definition_id,
                 eligible,
             } => GrantInfo {
-                origin_system: "DirectoryRole",
-                role_name: if *eligible {
-                    "Eligible Member"
-                } else {
-                    "Active Member"
-                }
-                .into(),
-                role_origin: if *eligible { "Eligible" } else { "Active" }.into(),
-                scope_origin: role_definition_id.clone(),
                 scope_name: "Root".into(),
-                resource_origin: role_definition_id.clone(),
-                role_type: None,
-                resource_name,
+                ..GrantInfo::whole_resource(
+                    "DirectoryRole",
+                    if *eligible {
+                        "Eligible Member"
+                    } else {
+                        "Active Member"
+                    }
+                    .into(),
+                    if *eligible { "Eligible" } else { "Active" }.into(),
+                    role_definition_id,
+                    resource_name,
+                )
             },
-            // As entitlement management spells an Azure role: the role definition's full id
-            // as role originId with its `type`, the subscription as the resource, the
-            // subscription ("Root") or resource group ("/resourceGroups/{name}") as scope.
             Grant::AzureRole {
                 role_guid,
                 subscription_id,
                 scope,
                 eligible,
-            } => {
-                let sub_root = format!("/subscriptions/{subscription_id}");
-                let scope_name = scope
-                    .strip_prefix(&sub_root)
-                    .filter(|rest| !rest.is_empty())
-                    .unwrap_or("Root")
-                    .to_string();
-                GrantInfo {
-                    origin_system: "AzureResources",
-                    role_name: self
-                        .azure_roles
-                        .iter()
-                        .find(|d| d.id.eq_ignore_ascii_case(role_guid))
-                        .map(|d| d.display_name.clone())
-                        .unwrap_or_default(),
-                    role_origin: format!(
-                        "{sub_root}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
-                    ),
-                    scope_origin: scope.clone(),
-                    scope_name,
-                    resource_origin: sub_root,
-                    role_type: Some(if *eligible { "eligible" } else { "active" }),
-                    resource_name,
-                }
-            }
+            } => self.azure_grant_info(role_guid, subscription_id, scope, *eligible, resource_name),
+        }
+    }
+
+    /// The display name of app role `role_id` of service principal `sp_id` ("Default
+    /// Access" for none of its roles).
+    fn app_role_name(&self, sp_id: &str, role_id: &str) -> String {
+        self.sp(sp_id)
+            .and_then(|s| {
+                s.app_roles
+                    .iter()
+                    .find(|r| r.id.eq_ignore_ascii_case(role_id))
+            })
+            .map(|r| r.display_name.clone())
+            .unwrap_or_else(|| "Default Access".into())
+    }
+
+    /// As entitlement management spells an Azure role: the role definition's full id as
+    /// role originId with its `type`, the subscription as the resource, the subscription
+    /// ("Root") or resource group ("/resourceGroups/{name}") as scope.
+    fn azure_grant_info(
+        &self,
+        role_guid: &str,
+        subscription_id: &str,
+        scope: &str,
+        eligible: bool,
+        resource_name: String,
+    ) -> GrantInfo {
+        let sub_root = format!("/subscriptions/{subscription_id}");
+        let scope_name = scope
+            .strip_prefix(&sub_root)
+            .filter(|rest| !rest.is_empty())
+            .unwrap_or("Root")
+            .to_string();
+        GrantInfo {
+            origin_system: "AzureResources",
+            role_name: self
+                .azure_roles
+                .iter()
+                .find(|d| d.id.eq_ignore_ascii_case(role_guid))
+                .map(|d| d.display_name.clone())
+                .unwrap_or_default(),
+            role_origin: format!(
+                "{sub_root}/providers/Microsoft.Authorization/roleDefinitions/{role_guid}"
+            ),
+            scope_origin: scope.to_string(),
+            scope_name,
+            resource_origin: sub_root,
+            role_type: Some(if eligible { "eligible" } else { "active" }),
+            resource_name,
         }
     }
 

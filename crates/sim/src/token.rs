@@ -150,6 +150,25 @@ fn decode_base64(s: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// The app registration the simulator knows: its client id and the credentials it
+/// accepts.
+struct RegisteredClient {
+    id: String,
+    secret: String,
+    /// The one federated assertion accepted; `None` accepts any non-empty one.
+    assertion: Option<String>,
+}
+
+/// AADSTS900144: `name` missing from the request body.
+fn missing_parameter(name: &str) -> TokenError {
+    terr(
+        400,
+        "invalid_request",
+        900144,
+        format!("The request body must contain the following parameter: '{name}'."),
+    )
+}
+
 fn issue(
     shared: &Shared,
     tenant: &str,
@@ -168,43 +187,20 @@ fn issue(
         ));
     }
     let basic = basic_credentials(headers);
-    let grant = get("grant_type").unwrap_or_default();
-    if grant.is_empty() {
-        return Err(terr(
-            400,
-            "invalid_request",
-            900144,
-            "The request body must contain the following parameter: 'grant_type'.",
-        ));
-    }
-    if grant != "client_credentials" {
-        return Err(terr(
-            400,
-            "unsupported_grant_type",
-            70003,
-            format!(
-                "The app requested an unsupported grant type '{grant}'. The simulator supports client_credentials."
-            ),
-        ));
-    }
+    check_grant_type(&get("grant_type").unwrap_or_default())?;
     let client_id = get("client_id").or_else(|| basic.as_ref().map(|b| b.0.clone()));
     let Some(client_id) = client_id.filter(|c| !c.is_empty()) else {
-        return Err(terr(
-            400,
-            "invalid_request",
-            900144,
-            "The request body must contain the following parameter: 'client_id'.",
-        ));
+        return Err(missing_parameter("client_id"));
     };
-    let (expected_id, expected_secret, expected_assertion) = {
+    let client = {
         let sim = shared.lock();
-        (
-            sim.world.client_id.clone(),
-            sim.world.client_secret.clone(),
-            sim.world.client_assertion.clone(),
-        )
+        RegisteredClient {
+            id: sim.world.client_id.clone(),
+            secret: sim.world.client_secret.clone(),
+            assertion: sim.world.client_assertion.clone(),
+        }
     };
-    if !client_id.eq_ignore_ascii_case(&expected_id) {
+    if !client_id.eq_ignore_ascii_case(&client.id) {
         return Err(terr(
             400,
             "unauthorized_client",
@@ -215,12 +211,7 @@ fn issue(
         ));
     }
     let Some(scope) = get("scope") else {
-        return Err(terr(
-            400,
-            "invalid_request",
-            900144,
-            "The request body must contain the following parameter: 'scope'.",
-        ));
+        return Err(missing_parameter("scope"));
     };
     let Some(audience) = scope_audience(shared, &scope) else {
         return Err(terr(
@@ -233,11 +224,52 @@ fn issue(
         ));
     };
     let secret = get("client_secret").or_else(|| basic.map(|b| b.1));
-    let assertion_type = get("client_assertion_type");
-    let assertion = get("client_assertion");
+    check_credential(
+        &client,
+        secret,
+        get("client_assertion_type"),
+        get("client_assertion"),
+    )?;
+    let token = new_token();
+    remember_token(shared, &token, audience);
+    let secs = shared.opts.token_lifetime.as_secs().max(1);
+    Ok(json!({
+        "token_type": "Bearer",
+        "expires_in": secs,
+        "ext_expires_in": secs,
+        "access_token": token,
+    }))
+}
+
+/// Only the client credentials grant.
+fn check_grant_type(grant: &str) -> Result<(), TokenError> {
+    if grant.is_empty() {
+        return Err(missing_parameter("grant_type"));
+    }
+    if grant != "client_credentials" {
+        return Err(terr(
+            400,
+            "unsupported_grant_type",
+            70003,
+            format!(
+                "The app requested an unsupported grant type '{grant}'. The simulator supports client_credentials."
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The client's secret, or else its federated assertion, must be the registered one.
+fn check_credential(
+    client: &RegisteredClient,
+    secret: Option<String>,
+    assertion_type: Option<String>,
+    assertion: Option<String>,
+) -> Result<(), TokenError> {
+    let expected_id = &client.id;
     match (secret, assertion_type, assertion) {
         (Some(s), _, _) => {
-            if s != expected_secret {
+            if s != client.secret {
                 return Err(terr(
                     401,
                     "invalid_client",
@@ -257,7 +289,7 @@ fn issue(
                     format!("client_assertion_type '{t}' is not supported; use {JWT_BEARER}."),
                 ));
             }
-            if a.trim().is_empty() || expected_assertion.is_some_and(|e| e != a) {
+            if a.trim().is_empty() || client.assertion.as_ref().is_some_and(|e| *e != a) {
                 return Err(terr(
                     400,
                     "invalid_client",
@@ -277,44 +309,42 @@ fn issue(
             ));
         }
     }
-    let token = {
-        let mut rng = rand::rng();
-        let chars: String = (0..48)
-            .map(|_| {
-                let i = rng.random_range(0..62u8);
-                (match i {
-                    0..=25 => b'A' + i,
-                    26..=51 => b'a' + i - 26,
-                    _ => b'0' + i - 52,
-                }) as char
-            })
-            .collect();
-        format!("sim.{chars}")
-    };
+    Ok(())
+}
+
+/// A fresh opaque access token: `sim.` and 48 random letters and digits.
+fn new_token() -> String {
+    let mut rng = rand::rng();
+    let chars: String = (0..48)
+        .map(|_| {
+            let i = rng.random_range(0..62u8);
+            (match i {
+                0..=25 => b'A' + i,
+                26..=51 => b'a' + i - 26,
+                _ => b'0' + i - 52,
+            }) as char
+        })
+        .collect();
+    format!("sim.{chars}")
+}
+
+/// Records `token` as valid for the token lifetime and for `audience` (pruning expired
+/// tokens once there are many).
+fn remember_token(shared: &Shared, token: &str, audience: Audience) {
     let lifetime = shared.opts.token_lifetime;
-    let secs = lifetime.as_secs().max(1);
-    {
-        let mut sim = shared.lock();
-        let exp = sim.world.now()
-            + jiff::SignedDuration::try_from(lifetime)
-                .unwrap_or(jiff::SignedDuration::from_hours(1));
-        if sim.tokens.len() > 10_000 {
-            let now = sim.world.now();
-            sim.tokens.retain(|_, e| *e > now);
-        }
-        sim.tokens.insert(token.clone(), exp);
-        if audience == Audience::Arm {
-            sim.arm_tokens.insert(token.clone());
-        } else {
-            sim.arm_tokens.remove(&token);
-        }
+    let mut sim = shared.lock();
+    let exp = sim.world.now()
+        + jiff::SignedDuration::try_from(lifetime).unwrap_or(jiff::SignedDuration::from_hours(1));
+    if sim.tokens.len() > 10_000 {
+        let now = sim.world.now();
+        sim.tokens.retain(|_, e| *e > now);
     }
-    Ok(json!({
-        "token_type": "Bearer",
-        "expires_in": secs,
-        "ext_expires_in": secs,
-        "access_token": token,
-    }))
+    sim.tokens.insert(token.to_string(), exp);
+    if audience == Audience::Arm {
+        sim.arm_tokens.insert(token.to_string());
+    } else {
+        sim.arm_tokens.remove(token);
+    }
 }
 
 /// `POST /{tenant}/oauth2/v2.0/token`.
