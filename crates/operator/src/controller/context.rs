@@ -130,10 +130,10 @@ pub struct Settings {
     /// burst of changes is reconciled once ([`DEBOUNCE`]; tests shorten it).
     pub debounce: Duration,
     /// How often a sharded replica labels its unlabelled objects
-    /// ([`super::sharding::LABEL_EVERY`]; tests shorten it).
+    /// ([`super::shard::LABEL_EVERY`]; tests shorten it).
     pub shard_label_every: Duration,
     /// How often a sharded replica relabels the objects whose connection moved to another
-    /// shard ([`super::sharding::RELABEL_EVERY`]; tests shorten it).
+    /// shard ([`super::shard::RELABEL_EVERY`]; tests shorten it).
     pub shard_relabel_every: Duration,
 }
 
@@ -163,8 +163,8 @@ impl Default for Settings {
             cluster_connections: true,
             clock: Arc::new(SystemClock),
             debounce: DEBOUNCE,
-            shard_label_every: super::sharding::LABEL_EVERY,
-            shard_relabel_every: super::sharding::RELABEL_EVERY,
+            shard_label_every: super::shard::LABEL_EVERY,
+            shard_relabel_every: super::shard::RELABEL_EVERY,
         }
     }
 }

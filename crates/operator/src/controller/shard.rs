@@ -86,6 +86,14 @@ impl Shard {
 /// The label that carries an object's shard key (its connection's bucket, in decimal).
 pub const SHARD_KEY_LABEL: &str = "redeliver.dev/shard-key";
 
+/// How often the unlabelled objects are looked at (a new object is labelled within this
+/// and one write). Here, below the context whose settings default to it, rather than in
+/// `sharding`, which uses the context.
+pub const LABEL_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a replica looks for objects it holds whose connection moved.
+pub const RELABEL_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Size of the fixed key space the shards split: the most shards `--shard-count` allows.
 /// A power of two, so that for 2, 4, 8, ... shards `bucket % count` is the same shard as
 /// `hash % count`, the rule before the label existed: no tenant moves on upgrade.

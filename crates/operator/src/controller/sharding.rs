@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
@@ -29,12 +28,7 @@ use super::Context;
 use super::shard::{Connected, SHARD_KEY_LABEL, bucket_of};
 use crate::api::{ConnectionKey, ConnectionRef};
 
-/// How often the unlabelled objects are looked at (a new object is labelled within this
-/// and one write).
-pub const LABEL_EVERY: Duration = Duration::from_secs(1);
-
-/// How often a replica looks for objects it holds whose connection moved.
-pub const RELABEL_EVERY: Duration = Duration::from_secs(5);
+pub use super::shard::{LABEL_EVERY, RELABEL_EVERY};
 
 /// Label patches in flight at once per kind.
 const PATCHES_AT_ONCE: usize = 16;
