@@ -152,22 +152,8 @@ pub async fn label_unlabelled(
                         Err(Refused::Conflict) => {
                             tried.insert(id.clone(), rv);
                             let api = scoped_api(ctx.client.clone(), &ar, &id.0);
-                            match api.get_opt(&id.1).await {
-                                Ok(Some(o)) => match unlabelled(&o) {
-                                    Some((id, u)) => {
-                                        pending.insert(id, u);
-                                    }
-                                    None => {
-                                        pending.remove(&id);
-                                    }
-                                },
-                                Ok(None) => {
-                                    pending.remove(&id);
-                                }
-                                Err(e) => {
-                                    tracing::debug!(kind, error = %e, "re-reading an object whose label patch conflicted; the next tick tries again");
-                                    tried.remove(&id);
-                                }
+                            if !reread(&api, id.clone(), &mut pending).await {
+                                tried.remove(&id);
                             }
                         }
                         // Anything else (RBAC, the API server away) is tried at the next tick.
@@ -177,6 +163,29 @@ pub async fn label_unlabelled(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Reads `id` again after its label patch conflicted, and keeps what labelling it needs
+/// now in `pending` (nothing once it is labelled or gone). `false` when the read failed:
+/// the caller tries the patch again at the next pass.
+async fn reread(
+    api: &Api<DynamicObject>,
+    id: (String, String),
+    pending: &mut BTreeMap<(String, String), Unlabelled>,
+) -> bool {
+    match api.get_opt(&id.1).await {
+        Ok(found) => {
+            match found.as_ref().and_then(unlabelled) {
+                Some((id, u)) => pending.insert(id, u),
+                None => pending.remove(&id),
+            };
+            true
+        }
+        Err(e) => {
+            tracing::debug!(namespace = %id.0, name = %id.1, error = %e, "re-reading an object whose label patch conflicted; the next pass tries again");
+            false
         }
     }
 }
