@@ -282,7 +282,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<ScaleResult> {
     let started = Instant::now();
     let tenant = SyntheticTenant::benchmark(n);
-    let scenario = Scenario::synthetic_tenant(&tenant);
     let opts = SimOptions {
         request_delay: Duration::from_millis(500),
         reprocess_delay: Duration::from_secs(1),
@@ -292,7 +291,7 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
         }),
         ..SimOptions::default()
     };
-    let sim = Simulator::start(scenario, opts)
+    let sim = Simulator::start(Scenario::synthetic_tenant(&tenant), opts)
         .await
         .context("the simulator did not start")?;
     let dir = tempfile::tempdir()?;
@@ -317,42 +316,100 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
         ..ScaleResult::default()
     };
     eprintln!("  tenant ready in {:.1}s", result.setup.as_secs_f64());
+    let scale = Scale {
+        bin,
+        sim: &sim,
+        tenant: &tenant,
+        guards: dir.path(),
+        concurrency: args.concurrency,
+        expected: &expected,
+    };
 
     // 1. Full verification, measured as its own process.
-    sim.clear_request_log();
-    let run = audit(bin, &sim, dir.path(), &[], args.concurrency).await?;
-    let usage = sim.usage();
-    result.verify = figures(&usage, &run);
-    result.reads_minimal = reads_are_minimal(&sim, &tenant, &usage);
-    let found = drifted_targets(&run.stdout)
-        .with_context(|| format!("audit output is not a report: {}", run.stderr_tail))?;
-    result.drift_found = found.intersection(&expected).count();
-    eprintln!(
-        "  verify: {} requests, {} RU (minimum {}), {} found of {}, {:.2}s, cpu {:.2}s, rss {} MiB",
-        result.verify.requests,
-        result.verify.ru,
-        result.minimum.ru(),
-        result.drift_found,
-        result.drifted,
-        run.wall.as_secs_f64(),
-        run.cpu.as_secs_f64(),
-        run.max_rss_kib / 1024
-    );
+    scale.verify(&mut result).await?;
 
     // 1b. The same with the latency model on.
     if let Some(model) = args.latency {
-        sim.clear_request_log();
-        sim.set_latency(model);
-        let run = audit(bin, &sim, dir.path(), &[], args.concurrency).await;
-        sim.set_latency(LatencyModel::default());
-        let run = run?;
-        let usage = sim.usage();
-        let f = figures(&usage, &run);
-        let minimal = reads_are_minimal(&sim, &tenant, &usage);
+        result.verify_latency = Some(scale.verify_with_latency(model, result.drift_found).await?);
+    }
+
+    // 2. The naive strategy on the same tenant (nothing repaired yet).
+    if !args.no_naive && args.naive_max_scale.is_none_or(|max| n <= max) {
+        result.naive = Some(run_naive(args, &sim, &tenant).await?);
+    }
+
+    // 3. Repair.
+    if !args.no_repair {
+        scale.repair(&mut result).await?;
+    }
+
+    // 4. Incremental mode.
+    if !args.no_incremental {
+        result.incremental = Some(run_incremental(args, &sim, &tenant).await?);
+    }
+    sim.shutdown().await;
+    Ok(result)
+}
+
+/// One scale's tenant and the guards over it, for the `redeliver audit` runs.
+struct Scale<'a> {
+    bin: &'a Path,
+    sim: &'a SimHandle,
+    tenant: &'a SyntheticTenant,
+    /// The directory of guard files, one per package.
+    guards: &'a Path,
+    concurrency: usize,
+    /// The drifted assignments' users.
+    expected: &'a BTreeSet<String>,
+}
+
+impl Scale<'_> {
+    /// Figures of the audit `run` just made: its Graph usage, whether its reads were
+    /// minimal, and how many of the drifted users it reported.
+    fn assess(&self, run: &measure::ChildRun) -> anyhow::Result<(ProcessFigures, bool, usize)> {
+        let usage = self.sim.usage();
+        let f = figures(&usage, run);
+        let minimal = reads_are_minimal(self.sim, self.tenant, &usage);
         let found = drifted_targets(&run.stdout)
             .with_context(|| format!("audit output is not a report: {}", run.stderr_tail))?;
+        Ok((f, minimal, found.intersection(self.expected).count()))
+    }
+
+    /// Phase 1: full verification.
+    async fn verify(&self, result: &mut ScaleResult) -> anyhow::Result<()> {
+        self.sim.clear_request_log();
+        let run = audit(self.bin, self.sim, self.guards, &[], self.concurrency).await?;
+        (result.verify, result.reads_minimal, result.drift_found) = self.assess(&run)?;
+        eprintln!(
+            "  verify: {} requests, {} RU (minimum {}), {} found of {}, {:.2}s, cpu {:.2}s, rss {} MiB",
+            result.verify.requests,
+            result.verify.ru,
+            result.minimum.ru(),
+            result.drift_found,
+            result.drifted,
+            run.wall.as_secs_f64(),
+            run.cpu.as_secs_f64(),
+            run.max_rss_kib / 1024
+        );
+        Ok(())
+    }
+
+    /// Phase 1b: full verification with the latency model on: its figures and whether
+    /// its reads were minimal; it must find the drift the run without found
+    /// (`drift_found`).
+    async fn verify_with_latency(
+        &self,
+        model: LatencyModel,
+        drift_found: usize,
+    ) -> anyhow::Result<(ProcessFigures, bool)> {
+        self.sim.clear_request_log();
+        self.sim.set_latency(model);
+        let run = audit(self.bin, self.sim, self.guards, &[], self.concurrency).await;
+        self.sim.set_latency(LatencyModel::default());
+        let run = run?;
+        let (f, minimal, found) = self.assess(&run)?;
         anyhow::ensure!(
-            found.intersection(&expected).count() == result.drift_found,
+            found == drift_found,
             "the run with latency found different drift"
         );
         eprintln!(
@@ -363,31 +420,28 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
             run.cpu.as_secs_f64(),
             run.max_rss_kib / 1024
         );
-        result.verify_latency = Some((f, minimal));
+        Ok((f, minimal))
     }
 
-    // 2. The naive strategy on the same tenant (nothing repaired yet).
-    if !args.no_naive && args.naive_max_scale.is_none_or(|max| n <= max) {
-        result.naive = Some(run_naive(args, &sim, &tenant).await?);
-    }
-
-    // 3. Repair.
-    if !args.no_repair {
+    /// Phase 3: the audit with `--reprocess`, then how many drifted assignments are whole
+    /// again.
+    async fn repair(&self, result: &mut ScaleResult) -> anyhow::Result<()> {
+        let (sim, tenant) = (self.sim, self.tenant);
         sim.clear_request_log();
         let run = audit(
-            bin,
-            &sim,
-            dir.path(),
+            self.bin,
+            sim,
+            self.guards,
             &["--reprocess", "--wait", "10m"],
-            args.concurrency,
+            self.concurrency,
         )
         .await?;
         let usage = sim.usage();
         result.repair = Some(figures(&usage, &run));
-        result.repaired = (0..n)
+        result.repaired = (0..result.assignments)
             .filter(|i| tenant.drifted_resource(*i).is_some())
             .filter(|i| {
-                let id = assignment_id(&tenant, *i);
+                let id = assignment_id(tenant, *i);
                 sim.missing_resources(&id).is_empty()
             })
             .count();
@@ -398,14 +452,8 @@ async fn run_scale(args: &BenchArgs, bin: &Path, n: usize) -> anyhow::Result<Sca
             run.wall.as_secs_f64(),
             run.exit
         );
+        Ok(())
     }
-
-    // 4. Incremental mode.
-    if !args.no_incremental {
-        result.incremental = Some(run_incremental(args, &sim, &tenant).await?);
-    }
-    sim.shutdown().await;
-    Ok(result)
 }
 
 /// `--partition-policies`: see [`partition`].
@@ -957,136 +1005,147 @@ pub fn table(results: &[ScaleResult]) -> String {
     );
     let _ = writeln!(s, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in results {
-        let v = &r.verify;
-        let _ = writeln!(
-            s,
-            "| {} | Redeliver full verification ({} account reads) | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
-            r.assignments,
-            v.account_reads,
-            v.requests,
-            v.directory_requests,
-            v.em_requests,
-            v.ru,
-            ratio(v.ru, r.minimum.ru()),
-            r.minimum.ru(),
-            v.throttled,
-            secs(v.wall),
-            v.cpu.as_secs_f64(),
-            v.max_rss_kib / 1024,
-            r.drift_found,
-            r.drifted,
-        );
-        if let Some((v, minimal)) = &r.verify_latency {
-            let _ = writeln!(
-                s,
-                "| {} | Redeliver full verification, latency model on{} | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
-                r.assignments,
-                if *minimal { "" } else { " (reads NOT minimal)" },
-                v.requests,
-                v.directory_requests,
-                v.em_requests,
-                v.ru,
-                ratio(v.ru, r.minimum.ru()),
-                r.minimum.ru(),
-                v.throttled,
-                secs(v.wall),
-                v.cpu.as_secs_f64(),
-                v.max_rss_kib / 1024,
-                r.drift_found,
-                r.drifted,
-            );
-        }
-        if let Some(p) = &r.repair {
-            let _ = writeln!(
-                s,
-                "| {} | Redeliver repair (verify, reprocess, re-verify; {} account reads, {:.2} per repair) | {} | {} | | {} | {} | {:.2} s | {} MiB | | {} / {} |",
-                r.assignments,
-                p.account_reads,
-                p.account_reads as f64 / r.repaired.max(1) as f64,
-                p.requests,
-                p.ru,
-                p.throttled,
-                secs(p.wall),
-                p.cpu.as_secs_f64(),
-                p.max_rss_kib / 1024,
-                r.repaired,
-                r.drifted,
-            );
-        }
-        if let Some(nv) = &r.naive {
-            let est = if nv.extrapolated { " (est.)" } else { "" };
-            let _ = writeln!(
-                s,
-                "| {} | naive per-user{} | {}{est} | {}{est} | {} | {}{est} | {}{est}{} | | | {}{est} / {} | |",
-                r.assignments,
-                if nv.extrapolated {
-                    format!(" (sample of {})", nv.checked)
-                } else {
-                    String::new()
-                },
-                nv.requests,
-                nv.ru,
-                ratio(nv.ru, r.minimum.ru()),
-                nv.throttled,
-                secs(nv.wall),
-                nv.ru_floor
-                    .map(|f| format!("; ≥ {} by the RU bucket alone", secs(f)))
-                    .unwrap_or_default(),
-                nv.drift_found,
-                r.drifted,
-            );
-        }
+        strategy_rows(&mut s, r);
     }
     let incremental: Vec<&ScaleResult> =
         results.iter().filter(|r| r.incremental.is_some()).collect();
     if !incremental.is_empty() {
         let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "| assignments | groups tracked | requests / poll (quiet) | RU / poll (quiet) | RU / minute at 60 s polls | poll interval | change → detected | change → membership back |"
-        );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
-        for r in &incremental {
-            let Some(i) = &r.incremental else { continue };
-            let opt = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "not seen".into());
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
-                r.assignments,
-                i.groups,
-                i.requests_per_poll,
-                i.ru_per_poll,
-                i.ru_per_poll,
-                secs(i.poll_interval),
-                opt(i.detect),
-                opt(i.restored),
-            );
-        }
+        group_delta_table(&mut s, &incremental);
         let _ = writeln!(s);
-        let _ = writeln!(
-            s,
-            "App roles have no change feed that fits (README, \"Detection latency\"): the controller reads every promised app's `appRoleAssignedTo` each delta interval and compares it with the objects' status.\n"
-        );
-        let _ = writeln!(
-            s,
-            "| assignments | apps polled | requests / poll | RU / poll | RU / minute at 60 s polls | change → detected |"
-        );
-        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
-        for r in incremental {
-            let Some(i) = &r.incremental else { continue };
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
-                r.assignments,
-                i.apps,
-                i.app_requests_per_poll,
-                i.app_ru_per_poll,
-                i.app_ru_per_poll,
-                i.app_detect.map(secs).unwrap_or_else(|| "not seen".into()),
-            );
-        }
+        app_role_poll_table(&mut s, &incremental);
     }
     s
+}
+
+/// One scale's rows of the strategy table: Redeliver's verification (with the latency
+/// model too when run), its repair and the naive strategy.
+fn strategy_rows(s: &mut String, r: &ScaleResult) {
+    let v = &r.verify;
+    let strategy = format!(
+        "Redeliver full verification ({} account reads)",
+        v.account_reads
+    );
+    verification_row(s, r, &strategy, v);
+    if let Some((v, minimal)) = &r.verify_latency {
+        let strategy = format!(
+            "Redeliver full verification, latency model on{}",
+            if *minimal { "" } else { " (reads NOT minimal)" }
+        );
+        verification_row(s, r, &strategy, v);
+    }
+    if let Some(p) = &r.repair {
+        let _ = writeln!(
+            s,
+            "| {} | Redeliver repair (verify, reprocess, re-verify; {} account reads, {:.2} per repair) | {} | {} | | {} | {} | {:.2} s | {} MiB | | {} / {} |",
+            r.assignments,
+            p.account_reads,
+            p.account_reads as f64 / r.repaired.max(1) as f64,
+            p.requests,
+            p.ru,
+            p.throttled,
+            secs(p.wall),
+            p.cpu.as_secs_f64(),
+            p.max_rss_kib / 1024,
+            r.repaired,
+            r.drifted,
+        );
+    }
+    if let Some(nv) = &r.naive {
+        let est = if nv.extrapolated { " (est.)" } else { "" };
+        let _ = writeln!(
+            s,
+            "| {} | naive per-user{} | {}{est} | {}{est} | {} | {}{est} | {}{est}{} | | | {}{est} / {} | |",
+            r.assignments,
+            if nv.extrapolated {
+                format!(" (sample of {})", nv.checked)
+            } else {
+                String::new()
+            },
+            nv.requests,
+            nv.ru,
+            ratio(nv.ru, r.minimum.ru()),
+            nv.throttled,
+            secs(nv.wall),
+            nv.ru_floor
+                .map(|f| format!("; ≥ {} by the RU bucket alone", secs(f)))
+                .unwrap_or_default(),
+            nv.drift_found,
+            r.drifted,
+        );
+    }
+}
+
+/// A row of the strategy table for a full verification `v` at scale `r`.
+fn verification_row(s: &mut String, r: &ScaleResult, strategy: &str, v: &ProcessFigures) {
+    let _ = writeln!(
+        s,
+        "| {} | {strategy} | {} ({} directory, {} EM) | {} | {} (min {}) | {} | {} | {:.2} s | {} MiB | {} / {} | |",
+        r.assignments,
+        v.requests,
+        v.directory_requests,
+        v.em_requests,
+        v.ru,
+        ratio(v.ru, r.minimum.ru()),
+        r.minimum.ru(),
+        v.throttled,
+        secs(v.wall),
+        v.cpu.as_secs_f64(),
+        v.max_rss_kib / 1024,
+        r.drift_found,
+        r.drifted,
+    );
+}
+
+/// Incremental mode: group delta polls, quiet and after an outside removal.
+fn group_delta_table(s: &mut String, incremental: &[&ScaleResult]) {
+    let _ = writeln!(
+        s,
+        "| assignments | groups tracked | requests / poll (quiet) | RU / poll (quiet) | RU / minute at 60 s polls | poll interval | change → detected | change → membership back |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in incremental {
+        let Some(i) = &r.incremental else { continue };
+        let opt = |d: Option<Duration>| d.map(secs).unwrap_or_else(|| "not seen".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {} |",
+            r.assignments,
+            i.groups,
+            i.requests_per_poll,
+            i.ru_per_poll,
+            i.ru_per_poll,
+            secs(i.poll_interval),
+            opt(i.detect),
+            opt(i.restored),
+        );
+    }
+}
+
+/// Incremental mode: the app-role poll.
+fn app_role_poll_table(s: &mut String, incremental: &[&ScaleResult]) {
+    let _ = writeln!(
+        s,
+        "App roles have no change feed that fits (README, \"Detection latency\"): the controller reads every promised app's `appRoleAssignedTo` each delta interval and compares it with the objects' status.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| assignments | apps polled | requests / poll | RU / poll | RU / minute at 60 s polls | change → detected |"
+    );
+    let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|");
+    for r in incremental {
+        let Some(i) = &r.incremental else { continue };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {} |",
+            r.assignments,
+            i.apps,
+            i.app_requests_per_poll,
+            i.app_ru_per_poll,
+            i.app_ru_per_poll,
+            i.app_detect.map(secs).unwrap_or_else(|| "not seen".into()),
+        );
+    }
 }
 
 fn markdown(args: &BenchArgs, machine: &Machine, results: &[ScaleResult]) -> String {

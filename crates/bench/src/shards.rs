@@ -7,6 +7,7 @@
 //! every object is `Delivered=True` (the drifted ones repaired), Graph requests per tenant,
 //! and each process's memory.
 
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -193,31 +194,16 @@ async fn run_once(
     kube: &FakeKube,
 ) -> anyhow::Result<ShardRun> {
     let dir = tempfile::tempdir()?;
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\ncurrent-context: bench\n",
-            kube.url()
-        ),
-    )?;
+    let kubeconfig = super::controller::kubeconfig(dir.path(), &kube.url(), None)?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
         .build()?;
-    let n = args.tenants * args.per_tenant;
     let mut run = ShardRun {
         shards,
-        objects_per_shard: vec![0; shards as usize],
+        objects_per_shard: objects_per_shard(args, shards),
         ..ShardRun::default()
     };
-    for t in 0..args.tenants {
-        let key = ConnectionKey::Namespaced {
-            namespace: tenant_ns(t),
-            name: "default".into(),
-        };
-        run.objects_per_shard[shard_of(&key, shards) as usize] += args.per_tenant;
-    }
     let mut children = Vec::new();
     let mut ports = Vec::new();
     let t0 = Instant::now();
@@ -225,85 +211,140 @@ async fn run_once(
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let mut cmd = std::process::Command::new(bin);
-        for var in crate::GRAPH_ENV {
-            cmd.env_remove(var);
-        }
-        cmd.env("KUBECONFIG", &kubeconfig)
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env("POD_NAMESPACE", "redeliver-system")
-            .arg("controller")
-            .args(["--concurrency", &args.concurrency.to_string()])
-            .args(["--reprocess-rate", &args.reprocess_rate.to_string()])
-            .args(["--field-manager", &format!("redeliver-shard-{index}")])
-            .args(["--shard-count", &shards.to_string()])
-            .args(["--shard-index", &index.to_string()])
-            .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
-            .args(["--pod-name", &format!("redeliver-{index}")]);
+        let cmd = replica_command(args, bin, &kubeconfig, shards, index, port);
         children.push(measure::spawn(cmd).context("cannot start redeliver controller")?);
         ports.push(port);
     }
     let pids: Vec<u32> = children.iter().map(measure::Running::pid).collect();
-    let deadline = t0 + args.timeout;
     let mut peak = vec![0u64; pids.len()];
-    let outcome: anyhow::Result<()> = async {
-        loop {
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            for (i, pid) in pids.iter().enumerate() {
-                match measure::proc_memory(*pid) {
-                    Some((rss, hwm)) => peak[i] = peak[i].max(rss).max(hwm),
-                    None => bail!("controller shard {i} exited"),
-                }
-            }
-            if run.verified.is_none()
-                && kube.count_delivered(PLURAL, "True") + kube.count_delivered(PLURAL, "False") == n
-            {
-                run.verified = Some(t0.elapsed());
-            }
-            if kube.count_delivered(PLURAL, "True") == n {
-                run.converged = Some(t0.elapsed());
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                eprintln!(
-                    "timed out: {}/{n} delivered",
-                    kube.count_delivered(PLURAL, "True")
-                );
-                return Ok(());
-            }
-        }
-    }
-    .await;
+    let outcome = await_convergence(args, kube, &pids, t0, &mut peak, &mut run).await;
     for port in &ports {
         let url = format!("http://127.0.0.1:{port}/metrics");
-        let text = match http.get(&url).send().await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
         run.reconciles_per_shard.push(
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("redeliver_reconciles_total{")
-                        && l.contains("kind=\"AccessPackageAssignment\"")
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>() as u64,
+            super::controller::scrape_reconciles(&http, &url)
+                .await
+                .unwrap_or(0),
         );
     }
-    run.rss_kib = pids
-        .iter()
-        .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
-        .collect();
+    run.rss_kib = rss_now(&pids);
     run.requests_per_tenant = sims.iter().map(|s| s.usage().total.requests).collect();
     run.label_writes = kube
         .counts()
         .get(&format!("PATCH {PLURAL}"))
         .copied()
         .unwrap_or(0);
-    let mut writers: std::collections::HashMap<
-        (String, String),
-        std::collections::BTreeSet<String>,
-    > = std::collections::HashMap::new();
+    run.written_by_two = written_by_two(kube);
+    if outcome.is_ok() && run.converged.is_some() {
+        // Steady state: nothing changes; each replica's memory once its start-up (the
+        // list, the labelling, the first verifications) is behind it.
+        let before = fake_kube::writes(&kube.counts());
+        tokio::time::sleep(args.steady_window).await;
+        run.steady_writes = fake_kube::writes(&kube.counts()) - before;
+        run.steady_rss_kib = rss_now(&pids);
+    }
+    for (i, child) in children.into_iter().enumerate() {
+        match measure::terminate(child, Duration::from_secs(30)).await {
+            Ok(Some(_)) => {}
+            Ok(None) => eprintln!("shard {i} did not exit within 30 s of SIGTERM (killed)"),
+            Err(e) => eprintln!("shard {i}: {e}"),
+        }
+    }
+    run.peak_rss_kib = peak;
+    outcome?;
+    Ok(run)
+}
+
+/// Objects each of `shards` shards owns, by the hash of its tenant's connection.
+fn objects_per_shard(args: &ShardBenchArgs, shards: u32) -> Vec<usize> {
+    let mut owned = vec![0; shards as usize];
+    for t in 0..args.tenants {
+        let key = ConnectionKey::Namespaced {
+            namespace: tenant_ns(t),
+            name: "default".into(),
+        };
+        owned[shard_of(&key, shards) as usize] += args.per_tenant;
+    }
+    owned
+}
+
+/// `redeliver controller` as shard `index` of `shards`, with no connection of its own
+/// and its metrics on `port`.
+fn replica_command(
+    args: &ShardBenchArgs,
+    bin: &Path,
+    kubeconfig: &Path,
+    shards: u32,
+    index: u32,
+    port: u16,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new(bin);
+    for var in crate::GRAPH_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env("POD_NAMESPACE", "redeliver-system")
+        .arg("controller")
+        .args(["--concurrency", &args.concurrency.to_string()])
+        .args(["--reprocess-rate", &args.reprocess_rate.to_string()])
+        .args(["--field-manager", &format!("redeliver-shard-{index}")])
+        .args(["--shard-count", &shards.to_string()])
+        .args(["--shard-index", &index.to_string()])
+        .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
+        .args(["--pod-name", &format!("redeliver-{index}")]);
+    cmd
+}
+
+/// Polls until every object is `Delivered=True` (noting when every one was verified and
+/// when every one was delivered) or the timeout, keeping each replica's peak memory in
+/// `peak`; fails when a replica exits.
+async fn await_convergence(
+    args: &ShardBenchArgs,
+    kube: &FakeKube,
+    pids: &[u32],
+    t0: Instant,
+    peak: &mut [u64],
+    run: &mut ShardRun,
+) -> anyhow::Result<()> {
+    let n = args.tenants * args.per_tenant;
+    let deadline = t0 + args.timeout;
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (i, pid) in pids.iter().enumerate() {
+            match measure::proc_memory(*pid) {
+                Some((rss, hwm)) => peak[i] = peak[i].max(rss).max(hwm),
+                None => bail!("controller shard {i} exited"),
+            }
+        }
+        if run.verified.is_none()
+            && kube.count_delivered(PLURAL, "True") + kube.count_delivered(PLURAL, "False") == n
+        {
+            run.verified = Some(t0.elapsed());
+        }
+        if kube.count_delivered(PLURAL, "True") == n {
+            run.converged = Some(t0.elapsed());
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "timed out: {}/{n} delivered",
+                kube.count_delivered(PLURAL, "True")
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// Resident memory of each process now, KiB (0 for one gone).
+fn rss_now(pids: &[u32]) -> Vec<u64> {
+    pids.iter()
+        .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
+        .collect()
+}
+
+/// Objects whose status more than one field manager (replica) wrote.
+fn written_by_two(kube: &FakeKube) -> usize {
+    let mut writers: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
     for w in kube.status_writes_since(0) {
         if w.plural == PLURAL {
             writers
@@ -312,37 +353,7 @@ async fn run_once(
                 .insert(w.field_manager.unwrap_or_default());
         }
     }
-    run.written_by_two = writers.values().filter(|m| m.len() > 1).count();
-    if outcome.is_ok() && run.converged.is_some() {
-        // Steady state: nothing changes; each replica's memory once its start-up (the
-        // list, the labelling, the first verifications) is behind it.
-        let before = fake_kube::writes(&kube.counts());
-        tokio::time::sleep(args.steady_window).await;
-        run.steady_writes = fake_kube::writes(&kube.counts()) - before;
-        run.steady_rss_kib = pids
-            .iter()
-            .map(|p| measure::proc_memory(*p).map(|m| m.0).unwrap_or(0))
-            .collect();
-    }
-    for (i, child) in children.into_iter().enumerate() {
-        let raw = libc::pid_t::try_from(pids[i]).context("pid out of range")?;
-        // SAFETY: signalling our own child, not yet reaped.
-        unsafe { libc::kill(raw, libc::SIGTERM) };
-        let waited = tokio::task::spawn_blocking(move || child.wait());
-        match tokio::time::timeout(Duration::from_secs(30), waited).await {
-            Ok(Ok(Ok(_))) => {}
-            Ok(Ok(Err(e))) => eprintln!("shard {i}: {e}"),
-            Ok(Err(e)) => eprintln!("shard {i}: {e}"),
-            Err(_) => {
-                // SAFETY: as above.
-                unsafe { libc::kill(raw, libc::SIGKILL) };
-                eprintln!("shard {i} did not exit within 30 s of SIGTERM (killed)");
-            }
-        }
-    }
-    run.peak_rss_kib = peak;
-    outcome?;
-    Ok(run)
+    writers.values().filter(|m| m.len() > 1).count()
 }
 
 /// The runs as a Markdown table (also printed).

@@ -1614,20 +1614,14 @@ fn create_add_request(
             "The target already has an open request for this access package (ExistingOpenRequest).",
         ));
     }
-    let id = w.next_id();
-    w.requests.push(Request {
-        id: id.clone(),
-        request_type: RequestType::AdminAdd,
-        state: RequestState::Submitted,
-        created: Some(now),
-        completed: None,
-        package_id: pkg,
-        policy_id: pol,
-        target_id: user_id,
-        assignment_id: None,
+    let id = submit_request(
+        w,
+        now,
+        RequestType::AdminAdd,
+        (pkg, pol, user_id),
+        None,
         justification,
-        rev: 0,
-    });
+    );
     let body = created_json(w, &id, &shared.base_url);
     let outcome = sim.next_add_outcome();
     sim.planned.insert(id.clone(), outcome);
@@ -1682,6 +1676,32 @@ fn add_request_parties(w: &World, asg: &Value) -> Result<(String, String, String
     Ok((user_id, pkg, pol.id.clone()))
 }
 
+/// Records a request submitted at `now` for (package, policy, target) and returns its id.
+fn submit_request(
+    w: &mut World,
+    now: Timestamp,
+    request_type: RequestType,
+    (package_id, policy_id, target_id): (String, String, String),
+    assignment_id: Option<String>,
+    justification: Option<String>,
+) -> String {
+    let id = w.next_id();
+    w.requests.push(Request {
+        id: id.clone(),
+        request_type,
+        state: RequestState::Submitted,
+        created: Some(now),
+        completed: None,
+        package_id,
+        policy_id,
+        target_id,
+        assignment_id,
+        justification,
+        rev: 0,
+    });
+    id
+}
+
 /// `adminRemove`: a request to remove an assignment, carried out in the background.
 fn create_remove_request(
     shared: &Arc<Shared>,
@@ -1717,20 +1737,14 @@ fn create_remove_request(
             "A removal of this assignment is already in progress (ExistingOpenRequest).",
         ));
     }
-    let id = w.next_id();
-    w.requests.push(Request {
-        id: id.clone(),
-        request_type: RequestType::AdminRemove,
-        state: RequestState::Submitted,
-        created: Some(now),
-        completed: None,
-        package_id: pkg,
-        policy_id: pol,
-        target_id: target,
-        assignment_id: Some(aid),
+    let id = submit_request(
+        w,
+        now,
+        RequestType::AdminRemove,
+        (pkg, pol, target),
+        Some(aid),
         justification,
-        rev: 0,
-    });
+    );
     spawn_remove(shared.clone(), epoch, id.clone());
     Ok(Reply::json(201, created_json(w, &id, &shared.base_url)))
 }

@@ -7,8 +7,8 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use redeliver::api::{
-    AccessPackageAssignment, AccessPackageGuard, ReprocessMode, ResourceState, ResourceStatus,
-    format_duration,
+    AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus,
+    AccessPackageGuard, ReprocessMode, ResourceState, ResourceStatus, format_duration,
 };
 use redeliver::engine::conditions::{ConditionType, Status, TYPE_ORDER, find, is_true};
 
@@ -137,12 +137,12 @@ fn state_label(s: ResourceState) -> &'static str {
     }
 }
 
-/// `kubectl redeliver status apa/NAME`.
 /// The operator's `--verify-interval` as read from its Deployment(s), for an object that sets
 /// no `spec.verifyInterval`: e.g. `10m (Deployment redeliver-system/redeliver)`; `None` when
 /// no Deployment could be read.
 pub type OperatorInterval<'a> = Option<&'a str>;
 
+/// `kubectl redeliver status apa/NAME`.
 pub fn assignment_status(
     obj: &AccessPackageAssignment,
     now: Timestamp,
@@ -150,24 +150,50 @@ pub fn assignment_status(
 ) -> String {
     let status = obj.status.clone().unwrap_or_default();
     let spec = &obj.spec;
-    let mut top = Vec::new();
+    let mut top = assignment_identity(spec, &status);
+    top.push(conditions(
+        &status.conditions,
+        obj.metadata.generation,
+        status.observed_generation,
+    ));
+    top.push(resources(&status, now));
+    top.push(reprocess(spec, &status, now));
+    top.push(next_verification(spec, operator));
+    status_tree(Kind::Assignment, obj, top)
+}
 
+/// `Package: NAME (ID)`, `Target: ...`: a label and the id it resolved to, when known.
+fn named(what: &str, name: &str, id: Option<&str>) -> Node {
+    Node::new(match id {
+        Some(id) => format!("{what}: {name} ({id})"),
+        None => format!("{what}: {name}"),
+    })
+}
+
+/// The object's name over `top`, its sections.
+fn status_tree(kind: Kind, obj: &impl ResourceExt, top: Vec<Node>) -> String {
+    let header = format!(
+        "{} {}",
+        kind.kind(),
+        qualified(obj.meta().namespace.as_deref(), &obj.name_any())
+    );
+    tree(&Node::new(header).with(top))
+}
+
+/// What the assignment is: its package, its target, what Graph says of it, and whether it
+/// is suspended.
+fn assignment_identity(
+    spec: &AccessPackageAssignmentSpec,
+    status: &AccessPackageAssignmentStatus,
+) -> Vec<Node> {
     let package = status
         .access_package_name
         .clone()
         .unwrap_or_else(|| spec.access_package.label());
-    top.push(Node::new(match &status.access_package_id {
-        Some(id) => format!("Package: {package} ({id})"),
-        None => format!("Package: {package}"),
-    }));
     let target = status
         .target_name
         .clone()
         .unwrap_or_else(|| spec.target.label());
-    top.push(Node::new(match &status.target_object_id {
-        Some(id) => format!("Target: {target} ({id})"),
-        None => format!("Target: {target}"),
-    }));
     let graph = match (&status.graph_state, &status.graph_status) {
         (Some(state), Some(text)) => format!("{state} ({text})"),
         (Some(one), None) | (None, Some(one)) => one.clone(),
@@ -180,19 +206,21 @@ pub fn assignment_status(
     if let Some(id) = &status.last_request_id {
         graph.push_str(&format!(", request {id}"));
     }
-    top.push(Node::new(graph));
+    let mut top = vec![
+        named("Package", &package, status.access_package_id.as_deref()),
+        named("Target", &target, status.target_object_id.as_deref()),
+        Node::new(graph),
+    ];
     if spec.suspend {
         top.push(Node::new(
             "Suspended: verifies and reports, makes no change in Entra ID",
         ));
     }
+    top
+}
 
-    top.push(conditions(
-        &status.conditions,
-        obj.metadata.generation,
-        status.observed_generation,
-    ));
-
+/// Each promised resource's state, in aligned columns, and when the result last changed.
+fn resources(status: &AccessPackageAssignmentStatus, now: Timestamp) -> Node {
     let mut resources = Node::new(match &status.resources_summary {
         Some(summary) => format!("Resources ({summary} verified present)"),
         None => String::from("Resources"),
@@ -233,8 +261,15 @@ pub fn assignment_status(
             .children
             .push(Node::new(format!("last change: {}", when(t, now))));
     }
-    top.push(resources);
+    resources
+}
 
+/// The reprocess policy and what was last asked of Graph under it.
+fn reprocess(
+    spec: &AccessPackageAssignmentSpec,
+    status: &AccessPackageAssignmentStatus,
+    now: Timestamp,
+) -> Node {
     let policy = &spec.reprocess;
     let mode = match policy.mode {
         ReprocessMode::Auto => "Auto",
@@ -259,8 +294,11 @@ pub fn assignment_status(
     if let Some(v) = &r.last_handled_request {
         reprocess.push(Node::new(format!("last handled request: {v}")));
     }
-    top.push(Node::new("Reprocess").with(reprocess));
+    Node::new("Reprocess").with(reprocess)
+}
 
+/// When the object is verified next: its own interval, or the operator's.
+fn next_verification(spec: &AccessPackageAssignmentSpec, operator: OperatorInterval<'_>) -> Node {
     let interval = match (spec.verify_interval.as_deref(), operator) {
         (Some(v), _) => format!("every {v}"),
         (None, Some(found)) => format!("the operator's --verify-interval, {found},"),
@@ -268,16 +306,9 @@ pub fn assignment_status(
             "the operator's --verify-interval (10m unless the operator is run with another; its Deployment could not be read)",
         ),
     };
-    top.push(Node::new(format!(
+    Node::new(format!(
         "Next verification: within {interval} of the last one (or at once on a spec or annotation change)"
-    )));
-
-    let header = format!(
-        "{} {}",
-        Kind::Assignment.kind(),
-        qualified(obj.metadata.namespace.as_deref(), &obj.name_any())
-    );
-    tree(&Node::new(header).with(top))
+    ))
 }
 
 /// `kubectl redeliver status apg/NAME`.
@@ -289,10 +320,11 @@ pub fn guard_status(obj: &AccessPackageGuard, now: Timestamp) -> String {
         .access_package_name
         .clone()
         .unwrap_or_else(|| spec.access_package.label());
-    top.push(Node::new(match &status.access_package_id {
-        Some(id) => format!("Package: {package} ({id})"),
-        None => format!("Package: {package}"),
-    }));
+    top.push(named(
+        "Package",
+        &package,
+        status.access_package_id.as_deref(),
+    ));
     top.push(Node::new(format!(
         "Mode: {:?}, at most {} reprocesses per sweep",
         spec.mode, spec.max_reprocess_per_sweep
@@ -347,12 +379,7 @@ pub fn guard_status(obj: &AccessPackageGuard, now: Timestamp) -> String {
         sweep.push_str(&format!("; result last changed {}", when(t, now)));
     }
     top.push(Node::new(sweep));
-    let header = format!(
-        "{} {}",
-        Kind::Guard.kind(),
-        qualified(obj.metadata.namespace.as_deref(), &obj.name_any())
-    );
-    tree(&Node::new(header).with(top))
+    status_tree(Kind::Guard, obj, top)
 }
 
 /// One object as `kubectl redeliver drift` lists it.
