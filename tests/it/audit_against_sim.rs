@@ -314,7 +314,7 @@ async fn standalone_sim_then_repair_then_plain_audit_is_in_sync() {
     };
     // Everything converges but frank's access, held because his account is disabled: not
     // delivered (exit 2), and the same answer on every run.
-    let (code, out, err) = run(&["--reprocess", "--wait", "60s"]).await;
+    let (code, out, err) = run(&["--reprocess", "--wait", "60s", "--poll-interval", "250ms"]).await;
     assert_eq!(code, 2, "repair converges\n{out}\n{err}");
     assert!(
         out.contains("0 drifted, 0 not assigned, 1 held, 0 other, 0 errors"),

@@ -140,16 +140,25 @@ impl Ctx<'_, '_> {
     }
 
     /// Since when work has been in flight: the earliest of the request's creation time and
-    /// the moment `Reconciling` turned True.
+    /// the moment `Reconciling` turned True, but never before the last reprocess sent for
+    /// it. A reprocess restarts delivery: a failed request created days ago and reprocessed
+    /// a minute ago has been in flight for a minute, not for days.
     fn in_flight_since(&self, request: Option<&AssignmentRequest>) -> Timestamp {
         let reconciling_since = conditions::find(&self.prev.conditions, ConditionType::Reconciling)
             .filter(|c| c.status == Status::True)
             .map(|c| c.last_transition_time.0);
-        [request.and_then(|r| r.created_date_time), reconciling_since]
+        let started = [request.and_then(|r| r.created_date_time), reconciling_since]
             .into_iter()
             .flatten()
             .min()
-            .unwrap_or(self.now)
+            .unwrap_or(self.now);
+        let restarted = self
+            .prev
+            .reprocess
+            .last_requested_time
+            .as_ref()
+            .map(|t| t.0);
+        restarted.map_or(started, |r| started.max(r.min(self.now)))
     }
 
     fn is_stuck(&self, since: Timestamp) -> bool {

@@ -962,6 +962,49 @@ fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
 }
 
 #[test]
+fn a_reprocessed_request_is_in_flight_since_the_reprocess_not_its_creation() {
+    // The request was created two hours ago, failed, and is reprocessed now: the service
+    // works on it again from now on, so it is not stuck until `stuck_after` from now.
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
+    fx.request = Some(request(
+        RequestState::DeliveryFailed,
+        Some(at(-120)),
+        Some(at(-100)),
+    ));
+    let p = fx.step(at(0));
+    assert_eq!(
+        p.action,
+        Action::Write(Write::ReprocessRequest {
+            request_id: R1.into()
+        })
+    );
+    for state in [AssignmentState::Delivering, AssignmentState::DeliveryFailed] {
+        fx.assignment = Some(assignment(state));
+        fx.request = Some(request(RequestState::Delivering, Some(at(-120)), None));
+        let p = fx.plan(at(1));
+        assert_eq!(
+            p.action,
+            Action::Wait {
+                reason: Reason::Reprocessing
+            },
+            "{state:?}"
+        );
+        assert!(cond(&p, ConditionType::Stalled).is_none(), "{state:?}");
+    }
+    // Past `stuck_after` from the reprocess it is stuck, as any request would be.
+    fx.assignment = Some(assignment(AssignmentState::Delivering));
+    fx.step(at(20));
+    let p = fx.step(at(31));
+    assert_eq!(
+        p.action,
+        Action::GiveUp {
+            reason: Reason::DeliveryStuck
+        }
+    );
+}
+
+#[test]
 fn failed_request_outside_the_window_explains_cancel_and_new_request() {
     let mut fx = Fx::new();
     fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
