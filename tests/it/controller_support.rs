@@ -64,6 +64,18 @@ pub fn context(
     ))
 }
 
+/// A context with `sim` as the operator's own connection, its Kubernetes client for
+/// `kube` defaulting to `namespace`.
+pub fn operator_context(
+    kube: &FakeKube,
+    sim: &SimHandle,
+    namespace: &str,
+    settings: &Settings,
+) -> Arc<Context> {
+    let graph = crate::fault_support::graph_client(sim).unwrap();
+    context(kube_client(kube, Some(namespace)), Some(graph), settings)
+}
+
 /// A Secret holding `value` under `key`, as the API server serves it (base64 `data`).
 pub fn secret(namespace: &str, name: &str, key: &str, value: &str) -> Value {
     let s = k8s_openapi::api::core::v1::Secret {

@@ -213,6 +213,24 @@ pub fn client_with(sim: &SimHandle, tweak: impl FnOnce(&mut GraphSettings)) -> G
     GraphClient::new(args.validate().expect("valid config")).expect("client builds")
 }
 
+/// A client for `sim` configured as by hand (tenant, client, authority and Graph URL;
+/// no ARM endpoint or CA file): signing in with the federated assertion in `token_file`,
+/// or with the client secret without one.
+pub fn minimal_client(sim: &SimHandle, token_file: Option<&Path>) -> GraphClient {
+    let mut args = GraphSettings {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphSettings::with_defaults()
+    };
+    match token_file {
+        Some(file) => args.federated_token_file = Some(file.to_path_buf()),
+        None => args.client_secret = Some(redeliver::graph::Secret::new(sim.client_secret.clone())),
+    }
+    GraphClient::new(args.validate().unwrap()).unwrap()
+}
+
 /// The client's throttling scope for a logged path (mirrors the client: Graph throttles
 /// entitlement management, the directory and the token endpoint separately).
 pub fn scope_of(path: &str) -> &'static str {
@@ -505,6 +523,24 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
     }
+}
+
+/// Runs `test` on a current-thread runtime under a trace-level subscriber that writes into
+/// the [`Capture`] handed to `test`. One thread, so the simulator, the HTTP stack, kube and
+/// the clients all log on it, under this subscriber.
+pub fn under_trace_capture<F: Future<Output = ()>>(test: impl FnOnce(Capture) -> F) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(test(capture));
 }
 
 /// The account gate's read, as the drivers make it before a grant: records `target`'s
