@@ -9,6 +9,9 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
 use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
@@ -318,148 +321,18 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy for `upstream` (the simulator's origin) on a free loopback port.
     pub async fn start(upstream: &str) -> Proxy {
-        use axum::body::Body;
-        use axum::extract::{Request, State};
-        use axum::response::Response;
-
-        #[derive(Clone)]
-        struct Ctx {
-            upstream: String,
-            own: String,
-            http: reqwest::Client,
-            rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
-            spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        }
-
-        async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
-            let path_q = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
-            let spoil = {
-                let mut rules = ctx.rules.lock().unwrap();
-                let method = req.method().as_str().to_string();
-                rules
-                    .iter_mut()
-                    .find(|r| {
-                        r.remaining > 0
-                            && path_q.contains(&r.path_contains)
-                            && r.method.as_deref().is_none_or(|m| m == method)
-                    })
-                    .map(|r| {
-                        r.remaining -= 1;
-                        r.spoil
-                    })
-            };
-            let method = req.method().clone();
-            let headers = req.headers().clone();
-            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
-            let own_enc: String =
-                url::form_urlencoded::byte_serialize(ctx.own.as_bytes()).collect();
-            let up_enc: String =
-                url::form_urlencoded::byte_serialize(ctx.upstream.as_bytes()).collect();
-            let body = String::from_utf8_lossy(&body)
-                .replace(&own_enc, &up_enc)
-                .replace(&ctx.own, &ctx.upstream);
-            let mut up = ctx
-                .http
-                .request(method, format!("{}{}", ctx.upstream, path_q))
-                .body(body);
-            for (name, value) in headers.iter() {
-                if name != "host" && name != "content-length" {
-                    up = up.header(name, value);
-                }
-            }
-            let resp = match up.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Response::builder()
-                        .status(502)
-                        .body(Body::from(format!("proxy: {e}")))
-                        .unwrap();
-                }
-            };
-            let status = resp.status();
-            let mut builder = Response::builder().status(status);
-            for (name, value) in resp.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
-                    builder = builder.header(name, value);
-                }
-            }
-            let text = resp.text().await.unwrap_or_default();
-            let text = text.replace(&ctx.upstream, &ctx.own);
-            let Some(spoil) = spoil else {
-                return builder.body(Body::from(text)).unwrap();
-            };
-            ctx.spoiled
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            match spoil {
-                Spoil::NonJson => Response::builder()
-                    .status(200)
-                    .header("content-type", "text/html")
-                    .body(Body::from("<html><body>Gateway says hello</body></html>"))
-                    .unwrap(),
-                Spoil::TruncatedJson => Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .body(Body::from(text[..text.len() / 2].to_string()))
-                    .unwrap(),
-                Spoil::NotFound => Response::builder()
-                    .status(404)
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        serde_json::json!({"error": {
-                            "code": "Request_ResourceNotFound",
-                            "message": "Resource does not exist or one of its queried reference-property objects are not present."
-                        }})
-                        .to_string(),
-                    ))
-                    .unwrap(),
-                Spoil::Endless => {
-                    let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
-                    let stream = futures::stream::iter(
-                        (0..80).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-                    );
-                    Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .body(Body::from_stream(stream))
-                        .unwrap()
-                }
-                Spoil::DroppedMidBody => {
-                    let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
-                    let stream = futures::stream::iter(vec![
-                        Ok::<_, std::io::Error>(half),
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            "proxy drops the connection",
-                        )),
-                    ]);
-                    Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .header("content-length", text.len().to_string())
-                        .body(Body::from_stream(stream))
-                        .unwrap()
-                }
-            }
-        }
-
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let own = format!("http://{}", listener.local_addr().unwrap());
         let rules = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let spoiled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let ctx = Ctx {
+        let ctx = ProxyCtx {
             upstream: upstream.trim_end_matches('/').to_string(),
             own: own.clone(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             rules: rules.clone(),
             spoiled: spoiled.clone(),
         };
-        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        let app = axum::Router::new().fallback(proxy_forward).with_state(ctx);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -494,6 +367,137 @@ impl Proxy {
     /// How many responses were spoiled so far.
     pub fn spoiled(&self) -> usize {
         self.spoiled.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// What the [`Proxy`]'s handler shares: where to forward, its own origin (rewritten to the
+/// upstream's in requests and back in answers), and the spoiling rules.
+#[derive(Clone)]
+struct ProxyCtx {
+    upstream: String,
+    own: String,
+    http: reqwest::Client,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
+    spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn proxy_forward(State(ctx): State<ProxyCtx>, req: Request) -> Response {
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let spoil = {
+        let mut rules = ctx.rules.lock().unwrap();
+        let method = req.method().as_str().to_string();
+        rules
+            .iter_mut()
+            .find(|r| {
+                r.remaining > 0
+                    && path_q.contains(&r.path_contains)
+                    && r.method.as_deref().is_none_or(|m| m == method)
+            })
+            .map(|r| {
+                r.remaining -= 1;
+                r.spoil
+            })
+    };
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    let own_enc: String = url::form_urlencoded::byte_serialize(ctx.own.as_bytes()).collect();
+    let up_enc: String = url::form_urlencoded::byte_serialize(ctx.upstream.as_bytes()).collect();
+    let body = String::from_utf8_lossy(&body)
+        .replace(&own_enc, &up_enc)
+        .replace(&ctx.own, &ctx.upstream);
+    let mut up = ctx
+        .http
+        .request(method, format!("{}{}", ctx.upstream, path_q))
+        .body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            up = up.header(name, value);
+        }
+    }
+    let resp = match up.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::builder()
+                .status(502)
+                .body(Body::from(format!("proxy: {e}")))
+                .unwrap();
+        }
+    };
+    let status = resp.status();
+    let mut builder = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            builder = builder.header(name, value);
+        }
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let text = text.replace(&ctx.upstream, &ctx.own);
+    let Some(spoil) = spoil else {
+        return builder.body(Body::from(text)).unwrap();
+    };
+    ctx.spoiled
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    spoiled_response(spoil, &text)
+}
+
+/// The response `spoil` makes of the simulator's answer `text`.
+fn spoiled_response(spoil: Spoil, text: &str) -> Response {
+    match spoil {
+        Spoil::NonJson => Response::builder()
+            .status(200)
+            .header("content-type", "text/html")
+            .body(Body::from("<html><body>Gateway says hello</body></html>"))
+            .unwrap(),
+        Spoil::TruncatedJson => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(text[..text.len() / 2].to_string()))
+            .unwrap(),
+        Spoil::NotFound => Response::builder()
+            .status(404)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::json!({"error": {
+                    "code": "Request_ResourceNotFound",
+                    "message": "Resource does not exist or one of its queried reference-property objects are not present."
+                }})
+                .to_string(),
+            ))
+            .unwrap(),
+        Spoil::Endless => {
+            let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
+            let stream = futures::stream::iter(
+                (0..80).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Spoil::DroppedMidBody => {
+            let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
+            let stream = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "proxy drops the connection",
+                )),
+            ]);
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("content-length", text.len().to_string())
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
     }
 }
 
