@@ -162,7 +162,25 @@ pub async fn first_plan(
         let target = ids.target_object_id.clone();
         confirm_target(observer, &mut observed.snapshot, &target).await;
     }
-    let who = format!("AccessPackageAssignment {ns}/x");
+    plan_first_visit(
+        &apa,
+        &observed,
+        &format!("AccessPackageAssignment {ns}/x"),
+        &engine::EngineSettings::default(),
+        jiff::Timestamp::now(),
+    )
+}
+
+/// The engine's plan for a first visit of `apa` (no previous status, an empty repair
+/// ledger, the default safety policy) over what `observed` read, as `who`.
+pub fn plan_first_visit(
+    apa: &redeliver::api::AccessPackageAssignment,
+    observed: &redeliver::observe::AssignmentObservation,
+    who: &str,
+    settings: &redeliver::engine::EngineSettings,
+    now: jiff::Timestamp,
+) -> redeliver::engine::Plan {
+    use redeliver::engine;
     engine::plan_assignment(
         &engine::AssignmentInput {
             generation: apa.metadata.generation,
@@ -174,14 +192,14 @@ pub async fn first_plan(
             latest_request: observed.latest_request.as_ref(),
             resources: observed.resources(),
             snapshot: &observed.snapshot,
-            settings: &engine::EngineSettings::default(),
+            settings,
             ledger: &engine::ledger::RepairLedger::new(),
-            who: &who,
+            who,
             operator_report_only: false,
             safety: &redeliver::engine::SafetyPolicy::default(),
             mass_drift: None,
         },
-        jiff::Timestamp::now(),
+        now,
     )
 }
 
