@@ -39,9 +39,15 @@ pub const POLL_INTERVAL: &str = "250ms";
 
 /// Fast background processing so repairs land within a test's patience.
 pub fn fast() -> SimOptions {
+    processing_after(Duration::from_millis(150))
+}
+
+/// The simulator's background processing (of requests and reprocesses alike) after
+/// `delay`.
+pub fn processing_after(delay: Duration) -> SimOptions {
     SimOptions {
-        request_delay: Duration::from_millis(150),
-        reprocess_delay: Duration::from_millis(150),
+        request_delay: delay,
+        reprocess_delay: delay,
         ..SimOptions::default()
     }
 }
@@ -94,6 +100,25 @@ pub fn audit_command(sim: &SimHandle, dir: &Path, extra: &[&str]) -> tokio::proc
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// `redeliver audit --reprocess --wait WAIT --poll-interval` [`POLL_INTERVAL`] against
+/// `sim`, then `extra`.
+pub fn reprocess_command(
+    sim: &SimHandle,
+    dir: &Path,
+    wait: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut args = vec![
+        "--reprocess",
+        "--wait",
+        wait,
+        "--poll-interval",
+        POLL_INTERVAL,
+    ];
+    args.extend_from_slice(extra);
+    audit_command(sim, dir, &args)
 }
 
 /// Runs `cmd` to completion (bounded: a hung audit fails the test instead of CI).
@@ -203,6 +228,19 @@ pub fn plan_first_visit(
     )
 }
 
+/// `conditions` hold `Stalled=True` for `ReprocessExhausted`, naming `resource` (what the
+/// reprocesses never brought back).
+pub fn assert_reprocess_exhausted(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    resource: &str,
+) {
+    use redeliver::engine::conditions::{ConditionType, Reason, find};
+    let stalled = find(conditions, ConditionType::Stalled).expect("Stalled condition");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, Reason::ReprocessExhausted);
+    assert!(stalled.message.contains(resource), "{}", stalled.message);
+}
+
 /// One `AccessPackageAssignment` document.
 pub fn declaration(name: &str, package: &str, upn: &str, reprocess: &str) -> String {
     format!(
@@ -295,6 +333,35 @@ pub fn reprocess_calls(sim: &SimHandle, accepted_only: bool) -> BTreeMap<String,
         }
     }
     calls
+}
+
+/// Writes an `AccessPackageAssignment` of `package` for each of `users` (named after the
+/// user, target `USER@fabrikam.com`) in `namespace`, as `all.yaml` in `dir`.
+pub fn fabrikam_declarations(
+    dir: &Path,
+    namespace: &str,
+    package: &str,
+    users: &[impl std::fmt::Display],
+) {
+    let docs: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {u}, namespace: {namespace}}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {u}@fabrikam.com}}\n---\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("all.yaml"), docs).unwrap();
+}
+
+/// The row of declaration `declaration` (`namespace/name`) in a JSON report.
+pub fn report_row<'a>(report: &'a serde_json::Value, declaration: &str) -> &'a serde_json::Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["declaration"] == declaration)
+        .unwrap_or_else(|| panic!("row {declaration} in {report}"))
 }
 
 /// Writes `docs` as `decl.yaml` in a fresh directory.

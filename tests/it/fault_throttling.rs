@@ -67,19 +67,7 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         "kind": "throttle", "retryAfter": 0.3, "count": 2,
         "pathPrefix": "/identityGovernance", "method": "POST"
     })));
-    let mut cmd = audit_command(
-        &sim,
-        dir.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "30s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-            "-o",
-            "json",
-        ],
-    );
+    let mut cmd = reprocess_command(&sim, dir.path(), "30s", &["-o", "json"]);
     // One request at a time, so "nothing before Retry-After" can be checked with no slack.
     cmd.env("REDELIVER_GRAPH_CONCURRENCY", "1");
     let started = std::time::Instant::now();

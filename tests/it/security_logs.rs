@@ -96,17 +96,7 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
     let token_dir = tempfile::tempdir().unwrap();
     let file = token_dir.path().join("token");
     std::fs::write(&file, ASSERTION).unwrap();
-    let mut cmd = audit_command(
-        &sim,
-        dir.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "30s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-        ],
-    );
+    let mut cmd = reprocess_command(&sim, dir.path(), "30s", &[]);
     cmd.env_remove("AZURE_CLIENT_SECRET")
         .env("AZURE_FEDERATED_TOKEN_FILE", &file)
         .env("REDELIVER_LOG", "trace");
