@@ -17,7 +17,7 @@ use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 
 use crate::controller_support::{Controller, operator_context};
-use crate::fault_support::reprocess_calls;
+use crate::fault_support::{reprocess_calls, reprocess_calls_of};
 
 const NS: &str = "access";
 const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
@@ -119,13 +119,7 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
         .unwrap()
         .to_ascii_lowercase();
     let kube = FakeKube::start(vec![alice(), guard()]).await.unwrap();
-    let calls = || {
-        reprocess_calls(&sim, false)
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(&id))
-            .map(|(_, n)| n)
-            .sum::<usize>()
-    };
+    let calls = || reprocess_calls_of(&sim, &id);
 
     let first = start(&kube, &sim, settings(Duration::ZERO)).await;
     wait_until(

@@ -335,6 +335,15 @@ pub fn reprocess_calls(sim: &SimHandle, accepted_only: bool) -> BTreeMap<String,
     calls
 }
 
+/// Reprocess calls (accepted or not) of assignment `id`, whatever case its id is logged in.
+pub fn reprocess_calls_of(sim: &SimHandle, id: &str) -> usize {
+    reprocess_calls(sim, false)
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(id))
+        .map(|(_, n)| n)
+        .sum()
+}
+
 /// Writes an `AccessPackageAssignment` of `package` for each of `users` (named after the
 /// user, target `USER@fabrikam.com`) in `namespace`, as `all.yaml` in `dir`.
 pub fn fabrikam_declarations(

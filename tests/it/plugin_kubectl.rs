@@ -19,7 +19,7 @@ use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 
 use crate::controller_support::{Controller, operator_context};
-use crate::fault_support::reprocess_calls;
+use crate::fault_support::{reprocess_calls, reprocess_calls_of};
 
 const NS: &str = "access";
 const APA: &str = "accesspackageassignments";
@@ -406,13 +406,7 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
     );
 
     reprocess_wait_returns_once_the_request_is_handled(&kube).await;
-    let calls = || {
-        reprocess_calls(&sim, false)
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(&id))
-            .map(|(_, n)| n)
-            .sum::<usize>()
-    };
+    let calls = || reprocess_calls_of(&sim, &id);
     // The controller records the reprocess in status just before it calls Graph (so that a
     // crash in between never sends it twice): the echo can precede the call by moments.
     wait_until(

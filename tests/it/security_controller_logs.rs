@@ -12,8 +12,7 @@ use crate::fault_support::{minimal_client, under_trace_capture};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::{Context, assignment, guard};
+use redeliver::controller::{assignment, guard};
 use redeliver::graph::GraphClient;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
@@ -141,13 +140,7 @@ async fn reconcile_the_demo_declarations(graph: GraphClient, written: Arc<Mutex<
     let objects: Objects = Arc::default();
     auto_api(handle, objects.clone(), written);
     let client = kube::Client::new(service, "access");
-    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(
-        client,
-        graph,
-        metrics,
-        &crate::controller_support::settings(),
-    ));
+    let ctx = context(client, Some(graph), &crate::controller_support::settings());
     for (name, upn) in [
         ("alice-finance", "alice@contoso.com"),
         ("bob-finance", "bob@contoso.com"),
