@@ -822,24 +822,10 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
 
 #[tokio::test]
 async fn a_workload_identity_connection_needs_no_secret() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.tenant-a-sa-token.c2ln";
-    let mut scenario = Scenario::demo();
-    scenario.spec.client.assertion = Some(ASSERTION.into());
     // Short-lived tokens: the file is read again at every token request, as the kubelet
     // rotates it.
-    let sim = Simulator::start(
-        scenario,
-        SimOptions {
-            token_lifetime: Duration::from_secs(1),
-            ..SimOptions::fast()
-        },
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, ASSERTION).unwrap();
+    let (sim, _dir, token) = crate::fault_support::federated_demo(ASSERTION).await;
     let kube = FakeKube::start(vec![
         json!({
             "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -50,6 +50,28 @@ pub fn processing_after(delay: Duration) -> SimOptions {
         reprocess_delay: delay,
         ..SimOptions::default()
     }
+}
+
+/// The demo tenant accepting `assertion` as a federated credential and issuing tokens that
+/// live one second, with a file holding the assertion (in the returned directory): each
+/// token request reads the file again, as the kubelet rotates it.
+pub async fn federated_demo(assertion: &str) -> (SimHandle, tempfile::TempDir, PathBuf) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut scenario = redeliver_sim::Scenario::demo();
+    scenario.spec.client.assertion = Some(assertion.into());
+    let sim = redeliver_sim::Simulator::start(
+        scenario,
+        SimOptions {
+            token_lifetime: Duration::from_secs(1),
+            ..SimOptions::fast()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, assertion).unwrap();
+    (sim, dir, file)
 }
 
 /// A fault from its JSON form (the admin API's), so tests read like the README.

@@ -72,21 +72,7 @@ fn auto_api(
 #[test]
 fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
     under_trace_capture(|capture| async move {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut scenario = Scenario::demo();
-        scenario.spec.client.assertion = Some(ASSERTION.into());
-        let sim = Simulator::start(
-            scenario,
-            SimOptions {
-                token_lifetime: Duration::from_secs(1),
-                ..SimOptions::fast()
-            },
-        )
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, ASSERTION).unwrap();
+        let (sim, _dir, file) = crate::fault_support::federated_demo(ASSERTION).await;
         let written = Arc::new(Mutex::new(Vec::new()));
         // One controller on the client secret, one on workload identity.
         for federated in [false, true] {
