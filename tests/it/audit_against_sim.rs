@@ -246,21 +246,7 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
         2,
         "the simulator saw exactly two reprocess calls"
     );
-    let stalled = engine::conditions::find(
-        &status.conditions,
-        redeliver::engine::conditions::ConditionType::Stalled,
-    )
-    .expect("Stalled condition");
-    assert_eq!(stalled.status, "True");
-    assert_eq!(
-        stalled.reason,
-        redeliver::engine::conditions::Reason::ReprocessExhausted
-    );
-    assert!(
-        stalled.message.contains("fin-writers"),
-        "{}",
-        stalled.message
-    );
+    crate::fault_support::assert_reprocess_exhausted(&status.conditions, "fin-writers");
     sim.shutdown().await;
 }
 

@@ -15,18 +15,14 @@ use redeliver::engine;
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
-use crate::fault_support::audit_json;
+use crate::fault_support::{audit_json, fabrikam_declarations, processing_after, report_row};
 
 const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
 const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
 const SUBSCRIPTION: &str = "828b526f-c769-4b19-9797-734b4843b978";
 
 fn fast() -> SimOptions {
-    SimOptions {
-        request_delay: Duration::from_millis(200),
-        reprocess_delay: Duration::from_millis(200),
-        ..SimOptions::default()
-    }
+    processing_after(Duration::from_millis(200))
 }
 
 fn rg_scope() -> String {
@@ -83,24 +79,11 @@ spec:
 }
 
 fn declarations(dir: &Path, users: &[String]) {
-    let docs: String = users
-        .iter()
-        .map(|u| {
-            format!(
-                "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {u}, namespace: platform}}\nspec:\n  accessPackage: {{displayName: Finance Platform}}\n  target: {{userPrincipalName: {u}@fabrikam.com}}\n---\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("all.yaml"), docs).unwrap();
+    fabrikam_declarations(dir, "platform", "Finance Platform", users);
 }
 
 fn row<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["declaration"] == format!("platform/{name}"))
-        .unwrap_or_else(|| panic!("row {name} in {report}"))
+    report_row(report, &format!("platform/{name}"))
 }
 
 fn arm_requests(sim: &SimHandle, list: &str) -> Vec<redeliver_sim::LogEntry> {

@@ -28,6 +28,8 @@ use redeliver::observe::attribution::{AttributionSettings, Attributor};
 use redeliver_sim::{FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
 
+use crate::controller_support::{Controller, operator_context};
+
 const NS: &str = "access";
 const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
 const AUDITS: &str = "/v1.0/auditLogs/directoryAudits";
@@ -568,49 +570,6 @@ async fn the_simulator_pages_and_filters_the_audit_log() {
     sim.shutdown().await;
 }
 
-/// The whole controller (`run_controllers`) over an in-process API server, with `sim` as
-/// the operator's own connection.
-struct Running {
-    ctx: Arc<Context>,
-    ready: redeliver::controller::server::Readiness,
-    stop: tokio_util::sync::CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Running {
-    fn start(kube: &redeliver_fake_kube::FakeKube, sim: &SimHandle, settings: &Settings) -> Self {
-        let mut config = kube::Config::new(kube.url().parse().unwrap());
-        config.default_namespace = NS.into();
-        let client = kube::Client::try_from(config).unwrap();
-        let graph = crate::fault_support::graph_client(sim).unwrap();
-        let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-        let ctx = Arc::new(Context::new(client, graph, metrics, settings));
-        let ready = redeliver::controller::server::Readiness::default();
-        let stop = tokio_util::sync::CancellationToken::new();
-        let task = tokio::spawn(redeliver::controller::run_controllers(
-            ctx.clone(),
-            Vec::new(),
-            4,
-            ready.clone(),
-            stop.clone(),
-        ));
-        Self {
-            ctx,
-            ready,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .unwrap()
-            .unwrap();
-    }
-}
-
 /// The whole controller (`run_controllers` against the in-process API server), as in
 /// production: group delta detects two users removed together, one audit query names both,
 /// and a user whose earlier drift was repaired is attributed to the new removal, not the
@@ -646,7 +605,7 @@ async fn the_controller_attributes_a_batch_detected_by_group_delta_with_one_quer
         },
         ..crate::controller_support::settings()
     };
-    let running = Running::start(&kube, &sim, &settings);
+    let running = Controller::spawn(operator_context(&kube, &sim, NS, &settings), Vec::new(), 4);
     let (ready, metrics) = (&running.ready, &running.ctx.metrics);
     let status = |name: &str| {
         kube.object("accesspackageassignments", NS, name)
@@ -798,7 +757,7 @@ async fn fifty_removals_from_ten_groups_in_one_detection_batch_cost_one_audit_qu
         observation_max_age: Duration::from_millis(200),
         ..crate::controller_support::settings()
     };
-    let running = Running::start(&kube, &sim, &settings);
+    let running = Controller::spawn(operator_context(&kube, &sim, NS, &settings), Vec::new(), 4);
     let (ready, ctx) = (&running.ready, &running.ctx);
     let status = |i: usize| {
         kube.object("accesspackageassignments", NS, &format!("user-{i}"))

@@ -9,18 +9,15 @@
 //! - a change made right after a restart's start-up verification, before the first delta
 //!   poll, is detected within one delta interval (groups and app roles alike).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::Settings;
 use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::fault_support::reprocess_calls;
+use crate::controller_support::{Controller, operator_context};
+use crate::fault_support::{reprocess_calls, reprocess_calls_of};
 
 const NS: &str = "access";
 const FINANCE: &str = "9f1c0c7e-0000-4000-8000-000000000001";
@@ -47,78 +44,31 @@ fn guard() -> Value {
     })
 }
 
-/// A controller process, in-process.
-struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
-    ready: Readiness,
-    metrics: Arc<Metrics>,
+/// A controller process, in-process, with `sim` as its operator connection.
+async fn start(kube: &FakeKube, sim: &SimHandle, settings: Settings) -> Controller {
+    Controller::start(operator_context(kube, sim, NS, &settings), Vec::new(), 4).await
 }
 
-impl Running {
-    async fn start(kube: &FakeKube, sim: &SimHandle, settings: Settings) -> Self {
-        let mut config = kube::Config::new(kube.url().parse().unwrap());
-        config.default_namespace = NS.into();
-        let client = kube::Client::try_from(config).unwrap();
-        let graph = crate::fault_support::graph_client(sim).unwrap();
-        let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-        let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
-        let ready = Readiness::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_controllers(
-            ctx,
-            Vec::new(),
-            4,
-            ready.clone(),
-            stop.clone(),
-        ));
-        let running = Self {
-            stop,
-            task,
-            ready,
-            metrics,
-        };
-        wait_until("the controller is ready", Duration::from_secs(20), || {
-            running.ready.get()
-        })
-        .await;
-        running
-    }
+/// Waits until `running` has reconciled the assignment and the guard `more` times more
+/// than `since` (both as counted by [`passes`]).
+async fn wait_for_passes(running: &Controller, since: (u64, u64), more: (u64, u64)) {
+    wait_until(
+        &format!("{more:?} more passes of the assignment and the guard"),
+        Duration::from_secs(20),
+        || {
+            let (a, g) = passes(running);
+            a >= since.0 + more.0 && g >= since.1 + more.1
+        },
+    )
+    .await;
+}
 
-    /// Reconciles of `kind` this process finished well.
-    fn reconciled(&self, kind: &'static str) -> u64 {
-        crate::controller_support::reconciled(&self.metrics, kind)
-    }
-
-    /// Waits until this process has reconciled the assignment and the guard `more` times
-    /// more than `since` (both as counted by [`Running::passes`]).
-    async fn wait_for_passes(&self, since: (u64, u64), more: (u64, u64)) {
-        wait_until(
-            &format!("{more:?} more passes of the assignment and the guard"),
-            Duration::from_secs(20),
-            || {
-                let (a, g) = self.passes();
-                a >= since.0 + more.0 && g >= since.1 + more.1
-            },
-        )
-        .await;
-    }
-
-    /// Reconciles so far of the assignment and of the guard.
-    fn passes(&self) -> (u64, u64) {
-        (
-            self.reconciled("AccessPackageAssignment"),
-            self.reconciled("AccessPackageGuard"),
-        )
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("stops within 20s")
-            .unwrap();
-    }
+/// Reconciles so far of the assignment and of the guard.
+fn passes(running: &Controller) -> (u64, u64) {
+    (
+        running.reconciled("AccessPackageAssignment"),
+        running.reconciled("AccessPackageGuard"),
+    )
 }
 
 fn settings(delta_interval: Duration) -> Settings {
@@ -169,15 +119,9 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
         .unwrap()
         .to_ascii_lowercase();
     let kube = FakeKube::start(vec![alice(), guard()]).await.unwrap();
-    let calls = || {
-        reprocess_calls(&sim, false)
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(&id))
-            .map(|(_, n)| n)
-            .sum::<usize>()
-    };
+    let calls = || reprocess_calls_of(&sim, &id);
 
-    let first = Running::start(&kube, &sim, settings(Duration::ZERO)).await;
+    let first = start(&kube, &sim, settings(Duration::ZERO)).await;
     wait_until(
         "both objects report the repair",
         Duration::from_secs(20),
@@ -191,7 +135,7 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
     // More passes of both, each re-checking the drift it still sees: the assignment one
     // poll interval after the reprocess (then it waits for the cooldown), the guard 1 s and
     // 2 s after it (doubling). Neither sends again.
-    first.wait_for_passes(first.passes(), (1, 2)).await;
+    wait_for_passes(&first, passes(&first), (1, 2)).await;
     assert_eq!(calls(), 1, "one reprocess, whichever object sent it");
 
     // The same story on both objects: the one that did not send names the one that did.
@@ -214,10 +158,10 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
     // Restart (a failover looks the same): the new process rebuilds the ledger from the
     // objects' status before its first reconcile, and sends nothing within the cooldown.
     first.stop().await;
-    let second = Running::start(&kube, &sim, settings(Duration::ZERO)).await;
+    let second = start(&kube, &sim, settings(Duration::ZERO)).await;
     // Its first pass of each object, planned against the rebuilt ledger, and the guard's
     // next re-check.
-    second.wait_for_passes((0, 0), (1, 2)).await;
+    wait_for_passes(&second, (0, 0), (1, 2)).await;
     assert_eq!(calls(), 1, "no second reprocess after the restart");
     second.stop().await;
     sim.shutdown().await;
@@ -227,7 +171,7 @@ async fn an_assignment_covered_twice_is_reprocessed_once_per_cooldown_across_a_r
 async fn a_guard_is_ready_soon_after_its_repair_lands() {
     let sim = demo().await;
     let kube = FakeKube::start(vec![guard()]).await.unwrap();
-    let running = Running::start(&kube, &sim, settings(Duration::ZERO)).await;
+    let running = start(&kube, &sim, settings(Duration::ZERO)).await;
     wait_until(
         "the guard reprocesses alice",
         Duration::from_secs(20),
@@ -262,8 +206,8 @@ async fn delivered_then_restarted(
     sim: &SimHandle,
     kube: &FakeKube,
     delta_interval: Duration,
-) -> Running {
-    let first = Running::start(kube, sim, settings(Duration::ZERO)).await;
+) -> Controller {
+    let first = start(kube, sim, settings(Duration::ZERO)).await;
     wait_until("alice is delivered", Duration::from_secs(20), || {
         condition(&status(kube, APA, "alice-finance"), "Delivered")["status"] == "True"
     })
@@ -274,7 +218,7 @@ async fn delivered_then_restarted(
         "/v1.0/groups/{}/members",
         sim.group_id("fin-readers").unwrap()
     );
-    let second = Running::start(kube, sim, settings(delta_interval)).await;
+    let second = start(kube, sim, settings(delta_interval)).await;
     wait_until(
         "the start-up verification read alice's groups",
         Duration::from_secs(20),

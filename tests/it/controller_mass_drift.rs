@@ -5,19 +5,14 @@
 //! against the in-process Kubernetes API server and the Graph simulator over HTTP on
 //! 127.0.0.1.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use redeliver::controller::metrics::{Metrics, ReconcileLabels};
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::Settings;
 use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+use crate::controller_support::{Controller, connection_spec, context, kube_client, secret};
 
 const NS: &str = "finance";
 const APA: &str = "accesspackageassignments";
@@ -67,36 +62,11 @@ spec:
         .unwrap()
 }
 
-fn secret(sim: &SimHandle) -> Value {
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("graph".into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            "clientSecret".to_string(),
-            ByteString(sim.client_secret.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
-    let mut v = serde_json::to_value(s).unwrap();
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Secret");
-    v
-}
-
 fn connection(sim: &SimHandle, annotations: Value) -> Value {
     json!({
         "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
         "metadata": {"name": "contoso", "namespace": NS, "annotations": annotations},
-        "spec": {
-            "tenantId": sim.tenant_id,
-            "clientId": sim.client_id,
-            "credential": {"clientSecret": {"name": "graph"}},
-            "authorityHost": sim.authority_host,
-            "graphUrl": sim.graph_url,
-        },
+        "spec": connection_spec(sim, "graph"),
     })
 }
 
@@ -114,12 +84,8 @@ fn declaration(user: &str) -> Value {
     })
 }
 
-async fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(crate::wait::PACE).await;
-    }
+async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
+    crate::wait::until(what, timeout, done).await
 }
 
 async fn wait_for(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
@@ -143,22 +109,15 @@ fn condition(kube: &FakeKube, name: &str, type_: &str) -> Value {
         .unwrap_or(Value::Null)
 }
 
-fn reconciles(ctx: &Context) -> u64 {
-    ctx.metrics
-        .reconciles
-        .get_or_create(&ReconcileLabels {
-            kind: "AccessPackageAssignment",
-            result: "ok",
-        })
-        .get()
-}
-
 #[tokio::test]
 async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resumes_them_at_once() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let sim = simulator().await;
     let users = users();
-    let mut objects = vec![secret(&sim), connection(&sim, json!({ACK: "initial"}))];
+    let mut objects = vec![
+        secret(NS, "graph", "clientSecret", &sim.client_secret),
+        connection(&sim, json!({ACK: "initial"})),
+    ];
     objects.extend(users.iter().map(|u| declaration(u)));
     let kube = FakeKube::start(objects).await.unwrap();
     let delta_interval = Duration::from_millis(250);
@@ -169,20 +128,11 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
         connection_recheck_ready: Duration::from_secs(1),
         ..crate::controller_support::settings()
     };
-    let client = kube::Client::try_from(kube::Config::new(kube.url().parse().unwrap())).unwrap();
-    let (metrics, _registry) = Metrics::new(None);
-    let ctx = Arc::new(Context::with_operator_connection(
-        client, None, metrics, &settings,
-    ));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx.clone(),
+    let running = Controller::spawn(
+        context(kube_client(&kube, None), None, &settings),
         Vec::new(),
         4,
-        ready.clone(),
-        stop.clone(),
-    ));
+    );
     wait_until(
         "everyone is verified delivered",
         Duration::from_secs(30),
@@ -230,9 +180,9 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
     // Held objects are not looked at again every delta interval: over four intervals, at
     // most a stray one (a reconcile that was queued before its hold) runs. Before, each
     // held object ran once per interval: 48 here, four times the bound.
-    let before = reconciles(&ctx);
+    let before = running.reconciled("AccessPackageAssignment");
     tokio::time::sleep(delta_interval * 4).await;
-    let during = reconciles(&ctx) - before;
+    let during = running.reconciled("AccessPackageAssignment") - before;
     assert!(
         during < USERS as u64,
         "{during} reconciles of held objects in four delta intervals"
@@ -260,10 +210,6 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
         );
     }
 
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stops within 20s")
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
 }

@@ -6,16 +6,13 @@
 //! the lost eligibility is repaired; without `PrivilegedEligibilitySchedule.Read.AzureADGroup`
 //! an eligibility is `Unknown` naming the permission and nothing is reprocessed.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use crate::controller_support::{Controller, operator_context};
+use redeliver::controller::Settings;
 use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
 const NS: &str = "privileged";
 const APA: &str = "accesspackageassignments";
@@ -87,31 +84,8 @@ fn declaration(user: &str) -> Value {
     })
 }
 
-async fn start(
-    kube: &FakeKube,
-    sim: &SimHandle,
-    settings: Settings,
-) -> (CancellationToken, tokio::task::JoinHandle<()>, Arc<Metrics>) {
-    let mut config = kube::Config::new(kube.url().parse().unwrap());
-    config.default_namespace = NS.into();
-    let client = kube::Client::try_from(config).unwrap();
-    let graph = crate::fault_support::graph_client(sim).unwrap();
-    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx,
-        Vec::new(),
-        4,
-        ready.clone(),
-        stop.clone(),
-    ));
-    wait_until("the controller is ready", Duration::from_secs(20), || {
-        ready.get()
-    })
-    .await;
-    (stop, task, metrics)
+async fn start(kube: &FakeKube, sim: &SimHandle, settings: Settings) -> Controller {
+    Controller::start(operator_context(kube, sim, NS, &settings), Vec::new(), 4).await
 }
 
 async fn wait_until(what: &str, timeout: Duration, done: impl FnMut() -> bool) {
@@ -176,7 +150,7 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
         observation_max_age: Duration::from_millis(500),
         ..crate::controller_support::settings()
     };
-    let (stop, task, _) = start(&kube, &sim, settings).await;
+    let running = start(&kube, &sim, settings).await;
     wait_until(
         "everyone is verified delivered",
         Duration::from_secs(30),
@@ -267,11 +241,7 @@ async fn every_privileged_kind_removed_outside_is_detected_within_one_delta_inte
     .await;
     assert!(sim.has_group_eligibility("tier0-admins", "dave@fabrikam.com", false));
     assert!(sim.has_group_eligibility("tier0-approvers", "erin@fabrikam.com", true));
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stops within 20s")
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
 }
 
@@ -296,7 +266,7 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
         observation_max_age: Duration::from_millis(500),
         ..crate::controller_support::settings()
     };
-    let (stop, task, _) = start(&kube, &sim, settings).await;
+    let running = start(&kube, &sim, settings).await;
     let unknown = |s: &Value| {
         s["resources"].as_array().is_some_and(|rs| {
             rs.iter()
@@ -335,11 +305,7 @@ async fn without_the_pim_permission_an_eligibility_is_unknown_and_never_reproces
         crate::fault_support::reprocess_calls(&sim, false).is_empty(),
         "nothing is reprocessed on an unread eligibility"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stops within 20s")
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
 }
 
@@ -361,7 +327,7 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         observation_max_age: Duration::from_millis(500),
         ..crate::controller_support::settings()
     };
-    let (stop, task, metrics) = start(&kube, &sim, settings).await;
+    let running = start(&kube, &sim, settings).await;
     wait_until(
         "everyone is verified delivered",
         Duration::from_secs(30),
@@ -386,7 +352,7 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         },
     )
     .await;
-    let reconciled = || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment");
+    let reconciled = || running.reconciled("AccessPackageAssignment");
     let before_removals = reconciled();
     // An admin takes Global Reader from all twelve at once: more than the breaker's 10 %
     // and at least 10 of the package.
@@ -429,10 +395,6 @@ async fn a_role_taken_from_everyone_at_once_trips_the_breaker_before_any_reproce
         stalled.iter().any(|c| c["reason"] == "MassDrift"),
         "{stalled:?}"
     );
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("stops within 20s")
-        .unwrap();
+    running.stop().await;
     sim.shutdown().await;
 }

@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
+use redeliver::controller::Context;
 use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, run_controllers};
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+use crate::controller_support::Controller;
 
 const NS: &str = "access";
 const APA: &str = "/apis/redeliver.dev/v1alpha1/namespaces/access/accesspackageassignments";
@@ -56,12 +56,83 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
         .unwrap();
     let graph = crate::fault_support::graph_client(&sim).unwrap();
 
-    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, NS);
     let log = Arc::new(Mutex::new(Log::default()));
-    let server_log = log.clone();
-    // The scripted API server.
-    let server = tokio::spawn(async move {
+    let server = scripted_api_server(handle, log.clone());
+
+    let (metrics, registry) = Metrics::new(Some(graph.clone()));
+    let ctx = Arc::new(Context::new(
+        client,
+        graph,
+        metrics,
+        &crate::controller_support::settings(),
+    ));
+    let running = Controller::spawn(ctx, vec![NS.to_string()], 2);
+    let ready = &running.ready;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while log.lock().unwrap().watches < 2 || log.lock().unwrap().status_patches.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "controller did not reconcile and re-watch in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    while !ready.get() {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The MODIFIED event carried only our status: give it time to (not) retrigger. The
+    // watcher has consumed it (the stream ended after it, and it watched again), so a
+    // retrigger would be queued already and run one debounce (50 ms here) later: half a
+    // second is ten of those.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let l = log.lock().unwrap();
+        // A quick first verification is written once (no separate first-visit status).
+        assert_eq!(
+            l.status_patches.len(),
+            1,
+            "the verified status, nothing more"
+        );
+        let verified = &l.status_patches[0];
+        let delivered = verified["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "Delivered")
+            .unwrap();
+        assert_eq!(delivered["status"], "True");
+        // A healthy object's first verification announces nothing.
+        assert!(l.events.is_empty(), "{:?}", l.events);
+    }
+    // Exactly one reconcile: the watch event carrying our own status did not retrigger.
+    let text = redeliver::controller::metrics::render(&registry).unwrap();
+    assert!(
+        text.contains(
+            "redeliver_reconciles_total{kind=\"AccessPackageAssignment\",result=\"ok\"} 1\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("redeliver_assignments{delivered=\"True\"} 1"),
+        "{text}"
+    );
+
+    running.stop_within(Duration::from_secs(10)).await;
+    server.abort();
+}
+
+/// The API server, scripted: lists bob (and no guard or connection), answers his status
+/// patches with the patched object, and ends the first watch of assignments right after
+/// the first status patch with a MODIFIED event carrying that status (then holds every
+/// later watch open). What it is sent goes to `server_log`.
+fn scripted_api_server(
+    mut handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    server_log: Arc<Mutex<Log>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         let mut held = Vec::new();
         let mut first_watch = None;
         while let Some((req, send)) = handle.next_request().await {
@@ -134,78 +205,5 @@ async fn lists_reconciles_ignores_status_only_events_and_shuts_down() {
                 (m, p) => panic!("unexpected API request {m} {p}?{query}"),
             }
         }
-    });
-
-    let (metrics, registry) = Metrics::new(Some(graph.clone()));
-    let ctx = Arc::new(Context::new(
-        client,
-        graph,
-        metrics,
-        &crate::controller_support::settings(),
-    ));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let run = tokio::spawn(run_controllers(
-        ctx,
-        vec![NS.to_string()],
-        2,
-        ready.clone(),
-        stop.clone(),
-    ));
-
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while log.lock().unwrap().watches < 2 || log.lock().unwrap().status_patches.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "controller did not reconcile and re-watch in time"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    while !ready.get() {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The MODIFIED event carried only our status: give it time to (not) retrigger. The
-    // watcher has consumed it (the stream ended after it, and it watched again), so a
-    // retrigger would be queued already and run one debounce (50 ms here) later: half a
-    // second is ten of those.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    {
-        let l = log.lock().unwrap();
-        // A quick first verification is written once (no separate first-visit status).
-        assert_eq!(
-            l.status_patches.len(),
-            1,
-            "the verified status, nothing more"
-        );
-        let verified = &l.status_patches[0];
-        let delivered = verified["conditions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["type"] == "Delivered")
-            .unwrap();
-        assert_eq!(delivered["status"], "True");
-        // A healthy object's first verification announces nothing.
-        assert!(l.events.is_empty(), "{:?}", l.events);
-    }
-    // Exactly one reconcile: the watch event carrying our own status did not retrigger.
-    let text = redeliver::controller::metrics::render(&registry).unwrap();
-    assert!(
-        text.contains(
-            "redeliver_reconciles_total{kind=\"AccessPackageAssignment\",result=\"ok\"} 1\n"
-        ),
-        "{text}"
-    );
-    assert!(
-        text.contains("redeliver_assignments{delivered=\"True\"} 1"),
-        "{text}"
-    );
-
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(10), run)
-        .await
-        .expect("graceful shutdown within 10s")
-        .unwrap();
-    server.abort();
+    })
 }

@@ -21,53 +21,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redeliver::api::ConnectionKey;
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
 use redeliver::controller::shard::{SHARD_KEY_LABEL, Shard, bucket_of, shard_of};
 use redeliver::controller::shard_set::ShardSetLease;
-use redeliver::controller::{Context, Settings, run_controllers, run_in_shard_set};
+use redeliver::controller::{Context, Settings, run_in_shard_set};
 use redeliver_fake_kube::FakeKube;
+use redeliver_sim::SimHandle;
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
+use crate::controller_support::{Controller, context, graph_connection, kube_client, secret};
 use crate::controller_tenants::tenant;
 
 const APA: &str = "accesspackageassignments";
 const NAMESPACES: usize = 6;
-
-fn secret(namespace: &str, value: &str) -> Value {
-    let s = k8s_openapi::api::core::v1::Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("graph".into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        data: Some(
-            [(
-                "clientSecret".to_string(),
-                k8s_openapi::ByteString(value.as_bytes().to_vec()),
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    let mut v = serde_json::to_value(s).unwrap();
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Secret");
-    v
-}
-
-fn connection(namespace: &str, name: &str, sim: &redeliver_sim::SimHandle) -> Value {
-    json!({
-        "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "tenantId": sim.tenant_id, "clientId": sim.client_id,
-            "credential": {"clientSecret": {"name": "graph"}},
-            "authorityHost": sim.authority_host, "graphUrl": sim.graph_url,
-        },
-    })
-}
 
 fn alice(namespace: &str, name: &str, connection: Option<&str>) -> Value {
     let mut o = json!({
@@ -89,6 +54,70 @@ fn key(namespace: &str, name: &str) -> ConnectionKey {
     ConnectionKey::Namespaced {
         namespace: namespace.into(),
         name: name.into(),
+    }
+}
+
+/// [`NAMESPACES`] namespaces over one API server, each with its default connection to one
+/// of two simulated tenants (alternating) and alice declared there.
+struct Fleet {
+    kube: FakeKube,
+    namespaces: Vec<String>,
+    tenants: [SimHandle; 2],
+}
+
+impl Fleet {
+    /// Every object starts without the shard-key label, as one created before it existed.
+    async fn start() -> Self {
+        let tenants = [
+            tenant("contoso", 42, "01", true).await,
+            tenant("fabrikam", 7, "02", false).await,
+        ];
+        let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
+        let mut objects = Vec::new();
+        for (i, ns) in namespaces.iter().enumerate() {
+            let sim = &tenants[i % 2];
+            objects.push(secret(ns, "graph", "clientSecret", &sim.client_secret));
+            objects.push(graph_connection(ns, "default", sim, "graph"));
+            objects.push(alice(ns, "alice", None));
+        }
+        let kube = FakeKube::start(objects).await.unwrap();
+        Self {
+            kube,
+            namespaces,
+            tenants,
+        }
+    }
+
+    /// The shard (of `count`) that owns the namespace's default connection.
+    fn owner(&self, ns: &str, count: u32) -> u32 {
+        shard_of(&key(ns, "default"), count)
+    }
+
+    /// Applies a changed spec of alice in `namespaces` (a new `verifyInterval`, so a new
+    /// generation), keeping the label the operator wrote, as `kubectl apply` does.
+    fn respec<'a>(&self, namespaces: impl IntoIterator<Item = &'a String>, verify_interval: &str) {
+        for ns in namespaces {
+            let mut a = alice(ns, "alice", None);
+            a["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&self.kube, ns, "alice")});
+            a["spec"]["verifyInterval"] = json!(verify_interval);
+            self.kube.put(a).unwrap();
+        }
+    }
+
+    fn labels(&self) -> Vec<Option<String>> {
+        self.namespaces
+            .iter()
+            .map(|ns| label(&self.kube, ns, "alice"))
+            .collect()
+    }
+
+    /// Whether alice is verified at `generation` in each of `namespaces`.
+    fn verified<'a>(
+        &self,
+        mut namespaces: impl Iterator<Item = &'a String>,
+        generation: i64,
+    ) -> bool {
+        namespaces.all(|ns| verified_at(&self.kube, ns, "alice", generation))
     }
 }
 
@@ -144,81 +173,32 @@ fn settings(index: u32, count: u32) -> Settings {
     }
 }
 
-struct Running {
-    ctx: Arc<Context>,
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+/// One shard of `count`, waited for until ready.
+async fn start_shard(kube: &FakeKube, index: u32, count: u32) -> Controller {
+    let ctx = context(kube_client(kube, None), None, &settings(index, count));
+    Controller::start(ctx, Vec::new(), 2).await
 }
 
-impl Running {
-    async fn start(kube: &FakeKube, index: u32, count: u32) -> Self {
-        let config = kube::Config::new(kube.url().parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let (metrics, _registry) = Metrics::new(None);
-        let ctx = Arc::new(Context::with_operator_connection(
-            client,
-            None,
-            metrics,
-            &settings(index, count),
-        ));
-        let ready = Readiness::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_controllers(
-            ctx.clone(),
-            Vec::new(),
-            2,
-            ready.clone(),
-            stop.clone(),
-        ));
-        wait_until("the shard is ready", Duration::from_secs(20), || {
-            ready.get()
-        })
-        .await;
-        Self { ctx, stop, task }
-    }
-
-    /// A replica of a shard set: its controllers start only once its shard-set Lease
-    /// (in `redeliver-system`, 3 s, looked at every [`LOOK_EVERY`] while waiting) lets it
-    /// act. Not waited for.
-    fn start_in_set(kube: &FakeKube, index: u32, count: u32) -> (Self, Readiness) {
-        let config = kube::Config::new(kube.url().parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let (metrics, _registry) = Metrics::new(None);
-        let ctx = Arc::new(Context::with_operator_connection(
-            client.clone(),
-            None,
-            metrics,
-            &settings(index, count),
-        ));
-        let set = ShardSetLease::new(
-            client,
-            "redeliver-system",
-            "redeliver",
-            Shard { index, count },
-            &format!("pod-{index}-of-{count}"),
-        )
-        .with_duration(Duration::from_secs(3))
-        .with_look_every(LOOK_EVERY);
-        let ready = Readiness::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn({
-            let (ctx, ready, stop) = (ctx.clone(), ready.clone(), stop.clone());
-            async move {
-                run_in_shard_set(Some(set), ctx, Vec::new(), 2, ready, stop)
-                    .await
-                    .expect("the shard-set Lease is kept");
-            }
-        });
-        (Self { ctx, stop, task }, ready)
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
+/// A replica of a shard set: its controllers start only once its shard-set Lease
+/// (in `redeliver-system`, 3 s, looked at every [`LOOK_EVERY`] while waiting) lets it
+/// act. Not waited for.
+fn start_in_set(kube: &FakeKube, index: u32, count: u32) -> Controller {
+    let client = kube_client(kube, None);
+    let ctx = context(client.clone(), None, &settings(index, count));
+    let set = ShardSetLease::new(
+        client,
+        "redeliver-system",
+        "redeliver",
+        Shard { index, count },
+        &format!("pod-{index}-of-{count}"),
+    )
+    .with_duration(Duration::from_secs(3))
+    .with_look_every(LOOK_EVERY);
+    Controller::spawn_with(ctx, move |ctx, ready, stop| async move {
+        run_in_shard_set(Some(set), ctx, Vec::new(), 2, ready, stop)
             .await
-            .expect("stops within 20s")
-            .unwrap();
-    }
+            .expect("the shard-set Lease is kept");
+    })
 }
 
 /// Samples every running shard's acting reconciles every millisecond and records any
@@ -269,7 +249,7 @@ impl Referee {
         }
     }
 
-    fn watch(&self, shard: &Running) {
+    fn watch(&self, shard: &Controller) {
         self.shards.lock().unwrap().push(shard.ctx.clone());
     }
 
@@ -286,6 +266,11 @@ impl Referee {
             .filter(|(o, _)| o == object)
             .map(|(_, s)| s.clone())
             .collect()
+    }
+
+    /// Forgets who acted on `object` so far: what follows is judged on its own.
+    fn forget(&self, object: &str) {
+        self.acted.lock().unwrap().retain(|(o, _)| o != object);
     }
 
     async fn finish(self) -> Vec<String> {
@@ -325,43 +310,48 @@ fn object_key(namespace: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_change() {
-    let contoso = tenant("contoso", 42, "01", true).await;
-    let fabrikam = tenant("fabrikam", 7, "02", false).await;
-    let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
-    let sim_of = |i: usize| {
-        if i.is_multiple_of(2) {
-            &contoso
-        } else {
-            &fabrikam
-        }
-    };
-    // Every object starts without the label, as one created before it existed.
-    let mut objects = Vec::new();
-    for (i, ns) in namespaces.iter().enumerate() {
-        objects.push(secret(ns, &sim_of(i).client_secret));
-        objects.push(connection(ns, "default", sim_of(i)));
-        objects.push(alice(ns, "alice", None));
-    }
-    let owner = |ns: &str| shard_of(&key(ns, "default"), 2);
+    let fleet = Fleet::start().await;
+    let namespaces = &fleet.namespaces;
     assert!(
-        namespaces.iter().any(|ns| owner(ns) == 0) && namespaces.iter().any(|ns| owner(ns) == 1),
+        namespaces.iter().any(|ns| fleet.owner(ns, 2) == 0)
+            && namespaces.iter().any(|ns| fleet.owner(ns, 2) == 1),
         "both shards get a tenant"
     );
-    let kube = FakeKube::start(objects).await.unwrap();
     let referee = Referee::start();
 
     // 1. Two shards label and verify every object, each its own.
-    let first = Running::start(&kube, 0, 2).await;
+    let (first, second) = two_shards_label_and_verify_their_own(&fleet, &referee).await;
+    // 2. An object created later without the label is picked up within seconds.
+    a_new_unlabelled_object_is_picked_up(&fleet).await;
+    // 3. A connection moving to the other shard.
+    a_moved_connection_is_handed_over(&fleet, &referee).await;
+    first.stop().await;
+    second.stop().await;
+    referee.forget_all();
+    // 4. A change of --shard-count: three shards over the same labels.
+    three_shards_reverify_without_relabelling(&fleet, &referee).await;
+
+    assert_never_two_at_once(referee).await;
+}
+
+/// Starts two shards and waits until every object is labelled and verified; each shard has
+/// acted only on its own objects, and its watch holds only those.
+async fn two_shards_label_and_verify_their_own(
+    fleet: &Fleet,
+    referee: &Referee,
+) -> (Controller, Controller) {
+    let (kube, namespaces) = (&fleet.kube, &fleet.namespaces);
+    let first = start_shard(kube, 0, 2).await;
     referee.watch(&first);
-    let second = Running::start(&kube, 1, 2).await;
+    let second = start_shard(kube, 1, 2).await;
     referee.watch(&second);
     wait_until(
         "every object is labelled and verified",
         Duration::from_secs(30),
         || {
             namespaces.iter().all(|ns| {
-                label(&kube, ns, "alice") == Some(bucket_of(&key(ns, "default")).to_string())
-                    && verified_at(&kube, ns, "alice", 1)
+                label(kube, ns, "alice") == Some(bucket_of(&key(ns, "default")).to_string())
+                    && verified_at(kube, ns, "alice", 1)
             })
         },
     )
@@ -372,12 +362,14 @@ async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_chang
             .any(|ns| !referee.acted_on(&object_key(ns, "alice")).is_empty()),
         "the referee sees the shards' reconciles"
     );
-    for ns in &namespaces {
+    for ns in namespaces {
         let acted = referee.acted_on(&object_key(ns, "alice"));
         assert!(
-            acted.iter().all(|s| *s == format!("{}/2", owner(ns))),
+            acted
+                .iter()
+                .all(|s| *s == format!("{}/2", fleet.owner(ns, 2))),
             "{ns}/alice acted on by {acted:?}, owned by shard {}",
-            owner(ns)
+            fleet.owner(ns, 2)
         );
     }
     // Each shard's watch holds only its own objects.
@@ -389,121 +381,117 @@ async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_chang
             .collect();
         let own: BTreeSet<String> = namespaces
             .iter()
-            .filter(|ns| owner(ns) == shard)
+            .filter(|ns| fleet.owner(ns, 2) == shard)
             .cloned()
             .collect();
         assert_eq!(held, own, "shard {shard} holds exactly its own objects");
     }
+    (first, second)
+}
 
-    // 2. An object created later without the label is picked up within seconds.
+async fn a_new_unlabelled_object_is_picked_up(fleet: &Fleet) {
+    let (kube, ns) = (&fleet.kube, &fleet.namespaces[0]);
     let started = Instant::now();
-    kube.put(alice(&namespaces[0], "bob", None)).unwrap();
+    kube.put(alice(ns, "bob", None)).unwrap();
     wait_until(
         "the new object is labelled and verified",
         Duration::from_secs(10),
-        || verified_at(&kube, &namespaces[0], "bob", 1),
+        || verified_at(kube, ns, "bob", 1),
     )
     .await;
     assert_eq!(
-        label(&kube, &namespaces[0], "bob"),
-        Some(bucket_of(&key(&namespaces[0], "default")).to_string())
+        label(kube, ns, "bob"),
+        Some(bucket_of(&key(ns, "default")).to_string())
     );
     eprintln!(
         "unlabelled object labelled and verified in {:?}",
         started.elapsed()
     );
+}
 
-    // 3. A connection moving to the other shard: alice in the first namespace switches to
-    // a second GraphConnection there whose name hashes to the other shard.
-    let ns = &namespaces[0];
-    let from = owner(ns);
+/// alice in the first namespace switches to a second GraphConnection there whose name
+/// hashes to the other shard: she is relabelled and verified by her new shard.
+async fn a_moved_connection_is_handed_over(fleet: &Fleet, referee: &Referee) {
+    let (kube, ns) = (&fleet.kube, &fleet.namespaces[0]);
+    let from = fleet.owner(ns, 2);
     let other = (0..100)
         .map(|n| format!("moved-{n}"))
         .find(|name| shard_of(&key(ns, name), 2) != from)
         .unwrap();
-    kube.put(connection(ns, &other, sim_of(0))).unwrap();
+    kube.put(graph_connection(ns, &other, &fleet.tenants[0], "graph"))
+        .unwrap();
+    referee.forget(&object_key(ns, "alice"));
     // As `kubectl apply` of the edited spec: the label the operator wrote stays.
     let mut moved = alice(ns, "alice", Some(&other));
-    moved["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
+    moved["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(kube, ns, "alice")});
     kube.put(moved).unwrap();
     wait_until(
         "the moved object is relabelled and verified by its new shard",
         Duration::from_secs(30),
         || {
-            label(&kube, ns, "alice") == Some(bucket_of(&key(ns, &other)).to_string())
-                && verified_at(&kube, ns, "alice", 2)
+            label(kube, ns, "alice") == Some(bucket_of(&key(ns, &other)).to_string())
+                && verified_at(kube, ns, "alice", 2)
         },
     )
     .await;
     // Only the new shard can have verified the new generation: the old one no longer
     // owns the object and hands it over without acting.
-    let old = format!("{from}/2");
     let acted = referee.acted_on(&object_key(ns, "alice"));
     assert!(
-        acted
-            .iter()
-            .all(|s| *s == old || *s == format!("{}/2", 1 - from)),
-        "{acted:?}"
+        acted.iter().all(|s| *s == format!("{}/2", 1 - from)),
+        "after the move only shard {}/2 may act on alice: {acted:?}",
+        1 - from
     );
-    first.stop().await;
-    second.stop().await;
-    referee.forget_all();
+}
 
-    // 4. A change of --shard-count: three shards over the same labels. Every object's spec
-    // changes, so each must be reconciled again, by its shard among three.
-    let labels_before: Vec<Option<String>> = namespaces
-        .iter()
-        .map(|ns| label(&kube, ns, "alice"))
-        .collect();
-    let shards: Vec<Running> = {
-        let mut v = Vec::new();
-        for index in 0..3 {
-            let r = Running::start(&kube, index, 3).await;
-            referee.watch(&r);
-            v.push(r);
-        }
-        v
-    };
-    for ns in namespaces.iter().skip(1) {
-        let mut a = alice(ns, "alice", None);
-        a["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
-        a["spec"]["verifyInterval"] = json!("7m");
-        kube.put(a).unwrap();
+/// Three shards start over the labels two wrote. Every object's spec but the moved one's
+/// changes, so each must be reconciled again, by its shard among three; no label is
+/// rewritten.
+async fn three_shards_reverify_without_relabelling(fleet: &Fleet, referee: &Referee) {
+    let changed = || fleet.namespaces.iter().skip(1);
+    let labels_before = fleet.labels();
+    let mut shards = Vec::new();
+    for index in 0..3 {
+        let r = start_shard(&fleet.kube, index, 3).await;
+        referee.watch(&r);
+        shards.push(r);
     }
+    fleet.respec(changed(), "7m");
     wait_until(
         "three shards verify every changed object",
         Duration::from_secs(30),
-        || {
-            namespaces
-                .iter()
-                .skip(1)
-                .all(|ns| verified_at(&kube, ns, "alice", 2))
-        },
+        || fleet.verified(changed(), 2),
     )
     .await;
-    for ns in namespaces.iter().skip(1) {
-        let want = format!("{}/3", shard_of(&key(ns, "default"), 3));
-        let acted: BTreeSet<String> = referee
-            .acted_on(&object_key(ns, "alice"))
-            .into_iter()
-            .filter(|s| s.ends_with("/3"))
-            .collect();
+    for ns in changed() {
+        let (acted, want) = acted_among_three(referee, ns);
         assert!(
             acted.iter().all(|s| *s == want),
             "{ns}/alice among three shards: acted on by {acted:?}, owned by {want}"
         );
     }
-    let labels_after: Vec<Option<String>> = namespaces
-        .iter()
-        .map(|ns| label(&kube, ns, "alice"))
-        .collect();
     assert_eq!(
-        labels_before, labels_after,
+        labels_before,
+        fleet.labels(),
         "a shard count change rewrites no label"
     );
     for r in shards {
         r.stop().await;
     }
+}
+
+/// The shards of three (`index/3`) seen acting on alice in `ns`, and the one that owns her.
+fn acted_among_three(referee: &Referee, ns: &str) -> (BTreeSet<String>, String) {
+    let want = format!("{}/3", shard_of(&key(ns, "default"), 3));
+    let acted = referee
+        .acted_on(&object_key(ns, "alice"))
+        .into_iter()
+        .filter(|s| s.ends_with("/3"))
+        .collect();
+    (acted, want)
+}
+
+async fn assert_never_two_at_once(referee: Referee) {
     let clashes = referee.finish().await;
     assert!(
         clashes.is_empty(),
@@ -517,78 +505,64 @@ async fn two_shards_never_act_on_one_object_across_moves_and_a_shard_count_chang
 /// stopped; then it takes over every object.
 #[tokio::test]
 async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
-    let contoso = tenant("contoso", 42, "01", true).await;
-    let fabrikam = tenant("fabrikam", 7, "02", false).await;
-    let namespaces: Vec<String> = (0..NAMESPACES).map(|i| format!("tenant-{i}")).collect();
-    let sim_of = |i: usize| {
-        if i.is_multiple_of(2) {
-            &contoso
-        } else {
-            &fabrikam
-        }
-    };
-    let mut objects = Vec::new();
-    for (i, ns) in namespaces.iter().enumerate() {
-        objects.push(secret(ns, &sim_of(i).client_secret));
-        objects.push(connection(ns, "default", sim_of(i)));
-        objects.push(alice(ns, "alice", None));
-    }
+    let fleet = Fleet::start().await;
     // Some tenant changes shard between 2 and 3 shards: the counts disagree on it.
     assert!(
-        namespaces
+        fleet
+            .namespaces
             .iter()
-            .any(|ns| shard_of(&key(ns, "default"), 2) != shard_of(&key(ns, "default"), 3)),
+            .any(|ns| fleet.owner(ns, 2) != fleet.owner(ns, 3)),
         "the two counts disagree on some tenant"
     );
-    let kube = FakeKube::start(objects).await.unwrap();
     let referee = Referee::start();
-    let respec = |generation: u32| {
-        for ns in &namespaces {
-            let mut a = alice(ns, "alice", None);
-            a["metadata"]["labels"] = json!({SHARD_KEY_LABEL: label(&kube, ns, "alice")});
-            a["spec"]["verifyInterval"] = json!(format!("{}m", 5 + generation));
-            kube.put(a).unwrap();
-        }
-    };
-    let all_verified = |generation: i64| {
-        namespaces
-            .iter()
-            .all(|ns| verified_at(&kube, ns, "alice", generation))
-    };
 
     // 1. The old set (two shards) takes its Leases and verifies every object.
     let mut old = Vec::new();
     for index in 0..2 {
-        let (r, ready) = Running::start_in_set(&kube, index, 2);
+        let r = start_in_set(&fleet.kube, index, 2);
         referee.watch(&r);
-        wait_until("an old shard is ready", Duration::from_secs(20), || {
-            ready.get()
-        })
-        .await;
+        r.wait_ready().await;
         old.push(r);
     }
     wait_until(
         "the old set verifies every object",
         Duration::from_secs(30),
-        || all_verified(1),
+        || fleet.verified(fleet.namespaces.iter(), 1),
     )
     .await;
+    // 2. The new set (three shards) starts alongside and waits.
+    let new = the_new_set_waits_while_the_old_one_works(&fleet, &referee).await;
+    // 3. The old set stops (rolled away): the new set takes over within seconds and verifies
+    // every object, each by its owner among three.
+    for r in old {
+        r.stop().await;
+    }
+    the_new_set_takes_over(&fleet, &referee, &new).await;
+    for r in new {
+        r.stop().await;
+    }
 
-    // 2. The new set (three shards) starts alongside. It waits, while the old set goes on
-    // working: a spec change is verified by the old set alone.
+    assert_never_two_at_once(referee).await;
+}
+
+/// Starts the new set (three shards) beside the old one. It waits, while the old set goes
+/// on working: a spec change is verified by the old set alone.
+async fn the_new_set_waits_while_the_old_one_works(
+    fleet: &Fleet,
+    referee: &Referee,
+) -> Vec<Controller> {
+    let kube = &fleet.kube;
     let mut new = Vec::new();
-    let mut new_ready = Vec::new();
     for index in 0..3 {
-        let (r, ready) = Running::start_in_set(&kube, index, 3);
+        let r = start_in_set(kube, index, 3);
         referee.watch(&r);
         new.push(r);
-        new_ready.push(ready);
     }
-    respec(2);
+    fleet.respec(&fleet.namespaces, "7m");
     wait_until(
         "the old set verifies every changed object",
         Duration::from_secs(30),
-        || all_verified(2),
+        || fleet.verified(fleet.namespaces.iter(), 2),
     )
     .await;
     // Several renewals of every Lease later, still only the old set has acted: each new
@@ -601,9 +575,9 @@ async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
             .map(|index| format!("redeliver-shards-{count}-{index}"))
             .collect()
     };
-    wait_for_renewals(&kube, &lease_names(3), 2).await;
-    wait_for_renewals(&kube, &lease_names(2), 1).await;
-    for ns in &namespaces {
+    wait_for_renewals(kube, &lease_names(3), 2).await;
+    wait_for_renewals(kube, &lease_names(2), 1).await;
+    for ns in &fleet.namespaces {
         let acted = referee.acted_on(&object_key(ns, "alice"));
         assert!(
             acted.iter().all(|s| s.ends_with("/2")),
@@ -611,7 +585,7 @@ async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
         );
     }
     assert!(
-        new_ready.iter().all(|r| !r.get()),
+        new.iter().all(|r| !r.ready.get()),
         "the new set has not started its controllers"
     );
     for index in 0..3 {
@@ -627,49 +601,36 @@ async fn a_rolling_shard_count_change_never_lets_two_counts_act_at_once() {
             "{lease}"
         );
     }
+    new
+}
 
-    // 3. The old set stops (rolled away): the new set takes over within seconds and verifies
-    // every object, each by its owner among three.
-    for r in old {
-        r.stop().await;
-    }
+/// Once the old set has stopped, the new set starts its controllers and verifies a spec
+/// change of every object, each by its owner among three alone.
+async fn the_new_set_takes_over(fleet: &Fleet, referee: &Referee, new: &[Controller]) {
     let stopped = Instant::now();
     wait_until(
         "the new set starts its controllers",
         Duration::from_secs(10),
-        || new_ready.iter().all(Readiness::get),
+        || new.iter().all(|r| r.ready.get()),
     )
     .await;
     eprintln!(
         "new shard set took over {:?} after the old one stopped",
         stopped.elapsed()
     );
-    respec(3);
+    fleet.respec(&fleet.namespaces, "8m");
     wait_until(
         "the new set verifies every changed object",
         Duration::from_secs(30),
-        || all_verified(3),
+        || fleet.verified(fleet.namespaces.iter(), 3),
     )
     .await;
-    for ns in &namespaces {
-        let want = format!("{}/3", shard_of(&key(ns, "default"), 3));
-        let acted: BTreeSet<String> = referee
-            .acted_on(&object_key(ns, "alice"))
-            .into_iter()
-            .filter(|s| s.ends_with("/3"))
-            .collect();
+    for ns in &fleet.namespaces {
+        let (acted, want) = acted_among_three(referee, ns);
         assert_eq!(
             acted,
             BTreeSet::from([want.clone()]),
             "{ns}/alice among three shards: acted on by {acted:?}, owned by {want}"
         );
     }
-    for r in new {
-        r.stop().await;
-    }
-    let clashes = referee.finish().await;
-    assert!(
-        clashes.is_empty(),
-        "objects acted on by two shards at once: {clashes:?}"
-    );
 }

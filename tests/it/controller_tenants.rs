@@ -15,19 +15,17 @@
 //! - a workload-identity connection needs no Secret;
 //! - two shards split the connections, each reconciling only its own.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::{Context, Settings};
 use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{FaultScope, FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
+
+use crate::controller_support::{
+    Controller, connection_spec, context, graph_connection, kube_client, secret,
+};
 
 const OPERATOR_NS: &str = "redeliver-system";
 const A: &str = "team-a";
@@ -65,49 +63,11 @@ pub async fn tenant(name: &str, seed: u64, id_suffix: &str, alice_drifted: bool)
         .unwrap()
 }
 
-fn secret(namespace: &str, name: &str, key: &str, value: &str) -> Value {
-    let s = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        data: Some(BTreeMap::from([(
-            key.to_string(),
-            ByteString(value.as_bytes().to_vec()),
-        )])),
-        ..Default::default()
-    };
-    let mut v = serde_json::to_value(s).unwrap();
-    v["apiVersion"] = json!("v1");
-    v["kind"] = json!("Secret");
-    v
-}
-
-/// A connection spec pointing at `sim` with its client secret in Secret `secret_name`.
-fn spec_for(sim: &SimHandle, secret_name: &str) -> Value {
-    json!({
-        "tenantId": sim.tenant_id,
-        "clientId": sim.client_id,
-        "credential": {"clientSecret": {"name": secret_name}},
-        "authorityHost": sim.authority_host,
-        "graphUrl": sim.graph_url,
-    })
-}
-
-fn connection(namespace: &str, name: &str, sim: &SimHandle, secret_name: &str) -> Value {
-    json!({
-        "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": spec_for(sim, secret_name),
-    })
-}
-
 fn cluster_connection(name: &str, sim: &SimHandle, secret_name: &str) -> Value {
     json!({
         "apiVersion": "redeliver.dev/v1alpha1", "kind": "ClusterGraphConnection",
         "metadata": {"name": name},
-        "spec": spec_for(sim, secret_name),
+        "spec": connection_spec(sim, secret_name),
     })
 }
 
@@ -135,56 +95,27 @@ fn guard(namespace: &str, name: &str) -> Value {
     })
 }
 
-struct Running {
-    stop: CancellationToken,
-    task: tokio::task::JoinHandle<()>,
+/// A controller watching all namespaces, with `operator` as its own connection (none:
+/// only connections).
+async fn start_controller(
+    kube: &FakeKube,
+    operator: Option<&SimHandle>,
+    settings: Settings,
+) -> Controller {
+    start_controller_watching(kube, operator, Vec::new(), settings).await
 }
 
-impl Running {
-    /// A controller watching all namespaces, with `operator` as its own connection (none:
-    /// only connections).
-    async fn start(kube: &FakeKube, operator: Option<&SimHandle>, settings: Settings) -> Self {
-        Self::start_watching(kube, operator, Vec::new(), settings).await
-    }
-
-    /// A controller watching `namespaces` (all when empty), as one installation of several
-    /// on the same API server would.
-    async fn start_watching(
-        kube: &FakeKube,
-        operator: Option<&SimHandle>,
-        namespaces: Vec<String>,
-        settings: Settings,
-    ) -> Self {
-        let config = kube::Config::new(kube.url().parse().unwrap());
-        let client = kube::Client::try_from(config).unwrap();
-        let graph = operator.map(|sim| crate::fault_support::graph_client(sim).unwrap());
-        let (metrics, _registry) = Metrics::new(graph.clone());
-        let ctx = Arc::new(Context::with_operator_connection(
-            client, graph, metrics, &settings,
-        ));
-        let ready = Readiness::default();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(run_controllers(
-            ctx,
-            namespaces,
-            2,
-            ready.clone(),
-            stop.clone(),
-        ));
-        wait_until("the controller is ready", Duration::from_secs(20), || {
-            ready.get()
-        })
-        .await;
-        Self { stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        tokio::time::timeout(Duration::from_secs(20), self.task)
-            .await
-            .expect("stops within 20s")
-            .unwrap();
-    }
+/// A controller watching `namespaces` (all when empty), as one installation of several
+/// on the same API server would.
+async fn start_controller_watching(
+    kube: &FakeKube,
+    operator: Option<&SimHandle>,
+    namespaces: Vec<String>,
+    settings: Settings,
+) -> Controller {
+    let graph = operator.map(|sim| crate::fault_support::graph_client(sim).unwrap());
+    let ctx = context(kube_client(kube, None), graph, &settings);
+    Controller::start(ctx, namespaces, 2).await
 }
 
 fn settings() -> Settings {
@@ -244,6 +175,24 @@ fn graph_calls(sim: &SimHandle) -> usize {
         .count()
 }
 
+/// Whether the stored object is `Ready=True` with `reason`.
+fn ready(kube: &FakeKube, plural: &str, namespace: &str, name: &str, reason: &str) -> bool {
+    is(
+        &status(kube, plural, namespace, name),
+        "Ready",
+        "True",
+        reason,
+    )
+}
+
+/// The message of the condition `type_` in `status` ("" without one).
+fn message(status: &Value, type_: &str) -> String {
+    condition(status, type_)["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 #[tokio::test]
 async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_own() {
     let contoso = tenant("contoso", 42, "01", true).await;
@@ -251,12 +200,12 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     let kube = FakeKube::start(vec![
         // A: the namespace's default connection, used without any connectionRef.
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         alice(A, "alice", None),
         guard(A, "finance"),
         // B: a named connection, referenced.
         secret(B, "fabrikam-graph", "clientSecret", &fabrikam.client_secret),
-        connection(B, "fabrikam", &fabrikam, "fabrikam-graph"),
+        graph_connection(B, "fabrikam", &fabrikam, "fabrikam-graph"),
         alice(
             B,
             "alice",
@@ -267,19 +216,57 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     ])
     .await
     .unwrap();
-    let running = Running::start(&kube, None, settings()).await;
+    let running = start_controller(&kube, None, settings()).await;
 
+    let b_id = each_namespace_is_served_by_its_own_tenant(&kube, &contoso, &fabrikam).await;
+    a_namespace_without_a_connection_is_told_what_to_create(&kube).await;
+
+    // A wrong secret in A: A's connection stalls with the Entra error code, A's objects stall
+    // naming the connection, B keeps reconciling.
+    kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
+        .unwrap();
+    a_wrong_secret_stalls_the_connection_and_its_objects(&kube, &contoso).await;
+    b_reprocesses_in_its_own_tenant_meanwhile(&kube, &fabrikam, &b_id).await;
+
+    // Fixing the Secret un-stalls the connection and its objects (no Secret watch: the
+    // stalled connection is checked again on its own).
+    kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
+        .unwrap();
+    wait_until(
+        "A's connection is ready again",
+        Duration::from_secs(20),
+        || ready(&kube, GC, A, "default", "Connected"),
+    )
+    .await;
+    wait_until(
+        "A's assignment is ready again",
+        Duration::from_secs(20),
+        || ready(&kube, APA, A, "alice", "Delivered"),
+    )
+    .await;
+    assert!(condition(&status(&kube, APA, A, "alice"), "Stalled").is_null());
+    running.stop().await;
+}
+
+/// Both namespaces' assignments are verified, each naming its own tenant's assignment
+/// through its own connection; only contoso's drifted alice is repaired, and A's guard
+/// sweeps contoso. Returns fabrikam's (B's) assignment id.
+async fn each_namespace_is_served_by_its_own_tenant(
+    kube: &FakeKube,
+    contoso: &SimHandle,
+    fabrikam: &SimHandle,
+) -> String {
     wait_until(
         "both tenants' assignments are verified",
         Duration::from_secs(20),
         || {
-            is_verified(&status(&kube, APA, A, "alice"))
-                && is_verified(&status(&kube, APA, B, "alice"))
+            is_verified(&status(kube, APA, A, "alice"))
+                && is_verified(&status(kube, APA, B, "alice"))
         },
     )
     .await;
-    let a = status(&kube, APA, A, "alice");
-    let b = status(&kube, APA, B, "alice");
+    let a = status(kube, APA, A, "alice");
+    let b = status(kube, APA, B, "alice");
     // Each object names its own tenant's assignment: the tenants' ids differ.
     let a_id = contoso
         .assignment_id("alice@contoso.com", "Finance Analysts")
@@ -307,11 +294,11 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     wait_until(
         "the guard of A swept contoso",
         Duration::from_secs(20),
-        || is_verified(&status(&kube, APG, A, "finance")),
+        || is_verified(&status(kube, APG, A, "finance")),
     )
     .await;
     assert_eq!(
-        status(&kube, APG, A, "finance")["connection"],
+        status(kube, APG, A, "finance")["connection"],
         "GraphConnection/default"
     );
     // Both connections report Ready (their status is written by their own reconcile, which
@@ -320,48 +307,40 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
         wait_until(
             &format!("{ns}/{name} reports Ready"),
             Duration::from_secs(20),
-            || is(&status(&kube, GC, ns, name), "Ready", "True", "Connected"),
+            || ready(kube, GC, ns, name, "Connected"),
         )
         .await;
     }
-    // No connection at all: stalled, saying what to create.
+    b_id
+}
+
+/// No connection at all: stalled, saying what to create.
+async fn a_namespace_without_a_connection_is_told_what_to_create(kube: &FakeKube) {
     wait_until(
         "team-c's object is stalled",
         Duration::from_secs(20),
-        || {
-            is(
-                &status(&kube, APA, "team-c", "alice"),
-                "Stalled",
-                "True",
-                "ConnectionNotReady",
-            )
-        },
+        || stalled(kube, APA, "team-c", "alice", "ConnectionNotReady"),
     )
     .await;
-    let c = status(&kube, APA, "team-c", "alice");
-    let message = condition(&c, "Ready")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let message = message(&status(kube, APA, "team-c", "alice"), "Ready");
     assert!(
         message.contains("GraphConnection named default"),
         "{message}"
     );
+}
 
-    // A wrong secret in A: A's connection stalls with the Entra error code, A's objects stall
-    // naming the connection, B keeps reconciling.
-    kube.put(secret(A, "graph", "clientSecret", "not-the-secret"))
-        .unwrap();
+/// After A's Secret got a wrong value: A's connection stalls with Entra's error code and
+/// neither secret in its status; A's assignment stalls naming the connection and the
+/// Secret, keeping what was last verified.
+async fn a_wrong_secret_stalls_the_connection_and_its_objects(
+    kube: &FakeKube,
+    contoso: &SimHandle,
+) {
     wait_until("A's connection is stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, GC, A, "default"),
-            "Stalled",
-            "True",
-            "AuthenticationFailed",
-        )
+        stalled(kube, GC, A, "default", "AuthenticationFailed")
     })
     .await;
-    let conn = status(&kube, GC, A, "default");
+    let conn = status(kube, GC, A, "default");
     assert!(
         conn["errorCode"]
             .as_str()
@@ -372,19 +351,11 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     let text = conn.to_string();
     assert!(!text.contains("not-the-secret") && !text.contains(&contoso.client_secret));
     wait_until("A's assignment is stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, APA, A, "alice"),
-            "Stalled",
-            "True",
-            "ConnectionNotReady",
-        )
+        stalled(kube, APA, A, "alice", "ConnectionNotReady")
     })
     .await;
-    let a = status(&kube, APA, A, "alice");
-    let message = condition(&a, "Ready")["message"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let a = status(kube, APA, A, "alice");
+    let message = message(&a, "Ready");
     assert!(
         message.contains("GraphConnection team-a/default"),
         "{message}"
@@ -393,17 +364,24 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     // What was last verified stays visible.
     assert!(!condition(&a, "Delivered").is_null(), "{a}");
     assert!(message.contains("Secret team-a/graph"), "{message}");
-    // B reconciles meanwhile: a manual reprocess request there is handled.
+}
+
+/// B reconciles while A's connection is unusable: a manual reprocess request there is
+/// handled, by one reprocess sent to B's tenant.
+async fn b_reprocesses_in_its_own_tenant_meanwhile(
+    kube: &FakeKube,
+    fabrikam: &SimHandle,
+    b_id: &str,
+) {
     let mut b_obj = kube.object(APA, B, "alice").unwrap();
     b_obj["metadata"]["annotations"] =
         json!({"redeliver.dev/reprocess-requested-at": "2026-01-01T00:00:00Z"});
     kube.put(b_obj).unwrap();
     wait_until("B handled the request", Duration::from_secs(20), || {
-        status(&kube, APA, B, "alice")["reprocess"]["lastHandledRequest"] == "2026-01-01T00:00:00Z"
+        status(kube, APA, B, "alice")["reprocess"]["lastHandledRequest"] == "2026-01-01T00:00:00Z"
     })
     .await;
-    // ... by a reprocess sent to B's tenant, while A's is unusable. (The status says so
-    // before the call is sent: wait for the call.)
+    // The status says so before the call is sent: wait for the call.
     let path =
         format!("/v1.0/identityGovernance/entitlementManagement/assignments/{b_id}/reprocess");
     wait_until(
@@ -414,70 +392,28 @@ async fn each_namespace_uses_its_own_tenant_and_a_wrong_secret_stalls_only_its_o
     .await;
     assert_eq!(fabrikam.count_requests("POST", &path), 1);
     assert_eq!(
-        status(&kube, APA, B, "alice")["reprocess"]["lastOutcome"],
+        status(kube, APA, B, "alice")["reprocess"]["lastOutcome"],
         "Requested"
     );
-
-    // Fixing the Secret un-stalls the connection and its objects (no Secret watch: the
-    // stalled connection is checked again on its own).
-    kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
-        .unwrap();
-    wait_until(
-        "A's connection is ready again",
-        Duration::from_secs(20),
-        || {
-            is(
-                &status(&kube, GC, A, "default"),
-                "Ready",
-                "True",
-                "Connected",
-            )
-        },
-    )
-    .await;
-    wait_until(
-        "A's assignment is ready again",
-        Duration::from_secs(20),
-        || {
-            is(
-                &status(&kube, APA, A, "alice"),
-                "Ready",
-                "True",
-                "Delivered",
-            )
-        },
-    )
-    .await;
-    assert!(condition(&status(&kube, APA, A, "alice"), "Stalled").is_null());
-    running.stop().await;
 }
 
 #[tokio::test]
 async fn a_missing_secret_or_key_is_named() {
     let contoso = tenant("contoso", 42, "01", true).await;
     let kube = FakeKube::start(vec![
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         secret(B, "graph", "password", &contoso.client_secret),
-        connection(B, "default", &contoso, "graph"),
+        graph_connection(B, "default", &contoso, "graph"),
     ])
     .await
     .unwrap();
-    let running = Running::start(&kube, None, settings()).await;
+    let running = start_controller(&kube, None, settings()).await;
     wait_until(
         "both connections are stalled",
         Duration::from_secs(20),
         || {
-            is(
-                &status(&kube, GC, A, "default"),
-                "Stalled",
-                "True",
-                "SecretUnavailable",
-            ) && is(
-                &status(&kube, GC, B, "default"),
-                "Stalled",
-                "True",
-                "SecretUnavailable",
-            )
+            stalled(&kube, GC, A, "default", "SecretUnavailable")
+                && stalled(&kube, GC, B, "default", "SecretUnavailable")
         },
     )
     .await;
@@ -504,9 +440,9 @@ async fn a_throttled_tenant_does_not_delay_the_other() {
     let fabrikam = tenant("fabrikam", 7, "02", false).await;
     let mut objects = vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         secret(B, "graph", "clientSecret", &fabrikam.client_secret),
-        connection(B, "default", &fabrikam, "graph"),
+        graph_connection(B, "default", &fabrikam, "graph"),
     ];
     // More of A's objects than reconcile slots, so waiting ones would crowd B out.
     for i in 0..8 {
@@ -525,7 +461,7 @@ async fn a_throttled_tenant_does_not_delay_the_other() {
         },
     });
     let started = Instant::now();
-    let running = Running::start(&kube, None, settings()).await;
+    let running = start_controller(&kube, None, settings()).await;
     wait_until(
         "B is verified while A is throttled",
         Duration::from_secs(15),
@@ -555,9 +491,9 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
     let fabrikam = tenant("fabrikam", 7, "02", false).await;
     let objects = vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         secret(B, "graph", "clientSecret", &fabrikam.client_secret),
-        connection(B, "default", &fabrikam, "graph"),
+        graph_connection(B, "default", &fabrikam, "graph"),
         alice(A, "alice", None),
         alice(B, "alice", None),
     ];
@@ -566,7 +502,7 @@ async fn a_slow_tenants_delta_does_not_delay_the_others_detection() {
         delta_interval: Duration::from_millis(500),
         ..settings()
     };
-    let running = Running::start(&kube, None, half_second).await;
+    let running = start_controller(&kube, None, half_second).await;
     wait_until("both delivered", Duration::from_secs(20), || {
         is(
             &status(&kube, APA, A, "alice"),
@@ -628,8 +564,8 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
     let operator = tenant("operator", 99, "03", false).await;
     let kube = FakeKube::start(vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
-        connection(A, "named", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "named", &contoso, "graph"),
         alice(A, "by-default", None),
         alice(
             A,
@@ -645,7 +581,7 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
         connection_recheck_stalled: Duration::from_millis(250),
         ..settings()
     };
-    let running = Running::start(&kube, Some(&operator), quick_recheck).await;
+    let running = start_controller(&kube, Some(&operator), quick_recheck).await;
     wait_until("all three are verified", Duration::from_secs(20), || {
         ["by-default", "by-name"]
             .iter()
@@ -667,14 +603,9 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
     assert!(kube.delete(GC, A, "default"));
     assert!(kube.delete(GC, A, "named"));
     wait_until("both of A's objects stall", Duration::from_secs(20), || {
-        ["by-default", "by-name"].iter().all(|n| {
-            is(
-                &status(&kube, APA, A, n),
-                "Stalled",
-                "True",
-                "ConnectionNotReady",
-            )
-        })
+        ["by-default", "by-name"]
+            .iter()
+            .all(|n| stalled(&kube, APA, A, n, "ConnectionNotReady"))
     })
     .await;
     let by_default = status(&kube, APA, A, "by-default");
@@ -723,7 +654,7 @@ async fn deleting_a_connection_stalls_its_objects_and_never_falls_back() {
     assert!(legacy_only < 40, "{users:?}");
 
     // Re-creating the connection un-stalls the object that used it.
-    kube.put(connection(A, "default", &contoso, "graph"))
+    kube.put(graph_connection(A, "default", &contoso, "graph"))
         .unwrap();
     wait_until("by-default is back", Duration::from_secs(20), || {
         condition(&status(&kube, APA, A, "by-default"), "Stalled").is_null()
@@ -739,7 +670,7 @@ async fn connections_respect_namespace_boundaries() {
     let fabrikam = tenant("fabrikam", 7, "02", false).await;
     let kube = FakeKube::start(vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "contoso", &contoso, "graph"),
+        graph_connection(A, "contoso", &contoso, "graph"),
         // B names A's connection: it is looked up in B, where there is none.
         alice(
             B,
@@ -757,14 +688,9 @@ async fn connections_respect_namespace_boundaries() {
     ])
     .await
     .unwrap();
-    let running = Running::start(&kube, None, settings()).await;
+    let running = start_controller(&kube, None, settings()).await;
     wait_until("B's object is stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, APA, B, "alice"),
-            "Stalled",
-            "True",
-            "ConnectionNotReady",
-        )
+        stalled(&kube, APA, B, "alice", "ConnectionNotReady")
     })
     .await;
     let b = status(&kube, APA, B, "alice");
@@ -781,14 +707,7 @@ async fn connections_respect_namespace_boundaries() {
     wait_until(
         "the cluster connection is stalled",
         Duration::from_secs(20),
-        || {
-            is(
-                &status(&kube, CGC, "", "shared"),
-                "Stalled",
-                "True",
-                "SecretUnavailable",
-            )
-        },
+        || stalled(&kube, CGC, "", "shared", "SecretUnavailable"),
     )
     .await;
     let c = condition(&status(&kube, CGC, "", "shared"), "Stalled")["message"].clone();
@@ -842,7 +761,7 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
     for (i, ns) in namespaces.iter().enumerate() {
         let sim = if i % 2 == 0 { &contoso } else { &fabrikam };
         objects.push(secret(ns, "graph", "clientSecret", &sim.client_secret));
-        objects.push(connection(ns, "default", sim, "graph"));
+        objects.push(graph_connection(ns, "default", sim, "graph"));
         objects.push(alice(ns, "alice", None));
     }
     let owner = |ns: &str| {
@@ -865,7 +784,7 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
         shard: Shard { index, count: 2 },
         ..settings()
     };
-    let first = Running::start(&kube, None, shard(0)).await;
+    let first = start_controller(&kube, None, shard(0)).await;
     wait_until(
         "shard 0's tenants are verified",
         Duration::from_secs(20),
@@ -890,7 +809,7 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
             "{ns}'s connection is shard 1's"
         );
     }
-    let second = Running::start(&kube, None, shard(1)).await;
+    let second = start_controller(&kube, None, shard(1)).await;
     wait_until("every tenant is verified", Duration::from_secs(20), || {
         namespaces
             .iter()
@@ -903,24 +822,10 @@ async fn shards_split_the_tenants_and_each_reconciles_only_its_own() {
 
 #[tokio::test]
 async fn a_workload_identity_connection_needs_no_secret() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
     const ASSERTION: &str = "eyJhbGciOiJSUzI1NiJ9.tenant-a-sa-token.c2ln";
-    let mut scenario = Scenario::demo();
-    scenario.spec.client.assertion = Some(ASSERTION.into());
     // Short-lived tokens: the file is read again at every token request, as the kubelet
     // rotates it.
-    let sim = Simulator::start(
-        scenario,
-        SimOptions {
-            token_lifetime: Duration::from_secs(1),
-            ..SimOptions::fast()
-        },
-    )
-    .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, ASSERTION).unwrap();
+    let (sim, _dir, token) = crate::fault_support::federated_demo(ASSERTION).await;
     let kube = FakeKube::start(vec![
         json!({
             "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
@@ -935,28 +840,18 @@ async fn a_workload_identity_connection_needs_no_secret() {
     ])
     .await
     .unwrap();
-    let running = Running::start(&kube, None, settings()).await;
+    let running = start_controller(&kube, None, settings()).await;
     wait_until(
         "alice is verified through workload identity",
         Duration::from_secs(20),
         || is_verified(&status(&kube, APA, A, "alice")),
     )
     .await;
-    assert!(is(
-        &status(&kube, GC, A, "default"),
-        "Ready",
-        "True",
-        "Connected"
-    ));
+    assert!(ready(&kube, GC, A, "default", "Connected"));
     // A refused assertion stalls the connection with Entra's code, never echoing it.
     std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.someone-else.c2ln").unwrap();
     wait_until("the connection is stalled", Duration::from_secs(20), || {
-        is(
-            &status(&kube, GC, A, "default"),
-            "Stalled",
-            "True",
-            "AuthenticationFailed",
-        )
+        stalled(&kube, GC, A, "default", "AuthenticationFailed")
     })
     .await;
     let s = status(&kube, GC, A, "default");
@@ -988,7 +883,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
     let contoso = tenant("contoso", 42, "01", true).await;
     let kube = FakeKube::start(vec![
         secret(A, "graph", "clientSecret", "not-the-secret"),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         alice(A, "alice", None),
         alice(A, "alice-2", None),
         guard(A, "finance"),
@@ -1002,7 +897,7 @@ async fn a_wrong_secret_signs_in_at_most_twice_a_minute() {
         ..settings()
     };
     let minute = Duration::from_secs(60) / SCALE;
-    let running = Running::start(&kube, None, defaults).await;
+    let running = start_controller(&kube, None, defaults).await;
     let started = Instant::now();
     wait_until("the connection is Stalled", Duration::from_secs(20), || {
         stalled(&kube, GC, A, "default", "AuthenticationFailed")
@@ -1048,7 +943,7 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     let contoso = tenant("contoso", 42, "01", false).await;
     let kube = FakeKube::start(vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
         alice(A, "alice", None),
         guard(A, "finance"),
     ])
@@ -1059,18 +954,12 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
         connection_recheck_stalled: Duration::from_millis(500),
         ..settings()
     };
-    let running = Running::start(&kube, None, fast_connection).await;
-    let ready = |kube: &FakeKube, plural: &str, name: &str| {
-        is(&status(kube, plural, A, name), "Ready", "True", "Delivered")
-            || is(
-                &status(kube, plural, A, name),
-                "Ready",
-                "True",
-                "AllDelivered",
-            )
+    let running = start_controller(&kube, None, fast_connection).await;
+    let delivered_ready = |kube: &FakeKube, plural: &str, name: &str| {
+        ready(kube, plural, A, name, "Delivered") || ready(kube, plural, A, name, "AllDelivered")
     };
     wait_until("both objects are Ready", Duration::from_secs(20), || {
-        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+        delivered_ready(&kube, APA, "alice") && delivered_ready(&kube, APG, "finance")
     })
     .await;
 
@@ -1121,7 +1010,7 @@ async fn objects_follow_their_connection_into_stalled_and_back() {
     kube.put(secret(A, "graph", "clientSecret", &contoso.client_secret))
         .unwrap();
     wait_until("both objects recover", Duration::from_secs(20), || {
-        ready(&kube, APA, "alice") && ready(&kube, APG, "finance")
+        delivered_ready(&kube, APA, "alice") && delivered_ready(&kube, APG, "finance")
     })
     .await;
     let delivered = condition(&status(&kube, APA, A, "alice"), "Delivered");
@@ -1170,7 +1059,7 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         cluster_connections: false,
         ..quick_recheck()
     };
-    let team = Running::start_watching(&kube, None, vec![B.into()], team_settings).await;
+    let team = start_controller_watching(&kube, None, vec![B.into()], team_settings).await;
     // A reconcile of the cluster connection by the team's installation would come one
     // debounce (50 ms) after its watch listed it and write SecretUnavailable at once (the
     // Secret is not in team-b-system), then again at its re-checks: 500 ms holds ten
@@ -1188,18 +1077,11 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         "the team's installation wrote a cluster connection's status"
     );
 
-    let platform = Running::start(&kube, None, quick_recheck()).await;
+    let platform = start_controller(&kube, None, quick_recheck()).await;
     wait_until(
         "the platform makes the cluster connection Ready",
         Duration::from_secs(20),
-        || {
-            is(
-                &status(&kube, CGC, "", "shared"),
-                "Ready",
-                "True",
-                "Connected",
-            )
-        },
+        || ready(&kube, CGC, "", "shared", "Connected"),
     )
     .await;
     let from = kube.status_write_count();
@@ -1213,12 +1095,7 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
         .filter(|w| w.plural == CGC && w.changed)
         .count();
     assert_eq!(changed, 0, "the cluster connection's status did not flip");
-    assert!(is(
-        &status(&kube, CGC, "", "shared"),
-        "Ready",
-        "True",
-        "Connected"
-    ));
+    assert!(ready(&kube, CGC, "", "shared", "Connected"));
     team.stop().await;
     platform.stop().await;
     contoso.shutdown().await;
@@ -1226,14 +1103,11 @@ async fn a_namespace_restricted_installation_leaves_cluster_connections_alone() 
 
 /// An API server holding alice, and a controller context (operator connection only) to
 /// publish events through.
-async fn events_context() -> (FakeKube, Context) {
+async fn events_context() -> (FakeKube, Arc<Context>) {
     let kube = FakeKube::start(vec![alice(A, "alice", None)])
         .await
         .unwrap();
-    let config = kube::Config::new(kube.url().parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let (metrics, _registry) = Metrics::new(None);
-    let ctx = Context::with_operator_connection(client, None, metrics, &settings());
+    let ctx = context(kube_client(&kube, None), None, &settings());
     (kube, ctx)
 }
 
@@ -1370,9 +1244,8 @@ async fn a_status_write_that_hangs_gives_the_slot_back() {
     )
     .await
     .unwrap();
-    let config = kube::Config::new(kube.url().parse().unwrap());
-    let client = kube::Client::try_from(config).unwrap();
-    let api: kube::Api<redeliver::api::AccessPackageAssignment> = kube::Api::namespaced(client, A);
+    let api: kube::Api<redeliver::api::AccessPackageAssignment> =
+        kube::Api::namespaced(kube_client(&kube, None), A);
     let started = Instant::now();
     let result = redeliver::controller::context::patch_status_within(
         &api,
@@ -1398,7 +1271,7 @@ async fn the_controller_writes_status_as_its_own_field_manager() {
     let contoso = tenant("contoso", 42, "01", false).await;
     let kube = FakeKube::start(vec![
         secret(A, "graph", "clientSecret", &contoso.client_secret),
-        connection(A, "default", &contoso, "graph"),
+        graph_connection(A, "default", &contoso, "graph"),
     ])
     .await
     .unwrap();

@@ -118,21 +118,7 @@ async fn silent_reprocess_counts_attempts_respects_cooldown_and_exhausts_naming_
     // The world: Graph got exactly three reprocesses, and alice is still not a writer.
     assert_eq!(reprocess_calls(&sim, true).get(&alice), Some(&3));
     assert!(!sim.is_member("fin-writers", "alice@contoso.com"));
-    let stalled = conditions::find(
-        &status.conditions,
-        redeliver::engine::conditions::ConditionType::Stalled,
-    )
-    .expect("Stalled");
-    assert_eq!(stalled.status, "True");
-    assert_eq!(
-        stalled.reason,
-        redeliver::engine::conditions::Reason::ReprocessExhausted
-    );
-    assert!(
-        stalled.message.contains("fin-writers"),
-        "{}",
-        stalled.message
-    );
+    crate::fault_support::assert_reprocess_exhausted(&status.conditions, "fin-writers");
     let delivered = conditions::find(
         &status.conditions,
         redeliver::engine::conditions::ConditionType::Delivered,
@@ -204,19 +190,7 @@ async fn assignment_expiring_while_being_repaired_is_reported_expired_not_reproc
         "  reprocess: {mode: Auto}\n",
     ));
     sim.clear_request_log();
-    let cmd = audit_command(
-        &sim,
-        dir.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "4s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-            "-o",
-            "json",
-        ],
-    );
+    let cmd = reprocess_command(&sim, dir.path(), "4s", &["-o", "json"]);
     let child = tokio::spawn(run(cmd));
     // As soon as the reprocess is accepted, the assignment expires in Graph.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

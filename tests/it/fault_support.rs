@@ -4,11 +4,14 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
 use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver_sim::{FaultSpec, LogEntry, SimHandle, SimOptions};
 
@@ -36,11 +39,39 @@ pub const POLL_INTERVAL: &str = "250ms";
 
 /// Fast background processing so repairs land within a test's patience.
 pub fn fast() -> SimOptions {
+    processing_after(Duration::from_millis(150))
+}
+
+/// The simulator's background processing (of requests and reprocesses alike) after
+/// `delay`.
+pub fn processing_after(delay: Duration) -> SimOptions {
     SimOptions {
-        request_delay: Duration::from_millis(150),
-        reprocess_delay: Duration::from_millis(150),
+        request_delay: delay,
+        reprocess_delay: delay,
         ..SimOptions::default()
     }
+}
+
+/// The demo tenant accepting `assertion` as a federated credential and issuing tokens that
+/// live one second, with a file holding the assertion (in the returned directory): each
+/// token request reads the file again, as the kubelet rotates it.
+pub async fn federated_demo(assertion: &str) -> (SimHandle, tempfile::TempDir, PathBuf) {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut scenario = redeliver_sim::Scenario::demo();
+    scenario.spec.client.assertion = Some(assertion.into());
+    let sim = redeliver_sim::Simulator::start(
+        scenario,
+        SimOptions {
+            token_lifetime: Duration::from_secs(1),
+            ..SimOptions::fast()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, assertion).unwrap();
+    (sim, dir, file)
 }
 
 /// A fault from its JSON form (the admin API's), so tests read like the README.
@@ -91,6 +122,25 @@ pub fn audit_command(sim: &SimHandle, dir: &Path, extra: &[&str]) -> tokio::proc
         .stderr(Stdio::piped())
         .kill_on_drop(true);
     cmd
+}
+
+/// `redeliver audit --reprocess --wait WAIT --poll-interval` [`POLL_INTERVAL`] against
+/// `sim`, then `extra`.
+pub fn reprocess_command(
+    sim: &SimHandle,
+    dir: &Path,
+    wait: &str,
+    extra: &[&str],
+) -> tokio::process::Command {
+    let mut args = vec![
+        "--reprocess",
+        "--wait",
+        wait,
+        "--poll-interval",
+        POLL_INTERVAL,
+    ];
+    args.extend_from_slice(extra);
+    audit_command(sim, dir, &args)
 }
 
 /// Runs `cmd` to completion (bounded: a hung audit fails the test instead of CI).
@@ -159,7 +209,25 @@ pub async fn first_plan(
         let target = ids.target_object_id.clone();
         confirm_target(observer, &mut observed.snapshot, &target).await;
     }
-    let who = format!("AccessPackageAssignment {ns}/x");
+    plan_first_visit(
+        &apa,
+        &observed,
+        &format!("AccessPackageAssignment {ns}/x"),
+        &engine::EngineSettings::default(),
+        jiff::Timestamp::now(),
+    )
+}
+
+/// The engine's plan for a first visit of `apa` (no previous status, an empty repair
+/// ledger, the default safety policy) over what `observed` read, as `who`.
+pub fn plan_first_visit(
+    apa: &redeliver::api::AccessPackageAssignment,
+    observed: &redeliver::observe::AssignmentObservation,
+    who: &str,
+    settings: &redeliver::engine::EngineSettings,
+    now: jiff::Timestamp,
+) -> redeliver::engine::Plan {
+    use redeliver::engine;
     engine::plan_assignment(
         &engine::AssignmentInput {
             generation: apa.metadata.generation,
@@ -171,15 +239,28 @@ pub async fn first_plan(
             latest_request: observed.latest_request.as_ref(),
             resources: observed.resources(),
             snapshot: &observed.snapshot,
-            settings: &engine::EngineSettings::default(),
+            settings,
             ledger: &engine::ledger::RepairLedger::new(),
-            who: &who,
+            who,
             operator_report_only: false,
             safety: &redeliver::engine::SafetyPolicy::default(),
             mass_drift: None,
         },
-        jiff::Timestamp::now(),
+        now,
     )
+}
+
+/// `conditions` hold `Stalled=True` for `ReprocessExhausted`, naming `resource` (what the
+/// reprocesses never brought back).
+pub fn assert_reprocess_exhausted(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    resource: &str,
+) {
+    use redeliver::engine::conditions::{ConditionType, Reason, find};
+    let stalled = find(conditions, ConditionType::Stalled).expect("Stalled condition");
+    assert_eq!(stalled.status, "True");
+    assert_eq!(stalled.reason, Reason::ReprocessExhausted);
+    assert!(stalled.message.contains(resource), "{}", stalled.message);
 }
 
 /// One `AccessPackageAssignment` document.
@@ -211,6 +292,24 @@ pub fn client_with(sim: &SimHandle, tweak: impl FnOnce(&mut GraphSettings)) -> G
     let mut args = args_for(sim);
     tweak(&mut args);
     GraphClient::new(args.validate().expect("valid config")).expect("client builds")
+}
+
+/// A client for `sim` configured as by hand (tenant, client, authority and Graph URL;
+/// no ARM endpoint or CA file): signing in with the federated assertion in `token_file`,
+/// or with the client secret without one.
+pub fn minimal_client(sim: &SimHandle, token_file: Option<&Path>) -> GraphClient {
+    let mut args = GraphSettings {
+        tenant_id: Some(sim.tenant_id.clone()),
+        client_id: Some(sim.client_id.clone()),
+        authority_host: sim.authority_host.clone(),
+        graph_url: sim.graph_url.clone(),
+        ..GraphSettings::with_defaults()
+    };
+    match token_file {
+        Some(file) => args.federated_token_file = Some(file.to_path_buf()),
+        None => args.client_secret = Some(redeliver::graph::Secret::new(sim.client_secret.clone())),
+    }
+    GraphClient::new(args.validate().unwrap()).unwrap()
 }
 
 /// The client's throttling scope for a logged path (mirrors the client: Graph throttles
@@ -258,6 +357,44 @@ pub fn reprocess_calls(sim: &SimHandle, accepted_only: bool) -> BTreeMap<String,
     calls
 }
 
+/// Reprocess calls (accepted or not) of assignment `id`, whatever case its id is logged in.
+pub fn reprocess_calls_of(sim: &SimHandle, id: &str) -> usize {
+    reprocess_calls(sim, false)
+        .into_iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(id))
+        .map(|(_, n)| n)
+        .sum()
+}
+
+/// Writes an `AccessPackageAssignment` of `package` for each of `users` (named after the
+/// user, target `USER@fabrikam.com`) in `namespace`, as `all.yaml` in `dir`.
+pub fn fabrikam_declarations(
+    dir: &Path,
+    namespace: &str,
+    package: &str,
+    users: &[impl std::fmt::Display],
+) {
+    let docs: String = users
+        .iter()
+        .map(|u| {
+            format!(
+                "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {u}, namespace: {namespace}}}\nspec:\n  accessPackage: {{displayName: {package}}}\n  target: {{userPrincipalName: {u}@fabrikam.com}}\n---\n"
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("all.yaml"), docs).unwrap();
+}
+
+/// The row of declaration `declaration` (`namespace/name`) in a JSON report.
+pub fn report_row<'a>(report: &'a serde_json::Value, declaration: &str) -> &'a serde_json::Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["declaration"] == declaration)
+        .unwrap_or_else(|| panic!("row {declaration} in {report}"))
+}
+
 /// Writes `docs` as `decl.yaml` in a fresh directory.
 pub fn declarations(docs: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -300,148 +437,18 @@ pub struct Proxy {
 impl Proxy {
     /// Starts a proxy for `upstream` (the simulator's origin) on a free loopback port.
     pub async fn start(upstream: &str) -> Proxy {
-        use axum::body::Body;
-        use axum::extract::{Request, State};
-        use axum::response::Response;
-
-        #[derive(Clone)]
-        struct Ctx {
-            upstream: String,
-            own: String,
-            http: reqwest::Client,
-            rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
-            spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-        }
-
-        async fn forward(State(ctx): State<Ctx>, req: Request) -> Response {
-            let path_q = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str().to_string())
-                .unwrap_or_default();
-            let spoil = {
-                let mut rules = ctx.rules.lock().unwrap();
-                let method = req.method().as_str().to_string();
-                rules
-                    .iter_mut()
-                    .find(|r| {
-                        r.remaining > 0
-                            && path_q.contains(&r.path_contains)
-                            && r.method.as_deref().is_none_or(|m| m == method)
-                    })
-                    .map(|r| {
-                        r.remaining -= 1;
-                        r.spoil
-                    })
-            };
-            let method = req.method().clone();
-            let headers = req.headers().clone();
-            let body = axum::body::to_bytes(req.into_body(), usize::MAX)
-                .await
-                .unwrap_or_default();
-            let own_enc: String =
-                url::form_urlencoded::byte_serialize(ctx.own.as_bytes()).collect();
-            let up_enc: String =
-                url::form_urlencoded::byte_serialize(ctx.upstream.as_bytes()).collect();
-            let body = String::from_utf8_lossy(&body)
-                .replace(&own_enc, &up_enc)
-                .replace(&ctx.own, &ctx.upstream);
-            let mut up = ctx
-                .http
-                .request(method, format!("{}{}", ctx.upstream, path_q))
-                .body(body);
-            for (name, value) in headers.iter() {
-                if name != "host" && name != "content-length" {
-                    up = up.header(name, value);
-                }
-            }
-            let resp = match up.send().await {
-                Ok(r) => r,
-                Err(e) => {
-                    return Response::builder()
-                        .status(502)
-                        .body(Body::from(format!("proxy: {e}")))
-                        .unwrap();
-                }
-            };
-            let status = resp.status();
-            let mut builder = Response::builder().status(status);
-            for (name, value) in resp.headers() {
-                if name != "content-length" && name != "transfer-encoding" {
-                    builder = builder.header(name, value);
-                }
-            }
-            let text = resp.text().await.unwrap_or_default();
-            let text = text.replace(&ctx.upstream, &ctx.own);
-            let Some(spoil) = spoil else {
-                return builder.body(Body::from(text)).unwrap();
-            };
-            ctx.spoiled
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            match spoil {
-                Spoil::NonJson => Response::builder()
-                    .status(200)
-                    .header("content-type", "text/html")
-                    .body(Body::from("<html><body>Gateway says hello</body></html>"))
-                    .unwrap(),
-                Spoil::TruncatedJson => Response::builder()
-                    .status(200)
-                    .header("content-type", "application/json")
-                    .body(Body::from(text[..text.len() / 2].to_string()))
-                    .unwrap(),
-                Spoil::NotFound => Response::builder()
-                    .status(404)
-                    .header("content-type", "application/json")
-                    .body(Body::from(
-                        serde_json::json!({"error": {
-                            "code": "Request_ResourceNotFound",
-                            "message": "Resource does not exist or one of its queried reference-property objects are not present."
-                        }})
-                        .to_string(),
-                    ))
-                    .unwrap(),
-                Spoil::Endless => {
-                    let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
-                    let stream = futures::stream::iter(
-                        (0..80).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-                    );
-                    Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .body(Body::from_stream(stream))
-                        .unwrap()
-                }
-                Spoil::DroppedMidBody => {
-                    let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
-                    let stream = futures::stream::iter(vec![
-                        Ok::<_, std::io::Error>(half),
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::ConnectionReset,
-                            "proxy drops the connection",
-                        )),
-                    ]);
-                    Response::builder()
-                        .status(200)
-                        .header("content-type", "application/json")
-                        .header("content-length", text.len().to_string())
-                        .body(Body::from_stream(stream))
-                        .unwrap()
-                }
-            }
-        }
-
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let own = format!("http://{}", listener.local_addr().unwrap());
         let rules = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let spoiled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let ctx = Ctx {
+        let ctx = ProxyCtx {
             upstream: upstream.trim_end_matches('/').to_string(),
             own: own.clone(),
             http: reqwest::Client::builder().no_proxy().build().unwrap(),
             rules: rules.clone(),
             spoiled: spoiled.clone(),
         };
-        let app = axum::Router::new().fallback(forward).with_state(ctx);
+        let app = axum::Router::new().fallback(proxy_forward).with_state(ctx);
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -479,6 +486,137 @@ impl Proxy {
     }
 }
 
+/// What the [`Proxy`]'s handler shares: where to forward, its own origin (rewritten to the
+/// upstream's in requests and back in answers), and the spoiling rules.
+#[derive(Clone)]
+struct ProxyCtx {
+    upstream: String,
+    own: String,
+    http: reqwest::Client,
+    rules: std::sync::Arc<std::sync::Mutex<Vec<Rule>>>,
+    spoiled: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+async fn proxy_forward(State(ctx): State<ProxyCtx>, req: Request) -> Response {
+    let path_q = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let spoil = {
+        let mut rules = ctx.rules.lock().unwrap();
+        let method = req.method().as_str().to_string();
+        rules
+            .iter_mut()
+            .find(|r| {
+                r.remaining > 0
+                    && path_q.contains(&r.path_contains)
+                    && r.method.as_deref().is_none_or(|m| m == method)
+            })
+            .map(|r| {
+                r.remaining -= 1;
+                r.spoil
+            })
+    };
+    let method = req.method().clone();
+    let headers = req.headers().clone();
+    let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+        .await
+        .unwrap_or_default();
+    let own_enc: String = url::form_urlencoded::byte_serialize(ctx.own.as_bytes()).collect();
+    let up_enc: String = url::form_urlencoded::byte_serialize(ctx.upstream.as_bytes()).collect();
+    let body = String::from_utf8_lossy(&body)
+        .replace(&own_enc, &up_enc)
+        .replace(&ctx.own, &ctx.upstream);
+    let mut up = ctx
+        .http
+        .request(method, format!("{}{}", ctx.upstream, path_q))
+        .body(body);
+    for (name, value) in headers.iter() {
+        if name != "host" && name != "content-length" {
+            up = up.header(name, value);
+        }
+    }
+    let resp = match up.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Response::builder()
+                .status(502)
+                .body(Body::from(format!("proxy: {e}")))
+                .unwrap();
+        }
+    };
+    let status = resp.status();
+    let mut builder = Response::builder().status(status);
+    for (name, value) in resp.headers() {
+        if name != "content-length" && name != "transfer-encoding" {
+            builder = builder.header(name, value);
+        }
+    }
+    let text = resp.text().await.unwrap_or_default();
+    let text = text.replace(&ctx.upstream, &ctx.own);
+    let Some(spoil) = spoil else {
+        return builder.body(Body::from(text)).unwrap();
+    };
+    ctx.spoiled
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    spoiled_response(spoil, &text)
+}
+
+/// The response `spoil` makes of the simulator's answer `text`.
+fn spoiled_response(spoil: Spoil, text: &str) -> Response {
+    match spoil {
+        Spoil::NonJson => Response::builder()
+            .status(200)
+            .header("content-type", "text/html")
+            .body(Body::from("<html><body>Gateway says hello</body></html>"))
+            .unwrap(),
+        Spoil::TruncatedJson => Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .body(Body::from(text[..text.len() / 2].to_string()))
+            .unwrap(),
+        Spoil::NotFound => Response::builder()
+            .status(404)
+            .header("content-type", "application/json")
+            .body(Body::from(
+                serde_json::json!({"error": {
+                    "code": "Request_ResourceNotFound",
+                    "message": "Resource does not exist or one of its queried reference-property objects are not present."
+                }})
+                .to_string(),
+            ))
+            .unwrap(),
+        Spoil::Endless => {
+            let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
+            let stream = futures::stream::iter(
+                (0..80).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
+            );
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+        Spoil::DroppedMidBody => {
+            let half = bytes::Bytes::from(text[..text.len() / 2].to_string());
+            let stream = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "proxy drops the connection",
+                )),
+            ]);
+            Response::builder()
+                .status(200)
+                .header("content-type", "application/json")
+                .header("content-length", text.len().to_string())
+                .body(Body::from_stream(stream))
+                .unwrap()
+        }
+    }
+}
+
 /// A `MakeWriter` appending every formatted event to a shared buffer.
 #[derive(Clone, Default)]
 pub struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -505,6 +643,24 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Capture {
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
     }
+}
+
+/// Runs `test` on a current-thread runtime under a trace-level subscriber that writes into
+/// the [`Capture`] handed to `test`. One thread, so the simulator, the HTTP stack, kube and
+/// the clients all log on it, under this subscriber.
+pub fn under_trace_capture<F: Future<Output = ()>>(test: impl FnOnce(Capture) -> F) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(capture.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(test(capture));
 }
 
 /// The account gate's read, as the drivers make it before a grant: records `target`'s

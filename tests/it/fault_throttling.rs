@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::fault_support::*;
 use redeliver::observe::Observer;
-use redeliver_sim::{LogEntry, Scenario, Simulator};
+use redeliver_sim::{LogEntry, Scenario, SimHandle, Simulator};
 use serde_json::json;
 
 /// Every request in a throttled scope that arrived after a 429 was answered came no
@@ -55,29 +55,7 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
     let sim = Simulator::start(Scenario::synthetic("storm", 8, 1, 2, 2), fast())
         .await
         .unwrap();
-    let mut docs: String = (0..8)
-        .map(|i| {
-            declaration(
-                &format!("user{i}"),
-                "pkg-0",
-                &format!("user{i}@storm.com"),
-                "",
-            )
-        })
-        .collect();
-    // A guard over the same package must not reprocess what a declaration already did.
-    docs.push_str(&guard("pkg-0-guard", "pkg-0"));
-    let dir = declarations(&docs);
-    let drifted: Vec<String> = [0, 2, 4, 6]
-        .iter()
-        .map(|i| {
-            sim.assignment_id(&format!("user{i}@storm.com"), "pkg-0")
-                .unwrap()
-        })
-        .collect();
-    for i in [0, 2, 4, 6] {
-        assert!(!sim.is_member("pkg-0-g0", &format!("user{i}@storm.com")));
-    }
+    let (dir, drifted) = storm_declarations(&sim);
 
     // The storm: the first 12 Graph calls of any kind are refused with Retry-After 0.4 s,
     // and the first two writes again with 0.3 s.
@@ -89,19 +67,7 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         "kind": "throttle", "retryAfter": 0.3, "count": 2,
         "pathPrefix": "/identityGovernance", "method": "POST"
     })));
-    let mut cmd = audit_command(
-        &sim,
-        dir.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "30s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-            "-o",
-            "json",
-        ],
-    );
+    let mut cmd = reprocess_command(&sim, dir.path(), "30s", &["-o", "json"]);
     // One request at a time, so "nothing before Retry-After" can be checked with no slack.
     cmd.env("REDELIVER_GRAPH_CONCURRENCY", "1");
     let started = std::time::Instant::now();
@@ -123,10 +89,51 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         assert!(sim.is_member("pkg-0-g1", &upn), "{upn} in pkg-0-g1");
     }
     let log = graph_requests(&sim);
+    let (throttled, checked) = assert_the_storm_was_waited_out(&log);
+    assert_each_drift_reprocessed_once_in_batches(&sim, &log, drifted);
+    eprintln!(
+        "storm: {} Graph requests, {throttled} throttled, {checked} checked against Retry-After, {:.2} s",
+        log.len(),
+        elapsed.as_secs_f64()
+    );
+    sim.shutdown().await;
+}
+
+/// A declaration for each of the storm tenant's eight users and a guard over their package
+/// (which must not reprocess what a declaration already did); returns them with the ids of
+/// the four drifted assignments.
+fn storm_declarations(sim: &SimHandle) -> (tempfile::TempDir, Vec<String>) {
+    let mut docs: String = (0..8)
+        .map(|i| {
+            declaration(
+                &format!("user{i}"),
+                "pkg-0",
+                &format!("user{i}@storm.com"),
+                "",
+            )
+        })
+        .collect();
+    docs.push_str(&guard("pkg-0-guard", "pkg-0"));
+    let drifted: Vec<String> = [0, 2, 4, 6]
+        .iter()
+        .map(|i| {
+            sim.assignment_id(&format!("user{i}@storm.com"), "pkg-0")
+                .unwrap()
+        })
+        .collect();
+    for i in [0, 2, 4, 6] {
+        assert!(!sim.is_member("pkg-0-g0", &format!("user{i}@storm.com")));
+    }
+    (declarations(&docs), drifted)
+}
+
+/// All 14 refusals were met, and nothing in a refused scope went out before its
+/// Retry-After. Returns the refusals and the requests checked against them.
+fn assert_the_storm_was_waited_out(log: &[LogEntry]) -> (usize, usize) {
     let throttled = log.iter().filter(|e| e.status == 429).count();
     assert_eq!(throttled, 14, "the storm was felt: 12 + 2 refusals");
     let retry_after = [400, 300];
-    let checked = assert_retry_after_honoured(&log, retry_after[1], 0);
+    let checked = assert_retry_after_honoured(log, retry_after[1], 0);
     assert!(checked > 0, "requests followed the storm");
     // The 0.4 s refusals were checked with the smaller bound above; check them exactly.
     let storm: Vec<LogEntry> = log
@@ -135,14 +142,21 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         .cloned()
         .collect();
     assert_retry_after_honoured(&storm, retry_after[0], 0);
+    (throttled, checked)
+}
 
-    // Exactly one accepted reprocess per drifted assignment, none for the others.
-    let accepted = reprocess_calls(&sim, true);
-    let mut expected: Vec<String> = drifted.clone();
-    expected.sort();
+/// Exactly one accepted reprocess per drifted assignment (none for the others), sent in
+/// batches, each refused write retried exactly once; each target's account read once.
+fn assert_each_drift_reprocessed_once_in_batches(
+    sim: &SimHandle,
+    log: &[LogEntry],
+    mut drifted: Vec<String>,
+) {
+    let accepted = reprocess_calls(sim, true);
+    drifted.sort();
     assert_eq!(
         accepted.keys().cloned().collect::<Vec<_>>(),
-        expected,
+        drifted,
         "only drifted assignments were reprocessed"
     );
     assert!(
@@ -183,12 +197,6 @@ async fn throttle_storm_waits_out_retry_after_then_repairs_each_drift_exactly_on
         4 + refused_posts,
         "4 reprocesses + one retry per 429"
     );
-    eprintln!(
-        "storm: {} Graph requests, {throttled} throttled, {checked} checked against Retry-After, {:.2} s",
-        log.len(),
-        elapsed.as_secs_f64()
-    );
-    sim.shutdown().await;
 }
 
 #[tokio::test]

@@ -6,14 +6,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use redeliver::api::AccessPackageAssignment;
 use redeliver::controller::observation::Observations;
-use redeliver::engine::ledger::RepairLedger;
-use redeliver::engine::{self, Action, EngineSettings, Write};
+use redeliver::engine::{Action, EngineSettings, Write};
 use redeliver::observe::{Observer, observe_assignment, observe_guard};
 use redeliver_audit::load::load_paths;
-use redeliver_sim::{Scenario, Simulator};
+use redeliver_sim::{Scenario, SimHandle, Simulator};
 
-use crate::fault_support::fast;
+use crate::fault_support::{fast, plan_first_visit};
 
 fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples")
@@ -41,76 +41,16 @@ async fn audit_and_controller_observe_and_decide_the_same() {
     assert!(decls.assignments.len() >= 4, "{}", decls.assignments.len());
     assert!(!decls.guards.is_empty());
     let graph = crate::fault_support::graph_client(&sim).unwrap();
-    let audit_reads = Observer::new(graph.clone(), 4);
-    let controller_reads = Observations::new(graph, Duration::from_secs(30), 8);
-    let settings = EngineSettings::default();
+    let reads = Reads {
+        audit: Observer::new(graph.clone(), 4),
+        controller: Observations::new(graph, Duration::from_secs(30), 8),
+        accounts: redeliver::observe::safety::SafetyReads::default(),
+    };
     let now = jiff::Timestamp::now();
 
-    let accounts = redeliver::observe::safety::SafetyReads::default();
     let mut decisions = Vec::new();
     for (_, apa) in &decls.assignments {
-        let from_audit = observe_assignment(&audit_reads, &apa.spec, None)
-            .await
-            .unwrap();
-        let from_controller = observe_assignment(&controller_reads, &apa.spec, None)
-            .await
-            .unwrap();
-        assert_eq!(
-            from_audit,
-            from_controller,
-            "the same engine input for {}",
-            apa.metadata.name.as_deref().unwrap_or_default()
-        );
-        // The account gate's read, as the drivers make it before a grant: one reader, so
-        // the second confirmation is answered from its cache.
-        let (mut from_audit, mut from_controller) = (from_audit, from_controller);
-        if let Ok(ids) = &from_audit.resolved {
-            let target = [ids.target_object_id.clone()];
-            for o in [&mut from_audit, &mut from_controller] {
-                accounts
-                    .confirm(
-                        audit_reads.graph(),
-                        &Default::default(),
-                        &mut o.snapshot,
-                        &target,
-                    )
-                    .await;
-            }
-        }
-        let who = format!(
-            "AccessPackageAssignment {}",
-            apa.metadata.name.as_deref().unwrap_or("")
-        );
-        let plan = |o: &redeliver::observe::AssignmentObservation| {
-            engine::plan_assignment(
-                &engine::AssignmentInput {
-                    generation: apa.metadata.generation,
-                    spec: &apa.spec,
-                    previous: None,
-                    reprocess_annotation: None,
-                    resolved: o.resolved.clone(),
-                    assignment: o.assignment.as_ref(),
-                    latest_request: o.latest_request.as_ref(),
-                    resources: o.resources(),
-                    snapshot: &o.snapshot,
-                    settings: &settings,
-                    ledger: &RepairLedger::new(),
-                    who: &who,
-                    operator_report_only: false,
-                    safety: &redeliver::engine::SafetyPolicy::default(),
-                    mass_drift: None,
-                },
-                now,
-            )
-        };
-        let (a, c) = (plan(&from_audit), plan(&from_controller));
-        assert_eq!(a.action, c.action);
-        assert_eq!(a.status, c.status);
-        decisions.push((
-            apa.metadata.name.clone().unwrap_or_default(),
-            a.status.assignment_id.clone(),
-            audit_action(&a.action),
-        ));
+        decisions.push(reads.decide_both_ways(apa, now).await);
     }
     // The demo's story: alice drifted, carol unassigned, dave's request failed.
     let action_of = |name: &str| {
@@ -133,31 +73,13 @@ async fn audit_and_controller_observe_and_decide_the_same() {
     );
 
     for (_, guard) in &decls.guards {
-        let from_audit = observe_guard(&audit_reads, &guard.spec).await.unwrap();
-        let from_controller = observe_guard(&controller_reads, &guard.spec).await.unwrap();
+        let from_audit = observe_guard(&reads.audit, &guard.spec).await.unwrap();
+        let from_controller = observe_guard(&reads.controller, &guard.spec).await.unwrap();
         assert_eq!(from_audit, from_controller);
     }
 
     // And the audit binary prints exactly these decisions.
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"));
-    let out = cmd
-        .envs(sim.graph_env())
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env_remove("AZURE_FEDERATED_TOKEN_FILE")
-        .arg("audit")
-        .arg("-f")
-        .arg(examples())
-        .args(["-o", "json", "--no-progress"])
-        .output()
-        .await
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = audit_examples(&sim).await;
     for (name, assignment_id, action) in &decisions {
         let row = report["rows"]
             .as_array()
@@ -173,4 +95,83 @@ async fn audit_and_controller_observe_and_decide_the_same() {
         );
     }
     sim.shutdown().await;
+}
+
+/// Audit's read cache and the controller's, over one simulator, and the account gate's
+/// reader they share.
+struct Reads {
+    audit: Observer,
+    controller: Observations,
+    accounts: redeliver::observe::safety::SafetyReads,
+}
+
+impl Reads {
+    /// Observes `apa` through both caches and plans its first visit from each: the engine
+    /// input, the action and the status must be the same. Returns the declaration's name,
+    /// the assignment id and the action as audit names it.
+    async fn decide_both_ways(
+        &self,
+        apa: &AccessPackageAssignment,
+        now: jiff::Timestamp,
+    ) -> (String, Option<String>, String) {
+        let from_audit = observe_assignment(&self.audit, &apa.spec, None)
+            .await
+            .unwrap();
+        let from_controller = observe_assignment(&self.controller, &apa.spec, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            from_audit,
+            from_controller,
+            "the same engine input for {}",
+            apa.metadata.name.as_deref().unwrap_or_default()
+        );
+        // The account gate's read, as the drivers make it before a grant: one reader, so
+        // the second confirmation is answered from its cache.
+        let (mut from_audit, mut from_controller) = (from_audit, from_controller);
+        if let Ok(ids) = &from_audit.resolved {
+            let target = [ids.target_object_id.clone()];
+            for o in [&mut from_audit, &mut from_controller] {
+                self.accounts
+                    .confirm(
+                        self.audit.graph(),
+                        &Default::default(),
+                        &mut o.snapshot,
+                        &target,
+                    )
+                    .await;
+            }
+        }
+        let who = format!(
+            "AccessPackageAssignment {}",
+            apa.metadata.name.as_deref().unwrap_or("")
+        );
+        let settings = EngineSettings::default();
+        let a = plan_first_visit(apa, &from_audit, &who, &settings, now);
+        let c = plan_first_visit(apa, &from_controller, &who, &settings, now);
+        assert_eq!(a.action, c.action);
+        assert_eq!(a.status, c.status);
+        (
+            apa.metadata.name.clone().unwrap_or_default(),
+            a.status.assignment_id.clone(),
+            audit_action(&a.action),
+        )
+    }
+}
+
+/// `redeliver audit -f examples/ -o json` against `sim`: its report.
+async fn audit_examples(sim: &SimHandle) -> serde_json::Value {
+    // The same command line every audit test runs: a developer's AZURE_* or REDELIVER_*
+    // variables are cleared, so they cannot change what this comparison sees.
+    let out = crate::fault_support::audit_command(sim, &examples(), &["-o", "json"])
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
 }

@@ -16,17 +16,13 @@ use redeliver::engine::{self, Action, Write};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 
-use crate::fault_support::audit_json;
+use crate::fault_support::{audit_json, fabrikam_declarations, processing_after, report_row};
 
 const SCHEDULES: &str = "/v1.0/identityGovernance/privilegedAccess/group/eligibilitySchedules";
 const PERMISSION: &str = "PrivilegedEligibilitySchedule.Read.AzureADGroup";
 
 fn fast() -> SimOptions {
-    SimOptions {
-        request_delay: Duration::from_millis(200),
-        reprocess_delay: Duration::from_millis(200),
-        ..SimOptions::default()
-    }
+    processing_after(Duration::from_millis(200))
 }
 
 /// "Finance Admins" grants eligible membership of fin-admins and eligible ownership of
@@ -75,24 +71,11 @@ spec:
 }
 
 fn declarations(dir: &Path, users: &[&str]) {
-    let docs: String = users
-        .iter()
-        .map(|u| {
-            format!(
-                "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {u}, namespace: privileged}}\nspec:\n  accessPackage: {{displayName: Finance Admins}}\n  target: {{userPrincipalName: {u}@fabrikam.com}}\n---\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("all.yaml"), docs).unwrap();
+    fabrikam_declarations(dir, "privileged", "Finance Admins", users);
 }
 
 fn row<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["declaration"] == format!("privileged/{name}"))
-        .unwrap_or_else(|| panic!("row {name} in {report}"))
+    report_row(report, &format!("privileged/{name}"))
 }
 
 /// The plan's status of the eligible group membership.

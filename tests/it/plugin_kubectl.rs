@@ -11,18 +11,15 @@
 //!   takes the annotation but refuses `--wait`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::server::Readiness;
-use redeliver::controller::{Context, Settings, run_controllers};
+use redeliver::controller::Settings;
 use redeliver_fake_kube::FakeKube;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::fault_support::reprocess_calls;
+use crate::controller_support::{Controller, operator_context};
+use crate::fault_support::{reprocess_calls, reprocess_calls_of};
 
 const NS: &str = "access";
 const APA: &str = "accesspackageassignments";
@@ -380,26 +377,12 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
     let kube = FakeKube::start(vec![assignment("alice-finance", NS, "Manual", None)])
         .await
         .unwrap();
-    let mut kconfig = kube::Config::new(kube.url().parse().unwrap());
-    kconfig.default_namespace = NS.into();
-    let client = kube::Client::try_from(kconfig).unwrap();
-    let graph = crate::fault_support::graph_client(&sim).unwrap();
-    let (metrics, _registry) = Metrics::new(Some(graph.clone()));
     let settings = Settings {
         poll_interval: Duration::from_millis(250),
         observation_max_age: Duration::from_millis(200),
         ..crate::controller_support::settings()
     };
-    let ctx = Arc::new(Context::new(client, graph, metrics.clone(), &settings));
-    let ready = Readiness::default();
-    let stop = CancellationToken::new();
-    let task = tokio::spawn(run_controllers(
-        ctx,
-        Vec::new(),
-        4,
-        ready.clone(),
-        stop.clone(),
-    ));
+    let running = Controller::spawn(operator_context(&kube, &sim, NS, &settings), Vec::new(), 4);
     let reported = || {
         let s = kube
             .object(APA, NS, "alice-finance")
@@ -422,6 +405,36 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
         "Manual mode sends nothing by itself"
     );
 
+    reprocess_wait_returns_once_the_request_is_handled(&kube).await;
+    let calls = || reprocess_calls_of(&sim, &id);
+    // The controller records the reprocess in status just before it calls Graph (so that a
+    // crash in between never sends it twice): the echo can precede the call by moments.
+    wait_until(
+        "the reprocess reaches Graph",
+        Duration::from_secs(10),
+        || calls() > 0,
+    )
+    .await;
+    assert_eq!(calls(), 1, "one request, one reprocess");
+    // More passes (the re-checks after the repair) send no second one.
+    // Three reconciles: the first verification, the one the request triggered (which sent
+    // the reprocess) and the re-check one poll interval after it, which finds the repair.
+    wait_until(
+        "the re-check after the repair",
+        Duration::from_secs(20),
+        || running.reconciled("AccessPackageAssignment") >= 3,
+    )
+    .await;
+    assert_eq!(calls(), 1, "still one reprocess");
+    assert_eq!(reprocess_calls(&sim, false).values().sum::<usize>(), 1);
+
+    running.stop().await;
+    sim.shutdown().await;
+}
+
+/// `kubectl redeliver reprocess apa/alice-finance --wait` against the running controller:
+/// exits 0 once the controller has handled the request it annotated, saying so.
+async fn reprocess_wait_returns_once_the_request_is_handled(kube: &FakeKube) {
     let dir = tempfile::tempdir().unwrap();
     let config = kubeconfig(dir.path(), &kube.url());
     let out = plugin(
@@ -455,40 +468,6 @@ async fn reprocess_wait_returns_after_exactly_one_reprocess_by_the_controller() 
         out.stdout
     );
     assert_eq!(stored["status"]["reprocess"]["lastHandledRequest"], value);
-    let calls = || {
-        reprocess_calls(&sim, false)
-            .into_iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(&id))
-            .map(|(_, n)| n)
-            .sum::<usize>()
-    };
-    // The controller records the reprocess in status just before it calls Graph (so that a
-    // crash in between never sends it twice): the echo can precede the call by moments.
-    wait_until(
-        "the reprocess reaches Graph",
-        Duration::from_secs(10),
-        || calls() > 0,
-    )
-    .await;
-    assert_eq!(calls(), 1, "one request, one reprocess");
-    // More passes (the re-checks after the repair) send no second one.
-    // Three reconciles: the first verification, the one the request triggered (which sent
-    // the reprocess) and the re-check one poll interval after it, which finds the repair.
-    wait_until(
-        "the re-check after the repair",
-        Duration::from_secs(20),
-        || crate::controller_support::reconciled(&metrics, "AccessPackageAssignment") >= 3,
-    )
-    .await;
-    assert_eq!(calls(), 1, "still one reprocess");
-    assert_eq!(reprocess_calls(&sim, false).values().sum::<usize>(), 1);
-
-    stop.cancel();
-    tokio::time::timeout(Duration::from_secs(20), task)
-        .await
-        .expect("the controller stops within 20s")
-        .unwrap();
-    sim.shutdown().await;
 }
 
 /// Usage errors exit 64 (not 2, which is drift) and name the flag; nothing is sent.

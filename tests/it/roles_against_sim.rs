@@ -14,17 +14,13 @@ use redeliver::engine::{self, Action, Write};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 
-use crate::fault_support::audit_json;
+use crate::fault_support::{audit_json, fabrikam_declarations, processing_after, report_row};
 
 const GLOBAL_READER: &str = "f2ef992c-3afb-46b9-b7cf-a126ee74c451";
 const SECURITY_READER: &str = "5d6b6bb7-de71-4623-b4af-96380a352509";
 
 fn fast() -> SimOptions {
-    SimOptions {
-        request_delay: Duration::from_millis(200),
-        reprocess_delay: Duration::from_millis(200),
-        ..SimOptions::default()
-    }
+    processing_after(Duration::from_millis(200))
 }
 
 /// A tenant whose "Security Operations" package grants a group, Global Reader (eligible)
@@ -76,24 +72,11 @@ spec:
 }
 
 fn declarations(dir: &Path, users: &[&str]) {
-    let docs: String = users
-        .iter()
-        .map(|u| {
-            format!(
-                "apiVersion: redeliver.dev/v1alpha1\nkind: AccessPackageAssignment\nmetadata: {{name: {u}, namespace: security}}\nspec:\n  accessPackage: {{displayName: Security Operations}}\n  target: {{userPrincipalName: {u}@fabrikam.com}}\n---\n"
-            )
-        })
-        .collect();
-    std::fs::write(dir.join("all.yaml"), docs).unwrap();
+    fabrikam_declarations(dir, "security", "Security Operations", users);
 }
 
 fn row<'a>(report: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
-    report["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["declaration"] == format!("security/{name}"))
-        .unwrap_or_else(|| panic!("row {name} in {report}"))
+    report_row(report, &format!("security/{name}"))
 }
 
 #[tokio::test]

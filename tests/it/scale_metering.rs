@@ -40,14 +40,10 @@ async fn call(
     (resp.status(), ru)
 }
 
-#[tokio::test]
-async fn every_directory_request_is_charged_per_the_published_table() {
-    let (h, c, tok) = start().await;
-    let g = h.group_id("fin-readers").unwrap();
-    let sp = h.service_principal_id("Payroll").unwrap();
-    let alice = h.user_id("alice@contoso.com").unwrap();
-    // (path, expected RU): base cost, then $select -1, $expand +1, $top<20 -1, minimum 1.
-    let cases: Vec<(Method, String, u32)> = vec![
+/// What each directory request costs in RU, for group `g`, service principal `sp` and
+/// user `alice`: base cost, then `$select` -1, `$expand` +1, `$top` < 20 -1, minimum 1.
+fn published_costs(g: &str, sp: &str, alice: &str) -> Vec<(Method, String, u32)> {
+    vec![
         (Method::GET, format!("/v1.0/groups/{g}/members"), 3),
         (
             Method::GET,
@@ -102,7 +98,16 @@ async fn every_directory_request_is_charged_per_the_published_table() {
             format!("/v1.0/users/{alice}/checkMemberGroups"),
             4,
         ),
-    ];
+    ]
+}
+
+#[tokio::test]
+async fn every_directory_request_is_charged_per_the_published_table() {
+    let (h, c, tok) = start().await;
+    let g = h.group_id("fin-readers").unwrap();
+    let sp = h.service_principal_id("Payroll").unwrap();
+    let alice = h.user_id("alice@contoso.com").unwrap();
+    let cases = published_costs(&g, &sp, &alice);
     let mut expected_total = 0u64;
     for (method, path, want) in &cases {
         let (status, ru) = call(&c, &tok, &h, method.clone(), path).await;

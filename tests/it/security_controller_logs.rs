@@ -7,13 +7,13 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::fault_support::Capture;
+use crate::controller_support::{Controller, context, graph_connection, kube_client, secret};
+use crate::fault_support::{minimal_client, under_trace_capture};
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use redeliver::api::{AccessPackageAssignment, AccessPackageGuard};
-use redeliver::controller::metrics::Metrics;
-use redeliver::controller::{Context, assignment, guard};
-use redeliver::graph::{GraphClient, GraphSettings};
+use redeliver::controller::{assignment, guard};
+use redeliver::graph::GraphClient;
 use redeliver_sim::{Scenario, SimOptions, Simulator};
 use serde_json::{Value, json};
 
@@ -71,95 +71,15 @@ fn auto_api(
 
 #[test]
 fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut scenario = Scenario::demo();
-        scenario.spec.client.assertion = Some(ASSERTION.into());
-        let sim = Simulator::start(
-            scenario,
-            SimOptions {
-                token_lifetime: Duration::from_secs(1),
-                ..SimOptions::fast()
-            },
-        )
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("token");
-        std::fs::write(&file, ASSERTION).unwrap();
+    under_trace_capture(|capture| async move {
+        let (sim, _dir, file) = crate::fault_support::federated_demo(ASSERTION).await;
         let written = Arc::new(Mutex::new(Vec::new()));
         // One controller on the client secret, one on workload identity.
         for federated in [false, true] {
-            let mut args = GraphSettings {
-                tenant_id: Some(sim.tenant_id.clone()),
-                client_id: Some(sim.client_id.clone()),
-                authority_host: sim.authority_host.clone(),
-                graph_url: sim.graph_url.clone(),
-                ..GraphSettings::with_defaults()
-            };
-            if federated {
-                args.federated_token_file = Some(file.clone());
-            } else {
-                args.client_secret = Some(redeliver::graph::Secret::new(sim.client_secret.clone()));
-            }
-            let graph = GraphClient::new(args.validate().unwrap()).unwrap();
-            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-            let objects: Objects = Arc::default();
-            auto_api(handle, objects.clone(), written.clone());
-            let client = kube::Client::new(service, "access");
-            let (metrics, _registry) = Metrics::new(Some(graph.clone()));
-            let ctx = Arc::new(Context::new(
-                client,
-                graph,
-                metrics,
-                &crate::controller_support::settings(),
-            ));
-            for (name, upn) in [
-                ("alice-finance", "alice@contoso.com"),
-                ("bob-finance", "bob@contoso.com"),
-                ("carol-finance", "carol@contoso.com"),
-            ] {
-                let value = json!({
-                    "apiVersion": "redeliver.dev/v1alpha1",
-                    "kind": "AccessPackageAssignment",
-                    "metadata": {"name": name, "namespace": "access", "uid": format!("uid-{name}"),
-                                 "generation": 1, "resourceVersion": "1"},
-                    "spec": {"accessPackage": {"displayName": "Finance Analysts"},
-                             "target": {"userPrincipalName": upn}},
-                });
-                objects
-                    .lock()
-                    .unwrap()
-                    .insert(name.to_string(), value.clone());
-                let obj: AccessPackageAssignment = serde_json::from_value(value).unwrap();
-                let result = assignment::reconcile(Arc::new(obj), ctx.clone()).await;
-                assert!(result.is_ok(), "{name}: {result:?}");
-            }
-            let value = json!({
-                "apiVersion": "redeliver.dev/v1alpha1",
-                "kind": "AccessPackageGuard",
-                "metadata": {"name": "finance", "namespace": "access", "uid": "uid-guard",
-                             "generation": 1, "resourceVersion": "1"},
-                "spec": {"accessPackage": {"displayName": "Finance Analysts"}, "mode": "Enforce"},
-            });
-            objects
-                .lock()
-                .unwrap()
-                .insert("finance".into(), value.clone());
-            let g: AccessPackageGuard = serde_json::from_value(value).unwrap();
-            let result = guard::reconcile(Arc::new(g), ctx.clone()).await;
-            assert!(result.is_ok(), "guard reconcile: {result:?}");
+            let graph = minimal_client(&sim, federated.then_some(file.as_path()));
+            // Boxed: inline, a debug build's reconcile futures overflow the test thread's
+            // stack one call deeper.
+            Box::pin(reconcile_the_demo_declarations(graph, written.clone())).await;
             // Let tokens expire so the next client's run and any refresh are exercised too:
             // on the simulator's clock and on the clients' token caches' (tokio's), without
             // waiting for it.
@@ -198,6 +118,52 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
     });
 }
 
+/// Runs the assignment reconciler over alice's, bob's and carol's Finance declarations and
+/// the guard reconciler over the package's guard, through `graph` and an auto-answering API
+/// server that appends what it is sent to `written`. Every reconcile ends well.
+async fn reconcile_the_demo_declarations(graph: GraphClient, written: Arc<Mutex<Vec<String>>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let objects: Objects = Arc::default();
+    auto_api(handle, objects.clone(), written);
+    let client = kube::Client::new(service, "access");
+    let ctx = context(client, Some(graph), &crate::controller_support::settings());
+    for (name, upn) in [
+        ("alice-finance", "alice@contoso.com"),
+        ("bob-finance", "bob@contoso.com"),
+        ("carol-finance", "carol@contoso.com"),
+    ] {
+        let value = json!({
+            "apiVersion": "redeliver.dev/v1alpha1",
+            "kind": "AccessPackageAssignment",
+            "metadata": {"name": name, "namespace": "access", "uid": format!("uid-{name}"),
+                         "generation": 1, "resourceVersion": "1"},
+            "spec": {"accessPackage": {"displayName": "Finance Analysts"},
+                     "target": {"userPrincipalName": upn}},
+        });
+        objects
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), value.clone());
+        let obj: AccessPackageAssignment = serde_json::from_value(value).unwrap();
+        let result = assignment::reconcile(Arc::new(obj), ctx.clone()).await;
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+    let value = json!({
+        "apiVersion": "redeliver.dev/v1alpha1",
+        "kind": "AccessPackageGuard",
+        "metadata": {"name": "finance", "namespace": "access", "uid": "uid-guard",
+                     "generation": 1, "resourceVersion": "1"},
+        "spec": {"accessPackage": {"displayName": "Finance Analysts"}, "mode": "Enforce"},
+    });
+    objects
+        .lock()
+        .unwrap()
+        .insert("finance".into(), value.clone());
+    let g: AccessPackageGuard = serde_json::from_value(value).unwrap();
+    let result = guard::reconcile(Arc::new(g), ctx.clone()).await;
+    assert!(result.is_ok(), "guard reconcile: {result:?}");
+}
+
 /// The same for connections: a `GraphConnection` whose Secret holds the right client secret
 /// and one whose Secret holds a wrong one (so the refusal is logged and reported), under a
 /// trace-level subscriber. Neither value, nor its base64 form as the API server serves it,
@@ -206,52 +172,11 @@ fn controller_reconcilers_under_a_trace_subscriber_log_no_secret_or_token() {
 fn connection_secrets_never_reach_logs_status_or_events() {
     use redeliver_fake_kube::FakeKube;
     const WRONG: &str = "wrong-secret-KNOWN-VALUE-7c1f";
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    under_trace_capture(|capture| async move {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
             .await
             .unwrap();
-        let secret = |ns: &str, value: &str| {
-            let s = k8s_openapi::api::core::v1::Secret {
-                metadata: kube::api::ObjectMeta {
-                    name: Some("graph".into()),
-                    namespace: Some(ns.into()),
-                    ..Default::default()
-                },
-                data: Some(
-                    [(
-                        "clientSecret".to_string(),
-                        k8s_openapi::ByteString(value.as_bytes().to_vec()),
-                    )]
-                    .into(),
-                ),
-                ..Default::default()
-            };
-            let mut v = serde_json::to_value(s).unwrap();
-            v["apiVersion"] = json!("v1");
-            v["kind"] = json!("Secret");
-            v
-        };
-        let connection = |ns: &str| {
-            json!({
-                "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
-                "metadata": {"name": "default", "namespace": ns},
-                "spec": {"tenantId": sim.tenant_id, "clientId": sim.client_id,
-                         "credential": {"clientSecret": {"name": "graph"}},
-                         "authorityHost": sim.authority_host, "graphUrl": sim.graph_url}
-            })
-        };
         let apa = |ns: &str| {
             json!({
                 "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
@@ -261,32 +186,21 @@ fn connection_secrets_never_reach_logs_status_or_events() {
             })
         };
         let kube = FakeKube::start(vec![
-            secret("good", &sim.client_secret),
-            connection("good"),
+            secret("good", "graph", "clientSecret", &sim.client_secret),
+            graph_connection("good", "default", &sim, "graph"),
             apa("good"),
-            secret("bad", WRONG),
-            connection("bad"),
+            secret("bad", "graph", "clientSecret", WRONG),
+            graph_connection("bad", "default", &sim, "graph"),
             apa("bad"),
         ])
         .await
         .unwrap();
-        let client =
-            kube::Client::try_from(kube::Config::new(kube.url().parse().unwrap())).unwrap();
-        let (metrics, _registry) = Metrics::new(None);
-        let ctx = Arc::new(Context::with_operator_connection(
-            client,
+        let ctx = context(
+            kube_client(&kube, None),
             None,
-            metrics,
             &crate::controller_support::settings(),
-        ));
-        let stop = tokio_util::sync::CancellationToken::new();
-        let run = tokio::spawn(redeliver::controller::run_controllers(
-            ctx,
-            Vec::new(),
-            2,
-            redeliver::controller::server::Readiness::default(),
-            stop.clone(),
-        ));
+        );
+        let running = Controller::spawn(ctx, Vec::new(), 2);
         let delivered = |ns: &str| {
             kube.object("accesspackageassignments", ns, "alice")
                 .and_then(|o| o["status"]["conditions"].as_array().cloned())
@@ -296,16 +210,13 @@ fn connection_secrets_never_reach_logs_status_or_events() {
             kube.object("graphconnections", "bad", "default")
                 .is_some_and(|o| o["status"]["errorCode"].is_string())
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !(delivered("good") && stalled()) {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the connections were not both checked"
-            );
-            tokio::time::sleep(crate::wait::PACE).await;
-        }
-        stop.cancel();
-        let _ = run.await;
+        crate::wait::until(
+            "the connections are both checked",
+            Duration::from_secs(20),
+            || delivered("good") && stalled(),
+        )
+        .await;
+        running.stop().await;
         let text = capture.text();
         assert!(
             text.contains("connection stalled"),

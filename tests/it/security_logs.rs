@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use crate::fault_support::*;
 use redeliver::engine::{self, Action, EngineSettings, Write};
-use redeliver::graph::{GraphClient, GraphSettings};
 use redeliver::observe::Observer;
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator};
 
@@ -97,17 +96,7 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
     let token_dir = tempfile::tempdir().unwrap();
     let file = token_dir.path().join("token");
     std::fs::write(&file, ASSERTION).unwrap();
-    let mut cmd = audit_command(
-        &sim,
-        dir.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "30s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-        ],
-    );
+    let mut cmd = reprocess_command(&sim, dir.path(), "30s", &[]);
     cmd.env_remove("AZURE_CLIENT_SECRET")
         .env("AZURE_FEDERATED_TOKEN_FILE", &file)
         .env("REDELIVER_LOG", "trace");
@@ -135,20 +124,7 @@ async fn audit_process_with_workload_identity_logs_no_assertion() {
 
 #[test]
 fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(capture.clone())
-        .with_ansi(false)
-        .finish();
-    // Current-thread runtime: the simulator, the HTTP stack and the client all log on this
-    // thread, under this subscriber.
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
+    under_trace_capture(|capture| async move {
         let mut scenario = Scenario::demo();
         scenario.spec.client.assertion = Some(ASSERTION.into());
         let sim = Simulator::start(scenario, fast()).await.unwrap();
@@ -157,19 +133,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
         std::fs::write(&file, ASSERTION).unwrap();
         // Two clients: one with the secret, one with the federated token.
         let with_secret = client_with(&sim, |_| {});
-        let federated = GraphClient::new(
-            GraphSettings {
-                tenant_id: Some(sim.tenant_id.clone()),
-                client_id: Some(sim.client_id.clone()),
-                federated_token_file: Some(file.clone()),
-                authority_host: sim.authority_host.clone(),
-                graph_url: sim.graph_url.clone(),
-                ..GraphSettings::with_defaults()
-            }
-            .validate()
-            .unwrap(),
-        )
-        .unwrap();
+        let federated = minimal_client(&sim, Some(&file));
         for client in [with_secret, federated] {
             let observer = Observer::new(client, 4);
             let apa: redeliver::api::AccessPackageAssignment = serde_norway::from_str(
@@ -223,7 +187,10 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
             observer.graph().get_user("bob@contoso.com").await.unwrap();
             let _ = observer.graph().get_user("nobody@contoso.com").await;
         }
-        assert!(sim.settle(Duration::from_secs(10)).await, "the repair lands");
+        assert!(
+            sim.settle(Duration::from_secs(10)).await,
+            "the repair lands"
+        );
         assert!(sim.is_member("fin-writers", "alice@contoso.com"));
         let text = capture.text();
         assert!(
@@ -232,11 +199,7 @@ fn in_process_run_under_a_trace_subscriber_logs_no_secret_or_token() {
         );
         assert!(text.contains("TRACE"), "trace events were captured");
         assert!(sim.issued_tokens().len() >= 4, "both clients refreshed");
-        assert_clean(
-            &text,
-            &sim,
-            &[ASSERTION, "federated-sa-token-KNOWN-VALUE"],
-        );
+        assert_clean(&text, &sim, &[ASSERTION, "federated-sa-token-KNOWN-VALUE"]);
         sim.shutdown().await;
     });
 }

@@ -63,17 +63,7 @@ async fn tls_simulator_is_trusted_only_with_its_ca_file() {
     assert!(!sim.is_member("fin-writers", "alice@contoso.com"));
 
     // With it: the full repair over HTTPS.
-    let mut cmd = audit_command(
-        &sim,
-        decls.path(),
-        &[
-            "--reprocess",
-            "--wait",
-            "20s",
-            "--poll-interval",
-            crate::fault_support::POLL_INTERVAL,
-        ],
-    );
+    let mut cmd = reprocess_command(&sim, decls.path(), "20s", &[]);
     cmd.env("REDELIVER_CA_FILE", &ca);
     let out = run(cmd).await;
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

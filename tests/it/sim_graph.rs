@@ -363,46 +363,78 @@ async fn member_writes_check_member_groups_and_app_role_assignments() {
 
 #[tokio::test]
 async fn entitlement_management_reads_filters_and_expands() {
-    let h = start(Scenario::demo()).await;
-    let c = client();
-    let tok = token(&c, &h).await;
+    let g = Signed::start(Scenario::demo()).await;
     let pkg = "9f1c0c7e-0000-4000-8000-000000000001";
+    package_and_catalog_reads_filter_by_name_and_expand(&g, pkg).await;
+    assignment_filters_match_graphs(&g, pkg).await;
+    assignments_page_and_bad_filters_and_ids_are_refused(&g).await;
+    // dave's failed request, found by its state, with its assignment and package.
+    let (status, body) = g.get(&format!("{EM}/assignmentRequests?$filter=state eq 'deliveryFailed'&$expand=assignment,accessPackage")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let reqs = body["value"].as_array().unwrap();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0]["requestType"], "adminAdd");
+    assert_eq!(reqs[0]["accessPackage"]["displayName"], "Engineering Tools");
+    assert_eq!(
+        reqs[0]["assignment"]["target"]["principalName"],
+        "dave@contoso.com"
+    );
+    assert!(reqs[0]["completedDateTime"].is_string());
+    g.h.shutdown().await;
+}
 
-    let (status, body) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/accessPackages?$filter=displayName eq 'Finance Analysts'&$expand=catalog"),
-    )
-    .await;
+/// A simulator with a client signed in to it.
+struct Signed {
+    h: SimHandle,
+    c: Client,
+    tok: String,
+}
+
+impl Signed {
+    async fn start(scenario: Scenario) -> Self {
+        let h = start(scenario).await;
+        let c = client();
+        let tok = token(&c, &h).await;
+        Self { h, c, tok }
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        get(&self.c, &self.h, &self.tok, path).await
+    }
+}
+
+/// Packages and catalogs filtered by display name; a package's role scopes (group, app
+/// role, SharePoint site) and policies expanded or filtered by package.
+async fn package_and_catalog_reads_filter_by_name_and_expand(g: &Signed, pkg: &str) {
+    let (status, body) = g
+        .get(&format!(
+            "{EM}/accessPackages?$filter=displayName eq 'Finance Analysts'&$expand=catalog"
+        ))
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["value"].as_array().unwrap().len(), 1);
     assert_eq!(body["value"][0]["id"], pkg);
     assert_eq!(body["value"][0]["catalog"]["displayName"], "Finance");
 
-    let (_, body) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/catalogs?$filter=displayName eq 'Engineering'"),
-    )
-    .await;
+    let (_, body) = g
+        .get(&format!(
+            "{EM}/catalogs?$filter=displayName eq 'Engineering'"
+        ))
+        .await;
     assert_eq!(
         body["value"][0]["id"],
         "0f1e2d3c-0000-4000-8000-00000000ca02"
     );
 
-    let (status, p) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/accessPackages/{pkg}?$expand=resourceRoleScopes($expand=role,scope)"),
-    )
-    .await;
+    let (status, p) = g
+        .get(&format!(
+            "{EM}/accessPackages/{pkg}?$expand=resourceRoleScopes($expand=role,scope)"
+        ))
+        .await;
     assert_eq!(status, StatusCode::OK);
     let scopes = p["resourceRoleScopes"].as_array().unwrap();
     assert_eq!(scopes.len(), 4);
-    let readers = h.group_id("fin-readers").unwrap();
+    let readers = g.h.group_id("fin-readers").unwrap();
     assert!(
         scopes
             .iter()
@@ -410,7 +442,7 @@ async fn entitlement_management_reads_filters_and_expands() {
                 && s["scope"]["originId"] == readers.as_str()
                 && s["role"]["originSystem"] == "AadGroup")
     );
-    let sp = h.service_principal_id("Payroll").unwrap();
+    let sp = g.h.service_principal_id("Payroll").unwrap();
     assert!(
         scopes
             .iter()
@@ -423,41 +455,38 @@ async fn entitlement_management_reads_filters_and_expands() {
         )
     );
 
-    let (_, p) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/accessPackages/{pkg}?$expand=assignmentPolicies"),
-    )
-    .await;
+    let (_, p) = g
+        .get(&format!(
+            "{EM}/accessPackages/{pkg}?$expand=assignmentPolicies"
+        ))
+        .await;
     assert_eq!(
         p["assignmentPolicies"][0]["id"],
         "2264bf65-76ba-417b-a27d-54d291f0cb01"
     );
-    let (_, pols) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/assignmentPolicies?$filter=accessPackage/id eq '{pkg}'"),
-    )
-    .await;
+    let (_, pols) = g
+        .get(&format!(
+            "{EM}/assignmentPolicies?$filter=accessPackage/id eq '{pkg}'"
+        ))
+        .await;
     assert_eq!(pols["value"].as_array().unwrap().len(), 1);
+}
 
-    // Both documented casings of the assignment filter.
-    let alice = h.user_id("alice@contoso.com").unwrap();
+/// Both documented casings of the assignment filter by package and target, and the filter
+/// by state.
+async fn assignment_filters_match_graphs(g: &Signed, pkg: &str) {
+    let alice = g.h.user_id("alice@contoso.com").unwrap();
     for f in [
         format!("accessPackage/id eq '{pkg}' and target/objectid eq '{alice}'"),
         format!(
             "accessPackage/id eq '{pkg}' and target/objectId eq '{alice}' and state eq 'Delivered'"
         ),
     ] {
-        let (status, body) = get(
-            &c,
-            &h,
-            &tok,
-            &format!("{EM}/assignments?$expand=target,accessPackage&$filter={f}"),
-        )
-        .await;
+        let (status, body) = g
+            .get(&format!(
+                "{EM}/assignments?$expand=target,accessPackage&$filter={f}"
+            ))
+            .await;
         assert_eq!(status, StatusCode::OK, "{body}");
         let v = body["value"].as_array().unwrap();
         assert_eq!(v.len(), 1, "{f}");
@@ -471,60 +500,41 @@ async fn entitlement_management_reads_filters_and_expands() {
         );
         assert_eq!(v[0]["accessPackage"]["displayName"], "Finance Analysts");
     }
-    let (_, body) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/assignments?$filter=state eq 'deliveryFailed'"),
-    )
-    .await;
+    let (_, body) = g
+        .get(&format!(
+            "{EM}/assignments?$filter=state eq 'deliveryFailed'"
+        ))
+        .await;
     assert_eq!(
         body["value"].as_array().unwrap().len(),
         1,
         "dave's failed assignment"
     );
+}
 
+async fn assignments_page_and_bad_filters_and_ids_are_refused(g: &Signed) {
     // Assignment paging with $top.
-    let (_, body) = get(&c, &h, &tok, &format!("{EM}/assignments?$top=2")).await;
+    let (_, body) = g.get(&format!("{EM}/assignments?$top=2")).await;
     assert_eq!(body["value"].as_array().unwrap().len(), 2);
     let next = body["@odata.nextLink"].as_str().unwrap().to_string();
-    let (_, body) = get(&c, &h, &tok, &next).await;
+    let (_, body) = g.get(&next).await;
     // The demo's four assignments: alice, bob, dave, erin.
     assert_eq!(body["value"].as_array().unwrap().len(), 2);
 
-    let (status, body) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/assignments?$filter=catalogId eq 'x'"),
-    )
-    .await;
+    let (status, body) = g
+        .get(&format!("{EM}/assignments?$filter=catalogId eq 'x'"))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["code"], "InvalidFilter");
-    let (status, _) = get(&c, &h, &tok, &format!("{EM}/assignments/not-a-guid")).await;
+    let (status, _) = g.get(&format!("{EM}/assignments/not-a-guid")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let (status, body) = get(
-        &c,
-        &h,
-        &tok,
-        &format!("{EM}/assignments/00000000-0000-4000-8000-000000000000"),
-    )
-    .await;
+    let (status, body) = g
+        .get(&format!(
+            "{EM}/assignments/00000000-0000-4000-8000-000000000000"
+        ))
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(body["error"]["innerError"]["request-id"].is_string());
-
-    let (status, body) = get(&c, &h, &tok, &format!("{EM}/assignmentRequests?$filter=state eq 'deliveryFailed'&$expand=assignment,accessPackage")).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let reqs = body["value"].as_array().unwrap();
-    assert_eq!(reqs.len(), 1);
-    assert_eq!(reqs[0]["requestType"], "adminAdd");
-    assert_eq!(reqs[0]["accessPackage"]["displayName"], "Engineering Tools");
-    assert_eq!(
-        reqs[0]["assignment"]["target"]["principalName"],
-        "dave@contoso.com"
-    );
-    assert!(reqs[0]["completedDateTime"].is_string());
-    h.shutdown().await;
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use redeliver_sim::{FaultSpec, Scenario, SimHandle, SimOptions, Simulator};
-use reqwest::{Client, StatusCode};
+use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 
 const EM: &str = "/v1.0/identityGovernance/entitlementManagement";
@@ -54,6 +54,12 @@ impl Env {
         let r = rb.send().await.unwrap();
         let s = r.status();
         (s, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A request to the simulator's admin API (which takes no token).
+    fn admin(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        self.c
+            .request(method, format!("{}{path}", self.h.admin_url))
     }
 
     async fn assignment_of(&self, user: &str, pkg: &str) -> Option<Value> {
@@ -339,46 +345,88 @@ async fn failed_request_reprocess_delivers_within_the_window_only() {
     e.h.shutdown().await;
 }
 
+/// The body of `request`'s answer, as JSON.
+async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    request.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test]
 async fn admin_http_api_changes_state_and_reports_requests() {
     let e = Env::start().await;
-    let admin = &e.h.admin_url;
-    let c = &e.c;
+    memberships_and_app_roles_change(&e).await;
+    let aid = an_assignment_state_is_set(&e).await;
+    faults_are_injected_and_requests_reported(&e).await;
 
-    let r = c
-        .delete(format!(
-            "{admin}/groups/fin-readers/members/bob@contoso.com"
-        ))
+    let state = json_of(e.admin(Method::GET, "/state")).await;
+    let alice = state["assignments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["user"] == "alice@contoso.com")
+        .unwrap();
+    assert_eq!(alice["missing"], json!(["fin-writers"]));
+
+    let r = e.admin(Method::POST, "/reset").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(e.h.assignment_state(&aid).as_deref(), Some("delivered"));
+    assert!(e.h.request_log().is_empty());
+    // Tokens survive a reset.
+    assert_eq!(e.get("/v1.0/users/bob@contoso.com").await.0, StatusCode::OK);
+
+    let r = json_of(
+        e.admin(Method::POST, "/clock/advance")
+            .json(&json!({"by": "2h"})),
+    )
+    .await;
+    assert_eq!(r["offsetSeconds"], 7200);
+    e.h.shutdown().await;
+}
+
+/// Group members removed and added (an unknown group is a 404), an app role assignment
+/// removed.
+async fn memberships_and_app_roles_change(e: &Env) {
+    let r = e
+        .admin(
+            Method::DELETE,
+            "/groups/fin-readers/members/bob@contoso.com",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK);
     assert_eq!(r.json::<Value>().await.unwrap()["changed"], true);
     assert!(!e.h.is_member("fin-readers", "bob@contoso.com"));
-    let r = c
-        .post(format!("{admin}/groups/fin-readers/members"))
-        .json(&json!({"user": "bob@contoso.com"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["changed"], true);
-    let r = c
-        .delete(format!(
-            "{admin}/groups/no-such-group/members/bob@contoso.com"
-        ))
+    let r = json_of(
+        e.admin(Method::POST, "/groups/fin-readers/members")
+            .json(&json!({"user": "bob@contoso.com"})),
+    )
+    .await;
+    assert_eq!(r["changed"], true);
+    let r = e
+        .admin(
+            Method::DELETE,
+            "/groups/no-such-group/members/bob@contoso.com",
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
 
-    let r = c.delete(format!("{admin}/servicePrincipals/Payroll/appRoleAssignedTo/bob@contoso.com?appRole=Payroll.Read")).send().await.unwrap();
-    assert_eq!(r.json::<Value>().await.unwrap()["removed"], 1);
+    let r = json_of(e.admin(
+        Method::DELETE,
+        "/servicePrincipals/Payroll/appRoleAssignedTo/bob@contoso.com?appRole=Payroll.Read",
+    ))
+    .await;
+    assert_eq!(r["removed"], 1);
+}
 
+/// bob's Finance assignment set to `deliveryFailed`, as Graph then reads it; returns its id.
+async fn an_assignment_state_is_set(e: &Env) -> String {
     let aid =
         e.h.assignment_id("bob@contoso.com", "Finance Analysts")
             .unwrap();
-    let r = c
-        .put(format!("{admin}/assignments/{aid}/state"))
+    let r = e
+        .admin(Method::PUT, &format!("/assignments/{aid}/state"))
         .json(&json!({"state": "deliveryFailed"}))
         .send()
         .await
@@ -387,16 +435,20 @@ async fn admin_http_api_changes_state_and_reports_requests() {
     let (_, a) = e.get(&format!("{EM}/assignments/{aid}")).await;
     assert_eq!(a["state"], "deliveryFailed");
     assert_eq!(a["status"], "DeliveryFailed");
+    aid
+}
 
-    // Faults over HTTP: a 503 for the next two EM calls.
-    let r = c.post(format!("{admin}/faults")).json(&json!({"kind": "error", "status": 503, "count": 2, "retryAfter": 1, "pathPrefix": "/identityGovernance"})).send().await.unwrap();
-    assert!(r.json::<Value>().await.unwrap()["id"].is_u64());
-    let resp = c
-        .get(e.url(&format!("{EM}/assignments")))
-        .bearer_auth(&e.tok)
-        .send()
-        .await
-        .unwrap();
+/// A 503 for the next two entitlement-management calls, injected over HTTP; the request
+/// log and the per-route counters report what was sent.
+async fn faults_are_injected_and_requests_reported(e: &Env) {
+    let r = json_of(e.admin(Method::POST, "/faults").json(&json!({"kind": "error", "status": 503, "count": 2, "retryAfter": 1, "pathPrefix": "/identityGovernance"}))).await;
+    assert!(r["id"].is_u64());
+    let resp =
+        e.c.get(e.url(&format!("{EM}/assignments")))
+            .bearer_auth(&e.tok)
+            .send()
+            .await
+            .unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()["retry-after"], "1");
     assert_eq!(
@@ -406,14 +458,7 @@ async fn admin_http_api_changes_state_and_reports_requests() {
     assert_eq!(e.get(&format!("{EM}/catalogs")).await.0, StatusCode::OK);
     assert_eq!(e.get("/v1.0/users/bob@contoso.com").await.0, StatusCode::OK);
 
-    let log: Value = c
-        .get(format!("{admin}/requests"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let log = json_of(e.admin(Method::GET, "/requests")).await;
     let entries = log["value"].as_array().unwrap();
     assert!(
         entries
@@ -426,50 +471,8 @@ async fn admin_http_api_changes_state_and_reports_requests() {
         .unwrap();
     assert_eq!(users["ru"], 2);
     assert!(users["timeMs"].is_u64());
-    let counters: Value = c
-        .get(format!("{admin}/counters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counters = json_of(e.admin(Method::GET, "/counters")).await;
     assert_eq!(counters[format!("GET {EM}/catalogs")], 2);
-
-    let state: Value = c
-        .get(format!("{admin}/state"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let alice = state["assignments"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["user"] == "alice@contoso.com")
-        .unwrap();
-    assert_eq!(alice["missing"], json!(["fin-writers"]));
-
-    let r = c.post(format!("{admin}/reset")).send().await.unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert_eq!(e.h.assignment_state(&aid).as_deref(), Some("delivered"));
-    assert!(e.h.request_log().is_empty());
-    // Tokens survive a reset.
-    assert_eq!(e.get("/v1.0/users/bob@contoso.com").await.0, StatusCode::OK);
-
-    let r: Value = c
-        .post(format!("{admin}/clock/advance"))
-        .json(&json!({"by": "2h"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(r["offsetSeconds"], 7200);
-    e.h.shutdown().await;
 }
 
 #[tokio::test]
