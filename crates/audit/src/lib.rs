@@ -1882,7 +1882,7 @@ fn row_from_status(
         target,
         package,
         assignment_id: status.assignment_id.clone(),
-        graph_status: status.graph_status.clone().unwrap_or_else(|| "-".into()),
+        graph_status: status.graph_status.as_deref().unwrap_or("-").to_string(),
         present,
         promised,
         verdict,

@@ -188,15 +188,15 @@ fn assignment_identity(
 ) -> Vec<Node> {
     let package = status
         .access_package_name
-        .clone()
-        .unwrap_or_else(|| spec.access_package.label());
+        .as_deref()
+        .map_or_else(|| spec.access_package.label(), String::from);
     let target = status
         .target_name
         .clone()
         .unwrap_or_else(|| spec.target.label());
     let graph = match (&status.graph_state, &status.graph_status) {
         (Some(state), Some(text)) => format!("{state} ({text})"),
-        (Some(one), None) | (None, Some(one)) => one.clone(),
+        (Some(one), None) | (None, Some(one)) => one.to_string(),
         (None, None) => String::from("not read yet"),
     };
     let mut graph = format!("Graph: {graph}");
@@ -318,8 +318,8 @@ pub fn guard_status(obj: &AccessPackageGuard, now: Timestamp) -> String {
     let mut top = Vec::new();
     let package = status
         .access_package_name
-        .clone()
-        .unwrap_or_else(|| spec.access_package.label());
+        .as_deref()
+        .map_or_else(|| spec.access_package.label(), String::from);
     top.push(named(
         "Package",
         &package,

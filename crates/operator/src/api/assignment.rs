@@ -208,10 +208,10 @@ pub struct AccessPackageAssignmentStatus {
     /// never moves to another tenant by itself: when its connection is gone it stalls until
     /// the connection is back or its spec is changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub connection: Option<String>,
+    pub connection: Option<super::SharedStr>,
     /// Display name of the access package (or its id when the name is not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_package_name: Option<String>,
+    pub access_package_name: Option<super::SharedStr>,
     /// User principal name of the target (or its object id when the name is not known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_name: Option<String>,
@@ -220,26 +220,26 @@ pub struct AccessPackageAssignmentStatus {
     pub assignment_id: Option<String>,
     /// Resolved object id of the access package.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_package_id: Option<String>,
+    pub access_package_id: Option<super::SharedStr>,
     /// Resolved object id of the assignment policy used for requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy_id: Option<String>,
+    pub policy_id: Option<super::SharedStr>,
     /// Resolved directory object id of the target user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_object_id: Option<String>,
     /// The assignment's state as Graph reports it (delivering, partiallyDelivered, delivered,
     /// expired, deliveryFailed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graph_state: Option<String>,
+    pub graph_state: Option<super::SharedStr>,
     /// The assignment's free-text status as Graph reports it (e.g. Delivered).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub graph_status: Option<String>,
+    pub graph_status: Option<super::SharedStr>,
     /// Every resource the package promises, and whether the user really has it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub resources: Vec<ResourceStatus>,
     /// Verified-present resources over verifiable resources promised, e.g. 2/3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub resources_summary: Option<String>,
+    pub resources_summary: Option<super::SharedStr>,
     /// Reprocess bookkeeping.
     #[serde(default)]
     pub reprocess: ReprocessStatus,
@@ -274,7 +274,7 @@ pub struct ResourceStatus {
     pub origin_system: super::OriginSystem,
     /// The resource's id in its origin system: group object id, service principal object
     /// id, Entra role definition id, Azure scope, or site URL.
-    pub origin_id: String,
+    pub origin_id: super::SharedStr,
     /// For a role, what kind it is: EntraRole (a Microsoft Entra directory role),
     /// AzureRole (an Azure RBAC role) or GroupEligible (an eligible group membership or
     /// ownership, governed by Privileged Identity Management for Groups).
@@ -287,23 +287,23 @@ pub struct ResourceStatus {
     /// For a role, where it applies: `/` for the whole directory (Entra roles), or the
     /// Azure scope, e.g. `/subscriptions/{id}/resourceGroups/rg-fin` (Azure roles).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub scope: Option<String>,
+    pub scope: Option<super::SharedStr>,
     /// Display name of the resource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub display_name: Option<String>,
+    pub display_name: Option<super::SharedStr>,
     /// The role granted: Member, Owner, an app role name, a site role name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<super::SharedStr>,
     /// Id of the role in its origin system, where it is needed to check the resource: the
     /// app role id of an AadApplication resource, the role definition GUID of an Azure role.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role_id: Option<String>,
+    pub role_id: Option<super::SharedStr>,
     /// Present, Missing, Unverifiable (Redeliver cannot check this kind of resource) or
     /// Unknown (the read failed this time).
     pub state: ResourceState,
     /// Why the state is Unverifiable or Unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub note: Option<super::SharedStr>,
     /// While the resource is Missing: who removed it, from Entra's directory audit log, e.g.
     /// `removed by admin@contoso.com at 2026-12-01T10:42:07Z via "Remove member from
     /// group"` (an application is named by display name and app id). Otherwise why that is

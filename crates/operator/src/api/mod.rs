@@ -12,6 +12,7 @@ mod connection;
 mod guard;
 mod resource;
 mod safety;
+mod shared;
 
 pub use assignment::{
     AccessPackageAssignment, AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, ActorKind,
@@ -35,6 +36,7 @@ pub use guard::{
     UnmanagedMembers, guard_spec_problems, validate_guard_spec,
 };
 pub use resource::{OriginSystem, RoleKind, RoleMode};
+pub use shared::{SharedStr, interned_len};
 pub use safety::{
     MASS_DRIFT_ACK_ANNOTATION, MassDriftSpec, MassDriftStatus, RespectedActors, SafetySpec,
     UnattributedRule,

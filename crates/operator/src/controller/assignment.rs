@@ -160,7 +160,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
     let who = pass.who.clone();
     ctx.metrics
         .safety_holds(KIND, &plan.events, &plan.status.conditions);
-    plan.status.connection = tenant.key.status_label();
+    plan.status.connection = tenant.key.status_label().map(Into::into);
 
     // Before acting, so a reprocess's status write already carries the note (one write).
     cross_check_drift_report(ctx, tenant, &observed, &mut plan).await;
@@ -211,7 +211,7 @@ async fn observe(
     let generation = obj.meta().generation;
     let first = obj.status.is_none().then(|| AccessPackageAssignmentStatus {
         observed_generation: generation,
-        access_package_name: Some(obj.spec.access_package.label()),
+        access_package_name: Some(obj.spec.access_package.label().into()),
         target_name: Some(obj.spec.target.label()),
         conditions: first_visit_conditions(generation, ctx.now()),
         ..Default::default()
@@ -495,7 +495,7 @@ async fn cleanup(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Act
         _ => return Ok(done()),
     }
     let observer = tenant.observations.observer();
-    let package_id = match status.and_then(|s| s.access_package_id.clone()) {
+    let package_id = match status.and_then(|s| s.access_package_id.as_deref().map(String::from)) {
         Some(id) => id,
         None => match split(observer.resolve_package_id(&obj.spec.access_package).await)? {
             Ok(id) => id,

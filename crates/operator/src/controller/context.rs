@@ -250,6 +250,7 @@ impl super::metrics::StateSizes for Context {
                 "event_series",
                 self.series.lock().unwrap_or_else(|p| p.into_inner()).len(),
             ),
+            ("shared_strings", crate::api::interned_len()),
         ]
     }
 }

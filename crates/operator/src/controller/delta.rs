@@ -648,13 +648,13 @@ fn polled_kind(r: &ResourceStatus) -> Option<Option<ResourceKind>> {
     if !matches!(r.state, ResourceState::Present | ResourceState::Missing) {
         return None;
     }
-    let id = r.origin_id.clone();
+    let id = r.origin_id.to_string();
     let mode = || r.mode;
     Some(match (&r.origin_system, r.kind) {
         (OriginSystem::AadApplication, _) => {
-            r.role_id.clone().map(|app_role_id| ResourceKind::AppRole {
+            r.role_id.as_deref().map(|app_role_id| ResourceKind::AppRole {
                 service_principal_id: id,
-                app_role_id,
+                app_role_id: app_role_id.to_string(),
             })
         }
         (OriginSystem::AadGroup, None) if r.role.as_deref() == Some("Owner") => {
@@ -676,16 +676,17 @@ fn polled_kind(r: &ResourceStatus) -> Option<Option<ResourceKind>> {
                 role_definition_id: id,
                 directory_scope_id: r
                     .scope
-                    .clone()
-                    .unwrap_or_else(|| crate::engine::DIRECTORY_ROOT.to_string()),
+                    .as_deref()
+                    .unwrap_or(crate::engine::DIRECTORY_ROOT)
+                    .to_string(),
                 mode,
             })
         }
         (OriginSystem::AzureResources, Some(RoleKind::AzureRole)) => {
-            match (r.role_id.clone(), mode()) {
+            match (r.role_id.as_deref(), mode()) {
                 (Some(role_definition_guid), Some(mode)) => Some(ResourceKind::AzureRole {
-                    role_definition_guid,
-                    scope: r.scope.clone().unwrap_or(id),
+                    role_definition_guid: role_definition_guid.to_string(),
+                    scope: r.scope.as_deref().map_or(id, String::from),
                     mode,
                 }),
                 _ => None,

@@ -39,7 +39,7 @@ use super::{
 };
 use crate::api::{
     AccessPackageAssignmentSpec, AccessPackageAssignmentStatus, MIN_VERIFY_INTERVAL, ReprocessMode,
-    ReprocessOutcome, ResourceState, ResourceStatus, format_duration, parse_duration,
+    ReprocessOutcome, ResourceState, ResourceStatus, SharedStr, format_duration, parse_duration,
     validate_assignment_spec,
 };
 use crate::domain::models::{Assignment, AssignmentRequest, AssignmentState, RequestState};
@@ -247,7 +247,7 @@ fn clear_observations(
 ) {
     status
         .access_package_name
-        .get_or_insert_with(|| spec.access_package.label());
+        .get_or_insert_with(|| spec.access_package.label().into());
     status
         .target_name
         .get_or_insert_with(|| spec.target.label());
@@ -289,13 +289,14 @@ fn observe<'r>(
     status: &mut AccessPackageAssignmentStatus,
 ) -> Observed<'r> {
     let input = ctx.input;
-    status.access_package_id = Some(ids.access_package_id.clone());
+    status.access_package_id = Some(ids.access_package_id.as_str().into());
     status.access_package_name = Some(
         ids.access_package_name
-            .clone()
-            .unwrap_or_else(|| ids.access_package_id.clone()),
+            .as_deref()
+            .unwrap_or(&ids.access_package_id)
+            .into(),
     );
-    status.policy_id = ids.policy.as_ref().ok().cloned();
+    status.policy_id = ids.policy.as_deref().ok().map(SharedStr::from);
     status.target_object_id = Some(ids.target_object_id.clone());
     status.target_name = Some(
         ids.target_name
@@ -306,8 +307,8 @@ fn observe<'r>(
     match input.assignment {
         Some(a) => {
             status.assignment_id = Some(a.id.clone());
-            status.graph_state = Some(a.state.as_str().to_string());
-            status.graph_status = a.status.clone();
+            status.graph_state = Some(a.state.as_str().into());
+            status.graph_status = a.status.as_deref().map(SharedStr::from);
         }
         None => {
             status.assignment_id = None;
@@ -373,29 +374,35 @@ fn observe<'r>(
             ResourceStatus {
                 last_change,
                 origin_system: r.origin_system.clone(),
-                origin_id: r.origin_id.clone(),
+                origin_id: r.origin_id.as_str().into(),
                 kind: r.role_kind(),
                 mode: r.mode(),
-                scope: r.scope().map(str::to_string),
-                display_name: Some(r.display_name.clone()).filter(|s| !s.is_empty()),
-                role: Some(r.role.clone()).filter(|s| !s.is_empty()),
+                scope: r.scope().map(SharedStr::from),
+                display_name: Some(r.display_name.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(SharedStr::from),
+                role: Some(r.role.as_str())
+                    .filter(|s| !s.is_empty())
+                    .map(SharedStr::from),
                 role_id: match &r.kind {
-                    super::ResourceKind::AppRole { app_role_id, .. } => Some(app_role_id.clone()),
+                    super::ResourceKind::AppRole { app_role_id, .. } => {
+                        Some(app_role_id.as_str().into())
+                    }
                     // The role's GUID, so a poll can check the role from status alone.
                     super::ResourceKind::AzureRole {
                         role_definition_guid,
                         ..
-                    } => Some(role_definition_guid.clone()),
+                    } => Some(role_definition_guid.as_str().into()),
                     _ => None,
                 },
                 state: check.state,
-                note: r.note.clone().or(check.note),
+                note: r.note.clone().or(check.note).map(SharedStr::from),
                 removed_by,
                 missing_since,
             }
         })
         .collect();
-    status.resources_summary = Some(format!("{present}/{verifiable}"));
+    status.resources_summary = Some(format!("{present}/{verifiable}").into());
     status.last_verified_time = Some(to_time(ctx.now));
     observed
 }
