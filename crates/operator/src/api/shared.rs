@@ -210,6 +210,42 @@ mod tests {
     }
 
     #[test]
+    fn two_decoded_objects_of_one_package_share_its_strings() {
+        let object = |name: &str, user: &str| {
+            serde_json::json!({
+                "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
+                "metadata": {"name": name, "namespace": "access"},
+                "spec": {"accessPackage": {"displayName": "Finance Analysts"},
+                         "target": {"userPrincipalName": user}},
+                "status": {
+                    "accessPackageId": "9f1c0c7e-0000-4000-8000-000000000001",
+                    "targetObjectId": user,
+                    "resources": [{"originSystem": "AadGroup",
+                                   "originId": "8d3f5a2e-0000-4000-8000-00000000000a",
+                                   "displayName": "fin-readers", "role": "Member",
+                                   "state": "Present"}]
+                }
+            })
+        };
+        let a: crate::api::AccessPackageAssignment =
+            serde_json::from_value(object("alice", "alice@contoso.com")).unwrap();
+        let b: crate::api::AccessPackageAssignment =
+            serde_json::from_str(&object("bob", "bob@contoso.com").to_string()).unwrap();
+        let (sa, sb) = (a.status.unwrap(), b.status.unwrap());
+        let same = |x: &str, y: &str| std::ptr::eq(x.as_ptr(), y.as_ptr());
+        assert!(same(
+            sa.access_package_id.as_deref().unwrap(),
+            sb.access_package_id.as_deref().unwrap()
+        ));
+        let (ra, rb) = (&sa.resources[0], &sb.resources[0]);
+        assert!(same(&ra.origin_id, &rb.origin_id));
+        assert!(same(
+            ra.display_name.as_deref().unwrap(),
+            rb.display_name.as_deref().unwrap()
+        ));
+    }
+
+    #[test]
     fn values_no_object_holds_are_pruned() {
         let kept = SharedStr::interned("kept-by-a-test-object");
         for i in 0..(3 * MIN_PRUNE_AT) {
