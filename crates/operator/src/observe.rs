@@ -1437,7 +1437,7 @@ pub async fn observe_assignment(
             Err(e) => return split(e),
         },
     };
-    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_ref());
+    let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_deref());
     let mut assignment = view.assignment_for(&target);
     let fresh = crate::engine::fresh_reads(previous, &view.resources);
     let snapshot = reads.memberships(&view.resources, fresh.as_ref()).await;

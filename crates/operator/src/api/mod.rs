@@ -36,11 +36,11 @@ pub use guard::{
     UnmanagedMembers, guard_spec_problems, validate_guard_spec,
 };
 pub use resource::{OriginSystem, RoleKind, RoleMode};
-pub use shared::{SharedStr, interned_len};
 pub use safety::{
     MASS_DRIFT_ACK_ANNOTATION, MassDriftSpec, MassDriftStatus, RespectedActors, SafetySpec,
     UnattributedRule,
 };
+pub use shared::{SharedStr, interned_len};
 
 /// API group of both kinds.
 pub const GROUP: &str = "redeliver.dev";

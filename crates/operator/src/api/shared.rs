@@ -204,7 +204,10 @@ mod tests {
         assert!(Arc::ptr_eq(&a.0, &b.0));
         assert_eq!(a, "fin-readers-7c1d");
         assert_eq!(serde_json::to_string(&a).unwrap(), "\"fin-readers-7c1d\"");
-        assert_eq!(format!("{a} {a:?}"), "fin-readers-7c1d \"fin-readers-7c1d\"");
+        assert_eq!(
+            format!("{a} {a:?}"),
+            "fin-readers-7c1d \"fin-readers-7c1d\""
+        );
         // A value built in code is equal, though not shared.
         assert_eq!(SharedStr::from("fin-readers-7c1d"), a);
     }

@@ -652,10 +652,12 @@ fn polled_kind(r: &ResourceStatus) -> Option<Option<ResourceKind>> {
     let mode = || r.mode;
     Some(match (&r.origin_system, r.kind) {
         (OriginSystem::AadApplication, _) => {
-            r.role_id.as_deref().map(|app_role_id| ResourceKind::AppRole {
-                service_principal_id: id,
-                app_role_id: app_role_id.to_string(),
-            })
+            r.role_id
+                .as_deref()
+                .map(|app_role_id| ResourceKind::AppRole {
+                    service_principal_id: id,
+                    app_role_id: app_role_id.to_string(),
+                })
         }
         (OriginSystem::AadGroup, None) if r.role.as_deref() == Some("Owner") => {
             Some(ResourceKind::GroupOwner { group_id: id })
