@@ -129,3 +129,87 @@ async fn invalidating_a_package_renews_only_its_view() {
     assert_eq!(reads(&ids[0]), 2, "the written package is read again");
     assert_eq!(reads(&ids[1]), 1, "the other package's view is kept");
 }
+
+/// A group delta poll that saw one user's membership change makes that user's next
+/// snapshot read the group again, once; every other object keeps the copy at hand (at
+/// 100,000 objects, dropping the whole group for each repair kept every reconcile in the
+/// repaired groups waiting on re-reads). What is remembered goes after twice the window.
+#[tokio::test]
+async fn a_reported_change_renews_the_group_for_its_user_only() {
+    use redeliver::controller::context::{Clock, FixedClock};
+    use redeliver::observe::Reads;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let sim = Simulator::start(Scenario::demo(), SimOptions::fast())
+        .await
+        .unwrap();
+    let clock = Arc::new(FixedClock::at(jiff::Timestamp::now()));
+    let observations = Observations::new(
+        crate::fault_support::graph_client(&sim).unwrap(),
+        Duration::from_secs(600),
+        4,
+    )
+    .with_clock(clock.clone());
+    let package = sim.package_id("Finance Analysts").unwrap();
+    let resources = observations
+        .package_view(&package)
+        .await
+        .unwrap()
+        .resources
+        .clone();
+    let writers = sim.group_id("fin-writers").unwrap();
+    let (alice, bob) = (
+        sim.user_id("alice@contoso.com").unwrap(),
+        sim.user_id("bob@contoso.com").unwrap(),
+    );
+    let writers_reads = || sim.count_requests("GET", &format!("/v1.0/groups/{writers}/members"));
+    let before = observations.snapshot(&resources).await;
+    assert_eq!(writers_reads(), 1);
+    assert!(observations.changed_for(Some(&alice), &resources).is_none());
+
+    // Group ids and user ids as a delta poll reports them: any case.
+    observations.note_membership_changes([(writers.to_uppercase(), alice.to_uppercase())]);
+    assert!(
+        observations.changed_for(Some(&bob), &resources).is_none(),
+        "bob's copy is current"
+    );
+    let fresh = observations
+        .changed_for(Some(&alice), &resources)
+        .expect("alice must read fin-writers again");
+    assert_eq!(
+        fresh.reads.into_iter().collect::<Vec<_>>(),
+        [ResourceRead::GroupMembers(writers.clone())]
+    );
+    assert_eq!(fresh.since, clock.now());
+    // A guard sweeps every assignment: anyone's change counts.
+    assert_eq!(
+        observations
+            .changed_for(None, &resources)
+            .map(|f| f.reads.len()),
+        Some(1)
+    );
+
+    // Bob is answered from the copy at hand, without a read.
+    let bobs = observations.memberships(&resources, None).await;
+    assert_eq!(writers_reads(), 1);
+    assert_eq!(
+        bobs.data(&ResourceRead::GroupMembers(writers.clone())),
+        before.data(&ResourceRead::GroupMembers(writers.clone()))
+    );
+    // Alice's snapshot reads fin-writers again, once, and only it.
+    let total = sim.request_log().len();
+    let fresh = observations.changed_for(Some(&alice), &resources);
+    observations.memberships(&resources, fresh.as_ref()).await;
+    assert_eq!(writers_reads(), 2);
+    assert_eq!(
+        sim.request_log().len(),
+        total + 1,
+        "one read: {:?}",
+        sim.request_log()
+    );
+
+    // Past twice the window every copy is newer than the change: forgotten at the next note.
+    clock.advance(jiff::SignedDuration::from_secs(1201));
+    observations.note_membership_changes(Vec::new());
+    assert!(observations.changed_for(Some(&alice), &resources).is_none());
+    sim.shutdown().await;
+}

@@ -1249,6 +1249,17 @@ pub trait Reads: Sync {
         &self,
         id: &str,
     ) -> impl std::future::Future<Output = Result<Option<AssignmentRequest>, GraphError>> + Send;
+    /// The reads of `resources` that must be made again for `user` (for anyone's: `None`,
+    /// as a guard sweeping every assignment) because a change concerning them was reported
+    /// after the copy at hand may have been read (a group delta poll saw the user removed
+    /// or added). None by default: a pass reads everything fresh.
+    fn changed_for(
+        &self,
+        _user: Option<&str>,
+        _resources: &[PromisedResource],
+    ) -> Option<crate::engine::FreshAfter> {
+        None
+    }
 }
 
 impl Reads for Observer {
@@ -1439,7 +1450,10 @@ pub async fn observe_assignment(
     };
     let policy = Observer::resolve_policy(&view, spec.assignment_policy.as_deref());
     let mut assignment = view.assignment_for(&target);
-    let fresh = crate::engine::fresh_reads(previous, &view.resources);
+    let fresh = crate::engine::FreshAfter::merge(
+        crate::engine::fresh_reads(previous, &view.resources),
+        reads.changed_for(Some(&target), &view.resources),
+    );
     let snapshot = reads.memberships(&view.resources, fresh.as_ref()).await;
     let healthy = !crate::engine::needs_latest_request(
         assignment.as_ref(),
@@ -1495,7 +1509,8 @@ async fn view_and_memberships(
 ) -> (Result<Arc<PackageView>, ObserveError>, Option<Snapshot>) {
     let memberships = async {
         let promised = reads.promises(package_id).await.ok()?;
-        let snapshot = reads.memberships(&promised, None).await;
+        let fresh = reads.changed_for(None, &promised);
+        let snapshot = reads.memberships(&promised, fresh.as_ref()).await;
         Some((promised, snapshot))
     };
     let (view, early) = tokio::join!(reads.view(package_id), memberships);
@@ -1556,7 +1571,10 @@ pub async fn observe_guard(
         Ok(view) => {
             let snapshot = match early {
                 Some(snapshot) => snapshot,
-                None => reads.memberships(&view.resources, None).await,
+                None => {
+                    let fresh = reads.changed_for(None, &view.resources);
+                    reads.memberships(&view.resources, fresh.as_ref()).await
+                }
             };
             Ok(GuardObservation {
                 resolved: Ok((view.package.id.clone(), view.package.display_name.clone())),

@@ -251,6 +251,10 @@ impl super::metrics::StateSizes for Context {
                 self.series.lock().unwrap_or_else(|p| p.into_inner()).len(),
             ),
             ("shared_strings", crate::api::interned_len()),
+            (
+                "membership_changes",
+                tenants.iter().map(|t| t.observations.changed_len()).sum(),
+            ),
         ]
     }
 }

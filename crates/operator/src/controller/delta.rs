@@ -627,9 +627,24 @@ async fn send(
     if refs.is_empty() {
         return true;
     }
-    // The reconcile must read these groups again, not reuse this window's copy.
-    let resources: Vec<PromisedResource> = hit_groups.iter().map(|g| group_resource(g)).collect();
-    ctx.observations.invalidate_memberships(&resources).await;
+    // The reconciles must read these groups again, not reuse this window's copy. A group
+    // whose changes may have been missed concerns everyone in it: its copy goes. A change
+    // of one user's membership concerns that user only: their next snapshot reads the
+    // group again, and every other object keeps the copy at hand meanwhile.
+    let whole: Vec<PromisedResource> = hit_groups
+        .iter()
+        .filter(|g| changes.whole.contains(*g))
+        .map(|g| group_resource(g))
+        .collect();
+    ctx.observations.invalidate_memberships(&whole).await;
+    ctx.observations.note_membership_changes(
+        changes
+            .removed
+            .iter()
+            .chain(&changes.added)
+            .filter(|(g, _)| hit_groups.contains(g))
+            .cloned(),
+    );
     tracing::info!(
         objects = refs.len(),
         groups = hit_groups.len(),

@@ -9,10 +9,17 @@
 //! dropped so the next pass sees the effect; after a reprocess only what it restores is
 //! read again, after it was sent (`engine::fresh_reads`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::engine::{PromisedResource, ResolveFailure, Snapshot, reads_needed};
+use jiff::Timestamp;
+
+use crate::domain::clock::{Clock, SystemClock};
+use crate::engine::{
+    FreshAfter, PromisedResource, ResolveFailure, ResourceKind, ResourceRead, Snapshot,
+    reads_needed,
+};
 use crate::graph::models::AssignmentRequest;
 use crate::graph::{GraphClient, GraphError};
 use crate::observe::{ObserveError, Observer, PackageView};
@@ -34,6 +41,12 @@ pub fn split<T>(result: Result<T, ObserveError>) -> Result<Result<T, ResolveFail
 pub struct Observations {
     graph: GraphClient,
     observer: Observer,
+    max_age: Duration,
+    clock: Arc<dyn Clock>,
+    /// Group memberships a delta poll reported changed, by (group, user), lower-cased: when
+    /// the poll came back. A copy of the group read before then is stale for that user
+    /// only, so every other object keeps the shared copy while it is renewed.
+    changed: Mutex<HashMap<(String, String), Timestamp>>,
 }
 
 impl Observations {
@@ -43,15 +56,42 @@ impl Observations {
         Self {
             observer: Observer::with_max_age(graph.clone(), concurrency, Some(max_age)),
             graph,
+            max_age,
+            clock: Arc::new(SystemClock),
+            changed: Mutex::default(),
         }
     }
 
     /// The same cache reading wall-clock time from `clock` (the controller's).
-    pub fn with_clock(self, clock: Arc<dyn crate::domain::clock::Clock>) -> Self {
+    pub fn with_clock(self, clock: Arc<dyn Clock>) -> Self {
         Self {
-            observer: self.observer.with_clock(clock),
+            observer: self.observer.with_clock(clock.clone()),
+            clock,
             ..self
         }
+    }
+
+    /// Records that a group delta poll, just come back, reported these (group, user)
+    /// memberships begun or ended: the next snapshot for such a user reads the group again
+    /// (once, shared), while other objects go on with the copy at hand. Without this the
+    /// whole group was dropped, and at 100,000 objects a steady stream of repairs kept
+    /// every reconcile of every object in the repaired groups waiting on re-reads.
+    pub fn note_membership_changes(&self, pairs: impl IntoIterator<Item = (String, String)>) {
+        let now = self.clock.now();
+        let mut changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        // Any copy served is at most twice `max_age` old (a renewal in flight), so past
+        // that every copy was read after the change.
+        let keep = jiff::SignedDuration::try_from(self.max_age.saturating_mul(2))
+            .unwrap_or(jiff::SignedDuration::MAX);
+        changed.retain(|_, at| now.duration_since(*at) <= keep);
+        for (group, user) in pairs {
+            changed.insert((group.to_ascii_lowercase(), user.to_ascii_lowercase()), now);
+        }
+    }
+
+    /// Changed memberships remembered (for `redeliver_state_entries`).
+    pub fn changed_len(&self) -> usize {
+        self.changed.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// The Graph client, for acting on a plan and for reads that must be fresh.
@@ -152,5 +192,39 @@ impl crate::observe::Reads for Observations {
 
     async fn request(&self, id: &str) -> Result<Option<AssignmentRequest>, GraphError> {
         self.graph.get_request(id).await
+    }
+
+    fn changed_for(
+        &self,
+        user: Option<&str>,
+        resources: &[PromisedResource],
+    ) -> Option<FreshAfter> {
+        let changed = self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        if changed.is_empty() {
+            return None;
+        }
+        let user = user.map(str::to_ascii_lowercase);
+        let mut since: Option<Timestamp> = None;
+        let mut reads = std::collections::BTreeSet::new();
+        for r in resources {
+            let ResourceKind::GroupMember { group_id } = &r.kind else {
+                continue;
+            };
+            let group = group_id.to_ascii_lowercase();
+            let at = match &user {
+                Some(user) => changed.get(&(group, user.clone())).copied(),
+                // Anyone's change: a scan, made only for a guard's sweep.
+                None => changed
+                    .iter()
+                    .filter(|((g, _), _)| *g == group)
+                    .map(|(_, at)| *at)
+                    .max(),
+            };
+            if let Some(at) = at {
+                since = since.max(Some(at));
+                reads.extend(ResourceRead::for_kind(&r.kind));
+            }
+        }
+        since.map(|since| FreshAfter { since, reads })
     }
 }

@@ -90,6 +90,21 @@ pub struct FreshAfter {
     pub reads: BTreeSet<ResourceRead>,
 }
 
+impl FreshAfter {
+    /// Both demands at once: every read either names, made after the later moment (a read
+    /// after the later moment is after the earlier one too).
+    pub fn merge(a: Option<FreshAfter>, b: Option<FreshAfter>) -> Option<FreshAfter> {
+        match (a, b) {
+            (Some(mut a), Some(b)) => {
+                a.since = a.since.max(b.since);
+                a.reads.extend(b.reads);
+                Some(a)
+            }
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// What one [`ResourceRead`] returned. Shared, not copied: a controller puts the same
 /// read of a group into the snapshot of every object that promises it, and a large
 /// group's members are thousands of ids.
