@@ -925,19 +925,26 @@ fn ambiguous_policy_only_matters_when_requesting() {
 
 // ---- Failed delivery ----
 
+/// An assignment in `state` whose latest request, created two hours ago, failed 20 minutes
+/// later: within the reprocess window.
+fn failed_two_hours_ago(state: AssignmentState) -> Fx {
+    let mut fx = Fx::new();
+    fx.assignment = Some(assignment(state));
+    fx.request = Some(request(
+        RequestState::DeliveryFailed,
+        Some(at(-120)),
+        Some(at(-100)),
+    ));
+    fx
+}
+
 #[test]
 fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
     for state in [
         AssignmentState::DeliveryFailed,
         AssignmentState::PartiallyDelivered,
     ] {
-        let mut fx = Fx::new();
-        fx.assignment = Some(assignment(state));
-        fx.request = Some(request(
-            RequestState::DeliveryFailed,
-            Some(at(-120)),
-            Some(at(-100)),
-        ));
+        let mut fx = failed_two_hours_ago(state);
         let p = fx.plan(at(0));
         assert_eq!(
             p.action,
@@ -965,13 +972,7 @@ fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
 fn a_reprocessed_request_is_in_flight_since_the_reprocess_not_its_creation() {
     // The request was created two hours ago, failed, and is reprocessed now: the service
     // works on it again from now on, so it is not stuck until `stuck_after` from now.
-    let mut fx = Fx::new();
-    fx.assignment = Some(assignment(AssignmentState::DeliveryFailed));
-    fx.request = Some(request(
-        RequestState::DeliveryFailed,
-        Some(at(-120)),
-        Some(at(-100)),
-    ));
+    let mut fx = failed_two_hours_ago(AssignmentState::DeliveryFailed);
     let p = fx.step(at(0));
     assert_eq!(
         p.action,
