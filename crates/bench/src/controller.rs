@@ -31,6 +31,7 @@ use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
 use super::measure;
+use crate::probe::{kubeconfig, scrape_attribution, scrape_reconciles};
 use redeliver_fake_kube::{self as fake_kube, Counts, FakeKube, WriteModel};
 use redeliver_sim::{RuBucket, Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant, Usage};
 
@@ -388,70 +389,9 @@ fn object_name(i: usize) -> String {
     format!("user{i:06}")
 }
 
-/// Writes `dir/kubeconfig` for the API server at `server`, with `namespace` as the default
-/// when given.
-pub(crate) fn kubeconfig(
-    dir: &Path,
-    server: &str,
-    namespace: Option<&str>,
-) -> anyhow::Result<PathBuf> {
-    let path = dir.join("kubeconfig");
-    let namespace = namespace
-        .map(|ns| format!("    namespace: {ns}\n"))
-        .unwrap_or_default();
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: bench\n  cluster:\n    server: {server}\nusers:\n- name: bench\n  user: {{}}\ncontexts:\n- name: bench\n  context:\n    cluster: bench\n    user: bench\n{namespace}current-context: bench\n"
-    );
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
-}
-
 fn free_port() -> anyhow::Result<u16> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
     Ok(l.local_addr()?.port())
-}
-
-/// The sum of the controller's `/metrics` series named `series` whose labels contain
-/// `label` (for example `kind="AccessPackageAssignment"`).
-async fn scrape(
-    http: &reqwest::Client,
-    metrics_url: &str,
-    series: &str,
-    label: &str,
-) -> Option<u64> {
-    let text = http.get(metrics_url).send().await.ok()?.text().await.ok()?;
-    let open = format!("{series}{{");
-    Some(
-        text.lines()
-            .filter(|l| l.starts_with(&open) && l.contains(label))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64,
-    )
-}
-
-/// Reconciles of `AccessPackageAssignment` objects so far.
-pub(crate) async fn scrape_reconciles(http: &reqwest::Client, metrics_url: &str) -> Option<u64> {
-    scrape(
-        http,
-        metrics_url,
-        "redeliver_reconciles_total",
-        "kind=\"AccessPackageAssignment\"",
-    )
-    .await
-}
-
-/// Audit-log queries so far, (detection batch, one group or app), from
-/// `redeliver_attribution_queries_total{scope}`: a query may take several requests (pages).
-async fn scrape_attribution(http: &reqwest::Client, metrics_url: &str) -> (u64, u64) {
-    let series = "redeliver_attribution_queries_total";
-    (
-        scrape(http, metrics_url, series, "scope=\"batch\"")
-            .await
-            .unwrap_or(0),
-        scrape(http, metrics_url, series, "scope=\"target\"")
-            .await
-            .unwrap_or(0),
-    )
 }
 
 /// RSS samples of the controller, taken every second by a background task.

@@ -38,6 +38,7 @@ pub mod cost;
 pub mod measure;
 pub mod naive;
 pub mod partition;
+pub mod probe;
 pub mod report;
 pub mod roles;
 pub mod shards;

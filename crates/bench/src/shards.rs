@@ -194,7 +194,7 @@ async fn run_once(
     kube: &FakeKube,
 ) -> anyhow::Result<ShardRun> {
     let dir = tempfile::tempdir()?;
-    let kubeconfig = super::controller::kubeconfig(dir.path(), &kube.url(), None)?;
+    let kubeconfig = crate::probe::kubeconfig(dir.path(), &kube.url(), None)?;
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_secs(10))
@@ -221,7 +221,7 @@ async fn run_once(
     for port in &ports {
         let url = format!("http://127.0.0.1:{port}/metrics");
         run.reconciles_per_shard.push(
-            super::controller::scrape_reconciles(&http, &url)
+            crate::probe::scrape_reconciles(&http, &url)
                 .await
                 .unwrap_or(0),
         );

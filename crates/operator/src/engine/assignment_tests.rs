@@ -944,7 +944,7 @@ fn delivery_failed_reprocesses_the_failed_request_within_the_window() {
         AssignmentState::DeliveryFailed,
         AssignmentState::PartiallyDelivered,
     ] {
-        let mut fx = failed_two_hours_ago(state);
+        let fx = failed_two_hours_ago(state);
         let p = fx.plan(at(0));
         assert_eq!(
             p.action,
