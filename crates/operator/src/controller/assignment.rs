@@ -153,7 +153,7 @@ async fn apply(obj: Arc<AccessPackageAssignment>, ctx: &Context) -> Result<Actio
         previous: previous.as_ref(),
         safety: &safety,
         who: name_of(obj.as_ref()),
-        mass_drift: mass_drift_hold(ctx, tenant, &safety, &observed, now),
+        mass_drift: mass_drift_hold(ctx, tenant, &safety, &observed, now).await,
         now,
     };
     let (mut plan, claim) = pass.plan(&mut observed).await;
@@ -419,7 +419,7 @@ async fn cross_check_drift_report(
 /// The package's mass-drift breaker for this object: drift found now counts towards it
 /// (a delta window has usually counted it already, before any object acted), a verified
 /// delivery no longer does, and a new acknowledgement on the connection resumes repairs.
-fn mass_drift_hold(
+async fn mass_drift_hold(
     ctx: &Context,
     tenant: &Tenant,
     safety: &SafetyPolicy,
@@ -440,8 +440,12 @@ fn mass_drift_hold(
             == crate::api::ResourceState::Missing
     });
     let ack = ctx.connections.mass_drift_ack(&tenant.key);
-    // Counted before the board is locked: it scans the stores.
-    let delivered = drifted.then(|| ctx.triggers.delivered_in_package(package));
+    // Counted before the board is locked: it may scan the stores.
+    let delivered = if drifted {
+        Some(ctx.triggers.delivered_in_package(package).await)
+    } else {
+        None
+    };
     let (hold, lifted) = {
         let mut board = tenant.breaker();
         let mut lifted = board.acknowledge(ack.as_deref());

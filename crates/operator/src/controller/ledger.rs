@@ -9,7 +9,11 @@
 //! cooldown; a process killed between that status write and the Graph call loses the
 //! reprocess (it is sent one cooldown later), which is the safe direction.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -101,7 +105,16 @@ pub struct Triggers {
         )>,
     >,
     guards: Mutex<Vec<(Store<AccessPackageGuard>, Sender<AccessPackageGuard>)>>,
+    /// Delivered assignments per package (lower-cased id), from one scan of the stores, and
+    /// when it was made: see [`DELIVERED_COUNT_AGE`].
+    delivered: tokio::sync::Mutex<Option<(Instant, Arc<HashMap<String, usize>>)>>,
 }
+
+/// How long one count of every package's delivered assignments serves the mass-drift
+/// breaker. A mass removal finds hundreds of drifted objects at once, and counting for each
+/// of them scanned every stored object (100,000 per drifted object at that scale) under the
+/// stores' lock; a denominator a few seconds old is as good.
+pub const DELIVERED_COUNT_AGE: Duration = Duration::from_secs(5);
 
 impl Triggers {
     /// Adds one watch scope's assignment store and queue.
@@ -147,40 +160,53 @@ impl Triggers {
 
     /// How many delivered assignments of `package` the controller knows of: its
     /// AccessPackageAssignments Graph says are delivered, or a guard's last count of the
-    /// package, whichever is larger. The mass-drift breaker's denominator; scanned only when
-    /// drift is found.
-    pub fn delivered_in_package(&self, package: &str) -> usize {
-        let declared = lock(&self.assignments)
-            .iter()
-            .flat_map(|(s, _)| s.state())
-            .filter(|o| {
-                o.status.as_ref().is_some_and(|s| {
-                    s.access_package_id
-                        .as_deref()
-                        .is_some_and(|p| p.eq_ignore_ascii_case(package))
-                        && s.graph_state.as_deref().is_some_and(|g| {
-                            crate::graph::models::AssignmentState::from_wire(g)
-                                == crate::graph::models::AssignmentState::Delivered
-                        })
-                })
-            })
-            .count();
-        let swept = lock(&self.guards)
-            .iter()
-            .flat_map(|(s, _)| s.state())
-            .filter_map(|g| {
-                let s = g.status.as_ref()?;
-                s.access_package_id
-                    .as_deref()
-                    .is_some_and(|p| p.eq_ignore_ascii_case(package))
-                    .then(|| {
-                        usize::try_from(s.assignments.delivered + s.assignments.drifted)
-                            .unwrap_or(0)
-                    })
-            })
-            .max()
-            .unwrap_or(0);
-        declared.max(swept)
+    /// package, whichever is larger. The mass-drift breaker's denominator: asked only when
+    /// drift is found, and counted for every package at once, at most once per
+    /// [`DELIVERED_COUNT_AGE`] (concurrent callers wait for the one count).
+    pub async fn delivered_in_package(&self, package: &str) -> usize {
+        let mut cached = self.delivered.lock().await;
+        let counts = match cached.as_ref() {
+            Some((at, counts)) if at.elapsed() < DELIVERED_COUNT_AGE => counts.clone(),
+            _ => {
+                let counts = Arc::new(self.count_delivered());
+                *cached = Some((Instant::now(), counts.clone()));
+                counts
+            }
+        };
+        counts
+            .get(&package.to_ascii_lowercase())
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// One scan of both stores: delivered assignments per package.
+    fn count_delivered(&self) -> HashMap<String, usize> {
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for obj in lock(&self.assignments).iter().flat_map(|(s, _)| s.state()) {
+            let Some(s) = obj.status.as_ref() else {
+                continue;
+            };
+            let delivered = s.graph_state.as_deref().is_some_and(|g| {
+                crate::graph::models::AssignmentState::from_wire(g)
+                    == crate::graph::models::AssignmentState::Delivered
+            });
+            if let (true, Some(p)) = (delivered, s.access_package_id.as_deref()) {
+                *counts.entry(p.to_ascii_lowercase()).or_default() += 1;
+            }
+        }
+        for guard in lock(&self.guards).iter().flat_map(|(s, _)| s.state()) {
+            let Some(s) = guard.status.as_ref() else {
+                continue;
+            };
+            let Some(p) = s.access_package_id.as_deref() else {
+                continue;
+            };
+            let swept =
+                usize::try_from(s.assignments.delivered + s.assignments.drifted).unwrap_or(0);
+            let n = counts.entry(p.to_ascii_lowercase()).or_default();
+            *n = (*n).max(swept);
+        }
+        counts
     }
 
     /// Reconciles every object for which `assignment` or `guard` says yes (e.g. the objects
@@ -270,4 +296,49 @@ impl Triggers {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store;
+    use kube::runtime::watcher::Event;
+
+    fn apa(name: &str, package: &str, state: &str) -> AccessPackageAssignment {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeliver.dev/v1alpha1",
+            "kind": "AccessPackageAssignment",
+            "metadata": {"name": name, "namespace": "access"},
+            "spec": {"accessPackage": {"id": package}, "target": {"objectId": name}},
+            "status": {"accessPackageId": package, "graphState": state},
+        }))
+        .expect("a valid object")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn delivered_counts_come_from_one_scan_reused_for_a_few_seconds() {
+        let (reader, mut writer) = store::<AccessPackageAssignment>();
+        writer.apply_watcher_event(&Event::Init);
+        for obj in [
+            apa("a", "PKG-A", "delivered"),
+            apa("b", "pkg-a", "delivered"),
+            apa("c", "pkg-a", "delivering"),
+            apa("d", "pkg-b", "delivered"),
+        ] {
+            writer.apply_watcher_event(&Event::InitApply(obj));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        let triggers = Triggers::default();
+        let (queue, _rx) = futures::channel::mpsc::unbounded();
+        triggers.add_assignments(reader, queue);
+
+        assert_eq!(triggers.delivered_in_package("pkg-a").await, 2);
+        assert_eq!(triggers.delivered_in_package("PKG-B").await, 1);
+        assert_eq!(triggers.delivered_in_package("pkg-c").await, 0);
+        // c is delivered now: within the age bound the count at hand still answers.
+        writer.apply_watcher_event(&Event::Apply(apa("c", "pkg-a", "delivered")));
+        assert_eq!(triggers.delivered_in_package("pkg-a").await, 2);
+        tokio::time::advance(DELIVERED_COUNT_AGE).await;
+        assert_eq!(triggers.delivered_in_package("pkg-a").await, 3);
+    }
 }
