@@ -107,8 +107,11 @@ pub struct Triggers {
     guards: Mutex<Vec<(Store<AccessPackageGuard>, Sender<AccessPackageGuard>)>>,
     /// Delivered assignments per package (lower-cased id), from one scan of the stores, and
     /// when it was made: see [`DELIVERED_COUNT_AGE`].
-    delivered: tokio::sync::Mutex<Option<(Instant, Arc<HashMap<String, usize>>)>>,
+    delivered: tokio::sync::Mutex<Option<(Instant, Arc<DeliveredCounts>)>>,
 }
+
+/// Delivered assignments per package, by lower-cased package id.
+type DeliveredCounts = HashMap<String, usize>;
 
 /// How long one count of every package's delivered assignments serves the mass-drift
 /// breaker. A mass removal finds hundreds of drifted objects at once, and counting for each
@@ -180,8 +183,8 @@ impl Triggers {
     }
 
     /// One scan of both stores: delivered assignments per package.
-    fn count_delivered(&self) -> HashMap<String, usize> {
-        let mut counts: HashMap<String, usize> = HashMap::new();
+    fn count_delivered(&self) -> DeliveredCounts {
+        let mut counts = DeliveredCounts::new();
         for obj in lock(&self.assignments).iter().flat_map(|(s, _)| s.state()) {
             let Some(s) = obj.status.as_ref() else {
                 continue;
