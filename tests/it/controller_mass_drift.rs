@@ -177,11 +177,20 @@ async fn held_objects_wait_for_their_verify_interval_and_an_acknowledgement_resu
             .collect::<Vec<_>>()
     );
 
-    // Held objects are not looked at again every delta interval: over four intervals, at
-    // most a stray one (a reconcile that was queued before its hold) runs. Before, each
+    // Held objects are not looked at again every delta interval: over four intervals (four
+    // group delta polls, counted rather than slept, so a slow machine stretches the window
+    // instead of shortening it), at most a stray one (a reconcile that was queued before its
+    // hold) runs. Before, each
     // held object ran once per interval: 48 here, four times the bound.
     let before = running.reconciled("AccessPackageAssignment");
-    tokio::time::sleep(delta_interval * 4).await;
+    let polls = || sim.count_requests("GET", "/v1.0/groups/delta");
+    let polls_before = polls();
+    wait_until(
+        "four more group delta polls",
+        delta_interval * 4 + Duration::from_secs(20),
+        || polls() >= polls_before + 4,
+    )
+    .await;
     let during = running.reconciled("AccessPackageAssignment") - before;
     assert!(
         during < USERS as u64,
