@@ -283,12 +283,13 @@ struct Observed<'r> {
     unknown: Vec<(&'r PromisedResource, String)>,
 }
 
-fn observe<'r>(
-    ctx: &Ctx<'r, '_>,
+/// What the observation resolved, recorded in the status: package, policy, target and the
+/// assignment Graph holds (or none).
+fn record_ids(
+    input: &AssignmentInput<'_>,
     ids: &ResolvedIds,
     status: &mut AccessPackageAssignmentStatus,
-) -> Observed<'r> {
-    let input = ctx.input;
+) {
     status.access_package_id = Some(ids.access_package_id.as_str().into());
     status.access_package_name = Some(
         ids.access_package_name
@@ -316,6 +317,15 @@ fn observe<'r>(
             status.graph_status = None;
         }
     }
+}
+
+fn observe<'r>(
+    ctx: &Ctx<'r, '_>,
+    ids: &ResolvedIds,
+    status: &mut AccessPackageAssignmentStatus,
+) -> Observed<'r> {
+    let input = ctx.input;
+    record_ids(input, ids, status);
     let mut observed = Observed {
         missing: Vec::new(),
         unknown: Vec::new(),
