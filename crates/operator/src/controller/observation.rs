@@ -132,8 +132,9 @@ impl Observations {
         self.invalidate_memberships(resources).await;
     }
 
-    /// Forgets the cached memberships of `resources` (e.g. after group delta reported a
-    /// removal).
+    /// Forgets the cached memberships of `resources` for everyone (after a write to their
+    /// package, or a group delta resync). A change of one user's membership is
+    /// [`Observations::note_membership_changes`] instead.
     pub async fn invalidate_memberships(&self, resources: &[PromisedResource]) {
         self.observer
             .invalidate_reads(&reads_needed(resources))
