@@ -139,6 +139,12 @@ pub struct ControllerBenchArgs {
     #[arg(long, default_value_t = 200)]
     pub per_tenant: usize,
 
+    /// With --shards: create the objects with their shard-key label (replicas starting on
+    /// a labelled cluster, as at every start after the first) instead of without (the
+    /// first start after an upgrade, labelling included).
+    #[arg(long)]
+    pub labelled: bool,
+
     /// Instead of phases 2 to 4: a churn soak of this long after the initial convergence
     /// (objects and connections created and deleted in cycles, with outside removals; the
     /// controller's RSS and internal map sizes after each cycle). At least 10m for a
@@ -304,6 +310,7 @@ pub async fn run(args: ControllerBenchArgs) -> anyhow::Result<()> {
             },
             reprocess_rate: args.reprocess_rate,
             steady_window: args.steady_window.unwrap_or(Duration::from_secs(60)),
+            labelled: args.labelled,
         };
         let runs = super::shards::run(&shard_args, &bin).await?;
         let text = super::shards::markdown(&shard_args, &machine, &runs);

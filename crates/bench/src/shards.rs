@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::measure;
 use redeliver::api::ConnectionKey;
-use redeliver::controller::shard::shard_of;
+use redeliver::controller::shard::{SHARD_KEY_LABEL, bucket_of, shard_of};
 use redeliver_fake_kube::{self as fake_kube, FakeKube, WriteModel};
 use redeliver_sim::{Scenario, SimHandle, SimOptions, Simulator, SyntheticTenant};
 
@@ -46,6 +46,11 @@ pub struct ShardBenchArgs {
     /// After convergence, how long to watch the replicas with nothing changing (their
     /// steady memory and writes).
     pub steady_window: Duration,
+    /// Create every object with its shard-key label (replicas starting on a labelled
+    /// cluster, as at any restart after the first), instead of without (the first start
+    /// after an upgrade: every replica watches all the unlabelled objects until they are
+    /// labelled).
+    pub labelled: bool,
 }
 
 /// One shard count's figures.
@@ -71,6 +76,8 @@ pub struct ShardRun {
     pub steady_rss_kib: Vec<u64>,
     /// Kubernetes writes in the steady window.
     pub steady_writes: u64,
+    /// The same, by request (`POST events`, `PATCH accesspackageassignments/status`, ...).
+    pub steady_writes_by_kind: Vec<(String, u64)>,
     /// Shard-key label writes (merge patches of the objects themselves) to converge.
     pub label_writes: u64,
     /// Objects whose status more than one replica wrote (each replica writes as its own
@@ -107,11 +114,21 @@ fn secret(namespace: &str, value: &str) -> Value {
 fn objects(
     synthetic: &SyntheticTenant,
     sims: &[SimHandle],
-    per_tenant: usize,
+    args: &ShardBenchArgs,
 ) -> anyhow::Result<Vec<Value>> {
+    let per_tenant = args.per_tenant;
     let mut out = Vec::new();
     for (t, sim) in sims.iter().enumerate() {
         let ns = tenant_ns(t);
+        let labels = if args.labelled {
+            let key = ConnectionKey::Namespaced {
+                namespace: ns.clone(),
+                name: "default".into(),
+            };
+            json!({ SHARD_KEY_LABEL: bucket_of(&key).to_string() })
+        } else {
+            json!({})
+        };
         out.push(secret(&ns, &sim.client_secret));
         out.push(json!({
             "apiVersion": "redeliver.dev/v1alpha1", "kind": "GraphConnection",
@@ -133,7 +150,7 @@ fn objects(
                 .with_context(|| format!("user {upn} missing"))?;
             out.push(json!({
                 "apiVersion": "redeliver.dev/v1alpha1", "kind": "AccessPackageAssignment",
-                "metadata": {"name": format!("user{i:06}"), "namespace": ns},
+                "metadata": {"name": format!("user{i:06}"), "namespace": ns, "labels": labels},
                 "spec": {
                     "accessPackage": {"id": package_id},
                     "target": {"objectId": user},
@@ -165,12 +182,10 @@ pub async fn run(args: &ShardBenchArgs, bin: &Path) -> anyhow::Result<Vec<ShardR
                     .context("a simulator did not start")?,
             );
         }
-        let kube = FakeKube::start_with_write_model(
-            objects(&synthetic, &sims, args.per_tenant)?,
-            args.write_model,
-        )
-        .await
-        .context("the fake API server did not start")?;
+        let kube =
+            FakeKube::start_with_write_model(objects(&synthetic, &sims, args)?, args.write_model)
+                .await
+                .context("the fake API server did not start")?;
         let run = run_once(args, bin, shards, &sims, &kube).await?;
         eprintln!(
             "{shards} shard(s): converged in {}",
@@ -237,9 +252,14 @@ async fn run_once(
     if outcome.is_ok() && run.converged.is_some() {
         // Steady state: nothing changes; each replica's memory once its start-up (the
         // list, the labelling, the first verifications) is behind it.
-        let before = fake_kube::writes(&kube.counts());
+        let before = kube.counts();
         tokio::time::sleep(args.steady_window).await;
-        run.steady_writes = fake_kube::writes(&kube.counts()) - before;
+        let after = kube.counts();
+        run.steady_writes = fake_kube::writes(&after) - fake_kube::writes(&before);
+        run.steady_writes_by_kind = fake_kube::diff(&after, &before)
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("GET "))
+            .collect();
         run.steady_rss_kib = rss_now(&pids);
     }
     for (i, child) in children.into_iter().enumerate() {
@@ -342,6 +362,19 @@ fn rss_now(pids: &[u32]) -> Vec<u64> {
         .collect()
 }
 
+/// The steady window's writes, with what they were when there were any.
+fn writes_by_kind(r: &ShardRun) -> String {
+    if r.steady_writes_by_kind.is_empty() {
+        return r.steady_writes.to_string();
+    }
+    let kinds: Vec<String> = r
+        .steady_writes_by_kind
+        .iter()
+        .map(|(k, n)| format!("{k}: {n}"))
+        .collect();
+    format!("{} ({})", r.steady_writes, kinds.join(", "))
+}
+
 /// Objects whose status more than one field manager (replica) wrote.
 fn written_by_two(kube: &FakeKube) -> usize {
     let mut writers: HashMap<(String, String), BTreeSet<String>> = HashMap::new();
@@ -361,11 +394,16 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{} simulated tenants (one simulator each, {} ms per Graph request), {} objects each ({} in all, 1 % drifted), one namespace and default GraphConnection per tenant, every object created without the shard-key label (as before the label existed); the real binary as N processes with `--shard-count N`, `--concurrency {}`, `--reprocess-rate {}`, `--field-manager redeliver-shard-<i>`, no connection of its own; Kubernetes writes charged {} µs each, {} at once. Machine: {machine}.\n",
+        "{} simulated tenants (one simulator each, {} ms per Graph request), {} objects each ({} in all, 1 % drifted), one namespace and default GraphConnection per tenant, {}; the real binary as N processes with `--shard-count N`, `--concurrency {}`, `--reprocess-rate {}`, `--field-manager redeliver-shard-<i>`, no connection of its own; Kubernetes writes charged {} µs each, {} at once. Machine: {machine}.\n",
         args.tenants,
         args.request_delay.as_millis(),
         args.per_tenant,
         args.tenants * args.per_tenant,
+        if args.labelled {
+            "every object created with its shard-key label (as at any start after the first)"
+        } else {
+            "every object created without the shard-key label (as before the label existed)"
+        },
         args.concurrency,
         args.reprocess_rate,
         args.write_model.cost.as_micros(),
@@ -410,7 +448,7 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
                 .unwrap_or_else(|| "timed out".into()),
             mem.join(" / "),
             steady.join(" / "),
-            r.steady_writes,
+            writes_by_kind(r),
             r.label_writes,
             r.written_by_two,
         );

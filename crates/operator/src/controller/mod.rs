@@ -607,6 +607,9 @@ pub async fn run_controllers(
     tracing::info!("controllers stopped");
 }
 
+/// A scoped watch's store and the shard keys of the objects in it (`sharding::ShardKeys`).
+type Held<K> = (reflector::Store<K>, Arc<sharding::ShardKeys>);
+
 /// The watches, controllers and background tasks of one process, set up one kind at a time
 /// (`run_controllers`).
 struct Wiring {
@@ -757,24 +760,28 @@ impl Wiring {
     }
 
     /// The assignments' watch and controller, fed by group delta and by the repairs of
-    /// other objects covering the same assignment. Returns the store.
+    /// other objects covering the same assignment. Returns the store and its shard keys.
     fn assignments(
         &mut self,
         scope: Option<&str>,
         malformed: tokio::sync::mpsc::Sender<watch::Malformed>,
-    ) -> reflector::Store<AccessPackageAssignment> {
+    ) -> Held<AccessPackageAssignment> {
         let ctx = self.ctx.clone();
         let (reader, writer) = reflector::store();
         ctx.metrics.track_assignments(reader.clone());
         let synced = watch::Synced::new();
         self.synced.push(synced.clone());
+        let keys = Arc::new(sharding::ShardKeys::default());
+        let decoding = watch::Decoding {
+            malformed: Some(malformed),
+            shard_keys: (ctx.shard.count > 1).then(|| keys.clone()),
+            ..watch::Decoding::new(ctx.metrics.clone(), assignment::KIND)
+        };
         let stream = watch::lenient_watch::<AccessPackageAssignment>(
             watch::dynamic_api::<AccessPackageAssignment>(ctx.client.clone(), scope),
             self.scoped_config.clone(),
             writer,
-            ctx.metrics.clone(),
-            assignment::KIND,
-            Some(malformed),
+            decoding,
             synced.clone(),
         );
         let (delta_tx, delta_rx) = futures::channel::mpsc::channel(delta::TRIGGER_QUEUE);
@@ -803,27 +810,31 @@ impl Wiring {
             .for_each(|r| async move { log_result(assignment::KIND, r) })
             .boxed();
         self.runs.push(run);
-        reader
+        (reader, keys)
     }
 
     /// The guards' watch and controller, fed by the repairs of other objects covering
-    /// their package. Returns the store.
+    /// their package. Returns the store and its shard keys.
     fn guards(
         &mut self,
         scope: Option<&str>,
         malformed: tokio::sync::mpsc::Sender<watch::Malformed>,
-    ) -> reflector::Store<AccessPackageGuard> {
+    ) -> Held<AccessPackageGuard> {
         let ctx = self.ctx.clone();
         let (reader, writer) = reflector::store();
         let synced = watch::Synced::new();
         self.synced.push(synced.clone());
+        let keys = Arc::new(sharding::ShardKeys::default());
+        let decoding = watch::Decoding {
+            malformed: Some(malformed),
+            shard_keys: (ctx.shard.count > 1).then(|| keys.clone()),
+            ..watch::Decoding::new(ctx.metrics.clone(), guard::KIND)
+        };
         let stream = watch::lenient_watch::<AccessPackageGuard>(
             watch::dynamic_api::<AccessPackageGuard>(ctx.client.clone(), scope),
             self.scoped_config.clone(),
             writer,
-            ctx.metrics.clone(),
-            guard::KIND,
-            Some(malformed),
+            decoding,
             synced,
         );
         let (covering_tx, covering_rx) = futures::channel::mpsc::unbounded();
@@ -836,7 +847,7 @@ impl Wiring {
             .for_each(|r| async move { log_result(guard::KIND, r) })
             .boxed();
         self.runs.push(run);
-        reader
+        (reader, keys)
     }
 
     /// The shard-key label's upkeep (`controller::sharding`): unlabelled objects of this
@@ -844,8 +855,8 @@ impl Wiring {
     fn shard_upkeep(
         &mut self,
         scope: Option<&str>,
-        assignments: reflector::Store<AccessPackageAssignment>,
-        guards: reflector::Store<AccessPackageGuard>,
+        (assignments, assignment_keys): Held<AccessPackageAssignment>,
+        (guards, guard_keys): Held<AccessPackageGuard>,
     ) {
         let ctx = &self.ctx;
         let a = ApiResource::erase::<AccessPackageAssignment>(&());
@@ -875,6 +886,7 @@ impl Wiring {
             sharding::relabel_moved(
                 ctx.clone(),
                 assignments,
+                assignment_keys,
                 a,
                 assignment::KIND,
                 self.stop.clone(),
@@ -882,7 +894,14 @@ impl Wiring {
         );
         self.background.spawn(
             "shard-handover",
-            sharding::relabel_moved(ctx.clone(), guards, g, guard::KIND, self.stop.clone()),
+            sharding::relabel_moved(
+                ctx.clone(),
+                guards,
+                guard_keys,
+                g,
+                guard::KIND,
+                self.stop.clone(),
+            ),
         );
     }
 }

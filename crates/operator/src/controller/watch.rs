@@ -21,6 +21,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::metrics::{KindLabels, Metrics};
+use super::shard::SHARD_KEY_LABEL;
+use super::sharding::ShardKeys;
 use crate::api::REPROCESS_ANNOTATION;
 
 /// Whether a watch has listed its objects once: set by the watch, awaited (not polled) by
@@ -136,20 +138,42 @@ pub fn dynamic_api<K: Resource<DynamicType = ()>>(
     }
 }
 
+/// What a watch does with each object besides storing it: counts and reports those that do
+/// not decode, and (sharded) keeps their shard-key labels aside.
+#[derive(Clone)]
+pub struct Decoding {
+    /// Where undecodable objects are counted.
+    pub metrics: Arc<Metrics>,
+    /// The kind, for logs and metrics.
+    pub kind: &'static str,
+    /// Where undecodable objects are sent (see [`report_malformed`]).
+    pub malformed: Option<Sender<Malformed>>,
+    /// Where the shard-key labels go (a sharded replica's hand-over reads them there).
+    pub shard_keys: Option<Arc<ShardKeys>>,
+}
+
+impl Decoding {
+    /// Counting undecodable objects of `kind`, nothing else.
+    pub fn new(metrics: Arc<Metrics>, kind: &'static str) -> Self {
+        Self {
+            metrics,
+            kind,
+            malformed: None,
+            shard_keys: None,
+        }
+    }
+}
+
 /// Watches `K` through untyped objects, decoding each one separately: a list or watch event
 /// holding an object that does not decode (a spec that slipped past the schema, a hand-edited
 /// status) is logged, counted and skipped instead of failing the whole list. Decoded objects
 /// go into `writer`'s store; the returned stream yields the objects whose
 /// [`trigger_hash`] changed. `synced` turns true once the first full list has been applied.
-///
-/// Objects that do not decode are also sent to `malformed` (see [`report_malformed`]).
 pub fn lenient_watch<K>(
     api: Api<DynamicObject>,
     config: watcher::Config,
     writer: Writer<K>,
-    metrics: Arc<Metrics>,
-    kind: &'static str,
-    malformed: Option<Sender<Malformed>>,
+    decoding: Decoding,
     synced: Arc<Synced>,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
@@ -166,10 +190,7 @@ where
                 synced.set();
             }
             let out = match event {
-                Ok(event) => {
-                    decode_event::<K>(event, &metrics, kind, malformed.as_ref(), Some(&known))
-                        .map(Ok)
-                }
+                Ok(event) => decode_event::<K>(event, &decoding, Some(&known)).map(Ok),
                 Err(err) => Some(Err(err)),
             };
             std::future::ready(out)
@@ -184,20 +205,32 @@ where
 /// object does not linger as a phantom reconciled with 404s until the next relist.
 fn decode_event<K>(
     event: watcher::Event<DynamicObject>,
-    metrics: &Metrics,
-    kind: &'static str,
-    malformed: Option<&Sender<Malformed>>,
+    decoding: &Decoding,
     known: Option<&Store<K>>,
 ) -> Option<watcher::Event<K>>
 where
     K: Resource<DynamicType = ()> + DeserializeOwned + Clone,
 {
+    let Decoding {
+        metrics,
+        kind,
+        malformed,
+        shard_keys,
+    } = decoding;
+    let kind = *kind;
     let is_delete = matches!(event, watcher::Event::Delete(_));
     let decode = |mut obj: DynamicObject| -> Option<K> {
-        slim(&mut obj);
         let name = obj.name_any();
         let namespace = obj.namespace().unwrap_or_default();
-        let report = (!is_delete).then_some(malformed).flatten();
+        let shard_key = slim(&mut obj);
+        if let Some(keys) = shard_keys {
+            if is_delete {
+                keys.forget(&namespace, &name);
+            } else {
+                keys.note(&namespace, &name, shard_key.as_deref());
+            }
+        }
+        let report = (!is_delete).then_some(malformed.as_ref()).flatten();
         let seen = report.map(|_| Malformed::of(&obj, String::new()));
         match obj.try_parse::<K>() {
             Ok(k) => Some(k),
@@ -242,8 +275,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 /// Drops what the controller never reads but a real API server sends with every object:
 /// `managedFields` (every field's owner; with our status applies often the largest part of
 /// the object) and kubectl's last-applied copy. Kept, they would sit in the store for every
-/// object.
-fn slim(obj: &mut DynamicObject) {
+/// object. Takes out the shard-key label too and returns it: kept aside by a sharded
+/// replica ([`ShardKeys`]), it would otherwise cost a label map per object.
+fn slim(obj: &mut DynamicObject) -> Option<String> {
     obj.metadata.managed_fields = None;
     if let Some(annotations) = obj.metadata.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
@@ -251,6 +285,12 @@ fn slim(obj: &mut DynamicObject) {
             obj.metadata.annotations = None;
         }
     }
+    let labels = obj.metadata.labels.as_mut()?;
+    let shard_key = labels.remove(SHARD_KEY_LABEL);
+    if labels.is_empty() {
+        obj.metadata.labels = None;
+    }
+    shard_key
 }
 
 /// Reports each undecodable object on the object itself: `Stalled=True, reason=InvalidSpec`
@@ -379,6 +419,7 @@ mod tests {
     #[test]
     fn stored_objects_drop_managed_fields_and_the_last_applied_copy() {
         let (metrics, _registry) = Metrics::new(None);
+        let decoding = Decoding::new(metrics, "AccessPackageAssignment");
         let mut v = serde_json::to_value(apa(1, Some("2026-01-01T00:00:00Z"))).unwrap();
         v["metadata"]["managedFields"] = serde_json::json!([{
             "manager": "redeliver", "operation": "Apply", "subresource": "status",
@@ -386,13 +427,9 @@ mod tests {
         }]);
         v["metadata"]["annotations"][LAST_APPLIED] = serde_json::json!("{\"spec\":{}}");
         let obj: DynamicObject = serde_json::from_value(v).unwrap();
-        let Some(watcher::Event::Apply(decoded)) = decode_event::<AccessPackageAssignment>(
-            watcher::Event::Apply(obj),
-            &metrics,
-            "AccessPackageAssignment",
-            None,
-            None,
-        ) else {
+        let Some(watcher::Event::Apply(decoded)) =
+            decode_event::<AccessPackageAssignment>(watcher::Event::Apply(obj), &decoding, None)
+        else {
             panic!("the object decodes");
         };
         assert!(decoded.metadata.managed_fields.is_none());
@@ -406,6 +443,44 @@ mod tests {
     }
 
     #[test]
+    fn the_shard_key_label_is_kept_aside_not_in_the_stored_object() {
+        let (metrics, _registry) = Metrics::new(None);
+        let keys = Arc::new(ShardKeys::default());
+        let decoding = Decoding {
+            shard_keys: Some(keys.clone()),
+            ..Decoding::new(metrics, "AccessPackageAssignment")
+        };
+        let decode = |labels: serde_json::Value| {
+            let mut v = serde_json::to_value(apa(1, None)).unwrap();
+            v["metadata"]["labels"] = labels;
+            let obj: DynamicObject = serde_json::from_value(v).unwrap();
+            match decode_event::<AccessPackageAssignment>(
+                watcher::Event::Apply(obj.clone()),
+                &decoding,
+                None,
+            ) {
+                Some(watcher::Event::Apply(decoded)) => (obj, decoded),
+                other => panic!("the object decodes: {other:?}"),
+            }
+        };
+        let (_, decoded) = decode(serde_json::json!({
+            SHARD_KEY_LABEL: "17", "app.kubernetes.io/instance": "team-a"
+        }));
+        let labels = decoded.metadata.labels.expect("the user's label is kept");
+        assert_eq!(
+            labels.keys().collect::<Vec<_>>(),
+            ["app.kubernetes.io/instance"]
+        );
+        assert!(keys.is("ns", "a", 17) && !keys.is("ns", "a", 18));
+        // Only the shard key: no label map at all in the store.
+        let (obj, decoded) = decode(serde_json::json!({SHARD_KEY_LABEL: "18"}));
+        assert!(decoded.metadata.labels.is_none());
+        assert!(keys.is("ns", "a", 18) && !keys.is("ns", "a", 17));
+        decode_event::<AccessPackageAssignment>(watcher::Event::Delete(obj), &decoding, None);
+        assert!(keys.is_empty(), "a deleted object is forgotten");
+    }
+
+    #[test]
     fn malformed_objects_are_skipped_and_counted() {
         let (metrics, registry) = Metrics::new(None);
         let good: DynamicObject =
@@ -414,34 +489,25 @@ mod tests {
         bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
         let kind = "AccessPackageAssignment";
         let (tx, mut rx) = tokio::sync::mpsc::channel(MALFORMED_QUEUE);
+        let decoding = Decoding::new(metrics, kind);
+        let reporting = Decoding {
+            malformed: Some(tx),
+            ..decoding.clone()
+        };
         assert!(matches!(
             decode_event::<AccessPackageAssignment>(
                 watcher::Event::InitApply(good),
-                &metrics,
-                kind,
-                None,
+                &decoding,
                 None
             ),
             Some(watcher::Event::InitApply(_))
         ));
         assert!(
-            decode_event::<AccessPackageAssignment>(
-                watcher::Event::Apply(bad),
-                &metrics,
-                kind,
-                Some(&tx),
-                None
-            )
-            .is_none()
+            decode_event::<AccessPackageAssignment>(watcher::Event::Apply(bad), &reporting, None)
+                .is_none()
         );
         assert!(matches!(
-            decode_event::<AccessPackageAssignment>(
-                watcher::Event::InitDone,
-                &metrics,
-                kind,
-                None,
-                None
-            ),
+            decode_event::<AccessPackageAssignment>(watcher::Event::InitDone, &decoding, None),
             Some(watcher::Event::InitDone)
         ));
         let reported = rx.try_recv().expect("the malformed object is reported");
@@ -459,6 +525,7 @@ mod tests {
         use kube::runtime::reflector::store;
         let (metrics, _registry) = Metrics::new(None);
         let kind = "AccessPackageAssignment";
+        let decoding = Decoding::new(metrics, kind);
         let good = apa(1, None);
         let (reader, mut writer) = store::<AccessPackageAssignment>();
         writer.apply_watcher_event(&watcher::Event::Apply(good.clone()));
@@ -467,9 +534,7 @@ mod tests {
         bad.data["spec"]["reprocess"] = serde_json::json!({"mode": "Sometimes"});
         let event = decode_event::<AccessPackageAssignment>(
             watcher::Event::Delete(bad.clone()),
-            &metrics,
-            kind,
-            None,
+            &decoding,
             Some(&reader),
         );
         let Some(watcher::Event::Delete(deleted)) = event else {
@@ -481,10 +546,8 @@ mod tests {
         assert!(
             decode_event::<AccessPackageAssignment>(
                 watcher::Event::Delete(bad),
-                &metrics,
-                kind,
-                None,
-                Some(&reader),
+                &decoding,
+                Some(&reader)
             )
             .is_none()
         );
