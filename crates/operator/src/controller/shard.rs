@@ -17,7 +17,9 @@
 //! its scoped watch then picks it up. An object whose connection changed (a new default
 //! GraphConnection in its namespace, an edited `spec.connectionRef`) is relabelled by the
 //! replica that holds it, once no reconcile of it is in flight there (see
-//! `controller::sharding`).
+//! `controller::sharding`). The stored copies do not keep the label (a label map costs
+//! ~670 bytes an object); each replica keeps its objects' buckets aside
+//! (`sharding::ShardKeys`).
 //!
 //! Ownership itself is decided from the object's live resolution, not from its label
 //! ([`Shard::owns`], checked at the start of every reconcile): a stale label can make a

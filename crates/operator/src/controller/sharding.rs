@@ -13,7 +13,7 @@
 //! ownership, so one that starts after the hand-over decision sees the same (or a newer)
 //! resolution and skips the object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
@@ -39,13 +39,22 @@ pub use super::inflight::{InFlight, InFlightGuard};
 /// than in the stored object: a label map of one entry is a B-tree node (544 bytes) and two
 /// strings, about 670 bytes an object in the allocator (16 MiB at 25,000 objects), where
 /// the bucket takes 2. The watch takes the label out of each object it stores
-/// (`controller::watch`) and notes it here; the hand-over ([`relabel_moved`]) reads it.
+/// (`controller::watch`) and notes it here, in step with the store: a deleted object is
+/// forgotten, and a relist forgets what it did not list (the deletions it missed). The
+/// hand-over ([`relabel_moved`]) reads it.
 ///
 /// Keyed by a 64-bit hash of the object's namespace and name: two objects of one replica
 /// sharing a hash (odds about 10⁻¹¹ at 25,000 objects) would at worst delay one hand-over;
 /// ownership is always decided from the live resolution, never from the label.
 #[derive(Debug, Default)]
-pub struct ShardKeys(Mutex<HashMap<u64, u16>>);
+pub struct ShardKeys(Mutex<Keys>);
+
+#[derive(Debug, Default)]
+struct Keys {
+    buckets: HashMap<u64, u16>,
+    /// During a relist, the objects it listed so far.
+    relisting: Option<HashSet<u64>>,
+}
 
 /// What [`ShardKeys`] keeps for a label that is not a bucket (a user's typo): never equal
 /// to a bucket, so the object is relabelled.
@@ -61,13 +70,17 @@ impl ShardKeys {
         hash
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u16>> {
+    fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Notes an object's label as the watch saw it (`None`: it has none).
     pub fn note(&self, namespace: &str, name: &str, value: Option<&str>) {
         let id = Self::id(namespace, name);
+        let mut keys = self.keys();
+        if let Some(listed) = keys.relisting.as_mut() {
+            listed.insert(id);
+        }
         match value {
             Some(v) => {
                 let bucket = v
@@ -75,36 +88,43 @@ impl ShardKeys {
                     .ok()
                     .filter(|b| u32::from(*b) < super::shard::BUCKETS)
                     .unwrap_or(NOT_A_BUCKET);
-                self.map().insert(id, bucket);
+                keys.buckets.insert(id, bucket);
             }
             None => {
-                self.map().remove(&id);
+                keys.buckets.remove(&id);
             }
         }
     }
 
     /// Forgets a deleted object.
     pub fn forget(&self, namespace: &str, name: &str) {
-        self.map().remove(&Self::id(namespace, name));
+        self.keys().buckets.remove(&Self::id(namespace, name));
+    }
+
+    /// The watch starts listing again (`watcher::Event::Init`).
+    pub fn relist_started(&self) {
+        self.keys().relisting = Some(HashSet::new());
+    }
+
+    /// The relist is complete (`watcher::Event::InitDone`): what it did not list is gone.
+    pub fn relist_done(&self) {
+        let mut keys = self.keys();
+        if let Some(listed) = keys.relisting.take() {
+            keys.buckets.retain(|id, _| listed.contains(id));
+        }
     }
 
     /// Whether the object's label, as last seen, is `bucket`.
     pub fn is(&self, namespace: &str, name: &str, bucket: u32) -> bool {
-        self.map()
+        self.keys()
+            .buckets
             .get(&Self::id(namespace, name))
             .is_some_and(|b| u32::from(*b) == bucket)
     }
 
-    /// Keeps only the objects in `held` (a relist does not report the deletions it missed).
-    pub fn keep_only<'a>(&self, held: impl Iterator<Item = (&'a str, &'a str)>) {
-        let held: std::collections::HashSet<u64> =
-            held.map(|(ns, name)| Self::id(ns, name)).collect();
-        self.map().retain(|id, _| held.contains(id));
-    }
-
     /// Objects noted.
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.keys().buckets.len()
     }
 
     /// Whether none is.
@@ -312,14 +332,8 @@ pub async fn relabel_moved<K>(
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held = store.state();
-        keys.keep_only(held.iter().map(|o| {
-            (
-                o.meta().namespace.as_deref().unwrap_or_default(),
-                o.meta().name.as_deref().unwrap_or_default(),
-            )
-        }));
-        let moved: Vec<(String, String, String, ConnectionKey)> = held
+        let moved: Vec<(String, String, String, ConnectionKey)> = store
+            .state()
             .iter()
             .filter_map(|o| {
                 let namespace = o.meta().namespace.clone().unwrap_or_default();
@@ -339,7 +353,6 @@ pub async fn relabel_moved<K>(
                 })
             })
             .collect();
-        drop(held);
         if moved.is_empty() {
             continue;
         }
@@ -430,7 +443,15 @@ mod tests {
         }
         keys.note("ns", "a", None);
         assert!(!keys.is("ns", "a", 17), "a label taken off is forgotten");
-        keys.keep_only([("other", "a")].into_iter());
+        // A relist that lists only other/a: the rest was deleted while the watch was away.
+        keys.relist_started();
+        keys.note("other", "a", Some("3"));
+        assert_eq!(
+            keys.len(),
+            3,
+            "nothing is forgotten before the relist is complete"
+        );
+        keys.relist_done();
         assert_eq!(keys.len(), 1);
         assert!(keys.is("other", "a", 3));
         keys.forget("other", "a");

@@ -264,8 +264,18 @@ where
                 .map(watcher::Event::Delete)
         }
         watcher::Event::InitApply(o) => decode(o).map(watcher::Event::InitApply),
-        watcher::Event::Init => Some(watcher::Event::Init),
-        watcher::Event::InitDone => Some(watcher::Event::InitDone),
+        watcher::Event::Init => {
+            if let Some(keys) = shard_keys {
+                keys.relist_started();
+            }
+            Some(watcher::Event::Init)
+        }
+        watcher::Event::InitDone => {
+            if let Some(keys) = shard_keys {
+                keys.relist_done();
+            }
+            Some(watcher::Event::InitDone)
+        }
     }
 }
 
@@ -478,6 +488,12 @@ mod tests {
         assert!(keys.is("ns", "a", 18) && !keys.is("ns", "a", 17));
         decode_event::<AccessPackageAssignment>(watcher::Event::Delete(obj), &decoding, None);
         assert!(keys.is_empty(), "a deleted object is forgotten");
+        // Deleted while the watch was away: the relist does not list it.
+        decode(serde_json::json!({SHARD_KEY_LABEL: "18"}));
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
+            decode_event::<AccessPackageAssignment>(event, &decoding, None);
+        }
+        assert!(keys.is_empty(), "what a relist did not list is forgotten");
     }
 
     #[test]
