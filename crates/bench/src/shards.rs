@@ -72,8 +72,9 @@ pub struct ShardRun {
     pub rss_kib: Vec<u64>,
     /// Peak resident memory of each process, KiB (from `/proc` while it ran).
     pub peak_rss_kib: Vec<u64>,
-    /// Resident memory of each process at the end of the steady window, KiB.
-    pub steady_rss_kib: Vec<u64>,
+    /// Resident memory of each process over the steady window (lowest, highest), KiB,
+    /// sampled every 250 ms.
+    pub steady_rss_kib: Vec<(u64, u64)>,
     /// Kubernetes writes in the steady window.
     pub steady_writes: u64,
     /// The same, by request (`POST events`, `PATCH accesspackageassignments/status`, ...).
@@ -253,14 +254,13 @@ async fn run_once(
         // Steady state: nothing changes; each replica's memory once its start-up (the
         // list, the labelling, the first verifications) is behind it.
         let before = kube.counts();
-        tokio::time::sleep(args.steady_window).await;
+        run.steady_rss_kib = steady_memory(&pids, args.steady_window).await;
         let after = kube.counts();
         run.steady_writes = fake_kube::writes(&after) - fake_kube::writes(&before);
         run.steady_writes_by_kind = fake_kube::diff(&after, &before)
             .into_iter()
             .filter(|(k, _)| !k.starts_with("GET "))
             .collect();
-        run.steady_rss_kib = rss_now(&pids);
     }
     for (i, child) in children.into_iter().enumerate() {
         match measure::terminate(child, Duration::from_secs(30)).await {
@@ -355,6 +355,19 @@ async fn await_convergence(
     }
 }
 
+/// Each process's lowest and highest resident memory over `window`, KiB.
+async fn steady_memory(pids: &[u32], window: Duration) -> Vec<(u64, u64)> {
+    let end = Instant::now() + window;
+    let mut range = vec![(u64::MAX, 0); pids.len()];
+    while Instant::now() < end {
+        for (r, now) in range.iter_mut().zip(rss_now(pids)) {
+            *r = (r.0.min(now), r.1.max(now));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    range
+}
+
 /// Resident memory of each process now, KiB (0 for one gone).
 fn rss_now(pids: &[u32]) -> Vec<u64> {
     pids.iter()
@@ -409,7 +422,7 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
         args.write_model.cost.as_micros(),
         args.write_model.parallel,
     );
-    out.push_str("| shards | objects per shard (by hash) | reconciles per shard | time to verify all | time to Delivered=True for all (drift repaired) | Graph requests per tenant (min–max, total) | RSS per replica at convergence (peak) | RSS per replica after the steady window | Kubernetes writes in the steady window | label writes | objects written by two replicas |\n");
+    out.push_str("| shards | objects per shard (by hash) | reconciles per shard | time to verify all | time to Delivered=True for all (drift repaired) | Graph requests per tenant (min–max, total) | RSS per replica at convergence (peak) | RSS per replica in the steady window (lowest–highest) | Kubernetes writes in the steady window | label writes | objects written by two replicas |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for r in runs {
         let min = r.requests_per_tenant.iter().min().copied().unwrap_or(0);
@@ -424,7 +437,7 @@ pub fn markdown(args: &ShardBenchArgs, machine: &str, runs: &[ShardRun]) -> Stri
         let steady: Vec<String> = r
             .steady_rss_kib
             .iter()
-            .map(|kib| format!("{} MiB", kib / 1024))
+            .map(|(low, high)| format!("{}–{} MiB", low / 1024, high / 1024))
             .collect();
         let _ = writeln!(
             out,
