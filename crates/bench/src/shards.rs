@@ -75,9 +75,8 @@ pub struct ShardRun {
     /// Resident memory of each process over the steady window (lowest, highest), KiB,
     /// sampled every 250 ms.
     pub steady_rss_kib: Vec<(u64, u64)>,
-    /// Kubernetes writes in the steady window.
-    pub steady_writes: u64,
-    /// The same, by request (`POST events`, `PATCH accesspackageassignments/status`, ...).
+    /// Kubernetes writes in the steady window, by request (`POST events`,
+    /// `PATCH accesspackageassignments/status`, ...).
     pub steady_writes_by_kind: Vec<(String, u64)>,
     /// Shard-key label writes (merge patches of the objects themselves) to converge.
     pub label_writes: u64,
@@ -256,7 +255,6 @@ async fn run_once(
         let before = kube.counts();
         run.steady_rss_kib = steady_memory(&pids, args.steady_window).await;
         let after = kube.counts();
-        run.steady_writes = fake_kube::writes(&after) - fake_kube::writes(&before);
         run.steady_writes_by_kind = fake_kube::diff(&after, &before)
             .into_iter()
             .filter(|(k, _)| !k.starts_with("GET "))
@@ -378,14 +376,15 @@ fn rss_now(pids: &[u32]) -> Vec<u64> {
 /// The steady window's writes, with what they were when there were any.
 fn writes_by_kind(r: &ShardRun) -> String {
     if r.steady_writes_by_kind.is_empty() {
-        return r.steady_writes.to_string();
+        return "0".into();
     }
+    let total: u64 = r.steady_writes_by_kind.iter().map(|(_, n)| n).sum();
     let kinds: Vec<String> = r
         .steady_writes_by_kind
         .iter()
         .map(|(k, n)| format!("{k}: {n}"))
         .collect();
-    format!("{} ({})", r.steady_writes, kinds.join(", "))
+    format!("{total} ({})", kinds.join(", "))
 }
 
 /// Objects whose status more than one field manager (replica) wrote.

@@ -105,8 +105,13 @@ pub const BUCKETS: u32 = 256;
 /// `operator`). A fixed function (not the standard library's randomly seeded hasher), so
 /// every replica, every version and every user computing a label agrees.
 pub fn connection_hash(key: &ConnectionKey) -> u64 {
+    fnv1a(key.metric_label().bytes())
+}
+
+/// FNV-1a, 64-bit, of `bytes`: the shards' fixed hash.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in key.metric_label().bytes() {
+    for b in bytes {
         hash ^= u64::from(b);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }

@@ -62,12 +62,7 @@ const NOT_A_BUCKET: u16 = u16::MAX;
 
 impl ShardKeys {
     fn id(namespace: &str, name: &str) -> u64 {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in namespace.bytes().chain([0]).chain(name.bytes()) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        hash
+        super::shard::fnv1a(namespace.bytes().chain([0]).chain(name.bytes()))
     }
 
     fn keys(&self) -> std::sync::MutexGuard<'_, Keys> {
@@ -123,12 +118,14 @@ impl ShardKeys {
     }
 
     /// Objects noted.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.keys().buckets.len()
     }
 
     /// Whether none is.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
