@@ -16,6 +16,25 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Turns transparent huge pages off for this process, before the runtime starts a thread.
+///
+/// With huge pages the kernel backs each 2 MiB of the heap that is touched at all with a
+/// whole 2 MiB page, and keeps it whole while a few small allocations live in it. mimalloc
+/// used to ask for them (its `no_thp` feature now stops that, Cargo.toml), and a node whose
+/// THP setting is `always` gives them unasked, so the process refuses them itself. A
+/// sharded replica holding 400 objects measured 41–46 MiB resident with huge pages (26 MiB
+/// of them huge pages) and 25–27 MiB without: a fixed cost every replica pays, which is
+/// what kept per-replica memory from falling with shards (docs/benchmarks.md). The cost is
+/// a few more TLB misses, not measurable against Graph and API-server latency there. A
+/// kernel or seccomp profile that refuses the call leaves huge pages as the node has them.
+fn refuse_transparent_huge_pages() -> Option<std::io::Error> {
+    #[cfg(target_os = "linux")]
+    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
+        return Some(err.into());
+    }
+    None
+}
+
 /// Keeps Microsoft Entra ID access package assignments truly delivered.
 ///
 /// Entitlement management shows an assignment as Delivered even after someone removed
@@ -121,8 +140,12 @@ async fn audit(args: redeliver_audit::AuditArgs) -> anyhow::Result<u8> {
 }
 
 fn main() -> ExitCode {
+    let thp = refuse_transparent_huge_pages();
     let cli: Cli = redeliver_cli::parse();
     init_tracing(&cli.log_level, cli.log_format);
+    if let Some(err) = thp {
+        tracing::debug!(error = %err, "transparent huge pages stay as the node has them");
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
