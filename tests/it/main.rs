@@ -47,6 +47,7 @@ mod input_props;
 mod observe_same_input;
 mod pim_groups_against_sim;
 mod plugin_kubectl;
+mod process_memory;
 mod roles_against_sim;
 mod scale_delta;
 mod scale_metering;
