@@ -24,9 +24,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// THP setting is `always` gives them unasked, so the process refuses them itself. A
 /// sharded replica holding 400 objects measured 41–46 MiB resident with huge pages (26 MiB
 /// of them huge pages) and 25–27 MiB without: a fixed cost every replica pays, which is
-/// what kept per-replica memory from falling with shards (docs/benchmarks.md). The cost is
-/// a few more TLB misses, not measurable against Graph and API-server latency there. A
-/// kernel or seccomp profile that refuses the call leaves huge pages as the node has them.
+/// what kept per-replica memory from falling with shards. One replica of 100,000 objects
+/// held 568–585 instead of 597–629 MiB and used less CPU, not more (docs/benchmarks.md,
+/// section Controller at 100,000 objects). A kernel or seccomp profile that refuses the
+/// call leaves huge pages as the node has them.
 fn refuse_transparent_huge_pages() -> Option<std::io::Error> {
     #[cfg(target_os = "linux")]
     if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
