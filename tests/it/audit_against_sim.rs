@@ -253,27 +253,17 @@ async fn max_attempts_bound_reprocess_that_never_lands() {
 #[tokio::test]
 async fn standalone_sim_then_repair_then_plain_audit_is_in_sync() {
     // `redeliver sim` as its own process, configured only by the export lines it prints.
-    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = sim.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let (mut sim, mut lines, mut line) = crate::fault_support::standalone_sim().await;
     let mut env = Vec::new();
-    while env.len() < 5 {
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("sim prints its environment")
-            .unwrap()
-            .expect("sim keeps running");
+    loop {
         if let Some(rest) = line.strip_prefix("export ") {
             let (k, v) = rest.split_once('=').unwrap();
             env.push((k.to_string(), v.trim_matches(['\'', '"']).to_string()));
         }
+        if env.len() == 5 {
+            break;
+        }
+        line = crate::fault_support::next_line(&mut lines).await;
     }
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
     let run = |extra: &'static [&'static str]| {

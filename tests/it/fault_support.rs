@@ -75,6 +75,39 @@ pub async fn federated_demo(assertion: &str) -> (SimHandle, tempfile::TempDir, P
 }
 
 /// A fault from its JSON form (the admin API's), so tests read like the README.
+/// `redeliver sim` as its own process on a random loopback port, and the lines it prints
+/// once its first line is out (the environment to reach it: `export` lines). The process
+/// is killed when the child is dropped.
+pub async fn standalone_sim() -> (
+    tokio::process::Child,
+    tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    String,
+) {
+    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
+        .args(["sim", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = sim.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = next_line(&mut lines).await;
+    (sim, lines, first)
+}
+
+/// The next line a standalone simulator prints, within 30 s.
+pub async fn next_line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("sim prints its environment")
+        .unwrap()
+        .expect("sim keeps running")
+}
+
 pub fn fault(json: serde_json::Value) -> FaultSpec {
     serde_json::from_value(json).expect("a valid fault body")
 }

@@ -7,25 +7,8 @@
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn the_running_binary_has_refused_transparent_huge_pages() {
-    use std::process::Stdio;
-    use std::time::Duration;
-
-    let mut sim = tokio::process::Command::new(env!("CARGO_BIN_EXE_redeliver"))
-        .args(["sim", "--listen", "127.0.0.1:0"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
     // Its first line is printed from inside the runtime: `main` has run by then.
-    let stdout = sim.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("the simulator starts")
-        .unwrap()
-        .expect("the simulator keeps running");
+    let (mut sim, _lines, _first) = crate::fault_support::standalone_sim().await;
     let pid = sim.id().expect("still running");
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let thp = status
