@@ -28,12 +28,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// held 568–585 instead of 597–629 MiB and used less CPU, not more (docs/benchmarks.md,
 /// section Controller at 100,000 objects). A kernel or seccomp profile that refuses the
 /// call leaves huge pages as the node has them.
-fn refuse_transparent_huge_pages() -> Option<std::io::Error> {
+fn refuse_transparent_huge_pages() -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
-    if let Err(err) = rustix::thread::disable_transparent_huge_pages(true) {
-        return Some(err.into());
-    }
-    None
+    rustix::thread::disable_transparent_huge_pages(true)?;
+    Ok(())
 }
 
 /// Keeps Microsoft Entra ID access package assignments truly delivered.
@@ -144,7 +142,7 @@ fn main() -> ExitCode {
     let thp = refuse_transparent_huge_pages();
     let cli: Cli = redeliver_cli::parse();
     init_tracing(&cli.log_level, cli.log_format);
-    if let Some(err) = thp {
+    if let Err(err) = thp {
         tracing::debug!(error = %err, "transparent huge pages stay as the node has them");
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
